@@ -1,0 +1,92 @@
+// Database migrations without Prisma's native schema engine (see src/infrastructure/database/migrations.ts).
+//
+//   node scripts/migrate.ts deploy        apply pending migrations to DATABASE_URL, or else to the
+//                                         PGlite database in DATA_DIR (default ./.data)
+//   node scripts/migrate.ts diff <name>   write prisma/migrations/<timestamp>_<name>/migration.sql
+//                                         with the changes from the migrations to the schema
+//   node scripts/migrate.ts check         exit 1, printing the SQL, when the schema has changes
+//                                         that no migration contains
+import { join, relative } from 'node:path';
+import { createDatabase } from '../src/infrastructure/database/database.ts';
+import {
+  applyMigrations,
+  diffMigrationsToSchema,
+  writeMigration,
+} from '../src/infrastructure/database/migrations.ts';
+
+const root = join(import.meta.dirname, '..');
+const migrationsDir = join(root, 'prisma', 'migrations');
+const schemaPath = join(root, 'prisma', 'schema.prisma');
+
+const USAGE = 'Usage: node scripts/migrate.ts deploy | diff <name> | check';
+
+async function deploy(): Promise<number> {
+  // Empty strings mean "unset", as in src/config.ts.
+  const databaseUrl = process.env.DATABASE_URL || undefined;
+  const dataDir = process.env.DATA_DIR || './.data';
+  const database = await createDatabase({ databaseUrl, dataDir });
+  try {
+    const target =
+      database.kind === 'pglite' ? `PGlite database in ${dataDir}` : `PostgreSQL schema "${database.schema}"`;
+    const applied = await applyMigrations(database, migrationsDir);
+    if (applied.length === 0) {
+      console.log(`No pending migrations for the ${target}.`);
+    } else {
+      console.log(`Applied ${applied.length} migration(s) to the ${target}:`);
+      for (const name of applied) {
+        console.log(`  ${name}`);
+      }
+    }
+    return 0;
+  } finally {
+    await database.close();
+  }
+}
+
+async function diff(name: string | undefined): Promise<number> {
+  if (name === undefined || name.trim() === '') {
+    console.error(`A migration name is required.\n${USAGE}`);
+    return 2;
+  }
+  const sql = await diffMigrationsToSchema(migrationsDir, schemaPath);
+  if (sql === '') {
+    console.error('prisma/schema.prisma matches the migrations; no migration written.');
+    return 1;
+  }
+  const folder = await writeMigration(migrationsDir, name, sql);
+  console.log(`Wrote ${relative(process.cwd(), join(migrationsDir, folder, 'migration.sql'))}`);
+  return 0;
+}
+
+async function check(): Promise<number> {
+  const sql = await diffMigrationsToSchema(migrationsDir, schemaPath);
+  if (sql === '') {
+    console.log('prisma/schema.prisma matches the migrations.');
+    return 0;
+  }
+  console.error('prisma/schema.prisma has changes no migration contains; `node scripts/migrate.ts diff <name>` would write:\n');
+  console.log(sql);
+  return 1;
+}
+
+async function main(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  switch (command) {
+    case 'deploy':
+      return deploy();
+    case 'diff':
+      return diff(rest[0]);
+    case 'check':
+      return check();
+    default:
+      console.error(USAGE);
+      return 2;
+  }
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (error) {
+  console.error(error instanceof Error ? error.message : error);
+  process.exitCode = 1;
+}

@@ -1,0 +1,249 @@
+// Opens the application's database: a PostgreSQL server when a URL is configured, otherwise an
+// embedded PGlite database kept on disk, so a bare `npm start` works without any server.
+//
+// Besides the Prisma client, a Database carries the driver adapter factory that the schema engine
+// (see migrations.ts) uses. That factory wraps the stock adapters because neither runs migration
+// scripts the way `prisma migrate deploy` does:
+// - @prisma/adapter-pg splits scripts on every ";" (breaking string literals that contain one) and
+//   runs the pieces one by one, so a failing migration leaves half of itself behind. The native
+//   engine sends the whole script in one simple-protocol round trip, which PostgreSQL runs as one
+//   implicit transaction; the wrapper does the same.
+// - pglite-prisma-adapter 0.7.2 neither awaits nor reports the script it runs, so a failing
+//   migration was recorded in _prisma_migrations as applied. The wrapper awaits it and reports the
+//   error to the engine.
+// - pglite-prisma-adapter's shadow databases are in-memory PGlite instances that are never closed,
+//   and an open instance keeps the process alive; the wrapper closes them when the engine disposes
+//   of the connection.
+import { mkdir } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { PGlite } from '@electric-sql/pglite';
+import { PrismaPg } from '@prisma/adapter-pg';
+import { DriverAdapterError } from '@prisma/driver-adapter-utils';
+import type { SqlDriverAdapter, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
+import { PrismaPGlite } from 'pglite-prisma-adapter';
+import { PrismaClient } from '../../../gen/prisma/client.ts';
+
+export interface DatabaseOptions {
+  /** A postgresql:// URL; an optional `?schema=NAME` selects the schema (default `public`). */
+  databaseUrl?: string;
+  /** Where the embedded PGlite database lives when no URL is given; `memory://` keeps it in memory. */
+  dataDir: string;
+}
+
+export type DatabaseKind = 'postgresql' | 'pglite';
+
+export interface Database {
+  readonly prisma: PrismaClient;
+  /** Migration-aware adapter factory for the schema engine, with the script fixes described above. */
+  readonly adapterFactory: SqlMigrationAwareDriverAdapterFactory;
+  readonly kind: DatabaseKind;
+  /** The PostgreSQL schema holding the application's tables. */
+  readonly schema: string;
+  close(): Promise<void>;
+}
+
+const DEFAULT_SCHEMA = 'public';
+const MEMORY_PREFIX = 'memory://';
+
+// Schema names end up in a startup parameter and in generated SQL, so only plain identifiers are
+// accepted rather than trying to quote arbitrary text correctly in both places.
+const SCHEMA_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+
+/** Opens PostgreSQL when `databaseUrl` is set, otherwise the embedded PGlite database in `dataDir`. */
+export async function createDatabase(options: DatabaseOptions): Promise<Database> {
+  return options.databaseUrl === undefined
+    ? openPGlite(options.dataDir)
+    : openPostgres(options.databaseUrl);
+}
+
+function openPostgres(databaseUrl: string): Database {
+  const url = new URL(databaseUrl);
+  if (url.protocol !== 'postgresql:' && url.protocol !== 'postgres:') {
+    throw new Error(`Unsupported database URL protocol "${url.protocol}"; expected postgresql://`);
+  }
+  const schema = url.searchParams.get('schema') ?? DEFAULT_SCHEMA;
+  if (!SCHEMA_NAME.test(schema)) {
+    throw new Error(`Invalid schema name "${schema}" in the database URL`);
+  }
+  // node-postgres does not know Prisma's `schema` parameter. PrismaPg's schema option qualifies
+  // the client's queries, but migration scripts use unqualified names, so every connection also
+  // gets the schema as its search_path, as the native engine does (public included, rather than
+  // PostgreSQL's default "$user", public). Options given in the URL win over the pool config in
+  // node-postgres, hence the search_path goes into the URL next to any options already there.
+  url.searchParams.delete('schema');
+  const existing = url.searchParams.get('options');
+  const searchPath = `-c search_path="${schema}"`;
+  url.searchParams.set('options', existing === null ? searchPath : `${existing} ${searchPath}`);
+
+  // Each connect() of PrismaPg opens its own pool, so the client and the schema engine never share
+  // connections (and never share the engine's session-level advisory lock).
+  const factory = new PrismaPg(
+    { connectionString: url.toString() },
+    schema === DEFAULT_SCHEMA ? undefined : { schema },
+  );
+  const prisma = new PrismaClient({ adapter: factory });
+
+  const runOnPool = (adapter: Awaited<ReturnType<PrismaPg['connect']>>) => async (script: string) => {
+    try {
+      await adapter.underlyingDriver().query(script);
+    } catch (error) {
+      throw toDriverAdapterError(error);
+    }
+  };
+  const adapterFactory: SqlMigrationAwareDriverAdapterFactory = {
+    provider: factory.provider,
+    adapterName: factory.adapterName,
+    connect: async () => {
+      const adapter = await factory.connect();
+      return withScriptRunner(adapter, runOnPool(adapter), () => adapter.dispose());
+    },
+    connectToShadowDb: async () => {
+      const adapter = await factory.connectToShadowDb();
+      return withScriptRunner(adapter, runOnPool(adapter), () => adapter.dispose());
+    },
+  };
+
+  return {
+    prisma,
+    adapterFactory,
+    kind: 'postgresql',
+    schema,
+    close: async () => {
+      await prisma.$disconnect();
+    },
+  };
+}
+
+async function openPGlite(dataDir: string): Promise<Database> {
+  let location = dataDir;
+  if (!dataDir.startsWith(MEMORY_PREFIX)) {
+    location = resolve(dataDir);
+    await mkdir(location, { recursive: true });
+  }
+  const pglite = await PGlite.create(location);
+  const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) });
+  const adapterFactory = pgliteAdapterFactory(pglite, async () => {
+    const shadow = await PGlite.create(MEMORY_PREFIX);
+    return { pglite: shadow, release: () => shadow.close() };
+  });
+
+  return {
+    prisma,
+    adapterFactory,
+    kind: 'pglite',
+    schema: DEFAULT_SCHEMA,
+    close: async () => {
+      await prisma.$disconnect();
+      await pglite.close();
+    },
+  };
+}
+
+export interface ScratchAdapterFactory {
+  readonly adapterFactory: SqlMigrationAwareDriverAdapterFactory;
+  close(): Promise<void>;
+}
+
+/** Opens a throwaway in-memory PGlite database for the schema engine to diff on. */
+export async function createScratchAdapterFactory(): Promise<ScratchAdapterFactory> {
+  // Starting a PGlite instance takes seconds, so the fresh instance doubles as the first shadow
+  // database: diffing only writes to the shadow, and the instance is thrown away afterwards.
+  // Should the engine ask for another shadow database, that one must be empty, hence new.
+  const instances: PGlite[] = [];
+  const open = async () => {
+    const instance = await PGlite.create(MEMORY_PREFIX);
+    instances.push(instance);
+    return instance;
+  };
+  const main = await open();
+  let mainIsUnused = true;
+  const adapterFactory = pgliteAdapterFactory(main, async () => {
+    const shadow = mainIsUnused ? main : await open();
+    mainIsUnused = false;
+    return { pglite: shadow, release: async () => {} };
+  });
+  return {
+    adapterFactory,
+    close: async () => {
+      await Promise.all(instances.map((instance) => instance.close()));
+    },
+  };
+}
+
+interface Shadow {
+  pglite: PGlite;
+  release(): Promise<void>;
+}
+
+function pgliteAdapterFactory(
+  pglite: PGlite,
+  openShadow: () => Promise<Shadow>,
+): SqlMigrationAwareDriverAdapterFactory {
+  return {
+    provider: 'postgres',
+    adapterName: 'pglite-prisma-adapter',
+    connect: async () => {
+      const adapter = await new PrismaPGlite(pglite).connect();
+      // The instance belongs to whoever created it and is closed there, not by the engine.
+      return withScriptRunner(adapter, runOnPGlite(pglite), async () => {});
+    },
+    connectToShadowDb: async () => {
+      const shadow = await openShadow();
+      const adapter = await new PrismaPGlite(shadow.pglite).connect();
+      return withScriptRunner(adapter, runOnPGlite(shadow.pglite), () => shadow.release());
+    },
+  };
+}
+
+function runOnPGlite(pglite: PGlite): (script: string) => Promise<void> {
+  return async (script) => {
+    try {
+      await pglite.exec(script);
+    } catch (error) {
+      throw toDriverAdapterError(error);
+    }
+  };
+}
+
+/** Delegates to `adapter`, except for running scripts and releasing resources. */
+function withScriptRunner(
+  adapter: SqlDriverAdapter,
+  executeScript: (script: string) => Promise<void>,
+  dispose: () => Promise<void>,
+): SqlDriverAdapter {
+  const wrapped: SqlDriverAdapter = {
+    provider: adapter.provider,
+    adapterName: adapter.adapterName,
+    queryRaw: (query) => adapter.queryRaw(query),
+    executeRaw: (query) => adapter.executeRaw(query),
+    startTransaction: (isolationLevel) => adapter.startTransaction(isolationLevel),
+    executeScript,
+    dispose,
+  };
+  const { getConnectionInfo } = adapter;
+  if (getConnectionInfo !== undefined) {
+    wrapped.getConnectionInfo = () => getConnectionInfo.call(adapter);
+  }
+  return wrapped;
+}
+
+// The engine turns a DriverAdapterError into a proper database error (SQLSTATE, message, detail);
+// any other exception would reach it as an opaque JavaScript error.
+function toDriverAdapterError(error: unknown): unknown {
+  if (!(error instanceof Error) || !('code' in error) || typeof error.code !== 'string') {
+    return error;
+  }
+  const text = (key: string): string | undefined => {
+    const value: unknown = Reflect.get(error, key);
+    return typeof value === 'string' ? value : undefined;
+  };
+  return new DriverAdapterError({
+    kind: 'postgres',
+    code: error.code,
+    severity: text('severity') ?? 'ERROR',
+    message: error.message,
+    detail: text('detail'),
+    column: text('column'),
+    hint: text('hint'),
+  });
+}

@@ -1,0 +1,150 @@
+// Configuration: read once from the environment, validated, and passed down explicitly.
+// Nothing else in src/ reads process.env.
+import { z } from 'zod';
+
+const DEV_JWT_SECRET = 'arcana-development-secret-do-not-use-in-production';
+
+const list = (fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .transform((value) =>
+      value
+        .split(',')
+        .map((item) => item.trim())
+        .filter((item) => item.length > 0),
+    );
+
+const bool = (fallback: boolean) =>
+  z
+    .enum(['true', 'false', '1', '0'])
+    .default(fallback ? 'true' : 'false')
+    .transform((value) => value === 'true' || value === '1');
+
+const int = (fallback: number, min: number, max: number) =>
+  z.coerce.number().int().min(min).max(max).default(fallback);
+
+/** Each key is the environment variable's name; defaults make a bare `npm start` work. */
+const EnvSchema = z.object({
+  NODE_ENV: z.enum(['development', 'test', 'testing', 'production']).default('development'),
+  HOST: z.string().default('0.0.0.0'),
+  PORT: int(3000, 0, 65535),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  TRUST_PROXY: z.string().default('false'),
+  BODY_LIMIT: z.string().default('100kb'),
+  SHUTDOWN_TIMEOUT_MS: int(30_000, 0, 600_000),
+
+  DATABASE_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, 'must be a postgresql:// URL')
+    .optional(),
+  DATA_DIR: z.string().default('./.data'),
+  REDIS_URL: z.string().optional(),
+
+  JWT_SECRET: z.string().optional(),
+  JWT_ISSUER: z.string().min(1).default('arcana-cloud'),
+  JWT_AUDIENCE: z.string().min(1).default('arcana-cloud-api'),
+  JWT_ACCESS_EXPIRES_IN_SECONDS: int(3600, 1, 86_400 * 7),
+  JWT_REFRESH_EXPIRES_IN_SECONDS: int(2_592_000, 60, 86_400 * 365),
+  BCRYPT_ROUNDS: int(12, 4, 15),
+
+  DEPLOYMENT_MODE: z.enum(['monolithic', 'layered', 'microservices']).default('monolithic'),
+  DEPLOYMENT_LAYER: z.enum(['monolithic', 'controller', 'service', 'repository']).default('monolithic'),
+  COMMUNICATION_PROTOCOL: z.enum(['direct', 'http', 'grpc']).default('direct'),
+  SERVICE_URLS: list(''),
+  REPOSITORY_URLS: list(''),
+
+  RATE_LIMIT_ENABLED: bool(true),
+  RATE_LIMIT_WINDOW_MS: int(3_600_000, 1000, 86_400_000),
+  RATE_LIMIT_MAX: int(100, 1, 1_000_000),
+  CORS_ORIGINS: list('http://localhost:3000'),
+
+  ADMIN_USERNAME: z.string().optional(),
+  ADMIN_EMAIL: z.string().optional(),
+  ADMIN_PASSWORD: z.string().optional(),
+
+  OPENAPI_VALIDATE_RESPONSES: bool(false),
+});
+
+export type Environment = Record<string, string | undefined>;
+
+/** A configuration problem that must stop the process before it serves anything. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+export function loadConfig(env: Environment) {
+  // Empty strings mean "unset", as they do in most .env tooling.
+  const cleaned = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ''));
+  const parsed = EnvSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => `  ${issue.path.join('.')}: ${issue.message}`);
+    throw new ConfigError(`Invalid configuration:\n${problems.join('\n')}`);
+  }
+  const e = parsed.data;
+  const production = e.NODE_ENV === 'production';
+
+  if (production && (e.JWT_SECRET === undefined || e.JWT_SECRET.length < 64)) {
+    throw new ConfigError(
+      'JWT_SECRET must be set to at least 64 characters in production (e.g. `openssl rand -base64 64`).',
+    );
+  }
+  if (e.JWT_SECRET !== undefined && e.JWT_SECRET.length < 32) {
+    throw new ConfigError('JWT_SECRET must be at least 32 characters.');
+  }
+  if (e.DEPLOYMENT_MODE !== 'monolithic' || e.DEPLOYMENT_LAYER !== 'monolithic') {
+    // Refusing beats silently running a monolith when a split topology was asked for.
+    throw new ConfigError('Only DEPLOYMENT_MODE=monolithic with DEPLOYMENT_LAYER=monolithic is available in this version.');
+  }
+  const admin = [e.ADMIN_USERNAME, e.ADMIN_EMAIL, e.ADMIN_PASSWORD];
+  if (admin.some((v) => v !== undefined) && admin.some((v) => v === undefined)) {
+    throw new ConfigError('ADMIN_USERNAME, ADMIN_EMAIL and ADMIN_PASSWORD must be set together.');
+  }
+
+  return {
+    nodeEnv: e.NODE_ENV,
+    isProduction: production,
+    server: {
+      host: e.HOST,
+      port: e.PORT,
+      trustProxy: parseTrustProxy(e.TRUST_PROXY),
+      bodyLimit: e.BODY_LIMIT,
+      shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    },
+    logLevel: e.LOG_LEVEL,
+    database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR },
+    redisUrl: e.REDIS_URL,
+    jwt: {
+      secret: e.JWT_SECRET ?? DEV_JWT_SECRET,
+      usingDevelopmentSecret: e.JWT_SECRET === undefined,
+      issuer: e.JWT_ISSUER,
+      audience: e.JWT_AUDIENCE,
+      accessTtlSeconds: e.JWT_ACCESS_EXPIRES_IN_SECONDS,
+      refreshTtlSeconds: e.JWT_REFRESH_EXPIRES_IN_SECONDS,
+    },
+    bcryptRounds: e.BCRYPT_ROUNDS,
+    deployment: {
+      mode: e.DEPLOYMENT_MODE,
+      layer: e.DEPLOYMENT_LAYER,
+      protocol: e.COMMUNICATION_PROTOCOL,
+      serviceUrls: e.SERVICE_URLS,
+      repositoryUrls: e.REPOSITORY_URLS,
+    },
+    rateLimit: { enabled: e.RATE_LIMIT_ENABLED, windowMs: e.RATE_LIMIT_WINDOW_MS, max: e.RATE_LIMIT_MAX },
+    corsOrigins: e.CORS_ORIGINS,
+    bootstrapAdmin:
+      e.ADMIN_USERNAME !== undefined && e.ADMIN_EMAIL !== undefined && e.ADMIN_PASSWORD !== undefined
+        ? { username: e.ADMIN_USERNAME, email: e.ADMIN_EMAIL, password: e.ADMIN_PASSWORD }
+        : undefined,
+    openapi: { validateResponses: e.OPENAPI_VALIDATE_RESPONSES },
+  };
+}
+
+export type Config = ReturnType<typeof loadConfig>;
+
+/** Express's `trust proxy`: false, true, a hop count, or a list of addresses/subnets. */
+function parseTrustProxy(value: string): boolean | number | string {
+  if (value === 'false' || value === '0') return false;
+  if (value === 'true') return true;
+  return /^\d+$/.test(value) ? Number(value) : value;
+}

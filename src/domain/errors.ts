@@ -1,0 +1,65 @@
+// Domain errors. Each carries one of the API's error codes; the edges translate them once:
+// the REST error middleware to a status and the envelope, the Connect interceptor to a Code.
+import type { components } from '../../gen/openapi/schema.d.ts';
+
+export type ErrorCode = components['schemas']['ErrorCode'];
+
+/** Field path → human-readable problem, as sent in `error.details`. */
+export type FieldErrors = Record<string, string>;
+
+export class AppError extends Error {
+  readonly code: ErrorCode;
+  readonly details: FieldErrors | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { details?: FieldErrors; cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'AppError';
+    this.code = code;
+    this.details = options?.details;
+  }
+}
+
+export class ValidationError extends AppError {
+  constructor(message = 'Validation failed', details?: FieldErrors) {
+    super('VALIDATION_ERROR', message, details === undefined ? undefined : { details });
+  }
+}
+
+export class AuthenticationError extends AppError {
+  constructor(message = 'Authentication required') {
+    super('AUTHENTICATION_ERROR', message);
+  }
+}
+
+export class AuthorizationError extends AppError {
+  constructor(message = 'Insufficient permissions') {
+    super('AUTHORIZATION_ERROR', message);
+  }
+}
+
+export class NotFoundError extends AppError {
+  constructor(message = 'Resource not found') {
+    super('NOT_FOUND', message);
+  }
+}
+
+export class ConflictError extends AppError {
+  constructor(message: string, options?: { details?: FieldErrors; cause?: unknown }) {
+    super('CONFLICT', message, options);
+  }
+}
+
+export class RateLimitedError extends AppError {
+  readonly retryAfterSeconds: number;
+
+  constructor(retryAfterSeconds: number) {
+    super('RATE_LIMITED', 'Too many requests, please try again later');
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+export class UnavailableError extends AppError {
+  constructor(message: string, cause?: unknown) {
+    super('SERVICE_UNAVAILABLE', message, { cause });
+  }
+}

@@ -1,0 +1,59 @@
+import { Prisma } from '../../gen/prisma/client.ts';
+import { AppError, ConflictError, NotFoundError, UnavailableError } from '../domain/errors.ts';
+
+const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', '57P01', '57P03']);
+
+/**
+ * Translates what the database layer throws into domain errors, keeping the original as `cause`:
+ * unique violations become conflicts, missing rows not-found, lost connections unavailable.
+ */
+export function translateDatabaseError(error: unknown): unknown {
+  if (error instanceof AppError) return error;
+  if (error instanceof Prisma.PrismaClientKnownRequestError) {
+    if (error.code === 'P2002') {
+      const field = conflictingField(error);
+      return new ConflictError(field === undefined ? 'Resource already exists' : `${capitalize(field)} already exists`, {
+        ...(field === undefined ? {} : { details: { [field]: 'already exists' } }),
+        cause: error,
+      });
+    }
+    if (error.code === 'P2025') return new NotFoundError('User not found');
+    if (error.code === 'P1001' || error.code === 'P1017') return new UnavailableError('Database unavailable', error);
+  }
+  if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
+  const code = findCode(error);
+  if (code !== undefined && CONNECTION_CODES.has(code)) return new UnavailableError('Database unavailable', error);
+  return error;
+}
+
+/** Runs a database call and rethrows its failure translated. */
+export async function withDatabaseErrors<T>(operation: () => Promise<T>): Promise<T> {
+  try {
+    return await operation();
+  } catch (error) {
+    throw translateDatabaseError(error);
+  }
+}
+
+function conflictingField(error: Prisma.PrismaClientKnownRequestError): string | undefined {
+  // Depending on the driver adapter, the violated fields arrive as `target` or under
+  // `driverAdapterError.cause.constraint.fields`.
+  const text = JSON.stringify(error.meta ?? {});
+  for (const field of ['username', 'email']) {
+    if (text.includes(field)) return field;
+  }
+  return undefined;
+}
+
+function findCode(error: unknown): string | undefined {
+  for (let current: unknown = error, depth = 0; current instanceof Object && depth < 5; depth += 1) {
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+function capitalize(value: string): string {
+  return value.charAt(0).toUpperCase() + value.slice(1);
+}

@@ -1,0 +1,210 @@
+import { create, type MessageInitShape } from '@bufbuild/protobuf';
+import { timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { randomUUID } from 'node:crypto';
+import type { OAuthToken, User as UserRow } from '../../gen/prisma/client.ts';
+import {
+  SessionSchema,
+  TokenPairSchema,
+  type LoginRequestSchema,
+  type RegisterRequestSchema,
+  type Session,
+  type TokenPair,
+} from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
+import type { Actor, ClientInfo } from '../domain/actor.ts';
+import { AuthenticationError, ConflictError } from '../domain/errors.ts';
+import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
+import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
+import { hashToken, type TokenCodec } from '../infrastructure/security/token-codec.ts';
+import type { TokenRepository } from '../repositories/token-repository.ts';
+import type { UserRepository } from '../repositories/user-repository.ts';
+
+export interface AuthResult {
+  user: User;
+  tokens: TokenPair;
+}
+
+/** One message for every login failure, so the answer does not reveal whether the user exists. */
+const INVALID_CREDENTIALS = 'Invalid credentials';
+
+/** Registration, login and the lifecycle of sessions (token pairs). */
+export class AuthUseCases {
+  readonly #users: UserRepository;
+  readonly #tokens: TokenRepository;
+  readonly #passwords: PasswordHasher;
+  readonly #codec: TokenCodec;
+  readonly #now: () => Date;
+
+  constructor(deps: {
+    users: UserRepository;
+    tokens: TokenRepository;
+    passwords: PasswordHasher;
+    codec: TokenCodec;
+    now?: () => Date;
+  }) {
+    this.#users = deps.users;
+    this.#tokens = deps.tokens;
+    this.#passwords = deps.passwords;
+    this.#codec = deps.codec;
+    this.#now = deps.now ?? (() => new Date());
+  }
+
+  /** Creates a USER account and opens its first session. */
+  async register(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult> {
+    const username = input.username ?? '';
+    const email = (input.email ?? '').toLowerCase();
+    await assertAvailable(this.#users, username, email);
+    const row = await this.#users.create({
+      username,
+      email,
+      passwordHash: await this.#passwords.hash(input.password ?? ''),
+      firstName: input.firstName ?? null,
+      lastName: input.lastName ?? null,
+      role: 'USER',
+    });
+    const tokens = await this.#openSession(row, client);
+    return { user: toUserMessage(row), tokens };
+  }
+
+  /**
+   * Checks credentials and opens a session. Unknown user, wrong password and inactive account
+   * give the same error after the same bcrypt work.
+   */
+  async login(input: MessageInitShape<typeof LoginRequestSchema>, client: ClientInfo): Promise<AuthResult> {
+    const login = input.usernameOrEmail ?? '';
+    const row = await this.#users.findByLogin(login.includes('@') ? login.toLowerCase() : login);
+    const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash);
+    if (row === null || !passwordMatches || row.status !== 'ACTIVE') {
+      throw new AuthenticationError(INVALID_CREDENTIALS);
+    }
+    const tokens = await this.#openSession(row, client);
+    const now = this.#now();
+    await this.#users.recordLogin(row.id, now);
+    return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens };
+  }
+
+  /**
+   * Resolves an access token to its caller. Rejects tokens that are forged, expired, of the wrong
+   * type, revoked (logout, rotation, revoke-all) or whose user is no longer active.
+   */
+  async authenticate(accessToken: string): Promise<Actor> {
+    this.#codec.verify(accessToken, 'access');
+    const session = await this.#tokens.findByAccessHash(hashToken(accessToken));
+    if (session === null || session.isRevoked) throw new AuthenticationError('Token has been revoked');
+    if (session.accessExpiresAt <= this.#now()) throw new AuthenticationError('Invalid or expired access token');
+    if (session.user.status !== 'ACTIVE') throw new AuthenticationError('Account is not active');
+    return { userId: session.userId, role: roleToProto(session.user.role), sessionId: session.id };
+  }
+
+  /** Ends the caller's current session. */
+  async logout(actor: Actor): Promise<void> {
+    await this.#tokens.revoke(actor.sessionId);
+  }
+
+  /**
+   * Rotates a token pair. Presenting a refresh token that was already rotated or revoked is
+   * treated as theft: the whole chain descended from its login is revoked (RFC 9700 §4.14.2).
+   */
+  async refresh(refreshToken: string, client: ClientInfo): Promise<TokenPair> {
+    this.#codec.verify(refreshToken, 'refresh');
+    const previous = await this.#tokens.findByRefreshHash(hashToken(refreshToken));
+    if (previous === null) throw new AuthenticationError('Invalid or expired refresh token');
+    if (previous.isRevoked) return this.#replayed(previous);
+    if (previous.expiresAt <= this.#now()) throw new AuthenticationError('Invalid or expired refresh token');
+
+    const user = await this.#users.findById(previous.userId);
+    if (user === null || user.status !== 'ACTIVE') {
+      await this.#tokens.revoke(previous.id);
+      throw new AuthenticationError('Account is not active');
+    }
+    const issued = this.#codec.issuePair(user.id, this.#now());
+    const next = await this.#tokens.rotate(previous.id, {
+      userId: user.id,
+      familyId: previous.familyId,
+      accessTokenHash: issued.accessTokenHash,
+      refreshTokenHash: issued.refreshTokenHash,
+      accessExpiresAt: issued.accessExpiresAt,
+      expiresAt: issued.refreshExpiresAt,
+      ipAddress: client.ipAddress ?? previous.ipAddress,
+      userAgent: client.userAgent ?? previous.userAgent,
+      clientName: previous.clientName,
+    });
+    // Another request rotated this token between our read and our write: also a replay.
+    if (next === null) return this.#replayed(previous);
+    return this.#tokenPair(issued.accessToken, issued.refreshToken);
+  }
+
+  async currentUser(actor: Actor): Promise<User> {
+    const row = await this.#users.findById(actor.userId);
+    if (row === null) throw new AuthenticationError('Token has been revoked');
+    return toUserMessage(row);
+  }
+
+  /** The caller's live sessions, newest first, the current one marked. */
+  async listSessions(actor: Actor): Promise<Session[]> {
+    const rows = await this.#tokens.listActive(actor.userId, this.#now());
+    return rows.map((row) => toSessionMessage(row, actor.sessionId));
+  }
+
+  /** Ends every live session of the caller, the current one included; returns how many. */
+  revokeAll(actor: Actor): Promise<number> {
+    return this.#tokens.revokeAllForUser(actor.userId);
+  }
+
+  async #replayed(token: OAuthToken): Promise<never> {
+    await this.#tokens.revokeFamily(token.familyId);
+    throw new AuthenticationError('Refresh token has already been used; the session has been revoked');
+  }
+
+  async #openSession(user: UserRow, client: ClientInfo): Promise<TokenPair> {
+    const issued = this.#codec.issuePair(user.id, this.#now());
+    await this.#tokens.create({
+      userId: user.id,
+      familyId: randomUUID(),
+      accessTokenHash: issued.accessTokenHash,
+      refreshTokenHash: issued.refreshTokenHash,
+      accessExpiresAt: issued.accessExpiresAt,
+      expiresAt: issued.refreshExpiresAt,
+      ipAddress: truncate(client.ipAddress, 45),
+      userAgent: truncate(client.userAgent, 500),
+      clientName: null,
+    });
+    return this.#tokenPair(issued.accessToken, issued.refreshToken);
+  }
+
+  #tokenPair(accessToken: string, refreshToken: string): TokenPair {
+    return create(TokenPairSchema, {
+      accessToken,
+      refreshToken,
+      expiresIn: this.#codec.accessTtlSeconds,
+      tokenType: 'Bearer',
+    });
+  }
+}
+
+/** Fails with a conflict naming every taken field, before any hashing work is spent. */
+export async function assertAvailable(users: UserRepository, username: string | undefined, email: string | undefined, exceptId?: number): Promise<void> {
+  const taken = await users.findTaken(username, email, exceptId);
+  if (!taken.username && !taken.email) return;
+  const details: Record<string, string> = {};
+  if (taken.username) details.username = 'already exists';
+  if (taken.email) details.email = 'already exists';
+  throw new ConflictError(taken.username ? 'Username already exists' : 'Email already exists', { details });
+}
+
+function toSessionMessage(row: OAuthToken, currentId: number): Session {
+  return create(SessionSchema, {
+    id: row.id,
+    tokenType: row.tokenType,
+    ...(row.clientName === null ? {} : { clientName: row.clientName }),
+    ...(row.ipAddress === null ? {} : { ipAddress: row.ipAddress }),
+    ...(row.userAgent === null ? {} : { userAgent: row.userAgent }),
+    createdAt: timestampFromDate(row.createdAt),
+    expiresAt: timestampFromDate(row.expiresAt),
+    current: row.id === currentId,
+  });
+}
+
+function truncate(value: string | undefined, max: number): string | null {
+  return value === undefined ? null : value.slice(0, max);
+}

@@ -1,0 +1,141 @@
+import { create, type MessageInitShape } from '@bufbuild/protobuf';
+import type {
+  ChangePasswordRequestSchema,
+  CreateUserRequestSchema,
+  ListUsersRequestSchema,
+  UpdateUserRequestSchema,
+} from '../../gen/proto/arcana/user/v1/user_service_pb.js';
+import { PaginationSchema, UserRole, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
+import type { Actor } from '../domain/actor.ts';
+import { AuthenticationError, AuthorizationError, ConflictError, NotFoundError } from '../domain/errors.ts';
+import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-mapping.ts';
+import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
+import type { TokenRepository } from '../repositories/token-repository.ts';
+import type { UserChanges, UserRepository } from '../repositories/user-repository.ts';
+import { assertAvailable } from './auth-use-cases.ts';
+
+export const DEFAULT_PAGE_SIZE = 20;
+export const MAX_PAGE_SIZE = 100;
+
+export interface UserPage {
+  users: User[];
+  pagination: Pagination;
+}
+
+/** User management, with the role and ownership rules of spec §5 enforced here, once. */
+export class UserUseCases {
+  readonly #users: UserRepository;
+  readonly #tokens: TokenRepository;
+  readonly #passwords: PasswordHasher;
+
+  constructor(deps: { users: UserRepository; tokens: TokenRepository; passwords: PasswordHasher }) {
+    this.#users = deps.users;
+    this.#tokens = deps.tokens;
+    this.#passwords = deps.passwords;
+  }
+
+  async list(actor: Actor, query: MessageInitShape<typeof ListUsersRequestSchema>): Promise<UserPage> {
+    requireAdmin(actor);
+    const page = Math.max(1, query.page || 1);
+    const perPage = Math.min(MAX_PAGE_SIZE, Math.max(1, query.perPage || DEFAULT_PAGE_SIZE));
+    const { users, total } = await this.#users.list({
+      page,
+      perPage,
+      role: query.role === undefined ? undefined : roleFromProto(query.role),
+      status: query.status === undefined ? undefined : statusFromProto(query.status),
+    });
+    return {
+      users: users.map(toUserMessage),
+      pagination: create(PaginationSchema, { page, perPage, total, totalPages: Math.ceil(total / perPage) }),
+    };
+  }
+
+  async get(actor: Actor, userId: number): Promise<User> {
+    requireSelfOrAdmin(actor, userId, 'Not authorized to view this user');
+    return toUserMessage(await this.#existing(userId));
+  }
+
+  async create(actor: Actor, input: MessageInitShape<typeof CreateUserRequestSchema>): Promise<User> {
+    requireAdmin(actor);
+    const username = input.username ?? '';
+    const email = (input.email ?? '').toLowerCase();
+    await assertAvailable(this.#users, username, email);
+    const row = await this.#users.create({
+      username,
+      email,
+      passwordHash: await this.#passwords.hash(input.password ?? ''),
+      firstName: input.firstName ?? null,
+      lastName: input.lastName ?? null,
+      phone: input.phone ?? null,
+      role: input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role),
+    });
+    return toUserMessage(row);
+  }
+
+  /** Profile fields only: role, status and verification have their own admin operations. */
+  async update(actor: Actor, input: MessageInitShape<typeof UpdateUserRequestSchema>): Promise<User> {
+    const userId = input.userId ?? 0;
+    requireSelfOrAdmin(actor, userId, 'Not authorized to update this user');
+    const existing = await this.#existing(userId);
+    const changes: UserChanges = {};
+    if (input.email !== undefined && input.email.toLowerCase() !== existing.email) {
+      changes.email = input.email.toLowerCase();
+      await assertAvailable(this.#users, undefined, changes.email, userId);
+    }
+    if (input.firstName !== undefined) changes.firstName = input.firstName;
+    if (input.lastName !== undefined) changes.lastName = input.lastName;
+    if (input.phone !== undefined) changes.phone = input.phone;
+    if (input.avatarUrl !== undefined) changes.avatarUrl = input.avatarUrl;
+    return toUserMessage(await this.#users.update(userId, changes));
+  }
+
+  /** Deletes the user; its sessions go with it (cascade). */
+  async delete(actor: Actor, userId: number): Promise<void> {
+    requireAdmin(actor);
+    if (!(await this.#users.delete(userId))) throw new NotFoundError('User not found');
+  }
+
+  /** Changes the caller's own password and ends the caller's other sessions. */
+  async changePassword(actor: Actor, input: MessageInitShape<typeof ChangePasswordRequestSchema>): Promise<void> {
+    const userId = input.userId ?? 0;
+    if (actor.userId !== userId) throw new AuthorizationError('Not authorized to change this password');
+    const user = await this.#existing(userId);
+    if (!(await this.#passwords.verify(input.oldPassword ?? '', user.passwordHash))) {
+      throw new AuthenticationError('Current password is incorrect');
+    }
+    await this.#users.update(userId, { passwordHash: await this.#passwords.hash(input.newPassword ?? '', 'newPassword') });
+    await this.#tokens.revokeAllForUser(userId, actor.sessionId);
+  }
+
+  async verify(actor: Actor, userId: number): Promise<User> {
+    requireAdmin(actor);
+    const user = await this.#existing(userId);
+    if (user.isVerified) throw new ConflictError('User is already verified');
+    return toUserMessage(await this.#users.update(userId, { isVerified: true }));
+  }
+
+  /** Sets the status; any status but ACTIVE ends the user's sessions at once. */
+  async updateStatus(actor: Actor, userId: number, status: UserStatus): Promise<User> {
+    requireAdmin(actor);
+    const stored = statusFromProto(status);
+    await this.#existing(userId);
+    const row = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' });
+    if (status !== UserStatus.ACTIVE) await this.#tokens.revokeAllForUser(userId);
+    return toUserMessage(row);
+  }
+
+  async #existing(userId: number) {
+    const user = await this.#users.findById(userId);
+    if (user === null) throw new NotFoundError('User not found');
+    return user;
+  }
+}
+
+function requireAdmin(actor: Actor): void {
+  if (actor.role !== UserRole.ADMIN) throw new AuthorizationError('Insufficient permissions');
+}
+
+/** Checked before any lookup, so a non-admin cannot probe which ids exist. */
+function requireSelfOrAdmin(actor: Actor, userId: number, message: string): void {
+  if (actor.role !== UserRole.ADMIN && actor.userId !== userId) throw new AuthorizationError(message);
+}

@@ -1,0 +1,20 @@
+import type { NextFunction, Request, Response } from 'express';
+import { AuthenticationError } from '../../domain/errors.ts';
+import type { AuthUseCases } from '../../services/auth-use-cases.ts';
+
+/** Extracts the bearer token of an `authorization` header, or undefined. */
+export function bearerToken(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return match?.[1];
+}
+
+/** Rejects the request with 401 unless it carries a live access token; sets `res.locals.actor`. */
+export function requireAuth(auth: AuthUseCases) {
+  return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
+    const token = bearerToken(req.get('authorization'));
+    if (token === undefined) throw new AuthenticationError('Missing or invalid authorization header');
+    res.locals.actor = await auth.authenticate(token);
+    next();
+  };
+}

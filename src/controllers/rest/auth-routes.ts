@@ -1,0 +1,55 @@
+import { Router } from 'express';
+import type { components } from '../../../gen/openapi/schema.d.ts';
+import type { AuthUseCases } from '../../services/auth-use-cases.ts';
+import { requireAuth } from './auth-middleware.ts';
+import { sendSuccess } from './envelope.ts';
+import { actorOf, clientInfoOf } from './request-context.ts';
+import { toRestSession, toRestTokenPair, toRestUser } from './rest-mapping.ts';
+
+type Schemas = components['schemas'];
+
+/** `/api/v1/auth`: bodies arrive already validated against openapi.yaml. */
+export function createAuthRoutes(auth: AuthUseCases): Router {
+  const router = Router();
+  const authenticated = requireAuth(auth);
+
+  router.post('/register', async (req, res) => {
+    const body = req.body as Schemas['RegisterRequest'];
+    const result = await auth.register(body, clientInfoOf(req));
+    sendSuccess(res, { user: toRestUser(result.user), tokens: toRestTokenPair(result.tokens) }, 'User registered successfully', 201);
+  });
+
+  router.post('/login', async (req, res) => {
+    const body = req.body as Schemas['LoginRequest'];
+    const result = await auth.login(body, clientInfoOf(req));
+    sendSuccess(res, { user: toRestUser(result.user), tokens: toRestTokenPair(result.tokens) }, 'Login successful');
+  });
+
+  router.post('/logout', authenticated, async (_req, res) => {
+    await auth.logout(actorOf(res));
+    sendSuccess(res, null, 'Logout successful');
+  });
+
+  router.post('/refresh', async (req, res) => {
+    const body = req.body as Schemas['RefreshTokenRequest'];
+    const tokens = await auth.refresh(body.refreshToken, clientInfoOf(req));
+    sendSuccess(res, toRestTokenPair(tokens), 'Token refreshed successfully');
+  });
+
+  router.get('/me', authenticated, async (_req, res) => {
+    const user = await auth.currentUser(actorOf(res));
+    sendSuccess(res, toRestUser(user), 'User retrieved successfully');
+  });
+
+  router.get('/tokens', authenticated, async (_req, res) => {
+    const sessions = await auth.listSessions(actorOf(res));
+    sendSuccess(res, sessions.map(toRestSession), 'Tokens retrieved successfully');
+  });
+
+  router.post('/tokens/revoke-all', authenticated, async (_req, res) => {
+    const revokedCount = await auth.revokeAll(actorOf(res));
+    sendSuccess(res, { revokedCount }, 'All tokens revoked');
+  });
+
+  return router;
+}

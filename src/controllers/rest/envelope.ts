@@ -1,0 +1,43 @@
+// The REST response envelopes of spec §11, typed by openapi.yaml.
+import type { Response } from 'express';
+import type { components } from '../../../gen/openapi/schema.d.ts';
+
+type Schemas = components['schemas'];
+export type ErrorBody = Schemas['ErrorResponse'];
+export type PaginationBody = Schemas['Pagination'];
+
+/** The request id set by the request-context middleware. */
+export function requestIdOf(res: Response): string {
+  return String(res.locals.requestId ?? '');
+}
+
+/** `{ success, data, message, timestamp, requestId }` with `status` (200 unless given). */
+export function sendSuccess<T>(res: Response, data: T, message: string, status = 200): void {
+  res.status(status).json({
+    success: true as const,
+    data,
+    message,
+    timestamp: new Date().toISOString(),
+    requestId: requestIdOf(res),
+  });
+}
+
+/** `{ success, items, pagination, timestamp, requestId }`. */
+export function sendPage<T>(res: Response, items: T[], pagination: PaginationBody): void {
+  res.status(200).json({
+    success: true as const,
+    items,
+    pagination,
+    timestamp: new Date().toISOString(),
+    requestId: requestIdOf(res),
+  });
+}
+
+export function errorBody(res: Response, code: ErrorBody['error']['code'], message: string, details?: Record<string, string>): ErrorBody {
+  return {
+    success: false,
+    error: { code, message, ...(details === undefined ? {} : { details }) },
+    timestamp: new Date().toISOString(),
+    requestId: requestIdOf(res),
+  };
+}

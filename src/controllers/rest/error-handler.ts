@@ -1,0 +1,87 @@
+import type { NextFunction, Request, Response } from 'express';
+import { AppError, NotFoundError, type ErrorCode } from '../../domain/errors.ts';
+import type { Logger } from '../../infrastructure/logger.ts';
+import { errorBody } from './envelope.ts';
+
+const STATUS: Record<ErrorCode, number> = {
+  VALIDATION_ERROR: 400,
+  AUTHENTICATION_ERROR: 401,
+  AUTHORIZATION_ERROR: 403,
+  NOT_FOUND: 404,
+  CONFLICT: 409,
+  PAYLOAD_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  RATE_LIMITED: 429,
+  INTERNAL_ERROR: 500,
+  SERVICE_UNAVAILABLE: 503,
+};
+
+/** The shape of errors from body-parser and express-openapi-validator. */
+interface HttpLikeError {
+  status?: number;
+  statusCode?: number;
+  type?: string;
+  errors?: { path?: string; message?: string }[];
+}
+
+/** Unknown routes: 404 in the error envelope. */
+export function notFoundHandler(_req: Request, _res: Response, next: NextFunction): void {
+  next(new NotFoundError('Resource not found'));
+}
+
+/**
+ * The one place REST errors are translated: domain errors to their status and code, parser and
+ * validator errors to clear 4xx answers, anything else to a 500 that reveals nothing outside
+ * development.
+ */
+export function createErrorHandler(options: { logger: Logger; exposeInternals: boolean }) {
+  return (error: unknown, req: Request, res: Response, _next: NextFunction): void => {
+    const appError = toAppError(error);
+    const status = appError === undefined ? 500 : STATUS[appError.code];
+    if (status >= 500) {
+      options.logger.error({ err: error, requestId: res.locals.requestId, method: req.method, path: req.path }, 'request failed');
+    }
+    if (res.headersSent) {
+      res.end();
+      return;
+    }
+    const body =
+      appError === undefined
+        ? errorBody(res, 'INTERNAL_ERROR', options.exposeInternals && error instanceof Error ? error.message : 'Internal server error')
+        : errorBody(res, appError.code, appError.message, appError.details);
+    res.status(status).json(body);
+  };
+}
+
+function toAppError(error: unknown): AppError | undefined {
+  if (error instanceof AppError) return error;
+  if (typeof error !== 'object' || error === null) return undefined;
+  const http = error as HttpLikeError;
+  switch (http.type) {
+    case 'entity.parse.failed':
+      return new AppError('VALIDATION_ERROR', 'Malformed JSON in request body');
+    case 'entity.too.large':
+      return new AppError('PAYLOAD_TOO_LARGE', 'Request body is too large');
+    case 'encoding.unsupported':
+    case 'charset.unsupported':
+      return new AppError('UNSUPPORTED_MEDIA_TYPE', 'Unsupported content encoding or charset');
+  }
+  const status = http.status ?? http.statusCode;
+  if (Array.isArray(http.errors) && status !== undefined) {
+    if (status === 400) return new AppError('VALIDATION_ERROR', 'Validation failed', { details: fieldErrors(http.errors) });
+    if (status === 404 || status === 405) return new NotFoundError('Resource not found');
+    if (status === 413) return new AppError('PAYLOAD_TOO_LARGE', 'Request body is too large');
+    if (status === 415) return new AppError('UNSUPPORTED_MEDIA_TYPE', 'Request body must be application/json');
+  }
+  return undefined;
+}
+
+/** `/body/username` → `username`; repeated paths keep their first message. */
+function fieldErrors(errors: { path?: string; message?: string }[]): Record<string, string> {
+  const details: Record<string, string> = {};
+  for (const { path = '', message = 'is invalid' } of errors) {
+    const field = path.replace(/^\/?(body|query|params|path|headers)\/?/, '').replaceAll('/', '.') || 'body';
+    details[field] ??= message;
+  }
+  return details;
+}

@@ -1,0 +1,75 @@
+import compression from 'compression';
+import cors from 'cors';
+import express, { type Express } from 'express';
+import * as OpenApiValidator from 'express-openapi-validator';
+import helmet from 'helmet';
+import type { components } from '../../../gen/openapi/schema.d.ts';
+import type { Logger } from '../../infrastructure/logger.ts';
+import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
+import type { AuthUseCases } from '../../services/auth-use-cases.ts';
+import type { UserUseCases } from '../../services/user-use-cases.ts';
+import { createAuthRoutes } from './auth-routes.ts';
+import { createErrorHandler, notFoundHandler } from './error-handler.ts';
+import { rateLimit } from './rate-limit-middleware.ts';
+import { requestContext } from './request-context.ts';
+import { createSystemRoutes, type ReadinessCheck } from './system-routes.ts';
+import { createUserRoutes } from './user-routes.ts';
+
+const PROBES = new Set(['/health', '/ready']);
+
+export interface RestAppOptions {
+  apiSpecPath: string;
+  auth: AuthUseCases;
+  users: UserUseCases;
+  logger: Logger;
+  rateLimiter: RateLimiter | undefined;
+  corsOrigins: string[];
+  trustProxy: boolean | number | string;
+  bodyLimit: string;
+  validateResponses: boolean;
+  exposeInternals: boolean;
+  info: components['schemas']['PublicInfo'];
+  readiness: Record<string, ReadinessCheck>;
+}
+
+/** The REST facade: spec §5's routes, validated against openapi.yaml, over the service layer. */
+export function createRestApp(options: RestAppOptions): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', options.trustProxy);
+
+  app.use(requestContext(options.logger));
+  app.use(helmet());
+  app.use(
+    cors({
+      origin: options.corsOrigins,
+      credentials: true,
+      exposedHeaders: ['x-request-id', 'RateLimit-Limit', 'RateLimit-Remaining', 'RateLimit-Reset', 'Retry-After'],
+    }),
+  );
+  app.use(compression());
+
+  if (options.rateLimiter !== undefined) {
+    // Probes are exempt: an orchestrator polling them must never be throttled.
+    const limit = rateLimit(options.rateLimiter);
+    app.use((req, res, next) => (PROBES.has(req.path) ? next() : limit(req, res, next)));
+  }
+
+  app.use(express.json({ limit: options.bodyLimit, strict: true }));
+  app.use(
+    OpenApiValidator.middleware({
+      apiSpec: options.apiSpecPath,
+      validateRequests: { allowUnknownQueryParameters: false, allErrors: true },
+      validateResponses: options.validateResponses,
+      validateSecurity: false,
+    }),
+  );
+
+  app.use(createSystemRoutes({ info: options.info, readiness: options.readiness }));
+  app.use('/api/v1/auth', createAuthRoutes(options.auth));
+  app.use('/api/v1/users', createUserRoutes(options.users, options.auth));
+
+  app.use(notFoundHandler);
+  app.use(createErrorHandler({ logger: options.logger, exposeInternals: options.exposeInternals }));
+  return app;
+}

@@ -1,0 +1,65 @@
+// Process entry point: configuration, logging, the HTTP server and graceful shutdown.
+import { createServer } from 'node:http';
+import { createApplication } from './app.ts';
+import { ConfigError, loadConfig } from './config.ts';
+import { createLogger } from './infrastructure/logger.ts';
+
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      process.exit(1);
+    }
+    throw error;
+  }
+  const logger = createLogger({ level: config.logLevel });
+  if (config.jwt.usingDevelopmentSecret) {
+    logger.warn('JWT_SECRET is not set: using the built-in development secret. Never do this in production.');
+  }
+
+  const app = await createApplication(config, logger);
+  const server = createServer(app.http);
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.server.port, config.server.host, resolve);
+  });
+  const address = server.address();
+  logger.info(
+    {
+      address: typeof address === 'object' && address !== null ? `${address.address}:${address.port}` : address,
+      database: app.database.kind,
+      deploymentMode: config.deployment.mode,
+      nodeEnv: config.nodeEnv,
+    },
+    'arcana-cloud listening',
+  );
+
+  let stopping = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down: draining in-flight requests');
+    const force = setTimeout(() => {
+      logger.error('shutdown timed out; exiting');
+      process.exit(1);
+    }, config.server.shutdownTimeoutMs);
+    force.unref();
+    server.close(async () => {
+      await app.close();
+      logger.info('shutdown complete');
+      process.exit(0);
+    });
+    server.closeIdleConnections();
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`Failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,235 @@
+import jwt from 'jsonwebtoken';
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bearer, createTestApp, loginAdmin, newUser, register, TEST_ENV, type TestApp } from '../helpers/test-app.ts';
+
+let t: TestApp;
+
+beforeAll(async () => {
+  t = await createTestApp();
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+const sha256 = (value: string) => createHash('sha256').update(value).digest('hex');
+
+describe('POST /api/v1/auth/register', () => {
+  it('when the body is valid, then it answers 201 with the user, a token pair and the envelope', async () => {
+    const body = { ...newUser(), firstName: 'Ada', lastName: 'Lovelace' };
+    const res = await t.request.post('/api/v1/auth/register').set('x-request-id', 'req-123').send(body);
+
+    expect(res.status).toBe(201);
+    expect(res.headers['x-request-id']).toBe('req-123');
+    expect(res.body).toMatchObject({
+      success: true,
+      message: 'User registered successfully',
+      requestId: 'req-123',
+      data: {
+        user: { username: body.username, email: body.email, firstName: 'Ada', role: 'USER', status: 'ACTIVE', isVerified: false },
+        tokens: { tokenType: 'Bearer', expiresIn: 3600 },
+      },
+    });
+    expect(Date.parse(res.body.timestamp)).not.toBeNaN();
+    expect(JSON.stringify(res.body)).not.toMatch(/password/i);
+  });
+
+  it('when the e-mail is taken (in any case), then it answers 409 CONFLICT naming the field', async () => {
+    const first = newUser();
+    await register(t, first);
+    const res = await t.request
+      .post('/api/v1/auth/register')
+      .send({ ...newUser(), email: first.email.toUpperCase() });
+    expect(res.status).toBe(409);
+    expect(res.body).toMatchObject({ success: false, error: { code: 'CONFLICT', details: { email: 'already exists' } } });
+  });
+
+  it('when fields break the rules, then it answers 400 VALIDATION_ERROR with one detail per field and stores nothing', async () => {
+    const res = await t.request
+      .post('/api/v1/auth/register')
+      .send({ username: 'a!', email: 'not-an-email', password: 'short' });
+    expect(res.status).toBe(400);
+    expect(res.body.error.code).toBe('VALIDATION_ERROR');
+    expect(Object.keys(res.body.error.details)).toEqual(expect.arrayContaining(['username', 'email', 'password']));
+    const rows = await t.sql('SELECT 1 FROM users WHERE username = $1', ['a!']);
+    expect(rows).toHaveLength(0);
+  });
+
+  it('when the body tries to set its own role, then it answers 400 and no admin is created', async () => {
+    const body = { ...newUser(), role: 'ADMIN' };
+    const res = await t.request.post('/api/v1/auth/register').send(body);
+    expect(res.status).toBe(400);
+    expect(res.body.error.details).toHaveProperty('role');
+    expect(await t.sql('SELECT 1 FROM users WHERE username = $1', [body.username])).toHaveLength(0);
+  });
+
+  it('when the password is over 72 bytes, then it answers 400 instead of silently truncating', async () => {
+    const res = await t.request.post('/api/v1/auth/register').send({ ...newUser(), password: `Aa1!${'é'.repeat(40)}` });
+    expect(res.status).toBe(400);
+    expect(res.body.error.details).toHaveProperty('password');
+  });
+});
+
+describe('POST /api/v1/auth/login', () => {
+  it('when logging in by e-mail, then it answers 200, records the session and the login time', async () => {
+    const user = await register(t);
+    const res = await t.request
+      .post('/api/v1/auth/login')
+      .set('user-agent', 'vitest-agent/1.0')
+      .send({ usernameOrEmail: user.email.toUpperCase(), password: user.password });
+    expect(res.status).toBe(200);
+    expect(res.body.data.user.lastLoginAt).not.toBeNull();
+    const [row] = await t.sql<{ user_agent: string }>(
+      'SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1',
+      [sha256(res.body.data.tokens.accessToken)],
+    );
+    expect(row?.user_agent).toBe('vitest-agent/1.0');
+  });
+
+  it('when the user is unknown, the password wrong or the account inactive, then all three answers are the same 401', async () => {
+    const user = await register(t);
+    const suspended = await register(t);
+    const adminToken = await loginAdmin(t);
+    await t.request.put(`/api/v1/users/${suspended.id}/status`).set(...bearer(adminToken)).send({ status: 'SUSPENDED' }).expect(200);
+
+    const answers = await Promise.all([
+      t.request.post('/api/v1/auth/login').send({ usernameOrEmail: 'nobody_here', password: 'Passw0rd!' }),
+      t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: 'Wrong0ne!' }),
+      t.request.post('/api/v1/auth/login').send({ usernameOrEmail: suspended.username, password: suspended.password }),
+    ]);
+    for (const res of answers) {
+      expect(res.status).toBe(401);
+      expect(res.body.error).toEqual({ code: 'AUTHENTICATION_ERROR', message: 'Invalid credentials' });
+    }
+  });
+});
+
+describe('GET /api/v1/auth/me', () => {
+  it('when the token is valid, then it returns the caller without any password field', async () => {
+    const user = await register(t);
+    const res = await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken));
+    expect(res.status).toBe(200);
+    expect(res.body.data).toMatchObject({ id: user.id, username: user.username });
+    expect(res.body.data).not.toHaveProperty('passwordHash');
+  });
+
+  it('when there is no token, then it answers 401', async () => {
+    const res = await t.request.get('/api/v1/auth/me');
+    expect(res.status).toBe(401);
+    expect(res.body.error.code).toBe('AUTHENTICATION_ERROR');
+  });
+
+  it('when the token is forged, of the wrong type, audience or algorithm, then it answers 401', async () => {
+    const user = await register(t);
+    const secret = TEST_ENV.JWT_SECRET ?? '';
+    const claims = { tokenType: 'access' };
+    const options = { subject: String(user.id), issuer: 'arcana-cloud', audience: 'arcana-cloud-api', expiresIn: 60 } as const;
+    const forged = [
+      jwt.sign(claims, 'some-other-secret-of-sufficient-length-123', options),
+      jwt.sign(claims, secret, { ...options, audience: 'someone-else' }),
+      jwt.sign(claims, secret, { ...options, algorithm: 'HS512' }),
+      jwt.sign(claims, secret, { ...options, expiresIn: -10 }),
+      user.refreshToken,
+      'not-a-jwt',
+    ];
+    for (const token of forged) {
+      const res = await t.request.get('/api/v1/auth/me').set(...bearer(token));
+      expect(res.status, token).toBe(401);
+    }
+    // A correctly signed token that was never issued (no session) is rejected too.
+    const unissued = jwt.sign(claims, secret, { ...options, jwtid: 'x' });
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(unissued))).status).toBe(401);
+  });
+});
+
+describe('POST /api/v1/auth/refresh', () => {
+  it('when a refresh token is used, then the pair rotates and the old access token stops working', async () => {
+    const user = await register(t);
+    const res = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken });
+    expect(res.status).toBe(200);
+    expect(res.body.data.refreshToken).not.toBe(user.refreshToken);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(res.body.data.accessToken))).status).toBe(200);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
+  });
+
+  it('when a used refresh token is replayed, then it answers 401 and its successor is revoked too', async () => {
+    const user = await register(t);
+    const first = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken });
+    const second = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: first.body.data.refreshToken });
+    expect(second.status).toBe(200);
+
+    const replay = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken });
+    expect(replay.status).toBe(401);
+    expect(replay.body.error.code).toBe('AUTHENTICATION_ERROR');
+
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(second.body.data.accessToken))).status).toBe(401);
+    expect((await t.request.post('/api/v1/auth/refresh').send({ refreshToken: second.body.data.refreshToken })).status).toBe(401);
+  });
+
+  it('when the same refresh token is sent twice at once, then exactly one rotation succeeds', async () => {
+    const user = await register(t);
+    const results = await Promise.all([
+      t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken }),
+      t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken }),
+    ]);
+    expect(results.map((r) => r.status).sort()).toEqual([200, 401]);
+  });
+
+  it('when given an access token or garbage, then it answers 401; when the body is empty, 400', async () => {
+    const user = await register(t);
+    expect((await t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.accessToken })).status).toBe(401);
+    expect((await t.request.post('/api/v1/auth/refresh').send({ refreshToken: 'garbage' })).status).toBe(401);
+    expect((await t.request.post('/api/v1/auth/refresh').send({})).status).toBe(400);
+  });
+});
+
+describe('logout, sessions and revoke-all', () => {
+  it('when logging out, then that access token is rejected at once but other sessions live on', async () => {
+    const user = await register(t);
+    const other = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password });
+
+    const res = await t.request.post('/api/v1/auth/logout').set(...bearer(user.accessToken));
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ success: true, data: null, message: 'Logout successful' });
+
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
+    expect((await t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken })).status).toBe(401);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(other.body.data.tokens.accessToken))).status).toBe(200);
+  });
+
+  it('when listing tokens, then each live session is shown once, the current one marked, no token value exposed', async () => {
+    const user = await register(t);
+    await t.request.post('/api/v1/auth/login').set('user-agent', 'second-device').send({ usernameOrEmail: user.username, password: user.password });
+    const res = await t.request.get('/api/v1/auth/tokens').set(...bearer(user.accessToken));
+    expect(res.status).toBe(200);
+    expect(res.body.data).toHaveLength(2);
+    expect(res.body.data.filter((s: { current: boolean }) => s.current)).toHaveLength(1);
+    expect(res.body.data.map((s: { userAgent: string }) => s.userAgent)).toContain('second-device');
+    expect(JSON.stringify(res.body)).not.toContain(user.accessToken);
+  });
+
+  it('when revoking all, then it reports the count and every session of the user dies', async () => {
+    const user = await register(t);
+    const other = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password });
+    const res = await t.request.post('/api/v1/auth/tokens/revoke-all').set(...bearer(user.accessToken));
+    expect(res.status).toBe(200);
+    expect(res.body.data).toEqual({ revokedCount: 2 });
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(other.body.data.tokens.accessToken))).status).toBe(401);
+  });
+});
+
+describe('what the database holds', () => {
+  it('when tokens are issued, then only their SHA-256 hashes are stored and passwords are bcrypt hashes', async () => {
+    const user = await register(t);
+    const rows = await t.sql<Record<string, unknown>>('SELECT * FROM oauth_tokens WHERE user_id = $1', [user.id]);
+    expect(rows).toHaveLength(1);
+    const stored = JSON.stringify(rows);
+    expect(stored).not.toContain(user.accessToken);
+    expect(stored).not.toContain(user.refreshToken);
+    expect(rows[0]).toMatchObject({ access_token_hash: sha256(user.accessToken), refresh_token_hash: sha256(user.refreshToken) });
+    const [account] = await t.sql<{ password_hash: string }>('SELECT password_hash FROM users WHERE id = $1', [user.id]);
+    expect(account?.password_hash).toMatch(/^\$2[aby]\$04\$/);
+  });
+});

@@ -1,0 +1,114 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bearer, createTestApp, newUser, register, type TestApp } from '../helpers/test-app.ts';
+
+let t: TestApp;
+
+beforeAll(async () => {
+  t = await createTestApp({ BODY_LIMIT: '10kb', CORS_ORIGINS: 'https://app.example.com' });
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+describe('bad input never reaches a 500', () => {
+  it('when the JSON is malformed, then 400 VALIDATION_ERROR', async () => {
+    const res = await t.request.post('/api/v1/auth/login').set('content-type', 'application/json').send('{"usernameOrEmail": "x",');
+    expect(res.status).toBe(400);
+    expect(res.body).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR', message: 'Malformed JSON in request body' } });
+  });
+
+  it('when the body is too large, then 413 PAYLOAD_TOO_LARGE', async () => {
+    const res = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: 'x'.repeat(20_000), password: 'y' });
+    expect(res.status).toBe(413);
+    expect(res.body.error.code).toBe('PAYLOAD_TOO_LARGE');
+  });
+
+  it('when the body is not JSON, then 415', async () => {
+    const res = await t.request.post('/api/v1/auth/login').set('content-type', 'text/plain').send('hello');
+    expect(res.status).toBe(415);
+    expect(res.body.error.code).toBe('UNSUPPORTED_MEDIA_TYPE');
+  });
+
+  it('when a field has the wrong type or an unknown field is sent, then 400 naming it', async () => {
+    const wrongType = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: 42, password: 'x' });
+    expect(wrongType.status).toBe(400);
+    expect(wrongType.body.error.details).toHaveProperty('usernameOrEmail');
+    const unknown = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: 'a', password: 'b', admin: true });
+    expect(unknown.status).toBe(400);
+  });
+
+  it('when the body is a JSON array or null, then 400', async () => {
+    for (const raw of ['[]', 'null', '"text"']) {
+      const res = await t.request.post('/api/v1/auth/register').set('content-type', 'application/json').send(raw);
+      expect(res.status, raw).toBe(400);
+    }
+  });
+
+  it('when the user id overflows int32, then 400', async () => {
+    const user = await register(t);
+    const res = await t.request.get('/api/v1/users/99999999999').set(...bearer(user.accessToken));
+    expect(res.status).toBe(400);
+  });
+
+  it('when the route or method is unknown, then 404 in the envelope', async () => {
+    for (const res of [await t.request.get('/api/v1/nope'), await t.request.get('/nowhere'), await t.request.patch('/api/v1/auth/login')]) {
+      expect(res.status).toBe(404);
+      expect(res.body).toMatchObject({ success: false, error: { code: 'NOT_FOUND' } });
+    }
+  });
+
+  it('when the authorization header is not a bearer token, then 401', async () => {
+    const res = await t.request.get('/api/v1/auth/me').set('authorization', 'Basic dXNlcjpwYXNz');
+    expect(res.status).toBe(401);
+    expect(res.body.error.message).toBe('Missing or invalid authorization header');
+  });
+});
+
+describe('cross-cutting HTTP behaviour', () => {
+  it('when no x-request-id is sent, then one is generated and echoed in header and body', async () => {
+    const res = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: 'nobody', password: 'x' });
+    expect(res.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    expect(res.body.requestId).toBe(res.headers['x-request-id']);
+  });
+
+  it('when an unacceptable x-request-id is sent, then it is replaced', async () => {
+    const res = await t.request.get('/health').set('x-request-id', 'bad id with spaces');
+    expect(res.headers['x-request-id']).not.toBe('bad id with spaces');
+  });
+
+  it('then security headers are set and no x-powered-by leaks', async () => {
+    const res = await t.request.get('/health');
+    expect(res.headers['x-content-type-options']).toBe('nosniff');
+    expect(res.headers['x-powered-by']).toBeUndefined();
+  });
+
+  it('when a whitelisted origin asks, then CORS allows it; another origin, then not', async () => {
+    const allowed = await t.request.options('/api/v1/auth/login').set('origin', 'https://app.example.com').set('access-control-request-method', 'POST');
+    expect(allowed.headers['access-control-allow-origin']).toBe('https://app.example.com');
+    const denied = await t.request.options('/api/v1/auth/login').set('origin', 'https://evil.example.com').set('access-control-request-method', 'POST');
+    expect(denied.headers['access-control-allow-origin']).toBeUndefined();
+  });
+});
+
+describe('rate limiting', () => {
+  it('when a client exceeds the limit, then 429 RATE_LIMITED with RateLimit headers; probes stay exempt', async () => {
+    const limited = await createTestApp({ RATE_LIMIT_MAX: '3', RATE_LIMIT_WINDOW_MS: '60000' });
+    try {
+      const statuses: number[] = [];
+      let last;
+      for (let i = 0; i < 5; i += 1) {
+        last = await limited.request.post('/api/v1/auth/login').send({ usernameOrEmail: newUser().username, password: 'x' });
+        statuses.push(last.status);
+      }
+      expect(statuses).toEqual([401, 401, 401, 429, 429]);
+      expect(last?.body.error.code).toBe('RATE_LIMITED');
+      expect(last?.headers['ratelimit-limit']).toBe('3');
+      expect(last?.headers['ratelimit-remaining']).toBe('0');
+      expect(Number(last?.headers['retry-after'])).toBeGreaterThan(0);
+      expect((await limited.request.get('/health')).status).toBe(200);
+    } finally {
+      await limited.close();
+    }
+  });
+});

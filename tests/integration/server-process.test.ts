@@ -1,0 +1,78 @@
+// The real entry point as a user starts it: `node src/main.ts` with no DATABASE_URL (embedded
+// database), talked to over real HTTP, then stopped with SIGTERM.
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newUser } from '../helpers/test-app.ts';
+
+const root = join(import.meta.dirname, '..', '..');
+let dataDir: string;
+let server: ChildProcessWithoutNullStreams;
+let baseUrl: string;
+const logLines: string[] = [];
+
+beforeAll(async () => {
+  dataDir = await mkdtemp(join(tmpdir(), 'arcana-server-'));
+  server = spawn(process.execPath, [join(root, 'src', 'main.ts')], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, BCRYPT_ROUNDS: '4', LOG_LEVEL: 'info' },
+  });
+  baseUrl = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${logLines.join('\n')}`)), 60_000);
+    createInterface({ input: server.stdout }).on('line', (line) => {
+      logLines.push(line);
+      const entry = JSON.parse(line) as { msg?: string; address?: string };
+      if (entry.msg === 'arcana-cloud listening') {
+        clearTimeout(timer);
+        resolve(`http://${entry.address}`);
+      }
+    });
+    server.stderr.on('data', (chunk: Buffer) => logLines.push(chunk.toString()));
+    server.once('exit', (code) => reject(new Error(`server exited with ${code}:\n${logLines.join('\n')}`)));
+  });
+});
+
+afterAll(async () => {
+  if (server.exitCode === null) server.kill('SIGKILL');
+  await rm(dataDir, { recursive: true, force: true });
+});
+
+async function call(method: string, path: string, body?: unknown, token?: string) {
+  const res = await fetch(`${baseUrl}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  return { status: res.status, body: (await res.json()) as { data: Record<string, never> & { tokens: { accessToken: string; refreshToken: string } } } };
+}
+
+describe('node src/main.ts', () => {
+  it('when used as the README shows, then register → login → me → refresh → logout all succeed', async () => {
+    const user = newUser('readme');
+    expect((await call('POST', '/api/v1/auth/register', user)).status).toBe(201);
+    const login = await call('POST', '/api/v1/auth/login', { usernameOrEmail: user.username, password: user.password });
+    expect(login.status).toBe(200);
+    const me = await call('GET', '/api/v1/auth/me', undefined, login.body.data.tokens.accessToken);
+    expect(me.status).toBe(200);
+    const refreshed = await call('POST', '/api/v1/auth/refresh', { refreshToken: login.body.data.tokens.refreshToken });
+    expect(refreshed.status).toBe(200);
+    const newAccess = (refreshed.body.data as unknown as { accessToken: string }).accessToken;
+    expect((await call('POST', '/api/v1/auth/logout', undefined, newAccess)).status).toBe(200);
+    expect((await call('GET', '/api/v1/auth/me', undefined, newAccess)).status).toBe(401);
+  });
+
+  it('then no log line carries a password, a hash or a token', () => {
+    const logs = logLines.join('\n');
+    expect(logs).not.toMatch(/Passw0rd|\$2[aby]\$|eyJ/);
+    expect(logs).toContain('request completed');
+  });
+
+  it('when sent SIGTERM, then it drains and exits with code 0', async () => {
+    const exited = new Promise<number | null>((resolve) => server.once('exit', resolve));
+    server.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  });
+});

@@ -13,9 +13,9 @@ import { PasswordHasher } from './infrastructure/security/password-hasher.ts';
 import { TokenCodec } from './infrastructure/security/token-codec.ts';
 import { PrismaTokenRepository } from './repositories/token-repository.ts';
 import { PrismaUserRepository } from './repositories/user-repository.ts';
-import { AuthUseCases } from './services/auth-use-cases.ts';
+import { AuthUseCases, type AuthService } from './services/auth-use-cases.ts';
 import { ensureBootstrapAdmin } from './services/bootstrap-admin.ts';
-import { UserUseCases } from './services/user-use-cases.ts';
+import { UserUseCases, type UserService } from './services/user-use-cases.ts';
 
 const ROOT = join(import.meta.dirname, '..');
 export const OPENAPI_PATH = join(ROOT, 'openapi.yaml');
@@ -24,8 +24,8 @@ export const MIGRATIONS_PATH = join(ROOT, 'prisma', 'migrations');
 export interface Application {
   http: Express;
   database: Database;
-  auth: AuthUseCases;
-  users: UserUseCases;
+  auth: AuthService;
+  users: UserService;
   close(): Promise<void>;
 }
 

@@ -24,11 +24,26 @@ export interface AuthResult {
   tokens: TokenPair;
 }
 
+/**
+ * The auth operations the facades call. REST and RPC hold this interface, not the class, so a
+ * remote implementation can stand in for the in-process one.
+ */
+export interface AuthService {
+  register(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult>;
+  login(input: MessageInitShape<typeof LoginRequestSchema>, client: ClientInfo): Promise<AuthResult>;
+  authenticate(accessToken: string): Promise<Actor>;
+  logout(actor: Actor): Promise<void>;
+  refresh(refreshToken: string, client: ClientInfo): Promise<TokenPair>;
+  currentUser(actor: Actor): Promise<User>;
+  listSessions(actor: Actor): Promise<Session[]>;
+  revokeAll(actor: Actor): Promise<number>;
+}
+
 /** One message for every login failure, so the answer does not reveal whether the user exists. */
 const INVALID_CREDENTIALS = 'Invalid credentials';
 
 /** Registration, login and the lifecycle of sessions (token pairs). */
-export class AuthUseCases {
+export class AuthUseCases implements AuthService {
   readonly #users: UserRepository;
   readonly #tokens: TokenRepository;
   readonly #passwords: PasswordHasher;

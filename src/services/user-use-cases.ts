@@ -22,8 +22,20 @@ export interface UserPage {
   pagination: Pagination;
 }
 
+/** The user-management operations the facades call; see AuthService for why an interface. */
+export interface UserService {
+  list(actor: Actor, query: MessageInitShape<typeof ListUsersRequestSchema>): Promise<UserPage>;
+  get(actor: Actor, userId: number): Promise<User>;
+  create(actor: Actor, input: MessageInitShape<typeof CreateUserRequestSchema>): Promise<User>;
+  update(actor: Actor, input: MessageInitShape<typeof UpdateUserRequestSchema>): Promise<User>;
+  delete(actor: Actor, userId: number): Promise<void>;
+  changePassword(actor: Actor, input: MessageInitShape<typeof ChangePasswordRequestSchema>): Promise<void>;
+  verify(actor: Actor, userId: number): Promise<User>;
+  updateStatus(actor: Actor, userId: number, status: UserStatus): Promise<User>;
+}
+
 /** User management, with the role and ownership rules of spec §5 enforced here, once. */
-export class UserUseCases {
+export class UserUseCases implements UserService {
   readonly #users: UserRepository;
   readonly #tokens: TokenRepository;
   readonly #passwords: PasswordHasher;

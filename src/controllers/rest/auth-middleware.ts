@@ -1,6 +1,6 @@
 import type { NextFunction, Request, Response } from 'express';
 import { AuthenticationError } from '../../domain/errors.ts';
-import type { AuthUseCases } from '../../services/auth-use-cases.ts';
+import type { AuthService } from '../../services/auth-use-cases.ts';
 
 /** Extracts the bearer token of an `authorization` header, or undefined. */
 export function bearerToken(header: string | undefined): string | undefined {
@@ -10,7 +10,7 @@ export function bearerToken(header: string | undefined): string | undefined {
 }
 
 /** Rejects the request with 401 unless it carries a live access token; sets `res.locals.actor`. */
-export function requireAuth(auth: AuthUseCases) {
+export function requireAuth(auth: AuthService) {
   return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
     const token = bearerToken(req.get('authorization'));
     if (token === undefined) throw new AuthenticationError('Missing or invalid authorization header');

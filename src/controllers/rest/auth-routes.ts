@@ -1,6 +1,6 @@
 import { Router } from 'express';
 import type { components } from '../../../gen/openapi/schema.d.ts';
-import type { AuthUseCases } from '../../services/auth-use-cases.ts';
+import type { AuthService } from '../../services/auth-use-cases.ts';
 import { requireAuth } from './auth-middleware.ts';
 import { sendSuccess } from './envelope.ts';
 import { actorOf, clientInfoOf } from './request-context.ts';
@@ -9,7 +9,7 @@ import { toRestSession, toRestTokenPair, toRestUser } from './rest-mapping.ts';
 type Schemas = components['schemas'];
 
 /** `/api/v1/auth`: bodies arrive already validated against openapi.yaml. */
-export function createAuthRoutes(auth: AuthUseCases): Router {
+export function createAuthRoutes(auth: AuthService): Router {
   const router = Router();
   const authenticated = requireAuth(auth);
 

@@ -6,8 +6,8 @@ import helmet from 'helmet';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
-import type { AuthUseCases } from '../../services/auth-use-cases.ts';
-import type { UserUseCases } from '../../services/user-use-cases.ts';
+import type { AuthService } from '../../services/auth-use-cases.ts';
+import type { UserService } from '../../services/user-use-cases.ts';
 import { createAuthRoutes } from './auth-routes.ts';
 import { createErrorHandler, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
@@ -19,8 +19,8 @@ const PROBES = new Set(['/health', '/ready']);
 
 export interface RestAppOptions {
   apiSpecPath: string;
-  auth: AuthUseCases;
-  users: UserUseCases;
+  auth: AuthService;
+  users: UserService;
   logger: Logger;
   rateLimiter: RateLimiter | undefined;
   corsOrigins: string[];

@@ -1,7 +1,7 @@
 import { Router, type Request } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
-import type { AuthUseCases } from '../../services/auth-use-cases.ts';
-import type { UserUseCases } from '../../services/user-use-cases.ts';
+import type { AuthService } from '../../services/auth-use-cases.ts';
+import type { UserService } from '../../services/user-use-cases.ts';
 import { requireAuth } from './auth-middleware.ts';
 import { sendPage, sendSuccess } from './envelope.ts';
 import { actorOf } from './request-context.ts';
@@ -14,7 +14,7 @@ type ListQuery = NonNullable<operations['listUsers']['parameters']['query']>;
 const userIdOf = (req: Request): number => Number(req.params.userId);
 
 /** `/api/v1/users`: role and ownership rules live in UserUseCases, shared with RPC. */
-export function createUserRoutes(users: UserUseCases, auth: AuthUseCases): Router {
+export function createUserRoutes(users: UserService, auth: AuthService): Router {
   const router = Router();
   router.use(requireAuth(auth));
 

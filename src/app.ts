@@ -39,6 +39,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
     const users = new PrismaUserRepository(database.prisma);
     const tokens = new PrismaTokenRepository(database.prisma);
     const passwords = new PasswordHasher(config.bcryptRounds);
+    await passwords.warmUp();
     const codec = new TokenCodec({
       secret: config.jwt.secret,
       issuer: config.jwt.issuer,

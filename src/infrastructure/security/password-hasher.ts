@@ -22,15 +22,27 @@ export class PasswordHasher {
   }
 
   /**
+   * Computes the throwaway hash ahead of time; otherwise the first login for an unknown user
+   * would take two bcrypt rounds and stand out.
+   */
+  async warmUp(): Promise<void> {
+    await this.#dummy();
+  }
+
+  /**
    * Compares against the stored hash, or against a throwaway hash of the same cost when there is
    * none, so that a login for an unknown user takes as long as one with a wrong password.
    */
   async verify(password: string, hash: string | undefined): Promise<boolean> {
     if (hash === undefined) {
-      this.#dummyHash ??= bcrypt.hash(randomBytes(16).toString('hex'), this.#rounds);
-      await bcrypt.compare(password, await this.#dummyHash);
+      await bcrypt.compare(password, await this.#dummy());
       return false;
     }
     return bcrypt.compare(password, hash);
+  }
+
+  #dummy(): Promise<string> {
+    this.#dummyHash ??= bcrypt.hash(randomBytes(16).toString('hex'), this.#rounds);
+    return this.#dummyHash;
   }
 }

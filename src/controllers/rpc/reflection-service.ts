@@ -1,0 +1,175 @@
+// gRPC server reflection (grpc.reflection.v1 and v1alpha), so that `buf curl --reflect`, grpcurl
+// and grpcui can list our services and call them without a copy of the protos.
+import { create, fromBinary, toBinary, type DescFile } from '@bufbuild/protobuf';
+import { nestedTypes } from '@bufbuild/protobuf/reflect';
+import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
+import { Code, type ServiceImpl } from '@connectrpc/connect';
+import {
+  ErrorResponseSchema,
+  ExtensionNumberResponseSchema,
+  file_grpc_reflection_v1_reflection,
+  FileDescriptorResponseSchema,
+  ListServiceResponseSchema,
+  type ServerReflection as ServerReflectionV1,
+  type ServerReflectionRequest,
+  ServerReflectionRequestSchema as RequestV1Schema,
+  type ServerReflectionResponse,
+  ServerReflectionResponseSchema as ResponseV1Schema,
+} from '../../../gen/proto/grpc/reflection/v1/reflection_pb.js';
+import {
+  file_grpc_reflection_v1alpha_reflection,
+  type ServerReflection as ServerReflectionV1alpha,
+  ServerReflectionRequestSchema as RequestV1alphaSchema,
+  ServerReflectionResponseSchema as ResponseV1alphaSchema,
+} from '../../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
+
+type Answer = ServerReflectionResponse['messageResponse'];
+
+/** What the reflection service knows, indexed once when it is created. */
+interface Index {
+  /** Every file, dependencies included, by its path such as 'arcana/auth/v1/auth_service.proto'. */
+  files: Map<string, DescFile>;
+  /** The file declaring each fully-qualified service, method, message, enum and extension. */
+  symbols: Map<string, DescFile>;
+  /** Every fully-qualified message type, for all_extension_numbers_of_type. */
+  messages: Set<string>;
+  /** The file declaring each extension, by '<extendee>#<field number>'. */
+  extensions: Map<string, DescFile>;
+  /** The field numbers of the known extensions of each message type. */
+  extensionNumbers: Map<string, number[]>;
+  /** The services served: those declared in the files given, not in their dependencies. */
+  services: string[];
+}
+
+/**
+ * Reflection services (v1 and the older v1alpha) describing the services in `files`; the reflection
+ * services themselves are always included.
+ */
+export function createReflectionServices(files: DescFile[]): {
+  v1: ServiceImpl<typeof ServerReflectionV1>;
+  v1alpha: ServiceImpl<typeof ServerReflectionV1alpha>;
+} {
+  const index = buildIndex([...files, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection]);
+  const serialized = new Map<DescFile, Uint8Array>();
+
+  // Clients resolve the types of a file's fields themselves, so a file always comes with its
+  // transitive dependencies (google/protobuf/timestamp.proto, for example), the file asked for
+  // first. The protocol allows leaving out files already sent on the stream; sending them again
+  // costs a few bytes and spares us tracking what each client has seen.
+  function withDependencies(file: DescFile): Answer {
+    const seen = new Set<DescFile>();
+    const queue = [file];
+    for (let next = queue.shift(); next !== undefined; next = queue.shift()) {
+      if (seen.has(next)) continue;
+      seen.add(next);
+      queue.push(...next.dependencies);
+    }
+    const fileDescriptorProto = [...seen].map((desc) => {
+      let bytes = serialized.get(desc);
+      if (bytes === undefined) {
+        bytes = toBinary(FileDescriptorProtoSchema, desc.proto);
+        serialized.set(desc, bytes);
+      }
+      return bytes;
+    });
+    return { case: 'fileDescriptorResponse', value: create(FileDescriptorResponseSchema, { fileDescriptorProto }) };
+  }
+
+  function notFound(message: string): Answer {
+    return { case: 'errorResponse', value: create(ErrorResponseSchema, { errorCode: Code.NotFound, errorMessage: message }) };
+  }
+
+  function answer(request: ServerReflectionRequest['messageRequest']): Answer {
+    switch (request.case) {
+      case 'listServices':
+        return {
+          case: 'listServicesResponse',
+          value: create(ListServiceResponseSchema, { service: index.services.map((name) => ({ name })) }),
+        };
+      case 'fileByFilename': {
+        const file = index.files.get(request.value);
+        return file === undefined ? notFound(`file ${JSON.stringify(request.value)} not found`) : withDependencies(file);
+      }
+      case 'fileContainingSymbol': {
+        const file = index.symbols.get(request.value);
+        return file === undefined ? notFound(`symbol ${JSON.stringify(request.value)} not found`) : withDependencies(file);
+      }
+      case 'fileContainingExtension': {
+        const { containingType, extensionNumber } = request.value;
+        const file = index.extensions.get(`${containingType}#${extensionNumber}`);
+        return file === undefined ? notFound(`extension ${extensionNumber} of ${JSON.stringify(containingType)} not found`) : withDependencies(file);
+      }
+      case 'allExtensionNumbersOfType': {
+        if (!index.messages.has(request.value)) return notFound(`message type ${JSON.stringify(request.value)} not found`);
+        return {
+          case: 'allExtensionNumbersResponse',
+          value: create(ExtensionNumberResponseSchema, {
+            baseTypeName: request.value,
+            extensionNumber: index.extensionNumbers.get(request.value) ?? [],
+          }),
+        };
+      }
+      case undefined:
+        return {
+          case: 'errorResponse',
+          value: create(ErrorResponseSchema, { errorCode: Code.InvalidArgument, errorMessage: 'no message_request set' }),
+        };
+    }
+  }
+
+  // Each request gets exactly one response, in order, echoing the host and the request itself.
+  function respond(request: ServerReflectionRequest): ServerReflectionResponse {
+    return create(ResponseV1Schema, { validHost: request.host, originalRequest: request, messageResponse: answer(request.messageRequest) });
+  }
+
+  return {
+    v1: {
+      async *serverReflectionInfo(requests) {
+        for await (const request of requests) yield respond(request);
+      },
+    },
+    v1alpha: {
+      // The two versions differ only in their package name, so their messages are identical on
+      // the wire: v1alpha traffic is transcoded through the binary format and answered by v1.
+      async *serverReflectionInfo(requests) {
+        for await (const request of requests) {
+          const response = respond(fromBinary(RequestV1Schema, toBinary(RequestV1alphaSchema, request)));
+          yield fromBinary(ResponseV1alphaSchema, toBinary(ResponseV1Schema, response));
+        }
+      },
+    },
+  };
+}
+
+function buildIndex(roots: DescFile[]): Index {
+  const index: Index = { files: new Map(), symbols: new Map(), messages: new Set(), extensions: new Map(), extensionNumbers: new Map(), services: [] };
+
+  // Dependencies are indexed too, so that clients can look up e.g. google.protobuf.Timestamp.
+  // The first file of a name wins, should two copies of one file have been loaded.
+  const visit = (file: DescFile): void => {
+    if (index.files.has(file.proto.name)) return;
+    index.files.set(file.proto.name, file);
+    for (const type of nestedTypes(file)) {
+      index.symbols.set(type.typeName, file);
+      if (type.kind === 'message') {
+        index.messages.add(type.typeName);
+      } else if (type.kind === 'service') {
+        for (const method of type.methods) index.symbols.set(`${type.typeName}.${method.name}`, file);
+      } else if (type.kind === 'extension') {
+        index.extensions.set(`${type.extendee.typeName}#${type.number}`, file);
+        const numbers = index.extensionNumbers.get(type.extendee.typeName) ?? [];
+        numbers.push(type.number);
+        index.extensionNumbers.set(type.extendee.typeName, numbers);
+      }
+    }
+    for (const dependency of file.dependencies) visit(dependency);
+  };
+
+  for (const file of roots) {
+    visit(file);
+    for (const service of file.services) {
+      if (!index.services.includes(service.typeName)) index.services.push(service.typeName);
+    }
+  }
+  return index;
+}

@@ -1,10 +1,26 @@
 // The composition root: the one place that builds repositories → services → facades for this
 // process. Nothing is created at import time; everything is passed down explicitly.
+import { cors as connectCors } from '@connectrpc/connect';
+import { connectNodeAdapter } from '@connectrpc/connect-node';
+import cors from 'cors';
 import type { Express } from 'express';
+import { load as parseYaml } from 'js-yaml';
+import { readFile } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { join } from 'node:path';
 import packageJson from '../package.json' with { type: 'json' };
 import type { Config } from './config.ts';
 import { createRestApp } from './controllers/rest/rest-app.ts';
+import { createConnectRoutes } from './controllers/rpc/connect-routes.ts';
+import {
+  errorInterceptor,
+  rateLimitInterceptor,
+  requestContextInterceptor,
+  validationInterceptor,
+} from './controllers/rpc/interceptors.ts';
+import { RequestValidator, type OpenApiComponents } from './controllers/rpc/request-validator.ts';
+import { contextValuesFor } from './controllers/rpc/rpc-context.ts';
 import { createDatabase, type Database } from './infrastructure/database/database.ts';
 import { applyMigrations } from './infrastructure/database/migrations.ts';
 import type { Logger } from './infrastructure/logger.ts';
@@ -22,14 +38,18 @@ export const OPENAPI_PATH = join(ROOT, 'openapi.yaml');
 export const MIGRATIONS_PATH = join(ROOT, 'prisma', 'migrations');
 
 export interface Application {
-  http: Express;
+  /** HTTP/1.1 requests: REST, plus Connect and gRPC-Web RPCs. */
+  http: (req: IncomingMessage, res: ServerResponse) => void;
+  /** HTTP/2 requests: gRPC, Connect and gRPC-Web RPCs. */
+  http2: (req: Http2ServerRequest, res: Http2ServerResponse) => void;
+  rest: Express;
   database: Database;
   auth: AuthService;
   users: UserService;
   close(): Promise<void>;
 }
 
-/** Opens the database, applies pending migrations, wires the layers and returns the app. */
+/** Opens the database, applies pending migrations, wires the layers and returns the handlers. */
 export async function createApplication(config: Config, logger: Logger): Promise<Application> {
   const database = await createDatabase(config.database);
   try {
@@ -54,26 +74,76 @@ export async function createApplication(config: Config, logger: Logger): Promise
       await ensureBootstrapAdmin(config.bootstrapAdmin, { users, passwords, logger });
     }
 
-    const http = createRestApp({
+    // One limiter for both facades: a client's budget is the same whichever protocol it uses.
+    const rateLimiter = config.rateLimit.enabled ? new MemoryRateLimiter(config.rateLimit) : undefined;
+    const readiness = {
+      database: async () => {
+        await database.prisma.$queryRaw`SELECT 1`;
+      },
+    };
+    const exposeInternals = config.nodeEnv === 'development';
+
+    const rest = createRestApp({
       apiSpecPath: OPENAPI_PATH,
       auth,
       users: userUseCases,
       logger,
-      rateLimiter: config.rateLimit.enabled ? new MemoryRateLimiter(config.rateLimit) : undefined,
-      corsOrigins: config.corsOrigins,
+      rateLimiter,
       trustProxy: config.server.trustProxy,
-      bodyLimit: config.server.bodyLimit,
+      bodyLimitBytes: config.server.bodyLimitBytes,
       validateResponses: config.openapi.validateResponses,
-      exposeInternals: config.nodeEnv === 'development',
+      exposeInternals,
       info: { name: 'arcana-cloud', version: packageJson.version, deploymentMode: config.deployment.mode },
-      readiness: {
-        database: async () => {
-          await database.prisma.$queryRaw`SELECT 1`;
-        },
-      },
+      readiness,
     });
 
-    return { http, database, auth, users: userUseCases, close: () => database.close() };
+    const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
+    const rpcOptions = {
+      routes: createConnectRoutes({ auth, users: userUseCases, readiness }),
+      interceptors: [
+        requestContextInterceptor(logger),
+        errorInterceptor({ logger, exposeInternals }),
+        ...(rateLimiter === undefined ? [] : [rateLimitInterceptor(rateLimiter)]),
+        validationInterceptor(new RequestValidator(openapi)),
+      ],
+      contextValues: contextValuesFor,
+      readMaxBytes: config.server.bodyLimitBytes,
+    };
+    // Over HTTP/1.1 whatever is not an RPC path falls through to the REST app. This adapter only
+    // ever sees HTTP/1.1 requests (see `http` below), hence the narrowing casts.
+    const rpcOrRest = connectNodeAdapter({
+      ...rpcOptions,
+      fallback: (req, res) => rest(req as IncomingMessage, res as ServerResponse),
+    });
+    const rpcOnly = connectNodeAdapter(rpcOptions);
+
+    // Browsers call both facades; the policy allows Connect's and gRPC-Web's headers as well as
+    // the REST ones, and exposes the headers clients read.
+    const corsPolicy = cors({
+      origin: config.corsOrigins,
+      credentials: true,
+      methods: [...new Set([...connectCors.allowedMethods, 'GET', 'POST', 'PUT', 'DELETE'])],
+      allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id'],
+      exposedHeaders: [
+        ...connectCors.exposedHeaders,
+        'X-Request-Id',
+        'RateLimit-Limit',
+        'RateLimit-Remaining',
+        'RateLimit-Reset',
+        'Retry-After',
+      ],
+      maxAge: 7200,
+    });
+
+    return {
+      http: (req, res) => corsPolicy(req, res, () => rpcOrRest(req, res)),
+      http2: rpcOnly,
+      rest,
+      database,
+      auth,
+      users: userUseCases,
+      close: () => database.close(),
+    };
   } catch (error) {
     await database.close();
     throw error;

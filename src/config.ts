@@ -31,7 +31,11 @@ const EnvSchema = z.object({
   PORT: int(3000, 0, 65535),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   TRUST_PROXY: z.string().default('false'),
-  BODY_LIMIT: z.string().default('100kb'),
+  BODY_LIMIT: z
+    .string()
+    .regex(/^\d+(b|kb|mb)?$/i, 'must be a size such as 100kb or 1mb')
+    .default('100kb')
+    .transform(parseSize),
   SHUTDOWN_TIMEOUT_MS: int(30_000, 0, 600_000),
 
   DATABASE_URL: z
@@ -108,7 +112,8 @@ export function loadConfig(env: Environment) {
       host: e.HOST,
       port: e.PORT,
       trustProxy: parseTrustProxy(e.TRUST_PROXY),
-      bodyLimit: e.BODY_LIMIT,
+      /** Largest request body in bytes, for REST JSON and RPC messages alike. */
+      bodyLimitBytes: e.BODY_LIMIT,
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     },
     logLevel: e.LOG_LEVEL,
@@ -141,6 +146,12 @@ export function loadConfig(env: Environment) {
 }
 
 export type Config = ReturnType<typeof loadConfig>;
+
+function parseSize(value: string): number {
+  const match = /^(\d+)(b|kb|mb)?$/i.exec(value);
+  const unit = (match?.[2] ?? 'b').toLowerCase();
+  return Number(match?.[1]) * (unit === 'mb' ? 1024 * 1024 : unit === 'kb' ? 1024 : 1);
+}
 
 /** Express's `trust proxy`: false, true, a hop count, or a list of addresses/subnets. */
 function parseTrustProxy(value: string): boolean | number | string {

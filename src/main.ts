@@ -1,8 +1,8 @@
 // Process entry point: configuration, logging, the HTTP server and graceful shutdown.
-import { createServer } from 'node:http';
 import { createApplication } from './app.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { createLogger } from './infrastructure/logger.ts';
+import { createDualProtocolServer } from './server.ts';
 
 async function main(): Promise<void> {
   let config;
@@ -21,8 +21,7 @@ async function main(): Promise<void> {
   }
 
   const app = await createApplication(config, logger);
-  const server = createServer(app.http);
-  server.keepAliveTimeout = 65_000;
+  const { server, close } = createDualProtocolServer({ http1: app.http, http2: app.http2 });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.server.port, config.server.host, resolve);
@@ -48,12 +47,11 @@ async function main(): Promise<void> {
       process.exit(1);
     }, config.server.shutdownTimeoutMs);
     force.unref();
-    server.close(async () => {
+    void close().then(async () => {
       await app.close();
       logger.info('shutdown complete');
       process.exit(0);
     });
-    server.closeIdleConnections();
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));

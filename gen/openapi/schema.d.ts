@@ -507,7 +507,7 @@ export interface components {
             oldPassword: string;
             newPassword: components["schemas"]["Password"];
         };
-        UpdateStatusRequest: {
+        UpdateUserStatusRequest: {
             status: components["schemas"]["UserStatus"];
         };
         AuthResultResponse: {
@@ -1134,7 +1134,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["UpdateStatusRequest"];
+                "application/json": components["schemas"]["UpdateUserStatusRequest"];
             };
         };
         responses: {

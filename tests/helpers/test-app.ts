@@ -91,3 +91,28 @@ export async function loginAdmin(t: TestApp): Promise<string> {
 }
 
 export const bearer = (token: string): [string, string] => ['authorization', `Bearer ${token}`];
+
+export interface TestServer extends TestApp {
+  /** e.g. http://127.0.0.1:54321 — REST, Connect and gRPC-Web (HTTP/1.1) and gRPC (h2c). */
+  baseUrl: string;
+  port: number;
+}
+
+/** Like createTestApp, and also serves it on a real port the way src/main.ts does. */
+export async function startTestServer(overrides: Environment = {}): Promise<TestServer> {
+  const t = await createTestApp(overrides);
+  const { createDualProtocolServer } = await import('../../src/server.ts');
+  const { server, close } = createDualProtocolServer({ http1: t.app.http, http2: t.app.http2 });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  return {
+    ...t,
+    port,
+    baseUrl: `http://127.0.0.1:${port}`,
+    close: async () => {
+      await close();
+      await t.close();
+    },
+  };
+}

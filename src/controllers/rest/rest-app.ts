@@ -1,5 +1,4 @@
 import compression from 'compression';
-import cors from 'cors';
 import express, { type Express } from 'express';
 import * as OpenApiValidator from 'express-openapi-validator';
 import helmet from 'helmet';
@@ -23,16 +22,18 @@ export interface RestAppOptions {
   users: UserService;
   logger: Logger;
   rateLimiter: RateLimiter | undefined;
-  corsOrigins: string[];
   trustProxy: boolean | number | string;
-  bodyLimit: string;
+  bodyLimitBytes: number;
   validateResponses: boolean;
   exposeInternals: boolean;
   info: components['schemas']['PublicInfo'];
   readiness: Record<string, ReadinessCheck>;
 }
 
-/** The REST facade: spec §5's routes, validated against openapi.yaml, over the service layer. */
+/**
+ * The REST facade: spec §5's routes, validated against openapi.yaml, over the service layer.
+ * CORS is applied in front of it, shared with the RPC handlers (see src/app.ts).
+ */
 export function createRestApp(options: RestAppOptions): Express {
   const app = express();
   app.disable('x-powered-by');
@@ -40,13 +41,6 @@ export function createRestApp(options: RestAppOptions): Express {
 
   app.use(requestContext(options.logger));
   app.use(helmet());
-  app.use(
-    cors({
-      origin: options.corsOrigins,
-      credentials: true,
-      exposedHeaders: ['x-request-id', 'RateLimit-Limit', 'RateLimit-Remaining', 'RateLimit-Reset', 'Retry-After'],
-    }),
-  );
   app.use(compression());
 
   if (options.rateLimiter !== undefined) {
@@ -55,7 +49,7 @@ export function createRestApp(options: RestAppOptions): Express {
     app.use((req, res, next) => (PROBES.has(req.path) ? next() : limit(req, res, next)));
   }
 
-  app.use(express.json({ limit: options.bodyLimit, strict: true }));
+  app.use(express.json({ limit: options.bodyLimitBytes, strict: true }));
   app.use(
     OpenApiValidator.middleware({
       apiSpec: options.apiSpecPath,

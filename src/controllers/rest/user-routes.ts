@@ -64,7 +64,7 @@ export function createUserRoutes(users: UserService, auth: AuthService): Router 
   });
 
   router.put('/:userId/status', async (req, res) => {
-    const body = req.body as Schemas['UpdateStatusRequest'];
+    const body = req.body as Schemas['UpdateUserStatusRequest'];
     const user = await users.updateStatus(actorOf(res), userIdOf(req), statusFromRest(body.status));
     sendSuccess(res, toRestUser(user), 'User status updated successfully');
   });

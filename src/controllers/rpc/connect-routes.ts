@@ -1,0 +1,39 @@
+// Every Connect service this process serves, registered in one place.
+import type { ConnectRouter } from '@connectrpc/connect';
+import { AuthService as AuthServiceDescriptor, file_arcana_auth_v1_auth_service } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { UserService as UserServiceDescriptor, file_arcana_user_v1_user_service } from '../../../gen/proto/arcana/user/v1/user_service_pb.js';
+import { file_grpc_health_v1_health, Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
+import { file_grpc_reflection_v1_reflection, ServerReflection as ServerReflectionV1 } from '../../../gen/proto/grpc/reflection/v1/reflection_pb.js';
+import {
+  file_grpc_reflection_v1alpha_reflection,
+  ServerReflection as ServerReflectionV1alpha,
+} from '../../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
+import type { AuthService } from '../../services/auth-use-cases.ts';
+import type { UserService } from '../../services/user-use-cases.ts';
+import type { ReadinessCheck } from '../rest/system-routes.ts';
+import { createAuthHandler } from './auth-handler.ts';
+import { createHealthService } from './health-service.ts';
+import { createReflectionServices } from './reflection-service.ts';
+import { createUserHandler } from './user-handler.ts';
+
+/** The public API plus gRPC health checking and server reflection. */
+export function createConnectRoutes(deps: {
+  auth: AuthService;
+  users: UserService;
+  readiness: Record<string, ReadinessCheck>;
+}): (router: ConnectRouter) => void {
+  const reflection = createReflectionServices([
+    file_arcana_auth_v1_auth_service,
+    file_arcana_user_v1_user_service,
+    file_grpc_health_v1_health,
+    file_grpc_reflection_v1_reflection,
+    file_grpc_reflection_v1alpha_reflection,
+  ]);
+  return (router) => {
+    router.service(AuthServiceDescriptor, createAuthHandler(deps.auth));
+    router.service(UserServiceDescriptor, createUserHandler(deps.users, deps.auth));
+    router.service(Health, createHealthService(deps.readiness, [AuthServiceDescriptor.typeName, UserServiceDescriptor.typeName]));
+    router.service(ServerReflectionV1, reflection.v1);
+    router.service(ServerReflectionV1alpha, reflection.v1alpha);
+  };
+}

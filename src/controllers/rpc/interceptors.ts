@@ -1,0 +1,119 @@
+// Cross-cutting RPC behaviour, mirroring the REST middleware: request ids and logs, error
+// translation, rate limiting and request validation.
+import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
+import { create } from '@bufbuild/protobuf';
+import { durationFromMs } from '@bufbuild/protobuf/wkt';
+import { randomUUID } from 'node:crypto';
+import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
+import { AppError, RateLimitedError, type ErrorCode } from '../../domain/errors.ts';
+import type { Logger } from '../../infrastructure/logger.ts';
+import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
+import type { RequestValidator } from './request-validator.ts';
+import { clientKey, requestIdKey } from './rpc-context.ts';
+
+const ACCEPTABLE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Domain error codes as Connect codes: the RPC twin of the REST status table. */
+export const CONNECT_CODE: Record<ErrorCode, Code> = {
+  VALIDATION_ERROR: Code.InvalidArgument,
+  AUTHENTICATION_ERROR: Code.Unauthenticated,
+  AUTHORIZATION_ERROR: Code.PermissionDenied,
+  NOT_FOUND: Code.NotFound,
+  CONFLICT: Code.AlreadyExists,
+  PAYLOAD_TOO_LARGE: Code.ResourceExhausted,
+  UNSUPPORTED_MEDIA_TYPE: Code.InvalidArgument,
+  RATE_LIMITED: Code.ResourceExhausted,
+  INTERNAL_ERROR: Code.Internal,
+  SERVICE_UNAVAILABLE: Code.Unavailable,
+};
+
+/**
+ * Gives every RPC a request id (the caller's `x-request-id` when sane), returns it in the response
+ * headers (or error metadata) and logs one line per call.
+ */
+export function requestContextInterceptor(logger: Logger): Interceptor {
+  return (next) => async (req) => {
+    const incoming = req.header.get('x-request-id');
+    const requestId = incoming !== null && ACCEPTABLE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    req.contextValues.set(requestIdKey, requestId);
+    const started = process.hrtime.bigint();
+    const log = (code: string) =>
+      logger[code === 'internal' || code === 'unknown' ? 'error' : 'info'](
+        {
+          requestId,
+          procedure: `${req.service.typeName}/${req.method.name}`,
+          code,
+          durationMs: Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100,
+        },
+        'rpc completed',
+      );
+    try {
+      const res = await next(req);
+      res.header.set('x-request-id', requestId);
+      log('ok');
+      return res;
+    } catch (error) {
+      const connectError = ConnectError.from(error);
+      connectError.metadata.set('x-request-id', requestId);
+      log(Code[connectError.code].toLowerCase());
+      throw connectError;
+    }
+  };
+}
+
+/**
+ * Translates domain errors into Connect errors with the same message as REST, field violations
+ * as google.rpc.BadRequest and a retry delay for rate limits. Anything unexpected becomes a bare
+ * `internal` (logged here) so no stack or internals reach the client.
+ */
+export function errorInterceptor(options: { logger: Logger; exposeInternals: boolean }): Interceptor {
+  return (next) => async (req) => {
+    try {
+      return await next(req);
+    } catch (error) {
+      if (error instanceof AppError) throw toConnectError(error);
+      if (error instanceof ConnectError && error.code !== Code.Internal && error.code !== Code.Unknown) throw error;
+      options.logger.error({ err: error, requestId: req.contextValues.get(requestIdKey) }, 'rpc failed');
+      const message = options.exposeInternals && error instanceof Error ? error.message : 'Internal server error';
+      throw new ConnectError(message, Code.Internal);
+    }
+  };
+}
+
+function toConnectError(error: AppError): ConnectError {
+  const details = [];
+  if (error.details !== undefined) {
+    details.push({
+      desc: BadRequestSchema,
+      value: create(BadRequestSchema, {
+        fieldViolations: Object.entries(error.details).map(([field, description]) => ({ field, description })),
+      }),
+    });
+  }
+  const metadata = new Headers();
+  if (error instanceof RateLimitedError) {
+    metadata.set('retry-after', String(error.retryAfterSeconds));
+    details.push({
+      desc: RetryInfoSchema,
+      value: create(RetryInfoSchema, { retryDelay: durationFromMs(error.retryAfterSeconds * 1000) }),
+    });
+  }
+  return new ConnectError(error.message, CONNECT_CODE[error.code], metadata, details, error);
+}
+
+/** The same per-client budget as REST: one limiter, one key per client address. */
+export function rateLimitInterceptor(limiter: RateLimiter): Interceptor {
+  return (next) => async (req) => {
+    const decision = await limiter.consume(`ip:${req.contextValues.get(clientKey).ipAddress ?? 'unknown'}`);
+    if (!decision.allowed) throw new RateLimitedError(decision.resetSeconds);
+    return next(req);
+  };
+}
+
+/** Validates unary requests against openapi.yaml's rules (see RequestValidator). */
+export function validationInterceptor(validator: RequestValidator): Interceptor {
+  return (next) => async (req) => {
+    if (!req.stream) validator.check(req.method.input, req.message);
+    return next(req);
+  };
+}

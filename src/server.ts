@@ -83,6 +83,16 @@ function peek(socket: Socket, route: (isHttp2: boolean, head: Buffer) => void): 
 }
 
 /**
+ * The peer address of a request's socket. Over prior-knowledge HTTP/2 the socket Node exposes
+ * wraps the replaying stream below and knows no address itself; the stream does.
+ */
+export function remoteAddressOf(socket: unknown): string | undefined {
+  const direct = (socket as { remoteAddress?: string } | undefined)?.remoteAddress;
+  if (direct !== undefined) return direct;
+  return (socket as { stream?: { remoteAddress?: string } } | undefined)?.stream?.remoteAddress;
+}
+
+/**
  * The socket as a stream that first replays `head`. Node's HTTP/2 server reads a TCP socket's
  * native handle directly, so bytes already read and unshifted would never reach it; given a plain
  * Duplex it reads through JavaScript instead and sees them.

@@ -1,7 +1,7 @@
 // Cross-cutting RPC behaviour, mirroring the REST middleware: request ids and logs, error
 // translation, rate limiting and request validation.
 import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
-import { create } from '@bufbuild/protobuf';
+import { create, type DescMessage } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { randomUUID } from 'node:crypto';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
@@ -71,7 +71,7 @@ export function errorInterceptor(options: { logger: Logger; exposeInternals: boo
     try {
       return await next(req);
     } catch (error) {
-      if (error instanceof AppError) throw toConnectError(error);
+      if (error instanceof AppError) throw toConnectError(error, req.method.input);
       if (error instanceof ConnectError && error.code !== Code.Internal && error.code !== Code.Unknown) throw error;
       options.logger.error({ err: error, requestId: req.contextValues.get(requestIdKey) }, 'rpc failed');
       const message = options.exposeInternals && error instanceof Error ? error.message : 'Internal server error';
@@ -80,13 +80,16 @@ export function errorInterceptor(options: { logger: Logger; exposeInternals: boo
   };
 }
 
-function toConnectError(error: AppError): ConnectError {
+function toConnectError(error: AppError, input: DescMessage): ConnectError {
   const details = [];
   if (error.details !== undefined) {
+    // The services name fields as JSON does (newPassword); RPC clients know them by their proto
+    // names (new_password).
+    const protoName = (field: string) => input.fields.find((candidate) => candidate.jsonName === field)?.name ?? field;
     details.push({
       desc: BadRequestSchema,
       value: create(BadRequestSchema, {
-        fieldViolations: Object.entries(error.details).map(([field, description]) => ({ field, description })),
+        fieldViolations: Object.entries(error.details).map(([field, description]) => ({ field: protoName(field), description })),
       }),
     });
   }

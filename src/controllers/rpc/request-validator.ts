@@ -2,8 +2,9 @@
 // openapi.yaml, so the two protocols cannot drift apart. The mapping is by convention:
 // - a request message whose name is a schema in components/schemas (RegisterRequest, …) has its
 //   set fields validated as that schema's JSON object, enums by their REST names (ADMIN, …);
-// - a field named like a parameter in components/parameters (userId, page, …) is validated
-//   against that parameter's schema instead, and must be set when the parameter is required.
+// - a field that schema does not describe but that is named like a parameter in
+//   components/parameters (userId, page, …) is validated against that parameter's schema, and
+//   must be set when the parameter is required and the field is not proto3 `optional`.
 // proto3 cannot tell an empty string or a zero from "not sent", so such fields count as absent,
 // which is what the schemas' `required` lists then catch.
 import { isFieldSet, type DescField, type DescMessage, type Message } from '@bufbuild/protobuf';
@@ -36,14 +37,19 @@ interface MessageRules {
 export class RequestValidator {
   readonly #ajv: Ajv2020;
   readonly #parameters: Map<string, { key: string; required: boolean }>;
-  readonly #schemas: Set<string>;
+  readonly #schemas: Map<string, Set<string>>;
   readonly #rules = new Map<string, MessageRules>();
 
   constructor(document: OpenApiComponents) {
     this.#ajv = new Ajv2020({ allErrors: true, strict: false });
     addFormats(this.#ajv);
     this.#ajv.addSchema({ $id: 'openapi', components: document.components ?? {} });
-    this.#schemas = new Set(Object.keys(document.components?.schemas ?? {}));
+    this.#schemas = new Map(
+      Object.entries(document.components?.schemas ?? {}).map(([name, schema]) => [
+        name,
+        new Set(Object.keys((schema as { properties?: Record<string, unknown> }).properties ?? {})),
+      ]),
+    );
     this.#parameters = new Map(
       Object.entries(document.components?.parameters ?? {}).flatMap(([key, parameter]) =>
         parameter.name === undefined ? [] : [[parameter.name, { key, required: parameter.required === true }]],
@@ -90,9 +96,11 @@ export class RequestValidator {
         body: this.#schemas.has(desc.name) ? this.#ajv.compile({ $ref: `openapi#/components/schemas/${desc.name}` }) : undefined,
         parameters: desc.fields.flatMap((field) => {
           const parameter = this.#parameters.get(field.jsonName);
-          if (parameter === undefined) return [];
+          // A property of the request's own schema is validated there, even when a query
+          // parameter elsewhere shares its name (UpdateUserStatusRequest.status, say).
+          if (parameter === undefined || this.#schemas.get(desc.name)?.has(field.jsonName) === true) return [];
           const validate = this.#ajv.compile({ $ref: `openapi#/components/parameters/${parameter.key}/schema` });
-          return [{ field, required: parameter.required, validate }];
+          return [{ field, required: parameter.required && field.proto.proto3Optional !== true, validate }];
         }),
       };
       this.#rules.set(desc.typeName, rules);

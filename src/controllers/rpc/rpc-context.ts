@@ -4,6 +4,7 @@ import type { Http2ServerRequest } from 'node:http2';
 import type { Actor, ClientInfo } from '../../domain/actor.ts';
 import { AuthenticationError } from '../../domain/errors.ts';
 import type { AuthService } from '../../services/auth-use-cases.ts';
+import { remoteAddressOf } from '../../server.ts';
 import { bearerToken } from '../rest/auth-middleware.ts';
 
 /** The peer of an RPC, taken from the socket as connect-node hands the request over. */
@@ -16,7 +17,7 @@ export const requestIdKey = createContextKey<string>('', { description: 'request
 export function contextValuesFor(req: IncomingMessage | Http2ServerRequest): ContextValues {
   const userAgent = req.headers['user-agent'];
   return createContextValues().set(clientKey, {
-    ipAddress: req.socket.remoteAddress,
+    ipAddress: remoteAddressOf(req.socket),
     userAgent: typeof userAgent === 'string' ? userAgent : undefined,
   });
 }

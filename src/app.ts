@@ -24,14 +24,22 @@ import { contextValuesFor } from './controllers/rpc/rpc-context.ts';
 import { createDatabase, type Database } from './infrastructure/database/database.ts';
 import { applyMigrations } from './infrastructure/database/migrations.ts';
 import type { Logger } from './infrastructure/logger.ts';
-import { MemoryRateLimiter } from './infrastructure/rate-limiter.ts';
+import { MemoryCache, RedisCache, type Cache } from './infrastructure/cache.ts';
+import { FixedWindowRateLimiter, MemoryCounterStore, RedisCounterStore } from './infrastructure/rate-limiter.ts';
+import { createRedisClient, waitUntilReady } from './infrastructure/redis/redis-client.ts';
 import { PasswordHasher } from './infrastructure/security/password-hasher.ts';
 import { TokenCodec } from './infrastructure/security/token-codec.ts';
+import { CachedTokenRepository } from './repositories/cached-token-repository.ts';
+import { CachedUserRepository } from './repositories/cached-user-repository.ts';
 import { PrismaTokenRepository } from './repositories/token-repository.ts';
 import { PrismaUserRepository } from './repositories/user-repository.ts';
+import { LoginThrottle } from './services/login-throttle.ts';
 import { AuthUseCases, type AuthService } from './services/auth-use-cases.ts';
 import { ensureBootstrapAdmin } from './services/bootstrap-admin.ts';
 import { UserUseCases, type UserService } from './services/user-use-cases.ts';
+import { AuditUseCases, type AuditService } from './services/audit-use-cases.ts';
+import { PrismaAuditRepository } from './repositories/audit-repository.ts';
+import { createJobRunner, type JobRunner } from './jobs/job-runner.ts';
 
 const ROOT = join(import.meta.dirname, '..');
 export const OPENAPI_PATH = join(ROOT, 'openapi.yaml');
@@ -46,18 +54,45 @@ export interface Application {
   database: Database;
   auth: AuthService;
   users: UserService;
+  audit: AuditService;
+  jobs: JobRunner;
   close(): Promise<void>;
 }
 
 /** Opens the database, applies pending migrations, wires the layers and returns the handlers. */
 export async function createApplication(config: Config, logger: Logger): Promise<Application> {
   const database = await createDatabase(config.database);
+  // With REDIS_URL, cache and counters are shared by every process; without it they live in
+  // this process, which is all a single embedded-database instance needs.
+  let cache: Cache = new MemoryCache();
+  const redis =
+    config.redis === undefined
+      ? undefined
+      : createRedisClient({
+          url: config.redis.url,
+          logger,
+          name: 'arcana-cache',
+          // Invalidations may have been lost while Redis was unreachable.
+          onReconnect: () => void (cache instanceof RedisCache ? cache.flush() : undefined),
+        });
+  let jobs: JobRunner | undefined;
+  const close = async () => {
+    await jobs?.close();
+    redis?.disconnect();
+    await database.close();
+  };
   try {
     const applied = await applyMigrations(database, MIGRATIONS_PATH);
     if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
 
-    const users = new PrismaUserRepository(database.prisma);
-    const tokens = new PrismaTokenRepository(database.prisma);
+    const prefix = config.redis?.keyPrefix ?? '';
+    if (redis !== undefined) {
+      cache = new RedisCache(redis, `${prefix}cache:`, logger);
+      if (!(await waitUntilReady(redis, 3_000))) logger.warn('redis not reachable at start-up; serving from the database');
+    }
+    const counters = redis === undefined ? new MemoryCounterStore() : new RedisCounterStore(redis, `${prefix}counter:`);
+    const users = new CachedUserRepository(new PrismaUserRepository(database.prisma), cache, config.cacheTtlSeconds);
+    const tokens = new CachedTokenRepository(new PrismaTokenRepository(database.prisma), cache, config.cacheTtlSeconds);
     const passwords = new PasswordHasher(config.bcryptRounds);
     await passwords.warmUp();
     const codec = new TokenCodec({
@@ -67,15 +102,33 @@ export async function createApplication(config: Config, logger: Logger): Promise
       accessTtlSeconds: config.jwt.accessTtlSeconds,
       refreshTtlSeconds: config.jwt.refreshTtlSeconds,
     });
-    const auth = new AuthUseCases({ users, tokens, passwords, codec });
-    const userUseCases = new UserUseCases({ users, tokens, passwords });
+    const auditRepository = new PrismaAuditRepository(database.prisma);
+    jobs = await createJobRunner({
+      redis: config.redis === undefined ? undefined : { url: config.redis.url, prefix: `${prefix}jobs` },
+      logger,
+      auditRepository,
+      tokenRepository: tokens,
+      purgeIntervalMs: config.sessionPurge.intervalMs,
+      purgeRetentionMs: config.sessionPurge.retentionMs,
+    });
+    const throttle = new LoginThrottle({ counters, ...config.login });
+    const auth = new AuthUseCases({ users, tokens, passwords, codec, throttle, audit: jobs.audit });
+    const userUseCases = new UserUseCases({ users, tokens, passwords, throttle, audit: jobs.audit });
+    const audit = new AuditUseCases({ events: auditRepository });
 
     if (config.bootstrapAdmin !== undefined) {
       await ensureBootstrapAdmin(config.bootstrapAdmin, { users, passwords, logger });
     }
 
-    // One limiter for both facades: a client's budget is the same whichever protocol it uses.
-    const rateLimiter = config.rateLimit.enabled ? new MemoryRateLimiter(config.rateLimit) : undefined;
+    // One limiter for both facades: a client's budget is the same whichever protocol it uses. If
+    // Redis fails it falls back to counting in this process rather than refusing the API.
+    const rateLimiter = config.rateLimit.enabled
+      ? new FixedWindowRateLimiter(
+          counters,
+          { windowMs: config.rateLimit.windowMs, max: config.rateLimit.max, prefix: 'api:', onStoreFailure: 'open' },
+          new MemoryCounterStore(),
+        )
+      : undefined;
     const readiness = {
       database: async () => {
         await database.prisma.$queryRaw`SELECT 1`;
@@ -87,6 +140,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
       apiSpecPath: OPENAPI_PATH,
       auth,
       users: userUseCases,
+      audit,
       logger,
       rateLimiter,
       trustProxy: config.server.trustProxy,
@@ -99,7 +153,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
 
     const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
     const rpcOptions = {
-      routes: createConnectRoutes({ auth, users: userUseCases, readiness }),
+      routes: createConnectRoutes({ auth, users: userUseCases, audit, readiness }),
       interceptors: [
         requestContextInterceptor(logger),
         errorInterceptor({ logger, exposeInternals }),
@@ -136,16 +190,25 @@ export async function createApplication(config: Config, logger: Logger): Promise
     });
 
     return {
-      http: (req, res) => corsPolicy(req, res, () => rpcOrRest(req, res)),
+      http: (req, res) => {
+        // A request answered before its body was read (too large, say) would leave the rest of
+        // the body on a keep-alive connection, where the next request would stall behind it.
+        res.once('finish', () => {
+          if (!req.complete) req.socket.destroy();
+        });
+        corsPolicy(req, res, () => rpcOrRest(req, res));
+      },
       http2: rpcOnly,
       rest,
       database,
       auth,
       users: userUseCases,
-      close: () => database.close(),
+      audit,
+      jobs,
+      close,
     };
   } catch (error) {
-    await database.close();
+    await close();
     throw error;
   }
 }

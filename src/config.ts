@@ -43,7 +43,14 @@ const EnvSchema = z.object({
     .regex(/^postgres(ql)?:\/\//, 'must be a postgresql:// URL')
     .optional(),
   DATA_DIR: z.string().default('./.data'),
-  REDIS_URL: z.string().optional(),
+  REDIS_URL: z
+    .string()
+    .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+    .optional(),
+  REDIS_KEY_PREFIX: z.string().default('arcana:'),
+  CACHE_TTL_SECONDS: int(60, 1, 86_400),
+  SESSION_PURGE_INTERVAL_MS: int(3_600_000, 1000, 7 * 86_400_000),
+  SESSION_PURGE_RETENTION_MS: int(86_400_000, 0, 365 * 86_400_000),
 
   JWT_SECRET: z.string().optional(),
   JWT_ISSUER: z.string().min(1).default('arcana-cloud'),
@@ -61,6 +68,10 @@ const EnvSchema = z.object({
   RATE_LIMIT_ENABLED: bool(true),
   RATE_LIMIT_WINDOW_MS: int(3_600_000, 1000, 86_400_000),
   RATE_LIMIT_MAX: int(100, 1, 1_000_000),
+  LOGIN_MAX_FAILURES: int(5, 1, 1000),
+  LOGIN_LOCKOUT_SECONDS: int(900, 1, 86_400),
+  LOGIN_ACCOUNT_RATE_LIMIT_MAX: int(30, 1, 1_000_000),
+  LOGIN_ACCOUNT_RATE_LIMIT_WINDOW_MS: int(900_000, 1000, 86_400_000),
   CORS_ORIGINS: list('http://localhost:3000'),
 
   ADMIN_USERNAME: z.string().optional(),
@@ -118,7 +129,9 @@ export function loadConfig(env: Environment) {
     },
     logLevel: e.LOG_LEVEL,
     database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR },
-    redisUrl: e.REDIS_URL,
+    redis: e.REDIS_URL === undefined ? undefined : { url: e.REDIS_URL, keyPrefix: e.REDIS_KEY_PREFIX },
+    cacheTtlSeconds: e.CACHE_TTL_SECONDS,
+    sessionPurge: { intervalMs: e.SESSION_PURGE_INTERVAL_MS, retentionMs: e.SESSION_PURGE_RETENTION_MS },
     jwt: {
       secret: e.JWT_SECRET ?? DEV_JWT_SECRET,
       usingDevelopmentSecret: e.JWT_SECRET === undefined,
@@ -136,6 +149,12 @@ export function loadConfig(env: Environment) {
       repositoryUrls: e.REPOSITORY_URLS,
     },
     rateLimit: { enabled: e.RATE_LIMIT_ENABLED, windowMs: e.RATE_LIMIT_WINDOW_MS, max: e.RATE_LIMIT_MAX },
+    login: {
+      maxFailures: e.LOGIN_MAX_FAILURES,
+      lockoutMs: e.LOGIN_LOCKOUT_SECONDS * 1000,
+      accountMaxAttempts: e.LOGIN_ACCOUNT_RATE_LIMIT_MAX,
+      accountWindowMs: e.LOGIN_ACCOUNT_RATE_LIMIT_WINDOW_MS,
+    },
     corsOrigins: e.CORS_ORIGINS,
     bootstrapAdmin:
       e.ADMIN_USERNAME !== undefined && e.ADMIN_EMAIL !== undefined && e.ADMIN_PASSWORD !== undefined

@@ -268,6 +268,49 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/users/{userId}/login-failures": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Id of the user. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Lift a user's login lockouts
+         * @description ADMIN only. After repeated failed logins an account is refused, from the client address that failed, for a cooldown (answered exactly like a wrong password). This lifts every such lockout of the user and resets the account's login attempt budget.
+         */
+        delete: operations["clearLoginFailures"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/audit-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List audit events
+         * @description ADMIN only. Security events (logins, logouts, revocations, password, role and status changes, deletions, refresh-token reuse), newest first, optionally filtered by the user they concern and by type. Events of deleted users are kept.
+         */
+        get: operations["listAuditEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health": {
         parameters: {
             query?: never;
@@ -357,6 +400,11 @@ export interface components {
          * @enum {string}
          */
         DeploymentMode: "monolithic" | "layered" | "microservices";
+        /**
+         * @description What kind of security event happened.
+         * @enum {string}
+         */
+        AuditEventType: "LOGIN_SUCCEEDED" | "LOGIN_FAILED" | "LOGOUT" | "TOKENS_REVOKED" | "PASSWORD_CHANGED" | "ROLE_CHANGED" | "STATUS_CHANGED" | "USER_DELETED" | "TOKEN_REUSE_DETECTED" | "LOGIN_FAILURES_CLEARED";
         /** @description A user account as exposed by the API. Never carries the password or its hash. */
         User: {
             /** Format: int32 */
@@ -430,6 +478,10 @@ export interface components {
             /** @description Number of sessions revoked. */
             revokedCount: number;
         };
+        ClearLoginFailuresResult: {
+            /** @description Number of client addresses whose failure count was cleared. */
+            clearedCount: number;
+        };
         PublicInfo: {
             name: string;
             version: string;
@@ -459,6 +511,33 @@ export interface components {
             /** @description Number of items across all pages. */
             total: number;
             totalPages: number;
+        };
+        /** @description A recorded security event. */
+        AuditEvent: {
+            /** Format: int32 */
+            id: number;
+            type: components["schemas"]["AuditEventType"];
+            /**
+             * Format: int32
+             * @description The user the event is about; that user may since have been deleted.
+             */
+            userId: number | null;
+            /**
+             * Format: int32
+             * @description The user who caused the event (e.g. the administrator), when known.
+             */
+            actorId: number | null;
+            ipAddress: string | null;
+            userAgent: string | null;
+            /** @description Event-specific facts. */
+            details: {
+                [key: string]: string | number | boolean;
+            } | null;
+            /**
+             * Format: date-time
+             * @description When the event happened.
+             */
+            createdAt: string;
         };
         /** @description New password: 8–72 characters with at least one uppercase letter, one lowercase letter, one digit and one other character. */
         Password: string & (string);
@@ -555,6 +634,15 @@ export interface components {
             timestamp: string;
             requestId: string;
         };
+        ClearLoginFailuresResponse: {
+            /** @constant */
+            success: true;
+            data: components["schemas"]["ClearLoginFailuresResult"];
+            message: string;
+            /** Format: date-time */
+            timestamp: string;
+            requestId: string;
+        };
         PublicInfoResponse: {
             /** @constant */
             success: true;
@@ -578,6 +666,15 @@ export interface components {
             /** @constant */
             success: true;
             items: components["schemas"]["User"][];
+            pagination: components["schemas"]["Pagination"];
+            /** Format: date-time */
+            timestamp: string;
+            requestId: string;
+        };
+        AuditEventPageResponse: {
+            /** @constant */
+            success: true;
+            items: components["schemas"]["AuditEvent"][];
             pagination: components["schemas"]["Pagination"];
             /** Format: date-time */
             timestamp: string;
@@ -688,6 +785,8 @@ export interface components {
         };
     };
     parameters: {
+        /** @description Only events about this user. */
+        AuditUserIdFilter: number;
         /** @description Id of the user. */
         UserId: number;
         /** @description 1-based page number. */
@@ -698,6 +797,8 @@ export interface components {
         RoleFilter: components["schemas"]["UserRole"];
         /** @description Only users with this status. */
         StatusFilter: components["schemas"]["UserStatus"];
+        /** @description Only events of this type. */
+        AuditTypeFilter: components["schemas"]["AuditEventType"];
     };
     requestBodies: never;
     headers: {
@@ -1152,6 +1253,69 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             413: components["responses"]["PayloadTooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    clearLoginFailures: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Id of the user. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The lockouts were lifted. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClearLoginFailuresResponse"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    listAuditEvents: {
+        parameters: {
+            query?: {
+                /** @description 1-based page number. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page (at most 100). */
+                perPage?: components["parameters"]["PerPage"];
+                /** @description Only events about this user. */
+                userId?: components["parameters"]["AuditUserIdFilter"];
+                /** @description Only events of this type. */
+                type?: components["parameters"]["AuditTypeFilter"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of audit events. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditEventPageResponse"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };

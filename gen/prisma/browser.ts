@@ -27,3 +27,8 @@ export type User = Prisma.UserModel
  * 
  */
 export type OAuthToken = Prisma.OAuthTokenModel
+/**
+ * Model AuditEvent
+ * A security event, kept for review by administrators.
+ */
+export type AuditEvent = Prisma.AuditEventModel

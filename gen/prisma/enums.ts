@@ -26,3 +26,19 @@ export const UserStatus = {
 } as const
 
 export type UserStatus = (typeof UserStatus)[keyof typeof UserStatus]
+
+
+export const AuditEventType = {
+  LOGIN_SUCCEEDED: 'LOGIN_SUCCEEDED',
+  LOGIN_FAILED: 'LOGIN_FAILED',
+  LOGOUT: 'LOGOUT',
+  TOKENS_REVOKED: 'TOKENS_REVOKED',
+  PASSWORD_CHANGED: 'PASSWORD_CHANGED',
+  ROLE_CHANGED: 'ROLE_CHANGED',
+  STATUS_CHANGED: 'STATUS_CHANGED',
+  USER_DELETED: 'USER_DELETED',
+  TOKEN_REUSE_DETECTED: 'TOKEN_REUSE_DETECTED',
+  LOGIN_FAILURES_CLEARED: 'LOGIN_FAILURES_CLEARED'
+} as const
+
+export type AuditEventType = (typeof AuditEventType)[keyof typeof AuditEventType]

@@ -30,7 +30,7 @@ export function statusFromProto(status: UserStatus, field = 'status'): db.UserSt
 }
 
 /** The public view of a user row: everything but the password hash. */
-export function toUserMessage(row: db.User): User {
+export function toUserMessage(row: Omit<db.User, 'passwordHash'>): User {
   return create(UserSchema, {
     id: row.id,
     username: row.username,

@@ -1,3 +1,5 @@
+import type { Redis } from './redis/redis-client.ts';
+
 /** What one request's check against a rate limit found; enough to set RateLimit headers. */
 export interface RateLimitDecision {
   allowed: boolean;
@@ -7,42 +9,153 @@ export interface RateLimitDecision {
   resetSeconds: number;
 }
 
-/** Counts requests per key in fixed windows. Redis-backed implementations share the count. */
+/** Counts requests per key in fixed windows. */
 export interface RateLimiter {
   consume(key: string): Promise<RateLimitDecision>;
 }
 
 /**
- * In-process fixed-window limiter. All keys share aligned windows, so the whole table is dropped
- * when a window ends and memory stays bounded by one window's distinct clients.
+ * Atomic counters that expire: the storage under rate limits and login-failure tracking. The
+ * window starts with a key's first increment.
  */
-export class MemoryRateLimiter implements RateLimiter {
-  readonly #windowMs: number;
-  readonly #max: number;
-  readonly #now: () => number;
-  #windowStart = 0;
-  #counts = new Map<string, number>();
+export interface CounterStore {
+  /** Adds one and returns the new count and the milliseconds until the key expires. */
+  increment(key: string, windowMs: number): Promise<{ count: number; ttlMs: number }>;
+  /** The current count and remaining lifetime, or zero counts for an absent key. */
+  peek(key: string): Promise<{ count: number; ttlMs: number }>;
+  delete(key: string): Promise<void>;
+  /** Deletes every key starting with `prefix`; returns how many. */
+  deleteByPrefix(prefix: string): Promise<number>;
+}
 
-  constructor(options: { windowMs: number; max: number; now?: () => number }) {
-    this.#windowMs = options.windowMs;
-    this.#max = options.max;
-    this.#now = options.now ?? Date.now;
+/** Counters for a single process (no REDIS_URL). */
+export class MemoryCounterStore implements CounterStore {
+  readonly #entries = new Map<string, { count: number; expiresAt: number }>();
+  readonly #now: () => number;
+
+  constructor(now: () => number = Date.now) {
+    this.#now = now;
+  }
+
+  async increment(key: string, windowMs: number) {
+    const now = this.#now();
+    let entry = this.#entries.get(key);
+    if (entry === undefined || entry.expiresAt <= now) {
+      if (this.#entries.size >= 100_000) this.#sweep(now);
+      entry = { count: 0, expiresAt: now + windowMs };
+      this.#entries.set(key, entry);
+    }
+    entry.count += 1;
+    return { count: entry.count, ttlMs: entry.expiresAt - now };
+  }
+
+  async peek(key: string) {
+    const now = this.#now();
+    const entry = this.#entries.get(key);
+    return entry === undefined || entry.expiresAt <= now ? { count: 0, ttlMs: 0 } : { count: entry.count, ttlMs: entry.expiresAt - now };
+  }
+
+  async delete(key: string): Promise<void> {
+    this.#entries.delete(key);
+  }
+
+  async deleteByPrefix(prefix: string): Promise<number> {
+    let deleted = 0;
+    for (const key of this.#entries.keys()) {
+      if (key.startsWith(prefix)) {
+        this.#entries.delete(key);
+        deleted += 1;
+      }
+    }
+    return deleted;
+  }
+
+  #sweep(now: number): void {
+    for (const [key, entry] of this.#entries) if (entry.expiresAt <= now) this.#entries.delete(key);
+  }
+}
+
+// INCR and the expiry in one script: two separate commands could leave a counter without a TTL
+// (a client dying in between), and concurrent requests must each see a distinct count.
+const INCREMENT = `
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {count, ttl}`;
+
+/** Counters shared by every process through Redis; keys live under `prefix`. Failures throw. */
+export class RedisCounterStore implements CounterStore {
+  readonly #redis: Redis;
+  readonly #prefix: string;
+
+  constructor(redis: Redis, prefix: string) {
+    this.#redis = redis;
+    this.#prefix = prefix;
+  }
+
+  async increment(key: string, windowMs: number) {
+    const [count, ttlMs] = (await this.#redis.eval(INCREMENT, 1, this.#prefix + key, String(windowMs))) as [number, number];
+    return { count, ttlMs };
+  }
+
+  async peek(key: string) {
+    const [count, ttlMs] = await Promise.all([this.#redis.get(this.#prefix + key), this.#redis.pttl(this.#prefix + key)]);
+    return count === null ? { count: 0, ttlMs: 0 } : { count: Number(count), ttlMs: Math.max(0, ttlMs) };
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.#redis.del(this.#prefix + key);
+  }
+
+  async deleteByPrefix(prefix: string): Promise<number> {
+    let cursor = '0';
+    let deleted = 0;
+    do {
+      const [next, keys] = await this.#redis.scan(cursor, 'MATCH', `${this.#prefix}${prefix}*`, 'COUNT', 500);
+      cursor = next;
+      if (keys.length > 0) deleted += await this.#redis.del(...keys);
+    } while (cursor !== '0');
+    return deleted;
+  }
+}
+
+/**
+ * Fixed-window limiter over a counter store. When the store fails (Redis down), `onStoreFailure`
+ * decides: 'open' lets the request through (general API limits: availability first), 'closed'
+ * rethrows (login limits: never an unthrottled password-guessing window).
+ */
+export class FixedWindowRateLimiter implements RateLimiter {
+  readonly #store: CounterStore;
+  readonly #options: { windowMs: number; max: number; prefix: string; onStoreFailure: 'open' | 'closed' };
+  readonly #fallback: CounterStore | undefined;
+
+  constructor(
+    store: CounterStore,
+    options: { windowMs: number; max: number; prefix: string; onStoreFailure: 'open' | 'closed' },
+    fallback?: CounterStore,
+  ) {
+    this.#store = store;
+    this.#options = options;
+    this.#fallback = fallback;
   }
 
   async consume(key: string): Promise<RateLimitDecision> {
-    const now = this.#now();
-    const windowStart = now - (now % this.#windowMs);
-    if (windowStart !== this.#windowStart) {
-      this.#windowStart = windowStart;
-      this.#counts = new Map();
+    const { windowMs, max, prefix } = this.#options;
+    let counted: { count: number; ttlMs: number };
+    try {
+      counted = await this.#store.increment(prefix + key, windowMs);
+    } catch (error) {
+      if (this.#options.onStoreFailure === 'closed') throw error;
+      // Failing open still limits per process when a local store is at hand.
+      if (this.#fallback === undefined) return { allowed: true, limit: max, remaining: max, resetSeconds: Math.ceil(windowMs / 1000) };
+      counted = await this.#fallback.increment(prefix + key, windowMs);
     }
-    const count = (this.#counts.get(key) ?? 0) + 1;
-    this.#counts.set(key, count);
     return {
-      allowed: count <= this.#max,
-      limit: this.#max,
-      remaining: Math.max(0, this.#max - count),
-      resetSeconds: Math.ceil((windowStart + this.#windowMs - now) / 1000),
+      allowed: counted.count <= max,
+      limit: max,
+      remaining: Math.max(0, max - counted.count),
+      resetSeconds: Math.max(1, Math.ceil(counted.ttlMs / 1000)),
     };
   }
 }

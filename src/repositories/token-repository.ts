@@ -1,4 +1,4 @@
-import type { OAuthToken, PrismaClient, User } from '../../gen/prisma/client.ts';
+import type { OAuthToken, Prisma, PrismaClient } from '../../gen/prisma/client.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
 
 /** A token pair to record: hashes only, never the tokens. */
@@ -14,26 +14,34 @@ export interface NewTokenRecord {
   clientName: string | null;
 }
 
-export type TokenWithUser = OAuthToken & { user: User };
-
 /** Persistence of issued token pairs (sessions). */
 export interface TokenRepository {
   create(record: NewTokenRecord): Promise<OAuthToken>;
-  /** The pair with this access-token hash and its user, in one round trip: the hot path. */
-  findByAccessHash(accessTokenHash: string): Promise<TokenWithUser | null>;
+  /** The pair with this access-token hash: the hot path of every authenticated request. */
+  findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null>;
   findByRefreshHash(refreshTokenHash: string): Promise<OAuthToken | null>;
   /**
-   * Atomically retires `previousId` and records its successor. Returns null, writing nothing,
-   * when `previousId` was already retired: its refresh token is being replayed.
+   * Atomically retires `previous` and records its successor. Returns null, writing nothing,
+   * when `previous` was already retired: its refresh token is being replayed.
    */
-  rotate(previousId: number, next: NewTokenRecord): Promise<OAuthToken | null>;
-  revoke(id: number): Promise<void>;
-  /** Revokes every pair of a login chain; returns how many were still live. */
-  revokeFamily(familyId: string): Promise<number>;
-  /** Revokes the user's live (unexpired) pairs, optionally sparing one; returns how many. */
-  revokeAllForUser(userId: number, exceptId?: number): Promise<number>;
+  rotate(previous: OAuthToken, next: NewTokenRecord): Promise<OAuthToken | null>;
+  /**
+   * The revoking methods return the access-token hashes of the pairs they revoked, so that
+   * caches keyed by them can be invalidated.
+   */
+  revoke(id: number): Promise<string[]>;
+  /** Revokes every still-live pair of a login chain. */
+  revokeFamily(familyId: string): Promise<string[]>;
+  /** Revokes the user's live (unexpired) pairs, optionally sparing one. */
+  revokeAllForUser(userId: number, exceptId?: number): Promise<string[]>;
   /** Live (unrevoked, unexpired) pairs of a user, newest first. */
   listActive(userId: number, now: Date): Promise<OAuthToken[]>;
+  /**
+   * Deletes pairs that can no longer matter: those whose refresh token expired more than
+   * `retentionMs` ago, and revoked ones last changed more than `retentionMs` ago whose login chain
+   * has no live pair left. Returns how many rows went.
+   */
+  purgeStale(now: Date, retentionMs: number): Promise<number>;
 }
 
 export class PrismaTokenRepository implements TokenRepository {
@@ -47,23 +55,21 @@ export class PrismaTokenRepository implements TokenRepository {
     return withDatabaseErrors(() => this.#db.oAuthToken.create({ data: record }));
   }
 
-  findByAccessHash(accessTokenHash: string): Promise<TokenWithUser | null> {
-    return withDatabaseErrors(() =>
-      this.#db.oAuthToken.findUnique({ where: { accessTokenHash }, include: { user: true } }),
-    );
+  findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {
+    return withDatabaseErrors(() => this.#db.oAuthToken.findUnique({ where: { accessTokenHash } }));
   }
 
   findByRefreshHash(refreshTokenHash: string): Promise<OAuthToken | null> {
     return withDatabaseErrors(() => this.#db.oAuthToken.findUnique({ where: { refreshTokenHash } }));
   }
 
-  rotate(previousId: number, next: NewTokenRecord): Promise<OAuthToken | null> {
+  rotate(previous: OAuthToken, next: NewTokenRecord): Promise<OAuthToken | null> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
         // The conditional update is the lock: of two concurrent refreshes with one token, only
         // one sees count 1; the other is treated as a replay.
         const { count } = await tx.oAuthToken.updateMany({
-          where: { id: previousId, isRevoked: false },
+          where: { id: previous.id, isRevoked: false },
           data: { isRevoked: true },
         });
         if (count === 0) return null;
@@ -72,30 +78,28 @@ export class PrismaTokenRepository implements TokenRepository {
     );
   }
 
-  async revoke(id: number): Promise<void> {
-    await withDatabaseErrors(() => this.#db.oAuthToken.updateMany({ where: { id }, data: { isRevoked: true } }));
+  revoke(id: number): Promise<string[]> {
+    return this.#revokeWhere({ id, isRevoked: false });
   }
 
-  async revokeFamily(familyId: string): Promise<number> {
-    const { count } = await withDatabaseErrors(() =>
-      this.#db.oAuthToken.updateMany({ where: { familyId, isRevoked: false }, data: { isRevoked: true } }),
-    );
-    return count;
+  revokeFamily(familyId: string): Promise<string[]> {
+    return this.#revokeWhere({ familyId, isRevoked: false });
   }
 
-  async revokeAllForUser(userId: number, exceptId?: number): Promise<number> {
-    const { count } = await withDatabaseErrors(() =>
-      this.#db.oAuthToken.updateMany({
-        where: {
-          userId,
-          isRevoked: false,
-          expiresAt: { gt: new Date() },
-          ...(exceptId === undefined ? {} : { NOT: { id: exceptId } }),
-        },
-        data: { isRevoked: true },
-      }),
+  revokeAllForUser(userId: number, exceptId?: number): Promise<string[]> {
+    return this.#revokeWhere({
+      userId,
+      isRevoked: false,
+      expiresAt: { gt: new Date() },
+      ...(exceptId === undefined ? {} : { NOT: { id: exceptId } }),
+    });
+  }
+
+  async #revokeWhere(where: Prisma.OAuthTokenWhereInput): Promise<string[]> {
+    const rows = await withDatabaseErrors(() =>
+      this.#db.oAuthToken.updateManyAndReturn({ where, data: { isRevoked: true }, select: { accessTokenHash: true } }),
     );
-    return count;
+    return rows.map((row) => row.accessTokenHash);
   }
 
   listActive(userId: number, now: Date): Promise<OAuthToken[]> {
@@ -104,6 +108,25 @@ export class PrismaTokenRepository implements TokenRepository {
         where: { userId, isRevoked: false, expiresAt: { gt: now } },
         orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
       }),
+    );
+  }
+
+  purgeStale(now: Date, retentionMs: number): Promise<number> {
+    const cutoff = new Date(now.getTime() - retentionMs);
+    // Revoked pairs of a chain that still has a live pair must stay: replay detection finds a
+    // reused refresh token by its revoked row, and only then revokes the live successor. A chain
+    // cannot come back to life (rotation needs a live pair), so once none is left the rest can go.
+    // Raw SQL because Prisma cannot express the correlated NOT EXISTS; the unqualified table name
+    // resolves through the search_path that every connection gets (see database.ts).
+    return withDatabaseErrors(
+      () => this.#db.$executeRaw`
+        DELETE FROM oauth_tokens AS stale
+        WHERE stale.expires_at < ${cutoff}
+           OR (stale.is_revoked
+               AND stale.updated_at < ${cutoff}
+               AND NOT EXISTS (
+                 SELECT 1 FROM oauth_tokens AS live
+                 WHERE live.family_id = stale.family_id AND NOT live.is_revoked AND live.expires_at > ${now}))`,
     );
   }
 }

@@ -19,9 +19,15 @@ export interface UserFilter {
   status?: UserStatus | undefined;
 }
 
+/** A user row without its password hash: what every read that does not check a password uses. */
+export type UserProfile = Omit<User, 'passwordHash'>;
+
 /** Persistence of user accounts. Rows include the password hash; services never pass it on. */
 export interface UserRepository {
+  /** The full row, password hash included: only for checking a password. */
   findById(id: number): Promise<User | null>;
+  /** The row without the hash; safe to cache. */
+  findProfile(id: number): Promise<UserProfile | null>;
   findByLogin(usernameOrEmail: string): Promise<User | null>;
   /** Which of the given username and e-mail are taken (e-mails are stored lower-cased). */
   findTaken(username: string | undefined, email: string | undefined, exceptId?: number): Promise<{ username: boolean; email: boolean }>;
@@ -43,6 +49,10 @@ export class PrismaUserRepository implements UserRepository {
 
   findById(id: number): Promise<User | null> {
     return withDatabaseErrors(() => this.#db.user.findUnique({ where: { id } }));
+  }
+
+  findProfile(id: number): Promise<UserProfile | null> {
+    return withDatabaseErrors(() => this.#db.user.findUnique({ where: { id }, omit: { passwordHash: true } }));
   }
 
   findByLogin(usernameOrEmail: string): Promise<User | null> {

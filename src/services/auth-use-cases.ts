@@ -17,6 +17,8 @@ import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import { hashToken, type TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
+import type { AuditLog } from './audit-use-cases.ts';
+import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
 
 export interface AuthResult {
@@ -48,6 +50,8 @@ export class AuthUseCases implements AuthService {
   readonly #tokens: TokenRepository;
   readonly #passwords: PasswordHasher;
   readonly #codec: TokenCodec;
+  readonly #throttle: LoginThrottle;
+  readonly #audit: AuditLog;
   readonly #now: () => Date;
 
   constructor(deps: {
@@ -55,12 +59,16 @@ export class AuthUseCases implements AuthService {
     tokens: TokenRepository;
     passwords: PasswordHasher;
     codec: TokenCodec;
+    throttle: LoginThrottle;
+    audit: AuditLog;
     now?: () => Date;
   }) {
+    this.#audit = deps.audit;
     this.#users = deps.users;
     this.#tokens = deps.tokens;
     this.#passwords = deps.passwords;
     this.#codec = deps.codec;
+    this.#throttle = deps.throttle;
     this.#now = deps.now ?? (() => new Date());
   }
 
@@ -82,16 +90,24 @@ export class AuthUseCases implements AuthService {
   }
 
   /**
-   * Checks credentials and opens a session. Unknown user, wrong password and inactive account
-   * give the same error after the same bcrypt work.
+   * Checks credentials and opens a session. Unknown user, wrong password, inactive account and a
+   * throttled login (see LoginThrottle) give the same error after the same bcrypt work.
    */
   async login(input: MessageInitShape<typeof LoginRequestSchema>, client: ClientInfo): Promise<AuthResult> {
     const login = input.usernameOrEmail ?? '';
     const row = await this.#users.findByLogin(login.includes('@') ? login.toLowerCase() : login);
+    const account = accountKey(row?.id, login);
+    const admitted = await this.#throttle.admit(account, client.ipAddress);
     const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash);
-    if (row === null || !passwordMatches || row.status !== 'ACTIVE') {
+    if (!admitted || row === null || !passwordMatches || row.status !== 'ACTIVE') {
+      if (admitted) await this.#throttle.recordFailure(account, client.ipAddress);
+      // The attempted login is not recorded: people type passwords into the username field.
+      const reason = !admitted ? 'throttled' : row === null ? 'unknown_user' : !passwordMatches ? 'wrong_password' : 'inactive';
+      this.#audit.record({ type: 'LOGIN_FAILED', ...(row === null ? {} : { userId: row.id }), ...clientFields(client), details: { reason } });
       throw new AuthenticationError(INVALID_CREDENTIALS);
     }
+    await this.#throttle.recordSuccess(account, client.ipAddress);
+    this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client) });
     const tokens = await this.#openSession(row, client);
     const now = this.#now();
     await this.#users.recordLogin(row.id, now);
@@ -107,13 +123,16 @@ export class AuthUseCases implements AuthService {
     const session = await this.#tokens.findByAccessHash(hashToken(accessToken));
     if (session === null || session.isRevoked) throw new AuthenticationError('Token has been revoked');
     if (session.accessExpiresAt <= this.#now()) throw new AuthenticationError('Invalid or expired access token');
-    if (session.user.status !== 'ACTIVE') throw new AuthenticationError('Account is not active');
-    return { userId: session.userId, role: roleToProto(session.user.role), sessionId: session.id };
+    const user = await this.#users.findProfile(session.userId);
+    if (user === null) throw new AuthenticationError('Token has been revoked');
+    if (user.status !== 'ACTIVE') throw new AuthenticationError('Account is not active');
+    return { userId: session.userId, role: roleToProto(user.role), sessionId: session.id };
   }
 
   /** Ends the caller's current session. */
   async logout(actor: Actor): Promise<void> {
     await this.#tokens.revoke(actor.sessionId);
+    this.#audit.record({ type: 'LOGOUT', userId: actor.userId, details: { sessionId: actor.sessionId } });
   }
 
   /**
@@ -124,7 +143,7 @@ export class AuthUseCases implements AuthService {
     this.#codec.verify(refreshToken, 'refresh');
     const previous = await this.#tokens.findByRefreshHash(hashToken(refreshToken));
     if (previous === null) throw new AuthenticationError('Invalid or expired refresh token');
-    if (previous.isRevoked) return this.#replayed(previous);
+    if (previous.isRevoked) return this.#replayed(previous, client);
     if (previous.expiresAt <= this.#now()) throw new AuthenticationError('Invalid or expired refresh token');
 
     const user = await this.#users.findById(previous.userId);
@@ -133,7 +152,7 @@ export class AuthUseCases implements AuthService {
       throw new AuthenticationError('Account is not active');
     }
     const issued = this.#codec.issuePair(user.id, this.#now());
-    const next = await this.#tokens.rotate(previous.id, {
+    const next = await this.#tokens.rotate(previous, {
       userId: user.id,
       familyId: previous.familyId,
       accessTokenHash: issued.accessTokenHash,
@@ -145,12 +164,12 @@ export class AuthUseCases implements AuthService {
       clientName: previous.clientName,
     });
     // Another request rotated this token between our read and our write: also a replay.
-    if (next === null) return this.#replayed(previous);
+    if (next === null) return this.#replayed(previous, client);
     return this.#tokenPair(issued.accessToken, issued.refreshToken);
   }
 
   async currentUser(actor: Actor): Promise<User> {
-    const row = await this.#users.findById(actor.userId);
+    const row = await this.#users.findProfile(actor.userId);
     if (row === null) throw new AuthenticationError('Token has been revoked');
     return toUserMessage(row);
   }
@@ -162,12 +181,20 @@ export class AuthUseCases implements AuthService {
   }
 
   /** Ends every live session of the caller, the current one included; returns how many. */
-  revokeAll(actor: Actor): Promise<number> {
-    return this.#tokens.revokeAllForUser(actor.userId);
+  async revokeAll(actor: Actor): Promise<number> {
+    const count = (await this.#tokens.revokeAllForUser(actor.userId)).length;
+    this.#audit.record({ type: 'TOKENS_REVOKED', userId: actor.userId, details: { count } });
+    return count;
   }
 
-  async #replayed(token: OAuthToken): Promise<never> {
-    await this.#tokens.revokeFamily(token.familyId);
+  async #replayed(token: OAuthToken, client: ClientInfo): Promise<never> {
+    const revoked = await this.#tokens.revokeFamily(token.familyId);
+    this.#audit.record({
+      type: 'TOKEN_REUSE_DETECTED',
+      userId: token.userId,
+      ...clientFields(client),
+      details: { familyId: token.familyId, revoked: revoked.length },
+    });
     throw new AuthenticationError('Refresh token has already been used; the session has been revoked');
   }
 
@@ -218,6 +245,13 @@ function toSessionMessage(row: OAuthToken, currentId: number): Session {
     expiresAt: timestampFromDate(row.expiresAt),
     current: row.id === currentId,
   });
+}
+
+function clientFields(client: ClientInfo): { ipAddress?: string; userAgent?: string } {
+  return {
+    ...(client.ipAddress === undefined ? {} : { ipAddress: client.ipAddress.slice(0, 45) }),
+    ...(client.userAgent === undefined ? {} : { userAgent: client.userAgent.slice(0, 500) }),
+  };
 }
 
 function truncate(value: string | undefined, max: number): string | null {

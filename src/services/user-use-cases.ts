@@ -13,6 +13,8 @@ import type { PasswordHasher } from '../infrastructure/security/password-hasher.
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserChanges, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable } from './auth-use-cases.ts';
+import type { AuditLog } from './audit-use-cases.ts';
+import { accountKey, type LoginThrottle } from './login-throttle.ts';
 
 export const DEFAULT_PAGE_SIZE = 20;
 export const MAX_PAGE_SIZE = 100;
@@ -32,6 +34,7 @@ export interface UserService {
   changePassword(actor: Actor, input: MessageInitShape<typeof ChangePasswordRequestSchema>): Promise<void>;
   verify(actor: Actor, userId: number): Promise<User>;
   updateStatus(actor: Actor, userId: number, status: UserStatus): Promise<User>;
+  clearLoginFailures(actor: Actor, userId: number): Promise<number>;
 }
 
 /** User management, with the role and ownership rules of spec §5 enforced here, once. */
@@ -40,10 +43,21 @@ export class UserUseCases implements UserService {
   readonly #tokens: TokenRepository;
   readonly #passwords: PasswordHasher;
 
-  constructor(deps: { users: UserRepository; tokens: TokenRepository; passwords: PasswordHasher }) {
+  readonly #throttle: LoginThrottle;
+  readonly #audit: AuditLog;
+
+  constructor(deps: {
+    users: UserRepository;
+    tokens: TokenRepository;
+    passwords: PasswordHasher;
+    throttle: LoginThrottle;
+    audit: AuditLog;
+  }) {
+    this.#audit = deps.audit;
     this.#users = deps.users;
     this.#tokens = deps.tokens;
     this.#passwords = deps.passwords;
+    this.#throttle = deps.throttle;
   }
 
   async list(actor: Actor, query: MessageInitShape<typeof ListUsersRequestSchema>): Promise<UserPage> {
@@ -81,6 +95,8 @@ export class UserUseCases implements UserService {
       phone: input.phone ?? null,
       role: input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role),
     });
+    // A role granted by an administrator is a role change, from none.
+    this.#audit.record({ type: 'ROLE_CHANGED', userId: row.id, actorId: actor.userId, details: { to: row.role } });
     return toUserMessage(row);
   }
 
@@ -105,18 +121,21 @@ export class UserUseCases implements UserService {
   async delete(actor: Actor, userId: number): Promise<void> {
     requireAdmin(actor);
     if (!(await this.#users.delete(userId))) throw new NotFoundError('User not found');
+    this.#audit.record({ type: 'USER_DELETED', userId, actorId: actor.userId });
   }
 
   /** Changes the caller's own password and ends the caller's other sessions. */
   async changePassword(actor: Actor, input: MessageInitShape<typeof ChangePasswordRequestSchema>): Promise<void> {
     const userId = input.userId ?? 0;
     if (actor.userId !== userId) throw new AuthorizationError('Not authorized to change this password');
-    const user = await this.#existing(userId);
+    const user = await this.#users.findById(userId);
+    if (user === null) throw new NotFoundError('User not found');
     if (!(await this.#passwords.verify(input.oldPassword ?? '', user.passwordHash))) {
       throw new AuthenticationError('Current password is incorrect');
     }
     await this.#users.update(userId, { passwordHash: await this.#passwords.hash(input.newPassword ?? '', 'newPassword') });
-    await this.#tokens.revokeAllForUser(userId, actor.sessionId);
+    const ended = await this.#tokens.revokeAllForUser(userId, actor.sessionId);
+    this.#audit.record({ type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, details: { otherSessionsEnded: ended.length } });
   }
 
   async verify(actor: Actor, userId: number): Promise<User> {
@@ -130,14 +149,24 @@ export class UserUseCases implements UserService {
   async updateStatus(actor: Actor, userId: number, status: UserStatus): Promise<User> {
     requireAdmin(actor);
     const stored = statusFromProto(status);
-    await this.#existing(userId);
+    const before = await this.#existing(userId);
     const row = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' });
     if (status !== UserStatus.ACTIVE) await this.#tokens.revokeAllForUser(userId);
+    this.#audit.record({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } });
     return toUserMessage(row);
   }
 
+  /** Lifts the user's login lockouts; returns how many client addresses were locked or counting. */
+  async clearLoginFailures(actor: Actor, userId: number): Promise<number> {
+    requireAdmin(actor);
+    await this.#existing(userId);
+    const cleared = await this.#throttle.clear(accountKey(userId, ''));
+    this.#audit.record({ type: 'LOGIN_FAILURES_CLEARED', userId, actorId: actor.userId, details: { cleared } });
+    return cleared;
+  }
+
   async #existing(userId: number) {
-    const user = await this.#users.findById(userId);
+    const user = await this.#users.findProfile(userId);
     if (user === null) throw new NotFoundError('User not found');
     return user;
   }

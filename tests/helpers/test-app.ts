@@ -25,38 +25,49 @@ export const TEST_ENV: Environment = {
 
 export interface TestApp {
   app: Application;
+  /** The schema-qualified URL the app uses; a sibling app can share it. */
+  databaseUrl: string;
   request: ReturnType<typeof supertest>;
   /** Runs SQL against the app's schema, to assert what was persisted. */
   sql<T extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<T[]>;
   close(): Promise<void>;
 }
 
-/** Creates an empty schema, starts the app on it (migrations run at start-up) and tears both down. */
-export async function createTestApp(overrides: Environment = {}): Promise<TestApp> {
-  const schema = `test_${Date.now()}_${randomBytes(4).toString('hex')}`;
+/**
+ * Creates an empty schema, starts the app on it (migrations run at start-up) and tears both
+ * down. With `sameDatabaseAs`, starts a second instance on that app's schema instead, as a second
+ * process of one deployment would be; closing it leaves the schema to its owner.
+ */
+export async function createTestApp(overrides: Environment = {}, options: { sameDatabaseAs?: TestApp } = {}): Promise<TestApp> {
+  const sibling = options.sameDatabaseAs;
+  const owner = sibling === undefined;
+  const schema = sibling === undefined ? `test_${Date.now()}_${randomBytes(4).toString('hex')}` : (new URL(sibling.databaseUrl).searchParams.get('schema') ?? '');
   const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
   await admin.connect();
-  await admin.query(`CREATE SCHEMA "${schema}"`);
+  if (owner) await admin.query(`CREATE SCHEMA "${schema}"`);
   await admin.query(`SET search_path TO "${schema}"`);
 
   const url = new URL(TEST_DATABASE_URL);
   url.searchParams.set('schema', schema);
-  const config = loadConfig({ ...TEST_ENV, DATABASE_URL: url.toString(), ...overrides });
+  // TEST_REDIS_URL runs the whole API suite with the Redis-backed cache and counters.
+  const redis = process.env.TEST_REDIS_URL === undefined ? {} : { REDIS_URL: process.env.TEST_REDIS_URL, REDIS_KEY_PREFIX: `${schema}:` };
+  const config = loadConfig({ ...TEST_ENV, ...redis, DATABASE_URL: url.toString(), ...overrides });
   let app: Application;
   try {
     app = await createApplication(config, createLogger({ level: config.logLevel }));
   } catch (error) {
-    await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+    if (owner) await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
     await admin.end();
     throw error;
   }
   return {
     app,
+    databaseUrl: url.toString(),
     request: supertest(app.http),
     sql: async (text, values) => (await admin.query(text, values)).rows,
     close: async () => {
       await app.close();
-      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+      if (owner) await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
       await admin.end();
     },
   };

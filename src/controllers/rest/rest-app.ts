@@ -7,6 +7,8 @@ import type { Logger } from '../../infrastructure/logger.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { AuthService } from '../../services/auth-use-cases.ts';
 import type { UserService } from '../../services/user-use-cases.ts';
+import type { AuditService } from '../../services/audit-use-cases.ts';
+import { createAuditRoutes } from './audit-routes.ts';
 import { createAuthRoutes } from './auth-routes.ts';
 import { createErrorHandler, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
@@ -20,6 +22,7 @@ export interface RestAppOptions {
   apiSpecPath: string;
   auth: AuthService;
   users: UserService;
+  audit: AuditService;
   logger: Logger;
   rateLimiter: RateLimiter | undefined;
   trustProxy: boolean | number | string;
@@ -62,6 +65,7 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(createSystemRoutes({ info: options.info, readiness: options.readiness }));
   app.use('/api/v1/auth', createAuthRoutes(options.auth));
   app.use('/api/v1/users', createUserRoutes(options.users, options.auth));
+  app.use('/api/v1/audit-events', createAuditRoutes(options.audit, options.auth));
 
   app.use(notFoundHandler);
   app.use(createErrorHandler({ logger: options.logger, exposeInternals: options.exposeInternals }));

@@ -69,5 +69,10 @@ export function createUserRoutes(users: UserService, auth: AuthService): Router 
     sendSuccess(res, toRestUser(user), 'User status updated successfully');
   });
 
+  router.delete('/:userId/login-failures', async (req, res) => {
+    const clearedCount = await users.clearLoginFailures(actorOf(res), userIdOf(req));
+    sendSuccess(res, { clearedCount }, 'Login failures cleared');
+  });
+
   return router;
 }

@@ -10,6 +10,9 @@ import {
 } from '../../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
 import type { AuthService } from '../../services/auth-use-cases.ts';
 import type { UserService } from '../../services/user-use-cases.ts';
+import type { AuditService } from '../../services/audit-use-cases.ts';
+import { AuditService as AuditServiceDescriptor, file_arcana_audit_v1_audit_service } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
+import { createAuditHandler } from './audit-handler.ts';
 import type { ReadinessCheck } from '../rest/system-routes.ts';
 import { createAuthHandler } from './auth-handler.ts';
 import { createHealthService } from './health-service.ts';
@@ -20,11 +23,13 @@ import { createUserHandler } from './user-handler.ts';
 export function createConnectRoutes(deps: {
   auth: AuthService;
   users: UserService;
+  audit: AuditService;
   readiness: Record<string, ReadinessCheck>;
 }): (router: ConnectRouter) => void {
   const reflection = createReflectionServices([
     file_arcana_auth_v1_auth_service,
     file_arcana_user_v1_user_service,
+    file_arcana_audit_v1_audit_service,
     file_grpc_health_v1_health,
     file_grpc_reflection_v1_reflection,
     file_grpc_reflection_v1alpha_reflection,
@@ -32,7 +37,11 @@ export function createConnectRoutes(deps: {
   return (router) => {
     router.service(AuthServiceDescriptor, createAuthHandler(deps.auth));
     router.service(UserServiceDescriptor, createUserHandler(deps.users, deps.auth));
-    router.service(Health, createHealthService(deps.readiness, [AuthServiceDescriptor.typeName, UserServiceDescriptor.typeName]));
+    router.service(AuditServiceDescriptor, createAuditHandler(deps.audit, deps.auth));
+    router.service(
+      Health,
+      createHealthService(deps.readiness, [AuthServiceDescriptor.typeName, UserServiceDescriptor.typeName, AuditServiceDescriptor.typeName]),
+    );
     router.service(ServerReflectionV1, reflection.v1);
     router.service(ServerReflectionV1alpha, reflection.v1alpha);
   };

@@ -33,5 +33,8 @@ export function createUserHandler(users: UserService, auth: AuthService): Servic
     async updateUserStatus(req, ctx) {
       return { user: await users.updateStatus(await actorOf(ctx, auth), req.userId, req.status) };
     },
+    async clearLoginFailures(req, ctx) {
+      return { clearedCount: await users.clearLoginFailures(await actorOf(ctx, auth), req.userId) };
+    },
   };
 }

@@ -19,7 +19,7 @@ import { resolve } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { PrismaPg } from '@prisma/adapter-pg';
 import { DriverAdapterError } from '@prisma/driver-adapter-utils';
-import type { SqlDriverAdapter, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
+import type { SqlDriverAdapter, SqlDriverAdapterFactory, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { PrismaClient } from '../../../gen/prisma/client.ts';
 
@@ -39,10 +39,26 @@ export interface Database {
   readonly kind: DatabaseKind;
   /** The PostgreSQL schema holding the application's tables. */
   readonly schema: string;
+  /** How many queries this process has sent: shows what the cache saves, in tests and metrics. */
+  queryCount(): number;
   close(): Promise<void>;
 }
 
 const DEFAULT_SCHEMA = 'public';
+
+/**
+ * A Prisma client whose queries are counted. Query events are emitted, not printed. Prisma types
+ * a client with log events as a different generic instance, which the repositories need not
+ * know about, hence the casts.
+ */
+function createCountingClient(adapter: SqlDriverAdapterFactory) {
+  let count = 0;
+  const client = new PrismaClient({ adapter, log: [{ emit: 'event', level: 'query' }] });
+  (client as unknown as { $on(event: 'query', listener: () => void): void }).$on('query', () => {
+    count += 1;
+  });
+  return { prisma: client as unknown as PrismaClient, queryCount: () => count };
+}
 const MEMORY_PREFIX = 'memory://';
 
 // Schema names end up in a startup parameter and in generated SQL, so only plain identifiers are
@@ -81,7 +97,7 @@ function openPostgres(databaseUrl: string): Database {
     { connectionString: url.toString() },
     schema === DEFAULT_SCHEMA ? undefined : { schema },
   );
-  const prisma = new PrismaClient({ adapter: factory });
+  const { prisma, queryCount } = createCountingClient(factory);
 
   const runOnPool = (adapter: Awaited<ReturnType<PrismaPg['connect']>>) => async (script: string) => {
     try {
@@ -108,6 +124,7 @@ function openPostgres(databaseUrl: string): Database {
     adapterFactory,
     kind: 'postgresql',
     schema,
+    queryCount,
     close: async () => {
       await prisma.$disconnect();
     },
@@ -121,7 +138,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
     await mkdir(location, { recursive: true });
   }
   const pglite = await PGlite.create(location);
-  const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) });
+  const { prisma, queryCount } = createCountingClient(new PrismaPGlite(pglite));
   const adapterFactory = pgliteAdapterFactory(pglite, async () => {
     const shadow = await PGlite.create(MEMORY_PREFIX);
     return { pglite: shadow, release: () => shadow.close() };
@@ -132,6 +149,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
     adapterFactory,
     kind: 'pglite',
     schema: DEFAULT_SCHEMA,
+    queryCount,
     close: async () => {
       await prisma.$disconnect();
       await pglite.close();

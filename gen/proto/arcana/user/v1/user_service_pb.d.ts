@@ -446,6 +446,46 @@ export declare type UpdateUserStatusResponse = Message<"arcana.user.v1.UpdateUse
 export declare const UpdateUserStatusResponseSchema: GenMessage<UpdateUserStatusResponse>;
 
 /**
+ * Whose login failures to clear.
+ *
+ * @generated from message arcana.user.v1.ClearLoginFailuresRequest
+ */
+export declare type ClearLoginFailuresRequest = Message<"arcana.user.v1.ClearLoginFailuresRequest"> & {
+  /**
+   * The user's id.
+   *
+   * @generated from field: int32 user_id = 1;
+   */
+  userId: number;
+};
+
+/**
+ * Describes the message arcana.user.v1.ClearLoginFailuresRequest.
+ * Use `create(ClearLoginFailuresRequestSchema)` to create a new message.
+ */
+export declare const ClearLoginFailuresRequestSchema: GenMessage<ClearLoginFailuresRequest>;
+
+/**
+ * What was cleared.
+ *
+ * @generated from message arcana.user.v1.ClearLoginFailuresResponse
+ */
+export declare type ClearLoginFailuresResponse = Message<"arcana.user.v1.ClearLoginFailuresResponse"> & {
+  /**
+   * Number of client addresses whose failure count was cleared.
+   *
+   * @generated from field: int32 cleared_count = 1;
+   */
+  clearedCount: number;
+};
+
+/**
+ * Describes the message arcana.user.v1.ClearLoginFailuresResponse.
+ * Use `create(ClearLoginFailuresResponseSchema)` to create a new message.
+ */
+export declare const ClearLoginFailuresResponseSchema: GenMessage<ClearLoginFailuresResponse>;
+
+/**
  * Manages user accounts. Every call needs an access token in the `authorization: Bearer …`
  * header. Administrators may act on any user; other users only on themselves, and only through
  * GetUser, UpdateUser and ChangePassword.
@@ -534,6 +574,17 @@ export declare const UserService: GenService<{
     methodKind: "unary";
     input: typeof UpdateUserStatusRequestSchema;
     output: typeof UpdateUserStatusResponseSchema;
+  },
+  /**
+   * Lifts the login lockouts that repeated failed logins put on a user's account, from every
+   * client address, and resets its login attempt budget. ADMIN only.
+   *
+   * @generated from rpc arcana.user.v1.UserService.ClearLoginFailures
+   */
+  clearLoginFailures: {
+    methodKind: "unary";
+    input: typeof ClearLoginFailuresRequestSchema;
+    output: typeof ClearLoginFailuresResponseSchema;
   },
 }>;
 

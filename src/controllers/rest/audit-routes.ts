@@ -1,0 +1,47 @@
+import { timestampDate } from '@bufbuild/protobuf/wkt';
+import { Router } from 'express';
+import type { components, operations } from '../../../gen/openapi/schema.d.ts';
+import { AuditEventType, type AuditEvent } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
+import type { AuditService } from '../../services/audit-use-cases.ts';
+import type { AuthService } from '../../services/auth-use-cases.ts';
+import { requireAuth } from './auth-middleware.ts';
+import { sendPage } from './envelope.ts';
+import { actorOf } from './request-context.ts';
+import { toRestPagination } from './rest-mapping.ts';
+
+type Schemas = components['schemas'];
+type ListQuery = NonNullable<operations['listAuditEvents']['parameters']['query']>;
+
+/** `/api/v1/audit-events`: the ADMIN rule lives in AuditUseCases, shared with RPC. */
+export function createAuditRoutes(audit: AuditService, auth: AuthService): Router {
+  const router = Router();
+  router.use(requireAuth(auth));
+
+  router.get('/', async (req, res) => {
+    const query = req.query as unknown as Partial<Record<keyof ListQuery, string>>;
+    const page = await audit.list(actorOf(res), {
+      page: Number(query.page ?? 1),
+      perPage: Number(query.perPage ?? 20),
+      ...(query.userId === undefined ? {} : { userId: Number(query.userId) }),
+      ...(query.type === undefined ? {} : { type: AuditEventType[query.type as Schemas['AuditEventType']] }),
+    });
+    sendPage(res, page.events.map(toRestAuditEvent), toRestPagination(page.pagination));
+  });
+
+  return router;
+}
+
+/** The REST spelling of an audit event. Proto details are text, so REST details are too. */
+export function toRestAuditEvent(event: AuditEvent): Schemas['AuditEvent'] {
+  const details = Object.keys(event.details).length === 0 ? null : { ...event.details };
+  return {
+    id: event.id,
+    type: AuditEventType[event.type] as Schemas['AuditEventType'],
+    userId: event.userId ?? null,
+    actorId: event.actorId ?? null,
+    ipAddress: event.ipAddress ?? null,
+    userAgent: event.userAgent ?? null,
+    details,
+    createdAt: (event.createdAt === undefined ? new Date(0) : timestampDate(event.createdAt)).toISOString(),
+  };
+}

@@ -1,0 +1,71 @@
+import { Redis } from 'ioredis';
+import type { Logger } from '../logger.ts';
+
+export type { Redis };
+
+/**
+ * A Redis connection for request-path work (cache, counters). Commands fail fast while Redis is
+ * unreachable instead of queueing, so callers can fall back at once; the client keeps
+ * reconnecting in the background and `onReconnect` runs when it is back after an outage.
+ */
+export function createRedisClient(options: {
+  url: string;
+  logger: Logger;
+  name: string;
+  onReconnect?: () => void;
+}): Redis {
+  const redis = new Redis(options.url, {
+    connectionName: options.name,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    connectTimeout: 2_000,
+    commandTimeout: 1_000,
+    retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
+    lazyConnect: false,
+  });
+  let down = false;
+  redis.on('error', (error: Error) => {
+    // ioredis reports every failed reconnect; one warning per outage is enough.
+    if (!down) options.logger.warn({ err: error.message, redis: options.name }, 'redis unavailable; falling back');
+    down = true;
+  });
+  redis.on('ready', () => {
+    if (down) {
+      options.logger.info({ redis: options.name }, 'redis is back');
+      down = false;
+      options.onReconnect?.();
+    }
+  });
+  return redis;
+}
+
+/** Deletes every key under `prefix` (SCAN, not KEYS, so Redis is never blocked). */
+export async function deleteByPrefix(redis: Redis, prefix: string): Promise<number> {
+  let cursor = '0';
+  let deleted = 0;
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+    cursor = next;
+    if (keys.length > 0) deleted += await redis.del(...keys);
+  } while (cursor !== '0');
+  return deleted;
+}
+
+/**
+ * Waits until the client is connected, or `timeoutMs` passes; start-up goes on either way, since
+ * every Redis-backed part falls back while Redis is away.
+ */
+export async function waitUntilReady(redis: Redis, timeoutMs: number): Promise<boolean> {
+  if (redis.status === 'ready') return true;
+  return new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => {
+      redis.off('ready', onReady);
+      resolve(false);
+    }, timeoutMs);
+    const onReady = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    redis.once('ready', onReady);
+  });
+}

@@ -1,0 +1,443 @@
+// Background work: writing audit events off the request path, and purging stale sessions on a
+// schedule. With Redis, both go through BullMQ so that several processes share one queue and the
+// purge runs once per interval for all of them; without Redis, they run inside this process.
+import { Queue, Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { AuditEventType } from '../../gen/prisma/client.ts';
+import type { Logger } from '../infrastructure/logger.ts';
+import type { AuditDetails, AuditRepository, NewAuditEvent } from '../repositories/audit-repository.ts';
+import type { TokenRepository } from '../repositories/token-repository.ts';
+import type { AuditEventInput, AuditLog } from '../services/audit-use-cases.ts';
+
+/** BullMQ queue of audit events to write; its keys are `<prefix>:audit:…`. */
+export const AUDIT_QUEUE = 'audit';
+/** BullMQ queue of scheduled housekeeping jobs. */
+export const MAINTENANCE_QUEUE = 'maintenance';
+/** Job scheduler id and job name of the session purge. */
+export const PURGE_SESSIONS = 'purge-sessions';
+
+/** Events waiting in memory beyond this many are dropped (and logged) rather than exhausting memory. */
+const MAX_PENDING_EVENTS = 10_000;
+const WRITE_BATCH_SIZE = 500;
+/** How long start-up waits for Redis before going on without it. */
+const REDIS_STARTUP_TIMEOUT_MS = 5_000;
+/** A producer command that takes longer than this is abandoned and the event written directly. */
+const REDIS_COMMAND_TIMEOUT_MS = 5_000;
+/** How long close() lets workers finish their jobs, should Redis go away while they do. */
+const WORKER_CLOSE_TIMEOUT_MS = 10_000;
+/** Repeated Redis errors are logged at most this often, so an outage does not flood the logs. */
+const ERROR_LOG_INTERVAL_MS = 60_000;
+
+/** What createJobRunner needs; `now` is for tests. */
+export interface JobRunnerOptions {
+  /** BullMQ on this Redis, its keys under `prefix`; without it, jobs run in this process. */
+  redis?: { url: string; prefix: string } | undefined;
+  logger: Logger;
+  auditRepository: AuditRepository;
+  tokenRepository: Pick<TokenRepository, 'purgeStale'>;
+  /** How often stale sessions are purged. */
+  purgeIntervalMs: number;
+  /** How long expired or dead revoked sessions are kept before they are purged. */
+  purgeRetentionMs: number;
+  now?: () => Date;
+}
+
+/** The background work of one process. */
+export interface JobRunner {
+  /** Where services record security events; see AuditLog. */
+  readonly audit: AuditLog;
+  /** Purges stale sessions at once, outside the schedule; returns how many rows were deleted. */
+  runPurgeNow(): Promise<number>;
+  /** Stops scheduling, lets work in progress finish and releases timers and connections. */
+  close(): Promise<void>;
+}
+
+/** Starts the background work: on BullMQ when `redis` is given, in this process otherwise. */
+export async function createJobRunner(options: JobRunnerOptions): Promise<JobRunner> {
+  const logger = options.logger.child({ component: 'jobs' });
+  const now = options.now ?? (() => new Date());
+  const context: RunnerContext = {
+    logger,
+    audit: options.auditRepository,
+    now,
+    purge: async () => {
+      const started = Date.now();
+      const deleted = await options.tokenRepository.purgeStale(now(), options.purgeRetentionMs);
+      logger.info({ deleted, durationMs: Date.now() - started }, 'purged stale sessions');
+      return deleted;
+    },
+  };
+  return options.redis === undefined
+    ? new InProcessJobRunner(context, options.purgeIntervalMs)
+    : BullMqJobRunner.start(context, options.redis, options.purgeIntervalMs);
+}
+
+interface RunnerContext {
+  logger: Logger;
+  audit: AuditRepository;
+  now: () => Date;
+  purge: () => Promise<number>;
+}
+
+/** What is stored for an input, stamped with the time it was recorded and cut to the column sizes. */
+function toNewAuditEvent(input: AuditEventInput, at: Date): NewAuditEvent {
+  return {
+    type: input.type,
+    userId: input.userId ?? null,
+    actorId: input.actorId ?? null,
+    ipAddress: input.ipAddress === undefined ? null : input.ipAddress.slice(0, 45),
+    userAgent: input.userAgent === undefined ? null : input.userAgent.slice(0, 500),
+    // A copy, so that the caller changing its object afterwards cannot change the record.
+    details: input.details === undefined ? null : { ...input.details },
+    createdAt: at,
+  };
+}
+
+/** An audit event as a BullMQ job carries it: JSON, so the time travels as an ISO string. */
+interface AuditJobData {
+  type: AuditEventType;
+  userId: number | null;
+  actorId: number | null;
+  ipAddress: string | null;
+  userAgent: string | null;
+  details: AuditDetails | null;
+  createdAt: string;
+}
+
+const toJobData = (event: NewAuditEvent): AuditJobData => ({ ...event, createdAt: event.createdAt.toISOString() });
+const fromJobData = (data: AuditJobData): NewAuditEvent => ({ ...data, createdAt: new Date(data.createdAt) });
+
+const errorText = (error: unknown): string => (error instanceof Error ? error.message : String(error));
+
+// ------------------------------------------------------------------------------ in process
+
+/** One process, no Redis: audit rows are written in batches after the request moves on. */
+class InProcessJobRunner implements JobRunner {
+  readonly audit: AuditLog;
+  readonly #context: RunnerContext;
+  readonly #timer: NodeJS.Timeout;
+  #pending: NewAuditEvent[] = [];
+  #draining: Promise<void> | undefined;
+  #purging: Promise<number> | undefined;
+
+  constructor(context: RunnerContext, purgeIntervalMs: number) {
+    this.#context = context;
+    this.audit = { record: (event) => this.#record(event) };
+    // unref: a pending purge must not keep the process alive on its own.
+    this.#timer = setInterval(() => void this.#scheduledPurge(), purgeIntervalMs).unref();
+  }
+
+  runPurgeNow(): Promise<number> {
+    return this.#context.purge();
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#timer);
+    await Promise.allSettled([this.#draining, this.#purging]);
+  }
+
+  #record(input: AuditEventInput): void {
+    try {
+      if (this.#pending.length >= MAX_PENDING_EVENTS) {
+        this.#context.logger.error({ event: input }, 'audit backlog full; event dropped');
+        return;
+      }
+      this.#pending.push(toNewAuditEvent(input, this.#context.now()));
+      this.#draining ??= this.#drain();
+    } catch (error) {
+      this.#context.logger.error({ err: errorText(error), event: input }, 'could not record audit event');
+    }
+  }
+
+  async #drain(): Promise<void> {
+    // Yield first, so the recording request carries on at once and events recorded in the same
+    // turn are written together.
+    await Promise.resolve();
+    while (this.#pending.length > 0) {
+      const batch = this.#pending.splice(0, WRITE_BATCH_SIZE);
+      try {
+        await this.#context.audit.createMany(batch);
+      } catch (error) {
+        // The events are logged in full so that they are not lost altogether.
+        this.#context.logger.error({ err: errorText(error), events: batch }, 'could not write audit events');
+      }
+    }
+    this.#draining = undefined;
+  }
+
+  async #scheduledPurge(): Promise<void> {
+    // A purge that outlasts the interval is not started a second time alongside itself.
+    if (this.#purging !== undefined) return;
+    this.#purging = this.#context.purge();
+    try {
+      await this.#purging;
+    } catch (error) {
+      this.#context.logger.error({ err: errorText(error) }, 'session purge failed');
+    } finally {
+      this.#purging = undefined;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------- BullMQ
+
+/** The BullMQ side of a runner, built once Redis has been reachable. */
+interface BullMqParts {
+  auditQueue: Queue<AuditJobData>;
+  maintenanceQueue: Queue;
+  workers: Worker[];
+  workerConnections: Redis[];
+}
+
+/**
+ * BullMQ on Redis. BullMQ wants separate connections for producing and for each worker (workers
+ * block on theirs), and worker connections must retry forever (`maxRetriesPerRequest: null`).
+ * The producer connection instead fails fast while Redis is away, and the event is then written
+ * to the database directly: a late audit row beats a lost one.
+ *
+ * Queues and workers are only created once Redis has answered. BullMQ objects closed before their
+ * connection was ever ready reject an internal promise with nobody listening (an unhandled
+ * rejection), and their close() can wait for a connection that never comes.
+ */
+class BullMqJobRunner implements JobRunner {
+  readonly audit: AuditLog;
+  readonly #context: RunnerContext;
+  readonly #redis: { url: string; prefix: string };
+  readonly #purgeIntervalMs: number;
+  readonly #producer: Redis;
+  readonly #inFlight = new Set<Promise<void>>();
+  #parts: BullMqParts | undefined;
+  #closed = false;
+  #warnedDirect = false;
+
+  static async start(context: RunnerContext, redis: { url: string; prefix: string }, purgeIntervalMs: number): Promise<BullMqJobRunner> {
+    const runner = new BullMqJobRunner(context, redis, purgeIntervalMs);
+    if (await waitForReady(runner.#producer, REDIS_STARTUP_TIMEOUT_MS)) {
+      await runner.#onReady();
+    } else {
+      context.logger.warn('redis unreachable at start-up; audit events are written directly and sessions are not purged until it is back');
+    }
+    // On every later connection: the first one builds the queues if start-up had to go without
+    // them, and each one declares the purge schedule again, so that it comes back should Redis
+    // have lost its data. Declaring it again is harmless.
+    runner.#producer.on('ready', runner.#onReady);
+    return runner;
+  }
+
+  private constructor(context: RunnerContext, redis: { url: string; prefix: string }, purgeIntervalMs: number) {
+    this.#context = context;
+    this.#redis = redis;
+    this.#purgeIntervalMs = purgeIntervalMs;
+    this.audit = { record: (event) => this.#record(event) };
+    this.#producer = this.#connect('jobs-producer', {
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      commandTimeout: REDIS_COMMAND_TIMEOUT_MS,
+    });
+  }
+
+  runPurgeNow(): Promise<number> {
+    return this.#context.purge();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#producer.off('ready', this.#onReady);
+    await Promise.allSettled(this.#inFlight);
+    const parts = this.#parts;
+    const connections = [this.#producer, ...(parts?.workerConnections ?? [])];
+    const redisDown = connections.some((connection) => connection.status !== 'ready');
+    // Connections that are down are dropped while BullMQ still listens to them, so that what it
+    // was waiting for fails into its error listeners rather than into nothing.
+    await Promise.all(connections.filter((connection) => connection.status !== 'ready').map(disconnected));
+    if (parts !== undefined) {
+      // Workers first. A graceful close() waits for the jobs they are running, but while Redis is
+      // down it never returns (BullMQ issue #4656), so then it is forced: those jobs could not
+      // record their outcome anyway, and Redis hands them to another worker once they stall.
+      // Waiting jobs stay in Redis for the other processes, or for this one after a restart.
+      const closing = Promise.allSettled(parts.workers.map((worker) => worker.close(redisDown)));
+      if (!(await settlesWithin(closing, WORKER_CLOSE_TIMEOUT_MS))) {
+        this.#context.logger.warn('background workers did not stop in time; closing anyway');
+      }
+      await Promise.allSettled([parts.auditQueue.close(), parts.maintenanceQueue.close()]);
+    }
+    // BullMQ leaves connections it was given as instances to their owner to close.
+    await Promise.allSettled(connections.filter((connection) => connection.status === 'ready').map((connection) => connection.quit()));
+  }
+
+  readonly #onReady = async (): Promise<void> => {
+    try {
+      this.#parts ??= this.#build();
+      // Every process declares the same scheduler id: BullMQ keeps one schedule and one pending
+      // job per slot for all of them, so the purge runs once per interval, not once per process.
+      await this.#parts.maintenanceQueue.upsertJobScheduler(
+        PURGE_SESSIONS,
+        { every: this.#purgeIntervalMs },
+        { name: PURGE_SESSIONS, opts: { removeOnComplete: true, removeOnFail: 100 } },
+      );
+    } catch (error) {
+      this.#context.logger.error({ err: errorText(error) }, 'could not schedule the session purge');
+    }
+  };
+
+  #build(): BullMqParts {
+    const { logger, audit, purge } = this.#context;
+    const prefix = this.#redis.prefix;
+    const auditQueue = new Queue<AuditJobData>(AUDIT_QUEUE, {
+      connection: this.#producer,
+      prefix,
+      defaultJobOptions: {
+        attempts: 10,
+        // 1 s, 2 s, 4 s … about 8.5 minutes in all: enough to ride out a database restart.
+        backoff: { type: 'exponential', delay: 1_000 },
+        removeOnComplete: true,
+        // Events that still could not be written stay a week, to be inspected and retried.
+        removeOnFail: { age: 7 * 24 * 3600 },
+      },
+    });
+    const maintenanceQueue = new Queue(MAINTENANCE_QUEUE, { connection: this.#producer, prefix });
+
+    const auditConnection = this.#connect('jobs-audit-worker', { maxRetriesPerRequest: null });
+    const auditWorker = new Worker<AuditJobData>(
+      AUDIT_QUEUE,
+      async (job) => {
+        await audit.createMany([fromJobData(job.data)]);
+      },
+      { connection: auditConnection, prefix, concurrency: 4 },
+    );
+    auditWorker.on('failed', (job, error) => this.#auditFailed(job, error));
+
+    const maintenanceConnection = this.#connect('jobs-maintenance-worker', { maxRetriesPerRequest: null });
+    const maintenanceWorker = new Worker(MAINTENANCE_QUEUE, async (job) => (job.name === PURGE_SESSIONS ? purge() : undefined), {
+      connection: maintenanceConnection,
+      prefix,
+      concurrency: 1,
+    });
+    maintenanceWorker.on('failed', (job, error) => {
+      logger.error({ err: error.message, job: job?.name }, 'maintenance job failed');
+    });
+
+    // BullMQ objects are EventEmitters: an 'error' without a listener would crash the process.
+    auditQueue.on('error', this.#throttledErrorLog('audit queue'));
+    maintenanceQueue.on('error', this.#throttledErrorLog('maintenance queue'));
+    auditWorker.on('error', this.#throttledErrorLog('audit worker'));
+    maintenanceWorker.on('error', this.#throttledErrorLog('maintenance worker'));
+    return { auditQueue, maintenanceQueue, workers: [auditWorker, maintenanceWorker], workerConnections: [auditConnection, maintenanceConnection] };
+  }
+
+  #record(input: AuditEventInput): void {
+    let event: NewAuditEvent;
+    try {
+      event = toNewAuditEvent(input, this.#context.now());
+    } catch (error) {
+      this.#context.logger.error({ err: errorText(error), event: input }, 'could not record audit event');
+      return;
+    }
+    const task = this.#enqueue(event).finally(() => this.#inFlight.delete(task));
+    this.#inFlight.add(task);
+  }
+
+  async #enqueue(event: NewAuditEvent): Promise<void> {
+    const queue = this.#parts?.auditQueue;
+    if (!this.#closed && queue !== undefined && this.#producer.status === 'ready') {
+      try {
+        await queue.add('record', toJobData(event));
+        this.#warnedDirect = false;
+        return;
+      } catch (error) {
+        this.#warnDirect(error);
+      }
+    } else {
+      this.#warnDirect(this.#closed ? 'job runner closed' : `redis connection ${this.#producer.status}`);
+    }
+    try {
+      await this.#context.audit.createMany([event]);
+    } catch (error) {
+      this.#context.logger.error({ err: errorText(error), event }, 'could not write audit event');
+    }
+  }
+
+  #warnDirect(reason: unknown): void {
+    // One warning per outage: every event of the outage takes the same way.
+    if (this.#warnedDirect) return;
+    this.#warnedDirect = true;
+    this.#context.logger.warn({ err: errorText(reason) }, 'cannot queue audit events; writing them directly');
+  }
+
+  #auditFailed(job: Job<AuditJobData> | undefined, error: Error): void {
+    const final = job !== undefined && job.attemptsMade >= (job.opts.attempts ?? 1);
+    if (final) {
+      this.#context.logger.error({ err: error.message, event: job.data, jobId: job.id }, 'audit event not written after all retries; kept in the failed set');
+    } else {
+      this.#context.logger.warn({ err: error.message, jobId: job?.id, attempt: job?.attemptsMade }, 'audit event write failed; will retry');
+    }
+  }
+
+  #connect(name: string, options: { enableOfflineQueue?: boolean; maxRetriesPerRequest: number | null; commandTimeout?: number }): Redis {
+    const connection = new Redis(this.#redis.url, { connectionName: name, ...options });
+    // Without a listener ioredis prints every failed reconnection to stderr.
+    connection.on('error', this.#throttledErrorLog(`redis ${name}`));
+    return connection;
+  }
+
+  #throttledErrorLog(source: string): (error: Error) => void {
+    let last = 0;
+    return (error) => {
+      if (Date.now() - last < ERROR_LOG_INTERVAL_MS) return;
+      last = Date.now();
+      this.#context.logger.warn({ err: error.message, source }, 'background job infrastructure error');
+    };
+  }
+}
+
+/** Resolves true once the connection is ready, false on its first error or after `timeoutMs`. */
+function waitForReady(connection: Redis, timeoutMs: number): Promise<boolean> {
+  if (connection.status === 'ready') return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const finish = (ready: boolean) => {
+      clearTimeout(timer);
+      connection.off('ready', onReady);
+      connection.off('error', onError);
+      resolve(ready);
+    };
+    const onReady = () => finish(true);
+    const onError = () => finish(false);
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    connection.once('ready', onReady);
+    connection.once('error', onError);
+  });
+}
+
+/** Drops a connection and resolves once everything waiting on it has been told (or after a second). */
+function disconnected(connection: Redis): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, 1_000);
+    // Listeners of 'end' settle their promises in microtasks; setImmediate runs after those.
+    const settled = () => {
+      clearTimeout(timer);
+      setImmediate(resolve);
+    };
+    if (connection.status === 'end') return settled();
+    if (connection.status === 'reconnecting') {
+      // Between attempts there is no socket: ioredis only cancels the next attempt and never
+      // emits 'end', and nothing waiting on the connection is settled.
+      connection.disconnect();
+      return settled();
+    }
+    connection.once('end', settled);
+    connection.disconnect();
+  });
+}
+
+/** Whether `promise` settles within `timeoutMs`. */
+async function settlesWithin(promise: Promise<unknown>, timeoutMs: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

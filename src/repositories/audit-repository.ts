@@ -1,0 +1,72 @@
+import type { AuditEvent, AuditEventType, Prisma, PrismaClient } from '../../gen/prisma/client.ts';
+import { withDatabaseErrors } from './prisma-errors.ts';
+
+/** Event-specific facts: a flat object, so it reads the same in SQL, REST and proto. */
+export type AuditDetails = Record<string, string | number | boolean>;
+
+/** An event to store. `createdAt` is when it happened, which may be a little before it is written. */
+export interface NewAuditEvent {
+  type: AuditEventType;
+  userId: number | null;
+  actorId: number | null;
+  ipAddress: string | null;
+  userAgent: string | null;
+  details: AuditDetails | null;
+  createdAt: Date;
+}
+
+/** Which page of the audit log to read, and which events. */
+export interface AuditFilter {
+  page: number;
+  perPage: number;
+  userId?: number | undefined;
+  type?: AuditEventType | undefined;
+}
+
+/** Persistence of the audit log. Rows are only ever added; they outlive the users they name. */
+export interface AuditRepository {
+  /** Stores the events in one statement; returns how many were stored. */
+  createMany(events: NewAuditEvent[]): Promise<number>;
+  /** A page of events, newest first, and how many match in all. */
+  list(filter: AuditFilter): Promise<{ events: AuditEvent[]; total: number }>;
+}
+
+export class PrismaAuditRepository implements AuditRepository {
+  readonly #db: PrismaClient;
+
+  constructor(db: PrismaClient) {
+    this.#db = db;
+  }
+
+  async createMany(events: NewAuditEvent[]): Promise<number> {
+    if (events.length === 0) return 0;
+    // A nullable Json column takes Prisma.DbNull rather than null, so absent details are simply
+    // left out and the column defaults to NULL.
+    const data: Prisma.AuditEventCreateManyInput[] = events.map(({ details, ...event }) => ({
+      ...event,
+      ...(details === null ? {} : { details }),
+    }));
+    const { count } = await withDatabaseErrors(() => this.#db.auditEvent.createMany({ data }));
+    return count;
+  }
+
+  async list(filter: AuditFilter): Promise<{ events: AuditEvent[]; total: number }> {
+    const where: Prisma.AuditEventWhereInput = {
+      ...(filter.userId === undefined ? {} : { userId: filter.userId }),
+      ...(filter.type === undefined ? {} : { type: filter.type }),
+    };
+    const [events, total] = await withDatabaseErrors(() =>
+      this.#db.$transaction([
+        this.#db.auditEvent.findMany({
+          where,
+          // The id breaks ties between events of the same millisecond, so pages never overlap.
+          orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
+          skip: (filter.page - 1) * filter.perPage,
+          take: filter.perPage,
+        }),
+        this.#db.auditEvent.count({ where }),
+      ]),
+    );
+    return { events, total };
+  }
+}

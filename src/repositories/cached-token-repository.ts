@@ -1,0 +1,79 @@
+import type { OAuthToken } from '../../gen/prisma/client.ts';
+import type { Cache } from '../infrastructure/cache.ts';
+import type { NewTokenRecord, TokenRepository } from './token-repository.ts';
+
+export const sessionCacheKey = (accessTokenHash: string): string => `session:${accessTokenHash}`;
+
+/**
+ * Cache-aside for the session lookup of every authenticated request. Each revocation drops the
+ * entries of the pairs it revoked (the repository returns their hashes), so logout, revoke-all,
+ * rotation and replay detection take effect on the next request in every process.
+ */
+export class CachedTokenRepository implements TokenRepository {
+  readonly #inner: TokenRepository;
+  readonly #cache: Cache;
+  readonly #ttlSeconds: number;
+  readonly #now: () => number;
+
+  constructor(inner: TokenRepository, cache: Cache, ttlSeconds: number, now: () => number = Date.now) {
+    this.#inner = inner;
+    this.#cache = cache;
+    this.#ttlSeconds = ttlSeconds;
+    this.#now = now;
+  }
+
+  create(record: NewTokenRecord) {
+    return this.#inner.create(record);
+  }
+
+  async findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {
+    const key = sessionCacheKey(accessTokenHash);
+    const cached = await this.#cache.get<OAuthToken>(key);
+    if (cached !== undefined) return cached;
+    const session = await this.#inner.findByAccessHash(accessTokenHash);
+    // Only live pairs are cached, and never beyond their access token's own expiry.
+    const lifetime = session === null ? 0 : (session.accessExpiresAt.getTime() - this.#now()) / 1000;
+    if (session !== null && !session.isRevoked && lifetime >= 1) {
+      await this.#cache.set(key, session, Math.min(this.#ttlSeconds, lifetime));
+    }
+    return session;
+  }
+
+  findByRefreshHash(refreshTokenHash: string) {
+    return this.#inner.findByRefreshHash(refreshTokenHash);
+  }
+
+  async rotate(previous: OAuthToken, next: NewTokenRecord) {
+    try {
+      return await this.#inner.rotate(previous, next);
+    } finally {
+      await this.#cache.delete(sessionCacheKey(previous.accessTokenHash));
+    }
+  }
+
+  async revoke(id: number) {
+    return this.#invalidate(await this.#inner.revoke(id));
+  }
+
+  async revokeFamily(familyId: string) {
+    return this.#invalidate(await this.#inner.revokeFamily(familyId));
+  }
+
+  async revokeAllForUser(userId: number, exceptId?: number) {
+    return this.#invalidate(await this.#inner.revokeAllForUser(userId, exceptId));
+  }
+
+  listActive(userId: number, now: Date) {
+    return this.#inner.listActive(userId, now);
+  }
+
+  /** Purged rows are expired or revoked, so no cached entry can refer to a live one. */
+  purgeStale(now: Date, retentionMs: number) {
+    return this.#inner.purgeStale(now, retentionMs);
+  }
+
+  async #invalidate(hashes: string[]): Promise<string[]> {
+    await this.#cache.delete(...hashes.map(sessionCacheKey));
+    return hashes;
+  }
+}

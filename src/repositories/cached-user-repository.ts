@@ -1,0 +1,70 @@
+import type { Cache } from '../infrastructure/cache.ts';
+import type { NewUser, UserChanges, UserFilter, UserProfile, UserRepository } from './user-repository.ts';
+
+export const userCacheKey = (id: number): string => `user:${id}`;
+
+/**
+ * Cache-aside for user profiles, the record every authenticated request reads. Every write
+ * through this repository drops the cached profile, so a suspension or role change is seen by
+ * the next request in every process sharing the cache. Rows with password hashes are never cached.
+ */
+export class CachedUserRepository implements UserRepository {
+  readonly #inner: UserRepository;
+  readonly #cache: Cache;
+  readonly #ttlSeconds: number;
+
+  constructor(inner: UserRepository, cache: Cache, ttlSeconds: number) {
+    this.#inner = inner;
+    this.#cache = cache;
+    this.#ttlSeconds = ttlSeconds;
+  }
+
+  findById(id: number) {
+    return this.#inner.findById(id);
+  }
+
+  async findProfile(id: number): Promise<UserProfile | null> {
+    const cached = await this.#cache.get<UserProfile>(userCacheKey(id));
+    if (cached !== undefined) return cached;
+    const profile = await this.#inner.findProfile(id);
+    if (profile !== null) await this.#cache.set(userCacheKey(id), profile, this.#ttlSeconds);
+    return profile;
+  }
+
+  findByLogin(usernameOrEmail: string) {
+    return this.#inner.findByLogin(usernameOrEmail);
+  }
+
+  findTaken(username: string | undefined, email: string | undefined, exceptId?: number) {
+    return this.#inner.findTaken(username, email, exceptId);
+  }
+
+  create(user: NewUser) {
+    return this.#inner.create(user);
+  }
+
+  async update(id: number, changes: UserChanges) {
+    try {
+      return await this.#inner.update(id, changes);
+    } finally {
+      await this.#cache.delete(userCacheKey(id));
+    }
+  }
+
+  async delete(id: number) {
+    try {
+      return await this.#inner.delete(id);
+    } finally {
+      await this.#cache.delete(userCacheKey(id));
+    }
+  }
+
+  list(filter: UserFilter) {
+    return this.#inner.list(filter);
+  }
+
+  async recordLogin(id: number, at: Date) {
+    await this.#inner.recordLogin(id, at);
+    await this.#cache.delete(userCacheKey(id));
+  }
+}

@@ -1,0 +1,176 @@
+// Redis-backed cache, rate limits and login throttling, across two app instances that share one
+// database and one Redis, as two processes of a deployment would. Real Redis, real PostgreSQL.
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deleteByPrefix } from '../../src/infrastructure/redis/redis-client.ts';
+import { startRedisServer } from '../helpers/redis-server.ts';
+import { bearer, createTestApp, loginAdmin, newUser, register, type TestApp } from '../helpers/test-app.ts';
+
+const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const prefix = `arcana-test-${randomBytes(4).toString('hex')}:`;
+const redis = new Redis(REDIS_URL);
+
+afterAll(async () => {
+  await deleteByPrefix(redis, prefix);
+  redis.disconnect();
+});
+
+/** Two instances on one database and one Redis key space. */
+async function pair(env: Record<string, string> = {}, keySpace = `${prefix}${randomBytes(3).toString('hex')}:`) {
+  const shared = { REDIS_URL, REDIS_KEY_PREFIX: keySpace, ...env };
+  const a = await createTestApp(shared);
+  const b = await createTestApp(shared, { sameDatabaseAs: a });
+  return { a, b, close: async () => (await b.close(), await a.close()) };
+}
+
+describe('shared cache', () => {
+  let a: TestApp;
+  let b: TestApp;
+  let close: () => Promise<void>;
+  let admin: string;
+
+  beforeAll(async () => {
+    ({ a, b, close } = await pair());
+    admin = await loginAdmin(a);
+  });
+  afterAll(() => close());
+
+  it('when a user is suspended through one instance, then the other rejects its cached token on the next request', async () => {
+    const user = await register(a);
+    expect((await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(200);
+    await a.request.put(`/api/v1/users/${user.id}/status`).set(...bearer(admin)).send({ status: 'SUSPENDED' }).expect(200);
+    expect((await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
+  });
+
+  it('when a session is logged out or revoked through one instance, then the other rejects it at once', async () => {
+    const user = await register(a);
+    const second = await a.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password });
+    const secondToken = second.body.data.tokens.accessToken as string;
+    for (const token of [user.accessToken, secondToken]) {
+      expect((await b.request.get('/api/v1/auth/me').set(...bearer(token))).status).toBe(200);
+    }
+    await a.request.post('/api/v1/auth/logout').set(...bearer(user.accessToken)).expect(200);
+    expect((await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
+    expect((await b.request.get('/api/v1/auth/me').set(...bearer(secondToken))).status).toBe(200);
+    await a.request.post('/api/v1/auth/tokens/revoke-all').set(...bearer(secondToken)).expect(200);
+    expect((await b.request.get('/api/v1/auth/me').set(...bearer(secondToken))).status).toBe(401);
+  });
+
+  it('when a profile changes through one instance, then the other serves the new value', async () => {
+    const user = await register(a);
+    await b.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken)).expect(200);
+    await a.request.put(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken)).send({ firstName: 'Changed' }).expect(200);
+    const res = await b.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken));
+    expect(res.body.data.firstName).toBe('Changed');
+  });
+
+  it('when the session and user are cached, then an authenticated GET user by id sends no database query', async () => {
+    const user = await register(a);
+    const get = () => b.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken)).expect(200);
+    const before = b.app.database.queryCount();
+    await get();
+    const cold = b.app.database.queryCount() - before;
+    await get();
+    const warm = b.app.database.queryCount() - before - cold;
+    expect(cold).toBeGreaterThan(0);
+    expect(warm).toBe(0);
+  });
+
+  it('when a user is deleted through one instance, then the other rejects its token', async () => {
+    const user = await register(a);
+    await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken)).expect(200);
+    await a.request.delete(`/api/v1/users/${user.id}`).set(...bearer(admin)).expect(200);
+    expect((await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
+  });
+});
+
+describe('shared rate limit', () => {
+  it('when 50 concurrent requests hit two instances with a shared limit of 20, then exactly 30 get 429', async () => {
+    const { a, b, close } = await pair({ RATE_LIMIT_MAX: '20', RATE_LIMIT_WINDOW_MS: '60000' });
+    try {
+      const responses = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => (i % 2 === 0 ? a : b).request.get('/public/info')),
+      );
+      const statuses = responses.map((res) => res.status);
+      expect(statuses.filter((status) => status === 200)).toHaveLength(20);
+      expect(statuses.filter((status) => status === 429)).toHaveLength(30);
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('login brute-force protection', () => {
+  it('when an account fails too often from one address, then even the right password is refused there with the usual 401, but not from another address', async () => {
+    const { a, b, close } = await pair({ LOGIN_MAX_FAILURES: '3', TRUST_PROXY: 'true' });
+    try {
+      const user = await register(a);
+      const attempt = (app: TestApp, password: string, ip: string) =>
+        app.request.post('/api/v1/auth/login').set('x-forwarded-for', ip).send({ usernameOrEmail: user.username, password });
+      for (let i = 0; i < 3; i += 1) expect((await attempt(i % 2 === 0 ? a : b, 'Wrong0ne!', '203.0.113.7')).status).toBe(401);
+
+      const locked = await attempt(b, user.password, '203.0.113.7');
+      const wrong = await attempt(b, 'Wrong0ne!', '198.51.100.1');
+      expect(locked.status).toBe(401);
+      expect(locked.body.error).toEqual(wrong.body.error);
+      expect((await attempt(a, user.password, '198.51.100.2')).status).toBe(200);
+
+      // A USER cannot lift it; an administrator can, through either instance.
+      const cleared = await b.request.delete(`/api/v1/users/${user.id}/login-failures`).set(...bearer(await loginAdmin(a)));
+      expect(cleared.status).toBe(200);
+      // The locked address and the one that failed once.
+      expect(cleared.body.data).toEqual({ clearedCount: 2 });
+      expect((await a.request.delete(`/api/v1/users/${user.id}/login-failures`).set(...bearer(user.accessToken))).status).toBe(403);
+      expect((await attempt(a, user.password, '203.0.113.7')).status).toBe(200);
+
+      // Each step left a trace in the audit log, readable by administrators.
+      const deadline = Date.now() + 10_000;
+      let types: string[] = [];
+      while (Date.now() < deadline && !types.includes('LOGIN_FAILURES_CLEARED')) {
+        const events = await a.request.get(`/api/v1/audit-events?userId=${user.id}&perPage=100`).set(...bearer(await loginAdmin(a)));
+        types = (events.body.items as { type: string }[]).map((event) => event.type);
+        if (!types.includes('LOGIN_FAILURES_CLEARED')) await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      expect(types).toEqual(expect.arrayContaining(['LOGIN_FAILED', 'LOGIN_SUCCEEDED', 'LOGIN_FAILURES_CLEARED']));
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('when Redis goes away', () => {
+  it('then the API keeps serving from the database, login fails closed with 503, and the cache is used again once Redis is back', async () => {
+    const server = await startRedisServer();
+    const t = await createTestApp({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });
+    try {
+      const user = await register(t);
+      const get = () => t.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken));
+      await get().expect(200);
+
+      await server.stop();
+      expect((await get()).status).toBe(200);
+      expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(200);
+      const login = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password });
+      expect(login.status).toBe(503);
+      expect(login.body.error.code).toBe('SERVICE_UNAVAILABLE');
+
+      await server.start();
+      // The client reconnects on its own; wait for login to work again.
+      const deadline = Date.now() + 15_000;
+      let status = 0;
+      while (Date.now() < deadline && status !== 200) {
+        status = (await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password })).status;
+        if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      expect(status).toBe(200);
+      await get().expect(200);
+      const before = t.app.database.queryCount();
+      await get().expect(200);
+      expect(t.app.database.queryCount() - before).toBe(0);
+    } finally {
+      await t.close();
+      await server.stop();
+    }
+  }, 60_000);
+});

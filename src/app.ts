@@ -1,7 +1,6 @@
 // The composition root: the one place that builds repositories → services → facades for this
 // process. Nothing is created at import time; everything is passed down explicitly.
 import { cors as connectCors } from '@connectrpc/connect';
-import { connectNodeAdapter } from '@connectrpc/connect-node';
 import cors from 'cors';
 import type { Express } from 'express';
 import { load as parseYaml } from 'js-yaml';
@@ -21,6 +20,7 @@ import {
 } from './controllers/rpc/interceptors.ts';
 import { RequestValidator, type OpenApiComponents } from './controllers/rpc/request-validator.ts';
 import { contextValuesFor } from './controllers/rpc/rpc-context.ts';
+import { createRpcNodeHandler } from './controllers/rpc/rpc-node-handler.ts';
 import { createDatabase, type Database } from './infrastructure/database/database.ts';
 import { applyMigrations } from './infrastructure/database/migrations.ts';
 import type { Logger } from './infrastructure/logger.ts';
@@ -165,11 +165,11 @@ export async function createApplication(config: Config, logger: Logger): Promise
     };
     // Over HTTP/1.1 whatever is not an RPC path falls through to the REST app. This adapter only
     // ever sees HTTP/1.1 requests (see `http` below), hence the narrowing casts.
-    const rpcOrRest = connectNodeAdapter({
+    const rpcOrRest = createRpcNodeHandler({
       ...rpcOptions,
       fallback: (req, res) => rest(req as IncomingMessage, res as ServerResponse),
     });
-    const rpcOnly = connectNodeAdapter(rpcOptions);
+    const rpcOnly = createRpcNodeHandler(rpcOptions);
 
     // Browsers call both facades; the policy allows Connect's and gRPC-Web's headers as well as
     // the REST ones, and exposes the headers clients read.

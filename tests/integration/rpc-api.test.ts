@@ -823,10 +823,8 @@ describe('raw Connect requests', () => {
     }
   });
 
-  // Known limit, left open: @connectrpc/connect answers a binary body that does not parse with
-  // `internal` ("parse binary: premature EOF"), as the gRPC spec prescribes for deserialization
-  // failures, before any interceptor runs; malformed JSON gets invalid_argument.
-  it.fails('when a binary body is truncated or garbage, then invalid_argument, never internal', async () => {
+  // @connectrpc/connect labels these `internal`; src/controllers/rpc/rpc-node-handler.ts relabels them.
+  it('when a binary body is truncated or garbage, then invalid_argument, never internal', async () => {
     const cases: [string, Uint8Array][] = [
       ['arcana.auth.v1.AuthService/Login', new Uint8Array([0x0a, 0x05, 0x41])],
       ['arcana.auth.v1.AuthService/Login', new Uint8Array([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01])],
@@ -836,6 +834,36 @@ describe('raw Connect requests', () => {
       const res = await post(procedure, body, 'application/proto');
       const error = (await res.json()) as { code: string };
       expect.soft({ procedure, body: body.join(','), code: error.code }).toEqual({ procedure, body: body.join(','), code: 'invalid_argument' });
+    }
+  });
+
+  it('when a gRPC-Web or gRPC message does not decode, then invalid_argument, never internal', async () => {
+    // One enveloped message whose payload is a truncated field.
+    const envelope = new Uint8Array([0x00, 0x00, 0x00, 0x00, 0x03, 0x0a, 0x05, 0x41]);
+    const web = await fetch(`${t.baseUrl}/arcana.auth.v1.AuthService/Login`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/grpc-web+proto' },
+      body: envelope,
+    });
+    const text = `${web.headers.get('grpc-status') ?? ''} ${new TextDecoder().decode(new Uint8Array(await web.arrayBuffer()))}`;
+    expect(text).toMatch(/grpc-status:\s*3|^3 /);
+
+    const { connect } = await import('node:http2');
+    const session = connect(t.baseUrl);
+    try {
+      const status = await new Promise<string | undefined>((resolve, reject) => {
+        const stream = session.request({ ':method': 'POST', ':path': '/arcana.auth.v1.AuthService/Login', 'content-type': 'application/grpc', te: 'trailers' });
+        let found: string | undefined;
+        stream.on('response', (headers) => (found = headers['grpc-status'] as string | undefined));
+        stream.on('trailers', (trailers) => (found = trailers['grpc-status'] as string | undefined));
+        stream.on('close', () => resolve(found));
+        stream.on('error', reject);
+        stream.resume();
+        stream.end(envelope);
+      });
+      expect(status).toBe(String(Code.InvalidArgument));
+    } finally {
+      session.close();
     }
   });
 

@@ -193,8 +193,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
       http: (req, res) => {
         // A request answered before its body was read (too large, say) would leave the rest of
         // the body on a keep-alive connection, where the next request would stall behind it.
+        const socket = req.socket;
         res.once('finish', () => {
-          if (!req.complete) req.socket.destroy();
+          if (!req.complete) socket.destroy();
         });
         corsPolicy(req, res, () => rpcOrRest(req, res));
       },

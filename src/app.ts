@@ -192,11 +192,13 @@ export async function createApplication(config: Config, logger: Logger): Promise
     return {
       http: (req, res) => {
         // A request answered before its body was read (too large, say) would leave the rest of
-        // the body on a keep-alive connection, where the next request would stall behind it.
-        const socket = req.socket;
-        res.once('finish', () => {
-          if (!req.complete) socket.destroy();
-        });
+        // the body on a keep-alive connection, where the next request would stall behind it:
+        // such an answer says `connection: close`, so the client opens a fresh connection.
+        const writeHead = res.writeHead.bind(res);
+        res.writeHead = ((...args: Parameters<typeof writeHead>) => {
+          if (!req.complete && !res.headersSent) res.setHeader('connection', 'close');
+          return writeHead(...args);
+        }) as typeof res.writeHead;
         corsPolicy(req, res, () => rpcOrRest(req, res));
       },
       http2: rpcOnly,

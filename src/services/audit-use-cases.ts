@@ -7,11 +7,11 @@ import {
   type AuditEvent,
   type ListAuditEventsRequestSchema,
 } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
-import { PaginationSchema, UserRole, type Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
+import { UserRole, type Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
 import { AuthorizationError, ValidationError } from '../domain/errors.ts';
 import type { AuditDetails, AuditRepository } from '../repositories/audit-repository.ts';
-import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from './user-use-cases.ts';
+import { pageRequest, paginationOf } from './pagination.ts';
 
 /** A security event as the services report it; the audit log adds the time. */
 export interface AuditEventInput {
@@ -55,17 +55,15 @@ export class AuditUseCases implements AuditService {
   /** A page of events, newest first, optionally about one user and of one type. ADMIN only. */
   async list(actor: Actor, query: MessageInitShape<typeof ListAuditEventsRequestSchema>): Promise<AuditEventPage> {
     if (actor.role !== UserRole.ADMIN) throw new AuthorizationError('Insufficient permissions');
-    const page = Math.max(1, query.page || 1);
-    const perPage = Math.min(MAX_PAGE_SIZE, Math.max(1, query.perPage || DEFAULT_PAGE_SIZE));
+    const request = pageRequest(query);
     const { events, total } = await this.#events.list({
-      page,
-      perPage,
+      ...request,
       userId: query.userId,
       type: query.type === undefined ? undefined : auditTypeFromProto(query.type),
     });
     return {
       events: events.map(toAuditEventMessage),
-      pagination: create(PaginationSchema, { page, perPage, total, totalPages: Math.ceil(total / perPage) }),
+      pagination: paginationOf(request, total),
     };
   }
 }

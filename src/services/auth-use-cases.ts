@@ -12,12 +12,13 @@ import {
 } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
-import { AuthenticationError, ConflictError } from '../domain/errors.ts';
+import { AuthenticationError } from '../domain/errors.ts';
 import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import { hashToken, type TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { AuditLog } from './audit-use-cases.ts';
+import { createAccount } from './accounts.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
 
@@ -74,17 +75,7 @@ export class AuthUseCases implements AuthService {
 
   /** Creates a USER account and opens its first session. */
   async register(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult> {
-    const username = input.username ?? '';
-    const email = (input.email ?? '').toLowerCase();
-    await assertAvailable(this.#users, username, email);
-    const row = await this.#users.create({
-      username,
-      email,
-      passwordHash: await this.#passwords.hash(input.password ?? ''),
-      firstName: input.firstName ?? null,
-      lastName: input.lastName ?? null,
-      role: 'USER',
-    });
+    const row = await createAccount({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
     const tokens = await this.#openSession(row, client);
     return { user: toUserMessage(row), tokens };
   }
@@ -222,16 +213,6 @@ export class AuthUseCases implements AuthService {
       tokenType: 'Bearer',
     });
   }
-}
-
-/** Fails with a conflict naming every taken field, before any hashing work is spent. */
-export async function assertAvailable(users: UserRepository, username: string | undefined, email: string | undefined, exceptId?: number): Promise<void> {
-  const taken = await users.findTaken(username, email, exceptId);
-  if (!taken.username && !taken.email) return;
-  const details: Record<string, string> = {};
-  if (taken.username) details.username = 'already exists';
-  if (taken.email) details.email = 'already exists';
-  throw new ConflictError(taken.username ? 'Username already exists' : 'Email already exists', { details });
 }
 
 function toSessionMessage(row: OAuthToken, currentId: number): Session {

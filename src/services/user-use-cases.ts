@@ -1,23 +1,21 @@
-import { create, type MessageInitShape } from '@bufbuild/protobuf';
+import type { MessageInitShape } from '@bufbuild/protobuf';
 import type {
   ChangePasswordRequestSchema,
   CreateUserRequestSchema,
   ListUsersRequestSchema,
   UpdateUserRequestSchema,
 } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
-import { PaginationSchema, UserRole, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
+import { UserRole, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
 import { AuthenticationError, AuthorizationError, ConflictError, NotFoundError } from '../domain/errors.ts';
 import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-mapping.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserChanges, UserRepository } from '../repositories/user-repository.ts';
-import { assertAvailable } from './auth-use-cases.ts';
+import { assertAvailable, createAccount } from './accounts.ts';
+import { pageRequest, paginationOf } from './pagination.ts';
 import type { AuditLog } from './audit-use-cases.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
-
-export const DEFAULT_PAGE_SIZE = 20;
-export const MAX_PAGE_SIZE = 100;
 
 export interface UserPage {
   users: User[];
@@ -62,17 +60,15 @@ export class UserUseCases implements UserService {
 
   async list(actor: Actor, query: MessageInitShape<typeof ListUsersRequestSchema>): Promise<UserPage> {
     requireAdmin(actor);
-    const page = Math.max(1, query.page || 1);
-    const perPage = Math.min(MAX_PAGE_SIZE, Math.max(1, query.perPage || DEFAULT_PAGE_SIZE));
+    const request = pageRequest(query);
     const { users, total } = await this.#users.list({
-      page,
-      perPage,
+      ...request,
       role: query.role === undefined ? undefined : roleFromProto(query.role),
       status: query.status === undefined ? undefined : statusFromProto(query.status),
     });
     return {
       users: users.map(toUserMessage),
-      pagination: create(PaginationSchema, { page, perPage, total, totalPages: Math.ceil(total / perPage) }),
+      pagination: paginationOf(request, total),
     };
   }
 
@@ -83,18 +79,8 @@ export class UserUseCases implements UserService {
 
   async create(actor: Actor, input: MessageInitShape<typeof CreateUserRequestSchema>): Promise<User> {
     requireAdmin(actor);
-    const username = input.username ?? '';
-    const email = (input.email ?? '').toLowerCase();
-    await assertAvailable(this.#users, username, email);
-    const row = await this.#users.create({
-      username,
-      email,
-      passwordHash: await this.#passwords.hash(input.password ?? ''),
-      firstName: input.firstName ?? null,
-      lastName: input.lastName ?? null,
-      phone: input.phone ?? null,
-      role: input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role),
-    });
+    const role = input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role);
+    const row = await createAccount({ users: this.#users, passwords: this.#passwords }, { ...input, role });
     // A role granted by an administrator is a role change, from none.
     this.#audit.record({ type: 'ROLE_CHANGED', userId: row.id, actorId: actor.userId, details: { to: row.role } });
     return toUserMessage(row);

@@ -5,7 +5,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deleteByPrefix } from '../../src/infrastructure/redis/redis-client.ts';
 import { startRedisServer } from '../helpers/redis-server.ts';
-import { bearer, createTestApp, loginAdmin, newUser, register, type TestApp } from '../helpers/test-app.ts';
+import { bearer, createTestApp, loginAdmin, register, type TestApp } from '../helpers/test-app.ts';
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = `arcana-test-${randomBytes(4).toString('hex')}:`;

@@ -3,9 +3,8 @@
 // purge runs once per interval for all of them; without Redis, they run inside this process.
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import type { AuditEventType } from '../../gen/prisma/client.ts';
 import type { Logger } from '../infrastructure/logger.ts';
-import type { AuditDetails, AuditRepository, NewAuditEvent } from '../repositories/audit-repository.ts';
+import type { AuditRepository, NewAuditEvent } from '../repositories/audit-repository.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { AuditEventInput, AuditLog } from '../services/audit-use-cases.ts';
 
@@ -94,15 +93,7 @@ function toNewAuditEvent(input: AuditEventInput, at: Date): NewAuditEvent {
 }
 
 /** An audit event as a BullMQ job carries it: JSON, so the time travels as an ISO string. */
-interface AuditJobData {
-  type: AuditEventType;
-  userId: number | null;
-  actorId: number | null;
-  ipAddress: string | null;
-  userAgent: string | null;
-  details: AuditDetails | null;
-  createdAt: string;
-}
+type AuditJobData = Omit<NewAuditEvent, 'createdAt'> & { createdAt: string };
 
 const toJobData = (event: NewAuditEvent): AuditJobData => ({ ...event, createdAt: event.createdAt.toISOString() });
 const fromJobData = (data: AuditJobData): NewAuditEvent => ({ ...data, createdAt: new Date(data.createdAt) });

@@ -1,7 +1,7 @@
 import type { NextFunction, Request, Response } from 'express';
-import { randomUUID } from 'node:crypto';
 import type { Actor } from '../../domain/actor.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
+import { requestIdFrom } from '../../infrastructure/request-id.ts';
 
 declare global {
   // Express's own extension point for typed `res.locals`.
@@ -13,8 +13,6 @@ declare global {
   }
 }
 
-const ACCEPTABLE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-
 /**
  * Gives every request an id (the caller's `x-request-id` when it is sane, a new UUID otherwise),
  * echoes it in the response and logs one line per request when it finishes.
@@ -22,7 +20,7 @@ const ACCEPTABLE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 export function requestContext(logger: Logger) {
   return (req: Request, res: Response, next: NextFunction): void => {
     const incoming = req.get('x-request-id');
-    const requestId = incoming !== undefined && ACCEPTABLE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    const requestId = requestIdFrom(incoming);
     res.locals.requestId = requestId;
     res.setHeader('x-request-id', requestId);
     const started = process.hrtime.bigint();

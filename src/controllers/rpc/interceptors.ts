@@ -3,15 +3,13 @@
 import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
 import { create, type DescMessage } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
-import { randomUUID } from 'node:crypto';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
 import { AppError, RateLimitedError, type ErrorCode } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
+import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
 import { clientKey, requestIdKey } from './rpc-context.ts';
-
-const ACCEPTABLE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** Domain error codes as Connect codes: the RPC twin of the REST status table. */
 export const CONNECT_CODE: Record<ErrorCode, Code> = {
@@ -34,7 +32,7 @@ export const CONNECT_CODE: Record<ErrorCode, Code> = {
 export function requestContextInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
     const incoming = req.header.get('x-request-id');
-    const requestId = incoming !== null && ACCEPTABLE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    const requestId = requestIdFrom(incoming);
     req.contextValues.set(requestIdKey, requestId);
     const started = process.hrtime.bigint();
     const log = (code: string) =>

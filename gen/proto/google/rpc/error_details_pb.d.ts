@@ -82,3 +82,38 @@ export declare type RetryInfo = Message<"google.rpc.RetryInfo"> & {
  */
 export declare const RetryInfoSchema: GenMessage<RetryInfo>;
 
+/**
+ * The reason for an error, as a machine-readable code: sent between Arcana Cloud's own layers so
+ * that a domain error raised in a lower layer keeps its API error code and field details.
+ *
+ * @generated from message google.rpc.ErrorInfo
+ */
+export declare type ErrorInfo = Message<"google.rpc.ErrorInfo"> & {
+  /**
+   * The API error code, e.g. "NOT_FOUND".
+   *
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+
+  /**
+   * The logical grouping the reason belongs to, e.g. "arcana-cloud".
+   *
+   * @generated from field: string domain = 2;
+   */
+  domain: string;
+
+  /**
+   * Extra facts: for validation and conflict errors, the field details.
+   *
+   * @generated from field: map<string, string> metadata = 3;
+   */
+  metadata: { [key: string]: string };
+};
+
+/**
+ * Describes the message google.rpc.ErrorInfo.
+ * Use `create(ErrorInfoSchema)` to create a new message.
+ */
+export declare const ErrorInfoSchema: GenMessage<ErrorInfo>;
+

@@ -28,7 +28,10 @@ export function createDualProtocolServer(handlers: {
     session.once('close', () => sessions.delete(session));
   });
 
-  const server = createNetServer({ pauseOnConnect: true }, (socket) => {
+  // noDelay: RPCs are small writes answered at once; Nagle's algorithm would hold each back
+  // for the peer's delayed ACK (tens of milliseconds). Node's HTTP/1.1 server sets it for its own
+  // sockets, but the HTTP/2 path below is handed the raw socket.
+  const server = createNetServer({ pauseOnConnect: true, noDelay: true }, (socket) => {
     peek(socket, (isHttp2, head) => {
       if (isHttp2) {
         h2.emit('connection', replaying(socket, head));

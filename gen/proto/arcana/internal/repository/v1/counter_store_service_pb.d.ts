@@ -26,9 +26,9 @@ export declare type IncrementCounterRequest = Message<"arcana.internal.repositor
   /**
    * The window a new counter lives for, in milliseconds.
    *
-   * @generated from field: int64 window_ms = 2 [jstype = JS_NUMBER];
+   * @generated from field: int32 window_ms = 2;
    */
-  windowMs: bigint;
+  windowMs: number;
 };
 
 /**
@@ -46,16 +46,16 @@ export declare type IncrementCounterResponse = Message<"arcana.internal.reposito
   /**
    * The new count.
    *
-   * @generated from field: int64 count = 1 [jstype = JS_NUMBER];
+   * @generated from field: int32 count = 1;
    */
-  count: bigint;
+  count: number;
 
   /**
    * Milliseconds until the counter expires.
    *
-   * @generated from field: int64 ttl_ms = 2 [jstype = JS_NUMBER];
+   * @generated from field: int32 ttl_ms = 2;
    */
-  ttlMs: bigint;
+  ttlMs: number;
 };
 
 /**
@@ -93,16 +93,16 @@ export declare type PeekCounterResponse = Message<"arcana.internal.repository.v1
   /**
    * The count.
    *
-   * @generated from field: int64 count = 1 [jstype = JS_NUMBER];
+   * @generated from field: int32 count = 1;
    */
-  count: bigint;
+  count: number;
 
   /**
    * Milliseconds until it expires.
    *
-   * @generated from field: int64 ttl_ms = 2 [jstype = JS_NUMBER];
+   * @generated from field: int32 ttl_ms = 2;
    */
-  ttlMs: bigint;
+  ttlMs: number;
 };
 
 /**

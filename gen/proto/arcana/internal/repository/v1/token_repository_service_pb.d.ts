@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file arcana/internal/repository/v1/token_repository_service.proto.
@@ -553,11 +553,11 @@ export declare type PurgeStaleTokensRequest = Message<"arcana.internal.repositor
   now?: Timestamp | undefined;
 
   /**
-   * How long dead pairs are kept, in milliseconds.
+   * How long dead pairs are kept.
    *
-   * @generated from field: int64 retention_ms = 2 [jstype = JS_NUMBER];
+   * @generated from field: google.protobuf.Duration retention = 2;
    */
-  retentionMs: bigint;
+  retention?: Duration | undefined;
 };
 
 /**

@@ -1,0 +1,52 @@
+// What travels with a request across layer boundaries: its id, its deadline and who it is for.
+// Business code never sees this: the edges (REST middleware, RPC interceptors, the internal
+// servers) enter it, and the internal clients read it to set the outgoing headers and timeout.
+import { AsyncLocalStorage } from 'node:async_hooks';
+
+export interface CallContext {
+  /** The request id, the same in every layer's logs. */
+  requestId: string;
+  /** Epoch milliseconds by which the whole request must be answered; absent means no deadline yet. */
+  deadline?: number | undefined;
+  /** Who the request is for, for downstream logs: `user:<id>` once authenticated. */
+  caller?: string | undefined;
+}
+
+// AsyncLocalStorage is the one module-level object here: it holds no state of its own, only the
+// per-request context of whichever async chain is running, which is what propagation needs.
+const storage = new AsyncLocalStorage<CallContext>();
+
+/** Runs `work` with `context` as the current call context. */
+export function runWithCallContext<T>(context: CallContext, work: () => T): T {
+  return storage.run(context, work);
+}
+
+/** The current request's context, if the code runs on behalf of one. */
+export function currentCallContext(): CallContext | undefined {
+  return storage.getStore();
+}
+
+/** Records who the current request is for, once its access token has been checked. */
+export function identifyCaller(userId: number): void {
+  const context = storage.getStore();
+  if (context !== undefined) context.caller = `user:${userId}`;
+}
+
+/** Milliseconds left before the current request's deadline, or undefined when it has none. */
+export function remainingMs(now = Date.now()): number | undefined {
+  const deadline = storage.getStore()?.deadline;
+  return deadline === undefined ? undefined : deadline - now;
+}
+
+/**
+ * The deadline an incoming RPC carries: Connect's `connect-timeout-ms` or gRPC's `grpc-timeout`
+ * (a number and a unit: H, M, S, m, u, n). Undefined when the caller set none.
+ */
+export function timeoutFromHeaders(header: Headers): number | undefined {
+  const connect = header.get('connect-timeout-ms');
+  if (connect !== null && /^\d{1,10}$/.test(connect)) return Number(connect);
+  const grpc = /^(\d{1,8})([HMSmun])$/.exec(header.get('grpc-timeout') ?? '');
+  if (grpc === null) return undefined;
+  const unitMs = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 }[grpc[2] as 'H' | 'M' | 'S' | 'm' | 'u' | 'n'];
+  return Number(grpc[1]) * unitMs;
+}

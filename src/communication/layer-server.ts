@@ -1,0 +1,115 @@
+// The serving side of the internal APIs: what a layer process registers, and the interceptor that
+// enters each incoming call's context (request id, caller, deadline) for the calls it makes next.
+import type { ConnectRouter, Interceptor } from '@connectrpc/connect';
+import type { DescFile } from '@bufbuild/protobuf';
+import { AuditLayerService, file_arcana_internal_service_v1_audit_layer_service } from '../../gen/proto/arcana/internal/service/v1/audit_layer_service_pb.js';
+import { AuthLayerService, file_arcana_internal_service_v1_auth_layer_service } from '../../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
+import { UserLayerService, file_arcana_internal_service_v1_user_layer_service } from '../../gen/proto/arcana/internal/service/v1/user_layer_service_pb.js';
+import { AuditRepositoryService, file_arcana_internal_repository_v1_audit_repository_service } from '../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
+import { CounterStoreService, file_arcana_internal_repository_v1_counter_store_service } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import { TokenRepositoryService, file_arcana_internal_repository_v1_token_repository_service } from '../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
+import { UserRepositoryService, file_arcana_internal_repository_v1_user_repository_service } from '../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
+import { file_grpc_health_v1_health, Health } from '../../gen/proto/grpc/health/v1/health_pb.js';
+import { file_grpc_reflection_v1_reflection, ServerReflection as ServerReflectionV1 } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
+import { file_grpc_reflection_v1alpha_reflection, ServerReflection as ServerReflectionV1alpha } from '../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
+import { createHealthService } from '../controllers/rpc/health-service.ts';
+import { createReflectionServices } from '../controllers/rpc/reflection-service.ts';
+import type { ReadinessCheck } from '../controllers/rest/system-routes.ts';
+import type { Logger } from '../infrastructure/logger.ts';
+import { requestIdFrom } from '../infrastructure/request-id.ts';
+import type { CounterStore } from '../infrastructure/rate-limiter.ts';
+import type { AuditRepository } from '../repositories/audit-repository.ts';
+import type { TokenRepository } from '../repositories/token-repository.ts';
+import type { UserRepository } from '../repositories/user-repository.ts';
+import type { AuditService } from '../services/audit-use-cases.ts';
+import type { AuthService } from '../services/auth-use-cases.ts';
+import type { UserService } from '../services/user-use-cases.ts';
+import { runWithCallContext, timeoutFromHeaders } from './call-context.ts';
+import {
+  createAuditRepositoryHandler,
+  createCounterStoreHandler,
+  createTokenRepositoryHandler,
+  createUserRepositoryHandler,
+} from './repository/repository-handlers.ts';
+import { createAuditLayerHandler, createAuthLayerHandler, createUserLayerHandler } from './service/service-handlers.ts';
+
+/** What one process serves to the layer above it. */
+export interface LayerApis {
+  auth?: AuthService | undefined;
+  users?: UserService | undefined;
+  audit?: AuditService | undefined;
+  repositories?: { users: UserRepository; tokens: TokenRepository; audit: AuditRepository; counters: CounterStore } | undefined;
+}
+
+/** Registers the internal APIs this process holds, with gRPC health checking and reflection. */
+export function createLayerRoutes(apis: LayerApis, readiness: Record<string, ReadinessCheck>): (router: ConnectRouter) => void {
+  const files: DescFile[] = [file_grpc_health_v1_health, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection];
+  const names: string[] = [];
+  const registrations: ((router: ConnectRouter) => void)[] = [];
+  if (apis.auth !== undefined) {
+    const auth = apis.auth;
+    files.push(file_arcana_internal_service_v1_auth_layer_service);
+    names.push(AuthLayerService.typeName);
+    registrations.push((router) => router.service(AuthLayerService, createAuthLayerHandler(auth)));
+  }
+  if (apis.users !== undefined) {
+    const users = apis.users;
+    files.push(file_arcana_internal_service_v1_user_layer_service);
+    names.push(UserLayerService.typeName);
+    registrations.push((router) => router.service(UserLayerService, createUserLayerHandler(users)));
+  }
+  if (apis.audit !== undefined) {
+    const audit = apis.audit;
+    files.push(file_arcana_internal_service_v1_audit_layer_service);
+    names.push(AuditLayerService.typeName);
+    registrations.push((router) => router.service(AuditLayerService, createAuditLayerHandler(audit)));
+  }
+  if (apis.repositories !== undefined) {
+    const repositories = apis.repositories;
+    files.push(
+      file_arcana_internal_repository_v1_user_repository_service,
+      file_arcana_internal_repository_v1_token_repository_service,
+      file_arcana_internal_repository_v1_audit_repository_service,
+      file_arcana_internal_repository_v1_counter_store_service,
+    );
+    names.push(UserRepositoryService.typeName, TokenRepositoryService.typeName, AuditRepositoryService.typeName, CounterStoreService.typeName);
+    registrations.push((router) => {
+      router.service(UserRepositoryService, createUserRepositoryHandler(repositories.users));
+      router.service(TokenRepositoryService, createTokenRepositoryHandler(repositories.tokens));
+      router.service(AuditRepositoryService, createAuditRepositoryHandler(repositories.audit));
+      router.service(CounterStoreService, createCounterStoreHandler(repositories.counters));
+    });
+  }
+  const reflection = createReflectionServices(files);
+  return (router) => {
+    for (const register of registrations) register(router);
+    router.service(Health, createHealthService(readiness, names));
+    router.service(ServerReflectionV1, reflection.v1);
+    router.service(ServerReflectionV1alpha, reflection.v1alpha);
+  };
+}
+
+/**
+ * Enters the context of an incoming internal call: the request id and caller the layer above
+ * sent, and its deadline, so that this layer's own downstream calls carry them on. One debug
+ * line per call: the public edge already logs every request once.
+ */
+export function layerContextInterceptor(logger: Logger): Interceptor {
+  return (next) => (req) => {
+    const requestId = requestIdFrom(req.header.get('x-request-id'));
+    const caller = req.header.get('x-arcana-caller') ?? undefined;
+    const timeoutMs = timeoutFromHeaders(req.header);
+    const started = performance.now();
+    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs }, async () => {
+      const procedure = `${req.service.typeName}/${req.method.name}`;
+      try {
+        const res = await next(req);
+        logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100 }, 'internal call completed');
+        return res;
+      } catch (error) {
+        logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100 }, 'internal call failed');
+        throw error;
+      }
+    });
+  };
+}

@@ -1,0 +1,121 @@
+// The transport of a typed internal client: which process of the layer below gets each call, how
+// long the call may take, and when a failed call is tried again. Business code holds a client of
+// the layer's interface and never sees any of this.
+import type { DescMethod } from '@bufbuild/protobuf';
+import { MethodOptions_IdempotencyLevel as Idempotency } from '@bufbuild/protobuf/wkt';
+import { Code, ConnectError, type Transport } from '@connectrpc/connect';
+import { createConnectTransport, createGrpcTransport } from '@connectrpc/connect-node';
+import { connect } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from '../infrastructure/logger.ts';
+import { currentCallContext, remainingMs } from './call-context.ts';
+import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
+
+export interface LayerTransportOptions {
+  /** The layer called, for logs: 'service', 'auth-service', 'repository'… */
+  target: string;
+  /** Base URLs of the layer's processes; calls go round-robin across them. */
+  urls: readonly string[];
+  /** `http`: the Connect protocol (binary) over HTTP/1.1; `grpc`: gRPC over cleartext HTTP/2. */
+  protocol: 'http' | 'grpc';
+  /** Deadline of a call when the request being served has none, or a later one. */
+  timeoutMs: number;
+  /** Further attempts after a failure that is safe to retry. */
+  retries: number;
+  logger: Logger;
+  /** First backoff step; each further attempt doubles it, up to `maxBackoffMs`, with full jitter. */
+  backoffMs?: number;
+  maxBackoffMs?: number;
+  random?: () => number;
+}
+
+/** A Transport over one or more processes of a layer; see LayerTransportOptions. */
+export function createLayerTransport(options: LayerTransportOptions): Transport {
+  if (options.urls.length === 0) throw new Error(`no URLs for the ${options.target} layer`);
+  const endpoints = options.urls.map((baseUrl) =>
+    options.protocol === 'grpc'
+      ? createGrpcTransport({ baseUrl, nodeOptions: { createConnection: connectWithoutDelay } })
+      : createConnectTransport({ baseUrl, httpVersion: '1.1', useBinaryFormat: true }),
+  );
+  const backoffMs = options.backoffMs ?? 25;
+  const maxBackoffMs = options.maxBackoffMs ?? 1_000;
+  const random = options.random ?? Math.random;
+  let next = 0;
+  const pick = (): Transport => {
+    const endpoint = endpoints[next % endpoints.length] as Transport;
+    next = (next + 1) % endpoints.length;
+    return endpoint;
+  };
+
+  /** Headers every internal call carries, and the call's deadline (epoch ms). */
+  const prepare = (header: ConstructorParameters<typeof Headers>[0], timeoutMs: number | undefined) => {
+    const headers = new Headers(header);
+    const context = currentCallContext();
+    if (context !== undefined) {
+      headers.set('x-request-id', context.requestId);
+      if (context.caller !== undefined) headers.set('x-arcana-caller', context.caller);
+    }
+    // The request being served may have less time left than this call's own budget: the
+    // downstream call gets whichever is shorter, so no layer works on for an answer nobody awaits.
+    const budget = Math.min(timeoutMs ?? options.timeoutMs, options.timeoutMs, remainingMs() ?? Number.POSITIVE_INFINITY);
+    return { headers, deadline: Date.now() + budget };
+  };
+
+  const expired = () => fromLayerError(new ConnectError('the request deadline passed before the call could be made', Code.DeadlineExceeded));
+
+  return {
+    async unary(method, signal, timeoutMs, header, input, contextValues) {
+      const { headers, deadline } = prepare(header, timeoutMs);
+      for (let attempt = 0; ; attempt += 1) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw expired();
+        try {
+          return await pick().unary(method, signal, left, headers, input, contextValues);
+        } catch (error) {
+          const connectError = ConnectError.from(error);
+          const delay = Math.min(maxBackoffMs, backoffMs * 2 ** attempt) * random();
+          if (attempt >= options.retries || !isRetryable(method, connectError) || Date.now() + delay >= deadline || signal?.aborted === true) {
+            throw fromLayerError(connectError);
+          }
+          options.logger.warn(
+            { target: options.target, procedure: `${method.parent.typeName}/${method.name}`, attempt: attempt + 1, code: Code[connectError.code], cause: socketErrorCode(connectError) },
+            'internal call failed; retrying',
+          );
+          await sleep(delay);
+        }
+      }
+    },
+    async stream(method, signal, timeoutMs, header, input, contextValues) {
+      // Streams are not retried: part of one may already have been consumed.
+      const { headers, deadline } = prepare(header, timeoutMs);
+      try {
+        return await pick().stream(method, signal, Math.max(1, deadline - Date.now()), headers, input, contextValues);
+      } catch (error) {
+        throw fromLayerError(error);
+      }
+    },
+  };
+}
+
+/**
+ * Opens the TCP connection of an HTTP/2 session with Nagle's algorithm off: a call's HEADERS and
+ * DATA frames are separate small writes, and Nagle would hold the second back until the peer's
+ * delayed ACK, adding tens of milliseconds to every call.
+ */
+function connectWithoutDelay(authority: URL): Duplex {
+  const host = authority.hostname.replace(/^\[(.*)\]$/, '$1');
+  return connect({ host, port: Number(authority.port === '' ? 80 : authority.port), noDelay: true });
+}
+
+/**
+ * Only failures to reach a process are retried, never an answer one gave (which would also
+ * multiply retries across layers), nor a call whose deadline passed. A refused connection means
+ * the request was never sent, so any call may go again; after a lost connection the request may
+ * have been carried out, so only calls the contract marks as reads or idempotent writes are.
+ */
+export function isRetryable(method: DescMethod, error: ConnectError): boolean {
+  if (!isTransportFailure(error) || error.code === Code.DeadlineExceeded) return false;
+  if (socketErrorCode(error) === 'ECONNREFUSED') return true;
+  return method.idempotency !== Idempotency.IDEMPOTENCY_UNKNOWN;
+}

@@ -1,0 +1,187 @@
+// The repository interfaces, implemented by calling the repository layer's internal API. The
+// services above hold these exactly as they would hold the Prisma repositories: arguments are
+// mapped to requests and responses back to the promised types, with null where the response's
+// message field is absent. Errors are not handled here: the layer transport
+// (createLayerTransport) turns what the layer below raised back into the same AppError.
+import { durationFromMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
+import type { Client } from '@connectrpc/connect';
+import type { AuditEvent, OAuthToken, User } from '../../../gen/prisma/client.ts';
+import type { AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
+import type { CounterStoreService } from '../../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import type { TokenRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
+import type { UserRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
+import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
+import type { AuditFilter, AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
+import type { NewTokenRecord, TokenRepository } from '../../repositories/token-repository.ts';
+import type { NewUser, UserChanges, UserFilter, UserProfile, UserRepository } from '../../repositories/user-repository.ts';
+import {
+  auditEventFromProto,
+  auditFilterToProto,
+  newAuditEventToProto,
+  newTokenToProto,
+  newUserToProto,
+  profileFromProto,
+  requireField,
+  tokenFromProto,
+  tokenToProto,
+  userChangesToProto,
+  userFilterToProto,
+  userFromProto,
+} from './record-mapping.ts';
+
+/** A UserRepository in another process. */
+export class RemoteUserRepository implements UserRepository {
+  readonly #client: Client<typeof UserRepositoryService>;
+
+  constructor(client: Client<typeof UserRepositoryService>) {
+    this.#client = client;
+  }
+
+  async findById(id: number): Promise<User | null> {
+    const { user } = await this.#client.findUserById({ id });
+    return user === undefined ? null : userFromProto(user);
+  }
+
+  async findProfile(id: number): Promise<UserProfile | null> {
+    const { user } = await this.#client.findUserProfile({ id });
+    return user === undefined ? null : profileFromProto(user);
+  }
+
+  async findByLogin(usernameOrEmail: string): Promise<User | null> {
+    const { user } = await this.#client.findUserByLogin({ usernameOrEmail });
+    return user === undefined ? null : userFromProto(user);
+  }
+
+  async findTaken(username: string | undefined, email: string | undefined, exceptId?: number): Promise<{ username: boolean; email: boolean }> {
+    // An undefined init value leaves the optional field unset, so "not asked" stays distinct from "".
+    const taken = await this.#client.findTakenNames({ username, email, exceptId });
+    return { username: taken.username, email: taken.email };
+  }
+
+  async create(user: NewUser): Promise<User> {
+    const response = await this.#client.createUser({ user: newUserToProto(user) });
+    return userFromProto(requireField(response.user, 'CreateUserResponse.user'));
+  }
+
+  async update(id: number, changes: UserChanges): Promise<User> {
+    const response = await this.#client.updateUser({ id, changes: userChangesToProto(changes) });
+    return userFromProto(requireField(response.user, 'UpdateUserResponse.user'));
+  }
+
+  async delete(id: number): Promise<boolean> {
+    const { deleted } = await this.#client.deleteUser({ id });
+    return deleted;
+  }
+
+  async list(filter: UserFilter): Promise<{ users: User[]; total: number }> {
+    const { users, total } = await this.#client.listUsers(userFilterToProto(filter));
+    return { users: users.map(userFromProto), total };
+  }
+
+  async recordLogin(id: number, at: Date): Promise<void> {
+    await this.#client.recordLogin({ id, at: timestampFromDate(at) });
+  }
+}
+
+/** A TokenRepository in another process. */
+export class RemoteTokenRepository implements TokenRepository {
+  readonly #client: Client<typeof TokenRepositoryService>;
+
+  constructor(client: Client<typeof TokenRepositoryService>) {
+    this.#client = client;
+  }
+
+  async create(record: NewTokenRecord): Promise<OAuthToken> {
+    const response = await this.#client.createToken({ token: newTokenToProto(record) });
+    return tokenFromProto(requireField(response.token, 'CreateTokenResponse.token'));
+  }
+
+  async findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {
+    const { token } = await this.#client.findTokenByAccessHash({ accessTokenHash });
+    return token === undefined ? null : tokenFromProto(token);
+  }
+
+  async findByRefreshHash(refreshTokenHash: string): Promise<OAuthToken | null> {
+    const { token } = await this.#client.findTokenByRefreshHash({ refreshTokenHash });
+    return token === undefined ? null : tokenFromProto(token);
+  }
+
+  async rotate(previous: OAuthToken, next: NewTokenRecord): Promise<OAuthToken | null> {
+    const { token } = await this.#client.rotateToken({ previous: tokenToProto(previous), next: newTokenToProto(next) });
+    return token === undefined ? null : tokenFromProto(token);
+  }
+
+  async revoke(id: number): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeToken({ id });
+    return accessTokenHashes;
+  }
+
+  async revokeFamily(familyId: string): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeTokenFamily({ familyId });
+    return accessTokenHashes;
+  }
+
+  async revokeAllForUser(userId: number, exceptId?: number): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId });
+    return accessTokenHashes;
+  }
+
+  async listActive(userId: number, now: Date): Promise<OAuthToken[]> {
+    const { tokens } = await this.#client.listActiveTokens({ userId, now: timestampFromDate(now) });
+    return tokens.map(tokenFromProto);
+  }
+
+  async purgeStale(now: Date, retentionMs: number): Promise<number> {
+    const { deleted } = await this.#client.purgeStaleTokens({ now: timestampFromDate(now), retention: durationFromMs(retentionMs) });
+    return deleted;
+  }
+}
+
+/** An AuditRepository in another process. */
+export class RemoteAuditRepository implements AuditRepository {
+  readonly #client: Client<typeof AuditRepositoryService>;
+
+  constructor(client: Client<typeof AuditRepositoryService>) {
+    this.#client = client;
+  }
+
+  async createMany(events: NewAuditEvent[]): Promise<number> {
+    // Nothing to store needs no round trip, just as the Prisma repository skips the statement.
+    if (events.length === 0) return 0;
+    const { count } = await this.#client.createAuditEvents({ events: events.map(newAuditEventToProto) });
+    return count;
+  }
+
+  async list(filter: AuditFilter): Promise<{ events: AuditEvent[]; total: number }> {
+    const { events, total } = await this.#client.listAuditEvents(auditFilterToProto(filter));
+    return { events: events.map(auditEventFromProto), total };
+  }
+}
+
+/** A CounterStore kept by the repository layer's process. */
+export class RemoteCounterStore implements CounterStore {
+  readonly #client: Client<typeof CounterStoreService>;
+
+  constructor(client: Client<typeof CounterStoreService>) {
+    this.#client = client;
+  }
+
+  async increment(key: string, windowMs: number): Promise<{ count: number; ttlMs: number }> {
+    const { count, ttlMs } = await this.#client.incrementCounter({ key, windowMs });
+    return { count, ttlMs };
+  }
+
+  async peek(key: string): Promise<{ count: number; ttlMs: number }> {
+    const { count, ttlMs } = await this.#client.peekCounter({ key });
+    return { count, ttlMs };
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.#client.deleteCounter({ key });
+  }
+
+  async deleteByPrefix(prefix: string): Promise<number> {
+    const { deleted } = await this.#client.deleteCountersByPrefix({ prefix });
+    return deleted;
+  }
+}

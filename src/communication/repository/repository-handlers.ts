@@ -1,0 +1,140 @@
+// The repository layer's internal API, served from in-process repositories. Each method decodes
+// its request, calls one repository method and encodes the result; a null result leaves the
+// response's message field unset. Domain errors are left to layerServerErrorInterceptor, which
+// carries them across as they are.
+import { durationMs } from '@bufbuild/protobuf/wkt';
+import type { ServiceImpl } from '@connectrpc/connect';
+import type { AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
+import type { CounterStoreService } from '../../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import type { TokenRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
+import type { UserRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
+import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
+import type { AuditRepository } from '../../repositories/audit-repository.ts';
+import type { TokenRepository } from '../../repositories/token-repository.ts';
+import type { UserRepository } from '../../repositories/user-repository.ts';
+import {
+  auditEventToProto,
+  dateFromProto,
+  auditFilterFromProto,
+  newAuditEventFromProto,
+  newTokenFromProto,
+  newUserFromProto,
+  requireField,
+  tokenFromProto,
+  tokenToProto,
+  userChangesFromProto,
+  userFilterFromProto,
+  userToProto,
+} from './record-mapping.ts';
+
+/** arcana.internal.repository.v1.UserRepositoryService over a UserRepository. */
+export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<typeof UserRepositoryService> {
+  return {
+    async findUserById(req) {
+      const row = await repo.findById(req.id);
+      return row === null ? {} : { user: userToProto(row) };
+    },
+    async findUserProfile(req) {
+      const row = await repo.findProfile(req.id);
+      return row === null ? {} : { user: userToProto(row) };
+    },
+    async findUserByLogin(req) {
+      const row = await repo.findByLogin(req.usernameOrEmail);
+      return row === null ? {} : { user: userToProto(row) };
+    },
+    async findTakenNames(req) {
+      return repo.findTaken(req.username, req.email, req.exceptId);
+    },
+    async createUser(req) {
+      return { user: userToProto(await repo.create(newUserFromProto(requireField(req.user, 'CreateUserRequest.user')))) };
+    },
+    async updateUser(req) {
+      // Absent changes are no changes, as an empty UserChanges would be.
+      const changes = req.changes === undefined ? {} : userChangesFromProto(req.changes);
+      return { user: userToProto(await repo.update(req.id, changes)) };
+    },
+    async deleteUser(req) {
+      return { deleted: await repo.delete(req.id) };
+    },
+    async listUsers(req) {
+      const { users, total } = await repo.list(userFilterFromProto(req));
+      return { users: users.map(userToProto), total };
+    },
+    async recordLogin(req) {
+      await repo.recordLogin(req.id, dateFromProto(req.at, 'RecordLoginRequest.at'));
+      return {};
+    },
+  };
+}
+
+/** arcana.internal.repository.v1.TokenRepositoryService over a TokenRepository. */
+export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl<typeof TokenRepositoryService> {
+  return {
+    async createToken(req) {
+      return { token: tokenToProto(await repo.create(newTokenFromProto(requireField(req.token, 'CreateTokenRequest.token')))) };
+    },
+    async findTokenByAccessHash(req) {
+      const row = await repo.findByAccessHash(req.accessTokenHash);
+      return row === null ? {} : { token: tokenToProto(row) };
+    },
+    async findTokenByRefreshHash(req) {
+      const row = await repo.findByRefreshHash(req.refreshTokenHash);
+      return row === null ? {} : { token: tokenToProto(row) };
+    },
+    async rotateToken(req) {
+      const previous = tokenFromProto(requireField(req.previous, 'RotateTokenRequest.previous'));
+      const next = newTokenFromProto(requireField(req.next, 'RotateTokenRequest.next'));
+      const row = await repo.rotate(previous, next);
+      return row === null ? {} : { token: tokenToProto(row) };
+    },
+    async revokeToken(req) {
+      return { accessTokenHashes: await repo.revoke(req.id) };
+    },
+    async revokeTokenFamily(req) {
+      return { accessTokenHashes: await repo.revokeFamily(req.familyId) };
+    },
+    async revokeUserTokens(req) {
+      return { accessTokenHashes: await repo.revokeAllForUser(req.userId, req.exceptId) };
+    },
+    async listActiveTokens(req) {
+      const rows = await repo.listActive(req.userId, dateFromProto(req.now, 'ListActiveTokensRequest.now'));
+      return { tokens: rows.map(tokenToProto) };
+    },
+    async purgeStaleTokens(req) {
+      const retention = requireField(req.retention, 'PurgeStaleTokensRequest.retention');
+      return { deleted: await repo.purgeStale(dateFromProto(req.now, 'PurgeStaleTokensRequest.now'), durationMs(retention)) };
+    },
+  };
+}
+
+/** arcana.internal.repository.v1.AuditRepositoryService over an AuditRepository. */
+export function createAuditRepositoryHandler(repo: AuditRepository): ServiceImpl<typeof AuditRepositoryService> {
+  return {
+    async createAuditEvents(req) {
+      return { count: await repo.createMany(req.events.map(newAuditEventFromProto)) };
+    },
+    async listAuditEvents(req) {
+      const { events, total } = await repo.list(auditFilterFromProto(req));
+      return { events: events.map(auditEventToProto), total };
+    },
+  };
+}
+
+/** arcana.internal.repository.v1.CounterStoreService over a CounterStore. */
+export function createCounterStoreHandler(store: CounterStore): ServiceImpl<typeof CounterStoreService> {
+  return {
+    async incrementCounter(req) {
+      return store.increment(req.key, req.windowMs);
+    },
+    async peekCounter(req) {
+      return store.peek(req.key);
+    },
+    async deleteCounter(req) {
+      await store.delete(req.key);
+      return {};
+    },
+    async deleteCountersByPrefix(req) {
+      return { deleted: await store.deleteByPrefix(req.prefix) };
+    },
+  };
+}

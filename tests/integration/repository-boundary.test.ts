@@ -1,0 +1,487 @@
+// The repository layer's internal API end to end: each Remote* repository talks through an
+// in-memory Connect transport (with the layer error interceptors the real deployment uses) to the
+// handlers, which call the Prisma repositories on a real PostgreSQL schema. Whatever the remote
+// repository returns must be exactly what the repository behind it returns in-process.
+import { createClient, createRouterTransport } from '@connectrpc/connect';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { OAuthToken, User } from '../../gen/prisma/client.ts';
+import { AuditRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
+import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import { TokenRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
+import { UserRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
+import { layerServerErrorInterceptor, withLayerErrors } from '../../src/communication/layer-errors.ts';
+import {
+  auditEventFromProto,
+  auditEventToProto,
+  profileFromProto,
+  tokenFromProto,
+  tokenToProto,
+  userFromProto,
+  userToProto,
+} from '../../src/communication/repository/record-mapping.ts';
+import {
+  RemoteAuditRepository,
+  RemoteCounterStore,
+  RemoteTokenRepository,
+  RemoteUserRepository,
+} from '../../src/communication/repository/remote-repositories.ts';
+import {
+  createAuditRepositoryHandler,
+  createCounterStoreHandler,
+  createTokenRepositoryHandler,
+  createUserRepositoryHandler,
+} from '../../src/communication/repository/repository-handlers.ts';
+import { AppError } from '../../src/domain/errors.ts';
+import { createLogger } from '../../src/infrastructure/logger.ts';
+import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
+import { PrismaAuditRepository, type NewAuditEvent } from '../../src/repositories/audit-repository.ts';
+import { PrismaTokenRepository, type NewTokenRecord } from '../../src/repositories/token-repository.ts';
+import { PrismaUserRepository, type NewUser, type UserChanges } from '../../src/repositories/user-repository.ts';
+import { createTestApp, type TestApp } from '../helpers/test-app.ts';
+
+const DAY = 24 * 3600 * 1000;
+/** The counter store's clock: fixed, so remaining lifetimes are exact. */
+const COUNTER_NOW = 1_700_000_000_000;
+
+let t: TestApp;
+let direct: { users: PrismaUserRepository; tokens: PrismaTokenRepository; audit: PrismaAuditRepository };
+let remote: { users: RemoteUserRepository; tokens: RemoteTokenRepository; audit: RemoteAuditRepository; counters: RemoteCounterStore };
+
+beforeAll(async () => {
+  t = await createTestApp();
+  const database = t.app.database;
+  if (database === undefined) throw new Error('this suite needs an app that holds the database');
+  direct = {
+    users: new PrismaUserRepository(database.prisma),
+    tokens: new PrismaTokenRepository(database.prisma),
+    audit: new PrismaAuditRepository(database.prisma),
+  };
+  const counters = new MemoryCounterStore(() => COUNTER_NOW);
+  const transport = withLayerErrors(
+    createRouterTransport(
+      (router) => {
+        router.service(UserRepositoryService, createUserRepositoryHandler(direct.users));
+        router.service(TokenRepositoryService, createTokenRepositoryHandler(direct.tokens));
+        router.service(AuditRepositoryService, createAuditRepositoryHandler(direct.audit));
+        router.service(CounterStoreService, createCounterStoreHandler(counters));
+      },
+      { router: { interceptors: [layerServerErrorInterceptor(createLogger({ level: 'silent' }))] } },
+    ),
+  );
+  remote = {
+    users: new RemoteUserRepository(createClient(UserRepositoryService, transport)),
+    tokens: new RemoteTokenRepository(createClient(TokenRepositoryService, transport)),
+    audit: new RemoteAuditRepository(createClient(AuditRepositoryService, transport)),
+    counters: new RemoteCounterStore(createClient(CounterStoreService, transport)),
+  };
+});
+
+afterAll(async () => {
+  await t?.close();
+});
+
+let serial = 0;
+
+function newUser(overrides: Partial<NewUser> = {}): NewUser {
+  serial += 1;
+  const name = `boundary_${process.pid}_${serial}`;
+  return { username: name, email: `${name}@example.com`, passwordHash: `$2b$04$${randomBytes(20).toString('hex')}`, ...overrides };
+}
+
+function newToken(userId: number, overrides: Partial<NewTokenRecord> = {}): NewTokenRecord {
+  const now = Date.now();
+  return {
+    userId,
+    familyId: randomUUID(),
+    accessTokenHash: randomBytes(32).toString('hex'),
+    refreshTokenHash: randomBytes(32).toString('hex'),
+    accessExpiresAt: new Date(now + 15 * 60 * 1000),
+    expiresAt: new Date(now + 7 * DAY),
+    ipAddress: null,
+    userAgent: null,
+    clientName: null,
+    ...overrides,
+  };
+}
+
+/** The error a call fails with; fails the test if it succeeds. */
+async function failureOf(call: Promise<unknown>): Promise<unknown> {
+  try {
+    await call;
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected the call to fail');
+}
+
+/** What a client of the repository sees of an AppError. */
+function visible(error: unknown) {
+  if (!(error instanceof AppError)) throw new Error(`expected an AppError, got ${String(error)}`);
+  return { code: error.code, message: error.message, details: error.details };
+}
+
+describe('record mapping', () => {
+  const user: User = {
+    id: 42,
+    username: 'mapped',
+    email: 'mapped@example.com',
+    passwordHash: '$2b$04$hash',
+    firstName: '',
+    lastName: 'Last',
+    phone: null,
+    avatarUrl: 'https://example.com/a.png',
+    role: 'GUEST',
+    status: 'SUSPENDED',
+    isVerified: true,
+    isActive: false,
+    createdAt: new Date('2024-02-29T23:59:59.999Z'),
+    updatedAt: new Date('2025-01-01T00:00:00.001Z'),
+    lastLoginAt: new Date('1999-12-31T12:00:00.123Z'),
+  };
+
+  it('when a full user row goes to a record and back, then it comes back deep-equal', () => {
+    expect(userFromProto(userToProto(user))).toStrictEqual(user);
+  });
+
+  it('when a profile goes to a record and back, then it comes back deep-equal and without a hash', () => {
+    const { passwordHash: _hash, ...profile } = user;
+    const record = userToProto(profile);
+    expect(record.passwordHash).toBeUndefined();
+    expect(profileFromProto(record)).toStrictEqual(profile);
+    expect(() => userFromProto(record)).toThrow(/password_hash/);
+  });
+
+  it('when a token row or an audit row goes to a record and back, then it comes back deep-equal', () => {
+    const token: OAuthToken = {
+      id: 7,
+      userId: 42,
+      familyId: randomUUID(),
+      accessTokenHash: 'a'.repeat(64),
+      refreshTokenHash: 'b'.repeat(64),
+      tokenType: 'Bearer',
+      accessExpiresAt: new Date(1_700_000_000_001),
+      expiresAt: new Date(1_700_000_900_999),
+      clientName: null,
+      ipAddress: '::1',
+      userAgent: '',
+      isRevoked: true,
+      createdAt: new Date(1_699_999_999_999),
+      updatedAt: new Date(1_700_000_000_000),
+    };
+    expect(tokenFromProto(tokenToProto(token))).toStrictEqual(token);
+    const event = {
+      id: 3,
+      type: 'ROLE_CHANGED' as const,
+      userId: 42,
+      actorId: null,
+      ipAddress: null,
+      userAgent: 'ua',
+      details: { from: 'USER', to: 'ADMIN', attempts: 3, ratio: 0.5, forced: false },
+      createdAt: new Date(1_700_000_000_123),
+    };
+    expect(auditEventFromProto(auditEventToProto(event))).toStrictEqual(event);
+    expect(auditEventFromProto(auditEventToProto({ ...event, details: null }))).toStrictEqual({ ...event, details: null });
+  });
+});
+
+describe('users across the repository boundary', () => {
+  it('when a user is read through the remote repository, then it deep-equals the row read directly', async () => {
+    const { id, username, email } = await direct.users.create(newUser({ firstName: 'Ada', lastName: '', phone: '+15550100' }));
+    await direct.users.update(id, { avatarUrl: 'https://example.com/ada.png' });
+    await direct.users.recordLogin(id, new Date(Date.now() - 1234));
+
+    const full = await remote.users.findById(id);
+    expect(full).toStrictEqual(await direct.users.findById(id));
+    expect(full?.lastLoginAt).toBeInstanceOf(Date);
+    expect(await remote.users.findByLogin(username)).toStrictEqual(full);
+    expect(await remote.users.findByLogin(email)).toStrictEqual(full);
+
+    const profile = await remote.users.findProfile(id);
+    expect(profile).toStrictEqual(await direct.users.findProfile(id));
+    expect(profile).not.toHaveProperty('passwordHash');
+  });
+
+  it('when a user has only the required fields, then its empty columns come back as nulls', async () => {
+    const { id } = await direct.users.create(newUser());
+    const row = await remote.users.findById(id);
+    expect(row).toStrictEqual(await direct.users.findById(id));
+    expect(row).toMatchObject({ firstName: null, lastName: null, phone: null, avatarUrl: null, lastLoginAt: null });
+  });
+
+  it('when no user matches, then every find through the remote repository returns null', async () => {
+    expect(await remote.users.findById(999_999)).toBeNull();
+    expect(await remote.users.findProfile(999_999)).toBeNull();
+    expect(await remote.users.findByLogin('nobody_here')).toBeNull();
+    expect(await remote.users.findByLogin('nobody@example.com')).toBeNull();
+  });
+
+  it('when a user is created through the remote repository, then it returns the row as stored', async () => {
+    const withEverything = await remote.users.create(newUser({ firstName: 'Grace', lastName: 'Hopper', phone: '123', role: 'GUEST' }));
+    expect(withEverything).toStrictEqual(await direct.users.findById(withEverything.id));
+    expect(withEverything).toMatchObject({ firstName: 'Grace', lastName: 'Hopper', phone: '123', role: 'GUEST' });
+
+    // No role means the column's default, exactly as in-process.
+    const plain = await remote.users.create(newUser({ firstName: null }));
+    expect(plain).toStrictEqual(await direct.users.findById(plain.id));
+    expect(plain).toMatchObject({ role: 'USER', status: 'ACTIVE', firstName: null, lastName: null, phone: null });
+  });
+
+  it('when a user is updated through the remote repository, then every change is stored and the row returned', async () => {
+    const { id } = await direct.users.create(newUser());
+    const changes: UserChanges = {
+      email: `changed_${id}@example.com`,
+      firstName: 'First',
+      lastName: '',
+      phone: '555',
+      avatarUrl: 'https://example.com/x.png',
+      passwordHash: '$2b$04$changed',
+      isVerified: true,
+      status: 'SUSPENDED',
+      isActive: false,
+    };
+    const updated = await remote.users.update(id, changes);
+    expect(updated).toStrictEqual(await direct.users.findById(id));
+    expect(updated).toMatchObject(changes);
+
+    // An empty change set changes nothing but is still answered with the row.
+    expect(await remote.users.update(id, {})).toMatchObject(changes);
+  });
+
+  it('when changes hold a Prisma operation, a null or a field outside UserChanges, then the remote repository refuses them before sending', async () => {
+    const { id } = await direct.users.create(newUser({ firstName: 'Kept' }));
+    await expect(remote.users.update(id, { firstName: { set: 'Other' } })).rejects.toThrow(/UserChanges\.firstName .*operation object/);
+    await expect(remote.users.update(id, { lastName: null })).rejects.toThrow(/UserChanges\.lastName .*null/);
+    await expect(remote.users.update(id, { isActive: { set: false } })).rejects.toThrow(/UserChanges\.isActive/);
+    // Extra keys are a type error, but a caller building changes dynamically could still send one.
+    const withRole = { role: 'ADMIN' } as UserChanges;
+    await expect(remote.users.update(id, withRole)).rejects.toThrow(/UserChanges\.role/);
+    expect(await direct.users.findById(id)).toMatchObject({ firstName: 'Kept', lastName: null, isActive: true, role: 'USER' });
+  });
+
+  it('when users are listed through the remote repository, then the page and total equal a direct listing', async () => {
+    await direct.users.create(newUser({ role: 'GUEST' }));
+    const suspended = await direct.users.create(newUser({ role: 'GUEST' }));
+    await direct.users.update(suspended.id, { status: 'SUSPENDED', isActive: false });
+
+    const filters = [
+      { page: 1, perPage: 100 },
+      { page: 2, perPage: 2 },
+      { page: 1, perPage: 100, role: 'GUEST' as const },
+      { page: 1, perPage: 100, status: 'SUSPENDED' as const },
+      { page: 1, perPage: 100, role: 'GUEST' as const, status: 'ACTIVE' as const },
+      { page: 1, perPage: 100, role: 'ADMIN' as const, status: 'DELETED' as const },
+    ];
+    for (const filter of filters) {
+      const listed = await remote.users.list(filter);
+      expect(listed).toStrictEqual(await direct.users.list(filter));
+    }
+    const guests = await remote.users.list({ page: 1, perPage: 100, role: 'GUEST' });
+    expect(guests.total).toBeGreaterThanOrEqual(2);
+    expect(guests.users.every((user) => user.role === 'GUEST' && typeof user.passwordHash === 'string')).toBe(true);
+  });
+
+  it('when a login is recorded through the remote repository, then lastLoginAt is that instant to the millisecond', async () => {
+    const { id } = await direct.users.create(newUser());
+    const at = new Date(Date.now() - 98_765);
+    await remote.users.recordLogin(id, at);
+    expect((await direct.users.findById(id))?.lastLoginAt).toStrictEqual(at);
+    // A missing user is no error, as in-process.
+    await expect(remote.users.recordLogin(999_999, at)).resolves.toBeUndefined();
+  });
+
+  it('when names are checked through the remote repository, then it answers as the direct repository', async () => {
+    const taken = await direct.users.create(newUser());
+    const other = newUser();
+    const questions: [string | undefined, string | undefined, number | undefined][] = [
+      [taken.username, undefined, undefined],
+      [undefined, taken.email, undefined],
+      [taken.username, taken.email, undefined],
+      [taken.username, taken.email, taken.id],
+      [other.username, other.email, undefined],
+      [taken.username, other.email, undefined],
+      [undefined, undefined, undefined],
+      // An empty string is a name to check, not an absent one.
+      ['', '', undefined],
+    ];
+    for (const [username, email, exceptId] of questions) {
+      expect(await remote.users.findTaken(username, email, exceptId)).toStrictEqual(await direct.users.findTaken(username, email, exceptId));
+    }
+    expect(await remote.users.findTaken(taken.username, taken.email)).toStrictEqual({ username: true, email: true });
+    expect(await remote.users.findTaken(taken.username, taken.email, taken.id)).toStrictEqual({ username: false, email: false });
+  });
+
+  it('when a user is deleted through the remote repository, then it answers true once and false after', async () => {
+    const { id } = await direct.users.create(newUser());
+    const token = await direct.tokens.create(newToken(id));
+    expect(await remote.users.delete(id)).toBe(true);
+    expect(await direct.users.findById(id)).toBeNull();
+    expect(await direct.tokens.findByAccessHash(token.accessTokenHash)).toBeNull();
+    expect(await remote.users.delete(id)).toBe(false);
+  });
+
+  it('when an update targets a missing user, then the same NotFoundError code and message arrive', async () => {
+    const expected = await failureOf(direct.users.update(999_999, { firstName: 'x' }));
+    const received = await failureOf(remote.users.update(999_999, { firstName: 'x' }));
+    expect(received).toBeInstanceOf(AppError);
+    expect(visible(received)).toStrictEqual(visible(expected));
+    expect(visible(received)).toMatchObject({ code: 'NOT_FOUND', message: 'User not found' });
+  });
+
+  it('when a username or e-mail is already taken, then the same ConflictError code, message and details arrive', async () => {
+    const existing = await direct.users.create(newUser());
+    const sameName = newUser({ username: existing.username });
+    const expected = await failureOf(direct.users.create(sameName));
+    const received = await failureOf(remote.users.create(sameName));
+    expect(visible(received)).toStrictEqual(visible(expected));
+    expect(visible(received)).toMatchObject({ code: 'CONFLICT', message: 'Username already exists', details: { username: 'already exists' } });
+
+    const other = await direct.users.create(newUser());
+    const emailClash = await failureOf(remote.users.update(other.id, { email: existing.email }));
+    expect(visible(emailClash)).toStrictEqual(visible(await failureOf(direct.users.update(other.id, { email: existing.email }))));
+    expect(visible(emailClash)).toMatchObject({ code: 'CONFLICT', message: 'Email already exists' });
+  });
+});
+
+describe('tokens across the repository boundary', () => {
+  let userId: number;
+
+  beforeAll(async () => {
+    userId = (await direct.users.create(newUser())).id;
+  });
+
+  it('when a pair is created through the remote repository, then it returns the row as stored', async () => {
+    const record = newToken(userId, { ipAddress: '203.0.113.9', userAgent: 'vitest', clientName: 'cli' });
+    const created = await remote.tokens.create(record);
+    expect(created).toStrictEqual(await direct.tokens.findByAccessHash(record.accessTokenHash));
+    expect(created).toMatchObject({ ...record, tokenType: 'Bearer', isRevoked: false });
+
+    const bare = await remote.tokens.create(newToken(userId));
+    expect(bare).toMatchObject({ ipAddress: null, userAgent: null, clientName: null });
+  });
+
+  it('when a pair is found by either hash through the remote repository, then it deep-equals the row read directly', async () => {
+    const record = newToken(userId, { userAgent: 'finder' });
+    const stored = await direct.tokens.create(record);
+    expect(await remote.tokens.findByAccessHash(record.accessTokenHash)).toStrictEqual(stored);
+    expect(await remote.tokens.findByRefreshHash(record.refreshTokenHash)).toStrictEqual(stored);
+    expect(await remote.tokens.findByAccessHash('0'.repeat(64))).toBeNull();
+    expect(await remote.tokens.findByRefreshHash('0'.repeat(64))).toBeNull();
+  });
+
+  it('when a pair is rotated through the remote repository, then the successor is returned, and null on a replay', async () => {
+    const previous = await direct.tokens.create(newToken(userId));
+    const next = newToken(userId, { familyId: previous.familyId });
+    const successor = await remote.tokens.rotate(previous, next);
+    expect(successor).toStrictEqual(await direct.tokens.findByAccessHash(next.accessTokenHash));
+    expect((await direct.tokens.findByAccessHash(previous.accessTokenHash))?.isRevoked).toBe(true);
+
+    const replayed = newToken(userId, { familyId: previous.familyId });
+    expect(await remote.tokens.rotate(previous, replayed)).toBeNull();
+    expect(await direct.tokens.findByAccessHash(replayed.accessTokenHash)).toBeNull();
+  });
+
+  it('when pairs are revoked through the remote repository, then the revoked pairs\' access hashes come back', async () => {
+    const single = await direct.tokens.create(newToken(userId));
+    expect(await remote.tokens.revoke(single.id)).toStrictEqual([single.accessTokenHash]);
+    expect(await remote.tokens.revoke(single.id)).toStrictEqual([]);
+
+    const first = await direct.tokens.create(newToken(userId));
+    const second = await direct.tokens.create(newToken(userId, { familyId: first.familyId }));
+    expect((await remote.tokens.revokeFamily(first.familyId)).sort()).toStrictEqual([first.accessTokenHash, second.accessTokenHash].sort());
+    expect(await remote.tokens.revokeFamily(first.familyId)).toStrictEqual([]);
+  });
+
+  it('when all of a user\'s pairs are revoked but one, then the others\' hashes come back and the spared one stays live', async () => {
+    const owner = (await direct.users.create(newUser())).id;
+    const kept = await direct.tokens.create(newToken(owner));
+    const dropped = await Promise.all([direct.tokens.create(newToken(owner)), direct.tokens.create(newToken(owner))]);
+    expect((await remote.tokens.revokeAllForUser(owner, kept.id)).sort()).toStrictEqual(dropped.map((row) => row.accessTokenHash).sort());
+    expect((await direct.tokens.findByAccessHash(kept.accessTokenHash))?.isRevoked).toBe(false);
+    expect(await remote.tokens.revokeAllForUser(owner)).toStrictEqual([kept.accessTokenHash]);
+  });
+
+  it('when live pairs are listed through the remote repository, then they deep-equal a direct listing', async () => {
+    const owner = (await direct.users.create(newUser())).id;
+    await direct.tokens.create(newToken(owner, { clientName: 'one' }));
+    await direct.tokens.create(newToken(owner, { clientName: 'two', ipAddress: '::1' }));
+    const revoked = await direct.tokens.create(newToken(owner));
+    await direct.tokens.revoke(revoked.id);
+    const now = new Date();
+    const listed = await remote.tokens.listActive(owner, now);
+    expect(listed).toStrictEqual(await direct.tokens.listActive(owner, now));
+    expect(listed.map((row) => row.clientName).sort()).toStrictEqual(['one', 'two']);
+    expect(await remote.tokens.listActive(owner, new Date(Date.now() + 30 * DAY))).toStrictEqual([]);
+  });
+
+  it('when stale pairs are purged through the remote repository, then it returns how many rows went', async () => {
+    const owner = (await direct.users.create(newUser())).id;
+    const longAgo = Date.now() - 30 * DAY;
+    const expired = await Promise.all(
+      [1, 2].map(() => direct.tokens.create(newToken(owner, { accessExpiresAt: new Date(longAgo), expiresAt: new Date(longAgo + DAY) }))),
+    );
+    const live = await direct.tokens.create(newToken(owner));
+    expect(await remote.tokens.purgeStale(new Date(), 7 * DAY)).toBe(2);
+    for (const row of expired) expect(await direct.tokens.findByAccessHash(row.accessTokenHash)).toBeNull();
+    expect(await direct.tokens.findByAccessHash(live.accessTokenHash)).toStrictEqual(live);
+    expect(await remote.tokens.purgeStale(new Date(), 7 * DAY)).toBe(0);
+  });
+});
+
+describe('audit events across the repository boundary', () => {
+  it('when events are stored through the remote repository, then listing them remotely deep-equals a direct listing', async () => {
+    const subject = (await direct.users.create(newUser())).id;
+    const base = Date.now() - 60_000;
+    const events: NewAuditEvent[] = [
+      {
+        type: 'LOGIN_SUCCEEDED',
+        userId: subject,
+        actorId: null,
+        ipAddress: '198.51.100.7',
+        userAgent: 'vitest',
+        details: { method: 'password', attempts: 2, ratio: 0.25, remembered: false, empty: '' },
+        createdAt: new Date(base + 1),
+      },
+      { type: 'ROLE_CHANGED', userId: subject, actorId: 1, ipAddress: null, userAgent: null, details: { from: 'USER', to: 'GUEST' }, createdAt: new Date(base + 2) },
+      { type: 'LOGOUT', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: new Date(base + 3) },
+      { type: 'TOKENS_REVOKED', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: {}, createdAt: new Date(base + 3) },
+    ];
+    expect(await remote.audit.createMany(events)).toBe(4);
+    expect(await remote.audit.createMany([])).toBe(0);
+
+    const mine = await remote.audit.list({ page: 1, perPage: 10, userId: subject });
+    expect(mine).toStrictEqual(await direct.audit.list({ page: 1, perPage: 10, userId: subject }));
+    expect(mine.total).toBe(4);
+    // Newest first (the two of the same millisecond by id, so the later-written one first), and
+    // each event exactly as it was written.
+    expect(mine.events.map(({ id: _id, ...event }) => event)).toStrictEqual([...events].reverse().sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime()));
+
+    const filters = [
+      { page: 1, perPage: 2, userId: subject },
+      { page: 2, perPage: 2, userId: subject },
+      { page: 1, perPage: 10, userId: subject, type: 'ROLE_CHANGED' as const },
+      { page: 1, perPage: 50 },
+      { page: 1, perPage: 50, type: 'USER_DELETED' as const },
+    ];
+    for (const filter of filters) expect(await remote.audit.list(filter)).toStrictEqual(await direct.audit.list(filter));
+  });
+});
+
+describe('counters across the repository boundary', () => {
+  it('when counters are incremented, peeked and deleted through the remote store, then it answers as the store behind it', async () => {
+    expect(await remote.counters.increment('login:alice', 60_000)).toStrictEqual({ count: 1, ttlMs: 60_000 });
+    expect(await remote.counters.increment('login:alice', 60_000)).toStrictEqual({ count: 2, ttlMs: 60_000 });
+    expect(await remote.counters.peek('login:alice')).toStrictEqual({ count: 2, ttlMs: 60_000 });
+    expect(await remote.counters.peek('login:nobody')).toStrictEqual({ count: 0, ttlMs: 0 });
+
+    await remote.counters.delete('login:alice');
+    expect(await remote.counters.peek('login:alice')).toStrictEqual({ count: 0, ttlMs: 0 });
+
+    await remote.counters.increment('ip:1', 1_000);
+    await remote.counters.increment('ip:2', 1_000);
+    await remote.counters.increment('user:1', 1_000);
+    expect(await remote.counters.deleteByPrefix('ip:')).toBe(2);
+    expect(await remote.counters.deleteByPrefix('ip:')).toBe(0);
+    expect(await remote.counters.peek('user:1')).toStrictEqual({ count: 1, ttlMs: 1_000 });
+  });
+});

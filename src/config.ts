@@ -15,6 +15,17 @@ const list = (fallback: string) =>
         .filter((item) => item.length > 0),
     );
 
+/** A comma-separated list of base URLs of one layer's processes, e.g. `http://service:3001`. */
+const urls = () =>
+  list('').pipe(
+    z.array(
+      z
+        .string()
+        .regex(/^https?:\/\/[^/?#\s]+\/?$/, 'must be comma-separated http:// or https:// base URLs (scheme, host and port only)')
+        .transform((url) => url.replace(/\/$/, '')),
+    ),
+  );
+
 const bool = (fallback: boolean) =>
   z
     .enum(['true', 'false', '1', '0'])
@@ -60,10 +71,14 @@ const EnvSchema = z.object({
   BCRYPT_ROUNDS: int(12, 4, 15),
 
   DEPLOYMENT_MODE: z.enum(['monolithic', 'layered', 'microservices']).default('monolithic'),
-  DEPLOYMENT_LAYER: z.enum(['monolithic', 'controller', 'service', 'repository']).default('monolithic'),
-  COMMUNICATION_PROTOCOL: z.enum(['direct', 'http', 'grpc']).default('direct'),
-  SERVICE_URLS: list(''),
-  REPOSITORY_URLS: list(''),
+  DEPLOYMENT_LAYER: z.enum(['monolithic', 'controller', 'service', 'repository', 'auth-service', 'user-service']).default('monolithic'),
+  COMMUNICATION_PROTOCOL: z.enum(['direct', 'http', 'grpc']).optional(),
+  SERVICE_URLS: urls(),
+  AUTH_SERVICE_URLS: urls(),
+  USER_SERVICE_URLS: urls(),
+  REPOSITORY_URLS: urls(),
+  INTERNAL_TIMEOUT_MS: int(5_000, 50, 300_000),
+  INTERNAL_RETRIES: int(2, 0, 10),
 
   RATE_LIMIT_ENABLED: bool(true),
   RATE_LIMIT_WINDOW_MS: int(3_600_000, 1000, 86_400_000),
@@ -99,17 +114,16 @@ export function loadConfig(env: Environment) {
   const e = parsed.data;
   const production = e.NODE_ENV === 'production';
 
-  if (production && (e.JWT_SECRET === undefined || e.JWT_SECRET.length < 64)) {
+  const deployment = resolveDeployment(e);
+  // Only the processes that hold the service layer sign or check tokens.
+  const holdsServices = deployment.layer !== 'controller' && deployment.layer !== 'repository';
+  if (production && holdsServices && (e.JWT_SECRET === undefined || e.JWT_SECRET.length < 64)) {
     throw new ConfigError(
       'JWT_SECRET must be set to at least 64 characters in production (e.g. `openssl rand -base64 64`).',
     );
   }
   if (e.JWT_SECRET !== undefined && e.JWT_SECRET.length < 32) {
     throw new ConfigError('JWT_SECRET must be at least 32 characters.');
-  }
-  if (e.DEPLOYMENT_MODE !== 'monolithic' || e.DEPLOYMENT_LAYER !== 'monolithic') {
-    // Refusing beats silently running a monolith when a split topology was asked for.
-    throw new ConfigError('Only DEPLOYMENT_MODE=monolithic with DEPLOYMENT_LAYER=monolithic is available in this version.');
   }
   const admin = [e.ADMIN_USERNAME, e.ADMIN_EMAIL, e.ADMIN_PASSWORD];
   if (admin.some((v) => v !== undefined) && admin.some((v) => v === undefined)) {
@@ -141,13 +155,7 @@ export function loadConfig(env: Environment) {
       refreshTtlSeconds: e.JWT_REFRESH_EXPIRES_IN_SECONDS,
     },
     bcryptRounds: e.BCRYPT_ROUNDS,
-    deployment: {
-      mode: e.DEPLOYMENT_MODE,
-      layer: e.DEPLOYMENT_LAYER,
-      protocol: e.COMMUNICATION_PROTOCOL,
-      serviceUrls: e.SERVICE_URLS,
-      repositoryUrls: e.REPOSITORY_URLS,
-    },
+    deployment,
     rateLimit: { enabled: e.RATE_LIMIT_ENABLED, windowMs: e.RATE_LIMIT_WINDOW_MS, max: e.RATE_LIMIT_MAX },
     login: {
       maxFailures: e.LOGIN_MAX_FAILURES,
@@ -165,6 +173,79 @@ export function loadConfig(env: Environment) {
 }
 
 export type Config = ReturnType<typeof loadConfig>;
+
+type Env = z.infer<typeof EnvSchema>;
+export type DeploymentLayer = Env['DEPLOYMENT_LAYER'];
+
+/** Which layers each DEPLOYMENT_MODE runs as processes. */
+const LAYERS_OF_MODE = {
+  monolithic: ['monolithic'],
+  layered: ['controller', 'service', 'repository'],
+  microservices: ['controller', 'auth-service', 'user-service', 'repository'],
+} as const satisfies Record<Env['DEPLOYMENT_MODE'], readonly DeploymentLayer[]>;
+
+type UrlVariable = 'SERVICE_URLS' | 'AUTH_SERVICE_URLS' | 'USER_SERVICE_URLS' | 'REPOSITORY_URLS';
+
+/** The URL lists a layer calls: what must be set for it, and nothing else may be. */
+function downstreamOf(mode: Env['DEPLOYMENT_MODE'], layer: DeploymentLayer): UrlVariable[] {
+  switch (layer) {
+    case 'controller':
+      return mode === 'layered' ? ['SERVICE_URLS'] : ['AUTH_SERVICE_URLS', 'USER_SERVICE_URLS'];
+    case 'service':
+    case 'auth-service':
+    case 'user-service':
+      return ['REPOSITORY_URLS'];
+    default:
+      return [];
+  }
+}
+
+/**
+ * The topology this process takes part in, checked as a whole: a layer that does not belong to
+ * the mode, a protocol that cannot connect the layers, or a missing or stray URL list stops the
+ * process with a message saying what to set, rather than running something other than asked.
+ */
+function resolveDeployment(e: Env) {
+  const mode = e.DEPLOYMENT_MODE;
+  const layer = e.DEPLOYMENT_LAYER;
+  const layers: readonly DeploymentLayer[] = LAYERS_OF_MODE[mode];
+  if (!layers.includes(layer)) {
+    throw new ConfigError(`DEPLOYMENT_LAYER=${layer} is not a layer of DEPLOYMENT_MODE=${mode}; use one of: ${layers.join(', ')}.`);
+  }
+  const protocol = e.COMMUNICATION_PROTOCOL ?? (mode === 'monolithic' ? 'direct' : 'grpc');
+  if (mode === 'monolithic' && protocol !== 'direct') {
+    throw new ConfigError(`DEPLOYMENT_MODE=monolithic calls its layers in-process: COMMUNICATION_PROTOCOL must be direct, not ${protocol}.`);
+  }
+  if (mode !== 'monolithic' && protocol === 'direct') {
+    throw new ConfigError(`DEPLOYMENT_MODE=${mode} runs layers as separate processes: COMMUNICATION_PROTOCOL must be http or grpc.`);
+  }
+  const needed = new Set<string>(downstreamOf(mode, layer));
+  const given: Record<UrlVariable, string[]> = { SERVICE_URLS: e.SERVICE_URLS, AUTH_SERVICE_URLS: e.AUTH_SERVICE_URLS, USER_SERVICE_URLS: e.USER_SERVICE_URLS, REPOSITORY_URLS: e.REPOSITORY_URLS };
+  const missing = Object.entries(given).filter(([name, value]) => needed.has(name) && value.length === 0).map(([name]) => name);
+  if (missing.length > 0) {
+    throw new ConfigError(`DEPLOYMENT_LAYER=${layer} in DEPLOYMENT_MODE=${mode} calls other processes: set ${missing.join(' and ')}.`);
+  }
+  const stray = Object.entries(given).filter(([name, value]) => value.length > 0 && !needed.has(name)).map(([name]) => name);
+  if (stray.length > 0) {
+    throw new ConfigError(`DEPLOYMENT_LAYER=${layer} in DEPLOYMENT_MODE=${mode} does not use ${stray.join(', ')}; unset it.`);
+  }
+  if (e.DATABASE_URL !== undefined && layer !== 'monolithic' && layer !== 'repository') {
+    throw new ConfigError(`DEPLOYMENT_LAYER=${layer} reaches the database through the repository layer; DATABASE_URL belongs to the repository layer only.`);
+  }
+  return {
+    mode,
+    layer,
+    protocol,
+    serviceUrls: e.SERVICE_URLS,
+    authServiceUrls: e.AUTH_SERVICE_URLS,
+    userServiceUrls: e.USER_SERVICE_URLS,
+    repositoryUrls: e.REPOSITORY_URLS,
+    /** Deadline of an internal call that no incoming deadline shortens. */
+    internalTimeoutMs: e.INTERNAL_TIMEOUT_MS,
+    /** Further attempts of a failed internal call that is safe to repeat. */
+    internalRetries: e.INTERNAL_RETRIES,
+  };
+}
 
 function parseSize(value: string): number {
   const match = /^(\d+)(b|kb|mb)?$/i.exec(value);

@@ -34,4 +34,44 @@ describe('loadConfig', () => {
       'https://b.example',
     ]);
   });
+
+  it('when a layered topology is described, then each layer gets its protocol, URLs and deadlines', () => {
+    const controller = loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', COMMUNICATION_PROTOCOL: 'http', SERVICE_URLS: 'http://service-a:3001, http://service-b:3001/' });
+    expect(controller.deployment).toMatchObject({ mode: 'layered', layer: 'controller', protocol: 'http', serviceUrls: ['http://service-a:3001', 'http://service-b:3001'] });
+    const service = loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://repository:3002', INTERNAL_TIMEOUT_MS: '800' });
+    expect(service.deployment).toMatchObject({ protocol: 'grpc', repositoryUrls: ['http://repository:3002'], internalTimeoutMs: 800, internalRetries: 2 });
+    const repository = loadConfig({ DEPLOYMENT_MODE: 'microservices', DEPLOYMENT_LAYER: 'repository', DATABASE_URL: 'postgresql://db/arcana' });
+    expect(repository.deployment.layer).toBe('repository');
+  });
+
+  it('when the layer does not belong to the mode, then it refuses to start and names the layers that do', () => {
+    expect(() => loadConfig({ DEPLOYMENT_LAYER: 'controller' })).toThrow('DEPLOYMENT_LAYER=controller is not a layer of DEPLOYMENT_MODE=monolithic; use one of: monolithic.');
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'auth-service', REPOSITORY_URLS: 'http://r:1' })).toThrow(
+      /not a layer of DEPLOYMENT_MODE=layered; use one of: controller, service, repository/,
+    );
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'microservices', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://r:1' })).toThrow(/auth-service, user-service/);
+  });
+
+  it('when the protocol cannot connect the layers, then it refuses to start', () => {
+    expect(() => loadConfig({ COMMUNICATION_PROTOCOL: 'grpc' })).toThrow(/monolithic calls its layers in-process: COMMUNICATION_PROTOCOL must be direct/);
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'repository', COMMUNICATION_PROTOCOL: 'direct' })).toThrow(/must be http or grpc/);
+  });
+
+  it('when a layer lacks the URLs of the layer it calls, or has URLs it does not use, then it says which', () => {
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller' })).toThrow(/calls other processes: set SERVICE_URLS\./);
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'microservices', DEPLOYMENT_LAYER: 'controller', AUTH_SERVICE_URLS: 'http://a:3003' })).toThrow(/set USER_SERVICE_URLS\./);
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service' })).toThrow(/set REPOSITORY_URLS/);
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1', REPOSITORY_URLS: 'http://r:2' })).toThrow(
+      /does not use REPOSITORY_URLS; unset it/,
+    );
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'service:3001' })).toThrow(/SERVICE_URLS[\s\S]*http:\/\/ or https:\/\/ base URLs/);
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://r:2', DATABASE_URL: 'postgresql://db/x' })).toThrow(
+      /DATABASE_URL belongs to the repository layer only/,
+    );
+  });
+
+  it('when in production, then only the layers that handle tokens need JWT_SECRET', () => {
+    expect(() => loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://r:2' })).toThrow(/JWT_SECRET/);
+    expect(loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1' }).isProduction).toBe(true);
+  });
 });

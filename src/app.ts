@@ -1,16 +1,34 @@
 // The composition root: the one place that builds repositories → services → facades for this
-// process. Nothing is created at import time; everything is passed down explicitly.
-import { cors as connectCors } from '@connectrpc/connect';
+// process. Which of those run here and which are typed clients of another process is decided by
+// the deployment configuration alone; the layers themselves never ask. Nothing is created at
+// import time; everything is passed down explicitly.
+import { cors as connectCors, createClient, type Transport } from '@connectrpc/connect';
 import cors from 'cors';
-import type { Express } from 'express';
+import express, { type Express } from 'express';
 import { load as parseYaml } from 'js-yaml';
 import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { join } from 'node:path';
 import packageJson from '../package.json' with { type: 'json' };
+import { AuditLayerService } from '../gen/proto/arcana/internal/service/v1/audit_layer_service_pb.js';
+import { AuthLayerService } from '../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
+import { UserLayerService } from '../gen/proto/arcana/internal/service/v1/user_layer_service_pb.js';
+import { AuditRepositoryService } from '../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
+import { CounterStoreService } from '../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import { TokenRepositoryService } from '../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
+import { UserRepositoryService } from '../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
+import { Health } from '../gen/proto/grpc/health/v1/health_pb.js';
+import { HealthCheckResponse_ServingStatus as ServingStatus } from '../gen/proto/grpc/health/v1/health_pb.js';
 import type { Config } from './config.ts';
+import { createLayerTransport } from './communication/layer-transport.ts';
+import { createLayerRoutes, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
+import { layerServerErrorInterceptor } from './communication/layer-errors.ts';
+import { RemoteAuditRepository, RemoteCounterStore, RemoteTokenRepository, RemoteUserRepository } from './communication/repository/remote-repositories.ts';
+import { RemoteAuditService, RemoteAuthService, RemoteUserService } from './communication/service/remote-services.ts';
 import { createRestApp } from './controllers/rest/rest-app.ts';
+import { createSystemRoutes, type ReadinessCheck } from './controllers/rest/system-routes.ts';
+import { createErrorHandler, notFoundHandler } from './controllers/rest/error-handler.ts';
 import { createConnectRoutes } from './controllers/rpc/connect-routes.ts';
 import {
   errorInterceptor,
@@ -25,193 +43,301 @@ import { createDatabase, type Database } from './infrastructure/database/databas
 import { applyMigrations } from './infrastructure/database/migrations.ts';
 import type { Logger } from './infrastructure/logger.ts';
 import { MemoryCache, RedisCache, type Cache } from './infrastructure/cache.ts';
-import { FixedWindowRateLimiter, MemoryCounterStore, RedisCounterStore } from './infrastructure/rate-limiter.ts';
-import { createRedisClient, waitUntilReady } from './infrastructure/redis/redis-client.ts';
+import { FixedWindowRateLimiter, MemoryCounterStore, RedisCounterStore, type CounterStore } from './infrastructure/rate-limiter.ts';
+import { createRedisClient, waitUntilReady, type Redis } from './infrastructure/redis/redis-client.ts';
 import { PasswordHasher } from './infrastructure/security/password-hasher.ts';
 import { TokenCodec } from './infrastructure/security/token-codec.ts';
 import { CachedTokenRepository } from './repositories/cached-token-repository.ts';
 import { CachedUserRepository } from './repositories/cached-user-repository.ts';
-import { PrismaTokenRepository } from './repositories/token-repository.ts';
-import { PrismaUserRepository } from './repositories/user-repository.ts';
+import { PrismaTokenRepository, type TokenRepository } from './repositories/token-repository.ts';
+import { PrismaUserRepository, type UserRepository } from './repositories/user-repository.ts';
+import { PrismaAuditRepository, type AuditRepository } from './repositories/audit-repository.ts';
 import { LoginThrottle } from './services/login-throttle.ts';
 import { AuthUseCases, type AuthService } from './services/auth-use-cases.ts';
 import { ensureBootstrapAdmin } from './services/bootstrap-admin.ts';
 import { UserUseCases, type UserService } from './services/user-use-cases.ts';
 import { AuditUseCases, type AuditService } from './services/audit-use-cases.ts';
-import { PrismaAuditRepository } from './repositories/audit-repository.ts';
 import { createJobRunner, type JobRunner } from './jobs/job-runner.ts';
 
 const ROOT = join(import.meta.dirname, '..');
 export const OPENAPI_PATH = join(ROOT, 'openapi.yaml');
 export const MIGRATIONS_PATH = join(ROOT, 'prisma', 'migrations');
 
+/** The process's handlers, and the layers it holds (absent where another process holds them). */
 export interface Application {
-  /** HTTP/1.1 requests: REST, plus Connect and gRPC-Web RPCs. */
+  /** HTTP/1.1 requests: REST (or, in an internal layer, /health and /ready), Connect and gRPC-Web. */
   http: (req: IncomingMessage, res: ServerResponse) => void;
   /** HTTP/2 requests: gRPC, Connect and gRPC-Web RPCs. */
   http2: (req: Http2ServerRequest, res: Http2ServerResponse) => void;
-  rest: Express;
-  database: Database;
-  auth: AuthService;
-  users: UserService;
-  audit: AuditService;
-  jobs: JobRunner;
+  /** What this process needs to serve: its database, or the layers below it. */
+  readiness: Record<string, ReadinessCheck>;
+  /** The public REST app, in a process that holds the controller layer. */
+  rest?: Express | undefined;
+  /** The database, in a process that holds the repository layer. */
+  database?: Database | undefined;
+  /** The service layer as the controller calls it: in-process use cases or a remote client. */
+  auth?: AuthService | undefined;
+  users?: UserService | undefined;
+  audit?: AuditService | undefined;
+  /** Background work, in a process that holds the service layer. */
+  jobs?: JobRunner | undefined;
   close(): Promise<void>;
 }
 
-/** Opens the database, applies pending migrations, wires the layers and returns the handlers. */
-export async function createApplication(config: Config, logger: Logger): Promise<Application> {
-  const database = await createDatabase(config.database);
-  // With REDIS_URL, cache and counters are shared by every process; without it they live in
-  // this process, which is all a single embedded-database instance needs.
-  let cache: Cache = new MemoryCache();
-  const redis =
-    config.redis === undefined
-      ? undefined
-      : createRedisClient({
-          url: config.redis.url,
-          logger,
-          name: 'arcana-cache',
-          // Invalidations may have been lost while Redis was unreachable.
-          onReconnect: () => void (cache instanceof RedisCache ? cache.flush() : undefined),
-        });
-  let jobs: JobRunner | undefined;
-  const close = async () => {
-    await jobs?.close();
-    redis?.disconnect();
-    await database.close();
-  };
-  try {
-    const applied = await applyMigrations(database, MIGRATIONS_PATH);
-    if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
+/** A monolith's Application: every layer is here. */
+export type MonolithApplication = Application & Required<Pick<Application, 'rest' | 'database' | 'auth' | 'users' | 'audit' | 'jobs'>>;
 
-    const prefix = config.redis?.keyPrefix ?? '';
-    if (redis !== undefined) {
-      cache = new RedisCache(redis, `${prefix}cache:`, logger);
+interface Repositories {
+  users: UserRepository;
+  tokens: TokenRepository;
+  audit: AuditRepository;
+  counters: CounterStore;
+}
+
+/** Builds this process's part of the application, as DEPLOYMENT_MODE and DEPLOYMENT_LAYER say. */
+export async function createApplication(config: Config, logger: Logger): Promise<Application> {
+  const { layer } = config.deployment;
+  const holds = {
+    repository: layer === 'monolithic' || layer === 'repository',
+    auth: layer === 'monolithic' || layer === 'service' || layer === 'auth-service',
+    users: layer === 'monolithic' || layer === 'service' || layer === 'user-service',
+    controller: layer === 'monolithic' || layer === 'controller',
+  };
+  const closers: (() => Promise<void> | void)[] = [];
+  const close = async () => {
+    for (const closeOne of closers.reverse()) await closeOne();
+  };
+  const transportTo = (target: string, urls: readonly string[]): Transport =>
+    createLayerTransport({
+      target,
+      urls,
+      protocol: config.deployment.protocol === 'http' ? 'http' : 'grpc',
+      timeoutMs: config.deployment.internalTimeoutMs,
+      retries: config.deployment.internalRetries,
+      logger,
+    });
+  /** A downstream layer is ready when one of its processes says it is serving. */
+  const downstreamReady = (transport: Transport): ReadinessCheck => async () => {
+    const { status } = await createClient(Health, transport).check({ service: '' }, { timeoutMs: 2_000 });
+    if (status !== ServingStatus.SERVING) throw new Error('downstream layer is not serving');
+  };
+
+  try {
+    const readiness: Record<string, ReadinessCheck> = {};
+    // With REDIS_URL, cache, counters and jobs are shared by every process; without it they live
+    // in the process that holds the repository layer (counters reach it over its API).
+    let cache: Cache = new MemoryCache();
+    let redis: Redis | undefined;
+    if (config.redis !== undefined) {
+      redis = createRedisClient({
+        url: config.redis.url,
+        logger,
+        name: 'arcana-cache',
+        // Invalidations may have been lost while Redis was unreachable.
+        onReconnect: () => void (cache instanceof RedisCache ? cache.flush() : undefined),
+      });
+      const client = redis;
+      closers.push(() => client.disconnect());
+      cache = new RedisCache(redis, `${config.redis.keyPrefix}cache:`, logger);
       if (!(await waitUntilReady(redis, 3_000))) logger.warn('redis not reachable at start-up; serving from the database');
     }
-    const counters = redis === undefined ? new MemoryCounterStore() : new RedisCounterStore(redis, `${prefix}counter:`);
-    const users = new CachedUserRepository(new PrismaUserRepository(database.prisma), cache, config.cacheTtlSeconds);
-    const tokens = new CachedTokenRepository(new PrismaTokenRepository(database.prisma), cache, config.cacheTtlSeconds);
-    const passwords = new PasswordHasher(config.bcryptRounds);
-    await passwords.warmUp();
-    const codec = new TokenCodec({
-      secret: config.jwt.secret,
-      issuer: config.jwt.issuer,
-      audience: config.jwt.audience,
-      accessTtlSeconds: config.jwt.accessTtlSeconds,
-      refreshTtlSeconds: config.jwt.refreshTtlSeconds,
-    });
-    const auditRepository = new PrismaAuditRepository(database.prisma);
-    jobs = await createJobRunner({
-      redis: config.redis === undefined ? undefined : { url: config.redis.url, prefix: `${prefix}jobs` },
-      logger,
-      auditRepository,
-      tokenRepository: tokens,
-      purgeIntervalMs: config.sessionPurge.intervalMs,
-      purgeRetentionMs: config.sessionPurge.retentionMs,
-    });
-    const throttle = new LoginThrottle({ counters, ...config.login });
-    const auth = new AuthUseCases({ users, tokens, passwords, codec, throttle, audit: jobs.audit });
-    const userUseCases = new UserUseCases({ users, tokens, passwords, throttle, audit: jobs.audit });
-    const audit = new AuditUseCases({ events: auditRepository });
+    const prefix = config.redis?.keyPrefix ?? '';
+    const sharedCounters = redis === undefined ? undefined : new RedisCounterStore(redis, `${prefix}counter:`);
 
-    if (config.bootstrapAdmin !== undefined) {
-      await ensureBootstrapAdmin(config.bootstrapAdmin, { users, passwords, logger });
+    // ---- repository layer: here, or a client of the repository processes.
+    let database: Database | undefined;
+    let repositories: Repositories | undefined;
+    if (holds.repository) {
+      const db = await createDatabase(config.database);
+      database = db;
+      closers.push(() => db.close());
+      const applied = await applyMigrations(db, MIGRATIONS_PATH);
+      if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
+      repositories = {
+        users: new CachedUserRepository(new PrismaUserRepository(db.prisma), cache, config.cacheTtlSeconds),
+        tokens: new CachedTokenRepository(new PrismaTokenRepository(db.prisma), cache, config.cacheTtlSeconds),
+        audit: new PrismaAuditRepository(db.prisma),
+        counters: sharedCounters ?? new MemoryCounterStore(),
+      };
+      readiness.database = async () => {
+        await db.prisma.$queryRaw`SELECT 1`;
+      };
+    } else if (holds.auth || holds.users) {
+      const transport = transportTo('repository', config.deployment.repositoryUrls);
+      repositories = {
+        users: new RemoteUserRepository(createClient(UserRepositoryService, transport)),
+        tokens: new RemoteTokenRepository(createClient(TokenRepositoryService, transport)),
+        audit: new RemoteAuditRepository(createClient(AuditRepositoryService, transport)),
+        counters: sharedCounters ?? new RemoteCounterStore(createClient(CounterStoreService, transport)),
+      };
+      readiness.repository = downstreamReady(transport);
     }
 
-    // One limiter for both facades: a client's budget is the same whichever protocol it uses. If
-    // Redis fails it falls back to counting in this process rather than refusing the API.
-    const rateLimiter = config.rateLimit.enabled
-      ? new FixedWindowRateLimiter(
-          counters,
-          { windowMs: config.rateLimit.windowMs, max: config.rateLimit.max, prefix: 'api:', onStoreFailure: 'open' },
-          new MemoryCounterStore(),
-        )
-      : undefined;
-    const readiness = {
-      database: async () => {
-        await database.prisma.$queryRaw`SELECT 1`;
-      },
+    // ---- service layer: the use cases, where this process holds them.
+    let auth: AuthService | undefined;
+    let users: UserService | undefined;
+    let audit: AuditService | undefined;
+    let jobs: JobRunner | undefined;
+    if ((holds.auth || holds.users) && repositories !== undefined) {
+      const passwords = new PasswordHasher(config.bcryptRounds);
+      await passwords.warmUp();
+      const runner = await createJobRunner({
+        redis: config.redis === undefined ? undefined : { url: config.redis.url, prefix: `${prefix}jobs` },
+        logger,
+        auditRepository: repositories.audit,
+        tokenRepository: repositories.tokens,
+        purgeIntervalMs: config.sessionPurge.intervalMs,
+        purgeRetentionMs: config.sessionPurge.retentionMs,
+      });
+      jobs = runner;
+      closers.push(() => runner.close());
+      const throttle = new LoginThrottle({ counters: repositories.counters, ...config.login });
+      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, audit: runner.audit };
+      if (holds.auth) {
+        const codec = new TokenCodec({
+          secret: config.jwt.secret,
+          issuer: config.jwt.issuer,
+          audience: config.jwt.audience,
+          accessTtlSeconds: config.jwt.accessTtlSeconds,
+          refreshTtlSeconds: config.jwt.refreshTtlSeconds,
+        });
+        auth = new AuthUseCases({ ...deps, codec });
+      }
+      if (holds.users) {
+        users = new UserUseCases(deps);
+        audit = new AuditUseCases({ events: repositories.audit });
+        if (config.bootstrapAdmin !== undefined) {
+          await ensureBootstrapAdmin(config.bootstrapAdmin, { users: repositories.users, passwords, logger });
+        }
+      }
+    }
+
+    // ---- controller layer: the public facades, over the use cases or clients of the service processes.
+    if (holds.controller) {
+      if (auth === undefined || users === undefined || audit === undefined) {
+        const { mode, serviceUrls, authServiceUrls, userServiceUrls } = config.deployment;
+        const authTransport = transportTo(mode === 'layered' ? 'service' : 'auth-service', mode === 'layered' ? serviceUrls : authServiceUrls);
+        const userTransport = mode === 'layered' ? authTransport : transportTo('user-service', userServiceUrls);
+        auth = new RemoteAuthService(createClient(AuthLayerService, authTransport));
+        users = new RemoteUserService(createClient(UserLayerService, userTransport));
+        audit = new RemoteAuditService(createClient(AuditLayerService, userTransport));
+        if (mode === 'layered') {
+          readiness.service = downstreamReady(authTransport);
+        } else {
+          readiness['auth-service'] = downstreamReady(authTransport);
+          readiness['user-service'] = downstreamReady(userTransport);
+        }
+      }
+      const facades = await createPublicFacades(config, logger, { auth, users, audit, counters: sharedCounters, readiness });
+      return { ...facades, readiness, database, auth, users, audit, jobs, close };
+    }
+
+    // ---- an internal layer process: its API for the layer above, plus /health and /ready.
+    const apis: LayerApis = holds.repository ? { repositories } : { auth, users, audit };
+    const layerRpc = {
+      routes: createLayerRoutes(apis, readiness),
+      interceptors: [layerContextInterceptor(logger), layerServerErrorInterceptor(logger)],
+      // Pages of rows are larger than public requests; this is a trusted peer, not a client.
+      readMaxBytes: 16 * 1024 * 1024,
     };
-    const exposeInternals = config.nodeEnv === 'development';
-
-    const rest = createRestApp({
-      apiSpecPath: OPENAPI_PATH,
-      auth,
-      users: userUseCases,
-      audit,
-      logger,
-      rateLimiter,
-      trustProxy: config.server.trustProxy,
-      bodyLimitBytes: config.server.bodyLimitBytes,
-      validateResponses: config.openapi.validateResponses,
-      exposeInternals,
-      info: { name: 'arcana-cloud', version: packageJson.version, deploymentMode: config.deployment.mode },
-      readiness,
-    });
-
-    const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
-    const rpcOptions = {
-      routes: createConnectRoutes({ auth, users: userUseCases, audit, readiness }),
-      interceptors: [
-        requestContextInterceptor(logger),
-        errorInterceptor({ logger, exposeInternals }),
-        ...(rateLimiter === undefined ? [] : [rateLimitInterceptor(rateLimiter)]),
-        validationInterceptor(new RequestValidator(openapi)),
-      ],
-      contextValues: contextValuesFor,
-      readMaxBytes: config.server.bodyLimitBytes,
-    };
-    // Over HTTP/1.1 whatever is not an RPC path falls through to the REST app. This adapter only
-    // ever sees HTTP/1.1 requests (see `http` below), hence the narrowing casts.
-    const rpcOrRest = createRpcNodeHandler({
-      ...rpcOptions,
-      fallback: (req, res) => rest(req as IncomingMessage, res as ServerResponse),
-    });
-    const rpcOnly = createRpcNodeHandler(rpcOptions);
-
-    // Browsers call both facades; the policy allows Connect's and gRPC-Web's headers as well as
-    // the REST ones, and exposes the headers clients read.
-    const corsPolicy = cors({
-      origin: config.corsOrigins,
-      credentials: true,
-      methods: [...new Set([...connectCors.allowedMethods, 'GET', 'POST', 'PUT', 'DELETE'])],
-      allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id'],
-      exposedHeaders: [
-        ...connectCors.exposedHeaders,
-        'X-Request-Id',
-        'RateLimit-Limit',
-        'RateLimit-Remaining',
-        'RateLimit-Reset',
-        'Retry-After',
-      ],
-      maxAge: 7200,
-    });
-
-    return {
-      http: (req, res) => {
-        // A request answered before its body was read (too large, say) would leave the rest of
-        // the body on a keep-alive connection, where the next request would stall behind it:
-        // such an answer says `connection: close`, so the client opens a fresh connection.
-        const writeHead = res.writeHead.bind(res);
-        res.writeHead = ((...args: Parameters<typeof writeHead>) => {
-          if (!req.complete && !res.headersSent) res.setHeader('connection', 'close');
-          return writeHead(...args);
-        }) as typeof res.writeHead;
-        corsPolicy(req, res, () => rpcOrRest(req, res));
-      },
-      http2: rpcOnly,
-      rest,
-      database,
-      auth,
-      users: userUseCases,
-      audit,
-      jobs,
-      close,
-    };
+    const probes = express();
+    probes.disable('x-powered-by');
+    probes.use(createSystemRoutes({ info: { name: 'arcana-cloud', version: packageJson.version, deploymentMode: config.deployment.mode }, readiness }));
+    probes.use(notFoundHandler);
+    probes.use(createErrorHandler({ logger, exposeInternals: false }));
+    const rpcOnly = createRpcNodeHandler(layerRpc);
+    const rpcOrProbes = createRpcNodeHandler({ ...layerRpc, fallback: (req, res) => probes(req as IncomingMessage, res as ServerResponse) });
+    return { http: rpcOrProbes, http2: rpcOnly, readiness, database, auth, users, audit, jobs, close };
   } catch (error) {
     await close();
     throw error;
   }
+}
+
+/** The public REST and RPC facades over the service layer, with CORS and rate limits. */
+async function createPublicFacades(
+  config: Config,
+  logger: Logger,
+  deps: { auth: AuthService; users: UserService; audit: AuditService; counters: CounterStore | undefined; readiness: Record<string, ReadinessCheck> },
+): Promise<Pick<Application, 'http' | 'http2' | 'rest'>> {
+  const { auth, users, audit, readiness } = deps;
+  // One limiter for both facades: a client's budget is the same whichever protocol it uses. If
+  // Redis fails it falls back to counting in this process rather than refusing the API.
+  const rateLimiter = config.rateLimit.enabled
+    ? new FixedWindowRateLimiter(
+        deps.counters ?? new MemoryCounterStore(),
+        { windowMs: config.rateLimit.windowMs, max: config.rateLimit.max, prefix: 'api:', onStoreFailure: 'open' },
+        new MemoryCounterStore(),
+      )
+    : undefined;
+  const exposeInternals = config.nodeEnv === 'development';
+
+  const rest = createRestApp({
+    apiSpecPath: OPENAPI_PATH,
+    auth,
+    users,
+    audit,
+    logger,
+    rateLimiter,
+    trustProxy: config.server.trustProxy,
+    bodyLimitBytes: config.server.bodyLimitBytes,
+    validateResponses: config.openapi.validateResponses,
+    exposeInternals,
+    info: { name: 'arcana-cloud', version: packageJson.version, deploymentMode: config.deployment.mode },
+    readiness,
+  });
+
+  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
+  const rpcOptions = {
+    routes: createConnectRoutes({ auth, users, audit, readiness }),
+    interceptors: [
+      requestContextInterceptor(logger),
+      errorInterceptor({ logger, exposeInternals }),
+      ...(rateLimiter === undefined ? [] : [rateLimitInterceptor(rateLimiter)]),
+      validationInterceptor(new RequestValidator(openapi)),
+    ],
+    contextValues: contextValuesFor,
+    readMaxBytes: config.server.bodyLimitBytes,
+  };
+  // Over HTTP/1.1 whatever is not an RPC path falls through to the REST app. This adapter only
+  // ever sees HTTP/1.1 requests (see `http` below), hence the narrowing casts.
+  const rpcOrRest = createRpcNodeHandler({
+    ...rpcOptions,
+    fallback: (req, res) => rest(req as IncomingMessage, res as ServerResponse),
+  });
+  const rpcOnly = createRpcNodeHandler(rpcOptions);
+
+  // Browsers call both facades; the policy allows Connect's and gRPC-Web's headers as well as
+  // the REST ones, and exposes the headers clients read.
+  const corsPolicy = cors({
+    origin: config.corsOrigins,
+    credentials: true,
+    methods: [...new Set([...connectCors.allowedMethods, 'GET', 'POST', 'PUT', 'DELETE'])],
+    allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id'],
+    exposedHeaders: [
+      ...connectCors.exposedHeaders,
+      'X-Request-Id',
+      'RateLimit-Limit',
+      'RateLimit-Remaining',
+      'RateLimit-Reset',
+      'Retry-After',
+    ],
+    maxAge: 7200,
+  });
+
+  return {
+    http: (req, res) => {
+      // A request answered before its body was read (too large, say) would leave the rest of
+      // the body on a keep-alive connection, where the next request would stall behind it:
+      // such an answer says `connection: close`, so the client opens a fresh connection.
+      const writeHead = res.writeHead.bind(res);
+      res.writeHead = ((...args: Parameters<typeof writeHead>) => {
+        if (!req.complete && !res.headersSent) res.setHeader('connection', 'close');
+        return writeHead(...args);
+      }) as typeof res.writeHead;
+      corsPolicy(req, res, () => rpcOrRest(req, res));
+    },
+    http2: rpcOnly,
+    rest,
+  };
 }

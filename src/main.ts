@@ -30,8 +30,10 @@ async function main(): Promise<void> {
   logger.info(
     {
       address: typeof address === 'object' && address !== null ? `${address.address}:${address.port}` : address,
-      database: app.database.kind,
+      database: app.database?.kind,
       deploymentMode: config.deployment.mode,
+      deploymentLayer: config.deployment.layer,
+      protocol: config.deployment.protocol,
       nodeEnv: config.nodeEnv,
     },
     'arcana-cloud listening',

@@ -2,9 +2,10 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import supertest from 'supertest';
-import { createApplication, type Application } from '../../src/app.ts';
+import { createApplication, type Application, type MonolithApplication } from '../../src/app.ts';
 import { loadConfig, type Environment } from '../../src/config.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
+import { createDualProtocolServer } from '../../src/server.ts';
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
 
@@ -23,7 +24,26 @@ export const TEST_ENV: Environment = {
   ADMIN_PASSWORD: ADMIN.password,
 };
 
+/**
+ * How the API suites' app is deployed: `monolithic` (the default), or split into layer processes
+ * that talk over loopback, `layered-http`, `layered-grpc`, `microservices-http` or
+ * `microservices-grpc`. Each layer is built by the same composition root as `node src/main.ts`
+ * builds it, with its own configuration, database connection and caches, and served on its own
+ * port; they share this test process only to start fast (tests/integration/topology-processes
+ * runs them as real processes).
+ */
+export const TEST_TOPOLOGY = parseTopology(process.env.TEST_TOPOLOGY ?? 'monolithic');
+
+export type TopologyName = 'monolithic' | 'layered-http' | 'layered-grpc' | 'microservices-http' | 'microservices-grpc';
+
+function parseTopology(value: string): TopologyName {
+  const known: TopologyName[] = ['monolithic', 'layered-http', 'layered-grpc', 'microservices-http', 'microservices-grpc'];
+  if (!known.includes(value as TopologyName)) throw new Error(`TEST_TOPOLOGY must be one of ${known.join(', ')}`);
+  return value as TopologyName;
+}
+
 export interface TestApp {
+  /** The process the public API is served by: the monolith, or the controller layer. */
   app: Application;
   /** The schema-qualified URL the app uses; a sibling app can share it. */
   databaseUrl: string;
@@ -51,10 +71,10 @@ export async function createTestApp(overrides: Environment = {}, options: { same
   url.searchParams.set('schema', schema);
   // TEST_REDIS_URL runs the whole API suite with the Redis-backed cache and counters.
   const redis = process.env.TEST_REDIS_URL === undefined ? {} : { REDIS_URL: process.env.TEST_REDIS_URL, REDIS_KEY_PREFIX: `${schema}:` };
-  const config = loadConfig({ ...TEST_ENV, ...redis, DATABASE_URL: url.toString(), ...overrides });
+  const env: Environment = { ...TEST_ENV, ...redis, DATABASE_URL: url.toString(), ...overrides };
   let app: Application;
   try {
-    app = await createApplication(config, createLogger({ level: config.logLevel }));
+    app = TEST_TOPOLOGY === 'monolithic' || !owner ? await startLayer(env) : await startSplitLayers(TEST_TOPOLOGY, env);
   } catch (error) {
     if (owner) await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
     await admin.end();
@@ -71,6 +91,72 @@ export async function createTestApp(overrides: Environment = {}, options: { same
       await admin.end();
     },
   };
+}
+
+async function startLayer(env: Environment): Promise<Application> {
+  const config = loadConfig(env);
+  return createApplication(config, createLogger({ level: config.logLevel }));
+}
+
+/** Serves one layer on a loopback port, as its own process would; returns its base URL. */
+async function serveLayer(env: Environment): Promise<{ url: string; app: Application }> {
+  const app = await startLayer(env);
+  const { server, close } = createDualProtocolServer({ http1: app.http, http2: app.http2 });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  const closeApp = app.close;
+  app.close = async () => {
+    await close();
+    await closeApp();
+  };
+  return { url: `http://127.0.0.1:${port}`, app };
+}
+
+/**
+ * Starts the repository layer, the service layer (one process, or auth and users apart) and the
+ * controller, each configured only through the environment, and returns the controller; closing
+ * it closes the layers below, top down.
+ */
+async function startSplitLayers(topology: Exclude<TopologyName, 'monolithic'>, env: Environment): Promise<Application> {
+  const [mode, protocol] = topology.split('-') as ['layered' | 'microservices', 'http' | 'grpc'];
+  const common: Environment = { ...env, DEPLOYMENT_MODE: mode, COMMUNICATION_PROTOCOL: protocol, DATABASE_URL: undefined };
+  const started: Application[] = [];
+  try {
+    const repository = await serveLayer({ ...env, DEPLOYMENT_MODE: mode, COMMUNICATION_PROTOCOL: protocol, DEPLOYMENT_LAYER: 'repository' });
+    started.push(repository.app);
+    let controllerEnv: Environment;
+    if (mode === 'layered') {
+      const service = await serveLayer({ ...common, DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: repository.url });
+      started.push(service.app);
+      controllerEnv = { SERVICE_URLS: service.url };
+    } else {
+      const authService = await serveLayer({ ...common, DEPLOYMENT_LAYER: 'auth-service', REPOSITORY_URLS: repository.url });
+      started.push(authService.app);
+      const userService = await serveLayer({ ...common, DEPLOYMENT_LAYER: 'user-service', REPOSITORY_URLS: repository.url });
+      started.push(userService.app);
+      controllerEnv = { AUTH_SERVICE_URLS: authService.url, USER_SERVICE_URLS: userService.url };
+    }
+    const controller = await startLayer({ ...common, DEPLOYMENT_LAYER: 'controller', ...controllerEnv });
+    const closeController = controller.close;
+    controller.close = async () => {
+      await closeController();
+      for (const layer of started.reverse()) await layer.close();
+    };
+    return controller;
+  } catch (error) {
+    for (const layer of started.reverse()) await layer.close();
+    throw error;
+  }
+}
+
+/** The in-process layers of a monolithic test app, for suites that reach behind the API. */
+export function monolithOf(t: TestApp): MonolithApplication {
+  const { app } = t;
+  if (app.rest === undefined || app.database === undefined || app.auth === undefined || app.users === undefined || app.audit === undefined || app.jobs === undefined) {
+    throw new Error('this suite needs a monolithic app: it reaches behind the API');
+  }
+  return { ...app, rest: app.rest, database: app.database, auth: app.auth, users: app.users, audit: app.audit, jobs: app.jobs };
 }
 
 let counter = 0;
@@ -112,7 +198,6 @@ export interface TestServer extends TestApp {
 /** Like createTestApp, and also serves it on a real port the way src/main.ts does. */
 export async function startTestServer(overrides: Environment = {}): Promise<TestServer> {
   const t = await createTestApp(overrides);
-  const { createDualProtocolServer } = await import('../../src/server.ts');
   const { server, close } = createDualProtocolServer({ http1: t.app.http, http2: t.app.http2 });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();

@@ -25,7 +25,7 @@ import { createJobRunner, type JobRunner, type JobRunnerOptions } from '../../sr
 import { PrismaAuditRepository, type NewAuditEvent } from '../../src/repositories/audit-repository.ts';
 import { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
 import { AuditUseCases } from '../../src/services/audit-use-cases.ts';
-import { bearer, createTestApp, loginAdmin, register, type TestApp } from '../helpers/test-app.ts';
+import { bearer, createTestApp, loginAdmin, register, type TestApp, monolithOf } from '../helpers/test-app.ts';
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 /** Nothing listens here: connections are refused at once. */
@@ -47,8 +47,8 @@ const runners: JobRunner[] = [];
 beforeAll(async () => {
   t = await createTestApp();
   redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
-  audit = new PrismaAuditRepository(t.app.database.prisma);
-  tokens = new PrismaTokenRepository(t.app.database.prisma);
+  audit = new PrismaAuditRepository(monolithOf(t).database.prisma);
+  tokens = new PrismaTokenRepository(monolithOf(t).database.prisma);
 });
 
 afterEach(async () => {
@@ -265,7 +265,7 @@ describe('purging stale sessions', () => {
   const later = new Date(now.getTime() + DAY);
 
   async function session(familyId: string, fields: { expiresAt: Date; isRevoked: boolean; updatedAt: Date }, userId: number) {
-    const row = await t.app.database.prisma.oAuthToken.create({
+    const row = await monolithOf(t).database.prisma.oAuthToken.create({
       data: {
         userId,
         familyId,
@@ -423,10 +423,10 @@ describe('listing audit events', () => {
           validateSecurity: false,
         }),
       );
-      app.use('/api/v1/audit-events', createAuditRoutes(useCases, t.app.auth));
+      app.use('/api/v1/audit-events', createAuditRoutes(useCases, monolithOf(t).auth));
       app.use(createErrorHandler({ logger, exposeInternals: false }));
       rest = supertest(app);
-      const transport = createRouterTransport(({ service }) => service(AuditService, createAuditHandler(useCases, t.app.auth)), {
+      const transport = createRouterTransport(({ service }) => service(AuditService, createAuditHandler(useCases, monolithOf(t).auth)), {
         router: { interceptors: [errorInterceptor({ logger, exposeInternals: false })] },
       });
       rpc = createClient(AuditService, transport);

@@ -29,7 +29,7 @@ afterAll(async () => {
 
 describe('embedded PGlite database', () => {
   it('when no DATABASE_URL is set, then register → login → me → refresh → logout works and data survives a restart', async () => {
-    expect(app.database.kind).toBe('pglite');
+    expect(app.database?.kind).toBe('pglite');
     let request = supertest(app.http);
     const body = newUser('pglite');
     expect((await request.post('/api/v1/auth/register').send(body)).status).toBe(201);

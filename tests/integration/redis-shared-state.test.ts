@@ -5,7 +5,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deleteByPrefix } from '../../src/infrastructure/redis/redis-client.ts';
 import { startRedisServer } from '../helpers/redis-server.ts';
-import { bearer, createTestApp, loginAdmin, register, type TestApp } from '../helpers/test-app.ts';
+import { bearer, createTestApp, loginAdmin, register, type TestApp, monolithOf } from '../helpers/test-app.ts';
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = `arcana-test-${randomBytes(4).toString('hex')}:`;
@@ -68,11 +68,11 @@ describe('shared cache', () => {
   it('when the session and user are cached, then an authenticated GET user by id sends no database query', async () => {
     const user = await register(a);
     const get = () => b.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken)).expect(200);
-    const before = b.app.database.queryCount();
+    const before = monolithOf(b).database.queryCount();
     await get();
-    const cold = b.app.database.queryCount() - before;
+    const cold = monolithOf(b).database.queryCount() - before;
     await get();
-    const warm = b.app.database.queryCount() - before - cold;
+    const warm = monolithOf(b).database.queryCount() - before - cold;
     expect(cold).toBeGreaterThan(0);
     expect(warm).toBe(0);
   });
@@ -165,9 +165,9 @@ describe('when Redis goes away', () => {
       }
       expect(status).toBe(200);
       await get().expect(200);
-      const before = t.app.database.queryCount();
+      const before = monolithOf(t).database.queryCount();
       await get().expect(200);
-      expect(t.app.database.queryCount() - before).toBe(0);
+      expect(monolithOf(t).database.queryCount() - before).toBe(0);
     } finally {
       await t.close();
       await server.stop();

@@ -1,6 +1,7 @@
 import type { NextFunction, Request, Response } from 'express';
 import { AuthenticationError } from '../../domain/errors.ts';
 import type { AuthService } from '../../services/auth-use-cases.ts';
+import { identifyCaller } from '../../communication/call-context.ts';
 
 /** Extracts the bearer token of an `authorization` header, or undefined. */
 export function bearerToken(header: string | undefined): string | undefined {
@@ -14,7 +15,9 @@ export function requireAuth(auth: AuthService) {
   return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
     const token = bearerToken(req.get('authorization'));
     if (token === undefined) throw new AuthenticationError('Missing or invalid authorization header');
-    res.locals.actor = await auth.authenticate(token);
+    const actor = await auth.authenticate(token);
+    res.locals.actor = actor;
+    identifyCaller(actor.userId);
     next();
   };
 }

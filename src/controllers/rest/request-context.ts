@@ -2,6 +2,7 @@ import type { NextFunction, Request, Response } from 'express';
 import type { Actor } from '../../domain/actor.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
+import { runWithCallContext } from '../../communication/call-context.ts';
 
 declare global {
   // Express's own extension point for typed `res.locals`.
@@ -39,7 +40,8 @@ export function requestContext(logger: Logger) {
         'request completed',
       );
     });
-    next();
+    // Everything this request does from here, calls to other layers included, carries its id.
+    runWithCallContext({ requestId }, next);
   };
 }
 

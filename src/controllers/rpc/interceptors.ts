@@ -10,6 +10,7 @@ import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
 import { clientKey, requestIdKey } from './rpc-context.ts';
+import { runWithCallContext, timeoutFromHeaders } from '../../communication/call-context.ts';
 
 /** Domain error codes as Connect codes: the RPC twin of the REST status table. */
 export const CONNECT_CODE: Record<ErrorCode, Code> = {
@@ -27,13 +28,14 @@ export const CONNECT_CODE: Record<ErrorCode, Code> = {
 
 /**
  * Gives every RPC a request id (the caller's `x-request-id` when sane), returns it in the response
- * headers (or error metadata) and logs one line per call.
+ * headers (or error metadata) and logs one line per call. The id, and the deadline a gRPC or
+ * Connect client may set, go with every call the RPC makes to other layers.
  */
 export function requestContextInterceptor(logger: Logger): Interceptor {
-  return (next) => async (req) => {
-    const incoming = req.header.get('x-request-id');
-    const requestId = requestIdFrom(incoming);
+  return (next) => (req) => {
+    const requestId = requestIdFrom(req.header.get('x-request-id'));
     req.contextValues.set(requestIdKey, requestId);
+    const timeoutMs = timeoutFromHeaders(req.header);
     const started = process.hrtime.bigint();
     const log = (code: string) =>
       logger[code === 'internal' || code === 'unknown' ? 'error' : 'info'](
@@ -45,17 +47,19 @@ export function requestContextInterceptor(logger: Logger): Interceptor {
         },
         'rpc completed',
       );
-    try {
-      const res = await next(req);
-      res.header.set('x-request-id', requestId);
-      log('ok');
-      return res;
-    } catch (error) {
-      const connectError = ConnectError.from(error);
-      connectError.metadata.set('x-request-id', requestId);
-      log(Code[connectError.code].toLowerCase());
-      throw connectError;
-    }
+    return runWithCallContext({ requestId, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs }, async () => {
+      try {
+        const res = await next(req);
+        res.header.set('x-request-id', requestId);
+        log('ok');
+        return res;
+      } catch (error) {
+        const connectError = ConnectError.from(error);
+        connectError.metadata.set('x-request-id', requestId);
+        log(Code[connectError.code].toLowerCase());
+        throw connectError;
+      }
+    });
   };
 }
 

@@ -6,6 +6,7 @@ import { AuthenticationError } from '../../domain/errors.ts';
 import type { AuthService } from '../../services/auth-use-cases.ts';
 import { remoteAddressOf } from '../../server.ts';
 import { bearerToken } from '../rest/auth-middleware.ts';
+import { identifyCaller } from '../../communication/call-context.ts';
 
 /** The peer of an RPC, taken from the socket as connect-node hands the request over. */
 export const clientKey = createContextKey<ClientInfo>({}, { description: 'client address and user agent' });
@@ -30,5 +31,7 @@ export function clientInfoOf(ctx: HandlerContext): ClientInfo {
 export async function actorOf(ctx: HandlerContext, auth: AuthService): Promise<Actor> {
   const token = bearerToken(ctx.requestHeader.get('authorization') ?? undefined);
   if (token === undefined) throw new AuthenticationError('Missing or invalid authorization header');
-  return auth.authenticate(token);
+  const actor = await auth.authenticate(token);
+  identifyCaller(actor.userId);
+  return actor;
 }

@@ -1,0 +1,194 @@
+// Runs a deployment topology as real processes on this machine: `node src/main.ts` once per
+// layer, each configured only through its environment, exactly as the Docker Compose files and
+// Kubernetes manifests configure them. Used by `npm run start:<topology>`, the process-level
+// fault tests and the benchmark.
+//
+//   node scripts/topology.ts layered-grpc     # controller on PORT (3000), layers on 3001–3004
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export type TopologyName = 'monolithic' | 'layered-http' | 'layered-grpc' | 'microservices-http' | 'microservices-grpc';
+export const TOPOLOGIES: readonly TopologyName[] = ['monolithic', 'layered-http', 'layered-grpc', 'microservices-http', 'microservices-grpc'];
+
+/** One layer's process; it can be stopped and started again on the same port. */
+export interface LayerProcess {
+  /** The DEPLOYMENT_LAYER it runs. */
+  name: string;
+  /** Its base URL, e.g. http://127.0.0.1:3002. */
+  url: string;
+  pid: number | undefined;
+  /** The last lines it wrote, for diagnostics. */
+  output(): string;
+  /** Sends `signal` (SIGTERM by default) and waits for the process to exit; resolves to its exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Starts it again with the same environment and waits until /health answers. */
+  start(): Promise<void>;
+}
+
+export interface RunningTopology {
+  name: TopologyName;
+  /** The public API: the monolith or the controller layer. */
+  baseUrl: string;
+  /** Bottom layer first. */
+  layers: LayerProcess[];
+  /** Stops every process, the controller first. */
+  stop(): Promise<void>;
+}
+
+const ROOT = join(import.meta.dirname, '..');
+const DEFAULT_PORTS: Record<string, number> = { controller: 3000, monolithic: 3000, service: 3001, repository: 3002, 'auth-service': 3003, 'user-service': 3004 };
+
+export interface StartTopologyOptions {
+  name: TopologyName;
+  /** Environment of every process (DATABASE_URL goes to the process holding the database only). */
+  env: Record<string, string | undefined>;
+  /** Ports by layer name; free loopback ports when absent. */
+  ports?: Record<string, number> | undefined;
+  host?: string;
+  /** Called with each line a process writes; by default output is only kept for `output()`. */
+  onLine?: (layer: string, line: string) => void;
+  startTimeoutMs?: number;
+}
+
+/** Starts the topology's processes bottom up and resolves when the public API answers /health. */
+export async function startTopology(options: StartTopologyOptions): Promise<RunningTopology> {
+  const host = options.host ?? '127.0.0.1';
+  const [mode, protocol] = options.name === 'monolithic' ? ['monolithic', 'direct'] : (options.name.split('-') as [string, string]);
+  const layerNames = mode === 'monolithic' ? ['monolithic'] : mode === 'layered' ? ['repository', 'service', 'controller'] : ['repository', 'auth-service', 'user-service', 'controller'];
+  const ports: Record<string, number> = {};
+  for (const layer of layerNames) ports[layer] = options.ports?.[layer] ?? (await freePort(host));
+  const url = (layer: string) => `http://${host}:${ports[layer]}`;
+  const downstream: Record<string, Record<string, string>> = {
+    controller: mode === 'layered' ? { SERVICE_URLS: url('service') } : { AUTH_SERVICE_URLS: url('auth-service'), USER_SERVICE_URLS: url('user-service') },
+    service: { REPOSITORY_URLS: url('repository') },
+    'auth-service': { REPOSITORY_URLS: url('repository') },
+    'user-service': { REPOSITORY_URLS: url('repository') },
+  };
+  const started: LayerProcess[] = [];
+  try {
+    for (const layer of layerNames) {
+      const holdsDatabase = layer === 'monolithic' || layer === 'repository';
+      const env: Record<string, string | undefined> = {
+        ...options.env,
+        ...(holdsDatabase ? {} : { DATABASE_URL: undefined }),
+        DEPLOYMENT_MODE: mode,
+        DEPLOYMENT_LAYER: layer,
+        COMMUNICATION_PROTOCOL: protocol,
+        ...downstream[layer],
+        HOST: host,
+        PORT: String(ports[layer]),
+      };
+      const process = createLayerProcess(layer, url(layer), env, options.onLine, options.startTimeoutMs ?? 60_000);
+      started.push(process);
+      await process.start();
+    }
+  } catch (error) {
+    await Promise.allSettled(started.map((layer) => layer.stop('SIGKILL')));
+    throw error;
+  }
+  return {
+    name: options.name,
+    baseUrl: url(layerNames.at(-1) as string),
+    layers: started,
+    stop: async () => {
+      for (const layer of [...started].reverse()) await layer.stop();
+    },
+  };
+}
+
+function createLayerProcess(
+  name: string,
+  url: string,
+  env: Record<string, string | undefined>,
+  onLine: ((layer: string, line: string) => void) | undefined,
+  startTimeoutMs: number,
+): LayerProcess {
+  let child: ChildProcess | undefined;
+  const lines: string[] = [];
+  const keep = (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) {
+      if (line === '') continue;
+      lines.push(line);
+      if (lines.length > 200) lines.shift();
+      onLine?.(name, line);
+    }
+  };
+  const cleanEnv = Object.fromEntries(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined));
+  return {
+    name,
+    url,
+    get pid() {
+      return child?.pid;
+    },
+    output: () => lines.join('\n'),
+    async start() {
+      const spawned = spawn(process.execPath, [join(ROOT, 'src', 'main.ts')], { cwd: ROOT, env: cleanEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+      child = spawned;
+      spawned.stdout.on('data', keep);
+      spawned.stderr.on('data', keep);
+      const deadline = Date.now() + startTimeoutMs;
+      while (Date.now() < deadline) {
+        if (spawned.exitCode !== null || spawned.signalCode !== null) {
+          throw new Error(`${name} exited (${spawned.exitCode ?? spawned.signalCode}) while starting:\n${lines.join('\n')}`);
+        }
+        try {
+          if ((await fetch(`${url}/health`, { signal: AbortSignal.timeout(1_000) })).ok) return;
+        } catch {
+          // Not listening yet.
+        }
+        await sleep(100);
+      }
+      spawned.kill('SIGKILL');
+      throw new Error(`${name} did not answer /health within ${startTimeoutMs} ms:\n${lines.join('\n')}`);
+    },
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      const running = child;
+      if (running === undefined || running.exitCode !== null || running.signalCode !== null) return running?.exitCode ?? null;
+      const exited = once(running, 'exit') as Promise<[number | null]>;
+      running.kill(signal);
+      const [code] = await exited;
+      return code;
+    },
+  };
+}
+
+/** A port nothing listens on right now (the OS picks it). */
+async function freePort(host: string): Promise<number> {
+  const server = createServer();
+  server.listen(0, host);
+  await once(server, 'listening');
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+// Run as a script: one topology in the foreground, every process's output prefixed by its layer.
+if (import.meta.main) {
+  const name = process.argv[2] as TopologyName | undefined;
+  if (name === undefined || !TOPOLOGIES.includes(name)) {
+    process.stderr.write(`usage: node scripts/topology.ts <${TOPOLOGIES.join('|')}>\n`);
+    process.exit(2);
+  }
+  const publicPort = Number(process.env.PORT ?? 3000);
+  const topology = await startTopology({
+    name,
+    env: { ...process.env },
+    host: process.env.HOST ?? '127.0.0.1',
+    ports: { ...DEFAULT_PORTS, controller: publicPort, monolithic: publicPort },
+    onLine: (layer, line) => process.stdout.write(`[${layer}] ${line}\n`),
+  });
+  process.stdout.write(`${name} is up: public API on ${topology.baseUrl}; Ctrl-C stops every process\n`);
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    void topology.stop().then(() => process.exit(0));
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}

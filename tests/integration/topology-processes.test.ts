@@ -1,0 +1,200 @@
+// Split topologies as real processes: `node src/main.ts` per layer, configured only by the
+// environment (scripts/topology.ts), talked to over loopback. What a client sees when a lower
+// layer dies, stalls or comes back.
+import { createClient } from '@connectrpc/connect';
+import { createGrpcTransport } from '@connectrpc/connect-node';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
+import { startTopology, type LayerProcess, type RunningTopology } from '../../scripts/topology.ts';
+import { ADMIN, newUser, TEST_DATABASE_URL, TEST_ENV } from '../helpers/test-app.ts';
+
+const INTERNAL_TIMEOUT_MS = 1_500;
+let topology: RunningTopology;
+let admin: pg.Client;
+let schema: string;
+
+const layer = (name: string): LayerProcess => {
+  const found = topology.layers.find((candidate) => candidate.name === name);
+  if (found === undefined) throw new Error(`no ${name} layer`);
+  return found;
+};
+
+async function rest(method: string, path: string, body?: unknown, token?: string) {
+  const res = await fetch(`${topology.baseUrl}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  return { status: res.status, body: (await res.json()) as { success: boolean; data?: Record<string, unknown>; error?: { code: string; message: string } } };
+}
+
+async function registerUser() {
+  const user = newUser('topo');
+  const res = await rest('POST', '/api/v1/auth/register', user);
+  expect(res.status).toBe(201);
+  const data = res.body.data as { user: { id: number }; tokens: { accessToken: string } };
+  return { ...user, id: data.user.id, accessToken: data.tokens.accessToken };
+}
+
+beforeAll(async () => {
+  schema = `test_topo_${Date.now()}_${randomBytes(3).toString('hex')}`;
+  admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+  await admin.connect();
+  await admin.query(`CREATE SCHEMA "${schema}"`);
+  await admin.query(`SET search_path TO "${schema}"`);
+  const url = new URL(TEST_DATABASE_URL);
+  url.searchParams.set('schema', schema);
+  topology = await startTopology({
+    name: 'layered-grpc',
+    env: {
+      PATH: process.env.PATH,
+      ...TEST_ENV,
+      OPENAPI_VALIDATE_RESPONSES: 'false',
+      LOG_LEVEL: 'warn',
+      DATABASE_URL: url.toString(),
+      INTERNAL_TIMEOUT_MS: String(INTERNAL_TIMEOUT_MS),
+      SHUTDOWN_TIMEOUT_MS: '5000',
+    },
+  });
+});
+
+afterAll(async () => {
+  await topology?.stop();
+  await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  await admin.end();
+});
+
+describe('layered/grpc as three processes', () => {
+  it('when every layer is up, then each answers /health, /ready and gRPC health, and the API works end to end', async () => {
+    for (const process of topology.layers) {
+      expect((await fetch(`${process.url}/health`)).status).toBe(200);
+      const ready = await fetch(`${process.url}/ready`);
+      expect(ready.status).toBe(200);
+      const health = createClient(Health, createGrpcTransport({ baseUrl: process.url }));
+      expect((await health.check({ service: '' })).status).toBe(ServingStatus.SERVING);
+    }
+    expect(await (await fetch(`${layer('controller').url}/ready`)).json()).toEqual({ status: 'ready', checks: { service: 'ok' } });
+    expect(await (await fetch(`${layer('service').url}/ready`)).json()).toEqual({ status: 'ready', checks: { repository: 'ok' } });
+    expect(await (await fetch(`${layer('repository').url}/ready`)).json()).toEqual({ status: 'ready', checks: { database: 'ok' } });
+
+    const user = await registerUser();
+    const me = await rest('GET', '/api/v1/auth/me', undefined, user.accessToken);
+    expect(me.status).toBe(200);
+    expect(me.body.data).toMatchObject({ id: user.id, username: user.username });
+    const login = await rest('POST', '/api/v1/auth/login', { usernameOrEmail: ADMIN.username, password: ADMIN.password });
+    expect(login.status).toBe(200);
+  });
+
+  it('when a request fails in the repository layer, then the client gets the same code and message as from a monolith', async () => {
+    const user = await registerUser();
+    const again = await rest('POST', '/api/v1/auth/register', { ...newUser('topo'), username: user.username });
+    expect(again.status).toBe(409);
+    expect(again.body.error).toEqual({ code: 'CONFLICT', message: 'Username already exists', details: { username: 'already exists' } });
+  });
+
+  it('when the repository process is killed during requests, then the API answers 503 / unavailable, writes nothing half-way, and recovers when it is back without restarting the others', async () => {
+    const user = await registerUser();
+    const before = { service: layer('service').pid, controller: layer('controller').pid };
+    const rpc = createClient(AuthService, createGrpcTransport({ baseUrl: topology.baseUrl }));
+
+    // A stream of registrations, four at a time; the repository process dies in the middle of it.
+    const attempts: ReturnType<typeof newUser>[] = [];
+    const outcomes: { status: number }[] = [];
+    let killed: Promise<number | null> | undefined;
+    const worker = async () => {
+      for (let i = 0; i < 8; i += 1) {
+        const body = newUser('crash');
+        attempts.push(body);
+        const outcome = await rest('POST', '/api/v1/auth/register', body);
+        outcomes[attempts.indexOf(body)] = outcome;
+        if (killed === undefined && outcomes.filter((o) => o?.status === 201).length >= 4) killed = layer('repository').stop('SIGKILL');
+      }
+    };
+    await Promise.all([worker(), worker(), worker(), worker()]);
+    await killed;
+    const statuses = outcomes.map((outcome) => outcome.status);
+    expect(statuses).toContain(201);
+    expect(statuses).toContain(503);
+    for (const status of statuses) expect([201, 503]).toContain(status);
+
+    const down = await rest('GET', '/api/v1/auth/me', undefined, user.accessToken);
+    expect(down.status).toBe(503);
+    expect(down.body).toMatchObject({ success: false, error: { code: 'SERVICE_UNAVAILABLE', message: 'The service is temporarily unavailable, please try again shortly' } });
+    const rpcDown = await rpc.getCurrentUser({}, { headers: { authorization: `Bearer ${user.accessToken}` } }).catch((error: unknown) => ConnectError.from(error));
+    expect(rpcDown).toBeInstanceOf(ConnectError);
+    expect((rpcDown as ConnectError).code).toBe(Code.Unavailable);
+    expect((await fetch(`${layer('controller').url}/health`)).status).toBe(200);
+    expect((await fetch(`${layer('service').url}/ready`)).status).toBe(503);
+    const refused = await rest('POST', '/api/v1/auth/register', newUser('crash'));
+    expect(refused.status).toBe(503);
+
+    await layer('repository').start();
+    const up = await rest('GET', '/api/v1/auth/me', undefined, user.accessToken);
+    expect(up.status).toBe(200);
+    expect((await rpc.getCurrentUser({}, { headers: { authorization: `Bearer ${user.accessToken}` } })).user?.id).toBe(user.id);
+    expect({ service: layer('service').pid, controller: layer('controller').pid }).toEqual(before);
+
+    // Every account whose registration was answered 201 is whole: its row and its session.
+    // One answered 503 may or may not exist (the repository may have committed just before it
+    // died), but any row there is complete, and the account can log in.
+    const usernames = attempts.map((attempt) => attempt.username);
+    const rows = await admin.query<{ username: string; sessions: string }>(
+      `SELECT u.username, count(t.id) AS sessions FROM users u LEFT JOIN oauth_tokens t ON t.user_id = u.id WHERE u.username = ANY($1) GROUP BY u.username`,
+      [usernames],
+    );
+    const stored = new Map(rows.rows.map((row) => [row.username, Number(row.sessions)]));
+    outcomes.forEach((outcome, index) => {
+      const attempt = attempts[index];
+      if (attempt === undefined) return;
+      if (outcome.status === 201) expect(stored.get(attempt.username)).toBe(1);
+    });
+    for (const username of stored.keys()) {
+      const attempt = attempts.find((candidate) => candidate.username === username);
+      const login = await rest('POST', '/api/v1/auth/login', { usernameOrEmail: username, password: attempt?.password });
+      expect(login.status).toBe(200);
+    }
+  });
+
+  it('when the repository stalls, then calls end at their deadline with 503, and succeed again once it resumes', async () => {
+    const user = await registerUser();
+    const repository = layer('repository');
+    process.kill(repository.pid as number, 'SIGSTOP');
+    try {
+      const started = Date.now();
+      const stalled = await rest('GET', '/api/v1/auth/me', undefined, user.accessToken);
+      const elapsed = Date.now() - started;
+      expect(stalled.status).toBe(503);
+      expect(stalled.body.error?.code).toBe('SERVICE_UNAVAILABLE');
+      expect(elapsed).toBeGreaterThanOrEqual(INTERNAL_TIMEOUT_MS - 100);
+      expect(elapsed).toBeLessThan(INTERNAL_TIMEOUT_MS + 2_000);
+    } finally {
+      process.kill(repository.pid as number, 'SIGCONT');
+    }
+    expect((await rest('GET', '/api/v1/auth/me', undefined, user.accessToken)).status).toBe(200);
+  });
+
+  it('when the service layer is sent SIGTERM, then it finishes the request in flight, exits 0, and the controller answers 503 until it is back', async () => {
+    const user = await registerUser();
+    const repository = layer('repository');
+    // Hold a request inside the service layer: it waits on the stalled repository. A login is
+    // one call to the service layer (a draining process takes no new calls, so a request that
+    // needs a second call to it would rightly fail over to another replica, and here there is none).
+    process.kill(repository.pid as number, 'SIGSTOP');
+    const inFlight = rest('POST', '/api/v1/auth/login', { usernameOrEmail: user.username, password: user.password });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const exited = layer('service').stop('SIGTERM');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    process.kill(repository.pid as number, 'SIGCONT');
+    expect((await inFlight).status).toBe(200);
+    expect(await exited).toBe(0);
+
+    expect((await rest('GET', '/api/v1/auth/me', undefined, user.accessToken)).status).toBe(503);
+    expect((await fetch(`${layer('controller').url}/ready`)).status).toBe(503);
+    await layer('service').start();
+    expect((await rest('GET', '/api/v1/auth/me', undefined, user.accessToken)).status).toBe(200);
+  });
+});

@@ -20,7 +20,17 @@ const API_SUITES = [
   'typed-clients',
 ].map((name) => `tests/integration/${name}.test.ts`);
 
-const SPLIT_TOPOLOGIES = ['layered-http', 'layered-grpc', 'microservices-grpc'];
+/**
+ * The split cells. microservices-grpc also runs on Redis (TEST_REDIS_URL, as .ci/run provides), so
+ * the cache that then sits in front of the remote repositories in the auth-service and
+ * user-service processes is held to the same invalidation tests: a suspension or logout through
+ * one process must be seen at once by the other.
+ */
+const SPLIT_TOPOLOGIES: { name: string; env: Record<string, string> }[] = [
+  { name: 'layered-http', env: {} },
+  { name: 'layered-grpc', env: {} },
+  { name: 'microservices-grpc', env: { TEST_REDIS_URL: process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379' } },
+];
 
 export default defineConfig({
   test: {
@@ -32,7 +42,7 @@ export default defineConfig({
       { extends: true, test: { name: 'monolithic', include: ['tests/**/*.test.ts'] } },
       ...SPLIT_TOPOLOGIES.map((topology) => ({
         extends: true as const,
-        test: { name: topology, include: API_SUITES, env: { TEST_TOPOLOGY: topology } },
+        test: { name: topology.name, include: API_SUITES, env: { TEST_TOPOLOGY: topology.name, ...topology.env } },
       })),
     ],
   },

@@ -164,9 +164,16 @@ export async function createApplication(config: Config, logger: Logger): Promise
       };
     } else if (holds.auth || holds.users) {
       const transport = transportTo('repository', config.deployment.repositoryUrls);
+      const remoteUsers = new RemoteUserRepository(createClient(UserRepositoryService, transport));
+      const remoteTokens = new RemoteTokenRepository(createClient(TokenRepositoryService, transport));
+      // With a shared cache, cache-aside also sits in front of the remote repository, so a warm
+      // session or profile read costs a Redis GET instead of a call to the repository layer; the
+      // keys and invalidations are the ones the repository process uses. Without Redis each
+      // service process would hold its own copy, which a write through another process (a
+      // suspension, a logout) could not invalidate, so then only the repository process caches.
       repositories = {
-        users: new RemoteUserRepository(createClient(UserRepositoryService, transport)),
-        tokens: new RemoteTokenRepository(createClient(TokenRepositoryService, transport)),
+        users: redis === undefined ? remoteUsers : new CachedUserRepository(remoteUsers, cache, config.cacheTtlSeconds),
+        tokens: redis === undefined ? remoteTokens : new CachedTokenRepository(remoteTokens, cache, config.cacheTtlSeconds),
         audit: new RemoteAuditRepository(createClient(AuditRepositoryService, transport)),
         counters: sharedCounters ?? new RemoteCounterStore(createClient(CounterStoreService, transport)),
       };

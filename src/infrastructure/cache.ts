@@ -12,10 +12,21 @@ export interface Cache {
 }
 
 // Dates survive the JSON round trip: ISO strings in fields named like `createdAt` come back as
-// Date objects, as the rows they were cached from had them.
+// Date objects, as the rows they were cached from had them. Cached values are flat rows, so only
+// their own fields are looked at, after a plain JSON.parse: a reviver would make V8 call back for
+// every value, which profiling showed as 5% of an authenticated request.
 const ISO_DATE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
-const revive = (key: string, value: unknown): unknown =>
-  key.endsWith('At') && typeof value === 'string' && ISO_DATE.test(value) ? new Date(value) : value;
+function parseCached<T>(json: string): T {
+  const value: unknown = JSON.parse(json);
+  if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+    const row = value as Record<string, unknown>;
+    for (const key of Object.keys(row)) {
+      const field = row[key];
+      if (key.endsWith('At') && typeof field === 'string' && ISO_DATE.test(field)) row[key] = new Date(field);
+    }
+  }
+  return value as T;
+}
 
 /** In-process cache for a single process (no REDIS_URL). */
 export class MemoryCache implements Cache {
@@ -33,7 +44,7 @@ export class MemoryCache implements Cache {
       this.#entries.delete(key);
       return undefined;
     }
-    return JSON.parse(entry.json, revive) as T;
+    return parseCached<T>(entry.json);
   }
 
   async set(key: string, value: unknown, ttlSeconds: number): Promise<void> {
@@ -68,7 +79,7 @@ export class RedisCache implements Cache {
   async get<T>(key: string): Promise<T | undefined> {
     try {
       const json = await this.#redis.get(this.#prefix + key);
-      return json === null ? undefined : (JSON.parse(json, revive) as T);
+      return json === null ? undefined : parseCached<T>(json);
     } catch {
       return undefined;
     }

@@ -1,0 +1,154 @@
+// The internal client's transport on its own, against real servers on loopback: which process
+// gets each call, which failures are retried, and what travels with a call. CounterStoreService
+// serves as the subject because its contract has a read (PeekCounter, NO_SIDE_EFFECTS) and a
+// write that must never run twice (IncrementCounter, no idempotency).
+import { createClient, type ConnectRouter, type ServiceImpl } from '@connectrpc/connect';
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import { runWithCallContext, timeoutFromHeaders } from '../../src/communication/call-context.ts';
+import { createLayerTransport } from '../../src/communication/layer-transport.ts';
+import { createRpcNodeHandler } from '../../src/controllers/rpc/rpc-node-handler.ts';
+import { UnavailableError } from '../../src/domain/errors.ts';
+import { createLogger } from '../../src/infrastructure/logger.ts';
+import { createDualProtocolServer } from '../../src/server.ts';
+
+const logger = createLogger({ level: 'silent' });
+
+/** A counter-store process that records what reached it and can misbehave on demand. */
+interface FakeLayer {
+  url: string;
+  calls: { method: string; headers: Headers }[];
+  /** What the next calls do: answer, drop the connection mid-call, or answer late. */
+  mode: 'ok' | 'drop' | 'slow';
+  close(): Promise<void>;
+}
+
+const opened: FakeLayer[] = [];
+
+afterEach(async () => {
+  await Promise.all(opened.splice(0).map((layer) => layer.close()));
+});
+
+async function startFakeLayer(): Promise<FakeLayer> {
+  const layer: FakeLayer = { url: '', calls: [], mode: 'ok', close: async () => {} };
+  const behave = async (method: string, headers: Headers) => {
+    layer.calls.push({ method, headers });
+    if (layer.mode === 'slow') await sleep(1_000);
+    if (layer.mode === 'drop') {
+      // The process dies mid-call: every connection is cut without an answer.
+      for (const socket of sockets) socket.destroy();
+      await sleep(1_000);
+    }
+  };
+  const impl: ServiceImpl<typeof CounterStoreService> = {
+    async incrementCounter(_req, ctx) {
+      await behave('increment', ctx.requestHeader);
+      return { count: 1, ttlMs: 1000 };
+    },
+    async peekCounter(_req, ctx) {
+      await behave('peek', ctx.requestHeader);
+      return { count: 0, ttlMs: 0 };
+    },
+    async deleteCounter() {
+      return {};
+    },
+    async deleteCountersByPrefix() {
+      return { deleted: 0 };
+    },
+  };
+  const handler = createRpcNodeHandler({ routes: (router: ConnectRouter) => router.service(CounterStoreService, impl) });
+  const { server, close } = createDualProtocolServer({ http1: handler, http2: handler });
+  const sockets = new Set<import('node:net').Socket>();
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  layer.url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  layer.close = async () => {
+    for (const socket of sockets) socket.destroy();
+    await close();
+  };
+  opened.push(layer);
+  return layer;
+}
+
+/** A URL nothing listens on: connections to it are refused. */
+async function deadUrl(): Promise<string> {
+  const probe: Server = createServer();
+  probe.listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const port = (probe.address() as { port: number }).port;
+  probe.close();
+  await once(probe, 'close');
+  return `http://127.0.0.1:${port}`;
+}
+
+for (const protocol of ['grpc', 'http'] as const) {
+  describe(`layer transport over ${protocol}`, () => {
+    const clientOf = (urls: string[], timeoutMs = 2_000) =>
+      createClient(CounterStoreService, createLayerTransport({ target: 'test', urls, protocol, timeoutMs, retries: 2, logger, backoffMs: 5 }));
+
+    it('when several processes serve a layer, then calls go round-robin across them', async () => {
+      const [a, b] = [await startFakeLayer(), await startFakeLayer()];
+      const client = clientOf([a.url, b.url]);
+      for (let i = 0; i < 10; i += 1) await client.peekCounter({ key: 'k' });
+      expect([a.calls.length, b.calls.length]).toEqual([5, 5]);
+    });
+
+    it('when one process refuses connections, then reads and writes go to the other, each write carried out once', async () => {
+      const live = await startFakeLayer();
+      const client = clientOf([await deadUrl(), live.url]);
+      for (let i = 0; i < 4; i += 1) {
+        await client.peekCounter({ key: 'k' });
+        await client.incrementCounter({ key: 'k', windowMs: 1000 });
+      }
+      expect(live.calls.filter((call) => call.method === 'increment')).toHaveLength(4);
+      expect(live.calls.filter((call) => call.method === 'peek')).toHaveLength(4);
+    });
+
+    it('when a process drops the connection mid-call, then a read is retried elsewhere but a write is not repeated', async () => {
+      const [dropping, healthy] = [await startFakeLayer(), await startFakeLayer()];
+      dropping.mode = 'drop';
+      const client = clientOf([dropping.url, healthy.url]);
+      await expect(client.peekCounter({ key: 'k' })).resolves.toMatchObject({ count: 0 });
+      expect(healthy.calls.map((call) => call.method)).toEqual(['peek']);
+
+      // Two picks so far (dropping, then healthy for the retry): the next call goes to dropping.
+      const before = dropping.calls.length;
+      const write = client.incrementCounter({ key: 'k', windowMs: 1000 });
+      await expect(write).rejects.toBeInstanceOf(UnavailableError);
+      expect(dropping.calls.slice(before).map((call) => call.method)).toEqual(['increment']);
+      expect(healthy.calls.filter((call) => call.method === 'increment')).toHaveLength(0);
+    });
+
+    it('when every process is down, then the caller gets UnavailableError after the retries', async () => {
+      const client = clientOf([await deadUrl(), await deadUrl()]);
+      await expect(client.peekCounter({ key: 'k' })).rejects.toBeInstanceOf(UnavailableError);
+    });
+
+    it('when the layer answers too late, then the call ends at its deadline with UnavailableError', async () => {
+      const slow = await startFakeLayer();
+      slow.mode = 'slow';
+      const started = Date.now();
+      await expect(clientOf([slow.url], 200).peekCounter({ key: 'k' })).rejects.toBeInstanceOf(UnavailableError);
+      expect(Date.now() - started).toBeLessThan(900);
+    });
+
+    it('when a request is being served, then its id, caller and remaining time go with the call', async () => {
+      const layer = await startFakeLayer();
+      const client = clientOf([layer.url], 5_000);
+      await runWithCallContext({ requestId: 'req-123', caller: 'user:7', deadline: Date.now() + 300 }, () => client.peekCounter({ key: 'k' }));
+      const headers = layer.calls[0]?.headers ?? new Headers();
+      expect(headers.get('x-request-id')).toBe('req-123');
+      expect(headers.get('x-arcana-caller')).toBe('user:7');
+      const timeout = timeoutFromHeaders(headers);
+      expect(timeout).toBeGreaterThan(0);
+      expect(timeout).toBeLessThanOrEqual(300);
+    });
+  });
+}

@@ -9,7 +9,8 @@ import {
 } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { UserRole, type Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
-import { AuthorizationError, ValidationError } from '../domain/errors.ts';
+import { AuthorizationError } from '../domain/errors.ts';
+import { auditTypeFromProto } from '../domain/audit-mapping.ts';
 import type { AuditDetails, AuditRepository } from '../repositories/audit-repository.ts';
 import { pageRequest, paginationOf } from './pagination.ts';
 
@@ -66,13 +67,6 @@ export class AuditUseCases implements AuditService {
       pagination: paginationOf(request, total),
     };
   }
-}
-
-/** The stored type for a proto type; UNSPECIFIED (or an unknown number) is a validation error. */
-export function auditTypeFromProto(type: AuditEventType, field = 'type'): db.AuditEventType {
-  const name = AuditEventType[type];
-  if (name !== undefined && Object.hasOwn(db.AuditEventType, name)) return name as db.AuditEventType;
-  throw new ValidationError('Validation failed', { [field]: `must be one of ${Object.keys(db.AuditEventType).join(', ')}` });
 }
 
 /** An audit row as the API's message. Proto maps hold strings, so other detail values become text. */

@@ -35,7 +35,7 @@ import { roleFromProto, roleToProto, statusFromProto, statusToProto } from '../.
 import type { AuditDetails, AuditFilter, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { NewTokenRecord } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserFilter, UserProfile } from '../../repositories/user-repository.ts';
-import { auditTypeFromProto } from '../../services/audit-use-cases.ts';
+import { auditTypeFromProto } from '../../domain/audit-mapping.ts';
 
 /**
  * The value of a message field the API always sets. A missing one means the other side is broken

@@ -38,7 +38,12 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
   return (error: unknown, req: Request, res: Response, _next: NextFunction): void => {
     const appError = toAppError(error);
     const status = appError === undefined ? 500 : STATUS[appError.code];
-    if (status >= 500) {
+    if (status === 503) {
+      // A dependency is down (Redis for login, or a layer below): one short line per request,
+      // not a stack each, or an outage would bury everything else in the logs.
+      const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : undefined;
+      options.logger.warn({ requestId: res.locals.requestId, method: req.method, path: req.path, cause }, 'request refused: dependency unavailable');
+    } else if (status >= 500) {
       options.logger.error({ err: error, requestId: res.locals.requestId, method: req.method, path: req.path }, 'request failed');
     }
     if (res.headersSent) {

@@ -59,6 +59,7 @@ async function main(settings: BenchSettings): Promise<void> {
   const databaseUrl = new URL(settings.databaseUrl);
   databaseUrl.searchParams.set('schema', schema);
   const jwtSecret = randomBytes(48).toString('base64url');
+  const internalSecret = randomBytes(32).toString('base64url');
   /** What every server process gets; the launcher adds each layer's own variables. */
   const serverEnv = (topology: TopologyName | 'baseline'): Record<string, string> => ({
     PATH: process.env.PATH ?? '',
@@ -68,6 +69,8 @@ async function main(settings: BenchSettings): Promise<void> {
     LOG_LEVEL: 'warn',
     DATABASE_URL: databaseUrl.toString(),
     JWT_SECRET: jwtSecret,
+    // Split topologies in production require it; the internal calls pay for checking it.
+    INTERNAL_API_SECRET: internalSecret,
     // Tokens issued while seeding must outlive the whole run.
     JWT_ACCESS_EXPIRES_IN_SECONDS: '86400',
     BCRYPT_ROUNDS: '12',
@@ -189,7 +192,7 @@ async function main(settings: BenchSettings): Promise<void> {
       deployments,
       settings,
       machine,
-      serverEnvironment: { ...serverEnv('monolithic'), JWT_SECRET: '(random, 64 characters)', PATH: undefined, REDIS_KEY_PREFIX: settings.redisUrl === undefined ? undefined : `${redisPrefix}<topology>:` },
+      serverEnvironment: { ...serverEnv('monolithic'), JWT_SECRET: '(random, 64 characters)', INTERNAL_API_SECRET: '(random, 43 characters)', PATH: undefined, REDIS_KEY_PREFIX: settings.redisUrl === undefined ? undefined : `${redisPrefix}<topology>:` },
       seed: { users: settings.users, seconds: seedSeconds, via: settings.topologies.find((t) => deployer.unavailable(t) === undefined) },
       scenarios: Object.fromEntries(settings.scenarios.map((scenario) => [scenario, SCENARIO_TITLES[scenario]])),
       results: rows,

@@ -22,7 +22,7 @@ import { Health } from '../gen/proto/grpc/health/v1/health_pb.js';
 import { HealthCheckResponse_ServingStatus as ServingStatus } from '../gen/proto/grpc/health/v1/health_pb.js';
 import type { Config } from './config.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
-import { createLayerRoutes, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
+import { createLayerRoutes, internalAuthInterceptor, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
 import { layerServerErrorInterceptor } from './communication/layer-errors.ts';
 import { RemoteAuditRepository, RemoteCounterStore, RemoteTokenRepository, RemoteUserRepository } from './communication/repository/remote-repositories.ts';
 import { RemoteAuditService, RemoteAuthService, RemoteUserService } from './communication/service/remote-services.ts';
@@ -114,6 +114,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
       protocol: config.deployment.protocol === 'http' ? 'http' : 'grpc',
       timeoutMs: config.deployment.internalTimeoutMs,
       retries: config.deployment.internalRetries,
+      secret: config.deployment.internalSecret,
       logger,
     });
   /** A downstream layer is ready when one of its processes says it is serving. */
@@ -243,7 +244,11 @@ export async function createApplication(config: Config, logger: Logger): Promise
     const apis: LayerApis = holds.repository ? { repositories } : { auth, users, audit };
     const layerRpc = {
       routes: createLayerRoutes(apis, readiness),
-      interceptors: [layerContextInterceptor(logger), layerServerErrorInterceptor(logger)],
+      interceptors: [
+        layerContextInterceptor(logger),
+        ...(config.deployment.internalSecret === undefined ? [] : [internalAuthInterceptor(config.deployment.internalSecret)]),
+        layerServerErrorInterceptor(logger),
+      ],
       // Pages of rows are larger than public requests; this is a trusted peer, not a client.
       readMaxBytes: 16 * 1024 * 1024,
     };

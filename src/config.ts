@@ -78,6 +78,7 @@ const EnvSchema = z.object({
   USER_SERVICE_URLS: urls(),
   REPOSITORY_URLS: urls(),
   INTERNAL_TIMEOUT_MS: int(5_000, 50, 300_000),
+  INTERNAL_API_SECRET: z.string().optional(),
   INTERNAL_RETRIES: int(2, 0, 10),
 
   RATE_LIMIT_ENABLED: bool(true),
@@ -124,6 +125,16 @@ export function loadConfig(env: Environment) {
   }
   if (e.JWT_SECRET !== undefined && e.JWT_SECRET.length < 32) {
     throw new ConfigError('JWT_SECRET must be at least 32 characters.');
+  }
+  if (e.INTERNAL_API_SECRET !== undefined && e.INTERNAL_API_SECRET.length < 32) {
+    throw new ConfigError('INTERNAL_API_SECRET must be at least 32 characters.');
+  }
+  if (production && deployment.mode !== 'monolithic' && e.INTERNAL_API_SECRET === undefined) {
+    // The internal APIs hand out password hashes and act for any user: in production only the
+    // deployment's own processes may call them.
+    throw new ConfigError(
+      `DEPLOYMENT_MODE=${deployment.mode} in production needs INTERNAL_API_SECRET (≥ 32 characters, the same in every process), which the internal APIs require of their callers.`,
+    );
   }
   const admin = [e.ADMIN_USERNAME, e.ADMIN_EMAIL, e.ADMIN_PASSWORD];
   if (admin.some((v) => v !== undefined) && admin.some((v) => v === undefined)) {
@@ -244,6 +255,8 @@ function resolveDeployment(e: Env) {
     internalTimeoutMs: e.INTERNAL_TIMEOUT_MS,
     /** Further attempts of a failed internal call that is safe to repeat. */
     internalRetries: e.INTERNAL_RETRIES,
+    /** What internal calls present and internal APIs require; unset, they are open (development). */
+    internalSecret: mode === 'monolithic' ? undefined : e.INTERNAL_API_SECRET,
   };
 }
 

@@ -20,6 +20,9 @@ async function main(): Promise<void> {
     logger.warn('JWT_SECRET is not set: using the built-in development secret. Never do this in production.');
   }
 
+  if (config.deployment.mode !== 'monolithic' && config.deployment.internalSecret === undefined) {
+    logger.warn('INTERNAL_API_SECRET is not set: internal APIs accept calls from anyone who can reach them. Never do this in production.');
+  }
   const app = await createApplication(config, logger);
   const { server, close } = createDualProtocolServer({ http1: app.http, http2: app.http2 });
   await new Promise<void>((resolve, reject) => {

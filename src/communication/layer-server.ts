@@ -1,6 +1,7 @@
 // The serving side of the internal APIs: what a layer process registers, and the interceptor that
 // enters each incoming call's context (request id, caller, deadline) for the calls it makes next.
-import type { ConnectRouter, Interceptor } from '@connectrpc/connect';
+import { Code, ConnectError, type ConnectRouter, type Interceptor } from '@connectrpc/connect';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { DescFile } from '@bufbuild/protobuf';
 import { AuditLayerService, file_arcana_internal_service_v1_audit_layer_service } from '../../gen/proto/arcana/internal/service/v1/audit_layer_service_pb.js';
 import { AuthLayerService, file_arcana_internal_service_v1_auth_layer_service } from '../../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
@@ -111,5 +112,21 @@ export function layerContextInterceptor(logger: Logger): Interceptor {
         throw error;
       }
     });
+  };
+}
+
+/**
+ * Refuses internal calls that do not present the deployment's INTERNAL_API_SECRET. The gRPC
+ * health service stays open, as orchestrators' probes carry no credentials.
+ */
+export function internalAuthInterceptor(secret: string): Interceptor {
+  // Comparing digests keeps the comparison constant-time whatever the length presented.
+  const expected = createHash('sha256').update(`Bearer ${secret}`).digest();
+  return (next) => (req) => {
+    if (req.service.typeName !== Health.typeName) {
+      const presented = createHash('sha256').update(req.header.get('authorization') ?? '').digest();
+      if (!timingSafeEqual(presented, expected)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
+    }
+    return next(req);
   };
 }

@@ -23,6 +23,8 @@ export interface LayerTransportOptions {
   timeoutMs: number;
   /** Further attempts after a failure that is safe to retry. */
   retries: number;
+  /** The deployment's INTERNAL_API_SECRET, presented on every call. */
+  secret?: string | undefined;
   logger: Logger;
   /** First backoff step; each further attempt doubles it, up to `maxBackoffMs`, with full jitter. */
   backoffMs?: number;
@@ -51,6 +53,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
   /** Headers every internal call carries, and the call's deadline (epoch ms). */
   const prepare = (header: ConstructorParameters<typeof Headers>[0], timeoutMs: number | undefined) => {
     const headers = new Headers(header);
+    if (options.secret !== undefined) headers.set('authorization', `Bearer ${options.secret}`);
     const context = currentCallContext();
     if (context !== undefined) {
       headers.set('x-request-id', context.requestId);

@@ -19,6 +19,8 @@ export const TEST_ENV: Environment = {
   RATE_LIMIT_MAX: '1000000',
   OPENAPI_VALIDATE_RESPONSES: 'true',
   JWT_SECRET: 'test-secret-that-is-long-enough-for-hs256-0123456789',
+  // Split topologies run with their internal APIs closed, as production requires.
+  INTERNAL_API_SECRET: 'test-internal-secret-shared-by-every-layer',
   ADMIN_USERNAME: ADMIN.username,
   ADMIN_EMAIL: ADMIN.email,
   ADMIN_PASSWORD: ADMIN.password,

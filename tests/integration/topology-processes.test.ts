@@ -8,11 +8,14 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { UserRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { startTopology, type LayerProcess, type RunningTopology } from '../../scripts/topology.ts';
 import { ADMIN, newUser, TEST_DATABASE_URL, TEST_ENV } from '../helpers/test-app.ts';
 
-const INTERNAL_TIMEOUT_MS = 1_500;
+// Long enough that a request held up on purpose (below) is not also cut off by its deadline on a
+// busy CI machine.
+const INTERNAL_TIMEOUT_MS = 3_000;
 let topology: RunningTopology;
 let admin: pg.Client;
 let schema: string;
@@ -87,6 +90,22 @@ describe('layered/grpc as three processes', () => {
     expect(me.body.data).toMatchObject({ id: user.id, username: user.username });
     const login = await rest('POST', '/api/v1/auth/login', { usernameOrEmail: ADMIN.username, password: ADMIN.password });
     expect(login.status).toBe(200);
+  });
+
+  it('when something other than the layer above calls an internal API, then it is refused without the shared secret', async () => {
+    const direct = createClient(UserRepositoryService, createGrpcTransport({ baseUrl: layer('repository').url }));
+    const refused = await direct.findUserByLogin({ usernameOrEmail: ADMIN.username }).catch((error: unknown) => ConnectError.from(error));
+    expect(refused).toBeInstanceOf(ConnectError);
+    expect((refused as ConnectError).code).toBe(Code.Unauthenticated);
+    const wrong = await direct
+      .findUserByLogin({ usernameOrEmail: ADMIN.username }, { headers: { authorization: 'Bearer not-the-secret-not-the-secret-000' } })
+      .catch((error: unknown) => ConnectError.from(error));
+    expect((wrong as ConnectError).code).toBe(Code.Unauthenticated);
+    const allowed = await direct.findUserByLogin(
+      { usernameOrEmail: ADMIN.username },
+      { headers: { authorization: `Bearer ${TEST_ENV.INTERNAL_API_SECRET}` } },
+    );
+    expect(allowed.user?.username).toBe(ADMIN.username);
   });
 
   it('when a request fails in the repository layer, then the client gets the same code and message as from a monolith', async () => {
@@ -185,7 +204,8 @@ describe('layered/grpc as three processes', () => {
     // needs a second call to it would rightly fail over to another replica, and here there is none).
     process.kill(repository.pid as number, 'SIGSTOP');
     const inFlight = rest('POST', '/api/v1/auth/login', { usernameOrEmail: user.username, password: user.password });
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    // Time for the login to reach the service layer even on a loaded machine.
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
     const exited = layer('service').stop('SIGTERM');
     await new Promise((resolve) => setTimeout(resolve, 300));
     process.kill(repository.pid as number, 'SIGCONT');

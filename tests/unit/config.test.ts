@@ -72,6 +72,16 @@ describe('loadConfig', () => {
 
   it('when in production, then only the layers that handle tokens need JWT_SECRET', () => {
     expect(() => loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://r:2' })).toThrow(/JWT_SECRET/);
-    expect(loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1' }).isProduction).toBe(true);
+    expect(
+      loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1', INTERNAL_API_SECRET: 's'.repeat(32) }).isProduction,
+    ).toBe(true);
+  });
+
+  it('when split layers run in production, then they need a shared INTERNAL_API_SECRET of at least 32 characters', () => {
+    const controller = { NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1' };
+    expect(() => loadConfig(controller)).toThrow(/needs INTERNAL_API_SECRET/);
+    expect(() => loadConfig({ ...controller, INTERNAL_API_SECRET: 'short' })).toThrow('INTERNAL_API_SECRET must be at least 32 characters.');
+    expect(loadConfig({ ...controller, INTERNAL_API_SECRET: 's'.repeat(32) }).deployment.internalSecret).toBe('s'.repeat(32));
+    expect(loadConfig({ INTERNAL_API_SECRET: 's'.repeat(32) }).deployment.internalSecret).toBeUndefined();
   });
 });

@@ -54,6 +54,7 @@ const INFRASTRUCTURE_VARIABLES = new Set(['POSTGRES_USER', 'POSTGRES_PASSWORD', 
 /** What the operator supplies where the files demand a value (`${VAR:?…}`, secret placeholders). */
 const TEST_VALUES: Record<string, string> = {
   JWT_SECRET: 'test-secret-'.padEnd(72, 'x'),
+  INTERNAL_API_SECRET: 'test-internal-secret-'.padEnd(48, 'y'),
   POSTGRES_PASSWORD: 'test-password',
 };
 const PLACEHOLDER = 'REPLACE-ME';
@@ -824,6 +825,9 @@ describe.each(Object.entries(COMPOSE_FILES))('%s', (file, mode) => {
     expect(db?.rawEnv['POSTGRES_PASSWORD']).toMatch(/^\$\{POSTGRES_PASSWORD:\?[^}]+\}$/);
     for (const app of apps) {
       expect(app.rawEnv['JWT_SECRET'], `${app.name}: JWT_SECRET`).toMatch(/^\$\{JWT_SECRET:\?[^}]+\}$/);
+      if (app.env['DEPLOYMENT_MODE'] !== 'monolithic') {
+        expect(app.rawEnv['INTERNAL_API_SECRET'], `${app.name}: INTERNAL_API_SECRET`).toMatch(/^\$\{INTERNAL_API_SECRET:\?[^}]+\}$/);
+      }
       const databaseUrl = app.env['DATABASE_URL'];
       if (databaseUrl !== undefined) {
         expect(app.rawEnv['DATABASE_URL']).toContain('${POSTGRES_PASSWORD');

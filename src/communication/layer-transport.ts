@@ -61,7 +61,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     }
     // The request being served may have less time left than this call's own budget: the
     // downstream call gets whichever is shorter, so no layer works on for an answer nobody awaits.
-    const budget = Math.min(timeoutMs ?? options.timeoutMs, options.timeoutMs, remainingMs() ?? Number.POSITIVE_INFINITY);
+    const budget = Math.min(options.timeoutMs, timeoutMs ?? Number.POSITIVE_INFINITY, remainingMs() ?? Number.POSITIVE_INFINITY);
     return { headers, deadline: Date.now() + budget };
   };
 

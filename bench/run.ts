@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { createDeployer, type Deployment } from './deployments.ts';
+import { startTopology, type RunningTopology } from '../scripts/topology.ts';
 import { measureCpu } from './process-cpu.ts';
 import { computeRatios, describeMachine, formatRatios, formatTable, writeResults, type ResultRow } from './report.ts';
 import type { LoadJob } from './load-job.ts';
@@ -54,7 +54,6 @@ async function main(settings: BenchSettings): Promise<void> {
     redisVersion = /redis_version:(\S+)/.exec(await redis.info('server'))?.[1];
   }
   const machine = await describeMachine(root, { postgres: postgresVersion, redis: redisVersion });
-  const deployer = await createDeployer(root);
 
   const databaseUrl = new URL(settings.databaseUrl);
   databaseUrl.searchParams.set('schema', schema);
@@ -92,7 +91,7 @@ async function main(settings: BenchSettings): Promise<void> {
   let fixtures: Fixtures | undefined;
   let seedSeconds: number | undefined;
   let baselineDone = !settings.baseline;
-  let running: Deployment | ServerProcess | undefined;
+  let running: RunningTopology | ServerProcess | undefined;
   let interrupted = false;
   const onSignal = (signal: NodeJS.Signals): void => {
     log(`${signal}: stopping after the current step and cleaning up`);
@@ -125,20 +124,14 @@ async function main(settings: BenchSettings): Promise<void> {
 
   try {
     await adminDb.query(`CREATE SCHEMA "${schema}"`);
-    log(`schema ${schema}; topologies via ${deployer.source}; ${settings.connections} connections, ${settings.durationSeconds} s per scenario (login ${settings.loginDurationSeconds} s, ${settings.loginConnections} connections), ${settings.warmupSeconds} s warm-up`);
+    log(`schema ${schema}; ${settings.connections} connections, ${settings.durationSeconds} s per scenario (login ${settings.loginDurationSeconds} s, ${settings.loginConnections} connections), ${settings.warmupSeconds} s warm-up`);
 
     for (const topology of settings.topologies) {
       if (interrupted) break;
-      const unavailable = deployer.unavailable(topology);
       const pending = settings.protocols.flatMap((protocol) => settings.scenarios.map((scenario) => ({ topology, protocol, scenario })));
-      if (unavailable !== undefined) {
-        rows.push(...pending.map((row) => ({ ...row, skipped: unavailable })));
-        log(`${topology}: skipped (${unavailable})`);
-        continue;
-      }
       try {
         log(`starting ${topology}`);
-        const deployment = await deployer.start(topology, serverEnv(topology));
+        const deployment = await startTopology({ name: topology, env: serverEnv(topology) });
         running = deployment;
         deployments[topology] = deployment.layers.map((layer) => layer.name);
         log(`  ${topology} at ${deployment.baseUrl} (${deployment.layers.map((layer) => layer.name).join(' → ')})`);
@@ -188,12 +181,11 @@ async function main(settings: BenchSettings): Promise<void> {
       finishedAt: finishedAt.toISOString(),
       complete: !interrupted,
       runId,
-      deployer: deployer.source,
       deployments,
       settings,
       machine,
       serverEnvironment: { ...serverEnv('monolithic'), JWT_SECRET: '(random, 64 characters)', INTERNAL_API_SECRET: '(random, 43 characters)', PATH: undefined, REDIS_KEY_PREFIX: settings.redisUrl === undefined ? undefined : `${redisPrefix}<topology>:` },
-      seed: { users: settings.users, seconds: seedSeconds, via: settings.topologies.find((t) => deployer.unavailable(t) === undefined) },
+      seed: { users: settings.users, seconds: seedSeconds, via: settings.topologies[0] },
       scenarios: Object.fromEntries(settings.scenarios.map((scenario) => [scenario, SCENARIO_TITLES[scenario]])),
       results: rows,
       ratios,

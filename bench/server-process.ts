@@ -1,5 +1,5 @@
-// Starting and stopping the server processes the benchmark drives itself: the monolith when no
-// topology launcher exists yet, and the bare baseline server.
+// Starting and stopping the one server process the benchmark drives itself: the bare baseline
+// (the topologies are started by scripts/topology.ts).
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';

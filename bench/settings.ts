@@ -1,8 +1,9 @@
 // Command-line settings of `npm run bench`, with their defaults and checks.
 import { parseArgs } from 'node:util';
 
-export const TOPOLOGIES = ['monolithic', 'layered-http', 'layered-grpc', 'microservices-http', 'microservices-grpc'] as const;
-export type TopologyName = (typeof TOPOLOGIES)[number];
+import { TOPOLOGIES, type TopologyName } from '../scripts/topology.ts';
+
+export type { TopologyName };
 
 /** How the load reaches the controller (or monolith): REST, Connect JSON over HTTP/1.1, or gRPC over h2c. */
 export const PROTOCOLS = ['rest', 'connect', 'grpc'] as const;

@@ -6,6 +6,7 @@ import { createApplication, type Application, type MonolithApplication } from '.
 import { loadConfig, type Environment } from '../../src/config.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
+import { TOPOLOGIES, type TopologyName } from '../../scripts/topology.ts';
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
 
@@ -36,11 +37,8 @@ export const TEST_ENV: Environment = {
  */
 export const TEST_TOPOLOGY = parseTopology(process.env.TEST_TOPOLOGY ?? 'monolithic');
 
-export type TopologyName = 'monolithic' | 'layered-http' | 'layered-grpc' | 'microservices-http' | 'microservices-grpc';
-
 function parseTopology(value: string): TopologyName {
-  const known: TopologyName[] = ['monolithic', 'layered-http', 'layered-grpc', 'microservices-http', 'microservices-grpc'];
-  if (!known.includes(value as TopologyName)) throw new Error(`TEST_TOPOLOGY must be one of ${known.join(', ')}`);
+  if (!(TOPOLOGIES as readonly string[]).includes(value)) throw new Error(`TEST_TOPOLOGY must be one of ${TOPOLOGIES.join(', ')}`);
   return value as TopologyName;
 }
 
@@ -100,19 +98,24 @@ async function startLayer(env: Environment): Promise<Application> {
   return createApplication(config, createLogger({ level: config.logLevel }));
 }
 
-/** Serves one layer on a loopback port, as its own process would; returns its base URL. */
-async function serveLayer(env: Environment): Promise<{ url: string; app: Application }> {
-  const app = await startLayer(env);
+/** Serves an app's handlers on a free loopback port, the way src/main.ts serves them. */
+async function listenOnLoopback(app: Pick<Application, 'http' | 'http2'>): Promise<{ port: number; close(): Promise<void> }> {
   const { server, close } = createDualProtocolServer({ http1: app.http, http2: app.http2 });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();
-  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  return { port: typeof address === 'object' && address !== null ? address.port : 0, close };
+}
+
+/** Serves one layer on a loopback port, as its own process would; returns its base URL. */
+async function serveLayer(env: Environment): Promise<{ url: string; app: Application }> {
+  const app = await startLayer(env);
+  const listening = await listenOnLoopback(app);
   const closeApp = app.close;
   app.close = async () => {
-    await close();
+    await listening.close();
     await closeApp();
   };
-  return { url: `http://127.0.0.1:${port}`, app };
+  return { url: `http://127.0.0.1:${listening.port}`, app };
 }
 
 /**
@@ -200,10 +203,7 @@ export interface TestServer extends TestApp {
 /** Like createTestApp, and also serves it on a real port the way src/main.ts does. */
 export async function startTestServer(overrides: Environment = {}): Promise<TestServer> {
   const t = await createTestApp(overrides);
-  const { server, close } = createDualProtocolServer({ http1: t.app.http, http2: t.app.http2 });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  const { port, close } = await listenOnLoopback(t.app);
   return {
     ...t,
     port,

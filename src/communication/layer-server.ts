@@ -1,8 +1,8 @@
 // The serving side of the internal APIs: what a layer process registers, and the interceptor that
 // enters each incoming call's context (request id, caller, deadline) for the calls it makes next.
-import { Code, ConnectError, type ConnectRouter, type Interceptor } from '@connectrpc/connect';
+import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from '@connectrpc/connect';
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { DescFile } from '@bufbuild/protobuf';
+import type { DescFile, DescService } from '@bufbuild/protobuf';
 import { AuditLayerService, file_arcana_internal_service_v1_audit_layer_service } from '../../gen/proto/arcana/internal/service/v1/audit_layer_service_pb.js';
 import { AuthLayerService, file_arcana_internal_service_v1_auth_layer_service } from '../../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
 import { UserLayerService, file_arcana_internal_service_v1_user_layer_service } from '../../gen/proto/arcana/internal/service/v1/user_layer_service_pb.js';
@@ -47,39 +47,21 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
   const files: DescFile[] = [file_grpc_health_v1_health, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection];
   const names: string[] = [];
   const registrations: ((router: ConnectRouter) => void)[] = [];
-  if (apis.auth !== undefined) {
-    const auth = apis.auth;
-    files.push(file_arcana_internal_service_v1_auth_layer_service);
-    names.push(AuthLayerService.typeName);
-    registrations.push((router) => router.service(AuthLayerService, createAuthLayerHandler(auth)));
-  }
-  if (apis.users !== undefined) {
-    const users = apis.users;
-    files.push(file_arcana_internal_service_v1_user_layer_service);
-    names.push(UserLayerService.typeName);
-    registrations.push((router) => router.service(UserLayerService, createUserLayerHandler(users)));
-  }
-  if (apis.audit !== undefined) {
-    const audit = apis.audit;
-    files.push(file_arcana_internal_service_v1_audit_layer_service);
-    names.push(AuditLayerService.typeName);
-    registrations.push((router) => router.service(AuditLayerService, createAuditLayerHandler(audit)));
-  }
-  if (apis.repositories !== undefined) {
-    const repositories = apis.repositories;
-    files.push(
-      file_arcana_internal_repository_v1_user_repository_service,
-      file_arcana_internal_repository_v1_token_repository_service,
-      file_arcana_internal_repository_v1_audit_repository_service,
-      file_arcana_internal_repository_v1_counter_store_service,
-    );
-    names.push(UserRepositoryService.typeName, TokenRepositoryService.typeName, AuditRepositoryService.typeName, CounterStoreService.typeName);
-    registrations.push((router) => {
-      router.service(UserRepositoryService, createUserRepositoryHandler(repositories.users));
-      router.service(TokenRepositoryService, createTokenRepositoryHandler(repositories.tokens));
-      router.service(AuditRepositoryService, createAuditRepositoryHandler(repositories.audit));
-      router.service(CounterStoreService, createCounterStoreHandler(repositories.counters));
-    });
+  /** Serves `service`, and lists it for health checking and reflection. */
+  const serve = <S extends DescService>(file: DescFile, service: S, impl: ServiceImpl<S>) => {
+    files.push(file);
+    names.push(service.typeName);
+    registrations.push((router) => router.service(service, impl));
+  };
+  if (apis.auth !== undefined) serve(file_arcana_internal_service_v1_auth_layer_service, AuthLayerService, createAuthLayerHandler(apis.auth));
+  if (apis.users !== undefined) serve(file_arcana_internal_service_v1_user_layer_service, UserLayerService, createUserLayerHandler(apis.users));
+  if (apis.audit !== undefined) serve(file_arcana_internal_service_v1_audit_layer_service, AuditLayerService, createAuditLayerHandler(apis.audit));
+  const repositories = apis.repositories;
+  if (repositories !== undefined) {
+    serve(file_arcana_internal_repository_v1_user_repository_service, UserRepositoryService, createUserRepositoryHandler(repositories.users));
+    serve(file_arcana_internal_repository_v1_token_repository_service, TokenRepositoryService, createTokenRepositoryHandler(repositories.tokens));
+    serve(file_arcana_internal_repository_v1_audit_repository_service, AuditRepositoryService, createAuditRepositoryHandler(repositories.audit));
+    serve(file_arcana_internal_repository_v1_counter_store_service, CounterStoreService, createCounterStoreHandler(repositories.counters));
   }
   const reflection = createReflectionServices(files);
   return (router) => {

@@ -21,6 +21,13 @@ const API_SUITES = [
 ].map((name) => `tests/integration/${name}.test.ts`);
 
 /**
+ * The adversarial suites whose outcome depends on the topology: counters that live in Redis or in
+ * the repository process, the client address carried from the controller to the service layer,
+ * conditional writes through the repository layer. They attack every split cell too.
+ */
+const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'sessions'].map((name) => `tests/security/${name}.test.ts`);
+
+/**
  * The split cells. microservices-grpc also runs on Redis (TEST_REDIS_URL, as .ci/run provides), so
  * the cache that then sits in front of the remote repositories in the auth-service and
  * user-service processes is held to the same invalidation tests: a suspension or logout through
@@ -42,7 +49,7 @@ export default defineConfig({
       { extends: true, test: { name: 'monolithic', include: ['tests/**/*.test.ts'] } },
       ...SPLIT_TOPOLOGIES.map((topology) => ({
         extends: true as const,
-        test: { name: topology.name, include: API_SUITES, env: { TEST_TOPOLOGY: topology.name, ...topology.env } },
+        test: { name: topology.name, include: [...API_SUITES, ...SECURITY_SUITES], env: { TEST_TOPOLOGY: topology.name, ...topology.env } },
       })),
     ],
   },

@@ -37,7 +37,8 @@ import {
   validationInterceptor,
 } from './controllers/rpc/interceptors.ts';
 import { RequestValidator, type OpenApiComponents } from './controllers/rpc/request-validator.ts';
-import { contextValuesFor } from './controllers/rpc/rpc-context.ts';
+import { createContextValuesFor } from './controllers/rpc/rpc-context.ts';
+import { createClientAddressResolver } from './infrastructure/client-address.ts';
 import { createRpcNodeHandler } from './controllers/rpc/rpc-node-handler.ts';
 import { createDatabase, type Database } from './infrastructure/database/database.ts';
 import { applyMigrations } from './infrastructure/database/migrations.ts';
@@ -45,7 +46,8 @@ import type { Logger } from './infrastructure/logger.ts';
 import { MemoryCache, RedisCache, type Cache } from './infrastructure/cache.ts';
 import { FixedWindowRateLimiter, MemoryCounterStore, RedisCounterStore, type CounterStore } from './infrastructure/rate-limiter.ts';
 import { createRedisClient, waitUntilReady, type Redis } from './infrastructure/redis/redis-client.ts';
-import { PasswordHasher } from './infrastructure/security/password-hasher.ts';
+import { DeviceTokens } from './infrastructure/security/device-tokens.ts';
+import { loadCommonPasswords, PasswordHasher } from './infrastructure/security/password-hasher.ts';
 import { TokenCodec } from './infrastructure/security/token-codec.ts';
 import { CachedTokenRepository } from './repositories/cached-token-repository.ts';
 import { CachedUserRepository } from './repositories/cached-user-repository.ts';
@@ -187,7 +189,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
     let audit: AuditService | undefined;
     let jobs: JobRunner | undefined;
     if ((holds.auth || holds.users) && repositories !== undefined) {
-      const passwords = new PasswordHasher(config.bcryptRounds);
+      const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords());
       await passwords.warmUp();
       const runner = await createJobRunner({
         redis: config.redis === undefined ? undefined : { url: config.redis.url, prefix: `${prefix}jobs` },
@@ -200,7 +202,8 @@ export async function createApplication(config: Config, logger: Logger): Promise
       jobs = runner;
       closers.push(() => runner.close());
       const throttle = new LoginThrottle({ counters: repositories.counters, ...config.login });
-      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, audit: runner.audit };
+      const devices = new DeviceTokens({ secret: config.jwt.secret, ttlSeconds: config.login.knownDeviceTtlSeconds });
+      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: runner.audit };
       if (holds.auth) {
         const codec = new TokenCodec({
           secret: config.jwt.secret,
@@ -209,7 +212,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
           accessTtlSeconds: config.jwt.accessTtlSeconds,
           refreshTtlSeconds: config.jwt.refreshTtlSeconds,
         });
-        auth = new AuthUseCases({ ...deps, codec });
+        auth = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: config.sessionLifetimeSeconds });
       }
       if (holds.users) {
         users = new UserUseCases(deps);
@@ -282,7 +285,9 @@ async function createPublicFacades(
         new MemoryCounterStore(),
       )
     : undefined;
-  const exposeInternals = config.nodeEnv === 'development';
+  const { exposeInternals } = config;
+  // One client-address rule for every protocol: REST and RPC get the same resolver.
+  const resolveClient = createClientAddressResolver(config.server.trustProxy);
 
   const rest = createRestApp({
     apiSpecPath: OPENAPI_PATH,
@@ -292,6 +297,7 @@ async function createPublicFacades(
     logger,
     rateLimiter,
     trustProxy: config.server.trustProxy,
+    resolveClient,
     bodyLimitBytes: config.server.bodyLimitBytes,
     validateResponses: config.openapi.validateResponses,
     exposeInternals,
@@ -308,7 +314,7 @@ async function createPublicFacades(
       ...(rateLimiter === undefined ? [] : [rateLimitInterceptor(rateLimiter)]),
       validationInterceptor(new RequestValidator(openapi)),
     ],
-    contextValues: contextValuesFor,
+    contextValues: createContextValuesFor(resolveClient),
     readMaxBytes: config.server.bodyLimitBytes,
   };
   // Over HTTP/1.1 whatever is not an RPC path falls through to the REST app. This adapter only
@@ -325,10 +331,12 @@ async function createPublicFacades(
     origin: config.corsOrigins,
     credentials: true,
     methods: [...new Set([...connectCors.allowedMethods, 'GET', 'POST', 'PUT', 'DELETE'])],
-    allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id'],
+    allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id', 'X-Device-Token'],
     exposedHeaders: [
       ...connectCors.exposedHeaders,
       'X-Request-Id',
+      'X-Device-Token',
+      'WWW-Authenticate',
       'RateLimit-Limit',
       'RateLimit-Remaining',
       'RateLimit-Reset',

@@ -37,7 +37,9 @@ const int = (fallback: number, min: number, max: number) =>
 
 /** Each key is the environment variable's name; defaults make a bare `npm start` work. */
 const EnvSchema = z.object({
-  NODE_ENV: z.enum(['development', 'test', 'testing', 'production']).default('development'),
+  // Unset means "not declared": production's strict checks stay off so a bare `npm start` works,
+  // but nothing internal is exposed either (see `exposeInternals`).
+  NODE_ENV: z.enum(['development', 'test', 'testing', 'production']).optional(),
   HOST: z.string().default('0.0.0.0'),
   PORT: int(3000, 0, 65535),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -88,6 +90,8 @@ const EnvSchema = z.object({
   LOGIN_LOCKOUT_SECONDS: int(900, 1, 86_400),
   LOGIN_ACCOUNT_RATE_LIMIT_MAX: int(30, 1, 1_000_000),
   LOGIN_ACCOUNT_RATE_LIMIT_WINDOW_MS: int(900_000, 1000, 86_400_000),
+  LOGIN_KNOWN_DEVICE_TTL_SECONDS: int(7_776_000, 60, 400 * 86_400),
+  SESSION_ABSOLUTE_LIFETIME_SECONDS: int(2_592_000, 1, 400 * 86_400),
   CORS_ORIGINS: list('http://localhost:3000'),
 
   ADMIN_USERNAME: z.string().optional(),
@@ -142,8 +146,10 @@ export function loadConfig(env: Environment) {
   }
 
   return {
-    nodeEnv: e.NODE_ENV,
+    nodeEnv: e.NODE_ENV ?? 'unset',
     isProduction: production,
+    /** Error text and stacks in 500 answers: only where development was asked for by name. */
+    exposeInternals: e.NODE_ENV === 'development',
     server: {
       host: e.HOST,
       port: e.PORT,
@@ -173,7 +179,10 @@ export function loadConfig(env: Environment) {
       lockoutMs: e.LOGIN_LOCKOUT_SECONDS * 1000,
       accountMaxAttempts: e.LOGIN_ACCOUNT_RATE_LIMIT_MAX,
       accountWindowMs: e.LOGIN_ACCOUNT_RATE_LIMIT_WINDOW_MS,
+      knownDeviceTtlSeconds: e.LOGIN_KNOWN_DEVICE_TTL_SECONDS,
     },
+    /** A login chain's absolute lifetime; each refresh slides the session, never past it. */
+    sessionLifetimeSeconds: e.SESSION_ABSOLUTE_LIFETIME_SECONDS,
     corsOrigins: e.CORS_ORIGINS,
     bootstrapAdmin:
       e.ADMIN_USERNAME !== undefined && e.ADMIN_EMAIL !== undefined && e.ADMIN_PASSWORD !== undefined

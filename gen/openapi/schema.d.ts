@@ -404,7 +404,7 @@ export interface components {
          * @description What kind of security event happened.
          * @enum {string}
          */
-        AuditEventType: "LOGIN_SUCCEEDED" | "LOGIN_FAILED" | "LOGOUT" | "TOKENS_REVOKED" | "PASSWORD_CHANGED" | "ROLE_CHANGED" | "STATUS_CHANGED" | "USER_DELETED" | "TOKEN_REUSE_DETECTED" | "LOGIN_FAILURES_CLEARED";
+        AuditEventType: "LOGIN_SUCCEEDED" | "LOGIN_FAILED" | "LOGOUT" | "TOKENS_REVOKED" | "PASSWORD_CHANGED" | "ROLE_CHANGED" | "STATUS_CHANGED" | "USER_DELETED" | "TOKEN_REUSE_DETECTED" | "LOGIN_FAILURES_CLEARED" | "PASSWORD_CHANGE_FAILED";
         /** @description A user account as exposed by the API. Never carries the password or its hash. */
         User: {
             /** Format: int32 */

@@ -21,6 +21,14 @@ export interface RateLimiter {
 export interface CounterStore {
   /** Adds one and returns the new count and the milliseconds until the key expires. */
   increment(key: string, windowMs: number): Promise<{ count: number; ttlMs: number }>;
+  /**
+   * Adds one unless the count has already reached `limit`, in one atomic step: of any number of
+   * concurrent reservations against one key, at most `limit` succeed per window. A refused
+   * reservation adds nothing.
+   */
+  reserve(key: string, limit: number, windowMs: number): Promise<{ reserved: boolean; count: number; ttlMs: number }>;
+  /** Gives one reservation back: the count drops by one (never below zero), the expiry stays. */
+  release(key: string): Promise<void>;
   /** The current count and remaining lifetime, or zero counts for an absent key. */
   peek(key: string): Promise<{ count: number; ttlMs: number }>;
   delete(key: string): Promise<void>;
@@ -47,6 +55,22 @@ export class MemoryCounterStore implements CounterStore {
     }
     entry.count += 1;
     return { count: entry.count, ttlMs: entry.expiresAt - now };
+  }
+
+  async reserve(key: string, limit: number, windowMs: number) {
+    const now = this.#now();
+    const entry = this.#entries.get(key);
+    if (entry !== undefined && entry.expiresAt > now && entry.count >= limit) {
+      return { reserved: false, count: entry.count, ttlMs: entry.expiresAt - now };
+    }
+    // Single-threaded: nothing runs between the check above and this increment.
+    const counted = await this.increment(key, windowMs);
+    return { reserved: true, ...counted };
+  }
+
+  async release(key: string): Promise<void> {
+    const entry = this.#entries.get(key);
+    if (entry !== undefined && entry.count > 0) entry.count -= 1;
   }
 
   async peek(key: string) {
@@ -84,6 +108,22 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
 return {count, ttl}`;
 
+// The check and the increment in one script, so concurrent reservations cannot all pass a check
+// made before any of them counted.
+const RESERVE = `
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+local ttl = redis.call('PTTL', KEYS[1])
+if count >= tonumber(ARGV[1]) and ttl > 0 then return {0, count, ttl} end
+count = redis.call('INCR', KEYS[1])
+if count == 1 or ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]); ttl = tonumber(ARGV[2]) end
+return {1, count, ttl}`;
+
+// Decrements a live counter, never below zero, leaving its expiry as it was.
+const RELEASE = `
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then redis.call('DECR', KEYS[1]) end
+return 0`;
+
 /** Counters shared by every process through Redis; keys live under `prefix`. Failures throw. */
 export class RedisCounterStore implements CounterStore {
   readonly #redis: Redis;
@@ -97,6 +137,15 @@ export class RedisCounterStore implements CounterStore {
   async increment(key: string, windowMs: number) {
     const [count, ttlMs] = (await this.#redis.eval(INCREMENT, 1, this.#prefix + key, String(windowMs))) as [number, number];
     return { count, ttlMs };
+  }
+
+  async reserve(key: string, limit: number, windowMs: number) {
+    const [reserved, count, ttlMs] = (await this.#redis.eval(RESERVE, 1, this.#prefix + key, String(limit), String(windowMs))) as [number, number, number];
+    return { reserved: reserved === 1, count, ttlMs };
+  }
+
+  async release(key: string): Promise<void> {
+    await this.#redis.eval(RELEASE, 1, this.#prefix + key);
   }
 
   async peek(key: string) {

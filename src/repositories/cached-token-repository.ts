@@ -1,6 +1,6 @@
 import type { OAuthToken } from '../../gen/prisma/client.ts';
 import type { Cache } from '../infrastructure/cache.ts';
-import type { NewTokenRecord, TokenRepository } from './token-repository.ts';
+import type { NewTokenRecord, RevocationReason, TokenRepository } from './token-repository.ts';
 
 export const sessionCacheKey = (accessTokenHash: string): string => `session:${accessTokenHash}`;
 
@@ -51,16 +51,16 @@ export class CachedTokenRepository implements TokenRepository {
     }
   }
 
-  async revoke(id: number) {
-    return this.#invalidate(await this.#inner.revoke(id));
+  async revoke(id: number, reason: RevocationReason) {
+    return this.#invalidate(await this.#inner.revoke(id, reason));
   }
 
-  async revokeFamily(familyId: string) {
-    return this.#invalidate(await this.#inner.revokeFamily(familyId));
+  async revokeFamily(familyId: string, reason: RevocationReason) {
+    return this.#invalidate(await this.#inner.revokeFamily(familyId, reason));
   }
 
-  async revokeAllForUser(userId: number, exceptId?: number) {
-    return this.#invalidate(await this.#inner.revokeAllForUser(userId, exceptId));
+  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason) {
+    return this.#invalidate(await this.#inner.revokeAllForUser(userId, exceptId, reason));
   }
 
   listActive(userId: number, now: Date) {

@@ -9,10 +9,18 @@ export interface NewTokenRecord {
   refreshTokenHash: string;
   accessExpiresAt: Date;
   expiresAt: Date;
+  /** The login chain's absolute end; a rotation copies it from the pair it replaces. */
+  familyExpiresAt: Date;
   ipAddress: string | null;
   userAgent: string | null;
   clientName: string | null;
 }
+
+/**
+ * Why a pair was revoked. Only `rotated` makes a later presentation of its refresh token a
+ * replay (token theft); the others mean the session ended.
+ */
+export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'expired_chain';
 
 /** Persistence of issued token pairs (sessions). */
 export interface TokenRepository {
@@ -29,11 +37,11 @@ export interface TokenRepository {
    * The revoking methods return the access-token hashes of the pairs they revoked, so that
    * caches keyed by them can be invalidated.
    */
-  revoke(id: number): Promise<string[]>;
+  revoke(id: number, reason: RevocationReason): Promise<string[]>;
   /** Revokes every still-live pair of a login chain. */
-  revokeFamily(familyId: string): Promise<string[]>;
+  revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]>;
   /** Revokes the user's live (unexpired) pairs, optionally sparing one. */
-  revokeAllForUser(userId: number, exceptId?: number): Promise<string[]>;
+  revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]>;
   /** Live (unrevoked, unexpired) pairs of a user, newest first. */
   listActive(userId: number, now: Date): Promise<OAuthToken[]>;
   /**
@@ -70,7 +78,7 @@ export class PrismaTokenRepository implements TokenRepository {
         // one sees count 1; the other is treated as a replay.
         const { count } = await tx.oAuthToken.updateMany({
           where: { id: previous.id, isRevoked: false },
-          data: { isRevoked: true },
+          data: { isRevoked: true, revokedReason: 'rotated' },
         });
         if (count === 0) return null;
         return tx.oAuthToken.create({ data: next });
@@ -78,26 +86,29 @@ export class PrismaTokenRepository implements TokenRepository {
     );
   }
 
-  revoke(id: number): Promise<string[]> {
-    return this.#revokeWhere({ id, isRevoked: false });
+  revoke(id: number, reason: RevocationReason): Promise<string[]> {
+    return this.#revokeWhere({ id, isRevoked: false }, reason);
   }
 
-  revokeFamily(familyId: string): Promise<string[]> {
-    return this.#revokeWhere({ familyId, isRevoked: false });
+  revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {
+    return this.#revokeWhere({ familyId, isRevoked: false }, reason);
   }
 
-  revokeAllForUser(userId: number, exceptId?: number): Promise<string[]> {
-    return this.#revokeWhere({
-      userId,
-      isRevoked: false,
-      expiresAt: { gt: new Date() },
-      ...(exceptId === undefined ? {} : { NOT: { id: exceptId } }),
-    });
+  revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
+    return this.#revokeWhere(
+      {
+        userId,
+        isRevoked: false,
+        expiresAt: { gt: new Date() },
+        ...(exceptId === undefined ? {} : { NOT: { id: exceptId } }),
+      },
+      reason,
+    );
   }
 
-  async #revokeWhere(where: Prisma.OAuthTokenWhereInput): Promise<string[]> {
+  async #revokeWhere(where: Prisma.OAuthTokenWhereInput, reason: RevocationReason): Promise<string[]> {
     const rows = await withDatabaseErrors(() =>
-      this.#db.oAuthToken.updateManyAndReturn({ where, data: { isRevoked: true }, select: { accessTokenHash: true } }),
+      this.#db.oAuthToken.updateManyAndReturn({ where, data: { isRevoked: true, revokedReason: reason }, select: { accessTokenHash: true } }),
     );
     return rows.map((row) => row.accessTokenHash);
   }

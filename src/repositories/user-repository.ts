@@ -57,29 +57,32 @@ export class PrismaUserRepository implements UserRepository {
 
   findByLogin(usernameOrEmail: string): Promise<User | null> {
     // Usernames cannot contain '@', so the login's shape says which unique column to search.
-    const where = usernameOrEmail.includes('@') ? { email: usernameOrEmail } : { username: usernameOrEmail };
+    // Both are compared without regard to case: e-mails are stored lower-cased, usernames by
+    // their lower-case key.
+    const folded = usernameOrEmail.toLowerCase();
+    const where = folded.includes('@') ? { email: folded } : { usernameKey: folded };
     return withDatabaseErrors(() => this.#db.user.findUnique({ where }));
   }
 
   async findTaken(username: string | undefined, email: string | undefined, exceptId?: number) {
     const or: Prisma.UserWhereInput[] = [];
-    if (username !== undefined) or.push({ username });
+    if (username !== undefined) or.push({ usernameKey: usernameKeyOf(username) });
     if (email !== undefined) or.push({ email });
     if (or.length === 0) return { username: false, email: false };
     const rows = await withDatabaseErrors(() =>
       this.#db.user.findMany({
         where: { OR: or, ...(exceptId === undefined ? {} : { NOT: { id: exceptId } }) },
-        select: { username: true, email: true },
+        select: { usernameKey: true, email: true },
       }),
     );
     return {
-      username: username !== undefined && rows.some((row) => row.username === username),
+      username: username !== undefined && rows.some((row) => row.usernameKey === usernameKeyOf(username)),
       email: email !== undefined && rows.some((row) => row.email === email),
     };
   }
 
   create(user: NewUser): Promise<User> {
-    return withDatabaseErrors(() => this.#db.user.create({ data: user }));
+    return withDatabaseErrors(() => this.#db.user.create({ data: { ...user, usernameKey: usernameKeyOf(user.username) } }));
   }
 
   update(id: number, changes: UserChanges): Promise<User> {
@@ -113,4 +116,9 @@ export class PrismaUserRepository implements UserRepository {
   async recordLogin(id: number, at: Date): Promise<void> {
     await withDatabaseErrors(() => this.#db.user.updateMany({ where: { id }, data: { lastLoginAt: at } }));
   }
+}
+
+/** What makes a username unique: its lower-case fold (usernames are ASCII letters, digits and _). */
+export function usernameKeyOf(username: string): string {
+  return username.toLowerCase();
 }

@@ -8,7 +8,7 @@ import {
   type ListAuditEventsRequestSchema,
 } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { UserRole, type Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
-import type { Actor } from '../domain/actor.ts';
+import type { Actor, ClientInfo } from '../domain/actor.ts';
 import { AuthorizationError } from '../domain/errors.ts';
 import { auditTypeFromProto } from '../domain/audit-mapping.ts';
 import type { AuditDetails, AuditRepository } from '../repositories/audit-repository.ts';
@@ -24,6 +24,14 @@ export interface AuditEventInput {
   ipAddress?: string;
   userAgent?: string;
   details?: AuditDetails;
+}
+
+/** The client fields of an audit event, cut to what the columns hold. */
+export function clientFields(client: ClientInfo): { ipAddress?: string; userAgent?: string } {
+  return {
+    ...(client.ipAddress === undefined ? {} : { ipAddress: client.ipAddress.slice(0, 45) }),
+    ...(client.userAgent === undefined ? {} : { userAgent: client.userAgent.slice(0, 500) }),
+  };
 }
 
 /**

@@ -14,10 +14,12 @@ import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
 import { AuthenticationError } from '../domain/errors.ts';
 import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
+import { addressKey } from '../infrastructure/client-address.ts';
+import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import { hashToken, type TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
-import type { AuditLog } from './audit-use-cases.ts';
+import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { createAccount } from './accounts.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
@@ -25,6 +27,8 @@ import type { UserRepository } from '../repositories/user-repository.ts';
 export interface AuthResult {
   user: User;
   tokens: TokenPair;
+  /** A known-device token for the client to present at its next logins (see DeviceTokens). */
+  deviceToken?: string | undefined;
 }
 
 /**
@@ -52,7 +56,9 @@ export class AuthUseCases implements AuthService {
   readonly #passwords: PasswordHasher;
   readonly #codec: TokenCodec;
   readonly #throttle: LoginThrottle;
+  readonly #devices: DeviceTokens;
   readonly #audit: AuditLog;
+  readonly #sessionLifetimeMs: number;
   readonly #now: () => Date;
 
   constructor(deps: {
@@ -61,7 +67,10 @@ export class AuthUseCases implements AuthService {
     passwords: PasswordHasher;
     codec: TokenCodec;
     throttle: LoginThrottle;
+    devices: DeviceTokens;
     audit: AuditLog;
+    /** The absolute lifetime of a login chain, however often it is refreshed. */
+    sessionLifetimeSeconds: number;
     now?: () => Date;
   }) {
     this.#audit = deps.audit;
@@ -70,6 +79,8 @@ export class AuthUseCases implements AuthService {
     this.#passwords = deps.passwords;
     this.#codec = deps.codec;
     this.#throttle = deps.throttle;
+    this.#devices = deps.devices;
+    this.#sessionLifetimeMs = deps.sessionLifetimeSeconds * 1000;
     this.#now = deps.now ?? (() => new Date());
   }
 
@@ -77,32 +88,41 @@ export class AuthUseCases implements AuthService {
   async register(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult> {
     const row = await createAccount({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
     const tokens = await this.#openSession(row, client);
-    return { user: toUserMessage(row), tokens };
+    return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id) };
   }
 
   /**
-   * Checks credentials and opens a session. Unknown user, wrong password, inactive account and a
-   * throttled login (see LoginThrottle) give the same error after the same bcrypt work.
+   * Checks credentials and opens a session. Unknown user, wrong password and inactive account
+   * give the same error after the same bcrypt work. The attempt first reserves its slot with the
+   * LoginThrottle; a throttled attempt is refused with the same error before any comparison
+   * (lockouts apply to unknown logins alike, so the refusal says nothing about the account).
    */
   async login(input: MessageInitShape<typeof LoginRequestSchema>, client: ClientInfo): Promise<AuthResult> {
     const login = input.usernameOrEmail ?? '';
-    const row = await this.#users.findByLogin(login.includes('@') ? login.toLowerCase() : login);
-    const account = accountKey(row?.id, login);
-    const admitted = await this.#throttle.admit(account, client.ipAddress);
+    const row = await this.#users.findByLogin(login);
+    const device = row === null ? undefined : this.#devices.verify(client.deviceToken, row.id);
+    const attempt = await this.#throttle.admit({ account: accountKey(row?.id, login), address: addressKey(client.ipAddress), device });
+    // The attempted login is not recorded: people type passwords into the username field.
+    const failed = (reason: string) => {
+      this.#audit.record({
+        type: 'LOGIN_FAILED',
+        ...(row === null ? {} : { userId: row.id }),
+        ...clientFields(client),
+        details: { reason, knownDevice: device !== undefined },
+      });
+      return new AuthenticationError(INVALID_CREDENTIALS);
+    };
+    if (!attempt.admitted) throw failed('throttled');
     const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash);
-    if (!admitted || row === null || !passwordMatches || row.status !== 'ACTIVE') {
-      if (admitted) await this.#throttle.recordFailure(account, client.ipAddress);
-      // The attempted login is not recorded: people type passwords into the username field.
-      const reason = !admitted ? 'throttled' : row === null ? 'unknown_user' : !passwordMatches ? 'wrong_password' : 'inactive';
-      this.#audit.record({ type: 'LOGIN_FAILED', ...(row === null ? {} : { userId: row.id }), ...clientFields(client), details: { reason } });
-      throw new AuthenticationError(INVALID_CREDENTIALS);
-    }
-    await this.#throttle.recordSuccess(account, client.ipAddress);
-    this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client) });
+    if (row === null) throw failed('unknown_user');
+    if (!passwordMatches) throw failed('wrong_password');
+    if (row.status !== 'ACTIVE') throw failed('inactive');
+    await attempt.succeeded();
+    this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: device !== undefined } });
     const tokens = await this.#openSession(row, client);
     const now = this.#now();
     await this.#users.recordLogin(row.id, now);
-    return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens };
+    return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, device) };
   }
 
   /**
@@ -122,27 +142,39 @@ export class AuthUseCases implements AuthService {
 
   /** Ends the caller's current session. */
   async logout(actor: Actor): Promise<void> {
-    await this.#tokens.revoke(actor.sessionId);
+    await this.#tokens.revoke(actor.sessionId, 'logout');
     this.#audit.record({ type: 'LOGOUT', userId: actor.userId, details: { sessionId: actor.sessionId } });
   }
 
   /**
-   * Rotates a token pair. Presenting a refresh token that was already rotated or revoked is
-   * treated as theft: the whole chain descended from its login is revoked (RFC 9700 §4.14.2).
+   * Rotates a token pair. Presenting a refresh token that was already rotated is treated as
+   * theft: the whole chain descended from its login is revoked (RFC 9700 §4.14.2). A token whose
+   * session simply ended (logout, revoke-all, an administrator's action) is refused without that
+   * alarm. Each rotation slides the session's expiry forward, but never past the chain's absolute
+   * end, set at login (ASVS 7.3.2).
    */
   async refresh(refreshToken: string, client: ClientInfo): Promise<TokenPair> {
     this.#codec.verify(refreshToken, 'refresh');
     const previous = await this.#tokens.findByRefreshHash(hashToken(refreshToken));
     if (previous === null) throw new AuthenticationError('Invalid or expired refresh token');
-    if (previous.isRevoked) return this.#replayed(previous, client);
-    if (previous.expiresAt <= this.#now()) throw new AuthenticationError('Invalid or expired refresh token');
+    if (previous.isRevoked) {
+      // Rows revoked before reasons were recorded count as rotated: the cautious reading.
+      if (previous.revokedReason === 'rotated' || previous.revokedReason === null) return this.#replayed(previous, client);
+      throw new AuthenticationError('Session has ended; please log in again');
+    }
+    const now = this.#now();
+    if (previous.expiresAt <= now) throw new AuthenticationError('Invalid or expired refresh token');
+    if (previous.familyExpiresAt <= now) {
+      await this.#tokens.revoke(previous.id, 'expired_chain');
+      throw new AuthenticationError('Session has reached its maximum lifetime; please log in again');
+    }
 
     const user = await this.#users.findById(previous.userId);
     if (user === null || user.status !== 'ACTIVE') {
-      await this.#tokens.revoke(previous.id);
+      await this.#tokens.revoke(previous.id, 'revoked');
       throw new AuthenticationError('Account is not active');
     }
-    const issued = this.#codec.issuePair(user.id, this.#now());
+    const issued = this.#codec.issuePair(user.id, now, previous.familyExpiresAt);
     const next = await this.#tokens.rotate(previous, {
       userId: user.id,
       familyId: previous.familyId,
@@ -150,13 +182,14 @@ export class AuthUseCases implements AuthService {
       refreshTokenHash: issued.refreshTokenHash,
       accessExpiresAt: issued.accessExpiresAt,
       expiresAt: issued.refreshExpiresAt,
-      ipAddress: client.ipAddress ?? previous.ipAddress,
-      userAgent: client.userAgent ?? previous.userAgent,
+      familyExpiresAt: previous.familyExpiresAt,
+      ipAddress: truncate(client.ipAddress, 45) ?? previous.ipAddress,
+      userAgent: truncate(client.userAgent, 500) ?? previous.userAgent,
       clientName: previous.clientName,
     });
     // Another request rotated this token between our read and our write: also a replay.
     if (next === null) return this.#replayed(previous, client);
-    return this.#tokenPair(issued.accessToken, issued.refreshToken);
+    return this.#tokenPair(issued.accessToken, issued.refreshToken, issued.accessTtlSeconds);
   }
 
   async currentUser(actor: Actor): Promise<User> {
@@ -173,13 +206,13 @@ export class AuthUseCases implements AuthService {
 
   /** Ends every live session of the caller, the current one included; returns how many. */
   async revokeAll(actor: Actor): Promise<number> {
-    const count = (await this.#tokens.revokeAllForUser(actor.userId)).length;
+    const count = (await this.#tokens.revokeAllForUser(actor.userId, undefined, 'revoked')).length;
     this.#audit.record({ type: 'TOKENS_REVOKED', userId: actor.userId, details: { count } });
     return count;
   }
 
   async #replayed(token: OAuthToken, client: ClientInfo): Promise<never> {
-    const revoked = await this.#tokens.revokeFamily(token.familyId);
+    const revoked = await this.#tokens.revokeFamily(token.familyId, 'reuse');
     this.#audit.record({
       type: 'TOKEN_REUSE_DETECTED',
       userId: token.userId,
@@ -190,7 +223,9 @@ export class AuthUseCases implements AuthService {
   }
 
   async #openSession(user: UserRow, client: ClientInfo): Promise<TokenPair> {
-    const issued = this.#codec.issuePair(user.id, this.#now());
+    const now = this.#now();
+    const familyExpiresAt = new Date(now.getTime() + this.#sessionLifetimeMs);
+    const issued = this.#codec.issuePair(user.id, now, familyExpiresAt);
     await this.#tokens.create({
       userId: user.id,
       familyId: randomUUID(),
@@ -198,20 +233,16 @@ export class AuthUseCases implements AuthService {
       refreshTokenHash: issued.refreshTokenHash,
       accessExpiresAt: issued.accessExpiresAt,
       expiresAt: issued.refreshExpiresAt,
+      familyExpiresAt,
       ipAddress: truncate(client.ipAddress, 45),
       userAgent: truncate(client.userAgent, 500),
       clientName: null,
     });
-    return this.#tokenPair(issued.accessToken, issued.refreshToken);
+    return this.#tokenPair(issued.accessToken, issued.refreshToken, issued.accessTtlSeconds);
   }
 
-  #tokenPair(accessToken: string, refreshToken: string): TokenPair {
-    return create(TokenPairSchema, {
-      accessToken,
-      refreshToken,
-      expiresIn: this.#codec.accessTtlSeconds,
-      tokenType: 'Bearer',
-    });
+  #tokenPair(accessToken: string, refreshToken: string, expiresIn: number): TokenPair {
+    return create(TokenPairSchema, { accessToken, refreshToken, expiresIn, tokenType: 'Bearer' });
   }
 }
 
@@ -228,12 +259,6 @@ function toSessionMessage(row: OAuthToken, currentId: number): Session {
   });
 }
 
-function clientFields(client: ClientInfo): { ipAddress?: string; userAgent?: string } {
-  return {
-    ...(client.ipAddress === undefined ? {} : { ipAddress: client.ipAddress.slice(0, 45) }),
-    ...(client.userAgent === undefined ? {} : { userAgent: client.userAgent.slice(0, 500) }),
-  };
-}
 
 function truncate(value: string | undefined, max: number): string | null {
   return value === undefined ? null : value.slice(0, max);

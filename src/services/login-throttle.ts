@@ -4,15 +4,47 @@ import { FixedWindowRateLimiter, type CounterStore } from '../infrastructure/rat
 const FAILURES = 'login-fail:';
 const ATTEMPTS = 'login-account:';
 
+/** Who is guessing: the account, the client's address key, and the known device, if any. */
+export interface LoginAttempt {
+  /** See `accountKey`. */
+  account: string;
+  /** The client address as throttling counts it (IPv4, or an IPv6 /64: see addressKey). */
+  address: string;
+  /** The device id of a valid known-device token for this account (see DeviceTokens). */
+  device?: string | undefined;
+}
+
+/** An attempt that may go on to compare a password; tell the throttle how it ended. */
+export interface AdmittedAttempt {
+  admitted: true;
+  /** The password matched: the attempt's failure slot is cleared. */
+  succeeded(): Promise<void>;
+}
+
+/** An attempt refused before any password was compared. */
+export interface RefusedAttempt {
+  admitted: false;
+  /** Seconds until the counter that refused it expires. */
+  retryAfterSeconds: number;
+}
+
 /**
- * Brute-force protection for login, on shared counters:
- * - a per-account attempt budget across all clients (the account rate limit), and
- * - a lockout per account and client address after `maxFailures` failed logins: that client is
- *   refused until the window that began with its first failure ends. Refused attempts are not
- *   counted, so retrying cannot extend a lockout, and a lockout from one address leaves the user
- *   free to log in from another: an attacker cannot lock a user out for good.
- * Callers answer a refusal exactly like a wrong password. If the counters are unreachable
- * (Redis down), login fails closed with UnavailableError rather than opening a window for
+ * Brute-force protection for password checks (login, and a password change's old password), on
+ * shared counters. An attempt is admitted only after it has atomically reserved a failure slot,
+ * before any password is compared, so guesses sent in parallel cannot all pass a check made
+ * before any of them counted: at most `maxFailures` comparisons per lockout window.
+ *
+ * - A stranger (no known-device token for the account) is limited per account and address
+ *   (`maxFailures` per `lockoutMs`), and strangers together by a per-account attempt budget.
+ *   An attempt refused because its address is locked is not charged to the account, so one
+ *   address cannot spend the budget that every other client shares.
+ * - A known device (a valid device token for this account) is limited per device instead, and
+ *   does not draw on the strangers' budget: exhausting it from elsewhere does not lock out a
+ *   client the account owner has logged in from before.
+ * - A success frees the slot it reserved; a failure keeps it until the window ends.
+ *
+ * Callers answer a refused login exactly like a wrong password. If the counters are unreachable
+ * (Redis down), attempts fail closed with UnavailableError rather than opening a window for
  * unthrottled guessing.
  */
 export class LoginThrottle {
@@ -39,23 +71,25 @@ export class LoginThrottle {
     });
   }
 
-  /** Counts this attempt against the account and says whether it may proceed. */
-  async admit(account: string, ipAddress: string | undefined): Promise<boolean> {
+  /** Reserves a failure slot for this attempt, or says why it may not proceed. */
+  admit(attempt: LoginAttempt): Promise<AdmittedAttempt | RefusedAttempt> {
     return this.#closedOnFailure(async () => {
-      const [budget, failures] = await Promise.all([
-        this.#accountLimiter.consume(account),
-        this.#counters.peek(failureKey(account, ipAddress)),
-      ]);
-      return budget.allowed && failures.count < this.#maxFailures;
+      const key = failureKey(attempt);
+      const slot = await this.#counters.reserve(key, this.#maxFailures, this.#lockoutMs);
+      if (!slot.reserved) return refused(slot.ttlMs);
+      if (attempt.device === undefined) {
+        const budget = await this.#accountLimiter.consume(attempt.account);
+        if (!budget.allowed) {
+          // Not compared, so not a failure of this address: the slot goes back.
+          await this.#counters.release(key);
+          return refused(budget.resetSeconds * 1000);
+        }
+      }
+      return {
+        admitted: true,
+        succeeded: () => this.#closedOnFailure(() => this.#counters.delete(key)),
+      };
     });
-  }
-
-  async recordFailure(account: string, ipAddress: string | undefined): Promise<void> {
-    await this.#closedOnFailure(() => this.#counters.increment(failureKey(account, ipAddress), this.#lockoutMs));
-  }
-
-  async recordSuccess(account: string, ipAddress: string | undefined): Promise<void> {
-    await this.#closedOnFailure(() => this.#counters.delete(failureKey(account, ipAddress)));
   }
 
   /** Lifts every lockout of the account and resets its attempt budget (an administrator's action). */
@@ -80,6 +114,11 @@ export function accountKey(userId: number | undefined, login: string): string {
   return userId === undefined ? `login:${login.toLowerCase()}` : `user:${userId}`;
 }
 
-function failureKey(account: string, ipAddress: string | undefined): string {
-  return `${FAILURES}${account}|${ipAddress ?? 'unknown'}`;
+function failureKey(attempt: LoginAttempt): string {
+  const client = attempt.device === undefined ? `ip:${attempt.address}` : `device:${attempt.device}`;
+  return `${FAILURES}${attempt.account}|${client}`;
+}
+
+function refused(ttlMs: number): RefusedAttempt {
+  return { admitted: false, retryAfterSeconds: Math.max(1, Math.ceil(ttlMs / 1000)) };
 }

@@ -7,7 +7,9 @@ import type {
 } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { UserRole, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
-import { AuthenticationError, AuthorizationError, ConflictError, NotFoundError } from '../domain/errors.ts';
+import { AuthenticationError, AuthorizationError, ConflictError, NotFoundError, RateLimitedError } from '../domain/errors.ts';
+import { addressKey } from '../infrastructure/client-address.ts';
+import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-mapping.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
@@ -16,6 +18,7 @@ import { assertAvailable, createAccount } from './accounts.ts';
 import { pageRequest, paginationOf } from './pagination.ts';
 import type { AuditLog } from './audit-use-cases.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
+import { clientFields } from './audit-use-cases.ts';
 
 export interface UserPage {
   users: User[];
@@ -42,6 +45,7 @@ export class UserUseCases implements UserService {
   readonly #passwords: PasswordHasher;
 
   readonly #throttle: LoginThrottle;
+  readonly #devices: DeviceTokens;
   readonly #audit: AuditLog;
 
   constructor(deps: {
@@ -49,8 +53,10 @@ export class UserUseCases implements UserService {
     tokens: TokenRepository;
     passwords: PasswordHasher;
     throttle: LoginThrottle;
+    devices: DeviceTokens;
     audit: AuditLog;
   }) {
+    this.#devices = deps.devices;
     this.#audit = deps.audit;
     this.#users = deps.users;
     this.#tokens = deps.tokens;
@@ -110,18 +116,33 @@ export class UserUseCases implements UserService {
     this.#audit.record({ type: 'USER_DELETED', userId, actorId: actor.userId });
   }
 
-  /** Changes the caller's own password and ends the caller's other sessions. */
+  /**
+   * Changes the caller's own password and ends the caller's other sessions. The current password
+   * is a password guess like a login: it takes a slot from the same LoginThrottle (per account and
+   * client address, or per known device) before it is compared, and a refusal is audited.
+   */
   async changePassword(actor: Actor, input: MessageInitShape<typeof ChangePasswordRequestSchema>): Promise<void> {
     const userId = input.userId ?? 0;
     if (actor.userId !== userId) throw new AuthorizationError('Not authorized to change this password');
     const user = await this.#users.findById(userId);
     if (user === null) throw new NotFoundError('User not found');
+    const client = actor.client ?? {};
+    const device = this.#devices.verify(client.deviceToken, userId);
+    const attempt = await this.#throttle.admit({ account: accountKey(userId, ''), address: addressKey(client.ipAddress), device });
+    const failed = (reason: string) =>
+      this.#audit.record({ type: 'PASSWORD_CHANGE_FAILED', userId, actorId: actor.userId, ...clientFields(client), details: { reason } });
+    if (!attempt.admitted) {
+      failed('throttled');
+      throw new RateLimitedError(attempt.retryAfterSeconds);
+    }
     if (!(await this.#passwords.verify(input.oldPassword ?? '', user.passwordHash))) {
+      failed('wrong_password');
       throw new AuthenticationError('Current password is incorrect');
     }
+    await attempt.succeeded();
     await this.#users.update(userId, { passwordHash: await this.#passwords.hash(input.newPassword ?? '', 'newPassword') });
-    const ended = await this.#tokens.revokeAllForUser(userId, actor.sessionId);
-    this.#audit.record({ type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, details: { otherSessionsEnded: ended.length } });
+    const ended = await this.#tokens.revokeAllForUser(userId, actor.sessionId, 'revoked');
+    this.#audit.record({ type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { otherSessionsEnded: ended.length } });
   }
 
   async verify(actor: Actor, userId: number): Promise<User> {
@@ -137,7 +158,7 @@ export class UserUseCases implements UserService {
     const stored = statusFromProto(status);
     const before = await this.#existing(userId);
     const row = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' });
-    if (status !== UserStatus.ACTIVE) await this.#tokens.revokeAllForUser(userId);
+    if (status !== UserStatus.ACTIVE) await this.#tokens.revokeAllForUser(userId, undefined, 'revoked');
     this.#audit.record({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } });
     return toUserMessage(row);
   }

@@ -170,7 +170,7 @@ let counter = 0;
 export function newUser(prefix = 'user'): { username: string; email: string; password: string } {
   counter += 1;
   const id = `${prefix}_${process.pid}_${counter}`;
-  return { username: id, email: `${id}@example.com`, password: 'Passw0rd!' };
+  return { username: id, email: `${id}@example.com`, password: 'Sturdy-Passw0rd!' };
 }
 
 /** Registers a user and returns its id and tokens. */

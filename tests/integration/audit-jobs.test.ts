@@ -15,6 +15,7 @@ import { UserRole } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import { OPENAPI_PATH } from '../../src/app.ts';
 import { createAuditRoutes } from '../../src/controllers/rest/audit-routes.ts';
 import { createErrorHandler } from '../../src/controllers/rest/error-handler.ts';
+import { createClientAddressResolver } from '../../src/infrastructure/client-address.ts';
 import { requestContext } from '../../src/controllers/rest/request-context.ts';
 import { createAuditHandler } from '../../src/controllers/rpc/audit-handler.ts';
 import { errorInterceptor } from '../../src/controllers/rpc/interceptors.ts';
@@ -272,6 +273,7 @@ describe('purging stale sessions', () => {
         accessTokenHash: randomBytes(32).toString('hex'),
         refreshTokenHash: randomBytes(32).toString('hex'),
         accessExpiresAt: fields.expiresAt,
+        familyExpiresAt: fields.expiresAt,
         ...fields,
       },
     });
@@ -414,7 +416,7 @@ describe('listing audit events', () => {
       userToken = (await register(t)).accessToken;
       // Mounted as rest-app.ts mounts its routers, responses checked against openapi.yaml.
       const app = express();
-      app.use(requestContext(logger));
+      app.use(requestContext(logger, createClientAddressResolver(false)));
       app.use(
         OpenApiValidator.middleware({
           apiSpec: OPENAPI_PATH,

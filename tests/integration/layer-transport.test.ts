@@ -52,6 +52,12 @@ async function startFakeLayer(): Promise<FakeLayer> {
       await behave('peek', ctx.requestHeader);
       return { count: 0, ttlMs: 0 };
     },
+    async reserveCounter() {
+      return { reserved: true, count: 1, ttlMs: 1000 };
+    },
+    async releaseCounter() {
+      return {};
+    },
     async deleteCounter() {
       return {};
     },

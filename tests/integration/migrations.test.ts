@@ -84,7 +84,7 @@ async function expectMigrated(database: Database): Promise<void> {
 
 async function expectPrismaWorks(database: Database): Promise<void> {
   const user = await database.prisma.user.create({
-    data: { username: 'migration-check', email: 'migration-check@example.com', passwordHash: 'x' },
+    data: { username: 'migration-check', usernameKey: 'migration-check', email: 'migration-check@example.com', passwordHash: 'x' },
   });
   expect(user.role).toBe('USER');
   expect(await database.prisma.user.count()).toBe(1);

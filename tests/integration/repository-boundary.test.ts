@@ -98,6 +98,7 @@ function newToken(userId: number, overrides: Partial<NewTokenRecord> = {}): NewT
     refreshTokenHash: randomBytes(32).toString('hex'),
     accessExpiresAt: new Date(now + 15 * 60 * 1000),
     expiresAt: new Date(now + 7 * DAY),
+    familyExpiresAt: new Date(now + 30 * DAY),
     ipAddress: null,
     userAgent: null,
     clientName: null,
@@ -125,6 +126,7 @@ describe('record mapping', () => {
   const user: User = {
     id: 42,
     username: 'mapped',
+    usernameKey: 'mapped',
     email: 'mapped@example.com',
     passwordHash: '$2b$04$hash',
     firstName: '',
@@ -162,10 +164,12 @@ describe('record mapping', () => {
       tokenType: 'Bearer',
       accessExpiresAt: new Date(1_700_000_000_001),
       expiresAt: new Date(1_700_000_900_999),
+      familyExpiresAt: new Date(1_702_000_000_000),
       clientName: null,
       ipAddress: '::1',
       userAgent: '',
       isRevoked: true,
+      revokedReason: 'logout',
       createdAt: new Date(1_699_999_999_999),
       updatedAt: new Date(1_700_000_000_000),
     };
@@ -383,22 +387,22 @@ describe('tokens across the repository boundary', () => {
 
   it('when pairs are revoked through the remote repository, then the revoked pairs\' access hashes come back', async () => {
     const single = await direct.tokens.create(newToken(userId));
-    expect(await remote.tokens.revoke(single.id)).toStrictEqual([single.accessTokenHash]);
-    expect(await remote.tokens.revoke(single.id)).toStrictEqual([]);
+    expect(await remote.tokens.revoke(single.id, 'logout')).toStrictEqual([single.accessTokenHash]);
+    expect(await remote.tokens.revoke(single.id, 'logout')).toStrictEqual([]);
 
     const first = await direct.tokens.create(newToken(userId));
     const second = await direct.tokens.create(newToken(userId, { familyId: first.familyId }));
-    expect((await remote.tokens.revokeFamily(first.familyId)).sort()).toStrictEqual([first.accessTokenHash, second.accessTokenHash].sort());
-    expect(await remote.tokens.revokeFamily(first.familyId)).toStrictEqual([]);
+    expect((await remote.tokens.revokeFamily(first.familyId, 'reuse')).sort()).toStrictEqual([first.accessTokenHash, second.accessTokenHash].sort());
+    expect(await remote.tokens.revokeFamily(first.familyId, 'reuse')).toStrictEqual([]);
   });
 
   it('when all of a user\'s pairs are revoked but one, then the others\' hashes come back and the spared one stays live', async () => {
     const owner = (await direct.users.create(newUser())).id;
     const kept = await direct.tokens.create(newToken(owner));
     const dropped = await Promise.all([direct.tokens.create(newToken(owner)), direct.tokens.create(newToken(owner))]);
-    expect((await remote.tokens.revokeAllForUser(owner, kept.id)).sort()).toStrictEqual(dropped.map((row) => row.accessTokenHash).sort());
+    expect((await remote.tokens.revokeAllForUser(owner, kept.id, 'revoked')).sort()).toStrictEqual(dropped.map((row) => row.accessTokenHash).sort());
     expect((await direct.tokens.findByAccessHash(kept.accessTokenHash))?.isRevoked).toBe(false);
-    expect(await remote.tokens.revokeAllForUser(owner)).toStrictEqual([kept.accessTokenHash]);
+    expect(await remote.tokens.revokeAllForUser(owner, undefined, 'revoked')).toStrictEqual([kept.accessTokenHash]);
   });
 
   it('when live pairs are listed through the remote repository, then they deep-equal a direct listing', async () => {
@@ -406,7 +410,7 @@ describe('tokens across the repository boundary', () => {
     await direct.tokens.create(newToken(owner, { clientName: 'one' }));
     await direct.tokens.create(newToken(owner, { clientName: 'two', ipAddress: '::1' }));
     const revoked = await direct.tokens.create(newToken(owner));
-    await direct.tokens.revoke(revoked.id);
+    await direct.tokens.revoke(revoked.id, 'logout');
     const now = new Date();
     const listed = await remote.tokens.listActive(owner, now);
     expect(listed).toStrictEqual(await direct.tokens.listActive(owner, now));

@@ -85,3 +85,13 @@ describe('loadConfig', () => {
     expect(loadConfig({ INTERNAL_API_SECRET: 's'.repeat(32) }).deployment.internalSecret).toBeUndefined();
   });
 });
+
+describe('error details in 500 answers', () => {
+  it('when NODE_ENV is unset, test or production, then internals are not exposed; only an explicit development exposes them', () => {
+    const base = { JWT_SECRET: 'x'.repeat(64) };
+    expect(loadConfig(base).exposeInternals).toBe(false);
+    expect(loadConfig({ ...base, NODE_ENV: 'test' }).exposeInternals).toBe(false);
+    expect(loadConfig({ ...base, NODE_ENV: 'production' }).exposeInternals).toBe(false);
+    expect(loadConfig({ ...base, NODE_ENV: 'development' }).exposeInternals).toBe(true);
+  });
+});

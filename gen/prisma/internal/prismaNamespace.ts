@@ -683,6 +683,7 @@ export type TransactionIsolationLevel = (typeof TransactionIsolationLevel)[keyof
 export const UserScalarFieldEnum = {
   id: 'id',
   username: 'username',
+  usernameKey: 'usernameKey',
   email: 'email',
   passwordHash: 'passwordHash',
   firstName: 'firstName',
@@ -710,10 +711,12 @@ export const OAuthTokenScalarFieldEnum = {
   tokenType: 'tokenType',
   accessExpiresAt: 'accessExpiresAt',
   expiresAt: 'expiresAt',
+  familyExpiresAt: 'familyExpiresAt',
   clientName: 'clientName',
   ipAddress: 'ipAddress',
   userAgent: 'userAgent',
   isRevoked: 'isRevoked',
+  revokedReason: 'revokedReason',
   createdAt: 'createdAt',
   updatedAt: 'updatedAt'
 } as const

@@ -75,6 +75,7 @@ export type TransactionIsolationLevel = (typeof TransactionIsolationLevel)[keyof
 export const UserScalarFieldEnum = {
   id: 'id',
   username: 'username',
+  usernameKey: 'usernameKey',
   email: 'email',
   passwordHash: 'passwordHash',
   firstName: 'firstName',
@@ -102,10 +103,12 @@ export const OAuthTokenScalarFieldEnum = {
   tokenType: 'tokenType',
   accessExpiresAt: 'accessExpiresAt',
   expiresAt: 'expiresAt',
+  familyExpiresAt: 'familyExpiresAt',
   clientName: 'clientName',
   ipAddress: 'ipAddress',
   userAgent: 'userAgent',
   isRevoked: 'isRevoked',
+  revokedReason: 'revokedReason',
   createdAt: 'createdAt',
   updatedAt: 'updatedAt'
 } as const

@@ -45,10 +45,12 @@ export type OAuthTokenMinAggregateOutputType = {
   tokenType: string | null
   accessExpiresAt: Date | null
   expiresAt: Date | null
+  familyExpiresAt: Date | null
   clientName: string | null
   ipAddress: string | null
   userAgent: string | null
   isRevoked: boolean | null
+  revokedReason: string | null
   createdAt: Date | null
   updatedAt: Date | null
 }
@@ -62,10 +64,12 @@ export type OAuthTokenMaxAggregateOutputType = {
   tokenType: string | null
   accessExpiresAt: Date | null
   expiresAt: Date | null
+  familyExpiresAt: Date | null
   clientName: string | null
   ipAddress: string | null
   userAgent: string | null
   isRevoked: boolean | null
+  revokedReason: string | null
   createdAt: Date | null
   updatedAt: Date | null
 }
@@ -79,10 +83,12 @@ export type OAuthTokenCountAggregateOutputType = {
   tokenType: number
   accessExpiresAt: number
   expiresAt: number
+  familyExpiresAt: number
   clientName: number
   ipAddress: number
   userAgent: number
   isRevoked: number
+  revokedReason: number
   createdAt: number
   updatedAt: number
   _all: number
@@ -108,10 +114,12 @@ export type OAuthTokenMinAggregateInputType = {
   tokenType?: true
   accessExpiresAt?: true
   expiresAt?: true
+  familyExpiresAt?: true
   clientName?: true
   ipAddress?: true
   userAgent?: true
   isRevoked?: true
+  revokedReason?: true
   createdAt?: true
   updatedAt?: true
 }
@@ -125,10 +133,12 @@ export type OAuthTokenMaxAggregateInputType = {
   tokenType?: true
   accessExpiresAt?: true
   expiresAt?: true
+  familyExpiresAt?: true
   clientName?: true
   ipAddress?: true
   userAgent?: true
   isRevoked?: true
+  revokedReason?: true
   createdAt?: true
   updatedAt?: true
 }
@@ -142,10 +152,12 @@ export type OAuthTokenCountAggregateInputType = {
   tokenType?: true
   accessExpiresAt?: true
   expiresAt?: true
+  familyExpiresAt?: true
   clientName?: true
   ipAddress?: true
   userAgent?: true
   isRevoked?: true
+  revokedReason?: true
   createdAt?: true
   updatedAt?: true
   _all?: true
@@ -246,10 +258,12 @@ export type OAuthTokenGroupByOutputType = {
   tokenType: string
   accessExpiresAt: Date
   expiresAt: Date
+  familyExpiresAt: Date
   clientName: string | null
   ipAddress: string | null
   userAgent: string | null
   isRevoked: boolean
+  revokedReason: string | null
   createdAt: Date
   updatedAt: Date
   _count: OAuthTokenCountAggregateOutputType | null
@@ -286,10 +300,12 @@ export type OAuthTokenWhereInput = {
   tokenType?: Prisma.StringFilter<"OAuthToken"> | string
   accessExpiresAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   expiresAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
+  familyExpiresAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   clientName?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   ipAddress?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   userAgent?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   isRevoked?: Prisma.BoolFilter<"OAuthToken"> | boolean
+  revokedReason?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   createdAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   updatedAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   user?: Prisma.XOR<Prisma.UserScalarRelationFilter, Prisma.UserWhereInput>
@@ -304,10 +320,12 @@ export type OAuthTokenOrderByWithRelationInput = {
   tokenType?: Prisma.SortOrder
   accessExpiresAt?: Prisma.SortOrder
   expiresAt?: Prisma.SortOrder
+  familyExpiresAt?: Prisma.SortOrder
   clientName?: Prisma.SortOrderInput | Prisma.SortOrder
   ipAddress?: Prisma.SortOrderInput | Prisma.SortOrder
   userAgent?: Prisma.SortOrderInput | Prisma.SortOrder
   isRevoked?: Prisma.SortOrder
+  revokedReason?: Prisma.SortOrderInput | Prisma.SortOrder
   createdAt?: Prisma.SortOrder
   updatedAt?: Prisma.SortOrder
   user?: Prisma.UserOrderByWithRelationInput
@@ -325,10 +343,12 @@ export type OAuthTokenWhereUniqueInput = Prisma.AtLeast<{
   tokenType?: Prisma.StringFilter<"OAuthToken"> | string
   accessExpiresAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   expiresAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
+  familyExpiresAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   clientName?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   ipAddress?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   userAgent?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   isRevoked?: Prisma.BoolFilter<"OAuthToken"> | boolean
+  revokedReason?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   createdAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   updatedAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   user?: Prisma.XOR<Prisma.UserScalarRelationFilter, Prisma.UserWhereInput>
@@ -343,10 +363,12 @@ export type OAuthTokenOrderByWithAggregationInput = {
   tokenType?: Prisma.SortOrder
   accessExpiresAt?: Prisma.SortOrder
   expiresAt?: Prisma.SortOrder
+  familyExpiresAt?: Prisma.SortOrder
   clientName?: Prisma.SortOrderInput | Prisma.SortOrder
   ipAddress?: Prisma.SortOrderInput | Prisma.SortOrder
   userAgent?: Prisma.SortOrderInput | Prisma.SortOrder
   isRevoked?: Prisma.SortOrder
+  revokedReason?: Prisma.SortOrderInput | Prisma.SortOrder
   createdAt?: Prisma.SortOrder
   updatedAt?: Prisma.SortOrder
   _count?: Prisma.OAuthTokenCountOrderByAggregateInput
@@ -368,10 +390,12 @@ export type OAuthTokenScalarWhereWithAggregatesInput = {
   tokenType?: Prisma.StringWithAggregatesFilter<"OAuthToken"> | string
   accessExpiresAt?: Prisma.DateTimeWithAggregatesFilter<"OAuthToken"> | Date | string
   expiresAt?: Prisma.DateTimeWithAggregatesFilter<"OAuthToken"> | Date | string
+  familyExpiresAt?: Prisma.DateTimeWithAggregatesFilter<"OAuthToken"> | Date | string
   clientName?: Prisma.StringNullableWithAggregatesFilter<"OAuthToken"> | string | null
   ipAddress?: Prisma.StringNullableWithAggregatesFilter<"OAuthToken"> | string | null
   userAgent?: Prisma.StringNullableWithAggregatesFilter<"OAuthToken"> | string | null
   isRevoked?: Prisma.BoolWithAggregatesFilter<"OAuthToken"> | boolean
+  revokedReason?: Prisma.StringNullableWithAggregatesFilter<"OAuthToken"> | string | null
   createdAt?: Prisma.DateTimeWithAggregatesFilter<"OAuthToken"> | Date | string
   updatedAt?: Prisma.DateTimeWithAggregatesFilter<"OAuthToken"> | Date | string
 }
@@ -383,10 +407,12 @@ export type OAuthTokenCreateInput = {
   tokenType?: string
   accessExpiresAt: Date | string
   expiresAt: Date | string
+  familyExpiresAt: Date | string
   clientName?: string | null
   ipAddress?: string | null
   userAgent?: string | null
   isRevoked?: boolean
+  revokedReason?: string | null
   createdAt?: Date | string
   updatedAt?: Date | string
   user: Prisma.UserCreateNestedOneWithoutOauthTokensInput
@@ -401,10 +427,12 @@ export type OAuthTokenUncheckedCreateInput = {
   tokenType?: string
   accessExpiresAt: Date | string
   expiresAt: Date | string
+  familyExpiresAt: Date | string
   clientName?: string | null
   ipAddress?: string | null
   userAgent?: string | null
   isRevoked?: boolean
+  revokedReason?: string | null
   createdAt?: Date | string
   updatedAt?: Date | string
 }
@@ -416,10 +444,12 @@ export type OAuthTokenUpdateInput = {
   tokenType?: Prisma.StringFieldUpdateOperationsInput | string
   accessExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   expiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  familyExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   clientName?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   ipAddress?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   isRevoked?: Prisma.BoolFieldUpdateOperationsInput | boolean
+  revokedReason?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   updatedAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   user?: Prisma.UserUpdateOneRequiredWithoutOauthTokensNestedInput
@@ -434,10 +464,12 @@ export type OAuthTokenUncheckedUpdateInput = {
   tokenType?: Prisma.StringFieldUpdateOperationsInput | string
   accessExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   expiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  familyExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   clientName?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   ipAddress?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   isRevoked?: Prisma.BoolFieldUpdateOperationsInput | boolean
+  revokedReason?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   updatedAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
 }
@@ -451,10 +483,12 @@ export type OAuthTokenCreateManyInput = {
   tokenType?: string
   accessExpiresAt: Date | string
   expiresAt: Date | string
+  familyExpiresAt: Date | string
   clientName?: string | null
   ipAddress?: string | null
   userAgent?: string | null
   isRevoked?: boolean
+  revokedReason?: string | null
   createdAt?: Date | string
   updatedAt?: Date | string
 }
@@ -466,10 +500,12 @@ export type OAuthTokenUpdateManyMutationInput = {
   tokenType?: Prisma.StringFieldUpdateOperationsInput | string
   accessExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   expiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  familyExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   clientName?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   ipAddress?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   isRevoked?: Prisma.BoolFieldUpdateOperationsInput | boolean
+  revokedReason?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   updatedAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
 }
@@ -483,10 +519,12 @@ export type OAuthTokenUncheckedUpdateManyInput = {
   tokenType?: Prisma.StringFieldUpdateOperationsInput | string
   accessExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   expiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  familyExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   clientName?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   ipAddress?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   isRevoked?: Prisma.BoolFieldUpdateOperationsInput | boolean
+  revokedReason?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   updatedAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
 }
@@ -510,10 +548,12 @@ export type OAuthTokenCountOrderByAggregateInput = {
   tokenType?: Prisma.SortOrder
   accessExpiresAt?: Prisma.SortOrder
   expiresAt?: Prisma.SortOrder
+  familyExpiresAt?: Prisma.SortOrder
   clientName?: Prisma.SortOrder
   ipAddress?: Prisma.SortOrder
   userAgent?: Prisma.SortOrder
   isRevoked?: Prisma.SortOrder
+  revokedReason?: Prisma.SortOrder
   createdAt?: Prisma.SortOrder
   updatedAt?: Prisma.SortOrder
 }
@@ -532,10 +572,12 @@ export type OAuthTokenMaxOrderByAggregateInput = {
   tokenType?: Prisma.SortOrder
   accessExpiresAt?: Prisma.SortOrder
   expiresAt?: Prisma.SortOrder
+  familyExpiresAt?: Prisma.SortOrder
   clientName?: Prisma.SortOrder
   ipAddress?: Prisma.SortOrder
   userAgent?: Prisma.SortOrder
   isRevoked?: Prisma.SortOrder
+  revokedReason?: Prisma.SortOrder
   createdAt?: Prisma.SortOrder
   updatedAt?: Prisma.SortOrder
 }
@@ -549,10 +591,12 @@ export type OAuthTokenMinOrderByAggregateInput = {
   tokenType?: Prisma.SortOrder
   accessExpiresAt?: Prisma.SortOrder
   expiresAt?: Prisma.SortOrder
+  familyExpiresAt?: Prisma.SortOrder
   clientName?: Prisma.SortOrder
   ipAddress?: Prisma.SortOrder
   userAgent?: Prisma.SortOrder
   isRevoked?: Prisma.SortOrder
+  revokedReason?: Prisma.SortOrder
   createdAt?: Prisma.SortOrder
   updatedAt?: Prisma.SortOrder
 }
@@ -611,10 +655,12 @@ export type OAuthTokenCreateWithoutUserInput = {
   tokenType?: string
   accessExpiresAt: Date | string
   expiresAt: Date | string
+  familyExpiresAt: Date | string
   clientName?: string | null
   ipAddress?: string | null
   userAgent?: string | null
   isRevoked?: boolean
+  revokedReason?: string | null
   createdAt?: Date | string
   updatedAt?: Date | string
 }
@@ -627,10 +673,12 @@ export type OAuthTokenUncheckedCreateWithoutUserInput = {
   tokenType?: string
   accessExpiresAt: Date | string
   expiresAt: Date | string
+  familyExpiresAt: Date | string
   clientName?: string | null
   ipAddress?: string | null
   userAgent?: string | null
   isRevoked?: boolean
+  revokedReason?: string | null
   createdAt?: Date | string
   updatedAt?: Date | string
 }
@@ -673,10 +721,12 @@ export type OAuthTokenScalarWhereInput = {
   tokenType?: Prisma.StringFilter<"OAuthToken"> | string
   accessExpiresAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   expiresAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
+  familyExpiresAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   clientName?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   ipAddress?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   userAgent?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   isRevoked?: Prisma.BoolFilter<"OAuthToken"> | boolean
+  revokedReason?: Prisma.StringNullableFilter<"OAuthToken"> | string | null
   createdAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
   updatedAt?: Prisma.DateTimeFilter<"OAuthToken"> | Date | string
 }
@@ -689,10 +739,12 @@ export type OAuthTokenCreateManyUserInput = {
   tokenType?: string
   accessExpiresAt: Date | string
   expiresAt: Date | string
+  familyExpiresAt: Date | string
   clientName?: string | null
   ipAddress?: string | null
   userAgent?: string | null
   isRevoked?: boolean
+  revokedReason?: string | null
   createdAt?: Date | string
   updatedAt?: Date | string
 }
@@ -704,10 +756,12 @@ export type OAuthTokenUpdateWithoutUserInput = {
   tokenType?: Prisma.StringFieldUpdateOperationsInput | string
   accessExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   expiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  familyExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   clientName?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   ipAddress?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   isRevoked?: Prisma.BoolFieldUpdateOperationsInput | boolean
+  revokedReason?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   updatedAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
 }
@@ -720,10 +774,12 @@ export type OAuthTokenUncheckedUpdateWithoutUserInput = {
   tokenType?: Prisma.StringFieldUpdateOperationsInput | string
   accessExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   expiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  familyExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   clientName?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   ipAddress?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   isRevoked?: Prisma.BoolFieldUpdateOperationsInput | boolean
+  revokedReason?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   updatedAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
 }
@@ -736,10 +792,12 @@ export type OAuthTokenUncheckedUpdateManyWithoutUserInput = {
   tokenType?: Prisma.StringFieldUpdateOperationsInput | string
   accessExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   expiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  familyExpiresAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   clientName?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   ipAddress?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   isRevoked?: Prisma.BoolFieldUpdateOperationsInput | boolean
+  revokedReason?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
   updatedAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
 }
@@ -755,10 +813,12 @@ export type OAuthTokenSelect<ExtArgs extends runtime.Types.Extensions.InternalAr
   tokenType?: boolean
   accessExpiresAt?: boolean
   expiresAt?: boolean
+  familyExpiresAt?: boolean
   clientName?: boolean
   ipAddress?: boolean
   userAgent?: boolean
   isRevoked?: boolean
+  revokedReason?: boolean
   createdAt?: boolean
   updatedAt?: boolean
   user?: boolean | Prisma.UserDefaultArgs<ExtArgs>
@@ -773,10 +833,12 @@ export type OAuthTokenSelectCreateManyAndReturn<ExtArgs extends runtime.Types.Ex
   tokenType?: boolean
   accessExpiresAt?: boolean
   expiresAt?: boolean
+  familyExpiresAt?: boolean
   clientName?: boolean
   ipAddress?: boolean
   userAgent?: boolean
   isRevoked?: boolean
+  revokedReason?: boolean
   createdAt?: boolean
   updatedAt?: boolean
   user?: boolean | Prisma.UserDefaultArgs<ExtArgs>
@@ -791,10 +853,12 @@ export type OAuthTokenSelectUpdateManyAndReturn<ExtArgs extends runtime.Types.Ex
   tokenType?: boolean
   accessExpiresAt?: boolean
   expiresAt?: boolean
+  familyExpiresAt?: boolean
   clientName?: boolean
   ipAddress?: boolean
   userAgent?: boolean
   isRevoked?: boolean
+  revokedReason?: boolean
   createdAt?: boolean
   updatedAt?: boolean
   user?: boolean | Prisma.UserDefaultArgs<ExtArgs>
@@ -809,15 +873,17 @@ export type OAuthTokenSelectScalar = {
   tokenType?: boolean
   accessExpiresAt?: boolean
   expiresAt?: boolean
+  familyExpiresAt?: boolean
   clientName?: boolean
   ipAddress?: boolean
   userAgent?: boolean
   isRevoked?: boolean
+  revokedReason?: boolean
   createdAt?: boolean
   updatedAt?: boolean
 }
 
-export type OAuthTokenOmit<ExtArgs extends runtime.Types.Extensions.InternalArgs = runtime.Types.Extensions.DefaultArgs> = runtime.Types.Extensions.GetOmit<"id" | "userId" | "familyId" | "accessTokenHash" | "refreshTokenHash" | "tokenType" | "accessExpiresAt" | "expiresAt" | "clientName" | "ipAddress" | "userAgent" | "isRevoked" | "createdAt" | "updatedAt", ExtArgs["result"]["oAuthToken"]>
+export type OAuthTokenOmit<ExtArgs extends runtime.Types.Extensions.InternalArgs = runtime.Types.Extensions.DefaultArgs> = runtime.Types.Extensions.GetOmit<"id" | "userId" | "familyId" | "accessTokenHash" | "refreshTokenHash" | "tokenType" | "accessExpiresAt" | "expiresAt" | "familyExpiresAt" | "clientName" | "ipAddress" | "userAgent" | "isRevoked" | "revokedReason" | "createdAt" | "updatedAt", ExtArgs["result"]["oAuthToken"]>
 export type OAuthTokenInclude<ExtArgs extends runtime.Types.Extensions.InternalArgs = runtime.Types.Extensions.DefaultArgs> = {
   user?: boolean | Prisma.UserDefaultArgs<ExtArgs>
 }
@@ -851,13 +917,22 @@ export type $OAuthTokenPayload<ExtArgs extends runtime.Types.Extensions.Internal
     tokenType: string
     accessExpiresAt: Date
     /**
-     * When the refresh token, and so the session, expires.
+     * When the refresh token, and so the session, expires: slides forward with each refresh.
      */
     expiresAt: Date
+    /**
+     * The absolute end of the login chain: no refresh extends a session past it (ASVS 7.3.2).
+     */
+    familyExpiresAt: Date
     clientName: string | null
     ipAddress: string | null
     userAgent: string | null
     isRevoked: boolean
+    /**
+     * Why the pair was revoked: `rotated` (refreshed; presenting it again is a replay), `logout`,
+     * `revoked` (revoke-all, password change, suspension…), `reuse` or `expired_chain`.
+     */
+    revokedReason: string | null
     createdAt: Date
     updatedAt: Date
   }, ExtArgs["result"]["oAuthToken"]>
@@ -1292,10 +1367,12 @@ export interface OAuthTokenFieldRefs {
   readonly tokenType: Prisma.FieldRef<"OAuthToken", 'String'>
   readonly accessExpiresAt: Prisma.FieldRef<"OAuthToken", 'DateTime'>
   readonly expiresAt: Prisma.FieldRef<"OAuthToken", 'DateTime'>
+  readonly familyExpiresAt: Prisma.FieldRef<"OAuthToken", 'DateTime'>
   readonly clientName: Prisma.FieldRef<"OAuthToken", 'String'>
   readonly ipAddress: Prisma.FieldRef<"OAuthToken", 'String'>
   readonly userAgent: Prisma.FieldRef<"OAuthToken", 'String'>
   readonly isRevoked: Prisma.FieldRef<"OAuthToken", 'Boolean'>
+  readonly revokedReason: Prisma.FieldRef<"OAuthToken", 'String'>
   readonly createdAt: Prisma.FieldRef<"OAuthToken", 'DateTime'>
   readonly updatedAt: Prisma.FieldRef<"OAuthToken", 'DateTime'>
 }

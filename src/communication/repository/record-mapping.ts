@@ -33,7 +33,7 @@ import {
 import { UserRole } from '../../../gen/proto/arcana/user/v1/user_pb.js';
 import { roleFromProto, roleToProto, statusFromProto, statusToProto } from '../../domain/user-mapping.ts';
 import type { AuditDetails, AuditFilter, NewAuditEvent } from '../../repositories/audit-repository.ts';
-import type { NewTokenRecord } from '../../repositories/token-repository.ts';
+import type { NewTokenRecord, RevocationReason } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserFilter, UserProfile } from '../../repositories/user-repository.ts';
 import { auditTypeFromProto } from '../../domain/audit-mapping.ts';
 
@@ -59,6 +59,7 @@ export function userToProto(row: db.User | UserProfile): UserRecord {
   return create(UserRecordSchema, {
     id: row.id,
     username: row.username,
+    usernameKey: row.usernameKey,
     email: row.email,
     passwordHash: 'passwordHash' in row ? row.passwordHash : undefined,
     firstName: row.firstName ?? undefined,
@@ -83,6 +84,7 @@ export function profileFromProto(record: UserRecord): UserProfile {
   return {
     id: record.id,
     username: record.username,
+    usernameKey: record.usernameKey,
     email: record.email,
     firstName: record.firstName ?? null,
     lastName: record.lastName ?? null,
@@ -215,10 +217,12 @@ export function tokenToProto(row: db.OAuthToken): TokenRecord {
     tokenType: row.tokenType,
     accessExpiresAt: timestampFromDate(row.accessExpiresAt),
     expiresAt: timestampFromDate(row.expiresAt),
+    familyExpiresAt: timestampFromDate(row.familyExpiresAt),
     clientName: row.clientName ?? undefined,
     ipAddress: row.ipAddress ?? undefined,
     userAgent: row.userAgent ?? undefined,
     isRevoked: row.isRevoked,
+    revokedReason: row.revokedReason ?? undefined,
     createdAt: timestampFromDate(row.createdAt),
     updatedAt: timestampFromDate(row.updatedAt),
   });
@@ -234,10 +238,12 @@ export function tokenFromProto(record: TokenRecord): db.OAuthToken {
     tokenType: record.tokenType,
     accessExpiresAt: dateFromProto(record.accessExpiresAt, 'TokenRecord.access_expires_at'),
     expiresAt: dateFromProto(record.expiresAt, 'TokenRecord.expires_at'),
+    familyExpiresAt: dateFromProto(record.familyExpiresAt, 'TokenRecord.family_expires_at'),
     clientName: record.clientName ?? null,
     ipAddress: record.ipAddress ?? null,
     userAgent: record.userAgent ?? null,
     isRevoked: record.isRevoked,
+    revokedReason: record.revokedReason ?? null,
     createdAt: dateFromProto(record.createdAt, 'TokenRecord.created_at'),
     updatedAt: dateFromProto(record.updatedAt, 'TokenRecord.updated_at'),
   };
@@ -251,6 +257,7 @@ export function newTokenToProto(record: NewTokenRecord): NewTokenMessage {
     refreshTokenHash: record.refreshTokenHash,
     accessExpiresAt: timestampFromDate(record.accessExpiresAt),
     expiresAt: timestampFromDate(record.expiresAt),
+    familyExpiresAt: timestampFromDate(record.familyExpiresAt),
     ipAddress: record.ipAddress ?? undefined,
     userAgent: record.userAgent ?? undefined,
     clientName: record.clientName ?? undefined,
@@ -265,10 +272,20 @@ export function newTokenFromProto(message: NewTokenMessage): NewTokenRecord {
     refreshTokenHash: message.refreshTokenHash,
     accessExpiresAt: dateFromProto(message.accessExpiresAt, 'NewTokenRecord.access_expires_at'),
     expiresAt: dateFromProto(message.expiresAt, 'NewTokenRecord.expires_at'),
+    familyExpiresAt: dateFromProto(message.familyExpiresAt, 'NewTokenRecord.family_expires_at'),
     ipAddress: message.ipAddress ?? null,
     userAgent: message.userAgent ?? null,
     clientName: message.clientName ?? null,
   };
+}
+
+const REVOCATION_REASONS: readonly RevocationReason[] = ['rotated', 'logout', 'revoked', 'reuse', 'expired_chain'];
+
+/** A revocation reason from the wire; anything else is the other side's bug, not the caller's. */
+export function revocationReasonFromProto(reason: string): RevocationReason {
+  const known = REVOCATION_REASONS.find((candidate) => candidate === reason);
+  if (known === undefined) throw new Error(`unknown token revocation reason ${JSON.stringify(reason)}`);
+  return known;
 }
 
 // ---------------------------------------------------------------------------------------------

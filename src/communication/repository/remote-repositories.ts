@@ -12,7 +12,7 @@ import type { TokenRepositoryService } from '../../../gen/proto/arcana/internal/
 import type { UserRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
 import type { AuditFilter, AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
-import type { NewTokenRecord, TokenRepository } from '../../repositories/token-repository.ts';
+import type { NewTokenRecord, RevocationReason, TokenRepository } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserFilter, UserProfile, UserRepository } from '../../repositories/user-repository.ts';
 import {
   auditEventFromProto,
@@ -111,18 +111,18 @@ export class RemoteTokenRepository implements TokenRepository {
     return token === undefined ? null : tokenFromProto(token);
   }
 
-  async revoke(id: number): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeToken({ id });
+  async revoke(id: number, reason: RevocationReason): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeToken({ id, reason });
     return accessTokenHashes;
   }
 
-  async revokeFamily(familyId: string): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeTokenFamily({ familyId });
+  async revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeTokenFamily({ familyId, reason });
     return accessTokenHashes;
   }
 
-  async revokeAllForUser(userId: number, exceptId?: number): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId });
+  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId, reason });
     return accessTokenHashes;
   }
 
@@ -169,6 +169,15 @@ export class RemoteCounterStore implements CounterStore {
   async increment(key: string, windowMs: number): Promise<{ count: number; ttlMs: number }> {
     const { count, ttlMs } = await this.#client.incrementCounter({ key, windowMs });
     return { count, ttlMs };
+  }
+
+  async reserve(key: string, limit: number, windowMs: number): Promise<{ reserved: boolean; count: number; ttlMs: number }> {
+    const { reserved, count, ttlMs } = await this.#client.reserveCounter({ key, limit, windowMs });
+    return { reserved, count, ttlMs };
+  }
+
+  async release(key: string): Promise<void> {
+    await this.#client.releaseCounter({ key });
   }
 
   async peek(key: string): Promise<{ count: number; ttlMs: number }> {

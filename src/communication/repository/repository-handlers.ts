@@ -20,6 +20,7 @@ import {
   newTokenFromProto,
   newUserFromProto,
   requireField,
+  revocationReasonFromProto,
   tokenFromProto,
   tokenToProto,
   userChangesFromProto,
@@ -88,13 +89,13 @@ export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl
       return row === null ? {} : { token: tokenToProto(row) };
     },
     async revokeToken(req) {
-      return { accessTokenHashes: await repo.revoke(req.id) };
+      return { accessTokenHashes: await repo.revoke(req.id, revocationReasonFromProto(req.reason)) };
     },
     async revokeTokenFamily(req) {
-      return { accessTokenHashes: await repo.revokeFamily(req.familyId) };
+      return { accessTokenHashes: await repo.revokeFamily(req.familyId, revocationReasonFromProto(req.reason)) };
     },
     async revokeUserTokens(req) {
-      return { accessTokenHashes: await repo.revokeAllForUser(req.userId, req.exceptId) };
+      return { accessTokenHashes: await repo.revokeAllForUser(req.userId, req.exceptId, revocationReasonFromProto(req.reason)) };
     },
     async listActiveTokens(req) {
       const rows = await repo.listActive(req.userId, dateFromProto(req.now, 'ListActiveTokensRequest.now'));
@@ -125,6 +126,13 @@ export function createCounterStoreHandler(store: CounterStore): ServiceImpl<type
   return {
     async incrementCounter(req) {
       return store.increment(req.key, req.windowMs);
+    },
+    async reserveCounter(req) {
+      return store.reserve(req.key, req.limit, req.windowMs);
+    },
+    async releaseCounter(req) {
+      await store.release(req.key);
+      return {};
     },
     async peekCounter(req) {
       return store.peek(req.key);

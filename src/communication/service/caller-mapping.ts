@@ -12,19 +12,29 @@ import {
 import type { Actor, ClientInfo } from '../../domain/actor.ts';
 
 export function actorToProto(actor: Actor): ActorMessage {
-  return create(ActorSchema, { userId: actor.userId, role: actor.role, sessionId: actor.sessionId });
+  return create(ActorSchema, {
+    userId: actor.userId,
+    role: actor.role,
+    sessionId: actor.sessionId,
+    ...(actor.client === undefined ? {} : { client: clientInfoToProto(actor.client) }),
+  });
 }
 
 export function actorFromProto(message: ActorMessage): Actor {
-  return { userId: message.userId, role: message.role, sessionId: message.sessionId };
+  return {
+    userId: message.userId,
+    role: message.role,
+    sessionId: message.sessionId,
+    ...(message.client === undefined ? {} : { client: clientInfoFromProto(message.client) }),
+  };
 }
 
 export function clientInfoToProto(client: ClientInfo): ClientInfoMessage {
   // create() leaves a field unset when its init value is undefined, which keeps absence absent.
-  return create(ClientInfoSchema, { ipAddress: client.ipAddress, userAgent: client.userAgent });
+  return create(ClientInfoSchema, { ipAddress: client.ipAddress, userAgent: client.userAgent, deviceToken: client.deviceToken });
 }
 
 /** The domain's ClientInfo; a request without one comes from a client nothing is known about. */
 export function clientInfoFromProto(message: ClientInfoMessage | undefined): ClientInfo {
-  return { ipAddress: message?.ipAddress, userAgent: message?.userAgent };
+  return { ipAddress: message?.ipAddress, userAgent: message?.userAgent, deviceToken: message?.deviceToken };
 }

@@ -37,12 +37,12 @@ export class RemoteAuthService implements AuthService {
 
   async register(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult> {
     const res = await this.#client.register({ request: create(RegisterRequestSchema, input), client: clientInfoToProto(client) });
-    return { user: required(res.user, 'RegisterResponse.user'), tokens: required(res.tokens, 'RegisterResponse.tokens') };
+    return { user: required(res.user, 'RegisterResponse.user'), tokens: required(res.tokens, 'RegisterResponse.tokens'), deviceToken: res.deviceToken };
   }
 
   async login(input: MessageInitShape<typeof LoginRequestSchema>, client: ClientInfo): Promise<AuthResult> {
     const res = await this.#client.login({ request: create(LoginRequestSchema, input), client: clientInfoToProto(client) });
-    return { user: required(res.user, 'LoginResponse.user'), tokens: required(res.tokens, 'LoginResponse.tokens') };
+    return { user: required(res.user, 'LoginResponse.user'), tokens: required(res.tokens, 'LoginResponse.tokens'), deviceToken: res.deviceToken };
   }
 
   async authenticate(accessToken: string): Promise<Actor> {

@@ -1,9 +1,10 @@
-import { Router } from 'express';
+import { Router, type Response } from 'express';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import type { AuthService } from '../../services/auth-use-cases.ts';
 import { requireAuth } from './auth-middleware.ts';
 import { sendSuccess } from './envelope.ts';
-import { actorOf, clientInfoOf } from './request-context.ts';
+import { actorOf, clientOf } from './request-context.ts';
+import { deviceTokenHeaders, NO_STORE_HEADERS } from '../client-edge.ts';
 import { toRestSession, toRestTokenPair, toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
@@ -15,13 +16,15 @@ export function createAuthRoutes(auth: AuthService): Router {
 
   router.post('/register', async (req, res) => {
     const body = req.body as Schemas['RegisterRequest'];
-    const result = await auth.register(body, clientInfoOf(req));
+    const result = await auth.register(body, clientOf(res));
+    tokenAnswerHeaders(res, result.deviceToken);
     sendSuccess(res, { user: toRestUser(result.user), tokens: toRestTokenPair(result.tokens) }, 'User registered successfully', 201);
   });
 
   router.post('/login', async (req, res) => {
     const body = req.body as Schemas['LoginRequest'];
-    const result = await auth.login(body, clientInfoOf(req));
+    const result = await auth.login(body, clientOf(res));
+    tokenAnswerHeaders(res, result.deviceToken);
     sendSuccess(res, { user: toRestUser(result.user), tokens: toRestTokenPair(result.tokens) }, 'Login successful');
   });
 
@@ -32,7 +35,8 @@ export function createAuthRoutes(auth: AuthService): Router {
 
   router.post('/refresh', async (req, res) => {
     const body = req.body as Schemas['RefreshTokenRequest'];
-    const tokens = await auth.refresh(body.refreshToken, clientInfoOf(req));
+    const tokens = await auth.refresh(body.refreshToken, clientOf(res));
+    tokenAnswerHeaders(res, undefined);
     sendSuccess(res, toRestTokenPair(tokens), 'Token refreshed successfully');
   });
 
@@ -52,4 +56,10 @@ export function createAuthRoutes(auth: AuthService): Router {
   });
 
   return router;
+}
+
+/** Token answers are never cached; a login also hands the client its known-device token. */
+function tokenAnswerHeaders(res: Response, deviceToken: string | undefined): void {
+  for (const [name, value] of NO_STORE_HEADERS) res.setHeader(name, value);
+  if (deviceToken !== undefined) for (const [name, value] of deviceTokenHeaders(deviceToken)) res.append(name, value);
 }

@@ -1,7 +1,8 @@
 import type { NextFunction, Request, Response } from 'express';
-import { AppError, NotFoundError, type ErrorCode } from '../../domain/errors.ts';
+import { AppError, NotFoundError, RateLimitedError, type ErrorCode } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { errorBody } from './envelope.ts';
+import { bearerChallenge, NO_STORE_HEADERS } from '../client-edge.ts';
 
 const STATUS: Record<ErrorCode, number> = {
   VALIDATION_ERROR: 400,
@@ -49,6 +50,12 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
     if (res.headersSent) {
       res.end();
       return;
+    }
+    if (appError instanceof RateLimitedError) res.setHeader('retry-after', String(appError.retryAfterSeconds));
+    if (status === 401) {
+      res.setHeader('www-authenticate', bearerChallenge(res.locals.tokenRejected === true, appError?.message));
+      // A failed login or refresh is a token answer too, and just as uncacheable.
+      for (const [name, value] of NO_STORE_HEADERS) res.setHeader(name, value);
     }
     const body =
       appError === undefined

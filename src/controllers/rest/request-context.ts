@@ -1,6 +1,8 @@
 import type { NextFunction, Request, Response } from 'express';
-import type { Actor } from '../../domain/actor.ts';
+import type { Actor, ClientInfo } from '../../domain/actor.ts';
+import type { ClientAddressResolver } from '../../infrastructure/client-address.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
+import { resolveClientInfo } from '../client-edge.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { runWithCallContext } from '../../communication/call-context.ts';
 
@@ -10,19 +12,25 @@ declare global {
     interface Locals {
       requestId?: string;
       actor?: Actor;
+      /** Who is calling, resolved once at the edge (address, user agent, device token). */
+      client?: ClientInfo;
+      /** The request presented an access token that was refused: the 401 says invalid_token. */
+      tokenRejected?: boolean;
     }
   }
 }
 
 /**
  * Gives every request an id (the caller's `x-request-id` when it is sane, a new UUID otherwise),
- * echoes it in the response and logs one line per request when it finishes.
+ * resolves its client by the same rule as the RPC facade, echoes the id in the response and logs
+ * one line per request when it finishes.
  */
-export function requestContext(logger: Logger) {
+export function requestContext(logger: Logger, resolveClient: ClientAddressResolver) {
   return (req: Request, res: Response, next: NextFunction): void => {
     const incoming = req.get('x-request-id');
     const requestId = requestIdFrom(incoming);
     res.locals.requestId = requestId;
+    res.locals.client = resolveClientInfo(resolveClient, req.socket.remoteAddress, (name) => req.get(name));
     res.setHeader('x-request-id', requestId);
     const started = process.hrtime.bigint();
     res.on('finish', () => {
@@ -52,7 +60,7 @@ export function actorOf(res: Response): Actor {
   return actor;
 }
 
-/** Where the request came from, recorded with sessions it opens. */
-export function clientInfoOf(req: Request) {
-  return { ipAddress: req.ip, userAgent: req.get('user-agent') };
+/** Where the request came from, as requestContext resolved it. */
+export function clientOf(res: Response): ClientInfo {
+  return res.locals.client ?? {};
 }

@@ -3,6 +3,7 @@ import express, { type Express } from 'express';
 import * as OpenApiValidator from 'express-openapi-validator';
 import helmet from 'helmet';
 import type { components } from '../../../gen/openapi/schema.d.ts';
+import { compileTrust, type ClientAddressResolver, type TrustProxySetting } from '../../infrastructure/client-address.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { AuthService } from '../../services/auth-use-cases.ts';
@@ -25,7 +26,9 @@ export interface RestAppOptions {
   audit: AuditService;
   logger: Logger;
   rateLimiter: RateLimiter | undefined;
-  trustProxy: boolean | number | string;
+  trustProxy: TrustProxySetting;
+  /** The client-address rule, the same instance the RPC facade uses. */
+  resolveClient: ClientAddressResolver;
   bodyLimitBytes: number;
   validateResponses: boolean;
   exposeInternals: boolean;
@@ -40,9 +43,10 @@ export interface RestAppOptions {
 export function createRestApp(options: RestAppOptions): Express {
   const app = express();
   app.disable('x-powered-by');
-  app.set('trust proxy', options.trustProxy);
+  // Express's own view (req.ip, req.secure) follows the same predicate as the edge's resolver.
+  app.set('trust proxy', compileTrust(options.trustProxy));
 
-  app.use(requestContext(options.logger));
+  app.use(requestContext(options.logger, options.resolveClient));
   app.use(helmet());
   app.use(compression());
 

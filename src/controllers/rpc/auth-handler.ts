@@ -1,23 +1,30 @@
-import type { ServiceImpl } from '@connectrpc/connect';
+import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import type { AuthService as AuthServiceDescriptor } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import type { AuthService } from '../../services/auth-use-cases.ts';
 import { actorOf, clientInfoOf } from './rpc-context.ts';
+import { deviceTokenHeaders, NO_STORE_HEADERS } from '../client-edge.ts';
 
 /** arcana.auth.v1.AuthService over Connect, gRPC and gRPC-Web: the same use cases as REST. */
 export function createAuthHandler(auth: AuthService): ServiceImpl<typeof AuthServiceDescriptor> {
   return {
     async register(req, ctx) {
-      return auth.register(req, clientInfoOf(ctx));
+      const { user, tokens, deviceToken } = await auth.register(req, clientInfoOf(ctx));
+      tokenAnswerHeaders(ctx, deviceToken);
+      return { user, tokens };
     },
     async login(req, ctx) {
-      return auth.login(req, clientInfoOf(ctx));
+      const { user, tokens, deviceToken } = await auth.login(req, clientInfoOf(ctx));
+      tokenAnswerHeaders(ctx, deviceToken);
+      return { user, tokens };
     },
     async logout(_req, ctx) {
       await auth.logout(await actorOf(ctx, auth));
       return {};
     },
     async refreshToken(req, ctx) {
-      return { tokens: await auth.refresh(req.refreshToken, clientInfoOf(ctx)) };
+      const tokens = await auth.refresh(req.refreshToken, clientInfoOf(ctx));
+      tokenAnswerHeaders(ctx, undefined);
+      return { tokens };
     },
     async getCurrentUser(_req, ctx) {
       return { user: await auth.currentUser(await actorOf(ctx, auth)) };
@@ -29,4 +36,10 @@ export function createAuthHandler(auth: AuthService): ServiceImpl<typeof AuthSer
       return { revokedCount: await auth.revokeAll(await actorOf(ctx, auth)) };
     },
   };
+}
+
+/** As on REST: token answers are never cached, and a login hands out the known-device token. */
+function tokenAnswerHeaders(ctx: HandlerContext, deviceToken: string | undefined): void {
+  for (const [name, value] of NO_STORE_HEADERS) ctx.responseHeader.set(name, value);
+  if (deviceToken !== undefined) for (const [name, value] of deviceTokenHeaders(deviceToken)) ctx.responseHeader.append(name, value);
 }

@@ -9,7 +9,9 @@ import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
-import { clientKey, requestIdKey } from './rpc-context.ts';
+import { clientKey, requestIdKey, tokenRejectedKey } from './rpc-context.ts';
+import { addressKey } from '../../infrastructure/client-address.ts';
+import { bearerChallenge, NO_STORE_HEADERS } from '../client-edge.ts';
 import { runWithCallContext, timeoutFromHeaders } from '../../communication/call-context.ts';
 
 /** Domain error codes as Connect codes: the RPC twin of the REST status table. */
@@ -73,7 +75,15 @@ export function errorInterceptor(options: { logger: Logger; exposeInternals: boo
     try {
       return await next(req);
     } catch (error) {
-      if (error instanceof AppError) throw toConnectError(error, req.method.input);
+      if (error instanceof AppError) {
+        const connectError = toConnectError(error, req.method.input);
+        // The RPC twin of REST's 401 challenge, for clients that read it (RFC 6750 §3).
+        if (connectError.code === Code.Unauthenticated) {
+          connectError.metadata.set('www-authenticate', bearerChallenge(req.contextValues.get(tokenRejectedKey), error.message));
+          for (const [name, value] of NO_STORE_HEADERS) connectError.metadata.set(name, value);
+        }
+        throw connectError;
+      }
       if (error instanceof ConnectError && error.code !== Code.Internal && error.code !== Code.Unknown) throw error;
       options.logger.error({ err: error, requestId: req.contextValues.get(requestIdKey) }, 'rpc failed');
       const message = options.exposeInternals && error instanceof Error ? error.message : 'Internal server error';
@@ -109,7 +119,7 @@ function toConnectError(error: AppError, input: DescMessage): ConnectError {
 /** The same per-client budget as REST: one limiter, one key per client address. */
 export function rateLimitInterceptor(limiter: RateLimiter): Interceptor {
   return (next) => async (req) => {
-    const decision = await limiter.consume(`ip:${req.contextValues.get(clientKey).ipAddress ?? 'unknown'}`);
+    const decision = await limiter.consume(`ip:${addressKey(req.contextValues.get(clientKey).ipAddress)}`);
     if (!decision.allowed) throw new RateLimitedError(decision.resetSeconds);
     return next(req);
   };

@@ -26,6 +26,8 @@ export interface IssuedPair {
   refreshTokenHash: string;
   accessExpiresAt: Date;
   refreshExpiresAt: Date;
+  /** The access token's lifetime in seconds, as capped. */
+  accessTtlSeconds: number;
 }
 
 /** SHA-256 (hex) of a token: what the database stores and looks tokens up by. */
@@ -50,17 +52,25 @@ export class TokenCodec {
     return this.#options.accessTtlSeconds;
   }
 
-  issuePair(userId: number, now = new Date()): IssuedPair {
-    const accessToken = this.#sign(userId, 'access', this.#options.accessTtlSeconds);
-    const refreshToken = this.#sign(userId, 'refresh', this.#options.refreshTtlSeconds);
+  /**
+   * Signs an access and a refresh token. `notAfter` caps both lifetimes: a session's absolute end,
+   * which no refresh may extend.
+   */
+  issuePair(userId: number, now = new Date(), notAfter?: Date): IssuedPair {
     const seconds = Math.floor(now.getTime() / 1000);
+    const limit = notAfter === undefined ? Number.POSITIVE_INFINITY : Math.floor(notAfter.getTime() / 1000) - seconds;
+    const accessTtl = Math.max(1, Math.min(this.#options.accessTtlSeconds, limit));
+    const refreshTtl = Math.max(1, Math.min(this.#options.refreshTtlSeconds, limit));
+    const accessToken = this.#sign(userId, 'access', accessTtl);
+    const refreshToken = this.#sign(userId, 'refresh', refreshTtl);
     return {
       accessToken,
       refreshToken,
       accessTokenHash: hashToken(accessToken),
       refreshTokenHash: hashToken(refreshToken),
-      accessExpiresAt: new Date((seconds + this.#options.accessTtlSeconds) * 1000),
-      refreshExpiresAt: new Date((seconds + this.#options.refreshTtlSeconds) * 1000),
+      accessExpiresAt: new Date((seconds + accessTtl) * 1000),
+      refreshExpiresAt: new Date((seconds + refreshTtl) * 1000),
+      accessTtlSeconds: accessTtl,
     };
   }
 

@@ -232,6 +232,14 @@ export enum AuditEventType {
    * @generated from enum value: AUDIT_EVENT_TYPE_LOGIN_FAILURES_CLEARED = 10;
    */
   LOGIN_FAILURES_CLEARED = 10,
+
+  /**
+   * A password change was refused: the current password given was wrong, or the account's
+   * password-guessing budget for the client was spent.
+   *
+   * @generated from enum value: AUDIT_EVENT_TYPE_PASSWORD_CHANGE_FAILED = 11;
+   */
+  PASSWORD_CHANGE_FAILED = 11,
 }
 
 /**

@@ -65,6 +65,108 @@ export declare type IncrementCounterResponse = Message<"arcana.internal.reposito
 export declare const IncrementCounterResponseSchema: GenMessage<IncrementCounterResponse>;
 
 /**
+ * A reservation to take.
+ *
+ * @generated from message arcana.internal.repository.v1.ReserveCounterRequest
+ */
+export declare type ReserveCounterRequest = Message<"arcana.internal.repository.v1.ReserveCounterRequest"> & {
+  /**
+   * The counter's key.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * The count the reservation may not exceed.
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+
+  /**
+   * The window a new counter lives for, in milliseconds.
+   *
+   * @generated from field: int32 window_ms = 3;
+   */
+  windowMs: number;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.ReserveCounterRequest.
+ * Use `create(ReserveCounterRequestSchema)` to create a new message.
+ */
+export declare const ReserveCounterRequestSchema: GenMessage<ReserveCounterRequest>;
+
+/**
+ * Whether the reservation was taken.
+ *
+ * @generated from message arcana.internal.repository.v1.ReserveCounterResponse
+ */
+export declare type ReserveCounterResponse = Message<"arcana.internal.repository.v1.ReserveCounterResponse"> & {
+  /**
+   * False when the count had already reached the limit; nothing was added then.
+   *
+   * @generated from field: bool reserved = 1;
+   */
+  reserved: boolean;
+
+  /**
+   * The count after the call.
+   *
+   * @generated from field: int32 count = 2;
+   */
+  count: number;
+
+  /**
+   * Milliseconds until the counter expires.
+   *
+   * @generated from field: int32 ttl_ms = 3;
+   */
+  ttlMs: number;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.ReserveCounterResponse.
+ * Use `create(ReserveCounterResponseSchema)` to create a new message.
+ */
+export declare const ReserveCounterResponseSchema: GenMessage<ReserveCounterResponse>;
+
+/**
+ * A reservation to give back.
+ *
+ * @generated from message arcana.internal.repository.v1.ReleaseCounterRequest
+ */
+export declare type ReleaseCounterRequest = Message<"arcana.internal.repository.v1.ReleaseCounterRequest"> & {
+  /**
+   * The counter's key.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.ReleaseCounterRequest.
+ * Use `create(ReleaseCounterRequestSchema)` to create a new message.
+ */
+export declare const ReleaseCounterRequestSchema: GenMessage<ReleaseCounterRequest>;
+
+/**
+ * Nothing.
+ *
+ * @generated from message arcana.internal.repository.v1.ReleaseCounterResponse
+ */
+export declare type ReleaseCounterResponse = Message<"arcana.internal.repository.v1.ReleaseCounterResponse"> & {
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.ReleaseCounterResponse.
+ * Use `create(ReleaseCounterResponseSchema)` to create a new message.
+ */
+export declare const ReleaseCounterResponseSchema: GenMessage<ReleaseCounterResponse>;
+
+/**
  * A counter to read.
  *
  * @generated from message arcana.internal.repository.v1.PeekCounterRequest
@@ -201,6 +303,27 @@ export declare const CounterStoreService: GenService<{
     methodKind: "unary";
     input: typeof IncrementCounterRequestSchema;
     output: typeof IncrementCounterResponseSchema;
+  },
+  /**
+   * Adds one unless the count has reached a limit, atomically: the reservation a login attempt
+   * takes before its password is compared, so parallel attempts cannot all pass one check.
+   *
+   * @generated from rpc arcana.internal.repository.v1.CounterStoreService.ReserveCounter
+   */
+  reserveCounter: {
+    methodKind: "unary";
+    input: typeof ReserveCounterRequestSchema;
+    output: typeof ReserveCounterResponseSchema;
+  },
+  /**
+   * Gives one reservation back (never below zero; the expiry is unchanged).
+   *
+   * @generated from rpc arcana.internal.repository.v1.CounterStoreService.ReleaseCounter
+   */
+  releaseCounter: {
+    methodKind: "unary";
+    input: typeof ReleaseCounterRequestSchema;
+    output: typeof ReleaseCounterResponseSchema;
   },
   /**
    * The current count without changing it.

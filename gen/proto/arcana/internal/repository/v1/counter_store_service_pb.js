@@ -8,7 +8,7 @@ import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2
  * Describes the file arcana/internal/repository/v1/counter_store_service.proto.
  */
 export const file_arcana_internal_repository_v1_counter_store_service = /*@__PURE__*/
-  fileDesc("CjlhcmNhbmEvaW50ZXJuYWwvcmVwb3NpdG9yeS92MS9jb3VudGVyX3N0b3JlX3NlcnZpY2UucHJvdG8SHWFyY2FuYS5pbnRlcm5hbC5yZXBvc2l0b3J5LnYxIjkKF0luY3JlbWVudENvdW50ZXJSZXF1ZXN0EgsKA2tleRgBIAEoCRIRCgl3aW5kb3dfbXMYAiABKAUiOQoYSW5jcmVtZW50Q291bnRlclJlc3BvbnNlEg0KBWNvdW50GAEgASgFEg4KBnR0bF9tcxgCIAEoBSIhChJQZWVrQ291bnRlclJlcXVlc3QSCwoDa2V5GAEgASgJIjQKE1BlZWtDb3VudGVyUmVzcG9uc2USDQoFY291bnQYASABKAUSDgoGdHRsX21zGAIgASgFIiMKFERlbGV0ZUNvdW50ZXJSZXF1ZXN0EgsKA2tleRgBIAEoCSIXChVEZWxldGVDb3VudGVyUmVzcG9uc2UiLwodRGVsZXRlQ291bnRlcnNCeVByZWZpeFJlcXVlc3QSDgoGcHJlZml4GAEgASgJIjEKHkRlbGV0ZUNvdW50ZXJzQnlQcmVmaXhSZXNwb25zZRIPCgdkZWxldGVkGAEgASgFMrQEChNDb3VudGVyU3RvcmVTZXJ2aWNlEoMBChBJbmNyZW1lbnRDb3VudGVyEjYuYXJjYW5hLmludGVybmFsLnJlcG9zaXRvcnkudjEuSW5jcmVtZW50Q291bnRlclJlcXVlc3QaNy5hcmNhbmEuaW50ZXJuYWwucmVwb3NpdG9yeS52MS5JbmNyZW1lbnRDb3VudGVyUmVzcG9uc2USeQoLUGVla0NvdW50ZXISMS5hcmNhbmEuaW50ZXJuYWwucmVwb3NpdG9yeS52MS5QZWVrQ291bnRlclJlcXVlc3QaMi5hcmNhbmEuaW50ZXJuYWwucmVwb3NpdG9yeS52MS5QZWVrQ291bnRlclJlc3BvbnNlIgOQAgESfwoNRGVsZXRlQ291bnRlchIzLmFyY2FuYS5pbnRlcm5hbC5yZXBvc2l0b3J5LnYxLkRlbGV0ZUNvdW50ZXJSZXF1ZXN0GjQuYXJjYW5hLmludGVybmFsLnJlcG9zaXRvcnkudjEuRGVsZXRlQ291bnRlclJlc3BvbnNlIgOQAgISmgEKFkRlbGV0ZUNvdW50ZXJzQnlQcmVmaXgSPC5hcmNhbmEuaW50ZXJuYWwucmVwb3NpdG9yeS52MS5EZWxldGVDb3VudGVyc0J5UHJlZml4UmVxdWVzdBo9LmFyY2FuYS5pbnRlcm5hbC5yZXBvc2l0b3J5LnYxLkRlbGV0ZUNvdW50ZXJzQnlQcmVmaXhSZXNwb25zZSIDkAICYgZwcm90bzM");
+  fileDesc("CjlhcmNhbmEvaW50ZXJuYWwvcmVwb3NpdG9yeS92MS9jb3VudGVyX3N0b3JlX3NlcnZpY2UucHJvdG8SHWFyY2FuYS5pbnRlcm5hbC5yZXBvc2l0b3J5LnYxIjkKF0luY3JlbWVudENvdW50ZXJSZXF1ZXN0EgsKA2tleRgBIAEoCRIRCgl3aW5kb3dfbXMYAiABKAUiOQoYSW5jcmVtZW50Q291bnRlclJlc3BvbnNlEg0KBWNvdW50GAEgASgFEg4KBnR0bF9tcxgCIAEoBSJGChVSZXNlcnZlQ291bnRlclJlcXVlc3QSCwoDa2V5GAEgASgJEg0KBWxpbWl0GAIgASgFEhEKCXdpbmRvd19tcxgDIAEoBSJJChZSZXNlcnZlQ291bnRlclJlc3BvbnNlEhAKCHJlc2VydmVkGAEgASgIEg0KBWNvdW50GAIgASgFEg4KBnR0bF9tcxgDIAEoBSIkChVSZWxlYXNlQ291bnRlclJlcXVlc3QSCwoDa2V5GAEgASgJIhgKFlJlbGVhc2VDb3VudGVyUmVzcG9uc2UiIQoSUGVla0NvdW50ZXJSZXF1ZXN0EgsKA2tleRgBIAEoCSI0ChNQZWVrQ291bnRlclJlc3BvbnNlEg0KBWNvdW50GAEgASgFEg4KBnR0bF9tcxgCIAEoBSIjChREZWxldGVDb3VudGVyUmVxdWVzdBILCgNrZXkYASABKAkiFwoVRGVsZXRlQ291bnRlclJlc3BvbnNlIi8KHURlbGV0ZUNvdW50ZXJzQnlQcmVmaXhSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCSIxCh5EZWxldGVDb3VudGVyc0J5UHJlZml4UmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoBTKyBgoTQ291bnRlclN0b3JlU2VydmljZRKDAQoQSW5jcmVtZW50Q291bnRlchI2LmFyY2FuYS5pbnRlcm5hbC5yZXBvc2l0b3J5LnYxLkluY3JlbWVudENvdW50ZXJSZXF1ZXN0GjcuYXJjYW5hLmludGVybmFsLnJlcG9zaXRvcnkudjEuSW5jcmVtZW50Q291bnRlclJlc3BvbnNlEn0KDlJlc2VydmVDb3VudGVyEjQuYXJjYW5hLmludGVybmFsLnJlcG9zaXRvcnkudjEuUmVzZXJ2ZUNvdW50ZXJSZXF1ZXN0GjUuYXJjYW5hLmludGVybmFsLnJlcG9zaXRvcnkudjEuUmVzZXJ2ZUNvdW50ZXJSZXNwb25zZRJ9Cg5SZWxlYXNlQ291bnRlchI0LmFyY2FuYS5pbnRlcm5hbC5yZXBvc2l0b3J5LnYxLlJlbGVhc2VDb3VudGVyUmVxdWVzdBo1LmFyY2FuYS5pbnRlcm5hbC5yZXBvc2l0b3J5LnYxLlJlbGVhc2VDb3VudGVyUmVzcG9uc2USeQoLUGVla0NvdW50ZXISMS5hcmNhbmEuaW50ZXJuYWwucmVwb3NpdG9yeS52MS5QZWVrQ291bnRlclJlcXVlc3QaMi5hcmNhbmEuaW50ZXJuYWwucmVwb3NpdG9yeS52MS5QZWVrQ291bnRlclJlc3BvbnNlIgOQAgESfwoNRGVsZXRlQ291bnRlchIzLmFyY2FuYS5pbnRlcm5hbC5yZXBvc2l0b3J5LnYxLkRlbGV0ZUNvdW50ZXJSZXF1ZXN0GjQuYXJjYW5hLmludGVybmFsLnJlcG9zaXRvcnkudjEuRGVsZXRlQ291bnRlclJlc3BvbnNlIgOQAgISmgEKFkRlbGV0ZUNvdW50ZXJzQnlQcmVmaXgSPC5hcmNhbmEuaW50ZXJuYWwucmVwb3NpdG9yeS52MS5EZWxldGVDb3VudGVyc0J5UHJlZml4UmVxdWVzdBo9LmFyY2FuYS5pbnRlcm5hbC5yZXBvc2l0b3J5LnYxLkRlbGV0ZUNvdW50ZXJzQnlQcmVmaXhSZXNwb25zZSIDkAICYgZwcm90bzM");
 
 /**
  * Describes the message arcana.internal.repository.v1.IncrementCounterRequest.
@@ -25,46 +25,74 @@ export const IncrementCounterResponseSchema = /*@__PURE__*/
   messageDesc(file_arcana_internal_repository_v1_counter_store_service, 1);
 
 /**
+ * Describes the message arcana.internal.repository.v1.ReserveCounterRequest.
+ * Use `create(ReserveCounterRequestSchema)` to create a new message.
+ */
+export const ReserveCounterRequestSchema = /*@__PURE__*/
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 2);
+
+/**
+ * Describes the message arcana.internal.repository.v1.ReserveCounterResponse.
+ * Use `create(ReserveCounterResponseSchema)` to create a new message.
+ */
+export const ReserveCounterResponseSchema = /*@__PURE__*/
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 3);
+
+/**
+ * Describes the message arcana.internal.repository.v1.ReleaseCounterRequest.
+ * Use `create(ReleaseCounterRequestSchema)` to create a new message.
+ */
+export const ReleaseCounterRequestSchema = /*@__PURE__*/
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 4);
+
+/**
+ * Describes the message arcana.internal.repository.v1.ReleaseCounterResponse.
+ * Use `create(ReleaseCounterResponseSchema)` to create a new message.
+ */
+export const ReleaseCounterResponseSchema = /*@__PURE__*/
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 5);
+
+/**
  * Describes the message arcana.internal.repository.v1.PeekCounterRequest.
  * Use `create(PeekCounterRequestSchema)` to create a new message.
  */
 export const PeekCounterRequestSchema = /*@__PURE__*/
-  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 2);
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 6);
 
 /**
  * Describes the message arcana.internal.repository.v1.PeekCounterResponse.
  * Use `create(PeekCounterResponseSchema)` to create a new message.
  */
 export const PeekCounterResponseSchema = /*@__PURE__*/
-  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 3);
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 7);
 
 /**
  * Describes the message arcana.internal.repository.v1.DeleteCounterRequest.
  * Use `create(DeleteCounterRequestSchema)` to create a new message.
  */
 export const DeleteCounterRequestSchema = /*@__PURE__*/
-  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 4);
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 8);
 
 /**
  * Describes the message arcana.internal.repository.v1.DeleteCounterResponse.
  * Use `create(DeleteCounterResponseSchema)` to create a new message.
  */
 export const DeleteCounterResponseSchema = /*@__PURE__*/
-  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 5);
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 9);
 
 /**
  * Describes the message arcana.internal.repository.v1.DeleteCountersByPrefixRequest.
  * Use `create(DeleteCountersByPrefixRequestSchema)` to create a new message.
  */
 export const DeleteCountersByPrefixRequestSchema = /*@__PURE__*/
-  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 6);
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 10);
 
 /**
  * Describes the message arcana.internal.repository.v1.DeleteCountersByPrefixResponse.
  * Use `create(DeleteCountersByPrefixResponseSchema)` to create a new message.
  */
 export const DeleteCountersByPrefixResponseSchema = /*@__PURE__*/
-  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 7);
+  messageDesc(file_arcana_internal_repository_v1_counter_store_service, 11);
 
 /**
  * Expiring counters (login throttling) kept by the repository layer, for service-layer

@@ -114,6 +114,20 @@ export declare type TokenRecord = Message<"arcana.internal.repository.v1.TokenRe
    * @generated from field: google.protobuf.Timestamp updated_at = 14;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * The absolute end of the login chain.
+   *
+   * @generated from field: google.protobuf.Timestamp family_expires_at = 15;
+   */
+  familyExpiresAt?: Timestamp | undefined;
+
+  /**
+   * Why the pair was revoked (`rotated`, `logout`, `revoked`, `reuse`, `expired_chain`).
+   *
+   * @generated from field: optional string revoked_reason = 16;
+   */
+  revokedReason?: string | undefined;
 };
 
 /**
@@ -190,6 +204,13 @@ export declare type NewTokenRecord = Message<"arcana.internal.repository.v1.NewT
    * @generated from field: optional string client_name = 9;
    */
   clientName?: string | undefined;
+
+  /**
+   * The absolute end of the login chain.
+   *
+   * @generated from field: google.protobuf.Timestamp family_expires_at = 10;
+   */
+  familyExpiresAt?: Timestamp | undefined;
 };
 
 /**
@@ -377,6 +398,13 @@ export declare type RevokeTokenRequest = Message<"arcana.internal.repository.v1.
    * @generated from field: int32 id = 1;
    */
   id: number;
+
+  /**
+   * Why it is revoked, recorded on the pair.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
 };
 
 /**
@@ -417,6 +445,13 @@ export declare type RevokeTokenFamilyRequest = Message<"arcana.internal.reposito
    * @generated from field: string family_id = 1;
    */
   familyId: string;
+
+  /**
+   * Why it is revoked, recorded on the pair.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
 };
 
 /**
@@ -464,6 +499,13 @@ export declare type RevokeUserTokensRequest = Message<"arcana.internal.repositor
    * @generated from field: optional int32 except_id = 2;
    */
   exceptId?: number | undefined;
+
+  /**
+   * Why they are revoked, recorded on each pair.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
 };
 
 /**

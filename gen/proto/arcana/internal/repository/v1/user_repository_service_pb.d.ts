@@ -122,6 +122,13 @@ export declare type UserRecord = Message<"arcana.internal.repository.v1.UserReco
    * @generated from field: google.protobuf.Timestamp last_login_at = 15;
    */
   lastLoginAt?: Timestamp | undefined;
+
+  /**
+   * The username folded to lower case: unique, and what login looks up.
+   *
+   * @generated from field: string username_key = 16;
+   */
+  usernameKey: string;
 };
 
 /**

@@ -59,6 +59,13 @@ export declare type RegisterResponse = Message<"arcana.internal.service.v1.Regis
    * @generated from field: arcana.auth.v1.TokenPair tokens = 2;
    */
   tokens?: TokenPair | undefined;
+
+  /**
+   * A known-device token for the client to present at its next logins to this account.
+   *
+   * @generated from field: optional string device_token = 3;
+   */
+  deviceToken?: string | undefined;
 };
 
 /**
@@ -113,6 +120,13 @@ export declare type LoginResponse = Message<"arcana.internal.service.v1.LoginRes
    * @generated from field: arcana.auth.v1.TokenPair tokens = 2;
    */
   tokens?: TokenPair | undefined;
+
+  /**
+   * A known-device token for the client to present at its next logins to this account.
+   *
+   * @generated from field: optional string device_token = 3;
+   */
+  deviceToken?: string | undefined;
 };
 
 /**

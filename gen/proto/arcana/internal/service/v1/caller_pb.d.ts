@@ -38,6 +38,13 @@ export declare type Actor = Message<"arcana.internal.service.v1.Actor"> & {
    * @generated from field: int32 session_id = 3;
    */
   sessionId: number;
+
+  /**
+   * Where the caller's request came from, for throttling and the audit log.
+   *
+   * @generated from field: arcana.internal.service.v1.ClientInfo client = 4;
+   */
+  client?: ClientInfo | undefined;
 };
 
 /**
@@ -65,6 +72,14 @@ export declare type ClientInfo = Message<"arcana.internal.service.v1.ClientInfo"
    * @generated from field: optional string user_agent = 2;
    */
   userAgent?: string | undefined;
+
+  /**
+   * The known-device token the client presented (header or cookie), unverified: the service
+   * layer checks it against the account being logged in to.
+   *
+   * @generated from field: optional string device_token = 3;
+   */
+  deviceToken?: string | undefined;
 };
 
 /**

@@ -1,0 +1,65 @@
+// What both public facades (REST and RPC) do alike at the edge of a request: who the client is
+// (address, user agent, known-device token), and the response headers of the authentication
+// answers. One module, so that the five protocols cannot drift apart on these rules.
+import type { ClientInfo } from '../domain/actor.ts';
+import type { ClientAddressResolver } from '../infrastructure/client-address.ts';
+import { deviceTokenExpiry } from '../infrastructure/security/device-tokens.ts';
+
+/** The header a known-device token travels in, both ways, on every protocol. */
+export const DEVICE_TOKEN_HEADER = 'x-device-token';
+/** The cookie that carries the same token for browsers, which cannot read HttpOnly cookies. */
+export const DEVICE_TOKEN_COOKIE = 'arcana_device';
+/** The scheme's realm in WWW-Authenticate challenges. */
+const REALM = 'arcana-cloud';
+
+/** Reads one request header (lower-case name) as a single string. */
+export type HeaderReader = (name: string) => string | undefined;
+
+/** The client of a request: its address by the TRUST_PROXY rule, user agent and device token. */
+export function resolveClientInfo(resolve: ClientAddressResolver, socketAddress: string | undefined, header: HeaderReader): ClientInfo {
+  return {
+    ipAddress: resolve(socketAddress, header('x-forwarded-for')),
+    userAgent: header('user-agent'),
+    deviceToken: header(DEVICE_TOKEN_HEADER) ?? cookie(header('cookie'), DEVICE_TOKEN_COOKIE),
+  };
+}
+
+/** The response headers that hand a client its known-device token (header and cookie). */
+export function deviceTokenHeaders(token: string, now = Date.now()): [string, string][] {
+  const maxAgeSeconds = Math.max(0, (deviceTokenExpiry(token) ?? 0) - Math.floor(now / 1000));
+  return [
+    [DEVICE_TOKEN_HEADER, token],
+    // HttpOnly: scripts never see it; SameSite=Strict: no other site's page can replay it.
+    ['set-cookie', `${DEVICE_TOKEN_COOKIE}=${token}; Max-Age=${maxAgeSeconds}; Path=/; HttpOnly; Secure; SameSite=Strict`],
+  ];
+}
+
+/**
+ * Answers that carry tokens must not be stored by any cache (RFC 6749 §5.1); `Pragma` for
+ * HTTP/1.0 caches.
+ */
+export const NO_STORE_HEADERS: readonly [string, string][] = [
+  ['cache-control', 'no-store'],
+  ['pragma', 'no-cache'],
+];
+
+/**
+ * The WWW-Authenticate challenge of a 401 (RFC 6750 §3): `error="invalid_token"` when the request
+ * presented an access token that was refused, the bare challenge otherwise (no token, or a
+ * password that did not match).
+ */
+export function bearerChallenge(tokenRejected: boolean, description?: string): string {
+  if (!tokenRejected) return `Bearer realm="${REALM}"`;
+  const detail = description === undefined ? '' : `, error_description="${description.replace(/["\\]/g, '')}"`;
+  return `Bearer realm="${REALM}", error="invalid_token"${detail}`;
+}
+
+/** A cookie's value from a Cookie header, or undefined. */
+function cookie(header: string | undefined, name: string): string | undefined {
+  if (header === undefined) return undefined;
+  for (const part of header.split(';')) {
+    const separator = part.indexOf('=');
+    if (separator > 0 && part.slice(0, separator).trim() === name) return part.slice(separator + 1).trim();
+  }
+  return undefined;
+}

@@ -1,0 +1,63 @@
+// Who is calling, by network address: one rule for every protocol. REST, Connect, gRPC-Web and
+// gRPC requests all arrive as HTTP requests on one port, so the address is resolved the same way
+// for each (Express's `trust proxy` semantics, through the same proxy-addr package Express uses),
+// once per request at the edge, and everything downstream (rate limits, login lockouts, the
+// address recorded with a session) reads that one value.
+import ipaddr from 'ipaddr.js';
+import type { IncomingMessage } from 'node:http';
+import proxyaddr from 'proxy-addr';
+
+/** TRUST_PROXY as configured: false, true, a hop count, or a comma list of addresses/subnets. */
+export type TrustProxySetting = boolean | number | string;
+
+/** Whether the hop at `address`, `index` hops from the server, is a proxy to believe. */
+export type TrustFunction = (address: string, index: number) => boolean;
+
+/** Resolves a request's client address from its socket peer and its X-Forwarded-For header. */
+export type ClientAddressResolver = (socketAddress: string | undefined, forwardedFor: string | readonly string[] | undefined) => string | undefined;
+
+/** The trust predicate Express builds from the same setting (`app.set('trust proxy', …)`). */
+export function compileTrust(setting: TrustProxySetting): TrustFunction {
+  if (setting === true) return () => true;
+  if (setting === false) return () => false;
+  if (typeof setting === 'number') return (_address, index) => index < setting;
+  return proxyaddr.compile(
+    setting
+      .split(',')
+      .map((part) => part.trim())
+      .filter((part) => part.length > 0),
+  );
+}
+
+/**
+ * The client address rule: the socket peer, or, when the peer is a trusted proxy, the nearest
+ * X-Forwarded-For entry not itself trusted. Without TRUST_PROXY the header is ignored, so a
+ * client cannot choose its own address.
+ */
+export function createClientAddressResolver(setting: TrustProxySetting): ClientAddressResolver {
+  const trust = compileTrust(setting);
+  return (socketAddress, forwardedFor) => {
+    if (socketAddress === undefined) return undefined;
+    const header = typeof forwardedFor === 'string' ? forwardedFor : forwardedFor?.join(', ');
+    // proxy-addr reads only these two properties of the request.
+    const request = { socket: { remoteAddress: socketAddress }, headers: header === undefined ? {} : { 'x-forwarded-for': header } };
+    const resolved = proxyaddr(request as unknown as IncomingMessage, trust);
+    // A trusted proxy passes on whatever the client wrote first; an entry that is not an
+    // address is recorded as no address rather than as text the client chose.
+    return ipaddr.isValid(resolved) ? resolved : undefined;
+  };
+}
+
+/**
+ * The key that counts a client's requests and failures: its IPv4 address, or the /64 network of
+ * an IPv6 one. One IPv6 host is normally given a whole /64, so keying by full address would give
+ * an attacker 2^64 fresh budgets. IPv4-mapped IPv6 addresses count as the IPv4 address.
+ */
+export function addressKey(address: string | undefined): string {
+  if (address === undefined || !ipaddr.isValid(address)) return 'unknown';
+  let parsed = ipaddr.parse(address);
+  if (parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).isIPv4MappedAddress()) parsed = (parsed as ipaddr.IPv6).toIPv4Address();
+  if (parsed.kind() === 'ipv4') return parsed.toString();
+  const parts = (parsed as ipaddr.IPv6).parts.slice(0, 4).map((part) => part.toString(16));
+  return `${parts.join(':')}::/64`;
+}

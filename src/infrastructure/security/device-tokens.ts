@@ -1,0 +1,60 @@
+import { createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+
+/** Longer than any token this class issues; longer input is not even parsed. */
+const MAX_TOKEN_LENGTH = 200;
+
+/**
+ * Known-device tokens (OWASP's "device cookie"): a client that has logged in to an account before
+ * holds a signed token naming that account and a random device id. Login attempts that present
+ * one are throttled per device instead of sharing the account-wide budget that strangers draw
+ * on, so an attacker who exhausts that budget cannot lock the real owner out.
+ *
+ * The token is `<userId>.<deviceId>.<expiresAtSeconds>.<HMAC-SHA256>`, signed with a key derived
+ * from the JWT secret (HKDF, its own label, so it can never be confused with a JWT signature). It
+ * authenticates nothing: it only chooses which lockout counter an attempt is charged to.
+ */
+export class DeviceTokens {
+  readonly #key: Buffer;
+  readonly #ttlSeconds: number;
+  readonly #now: () => number;
+
+  constructor(options: { secret: string; ttlSeconds: number; now?: () => number }) {
+    this.#key = Buffer.from(hkdfSync('sha256', options.secret, 'arcana-cloud', 'known-device-token v1', 32));
+    this.#ttlSeconds = options.ttlSeconds;
+    this.#now = options.now ?? Date.now;
+  }
+
+  get ttlSeconds(): number {
+    return this.#ttlSeconds;
+  }
+
+  /** A token for `userId`, keeping `deviceId` when the client already had one for this account. */
+  issue(userId: number, deviceId: string = randomBytes(12).toString('base64url')): string {
+    const expiresAt = Math.floor(this.#now() / 1000) + this.#ttlSeconds;
+    const payload = `${userId}.${deviceId}.${expiresAt}`;
+    return `${payload}.${this.#sign(payload)}`;
+  }
+
+  /** The device id of a valid, unexpired token issued for `userId`; undefined for anything else. */
+  verify(token: string | undefined, userId: number): string | undefined {
+    if (token === undefined || token.length > MAX_TOKEN_LENGTH) return undefined;
+    const parts = token.split('.');
+    if (parts.length !== 4) return undefined;
+    const [user, deviceId, expiresAt, signature] = parts as [string, string, string, string];
+    const expected = Buffer.from(this.#sign(`${user}.${deviceId}.${expiresAt}`));
+    const presented = Buffer.from(signature);
+    if (presented.length !== expected.length || !timingSafeEqual(presented, expected)) return undefined;
+    if (user !== String(userId) || !/^\d+$/.test(expiresAt) || Number(expiresAt) * 1000 <= this.#now()) return undefined;
+    return deviceId;
+  }
+
+  #sign(payload: string): string {
+    return createHmac('sha256', this.#key).update(payload).digest('base64url');
+  }
+}
+
+/** When a token says it expires (seconds since the epoch), unverified: for a cookie's Max-Age. */
+export function deviceTokenExpiry(token: string): number | undefined {
+  const expiresAt = token.split('.')[2];
+  return expiresAt !== undefined && /^\d{1,12}$/.test(expiresAt) ? Number(expiresAt) : undefined;
+}

@@ -1,0 +1,144 @@
+// Password guessing against login, the way an attacker does it: many guesses at once, from one
+// address and from many, over every public protocol, through a proxy (TRUST_PROXY with
+// X-Forwarded-For), in every topology (the counters live in Redis or, split without Redis, in the
+// repository process). What must hold:
+// - at most LOGIN_MAX_FAILURES passwords are ever compared per account, address and window, however
+//   many guesses arrive together (the ZITADEL GHSA-7h8m-vrxx-vr4m class of bug);
+// - a locked-out address cannot spend the account's budget by repeating, so the owner can log in
+//   from anywhere else;
+// - a client that has logged in before (known-device token) still logs in when strangers have
+//   spent the account's budget.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+const MAX_FAILURES = 5;
+const ACCOUNT_BUDGET = 12;
+const WRONG = 'Wrong-Guess-42!';
+
+let t: TestServer;
+
+beforeAll(async () => {
+  t = await startTestServer({
+    LOGIN_MAX_FAILURES: String(MAX_FAILURES),
+    LOGIN_ACCOUNT_RATE_LIMIT_MAX: String(ACCOUNT_BUDGET),
+    TRUST_PROXY: 'true',
+  });
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+/** Headers of a request that reached the server through the trusted proxy from `ip`. */
+const from = (ip: string, extra: Record<string, string> = {}) => ({ headers: { 'x-forwarded-for': ip, ...extra } });
+
+/** The LOGIN_FAILED events of a user by reason, once `expected` of them have been written. */
+async function failureReasons(userId: number, expected: number): Promise<Record<string, number>> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const rows = await t.sql<{ reason: string; count: string }>(
+      `SELECT details->>'reason' AS reason, count(*) AS count FROM audit_events WHERE user_id = $1 AND type = 'LOGIN_FAILED' GROUP BY 1`,
+      [userId],
+    );
+    const reasons = Object.fromEntries(rows.map((row) => [row.reason, Number(row.count)]));
+    const total = Object.values(reasons).reduce((sum, count) => sum + count, 0);
+    if (total >= expected || Date.now() > deadline) return reasons;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
+  let client: ApiClient;
+  // Each protocol's attacks come from addresses of their own.
+  const ip = (host: number) => `198.51.${100 + PROTOCOLS.indexOf(protocol)}.${host}`;
+
+  beforeAll(() => {
+    client = apiClient(protocol, t.baseUrl);
+  });
+
+  afterAll(() => {
+    client.close();
+  });
+
+  it('when 20 wrong passwords for one account arrive at once from one address, then only LOGIN_MAX_FAILURES are compared, all 20 get the same 401, and that address is locked out', async () => {
+    const user = await register(t);
+    const guesses = await Promise.all(Array.from({ length: 20 }, () => client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(1)))));
+
+    expect(guesses.map((guess) => guess.code)).toEqual(Array(20).fill('unauthenticated'));
+    // A throttled attempt looks exactly like a wrong password.
+    expect(new Set(guesses.map((guess) => guess.error?.message))).toEqual(new Set(['Invalid credentials']));
+    // Every attempt is audited; only LOGIN_MAX_FAILURES of them reached a password comparison.
+    expect(await failureReasons(user.id, 20)).toEqual({ wrong_password: MAX_FAILURES, throttled: 20 - MAX_FAILURES });
+
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(1)))).code).toBe('unauthenticated');
+    // The lockout is the address's, not the account's: the owner logs in from elsewhere, and the
+    // session records the address the proxy saw, on RPC as on REST.
+    const elsewhere = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(2)));
+    expect(elsewhere.code).toBe('ok');
+    const sessions = await t.sql<{ ip_address: string }>('SELECT ip_address FROM oauth_tokens WHERE user_id = $1 ORDER BY id DESC LIMIT 1', [user.id]);
+    expect(sessions[0]?.ip_address).toBe(ip(2));
+  });
+
+  it('when a locked-out address keeps guessing, then its refused attempts do not spend the account\'s budget and the owner still logs in from another address', async () => {
+    const user = await register(t);
+    for (let i = 0; i < MAX_FAILURES; i += 1) await client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(3)));
+    // Far more refused attempts than the account's whole budget, all at once.
+    const refused = await Promise.all(
+      Array.from({ length: 3 * ACCOUNT_BUDGET }, () => client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(3)))),
+    );
+    expect(refused.every((attempt) => attempt.code === 'unauthenticated')).toBe(true);
+
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(4)))).code).toBe('ok');
+  });
+
+  it('when strangers have spent the account\'s budget, then the owner\'s known device still logs in from a new address, and a stranger with the right password does not', async () => {
+    const user = await register(t);
+    const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(5)));
+    expect(first.code).toBe('ok');
+    const deviceToken = first.headers.get('x-device-token');
+    expect(deviceToken).toMatch(/^\d+\.[\w-]+\.\d+\.[\w-]+$/);
+    expect(first.headers.get('set-cookie')).toMatch(/^arcana_device=[^;]+;.*HttpOnly;.*SameSite=Strict/);
+
+    // Several addresses, each staying under its own lockout, together spend the account's budget.
+    const attackers = Array.from({ length: Math.ceil(ACCOUNT_BUDGET / (MAX_FAILURES - 1)) }, (_, i) => ip(10 + i));
+    await Promise.all(
+      attackers.flatMap((attacker) =>
+        Array.from({ length: MAX_FAILURES - 1 }, () => client.login({ usernameOrEmail: user.username, password: WRONG }, from(attacker))),
+      ),
+    );
+    const stranger = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(30)));
+    expect(stranger.code).toBe('unauthenticated');
+
+    const known = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(31), { 'x-device-token': deviceToken ?? '' }));
+    expect(known.code).toBe('ok');
+    // The cookie a browser would send back works the same as the header.
+    const viaCookie = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(32), { cookie: `arcana_device=${deviceToken}` }));
+    expect(viaCookie.code).toBe('ok');
+
+    // A device token is bound to its account: presented for another account, it is a stranger's.
+    const other = await register(t);
+    for (const attacker of attackers) {
+      await Promise.all(
+        Array.from({ length: MAX_FAILURES - 1 }, () => client.login({ usernameOrEmail: other.username, password: WRONG }, from(attacker))),
+      );
+    }
+    const borrowed = await client.login({ usernameOrEmail: other.username, password: other.password }, from(ip(33), { 'x-device-token': deviceToken ?? '' }));
+    expect(borrowed.code).toBe('unauthenticated');
+  });
+
+  it('when a known device guesses wrong too often, then that device is locked out on its own, without touching the owner\'s other clients', async () => {
+    const user = await register(t);
+    const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(40)));
+    const deviceToken = first.headers.get('x-device-token') ?? '';
+    const guesses = await Promise.all(
+      Array.from({ length: 10 }, () => client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(40), { 'x-device-token': deviceToken }))),
+    );
+    expect(guesses.every((guess) => guess.code === 'unauthenticated')).toBe(true);
+    expect((await failureReasons(user.id, 10)).wrong_password).toBe(MAX_FAILURES);
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(40), { 'x-device-token': deviceToken }))).code).toBe(
+      'unauthenticated',
+    );
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(41)))).code).toBe('ok');
+  });
+});

@@ -1,0 +1,119 @@
+// Sessions as an attacker (or a careless proxy) treats them, over every public protocol and in
+// every topology:
+// - a session refreshed regularly must still end at its absolute lifetime (ASVS 7.3.2);
+// - a refresh after logout is a session that ended, not token theft; a replayed rotated token
+//   still is theft, and revokes the chain;
+// - token answers are never cacheable (RFC 6749 §5.1), and 401s carry the bearer challenge
+//   (RFC 6750 §3), with error="invalid_token" when a token was refused.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+const LIFETIME_SECONDS = 6;
+
+let t: TestServer;
+let shortLived: TestServer;
+
+beforeAll(async () => {
+  [t, shortLived] = await Promise.all([startTestServer(), startTestServer({ SESSION_ABSOLUTE_LIFETIME_SECONDS: String(LIFETIME_SECONDS) })]);
+});
+
+afterAll(async () => {
+  await Promise.all([t.close(), shortLived.close()]);
+});
+
+/** Audit events of a type for a user, after giving the asynchronous audit writer time to flush. */
+async function auditTypes(server: TestServer, userId: number, settle: (types: string[]) => boolean): Promise<string[]> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const rows = await server.sql<{ type: string }>('SELECT type::text AS type FROM audit_events WHERE user_id = $1 ORDER BY id', [userId]);
+    const types = rows.map((row) => row.type);
+    if (settle(types) || Date.now() > deadline) return types;
+    await sleep(100);
+  }
+}
+
+describe('absolute session lifetime', () => {
+  it('when a session is refreshed again and again, then over every protocol it still ends at its absolute lifetime', async () => {
+    const clients = apiClients(shortLived.baseUrl);
+    try {
+      await Promise.all(
+        clients.map(async (client) => {
+          const user = await register(shortLived);
+          const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+          expect(login.code).toBe('ok');
+          let refreshToken = login.data?.tokens.refreshToken ?? '';
+          const started = Date.now();
+          // Refresh every half second: each rotation would slide a sliding-only session forever.
+          // (Stop well before the end, so that a slow refresh on a loaded machine is not late.)
+          while (Date.now() - started < (LIFETIME_SECONDS - 3) * 1000) {
+            const refreshed = await client.refresh(refreshToken);
+            expect(refreshed.code).toBe('ok');
+            // No token is handed out that outlives the chain.
+            expect(refreshed.data?.expiresIn).toBeLessThanOrEqual(LIFETIME_SECONDS);
+            refreshToken = refreshed.data?.refreshToken ?? '';
+            await sleep(500);
+          }
+          await sleep(LIFETIME_SECONDS * 1000 - (Date.now() - started) + 1_100);
+          const ended = await client.refresh(refreshToken);
+          expect(ended.code).toBe('unauthenticated');
+          // Its end is not mistaken for theft.
+          const types = await auditTypes(shortLived, user.id, () => true);
+          expect(types).not.toContain('TOKEN_REUSE_DETECTED');
+        }),
+      );
+    } finally {
+      closeAll(clients);
+    }
+  });
+});
+
+describe.each(PROTOCOLS)('sessions over %s', (protocol: ProtocolName) => {
+  let client: ApiClient;
+
+  beforeAll(() => {
+    client = apiClient(protocol, t.baseUrl);
+  });
+
+  afterAll(() => {
+    client.close();
+  });
+
+  it('when a logged-out session\'s refresh token is presented, then it is refused without a theft alarm; a replayed rotated token still raises one', async () => {
+    const user = await register(t);
+    const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+    expect((await client.logout(login.data?.tokens.accessToken ?? '')).code).toBe('ok');
+    const afterLogout = await client.refresh(login.data?.tokens.refreshToken ?? '');
+    expect(afterLogout.code).toBe('unauthenticated');
+
+    const second = await client.login({ usernameOrEmail: user.username, password: user.password });
+    const rotated = await client.refresh(second.data?.tokens.refreshToken ?? '');
+    expect(rotated.code).toBe('ok');
+    const replay = await client.refresh(second.data?.tokens.refreshToken ?? '');
+    expect(replay.code).toBe('unauthenticated');
+    // The chain is gone: the successor no longer works either.
+    expect((await client.refresh(rotated.data?.refreshToken ?? '')).code).toBe('unauthenticated');
+
+    const types = await auditTypes(t, user.id, (seen) => seen.includes('TOKEN_REUSE_DETECTED'));
+    expect(types.filter((type) => type === 'TOKEN_REUSE_DETECTED')).toHaveLength(1);
+  });
+
+  it('when tokens are handed out or refused, then no cache may store the answer', async () => {
+    const user = await register(t);
+    const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+    const refreshed = await client.refresh(login.data?.tokens.refreshToken ?? '');
+    const refused = await client.login({ usernameOrEmail: user.username, password: 'Not-The-Passw0rd!' });
+    for (const answer of [login, refreshed, refused]) expect(answer.headers.get('cache-control')).toBe('no-store');
+  });
+
+  it('when a 401 is answered, then it carries the bearer challenge, with invalid_token only when a token was refused', async () => {
+    const user = await register(t);
+    const forged = await client.me(`${user.accessToken.slice(0, -4)}AAAA`);
+    expect(forged.code).toBe('unauthenticated');
+    expect(forged.headers.get('www-authenticate')).toMatch(/^Bearer realm="arcana-cloud", error="invalid_token"/);
+
+    const login = await client.login({ usernameOrEmail: user.username, password: 'Not-The-Passw0rd!' });
+    expect(login.headers.get('www-authenticate')).toBe('Bearer realm="arcana-cloud"');
+  });
+});

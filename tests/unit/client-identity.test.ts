@@ -1,0 +1,71 @@
+// The pieces that decide who a client is for throttling: the address rule shared by every
+// protocol, the key its counters are kept under, known-device tokens and atomic reservations.
+import { describe, expect, it } from 'vitest';
+import { addressKey, createClientAddressResolver } from '../../src/infrastructure/client-address.ts';
+import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
+import { DeviceTokens } from '../../src/infrastructure/security/device-tokens.ts';
+
+describe('client address', () => {
+  it('when no proxy is trusted, then X-Forwarded-For is ignored: a client cannot choose its address', () => {
+    const resolve = createClientAddressResolver(false);
+    expect(resolve('198.51.100.7', '203.0.113.1')).toBe('198.51.100.7');
+  });
+
+  it('when one hop is trusted, then the address the proxy saw is used, not what the client wrote before it', () => {
+    const resolve = createClientAddressResolver(1);
+    expect(resolve('10.0.0.2', '6.6.6.6, 203.0.113.9')).toBe('203.0.113.9');
+    expect(resolve('10.0.0.2', undefined)).toBe('10.0.0.2');
+  });
+
+  it('when proxies are trusted by subnet, then trusted hops are skipped from the right', () => {
+    const resolve = createClientAddressResolver('10.0.0.0/8, loopback');
+    expect(resolve('127.0.0.1', '203.0.113.5, 10.1.2.3')).toBe('203.0.113.5');
+    expect(resolve('192.0.2.1', '203.0.113.5')).toBe('192.0.2.1');
+  });
+
+  it('when a trusted proxy passes on something that is not an address, then there is no address rather than the text', () => {
+    expect(createClientAddressResolver(true)('10.0.0.2', '<script>')).toBeUndefined();
+  });
+
+  it('when addresses are keyed, then IPv6 hosts of one /64 share a key, IPv4-mapped counts as IPv4', () => {
+    expect(addressKey('2001:db8:1:2::1')).toBe(addressKey('2001:db8:1:2:ffff:ffff:ffff:ffff'));
+    expect(addressKey('2001:db8:1:2::1')).not.toBe(addressKey('2001:db8:1:3::1'));
+    expect(addressKey('::ffff:192.0.2.4')).toBe('192.0.2.4');
+    expect(addressKey('192.0.2.4')).toBe('192.0.2.4');
+    expect(addressKey(undefined)).toBe('unknown');
+  });
+});
+
+describe('known-device tokens', () => {
+  const secret = 'device-token-test-secret-0123456789-abcdef';
+
+  it('when a token is verified for the account it was issued for, then its device id comes back; for another account, nothing', () => {
+    const devices = new DeviceTokens({ secret, ttlSeconds: 3600 });
+    const token = devices.issue(7, 'device-a');
+    expect(devices.verify(token, 7)).toBe('device-a');
+    expect(devices.verify(token, 8)).toBeUndefined();
+  });
+
+  it('when a token is altered, signed with another secret, or expired, then it is not a known device', () => {
+    let now = 1_000_000_000_000;
+    const devices = new DeviceTokens({ secret, ttlSeconds: 60, now: () => now });
+    const token = devices.issue(7, 'device-a');
+    const [user, , expires, mac] = token.split('.');
+    expect(devices.verify(`${user}.device-b.${expires}.${mac}`, 7)).toBeUndefined();
+    expect(new DeviceTokens({ secret: `${secret}-other`, ttlSeconds: 60, now: () => now }).verify(token, 7)).toBeUndefined();
+    expect(devices.verify('garbage', 7)).toBeUndefined();
+    now += 61_000;
+    expect(devices.verify(token, 7)).toBeUndefined();
+  });
+});
+
+describe('counter reservations', () => {
+  it('when many reservations race for one key, then exactly `limit` succeed, and a release frees one', async () => {
+    const store = new MemoryCounterStore();
+    const results = await Promise.all(Array.from({ length: 20 }, () => store.reserve('k', 5, 60_000)));
+    expect(results.filter((result) => result.reserved)).toHaveLength(5);
+    await store.release('k');
+    expect((await store.reserve('k', 5, 60_000)).reserved).toBe(true);
+    expect((await store.reserve('k', 5, 60_000)).reserved).toBe(false);
+  });
+});

@@ -59,7 +59,11 @@ export class RateLimitedError extends AppError {
 }
 
 export class UnavailableError extends AppError {
-  constructor(message: string, cause?: unknown) {
+  /** When the client may usefully try again (overload), if known. */
+  readonly retryAfterSeconds: number | undefined;
+
+  constructor(message: string, cause?: unknown, retryAfterSeconds?: number) {
     super('SERVICE_UNAVAILABLE', message, { cause });
+    this.retryAfterSeconds = retryAfterSeconds;
   }
 }

@@ -1,0 +1,96 @@
+import { availableParallelism } from 'node:os';
+import { UnavailableError } from '../domain/errors.ts';
+
+/** When a piece of gated work is no longer wanted. */
+export interface WorkLimits {
+  /** Epoch milliseconds after which nobody awaits the result. */
+  deadline?: number | undefined;
+  /** Aborts when the caller has gone (its connection closed, its call cancelled). */
+  signal?: AbortSignal | undefined;
+}
+
+interface Waiting {
+  start: () => void;
+  refuse: (error: UnavailableError) => void;
+  limits: WorkLimits;
+}
+
+/**
+ * Admission control for expensive CPU work (bcrypt): at most `concurrency` run at once, at most
+ * `maxWaiting` wait, and work that could not finish before its caller's deadline is refused at
+ * once, with a Retry-After, rather than accepted and abandoned later. Work whose caller has gone,
+ * or whose deadline passed while it waited, is dropped before it starts. Under overload the
+ * machine therefore spends its cores only on answers someone will receive (goodput), and the
+ * rest learn immediately that they should come back.
+ */
+export class WorkGate {
+  readonly #concurrency: number;
+  readonly #maxWaiting: number;
+  readonly #now: () => number;
+  readonly #queue: Waiting[] = [];
+  #running = 0;
+  /** Moving average of how long one piece of work takes, in milliseconds. */
+  #averageMs: number;
+
+  constructor(options: { concurrency?: number; maxWaiting: number; estimateMs: number; now?: () => number }) {
+    this.#concurrency = Math.max(1, options.concurrency ?? availableParallelism());
+    this.#maxWaiting = options.maxWaiting;
+    this.#averageMs = options.estimateMs;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** How long one piece of work takes, on average, as measured so far. */
+  get averageMs(): number {
+    return this.#averageMs;
+  }
+
+  /** Runs `work` when a slot is free and it can still be useful; refuses it otherwise. */
+  async run<T>(work: () => Promise<T>, limits: WorkLimits = {}): Promise<T> {
+    this.#admit(limits);
+    if (this.#running >= this.#concurrency) {
+      await new Promise<void>((start, refuse) => this.#queue.push({ start, refuse, limits }));
+    } else {
+      this.#running += 1;
+    }
+    const started = this.#now();
+    try {
+      return await work();
+    } finally {
+      // An exponential moving average: recent load decides, one outlier does not.
+      this.#averageMs = 0.8 * this.#averageMs + 0.2 * Math.max(1, this.#now() - started);
+      this.#release();
+    }
+  }
+
+  #admit(limits: WorkLimits): void {
+    if (limits.signal?.aborted === true) throw new UnavailableError('The request was abandoned before its work began');
+    const ahead = this.#queue.length + Math.max(0, this.#running - this.#concurrency + 1);
+    const finishMs = (Math.ceil(ahead / this.#concurrency) + 1) * this.#averageMs;
+    const retryAfterSeconds = Math.max(1, Math.ceil(finishMs / 1000));
+    if (this.#running >= this.#concurrency && this.#queue.length >= this.#maxWaiting) {
+      throw new UnavailableError('The server is busy, please retry shortly', undefined, retryAfterSeconds);
+    }
+    if (limits.deadline !== undefined && this.#now() + finishMs > limits.deadline) {
+      throw new UnavailableError('The server is too busy to answer within the deadline, please retry shortly', undefined, retryAfterSeconds);
+    }
+  }
+
+  #release(): void {
+    for (;;) {
+      const next = this.#queue.shift();
+      if (next === undefined) {
+        this.#running -= 1;
+        return;
+      }
+      // The slot passes straight to the next piece of work that is still wanted.
+      if (next.limits.signal?.aborted === true) {
+        next.refuse(new UnavailableError('The request was abandoned while it waited'));
+      } else if (next.limits.deadline !== undefined && this.#now() + this.#averageMs > next.limits.deadline) {
+        next.refuse(new UnavailableError('The request could no longer be answered within its deadline', undefined, 1));
+      } else {
+        next.start();
+        return;
+      }
+    }
+  }
+}

@@ -1,0 +1,78 @@
+// Admission control for bcrypt: bounded work, refusals at once rather than after the deadline,
+// and no work started for callers that are gone.
+import { describe, expect, it } from 'vitest';
+import { WorkGate } from '../../src/infrastructure/work-gate.ts';
+
+/** Work that finishes when told to. */
+function pending(): { work: () => Promise<string>; finish: () => void; started: () => boolean } {
+  let resolve: (value: string) => void = () => {};
+  let begun = false;
+  return {
+    work: () => {
+      begun = true;
+      return new Promise<string>((done) => (resolve = done));
+    },
+    finish: () => resolve('done'),
+    started: () => begun,
+  };
+}
+
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+describe('WorkGate', () => {
+  it('when more work arrives than it may run, then the rest waits, and beyond the queue is refused at once with a retry delay', async () => {
+    const gate = new WorkGate({ concurrency: 2, maxWaiting: 1, estimateMs: 200 });
+    const jobs = [pending(), pending(), pending()];
+    const results = jobs.map((job) => gate.run(job.work));
+    await tick();
+    expect(jobs.map((job) => job.started())).toEqual([true, true, false]);
+    await expect(gate.run(pending().work)).rejects.toMatchObject({ code: 'SERVICE_UNAVAILABLE', retryAfterSeconds: 1 });
+    jobs[0]?.finish();
+    await tick();
+    expect(jobs[2]?.started()).toBe(true);
+    jobs[1]?.finish();
+    jobs[2]?.finish();
+    expect(await Promise.all(results)).toEqual(['done', 'done', 'done']);
+  });
+
+  it('when work could not finish before its deadline, then it is refused before it waits', async () => {
+    let now = 0;
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 10, estimateMs: 200, now: () => now });
+    const first = pending();
+    const running = gate.run(first.work);
+    await expect(gate.run(pending().work, { deadline: now + 300 })).rejects.toMatchObject({ code: 'SERVICE_UNAVAILABLE' });
+    const second = pending();
+    const accepted = gate.run(second.work, { deadline: now + 1_000 });
+    first.finish();
+    await running;
+    await tick();
+    expect(second.started()).toBe(true);
+    second.finish();
+    await accepted;
+    now += 1;
+  });
+
+  it('when a waiting caller goes away or its deadline passes while it waits, then its work never starts', async () => {
+    let now = 0;
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 10, estimateMs: 100, now: () => now });
+    const first = pending();
+    const running = gate.run(first.work);
+    const gone = new AbortController();
+    const abandoned = pending();
+    const late = pending();
+    const third = gate.run(abandoned.work, { signal: gone.signal });
+    const fourth = gate.run(late.work, { deadline: 350 });
+    const kept = pending();
+    const fifth = gate.run(kept.work);
+    gone.abort();
+    now = 300;
+    first.finish();
+    await running;
+    await expect(third).rejects.toMatchObject({ code: 'SERVICE_UNAVAILABLE' });
+    await expect(fourth).rejects.toMatchObject({ code: 'SERVICE_UNAVAILABLE' });
+    await tick();
+    expect([abandoned.started(), late.started(), kept.started()]).toEqual([false, false, true]);
+    kept.finish();
+    await fifth;
+  });
+});

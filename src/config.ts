@@ -50,6 +50,13 @@ const EnvSchema = z.object({
     .default('100kb')
     .transform(parseSize),
   SHUTDOWN_TIMEOUT_MS: int(30_000, 0, 600_000),
+  // Connection bounds (see src/server.ts): every client gets a deadline for each thing it owes.
+  PROTOCOL_DETECTION_TIMEOUT_MS: int(10_000, 50, 600_000),
+  HTTP_HEADERS_TIMEOUT_MS: int(20_000, 50, 600_000),
+  HTTP_REQUEST_TIMEOUT_MS: int(60_000, 50, 3_600_000),
+  HTTP_KEEP_ALIVE_TIMEOUT_MS: int(65_000, 50, 3_600_000),
+  HTTP2_IDLE_TIMEOUT_MS: int(300_000, 50, 86_400_000),
+  HTTP2_MAX_CONCURRENT_STREAMS: int(100, 1, 10_000),
 
   DATABASE_URL: z
     .string()
@@ -157,6 +164,7 @@ export function loadConfig(env: Environment) {
       /** Largest request body in bytes, for REST JSON and RPC messages alike. */
       bodyLimitBytes: e.BODY_LIMIT,
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+      connections: resolveConnections(e),
     },
     logLevel: e.LOG_LEVEL,
     database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR },
@@ -266,6 +274,21 @@ function resolveDeployment(e: Env) {
     internalRetries: e.INTERNAL_RETRIES,
     /** What internal calls present and internal APIs require; unset, they are open (development). */
     internalSecret: mode === 'monolithic' ? undefined : e.INTERNAL_API_SECRET,
+  };
+}
+
+/** The bounds src/server.ts puts on every connection. */
+function resolveConnections(e: Env) {
+  if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
+    throw new ConfigError('HTTP_HEADERS_TIMEOUT_MS must not exceed HTTP_REQUEST_TIMEOUT_MS: the headers are part of the request.');
+  }
+  return {
+    protocolDetectionTimeoutMs: e.PROTOCOL_DETECTION_TIMEOUT_MS,
+    headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,
+    requestTimeoutMs: e.HTTP_REQUEST_TIMEOUT_MS,
+    keepAliveTimeoutMs: e.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+    http2IdleTimeoutMs: e.HTTP2_IDLE_TIMEOUT_MS,
+    http2MaxConcurrentStreams: e.HTTP2_MAX_CONCURRENT_STREAMS,
   };
 }
 

@@ -99,8 +99,12 @@ async function startLayer(env: Environment): Promise<Application> {
 }
 
 /** Serves an app's handlers on a free loopback port, the way src/main.ts serves them. */
-async function listenOnLoopback(app: Pick<Application, 'http' | 'http2'>): Promise<{ port: number; close(): Promise<void> }> {
-  const { server, close } = createDualProtocolServer({ http1: app.http, http2: app.http2 });
+async function listenOnLoopback(app: Pick<Application, 'http' | 'http2'>, env: Environment): Promise<{ port: number; close(): Promise<void> }> {
+  const config = loadConfig(env);
+  const { server, close } = createDualProtocolServer(
+    { http1: app.http, http2: app.http2 },
+    { limits: config.server.connections },
+  );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();
   return { port: typeof address === 'object' && address !== null ? address.port : 0, close };
@@ -109,7 +113,7 @@ async function listenOnLoopback(app: Pick<Application, 'http' | 'http2'>): Promi
 /** Serves one layer on a loopback port, as its own process would; returns its base URL. */
 async function serveLayer(env: Environment): Promise<{ url: string; app: Application }> {
   const app = await startLayer(env);
-  const listening = await listenOnLoopback(app);
+  const listening = await listenOnLoopback(app, env);
   const closeApp = app.close;
   app.close = async () => {
     await listening.close();
@@ -203,7 +207,8 @@ export interface TestServer extends TestApp {
 /** Like createTestApp, and also serves it on a real port the way src/main.ts does. */
 export async function startTestServer(overrides: Environment = {}): Promise<TestServer> {
   const t = await createTestApp(overrides);
-  const { port, close } = await listenOnLoopback(t.app);
+  // The connection settings come from the same variables; the database is the app's business.
+  const { port, close } = await listenOnLoopback(t.app, { ...TEST_ENV, ...overrides });
   return {
     ...t,
     port,

@@ -1,0 +1,377 @@
+// Attacks on the connection layer, against the real server on a real loopback port: clients that
+// connect and say nothing, trickle bytes, never finish a request, idle on a session, open more
+// streams or connections than they may, or hold health watches open. What is asserted is what the
+// attacker sees: the socket closed by a deadline, a 408, GOAWAY and RST_STREAM codes, the
+// advertised SETTINGS, resource_exhausted. The bounds are set small so the deadlines pass quickly;
+// each expected close is given generous slack, since a loaded two-core machine delays timers.
+import { createClient } from '@connectrpc/connect';
+import { createConnectTransport, createGrpcTransport, Http2SessionManager } from '@connectrpc/connect-node';
+import http2 from 'node:http2';
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+/** Slack for a deadline to be seen by the client on a loaded machine. */
+const SLACK_MS = 5_000;
+/** A timer never fires early, but the client's clock starts a little before the server's. */
+const EARLY_MS = 100;
+
+const DETECTION_MS = 1_000;
+const HEADERS_MS = 1_000;
+const REQUEST_MS = 1_500;
+const KEEP_ALIVE_MS = 1_000;
+/** Node keeps a keep-alive socket this much longer than keepAliveTimeout (keepAliveTimeoutBuffer). */
+const KEEP_ALIVE_BUFFER_MS = 1_000;
+const IDLE_MS = 1_000;
+/** How long the server waits for a peer to close its side after GOAWAY (LINGER_MS in server.ts). */
+const LINGER_MS = 5_000;
+const MAX_STREAMS = 10;
+
+const NGHTTP2_NO_ERROR = 0;
+const NGHTTP2_PROTOCOL_ERROR = 1;
+const NGHTTP2_REFUSED_STREAM = 7;
+const NGHTTP2_CANCEL = 8;
+const SETTINGS_MAX_CONCURRENT_STREAMS = 3;
+
+let server: TestServer;
+const cleanups: (() => void)[] = [];
+
+beforeAll(async () => {
+  server = await startTestServer({
+    PROTOCOL_DETECTION_TIMEOUT_MS: String(DETECTION_MS),
+    HTTP_HEADERS_TIMEOUT_MS: String(HEADERS_MS),
+    HTTP_REQUEST_TIMEOUT_MS: String(REQUEST_MS),
+    HTTP_KEEP_ALIVE_TIMEOUT_MS: String(KEEP_ALIVE_MS),
+    HTTP2_IDLE_TIMEOUT_MS: String(IDLE_MS),
+    HTTP2_MAX_CONCURRENT_STREAMS: String(MAX_STREAMS),
+  });
+});
+
+afterAll(async () => {
+  await server.close();
+});
+
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0)) cleanup();
+});
+
+// ---- raw clients
+
+interface RawClient {
+  socket: net.Socket;
+  connected: Promise<void>;
+  /** Milliseconds from connect() until the server closed the connection. */
+  closed: Promise<number>;
+  received(): Buffer;
+}
+
+function rawClient(port: number, options: { localAddress?: string; allowHalfOpen?: boolean } = {}): RawClient {
+  const startedAt = performance.now();
+  const socket = net.connect({ port, host: '127.0.0.1', ...options });
+  cleanups.push(() => socket.destroy());
+  let received = Buffer.alloc(0);
+  socket.on('data', (chunk: Buffer) => (received = Buffer.concat([received, chunk])));
+  socket.on('error', () => undefined);
+  return {
+    socket,
+    connected: new Promise((resolve) => socket.once('connect', () => resolve())),
+    closed: new Promise((resolve) => socket.once('close', () => resolve(performance.now() - startedAt))),
+    received: () => received,
+  };
+}
+
+/** When `closed` resolved (ms), or Infinity if it had not after `limitMs`. */
+function closedWithin(closed: Promise<number>, limitMs: number): Promise<number> {
+  return Promise.race([closed, sleep(limitMs).then(() => Number.POSITIVE_INFINITY)]);
+}
+
+/** Writes `text` one byte every `everyMs` until the socket closes. */
+function trickle(socket: net.Socket, text: string, everyMs: number): void {
+  let index = 0;
+  const timer = setInterval(() => {
+    if (socket.destroyed || index >= text.length) return clearInterval(timer);
+    socket.write(text.charAt(index));
+    index += 1;
+  }, everyMs);
+  cleanups.push(() => clearInterval(timer));
+}
+
+const PREFACE = 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n';
+
+interface Frame {
+  type: number;
+  flags: number;
+  streamId: number;
+  payload: Buffer;
+}
+
+function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const head = Buffer.alloc(9);
+  head.writeUIntBE(payload.length, 0, 3);
+  head[3] = type;
+  head[4] = flags;
+  head.writeUInt32BE(streamId, 5);
+  return Buffer.concat([head, payload]);
+}
+
+const FRAME = { headers: 1, rstStream: 3, settings: 4, goaway: 7 } as const;
+const FLAG = { endHeaders: 4, ack: 1 } as const;
+
+/** A request's HEADERS block, HPACK literals without indexing: no table state to keep. */
+function requestHeaders(path: string): Buffer {
+  const literal = (name: string, value: string) => Buffer.concat([Buffer.from([0, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
+  return Buffer.concat([literal(':method', 'POST'), literal(':scheme', 'http'), literal(':path', path), literal(':authority', 'attacker'), literal('content-type', 'application/grpc')]);
+}
+
+/** The frames the server has sent so far on a raw HTTP/2 connection. */
+function framesOf(client: RawClient): Frame[] {
+  const frames: Frame[] = [];
+  let bytes = client.received();
+  while (bytes.length >= 9) {
+    const length = bytes.readUIntBE(0, 3);
+    if (bytes.length < 9 + length) break;
+    frames.push({ type: bytes[3] ?? 0, flags: bytes[4] ?? 0, streamId: bytes.readUInt32BE(5) & 0x7fffffff, payload: bytes.subarray(9, 9 + length) });
+    bytes = bytes.subarray(9 + length);
+  }
+  return frames;
+}
+
+async function until<T>(what: string, read: () => T | undefined, timeoutMs = SLACK_MS): Promise<T> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const value = read();
+    if (value !== undefined) return value;
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+function settingsOf(frames: Frame[]): Map<number, number> | undefined {
+  const settings = frames.find((f) => f.type === FRAME.settings && (f.flags & FLAG.ack) === 0);
+  if (settings === undefined) return undefined;
+  const values = new Map<number, number>();
+  for (let offset = 0; offset + 6 <= settings.payload.length; offset += 6) values.set(settings.payload.readUInt16BE(offset), settings.payload.readUInt32BE(offset + 2));
+  return values;
+}
+
+const rstCodes = (frames: Frame[]) => frames.filter((f) => f.type === FRAME.rstStream).map((f) => f.payload.readUInt32BE(0));
+
+/** An HTTP/2 client session to the server, optionally from another loopback address. */
+function h2Session(port: number, localAddress?: string): http2.ClientHttp2Session {
+  const session = http2.connect(`http://127.0.0.1:${port}`, {
+    // The server's SETTINGS set the real limit; Node would otherwise assume 100 until then.
+    peerMaxConcurrentStreams: 1_000,
+    ...(localAddress === undefined ? {} : { createConnection: () => net.connect({ port, host: '127.0.0.1', localAddress }) }),
+  });
+  session.on('error', () => undefined);
+  cleanups.push(() => session.destroy());
+  return session;
+}
+
+/** A gRPC call whose request body never comes: the headers and five bytes of a frame header. */
+function stalledStream(session: http2.ClientHttp2Session): { stream: http2.ClientHttp2Stream; closed: Promise<{ afterMs: number; rstCode: number }> } {
+  const startedAt = performance.now();
+  const stream = session.request(
+    { ':method': 'POST', ':path': `/${AuthService.typeName}/Login`, 'content-type': 'application/grpc', te: 'trailers' },
+    { endStream: false },
+  );
+  stream.on('error', () => undefined);
+  stream.write(Buffer.from([0, 0, 0, 0, 64]));
+  return { stream, closed: new Promise((resolve) => stream.once('close', () => resolve({ afterMs: performance.now() - startedAt, rstCode: stream.rstCode ?? -1 }))) };
+}
+
+// ---- the attacks
+
+describe('a connection that has not yet said which protocol it speaks', () => {
+  it('when many clients connect in parallel and send nothing, then each is closed at the protocol-detection deadline', async () => {
+    const clients = Array.from({ length: 30 }, () => rawClient(server.port));
+    const closedAfter = await Promise.all(clients.map((client) => closedWithin(client.closed, DETECTION_MS + SLACK_MS)));
+    for (const ms of closedAfter) {
+      expect(ms).toBeGreaterThanOrEqual(DETECTION_MS - EARLY_MS);
+      expect(ms).toBeLessThan(DETECTION_MS + SLACK_MS);
+    }
+  });
+
+  it('when clients trickle the HTTP/2 preface a byte at a time, then they are closed at the same deadline, unanswered', async () => {
+    const clients = Array.from({ length: 10 }, () => rawClient(server.port));
+    for (const client of clients) {
+      await client.connected;
+      // 24 bytes at one every 100 ms would take 2.4 s: longer than the deadline.
+      trickle(client.socket, PREFACE, 100);
+    }
+    const closedAfter = await Promise.all(clients.map((client) => closedWithin(client.closed, DETECTION_MS + SLACK_MS)));
+    for (const [index, ms] of closedAfter.entries()) {
+      expect(ms).toBeGreaterThanOrEqual(DETECTION_MS - EARLY_MS);
+      expect(ms).toBeLessThan(DETECTION_MS + SLACK_MS);
+      expect(clients[index]?.received().length).toBe(0);
+    }
+  });
+});
+
+describe('HTTP/1.1', () => {
+  it('when clients trickle request headers byte by byte (slowloris), then each gets 408 and is closed at the headers deadline', async () => {
+    const clients = Array.from({ length: 10 }, () => rawClient(server.port));
+    for (const client of clients) {
+      await client.connected;
+      client.socket.write('GET /health HTTP/1.1\r\n');
+      trickle(client.socket, 'X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n', 100);
+    }
+    const closedAfter = await Promise.all(clients.map((client) => closedWithin(client.closed, HEADERS_MS + SLACK_MS)));
+    for (const [index, ms] of closedAfter.entries()) {
+      expect(ms).toBeGreaterThanOrEqual(HEADERS_MS - EARLY_MS);
+      expect(ms).toBeLessThan(HEADERS_MS + SLACK_MS);
+      expect(clients[index]?.received().toString('latin1')).toMatch(/^HTTP\/1\.1 408 /);
+    }
+  });
+
+  it('when REST and Connect requests send part of their body and stop, then each gets 408 and is closed at the request deadline', async () => {
+    const requests = [
+      'POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"usernameOrEmail"',
+      `POST /${AuthService.typeName}/Login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"usernameOrEmail"`,
+    ];
+    const clients = requests.flatMap((request) =>
+      Array.from({ length: 5 }, () => {
+        const client = rawClient(server.port);
+        client.socket.write(request);
+        return client;
+      }),
+    );
+    const closedAfter = await Promise.all(clients.map((client) => closedWithin(client.closed, REQUEST_MS + SLACK_MS)));
+    for (const [index, ms] of closedAfter.entries()) {
+      expect(ms).toBeGreaterThanOrEqual(REQUEST_MS - EARLY_MS);
+      expect(ms).toBeLessThan(REQUEST_MS + SLACK_MS);
+      expect(clients[index]?.received().toString('latin1')).toMatch(/^HTTP\/1\.1 408 /);
+    }
+  });
+
+  it('when a keep-alive connection idles after its response, then it is closed at the keep-alive deadline', async () => {
+    const client = rawClient(server.port);
+    client.socket.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+    await until('the response', () => (client.received().includes('{"status":"ok"}') ? true : undefined));
+    const answeredAt = performance.now();
+    const closedAt = await closedWithin(client.closed.then(() => performance.now()), KEEP_ALIVE_MS + KEEP_ALIVE_BUFFER_MS + SLACK_MS);
+    expect(client.received().toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(closedAt - answeredAt).toBeGreaterThanOrEqual(KEEP_ALIVE_MS - EARLY_MS);
+    expect(closedAt - answeredAt).toBeLessThan(KEEP_ALIVE_MS + KEEP_ALIVE_BUFFER_MS + SLACK_MS);
+  });
+});
+
+describe('HTTP/2 (h2c)', () => {
+  it('when sessions open no stream and only send PINGs, then each gets GOAWAY NO_ERROR and is closed at the idle deadline', async () => {
+    const results = await Promise.all(
+      Array.from({ length: 5 }, async () => {
+        const startedAt = performance.now();
+        const session = h2Session(server.port);
+        // gRPC keepalive: PINGs are not activity.
+        const pings = setInterval(() => {
+          if (!session.closed && !session.destroyed) session.ping(() => undefined);
+        }, 200);
+        cleanups.push(() => clearInterval(pings));
+        const goaway = new Promise<number>((resolve) => session.once('goaway', (code) => resolve(code)));
+        const closed = new Promise<number>((resolve) => session.once('close', () => resolve(performance.now() - startedAt)));
+        const closedAfter = await closedWithin(closed, IDLE_MS + SLACK_MS);
+        return { closedAfter, goaway: await Promise.race([goaway, Promise.resolve(-1)]) };
+      }),
+    );
+    for (const { closedAfter, goaway } of results) {
+      expect(closedAfter).toBeGreaterThanOrEqual(IDLE_MS - EARLY_MS);
+      expect(closedAfter).toBeLessThan(IDLE_MS + SLACK_MS);
+      expect(goaway).toBe(NGHTTP2_NO_ERROR);
+    }
+  });
+
+  it('when a raw client ignores the GOAWAY and the FIN after it and keeps writing, then its socket is closed anyway', async () => {
+    // allowHalfOpen: the client does not close its side when the server's FIN arrives.
+    const client = rawClient(server.port, { allowHalfOpen: true });
+    client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0)]));
+    await until('GOAWAY', () => framesOf(client).find((f) => f.type === FRAME.goaway), IDLE_MS + SLACK_MS);
+    const ping = frame(6, 0, 0, Buffer.alloc(8));
+    const pings = setInterval(() => {
+      if (!client.socket.destroyed) client.socket.write(ping);
+    }, 250);
+    cleanups.push(() => clearInterval(pings));
+    const closedAfter = await closedWithin(client.closed, IDLE_MS + LINGER_MS + SLACK_MS);
+    expect(framesOf(client).find((f) => f.type === FRAME.goaway)?.payload.readUInt32BE(4)).toBe(NGHTTP2_NO_ERROR);
+    expect(closedAfter).toBeLessThan(IDLE_MS + LINGER_MS + SLACK_MS);
+  });
+
+  it('when streams never send their request body, then each is reset with CANCEL at the request deadline', async () => {
+    const session = h2Session(server.port);
+    await new Promise((resolve) => session.once('remoteSettings', resolve));
+    const stalled = Array.from({ length: MAX_STREAMS }, () => stalledStream(session));
+    const results = await Promise.all(stalled.map(({ closed }) => closedWithin(closed.then((r) => r.afterMs), REQUEST_MS + SLACK_MS)));
+    for (const ms of results) {
+      expect(ms).toBeGreaterThanOrEqual(REQUEST_MS - EARLY_MS);
+      expect(ms).toBeLessThan(REQUEST_MS + SLACK_MS);
+    }
+    expect(stalled.map(({ stream }) => stream.rstCode)).toEqual(Array(MAX_STREAMS).fill(NGHTTP2_CANCEL));
+  });
+
+  it('when a client opens more streams than it may, then SETTINGS advertise the limit and the excess is refused', async () => {
+    const headers = requestHeaders(`/${AuthService.typeName}/Login`);
+    // Streams sent with the preface race the server's SETTINGS: the excess is refused one by one.
+    const racing = rawClient(server.port);
+    const early = Array.from({ length: MAX_STREAMS + 5 }, (_, i) => frame(FRAME.headers, FLAG.endHeaders, 1 + 2 * i, headers));
+    racing.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0), ...early]));
+    const settings = await until('SETTINGS', () => settingsOf(framesOf(racing)));
+    expect(settings.get(SETTINGS_MAX_CONCURRENT_STREAMS)).toBe(MAX_STREAMS);
+    const refused = await until('5 refusals', () => (rstCodes(framesOf(racing)).length >= 5 ? rstCodes(framesOf(racing)).slice(0, 5) : undefined));
+    expect(refused).toEqual(Array(5).fill(NGHTTP2_REFUSED_STREAM));
+
+    // A client that has acknowledged the limit and still exceeds it loses the connection.
+    const defiant = rawClient(server.port);
+    defiant.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0)]));
+    await until('SETTINGS', () => settingsOf(framesOf(defiant)));
+    const excess = Array.from({ length: MAX_STREAMS + 1 }, (_, i) => frame(FRAME.headers, FLAG.endHeaders, 1 + 2 * i, headers));
+    defiant.socket.write(Buffer.concat([frame(FRAME.settings, FLAG.ack, 0), ...excess]));
+    const goaway = await until('GOAWAY', () => framesOf(defiant).find((f) => f.type === FRAME.goaway));
+    expect(goaway.payload.readUInt32BE(4)).toBe(NGHTTP2_PROTOCOL_ERROR);
+    expect(await closedWithin(defiant.closed, SLACK_MS)).toBeLessThan(Number.POSITIVE_INFINITY);
+  });
+});
+
+describe('legitimate clients under the bounds', () => {
+  it('when the bounds are in place, then a REST call and unary RPCs over gRPC and Connect still succeed', async () => {
+    const user = newUser('conn');
+    const registered = await fetch(`${server.baseUrl}/api/v1/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(user) });
+    expect(registered.status).toBe(201);
+    const sessions = new Http2SessionManager(server.baseUrl);
+    cleanups.push(() => sessions.abort());
+    for (const transport of [createGrpcTransport({ baseUrl: server.baseUrl, sessionManager: sessions }), createConnectTransport({ baseUrl: server.baseUrl, httpVersion: '1.1' })]) {
+      const auth = createClient(AuthService, transport);
+      const login = await auth.login({ usernameOrEmail: user.username, password: user.password });
+      const me = await auth.getCurrentUser({}, { headers: { authorization: `Bearer ${login.tokens?.accessToken ?? ''}` } });
+      expect(me.user?.username).toBe(user.username);
+    }
+  });
+
+  it('when attackers reset their connections at every stage in parallel, then the server keeps serving', async () => {
+    const stages = [
+      '',
+      'PRI * HTTP/2.0\r\n',
+      `${PREFACE}`,
+      `${PREFACE}\u0000\u0000`,
+      'GET /health HTTP/1.1\r\nHost',
+      'POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{',
+    ];
+    await Promise.all(
+      stages.flatMap((bytes) =>
+        Array.from({ length: 5 }, async () => {
+          const client = rawClient(server.port);
+          await client.connected;
+          if (bytes.length > 0) client.socket.write(bytes);
+          await sleep(50);
+          client.socket.resetAndDestroy();
+        }),
+      ),
+    );
+    const session = h2Session(server.port);
+    await new Promise((resolve) => session.once('remoteSettings', resolve));
+    stalledStream(session).stream.close(http2.constants.NGHTTP2_CANCEL);
+    session.destroy();
+    const health = await fetch(`${server.baseUrl}/health`);
+    expect(health.status).toBe(200);
+  });
+});

@@ -57,6 +57,9 @@ const EnvSchema = z.object({
   HTTP_KEEP_ALIVE_TIMEOUT_MS: int(65_000, 50, 3_600_000),
   HTTP2_IDLE_TIMEOUT_MS: int(300_000, 50, 86_400_000),
   HTTP2_MAX_CONCURRENT_STREAMS: int(100, 1, 10_000),
+  // Unset: a default that depends on whether the process faces clients (see resolveConnections).
+  CONNECTIONS_PER_ADDRESS_MAX: z.coerce.number().int().min(0).max(1_000_000).optional(),
+  HTTP2_STREAMS_PER_ADDRESS_MAX: z.coerce.number().int().min(0).max(1_000_000).optional(),
 
   DATABASE_URL: z
     .string()
@@ -164,7 +167,7 @@ export function loadConfig(env: Environment) {
       /** Largest request body in bytes, for REST JSON and RPC messages alike. */
       bodyLimitBytes: e.BODY_LIMIT,
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
-      connections: resolveConnections(e),
+      connections: resolveConnections(e, deployment.layer),
     },
     logLevel: e.LOG_LEVEL,
     database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR },
@@ -277,11 +280,17 @@ function resolveDeployment(e: Env) {
   };
 }
 
-/** The bounds src/server.ts puts on every connection. */
-function resolveConnections(e: Env) {
+/**
+ * The bounds src/server.ts puts on every connection. The per-address caps default to values a
+ * NAT'd office or a client's connection pool stays well below in a process that serves the public
+ * API, and to none (0) in an internal layer, whose only peers are the layer above it and whose
+ * connection count grows with that layer's load.
+ */
+function resolveConnections(e: Env, layer: DeploymentLayer) {
   if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
     throw new ConfigError('HTTP_HEADERS_TIMEOUT_MS must not exceed HTTP_REQUEST_TIMEOUT_MS: the headers are part of the request.');
   }
+  const facesClients = layer === 'monolithic' || layer === 'controller';
   return {
     protocolDetectionTimeoutMs: e.PROTOCOL_DETECTION_TIMEOUT_MS,
     headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,
@@ -289,6 +298,10 @@ function resolveConnections(e: Env) {
     keepAliveTimeoutMs: e.HTTP_KEEP_ALIVE_TIMEOUT_MS,
     http2IdleTimeoutMs: e.HTTP2_IDLE_TIMEOUT_MS,
     http2MaxConcurrentStreams: e.HTTP2_MAX_CONCURRENT_STREAMS,
+    /** 0: no cap. */
+    connectionsPerAddress: e.CONNECTIONS_PER_ADDRESS_MAX ?? (facesClients ? 128 : 0),
+    /** 0: no cap. */
+    http2StreamsPerAddress: e.HTTP2_STREAMS_PER_ADDRESS_MAX ?? (facesClients ? 400 : 0),
   };
 }
 

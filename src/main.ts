@@ -26,7 +26,7 @@ async function main(): Promise<void> {
   const app = await createApplication(config, logger);
   const { server, close } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },
-    { limits: config.server.connections },
+    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger },
   );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -11,6 +11,7 @@
 //   HTTP/2 session with no stream   idle timeout → GOAWAY; PINGs do not count as activity
 //   HTTP/2 stream, request half     the same request timeout as HTTP/1.1 → RST_STREAM CANCEL
 //   HTTP/2 streams per connection   SETTINGS_MAX_CONCURRENT_STREAMS
+//   per client address              connections, and HTTP/2 streams across its connections
 // A stream whose request has fully arrived is the application's business: a gRPC Watch may
 // rightly stay open for hours.
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -24,11 +25,16 @@ import {
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
+import { addressKey, compileTrust, type TrustProxySetting } from './infrastructure/client-address.ts';
+import type { Logger } from './infrastructure/logger.ts';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
 /** How long a peer gets to close its side after the server has ended an HTTP/2 connection. */
 const LINGER_MS = 5_000;
+
+/** At most one warning per this interval about refused connections (and one about streams). */
+const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 /** The bounds on connections; src/config.ts documents each and holds the defaults. */
 export interface ConnectionLimits {
@@ -38,11 +44,19 @@ export interface ConnectionLimits {
   keepAliveTimeoutMs: number;
   http2IdleTimeoutMs: number;
   http2MaxConcurrentStreams: number;
+  /** Open connections per client address; 0 for no cap. */
+  connectionsPerAddress: number;
+  /** Open HTTP/2 streams per client address, over all its connections; 0 for no cap. */
+  http2StreamsPerAddress: number;
 }
 
 export interface DualProtocolServerOptions {
   /** Without them, the configuration's defaults. */
   limits?: ConnectionLimits | undefined;
+  /** Peers trusted as proxies are exempt from the per-address caps. */
+  trustProxy?: TrustProxySetting | undefined;
+  /** Where refusals are reported (rate-limited). */
+  logger?: Logger | undefined;
 }
 
 export interface DualProtocolServer {
@@ -60,6 +74,9 @@ export function createDualProtocolServer(
   options: DualProtocolServerOptions = {},
 ): DualProtocolServer {
   const limits = options.limits ?? loadConfig({}).server.connections;
+  const peers = createPeerTable(limits, trustedPeers(options.trustProxy ?? false));
+  const warnConnection = rateLimitedWarning(options.logger, 'refused connections: too many open from one address');
+  const warnStream = rateLimitedWarning(options.logger, 'refused HTTP/2 streams: too many open from one address');
 
   const h1 = createHttpServer(
     {
@@ -73,7 +90,18 @@ export function createDualProtocolServer(
   );
   h1.keepAliveTimeout = limits.keepAliveTimeoutMs;
 
-  const h2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.http2MaxConcurrentStreams } }, handlers.http2);
+  const h2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.http2MaxConcurrentStreams } }, (req, res) => {
+    // Refused before the application sees it, so a refused stream costs no handler state.
+    const address = remoteAddressOf(req.socket);
+    const peer = peers.admitStream(address);
+    if (peer === 'refused') {
+      warnStream({ peer: addressKey(address), limit: limits.http2StreamsPerAddress });
+      req.stream.close(http2Constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    req.stream.once('close', () => peers.releaseStream(peer));
+    handlers.http2(req, res);
+  });
   const sessions = new Set<ServerHttp2Session>();
   h2.on('session', (session) => {
     sessions.add(session);
@@ -86,6 +114,15 @@ export function createDualProtocolServer(
   // for the peer's delayed ACK (tens of milliseconds). Node's HTTP/1.1 server sets it for its own
   // sockets, but the HTTP/2 path below is handed the raw socket.
   const server = createNetServer({ pauseOnConnect: true, noDelay: true }, (socket) => {
+    const peer = peers.admitConnection(socket.remoteAddress);
+    if (peer === 'refused') {
+      warnConnection({ peer: addressKey(socket.remoteAddress), limit: limits.connectionsPerAddress });
+      // A reset rather than a FIN: the refused peer gets its answer at once and this side keeps
+      // no TIME_WAIT state for it.
+      socket.resetAndDestroy();
+      return;
+    }
+    socket.once('close', () => peers.releaseConnection(peer));
     detecting.add(socket);
     peek(socket, limits.protocolDetectionTimeoutMs, (isHttp2, head) => {
       detecting.delete(socket);
@@ -182,6 +219,82 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
     });
   });
   session.once('close', () => clearTimeout(idle));
+}
+
+/** Per-address counts of open connections and HTTP/2 streams, for the per-address caps. */
+function createPeerTable(limits: ConnectionLimits, isTrusted: (address: string) => boolean) {
+  const counts = new Map<string, { connections: number; streams: number }>();
+  /**
+   * The key to count a peer under (its IPv4 address or IPv6 /64, as rate limits count clients),
+   * or undefined when it is not counted: trusted, or no cap.
+   */
+  const keyOf = (address: string | undefined, cap: number): string | undefined =>
+    address === undefined || cap === 0 || isTrusted(address) ? undefined : addressKey(address);
+  const entry = (key: string) => {
+    let found = counts.get(key);
+    if (found === undefined) {
+      found = { connections: 0, streams: 0 };
+      counts.set(key, found);
+    }
+    return found;
+  };
+  const release = (key: string | undefined, field: 'connections' | 'streams') => {
+    if (key === undefined) return;
+    const found = counts.get(key);
+    if (found === undefined) return;
+    found[field] -= 1;
+    if (found.connections <= 0 && found.streams <= 0) counts.delete(key);
+  };
+  const admit = (address: string | undefined, field: 'connections' | 'streams', cap: number): string | undefined | 'refused' => {
+    const key = keyOf(address, cap);
+    if (key === undefined) return undefined;
+    const found = entry(key);
+    if (found[field] >= cap) return 'refused';
+    found[field] += 1;
+    return key;
+  };
+  return {
+    admitConnection: (address: string | undefined) => admit(address, 'connections', limits.connectionsPerAddress),
+    releaseConnection: (key: string | undefined) => release(key, 'connections'),
+    admitStream: (address: string | undefined) => admit(address, 'streams', limits.http2StreamsPerAddress),
+    releaseStream: (key: string | undefined) => release(key, 'streams'),
+  };
+}
+
+/**
+ * Which socket peers are proxies, by Express's `trust proxy` rules applied to the first hop. With
+ * `true` or a hop count of 1 or more every peer is by definition a proxy (the client's address is
+ * taken from X-Forwarded-For for all of them), so no peer is capped per address: the proxy in
+ * front is where per-client limits belong. With an address list only the listed peers are exempt,
+ * and clients that reach the server directly are still capped.
+ */
+function trustedPeers(setting: TrustProxySetting): (address: string) => boolean {
+  const trust = compileTrust(setting);
+  return (address) => trust(address, 0);
+}
+
+/**
+ * A warning that is logged at most once per REFUSAL_LOG_INTERVAL_MS, however many refusals an
+ * attacker provokes; the refusals in between are counted in the next line.
+ */
+function rateLimitedWarning(logger: Logger | undefined, message: string): (fields: Record<string, unknown>) => void {
+  let suppressed = 0;
+  let window: NodeJS.Timeout | undefined;
+  const endWindow = () => {
+    window = undefined;
+    if (suppressed === 0) return;
+    logger?.warn({ refused: suppressed, intervalMs: REFUSAL_LOG_INTERVAL_MS }, `${message} (more in the last interval)`);
+    suppressed = 0;
+    window = setTimeout(endWindow, REFUSAL_LOG_INTERVAL_MS).unref();
+  };
+  return (fields) => {
+    if (window !== undefined) {
+      suppressed += 1;
+      return;
+    }
+    logger?.warn(fields, message);
+    window = setTimeout(endWindow, REFUSAL_LOG_INTERVAL_MS).unref();
+  };
 }
 
 /**

@@ -9,8 +9,10 @@ import { createConnectTransport, createGrpcTransport, Http2SessionManager } from
 import http2 from 'node:http2';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { createDualProtocolServer } from '../../src/server.ts';
 import { newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
 
 /** Slack for a deadline to be seen by the client on a loaded machine. */
@@ -373,5 +375,95 @@ describe('legitimate clients under the bounds', () => {
     session.destroy();
     const health = await fetch(`${server.baseUrl}/health`);
     expect(health.status).toBe(200);
+  });
+});
+
+describe('per-address caps', () => {
+  let capped: TestServer;
+  const TRUSTED_PROXY = '127.0.0.2';
+  const CONNECTIONS = 5;
+  const STREAMS = 15;
+
+  beforeAll(async () => {
+    capped = await startTestServer({
+      CONNECTIONS_PER_ADDRESS_MAX: String(CONNECTIONS),
+      HTTP2_STREAMS_PER_ADDRESS_MAX: String(STREAMS),
+      HTTP2_MAX_CONCURRENT_STREAMS: String(MAX_STREAMS),
+      TRUST_PROXY: TRUSTED_PROXY,
+    });
+  });
+
+  afterAll(async () => {
+    await capped.close();
+  });
+
+  it('when one address opens more connections than the cap at once, then the excess is closed at once, and a trusted proxy is not capped', async () => {
+    const fromClient = Array.from({ length: CONNECTIONS + 7 }, () => rawClient(capped.port));
+    const fromProxy = Array.from({ length: CONNECTIONS + 7 }, () => rawClient(capped.port, { localAddress: TRUSTED_PROXY }));
+    const clientClosed = await Promise.all(fromClient.map((client) => closedWithin(client.closed, 1_500)));
+    const proxyClosed = await Promise.all(fromProxy.map((client) => closedWithin(client.closed, 1)));
+    expect(clientClosed.filter((ms) => ms === Number.POSITIVE_INFINITY)).toHaveLength(CONNECTIONS);
+    expect(clientClosed.filter((ms) => ms < 1_500)).toHaveLength(7);
+    expect(proxyClosed.filter((ms) => ms === Number.POSITIVE_INFINITY)).toHaveLength(CONNECTIONS + 7);
+
+    // A connection that ends frees its place.
+    const open = fromClient.filter((_, index) => clientClosed[index] === Number.POSITIVE_INFINITY);
+    open[0]?.socket.destroy();
+    await sleep(200);
+    const next = rawClient(capped.port);
+    expect(await closedWithin(next.closed, 1_000)).toBe(Number.POSITIVE_INFINITY);
+    const over = rawClient(capped.port);
+    expect(await closedWithin(over.closed, 1_000)).toBeLessThan(1_000);
+  });
+
+  it('when one address spreads stalled streams over several connections, then streams beyond its budget are refused, and a trusted proxy is not capped', async () => {
+    // The previous test's sockets may still be closing on the server side.
+    await sleep(500);
+    const open = async (localAddress?: string) => {
+      const sessions = [h2Session(capped.port, localAddress), h2Session(capped.port, localAddress)];
+      await Promise.all(sessions.map((session) => new Promise((resolve) => session.once('remoteSettings', resolve))));
+      const streams = sessions.flatMap((session) => Array.from({ length: MAX_STREAMS }, () => stalledStream(session)));
+      await sleep(1_000);
+      return streams.map(({ stream }) => (stream.closed ? stream.rstCode : 'open'));
+    };
+    const [client, proxy] = await Promise.all([open(), open(TRUSTED_PROXY)]);
+    expect(client.filter((state) => state === 'open')).toHaveLength(STREAMS);
+    expect(client.filter((state) => state === NGHTTP2_REFUSED_STREAM)).toHaveLength(2 * MAX_STREAMS - STREAMS);
+    expect(proxy.filter((state) => state === 'open')).toHaveLength(2 * MAX_STREAMS);
+  });
+});
+
+describe('refusal logging', () => {
+  it('when an address is refused many connections, then one warning line is logged, not one per connection', async () => {
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
+    const handler = (_req: unknown, res: { end(): void }) => res.end();
+    const { server: bare, close } = createDualProtocolServer(
+      { http1: handler, http2: handler },
+      {
+        limits: {
+          protocolDetectionTimeoutMs: 10_000,
+          headersTimeoutMs: 10_000,
+          requestTimeoutMs: 10_000,
+          keepAliveTimeoutMs: 10_000,
+          http2IdleTimeoutMs: 10_000,
+          http2MaxConcurrentStreams: 10,
+          connectionsPerAddress: 1,
+          http2StreamsPerAddress: 10,
+        },
+        logger,
+      },
+    );
+    await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (bare.address() as net.AddressInfo).port;
+      const clients = Array.from({ length: 40 }, () => rawClient(port));
+      await Promise.all(clients.slice(1).map((client) => closedWithin(client.closed, 2_000)));
+      expect(lines).toHaveLength(1);
+      expect(JSON.parse(lines[0] ?? '{}')).toMatchObject({ level: 40, peer: '127.0.0.1', limit: 1 });
+    } finally {
+      for (const cleanup of cleanups.splice(0)) cleanup();
+      await close();
+    }
   });
 });

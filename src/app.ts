@@ -246,7 +246,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
     // ---- an internal layer process: its API for the layer above, plus /health and /ready.
     const apis: LayerApis = holds.repository ? { repositories } : { auth, users, audit };
     const layerRpc = {
-      routes: createLayerRoutes(apis, readiness),
+      routes: createLayerRoutes(apis, readiness, config.health),
       interceptors: [
         layerContextInterceptor(logger),
         ...(config.deployment.internalSecret === undefined ? [] : [internalAuthInterceptor(config.deployment.internalSecret)]),
@@ -307,7 +307,7 @@ async function createPublicFacades(
 
   const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
   const rpcOptions = {
-    routes: createConnectRoutes({ auth, users, audit, readiness }),
+    routes: createConnectRoutes({ auth, users, audit, readiness, health: config.health }),
     interceptors: [
       requestContextInterceptor(logger),
       errorInterceptor({ logger, exposeInternals }),

@@ -60,6 +60,8 @@ const EnvSchema = z.object({
   // Unset: a default that depends on whether the process faces clients (see resolveConnections).
   CONNECTIONS_PER_ADDRESS_MAX: z.coerce.number().int().min(0).max(1_000_000).optional(),
   HTTP2_STREAMS_PER_ADDRESS_MAX: z.coerce.number().int().min(0).max(1_000_000).optional(),
+  HEALTH_WATCH_MAX: int(1_000, 1, 1_000_000),
+  HEALTH_WATCH_INTERVAL_MS: int(5_000, 10, 3_600_000),
 
   DATABASE_URL: z
     .string()
@@ -169,6 +171,7 @@ export function loadConfig(env: Environment) {
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
       connections: resolveConnections(e, deployment.layer),
     },
+    health: { watchIntervalMs: e.HEALTH_WATCH_INTERVAL_MS, maxWatches: e.HEALTH_WATCH_MAX },
     logLevel: e.LOG_LEVEL,
     database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR },
     redis: e.REDIS_URL === undefined ? undefined : { url: e.REDIS_URL, keyPrefix: e.REDIS_KEY_PREFIX },

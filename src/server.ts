@@ -13,7 +13,7 @@
 //   HTTP/2 streams per connection   SETTINGS_MAX_CONCURRENT_STREAMS
 //   per client address              connections, and HTTP/2 streams across its connections
 // A stream whose request has fully arrived is the application's business: a gRPC Watch may
-// rightly stay open for hours.
+// rightly stay open for hours (src/controllers/rpc/health-service.ts caps those).
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import {
   constants as http2Constants,

@@ -13,7 +13,7 @@ import { UserRepositoryService, file_arcana_internal_repository_v1_user_reposito
 import { file_grpc_health_v1_health, Health } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { file_grpc_reflection_v1_reflection, ServerReflection as ServerReflectionV1 } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
 import { file_grpc_reflection_v1alpha_reflection, ServerReflection as ServerReflectionV1alpha } from '../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
-import { createHealthService } from '../controllers/rpc/health-service.ts';
+import { createHealthService, type HealthWatchOptions } from '../controllers/rpc/health-service.ts';
 import { createReflectionServices } from '../controllers/rpc/reflection-service.ts';
 import type { ReadinessCheck } from '../controllers/rest/system-routes.ts';
 import type { Logger } from '../infrastructure/logger.ts';
@@ -43,7 +43,7 @@ export interface LayerApis {
 }
 
 /** Registers the internal APIs this process holds, with gRPC health checking and reflection. */
-export function createLayerRoutes(apis: LayerApis, readiness: Record<string, ReadinessCheck>): (router: ConnectRouter) => void {
+export function createLayerRoutes(apis: LayerApis, readiness: Record<string, ReadinessCheck>, health: HealthWatchOptions): (router: ConnectRouter) => void {
   const files: DescFile[] = [file_grpc_health_v1_health, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection];
   const names: string[] = [];
   const registrations: ((router: ConnectRouter) => void)[] = [];
@@ -64,9 +64,11 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
     serve(file_arcana_internal_repository_v1_counter_store_service, CounterStoreService, createCounterStoreHandler(repositories.counters));
   }
   const reflection = createReflectionServices(files);
+  // One instance for every router (HTTP/1.1 and HTTP/2): the Watch cap and probe are per process.
+  const healthService = createHealthService(readiness, names, health);
   return (router) => {
     for (const register of registrations) register(router);
-    router.service(Health, createHealthService(readiness, names));
+    router.service(Health, healthService);
     router.service(ServerReflectionV1, reflection.v1);
     router.service(ServerReflectionV1alpha, reflection.v1alpha);
   };

@@ -50,7 +50,7 @@ function routes(router: ConnectRouter): void {
   router.service(AuthService, stub(AuthService));
   router.service(UserService, stub(UserService));
   // A short interval keeps the Watch test quick.
-  router.service(Health, createHealthService(checks, [AuthService.typeName, UserService.typeName], 50));
+  router.service(Health, createHealthService(checks, [AuthService.typeName, UserService.typeName], { watchIntervalMs: 50, maxWatches: 100 }));
   router.service(ServerReflectionV1, reflection.v1);
   router.service(ServerReflectionV1alpha, reflection.v1alpha);
 }

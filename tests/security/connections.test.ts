@@ -4,16 +4,18 @@
 // attacker sees: the socket closed by a deadline, a 408, GOAWAY and RST_STREAM codes, the
 // advertised SETTINGS, resource_exhausted. The bounds are set small so the deadlines pass quickly;
 // each expected close is given generous slack, since a loaded two-core machine delays timers.
-import { createClient } from '@connectrpc/connect';
+import { Code, ConnectError, createClient } from '@connectrpc/connect';
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from '@connectrpc/connect-node';
+import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { createDualProtocolServer } from '../../src/server.ts';
-import { newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { monolithOf, newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
 
 /** Slack for a deadline to be seen by the client on a loaded machine. */
 const SLACK_MS = 5_000;
@@ -30,6 +32,8 @@ const IDLE_MS = 1_000;
 /** How long the server waits for a peer to close its side after GOAWAY (LINGER_MS in server.ts). */
 const LINGER_MS = 5_000;
 const MAX_STREAMS = 10;
+const WATCH_MAX = 30;
+const WATCH_INTERVAL_MS = 250;
 
 const NGHTTP2_NO_ERROR = 0;
 const NGHTTP2_PROTOCOL_ERROR = 1;
@@ -48,6 +52,8 @@ beforeAll(async () => {
     HTTP_KEEP_ALIVE_TIMEOUT_MS: String(KEEP_ALIVE_MS),
     HTTP2_IDLE_TIMEOUT_MS: String(IDLE_MS),
     HTTP2_MAX_CONCURRENT_STREAMS: String(MAX_STREAMS),
+    HEALTH_WATCH_MAX: String(WATCH_MAX),
+    HEALTH_WATCH_INTERVAL_MS: String(WATCH_INTERVAL_MS),
   });
 });
 
@@ -334,7 +340,89 @@ describe('HTTP/2 (h2c)', () => {
   });
 });
 
+describe('grpc.health.v1.Health/Watch', () => {
+  it('when more watches are opened than the cap, over gRPC and Connect alike, then the excess fails resource_exhausted and one readiness probe per interval serves them all', async () => {
+    const database = monolithOf(server).database;
+    const agent = new http.Agent({ keepAlive: true });
+    cleanups.push(() => agent.destroy());
+    // Each gRPC watcher on its own connection: one connection carries only MAX_STREAMS at once.
+    const overGrpc = () => {
+      const sessions = new Http2SessionManager(server.baseUrl);
+      cleanups.push(() => sessions.abort());
+      return createClient(Health, createGrpcTransport({ baseUrl: server.baseUrl, sessionManager: sessions }));
+    };
+    const overConnect = () => createClient(Health, createConnectTransport({ baseUrl: server.baseUrl, httpVersion: '1.1', nodeOptions: { agent } }));
+    const controllers: AbortController[] = [];
+    const firstStatus: ServingStatus[] = [];
+    const failures: ConnectError[] = [];
+    const watch = (client: ReturnType<typeof overGrpc>) => {
+      const controller = new AbortController();
+      controllers.push(controller);
+      cleanups.push(() => controller.abort());
+      return (async () => {
+        try {
+          for await (const response of client.watch({ service: '' }, { signal: controller.signal })) firstStatus.push(response.status);
+        } catch (error) {
+          if (!controller.signal.aborted) failures.push(ConnectError.from(error));
+        }
+      })();
+    };
+
+    const queriesBefore = database.queryCount();
+    const startedAt = performance.now();
+    // Opened all at once, as an attacker (or a fleet of health-checking clients) would.
+    for (let i = 0; i < WATCH_MAX; i += 1) void watch(i % 2 === 0 ? overGrpc() : overConnect());
+    await until('every watcher to get its first status', () => (firstStatus.length === WATCH_MAX ? true : undefined));
+    await sleep(2_000);
+    const queries = database.queryCount() - queriesBefore;
+    const intervals = (performance.now() - startedAt) / WATCH_INTERVAL_MS;
+    expect(firstStatus).toEqual(Array(WATCH_MAX).fill(ServingStatus.SERVING));
+    // One probe per interval (and the first at once), not one per watcher.
+    expect(queries).toBeGreaterThanOrEqual(2);
+    expect(queries).toBeLessThanOrEqual(Math.ceil(intervals) + 1);
+
+    // On a server without a cap these would simply stay open.
+    await Promise.race([Promise.all([watch(overGrpc()), watch(overConnect())]), sleep(SLACK_MS)]);
+    expect(failures.map((failure) => failure.code)).toEqual([Code.ResourceExhausted, Code.ResourceExhausted]);
+
+    // A watcher that leaves frees its place, whichever protocol it used.
+    controllers[0]?.abort();
+    controllers[1]?.abort();
+    await sleep(500);
+    void watch(overGrpc());
+    void watch(overConnect());
+    await until('the new watchers to get their status', () => (firstStatus.length === WATCH_MAX + 2 ? true : undefined));
+    expect(failures).toHaveLength(2);
+  });
+});
+
 describe('legitimate clients under the bounds', () => {
+  it('when a Watch stream stays open past the idle and request deadlines, then it is not cut off, while an idle session next to it is', async () => {
+    const sessions = new Http2SessionManager(server.baseUrl, { pingIntervalMs: 200 });
+    cleanups.push(() => sessions.abort());
+    const health = createClient(Health, createGrpcTransport({ baseUrl: server.baseUrl, sessionManager: sessions }));
+    const controller = new AbortController();
+    cleanups.push(() => controller.abort());
+    const seen: ServingStatus[] = [];
+    const watching = (async () => {
+      try {
+        for await (const response of health.watch({ service: '' }, { signal: controller.signal })) seen.push(response.status);
+        return 'ended';
+      } catch (error) {
+        return Code[ConnectError.from(error).code];
+      }
+    })();
+    const idle = h2Session(server.port);
+    const idleClosed = new Promise<number>((resolve) => idle.once('close', () => resolve(performance.now())));
+
+    const longerThanEveryDeadline = Math.max(IDLE_MS, REQUEST_MS, DETECTION_MS) * 3;
+    await sleep(longerThanEveryDeadline);
+    expect(await closedWithin(idleClosed, SLACK_MS)).toBeLessThan(Number.POSITIVE_INFINITY);
+    expect(seen).toEqual([ServingStatus.SERVING]);
+    controller.abort();
+    expect(await watching).toBe(Code[Code.Canceled]);
+  });
+
   it('when the bounds are in place, then a REST call and unary RPCs over gRPC and Connect still succeed', async () => {
     const user = newUser('conn');
     const registered = await fetch(`${server.baseUrl}/api/v1/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(user) });

@@ -15,7 +15,7 @@ import { AuditService as AuditServiceDescriptor, file_arcana_audit_v1_audit_serv
 import { createAuditHandler } from './audit-handler.ts';
 import type { ReadinessCheck } from '../rest/system-routes.ts';
 import { createAuthHandler } from './auth-handler.ts';
-import { createHealthService } from './health-service.ts';
+import { createHealthService, type HealthWatchOptions } from './health-service.ts';
 import { createReflectionServices } from './reflection-service.ts';
 import { createUserHandler } from './user-handler.ts';
 
@@ -25,6 +25,7 @@ export function createConnectRoutes(deps: {
   users: UserService;
   audit: AuditService;
   readiness: Record<string, ReadinessCheck>;
+  health: HealthWatchOptions;
 }): (router: ConnectRouter) => void {
   const reflection = createReflectionServices([
     file_arcana_auth_v1_auth_service,
@@ -34,14 +35,13 @@ export function createConnectRoutes(deps: {
     file_grpc_reflection_v1_reflection,
     file_grpc_reflection_v1alpha_reflection,
   ]);
+  // One instance for every router (HTTP/1.1 and HTTP/2): the Watch cap and probe are per process.
+  const health = createHealthService(deps.readiness, [AuthServiceDescriptor.typeName, UserServiceDescriptor.typeName, AuditServiceDescriptor.typeName], deps.health);
   return (router) => {
     router.service(AuthServiceDescriptor, createAuthHandler(deps.auth));
     router.service(UserServiceDescriptor, createUserHandler(deps.users, deps.auth));
     router.service(AuditServiceDescriptor, createAuditHandler(deps.audit, deps.auth));
-    router.service(
-      Health,
-      createHealthService(deps.readiness, [AuthServiceDescriptor.typeName, UserServiceDescriptor.typeName, AuditServiceDescriptor.typeName]),
-    );
+    router.service(Health, health);
     router.service(ServerReflectionV1, reflection.v1);
     router.service(ServerReflectionV1alpha, reflection.v1alpha);
   };

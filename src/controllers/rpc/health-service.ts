@@ -1,17 +1,24 @@
 // The standard gRPC health-checking protocol (grpc.health.v1.Health), so that load balancers,
 // Kubernetes gRPC probes, grpc_health_probe and `buf curl` can ask whether the server is serving.
 import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { type Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../../gen/proto/grpc/health/v1/health_pb.js';
+
+export interface HealthWatchOptions {
+  /** How often the readiness checks run while anyone watches. */
+  watchIntervalMs: number;
+  /** Watch streams open at once in this process; beyond it Watch answers resource_exhausted. */
+  maxWatches: number;
+}
 
 /**
  * Health service answering for the server as a whole (the empty name) and for each of `services`
  * (fully-qualified names such as 'arcana.auth.v1.AuthService'), all of which depend on every check.
+ * Create it once per process: the Watch cap and the shared probe are per instance.
  */
 export function createHealthService(
   checks: Record<string, () => Promise<void>>,
   services: string[],
-  watchIntervalMs = 5_000,
+  options: HealthWatchOptions,
 ): ServiceImpl<typeof Health> {
   const known = new Set(['', ...services]);
 
@@ -22,6 +29,12 @@ export function createHealthService(
     const results = await Promise.allSettled(Object.values(checks).map((check) => check()));
     return results.every((result) => result.status === 'fulfilled') ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
   }
+
+  // A Watch stream lives as long as its client wants, so both what it costs while open and how
+  // many may be open are bounded: all watchers share one probe per interval, however many there
+  // are, and beyond the cap a new one is refused rather than queued.
+  const feed = createStatusFeed(currentStatus, options.watchIntervalMs);
+  let watching = 0;
 
   return {
     async check(request) {
@@ -34,23 +47,103 @@ export function createHealthService(
     },
 
     async *watch(request, context) {
-      let last: ServingStatus | undefined;
-      while (!context.signal.aborted) {
-        // For an unknown name the protocol asks for SERVICE_UNKNOWN on a stream that stays open,
-        // not an error: with our fixed list it simply never changes.
-        const status = known.has(request.service) ? await currentStatus() : ServingStatus.SERVICE_UNKNOWN;
-        if (status !== last) {
-          last = status;
-          yield { status };
+      if (watching >= options.maxWatches) {
+        throw new ConnectError(`too many open health watches (at most ${options.maxWatches}); use Check, or watch again later`, Code.ResourceExhausted);
+      }
+      watching += 1;
+      try {
+        if (!known.has(request.service)) {
+          // For an unknown name the protocol asks for SERVICE_UNKNOWN on a stream that stays
+          // open, not an error: with our fixed list it simply never changes.
+          yield { status: ServingStatus.SERVICE_UNKNOWN };
+          await aborted(context.signal);
+          return;
         }
-        try {
-          await sleep(watchIntervalMs, undefined, { signal: context.signal });
-        } catch (error) {
-          // The signal aborts when the client cancels or the deadline passes: the watch is over.
-          if (context.signal.aborted) return;
-          throw error;
-        }
+        // The signal aborts when the client cancels or the deadline passes: the watch is over.
+        for await (const status of feed.updates(context.signal)) yield { status };
+      } finally {
+        watching -= 1;
       }
     },
   };
+}
+
+/**
+ * The serving status, probed once per interval while at least one subscriber listens and not at
+ * all otherwise. A new subscriber is told the latest status at once, without a probe of its own,
+ * then every change.
+ */
+function createStatusFeed(probe: () => Promise<ServingStatus>, intervalMs: number) {
+  const listeners = new Set<(status: ServingStatus) => void>();
+  let latest: ServingStatus | undefined;
+  let running = false;
+  let timer: NodeJS.Timeout | undefined;
+
+  const stop = () => {
+    clearTimeout(timer);
+    timer = undefined;
+    running = false;
+    // Nobody saw what happened while stopped: the next subscriber must wait for a fresh probe.
+    latest = undefined;
+  };
+  const tick = async () => {
+    timer = undefined;
+    const status = await probe();
+    if (listeners.size === 0) return stop();
+    if (status !== latest) {
+      latest = status;
+      for (const listener of listeners) listener(status);
+    }
+    timer = setTimeout(() => void tick(), intervalMs);
+  };
+
+  const subscribe = (listener: (status: ServingStatus) => void): (() => void) => {
+    listeners.add(listener);
+    if (latest !== undefined) listener(latest);
+    if (!running) {
+      running = true;
+      void tick();
+    }
+    return () => {
+      listeners.delete(listener);
+      // A probe in flight stops the loop itself when it returns to no listeners.
+      if (listeners.size === 0 && timer !== undefined) stop();
+    };
+  };
+
+  return {
+    /** Each distinct status in turn until `signal` aborts; a slow reader gets only the latest. */
+    async *updates(signal: AbortSignal): AsyncGenerator<ServingStatus> {
+      let next: ServingStatus | undefined;
+      let sent: ServingStatus | undefined;
+      let wake: (() => void) | undefined;
+      const unsubscribe = subscribe((status) => {
+        next = status;
+        wake?.();
+      });
+      const onAbort = () => wake?.();
+      signal.addEventListener('abort', onAbort);
+      try {
+        while (!signal.aborted) {
+          if (next !== undefined && next !== sent) {
+            sent = next;
+            yield sent;
+            continue;
+          }
+          await new Promise<void>((resolve) => (wake = resolve));
+          wake = undefined;
+        }
+      } finally {
+        signal.removeEventListener('abort', onAbort);
+        unsubscribe();
+      }
+    },
+  };
+}
+
+function aborted(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener('abort', () => resolve(), { once: true });
+  });
 }

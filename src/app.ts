@@ -30,6 +30,7 @@ import { createRestApp } from './controllers/rest/rest-app.ts';
 import { createSystemRoutes, type ReadinessCheck } from './controllers/rest/system-routes.ts';
 import { createErrorHandler, notFoundHandler } from './controllers/rest/error-handler.ts';
 import { createConnectRoutes } from './controllers/rpc/connect-routes.ts';
+import type { HealthWatchOptions } from './controllers/rpc/health-service.ts';
 import {
   errorInterceptor,
   rateLimitInterceptor,
@@ -83,6 +84,11 @@ export interface Application {
   audit?: AuditService | undefined;
   /** Background work, in a process that holds the service layer. */
   jobs?: JobRunner | undefined;
+  /**
+   * Ends what would otherwise outlive a graceful shutdown: health watches are told NOT_SERVING
+   * and completed, and health checks answer NOT_SERVING from then on. Call before draining.
+   */
+  drain(): void;
   close(): Promise<void>;
 }
 
@@ -106,6 +112,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
     controller: layer === 'monolithic' || layer === 'controller',
   };
   const closers: (() => Promise<void> | void)[] = [];
+  const draining = new AbortController();
+  const drain = () => draining.abort();
+  const health = { ...config.health, draining: draining.signal };
   const close = async () => {
     for (const closeOne of closers.reverse()) await closeOne();
   };
@@ -239,14 +248,14 @@ export async function createApplication(config: Config, logger: Logger): Promise
           readiness['user-service'] = downstreamReady(userTransport);
         }
       }
-      const facades = await createPublicFacades(config, logger, { auth, users, audit, counters: sharedCounters, readiness });
-      return { ...facades, readiness, database, auth, users, audit, jobs, close };
+      const facades = await createPublicFacades(config, logger, { auth, users, audit, counters: sharedCounters, readiness, health });
+      return { ...facades, readiness, database, auth, users, audit, jobs, drain, close };
     }
 
     // ---- an internal layer process: its API for the layer above, plus /health and /ready.
     const apis: LayerApis = holds.repository ? { repositories } : { auth, users, audit };
     const layerRpc = {
-      routes: createLayerRoutes(apis, readiness, config.health),
+      routes: createLayerRoutes(apis, readiness, health),
       interceptors: [
         layerContextInterceptor(logger),
         ...(config.deployment.internalSecret === undefined ? [] : [internalAuthInterceptor(config.deployment.internalSecret)]),
@@ -262,7 +271,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
     probes.use(createErrorHandler({ logger, exposeInternals: false }));
     const rpcOnly = createRpcNodeHandler(layerRpc);
     const rpcOrProbes = createRpcNodeHandler({ ...layerRpc, fallback: (req, res) => probes(req as IncomingMessage, res as ServerResponse) });
-    return { http: rpcOrProbes, http2: rpcOnly, readiness, database, auth, users, audit, jobs, close };
+    return { http: rpcOrProbes, http2: rpcOnly, readiness, database, auth, users, audit, jobs, drain, close };
   } catch (error) {
     await close();
     throw error;
@@ -273,7 +282,14 @@ export async function createApplication(config: Config, logger: Logger): Promise
 async function createPublicFacades(
   config: Config,
   logger: Logger,
-  deps: { auth: AuthService; users: UserService; audit: AuditService; counters: CounterStore | undefined; readiness: Record<string, ReadinessCheck> },
+  deps: {
+    auth: AuthService;
+    users: UserService;
+    audit: AuditService;
+    counters: CounterStore | undefined;
+    readiness: Record<string, ReadinessCheck>;
+    health: HealthWatchOptions;
+  },
 ): Promise<Pick<Application, 'http' | 'http2' | 'rest'>> {
   const { auth, users, audit, readiness } = deps;
   // One limiter for both facades: a client's budget is the same whichever protocol it uses. If
@@ -307,7 +323,7 @@ async function createPublicFacades(
 
   const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
   const rpcOptions = {
-    routes: createConnectRoutes({ auth, users, audit, readiness, health: config.health }),
+    routes: createConnectRoutes({ auth, users, audit, readiness, health: deps.health }),
     interceptors: [
       requestContextInterceptor(logger),
       errorInterceptor({ logger, exposeInternals }),

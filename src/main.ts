@@ -55,6 +55,8 @@ async function main(): Promise<void> {
       process.exit(1);
     }, config.server.shutdownTimeoutMs);
     force.unref();
+    // Health watches never end by themselves; the drain would wait for them until forced.
+    app.drain();
     void close().then(async () => {
       await app.close();
       logger.info('shutdown complete');

@@ -116,6 +116,8 @@ async function serveLayer(env: Environment): Promise<{ url: string; app: Applica
   const listening = await listenOnLoopback(app, env);
   const closeApp = app.close;
   app.close = async () => {
+    // As src/main.ts shuts down: watches would hold the drain open.
+    app.drain();
     await listening.close();
     await closeApp();
   };
@@ -214,6 +216,8 @@ export async function startTestServer(overrides: Environment = {}): Promise<Test
     port,
     baseUrl: `http://127.0.0.1:${port}`,
     close: async () => {
+      // As src/main.ts shuts down: watches would hold the drain open.
+      t.app.drain();
       await close();
       await t.close();
     },

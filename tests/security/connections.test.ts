@@ -6,16 +6,21 @@
 // each expected close is given generous slack, since a loaded two-core machine delays timers.
 import { Code, ConnectError, createClient } from '@connectrpc/connect';
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from '@connectrpc/connect-node';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { createDualProtocolServer } from '../../src/server.ts';
-import { monolithOf, newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { monolithOf, newUser, startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
 
 /** Slack for a deadline to be seen by the client on a loaded machine. */
 const SLACK_MS = 5_000;
@@ -393,6 +398,62 @@ describe('grpc.health.v1.Health/Watch', () => {
     void watch(overConnect());
     await until('the new watchers to get their status', () => (firstStatus.length === WATCH_MAX + 2 ? true : undefined));
     expect(failures).toHaveLength(2);
+  });
+});
+
+describe('graceful shutdown', () => {
+  it('when node src/main.ts gets SIGTERM with health watches open, then each is told NOT_SERVING and completes, and the process exits 0 at once', async () => {
+    const SHUTDOWN_TIMEOUT_MS = 20_000;
+    const schema = `test_conn_${Date.now()}_${randomBytes(3).toString('hex')}`;
+    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await admin.connect();
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    const url = new URL(TEST_DATABASE_URL);
+    url.searchParams.set('schema', schema);
+    const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
+      env: { ...TEST_ENV, PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DATABASE_URL: url.toString(), SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) },
+    });
+    cleanups.push(() => child.kill('SIGKILL'));
+    try {
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+      const baseUrl = await new Promise<string>((resolve, reject) => {
+        createInterface({ input: child.stdout }).on('line', (line) => {
+          const entry = JSON.parse(line) as { msg?: string; address?: string };
+          if (entry.msg === 'arcana-cloud listening') resolve(`http://${entry.address ?? ''}`);
+        });
+        void exited.then((code) => reject(new Error(`server exited with ${code}`)));
+      });
+      const sessions = new Http2SessionManager(baseUrl);
+      cleanups.push(() => sessions.abort());
+      const clients = [
+        createClient(Health, createGrpcTransport({ baseUrl, sessionManager: sessions })),
+        createClient(Health, createConnectTransport({ baseUrl, httpVersion: '1.1' })),
+      ];
+      const seen: ServingStatus[][] = clients.map(() => []);
+      const watches = clients.map(async (client, index) => {
+        try {
+          for await (const response of client.watch({ service: '' })) seen[index]?.push(response.status);
+          return 'completed';
+        } catch (error) {
+          return Code[ConnectError.from(error).code];
+        }
+      });
+      await until('both watchers to be told SERVING', () => (seen.every((statuses) => statuses.length === 1) ? true : undefined), 30_000);
+
+      const signalledAt = performance.now();
+      child.kill('SIGTERM');
+      expect(await Promise.race([exited, sleep(SHUTDOWN_TIMEOUT_MS).then(() => 'still running')])).toBe(0);
+      expect(performance.now() - signalledAt).toBeLessThan(SHUTDOWN_TIMEOUT_MS / 2);
+      expect(await Promise.all(watches)).toEqual(['completed', 'completed']);
+      expect(seen).toEqual([
+        [ServingStatus.SERVING, ServingStatus.NOT_SERVING],
+        [ServingStatus.SERVING, ServingStatus.NOT_SERVING],
+      ]);
+    } finally {
+      child.kill('SIGKILL');
+      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+      await admin.end();
+    }
   });
 });
 

@@ -8,6 +8,12 @@ export interface HealthWatchOptions {
   watchIntervalMs: number;
   /** Watch streams open at once in this process; beyond it Watch answers resource_exhausted. */
   maxWatches: number;
+  /**
+   * Aborted when the process starts shutting down: from then on the server is NOT_SERVING, and
+   * each open watch is told so and completed, since a graceful drain would otherwise wait for
+   * watches that never end.
+   */
+  draining?: AbortSignal | undefined;
 }
 
 /**
@@ -26,6 +32,7 @@ export function createHealthService(
   // the database), so one status serves them all. Checks run in parallel so that one slow check
   // does not delay the others.
   async function currentStatus(): Promise<ServingStatus> {
+    if (options.draining?.aborted === true) return ServingStatus.NOT_SERVING;
     const results = await Promise.allSettled(Object.values(checks).map((check) => check()));
     return results.every((result) => result.status === 'fulfilled') ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
   }
@@ -51,16 +58,22 @@ export function createHealthService(
         throw new ConnectError(`too many open health watches (at most ${options.maxWatches}); use Check, or watch again later`, Code.ResourceExhausted);
       }
       watching += 1;
+      // The client's signal aborts when it cancels or the deadline passes: the watch is over.
+      const ended = options.draining === undefined ? context.signal : AbortSignal.any([context.signal, options.draining]);
       try {
         if (!known.has(request.service)) {
           // For an unknown name the protocol asks for SERVICE_UNKNOWN on a stream that stays
           // open, not an error: with our fixed list it simply never changes.
           yield { status: ServingStatus.SERVICE_UNKNOWN };
-          await aborted(context.signal);
+          await aborted(ended);
           return;
         }
-        // The signal aborts when the client cancels or the deadline passes: the watch is over.
-        for await (const status of feed.updates(context.signal)) yield { status };
+        let last: ServingStatus | undefined;
+        for await (const status of feed.updates(ended)) {
+          last = status;
+          yield { status };
+        }
+        if (!context.signal.aborted && last !== ServingStatus.NOT_SERVING) yield { status: ServingStatus.NOT_SERVING };
       } finally {
         watching -= 1;
       }

@@ -20,6 +20,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { createDualProtocolServer } from '../../src/server.ts';
+import { apiClients, closeAll } from '../helpers/protocols.ts';
 import { monolithOf, newUser, startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
 
 /** Slack for a deadline to be seen by the client on a loaded machine. */
@@ -484,17 +485,27 @@ describe('legitimate clients under the bounds', () => {
     expect(await watching).toBe(Code[Code.Canceled]);
   });
 
-  it('when the bounds are in place, then a REST call and unary RPCs over gRPC and Connect still succeed', async () => {
-    const user = newUser('conn');
-    const registered = await fetch(`${server.baseUrl}/api/v1/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(user) });
-    expect(registered.status).toBe(201);
-    const sessions = new Http2SessionManager(server.baseUrl);
-    cleanups.push(() => sessions.abort());
-    for (const transport of [createGrpcTransport({ baseUrl: server.baseUrl, sessionManager: sessions }), createConnectTransport({ baseUrl: server.baseUrl, httpVersion: '1.1' })]) {
-      const auth = createClient(AuthService, transport);
-      const login = await auth.login({ usernameOrEmail: user.username, password: user.password });
-      const me = await auth.getCurrentUser({}, { headers: { authorization: `Bearer ${login.tokens?.accessToken ?? ''}` } });
-      expect(me.user?.username).toBe(user.username);
+  it('when the bounds are in place, then every protocol still works, also after the server closed its idle connections', async () => {
+    const clients = apiClients(server.baseUrl);
+    try {
+      const tokens = await Promise.all(
+        clients.map(async (client) => {
+          const user = newUser('conn');
+          expect((await client.register(user)).code, client.protocol).toBe('ok');
+          const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+          expect(login.code, client.protocol).toBe('ok');
+          return { client, user, token: login.data?.tokens.accessToken ?? '' };
+        }),
+      );
+      // Every connection is now past its idle or keep-alive deadline and closed by the server.
+      await sleep(Math.max(IDLE_MS, KEEP_ALIVE_MS + KEEP_ALIVE_BUFFER_MS) + 1_000);
+      for (const { client, user, token } of tokens) {
+        const me = await client.me(token);
+        expect(me.code, client.protocol).toBe('ok');
+        expect(me.data?.username, client.protocol).toBe(user.username);
+      }
+    } finally {
+      closeAll(clients);
     }
   });
 

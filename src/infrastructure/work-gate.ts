@@ -70,7 +70,9 @@ export class WorkGate {
     if (this.#running >= this.#concurrency && this.#queue.length >= this.#maxWaiting) {
       throw new UnavailableError('The server is busy, please retry shortly', undefined, retryAfterSeconds);
     }
-    if (limits.deadline !== undefined && this.#now() + finishMs > limits.deadline) {
+    // Only work that would have to wait is judged by its deadline: a free slot starts it now, and
+    // the average alone (which only moves when work completes) must never shut an idle gate.
+    if (this.#running >= this.#concurrency && limits.deadline !== undefined && this.#now() + finishMs > limits.deadline) {
       throw new UnavailableError('The server is too busy to answer within the deadline, please retry shortly', undefined, retryAfterSeconds);
     }
   }

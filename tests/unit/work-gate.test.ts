@@ -76,3 +76,15 @@ describe('WorkGate', () => {
     await fifth;
   });
 });
+
+describe('WorkGate when idle', () => {
+  it('when the gate is idle, then work starts even if the average says it would miss the deadline', async () => {
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 10, estimateMs: 60_000 });
+    const job = pending();
+    const result = gate.run(job.work, { deadline: Date.now() + 1_000 });
+    await tick();
+    expect(job.started()).toBe(true);
+    job.finish();
+    await result;
+  });
+});

@@ -105,7 +105,7 @@ async function main(settings: BenchSettings): Promise<void> {
     const row: ResultRow = { topology: 'baseline', protocol: 'rest', scenario: 'get-user' };
     try {
       log('starting baseline (node:http + pg)');
-      const server = await startServerProcess({ name: 'baseline', script: join(import.meta.dirname, 'baseline-server.ts'), cwd: root, env: serverEnv('baseline') });
+      const server = await startServerProcess({ name: 'baseline', script: join(import.meta.dirname, 'bare-server.ts'), cwd: root, env: serverEnv('baseline') });
       running = server;
       const job = baselineJob(server.url, seeded, settings);
       row.load = loadOf(job);

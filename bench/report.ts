@@ -80,6 +80,8 @@ export interface StartupRecord {
   /** Target name → timings of each process, restarted in place with the rest of the topology up. */
   restarts: Record<string, StartupTiming[]>;
   pglite: StartupTiming[];
+  /** Why the PGlite timings are missing, when they are. */
+  pgliteError?: string;
   bare: number | null;
 }
 
@@ -248,7 +250,8 @@ export function formatStartup(startup: StartupRecord): string {
     ...startupLines('monolithic on PGlite', startup.pglite),
     ...(startup.bare === null ? [] : [['bare', 'bare', 'first', '1', fixed(startup.bare, 0), '–', '–', '–']]),
   ];
-  return markdown(['target', 'process', 'start', 'runs', '/health ms', '/ready ms', 'worst /ready ms', 'RSS MB at ready'], lines, 3);
+  const table = markdown(['target', 'process', 'start', 'runs', '/health ms', '/ready ms', 'worst /ready ms', 'RSS MB at ready'], lines, 3);
+  return startup.pgliteError === undefined ? table : `${table}\n\nmonolithic on PGlite failed: ${startup.pgliteError.split('\n')[0]}`;
 }
 
 /** Login against the bcrypt ceiling, its refusals, and /health latency meanwhile. */

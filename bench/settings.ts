@@ -87,7 +87,7 @@ export const USAGE = `Usage: npm run bench -- [options]
   --scenarios <a,b>        ${SCENARIOS.join(', ')} (default: all; health is REST only)
   --users <n>              users to register before measuring (default 100; --quick: 30; at least 21)
   --no-bare                skip the bare node:http + pg ceilings
-  --startup-runs <n>       restarts per process timed from spawn to ready (default 3; --quick: 1; 0: none)
+  --startup-runs <n>       restarts per process timed from spawn to ready (default 2; --quick: 1; 0: none)
   --no-pglite              skip timing a monolith on PGlite
   --bcrypt-seconds <s>     how long to measure the bcrypt ceiling (default 5; --quick: 2; 0: skip)
   --soak                   after the first topology's scenarios, hold a fraction of its maximum REST
@@ -167,7 +167,7 @@ export function parseSettings(argv: string[]): BenchSettings | { report: string 
     scenarios: list('scenarios', values.scenarios, SCENARIOS),
     bare: values.bare,
     users: integer('users', values.users, quick ? 30 : 100, 21, 10_000),
-    startupRuns: integer('startup-runs', values['startup-runs'], quick ? 1 : 3, 0, 100),
+    startupRuns: integer('startup-runs', values['startup-runs'], quick ? 1 : 2, 0, 100),
     pglite: values.pglite,
     bcryptSeconds: integer('bcrypt-seconds', values['bcrypt-seconds'], quick ? 2 : 5, 0, 600),
     soak: values.soak,

@@ -39,7 +39,12 @@ export interface Measurement {
   /** Paced runs: the requests per second asked for, and slots given up because no connection was free. */
   targetRate?: number;
   lostSlots?: number;
-  /** h2load: response body bytes and 2xx answers over the whole run, which together tell how many gRPC calls carried a message. */
+  /**
+   * h2load, over the whole run: response body bytes received; 2xx answers completed (in its log);
+   * and requests still in flight when it stopped, whose answers may have begun to arrive.
+   * Together they tell how many gRPC calls returned a message.
+   */
   bodyBytes?: number;
   okWholeRun?: number;
+  inFlightAtEnd?: number;
 }

@@ -58,7 +58,7 @@ export interface ResultRow {
      * counted from the response bytes h2load received (answerBytes each, known from the check
      * before) and compared with the 200s.
      */
-    grpc?: { answerBytes: number; bodyBytes: number; http200: number; callsWithMessage: number; consistent: boolean };
+    grpc?: { answerBytes: number; bodyBytes: number; http200: number; inFlightAtEnd: number; callsWithMessage: number; consistent: boolean };
     /** Lines the server processes logged during the row (they run at LOG_LEVEL=warn), and the first few. */
     serverLogLines: number;
     serverLogSample: string[];
@@ -179,7 +179,7 @@ export function formatTable(rows: ResultRow[]): string {
       const parts = [
         (c?.serverLogLines ?? 0) > 0 ? `${c?.serverLogLines} server log lines, e.g. ${c?.serverLogSample[0]?.slice(0, 200)}` : undefined,
         c?.after?.ok === false ? `the call after the load failed: ${c.after.outcome} ${c.after.detail ?? ''}` : undefined,
-        c?.grpc?.consistent === false ? `only ${c.grpc.callsWithMessage} of ${c.grpc.http200} gRPC answers carried a message` : undefined,
+        c?.grpc?.consistent === false ? `${c.grpc.bodyBytes} response bytes do not fit ${c.grpc.http200} answers of ${c.grpc.answerBytes} (+ ${c.grpc.inFlightAtEnd} cut off)` : undefined,
       ].filter((part) => part !== undefined);
       return `- ${row.target} ${row.protocol} ${row.scenario}: ${parts.join('; ')}`;
     });

@@ -8,7 +8,6 @@ import type { BcryptCeiling } from './bcrypt-ceiling.ts';
 import type { CallCheck } from './check-call.ts';
 import type { LoadTools } from './load-tools.ts';
 import type { Measurement } from './measurement.ts';
-import type { BARE_CEILING } from './scenarios.ts';
 import type { BenchSettings, Protocol, ScenarioName, TopologyName } from './settings.ts';
 import type { SoakResult } from './soak.ts';
 import type { StartupTiming } from './startup-time.ts';
@@ -49,7 +48,7 @@ export interface ResultRow {
   measurement?: Measurement;
   processes?: ProcessUse[];
   /** Against the bare server's ceiling for the same kind of request (BARE_CEILING). */
-  vsBare?: { ceiling: (typeof BARE_CEILING)[ScenarioName]; requestsPerSecond: number | null; p99: number | null };
+  vsBare?: { ceiling: ScenarioName; requestsPerSecond: number | null; p99: number | null };
   checks?: {
     before: CallCheck;
     after?: CallCheck;
@@ -63,6 +62,11 @@ export interface ResultRow {
     serverLogLines: number;
     serverLogSample: string[];
   };
+  /**
+   * The machine's 1-minute load average when the measured run ended. Above the core count, other
+   * work was competing with the servers, and the row says more about the machine than the code.
+   */
+  loadAverage?: number;
   /** Login rows: /health of the same process, measured by a light paced load during the measured window. */
   healthDuringLogin?: Measurement;
   error?: string;
@@ -102,6 +106,8 @@ export interface BenchRecord {
   deployments: Record<string, string[]>;
   seed: { users: number; seconds: number | undefined; via: string | undefined };
   scenarios: Record<string, string>;
+  /** os.loadavg() when the run ended; the machine's load at the start is in `machine`. */
+  loadAverageAtEnd: number[];
   bcryptCeiling: BcryptCeiling | null;
   startup: StartupRecord;
   results: ResultRow[];
@@ -145,13 +151,14 @@ function markdown(header: string[], lines: string[][], numericFrom: number): str
 
 /**
  * Every row: rate, latency, errors, the ratios to the bare ceiling, CPU milliseconds per request
- * (servers summed; the load generator's own), and the servers' RSS after the run.
+ * (servers summed; the load generator's own), the servers' RSS after the run, and the machine's
+ * load average then.
  */
 export function formatTable(rows: ResultRow[]): string {
-  const header = ['target', 'protocol', 'scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', '× bare', 'p99 × bare', 'server CPU ms/req', 'per process', 'load gen CPU ms/req', 'RSS MB'];
+  const header = ['target', 'protocol', 'scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', '× bare', 'p99 × bare', 'server CPU ms/req', 'per process', 'load gen CPU ms/req', 'RSS MB', 'load avg'];
   const lines = rows.map((row) => {
     const m = row.measurement;
-    if (m === undefined) return [row.target, row.protocol, row.scenario, 'failed', '', '', '', '', '', '', '', '', ''];
+    if (m === undefined) return [row.target, row.protocol, row.scenario, 'failed', '', '', '', '', '', '', '', '', '', ''];
     const servers = (row.processes ?? []).filter((p) => p.role === 'server');
     return [
       row.target,
@@ -167,6 +174,7 @@ export function formatTable(rows: ResultRow[]): string {
       servers.length < 2 ? '' : servers.map((p) => `${p.name} ${fixed(p.cpuSecondsPerRequest === null ? null : p.cpuSecondsPerRequest * 1000, 3)}`).join(', '),
       fixed(generatorCpuMs(row), 3),
       fixed(serverRssMb(row), 0),
+      fixed(row.loadAverage, 1),
     ];
   });
   const notes = rows

@@ -4,7 +4,7 @@
 // at a time; the servers use a fresh PostgreSQL schema (and Redis key prefix) removed at the end.
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
@@ -221,14 +221,15 @@ async function main(settings: BenchSettings): Promise<void> {
             workDir,
             `${subject.target}-${protocol}-${scenario}`,
           );
+    // Whatever the servers log from here to the check after the load belongs to this row.
+    subject.log.lines = 0;
+    subject.log.sample = [];
     try {
       if (!login && settings.warmupSeconds > 0) {
         await run(settings.warmupSeconds, 0);
         await waitForIdle(subject.processes(), { maxSeconds: 5 });
       }
       const servers = subject.processes();
-      subject.log.lines = 0;
-      subject.log.sample = [];
       // CPU is read when the measured part starts and ends: for login, timers inside the run.
       const warmupInside = login ? settings.warmupSeconds : 0;
       let cpuBefore: Record<string, number | undefined> = {};
@@ -247,7 +248,7 @@ async function main(settings: BenchSettings): Promise<void> {
         if (login) {
           timers.push(setTimeout(() => (cpuAfter = cpuSnapshot(servers)), (warmupInside + durationSeconds) * 1000));
           // The probe starts after the warm-up and ends before the login run, inside its window.
-          probe = sleep(warmupInside * 1000 + 500 - (performance.now() - spawnedAt)).then(() =>
+          const started = sleep(warmupInside * 1000 + 500 - (performance.now() - spawnedAt)).then(() =>
             runWrk(
               {
                 baseUrl: subject.baseUrl,
@@ -262,15 +263,19 @@ async function main(settings: BenchSettings): Promise<void> {
               `${subject.target}-health-probe`,
             ),
           );
+          // Awaited after the login run; if that run fails first, the probe's outcome is moot.
+          started.catch(() => undefined);
+          probe = started;
         }
       };
       const measurement = await run(durationSeconds, warmupInside, onSpawn);
+      row.loadAverage = loadavg()[0];
       for (const timer of timers) clearTimeout(timer);
       cpuAfter ??= cpuSnapshot(servers);
       const windowSeconds = (performance.now() - windowStart) / 1000;
       const probed = probe === undefined ? undefined : await probe;
       row.measurement = measurement;
-      row.checks = { before, serverLogLines: subject.log.lines, serverLogSample: [...subject.log.sample] };
+      row.checks = { before, serverLogLines: 0, serverLogSample: [] };
       if (probed !== undefined) row.healthDuringLogin = probed;
       const processes: ProcessUse[] = servers.map((server) => {
         const used = cpuAfter?.[server.name] === undefined || cpuBefore[server.name] === undefined ? null : (cpuAfter[server.name] as number) - (cpuBefore[server.name] as number);
@@ -306,6 +311,8 @@ async function main(settings: BenchSettings): Promise<void> {
     await waitForIdle(subject.processes(), { maxSeconds: login ? 30 : 5 });
     if (row.checks !== undefined) {
       row.checks.after = await checkCall(plan, subject.baseUrl, timeoutMs);
+      row.checks.serverLogLines = subject.log.lines;
+      row.checks.serverLogSample = [...subject.log.sample];
       if (plan.generator === 'h2load' && plan.format === 'grpc') checkGrpcAnswers(row, before, row.checks.after);
     }
     log(`  ${subject.target} ${protocol} ${scenario}: ${describe(row)}`);
@@ -481,6 +488,7 @@ async function main(settings: BenchSettings): Promise<void> {
       deployments,
       seed: { users: settings.users, seconds: seedSeconds, via: targets[0]?.name },
       scenarios: Object.fromEntries(settings.scenarios.map((scenario) => [scenario, SCENARIO_TITLES[scenario]])),
+      loadAverageAtEnd: loadavg(),
       bcryptCeiling,
       startup,
       results: rows,

@@ -1,8 +1,9 @@
 // The soak: a steady fraction of the measured maximum rate for minutes, with every server
 // process's RSS sampled on the way, to show whether memory stays flat under sustained load.
-// wrk paces the requests itself (see the schedule in bench/wrk-load.lua); h2load's --rps was
-// not used because it releases every connection's requests on the same timer tick, in bursts of
-// one per connection, which is a different load from a steady stream at the same average.
+// wrk paces the requests itself (see the schedule in bench/wrk-load.lua). h2load's --rps was
+// not used: it paces each connection on a timer of its own, and the connections' requests go out
+// in clumps (50 connections at 1,000 requests/s: groups of about 20 within 2 ms, every ~20 ms),
+// a different load from an even stream at the same average.
 import type { Measurement } from './measurement.ts';
 import { processCpuSeconds, processRssBytes, type NamedProcess } from './process-stats.ts';
 import type { HttpRequestSpec } from './scenarios.ts';

@@ -181,11 +181,12 @@ export function formatTable(rows: ResultRow[]): string {
     .filter((row) => row.error !== undefined)
     .map((row) => `- ${row.target} ${row.protocol} ${row.scenario}: ${row.error?.split('\n')[0]?.slice(0, 300)}`);
   const warnings = rows
-    .filter((row) => (row.checks?.serverLogLines ?? 0) > 0 || row.checks?.after?.ok === false || row.checks?.grpc?.consistent === false)
+    .filter((row) => (row.checks?.serverLogLines ?? 0) > 0 || row.checks?.before.ok === false || row.checks?.after?.ok === false || row.checks?.grpc?.consistent === false)
     .map((row) => {
       const c = row.checks;
       const parts = [
         (c?.serverLogLines ?? 0) > 0 ? `${c?.serverLogLines} server log lines, e.g. ${c?.serverLogSample[0]?.slice(0, 200)}` : undefined,
+        c?.before.ok === false ? `the call before the load was refused: ${c.before.outcome} ${c.before.detail ?? ''}` : undefined,
         c?.after?.ok === false ? `the call after the load failed: ${c.after.outcome} ${c.after.detail ?? ''}` : undefined,
         c?.grpc?.consistent === false ? `${c.grpc.bodyBytes} response bytes do not fit ${c.grpc.http200} answers of ${c.grpc.answerBytes} (+ ${c.grpc.inFlightAtEnd} cut off)` : undefined,
       ].filter((part) => part !== undefined);

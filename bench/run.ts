@@ -78,6 +78,7 @@ function describe(row: ResultRow): string {
     `${errors.length > 0 ? `, errors ${JSON.stringify(Object.fromEntries(errors))} statuses ${JSON.stringify(m.statuses)}` : ''}; CPU ${cpu}` +
     `${probe === undefined || probe === null ? '' : `; /health meanwhile p99 ${probe.p99.toFixed(1)} ms`}` +
     `${(row.checks?.serverLogLines ?? 0) > 0 ? `; ${row.checks?.serverLogLines} server log lines` : ''}` +
+    `${row.checks?.before.ok === false ? `; the call before the load was refused: ${row.checks.before.outcome}` : ''}` +
     `${row.checks?.after?.ok === false ? `; the call after the load failed: ${row.checks.after.outcome}` : ''}` +
     `${row.checks?.grpc?.consistent === false ? `; ${row.checks.grpc.bodyBytes} gRPC response bytes do not fit ${row.checks.grpc.http200} answers of ${row.checks.grpc.answerBytes}` : ''}`
   );
@@ -186,7 +187,9 @@ async function main(settings: BenchSettings): Promise<void> {
     rows.push(row);
     const timeoutMs = settings.timeoutSeconds * 1000;
     const before = await checkCall(plan, subject.baseUrl, timeoutMs);
-    if (!before.ok) {
+    // A server that sheds load (503, unavailable) is measured doing so; any other failure means
+    // the plan is wrong (a token, a route) and fast errors would be measured instead of the API.
+    if (!before.ok && before.outcome !== '503' && before.outcome !== 'unavailable') {
       row.error = `the call before the load failed: ${before.outcome} ${before.detail ?? ''}`;
       log(`  ${subject.target} ${protocol} ${scenario}: ${row.error}`);
       return row;
@@ -524,14 +527,14 @@ async function main(settings: BenchSettings): Promise<void> {
  */
 function checkGrpcAnswers(row: ResultRow, before: CallCheck, after: CallCheck | undefined): void {
   const m = row.measurement;
-  if (m === undefined || row.checks === undefined || before.answerBytes === undefined || m.bodyBytes === undefined || m.okWholeRun === undefined) return;
-  const sizes = [before.answerBytes, after?.answerBytes ?? before.answerBytes];
+  const sizes = [before.answerBytes, after?.answerBytes].filter((size) => size !== undefined);
+  if (m === undefined || row.checks === undefined || sizes.length === 0 || m.bodyBytes === undefined || m.okWholeRun === undefined) return;
   const fewest = m.bodyBytes / Math.max(...sizes);
   const most = m.bodyBytes / Math.min(...sizes);
   const tolerance = Math.max(1, 0.005 * m.okWholeRun);
   const consistent = most >= m.okWholeRun - tolerance && fewest <= m.okWholeRun + (m.inFlightAtEnd ?? 0) + tolerance;
   row.checks.grpc = {
-    answerBytes: before.answerBytes,
+    answerBytes: sizes[0] as number,
     bodyBytes: m.bodyBytes,
     http200: m.okWholeRun,
     inFlightAtEnd: m.inFlightAtEnd ?? 0,

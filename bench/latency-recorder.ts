@@ -1,8 +1,6 @@
-// Exact per-request latencies, kept in a growable Float64Array. autocannon's own histogram stores
-// whole milliseconds, which flattens the sub-millisecond differences this benchmark is about, and
-// the gRPC loop has no histogram at all; recording every sample the same way for both keeps their
-// numbers comparable.
-import type { LatencySummary } from './load-job.ts';
+// Exact per-request latencies, kept in a growable Float64Array: h2load reports only the mean and
+// spread of its request times, so the percentiles are computed from its per-request log.
+import type { LatencySummary } from './measurement.ts';
 
 export class LatencyRecorder {
   #samples = new Float64Array(1 << 16);

@@ -1,4 +1,4 @@
-// Starting and stopping the one server process the benchmark drives itself: the bare baseline
+// Starting and stopping the one server process the benchmark drives itself: the bare server
 // (the topologies are started by scripts/topology.ts).
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
@@ -9,6 +9,8 @@ export interface ServerProcess {
   /** e.g. http://127.0.0.1:41234 */
   url: string;
   pid: number | undefined;
+  /** Milliseconds from spawn to the first 200 on GET /health. */
+  startupMs: number;
   /** SIGTERM, then SIGKILL if the process has not exited within the grace period. */
   stop(): Promise<void>;
 }
@@ -40,6 +42,7 @@ export async function startServerProcess(options: {
 }): Promise<ServerProcess> {
   const port = await findFreePort();
   const url = `http://127.0.0.1:${port}`;
+  const spawnedAt = performance.now();
   const child = spawn(process.execPath, [options.script], {
     cwd: options.cwd,
     env: { ...options.env, PORT: String(port), HOST: '127.0.0.1' },
@@ -73,11 +76,11 @@ export async function startServerProcess(options: {
     try {
       const response = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2_000) });
       await response.body?.cancel();
-      if (response.ok) return { name: options.name, url, pid: child.pid, stop };
+      if (response.ok) return { name: options.name, url, pid: child.pid, startupMs: performance.now() - spawnedAt, stop };
     } catch {
       // Not listening yet.
     }
-    await sleep(200);
+    await sleep(10);
   }
   await stop();
   throw new Error(`${options.name} did not answer GET /health within the start-up timeout:\n${tail.join('\n')}`);

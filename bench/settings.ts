@@ -5,29 +5,62 @@ import { TOPOLOGIES, type TopologyName } from '../scripts/topology.ts';
 
 export type { TopologyName };
 
-/** How the load reaches the controller (or monolith): REST, Connect JSON over HTTP/1.1, or gRPC over h2c. */
-export const PROTOCOLS = ['rest', 'connect', 'grpc'] as const;
+/**
+ * How the load reaches the controller (or monolith): REST and Connect JSON over HTTP/1.1 (wrk),
+ * gRPC and Connect JSON over cleartext HTTP/2 (h2load).
+ */
+export const PROTOCOLS = ['rest', 'connect', 'grpc', 'connect-h2c'] as const;
 export type Protocol = (typeof PROTOCOLS)[number];
 
-export const SCENARIOS = ['get-user', 'me', 'list-users', 'login'] as const;
+/** Login comes last: the bcrypt work it leaves queued would otherwise run into the next scenario. */
+export const SCENARIOS = ['get-user', 'me', 'list-users', 'health', 'login'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
+/**
+ * Extra environment for every server process of a topology, measured as rows of their own
+ * (`monolithic+metrics`), e.g. a feature switched on. The topology without overrides is always
+ * measured too, as the variant `default`.
+ */
+export interface Variant {
+  name: string;
+  env: Record<string, string>;
+}
+
 export interface BenchSettings {
+  /** Measured seconds per scenario (wrk takes whole seconds). */
   durationSeconds: number;
-  loginDurationSeconds: number;
+  /** Unmeasured load before each measurement. */
   warmupSeconds: number;
+  loginDurationSeconds: number;
+  /** Concurrent requests: HTTP/1.1 connections, or HTTP/2 streams over `h2Connections`. */
   connections: number;
   loginConnections: number;
+  /** HTTP/2 connections h2load opens; the concurrent requests are spread over them as streams. */
+  h2Connections: number;
+  /** wrk threads; each is one event loop, and one is enough to outrun one Node process. */
+  wrkThreads: number;
+  /** A request unanswered this long is counted as a timeout. */
   timeoutSeconds: number;
-  /** Cap on requests in one measured run, so every run is bounded in count as well as time. */
-  maxRequests: number;
-  /** Pause between runs, so background work one run caused (audit jobs, GC) does not land in the next. */
-  settleSeconds: number;
+  /** Requests per second of the /health probe that runs during every login measurement. */
+  probeRate: number;
   topologies: TopologyName[];
+  variants: Variant[];
   protocols: Protocol[];
   scenarios: ScenarioName[];
-  baseline: boolean;
+  /** Measure the bare node:http + pg ceilings. */
+  bare: boolean;
   users: number;
+  /** Restarts of every process of a topology, timed from spawn to ready; 0 skips them. */
+  startupRuns: number;
+  /** Time a monolith on the embedded PGlite database too (first and second start). */
+  pglite: boolean;
+  /** How long the bcrypt ceiling is measured; 0 skips it. */
+  bcryptSeconds: number;
+  soak: boolean;
+  soakSeconds: number;
+  /** Fraction of the measured maximum rate of REST GET user by id that the soak holds. */
+  soakLoad: number;
+  soakSampleSeconds: number;
   quick: boolean;
   databaseUrl: string;
   /** Redis for every server process, or undefined to run them with in-process cache and counters. */
@@ -36,21 +69,36 @@ export interface BenchSettings {
 
 export const USAGE = `Usage: npm run bench -- [options]
 
+  --quick                  short smoke run (2 s per scenario, 30 users, one start-up run)
   --duration <s>           measured seconds per scenario (default 10; --quick: 2)
-  --login-duration <s>     measured seconds for login, which bcrypt makes slow (default 5; --quick: 2)
   --warmup <s>             unmeasured load before each measurement (default 2; --quick: 1)
-  --connections <n>        concurrent requests: HTTP/1.1 connections or in-flight gRPC calls (default 50)
-  --login-connections <n>  concurrency for login (default 8: bcrypt saturates the cores long before)
-  --timeout <s>            a request unanswered this long is an error (default 10)
+  --login-duration <s>     measured seconds of login (default 10; --quick: 2)
+  --connections <n>        concurrent requests: HTTP/1.1 connections, or HTTP/2 streams (default 50)
+  --login-connections <n>  concurrent logins (default 50)
+  --h2-connections <n>     HTTP/2 connections the streams are spread over (default 1, as a gRPC
+                           client multiplexes its calls)
+  --wrk-threads <n>        wrk threads (default 1)
+  --timeout <s>            a request unanswered this long is a timeout (default 30)
+  --probe-rate <n>         /health requests per second during login (default 20)
   --topologies <a,b>       ${TOPOLOGIES.join(', ')} (default: all)
+  --variant <name:K=V,…>   also measure every topology with this extra environment, as rows
+                           <topology>+<name>; repeatable (e.g. --variant metrics:METRICS_ENABLED=true)
   --protocols <a,b>        ${PROTOCOLS.join(', ')} (default: all)
-  --scenarios <a,b>        ${SCENARIOS.join(', ')} (default: all)
-  --users <n>              users to register before measuring (default 100, at least 21)
-  --no-baseline            skip the bare node:http + pg baseline
-  --quick                  short smoke run
+  --scenarios <a,b>        ${SCENARIOS.join(', ')} (default: all; health is REST only)
+  --users <n>              users to register before measuring (default 100; --quick: 30; at least 21)
+  --no-bare                skip the bare node:http + pg ceilings
+  --startup-runs <n>       restarts per process timed from spawn to ready (default 2; --quick: 1; 0: none)
+  --no-pglite              skip timing a monolith on PGlite
+  --bcrypt-seconds <s>     how long to measure the bcrypt ceiling (default 5; --quick: 2; 0: skip)
+  --soak                   after the first topology's scenarios, hold a fraction of its maximum REST
+                           GET user by id rate and record RSS over time
+  --soak-duration <s>      (default 300; --quick: 20)
+  --soak-load <fraction>   (default 0.8)
+  --soak-sample <s>        RSS sampling interval (default 5; --quick: 2)
   --database-url <url>     PostgreSQL server (default postgresql://postgres@127.0.0.1:5432/test);
                            a fresh schema is created in it and dropped at the end
   --redis-url <url|off>    Redis for the servers (default redis://127.0.0.1:6379); off = in-process
+  --report <file>          print the tables of a results file instead of measuring
   --help                   this text
 `;
 
@@ -59,47 +107,73 @@ export class UsageError extends Error {
 }
 
 /** Parses the command line; throws UsageError with a message naming the bad option. */
-export function parseSettings(argv: string[]): BenchSettings | 'help' {
+export function parseSettings(argv: string[]): BenchSettings | { report: string } | 'help' {
   const { values } = parseArgs({
     args: argv,
     allowNegative: true,
     strict: true,
     options: {
       duration: { type: 'string' },
-      'login-duration': { type: 'string' },
       warmup: { type: 'string' },
+      'login-duration': { type: 'string' },
       connections: { type: 'string' },
       'login-connections': { type: 'string' },
+      'h2-connections': { type: 'string' },
+      'wrk-threads': { type: 'string' },
       timeout: { type: 'string' },
+      'probe-rate': { type: 'string' },
       topologies: { type: 'string' },
+      variant: { type: 'string', multiple: true },
       protocols: { type: 'string' },
       scenarios: { type: 'string' },
       users: { type: 'string' },
-      baseline: { type: 'boolean', default: true },
+      bare: { type: 'boolean', default: true },
+      'startup-runs': { type: 'string' },
+      pglite: { type: 'boolean', default: true },
+      'bcrypt-seconds': { type: 'string' },
+      soak: { type: 'boolean', default: false },
+      'soak-duration': { type: 'string' },
+      'soak-load': { type: 'string' },
+      'soak-sample': { type: 'string' },
       quick: { type: 'boolean', default: false },
       'database-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/test' },
       'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
+      report: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
   if (values.help) return 'help';
+  if (values.report !== undefined) return { report: values.report };
   const quick = values.quick;
   const connections = integer('connections', values.connections, 50, 1, 1000);
+  const h2Connections = integer('h2-connections', values['h2-connections'], 1, 1, connections);
+  if (connections % h2Connections !== 0) throw new UsageError(`--connections (${connections}) must be a multiple of --h2-connections (${h2Connections})`);
+  const loginConnections = integer('login-connections', values['login-connections'], 50, 1, 1000);
+  if (loginConnections % h2Connections !== 0) throw new UsageError(`--login-connections (${loginConnections}) must be a multiple of --h2-connections (${h2Connections})`);
   const redis = values['redis-url'];
   return {
-    durationSeconds: number('duration', values.duration, quick ? 2 : 10, 0.5, 600),
-    loginDurationSeconds: number('login-duration', values['login-duration'], quick ? 2 : 5, 0.5, 600),
-    warmupSeconds: number('warmup', values.warmup, quick ? 1 : 2, 0, 60),
+    durationSeconds: integer('duration', values.duration, quick ? 2 : 10, 1, 3600),
+    warmupSeconds: integer('warmup', values.warmup, quick ? 1 : 2, 0, 600),
+    loginDurationSeconds: integer('login-duration', values['login-duration'], quick ? 2 : 10, 2, 3600),
     connections,
-    loginConnections: integer('login-connections', values['login-connections'], Math.min(8, connections), 1, 1000),
-    timeoutSeconds: number('timeout', values.timeout, 10, 1, 120),
-    maxRequests: 5_000_000,
-    settleSeconds: quick ? 0.5 : 1,
+    loginConnections,
+    h2Connections,
+    wrkThreads: integer('wrk-threads', values['wrk-threads'], 1, 1, 64),
+    timeoutSeconds: integer('timeout', values.timeout, 30, 1, 600),
+    probeRate: number('probe-rate', values['probe-rate'], 20, 1, 1000),
     topologies: list('topologies', values.topologies, TOPOLOGIES),
+    variants: (values.variant ?? []).map(variant),
     protocols: list('protocols', values.protocols, PROTOCOLS),
     scenarios: list('scenarios', values.scenarios, SCENARIOS),
-    baseline: values.baseline,
-    users: integer('users', values.users, 100, 21, 10_000),
+    bare: values.bare,
+    users: integer('users', values.users, quick ? 30 : 100, 21, 10_000),
+    startupRuns: integer('startup-runs', values['startup-runs'], quick ? 1 : 2, 0, 100),
+    pglite: values.pglite,
+    bcryptSeconds: integer('bcrypt-seconds', values['bcrypt-seconds'], quick ? 2 : 5, 0, 600),
+    soak: values.soak,
+    soakSeconds: integer('soak-duration', values['soak-duration'], quick ? 20 : 300, 5, 24 * 3600),
+    soakLoad: number('soak-load', values['soak-load'], 0.8, 0.01, 1),
+    soakSampleSeconds: number('soak-sample', values['soak-sample'], quick ? 2 : 5, 0.5, 600),
     quick,
     databaseUrl: values['database-url'],
     redisUrl: redis === 'off' ? undefined : redis,
@@ -128,4 +202,21 @@ function list<T extends string>(name: string, raw: string | undefined, allowed: 
     throw new UsageError(`--${name} takes a comma-separated list of ${allowed.join(', ')}; unknown: ${unknown.join(', ') || '(empty)'}`);
   }
   return allowed.filter((item) => wanted.includes(item));
+}
+
+/** `name:KEY=VALUE,KEY=VALUE` → a Variant. */
+function variant(raw: string): Variant {
+  const colon = raw.indexOf(':');
+  const name = colon < 0 ? raw : raw.slice(0, colon);
+  if (!/^[a-z0-9][a-z0-9-]{0,30}$/.test(name) || name === 'default') {
+    throw new UsageError(`--variant needs a name of lower-case letters, digits and dashes other than "default", not "${name}"`);
+  }
+  const env: Record<string, string> = {};
+  for (const pair of colon < 0 ? [] : raw.slice(colon + 1).split(',')) {
+    const match = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(pair.trim());
+    if (match === null) throw new UsageError(`--variant ${name}: "${pair}" is not KEY=VALUE`);
+    env[match[1] as string] = match[2] as string;
+  }
+  if (Object.keys(env).length === 0) throw new UsageError(`--variant ${name} sets no variables: use name:KEY=VALUE[,KEY=VALUE]`);
+  return { name, env };
 }

@@ -33,7 +33,7 @@ import { createConnectRoutes } from './controllers/rpc/connect-routes.ts';
 import type { HealthWatchOptions } from './controllers/rpc/health-service.ts';
 import {
   errorInterceptor,
-  rateLimitInterceptor,
+  rateLimitGate,
   requestContextInterceptor,
   validationInterceptor,
 } from './controllers/rpc/interceptors.ts';
@@ -263,6 +263,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
       ],
       // Pages of rows are larger than public requests; this is a trusted peer, not a client.
       readMaxBytes: 16 * 1024 * 1024,
+      logger,
     };
     const probes = express();
     probes.disable('x-powered-by');
@@ -327,11 +328,14 @@ async function createPublicFacades(
     interceptors: [
       requestContextInterceptor(logger),
       errorInterceptor({ logger, exposeInternals }),
-      ...(rateLimiter === undefined ? [] : [rateLimitInterceptor(rateLimiter)]),
       validationInterceptor(new RequestValidator(openapi)),
     ],
     contextValues: createContextValuesFor(resolveClient),
     readMaxBytes: config.server.bodyLimitBytes,
+    // Before the body is read or decoded: see rpc-node-handler.ts.
+    admit: rateLimiter === undefined ? undefined : rateLimitGate(rateLimiter),
+    strictJson: true,
+    logger,
   };
   // Over HTTP/1.1 whatever is not an RPC path falls through to the REST app. This adapter only
   // ever sees HTTP/1.1 requests (see `http` below), hence the narrowing casts.

@@ -823,7 +823,8 @@ describe('raw Connect requests', () => {
     }
   });
 
-  // @connectrpc/connect labels these `internal`; src/controllers/rpc/rpc-node-handler.ts relabels them.
+  // @connectrpc/connect labels these `internal`; the gate in src/controllers/rpc/rpc-node-handler.ts
+  // decodes them first and answers invalid_argument.
   it('when a binary body is truncated or garbage, then invalid_argument, never internal', async () => {
     const cases: [string, Uint8Array][] = [
       ['arcana.auth.v1.AuthService/Login', new Uint8Array([0x0a, 0x05, 0x41])],

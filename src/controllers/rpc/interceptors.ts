@@ -1,6 +1,6 @@
 // Cross-cutting RPC behaviour, mirroring the REST middleware: request ids and logs, error
-// translation, rate limiting and request validation.
-import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
+// translation and request validation; and the rate limit, which runs just before them.
+import { Code, ConnectError, type HandlerContext, type Interceptor } from '@connectrpc/connect';
 import { create, type DescMessage } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
@@ -92,7 +92,8 @@ export function errorInterceptor(options: { logger: Logger; exposeInternals: boo
   };
 }
 
-function toConnectError(error: AppError, input: DescMessage): ConnectError {
+/** A domain error as the Connect error clients see; also used by the gate in front of the interceptors. */
+export function toConnectError(error: AppError, input: DescMessage): ConnectError {
   const details = [];
   if (error.details !== undefined) {
     // The services name fields as JSON does (newPassword); RPC clients know them by their proto
@@ -116,12 +117,15 @@ function toConnectError(error: AppError, input: DescMessage): ConnectError {
   return new ConnectError(error.message, CONNECT_CODE[error.code], metadata, details, error);
 }
 
-/** The same per-client budget as REST: one limiter, one key per client address. */
-export function rateLimitInterceptor(limiter: RateLimiter): Interceptor {
-  return (next) => async (req) => {
-    const decision = await limiter.consume(`ip:${addressKey(req.contextValues.get(clientKey).ipAddress)}`);
+/**
+ * The same per-client budget as REST: one limiter, one key per client address. It runs in the
+ * gate before a call's body is read (see rpc-node-handler.ts), not as an interceptor, so that a
+ * request connect-es could not decode is counted too, and a refused client costs no decoding.
+ */
+export function rateLimitGate(limiter: RateLimiter): (context: HandlerContext) => Promise<void> {
+  return async (context) => {
+    const decision = await limiter.consume(`ip:${addressKey(context.values.get(clientKey).ipAddress)}`);
     if (!decision.allowed) throw new RateLimitedError(decision.resetSeconds);
-    return next(req);
   };
 }
 

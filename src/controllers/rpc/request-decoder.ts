@@ -1,0 +1,271 @@
+// Decodes an RPC's request body exactly as @connectrpc/connect is about to, but first, so that what
+// connect-es cannot decode is answered as the client's mistake. connect-es reads, decompresses and
+// parses a request before any interceptor runs, and labels several of those failures `internal`:
+// a binary message that does not parse ("parse binary: …"), a gzip or brotli body cut short, a
+// compressed gRPC message without an encoding, a Connect GET message that is not base64. Those
+// calls were then neither logged nor rate limited, and looked like server faults.
+//
+// The pieces are connect-es's own (content-type parsing, compression negotiation, envelope
+// splitting, the method's serializers built from the same options), so a body this decoder
+// accepts is one connect-es accepts; its verdicts differ only in the code and message.
+// Only calls with a single request message (unary and server-streaming) are decoded here; the
+// bytes read are handed on to connect-es unchanged.
+import { type BinaryReadOptions, type DescEnum, type DescMessage, type DescMethod, type JsonReadOptions } from '@bufbuild/protobuf';
+import { isFieldError } from '@bufbuild/protobuf/reflect';
+import { base64Decode } from '@bufbuild/protobuf/wire';
+import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
+import {
+  compressedFlag,
+  compressionNegotiate,
+  createAsyncIterable,
+  createMethodSerializationLookup,
+  pipe,
+  transformSplitEnvelope,
+  type Compression,
+  type MethodSerializationLookup as GenericSerializationLookup,
+} from '@connectrpc/connect/protocol';
+import {
+  endStreamFlag,
+  headerStreamAcceptEncoding,
+  headerStreamEncoding,
+  headerUnaryAcceptEncoding,
+  headerUnaryContentLength,
+  headerUnaryEncoding,
+  parseContentType as parseConnectContentType,
+} from '@connectrpc/connect/protocol-connect';
+import {
+  headerAcceptEncoding as headerGrpcAcceptEncoding,
+  headerEncoding as headerGrpcEncoding,
+  parseContentType as parseGrpcContentType,
+} from '@connectrpc/connect/protocol-grpc';
+import { parseContentType as parseGrpcWebContentType } from '@connectrpc/connect/protocol-grpc-web';
+import { isUtf8 } from 'node:buffer';
+import { ValidationError, type FieldErrors } from '../../domain/errors.ts';
+
+type MethodSerializationLookup = GenericSerializationLookup<DescMessage, DescMessage>;
+
+export interface RequestDecoderOptions {
+  readMaxBytes: number;
+  acceptCompression: Compression[];
+  jsonOptions?: Partial<JsonReadOptions> | undefined;
+  binaryOptions?: Partial<BinaryReadOptions> | undefined;
+}
+
+/** The raw request body, read at most once. */
+export type ReadBody = (maxBytes: number, lengthHint: string | null) => Promise<Uint8Array>;
+
+/** Errors connect-es raises with a code that already says what happened; they pass unchanged. */
+const PASS_THROUGH = new Set([Code.InvalidArgument, Code.ResourceExhausted, Code.Unimplemented, Code.Canceled, Code.Aborted, Code.DeadlineExceeded]);
+
+const ENVELOPE_HEADER_BYTES = 5;
+
+/** Throws what the client should be told when connect-es would fail to decode this call's request. */
+export type RequestDecoder = (context: HandlerContext, readBody: ReadBody) => Promise<void>;
+
+export function createRequestDecoder(options: RequestDecoderOptions): RequestDecoder {
+  const serializations = new WeakMap<DescMethod, MethodSerializationLookup>();
+  const serializationOf = (method: DescMethod) => {
+    let lookup = serializations.get(method);
+    if (lookup === undefined) {
+      lookup = createMethodSerializationLookup(method, options.binaryOptions, options.jsonOptions, {
+        readMaxBytes: options.readMaxBytes,
+        writeMaxBytes: options.readMaxBytes,
+      });
+      serializations.set(method, lookup);
+    }
+    return lookup;
+  };
+
+  const parse = (method: DescMethod, binary: boolean, bytes: Uint8Array) => {
+    if (binary) parseBinary(serializationOf(method), bytes);
+    else parseJson(method.input, serializationOf(method), bytes);
+  };
+
+  const decompress = async (compression: Compression | null, bytes: Uint8Array): Promise<Uint8Array> => {
+    if (compression === null) return bytes;
+    try {
+      return await compression.decompress(bytes, options.readMaxBytes);
+    } catch (error) {
+      if (error instanceof ConnectError && error.code === Code.ResourceExhausted) throw error;
+      throw new ValidationError(`Request body could not be decompressed (${compression.name})`);
+    }
+  };
+
+  const negotiate = (requested: string | null, acceptHeader: string) => {
+    const negotiated = compressionNegotiate(options.acceptCompression, requested, null, acceptHeader);
+    // An encoding this server does not speak: connect-es answers `unimplemented`, as the
+    // protocols require.
+    if (negotiated.error !== undefined) throw negotiated.error;
+    return negotiated.request;
+  };
+
+  return async (context, readBody) => {
+    const { method } = context;
+    if (method.methodKind !== 'unary' && method.methodKind !== 'server_streaming') return;
+    const read = async (maxBytes: number, lengthHint: string | null) => {
+      try {
+        return await readBody(maxBytes, lengthHint);
+      } catch (error) {
+        if (error instanceof ConnectError && PASS_THROUGH.has(error.code)) throw error;
+        // The connection failed (the client went away): nothing the server did wrong.
+        throw new ConnectError('request body could not be read', Code.Aborted, undefined, undefined, error);
+      }
+    };
+    if (context.protocolName === 'connect' && method.methodKind === 'unary') {
+      if (context.requestMethod === 'GET') {
+        const query = new URL(context.url).searchParams;
+        const message = query.get('message') ?? '';
+        const compression = negotiate(query.get('compression'), headerUnaryAcceptEncoding);
+        let bytes: Uint8Array;
+        if (query.get('base64') === '1') {
+          try {
+            bytes = base64Decode(message);
+          } catch {
+            throw new ValidationError('The message query parameter is not valid base64');
+          }
+        } else {
+          bytes = new TextEncoder().encode(message);
+        }
+        parse(method, query.get('encoding') === 'proto', await decompress(compression, bytes));
+        return;
+      }
+      const type = parseConnectContentType(context.requestHeader.get('content-type'));
+      if (type === undefined) return;
+      const compression = negotiate(context.requestHeader.get(headerUnaryEncoding), headerUnaryAcceptEncoding);
+      const bytes = await read(options.readMaxBytes, context.requestHeader.get(headerUnaryContentLength));
+      parse(method, type.binary, await decompress(compression, bytes));
+      return;
+    }
+    // Every other protocol frames messages in envelopes.
+    let binary: boolean;
+    let requested: string | null;
+    let acceptHeader: string;
+    if (context.protocolName === 'connect') {
+      const type = parseConnectContentType(context.requestHeader.get('content-type'));
+      if (type === undefined) return;
+      binary = type.binary;
+      requested = context.requestHeader.get(headerStreamEncoding);
+      acceptHeader = headerStreamAcceptEncoding;
+    } else {
+      const type =
+        context.protocolName === 'grpc'
+          ? parseGrpcContentType(context.requestHeader.get('content-type'))
+          : parseGrpcWebContentType(context.requestHeader.get('content-type'));
+      if (type === undefined) return;
+      binary = type.binary;
+      requested = context.requestHeader.get(headerGrpcEncoding);
+      acceptHeader = headerGrpcAcceptEncoding;
+    }
+    const compression = negotiate(requested, acceptHeader);
+    let bytes: Uint8Array;
+    try {
+      // One message and its envelope header; connect-es would limit the message alone.
+      bytes = await read(options.readMaxBytes + ENVELOPE_HEADER_BYTES, null);
+    } catch (error) {
+      if (!(error instanceof ConnectError && error.code === Code.ResourceExhausted)) throw error;
+      throw new ConnectError(`message size is larger than configured readMaxBytes ${options.readMaxBytes}`, Code.ResourceExhausted);
+    }
+    const messages: Uint8Array[] = [];
+    for await (const envelope of pipe(createAsyncIterable([bytes]), transformSplitEnvelope(options.readMaxBytes))) {
+      // A Connect stream's end-of-stream envelope carries no message; connect-es skips it.
+      if (context.protocolName === 'connect' && (envelope.flags & endStreamFlag) === endStreamFlag) continue;
+      if ((envelope.flags & compressedFlag) === compressedFlag && compression === null) {
+        throw new ValidationError('Request message is compressed, but the request names no encoding');
+      }
+      messages.push((envelope.flags & compressedFlag) === compressedFlag ? await decompress(compression, envelope.data) : envelope.data);
+    }
+    const kind = method.methodKind === 'unary' ? 'unary' : 'server-streaming';
+    // The same answers connect-es gives when it finds these.
+    if (messages.length === 0) throw new ConnectError(`protocol error: missing input message for ${kind} method`, Code.Unimplemented);
+    if (messages.length > 1) throw new ConnectError(`protocol error: received extra input message for ${kind} method`, Code.Unimplemented);
+    parse(method, binary, messages[0] ?? new Uint8Array(0));
+  };
+}
+
+function parseBinary(serialization: MethodSerializationLookup, bytes: Uint8Array): void {
+  try {
+    serialization.getI(true).parse(bytes);
+  } catch (error) {
+    if (error instanceof ConnectError && error.code === Code.ResourceExhausted) throw error;
+    // The decoder's reasons ("premature EOF", "invalid wire type 7") name no content.
+    const reason = error instanceof ConnectError ? error.rawMessage.replace(/^parse binary: /, '') : 'undecodable';
+    throw new ValidationError(`Malformed protobuf in request body: ${reason}`);
+  }
+}
+
+/**
+ * JSON requests are decoded strictly: a key or an enum name the message does not declare is an
+ * error naming it, not silently dropped (ListUsers `{"role":"GUEST"}` must not list everyone).
+ * Messages here are fixed or name fields; the decoder's own words, which may quote the values
+ * sent, only reach the client, in the field violation.
+ */
+function parseJson(desc: DescMessage, serialization: MethodSerializationLookup, bytes: Uint8Array): void {
+  // connect-es would decode invalid UTF-8 as U+FFFD: text other than what was sent.
+  if (!isUtf8(bytes)) throw new ValidationError('Request body is not valid UTF-8');
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    throw new ValidationError('Malformed JSON in request body');
+  }
+  const problems = findJsonProblems(desc, json);
+  if (Object.keys(problems).length > 0) throw new ValidationError('Validation failed', problems);
+  try {
+    serialization.getI(false).parse(bytes);
+  } catch (error) {
+    if (error instanceof ConnectError && error.code === Code.ResourceExhausted) throw error;
+    const cause = error instanceof ConnectError ? error.cause : error;
+    const fieldError = cause instanceof Error ? cause.cause : undefined;
+    if (isFieldError(fieldError)) {
+      const field = fieldError.field();
+      throw new ValidationError('Validation failed', { [field.name]: fieldError.message });
+    }
+    throw new ValidationError('Validation failed', { request: cause instanceof Error ? cause.message : 'cannot be decoded' });
+  }
+}
+
+/**
+ * Keys and enum names a JSON request uses that its message does not declare, by proto field path.
+ * Shapes and types are left to the decoder, which names the field itself.
+ */
+function findJsonProblems(desc: DescMessage, json: unknown): FieldErrors {
+  const problems: FieldErrors = {};
+  const pending: [DescMessage, unknown, string, number][] = [[desc, json, '', 0]];
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    const [message, value, prefix, depth] = next;
+    // Well-known types have JSON forms of their own; the decoder bounds recursion itself.
+    if (depth > 100 || message.typeName.startsWith('google.protobuf.') || !isObject(value)) continue;
+    for (const [key, item] of Object.entries(value)) {
+      const field = message.fields.find((candidate) => candidate.jsonName === key || candidate.name === key);
+      if (field === undefined) {
+        problems[`${prefix}${key.isWellFormed() && !key.includes('\u0000') ? key : JSON.stringify(key)}`] ??= `is not a field of ${message.typeName}`;
+        continue;
+      }
+      const path = `${prefix}${field.name}`;
+      const enumProblem = (at: string, candidate: unknown, descEnum: DescEnum) => {
+        if (typeof candidate === 'string' && !descEnum.values.some((known) => known.name === candidate)) {
+          problems[at] ??= `must be one of ${descEnum.values.map((known) => known.name).join(', ')}`;
+        }
+      };
+      if (field.fieldKind === 'enum') enumProblem(path, item, field.enum);
+      else if (field.fieldKind === 'message') pending.push([field.message, item, `${path}.`, depth + 1]);
+      else if (field.fieldKind === 'list' && Array.isArray(item)) {
+        item.forEach((element, index) => {
+          if (field.listKind === 'enum') enumProblem(`${path}[${index}]`, element, field.enum);
+          else if (field.listKind === 'message') pending.push([field.message, element, `${path}[${index}].`, depth + 1]);
+        });
+      } else if (field.fieldKind === 'map' && isObject(item)) {
+        for (const [mapKey, element] of Object.entries(item)) {
+          const at = `${path}[${JSON.stringify(mapKey)}]`;
+          if (field.mapKind === 'enum') enumProblem(at, element, field.enum);
+          else if (field.mapKind === 'message') pending.push([field.message, element, `${at}.`, depth + 1]);
+        }
+      }
+    }
+  }
+  return problems;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

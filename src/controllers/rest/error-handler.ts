@@ -4,6 +4,9 @@ import type { Logger } from '../../infrastructure/logger.ts';
 import { errorBody } from './envelope.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../client-edge.ts';
 
+/** body-parser's error type for a JSON body that is not UTF-8 (see rest-app.ts). */
+export const INVALID_UTF8 = 'entity.encoding.invalid';
+
 const STATUS: Record<ErrorCode, number> = {
   VALIDATION_ERROR: 400,
   AUTHENTICATION_ERROR: 401,
@@ -22,8 +25,13 @@ interface HttpLikeError {
   status?: number;
   statusCode?: number;
   type?: string;
+  /** Node's error code: a zlib failure while body-parser inflates a compressed body, say. */
+  code?: string;
   errors?: { path?: string; message?: string }[];
 }
+
+/** The error codes zlib gives a compressed body it cannot inflate (gzip, deflate, brotli, zstd). */
+const DECOMPRESSION_FAILURE = /^(Z_|ERR_BROTLI|ERR_ZSTD|ZSTD_|ERR__ERROR_FORMAT|ERR_PADDING)/;
 
 /** Unknown routes: 404 in the error envelope. */
 export function notFoundHandler(_req: Request, _res: Response, next: NextFunction): void {
@@ -72,6 +80,10 @@ function toAppError(error: unknown): AppError | undefined {
   switch (http.type) {
     case 'entity.parse.failed':
       return new AppError('VALIDATION_ERROR', 'Malformed JSON in request body');
+    case INVALID_UTF8:
+      return new AppError('VALIDATION_ERROR', 'Request body is not valid UTF-8');
+    case 'request.size.invalid':
+      return new AppError('VALIDATION_ERROR', 'Request body length does not match its Content-Length');
     case 'entity.too.large':
       return new AppError('PAYLOAD_TOO_LARGE', 'Request body is too large');
     case 'encoding.unsupported':
@@ -79,19 +91,32 @@ function toAppError(error: unknown): AppError | undefined {
       return new AppError('UNSUPPORTED_MEDIA_TYPE', 'Unsupported content encoding or charset');
   }
   const status = http.status ?? http.statusCode;
+  // body-parser passes zlib's error on as a 400 without a type: a body cut short or garbled.
+  if (status === 400 && typeof http.code === 'string' && DECOMPRESSION_FAILURE.test(http.code)) {
+    return new AppError('VALIDATION_ERROR', 'Request body could not be decompressed');
+  }
   if (Array.isArray(http.errors) && status !== undefined) {
     if (status === 400) return new AppError('VALIDATION_ERROR', 'Validation failed', { details: fieldErrors(http.errors) });
     if (status === 404 || status === 405) return new NotFoundError('Resource not found');
     if (status === 413) return new AppError('PAYLOAD_TOO_LARGE', 'Request body is too large');
     if (status === 415) return new AppError('UNSUPPORTED_MEDIA_TYPE', 'Request body must be application/json');
   }
+  // Any other 400 a parser raises is still the request's fault, not the server's.
+  if (status === 400) return new AppError('VALIDATION_ERROR', 'Malformed request');
   return undefined;
 }
 
-/** `/body/username` → `username`; repeated paths keep their first message. */
+/**
+ * `/body/username` → `username`; repeated paths keep their first message. An error about the URL
+ * itself (a path parameter that is not valid percent-encoding) names `path`.
+ */
 function fieldErrors(errors: { path?: string; message?: string }[]): Record<string, string> {
   const details: Record<string, string> = {};
   for (const { path = '', message = 'is invalid' } of errors) {
+    if (path !== '' && !/^\/?(body|query|params|path|headers)(\/|$)/.test(path)) {
+      details.path ??= 'is not a valid URL path';
+      continue;
+    }
     const field = path.replace(/^\/?(body|query|params|path|headers)\/?/, '').replaceAll('/', '.') || 'body';
     details[field] ??= message;
   }

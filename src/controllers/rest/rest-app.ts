@@ -1,5 +1,7 @@
 import compression from 'compression';
-import express, { type Express } from 'express';
+import express, { type Express, type NextFunction, type Request, type Response } from 'express';
+import { isUtf8 } from 'node:buffer';
+import type { IncomingMessage } from 'node:http';
 import * as OpenApiValidator from 'express-openapi-validator';
 import helmet from 'helmet';
 import type { components } from '../../../gen/openapi/schema.d.ts';
@@ -11,7 +13,9 @@ import type { UserService } from '../../services/user-use-cases.ts';
 import type { AuditService } from '../../services/audit-use-cases.ts';
 import { createAuditRoutes } from './audit-routes.ts';
 import { createAuthRoutes } from './auth-routes.ts';
-import { createErrorHandler, notFoundHandler } from './error-handler.ts';
+import { ValidationError } from '../../domain/errors.ts';
+import { findUnstorableText } from '../edge-input.ts';
+import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
 import { requestContext } from './request-context.ts';
 import { createSystemRoutes, type ReadinessCheck } from './system-routes.ts';
@@ -56,15 +60,23 @@ export function createRestApp(options: RestAppOptions): Express {
     app.use((req, res, next) => (PROBES.has(req.path) ? next() : limit(req, res, next)));
   }
 
-  app.use(express.json({ limit: options.bodyLimitBytes, strict: true }));
+  // A compressed body is inflated by body-parser (bounded by the limit after inflation); one cut
+  // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with
+  // U+FFFD in place of what was sent: refused, as the RPC facade refuses it.
+  app.use(express.json({ limit: options.bodyLimitBytes, strict: true, verify: refuseInvalidUtf8 }));
   app.use(
     OpenApiValidator.middleware({
       apiSpec: options.apiSpecPath,
       validateRequests: { allowUnknownQueryParameters: false, allErrors: true },
       validateResponses: options.validateResponses,
       validateSecurity: false,
+      // The formats as the RPC facade checks them (request-validator.ts): the validator's default,
+      // `fast`, takes a `uri` with control characters in it, which `full` refuses.
+      ajvFormats: { mode: 'full' },
     }),
   );
+  // After the schemas, before authentication and any database work: text no field can take.
+  app.use(refuseUnstorableText);
 
   app.use(createSystemRoutes({ info: options.info, readiness: options.readiness }));
   app.use('/api/v1/auth', createAuthRoutes(options.auth));
@@ -74,4 +86,20 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(notFoundHandler);
   app.use(createErrorHandler({ logger: options.logger, exposeInternals: options.exposeInternals }));
   return app;
+}
+
+/** body-parser's `verify` hook: the raw (inflated) body of a UTF-8 request must be UTF-8. */
+function refuseInvalidUtf8(_req: IncomingMessage, _res: unknown, body: Buffer, encoding: string): void {
+  if (/^utf-?8$/i.test(encoding) && !isUtf8(body)) {
+    throw Object.assign(new Error('Request body is not valid UTF-8'), { type: INVALID_UTF8 });
+  }
+}
+
+/** NUL or an unpaired surrogate in the body, the query or a path parameter: 400 naming the field. */
+function refuseUnstorableText(req: Request, _res: Response, next: NextFunction): void {
+  // express-openapi-validator has decoded the path parameters of the operation it matched.
+  const pathParams = (req as { openapi?: { pathParams?: Record<string, string> } }).openapi?.pathParams;
+  const details = { ...findUnstorableText(req.body), ...findUnstorableText(req.query), ...findUnstorableText(pathParams ?? {}) };
+  if (Object.keys(details).length > 0) throw new ValidationError('Validation failed', details);
+  next();
 }

@@ -7,10 +7,13 @@
 //   must be set when the parameter is required and the field is not proto3 `optional`.
 // proto3 cannot tell an empty string or a zero from "not sent", so such fields count as absent,
 // which is what the schemas' `required` lists then catch.
+// Before any schema, every request meets the edge's own rules (edge-input.ts): no NUL or unpaired
+// surrogate in any string, no enum number or field the message does not declare.
 import { isFieldSet, type DescField, type DescMessage, type Message } from '@bufbuild/protobuf';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import addFormatsModule from 'ajv-formats';
 import { ValidationError, type FieldErrors } from '../../domain/errors.ts';
+import { findMessageProblems } from '../edge-input.ts';
 
 // ajv-formats is CommonJS with a default export that TypeScript sees one level down.
 const addFormats = addFormatsModule as unknown as typeof addFormatsModule.default;
@@ -60,7 +63,9 @@ export class RequestValidator {
   /** Throws a ValidationError naming each offending field (by its proto name). */
   check(desc: DescMessage, message: Message): void {
     const rules = this.#rulesFor(desc);
-    const details: FieldErrors = {};
+    // The edge's rules name the actual problem (a NUL), where a schema would say only that a
+    // pattern failed; they come first and, per field, win.
+    const details: FieldErrors = findMessageProblems(desc, message);
     const body: Record<string, unknown> = {};
 
     for (const field of desc.fields) {
@@ -68,11 +73,11 @@ export class RequestValidator {
       const set = isFieldSet(message, field);
       if (parameter !== undefined) {
         if (!set) {
-          if (parameter.required) details[field.name] = 'is required';
+          if (parameter.required) details[field.name] ??= 'is required';
           continue;
         }
         if (!parameter.validate(jsonValue(field, message))) {
-          details[field.name] = firstMessage(parameter.validate.errors);
+          details[field.name] ??= firstMessage(parameter.validate.errors);
         }
       } else if (set) {
         body[field.jsonName] = jsonValue(field, message);

@@ -1,0 +1,126 @@
+// Text the API refuses at its edge, whatever the operation, field or protocol: a rule that needs
+// no schema because no field can take such text.
+// - NUL (U+0000): PostgreSQL cannot store it in text columns (the insert fails), and bcrypt would
+//   silently end a password at it.
+// - Unpaired UTF-16 surrogates: not Unicode text. A JSON body can spell one ("\ud800"), but UTF-8
+//   cannot encode it, so the database driver would store U+FFFD instead of what was sent, and the
+//   protobuf binary format cannot carry it at all (protobuf-es refuses invalid UTF-8). Refusing
+//   them keeps every protocol answering alike and nothing stored differing from what was sent.
+// Finer rules (single-line fields, formats) are the schemas' own, in openapi.yaml.
+import { ScalarType, type DescEnum, type DescField, type DescMessage, type Message } from '@bufbuild/protobuf';
+import { reflect, type ReflectList, type ReflectMap, type ReflectMessage } from '@bufbuild/protobuf/reflect';
+import type { FieldErrors } from '../domain/errors.ts';
+
+export const NUL_REFUSED = 'must not contain NUL (U+0000) characters';
+export const SURROGATE_REFUSED = 'must be valid Unicode text (no unpaired surrogates)';
+
+/** Why no field can take this text, or undefined when it is storable. */
+export function unstorableText(text: string): string | undefined {
+  if (text.includes('\u0000')) return NUL_REFUSED;
+  if (!text.isWellFormed()) return SURROGATE_REFUSED;
+  return undefined;
+}
+
+/**
+ * Every string in a parsed JSON value (object keys included) that no field can take, keyed by
+ * its path as REST names fields (`firstName`, `address.lines.0`), below `root` when given. The
+ * walk uses an explicit stack: a body may be nested deeper than the call stack allows.
+ */
+export function findUnstorableText(value: unknown, root = ''): FieldErrors {
+  const problems: FieldErrors = {};
+  const pending: [unknown, string][] = [[value, root]];
+  const join = (path: string, key: string) => (path === '' ? key : `${path}.${key}`);
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    const [current, path] = next;
+    if (typeof current === 'string') {
+      const reason = unstorableText(current);
+      if (reason !== undefined) problems[path === '' ? 'body' : path] ??= reason;
+    } else if (Array.isArray(current)) {
+      current.forEach((item, index) => pending.push([item, join(path, String(index))]));
+    } else if (typeof current === 'object' && current !== null) {
+      for (const [key, item] of Object.entries(current)) {
+        const reason = unstorableText(key);
+        // The key itself cannot be a path then; its printable form names it.
+        if (reason !== undefined) problems[join(path, JSON.stringify(key))] ??= reason;
+        else pending.push([item, join(path, key)]);
+      }
+    }
+  }
+  return problems;
+}
+
+/**
+ * What no request message may carry, keyed by proto field path (`first_name`, `user.email`):
+ * strings no field can take, enum numbers the enum does not declare (proto3 enums are open, so
+ * the binary decoder keeps them) and fields the message does not declare (the binary decoder
+ * keeps those too; JSON requests are decoded strictly instead). Requests are strict: a field a
+ * client believes it set but the server ignores (a role, a filter) is worse than an error.
+ */
+export function findMessageProblems(desc: DescMessage, message: Message): FieldErrors {
+  const problems: FieldErrors = {};
+  const pending: [ReflectMessage, string][] = [[reflect(desc, message), '']];
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    const [current, prefix] = next;
+    for (const unknown of current.getUnknown() ?? []) {
+      problems[`${prefix}${unknown.no}`] ??= `is not a field of ${current.desc.typeName}`;
+    }
+    for (const field of current.fields) {
+      if (!current.isSet(field)) continue;
+      const path = `${prefix}${field.name}`;
+      const report = (at: string, reason: string | undefined) => {
+        if (reason !== undefined) problems[at] ??= reason;
+      };
+      switch (field.fieldKind) {
+        case 'scalar':
+          if (field.scalar === ScalarType.STRING) report(path, unstorableText(current.get(field) as string));
+          break;
+        case 'enum':
+          report(path, undeclaredEnum(field.enum, current.get(field) as number));
+          break;
+        case 'message':
+          pending.push([current.get(field) as ReflectMessage, `${path}.`]);
+          break;
+        case 'list':
+          checkList(field, current.get(field) as ReflectList, path, report, pending);
+          break;
+        case 'map':
+          checkMap(field, current.get(field) as ReflectMap, path, report, pending);
+          break;
+      }
+    }
+  }
+  return problems;
+}
+
+type Report = (path: string, reason: string | undefined) => void;
+
+function checkList(field: DescField & { fieldKind: 'list' }, list: ReflectList, path: string, report: Report, pending: [ReflectMessage, string][]): void {
+  let index = 0;
+  for (const item of list) {
+    const at = `${path}[${index}]`;
+    if (field.listKind === 'message') pending.push([item as ReflectMessage, `${at}.`]);
+    else if (field.listKind === 'enum') report(at, undeclaredEnum(field.enum, item as number));
+    else if (field.scalar === ScalarType.STRING) report(at, unstorableText(item as string));
+    index += 1;
+  }
+}
+
+function checkMap(field: DescField & { fieldKind: 'map' }, map: ReflectMap, path: string, report: Report, pending: [ReflectMessage, string][]): void {
+  for (const [key, value] of map) {
+    if (typeof key === 'string') {
+      const reason = unstorableText(key);
+      if (reason !== undefined) {
+        report(path, reason);
+        continue;
+      }
+    }
+    const at = `${path}[${JSON.stringify(String(key))}]`;
+    if (field.mapKind === 'message') pending.push([value as ReflectMessage, `${at}.`]);
+    else if (field.mapKind === 'enum') report(at, undeclaredEnum(field.enum, value as number));
+    else if (field.scalar === ScalarType.STRING) report(at, unstorableText(value as string));
+  }
+}
+
+function undeclaredEnum(desc: DescEnum, value: number): string | undefined {
+  return desc.values.some((candidate) => candidate.number === value) ? undefined : `${value} is not a value of ${desc.typeName}`;
+}

@@ -539,6 +539,8 @@ export interface components {
              */
             createdAt: string;
         };
+        /** @description Text shown on one line (a name, a phone number): no control characters (C0, DEL, C1, so no tab, CR or LF), no line or paragraph separator (U+2028, U+2029), no bidirectional embedding, override or isolate (U+202A–U+202E, U+2066–U+2069), which can make text display in another order than it is stored, and no byte-order mark (U+FEFF). Joiners (U+200C, U+200D) and direction marks (U+200E, U+200F), which real names need, are allowed. Written with \u escapes only, so the rule reads the same to a regex engine with or without the unicode flag. */
+        SingleLineText: string;
         /** @description New password: 8–72 characters with at least one uppercase letter, one lowercase letter, one digit and one other character. */
         Password: string & (string);
         RegisterRequest: {
@@ -547,15 +549,15 @@ export interface components {
             /** Format: email */
             email: string;
             password: components["schemas"]["Password"];
-            firstName?: string;
-            lastName?: string;
+            firstName?: string & components["schemas"]["SingleLineText"];
+            lastName?: string & components["schemas"]["SingleLineText"];
         };
         LoginRequest: {
-            usernameOrEmail: string;
+            usernameOrEmail: string & components["schemas"]["SingleLineText"];
             password: string;
         };
         RefreshTokenRequest: {
-            refreshToken: string;
+            refreshToken: string & components["schemas"]["SingleLineText"];
         };
         CreateUserRequest: {
             /** @description Letters, digits and underscores. */
@@ -563,9 +565,9 @@ export interface components {
             /** Format: email */
             email: string;
             password: components["schemas"]["Password"];
-            firstName?: string;
-            lastName?: string;
-            phone?: string;
+            firstName?: string & components["schemas"]["SingleLineText"];
+            lastName?: string & components["schemas"]["SingleLineText"];
+            phone?: string & components["schemas"]["SingleLineText"];
             /** @default USER */
             role?: components["schemas"]["UserRole"];
         };
@@ -573,14 +575,14 @@ export interface components {
         UpdateUserRequest: {
             /** Format: email */
             email?: string;
-            firstName?: string;
-            lastName?: string;
-            phone?: string;
+            firstName?: string & components["schemas"]["SingleLineText"];
+            lastName?: string & components["schemas"]["SingleLineText"];
+            phone?: string & components["schemas"]["SingleLineText"];
             /**
              * Format: uri
              * @description An http(s) URL; other schemes (javascript:, data:) are refused.
              */
-            avatarUrl?: string;
+            avatarUrl?: string & components["schemas"]["SingleLineText"];
         };
         ChangePasswordRequest: {
             oldPassword: string;

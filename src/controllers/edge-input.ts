@@ -1,7 +1,8 @@
 // Text the API refuses at its edge, whatever the operation, field or protocol: a rule that needs
 // no schema because no field can take such text.
-// - NUL (U+0000): PostgreSQL cannot store it in text columns (the insert fails), and bcrypt would
-//   silently end a password at it.
+// - NUL (U+0000): PostgreSQL cannot store it in text columns (the query fails). In a password it
+//   would be stored only inside a hash, but bcrypt implementations built on C strings end their
+//   input at it (node's binding does not), so such a hash would verify differently elsewhere.
 // - Unpaired UTF-16 surrogates: not Unicode text. A JSON body can spell one ("\ud800"), but UTF-8
 //   cannot encode it, so the database driver would store U+FFFD instead of what was sent, and the
 //   protobuf binary format cannot carry it at all (protobuf-es refuses invalid UTF-8). Refusing

@@ -64,6 +64,9 @@ export function createRestApp(options: RestAppOptions): Express {
   // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with
   // U+FFFD in place of what was sent: refused, as the RPC facade refuses it.
   app.use(express.json({ limit: options.bodyLimitBytes, strict: true, verify: refuseInvalidUtf8 }));
+  // Before the schemas, so that a NUL is reported as such (as RPC reports it), not as a pattern
+  // it also breaks; before authentication and any database work in any case.
+  app.use(refuseUnstorableText);
   app.use(
     OpenApiValidator.middleware({
       apiSpec: options.apiSpecPath,
@@ -75,8 +78,7 @@ export function createRestApp(options: RestAppOptions): Express {
       ajvFormats: { mode: 'full' },
     }),
   );
-  // After the schemas, before authentication and any database work: text no field can take.
-  app.use(refuseUnstorableText);
+  app.use(refuseUnstorablePathParameters);
 
   app.use(createSystemRoutes({ info: options.info, readiness: options.readiness }));
   app.use('/api/v1/auth', createAuthRoutes(options.auth));
@@ -95,11 +97,20 @@ function refuseInvalidUtf8(_req: IncomingMessage, _res: unknown, body: Buffer, e
   }
 }
 
-/** NUL or an unpaired surrogate in the body, the query or a path parameter: 400 naming the field. */
+/** NUL or an unpaired surrogate in the body or the query: 400 naming the field. */
 function refuseUnstorableText(req: Request, _res: Response, next: NextFunction): void {
-  // express-openapi-validator has decoded the path parameters of the operation it matched.
+  const details = { ...findUnstorableText(req.query), ...findUnstorableText(req.body) };
+  if (Object.keys(details).length > 0) throw new ValidationError('Validation failed', details);
+  next();
+}
+
+/**
+ * The same for path parameters, once express-openapi-validator has matched the operation and
+ * decoded them (and checked their types: an id with a NUL is already not an integer).
+ */
+function refuseUnstorablePathParameters(req: Request, _res: Response, next: NextFunction): void {
   const pathParams = (req as { openapi?: { pathParams?: Record<string, string> } }).openapi?.pathParams;
-  const details = { ...findUnstorableText(req.body), ...findUnstorableText(req.query), ...findUnstorableText(pathParams ?? {}) };
+  const details = findUnstorableText(pathParams ?? {});
   if (Object.keys(details).length > 0) throw new ValidationError('Validation failed', details);
   next();
 }

@@ -4,7 +4,7 @@ import pg from 'pg';
 import supertest from 'supertest';
 import { createApplication, type Application, type MonolithApplication } from '../../src/app.ts';
 import { loadConfig, type Environment } from '../../src/config.ts';
-import { createLogger } from '../../src/infrastructure/logger.ts';
+import { createLogger, type Logger } from '../../src/infrastructure/logger.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
 import { TOPOLOGIES, type TopologyName } from '../../scripts/topology.ts';
 
@@ -53,12 +53,20 @@ export interface TestApp {
   close(): Promise<void>;
 }
 
+/** How to start a test app beyond its environment. */
+export interface TestAppOptions {
+  /** A second instance on this app's schema. */
+  sameDatabaseAs?: TestApp;
+  /** Logs to this logger (a monolithic app only), to read what the app logged. */
+  logger?: Logger;
+}
+
 /**
  * Creates an empty schema, starts the app on it (migrations run at start-up) and tears both
  * down. With `sameDatabaseAs`, starts a second instance on that app's schema instead, as a second
  * process of one deployment would be; closing it leaves the schema to its owner.
  */
-export async function createTestApp(overrides: Environment = {}, options: { sameDatabaseAs?: TestApp } = {}): Promise<TestApp> {
+export async function createTestApp(overrides: Environment = {}, options: TestAppOptions = {}): Promise<TestApp> {
   const sibling = options.sameDatabaseAs;
   const owner = sibling === undefined;
   const schema = sibling === undefined ? `test_${Date.now()}_${randomBytes(4).toString('hex')}` : (new URL(sibling.databaseUrl).searchParams.get('schema') ?? '');
@@ -74,7 +82,7 @@ export async function createTestApp(overrides: Environment = {}, options: { same
   const env: Environment = { ...TEST_ENV, ...redis, DATABASE_URL: url.toString(), ...overrides };
   let app: Application;
   try {
-    app = TEST_TOPOLOGY === 'monolithic' || !owner ? await startLayer(env) : await startSplitLayers(TEST_TOPOLOGY, env);
+    app = TEST_TOPOLOGY === 'monolithic' || !owner ? await startLayer(env, options.logger) : await startSplitLayers(TEST_TOPOLOGY, env);
   } catch (error) {
     if (owner) await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
     await admin.end();
@@ -93,9 +101,9 @@ export async function createTestApp(overrides: Environment = {}, options: { same
   };
 }
 
-async function startLayer(env: Environment): Promise<Application> {
+async function startLayer(env: Environment, logger?: Logger): Promise<Application> {
   const config = loadConfig(env);
-  return createApplication(config, createLogger({ level: config.logLevel }));
+  return createApplication(config, logger ?? createLogger({ level: config.logLevel }));
 }
 
 /** Serves an app's handlers on a free loopback port, the way src/main.ts serves them. */
@@ -207,8 +215,8 @@ export interface TestServer extends TestApp {
 }
 
 /** Like createTestApp, and also serves it on a real port the way src/main.ts does. */
-export async function startTestServer(overrides: Environment = {}): Promise<TestServer> {
-  const t = await createTestApp(overrides);
+export async function startTestServer(overrides: Environment = {}, options: Pick<TestAppOptions, 'logger'> = {}): Promise<TestServer> {
+  const t = await createTestApp(overrides, options);
   // The connection settings come from the same variables; the database is the app's business.
   const { port, close } = await listenOnLoopback(t.app, { ...TEST_ENV, ...overrides });
   return {

@@ -1,0 +1,386 @@
+// Hostile input at the edge, attacked over every public protocol: defect 8 of the
+// adversarial-hardening issue (bytes the database or the decoder cannot take became `internal`;
+// single-line fields stored control characters as given) and the last item of defect 12 (Connect
+// JSON silently dropped unknown enum names and keys). Each test asserts what a client sees, and
+// what was stored, with SQL.
+//
+// The edge is the controller layer: the same code serves every topology, so this file runs in the
+// monolithic project only (vitest's `monolithic` project includes tests/**; the split topologies
+// run the API suites listed in vitest.config.ts).
+import { create, toBinary, type DescMessage, type MessageInitShape } from '@bufbuild/protobuf';
+import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+import net from 'node:net';
+import { gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LoginRequestSchema, RegisterRequestSchema } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { ListUsersRequestSchema, UpdateUserRequestSchema } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
+import { createLogger } from '../../src/infrastructure/logger.ts';
+import { apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { loginAdmin, newUser, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { RawClient, RPC_PROTOCOLS, type RawAnswer, type RpcProtocol } from './raw-protocols.ts';
+
+const logLines: string[] = [];
+let t: TestServer;
+let raw: RawClient;
+let clients: ApiClient[];
+let admin: string;
+
+beforeAll(async () => {
+  const logger = createLogger({ level: 'info', destination: { write: (line: string) => void logLines.push(line) } });
+  t = await startTestServer({}, { logger });
+  raw = new RawClient(t.baseUrl);
+  clients = apiClients(t.baseUrl);
+  admin = await loginAdmin(t);
+});
+
+afterAll(async () => {
+  closeAll(clients);
+  raw.close();
+  await t.close();
+});
+
+const clientFor = (protocol: ProtocolName): ApiClient => {
+  const client = clients.find((candidate) => candidate.protocol === protocol);
+  if (client === undefined) throw new Error(`no client for ${protocol}`);
+  return client;
+};
+
+/** How a protocol names a field: REST by its JSON name, RPC by its proto name. */
+const fieldName = (protocol: string, jsonName: string) => (protocol === 'rest' ? jsonName : jsonName.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`));
+
+const usersNamed = async (username: string) => (await t.sql<{ count: string }>('SELECT count(*) FROM users WHERE username = $1', [username]))[0]?.count;
+
+const profileOf = async (id: number) =>
+  (await t.sql<{ first_name: string | null; last_name: string | null; phone: string | null }>('SELECT first_name, last_name, phone FROM users WHERE id = $1', [id]))[0];
+
+/** The outcome's code and, for invalid_argument, the fields it names: one value to compare. */
+const verdict = (outcome: { code: string; error?: { details: Record<string, string> } }) => ({ code: outcome.code, fields: Object.keys(outcome.error?.details ?? {}).sort() });
+
+const binary = <Desc extends DescMessage>(schema: Desc, init: MessageInitShape<Desc>) => toBinary(schema, create(schema, init));
+
+/** A length-delimited field with exactly these bytes, whatever they are. */
+const rawField = (schema: DescMessage, name: string, bytes: Uint8Array) => {
+  const field = schema.fields.find((candidate) => candidate.name === name);
+  if (field === undefined) throw new Error(`${schema.typeName} has no field ${name}`);
+  return new BinaryWriter().tag(field.number, WireType.LengthDelimited).bytes(bytes).finish();
+};
+
+const concat = (...parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
+const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
+
+/** The log lines of one request, by the x-request-id it sent. */
+const linesOf = (requestId: string) => logLines.filter((line) => line.includes(`"requestId":"${requestId}"`)).map((line) => JSON.parse(line) as Record<string, unknown>);
+
+describe('NUL in a string field: refused at the edge, before authentication and the database', () => {
+  describe.each(PROTOCOLS)('over %s', (protocol) => {
+    it('when a registration, a login, a refresh or a profile update carries a NUL, then invalid_argument naming the field and nothing is stored', async () => {
+      const api = clientFor(protocol);
+      const victim = await register(t, newUser('nul'));
+      const body = { ...newUser('nul'), firstName: 'Ada\u0000Lovelace' };
+      const [registration, login, loginPassword, refresh, anonymousUpdate, update] = await Promise.all([
+        api.register(body),
+        api.login({ usernameOrEmail: `${victim.username}\u0000`, password: victim.password }),
+        // The one rule holds for passwords too, before any lookup or hash comparison.
+        api.login({ usernameOrEmail: victim.username, password: `${victim.password}\u0000anything` }),
+        api.refresh(`${victim.refreshToken}\u0000`),
+        // A token that authenticates nobody: the answer is still about the field.
+        api.updateUser('not-a-token', victim.id, { firstName: 'A\u0000' }),
+        api.updateUser(admin, victim.id, { lastName: 'B\u0000' }),
+      ]);
+      expect({
+        registration: verdict(registration),
+        login: verdict(login),
+        loginPassword: verdict(loginPassword),
+        refresh: verdict(refresh),
+        anonymousUpdate: verdict(anonymousUpdate),
+        update: verdict(update),
+      }).toEqual({
+        registration: { code: 'invalid_argument', fields: [fieldName(protocol, 'firstName')] },
+        login: { code: 'invalid_argument', fields: [fieldName(protocol, 'usernameOrEmail')] },
+        loginPassword: { code: 'invalid_argument', fields: ['password'] },
+        refresh: { code: 'invalid_argument', fields: [fieldName(protocol, 'refreshToken')] },
+        anonymousUpdate: { code: 'invalid_argument', fields: [fieldName(protocol, 'firstName')] },
+        update: { code: 'invalid_argument', fields: [fieldName(protocol, 'lastName')] },
+      });
+      expect(registration.error?.details[fieldName(protocol, 'firstName')]).toMatch(/NUL/);
+      expect(await usersNamed(body.username)).toBe('0');
+      expect(await profileOf(victim.id)).toEqual({ first_name: null, last_name: null, phone: null });
+    });
+  });
+});
+
+describe('text that is not Unicode: refused on every protocol, never stored as U+FFFD', () => {
+  it.each(['rest', 'connect-json'] as const)(
+    'over %s: when a name or a login carries an unpaired surrogate, then invalid_argument naming the field and nothing is stored',
+    async (protocol) => {
+      const api = clientFor(protocol);
+      const victim = await register(t, newUser('sur'));
+      const body = { ...newUser('sur'), firstName: 'Ada\ud800' };
+      const [registration, update, login] = await Promise.all([
+        api.register(body),
+        api.updateUser(admin, victim.id, { lastName: '\udc00Byron' }),
+        api.login({ usernameOrEmail: victim.username, password: `${victim.password}\udbff` }),
+      ]);
+      expect([verdict(registration), verdict(update), verdict(login)]).toEqual([
+        { code: 'invalid_argument', fields: [fieldName(protocol, 'firstName')] },
+        { code: 'invalid_argument', fields: [fieldName(protocol, 'lastName')] },
+        { code: 'invalid_argument', fields: ['password'] },
+      ]);
+      expect(await usersNamed(body.username)).toBe('0');
+      expect((await profileOf(victim.id))?.last_name).toBeNull();
+    },
+  );
+
+  it('when a body is not valid UTF-8, then every protocol answers invalid_argument and nothing is stored', async () => {
+    // "Ada" + a CESU-8 encoded surrogate (ED A0 80) + "x": bytes, not text.
+    const invalid = new Uint8Array([0x41, 0x64, 0x61, 0xed, 0xa0, 0x80, 0x78]);
+    const users = [newUser('utf'), newUser('utf'), newUser('utf'), newUser('utf'), newUser('utf')];
+    const jsonBody = (user: (typeof users)[number]) => {
+      const text = JSON.stringify({ ...user, firstName: '@@' });
+      const [before, after] = text.split('@@') as [string, string];
+      return concat(new TextEncoder().encode(before), invalid, new TextEncoder().encode(after));
+    };
+    const protobuf = (user: (typeof users)[number]) => concat(binary(RegisterRequestSchema, user), rawField(RegisterRequestSchema, 'first_name', invalid));
+    const answers = await Promise.all([
+      raw.rest('POST', '/api/v1/auth/register', { body: jsonBody(users[0]!) }),
+      raw.rpc('connect-json', 'arcana.auth.v1.AuthService/Register', jsonBody(users[1]!)),
+      ...(['connect-binary', 'grpc-web', 'grpc'] as const).map((protocol, index) => raw.rpc(protocol, 'arcana.auth.v1.AuthService/Register', protobuf(users[2 + index]!))),
+    ]);
+    expect(answers.map((answer) => answer.code)).toEqual(Array(5).fill('invalid_argument'));
+    for (const user of users) expect(await usersNamed(user.username)).toBe('0');
+  });
+});
+
+describe('single-line fields: names, phone and logins take no control, separator or override characters', () => {
+  const hostile = ['\n', '\r\n', '\t', '\u0007', '\u007f', '\u0085', '\u2028', '\u2029', '\u202e', '\u2066', '\ufeff'];
+
+  describe.each(PROTOCOLS)('over %s', (protocol) => {
+    it('when a name or phone carries one, then invalid_argument naming it and nothing changes; joiners and marks in real names are stored as given', async () => {
+      const api = clientFor(protocol);
+      const victim = await register(t, newUser('line'));
+      const fields = ['firstName', 'lastName', 'phone'] as const;
+      const attacks = hostile.map((character, index) => {
+        const field = fields[index % fields.length] ?? 'firstName';
+        return { field, character, answer: api.updateUser(admin, victim.id, { [field]: `Ada${character}Lovelace` }) };
+      });
+      const created = { ...newUser('line'), lastName: 'Lovelace\u202egnp.exe' };
+      const [creation, registration] = await Promise.all([
+        api.register({ ...created }),
+        api.register({ ...newUser('line'), firstName: '\ufeffAda' }),
+      ]);
+      for (const attack of attacks) {
+        expect({ character: JSON.stringify(attack.character), ...verdict(await attack.answer) }).toEqual({
+          character: JSON.stringify(attack.character),
+          code: 'invalid_argument',
+          fields: [fieldName(protocol, attack.field)],
+        });
+      }
+      expect([verdict(creation), verdict(registration)]).toEqual([
+        { code: 'invalid_argument', fields: [fieldName(protocol, 'lastName')] },
+        { code: 'invalid_argument', fields: [fieldName(protocol, 'firstName')] },
+      ]);
+      expect(await usersNamed(created.username)).toBe('0');
+      expect(await profileOf(victim.id)).toEqual({ first_name: null, last_name: null, phone: null });
+
+      // ZWNJ in a Persian name, ZWJ in a Devanagari conjunct, an RLM in a Hebrew one.
+      const real = { firstName: 'می\u200cخواهم', lastName: 'क्\u200dष', phone: '+98\u200f 21 555' };
+      expect((await api.updateUser(admin, victim.id, real)).code).toBe('ok');
+      expect(await profileOf(victim.id)).toEqual({ first_name: real.firstName, last_name: real.lastName, phone: real.phone });
+    });
+  });
+
+  it.each(PROTOCOLS)(
+    'over %s: when a new password carries a control character, then invalid_argument; a login with one is checked as a password (existing passwords may have them)',
+    async (protocol) => {
+      const api = clientFor(protocol);
+      const user = newUser('pwd');
+      const victim = await register(t, newUser('pwd'));
+      const [registration, change, login] = await Promise.all([
+        api.register({ ...user, password: 'Passw0rd!\n' }),
+        api.changePassword(victim.accessToken, victim.id, { oldPassword: victim.password, newPassword: 'New\tPassw0rd!' }),
+        api.login({ usernameOrEmail: victim.username, password: 'Passw0rd!\t' }),
+      ]);
+      expect([verdict(registration), verdict(change), verdict(login)]).toEqual([
+        { code: 'invalid_argument', fields: ['password'] },
+        { code: 'invalid_argument', fields: [fieldName(protocol, 'newPassword')] },
+        { code: 'unauthenticated', fields: [] },
+      ]);
+      expect(await usersNamed(user.username)).toBe('0');
+      expect((await api.login({ usernameOrEmail: victim.username, password: victim.password })).code).toBe('ok');
+    },
+  );
+});
+
+describe('bodies the decoder cannot take: invalid_argument, logged and rate limited like any request', () => {
+  const login = (protocol: RpcProtocol) =>
+    protocol === 'connect-json' ? json({ usernameOrEmail: 'decoder_victim', password: 'Passw0rd!' }) : binary(LoginRequestSchema, { usernameOrEmail: 'decoder_victim', password: 'Passw0rd!' });
+
+  /** Every way a body can fail to decode, per protocol; `send` tags the request id with `tag`. */
+  const attacks = (protocol: RpcProtocol) => {
+    const enveloped = protocol === 'grpc' || protocol === 'grpc-web';
+    const message = login(protocol);
+    const cut = (body: Uint8Array) => body.subarray(0, body.length - 4);
+    const procedure = 'arcana.auth.v1.AuthService/Login';
+    const kinds: { key: string; send: (headers: Record<string, string>) => Promise<RawAnswer> }[] = [
+      // Only the compressed data is cut: an envelope is rewritten to the length it then holds.
+      { key: 'gzip-cut', send: (headers) => raw.rpc(protocol, procedure, message, { compression: 'gzip', frame: (body) => (enveloped ? fixEnvelope(cut(body)) : cut(body)), headers }) },
+      { key: 'brotli-garbled', send: (headers) => raw.rpc(protocol, procedure, new Uint8Array([0x0b, 0xff, 0x00, 0x61]), { declaredEncoding: 'br', compressedFlag: 1, headers }) },
+      { key: 'gzip-named-plain-sent', send: (headers) => raw.rpc(protocol, procedure, message, { declaredEncoding: 'gzip', compressedFlag: 1, headers }) },
+      { key: 'message-cut', send: (headers) => raw.rpc(protocol, procedure, message.subarray(0, message.length - 3), { headers }) },
+    ];
+    if (enveloped) kinds.push({ key: 'compressed-flag-no-encoding', send: (headers) => raw.rpc(protocol, procedure, message, { compressedFlag: 1, headers }) });
+    return kinds;
+  };
+  const requestId = (tag: string, protocol: string, key: string) => `${tag}-${protocol}-${key}`;
+
+  it.each(RPC_PROTOCOLS)('over %s: when a body is cut short, garbled or wrongly compressed, then invalid_argument, never internal', async (protocol) => {
+    const answers = await Promise.all(attacks(protocol).map(async ({ key, send }) => [key, pick(await send({ 'x-request-id': requestId('decode', protocol, key) }))] as const));
+    for (const [key, answer] of answers) {
+      expect({ key, ...answer }).toEqual({ key, code: 'invalid_argument', status: protocol.startsWith('connect') ? 400 : 200, wellFormed: true });
+    }
+  });
+
+  it('when a Connect GET message is not base64 or not JSON, then invalid_argument, never internal', async () => {
+    const answers = await Promise.all([
+      raw.connectGet('arcana.user.v1.UserService/ListUsers', { encoding: 'proto', base64: '1', message: '!!!' }, { token: admin }),
+      raw.connectGet('arcana.user.v1.UserService/ListUsers', { encoding: 'json', message: '{"perPage":' }, { token: admin }),
+      raw.connectGet('arcana.user.v1.UserService/ListUsers', { encoding: 'json', message: '{"role":"GUEST"}' }, { token: admin }),
+    ]);
+    expect(answers.map(pick)).toEqual(Array(3).fill({ code: 'invalid_argument', status: 400, wellFormed: true }));
+  });
+
+  it('when a REST body is cut short or garbled (gzip, brotli, zstd, deflate), then 400 VALIDATION_ERROR in the envelope', async () => {
+    const body = json(newUser('gzip'));
+    const answers = await Promise.all(
+      [
+        ['gzip', raw.rest('POST', '/api/v1/auth/register', { body: gzipCut(body), headers: { 'content-encoding': 'gzip', 'x-request-id': 'decode-rest-gzip' } })],
+        ['br', raw.rest('POST', '/api/v1/auth/register', { body: new Uint8Array([0x0b, 0xff, 0x00, 0x61]), headers: { 'content-encoding': 'br' } })],
+        ['zstd', raw.rest('POST', '/api/v1/auth/register', { body: new Uint8Array([1, 2, 3, 4, 5, 6, 7]), headers: { 'content-encoding': 'zstd' } })],
+        ['deflate', raw.rest('POST', '/api/v1/auth/register', { body: new Uint8Array([0x78, 0x9c, 0xff]), headers: { 'content-encoding': 'deflate' } })],
+      ].map(async ([name, answer]) => [name, await (answer as Promise<RawAnswer>)] as const),
+    );
+    for (const [name, answer] of answers) {
+      expect({ name, status: answer.status, code: answer.code, wellFormed: answer.wellFormed }).toEqual({ name, status: 400, code: 'invalid_argument', wellFormed: true });
+    }
+    expect(linesOf('decode-rest-gzip').map((line) => [line.level, line.msg, line.status])).toEqual([['info', 'request completed', 400]]);
+  });
+
+  it('when requests are refused at the edge, then each is logged as one line with its code and no stack, and no line carries a password, hash or token', async () => {
+    const sent = RPC_PROTOCOLS.flatMap((protocol) => attacks(protocol).map(({ key, send }) => ({ id: requestId('logged', protocol, key), send })));
+    await Promise.all(sent.map(({ id, send }) => send({ 'x-request-id': id })));
+    for (const { id } of sent) {
+      const lines = linesOf(id).map((line) => ({ level: line.level, code: line.code, stack: JSON.stringify(line).includes('stack') }));
+      expect({ id, lines }).toEqual({ id, lines: [{ level: 'info', code: 'invalidargument', stack: false }] });
+    }
+    expect(logLines.join('\n')).not.toMatch(/Passw0rd|\$2[aby]\$|eyJ/);
+  });
+
+  it('when a client floods undecodable bodies in parallel over every protocol, then the rate limit counts them: invalid_argument up to the limit, resource_exhausted after', async () => {
+    const limited = await startTestServer({ RATE_LIMIT_MAX: '12', RATE_LIMIT_WINDOW_MS: '60000' });
+    const flood = new RawClient(limited.baseUrl);
+    try {
+      const garbage = new Uint8Array([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+      const answers = await Promise.all(
+        Array.from({ length: 20 }, (_, index) => {
+          const protocol = RPC_PROTOCOLS[index % RPC_PROTOCOLS.length] ?? 'grpc';
+          const payload = protocol === 'connect-json' ? new TextEncoder().encode('{"usernameOrEmail":') : garbage;
+          return index % 5 === 4
+            ? flood.rest('POST', '/api/v1/auth/login', { body: gzipCut(json({ usernameOrEmail: 'x', password: 'y' })), headers: { 'content-encoding': 'gzip' } })
+            : flood.rpc(protocol, 'arcana.auth.v1.AuthService/Login', payload);
+        }),
+      );
+      const counts = Object.fromEntries(['invalid_argument', 'resource_exhausted', 'other'].map((code) => [code, 0]));
+      for (const answer of answers) counts[answer.code in counts ? answer.code : 'other'] = (counts[answer.code in counts ? answer.code : 'other'] ?? 0) + 1;
+      expect(counts).toEqual({ invalid_argument: 12, resource_exhausted: 8, other: 0 });
+    } finally {
+      flood.close();
+      await limited.close();
+    }
+  });
+});
+
+describe('Connect JSON: unknown enum names and keys are refused, not dropped (defect 12)', () => {
+  it('when ListUsers filters by the REST spelling GUEST or ListAuditEvents by USER_DELETED, then invalid_argument naming the field, not every row', async () => {
+    const post = (procedure: string, body: unknown) => raw.rpc('connect-json', procedure, json(body), { token: admin });
+    const [role, type, status] = await Promise.all([
+      post('arcana.user.v1.UserService/ListUsers', { role: 'GUEST' }),
+      post('arcana.audit.v1.AuditService/ListAuditEvents', { type: 'USER_DELETED' }),
+      post('arcana.user.v1.UserService/ListUsers', { status: 'BANNED', perPage: 5 }),
+    ]);
+    expect([role, type, status].map((answer) => ({ code: answer.code, fields: Object.keys(answer.violations) }))).toEqual([
+      { code: 'invalid_argument', fields: ['role'] },
+      { code: 'invalid_argument', fields: ['type'] },
+      { code: 'invalid_argument', fields: ['status'] },
+    ]);
+    // The proto spelling still works, and filters.
+    const guests = await post('arcana.user.v1.UserService/ListUsers', { role: 'USER_ROLE_GUEST' });
+    expect(guests.code).toBe('ok');
+  });
+
+  it('when a request carries a key or a field number its message does not declare, then invalid_argument naming it and nothing is stored', async () => {
+    const user = newUser('unknown');
+    const [jsonKey, grpcJson, nested] = await Promise.all([
+      raw.rpc('connect-json', 'arcana.auth.v1.AuthService/Register', json({ ...user, role: 'USER_ROLE_ADMIN' })),
+      raw.rpc('grpc-web', 'arcana.user.v1.UserService/ListUsers', json({ rolez: 'USER_ROLE_GUEST' }), { token: admin, headers: { 'content-type': 'application/grpc-web+json' } }),
+      raw.rpc('connect-json', 'arcana.user.v1.UserService/ListUsers', json({ perPage: 5, filter: { role: 'GUEST' } }), { token: admin }),
+    ]);
+    expect([jsonKey, grpcJson, nested].map((answer) => ({ code: answer.code, fields: Object.keys(answer.violations) }))).toEqual([
+      { code: 'invalid_argument', fields: ['role'] },
+      { code: 'invalid_argument', fields: ['rolez'] },
+      { code: 'invalid_argument', fields: ['filter'] },
+    ]);
+    expect(await usersNamed(user.username)).toBe('0');
+
+    // Binary: a field number ListUsersRequest does not have (99, a varint), appended to a valid request.
+    const unknown = new BinaryWriter().tag(99, WireType.Varint).int32(3).finish();
+    const listing = concat(binary(ListUsersRequestSchema, { page: 1, perPage: 5 }), unknown);
+    const victim = await register(t, newUser('unknown'));
+    const update = concat(binary(UpdateUserRequestSchema, { userId: victim.id, firstName: 'Ada' }), unknown);
+    for (const protocol of ['connect-binary', 'grpc-web', 'grpc'] as const) {
+      const [list, change] = await Promise.all([
+        raw.rpc(protocol, 'arcana.user.v1.UserService/ListUsers', listing, { token: admin }),
+        raw.rpc(protocol, 'arcana.user.v1.UserService/UpdateUser', update, { token: admin }),
+      ]);
+      expect({ protocol, list: { code: list.code, fields: Object.keys(list.violations) }, change: change.code }).toEqual({
+        protocol,
+        list: { code: 'invalid_argument', fields: ['99'] },
+        change: 'invalid_argument',
+      });
+    }
+    expect((await profileOf(victim.id))?.first_name).toBeNull();
+  });
+});
+
+describe('the server keeps serving', () => {
+  it('when an HTTP/1.0 RPC request has no Host header, then 400, and the server answers the next request', async () => {
+    const reply = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(t.port, '127.0.0.1', () =>
+        socket.end('POST /arcana.auth.v1.AuthService/Login HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}'),
+      );
+      let received = '';
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      socket.on('close', () => resolve(received));
+      socket.on('error', reject);
+    });
+    expect(reply).toMatch(/^HTTP\/1\.[01] 400 /);
+    expect((await raw.rest('GET', '/health')).status).toBe(200);
+  });
+});
+
+/** The parts of an answer every refusal is judged by. */
+function pick(answer: RawAnswer) {
+  return { code: answer.code, status: answer.status, wellFormed: answer.wellFormed };
+}
+
+/** A gzip body missing its last bytes. */
+function gzipCut(body: Uint8Array): Uint8Array {
+  const compressed = gzipSync(body);
+  return new Uint8Array(compressed.subarray(0, compressed.length - 6));
+}
+
+/** Rewrites an envelope's length to what it now holds, so only the compressed data is cut short. */
+function fixEnvelope(body: Uint8Array): Uint8Array {
+  const fixed = new Uint8Array(body);
+  new DataView(fixed.buffer).setUint32(1, fixed.length - 5);
+  return fixed;
+}

@@ -15,6 +15,15 @@ import type { FieldErrors } from '../domain/errors.ts';
 export const NUL_REFUSED = 'must not contain NUL (U+0000) characters';
 export const SURROGATE_REFUSED = 'must be valid Unicode text (no unpaired surrogates)';
 
+/**
+ * An empty field → problem map without a prototype: a client names the fields, and on a plain
+ * object `details.constructor ??= …` or `details.__proto__ = …` would find the inherited
+ * property and drop the problem (a refusal with no field named).
+ */
+export function noFieldErrors(): FieldErrors {
+  return Object.create(null) as FieldErrors;
+}
+
 /** Why no field can take this text, or undefined when it is storable. */
 export function unstorableText(text: string): string | undefined {
   if (text.includes('\u0000')) return NUL_REFUSED;
@@ -28,7 +37,7 @@ export function unstorableText(text: string): string | undefined {
  * walk uses an explicit stack: a body may be nested deeper than the call stack allows.
  */
 export function findUnstorableText(value: unknown, root = ''): FieldErrors {
-  const problems: FieldErrors = {};
+  const problems = noFieldErrors();
   const pending: [unknown, string][] = [[value, root]];
   const join = (path: string, key: string) => (path === '' ? key : `${path}.${key}`);
   for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
@@ -58,7 +67,7 @@ export function findUnstorableText(value: unknown, root = ''): FieldErrors {
  * client believes it set but the server ignores (a role, a filter) is worse than an error.
  */
 export function findMessageProblems(desc: DescMessage, message: Message): FieldErrors {
-  const problems: FieldErrors = {};
+  const problems = noFieldErrors();
   const pending: [ReflectMessage, string][] = [[reflect(desc, message), '']];
   for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
     const [current, prefix] = next;

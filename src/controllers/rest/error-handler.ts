@@ -3,6 +3,7 @@ import { AppError, NotFoundError, RateLimitedError, type ErrorCode } from '../..
 import type { Logger } from '../../infrastructure/logger.ts';
 import { errorBody } from './envelope.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../client-edge.ts';
+import { noFieldErrors } from '../edge-input.ts';
 
 /** body-parser's error type for a JSON body that is not UTF-8 (see rest-app.ts). */
 export const INVALID_UTF8 = 'entity.encoding.invalid';
@@ -111,14 +112,17 @@ function toAppError(error: unknown): AppError | undefined {
  * itself (a path parameter that is not valid percent-encoding) names `path`.
  */
 function fieldErrors(errors: { path?: string; message?: string }[]): Record<string, string> {
-  const details: Record<string, string> = {};
+  const details = noFieldErrors();
   for (const { path = '', message = 'is invalid' } of errors) {
     if (path !== '' && !/^\/?(body|query|params|path|headers)(\/|$)/.test(path)) {
       details.path ??= 'is not a valid URL path';
       continue;
     }
-    const field = path.replace(/^\/?(body|query|params|path|headers)\/?/, '').replaceAll('/', '.') || 'body';
-    details[field] ??= message;
+    const [, location = 'body', rest = ''] = /^\/?(body|query|params|path|headers)\/?(.*)$/s.exec(path) ?? [];
+    // Body paths nest (`address/lines/0` → `address.lines.0`); a query, path or header
+    // parameter's name is given as sent, slashes included.
+    const field = location === 'body' ? rest.replaceAll('/', '.') : rest;
+    details[field || 'body'] ??= message;
   }
   return details;
 }

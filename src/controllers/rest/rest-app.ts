@@ -14,7 +14,7 @@ import type { AuditService } from '../../services/audit-use-cases.ts';
 import { createAuditRoutes } from './audit-routes.ts';
 import { createAuthRoutes } from './auth-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
-import { findUnstorableText } from '../edge-input.ts';
+import { findUnstorableText, noFieldErrors } from '../edge-input.ts';
 import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
 import { requestContext } from './request-context.ts';
@@ -99,7 +99,7 @@ function refuseInvalidUtf8(_req: IncomingMessage, _res: unknown, body: Buffer, e
 
 /** NUL or an unpaired surrogate in the body or the query: 400 naming the field. */
 function refuseUnstorableText(req: Request, _res: Response, next: NextFunction): void {
-  const details = { ...findUnstorableText(req.query), ...findUnstorableText(req.body) };
+  const details = Object.assign(noFieldErrors(), findUnstorableText(req.query), findUnstorableText(req.body));
   if (Object.keys(details).length > 0) throw new ValidationError('Validation failed', details);
   next();
 }

@@ -41,6 +41,7 @@ import {
 import { parseContentType as parseGrpcWebContentType } from '@connectrpc/connect/protocol-grpc-web';
 import { isUtf8 } from 'node:buffer';
 import { ValidationError, type FieldErrors } from '../../domain/errors.ts';
+import { noFieldErrors } from '../edge-input.ts';
 
 type MethodSerializationLookup = GenericSerializationLookup<DescMessage, DescMessage>;
 
@@ -218,7 +219,7 @@ function parseJson(desc: DescMessage, serialization: MethodSerializationLookup, 
     const fieldError = cause instanceof Error ? cause.cause : undefined;
     if (isFieldError(fieldError)) {
       const field = fieldError.field();
-      throw new ValidationError('Validation failed', { [field.name]: fieldError.message });
+      throw new ValidationError('Validation failed', Object.assign(noFieldErrors(), { [field.name]: fieldError.message }));
     }
     throw new ValidationError('Validation failed', { request: cause instanceof Error ? cause.message : 'cannot be decoded' });
   }
@@ -229,7 +230,7 @@ function parseJson(desc: DescMessage, serialization: MethodSerializationLookup, 
  * Shapes and types are left to the decoder, which names the field itself.
  */
 function findJsonProblems(desc: DescMessage, json: unknown): FieldErrors {
-  const problems: FieldErrors = {};
+  const problems = noFieldErrors();
   const pending: [DescMessage, unknown, string, number][] = [[desc, json, '', 0]];
   for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
     const [message, value, prefix, depth] = next;

@@ -188,7 +188,8 @@ function restAnswer(result: HttpResult): RawAnswer {
   }
   const envelope = json as { success?: unknown; data?: unknown; error?: { code?: unknown; message?: unknown; details?: unknown }; requestId?: unknown } | undefined;
   if (result.status >= 200 && result.status < 300) {
-    return { code: 'ok', status: result.status, message: '', violations: {}, wellFormed: envelope?.success === true, headers: result.headers, json };
+    // Most answers are enveloped, the probes not; the server checks 2xx bodies against openapi.yaml.
+    return { code: 'ok', status: result.status, message: '', violations: {}, wellFormed: json !== undefined, headers: result.headers, json };
   }
   const error = envelope?.error;
   const restCode = typeof error?.code === 'string' ? error.code : undefined;

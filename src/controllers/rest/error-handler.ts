@@ -114,11 +114,12 @@ function toAppError(error: unknown): AppError | undefined {
 function fieldErrors(errors: { path?: string; message?: string }[]): Record<string, string> {
   const details = noFieldErrors();
   for (const { path = '', message = 'is invalid' } of errors) {
-    if (path !== '' && !/^\/?(body|query|params|path|headers)(\/|$)/.test(path)) {
+    const located = /^\/?(body|query|params|path|headers)(?:\/(.*))?$/s.exec(path);
+    if (path !== '' && located === null) {
       details.path ??= 'is not a valid URL path';
       continue;
     }
-    const [, location = 'body', rest = ''] = /^\/?(body|query|params|path|headers)\/?(.*)$/s.exec(path) ?? [];
+    const [, location = 'body', rest = ''] = located ?? [];
     // Body paths nest (`address/lines/0` → `address.lines.0`); a query, path or header
     // parameter's name is given as sent, slashes included.
     const field = location === 'body' ? rest.replaceAll('/', '.') : rest;

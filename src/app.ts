@@ -49,6 +49,7 @@ import { FixedWindowRateLimiter, MemoryCounterStore, RedisCounterStore, type Cou
 import { createRedisClient, waitUntilReady, type Redis } from './infrastructure/redis/redis-client.ts';
 import { DeviceTokens } from './infrastructure/security/device-tokens.ts';
 import { loadCommonPasswords, PasswordHasher } from './infrastructure/security/password-hasher.ts';
+import { WorkGate } from './infrastructure/work-gate.ts';
 import { TokenCodec } from './infrastructure/security/token-codec.ts';
 import { CachedTokenRepository } from './repositories/cached-token-repository.ts';
 import { CachedUserRepository } from './repositories/cached-user-repository.ts';
@@ -198,7 +199,10 @@ export async function createApplication(config: Config, logger: Logger): Promise
     let audit: AuditService | undefined;
     let jobs: JobRunner | undefined;
     if ((holds.auth || holds.users) && repositories !== undefined) {
-      const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords());
+      // One bcrypt hash at cost 12 takes about 210 ms of one core on the reference machine; each
+      // round doubles it. The gate's estimate adapts to what it measures from the first hash on.
+      const hashGate = new WorkGate({ ...config.passwordHashing, estimateMs: 210 * 2 ** (config.bcryptRounds - 12) });
+      const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords(), hashGate);
       await passwords.warmUp();
       const runner = await createJobRunner({
         redis: config.redis === undefined ? undefined : { url: config.redis.url, prefix: `${prefix}jobs` },

@@ -83,6 +83,8 @@ const EnvSchema = z.object({
   JWT_ACCESS_EXPIRES_IN_SECONDS: int(3600, 1, 86_400 * 7),
   JWT_REFRESH_EXPIRES_IN_SECONDS: int(2_592_000, 60, 86_400 * 365),
   BCRYPT_ROUNDS: int(12, 4, 15),
+  PASSWORD_HASH_CONCURRENCY: int(0, 0, 256),
+  PASSWORD_HASH_QUEUE_MAX: int(32, 0, 100_000),
 
   DEPLOYMENT_MODE: z.enum(['monolithic', 'layered', 'microservices']).default('monolithic'),
   DEPLOYMENT_LAYER: z.enum(['monolithic', 'controller', 'service', 'repository', 'auth-service', 'user-service']).default('monolithic'),
@@ -186,6 +188,11 @@ export function loadConfig(env: Environment) {
       refreshTtlSeconds: e.JWT_REFRESH_EXPIRES_IN_SECONDS,
     },
     bcryptRounds: e.BCRYPT_ROUNDS,
+    passwordHashing: {
+      /** 0: one per core (bcrypt runs on libuv's thread pool, one hash per core at full speed). */
+      concurrency: e.PASSWORD_HASH_CONCURRENCY === 0 ? undefined : e.PASSWORD_HASH_CONCURRENCY,
+      maxWaiting: e.PASSWORD_HASH_QUEUE_MAX,
+    },
     deployment,
     rateLimit: { enabled: e.RATE_LIMIT_ENABLED, windowMs: e.RATE_LIMIT_WINDOW_MS, max: e.RATE_LIMIT_MAX },
     login: {

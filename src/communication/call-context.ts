@@ -10,6 +10,8 @@ export interface CallContext {
   deadline?: number | undefined;
   /** Who the request is for, for downstream logs: `user:<id>` once authenticated. */
   caller?: string | undefined;
+  /** Aborts when nobody awaits the answer any more: the client disconnected or cancelled. */
+  signal?: AbortSignal | undefined;
 }
 
 // AsyncLocalStorage is the one module-level object here: it holds no state of its own, only the
@@ -36,6 +38,15 @@ export function identifyCaller(userId: number): void {
 export function remainingMs(now = Date.now()): number | undefined {
   const deadline = storage.getStore()?.deadline;
   return deadline === undefined ? undefined : deadline - now;
+}
+
+/**
+ * What expensive work done for the current request should respect (see WorkGate): its deadline
+ * and whether its caller is still there. Empty outside a request (start-up, jobs).
+ */
+export function currentWorkLimits(): { deadline?: number | undefined; signal?: AbortSignal | undefined } {
+  const context = storage.getStore();
+  return context === undefined ? {} : { deadline: context.deadline, signal: context.signal };
 }
 
 /**

@@ -7,7 +7,7 @@
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError, type Interceptor, type Transport } from '@connectrpc/connect';
 import { ErrorInfoSchema } from '../../gen/proto/google/rpc/error_details_pb.js';
-import { AppError, RateLimitedError, UnavailableError, type ErrorCode, type FieldErrors } from '../domain/errors.ts';
+import { AppError, RateLimitedError, retryAfterOf, UnavailableError, type ErrorCode, type FieldErrors } from '../domain/errors.ts';
 import type { Logger } from '../infrastructure/logger.ts';
 import { CONNECT_CODE } from '../controllers/rpc/interceptors.ts';
 import { currentCallContext } from './call-context.ts';
@@ -56,7 +56,8 @@ export function layerServerErrorInterceptor(logger: Logger): Interceptor {
 
 export function toLayerConnectError(error: AppError): ConnectError {
   const metadata: Record<string, string> = { ...error.details };
-  if (error instanceof RateLimitedError) metadata[RETRY_AFTER] = String(error.retryAfterSeconds);
+  const retryAfter = retryAfterOf(error);
+  if (retryAfter !== undefined) metadata[RETRY_AFTER] = String(retryAfter);
   const info = create(ErrorInfoSchema, { reason: error.code, domain: ERROR_DOMAIN, metadata });
   return new ConnectError(error.message, CONNECT_CODE[error.code], undefined, [{ desc: ErrorInfoSchema, value: info }], error);
 }
@@ -90,7 +91,10 @@ export function fromLayerError(error: unknown): Error {
 
 function appErrorFrom(code: ErrorCode, message: string, metadata: Record<string, string>, cause: ConnectError): AppError {
   if (code === 'RATE_LIMITED') return new RateLimitedError(Number(metadata[RETRY_AFTER] ?? 1));
-  if (code === 'SERVICE_UNAVAILABLE') return new UnavailableError(message, cause);
+  if (code === 'SERVICE_UNAVAILABLE') {
+    const retryAfter = metadata[RETRY_AFTER];
+    return new UnavailableError(message, cause, retryAfter === undefined ? undefined : Number(retryAfter));
+  }
   const details: FieldErrors = { ...metadata };
   delete details[RETRY_AFTER];
   return new AppError(code, message, { ...(Object.keys(details).length === 0 ? {} : { details }), cause });

@@ -85,7 +85,7 @@ export function layerContextInterceptor(logger: Logger): Interceptor {
     const caller = req.header.get('x-arcana-caller') ?? undefined;
     const timeoutMs = timeoutFromHeaders(req.header);
     const started = performance.now();
-    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs }, async () => {
+    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal }, async () => {
       const procedure = `${req.service.typeName}/${req.method.name}`;
       try {
         const res = await next(req);

@@ -68,8 +68,11 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
   const expired = () => fromLayerError(new ConnectError('the request deadline passed before the call could be made', Code.DeadlineExceeded));
 
   return {
-    async unary(method, signal, timeoutMs, header, input, contextValues) {
+    async unary(method, callSignal, timeoutMs, header, input, contextValues) {
       const { headers, deadline } = prepare(header, timeoutMs);
+      // A request whose client has gone cancels its calls to the layers below, so that they stop
+      // (and never start bcrypt) for an answer nobody will receive.
+      const signal = callSignal ?? currentCallContext()?.signal;
       for (let attempt = 0; ; attempt += 1) {
         const left = deadline - Date.now();
         if (left <= 0) throw expired();
@@ -89,9 +92,10 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
         }
       }
     },
-    async stream(method, signal, timeoutMs, header, input, contextValues) {
+    async stream(method, callSignal, timeoutMs, header, input, contextValues) {
       // Streams are not retried: part of one may already have been consumed.
       const { headers, deadline } = prepare(header, timeoutMs);
+      const signal = callSignal ?? currentCallContext()?.signal;
       try {
         return await pick().stream(method, signal, Math.max(1, deadline - Date.now()), headers, input, contextValues);
       } catch (error) {

@@ -67,3 +67,9 @@ export class UnavailableError extends AppError {
     this.retryAfterSeconds = retryAfterSeconds;
   }
 }
+
+/** When the client may usefully try again, for the errors that say so (Retry-After, RetryInfo). */
+export function retryAfterOf(error: AppError): number | undefined {
+  if (error instanceof RateLimitedError || error instanceof UnavailableError) return error.retryAfterSeconds;
+  return undefined;
+}

@@ -113,7 +113,10 @@ export class AuthUseCases implements AuthService {
       return new AuthenticationError(INVALID_CREDENTIALS);
     };
     if (!attempt.admitted) throw failed('throttled');
-    const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash);
+    const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash).catch(async (error: unknown) => {
+      await attempt.abandoned();
+      throw error;
+    });
     if (row === null) throw failed('unknown_user');
     if (!passwordMatches) throw failed('wrong_password');
     if (row.status !== 'ACTIVE') throw failed('inactive');

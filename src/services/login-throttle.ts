@@ -19,6 +19,11 @@ export interface AdmittedAttempt {
   admitted: true;
   /** The password matched: the attempt's failure slot is cleared. */
   succeeded(): Promise<void>;
+  /**
+   * No password was compared after all (the server was too busy to, or the caller left): the
+   * slot goes back, so overload never counts as guessing against the account.
+   */
+  abandoned(): Promise<void>;
 }
 
 /** An attempt refused before any password was compared. */
@@ -88,6 +93,7 @@ export class LoginThrottle {
       return {
         admitted: true,
         succeeded: () => this.#closedOnFailure(() => this.#counters.delete(key)),
+        abandoned: () => this.#closedOnFailure(() => this.#counters.release(key)),
       };
     });
   }

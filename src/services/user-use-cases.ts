@@ -135,7 +135,11 @@ export class UserUseCases implements UserService {
       failed('throttled');
       throw new RateLimitedError(attempt.retryAfterSeconds);
     }
-    if (!(await this.#passwords.verify(input.oldPassword ?? '', user.passwordHash))) {
+    const matches = await this.#passwords.verify(input.oldPassword ?? '', user.passwordHash).catch(async (error: unknown) => {
+      await attempt.abandoned();
+      throw error;
+    });
+    if (!matches) {
       failed('wrong_password');
       throw new AuthenticationError('Current password is incorrect');
     }

@@ -36,6 +36,10 @@ export interface Outcome<T> {
 /** Extra request headers: a forwarded-for address, If-Match, an idempotency key, a device token… */
 export interface CallExtras {
   headers?: Record<string, string>;
+  /** Gives up on the call: the client goes away (REST closes its socket, RPC cancels its stream). */
+  signal?: AbortSignal;
+  /** RPC only: the deadline the call carries to the server (grpc-timeout, connect-timeout-ms). */
+  timeoutMs?: number;
 }
 
 export interface AuthResultData {
@@ -106,7 +110,7 @@ function restClient(baseUrl: string): ApiClient {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     if (payload !== undefined) headers['content-type'] = 'application/json';
     const { status, responseHeaders, text } = await new Promise<{ status: number; responseHeaders: Headers; text: string }>((resolve, reject) => {
-      const req = http.request(new URL(path, baseUrl), { method, headers, agent }, (res) => {
+      const req = http.request(new URL(path, baseUrl), { method, headers, agent, ...(extras?.signal === undefined ? {} : { signal: extras.signal }) }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
         res.on('end', () => {
@@ -121,7 +125,11 @@ function restClient(baseUrl: string): ApiClient {
       });
       req.on('error', reject);
       req.end(payload);
+    }).catch((error: unknown) => {
+      if (extras?.signal?.aborted === true) return { status: 0, responseHeaders: new Headers(), text: '' };
+      throw error;
     });
+    if (status === 0) return { code: 'canceled', headers: responseHeaders };
     const json = (text === '' ? {} : JSON.parse(text)) as RestBody;
     if (status >= 200 && status < 300) return { code: 'ok', status, headers: responseHeaders, data: pick(json) };
     const error = json.error;
@@ -182,7 +190,7 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
     const seen = new Headers();
     const copy = (from: Headers) => from.forEach((value, name) => seen.append(name, value));
     try {
-      const response = await run({ headers, onHeader: copy, onTrailer: copy });
+      const response = await run({ headers, onHeader: copy, onTrailer: copy, signal: extras?.signal, timeoutMs: extras?.timeoutMs });
       return { code: 'ok', headers: seen, data: pick(response) };
     } catch (reason) {
       const error = ConnectError.from(reason);

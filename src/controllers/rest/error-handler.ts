@@ -1,5 +1,5 @@
 import type { NextFunction, Request, Response } from 'express';
-import { AppError, NotFoundError, RateLimitedError, type ErrorCode } from '../../domain/errors.ts';
+import { AppError, NotFoundError, retryAfterOf, type ErrorCode } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { errorBody } from './envelope.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../client-edge.ts';
@@ -60,7 +60,8 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
       res.end();
       return;
     }
-    if (appError instanceof RateLimitedError) res.setHeader('retry-after', String(appError.retryAfterSeconds));
+    const retryAfter = appError === undefined ? undefined : retryAfterOf(appError);
+    if (retryAfter !== undefined) res.setHeader('retry-after', String(retryAfter));
     if (status === 401) {
       res.setHeader('www-authenticate', bearerChallenge(res.locals.tokenRejected === true, appError?.message));
       // A failed login or refresh is a token answer too, and just as uncacheable.

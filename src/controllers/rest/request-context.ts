@@ -48,8 +48,13 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
         'request completed',
       );
     });
+    // A client that disconnects before its answer aborts the work done for it (see WorkGate).
+    const abandoned = new AbortController();
+    res.once('close', () => {
+      if (!res.writableFinished) abandoned.abort();
+    });
     // Everything this request does from here, calls to other layers included, carries its id.
-    runWithCallContext({ requestId }, next);
+    runWithCallContext({ requestId, signal: abandoned.signal }, next);
   };
 }
 

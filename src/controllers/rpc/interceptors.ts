@@ -4,7 +4,7 @@ import { Code, ConnectError, type HandlerContext, type Interceptor } from '@conn
 import { create, type DescMessage } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
-import { AppError, RateLimitedError, type ErrorCode } from '../../domain/errors.ts';
+import { AppError, RateLimitedError, retryAfterOf, type ErrorCode } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
@@ -49,7 +49,7 @@ export function requestContextInterceptor(logger: Logger): Interceptor {
         },
         'rpc completed',
       );
-    return runWithCallContext({ requestId, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs }, async () => {
+    return runWithCallContext({ requestId, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal }, async () => {
       try {
         const res = await next(req);
         res.header.set('x-request-id', requestId);
@@ -107,11 +107,12 @@ export function toConnectError(error: AppError, input: DescMessage): ConnectErro
     });
   }
   const metadata = new Headers();
-  if (error instanceof RateLimitedError) {
-    metadata.set('retry-after', String(error.retryAfterSeconds));
+  const retryAfter = retryAfterOf(error);
+  if (retryAfter !== undefined) {
+    metadata.set('retry-after', String(retryAfter));
     details.push({
       desc: RetryInfoSchema,
-      value: create(RetryInfoSchema, { retryDelay: durationFromMs(error.retryAfterSeconds * 1000) }),
+      value: create(RetryInfoSchema, { retryDelay: durationFromMs(retryAfter * 1000) }),
     });
   }
   return new ConnectError(error.message, CONNECT_CODE[error.code], metadata, details, error);

@@ -2,7 +2,9 @@ import bcrypt from 'bcrypt';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { currentCallContext, currentWorkLimits } from '../../communication/call-context.ts';
 import { ValidationError } from '../../domain/errors.ts';
+import type { WorkGate } from '../work-gate.ts';
 
 const MAX_PASSWORD_BYTES = 72;
 const COMMON_PASSWORDS_PATH = join(import.meta.dirname, 'common-passwords.txt');
@@ -21,11 +23,25 @@ export async function loadCommonPasswords(path = COMMON_PASSWORDS_PATH): Promise
 export class PasswordHasher {
   readonly #rounds: number;
   readonly #common: ReadonlySet<string>;
+  readonly #gate: WorkGate | undefined;
   #dummyHash: Promise<string> | undefined;
 
-  constructor(rounds: number, commonPasswords: ReadonlySet<string> = new Set()) {
+  /**
+   * With a gate, every hash and comparison done for a request waits for a slot in it, and is
+   * refused (503 with Retry-After) when the gate is full, when the request's deadline would pass
+   * before its turn, or when its caller has gone: bcrypt is the costliest thing the platform
+   * does, and under overload it should only be spent on answers someone will receive.
+   */
+  constructor(rounds: number, commonPasswords: ReadonlySet<string> = new Set(), gate?: WorkGate) {
     this.#rounds = rounds;
     this.#common = commonPasswords;
+    this.#gate = gate;
+  }
+
+  /** bcrypt work, through the gate when it runs for a request. */
+  #gated<T>(work: () => Promise<T>): Promise<T> {
+    if (this.#gate === undefined || currentCallContext() === undefined) return work();
+    return this.#gate.run(work, currentWorkLimits());
   }
 
   /**
@@ -40,7 +56,7 @@ export class PasswordHasher {
     if (this.#common.has(normalized.toLowerCase())) {
       return Promise.reject(new ValidationError('Validation failed', { [field]: 'is too common: it appears in lists of breached passwords' }));
     }
-    return bcrypt.hash(normalized, this.#rounds);
+    return this.#gated(() => bcrypt.hash(normalized, this.#rounds));
   }
 
   /**
@@ -60,10 +76,11 @@ export class PasswordHasher {
   async verify(password: string, hash: string | undefined): Promise<boolean> {
     const normalized = password.normalize('NFC');
     if (hash === undefined || Buffer.byteLength(normalized, 'utf8') > MAX_PASSWORD_BYTES) {
-      await bcrypt.compare(normalized, await this.#dummy());
+      const dummy = await this.#dummy();
+      await this.#gated(() => bcrypt.compare(normalized, dummy));
       return false;
     }
-    return bcrypt.compare(normalized, hash);
+    return this.#gated(() => bcrypt.compare(normalized, hash));
   }
 
   #dummy(): Promise<string> {

@@ -1,0 +1,101 @@
+// bcrypt as an attacker spends it. A login costs the server one bcrypt comparison (about 210 ms of
+// a core at cost 12) and the client one small request, so a crowd of logins is the cheapest way to
+// take the platform down: each must wait for a hash, and an unbounded queue answers every one of
+// them too late. The password hashes of every process run through a gate
+// (PASSWORD_HASH_CONCURRENCY, PASSWORD_HASH_QUEUE_MAX) that
+// - refuses, at once, with unavailable / 503 and Retry-After, what it cannot queue;
+// - refuses, at once, a call whose deadline would pass before its turn;
+// - drops queued work whose caller has gone (REST socket closed, RPC cancelled), before hashing;
+// - gives the login throttle its slot back, so overload never counts as guessing.
+// Over every public protocol; also in the split topologies, where the caller's deadline and its
+// cancellation cross the internal boundary to the process that hashes.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+const MAX_FAILURES = 5;
+
+let t: TestServer;
+
+beforeAll(async () => {
+  t = await startTestServer({
+    // One hash at a time, two waiting, each a real cost-12 hash: a crowd of 20 cannot all fit.
+    BCRYPT_ROUNDS: '12',
+    PASSWORD_HASH_CONCURRENCY: '1',
+    PASSWORD_HASH_QUEUE_MAX: '2',
+    LOGIN_MAX_FAILURES: String(MAX_FAILURES),
+    TRUST_PROXY: 'true',
+  });
+}, 60_000);
+
+afterAll(async () => {
+  await t.close();
+});
+
+const from = (ip: string) => ({ headers: { 'x-forwarded-for': ip } });
+
+/** The login audit events of a user, once the queue has written at least `expected`, and a while after. */
+async function loginEvents(userId: number, expected: number): Promise<number> {
+  const count = async () =>
+    Number((await t.sql<{ n: string }>(`SELECT count(*) AS n FROM audit_events WHERE user_id = $1 AND type IN ('LOGIN_SUCCEEDED', 'LOGIN_FAILED')`, [userId]))[0]?.n);
+  const deadline = Date.now() + 10_000;
+  while ((await count()) < expected && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+  // Work that was wrongly kept would finish within a few more hashes.
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  return count();
+}
+
+describe.each(PROTOCOLS)('password hashing under a crowd, over %s', (protocol: ProtocolName) => {
+  let client: ApiClient;
+  const ip = (host: number) => `198.51.100.${10 * PROTOCOLS.indexOf(protocol) + host}`;
+
+  beforeAll(() => {
+    client = apiClient(protocol, t.baseUrl);
+  });
+
+  afterAll(() => {
+    client.close();
+  });
+
+  it('when 20 logins arrive at once, then what cannot be hashed or queued is refused at once with unavailable and Retry-After, and is not counted as a failed guess', async () => {
+    const user = await register(t);
+    const attempts = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => client.login({ usernameOrEmail: user.username, password: `Wrong-${i}-Passw0rd!` }, from(ip(1)))),
+    );
+    const refused = attempts.filter((attempt) => attempt.code === 'unavailable');
+    expect(refused.length).toBeGreaterThan(0);
+    for (const attempt of refused) expect(Number(attempt.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    // The rest: compared and wrong, or throttled before any comparison; both the same 401.
+    expect(attempts.filter((attempt) => attempt.code !== 'unavailable').every((attempt) => attempt.code === 'unauthenticated')).toBe(true);
+    // Only compared guesses spent the address's slots: the owner's next login from it still works
+    // (had the refused ones been charged, the address would be locked).
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(1)))).code).toBe('ok');
+  });
+
+  it('when callers give up while their logins wait for a hash, then their passwords are never hashed', async () => {
+    const user = await register(t);
+    const first = client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(2)));
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const givingUp = Array.from({ length: 2 }, () => {
+      const abandon = new AbortController();
+      setTimeout(() => abandon.abort(), 60);
+      return client.login({ usernameOrEmail: user.username, password: user.password }, { ...from(ip(2)), signal: abandon.signal });
+    });
+    expect((await first).code).toBe('ok');
+    expect((await Promise.all(givingUp)).map((attempt) => attempt.code)).toEqual(['canceled', 'canceled']);
+    // One login was hashed and audited; the two abandoned ones were dropped from the queue.
+    expect(await loginEvents(user.id, 1)).toBe(1);
+  });
+
+  it.skipIf(protocol === 'rest')('when a call carries a deadline that would pass before its turn, then it is refused at once, not after the deadline', async () => {
+    const user = await register(t);
+    const busy = Array.from({ length: 2 }, () => client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(3))));
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    // Two cost-12 hashes are ahead of it (over 400 ms), and it may wait 300 ms: had it been
+    // queued, the client would see deadline_exceeded; it is told at once to come back later.
+    const hurried = await client.login({ usernameOrEmail: user.username, password: user.password }, { ...from(ip(4)), timeoutMs: 300 });
+    expect(hurried.code).toBe('unavailable');
+    expect(Number(hurried.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    expect((await Promise.all(busy)).map((attempt) => attempt.code)).toEqual(['ok', 'ok']);
+  });
+});

@@ -23,6 +23,14 @@ export function runWithCallContext<T>(context: CallContext, work: () => T): T {
   return storage.run(context, work);
 }
 
+/**
+ * Runs `work` outside any request's context: for work a request starts but does not await (the
+ * audit writer), which must not inherit the request's deadline or be cancelled when it ends.
+ */
+export function detachedFromRequest<T>(work: () => T): T {
+  return storage.exit(work);
+}
+
 /** The current request's context, if the code runs on behalf of one. */
 export function currentCallContext(): CallContext | undefined {
   return storage.getStore();

@@ -1,6 +1,7 @@
 // Background work: writing audit events off the request path, and purging stale sessions on a
 // schedule. With Redis, both go through BullMQ so that several processes share one queue and the
 // purge runs once per interval for all of them; without Redis, they run inside this process.
+import { detachedFromRequest } from '../communication/call-context.ts';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Logger } from '../infrastructure/logger.ts';
@@ -134,7 +135,8 @@ class InProcessJobRunner implements JobRunner {
         return;
       }
       this.#pending.push(toNewAuditEvent(input, this.#context.now()));
-      this.#draining ??= this.#drain();
+      // The writer outlives the request that woke it: it must not take on its deadline or signal.
+      this.#draining ??= detachedFromRequest(() => this.#drain());
     } catch (error) {
       this.#context.logger.error({ err: errorText(error), event: input }, 'could not record audit event');
     }

@@ -291,6 +291,58 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/users/{userId}/sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Id of the user. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * List a user's sessions
+         * @description ADMIN only. The user's live (unrevoked, unexpired) sessions, newest first, as the user sees its own in `GET /api/v1/auth/tokens`; `current` marks the session of the calling administrator's own token, when the user is the caller. Tokens are never returned.
+         */
+        get: operations["listUserSessions"];
+        put?: never;
+        post?: never;
+        /**
+         * End all of a user's sessions
+         * @description ADMIN only. Ends every live session of the user: their access and refresh tokens are refused from this moment, in every process. Audited as `TOKENS_REVOKED` with the administrator as actor. Returns how many sessions ended.
+         */
+        delete: operations["endUserSessions"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{userId}/sessions/{sessionId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Id of the user. */
+                userId: components["parameters"]["UserId"];
+                /** @description Id of a session, as listed. */
+                sessionId: components["parameters"]["SessionId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * End one of a user's sessions
+         * @description ADMIN only. Ends one live session of the user (an `id` from `listUserSessions`): its tokens are refused from this moment; the user's other sessions go on. 404 when the user has no such live session. Audited as `TOKENS_REVOKED` with the administrator as actor.
+         */
+        delete: operations["endUserSession"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/audit-events": {
         parameters: {
             query?: never;
@@ -478,6 +530,10 @@ export interface components {
             /** @description Number of sessions revoked. */
             revokedCount: number;
         };
+        EndUserSessionsResult: {
+            /** @description Number of sessions ended. */
+            endedCount: number;
+        };
         ClearLoginFailuresResult: {
             /** @description Number of client addresses whose failure count was cleared. */
             clearedCount: number;
@@ -631,6 +687,15 @@ export interface components {
             /** @constant */
             success: true;
             data: components["schemas"]["RevokeAllResult"];
+            message: string;
+            /** Format: date-time */
+            timestamp: string;
+            requestId: string;
+        };
+        EndUserSessionsResponse: {
+            /** @constant */
+            success: true;
+            data: components["schemas"]["EndUserSessionsResult"];
             message: string;
             /** Format: date-time */
             timestamp: string;
@@ -791,6 +856,8 @@ export interface components {
         AuditUserIdFilter: number;
         /** @description Id of the user. */
         UserId: number;
+        /** @description Id of a session, as listed. */
+        SessionId: number;
         /** @description 1-based page number. */
         Page: number;
         /** @description Items per page (at most 100). */
@@ -1278,6 +1345,95 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ClearLoginFailuresResponse"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    listUserSessions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Id of the user. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The user's live sessions. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionListResponse"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    endUserSessions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Id of the user. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The sessions ended. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EndUserSessionsResponse"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    endUserSession: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Id of the user. */
+                userId: components["parameters"]["UserId"];
+                /** @description Id of a session, as listed. */
+                sessionId: components["parameters"]["SessionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The session ended. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EmptyResponse"];
                 };
             };
             400: components["responses"]["BadRequest"];

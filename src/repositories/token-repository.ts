@@ -74,6 +74,9 @@ export class PrismaTokenRepository implements TokenRepository {
   rotate(previous: OAuthToken, next: NewTokenRecord): Promise<OAuthToken | null> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
+        // Ending all of a user's sessions and rotating one of them exclude each other (see
+        // revokeAllForUser): the user's row is the lock both take, in the same order.
+        await lockUser(tx, previous.userId);
         // The conditional update is the lock: of two concurrent refreshes with one token, only
         // one sees count 1; the other is treated as a replay.
         const { count } = await tx.oAuthToken.updateMany({
@@ -95,14 +98,24 @@ export class PrismaTokenRepository implements TokenRepository {
   }
 
   revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
-    return this.#revokeWhere(
-      {
-        userId,
-        isRevoked: false,
-        expiresAt: { gt: new Date() },
-        ...(exceptId === undefined ? {} : { NOT: { id: exceptId } }),
-      },
-      reason,
+    return withDatabaseErrors(() =>
+      this.#db.$transaction(async (tx) => {
+        // Waits for the user's refreshes in flight, and holds back new ones until this commits
+        // (see rotate): without it, a refresh committing while this statement waits on the row it
+        // rotates would insert a successor this statement cannot see, and that session would live.
+        await lockUser(tx, userId);
+        const rows = await tx.oAuthToken.updateManyAndReturn({
+          where: {
+            userId,
+            isRevoked: false,
+            expiresAt: { gt: new Date() },
+            ...(exceptId === undefined ? {} : { NOT: { id: exceptId } }),
+          },
+          data: { isRevoked: true, revokedReason: reason },
+          select: { accessTokenHash: true },
+        });
+        return rows.map((row) => row.accessTokenHash);
+      }),
     );
   }
 
@@ -140,4 +153,9 @@ export class PrismaTokenRepository implements TokenRepository {
                  WHERE live.family_id = stale.family_id AND NOT live.is_revoked AND live.expires_at > ${now}))`,
     );
   }
+}
+
+/** Locks the user's row until the transaction ends (FOR UPDATE: PostgreSQL and MySQL alike). */
+async function lockUser(tx: Prisma.TransactionClient, userId: number): Promise<void> {
+  await tx.$queryRaw`SELECT id FROM users WHERE id = ${userId} FOR UPDATE`;
 }

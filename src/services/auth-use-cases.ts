@@ -10,9 +10,9 @@ import {
   type Session,
   type TokenPair,
 } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
-import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
+import { UserRole, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
-import { AuthenticationError } from '../domain/errors.ts';
+import { AuthenticationError, AuthorizationError, NotFoundError } from '../domain/errors.ts';
 import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
@@ -44,6 +44,9 @@ export interface AuthService {
   currentUser(actor: Actor): Promise<User>;
   listSessions(actor: Actor): Promise<Session[]>;
   revokeAll(actor: Actor): Promise<number>;
+  listUserSessions(actor: Actor, userId: number): Promise<Session[]>;
+  endUserSession(actor: Actor, userId: number, sessionId: number): Promise<void>;
+  endUserSessions(actor: Actor, userId: number): Promise<number>;
 }
 
 /** One message for every login failure, so the answer does not reveal whether the user exists. */
@@ -190,8 +193,15 @@ export class AuthUseCases implements AuthService {
       userAgent: truncate(client.userAgent, 500) ?? previous.userAgent,
       clientName: previous.clientName,
     });
-    // Another request rotated this token between our read and our write: also a replay.
-    if (next === null) return this.#replayed(previous, client);
+    if (next === null) {
+      // Between our read and our write, another request rotated this token (a replay), or its
+      // session was ended (logout, revoke-all, an administrator): only the first is theft.
+      const now = await this.#tokens.findByRefreshHash(previous.refreshTokenHash);
+      if (now !== null && now.revokedReason !== 'rotated' && now.revokedReason !== null) {
+        throw new AuthenticationError('Session has ended; please log in again');
+      }
+      return this.#replayed(previous, client);
+    }
     return this.#tokenPair(issued.accessToken, issued.refreshToken, issued.accessTtlSeconds);
   }
 
@@ -212,6 +222,37 @@ export class AuthUseCases implements AuthService {
     const count = (await this.#tokens.revokeAllForUser(actor.userId, undefined, 'revoked')).length;
     this.#audit.record({ type: 'TOKENS_REVOKED', userId: actor.userId, details: { count } });
     return count;
+  }
+
+  /** An administrator's view of a user's live sessions, newest first. */
+  async listUserSessions(actor: Actor, userId: number): Promise<Session[]> {
+    await this.#administeredUser(actor, userId);
+    const rows = await this.#tokens.listActive(userId, this.#now());
+    return rows.map((row) => toSessionMessage(row, actor.sessionId));
+  }
+
+  /** Ends one live session of a user; NotFoundError when the user has no such live session. */
+  async endUserSession(actor: Actor, userId: number, sessionId: number): Promise<void> {
+    await this.#administeredUser(actor, userId);
+    const live = await this.#tokens.listActive(userId, this.#now());
+    if (!live.some((row) => row.id === sessionId)) throw new NotFoundError('Session not found');
+    // Two administrators ending it at once: the second finds nothing left to revoke.
+    if ((await this.#tokens.revoke(sessionId, 'revoked')).length === 0) throw new NotFoundError('Session not found');
+    this.#audit.record({ type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { count: 1, sessionId } });
+  }
+
+  /** Ends every live session of a user; returns how many. */
+  async endUserSessions(actor: Actor, userId: number): Promise<number> {
+    await this.#administeredUser(actor, userId);
+    const count = (await this.#tokens.revokeAllForUser(userId, undefined, 'revoked')).length;
+    this.#audit.record({ type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { count } });
+    return count;
+  }
+
+  /** ADMIN only, checked before any lookup; then the user must exist. */
+  async #administeredUser(actor: Actor, userId: number): Promise<void> {
+    if (actor.role !== UserRole.ADMIN) throw new AuthorizationError('Insufficient permissions');
+    if ((await this.#users.findProfile(userId)) === null) throw new NotFoundError('User not found');
   }
 
   async #replayed(token: OAuthToken, client: ClientInfo): Promise<never> {

@@ -12,7 +12,7 @@ import { UserService } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { UserRole, UserStatus } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import { BadRequestSchema } from '../../gen/proto/google/rpc/error_details_pb.js';
 import { CONNECT_CODE } from '../../src/controllers/rpc/interceptors.ts';
-import { toRestPagination, toRestTokenPair, toRestUser } from '../../src/controllers/rest/rest-mapping.ts';
+import { toRestPagination, toRestSession, toRestTokenPair, toRestUser } from '../../src/controllers/rest/rest-mapping.ts';
 
 type Schemas = components['schemas'];
 
@@ -66,6 +66,10 @@ export interface ApiClient {
     query: { page?: number; perPage?: number; role?: Schemas['UserRole']; status?: Schemas['UserStatus'] },
     extras?: CallExtras,
   ): Promise<Outcome<{ items: Schemas['User'][]; pagination: Schemas['Pagination'] }>>;
+  /** An administrator's view of a user's live sessions. */
+  listUserSessions(token: string, userId: number, extras?: CallExtras): Promise<Outcome<Schemas['Session'][]>>;
+  endUserSession(token: string, userId: number, sessionId: number, extras?: CallExtras): Promise<Outcome<null>>;
+  endUserSessions(token: string, userId: number, extras?: CallExtras): Promise<Outcome<{ endedCount: number }>>;
   /** Releases the client's connections. */
   close(): void;
 }
@@ -159,6 +163,9 @@ function restClient(baseUrl: string): ApiClient {
       const search = new URLSearchParams(Object.entries(query).filter(([, value]) => value !== undefined).map(([key, value]): [string, string] => [key, String(value)]));
       return call('GET', `/api/v1/users?${search}`, token, undefined, extras, (json) => ({ items: json.items as Schemas['User'][], pagination: json.pagination as Schemas['Pagination'] }));
     },
+    listUserSessions: (token, userId, extras) => call('GET', `${id(userId)}/sessions`, token, undefined, extras, data<Schemas['Session'][]>),
+    endUserSession: (token, userId, sessionId, extras) => call('DELETE', `${id(userId)}/sessions/${sessionId}`, token, undefined, extras, () => null),
+    endUserSessions: (token, userId, extras) => call('DELETE', `${id(userId)}/sessions`, token, undefined, extras, data<{ endedCount: number }>),
     close: () => agent.destroy(),
   };
 }
@@ -235,6 +242,10 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
           ),
         (r) => ({ items: r.users.map(toRestUser), pagination: toRestPagination(required(r.pagination)) }),
       ),
+    listUserSessions: (token, userId, extras) =>
+      call(token, extras, (options) => auth.listUserSessions({ userId }, options), (r) => r.sessions.map(toRestSession)),
+    endUserSession: (token, userId, sessionId, extras) => call(token, extras, (options) => auth.endUserSession({ userId, sessionId }, options), () => null),
+    endUserSessions: (token, userId, extras) => call(token, extras, (options) => auth.endUserSessions({ userId }, options), (r) => ({ endedCount: r.endedCount })),
     close: () => {
       sessions.abort();
       agent.destroy();

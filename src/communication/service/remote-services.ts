@@ -71,6 +71,18 @@ export class RemoteAuthService implements AuthService {
   async revokeAll(actor: Actor): Promise<number> {
     return (await this.#client.revokeAll({ actor: actorToProto(actor) })).revokedCount;
   }
+
+  async listUserSessions(actor: Actor, userId: number): Promise<Session[]> {
+    return (await this.#client.listUserSessions({ actor: actorToProto(actor), userId })).sessions;
+  }
+
+  async endUserSession(actor: Actor, userId: number, sessionId: number): Promise<void> {
+    await this.#client.endUserSession({ actor: actorToProto(actor), userId, sessionId });
+  }
+
+  async endUserSessions(actor: Actor, userId: number): Promise<number> {
+    return (await this.#client.endUserSessions({ actor: actorToProto(actor), userId })).endedCount;
+  }
 }
 
 /** UserService over a client of the service layer's UserLayerService. */

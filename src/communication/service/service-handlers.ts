@@ -52,6 +52,16 @@ export function createAuthLayerHandler(auth: AuthService): ServiceImpl<typeof Au
     async revokeAll(req) {
       return { revokedCount: await auth.revokeAll(actorOf(req)) };
     },
+    async listUserSessions(req) {
+      return { sessions: await auth.listUserSessions(actorOf(req), req.userId) };
+    },
+    async endUserSession(req) {
+      await auth.endUserSession(actorOf(req), req.userId, req.sessionId);
+      return {};
+    },
+    async endUserSessions(req) {
+      return { endedCount: await auth.endUserSessions(actorOf(req), req.userId) };
+    },
   };
 }
 

@@ -5,7 +5,7 @@ import type { UserService } from '../../services/user-use-cases.ts';
 import { requireAuth } from './auth-middleware.ts';
 import { sendPage, sendSuccess } from './envelope.ts';
 import { actorOf } from './request-context.ts';
-import { roleFromRest, statusFromRest, toRestPagination, toRestUser } from './rest-mapping.ts';
+import { roleFromRest, statusFromRest, toRestPagination, toRestSession, toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
 type ListQuery = NonNullable<operations['listUsers']['parameters']['query']>;
@@ -67,6 +67,21 @@ export function createUserRoutes(users: UserService, auth: AuthService): Router 
     const body = req.body as Schemas['UpdateUserStatusRequest'];
     const user = await users.updateStatus(actorOf(res), userIdOf(req), statusFromRest(body.status));
     sendSuccess(res, toRestUser(user), 'User status updated successfully');
+  });
+
+  router.get('/:userId/sessions', async (req, res) => {
+    const sessions = await auth.listUserSessions(actorOf(res), userIdOf(req));
+    sendSuccess(res, sessions.map(toRestSession), 'Sessions retrieved successfully');
+  });
+
+  router.delete('/:userId/sessions', async (req, res) => {
+    const endedCount = await auth.endUserSessions(actorOf(res), userIdOf(req));
+    sendSuccess(res, { endedCount }, 'Sessions ended');
+  });
+
+  router.delete('/:userId/sessions/:sessionId', async (req, res) => {
+    await auth.endUserSession(actorOf(res), userIdOf(req), Number(req.params.sessionId));
+    sendSuccess(res, null, 'Session ended');
   });
 
   router.delete('/:userId/login-failures', async (req, res) => {

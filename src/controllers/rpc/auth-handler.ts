@@ -35,6 +35,16 @@ export function createAuthHandler(auth: AuthService): ServiceImpl<typeof AuthSer
     async revokeAllTokens(_req, ctx) {
       return { revokedCount: await auth.revokeAll(await actorOf(ctx, auth)) };
     },
+    async listUserSessions(req, ctx) {
+      return { sessions: await auth.listUserSessions(await actorOf(ctx, auth), req.userId) };
+    },
+    async endUserSession(req, ctx) {
+      await auth.endUserSession(await actorOf(ctx, auth), req.userId, req.sessionId);
+      return {};
+    },
+    async endUserSessions(req, ctx) {
+      return { endedCount: await auth.endUserSessions(await actorOf(ctx, auth), req.userId) };
+    },
   };
 }
 

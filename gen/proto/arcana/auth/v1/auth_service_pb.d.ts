@@ -422,6 +422,127 @@ export declare type RevokeAllTokensResponse = Message<"arcana.auth.v1.RevokeAllT
 export declare const RevokeAllTokensResponseSchema: GenMessage<RevokeAllTokensResponse>;
 
 /**
+ * Whose sessions to list.
+ *
+ * @generated from message arcana.auth.v1.ListUserSessionsRequest
+ */
+export declare type ListUserSessionsRequest = Message<"arcana.auth.v1.ListUserSessionsRequest"> & {
+  /**
+   * The user's id.
+   *
+   * @generated from field: int32 user_id = 1;
+   */
+  userId: number;
+};
+
+/**
+ * Describes the message arcana.auth.v1.ListUserSessionsRequest.
+ * Use `create(ListUserSessionsRequestSchema)` to create a new message.
+ */
+export declare const ListUserSessionsRequestSchema: GenMessage<ListUserSessionsRequest>;
+
+/**
+ * A user's live sessions.
+ *
+ * @generated from message arcana.auth.v1.ListUserSessionsResponse
+ */
+export declare type ListUserSessionsResponse = Message<"arcana.auth.v1.ListUserSessionsResponse"> & {
+  /**
+   * Newest first; tokens are never included.
+   *
+   * @generated from field: repeated arcana.auth.v1.Session sessions = 1;
+   */
+  sessions: Session[];
+};
+
+/**
+ * Describes the message arcana.auth.v1.ListUserSessionsResponse.
+ * Use `create(ListUserSessionsResponseSchema)` to create a new message.
+ */
+export declare const ListUserSessionsResponseSchema: GenMessage<ListUserSessionsResponse>;
+
+/**
+ * Which session to end.
+ *
+ * @generated from message arcana.auth.v1.EndUserSessionRequest
+ */
+export declare type EndUserSessionRequest = Message<"arcana.auth.v1.EndUserSessionRequest"> & {
+  /**
+   * The user's id.
+   *
+   * @generated from field: int32 user_id = 1;
+   */
+  userId: number;
+
+  /**
+   * The session's id, as ListUserSessions gives it.
+   *
+   * @generated from field: int32 session_id = 2;
+   */
+  sessionId: number;
+};
+
+/**
+ * Describes the message arcana.auth.v1.EndUserSessionRequest.
+ * Use `create(EndUserSessionRequestSchema)` to create a new message.
+ */
+export declare const EndUserSessionRequestSchema: GenMessage<EndUserSessionRequest>;
+
+/**
+ * Empty: the session has ended.
+ *
+ * @generated from message arcana.auth.v1.EndUserSessionResponse
+ */
+export declare type EndUserSessionResponse = Message<"arcana.auth.v1.EndUserSessionResponse"> & {
+};
+
+/**
+ * Describes the message arcana.auth.v1.EndUserSessionResponse.
+ * Use `create(EndUserSessionResponseSchema)` to create a new message.
+ */
+export declare const EndUserSessionResponseSchema: GenMessage<EndUserSessionResponse>;
+
+/**
+ * Whose sessions to end.
+ *
+ * @generated from message arcana.auth.v1.EndUserSessionsRequest
+ */
+export declare type EndUserSessionsRequest = Message<"arcana.auth.v1.EndUserSessionsRequest"> & {
+  /**
+   * The user's id.
+   *
+   * @generated from field: int32 user_id = 1;
+   */
+  userId: number;
+};
+
+/**
+ * Describes the message arcana.auth.v1.EndUserSessionsRequest.
+ * Use `create(EndUserSessionsRequestSchema)` to create a new message.
+ */
+export declare const EndUserSessionsRequestSchema: GenMessage<EndUserSessionsRequest>;
+
+/**
+ * How many sessions ended.
+ *
+ * @generated from message arcana.auth.v1.EndUserSessionsResponse
+ */
+export declare type EndUserSessionsResponse = Message<"arcana.auth.v1.EndUserSessionsResponse"> & {
+  /**
+   * Live sessions that were ended.
+   *
+   * @generated from field: int32 ended_count = 1;
+   */
+  endedCount: number;
+};
+
+/**
+ * Describes the message arcana.auth.v1.EndUserSessionsResponse.
+ * Use `create(EndUserSessionsResponseSchema)` to create a new message.
+ */
+export declare const EndUserSessionsResponseSchema: GenMessage<EndUserSessionsResponse>;
+
+/**
  * Registration, login and the sessions that tokens stand for. Register, Login and RefreshToken
  * need no token; the other calls need an access token in the `authorization: Bearer …` header.
  *
@@ -499,6 +620,36 @@ export declare const AuthService: GenService<{
     methodKind: "unary";
     input: typeof RevokeAllTokensRequestSchema;
     output: typeof RevokeAllTokensResponseSchema;
+  },
+  /**
+   * An administrator's view of a user's live sessions, newest first. ADMIN only.
+   *
+   * @generated from rpc arcana.auth.v1.AuthService.ListUserSessions
+   */
+  listUserSessions: {
+    methodKind: "unary";
+    input: typeof ListUserSessionsRequestSchema;
+    output: typeof ListUserSessionsResponseSchema;
+  },
+  /**
+   * Ends one live session of a user: its tokens are refused at once. ADMIN only.
+   *
+   * @generated from rpc arcana.auth.v1.AuthService.EndUserSession
+   */
+  endUserSession: {
+    methodKind: "unary";
+    input: typeof EndUserSessionRequestSchema;
+    output: typeof EndUserSessionResponseSchema;
+  },
+  /**
+   * Ends every live session of a user. ADMIN only.
+   *
+   * @generated from rpc arcana.auth.v1.AuthService.EndUserSessions
+   */
+  endUserSessions: {
+    methodKind: "unary";
+    input: typeof EndUserSessionsRequestSchema;
+    output: typeof EndUserSessionsResponseSchema;
   },
 }>;
 

@@ -377,6 +377,148 @@ export declare type RevokeAllResponse = Message<"arcana.internal.service.v1.Revo
 export declare const RevokeAllResponseSchema: GenMessage<RevokeAllResponse>;
 
 /**
+ * Whose sessions to list.
+ *
+ * @generated from message arcana.internal.service.v1.ListUserSessionsRequest
+ */
+export declare type ListUserSessionsRequest = Message<"arcana.internal.service.v1.ListUserSessionsRequest"> & {
+  /**
+   * The caller.
+   *
+   * @generated from field: arcana.internal.service.v1.Actor actor = 1;
+   */
+  actor?: Actor | undefined;
+
+  /**
+   * The user's id.
+   *
+   * @generated from field: int32 user_id = 2;
+   */
+  userId: number;
+};
+
+/**
+ * Describes the message arcana.internal.service.v1.ListUserSessionsRequest.
+ * Use `create(ListUserSessionsRequestSchema)` to create a new message.
+ */
+export declare const ListUserSessionsRequestSchema: GenMessage<ListUserSessionsRequest>;
+
+/**
+ * A user's live sessions.
+ *
+ * @generated from message arcana.internal.service.v1.ListUserSessionsResponse
+ */
+export declare type ListUserSessionsResponse = Message<"arcana.internal.service.v1.ListUserSessionsResponse"> & {
+  /**
+   * Newest first; tokens are never included.
+   *
+   * @generated from field: repeated arcana.auth.v1.Session sessions = 1;
+   */
+  sessions: Session[];
+};
+
+/**
+ * Describes the message arcana.internal.service.v1.ListUserSessionsResponse.
+ * Use `create(ListUserSessionsResponseSchema)` to create a new message.
+ */
+export declare const ListUserSessionsResponseSchema: GenMessage<ListUserSessionsResponse>;
+
+/**
+ * Which session to end.
+ *
+ * @generated from message arcana.internal.service.v1.EndUserSessionRequest
+ */
+export declare type EndUserSessionRequest = Message<"arcana.internal.service.v1.EndUserSessionRequest"> & {
+  /**
+   * The caller.
+   *
+   * @generated from field: arcana.internal.service.v1.Actor actor = 1;
+   */
+  actor?: Actor | undefined;
+
+  /**
+   * The user's id.
+   *
+   * @generated from field: int32 user_id = 2;
+   */
+  userId: number;
+
+  /**
+   * The session's id, as ListUserSessions gives it.
+   *
+   * @generated from field: int32 session_id = 3;
+   */
+  sessionId: number;
+};
+
+/**
+ * Describes the message arcana.internal.service.v1.EndUserSessionRequest.
+ * Use `create(EndUserSessionRequestSchema)` to create a new message.
+ */
+export declare const EndUserSessionRequestSchema: GenMessage<EndUserSessionRequest>;
+
+/**
+ * Empty: the session has ended.
+ *
+ * @generated from message arcana.internal.service.v1.EndUserSessionResponse
+ */
+export declare type EndUserSessionResponse = Message<"arcana.internal.service.v1.EndUserSessionResponse"> & {
+};
+
+/**
+ * Describes the message arcana.internal.service.v1.EndUserSessionResponse.
+ * Use `create(EndUserSessionResponseSchema)` to create a new message.
+ */
+export declare const EndUserSessionResponseSchema: GenMessage<EndUserSessionResponse>;
+
+/**
+ * Whose sessions to end.
+ *
+ * @generated from message arcana.internal.service.v1.EndUserSessionsRequest
+ */
+export declare type EndUserSessionsRequest = Message<"arcana.internal.service.v1.EndUserSessionsRequest"> & {
+  /**
+   * The caller.
+   *
+   * @generated from field: arcana.internal.service.v1.Actor actor = 1;
+   */
+  actor?: Actor | undefined;
+
+  /**
+   * The user's id.
+   *
+   * @generated from field: int32 user_id = 2;
+   */
+  userId: number;
+};
+
+/**
+ * Describes the message arcana.internal.service.v1.EndUserSessionsRequest.
+ * Use `create(EndUserSessionsRequestSchema)` to create a new message.
+ */
+export declare const EndUserSessionsRequestSchema: GenMessage<EndUserSessionsRequest>;
+
+/**
+ * How many sessions ended.
+ *
+ * @generated from message arcana.internal.service.v1.EndUserSessionsResponse
+ */
+export declare type EndUserSessionsResponse = Message<"arcana.internal.service.v1.EndUserSessionsResponse"> & {
+  /**
+   * Live sessions that were ended.
+   *
+   * @generated from field: int32 ended_count = 1;
+   */
+  endedCount: number;
+};
+
+/**
+ * Describes the message arcana.internal.service.v1.EndUserSessionsResponse.
+ * Use `create(EndUserSessionsResponseSchema)` to create a new message.
+ */
+export declare const EndUserSessionsResponseSchema: GenMessage<EndUserSessionsResponse>;
+
+/**
  * The service layer's auth operations, as the controller layer calls them when the layers run
  * as separate processes. Mirrors src/services/auth-use-cases.ts (AuthService); domain errors
  * travel as Connect codes with a google.rpc.ErrorInfo naming the API error code.
@@ -463,6 +605,36 @@ export declare const AuthLayerService: GenService<{
     methodKind: "unary";
     input: typeof RevokeAllRequestSchema;
     output: typeof RevokeAllResponseSchema;
+  },
+  /**
+   * An administrator's view of a user's live sessions, newest first. ADMIN only.
+   *
+   * @generated from rpc arcana.internal.service.v1.AuthLayerService.ListUserSessions
+   */
+  listUserSessions: {
+    methodKind: "unary";
+    input: typeof ListUserSessionsRequestSchema;
+    output: typeof ListUserSessionsResponseSchema;
+  },
+  /**
+   * Ends one live session of a user: its tokens are refused at once. ADMIN only.
+   *
+   * @generated from rpc arcana.internal.service.v1.AuthLayerService.EndUserSession
+   */
+  endUserSession: {
+    methodKind: "unary";
+    input: typeof EndUserSessionRequestSchema;
+    output: typeof EndUserSessionResponseSchema;
+  },
+  /**
+   * Ends every live session of a user. ADMIN only.
+   *
+   * @generated from rpc arcana.internal.service.v1.AuthLayerService.EndUserSessions
+   */
+  endUserSessions: {
+    methodKind: "unary";
+    input: typeof EndUserSessionsRequestSchema;
+    output: typeof EndUserSessionsResponseSchema;
   },
 }>;
 

@@ -1,0 +1,117 @@
+// An administrator's view of a user's sessions, and ending them, as an attacker meets it:
+// - a USER must not read or end anyone's sessions through it (its own are under /auth/tokens);
+// - an ended session's access and refresh tokens are refused at once, and ending it is not taken
+//   for token theft; the user's other sessions go on; a session id of another user is not found;
+// - "end every session" must also end the one a thief is refreshing at that very moment: the
+//   refresh that commits while the revocation waits must not leave a live successor behind.
+// Over every public protocol; also in the split topologies, where the token cache sits in other
+// processes than the one that revokes.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+let t: TestServer;
+let admin: string;
+
+beforeAll(async () => {
+  t = await startTestServer();
+  admin = await loginAdmin(t);
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+/** The audit events of a type about a user, once at least `expected` have been written. */
+async function events(userId: number, type: string, expected: number): Promise<{ actor_id: number | null; details: Record<string, unknown> }[]> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const rows = await t.sql<{ actor_id: number | null; details: Record<string, unknown> }>(
+      'SELECT actor_id, details FROM audit_events WHERE user_id = $1 AND type = $2 ORDER BY id',
+      [userId, type],
+    );
+    if (rows.length >= expected || Date.now() > deadline) return rows;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+describe.each(PROTOCOLS)("a user's sessions, administered over %s", (protocol: ProtocolName) => {
+  let client: ApiClient;
+
+  beforeAll(() => {
+    client = apiClient(protocol, t.baseUrl);
+  });
+
+  afterAll(() => {
+    client.close();
+  });
+
+  it("when a USER lists or ends another user's sessions (or its own, through the admin route), then permission_denied and every session lives on", async () => {
+    const victim = await register(t);
+    const attacker = await register(t);
+    for (const target of [victim.id, attacker.id]) {
+      expect((await client.listUserSessions(attacker.accessToken, target)).code).toBe('permission_denied');
+      expect((await client.endUserSessions(attacker.accessToken, target)).code).toBe('permission_denied');
+      expect((await client.endUserSession(attacker.accessToken, target, 1)).code).toBe('permission_denied');
+    }
+    expect((await client.me(victim.accessToken)).code).toBe('ok');
+    expect((await client.me(attacker.accessToken)).code).toBe('ok');
+  });
+
+  it("when an admin ends one session, then its tokens are refused at once without a theft alarm, the user's other session goes on, and another user's session id is not found", async () => {
+    const user = await register(t);
+    const second = await client.login({ usernameOrEmail: user.username, password: user.password });
+    expect(second.code).toBe('ok');
+    const listed = await client.listUserSessions(admin, user.id);
+    expect(listed.code).toBe('ok');
+    expect(listed.data).toHaveLength(2);
+    // Sessions are described, never handed out.
+    expect(JSON.stringify(listed.data)).not.toContain(user.accessToken);
+    expect(JSON.stringify(listed.data)).not.toContain(user.refreshToken);
+    const [newest, oldest] = listed.data ?? [];
+    expect(newest?.current).toBe(false);
+
+    // Another user's session, named under this user's id: not found, and it lives on.
+    const other = await register(t);
+    const othersSession = (await client.listUserSessions(admin, other.id)).data?.[0]?.id ?? 0;
+    expect((await client.endUserSession(admin, user.id, othersSession)).code).toBe('not_found');
+    expect((await client.me(other.accessToken)).code).toBe('ok');
+
+    expect((await client.endUserSession(admin, user.id, oldest?.id ?? 0)).code).toBe('ok');
+    expect((await client.me(user.accessToken)).code).toBe('unauthenticated');
+    expect((await client.refresh(user.refreshToken)).code).toBe('unauthenticated');
+    expect((await client.me(second.data?.tokens.accessToken ?? '')).code).toBe('ok');
+    expect((await client.endUserSession(admin, user.id, oldest?.id ?? 0)).code).toBe('not_found');
+    expect((await client.listUserSessions(admin, user.id)).data?.map((session) => session.id)).toEqual([newest?.id]);
+
+    const revoked = await events(user.id, 'TOKENS_REVOKED', 1);
+    expect(revoked).toHaveLength(1);
+    expect(revoked[0]?.details).toMatchObject({ count: 1, sessionId: oldest?.id });
+    expect(revoked[0]?.actor_id).not.toBeNull();
+    expect(await t.sql('SELECT 1 FROM audit_events WHERE user_id = $1 AND type = $2', [user.id, 'TOKEN_REUSE_DETECTED'])).toHaveLength(0);
+  });
+
+  it('when an admin ends every session while a thief keeps refreshing a stolen token in parallel, then no session survives', async () => {
+    const user = await register(t);
+    let refreshToken = user.refreshToken;
+    let accessToken = user.accessToken;
+    let refreshes = 0;
+    const thief = (async () => {
+      for (;;) {
+        const next = await client.refresh(refreshToken);
+        if (next.code !== 'ok') return next.code;
+        refreshes += 1;
+        refreshToken = next.data?.refreshToken ?? '';
+        accessToken = next.data?.accessToken ?? '';
+      }
+    })();
+    while (refreshes < 3) await new Promise((resolve) => setTimeout(resolve, 5));
+    const ended = await client.endUserSessions(admin, user.id);
+    expect(ended.code).toBe('ok');
+    expect(await thief).toBe('unauthenticated');
+    expect((await client.listUserSessions(admin, user.id)).data).toEqual([]);
+    expect((await client.me(accessToken)).code).toBe('unauthenticated');
+    expect((await client.refresh(refreshToken)).code).toBe('unauthenticated');
+    expect((await client.listUserSessions(admin, 2_000_000_000)).code).toBe('not_found');
+  });
+});

@@ -16,6 +16,7 @@ import { AuthLayerService } from '../gen/proto/arcana/internal/service/v1/auth_l
 import { UserLayerService } from '../gen/proto/arcana/internal/service/v1/user_layer_service_pb.js';
 import { AuditRepositoryService } from '../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import { CounterStoreService } from '../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import { IdempotencyRepositoryService } from '../gen/proto/arcana/internal/repository/v1/idempotency_repository_service_pb.js';
 import { TokenRepositoryService } from '../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import { UserRepositoryService } from '../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { Health } from '../gen/proto/grpc/health/v1/health_pb.js';
@@ -24,7 +25,13 @@ import type { Config } from './config.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
 import { createLayerRoutes, internalAuthInterceptor, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
 import { layerServerErrorInterceptor } from './communication/layer-errors.ts';
-import { RemoteAuditRepository, RemoteCounterStore, RemoteTokenRepository, RemoteUserRepository } from './communication/repository/remote-repositories.ts';
+import {
+  RemoteAuditRepository,
+  RemoteCounterStore,
+  RemoteIdempotencyRepository,
+  RemoteTokenRepository,
+  RemoteUserRepository,
+} from './communication/repository/remote-repositories.ts';
 import { RemoteAuditService, RemoteAuthService, RemoteUserService } from './communication/service/remote-services.ts';
 import { createRestApp } from './controllers/rest/rest-app.ts';
 import { createSystemRoutes, type ReadinessCheck } from './controllers/rest/system-routes.ts';
@@ -55,6 +62,7 @@ import { CachedUserRepository } from './repositories/cached-user-repository.ts';
 import { PrismaTokenRepository, type TokenRepository } from './repositories/token-repository.ts';
 import { PrismaUserRepository, type UserRepository } from './repositories/user-repository.ts';
 import { PrismaAuditRepository, type AuditRepository } from './repositories/audit-repository.ts';
+import { PrismaIdempotencyRepository, type IdempotencyRepository } from './repositories/idempotency-repository.ts';
 import { LoginThrottle } from './services/login-throttle.ts';
 import { AuthUseCases, type AuthService } from './services/auth-use-cases.ts';
 import { ensureBootstrapAdmin } from './services/bootstrap-admin.ts';
@@ -100,6 +108,7 @@ interface Repositories {
   tokens: TokenRepository;
   audit: AuditRepository;
   counters: CounterStore;
+  idempotency: IdempotencyRepository;
 }
 
 /** Builds this process's part of the application, as DEPLOYMENT_MODE and DEPLOYMENT_LAYER say. */
@@ -170,6 +179,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
         tokens: new CachedTokenRepository(new PrismaTokenRepository(db.prisma), cache, config.cacheTtlSeconds),
         audit: new PrismaAuditRepository(db.prisma),
         counters: sharedCounters ?? new MemoryCounterStore(),
+        idempotency: new PrismaIdempotencyRepository(db.prisma),
       };
       readiness.database = async () => {
         await db.prisma.$queryRaw`SELECT 1`;
@@ -188,6 +198,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
         tokens: redis === undefined ? remoteTokens : new CachedTokenRepository(remoteTokens, cache, config.cacheTtlSeconds),
         audit: new RemoteAuditRepository(createClient(AuditRepositoryService, transport)),
         counters: sharedCounters ?? new RemoteCounterStore(createClient(CounterStoreService, transport)),
+        idempotency: new RemoteIdempotencyRepository(createClient(IdempotencyRepositoryService, transport)),
       };
       readiness.repository = downstreamReady(transport);
     }

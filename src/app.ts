@@ -64,6 +64,7 @@ import { PrismaUserRepository, type UserRepository } from './repositories/user-r
 import { PrismaAuditRepository, type AuditRepository } from './repositories/audit-repository.ts';
 import { PrismaIdempotencyRepository, type IdempotencyRepository } from './repositories/idempotency-repository.ts';
 import { LoginThrottle } from './services/login-throttle.ts';
+import { IdempotentRequests } from './services/idempotency.ts';
 import { AuthUseCases, type AuthService } from './services/auth-use-cases.ts';
 import { ensureBootstrapAdmin } from './services/bootstrap-admin.ts';
 import { UserUseCases, type UserService } from './services/user-use-cases.ts';
@@ -223,7 +224,8 @@ export async function createApplication(config: Config, logger: Logger): Promise
       closers.push(() => runner.close());
       const throttle = new LoginThrottle({ counters: repositories.counters, ...config.login });
       const devices = new DeviceTokens({ secret: config.jwt.secret, ttlSeconds: config.login.knownDeviceTtlSeconds });
-      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: runner.audit };
+      const idempotency = new IdempotentRequests({ records: repositories.idempotency, secret: config.jwt.secret });
+      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: runner.audit, idempotency };
       if (holds.auth) {
         const codec = new TokenCodec({
           secret: config.jwt.secret,
@@ -362,7 +364,7 @@ async function createPublicFacades(
     origin: config.corsOrigins,
     credentials: true,
     methods: [...new Set([...connectCors.allowedMethods, 'GET', 'POST', 'PUT', 'DELETE'])],
-    allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id', 'X-Device-Token'],
+    allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id', 'X-Device-Token', 'Idempotency-Key'],
     exposedHeaders: [
       ...connectCors.exposedHeaders,
       'X-Request-Id',
@@ -372,6 +374,7 @@ async function createPublicFacades(
       'RateLimit-Remaining',
       'RateLimit-Reset',
       'Retry-After',
+      'Idempotent-Replayed',
     ],
     maxAge: 7200,
   });

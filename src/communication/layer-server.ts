@@ -30,7 +30,8 @@ import type { UserRepository } from '../repositories/user-repository.ts';
 import type { AuditService } from '../services/audit-use-cases.ts';
 import type { AuthService } from '../services/auth-use-cases.ts';
 import type { UserService } from '../services/user-use-cases.ts';
-import { runWithCallContext, timeoutFromHeaders } from './call-context.ts';
+import { runWithCallContext, timeoutFromHeaders, type IdempotentCall } from './call-context.ts';
+import { INTERNAL_IDEMPOTENCY_KEY_HEADER, INTERNAL_REPLAYED_HEADER } from './layer-transport.ts';
 import {
   createAuditRepositoryHandler,
   createCounterStoreHandler,
@@ -97,11 +98,14 @@ export function layerContextInterceptor(logger: Logger): Interceptor {
     const requestId = requestIdFrom(req.header.get('x-request-id'));
     const caller = req.header.get('x-arcana-caller') ?? undefined;
     const timeoutMs = timeoutFromHeaders(req.header);
+    const key = req.header.get(INTERNAL_IDEMPOTENCY_KEY_HEADER);
+    const idempotency: IdempotentCall | undefined = key === null ? undefined : { key, replayed: false };
     const started = performance.now();
-    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs }, async () => {
+    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, idempotency }, async () => {
       const procedure = `${req.service.typeName}/${req.method.name}`;
       try {
         const res = await next(req);
+        if (idempotency?.replayed === true) res.header.set(INTERNAL_REPLAYED_HEADER, 'true');
         logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100 }, 'internal call completed');
         return res;
       } catch (error) {

@@ -217,6 +217,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
         logger,
         auditRepository: repositories.audit,
         tokenRepository: repositories.tokens,
+        idempotencyRepository: repositories.idempotency,
         purgeIntervalMs: config.sessionPurge.intervalMs,
         purgeRetentionMs: config.sessionPurge.retentionMs,
       });

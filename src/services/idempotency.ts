@@ -108,6 +108,8 @@ export class IdempotentRequests {
       await this.#records.release(claim.id).catch(() => undefined);
       throw error;
     }
+    // A claim that lapsed meanwhile (its lease is minutes, so only a stalled process) may have
+    // been replaced; then nothing is stored, and this client still gets its answer.
     await this.#records.complete(claim.id, this.#seal(operation.answer.encode(answer), scoped, keyHash), new Date(now.getTime() + IDEMPOTENCY_WINDOW_MS));
     return answer;
   }

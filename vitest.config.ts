@@ -23,9 +23,10 @@ const API_SUITES = [
 /**
  * The adversarial suites whose outcome depends on the topology: counters that live in Redis or in
  * the repository process, the client address carried from the controller to the service layer,
- * conditional writes through the repository layer. They attack every split cell too.
+ * conditional writes through the repository layer, idempotency keys carried to the service layer
+ * and their records kept behind the repository layer. They attack every split cell too.
  */
-const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'password-work', 'sessions', 'admin-sessions'].map((name) => `tests/security/${name}.test.ts`);
+const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'password-work', 'sessions', 'admin-sessions', 'idempotency-keys'].map((name) => `tests/security/${name}.test.ts`);
 
 /**
  * The split cells. microservices-grpc also runs on Redis (TEST_REDIS_URL, as .ci/run provides), so

@@ -16,6 +16,7 @@ import { AuthLayerService } from '../gen/proto/arcana/internal/service/v1/auth_l
 import { UserLayerService } from '../gen/proto/arcana/internal/service/v1/user_layer_service_pb.js';
 import { AuditRepositoryService } from '../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import { CounterStoreService } from '../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import { IdempotencyRepositoryService } from '../gen/proto/arcana/internal/repository/v1/idempotency_repository_service_pb.js';
 import { TokenRepositoryService } from '../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import { UserRepositoryService } from '../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { Health } from '../gen/proto/grpc/health/v1/health_pb.js';
@@ -24,7 +25,13 @@ import type { Config } from './config.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
 import { createLayerRoutes, internalAuthInterceptor, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
 import { layerServerErrorInterceptor } from './communication/layer-errors.ts';
-import { RemoteAuditRepository, RemoteCounterStore, RemoteTokenRepository, RemoteUserRepository } from './communication/repository/remote-repositories.ts';
+import {
+  RemoteAuditRepository,
+  RemoteCounterStore,
+  RemoteIdempotencyRepository,
+  RemoteTokenRepository,
+  RemoteUserRepository,
+} from './communication/repository/remote-repositories.ts';
 import { RemoteAuditService, RemoteAuthService, RemoteUserService } from './communication/service/remote-services.ts';
 import { createRestApp } from './controllers/rest/rest-app.ts';
 import { createSystemRoutes, type ReadinessCheck } from './controllers/rest/system-routes.ts';
@@ -56,7 +63,9 @@ import { CachedUserRepository } from './repositories/cached-user-repository.ts';
 import { PrismaTokenRepository, type TokenRepository } from './repositories/token-repository.ts';
 import { PrismaUserRepository, type UserRepository } from './repositories/user-repository.ts';
 import { PrismaAuditRepository, type AuditRepository } from './repositories/audit-repository.ts';
+import { PrismaIdempotencyRepository, type IdempotencyRepository } from './repositories/idempotency-repository.ts';
 import { LoginThrottle } from './services/login-throttle.ts';
+import { IdempotentRequests } from './services/idempotency.ts';
 import { AuthUseCases, type AuthService } from './services/auth-use-cases.ts';
 import { ensureBootstrapAdmin } from './services/bootstrap-admin.ts';
 import { UserUseCases, type UserService } from './services/user-use-cases.ts';
@@ -101,6 +110,7 @@ interface Repositories {
   tokens: TokenRepository;
   audit: AuditRepository;
   counters: CounterStore;
+  idempotency: IdempotencyRepository;
 }
 
 /** Builds this process's part of the application, as DEPLOYMENT_MODE and DEPLOYMENT_LAYER say. */
@@ -171,6 +181,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
         tokens: new CachedTokenRepository(new PrismaTokenRepository(db.prisma), cache, config.cacheTtlSeconds),
         audit: new PrismaAuditRepository(db.prisma),
         counters: sharedCounters ?? new MemoryCounterStore(),
+        idempotency: new PrismaIdempotencyRepository(db.prisma),
       };
       readiness.database = async () => {
         await db.prisma.$queryRaw`SELECT 1`;
@@ -189,6 +200,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
         tokens: redis === undefined ? remoteTokens : new CachedTokenRepository(remoteTokens, cache, config.cacheTtlSeconds),
         audit: new RemoteAuditRepository(createClient(AuditRepositoryService, transport)),
         counters: sharedCounters ?? new RemoteCounterStore(createClient(CounterStoreService, transport)),
+        idempotency: new RemoteIdempotencyRepository(createClient(IdempotencyRepositoryService, transport)),
       };
       readiness.repository = downstreamReady(transport);
     }
@@ -209,6 +221,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
         logger,
         auditRepository: repositories.audit,
         tokenRepository: repositories.tokens,
+        idempotencyRepository: repositories.idempotency,
         purgeIntervalMs: config.sessionPurge.intervalMs,
         purgeRetentionMs: config.sessionPurge.retentionMs,
       });
@@ -216,7 +229,8 @@ export async function createApplication(config: Config, logger: Logger): Promise
       closers.push(() => runner.close());
       const throttle = new LoginThrottle({ counters: repositories.counters, ...config.login });
       const devices = new DeviceTokens({ secret: config.jwt.secret, ttlSeconds: config.login.knownDeviceTtlSeconds });
-      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: runner.audit };
+      const idempotency = new IdempotentRequests({ records: repositories.idempotency, secret: config.jwt.secret });
+      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: runner.audit, idempotency };
       if (holds.auth) {
         const codec = new TokenCodec({
           secret: config.jwt.secret,
@@ -355,7 +369,7 @@ async function createPublicFacades(
     origin: config.corsOrigins,
     credentials: true,
     methods: [...new Set([...connectCors.allowedMethods, 'GET', 'POST', 'PUT', 'DELETE'])],
-    allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id', 'X-Device-Token'],
+    allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id', 'X-Device-Token', 'Idempotency-Key'],
     exposedHeaders: [
       ...connectCors.exposedHeaders,
       'X-Request-Id',
@@ -365,6 +379,7 @@ async function createPublicFacades(
       'RateLimit-Remaining',
       'RateLimit-Reset',
       'Retry-After',
+      'Idempotent-Replayed',
     ],
     maxAge: 7200,
   });

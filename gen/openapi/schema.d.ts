@@ -441,7 +441,7 @@ export interface components {
          * @description Machine-readable error category.
          * @enum {string}
          */
-        ErrorCode: "VALIDATION_ERROR" | "AUTHENTICATION_ERROR" | "AUTHORIZATION_ERROR" | "NOT_FOUND" | "CONFLICT" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "RATE_LIMITED" | "INTERNAL_ERROR" | "SERVICE_UNAVAILABLE";
+        ErrorCode: "VALIDATION_ERROR" | "AUTHENTICATION_ERROR" | "AUTHORIZATION_ERROR" | "NOT_FOUND" | "CONFLICT" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "RATE_LIMITED" | "INTERNAL_ERROR" | "SERVICE_UNAVAILABLE" | "IDEMPOTENCY_KEY_REUSED";
         /**
          * @description Result of one readiness check.
          * @enum {string}
@@ -819,6 +819,15 @@ export interface components {
                 "application/json": components["schemas"]["ErrorResponse"];
             };
         };
+        /** @description The `Idempotency-Key` was already used with a different request body (`IDEMPOTENCY_KEY_REUSED`); nothing was done. Use a new key for a new request. */
+        IdempotencyKeyReused: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorResponse"];
+            };
+        };
         /** @description The request body is too large (`PAYLOAD_TOO_LARGE`). */
         PayloadTooLarge: {
             headers: {
@@ -868,6 +877,8 @@ export interface components {
         StatusFilter: components["schemas"]["UserStatus"];
         /** @description Only events of this type. */
         AuditTypeFilter: components["schemas"]["AuditEventType"];
+        /** @description Makes the request safe to retry: a unique value the client chooses (a UUID, say). The same key with the same body within 24 hours gets the first answer again instead of doing the work twice; with another body, 422 `IDEMPOTENCY_KEY_REUSED`; while the first request still runs, 409 `CONFLICT`. Failed requests are not remembered. 1 to 255 printable ASCII characters. */
+        IdempotencyKey: string;
     };
     requestBodies: never;
     headers: {
@@ -879,6 +890,8 @@ export interface components {
         "RateLimit-Reset": number;
         /** @description Seconds to wait before retrying. */
         "Retry-After": number;
+        /** @description `true` when the answer is the stored answer to an earlier request with the same `Idempotency-Key`; absent otherwise. */
+        "Idempotent-Replayed": "true";
     };
     pathItems: never;
 }
@@ -887,7 +900,10 @@ export interface operations {
     register: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes the request safe to retry: a unique value the client chooses (a UUID, say). The same key with the same body within 24 hours gets the first answer again instead of doing the work twice; with another body, 422 `IDEMPOTENCY_KEY_REUSED`; while the first request still runs, 409 `CONFLICT`. Failed requests are not remembered. 1 to 255 printable ASCII characters. */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -897,9 +913,10 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Account created; the new session's tokens are returned. */
+            /** @description Account created; the new session's tokens are returned. With an `Idempotency-Key` already answered, the same `data` again, marked `Idempotent-Replayed: true`. */
             201: {
                 headers: {
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -907,9 +924,10 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
-            /** @description Username or email is already registered. */
+            /** @description Username or email is already registered, or a request with the same `Idempotency-Key` is still running (retry later). */
             409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
+            422: components["responses"]["IdempotencyKeyReused"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
@@ -1103,7 +1121,10 @@ export interface operations {
     createUser: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes the request safe to retry: a unique value the client chooses (a UUID, say). The same key with the same body within 24 hours gets the first answer again instead of doing the work twice; with another body, 422 `IDEMPOTENCY_KEY_REUSED`; while the first request still runs, 409 `CONFLICT`. Failed requests are not remembered. 1 to 255 printable ASCII characters. */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -1113,9 +1134,10 @@ export interface operations {
             };
         };
         responses: {
-            /** @description User created. */
+            /** @description User created. With an `Idempotency-Key` this administrator already had answered, the same `data` again, marked `Idempotent-Replayed: true`. */
             201: {
                 headers: {
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -1125,9 +1147,10 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
-            /** @description Username or email is already registered. */
+            /** @description Username or email is already registered, or a request with the same `Idempotency-Key` is still running (retry later). */
             409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
+            422: components["responses"]["IdempotencyKeyReused"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };

@@ -56,3 +56,12 @@ export type OAuthToken = Prisma.OAuthTokenModel
  * A security event, kept for review by administrators.
  */
 export type AuditEvent = Prisma.AuditEventModel
+/**
+ * Model IdempotencyRecord
+ * A request sent with an Idempotency-Key (register, admin create), so a retry gets the first
+ * answer instead of doing the work twice. Nothing here is usable without the server's secret
+ * and the client's key: the row is found by an HMAC of (scope, key), the request is kept only as
+ * an HMAC fingerprint, and the answer (which holds tokens) is sealed with AES-256-GCM under a key
+ * derived from both. See src/services/idempotency.ts.
+ */
+export type IdempotencyRecord = Prisma.IdempotencyRecordModel

@@ -11,4 +11,5 @@
 export type * from './models/User.ts'
 export type * from './models/OAuthToken.ts'
 export type * from './models/AuditEvent.ts'
+export type * from './models/IdempotencyRecord.ts'
 export type * from './commonInputTypes.ts'

@@ -1,6 +1,7 @@
 // What travels with a request across layer boundaries: its id, its deadline and who it is for.
 // Business code never sees this: the edges (REST middleware, RPC interceptors, the internal
 // servers) enter it, and the internal clients read it to set the outgoing headers and timeout.
+// The one reader in the service layer is IdempotentRequests, for the client's Idempotency-Key.
 import { AsyncLocalStorage } from 'node:async_hooks';
 
 export interface CallContext {
@@ -12,6 +13,19 @@ export interface CallContext {
   caller?: string | undefined;
   /** Aborts when nobody awaits the answer any more: the client disconnected or cancelled. */
   signal?: AbortSignal | undefined;
+  /**
+   * The client's Idempotency-Key, for the one operation the edge called with it, and whether
+   * that operation answered with a stored answer (set by the service layer, read by the edge).
+   */
+  idempotency?: IdempotentCall | undefined;
+}
+
+/** An operation called with an Idempotency-Key. */
+export interface IdempotentCall {
+  /** The key as the client sent it, already checked at the edge. */
+  readonly key: string;
+  /** Set when the answer is the stored answer to an earlier request with this key. */
+  replayed: boolean;
 }
 
 // AsyncLocalStorage is the one module-level object here: it holds no state of its own, only the
@@ -40,6 +54,32 @@ export function currentCallContext(): CallContext | undefined {
 export function identifyCaller(userId: number): void {
   const context = storage.getStore();
   if (context !== undefined) context.caller = `user:${userId}`;
+}
+
+/**
+ * Runs `work`, one call of an operation that honours idempotency keys, with the client's `key`
+ * in the call context, where the service layer finds it in whichever process it runs (the layer
+ * transport carries it across). Resolves to the answer and whether it was a replayed one.
+ */
+export async function runIdempotent<T>(key: string | undefined, work: () => Promise<T>): Promise<{ result: T; replayed: boolean }> {
+  if (key === undefined) return { result: await work(), replayed: false };
+  const parent = storage.getStore();
+  const idempotency: IdempotentCall = { key, replayed: false };
+  // A child context, so that the key goes with this one call and not with the rest of the
+  // request (an authentication before it, say).
+  const result = await storage.run({ requestId: '', ...parent, idempotency }, work);
+  return { result, replayed: idempotency.replayed };
+}
+
+/** The Idempotency-Key the current operation was called with, if any. */
+export function currentIdempotencyKey(): string | undefined {
+  return storage.getStore()?.idempotency?.key;
+}
+
+/** Records that the current operation answers with the stored answer to an earlier request. */
+export function markReplayed(): void {
+  const idempotency = storage.getStore()?.idempotency;
+  if (idempotency !== undefined) idempotency.replayed = true;
 }
 
 /** Milliseconds left before the current request's deadline, or undefined when it has none. */

@@ -28,6 +28,7 @@ const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>(
     RATE_LIMITED: 0,
     INTERNAL_ERROR: 0,
     SERVICE_UNAVAILABLE: 0,
+    IDEMPOTENCY_KEY_REUSED: 0,
   } satisfies Record<ErrorCode, 0>) as ErrorCode[],
 );
 

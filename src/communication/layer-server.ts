@@ -8,6 +8,10 @@ import { AuthLayerService, file_arcana_internal_service_v1_auth_layer_service } 
 import { UserLayerService, file_arcana_internal_service_v1_user_layer_service } from '../../gen/proto/arcana/internal/service/v1/user_layer_service_pb.js';
 import { AuditRepositoryService, file_arcana_internal_repository_v1_audit_repository_service } from '../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import { CounterStoreService, file_arcana_internal_repository_v1_counter_store_service } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import {
+  file_arcana_internal_repository_v1_idempotency_repository_service,
+  IdempotencyRepositoryService,
+} from '../../gen/proto/arcana/internal/repository/v1/idempotency_repository_service_pb.js';
 import { TokenRepositoryService, file_arcana_internal_repository_v1_token_repository_service } from '../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import { UserRepositoryService, file_arcana_internal_repository_v1_user_repository_service } from '../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { file_grpc_health_v1_health, Health } from '../../gen/proto/grpc/health/v1/health_pb.js';
@@ -20,15 +24,18 @@ import type { Logger } from '../infrastructure/logger.ts';
 import { requestIdFrom } from '../infrastructure/request-id.ts';
 import type { CounterStore } from '../infrastructure/rate-limiter.ts';
 import type { AuditRepository } from '../repositories/audit-repository.ts';
+import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
 import type { AuditService } from '../services/audit-use-cases.ts';
 import type { AuthService } from '../services/auth-use-cases.ts';
 import type { UserService } from '../services/user-use-cases.ts';
-import { runWithCallContext, timeoutFromHeaders } from './call-context.ts';
+import { runWithCallContext, timeoutFromHeaders, type IdempotentCall } from './call-context.ts';
+import { INTERNAL_IDEMPOTENCY_KEY_HEADER, INTERNAL_REPLAYED_HEADER } from './layer-transport.ts';
 import {
   createAuditRepositoryHandler,
   createCounterStoreHandler,
+  createIdempotencyRepositoryHandler,
   createTokenRepositoryHandler,
   createUserRepositoryHandler,
 } from './repository/repository-handlers.ts';
@@ -39,7 +46,9 @@ export interface LayerApis {
   auth?: AuthService | undefined;
   users?: UserService | undefined;
   audit?: AuditService | undefined;
-  repositories?: { users: UserRepository; tokens: TokenRepository; audit: AuditRepository; counters: CounterStore } | undefined;
+  repositories?:
+    | { users: UserRepository; tokens: TokenRepository; audit: AuditRepository; counters: CounterStore; idempotency: IdempotencyRepository }
+    | undefined;
 }
 
 /** Registers the internal APIs this process holds, with gRPC health checking and reflection. */
@@ -62,6 +71,11 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
     serve(file_arcana_internal_repository_v1_token_repository_service, TokenRepositoryService, createTokenRepositoryHandler(repositories.tokens));
     serve(file_arcana_internal_repository_v1_audit_repository_service, AuditRepositoryService, createAuditRepositoryHandler(repositories.audit));
     serve(file_arcana_internal_repository_v1_counter_store_service, CounterStoreService, createCounterStoreHandler(repositories.counters));
+    serve(
+      file_arcana_internal_repository_v1_idempotency_repository_service,
+      IdempotencyRepositoryService,
+      createIdempotencyRepositoryHandler(repositories.idempotency),
+    );
   }
   const reflection = createReflectionServices(files);
   // One instance for every router (HTTP/1.1 and HTTP/2): the Watch cap and probe are per process.
@@ -84,11 +98,14 @@ export function layerContextInterceptor(logger: Logger): Interceptor {
     const requestId = requestIdFrom(req.header.get('x-request-id'));
     const caller = req.header.get('x-arcana-caller') ?? undefined;
     const timeoutMs = timeoutFromHeaders(req.header);
+    const key = req.header.get(INTERNAL_IDEMPOTENCY_KEY_HEADER);
+    const idempotency: IdempotentCall | undefined = key === null ? undefined : { key, replayed: false };
     const started = performance.now();
-    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal }, async () => {
+    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, idempotency }, async () => {
       const procedure = `${req.service.typeName}/${req.method.name}`;
       try {
         const res = await next(req);
+        if (idempotency?.replayed === true) res.header.set(INTERNAL_REPLAYED_HEADER, 'true');
         logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100 }, 'internal call completed');
         return res;
       } catch (error) {

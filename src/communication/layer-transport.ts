@@ -10,6 +10,13 @@ import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../infrastructure/logger.ts';
 import { currentCallContext, remainingMs } from './call-context.ts';
+
+/**
+ * The client's Idempotency-Key on an internal call, and the answer's mark that it was a stored
+ * one: how the key and its outcome cross the layers without a field in every message.
+ */
+export const INTERNAL_IDEMPOTENCY_KEY_HEADER = 'x-arcana-idempotency-key';
+export const INTERNAL_REPLAYED_HEADER = 'x-arcana-idempotent-replayed';
 import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
 
 export interface LayerTransportOptions {
@@ -58,18 +65,19 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     if (context !== undefined) {
       headers.set('x-request-id', context.requestId);
       if (context.caller !== undefined) headers.set('x-arcana-caller', context.caller);
+      if (context.idempotency !== undefined) headers.set(INTERNAL_IDEMPOTENCY_KEY_HEADER, context.idempotency.key);
     }
     // The request being served may have less time left than this call's own budget: the
     // downstream call gets whichever is shorter, so no layer works on for an answer nobody awaits.
     const budget = Math.min(options.timeoutMs, timeoutMs ?? Number.POSITIVE_INFINITY, remainingMs() ?? Number.POSITIVE_INFINITY);
-    return { headers, deadline: Date.now() + budget };
+    return { headers, deadline: Date.now() + budget, idempotency: context?.idempotency };
   };
 
   const expired = () => fromLayerError(new ConnectError('the request deadline passed before the call could be made', Code.DeadlineExceeded));
 
   return {
     async unary(method, callSignal, timeoutMs, header, input, contextValues) {
-      const { headers, deadline } = prepare(header, timeoutMs);
+      const { headers, deadline, idempotency } = prepare(header, timeoutMs);
       // A request whose client has gone cancels its calls to the layers below, so that they stop
       // (and never start bcrypt) for an answer nobody will receive.
       const signal = callSignal ?? currentCallContext()?.signal;
@@ -77,7 +85,9 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
         const left = deadline - Date.now();
         if (left <= 0) throw expired();
         try {
-          return await pick().unary(method, signal, left, headers, input, contextValues);
+          const response = await pick().unary(method, signal, left, headers, input, contextValues);
+          if (idempotency !== undefined && response.header.get(INTERNAL_REPLAYED_HEADER) === 'true') idempotency.replayed = true;
+          return response;
         } catch (error) {
           const connectError = ConnectError.from(error);
           const delay = Math.min(maxBackoffMs, backoffMs * 2 ** attempt) * random();

@@ -2,6 +2,7 @@
 // (address, user agent, known-device token), and the response headers of the authentication
 // answers. One module, so that the five protocols cannot drift apart on these rules.
 import type { ClientInfo } from '../domain/actor.ts';
+import { checkIdempotencyKey, IDEMPOTENCY_KEY_FIELD } from '../domain/idempotency-key.ts';
 import type { ClientAddressResolver } from '../infrastructure/client-address.ts';
 import { deviceTokenExpiry } from '../infrastructure/security/device-tokens.ts';
 
@@ -22,6 +23,18 @@ export function resolveClientInfo(resolve: ClientAddressResolver, socketAddress:
     userAgent: header('user-agent'),
     deviceToken: header(DEVICE_TOKEN_HEADER) ?? cookie(header('cookie'), DEVICE_TOKEN_COOKIE),
   };
+}
+
+/** Marks an answer that is the stored answer to an earlier request with the same key. */
+export const IDEMPOTENT_REPLAYED_HEADER = 'idempotent-replayed';
+
+/**
+ * The client's Idempotency-Key (REST header, RPC metadata; register and admin create honour it),
+ * or undefined when none was sent. A malformed one is refused as a validation error.
+ */
+export function idempotencyKeyOf(header: HeaderReader): string | undefined {
+  const key = header(IDEMPOTENCY_KEY_FIELD);
+  return key === undefined ? undefined : checkIdempotencyKey(key);
 }
 
 /** The response headers that hand a client its known-device token (header and cookie). */

@@ -49,6 +49,13 @@ export class ConflictError extends AppError {
   }
 }
 
+/** An Idempotency-Key sent again with a different request: refused, nothing done. */
+export class IdempotencyKeyReusedError extends AppError {
+  constructor() {
+    super('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was already used with a different request; use a new key for a new request');
+  }
+}
+
 export class RateLimitedError extends AppError {
   readonly retryAfterSeconds: number;
 

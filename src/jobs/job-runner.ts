@@ -1,11 +1,12 @@
-// Background work: writing audit events off the request path, and purging stale sessions on a
-// schedule. With Redis, both go through BullMQ so that several processes share one queue and the
+// Background work: writing audit events off the request path, and purging stale sessions (and
+// expired idempotency records) on a schedule. With Redis, both go through BullMQ so that several processes share one queue and the
 // purge runs once per interval for all of them; without Redis, they run inside this process.
 import { detachedFromRequest } from '../communication/call-context.ts';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Logger } from '../infrastructure/logger.ts';
 import type { AuditRepository, NewAuditEvent } from '../repositories/audit-repository.ts';
+import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { AuditEventInput, AuditLog } from '../services/audit-use-cases.ts';
 
@@ -35,6 +36,8 @@ export interface JobRunnerOptions {
   logger: Logger;
   auditRepository: AuditRepository;
   tokenRepository: Pick<TokenRepository, 'purgeStale'>;
+  /** Expired idempotency records go with the same purge. */
+  idempotencyRepository: Pick<IdempotencyRepository, 'purgeExpired'>;
   /** How often stale sessions are purged. */
   purgeIntervalMs: number;
   /** How long expired or dead revoked sessions are kept before they are purged. */
@@ -46,7 +49,10 @@ export interface JobRunnerOptions {
 export interface JobRunner {
   /** Where services record security events; see AuditLog. */
   readonly audit: AuditLog;
-  /** Purges stale sessions at once, outside the schedule; returns how many rows were deleted. */
+  /**
+   * Purges stale sessions and expired idempotency records at once, outside the schedule; returns
+   * how many rows were deleted.
+   */
   runPurgeNow(): Promise<number>;
   /** Stops scheduling, lets work in progress finish and releases timers and connections. */
   close(): Promise<void>;
@@ -64,7 +70,10 @@ export async function createJobRunner(options: JobRunnerOptions): Promise<JobRun
       const started = Date.now();
       const deleted = await options.tokenRepository.purgeStale(now(), options.purgeRetentionMs);
       logger.info({ deleted, durationMs: Date.now() - started }, 'purged stale sessions');
-      return deleted;
+      // Expired records are already ignored and replaced by new claims; this only reclaims space.
+      const idempotencyRecords = await options.idempotencyRepository.purgeExpired(now());
+      logger.info({ deleted: idempotencyRecords }, 'purged expired idempotency records');
+      return deleted + idempotencyRecords;
     },
   };
   return options.redis === undefined

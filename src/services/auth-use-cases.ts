@@ -1,15 +1,16 @@
-import { create, type MessageInitShape } from '@bufbuild/protobuf';
+import { create, fromBinary, toBinary, type MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { randomUUID } from 'node:crypto';
 import type { OAuthToken, User as UserRow } from '../../gen/prisma/client.ts';
 import {
+  RegisterRequestSchema,
   SessionSchema,
   TokenPairSchema,
   type LoginRequestSchema,
-  type RegisterRequestSchema,
   type Session,
   type TokenPair,
 } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { RegisterResponseSchema as StoredRegistrationSchema } from '../../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
 import { UserRole, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
 import { AuthenticationError, AuthorizationError, NotFoundError } from '../domain/errors.ts';
@@ -21,6 +22,7 @@ import { hashToken, type TokenCodec } from '../infrastructure/security/token-cod
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { createAccount } from './accounts.ts';
+import { canonicalRequest, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
 
@@ -49,6 +51,16 @@ export interface AuthService {
   endUserSessions(actor: Actor, userId: number): Promise<number>;
 }
 
+/** A registration's answer as kept for replays: the service layer's own RegisterResponse. */
+const REGISTRATION_ANSWER: AnswerCodec<AuthResult> = {
+  encode: (result) => toBinary(StoredRegistrationSchema, create(StoredRegistrationSchema, result)),
+  decode: (bytes) => {
+    const { user, tokens, deviceToken } = fromBinary(StoredRegistrationSchema, bytes);
+    if (user === undefined || tokens === undefined) throw new Error('a stored registration answer lacks its user or tokens');
+    return { user, tokens, deviceToken };
+  },
+};
+
 /** One message for every login failure, so the answer does not reveal whether the user exists. */
 const INVALID_CREDENTIALS = 'Invalid credentials';
 
@@ -61,6 +73,7 @@ export class AuthUseCases implements AuthService {
   readonly #throttle: LoginThrottle;
   readonly #devices: DeviceTokens;
   readonly #audit: AuditLog;
+  readonly #idempotency: IdempotentRequests;
   readonly #sessionLifetimeMs: number;
   readonly #now: () => Date;
 
@@ -72,11 +85,13 @@ export class AuthUseCases implements AuthService {
     throttle: LoginThrottle;
     devices: DeviceTokens;
     audit: AuditLog;
+    idempotency: IdempotentRequests;
     /** The absolute lifetime of a login chain, however often it is refreshed. */
     sessionLifetimeSeconds: number;
     now?: () => Date;
   }) {
     this.#audit = deps.audit;
+    this.#idempotency = deps.idempotency;
     this.#users = deps.users;
     this.#tokens = deps.tokens;
     this.#passwords = deps.passwords;
@@ -87,11 +102,17 @@ export class AuthUseCases implements AuthService {
     this.#now = deps.now ?? (() => new Date());
   }
 
-  /** Creates a USER account and opens its first session. */
+  /**
+   * Creates a USER account and opens its first session. Called with an Idempotency-Key, a retry
+   * of the same registration gets this answer again (see IdempotentRequests); registration is
+   * anonymous, so every client's keys share one scope.
+   */
   async register(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult> {
-    const row = await createAccount({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
-    const tokens = await this.#openSession(row, client);
-    return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id) };
+    return this.#idempotency.run({ scope: 'register', request: canonicalRequest(RegisterRequestSchema, input), answer: REGISTRATION_ANSWER }, async () => {
+      const row = await createAccount({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
+      const tokens = await this.#openSession(row, client);
+      return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id) };
+    });
   }
 
   /**

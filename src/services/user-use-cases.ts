@@ -1,11 +1,11 @@
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import type {
-  ChangePasswordRequestSchema,
+import {
   CreateUserRequestSchema,
-  ListUsersRequestSchema,
-  UpdateUserRequestSchema,
+  type ChangePasswordRequestSchema,
+  type ListUsersRequestSchema,
+  type UpdateUserRequestSchema,
 } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
-import { UserRole, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
+import { UserRole, UserSchema, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
 import { AuthenticationError, AuthorizationError, ConflictError, NotFoundError, RateLimitedError } from '../domain/errors.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
@@ -15,10 +15,14 @@ import type { PasswordHasher } from '../infrastructure/security/password-hasher.
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserChanges, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, createAccount } from './accounts.ts';
+import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
 import { pageRequest, paginationOf } from './pagination.ts';
 import type { AuditLog } from './audit-use-cases.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import { clientFields } from './audit-use-cases.ts';
+
+/** A created user as kept for replays. */
+const USER_ANSWER = messageCodec(UserSchema);
 
 export interface UserPage {
   users: User[];
@@ -47,6 +51,7 @@ export class UserUseCases implements UserService {
   readonly #throttle: LoginThrottle;
   readonly #devices: DeviceTokens;
   readonly #audit: AuditLog;
+  readonly #idempotency: IdempotentRequests;
 
   constructor(deps: {
     users: UserRepository;
@@ -55,7 +60,9 @@ export class UserUseCases implements UserService {
     throttle: LoginThrottle;
     devices: DeviceTokens;
     audit: AuditLog;
+    idempotency: IdempotentRequests;
   }) {
+    this.#idempotency = deps.idempotency;
     this.#devices = deps.devices;
     this.#audit = deps.audit;
     this.#users = deps.users;
@@ -83,13 +90,21 @@ export class UserUseCases implements UserService {
     return toUserMessage(await this.#existing(userId));
   }
 
+  /**
+   * Creates a user. Called with an Idempotency-Key, a retry gets this answer again (see
+   * IdempotentRequests); each administrator's keys are its own, so one cannot replay, or block,
+   * another's. The role is checked first: a stored answer is for administrators only.
+   */
   async create(actor: Actor, input: MessageInitShape<typeof CreateUserRequestSchema>): Promise<User> {
     requireAdmin(actor);
-    const role = input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role);
-    const row = await createAccount({ users: this.#users, passwords: this.#passwords }, { ...input, role });
-    // A role granted by an administrator is a role change, from none.
-    this.#audit.record({ type: 'ROLE_CHANGED', userId: row.id, actorId: actor.userId, details: { to: row.role } });
-    return toUserMessage(row);
+    const operation = { scope: `users:${actor.userId}`, request: canonicalRequest(CreateUserRequestSchema, input), answer: USER_ANSWER };
+    return this.#idempotency.run(operation, async () => {
+      const role = input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role);
+      const row = await createAccount({ users: this.#users, passwords: this.#passwords }, { ...input, role });
+      // A role granted by an administrator is a role change, from none.
+      this.#audit.record({ type: 'ROLE_CHANGED', userId: row.id, actorId: actor.userId, details: { to: row.role } });
+      return toUserMessage(row);
+    });
   }
 
   /** Profile fields only: role, status and verification have their own admin operations. */

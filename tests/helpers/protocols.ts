@@ -57,6 +57,7 @@ export interface ApiClient {
   me(token: string, extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
   changePassword(token: string, userId: number, body: Schemas['ChangePasswordRequest'], extras?: CallExtras): Promise<Outcome<null>>;
   getUser(token: string, userId: number, extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
+  createUser(token: string, body: Schemas['CreateUserRequest'], extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
   updateUser(token: string, userId: number, body: Schemas['UpdateUserRequest'], extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
   verifyUser(token: string, userId: number, extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
   updateStatus(token: string, userId: number, status: Schemas['UserStatus'], extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
@@ -155,6 +156,7 @@ function restClient(baseUrl: string): ApiClient {
     me: (token, extras) => call('GET', '/api/v1/auth/me', token, undefined, extras, data<Schemas['User']>),
     changePassword: (token, userId, body, extras) => call('PUT', `${id(userId)}/password`, token, body, extras, () => null),
     getUser: (token, userId, extras) => call('GET', id(userId), token, undefined, extras, data<Schemas['User']>),
+    createUser: (token, body, extras) => call('POST', '/api/v1/users', token, body, extras, data<Schemas['User']>),
     updateUser: (token, userId, body, extras) => call('PUT', id(userId), token, body, extras, data<Schemas['User']>),
     verifyUser: (token, userId, extras) => call('POST', `${id(userId)}/verify`, token, undefined, extras, data<Schemas['User']>),
     updateStatus: (token, userId, status, extras) => call('PUT', `${id(userId)}/status`, token, { status }, extras, data<Schemas['User']>),
@@ -220,6 +222,8 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
     me: (token, extras) => call(token, extras, (options) => auth.getCurrentUser({}, options), user),
     changePassword: (token, userId, body, extras) => call(token, extras, (options) => users.changePassword({ userId, ...body }, options), () => null),
     getUser: (token, userId, extras) => call(token, extras, (options) => users.getUser({ userId }, options), user),
+    createUser: (token, { role, ...body }, extras) =>
+      call(token, extras, (options) => users.createUser({ ...body, ...(role === undefined ? {} : { role: UserRole[role] }) }, options), user),
     updateUser: (token, userId, body, extras) =>
       call(token, extras, (options) => users.updateUser({ userId, ...withoutNulls(body) }, options), user),
     verifyUser: (token, userId, extras) => call(token, extras, (options) => users.verifyUser({ userId }, options), user),

@@ -25,6 +25,7 @@ import { createLogger } from '../../src/infrastructure/logger.ts';
 import { createJobRunner, type JobRunner, type JobRunnerOptions } from '../../src/jobs/job-runner.ts';
 import { PrismaAuditRepository, type NewAuditEvent } from '../../src/repositories/audit-repository.ts';
 import { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
+import { PrismaIdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
 import { AuditUseCases } from '../../src/services/audit-use-cases.ts';
 import { bearer, createTestApp, loginAdmin, register, type TestApp, monolithOf } from '../helpers/test-app.ts';
 
@@ -74,6 +75,7 @@ async function startRunner(options: Partial<JobRunnerOptions> & { redisUrl?: str
     logger,
     auditRepository: audit,
     tokenRepository: tokens,
+    idempotencyRepository: new PrismaIdempotencyRepository(monolithOf(t).database.prisma),
     purgeIntervalMs: 60_000,
     purgeRetentionMs: DAY,
     ...(redisUrl === undefined ? {} : { redis: { url: redisUrl, prefix: prefix ?? nextPrefix() } }),

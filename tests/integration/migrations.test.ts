@@ -79,7 +79,7 @@ async function expectMigrated(database: Database): Promise<void> {
   const init = rows.find((row) => row.migration_name === initMigration);
   expect(init).toMatchObject({ checksum: initChecksum, rolled_back_at: null, applied_steps_count: 1 });
   for (const row of rows) expect(row.finished_at).toBeInstanceOf(Date);
-  expect(await tableNames(database)).toEqual(['_prisma_migrations', 'audit_events', 'oauth_tokens', 'users']);
+  expect(await tableNames(database)).toEqual(['_prisma_migrations', 'audit_events', 'idempotency_records', 'oauth_tokens', 'users']);
 }
 
 async function expectPrismaWorks(database: Database): Promise<void> {

@@ -8,15 +8,18 @@ import type { Client } from '@connectrpc/connect';
 import type { AuditEvent, OAuthToken, User } from '../../../gen/prisma/client.ts';
 import type { AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import type { CounterStoreService } from '../../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import type { IdempotencyRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/idempotency_repository_service_pb.js';
 import type { TokenRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import type { UserRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
 import type { AuditFilter, AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
+import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserFilter, UserProfile, UserRepository } from '../../repositories/user-repository.ts';
 import {
   auditEventFromProto,
   auditFilterToProto,
+  dateFromProto,
   newAuditEventToProto,
   newTokenToProto,
   newUserToProto,
@@ -192,5 +195,46 @@ export class RemoteCounterStore implements CounterStore {
   async deleteByPrefix(prefix: string): Promise<number> {
     const { deleted } = await this.#client.deleteCountersByPrefix({ prefix });
     return deleted;
+  }
+}
+
+/** An IdempotencyRepository kept by the repository layer's process. */
+export class RemoteIdempotencyRepository implements IdempotencyRepository {
+  readonly #client: Client<typeof IdempotencyRepositoryService>;
+
+  constructor(client: Client<typeof IdempotencyRepositoryService>) {
+    this.#client = client;
+  }
+
+  async claim(claim: IdempotencyClaim, now: Date): Promise<ClaimResult> {
+    const res = await this.#client.claimIdempotencyKey({
+      keyHash: claim.keyHash,
+      fingerprint: claim.fingerprint,
+      expiresAt: timestampFromDate(claim.expiresAt),
+      now: timestampFromDate(now),
+    });
+    if (res.claimId !== undefined) return { claimed: true, id: res.claimId };
+    const existing = requireField(res.existing, 'ClaimIdempotencyKeyResponse.existing');
+    return {
+      claimed: false,
+      existing: {
+        id: existing.id,
+        fingerprint: existing.fingerprint,
+        answer: existing.answer ?? null,
+        expiresAt: dateFromProto(existing.expiresAt, 'IdempotencyRecord.expires_at'),
+      },
+    };
+  }
+
+  async complete(id: number, answer: Uint8Array, expiresAt: Date): Promise<boolean> {
+    return (await this.#client.completeIdempotencyKey({ claimId: id, answer, expiresAt: timestampFromDate(expiresAt) })).completed;
+  }
+
+  async release(id: number): Promise<void> {
+    await this.#client.releaseIdempotencyKey({ claimId: id });
+  }
+
+  async purgeExpired(now: Date): Promise<number> {
+    return (await this.#client.purgeExpiredIdempotencyKeys({ now: timestampFromDate(now) })).deleted;
   }
 }

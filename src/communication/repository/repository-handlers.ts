@@ -2,14 +2,16 @@
 // its request, calls one repository method and encodes the result; a null result leaves the
 // response's message field unset. Domain errors are left to layerServerErrorInterceptor, which
 // carries them across as they are.
-import { durationMs } from '@bufbuild/protobuf/wkt';
+import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type { ServiceImpl } from '@connectrpc/connect';
 import type { AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import type { CounterStoreService } from '../../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import type { IdempotencyRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/idempotency_repository_service_pb.js';
 import type { TokenRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import type { UserRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
 import type { AuditRepository } from '../../repositories/audit-repository.ts';
+import type { IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
 import type { TokenRepository } from '../../repositories/token-repository.ts';
 import type { UserRepository } from '../../repositories/user-repository.ts';
 import {
@@ -143,6 +145,31 @@ export function createCounterStoreHandler(store: CounterStore): ServiceImpl<type
     },
     async deleteCountersByPrefix(req) {
       return { deleted: await store.deleteByPrefix(req.prefix) };
+    },
+  };
+}
+
+/** arcana.internal.repository.v1.IdempotencyRepositoryService over an IdempotencyRepository. */
+export function createIdempotencyRepositoryHandler(repo: IdempotencyRepository): ServiceImpl<typeof IdempotencyRepositoryService> {
+  return {
+    async claimIdempotencyKey(req) {
+      const result = await repo.claim(
+        { keyHash: req.keyHash, fingerprint: req.fingerprint, expiresAt: dateFromProto(req.expiresAt, 'ClaimIdempotencyKeyRequest.expires_at') },
+        dateFromProto(req.now, 'ClaimIdempotencyKeyRequest.now'),
+      );
+      if (result.claimed) return { claimId: result.id };
+      const { id, fingerprint, answer, expiresAt } = result.existing;
+      return { existing: { id, fingerprint, ...(answer === null ? {} : { answer }), expiresAt: timestampFromDate(expiresAt) } };
+    },
+    async completeIdempotencyKey(req) {
+      return { completed: await repo.complete(req.claimId, req.answer, dateFromProto(req.expiresAt, 'CompleteIdempotencyKeyRequest.expires_at')) };
+    },
+    async releaseIdempotencyKey(req) {
+      await repo.release(req.claimId);
+      return {};
+    },
+    async purgeExpiredIdempotencyKeys(req) {
+      return { deleted: await repo.purgeExpired(dateFromProto(req.now, 'PurgeExpiredIdempotencyKeysRequest.now')) };
     },
   };
 }

@@ -4,7 +4,8 @@ import type { AuthService } from '../../services/auth-use-cases.ts';
 import { requireAuth } from './auth-middleware.ts';
 import { sendSuccess } from './envelope.ts';
 import { actorOf, clientOf } from './request-context.ts';
-import { deviceTokenHeaders, NO_STORE_HEADERS } from '../client-edge.ts';
+import { deviceTokenHeaders, IDEMPOTENT_REPLAYED_HEADER, idempotencyKeyOf, NO_STORE_HEADERS } from '../client-edge.ts';
+import { runIdempotent } from '../../communication/call-context.ts';
 import { toRestSession, toRestTokenPair, toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
@@ -16,7 +17,9 @@ export function createAuthRoutes(auth: AuthService): Router {
 
   router.post('/register', async (req, res) => {
     const body = req.body as Schemas['RegisterRequest'];
-    const result = await auth.register(body, clientOf(res));
+    const key = idempotencyKeyOf((name) => req.get(name));
+    const { result, replayed } = await runIdempotent(key, () => auth.register(body, clientOf(res)));
+    if (replayed) res.setHeader(IDEMPOTENT_REPLAYED_HEADER, 'true');
     tokenAnswerHeaders(res, result.deviceToken);
     sendSuccess(res, { user: toRestUser(result.user), tokens: toRestTokenPair(result.tokens) }, 'User registered successfully', 201);
   });

@@ -19,6 +19,7 @@ const STATUS: Record<ErrorCode, number> = {
   RATE_LIMITED: 429,
   INTERNAL_ERROR: 500,
   SERVICE_UNAVAILABLE: 503,
+  IDEMPOTENCY_KEY_REUSED: 422,
 };
 
 /** The shape of errors from body-parser and express-openapi-validator. */

@@ -5,6 +5,8 @@ import type { UserService } from '../../services/user-use-cases.ts';
 import { requireAuth } from './auth-middleware.ts';
 import { sendPage, sendSuccess } from './envelope.ts';
 import { actorOf } from './request-context.ts';
+import { IDEMPOTENT_REPLAYED_HEADER, idempotencyKeyOf } from '../client-edge.ts';
+import { runIdempotent } from '../../communication/call-context.ts';
 import { roleFromRest, statusFromRest, toRestPagination, toRestSession, toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
@@ -32,7 +34,11 @@ export function createUserRoutes(users: UserService, auth: AuthService): Router 
   router.post('/', async (req, res) => {
     const body = req.body as Schemas['CreateUserRequest'];
     const { role, ...rest } = body;
-    const user = await users.create(actorOf(res), { ...rest, ...(role === undefined ? {} : { role: roleFromRest(role) }) });
+    const key = idempotencyKeyOf((name) => req.get(name));
+    const { result: user, replayed } = await runIdempotent(key, () =>
+      users.create(actorOf(res), { ...rest, ...(role === undefined ? {} : { role: roleFromRest(role) }) }),
+    );
+    if (replayed) res.setHeader(IDEMPOTENT_REPLAYED_HEADER, 'true');
     sendSuccess(res, toRestUser(user), 'User created successfully', 201);
   });
 

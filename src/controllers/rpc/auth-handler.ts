@@ -1,14 +1,17 @@
 import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import type { AuthService as AuthServiceDescriptor } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import type { AuthService } from '../../services/auth-use-cases.ts';
-import { actorOf, clientInfoOf } from './rpc-context.ts';
 import { deviceTokenHeaders, NO_STORE_HEADERS } from '../client-edge.ts';
+import { runIdempotent } from '../../communication/call-context.ts';
+import { actorOf, clientInfoOf, idempotencyKeyFrom, markReplayedAnswer } from './rpc-context.ts';
 
 /** arcana.auth.v1.AuthService over Connect, gRPC and gRPC-Web: the same use cases as REST. */
 export function createAuthHandler(auth: AuthService): ServiceImpl<typeof AuthServiceDescriptor> {
   return {
     async register(req, ctx) {
-      const { user, tokens, deviceToken } = await auth.register(req, clientInfoOf(ctx));
+      const { result, replayed } = await runIdempotent(idempotencyKeyFrom(ctx), () => auth.register(req, clientInfoOf(ctx)));
+      if (replayed) markReplayedAnswer(ctx);
+      const { user, tokens, deviceToken } = result;
       tokenAnswerHeaders(ctx, deviceToken);
       return { user, tokens };
     },

@@ -26,6 +26,8 @@ export const CONNECT_CODE: Record<ErrorCode, Code> = {
   RATE_LIMITED: Code.ResourceExhausted,
   INTERNAL_ERROR: Code.Internal,
   SERVICE_UNAVAILABLE: Code.Unavailable,
+  // The request is well formed; what stands in its way is state: the key's earlier request.
+  IDEMPOTENCY_KEY_REUSED: Code.FailedPrecondition,
 };
 
 /**

@@ -8,7 +8,7 @@ import type { AuthService } from '../../services/auth-use-cases.ts';
 import { remoteAddressOf } from '../../server.ts';
 import { bearerToken } from '../rest/auth-middleware.ts';
 import { identifyCaller } from '../../communication/call-context.ts';
-import { resolveClientInfo } from '../client-edge.ts';
+import { IDEMPOTENT_REPLAYED_HEADER, idempotencyKeyOf, resolveClientInfo } from '../client-edge.ts';
 
 /** The client of an RPC, resolved once as connect-node hands the request over. */
 export const clientKey = createContextKey<ClientInfo>({}, { description: 'client address, user agent and device token' });
@@ -35,6 +35,16 @@ export function createContextValuesFor(resolve: ClientAddressResolver): (req: In
 
 export function clientInfoOf(ctx: HandlerContext): ClientInfo {
   return ctx.values.get(clientKey);
+}
+
+/** The call's `idempotency-key` metadata, checked; undefined when it has none. */
+export function idempotencyKeyFrom(ctx: HandlerContext): string | undefined {
+  return idempotencyKeyOf((name) => ctx.requestHeader.get(name) ?? undefined);
+}
+
+/** Marks the answer as the stored answer to an earlier call with the same key. */
+export function markReplayedAnswer(ctx: HandlerContext): void {
+  ctx.responseHeader.set(IDEMPOTENT_REPLAYED_HEADER, 'true');
 }
 
 /** The caller of an RPC that needs authentication, from its `authorization: Bearer` header. */

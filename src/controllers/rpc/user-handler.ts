@@ -2,7 +2,8 @@ import type { ServiceImpl } from '@connectrpc/connect';
 import type { UserService as UserServiceDescriptor } from '../../../gen/proto/arcana/user/v1/user_service_pb.js';
 import type { AuthService } from '../../services/auth-use-cases.ts';
 import type { UserService } from '../../services/user-use-cases.ts';
-import { actorOf } from './rpc-context.ts';
+import { runIdempotent } from '../../communication/call-context.ts';
+import { actorOf, idempotencyKeyFrom, markReplayedAnswer } from './rpc-context.ts';
 
 /** arcana.user.v1.UserService: role and ownership rules are the use cases', shared with REST. */
 export function createUserHandler(users: UserService, auth: AuthService): ServiceImpl<typeof UserServiceDescriptor> {
@@ -14,7 +15,10 @@ export function createUserHandler(users: UserService, auth: AuthService): Servic
       return { user: await users.get(await actorOf(ctx, auth), req.userId) };
     },
     async createUser(req, ctx) {
-      return { user: await users.create(await actorOf(ctx, auth), req) };
+      const actor = await actorOf(ctx, auth);
+      const { result, replayed } = await runIdempotent(idempotencyKeyFrom(ctx), () => users.create(actor, req));
+      if (replayed) markReplayedAnswer(ctx);
+      return { user: result };
     },
     async updateUser(req, ctx) {
       return { user: await users.update(await actorOf(ctx, auth), req) };

@@ -1,0 +1,223 @@
+// Idempotency keys as a careless client, a racing client and an attacker with a database dump
+// meet them, over every public protocol (and, registered in SECURITY_SUITES, in the split
+// topologies, where the key crosses from the controller to the service process and the records
+// live behind the repository layer's API):
+// - parallel requests with one key do the work once, and every retry gets that one answer;
+// - a key is bound to its request: another body is refused and does nothing;
+// - a malformed key is a validation error, not a 500 and not a silent "no key";
+// - nothing in the idempotency table is usable without the server's secret: no key, no token,
+//   no password, not even an unkeyed hash of the key;
+// - one administrator's keys are not another's.
+import { createHash, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClient, PROTOCOLS, type ApiClient, type AuthResultData, type Outcome, type ProtocolName } from '../helpers/protocols.ts';
+import { ADMIN, loginAdmin, newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+const REPLAYED = 'idempotent-replayed';
+
+let t: TestServer;
+/** Two administrators' access tokens: the bootstrap one, and one it created. */
+let adminA: string;
+let adminB: string;
+
+beforeAll(async () => {
+  t = await startTestServer();
+  adminA = await loginAdmin(t);
+  const second = newUser('admin_b');
+  const created = await t.request.post('/api/v1/users').set('authorization', `Bearer ${adminA}`).send({ ...second, role: 'ADMIN' });
+  expect(created.status).toBe(201);
+  const login = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: second.username, password: second.password });
+  expect(login.status).toBe(200);
+  adminB = login.body.data.tokens.accessToken as string;
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+const withKey = (key: string) => ({ headers: { 'idempotency-key': key } });
+
+async function usersNamed(username: string): Promise<number> {
+  const rows = await t.sql<{ count: string }>('SELECT count(*) AS count FROM users WHERE username_key = lower($1)', [username]);
+  return Number(rows[0]?.count);
+}
+
+/** What a client keeps of a registration's answer: the account and the very tokens. */
+const answerOf = (outcome: Outcome<AuthResultData>) => ({ user: outcome.data?.user, tokens: outcome.data?.tokens });
+
+describe.each(PROTOCOLS)('idempotency keys over %s', (protocol: ProtocolName) => {
+  let client: ApiClient;
+
+  beforeAll(() => {
+    client = apiClient(protocol, t.baseUrl);
+  });
+
+  afterAll(() => {
+    client.close();
+  });
+
+  it('when 10 identical registrations with one key race, then one account is made and every answer, retried, is the same', async () => {
+    const body = newUser('race');
+    const key = randomUUID();
+    const first = await Promise.all(Array.from({ length: 10 }, () => client.register(body, withKey(key))));
+
+    // The work ran once: one fresh answer; the others were told the key was busy, or (if they
+    // came after it finished) got the stored answer.
+    const fresh = first.filter((outcome) => outcome.code === 'ok' && outcome.headers.get(REPLAYED) === null);
+    expect(fresh).toHaveLength(1);
+    for (const outcome of first) {
+      if (outcome.code === 'ok') continue;
+      expect(outcome.code).toBe('already_exists');
+      expect(outcome.error?.message).toMatch(/still in progress/);
+      if (protocol === 'rest') expect(outcome.status).toBe(409);
+    }
+    expect(await usersNamed(body.username)).toBe(1);
+
+    // A client told to retry, retries: every one now gets the first answer, tokens included.
+    const answers = await Promise.all(first.map((outcome) => (outcome.code === 'ok' ? outcome : client.register(body, withKey(key)))));
+    for (const answer of answers) expect(answer.code).toBe('ok');
+    const expected = answerOf(fresh[0] as Outcome<AuthResultData>);
+    for (const answer of answers) expect(answerOf(answer)).toEqual(expected);
+    expect(await usersNamed(body.username)).toBe(1);
+  });
+
+  it('when a completed registration is sent again with its key, then the stored answer comes back, marked as a replay', async () => {
+    const body = newUser('replay');
+    const key = randomUUID();
+    const original = await client.register(body, withKey(key));
+    expect(original.code).toBe('ok');
+    expect(original.headers.get(REPLAYED)).toBeNull();
+
+    const again = await client.register(body, withKey(key));
+    expect(again.code).toBe('ok');
+    if (protocol === 'rest') expect(again.status).toBe(201);
+    expect(again.headers.get(REPLAYED)).toBe('true');
+    expect(answerOf(again)).toEqual(answerOf(original));
+    // The replayed tokens are the live session's: they work.
+    const me = await client.me(again.data?.tokens.accessToken ?? '');
+    expect(me.code).toBe('ok');
+    expect(me.data?.id).toBe(original.data?.user.id);
+  });
+
+  it('when a key is sent again with another body, then the request is refused with IDEMPOTENCY_KEY_REUSED and nothing is created', async () => {
+    const key = randomUUID();
+    expect((await client.register(newUser('reuse'), withKey(key))).code).toBe('ok');
+    const other = newUser('reuse_other');
+    const reused = await client.register(other, withKey(key));
+    expect(reused.code).toBe('failed_precondition');
+    if (protocol === 'rest') expect(reused.status).toBe(422);
+    expect(reused.error?.message).toMatch(/Idempotency-Key was already used/);
+    expect(await usersNamed(other.username)).toBe(0);
+    // The same body with only the password changed is another request too.
+    const samePeople = await client.register({ ...other, password: 'Another-Passw0rd!' }, withKey(key));
+    expect(samePeople.code).toBe('failed_precondition');
+  });
+
+  it.each([
+    ['empty', ''],
+    ['longer than 255 characters', 'k'.repeat(256)],
+    ['not printable ASCII (a tab)', 'tab\there'],
+    ['not ASCII', 'cl\u00e9'],
+  ])('when the key is %s, then the request is a validation error and nothing is created', async (_what, key) => {
+    const body = newUser('badkey');
+    const outcome = await client.register(body, withKey(key));
+    expect(outcome.code).toBe('invalid_argument');
+    if (protocol === 'rest') expect(outcome.status).toBe(400);
+    expect(Object.keys(outcome.error?.details ?? {})).toContain('idempotency-key');
+    expect(await usersNamed(body.username)).toBe(0);
+  });
+
+  it('when the first request with a key fails, then nothing is stored and the same key may be retried', async () => {
+    const body = newUser('retry');
+    const key = randomUUID();
+    // The username is taken: the registration fails with CONFLICT.
+    const taker = await client.register(body);
+    expect(taker.code).toBe('ok');
+    const failed = await client.register(body, withKey(key));
+    expect(failed.code).toBe('already_exists');
+    expect(failed.error?.message).not.toMatch(/in progress/);
+
+    // Once the name is free, the same key and body do the work: the failure was not replayed.
+    expect((await client.deleteUser(adminA, taker.data?.user.id ?? 0)).code).toBe('ok');
+    const retried = await client.register(body, withKey(key));
+    expect(retried.code).toBe('ok');
+    expect(retried.headers.get(REPLAYED)).toBeNull();
+    expect(retried.data?.user.id).not.toBe(taker.data?.user.id);
+  });
+
+  it('when a key has expired, then it may be used again, for another request', async () => {
+    const key = randomUUID();
+    const first = await client.register(newUser('expired'), withKey(key));
+    expect(first.code).toBe('ok');
+    // 24 hours later, as far as the records know.
+    await t.sql(`UPDATE idempotency_records SET expires_at = now() - interval '1 second' WHERE expires_at > now()`);
+    const later = newUser('expired_later');
+    const reused = await client.register(later, withKey(key));
+    expect(reused.code).toBe('ok');
+    expect(reused.headers.get(REPLAYED)).toBeNull();
+    expect(await usersNamed(later.username)).toBe(1);
+  });
+
+  it('when two administrators use one key, then neither replays, nor is blocked by, the other', async () => {
+    const key = randomUUID();
+    const body = newUser('created');
+    const byA = await client.createUser(adminA, body, withKey(key));
+    expect(byA.code).toBe('ok');
+    expect((await client.createUser(adminA, body, withKey(key))).headers.get(REPLAYED)).toBe('true');
+
+    // B with A's key and body is a new request of B's: the work runs and meets A's user.
+    const sameByB = await client.createUser(adminB, body, withKey(key));
+    expect(sameByB.code).toBe('already_exists');
+    expect(sameByB.error?.message).toMatch(/already exists/);
+    expect(sameByB.headers.get(REPLAYED)).toBeNull();
+    // B with A's key and another body is not "another body for A's key".
+    const other = newUser('created_b');
+    const otherByB = await client.createUser(adminB, other, withKey(key));
+    expect(otherByB.code).toBe('ok');
+    expect(otherByB.headers.get(REPLAYED)).toBeNull();
+    expect(await usersNamed(other.username)).toBe(1);
+
+    // Someone who is not an administrator learns nothing from the key either.
+    const user = await client.register(newUser('plain'));
+    const byUser = await client.createUser(user.data?.tokens.accessToken ?? '', body, withKey(key));
+    expect(byUser.code).toBe('permission_denied');
+  });
+});
+
+describe('what the idempotency table holds', () => {
+  it('when registrations and creations were stored, then no key, token, password or unkeyed hash of them is in any row', async () => {
+    const client = apiClient('rest', t.baseUrl);
+    try {
+      const key = `dump-${randomUUID()}`;
+      const body = newUser('dump');
+      const registered = await client.register(body, withKey(key));
+      expect(registered.code).toBe('ok');
+      const created = newUser('dump_created');
+      expect((await client.createUser(adminA, created, withKey(key))).code).toBe('ok');
+      const tokens = registered.data?.tokens;
+      const secrets = [key, body.password, created.password, tokens?.accessToken ?? '', tokens?.refreshToken ?? '', ADMIN.password];
+      // Whatever a lazy scheme might have stored instead: unkeyed SHA-256 of the key, alone or scoped.
+      const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+      const naiveHashes = [sha256(key), sha256(`register\u0000${key}`), sha256(`register:${key}`), sha256(body.password)];
+
+      const rows = await t.sql<{ key_hash: string; fingerprint: string; answer: Buffer | null }>('SELECT key_hash, fingerprint, answer FROM idempotency_records');
+      expect(rows.length).toBeGreaterThanOrEqual(2);
+      for (const row of rows) {
+        const text = JSON.stringify({ keyHash: row.key_hash, fingerprint: row.fingerprint });
+        const answer = row.answer ?? Buffer.alloc(0);
+        for (const secret of secrets) {
+          expect(text).not.toContain(secret);
+          // In the answer's bytes in any encoding a plain copy would use: UTF-8 (JSON, protobuf), base64.
+          expect(answer.includes(Buffer.from(secret, 'utf8'))).toBe(false);
+          expect(answer.toString('base64')).not.toContain(Buffer.from(secret).toString('base64'));
+        }
+        for (const hash of naiveHashes) expect(text).not.toContain(hash);
+        // Not even the public parts of the answer (the username) are readable.
+        expect(answer.includes(Buffer.from(body.username))).toBe(false);
+        expect(answer.includes(Buffer.from(created.username))).toBe(false);
+      }
+    } finally {
+      client.close();
+    }
+  });
+});

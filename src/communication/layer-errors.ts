@@ -28,6 +28,8 @@ const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>(
     RATE_LIMITED: 0,
     INTERNAL_ERROR: 0,
     SERVICE_UNAVAILABLE: 0,
+    PRECONDITION_FAILED: 0,
+    LAST_ADMIN: 0,
   } satisfies Record<ErrorCode, 0>) as ErrorCode[],
 );
 

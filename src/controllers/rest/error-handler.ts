@@ -19,6 +19,8 @@ const STATUS: Record<ErrorCode, number> = {
   RATE_LIMITED: 429,
   INTERNAL_ERROR: 500,
   SERVICE_UNAVAILABLE: 503,
+  PRECONDITION_FAILED: 412,
+  LAST_ADMIN: 409,
 };
 
 /** The shape of errors from body-parser and express-openapi-validator. */

@@ -26,6 +26,11 @@ export const CONNECT_CODE: Record<ErrorCode, Code> = {
   RATE_LIMITED: Code.ResourceExhausted,
   INTERNAL_ERROR: Code.Internal,
   SERVICE_UNAVAILABLE: Code.Unavailable,
+  // gRPC's documented code for a failed test-and-set the client should retry at a higher level.
+  PRECONDITION_FAILED: Code.Aborted,
+  // The system is not in a state the change requires (another active admin), which retrying
+  // alone cannot fix.
+  LAST_ADMIN: Code.FailedPrecondition,
 };
 
 /**

@@ -25,7 +25,7 @@ const API_SUITES = [
  * the repository process, the client address carried from the controller to the service layer,
  * conditional writes through the repository layer. They attack every split cell too.
  */
-const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'sessions'].map((name) => `tests/security/${name}.test.ts`);
+const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'sessions', 'admin-writes'].map((name) => `tests/security/${name}.test.ts`);
 
 /**
  * The split cells. microservices-grpc also runs on Redis (TEST_REDIS_URL, as .ci/run provides), so

@@ -26,7 +26,7 @@ const API_SUITES = [
  * conditional writes through the repository layer, idempotency keys carried to the service layer
  * and their records kept behind the repository layer. They attack every split cell too.
  */
-const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'password-work', 'sessions', 'admin-sessions', 'idempotency-keys'].map((name) => `tests/security/${name}.test.ts`);
+const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'password-work', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys'].map((name) => `tests/security/${name}.test.ts`);
 
 /**
  * The split cells. microservices-grpc also runs on Redis (TEST_REDIS_URL, as .ci/run provides), so

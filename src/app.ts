@@ -245,7 +245,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
         users = new UserUseCases(deps);
         audit = new AuditUseCases({ events: repositories.audit });
         if (config.bootstrapAdmin !== undefined) {
-          await ensureBootstrapAdmin(config.bootstrapAdmin, { users: repositories.users, passwords, logger });
+          await ensureBootstrapAdmin(config.bootstrapAdmin, { users: repositories.users, tokens: repositories.tokens, passwords, audit: runner.audit, logger });
         }
       }
     }

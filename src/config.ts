@@ -111,6 +111,8 @@ const EnvSchema = z.object({
   ADMIN_USERNAME: z.string().optional(),
   ADMIN_EMAIL: z.string().optional(),
   ADMIN_PASSWORD: z.string().optional(),
+  // When no active administrator is left, restore the bootstrap account as one (see bootstrap-admin.ts).
+  ADMIN_BOOTSTRAP_RECOVER: bool(false),
 
   OPENAPI_VALIDATE_RESPONSES: bool(false),
 });
@@ -207,7 +209,7 @@ export function loadConfig(env: Environment) {
     corsOrigins: e.CORS_ORIGINS,
     bootstrapAdmin:
       e.ADMIN_USERNAME !== undefined && e.ADMIN_EMAIL !== undefined && e.ADMIN_PASSWORD !== undefined
-        ? { username: e.ADMIN_USERNAME, email: e.ADMIN_EMAIL, password: e.ADMIN_PASSWORD }
+        ? { username: e.ADMIN_USERNAME, email: e.ADMIN_EMAIL, password: e.ADMIN_PASSWORD, recover: e.ADMIN_BOOTSTRAP_RECOVER }
         : undefined,
     openapi: { validateResponses: e.OPENAPI_VALIDATE_RESPONSES },
   };

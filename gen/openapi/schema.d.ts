@@ -180,18 +180,18 @@ export interface paths {
         };
         /**
          * Get a user
-         * @description Self or ADMIN: users may read their own profile; only admins may read others (403 otherwise, whether or not the id exists).
+         * @description Self or ADMIN: users may read their own profile; only admins may read others (403 otherwise, whether or not the id exists). The `ETag` is the user's version; send it in `If-None-Match` to get a 304 without a body while the user is unchanged, or in `If-Match` to change the user only if nobody changed it since.
          */
         get: operations["getUser"];
         /**
          * Update a user's profile
-         * @description Self or ADMIN. Updates profile fields only (email, names, phone, avatar); send at least one. Role, status and verification cannot be changed here (see the `/status` and `/verify` endpoints) and sending them is a 400.
+         * @description Self or ADMIN. Updates profile fields only (email, names, phone, avatar); send at least one. Role, status and verification cannot be changed here (see the `/status`, `/role` and `/verify` endpoints) and sending them is a 400. With `If-Match`, changes the user only if its version is still the one given.
          */
         put: operations["updateUser"];
         post?: never;
         /**
          * Delete a user
-         * @description ADMIN only. Deletes the user account.
+         * @description ADMIN only. Deletes the user account. Refused (409 `LAST_ADMIN`) when it would leave no active administrator. With `If-Match`, deletes only if the user's version is still the one given.
          */
         delete: operations["deleteUser"];
         options?: never;
@@ -236,7 +236,7 @@ export interface paths {
         put?: never;
         /**
          * Mark a user as verified
-         * @description ADMIN only. Sets `isVerified` to true.
+         * @description ADMIN only. Sets `isVerified` to true, in one conditional write: of concurrent requests one succeeds and the others answer 409. With `If-Match`, only if the user's version is still the one given.
          */
         post: operations["verifyUser"];
         delete?: never;
@@ -258,9 +258,32 @@ export interface paths {
         get?: never;
         /**
          * Change a user's status
-         * @description ADMIN only. Sets the account status (ACTIVE, INACTIVE, SUSPENDED, DELETED). Only ACTIVE users can log in or refresh tokens.
+         * @description ADMIN only. Sets the account status (ACTIVE, INACTIVE, SUSPENDED, DELETED). Only ACTIVE users can log in or refresh tokens. Refused (409 `LAST_ADMIN`) when it would leave no active administrator, and (409 `CONFLICT`) when the status changed concurrently. With `If-Match`, only if the user's version is still the one given.
          */
         put: operations["updateUserStatus"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{userId}/role": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Id of the user. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Change a user's role
+         * @description ADMIN only. Sets the user's role; its existing sessions act with the new role at once. Refused (409 `LAST_ADMIN`) when it would leave no active administrator. With `If-Match`, only if the user's version is still the one given. Audited as `ROLE_CHANGED` with the roles from and to.
+         */
+        put: operations["updateUserRole"];
         post?: never;
         delete?: never;
         options?: never;
@@ -441,7 +464,7 @@ export interface components {
          * @description Machine-readable error category.
          * @enum {string}
          */
-        ErrorCode: "VALIDATION_ERROR" | "AUTHENTICATION_ERROR" | "AUTHORIZATION_ERROR" | "NOT_FOUND" | "CONFLICT" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "RATE_LIMITED" | "INTERNAL_ERROR" | "SERVICE_UNAVAILABLE" | "IDEMPOTENCY_KEY_REUSED";
+        ErrorCode: "VALIDATION_ERROR" | "AUTHENTICATION_ERROR" | "AUTHORIZATION_ERROR" | "NOT_FOUND" | "CONFLICT" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "RATE_LIMITED" | "INTERNAL_ERROR" | "SERVICE_UNAVAILABLE" | "IDEMPOTENCY_KEY_REUSED" | "PRECONDITION_FAILED" | "LAST_ADMIN";
         /**
          * @description Result of one readiness check.
          * @enum {string}
@@ -456,7 +479,7 @@ export interface components {
          * @description What kind of security event happened.
          * @enum {string}
          */
-        AuditEventType: "LOGIN_SUCCEEDED" | "LOGIN_FAILED" | "LOGOUT" | "TOKENS_REVOKED" | "PASSWORD_CHANGED" | "ROLE_CHANGED" | "STATUS_CHANGED" | "USER_DELETED" | "TOKEN_REUSE_DETECTED" | "LOGIN_FAILURES_CLEARED" | "PASSWORD_CHANGE_FAILED";
+        AuditEventType: "LOGIN_SUCCEEDED" | "LOGIN_FAILED" | "LOGOUT" | "TOKENS_REVOKED" | "PASSWORD_CHANGED" | "ROLE_CHANGED" | "STATUS_CHANGED" | "USER_DELETED" | "TOKEN_REUSE_DETECTED" | "LOGIN_FAILURES_CLEARED" | "PASSWORD_CHANGE_FAILED" | "USER_VERIFIED" | "USER_UPDATED";
         /** @description A user account as exposed by the API. Never carries the password or its hash. */
         User: {
             /** Format: int32 */
@@ -487,6 +510,7 @@ export interface components {
              * @description Time of the last successful login; null if never.
              */
             lastLoginAt: string | null;
+            version: components["schemas"]["Version"];
         };
         /** @description A session's credentials. Store the refresh token securely; it is single-use. */
         TokenPair: {
@@ -643,6 +667,14 @@ export interface components {
         ChangePasswordRequest: {
             oldPassword: string;
             newPassword: components["schemas"]["Password"];
+        };
+        /**
+         * Format: int32
+         * @description Incremented by every change to the user; the REST `ETag` carries it. RPC callers send it back as `expected_version`.
+         */
+        Version: number;
+        UpdateUserRoleRequest: {
+            role: components["schemas"]["UserRole"];
         };
         UpdateUserStatusRequest: {
             status: components["schemas"]["UserStatus"];
@@ -850,6 +882,23 @@ export interface components {
                 "application/json": components["schemas"]["ErrorResponse"];
             };
         };
+        /** @description The user is unchanged since the `ETag` given in `If-None-Match`; no body. */
+        NotModified: {
+            headers: {
+                ETag: components["headers"]["ETag"];
+                [name: string]: unknown;
+            };
+            content?: never;
+        };
+        /** @description The user changed since the version given in `If-Match` (`PRECONDITION_FAILED`): nothing was written. Read it again and retry. */
+        PreconditionFailed: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorResponse"];
+            };
+        };
         /** @description Unexpected server error (`INTERNAL_ERROR`). */
         InternalError: {
             headers: {
@@ -875,6 +924,10 @@ export interface components {
         RoleFilter: components["schemas"]["UserRole"];
         /** @description Only users with this status. */
         StatusFilter: components["schemas"]["UserStatus"];
+        /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
+        IfMatch: string;
+        /** @description The `ETag` of the copy the client holds: answer 304 without a body while the user's version is still this one. */
+        IfNoneMatch: string;
         /** @description Only events of this type. */
         AuditTypeFilter: components["schemas"]["AuditEventType"];
         /** @description Makes the request safe to retry: a unique value the client chooses (a UUID, say). The same key with the same body within 24 hours gets the first answer again instead of doing the work twice; with another body, 422 `IDEMPOTENCY_KEY_REUSED`; while the first request still runs, 409 `CONFLICT`. Failed requests are not remembered. 1 to 255 printable ASCII characters. */
@@ -882,6 +935,8 @@ export interface components {
     };
     requestBodies: never;
     headers: {
+        /** @description The user's version as a strong entity tag (`"3"`): every change to the user gives it a new one. Send it back in `If-Match` or `If-None-Match`. */
+        ETag: string;
         /** @description Requests allowed in the current window. */
         "RateLimit-Limit": number;
         /** @description Requests left in the current window. */
@@ -1027,6 +1082,7 @@ export interface operations {
             /** @description The current user. */
             200: {
                 headers: {
+                    ETag: components["headers"]["ETag"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -1158,7 +1214,10 @@ export interface operations {
     getUser: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description The `ETag` of the copy the client holds: answer 304 without a body while the user's version is still this one. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
             path: {
                 /** @description Id of the user. */
                 userId: components["parameters"]["UserId"];
@@ -1170,12 +1229,14 @@ export interface operations {
             /** @description The user. */
             200: {
                 headers: {
+                    ETag: components["headers"]["ETag"];
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["UserResponse"];
                 };
             };
+            304: components["responses"]["NotModified"];
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
@@ -1187,7 +1248,10 @@ export interface operations {
     updateUser: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
             path: {
                 /** @description Id of the user. */
                 userId: components["parameters"]["UserId"];
@@ -1203,6 +1267,7 @@ export interface operations {
             /** @description The updated user. */
             200: {
                 headers: {
+                    ETag: components["headers"]["ETag"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -1215,6 +1280,7 @@ export interface operations {
             404: components["responses"]["NotFound"];
             /** @description The new email is already used by another account. */
             409: components["responses"]["Conflict"];
+            412: components["responses"]["PreconditionFailed"];
             413: components["responses"]["PayloadTooLarge"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
@@ -1223,7 +1289,10 @@ export interface operations {
     deleteUser: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
             path: {
                 /** @description Id of the user. */
                 userId: components["parameters"]["UserId"];
@@ -1245,6 +1314,9 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            /** @description The user is the last active administrator (`LAST_ADMIN`). */
+            409: components["responses"]["Conflict"];
+            412: components["responses"]["PreconditionFailed"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
@@ -1287,7 +1359,10 @@ export interface operations {
     verifyUser: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
             path: {
                 /** @description Id of the user. */
                 userId: components["parameters"]["UserId"];
@@ -1299,6 +1374,7 @@ export interface operations {
             /** @description The verified user. */
             200: {
                 headers: {
+                    ETag: components["headers"]["ETag"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -1311,6 +1387,7 @@ export interface operations {
             404: components["responses"]["NotFound"];
             /** @description The user is already verified. */
             409: components["responses"]["Conflict"];
+            412: components["responses"]["PreconditionFailed"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
         };
@@ -1318,7 +1395,10 @@ export interface operations {
     updateUserStatus: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
             path: {
                 /** @description Id of the user. */
                 userId: components["parameters"]["UserId"];
@@ -1334,6 +1414,7 @@ export interface operations {
             /** @description The updated user. */
             200: {
                 headers: {
+                    ETag: components["headers"]["ETag"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -1344,6 +1425,50 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            /** @description The user is the last active administrator (`LAST_ADMIN`), or its status changed concurrently (`CONFLICT`). */
+            409: components["responses"]["Conflict"];
+            412: components["responses"]["PreconditionFailed"];
+            413: components["responses"]["PayloadTooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+        };
+    };
+    updateUserRole: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description Id of the user. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateUserRoleRequest"];
+            };
+        };
+        responses: {
+            /** @description The updated user. */
+            200: {
+                headers: {
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserResponse"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            /** @description The user is the last active administrator (`LAST_ADMIN`). */
+            409: components["responses"]["Conflict"];
+            412: components["responses"]["PreconditionFailed"];
             413: components["responses"]["PayloadTooLarge"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];

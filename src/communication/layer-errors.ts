@@ -29,6 +29,8 @@ const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>(
     INTERNAL_ERROR: 0,
     SERVICE_UNAVAILABLE: 0,
     IDEMPOTENCY_KEY_REUSED: 0,
+    PRECONDITION_FAILED: 0,
+    LAST_ADMIN: 0,
   } satisfies Record<ErrorCode, 0>) as ErrorCode[],
 );
 

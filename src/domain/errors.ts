@@ -80,3 +80,21 @@ export function retryAfterOf(error: AppError): number | undefined {
   if (error instanceof RateLimitedError || error instanceof UnavailableError) return error.retryAfterSeconds;
   return undefined;
 }
+
+/**
+ * A conditional write found the row at another version than the client read (a stale ETag or
+ * expected_version): nothing was written. REST 412, RPC `aborted` (a failed test-and-set that
+ * the client retries at a higher level: read again, then write).
+ */
+export class PreconditionFailedError extends AppError {
+  constructor(message = 'The user was changed since the version given; read it again and retry') {
+    super('PRECONDITION_FAILED', message);
+  }
+}
+
+/** The change would leave no active administrator, and so no way to manage the platform. */
+export class LastAdminError extends AppError {
+  constructor(message = 'Refused: this would leave no active administrator; make another user an active ADMIN first') {
+    super('LAST_ADMIN', message);
+  }
+}

@@ -46,5 +46,6 @@ export function toUserMessage(row: Omit<db.User, 'passwordHash'>): User {
     createdAt: timestampFromDate(row.createdAt),
     updatedAt: timestampFromDate(row.updatedAt),
     ...(row.lastLoginAt === null ? {} : { lastLoginAt: timestampFromDate(row.lastLoginAt) }),
+    version: row.version,
   });
 }

@@ -1,5 +1,5 @@
 import type { Cache } from '../infrastructure/cache.ts';
-import type { NewUser, UserChanges, UserFilter, UserProfile, UserRepository } from './user-repository.ts';
+import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository } from './user-repository.ts';
 
 export const userCacheKey = (id: number): string => `user:${id}`;
 
@@ -43,17 +43,17 @@ export class CachedUserRepository implements UserRepository {
     return this.#inner.create(user);
   }
 
-  async update(id: number, changes: UserChanges) {
+  async update(id: number, changes: UserChanges, expected?: UserExpectation) {
     try {
-      return await this.#inner.update(id, changes);
+      return await this.#inner.update(id, changes, expected);
     } finally {
       await this.#cache.delete(userCacheKey(id));
     }
   }
 
-  async delete(id: number) {
+  async delete(id: number, expectedVersion?: number) {
     try {
-      return await this.#inner.delete(id);
+      return await this.#inner.delete(id, expectedVersion);
     } finally {
       await this.#cache.delete(userCacheKey(id));
     }

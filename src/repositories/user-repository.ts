@@ -1,4 +1,5 @@
-import type { Prisma, PrismaClient, User, UserRole, UserStatus } from '../../gen/prisma/client.ts';
+import { Prisma, type PrismaClient, type User, type UserRole, type UserStatus } from '../../gen/prisma/client.ts';
+import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../domain/errors.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
 
 export type NewUser = Pick<
@@ -9,8 +10,20 @@ export type NewUser = Pick<
 /** Fields the service layer may change; self-service and admin paths choose which. */
 export type UserChanges = Pick<
   Prisma.UserUpdateInput,
-  'email' | 'firstName' | 'lastName' | 'phone' | 'avatarUrl' | 'passwordHash' | 'isVerified' | 'status' | 'isActive'
+  'email' | 'firstName' | 'lastName' | 'phone' | 'avatarUrl' | 'passwordHash' | 'isVerified' | 'status' | 'isActive' | 'role'
 >;
+
+/**
+ * What a conditional write expects the row to be like; the comparison is part of the write's own
+ * WHERE clause, so two writers that read the same row cannot both succeed. Absent fields are not
+ * checked.
+ */
+export interface UserExpectation {
+  version?: number | undefined;
+  isVerified?: boolean | undefined;
+  status?: UserStatus | undefined;
+  role?: UserRole | undefined;
+}
 
 export interface UserFilter {
   page: number;
@@ -32,10 +45,18 @@ export interface UserRepository {
   /** Which of the given username and e-mail are taken (e-mails are stored lower-cased). */
   findTaken(username: string | undefined, email: string | undefined, exceptId?: number): Promise<{ username: boolean; email: boolean }>;
   create(user: NewUser): Promise<User>;
-  /** Applies the changes; NotFoundError when the user does not exist. */
-  update(id: number, changes: UserChanges): Promise<User>;
-  /** Deletes the user and, by cascade, its sessions; false when there was no such user. */
-  delete(id: number): Promise<boolean>;
+  /**
+   * Applies the changes and increments the version, only if the row still matches `expected`:
+   * NotFoundError when there is no such user, PreconditionFailedError when its version differs,
+   * ConflictError when another expected field does, LastAdminError when the change would leave
+   * no active administrator.
+   */
+  update(id: number, changes: UserChanges, expected?: UserExpectation): Promise<User>;
+  /**
+   * Deletes the user and, by cascade, its sessions; false when there was no such user. The same
+   * version and last-administrator conditions as update.
+   */
+  delete(id: number, expectedVersion?: number): Promise<boolean>;
   list(filter: UserFilter): Promise<{ users: User[]; total: number }>;
   recordLogin(id: number, at: Date): Promise<void>;
 }
@@ -85,13 +106,28 @@ export class PrismaUserRepository implements UserRepository {
     return withDatabaseErrors(() => this.#db.user.create({ data: { ...user, usernameKey: usernameKeyOf(user.username) } }));
   }
 
-  update(id: number, changes: UserChanges): Promise<User> {
-    return withDatabaseErrors(() => this.#db.user.update({ where: { id }, data: changes }));
+  update(id: number, changes: UserChanges, expected: UserExpectation = {}): Promise<User> {
+    return withDatabaseErrors(() => {
+      if (!removesActiveAdmin(changes)) return conditionalUpdate(this.#db, id, changes, expected);
+      return this.#db.$transaction(async (tx) => {
+        await refuseLastActiveAdmin(tx, id);
+        return conditionalUpdate(tx, id, changes, expected);
+      });
+    });
   }
 
-  async delete(id: number): Promise<boolean> {
-    const { count } = await withDatabaseErrors(() => this.#db.user.deleteMany({ where: { id } }));
-    return count > 0;
+  delete(id: number, expectedVersion?: number): Promise<boolean> {
+    return withDatabaseErrors(() =>
+      this.#db.$transaction(async (tx) => {
+        await refuseLastActiveAdmin(tx, id);
+        const { count } = await tx.user.deleteMany({ where: { id, ...definedOnly({ version: expectedVersion }) } });
+        if (count > 0) return true;
+        if (expectedVersion === undefined) return false;
+        const error = await whyNotWritten(tx, id, { version: expectedVersion });
+        if (error instanceof NotFoundError) return false;
+        throw error;
+      }),
+    );
   }
 
   async list(filter: UserFilter): Promise<{ users: User[]; total: number }> {
@@ -114,11 +150,68 @@ export class PrismaUserRepository implements UserRepository {
   }
 
   async recordLogin(id: number, at: Date): Promise<void> {
-    await withDatabaseErrors(() => this.#db.user.updateMany({ where: { id }, data: { lastLoginAt: at } }));
+    await withDatabaseErrors(() => this.#db.user.updateMany({ where: { id }, data: { lastLoginAt: at, version: { increment: 1 } } }));
   }
 }
 
 /** What makes a username unique: its lower-case fold (usernames are ASCII letters, digits and _). */
 export function usernameKeyOf(username: string): string {
   return username.toLowerCase();
+}
+
+type Tx = Pick<PrismaClient, 'user'>;
+
+/** Whether a change takes a user out of the ACTIVE ADMINs (if it is one). */
+function removesActiveAdmin(changes: UserChanges): boolean {
+  return (changes.status !== undefined && changes.status !== 'ACTIVE') || (changes.role !== undefined && changes.role !== 'ADMIN');
+}
+
+/**
+ * Refuses to take user `id` out of the active administrators when it is the last one. The rows
+ * of every active admin are locked first (FOR UPDATE), so concurrent changes to admins queue
+ * here: two admins suspending each other in parallel cannot both see the other still active.
+ * (PostgreSQL re-checks a locked row's WHERE after the lock is granted, so the second sees the
+ * first one's change.) Must run inside the transaction that then writes.
+ */
+async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): Promise<void> {
+  const admins = await tx.$queryRaw<{ id: number }[]>`SELECT id FROM users WHERE role = 'ADMIN' AND status = 'ACTIVE' FOR UPDATE`;
+  if (admins.length === 1 && admins[0]?.id === id) throw new LastAdminError();
+}
+
+/**
+ * UPDATE users SET …, version = version + 1 WHERE id = ? AND <expected>: one statement, so there
+ * is no window between the check and the write. A row that does not match is P2025 from Prisma.
+ */
+async function conditionalUpdate(db: Tx, id: number, changes: UserChanges, expected: UserExpectation): Promise<User> {
+  try {
+    return await db.user.update({ where: { id, ...definedOnly(expected) }, data: { ...changes, version: { increment: 1 } } });
+  } catch (error) {
+    if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2025') throw await whyNotWritten(db, id, expected);
+    throw error;
+  }
+}
+
+/**
+ * Why a conditional write matched no row, read after the fact (the write itself decided; this
+ * only names the reason): no such user, another version, or another state than expected.
+ */
+async function whyNotWritten(db: Tx, id: number, expected: UserExpectation): Promise<Error> {
+  const row = await db.user.findUnique({ where: { id }, select: { version: true, isVerified: true, status: true, role: true } });
+  if (row === null) return new NotFoundError('User not found');
+  if (expected.version !== undefined && row.version !== expected.version) return new PreconditionFailedError();
+  if (expected.isVerified !== undefined && row.isVerified !== expected.isVerified) {
+    return new ConflictError(row.isVerified ? 'User is already verified' : 'User is not verified');
+  }
+  if (expected.status !== undefined && row.status !== expected.status) {
+    return new ConflictError(`The user's status changed meanwhile (now ${row.status}); read it again and retry`);
+  }
+  if (expected.role !== undefined && row.role !== expected.role) {
+    return new ConflictError(`The user's role changed meanwhile (now ${row.role}); read it again and retry`);
+  }
+  return new ConflictError('The user changed meanwhile; read it again and retry');
+}
+
+/** The object without its undefined members, as Prisma's `where` must not filter on them. */
+function definedOnly<T extends object>(object: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(object).filter(([, value]) => value !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
 }

@@ -1,19 +1,37 @@
 import { ConflictError } from '../domain/errors.ts';
 import type { Logger } from '../infrastructure/logger.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
+import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
+import type { AuditLog } from './audit-use-cases.ts';
+
+export interface BootstrapAdmin {
+  username: string;
+  email: string;
+  password: string;
+  /**
+   * When no active administrator exists, restore the configured account as an ACTIVE ADMIN
+   * with the configured password (ADMIN_BOOTSTRAP_RECOVER).
+   */
+  recover?: boolean | undefined;
+}
 
 /**
  * Creates the configured administrator when no user has its username or e-mail, so that a
- * fresh install has a way in. An existing account is left alone: its password may have changed.
+ * fresh install has a way in. An existing account is left alone (its password may have
+ * changed), unless no active administrator is left: then the platform cannot be managed, which
+ * is said loudly, and with `recover` the account is restored as an active admin.
  */
 export async function ensureBootstrapAdmin(
-  admin: { username: string; email: string; password: string },
-  deps: { users: UserRepository; passwords: PasswordHasher; logger: Logger },
+  admin: BootstrapAdmin,
+  deps: { users: UserRepository; tokens: TokenRepository; passwords: PasswordHasher; audit: AuditLog; logger: Logger },
 ): Promise<void> {
   const email = admin.email.toLowerCase();
   const taken = await deps.users.findTaken(admin.username, email);
-  if (taken.username || taken.email) return;
+  if (taken.username || taken.email) {
+    await checkAdministratorsLeft(admin, deps);
+    return;
+  }
   try {
     await deps.users.create({
       username: admin.username,
@@ -27,4 +45,38 @@ export async function ensureBootstrapAdmin(
     throw error;
   }
   deps.logger.info({ username: admin.username }, 'created bootstrap administrator');
+}
+
+async function checkAdministratorsLeft(
+  admin: BootstrapAdmin,
+  deps: { users: UserRepository; tokens: TokenRepository; passwords: PasswordHasher; audit: AuditLog; logger: Logger },
+): Promise<void> {
+  const { total } = await deps.users.list({ page: 1, perPage: 1, role: 'ADMIN', status: 'ACTIVE' });
+  if (total > 0) return;
+  const account = (await deps.users.findByLogin(admin.username)) ?? (await deps.users.findByLogin(admin.email.toLowerCase()));
+  if (account === null) return;
+  if (admin.recover !== true) {
+    deps.logger.error(
+      { username: admin.username, accountId: account.id, role: account.role, status: account.status },
+      'no active administrator exists, and the bootstrap account exists but is not an active ADMIN, so the bootstrap ' +
+        'variables cannot restore access; set ADMIN_BOOTSTRAP_RECOVER=true for one start to make it an ACTIVE ADMIN again ' +
+        'with ADMIN_PASSWORD (its sessions are ended), then unset it',
+    );
+    return;
+  }
+  const updated = await deps.users.update(account.id, {
+    role: 'ADMIN',
+    status: 'ACTIVE',
+    isActive: true,
+    passwordHash: await deps.passwords.hash(admin.password),
+  });
+  const ended = await deps.tokens.revokeAllForUser(account.id, undefined, 'revoked');
+  const reason = 'bootstrap_recover';
+  if (account.role !== updated.role) deps.audit.record({ type: 'ROLE_CHANGED', userId: account.id, details: { from: account.role, to: updated.role, reason } });
+  if (account.status !== updated.status) deps.audit.record({ type: 'STATUS_CHANGED', userId: account.id, details: { from: account.status, to: updated.status, reason } });
+  deps.audit.record({ type: 'PASSWORD_CHANGED', userId: account.id, details: { reason, otherSessionsEnded: ended.length } });
+  deps.logger.warn(
+    { username: account.username, accountId: account.id, sessionsEnded: ended.length },
+    'no active administrator existed: restored the bootstrap account as an ACTIVE ADMIN with ADMIN_PASSWORD (ADMIN_BOOTSTRAP_RECOVER); unset ADMIN_BOOTSTRAP_RECOVER',
+  );
 }

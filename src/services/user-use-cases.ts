@@ -2,12 +2,13 @@ import type { MessageInitShape } from '@bufbuild/protobuf';
 import {
   CreateUserRequestSchema,
   type ChangePasswordRequestSchema,
-  type ListUsersRequestSchema,
-  type UpdateUserRequestSchema,
+  ListUsersRequestSchema,
+  UpdateUserRequestSchema,
+  UpdateUserRoleRequestSchema,
 } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { UserRole, UserSchema, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
-import { AuthenticationError, AuthorizationError, ConflictError, NotFoundError, RateLimitedError } from '../domain/errors.ts';
+import { AuthenticationError, AuthorizationError, NotFoundError, RateLimitedError } from '../domain/errors.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-mapping.ts';
@@ -35,10 +36,12 @@ export interface UserService {
   get(actor: Actor, userId: number): Promise<User>;
   create(actor: Actor, input: MessageInitShape<typeof CreateUserRequestSchema>): Promise<User>;
   update(actor: Actor, input: MessageInitShape<typeof UpdateUserRequestSchema>): Promise<User>;
-  delete(actor: Actor, userId: number): Promise<void>;
+  /** `expectedVersion`, when given, must still be the user's version (else PreconditionFailedError). */
+  delete(actor: Actor, userId: number, expectedVersion?: number): Promise<void>;
   changePassword(actor: Actor, input: MessageInitShape<typeof ChangePasswordRequestSchema>): Promise<void>;
-  verify(actor: Actor, userId: number): Promise<User>;
-  updateStatus(actor: Actor, userId: number, status: UserStatus): Promise<User>;
+  verify(actor: Actor, userId: number, expectedVersion?: number): Promise<User>;
+  updateStatus(actor: Actor, userId: number, status: UserStatus, expectedVersion?: number): Promise<User>;
+  updateRole(actor: Actor, input: MessageInitShape<typeof UpdateUserRoleRequestSchema>): Promise<User>;
   clearLoginFailures(actor: Actor, userId: number): Promise<number>;
 }
 
@@ -107,7 +110,11 @@ export class UserUseCases implements UserService {
     });
   }
 
-  /** Profile fields only: role, status and verification have their own admin operations. */
+  /**
+   * Profile fields only: role, status and verification have their own admin operations. With an
+   * expected version the write happens only if the user is still at it. Audited as USER_UPDATED
+   * with the names of the fields that changed, never their values.
+   */
   async update(actor: Actor, input: MessageInitShape<typeof UpdateUserRequestSchema>): Promise<User> {
     const userId = input.userId ?? 0;
     requireSelfOrAdmin(actor, userId, 'Not authorized to update this user');
@@ -121,13 +128,18 @@ export class UserUseCases implements UserService {
     if (input.lastName !== undefined) changes.lastName = input.lastName;
     if (input.phone !== undefined) changes.phone = input.phone;
     if (input.avatarUrl !== undefined) changes.avatarUrl = input.avatarUrl;
-    return toUserMessage(await this.#users.update(userId, changes));
+    const row = await this.#users.update(userId, changes, { version: input.expectedVersion });
+    const changed = PROFILE_FIELDS.filter((field) => changes[field] !== undefined && changes[field] !== existing[field]);
+    if (changed.length > 0) {
+      this.#audit.record({ type: 'USER_UPDATED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { fields: changed.join(',') } });
+    }
+    return toUserMessage(row);
   }
 
-  /** Deletes the user; its sessions go with it (cascade). */
-  async delete(actor: Actor, userId: number): Promise<void> {
+  /** Deletes the user; its sessions go with it (cascade). The last active admin is refused. */
+  async delete(actor: Actor, userId: number, expectedVersion?: number): Promise<void> {
     requireAdmin(actor);
-    if (!(await this.#users.delete(userId))) throw new NotFoundError('User not found');
+    if (!(await this.#users.delete(userId, expectedVersion))) throw new NotFoundError('User not found');
     this.#audit.record({ type: 'USER_DELETED', userId, actorId: actor.userId });
   }
 
@@ -164,21 +176,47 @@ export class UserUseCases implements UserService {
     this.#audit.record({ type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { otherSessionsEnded: ended.length } });
   }
 
-  async verify(actor: Actor, userId: number): Promise<User> {
+  /**
+   * Marks the user verified in one conditional write (WHERE is_verified = false): of concurrent
+   * verifications exactly one succeeds, the others are conflicts.
+   */
+  async verify(actor: Actor, userId: number, expectedVersion?: number): Promise<User> {
     requireAdmin(actor);
-    const user = await this.#existing(userId);
-    if (user.isVerified) throw new ConflictError('User is already verified');
-    return toUserMessage(await this.#users.update(userId, { isVerified: true }));
+    const row = await this.#users.update(userId, { isVerified: true }, { isVerified: false, version: expectedVersion });
+    this.#audit.record({ type: 'USER_VERIFIED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}) });
+    return toUserMessage(row);
   }
 
-  /** Sets the status; any status but ACTIVE ends the user's sessions at once. */
-  async updateStatus(actor: Actor, userId: number, status: UserStatus): Promise<User> {
+  /**
+   * Sets the status; any status but ACTIVE ends the user's sessions at once. The write is
+   * conditional on the status read, so the audit's from/to are what happened; the repository
+   * refuses it when it would leave no active administrator.
+   */
+  async updateStatus(actor: Actor, userId: number, status: UserStatus, expectedVersion?: number): Promise<User> {
     requireAdmin(actor);
     const stored = statusFromProto(status);
     const before = await this.#existing(userId);
-    const row = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' });
+    const row = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' }, { status: before.status, version: expectedVersion });
     if (status !== UserStatus.ACTIVE) await this.#tokens.revokeAllForUser(userId, undefined, 'revoked');
     this.#audit.record({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } });
+    return toUserMessage(row);
+  }
+
+  /**
+   * Sets the role, conditional on the role read (so the audit's from/to are true) and refused
+   * when it would leave no active administrator. Sessions are kept: every request reads the
+   * role afresh from the user's profile, whose cached copy the write drops, so the user's
+   * existing tokens act with the new role at once.
+   */
+  async updateRole(actor: Actor, input: MessageInitShape<typeof UpdateUserRoleRequestSchema>): Promise<User> {
+    requireAdmin(actor);
+    const userId = input.userId ?? 0;
+    const role = roleFromProto(input.role ?? UserRole.UNSPECIFIED);
+    const before = await this.#existing(userId);
+    const row = await this.#users.update(userId, { role }, { role: before.role, version: input.expectedVersion });
+    if (before.role !== role) {
+      this.#audit.record({ type: 'ROLE_CHANGED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { from: before.role, to: role } });
+    }
     return toUserMessage(row);
   }
 
@@ -197,6 +235,9 @@ export class UserUseCases implements UserService {
     return user;
   }
 }
+
+/** The profile fields an update may change, by name: what USER_UPDATED lists. */
+const PROFILE_FIELDS = ['email', 'firstName', 'lastName', 'phone', 'avatarUrl'] as const;
 
 function requireAdmin(actor: Actor): void {
   if (actor.role !== UserRole.ADMIN) throw new AuthorizationError('Insufficient permissions');

@@ -40,6 +40,11 @@ export interface CallExtras {
   signal?: AbortSignal;
   /** RPC only: the deadline the call carries to the server (grpc-timeout, connect-timeout-ms). */
   timeoutMs?: number;
+  /**
+   * The user's version the write expects: REST sends it as `If-Match: "<version>"`, RPC as the
+   * request's `expected_version`.
+   */
+  expectedVersion?: number;
 }
 
 export interface AuthResultData {
@@ -61,6 +66,7 @@ export interface ApiClient {
   updateUser(token: string, userId: number, body: Schemas['UpdateUserRequest'], extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
   verifyUser(token: string, userId: number, extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
   updateStatus(token: string, userId: number, status: Schemas['UserStatus'], extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
+  updateRole(token: string, userId: number, role: Schemas['UserRole'], extras?: CallExtras): Promise<Outcome<Schemas['User']>>;
   deleteUser(token: string, userId: number, extras?: CallExtras): Promise<Outcome<null>>;
   listUsers(
     token: string,
@@ -112,6 +118,7 @@ function restClient(baseUrl: string): ApiClient {
   const call = async <T>(method: string, path: string, token: string | undefined, body: unknown, extras: CallExtras | undefined, pick: (json: RestBody) => T): Promise<Outcome<T>> => {
     const headers: Record<string, string> = { ...extras?.headers };
     if (token !== undefined) headers.authorization = `Bearer ${token}`;
+    if (extras?.expectedVersion !== undefined) headers['if-match'] = `"${extras.expectedVersion}"`;
     const payload = body === undefined ? undefined : JSON.stringify(body);
     if (payload !== undefined) headers['content-type'] = 'application/json';
     const { status, responseHeaders, text } = await new Promise<{ status: number; responseHeaders: Headers; text: string }>((resolve, reject) => {
@@ -160,6 +167,7 @@ function restClient(baseUrl: string): ApiClient {
     updateUser: (token, userId, body, extras) => call('PUT', id(userId), token, body, extras, data<Schemas['User']>),
     verifyUser: (token, userId, extras) => call('POST', `${id(userId)}/verify`, token, undefined, extras, data<Schemas['User']>),
     updateStatus: (token, userId, status, extras) => call('PUT', `${id(userId)}/status`, token, { status }, extras, data<Schemas['User']>),
+    updateRole: (token, userId, role, extras) => call('PUT', `${id(userId)}/role`, token, { role }, extras, data<Schemas['User']>),
     deleteUser: (token, userId, extras) => call('DELETE', id(userId), token, undefined, extras, () => null),
     listUsers: (token, query, extras) => {
       const search = new URLSearchParams(Object.entries(query).filter(([, value]) => value !== undefined).map(([key, value]): [string, string] => [key, String(value)]));
@@ -225,11 +233,13 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
     createUser: (token, { role, ...body }, extras) =>
       call(token, extras, (options) => users.createUser({ ...body, ...(role === undefined ? {} : { role: UserRole[role] }) }, options), user),
     updateUser: (token, userId, body, extras) =>
-      call(token, extras, (options) => users.updateUser({ userId, ...withoutNulls(body) }, options), user),
-    verifyUser: (token, userId, extras) => call(token, extras, (options) => users.verifyUser({ userId }, options), user),
+      call(token, extras, (options) => users.updateUser({ userId, ...withoutNulls(body), expectedVersion: extras?.expectedVersion }, options), user),
+    verifyUser: (token, userId, extras) => call(token, extras, (options) => users.verifyUser({ userId, expectedVersion: extras?.expectedVersion }, options), user),
     updateStatus: (token, userId, status, extras) =>
-      call(token, extras, (options) => users.updateUserStatus({ userId, status: UserStatus[status] }, options), user),
-    deleteUser: (token, userId, extras) => call(token, extras, (options) => users.deleteUser({ userId }, options), () => null),
+      call(token, extras, (options) => users.updateUserStatus({ userId, status: UserStatus[status], expectedVersion: extras?.expectedVersion }, options), user),
+    updateRole: (token, userId, role, extras) =>
+      call(token, extras, (options) => users.updateUserRole({ userId, role: UserRole[role], expectedVersion: extras?.expectedVersion }, options), user),
+    deleteUser: (token, userId, extras) => call(token, extras, (options) => users.deleteUser({ userId, expectedVersion: extras?.expectedVersion }, options), () => null),
     listUsers: (token, query, extras) =>
       call(
         token,

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApplication, type Application } from '../../src/app.ts';
 import { loadConfig } from '../../src/config.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
-import { bearer, newUser, TEST_ENV } from '../helpers/test-app.ts';
+import { ADMIN, bearer, newUser, TEST_ENV } from '../helpers/test-app.ts';
 
 let dataDir: string;
 let app: Application;
@@ -46,5 +46,24 @@ describe('embedded PGlite database', () => {
     request = supertest(app.http);
     const again = await request.post('/api/v1/auth/login').send({ usernameOrEmail: body.username, password: body.password });
     expect(again.status).toBe(200);
+  });
+
+  it('when admin writes race on PGlite, then the conditional writes and the last-admin transaction hold there too', async () => {
+    const request = supertest(app.http);
+    const login = await request.post('/api/v1/auth/login').send({ usernameOrEmail: ADMIN.username, password: ADMIN.password });
+    expect(login.status).toBe(200);
+    const admin = login.body.data.tokens.accessToken as string;
+    const adminId = login.body.data.user.id as number;
+    const user = await request.post('/api/v1/auth/register').send(newUser('pglite'));
+    const userId = user.body.data.user.id as number;
+    const verifies = await Promise.all(Array.from({ length: 10 }, () => request.post(`/api/v1/users/${userId}/verify`).set(...bearer(admin))));
+    expect(verifies.map((res) => res.status).sort()).toEqual([200, ...Array.from({ length: 9 }, () => 409)]);
+    // The interactive transaction with SELECT … FOR UPDATE runs on the embedded database.
+    const self = await request.put(`/api/v1/users/${adminId}/status`).set(...bearer(admin)).send({ status: 'SUSPENDED' });
+    expect(self.status).toBe(409);
+    expect(self.body.error.code).toBe('LAST_ADMIN');
+    const promoted = await request.put(`/api/v1/users/${userId}/role`).set(...bearer(admin)).send({ role: 'ADMIN' });
+    expect(promoted.status).toBe(200);
+    expect((await request.delete(`/api/v1/users/${userId}`).set(...bearer(admin))).status).toBe(200);
   });
 });

@@ -140,6 +140,7 @@ describe('record mapping', () => {
     createdAt: new Date('2024-02-29T23:59:59.999Z'),
     updatedAt: new Date('2025-01-01T00:00:00.001Z'),
     lastLoginAt: new Date('1999-12-31T12:00:00.123Z'),
+    version: 7,
   };
 
   it('when a full user row goes to a record and back, then it comes back deep-equal', () => {
@@ -243,6 +244,7 @@ describe('users across the repository boundary', () => {
       isVerified: true,
       status: 'SUSPENDED',
       isActive: false,
+      role: 'GUEST',
     };
     const updated = await remote.users.update(id, changes);
     expect(updated).toStrictEqual(await direct.users.findById(id));
@@ -258,8 +260,8 @@ describe('users across the repository boundary', () => {
     await expect(remote.users.update(id, { lastName: null })).rejects.toThrow(/UserChanges\.lastName .*null/);
     await expect(remote.users.update(id, { isActive: { set: false } })).rejects.toThrow(/UserChanges\.isActive/);
     // Extra keys are a type error, but a caller building changes dynamically could still send one.
-    const withRole = { role: 'ADMIN' } as UserChanges;
-    await expect(remote.users.update(id, withRole)).rejects.toThrow(/UserChanges\.role/);
+    const withUsername = { usernameKey: 'other' } as UserChanges;
+    await expect(remote.users.update(id, withUsername)).rejects.toThrow(/UserChanges\.usernameKey/);
     expect(await direct.users.findById(id)).toMatchObject({ firstName: 'Kept', lastName: null, isActive: true, role: 'USER' });
   });
 

@@ -48,6 +48,12 @@ const RPC_NAME_FOR_OPERATION: Record<string, string> = {};
  * A field path uses JSON names, `[]` for an array's items and `{}` for a map's values.
  */
 const FIELD_EXCEPTIONS: Record<string, string> = {
+  ...Object.fromEntries(
+    ['UpdateUser', 'DeleteUser', 'VerifyUser', 'UpdateUserStatus', 'UpdateUserRole'].map((rpc) => [
+      `${rpc} request expectedVersion`,
+      "REST sends the expected version as the If-Match header (the user's ETag), not as a body field; the RPC validator checks both against components/schemas/Version",
+    ]),
+  ),
   'ListAuditEvents response events[].details':
     'proto map<string, string>: numbers and booleans travel as their text, as AuditEvent.details says, and an empty map stands for ' +
     "REST's null (a map cannot be optional); REST keeps the values' JSON types",

@@ -24,17 +24,19 @@ import {
   ListUsersRequestSchema,
   NewUserRecordSchema,
   UserChangesSchema,
+  UserConditionsSchema,
   UserRecordSchema,
   type ListUsersRequest,
   type NewUserRecord,
   type UserChanges as UserChangesMessage,
+  type UserConditions,
   type UserRecord,
 } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { UserRole } from '../../../gen/proto/arcana/user/v1/user_pb.js';
 import { roleFromProto, roleToProto, statusFromProto, statusToProto } from '../../domain/user-mapping.ts';
 import type { AuditDetails, AuditFilter, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { NewTokenRecord, RevocationReason } from '../../repositories/token-repository.ts';
-import type { NewUser, UserChanges, UserFilter, UserProfile } from '../../repositories/user-repository.ts';
+import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile } from '../../repositories/user-repository.ts';
 import { auditTypeFromProto } from '../../domain/audit-mapping.ts';
 
 /**
@@ -73,6 +75,7 @@ export function userToProto(row: db.User | UserProfile): UserRecord {
     createdAt: timestampFromDate(row.createdAt),
     updatedAt: timestampFromDate(row.updatedAt),
     lastLoginAt: row.lastLoginAt === null ? undefined : timestampFromDate(row.lastLoginAt),
+    version: row.version,
   });
 }
 
@@ -97,6 +100,7 @@ export function profileFromProto(record: UserRecord): UserProfile {
     createdAt: dateFromProto(record.createdAt, 'UserRecord.created_at'),
     updatedAt: dateFromProto(record.updatedAt, 'UserRecord.updated_at'),
     lastLoginAt: record.lastLoginAt === undefined ? null : timestampDate(record.lastLoginAt),
+    version: record.version,
   };
 }
 
@@ -133,7 +137,7 @@ export function newUserFromProto(record: NewUserRecord): NewUser {
 
 const STRING_CHANGES = ['email', 'firstName', 'lastName', 'phone', 'avatarUrl', 'passwordHash'] as const;
 const BOOLEAN_CHANGES = ['isVerified', 'isActive'] as const;
-const KNOWN_CHANGES: ReadonlySet<string> = new Set([...STRING_CHANGES, ...BOOLEAN_CHANGES, 'status']);
+const KNOWN_CHANGES: ReadonlySet<string> = new Set([...STRING_CHANGES, ...BOOLEAN_CHANGES, 'status', 'role']);
 
 /**
  * UserChanges as the message. The message can only say "set this value" (an absent field means
@@ -162,6 +166,11 @@ export function userChangesToProto(changes: UserChanges): UserChangesMessage {
     if (typeof status !== 'string' || !Object.hasOwn(db.UserStatus, status)) throw unsupportedChange('status', status);
     message.status = statusToProto(status);
   }
+  const role = changes.role;
+  if (role !== undefined) {
+    if (typeof role !== 'string' || !Object.hasOwn(db.UserRole, role)) throw unsupportedChange('role', role);
+    message.role = roleToProto(role);
+  }
   return message;
 }
 
@@ -183,7 +192,28 @@ export function userChangesFromProto(message: UserChangesMessage): UserChanges {
     if (value !== undefined) changes[field] = value;
   }
   if (message.status !== undefined) changes.status = statusFromProto(message.status);
+  if (message.role !== undefined) changes.role = roleFromProto(message.role);
   return changes;
+}
+
+export function userExpectationToProto(expected: UserExpectation): UserConditions {
+  return create(UserConditionsSchema, {
+    version: expected.version,
+    isVerified: expected.isVerified,
+    status: expected.status === undefined ? undefined : statusToProto(expected.status),
+    role: expected.role === undefined ? undefined : roleToProto(expected.role),
+  });
+}
+
+/** Absent conditions are no conditions: an unconditional write, as an older caller meant it. */
+export function userExpectationFromProto(message: UserConditions | undefined): UserExpectation {
+  if (message === undefined) return {};
+  return {
+    ...(message.version === undefined ? {} : { version: message.version }),
+    ...(message.isVerified === undefined ? {} : { isVerified: message.isVerified }),
+    ...(message.status === undefined ? {} : { status: statusFromProto(message.status) }),
+    ...(message.role === undefined ? {} : { role: roleFromProto(message.role) }),
+  };
 }
 
 export function userFilterToProto(filter: UserFilter): ListUsersRequest {

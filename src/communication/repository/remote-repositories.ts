@@ -15,7 +15,7 @@ import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
 import type { AuditFilter, AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository } from '../../repositories/token-repository.ts';
-import type { NewUser, UserChanges, UserFilter, UserProfile, UserRepository } from '../../repositories/user-repository.ts';
+import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository } from '../../repositories/user-repository.ts';
 import {
   auditEventFromProto,
   auditFilterToProto,
@@ -28,6 +28,7 @@ import {
   tokenFromProto,
   tokenToProto,
   userChangesToProto,
+  userExpectationToProto,
   userFilterToProto,
   userFromProto,
 } from './record-mapping.ts';
@@ -66,13 +67,13 @@ export class RemoteUserRepository implements UserRepository {
     return userFromProto(requireField(response.user, 'CreateUserResponse.user'));
   }
 
-  async update(id: number, changes: UserChanges): Promise<User> {
-    const response = await this.#client.updateUser({ id, changes: userChangesToProto(changes) });
+  async update(id: number, changes: UserChanges, expected: UserExpectation = {}): Promise<User> {
+    const response = await this.#client.updateUser({ id, changes: userChangesToProto(changes), expected: userExpectationToProto(expected) });
     return userFromProto(requireField(response.user, 'UpdateUserResponse.user'));
   }
 
-  async delete(id: number): Promise<boolean> {
-    const { deleted } = await this.#client.deleteUser({ id });
+  async delete(id: number, expectedVersion?: number): Promise<boolean> {
+    const { deleted } = await this.#client.deleteUser({ id, expectedVersion });
     return deleted;
   }
 

@@ -26,6 +26,7 @@ import {
   tokenFromProto,
   tokenToProto,
   userChangesFromProto,
+  userExpectationFromProto,
   userFilterFromProto,
   userToProto,
 } from './record-mapping.ts';
@@ -54,10 +55,10 @@ export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<t
     async updateUser(req) {
       // Absent changes are no changes, as an empty UserChanges would be.
       const changes = req.changes === undefined ? {} : userChangesFromProto(req.changes);
-      return { user: userToProto(await repo.update(req.id, changes)) };
+      return { user: userToProto(await repo.update(req.id, changes, userExpectationFromProto(req.expected))) };
     },
     async deleteUser(req) {
-      return { deleted: await repo.delete(req.id) };
+      return { deleted: await repo.delete(req.id, req.expectedVersion) };
     },
     async listUsers(req) {
       const { users, total } = await repo.list(userFilterFromProto(req));

@@ -20,6 +20,7 @@ import {
   CreateUserRequestSchema,
   ListUsersRequestSchema,
   UpdateUserRequestSchema,
+  UpdateUserRoleRequestSchema,
 } from '../../../gen/proto/arcana/user/v1/user_service_pb.js';
 import type { Actor, ClientInfo } from '../../domain/actor.ts';
 import type { AuditEventPage, AuditService } from '../../services/audit-use-cases.ts';
@@ -113,22 +114,27 @@ export class RemoteUserService implements UserService {
     return required(res.user, 'UpdateUserResponse.user');
   }
 
-  async delete(actor: Actor, userId: number): Promise<void> {
-    await this.#client.deleteUser({ actor: actorToProto(actor), userId });
+  async delete(actor: Actor, userId: number, expectedVersion?: number): Promise<void> {
+    await this.#client.deleteUser({ actor: actorToProto(actor), userId, expectedVersion });
   }
 
   async changePassword(actor: Actor, input: MessageInitShape<typeof ChangePasswordRequestSchema>): Promise<void> {
     await this.#client.changePassword({ actor: actorToProto(actor), request: create(ChangePasswordRequestSchema, input) });
   }
 
-  async verify(actor: Actor, userId: number): Promise<User> {
-    const res = await this.#client.verifyUser({ actor: actorToProto(actor), userId });
+  async verify(actor: Actor, userId: number, expectedVersion?: number): Promise<User> {
+    const res = await this.#client.verifyUser({ actor: actorToProto(actor), userId, expectedVersion });
     return required(res.user, 'VerifyUserResponse.user');
   }
 
-  async updateStatus(actor: Actor, userId: number, status: UserStatus): Promise<User> {
-    const res = await this.#client.updateUserStatus({ actor: actorToProto(actor), userId, status });
+  async updateStatus(actor: Actor, userId: number, status: UserStatus, expectedVersion?: number): Promise<User> {
+    const res = await this.#client.updateUserStatus({ actor: actorToProto(actor), userId, status, expectedVersion });
     return required(res.user, 'UpdateUserStatusResponse.user');
+  }
+
+  async updateRole(actor: Actor, input: MessageInitShape<typeof UpdateUserRoleRequestSchema>): Promise<User> {
+    const res = await this.#client.updateUserRole({ actor: actorToProto(actor), request: create(UpdateUserRoleRequestSchema, input) });
+    return required(res.user, 'UpdateUserRoleResponse.user');
   }
 
   async clearLoginFailures(actor: Actor, userId: number): Promise<number> {

@@ -14,6 +14,7 @@ import {
   CreateUserRequestSchema,
   ListUsersRequestSchema,
   UpdateUserRequestSchema,
+  UpdateUserRoleRequestSchema,
 } from '../../../gen/proto/arcana/user/v1/user_service_pb.js';
 import type { Actor } from '../../domain/actor.ts';
 import type { AuditService } from '../../services/audit-use-cases.ts';
@@ -81,7 +82,7 @@ export function createUserLayerHandler(users: UserService): ServiceImpl<typeof U
       return { user: await users.update(actorOf(req), req.request ?? create(UpdateUserRequestSchema)) };
     },
     async deleteUser(req) {
-      await users.delete(actorOf(req), req.userId);
+      await users.delete(actorOf(req), req.userId, req.expectedVersion);
       return {};
     },
     async changePassword(req) {
@@ -89,10 +90,13 @@ export function createUserLayerHandler(users: UserService): ServiceImpl<typeof U
       return {};
     },
     async verifyUser(req) {
-      return { user: await users.verify(actorOf(req), req.userId) };
+      return { user: await users.verify(actorOf(req), req.userId, req.expectedVersion) };
     },
     async updateUserStatus(req) {
-      return { user: await users.updateStatus(actorOf(req), req.userId, req.status) };
+      return { user: await users.updateStatus(actorOf(req), req.userId, req.status, req.expectedVersion) };
+    },
+    async updateUserRole(req) {
+      return { user: await users.updateRole(actorOf(req), req.request ?? create(UpdateUserRoleRequestSchema)) };
     },
     async clearLoginFailures(req) {
       return { clearedCount: await users.clearLoginFailures(actorOf(req), req.userId) };

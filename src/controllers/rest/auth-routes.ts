@@ -2,7 +2,7 @@ import { Router, type Response } from 'express';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import type { AuthService } from '../../services/auth-use-cases.ts';
 import { requireAuth } from './auth-middleware.ts';
-import { sendSuccess } from './envelope.ts';
+import { sendSuccess, sendUser } from './envelope.ts';
 import { actorOf, clientOf } from './request-context.ts';
 import { deviceTokenHeaders, IDEMPOTENT_REPLAYED_HEADER, idempotencyKeyOf, NO_STORE_HEADERS } from '../client-edge.ts';
 import { runIdempotent } from '../../communication/call-context.ts';
@@ -45,7 +45,7 @@ export function createAuthRoutes(auth: AuthService): Router {
 
   router.get('/me', authenticated, async (_req, res) => {
     const user = await auth.currentUser(actorOf(res));
-    sendSuccess(res, toRestUser(user), 'User retrieved successfully');
+    sendUser(res, user, 'User retrieved successfully');
   });
 
   router.get('/tokens', authenticated, async (_req, res) => {

@@ -1,6 +1,8 @@
 // The REST response envelopes of spec §11, typed by openapi.yaml.
 import type { Response } from 'express';
 import type { components } from '../../../gen/openapi/schema.d.ts';
+import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
+import { toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
 export type ErrorBody = Schemas['ErrorResponse'];
@@ -40,4 +42,13 @@ export function errorBody(res: Response, code: ErrorBody['error']['code'], messa
     timestamp: new Date().toISOString(),
     requestId: requestIdOf(res),
   };
+}
+
+/** A user's strong entity tag: its version, which every write to the user increments. */
+export const etagOf = (user: User): string => `"${user.version}"`;
+
+/** Sends one user with its ETag, the tag a client sends back in If-Match or If-None-Match. */
+export function sendUser(res: Response, user: User, message: string): void {
+  res.setHeader('etag', etagOf(user));
+  sendSuccess(res, toRestUser(user), message);
 }

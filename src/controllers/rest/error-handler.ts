@@ -20,6 +20,8 @@ const STATUS: Record<ErrorCode, number> = {
   INTERNAL_ERROR: 500,
   SERVICE_UNAVAILABLE: 503,
   IDEMPOTENCY_KEY_REUSED: 422,
+  PRECONDITION_FAILED: 412,
+  LAST_ADMIN: 409,
 };
 
 /** The shape of errors from body-parser and express-openapi-validator. */

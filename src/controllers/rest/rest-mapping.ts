@@ -25,6 +25,7 @@ export function toRestUser(user: User): Schemas['User'] {
     createdAt: iso(user.createdAt),
     updatedAt: iso(user.updatedAt),
     lastLoginAt: user.lastLoginAt === undefined ? null : iso(user.lastLoginAt),
+    version: user.version,
   };
 }
 

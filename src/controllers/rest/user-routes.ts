@@ -1,9 +1,11 @@
 import { Router, type Request } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
+import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
+import { PreconditionFailedError, ValidationError } from '../../domain/errors.ts';
 import type { AuthService } from '../../services/auth-use-cases.ts';
 import type { UserService } from '../../services/user-use-cases.ts';
 import { requireAuth } from './auth-middleware.ts';
-import { sendPage, sendSuccess } from './envelope.ts';
+import { etagOf, sendPage, sendSuccess, sendUser } from './envelope.ts';
 import { actorOf } from './request-context.ts';
 import { IDEMPOTENT_REPLAYED_HEADER, idempotencyKeyOf } from '../client-edge.ts';
 import { runIdempotent } from '../../communication/call-context.ts';
@@ -14,6 +16,44 @@ type ListQuery = NonNullable<operations['listUsers']['parameters']['query']>;
 
 /** The validator has already checked that `userId` is a positive int32. */
 const userIdOf = (req: Request): number => Number(req.params.userId);
+
+const ENTITY_TAG = /^\s*(?:(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"|(\*))\s*$/;
+
+/** The entity tags of an If-Match or If-None-Match header; undefined when it is malformed. */
+function entityTags(header: string): { weak: boolean; opaque: string }[] | undefined {
+  const tags: { weak: boolean; opaque: string }[] = [];
+  for (const part of header.split(',')) {
+    const match = ENTITY_TAG.exec(part);
+    if (match === null) return undefined;
+    tags.push(match[3] === '*' ? { weak: false, opaque: '*' } : { weak: match[1] !== undefined, opaque: match[2] ?? '' });
+  }
+  return tags;
+}
+
+/**
+ * The version `If-Match` requires (RFC 9110 §13.1.1), to be compared in the write itself:
+ * undefined without the header or with `*`. Strong comparison: a weak tag, or one that is not a
+ * version, matches no user, so the request fails with 412 before anything is written.
+ */
+export function expectedVersionOf(req: Request): number | undefined {
+  const header = req.get('if-match');
+  if (header === undefined) return undefined;
+  const tags = entityTags(header);
+  if (tags === undefined) throw new ValidationError('Validation failed', { 'If-Match': 'must be an entity tag such as "3", or *' });
+  if (tags.some((tag) => tag.opaque === '*' && !tag.weak)) return undefined;
+  const versions = new Set(tags.filter((tag) => !tag.weak && /^[1-9][0-9]{0,9}$/.test(tag.opaque)).map((tag) => Number(tag.opaque)));
+  if (versions.size === 0) throw new PreconditionFailedError();
+  if (versions.size > 1) throw new ValidationError('Validation failed', { 'If-Match': 'give one entity tag' });
+  return [...versions][0];
+}
+
+/** Whether If-None-Match names the user's current tag (weak comparison, RFC 9110 §13.1.2). */
+function notModified(req: Request, user: User): boolean {
+  const header = req.get('if-none-match');
+  if (header === undefined) return false;
+  const tags = entityTags(header) ?? [];
+  return tags.some((tag) => tag.opaque === '*' || tag.opaque === String(user.version));
+}
 
 /** `/api/v1/users`: role and ownership rules live in UserUseCases, shared with RPC. */
 export function createUserRoutes(users: UserService, auth: AuthService): Router {
@@ -44,17 +84,22 @@ export function createUserRoutes(users: UserService, auth: AuthService): Router 
 
   router.get('/:userId', async (req, res) => {
     const user = await users.get(actorOf(res), userIdOf(req));
-    sendSuccess(res, toRestUser(user), 'User retrieved successfully');
+    if (notModified(req, user)) {
+      res.setHeader('etag', etagOf(user));
+      res.status(304).end();
+      return;
+    }
+    sendUser(res, user, 'User retrieved successfully');
   });
 
   router.put('/:userId', async (req, res) => {
     const body = req.body as Schemas['UpdateUserRequest'];
-    const user = await users.update(actorOf(res), { ...body, userId: userIdOf(req) });
-    sendSuccess(res, toRestUser(user), 'User updated successfully');
+    const user = await users.update(actorOf(res), { ...body, userId: userIdOf(req), expectedVersion: expectedVersionOf(req) });
+    sendUser(res, user, 'User updated successfully');
   });
 
   router.delete('/:userId', async (req, res) => {
-    await users.delete(actorOf(res), userIdOf(req));
+    await users.delete(actorOf(res), userIdOf(req), expectedVersionOf(req));
     sendSuccess(res, null, 'User deleted successfully');
   });
 
@@ -65,14 +110,20 @@ export function createUserRoutes(users: UserService, auth: AuthService): Router 
   });
 
   router.post('/:userId/verify', async (req, res) => {
-    const user = await users.verify(actorOf(res), userIdOf(req));
-    sendSuccess(res, toRestUser(user), 'User verified successfully');
+    const user = await users.verify(actorOf(res), userIdOf(req), expectedVersionOf(req));
+    sendUser(res, user, 'User verified successfully');
   });
 
   router.put('/:userId/status', async (req, res) => {
     const body = req.body as Schemas['UpdateUserStatusRequest'];
-    const user = await users.updateStatus(actorOf(res), userIdOf(req), statusFromRest(body.status));
-    sendSuccess(res, toRestUser(user), 'User status updated successfully');
+    const user = await users.updateStatus(actorOf(res), userIdOf(req), statusFromRest(body.status), expectedVersionOf(req));
+    sendUser(res, user, 'User status updated successfully');
+  });
+
+  router.put('/:userId/role', async (req, res) => {
+    const body = req.body as Schemas['UpdateUserRoleRequest'];
+    const user = await users.updateRole(actorOf(res), { userId: userIdOf(req), role: roleFromRest(body.role), expectedVersion: expectedVersionOf(req) });
+    sendUser(res, user, 'User role updated successfully');
   });
 
   router.get('/:userId/sessions', async (req, res) => {

@@ -28,6 +28,11 @@ export const CONNECT_CODE: Record<ErrorCode, Code> = {
   SERVICE_UNAVAILABLE: Code.Unavailable,
   // The request is well formed; what stands in its way is state: the key's earlier request.
   IDEMPOTENCY_KEY_REUSED: Code.FailedPrecondition,
+  // gRPC's documented code for a failed test-and-set the client should retry at a higher level.
+  PRECONDITION_FAILED: Code.Aborted,
+  // The system is not in a state the change requires (another active admin), which retrying
+  // alone cannot fix.
+  LAST_ADMIN: Code.FailedPrecondition,
 };
 
 /**

@@ -26,6 +26,13 @@ export interface OpenApiComponents {
   };
 }
 
+/**
+ * RPC request fields that REST carries in a header, not in the body or URL, so neither the body
+ * schema nor a parameter describes them: each is validated against the schema named here.
+ * (`expected_version` is REST's `If-Match` ETag, the user's version.)
+ */
+const HEADER_FIELDS: Readonly<Record<string, string>> = { expectedVersion: 'Version' };
+
 interface ParameterRule {
   field: DescField;
   required: boolean;
@@ -100,6 +107,10 @@ export class RequestValidator {
       rules = {
         body: this.#schemas.has(desc.name) ? this.#ajv.compile({ $ref: `openapi#/components/schemas/${desc.name}` }) : undefined,
         parameters: desc.fields.flatMap((field) => {
+          const headerSchema = HEADER_FIELDS[field.jsonName];
+          if (headerSchema !== undefined && this.#schemas.has(headerSchema)) {
+            return [{ field, required: false, validate: this.#ajv.compile({ $ref: `openapi#/components/schemas/${headerSchema}` }) }];
+          }
           const parameter = this.#parameters.get(field.jsonName);
           // A property of the request's own schema is validated there, even when a query
           // parameter elsewhere shares its name (UpdateUserStatusRequest.status, say).

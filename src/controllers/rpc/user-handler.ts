@@ -24,7 +24,7 @@ export function createUserHandler(users: UserService, auth: AuthService): Servic
       return { user: await users.update(await actorOf(ctx, auth), req) };
     },
     async deleteUser(req, ctx) {
-      await users.delete(await actorOf(ctx, auth), req.userId);
+      await users.delete(await actorOf(ctx, auth), req.userId, req.expectedVersion);
       return {};
     },
     async changePassword(req, ctx) {
@@ -32,10 +32,13 @@ export function createUserHandler(users: UserService, auth: AuthService): Servic
       return {};
     },
     async verifyUser(req, ctx) {
-      return { user: await users.verify(await actorOf(ctx, auth), req.userId) };
+      return { user: await users.verify(await actorOf(ctx, auth), req.userId, req.expectedVersion) };
     },
     async updateUserStatus(req, ctx) {
-      return { user: await users.updateStatus(await actorOf(ctx, auth), req.userId, req.status) };
+      return { user: await users.updateStatus(await actorOf(ctx, auth), req.userId, req.status, req.expectedVersion) };
+    },
+    async updateUserRole(req, ctx) {
+      return { user: await users.updateRole(await actorOf(ctx, auth), req) };
     },
     async clearLoginFailures(req, ctx) {
       return { clearedCount: await users.clearLoginFailures(await actorOf(ctx, auth), req.userId) };

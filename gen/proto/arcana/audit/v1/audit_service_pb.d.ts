@@ -240,6 +240,21 @@ export enum AuditEventType {
    * @generated from enum value: AUDIT_EVENT_TYPE_PASSWORD_CHANGE_FAILED = 11;
    */
   PASSWORD_CHANGE_FAILED = 11,
+
+  /**
+   * An administrator marked a user as verified.
+   *
+   * @generated from enum value: AUDIT_EVENT_TYPE_USER_VERIFIED = 12;
+   */
+  USER_VERIFIED = 12,
+
+  /**
+   * A user's profile was edited (by itself or an administrator); the details name the fields
+   * that changed (`fields`, comma-separated), never their values.
+   *
+   * @generated from enum value: AUDIT_EVENT_TYPE_USER_UPDATED = 13;
+   */
+  USER_UPDATED = 13,
 }
 
 /**

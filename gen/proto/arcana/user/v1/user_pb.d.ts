@@ -114,6 +114,14 @@ export declare type User = Message<"arcana.user.v1.User"> & {
    * @generated from field: optional google.protobuf.Timestamp last_login_at = 14;
    */
   lastLoginAt?: Timestamp | undefined;
+
+  /**
+   * Incremented by every change to the account. Send it back as `expected_version` (REST: the
+   * `ETag`, sent back in `If-Match`) to change the account only if nobody changed it since.
+   *
+   * @generated from field: int32 version = 15;
+   */
+  version: number;
 };
 
 /**

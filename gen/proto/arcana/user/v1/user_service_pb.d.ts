@@ -248,6 +248,14 @@ export declare type UpdateUserRequest = Message<"arcana.user.v1.UpdateUserReques
    * @generated from field: optional string avatar_url = 6;
    */
   avatarUrl?: string | undefined;
+
+  /**
+   * Change the user only if its version is still this one (the `version` you read); otherwise
+   * the call fails with ABORTED and nothing changes. Unset: no such check.
+   *
+   * @generated from field: optional int32 expected_version = 7;
+   */
+  expectedVersion?: number | undefined;
 };
 
 /**
@@ -288,6 +296,14 @@ export declare type DeleteUserRequest = Message<"arcana.user.v1.DeleteUserReques
    * @generated from field: int32 user_id = 1;
    */
   userId: number;
+
+  /**
+   * Change the user only if its version is still this one (the `version` you read); otherwise
+   * the call fails with ABORTED and nothing changes. Unset: no such check.
+   *
+   * @generated from field: optional int32 expected_version = 2;
+   */
+  expectedVersion?: number | undefined;
 };
 
 /**
@@ -370,6 +386,14 @@ export declare type VerifyUserRequest = Message<"arcana.user.v1.VerifyUserReques
    * @generated from field: int32 user_id = 1;
    */
   userId: number;
+
+  /**
+   * Change the user only if its version is still this one (the `version` you read); otherwise
+   * the call fails with ABORTED and nothing changes. Unset: no such check.
+   *
+   * @generated from field: optional int32 expected_version = 2;
+   */
+  expectedVersion?: number | undefined;
 };
 
 /**
@@ -417,6 +441,14 @@ export declare type UpdateUserStatusRequest = Message<"arcana.user.v1.UpdateUser
    * @generated from field: arcana.user.v1.UserStatus status = 2;
    */
   status: UserStatus;
+
+  /**
+   * Change the user only if its version is still this one (the `version` you read); otherwise
+   * the call fails with ABORTED and nothing changes. Unset: no such check.
+   *
+   * @generated from field: optional int32 expected_version = 3;
+   */
+  expectedVersion?: number | undefined;
 };
 
 /**
@@ -444,6 +476,61 @@ export declare type UpdateUserStatusResponse = Message<"arcana.user.v1.UpdateUse
  * Use `create(UpdateUserStatusResponseSchema)` to create a new message.
  */
 export declare const UpdateUserStatusResponseSchema: GenMessage<UpdateUserStatusResponse>;
+
+/**
+ * A role change.
+ *
+ * @generated from message arcana.user.v1.UpdateUserRoleRequest
+ */
+export declare type UpdateUserRoleRequest = Message<"arcana.user.v1.UpdateUserRoleRequest"> & {
+  /**
+   * The user to change.
+   *
+   * @generated from field: int32 user_id = 1;
+   */
+  userId: number;
+
+  /**
+   * The new role.
+   *
+   * @generated from field: arcana.user.v1.UserRole role = 2;
+   */
+  role: UserRole;
+
+  /**
+   * Change the user only if its version is still this one (the `version` you read); otherwise
+   * the call fails with ABORTED and nothing changes. Unset: no such check.
+   *
+   * @generated from field: optional int32 expected_version = 3;
+   */
+  expectedVersion?: number | undefined;
+};
+
+/**
+ * Describes the message arcana.user.v1.UpdateUserRoleRequest.
+ * Use `create(UpdateUserRoleRequestSchema)` to create a new message.
+ */
+export declare const UpdateUserRoleRequestSchema: GenMessage<UpdateUserRoleRequest>;
+
+/**
+ * The changed user.
+ *
+ * @generated from message arcana.user.v1.UpdateUserRoleResponse
+ */
+export declare type UpdateUserRoleResponse = Message<"arcana.user.v1.UpdateUserRoleResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: arcana.user.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message arcana.user.v1.UpdateUserRoleResponse.
+ * Use `create(UpdateUserRoleResponseSchema)` to create a new message.
+ */
+export declare const UpdateUserRoleResponseSchema: GenMessage<UpdateUserRoleResponse>;
 
 /**
  * Whose login failures to clear.
@@ -535,7 +622,8 @@ export declare const UserService: GenService<{
     output: typeof UpdateUserResponseSchema;
   },
   /**
-   * Deletes a user and all of its sessions. ADMIN only.
+   * Deletes a user and all of its sessions. ADMIN only. Fails with FAILED_PRECONDITION when it
+   * would leave no active administrator.
    *
    * @generated from rpc arcana.user.v1.UserService.DeleteUser
    */
@@ -566,7 +654,9 @@ export declare const UserService: GenService<{
     output: typeof VerifyUserResponseSchema;
   },
   /**
-   * Sets a user's status. ADMIN only. Any status but ACTIVE ends the user's sessions.
+   * Sets a user's status. ADMIN only. Any status but ACTIVE ends the user's sessions. Fails with
+   * FAILED_PRECONDITION when it would leave no active administrator, and with ALREADY_EXISTS when
+   * the status changed concurrently since it was read.
    *
    * @generated from rpc arcana.user.v1.UserService.UpdateUserStatus
    */
@@ -574,6 +664,17 @@ export declare const UserService: GenService<{
     methodKind: "unary";
     input: typeof UpdateUserStatusRequestSchema;
     output: typeof UpdateUserStatusResponseSchema;
+  },
+  /**
+   * Sets a user's role. ADMIN only. The user's existing sessions act with the new role at once.
+   * Fails with FAILED_PRECONDITION when it would leave no active administrator.
+   *
+   * @generated from rpc arcana.user.v1.UserService.UpdateUserRole
+   */
+  updateUserRole: {
+    methodKind: "unary";
+    input: typeof UpdateUserRoleRequestSchema;
+    output: typeof UpdateUserRoleResponseSchema;
   },
   /**
    * Lifts the login lockouts that repeated failed logins put on a user's account, from every

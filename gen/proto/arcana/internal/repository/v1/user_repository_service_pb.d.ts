@@ -129,6 +129,13 @@ export declare type UserRecord = Message<"arcana.internal.repository.v1.UserReco
    * @generated from field: string username_key = 16;
    */
   usernameKey: string;
+
+  /**
+   * Incremented by every write to the row.
+   *
+   * @generated from field: int32 version = 17;
+   */
+  version: number;
 };
 
 /**
@@ -267,6 +274,13 @@ export declare type UserChanges = Message<"arcana.internal.repository.v1.UserCha
    * @generated from field: optional bool is_active = 9;
    */
   isActive?: boolean | undefined;
+
+  /**
+   * New role.
+   *
+   * @generated from field: optional arcana.user.v1.UserRole role = 10;
+   */
+  role?: UserRole | undefined;
 };
 
 /**
@@ -274,6 +288,47 @@ export declare type UserChanges = Message<"arcana.internal.repository.v1.UserCha
  * Use `create(UserChangesSchema)` to create a new message.
  */
 export declare const UserChangesSchema: GenMessage<UserChanges>;
+
+/**
+ * What a conditional write expects of the row; absent fields are not checked.
+ *
+ * @generated from message arcana.internal.repository.v1.UserConditions
+ */
+export declare type UserConditions = Message<"arcana.internal.repository.v1.UserConditions"> & {
+  /**
+   * The row's version.
+   *
+   * @generated from field: optional int32 version = 1;
+   */
+  version?: number | undefined;
+
+  /**
+   * The verification flag.
+   *
+   * @generated from field: optional bool is_verified = 2;
+   */
+  isVerified?: boolean | undefined;
+
+  /**
+   * The status.
+   *
+   * @generated from field: optional arcana.user.v1.UserStatus status = 3;
+   */
+  status?: UserStatus | undefined;
+
+  /**
+   * The role.
+   *
+   * @generated from field: optional arcana.user.v1.UserRole role = 4;
+   */
+  role?: UserRole | undefined;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.UserConditions.
+ * Use `create(UserConditionsSchema)` to create a new message.
+ */
+export declare const UserConditionsSchema: GenMessage<UserConditions>;
 
 /**
  * Which user.
@@ -515,6 +570,13 @@ export declare type UpdateUserRequest = Message<"arcana.internal.repository.v1.U
    * @generated from field: arcana.internal.repository.v1.UserChanges changes = 2;
    */
   changes?: UserChanges | undefined;
+
+  /**
+   * What the row must still be like; absent: unconditional.
+   *
+   * @generated from field: arcana.internal.repository.v1.UserConditions expected = 3;
+   */
+  expected?: UserConditions | undefined;
 };
 
 /**
@@ -555,6 +617,13 @@ export declare type DeleteUserRequest = Message<"arcana.internal.repository.v1.D
    * @generated from field: int32 id = 1;
    */
   id: number;
+
+  /**
+   * Delete only if the row's version is still this one.
+   *
+   * @generated from field: optional int32 expected_version = 2;
+   */
+  expectedVersion?: number | undefined;
 };
 
 /**
@@ -750,7 +819,9 @@ export declare const UserRepositoryService: GenService<{
     output: typeof CreateUserResponseSchema;
   },
   /**
-   * Applies changes to a user; NOT_FOUND when there is none.
+   * Applies changes to a user, only if it still matches `expected`, and increments its version;
+   * NOT_FOUND when there is none, PRECONDITION_FAILED (ABORTED) on another version, CONFLICT when
+   * another expected field differs, LAST_ADMIN when it would leave no active administrator.
    *
    * @generated from rpc arcana.internal.repository.v1.UserRepositoryService.UpdateUser
    */
@@ -760,7 +831,7 @@ export declare const UserRepositoryService: GenService<{
     output: typeof UpdateUserResponseSchema;
   },
   /**
-   * Deletes a user and its sessions.
+   * Deletes a user and its sessions; the same conditions as UpdateUser.
    *
    * @generated from rpc arcana.internal.repository.v1.UserRepositoryService.DeleteUser
    */

@@ -5,7 +5,7 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Actor } from "./caller_pb.js";
-import type { ChangePasswordRequest as ChangePasswordRequest$1, CreateUserRequest as CreateUserRequest$1, ListUsersRequest as ListUsersRequest$1, UpdateUserRequest as UpdateUserRequest$1 } from "../../../user/v1/user_service_pb.js";
+import type { ChangePasswordRequest as ChangePasswordRequest$1, CreateUserRequest as CreateUserRequest$1, ListUsersRequest as ListUsersRequest$1, UpdateUserRequest as UpdateUserRequest$1, UpdateUserRoleRequest as UpdateUserRoleRequest$1 } from "../../../user/v1/user_service_pb.js";
 import type { Pagination, User, UserStatus } from "../../../user/v1/user_pb.js";
 
 /**
@@ -227,6 +227,13 @@ export declare type DeleteUserRequest = Message<"arcana.internal.service.v1.Dele
    * @generated from field: int32 user_id = 2;
    */
   userId: number;
+
+  /**
+   * Act only if the user's version is still this one; unset: no such check.
+   *
+   * @generated from field: optional int32 expected_version = 3;
+   */
+  expectedVersion?: number | undefined;
 };
 
 /**
@@ -309,6 +316,13 @@ export declare type VerifyUserRequest = Message<"arcana.internal.service.v1.Veri
    * @generated from field: int32 user_id = 2;
    */
   userId: number;
+
+  /**
+   * Act only if the user's version is still this one; unset: no such check.
+   *
+   * @generated from field: optional int32 expected_version = 3;
+   */
+  expectedVersion?: number | undefined;
 };
 
 /**
@@ -363,6 +377,13 @@ export declare type UpdateUserStatusRequest = Message<"arcana.internal.service.v
    * @generated from field: arcana.user.v1.UserStatus status = 3;
    */
   status: UserStatus;
+
+  /**
+   * Act only if the user's version is still this one; unset: no such check.
+   *
+   * @generated from field: optional int32 expected_version = 4;
+   */
+  expectedVersion?: number | undefined;
 };
 
 /**
@@ -390,6 +411,53 @@ export declare type UpdateUserStatusResponse = Message<"arcana.internal.service.
  * Use `create(UpdateUserStatusResponseSchema)` to create a new message.
  */
 export declare const UpdateUserStatusResponseSchema: GenMessage<UpdateUserStatusResponse>;
+
+/**
+ * A role change.
+ *
+ * @generated from message arcana.internal.service.v1.UpdateUserRoleRequest
+ */
+export declare type UpdateUserRoleRequest = Message<"arcana.internal.service.v1.UpdateUserRoleRequest"> & {
+  /**
+   * The caller.
+   *
+   * @generated from field: arcana.internal.service.v1.Actor actor = 1;
+   */
+  actor?: Actor | undefined;
+
+  /**
+   * The public request.
+   *
+   * @generated from field: arcana.user.v1.UpdateUserRoleRequest request = 2;
+   */
+  request?: UpdateUserRoleRequest$1 | undefined;
+};
+
+/**
+ * Describes the message arcana.internal.service.v1.UpdateUserRoleRequest.
+ * Use `create(UpdateUserRoleRequestSchema)` to create a new message.
+ */
+export declare const UpdateUserRoleRequestSchema: GenMessage<UpdateUserRoleRequest>;
+
+/**
+ * The changed account.
+ *
+ * @generated from message arcana.internal.service.v1.UpdateUserRoleResponse
+ */
+export declare type UpdateUserRoleResponse = Message<"arcana.internal.service.v1.UpdateUserRoleResponse"> & {
+  /**
+   * The account.
+   *
+   * @generated from field: arcana.user.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message arcana.internal.service.v1.UpdateUserRoleResponse.
+ * Use `create(UpdateUserRoleResponseSchema)` to create a new message.
+ */
+export declare const UpdateUserRoleResponseSchema: GenMessage<UpdateUserRoleResponse>;
 
 /**
  * Lockouts to lift.
@@ -525,6 +593,17 @@ export declare const UserLayerService: GenService<{
     methodKind: "unary";
     input: typeof UpdateUserStatusRequestSchema;
     output: typeof UpdateUserStatusResponseSchema;
+  },
+  /**
+   * Sets a user's role. ADMIN only. Not retried: the write is conditional (last admin, version),
+   * so a repeat after a lost answer could be refused although the first one succeeded.
+   *
+   * @generated from rpc arcana.internal.service.v1.UserLayerService.UpdateUserRole
+   */
+  updateUserRole: {
+    methodKind: "unary";
+    input: typeof UpdateUserRoleRequestSchema;
+    output: typeof UpdateUserRoleResponseSchema;
   },
   /**
    * Lifts a user's login lockouts. ADMIN only.

@@ -1,0 +1,117 @@
+// The bootstrap administrator when no active administrator is left (issue 9 defect 5): the API
+// refuses to get there, but a database edited by hand, or restored from before the rule, can be
+// there. The bootstrap variables must then say clearly why they cannot help, and, with
+// ADMIN_BOOTSTRAP_RECOVER=true, restore the account.
+import { Writable } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../../src/infrastructure/logger.ts';
+import { ADMIN, createTestApp, loginAdmin, register, type TestApp } from '../helpers/test-app.ts';
+
+/** A logger whose JSON lines the test can read. */
+function capturingLogger() {
+  const lines: { level: string; msg: string; [key: string]: unknown }[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line));
+      done();
+    },
+  });
+  return { logger: createLogger({ level: 'info', destination }), lines };
+}
+
+let t: TestApp;
+/** The password the recovery sets, from ADMIN_PASSWORD. */
+const newPassword = 'Recovered@2468';
+
+beforeAll(async () => {
+  t = await createTestApp();
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+async function auditTypes(userId: number, expected: number): Promise<string[]> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const rows = await t.sql<{ type: string }>('SELECT type::text AS type FROM audit_events WHERE user_id = $1 ORDER BY id', [userId]);
+    if (rows.length >= expected || Date.now() > deadline) return rows.map((row) => row.type);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+async function bootstrapAdminId(): Promise<number> {
+  const [row] = await t.sql<{ id: number }>('SELECT id FROM users WHERE username_key = $1', [ADMIN.username]);
+  if (row === undefined) throw new Error('the bootstrap administrator does not exist');
+  return row.id;
+}
+
+describe('bootstrap administrator without an active administrator', () => {
+  it('when the bootstrap account exists but is not an active admin, then start-up logs an error saying why and what to do, and changes nothing', async () => {
+    const adminToken = await loginAdmin(t);
+    await t.sql("UPDATE users SET status = 'SUSPENDED', is_active = false, role = 'USER' WHERE username_key = $1", [ADMIN.username]);
+    const { logger, lines } = capturingLogger();
+    const second = await createTestApp({}, { sameDatabaseAs: t, logger });
+    try {
+      const error = lines.find((line) => line.level === 'error');
+      expect(error?.msg).toMatch(/no active administrator exists/);
+      expect(error?.msg).toMatch(/ADMIN_BOOTSTRAP_RECOVER=true/);
+      expect(error).toMatchObject({ username: ADMIN.username, role: 'USER', status: 'SUSPENDED' });
+      const [row] = await t.sql<{ status: string; role: string }>('SELECT status::text AS status, role::text AS role FROM users WHERE username_key = $1', [ADMIN.username]);
+      expect(row).toEqual({ status: 'SUSPENDED', role: 'USER' });
+      // The old session still cannot act.
+      expect((await t.request.get('/api/v1/users').set('authorization', `Bearer ${adminToken}`)).status).toBe(401);
+    } finally {
+      await second.close();
+    }
+  });
+
+  it('when ADMIN_BOOTSTRAP_RECOVER=true and no active admin exists, then the account is an ACTIVE ADMIN again with the configured password, its sessions end, and it is audited', async () => {
+    const id = await bootstrapAdminId();
+    // A session opened before the account was taken over must not survive the recovery.
+    await t.sql("UPDATE users SET status = 'ACTIVE', is_active = true WHERE id = $1", [id]);
+    const before = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: ADMIN.username, password: ADMIN.password });
+    expect(before.status).toBe(200);
+    const oldToken = before.body.data.tokens.accessToken as string;
+    await t.sql("UPDATE users SET status = 'SUSPENDED', is_active = false, role = 'GUEST' WHERE id = $1", [id]);
+
+    const { logger, lines } = capturingLogger();
+    const recovering = await createTestApp({ ADMIN_BOOTSTRAP_RECOVER: 'true', ADMIN_PASSWORD: newPassword }, { sameDatabaseAs: t, logger });
+    try {
+      expect(lines.find((line) => line.level === 'warn' && /restored the bootstrap account/.test(line.msg))).toBeDefined();
+      const [row] = await t.sql<{ status: string; role: string }>('SELECT status::text AS status, role::text AS role FROM users WHERE id = $1', [id]);
+      expect(row).toEqual({ status: 'ACTIVE', role: 'ADMIN' });
+      const revoked = await t.sql<{ open: number }>('SELECT count(*)::int AS open FROM oauth_tokens WHERE user_id = $1 AND NOT is_revoked', [id]);
+      expect(revoked[0]?.open).toBe(0);
+      expect((await recovering.request.get('/api/v1/auth/me').set('authorization', `Bearer ${oldToken}`)).status).toBe(401);
+      const login = await recovering.request.post('/api/v1/auth/login').send({ usernameOrEmail: ADMIN.username, password: newPassword });
+      expect(login.status).toBe(200);
+      const users = await recovering.request.get('/api/v1/users').set('authorization', `Bearer ${login.body.data.tokens.accessToken}`);
+      expect(users.status).toBe(200);
+      const types = await auditTypes(id, 3);
+      expect(types).toEqual(expect.arrayContaining(['ROLE_CHANGED', 'STATUS_CHANGED', 'PASSWORD_CHANGED']));
+    } finally {
+      await recovering.close();
+    }
+  });
+
+  it('when another active admin exists, then ADMIN_BOOTSTRAP_RECOVER leaves the bootstrap account alone', async () => {
+    const login = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: ADMIN.username, password: newPassword });
+    expect(login.status).toBe(200);
+    const adminToken = login.body.data.tokens.accessToken as string;
+    const other = await register(t);
+    expect((await t.request.put(`/api/v1/users/${other.id}/role`).set('authorization', `Bearer ${adminToken}`).send({ role: 'ADMIN' })).status).toBe(200);
+    const id = await bootstrapAdminId();
+    const suspended = await t.request.put(`/api/v1/users/${id}/status`).set('authorization', `Bearer ${other.accessToken}`).send({ status: 'SUSPENDED' });
+    expect(suspended.status).toBe(200);
+    const { logger, lines } = capturingLogger();
+    const second = await createTestApp({ ADMIN_BOOTSTRAP_RECOVER: 'true', ADMIN_PASSWORD: 'Another@13579' }, { sameDatabaseAs: t, logger });
+    try {
+      expect(lines.filter((line) => line.level === 'error' || line.level === 'warn')).toEqual([]);
+      const [row] = await t.sql<{ status: string; role: string }>('SELECT status::text AS status, role::text AS role FROM users WHERE id = $1', [id]);
+      expect(row).toEqual({ status: 'SUSPENDED', role: 'ADMIN' });
+    } finally {
+      await second.close();
+    }
+  });
+});

@@ -1,0 +1,294 @@
+// Administrative writes as a careless or hostile pair of administrators meets them, over every
+// public protocol and in every topology (issue 9 defects 5 and 11, issue 12's role change):
+// - state transitions are conditional in the database: of 20 verifications sent together one
+//   wins and 19 are conflicts;
+// - a write that names a stale version (REST If-Match, RPC expected_version) is refused and
+//   changes nothing;
+// - no change leaves the platform without an active administrator, even two admins suspending
+//   each other at the same moment;
+// - a role change is seen by the user's existing tokens at once;
+// - verifications, profile edits and role changes are audited.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClient, PROTOCOLS, type ApiClient, type Outcome, type ProtocolName } from '../helpers/protocols.ts';
+import { ADMIN, bearer, loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+let t: TestServer;
+/** A deployment whose only administrator is the bootstrap one, for the last-admin rule. */
+let lonely: TestServer;
+
+beforeAll(async () => {
+  [t, lonely] = await Promise.all([startTestServer(), startTestServer()]);
+});
+
+afterAll(async () => {
+  await Promise.all([t.close(), lonely.close()]);
+});
+
+interface UserRow {
+  version: number;
+  is_verified: boolean;
+  status: string;
+  role: string;
+  first_name: string | null;
+}
+
+async function row(server: TestServer, id: number): Promise<UserRow | undefined> {
+  const rows = await server.sql<UserRow>('SELECT version, is_verified, status::text AS status, role::text AS role, first_name FROM users WHERE id = $1', [id]);
+  return rows[0];
+}
+
+/** Audit events of a user, once the asynchronous audit writer has written `expected` of them. */
+async function auditEvents(server: TestServer, userId: number, type: string, expected: number) {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const rows = await server.sql<{ details: Record<string, unknown> | null; actor_id: number | null }>(
+      'SELECT details, actor_id FROM audit_events WHERE user_id = $1 AND type::text = $2 ORDER BY id',
+      [userId, type],
+    );
+    if (rows.length >= expected || Date.now() > deadline) return rows;
+    await sleep(100);
+  }
+}
+
+function codes(outcomes: Outcome<unknown>[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const outcome of outcomes) counts[outcome.code] = (counts[outcome.code] ?? 0) + 1;
+  return counts;
+}
+
+async function login(client: ApiClient, usernameOrEmail: string, password: string): Promise<{ token: string; id: number }> {
+  const outcome = await client.login({ usernameOrEmail, password });
+  expect(outcome.code).toBe('ok');
+  return { token: outcome.data?.tokens.accessToken ?? '', id: outcome.data?.user.id ?? 0 };
+}
+
+describe.each(PROTOCOLS)('conditional admin writes over %s', (protocol: ProtocolName) => {
+  let client: ApiClient;
+  let admin: string;
+
+  beforeAll(async () => {
+    client = apiClient(protocol, t.baseUrl);
+    admin = (await login(client, ADMIN.username, ADMIN.password)).token;
+  });
+
+  afterAll(() => {
+    client.close();
+  });
+
+  it('when 20 verifications of one user are sent together, then exactly one succeeds, 19 are conflicts, and one is audited', async () => {
+    const user = await register(t);
+    const before = await row(t, user.id);
+    const outcomes = await Promise.all(Array.from({ length: 20 }, () => client.verifyUser(admin, user.id)));
+    expect(codes(outcomes)).toEqual({ ok: 1, already_exists: 19 });
+    const conflict = outcomes.find((outcome) => outcome.code !== 'ok');
+    expect(conflict?.error?.message).toBe('User is already verified');
+    if (protocol === 'rest') expect(conflict?.status).toBe(409);
+    const after = await row(t, user.id);
+    expect(after?.is_verified).toBe(true);
+    // One write happened, not twenty.
+    expect(after?.version).toBe((before?.version ?? 0) + 1);
+    const winner = outcomes.find((outcome) => outcome.code === 'ok');
+    expect(winner?.data?.version).toBe(after?.version);
+    await sleep(300);
+    expect(await auditEvents(t, user.id, 'USER_VERIFIED', 1)).toHaveLength(1);
+  });
+
+  it('when a write names a stale version, then it is refused (412 / aborted) and nothing changes in the database', async () => {
+    const user = await register(t);
+    const read = await client.getUser(admin, user.id);
+    expect(read.code).toBe('ok');
+    const version = read.data?.version ?? 0;
+    const first = await client.updateUser(admin, user.id, { firstName: 'First' }, { expectedVersion: version });
+    expect(first.code).toBe('ok');
+    expect(first.data?.version).toBe(version + 1);
+    const stored = await row(t, user.id);
+
+    // Every write still holding the old version loses, whatever it is.
+    const stale = { expectedVersion: version };
+    const refused = await Promise.all([
+      client.updateUser(admin, user.id, { firstName: 'Second' }, stale),
+      client.verifyUser(admin, user.id, stale),
+      client.updateStatus(admin, user.id, 'SUSPENDED', stale),
+      client.updateRole(admin, user.id, 'ADMIN', stale),
+      client.deleteUser(admin, user.id, stale),
+    ]);
+    for (const outcome of refused) {
+      expect(outcome.code).toBe('aborted');
+      if (protocol === 'rest') expect(outcome.status).toBe(412);
+    }
+    expect(await row(t, user.id)).toEqual(stored);
+    expect(stored).toMatchObject({ first_name: 'First', is_verified: false, status: 'ACTIVE', role: 'USER' });
+    // The user's own session was not ended by a suspension that did not happen.
+    expect((await client.me(user.accessToken)).code).toBe('ok');
+
+    // With the current version the same writes go through, each moving the version on.
+    const current = { expectedVersion: version + 1 };
+    const verified = await client.verifyUser(admin, user.id, current);
+    expect(verified.code).toBe('ok');
+    const deleted = await client.deleteUser(admin, user.id, { expectedVersion: verified.data?.version ?? 0 });
+    expect(deleted.code).toBe('ok');
+    expect(await row(t, user.id)).toBeUndefined();
+    // Deleting what is gone is a 404, not a success.
+    expect((await client.deleteUser(admin, user.id)).code).toBe('not_found');
+  });
+
+  it('when a profile is edited, then USER_UPDATED names the changed fields and never their values', async () => {
+    const user = await register(t);
+    const edited = await client.updateUser(user.accessToken, user.id, { firstName: 'Secret-Name', phone: '+1 555 0100' });
+    expect(edited.code).toBe('ok');
+    const [event] = await auditEvents(t, user.id, 'USER_UPDATED', 1);
+    expect(event?.details).toEqual({ fields: 'firstName,phone' });
+    expect(JSON.stringify(event)).not.toContain('Secret-Name');
+    expect(JSON.stringify(event)).not.toContain('555');
+  });
+
+  it("when an admin changes a user's role, then the user's existing token acts with the new role at once, and the change is audited", async () => {
+    const user = await register(t);
+    const own = await login(client, user.username, user.password);
+    expect((await client.listUsers(own.token, {})).code).toBe('permission_denied');
+
+    const promoted = await client.updateRole(admin, user.id, 'ADMIN');
+    expect(promoted.code).toBe('ok');
+    expect(promoted.data?.role).toBe('ADMIN');
+    // The token issued before the promotion can list users now…
+    expect((await client.listUsers(own.token, {})).code).toBe('ok');
+    expect((await client.listUsers(user.accessToken, {})).code).toBe('ok');
+
+    const demoted = await client.updateRole(admin, user.id, 'GUEST');
+    expect(demoted.code).toBe('ok');
+    // …and no longer after the demotion.
+    expect((await client.listUsers(own.token, {})).code).toBe('permission_denied');
+    expect((await client.listUsers(user.accessToken, {})).code).toBe('permission_denied');
+
+    const events = await auditEvents(t, user.id, 'ROLE_CHANGED', 2);
+    // Registration records none; the two changes record where they went from and to.
+    expect(events.map((event) => event.details)).toEqual([
+      { from: 'USER', to: 'ADMIN' },
+      { from: 'ADMIN', to: 'GUEST' },
+    ]);
+  });
+
+  it('when a non-admin tries to change a role, including its own, then it is refused and nothing changes', async () => {
+    const user = await register(t);
+    const outcome = await client.updateRole(user.accessToken, user.id, 'ADMIN');
+    expect(outcome.code).toBe('permission_denied');
+    expect((await row(t, user.id))?.role).toBe('USER');
+  });
+});
+
+describe('ETags on REST', () => {
+  it('when a client holds the current ETag, then GET answers 304 without a body until the user changes', async () => {
+    const admin = await loginAdmin(t);
+    const user = await register(t);
+    const first = await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin));
+    expect(first.status).toBe(200);
+    const etag = String(first.headers.etag);
+    expect(etag).toBe(`"${first.body.data.version}"`);
+
+    const unchanged = await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-none-match', etag);
+    expect(unchanged.status).toBe(304);
+    expect(unchanged.text ?? '').toBe('');
+    expect(unchanged.headers.etag).toBe(etag);
+
+    const updated = await t.request.put(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-match', etag).send({ lastName: 'Tagged' });
+    const updatedTag = String(updated.headers.etag);
+    expect(updated.status).toBe(200);
+    expect(updated.headers.etag).toBe(`"${first.body.data.version + 1}"`);
+
+    const changed = await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-none-match', etag);
+    expect(changed.status).toBe(200);
+    expect(changed.headers.etag).toBe(updated.headers.etag);
+
+    // If-Match compares strongly: a weak tag never matches, and the envelope says why.
+    const weak = await t.request.put(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-match', `W/${updatedTag}`).send({ lastName: 'Weak' });
+    expect(weak.status).toBe(412);
+    expect(weak.body).toMatchObject({ success: false, error: { code: 'PRECONDITION_FAILED' } });
+    const malformed = await t.request.put(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-match', 'not-a-tag').send({ lastName: 'Bad' });
+    expect(malformed.status).toBe(400);
+    expect((await row(t, user.id))?.version).toBe(first.body.data.version + 1);
+
+    // Every answer that returns one user carries its tag, /auth/me included.
+    const me = await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken));
+    expect(me.headers.etag).toBe(`"${me.body.data.version}"`);
+    const verified = await t.request.post(`/api/v1/users/${user.id}/verify`).set(...bearer(admin)).set('if-match', updatedTag);
+    expect(verified.status).toBe(200);
+    expect(verified.headers.etag).toBe(`"${verified.body.data.version}"`);
+  });
+});
+
+describe.each(PROTOCOLS)('the last active administrator over %s', (protocol: ProtocolName) => {
+  let client: ApiClient;
+  let root: { token: string; id: number };
+
+  beforeAll(async () => {
+    client = apiClient(protocol, lonely.baseUrl);
+    root = await login(client, ADMIN.username, ADMIN.password);
+  });
+
+  afterAll(() => {
+    client.close();
+  });
+
+  it('when the only admin suspends, deactivates, demotes or deletes itself, then each is refused and it stays an active admin', async () => {
+    const refused = [
+      await client.updateStatus(root.token, root.id, 'SUSPENDED'),
+      await client.updateStatus(root.token, root.id, 'INACTIVE'),
+      await client.updateRole(root.token, root.id, 'USER'),
+      await client.deleteUser(root.token, root.id),
+    ];
+    for (const outcome of refused) {
+      expect(outcome.code).toBe('failed_precondition');
+      expect(outcome.error?.message).toMatch(/no active administrator/);
+      if (protocol === 'rest') expect(outcome.status).toBe(409);
+    }
+    expect(await row(lonely, root.id)).toMatchObject({ role: 'ADMIN', status: 'ACTIVE' });
+    // Its session was not ended by a suspension that did not happen.
+    expect((await client.listUsers(root.token, {})).code).toBe('ok');
+  });
+
+  it('when two admins suspend each other at the same moment, then exactly one succeeds and one active admin remains', async () => {
+    for (let round = 0; round < 3; round += 1) {
+      const second = await register(lonely);
+      expect((await client.updateRole(root.token, second.id, 'ADMIN')).code).toBe('ok');
+      const other = await login(client, second.username, second.password);
+
+      const [rootSuspendsOther, otherSuspendsRoot] = await Promise.all([
+        client.updateStatus(root.token, other.id, 'SUSPENDED'),
+        client.updateStatus(other.token, root.id, 'SUSPENDED'),
+      ]);
+      const outcomes = [rootSuspendsOther, otherSuspendsRoot];
+      expect(outcomes.filter((outcome) => outcome.code === 'ok')).toHaveLength(1);
+      // The loser is refused by the rule, or, if its own suspension landed first, has no session.
+      for (const outcome of outcomes) expect(['ok', 'failed_precondition', 'unauthenticated']).toContain(outcome.code);
+      const active = await lonely.sql<{ id: number }>("SELECT id FROM users WHERE role = 'ADMIN' AND status = 'ACTIVE'");
+      expect(active).toHaveLength(1);
+
+      // Back to the bootstrap admin alone, for the next round and protocol.
+      if (otherSuspendsRoot.code === 'ok') {
+        expect(active[0]?.id).toBe(other.id);
+        expect((await client.updateStatus(other.token, root.id, 'ACTIVE')).code).toBe('ok');
+        root = await login(client, ADMIN.username, ADMIN.password);
+      } else {
+        expect(active[0]?.id).toBe(root.id);
+      }
+      expect((await client.deleteUser(root.token, other.id)).code).toBe('ok');
+    }
+  });
+
+  it('when another admin exists, then an admin may step down, and the last one left still cannot', async () => {
+    const second = await register(lonely);
+    expect((await client.updateRole(root.token, second.id, 'ADMIN')).code).toBe('ok');
+    const other = await login(client, second.username, second.password);
+    const [a, b] = await Promise.all([client.updateRole(other.token, other.id, 'USER'), client.updateRole(root.token, root.id, 'USER')]);
+    // Both stepping down at once: one may, the other is the last and may not.
+    expect(codes([a, b])).toEqual({ ok: 1, failed_precondition: 1 });
+    const active = await lonely.sql<{ id: number }>("SELECT id FROM users WHERE role = 'ADMIN' AND status = 'ACTIVE'");
+    expect(active).toHaveLength(1);
+    if (b.code === 'ok') {
+      // The bootstrap admin stepped down; the other restores it and leaves.
+      expect((await client.updateRole(other.token, root.id, 'ADMIN')).code).toBe('ok');
+    }
+    expect((await client.deleteUser(root.token, other.id)).code).toBe('ok');
+  });
+});

@@ -2,7 +2,6 @@ import compression from 'compression';
 import express, { type Express, type NextFunction, type Request, type Response } from 'express';
 import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage } from 'node:http';
-import * as OpenApiValidator from 'express-openapi-validator';
 import helmet from 'helmet';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import { compileTrust, type ClientAddressResolver, type TrustProxySetting } from '../../infrastructure/client-address.ts';
@@ -15,6 +14,7 @@ import { createAuditRoutes } from './audit-routes.ts';
 import { createAuthRoutes } from './auth-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
 import { findUnstorableText, noFieldErrors } from '../edge-input.ts';
+import { createOpenApiValidation } from './openapi-validation.ts';
 import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
 import { requestContext } from './request-context.ts';
@@ -68,7 +68,7 @@ export function createRestApp(options: RestAppOptions): Express {
   // it also breaks; before authentication and any database work in any case.
   app.use(refuseUnstorableText);
   app.use(
-    OpenApiValidator.middleware({
+    createOpenApiValidation({
       apiSpec: options.apiSpecPath,
       validateRequests: { allowUnknownQueryParameters: false, allErrors: true },
       validateResponses: options.validateResponses,

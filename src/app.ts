@@ -199,7 +199,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
     let jobs: JobRunner | undefined;
     if ((holds.auth || holds.users) && repositories !== undefined) {
       const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords());
-      await passwords.warmUp();
+      // Off the path to listening: a login that comes before the throwaway hash is ready waits
+      // for the same computation rather than starting another.
+      void passwords.warmUp().catch((error: unknown) => logger.warn({ err: String(error) }, 'bcrypt warm-up failed'));
       const runner = await createJobRunner({
         redis: config.redis === undefined ? undefined : { url: config.redis.url, prefix: `${prefix}jobs` },
         logger,

@@ -9,6 +9,7 @@ import { defineConfig } from 'vitest/config';
 const API_SUITES = [
   'auth-api',
   'users-api',
+  'users-search-api',
   'spec-auth',
   'audit-events-api',
   'system-api',

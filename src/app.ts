@@ -215,7 +215,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
       // round doubles it. The gate's estimate adapts to what it measures from the first hash on.
       const hashGate = new WorkGate({ ...config.passwordHashing, estimateMs: 210 * 2 ** (config.bcryptRounds - 12) });
       const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords(), hashGate);
-      await passwords.warmUp();
+      // Off the path to listening: a login that comes before the throwaway hash is ready waits
+      // for the same computation rather than starting another.
+      void passwords.warmUp().catch((error: unknown) => logger.warn({ err: String(error) }, 'bcrypt warm-up failed'));
       const runner = await createJobRunner({
         redis: config.redis === undefined ? undefined : { url: config.redis.url, prefix: `${prefix}jobs` },
         logger,

@@ -153,7 +153,7 @@ export interface paths {
         };
         /**
          * List users
-         * @description ADMIN only. Paginated list of users, optionally filtered by role and status.
+         * @description ADMIN only. Paginated list of users, optionally filtered by role and status and searched by `q`, in the order `sort` names (by id unless given).
          */
         get: operations["listUsers"];
         put?: never;
@@ -928,6 +928,10 @@ export interface components {
         IfMatch: string;
         /** @description The `ETag` of the copy the client holds: answer 304 without a body while the user's version is still this one. */
         IfNoneMatch: string;
+        /** @description Only users whose username, e-mail, first name or last name starts with this text, ignoring case (a prefix match: `ali` finds `Alice` and `alice@example.com`, not `Natalia`). Every character is literal, `%` and `_` included. */
+        UserSearch: string;
+        /** @description Order of the listing: `id` (the default: oldest account first), `createdAt` or `-createdAt` (newest first), `lastLoginAt` (users who never logged in first, then the least recent) or `-lastLoginAt` (most recent first, never last). Ties go by id. */
+        UserSort: "id" | "createdAt" | "-createdAt" | "lastLoginAt" | "-lastLoginAt";
         /** @description Only events of this type. */
         AuditTypeFilter: components["schemas"]["AuditEventType"];
         /** @description Makes the request safe to retry: a unique value the client chooses (a UUID, say). The same key with the same body within 24 hours gets the first answer again instead of doing the work twice; with another body, 422 `IDEMPOTENCY_KEY_REUSED`; while the first request still runs, 409 `CONFLICT`. Failed requests are not remembered. 1 to 255 printable ASCII characters. */
@@ -1151,6 +1155,10 @@ export interface operations {
                 role?: components["parameters"]["RoleFilter"];
                 /** @description Only users with this status. */
                 status?: components["parameters"]["StatusFilter"];
+                /** @description Only users whose username, e-mail, first name or last name starts with this text, ignoring case (a prefix match: `ali` finds `Alice` and `alice@example.com`, not `Natalia`). Every character is literal, `%` and `_` included. */
+                q?: components["parameters"]["UserSearch"];
+                /** @description Order of the listing: `id` (the default: oldest account first), `createdAt` or `-createdAt` (newest first), `lastLoginAt` (users who never logged in first, then the least recent) or `-lastLoginAt` (most recent first, never last). Ties go by id. */
+                sort?: components["parameters"]["UserSort"];
             };
             header?: never;
             path?: never;

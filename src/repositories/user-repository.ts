@@ -25,11 +25,22 @@ export interface UserExpectation {
   role?: UserRole | undefined;
 }
 
+/** Orders of the user listing: a field, ascending, or descending with a leading `-`. */
+export const USER_SORTS = ['id', 'createdAt', '-createdAt', 'lastLoginAt', '-lastLoginAt'] as const;
+export type UserSort = (typeof USER_SORTS)[number];
+
 export interface UserFilter {
   page: number;
   perPage: number;
   role?: UserRole | undefined;
   status?: UserStatus | undefined;
+  /**
+   * Users whose username, e-mail, first or last name starts with this text, ignoring case.
+   * `%` and `_` are matched literally.
+   */
+  q?: string | undefined;
+  /** `id` when absent. */
+  sort?: UserSort | undefined;
 }
 
 /** A user row without its password hash: what every read that does not check a password uses. */
@@ -131,22 +142,26 @@ export class PrismaUserRepository implements UserRepository {
   }
 
   async list(filter: UserFilter): Promise<{ users: User[]; total: number }> {
-    const where: Prisma.UserWhereInput = {
-      ...(filter.role === undefined ? {} : { role: filter.role }),
-      ...(filter.status === undefined ? {} : { status: filter.status }),
-    };
-    const [users, total] = await withDatabaseErrors(() =>
-      this.#db.$transaction([
-        this.#db.user.findMany({
-          where,
-          orderBy: { id: 'asc' },
-          skip: (filter.page - 1) * filter.perPage,
-          take: filter.perPage,
-        }),
-        this.#db.user.count({ where }),
-      ]),
+    const where = listWhere(filter);
+    // One statement: the count of the whole listing, with the page joined to it. The count is
+    // an aggregate of its own (an index-only scan when it can be) rather than `count(*) OVER ()`
+    // beside the page, which would read every matching row in full to count them: at 100k users
+    // 16 ms against 196 ms (README, Performance). A page past the end is the count's row alone,
+    // its user columns NULL.
+    const rows = await withDatabaseErrors(() =>
+      this.#db.$queryRaw<(User & { total: number })[]>`
+        SELECT "page".*, "counted"."total"
+        FROM (SELECT count(*)::int AS "total" FROM "users" ${where}) AS "counted"
+        LEFT JOIN LATERAL (
+          SELECT ${USER_COLUMNS} FROM "users" ${where}
+          ORDER BY ${LIST_ORDER[filter.sort ?? 'id']}
+          LIMIT ${filter.perPage} OFFSET ${(filter.page - 1) * filter.perPage}
+        ) AS "page" ON true`,
     );
-    return { users, total };
+    const total = rows[0]?.total ?? 0;
+    if (rows.length === 1 && rows[0]!.id === null) return { users: [], total };
+    for (const row of rows) delete (row as Partial<typeof row>).total;
+    return { users: rows, total };
   }
 
   async recordLogin(id: number, at: Date): Promise<void> {
@@ -214,4 +229,36 @@ async function whyNotWritten(db: Tx, id: number, expected: UserExpectation): Pro
 /** The object without its undefined members, as Prisma's `where` must not filter on them. */
 function definedOnly<T extends object>(object: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
   return Object.fromEntries(Object.entries(object).filter(([, value]) => value !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
+}
+
+/** Every column of `users` under its Prisma field name (columns are the fields in snake_case). */
+const USER_COLUMNS = Prisma.raw(
+  Object.values(Prisma.UserScalarFieldEnum)
+    .map((field) => `"${field.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`)}" AS "${field}"`)
+    .join(', '),
+);
+
+/** Each sort as the index it walks (see the …_user_list_search migration); `id` breaks ties. */
+const LIST_ORDER: Record<UserSort, Prisma.Sql> = {
+  id: Prisma.sql`"id"`,
+  createdAt: Prisma.sql`"created_at", "id"`,
+  '-createdAt': Prisma.sql`"created_at" DESC, "id" DESC`,
+  lastLoginAt: Prisma.sql`"last_login_at" NULLS FIRST, "id"`,
+  '-lastLoginAt': Prisma.sql`"last_login_at" DESC NULLS LAST, "id" DESC`,
+};
+
+/** The filters as a WHERE clause with only the conditions asked for, so the planner sees them. */
+function listWhere(filter: UserFilter): Prisma.Sql {
+  const conditions: Prisma.Sql[] = [];
+  if (filter.role !== undefined) conditions.push(Prisma.sql`"role" = ${filter.role}::"UserRole"`);
+  if (filter.status !== undefined) conditions.push(Prisma.sql`"status" = ${filter.status}::"UserStatus"`);
+  if (filter.q !== undefined && filter.q !== '') {
+    // A prefix in LIKE's syntax, its own wildcards escaped; matched against the lower-case
+    // expressions that have text_pattern_ops indexes.
+    const prefix = `${filter.q.toLowerCase().replace(/[\\%_]/g, (char) => `\\${char}`)}%`;
+    conditions.push(
+      Prisma.sql`(lower("username") LIKE ${prefix} OR lower("email") LIKE ${prefix} OR lower("first_name") LIKE ${prefix} OR lower("last_name") LIKE ${prefix})`,
+    );
+  }
+  return conditions.length === 0 ? Prisma.empty : Prisma.sql`WHERE ${Prisma.join(conditions, ' AND ')}`;
 }

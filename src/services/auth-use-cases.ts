@@ -157,11 +157,16 @@ export class AuthUseCases implements AuthService {
    * type, revoked (logout, rotation, revoke-all) or whose user is no longer active.
    */
   async authenticate(accessToken: string): Promise<Actor> {
-    this.#codec.verify(accessToken, 'access');
-    const session = await this.#tokens.findByAccessHash(hashToken(accessToken));
+    const claims = this.#codec.verify(accessToken, 'access');
+    // The session and the user are read together (one round trip to the cache when both are
+    // there): the token's subject names the user its session belongs to.
+    const [session, subject] = await Promise.all([
+      this.#tokens.findByAccessHash(hashToken(accessToken)),
+      this.#users.findProfile(claims.userId),
+    ]);
     if (session === null || session.isRevoked) throw new AuthenticationError('Token has been revoked');
     if (session.accessExpiresAt <= this.#now()) throw new AuthenticationError('Invalid or expired access token');
-    const user = await this.#users.findProfile(session.userId);
+    const user = session.userId === claims.userId ? subject : await this.#users.findProfile(session.userId);
     if (user === null) throw new AuthenticationError('Token has been revoked');
     if (user.status !== 'ACTIVE') throw new AuthenticationError('Account is not active');
     return { userId: session.userId, role: roleToProto(user.role), sessionId: session.id };

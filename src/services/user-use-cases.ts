@@ -17,7 +17,7 @@ import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserChanges, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, createAccount } from './accounts.ts';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
-import { pageRequest, paginationOf } from './pagination.ts';
+import { pageRequest, paginationOf, userSortOf } from './pagination.ts';
 import type { AuditLog } from './audit-use-cases.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import { clientFields } from './audit-use-cases.ts';
@@ -81,6 +81,8 @@ export class UserUseCases implements UserService {
       ...request,
       role: query.role === undefined ? undefined : roleFromProto(query.role),
       status: query.status === undefined ? undefined : statusFromProto(query.status),
+      q: query.q,
+      sort: userSortOf(query.sort),
     });
     return {
       users: users.map(toUserMessage),

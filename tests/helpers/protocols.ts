@@ -70,7 +70,7 @@ export interface ApiClient {
   deleteUser(token: string, userId: number, extras?: CallExtras): Promise<Outcome<null>>;
   listUsers(
     token: string,
-    query: { page?: number; perPage?: number; role?: Schemas['UserRole']; status?: Schemas['UserStatus'] },
+    query: { page?: number; perPage?: number; role?: Schemas['UserRole']; status?: Schemas['UserStatus']; q?: string; sort?: string },
     extras?: CallExtras,
   ): Promise<Outcome<{ items: Schemas['User'][]; pagination: Schemas['Pagination'] }>>;
   /** An administrator's view of a user's live sessions. */
@@ -251,6 +251,8 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
               perPage: query.perPage ?? 20,
               ...(query.role === undefined ? {} : { role: UserRole[query.role] }),
               ...(query.status === undefined ? {} : { status: UserStatus[query.status] }),
+              ...(query.q === undefined ? {} : { q: query.q }),
+              sort: query.sort ?? '',
             },
             options,
           ),

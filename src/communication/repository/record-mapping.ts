@@ -38,6 +38,7 @@ import type { AuditDetails, AuditFilter, NewAuditEvent } from '../../repositorie
 import type { NewTokenRecord, RevocationReason } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile } from '../../repositories/user-repository.ts';
 import { auditTypeFromProto } from '../../domain/audit-mapping.ts';
+import { userSortOf } from '../../services/pagination.ts';
 
 /**
  * The value of a message field the API always sets. A missing one means the other side is broken
@@ -222,6 +223,8 @@ export function userFilterToProto(filter: UserFilter): ListUsersRequest {
     perPage: filter.perPage,
     role: filter.role === undefined ? undefined : roleToProto(filter.role),
     status: filter.status === undefined ? undefined : statusToProto(filter.status),
+    q: filter.q,
+    sort: filter.sort ?? '',
   });
 }
 
@@ -231,6 +234,8 @@ export function userFilterFromProto(request: ListUsersRequest): UserFilter {
     perPage: request.perPage,
     ...(request.role === undefined ? {} : { role: roleFromProto(request.role) }),
     ...(request.status === undefined ? {} : { status: statusFromProto(request.status) }),
+    ...(request.q === undefined ? {} : { q: request.q }),
+    ...(request.sort === '' ? {} : { sort: userSortOf(request.sort) }),
   };
 }
 

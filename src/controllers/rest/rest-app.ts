@@ -2,8 +2,6 @@ import compression from 'compression';
 import express, { type Express, type NextFunction, type Request, type Response } from 'express';
 import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage } from 'node:http';
-import * as OpenApiValidator from 'express-openapi-validator';
-import helmet from 'helmet';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import { compileTrust, type ClientAddressResolver, type TrustProxySetting } from '../../infrastructure/client-address.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
@@ -15,9 +13,11 @@ import { createAuditRoutes } from './audit-routes.ts';
 import { createAuthRoutes } from './auth-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
 import { findUnstorableText, noFieldErrors } from '../edge-input.ts';
+import { createOpenApiValidation } from './openapi-validation.ts';
 import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
 import { requestContext } from './request-context.ts';
+import { securityHeaders } from './security-headers.ts';
 import { createSystemRoutes, type ReadinessCheck } from './system-routes.ts';
 import { createUserRoutes } from './user-routes.ts';
 
@@ -51,7 +51,7 @@ export function createRestApp(options: RestAppOptions): Express {
   app.set('trust proxy', compileTrust(options.trustProxy));
 
   app.use(requestContext(options.logger, options.resolveClient));
-  app.use(helmet());
+  app.use(securityHeaders());
   app.use(compression());
 
   if (options.rateLimiter !== undefined) {
@@ -68,7 +68,7 @@ export function createRestApp(options: RestAppOptions): Express {
   // it also breaks; before authentication and any database work in any case.
   app.use(refuseUnstorableText);
   app.use(
-    OpenApiValidator.middleware({
+    createOpenApiValidation({
       apiSpec: options.apiSpecPath,
       validateRequests: { allowUnknownQueryParameters: false, allErrors: true },
       validateResponses: options.validateResponses,

@@ -67,6 +67,8 @@ export function createUserRoutes(users: UserService, auth: AuthService): Router 
       perPage: Number(query.perPage ?? 20),
       ...(query.role === undefined ? {} : { role: roleFromRest(query.role as Schemas['UserRole']) }),
       ...(query.status === undefined ? {} : { status: statusFromRest(query.status as Schemas['UserStatus']) }),
+      ...(query.q === undefined ? {} : { q: query.q }),
+      ...(query.sort === undefined ? {} : { sort: query.sort }),
     });
     sendPage(res, page.users.map(toRestUser), toRestPagination(page.pagination));
   });

@@ -2,6 +2,7 @@
 // the migrations folder through a driver adapter. It reads and writes `_prisma_migrations` exactly
 // as `prisma migrate deploy` does (same checksums, same advisory lock), so databases migrated here
 // and by the Prisma CLI share one history.
+import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -38,6 +39,11 @@ const DEPLOY_LOCK_TIMEOUT = '10min';
 /** Applies the pending migrations of `migrationsDir`, like `prisma migrate deploy`; returns their names. */
 export async function applyMigrations(database: Database, migrationsDir: string): Promise<string[]> {
   const migrationsList = await readMigrationList(migrationsDir);
+  // The engine is WebAssembly: loading it took seconds of start-up and stayed in memory. When the
+  // history already holds every migration, applied and unchanged, it would do nothing; anything
+  // else (a pending, failed or edited migration, no history yet) goes to the engine as before,
+  // under the deploy lock.
+  if (await allApplied(database, migrationsList)) return [];
   return serialize(database, async () => {
     const output = await withEngine(database.adapterFactory, undefined, (engine) =>
       engine.applyMigrations({ migrationsList, filters: NO_FILTERS }),
@@ -118,6 +124,33 @@ export async function writeMigration(
 /** Formats `date` as Prisma's migration prefix, YYYYMMDDHHMMSS in UTC. */
 export function migrationTimestamp(date: Date): string {
   return date.toISOString().replace(/[-:T]/g, '').slice(0, 14);
+}
+
+/**
+ * Whether `_prisma_migrations` records every migration of the folder as finished, with the
+ * checksum of its script as it is now, and nothing else: no unfinished or rolled-back attempt and
+ * no migration the folder does not have. A plain query, answered without the engine.
+ */
+async function allApplied(database: Database, migrationsList: MigrationList): Promise<boolean> {
+  let rows: { migration_name: string; checksum: string; finished: boolean; rolled_back: boolean }[];
+  try {
+    rows = await database.prisma.$queryRawUnsafe(
+      'SELECT migration_name, checksum, finished_at IS NOT NULL AS finished, rolled_back_at IS NOT NULL AS rolled_back FROM _prisma_migrations',
+    );
+  } catch {
+    // No history table yet (a new database), or it cannot be read: the engine decides.
+    return false;
+  }
+  const recorded = new Map<string, string>();
+  for (const row of rows) {
+    if (!row.finished || row.rolled_back || recorded.has(row.migration_name)) return false;
+    recorded.set(row.migration_name, row.checksum);
+  }
+  if (recorded.size !== migrationsList.migrationDirectories.length) return false;
+  return migrationsList.migrationDirectories.every((directory) => {
+    const script = directory.migrationFile.content;
+    return script.tag === 'ok' && recorded.get(directory.path) === createHash('sha256').update(script.value).digest('hex');
+  });
 }
 
 /** Loads a migrations folder the way the Prisma CLI hands it to the engine. */

@@ -22,6 +22,10 @@ export function createRedisClient(options: {
     commandTimeout: 1_000,
     retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
     lazyConnect: false,
+    // Commands issued in one turn of the event loop leave in one write. Every authenticated
+    // request reads its session and its user; written one command per syscall, those writes
+    // were a quarter of the CPU of a warm REST read under load.
+    enableAutoPipelining: true,
   });
   let down = false;
   redis.on('error', (error: Error) => {

@@ -44,6 +44,22 @@ export declare type ListUsersRequest = Message<"arcana.user.v1.ListUsersRequest"
    * @generated from field: optional arcana.user.v1.UserStatus status = 4;
    */
   status?: UserStatus | undefined;
+
+  /**
+   * Only users whose username, e-mail, first or last name starts with this text, ignoring case;
+   * every character is literal. 1–255 characters when set.
+   *
+   * @generated from field: optional string q = 5;
+   */
+  q?: string | undefined;
+
+  /**
+   * Order: "id" (the default when empty), "createdAt", "-createdAt", "lastLoginAt" (never logged
+   * in first) or "-lastLoginAt" (never logged in last), as REST's `sort`; ties go by id.
+   *
+   * @generated from field: string sort = 6;
+   */
+  sort: string;
 };
 
 /**
@@ -59,7 +75,7 @@ export declare const ListUsersRequestSchema: GenMessage<ListUsersRequest>;
  */
 export declare type ListUsersResponse = Message<"arcana.user.v1.ListUsersResponse"> & {
   /**
-   * The users on this page, oldest first.
+   * The users on this page, in the order asked for (oldest first by default).
    *
    * @generated from field: repeated arcana.user.v1.User users = 1;
    */

@@ -685,6 +685,20 @@ export declare type ListUsersRequest = Message<"arcana.internal.repository.v1.Li
    * @generated from field: optional arcana.user.v1.UserStatus status = 4;
    */
   status?: UserStatus | undefined;
+
+  /**
+   * Prefix searched in username, e-mail, first and last name, ignoring case, when set.
+   *
+   * @generated from field: optional string q = 5;
+   */
+  q?: string | undefined;
+
+  /**
+   * Order, as arcana.user.v1.ListUsersRequest.sort; empty: by id.
+   *
+   * @generated from field: string sort = 6;
+   */
+  sort: string;
 };
 
 /**

@@ -9,30 +9,12 @@ import { Code, ConnectError, type Interceptor, type Transport } from '@connectrp
 import { ErrorInfoSchema } from '../../gen/proto/google/rpc/error_details_pb.js';
 import { AppError, RateLimitedError, retryAfterOf, UnavailableError, type ErrorCode, type FieldErrors } from '../domain/errors.ts';
 import type { Logger } from '../infrastructure/logger.ts';
-import { CONNECT_CODE } from '../controllers/rpc/interceptors.ts';
+import { CONNECT_CODE, isErrorCode } from '../domain/error-codes.ts';
 import { currentCallContext } from './call-context.ts';
 
 /** ErrorInfo.domain of errors that are Arcana Cloud's own domain errors. */
 export const ERROR_DOMAIN = 'arcana-cloud';
 const RETRY_AFTER = 'retryAfterSeconds';
-
-const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>(
-  Object.keys({
-    VALIDATION_ERROR: 0,
-    AUTHENTICATION_ERROR: 0,
-    AUTHORIZATION_ERROR: 0,
-    NOT_FOUND: 0,
-    CONFLICT: 0,
-    PAYLOAD_TOO_LARGE: 0,
-    UNSUPPORTED_MEDIA_TYPE: 0,
-    RATE_LIMITED: 0,
-    INTERNAL_ERROR: 0,
-    SERVICE_UNAVAILABLE: 0,
-    IDEMPOTENCY_KEY_REUSED: 0,
-    PRECONDITION_FAILED: 0,
-    LAST_ADMIN: 0,
-  } satisfies Record<ErrorCode, 0>) as ErrorCode[],
-);
 
 /** The message public clients see when a layer below cannot be reached. */
 export const UNAVAILABLE_MESSAGE = 'The service is temporarily unavailable, please try again shortly';
@@ -81,8 +63,8 @@ export function fromLayerError(error: unknown): Error {
   if (error instanceof AppError) return error;
   const connectError = ConnectError.from(error);
   const info = connectError.findDetails(ErrorInfoSchema).find((detail) => detail.domain === ERROR_DOMAIN);
-  if (info !== undefined && ERROR_CODES.has(info.reason)) {
-    return appErrorFrom(info.reason as ErrorCode, connectError.rawMessage, info.metadata, connectError);
+  if (info !== undefined && isErrorCode(info.reason)) {
+    return appErrorFrom(info.reason, connectError.rawMessage, info.metadata, connectError);
   }
   if (isTransportFailure(connectError)) return new UnavailableError(UNAVAILABLE_MESSAGE, connectError);
   // A bare `internal` (already logged where it happened) or a code no domain error maps to,

@@ -1,5 +1,6 @@
 import type { NextFunction, Request, Response } from 'express';
-import { AppError, NotFoundError, retryAfterOf, type ErrorCode } from '../../domain/errors.ts';
+import { ERROR_CODES } from '../../domain/error-codes.ts';
+import { AppError, NotFoundError, retryAfterOf } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { errorBody } from './envelope.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../client-edge.ts';
@@ -7,22 +8,6 @@ import { noFieldErrors } from '../edge-input.ts';
 
 /** body-parser's error type for a JSON body that is not UTF-8 (see rest-app.ts). */
 export const INVALID_UTF8 = 'entity.encoding.invalid';
-
-const STATUS: Record<ErrorCode, number> = {
-  VALIDATION_ERROR: 400,
-  AUTHENTICATION_ERROR: 401,
-  AUTHORIZATION_ERROR: 403,
-  NOT_FOUND: 404,
-  CONFLICT: 409,
-  PAYLOAD_TOO_LARGE: 413,
-  UNSUPPORTED_MEDIA_TYPE: 415,
-  RATE_LIMITED: 429,
-  INTERNAL_ERROR: 500,
-  SERVICE_UNAVAILABLE: 503,
-  IDEMPOTENCY_KEY_REUSED: 422,
-  PRECONDITION_FAILED: 412,
-  LAST_ADMIN: 409,
-};
 
 /** The shape of errors from body-parser and express-openapi-validator. */
 interface HttpLikeError {
@@ -50,7 +35,7 @@ export function notFoundHandler(_req: Request, _res: Response, next: NextFunctio
 export function createErrorHandler(options: { logger: Logger; exposeInternals: boolean }) {
   return (error: unknown, req: Request, res: Response, _next: NextFunction): void => {
     const appError = toAppError(error);
-    const status = appError === undefined ? 500 : STATUS[appError.code];
+    const status = appError === undefined ? 500 : ERROR_CODES[appError.code].http;
     if (status === 503) {
       // A dependency is down (Redis for login, or a layer below): one short line per request,
       // not a stack each, or an outage would bury everything else in the logs.

@@ -4,7 +4,8 @@ import { Code, ConnectError, type HandlerContext, type Interceptor } from '@conn
 import { create, type DescMessage } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
-import { AppError, RateLimitedError, retryAfterOf, type ErrorCode } from '../../domain/errors.ts';
+import { CONNECT_CODE } from '../../domain/error-codes.ts';
+import { AppError, RateLimitedError, retryAfterOf } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
@@ -15,25 +16,8 @@ import { bearerChallenge, NO_STORE_HEADERS } from '../client-edge.ts';
 import { runWithCallContext, timeoutFromHeaders } from '../../communication/call-context.ts';
 
 /** Domain error codes as Connect codes: the RPC twin of the REST status table. */
-export const CONNECT_CODE: Record<ErrorCode, Code> = {
-  VALIDATION_ERROR: Code.InvalidArgument,
-  AUTHENTICATION_ERROR: Code.Unauthenticated,
-  AUTHORIZATION_ERROR: Code.PermissionDenied,
-  NOT_FOUND: Code.NotFound,
-  CONFLICT: Code.AlreadyExists,
-  PAYLOAD_TOO_LARGE: Code.ResourceExhausted,
-  UNSUPPORTED_MEDIA_TYPE: Code.InvalidArgument,
-  RATE_LIMITED: Code.ResourceExhausted,
-  INTERNAL_ERROR: Code.Internal,
-  SERVICE_UNAVAILABLE: Code.Unavailable,
-  // The request is well formed; what stands in its way is state: the key's earlier request.
-  IDEMPOTENCY_KEY_REUSED: Code.FailedPrecondition,
-  // gRPC's documented code for a failed test-and-set the client should retry at a higher level.
-  PRECONDITION_FAILED: Code.Aborted,
-  // The system is not in a state the change requires (another active admin), which retrying
-  // alone cannot fix.
-  LAST_ADMIN: Code.FailedPrecondition,
-};
+/** See src/domain/error-codes.ts: one table for every protocol. */
+export { CONNECT_CODE };
 
 /**
  * Gives every RPC a request id (the caller's `x-request-id` when sane), returns it in the response

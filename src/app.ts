@@ -51,12 +51,13 @@ import { createRpcNodeHandler } from './controllers/rpc/rpc-node-handler.ts';
 import { createDatabase, type Database } from './infrastructure/database/database.ts';
 import { applyMigrations } from './infrastructure/database/migrations.ts';
 import type { Logger } from './infrastructure/logger.ts';
-import { MemoryCache, RedisCache, type Cache } from './infrastructure/cache.ts';
+import { countingCache, MemoryCache, RedisCache, type Cache } from './infrastructure/cache.ts';
 import { FixedWindowRateLimiter, MemoryCounterStore, RedisCounterStore, type CounterStore } from './infrastructure/rate-limiter.ts';
 import { createRedisClient, waitUntilReady, type Redis } from './infrastructure/redis/redis-client.ts';
 import { DeviceTokens } from './infrastructure/security/device-tokens.ts';
 import { loadCommonPasswords, PasswordHasher } from './infrastructure/security/password-hasher.ts';
 import { WorkGate } from './infrastructure/work-gate.ts';
+import { Metrics } from './infrastructure/metrics.ts';
 import { TokenCodec } from './infrastructure/security/token-codec.ts';
 import { CachedTokenRepository } from './repositories/cached-token-repository.ts';
 import { CachedUserRepository } from './repositories/cached-user-repository.ts';
@@ -69,7 +70,7 @@ import { IdempotentRequests } from './services/idempotency.ts';
 import { AuthUseCases, type AuthService } from './services/auth-use-cases.ts';
 import { ensureBootstrapAdmin } from './services/bootstrap-admin.ts';
 import { UserUseCases, type UserService } from './services/user-use-cases.ts';
-import { AuditUseCases, type AuditService } from './services/audit-use-cases.ts';
+import { AuditUseCases, type AuditEventInput, type AuditLog, type AuditService } from './services/audit-use-cases.ts';
 import { createJobRunner, type JobRunner } from './jobs/job-runner.ts';
 
 const ROOT = join(import.meta.dirname, '..');
@@ -94,6 +95,8 @@ export interface Application {
   audit?: AuditService | undefined;
   /** Background work, in a process that holds the service layer. */
   jobs?: JobRunner | undefined;
+  /** Prometheus metrics, when METRICS_PORT is set: serve `metrics.registry` on that port. */
+  metrics?: Metrics | undefined;
   /**
    * Ends what would otherwise outlive a graceful shutdown: health watches are told NOT_SERVING
    * and completed, and health checks answer NOT_SERVING from then on. Call before draining.
@@ -129,6 +132,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
   const close = async () => {
     for (const closeOne of closers.reverse()) await closeOne();
   };
+  const metrics = config.metrics.port === 0 ? undefined : new Metrics();
   const transportTo = (target: string, urls: readonly string[]): Transport =>
     createLayerTransport({
       target,
@@ -138,6 +142,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
       retries: config.deployment.internalRetries,
       secret: config.deployment.internalSecret,
       logger,
+      metrics,
     });
   /** A downstream layer is ready when one of its processes says it is serving. */
   const downstreamReady = (transport: Transport): ReadinessCheck => async () => {
@@ -151,17 +156,19 @@ export async function createApplication(config: Config, logger: Logger): Promise
     // in the process that holds the repository layer (counters reach it over its API).
     let cache: Cache = new MemoryCache();
     let redis: Redis | undefined;
+    let redisCache: RedisCache | undefined;
     if (config.redis !== undefined) {
       redis = createRedisClient({
         url: config.redis.url,
         logger,
         name: 'arcana-cache',
         // Invalidations may have been lost while Redis was unreachable.
-        onReconnect: () => void (cache instanceof RedisCache ? cache.flush() : undefined),
+        onReconnect: () => void redisCache?.flush(),
       });
       const client = redis;
       closers.push(() => client.disconnect());
-      cache = new RedisCache(redis, `${config.redis.keyPrefix}cache:`, logger);
+      redisCache = new RedisCache(redis, `${config.redis.keyPrefix}cache:`, logger);
+      cache = redisCache;
       if (!(await waitUntilReady(redis, 3_000))) logger.warn('redis not reachable at start-up; serving from the database');
     }
     const prefix = config.redis?.keyPrefix ?? '';
@@ -170,9 +177,11 @@ export async function createApplication(config: Config, logger: Logger): Promise
     // ---- repository layer: here, or a client of the repository processes.
     let database: Database | undefined;
     let repositories: Repositories | undefined;
+    if (metrics !== undefined) cache = countingCache(cache, metrics);
     if (holds.repository) {
       const db = await createDatabase(config.database);
       database = db;
+      metrics?.counterFrom('arcana_db_queries_total', 'Queries this process sent to the database', () => db.queryCount());
       closers.push(() => db.close());
       const applied = await applyMigrations(db, MIGRATIONS_PATH);
       if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
@@ -215,6 +224,8 @@ export async function createApplication(config: Config, logger: Logger): Promise
       // round doubles it. The gate's estimate adapts to what it measures from the first hash on.
       const hashGate = new WorkGate({ ...config.passwordHashing, estimateMs: 210 * 2 ** (config.bcryptRounds - 12) });
       const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords(), hashGate);
+      metrics?.gauge('arcana_password_hashes_running', 'bcrypt hashes and comparisons running now', () => hashGate.running);
+      metrics?.gauge('arcana_password_hashes_waiting', 'bcrypt hashes and comparisons waiting for a slot (PASSWORD_HASH_QUEUE_MAX)', () => hashGate.waiting);
       // Off the path to listening: a login that comes before the throwaway hash is ready waits
       // for the same computation rather than starting another.
       void passwords.warmUp().catch((error: unknown) => logger.warn({ err: String(error) }, 'bcrypt warm-up failed'));
@@ -232,7 +243,17 @@ export async function createApplication(config: Config, logger: Logger): Promise
       const throttle = new LoginThrottle({ counters: repositories.counters, ...config.login });
       const devices = new DeviceTokens({ secret: config.jwt.secret, ttlSeconds: config.login.knownDeviceTtlSeconds });
       const idempotency = new IdempotentRequests({ records: repositories.idempotency, secret: config.jwt.secret });
-      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: runner.audit, idempotency };
+      // Every audited security event is also counted (logins by outcome, lockouts, token reuse).
+      const auditLog: AuditLog =
+        metrics === undefined
+          ? runner.audit
+          : {
+              record: (event: AuditEventInput) => {
+                metrics.securityEvent(event.type, event.details?.reason);
+                runner.audit.record(event);
+              },
+            };
+      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: auditLog, idempotency };
       if (holds.auth) {
         const codec = new TokenCodec({
           secret: config.jwt.secret,
@@ -268,8 +289,8 @@ export async function createApplication(config: Config, logger: Logger): Promise
           readiness['user-service'] = downstreamReady(userTransport);
         }
       }
-      const facades = await createPublicFacades(config, logger, { auth, users, audit, counters: sharedCounters, readiness, health });
-      return { ...facades, readiness, database, auth, users, audit, jobs, drain, close };
+      const facades = await createPublicFacades(config, logger, { auth, users, audit, counters: sharedCounters, readiness, health, metrics });
+      return { ...facades, readiness, database, auth, users, audit, jobs, metrics, drain, close };
     }
 
     // ---- an internal layer process: its API for the layer above, plus /health and /ready.
@@ -292,7 +313,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
     probes.use(createErrorHandler({ logger, exposeInternals: false }));
     const rpcOnly = createRpcNodeHandler(layerRpc);
     const rpcOrProbes = createRpcNodeHandler({ ...layerRpc, fallback: (req, res) => probes(req as IncomingMessage, res as ServerResponse) });
-    return { http: rpcOrProbes, http2: rpcOnly, readiness, database, auth, users, audit, jobs, drain, close };
+    return { http: rpcOrProbes, http2: rpcOnly, readiness, database, auth, users, audit, jobs, metrics, drain, close };
   } catch (error) {
     await close();
     throw error;
@@ -310,9 +331,10 @@ async function createPublicFacades(
     counters: CounterStore | undefined;
     readiness: Record<string, ReadinessCheck>;
     health: HealthWatchOptions;
+    metrics: Metrics | undefined;
   },
 ): Promise<Pick<Application, 'http' | 'http2' | 'rest'>> {
-  const { auth, users, audit, readiness } = deps;
+  const { auth, users, audit, readiness, metrics } = deps;
   // One limiter for both facades: a client's budget is the same whichever protocol it uses. If
   // Redis fails it falls back to counting in this process rather than refusing the API.
   const rateLimiter = config.rateLimit.enabled
@@ -327,6 +349,7 @@ async function createPublicFacades(
   const resolveClient = createClientAddressResolver(config.server.trustProxy);
 
   const rest = createRestApp({
+    metrics: deps.metrics,
     apiSpecPath: OPENAPI_PATH,
     auth,
     users,
@@ -346,7 +369,7 @@ async function createPublicFacades(
   const rpcOptions = {
     routes: createConnectRoutes({ auth, users, audit, readiness, health: deps.health }),
     interceptors: [
-      requestContextInterceptor(logger),
+      requestContextInterceptor(logger, metrics),
       errorInterceptor({ logger, exposeInternals }),
       validationInterceptor(new RequestValidator(openapi)),
     ],

@@ -42,6 +42,8 @@ const EnvSchema = z.object({
   NODE_ENV: z.enum(['development', 'test', 'testing', 'production']).optional(),
   HOST: z.string().default('0.0.0.0'),
   PORT: int(3000, 0, 65535),
+  METRICS_PORT: int(0, 0, 65_535),
+  METRICS_HOST: z.string().min(1).default('0.0.0.0'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   TRUST_PROXY: z.string().default('false'),
   BODY_LIMIT: z
@@ -177,6 +179,8 @@ export function loadConfig(env: Environment) {
     },
     health: { watchIntervalMs: e.HEALTH_WATCH_INTERVAL_MS, maxWatches: e.HEALTH_WATCH_MAX },
     logLevel: e.LOG_LEVEL,
+    /** Prometheus metrics on a port of their own; 0 (the default) serves none. */
+    metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST },
     database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR },
     redis: e.REDIS_URL === undefined ? undefined : { url: e.REDIS_URL, keyPrefix: e.REDIS_KEY_PREFIX },
     cacheTtlSeconds: e.CACHE_TTL_SECONDS,

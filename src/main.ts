@@ -2,6 +2,7 @@
 import { createApplication } from './app.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { createLogger } from './infrastructure/logger.ts';
+import { serveMetrics } from './infrastructure/metrics.ts';
 import { createDualProtocolServer } from './server.ts';
 
 async function main(): Promise<void> {
@@ -45,6 +46,10 @@ async function main(): Promise<void> {
     'arcana-cloud listening',
   );
 
+  // Prometheus metrics on their own port, never on the public one.
+  const metricsServer = app.metrics === undefined ? undefined : await serveMetrics(app.metrics, config.metrics.port, config.metrics.host);
+  if (metricsServer !== undefined) logger.info({ port: metricsServer.port }, 'metrics served at /metrics');
+
   let stopping = false;
   const shutdown = (signal: string): void => {
     if (stopping) return;
@@ -58,6 +63,7 @@ async function main(): Promise<void> {
     // Health watches never end by themselves; the drain would wait for them until forced.
     app.drain();
     void close().then(async () => {
+      await metricsServer?.close();
       await app.close();
       logger.info('shutdown complete');
       process.exit(0);

@@ -9,6 +9,8 @@ import { connect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../infrastructure/logger.ts';
+import type { Metrics } from '../infrastructure/metrics.ts';
+import { AppError } from '../domain/errors.ts';
 import { currentCallContext, remainingMs } from './call-context.ts';
 
 /**
@@ -33,6 +35,8 @@ export interface LayerTransportOptions {
   /** The deployment's INTERNAL_API_SECRET, presented on every call. */
   secret?: string | undefined;
   logger: Logger;
+  /** Where call counts and latencies go, when metrics are on. */
+  metrics?: Metrics | undefined;
   /** First backoff step; each further attempt doubles it, up to `maxBackoffMs`, with full jitter. */
   backoffMs?: number;
   maxBackoffMs?: number;
@@ -75,31 +79,46 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
 
   const expired = () => fromLayerError(new ConnectError('the request deadline passed before the call could be made', Code.DeadlineExceeded));
 
-  return {
-    async unary(method, callSignal, timeoutMs, header, input, contextValues) {
-      const { headers, deadline, idempotency } = prepare(header, timeoutMs);
-      // A request whose client has gone cancels its calls to the layers below, so that they stop
-      // (and never start bcrypt) for an answer nobody will receive.
-      const signal = callSignal ?? currentCallContext()?.signal;
-      for (let attempt = 0; ; attempt += 1) {
-        const left = deadline - Date.now();
-        if (left <= 0) throw expired();
-        try {
-          const response = await pick().unary(method, signal, left, headers, input, contextValues);
-          if (idempotency !== undefined && response.header.get(INTERNAL_REPLAYED_HEADER) === 'true') idempotency.replayed = true;
-          return response;
-        } catch (error) {
-          const connectError = ConnectError.from(error);
-          const delay = Math.min(maxBackoffMs, backoffMs * 2 ** attempt) * random();
-          if (attempt >= options.retries || !isRetryable(method, connectError) || Date.now() + delay >= deadline || signal?.aborted === true) {
-            throw fromLayerError(connectError);
-          }
-          options.logger.warn(
-            { target: options.target, procedure: `${method.parent.typeName}/${method.name}`, attempt: attempt + 1, code: Code[connectError.code], cause: socketErrorCode(connectError) },
-            'internal call failed; retrying',
-          );
-          await sleep(delay);
+  const unaryTransport: Transport['unary'] = async (method, callSignal, timeoutMs, header, input, contextValues) => {
+    const { headers, deadline, idempotency } = prepare(header, timeoutMs);
+    // A request whose client has gone cancels its calls to the layers below, so that they stop
+    // (and never start bcrypt) for an answer nobody will receive.
+    const signal = callSignal ?? currentCallContext()?.signal;
+    for (let attempt = 0; ; attempt += 1) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw expired();
+      try {
+        const response = await pick().unary(method, signal, left, headers, input, contextValues);
+        if (idempotency !== undefined && response.header.get(INTERNAL_REPLAYED_HEADER) === 'true') idempotency.replayed = true;
+        return response;
+      } catch (error) {
+        const connectError = ConnectError.from(error);
+        const delay = Math.min(maxBackoffMs, backoffMs * 2 ** attempt) * random();
+        if (attempt >= options.retries || !isRetryable(method, connectError) || Date.now() + delay >= deadline || signal?.aborted === true) {
+          throw fromLayerError(connectError);
         }
+        options.logger.warn(
+          { target: options.target, procedure: `${method.parent.typeName}/${method.name}`, attempt: attempt + 1, code: Code[connectError.code], cause: socketErrorCode(connectError) },
+          'internal call failed; retrying',
+        );
+        await sleep(delay);
+      }
+    }
+  };
+
+  return {
+    async unary(method, signal, timeoutMs, header, input, contextValues) {
+      if (options.metrics === undefined) return unaryTransport(method, signal, timeoutMs, header, input, contextValues);
+      const started = performance.now();
+      const procedure = `${method.parent.typeName}/${method.name}`;
+      try {
+        const response = await unaryTransport(method, signal, timeoutMs, header, input, contextValues);
+        options.metrics.internalCall(options.target, procedure, 'ok', (performance.now() - started) / 1000);
+        return response;
+      } catch (error) {
+        const outcome = error instanceof AppError ? error.code : 'failed';
+        options.metrics.internalCall(options.target, procedure, outcome, (performance.now() - started) / 1000);
+        throw error;
       }
     },
     async stream(method, callSignal, timeoutMs, header, input, contextValues) {

@@ -115,3 +115,16 @@ export class RedisCache implements Cache {
     }
   }
 }
+
+/** The cache, with every lookup counted as a hit or a miss. */
+export function countingCache(cache: Cache, metrics: { cacheLookup(hit: boolean): void }): Cache {
+  return {
+    async get<T>(key: string): Promise<T | undefined> {
+      const value = await cache.get<T>(key);
+      metrics.cacheLookup(value !== undefined);
+      return value;
+    },
+    set: (key, value, ttlSeconds) => cache.set(key, value, ttlSeconds),
+    delete: (...keys) => cache.delete(...keys),
+  };
+}

@@ -39,6 +39,16 @@ export class WorkGate {
     this.#now = options.now ?? Date.now;
   }
 
+  /** Pieces of work running now. */
+  get running(): number {
+    return this.#running;
+  }
+
+  /** Pieces of work waiting for a slot. */
+  get waiting(): number {
+    return this.#queue.length;
+  }
+
   /** How long one piece of work takes, on average, as measured so far. */
   get averageMs(): number {
     return this.#averageMs;

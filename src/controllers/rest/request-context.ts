@@ -2,6 +2,7 @@ import type { NextFunction, Request, Response } from 'express';
 import type { Actor, ClientInfo } from '../../domain/actor.ts';
 import type { ClientAddressResolver } from '../../infrastructure/client-address.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
+import type { Metrics } from '../../infrastructure/metrics.ts';
 import { resolveClientInfo } from '../client-edge.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { runWithCallContext } from '../../communication/call-context.ts';
@@ -25,7 +26,7 @@ declare global {
  * resolves its client by the same rule as the RPC facade, echoes the id in the response and logs
  * one line per request when it finishes.
  */
-export function requestContext(logger: Logger, resolveClient: ClientAddressResolver) {
+export function requestContext(logger: Logger, resolveClient: ClientAddressResolver, metrics?: Metrics) {
   return (req: Request, res: Response, next: NextFunction): void => {
     const incoming = req.get('x-request-id');
     const requestId = requestIdFrom(incoming);
@@ -35,6 +36,9 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
     const started = process.hrtime.bigint();
     res.on('finish', () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
+      // The operation's path template, never the path itself: a label must not take values
+      // that clients choose.
+      metrics?.httpRequest((req as { openapi?: { openApiRoute?: string } }).openapi?.openApiRoute ?? 'unmatched', req.method, res.statusCode, durationMs / 1000);
       const level = res.statusCode === 503 ? 'warn' : res.statusCode >= 500 ? 'error' : 'info';
       logger[level](
         {

@@ -17,6 +17,7 @@ import { createOpenApiValidation } from './openapi-validation.ts';
 import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
 import { requestContext } from './request-context.ts';
+import type { Metrics } from '../../infrastructure/metrics.ts';
 import { securityHeaders } from './security-headers.ts';
 import { createSystemRoutes, type ReadinessCheck } from './system-routes.ts';
 import { createUserRoutes } from './user-routes.ts';
@@ -38,6 +39,8 @@ export interface RestAppOptions {
   exposeInternals: boolean;
   info: components['schemas']['PublicInfo'];
   readiness: Record<string, ReadinessCheck>;
+  /** Where request counts and latencies go, when metrics are on. */
+  metrics?: Metrics | undefined;
 }
 
 /**
@@ -50,7 +53,7 @@ export function createRestApp(options: RestAppOptions): Express {
   // Express's own view (req.ip, req.secure) follows the same predicate as the edge's resolver.
   app.set('trust proxy', compileTrust(options.trustProxy));
 
-  app.use(requestContext(options.logger, options.resolveClient));
+  app.use(requestContext(options.logger, options.resolveClient, options.metrics));
   app.use(securityHeaders());
   app.use(compression());
 

@@ -7,6 +7,7 @@ import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc
 import { CONNECT_CODE } from '../../domain/error-codes.ts';
 import { AppError, RateLimitedError, retryAfterOf } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
+import { rpcProtocolOf, type Metrics } from '../../infrastructure/metrics.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
@@ -24,22 +25,21 @@ export { CONNECT_CODE };
  * headers (or error metadata) and logs one line per call. The id, and the deadline a gRPC or
  * Connect client may set, go with every call the RPC makes to other layers.
  */
-export function requestContextInterceptor(logger: Logger): Interceptor {
+export function requestContextInterceptor(logger: Logger, metrics?: Metrics): Interceptor {
   return (next) => (req) => {
     const requestId = requestIdFrom(req.header.get('x-request-id'));
     req.contextValues.set(requestIdKey, requestId);
     const timeoutMs = timeoutFromHeaders(req.header);
     const started = process.hrtime.bigint();
-    const log = (code: string) =>
+    const log = (code: string) => {
+      const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
+      const procedure = `${req.service.typeName}/${req.method.name}`;
+      metrics?.rpcRequest(procedure, rpcProtocolOf(req.header.get('content-type')), code, durationMs / 1000);
       logger[code === 'internal' || code === 'unknown' ? 'error' : 'info'](
-        {
-          requestId,
-          procedure: `${req.service.typeName}/${req.method.name}`,
-          code,
-          durationMs: Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100,
-        },
+        { requestId, procedure, code, durationMs: Math.round(durationMs * 100) / 100 },
         'rpc completed',
       );
+    };
     return runWithCallContext({ requestId, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal }, async () => {
       try {
         const res = await next(req);

@@ -23,7 +23,6 @@ import {
   type ServerHttp2Session,
 } from 'node:http2';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
-import { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
 import { addressKey, compileTrust, type TrustProxySetting } from './infrastructure/client-address.ts';
 import type { Logger } from './infrastructure/logger.ts';
@@ -127,10 +126,19 @@ export function createDualProtocolServer(
     peek(socket, limits.protocolDetectionTimeoutMs, (isHttp2, head) => {
       detecting.delete(socket);
       if (isHttp2) {
-        h2.emit('connection', replaying(socket, head));
+        // Node's HTTP/2 session reads the socket's native handle, and first takes what is
+        // already buffered in the socket (the bytes read here), so the socket is handed over
+        // as it is: no JavaScript stream between nghttp2 and the connection.
+        // The socket is left paused: the session's first read of the buffered bytes starts the
+        // native reads, while resuming it here would let the JavaScript stream drain those bytes
+        // into the void before the session looks.
+        socket.unshift(head);
+        lingerAfterEnd(socket);
+        h2.emit('connection', socket);
       } else {
         socket.unshift(head);
         h1.emit('connection', socket);
+        socket.resume();
       }
     });
     socket.once('close', () => detecting.delete(socket));
@@ -162,7 +170,7 @@ export function createDualProtocolServer(
 }
 
 /**
- * Reads until the first bytes decide the protocol, then hands them over with the socket. The
+ * Reads until the first bytes decide the protocol, then hands them over with the paused socket. The
  * decision has a deadline from accept: a peer that sends nothing, or a preface a byte at a time,
  * is dropped when it passes.
  */
@@ -180,7 +188,6 @@ function peek(socket: Socket, deadlineMs: number, route: (isHttp2: boolean, head
     socket.off('close', onClose);
     socket.pause();
     route(isPrefix, seen);
-    socket.resume();
   };
   const onError = () => socket.destroy();
   const onClose = () => clearTimeout(deadline);
@@ -298,8 +305,8 @@ function rateLimitedWarning(logger: Logger | undefined, message: string): (field
 }
 
 /**
- * The peer address of a request's socket. Over prior-knowledge HTTP/2 the socket Node exposes
- * wraps the replaying stream below and knows no address itself; the stream does.
+ * The peer address of a request's socket. Kept tolerant of a socket that wraps a stream (the
+ * address is then the stream's), as Node's HTTP/2 request socket does for non-native streams.
  */
 export function remoteAddressOf(socket: unknown): string | undefined {
   const direct = (socket as { remoteAddress?: string } | undefined)?.remoteAddress;
@@ -308,43 +315,10 @@ export function remoteAddressOf(socket: unknown): string | undefined {
 }
 
 /**
- * The socket as a stream that first replays `head`. Node's HTTP/2 server reads a TCP socket's
- * native handle directly, so bytes already read and unshifted would never reach it; given a plain
- * Duplex it reads through JavaScript instead and sees them.
+ * Once the HTTP/2 session has ended the connection (GOAWAY sent, our side closed), the peer gets
+ * LINGER_MS to close its side; one that never does would otherwise hold the socket half-open
+ * forever, since Node waits for the peer before destroying it.
  */
-function replaying(socket: Socket, head: Buffer): Duplex {
-  const stream = new Duplex({
-    read() {
-      socket.resume();
-    },
-    write(chunk: Buffer, _encoding, callback) {
-      socket.write(chunk, callback);
-    },
-    final(callback) {
-      // The session has ended the connection (GOAWAY sent); a peer that never closes its side
-      // would otherwise hold the socket half-open forever.
-      setTimeout(() => socket.destroy(), LINGER_MS).unref();
-      socket.end(callback);
-    },
-    destroy(error, callback) {
-      socket.destroy(error ?? undefined);
-      callback(error);
-    },
-  });
-  stream.push(head);
-  socket.on('data', (chunk: Buffer) => {
-    if (!stream.push(chunk)) socket.pause();
-  });
-  socket.on('end', () => stream.push(null));
-  socket.on('error', (error) => stream.destroy(error));
-  socket.on('close', () => stream.destroy());
-  // Handlers read the peer's address from the request's socket.
-  Object.defineProperties(stream, {
-    remoteAddress: { get: () => socket.remoteAddress },
-    remotePort: { get: () => socket.remotePort },
-    remoteFamily: { get: () => socket.remoteFamily },
-    localAddress: { get: () => socket.localAddress },
-    localPort: { get: () => socket.localPort },
-  });
-  return stream;
+function lingerAfterEnd(socket: Socket): void {
+  socket.once('finish', () => setTimeout(() => socket.destroy(), LINGER_MS).unref());
 }

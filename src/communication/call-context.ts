@@ -18,6 +18,11 @@ export interface CallContext {
    * that operation answered with a stored answer (set by the service layer, read by the edge).
    */
   idempotency?: IdempotentCall | undefined;
+  /**
+   * Reads already made for this request, by key (see `readOnce`), so that one request reading
+   * the same record twice (the caller's profile: once to authenticate, once to answer) pays once.
+   */
+  reads?: Map<string, Promise<unknown>> | undefined;
 }
 
 /** An operation called with an Idempotency-Key. */
@@ -108,4 +113,29 @@ export function timeoutFromHeaders(header: Headers): number | undefined {
   if (grpc === null) return undefined;
   const unitMs = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 }[grpc[2] as 'H' | 'M' | 'S' | 'm' | 'u' | 'n'];
   return Number(grpc[1]) * unitMs;
+}
+
+/**
+ * `read()`, made at most once per request for `key`: a second caller in the same request gets
+ * the first one's answer, a snapshot taken within the request. Outside a request it just reads.
+ * A write to the record must call `forgetRead(key)` so that the rest of the request reads anew.
+ */
+export function readOnce<T>(key: string, read: () => Promise<T>): Promise<T> {
+  const context = storage.getStore();
+  if (context === undefined) return read();
+  const reads = (context.reads ??= new Map());
+  const known = reads.get(key);
+  if (known !== undefined) return known as Promise<T>;
+  const reading = read();
+  reads.set(key, reading);
+  // A failed read is not remembered: the next caller tries again.
+  reading.catch(() => {
+    if (reads.get(key) === reading) reads.delete(key);
+  });
+  return reading;
+}
+
+/** Drops what `readOnce` remembered for `key` in the current request (the record was written). */
+export function forgetRead(key: string): void {
+  storage.getStore()?.reads?.delete(key);
 }

@@ -28,39 +28,83 @@ function parseCached<T>(json: string): T {
   return value as T;
 }
 
-/** In-process cache for a single process (no REDIS_URL). */
-export class MemoryCache implements Cache {
-  readonly #entries = new Map<string, { json: string; expiresAt: number }>();
-  readonly #now: () => number;
+/** The bounds of a MemoryCache; both hold at every moment. */
+export interface MemoryCacheLimits {
+  /** Entries at most. */
+  maxEntries: number;
+  /**
+   * Bytes at most, as estimated by `entryBytes`: a few thousand users' profiles fill a MiB, so
+   * the default keeps the cache a small, fixed share of a 512 MiB pod.
+   */
+  maxBytes: number;
+}
 
-  constructor(now: () => number = Date.now) {
+export const MEMORY_CACHE_LIMITS: MemoryCacheLimits = { maxEntries: 100_000, maxBytes: 32 * 1024 * 1024 };
+
+/**
+ * What an entry holds on the heap, estimated from above: V8 stores a string in one or two bytes
+ * per UTF-16 code unit, so two are counted, plus the Map slot and the entry object.
+ */
+export function entryBytes(key: string, json: string): number {
+  return 2 * (key.length + json.length) + 96;
+}
+
+/**
+ * In-process cache for a single process (no REDIS_URL), bounded in entries and in bytes. When a
+ * new entry would break a bound, the oldest entries written go first (insertion order, which a
+ * Map keeps), at O(1) per write; with one TTL per kind of entry the oldest are also the first to
+ * expire. A cache-aside read of an evicted entry only goes to the database.
+ */
+export class MemoryCache implements Cache {
+  readonly #entries = new Map<string, { json: string; expiresAt: number; bytes: number }>();
+  readonly #now: () => number;
+  readonly #limits: MemoryCacheLimits;
+  #bytes = 0;
+
+  constructor(now: () => number = Date.now, limits: MemoryCacheLimits = MEMORY_CACHE_LIMITS) {
     this.#now = now;
+    this.#limits = limits;
+  }
+
+  /** Entries and estimated bytes held now. */
+  get size(): { entries: number; bytes: number } {
+    return { entries: this.#entries.size, bytes: this.#bytes };
   }
 
   async get<T>(key: string): Promise<T | undefined> {
     const entry = this.#entries.get(key);
     if (entry === undefined) return undefined;
     if (entry.expiresAt <= this.#now()) {
-      this.#entries.delete(key);
+      this.#remove(key);
       return undefined;
     }
     return parseCached<T>(entry.json);
   }
 
   async set(key: string, value: unknown, ttlSeconds: number): Promise<void> {
-    if (this.#entries.size >= 100_000) this.#sweep();
-    this.#entries.set(key, { json: JSON.stringify(value), expiresAt: this.#now() + ttlSeconds * 1000 });
+    const json = JSON.stringify(value);
+    const bytes = entryBytes(key, json);
+    // Written again, an entry becomes the newest.
+    this.#remove(key);
+    // An entry larger than the whole bound is not cached at all.
+    if (bytes > this.#limits.maxBytes) return;
+    for (const oldest of this.#entries.keys()) {
+      if (this.#entries.size < this.#limits.maxEntries && this.#bytes + bytes <= this.#limits.maxBytes) break;
+      this.#remove(oldest);
+    }
+    this.#entries.set(key, { json, expiresAt: this.#now() + ttlSeconds * 1000, bytes });
+    this.#bytes += bytes;
   }
 
   async delete(...keys: string[]): Promise<void> {
-    for (const key of keys) this.#entries.delete(key);
+    for (const key of keys) this.#remove(key);
   }
 
-  #sweep(): void {
-    const now = this.#now();
-    for (const [key, entry] of this.#entries) if (entry.expiresAt <= now) this.#entries.delete(key);
-    // Still full of live entries: start over rather than grow without bound.
-    if (this.#entries.size >= 100_000) this.#entries.clear();
+  #remove(key: string): void {
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return;
+    this.#entries.delete(key);
+    this.#bytes -= entry.bytes;
   }
 }
 

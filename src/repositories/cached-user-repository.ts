@@ -1,3 +1,4 @@
+import { forgetRead, readOnce } from '../communication/call-context.ts';
 import type { Cache } from '../infrastructure/cache.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository } from './user-repository.ts';
 
@@ -23,7 +24,16 @@ export class CachedUserRepository implements UserRepository {
     return this.#inner.findById(id);
   }
 
-  async findProfile(id: number): Promise<UserProfile | null> {
+  /**
+   * Read once per request: authenticating reads the caller's profile and GET user or /me reads
+   * it again; the second read takes the first's answer. A write (below) forgets it, and the
+   * next request reads the cache again, so a role change still applies from the next request.
+   */
+  findProfile(id: number): Promise<UserProfile | null> {
+    return readOnce(userCacheKey(id), () => this.#readProfile(id));
+  }
+
+  async #readProfile(id: number): Promise<UserProfile | null> {
     const cached = await this.#cache.get<UserProfile>(userCacheKey(id));
     if (cached !== undefined) return cached;
     const profile = await this.#inner.findProfile(id);
@@ -47,6 +57,7 @@ export class CachedUserRepository implements UserRepository {
     try {
       return await this.#inner.update(id, changes, expected);
     } finally {
+      forgetRead(userCacheKey(id));
       await this.#cache.delete(userCacheKey(id));
     }
   }
@@ -55,6 +66,7 @@ export class CachedUserRepository implements UserRepository {
     try {
       return await this.#inner.delete(id, expectedVersion);
     } finally {
+      forgetRead(userCacheKey(id));
       await this.#cache.delete(userCacheKey(id));
     }
   }
@@ -65,6 +77,7 @@ export class CachedUserRepository implements UserRepository {
 
   async recordLogin(id: number, at: Date) {
     await this.#inner.recordLogin(id, at);
+    forgetRead(userCacheKey(id));
     await this.#cache.delete(userCacheKey(id));
   }
 }

@@ -10,7 +10,7 @@
 // accepts is one connect-es accepts; its verdicts differ only in the code and message.
 // Only calls with a single request message (unary and server-streaming) are decoded here; the
 // bytes read are handed on to connect-es unchanged.
-import { type BinaryReadOptions, type DescEnum, type DescMessage, type DescMethod, type JsonReadOptions } from '@bufbuild/protobuf';
+import { type BinaryReadOptions, type DescEnum, type DescMessage, type DescMethod, type JsonReadOptions, type Message } from '@bufbuild/protobuf';
 import { isFieldError } from '@bufbuild/protobuf/reflect';
 import { base64Decode } from '@bufbuild/protobuf/wire';
 import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
@@ -60,8 +60,11 @@ const PASS_THROUGH = new Set([Code.InvalidArgument, Code.ResourceExhausted, Code
 
 const ENVELOPE_HEADER_BYTES = 5;
 
-/** Throws what the client should be told when connect-es would fail to decode this call's request. */
-export type RequestDecoder = (context: HandlerContext, readBody: ReadBody) => Promise<void>;
+/**
+ * Throws what the client should be told when connect-es would fail to decode this call's request;
+ * otherwise resolves to the request message (undefined for the calls it does not decode).
+ */
+export type RequestDecoder = (context: HandlerContext, readBody: ReadBody) => Promise<Message | undefined>;
 
 export function createRequestDecoder(options: RequestDecoderOptions): RequestDecoder {
   const serializations = new WeakMap<DescMethod, MethodSerializationLookup>();
@@ -77,10 +80,8 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
     return lookup;
   };
 
-  const parse = (method: DescMethod, binary: boolean, bytes: Uint8Array) => {
-    if (binary) parseBinary(serializationOf(method), bytes);
-    else parseJson(method.input, serializationOf(method), bytes);
-  };
+  const parse = (method: DescMethod, binary: boolean, bytes: Uint8Array): Message =>
+    binary ? parseBinary(serializationOf(method), bytes) : parseJson(method.input, serializationOf(method), bytes);
 
   const decompress = async (compression: Compression | null, bytes: Uint8Array): Promise<Uint8Array> => {
     if (compression === null) return bytes;
@@ -102,7 +103,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
 
   return async (context, readBody) => {
     const { method } = context;
-    if (method.methodKind !== 'unary' && method.methodKind !== 'server_streaming') return;
+    if (method.methodKind !== 'unary' && method.methodKind !== 'server_streaming') return undefined;
     const read = async (maxBytes: number, lengthHint: string | null) => {
       try {
         return await readBody(maxBytes, lengthHint);
@@ -127,15 +128,13 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
         } else {
           bytes = new TextEncoder().encode(message);
         }
-        parse(method, query.get('encoding') === 'proto', await decompress(compression, bytes));
-        return;
+        return parse(method, query.get('encoding') === 'proto', await decompress(compression, bytes));
       }
       const type = parseConnectContentType(context.requestHeader.get('content-type'));
-      if (type === undefined) return;
+      if (type === undefined) return undefined;
       const compression = negotiate(context.requestHeader.get(headerUnaryEncoding), headerUnaryAcceptEncoding);
       const bytes = await read(options.readMaxBytes, context.requestHeader.get(headerUnaryContentLength));
-      parse(method, type.binary, await decompress(compression, bytes));
-      return;
+      return parse(method, type.binary, await decompress(compression, bytes));
     }
     // Every other protocol frames messages in envelopes.
     let binary: boolean;
@@ -143,7 +142,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
     let acceptHeader: string;
     if (context.protocolName === 'connect') {
       const type = parseConnectContentType(context.requestHeader.get('content-type'));
-      if (type === undefined) return;
+      if (type === undefined) return undefined;
       binary = type.binary;
       requested = context.requestHeader.get(headerStreamEncoding);
       acceptHeader = headerStreamAcceptEncoding;
@@ -152,7 +151,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
         context.protocolName === 'grpc'
           ? parseGrpcContentType(context.requestHeader.get('content-type'))
           : parseGrpcWebContentType(context.requestHeader.get('content-type'));
-      if (type === undefined) return;
+      if (type === undefined) return undefined;
       binary = type.binary;
       requested = context.requestHeader.get(headerGrpcEncoding);
       acceptHeader = headerGrpcAcceptEncoding;
@@ -179,13 +178,13 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
     // The same answers connect-es gives when it finds these.
     if (messages.length === 0) throw new ConnectError(`protocol error: missing input message for ${kind} method`, Code.Unimplemented);
     if (messages.length > 1) throw new ConnectError(`protocol error: received extra input message for ${kind} method`, Code.Unimplemented);
-    parse(method, binary, messages[0] ?? new Uint8Array(0));
+    return parse(method, binary, messages[0] ?? new Uint8Array(0));
   };
 }
 
-function parseBinary(serialization: MethodSerializationLookup, bytes: Uint8Array): void {
+function parseBinary(serialization: MethodSerializationLookup, bytes: Uint8Array): Message {
   try {
-    serialization.getI(true).parse(bytes);
+    return serialization.getI(true).parse(bytes);
   } catch (error) {
     if (error instanceof ConnectError && error.code === Code.ResourceExhausted) throw error;
     // The decoder's reasons ("premature EOF", "invalid wire type 7") name no content.
@@ -200,7 +199,7 @@ function parseBinary(serialization: MethodSerializationLookup, bytes: Uint8Array
  * Messages here are fixed or name fields; the decoder's own words, which may quote the values
  * sent, only reach the client, in the field violation.
  */
-function parseJson(desc: DescMessage, serialization: MethodSerializationLookup, bytes: Uint8Array): void {
+function parseJson(desc: DescMessage, serialization: MethodSerializationLookup, bytes: Uint8Array): Message {
   // connect-es would decode invalid UTF-8 as U+FFFD: text other than what was sent.
   if (!isUtf8(bytes)) throw new ValidationError('Request body is not valid UTF-8');
   let json: unknown;
@@ -212,7 +211,7 @@ function parseJson(desc: DescMessage, serialization: MethodSerializationLookup, 
   const problems = findJsonProblems(desc, json);
   if (Object.keys(problems).length > 0) throw new ValidationError('Validation failed', problems);
   try {
-    serialization.getI(false).parse(bytes);
+    return serialization.getI(false).parse(bytes);
   } catch (error) {
     if (error instanceof ConnectError && error.code === Code.ResourceExhausted) throw error;
     const cause = error instanceof ConnectError ? error.cause : error;

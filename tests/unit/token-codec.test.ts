@@ -1,0 +1,85 @@
+import { createHmac, createSecretKey } from 'node:crypto';
+import jwt from 'jsonwebtoken';
+import { describe, expect, it } from 'vitest';
+import { TokenCodec } from '../../src/infrastructure/security/token-codec.ts';
+
+const SECRET = 'a'.repeat(64);
+const options = { secret: SECRET, issuer: 'arcana', audience: 'arcana-api', accessTtlSeconds: 900, refreshTtlSeconds: 3600 };
+const key = createSecretKey(Buffer.from(SECRET, 'utf8'));
+const now = Math.floor(Date.now() / 1000);
+const base = { tokenType: 'access', sub: '7', jti: 'j', iss: 'arcana', aud: 'arcana-api', iat: now, exp: now + 600 };
+const b64 = (value: unknown) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
+/** Signs any header and payload, including what jsonwebtoken's own sign refuses to make. */
+const rawSign = (header: object, payload: unknown) => {
+  const head = `${b64(header)}.${b64(payload)}`;
+  return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
+};
+const sign = (payload: object, algorithm: jwt.Algorithm = 'HS256', secret: string | Buffer = SECRET) => jwt.sign(payload, secret, { algorithm });
+
+/** Tokens a client could present: well formed, forged, expired, for someone else. */
+const tokens: Record<string, string> = {
+  valid: sign(base),
+  'audience in a list': sign({ ...base, aud: ['other', 'arcana-api'] }),
+  expired: sign({ ...base, exp: now - 1 }),
+  'expires now': sign({ ...base, exp: now }),
+  'exp not a number': rawSign({ alg: 'HS256', typ: 'JWT' }, { ...base, exp: String(now + 600) }),
+  'nbf not a number': rawSign({ alg: 'HS256', typ: 'JWT' }, { ...base, nbf: 'soon' }),
+  'payload an array': rawSign({ alg: 'HS256', typ: 'JWT' }, [base]),
+  'header without typ': rawSign({ alg: 'HS256' }, base),
+  'not before the future': sign({ ...base, nbf: now + 60 }),
+  'not before the past': sign({ ...base, nbf: now - 60 }),
+  'other audience': sign({ ...base, aud: 'other' }),
+  'no audience': sign({ ...base, aud: undefined }),
+  'other issuer': sign({ ...base, iss: 'evil' }),
+  'other key': sign(base, 'HS256', 'b'.repeat(64)),
+  HS384: sign(base, 'HS384'),
+  'alg none': `${b64({ alg: 'none', typ: 'JWT' })}.${b64(base)}.`,
+  'alg none with a signature': `${b64({ alg: 'none', typ: 'JWT' })}.${b64(base)}.${sign(base).split('.')[2]}`,
+  'payload swapped': (() => {
+    const [header, , signature] = sign(base).split('.');
+    return `${header}.${b64({ ...base, sub: '1' })}.${signature}`;
+  })(),
+  'signature padded': `${sign(base)}=`,
+  'two parts': sign(base).split('.').slice(0, 2).join('.'),
+  'four parts': `${sign(base)}.x`,
+  'payload not JSON': rawSign({ alg: 'HS256', typ: 'JWT' }, 'not json'),
+  empty: '',
+};
+
+function jsonwebtokenAccepts(token: string): boolean {
+  try {
+    const payload = jwt.verify(token, key, { algorithms: ['HS256'], issuer: options.issuer, audience: options.audience });
+    return typeof payload !== 'string';
+  } catch {
+    return false;
+  }
+}
+
+function codecAccepts(token: string): boolean {
+  try {
+    new TokenCodec(options).verify(token, 'access');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('TokenCodec.verify', () => {
+  it.each(Object.keys(tokens))('when a client presents a token (%s), then it is accepted exactly when jsonwebtoken accepts it', (name) => {
+    const token = tokens[name]!;
+    expect(codecAccepts(token)).toBe(jsonwebtokenAccepts(token));
+  });
+
+  it('when a valid token is presented, then its claims come back', () => {
+    const claims = new TokenCodec(options).verify(tokens.valid!, 'access');
+    expect(claims).toEqual({ userId: 7, tokenType: 'access', jti: 'j', expiresAt: new Date(base.exp * 1000) });
+    expect(() => new TokenCodec(options).verify(tokens.valid!, 'refresh')).toThrow('Invalid token type');
+  });
+
+  it('when a token the codec issued is verified, then it passes', () => {
+    const codec = new TokenCodec(options);
+    const pair = codec.issuePair(42);
+    expect(codec.verify(pair.accessToken, 'access').userId).toBe(42);
+    expect(codec.verify(pair.refreshToken, 'refresh').userId).toBe(42);
+  });
+});

@@ -86,7 +86,7 @@ const EnvSchema = z.object({
   JWT_REFRESH_EXPIRES_IN_SECONDS: int(2_592_000, 60, 86_400 * 365),
   BCRYPT_ROUNDS: int(12, 4, 15),
   PASSWORD_HASH_CONCURRENCY: int(0, 0, 256),
-  PASSWORD_HASH_QUEUE_MAX: int(32, 0, 100_000),
+  PASSWORD_HASH_QUEUE_MAX: int(64, 0, 100_000),
 
   DEPLOYMENT_MODE: z.enum(['monolithic', 'layered', 'microservices']).default('monolithic'),
   DEPLOYMENT_LAYER: z.enum(['monolithic', 'controller', 'service', 'repository', 'auth-service', 'user-service']).default('monolithic'),

@@ -7,9 +7,9 @@ import {
   type AuditEvent,
   type ListAuditEventsRequestSchema,
 } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
-import { UserRole, type Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
+import type { Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
-import { AuthorizationError } from '../domain/errors.ts';
+import { requireAdmin } from './access.ts';
 import { auditTypeFromProto } from '../domain/audit-mapping.ts';
 import type { AuditDetails, AuditRepository } from '../repositories/audit-repository.ts';
 import { pageRequest, paginationOf } from './pagination.ts';
@@ -63,7 +63,7 @@ export class AuditUseCases implements AuditService {
 
   /** A page of events, newest first, optionally about one user and of one type. ADMIN only. */
   async list(actor: Actor, query: MessageInitShape<typeof ListAuditEventsRequestSchema>): Promise<AuditEventPage> {
-    if (actor.role !== UserRole.ADMIN) throw new AuthorizationError('Insufficient permissions');
+    requireAdmin(actor);
     const request = pageRequest(query);
     const { events, total } = await this.#events.list({
       ...request,

@@ -11,9 +11,10 @@ import {
   type TokenPair,
 } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { RegisterResponseSchema as StoredRegistrationSchema } from '../../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
-import { UserRole, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
+import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
-import { AuthenticationError, AuthorizationError, NotFoundError } from '../domain/errors.ts';
+import { AuthenticationError, NotFoundError } from '../domain/errors.ts';
+import { requireAdmin } from './access.ts';
 import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
@@ -277,7 +278,7 @@ export class AuthUseCases implements AuthService {
 
   /** ADMIN only, checked before any lookup; then the user must exist. */
   async #administeredUser(actor: Actor, userId: number): Promise<void> {
-    if (actor.role !== UserRole.ADMIN) throw new AuthorizationError('Insufficient permissions');
+    requireAdmin(actor);
     if ((await this.#users.findProfile(userId)) === null) throw new NotFoundError('User not found');
   }
 

@@ -17,6 +17,7 @@ import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserChanges, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, createAccount } from './accounts.ts';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
+import { requireAdmin, requireSelfOrAdmin } from './access.ts';
 import { pageRequest, paginationOf, userSortOf } from './pagination.ts';
 import type { AuditLog } from './audit-use-cases.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
@@ -240,12 +241,3 @@ export class UserUseCases implements UserService {
 
 /** The profile fields an update may change, by name: what USER_UPDATED lists. */
 const PROFILE_FIELDS = ['email', 'firstName', 'lastName', 'phone', 'avatarUrl'] as const;
-
-function requireAdmin(actor: Actor): void {
-  if (actor.role !== UserRole.ADMIN) throw new AuthorizationError('Insufficient permissions');
-}
-
-/** Checked before any lookup, so a non-admin cannot probe which ids exist. */
-function requireSelfOrAdmin(actor: Actor, userId: number, message: string): void {
-  if (actor.role !== UserRole.ADMIN && actor.userId !== userId) throw new AuthorizationError(message);
-}

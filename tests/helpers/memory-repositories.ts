@@ -1,0 +1,258 @@
+// In-memory repositories, for testing the service layer's rules (roles, lockouts, sessions) in
+// milliseconds. They keep the contracts that src/repositories/*.ts documents (conditional writes,
+// the last active administrator, rotation that refuses a retired pair, claims of a key), so a rule
+// that holds over them holds because of the service code, not because of a database. Whether the
+// database-backed repositories keep the same contracts under concurrency is what the API suites
+// test, in every topology.
+import type { OAuthToken, User } from '../../gen/prisma/client.ts';
+import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../../src/domain/errors.ts';
+import type { AuditEventInput, AuditLog } from '../../src/services/audit-use-cases.ts';
+import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
+import type { NewTokenRecord, RevocationReason, TokenRepository } from '../../src/repositories/token-repository.ts';
+import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository } from '../../src/repositories/user-repository.ts';
+
+/** A wall clock the test moves by hand. */
+export class TestClock {
+  #now: number;
+
+  constructor(start = Date.now()) {
+    this.#now = start;
+  }
+
+  now = (): Date => new Date(this.#now);
+
+  advance(ms: number): void {
+    this.#now += ms;
+  }
+}
+
+export class MemoryUserRepository implements UserRepository {
+  readonly #rows = new Map<number, User>();
+  readonly #clock: TestClock;
+  #nextId = 1;
+
+  constructor(clock: TestClock) {
+    this.#clock = clock;
+  }
+
+  async findById(id: number): Promise<User | null> {
+    const row = this.#rows.get(id);
+    return row === undefined ? null : { ...row };
+  }
+
+  async findProfile(id: number): Promise<UserProfile | null> {
+    const row = this.#rows.get(id);
+    if (row === undefined) return null;
+    const { passwordHash: _hash, ...profile } = row;
+    return profile;
+  }
+
+  async findByLogin(usernameOrEmail: string): Promise<User | null> {
+    const key = usernameOrEmail.toLowerCase();
+    for (const row of this.#rows.values()) if (row.usernameKey === key || row.email === key) return { ...row };
+    return null;
+  }
+
+  async findTaken(username: string | undefined, email: string | undefined, exceptId?: number): Promise<{ username: boolean; email: boolean }> {
+    const others = [...this.#rows.values()].filter((row) => row.id !== exceptId);
+    return {
+      username: username !== undefined && others.some((row) => row.usernameKey === username.toLowerCase()),
+      email: email !== undefined && others.some((row) => row.email === email),
+    };
+  }
+
+  async create(user: NewUser): Promise<User> {
+    const taken = await this.findTaken(user.username, user.email);
+    if (taken.username || taken.email) throw new ConflictError(taken.username ? 'Username already exists' : 'Email already exists');
+    const now = this.#clock.now();
+    const row: User = {
+      id: this.#nextId++,
+      username: user.username,
+      usernameKey: user.username.toLowerCase(),
+      email: user.email,
+      passwordHash: user.passwordHash,
+      firstName: user.firstName ?? null,
+      lastName: user.lastName ?? null,
+      phone: user.phone ?? null,
+      avatarUrl: null,
+      role: user.role ?? 'USER',
+      status: 'ACTIVE',
+      isVerified: false,
+      isActive: true,
+      createdAt: now,
+      updatedAt: now,
+      lastLoginAt: null,
+      version: 1,
+    };
+    this.#rows.set(row.id, row);
+    return { ...row };
+  }
+
+  async update(id: number, changes: UserChanges, expected: UserExpectation = {}): Promise<User> {
+    const row = this.#rows.get(id);
+    if (row === undefined) throw new NotFoundError('User not found');
+    if (expected.version !== undefined && row.version !== expected.version) throw new PreconditionFailedError('User has changed');
+    for (const field of ['isVerified', 'status', 'role'] as const) {
+      if (expected[field] !== undefined && row[field] !== expected[field]) throw new ConflictError('User has changed');
+    }
+    const next = { ...row, ...(changes as Partial<User>), version: row.version + 1, updatedAt: this.#clock.now() };
+    this.#refuseLosingLastAdmin(row, next);
+    this.#rows.set(id, next);
+    return { ...next };
+  }
+
+  async delete(id: number, expectedVersion?: number): Promise<boolean> {
+    const row = this.#rows.get(id);
+    if (row === undefined) return false;
+    if (expectedVersion !== undefined && row.version !== expectedVersion) throw new PreconditionFailedError('User has changed');
+    this.#refuseLosingLastAdmin(row, undefined);
+    this.#rows.delete(id);
+    return true;
+  }
+
+  async list(filter: UserFilter): Promise<{ users: User[]; total: number }> {
+    const q = filter.q?.toLowerCase();
+    const matching = [...this.#rows.values()].filter(
+      (row) =>
+        (filter.role === undefined || row.role === filter.role) &&
+        (filter.status === undefined || row.status === filter.status) &&
+        (q === undefined || [row.usernameKey, row.email, row.firstName, row.lastName].some((field) => field?.toLowerCase().startsWith(q))),
+    );
+    const start = (filter.page - 1) * filter.perPage;
+    return { users: matching.slice(start, start + filter.perPage).map((row) => ({ ...row })), total: matching.length };
+  }
+
+  async recordLogin(id: number, at: Date): Promise<void> {
+    const row = this.#rows.get(id);
+    if (row !== undefined) row.lastLoginAt = at;
+  }
+
+  /** The repository contract: no write may leave the platform without an active administrator. */
+  #refuseLosingLastAdmin(before: User, after: User | undefined): void {
+    const activeAdmin = (row: User | undefined) => row?.role === 'ADMIN' && row.status === 'ACTIVE';
+    if (!activeAdmin(before) || activeAdmin(after)) return;
+    const others = [...this.#rows.values()].filter((row) => row.id !== before.id && activeAdmin(row));
+    if (others.length === 0) throw new LastAdminError();
+  }
+}
+
+export class MemoryTokenRepository implements TokenRepository {
+  readonly #rows = new Map<number, OAuthToken>();
+  readonly #clock: TestClock;
+  #nextId = 1;
+
+  constructor(clock: TestClock) {
+    this.#clock = clock;
+  }
+
+  async create(record: NewTokenRecord): Promise<OAuthToken> {
+    const now = this.#clock.now();
+    const row: OAuthToken = { ...record, id: this.#nextId++, tokenType: 'Bearer', isRevoked: false, revokedReason: null, createdAt: now, updatedAt: now };
+    this.#rows.set(row.id, row);
+    return { ...row };
+  }
+
+  async findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {
+    return this.#find((row) => row.accessTokenHash === accessTokenHash);
+  }
+
+  async findByRefreshHash(refreshTokenHash: string): Promise<OAuthToken | null> {
+    return this.#find((row) => row.refreshTokenHash === refreshTokenHash);
+  }
+
+  async rotate(previous: OAuthToken, next: NewTokenRecord): Promise<OAuthToken | null> {
+    const row = this.#rows.get(previous.id);
+    if (row === undefined || row.isRevoked) return null;
+    this.#retire(row, 'rotated');
+    return this.create(next);
+  }
+
+  async revoke(id: number, reason: RevocationReason): Promise<string[]> {
+    return this.#revokeWhere((row) => row.id === id, reason);
+  }
+
+  async revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {
+    return this.#revokeWhere((row) => row.familyId === familyId, reason);
+  }
+
+  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
+    const now = this.#clock.now();
+    return this.#revokeWhere((row) => row.userId === userId && row.id !== exceptId && row.expiresAt > now, reason);
+  }
+
+  async listActive(userId: number, now: Date): Promise<OAuthToken[]> {
+    return [...this.#rows.values()]
+      .filter((row) => row.userId === userId && !row.isRevoked && row.expiresAt > now)
+      .sort((a, b) => b.id - a.id)
+      .map((row) => ({ ...row }));
+  }
+
+  async purgeStale(now: Date, retentionMs: number): Promise<number> {
+    let purged = 0;
+    for (const row of [...this.#rows.values()]) {
+      if (row.expiresAt.getTime() + retentionMs < now.getTime()) purged += Number(this.#rows.delete(row.id));
+    }
+    return purged;
+  }
+
+  #find(match: (row: OAuthToken) => boolean): OAuthToken | null {
+    for (const row of this.#rows.values()) if (match(row)) return { ...row };
+    return null;
+  }
+
+  #revokeWhere(match: (row: OAuthToken) => boolean, reason: RevocationReason): string[] {
+    const revoked = [...this.#rows.values()].filter((row) => !row.isRevoked && match(row));
+    for (const row of revoked) this.#retire(row, reason);
+    return revoked.map((row) => row.accessTokenHash);
+  }
+
+  #retire(row: OAuthToken, reason: RevocationReason): void {
+    row.isRevoked = true;
+    row.revokedReason = reason;
+    row.updatedAt = this.#clock.now();
+  }
+}
+
+export class MemoryIdempotencyRepository implements IdempotencyRepository {
+  readonly #rows = new Map<string, { id: number; fingerprint: string; answer: Uint8Array | null; expiresAt: Date }>();
+  #nextId = 1;
+
+  async claim(claim: IdempotencyClaim, now: Date): Promise<ClaimResult> {
+    const existing = this.#rows.get(claim.keyHash);
+    if (existing !== undefined && existing.expiresAt > now) return { claimed: false, existing: { ...existing } };
+    const id = this.#nextId++;
+    this.#rows.set(claim.keyHash, { id, fingerprint: claim.fingerprint, answer: null, expiresAt: claim.expiresAt });
+    return { claimed: true, id };
+  }
+
+  async complete(id: number, answer: Uint8Array, expiresAt: Date): Promise<boolean> {
+    const row = [...this.#rows.values()].find((candidate) => candidate.id === id);
+    if (row === undefined) return false;
+    Object.assign(row, { answer, expiresAt });
+    return true;
+  }
+
+  async release(id: number): Promise<void> {
+    for (const [key, row] of this.#rows) if (row.id === id && row.answer === null) this.#rows.delete(key);
+  }
+
+  async purgeExpired(now: Date): Promise<number> {
+    let purged = 0;
+    for (const [key, row] of this.#rows) if (row.expiresAt <= now) purged += Number(this.#rows.delete(key));
+    return purged;
+  }
+}
+
+/** The audit log as the service layer writes it, kept in order for the test to read. */
+export class RecordedAuditLog implements AuditLog {
+  readonly events: AuditEventInput[] = [];
+
+  record(event: AuditEventInput): void {
+    this.events.push(event);
+  }
+
+  /** The recorded events of one type, optionally with a given `details.reason`. */
+  ofType(type: string, reason?: string): AuditEventInput[] {
+    return this.events.filter((event) => event.type === type && (reason === undefined || event.details?.reason === reason));
+  }
+}

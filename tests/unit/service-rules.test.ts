@@ -1,0 +1,283 @@
+// The service layer's rules (who may do what, lockouts, session lifetimes), tested on the use
+// cases themselves over in-memory repositories and a hand-moved clock: milliseconds per rule, so
+// the rules can be tried in more combinations than the API suites afford. The API suites check
+// the same rules end to end, over every protocol and in every topology.
+import { create } from '@bufbuild/protobuf';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { UserRole, UserStatus } from '../../gen/proto/arcana/user/v1/user_pb.js';
+import type { Actor, ClientInfo } from '../../src/domain/actor.ts';
+import { AppError } from '../../src/domain/errors.ts';
+import { DeviceTokens } from '../../src/infrastructure/security/device-tokens.ts';
+import { PasswordHasher } from '../../src/infrastructure/security/password-hasher.ts';
+import { hashToken, TokenCodec } from '../../src/infrastructure/security/token-codec.ts';
+import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
+import { AuthUseCases } from '../../src/services/auth-use-cases.ts';
+import { IdempotentRequests } from '../../src/services/idempotency.ts';
+import { LoginThrottle } from '../../src/services/login-throttle.ts';
+import { UserUseCases } from '../../src/services/user-use-cases.ts';
+import { ListUsersRequestSchema } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
+import {
+  MemoryIdempotencyRepository,
+  MemoryTokenRepository,
+  MemoryUserRepository,
+  RecordedAuditLog,
+  TestClock,
+} from '../helpers/memory-repositories.ts';
+
+const SECRET = 'service-rules-test-secret-of-at-least-thirty-two-characters';
+const PASSWORD = 'Rules-Passw0rd!';
+const MAX_FAILURES = 5;
+const LOCKOUT_MS = 15 * 60_000;
+const SESSION_LIFETIME_SECONDS = 3600;
+const REFRESH_TTL_SECONDS = 1800;
+
+function harness() {
+  const clock = new TestClock();
+  const users = new MemoryUserRepository(clock);
+  const tokens = new MemoryTokenRepository(clock);
+  const audit = new RecordedAuditLog();
+  // bcrypt at its lowest cost: the rules, not the hash, are under test.
+  const passwords = new PasswordHasher(4);
+  const throttle = new LoginThrottle({
+    counters: new MemoryCounterStore(() => clock.now().getTime()),
+    maxFailures: MAX_FAILURES,
+    lockoutMs: LOCKOUT_MS,
+    accountMaxAttempts: 20,
+    accountWindowMs: LOCKOUT_MS,
+  });
+  const devices = new DeviceTokens({ secret: SECRET, ttlSeconds: 86_400, now: () => clock.now().getTime() });
+  const idempotency = new IdempotentRequests({ records: new MemoryIdempotencyRepository(), secret: SECRET, now: clock.now });
+  const deps = { users, tokens, passwords, throttle, devices, audit, idempotency };
+  const codec = new TokenCodec({ secret: SECRET, issuer: 'rules', audience: 'rules', accessTtlSeconds: 900, refreshTtlSeconds: REFRESH_TTL_SECONDS });
+  const auth = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: SESSION_LIFETIME_SECONDS, now: clock.now });
+  const userCases = new UserUseCases(deps);
+
+  let serial = 0;
+  /** Registers a user (and promotes it, through the repository, when asked) and signs it in. */
+  async function account(role: 'ADMIN' | 'USER' | 'GUEST' = 'USER', client: ClientInfo = { ipAddress: '192.0.2.1' }) {
+    serial += 1;
+    const username = `rules${serial}`;
+    const registered = await auth.register({ username, email: `${username}@example.com`, password: PASSWORD }, client);
+    if (role !== 'USER') await users.update(registered.user.id, { role });
+    const actor: Actor = await auth.authenticate(registered.tokens!.accessToken);
+    return { id: registered.user.id, username, actor: { ...actor, client }, tokens: registered.tokens!, deviceToken: registered.deviceToken };
+  }
+  return { clock, users, tokens, audit, auth, userCases, account };
+}
+
+/** The AppError code a call fails with, or 'ok'. */
+async function outcome(call: Promise<unknown>): Promise<string> {
+  try {
+    await call;
+    return 'ok';
+  } catch (error) {
+    if (error instanceof AppError) return error.code;
+    throw error;
+  }
+}
+
+describe('who may do what', () => {
+  let h: ReturnType<typeof harness>;
+  beforeEach(() => {
+    h = harness();
+  });
+
+  it.each(['USER', 'GUEST'] as const)('when a %s calls the administrator operations, then each is refused before anything changes', async (role) => {
+    const caller = await h.account(role);
+    const other = await h.account('USER');
+    const { actor } = caller;
+    const attempts = {
+      list: h.userCases.list(actor, create(ListUsersRequestSchema, {})),
+      getOther: h.userCases.get(actor, other.id),
+      create: h.userCases.create(actor, { username: 'made', email: 'made@example.com', password: PASSWORD }),
+      delete: h.userCases.delete(actor, other.id),
+      verify: h.userCases.verify(actor, other.id),
+      suspend: h.userCases.updateStatus(actor, other.id, UserStatus.SUSPENDED),
+      promoteSelf: h.userCases.updateRole(actor, { userId: actor.userId, role: UserRole.ADMIN }),
+      clearLockouts: h.userCases.clearLoginFailures(actor, other.id),
+      otherSessions: h.auth.listUserSessions(actor, other.id),
+      endOtherSessions: h.auth.endUserSessions(actor, other.id),
+      updateOther: h.userCases.update({ ...actor }, { userId: other.id, firstName: 'Mallory' }),
+      otherPassword: h.userCases.changePassword(actor, { userId: other.id, oldPassword: PASSWORD, newPassword: 'Another-Passw0rd!' }),
+    };
+    for (const [name, attempt] of Object.entries(attempts)) expect([name, await outcome(attempt)]).toEqual([name, 'AUTHORIZATION_ERROR']);
+    // Nothing changed: the other user is as registered, the caller is not an admin.
+    expect(await h.users.findProfile(other.id)).toMatchObject({ firstName: null, status: 'ACTIVE', isVerified: false, version: 1 });
+    expect((await h.users.findProfile(caller.id))?.role).toBe(role);
+    expect(await h.tokens.listActive(other.id, h.clock.now())).toHaveLength(1);
+  });
+
+  it('when a user reads and edits its own profile, then it may, but its role and status stay as they are', async () => {
+    const user = await h.account('USER');
+    expect((await h.userCases.get(user.actor, user.id)).username).toBe(user.username);
+    const updated = await h.userCases.update(user.actor, { userId: user.id, firstName: 'Ada' });
+    expect(updated).toMatchObject({ firstName: 'Ada', role: UserRole.USER, status: UserStatus.ACTIVE });
+  });
+
+  it('when even an administrator changes another user\'s password through the self-service call, then it is refused', async () => {
+    const admin = await h.account('ADMIN');
+    const user = await h.account('USER');
+    expect(await outcome(h.userCases.changePassword(admin.actor, { userId: user.id, oldPassword: PASSWORD, newPassword: 'Another-Passw0rd!' }))).toBe('AUTHORIZATION_ERROR');
+  });
+
+  it('when the only active administrator would be suspended, demoted or deleted, then each is refused and another admin makes it possible', async () => {
+    const admin = await h.account('ADMIN');
+    expect(await outcome(h.userCases.updateStatus(admin.actor, admin.id, UserStatus.SUSPENDED))).toBe('LAST_ADMIN');
+    expect(await outcome(h.userCases.updateRole(admin.actor, { userId: admin.id, role: UserRole.USER }))).toBe('LAST_ADMIN');
+    expect(await outcome(h.userCases.delete(admin.actor, admin.id))).toBe('LAST_ADMIN');
+    const second = await h.account('ADMIN');
+    expect(await outcome(h.userCases.updateRole(second.actor, { userId: admin.id, role: UserRole.USER }))).toBe('ok');
+    expect(h.audit.ofType('ROLE_CHANGED').at(-1)).toMatchObject({ userId: admin.id, actorId: second.id, details: { from: 'ADMIN', to: 'USER' } });
+  });
+
+  it('when a role changes, then the user\'s existing session acts with the new role at once', async () => {
+    const admin = await h.account('ADMIN');
+    const user = await h.account('USER');
+    expect(await outcome(h.userCases.list(user.actor, create(ListUsersRequestSchema, {})))).toBe('AUTHORIZATION_ERROR');
+    await h.userCases.updateRole(admin.actor, { userId: user.id, role: UserRole.ADMIN });
+    const promoted = await h.auth.authenticate(user.tokens.accessToken);
+    expect(promoted.role).toBe(UserRole.ADMIN);
+    expect(await outcome(h.userCases.list(promoted, create(ListUsersRequestSchema, {})))).toBe('ok');
+  });
+
+  it('when a write names a stale version, then it is refused and the row is unchanged', async () => {
+    const admin = await h.account('ADMIN');
+    const user = await h.account('USER');
+    await h.userCases.update(user.actor, { userId: user.id, lastName: 'First' });
+    expect(await outcome(h.userCases.update(admin.actor, { userId: user.id, lastName: 'Stale', expectedVersion: 1 }))).toBe('PRECONDITION_FAILED');
+    expect((await h.users.findProfile(user.id))?.lastName).toBe('First');
+  });
+});
+
+describe('lockouts', () => {
+  let h: ReturnType<typeof harness>;
+  beforeEach(() => {
+    h = harness();
+  });
+
+  const from = (ipAddress: string): ClientInfo => ({ ipAddress });
+
+  it('when guesses arrive in parallel, then at most LOGIN_MAX_FAILURES passwords are compared and every answer is the same', async () => {
+    const user = await h.account();
+    const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, from('198.51.100.1')))));
+    expect(new Set(answers)).toEqual(new Set(['AUTHENTICATION_ERROR']));
+    expect(h.audit.ofType('LOGIN_FAILED', 'wrong_password')).toHaveLength(MAX_FAILURES);
+    expect(h.audit.ofType('LOGIN_FAILED', 'throttled')).toHaveLength(20 - MAX_FAILURES);
+    // Locked: the right password from that address is refused too, without a comparison…
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, from('198.51.100.1')))).toBe('AUTHENTICATION_ERROR');
+    // …until the window ends.
+    h.clock.advance(LOCKOUT_MS + 1);
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, from('198.51.100.1')))).toBe('ok');
+  });
+
+  it('when one address is locked out, then its refused attempts do not lock the owner out from elsewhere', async () => {
+    const user = await h.account();
+    for (let i = 0; i < 40; i += 1) await outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, from('198.51.100.2')));
+    expect(h.audit.ofType('LOGIN_FAILED', 'wrong_password')).toHaveLength(MAX_FAILURES);
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, from('203.0.113.7')))).toBe('ok');
+  });
+
+  it('when strangers spend the account\'s budget, then a device the owner signed in from before still gets in', async () => {
+    const user = await h.account('USER', from('192.0.2.50'));
+    // Many addresses, each under its own limit, together exhaust the per-account budget.
+    for (let i = 0; i < 30; i += 1) await outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, from(`198.51.100.${100 + Math.floor(i / 4)}`)));
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, from('203.0.113.8')))).toBe('AUTHENTICATION_ERROR');
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, { ipAddress: '203.0.113.9', deviceToken: user.deviceToken }))).toBe('ok');
+  });
+
+  it('when an administrator clears a user\'s lockouts, then the locked address may try again at once', async () => {
+    const admin = await h.account('ADMIN');
+    const user = await h.account();
+    for (let i = 0; i < MAX_FAILURES; i += 1) await outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, from('198.51.100.3')));
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, from('198.51.100.3')))).toBe('AUTHENTICATION_ERROR');
+    expect(await h.userCases.clearLoginFailures(admin.actor, user.id)).toBe(1);
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, from('198.51.100.3')))).toBe('ok');
+  });
+
+  it('when a signed-in caller guesses its current password, then the guesses are throttled like logins and audited', async () => {
+    const user = await h.account();
+    const guesses = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => outcome(h.userCases.changePassword(user.actor, { userId: user.id, oldPassword: `Wrong-${i}`, newPassword: 'Another-Passw0rd!' }))),
+    );
+    expect(guesses.filter((code) => code === 'AUTHENTICATION_ERROR')).toHaveLength(MAX_FAILURES);
+    expect(guesses.filter((code) => code === 'RATE_LIMITED')).toHaveLength(10 - MAX_FAILURES);
+    expect(h.audit.ofType('PASSWORD_CHANGE_FAILED')).toHaveLength(10);
+  });
+
+  it('when an unknown login is guessed at, then the answers match those for a real account', async () => {
+    const user = await h.account();
+    const real = await outcome(h.auth.login({ usernameOrEmail: user.username, password: 'Wrong-1' }, from('198.51.100.4')));
+    const unknown = await outcome(h.auth.login({ usernameOrEmail: 'nobody-here', password: 'Wrong-1' }, from('198.51.100.4')));
+    expect([real, unknown]).toEqual(['AUTHENTICATION_ERROR', 'AUTHENTICATION_ERROR']);
+  });
+});
+
+describe('sessions', () => {
+  let h: ReturnType<typeof harness>;
+  beforeEach(() => {
+    h = harness();
+  });
+
+  const client: ClientInfo = { ipAddress: '192.0.2.9' };
+
+  it('when a refresh token is presented twice, then the second is a replay and the whole chain ends', async () => {
+    const user = await h.account();
+    const rotated = await h.auth.refresh(user.tokens.refreshToken, client);
+    expect(await outcome(h.auth.authenticate(rotated.accessToken))).toBe('ok');
+    expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+    expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toHaveLength(1);
+    // The thief's copy and the owner's newer pair are both dead.
+    expect(await outcome(h.auth.authenticate(rotated.accessToken))).toBe('AUTHENTICATION_ERROR');
+    expect(await outcome(h.auth.refresh(rotated.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+  });
+
+  it('when a session is refreshed again and again, then it still ends at the chain\'s absolute lifetime', async () => {
+    const user = await h.account();
+    let pair = user.tokens;
+    // Refresh well within each sliding window, for longer than the absolute lifetime.
+    const step = (REFRESH_TTL_SECONDS / 2) * 1000;
+    let refused = 0;
+    for (let elapsed = 0; elapsed <= SESSION_LIFETIME_SECONDS * 1000 + step; elapsed += step) {
+      h.clock.advance(step);
+      const result = await h.auth.refresh(pair.refreshToken, client).catch((error: unknown) => error);
+      if (result instanceof AppError) {
+        refused += 1;
+        break;
+      }
+      pair = result as typeof pair;
+    }
+    expect(refused).toBe(1);
+    // Every pair the chain was given expired no later than its absolute end.
+    const chain = await h.tokens.findByRefreshHash(hashToken(pair.refreshToken));
+    expect(chain!.expiresAt.getTime()).toBeLessThanOrEqual(chain!.familyExpiresAt.getTime());
+  });
+
+  it('when a user logs out, is suspended or has its sessions ended by an administrator, then its tokens stop working at once', async () => {
+    const admin = await h.account('ADMIN');
+    const leaving = await h.account();
+    await h.auth.logout(leaving.actor);
+    expect(await outcome(h.auth.authenticate(leaving.tokens.accessToken))).toBe('AUTHENTICATION_ERROR');
+
+    const suspended = await h.account();
+    await h.userCases.updateStatus(admin.actor, suspended.id, UserStatus.SUSPENDED);
+    expect(await outcome(h.auth.authenticate(suspended.tokens.accessToken))).toBe('AUTHENTICATION_ERROR');
+    expect(await outcome(h.auth.refresh(suspended.tokens.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+    expect(await outcome(h.auth.login({ usernameOrEmail: suspended.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
+
+    const ended = await h.account();
+    expect(await h.auth.endUserSessions(admin.actor, ended.id)).toBe(1);
+    expect(await outcome(h.auth.authenticate(ended.tokens.accessToken))).toBe('AUTHENTICATION_ERROR');
+    // The administrator's own session is untouched.
+    expect(await outcome(h.auth.authenticate(admin.tokens.accessToken))).toBe('ok');
+  });
+
+  it('when a password is changed, then the other sessions end and the current one stays', async () => {
+    const user = await h.account();
+    const elsewhere = await h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, { ipAddress: '192.0.2.77' });
+    await h.userCases.changePassword(user.actor, { userId: user.id, oldPassword: PASSWORD, newPassword: 'Another-Passw0rd!' });
+    expect(await outcome(h.auth.authenticate(elsewhere.tokens.accessToken))).toBe('AUTHENTICATION_ERROR');
+    expect(await outcome(h.auth.authenticate(user.tokens.accessToken))).toBe('ok');
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: 'Another-Passw0rd!' }, client))).toBe('ok');
+  });
+});

@@ -10,8 +10,10 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-export type TopologyName = 'monolithic' | 'layered-http' | 'layered-grpc' | 'microservices-http' | 'microservices-grpc';
-export const TOPOLOGIES: readonly TopologyName[] = ['monolithic', 'layered-http', 'layered-grpc', 'microservices-http', 'microservices-grpc'];
+import { DEFAULT_PORTS, layersOf, parseTopologyName, TOPOLOGY, TOPOLOGY_NAMES, type TopologyName, type UrlVariable } from '../src/topology.ts';
+
+export type { TopologyName } from '../src/topology.ts';
+export const TOPOLOGIES: readonly TopologyName[] = TOPOLOGY_NAMES;
 
 /** One layer's process; it can be stopped and started again on the same port. */
 export interface LayerProcess {
@@ -39,7 +41,6 @@ export interface RunningTopology {
 }
 
 const ROOT = join(import.meta.dirname, '..');
-const DEFAULT_PORTS: Record<string, number> = { controller: 3000, monolithic: 3000, service: 3001, repository: 3002, 'auth-service': 3003, 'user-service': 3004 };
 
 export interface StartTopologyOptions {
   name: TopologyName;
@@ -56,28 +57,26 @@ export interface StartTopologyOptions {
 /** Starts the topology's processes bottom up and resolves when the public API answers /health. */
 export async function startTopology(options: StartTopologyOptions): Promise<RunningTopology> {
   const host = options.host ?? '127.0.0.1';
-  const [mode, protocol] = options.name === 'monolithic' ? ['monolithic', 'direct'] : (options.name.split('-') as [string, string]);
-  const layerNames = mode === 'monolithic' ? ['monolithic'] : mode === 'layered' ? ['repository', 'service', 'controller'] : ['repository', 'auth-service', 'user-service', 'controller'];
+  const { mode, protocol } = parseTopologyName(options.name);
+  // Bottom up, as the table lists them: each layer's downstream is up before it starts.
+  const layerNames = layersOf(mode);
   const ports: Record<string, number> = {};
   for (const layer of layerNames) ports[layer] = options.ports?.[layer] ?? (await freePort(host));
   const url = (layer: string) => `http://${host}:${ports[layer]}`;
-  const downstream: Record<string, Record<string, string>> = {
-    controller: mode === 'layered' ? { SERVICE_URLS: url('service') } : { AUTH_SERVICE_URLS: url('auth-service'), USER_SERVICE_URLS: url('user-service') },
-    service: { REPOSITORY_URLS: url('repository') },
-    'auth-service': { REPOSITORY_URLS: url('repository') },
-    'user-service': { REPOSITORY_URLS: url('repository') },
-  };
   const started: LayerProcess[] = [];
   try {
     for (const layer of layerNames) {
-      const holdsDatabase = layer === 'monolithic' || layer === 'repository';
+      const spec = TOPOLOGY[mode][layer];
+      if (spec === undefined) throw new Error(`${mode} has no ${layer} layer`);
+      const holdsDatabase = spec.holds.repository;
+      const downstream = Object.fromEntries(Object.entries(spec.calls).map(([variable, callee]) => [variable as UrlVariable, url(callee)]));
       const env: Record<string, string | undefined> = {
         ...options.env,
         ...(holdsDatabase ? {} : { DATABASE_URL: undefined }),
         DEPLOYMENT_MODE: mode,
         DEPLOYMENT_LAYER: layer,
         COMMUNICATION_PROTOCOL: protocol,
-        ...downstream[layer],
+        ...downstream,
         HOST: host,
         PORT: String(ports[layer]),
       };

@@ -22,6 +22,7 @@ import { UserRepositoryService } from '../gen/proto/arcana/internal/repository/v
 import { Health } from '../gen/proto/grpc/health/v1/health_pb.js';
 import { HealthCheckResponse_ServingStatus as ServingStatus } from '../gen/proto/grpc/health/v1/health_pb.js';
 import type { Config } from './config.ts';
+import { holdingsOf } from './topology.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
 import { createLayerRoutes, internalAuthInterceptor, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
 import { layerServerErrorInterceptor } from './communication/layer-errors.ts';
@@ -119,12 +120,7 @@ interface Repositories {
 /** Builds this process's part of the application, as DEPLOYMENT_MODE and DEPLOYMENT_LAYER say. */
 export async function createApplication(config: Config, logger: Logger): Promise<Application> {
   const { layer } = config.deployment;
-  const holds = {
-    repository: layer === 'monolithic' || layer === 'repository',
-    auth: layer === 'monolithic' || layer === 'service' || layer === 'auth-service',
-    users: layer === 'monolithic' || layer === 'service' || layer === 'user-service',
-    controller: layer === 'monolithic' || layer === 'controller',
-  };
+  const holds = holdingsOf(layer);
   const closers: (() => Promise<void> | void)[] = [];
   const draining = new AbortController();
   const drain = () => draining.abort();

@@ -1,6 +1,7 @@
 // Configuration: read once from the environment, validated, and passed down explicitly.
 // Nothing else in src/ reads process.env.
 import { z } from 'zod';
+import { DEPLOYMENT_LAYERS, DEPLOYMENT_MODES, holdingsOf, layerSpec, URL_VARIABLES, type DeploymentLayer, type UrlVariable } from './topology.ts';
 
 const DEV_JWT_SECRET = 'arcana-development-secret-do-not-use-in-production';
 
@@ -88,8 +89,8 @@ const EnvSchema = z.object({
   PASSWORD_HASH_CONCURRENCY: int(0, 0, 256),
   PASSWORD_HASH_QUEUE_MAX: int(64, 0, 100_000),
 
-  DEPLOYMENT_MODE: z.enum(['monolithic', 'layered', 'microservices']).default('monolithic'),
-  DEPLOYMENT_LAYER: z.enum(['monolithic', 'controller', 'service', 'repository', 'auth-service', 'user-service']).default('monolithic'),
+  DEPLOYMENT_MODE: z.enum(DEPLOYMENT_MODES).default('monolithic'),
+  DEPLOYMENT_LAYER: z.enum(DEPLOYMENT_LAYERS).default('monolithic'),
   COMMUNICATION_PROTOCOL: z.enum(['direct', 'http', 'grpc']).optional(),
   SERVICE_URLS: urls(),
   AUTH_SERVICE_URLS: urls(),
@@ -139,7 +140,8 @@ export function loadConfig(env: Environment) {
 
   const deployment = resolveDeployment(e);
   // Only the processes that hold the service layer sign or check tokens.
-  const holdsServices = deployment.layer !== 'controller' && deployment.layer !== 'repository';
+  const holdings = holdingsOf(deployment.layer);
+  const holdsServices = holdings.auth || holdings.users;
   if (production && holdsServices && (e.JWT_SECRET === undefined || e.JWT_SECRET.length < 64)) {
     throw new ConfigError(
       'JWT_SECRET must be set to at least 64 characters in production (e.g. `openssl rand -base64 64`).',
@@ -222,30 +224,10 @@ export function loadConfig(env: Environment) {
 export type Config = ReturnType<typeof loadConfig>;
 
 type Env = z.infer<typeof EnvSchema>;
-export type DeploymentLayer = Env['DEPLOYMENT_LAYER'];
 
-/** Which layers each DEPLOYMENT_MODE runs as processes. */
-const LAYERS_OF_MODE = {
-  monolithic: ['monolithic'],
-  layered: ['controller', 'service', 'repository'],
-  microservices: ['controller', 'auth-service', 'user-service', 'repository'],
-} as const satisfies Record<Env['DEPLOYMENT_MODE'], readonly DeploymentLayer[]>;
-
-type UrlVariable = 'SERVICE_URLS' | 'AUTH_SERVICE_URLS' | 'USER_SERVICE_URLS' | 'REPOSITORY_URLS';
-
-/** The URL lists a layer calls: what must be set for it, and nothing else may be. */
-function downstreamOf(mode: Env['DEPLOYMENT_MODE'], layer: DeploymentLayer): UrlVariable[] {
-  switch (layer) {
-    case 'controller':
-      return mode === 'layered' ? ['SERVICE_URLS'] : ['AUTH_SERVICE_URLS', 'USER_SERVICE_URLS'];
-    case 'service':
-    case 'auth-service':
-    case 'user-service':
-      return ['REPOSITORY_URLS'];
-    default:
-      return [];
-  }
-}
+/** Every variable the configuration reads (for the deployment files' check). */
+export const ENVIRONMENT_VARIABLES: readonly string[] = Object.keys(EnvSchema.shape);
+export type { DeploymentLayer } from './topology.ts';
 
 /**
  * The topology this process takes part in, checked as a whole: a layer that does not belong to
@@ -255,9 +237,9 @@ function downstreamOf(mode: Env['DEPLOYMENT_MODE'], layer: DeploymentLayer): Url
 function resolveDeployment(e: Env) {
   const mode = e.DEPLOYMENT_MODE;
   const layer = e.DEPLOYMENT_LAYER;
-  const layers: readonly DeploymentLayer[] = LAYERS_OF_MODE[mode];
-  if (!layers.includes(layer)) {
-    throw new ConfigError(`DEPLOYMENT_LAYER=${layer} is not a layer of DEPLOYMENT_MODE=${mode}; use one of: ${layers.join(', ')}.`);
+  const spec = layerSpec(mode, layer);
+  if (spec === undefined) {
+    throw new ConfigError(`DEPLOYMENT_LAYER=${layer} is not a layer of DEPLOYMENT_MODE=${mode}; use one of: ${DEPLOYMENT_LAYERS.filter((name) => layerSpec(mode, name) !== undefined).join(', ')}.`);
   }
   const protocol = e.COMMUNICATION_PROTOCOL ?? (mode === 'monolithic' ? 'direct' : 'grpc');
   if (mode === 'monolithic' && protocol !== 'direct') {
@@ -266,17 +248,18 @@ function resolveDeployment(e: Env) {
   if (mode !== 'monolithic' && protocol === 'direct') {
     throw new ConfigError(`DEPLOYMENT_MODE=${mode} runs layers as separate processes: COMMUNICATION_PROTOCOL must be http or grpc.`);
   }
-  const needed = new Set<string>(downstreamOf(mode, layer));
-  const given: Record<UrlVariable, string[]> = { SERVICE_URLS: e.SERVICE_URLS, AUTH_SERVICE_URLS: e.AUTH_SERVICE_URLS, USER_SERVICE_URLS: e.USER_SERVICE_URLS, REPOSITORY_URLS: e.REPOSITORY_URLS };
-  const missing = Object.entries(given).filter(([name, value]) => needed.has(name) && value.length === 0).map(([name]) => name);
+  // The URL lists the layer calls must be set, and nothing else may be.
+  const needed = new Set<UrlVariable>(Object.keys(spec.calls) as UrlVariable[]);
+  const given = Object.fromEntries(URL_VARIABLES.map((name) => [name, e[name]])) as Record<UrlVariable, string[]>;
+  const missing = Object.entries(given).filter(([name, value]) => needed.has(name as UrlVariable) && value.length === 0).map(([name]) => name);
   if (missing.length > 0) {
     throw new ConfigError(`DEPLOYMENT_LAYER=${layer} in DEPLOYMENT_MODE=${mode} calls other processes: set ${missing.join(' and ')}.`);
   }
-  const stray = Object.entries(given).filter(([name, value]) => value.length > 0 && !needed.has(name)).map(([name]) => name);
+  const stray = Object.entries(given).filter(([name, value]) => value.length > 0 && !needed.has(name as UrlVariable)).map(([name]) => name);
   if (stray.length > 0) {
     throw new ConfigError(`DEPLOYMENT_LAYER=${layer} in DEPLOYMENT_MODE=${mode} does not use ${stray.join(', ')}; unset it.`);
   }
-  if (e.DATABASE_URL !== undefined && layer !== 'monolithic' && layer !== 'repository') {
+  if (e.DATABASE_URL !== undefined && !spec.holds.repository) {
     throw new ConfigError(`DEPLOYMENT_LAYER=${layer} reaches the database through the repository layer; DATABASE_URL belongs to the repository layer only.`);
   }
   return {
@@ -306,7 +289,7 @@ function resolveConnections(e: Env, layer: DeploymentLayer) {
   if (e.HTTP_HEADERS_TIMEOUT_MS > e.HTTP_REQUEST_TIMEOUT_MS) {
     throw new ConfigError('HTTP_HEADERS_TIMEOUT_MS must not exceed HTTP_REQUEST_TIMEOUT_MS: the headers are part of the request.');
   }
-  const facesClients = layer === 'monolithic' || layer === 'controller';
+  const facesClients = holdingsOf(layer).controller;
   return {
     protocolDetectionTimeoutMs: e.PROTOCOL_DETECTION_TIMEOUT_MS,
     headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,

@@ -7,47 +7,42 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import { basename, join, posix } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig, type Environment } from '../../src/config.ts';
+import { ENVIRONMENT_VARIABLES, loadConfig, type Environment } from '../../src/config.ts';
+import {
+  DEFAULT_PORTS,
+  DEPLOYMENT_LAYERS,
+  DEPLOYMENT_MODES,
+  holdingsOf,
+  layersOf,
+  TOPOLOGY,
+  type DeploymentLayer,
+  type DeploymentMode,
+} from '../../src/topology.ts';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const DOCKERFILE = 'docker/Dockerfile';
 
-// The topologies as the app defines them: which processes each one runs, the port each listens
-// on by convention, and which URL variables point at which layer.
-type Mode = 'monolithic' | 'layered' | 'microservices';
-type Layer = 'monolithic' | 'controller' | 'service' | 'repository' | 'auth-service' | 'user-service';
+// The topologies as the app defines them (src/topology.ts): which processes each one runs, the
+// port each listens on by convention, and which URL variables point at which layer.
+type Mode = DeploymentMode;
+type Layer = DeploymentLayer;
 
-const LAYERS: Record<Mode, readonly Layer[]> = {
-  monolithic: ['monolithic'],
-  layered: ['controller', 'service', 'repository'],
-  microservices: ['controller', 'auth-service', 'user-service', 'repository'],
-};
-const PORTS: Record<Layer, number> = {
-  monolithic: 3000,
-  controller: 3000,
-  service: 3001,
-  repository: 3002,
-  'auth-service': 3003,
-  'user-service': 3004,
-};
-const URL_TARGETS: Record<string, Layer> = {
-  SERVICE_URLS: 'service',
-  AUTH_SERVICE_URLS: 'auth-service',
-  USER_SERVICE_URLS: 'user-service',
-  REPOSITORY_URLS: 'repository',
-};
-const URLS_NEEDED: Record<Mode, Partial<Record<Layer, readonly string[]>>> = {
-  monolithic: {},
-  layered: { controller: ['SERVICE_URLS'], service: ['REPOSITORY_URLS'] },
-  microservices: {
-    controller: ['AUTH_SERVICE_URLS', 'USER_SERVICE_URLS'],
-    'auth-service': ['REPOSITORY_URLS'],
-    'user-service': ['REPOSITORY_URLS'],
-  },
-};
-const SERVICE_TIER: readonly Layer[] = ['service', 'auth-service', 'user-service'];
-const EDGE: readonly Layer[] = ['monolithic', 'controller'];
-const HOLDS_DATABASE: readonly Layer[] = ['monolithic', 'repository'];
+const LAYERS: Record<Mode, readonly Layer[]> = Object.fromEntries(DEPLOYMENT_MODES.map((mode) => [mode, layersOf(mode)])) as Record<Mode, Layer[]>;
+const PORTS = DEFAULT_PORTS;
+/** The layer each URL variable points at, wherever it is used. */
+const URL_TARGETS: Record<string, Layer> = Object.fromEntries(
+  DEPLOYMENT_MODES.flatMap((mode) => Object.values(TOPOLOGY[mode]).flatMap((spec) => Object.entries(spec?.calls ?? {}))),
+);
+const URLS_NEEDED: Record<Mode, Partial<Record<Layer, readonly string[]>>> = { monolithic: {}, layered: {}, microservices: {} };
+for (const mode of DEPLOYMENT_MODES) {
+  for (const layer of layersOf(mode)) {
+    const urls = Object.keys(TOPOLOGY[mode][layer]?.calls ?? {});
+    if (urls.length > 0) URLS_NEEDED[mode][layer] = urls;
+  }
+}
+const SERVICE_TIER: readonly Layer[] = DEPLOYMENT_LAYERS.filter((layer) => !holdingsOf(layer).controller && (holdingsOf(layer).auth || holdingsOf(layer).users));
+const EDGE: readonly Layer[] = DEPLOYMENT_LAYERS.filter((layer) => holdingsOf(layer).controller);
+const HOLDS_DATABASE: readonly Layer[] = DEPLOYMENT_LAYERS.filter((layer) => holdingsOf(layer).repository);
 
 /** Variables the database and cache containers read; the app never sees them. */
 const INFRASTRUCTURE_VARIABLES = new Set(['POSTGRES_USER', 'POSTGRES_PASSWORD', 'POSTGRES_DB']);
@@ -115,17 +110,8 @@ function once<T>(compute: () => T): () => T {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What src/config.ts reads: the keys of its EnvSchema object, taken from the source so that a
-// variable added to the files but not to the schema (or renamed in one of them) is caught.
-
-function configVariables(): Set<string> {
-  const source = readText('src/config.ts');
-  const start = source.indexOf('const EnvSchema = z.object({');
-  const end = source.indexOf('\n});', start);
-  if (start < 0 || end < 0) throw new Error('src/config.ts: cannot find `const EnvSchema = z.object({ … });`');
-  return new Set([...source.slice(start, end).matchAll(/^ {2}([A-Z][A-Z0-9_]*):/gm)].map((m) => m[1] ?? ''));
-}
-const CONFIG_VARIABLES = configVariables();
+// What src/config.ts reads: the keys of its EnvSchema.
+const CONFIG_VARIABLES = new Set<string>(ENVIRONMENT_VARIABLES);
 
 function accepted(env: Environment, where: string): ReturnType<typeof loadConfig> {
   try {

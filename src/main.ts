@@ -1,79 +1,8 @@
-// Process entry point: configuration, logging, the HTTP server and graceful shutdown.
-import { createApplication } from './app.ts';
-import { ConfigError, loadConfig } from './config.ts';
-import { createLogger } from './infrastructure/logger.ts';
-import { serveMetrics } from './infrastructure/metrics.ts';
-import { createDualProtocolServer } from './server.ts';
+// Process entry point. The module compile cache is turned on before anything else is loaded:
+// Node then keeps each module's compiled code, and for this project's .ts files their
+// type-stripped source, on disk (NODE_COMPILE_CACHE, else the system's temporary directory), so a
+// restart skips that work. Where the directory cannot be written, Node runs without it.
+import { enableCompileCache } from 'node:module';
 
-async function main(): Promise<void> {
-  let config;
-  try {
-    config = loadConfig(process.env);
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n`);
-      process.exit(1);
-    }
-    throw error;
-  }
-  const logger = createLogger({ level: config.logLevel });
-  if (config.jwt.usingDevelopmentSecret) {
-    logger.warn('JWT_SECRET is not set: using the built-in development secret. Never do this in production.');
-  }
-
-  if (config.deployment.mode !== 'monolithic' && config.deployment.internalSecret === undefined) {
-    logger.warn('INTERNAL_API_SECRET is not set: internal APIs accept calls from anyone who can reach them. Never do this in production.');
-  }
-  const app = await createApplication(config, logger);
-  const { server, close } = createDualProtocolServer(
-    { http1: app.http, http2: app.http2 },
-    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger },
-  );
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.server.port, config.server.host, resolve);
-  });
-  const address = server.address();
-  logger.info(
-    {
-      address: typeof address === 'object' && address !== null ? `${address.address}:${address.port}` : address,
-      database: app.database?.kind,
-      deploymentMode: config.deployment.mode,
-      deploymentLayer: config.deployment.layer,
-      protocol: config.deployment.protocol,
-      nodeEnv: config.nodeEnv,
-    },
-    'arcana-cloud listening',
-  );
-
-  // Prometheus metrics on their own port, never on the public one.
-  const metricsServer = app.metrics === undefined ? undefined : await serveMetrics(app.metrics, config.metrics.port, config.metrics.host);
-  if (metricsServer !== undefined) logger.info({ port: metricsServer.port }, 'metrics served at /metrics');
-
-  let stopping = false;
-  const shutdown = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal }, 'shutting down: draining in-flight requests');
-    const force = setTimeout(() => {
-      logger.error('shutdown timed out; exiting');
-      process.exit(1);
-    }, config.server.shutdownTimeoutMs);
-    force.unref();
-    // Health watches never end by themselves; the drain would wait for them until forced.
-    app.drain();
-    void close().then(async () => {
-      await metricsServer?.close();
-      await app.close();
-      logger.info('shutdown complete');
-      process.exit(0);
-    });
-  };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
-}
-
-main().catch((error: unknown) => {
-  process.stderr.write(`Failed to start: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
-  process.exit(1);
-});
+enableCompileCache();
+await import('./start.ts');

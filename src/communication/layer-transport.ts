@@ -20,6 +20,7 @@ import { currentCallContext, remainingMs } from './call-context.ts';
 export const INTERNAL_IDEMPOTENCY_KEY_HEADER = 'x-arcana-idempotency-key';
 export const INTERNAL_REPLAYED_HEADER = 'x-arcana-idempotent-replayed';
 import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
+import { GrpcUnaryClient } from './grpc-unary-client.ts';
 
 export interface LayerTransportOptions {
   /** The layer called, for logs: 'service', 'auth-service', 'repository'… */
@@ -46,11 +47,17 @@ export interface LayerTransportOptions {
 /** A Transport over one or more processes of a layer; see LayerTransportOptions. */
 export function createLayerTransport(options: LayerTransportOptions): Transport {
   if (options.urls.length === 0) throw new Error(`no URLs for the ${options.target} layer`);
-  const endpoints = options.urls.map((baseUrl) =>
-    options.protocol === 'grpc'
-      ? createGrpcTransport({ baseUrl, nodeOptions: { createConnection: connectWithoutDelay } })
-      : createConnectTransport({ baseUrl, httpVersion: '1.1', useBinaryFormat: true }),
-  );
+  const endpoints = options.urls.map((baseUrl): Transport => {
+    if (options.protocol === 'http') return createConnectTransport({ baseUrl, httpVersion: '1.1', useBinaryFormat: true });
+    // Unary calls, nearly all of them, go straight onto an HTTP/2 session (see
+    // grpc-unary-client.ts); streams (health watches) through connect-node.
+    const streams = createGrpcTransport({ baseUrl, nodeOptions: { createConnection: connectWithoutDelay } });
+    const unary = new GrpcUnaryClient({ baseUrl, createConnection: connectWithoutDelay });
+    return {
+      unary: (method, signal, timeoutMs, header, input) => unary.unary(method, signal, timeoutMs, header as Record<string, string>, input),
+      stream: streams.stream.bind(streams),
+    };
+  });
   const backoffMs = options.backoffMs ?? 25;
   const maxBackoffMs = options.maxBackoffMs ?? 1_000;
   const random = options.random ?? Math.random;
@@ -63,13 +70,15 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
 
   /** Headers every internal call carries, and the call's deadline (epoch ms). */
   const prepare = (header: ConstructorParameters<typeof Headers>[0], timeoutMs: number | undefined) => {
-    const headers = new Headers(header);
-    if (options.secret !== undefined) headers.set('authorization', `Bearer ${options.secret}`);
+    // A plain record (lower-case names), which both kinds of endpoint take as it is.
+    const headers: Record<string, string> = {};
+    if (header !== undefined) new Headers(header).forEach((value, name) => (headers[name] = value));
+    if (options.secret !== undefined) headers['authorization'] = `Bearer ${options.secret}`;
     const context = currentCallContext();
     if (context !== undefined) {
-      headers.set('x-request-id', context.requestId);
-      if (context.caller !== undefined) headers.set('x-arcana-caller', context.caller);
-      if (context.idempotency !== undefined) headers.set(INTERNAL_IDEMPOTENCY_KEY_HEADER, context.idempotency.key);
+      headers['x-request-id'] = context.requestId;
+      if (context.caller !== undefined) headers['x-arcana-caller'] = context.caller;
+      if (context.idempotency !== undefined) headers[INTERNAL_IDEMPOTENCY_KEY_HEADER] = context.idempotency.key;
     }
     // The request being served may have less time left than this call's own budget: the
     // downstream call gets whichever is shorter, so no layer works on for an answer nobody awaits.

@@ -47,6 +47,9 @@ export class ConsoleSession {
   #refreshing: Promise<boolean> | undefined;
   #api: Api;
   #onSignedOut: SignedOutListener = () => undefined;
+  /** Calls that must not overlap a rotation (see `exclusive`), and a rotation they held back. */
+  #holds = 0;
+  #deferredRefresh = false;
   /** How many times the token pair was rotated by this session (shown on My account). */
   refreshCount = 0;
 
@@ -110,6 +113,7 @@ export class ConsoleSession {
 
   #forget(): void {
     clearTimeout(this.#refreshTimer);
+    this.#deferredRefresh = false;
     this.#refreshTimer = undefined;
     this.#session = undefined;
   }
@@ -124,7 +128,29 @@ export class ConsoleSession {
     clearTimeout(this.#refreshTimer);
     const lifeMs = expiresInSeconds * 1000;
     const delay = Math.max(500, Math.max(lifeMs * 0.75, lifeMs - 5 * 60_000));
-    this.#refreshTimer = setTimeout(() => void this.refresh(), delay);
+    this.#refreshTimer = setTimeout(() => {
+      if (this.#holds > 0) this.#deferredRefresh = true;
+      else void this.refresh();
+    }, delay);
+  }
+
+  /**
+   * Runs a call that names "this session" to the server (a password change ends the caller's
+   * other sessions) with no rotation in flight: one that committed while the call was on its way
+   * would make the new pair one of the "other" sessions, and end it. A scheduled rotation waits.
+   */
+  async exclusive<T>(run: () => Promise<T>): Promise<T> {
+    await this.#refreshing;
+    this.#holds += 1;
+    try {
+      return await run();
+    } finally {
+      this.#holds -= 1;
+      if (this.#holds === 0 && this.#deferredRefresh) {
+        this.#deferredRefresh = false;
+        void this.refresh();
+      }
+    }
   }
 
   /** One rotation at a time; false (and signed out) when the server refuses the refresh token. */

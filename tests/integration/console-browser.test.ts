@@ -161,7 +161,11 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       expect(await fact(page, 'Status')).toBe('ACTIVE');
 
       if (SCREENSHOTS !== undefined && deploymentName === 'monolithic' && protocol.name === 'grpc-web') {
-        await page.evaluate((hash) => (location.hash = hash), `#/users?q=${prefix.slice(0, 3)}&sort=-createdAt`);
+        for (const [first, last] of [['Ada', 'Lovelace'], ['Grace', 'Hopper'], ['Alan', 'Turing'], ['Edsger', 'Dijkstra'], ['Barbara', 'Liskov']] as const) {
+          const username = `${first}_${last}`.toLowerCase();
+          await register(t, { username, email: `${username}@example.com`, password: 'Sturdy-Passw0rd!', firstName: first, lastName: last } as ReturnType<typeof newUser>);
+        }
+        await page.evaluate((hash) => (location.hash = hash), '#/users?sort=-createdAt');
         await see(page, /Page 1 of/);
         await page.screenshot({ path: join(SCREENSHOTS, 'console-users.png') });
         await openUser(page, target.id, target.username);
@@ -212,6 +216,9 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       await sessions.first().waitFor();
       const before = await sessions.count();
       expect(before).toBeGreaterThanOrEqual(2);
+      if (SCREENSHOTS !== undefined && deploymentName === 'monolithic' && protocol.name === 'grpc-web') {
+        await page.screenshot({ path: join(SCREENSHOTS, 'console-user.png'), fullPage: true });
+      }
       await sessions.first().getByRole('button', { name: 'End' }).click();
       await see(page, /Ended session #\d+\./);
       expect(await sessions.count()).toBe(before - 1);
@@ -219,9 +226,23 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       await see(page, `Ended ${before - 1} session`);
       await see(page, 'No live sessions.', '[data-section="sessions"]');
       expect((await apiClient(protocol.api, t.baseUrl).me(other.accessToken)).code).toBe('unauthenticated');
-      if (SCREENSHOTS !== undefined && deploymentName === 'monolithic' && protocol.name === 'grpc-web') {
-        await page.screenshot({ path: join(SCREENSHOTS, 'console-user.png'), fullPage: true });
-      }
+    });
+
+    it('deletes a user after confirmation; deleting the last active admin is refused with the API\'s error', async () => {
+      await openUser(page, target.id, target.username);
+      await page.getByRole('button', { name: 'Delete user…' }).click();
+      await see(page, `Delete ${target.username} and end all of its sessions?`);
+      await page.getByRole('button', { name: `Yes, delete ${target.username}` }).click();
+      await see(page, 'Users', 'h1');
+      expect(await t.sql('SELECT 1 FROM users WHERE id = $1', [target.id])).toHaveLength(0);
+
+      const [admin] = await t.sql<{ id: number }>('SELECT id FROM users WHERE username = $1', [ADMIN.username]);
+      if (admin === undefined) throw new Error('no bootstrap admin');
+      await openUser(page, admin.id, ADMIN.username);
+      await page.getByRole('button', { name: 'Delete user…' }).click();
+      await page.getByRole('button', { name: `Yes, delete ${ADMIN.username}` }).click();
+      await see(page, '[failed_precondition]', '[data-section="delete"] .error');
+      expect(await t.sql('SELECT 1 FROM users WHERE id = $1', [admin.id])).toHaveLength(1);
     });
 
     it('reads the matching audit events', async () => {
@@ -231,6 +252,7 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       await seeAuditEvent(page, other.id, 'ROLE_CHANGED', 'from=USER, to=GUEST');
       await seeAuditEvent(page, other.id, 'LOGIN_FAILURES_CLEARED', 'cleared=');
       await seeAuditEvent(page, other.id, 'TOKENS_REVOKED', '');
+      await seeAuditEvent(page, target.id, 'USER_DELETED', '');
     });
 
     it('shows field violations beside their fields, and changes the admin\'s own password', async () => {

@@ -26,8 +26,8 @@ export async function renderAccount(view: View): Promise<void> {
     event.preventDefault();
     clearErrors(password);
     password.querySelector('.notice')?.remove();
-    users
-      .changePassword({ userId: me.id, oldPassword: oldPassword.value, newPassword: newPassword.value })
+    session
+      .exclusive(() => users.changePassword({ userId: me.id, oldPassword: oldPassword.value, newPassword: newPassword.value }))
       .then(async () => {
         oldPassword.value = '';
         newPassword.value = '';

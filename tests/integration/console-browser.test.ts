@@ -81,7 +81,7 @@ async function see(page: Page, text: string | RegExp, scope = 'body'): Promise<v
 async function openUser(page: Page, id: number, username: string): Promise<void> {
   await page.getByRole('link', { name: 'My account' }).click();
   await see(page, 'My account', 'h1');
-  await page.evaluate((hash) => (location.hash = hash), `#/users/${id}`);
+  await page.evaluate(`location.hash = ${JSON.stringify(`#/users/${id}`)}`);
   await see(page, username, 'h1');
 }
 
@@ -124,6 +124,8 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       expect(csp).toBe(CONSOLE_CSP);
       expect(csp).toContain("connect-src 'self'");
       expect(csp).not.toContain('unsafe-inline');
+      // Static assets are not charged to the API's rate limit.
+      expect(response?.headers()['ratelimit-limit']).toBeUndefined();
 
       // A wrong password: the API's code and message, as it gave them.
       await page.getByLabel('Username or e-mail').fill(ADMIN.username);
@@ -165,7 +167,7 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
           const username = `${first}_${last}`.toLowerCase();
           await register(t, { username, email: `${username}@example.com`, password: 'Sturdy-Passw0rd!', firstName: first, lastName: last } as ReturnType<typeof newUser>);
         }
-        await page.evaluate((hash) => (location.hash = hash), '#/users?sort=-createdAt');
+        await page.evaluate(`location.hash = '#/users?sort=-createdAt'`);
         await see(page, /Page 1 of/);
         await page.screenshot({ path: join(SCREENSHOTS, 'console-users.png') });
         await openUser(page, target.id, target.username);

@@ -58,14 +58,15 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(securityHeaders());
   app.use(compression());
 
+  // The admin console's page and assets, with their own strict CSP: static bytes held in memory,
+  // outside the API's rate limit (the console's RPCs count against it like any client's).
+  app.use(createConsoleRoutes());
+
   if (options.rateLimiter !== undefined) {
     // Probes are exempt: an orchestrator polling them must never be throttled.
     const limit = rateLimit(options.rateLimiter);
     app.use((req, res, next) => (PROBES.has(req.path) ? next() : limit(req, res, next)));
   }
-
-  // The admin console's page and assets, with their own strict CSP; not part of the REST API.
-  app.use(createConsoleRoutes());
 
   // A compressed body is inflated by body-parser (bounded by the limit after inflation); one cut
   // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with

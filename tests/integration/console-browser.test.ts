@@ -294,5 +294,27 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       for (const type of d.rpcContentTypes) expect(type).toMatch(protocol.contentType);
       expect(d.browserErrors).toEqual([]);
     });
+
+    it('shows a non-admin only its own account, where it revokes all of its sessions', async () => {
+      const api = apiClient(protocol.api, t.baseUrl);
+      const elsewhere = await api.login({ usernameOrEmail: other.username, password: other.password });
+      if (elsewhere.data === undefined) throw new Error(`login failed: ${elsewhere.code}`);
+      const elsewhereToken = elsewhere.data.tokens.accessToken;
+      await page.getByLabel('Username or e-mail').fill(other.username);
+      await page.getByLabel('Password').fill(other.password);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await see(page, 'My account', 'h1');
+      await see(page, `${other.username} (${other.email}), GUEST`);
+      expect(await page.locator('header nav a').allTextContents()).toEqual(['My account']);
+      const mine = page.locator('[data-section="my-sessions"] tbody tr');
+      await mine.first().waitFor();
+      expect(await mine.count()).toBe(2);
+
+      await page.getByRole('button', { name: 'Revoke all my sessions' }).click();
+      await see(page, 'Revoked 2 sessions, this one included. Sign in again.');
+      await page.getByLabel('Username or e-mail').waitFor();
+      expect((await api.me(elsewhereToken)).code).toBe('unauthenticated');
+      expect(d.browserErrors).toEqual([]);
+    });
   });
 });

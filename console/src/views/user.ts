@@ -38,6 +38,8 @@ export async function renderUser(view: View, userId: number): Promise<void> {
   }
   const redraw = (next: User | undefined, message: string) => {
     if (next !== undefined) user = next;
+    // An administrator editing its own account: the header shows the change too.
+    if (next !== undefined && next.id === view.session.user?.id) view.session.updateUser(next);
     draw(message);
   };
 

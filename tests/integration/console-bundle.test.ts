@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import express from 'express';
 import supertest from 'supertest';
 import { describe, expect, it } from 'vitest';
@@ -26,6 +27,13 @@ describe('the console bundle', () => {
       await rm(out, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it('when the README states the bundle size, then it is the committed bundle\'s', async () => {
+    const bundle = await readFile(join(CONSOLE_DIST, 'console.js'));
+    const readme = await readFile(join(root, 'README.md'), 'utf8');
+    const size = (bytes: number) => bytes.toLocaleString('en-US');
+    expect(readme).toContain(`\`console.js\` ${size(bundle.length)} bytes (${size(gzipSync(bundle, { level: 9 }).length)} gzipped`);
+  });
 
   it('when the page is read, then it loads only its own script and stylesheet, with nothing inline', async () => {
     const html = await readFile(join(CONSOLE_DIST, 'index.html'), 'utf8');

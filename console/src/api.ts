@@ -92,7 +92,12 @@ export class ConsoleSession {
   async signOut(): Promise<void> {
     if (this.#session !== undefined) {
       try {
-        await this.#api.auth.logout({});
+        // Ends the pair the access token belongs to: not while a rotation could replace it, and
+        // with no rotation scheduled after it.
+        await this.exclusive(() => {
+          this.#stopRefreshing();
+          return this.#api.auth.logout({});
+        });
       } catch {
         // The tokens are dropped either way; a session the server no longer knows is ended.
       }
@@ -112,10 +117,14 @@ export class ConsoleSession {
   }
 
   #forget(): void {
-    clearTimeout(this.#refreshTimer);
-    this.#deferredRefresh = false;
-    this.#refreshTimer = undefined;
+    this.#stopRefreshing();
     this.#session = undefined;
+  }
+
+  #stopRefreshing(): void {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = undefined;
+    this.#deferredRefresh = false;
   }
 
   #start(user: User, tokens: TokenPair): void {
@@ -135,9 +144,10 @@ export class ConsoleSession {
   }
 
   /**
-   * Runs a call that names "this session" to the server (a password change ends the caller's
-   * other sessions) with no rotation in flight: one that committed while the call was on its way
-   * would make the new pair one of the "other" sessions, and end it. A scheduled rotation waits.
+   * Runs a call that names "this session" to the server with no rotation in flight: a password
+   * change ends the caller's *other* sessions, and a pair rotated while it was on its way would be
+   * one of them; a logout ends the caller's pair, and would leave the rotated one alive. A
+   * scheduled rotation waits until the call is over.
    */
   async exclusive<T>(run: () => Promise<T>): Promise<T> {
     await this.#refreshing;

@@ -291,6 +291,13 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       await page.getByRole('button', { name: 'Sign out' }).click();
       await see(page, 'Signed out.');
       await page.getByLabel('Username or e-mail').waitFor();
+      // Signing out ended the console's session on the server, however often it was rotated.
+      const live = await t.sql(
+        `SELECT t.id FROM oauth_tokens t JOIN users u ON u.id = t.user_id
+         WHERE u.username = $1 AND NOT t.is_revoked AND t.expires_at > now() AND t.user_agent LIKE '%Chrome%'`,
+        [ADMIN.username],
+      );
+      expect(live).toEqual([]);
       for (const type of d.rpcContentTypes) expect(type).toMatch(protocol.contentType);
       expect(d.browserErrors).toEqual([]);
     });

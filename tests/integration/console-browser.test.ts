@@ -146,8 +146,10 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
     let target: Awaited<ReturnType<typeof register>>;
     let other: Awaited<ReturnType<typeof register>>;
 
+    let prefix: string;
+
     it('finds a user by search and suspends it; that user\'s own token is then refused', async () => {
-      const prefix = `cb_${protocol.name.replace('-', '')}_${deploymentName.replace('-', '')}_${Date.now().toString(36)}`;
+      prefix = `cb_${protocol.name.replace('-', '')}_${deploymentName.replace('-', '')}_${Date.now().toString(36)}`;
       target = await register(t, newUser(`${prefix}_a`));
       other = await register(t, newUser(`${prefix}_b`));
       const api = apiClient(protocol.api, t.baseUrl);
@@ -180,6 +182,46 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       const [row] = await t.sql<{ status: string }>('SELECT status FROM users WHERE id = $1', [target.id]);
       expect(row?.status).toBe('SUSPENDED');
       expect((await api.me(target.accessToken)).code).toBe('unauthenticated');
+    });
+
+    it('pages, filters and sorts the user list', async () => {
+      const group = `pg_${protocol.name.replace('-', '')}_${deploymentName.replace('-', '')}_${Date.now().toString(36)}`;
+      const members: string[] = [];
+      for (let i = 0; i < 21; i += 1) members.push((await register(t, newUser(group))).username);
+      const rows = page.locator('table.users tbody tr');
+      const search = async (filters: { q?: string; role?: string; status?: string; sort?: string }) => {
+        await page.getByLabel('Search').fill(filters.q ?? '');
+        await page.getByLabel('Role').selectOption(filters.role ?? '');
+        await page.getByLabel('Status').selectOption(filters.status ?? '');
+        await page.getByLabel('Sort').selectOption(filters.sort ?? 'id');
+        await page.getByRole('button', { name: 'Search' }).click();
+      };
+      await page.getByRole('link', { name: 'Users' }).click();
+      await see(page, 'Users', 'h1');
+
+      // Each listing is waited for by a row only it has: the previous one may say the same.
+      const showing = (username: string | undefined) => rows.filter({ hasText: username ?? '?' }).first().waitFor();
+      await search({ q: group, sort: '-createdAt' });
+      await showing(members[20]);
+      await see(page, 'Page 1 of 2 (21 users)');
+      expect(await rows.count()).toBe(20);
+      expect(await rows.first().locator('td').nth(1).textContent()).toBe(members[20]);
+      await page.getByRole('button', { name: 'Next →' }).click();
+      await showing(members[0]);
+      await see(page, 'Page 2 of 2 (21 users)');
+      expect(await rows.count()).toBe(1);
+      expect(await rows.first().locator('td').nth(1).textContent()).toBe(members[0]);
+
+      await search({ q: prefix, status: 'SUSPENDED' });
+      await showing(target.username);
+      await see(page, 'Page 1 of 1 (1 user)');
+      expect(await rows.first().locator('td').nth(1).textContent()).toBe(target.username);
+      await search({ role: 'ADMIN' });
+      await showing(ADMIN.username);
+      await see(page, 'Page 1 of 1 (1 user)');
+      expect(await rows.first().locator('td').nth(1).textContent()).toBe(ADMIN.username);
+      await search({ q: `${group}_nobody` });
+      await see(page, 'No users match.');
     });
 
     it('changes a role, and a stale write shows the API\'s error', async () => {

@@ -41,3 +41,7 @@ run('prisma', ['generate', '--schema', schema], {
   PRISMA_SCHEMA_ENGINE_BINARY: engine !== undefined && existsSync(engine) ? engine : process.execPath,
   PRISMA_HIDE_UPDATE_MESSAGE: '1',
 });
+
+// The console's committed bundle embeds the generated service descriptors: rebuild it with them
+// (tests/integration/console-bundle.test.ts checks it separately).
+if (base === root) execFileSync(process.execPath, [join(root, 'scripts', 'build-console.ts'), '--quiet'], { cwd: root, stdio: 'inherit' });

@@ -11,6 +11,7 @@ import type { UserService } from '../../services/user-use-cases.ts';
 import type { AuditService } from '../../services/audit-use-cases.ts';
 import { createAuditRoutes } from './audit-routes.ts';
 import { createAuthRoutes } from './auth-routes.ts';
+import { createConsoleRoutes } from './console-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
 import { findUnstorableText, noFieldErrors } from '../edge-input.ts';
 import { createOpenApiValidation } from './openapi-validation.ts';
@@ -56,6 +57,10 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(requestContext(options.logger, options.resolveClient, options.metrics));
   app.use(securityHeaders());
   app.use(compression());
+
+  // The admin console's page and assets, with their own strict CSP: static bytes held in memory,
+  // outside the API's rate limit (the console's RPCs count against it like any client's).
+  app.use(createConsoleRoutes());
 
   if (options.rateLimiter !== undefined) {
     // Probes are exempt: an orchestrator polling them must never be throttled.

@@ -40,7 +40,11 @@ export interface TokenRepository {
   revoke(id: number, reason: RevocationReason): Promise<string[]>;
   /** Revokes every still-live pair of a login chain. */
   revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]>;
-  /** Revokes the user's live (unexpired) pairs, optionally sparing one. */
+  /**
+   * Revokes the user's live (unexpired) pairs, optionally sparing the login chain of pair
+   * `exceptId` (the caller's session): a refresh of that session that commits first has moved
+   * it to a new pair of the same chain, which is still the caller's session.
+   */
   revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]>;
   /** Live (unrevoked, unexpired) pairs of a user, newest first. */
   listActive(userId: number, now: Date): Promise<OAuthToken[]>;
@@ -104,12 +108,13 @@ export class PrismaTokenRepository implements TokenRepository {
         // (see rotate): without it, a refresh committing while this statement waits on the row it
         // rotates would insert a successor this statement cannot see, and that session would live.
         await lockUser(tx, userId);
+        const spared = exceptId === undefined ? null : await tx.oAuthToken.findUnique({ where: { id: exceptId }, select: { familyId: true } });
         const rows = await tx.oAuthToken.updateManyAndReturn({
           where: {
             userId,
             isRevoked: false,
             expiresAt: { gt: new Date() },
-            ...(exceptId === undefined ? {} : { NOT: { id: exceptId } }),
+            ...(spared === null ? {} : { NOT: { familyId: spared.familyId } }),
           },
           data: { isRevoked: true, revokedReason: reason },
           select: { accessTokenHash: true },

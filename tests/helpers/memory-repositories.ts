@@ -177,7 +177,8 @@ export class MemoryTokenRepository implements TokenRepository {
 
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
     const now = this.#clock.now();
-    return this.#revokeWhere((row) => row.userId === userId && row.id !== exceptId && row.expiresAt > now, reason);
+    const sparedFamily = exceptId === undefined ? undefined : this.#rows.get(exceptId)?.familyId;
+    return this.#revokeWhere((row) => row.userId === userId && row.familyId !== sparedFamily && row.expiresAt > now, reason);
   }
 
   async listActive(userId: number, now: Date): Promise<OAuthToken[]> {

@@ -99,6 +99,26 @@ describe.each(PROTOCOLS)('sessions over %s', (protocol: ProtocolName) => {
     expect(types.filter((type) => type === 'TOKEN_REUSE_DETECTED')).toHaveLength(1);
   });
 
+  it('when a session is refreshed while its owner changes the password, then the refreshed session lives on and the others end', async () => {
+    // The password change ends the caller's other sessions; a refresh of the caller's own session
+    // that commits first has moved it to a new pair of the same chain, which must be spared.
+    for (let round = 0; round < 3; round += 1) {
+      const user = await register(t);
+      const current = await client.login({ usernameOrEmail: user.username, password: user.password });
+      const other = await client.login({ usernameOrEmail: user.username, password: user.password });
+      const newPassword = `Changed-${round}-Passw0rd!`;
+      const [refreshed, changed] = await Promise.all([
+        client.refresh(current.data?.tokens.refreshToken ?? ''),
+        client.changePassword(current.data?.tokens.accessToken ?? '', user.id, { oldPassword: user.password, newPassword }),
+      ]);
+      expect([refreshed.code, changed.code]).toEqual(['ok', 'ok']);
+      expect((await client.me(refreshed.data?.accessToken ?? '')).code).toBe('ok');
+      expect((await client.refresh(refreshed.data?.refreshToken ?? '')).code).toBe('ok');
+      expect((await client.me(other.data?.tokens.accessToken ?? '')).code).toBe('unauthenticated');
+      user.password = newPassword;
+    }
+  });
+
   it('when tokens are handed out or refused, then no cache may store the answer', async () => {
     const user = await register(t);
     const login = await client.login({ usernameOrEmail: user.username, password: user.password });

@@ -62,7 +62,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
   };
 
   /** Headers every internal call carries, and the call's deadline (epoch ms). */
-  const prepare = (header: ConstructorParameters<typeof Headers>[0], timeoutMs: number | undefined) => {
+  const prepare = (header: HeadersInit | undefined, timeoutMs: number | undefined) => {
     const headers = new Headers(header);
     if (options.secret !== undefined) headers.set('authorization', `Bearer ${options.secret}`);
     const context = currentCallContext();

@@ -35,7 +35,7 @@ export interface RunningTopology {
   /** Bottom layer first. */
   layers: LayerProcess[];
   /** Stops every process, the controller first. */
-  stop(): Promise<void>;
+  stop: () => Promise<void>;
 }
 
 const ROOT = join(import.meta.dirname, '..');

@@ -146,7 +146,7 @@ function createLayerProcess(
     },
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
       const running = child;
-      if (running === undefined || running.exitCode !== null || running.signalCode !== null) return running?.exitCode ?? null;
+      if (running?.exitCode !== null || running.signalCode !== null) return running?.exitCode ?? null;
       const exited = once(running, 'exit') as Promise<[number | null]>;
       running.kill(signal);
       const [code] = await exited;

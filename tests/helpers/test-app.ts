@@ -92,7 +92,7 @@ export async function createTestApp(overrides: Environment = {}, options: TestAp
     app,
     databaseUrl: url.toString(),
     request: supertest(app.http),
-    sql: async (text, values) => (await admin.query(text, values)).rows,
+    sql: async <T extends pg.QueryResultRow>(text: string, values?: unknown[]) => (await admin.query<T>(text, values)).rows,
     close: async () => {
       await app.close();
       if (owner) await admin.query(`DROP SCHEMA "${schema}" CASCADE`);

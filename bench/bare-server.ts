@@ -62,7 +62,8 @@ async function page(url: URL, send: Send): Promise<void> {
   const pageNumber = Number(url.searchParams.get('page') ?? 1);
   const perPage = Number(url.searchParams.get('perPage') ?? 20);
   if (!Number.isInteger(pageNumber) || pageNumber < 1 || !Number.isInteger(perPage) || perPage < 1 || perPage > 100) {
-    return send(400, { error: 'bad page' });
+    send(400, { error: 'bad page' });
+    return;
   }
   const { rows } = await pool.query<Record<string, unknown> & { total: string }>(SELECT_PAGE, [perPage, (pageNumber - 1) * perPage]);
   const total = rows[0] === undefined ? 0 : Number(rows[0].total);
@@ -72,11 +73,17 @@ async function page(url: URL, send: Send): Promise<void> {
 async function login(req: IncomingMessage, send: Send): Promise<void> {
   const body = await readJson(req);
   const { usernameOrEmail, password } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
-  if (typeof usernameOrEmail !== 'string' || typeof password !== 'string') return send(400, { error: 'usernameOrEmail and password are required' });
+  if (typeof usernameOrEmail !== 'string' || typeof password !== 'string') {
+    send(400, { error: 'usernameOrEmail and password are required' });
+    return;
+  }
   const query = usernameOrEmail.includes('@') ? SELECT_LOGIN_BY_EMAIL : SELECT_LOGIN_BY_USERNAME;
   const { rows } = await pool.query<{ id: number; password_hash: string }>(query, [usernameOrEmail]);
   const user = rows[0];
-  if (user === undefined || !(await bcrypt.compare(password, user.password_hash))) return send(401, { error: 'invalid credentials' });
+  if (user === undefined || !(await bcrypt.compare(password, user.password_hash))) {
+    send(401, { error: 'invalid credentials' });
+    return;
+  }
   send(200, { data: { id: user.id } });
 }
 
@@ -97,7 +104,11 @@ const server = createServer((req, res) => {
   const match = req.method === 'GET' ? USER_PATH.exec(pathname ?? '') : null;
   if (match === null) return send(404, { error: 'not found' });
   pool.query(SELECT_PROFILE, [Number(match[1])]).then(
-    (result) => (result.rows[0] === undefined ? send(404, { error: 'not found' }) : send(200, { data: result.rows[0] })),
+    (result) => {
+      const row: unknown = result.rows[0];
+      if (row === undefined) send(404, { error: 'not found' });
+      else send(200, { data: row });
+    },
     fail,
   );
 });

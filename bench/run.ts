@@ -76,11 +76,11 @@ function describe(row: ResultRow): string {
   return (
     `${m.okPerSecond.toFixed(m.okPerSecond < 100 ? 2 : 0)} ok/s, ${latency}` +
     `${errors.length > 0 ? `, errors ${JSON.stringify(Object.fromEntries(errors))} statuses ${JSON.stringify(m.statuses)}` : ''}; CPU ${cpu}` +
-    `${probe === undefined || probe === null ? '' : `; /health meanwhile p99 ${probe.p99.toFixed(1)} ms`}` +
-    `${(row.checks?.serverLogLines ?? 0) > 0 ? `; ${row.checks?.serverLogLines} server log lines` : ''}` +
-    `${row.checks?.before.ok === false ? `; the call before the load was refused: ${row.checks.before.outcome}` : ''}` +
-    `${row.checks?.after?.ok === false ? `; the call after the load failed: ${row.checks.after.outcome}` : ''}` +
-    `${row.checks?.grpc?.consistent === false ? `; ${row.checks.grpc.bodyBytes} gRPC response bytes do not fit ${row.checks.grpc.http200} answers of ${row.checks.grpc.answerBytes}` : ''}`
+    (probe === undefined || probe === null ? '' : `; /health meanwhile p99 ${probe.p99.toFixed(1)} ms`) +
+    ((row.checks?.serverLogLines ?? 0) > 0 ? `; ${row.checks?.serverLogLines} server log lines` : '') +
+    (row.checks?.before.ok === false ? `; the call before the load was refused: ${row.checks.before.outcome}` : '') +
+    (row.checks?.after?.ok === false ? `; the call after the load failed: ${row.checks.after.outcome}` : '') +
+    (row.checks?.grpc?.consistent === false ? `; ${row.checks.grpc.bodyBytes} gRPC response bytes do not fit ${row.checks.grpc.http200} answers of ${row.checks.grpc.answerBytes}` : '')
   );
 }
 
@@ -155,10 +155,13 @@ async function main(settings: BenchSettings): Promise<void> {
   let seedSeconds: number | undefined;
   let bareDone = !settings.bare;
   let running: RunningTopology | ServerProcess | undefined;
-  let interrupted = false;
+  // Set by the signal handler and read through a call: a plain variable would stay narrowed to
+  // its first check across the awaits in between, where the handler may have run.
+  let interruptedBySignal = false;
+  const interrupted = (): boolean => interruptedBySignal;
   const onSignal = (signal: NodeJS.Signals): void => {
     log(`${signal}: stopping after the current step and cleaning up`);
-    interrupted = true;
+    interruptedBySignal = true;
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -339,7 +342,7 @@ async function main(settings: BenchSettings): Promise<void> {
     const subject: Subject = { target: 'bare', topology: 'bare', variant: 'default', baseUrl: server.url, processes: () => [{ name: 'bare', pid: server.pid }], log: { lines: 0, sample: [] } };
     try {
       for (const scenario of wanted) {
-        if (interrupted) break;
+        if (interrupted()) break;
         await measureRow(subject, 'rest', scenario, barePlan(scenario, seeded));
       }
     } finally {
@@ -363,7 +366,7 @@ async function main(settings: BenchSettings): Promise<void> {
     }
 
     for (const target of targets) {
-      if (interrupted) break;
+      if (interrupted()) break;
       // Reads over every protocol first, then logins: a login changes the user's lastLoginAt, and
       // reads must see the same record throughout (gRPC answers are checked by their size).
       const pending = [false, true].flatMap((logins) =>
@@ -396,7 +399,7 @@ async function main(settings: BenchSettings): Promise<void> {
           log(`  seeded in ${seedSeconds.toFixed(1)} s`);
         }
         const timings = [];
-        for (let run = 0; run < settings.startupRuns && !interrupted; run += 1) {
+        for (let run = 0; run < settings.startupRuns && !interrupted(); run += 1) {
           for (const layer of layers) timings.push(await timeRestart(layer, STARTUP_TIMEOUT_MS));
         }
         startup.restarts[target.name] = timings;
@@ -411,12 +414,12 @@ async function main(settings: BenchSettings): Promise<void> {
         };
         const seeded = fixtures;
         for (const { protocol, scenario } of pending) {
-          if (interrupted) break;
+          if (interrupted()) break;
           await measureRow(subject, protocol, scenario, planFor(protocol, scenario, seeded));
         }
-        if (settings.soak && soak === null && !interrupted) {
+        if (settings.soak && soak === null && !interrupted()) {
           let getUser = rows.find((row) => row.target === target.name && row.protocol === 'rest' && row.scenario === 'get-user')?.measurement;
-          if (getUser === undefined) getUser = (await measureRow(subject, 'rest', 'get-user', planFor('rest', 'get-user', seeded))).measurement;
+          getUser ??= (await measureRow(subject, 'rest', 'get-user', planFor('rest', 'get-user', seeded))).measurement;
           if (getUser !== undefined) {
             log(`  soak: ${settings.soakSeconds} s at ${settings.soakLoad} × ${getUser.okPerSecond.toFixed(0)} req/s of REST get-user`);
             const plan = planFor('rest', 'get-user', seeded);
@@ -455,10 +458,10 @@ async function main(settings: BenchSettings): Promise<void> {
       }
       // The bare server runs right after the first target that seeded the data, so the numbers
       // the headline ratios compare are taken close together.
-      if (!bareDone && fixtures !== undefined && !interrupted) await measureBare(fixtures);
+      if (!bareDone && fixtures !== undefined && !interrupted()) await measureBare(fixtures);
     }
 
-    if (settings.pglite && !interrupted) {
+    if (settings.pglite && !interrupted()) {
       log('timing a monolith on PGlite (first start, then restarts)');
       try {
         // The first start creates the database in WebAssembly: far slower than a restart.
@@ -476,7 +479,7 @@ async function main(settings: BenchSettings): Promise<void> {
       format: RECORD_FORMAT,
       startedAt: startedAt.toISOString(),
       finishedAt: finishedAt.toISOString(),
-      complete: !interrupted,
+      complete: !interrupted(),
       runId,
       totalSeconds: (finishedAt.getTime() - startedAt.getTime()) / 1000,
       settings,

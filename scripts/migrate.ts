@@ -22,8 +22,8 @@ const USAGE = 'Usage: node scripts/migrate.ts deploy | diff <name> | check';
 
 async function deploy(): Promise<number> {
   // Empty strings mean "unset", as in src/config.ts.
-  const databaseUrl = process.env.DATABASE_URL || undefined;
-  const dataDir = process.env.DATA_DIR || './.data';
+  const databaseUrl = nonEmpty(process.env.DATABASE_URL);
+  const dataDir = nonEmpty(process.env.DATA_DIR) ?? './.data';
   const database = await createDatabase({ databaseUrl, dataDir });
   try {
     const target =
@@ -89,4 +89,8 @@ try {
 } catch (error) {
   console.error(error instanceof Error ? error.message : error);
   process.exitCode = 1;
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === '' ? undefined : value;
 }

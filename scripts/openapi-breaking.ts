@@ -21,7 +21,13 @@ export interface BreakingChange {
 }
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-type JsonObject = { [key: string]: Json };
+type JsonObject = Record<string, Json>;
+
+/** A string as itself, anything else (an author's mistake) as JSON. */
+function jsonText(value: Json | undefined): string {
+  if (value === undefined) return 'undefined';
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}
 
 type Direction = 'request' | 'response';
 
@@ -174,7 +180,7 @@ class Comparison {
       for (const raw of list) {
         const parameter = document.resolve(raw);
         const name = typeof parameter.name === 'string' ? parameter.name : '';
-        let key = `${String(parameter.in)} ${name}`;
+        let key = `${jsonText(parameter.in)} ${name}`;
         if (parameter.in === 'path') key = `path {${placeholders.indexOf(name)}}`;
         // Header names are case-insensitive.
         if (parameter.in === 'header') key = `header ${name.toLowerCase()}`;
@@ -186,7 +192,7 @@ class Comparison {
 
   #parameters(where: string, base: Map<string, JsonObject>, current: Map<string, JsonObject>): void {
     for (const [key, parameter] of base) {
-      const location = `${where} ${String(parameter.in)} parameter ${String(parameter.name)}`;
+      const location = `${where} ${jsonText(parameter.in)} parameter ${jsonText(parameter.name)}`;
       const next = current.get(key);
       if (next === undefined) {
         this.add(location, 'parameter removed');
@@ -197,7 +203,7 @@ class Comparison {
     }
     for (const [key, parameter] of current) {
       if (!base.has(key) && parameter.required === true) {
-        this.add(`${where} ${String(parameter.in)} parameter ${String(parameter.name)}`, 'new required parameter');
+        this.add(`${where} ${jsonText(parameter.in)} parameter ${jsonText(parameter.name)}`, 'new required parameter');
       }
     }
   }

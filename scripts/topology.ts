@@ -37,7 +37,7 @@ export interface RunningTopology {
   /** Bottom layer first. */
   layers: LayerProcess[];
   /** Stops every process, the controller first. */
-  stop(): Promise<void>;
+  stop: () => Promise<void>;
 }
 
 const ROOT = join(import.meta.dirname, '..');
@@ -145,7 +145,7 @@ function createLayerProcess(
     },
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
       const running = child;
-      if (running === undefined || running.exitCode !== null || running.signalCode !== null) return running?.exitCode ?? null;
+      if (running?.exitCode !== null || running.signalCode !== null) return running?.exitCode ?? null;
       const exited = once(running, 'exit') as Promise<[number | null]>;
       running.kill(signal);
       const [code] = await exited;

@@ -103,7 +103,7 @@ export interface Application {
    * and completed, and health checks answer NOT_SERVING from then on. Call before draining.
    */
   drain(): void;
-  close(): Promise<void>;
+  close: () => Promise<void>;
 }
 
 /** A monolith's Application: every layer is here. */
@@ -308,7 +308,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
     probes.use(notFoundHandler);
     probes.use(createErrorHandler({ logger, exposeInternals: false }));
     const rpcOnly = createRpcNodeHandler(layerRpc);
-    const rpcOrProbes = createRpcNodeHandler({ ...layerRpc, fallback: (req, res) => probes(req as IncomingMessage, res as ServerResponse) });
+    const rpcOrProbes = createRpcNodeHandler({ ...layerRpc, fallback: (req, res) => void probes(req as IncomingMessage, res as ServerResponse) });
     return { http: rpcOrProbes, http2: rpcOnly, readiness, database, auth, users, audit, jobs, metrics, drain, close };
   } catch (error) {
     await close();
@@ -380,7 +380,7 @@ async function createPublicFacades(
   // ever sees HTTP/1.1 requests (see `http` below), hence the narrowing casts.
   const rpcOrRest = createRpcNodeHandler({
     ...rpcOptions,
-    fallback: (req, res) => rest(req as IncomingMessage, res as ServerResponse),
+    fallback: (req, res) => void rest(req as IncomingMessage, res as ServerResponse),
   });
   const rpcOnly = createRpcNodeHandler(rpcOptions);
 

@@ -61,7 +61,7 @@ export interface DualProtocolServerOptions {
 export interface DualProtocolServer {
   server: Server;
   /** Stops accepting, lets in-flight requests finish, then resolves. */
-  close(): Promise<void>;
+  close: () => Promise<void>;
 }
 
 /** Serves `http1` on HTTP/1.1 connections and `http2` on prior-knowledge HTTP/2 ones. */
@@ -93,7 +93,7 @@ export function createDualProtocolServer(
     // Refused before the application sees it, so a refused stream costs no handler state.
     const address = remoteAddressOf(req.socket);
     const peer = peers.admitStream(address);
-    if (peer === 'refused') {
+    if (peer === REFUSED) {
       warnStream({ peer: addressKey(address), limit: limits.http2StreamsPerAddress });
       req.stream.close(http2Constants.NGHTTP2_REFUSED_STREAM);
       return;
@@ -114,7 +114,7 @@ export function createDualProtocolServer(
   // sockets, but the HTTP/2 path below is handed the raw socket.
   const server = createNetServer({ pauseOnConnect: true, noDelay: true }, (socket) => {
     const peer = peers.admitConnection(socket.remoteAddress);
-    if (peer === 'refused') {
+    if (peer === REFUSED) {
       warnConnection({ peer: addressKey(socket.remoteAddress), limit: limits.connectionsPerAddress });
       // A reset rather than a FIN: the refused peer gets its answer at once and this side keeps
       // no TIME_WAIT state for it.
@@ -228,6 +228,9 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
   session.once('close', () => clearTimeout(idle));
 }
 
+/** What the peer table answers for a connection or stream over its address's cap. */
+const REFUSED = Symbol('refused');
+
 /** Per-address counts of open connections and HTTP/2 streams, for the per-address caps. */
 function createPeerTable(limits: ConnectionLimits, isTrusted: (address: string) => boolean) {
   const counts = new Map<string, { connections: number; streams: number }>();
@@ -252,11 +255,11 @@ function createPeerTable(limits: ConnectionLimits, isTrusted: (address: string) 
     found[field] -= 1;
     if (found.connections <= 0 && found.streams <= 0) counts.delete(key);
   };
-  const admit = (address: string | undefined, field: 'connections' | 'streams', cap: number): string | undefined | 'refused' => {
+  const admit = (address: string | undefined, field: 'connections' | 'streams', cap: number): string | undefined | typeof REFUSED => {
     const key = keyOf(address, cap);
     if (key === undefined) return undefined;
     const found = entry(key);
-    if (found[field] >= cap) return 'refused';
+    if (found[field] >= cap) return REFUSED;
     found[field] += 1;
     return key;
   };

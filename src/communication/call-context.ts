@@ -123,7 +123,7 @@ export function timeoutFromHeaders(header: Headers): number | undefined {
 export function readOnce<T>(key: string, read: () => Promise<T>): Promise<T> {
   const context = storage.getStore();
   if (context === undefined) return read();
-  const reads = (context.reads ??= new Map());
+  const reads = (context.reads ??= new Map<string, Promise<unknown>>());
   const known = reads.get(key);
   if (known !== undefined) return known as Promise<T>;
   const reading = read();

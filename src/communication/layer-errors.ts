@@ -80,8 +80,7 @@ function appErrorFrom(code: ErrorCode, message: string, metadata: Record<string,
     const retryAfter = metadata[RETRY_AFTER];
     return new UnavailableError(message, cause, retryAfter === undefined ? undefined : Number(retryAfter));
   }
-  const details: FieldErrors = { ...metadata };
-  delete details[RETRY_AFTER];
+  const details: FieldErrors = Object.fromEntries(Object.entries(metadata).filter(([key]) => key !== RETRY_AFTER));
   return new AppError(code, message, { ...(Object.keys(details).length === 0 ? {} : { details }), cause });
 }
 

@@ -69,7 +69,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
   };
 
   /** Headers every internal call carries, and the call's deadline (epoch ms). */
-  const prepare = (header: ConstructorParameters<typeof Headers>[0], timeoutMs: number | undefined) => {
+  const prepare = (header: HeadersInit | undefined, timeoutMs: number | undefined) => {
     // A plain record (lower-case names), which both kinds of endpoint take as it is.
     const headers: Record<string, string> = {};
     if (header !== undefined) new Headers(header).forEach((value, name) => (headers[name] = value));

@@ -82,19 +82,19 @@ export function findMessageProblems(desc: DescMessage, message: Message): FieldE
       };
       switch (field.fieldKind) {
         case 'scalar':
-          if (field.scalar === ScalarType.STRING) report(path, unstorableText(current.get(field) as string));
+          if (field.scalar === ScalarType.STRING) report(path, unstorableText(current.get(field)));
           break;
         case 'enum':
-          report(path, undeclaredEnum(field.enum, current.get(field) as number));
+          report(path, undeclaredEnum(field.enum, current.get(field)));
           break;
         case 'message':
-          pending.push([current.get(field) as ReflectMessage, `${path}.`]);
+          pending.push([current.get(field), `${path}.`]);
           break;
         case 'list':
-          checkList(field, current.get(field) as ReflectList, path, report, pending);
+          checkList(field, current.get(field), path, report, pending);
           break;
         case 'map':
-          checkMap(field, current.get(field) as ReflectMap, path, report, pending);
+          checkMap(field, current.get(field), path, report, pending);
           break;
       }
     }

@@ -15,16 +15,17 @@ export function statusToProto(status: db.UserStatus): UserStatus {
   return UserStatus[status];
 }
 
+// An enum's reverse mapping is typed string, but an unknown number from the wire has no name.
 /** The stored role for a proto role; UNSPECIFIED (or an unknown number) is a validation error. */
 export function roleFromProto(role: UserRole, field = 'role'): db.UserRole {
-  const name = UserRole[role];
+  const name = UserRole[role] as string | undefined;
   if (name !== undefined && Object.hasOwn(db.UserRole, name)) return name as db.UserRole;
   throw new ValidationError('Validation failed', { [field]: 'must be one of ADMIN, USER, GUEST' });
 }
 
 /** The stored status for a proto status; UNSPECIFIED (or an unknown number) is a validation error. */
 export function statusFromProto(status: UserStatus, field = 'status'): db.UserStatus {
-  const name = UserStatus[status];
+  const name = UserStatus[status] as string | undefined;
   if (name !== undefined && Object.hasOwn(db.UserStatus, name)) return name as db.UserStatus;
   throw new ValidationError('Validation failed', { [field]: 'must be one of ACTIVE, INACTIVE, SUSPENDED, DELETED' });
 }

@@ -16,7 +16,7 @@ export interface Cache {
 // their own fields are looked at, after a plain JSON.parse: a reviver would make V8 call back for
 // every value, which profiling showed as 5% of an authenticated request.
 const ISO_DATE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
-function parseCached<T>(json: string): T {
+function parseCached(json: string): unknown {
   const value: unknown = JSON.parse(json);
   if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
     const row = value as Record<string, unknown>;
@@ -25,7 +25,7 @@ function parseCached<T>(json: string): T {
       if (key.endsWith('At') && typeof field === 'string' && ISO_DATE.test(field)) row[key] = new Date(field);
     }
   }
-  return value as T;
+  return value;
 }
 
 /** The bounds of a MemoryCache; both hold at every moment. */
@@ -78,7 +78,7 @@ export class MemoryCache implements Cache {
       this.#remove(key);
       return undefined;
     }
-    return parseCached<T>(entry.json);
+    return parseCached(entry.json) as T;
   }
 
   async set(key: string, value: unknown, ttlSeconds: number): Promise<void> {
@@ -123,7 +123,7 @@ export class RedisCache implements Cache {
   async get<T>(key: string): Promise<T | undefined> {
     try {
       const json = await this.#redis.get(this.#prefix + key);
-      return json === null ? undefined : parseCached<T>(json);
+      return json === null ? undefined : parseCached(json) as T;
     } catch {
       return undefined;
     }

@@ -222,7 +222,7 @@ class BullMqJobRunner implements JobRunner {
     // On every later connection: the first one builds the queues if start-up had to go without
     // them, and each one declares the purge schedule again, so that it comes back should Redis
     // have lost its data. Declaring it again is harmless.
-    runner.#producer.on('ready', runner.#onReady);
+    runner.#producer.on('ready', runner.#onReconnect);
     return runner;
   }
 
@@ -244,7 +244,7 @@ class BullMqJobRunner implements JobRunner {
 
   async close(): Promise<void> {
     this.#closed = true;
-    this.#producer.off('ready', this.#onReady);
+    this.#producer.off('ready', this.#onReconnect);
     await Promise.allSettled(this.#inFlight);
     const parts = this.#parts;
     const connections = [this.#producer, ...(parts?.workerConnections ?? [])];
@@ -267,7 +267,12 @@ class BullMqJobRunner implements JobRunner {
     await Promise.allSettled(connections.filter((connection) => connection.status === 'ready').map((connection) => connection.quit()));
   }
 
-  readonly #onReady = async (): Promise<void> => {
+  /** The 'ready' listener: ioredis ignores what a listener returns, and #onReady logs its own failures. */
+  readonly #onReconnect = (): void => {
+    void this.#onReady();
+  };
+
+  async #onReady(): Promise<void> {
     try {
       this.#parts ??= this.#build();
       // Every process declares the same scheduler id: BullMQ keeps one schedule and one pending
@@ -280,7 +285,7 @@ class BullMqJobRunner implements JobRunner {
     } catch (error) {
       this.#context.logger.error({ err: errorText(error) }, 'could not schedule the session purge');
     }
-  };
+  }
 
   #build(): BullMqParts {
     const { logger, audit, purge } = this.#context;

@@ -159,7 +159,9 @@ export class PrismaUserRepository implements UserRepository {
         ) AS "page" ON true`,
     );
     const total = rows[0]?.total ?? 0;
-    if (rows.length === 1 && rows[0]!.id === null) return { users: [], total };
+    // Typed as User rows above, but the count's row alone has a NULL id.
+    const first: { id: number | null } | undefined = rows[0];
+    if (rows.length === 1 && first?.id === null) return { users: [], total };
     for (const row of rows) delete (row as Partial<typeof row>).total;
     return { users: rows, total };
   }

@@ -27,11 +27,12 @@ export interface InProcessService<S extends DescService = DescService> {
 
 /** Pairs a descriptor with its implementation, keeping the two type-checked against each other. */
 export function inProcessService<S extends DescService>(service: S, impl: Partial<ServiceImpl<S>>): InProcessService {
-  return { service, impl } as InProcessService;
+  return { service, impl };
 }
 
 type UnaryHandler = (request: UnaryRequest) => Promise<UnaryResponse>;
-type UnaryImplementation = (request: unknown, context: HandlerContext) => Promise<unknown> | unknown;
+/** Returns the response, or a promise of it. */
+type UnaryImplementation = (request: unknown, context: HandlerContext) => unknown;
 
 /** A signal that never aborts, for calls made without one: no AbortController per call. */
 const NEVER = new AbortController().signal;

@@ -1,6 +1,6 @@
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
-import * as db from '../../gen/prisma/client.ts';
+import type * as db from '../../gen/prisma/client.ts';
 import {
   AuditEventSchema,
   AuditEventType,

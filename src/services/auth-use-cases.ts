@@ -203,7 +203,7 @@ export class AuthUseCases implements AuthService {
     }
 
     const user = await this.#users.findById(previous.userId);
-    if (user === null || user.status !== 'ACTIVE') {
+    if (user?.status !== 'ACTIVE') {
       await this.#tokens.revoke(previous.id, 'revoked');
       throw new AuthenticationError('Account is not active');
     }

@@ -9,9 +9,14 @@ export const MAX_PAGE_SIZE = 100;
 /** The page asked for, with proto3's zero meaning "default" and the size kept within 1–100. */
 export function pageRequest(query: { page?: number; perPage?: number }): { page: number; perPage: number } {
   return {
-    page: Math.max(1, query.page || 1),
-    perPage: Math.min(MAX_PAGE_SIZE, Math.max(1, query.perPage || DEFAULT_PAGE_SIZE)),
+    page: Math.max(1, orDefault(query.page, 1)),
+    perPage: Math.min(MAX_PAGE_SIZE, Math.max(1, orDefault(query.perPage, DEFAULT_PAGE_SIZE))),
   };
+}
+
+/** proto3 cannot tell an unset number from 0: both mean the default. */
+function orDefault(value: number | undefined, fallback: number): number {
+  return value === undefined || value === 0 ? fallback : value;
 }
 
 /** Where a page sits in a listing of `total` items. */

@@ -2,9 +2,9 @@ import type { MessageInitShape } from '@bufbuild/protobuf';
 import {
   CreateUserRequestSchema,
   type ChangePasswordRequestSchema,
-  ListUsersRequestSchema,
-  UpdateUserRequestSchema,
-  UpdateUserRoleRequestSchema,
+  type ListUsersRequestSchema,
+  type UpdateUserRequestSchema,
+  type UpdateUserRoleRequestSchema,
 } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { UserRole, UserSchema, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';

@@ -31,7 +31,9 @@ export async function startRedisServer(): Promise<TestRedisServer> {
     child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
     const probe = new Redis(url, { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
     // Refused connections while the server starts are expected; the loop below retries.
-    probe.on('error', () => {});
+    probe.on('error', () => {
+      // Expected while the server starts (see above).
+    });
     const deadline = Date.now() + 10_000;
     for (;;) {
       try {
@@ -48,7 +50,7 @@ export async function startRedisServer(): Promise<TestRedisServer> {
   };
   const stop = async () => {
     const running = child;
-    if (running === undefined || running.exitCode !== null) return;
+    if (running?.exitCode !== null) return;
     await new Promise<void>((resolve) => {
       running.once('exit', () => resolve());
       running.kill('SIGKILL');

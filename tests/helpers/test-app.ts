@@ -50,7 +50,7 @@ export interface TestApp {
   request: ReturnType<typeof supertest>;
   /** Runs SQL against the app's schema, to assert what was persisted. */
   sql<T extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<T[]>;
-  close(): Promise<void>;
+  close: () => Promise<void>;
 }
 
 /** How to start a test app beyond its environment. */
@@ -95,7 +95,7 @@ export async function createTestApp(overrides: Environment = {}, options: TestAp
     app,
     databaseUrl: url.toString(),
     request: supertest(app.http),
-    sql: async (text, values) => (await admin.query(text, values)).rows,
+    sql: async <T extends pg.QueryResultRow>(text: string, values?: unknown[]) => (await admin.query<T>(text, values)).rows,
     close: async () => {
       await app.close();
       if (owner) await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
@@ -110,7 +110,7 @@ async function startLayer(env: Environment, logger?: Logger): Promise<Applicatio
 }
 
 /** Serves an app's handlers on a free loopback port, the way src/main.ts serves them. */
-async function listenOnLoopback(app: Pick<Application, 'http' | 'http2'>, env: Environment): Promise<{ port: number; close(): Promise<void> }> {
+async function listenOnLoopback(app: Pick<Application, 'http' | 'http2'>, env: Environment): Promise<{ port: number; close: () => Promise<void> }> {
   const config = loadConfig(env);
   const { server, close } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },

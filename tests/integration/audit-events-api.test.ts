@@ -64,7 +64,7 @@ describe('audit log', () => {
   it('when an admin creates a user with a role, then the grant is recorded as a role change', async () => {
     const admin = await loginAdmin(t);
     const created = await t.request.post('/api/v1/users').set(...bearer(admin)).send({ ...newUser(), role: 'ADMIN' }).expect(201);
-    expect(await eventTypes(admin, created.body.data.id, ['ROLE_CHANGED'])).toContain('ROLE_CHANGED');
+    expect(await eventTypes(admin, created.body.data.id as number, ['ROLE_CHANGED'])).toContain('ROLE_CHANGED');
   });
 
   it('when a USER asks for the audit log, then 403', async () => {

@@ -31,7 +31,7 @@ describe('POST /api/v1/auth/register', () => {
         tokens: { tokenType: 'Bearer', expiresIn: 3600 },
       },
     });
-    expect(Date.parse(res.body.timestamp)).not.toBeNaN();
+    expect(Date.parse(res.body.timestamp as string)).not.toBeNaN();
     expect(JSON.stringify(res.body)).not.toMatch(/password/i);
   });
 
@@ -51,7 +51,7 @@ describe('POST /api/v1/auth/register', () => {
       .send({ username: 'a!', email: 'not-an-email', password: 'short' });
     expect(res.status).toBe(400);
     expect(res.body.error.code).toBe('VALIDATION_ERROR');
-    expect(Object.keys(res.body.error.details)).toEqual(expect.arrayContaining(['username', 'email', 'password']));
+    expect(Object.keys(res.body.error.details as object)).toEqual(expect.arrayContaining(['username', 'email', 'password']));
     const rows = await t.sql('SELECT 1 FROM users WHERE username = $1', ['a!']);
     expect(rows).toHaveLength(0);
   });
@@ -82,7 +82,7 @@ describe('POST /api/v1/auth/login', () => {
     expect(res.body.data.user.lastLoginAt).not.toBeNull();
     const [row] = await t.sql<{ user_agent: string }>(
       'SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1',
-      [sha256(res.body.data.tokens.accessToken)],
+      [sha256(res.body.data.tokens.accessToken as string)],
     );
     expect(row?.user_agent).toBe('vitest-agent/1.0');
   });
@@ -149,7 +149,7 @@ describe('POST /api/v1/auth/refresh', () => {
     const res = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken });
     expect(res.status).toBe(200);
     expect(res.body.data.refreshToken).not.toBe(user.refreshToken);
-    expect((await t.request.get('/api/v1/auth/me').set(...bearer(res.body.data.accessToken))).status).toBe(200);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(res.body.data.accessToken as string))).status).toBe(200);
     expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
   });
 
@@ -163,7 +163,7 @@ describe('POST /api/v1/auth/refresh', () => {
     expect(replay.status).toBe(401);
     expect(replay.body.error.code).toBe('AUTHENTICATION_ERROR');
 
-    expect((await t.request.get('/api/v1/auth/me').set(...bearer(second.body.data.accessToken))).status).toBe(401);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(second.body.data.accessToken as string))).status).toBe(401);
     expect((await t.request.post('/api/v1/auth/refresh').send({ refreshToken: second.body.data.refreshToken })).status).toBe(401);
   });
 
@@ -195,7 +195,7 @@ describe('logout, sessions and revoke-all', () => {
 
     expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
     expect((await t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken })).status).toBe(401);
-    expect((await t.request.get('/api/v1/auth/me').set(...bearer(other.body.data.tokens.accessToken))).status).toBe(200);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(other.body.data.tokens.accessToken as string))).status).toBe(200);
   });
 
   it('when listing tokens, then each live session is shown once, the current one marked, no token value exposed', async () => {
@@ -204,8 +204,9 @@ describe('logout, sessions and revoke-all', () => {
     const res = await t.request.get('/api/v1/auth/tokens').set(...bearer(user.accessToken));
     expect(res.status).toBe(200);
     expect(res.body.data).toHaveLength(2);
-    expect(res.body.data.filter((s: { current: boolean }) => s.current)).toHaveLength(1);
-    expect(res.body.data.map((s: { userAgent: string }) => s.userAgent)).toContain('second-device');
+    const sessions = res.body.data as { current: boolean; userAgent: string }[];
+    expect(sessions.filter((s) => s.current)).toHaveLength(1);
+    expect(sessions.map((s) => s.userAgent)).toContain('second-device');
     expect(JSON.stringify(res.body)).not.toContain(user.accessToken);
   });
 
@@ -216,7 +217,7 @@ describe('logout, sessions and revoke-all', () => {
     expect(res.status).toBe(200);
     expect(res.body.data).toEqual({ revokedCount: 2 });
     expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
-    expect((await t.request.get('/api/v1/auth/me').set(...bearer(other.body.data.tokens.accessToken))).status).toBe(401);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(other.body.data.tokens.accessToken as string))).status).toBe(401);
   });
 });
 

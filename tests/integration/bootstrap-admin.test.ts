@@ -12,7 +12,7 @@ function capturingLogger() {
   const lines: { level: string; msg: string; [key: string]: unknown }[] = [];
   const destination = new Writable({
     write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line));
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as (typeof lines)[number]);
       done();
     },
   });
@@ -78,7 +78,7 @@ describe('bootstrap administrator without an active administrator', () => {
     const { logger, lines } = capturingLogger();
     const recovering = await createTestApp({ ADMIN_BOOTSTRAP_RECOVER: 'true', ADMIN_PASSWORD: newPassword }, { sameDatabaseAs: t, logger });
     try {
-      expect(lines.find((line) => line.level === 'warn' && /restored the bootstrap account/.test(line.msg))).toBeDefined();
+      expect(lines.find((line) => line.level === 'warn' && line.msg.includes('restored the bootstrap account'))).toBeDefined();
       const [row] = await t.sql<{ status: string; role: string }>('SELECT status::text AS status, role::text AS role FROM users WHERE id = $1', [id]);
       expect(row).toEqual({ status: 'ACTIVE', role: 'ADMIN' });
       const revoked = await t.sql<{ open: number }>('SELECT count(*)::int AS open FROM oauth_tokens WHERE user_id = $1 AND NOT is_revoked', [id]);

@@ -4,7 +4,7 @@
 // write that must never run twice (IncrementCounter, no idempotency).
 import { createClient, type ConnectRouter, type ServiceImpl } from '@connectrpc/connect';
 import { once } from 'node:events';
-import { createServer, type Server } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
@@ -33,7 +33,9 @@ afterEach(async () => {
 });
 
 async function startFakeLayer(): Promise<FakeLayer> {
-  const layer: FakeLayer = { url: '', calls: [], mode: 'ok', close: async () => {} };
+  const layer: FakeLayer = { url: '', calls: [], mode: 'ok', close: async () => {
+      // Replaced once the fake layer is listening.
+    } };
   const behave = async (method: string, headers: Headers) => {
     layer.calls.push({ method, headers });
     if (layer.mode === 'slow') await sleep(1_000);
@@ -67,7 +69,7 @@ async function startFakeLayer(): Promise<FakeLayer> {
   };
   const handler = createRpcNodeHandler({ routes: (router: ConnectRouter) => router.service(CounterStoreService, impl) });
   const { server, close } = createDualProtocolServer({ http1: handler, http2: handler });
-  const sockets = new Set<import('node:net').Socket>();
+  const sockets = new Set<Socket>();
   server.on('connection', (socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));

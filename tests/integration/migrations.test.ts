@@ -123,9 +123,9 @@ describe('migrations on PostgreSQL', { timeout: SLOW }, () => {
     try {
       const applied = await Promise.all(databases.map((each) => applyMigrations(each, migrationsDir)));
       expect(applied.flat()).toEqual(allMigrations);
-      await expectMigrated(databases[0]!);
+      await expectMigrated(databases[0]);
     } finally {
-      await dropSchema(databases[0]!);
+      await dropSchema(databases[0]);
       await Promise.all(databases.map((each) => each.close()));
     }
   });

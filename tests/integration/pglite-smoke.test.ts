@@ -35,11 +35,11 @@ describe('embedded PGlite database', () => {
     expect((await request.post('/api/v1/auth/register').send(body)).status).toBe(201);
     const login = await request.post('/api/v1/auth/login').send({ usernameOrEmail: body.username, password: body.password });
     expect(login.status).toBe(200);
-    const { accessToken, refreshToken } = login.body.data.tokens;
+    const { accessToken, refreshToken } = login.body.data.tokens as { accessToken: string; refreshToken: string };
     expect((await request.get('/api/v1/auth/me').set(...bearer(accessToken))).body.data.username).toBe(body.username);
     const refreshed = await request.post('/api/v1/auth/refresh').send({ refreshToken });
     expect(refreshed.status).toBe(200);
-    expect((await request.post('/api/v1/auth/logout').set(...bearer(refreshed.body.data.accessToken))).status).toBe(200);
+    expect((await request.post('/api/v1/auth/logout').set(...bearer(refreshed.body.data.accessToken as string))).status).toBe(200);
 
     await app.close();
     app = await start();

@@ -79,8 +79,9 @@ describe.skipIf(missing.length > 0 && !CI)(`Python gRPC client generated from pr
   });
 
   afterAll(async () => {
-    await t?.close();
-    if (generated !== undefined) await rm(generated, { recursive: true, force: true });
+    // beforeAll may have failed before assigning them.
+    await (t as TestServer | undefined)?.close();
+    if ((generated as string | undefined) !== undefined) await rm(generated, { recursive: true, force: true });
   });
 
   it('when it registers, logs in, reads itself, lists users and sends a bad registration, then each answer is the specified one', async () => {

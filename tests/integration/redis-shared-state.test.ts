@@ -21,7 +21,14 @@ async function pair(env: Record<string, string> = {}, keySpace = `${prefix}${ran
   const shared = { REDIS_URL, REDIS_KEY_PREFIX: keySpace, ...env };
   const a = await createTestApp(shared);
   const b = await createTestApp(shared, { sameDatabaseAs: a });
-  return { a, b, close: async () => (await b.close(), await a.close()) };
+  return {
+    a,
+    b,
+    close: async () => {
+      await b.close();
+      await a.close();
+    },
+  };
 }
 
 describe('shared cache', () => {

@@ -78,7 +78,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await t?.close();
+  // beforeAll may have failed before assigning it.
+  await (t as TestApp | undefined)?.close();
 });
 
 let serial = 0;

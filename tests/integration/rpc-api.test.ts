@@ -449,6 +449,7 @@ describe.each(transports)('over $name', (tc) => {
       await expectViolations(users.listUsers({ page: -1 }, as(admin)), ['page']);
       await expectViolations(users.listUsers({ perPage: -2_147_483_648 }, as(admin)), ['per_page']);
       await expectViolations(users.listUsers({ role: UserRole.UNSPECIFIED }, as(admin)), ['role']);
+      // eslint-disable-next-line @typescript-eslint/no-unsafe-enum-assignment -- an undeclared enum number is the input under test
       await expectViolations(users.listUsers({ status: 99 as UserStatus }, as(admin)), ['status']);
     });
   });
@@ -514,6 +515,7 @@ describe.each(transports)('over $name', (tc) => {
     it('when fields are invalid, then invalid_argument and nothing is stored', async () => {
       const body = { ...newUser('rpc'), phone: '0'.repeat(21) };
       await expectViolations(users.createUser(body, as(admin)), ['phone']);
+      // eslint-disable-next-line @typescript-eslint/no-unsafe-enum-assignment -- an undeclared enum number is the input under test
       await expectViolations(users.createUser({ ...newUser('rpc'), role: 42 as UserRole }, as(admin)), ['role']);
       await expectViolations(users.createUser({}, as(admin)), ['username', 'email', 'password']);
       expect(await countUsers(body.username)).toBe(0);
@@ -668,6 +670,7 @@ describe.each(transports)('over $name', (tc) => {
       const user = await signUp();
       await expectViolations(users.updateUserStatus({ userId: user.id, status: UserStatus.UNSPECIFIED }, as(admin)), ['status']);
       await expectViolations(users.updateUserStatus({ userId: user.id }, as(admin)), ['status']);
+      // eslint-disable-next-line @typescript-eslint/no-unsafe-enum-assignment -- an undeclared enum number is the input under test
       await expectViolations(users.updateUserStatus({ userId: user.id, status: 17 as UserStatus }, as(admin)), ['status']);
       await expectViolations(users.updateUserStatus({ status: UserStatus.SUSPENDED }, as(admin)), ['user_id']);
       expect((await userRow(user.id))?.status).toBe('ACTIVE');
@@ -701,7 +704,10 @@ describe.each(transports)('over $name', (tc) => {
         ['UpdateUserStatus', () => users.updateUserStatus({}, as(admin))],
       ];
       const codes: Record<string, string> = {};
-      for (const [name, call] of calls) codes[name] = Code[(await failure(call())).code] ?? 'none';
+      for (const [name, call] of calls) {
+        const code = Code[(await failure(call())).code] as string | undefined;
+        codes[name] = code ?? 'none';
+      }
       expect(codes).toEqual({
         Register: 'InvalidArgument',
         Login: 'InvalidArgument',
@@ -745,7 +751,7 @@ describe.each(transports)('over $name', (tc) => {
     it('when a call over the body limit was refused, then the next call on that connection is answered and the server still closes promptly', async () => {
       const server = await startDisposableServer();
       const own = { sessions: new Http2SessionManager(server.baseUrl), agent: new http.Agent({ keepAlive: true, maxSockets: 1 }) };
-      let closedGracefully = false;
+      let closedGracefully: boolean;
       try {
         const client = createClient(AuthService, tc.make(server.baseUrl, own));
         await failure(client.login({ usernameOrEmail: 'u'.repeat(200_000), password: 'Passw0rd!' }));

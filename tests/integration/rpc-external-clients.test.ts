@@ -62,7 +62,7 @@ describe('@grpc/grpc-js with @grpc/proto-loader', () => {
     const service = (name: string): grpc.ServiceDefinition => {
       const found = definition[name];
       if (found === undefined || 'format' in found) throw new Error(`${name} is not a service in the loaded protos`);
-      return found as grpc.ServiceDefinition;
+      return found;
     };
     auth = service('arcana.auth.v1.AuthService');
     users = service('arcana.user.v1.UserService');
@@ -95,7 +95,7 @@ describe('@grpc/grpc-js with @grpc/proto-loader', () => {
   async function grpcFailure(promise: Promise<unknown>): Promise<grpc.ServiceError> {
     const error = await promise.then(
       () => undefined,
-      (reason: grpc.ServiceError) => reason,
+      (reason: unknown) => reason as grpc.ServiceError,
     );
     if (error === undefined) throw new Error('expected the call to fail');
     return error;

@@ -4,6 +4,7 @@
 // the in-process use case does: the same messages, and the same errors with code, message and
 // details intact.
 import { createClient, createRouterTransport, type Transport } from '@connectrpc/connect';
+import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AuditEventType } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { AuditLayerService } from '../../gen/proto/arcana/internal/service/v1/audit_layer_service_pb.js';
@@ -70,7 +71,7 @@ async function failureOf(call: Promise<unknown>): Promise<Failure> {
     () => undefined,
     (reason: unknown) => reason,
   );
-  if (!(error instanceof AppError)) throw new Error(`expected an AppError, got ${error === undefined ? 'success' : String(error)}`, { cause: error });
+  if (!(error instanceof AppError)) throw new Error(`expected an AppError, got ${error === undefined ? 'success' : inspect(error)}`, { cause: error });
   return { code: error.code, message: error.message, details: error.details };
 }
 

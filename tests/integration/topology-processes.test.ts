@@ -66,7 +66,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await topology?.stop();
+  // beforeAll may have failed before assigning it.
+  await (topology as RunningTopology | undefined)?.stop();
   await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
   await admin.end();
 });
@@ -130,7 +131,7 @@ describe('layered/grpc as three processes', () => {
         attempts.push(body);
         const outcome = await rest('POST', '/api/v1/auth/register', body);
         outcomes[attempts.indexOf(body)] = outcome;
-        if (killed === undefined && outcomes.filter((o) => o?.status === 201).length >= 4) killed = layer('repository').stop('SIGKILL');
+        if (killed === undefined && outcomes.filter((o) => o.status === 201).length >= 4) killed = layer('repository').stop('SIGKILL');
       }
     };
     await Promise.all([worker(), worker(), worker(), worker()]);

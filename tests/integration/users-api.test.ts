@@ -22,12 +22,12 @@ describe('GET /api/v1/users', () => {
     expect(res.status).toBe(200);
     expect(res.body).toMatchObject({ success: true, pagination: { page: 1, perPage: 2 } });
     expect(res.body.items).toHaveLength(2);
-    expect(res.body.items.every((u: { role: string }) => u.role === 'USER')).toBe(true);
+    expect((res.body.items as { role: string }[]).every((u) => u.role === 'USER')).toBe(true);
     expect(res.body.pagination.total).toBeGreaterThanOrEqual(3);
     expect(res.body.pagination.totalPages).toBe(Math.ceil(res.body.pagination.total / 2));
 
     const admins = await t.request.get('/api/v1/users?role=ADMIN').set(...bearer(admin));
-    expect(admins.body.items.map((u: { username: string }) => u.username)).toEqual([ADMIN.username]);
+    expect((admins.body.items as { username: string }[]).map((u) => u.username)).toEqual([ADMIN.username]);
   });
 
   it('when a USER lists users, then it answers 403', async () => {
@@ -159,7 +159,7 @@ describe('PUT /api/v1/users/:userId/password', () => {
     expect((await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password })).status).toBe(401);
     expect((await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: 'N3w-Passw0rd' })).status).toBe(200);
     expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(200);
-    expect((await t.request.get('/api/v1/auth/me').set(...bearer(other.body.data.tokens.accessToken))).status).toBe(401);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(other.body.data.tokens.accessToken as string))).status).toBe(401);
   });
 
   it('when the old password is wrong, then 401; for another user (even as admin), then 403; weak new password, then 400', async () => {

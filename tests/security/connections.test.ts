@@ -193,7 +193,7 @@ function stalledStream(session: http2.ClientHttp2Session): { stream: http2.Clien
   );
   stream.on('error', () => undefined);
   stream.write(Buffer.from([0, 0, 0, 0, 64]));
-  return { stream, closed: new Promise((resolve) => stream.once('close', () => resolve({ afterMs: performance.now() - startedAt, rstCode: stream.rstCode ?? -1 }))) };
+  return { stream, closed: new Promise((resolve) => stream.once('close', () => resolve({ afterMs: performance.now() - startedAt, rstCode: stream.rstCode }))) };
 }
 
 // ---- the attacks
@@ -283,7 +283,7 @@ describe('HTTP/2 (h2c)', () => {
           if (!session.closed && !session.destroyed) session.ping(() => undefined);
         }, 200);
         cleanups.push(() => clearInterval(pings));
-        const goaway = new Promise<number>((resolve) => session.once('goaway', (code) => resolve(code)));
+        const goaway = new Promise<number>((resolve) => session.once('goaway', (code: number) => resolve(code)));
         const closed = new Promise<number>((resolve) => session.once('close', () => resolve(performance.now() - startedAt)));
         const closedAfter = await closedWithin(closed, IDLE_MS + SLACK_MS);
         return { closedAfter, goaway: await Promise.race([goaway, Promise.resolve(-1)]) };
@@ -513,7 +513,7 @@ describe('legitimate clients under the bounds', () => {
     const stages = [
       '',
       'PRI * HTTP/2.0\r\n',
-      `${PREFACE}`,
+      PREFACE,
       `${PREFACE}\u0000\u0000`,
       'GET /health HTTP/1.1\r\nHost',
       'POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{',

@@ -74,7 +74,7 @@ describe.each(PROTOCOLS)('idempotency keys over %s', (protocol: ProtocolName) =>
     expect(await usersNamed(body.username)).toBe(1);
 
     // A client told to retry, retries: every one now gets the first answer, tokens included.
-    const answers = await Promise.all(first.map((outcome) => (outcome.code === 'ok' ? outcome : client.register(body, withKey(key)))));
+    const answers = await Promise.all(first.map(async (outcome) => (outcome.code === 'ok' ? outcome : await client.register(body, withKey(key)))));
     for (const answer of answers) expect(answer.code).toBe('ok');
     const expected = answerOf(fresh[0] as Outcome<AuthResultData>);
     for (const answer of answers) expect(answerOf(answer)).toEqual(expected);

@@ -104,10 +104,10 @@ export class RawClient {
       let trailers = new Headers();
       const chunks: Buffer[] = [];
       stream.on('response', (head) => {
-        status = Number(head[':status'] ?? 0);
+        status = head[':status'] ?? 0;
         responseHeaders = toHeaders(head);
       });
-      stream.on('trailers', (head) => (trailers = toHeaders(head)));
+      stream.on('trailers', (head: http2.IncomingHttpHeaders) => (trailers = toHeaders(head)));
       stream.on('data', (chunk: Buffer) => chunks.push(chunk));
       stream.on('end', () => resolve({ status, headers: responseHeaders, body: new Uint8Array(Buffer.concat(chunks)), trailers }));
       stream.on('error', reject);
@@ -163,7 +163,7 @@ export class RawClient {
   async connectGet(procedure: string, query: Record<string, string>, options: { token?: string; headers?: Record<string, string> } = {}): Promise<RawAnswer> {
     const headers: Record<string, string> = { ...options.headers };
     if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
-    return connectAnswer(await this.http1('GET', `/${procedure}?${new URLSearchParams(query)}`, headers));
+    return connectAnswer(await this.http1('GET', `/${procedure}?${new URLSearchParams(query).toString()}`, headers));
   }
 }
 

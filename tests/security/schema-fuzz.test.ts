@@ -194,7 +194,7 @@ function validMessage(desc: DescMessage, context: CaseContext): MessageInitShape
       init[field.localName] = value ?? fallbackScalar(reflect(desc).get(field), context);
     }
   }
-  return init as MessageInitShape<DescMessage>;
+  return init;
 }
 
 /** A non-zero value of a scalar's type, for a field no rule describes. */
@@ -456,7 +456,7 @@ describe('REST: one hostile part in an otherwise valid request', () => {
   it.each(restOps.map((operation) => [`${operation.method} ${operation.path}`, operation] as const))(
     'when %s is fuzzed, then no 5xx, always the envelope, and what is invalid is a 400 naming the field',
     async (_name, operation) => {
-      const bodyKeys = Object.keys((operation.body?.schema.properties ?? {}) as Record<string, unknown>);
+      const bodyKeys = Object.keys(operation.body?.schema.properties ?? {});
       const queryParams = operation.parameters.filter((parameter) => parameter.in === 'query');
       const pathParams = operation.parameters.filter((parameter) => parameter.in === 'path');
       const choices: fc.Arbitrary<Mutation>[] = [
@@ -718,17 +718,17 @@ function typedValue(field: DescField, value: JsonValue): string | number | undef
 function certainlyInvalidBinary(desc: DescMessage, field: DescField, value: string | number): boolean {
   if (typeof value === 'string') {
     if (!storable(value)) return true;
-    if (value === '' && field.proto.proto3Optional !== true) return false;
+    if (value === '' && !field.proto.proto3Optional) return false;
     return refusedByRule(desc, field, value);
   }
   if (field.fieldKind === 'enum') {
     const known = field.enum.values.find((candidate) => candidate.number === value);
     if (known === undefined) return true;
     // An implicit zero is "not sent", for the required-ness the rules already check.
-    if (value === 0 && field.proto.proto3Optional !== true) return false;
+    if (value === 0 && !field.proto.proto3Optional) return false;
     return refusedByRule(desc, field, known.localName);
   }
-  if (value === 0 && field.proto.proto3Optional !== true) return false;
+  if (value === 0 && !field.proto.proto3Optional) return false;
   return refusedByRule(desc, field, value);
 }
 
@@ -739,7 +739,7 @@ function certainlyInvalidJson(desc: DescMessage, field: DescField, value: JsonVa
   if (field.fieldKind === 'enum') {
     if (typeof value === 'string') {
       const known = field.enum.values.find((candidate) => candidate.name === value);
-      return known === undefined || (known.number !== 0 || field.proto.proto3Optional === true ? refusedByRule(desc, field, known.localName) : false);
+      return known === undefined || (known.number !== 0 || field.proto.proto3Optional ? refusedByRule(desc, field, known.localName) : false);
     }
     if (typeof value !== 'number' || !Number.isInteger(value)) return true;
     return certainlyInvalidBinary(desc, field, value);
@@ -748,7 +748,7 @@ function certainlyInvalidJson(desc: DescMessage, field: DescField, value: JsonVa
   if (typeof sample === 'string') {
     if (typeof value !== 'string') return true;
     if (!storable(value)) return true;
-    if (value === '' && field.proto.proto3Optional !== true) return false;
+    if (value === '' && !field.proto.proto3Optional) return false;
     return refusedByRule(desc, field, value);
   }
   if (typeof sample === 'number') {
@@ -757,7 +757,7 @@ function certainlyInvalidJson(desc: DescMessage, field: DescField, value: JsonVa
     const number = typeof value === 'string' ? Number(value) : value;
     if (typeof value === 'string' && (value.trim() !== value || value === '' || !/^-?\d+$/.test(value))) return false;
     if (!Number.isInteger(number) || number > 2 ** 31 - 1 || number < -(2 ** 31)) return true;
-    if (number === 0 && field.proto.proto3Optional !== true) return false;
+    if (number === 0 && !field.proto.proto3Optional) return false;
     return refusedByRule(desc, field, number);
   }
   return false;

@@ -19,7 +19,7 @@ import yaml from 'js-yaml';
 import { readdir, readFile } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { RequestValidator, type OpenApiComponents } from '../../src/controllers/rpc/request-validator.ts';
+import { RequestValidator } from '../../src/controllers/rpc/request-validator.ts';
 import { ValidationError } from '../../src/domain/errors.ts';
 
 // ajv-formats is CommonJS with a default export that TypeScript sees one level down.
@@ -62,7 +62,13 @@ const FIELD_EXCEPTIONS: Record<string, string> = {
 // ----------------------------------------------------------------------------- the two contracts
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-type JsonObject = { [key: string]: Json };
+type JsonObject = Record<string, Json>;
+
+/** A string as itself, anything else (an author's mistake) as JSON. */
+function jsonText(value: Json | undefined): string {
+  if (value === undefined) return 'undefined';
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}
 
 const spec = yaml.load(await readFile(join(root, 'openapi.yaml'), 'utf8')) as JsonObject;
 
@@ -139,12 +145,12 @@ function restOperations(): RestOperation[] {
       const parameters = new Map<string, JsonObject>();
       for (const raw of [...(Array.isArray(item.parameters) ? item.parameters : []), ...(Array.isArray(operation.parameters) ? operation.parameters : [])]) {
         const parameter = resolve(raw);
-        parameters.set(`${String(parameter.in)} ${String(parameter.name)}`, parameter);
+        parameters.set(`${jsonText(parameter.in)} ${jsonText(parameter.name)}`, parameter);
       }
       for (const parameter of parameters.values()) {
         // Headers and cookies are metadata on RPC, not request fields.
         if (parameter.in !== 'path' && parameter.in !== 'query') continue;
-        fields.push({ name: String(parameter.name), source: parameter.in, schema: resolve(parameter.schema), required: parameter.required === true });
+        fields.push({ name: jsonText(parameter.name), source: parameter.in, schema: resolve(parameter.schema), required: parameter.required === true });
       }
       const body = asObject(asObject(asObject(resolve(operation.requestBody).content)['application/json']).schema);
       const hasBody = Object.keys(body).length > 0;
@@ -312,16 +318,16 @@ function compareValue(context: Context, path: string, schema: JsonObject, kind: 
 
 /** Compares one proto field with the REST schema of the same JSON name. */
 function compareField(context: Context, path: string, schema: JsonObject, field: DescField, required: boolean): void {
-  const explicitPresence = field.proto.proto3Optional === true || field.fieldKind === 'message';
+  const explicitPresence = field.proto.proto3Optional || field.fieldKind === 'message';
   if (context.direction === 'request') {
-    if (required && field.proto.proto3Optional === true) report(context, path, 'REST requires it, but the proto field is `optional`: the RPC validator would not require it');
+    if (required && field.proto.proto3Optional) report(context, path, 'REST requires it, but the proto field is `optional`: the RPC validator would not require it');
     // Without presence the RPC side cannot tell "not sent" from a zero value that REST accepts;
     // a REST default makes the zero value stand for that default, which is fine.
     if (!required && !explicitPresence && field.fieldKind !== 'list' && field.fieldKind !== 'map' && schema.default === undefined) {
       report(context, path, 'optional in REST without a default, but the proto field has no presence: mark it `optional`');
     }
   } else {
-    if (nullable(schema) !== (field.proto.proto3Optional === true)) {
+    if (nullable(schema) !== (field.proto.proto3Optional)) {
       report(context, path, nullable(schema) ? 'REST may answer null, but the proto field is not `optional`' : 'the proto field is `optional`, but REST never answers null');
     }
     if (!required && !explicitPresence) report(context, path, 'REST may leave it out, but the proto field always has a value');
@@ -395,14 +401,14 @@ function rpcAppliedSchema(message: DescMessage, field: DescField): { schema: Jso
   const last = matches.at(-1);
   if (last === undefined) return undefined;
   const parameter = asObject(last[1]);
-  return { schema: inline(parameter.schema), required: parameter.required === true && field.proto.proto3Optional !== true, from: `components/parameters/${last[0]}` };
+  return { schema: inline(parameter.schema), required: parameter.required === true && !field.proto.proto3Optional, from: `components/parameters/${last[0]}` };
 }
 
 // ---------------------------------------------------------------------- probing the validator
 
 const ajv = new Ajv2020({ allErrors: true, strict: false });
 addFormats(ajv);
-const validator = new RequestValidator(spec as OpenApiComponents);
+const validator = new RequestValidator(spec);
 
 /** Whether the RPC validator refuses `field` in a request where only that field is set. */
 function rpcRefuses(message: DescMessage, field: DescField, value: unknown): boolean {
@@ -427,7 +433,7 @@ interface Probe {
 /** Values at and across each limit REST's schema states for the field, that proto can carry. */
 function probes(schema: JsonObject, field: DescField): Probe[] {
   const found: Probe[] = [{ rest: undefined, proto: undefined }];
-  const explicit = field.proto.proto3Optional === true;
+  const explicit = field.proto.proto3Optional;
   const limits = [schema, ...(Array.isArray(schema.allOf) ? schema.allOf.map(resolve) : [])];
   const numbers = (keyword: string) => limits.map((part) => part[keyword]).filter((value): value is number => typeof value === 'number');
   if (field.fieldKind === 'scalar' && field.scalar === ScalarType.STRING) {

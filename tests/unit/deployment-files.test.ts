@@ -117,7 +117,7 @@ function accepted(env: Environment, where: string): ReturnType<typeof loadConfig
   try {
     return loadConfig(env);
   } catch (error) {
-    throw new Error(`${where}: loadConfig refused its environment: ${error instanceof Error ? error.message : String(error)}`);
+    throw new Error(`${where}: loadConfig refused its environment: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
   }
 }
 
@@ -392,7 +392,7 @@ interface K8sObject {
 }
 const KUSTOMIZATION_FIELDS = new Set(['apiVersion', 'kind', 'resources', 'configMapGenerator', 'secretGenerator', 'generatorOptions']);
 
-function resolveKustomization(directory: string, seen: Set<string> = new Set()): K8sObject[] {
+function resolveKustomization(directory: string, seen = new Set<string>()): K8sObject[] {
   if (seen.has(directory)) throw new Error(`${directory}: included twice`);
   seen.add(directory);
   const file = posix.join(directory, 'kustomization.yaml');
@@ -629,7 +629,7 @@ function internalUrls(app: AppProcess): { variable: string; url: URL; layer: Lay
   );
 }
 
-function expectKnownVariables(names: Iterable<string>, where: string, allowed: Set<string> = new Set()): void {
+function expectKnownVariables(names: Iterable<string>, where: string, allowed = new Set<string>()): void {
   const unknown = [...names].filter((name) => !CONFIG_VARIABLES.has(name) && !allowed.has(name));
   expect(unknown, `${where}: variables src/config.ts does not read`).toEqual([]);
 }

@@ -5,7 +5,9 @@ import { WorkGate } from '../../src/infrastructure/work-gate.ts';
 
 /** Work that finishes when told to. */
 function pending(): { work: () => Promise<string>; finish: () => void; started: () => boolean } {
-  let resolve: (value: string) => void = () => {};
+  let resolve: (value: string) => void = () => {
+    // Replaced by the promise's resolver below.
+  };
   let begun = false;
   return {
     work: () => {

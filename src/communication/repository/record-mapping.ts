@@ -147,7 +147,8 @@ const KNOWN_CHANGES: ReadonlySet<string> = new Set([...STRING_CHANGES, ...BOOLEA
  */
 export function userChangesToProto(changes: UserChanges): UserChangesMessage {
   const message = create(UserChangesSchema);
-  for (const [field, value] of Object.entries(changes)) {
+  // Typed as UserChanges, but a caller can still pass null, operation objects or other fields.
+  for (const [field, value] of Object.entries(changes) as [string, unknown][]) {
     if (value !== undefined && !KNOWN_CHANGES.has(field)) throw unsupportedChange(field, value);
   }
   for (const field of STRING_CHANGES) {

@@ -10,11 +10,11 @@ export type PaginationBody = Schemas['Pagination'];
 
 /** The request id set by the request-context middleware. */
 export function requestIdOf(res: Response): string {
-  return String(res.locals.requestId ?? '');
+  return res.locals.requestId ?? '';
 }
 
 /** `{ success, data, message, timestamp, requestId }` with `status` (200 unless given). */
-export function sendSuccess<T>(res: Response, data: T, message: string, status = 200): void {
+export function sendSuccess(res: Response, data: unknown, message: string, status = 200): void {
   res.status(status).json({
     success: true as const,
     data,
@@ -25,7 +25,7 @@ export function sendSuccess<T>(res: Response, data: T, message: string, status =
 }
 
 /** `{ success, items, pagination, timestamp, requestId }`. */
-export function sendPage<T>(res: Response, items: T[], pagination: PaginationBody): void {
+export function sendPage(res: Response, items: readonly unknown[], pagination: PaginationBody): void {
   res.status(200).json({
     success: true as const,
     items,

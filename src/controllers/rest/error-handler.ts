@@ -105,7 +105,7 @@ function fieldErrors(errors: { path?: string; message?: string }[]): Record<stri
   for (const { path = '', message = 'is invalid' } of errors) {
     const located = /^\/?(body|query|params|path|headers)(?:\/(.*))?$/s.exec(path);
     if (path !== '' && located === null) {
-      details.path ??= 'is not a valid URL path';
+      details['path'] ??= 'is not a valid URL path';
       continue;
     }
     const [, location = 'body', rest = ''] = located ?? [];

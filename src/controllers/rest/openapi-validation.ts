@@ -34,7 +34,9 @@ const pathToRegexp = (
 ).pathToRegexp;
 
 type PathItem = Record<string, unknown>;
-type ApiDoc = { paths: Record<string, PathItem> };
+interface ApiDoc {
+  paths: Record<string, PathItem>;
+}
 
 interface CompiledRoute {
   expressRoute: string;
@@ -72,7 +74,7 @@ function precompiledMetadata(context: OpenApiContext, responseApiDoc: ApiDoc | u
   const compiledByFlags = new Map<string, CompiledRoute[]>();
   const compile = (sensitive: boolean, strict: boolean): CompiledRoute[] =>
     Object.entries(context.expressRouteMap).map(([expressRoute, methods]) => {
-      const openApiRoute = context.routePair(expressRoute)!.openApiRoute;
+      const openApiRoute = context.routePair(expressRoute).openApiRoute;
       const pathKey = openApiRoute.substring((methods as { basePath: string }).basePath.length);
       const { regexp, keys } = pathToRegexp(expressRoute, { sensitive, strict });
       return {
@@ -88,8 +90,8 @@ function precompiledMetadata(context: OpenApiContext, responseApiDoc: ApiDoc | u
   const lookupRoute = (req: Request) => {
     const path = context.useRequestUrl ? req.url.split('?')[0]! : req.originalUrl.split('?')[0]!;
     const method = req.method.toLowerCase();
-    const sensitive = Boolean(req.app.enabled('case sensitive routing'));
-    const strict = Boolean(req.app.enabled('strict routing'));
+    const sensitive = req.app.enabled('case sensitive routing');
+    const strict = req.app.enabled('strict routing');
     const flags = `${sensitive}:${strict}`;
     let routes = compiledByFlags.get(flags);
     if (routes === undefined) compiledByFlags.set(flags, (routes = compile(sensitive, strict)));

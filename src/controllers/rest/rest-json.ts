@@ -6,7 +6,7 @@
 // - a field with explicit presence that is unset is `null`, not absent.
 // The plan for each message type is compiled once and cached.
 import type { DescEnum, DescField, DescMessage, Message, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
-import { timestampDate, timestampFromDate, TimestampSchema, type Timestamp } from '@bufbuild/protobuf/wkt';
+import { FeatureSet_FieldPresence, timestampDate, timestampFromDate, TimestampSchema, type Timestamp } from '@bufbuild/protobuf/wkt';
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type ToRest = (message: Message) => Record<string, Json>;
@@ -129,6 +129,6 @@ function valueFromRest(field: DescField): (value: unknown) => unknown {
 
 /** Fields whose absence is a value of its own: proto3 `optional` scalars and enums, and messages. */
 function hasPresence(field: DescField): boolean {
-  // 1 = EXPLICIT (FeatureSet_FieldPresence): proto3 `optional`, and every singular message field.
-  return field.fieldKind === 'message' || field.presence === 1;
+  // EXPLICIT: proto3 `optional`, and every singular message field.
+  return field.fieldKind === 'message' || field.presence === FeatureSet_FieldPresence.EXPLICIT;
 }

@@ -102,7 +102,10 @@ function createStatusFeed(probe: () => Promise<ServingStatus>, intervalMs: numbe
   const tick = async () => {
     timer = undefined;
     const status = await probe();
-    if (listeners.size === 0) return stop();
+    if (listeners.size === 0) {
+      stop();
+      return;
+    }
     if (status !== latest) {
       latest = status;
       for (const listener of listeners) listener(status);

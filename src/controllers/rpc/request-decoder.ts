@@ -10,7 +10,7 @@
 // accepts is one connect-es accepts; its verdicts differ only in the code and message.
 // Only calls with a single request message (unary and server-streaming) are decoded here; the
 // bytes read are handed on to connect-es unchanged.
-import { type BinaryReadOptions, type DescEnum, type DescMessage, type DescMethod, type JsonReadOptions, type Message } from '@bufbuild/protobuf';
+import type { BinaryReadOptions, DescEnum, DescMessage, DescMethod, JsonReadOptions, Message } from '@bufbuild/protobuf';
 import { isFieldError } from '@bufbuild/protobuf/reflect';
 import { base64Decode } from '@bufbuild/protobuf/wire';
 import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';

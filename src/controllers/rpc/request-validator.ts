@@ -116,7 +116,7 @@ export class RequestValidator {
           // parameter elsewhere shares its name (UpdateUserStatusRequest.status, say).
           if (parameter === undefined || this.#schemas.get(desc.name)?.has(field.jsonName) === true) return [];
           const validate = this.#ajv.compile({ $ref: `openapi#/components/parameters/${parameter.key}/schema` });
-          return [{ field, required: parameter.required && field.proto.proto3Optional !== true, validate }];
+          return [{ field, required: parameter.required && !field.proto.proto3Optional, validate }];
         }),
       };
       this.#rules.set(desc.typeName, rules);
@@ -136,7 +136,10 @@ function jsonValue(field: DescField, message: Message): unknown {
 
 /** The top-level property an ajv error is about. */
 function fieldOf(error: ErrorObject): string {
-  if (error.keyword === 'required') return String((error.params as { missingProperty?: unknown }).missingProperty ?? '');
+  if (error.keyword === 'required') {
+    const missing = (error.params as { missingProperty?: unknown }).missingProperty;
+    return typeof missing === 'string' ? missing : '';
+  }
   return error.instancePath.split('/')[1] ?? '';
 }
 

@@ -178,7 +178,12 @@ export async function createScratchAdapterFactory(): Promise<ScratchAdapterFacto
   const adapterFactory = pgliteAdapterFactory(main, async () => {
     const shadow = mainIsUnused ? main : await open();
     mainIsUnused = false;
-    return { pglite: shadow, release: async () => {} };
+    return {
+      pglite: shadow,
+      release: async () => {
+        // Nothing to release: the shadow database is closed with the main one.
+      },
+    };
   });
   return {
     adapterFactory,
@@ -203,7 +208,9 @@ function pgliteAdapterFactory(
     connect: async () => {
       const adapter = await new PrismaPGlite(pglite).connect();
       // The instance belongs to whoever created it and is closed there, not by the engine.
-      return withScriptRunner(adapter, runOnPGlite(pglite), async () => {});
+      return withScriptRunner(adapter, runOnPGlite(pglite), async () => {
+        // Nothing to dispose of here (see above).
+      });
     },
     connectToShadowDb: async () => {
       const shadow = await openShadow();
@@ -238,10 +245,8 @@ function withScriptRunner(
     executeScript,
     dispose,
   };
-  const { getConnectionInfo } = adapter;
-  if (getConnectionInfo !== undefined) {
-    wrapped.getConnectionInfo = () => getConnectionInfo.call(adapter);
-  }
+  const getConnectionInfo = adapter.getConnectionInfo?.bind(adapter);
+  if (getConnectionInfo !== undefined) wrapped.getConnectionInfo = getConnectionInfo;
   return wrapped;
 }
 

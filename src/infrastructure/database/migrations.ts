@@ -254,7 +254,9 @@ async function withEngine<T>(
     connectToShadowDb: () => track(() => factory.connectToShadowDb()),
   };
   // The engine only logs progress; failures arrive as rejected promises.
-  const ignoreLog = () => {};
+  const ignoreLog = () => {
+    // Progress messages only.
+  };
   engineStarted();
   try {
     const engine = await engineBindings.SchemaEngine.new(
@@ -330,9 +332,8 @@ function loadEngine(): Promise<void> {
     const { instance } = await WebAssembly.instantiate(bytes, { './schema_engine_bg.js': imports });
     engineBindings.__wbg_set_wasm(instance.exports);
     const start = instance.exports['__wbindgen_start'];
-    if (typeof start === 'function') {
-      start();
-    }
+    // wasm-bindgen's start function takes no arguments.
+    if (typeof start === 'function') (start as () => void)();
   })();
   return engineLoaded;
 }

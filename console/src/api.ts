@@ -58,6 +58,11 @@ export class ConsoleSession {
     this.#api = this.#createApi();
   }
 
+  /** The session as it is now; a method, so that a read after an await is not narrowed away. */
+  #currentSession(): Session | undefined {
+    return this.#session;
+  }
+
   get api(): Api {
     return this.#api;
   }
@@ -209,8 +214,10 @@ export class ConsoleSession {
         if (this.#session !== session) throw error;
         // Unless another call rotated the pair meanwhile, rotate it now.
         if (session.accessToken === used && !(await this.refresh())) throw error;
-        if (this.#session === undefined) throw error;
-        request.header.set('authorization', `Bearer ${this.#session.accessToken}`);
+        // Read anew: the refresh (or a sign-out meanwhile) replaced the session.
+        const current = this.#currentSession();
+        if (current === undefined) throw error;
+        request.header.set('authorization', `Bearer ${current.accessToken}`);
         return next(request);
       }
     };

@@ -49,7 +49,7 @@ export class GrpcUnaryClient {
     input: MessageInitShape<I> | MessageShape<I>,
   ): Promise<UnaryResponse<I, O>> {
     if (signal?.aborted === true) return Promise.reject(ConnectError.from(signal.reason, Code.Canceled));
-    const message = isMessage(input, method.input) ? input : create(method.input, input as MessageInitShape<I>);
+    const message = isMessage(input, method.input) ? input : create(method.input, input);
     const payload = toBinary(method.input, message);
     const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
     frame[0] = 0;
@@ -102,7 +102,7 @@ export class GrpcUnaryClient {
         responseHeader = toHeaders(headers);
       });
       stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-      stream.on('trailers', (headers) => {
+      stream.on('trailers', (headers: IncomingHttpHeaders) => {
         trailer = toHeaders(headers);
       });
       stream.on('error', (error) => fail(this.#connectionFailure(error)));
@@ -139,7 +139,7 @@ export class GrpcUnaryClient {
     const forget = () => {
       if (this.#session === session) this.#session = undefined;
     };
-    session.on('error', (error) => {
+    session.on('error', (error: Error) => {
       this.#sessionError = error;
       forget();
     });
@@ -199,7 +199,7 @@ function toHeaders(fields: IncomingHttpHeaders): Headers {
   for (const [name, value] of Object.entries(fields)) {
     if (name.startsWith(':') || value === undefined) continue;
     if (Array.isArray(value)) for (const item of value) headers.append(name, item);
-    else headers.set(name, String(value));
+    else headers.set(name, value);
   }
   return headers;
 }

@@ -65,7 +65,7 @@ beforeAll(async () => {
 }, 90_000);
 
 afterAll(async () => {
-  await browser?.close();
+  await browser.close();
   await Promise.all(deployments.map((d) => d.server.close()));
 });
 

@@ -31,7 +31,7 @@ const LAYERS: Record<Mode, readonly Layer[]> = Object.fromEntries(DEPLOYMENT_MOD
 const PORTS = DEFAULT_PORTS;
 /** The layer each URL variable points at, wherever it is used. */
 const URL_TARGETS: Record<string, Layer> = Object.fromEntries(
-  DEPLOYMENT_MODES.flatMap((mode) => Object.values(TOPOLOGY[mode]).flatMap((spec) => Object.entries(spec?.calls ?? {}))),
+  DEPLOYMENT_MODES.flatMap((mode) => Object.values(TOPOLOGY[mode]).flatMap((spec) => Object.entries(spec.calls))),
 );
 const URLS_NEEDED: Record<Mode, Partial<Record<Layer, readonly string[]>>> = { monolithic: {}, layered: {}, microservices: {} };
 for (const mode of DEPLOYMENT_MODES) {

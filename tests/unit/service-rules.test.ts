@@ -59,8 +59,8 @@ function harness() {
     const username = `rules${serial}`;
     const registered = await auth.register({ username, email: `${username}@example.com`, password: PASSWORD }, client);
     if (role !== 'USER') await users.update(registered.user.id, { role });
-    const actor: Actor = await auth.authenticate(registered.tokens!.accessToken);
-    return { id: registered.user.id, username, actor: { ...actor, client }, tokens: registered.tokens!, deviceToken: registered.deviceToken };
+    const actor: Actor = await auth.authenticate(registered.tokens.accessToken);
+    return { id: registered.user.id, username, actor: { ...actor, client }, tokens: registered.tokens, deviceToken: registered.deviceToken };
   }
   return { clock, users, tokens, audit, auth, userCases, account };
 }

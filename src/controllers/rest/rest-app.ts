@@ -11,6 +11,7 @@ import type { UserService } from '../../services/user-use-cases.ts';
 import type { AuditService } from '../../services/audit-use-cases.ts';
 import { createAuditRoutes } from './audit-routes.ts';
 import { createAuthRoutes } from './auth-routes.ts';
+import { createDocsRoutes } from './docs-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
 import { findUnstorableText, noFieldErrors } from '../edge-input.ts';
 import { createOpenApiValidation } from './openapi-validation.ts';
@@ -62,6 +63,10 @@ export function createRestApp(options: RestAppOptions): Express {
     const limit = rateLimit(options.rateLimiter);
     app.use((req, res, next) => (PROBES.has(req.path) ? next() : limit(req, res, next)));
   }
+
+  // The API reference (/docs, /openapi.yaml, /docs/proto/): pages, not API operations, so ahead
+  // of the body parser and the OpenAPI validator.
+  app.use(createDocsRoutes(options.apiSpecPath));
 
   // A compressed body is inflated by body-parser (bounded by the limit after inflation); one cut
   // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with

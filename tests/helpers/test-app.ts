@@ -59,6 +59,8 @@ export interface TestAppOptions {
   sameDatabaseAs?: TestApp;
   /** Logs to this logger (a monolithic app only), to read what the app logged. */
   logger?: Logger;
+  /** This app's topology, whatever TEST_TOPOLOGY says (a suite that needs a split one). */
+  topology?: TopologyName;
 }
 
 /**
@@ -82,7 +84,8 @@ export async function createTestApp(overrides: Environment = {}, options: TestAp
   const env: Environment = { ...TEST_ENV, ...redis, DATABASE_URL: url.toString(), ...overrides };
   let app: Application;
   try {
-    app = TEST_TOPOLOGY === 'monolithic' || !owner ? await startLayer(env, options.logger) : await startSplitLayers(TEST_TOPOLOGY, env);
+    const topology = options.topology ?? TEST_TOPOLOGY;
+    app = topology === 'monolithic' || !owner ? await startLayer(env, options.logger) : await startSplitLayers(topology, env);
   } catch (error) {
     if (owner) await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
     await admin.end();
@@ -215,7 +218,7 @@ export interface TestServer extends TestApp {
 }
 
 /** Like createTestApp, and also serves it on a real port the way src/main.ts does. */
-export async function startTestServer(overrides: Environment = {}, options: Pick<TestAppOptions, 'logger'> = {}): Promise<TestServer> {
+export async function startTestServer(overrides: Environment = {}, options: Pick<TestAppOptions, 'logger' | 'topology'> = {}): Promise<TestServer> {
   const t = await createTestApp(overrides, options);
   // The connection settings come from the same variables; the database is the app's business.
   const { port, close } = await listenOnLoopback(t.app, { ...TEST_ENV, ...overrides });

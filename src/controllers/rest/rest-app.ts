@@ -19,6 +19,7 @@ import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handl
 import { rateLimit } from './rate-limit-middleware.ts';
 import { requestContext } from './request-context.ts';
 import type { Metrics } from '../../infrastructure/metrics.ts';
+import type { Tracing } from '../../infrastructure/tracing.ts';
 import { securityHeaders } from './security-headers.ts';
 import { createSystemRoutes, type ReadinessCheck } from './system-routes.ts';
 import { createUserRoutes } from './user-routes.ts';
@@ -42,6 +43,8 @@ export interface RestAppOptions {
   readiness: Record<string, ReadinessCheck>;
   /** Where request counts and latencies go, when metrics are on. */
   metrics?: Metrics | undefined;
+  /** Where server spans go, when tracing is on. */
+  tracing?: Tracing | undefined;
 }
 
 /**
@@ -54,7 +57,7 @@ export function createRestApp(options: RestAppOptions): Express {
   // Express's own view (req.ip, req.secure) follows the same predicate as the edge's resolver.
   app.set('trust proxy', compileTrust(options.trustProxy));
 
-  app.use(requestContext(options.logger, options.resolveClient, options.metrics));
+  app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing));
   app.use(securityHeaders());
   app.use(compression());
 

@@ -1,0 +1,208 @@
+// OpenTelemetry traces as a collector receives them: an OTLP/HTTP receiver in the test decodes
+// what each layer exports (JSON), and one public request through a layered deployment must come
+// out as one trace, with spans from every layer linked server → internal client → internal
+// server → cache and database, over both internal transports (Connect over HTTP/1.1, and gRPC).
+import { randomBytes } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import { Writable } from 'node:stream';
+import { gunzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runWithCallContext } from '../../src/communication/call-context.ts';
+import { createLogger } from '../../src/infrastructure/logger.ts';
+import { traceLogFields } from '../../src/infrastructure/tracing.ts';
+import { apiClient } from '../helpers/protocols.ts';
+import { bearer, loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+/** One span as the receiver decoded it, with its process's service.name. */
+interface ReceivedSpan {
+  service: string;
+  traceId: string;
+  spanId: string;
+  parentSpanId: string;
+  name: string;
+  kind: number;
+  attributes: Record<string, unknown>;
+  status: { code?: number };
+}
+
+const SERVER = 2;
+const CLIENT = 3;
+
+type AnyValue = { stringValue?: string; intValue?: number | string; boolValue?: boolean; doubleValue?: number };
+const valueOf = (value: AnyValue): unknown => value.stringValue ?? (value.intValue === undefined ? undefined : Number(value.intValue)) ?? value.boolValue ?? value.doubleValue;
+const attributesOf = (list: { key: string; value: AnyValue }[] = []) => Object.fromEntries(list.map(({ key, value }) => [key, valueOf(value)]));
+
+/** A minimal OTLP/HTTP trace receiver: POST /v1/traces with a JSON ExportTraceServiceRequest. */
+class OtlpReceiver {
+  readonly spans: ReceivedSpan[] = [];
+  readonly contentTypes = new Set<string>();
+  #server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      if (req.method !== 'POST' || req.url !== '/v1/traces') {
+        res.writeHead(404).end();
+        return;
+      }
+      this.contentTypes.add(req.headers['content-type'] ?? '');
+      let body = Buffer.concat(chunks);
+      if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
+      const request = JSON.parse(body.toString('utf8')) as {
+        resourceSpans: { resource: { attributes: { key: string; value: AnyValue }[] }; scopeSpans: { spans: (Omit<ReceivedSpan, 'service' | 'attributes'> & { attributes?: { key: string; value: AnyValue }[] })[] }[] }[];
+      };
+      for (const resourceSpans of request.resourceSpans) {
+        const service = String(attributesOf(resourceSpans.resource.attributes)['service.name']);
+        for (const scope of resourceSpans.scopeSpans) {
+          for (const span of scope.spans) this.spans.push({ ...span, service, parentSpanId: span.parentSpanId ?? '', attributes: attributesOf(span.attributes) });
+        }
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+
+  async start(): Promise<string> {
+    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
+    const address = this.#server.address();
+    return `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`;
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
+
+  /** The spans of one trace, once `done` holds of them (spans arrive as each one ends). */
+  async trace(traceId: string, done: (spans: ReceivedSpan[]) => boolean): Promise<ReceivedSpan[]> {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const spans = this.spans.filter((span) => span.traceId === traceId);
+      if (done(spans)) return spans;
+      if (Date.now() > deadline) throw new Error(`trace ${traceId} incomplete: ${JSON.stringify(spans.map((s) => [s.service, s.name]))}`);
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+}
+
+/** A W3C traceparent from a client that traces, and its ids. */
+function clientTraceparent(): { header: string; traceId: string; spanId: string } {
+  const traceId = randomBytes(16).toString('hex');
+  const spanId = randomBytes(8).toString('hex');
+  return { header: `00-${traceId}-${spanId}-01`, traceId, spanId };
+}
+
+const parentOf = (spans: ReceivedSpan[], span: ReceivedSpan) => spans.find((candidate) => candidate.spanId === span.parentSpanId);
+
+describe.each(['layered-http', 'layered-grpc'] as const)('traces in %s', (topology) => {
+  const receiver = new OtlpReceiver();
+  let t: TestServer;
+
+  beforeAll(async () => {
+    const endpoint = await receiver.start();
+    // Each span is exported as it ends (no batch delay), and cached entries live one second,
+    // so that the request below misses the cache and reaches the database.
+    t = await startTestServer({ OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '0', CACHE_TTL_SECONDS: '1' }, { topology });
+  });
+
+  afterAll(async () => {
+    await t.close();
+    await receiver.close();
+  });
+
+  it('when one REST request crosses the layers, then its spans form one trace: edge server → internal client → internal server → … → cache and database, each layer under its own service.name', async () => {
+    const admin = await loginAdmin(t);
+    const user = await register(t);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    const client = clientTraceparent();
+    const res = await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('traceparent', client.header);
+    expect(res.status).toBe(200);
+
+    const spans = await receiver.trace(client.traceId, (received) => received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER) && received.some((s) => s.name.startsWith('db ')));
+    expect([...receiver.contentTypes]).toEqual(['application/json']);
+    expect(new Set(spans.map((span) => span.service))).toEqual(new Set(['arcana-cloud-controller', 'arcana-cloud-service', 'arcana-cloud-repository']));
+
+    // The edge continues the client's trace, named after the operation's route template.
+    const edge = spans.find((span) => span.service === 'arcana-cloud-controller' && span.kind === SERVER);
+    expect(edge).toMatchObject({ name: 'GET /api/v1/users/{userId}', parentSpanId: client.spanId });
+    expect(edge?.attributes).toMatchObject({ 'http.route': '/api/v1/users/{userId}', 'http.response.status_code': 200, 'http.request.method': 'GET' });
+
+    // Every other span's parent is in the trace: one tree under the edge.
+    for (const span of spans) if (span !== edge) expect(parentOf(spans, span), `${span.service} ${span.name}`).toBeDefined();
+
+    // A database read in the repository process, and the chain above it back to the edge.
+    const db = spans.find((span) => span.service === 'arcana-cloud-repository' && span.name.startsWith('db '));
+    expect(db?.kind).toBe(CLIENT);
+    expect(db?.attributes['db.system.name']).toBe('postgresql');
+    const chain: string[] = [];
+    for (let span = db; span !== undefined; span = parentOf(spans, span)) chain.push(`${span.service.replace('arcana-cloud-', '')}:${span.kind === SERVER ? 'server' : 'client'}`);
+    expect(chain).toEqual(['repository:client', 'repository:server', 'service:client', 'service:server', 'controller:client', 'controller:server']);
+    // The internal client span names the layer it called; the server span there has the same procedure.
+    const repositoryServer = parentOf(spans, db as ReceivedSpan) as ReceivedSpan;
+    const serviceClient = parentOf(spans, repositoryServer) as ReceivedSpan;
+    expect(serviceClient.attributes['arcana.target.layer']).toBe('repository');
+    expect(serviceClient.name).toBe(repositoryServer.name);
+
+    // The cache was asked first, and missed.
+    const cacheGets = spans.filter((span) => span.service === 'arcana-cloud-repository' && span.name === 'cache get');
+    expect(cacheGets.length).toBeGreaterThan(0);
+    expect(cacheGets.some((span) => span.attributes['cache.hit'] === false)).toBe(true);
+    for (const span of cacheGets) expect(parentOf(spans, span)?.kind).toBe(SERVER);
+  });
+
+  it('when an RPC arrives with a traceparent, then its server span continues that trace and the layers below join it', async () => {
+    const admin = await loginAdmin(t);
+    const user = await register(t);
+    const client = clientTraceparent();
+    const rpc = apiClient('connect-json', t.baseUrl);
+    expect((await rpc.getUser(admin, user.id, { headers: { traceparent: client.header } })).code).toBe('ok');
+    rpc.close();
+    const spans = await receiver.trace(client.traceId, (received) => received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER) && received.some((s) => s.service === 'arcana-cloud-service'));
+    const edge = spans.find((span) => span.service === 'arcana-cloud-controller' && span.kind === SERVER);
+    expect(edge).toMatchObject({ name: 'arcana.user.v1.UserService/GetUser', parentSpanId: client.spanId });
+    expect(edge?.attributes['rpc.response.status_code']).toBe('ok');
+    expect(spans.some((span) => span.service === 'arcana-cloud-service' && span.kind === SERVER && parentOf(spans, span)?.service === 'arcana-cloud-controller')).toBe(true);
+  });
+
+  it('when a request comes without a traceparent, then a new trace starts at the edge', async () => {
+    const before = receiver.spans.length;
+    const user = await register(t);
+    expect((await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken))).status).toBe(200);
+    const deadline = Date.now() + 10_000;
+    let edge: ReceivedSpan | undefined;
+    while (edge === undefined && Date.now() < deadline) {
+      edge = receiver.spans.slice(before).find((span) => span.service === 'arcana-cloud-controller' && span.kind === SERVER && span.name === 'GET /api/v1/users/{userId}');
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    expect(edge?.parentSpanId ?? 'none').toBe('');
+    expect(edge?.traceId).toMatch(/^[0-9a-f]{32}$/);
+  });
+});
+
+describe('trace ids in logs', () => {
+  it('when a traced request is served, then its "request completed" line carries the trace id, and lines logged inside it do too', async () => {
+    const receiver = new OtlpReceiver();
+    const endpoint = await receiver.start();
+    const lines: Record<string, unknown>[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+        done();
+      },
+    });
+    const logger = createLogger({ level: 'info', destination, mixin: traceLogFields });
+    const t = await startTestServer({ OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '0' }, { logger, topology: 'monolithic' });
+    try {
+      const client = clientTraceparent();
+      expect((await t.request.get('/health').set('traceparent', client.header)).status).toBe(200);
+      const line = lines.find((l) => l.msg === 'request completed' && l.path === '/health');
+      expect(line?.traceId).toBe(client.traceId);
+      // Any line logged while a traced request's work runs gets the ids from the logger's mixin.
+      const span = { spanContext: () => ({ traceId: client.traceId, spanId: client.spanId, traceFlags: 1 }) } as never;
+      runWithCallContext({ requestId: 'r', span }, () => logger.info('inside'));
+      expect(lines.find((l) => l.msg === 'inside')).toMatchObject({ traceId: client.traceId, spanId: client.spanId });
+      logger.info('outside');
+      expect(lines.find((l) => l.msg === 'outside')?.traceId).toBeUndefined();
+    } finally {
+      await t.close();
+      await receiver.close();
+    }
+  });
+});

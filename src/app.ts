@@ -188,6 +188,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
       const db = await createDatabase(config.database);
       database = db;
       metrics?.counterFrom('arcana_db_queries_total', 'Queries this process sent to the database', () => db.queryCount());
+      metrics?.databasePool(() => db.poolUse());
       closers.push(() => db.close());
       const applied = await applyMigrations(db, MIGRATIONS_PATH);
       if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
@@ -245,7 +246,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
         idempotencyRepository: repositories.idempotency,
         purgeIntervalMs: config.sessionPurge.intervalMs,
         purgeRetentionMs: config.sessionPurge.retentionMs,
+        onJobFailed: metrics === undefined ? undefined : (queue) => metrics.jobFailed(queue),
       });
+      metrics?.queueDepth(() => runner.queueDepth());
       jobs = runner;
       closers.push(() => runner.close());
       const throttle = new LoginThrottle({ counters: repositories.counters, ...config.login });

@@ -7,13 +7,63 @@
 // path templates (a path no operation matches is `unmatched`), RPC procedures only the served
 // ones, codes and outcomes the API's own. An attacker cannot grow the registry by inventing paths.
 import { createServer } from 'node:http';
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type LabelValues } from 'prom-client';
 
 /** Latency buckets in seconds: from a cached read (~1 ms) to a bcrypt-bound login under load. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** Audit detail reasons that become a label (the rest are counted without one). */
 const REASONS = new Set(['unknown_user', 'wrong_password', 'inactive', 'throttled']);
+
+/** A login's outcome as `arcana_logins_total` names it, by LOGIN_FAILED reason. */
+const LOGIN_OUTCOMES: Record<string, string> = { unknown_user: 'unknown_user', wrong_password: 'wrong_password', inactive: 'inactive', throttled: 'locked_out' };
+
+/**
+ * The child of a metric for one combination of label values, made on first use and kept: the
+ * request path then does two or three Map lookups instead of prom-client hashing a labels object
+ * (sorting its keys, joining a string) on every observation. Label values come from closed sets,
+ * so the maps stay small.
+ */
+class Children<C> {
+  readonly #root = new Map<string, unknown>();
+  readonly #make: (values: string[]) => C;
+
+  constructor(make: (values: string[]) => C) {
+    this.#make = make;
+  }
+
+  get(a: string, b: string, c?: string): C {
+    let level = this.#root.get(a) as Map<string, unknown> | undefined;
+    if (level === undefined) this.#root.set(a, (level = new Map()));
+    if (c === undefined) {
+      let child = level.get(b) as C | undefined;
+      if (child === undefined) level.set(b, (child = this.#make([a, b])));
+      return child;
+    }
+    let inner = level.get(b) as Map<string, C> | undefined;
+    if (inner === undefined) level.set(b, (inner = new Map()));
+    let child = inner.get(c);
+    if (child === undefined) inner.set(c, (child = this.#make([a, b, c])));
+    return child;
+  }
+}
+
+/** Children of a labelled metric by the values of its labels, in `names` order. */
+function childrenOf<T extends string, C>(metric: { labels(labels: LabelValues<T>): C }, names: readonly T[]): Children<C> {
+  return new Children((values) => metric.labels(Object.fromEntries(names.map((name, i) => [name, values[i] ?? ''])) as LabelValues<T>));
+}
+
+/** Database connection pool use, as the database module reads it. */
+export interface PoolUse {
+  /** Connections open, idle among them, requests waiting for one, and the pool's bound. */
+  total: number;
+  idle: number;
+  waiting: number;
+  max: number;
+}
+
+/** A job queue's depth by state (waiting, active, delayed, failed…). */
+export type QueueDepth = { queue: string; state: string; count: number }[];
 
 export class Metrics {
   readonly registry = new Registry();
@@ -22,6 +72,16 @@ export class Metrics {
   readonly #internalCalls: Histogram<'target' | 'procedure' | 'outcome'>;
   readonly #securityEvents: Counter<'type' | 'reason'>;
   readonly #cache: Counter<'result'>;
+  readonly #logins: Counter<'outcome'>;
+  readonly #lockouts: Counter;
+  readonly #tokenReuse: Counter;
+  readonly #jobFailures: Counter<'queue'>;
+  readonly #http: Children<{ observe(seconds: number): void }>;
+  readonly #rpc: Children<{ observe(seconds: number): void }>;
+  readonly #internal: Children<{ observe(seconds: number): void }>;
+  readonly #events: Children<{ inc(): void }>;
+  readonly #cacheHit: { inc(): void };
+  readonly #cacheMiss: { inc(): void };
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -54,26 +114,92 @@ export class Metrics {
       registers,
     });
     this.#cache = new Counter({ name: 'arcana_cache_lookups_total', help: 'Cache lookups by result (hit, miss)', labelNames: ['result'], registers });
+    this.#logins = new Counter({
+      name: 'arcana_logins_total',
+      help: 'Login attempts by outcome: succeeded, wrong_password, unknown_user, inactive, locked_out (refused by a lockout before any password check)',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.#lockouts = new Counter({ name: 'arcana_login_lockout_refusals_total', help: 'Login attempts refused because their account and address (or device) are locked out', registers });
+    this.#tokenReuse = new Counter({ name: 'arcana_token_reuse_detections_total', help: 'Rotated refresh tokens presented again (the token family is then revoked)', registers });
+    this.#jobFailures = new Counter({ name: 'arcana_job_failures_total', help: 'Background job runs that failed (each failed attempt), by queue (audit, maintenance)', labelNames: ['queue'], registers });
+
+    this.#http = childrenOf(this.#httpRequests, ['route', 'method', 'status']);
+    this.#rpc = childrenOf(this.#rpcRequests, ['procedure', 'protocol', 'code']);
+    this.#internal = childrenOf(this.#internalCalls, ['target', 'procedure', 'outcome']);
+    this.#events = childrenOf(this.#securityEvents, ['type', 'reason']);
+    this.#cacheHit = this.#cache.labels({ result: 'hit' });
+    this.#cacheMiss = this.#cache.labels({ result: 'miss' });
+    // Every outcome from the start, so a rate over a series that has not happened yet is 0, not absent.
+    for (const outcome of ['succeeded', ...Object.values(LOGIN_OUTCOMES)]) this.#logins.inc({ outcome }, 0);
+    this.#jobFailures.inc({ queue: 'audit' }, 0);
+    this.#jobFailures.inc({ queue: 'maintenance' }, 0);
   }
 
   httpRequest(route: string, method: string, status: number, seconds: number): void {
-    this.#httpRequests.observe({ route, method, status: String(status) }, seconds);
+    this.#http.get(route, method, String(status)).observe(seconds);
   }
 
   rpcRequest(procedure: string, protocol: string, code: string, seconds: number): void {
-    this.#rpcRequests.observe({ procedure, protocol, code }, seconds);
+    this.#rpc.get(procedure, protocol, code).observe(seconds);
   }
 
   internalCall(target: string, procedure: string, outcome: string, seconds: number): void {
-    this.#internalCalls.observe({ target, procedure, outcome }, seconds);
+    this.#internal.get(target, procedure, outcome).observe(seconds);
   }
 
+  /** An audited security event; logins, lockout refusals and token reuse also get series of their own. */
   securityEvent(type: string, reason: unknown): void {
-    this.#securityEvents.inc({ type, reason: typeof reason === 'string' && REASONS.has(reason) ? reason : '' });
+    const known = typeof reason === 'string' && REASONS.has(reason) ? reason : '';
+    this.#events.get(type, known).inc();
+    if (type === 'LOGIN_SUCCEEDED') this.#logins.inc({ outcome: 'succeeded' });
+    else if (type === 'LOGIN_FAILED') {
+      this.#logins.inc({ outcome: LOGIN_OUTCOMES[known] ?? 'other' });
+      if (known === 'throttled') this.#lockouts.inc();
+    } else if (type === 'TOKEN_REUSE_DETECTED') this.#tokenReuse.inc();
   }
 
   cacheLookup(hit: boolean): void {
-    this.#cache.inc({ result: hit ? 'hit' : 'miss' });
+    (hit ? this.#cacheHit : this.#cacheMiss).inc();
+  }
+
+  /** A background job run that failed. */
+  jobFailed(queue: string): void {
+    this.#jobFailures.inc({ queue });
+  }
+
+  /** Job queue depth by queue and state, read (asynchronously: BullMQ asks Redis) when scraped. */
+  queueDepth(read: () => Promise<QueueDepth>): void {
+    new Gauge({
+      name: 'arcana_job_queue_depth',
+      help: 'Background jobs by queue and state (waiting, active, delayed, failed); in-process runners report their audit backlog as waiting',
+      labelNames: ['queue', 'state'],
+      registers: [this.registry],
+      async collect() {
+        this.reset();
+        // Redis being away must not fail the whole scrape: the depth is then absent.
+        const depths = await read().catch(() => []);
+        for (const { queue, state, count } of depths) this.set({ queue, state }, count);
+      },
+    });
+  }
+
+  /** Database connection pool use, read when scraped (absent for an embedded database). */
+  databasePool(read: () => PoolUse | undefined): void {
+    const gauge = (name: string, help: string, pick: (use: PoolUse) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          const use = read();
+          if (use !== undefined) this.set(pick(use));
+        },
+      });
+    gauge('arcana_db_pool_connections_in_use', 'Database connections checked out of the pool now', (use) => use.total - use.idle);
+    gauge('arcana_db_pool_connections_idle', 'Open database connections idle in the pool', (use) => use.idle);
+    gauge('arcana_db_pool_waiting', 'Queries waiting for a free database connection', (use) => use.waiting);
+    gauge('arcana_db_pool_connections_max', 'The pool bound: connections at most', (use) => use.max);
   }
 
   /** A gauge read when scraped, e.g. the password-hash gate's queue or the audit backlog. */

@@ -11,7 +11,9 @@ import { runWithCallContext } from '../../src/communication/call-context.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { traceLogFields } from '../../src/infrastructure/tracing.ts';
 import { apiClient } from '../helpers/protocols.ts';
-import { bearer, loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { startTopology } from '../../scripts/topology.ts';
+import pg from 'pg';
+import { ADMIN, bearer, loginAdmin, newUser, register, startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
 
 /** One span as the receiver decoded it, with its process's service.name. */
 interface ReceivedSpan {
@@ -23,6 +25,8 @@ interface ReceivedSpan {
   kind: number;
   attributes: Record<string, unknown>;
   status: { code?: number };
+  /** The exporting process's resource attributes. */
+  resource: Record<string, unknown>;
 }
 
 const SERVER = 2;
@@ -48,12 +52,13 @@ class OtlpReceiver {
       let body = Buffer.concat(chunks);
       if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
       const request = JSON.parse(body.toString('utf8')) as {
-        resourceSpans: { resource: { attributes: { key: string; value: AnyValue }[] }; scopeSpans: { spans: (Omit<ReceivedSpan, 'service' | 'attributes'> & { attributes?: { key: string; value: AnyValue }[] })[] }[] }[];
+        resourceSpans: { resource: { attributes: { key: string; value: AnyValue }[] }; scopeSpans: { spans: (Omit<ReceivedSpan, 'service' | 'attributes' | 'resource'> & { attributes?: { key: string; value: AnyValue }[] })[] }[] }[];
       };
       for (const resourceSpans of request.resourceSpans) {
-        const service = String(attributesOf(resourceSpans.resource.attributes)['service.name']);
+        const resource = attributesOf(resourceSpans.resource.attributes);
+        const service = String(resource['service.name']);
         for (const scope of resourceSpans.scopeSpans) {
-          for (const span of scope.spans) this.spans.push({ ...span, service, parentSpanId: span.parentSpanId ?? '', attributes: attributesOf(span.attributes) });
+          for (const span of scope.spans) this.spans.push({ ...span, service, resource, parentSpanId: span.parentSpanId ?? '', attributes: attributesOf(span.attributes) });
         }
       }
       res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
@@ -205,4 +210,48 @@ describe('trace ids in logs', () => {
       await receiver.close();
     }
   });
+});
+
+describe('traces of real processes', () => {
+  it('when layered-grpc runs as three `node src/main.ts` processes, then one request is one trace with spans from three pids, and each process logs the trace id', async () => {
+    const receiver = new OtlpReceiver();
+    const endpoint = await receiver.start();
+    const schema = `test_trace_${Date.now()}_${randomBytes(3).toString('hex')}`;
+    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await admin.connect();
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    const url = new URL(TEST_DATABASE_URL);
+    url.searchParams.set('schema', schema);
+    const lines: { layer: string; line: string }[] = [];
+    const topology = await startTopology({
+      name: 'layered-grpc',
+      env: { PATH: process.env.PATH, ...TEST_ENV, LOG_LEVEL: 'debug', DATABASE_URL: url.toString(), OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '100' },
+      onLine: (layer, line) => lines.push({ layer, line }),
+    });
+    try {
+      const post = (path: string, body: unknown) =>
+        fetch(`${topology.baseUrl}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      const login = (await (await post('/api/v1/auth/login', { usernameOrEmail: ADMIN.username, password: ADMIN.password })).json()) as { data: { tokens: { accessToken: string } } };
+      const registered = (await (await post('/api/v1/auth/register', newUser('trace'))).json()) as { data: { user: { id: number } } };
+      const client = clientTraceparent();
+      const res = await fetch(`${topology.baseUrl}/api/v1/users/${registered.data.user.id}`, {
+        headers: { authorization: `Bearer ${login.data.tokens.accessToken}`, traceparent: client.header },
+      });
+      expect(res.status).toBe(200);
+      const spans = await receiver.trace(client.traceId, (received) => new Set(received.map((span) => span.service)).size === 3 && received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER));
+      const pids = new Map(spans.map((span) => [span.service, span.resource['process.pid']]));
+      expect(new Set(pids.values()).size).toBe(3);
+      expect(pids.get('arcana-cloud-controller')).toBe(topology.layers.find((layer) => layer.name === 'controller')?.pid);
+      // The controller's request line, and the lower layers' per-call debug lines, name the trace.
+      const logged = (layer: string) => lines.filter((entry) => entry.layer === layer && entry.line.includes(client.traceId));
+      expect(logged('controller').some((entry) => entry.line.includes('"request completed"'))).toBe(true);
+      expect(logged('service').length).toBeGreaterThan(0);
+      expect(logged('repository').length).toBeGreaterThan(0);
+    } finally {
+      await topology.stop();
+      await receiver.close();
+      await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await admin.end();
+    }
+  }, 90_000);
 });

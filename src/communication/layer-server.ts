@@ -106,7 +106,7 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
     // The layer above's client span, from its `traceparent`, is this span's parent. Health
     // checks are probes, not requests: untraced.
     const span = tracing !== undefined && req.service.typeName !== Health.typeName
-      ? tracing.startServerSpan(procedure, (name) => req.header.get(name), { 'rpc.system.name': 'grpc', 'rpc.method': procedure })
+      ? tracing.startServerSpan(procedure, (name) => req.header.get(name), { 'rpc.system.name': req.header.get('content-type')?.startsWith('application/grpc') === true ? 'grpc' : 'connect_rpc', 'rpc.method': procedure })
       : undefined;
     return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, idempotency, span }, async () => {
       try {

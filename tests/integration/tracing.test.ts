@@ -144,6 +144,10 @@ describe.each(['layered-http', 'layered-grpc'] as const)('traces in %s', (topolo
     const serviceClient = parentOf(spans, repositoryServer) as ReceivedSpan;
     expect(serviceClient.attributes['arcana.target.layer']).toBe('repository');
     expect(serviceClient.name).toBe(repositoryServer.name);
+    // Named after the internal protocol actually used on each side.
+    const rpcSystem = topology === 'layered-grpc' ? 'grpc' : 'connect_rpc';
+    expect(serviceClient.attributes['rpc.system.name']).toBe(rpcSystem);
+    expect(repositoryServer.attributes['rpc.system.name']).toBe(rpcSystem);
 
     // The cache was asked first, and missed.
     const cacheGets = spans.filter((span) => span.service === 'arcana-cloud-repository' && span.name === 'cache get');

@@ -69,7 +69,13 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
     // A client that disconnects before its answer aborts the work done for it (see WorkGate).
     const abandoned = new AbortController();
     res.once('close', () => {
-      if (!res.writableFinished) abandoned.abort();
+      if (res.writableFinished) return;
+      abandoned.abort();
+      // No 'finish' will come: the span ends here, as the client left it.
+      if (span !== undefined) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: 'client disconnected' });
+        span.end();
+      }
     });
     // Everything this request does from here, calls to other layers included, carries its id.
     runWithCallContext({ requestId, signal: abandoned.signal, span }, next);

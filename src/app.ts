@@ -188,7 +188,8 @@ export async function createApplication(config: Config, logger: Logger): Promise
       const db = await createDatabase(config.database);
       database = db;
       metrics?.counterFrom('arcana_db_queries_total', 'Queries this process sent to the database', () => db.queryCount());
-      metrics?.databasePool(() => db.poolUse());
+      const poolUse = db.poolUse;
+      if (poolUse !== undefined) metrics?.databasePool(poolUse);
       closers.push(() => db.close());
       const applied = await applyMigrations(db, MIGRATIONS_PATH);
       if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');

@@ -266,7 +266,7 @@ export class Metrics {
     });
   }
 
-  /** Database connection pool use, read when scraped (absent for an embedded database). */
+  /** Database connection pool use, read when scraped (for a database with a pool). */
   databasePool(read: () => PoolUse | undefined): void {
     const gauge = (name: string, help: string, pick: (use: PoolUse) => number) =>
       new Gauge({

@@ -41,8 +41,11 @@ export interface Database {
   readonly schema: string;
   /** How many queries this process has sent: shows what the cache saves, in tests and metrics. */
   queryCount(): number;
-  /** Connection pool use, for metrics; undefined for PGlite, which has one connection and no pool. */
-  poolUse(): { total: number; idle: number; waiting: number; max: number } | undefined;
+  /**
+   * Connection pool use, for metrics: absent for PGlite, which has one connection and no pool;
+   * undefined until the pool exists.
+   */
+  poolUse?: (() => { total: number; idle: number; waiting: number; max: number } | undefined) | undefined;
   close(): Promise<void>;
 }
 
@@ -164,7 +167,6 @@ async function openPGlite(dataDir: string): Promise<Database> {
     kind: 'pglite',
     schema: DEFAULT_SCHEMA,
     queryCount,
-    poolUse: () => undefined,
     close: async () => {
       await prisma.$disconnect();
       await pglite.close();

@@ -185,6 +185,36 @@ describe.each(['layered-http', 'layered-grpc'] as const)('traces in %s', (topolo
   });
 });
 
+describe('traces in microservices-grpc on Redis', () => {
+  it('when a request goes through the auth and user services, then both join its trace, and their Redis cache lookups are spans in it', async () => {
+    const receiver = new OtlpReceiver();
+    const endpoint = await receiver.start();
+    const t = await startTestServer(
+      { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '0', REDIS_URL: 'redis://127.0.0.1:6379', REDIS_KEY_PREFIX: `trace-test-${process.pid}-${Date.now()}:` },
+      { topology: 'microservices-grpc' },
+    );
+    try {
+      const admin = await loginAdmin(t);
+      const user = await register(t);
+      const client = clientTraceparent();
+      expect((await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('traceparent', client.header)).status).toBe(200);
+      const wanted = ['arcana-cloud-controller', 'arcana-cloud-auth-service', 'arcana-cloud-user-service'];
+      const spans = await receiver.trace(client.traceId, (received) => wanted.every((service) => received.some((s) => s.service === service && s.kind === SERVER)));
+      const edge = spans.find((span) => span.service === 'arcana-cloud-controller' && span.kind === SERVER);
+      for (const span of spans) if (span !== edge) expect(parentOf(spans, span), `${span.service} ${span.name}`).toBeDefined();
+      // With a shared cache, each service process reads Redis before calling the repository layer
+      // (which, on a miss, reads it too).
+      const redisLookups = spans.filter((span) => span.name === 'cache get' && span.attributes['db.system.name'] === 'redis');
+      const readers = new Set(redisLookups.map((span) => span.service));
+      expect(readers.has('arcana-cloud-auth-service') && readers.has('arcana-cloud-user-service')).toBe(true);
+      for (const span of redisLookups) expect(parentOf(spans, span)?.kind).toBe(SERVER);
+    } finally {
+      await t.close();
+      await receiver.close();
+    }
+  });
+});
+
 describe('trace ids in logs', () => {
   it('when a traced request is served, then its "request completed" line carries the trace id, and lines logged inside it do too', async () => {
     const receiver = new OtlpReceiver();

@@ -19,6 +19,7 @@ const API_SUITES = [
   'rpc-health-reflection',
   'rpc-external-clients',
   'typed-clients',
+  'api-docs',
 ].map((name) => `tests/integration/${name}.test.ts`);
 
 /**

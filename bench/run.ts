@@ -30,7 +30,8 @@ import {
 import { applies, BARE_CEILING, BARE_SCENARIOS, barePlan, h2Body, h2Headers, planFor, SCENARIO_TITLES, type LoadPlan } from './scenarios.ts';
 import { BENCH_ADMIN, seed, type Fixtures } from './seed.ts';
 import { startServerProcess, type ServerProcess } from './server-process.ts';
-import { parseSettings, USAGE, UsageError, type BenchSettings, type Protocol, type ScenarioName, type TopologyName } from './settings.ts';
+import { OTLP_SINK, parseSettings, USAGE, UsageError, type BenchSettings, type Protocol, type ScenarioName, type TopologyName } from './settings.ts';
+import { startOtlpSink } from './otlp-sink.ts';
 import { runSoak, type SoakResult } from './soak.ts';
 import { timePgliteMonolith, timeRestart } from './startup-time.ts';
 import { runWrk } from './wrk-load.ts';
@@ -141,9 +142,13 @@ async function main(settings: BenchSettings): Promise<void> {
     ...(settings.redisUrl === undefined ? {} : { REDIS_URL: settings.redisUrl, REDIS_KEY_PREFIX: `${redisPrefix}${target}:` }),
     ...extra,
   });
+  // The tracing variant exports to a sink here that reads and answers each export, as a collector would.
+  const sink = settings.variants.some((variant) => variant.env.OTEL_EXPORTER_OTLP_ENDPOINT === OTLP_SINK) ? await startOtlpSink() : undefined;
+  const variantEnv = (env: Record<string, string>) =>
+    sink !== undefined && env.OTEL_EXPORTER_OTLP_ENDPOINT === OTLP_SINK ? { ...env, OTEL_EXPORTER_OTLP_ENDPOINT: sink.url } : env;
   const targets: Target[] = settings.topologies.flatMap((topology) => [
     { name: topology, topology, variant: 'default', env: {} },
-    ...settings.variants.map((variant) => ({ name: `${topology}+${variant.name}`, topology, variant: variant.name, env: variant.env })),
+    ...settings.variants.map((variant) => ({ name: `${topology}+${variant.name}`, topology, variant: variant.name, env: variantEnv(variant.env) })),
   ]);
 
   const rows: ResultRow[] = [];
@@ -509,6 +514,11 @@ async function main(settings: BenchSettings): Promise<void> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await running?.stop();
+    if (sink !== undefined) {
+      const { exports, bytes } = sink.received();
+      log(`OTLP sink: ${exports} exports, ${(bytes / 1e6).toFixed(1)} MB of spans received`);
+      await sink.close();
+    }
     await rm(workDir, { recursive: true, force: true });
     await adminDb.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch((error: unknown) => log(`could not drop schema ${schema}: ${String(error)}`));
     await adminDb.end();

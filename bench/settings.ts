@@ -82,7 +82,10 @@ export const USAGE = `Usage: npm run bench -- [options]
   --probe-rate <n>         /health requests per second during login (default 20)
   --topologies <a,b>       ${TOPOLOGIES.join(', ')} (default: all)
   --variant <name:K=V,…>   also measure every topology with this extra environment, as rows
-                           <topology>+<name>; repeatable (e.g. --variant metrics:METRICS_ENABLED=true)
+                           <topology>+<name>; repeatable (e.g. --variant cache:CACHE_TTL_SECONDS=1)
+  --metrics                also measure every topology with Prometheus metrics on (rows <topology>+metrics)
+  --tracing                also measure every topology with OpenTelemetry tracing on, every span exported
+                           to an OTLP/HTTP sink in the bench process (rows <topology>+tracing)
   --protocols <a,b>        ${PROTOCOLS.join(', ')} (default: all)
   --scenarios <a,b>        ${SCENARIOS.join(', ')} (default: all; health is REST only)
   --users <n>              users to register before measuring (default 100; --quick: 30; at least 21)
@@ -101,6 +104,9 @@ export const USAGE = `Usage: npm run bench -- [options]
   --report <file>          print the tables of a results file instead of measuring
   --help                   this text
 `;
+
+/** Stands for the URL of the bench's own OTLP sink in a variant's environment, until it listens. */
+export const OTLP_SINK = 'http://bench-otlp-sink.invalid';
 
 export class UsageError extends Error {
   override readonly name = 'UsageError';
@@ -124,6 +130,8 @@ export function parseSettings(argv: string[]): BenchSettings | { report: string 
       'probe-rate': { type: 'string' },
       topologies: { type: 'string' },
       variant: { type: 'string', multiple: true },
+      metrics: { type: 'boolean', default: false },
+      tracing: { type: 'boolean', default: false },
       protocols: { type: 'string' },
       scenarios: { type: 'string' },
       users: { type: 'string' },
@@ -162,7 +170,13 @@ export function parseSettings(argv: string[]): BenchSettings | { report: string 
     timeoutSeconds: integer('timeout', values.timeout, 30, 1, 600),
     probeRate: number('probe-rate', values['probe-rate'], 20, 1, 1000),
     topologies: list('topologies', values.topologies, TOPOLOGIES),
-    variants: (values.variant ?? []).map(variant),
+    variants: [
+      ...(values.variant ?? []).map(variant),
+      // Metrics served on a port per process (scripts/topology.ts picks free ones from this).
+      ...(values.metrics ? [{ name: 'metrics', env: { METRICS_PORT: '9464' } }] : []),
+      // Spans exported to an OTLP/HTTP sink the bench runs (bench/run.ts puts its URL in).
+      ...(values.tracing ? [{ name: 'tracing', env: { OTEL_EXPORTER_OTLP_ENDPOINT: OTLP_SINK } }] : []),
+    ],
     protocols: list('protocols', values.protocols, PROTOCOLS),
     scenarios: list('scenarios', values.scenarios, SCENARIOS),
     bare: values.bare,

@@ -4,6 +4,7 @@
 // fault tests and the benchmark.
 //
 //   node scripts/topology.ts layered-grpc     # controller on PORT (3000), layers on 3001–3004
+//   METRICS_PORT=9464 node scripts/topology.ts layered-grpc   # metrics: repository 9464, service 9465, controller 9466
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
@@ -62,6 +63,13 @@ export async function startTopology(options: StartTopologyOptions): Promise<Runn
   const layerNames = layersOf(mode);
   const ports: Record<string, number> = {};
   for (const layer of layerNames) ports[layer] = options.ports?.[layer] ?? (await freePort(host));
+  // Every process serves its own metrics: with METRICS_PORT set, the layers get consecutive
+  // ports from it (fixed ports), or free ones (free ports), never one port for all of them.
+  const metricsBase = Number(options.env.METRICS_PORT ?? 0);
+  const metricsPorts: Record<string, string> = {};
+  if (metricsBase > 0) {
+    for (const [index, layer] of layerNames.entries()) metricsPorts[layer] = String(options.ports === undefined ? await freePort(host) : metricsBase + index);
+  }
   const url = (layer: string) => `http://${host}:${ports[layer]}`;
   const started: LayerProcess[] = [];
   try {
@@ -79,6 +87,7 @@ export async function startTopology(options: StartTopologyOptions): Promise<Runn
         ...downstream,
         HOST: host,
         PORT: String(ports[layer]),
+        ...(metricsPorts[layer] === undefined ? {} : { METRICS_PORT: metricsPorts[layer] }),
       };
       const process = createLayerProcess(layer, url(layer), env, options.onLine, options.startTimeoutMs ?? 60_000);
       started.push(process);

@@ -59,6 +59,7 @@ import { DeviceTokens } from './infrastructure/security/device-tokens.ts';
 import { loadCommonPasswords, PasswordHasher } from './infrastructure/security/password-hasher.ts';
 import { WorkGate } from './infrastructure/work-gate.ts';
 import { Metrics } from './infrastructure/metrics.ts';
+import { tracedCache, tracedRepository, Tracing } from './infrastructure/tracing.ts';
 import { TokenCodec } from './infrastructure/security/token-codec.ts';
 import { CachedTokenRepository } from './repositories/cached-token-repository.ts';
 import { CachedUserRepository } from './repositories/cached-user-repository.ts';
@@ -129,6 +130,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
     for (const closeOne of closers.reverse()) await closeOne();
   };
   const metrics = config.metrics.port === 0 ? undefined : new Metrics();
+  // Closed last (closers run in reverse): the spans of the shutdown's own work are exported too.
+  const tracing = config.tracing === undefined ? undefined : new Tracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
+  if (tracing !== undefined) closers.push(() => tracing.close());
   const transportTo = (target: string, urls: readonly string[]): Transport =>
     createLayerTransport({
       target,
@@ -139,6 +143,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
       secret: config.deployment.internalSecret,
       logger,
       metrics,
+      tracing,
     });
   /** A downstream layer is ready when one of its processes says it is serving. */
   const downstreamReady = (transport: Transport): ReadinessCheck => async () => {
@@ -174,19 +179,24 @@ export async function createApplication(config: Config, logger: Logger): Promise
     let database: Database | undefined;
     let repositories: Repositories | undefined;
     if (metrics !== undefined) cache = countingCache(cache, metrics);
+    if (tracing !== undefined) cache = tracedCache(cache, tracing, redis === undefined ? 'memory' : 'redis');
     if (holds.repository) {
       const db = await createDatabase(config.database);
       database = db;
       metrics?.counterFrom('arcana_db_queries_total', 'Queries this process sent to the database', () => db.queryCount());
+      const poolUse = db.poolUse;
+      if (poolUse !== undefined) metrics?.databasePool(poolUse);
       closers.push(() => db.close());
       const applied = await applyMigrations(db, MIGRATIONS_PATH);
       if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
+      // With tracing, each database operation is a span named after the repository method.
+      const traced = <R extends object>(repository: R, name: string): R => (tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));
       repositories = {
-        users: new CachedUserRepository(new PrismaUserRepository(db.prisma), cache, config.cacheTtlSeconds),
-        tokens: new CachedTokenRepository(new PrismaTokenRepository(db.prisma), cache, config.cacheTtlSeconds),
-        audit: new PrismaAuditRepository(db.prisma),
+        users: new CachedUserRepository(traced(new PrismaUserRepository(db.prisma), 'UserRepository'), cache, config.cacheTtlSeconds),
+        tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma), 'TokenRepository'), cache, config.cacheTtlSeconds),
+        audit: traced(new PrismaAuditRepository(db.prisma), 'AuditRepository'),
         counters: sharedCounters ?? new MemoryCounterStore(),
-        idempotency: new PrismaIdempotencyRepository(db.prisma),
+        idempotency: traced(new PrismaIdempotencyRepository(db.prisma), 'IdempotencyRepository'),
       };
       readiness.database = async () => {
         await db.prisma.$queryRaw`SELECT 1`;
@@ -233,7 +243,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
         idempotencyRepository: repositories.idempotency,
         purgeIntervalMs: config.sessionPurge.intervalMs,
         purgeRetentionMs: config.sessionPurge.retentionMs,
+        onJobFailed: metrics === undefined ? undefined : (queue) => metrics.jobFailed(queue),
       });
+      metrics?.queueDepth(() => runner.queueDepth());
       jobs = runner;
       closers.push(() => runner.close());
       const throttle = new LoginThrottle({ counters: repositories.counters, ...config.login });
@@ -285,7 +297,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
           readiness['user-service'] = downstreamReady(userTransport);
         }
       }
-      const facades = await createPublicFacades(config, logger, { auth, users, audit, counters: sharedCounters, readiness, health, metrics });
+      const facades = await createPublicFacades(config, logger, { auth, users, audit, counters: sharedCounters, readiness, health, metrics, tracing });
       return { ...facades, readiness, database, auth, users, audit, jobs, metrics, drain, close };
     }
 
@@ -294,7 +306,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
     const layerRpc = {
       routes: createLayerRoutes(apis, readiness, health),
       interceptors: [
-        layerContextInterceptor(logger),
+        layerContextInterceptor(logger, tracing),
         ...(config.deployment.internalSecret === undefined ? [] : [internalAuthInterceptor(config.deployment.internalSecret)]),
         layerServerErrorInterceptor(logger),
       ],
@@ -328,6 +340,7 @@ async function createPublicFacades(
     readiness: Record<string, ReadinessCheck>;
     health: HealthWatchOptions;
     metrics: Metrics | undefined;
+    tracing: Tracing | undefined;
   },
 ): Promise<Pick<Application, 'http' | 'http2' | 'rest'>> {
   const { auth, users, audit, readiness, metrics } = deps;
@@ -346,6 +359,7 @@ async function createPublicFacades(
 
   const rest = createRestApp({
     metrics: deps.metrics,
+    tracing: deps.tracing,
     apiSpecPath: OPENAPI_PATH,
     auth,
     users,
@@ -365,7 +379,7 @@ async function createPublicFacades(
   const rpcOptions = {
     routes: createConnectRoutes({ auth, users, audit, readiness, health: deps.health }),
     interceptors: [
-      requestContextInterceptor(logger, metrics),
+      requestContextInterceptor(logger, metrics, deps.tracing),
       errorInterceptor({ logger, exposeInternals }),
       validationInterceptor(new RequestValidator(openapi)),
     ],

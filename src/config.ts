@@ -45,6 +45,18 @@ const EnvSchema = z.object({
   PORT: int(3000, 0, 65535),
   METRICS_PORT: int(0, 0, 65_535),
   METRICS_HOST: z.string().min(1).default('0.0.0.0'),
+  // OpenTelemetry traces, exported over OTLP/HTTP (JSON); off unless an endpoint is given.
+  OTEL_EXPORTER_OTLP_ENDPOINT: z
+    .string()
+    .regex(/^https?:\/\/[^\s]+$/, 'must be an http:// or https:// URL, e.g. http://collector:4318')
+    .optional(),
+  // The traces URL itself, when it is not <OTEL_EXPORTER_OTLP_ENDPOINT>/v1/traces.
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: z
+    .string()
+    .regex(/^https?:\/\/[^\s]+$/, 'must be an http:// or https:// URL')
+    .optional(),
+  OTEL_SERVICE_NAME: z.string().min(1).optional(),
+  OTEL_BSP_SCHEDULE_DELAY: int(5_000, 0, 600_000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   TRUST_PROXY: z.string().default('false'),
   BODY_LIMIT: z
@@ -183,6 +195,18 @@ export function loadConfig(env: Environment) {
     logLevel: e.LOG_LEVEL,
     /** Prometheus metrics on a port of their own; 0 (the default) serves none. */
     metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST },
+    /**
+     * OpenTelemetry tracing: on when an OTLP endpoint is set (traces go to `url`), off (undefined)
+     * otherwise. Each process names itself after its layer unless OTEL_SERVICE_NAME says otherwise.
+     */
+    tracing:
+      e.OTEL_EXPORTER_OTLP_ENDPOINT === undefined && e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT === undefined
+        ? undefined
+        : {
+            url: e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? `${(e.OTEL_EXPORTER_OTLP_ENDPOINT ?? '').replace(/\/$/, '')}/v1/traces`,
+            serviceName: e.OTEL_SERVICE_NAME ?? (deployment.layer === 'monolithic' ? 'arcana-cloud' : `arcana-cloud-${deployment.layer}`),
+            scheduleDelayMs: e.OTEL_BSP_SCHEDULE_DELAY,
+          },
     database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR },
     redis: e.REDIS_URL === undefined ? undefined : { url: e.REDIS_URL, keyPrefix: e.REDIS_KEY_PREFIX },
     cacheTtlSeconds: e.CACHE_TTL_SECONDS,

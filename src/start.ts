@@ -3,6 +3,7 @@ import { createApplication } from './app.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { createLogger } from './infrastructure/logger.ts';
 import { serveMetrics } from './infrastructure/metrics.ts';
+import { traceLogFields } from './infrastructure/tracing.ts';
 import { createDualProtocolServer } from './server.ts';
 
 async function main(): Promise<void> {
@@ -16,7 +17,8 @@ async function main(): Promise<void> {
     }
     throw error;
   }
-  const logger = createLogger({ level: config.logLevel });
+  // With tracing on, every line logged on behalf of a traced request carries its trace id.
+  const logger = createLogger({ level: config.logLevel, mixin: config.tracing === undefined ? undefined : traceLogFields });
   if (config.jwt.usingDevelopmentSecret) {
     logger.warn('JWT_SECRET is not set: using the built-in development secret. Never do this in production.');
   }

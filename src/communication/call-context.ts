@@ -3,6 +3,7 @@
 // servers) enter it, and the internal clients read it to set the outgoing headers and timeout.
 // The one reader in the service layer is IdempotentRequests, for the client's Idempotency-Key.
 import { AsyncLocalStorage } from 'node:async_hooks';
+import type { Span } from '@opentelemetry/api';
 
 export interface CallContext {
   /** The request id, the same in every layer's logs. */
@@ -23,6 +24,8 @@ export interface CallContext {
    * the same record twice (the caller's profile: once to authenticate, once to answer) pays once.
    */
   reads?: Map<string, Promise<unknown>> | undefined;
+  /** The span of this request in this process, when tracing is on: the parent of its calls' spans. */
+  span?: Span | undefined;
 }
 
 /** An operation called with an Idempotency-Key. */

@@ -21,6 +21,7 @@ import { createHealthService, type HealthWatchOptions } from '../controllers/rpc
 import { createReflectionServices } from '../controllers/rpc/reflection-service.ts';
 import type { ReadinessCheck } from '../controllers/rest/system-routes.ts';
 import type { Logger } from '../infrastructure/logger.ts';
+import { endWithError, type Tracing } from '../infrastructure/tracing.ts';
 import { requestIdFrom } from '../infrastructure/request-id.ts';
 import type { CounterStore } from '../infrastructure/rate-limiter.ts';
 import type { AuditRepository } from '../repositories/audit-repository.ts';
@@ -93,7 +94,7 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
  * sent, and its deadline, so that this layer's own downstream calls carry them on. One debug
  * line per call: the public edge already logs every request once.
  */
-export function layerContextInterceptor(logger: Logger): Interceptor {
+export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Interceptor {
   return (next) => (req) => {
     const requestId = requestIdFrom(req.header.get('x-request-id'));
     const caller = req.header.get('x-arcana-caller') ?? undefined;
@@ -101,15 +102,22 @@ export function layerContextInterceptor(logger: Logger): Interceptor {
     const key = req.header.get(INTERNAL_IDEMPOTENCY_KEY_HEADER);
     const idempotency: IdempotentCall | undefined = key === null ? undefined : { key, replayed: false };
     const started = performance.now();
-    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, idempotency }, async () => {
-      const procedure = `${req.service.typeName}/${req.method.name}`;
+    const procedure = `${req.service.typeName}/${req.method.name}`;
+    // The layer above's client span, from its `traceparent`, is this span's parent. Health
+    // checks are probes, not requests: untraced.
+    const span = tracing !== undefined && req.service.typeName !== Health.typeName
+      ? tracing.startServerSpan(procedure, (name) => req.header.get(name), { 'rpc.system.name': req.header.get('content-type')?.startsWith('application/grpc') === true ? 'grpc' : 'connect_rpc', 'rpc.method': procedure })
+      : undefined;
+    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, idempotency, span }, async () => {
       try {
         const res = await next(req);
         if (idempotency?.replayed === true) res.header.set(INTERNAL_REPLAYED_HEADER, 'true');
-        logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100 }, 'internal call completed');
+        span?.end();
+        logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100, traceId: span?.spanContext().traceId }, 'internal call completed');
         return res;
       } catch (error) {
-        logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100 }, 'internal call failed');
+        if (span !== undefined) endWithError(span, error);
+        logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100, traceId: span?.spanContext().traceId }, 'internal call failed');
         throw error;
       }
     });

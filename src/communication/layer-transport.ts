@@ -1,15 +1,16 @@
 // The transport of a typed internal client: which process of the layer below gets each call, how
 // long the call may take, and when a failed call is tried again. Business code holds a client of
 // the layer's interface and never sees any of this.
-import type { DescMethod } from '@bufbuild/protobuf';
+import type { DescMessage, DescMethod, DescMethodUnary, MessageInitShape } from '@bufbuild/protobuf';
 import { MethodOptions_IdempotencyLevel as Idempotency } from '@bufbuild/protobuf/wkt';
-import { Code, ConnectError, type Transport } from '@connectrpc/connect';
+import { Code, ConnectError, type ContextValues, type Transport, type UnaryResponse } from '@connectrpc/connect';
 import { createConnectTransport, createGrpcTransport } from '@connectrpc/connect-node';
 import { connect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../infrastructure/logger.ts';
 import type { Metrics } from '../infrastructure/metrics.ts';
+import { endWithError, SpanKind, type Span, type Tracing } from '../infrastructure/tracing.ts';
 import { AppError } from '../domain/errors.ts';
 import { currentCallContext, remainingMs } from './call-context.ts';
 
@@ -38,6 +39,8 @@ export interface LayerTransportOptions {
   logger: Logger;
   /** Where call counts and latencies go, when metrics are on. */
   metrics?: Metrics | undefined;
+  /** Where client spans go, when tracing is on; each call's `traceparent` names its span. */
+  tracing?: Tracing | undefined;
   /** First backoff step; each further attempt doubles it, up to `maxBackoffMs`, with full jitter. */
   backoffMs?: number;
   maxBackoffMs?: number;
@@ -69,10 +72,11 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
   };
 
   /** Headers every internal call carries, and the call's deadline (epoch ms). */
-  const prepare = (header: HeadersInit | undefined, timeoutMs: number | undefined) => {
+  const prepare = (header: HeadersInit | undefined, timeoutMs: number | undefined, span?: Span) => {
     // A plain record (lower-case names), which both kinds of endpoint take as it is.
     const headers: Record<string, string> = {};
     if (header !== undefined) new Headers(header).forEach((value, name) => (headers[name] = value));
+    if (span !== undefined) options.tracing?.inject(span, headers);
     if (options.secret !== undefined) headers['authorization'] = `Bearer ${options.secret}`;
     const context = currentCallContext();
     if (context !== undefined) {
@@ -88,8 +92,16 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
 
   const expired = () => fromLayerError(new ConnectError('the request deadline passed before the call could be made', Code.DeadlineExceeded));
 
-  const unaryTransport: Transport['unary'] = async (method, callSignal, timeoutMs, header, input, contextValues) => {
-    const { headers, deadline, idempotency } = prepare(header, timeoutMs);
+  const unaryTransport = async <I extends DescMessage, O extends DescMessage>(
+    method: DescMethodUnary<I, O>,
+    callSignal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+    header: ConstructorParameters<typeof Headers>[0],
+    input: MessageInitShape<I>,
+    contextValues: ContextValues | undefined,
+    span?: Span,
+  ): Promise<UnaryResponse<I, O>> => {
+    const { headers, deadline, idempotency } = prepare(header, timeoutMs, span);
     // A request whose client has gone cancels its calls to the layers below, so that they stop
     // (and never start bcrypt) for an answer nobody will receive.
     const signal = callSignal ?? currentCallContext()?.signal;
@@ -103,6 +115,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
       } catch (error) {
         const connectError = ConnectError.from(error);
         const delay = Math.min(maxBackoffMs, backoffMs * 2 ** attempt) * random();
+        span?.addEvent('attempt failed', { 'rpc.response.status_code': Code[connectError.code] ?? 'unknown', attempt: attempt + 1 });
         if (attempt >= options.retries || !isRetryable(method, connectError) || Date.now() + delay >= deadline || signal?.aborted === true) {
           throw fromLayerError(connectError);
         }
@@ -115,24 +128,31 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     }
   };
 
+  const { metrics, tracing } = options;
   return {
     async unary(method, signal, timeoutMs, header, input, contextValues) {
-      if (options.metrics === undefined) return unaryTransport(method, signal, timeoutMs, header, input, contextValues);
+      if (metrics === undefined && tracing === undefined) return unaryTransport(method, signal, timeoutMs, header, input, contextValues);
       const started = performance.now();
       const procedure = `${method.parent.typeName}/${method.name}`;
+      // One client span for the call, retries included (they are its events).
+      const span = tracing?.startChildSpan(procedure, SpanKind.CLIENT, { 'rpc.system.name': options.protocol === 'grpc' ? 'grpc' : 'connect_rpc', 'rpc.method': procedure, 'arcana.target.layer': options.target });
       try {
-        const response = await unaryTransport(method, signal, timeoutMs, header, input, contextValues);
-        options.metrics.internalCall(options.target, procedure, 'ok', (performance.now() - started) / 1000);
+        const response = await unaryTransport(method, signal, timeoutMs, header, input, contextValues, span);
+        metrics?.internalCall(options.target, procedure, 'ok', (performance.now() - started) / 1000);
+        span?.end();
         return response;
       } catch (error) {
         const outcome = error instanceof AppError ? error.code : 'failed';
-        options.metrics.internalCall(options.target, procedure, outcome, (performance.now() - started) / 1000);
+        metrics?.internalCall(options.target, procedure, outcome, (performance.now() - started) / 1000);
+        if (span !== undefined) endWithError(span, error, outcome);
         throw error;
       }
     },
     async stream(method, callSignal, timeoutMs, header, input, contextValues) {
-      // Streams are not retried: part of one may already have been consumed.
-      const { headers, deadline } = prepare(header, timeoutMs);
+      // Streams are not retried: part of one may already have been consumed. Their only use is
+      // the health watch, which is not a request: no span, but the current one is carried on.
+      const parent = tracing === undefined ? undefined : currentCallContext()?.span;
+      const { headers, deadline } = prepare(header, timeoutMs, parent);
       const signal = callSignal ?? currentCallContext()?.signal;
       try {
         return await pick().stream(method, signal, Math.max(1, deadline - Date.now()), headers, input, contextValues);

@@ -42,6 +42,8 @@ export interface JobRunnerOptions {
   purgeIntervalMs: number;
   /** How long expired or dead revoked sessions are kept before they are purged. */
   purgeRetentionMs: number;
+  /** Told of every failed job run (each failed attempt), by queue: `audit` or `maintenance`. */
+  onJobFailed?: ((queue: string) => void) | undefined;
   now?: () => Date;
 }
 
@@ -54,6 +56,11 @@ export interface JobRunner {
    * how many rows were deleted.
    */
   runPurgeNow(): Promise<number>;
+  /**
+   * Jobs by queue and state, for metrics: BullMQ's counts (waiting, active, delayed, failed), or
+   * in process the audit events waiting to be written.
+   */
+  queueDepth(): Promise<{ queue: string; state: string; count: number }[]>;
   /** Stops scheduling, lets work in progress finish and releases timers and connections. */
   close(): Promise<void>;
 }
@@ -66,6 +73,7 @@ export async function createJobRunner(options: JobRunnerOptions): Promise<JobRun
     logger,
     audit: options.auditRepository,
     now,
+    jobFailed: options.onJobFailed ?? (() => {}),
     purge: async () => {
       const started = Date.now();
       const deleted = await options.tokenRepository.purgeStale(now(), options.purgeRetentionMs);
@@ -85,6 +93,7 @@ interface RunnerContext {
   logger: Logger;
   audit: AuditRepository;
   now: () => Date;
+  jobFailed: (queue: string) => void;
   purge: () => Promise<number>;
 }
 
@@ -132,6 +141,10 @@ class InProcessJobRunner implements JobRunner {
     return this.#context.purge();
   }
 
+  async queueDepth(): Promise<{ queue: string; state: string; count: number }[]> {
+    return [{ queue: AUDIT_QUEUE, state: 'waiting', count: this.#pending.length }];
+  }
+
   async close(): Promise<void> {
     clearInterval(this.#timer);
     await Promise.allSettled([this.#draining, this.#purging]);
@@ -160,6 +173,7 @@ class InProcessJobRunner implements JobRunner {
       try {
         await this.#context.audit.createMany(batch);
       } catch (error) {
+        this.#context.jobFailed(AUDIT_QUEUE);
         // The events are logged in full so that they are not lost altogether.
         this.#context.logger.error({ err: errorText(error), events: batch }, 'could not write audit events');
       }
@@ -174,6 +188,7 @@ class InProcessJobRunner implements JobRunner {
     try {
       await this.#purging;
     } catch (error) {
+      this.#context.jobFailed(MAINTENANCE_QUEUE);
       this.#context.logger.error({ err: errorText(error) }, 'session purge failed');
     } finally {
       this.#purging = undefined;
@@ -240,6 +255,19 @@ class BullMqJobRunner implements JobRunner {
 
   runPurgeNow(): Promise<number> {
     return this.#context.purge();
+  }
+
+  async queueDepth(): Promise<{ queue: string; state: string; count: number }[]> {
+    const parts = this.#parts;
+    if (parts === undefined || this.#producer.status !== 'ready') return [];
+    const states = ['waiting', 'active', 'delayed', 'failed'] as const;
+    const depths = await Promise.all(
+      [parts.auditQueue, parts.maintenanceQueue].map(async (queue) => {
+        const counts = await queue.getJobCounts(...states);
+        return states.map((state) => ({ queue: queue.name, state, count: counts[state] ?? 0 }));
+      }),
+    );
+    return depths.flat();
   }
 
   async close(): Promise<void> {
@@ -321,6 +349,7 @@ class BullMqJobRunner implements JobRunner {
       concurrency: 1,
     });
     maintenanceWorker.on('failed', (job, error) => {
+      this.#context.jobFailed(MAINTENANCE_QUEUE);
       logger.error({ err: error.message, job: job?.name }, 'maintenance job failed');
     });
 
@@ -360,6 +389,7 @@ class BullMqJobRunner implements JobRunner {
     try {
       await this.#context.audit.createMany([event]);
     } catch (error) {
+      this.#context.jobFailed(AUDIT_QUEUE);
       this.#context.logger.error({ err: errorText(error), event }, 'could not write audit event');
     }
   }
@@ -372,6 +402,7 @@ class BullMqJobRunner implements JobRunner {
   }
 
   #auditFailed(job: Job<AuditJobData> | undefined, error: Error): void {
+    this.#context.jobFailed(AUDIT_QUEUE);
     const final = job !== undefined && job.attemptsMade >= (job.opts.attempts ?? 1);
     if (final) {
       this.#context.logger.error({ err: error.message, event: job.data, jobId: job.id }, 'audit event not written after all retries; kept in the failed set');

@@ -662,8 +662,9 @@ describe('docker/Dockerfile', () => {
     const entry = image.cmd?.[1] ?? '';
     expect(existsSync(join(ROOT, entry)), `${entry} exists`).toBe(true);
     // src/app.ts finds these next to src/: the version in package.json, the OpenAPI document
-    // that validates requests, the migrations applied at start-up and the console's build.
-    for (const path of [entry, 'src/app.ts', 'gen/prisma/client.ts', 'package.json', 'openapi.yaml', 'prisma/migrations', 'console/dist']) {
+    // that validates requests, the migrations applied at start-up, the console's build, and the
+    // .proto files and page that /docs serves.
+    for (const path of [entry, 'src/app.ts', 'gen/prisma/client.ts', 'package.json', 'openapi.yaml', 'prisma/migrations', 'console/dist', 'proto/arcana/user/v1/user_service.proto', 'src/controllers/rest/docs/index.html']) {
       const imagePath = posix.resolve(image.workdir, path);
       expect(existsSync(join(ROOT, path)), `${path} exists`).toBe(true);
       expect(copiedFrom(image, imagePath), `${imagePath} comes from ${path}`).toBe(path);

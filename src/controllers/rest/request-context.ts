@@ -3,6 +3,7 @@ import type { Actor, ClientInfo } from '../../domain/actor.ts';
 import type { ClientAddressResolver } from '../../infrastructure/client-address.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import type { Metrics } from '../../infrastructure/metrics.ts';
+import { SpanStatusCode, type Tracing } from '../../infrastructure/tracing.ts';
 import { resolveClientInfo } from '../client-edge.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { runWithCallContext } from '../../communication/call-context.ts';
@@ -26,7 +27,7 @@ declare global {
  * resolves its client by the same rule as the RPC facade, echoes the id in the response and logs
  * one line per request when it finishes.
  */
-export function requestContext(logger: Logger, resolveClient: ClientAddressResolver, metrics?: Metrics) {
+export function requestContext(logger: Logger, resolveClient: ClientAddressResolver, metrics?: Metrics, tracing?: Tracing) {
   return (req: Request, res: Response, next: NextFunction): void => {
     const incoming = req.get('x-request-id');
     const requestId = requestIdFrom(incoming);
@@ -34,11 +35,23 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
     res.locals.client = resolveClientInfo(resolveClient, req.socket.remoteAddress, (name) => req.get(name));
     res.setHeader('x-request-id', requestId);
     const started = process.hrtime.bigint();
+    // A client's `traceparent` is continued, as a proxy in front would want.
+    const span = tracing?.startServerSpan(req.method, (name) => req.get(name), { 'http.request.method': req.method, 'url.path': req.path });
     res.on('finish', () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       // The operation's path template, never the path itself: a label must not take values
       // that clients choose.
-      metrics?.httpRequest((req as { openapi?: { openApiRoute?: string } }).openapi?.openApiRoute ?? 'unmatched', req.method, res.statusCode, durationMs / 1000);
+      const route = (req as { openapi?: { openApiRoute?: string } }).openapi?.openApiRoute;
+      metrics?.httpRequest(route ?? 'unmatched', req.method, res.statusCode, durationMs / 1000);
+      if (span !== undefined) {
+        if (route !== undefined) {
+          span.updateName(`${req.method} ${route}`);
+          span.setAttribute('http.route', route);
+        }
+        span.setAttribute('http.response.status_code', res.statusCode);
+        if (res.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+        span.end();
+      }
       const level = res.statusCode === 503 ? 'warn' : res.statusCode >= 500 ? 'error' : 'info';
       logger[level](
         {
@@ -48,6 +61,7 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
           status: res.statusCode,
           durationMs: Math.round(durationMs * 100) / 100,
           userId: res.locals.actor?.userId,
+          traceId: span?.spanContext().traceId,
         },
         'request completed',
       );
@@ -55,10 +69,16 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
     // A client that disconnects before its answer aborts the work done for it (see WorkGate).
     const abandoned = new AbortController();
     res.once('close', () => {
-      if (!res.writableFinished) abandoned.abort();
+      if (res.writableFinished) return;
+      abandoned.abort();
+      // No 'finish' will come: the span ends here, as the client left it.
+      if (span !== undefined) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: 'client disconnected' });
+        span.end();
+      }
     });
     // Everything this request does from here, calls to other layers included, carries its id.
-    runWithCallContext({ requestId, signal: abandoned.signal }, next);
+    runWithCallContext({ requestId, signal: abandoned.signal, span }, next);
   };
 }
 

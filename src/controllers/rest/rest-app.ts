@@ -12,6 +12,7 @@ import type { AuditService } from '../../services/audit-use-cases.ts';
 import { createAuditRoutes } from './audit-routes.ts';
 import { createAuthRoutes } from './auth-routes.ts';
 import { createConsoleRoutes } from './console-routes.ts';
+import { createDocsRoutes } from './docs-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
 import { findUnstorableText, noFieldErrors } from '../edge-input.ts';
 import { createOpenApiValidation } from './openapi-validation.ts';
@@ -19,6 +20,7 @@ import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handl
 import { rateLimit } from './rate-limit-middleware.ts';
 import { requestContext } from './request-context.ts';
 import type { Metrics } from '../../infrastructure/metrics.ts';
+import type { Tracing } from '../../infrastructure/tracing.ts';
 import { securityHeaders } from './security-headers.ts';
 import { createSystemRoutes, type ReadinessCheck } from './system-routes.ts';
 import { createUserRoutes } from './user-routes.ts';
@@ -42,6 +44,8 @@ export interface RestAppOptions {
   readiness: Record<string, ReadinessCheck>;
   /** Where request counts and latencies go, when metrics are on. */
   metrics?: Metrics | undefined;
+  /** Where server spans go, when tracing is on. */
+  tracing?: Tracing | undefined;
 }
 
 /**
@@ -54,7 +58,7 @@ export function createRestApp(options: RestAppOptions): Express {
   // Express's own view (req.ip, req.secure) follows the same predicate as the edge's resolver.
   app.set('trust proxy', compileTrust(options.trustProxy));
 
-  app.use(requestContext(options.logger, options.resolveClient, options.metrics));
+  app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing));
   app.use(securityHeaders());
   app.use(compression());
 
@@ -67,6 +71,10 @@ export function createRestApp(options: RestAppOptions): Express {
     const limit = rateLimit(options.rateLimiter);
     app.use((req, res, next) => (PROBES.has(req.path) ? next() : limit(req, res, next)));
   }
+
+  // The API reference (/docs, /openapi.yaml, /docs/proto/): pages, not API operations, so ahead
+  // of the body parser and the OpenAPI validator.
+  app.use(createDocsRoutes(options.apiSpecPath));
 
   // A compressed body is inflated by body-parser (bounded by the limit after inflation); one cut
   // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with

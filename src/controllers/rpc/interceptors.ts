@@ -8,6 +8,7 @@ import { CONNECT_CODE } from '../../domain/error-codes.ts';
 import { AppError, RateLimitedError, retryAfterOf } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { rpcProtocolOf, type Metrics } from '../../infrastructure/metrics.ts';
+import { SpanStatusCode, type Tracing } from '../../infrastructure/tracing.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
@@ -25,22 +26,33 @@ export { CONNECT_CODE };
  * headers (or error metadata) and logs one line per call. The id, and the deadline a gRPC or
  * Connect client may set, go with every call the RPC makes to other layers.
  */
-export function requestContextInterceptor(logger: Logger, metrics?: Metrics): Interceptor {
+export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tracing?: Tracing): Interceptor {
   return (next) => (req) => {
     const requestId = requestIdFrom(req.header.get('x-request-id'));
     req.contextValues.set(requestIdKey, requestId);
     const timeoutMs = timeoutFromHeaders(req.header);
     const started = process.hrtime.bigint();
+    const procedure = `${req.service.typeName}/${req.method.name}`;
+    const protocol = rpcProtocolOf(req.header.get('content-type'));
+    const span = tracing?.startServerSpan(procedure, (name) => req.header.get(name), {
+      'rpc.system.name': protocol === 'connect' ? 'connect_rpc' : 'grpc',
+      'rpc.method': procedure,
+      'arcana.rpc.protocol': protocol,
+    });
     const log = (code: string) => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
-      const procedure = `${req.service.typeName}/${req.method.name}`;
-      metrics?.rpcRequest(procedure, rpcProtocolOf(req.header.get('content-type')), code, durationMs / 1000);
+      metrics?.rpcRequest(procedure, protocol, code, durationMs / 1000);
+      if (span !== undefined) {
+        span.setAttribute('rpc.response.status_code', code);
+        if (code === 'internal' || code === 'unknown' || code === 'unavailable' || code === 'deadline_exceeded') span.setStatus({ code: SpanStatusCode.ERROR, message: code });
+        span.end();
+      }
       logger[code === 'internal' || code === 'unknown' ? 'error' : 'info'](
-        { requestId, procedure, code, durationMs: Math.round(durationMs * 100) / 100 },
+        { requestId, procedure, code, durationMs: Math.round(durationMs * 100) / 100, traceId: span?.spanContext().traceId },
         'rpc completed',
       );
     };
-    return runWithCallContext({ requestId, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal }, async () => {
+    return runWithCallContext({ requestId, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, span }, async () => {
       try {
         const res = await next(req);
         res.header.set('x-request-id', requestId);

@@ -41,6 +41,11 @@ export interface Database {
   readonly schema: string;
   /** How many queries this process has sent: shows what the cache saves, in tests and metrics. */
   queryCount(): number;
+  /**
+   * Connection pool use, for metrics: absent for PGlite, which has one connection and no pool;
+   * undefined until the pool exists.
+   */
+  poolUse?: (() => { total: number; idle: number; waiting: number; max: number } | undefined) | undefined;
   close(): Promise<void>;
 }
 
@@ -97,7 +102,17 @@ function openPostgres(databaseUrl: string): Database {
     { connectionString: url.toString() },
     schema === DEFAULT_SCHEMA ? undefined : { schema },
   );
-  const { prisma, queryCount } = createCountingClient(factory);
+  // The client's pool, as its adapter reports it once connected (the schema engine's are its own).
+  let pool: { totalCount: number; idleCount: number; waitingCount: number; options: { max?: number } } | undefined;
+  const { prisma, queryCount } = createCountingClient({
+    provider: factory.provider,
+    adapterName: factory.adapterName,
+    connect: async () => {
+      const adapter = await factory.connect();
+      pool = adapter.underlyingDriver();
+      return adapter;
+    },
+  });
 
   const runOnPool = (adapter: Awaited<ReturnType<PrismaPg['connect']>>) => async (script: string) => {
     try {
@@ -125,6 +140,8 @@ function openPostgres(databaseUrl: string): Database {
     kind: 'postgresql',
     schema,
     queryCount,
+    // node-postgres's default bound is 10 connections.
+    poolUse: () => (pool === undefined ? undefined : { total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: pool.options.max ?? 10 }),
     close: async () => {
       await prisma.$disconnect();
     },

@@ -1,0 +1,153 @@
+// OpenTelemetry traces, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set. One Tracing per
+// Application (so the layers of a test topology, sharing one Node process, still report as the
+// processes they stand for), never registered globally.
+//
+// Spans are made by hand at the few places a request crosses something: the public edge (REST
+// and RPC server spans), each call to the layer below (a client span, whose W3C `traceparent`
+// header the next layer's server span continues), the cache and the database (spans at the
+// repositories). No auto-instrumentation: require hooks do not see ESM under Node's type
+// stripping, and these few spans say what an operator needs.
+//
+// The current span travels in the request's CallContext, which exists anyway, so no context
+// manager is installed. With tracing off nothing here is called: the edges and the transport
+// test one `undefined`, and the repositories and cache are not wrapped at all.
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span, type Tracer } from '@opentelemetry/api';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { BasicTracerProvider, BatchSpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
+import { currentCallContext } from '../communication/call-context.ts';
+import type { Cache } from './cache.ts';
+
+export { SpanKind, SpanStatusCode, type Span };
+
+export interface TracingOptions {
+  /** Where spans are POSTed (OTLP/HTTP, JSON): <endpoint>/v1/traces. */
+  url: string;
+  serviceName: string;
+  serviceVersion: string;
+  /** The deployment layer this process holds, as a resource attribute. */
+  layer: string;
+  /** Batch delay; 0 exports each span as it ends (tests). */
+  scheduleDelayMs: number;
+}
+
+const propagator = new W3CTraceContextPropagator();
+const headerSetter = {
+  set: (carrier: Record<string, string>, key: string, value: string) => {
+    carrier[key] = value;
+  },
+};
+/** A request's headers as the propagator reads them: one header by (lower-case) name. */
+type HeaderReader = (name: string) => string | null | undefined;
+const headerGetter = {
+  get: (read: HeaderReader, key: string) => read(key) ?? undefined,
+  keys: () => ['traceparent', 'tracestate'],
+};
+
+export class Tracing {
+  readonly #provider: BasicTracerProvider;
+  readonly tracer: Tracer;
+
+  constructor(options: TracingOptions) {
+    const exporter = new OTLPTraceExporter({ url: options.url });
+    this.#provider = new BasicTracerProvider({
+      resource: resourceFromAttributes({
+        [ATTR_SERVICE_NAME]: options.serviceName,
+        [ATTR_SERVICE_VERSION]: options.serviceVersion,
+        'arcana.deployment.layer': options.layer,
+        'process.pid': process.pid,
+      }),
+      spanProcessors: [options.scheduleDelayMs === 0 ? new SimpleSpanProcessor(exporter) : new BatchSpanProcessor(exporter, { scheduledDelayMillis: options.scheduleDelayMs })],
+    });
+    this.tracer = this.#provider.getTracer('arcana-cloud', options.serviceVersion);
+  }
+
+  /**
+   * A server span for a request that arrived with `headers`: the child of the caller's span when
+   * they carry a valid `traceparent`, a new trace otherwise.
+   */
+  startServerSpan(name: string, header: HeaderReader, attributes: Attributes): Span {
+    const parent = propagator.extract(ROOT_CONTEXT, header, headerGetter);
+    return this.tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
+  }
+
+  /** A child of the current request's span, or undefined outside a traced request. */
+  startChildSpan(name: string, kind: SpanKind, attributes?: Attributes): Span | undefined {
+    const parent = currentCallContext()?.span;
+    if (parent === undefined) return undefined;
+    return this.tracer.startSpan(name, { kind, attributes }, trace.setSpan(ROOT_CONTEXT, parent));
+  }
+
+  /** Sets `traceparent` (and `tracestate`) on an outgoing call's headers, naming `span` its parent. */
+  inject(span: Span, headers: Record<string, string>): void {
+    propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, headerSetter);
+  }
+
+  /** Exports what is still buffered and stops. */
+  async close(): Promise<void> {
+    await this.#provider.shutdown();
+  }
+}
+
+/** Ends `span` as failed with `error`'s message (no stack: spans leave the deployment). */
+export function endWithError(span: Span, error: unknown, code?: string): void {
+  span.setStatus({ code: SpanStatusCode.ERROR, message: code ?? (error instanceof Error ? error.name : 'error') });
+  span.end();
+}
+
+/** Runs `work` in a child span of the current request's span (none outside one). */
+async function inSpan<T>(tracing: Tracing, name: string, kind: SpanKind, attributes: Attributes, work: () => Promise<T>, after?: (span: Span, value: T) => void): Promise<T> {
+  const span = tracing.startChildSpan(name, kind, attributes);
+  if (span === undefined) return work();
+  try {
+    const value = await work();
+    after?.(span, value);
+    span.end();
+    return value;
+  } catch (error) {
+    endWithError(span, error);
+    throw error;
+  }
+}
+
+/** The cache with a span per operation (`cache.hit` on reads). */
+export function tracedCache(cache: Cache, tracing: Tracing, system: string): Cache {
+  const attributes = { 'db.system.name': system };
+  return {
+    get: <T>(key: string) =>
+      inSpan(tracing, 'cache get', SpanKind.CLIENT, attributes, () => cache.get<T>(key), (span, value) => span.setAttribute('cache.hit', value !== undefined)),
+    set: (key, value, ttlSeconds) => inSpan(tracing, 'cache set', SpanKind.CLIENT, attributes, () => cache.set(key, value, ttlSeconds)),
+    delete: (...keys) => inSpan(tracing, 'cache delete', SpanKind.CLIENT, attributes, () => cache.delete(...keys)),
+  };
+}
+
+/**
+ * A repository whose every method runs in a database span named after it (`UserRepository.findById`):
+ * the span at the repository, where the operation still has a name a reader knows. The wrapped
+ * methods are made once, here.
+ */
+export function tracedRepository<R extends object>(repository: R, name: string, tracing: Tracing, system: string): R {
+  const wrapped = Object.create(repository) as Record<string, unknown>;
+  let proto: object | null = Object.getPrototypeOf(repository) as object | null;
+  while (proto !== null && proto !== Object.prototype) {
+    for (const method of Object.getOwnPropertyNames(proto)) {
+      const fn = (repository as Record<string, unknown>)[method];
+      if (method === 'constructor' || typeof fn !== 'function' || Object.hasOwn(wrapped, method)) continue;
+      const attributes = { 'db.system.name': system, 'db.operation.name': `${name}.${method}` };
+      const spanName = `db ${name}.${method}`;
+      wrapped[method] = (...args: unknown[]) => inSpan(tracing, spanName, SpanKind.CLIENT, attributes, () => Promise.resolve(fn.apply(repository, args) as unknown));
+    }
+    proto = Object.getPrototypeOf(proto) as object | null;
+  }
+  return wrapped as R;
+}
+
+/** For log lines: the trace and span of the request being served, when it is traced. */
+export function traceLogFields(): { traceId?: string; spanId?: string } {
+  const span = currentCallContext()?.span;
+  if (span === undefined) return {};
+  const { traceId, spanId } = span.spanContext();
+  return { traceId, spanId };
+}

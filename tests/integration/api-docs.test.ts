@@ -1,0 +1,102 @@
+// The API reference as a reader gets it: /docs renders openapi.yaml with Redoc served from this
+// process (no CDN) under a policy without inline script, /openapi.yaml is the file itself, and
+// the RPC reference lists the public .proto files with their comments.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { OPENAPI_PATH } from '../../src/app.ts';
+import { protoServices, publicProtoFiles } from '../../src/controllers/rest/docs-routes.ts';
+import { createTestApp, type TestApp } from '../helpers/test-app.ts';
+
+let t: TestApp;
+
+beforeAll(async () => {
+  t = await createTestApp();
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+/** The directives of a Content-Security-Policy header, by name. */
+function directives(header: string | undefined): Map<string, string[]> {
+  return new Map(
+    (header ?? '')
+      .split(';')
+      .map((part) => part.trim().split(/\s+/))
+      .filter((words) => words[0] !== '')
+      .map(([name, ...values]) => [name ?? '', values]),
+  );
+}
+
+describe('API docs', () => {
+  it('when /docs is opened, then the page loads Redoc and its starter from this origin, under a policy that refuses inline and foreign script', async () => {
+    const res = await t.request.get('/docs');
+    expect(res.status).toBe(200);
+    expect(res.headers['content-type']).toMatch(/^text\/html/);
+    const csp = directives(res.headers['content-security-policy']);
+    expect(csp.get('script-src')).toEqual(["'self'"]);
+    expect(csp.get('default-src')).toEqual(["'none'"]);
+    expect(csp.get('connect-src')).toEqual(["'self'"]);
+    expect(csp.get('frame-ancestors')).toEqual(["'none'"]);
+    // No inline script in the page: every <script> has a same-origin src and no body.
+    const scripts = [...res.text.matchAll(/<script([^>]*)>([\s\S]*?)<\/script>/g)];
+    expect(scripts.map((m) => /src="([^"]+)"/.exec(m[1] ?? '')?.[1])).toEqual(['/docs/assets/redoc.standalone.js', '/docs/assets/docs.js']);
+    expect(scripts.every((m) => (m[2] ?? '').trim() === '')).toBe(true);
+    expect(res.text).not.toMatch(/https?:\/\//);
+    expect(res.text).toContain('data-spec-url="/openapi.yaml"');
+  });
+
+  it('when the page\'s scripts are fetched, then they are Redoc\'s bundle from node_modules and the starter that points it at /openapi.yaml', async () => {
+    const bundle = await t.request.get('/docs/assets/redoc.standalone.js');
+    expect(bundle.status).toBe(200);
+    expect(bundle.headers['content-type']).toMatch(/javascript/);
+    const fromNodeModules = await readFile(join(import.meta.dirname, '..', '..', 'node_modules', 'redoc', 'bundles', 'redoc.standalone.js'), 'utf8');
+    expect(bundle.text).toBe(fromNodeModules);
+    const starter = await t.request.get('/docs/assets/docs.js');
+    expect(starter.status).toBe(200);
+    expect(starter.text).toContain('Redoc.init(');
+    expect((await t.request.get('/docs/assets/nothing.js')).status).toBe(404);
+  });
+
+  it('when /openapi.yaml is fetched, then it is the contract file, byte for byte', async () => {
+    const res = await t.request.get('/openapi.yaml').buffer(true).parse((response, done) => {
+      let text = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => (text += chunk));
+      response.on('end', () => done(null, text));
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers['content-type']).toMatch(/^application\/yaml/);
+    expect(res.body).toBe(await readFile(OPENAPI_PATH, 'utf8'));
+  });
+
+  it('when the RPC reference is opened, then it lists every public .proto file with its services\' and RPCs\' comments, and serves each file', async () => {
+    const index = await t.request.get('/docs/proto/');
+    expect(index.status).toBe(200);
+    expect(index.headers['content-security-policy']).toContain("default-src 'none'");
+    const files = publicProtoFiles();
+    expect(files).toContain('arcana/user/v1/user_service.proto');
+    expect(files.some((file) => file.startsWith('arcana/internal/'))).toBe(false);
+    for (const file of files) expect(index.text).toContain(`href="${file}"`);
+    // A comment from the .proto, rendered beside its RPC.
+    expect(index.text).toContain('rpc GetUser(GetUserRequest) returns (GetUserResponse)');
+    expect(index.text).toContain('Returns one user. Self or ADMIN.');
+
+    const proto = await t.request.get('/docs/proto/arcana/user/v1/user_service.proto');
+    expect(proto.status).toBe(200);
+    expect(proto.headers['content-type']).toMatch(/^text\/plain/);
+    expect(proto.text).toBe(await readFile(join(import.meta.dirname, '..', '..', 'proto', 'arcana', 'user', 'v1', 'user_service.proto'), 'utf8'));
+    // Internal contracts, paths out of proto/ and unknown files are not served.
+    expect((await t.request.get('/docs/proto/arcana/internal/service/v1/user_layer_service.proto')).status).toBe(404);
+    expect((await t.request.get('/docs/proto/..%2f..%2fpackage.json.proto')).status).toBe(404);
+    expect((await t.request.get('/docs/proto/%2e%2e/%2e%2e/openapi.proto')).status).toBe(404);
+  });
+
+  it('when a .proto is read for the reference, then services and RPCs get the comment lines just above them', () => {
+    const services = protoServices(
+      ['// Not attached.', '', '// Does things.', '// Twice.', 'service S {', '  // One.', '  rpc A(AReq) returns (ARes);', '}'].join('\n'),
+    );
+    expect(services).toEqual([{ name: 'S', comment: 'Does things.\nTwice.', rpcs: [{ name: 'A', signature: '(AReq) returns (ARes)', comment: 'One.' }] }]);
+  });
+});

@@ -49,6 +49,11 @@ export default defineConfig(
   globalIgnores(['gen/', 'bench/results/', '**/dist/', '**/build/', '**/coverage/', '**/*.min.js', '**/*.bundle.js']),
   js.configs.recommended,
   {
+    // The few plain scripts that run in a browser (the /docs page's starter).
+    files: ['src/controllers/rest/docs/*.js'],
+    languageOptions: { globals: { document: 'readonly', window: 'readonly' } },
+  },
+  {
     files: ['**/*.{ts,mts,cts,tsx}'],
     extends: [tseslint.configs.strictTypeChecked, tseslint.configs.stylisticTypeChecked],
     languageOptions: {

@@ -93,7 +93,7 @@ try {
   };
   const plain = samples.get('plain') ?? [];
   const basis = { rps: median(plain.map((s) => s.rps)), cpu: median(plain.map((s) => s.cpuMsPerRequest)) };
-  process.stdout.write(`\nGET ${'/api/v1/users/{id}'} on the monolith, wrk -c${connections}, ${rounds} rounds of ${seconds} s, medians:\n\n`);
+  process.stdout.write(`\nGET /api/v1/users/{id} on the monolith, wrk -c${connections}, ${rounds} rounds of ${seconds} s, medians:\n\n`);
   process.stdout.write('| variant | req/s | × plain | CPU ms/request | × plain |\n|:--|--:|--:|--:|--:|\n');
   for (const variant of variants) {
     const list = samples.get(variant.name) ?? [];

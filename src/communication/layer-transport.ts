@@ -115,7 +115,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
       } catch (error) {
         const connectError = ConnectError.from(error);
         const delay = Math.min(maxBackoffMs, backoffMs * 2 ** attempt) * random();
-        span?.addEvent('attempt failed', { 'rpc.response.status_code': Code[connectError.code] ?? 'unknown', attempt: attempt + 1 });
+        span?.addEvent('attempt failed', { 'rpc.response.status_code': Code[connectError.code], attempt: attempt + 1 });
         if (attempt >= options.retries || !isRetryable(method, connectError) || Date.now() + delay >= deadline || signal?.aborted === true) {
           throw fromLayerError(connectError);
         }

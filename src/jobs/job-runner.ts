@@ -73,7 +73,7 @@ export async function createJobRunner(options: JobRunnerOptions): Promise<JobRun
     logger,
     audit: options.auditRepository,
     now,
-    jobFailed: options.onJobFailed ?? (() => {}),
+    jobFailed: options.onJobFailed ?? (() => undefined),
     purge: async () => {
       const started = Date.now();
       const deleted = await options.tokenRepository.purgeStale(now(), options.purgeRetentionMs);

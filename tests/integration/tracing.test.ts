@@ -32,7 +32,12 @@ interface ReceivedSpan {
 const SERVER = 2;
 const CLIENT = 3;
 
-type AnyValue = { stringValue?: string; intValue?: number | string; boolValue?: boolean; doubleValue?: number };
+interface AnyValue {
+  stringValue?: string;
+  intValue?: number | string;
+  boolValue?: boolean;
+  doubleValue?: number;
+}
 const valueOf = (value: AnyValue): unknown => value.stringValue ?? (value.intValue === undefined ? undefined : Number(value.intValue)) ?? value.boolValue ?? value.doubleValue;
 const attributesOf = (list: { key: string; value: AnyValue }[] = []) => Object.fromEntries(list.map(({ key, value }) => [key, valueOf(value)]));
 
@@ -52,7 +57,7 @@ class OtlpReceiver {
       let body = Buffer.concat(chunks);
       if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
       const request = JSON.parse(body.toString('utf8')) as {
-        resourceSpans: { resource: { attributes: { key: string; value: AnyValue }[] }; scopeSpans: { spans: (Omit<ReceivedSpan, 'service' | 'attributes' | 'resource'> & { attributes?: { key: string; value: AnyValue }[] })[] }[] }[];
+        resourceSpans: { resource: { attributes: { key: string; value: AnyValue }[] }; scopeSpans: { spans: (Omit<ReceivedSpan, 'service' | 'attributes' | 'resource' | 'parentSpanId'> & { parentSpanId?: string; attributes?: { key: string; value: AnyValue }[] })[] }[] }[];
       };
       for (const resourceSpans of request.resourceSpans) {
         const resource = attributesOf(resourceSpans.resource.attributes);

@@ -135,7 +135,10 @@ export function createDocsRoutes(apiSpecPath: string): Router {
   router.get(/^\/docs\/proto\/(.+\.proto)$/, (req, res, next) => {
     const file = (req.params as unknown as Record<string, string>)[0] ?? '';
     // Only the files listed: the path never reaches the file system as the client wrote it.
-    if (!protoSet.has(file)) return next();
+    if (!protoSet.has(file)) {
+      next();
+      return;
+    }
     res.setHeader('content-security-policy', STATIC_CSP);
     res.type('text/plain; charset=utf-8');
     res.sendFile(join(PROTO_ROOT, ...file.split('/')));

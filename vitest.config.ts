@@ -41,6 +41,17 @@ const SPLIT_TOPOLOGIES: { name: string; env: Record<string, string> }[] = [
   { name: 'microservices-grpc', env: { TEST_REDIS_URL: process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379' } },
 ];
 
+/**
+ * The same API suites, and the security suites whose outcome hangs on the database's concurrency
+ * semantics (parallel registrations, refreshes of one token, lockout reservations, last-admin
+ * and conditional writes, idempotency claims), on MariaDB/MySQL: InnoDB's REPEATABLE READ, gap
+ * locks and no UPDATE … RETURNING are not PostgreSQL's READ COMMITTED. Monolithic only: the split
+ * cells put the same repository code behind a network hop, which the PostgreSQL cells cover, and
+ * CI has minutes for one more cell, not four. TEST_MARIADB_URL names the server; every test app
+ * gets a database of its own on it.
+ */
+const MARIADB_URL = process.env.TEST_MARIADB_URL ?? 'mysql://root@127.0.0.1:3306/mysql';
+
 export default defineConfig({
   test: {
     // Each file gets its own PostgreSQL schema, so files can run in parallel safely.
@@ -57,6 +68,7 @@ export default defineConfig({
         extends: true as const,
         test: { name: topology.name, include: [...API_SUITES, ...SECURITY_SUITES], env: { TEST_TOPOLOGY: topology.name, ...topology.env } },
       })),
+      { extends: true, test: { name: 'mariadb', include: [...API_SUITES, ...SECURITY_SUITES], env: { TEST_TOPOLOGY: 'monolithic', TEST_DATABASE_URL: MARIADB_URL } } },
     ],
   },
 });

@@ -76,6 +76,8 @@ import { createJobRunner, type JobRunner } from './jobs/job-runner.ts';
 const ROOT = join(import.meta.dirname, '..');
 export const OPENAPI_PATH = join(ROOT, 'openapi.yaml');
 export const MIGRATIONS_PATH = join(ROOT, 'prisma', 'migrations');
+/** The same migrations for MySQL/MariaDB, diffed from the schema derived for it (prisma/mysql). */
+export const MYSQL_MIGRATIONS_PATH = join(ROOT, 'prisma', 'mysql', 'migrations');
 
 /** The process's handlers, and the layers it holds (absent where another process holds them). */
 export interface Application {
@@ -183,11 +185,11 @@ export async function createApplication(config: Config, logger: Logger): Promise
       database = db;
       metrics?.counterFrom('arcana_db_queries_total', 'Queries this process sent to the database', () => db.queryCount());
       closers.push(() => db.close());
-      const applied = await applyMigrations(db, MIGRATIONS_PATH);
+      const applied = await applyMigrations(db, db.dialect.name === 'mysql' ? MYSQL_MIGRATIONS_PATH : MIGRATIONS_PATH);
       if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
       repositories = {
-        users: new CachedUserRepository(new PrismaUserRepository(db.prisma), cache, config.cacheTtlSeconds),
-        tokens: new CachedTokenRepository(new PrismaTokenRepository(db.prisma), cache, config.cacheTtlSeconds),
+        users: new CachedUserRepository(new PrismaUserRepository(db.prisma, db.dialect), cache, config.cacheTtlSeconds),
+        tokens: new CachedTokenRepository(new PrismaTokenRepository(db.prisma, db.dialect), cache, config.cacheTtlSeconds),
         audit: new PrismaAuditRepository(db.prisma),
         counters: sharedCounters ?? new MemoryCounterStore(),
         idempotency: new PrismaIdempotencyRepository(db.prisma),

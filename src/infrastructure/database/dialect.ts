@@ -1,0 +1,95 @@
+// Where PostgreSQL and MySQL/MariaDB differ, in one place. The composition root picks the dialect
+// with the database (database.ts); repositories receive it and never ask which one it is.
+//
+// What differs, and how each side does it:
+// - Identifiers: "double quotes" against `backticks` (MySQL without ANSI_QUOTES).
+// - Enum columns: PostgreSQL compares a parameter only once it is cast to the enum type; MySQL's
+//   ENUM columns compare with text.
+// - NULL ordering: PostgreSQL needs NULLS FIRST/LAST; MySQL already sorts NULLs first ascending
+//   and last descending, which is exactly the order wanted, and has no such clause.
+// - Case-insensitive prefix search: PostgreSQL matches lower(column) with text_pattern_ops
+//   indexes; MySQL tables use Prisma's case-insensitive utf8mb4_unicode_ci collation, so a plain
+//   LIKE on the column ignores case and can walk the column's ordinary index.
+// - One-statement listing: PostgreSQL joins the page LATERAL to the count; MariaDB has no LATERAL
+//   (and the page does not need it), so a plain derived table is joined.
+// - UPDATE … RETURNING: PostgreSQL only; MySQL 8 and MariaDB have none, so the rows are read
+//   first and then updated by id in one transaction (see updateTokensReturningHashes).
+// - DELETE with a subquery on its own table: MySQL refuses it (error 1093), so the live families
+//   are materialised in a derived table first.
+import { Prisma, type PrismaClient } from '../../../gen/prisma/client.ts';
+
+export type DialectName = 'postgresql' | 'mysql';
+
+export interface SqlDialect {
+  readonly name: DialectName;
+  /** A quoted identifier (column or alias); only for names written in the code, never input. */
+  identifier(name: string): string;
+  /** `column = value` for an enum column. */
+  enumEquals(column: string, enumType: string, value: string): Prisma.Sql;
+  /** `column` in ascending order with NULLs first, or descending with NULLs last. */
+  nullsLowest(column: string, direction: 'ASC' | 'DESC'): string;
+  /** Whether `column` starts with `prefix` (LIKE syntax, its wildcards escaped), ignoring case. */
+  startsWithIgnoringCase(column: string, prefix: string): Prisma.Sql;
+  /** Joins a page of rows (a parenthesised SELECT) to a one-row count, keeping the count alone. */
+  joinPageToCount(count: Prisma.Sql, page: Prisma.Sql): Prisma.Sql;
+  /**
+   * Sets `data` on the token pairs matching `where` and returns their access-token hashes, in
+   * one transaction: a row that a concurrent writer has changed meanwhile may be listed although
+   * this call did not change it, which only invalidates a cache entry more.
+   */
+  updateTokensReturningHashes(db: TransactionRunner, where: Prisma.OAuthTokenWhereInput, data: Prisma.OAuthTokenUpdateManyMutationInput): Promise<string[]>;
+  /** DELETE of the stale token pairs (see PrismaTokenRepository.purgeStale). */
+  purgeStaleTokens(now: Date, cutoff: Date): Prisma.Sql;
+}
+
+/** A client or an open transaction. */
+export type TransactionRunner = Prisma.TransactionClient | PrismaClient;
+
+export const postgresDialect: SqlDialect = {
+  name: 'postgresql',
+  identifier: (name) => `"${name}"`,
+  enumEquals: (column, enumType, value) => Prisma.sql`${Prisma.raw(`"${column}"`)} = ${value}::${Prisma.raw(`"${enumType}"`)}`,
+  nullsLowest: (column, direction) => `"${column}" ${direction === 'ASC' ? 'NULLS FIRST' : 'DESC NULLS LAST'}`,
+  startsWithIgnoringCase: (column, prefix) => Prisma.sql`lower(${Prisma.raw(`"${column}"`)}) LIKE ${prefix.toLowerCase()}`,
+  joinPageToCount: (count, page) => Prisma.sql`${count} LEFT JOIN LATERAL ${page} AS "page" ON true`,
+  updateTokensReturningHashes: async (db, where, data) => {
+    const rows = await db.oAuthToken.updateManyAndReturn({ where, data, select: { accessTokenHash: true } });
+    return rows.map((row) => row.accessTokenHash);
+  },
+  purgeStaleTokens: (now, cutoff) => Prisma.sql`
+    DELETE FROM oauth_tokens AS stale
+    WHERE stale.expires_at < ${cutoff}
+       OR (stale.is_revoked
+           AND stale.updated_at < ${cutoff}
+           AND NOT EXISTS (
+             SELECT 1 FROM oauth_tokens AS live
+             WHERE live.family_id = stale.family_id AND NOT live.is_revoked AND live.expires_at > ${now}))`,
+};
+
+export const mysqlDialect: SqlDialect = {
+  name: 'mysql',
+  identifier: (name) => `\`${name}\``,
+  enumEquals: (column, _enumType, value) => Prisma.sql`${Prisma.raw(`\`${column}\``)} = ${value}`,
+  nullsLowest: (column, direction) => `\`${column}\`${direction === 'ASC' ? '' : ' DESC'}`,
+  startsWithIgnoringCase: (column, prefix) => Prisma.sql`${Prisma.raw(`\`${column}\``)} LIKE ${prefix}`,
+  joinPageToCount: (count, page) => Prisma.sql`${count} LEFT JOIN ${page} AS \`page\` ON 1 = 1`,
+  updateTokensReturningHashes: async (db, where, data) => {
+    const update = async (tx: Prisma.TransactionClient) => {
+      // Both statements see the same rows as PostgreSQL's single statement would: those matching
+      // when it starts. The update is confined to them and re-checks `where`, so a row that
+      // stopped matching meanwhile is left alone.
+      const rows = await tx.oAuthToken.findMany({ where, select: { id: true, accessTokenHash: true } });
+      if (rows.length === 0) return [];
+      await tx.oAuthToken.updateMany({ where: { AND: [where, { id: { in: rows.map((row) => row.id) } }] }, data });
+      return rows.map((row) => row.accessTokenHash);
+    };
+    return '$transaction' in db && typeof db.$transaction === 'function' ? (db as PrismaClient).$transaction(update) : update(db);
+  },
+  purgeStaleTokens: (now, cutoff) => Prisma.sql`
+    DELETE stale FROM oauth_tokens AS stale
+    LEFT JOIN (
+      SELECT DISTINCT family_id FROM oauth_tokens WHERE is_revoked = false AND expires_at > ${now}
+    ) AS live ON live.family_id = stale.family_id
+    WHERE stale.expires_at < ${cutoff}
+       OR (stale.is_revoked = true AND stale.updated_at < ${cutoff} AND live.family_id IS NULL)`,
+};

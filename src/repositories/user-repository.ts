@@ -126,10 +126,10 @@ export class PrismaUserRepository implements UserRepository {
 
   update(id: number, changes: UserChanges, expected: UserExpectation = {}): Promise<User> {
     return withDatabaseErrors(() => {
-      if (!removesActiveAdmin(changes)) return conditionalUpdate(this.#db, id, changes, expected);
+      if (!removesActiveAdmin(changes)) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected);
       return this.#db.$transaction(async (tx) => {
         await refuseLastActiveAdmin(tx, id);
-        return conditionalUpdate(tx, id, changes, expected);
+        return conditionalUpdate(tx, this.#dialect, id, changes, expected);
       });
     });
   }
@@ -190,7 +190,7 @@ export function usernameKeyOf(username: string): string {
   return username.toLowerCase();
 }
 
-type Tx = Pick<PrismaClient, 'user'>;
+type Tx = Prisma.TransactionClient | PrismaClient;
 
 /** Whether a change takes a user out of the ACTIVE ADMINs (if it is one). */
 function removesActiveAdmin(changes: UserChanges): boolean {
@@ -210,16 +210,13 @@ async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): 
 }
 
 /**
- * UPDATE users SET …, version = version + 1 WHERE id = ? AND <expected>: one statement, so there
- * is no window between the check and the write. A row that does not match is P2025 from Prisma.
+ * UPDATE users SET …, version = version + 1 WHERE id = ? AND <expected>: one check-and-write, so
+ * there is no window between the check and the write (the dialect makes it so on MySQL too).
  */
-async function conditionalUpdate(db: Tx, id: number, changes: UserChanges, expected: UserExpectation): Promise<User> {
-  try {
-    return await db.user.update({ where: { id, ...definedOnly(expected) }, data: { ...changes, version: { increment: 1 } } });
-  } catch (error) {
-    if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2025') throw await whyNotWritten(db, id, expected);
-    throw error;
-  }
+async function conditionalUpdate(db: Tx, dialect: SqlDialect, id: number, changes: UserChanges, expected: UserExpectation): Promise<User> {
+  const written = await dialect.updateUserIf(db, id, definedOnly(expected), { ...changes, version: { increment: 1 } });
+  if (written === null) throw await whyNotWritten(db, id, expected);
+  return written;
 }
 
 /**

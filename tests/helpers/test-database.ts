@@ -67,9 +67,11 @@ async function openMysql(serverUrl: string, name: string, existingUrl: string | 
   return {
     url: url.toString(),
     sql: async <T>(text: string, values: unknown[] = []) => {
-      const { sql, args } = toMysql(text, values);
+      const { sql, args, integers } = toMysql(text, values);
       const result: unknown = await connection.query(sql, args);
-      return (Array.isArray(result) ? result : []) as T[];
+      const rows = (Array.isArray(result) ? result : []) as Record<string, unknown>[];
+      for (const row of rows) for (const column of integers) if (typeof row[column] === 'string') row[column] = Number(row[column]);
+      return rows as T[];
     },
     close: async () => {
       if (owner) await connection.query(`DROP DATABASE IF EXISTS \`${database}\``);
@@ -91,10 +93,12 @@ function parseMysqlUrl(url: URL): mariadb.ConnectionConfig {
 /**
  * PostgreSQL's SQL as the tests write it, in MySQL's: `$n` placeholders become `?` (arguments
  * reordered to match), casts (`::int`, `::text`) go, `->>'key'` becomes JSON_EXTRACT (MariaDB has
- * no arrow operators) and `interval '1 second'` loses its quotes.
+ * no arrow operators) and `interval '1 second'` loses its quotes. `integers` names the columns
+ * cast to int (`… ::int AS name`), which node-postgres returns as numbers, not strings.
  */
-export function toMysql(text: string, values: unknown[]): { sql: string; args: unknown[] } {
+export function toMysql(text: string, values: unknown[]): { sql: string; args: unknown[]; integers: string[] } {
   const args: unknown[] = [];
+  const integers = [...text.matchAll(/::int\s+AS\s+"?(\w+)"?/gi)].map((match) => match[1] ?? '');
   const sql = text
     .replace(/\$(\d+)/g, (_, index: string) => {
       args.push(values[Number(index) - 1]);
@@ -103,5 +107,5 @@ export function toMysql(text: string, values: unknown[]): { sql: string; args: u
     .replace(/::"?\w+"?/g, '')
     .replace(/(\w+)->>'(\w+)'/g, "JSON_UNQUOTE(JSON_EXTRACT($1, '$.$2'))")
     .replace(/interval '(\d+) (\w+?)s?'/gi, (_, amount: string, unit: string) => `INTERVAL ${amount} ${unit.toUpperCase()}`);
-  return { sql, args };
+  return { sql, args, integers };
 }

@@ -14,9 +14,13 @@
 //   (and the page does not need it), so a plain derived table is joined.
 // - UPDATE … RETURNING: PostgreSQL only; MySQL 8 and MariaDB have none, so the rows are read
 //   first and then updated by id in one transaction (see updateTokensReturningHashes).
+// - A conditional single-row UPDATE: Prisma's `update` with extra conditions is one UPDATE …
+//   RETURNING on PostgreSQL, but on MySQL a SELECT of the id, an UPDATE, and a read-back that
+//   does not notice the UPDATE matching nothing once a concurrent writer has changed the row: of
+//   20 parallel verifications, several "succeeded". The MySQL form counts the UPDATE's rows.
 // - DELETE with a subquery on its own table: MySQL refuses it (error 1093), so the live families
 //   are materialised in a derived table first.
-import { Prisma, type PrismaClient } from '../../../gen/prisma/client.ts';
+import { Prisma, type PrismaClient, type User, type UserRole, type UserStatus } from '../../../gen/prisma/client.ts';
 
 export type DialectName = 'postgresql' | 'mysql';
 
@@ -38,8 +42,21 @@ export interface SqlDialect {
    * this call did not change it, which only invalidates a cache entry more.
    */
   updateTokensReturningHashes(db: TransactionRunner, where: Prisma.OAuthTokenWhereInput, data: Prisma.OAuthTokenUpdateManyMutationInput): Promise<string[]>;
+  /**
+   * Applies `data` to user `id` only if the row also matches `conditions`, in one atomic check
+   * and write; returns the row as written, or null when it did not match (or does not exist).
+   */
+  updateUserIf(db: TransactionRunner, id: number, conditions: UserConditions, data: Prisma.UserUpdateInput): Promise<User | null>;
   /** DELETE of the stale token pairs (see PrismaTokenRepository.purgeStale). */
   purgeStaleTokens(now: Date, cutoff: Date): Prisma.Sql;
+}
+
+/** What a conditional user write may require of the row besides its id. */
+export interface UserConditions {
+  version?: number;
+  isVerified?: boolean;
+  status?: UserStatus;
+  role?: UserRole;
 }
 
 /** A client or an open transaction. */
@@ -56,6 +73,14 @@ export const postgresDialect: SqlDialect = {
     const rows = await db.oAuthToken.updateManyAndReturn({ where, data, select: { accessTokenHash: true } });
     return rows.map((row) => row.accessTokenHash);
   },
+  updateUserIf: async (db, id, conditions, data) => {
+    try {
+      return await db.user.update({ where: { ...conditions, id }, data });
+    } catch (error) {
+      if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2025') return null;
+      throw error;
+    }
+  },
   purgeStaleTokens: (now, cutoff) => Prisma.sql`
     DELETE FROM oauth_tokens AS stale
     WHERE stale.expires_at < ${cutoff}
@@ -65,6 +90,11 @@ export const postgresDialect: SqlDialect = {
              SELECT 1 FROM oauth_tokens AS live
              WHERE live.family_id = stale.family_id AND NOT live.is_revoked AND live.expires_at > ${now}))`,
 };
+
+/** Runs `work` in a new transaction, or in the one `db` already is. */
+function inTransaction<T>(db: TransactionRunner, work: (tx: Prisma.TransactionClient) => Promise<T>): Promise<T> {
+  return '$transaction' in db && typeof db.$transaction === 'function' ? (db as PrismaClient).$transaction(work) : work(db);
+}
 
 export const mysqlDialect: SqlDialect = {
   name: 'mysql',
@@ -83,8 +113,15 @@ export const mysqlDialect: SqlDialect = {
       await tx.oAuthToken.updateMany({ where: { AND: [where, { id: { in: rows.map((row) => row.id) } }] }, data });
       return rows.map((row) => row.accessTokenHash);
     };
-    return '$transaction' in db && typeof db.$transaction === 'function' ? (db as PrismaClient).$transaction(update) : update(db);
+    return inTransaction(db, update);
   },
+  updateUserIf: (db, id, conditions, data) =>
+    inTransaction(db, async (tx) => {
+      // The UPDATE re-reads the row it writes (a locking read, whatever the snapshot), so its
+      // count is the check; the read-back sees this transaction's own write, held locked.
+      const { count } = await tx.user.updateMany({ where: { ...conditions, id }, data });
+      return count === 0 ? null : tx.user.findUnique({ where: { id } });
+    }),
   purgeStaleTokens: (now, cutoff) => Prisma.sql`
     DELETE stale FROM oauth_tokens AS stale
     LEFT JOIN (

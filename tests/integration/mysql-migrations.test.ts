@@ -14,6 +14,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createDatabase, type Database } from '../../src/infrastructure/database/database.ts';
 import { applyMigrations } from '../../src/infrastructure/database/migrations.ts';
+import { UnavailableError } from '../../src/domain/errors.ts';
+import { PrismaUserRepository } from '../../src/repositories/user-repository.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const migrationsDir = join(root, 'prisma', 'mysql', 'migrations');
@@ -207,4 +209,20 @@ describe('MySQL/MariaDB migrations', () => {
       await rm(dir, { recursive: true });
     }
   }, 60_000);
+
+  it('when the server is out of reach, then a repository call fails as unavailable (503), not as an unknown error', async () => {
+    // Port 9 (discard) has no MySQL server; short timeouts keep the test quick.
+    const database = await createDatabase({ databaseUrl: 'mysql://root@127.0.0.1:9/nowhere?connectTimeout=300&acquireTimeout=600', dataDir: 'memory://' });
+    try {
+      await expect(new PrismaUserRepository(database.prisma, database.dialect).findById(1)).rejects.toBeInstanceOf(UnavailableError);
+    } finally {
+      await database.close();
+    }
+  }, 30_000);
+
+  it('when the URL names no database or an unusable one, then opening it fails with a clear error', async () => {
+    await expect(createDatabase({ databaseUrl: 'mysql://root@127.0.0.1:3306/', dataDir: 'memory://' })).rejects.toThrow(/names no database/);
+    await expect(createDatabase({ databaseUrl: 'mysql://root@127.0.0.1:3306/a-b', dataDir: 'memory://' })).rejects.toThrow(/Invalid database name "a-b"/);
+    await expect(createDatabase({ databaseUrl: 'sqlite://x', dataDir: 'memory://' })).rejects.toThrow(/expected postgresql:\/\/, mysql:\/\/ or mariadb:\/\//);
+  });
 });

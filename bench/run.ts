@@ -95,7 +95,8 @@ async function openBenchDatabase(serverUrl: string, name: string) {
   if (url.protocol === 'mysql:' || url.protocol === 'mariadb:') {
     const connectionUrl = new URL(url);
     connectionUrl.protocol = 'mariadb:';
-    connectionUrl.pathname = '/';
+    // The driver wants a database in its URL; the server's own `mysql` one serves for the admin work.
+    if (connectionUrl.pathname.length <= 1) connectionUrl.pathname = '/mysql';
     const connection = await mariadb.createConnection(connectionUrl.toString());
     const [row] = (await connection.query('SELECT VERSION() AS version')) as { version: string }[];
     url.pathname = `/${name}`;

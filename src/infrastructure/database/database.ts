@@ -13,16 +13,14 @@
 // - pglite-prisma-adapter 0.7.2 neither awaits nor reports the script it runs, so a failing
 //   migration was recorded in _prisma_migrations as applied. The wrapper awaits it and reports the
 //   error to the engine.
-// - @prisma/adapter-mariadb runs no scripts at all and has no shadow databases; the wrapper runs
-//   scripts on a connection of their own that allows multiple statements, and gives the engine
-//   a throwaway database as its shadow.
+// - @prisma/adapter-mariadb runs no scripts at all; the wrapper runs them on a connection of their
+//   own that allows multiple statements (migrations.ts applies MySQL's migrations through it).
 // - pglite-prisma-adapter's shadow databases are in-memory PGlite instances that are never closed,
 //   and an open instance keeps the process alive; the wrapper closes them when the engine disposes
 //   of the connection.
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
-import { randomBytes } from 'node:crypto';
 import { PrismaMariaDb } from '@prisma/adapter-mariadb';
 import { PrismaPg } from '@prisma/adapter-pg';
 import mariadb from 'mariadb';
@@ -103,13 +101,6 @@ function parseDatabaseUrl(databaseUrl: string): URL {
     throw new Error(`Unsupported database URL protocol "${url.protocol}"; expected postgresql://, mysql:// or mariadb://`);
   }
   return url;
-}
-
-/** Which SQL family a database URL speaks, without connecting; PGlite speaks PostgreSQL's. */
-export function dialectOf(databaseUrl: string | undefined): SqlDialect {
-  if (databaseUrl === undefined) return postgresDialect;
-  const { protocol } = parseDatabaseUrl(databaseUrl);
-  return protocol === 'mysql:' || protocol === 'mariadb:' ? mysqlDialect : postgresDialect;
 }
 
 function openPostgres(url: URL): Database {
@@ -208,20 +199,9 @@ function openMysql(url: URL): Database {
       const adapter = await factory.connect();
       return withScriptRunner(adapter, runScript(url), () => adapter.dispose());
     },
-    connectToShadowDb: async () => {
-      // A database of its own on the same server, dropped when the engine is done with it (the
-      // account needs CREATE and DROP, as `prisma migrate dev` needs them on MySQL).
-      const shadowName = `${database.slice(0, 40)}_shadow_${randomBytes(6).toString('hex')}`;
-      const serverUrl = new URL(url);
-      serverUrl.pathname = '/';
-      await runScript(serverUrl)(`CREATE DATABASE \`${shadowName}\``);
-      const shadowUrl = new URL(url);
-      shadowUrl.pathname = `/${shadowName}`;
-      const adapter = await new PrismaMariaDb(shadowUrl.toString()).connect();
-      return withScriptRunner(adapter, runScript(shadowUrl), async () => {
-        await adapter.dispose();
-        await runScript(serverUrl)(`DROP DATABASE IF EXISTS \`${shadowName}\``);
-      });
+    connectToShadowDb: () => {
+      // Only the schema engine asks for one, and it never runs on MySQL (see migrations.ts).
+      throw new Error('MySQL migrations are applied without a shadow database: the WebAssembly schema engine has no MySQL connector');
     },
   };
 

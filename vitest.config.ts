@@ -55,6 +55,11 @@ const SPLIT_TOPOLOGIES: { name: string; env: Record<string, string> }[] = [
  */
 const MARIADB_URL = process.env.TEST_MARIADB_URL ?? 'mysql://root@127.0.0.1:3306/mysql';
 const MARIADB_SECURITY_SUITES = ['login-lockout', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys'].map((name) => `tests/security/${name}.test.ts`);
+/**
+ * And two that reach behind the API, for the repository code that has a MySQL form of its own:
+ * the session purge and the revocations (audit-jobs), and the errors at the repository boundary.
+ */
+const MARIADB_REPOSITORY_SUITES = ['audit-jobs', 'repository-boundary'].map((name) => `tests/integration/${name}.test.ts`);
 
 export default defineConfig({
   test: {
@@ -72,7 +77,7 @@ export default defineConfig({
         extends: true as const,
         test: { name: topology.name, include: [...API_SUITES, ...SECURITY_SUITES], env: { TEST_TOPOLOGY: topology.name, ...topology.env } },
       })),
-      { extends: true, test: { name: 'mariadb', include: [...API_SUITES, ...MARIADB_SECURITY_SUITES], env: { TEST_TOPOLOGY: 'monolithic', TEST_DATABASE_URL: MARIADB_URL } } },
+      { extends: true, test: { name: 'mariadb', include: [...API_SUITES, ...MARIADB_SECURITY_SUITES, ...MARIADB_REPOSITORY_SUITES], env: { TEST_TOPOLOGY: 'monolithic', TEST_DATABASE_URL: MARIADB_URL } } },
     ],
   },
 });

@@ -27,6 +27,9 @@ export function translateDatabaseError(error: unknown): unknown {
     }
     if (error.code === 'P2025') return new NotFoundError('User not found');
     if (error.code === 'P1001' || error.code === 'P1017') return new UnavailableError('Database unavailable', error);
+    // A deadlock or write conflict (InnoDB's gap locks make them likelier on MySQL/MariaDB than
+    // on PostgreSQL): the transaction was rolled back whole, so trying again is safe.
+    if (error.code === 'P2034') return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
     const adapterCause: unknown = (error.meta?.['driverAdapterError'] as { cause?: unknown } | undefined)?.cause;
     if (
       typeof adapterCause === 'object' && adapterCause !== null &&

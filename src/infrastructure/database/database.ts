@@ -179,8 +179,8 @@ function openMysql(url: URL): Database {
   const factory = new PrismaMariaDb(url.toString());
   const { prisma, queryCount } = createCountingClient(factory, MysqlPrismaClient);
 
-  const runScript = (target: URL) => async (script: string) => {
-    const scriptUrl = new URL(target);
+  const runScript = async (script: string) => {
+    const scriptUrl = new URL(url);
     scriptUrl.searchParams.set('multipleStatements', 'true');
     let connection: mariadb.Connection | undefined;
     try {
@@ -197,7 +197,7 @@ function openMysql(url: URL): Database {
     adapterName: factory.adapterName,
     connect: async () => {
       const adapter = await factory.connect();
-      return withScriptRunner(adapter, runScript(url), () => adapter.dispose());
+      return withScriptRunner(adapter, runScript, () => adapter.dispose());
     },
     connectToShadowDb: () => {
       // Only the schema engine asks for one, and it never runs on MySQL (see migrations.ts).

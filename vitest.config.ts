@@ -42,6 +42,26 @@ const SPLIT_TOPOLOGIES: { name: string; env: Record<string, string> }[] = [
   { name: 'microservices-grpc', env: { TEST_REDIS_URL: process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379' } },
 ];
 
+/**
+ * The same API suites (parallel registrations and refreshes of one token among them), and the
+ * security suites whose outcome hangs on the database's concurrency semantics, on MariaDB/MySQL:
+ * InnoDB's REPEATABLE READ, gap locks and no UPDATE … RETURNING are not PostgreSQL's READ
+ * COMMITTED. Those are the lockout reservations and their audit trail, session rotation and
+ * revocation, the last-admin lock and the conditional admin writes, and idempotency claims. Left
+ * out: password-work, password-guessing and client-address, which test the hashing gate, the
+ * counters and the client address, none of them in the database (the slowest two minutes of the
+ * cell). Monolithic only: the split cells put the same repository code behind a network hop,
+ * which the PostgreSQL cells cover, and CI has minutes for one more cell, not four.
+ * TEST_MARIADB_URL names the server; every test app gets a database of its own on it.
+ */
+const MARIADB_URL = process.env.TEST_MARIADB_URL ?? 'mysql://root@127.0.0.1:3306/mysql';
+const MARIADB_SECURITY_SUITES = ['login-lockout', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys'].map((name) => `tests/security/${name}.test.ts`);
+/**
+ * And two that reach behind the API, for the repository code that has a MySQL form of its own:
+ * the session purge and the revocations (audit-jobs), and the errors at the repository boundary.
+ */
+const MARIADB_REPOSITORY_SUITES = ['audit-jobs', 'repository-boundary'].map((name) => `tests/integration/${name}.test.ts`);
+
 export default defineConfig({
   test: {
     // Each file gets its own PostgreSQL schema, so files can run in parallel safely.
@@ -58,6 +78,7 @@ export default defineConfig({
         extends: true as const,
         test: { name: topology.name, include: [...API_SUITES, ...SECURITY_SUITES], env: { TEST_TOPOLOGY: topology.name, ...topology.env } },
       })),
+      { extends: true, test: { name: 'mariadb', include: [...API_SUITES, ...MARIADB_SECURITY_SUITES, ...MARIADB_REPOSITORY_SUITES], env: { TEST_TOPOLOGY: 'monolithic', TEST_DATABASE_URL: MARIADB_URL } } },
     ],
   },
 });

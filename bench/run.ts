@@ -8,6 +8,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import mariadb from 'mariadb';
 import pg from 'pg';
 import { startTopology, type RunningTopology } from '../scripts/topology.ts';
 import { measureBcryptCeiling, type BcryptCeiling } from './bcrypt-ceiling.ts';
@@ -85,6 +86,43 @@ function describe(row: ResultRow): string {
   );
 }
 
+/**
+ * The run's own PostgreSQL schema, or, with a mysql:// or mariadb:// --database-url, its own
+ * MySQL database on that server (the servers then run on MySQL: the client, dialect and
+ * migrations a mysql:// DATABASE_URL selects).
+ */
+async function openBenchDatabase(serverUrl: string, name: string) {
+  const url = new URL(serverUrl);
+  if (url.protocol === 'mysql:' || url.protocol === 'mariadb:') {
+    const connectionUrl = new URL(url);
+    connectionUrl.protocol = 'mariadb:';
+    // The driver wants a database in its URL; the server's own `mysql` one serves for the admin work.
+    if (connectionUrl.pathname.length <= 1) connectionUrl.pathname = '/mysql';
+    const connection = await mariadb.createConnection(connectionUrl.toString());
+    const [row] = (await connection.query('SELECT VERSION() AS version')) as { version: string }[];
+    url.pathname = `/${name}`;
+    return {
+      mysql: true,
+      version: `MySQL/MariaDB ${row?.version ?? '?'}`,
+      url: url.toString(),
+      create: async () => void (await connection.query(`CREATE DATABASE \`${name}\``)),
+      drop: async () => void (await connection.query(`DROP DATABASE IF EXISTS \`${name}\``)),
+      end: () => connection.end(),
+    };
+  }
+  const client = new pg.Client({ connectionString: serverUrl });
+  await client.connect();
+  url.searchParams.set('schema', name);
+  return {
+    mysql: false,
+    version: String((await client.query<{ server_version: string }>('SHOW server_version')).rows[0]?.server_version),
+    url: url.toString(),
+    create: async () => void (await client.query(`CREATE SCHEMA "${name}"`)),
+    drop: async () => void (await client.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`)),
+    end: () => client.end(),
+  };
+}
+
 async function main(settings: BenchSettings): Promise<void> {
   const tools = findLoadTools();
   const startedAt = new Date();
@@ -94,9 +132,8 @@ async function main(settings: BenchSettings): Promise<void> {
   const redisPrefix = `bench_${runId}_`;
   const workDir = await mkdtemp(join(tmpdir(), 'arcana-bench-'));
 
-  const adminDb = new pg.Client({ connectionString: settings.databaseUrl });
-  await adminDb.connect();
-  const postgresVersion = String((await adminDb.query<{ server_version: string }>('SHOW server_version')).rows[0]?.server_version);
+  const adminDb = await openBenchDatabase(settings.databaseUrl, schema);
+  const postgresVersion = adminDb.version;
   const redis = settings.redisUrl === undefined ? undefined : new Redis(settings.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
   let redisVersion: string | undefined;
   if (redis !== undefined) {
@@ -107,8 +144,7 @@ async function main(settings: BenchSettings): Promise<void> {
   }
   const machine = describeMachine(root, { postgres: postgresVersion, redis: redisVersion, tools });
 
-  const databaseUrl = new URL(settings.databaseUrl);
-  databaseUrl.searchParams.set('schema', schema);
+  const databaseUrl = new URL(adminDb.url);
   const jwtSecret = randomBytes(48).toString('base64url');
   const internalSecret = randomBytes(32).toString('base64url');
   /** What every server process gets; the launcher adds each layer's own variables. */
@@ -158,7 +194,8 @@ async function main(settings: BenchSettings): Promise<void> {
   let soak: (SoakResult & { target: string }) | null = null;
   let fixtures: Fixtures | undefined;
   let seedSeconds: number | undefined;
-  let bareDone = !settings.bare;
+  // The bare ceilings speak PostgreSQL (node-postgres): on MySQL there is none to compare with.
+  let bareDone = !settings.bare || adminDb.mysql;
   let running: RunningTopology | ServerProcess | undefined;
   // Set by the signal handler and read through a call: a plain variable would stay narrowed to
   // its first check across the awaits in between, where the handler may have run.
@@ -357,7 +394,7 @@ async function main(settings: BenchSettings): Promise<void> {
   };
 
   try {
-    await adminDb.query(`CREATE SCHEMA "${schema}"`);
+    await adminDb.create();
     log(
       `schema ${schema}; wrk ${tools.wrk.version}, h2load ${tools.h2load.version}; ${settings.connections} connections, ${settings.warmupSeconds} s warm-up, ` +
         `${settings.durationSeconds} s per scenario (login: ${settings.loginConnections} connections, ${settings.loginDurationSeconds} s)`,
@@ -520,7 +557,7 @@ async function main(settings: BenchSettings): Promise<void> {
       await sink.close();
     }
     await rm(workDir, { recursive: true, force: true });
-    await adminDb.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch((error: unknown) => log(`could not drop schema ${schema}: ${String(error)}`));
+    await adminDb.drop().catch((error: unknown) => log(`could not drop schema ${schema}: ${String(error)}`));
     await adminDb.end();
     if (redis !== undefined) {
       await deleteKeys(redis, `${redisPrefix}*`).catch((error: unknown) => log(`could not delete Redis keys ${redisPrefix}*: ${String(error)}`));

@@ -99,7 +99,9 @@ export const USAGE = `Usage: npm run bench -- [options]
   --soak-load <fraction>   (default 0.8)
   --soak-sample <s>        RSS sampling interval (default 5; --quick: 2)
   --database-url <url>     PostgreSQL server (default postgresql://postgres@127.0.0.1:5432/test);
-                           a fresh schema is created in it and dropped at the end
+                           a fresh schema is created in it and dropped at the end. A mysql:// or
+                           mariadb:// server runs the servers on MySQL/MariaDB instead, in a fresh
+                           database (no bare ceilings there: they speak PostgreSQL)
   --redis-url <url|off>    Redis for the servers (default redis://127.0.0.1:6379); off = in-process
   --report <file>          print the tables of a results file instead of measuring
   --help                   this text

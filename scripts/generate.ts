@@ -2,9 +2,10 @@
 // (openapi-typescript) and prisma/schema.prisma (Prisma client). Run with `npm run generate`.
 // `--out DIR` generates into DIR/gen instead, leaving the work tree alone (the staleness test).
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { delimiter, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { toMysqlSchema } from './mysql-schema.ts';
 
 const root = join(import.meta.dirname, '..');
 const { values } = parseArgs({ options: { out: { type: 'string' } } });
@@ -34,13 +35,22 @@ if (base !== root) {
   copyFileSync(schema, join(base, 'prisma/schema.prisma'));
   schema = join(base, 'prisma/schema.prisma');
 }
+// The MySQL/MariaDB schema is derived from the PostgreSQL one (scripts/mysql-schema.ts); it is
+// written into the work tree only, and generates its own client into gen/prisma-mysql.
+const mysqlSchemaText = toMysqlSchema(readFileSync(join(root, 'prisma/schema.prisma'), 'utf8'));
+const mysqlSchema = join(base, 'prisma/mysql/schema.prisma');
+mkdirSync(join(base, 'prisma/mysql'), { recursive: true });
+writeFileSync(mysqlSchema, mysqlSchemaText);
+
 // `prisma generate` needs no schema engine, but the CLI insists on finding one and would try to
 // download it; pointing it at any existing file keeps generation offline.
 const engine = process.env.PRISMA_SCHEMA_ENGINE_BINARY;
-run('prisma', ['generate', '--schema', schema], {
-  PRISMA_SCHEMA_ENGINE_BINARY: engine !== undefined && existsSync(engine) ? engine : process.execPath,
-  PRISMA_HIDE_UPDATE_MESSAGE: '1',
-});
+for (const each of [schema, mysqlSchema]) {
+  run('prisma', ['generate', '--schema', each], {
+    PRISMA_SCHEMA_ENGINE_BINARY: engine !== undefined && existsSync(engine) ? engine : process.execPath,
+    PRISMA_HIDE_UPDATE_MESSAGE: '1',
+  });
+}
 
 // The console's committed bundle embeds the generated service descriptors: rebuild it with them
 // (tests/integration/console-bundle.test.ts checks it separately).

@@ -6,6 +6,11 @@
 //                                         with the changes from the migrations to the schema
 //   node scripts/migrate.ts check         exit 1, printing the SQL, when the schema has changes
 //                                         that no migration contains
+//
+// `deploy` picks prisma/migrations or prisma/mysql/migrations by the scheme of DATABASE_URL.
+// `diff` and `check` work on PostgreSQL's only: the WebAssembly schema engine has no MySQL
+// connector, so MySQL migrations are written by hand (README, MySQL and MariaDB), and
+// tests/integration/mysql-schema.test.ts checks them against prisma/mysql/schema.prisma.
 import { join, relative } from 'node:path';
 import { createDatabase } from '../src/infrastructure/database/database.ts';
 import {
@@ -27,8 +32,12 @@ async function deploy(): Promise<number> {
   const database = await createDatabase({ databaseUrl, dataDir });
   try {
     const target =
-      database.kind === 'pglite' ? `PGlite database in ${dataDir}` : `PostgreSQL schema "${database.schema}"`;
-    const applied = await applyMigrations(database, migrationsDir);
+      database.kind === 'pglite'
+        ? `PGlite database in ${dataDir}`
+        : database.kind === 'mysql'
+          ? `MySQL database "${database.schema}"`
+          : `PostgreSQL schema "${database.schema}"`;
+    const applied = await applyMigrations(database, database.kind === 'mysql' ? join(root, 'prisma', 'mysql', 'migrations') : migrationsDir);
     if (applied.length === 0) {
       console.log(`No pending migrations for the ${target}.`);
     } else {
@@ -50,7 +59,7 @@ async function diff(name: string | undefined): Promise<number> {
   }
   const sql = await diffMigrationsToSchema(migrationsDir, schemaPath);
   if (sql === '') {
-    console.error('prisma/schema.prisma matches the migrations; no migration written.');
+    console.error(`${relative(root, schemaPath)} matches the migrations; no migration written.`);
     return 1;
   }
   const folder = await writeMigration(migrationsDir, name, sql);
@@ -61,10 +70,10 @@ async function diff(name: string | undefined): Promise<number> {
 async function check(): Promise<number> {
   const sql = await diffMigrationsToSchema(migrationsDir, schemaPath);
   if (sql === '') {
-    console.log('prisma/schema.prisma matches the migrations.');
+    console.log(`${relative(root, schemaPath)} matches the migrations.`);
     return 0;
   }
-  console.error('prisma/schema.prisma has changes no migration contains; `node scripts/migrate.ts diff <name>` would write:\n');
+  console.error(`${relative(root, schemaPath)} has changes no migration contains; \`node scripts/migrate.ts diff <name>\` would write:\n`);
   console.log(sql);
   return 1;
 }

@@ -78,6 +78,8 @@ import { createJobRunner, type JobRunner } from './jobs/job-runner.ts';
 const ROOT = join(import.meta.dirname, '..');
 export const OPENAPI_PATH = join(ROOT, 'openapi.yaml');
 export const MIGRATIONS_PATH = join(ROOT, 'prisma', 'migrations');
+/** The same migrations for MySQL/MariaDB, diffed from the schema derived for it (prisma/mysql). */
+export const MYSQL_MIGRATIONS_PATH = join(ROOT, 'prisma', 'mysql', 'migrations');
 
 /** The process's handlers, and the layers it holds (absent where another process holds them). */
 export interface Application {
@@ -187,13 +189,13 @@ export async function createApplication(config: Config, logger: Logger): Promise
       const poolUse = db.poolUse;
       if (poolUse !== undefined) metrics?.databasePool(poolUse);
       closers.push(() => db.close());
-      const applied = await applyMigrations(db, MIGRATIONS_PATH);
+      const applied = await applyMigrations(db, db.dialect.name === 'mysql' ? MYSQL_MIGRATIONS_PATH : MIGRATIONS_PATH);
       if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
       // With tracing, each database operation is a span named after the repository method.
       const traced = <R extends object>(repository: R, name: string): R => (tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));
       repositories = {
-        users: new CachedUserRepository(traced(new PrismaUserRepository(db.prisma), 'UserRepository'), cache, config.cacheTtlSeconds),
-        tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma), 'TokenRepository'), cache, config.cacheTtlSeconds),
+        users: new CachedUserRepository(traced(new PrismaUserRepository(db.prisma, db.dialect), 'UserRepository'), cache, config.cacheTtlSeconds),
+        tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma, db.dialect), 'TokenRepository'), cache, config.cacheTtlSeconds),
         audit: traced(new PrismaAuditRepository(db.prisma), 'AuditRepository'),
         counters: sharedCounters ?? new MemoryCounterStore(),
         idempotency: traced(new PrismaIdempotencyRepository(db.prisma), 'IdempotencyRepository'),

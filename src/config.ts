@@ -80,7 +80,7 @@ const EnvSchema = z.object({
 
   DATABASE_URL: z
     .string()
-    .regex(/^postgres(ql)?:\/\//, 'must be a postgresql:// URL')
+    .regex(/^(postgres(ql)?|mysql|mariadb):\/\//, 'must be a postgresql://, mysql:// or mariadb:// URL')
     .optional(),
   DATA_DIR: z.string().default('./.data'),
   REDIS_URL: z

@@ -4,6 +4,14 @@ import { AppError, ConflictError, NotFoundError, UnavailableError } from '../dom
 const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', '57P01', '57P03']);
 
 /**
+ * MySQL/MariaDB error numbers that mean the server is out of reach, as the MariaDB adapter passes
+ * them on (a DriverAdapterError of kind `mysql`, which Prisma reports as P2039): the driver's
+ * connection closed, socket error, connect or pool timeout, no pool connection; the server's
+ * too many connections, shutdown in progress, gone away or lost, and connection killed.
+ */
+const MYSQL_CONNECTION_ERRNOS = new Set([45001, 45009, 45012, 45019, 45026, 45027, 45028, 45061, 1040, 1053, 2002, 2003, 2006, 2013, 1927]);
+
+/**
  * Translates what the database layer throws into domain errors, keeping the original as `cause`:
  * unique violations become conflicts, missing rows not-found, lost connections unavailable.
  */
@@ -19,6 +27,17 @@ export function translateDatabaseError(error: unknown): unknown {
     }
     if (error.code === 'P2025') return new NotFoundError('User not found');
     if (error.code === 'P1001' || error.code === 'P1017') return new UnavailableError('Database unavailable', error);
+    // A deadlock or write conflict (InnoDB's gap locks make them likelier on MySQL/MariaDB than
+    // on PostgreSQL): the transaction was rolled back whole, so trying again is safe.
+    if (error.code === 'P2034') return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
+    const adapterCause: unknown = (error.meta?.['driverAdapterError'] as { cause?: unknown } | undefined)?.cause;
+    if (
+      typeof adapterCause === 'object' && adapterCause !== null &&
+      Reflect.get(adapterCause, 'kind') === 'mysql' &&
+      MYSQL_CONNECTION_ERRNOS.has(Number(Reflect.get(adapterCause, 'code')))
+    ) {
+      return new UnavailableError('Database unavailable', error);
+    }
   }
   if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
   const code = findCode(error);

@@ -1,4 +1,5 @@
 import type { OAuthToken, Prisma, PrismaClient } from '../../gen/prisma/client.ts';
+import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
 
 /** A token pair to record: hashes only, never the tokens. */
@@ -58,9 +59,11 @@ export interface TokenRepository {
 
 export class PrismaTokenRepository implements TokenRepository {
   readonly #db: PrismaClient;
+  readonly #dialect: SqlDialect;
 
-  constructor(db: PrismaClient) {
+  constructor(db: PrismaClient, dialect: SqlDialect) {
     this.#db = db;
+    this.#dialect = dialect;
   }
 
   create(record: NewTokenRecord): Promise<OAuthToken> {
@@ -109,26 +112,22 @@ export class PrismaTokenRepository implements TokenRepository {
         // rotates would insert a successor this statement cannot see, and that session would live.
         await lockUser(tx, userId);
         const spared = exceptId === undefined ? null : await tx.oAuthToken.findUnique({ where: { id: exceptId }, select: { familyId: true } });
-        const rows = await tx.oAuthToken.updateManyAndReturn({
-          where: {
+        return this.#dialect.updateTokensReturningHashes(
+          tx,
+          {
             userId,
             isRevoked: false,
             expiresAt: { gt: new Date() },
             ...(spared === null ? {} : { NOT: { familyId: spared.familyId } }),
           },
-          data: { isRevoked: true, revokedReason: reason },
-          select: { accessTokenHash: true },
-        });
-        return rows.map((row) => row.accessTokenHash);
+          { isRevoked: true, revokedReason: reason },
+        );
       }),
     );
   }
 
   async #revokeWhere(where: Prisma.OAuthTokenWhereInput, reason: RevocationReason): Promise<string[]> {
-    const rows = await withDatabaseErrors(() =>
-      this.#db.oAuthToken.updateManyAndReturn({ where, data: { isRevoked: true, revokedReason: reason }, select: { accessTokenHash: true } }),
-    );
-    return rows.map((row) => row.accessTokenHash);
+    return withDatabaseErrors(() => this.#dialect.updateTokensReturningHashes(this.#db, where, { isRevoked: true, revokedReason: reason }));
   }
 
   listActive(userId: number, now: Date): Promise<OAuthToken[]> {
@@ -145,18 +144,10 @@ export class PrismaTokenRepository implements TokenRepository {
     // Revoked pairs of a chain that still has a live pair must stay: replay detection finds a
     // reused refresh token by its revoked row, and only then revokes the live successor. A chain
     // cannot come back to life (rotation needs a live pair), so once none is left the rest can go.
-    // Raw SQL because Prisma cannot express the correlated NOT EXISTS; the unqualified table name
-    // resolves through the search_path that every connection gets (see database.ts).
-    return withDatabaseErrors(
-      () => this.#db.$executeRaw`
-        DELETE FROM oauth_tokens AS stale
-        WHERE stale.expires_at < ${cutoff}
-           OR (stale.is_revoked
-               AND stale.updated_at < ${cutoff}
-               AND NOT EXISTS (
-                 SELECT 1 FROM oauth_tokens AS live
-                 WHERE live.family_id = stale.family_id AND NOT live.is_revoked AND live.expires_at > ${now}))`,
-    );
+    // Raw SQL because Prisma cannot express the correlated NOT EXISTS (its form is the
+    // dialect's); the unqualified table name resolves through the search_path that every
+    // PostgreSQL connection gets (see database.ts).
+    return withDatabaseErrors(() => this.#db.$executeRaw(this.#dialect.purgeStaleTokens(now, cutoff)));
   }
 }
 

@@ -1,5 +1,6 @@
 import { Prisma, type PrismaClient, type User, type UserRole, type UserStatus } from '../../gen/prisma/client.ts';
 import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../domain/errors.ts';
+import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
 
 export type NewUser = Pick<
@@ -74,9 +75,15 @@ export interface UserRepository {
 
 export class PrismaUserRepository implements UserRepository {
   readonly #db: PrismaClient;
+  readonly #dialect: SqlDialect;
+  readonly #columns: Prisma.Sql;
+  readonly #orders: Record<UserSort, Prisma.Sql>;
 
-  constructor(db: PrismaClient) {
+  constructor(db: PrismaClient, dialect: SqlDialect) {
     this.#db = db;
+    this.#dialect = dialect;
+    this.#columns = userColumns(dialect);
+    this.#orders = listOrders(dialect);
   }
 
   findById(id: number): Promise<User | null> {
@@ -119,10 +126,10 @@ export class PrismaUserRepository implements UserRepository {
 
   update(id: number, changes: UserChanges, expected: UserExpectation = {}): Promise<User> {
     return withDatabaseErrors(() => {
-      if (!removesActiveAdmin(changes)) return conditionalUpdate(this.#db, id, changes, expected);
+      if (!removesActiveAdmin(changes)) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected);
       return this.#db.$transaction(async (tx) => {
         await refuseLastActiveAdmin(tx, id);
-        return conditionalUpdate(tx, id, changes, expected);
+        return conditionalUpdate(tx, this.#dialect, id, changes, expected);
       });
     });
   }
@@ -142,27 +149,36 @@ export class PrismaUserRepository implements UserRepository {
   }
 
   async list(filter: UserFilter): Promise<{ users: User[]; total: number }> {
-    const where = listWhere(filter);
+    const where = listWhere(filter, this.#dialect);
+    const id = (name: string) => Prisma.raw(this.#dialect.identifier(name));
     // One statement: the count of the whole listing, with the page joined to it. The count is
     // an aggregate of its own (an index-only scan when it can be) rather than `count(*) OVER ()`
     // beside the page, which would read every matching row in full to count them: at 100k users
     // 16 ms against 196 ms (README, Performance). A page past the end is the count's row alone,
     // its user columns NULL.
     const rows = await withDatabaseErrors(() =>
-      this.#db.$queryRaw<(User & { total: number })[]>`
-        SELECT "page".*, "counted"."total"
-        FROM (SELECT count(*)::int AS "total" FROM "users" ${where}) AS "counted"
-        LEFT JOIN LATERAL (
-          SELECT ${USER_COLUMNS} FROM "users" ${where}
-          ORDER BY ${LIST_ORDER[filter.sort ?? 'id']}
-          LIMIT ${filter.perPage} OFFSET ${(filter.page - 1) * filter.perPage}
-        ) AS "page" ON true`,
+      this.#db.$queryRaw<(User & { total: number | bigint })[]>`
+        SELECT ${id('page')}.*, ${id('counted')}.${id('total')}
+        FROM ${this.#dialect.joinPageToCount(
+          Prisma.sql`(SELECT count(*) AS ${id('total')} FROM ${id('users')} ${where}) AS ${id('counted')}`,
+          Prisma.sql`(
+            SELECT ${this.#columns} FROM ${id('users')} ${where}
+            ORDER BY ${this.#orders[filter.sort ?? 'id']}
+            LIMIT ${filter.perPage} OFFSET ${(filter.page - 1) * filter.perPage}
+          )`,
+        )}`,
     );
-    const total = rows[0]?.total ?? 0;
+    // count(*) is a bigint in both dialects; a listing's size fits a number.
+    const total = Number(rows[0]?.total ?? 0);
     // Typed as User rows above, but the count's row alone has a NULL id.
     const first: { id: number | null } | undefined = rows[0];
     if (rows.length === 1 && first?.id === null) return { users: [], total };
-    for (const row of rows) delete (row as Partial<typeof row>).total;
+    for (const row of rows) {
+      delete (row as Partial<typeof row>).total;
+      // Raw rows carry MySQL's BOOLEAN as the TINYINT it is; Prisma's models carry booleans.
+      row.isVerified = Boolean(row.isVerified);
+      row.isActive = Boolean(row.isActive);
+    }
     return { users: rows, total };
   }
 
@@ -176,7 +192,7 @@ export function usernameKeyOf(username: string): string {
   return username.toLowerCase();
 }
 
-type Tx = Pick<PrismaClient, 'user'>;
+type Tx = Prisma.TransactionClient | PrismaClient;
 
 /** Whether a change takes a user out of the ACTIVE ADMINs (if it is one). */
 function removesActiveAdmin(changes: UserChanges): boolean {
@@ -196,16 +212,13 @@ async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): 
 }
 
 /**
- * UPDATE users SET …, version = version + 1 WHERE id = ? AND <expected>: one statement, so there
- * is no window between the check and the write. A row that does not match is P2025 from Prisma.
+ * UPDATE users SET …, version = version + 1 WHERE id = ? AND <expected>: one check-and-write, so
+ * there is no window between the check and the write (the dialect makes it so on MySQL too).
  */
-async function conditionalUpdate(db: Tx, id: number, changes: UserChanges, expected: UserExpectation): Promise<User> {
-  try {
-    return await db.user.update({ where: { id, ...definedOnly(expected) }, data: { ...changes, version: { increment: 1 } } });
-  } catch (error) {
-    if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2025') throw await whyNotWritten(db, id, expected);
-    throw error;
-  }
+async function conditionalUpdate(db: Tx, dialect: SqlDialect, id: number, changes: UserChanges, expected: UserExpectation): Promise<User> {
+  const written = await dialect.updateUserIf(db, id, definedOnly(expected), { ...changes, version: { increment: 1 } });
+  if (written === null) throw await whyNotWritten(db, id, expected);
+  return written;
 }
 
 /**
@@ -234,33 +247,38 @@ function definedOnly<T extends object>(object: T): { [K in keyof T]?: Exclude<T[
 }
 
 /** Every column of `users` under its Prisma field name (columns are the fields in snake_case). */
-const USER_COLUMNS = Prisma.raw(
-  Object.values(Prisma.UserScalarFieldEnum)
-    .map((field) => `"${field.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`)}" AS "${field}"`)
-    .join(', '),
-);
+function userColumns(dialect: SqlDialect): Prisma.Sql {
+  return Prisma.raw(
+    Object.values(Prisma.UserScalarFieldEnum)
+      .map((field) => `${dialect.identifier(field.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`))} AS ${dialect.identifier(field)}`)
+      .join(', '),
+  );
+}
 
-/** Each sort as the index it walks (see the …_user_list_search migration); `id` breaks ties. */
-const LIST_ORDER: Record<UserSort, Prisma.Sql> = {
-  id: Prisma.sql`"id"`,
-  createdAt: Prisma.sql`"created_at", "id"`,
-  '-createdAt': Prisma.sql`"created_at" DESC, "id" DESC`,
-  lastLoginAt: Prisma.sql`"last_login_at" NULLS FIRST, "id"`,
-  '-lastLoginAt': Prisma.sql`"last_login_at" DESC NULLS LAST, "id" DESC`,
-};
+/** Each sort as the index it walks (see the …_user_list_search migrations); `id` breaks ties. */
+function listOrders(dialect: SqlDialect): Record<UserSort, Prisma.Sql> {
+  const id = dialect.identifier('id');
+  const createdAt = dialect.identifier('created_at');
+  return {
+    id: Prisma.raw(id),
+    createdAt: Prisma.raw(`${createdAt}, ${id}`),
+    '-createdAt': Prisma.raw(`${createdAt} DESC, ${id} DESC`),
+    lastLoginAt: Prisma.raw(`${dialect.nullsLowest('last_login_at', 'ASC')}, ${id}`),
+    '-lastLoginAt': Prisma.raw(`${dialect.nullsLowest('last_login_at', 'DESC')}, ${id} DESC`),
+  };
+}
 
 /** The filters as a WHERE clause with only the conditions asked for, so the planner sees them. */
-function listWhere(filter: UserFilter): Prisma.Sql {
+function listWhere(filter: UserFilter, dialect: SqlDialect): Prisma.Sql {
   const conditions: Prisma.Sql[] = [];
-  if (filter.role !== undefined) conditions.push(Prisma.sql`"role" = ${filter.role}::"UserRole"`);
-  if (filter.status !== undefined) conditions.push(Prisma.sql`"status" = ${filter.status}::"UserStatus"`);
+  if (filter.role !== undefined) conditions.push(dialect.enumEquals('role', 'UserRole', filter.role));
+  if (filter.status !== undefined) conditions.push(dialect.enumEquals('status', 'UserStatus', filter.status));
   if (filter.q !== undefined && filter.q !== '') {
-    // A prefix in LIKE's syntax, its own wildcards escaped; matched against the lower-case
-    // expressions that have text_pattern_ops indexes.
-    const prefix = `${filter.q.toLowerCase().replace(/[\\%_]/g, (char) => `\\${char}`)}%`;
-    conditions.push(
-      Prisma.sql`(lower("username") LIKE ${prefix} OR lower("email") LIKE ${prefix} OR lower("first_name") LIKE ${prefix} OR lower("last_name") LIKE ${prefix})`,
-    );
+    // A prefix in LIKE's syntax, its own wildcards escaped; how case is ignored, and which
+    // indexes serve it, is the dialect's.
+    const prefix = `${filter.q.replace(/[\\%_]/g, (char) => `\\${char}`)}%`;
+    const columns = ['username', 'email', 'first_name', 'last_name'].map((column) => dialect.startsWithIgnoringCase(column, prefix));
+    conditions.push(Prisma.sql`(${Prisma.join(columns, ' OR ')})`);
   }
   return conditions.length === 0 ? Prisma.empty : Prisma.sql`WHERE ${Prisma.join(conditions, ' AND ')}`;
 }

@@ -1,12 +1,14 @@
-// Builds the real application against a fresh PostgreSQL schema, for tests through the API.
+// Builds the real application against a fresh PostgreSQL schema (or MySQL database, when
+// TEST_DATABASE_URL is a mysql:// URL), for tests through the API.
 import { randomBytes } from 'node:crypto';
-import pg from 'pg';
+import type pg from 'pg';
 import supertest from 'supertest';
 import { createApplication, type Application, type MonolithApplication } from '../../src/app.ts';
 import { loadConfig, type Environment } from '../../src/config.ts';
 import { createLogger, type Logger } from '../../src/infrastructure/logger.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
 import { TOPOLOGIES, type TopologyName } from '../../scripts/topology.ts';
+import { isMysqlUrl, openTestDatabase } from './test-database.ts';
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
 
@@ -71,35 +73,28 @@ export interface TestAppOptions {
 export async function createTestApp(overrides: Environment = {}, options: TestAppOptions = {}): Promise<TestApp> {
   const sibling = options.sameDatabaseAs;
   const owner = sibling === undefined;
-  const schema = sibling === undefined ? `test_${Date.now()}_${randomBytes(4).toString('hex')}` : (new URL(sibling.databaseUrl).searchParams.get('schema') ?? '');
-  const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
-  await admin.connect();
-  if (owner) await admin.query(`CREATE SCHEMA "${schema}"`);
-  await admin.query(`SET search_path TO "${schema}"`);
+  const database = await openTestDatabase(TEST_DATABASE_URL, `test_${Date.now()}_${randomBytes(4).toString('hex')}`, sibling?.databaseUrl);
+  const name = isMysqlUrl(database.url) ? new URL(database.url).pathname.slice(1) : (new URL(database.url).searchParams.get('schema') ?? '');
 
-  const url = new URL(TEST_DATABASE_URL);
-  url.searchParams.set('schema', schema);
   // TEST_REDIS_URL runs the whole API suite with the Redis-backed cache and counters.
-  const redis = process.env.TEST_REDIS_URL === undefined ? {} : { REDIS_URL: process.env.TEST_REDIS_URL, REDIS_KEY_PREFIX: `${schema}:` };
-  const env: Environment = { ...TEST_ENV, ...redis, DATABASE_URL: url.toString(), ...overrides };
+  const redis = process.env.TEST_REDIS_URL === undefined ? {} : { REDIS_URL: process.env.TEST_REDIS_URL, REDIS_KEY_PREFIX: `${name}:` };
+  const env: Environment = { ...TEST_ENV, ...redis, DATABASE_URL: database.url, ...overrides };
   let app: Application;
   try {
     const topology = options.topology ?? TEST_TOPOLOGY;
     app = topology === 'monolithic' || !owner ? await startLayer(env, options.logger) : await startSplitLayers(topology, env);
   } catch (error) {
-    if (owner) await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
-    await admin.end();
+    await database.close();
     throw error;
   }
   return {
     app,
-    databaseUrl: url.toString(),
+    databaseUrl: database.url,
     request: supertest(app.http),
-    sql: async <T extends pg.QueryResultRow>(text: string, values?: unknown[]) => (await admin.query<T>(text, values)).rows,
+    sql: (text, values) => database.sql(text, values),
     close: async () => {
       await app.close();
-      if (owner) await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
-      await admin.end();
+      await database.close();
     },
   };
 }

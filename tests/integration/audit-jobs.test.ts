@@ -50,7 +50,7 @@ beforeAll(async () => {
   t = await createTestApp();
   redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
   audit = new PrismaAuditRepository(monolithOf(t).database.prisma);
-  tokens = new PrismaTokenRepository(monolithOf(t).database.prisma);
+  tokens = new PrismaTokenRepository(monolithOf(t).database.prisma, monolithOf(t).database.dialect);
 });
 
 afterEach(async () => {

@@ -64,6 +64,31 @@ describe('POST /api/v1/auth/register', () => {
     expect(await t.sql('SELECT 1 FROM users WHERE username = $1', [body.username])).toHaveLength(0);
   });
 
+  it('when registrations of one username (in any case) or one e-mail race, then exactly one is made and the rest get the same 409', async () => {
+    // The pre-check passes for all of them at once; the unique indexes decide, and their
+    // violation must read the same on every database (PostgreSQL 23505, MySQL 1062).
+    const base = newUser('race');
+    const byName = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        t.request.post('/api/v1/auth/register').send({ ...base, username: i % 2 === 0 ? base.username : base.username.toUpperCase(), email: `${i}_${base.email}` }),
+      ),
+    );
+    expect(byName.map((res) => res.status).sort()).toEqual([201, 409, 409, 409, 409, 409, 409, 409]);
+    for (const res of byName.filter((each) => each.status === 409)) {
+      expect(res.body.error).toMatchObject({ code: 'CONFLICT', details: { username: 'already exists' } });
+    }
+    expect(await t.sql('SELECT 1 FROM users WHERE username_key = $1', [base.username.toLowerCase()])).toHaveLength(1);
+
+    const other = newUser('race_mail');
+    const byEmail = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => t.request.post('/api/v1/auth/register').send({ ...other, username: `${other.username}_${i}` })),
+    );
+    expect(byEmail.map((res) => res.status).sort()).toEqual([201, 409, 409, 409, 409, 409, 409, 409]);
+    for (const res of byEmail.filter((each) => each.status === 409)) {
+      expect(res.body.error).toMatchObject({ code: 'CONFLICT', details: { email: 'already exists' } });
+    }
+  });
+
   it('when the password is over 72 bytes, then it answers 400 instead of silently truncating', async () => {
     const res = await t.request.post('/api/v1/auth/register').send({ ...newUser(), password: `Aa1!${'é'.repeat(40)}` });
     expect(res.status).toBe(400);

@@ -18,7 +18,7 @@ async function snapshot(dir: string): Promise<Map<string, string>> {
 }
 
 describe('generated code', () => {
-  it('when regenerated from proto/, openapi.yaml and prisma/schema.prisma, then it equals the committed gen/', async () => {
+  it('when regenerated from proto/, openapi.yaml and prisma/schema.prisma, then it equals the committed gen/ and prisma/mysql/schema.prisma', async () => {
     const out = await mkdtemp(join(tmpdir(), 'arcana-gen-'));
     try {
       execFileSync(process.execPath, [join(root, 'scripts', 'generate.ts'), '--out', out], { cwd: root, stdio: 'pipe' });
@@ -26,6 +26,9 @@ describe('generated code', () => {
       const committed = await snapshot(join(root, 'gen'));
       expect([...committed.keys()].sort()).toEqual([...fresh.keys()].sort());
       for (const [path, content] of fresh) expect(committed.get(path), path).toBe(content);
+      // The MySQL schema is derived from the PostgreSQL one too, and committed beside its migrations.
+      const mysqlSchema = join('prisma', 'mysql', 'schema.prisma');
+      expect(await readFile(join(root, mysqlSchema), 'utf8'), mysqlSchema).toBe(await readFile(join(out, mysqlSchema), 'utf8'));
     } finally {
       await rm(out, { recursive: true, force: true });
     }

@@ -53,8 +53,8 @@ beforeAll(async () => {
   const database = t.app.database;
   if (database === undefined) throw new Error('this suite needs an app that holds the database');
   direct = {
-    users: new PrismaUserRepository(database.prisma),
-    tokens: new PrismaTokenRepository(database.prisma),
+    users: new PrismaUserRepository(database.prisma, database.dialect),
+    tokens: new PrismaTokenRepository(database.prisma, database.dialect),
     audit: new PrismaAuditRepository(database.prisma),
   };
   const counters = new MemoryCounterStore(() => COUNTER_NOW);

@@ -19,9 +19,16 @@ describe('loadConfig', () => {
   });
 
   it('when values are malformed, then the error names each variable', () => {
-    expect(() => loadConfig({ PORT: 'eighty', BCRYPT_ROUNDS: '3', DATABASE_URL: 'mysql://x' })).toThrow(
+    expect(() => loadConfig({ PORT: 'eighty', BCRYPT_ROUNDS: '3', DATABASE_URL: 'sqlite://x' })).toThrow(
       /PORT[\s\S]*DATABASE_URL[\s\S]*BCRYPT_ROUNDS|PORT[\s\S]*BCRYPT_ROUNDS[\s\S]*DATABASE_URL/,
     );
+  });
+
+  it('when DATABASE_URL is a PostgreSQL, MySQL or MariaDB URL, then it is taken; another scheme is refused by name', () => {
+    for (const url of ['postgresql://db/arcana', 'postgres://db/arcana', 'mysql://db:3306/arcana', 'mariadb://db/arcana']) {
+      expect(loadConfig({ DATABASE_URL: url }).database.databaseUrl).toBe(url);
+    }
+    expect(() => loadConfig({ DATABASE_URL: 'sqlserver://db/arcana' })).toThrow(/DATABASE_URL[\s\S]*postgresql:\/\/, mysql:\/\/ or mariadb:\/\//);
   });
 
   it('when only some ADMIN_* variables are set, then it refuses to start', () => {

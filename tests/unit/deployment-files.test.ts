@@ -45,12 +45,14 @@ const EDGE: readonly Layer[] = DEPLOYMENT_LAYERS.filter((layer) => holdingsOf(la
 const HOLDS_DATABASE: readonly Layer[] = DEPLOYMENT_LAYERS.filter((layer) => holdingsOf(layer).repository);
 
 /** Variables the database and cache containers read; the app never sees them. */
-const INFRASTRUCTURE_VARIABLES = new Set(['POSTGRES_USER', 'POSTGRES_PASSWORD', 'POSTGRES_DB']);
+const INFRASTRUCTURE_VARIABLES = new Set(['POSTGRES_USER', 'POSTGRES_PASSWORD', 'POSTGRES_DB', 'MYSQL_USER', 'MYSQL_PASSWORD', 'MYSQL_DATABASE', 'MYSQL_ROOT_PASSWORD']);
 /** What the operator supplies where the files demand a value (`${VAR:?…}`, secret placeholders). */
 const TEST_VALUES: Record<string, string> = {
   JWT_SECRET: 'test-secret-'.padEnd(72, 'x'),
   INTERNAL_API_SECRET: 'test-internal-secret-'.padEnd(48, 'y'),
   POSTGRES_PASSWORD: 'test-password',
+  MYSQL_PASSWORD: 'test-mysql-password',
+  MYSQL_ROOT_PASSWORD: 'test-mysql-root-password',
 };
 const PLACEHOLDER = 'REPLACE-ME';
 
@@ -58,7 +60,37 @@ const COMPOSE_FILES: Record<string, Mode> = {
   'docker-compose.yml': 'monolithic',
   'docker-compose.layered.yml': 'layered',
   'docker-compose.microservices.yml': 'microservices',
+  'docker-compose.mysql.yml': 'monolithic',
 };
+
+/** The database container each compose file runs, and how its credentials reach DATABASE_URL. */
+interface DatabaseImage {
+  image: RegExp;
+  scheme: string;
+  port: string;
+  password: string;
+  user: (env: Record<string, string>) => string;
+  database: (env: Record<string, string>) => string;
+}
+const DATABASE_IMAGES: DatabaseImage[] = [
+  {
+    image: /^postgres:1[56](\.|-|$)/,
+    scheme: 'postgresql:',
+    port: '5432',
+    password: 'POSTGRES_PASSWORD',
+    user: (env) => env['POSTGRES_USER'] ?? 'postgres',
+    database: (env) => env['POSTGRES_DB'] ?? env['POSTGRES_USER'] ?? 'postgres',
+  },
+  {
+    // The spec's MySQL 8.0; the app's user is the one the image creates, never root.
+    image: /^mysql:8\.0(\.|-|$)/,
+    scheme: 'mysql:',
+    port: '3306',
+    password: 'MYSQL_PASSWORD',
+    user: (env) => env['MYSQL_USER'] ?? '',
+    database: (env) => env['MYSQL_DATABASE'] ?? '',
+  },
+];
 const OVERLAYS: Record<string, Mode> = {
   'k8s/overlays/monolithic': 'monolithic',
   'k8s/overlays/layered': 'layered',
@@ -804,12 +836,19 @@ describe.each(Object.entries(COMPOSE_FILES))('%s', (file, mode) => {
 
   it('when started, then the secrets come from the environment and the database credentials match', () => {
     const { services, apps } = composeFile();
-    const postgres = services.filter((service) => /^postgres:1[56](\.|-|$)/.test(scalar(service.spec['image'] ?? '', service.name)));
+    const databases = services.flatMap((service) => {
+      const kind = DATABASE_IMAGES.find((each) => each.image.test(scalar(service.spec['image'] ?? '', service.name)));
+      return kind === undefined ? [] : [{ service, kind }];
+    });
     const redis = services.filter((service) => /^redis:7(\.|-|$)/.test(scalar(service.spec['image'] ?? '', service.name)));
-    expect(postgres).toHaveLength(1);
+    expect(databases).toHaveLength(1);
     expect(redis).toHaveLength(1);
-    const db = postgres[0];
-    expect(db?.rawEnv['POSTGRES_PASSWORD']).toMatch(/^\$\{POSTGRES_PASSWORD:\?[^}]+\}$/);
+    const db = databases[0]?.service;
+    const kind = databases[0]!.kind;
+    expect(db?.rawEnv[kind.password]).toMatch(new RegExp(`^\\$\\{${kind.password}:\\?[^}]+\\}$`));
+    for (const [name, value] of Object.entries(db?.rawEnv ?? {})) {
+      if (/PASSWORD/.test(name)) expect(value, `${db?.name}: ${name}`).toMatch(new RegExp(`^\\$\\{${name}:\\?[^}]+\\}$`));
+    }
     for (const app of apps) {
       expect(app.rawEnv['JWT_SECRET'], `${app.name}: JWT_SECRET`).toMatch(/^\$\{JWT_SECRET:\?[^}]+\}$/);
       if (app.env['DEPLOYMENT_MODE'] !== 'monolithic') {
@@ -817,13 +856,14 @@ describe.each(Object.entries(COMPOSE_FILES))('%s', (file, mode) => {
       }
       const databaseUrl = app.env['DATABASE_URL'];
       if (databaseUrl !== undefined) {
-        expect(app.rawEnv['DATABASE_URL']).toContain('${POSTGRES_PASSWORD');
+        expect(app.rawEnv['DATABASE_URL']).toContain(`\${${kind.password}`);
         const url = new URL(databaseUrl);
+        expect(url.protocol).toBe(kind.scheme);
         expect(url.hostname).toBe(db?.name);
-        expect(url.port === '' ? '5432' : url.port).toBe('5432');
-        expect(decodeURIComponent(url.username)).toBe(db?.env['POSTGRES_USER'] ?? 'postgres');
-        expect(decodeURIComponent(url.password)).toBe(db?.env['POSTGRES_PASSWORD']);
-        expect(url.pathname.slice(1)).toBe(db?.env['POSTGRES_DB'] ?? db?.env['POSTGRES_USER'] ?? 'postgres');
+        expect(url.port === '' ? kind.port : url.port).toBe(kind.port);
+        expect(decodeURIComponent(url.username)).toBe(kind.user(db?.env ?? {}));
+        expect(decodeURIComponent(url.password)).toBe(db?.env[kind.password]);
+        expect(url.pathname.slice(1)).toBe(kind.database(db?.env ?? {}));
       }
       const redisUrl = new URL(app.env['REDIS_URL'] ?? '');
       expect(redisUrl.hostname, `${app.name}: REDIS_URL`).toBe(redis[0]?.name);

@@ -1,5 +1,7 @@
-// Opens the application's database: a PostgreSQL server when a URL is configured, otherwise an
-// embedded PGlite database kept on disk, so a bare `npm start` works without any server.
+// Opens the application's database: a PostgreSQL server, or a MySQL 8 / MariaDB 10.11+ server,
+// when a URL is configured, otherwise an embedded PGlite database kept on disk, so a bare
+// `npm start` works without any server. Each comes with its SQL dialect (dialect.ts), the one
+// place where the code above it learns how the two SQL families differ.
 //
 // Besides the Prisma client, a Database carries the driver adapter factory that the schema engine
 // (see migrations.ts) uses. That factory wraps the stock adapters because neither runs migration
@@ -11,33 +13,44 @@
 // - pglite-prisma-adapter 0.7.2 neither awaits nor reports the script it runs, so a failing
 //   migration was recorded in _prisma_migrations as applied. The wrapper awaits it and reports the
 //   error to the engine.
+// - @prisma/adapter-mariadb runs no scripts at all; the wrapper runs them on a connection of their
+//   own that allows multiple statements (migrations.ts applies MySQL's migrations through it).
 // - pglite-prisma-adapter's shadow databases are in-memory PGlite instances that are never closed,
 //   and an open instance keeps the process alive; the wrapper closes them when the engine disposes
 //   of the connection.
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
+import { PrismaMariaDb } from '@prisma/adapter-mariadb';
 import { PrismaPg } from '@prisma/adapter-pg';
+import mariadb from 'mariadb';
 import { DriverAdapterError } from '@prisma/driver-adapter-utils';
 import type { SqlDriverAdapter, SqlDriverAdapterFactory, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
 import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { PrismaClient } from '../../../gen/prisma/client.ts';
+import { PrismaClient as MysqlPrismaClient } from '../../../gen/prisma-mysql/client.ts';
+import { mysqlDialect, postgresDialect, type SqlDialect } from './dialect.ts';
 
 export interface DatabaseOptions {
-  /** A postgresql:// URL; an optional `?schema=NAME` selects the schema (default `public`). */
+  /**
+   * A postgresql:// URL, where an optional `?schema=NAME` selects the schema (default `public`);
+   * or a mysql:// or mariadb:// URL, whose path names the database.
+   */
   databaseUrl?: string;
   /** Where the embedded PGlite database lives when no URL is given; `memory://` keeps it in memory. */
   dataDir: string;
 }
 
-export type DatabaseKind = 'postgresql' | 'pglite';
+export type DatabaseKind = 'postgresql' | 'pglite' | 'mysql';
 
 export interface Database {
   readonly prisma: PrismaClient;
   /** Migration-aware adapter factory for the schema engine, with the script fixes described above. */
   readonly adapterFactory: SqlMigrationAwareDriverAdapterFactory;
   readonly kind: DatabaseKind;
-  /** The PostgreSQL schema holding the application's tables. */
+  /** How this database's SQL differs, for the repositories' few statements of their own. */
+  readonly dialect: SqlDialect;
+  /** The PostgreSQL schema, or the MySQL database, holding the application's tables. */
   readonly schema: string;
   /** How many queries this process has sent: shows what the cache saves, in tests and metrics. */
   queryCount(): number;
@@ -56,9 +69,9 @@ const DEFAULT_SCHEMA = 'public';
  * a client with log events as a different generic instance, which the repositories need not
  * know about, hence the casts.
  */
-function createCountingClient(adapter: SqlDriverAdapterFactory) {
+function createCountingClient(adapter: SqlDriverAdapterFactory, Client: new (options: { adapter: SqlDriverAdapterFactory; log: { emit: 'event'; level: 'query' }[] }) => object = PrismaClient) {
   let count = 0;
-  const client = new PrismaClient({ adapter, log: [{ emit: 'event', level: 'query' }] });
+  const client = new Client({ adapter, log: [{ emit: 'event', level: 'query' }] });
   (client as unknown as { $on(event: 'query', listener: () => void): void }).$on('query', () => {
     count += 1;
   });
@@ -70,18 +83,32 @@ const MEMORY_PREFIX = 'memory://';
 // accepted rather than trying to quote arbitrary text correctly in both places.
 const SCHEMA_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 
-/** Opens PostgreSQL when `databaseUrl` is set, otherwise the embedded PGlite database in `dataDir`. */
+/**
+ * Opens PostgreSQL or MySQL/MariaDB, by the scheme of `databaseUrl`, when it is set; otherwise the
+ * embedded PGlite database in `dataDir`.
+ */
 export async function createDatabase(options: DatabaseOptions): Promise<Database> {
-  return options.databaseUrl === undefined
-    ? openPGlite(options.dataDir)
-    : openPostgres(options.databaseUrl);
+  if (options.databaseUrl === undefined) return openPGlite(options.dataDir);
+  const url = parseDatabaseUrl(options.databaseUrl);
+  return url.protocol === 'mysql:' || url.protocol === 'mariadb:' ? openMysql(url) : openPostgres(url);
 }
 
-function openPostgres(databaseUrl: string): Database {
-  const url = new URL(databaseUrl);
-  if (url.protocol !== 'postgresql:' && url.protocol !== 'postgres:') {
-    throw new Error(`Unsupported database URL protocol "${url.protocol}"; expected postgresql://`);
+const PROTOCOLS = ['postgresql:', 'postgres:', 'mysql:', 'mariadb:'];
+
+function parseDatabaseUrl(databaseUrl: string): URL {
+  let url: URL;
+  try {
+    url = new URL(databaseUrl);
+  } catch {
+    throw new Error('Invalid database URL; expected postgresql://, mysql:// or mariadb://');
   }
+  if (!PROTOCOLS.includes(url.protocol)) {
+    throw new Error(`Unsupported database URL protocol "${url.protocol}"; expected postgresql://, mysql:// or mariadb://`);
+  }
+  return url;
+}
+
+function openPostgres(url: URL): Database {
   const schema = url.searchParams.get('schema') ?? DEFAULT_SCHEMA;
   if (!SCHEMA_NAME.test(schema)) {
     throw new Error(`Invalid schema name "${schema}" in the database URL`);
@@ -138,6 +165,7 @@ function openPostgres(databaseUrl: string): Database {
     prisma,
     adapterFactory,
     kind: 'postgresql',
+    dialect: postgresDialect,
     schema,
     queryCount,
     // node-postgres's default bound is 10 connections.
@@ -146,6 +174,78 @@ function openPostgres(databaseUrl: string): Database {
       await prisma.$disconnect();
     },
   };
+}
+
+// MySQL database names are identifiers too; the same plain ones as PostgreSQL's schema names.
+const MYSQL_DATABASE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
+function openMysql(url: URL): Database {
+  const database = decodeURIComponent(url.pathname.replace(/^\//, ''));
+  if (database === '') {
+    throw new Error('The MySQL database URL names no database; expected mysql://user@host:3306/DATABASE');
+  }
+  if (!MYSQL_DATABASE_NAME.test(database)) {
+    throw new Error(`Invalid database name "${database}" in the database URL`);
+  }
+  // The mariadb driver speaks MySQL's protocol too; it only knows the mariadb:// scheme.
+  url.protocol = 'mariadb:';
+  // MySQL 8's default authentication (caching_sha2_password) without TLS needs the server's RSA
+  // key, which the driver only asks for when allowed. Times are UTC on the wire either way.
+  if (!url.searchParams.has('allowPublicKeyRetrieval')) url.searchParams.set('allowPublicKeyRetrieval', 'true');
+  if (!url.searchParams.has('timezone')) url.searchParams.set('timezone', 'Z');
+  const factory = new PrismaMariaDb(url.toString());
+  const { prisma, queryCount } = createCountingClient(factory, MysqlPrismaClient);
+
+  const runScript = async (script: string) => {
+    const scriptUrl = new URL(url);
+    scriptUrl.searchParams.set('multipleStatements', 'true');
+    let connection: mariadb.Connection | undefined;
+    try {
+      connection = await mariadb.createConnection(scriptUrl.toString());
+      await connection.query(script);
+    } catch (error) {
+      throw toMysqlAdapterError(error);
+    } finally {
+      await connection?.end();
+    }
+  };
+  const adapterFactory: SqlMigrationAwareDriverAdapterFactory = {
+    provider: factory.provider,
+    adapterName: factory.adapterName,
+    connect: async () => {
+      const adapter = await factory.connect();
+      return withScriptRunner(adapter, runScript, () => adapter.dispose());
+    },
+    connectToShadowDb: () => {
+      // Only the schema engine asks for one, and it never runs on MySQL (see migrations.ts).
+      throw new Error('MySQL migrations are applied without a shadow database: the WebAssembly schema engine has no MySQL connector');
+    },
+  };
+
+  return {
+    prisma,
+    adapterFactory,
+    kind: 'mysql',
+    dialect: mysqlDialect,
+    schema: database,
+    queryCount,
+    close: async () => {
+      await prisma.$disconnect();
+    },
+  };
+}
+
+/** As toDriverAdapterError, for the mariadb driver's errors (errno, sqlState, sqlMessage). */
+function toMysqlAdapterError(error: unknown): unknown {
+  if (!(error instanceof Error) || !('errno' in error) || typeof error.errno !== 'number') return error;
+  const sqlState: unknown = Reflect.get(error, 'sqlState');
+  const sqlMessage: unknown = Reflect.get(error, 'sqlMessage');
+  return new DriverAdapterError({
+    kind: 'mysql',
+    code: error.errno,
+    message: typeof sqlMessage === 'string' ? sqlMessage : error.message,
+    state: typeof sqlState === 'string' ? sqlState : 'HY000',
+  });
 }
 
 async function openPGlite(dataDir: string): Promise<Database> {
@@ -165,6 +265,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
     prisma,
     adapterFactory,
     kind: 'pglite',
+    dialect: postgresDialect,
     schema: DEFAULT_SCHEMA,
     queryCount,
     close: async () => {

@@ -2,7 +2,7 @@
 // the migrations folder through a driver adapter. It reads and writes `_prisma_migrations` exactly
 // as `prisma migrate deploy` does (same checksums, same advisory lock), so databases migrated here
 // and by the Prisma CLI share one history.
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -39,6 +39,11 @@ const DEPLOY_LOCK_TIMEOUT = '10min';
 /** Applies the pending migrations of `migrationsDir`, like `prisma migrate deploy`; returns their names. */
 export async function applyMigrations(database: Database, migrationsDir: string): Promise<string[]> {
   const migrationsList = await readMigrationList(migrationsDir);
+  if (database.kind === 'mysql') {
+    return allApplied(database, migrationsList).then((done) =>
+      done ? [] : withMysqlDeployLock(database.adapterFactory, () => applyMysqlMigrations(database, migrationsList)),
+    );
+  }
   // The engine is WebAssembly: loading it took seconds of start-up and stayed in memory. When the
   // history already holds every migration, applied and unchanged, it would do nothing; anything
   // else (a pending, failed or edited migration, no history yet) goes to the engine as before,
@@ -153,6 +158,66 @@ async function allApplied(database: Database, migrationsList: MigrationList): Pr
   });
 }
 
+// The WebAssembly schema engine supports PostgreSQL and SQLite only ("`mysql` is not a supported
+// connector"), so MySQL migrations are applied here, the way `prisma migrate deploy` applies them
+// there: the same _prisma_migrations table and checksums, a failed migration recorded with its
+// error and blocking later deploys until it is resolved, one migration after the other.
+const MYSQL_HISTORY_TABLE = `CREATE TABLE IF NOT EXISTS _prisma_migrations (
+    id                      VARCHAR(36) PRIMARY KEY NOT NULL,
+    checksum                VARCHAR(64) NOT NULL,
+    finished_at             DATETIME(3),
+    migration_name          VARCHAR(255) NOT NULL,
+    logs                    TEXT,
+    rolled_back_at          DATETIME(3),
+    started_at              DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+    applied_steps_count     INTEGER UNSIGNED NOT NULL DEFAULT 0
+) DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci`;
+
+async function applyMysqlMigrations(database: Database, migrationsList: MigrationList): Promise<string[]> {
+  const adapter = await database.adapterFactory.connect();
+  try {
+    const run = (sql: string, args: unknown[] = []) =>
+      adapter.executeRaw({ sql, args, argTypes: args.map(() => ({ scalarType: 'string', arity: 'scalar' }) as const) });
+    await run(MYSQL_HISTORY_TABLE);
+    const history = await adapter.queryRaw({
+      sql: 'SELECT migration_name, finished_at IS NOT NULL, rolled_back_at IS NOT NULL FROM _prisma_migrations',
+      args: [],
+      argTypes: [],
+    });
+    const applied = new Set<string>();
+    for (const [name, finished, rolledBack] of history.rows as [string, unknown, unknown][]) {
+      if (Number(rolledBack) === 1) continue;
+      if (Number(finished) !== 1) {
+        throw new Error(
+          `Migration ${name} failed on this database before; resolve it (fix the database, then mark it rolled back or applied with \`prisma migrate resolve\`) and deploy again`,
+        );
+      }
+      applied.add(name);
+    }
+    const done: string[] = [];
+    for (const directory of migrationsList.migrationDirectories) {
+      if (applied.has(directory.path)) continue;
+      const script = directory.migrationFile.content;
+      if (script.tag === 'error') throw new Error(script.value);
+      const id = randomUUID();
+      const checksum = createHash('sha256').update(script.value).digest('hex');
+      await run('INSERT INTO _prisma_migrations (id, checksum, migration_name, started_at) VALUES (?, ?, ?, CURRENT_TIMESTAMP(3))', [id, checksum, directory.path]);
+      try {
+        await adapter.executeScript(script.value);
+      } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        await run('UPDATE _prisma_migrations SET logs = ? WHERE id = ?', [message, id]);
+        throw new Error(`Migration ${directory.path} failed: ${message}`, { cause: error });
+      }
+      await run('UPDATE _prisma_migrations SET finished_at = CURRENT_TIMESTAMP(3), applied_steps_count = 1 WHERE id = ?', [id]);
+      done.push(directory.path);
+    }
+    return done;
+  } finally {
+    await adapter.dispose();
+  }
+}
+
 /** Loads a migrations folder the way the Prisma CLI hands it to the engine. */
 async function readMigrationList(migrationsDir: string): Promise<MigrationList> {
   const baseDir = resolve(migrationsDir);
@@ -224,6 +289,38 @@ async function withDeployLock<T>(factory: SqlMigrationAwareDriverAdapterFactory,
       if (!transaction.options.usePhantomQuery) {
         await run('ROLLBACK');
       }
+      await transaction.rollback();
+    }
+  } finally {
+    await adapter.dispose();
+  }
+}
+
+// MySQL has no advisory locks but named ones, held by a session until released or until the
+// session ends. Prisma's native engine takes GET_LOCK('prisma_migrate', 10), server-wide and for
+// ten seconds at most; this one is named after the database, so deploys to other databases of the
+// server do not wait, and concurrent deploys to this one queue for as long as a migration takes.
+const MYSQL_DEPLOY_LOCK = 'arcana_migrate_deploy';
+const MYSQL_DEPLOY_LOCK_SECONDS = 600;
+
+async function withMysqlDeployLock<T>(factory: SqlMigrationAwareDriverAdapterFactory, task: () => Promise<T>): Promise<T> {
+  const adapter = await factory.connect();
+  try {
+    // A transaction pins one pooled connection: the session that holds the lock.
+    const transaction = await adapter.startTransaction();
+    const query = (sql: string) => transaction.queryRaw({ sql, args: [], argTypes: [] });
+    try {
+      // GET_LOCK lives in the name space of the server, so the database is part of the name.
+      const result = await query(`SELECT GET_LOCK(CONCAT(DATABASE(), '.${MYSQL_DEPLOY_LOCK}'), ${MYSQL_DEPLOY_LOCK_SECONDS}) AS acquired`);
+      if (Number(result.rows[0]?.[0]) !== 1) {
+        throw new Error(`Timed out after ${MYSQL_DEPLOY_LOCK_SECONDS} s waiting for another deploy's migration lock`);
+      }
+      try {
+        return await task();
+      } finally {
+        await query(`SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.${MYSQL_DEPLOY_LOCK}'))`);
+      }
+    } finally {
       await transaction.rollback();
     }
   } finally {

@@ -1,0 +1,228 @@
+// The MySQL/MariaDB migrations (prisma/mysql/migrations) against a real server (TEST_MARIADB_URL,
+// by default the local MariaDB, a database of its own per case).
+//
+// The WebAssembly schema engine has no MySQL connector, so `migrate check` cannot compare these
+// hand-written migrations with prisma/mysql/schema.prisma. This test does instead: it applies
+// them to an empty database and compares what information_schema shows with the schema file,
+// column by column (type, length, nullability, enum values) and index by index (name, columns,
+// uniqueness), the way Prisma names and types them on MySQL. A model change without a matching
+// MySQL migration fails here.
+import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { createDatabase, type Database } from '../../src/infrastructure/database/database.ts';
+import { applyMigrations } from '../../src/infrastructure/database/migrations.ts';
+import { UnavailableError } from '../../src/domain/errors.ts';
+import { PrismaUserRepository } from '../../src/repositories/user-repository.ts';
+
+const root = join(import.meta.dirname, '..', '..');
+const migrationsDir = join(root, 'prisma', 'mysql', 'migrations');
+const serverUrl = process.env.TEST_MARIADB_URL ?? 'mysql://root@127.0.0.1:3306/mysql';
+
+/**
+ * Indexes the migrations add beyond the schema's: the search's prefix indexes (Prisma's schema
+ * language has no reason to know them) and nothing else.
+ */
+const EXTRA_INDEXES = new Set(['users.users_username_prefix_idx', 'users.users_first_name_prefix_idx', 'users.users_last_name_prefix_idx']);
+
+async function withDatabase<T>(work: (database: Database) => Promise<T>): Promise<T> {
+  const admin = await createDatabase({ databaseUrl: serverUrl, dataDir: 'memory://' });
+  const name = `test_migrations_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
+  await admin.prisma.$executeRawUnsafe(`CREATE DATABASE \`${name}\``);
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  const database = await createDatabase({ databaseUrl: url.toString(), dataDir: 'memory://' });
+  try {
+    return await work(database);
+  } finally {
+    await database.close();
+    await admin.prisma.$executeRawUnsafe(`DROP DATABASE IF EXISTS \`${name}\``);
+    await admin.close();
+  }
+}
+
+// ---- what prisma/mysql/schema.prisma declares, read with a parser just big enough for it.
+
+interface Column {
+  name: string;
+  type: string;
+  nullable: boolean;
+}
+interface Index {
+  name: string;
+  columns: string[];
+  unique: boolean;
+}
+interface Table {
+  columns: Column[];
+  indexes: Index[];
+}
+
+function snake(field: string, fields: Map<string, string>): string {
+  return fields.get(field) ?? field;
+}
+
+function declaredTables(schema: string): Map<string, Table> {
+  const enums = new Map<string, string[]>();
+  for (const [, name, body] of schema.matchAll(/^enum (\w+) \{([^}]*)\}/gm)) {
+    enums.set(name!, body!.split('\n').map((line) => line.replace(/\/\/.*$/, '').trim()).filter((line) => /^\w+$/.test(line)));
+  }
+  const tables = new Map<string, Table>();
+  for (const [, model, body] of schema.matchAll(/^model (\w+) \{([^}]*)\}/gm)) {
+    const lines = body!.split('\n').map((line) => line.replace(/\/\/.*$/, '').trim()).filter((line) => line !== '');
+    const table = /@@map\("(\w+)"\)/.exec(body!)?.[1] ?? model!;
+    const dbNames = new Map<string, string>();
+    const columns: Column[] = [];
+    const indexes: Index[] = [];
+    for (const line of lines) {
+      const field = /^(\w+)\s+(\w+)(\?|\[\])?\s*(.*)$/.exec(line);
+      if (field === null || line.startsWith('@@')) continue;
+      const [, name, type, modifier, attributes] = field as unknown as [string, string, string, string | undefined, string];
+      if (modifier === '[]' || /@relation/.test(attributes) || (!enums.has(type) && !SCALARS.has(type))) continue;
+      const column = /@map\("(\w+)"\)/.exec(attributes)?.[1] ?? name;
+      dbNames.set(name, column);
+      columns.push({ name: column, type: columnType(type, /@db\.(\w+(\(\d+\))?)/.exec(attributes)?.[1], enums), nullable: modifier === '?' });
+      if (/@id\b/.test(attributes)) indexes.push({ name: 'PRIMARY', columns: [column], unique: true });
+      if (/@unique\b/.test(attributes)) indexes.push({ name: `${table}_${column}_key`, columns: [column], unique: true });
+    }
+    for (const [, kind, list] of body!.matchAll(/@@(index|unique)\(\[([^\]]*)\]/g)) {
+      const cols = list!.split(',').map((each) => snake(each.trim(), dbNames));
+      indexes.push({ name: `${table}_${cols.join('_')}_${kind === 'unique' ? 'key' : 'idx'}`, columns: cols, unique: kind === 'unique' });
+    }
+    // A relation's foreign key is backed by an index; Prisma adds none when one already leads with it.
+    for (const [, fields] of body!.matchAll(/@relation\(fields: \[([^\]]*)\]/g)) {
+      const cols = fields!.split(',').map((each) => snake(each.trim(), dbNames));
+      if (!indexes.some((index) => cols.every((col, i) => index.columns[i] === col))) {
+        indexes.push({ name: `${table}_${cols.join('_')}_fkey`, columns: cols, unique: false });
+      }
+    }
+    tables.set(table, { columns, indexes });
+  }
+  return tables;
+}
+
+const SCALARS = new Set(['Int', 'String', 'Boolean', 'DateTime', 'Json', 'Bytes']);
+
+/** The column type information_schema reports for a Prisma type on MySQL/MariaDB. */
+function columnType(type: string, native: string | undefined, enums: Map<string, string[]>): string {
+  const values = enums.get(type);
+  if (values !== undefined) return `enum(${values.map((value) => `'${value}'`).join(',')})`;
+  if (native !== undefined) return native.toLowerCase();
+  const types: Record<string, string> = {
+    Int: 'int',
+    String: 'varchar(191)',
+    Boolean: 'tinyint(1)',
+    DateTime: 'datetime(3)',
+    // MariaDB's JSON is LONGTEXT with a JSON_VALID check; MySQL's is JSON.
+    Json: 'json|longtext',
+    Bytes: 'longblob',
+  };
+  return types[type] ?? `unknown ${type}`;
+}
+
+// ---- what the migrated database has.
+
+async function actualTables(database: Database): Promise<Map<string, Table>> {
+  const columns = await database.prisma.$queryRawUnsafe<{ t: string; c: string; type: string; nullable: string }[]>(
+    `SELECT CAST(TABLE_NAME AS CHAR) AS t, CAST(COLUMN_NAME AS CHAR) AS c, CAST(COLUMN_TYPE AS CHAR) AS type, CAST(IS_NULLABLE AS CHAR) AS nullable
+     FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> '_prisma_migrations' ORDER BY TABLE_NAME, ORDINAL_POSITION`,
+  );
+  const indexes = await database.prisma.$queryRawUnsafe<{ t: string; i: string; c: string; nonUnique: string }[]>(
+    `SELECT CAST(TABLE_NAME AS CHAR) AS t, CAST(INDEX_NAME AS CHAR) AS i, CAST(COLUMN_NAME AS CHAR) AS c, CAST(NON_UNIQUE AS CHAR) AS nonUnique
+     FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> '_prisma_migrations' ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX`,
+  );
+  const tables = new Map<string, Table>();
+  const table = (name: string) => tables.get(name) ?? tables.set(name, { columns: [], indexes: [] }).get(name)!;
+  for (const row of columns) {
+    // MySQL 8 reports `int`, MariaDB `int(11)`: the display width means nothing.
+    table(row.t).columns.push({ name: row.c, type: row.type.replace(/^int\(\d+\)/, 'int'), nullable: row.nullable === 'YES' });
+  }
+  for (const row of indexes) {
+    if (EXTRA_INDEXES.has(`${row.t}.${row.i}`)) continue;
+    const { indexes: list } = table(row.t);
+    const existing = list.find((index) => index.name === row.i);
+    if (existing === undefined) list.push({ name: row.i, columns: [row.c], unique: row.nonUnique === '0' });
+    else existing.columns.push(row.c);
+  }
+  return tables;
+}
+
+const byName = <T extends { name: string }>(items: T[]) => items.toSorted((a, b) => a.name.localeCompare(b.name));
+
+describe('MySQL/MariaDB migrations', () => {
+  it('when applied to an empty database, then its tables are exactly prisma/mysql/schema.prisma', async () => {
+    const declared = declaredTables(await readFile(join(root, 'prisma', 'mysql', 'schema.prisma'), 'utf8'));
+    expect(declared.size).toBeGreaterThan(0);
+    await withDatabase(async (database) => {
+      await applyMigrations(database, migrationsDir);
+      const actual = await actualTables(database);
+      expect([...actual.keys()].sort()).toEqual([...declared.keys()].sort());
+      for (const [name, table] of declared) {
+        const columns = actual.get(name)?.columns ?? [];
+        expect(byName(columns).map((column) => column.name), name).toEqual(byName(table.columns).map((column) => column.name));
+        for (const column of table.columns) {
+          const found = columns.find((each) => each.name === column.name);
+          expect(found?.type, `${name}.${column.name}`).toMatch(new RegExp(`^(${column.type.replace(/[()']/g, '\\$&')})$`));
+          expect(found?.nullable, `${name}.${column.name} nullable`).toBe(column.nullable);
+        }
+        expect(byName(actual.get(name)?.indexes ?? []), `${name} indexes`).toEqual(byName(table.indexes));
+      }
+    });
+  }, 60_000);
+
+  it('when deployed twice, or by three processes at once, then each migration is applied once and recorded as Prisma records it', async () => {
+    await withDatabase(async (database) => {
+      const url = new URL(serverUrl);
+      url.pathname = `/${database.schema}`;
+      const others = await Promise.all([1, 2].map(() => createDatabase({ databaseUrl: url.toString(), dataDir: 'memory://' })));
+      try {
+        const applied = await Promise.all([database, ...others].map((each) => applyMigrations(each, migrationsDir)));
+        const names = applied.flat().sort();
+        expect(names.length).toBeGreaterThan(0);
+        expect(new Set(names).size).toBe(names.length);
+        expect(await applyMigrations(database, migrationsDir)).toEqual([]);
+        const rows = await database.prisma.$queryRawUnsafe<{ migration_name: string; finished: number | bigint; applied_steps_count: number | bigint }[]>(
+          'SELECT migration_name, finished_at IS NOT NULL AS finished, applied_steps_count FROM _prisma_migrations ORDER BY migration_name',
+        );
+        expect(rows.map((row) => [row.migration_name, Number(row.finished), Number(row.applied_steps_count)])).toEqual(names.map((name) => [name, 1, 1]));
+      } finally {
+        await Promise.all(others.map((each) => each.close()));
+      }
+    });
+  }, 60_000);
+
+  it('when a migration fails, then it is recorded unfinished with its error, and later deploys refuse until it is resolved', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'arcana-mysql-migrations-'));
+    try {
+      await mkdir(join(dir, '20250101000000_bad'));
+      await writeFile(join(dir, '20250101000000_bad', 'migration.sql'), 'CREATE TABLE half (id INT);\nCREATE TABLE half (id INT);\n');
+      await withDatabase(async (database) => {
+        await expect(applyMigrations(database, dir)).rejects.toThrow(/20250101000000_bad failed: .*already exists/);
+        const [row] = await database.prisma.$queryRawUnsafe<{ finished_at: Date | null; logs: string | null }[]>('SELECT finished_at, logs FROM _prisma_migrations');
+        expect(row?.finished_at).toBeNull();
+        expect(row?.logs).toMatch(/already exists/);
+        await expect(applyMigrations(database, dir)).rejects.toThrow(/20250101000000_bad failed on this database before; resolve it/);
+      });
+    } finally {
+      await rm(dir, { recursive: true });
+    }
+  }, 60_000);
+
+  it('when the server is out of reach, then a repository call fails as unavailable (503), not as an unknown error', async () => {
+    // Port 9 (discard) has no MySQL server; short timeouts keep the test quick.
+    const database = await createDatabase({ databaseUrl: 'mysql://root@127.0.0.1:9/nowhere?connectTimeout=300&acquireTimeout=600', dataDir: 'memory://' });
+    try {
+      await expect(new PrismaUserRepository(database.prisma, database.dialect).findById(1)).rejects.toBeInstanceOf(UnavailableError);
+    } finally {
+      await database.close();
+    }
+  }, 30_000);
+
+  it('when the URL names no database or an unusable one, then opening it fails with a clear error', async () => {
+    await expect(createDatabase({ databaseUrl: 'mysql://root@127.0.0.1:3306/', dataDir: 'memory://' })).rejects.toThrow(/names no database/);
+    await expect(createDatabase({ databaseUrl: 'mysql://root@127.0.0.1:3306/a-b', dataDir: 'memory://' })).rejects.toThrow(/Invalid database name "a-b"/);
+    await expect(createDatabase({ databaseUrl: 'sqlite://x', dataDir: 'memory://' })).rejects.toThrow(/expected postgresql:\/\/, mysql:\/\/ or mariadb:\/\//);
+  });
+});

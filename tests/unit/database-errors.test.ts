@@ -1,0 +1,35 @@
+// src/repositories/prisma-errors.ts: what database failures become, whichever database raised them.
+import { describe, expect, it } from 'vitest';
+import { Prisma } from '../../gen/prisma/client.ts';
+import { ConflictError, UnavailableError } from '../../src/domain/errors.ts';
+import { translateDatabaseError } from '../../src/repositories/prisma-errors.ts';
+
+const known = (code: string, meta: Record<string, unknown> = {}) => new Prisma.PrismaClientKnownRequestError('failed', { code, clientVersion: 'test', meta });
+
+describe('translateDatabaseError', () => {
+  it('when a unique index is violated on PostgreSQL or MySQL, then the same conflict names the field', () => {
+    // The shapes the pg and mariadb adapters give P2002.
+    const postgres = known('P2002', { driverAdapterError: { cause: { kind: 'UniqueConstraintViolation', constraint: { fields: ['username_key'] } } } });
+    const mysql = known('P2002', { driverAdapterError: { cause: { kind: 'UniqueConstraintViolation', constraint: { index: 'users_username_key_key' } } } });
+    for (const error of [postgres, mysql]) {
+      const translated = translateDatabaseError(error);
+      expect(translated).toBeInstanceOf(ConflictError);
+      expect((translated as ConflictError).details).toEqual({ username: 'already exists' });
+    }
+    const email = translateDatabaseError(known('P2002', { driverAdapterError: { cause: { constraint: { index: 'users_email_key' } } } }));
+    expect((email as ConflictError).details).toEqual({ email: 'already exists' });
+  });
+
+  it('when a transaction deadlocks or conflicts (P2034), then it is a retryable 503, not an unknown error', () => {
+    const translated = translateDatabaseError(known('P2034'));
+    expect(translated).toBeInstanceOf(UnavailableError);
+    expect((translated as UnavailableError).retryAfterSeconds).toBe(1);
+  });
+
+  it('when the MySQL server cannot be reached (P2039 with a connection errno), then it is unavailable; other MySQL errors pass through', () => {
+    const unreachable = known('P2039', { driverAdapterError: { cause: { kind: 'mysql', code: 45028 } } });
+    expect(translateDatabaseError(unreachable)).toBeInstanceOf(UnavailableError);
+    const syntax = known('P2039', { driverAdapterError: { cause: { kind: 'mysql', code: 1064 } } });
+    expect(translateDatabaseError(syntax)).toBe(syntax);
+  });
+});

@@ -99,14 +99,18 @@ async function openBenchDatabase(serverUrl: string, name: string) {
     // The driver wants a database in its URL; the server's own `mysql` one serves for the admin work.
     if (connectionUrl.pathname.length <= 1) connectionUrl.pathname = '/mysql';
     const connection = await mariadb.createConnection(connectionUrl.toString());
-    const [row] = (await connection.query('SELECT VERSION() AS version')) as { version: string }[];
+    const [row] = await connection.query<{ version: string }[]>('SELECT VERSION() AS version');
     url.pathname = `/${name}`;
     return {
       mysql: true,
       version: `MySQL/MariaDB ${row?.version ?? '?'}`,
       url: url.toString(),
-      create: async () => void (await connection.query(`CREATE DATABASE \`${name}\``)),
-      drop: async () => void (await connection.query(`DROP DATABASE IF EXISTS \`${name}\``)),
+      create: async () => {
+        await connection.query(`CREATE DATABASE \`${name}\``);
+      },
+      drop: async () => {
+        await connection.query(`DROP DATABASE IF EXISTS \`${name}\``);
+      },
       end: () => connection.end(),
     };
   }
@@ -117,8 +121,12 @@ async function openBenchDatabase(serverUrl: string, name: string) {
     mysql: false,
     version: String((await client.query<{ server_version: string }>('SHOW server_version')).rows[0]?.server_version),
     url: url.toString(),
-    create: async () => void (await client.query(`CREATE SCHEMA "${name}"`)),
-    drop: async () => void (await client.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`)),
+    create: async () => {
+      await client.query(`CREATE SCHEMA "${name}"`);
+    },
+    drop: async () => {
+      await client.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`);
+    },
     end: () => client.end(),
   };
 }

@@ -26,7 +26,7 @@ export function toMysqlSchema(postgres: string): string {
   // The derived schema sits in prisma/mysql/, and its client goes next to the PostgreSQL one.
   replace(/(generator client \{[^}]*output\s*=\s*)"\.\.\/gen\/prisma"/, '$1"../../gen/prisma-mysql"', 'the client output ../gen/prisma');
   for (const [from, to] of Object.entries(NATIVE_TYPES)) schema = schema.split(from).join(to);
-  const unknown = schema.replace(KNOWN_NATIVE, '').match(/@db\.\w+(\([^)]*\))?/);
+  const unknown = /@db\.\w+(\([^)]*\))?/.exec(schema.replace(KNOWN_NATIVE, ''));
   if (unknown !== null) throw new Error(`prisma/schema.prisma: no MySQL mapping for the native type ${unknown[0]}`);
   return HEADER + schema;
 }

@@ -157,7 +157,8 @@ export class PrismaUserRepository implements UserRepository {
     // 16 ms against 196 ms (README, Performance). A page past the end is the count's row alone,
     // its user columns NULL.
     const rows = await withDatabaseErrors(() =>
-      this.#db.$queryRaw<(User & { total: number | bigint })[]>`
+      // MySQL's BOOLEAN is the TINYINT it is (0/1) in raw rows; Prisma's models carry booleans.
+      this.#db.$queryRaw<(Omit<User, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint })[]>`
         SELECT ${id('page')}.*, ${id('counted')}.${id('total')}
         FROM ${this.#dialect.joinPageToCount(
           Prisma.sql`(SELECT count(*) AS ${id('total')} FROM ${id('users')} ${where}) AS ${id('counted')}`,
@@ -173,13 +174,8 @@ export class PrismaUserRepository implements UserRepository {
     // Typed as User rows above, but the count's row alone has a NULL id.
     const first: { id: number | null } | undefined = rows[0];
     if (rows.length === 1 && first?.id === null) return { users: [], total };
-    for (const row of rows) {
-      delete (row as Partial<typeof row>).total;
-      // Raw rows carry MySQL's BOOLEAN as the TINYINT it is; Prisma's models carry booleans.
-      row.isVerified = Boolean(row.isVerified);
-      row.isActive = Boolean(row.isActive);
-    }
-    return { users: rows, total };
+    const users = rows.map(({ total: _total, ...row }): User => ({ ...row, isVerified: Boolean(row.isVerified), isActive: Boolean(row.isActive) }));
+    return { users, total };
   }
 
   async recordLogin(id: number, at: Date): Promise<void> {

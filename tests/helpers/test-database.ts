@@ -54,11 +54,13 @@ async function openMysql(serverUrl: string, name: string, existingUrl: string | 
     timezone: 'Z',
     // As node-postgres: BOOLEAN (TINYINT(1)) as booleans, JSON as objects, counts as strings.
     typeCast: (field, next) => {
-      if (field.type === 'TINY' && field.columnLength === 1) {
+      // Types is a const enum, which type stripping cannot read: compared by its string value.
+      const type: string = field.type;
+      if (type === 'TINY' && field.columnLength === 1) {
         const value = field.string();
         return value === null ? null : value === '1';
       }
-      if (field.type === 'BIGINT') return field.string();
+      if (type === 'BIGINT') return field.string();
       return next();
     },
   });

@@ -80,7 +80,7 @@ function declaredTables(schema: string): Map<string, Table> {
       const field = /^(\w+)\s+(\w+)(\?|\[\])?\s*(.*)$/.exec(line);
       if (field === null || line.startsWith('@@')) continue;
       const [, name, type, modifier, attributes] = field as unknown as [string, string, string, string | undefined, string];
-      if (modifier === '[]' || /@relation/.test(attributes) || (!enums.has(type) && !SCALARS.has(type))) continue;
+      if (modifier === '[]' || attributes.includes('@relation') || (!enums.has(type) && !SCALARS.has(type))) continue;
       const column = /@map\("(\w+)"\)/.exec(attributes)?.[1] ?? name;
       dbNames.set(name, column);
       columns.push({ name: column, type: columnType(type, /@db\.(\w+(\(\d+\))?)/.exec(attributes)?.[1], enums), nullable: modifier === '?' });

@@ -847,7 +847,7 @@ describe.each(Object.entries(COMPOSE_FILES))('%s', (file, mode) => {
     const kind = databases[0]!.kind;
     expect(db?.rawEnv[kind.password]).toMatch(new RegExp(`^\\$\\{${kind.password}:\\?[^}]+\\}$`));
     for (const [name, value] of Object.entries(db?.rawEnv ?? {})) {
-      if (/PASSWORD/.test(name)) expect(value, `${db?.name}: ${name}`).toMatch(new RegExp(`^\\$\\{${name}:\\?[^}]+\\}$`));
+      if (name.includes('PASSWORD')) expect(value, `${db?.name}: ${name}`).toMatch(new RegExp(`^\\$\\{${name}:\\?[^}]+\\}$`));
     }
     for (const app of apps) {
       expect(app.rawEnv['JWT_SECRET'], `${app.name}: JWT_SECRET`).toMatch(/^\$\{JWT_SECRET:\?[^}]+\}$/);

@@ -28,7 +28,9 @@ const API_SUITES = [
  * conditional writes through the repository layer, idempotency keys carried to the service layer
  * and their records kept behind the repository layer. They attack every split cell too.
  */
-const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'password-work', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys'].map((name) => `tests/security/${name}.test.ts`);
+const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'password-work', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys'].map(
+  (name) => `tests/security/${name}.test.ts`,
+);
 
 /**
  * The split cells. microservices-grpc also runs on Redis (TEST_REDIS_URL, as .ci/run provides), so
@@ -78,7 +80,14 @@ export default defineConfig({
         extends: true as const,
         test: { name: topology.name, include: [...API_SUITES, ...SECURITY_SUITES], env: { TEST_TOPOLOGY: topology.name, ...topology.env } },
       })),
-      { extends: true, test: { name: 'mariadb', include: [...API_SUITES, ...MARIADB_SECURITY_SUITES, ...MARIADB_REPOSITORY_SUITES], env: { TEST_TOPOLOGY: 'monolithic', TEST_DATABASE_URL: MARIADB_URL } } },
+      {
+        extends: true,
+        test: {
+          name: 'mariadb',
+          include: [...API_SUITES, ...MARIADB_SECURITY_SUITES, ...MARIADB_REPOSITORY_SUITES],
+          env: { TEST_TOPOLOGY: 'monolithic', TEST_DATABASE_URL: MARIADB_URL },
+        },
+      },
     ],
   },
 });

@@ -103,14 +103,11 @@ const server = createServer((req, res) => {
   if (req.method === 'POST' && pathname === '/auth/login') return void login(req, send).catch(fail);
   const match = req.method === 'GET' ? USER_PATH.exec(pathname ?? '') : null;
   if (match === null) return send(404, { error: 'not found' });
-  pool.query(SELECT_PROFILE, [Number(match[1])]).then(
-    (result) => {
-      const row: unknown = result.rows[0];
-      if (row === undefined) send(404, { error: 'not found' });
-      else send(200, { data: row });
-    },
-    fail,
-  );
+  pool.query(SELECT_PROFILE, [Number(match[1])]).then((result) => {
+    const row: unknown = result.rows[0];
+    if (row === undefined) send(404, { error: 'not found' });
+    else send(200, { data: row });
+  }, fail);
 });
 server.keepAliveTimeout = 65_000;
 

@@ -39,11 +39,16 @@ export async function runH2load(job: H2loadJob, workDir: string, label: string):
   const total = warmup + job.durationSeconds;
   const headerArgs = Object.entries(job.headers).flatMap(([name, value]) => ['-H', `${name}: ${value}`]);
   const args = [
-    '-t', '1',
-    '-c', String(job.connections),
-    '-m', String(job.streams),
-    '-D', `${total}s`,
-    '--log-file', logFile,
+    '-t',
+    '1',
+    '-c',
+    String(job.connections),
+    '-m',
+    String(job.streams),
+    '-D',
+    `${total}s`,
+    '--log-file',
+    logFile,
     ...(job.body === undefined ? [] : ['-d', bodyFile]),
     ...headerArgs,
     job.url,

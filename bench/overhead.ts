@@ -69,7 +69,8 @@ try {
   const path = `/api/v1/users/${session.data.user.id}`;
   const samples = new Map<string, { rps: number; cpuMsPerRequest: number }[]>(variants.map((v) => [v.name, []]));
   // Unmeasured first: until V8 has compiled the hot path, CPU per request is higher by half.
-  for (const server of servers) await run('wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '-H', `Authorization: Bearer ${session.data.tokens.accessToken}`, `${server.url}${path}`]);
+  for (const server of servers)
+    await run('wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '-H', `Authorization: Bearer ${session.data.tokens.accessToken}`, `${server.url}${path}`]);
   for (let round = 0; round < rounds; round += 1) {
     // A different variant goes first each round.
     const order = variants.map((_, i) => (i + round) % variants.length);

@@ -144,7 +144,8 @@ function errorCount(measurement: Measurement | undefined): number | null {
 function markdown(header: string[], lines: string[][], numericFrom: number): string {
   const widths = header.map((title, column) => Math.max(title.length, ...lines.map((line) => (line[column] ?? '').length)));
   const numeric = (column: number): boolean => column >= numericFrom;
-  const render = (cells: string[]): string => `| ${cells.map((cell, column) => (numeric(column) ? cell.padStart(widths[column] ?? 0) : cell.padEnd(widths[column] ?? 0))).join(' | ')} |`;
+  const render = (cells: string[]): string =>
+    `| ${cells.map((cell, column) => (numeric(column) ? cell.padStart(widths[column] ?? 0) : cell.padEnd(widths[column] ?? 0))).join(' | ')} |`;
   const rule = `|${widths.map((width, column) => (numeric(column) ? `${'-'.repeat(width + 1)}:` : `:${'-'.repeat(width + 1)}`)).join('|')}|`;
   return [render(header), rule, ...lines.map(render)].join('\n');
 }
@@ -155,7 +156,22 @@ function markdown(header: string[], lines: string[][], numericFrom: number): str
  * load average then.
  */
 export function formatTable(rows: ResultRow[]): string {
-  const header = ['target', 'protocol', 'scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', '× bare', 'p99 × bare', 'server CPU ms/req', 'per process', 'load gen CPU ms/req', 'RSS MB', 'load avg'];
+  const header = [
+    'target',
+    'protocol',
+    'scenario',
+    'req/s',
+    'p50 ms',
+    'p99 ms',
+    'errors',
+    '× bare',
+    'p99 × bare',
+    'server CPU ms/req',
+    'per process',
+    'load gen CPU ms/req',
+    'RSS MB',
+    'load avg',
+  ];
   const lines = rows.map((row) => {
     const m = row.measurement;
     if (m === undefined) return [row.target, row.protocol, row.scenario, 'failed', '', '', '', '', '', '', '', '', '', ''];
@@ -177,9 +193,7 @@ export function formatTable(rows: ResultRow[]): string {
       fixed(row.loadAverage, 1),
     ];
   });
-  const notes = rows
-    .filter((row) => row.error !== undefined)
-    .map((row) => `- ${row.target} ${row.protocol} ${row.scenario}: ${row.error?.split('\n')[0]?.slice(0, 300)}`);
+  const notes = rows.filter((row) => row.error !== undefined).map((row) => `- ${row.target} ${row.protocol} ${row.scenario}: ${row.error?.split('\n')[0]?.slice(0, 300)}`);
   const warnings = rows
     .filter((row) => (row.checks?.serverLogLines ?? 0) > 0 || row.checks?.before.ok === false || row.checks?.after?.ok === false || row.checks?.grpc?.consistent === false)
     .map((row) => {
@@ -188,7 +202,9 @@ export function formatTable(rows: ResultRow[]): string {
         (c?.serverLogLines ?? 0) > 0 ? `${c?.serverLogLines} server log lines, e.g. ${c?.serverLogSample[0]?.slice(0, 200)}` : undefined,
         c?.before.ok === false ? `the call before the load was refused: ${c.before.outcome} ${c.before.detail ?? ''}` : undefined,
         c?.after?.ok === false ? `the call after the load failed: ${c.after.outcome} ${c.after.detail ?? ''}` : undefined,
-        c?.grpc?.consistent === false ? `${c.grpc.bodyBytes} response bytes do not fit ${c.grpc.http200} answers of ${c.grpc.answerBytes} (+ ${c.grpc.inFlightAtEnd} cut off)` : undefined,
+        c?.grpc?.consistent === false
+          ? `${c.grpc.bodyBytes} response bytes do not fit ${c.grpc.http200} answers of ${c.grpc.answerBytes} (+ ${c.grpc.inFlightAtEnd} cut off)`
+          : undefined,
       ].filter((part) => part !== undefined);
       return `- ${row.target} ${row.protocol} ${row.scenario}: ${parts.join('; ')}`;
     });
@@ -285,7 +301,10 @@ export function formatLogin(rows: ResultRow[], ceiling: BcryptCeiling | null): s
         probe === undefined ? '–' : `${probe.ok}/${probe.requests}`,
       ];
     });
-  const head = ceiling === null ? 'bcrypt ceiling: not measured' : `bcrypt ceiling: ${ceiling.hashesPerSecond.toFixed(2)} checks/s at cost ${ceiling.cost} (${ceiling.hashes} in ${ceiling.seconds} s, ${ceiling.inFlight} in flight on a threadpool of ${ceiling.threadpoolSize})`;
+  const head =
+    ceiling === null
+      ? 'bcrypt ceiling: not measured'
+      : `bcrypt ceiling: ${ceiling.hashesPerSecond.toFixed(2)} checks/s at cost ${ceiling.cost} (${ceiling.hashes} in ${ceiling.seconds} s, ${ceiling.inFlight} in flight on a threadpool of ${ceiling.threadpoolSize})`;
   return `${head}\n\n${markdown(['target', 'protocol', 'logins/s', '× bcrypt ceiling', 'non-2xx', '/health p50 ms', '/health p99 ms', '/health 2xx'], lines, 2)}`;
 }
 
@@ -293,7 +312,8 @@ export function formatSoak(soak: (SoakResult & { target: string }) | null): stri
   if (soak === null) return 'soak: not run (--soak)';
   const m = soak.measurement;
   const rss = Object.entries(soak.rss).map(
-    ([name, trend]) => `${name} ${trend === null ? 'unknown' : `${fixed(trend.first / MB, 0)} → ${fixed(trend.last / MB, 0)} MB (min ${fixed(trend.min / MB, 0)}, max ${fixed(trend.max / MB, 0)}; growth ${fixed(trend.growth * 100, 1)} %)`}`,
+    ([name, trend]) =>
+      `${name} ${trend === null ? 'unknown' : `${fixed(trend.first / MB, 0)} → ${fixed(trend.last / MB, 0)} MB (min ${fixed(trend.min / MB, 0)}, max ${fixed(trend.max / MB, 0)}; growth ${fixed(trend.growth * 100, 1)} %)`}`,
   );
   return [
     `soak on ${soak.target}: ${soak.seconds} s at ${fixed(soak.targetRate, 0)} req/s (${soak.load} × ${fixed(soak.maxRate, 0)}), achieved ${fixed(m.requestsPerSecond, 0)} req/s` +
@@ -304,7 +324,10 @@ export function formatSoak(soak: (SoakResult & { target: string }) | null): stri
 
 export function formatTargets(targets: TargetCheck[]): string {
   return targets
-    .map((t) => `${t.name}: ${t.value === null ? 'not measured' : fixed(t.value, 2)}${t.target === '' ? '' : ` (target ${t.target}: ${t.met === null ? '–' : t.met ? 'met' : 'NOT met'})`}`)
+    .map(
+      (t) =>
+        `${t.name}: ${t.value === null ? 'not measured' : fixed(t.value, 2)}${t.target === '' ? '' : ` (target ${t.target}: ${t.met === null ? '–' : t.met ? 'met' : 'NOT met'})`}`,
+    )
     .join('\n');
 }
 
@@ -325,12 +348,18 @@ export function computeTargets(record: Pick<BenchRecord, 'results' | 'startup' |
 
   const checks: TargetCheck[] = [];
   for (const scenario of ['get-user', 'me'] as const) {
-    checks.push(check(`monolithic REST ${scenario} req/s ÷ bare point read`, ratio(rate('monolithic', 'rest', scenario), rate('bare', 'rest', 'get-user')), '≥ 0.6', (v) => v >= 0.6));
+    checks.push(
+      check(`monolithic REST ${scenario} req/s ÷ bare point read`, ratio(rate('monolithic', 'rest', scenario), rate('bare', 'rest', 'get-user')), '≥ 0.6', (v) => v >= 0.6),
+    );
     checks.push(check(`monolithic REST ${scenario} p99 ÷ bare point read p99`, ratio(p99('monolithic', 'rest', scenario), p99('bare', 'rest', 'get-user')), '≤ 2', (v) => v <= 2));
   }
-  checks.push(check('monolithic REST list-users req/s ÷ bare one-query page', ratio(rate('monolithic', 'rest', 'list-users'), rate('bare', 'rest', 'list-users')), '≥ 0.5', (v) => v >= 0.5));
+  checks.push(
+    check('monolithic REST list-users req/s ÷ bare one-query page', ratio(rate('monolithic', 'rest', 'list-users'), rate('bare', 'rest', 'list-users')), '≥ 0.5', (v) => v >= 0.5),
+  );
   for (const protocol of ['grpc', 'connect', 'connect-h2c'] as const) {
-    checks.push(check(`monolithic ${protocol} get-user ÷ REST get-user`, ratio(rate('monolithic', protocol, 'get-user'), rate('monolithic', 'rest', 'get-user')), '≥ 1', (v) => v >= 1));
+    checks.push(
+      check(`monolithic ${protocol} get-user ÷ REST get-user`, ratio(rate('monolithic', protocol, 'get-user'), rate('monolithic', 'rest', 'get-user')), '≥ 1', (v) => v >= 1),
+    );
   }
   const lastServerRss = (target: string): number | undefined => {
     const last = rows.filter((r) => r.target === target && r.processes !== undefined).at(-1);
@@ -338,10 +367,10 @@ export function computeTargets(record: Pick<BenchRecord, 'results' | 'startup' |
   };
   checks.push(check('monolith RSS at its end ÷ bare server RSS at its end', ratio(lastServerRss('monolithic'), lastServerRss('bare')), '≤ 1.3', (v) => v <= 1.3));
 
-  const readies = Object.values(record.startup.restarts).flat().map((t) => t.readyMs);
-  checks.push(
-    check('slowest process restart to /ready on PostgreSQL, median of runs (s)', worstMedian(Object.values(record.startup.restarts).flat()), '≤ 1.5', (v) => v <= 1.5),
-  );
+  const readies = Object.values(record.startup.restarts)
+    .flat()
+    .map((t) => t.readyMs);
+  checks.push(check('slowest process restart to /ready on PostgreSQL, median of runs (s)', worstMedian(Object.values(record.startup.restarts).flat()), '≤ 1.5', (v) => v <= 1.5));
   if (readies.length > 0 && readies.some((value) => value === null)) checks.push({ name: 'a process never became ready', value: null, target: '', met: false });
   checks.push(check('monolith on PGlite, second start to /ready, median (s)', worstMedian(record.startup.pglite.filter((t) => t.kind === 'restart')), '≤ 3', (v) => v <= 3));
 

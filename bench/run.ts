@@ -17,17 +17,7 @@ import { runH2load } from './h2load-load.ts';
 import { findLoadTools, MissingToolError } from './load-tools.ts';
 import type { Measurement } from './measurement.ts';
 import { cpuSnapshot, processRssBytes, waitForIdle, type NamedProcess } from './process-stats.ts';
-import {
-  computeTargets,
-  describeMachine,
-  formatRecord,
-  RECORD_FORMAT,
-  writeResults,
-  type BenchRecord,
-  type ProcessUse,
-  type ResultRow,
-  type StartupRecord,
-} from './report.ts';
+import { computeTargets, describeMachine, formatRecord, RECORD_FORMAT, writeResults, type BenchRecord, type ProcessUse, type ResultRow, type StartupRecord } from './report.ts';
 import { applies, BARE_CEILING, BARE_SCENARIOS, barePlan, h2Body, h2Headers, planFor, SCENARIO_TITLES, type LoadPlan } from './scenarios.ts';
 import { BENCH_ADMIN, seed, type Fixtures } from './seed.ts';
 import { startServerProcess, type ServerProcess } from './server-process.ts';
@@ -82,7 +72,9 @@ function describe(row: ResultRow): string {
     ((row.checks?.serverLogLines ?? 0) > 0 ? `; ${row.checks?.serverLogLines} server log lines` : '') +
     (row.checks?.before.ok === false ? `; the call before the load was refused: ${row.checks.before.outcome}` : '') +
     (row.checks?.after?.ok === false ? `; the call after the load failed: ${row.checks.after.outcome}` : '') +
-    (row.checks?.grpc?.consistent === false ? `; ${row.checks.grpc.bodyBytes} gRPC response bytes do not fit ${row.checks.grpc.http200} answers of ${row.checks.grpc.answerBytes}` : '')
+    (row.checks?.grpc?.consistent === false
+      ? `; ${row.checks.grpc.bodyBytes} gRPC response bytes do not fit ${row.checks.grpc.http200} answers of ${row.checks.grpc.answerBytes}`
+      : '')
   );
 }
 
@@ -389,7 +381,14 @@ async function main(settings: BenchSettings): Promise<void> {
     }
     running = server;
     startup.bare = server.startupMs;
-    const subject: Subject = { target: 'bare', topology: 'bare', variant: 'default', baseUrl: server.url, processes: () => [{ name: 'bare', pid: server.pid }], log: { lines: 0, sample: [] } };
+    const subject: Subject = {
+      target: 'bare',
+      topology: 'bare',
+      variant: 'default',
+      baseUrl: server.url,
+      processes: () => [{ name: 'bare', pid: server.pid }],
+      log: { lines: 0, sample: [] },
+    };
     try {
       for (const scenario of wanted) {
         if (interrupted()) break;
@@ -490,7 +489,9 @@ async function main(settings: BenchSettings): Promise<void> {
               })),
             };
             const trend = Object.values(soak.rss)[0];
-            log(`  soak: ${soak.measurement.requestsPerSecond.toFixed(0)} req/s achieved; RSS growth ${trend === null || trend === undefined ? '?' : `${(trend.growth * 100).toFixed(1)} %`}`);
+            log(
+              `  soak: ${soak.measurement.requestsPerSecond.toFixed(0)} req/s achieved; RSS growth ${trend === null || trend === undefined ? '?' : `${(trend.growth * 100).toFixed(1)} %`}`,
+            );
           }
         }
       } catch (error) {

@@ -33,13 +33,7 @@ export function findFreePort(): Promise<number> {
  * GET /health answers 200. Readiness is polled rather than read from the log because the
  * benchmark runs servers at LOG_LEVEL=warn, which hides the 'listening' line.
  */
-export async function startServerProcess(options: {
-  name: string;
-  script: string;
-  cwd: string;
-  env: Record<string, string>;
-  startupTimeoutMs?: number;
-}): Promise<ServerProcess> {
+export async function startServerProcess(options: { name: string; script: string; cwd: string; env: Record<string, string>; startupTimeoutMs?: number }): Promise<ServerProcess> {
   const port = await findFreePort();
   const url = `http://127.0.0.1:${port}`;
   const spawnedAt = performance.now();
@@ -51,7 +45,12 @@ export async function startServerProcess(options: {
   // The output is drained (a full pipe would block the server) and its tail kept for errors.
   const tail: string[] = [];
   const keep = (chunk: Buffer): void => {
-    tail.push(...chunk.toString().split('\n').filter((line) => line !== ''));
+    tail.push(
+      ...chunk
+        .toString()
+        .split('\n')
+        .filter((line) => line !== ''),
+    );
     tail.splice(0, Math.max(0, tail.length - 40));
   };
   child.stdout.on('data', keep);

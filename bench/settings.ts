@@ -212,7 +212,10 @@ function integer(name: string, raw: string | undefined, fallback: number, min: n
 /** A comma-separated subset of `allowed`, kept in the order of `allowed`; all of it when absent. */
 function list<T extends string>(name: string, raw: string | undefined, allowed: readonly T[]): T[] {
   if (raw === undefined) return [...allowed];
-  const wanted = raw.split(',').map((item) => item.trim()).filter((item) => item !== '');
+  const wanted = raw
+    .split(',')
+    .map((item) => item.trim())
+    .filter((item) => item !== '');
   const unknown = wanted.filter((item) => !(allowed as readonly string[]).includes(item));
   if (unknown.length > 0 || wanted.length === 0) {
     throw new UsageError(`--${name} takes a comma-separated list of ${allowed.join(', ')}; unknown: ${unknown.join(', ') || '(empty)'}`);

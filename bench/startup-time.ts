@@ -66,10 +66,16 @@ export async function timeStart(name: string, kind: StartupTiming['kind'], url: 
 /** Stops `layer` and starts it again, timed; the layers around it keep running. */
 export async function timeRestart(layer: LayerProcess, timeoutMs: number): Promise<StartupTiming> {
   await layer.stop();
-  return timeStart(layer.name, 'restart', layer.url, async () => {
-    await layer.start();
-    return layer.pid;
-  }, timeoutMs);
+  return timeStart(
+    layer.name,
+    'restart',
+    layer.url,
+    async () => {
+      await layer.start();
+      return layer.pid;
+    },
+    timeoutMs,
+  );
 }
 
 /**
@@ -87,12 +93,18 @@ export async function timePgliteMonolith(env: Record<string, string | undefined>
   try {
     const processEnv = { ...env, DATABASE_URL: undefined, REDIS_URL: undefined, REDIS_KEY_PREFIX: undefined, DATA_DIR: dataDir };
     timings.push(
-      await timeStart('monolithic (PGlite)', 'first', url, async () => {
-        const topology = await startTopology({ name: 'monolithic', env: processEnv, ports: { monolithic: port }, startTimeoutMs: timeoutMs });
-        stop = topology.stop;
-        layer = topology.layers[0];
-        return layer?.pid;
-      }, timeoutMs),
+      await timeStart(
+        'monolithic (PGlite)',
+        'first',
+        url,
+        async () => {
+          const topology = await startTopology({ name: 'monolithic', env: processEnv, ports: { monolithic: port }, startTimeoutMs: timeoutMs });
+          stop = topology.stop;
+          layer = topology.layers[0];
+          return layer?.pid;
+        },
+        timeoutMs,
+      ),
     );
     for (let run = 0; run < restarts && layer !== undefined; run += 1) {
       timings.push({ ...(await timeRestart(layer, timeoutMs)), process: 'monolithic (PGlite)' });

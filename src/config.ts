@@ -33,8 +33,7 @@ const bool = (fallback: boolean) =>
     .default(fallback ? 'true' : 'false')
     .transform((value) => value === 'true' || value === '1');
 
-const int = (fallback: number, min: number, max: number) =>
-  z.coerce.number().int().min(min).max(max).default(fallback);
+const int = (fallback: number, min: number, max: number) => z.coerce.number().int().min(min).max(max).default(fallback);
 
 /** Each key is the environment variable's name; defaults make a bare `npm start` work. */
 const EnvSchema = z.object({
@@ -155,9 +154,7 @@ export function loadConfig(env: Environment) {
   const holdings = holdingsOf(deployment.layer);
   const holdsServices = holdings.auth || holdings.users;
   if (production && holdsServices && (e.JWT_SECRET === undefined || e.JWT_SECRET.length < 64)) {
-    throw new ConfigError(
-      'JWT_SECRET must be set to at least 64 characters in production (e.g. `openssl rand -base64 64`).',
-    );
+    throw new ConfigError('JWT_SECRET must be set to at least 64 characters in production (e.g. `openssl rand -base64 64`).');
   }
   if (e.JWT_SECRET !== undefined && e.JWT_SECRET.length < 32) {
     throw new ConfigError('JWT_SECRET must be at least 32 characters.');
@@ -263,7 +260,9 @@ function resolveDeployment(e: Env) {
   const layer = e.DEPLOYMENT_LAYER;
   const spec = layerSpec(mode, layer);
   if (spec === undefined) {
-    throw new ConfigError(`DEPLOYMENT_LAYER=${layer} is not a layer of DEPLOYMENT_MODE=${mode}; use one of: ${DEPLOYMENT_LAYERS.filter((name) => layerSpec(mode, name) !== undefined).join(', ')}.`);
+    throw new ConfigError(
+      `DEPLOYMENT_LAYER=${layer} is not a layer of DEPLOYMENT_MODE=${mode}; use one of: ${DEPLOYMENT_LAYERS.filter((name) => layerSpec(mode, name) !== undefined).join(', ')}.`,
+    );
   }
   const protocol = e.COMMUNICATION_PROTOCOL ?? (mode === 'monolithic' ? 'direct' : 'grpc');
   if (mode === 'monolithic' && protocol !== 'direct') {
@@ -275,11 +274,15 @@ function resolveDeployment(e: Env) {
   // The URL lists the layer calls must be set, and nothing else may be.
   const needed = new Set<UrlVariable>(Object.keys(spec.calls) as UrlVariable[]);
   const given = Object.fromEntries(URL_VARIABLES.map((name) => [name, e[name]])) as Record<UrlVariable, string[]>;
-  const missing = Object.entries(given).filter(([name, value]) => needed.has(name as UrlVariable) && value.length === 0).map(([name]) => name);
+  const missing = Object.entries(given)
+    .filter(([name, value]) => needed.has(name as UrlVariable) && value.length === 0)
+    .map(([name]) => name);
   if (missing.length > 0) {
     throw new ConfigError(`DEPLOYMENT_LAYER=${layer} in DEPLOYMENT_MODE=${mode} calls other processes: set ${missing.join(' and ')}.`);
   }
-  const stray = Object.entries(given).filter(([name, value]) => value.length > 0 && !needed.has(name as UrlVariable)).map(([name]) => name);
+  const stray = Object.entries(given)
+    .filter(([name, value]) => value.length > 0 && !needed.has(name as UrlVariable))
+    .map(([name]) => name);
   if (stray.length > 0) {
     throw new ConfigError(`DEPLOYMENT_LAYER=${layer} in DEPLOYMENT_MODE=${mode} does not use ${stray.join(', ')}; unset it.`);
   }

@@ -15,13 +15,7 @@
 // A stream whose request has fully arrived is the application's business: a gRPC Watch may
 // rightly stay open for hours (src/controllers/rpc/health-service.ts caps those).
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import {
-  constants as http2Constants,
-  createServer as createHttp2Server,
-  type Http2ServerRequest,
-  type Http2ServerResponse,
-  type ServerHttp2Session,
-} from 'node:http2';
+import { constants as http2Constants, createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { loadConfig } from './config.ts';
 import { addressKey, compileTrust, type TrustProxySetting } from './infrastructure/client-address.ts';
@@ -238,8 +232,7 @@ function createPeerTable(limits: ConnectionLimits, isTrusted: (address: string) 
    * The key to count a peer under (its IPv4 address or IPv6 /64, as rate limits count clients),
    * or undefined when it is not counted: trusted, or no cap.
    */
-  const keyOf = (address: string | undefined, cap: number): string | undefined =>
-    address === undefined || cap === 0 || isTrusted(address) ? undefined : addressKey(address);
+  const keyOf = (address: string | undefined, cap: number): string | undefined => (address === undefined || cap === 0 || isTrusted(address) ? undefined : addressKey(address));
   const entry = (key: string) => {
     let found = counts.get(key);
     if (found === undefined) {

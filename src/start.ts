@@ -27,10 +27,7 @@ async function main(): Promise<void> {
     logger.warn('INTERNAL_API_SECRET is not set: internal APIs accept calls from anyone who can reach them. Never do this in production.');
   }
   const app = await createApplication(config, logger);
-  const { server, close } = createDualProtocolServer(
-    { http1: app.http, http2: app.http2 },
-    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger },
-  );
+  const { server, close } = createDualProtocolServer({ http1: app.http, http2: app.http2 }, { limits: config.server.connections, trustProxy: config.server.trustProxy, logger });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.server.port, config.server.host, resolve);

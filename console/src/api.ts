@@ -223,9 +223,7 @@ export class ConsoleSession {
     };
     const baseUrl = location.origin;
     const transport: Transport =
-      this.#protocol === 'connect'
-        ? createConnectTransport({ baseUrl, interceptors: [bearer] })
-        : createGrpcWebTransport({ baseUrl, interceptors: [bearer] });
+      this.#protocol === 'connect' ? createConnectTransport({ baseUrl, interceptors: [bearer] }) : createGrpcWebTransport({ baseUrl, interceptors: [bearer] });
     return {
       protocol: this.#protocol,
       auth: createClient(AuthService, transport),

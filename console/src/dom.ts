@@ -34,13 +34,7 @@ export function replace(parent: Element, ...children: Child[]): void {
 export function field(label: string, control: HTMLInputElement | HTMLSelectElement, name: string): HTMLElement {
   control.name = name;
   control.id = `f-${name}-${Math.random().toString(36).slice(2, 8)}`;
-  return h(
-    'div',
-    { className: 'field' },
-    h('label', { for: control.id }, label),
-    control,
-    h('span', { className: 'violation', 'data-violation': name, role: 'alert' }),
-  );
+  return h('div', { className: 'field' }, h('label', { for: control.id }, label), control, h('span', { className: 'violation', 'data-violation': name, role: 'alert' }));
 }
 
 export function option(value: string, label: string, selected = false): HTMLOptionElement {
@@ -49,5 +43,8 @@ export function option(value: string, label: string, selected = false): HTMLOpti
 
 export function formatDate(date: Date | undefined): string {
   if (date === undefined) return '—';
-  return date.toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
+  return date
+    .toISOString()
+    .replace('T', ' ')
+    .replace(/\.\d+Z$/, ' UTC');
 }

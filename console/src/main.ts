@@ -47,18 +47,24 @@ function route(): { path: string[]; query: URLSearchParams } {
 function header(): HTMLElement {
   const user = session.user;
   const admin = user?.role === UserRole.ADMIN;
-  const signOut = h('button', { type: 'button', className: 'link', onclick: () => void session.signOut().then(() => { signedOutReason = 'Signed out.'; render(); }) }, 'Sign out');
+  const signOut = h(
+    'button',
+    {
+      type: 'button',
+      className: 'link',
+      onclick: () =>
+        void session.signOut().then(() => {
+          signedOutReason = 'Signed out.';
+          render();
+        }),
+    },
+    'Sign out',
+  );
   return h(
     'header',
     {},
     h('span', { className: 'brand' }, 'Arcana Cloud console'),
-    h(
-      'nav',
-      {},
-      admin && h('a', { href: '#/users' }, 'Users'),
-      admin && h('a', { href: '#/audit' }, 'Audit log'),
-      h('a', { href: '#/account' }, 'My account'),
-    ),
+    h('nav', {}, admin && h('a', { href: '#/users' }, 'Users'), admin && h('a', { href: '#/audit' }, 'Audit log'), h('a', { href: '#/account' }, 'My account')),
     h('span', { className: 'who', 'data-testid': 'who' }, `${user?.username ?? ''} · ${session.protocol}`),
     signOut,
   );

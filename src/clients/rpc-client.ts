@@ -15,11 +15,7 @@ export interface ArcanaRpcClients {
  * Clients for `baseUrl` (e.g. http://localhost:3000) over Connect (HTTP/1.1), gRPC (h2c) or
  * gRPC-Web (HTTP/1.1). `getAccessToken`, when given, supplies the bearer token for each call.
  */
-export function createRpcClients(
-  baseUrl: string,
-  protocol: RpcProtocol = 'connect',
-  getAccessToken?: () => string | undefined,
-): ArcanaRpcClients {
+export function createRpcClients(baseUrl: string, protocol: RpcProtocol = 'connect', getAccessToken?: () => string | undefined): ArcanaRpcClients {
   const interceptors: Interceptor[] = [];
   if (getAccessToken !== undefined) {
     interceptors.push((next) => async (req) => {

@@ -30,10 +30,7 @@ export function layerServerErrorInterceptor(logger: Logger): Interceptor {
     } catch (error) {
       if (error instanceof AppError) throw toLayerConnectError(error);
       if (error instanceof ConnectError && error.code !== Code.Internal && error.code !== Code.Unknown) throw error;
-      logger.error(
-        { err: error, requestId: currentCallContext()?.requestId, procedure: `${req.service.typeName}/${req.method.name}` },
-        'internal call failed',
-      );
+      logger.error({ err: error, requestId: currentCallContext()?.requestId, procedure: `${req.service.typeName}/${req.method.name}` }, 'internal call failed');
       throw new ConnectError('Internal server error', Code.Internal);
     }
   };
@@ -110,4 +107,3 @@ export function socketErrorCode(error: unknown): string | undefined {
   }
   return undefined;
 }
-

@@ -47,9 +47,7 @@ export interface LayerApis {
   auth?: AuthService | undefined;
   users?: UserService | undefined;
   audit?: AuditService | undefined;
-  repositories?:
-    | { users: UserRepository; tokens: TokenRepository; audit: AuditRepository; counters: CounterStore; idempotency: IdempotencyRepository }
-    | undefined;
+  repositories?: { users: UserRepository; tokens: TokenRepository; audit: AuditRepository; counters: CounterStore; idempotency: IdempotencyRepository } | undefined;
 }
 
 /** Registers the internal APIs this process holds, with gRPC health checking and reflection. */
@@ -72,11 +70,7 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
     serve(file_arcana_internal_repository_v1_token_repository_service, TokenRepositoryService, createTokenRepositoryHandler(repositories.tokens));
     serve(file_arcana_internal_repository_v1_audit_repository_service, AuditRepositoryService, createAuditRepositoryHandler(repositories.audit));
     serve(file_arcana_internal_repository_v1_counter_store_service, CounterStoreService, createCounterStoreHandler(repositories.counters));
-    serve(
-      file_arcana_internal_repository_v1_idempotency_repository_service,
-      IdempotencyRepositoryService,
-      createIdempotencyRepositoryHandler(repositories.idempotency),
-    );
+    serve(file_arcana_internal_repository_v1_idempotency_repository_service, IdempotencyRepositoryService, createIdempotencyRepositoryHandler(repositories.idempotency));
   }
   const reflection = createReflectionServices(files);
   // One instance for every router (HTTP/1.1 and HTTP/2): the Watch cap and probe are per process.
@@ -105,19 +99,29 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
     const procedure = `${req.service.typeName}/${req.method.name}`;
     // The layer above's client span, from its `traceparent`, is this span's parent. Health
     // checks are probes, not requests: untraced.
-    const span = tracing !== undefined && req.service.typeName !== Health.typeName
-      ? tracing.startServerSpan(procedure, (name) => req.header.get(name), { 'rpc.system.name': req.header.get('content-type')?.startsWith('application/grpc') === true ? 'grpc' : 'connect_rpc', 'rpc.method': procedure })
-      : undefined;
+    const span =
+      tracing !== undefined && req.service.typeName !== Health.typeName
+        ? tracing.startServerSpan(procedure, (name) => req.header.get(name), {
+            'rpc.system.name': req.header.get('content-type')?.startsWith('application/grpc') === true ? 'grpc' : 'connect_rpc',
+            'rpc.method': procedure,
+          })
+        : undefined;
     return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, idempotency, span }, async () => {
       try {
         const res = await next(req);
         if (idempotency?.replayed === true) res.header.set(INTERNAL_REPLAYED_HEADER, 'true');
         span?.end();
-        logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100, traceId: span?.spanContext().traceId }, 'internal call completed');
+        logger.debug(
+          { requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100, traceId: span?.spanContext().traceId },
+          'internal call completed',
+        );
         return res;
       } catch (error) {
         if (span !== undefined) endWithError(span, error);
-        logger.debug({ requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100, traceId: span?.spanContext().traceId }, 'internal call failed');
+        logger.debug(
+          { requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100, traceId: span?.spanContext().traceId },
+          'internal call failed',
+        );
         throw error;
       }
     });
@@ -133,7 +137,9 @@ export function internalAuthInterceptor(secret: string): Interceptor {
   const expected = createHash('sha256').update(`Bearer ${secret}`).digest();
   return (next) => (req) => {
     if (req.service.typeName !== Health.typeName) {
-      const presented = createHash('sha256').update(req.header.get('authorization') ?? '').digest();
+      const presented = createHash('sha256')
+        .update(req.header.get('authorization') ?? '')
+        .digest();
       if (!timingSafeEqual(presented, expected)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
     }
     return next(req);

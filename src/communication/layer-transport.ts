@@ -120,7 +120,13 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
           throw fromLayerError(connectError);
         }
         options.logger.warn(
-          { target: options.target, procedure: `${method.parent.typeName}/${method.name}`, attempt: attempt + 1, code: Code[connectError.code], cause: socketErrorCode(connectError) },
+          {
+            target: options.target,
+            procedure: `${method.parent.typeName}/${method.name}`,
+            attempt: attempt + 1,
+            code: Code[connectError.code],
+            cause: socketErrorCode(connectError),
+          },
           'internal call failed; retrying',
         );
         await sleep(delay);
@@ -135,7 +141,11 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
       const started = performance.now();
       const procedure = `${method.parent.typeName}/${method.name}`;
       // One client span for the call, retries included (they are its events).
-      const span = tracing?.startChildSpan(procedure, SpanKind.CLIENT, { 'rpc.system.name': options.protocol === 'grpc' ? 'grpc' : 'connect_rpc', 'rpc.method': procedure, 'arcana.target.layer': options.target });
+      const span = tracing?.startChildSpan(procedure, SpanKind.CLIENT, {
+        'rpc.system.name': options.protocol === 'grpc' ? 'grpc' : 'connect_rpc',
+        'rpc.method': procedure,
+        'arcana.target.layer': options.target,
+      });
       try {
         const response = await unaryTransport(method, signal, timeoutMs, header, input, contextValues, span);
         metrics?.internalCall(options.target, procedure, 'ok', (performance.now() - started) / 1000);

@@ -32,9 +32,7 @@ export const ERROR_CODES: Readonly<Record<ErrorCode, ErrorCodeMeaning>> = {
 };
 
 /** Each code's Connect code, for the translators and the tests. */
-export const CONNECT_CODE = Object.fromEntries(
-  Object.entries(ERROR_CODES).map(([code, meaning]) => [code, meaning.connect]),
-) as Readonly<Record<ErrorCode, Code>>;
+export const CONNECT_CODE = Object.fromEntries(Object.entries(ERROR_CODES).map(([code, meaning]) => [code, meaning.connect])) as Readonly<Record<ErrorCode, Code>>;
 
 /** Whether a string (an ErrorInfo reason from another layer, say) is one of the API's codes. */
 export function isErrorCode(value: string): value is ErrorCode {

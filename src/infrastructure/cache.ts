@@ -123,7 +123,7 @@ export class RedisCache implements Cache {
   async get<T>(key: string): Promise<T | undefined> {
     try {
       const json = await this.#redis.get(this.#prefix + key);
-      return json === null ? undefined : parseCached(json) as T;
+      return json === null ? undefined : (parseCached(json) as T);
     } catch {
       return undefined;
     }

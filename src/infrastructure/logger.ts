@@ -12,16 +12,7 @@ export function createLogger(options: { level: string; name?: string; destinatio
     level: options.level,
     name: options.name ?? 'arcana-cloud',
     redact: {
-      paths: [
-        'req.headers.authorization',
-        'req.headers.cookie',
-        '*.password',
-        '*.passwordHash',
-        '*.oldPassword',
-        '*.newPassword',
-        '*.refreshToken',
-        '*.accessToken',
-      ],
+      paths: ['req.headers.authorization', 'req.headers.cookie', '*.password', '*.passwordHash', '*.oldPassword', '*.newPassword', '*.refreshToken', '*.accessToken'],
       censor: '[redacted]',
     },
     timestamp: pino.stdTimeFunctions.isoTime,

@@ -206,9 +206,18 @@ export class Metrics {
       labelNames: ['outcome'],
       registers,
     });
-    this.#lockouts = new Counter({ name: 'arcana_login_lockout_refusals_total', help: 'Login attempts refused because their account and address (or device) are locked out', registers });
+    this.#lockouts = new Counter({
+      name: 'arcana_login_lockout_refusals_total',
+      help: 'Login attempts refused because their account and address (or device) are locked out',
+      registers,
+    });
     this.#tokenReuse = new Counter({ name: 'arcana_token_reuse_detections_total', help: 'Rotated refresh tokens presented again (the token family is then revoked)', registers });
-    this.#jobFailures = new Counter({ name: 'arcana_job_failures_total', help: 'Background job runs that failed (each failed attempt), by queue (audit, maintenance)', labelNames: ['queue'], registers });
+    this.#jobFailures = new Counter({
+      name: 'arcana_job_failures_total',
+      help: 'Background job runs that failed (each failed attempt), by queue (audit, maintenance)',
+      labelNames: ['queue'],
+      registers,
+    });
 
     this.#events = childrenOf(this.#securityEvents, ['type', 'reason']);
     // Every outcome from the start, so a rate over a series that has not happened yet is 0, not absent.

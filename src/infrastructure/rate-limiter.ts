@@ -179,11 +179,7 @@ export class FixedWindowRateLimiter implements RateLimiter {
   readonly #options: { windowMs: number; max: number; prefix: string; onStoreFailure: 'open' | 'closed' };
   readonly #fallback: CounterStore | undefined;
 
-  constructor(
-    store: CounterStore,
-    options: { windowMs: number; max: number; prefix: string; onStoreFailure: 'open' | 'closed' },
-    fallback?: CounterStore,
-  ) {
+  constructor(store: CounterStore, options: { windowMs: number; max: number; prefix: string; onStoreFailure: 'open' | 'closed' }, fallback?: CounterStore) {
     this.#store = store;
     this.#options = options;
     this.#fallback = fallback;

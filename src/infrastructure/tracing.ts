@@ -117,7 +117,14 @@ export function tracedCache(cache: Cache, tracing: Tracing, system: string): Cac
   const attributes = { 'db.system.name': system };
   return {
     get: <T>(key: string) =>
-      inSpan(tracing, 'cache get', SpanKind.CLIENT, attributes, () => cache.get<T>(key), (span, value) => span.setAttribute('cache.hit', value !== undefined)),
+      inSpan(
+        tracing,
+        'cache get',
+        SpanKind.CLIENT,
+        attributes,
+        () => cache.get<T>(key),
+        (span, value) => span.setAttribute('cache.hit', value !== undefined),
+      ),
     set: (key, value, ttlSeconds) => inSpan(tracing, 'cache set', SpanKind.CLIENT, attributes, () => cache.set(key, value, ttlSeconds)),
     delete: (...keys) => inSpan(tracing, 'cache delete', SpanKind.CLIENT, attributes, () => cache.delete(...keys)),
   };

@@ -84,9 +84,7 @@ export async function createJobRunner(options: JobRunnerOptions): Promise<JobRun
       return deleted + idempotencyRecords;
     },
   };
-  return options.redis === undefined
-    ? new InProcessJobRunner(context, options.purgeIntervalMs)
-    : BullMqJobRunner.start(context, options.redis, options.purgeIntervalMs);
+  return options.redis === undefined ? new InProcessJobRunner(context, options.purgeIntervalMs) : BullMqJobRunner.start(context, options.redis, options.purgeIntervalMs);
 }
 
 interface RunnerContext {

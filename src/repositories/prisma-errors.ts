@@ -32,7 +32,8 @@ export function translateDatabaseError(error: unknown): unknown {
     if (error.code === 'P2034') return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
     const adapterCause: unknown = (error.meta?.['driverAdapterError'] as { cause?: unknown } | undefined)?.cause;
     if (
-      typeof adapterCause === 'object' && adapterCause !== null &&
+      typeof adapterCause === 'object' &&
+      adapterCause !== null &&
       Reflect.get(adapterCause, 'kind') === 'mysql' &&
       MYSQL_CONNECTION_ERRNOS.has(Number(Reflect.get(adapterCause, 'code')))
     ) {

@@ -3,16 +3,10 @@ import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError }
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
 
-export type NewUser = Pick<
-  Prisma.UserCreateInput,
-  'username' | 'email' | 'passwordHash' | 'firstName' | 'lastName' | 'phone' | 'role'
->;
+export type NewUser = Pick<Prisma.UserCreateInput, 'username' | 'email' | 'passwordHash' | 'firstName' | 'lastName' | 'phone' | 'role'>;
 
 /** Fields the service layer may change; self-service and admin paths choose which. */
-export type UserChanges = Pick<
-  Prisma.UserUpdateInput,
-  'email' | 'firstName' | 'lastName' | 'phone' | 'avatarUrl' | 'passwordHash' | 'isVerified' | 'status' | 'isActive' | 'role'
->;
+export type UserChanges = Pick<Prisma.UserUpdateInput, 'email' | 'firstName' | 'lastName' | 'phone' | 'avatarUrl' | 'passwordHash' | 'isVerified' | 'status' | 'isActive' | 'role'>;
 
 /**
  * What a conditional write expects the row to be like; the comparison is part of the write's own
@@ -156,9 +150,10 @@ export class PrismaUserRepository implements UserRepository {
     // beside the page, which would read every matching row in full to count them: at 100k users
     // 16 ms against 196 ms (README, Performance). A page past the end is the count's row alone,
     // its user columns NULL.
-    const rows = await withDatabaseErrors(() =>
-      // MySQL's BOOLEAN is the TINYINT it is (0/1) in raw rows; Prisma's models carry booleans.
-      this.#db.$queryRaw<(Omit<User, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint })[]>`
+    const rows = await withDatabaseErrors(
+      () =>
+        // MySQL's BOOLEAN is the TINYINT it is (0/1) in raw rows; Prisma's models carry booleans.
+        this.#db.$queryRaw<(Omit<User, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint })[]>`
         SELECT ${id('page')}.*, ${id('counted')}.${id('total')}
         FROM ${this.#dialect.joinPageToCount(
           Prisma.sql`(SELECT count(*) AS ${id('total')} FROM ${id('users')} ${where}) AS ${id('counted')}`,

@@ -59,7 +59,10 @@ export function createInProcessTransport(services: readonly InProcessService[], 
           message: create(method.output, output as MessageInitShape<DescMessage>),
         };
       };
-      handlers.set(method, (options.interceptors ?? []).reduceRight<UnaryHandler>((next, interceptor) => interceptor(next as never) as UnaryHandler, call));
+      handlers.set(
+        method,
+        (options.interceptors ?? []).reduceRight<UnaryHandler>((next, interceptor) => interceptor(next as never) as UnaryHandler, call),
+      );
     }
   }
 

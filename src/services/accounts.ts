@@ -42,4 +42,3 @@ export async function assertAvailable(users: UserRepository, username: string | 
   if (taken.email) details.email = 'already exists';
   throw new ConflictError(taken.username ? 'Username already exists' : 'Email already exists', { details });
 }
-

@@ -1,12 +1,7 @@
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type * as db from '../../gen/prisma/client.ts';
-import {
-  AuditEventSchema,
-  AuditEventType,
-  type AuditEvent,
-  type ListAuditEventsRequestSchema,
-} from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
+import { AuditEventSchema, AuditEventType, type AuditEvent, type ListAuditEventsRequestSchema } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import type { Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
 import { requireAdmin } from './access.ts';

@@ -2,14 +2,7 @@ import { create, fromBinary, toBinary, type MessageInitShape } from '@bufbuild/p
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { randomUUID } from 'node:crypto';
 import type { OAuthToken, User as UserRow } from '../../gen/prisma/client.ts';
-import {
-  RegisterRequestSchema,
-  SessionSchema,
-  TokenPairSchema,
-  type LoginRequestSchema,
-  type Session,
-  type TokenPair,
-} from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { RegisterRequestSchema, SessionSchema, TokenPairSchema, type LoginRequestSchema, type Session, type TokenPair } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { RegisterResponseSchema as StoredRegistrationSchema } from '../../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
 import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
@@ -161,10 +154,7 @@ export class AuthUseCases implements AuthService {
     const claims = this.#codec.verify(accessToken, 'access');
     // The session and the user are read together (one round trip to the cache when both are
     // there): the token's subject names the user its session belongs to.
-    const [session, subject] = await Promise.all([
-      this.#tokens.findByAccessHash(hashToken(accessToken)),
-      this.#users.findProfile(claims.userId),
-    ]);
+    const [session, subject] = await Promise.all([this.#tokens.findByAccessHash(hashToken(accessToken)), this.#users.findProfile(claims.userId)]);
     if (session === null || session.isRevoked) throw new AuthenticationError('Token has been revoked');
     if (session.accessExpiresAt <= this.#now()) throw new AuthenticationError('Invalid or expired access token');
     const user = session.userId === claims.userId ? subject : await this.#users.findProfile(session.userId);
@@ -329,7 +319,6 @@ function toSessionMessage(row: OAuthToken, currentId: number): Session {
     current: row.id === currentId,
   });
 }
-
 
 function truncate(value: string | undefined, max: number): string | null {
   return value === undefined ? null : value.slice(0, max);

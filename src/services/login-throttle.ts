@@ -58,13 +58,7 @@ export class LoginThrottle {
   readonly #maxFailures: number;
   readonly #lockoutMs: number;
 
-  constructor(options: {
-    counters: CounterStore;
-    maxFailures: number;
-    lockoutMs: number;
-    accountMaxAttempts: number;
-    accountWindowMs: number;
-  }) {
+  constructor(options: { counters: CounterStore; maxFailures: number; lockoutMs: number; accountMaxAttempts: number; accountWindowMs: number }) {
     this.#counters = options.counters;
     this.#maxFailures = options.maxFailures;
     this.#lockoutMs = options.lockoutMs;

@@ -159,8 +159,7 @@ export class UserUseCases implements UserService {
     const client = actor.client ?? {};
     const device = this.#devices.verify(client.deviceToken, userId);
     const attempt = await this.#throttle.admit({ account: accountKey(userId, ''), address: addressKey(client.ipAddress), device });
-    const failed = (reason: string) =>
-      this.#audit.record({ type: 'PASSWORD_CHANGE_FAILED', userId, actorId: actor.userId, ...clientFields(client), details: { reason } });
+    const failed = (reason: string) => this.#audit.record({ type: 'PASSWORD_CHANGE_FAILED', userId, actorId: actor.userId, ...clientFields(client), details: { reason } });
     if (!attempt.admitted) {
       failed('throttled');
       throw new RateLimitedError(attempt.retryAfterSeconds);

@@ -115,7 +115,14 @@ interface RestBody {
 
 function restClient(baseUrl: string): ApiClient {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
-  const call = async <T>(method: string, path: string, token: string | undefined, body: unknown, extras: CallExtras | undefined, pick: (json: RestBody) => T): Promise<Outcome<T>> => {
+  const call = async <T>(
+    method: string,
+    path: string,
+    token: string | undefined,
+    body: unknown,
+    extras: CallExtras | undefined,
+    pick: (json: RestBody) => T,
+  ): Promise<Outcome<T>> => {
     const headers: Record<string, string> = { ...extras?.headers };
     if (token !== undefined) headers.authorization = `Bearer ${token}`;
     if (extras?.expectedVersion !== undefined) headers['if-match'] = `"${extras.expectedVersion}"`;
@@ -172,8 +179,15 @@ function restClient(baseUrl: string): ApiClient {
     updateRole: (token, userId, role, extras) => call('PUT', `${id(userId)}/role`, token, { role }, extras, data<Schemas['User']>),
     deleteUser: (token, userId, extras) => call('DELETE', id(userId), token, undefined, extras, () => null),
     listUsers: (token, query, extras) => {
-      const search = new URLSearchParams(Object.entries(query as Record<string, unknown>).filter(([, value]) => value !== undefined).map(([key, value]): [string, string] => [key, String(value)]));
-      return call('GET', `/api/v1/users?${search.toString()}`, token, undefined, extras, (json) => ({ items: json.items as Schemas['User'][], pagination: json.pagination as Schemas['Pagination'] }));
+      const search = new URLSearchParams(
+        Object.entries(query as Record<string, unknown>)
+          .filter(([, value]) => value !== undefined)
+          .map(([key, value]): [string, string] => [key, String(value)]),
+      );
+      return call('GET', `/api/v1/users?${search.toString()}`, token, undefined, extras, (json) => ({
+        items: json.items as Schemas['User'][],
+        pagination: json.pagination as Schemas['Pagination'],
+      }));
     },
     listUserSessions: (token, userId, extras) => call('GET', `${id(userId)}/sessions`, token, undefined, extras, data<Schemas['Session'][]>),
     endUserSession: (token, userId, sessionId, extras) => call('DELETE', `${id(userId)}/sessions/${sessionId}`, token, undefined, extras, () => null),
@@ -203,7 +217,12 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
   const auth: Client<typeof AuthService> = createClient(AuthService, transport);
   const users: Client<typeof UserService> = createClient(UserService, transport);
 
-  const call = async <R, T>(token: string | undefined, extras: CallExtras | undefined, run: (options: CallOptions) => Promise<R>, pick: (response: R) => T): Promise<Outcome<T>> => {
+  const call = async <R, T>(
+    token: string | undefined,
+    extras: CallExtras | undefined,
+    run: (options: CallOptions) => Promise<R>,
+    pick: (response: R) => T,
+  ): Promise<Outcome<T>> => {
     const headers = new Headers(extras?.headers);
     if (token !== undefined) headers.set('authorization', `Bearer ${token}`);
     const seen = new Headers();
@@ -224,13 +243,41 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
   return {
     protocol,
     register: (body, extras) =>
-      call(undefined, extras, (options) => auth.register(body, options), (r) => ({ user: user(r), tokens: toRestTokenPair(r.tokens) })),
+      call(
+        undefined,
+        extras,
+        (options) => auth.register(body, options),
+        (r) => ({ user: user(r), tokens: toRestTokenPair(r.tokens) }),
+      ),
     login: (body, extras) =>
-      call(undefined, extras, (options) => auth.login(body, options), (r) => ({ user: user(r), tokens: toRestTokenPair(r.tokens) })),
-    refresh: (refreshToken, extras) => call(undefined, extras, (options) => auth.refreshToken({ refreshToken }, options), (r) => toRestTokenPair(r.tokens)),
-    logout: (token, extras) => call(token, extras, (options) => auth.logout({}, options), () => null),
+      call(
+        undefined,
+        extras,
+        (options) => auth.login(body, options),
+        (r) => ({ user: user(r), tokens: toRestTokenPair(r.tokens) }),
+      ),
+    refresh: (refreshToken, extras) =>
+      call(
+        undefined,
+        extras,
+        (options) => auth.refreshToken({ refreshToken }, options),
+        (r) => toRestTokenPair(r.tokens),
+      ),
+    logout: (token, extras) =>
+      call(
+        token,
+        extras,
+        (options) => auth.logout({}, options),
+        () => null,
+      ),
     me: (token, extras) => call(token, extras, (options) => auth.getCurrentUser({}, options), user),
-    changePassword: (token, userId, body, extras) => call(token, extras, (options) => users.changePassword({ userId, ...body }, options), () => null),
+    changePassword: (token, userId, body, extras) =>
+      call(
+        token,
+        extras,
+        (options) => users.changePassword({ userId, ...body }, options),
+        () => null,
+      ),
     getUser: (token, userId, extras) => call(token, extras, (options) => users.getUser({ userId }, options), user),
     createUser: (token, { role, ...body }, extras) =>
       call(token, extras, (options) => users.createUser({ ...body, ...(role === undefined ? {} : { role: UserRole[role] }) }, options), user),
@@ -241,7 +288,13 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
       call(token, extras, (options) => users.updateUserStatus({ userId, status: UserStatus[status], expectedVersion: extras?.expectedVersion }, options), user),
     updateRole: (token, userId, role, extras) =>
       call(token, extras, (options) => users.updateUserRole({ userId, role: UserRole[role], expectedVersion: extras?.expectedVersion }, options), user),
-    deleteUser: (token, userId, extras) => call(token, extras, (options) => users.deleteUser({ userId, expectedVersion: extras?.expectedVersion }, options), () => null),
+    deleteUser: (token, userId, extras) =>
+      call(
+        token,
+        extras,
+        (options) => users.deleteUser({ userId, expectedVersion: extras?.expectedVersion }, options),
+        () => null,
+      ),
     listUsers: (token, query, extras) =>
       call(
         token,
@@ -261,9 +314,26 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
         (r) => ({ items: r.users.map(toRestUser), pagination: toRestPagination(required(r.pagination)) }),
       ),
     listUserSessions: (token, userId, extras) =>
-      call(token, extras, (options) => auth.listUserSessions({ userId }, options), (r) => r.sessions.map(toRestSession)),
-    endUserSession: (token, userId, sessionId, extras) => call(token, extras, (options) => auth.endUserSession({ userId, sessionId }, options), () => null),
-    endUserSessions: (token, userId, extras) => call(token, extras, (options) => auth.endUserSessions({ userId }, options), (r) => ({ endedCount: r.endedCount })),
+      call(
+        token,
+        extras,
+        (options) => auth.listUserSessions({ userId }, options),
+        (r) => r.sessions.map(toRestSession),
+      ),
+    endUserSession: (token, userId, sessionId, extras) =>
+      call(
+        token,
+        extras,
+        (options) => auth.endUserSession({ userId, sessionId }, options),
+        () => null,
+      ),
+    endUserSessions: (token, userId, extras) =>
+      call(
+        token,
+        extras,
+        (options) => auth.endUserSessions({ userId }, options),
+        (r) => ({ endedCount: r.endedCount }),
+      ),
     close: () => {
       sessions.abort();
       agent.destroy();

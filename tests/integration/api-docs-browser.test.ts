@@ -31,7 +31,8 @@ describe.skipIf(!existsSync(CHROMIUM))('API docs in a browser', () => {
     const violations: string[] = [];
     const foreign: string[] = [];
     page.on('console', (message) => {
-      if (message.type() === 'error' && message.text().includes('Content Security Policy') && !message.text().includes('cdn.redoc.ly/redoc/logo-mini.svg')) violations.push(message.text());
+      if (message.type() === 'error' && message.text().includes('Content Security Policy') && !message.text().includes('cdn.redoc.ly/redoc/logo-mini.svg'))
+        violations.push(message.text());
     });
     page.on('pageerror', (error) => violations.push(`page error: ${error.message}`));
     page.on('request', (request) => {

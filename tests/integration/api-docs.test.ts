@@ -47,7 +47,7 @@ describe('API docs', () => {
     expect(res.text).toContain('data-spec-url="/openapi.yaml"');
   });
 
-  it('when the page\'s scripts are fetched, then they are Redoc\'s bundle from node_modules and the starter that points it at /openapi.yaml', async () => {
+  it("when the page's scripts are fetched, then they are Redoc's bundle from node_modules and the starter that points it at /openapi.yaml", async () => {
     const bundle = await t.request.get('/docs/assets/redoc.standalone.js');
     expect(bundle.status).toBe(200);
     expect(bundle.headers['content-type']).toMatch(/javascript/);
@@ -60,18 +60,21 @@ describe('API docs', () => {
   });
 
   it('when /openapi.yaml is fetched, then it is the contract file, byte for byte', async () => {
-    const res = await t.request.get('/openapi.yaml').buffer(true).parse((response, done) => {
-      let text = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => (text += chunk));
-      response.on('end', () => done(null, text));
-    });
+    const res = await t.request
+      .get('/openapi.yaml')
+      .buffer(true)
+      .parse((response, done) => {
+        let text = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => (text += chunk));
+        response.on('end', () => done(null, text));
+      });
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toMatch(/^application\/yaml/);
     expect(res.body).toBe(await readFile(OPENAPI_PATH, 'utf8'));
   });
 
-  it('when the RPC reference is opened, then it lists every public .proto file with its services\' and RPCs\' comments, and serves each file', async () => {
+  it("when the RPC reference is opened, then it lists every public .proto file with its services' and RPCs' comments, and serves each file", async () => {
     const index = await t.request.get('/docs/proto/');
     expect(index.status).toBe(200);
     expect(index.headers['content-security-policy']).toContain("default-src 'none'");
@@ -94,9 +97,7 @@ describe('API docs', () => {
   });
 
   it('when a .proto is read for the reference, then services and RPCs get the comment lines just above them', () => {
-    const services = protoServices(
-      ['// Not attached.', '', '// Does things.', '// Twice.', 'service S {', '  // One.', '  rpc A(AReq) returns (ARes);', '}'].join('\n'),
-    );
+    const services = protoServices(['// Not attached.', '', '// Does things.', '// Twice.', 'service S {', '  // One.', '  rpc A(AReq) returns (ARes);', '}'].join('\n'));
     expect(services).toEqual([{ name: 'S', comment: 'Does things.\nTwice.', rpcs: [{ name: 'A', signature: '(AReq) returns (ARes)', comment: 'One.' }] }]);
   });
 });

@@ -33,17 +33,33 @@ describe('audit log', () => {
     const session = (await login(user.password).expect(200)).body.data.tokens as { accessToken: string; refreshToken: string };
     const rotated = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: session.refreshToken }).expect(200);
     await t.request.post('/api/v1/auth/refresh').send({ refreshToken: session.refreshToken }).expect(401);
-    await t.request.post('/api/v1/auth/logout').set(...bearer(user.accessToken)).expect(200);
+    await t.request
+      .post('/api/v1/auth/logout')
+      .set(...bearer(user.accessToken))
+      .expect(200);
     const again = (await login(user.password).expect(200)).body.data.tokens.accessToken as string;
     await t.request
       .put(`/api/v1/users/${user.id}/password`)
       .set(...bearer(again))
       .send({ oldPassword: user.password, newPassword: 'N3w-Passw0rd' })
       .expect(200);
-    await t.request.post('/api/v1/auth/tokens/revoke-all').set(...bearer(again)).expect(200);
-    await t.request.put(`/api/v1/users/${user.id}/status`).set(...bearer(admin)).send({ status: 'SUSPENDED' }).expect(200);
-    await t.request.delete(`/api/v1/users/${user.id}/login-failures`).set(...bearer(admin)).expect(200);
-    await t.request.delete(`/api/v1/users/${user.id}`).set(...bearer(admin)).expect(200);
+    await t.request
+      .post('/api/v1/auth/tokens/revoke-all')
+      .set(...bearer(again))
+      .expect(200);
+    await t.request
+      .put(`/api/v1/users/${user.id}/status`)
+      .set(...bearer(admin))
+      .send({ status: 'SUSPENDED' })
+      .expect(200);
+    await t.request
+      .delete(`/api/v1/users/${user.id}/login-failures`)
+      .set(...bearer(admin))
+      .expect(200);
+    await t.request
+      .delete(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .expect(200);
     expect(rotated.body.data.accessToken).toBeDefined();
 
     const expected = [
@@ -63,7 +79,11 @@ describe('audit log', () => {
 
   it('when an admin creates a user with a role, then the grant is recorded as a role change', async () => {
     const admin = await loginAdmin(t);
-    const created = await t.request.post('/api/v1/users').set(...bearer(admin)).send({ ...newUser(), role: 'ADMIN' }).expect(201);
+    const created = await t.request
+      .post('/api/v1/users')
+      .set(...bearer(admin))
+      .send({ ...newUser(), role: 'ADMIN' })
+      .expect(201);
     expect(await eventTypes(admin, created.body.data.id as number, ['ROLE_CHANGED'])).toContain('ROLE_CHANGED');
   });
 

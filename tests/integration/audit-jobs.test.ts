@@ -467,11 +467,7 @@ describe('listing audit events', () => {
     it('when ListAuditEvents is called, then admins get the page and others permission_denied', async () => {
       const res = await rpc.listAuditEvents({ userId: subject, perPage: 3 }, { headers: { authorization: `Bearer ${adminToken}` } });
       expect(res.pagination).toMatchObject({ total: 5, totalPages: 2 });
-      expect(res.events.map((event) => event.type)).toEqual([
-        AuditEventType.PASSWORD_CHANGED,
-        AuditEventType.LOGIN_SUCCEEDED,
-        AuditEventType.LOGIN_FAILED,
-      ]);
+      expect(res.events.map((event) => event.type)).toEqual([AuditEventType.PASSWORD_CHANGED, AuditEventType.LOGIN_SUCCEEDED, AuditEventType.LOGIN_FAILED]);
       await expect(rpc.listAuditEvents({}, { headers: { authorization: `Bearer ${userToken}` } })).rejects.toMatchObject({
         rawMessage: 'Insufficient permissions',
       });

@@ -38,17 +38,13 @@ describe('POST /api/v1/auth/register', () => {
   it('when the e-mail is taken (in any case), then it answers 409 CONFLICT naming the field', async () => {
     const first = newUser();
     await register(t, first);
-    const res = await t.request
-      .post('/api/v1/auth/register')
-      .send({ ...newUser(), email: first.email.toUpperCase() });
+    const res = await t.request.post('/api/v1/auth/register').send({ ...newUser(), email: first.email.toUpperCase() });
     expect(res.status).toBe(409);
     expect(res.body).toMatchObject({ success: false, error: { code: 'CONFLICT', details: { email: 'already exists' } } });
   });
 
   it('when fields break the rules, then it answers 400 VALIDATION_ERROR with one detail per field and stores nothing', async () => {
-    const res = await t.request
-      .post('/api/v1/auth/register')
-      .send({ username: 'a!', email: 'not-an-email', password: 'short' });
+    const res = await t.request.post('/api/v1/auth/register').send({ username: 'a!', email: 'not-an-email', password: 'short' });
     expect(res.status).toBe(400);
     expect(res.body.error.code).toBe('VALIDATION_ERROR');
     expect(Object.keys(res.body.error.details as object)).toEqual(expect.arrayContaining(['username', 'email', 'password']));
@@ -80,9 +76,7 @@ describe('POST /api/v1/auth/register', () => {
     expect(await t.sql('SELECT 1 FROM users WHERE username_key = $1', [base.username.toLowerCase()])).toHaveLength(1);
 
     const other = newUser('race_mail');
-    const byEmail = await Promise.all(
-      Array.from({ length: 8 }, (_, i) => t.request.post('/api/v1/auth/register').send({ ...other, username: `${other.username}_${i}` })),
-    );
+    const byEmail = await Promise.all(Array.from({ length: 8 }, (_, i) => t.request.post('/api/v1/auth/register').send({ ...other, username: `${other.username}_${i}` })));
     expect(byEmail.map((res) => res.status).sort()).toEqual([201, 409, 409, 409, 409, 409, 409, 409]);
     for (const res of byEmail.filter((each) => each.status === 409)) {
       expect(res.body.error).toMatchObject({ code: 'CONFLICT', details: { email: 'already exists' } });
@@ -99,16 +93,10 @@ describe('POST /api/v1/auth/register', () => {
 describe('POST /api/v1/auth/login', () => {
   it('when logging in by e-mail, then it answers 200, records the session and the login time', async () => {
     const user = await register(t);
-    const res = await t.request
-      .post('/api/v1/auth/login')
-      .set('user-agent', 'vitest-agent/1.0')
-      .send({ usernameOrEmail: user.email.toUpperCase(), password: user.password });
+    const res = await t.request.post('/api/v1/auth/login').set('user-agent', 'vitest-agent/1.0').send({ usernameOrEmail: user.email.toUpperCase(), password: user.password });
     expect(res.status).toBe(200);
     expect(res.body.data.user.lastLoginAt).not.toBeNull();
-    const [row] = await t.sql<{ user_agent: string }>(
-      'SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1',
-      [sha256(res.body.data.tokens.accessToken as string)],
-    );
+    const [row] = await t.sql<{ user_agent: string }>('SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1', [sha256(res.body.data.tokens.accessToken as string)]);
     expect(row?.user_agent).toBe('vitest-agent/1.0');
   });
 
@@ -116,7 +104,11 @@ describe('POST /api/v1/auth/login', () => {
     const user = await register(t);
     const suspended = await register(t);
     const adminToken = await loginAdmin(t);
-    await t.request.put(`/api/v1/users/${suspended.id}/status`).set(...bearer(adminToken)).send({ status: 'SUSPENDED' }).expect(200);
+    await t.request
+      .put(`/api/v1/users/${suspended.id}/status`)
+      .set(...bearer(adminToken))
+      .send({ status: 'SUSPENDED' })
+      .expect(200);
 
     const answers = await Promise.all([
       t.request.post('/api/v1/auth/login').send({ usernameOrEmail: 'nobody_here', password: 'Passw0rd!' }),

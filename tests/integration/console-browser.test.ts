@@ -45,7 +45,10 @@ beforeAll(async () => {
     startTestServer({ LOGIN_MAX_FAILURES: String(MAX_FAILURES), JWT_ACCESS_EXPIRES_IN_SECONDS: String(SHORT_ACCESS_TTL) }, { topology: 'layered-grpc' }),
   ]);
   browser = launched;
-  for (const [name, server] of [['monolithic', monolith], ['layered-grpc', layered]] as const) {
+  for (const [name, server] of [
+    ['monolithic', monolith],
+    ['layered-grpc', layered],
+  ] as const) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const page = await context.newPage();
     page.setDefaultTimeout(10_000);
@@ -148,7 +151,7 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
 
     let prefix: string;
 
-    it('finds a user by search and suspends it; that user\'s own token is then refused', async () => {
+    it("finds a user by search and suspends it; that user's own token is then refused", async () => {
       prefix = `cb_${protocol.name.replace('-', '')}_${deploymentName.replace('-', '')}_${Date.now().toString(36)}`;
       target = await register(t, newUser(`${prefix}_a`));
       other = await register(t, newUser(`${prefix}_b`));
@@ -165,7 +168,13 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       expect(await fact(page, 'Status')).toBe('ACTIVE');
 
       if (SCREENSHOTS !== undefined && deploymentName === 'monolithic' && protocol.name === 'grpc-web') {
-        for (const [first, last] of [['Ada', 'Lovelace'], ['Grace', 'Hopper'], ['Alan', 'Turing'], ['Edsger', 'Dijkstra'], ['Barbara', 'Liskov']] as const) {
+        for (const [first, last] of [
+          ['Ada', 'Lovelace'],
+          ['Grace', 'Hopper'],
+          ['Alan', 'Turing'],
+          ['Edsger', 'Dijkstra'],
+          ['Barbara', 'Liskov'],
+        ] as const) {
           const username = `${first}_${last}`.toLowerCase();
           await register(t, { username, email: `${username}@example.com`, password: 'Sturdy-Passw0rd!', firstName: first, lastName: last } as ReturnType<typeof newUser>);
         }
@@ -200,7 +209,11 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       await see(page, 'Users', 'h1');
 
       // Each listing is waited for by a row only it has: the previous one may say the same.
-      const showing = (username: string | undefined) => rows.filter({ hasText: username ?? '?' }).first().waitFor();
+      const showing = (username: string | undefined) =>
+        rows
+          .filter({ hasText: username ?? '?' })
+          .first()
+          .waitFor();
       await search({ q: group, sort: '-createdAt' });
       await showing(members[20]);
       await see(page, 'Page 1 of 2 (21 users)');
@@ -224,7 +237,7 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       await see(page, 'No users match.');
     });
 
-    it('changes a role, and a stale write shows the API\'s error', async () => {
+    it("changes a role, and a stale write shows the API's error", async () => {
       await openUser(page, other.id, other.username);
       await page.getByLabel('Role').selectOption('GUEST');
       await page.getByRole('button', { name: 'Set role' }).click();
@@ -254,7 +267,7 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       expect((await login(other.password)).code).toBe('ok');
     });
 
-    it('lists and ends the user\'s sessions', async () => {
+    it("lists and ends the user's sessions", async () => {
       await openUser(page, other.id, other.username);
       const sessions = page.locator('[data-section="sessions"] tbody tr');
       await sessions.first().waitFor();
@@ -272,7 +285,7 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       expect((await apiClient(protocol.api, t.baseUrl).me(other.accessToken)).code).toBe('unauthenticated');
     });
 
-    it('deletes a user after confirmation; deleting the last active admin is refused with the API\'s error', async () => {
+    it("deletes a user after confirmation; deleting the last active admin is refused with the API's error", async () => {
       await openUser(page, target.id, target.username);
       await page.getByRole('button', { name: 'Delete user…' }).click();
       await see(page, `Delete ${target.username} and end all of its sessions?`);
@@ -299,7 +312,7 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploy
       await seeAuditEvent(page, target.id, 'USER_DELETED', '');
     });
 
-    it('shows field violations beside their fields, and changes the admin\'s own password', async () => {
+    it("shows field violations beside their fields, and changes the admin's own password", async () => {
       await page.getByRole('link', { name: 'My account' }).click();
       await see(page, 'Change password', 'h2');
       await see(page, '(this one)', '[data-section="my-sessions"]');

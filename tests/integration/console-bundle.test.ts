@@ -28,7 +28,7 @@ describe('the console bundle', () => {
     }
   }, 120_000);
 
-  it('when the README states the bundle size, then it is the committed bundle\'s', async () => {
+  it("when the README states the bundle size, then it is the committed bundle's", async () => {
     const bundle = await readFile(join(CONSOLE_DIST, 'console.js'));
     const readme = await readFile(join(root, 'README.md'), 'utf8');
     const size = (bytes: number) => bytes.toLocaleString('en-US');

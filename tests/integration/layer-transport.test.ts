@@ -33,9 +33,14 @@ afterEach(async () => {
 });
 
 async function startFakeLayer(): Promise<FakeLayer> {
-  const layer: FakeLayer = { url: '', calls: [], mode: 'ok', close: async () => {
+  const layer: FakeLayer = {
+    url: '',
+    calls: [],
+    mode: 'ok',
+    close: async () => {
       // Replaced once the fake layer is listening.
-    } };
+    },
+  };
   const behave = async (method: string, headers: Headers) => {
     layer.calls.push({ method, headers });
     if (layer.mode === 'slow') await sleep(1_000);

@@ -51,7 +51,9 @@ describe('metrics', () => {
     for (const protocol of PROTOCOLS) {
       const client = apiClient(protocol, t.baseUrl);
       expect((await client.getUser(admin, user.id)).code).toBe('ok');
-      expect((await client.login({ usernameOrEmail: user.username, password: 'Wrong-Passw0rd-1!' }, { headers: { 'x-forwarded-for': '203.0.113.9' } })).code).toBe('unauthenticated');
+      expect((await client.login({ usernameOrEmail: user.username, password: 'Wrong-Passw0rd-1!' }, { headers: { 'x-forwarded-for': '203.0.113.9' } })).code).toBe(
+        'unauthenticated',
+      );
       client.close();
     }
     const text = await scrape();
@@ -60,7 +62,9 @@ describe('metrics', () => {
     for (const protocol of ['grpc', 'grpc-web', 'connect']) {
       expect(sample(text, 'arcana_rpc_requests_seconds_count', { procedure: 'arcana.user.v1.UserService/GetUser', protocol, code: 'ok' })).toBeGreaterThanOrEqual(1);
     }
-    expect(sample(text, 'arcana_rpc_requests_seconds_count', { procedure: 'arcana.auth.v1.AuthService/Login', protocol: 'grpc', code: 'unauthenticated' })).toBeGreaterThanOrEqual(1);
+    expect(sample(text, 'arcana_rpc_requests_seconds_count', { procedure: 'arcana.auth.v1.AuthService/Login', protocol: 'grpc', code: 'unauthenticated' })).toBeGreaterThanOrEqual(
+      1,
+    );
     expect(sample(text, 'arcana_security_events_total', { type: 'LOGIN_FAILED', reason: 'wrong_password' })).toBeGreaterThanOrEqual(PROTOCOLS.length);
     expect(sample(text, 'arcana_cache_lookups_total', { result: 'hit' })).toBeGreaterThan(0);
     expect(sample(text, 'arcana_db_queries_total')).toBeGreaterThan(0);
@@ -171,7 +175,9 @@ describe('metrics of a split deployment and of BullMQ', () => {
       expect((await split.request.get('/api/v1/users/987654321').set('authorization', `Bearer ${admin}`)).status).toBe(404);
       const text = await metrics.registry.metrics();
       expect(sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.internal.service.v1.AuthLayerService/Login', outcome: 'ok' })).toBe(1);
-      expect(sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.internal.service.v1.UserLayerService/GetUser', outcome: 'NOT_FOUND' })).toBe(1);
+      expect(
+        sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.internal.service.v1.UserLayerService/GetUser', outcome: 'NOT_FOUND' }),
+      ).toBe(1);
       expect(text).toMatch(/arcana_internal_calls_seconds_bucket\{le="0\.005",target="service"/);
       // The controller holds no database and no jobs: their series are not made up.
       expect(text).not.toContain('arcana_db_pool_');
@@ -189,10 +195,13 @@ describe('metrics of a split deployment and of BullMQ', () => {
       await loginAdmin(withRedis);
       const text = await metrics.registry.metrics();
       for (const queue of ['audit', 'maintenance']) {
-        for (const state of ['waiting', 'active', 'delayed', 'failed']) expect(text).toMatch(new RegExp(`^arcana_job_queue_depth\\{queue="${queue}",state="${state}"\\} \\d+$`, 'm'));
+        for (const state of ['waiting', 'active', 'delayed', 'failed'])
+          expect(text).toMatch(new RegExp(`^arcana_job_queue_depth\\{queue="${queue}",state="${state}"\\} \\d+$`, 'm'));
       }
       // The purge is scheduled: one delayed job waits for its time.
-      expect(sample(text, 'arcana_job_queue_depth', { queue: 'maintenance', state: 'delayed' }) + sample(text, 'arcana_job_queue_depth', { queue: 'maintenance', state: 'waiting' })).toBeGreaterThanOrEqual(1);
+      expect(
+        sample(text, 'arcana_job_queue_depth', { queue: 'maintenance', state: 'delayed' }) + sample(text, 'arcana_job_queue_depth', { queue: 'maintenance', state: 'waiting' }),
+      ).toBeGreaterThanOrEqual(1);
     } finally {
       await withRedis.close();
     }

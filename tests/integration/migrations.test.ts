@@ -51,16 +51,12 @@ async function dropSchema(database: Database): Promise<void> {
 }
 
 async function migrationRows(database: Database): Promise<MigrationRow[]> {
-  return database.prisma.$queryRawUnsafe<MigrationRow[]>(
-    'SELECT migration_name, checksum, finished_at, rolled_back_at, applied_steps_count FROM _prisma_migrations',
-  );
+  return database.prisma.$queryRawUnsafe<MigrationRow[]>('SELECT migration_name, checksum, finished_at, rolled_back_at, applied_steps_count FROM _prisma_migrations');
 }
 
 async function tableNames(database: Database): Promise<string[]> {
   // Cast to text: information_schema's own types are not among those the adapters map.
-  const rows = await database.prisma.$queryRawUnsafe<{ name: string }[]>(
-    `SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = current_schema()`,
-  );
+  const rows = await database.prisma.$queryRawUnsafe<{ name: string }[]>(`SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = current_schema()`);
   return rows.map((row) => row.name).sort();
 }
 

@@ -67,11 +67,20 @@ function snake(field: string, fields: Map<string, string>): string {
 function declaredTables(schema: string): Map<string, Table> {
   const enums = new Map<string, string[]>();
   for (const [, name, body] of schema.matchAll(/^enum (\w+) \{([^}]*)\}/gm)) {
-    enums.set(name!, body!.split('\n').map((line) => line.replace(/\/\/.*$/, '').trim()).filter((line) => /^\w+$/.test(line)));
+    enums.set(
+      name!,
+      body!
+        .split('\n')
+        .map((line) => line.replace(/\/\/.*$/, '').trim())
+        .filter((line) => /^\w+$/.test(line)),
+    );
   }
   const tables = new Map<string, Table>();
   for (const [, model, body] of schema.matchAll(/^model (\w+) \{([^}]*)\}/gm)) {
-    const lines = body!.split('\n').map((line) => line.replace(/\/\/.*$/, '').trim()).filter((line) => line !== '');
+    const lines = body!
+      .split('\n')
+      .map((line) => line.replace(/\/\/.*$/, '').trim())
+      .filter((line) => line !== '');
     const table = /@@map\("(\w+)"\)/.exec(body!)?.[1] ?? model!;
     const dbNames = new Map<string, string>();
     const columns: Column[] = [];
@@ -161,7 +170,10 @@ describe('MySQL/MariaDB migrations', () => {
       expect([...actual.keys()].sort()).toEqual([...declared.keys()].sort());
       for (const [name, table] of declared) {
         const columns = actual.get(name)?.columns ?? [];
-        expect(byName(columns).map((column) => column.name), name).toEqual(byName(table.columns).map((column) => column.name));
+        expect(
+          byName(columns).map((column) => column.name),
+          name,
+        ).toEqual(byName(table.columns).map((column) => column.name));
         for (const column of table.columns) {
           const found = columns.find((each) => each.name === column.name);
           expect(found?.type, `${name}.${column.name}`).toMatch(new RegExp(`^(${column.type.replace(/[()']/g, '\\$&')})$`));

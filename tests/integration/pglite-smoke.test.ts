@@ -59,10 +59,16 @@ describe('embedded PGlite database', () => {
     const verifies = await Promise.all(Array.from({ length: 10 }, () => request.post(`/api/v1/users/${userId}/verify`).set(...bearer(admin))));
     expect(verifies.map((res) => res.status).sort()).toEqual([200, ...Array.from({ length: 9 }, () => 409)]);
     // The interactive transaction with SELECT … FOR UPDATE runs on the embedded database.
-    const self = await request.put(`/api/v1/users/${adminId}/status`).set(...bearer(admin)).send({ status: 'SUSPENDED' });
+    const self = await request
+      .put(`/api/v1/users/${adminId}/status`)
+      .set(...bearer(admin))
+      .send({ status: 'SUSPENDED' });
     expect(self.status).toBe(409);
     expect(self.body.error.code).toBe('LAST_ADMIN');
-    const promoted = await request.put(`/api/v1/users/${userId}/role`).set(...bearer(admin)).send({ role: 'ADMIN' });
+    const promoted = await request
+      .put(`/api/v1/users/${userId}/role`)
+      .set(...bearer(admin))
+      .send({ role: 'ADMIN' });
     expect(promoted.status).toBe(200);
     expect((await request.delete(`/api/v1/users/${userId}`).set(...bearer(admin))).status).toBe(200);
   });

@@ -46,7 +46,11 @@ describe('shared cache', () => {
   it('when a user is suspended through one instance, then the other rejects its cached token on the next request', async () => {
     const user = await register(a);
     expect((await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(200);
-    await a.request.put(`/api/v1/users/${user.id}/status`).set(...bearer(admin)).send({ status: 'SUSPENDED' }).expect(200);
+    await a.request
+      .put(`/api/v1/users/${user.id}/status`)
+      .set(...bearer(admin))
+      .send({ status: 'SUSPENDED' })
+      .expect(200);
     expect((await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
   });
 
@@ -57,24 +61,41 @@ describe('shared cache', () => {
     for (const token of [user.accessToken, secondToken]) {
       expect((await b.request.get('/api/v1/auth/me').set(...bearer(token))).status).toBe(200);
     }
-    await a.request.post('/api/v1/auth/logout').set(...bearer(user.accessToken)).expect(200);
+    await a.request
+      .post('/api/v1/auth/logout')
+      .set(...bearer(user.accessToken))
+      .expect(200);
     expect((await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
     expect((await b.request.get('/api/v1/auth/me').set(...bearer(secondToken))).status).toBe(200);
-    await a.request.post('/api/v1/auth/tokens/revoke-all').set(...bearer(secondToken)).expect(200);
+    await a.request
+      .post('/api/v1/auth/tokens/revoke-all')
+      .set(...bearer(secondToken))
+      .expect(200);
     expect((await b.request.get('/api/v1/auth/me').set(...bearer(secondToken))).status).toBe(401);
   });
 
   it('when a profile changes through one instance, then the other serves the new value', async () => {
     const user = await register(a);
-    await b.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken)).expect(200);
-    await a.request.put(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken)).send({ firstName: 'Changed' }).expect(200);
+    await b.request
+      .get(`/api/v1/users/${user.id}`)
+      .set(...bearer(user.accessToken))
+      .expect(200);
+    await a.request
+      .put(`/api/v1/users/${user.id}`)
+      .set(...bearer(user.accessToken))
+      .send({ firstName: 'Changed' })
+      .expect(200);
     const res = await b.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken));
     expect(res.body.data.firstName).toBe('Changed');
   });
 
   it('when the session and user are cached, then an authenticated GET user by id sends no database query', async () => {
     const user = await register(a);
-    const get = () => b.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken)).expect(200);
+    const get = () =>
+      b.request
+        .get(`/api/v1/users/${user.id}`)
+        .set(...bearer(user.accessToken))
+        .expect(200);
     const before = monolithOf(b).database.queryCount();
     await get();
     const cold = monolithOf(b).database.queryCount() - before;
@@ -86,8 +107,14 @@ describe('shared cache', () => {
 
   it('when a user is deleted through one instance, then the other rejects its token', async () => {
     const user = await register(a);
-    await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken)).expect(200);
-    await a.request.delete(`/api/v1/users/${user.id}`).set(...bearer(admin)).expect(200);
+    await b.request
+      .get('/api/v1/auth/me')
+      .set(...bearer(user.accessToken))
+      .expect(200);
+    await a.request
+      .delete(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .expect(200);
     expect((await b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
   });
 });
@@ -96,9 +123,7 @@ describe('shared rate limit', () => {
   it('when 50 concurrent requests hit two instances with a shared limit of 20, then exactly 30 get 429', async () => {
     const { a, b, close } = await pair({ RATE_LIMIT_MAX: '20', RATE_LIMIT_WINDOW_MS: '60000' });
     try {
-      const responses = await Promise.all(
-        Array.from({ length: 50 }, (_, i) => (i % 2 === 0 ? a : b).request.get('/public/info')),
-      );
+      const responses = await Promise.all(Array.from({ length: 50 }, (_, i) => (i % 2 === 0 ? a : b).request.get('/public/info')));
       const statuses = responses.map((res) => res.status);
       expect(statuses.filter((status) => status === 200)).toHaveLength(20);
       expect(statuses.filter((status) => status === 429)).toHaveLength(30);

@@ -20,12 +20,7 @@ import {
   userFromProto,
   userToProto,
 } from '../../src/communication/repository/record-mapping.ts';
-import {
-  RemoteAuditRepository,
-  RemoteCounterStore,
-  RemoteTokenRepository,
-  RemoteUserRepository,
-} from '../../src/communication/repository/remote-repositories.ts';
+import { RemoteAuditRepository, RemoteCounterStore, RemoteTokenRepository, RemoteUserRepository } from '../../src/communication/repository/remote-repositories.ts';
 import {
   createAuditRepositoryHandler,
   createCounterStoreHandler,
@@ -388,7 +383,7 @@ describe('tokens across the repository boundary', () => {
     expect(await direct.tokens.findByAccessHash(replayed.accessTokenHash)).toBeNull();
   });
 
-  it('when pairs are revoked through the remote repository, then the revoked pairs\' access hashes come back', async () => {
+  it("when pairs are revoked through the remote repository, then the revoked pairs' access hashes come back", async () => {
     const single = await direct.tokens.create(newToken(userId));
     expect(await remote.tokens.revoke(single.id, 'logout')).toStrictEqual([single.accessTokenHash]);
     expect(await remote.tokens.revoke(single.id, 'logout')).toStrictEqual([]);
@@ -399,7 +394,7 @@ describe('tokens across the repository boundary', () => {
     expect(await remote.tokens.revokeFamily(first.familyId, 'reuse')).toStrictEqual([]);
   });
 
-  it('when all of a user\'s pairs are revoked but one, then the others\' hashes come back and the spared one stays live', async () => {
+  it("when all of a user's pairs are revoked but one, then the others' hashes come back and the spared one stays live", async () => {
     const owner = (await direct.users.create(newUser())).id;
     const kept = await direct.tokens.create(newToken(owner));
     const dropped = await Promise.all([direct.tokens.create(newToken(owner)), direct.tokens.create(newToken(owner))]);
@@ -424,9 +419,7 @@ describe('tokens across the repository boundary', () => {
   it('when stale pairs are purged through the remote repository, then it returns how many rows went', async () => {
     const owner = (await direct.users.create(newUser())).id;
     const longAgo = Date.now() - 30 * DAY;
-    const expired = await Promise.all(
-      [1, 2].map(() => direct.tokens.create(newToken(owner, { accessExpiresAt: new Date(longAgo), expiresAt: new Date(longAgo + DAY) }))),
-    );
+    const expired = await Promise.all([1, 2].map(() => direct.tokens.create(newToken(owner, { accessExpiresAt: new Date(longAgo), expiresAt: new Date(longAgo + DAY) }))));
     const live = await direct.tokens.create(newToken(owner));
     expect(await remote.tokens.purgeStale(new Date(), 7 * DAY)).toBe(2);
     for (const row of expired) expect(await direct.tokens.findByAccessHash(row.accessTokenHash)).toBeNull();

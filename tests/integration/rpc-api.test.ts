@@ -97,10 +97,17 @@ async function expectViolations(call: Promise<unknown>, fields: string[]): Promi
 }
 
 async function userRow(id: number) {
-  const [row] = await t.sql<{ username: string; email: string; role: string; status: string; first_name: string | null; avatar_url: string | null; is_verified: boolean; is_active: boolean; last_login_at: Date | null }>(
-    'SELECT username, email, role, status, first_name, avatar_url, is_verified, is_active, last_login_at FROM users WHERE id = $1',
-    [id],
-  );
+  const [row] = await t.sql<{
+    username: string;
+    email: string;
+    role: string;
+    status: string;
+    first_name: string | null;
+    avatar_url: string | null;
+    is_verified: boolean;
+    is_active: boolean;
+    last_login_at: Date | null;
+  }>('SELECT username, email, role, status, first_name, avatar_url, is_verified, is_active, last_login_at FROM users WHERE id = $1', [id]);
   return row;
 }
 
@@ -163,7 +170,11 @@ describe.each(transports)('over $name', (tc) => {
 
   /** Sets a status over REST, for tests about something else than UpdateUserStatus. */
   async function setStatusOverRest(userId: number, status: 'ACTIVE' | 'INACTIVE' | 'SUSPENDED') {
-    await t.request.put(`/api/v1/users/${userId}/status`).set(...bearer(admin)).send({ status }).expect(200);
+    await t.request
+      .put(`/api/v1/users/${userId}/status`)
+      .set(...bearer(admin))
+      .send({ status })
+      .expect(200);
   }
 
   /** Registers a fresh USER over this transport. */
@@ -274,7 +285,10 @@ describe.each(transports)('over $name', (tc) => {
       const byEmail = await auth.login({ usernameOrEmail: user.email.toUpperCase(), password: user.password });
       expect(byEmail.user?.id).toBe(user.id);
       expect((await userRow(user.id))?.last_login_at).not.toBeNull();
-      const rows = await t.sql('SELECT 1 FROM oauth_tokens WHERE user_id = $1 AND access_token_hash = $2 AND is_revoked = false', [user.id, sha256(byEmail.tokens?.accessToken ?? '')]);
+      const rows = await t.sql('SELECT 1 FROM oauth_tokens WHERE user_id = $1 AND access_token_hash = $2 AND is_revoked = false', [
+        user.id,
+        sha256(byEmail.tokens?.accessToken ?? ''),
+      ]);
       expect(rows).toHaveLength(1);
     });
 
@@ -310,7 +324,7 @@ describe.each(transports)('over $name', (tc) => {
       expect(res.user).toMatchObject({ id: user.id, username: user.username, email: user.email, role: UserRole.USER });
     });
 
-    it('when there is no token or another scheme, then unauthenticated with REST\'s message', async () => {
+    it("when there is no token or another scheme, then unauthenticated with REST's message", async () => {
       await expectRpcError(auth.getCurrentUser({}), Code.Unauthenticated, 'Missing or invalid authorization header');
       await expectRpcError(auth.getCurrentUser({}, { headers: { authorization: 'Basic dXNlcjpwYXNz' } }), Code.Unauthenticated, 'Missing or invalid authorization header');
     });
@@ -606,16 +620,28 @@ describe.each(transports)('over $name', (tc) => {
     it('when the old password is wrong, then unauthenticated and the password is unchanged', async () => {
       const user = await signUp();
       const [before] = await t.sql<{ password_hash: string }>('SELECT password_hash FROM users WHERE id = $1', [user.id]);
-      await expectRpcError(users.changePassword({ userId: user.id, oldPassword: 'Nope1234!', newPassword: 'N3w-Passw0rd' }, as(user.accessToken)), Code.Unauthenticated, 'Current password is incorrect');
+      await expectRpcError(
+        users.changePassword({ userId: user.id, oldPassword: 'Nope1234!', newPassword: 'N3w-Passw0rd' }, as(user.accessToken)),
+        Code.Unauthenticated,
+        'Current password is incorrect',
+      );
       const [after] = await t.sql<{ password_hash: string }>('SELECT password_hash FROM users WHERE id = $1', [user.id]);
       expect(after?.password_hash).toBe(before?.password_hash);
     });
 
-    it('when changing another user\'s password, even as admin, then permission_denied', async () => {
+    it("when changing another user's password, even as admin, then permission_denied", async () => {
       const a = await signUp();
       const b = await signUp();
-      await expectRpcError(users.changePassword({ userId: b.id, oldPassword: b.password, newPassword: 'N3w-Passw0rd' }, as(a.accessToken)), Code.PermissionDenied, 'Not authorized to change this password');
-      await expectRpcError(users.changePassword({ userId: b.id, oldPassword: b.password, newPassword: 'N3w-Passw0rd' }, as(admin)), Code.PermissionDenied, 'Not authorized to change this password');
+      await expectRpcError(
+        users.changePassword({ userId: b.id, oldPassword: b.password, newPassword: 'N3w-Passw0rd' }, as(a.accessToken)),
+        Code.PermissionDenied,
+        'Not authorized to change this password',
+      );
+      await expectRpcError(
+        users.changePassword({ userId: b.id, oldPassword: b.password, newPassword: 'N3w-Passw0rd' }, as(admin)),
+        Code.PermissionDenied,
+        'Not authorized to change this password',
+      );
     });
 
     it('when the new password is weak or fields are missing, then invalid_argument names new_password / old_password', async () => {
@@ -776,16 +802,30 @@ describe.each(transports)('over $name', (tc) => {
       const user = await signUp();
       const other = await signUp();
       const pairs: [() => Promise<unknown>, () => PromiseLike<{ body: { error: { message: string } } }>][] = [
-        [() => auth.login({ usernameOrEmail: user.username, password: 'Wrong0ne!' }), () => t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: 'Wrong0ne!' })],
+        [
+          () => auth.login({ usernameOrEmail: user.username, password: 'Wrong0ne!' }),
+          () => t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: 'Wrong0ne!' }),
+        ],
         [() => auth.getCurrentUser({}), () => t.request.get('/api/v1/auth/me')],
         [() => users.listUsers({}, as(user.accessToken)), () => t.request.get('/api/v1/users').set(...bearer(user.accessToken))],
         [() => users.getUser({ userId: other.id }, as(user.accessToken)), () => t.request.get(`/api/v1/users/${other.id}`).set(...bearer(user.accessToken))],
         [() => users.getUser({ userId: 999_999 }, as(admin)), () => t.request.get('/api/v1/users/999999').set(...bearer(admin))],
         [
           () => users.changePassword({ userId: user.id, oldPassword: 'Nope1234!', newPassword: 'N3w-Passw0rd' }, as(user.accessToken)),
-          () => t.request.put(`/api/v1/users/${user.id}/password`).set(...bearer(user.accessToken)).send({ oldPassword: 'Nope1234!', newPassword: 'N3w-Passw0rd' }),
+          () =>
+            t.request
+              .put(`/api/v1/users/${user.id}/password`)
+              .set(...bearer(user.accessToken))
+              .send({ oldPassword: 'Nope1234!', newPassword: 'N3w-Passw0rd' }),
         ],
-        [() => users.createUser({ ...newUser('rpc'), username: other.username }, as(admin)), () => t.request.post('/api/v1/users').set(...bearer(admin)).send({ ...newUser('rest'), username: other.username })],
+        [
+          () => users.createUser({ ...newUser('rpc'), username: other.username }, as(admin)),
+          () =>
+            t.request
+              .post('/api/v1/users')
+              .set(...bearer(admin))
+              .send({ ...newUser('rest'), username: other.username }),
+        ],
       ];
       for (const [rpc, rest] of pairs) {
         const error = await failure(rpc());

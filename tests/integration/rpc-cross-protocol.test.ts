@@ -111,7 +111,10 @@ describe('sessions and accounts across REST and RPC', () => {
 
   it('when a session is logged out over REST, then its token is rejected over every RPC protocol', async () => {
     const user = await restRegister();
-    await rest.post('/api/v1/auth/logout').set(...bearer(user.accessToken)).expect(200);
+    await rest
+      .post('/api/v1/auth/logout')
+      .set(...bearer(user.accessToken))
+      .expect(200);
     for (const { auth, users } of connections.clients) {
       await expectRpcError(auth.getCurrentUser({}, as(user.accessToken)), Code.Unauthenticated, 'Token has been revoked');
       await expectRpcError(users.getUser({ userId: user.id }, as(user.accessToken)), Code.Unauthenticated, 'Token has been revoked');
@@ -122,7 +125,10 @@ describe('sessions and accounts across REST and RPC', () => {
   it('when all sessions are revoked over REST, then every one of them is rejected over every RPC protocol', async () => {
     const user = await restRegister();
     const second = await restLogin(user);
-    const res = await rest.post('/api/v1/auth/tokens/revoke-all').set(...bearer(second)).expect(200);
+    const res = await rest
+      .post('/api/v1/auth/tokens/revoke-all')
+      .set(...bearer(second))
+      .expect(200);
     expect(res.body.data).toEqual({ revokedCount: 2 });
     for (const { auth } of connections.clients) {
       for (const token of [user.accessToken, second]) {
@@ -180,7 +186,11 @@ describe('sessions and accounts across REST and RPC', () => {
 
     it('when a user is suspended over REST, then it cannot log in over RPC and its token is rejected there', async () => {
       const user = await restRegister();
-      await rest.put(`/api/v1/users/${user.id}/status`).set(...bearer(admin)).send({ status: 'SUSPENDED' }).expect(200);
+      await rest
+        .put(`/api/v1/users/${user.id}/status`)
+        .set(...bearer(admin))
+        .send({ status: 'SUSPENDED' })
+        .expect(200);
       await expectRpcError(client().auth.login({ usernameOrEmail: user.username, password: user.password }), Code.Unauthenticated, 'Invalid credentials');
       await expectRpcError(client().auth.getCurrentUser({}, as(user.accessToken)), Code.Unauthenticated);
     });

@@ -13,11 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService, file_arcana_auth_v1_auth_service } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { file_arcana_user_v1_user_service, UserService } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { file_grpc_health_v1_health, Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
-import {
-  ServerReflection as ServerReflectionV1,
-  type ServerReflectionRequestSchema,
-  type ServerReflectionResponse,
-} from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
+import { ServerReflection as ServerReflectionV1, type ServerReflectionRequestSchema, type ServerReflectionResponse } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
 import {
   ServerReflection as ServerReflectionV1alpha,
   type ServerReflectionRequestSchema as ServerReflectionRequestV1alphaSchema,
@@ -136,10 +132,7 @@ describe('buf curl grpc.health.v1.Health/Check', () => {
 
 describe('Connect clients', () => {
   it('when Health/Check is called over the gRPC and Connect protocols, then both report SERVING', async () => {
-    for (const transport of [
-      createGrpcTransport({ baseUrl, sessionManager: sessions }),
-      createConnectTransport({ baseUrl, httpVersion: '2', sessionManager: sessions }),
-    ]) {
+    for (const transport of [createGrpcTransport({ baseUrl, sessionManager: sessions }), createConnectTransport({ baseUrl, httpVersion: '2', sessionManager: sessions })]) {
       const health = createClient(Health, transport);
       expect((await health.check({ service: '' })).status).toBe(ServingStatus.SERVING);
       expect((await health.check({ service: UserService.typeName })).status).toBe(ServingStatus.SERVING);

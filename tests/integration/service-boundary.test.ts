@@ -278,7 +278,7 @@ describe('user management through the service boundary', () => {
     expect(failure).toEqual(await failureOf(local.users.verify(admin, user.id)));
   });
 
-  it('when an update takes another user\'s e-mail, then the CONFLICT keeps its details', async () => {
+  it("when an update takes another user's e-mail, then the CONFLICT keeps its details", async () => {
     const first = await registeredUser('sb_email');
     const second = await registeredUser('sb_email');
     const input = { userId: second.user.id, email: first.body.email.toUpperCase() };

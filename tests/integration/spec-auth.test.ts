@@ -19,13 +19,11 @@ describe('Auth API', () => {
 
   describe('POST /api/v1/auth/register', () => {
     it('should register a new user', async () => {
-      const response = await request
-        .post('/api/v1/auth/register')
-        .send({
-          username: 'testuser',
-          email: 'test@example.com',
-          password: 'Test@1234'
-        });
+      const response = await request.post('/api/v1/auth/register').send({
+        username: 'testuser',
+        email: 'test@example.com',
+        password: 'Test@1234',
+      });
 
       expect(response.status).toBe(201);
       expect(response.body.success).toBe(true);
@@ -34,21 +32,17 @@ describe('Auth API', () => {
     });
 
     it('should reject duplicate username', async () => {
-      await request
-        .post('/api/v1/auth/register')
-        .send({
-          username: 'duplicate',
-          email: 'dup1@example.com',
-          password: 'Test@1234'
-        });
+      await request.post('/api/v1/auth/register').send({
+        username: 'duplicate',
+        email: 'dup1@example.com',
+        password: 'Test@1234',
+      });
 
-      const response = await request
-        .post('/api/v1/auth/register')
-        .send({
-          username: 'duplicate',
-          email: 'dup2@example.com',
-          password: 'Test@1234'
-        });
+      const response = await request.post('/api/v1/auth/register').send({
+        username: 'duplicate',
+        email: 'dup2@example.com',
+        password: 'Test@1234',
+      });
 
       expect(response.status).toBe(409);
       expect(response.body.error.code).toBe('CONFLICT');
@@ -58,20 +52,16 @@ describe('Auth API', () => {
   describe('POST /api/v1/auth/login', () => {
     it('should login with valid credentials', async () => {
       // Register first
-      await request
-        .post('/api/v1/auth/register')
-        .send({
-          username: 'logintest',
-          email: 'login@example.com',
-          password: 'Test@1234'
-        });
+      await request.post('/api/v1/auth/register').send({
+        username: 'logintest',
+        email: 'login@example.com',
+        password: 'Test@1234',
+      });
 
-      const response = await request
-        .post('/api/v1/auth/login')
-        .send({
-          usernameOrEmail: 'logintest',
-          password: 'Test@1234'
-        });
+      const response = await request.post('/api/v1/auth/login').send({
+        usernameOrEmail: 'logintest',
+        password: 'Test@1234',
+      });
 
       expect(response.status).toBe(200);
       expect(response.body.success).toBe(true);
@@ -79,12 +69,10 @@ describe('Auth API', () => {
     });
 
     it('should reject invalid credentials', async () => {
-      const response = await request
-        .post('/api/v1/auth/login')
-        .send({
-          usernameOrEmail: 'nonexistent',
-          password: 'WrongPass@1'
-        });
+      const response = await request.post('/api/v1/auth/login').send({
+        usernameOrEmail: 'nonexistent',
+        password: 'WrongPass@1',
+      });
 
       expect(response.status).toBe(401);
       expect(response.body.error.code).toBe('AUTHENTICATION_ERROR');

@@ -102,10 +102,7 @@ describe('layered/grpc as three processes', () => {
       .findUserByLogin({ usernameOrEmail: ADMIN.username }, { headers: { authorization: 'Bearer not-the-secret-not-the-secret-000' } })
       .catch((error: unknown) => ConnectError.from(error));
     expect((wrong as ConnectError).code).toBe(Code.Unauthenticated);
-    const allowed = await direct.findUserByLogin(
-      { usernameOrEmail: ADMIN.username },
-      { headers: { authorization: `Bearer ${TEST_ENV.INTERNAL_API_SECRET}` } },
-    );
+    const allowed = await direct.findUserByLogin({ usernameOrEmail: ADMIN.username }, { headers: { authorization: `Bearer ${TEST_ENV.INTERNAL_API_SECRET}` } });
     expect(allowed.user?.username).toBe(ADMIN.username);
   });
 

@@ -57,7 +57,12 @@ class OtlpReceiver {
       let body = Buffer.concat(chunks);
       if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
       const request = JSON.parse(body.toString('utf8')) as {
-        resourceSpans: { resource: { attributes: { key: string; value: AnyValue }[] }; scopeSpans: { spans: (Omit<ReceivedSpan, 'service' | 'attributes' | 'resource' | 'parentSpanId'> & { parentSpanId?: string; attributes?: { key: string; value: AnyValue }[] })[] }[] }[];
+        resourceSpans: {
+          resource: { attributes: { key: string; value: AnyValue }[] };
+          scopeSpans: {
+            spans: (Omit<ReceivedSpan, 'service' | 'attributes' | 'resource' | 'parentSpanId'> & { parentSpanId?: string; attributes?: { key: string; value: AnyValue }[] })[];
+          }[];
+        }[];
       };
       for (const resourceSpans of request.resourceSpans) {
         const resource = attributesOf(resourceSpans.resource.attributes);
@@ -122,10 +127,16 @@ describe.each(['layered-http', 'layered-grpc'] as const)('traces in %s', (topolo
     const user = await register(t);
     await new Promise((resolve) => setTimeout(resolve, 1_100));
     const client = clientTraceparent();
-    const res = await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('traceparent', client.header);
+    const res = await t.request
+      .get(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .set('traceparent', client.header);
     expect(res.status).toBe(200);
 
-    const spans = await receiver.trace(client.traceId, (received) => received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER) && received.some((s) => s.name.startsWith('db ')));
+    const spans = await receiver.trace(
+      client.traceId,
+      (received) => received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER) && received.some((s) => s.name.startsWith('db ')),
+    );
     expect([...receiver.contentTypes]).toEqual(['application/json']);
     expect(new Set(spans.map((span) => span.service))).toEqual(new Set(['arcana-cloud-controller', 'arcana-cloud-service', 'arcana-cloud-repository']));
 
@@ -168,7 +179,10 @@ describe.each(['layered-http', 'layered-grpc'] as const)('traces in %s', (topolo
     const rpc = apiClient('connect-json', t.baseUrl);
     expect((await rpc.getUser(admin, user.id, { headers: { traceparent: client.header } })).code).toBe('ok');
     rpc.close();
-    const spans = await receiver.trace(client.traceId, (received) => received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER) && received.some((s) => s.service === 'arcana-cloud-service'));
+    const spans = await receiver.trace(
+      client.traceId,
+      (received) => received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER) && received.some((s) => s.service === 'arcana-cloud-service'),
+    );
     const edge = spans.find((span) => span.service === 'arcana-cloud-controller' && span.kind === SERVER);
     expect(edge).toMatchObject({ name: 'arcana.user.v1.UserService/GetUser', parentSpanId: client.spanId });
     expect(edge?.attributes['rpc.response.status_code']).toBe('ok');
@@ -202,7 +216,14 @@ describe('traces in microservices-grpc on Redis', () => {
       const admin = await loginAdmin(t);
       const user = await register(t);
       const client = clientTraceparent();
-      expect((await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('traceparent', client.header)).status).toBe(200);
+      expect(
+        (
+          await t.request
+            .get(`/api/v1/users/${user.id}`)
+            .set(...bearer(admin))
+            .set('traceparent', client.header)
+        ).status,
+      ).toBe(200);
       const wanted = ['arcana-cloud-controller', 'arcana-cloud-auth-service', 'arcana-cloud-user-service'];
       const spans = await receiver.trace(client.traceId, (received) => wanted.every((service) => received.some((s) => s.service === service && s.kind === SERVER)));
       const edge = spans.find((span) => span.service === 'arcana-cloud-controller' && span.kind === SERVER);
@@ -270,14 +291,19 @@ describe('traces of real processes', () => {
     try {
       const post = (path: string, body: unknown) =>
         fetch(`${topology.baseUrl}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-      const login = (await (await post('/api/v1/auth/login', { usernameOrEmail: ADMIN.username, password: ADMIN.password })).json()) as { data: { tokens: { accessToken: string } } };
+      const login = (await (await post('/api/v1/auth/login', { usernameOrEmail: ADMIN.username, password: ADMIN.password })).json()) as {
+        data: { tokens: { accessToken: string } };
+      };
       const registered = (await (await post('/api/v1/auth/register', newUser('trace'))).json()) as { data: { user: { id: number } } };
       const client = clientTraceparent();
       const res = await fetch(`${topology.baseUrl}/api/v1/users/${registered.data.user.id}`, {
         headers: { authorization: `Bearer ${login.data.tokens.accessToken}`, traceparent: client.header },
       });
       expect(res.status).toBe(200);
-      const spans = await receiver.trace(client.traceId, (received) => new Set(received.map((span) => span.service)).size === 3 && received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER));
+      const spans = await receiver.trace(
+        client.traceId,
+        (received) => new Set(received.map((span) => span.service)).size === 3 && received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER),
+      );
       const pids = new Map(spans.map((span) => [span.service, span.resource['process.pid']]));
       expect(new Set(pids.values()).size).toBe(3);
       expect(pids.get('arcana-cloud-controller')).toBe(topology.layers.find((layer) => layer.name === 'controller')?.pid);

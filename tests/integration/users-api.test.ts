@@ -68,7 +68,10 @@ describe('GET /api/v1/users/:userId', () => {
 describe('POST /api/v1/users', () => {
   it('when an admin creates a user with a role, then 201 and the user can log in', async () => {
     const body = { ...newUser(), role: 'GUEST', phone: '+1 555 0100' };
-    const res = await t.request.post('/api/v1/users').set(...bearer(admin)).send(body);
+    const res = await t.request
+      .post('/api/v1/users')
+      .set(...bearer(admin))
+      .send(body);
     expect(res.status).toBe(201);
     expect(res.body.data).toMatchObject({ username: body.username, role: 'GUEST', phone: '+1 555 0100' });
     const login = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: body.username, password: body.password });
@@ -78,13 +81,23 @@ describe('POST /api/v1/users', () => {
   it('when a USER creates a user, then 403 and nothing is stored', async () => {
     const user = await register(t);
     const body = newUser();
-    expect((await t.request.post('/api/v1/users').set(...bearer(user.accessToken)).send(body)).status).toBe(403);
+    expect(
+      (
+        await t.request
+          .post('/api/v1/users')
+          .set(...bearer(user.accessToken))
+          .send(body)
+      ).status,
+    ).toBe(403);
     expect(await t.sql('SELECT 1 FROM users WHERE username = $1', [body.username])).toHaveLength(0);
   });
 
   it('when the username is taken, then 409', async () => {
     const existing = await register(t);
-    const res = await t.request.post('/api/v1/users').set(...bearer(admin)).send({ ...newUser(), username: existing.username });
+    const res = await t.request
+      .post('/api/v1/users')
+      .set(...bearer(admin))
+      .send({ ...newUser(), username: existing.username });
     expect(res.status).toBe(409);
     expect(res.body.error.details).toEqual({ username: 'already exists' });
   });
@@ -106,7 +119,10 @@ describe('PUT /api/v1/users/:userId', () => {
   it('when self-service tries to change role, status, verification or id, then 400 and nothing changes', async () => {
     const user = await register(t);
     for (const body of [{ role: 'ADMIN' }, { status: 'ACTIVE' }, { isVerified: true }, { id: 1 }, { firstName: 'X', role: 'ADMIN' }]) {
-      const res = await t.request.put(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken)).send(body);
+      const res = await t.request
+        .put(`/api/v1/users/${user.id}`)
+        .set(...bearer(user.accessToken))
+        .send(body);
       expect(res.status, JSON.stringify(body)).toBe(400);
     }
     const [row] = await t.sql<{ role: string; first_name: string | null }>('SELECT role, first_name FROM users WHERE id = $1', [user.id]);
@@ -116,15 +132,46 @@ describe('PUT /api/v1/users/:userId', () => {
   it('when updating someone else as USER, then 403; to a taken e-mail, then 409; with javascript: avatar, then 400', async () => {
     const a = await register(t);
     const b = await register(t);
-    expect((await t.request.put(`/api/v1/users/${b.id}`).set(...bearer(a.accessToken)).send({ firstName: 'x' })).status).toBe(403);
-    expect((await t.request.put(`/api/v1/users/${a.id}`).set(...bearer(a.accessToken)).send({ email: b.email })).status).toBe(409);
-    expect((await t.request.put(`/api/v1/users/${a.id}`).set(...bearer(a.accessToken)).send({ avatarUrl: 'javascript:alert(1)' })).status).toBe(400);
-    expect((await t.request.put(`/api/v1/users/${a.id}`).set(...bearer(a.accessToken)).send({})).status).toBe(400);
+    expect(
+      (
+        await t.request
+          .put(`/api/v1/users/${b.id}`)
+          .set(...bearer(a.accessToken))
+          .send({ firstName: 'x' })
+      ).status,
+    ).toBe(403);
+    expect(
+      (
+        await t.request
+          .put(`/api/v1/users/${a.id}`)
+          .set(...bearer(a.accessToken))
+          .send({ email: b.email })
+      ).status,
+    ).toBe(409);
+    expect(
+      (
+        await t.request
+          .put(`/api/v1/users/${a.id}`)
+          .set(...bearer(a.accessToken))
+          .send({ avatarUrl: 'javascript:alert(1)' })
+      ).status,
+    ).toBe(400);
+    expect(
+      (
+        await t.request
+          .put(`/api/v1/users/${a.id}`)
+          .set(...bearer(a.accessToken))
+          .send({})
+      ).status,
+    ).toBe(400);
   });
 
   it('when an admin updates another user, then 200', async () => {
     const user = await register(t);
-    const res = await t.request.put(`/api/v1/users/${user.id}`).set(...bearer(admin)).send({ lastName: 'Hopper' });
+    const res = await t.request
+      .put(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .send({ lastName: 'Hopper' });
     expect(res.status).toBe(200);
     expect(res.body.data.lastName).toBe('Hopper');
   });
@@ -164,12 +211,21 @@ describe('PUT /api/v1/users/:userId/password', () => {
 
   it('when the old password is wrong, then 401; for another user (even as admin), then 403; weak new password, then 400', async () => {
     const user = await register(t);
-    const wrong = await t.request.put(`/api/v1/users/${user.id}/password`).set(...bearer(user.accessToken)).send({ oldPassword: 'Nope1234!', newPassword: 'N3w-Passw0rd' });
+    const wrong = await t.request
+      .put(`/api/v1/users/${user.id}/password`)
+      .set(...bearer(user.accessToken))
+      .send({ oldPassword: 'Nope1234!', newPassword: 'N3w-Passw0rd' });
     expect(wrong.status).toBe(401);
     expect(wrong.body.error.message).toBe('Current password is incorrect');
-    const asAdmin = await t.request.put(`/api/v1/users/${user.id}/password`).set(...bearer(admin)).send({ oldPassword: user.password, newPassword: 'N3w-Passw0rd' });
+    const asAdmin = await t.request
+      .put(`/api/v1/users/${user.id}/password`)
+      .set(...bearer(admin))
+      .send({ oldPassword: user.password, newPassword: 'N3w-Passw0rd' });
     expect(asAdmin.status).toBe(403);
-    const weak = await t.request.put(`/api/v1/users/${user.id}/password`).set(...bearer(user.accessToken)).send({ oldPassword: user.password, newPassword: 'alllowercase' });
+    const weak = await t.request
+      .put(`/api/v1/users/${user.id}/password`)
+      .set(...bearer(user.accessToken))
+      .send({ oldPassword: user.password, newPassword: 'alllowercase' });
     expect(weak.status).toBe(400);
     expect(weak.body.error.details).toHaveProperty('newPassword');
   });
@@ -190,19 +246,40 @@ describe('POST /api/v1/users/:userId/verify', () => {
 describe('PUT /api/v1/users/:userId/status', () => {
   it('when an admin suspends a user, then its tokens stop working at once and it cannot log in; reactivated, it can', async () => {
     const user = await register(t);
-    const res = await t.request.put(`/api/v1/users/${user.id}/status`).set(...bearer(admin)).send({ status: 'SUSPENDED' });
+    const res = await t.request
+      .put(`/api/v1/users/${user.id}/status`)
+      .set(...bearer(admin))
+      .send({ status: 'SUSPENDED' });
     expect(res.status).toBe(200);
     expect(res.body.data).toMatchObject({ status: 'SUSPENDED', isActive: false });
     expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(401);
     expect((await t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken })).status).toBe(401);
 
-    await t.request.put(`/api/v1/users/${user.id}/status`).set(...bearer(admin)).send({ status: 'ACTIVE' }).expect(200);
+    await t.request
+      .put(`/api/v1/users/${user.id}/status`)
+      .set(...bearer(admin))
+      .send({ status: 'ACTIVE' })
+      .expect(200);
     expect((await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password })).status).toBe(200);
   });
 
   it('when a USER changes a status, even its own, then 403; an unknown status, then 400', async () => {
     const user = await register(t);
-    expect((await t.request.put(`/api/v1/users/${user.id}/status`).set(...bearer(user.accessToken)).send({ status: 'ACTIVE' })).status).toBe(403);
-    expect((await t.request.put(`/api/v1/users/${user.id}/status`).set(...bearer(admin)).send({ status: 'BANNED' })).status).toBe(400);
+    expect(
+      (
+        await t.request
+          .put(`/api/v1/users/${user.id}/status`)
+          .set(...bearer(user.accessToken))
+          .send({ status: 'ACTIVE' })
+      ).status,
+    ).toBe(403);
+    expect(
+      (
+        await t.request
+          .put(`/api/v1/users/${user.id}/status`)
+          .set(...bearer(admin))
+          .send({ status: 'BANNED' })
+      ).status,
+    ).toBe(400);
   });
 });

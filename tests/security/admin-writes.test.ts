@@ -186,32 +186,53 @@ describe('ETags on REST', () => {
     const etag = String(first.headers.etag);
     expect(etag).toBe(`"${first.body.data.version}"`);
 
-    const unchanged = await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-none-match', etag);
+    const unchanged = await t.request
+      .get(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .set('if-none-match', etag);
     expect(unchanged.status).toBe(304);
     expect(unchanged.text).toBeFalsy();
     expect(unchanged.headers.etag).toBe(etag);
 
-    const updated = await t.request.put(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-match', etag).send({ lastName: 'Tagged' });
+    const updated = await t.request
+      .put(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .set('if-match', etag)
+      .send({ lastName: 'Tagged' });
     const updatedTag = String(updated.headers.etag);
     expect(updated.status).toBe(200);
     expect(updated.headers.etag).toBe(`"${(first.body.data.version as number) + 1}"`);
 
-    const changed = await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-none-match', etag);
+    const changed = await t.request
+      .get(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .set('if-none-match', etag);
     expect(changed.status).toBe(200);
     expect(changed.headers.etag).toBe(updated.headers.etag);
 
     // If-Match compares strongly: a weak tag never matches, and the envelope says why.
-    const weak = await t.request.put(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-match', `W/${updatedTag}`).send({ lastName: 'Weak' });
+    const weak = await t.request
+      .put(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .set('if-match', `W/${updatedTag}`)
+      .send({ lastName: 'Weak' });
     expect(weak.status).toBe(412);
     expect(weak.body).toMatchObject({ success: false, error: { code: 'PRECONDITION_FAILED' } });
-    const malformed = await t.request.put(`/api/v1/users/${user.id}`).set(...bearer(admin)).set('if-match', 'not-a-tag').send({ lastName: 'Bad' });
+    const malformed = await t.request
+      .put(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .set('if-match', 'not-a-tag')
+      .send({ lastName: 'Bad' });
     expect(malformed.status).toBe(400);
     expect((await row(t, user.id))?.version).toBe((first.body.data.version as number) + 1);
 
     // Every answer that returns one user carries its tag, /auth/me included.
     const me = await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken));
     expect(me.headers.etag).toBe(`"${me.body.data.version}"`);
-    const verified = await t.request.post(`/api/v1/users/${user.id}/verify`).set(...bearer(admin)).set('if-match', updatedTag);
+    const verified = await t.request
+      .post(`/api/v1/users/${user.id}/verify`)
+      .set(...bearer(admin))
+      .set('if-match', updatedTag);
     expect(verified.status).toBe(200);
     expect(verified.headers.etag).toBe(`"${verified.body.data.version}"`);
   });

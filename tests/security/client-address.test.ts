@@ -13,10 +13,7 @@ let behindProxy: TestServer;
 let direct: TestServer;
 
 beforeAll(async () => {
-  [behindProxy, direct] = await Promise.all([
-    startTestServer({ RATE_LIMIT_MAX: String(LIMIT), TRUST_PROXY: 'true' }),
-    startTestServer({ RATE_LIMIT_MAX: String(LIMIT) }),
-  ]);
+  [behindProxy, direct] = await Promise.all([startTestServer({ RATE_LIMIT_MAX: String(LIMIT), TRUST_PROXY: 'true' }), startTestServer({ RATE_LIMIT_MAX: String(LIMIT) })]);
 });
 
 afterAll(async () => {

@@ -136,7 +136,13 @@ const FLAG = { endHeaders: 4, ack: 1 } as const;
 /** A request's HEADERS block, HPACK literals without indexing: no table state to keep. */
 function requestHeaders(path: string): Buffer {
   const literal = (name: string, value: string) => Buffer.concat([Buffer.from([0, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
-  return Buffer.concat([literal(':method', 'POST'), literal(':scheme', 'http'), literal(':path', path), literal(':authority', 'attacker'), literal('content-type', 'application/grpc')]);
+  return Buffer.concat([
+    literal(':method', 'POST'),
+    literal(':scheme', 'http'),
+    literal(':path', path),
+    literal(':authority', 'attacker'),
+    literal('content-type', 'application/grpc'),
+  ]);
 }
 
 /** The frames the server has sent so far on a raw HTTP/2 connection. */
@@ -187,10 +193,7 @@ function h2Session(port: number, localAddress?: string): http2.ClientHttp2Sessio
 /** A gRPC call whose request body never comes: the headers and five bytes of a frame header. */
 function stalledStream(session: http2.ClientHttp2Session): { stream: http2.ClientHttp2Stream; closed: Promise<{ afterMs: number; rstCode: number }> } {
   const startedAt = performance.now();
-  const stream = session.request(
-    { ':method': 'POST', ':path': `/${AuthService.typeName}/Login`, 'content-type': 'application/grpc', te: 'trailers' },
-    { endStream: false },
-  );
+  const stream = session.request({ ':method': 'POST', ':path': `/${AuthService.typeName}/Login`, 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
   stream.on('error', () => undefined);
   stream.write(Buffer.from([0, 0, 0, 0, 64]));
   return { stream, closed: new Promise((resolve) => stream.once('close', () => resolve({ afterMs: performance.now() - startedAt, rstCode: stream.rstCode }))) };
@@ -265,7 +268,10 @@ describe('HTTP/1.1', () => {
     client.socket.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
     await until('the response', () => (client.received().includes('{"status":"ok"}') ? true : undefined));
     const answeredAt = performance.now();
-    const closedAt = await closedWithin(client.closed.then(() => performance.now()), KEEP_ALIVE_MS + KEEP_ALIVE_BUFFER_MS + SLACK_MS);
+    const closedAt = await closedWithin(
+      client.closed.then(() => performance.now()),
+      KEEP_ALIVE_MS + KEEP_ALIVE_BUFFER_MS + SLACK_MS,
+    );
     expect(client.received().toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
     expect(closedAt - answeredAt).toBeGreaterThanOrEqual(KEEP_ALIVE_MS - EARLY_MS);
     expect(closedAt - answeredAt).toBeLessThan(KEEP_ALIVE_MS + KEEP_ALIVE_BUFFER_MS + SLACK_MS);
@@ -307,7 +313,11 @@ describe('HTTP/2 (h2c)', () => {
     }, 250);
     cleanups.push(() => clearInterval(pings));
     const closedAfter = await closedWithin(client.closed, IDLE_MS + LINGER_MS + SLACK_MS);
-    expect(framesOf(client).find((f) => f.type === FRAME.goaway)?.payload.readUInt32BE(4)).toBe(NGHTTP2_NO_ERROR);
+    expect(
+      framesOf(client)
+        .find((f) => f.type === FRAME.goaway)
+        ?.payload.readUInt32BE(4),
+    ).toBe(NGHTTP2_NO_ERROR);
     expect(closedAfter).toBeLessThan(IDLE_MS + LINGER_MS + SLACK_MS);
   });
 
@@ -315,7 +325,14 @@ describe('HTTP/2 (h2c)', () => {
     const session = h2Session(server.port);
     await new Promise((resolve) => session.once('remoteSettings', resolve));
     const stalled = Array.from({ length: MAX_STREAMS }, () => stalledStream(session));
-    const results = await Promise.all(stalled.map(({ closed }) => closedWithin(closed.then((r) => r.afterMs), REQUEST_MS + SLACK_MS)));
+    const results = await Promise.all(
+      stalled.map(({ closed }) =>
+        closedWithin(
+          closed.then((r) => r.afterMs),
+          REQUEST_MS + SLACK_MS,
+        ),
+      ),
+    );
     for (const ms of results) {
       expect(ms).toBeGreaterThanOrEqual(REQUEST_MS - EARLY_MS);
       expect(ms).toBeLessThan(REQUEST_MS + SLACK_MS);
@@ -412,7 +429,15 @@ describe('graceful shutdown', () => {
     const url = new URL(TEST_DATABASE_URL);
     url.searchParams.set('schema', schema);
     const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
-      env: { ...TEST_ENV, PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DATABASE_URL: url.toString(), SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) },
+      env: {
+        ...TEST_ENV,
+        PATH: process.env.PATH ?? '',
+        PORT: '0',
+        HOST: '127.0.0.1',
+        LOG_LEVEL: 'info',
+        DATABASE_URL: url.toString(),
+        SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
+      },
     });
     cleanups.push(() => child.kill('SIGKILL'));
     try {

@@ -164,10 +164,7 @@ describe('single-line fields: names, phone and logins take no control, separator
         return { field, character, answer: api.updateUser(admin, victim.id, { [field]: `Ada${character}Lovelace` }) };
       });
       const created = { ...newUser('line'), lastName: 'Lovelace\u202egnp.exe' };
-      const [creation, registration] = await Promise.all([
-        api.register({ ...created }),
-        api.register({ ...newUser('line'), firstName: '\ufeffAda' }),
-      ]);
+      const [creation, registration] = await Promise.all([api.register({ ...created }), api.register({ ...newUser('line'), firstName: '\ufeffAda' })]);
       for (const attack of attacks) {
         expect({ character: JSON.stringify(attack.character), ...verdict(await attack.answer) }).toEqual({
           character: JSON.stringify(attack.character),
@@ -213,7 +210,9 @@ describe('single-line fields: names, phone and logins take no control, separator
 
 describe('bodies the decoder cannot take: invalid_argument, logged and rate limited like any request', () => {
   const login = (protocol: RpcProtocol) =>
-    protocol === 'connect-json' ? json({ usernameOrEmail: 'decoder_victim', password: 'Passw0rd!' }) : binary(LoginRequestSchema, { usernameOrEmail: 'decoder_victim', password: 'Passw0rd!' });
+    protocol === 'connect-json'
+      ? json({ usernameOrEmail: 'decoder_victim', password: 'Passw0rd!' })
+      : binary(LoginRequestSchema, { usernameOrEmail: 'decoder_victim', password: 'Passw0rd!' });
 
   /** Every way a body can fail to decode, per protocol; `send` tags the request id with `tag`. */
   const attacks = (protocol: RpcProtocol) => {
@@ -223,7 +222,10 @@ describe('bodies the decoder cannot take: invalid_argument, logged and rate limi
     const procedure = 'arcana.auth.v1.AuthService/Login';
     const kinds: { key: string; send: (headers: Record<string, string>) => Promise<RawAnswer> }[] = [
       // Only the compressed data is cut: an envelope is rewritten to the length it then holds.
-      { key: 'gzip-cut', send: (headers) => raw.rpc(protocol, procedure, message, { compression: 'gzip', frame: (body) => (enveloped ? fixEnvelope(cut(body)) : cut(body)), headers }) },
+      {
+        key: 'gzip-cut',
+        send: (headers) => raw.rpc(protocol, procedure, message, { compression: 'gzip', frame: (body) => (enveloped ? fixEnvelope(cut(body)) : cut(body)), headers }),
+      },
       { key: 'brotli-garbled', send: (headers) => raw.rpc(protocol, procedure, new Uint8Array([0x0b, 0xff, 0x00, 0x61]), { declaredEncoding: 'br', compressedFlag: 1, headers }) },
       { key: 'gzip-named-plain-sent', send: (headers) => raw.rpc(protocol, procedure, message, { declaredEncoding: 'gzip', compressedFlag: 1, headers }) },
       { key: 'message-cut', send: (headers) => raw.rpc(protocol, procedure, message.subarray(0, message.length - 3), { headers }) },

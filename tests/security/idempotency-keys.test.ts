@@ -24,7 +24,10 @@ beforeAll(async () => {
   t = await startTestServer();
   adminA = await loginAdmin(t);
   const second = newUser('admin_b');
-  const created = await t.request.post('/api/v1/users').set('authorization', `Bearer ${adminA}`).send({ ...second, role: 'ADMIN' });
+  const created = await t.request
+    .post('/api/v1/users')
+    .set('authorization', `Bearer ${adminA}`)
+    .send({ ...second, role: 'ADMIN' });
   expect(created.status).toBe(201);
   const login = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: second.username, password: second.password });
   expect(login.status).toBe(200);

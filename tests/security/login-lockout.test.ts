@@ -80,19 +80,17 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect(sessions[0]?.ip_address).toBe(ip(2));
   });
 
-  it('when a locked-out address keeps guessing, then its refused attempts do not spend the account\'s budget and the owner still logs in from another address', async () => {
+  it("when a locked-out address keeps guessing, then its refused attempts do not spend the account's budget and the owner still logs in from another address", async () => {
     const user = await register(t);
     for (let i = 0; i < MAX_FAILURES; i += 1) await client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(3)));
     // Far more refused attempts than the account's whole budget, all at once.
-    const refused = await Promise.all(
-      Array.from({ length: 3 * ACCOUNT_BUDGET }, () => client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(3)))),
-    );
+    const refused = await Promise.all(Array.from({ length: 3 * ACCOUNT_BUDGET }, () => client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(3)))));
     expect(refused.every((attempt) => attempt.code === 'unauthenticated')).toBe(true);
 
     expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(4)))).code).toBe('ok');
   });
 
-  it('when strangers have spent the account\'s budget, then the owner\'s known device still logs in from a new address, and a stranger with the right password does not', async () => {
+  it("when strangers have spent the account's budget, then the owner's known device still logs in from a new address, and a stranger with the right password does not", async () => {
     const user = await register(t);
     const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(5)));
     expect(first.code).toBe('ok');
@@ -103,9 +101,7 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     // Several addresses, each staying under its own lockout, together spend the account's budget.
     const attackers = Array.from({ length: Math.ceil(ACCOUNT_BUDGET / (MAX_FAILURES - 1)) }, (_, i) => ip(10 + i));
     await Promise.all(
-      attackers.flatMap((attacker) =>
-        Array.from({ length: MAX_FAILURES - 1 }, () => client.login({ usernameOrEmail: user.username, password: WRONG }, from(attacker))),
-      ),
+      attackers.flatMap((attacker) => Array.from({ length: MAX_FAILURES - 1 }, () => client.login({ usernameOrEmail: user.username, password: WRONG }, from(attacker)))),
     );
     const stranger = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(30)));
     expect(stranger.code).toBe('unauthenticated');
@@ -119,15 +115,13 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     // A device token is bound to its account: presented for another account, it is a stranger's.
     const other = await register(t);
     for (const attacker of attackers) {
-      await Promise.all(
-        Array.from({ length: MAX_FAILURES - 1 }, () => client.login({ usernameOrEmail: other.username, password: WRONG }, from(attacker))),
-      );
+      await Promise.all(Array.from({ length: MAX_FAILURES - 1 }, () => client.login({ usernameOrEmail: other.username, password: WRONG }, from(attacker))));
     }
     const borrowed = await client.login({ usernameOrEmail: other.username, password: other.password }, from(ip(33), { 'x-device-token': deviceToken ?? '' }));
     expect(borrowed.code).toBe('unauthenticated');
   });
 
-  it('when a known device guesses wrong too often, then that device is locked out on its own, without touching the owner\'s other clients', async () => {
+  it("when a known device guesses wrong too often, then that device is locked out on its own, without touching the owner's other clients", async () => {
     const user = await register(t);
     const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(40)));
     const deviceToken = first.headers.get('x-device-token') ?? '';
@@ -136,9 +130,7 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     );
     expect(guesses.every((guess) => guess.code === 'unauthenticated')).toBe(true);
     expect((await failureReasons(user.id, 10)).wrong_password).toBe(MAX_FAILURES);
-    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(40), { 'x-device-token': deviceToken }))).code).toBe(
-      'unauthenticated',
-    );
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(40), { 'x-device-token': deviceToken }))).code).toBe('unauthenticated');
     expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(41)))).code).toBe('ok');
   });
 });

@@ -103,11 +103,7 @@ describe.each(PROTOCOLS)('passwords over %s', (protocol: ProtocolName) => {
   it('when a username differs from a taken one only in case, then it is refused; logging in by any case reaches the one account', async () => {
     const original = newUser(`Case${protocol.replace('-', '')}`);
     const user = await register(t, original);
-    const twins = await Promise.all(
-      [original.username.toUpperCase(), original.username.toLowerCase()].map((username) =>
-        client.register({ ...newUser('twin'), username }),
-      ),
-    );
+    const twins = await Promise.all([original.username.toUpperCase(), original.username.toLowerCase()].map((username) => client.register({ ...newUser('twin'), username })));
     expect(twins.map((twin) => twin.code)).toEqual(['already_exists', 'already_exists']);
     const login = await client.login({ usernameOrEmail: original.username.toUpperCase(), password: user.password }, from(ip(7)));
     expect(login.code).toBe('ok');

@@ -62,9 +62,7 @@ describe.each(PROTOCOLS)('password hashing under a crowd, over %s', (protocol: P
 
   it('when 20 logins arrive at once, then what cannot be hashed or queued is refused at once with unavailable and Retry-After, and is not counted as a failed guess', async () => {
     const user = await register(t);
-    const attempts = await Promise.all(
-      Array.from({ length: 20 }, (_, i) => client.login({ usernameOrEmail: user.username, password: `Wrong-${i}-Passw0rd!` }, from(ip(1)))),
-    );
+    const attempts = await Promise.all(Array.from({ length: 20 }, (_, i) => client.login({ usernameOrEmail: user.username, password: `Wrong-${i}-Passw0rd!` }, from(ip(1)))));
     const refused = attempts.filter((attempt) => attempt.code === 'unavailable');
     expect(refused.length).toBeGreaterThan(0);
     for (const attempt of refused) expect(Number(attempt.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);

@@ -76,14 +76,18 @@ export class RawClient {
   /** One HTTP/1.1 request; a request the server cuts off is answered with status 0. */
   http1(method: string, path: string, headers: Record<string, string>, body?: Uint8Array): Promise<HttpResult> {
     return new Promise((resolve, reject) => {
-      const req = http.request(new URL(path, this.baseUrl), { method, headers: { ...headers, ...(body === undefined ? {} : { 'content-length': String(body.byteLength) }) }, agent: this.#agent }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, headers: toHeaders(res.headers), body: new Uint8Array(Buffer.concat(chunks)), trailers: toHeaders(res.trailers) }),
-        );
-        res.on('error', reject);
-      });
+      const req = http.request(
+        new URL(path, this.baseUrl),
+        { method, headers: { ...headers, ...(body === undefined ? {} : { 'content-length': String(body.byteLength) }) }, agent: this.#agent },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (chunk: Buffer) => chunks.push(chunk));
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, headers: toHeaders(res.headers), body: new Uint8Array(Buffer.concat(chunks)), trailers: toHeaders(res.trailers) }),
+          );
+          res.on('error', reject);
+        },
+      );
       req.on('error', reject);
       req.end(body === undefined ? undefined : Buffer.from(body));
     });

@@ -95,7 +95,8 @@ function restOperations(): RestOperation[] {
   const operations: RestOperation[] = [];
   for (const [path, item] of Object.entries(openapi.paths)) {
     for (const method of ['get', 'post', 'put', 'patch', 'delete']) {
-      const operation = item[method] as { operationId: string; parameters?: { $ref: string }[]; requestBody?: { content?: Record<string, { schema?: { $ref?: string } }> } } | undefined;
+      const operation = item[method] as
+        { operationId: string; parameters?: { $ref: string }[]; requestBody?: { content?: Record<string, { schema?: { $ref?: string } }> } } | undefined;
       if (operation === undefined) continue;
       const refs = [...((item.parameters as { $ref: string }[] | undefined) ?? []), ...(operation.parameters ?? [])];
       const parameters = refs.map((ref) => {
@@ -282,7 +283,10 @@ const wrongShape: fc.Arbitrary<JsonValue> = fc.oneof(
 const hostileJson: fc.Arbitrary<JsonValue> = fc.oneof({ weight: 4, arbitrary: hostileString }, { weight: 2, arbitrary: hostileNumber }, { weight: 2, arbitrary: wrongShape });
 
 /** A key no request declares. */
-const unknownKey = fc.oneof(fc.constantFrom('admin', 'isAdmin', 'role', '__proto__', 'constructor', '$where', 'user_id_', '\u0000', 'a\ud800'), fc.string({ minLength: 1, maxLength: 8 }).map((key) => `x_${key}`));
+const unknownKey = fc.oneof(
+  fc.constantFrom('admin', 'isAdmin', 'role', '__proto__', 'constructor', '$where', 'user_id_', '\u0000', 'a\ud800'),
+  fc.string({ minLength: 1, maxLength: 8 }).map((key) => `x_${key}`),
+);
 
 type Compression = 'gzip-cut' | 'brotli-garbage' | 'named-gzip-sent-plain' | 'flag-without-encoding' | 'unsupported-encoding';
 const compression = fc.constantFrom<Compression>('gzip-cut', 'brotli-garbage', 'named-gzip-sent-plain', 'flag-without-encoding', 'unsupported-encoding');
@@ -302,7 +306,11 @@ type Mutation =
 
 const wireTamper = fc.oneof(
   fc.record({ kind: fc.constant<'truncate'>('truncate'), keep: fc.double({ min: 0, max: 0.999, noNaN: true }) }),
-  fc.record({ kind: fc.constant<'garble'>('garble'), at: fc.array(fc.double({ min: 0, max: 0.999, noNaN: true }), { minLength: 1, maxLength: 4 }), xor: fc.integer({ min: 1, max: 255 }) }),
+  fc.record({
+    kind: fc.constant<'garble'>('garble'),
+    at: fc.array(fc.double({ min: 0, max: 0.999, noNaN: true }), { minLength: 1, maxLength: 4 }),
+    xor: fc.integer({ min: 1, max: 255 }),
+  }),
   fc.record({ kind: fc.constant<'compress'>('compress'), how: compression }),
 );
 
@@ -448,7 +456,9 @@ const settings = { numRuns: runsPerPair, ...REPLAY };
 
 it('when the schemas and descriptors are read, then every REST operation and every public RPC is found, and no internal one', () => {
   expect(restOps.length).toBeGreaterThan(0);
-  expect(services.map((service) => service.typeName).sort()).toEqual(expect.arrayContaining(['arcana.audit.v1.AuditService', 'arcana.auth.v1.AuthService', 'arcana.user.v1.UserService']));
+  expect(services.map((service) => service.typeName).sort()).toEqual(
+    expect.arrayContaining(['arcana.audit.v1.AuditService', 'arcana.auth.v1.AuthService', 'arcana.user.v1.UserService']),
+  );
   expect(services.some((service) => service.typeName.includes('.internal.'))).toBe(false);
 });
 
@@ -472,10 +482,18 @@ describe('REST: one hostile part in an otherwise valid request', () => {
         );
       }
       if (queryParams.length > 0) {
-        choices.push(fc.record({ kind: fc.constant<'query'>('query'), target: fc.constantFrom(...queryParams.map((p) => p.name)), values: fc.array(hostileUrlText, { minLength: 1, maxLength: 2 }) }));
+        choices.push(
+          fc.record({
+            kind: fc.constant<'query'>('query'),
+            target: fc.constantFrom(...queryParams.map((p) => p.name)),
+            values: fc.array(hostileUrlText, { minLength: 1, maxLength: 2 }),
+          }),
+        );
       }
       if (pathParams.length > 0) {
-        choices.push(fc.record({ kind: fc.constant<'path'>('path'), target: fc.constantFrom(...pathParams.map((p) => p.name)), value: fc.oneof(hostileUrlText, hostileNumber.map(String)) }));
+        choices.push(
+          fc.record({ kind: fc.constant<'path'>('path'), target: fc.constantFrom(...pathParams.map((p) => p.name)), value: fc.oneof(hostileUrlText, hostileNumber.map(String)) }),
+        );
       }
       const needsVictim = [...bodyKeys, ...operation.parameters.map((parameter) => parameter.name)].some((name) => SEEDS[name] !== undefined);
 
@@ -485,7 +503,9 @@ describe('REST: one hostile part in an otherwise valid request', () => {
         const body = operation.body === undefined ? undefined : (validValue(operation.body, '', context) as Record<string, JsonValue>);
         const query = new URLSearchParams();
         for (const parameter of queryParams) query.set(parameter.name, String(validValue(parameter.place, parameter.name, context)));
-        const pathValues: Record<string, string> = Object.fromEntries(pathParams.map((parameter) => [parameter.name, String(validValue(parameter.place, parameter.name, context))]));
+        const pathValues: Record<string, string> = Object.fromEntries(
+          pathParams.map((parameter) => [parameter.name, String(validValue(parameter.place, parameter.name, context))]),
+        );
         const headers: Record<string, string> = {};
         let text = body === undefined ? undefined : JSON.stringify(body);
         let bytes: Uint8Array | undefined;
@@ -496,7 +516,11 @@ describe('REST: one hostile part in an otherwise valid request', () => {
             const mutated = { ...body, [mutation.target]: mutation.value };
             text = JSON.stringify(mutated);
             const validate = validatorOf(operation.body as SchemaAt);
-            const schemaRefuses = !validate(mutated) && (validate.errors ?? []).some((error) => error.instancePath.split('/')[1] === mutation.target || (error.params as { missingProperty?: string }).missingProperty === mutation.target);
+            const schemaRefuses =
+              !validate(mutated) &&
+              (validate.errors ?? []).some(
+                (error) => error.instancePath.split('/')[1] === mutation.target || (error.params as { missingProperty?: string }).missingProperty === mutation.target,
+              );
             const unstorable = JSON.stringify(mutation.value).includes('\\u0000') || (typeof mutation.value === 'string' && !storable(mutation.value));
             verdict = { invalid: schemaRefuses || unstorable, field: mutation.target };
             break;
@@ -590,14 +614,16 @@ describe.each(RPC_PROTOCOLS)('RPC over %s: one hostile part in an otherwise vali
           }),
         );
         if (fields.length > 0) {
-          const typedMutation = fc.constantFrom(...fields).chain((field) =>
-            (field.fieldKind === 'enum'
-              ? fc.oneof(fc.constantFrom(...field.enum.values.map((value) => value.number)), hostileInt32)
-              : typeof reflect(desc).get(field) === 'string'
-                ? hostileString
-                : hostileInt32
-            ).map((value): Mutation => ({ kind: 'value', target: field.name, value })),
-          );
+          const typedMutation = fc
+            .constantFrom(...fields)
+            .chain((field) =>
+              (field.fieldKind === 'enum'
+                ? fc.oneof(fc.constantFrom(...field.enum.values.map((value) => value.number)), hostileInt32)
+                : typeof reflect(desc).get(field) === 'string'
+                  ? hostileString
+                  : hostileInt32
+              ).map((value): Mutation => ({ kind: 'value', target: field.name, value })),
+            );
           choices.push(typedMutation, typedMutation);
         }
       }

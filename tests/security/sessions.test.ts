@@ -80,7 +80,7 @@ describe.each(PROTOCOLS)('sessions over %s', (protocol: ProtocolName) => {
     client.close();
   });
 
-  it('when a logged-out session\'s refresh token is presented, then it is refused without a theft alarm; a replayed rotated token still raises one', async () => {
+  it("when a logged-out session's refresh token is presented, then it is refused without a theft alarm; a replayed rotated token still raises one", async () => {
     const user = await register(t);
     const login = await client.login({ usernameOrEmail: user.username, password: user.password });
     expect((await client.logout(login.data?.tokens.accessToken ?? '')).code).toBe('ok');

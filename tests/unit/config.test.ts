@@ -36,14 +36,16 @@ describe('loadConfig', () => {
   });
 
   it('when lists are given, then they are split on commas', () => {
-    expect(loadConfig({ CORS_ORIGINS: 'https://a.example, https://b.example' }).corsOrigins).toEqual([
-      'https://a.example',
-      'https://b.example',
-    ]);
+    expect(loadConfig({ CORS_ORIGINS: 'https://a.example, https://b.example' }).corsOrigins).toEqual(['https://a.example', 'https://b.example']);
   });
 
   it('when a layered topology is described, then each layer gets its protocol, URLs and deadlines', () => {
-    const controller = loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', COMMUNICATION_PROTOCOL: 'http', SERVICE_URLS: 'http://service-a:3001, http://service-b:3001/' });
+    const controller = loadConfig({
+      DEPLOYMENT_MODE: 'layered',
+      DEPLOYMENT_LAYER: 'controller',
+      COMMUNICATION_PROTOCOL: 'http',
+      SERVICE_URLS: 'http://service-a:3001, http://service-b:3001/',
+    });
     expect(controller.deployment).toMatchObject({ mode: 'layered', layer: 'controller', protocol: 'http', serviceUrls: ['http://service-a:3001', 'http://service-b:3001'] });
     const service = loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://repository:3002', INTERNAL_TIMEOUT_MS: '800' });
     expect(service.deployment).toMatchObject({ protocol: 'grpc', repositoryUrls: ['http://repository:3002'], internalTimeoutMs: 800, internalRetries: 2 });
@@ -71,7 +73,9 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1', REPOSITORY_URLS: 'http://r:2' })).toThrow(
       /does not use REPOSITORY_URLS; unset it/,
     );
-    expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'service:3001' })).toThrow(/SERVICE_URLS[\s\S]*http:\/\/ or https:\/\/ base URLs/);
+    expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'service:3001' })).toThrow(
+      /SERVICE_URLS[\s\S]*http:\/\/ or https:\/\/ base URLs/,
+    );
     expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://r:2', DATABASE_URL: 'postgresql://db/x' })).toThrow(
       /DATABASE_URL belongs to the repository layer only/,
     );
@@ -80,7 +84,8 @@ describe('loadConfig', () => {
   it('when in production, then only the layers that handle tokens need JWT_SECRET', () => {
     expect(() => loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://r:2' })).toThrow(/JWT_SECRET/);
     expect(
-      loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1', INTERNAL_API_SECRET: 's'.repeat(32) }).isProduction,
+      loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1', INTERNAL_API_SECRET: 's'.repeat(32) })
+        .isProduction,
     ).toBe(true);
   });
 

@@ -258,7 +258,8 @@ function report(context: Context, path: string, problem: string): void {
 function compareValue(context: Context, path: string, schema: JsonObject, kind: { scalar?: ScalarType; enum?: DescEnum; message?: DescMessage }): void {
   const types = restTypes(schema).filter((type) => type !== 'null');
   const expectTypes = (wanted: string[], protoType: string) => {
-    if (!types.every((type) => wanted.includes(type)) || types.length === 0) report(context, path, `REST type ${JSON.stringify(schema.type ?? null)} does not hold proto ${protoType}`);
+    if (!types.every((type) => wanted.includes(type)) || types.length === 0)
+      report(context, path, `REST type ${JSON.stringify(schema.type ?? null)} does not hold proto ${protoType}`);
   };
   if (kind.enum !== undefined) {
     expectTypes(['string'], kind.enum.typeName);
@@ -307,12 +308,14 @@ function compareValue(context: Context, path: string, schema: JsonObject, kind: 
       const bounded =
         (schema.format === (unsigned ? 'uint32' : 'int32') || (typeof schema.maximum === 'number' && schema.maximum <= range.maximum)) &&
         (schema.format === (unsigned ? 'uint32' : 'int32') || (typeof schema.minimum === 'number' && schema.minimum >= range.minimum));
-      if (context.direction === 'request' && !bounded) report(context, path, `REST accepts integers outside the range of proto ${unsigned ? 'uint32' : 'int32'}: add format: ${unsigned ? 'uint32' : 'int32'}`);
+      if (context.direction === 'request' && !bounded)
+        report(context, path, `REST accepts integers outside the range of proto ${unsigned ? 'uint32' : 'int32'}: add format: ${unsigned ? 'uint32' : 'int32'}`);
       return;
     }
     default:
       // 64-bit integers are strings in proto JSON: REST would have to say so.
-      if (!(types.length === 1 && types[0] === 'string') && schema.format !== 'int64') report(context, path, `proto 64-bit integer, REST type ${JSON.stringify(schema.type ?? null)}`);
+      if (!(types.length === 1 && types[0] === 'string') && schema.format !== 'int64')
+        report(context, path, `proto 64-bit integer, REST type ${JSON.stringify(schema.type ?? null)}`);
   }
 }
 
@@ -327,7 +330,7 @@ function compareField(context: Context, path: string, schema: JsonObject, field:
       report(context, path, 'optional in REST without a default, but the proto field has no presence: mark it `optional`');
     }
   } else {
-    if (nullable(schema) !== (field.proto.proto3Optional)) {
+    if (nullable(schema) !== field.proto.proto3Optional) {
       report(context, path, nullable(schema) ? 'REST may answer null, but the proto field is not `optional`' : 'the proto field is `optional`, but REST never answers null');
     }
     if (!required && !explicitPresence) report(context, path, 'REST may leave it out, but the proto field always has a value');
@@ -531,7 +534,9 @@ describe('REST and RPC contracts', () => {
           const rpcRefusesIt = rpcRefuses(method.input, protoField, probe.proto);
           if (restRefuses !== rpcRefusesIt) {
             const shown = probe.rest === undefined ? 'not sent' : JSON.stringify(probe.rest).slice(0, 40);
-            disagreements.push(`${field.name} = ${shown}${typeof probe.rest === 'string' ? ` (${probe.rest.length} chars)` : ''}: REST ${restRefuses ? 'refuses' : 'accepts'}, RPC ${rpcRefusesIt ? 'refuses' : 'accepts'}`);
+            disagreements.push(
+              `${field.name} = ${shown}${typeof probe.rest === 'string' ? ` (${probe.rest.length} chars)` : ''}: REST ${restRefuses ? 'refuses' : 'accepts'}, RPC ${rpcRefusesIt ? 'refuses' : 'accepts'}`,
+            );
           }
         }
       }

@@ -8,16 +8,7 @@ import { isBuiltin } from 'node:module';
 import { basename, join, posix } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ENVIRONMENT_VARIABLES, loadConfig, type Environment } from '../../src/config.ts';
-import {
-  DEFAULT_PORTS,
-  DEPLOYMENT_LAYERS,
-  DEPLOYMENT_MODES,
-  holdingsOf,
-  layersOf,
-  TOPOLOGY,
-  type DeploymentLayer,
-  type DeploymentMode,
-} from '../../src/topology.ts';
+import { DEFAULT_PORTS, DEPLOYMENT_LAYERS, DEPLOYMENT_MODES, holdingsOf, layersOf, TOPOLOGY, type DeploymentLayer, type DeploymentMode } from '../../src/topology.ts';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const DOCKERFILE = 'docker/Dockerfile';
@@ -30,9 +21,7 @@ type Layer = DeploymentLayer;
 const LAYERS: Record<Mode, readonly Layer[]> = Object.fromEntries(DEPLOYMENT_MODES.map((mode) => [mode, layersOf(mode)])) as Record<Mode, Layer[]>;
 const PORTS = DEFAULT_PORTS;
 /** The layer each URL variable points at, wherever it is used. */
-const URL_TARGETS: Record<string, Layer> = Object.fromEntries(
-  DEPLOYMENT_MODES.flatMap((mode) => Object.values(TOPOLOGY[mode]).flatMap((spec) => Object.entries(spec.calls))),
-);
+const URL_TARGETS: Record<string, Layer> = Object.fromEntries(DEPLOYMENT_MODES.flatMap((mode) => Object.values(TOPOLOGY[mode]).flatMap((spec) => Object.entries(spec.calls))));
 const URLS_NEEDED: Record<Mode, Partial<Record<Layer, readonly string[]>>> = { monolithic: {}, layered: {}, microservices: {} };
 for (const mode of DEPLOYMENT_MODES) {
   for (const layer of layersOf(mode)) {
@@ -290,9 +279,7 @@ function dockerignored(path: string): boolean {
       const pattern = posix.normalize(line.slice(negated ? 1 : 0)).replace(/^\/+|\/+$/g, '');
       const regex = pattern
         .split(/(\*\*\/?|\*|\?)/)
-        .map((part) =>
-          part === '**' || part === '**/' ? '.*' : part === '*' ? '[^/]*' : part === '?' ? '[^/]' : part.replace(/[.+^${}()|[\]\\]/g, '\\$&'),
-        )
+        .map((part) => (part === '**' || part === '**/' ? '.*' : part === '*' ? '[^/]*' : part === '?' ? '[^/]' : part.replace(/[.+^${}()|[\]\\]/g, '\\$&')))
         .join('');
       return { negated, regex: new RegExp(`^${regex}$`) };
     });
@@ -330,21 +317,18 @@ function copiedFrom(image: Image, imagePath: string): string | undefined {
 // Docker Compose: interpolation as `docker compose` does it, with the operator's values above.
 
 function interpolate(value: string, used: Set<string>, where: string): string {
-  return value.replace(
-    /\$\$|\$\{([A-Za-z_]\w*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_]\w*)/g,
-    (whole, braced?: string, operator?: string, argument?: string, bare?: string) => {
-      if (whole === '$$') return '$';
-      const name = braced ?? bare ?? '';
-      used.add(name);
-      if (operator?.endsWith('?') === true) {
-        const supplied = TEST_VALUES[name];
-        if (supplied === undefined) throw new Error(`${where}: ${name} is required; give the test a value for it`);
-        return supplied;
-      }
-      if (operator?.endsWith('-') === true) return argument ?? '';
-      return TEST_VALUES[name] ?? '';
-    },
-  );
+  return value.replace(/\$\$|\$\{([A-Za-z_]\w*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_]\w*)/g, (whole, braced?: string, operator?: string, argument?: string, bare?: string) => {
+    if (whole === '$$') return '$';
+    const name = braced ?? bare ?? '';
+    used.add(name);
+    if (operator?.endsWith('?') === true) {
+      const supplied = TEST_VALUES[name];
+      if (supplied === undefined) throw new Error(`${where}: ${name} is required; give the test a value for it`);
+      return supplied;
+    }
+    if (operator?.endsWith('-') === true) return argument ?? '';
+    return TEST_VALUES[name] ?? '';
+  });
 }
 
 interface ComposeService {
@@ -405,7 +389,9 @@ function buildTarget(service: ComposeService): string | undefined {
 function publishedContainerPorts(service: ComposeService): number[] {
   return sequence(service.spec['ports'], `${service.name}.ports`).map((entry) => {
     if (isMapping(entry)) return Number(scalar(entry['target'], `${service.name}.ports.target`));
-    const parts = scalar(entry, `${service.name}.ports`).replace(/\/tcp$/, '').split(':');
+    const parts = scalar(entry, `${service.name}.ports`)
+      .replace(/\/tcp$/, '')
+      .split(':');
     return Number(parts[parts.length - 1]);
   });
 }
@@ -532,10 +518,7 @@ function environmentOfContainer(workload: Workload, objects: K8sObject[], replac
     if (found === undefined) throw new Error(`${where}: refers to ${kind} ${name}, which the overlay does not define`);
     if (kind === 'ConfigMap' || !replacePlaceholders) return found.data;
     return Object.fromEntries(
-      Object.entries(found.data).map(([key, value]) => [
-        key,
-        value.includes(PLACEHOLDER) ? (TEST_VALUES[key] ?? value.replaceAll(PLACEHOLDER, 'test-password')) : value,
-      ]),
+      Object.entries(found.data).map(([key, value]) => [key, value.includes(PLACEHOLDER) ? (TEST_VALUES[key] ?? value.replaceAll(PLACEHOLDER, 'test-password')) : value]),
     );
   };
   const env: Record<string, string> = {};
@@ -696,7 +679,17 @@ describe('docker/Dockerfile', () => {
     // src/app.ts finds these next to src/: the version in package.json, the OpenAPI document
     // that validates requests, the migrations applied at start-up, the console's build, and the
     // .proto files and page that /docs serves.
-    for (const path of [entry, 'src/app.ts', 'gen/prisma/client.ts', 'package.json', 'openapi.yaml', 'prisma/migrations', 'console/dist', 'proto/arcana/user/v1/user_service.proto', 'src/controllers/rest/docs/index.html']) {
+    for (const path of [
+      entry,
+      'src/app.ts',
+      'gen/prisma/client.ts',
+      'package.json',
+      'openapi.yaml',
+      'prisma/migrations',
+      'console/dist',
+      'proto/arcana/user/v1/user_service.proto',
+      'src/controllers/rest/docs/index.html',
+    ]) {
       const imagePath = posix.resolve(image.workdir, path);
       expect(existsSync(join(ROOT, path)), `${path} exists`).toBe(true);
       expect(copiedFrom(image, imagePath), `${imagePath} comes from ${path}`).toBe(path);
@@ -728,9 +721,7 @@ describe('docker/Dockerfile', () => {
       const source = readText(file);
       const specifiers = [
         // Type-only imports are erased by Node, so they need nothing at run time.
-        ...[...source.matchAll(/\b(?:import|export)\s+(type\s+)?(?:[^'";]*?\bfrom\s+)?['"]([^'"]+)['"]/g)]
-          .filter((m) => m[1] === undefined)
-          .map((m) => m[2] ?? ''),
+        ...[...source.matchAll(/\b(?:import|export)\s+(type\s+)?(?:[^'";]*?\bfrom\s+)?['"]([^'"]+)['"]/g)].filter((m) => m[1] === undefined).map((m) => m[2] ?? ''),
         ...[...source.matchAll(/\b(?:import|require(?:\.resolve)?)\(\s*['"]([^'"]+)['"]/g)].map((m) => m[1] ?? ''),
       ];
       for (const specifier of specifiers) {
@@ -876,7 +867,11 @@ describe.each(Object.entries(COMPOSE_FILES))('%s', (file, mode) => {
     for (const service of services) {
       const names = Object.keys(service.env);
       if (apps.includes(service)) expectKnownVariables(names, `${file}: ${service.name}`);
-      else expect(names.filter((name) => !INFRASTRUCTURE_VARIABLES.has(name)), `${file}: ${service.name}`).toEqual([]);
+      else
+        expect(
+          names.filter((name) => !INFRASTRUCTURE_VARIABLES.has(name)),
+          `${file}: ${service.name}`,
+        ).toEqual([]);
     }
     expectKnownVariables(compose.variables, `${file}: \${…}`, INFRASTRUCTURE_VARIABLES);
   });
@@ -907,7 +902,10 @@ describe.each(Object.entries(OVERLAYS))('%s', (overlay, mode) => {
     if (service === undefined) return undefined;
     const selector = stringMap(service.spec['selector'], service.name);
     const selected = workloads.filter((w) => labelsMatch(selector, w.labels));
-    expect(selected.map((w) => w.name), `Service ${serviceName} selects one workload`).toHaveLength(1);
+    expect(
+      selected.map((w) => w.name),
+      `Service ${serviceName} selects one workload`,
+    ).toHaveLength(1);
     const servicePort = sequence(service.spec['ports'], service.name)
       .map((p) => mapping(p, service.name))
       .find((p) => p['port'] === port);
@@ -974,11 +972,7 @@ describe.each(Object.entries(OVERLAYS))('%s', (overlay, mode) => {
       expect(outside, `${to.where}: reachable from outside`).toBe(EDGE.includes(toLayer));
       for (const from of all) {
         const fromLayer = from.env['DEPLOYMENT_LAYER'] as Layer;
-        const expected = EDGE.includes(toLayer)
-          ? true
-          : SERVICE_TIER.includes(toLayer)
-            ? fromLayer === 'controller'
-            : SERVICE_TIER.includes(fromLayer);
+        const expected = EDGE.includes(toLayer) ? true : SERVICE_TIER.includes(toLayer) ? fromLayer === 'controller' : SERVICE_TIER.includes(fromLayer);
         expect(ingressAllowed(policies, to.workload.labels, to.listenPort, { labels: from.workload.labels }), `${from.name} → ${to.name}`).toBe(expected);
       }
     }

@@ -13,13 +13,16 @@ describe('in-process transport', () => {
   it('when a client calls, then the implementation gets the very request object, the headers, values and deadline, inside the interceptors', async () => {
     const request = create(HealthCheckRequestSchema, { service: 'x' });
     const order: string[] = [];
-    const tag = (name: string): Interceptor => (next) => async (req) => {
-      order.push(`${name}:in`);
-      const res = await next(req);
-      order.push(`${name}:out`);
-      res.header.set(`x-${name}`, 'yes');
-      return res;
-    };
+    const tag =
+      (name: string): Interceptor =>
+      (next) =>
+      async (req) => {
+        order.push(`${name}:in`);
+        const res = await next(req);
+        order.push(`${name}:out`);
+        res.header.set(`x-${name}`, 'yes');
+        return res;
+      };
     const transport = createInProcessTransport(
       [
         inProcessService(Health, {

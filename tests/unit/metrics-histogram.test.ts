@@ -7,7 +7,7 @@ import { Metrics } from '../../src/infrastructure/metrics.ts';
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 describe('request histograms', () => {
-  it('when the same latencies are observed, then the exposition equals prom-client\'s, bucket bounds included', async () => {
+  it("when the same latencies are observed, then the exposition equals prom-client's, bucket bounds included", async () => {
     const metrics = new Metrics({ defaultMetrics: false });
     const registry = new Registry();
     const reference = new Histogram({ name: 'arcana_http_requests_seconds', help: 'x', labelNames: ['route', 'method', 'status'], buckets: BUCKETS, registers: [registry] });

@@ -15,8 +15,7 @@ describe('toMysqlSchema', () => {
     expect(mysql).toContain('@db.Char(36)');
     // Everything else is the PostgreSQL schema, line for line.
     const body = mysql.slice(mysql.indexOf('// Arcana Cloud'));
-    const normalise = (text: string) =>
-      text.replace('"postgresql"', '"mysql"').replace('"../gen/prisma"', '"../../gen/prisma-mysql"').replaceAll('@db.Uuid', '@db.Char(36)');
+    const normalise = (text: string) => text.replace('"postgresql"', '"mysql"').replace('"../gen/prisma"', '"../../gen/prisma-mysql"').replaceAll('@db.Uuid', '@db.Char(36)');
     expect(body).toBe(normalise(postgres));
   });
 

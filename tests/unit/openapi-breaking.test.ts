@@ -395,11 +395,17 @@ describe('OpenAPI breaking-change check', () => {
   it('when a schema refers to itself, then the comparison ends and still finds the change', () => {
     const tree = (maxLength: number) => {
       const doc = fixture();
-      doc.components.schemas.Node = { type: 'object', properties: { label: { type: 'string', maxLength }, children: { type: 'array', items: { $ref: '#/components/schemas/Node' } } } };
+      doc.components.schemas.Node = {
+        type: 'object',
+        properties: { label: { type: 'string', maxLength }, children: { type: 'array', items: { $ref: '#/components/schemas/Node' } } },
+      };
       createItem(doc).properties.tree = { $ref: '#/components/schemas/Node' };
       return doc;
     };
     expect(findBreakingChanges(tree(10), tree(10))).toEqual([]);
-    expect(findBreakingChanges(tree(10), tree(5))).toContainEqual({ location: 'POST /items request body (application/json): tree.label', message: 'maxLength lowered from 10 to 5' });
+    expect(findBreakingChanges(tree(10), tree(5))).toContainEqual({
+      location: 'POST /items request body (application/json): tree.label',
+      message: 'maxLength lowered from 10 to 5',
+    });
   });
 });

@@ -49,7 +49,12 @@ describe('REST JSON', () => {
       expiresIn: 60,
       tokenType: 'Bearer',
     });
-    expect(toRest(SessionSchema, create(SessionSchema, { id: 1, tokenType: 'Bearer', ipAddress: '::1', createdAt: at('2026-01-01T00:00:00Z'), expiresAt: at('2026-02-01T00:00:00Z'), current: true }))).toEqual({
+    expect(
+      toRest(
+        SessionSchema,
+        create(SessionSchema, { id: 1, tokenType: 'Bearer', ipAddress: '::1', createdAt: at('2026-01-01T00:00:00Z'), expiresAt: at('2026-02-01T00:00:00Z'), current: true }),
+      ),
+    ).toEqual({
       id: 1,
       tokenType: 'Bearer',
       clientName: null,

@@ -16,13 +16,7 @@ import { IdempotentRequests } from '../../src/services/idempotency.ts';
 import { LoginThrottle } from '../../src/services/login-throttle.ts';
 import { UserUseCases } from '../../src/services/user-use-cases.ts';
 import { ListUsersRequestSchema } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
-import {
-  MemoryIdempotencyRepository,
-  MemoryTokenRepository,
-  MemoryUserRepository,
-  RecordedAuditLog,
-  TestClock,
-} from '../helpers/memory-repositories.ts';
+import { MemoryIdempotencyRepository, MemoryTokenRepository, MemoryUserRepository, RecordedAuditLog, TestClock } from '../helpers/memory-repositories.ts';
 
 const SECRET = 'service-rules-test-secret-of-at-least-thirty-two-characters';
 const PASSWORD = 'Rules-Passw0rd!';
@@ -114,7 +108,7 @@ describe('who may do what', () => {
     expect(updated).toMatchObject({ firstName: 'Ada', role: UserRole.USER, status: UserStatus.ACTIVE });
   });
 
-  it('when even an administrator changes another user\'s password through the self-service call, then it is refused', async () => {
+  it("when even an administrator changes another user's password through the self-service call, then it is refused", async () => {
     const admin = await h.account('ADMIN');
     const user = await h.account('USER');
     expect(await outcome(h.userCases.changePassword(admin.actor, { userId: user.id, oldPassword: PASSWORD, newPassword: 'Another-Passw0rd!' }))).toBe('AUTHORIZATION_ERROR');
@@ -130,7 +124,7 @@ describe('who may do what', () => {
     expect(h.audit.ofType('ROLE_CHANGED').at(-1)).toMatchObject({ userId: admin.id, actorId: second.id, details: { from: 'ADMIN', to: 'USER' } });
   });
 
-  it('when a role changes, then the user\'s existing session acts with the new role at once', async () => {
+  it("when a role changes, then the user's existing session acts with the new role at once", async () => {
     const admin = await h.account('ADMIN');
     const user = await h.account('USER');
     expect(await outcome(h.userCases.list(user.actor, create(ListUsersRequestSchema, {})))).toBe('AUTHORIZATION_ERROR');
@@ -159,7 +153,9 @@ describe('lockouts', () => {
 
   it('when guesses arrive in parallel, then at most LOGIN_MAX_FAILURES passwords are compared and every answer is the same', async () => {
     const user = await h.account();
-    const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, from('198.51.100.1')))));
+    const answers = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, from('198.51.100.1')))),
+    );
     expect(new Set(answers)).toEqual(new Set(['AUTHENTICATION_ERROR']));
     expect(h.audit.ofType('LOGIN_FAILED', 'wrong_password')).toHaveLength(MAX_FAILURES);
     expect(h.audit.ofType('LOGIN_FAILED', 'throttled')).toHaveLength(20 - MAX_FAILURES);
@@ -177,7 +173,7 @@ describe('lockouts', () => {
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, from('203.0.113.7')))).toBe('ok');
   });
 
-  it('when strangers spend the account\'s budget, then a device the owner signed in from before still gets in', async () => {
+  it("when strangers spend the account's budget, then a device the owner signed in from before still gets in", async () => {
     const user = await h.account('USER', from('192.0.2.50'));
     // Many addresses, each under its own limit, together exhaust the per-account budget.
     for (let i = 0; i < 30; i += 1) await outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, from(`198.51.100.${100 + Math.floor(i / 4)}`)));
@@ -185,7 +181,7 @@ describe('lockouts', () => {
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, { ipAddress: '203.0.113.9', deviceToken: user.deviceToken }))).toBe('ok');
   });
 
-  it('when an administrator clears a user\'s lockouts, then the locked address may try again at once', async () => {
+  it("when an administrator clears a user's lockouts, then the locked address may try again at once", async () => {
     const admin = await h.account('ADMIN');
     const user = await h.account();
     for (let i = 0; i < MAX_FAILURES; i += 1) await outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, from('198.51.100.3')));
@@ -231,7 +227,7 @@ describe('sessions', () => {
     expect(await outcome(h.auth.refresh(rotated.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
   });
 
-  it('when a session is refreshed again and again, then it still ends at the chain\'s absolute lifetime', async () => {
+  it("when a session is refreshed again and again, then it still ends at the chain's absolute lifetime", async () => {
     const user = await h.account();
     let pair = user.tokens;
     // Refresh well within each sliding window, for longer than the absolute lifetime.

@@ -45,17 +45,21 @@ export async function renderAccount(view: View): Promise<void> {
     errorBanner(),
     sessionList,
     h('p', { className: 'hint' }, `Token pair rotated ${session.refreshCount} time${session.refreshCount === 1 ? '' : 's'} in this tab.`),
-    h('button', {
-      type: 'button',
-      className: 'destructive',
-      onclick: () => {
-        clearErrors(sessions);
-        auth
-          .revokeAllTokens({})
-          .then(({ revokedCount }) => session.forget(`Revoked ${revokedCount} session${revokedCount === 1 ? '' : 's'}, this one included. Sign in again.`))
-          .catch((error: unknown) => showError(sessions, error));
+    h(
+      'button',
+      {
+        type: 'button',
+        className: 'destructive',
+        onclick: () => {
+          clearErrors(sessions);
+          auth
+            .revokeAllTokens({})
+            .then(({ revokedCount }) => session.forget(`Revoked ${revokedCount} session${revokedCount === 1 ? '' : 's'}, this one included. Sign in again.`))
+            .catch((error: unknown) => showError(sessions, error));
+        },
       },
-    }, 'Revoke all my sessions'),
+      'Revoke all my sessions',
+    ),
   );
   async function loadSessions(): Promise<void> {
     try {
@@ -66,12 +70,6 @@ export async function renderAccount(view: View): Promise<void> {
     }
   }
 
-  replace(
-    view.main,
-    h('h1', {}, 'My account'),
-    h('p', {}, `${me.username} (${me.email}), ${UserRole[me.role]}`),
-    password,
-    sessions,
-  );
+  replace(view.main, h('h1', {}, 'My account'), h('p', {}, `${me.username} (${me.email}), ${UserRole[me.role]}`), password, sessions);
   await loadSessions();
 }

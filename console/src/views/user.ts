@@ -45,7 +45,13 @@ export async function renderUser(view: View, userId: number): Promise<void> {
 
   function draw(message?: string): void {
     const name = [user.firstName, user.lastName].filter((part) => part !== undefined).join(' ');
-    const heading = h('section', {}, h('h1', {}, user.username), h('p', {}, h('a', { href: `#/audit?userId=${user.id}` }, 'Audit events of this user')), message === undefined ? null : notice(message));
+    const heading = h(
+      'section',
+      {},
+      h('h1', {}, user.username),
+      h('p', {}, h('a', { href: `#/audit?userId=${user.id}` }, 'Audit events of this user')),
+      message === undefined ? null : notice(message),
+    );
     const facts = h(
       'dl',
       { className: 'facts' },
@@ -109,52 +115,68 @@ export async function renderUser(view: View, userId: number): Promise<void> {
         'div',
         { className: 'row' },
         field('Role', role, 'role'),
-        h('button', {
-          type: 'button',
-          onclick: () =>
-            void act(access, async () => {
-              const response = await users.updateUserRole({ userId: user.id, role: UserRole[role.value as keyof typeof UserRole], expectedVersion: user.version });
-              redraw(response.user, `Role set to ${role.value}.`);
-              return undefined;
-            }),
-        }, 'Set role'),
+        h(
+          'button',
+          {
+            type: 'button',
+            onclick: () =>
+              void act(access, async () => {
+                const response = await users.updateUserRole({ userId: user.id, role: UserRole[role.value as keyof typeof UserRole], expectedVersion: user.version });
+                redraw(response.user, `Role set to ${role.value}.`);
+                return undefined;
+              }),
+          },
+          'Set role',
+        ),
       ),
       h(
         'div',
         { className: 'row' },
         field('Status', status, 'status'),
-        h('button', {
-          type: 'button',
-          onclick: () =>
-            void act(access, async () => {
-              const response = await users.updateUserStatus({ userId: user.id, status: UserStatus[status.value as keyof typeof UserStatus], expectedVersion: user.version });
-              redraw(response.user, `Status set to ${status.value}.`);
-              return undefined;
-            }),
-        }, 'Set status'),
+        h(
+          'button',
+          {
+            type: 'button',
+            onclick: () =>
+              void act(access, async () => {
+                const response = await users.updateUserStatus({ userId: user.id, status: UserStatus[status.value as keyof typeof UserStatus], expectedVersion: user.version });
+                redraw(response.user, `Status set to ${status.value}.`);
+                return undefined;
+              }),
+          },
+          'Set status',
+        ),
       ),
       h(
         'div',
         { className: 'row' },
         user.isVerified
           ? null
-          : h('button', {
-              type: 'button',
-              onclick: () =>
-                void act(access, async () => {
-                  const response = await users.verifyUser({ userId: user.id, expectedVersion: user.version });
-                  redraw(response.user, 'User verified.');
-                  return undefined;
-                }),
-            }, 'Verify'),
-        h('button', {
-          type: 'button',
-          onclick: () =>
-            void act(access, async () => {
-              const { clearedCount } = await users.clearLoginFailures({ userId: user.id });
-              return `Login lockouts cleared (${clearedCount} address${clearedCount === 1 ? '' : 'es'}).`;
-            }),
-        }, 'Clear login lockouts'),
+          : h(
+              'button',
+              {
+                type: 'button',
+                onclick: () =>
+                  void act(access, async () => {
+                    const response = await users.verifyUser({ userId: user.id, expectedVersion: user.version });
+                    redraw(response.user, 'User verified.');
+                    return undefined;
+                  }),
+              },
+              'Verify',
+            ),
+        h(
+          'button',
+          {
+            type: 'button',
+            onclick: () =>
+              void act(access, async () => {
+                const { clearedCount } = await users.clearLoginFailures({ userId: user.id });
+                return `Login lockouts cleared (${clearedCount} address${clearedCount === 1 ? '' : 'es'}).`;
+              }),
+          },
+          'Clear login lockouts',
+        ),
       ),
     );
 
@@ -165,26 +187,32 @@ export async function renderUser(view: View, userId: number): Promise<void> {
       h('h2', {}, 'Sessions'),
       errorBanner(),
       sessionList,
-      h('button', {
-        type: 'button',
-        onclick: () =>
-          void act(sessions, async () => {
-            const { endedCount } = await auth.endUserSessions({ userId: user.id });
-            await loadSessions();
-            return `Ended ${endedCount} session${endedCount === 1 ? '' : 's'}.`;
-          }),
-      }, 'End all sessions'),
+      h(
+        'button',
+        {
+          type: 'button',
+          onclick: () =>
+            void act(sessions, async () => {
+              const { endedCount } = await auth.endUserSessions({ userId: user.id });
+              await loadSessions();
+              return `Ended ${endedCount} session${endedCount === 1 ? '' : 's'}.`;
+            }),
+        },
+        'End all sessions',
+      ),
     );
     async function loadSessions(): Promise<void> {
       const response = await auth.listUserSessions({ userId: user.id });
       replace(
         sessionList,
-        sessionTable(response.sessions, (session) =>
-          void act(sessions, async () => {
-            await auth.endUserSession({ userId: user.id, sessionId: session.id });
-            await loadSessions();
-            return `Ended session #${session.id}.`;
-          }),
+        sessionTable(
+          response.sessions,
+          (session) =>
+            void act(sessions, async () => {
+              await auth.endUserSession({ userId: user.id, sessionId: session.id });
+              await loadSessions();
+              return `Ended session #${session.id}.`;
+            }),
         ),
       );
     }
@@ -205,16 +233,20 @@ export async function renderUser(view: View, userId: number): Promise<void> {
     replace(
       confirmBox,
       h('p', {}, `Delete ${user.username} and end all of its sessions? This cannot be undone.`),
-      h('button', {
-        type: 'button',
-        className: 'destructive',
-        onclick: () =>
-          void act(danger, async () => {
-            await users.deleteUser({ userId: user.id, expectedVersion: user.version });
-            view.go('/users');
-            return undefined;
-          }),
-      }, `Yes, delete ${user.username}`),
+      h(
+        'button',
+        {
+          type: 'button',
+          className: 'destructive',
+          onclick: () =>
+            void act(danger, async () => {
+              await users.deleteUser({ userId: user.id, expectedVersion: user.version });
+              view.go('/users');
+              return undefined;
+            }),
+        },
+        `Yes, delete ${user.username}`,
+      ),
       h('button', { type: 'button', onclick: () => confirmBox.setAttribute('hidden', '') }, 'Cancel'),
     );
 

@@ -178,9 +178,7 @@ export function userChangesToProto(changes: UserChanges): UserChangesMessage {
 
 function unsupportedChange(field: string, value: unknown): Error {
   const shown = value === null ? 'null' : typeof value === 'object' ? `an operation object ${JSON.stringify(value)}` : JSON.stringify(value);
-  return new Error(
-    `UserChanges.${field} cannot be sent to the repository layer: it carries only plain values of the fields it lists, not ${shown}`,
-  );
+  return new Error(`UserChanges.${field} cannot be sent to the repository layer: it carries only plain values of the fields it lists, not ${shown}`);
 }
 
 export function userChangesFromProto(message: UserChangesMessage): UserChanges {

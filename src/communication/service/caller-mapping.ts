@@ -3,12 +3,7 @@
 // messages. Both fields of ClientInfo are proto3 `optional`, so "not known" (undefined) stays
 // distinct from an empty string on the other side.
 import { create } from '@bufbuild/protobuf';
-import {
-  ActorSchema,
-  ClientInfoSchema,
-  type Actor as ActorMessage,
-  type ClientInfo as ClientInfoMessage,
-} from '../../../gen/proto/arcana/internal/service/v1/caller_pb.js';
+import { ActorSchema, ClientInfoSchema, type Actor as ActorMessage, type ClientInfo as ClientInfoMessage } from '../../../gen/proto/arcana/internal/service/v1/caller_pb.js';
 import type { Actor, ClientInfo } from '../../domain/actor.ts';
 
 export function actorToProto(actor: Actor): ActorMessage {

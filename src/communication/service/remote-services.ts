@@ -5,12 +5,7 @@
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import type { Client } from '@connectrpc/connect';
 import { ListAuditEventsRequestSchema } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
-import {
-  LoginRequestSchema,
-  RegisterRequestSchema,
-  type Session,
-  type TokenPair,
-} from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { LoginRequestSchema, RegisterRequestSchema, type Session, type TokenPair } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import type { AuditLayerService } from '../../../gen/proto/arcana/internal/service/v1/audit_layer_service_pb.js';
 import type { AuthLayerService } from '../../../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
 import type { UserLayerService } from '../../../gen/proto/arcana/internal/service/v1/user_layer_service_pb.js';

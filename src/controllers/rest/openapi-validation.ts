@@ -25,8 +25,7 @@ const errors = require('express-openapi-validator/dist/framework/types.js') as {
   MethodNotAllowed: new (err: { path: string; message: string; headers: Record<string, string> }) => Error;
   BadRequest: new (err: { path: string; message: string }) => Error;
 };
-const httpMethods = (require('express-openapi-validator/dist/middlewares/parsers/schema.preprocessor.js') as { httpMethods: Set<string> })
-  .httpMethods;
+const httpMethods = (require('express-openapi-validator/dist/middlewares/parsers/schema.preprocessor.js') as { httpMethods: Set<string> }).httpMethods;
 const pathToRegexp = (
   createRequire(require.resolve('express-openapi-validator'))('path-to-regexp') as {
     pathToRegexp: (path: string, options: { sensitive: boolean; strict: boolean }) => { regexp: RegExp; keys: { name: string }[] };
@@ -57,8 +56,7 @@ export function createOpenApiValidation(options: OpenApiValidatorOpts): RequestH
   if (typeof validator.metadataMiddleware !== 'function' || typeof validator.installMiddleware !== 'function') {
     throw new Error('express-openapi-validator changed: metadataMiddleware is gone; remove src/controllers/rest/openapi-validation.ts');
   }
-  validator.metadataMiddleware = (context: OpenApiContext, responseApiDoc: ApiDoc | undefined) =>
-    precompiledMetadata(context, responseApiDoc);
+  validator.metadataMiddleware = (context: OpenApiContext, responseApiDoc: ApiDoc | undefined) => precompiledMetadata(context, responseApiDoc);
   const spec = new specLoaderModule.OpenApiSpecLoader({
     apiDoc: options.apiSpec,
     validateApiSpec: options.validateApiSpec,

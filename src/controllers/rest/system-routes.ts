@@ -8,10 +8,7 @@ type Schemas = components['schemas'];
 export type ReadinessCheck = () => Promise<void>;
 
 /** `/health` (the process is alive), `/ready` (its dependencies answer) and `/public/info`. */
-export function createSystemRoutes(options: {
-  info: Schemas['PublicInfo'];
-  readiness: Record<string, ReadinessCheck>;
-}): Router {
+export function createSystemRoutes(options: { info: Schemas['PublicInfo']; readiness: Record<string, ReadinessCheck> }): Router {
   const router = Router();
 
   router.get('/health', (_req, res) => {

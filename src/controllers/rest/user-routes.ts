@@ -77,9 +77,7 @@ export function createUserRoutes(users: UserService, auth: AuthService): Router 
     const body = req.body as Schemas['CreateUserRequest'];
     const { role, ...rest } = body;
     const key = idempotencyKeyOf((name) => req.get(name));
-    const { result: user, replayed } = await runIdempotent(key, () =>
-      users.create(actorOf(res), { ...rest, ...(role === undefined ? {} : { role: roleFromRest(role) }) }),
-    );
+    const { result: user, replayed } = await runIdempotent(key, () => users.create(actorOf(res), { ...rest, ...(role === undefined ? {} : { role: roleFromRest(role) }) }));
     if (replayed) res.setHeader(IDEMPOTENT_REPLAYED_HEADER, 'true');
     sendSuccess(res, toRestUser(user), 'User created successfully', 201);
   });

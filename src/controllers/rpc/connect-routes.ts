@@ -4,10 +4,7 @@ import { AuthService as AuthServiceDescriptor, file_arcana_auth_v1_auth_service 
 import { UserService as UserServiceDescriptor, file_arcana_user_v1_user_service } from '../../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { file_grpc_health_v1_health, Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
 import { file_grpc_reflection_v1_reflection, ServerReflection as ServerReflectionV1 } from '../../../gen/proto/grpc/reflection/v1/reflection_pb.js';
-import {
-  file_grpc_reflection_v1alpha_reflection,
-  ServerReflection as ServerReflectionV1alpha,
-} from '../../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
+import { file_grpc_reflection_v1alpha_reflection, ServerReflection as ServerReflectionV1alpha } from '../../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
 import type { AuthService } from '../../services/auth-use-cases.ts';
 import type { UserService } from '../../services/user-use-cases.ts';
 import type { AuditService } from '../../services/audit-use-cases.ts';

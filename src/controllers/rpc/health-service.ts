@@ -21,11 +21,7 @@ export interface HealthWatchOptions {
  * (fully-qualified names such as 'arcana.auth.v1.AuthService'), all of which depend on every check.
  * Create it once per process: the Watch cap and the shared probe are per instance.
  */
-export function createHealthService(
-  checks: Record<string, () => Promise<void>>,
-  services: string[],
-  options: HealthWatchOptions,
-): ServiceImpl<typeof Health> {
+export function createHealthService(checks: Record<string, () => Promise<void>>, services: string[], options: HealthWatchOptions): ServiceImpl<typeof Health> {
   const known = new Set(['', ...services]);
 
   // Every service depends on every check (they are the process's shared dependencies, such as

@@ -148,9 +148,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
       acceptHeader = headerStreamAcceptEncoding;
     } else {
       const type =
-        context.protocolName === 'grpc'
-          ? parseGrpcContentType(context.requestHeader.get('content-type'))
-          : parseGrpcWebContentType(context.requestHeader.get('content-type'));
+        context.protocolName === 'grpc' ? parseGrpcContentType(context.requestHeader.get('content-type')) : parseGrpcWebContentType(context.requestHeader.get('content-type'));
       if (type === undefined) return undefined;
       binary = type.binary;
       requested = context.requestHeader.get(headerGrpcEncoding);

@@ -45,13 +45,7 @@ import {
   parseTimeout,
   setTrailerStatus,
 } from '@connectrpc/connect/protocol-grpc';
-import {
-  compressionBrotli,
-  compressionGzip,
-  universalRequestFromNodeRequest,
-  universalResponseToNodeResponse,
-  type ConnectNodeAdapterOptions,
-} from '@connectrpc/connect-node';
+import { compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse, type ConnectNodeAdapterOptions } from '@connectrpc/connect-node';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { AppError } from '../../domain/errors.ts';
@@ -214,10 +208,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       context.abort();
     } catch (error) {
       context.abort(error);
-      setTrailerStatus(
-        context.responseTrailer,
-        error instanceof ConnectError ? error : new ConnectError('internal error', Code.Internal, undefined, undefined, error),
-      );
+      setTrailerStatus(context.responseTrailer, error instanceof ConnectError ? error : new ConnectError('internal error', Code.Internal, undefined, undefined, error));
     }
     await universalResponseToNodeResponse(
       { status: 200, header: context.responseHeader, body: createAsyncIterable(envelope === undefined ? [] : [envelope]), trailer: context.responseTrailer },
@@ -261,12 +252,7 @@ interface GrpcUnaryMethod {
 }
 
 /** Hands a call to connect-es, with the gate's body in its context values. */
-function serveWithConnect(
-  handler: ReturnType<typeof createConnectRouter>['handlers'][number],
-  req: NodeRequest,
-  res: NodeResponse,
-  contextValues: ContextValues,
-): void {
+function serveWithConnect(handler: ReturnType<typeof createConnectRouter>['handlers'][number], req: NodeRequest, res: NodeResponse, contextValues: ContextValues): void {
   let request;
   try {
     request = universalRequestFromNodeRequest(req, res, undefined, contextValues);

@@ -69,7 +69,10 @@ const DEFAULT_SCHEMA = 'public';
  * a client with log events as a different generic instance, which the repositories need not
  * know about, hence the casts.
  */
-function createCountingClient(adapter: SqlDriverAdapterFactory, Client: new (options: { adapter: SqlDriverAdapterFactory; log: { emit: 'event'; level: 'query' }[] }) => object = PrismaClient) {
+function createCountingClient(
+  adapter: SqlDriverAdapterFactory,
+  Client: new (options: { adapter: SqlDriverAdapterFactory; log: { emit: 'event'; level: 'query' }[] }) => object = PrismaClient,
+) {
   let count = 0;
   const client = new Client({ adapter, log: [{ emit: 'event', level: 'query' }] });
   (client as unknown as { $on(event: 'query', listener: () => void): void }).$on('query', () => {
@@ -125,10 +128,7 @@ function openPostgres(url: URL): Database {
 
   // Each connect() of PrismaPg opens its own pool, so the client and the schema engine never share
   // connections (and never share the engine's session-level advisory lock).
-  const factory = new PrismaPg(
-    { connectionString: url.toString() },
-    schema === DEFAULT_SCHEMA ? undefined : { schema },
-  );
+  const factory = new PrismaPg({ connectionString: url.toString() }, schema === DEFAULT_SCHEMA ? undefined : { schema });
   // The client's pool, as its adapter reports it once connected (the schema engine's are its own).
   let pool: { totalCount: number; idleCount: number; waitingCount: number; options: { max?: number } } | undefined;
   const { prisma, queryCount } = createCountingClient({
@@ -316,10 +316,7 @@ interface Shadow {
   release(): Promise<void>;
 }
 
-function pgliteAdapterFactory(
-  pglite: PGlite,
-  openShadow: () => Promise<Shadow>,
-): SqlMigrationAwareDriverAdapterFactory {
+function pgliteAdapterFactory(pglite: PGlite, openShadow: () => Promise<Shadow>): SqlMigrationAwareDriverAdapterFactory {
   return {
     provider: 'postgres',
     adapterName: 'pglite-prisma-adapter',
@@ -349,11 +346,7 @@ function runOnPGlite(pglite: PGlite): (script: string) => Promise<void> {
 }
 
 /** Delegates to `adapter`, except for running scripts and releasing resources. */
-function withScriptRunner(
-  adapter: SqlDriverAdapter,
-  executeScript: (script: string) => Promise<void>,
-  dispose: () => Promise<void>,
-): SqlDriverAdapter {
+function withScriptRunner(adapter: SqlDriverAdapter, executeScript: (script: string) => Promise<void>, dispose: () => Promise<void>): SqlDriverAdapter {
   const wrapped: SqlDriverAdapter = {
     provider: adapter.provider,
     adapterName: adapter.adapterName,

@@ -8,12 +8,7 @@ export type { Redis };
  * unreachable instead of queueing, so callers can fall back at once; the client keeps
  * reconnecting in the background and `onReconnect` runs when it is back after an outage.
  */
-export function createRedisClient(options: {
-  url: string;
-  logger: Logger;
-  name: string;
-  onReconnect?: () => void;
-}): Redis {
+export function createRedisClient(options: { url: string; logger: Logger; name: string; onReconnect?: () => void }): Redis {
   const redis = new Redis(options.url, {
     connectionName: options.name,
     enableOfflineQueue: false,

@@ -99,13 +99,7 @@ export class TokenCodec {
     if (payload === undefined) {
       throw new AuthenticationError(expected === 'access' ? 'Invalid or expired access token' : 'Invalid or expired refresh token');
     }
-    if (
-      payload.tokenType !== expected ||
-      typeof payload.sub !== 'string' ||
-      !/^\d+$/.test(payload.sub) ||
-      typeof payload.jti !== 'string' ||
-      typeof payload.exp !== 'number'
-    ) {
+    if (payload.tokenType !== expected || typeof payload.sub !== 'string' || !/^\d+$/.test(payload.sub) || typeof payload.jti !== 'string' || typeof payload.exp !== 'number') {
       throw new AuthenticationError('Invalid token type');
     }
     return { userId: Number(payload.sub), tokenType: expected, jti: payload.jti, expiresAt: new Date(payload.exp * 1000) };

@@ -68,10 +68,11 @@ export default defineConfig({
   test: {
     // Each file gets its own PostgreSQL schema, so files can run in parallel safely.
     pool: 'forks',
-    // Vitest's default is one worker fewer than the cores: one worker on the 2-core CI machine,
-    // where most test time is spent waiting on sockets, timers and the database. Two workers
-    // keep both cores busy.
-    maxWorkers: 2,
+    // Vitest's default is one worker fewer than the cores: one worker on the 2-core CI machine.
+    // Most test time is spent waiting on sockets, timers, bcrypt in the thread pool and the
+    // database: with two workers the whole run used 1.6 cores on average (CPU time over wall
+    // time, 14 min on a fresh clone); a third keeps both cores busy.
+    maxWorkers: 3,
     testTimeout: 30_000,
     hookTimeout: 60_000,
     projects: [

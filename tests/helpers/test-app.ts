@@ -8,6 +8,7 @@ import { loadConfig, type Environment } from '../../src/config.ts';
 import { createLogger, type Logger } from '../../src/infrastructure/logger.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
 import { TOPOLOGIES, type TopologyName } from '../../scripts/topology.ts';
+import { layersOf, parseTopologyName, TOPOLOGY, type DeploymentLayer } from '../../src/topology.ts';
 import { isMysqlUrl, openTestDatabase } from './test-database.ts';
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
@@ -136,31 +137,36 @@ async function serveLayer(env: Environment): Promise<{ url: string; app: Applica
  * it closes the layers below, top down.
  */
 async function startSplitLayers(topology: Exclude<TopologyName, 'monolithic'>, env: Environment): Promise<Application> {
-  const [mode, protocol] = topology.split('-') as ['layered' | 'microservices', 'http' | 'grpc'];
-  const common: Environment = { ...env, DEPLOYMENT_MODE: mode, COMMUNICATION_PROTOCOL: protocol, DATABASE_URL: undefined };
+  const { mode, protocol } = parseTopologyName(topology);
+  const urls: Partial<Record<DeploymentLayer, string>> = {};
   const started: Application[] = [];
   try {
-    const repository = await serveLayer({ ...env, DEPLOYMENT_MODE: mode, COMMUNICATION_PROTOCOL: protocol, DEPLOYMENT_LAYER: 'repository' });
-    started.push(repository.app);
-    let controllerEnv: Environment;
-    if (mode === 'layered') {
-      const service = await serveLayer({ ...common, DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: repository.url });
-      started.push(service.app);
-      controllerEnv = { SERVICE_URLS: service.url };
-    } else {
-      const authService = await serveLayer({ ...common, DEPLOYMENT_LAYER: 'auth-service', REPOSITORY_URLS: repository.url });
-      started.push(authService.app);
-      const userService = await serveLayer({ ...common, DEPLOYMENT_LAYER: 'user-service', REPOSITORY_URLS: repository.url });
-      started.push(userService.app);
-      controllerEnv = { AUTH_SERVICE_URLS: authService.url, USER_SERVICE_URLS: userService.url };
+    // Bottom up, as src/topology.ts lists the layers: each one's downstream is up before it.
+    for (const layer of layersOf(mode)) {
+      const spec = TOPOLOGY[mode][layer];
+      if (spec === undefined) throw new Error(`${mode} has no ${layer} layer`);
+      const layerEnv: Environment = {
+        ...env,
+        DEPLOYMENT_MODE: mode,
+        COMMUNICATION_PROTOCOL: protocol,
+        DEPLOYMENT_LAYER: layer,
+        ...(spec.holds.repository ? {} : { DATABASE_URL: undefined }),
+        ...Object.fromEntries(Object.entries(spec.calls).map(([variable, callee]) => [variable, urls[callee]])),
+      };
+      if (spec.holds.controller) {
+        const controller = await startLayer(layerEnv);
+        const closeController = controller.close;
+        controller.close = async () => {
+          await closeController();
+          for (const below of started.reverse()) await below.close();
+        };
+        return controller;
+      }
+      const served = await serveLayer(layerEnv);
+      started.push(served.app);
+      urls[layer] = served.url;
     }
-    const controller = await startLayer({ ...common, DEPLOYMENT_LAYER: 'controller', ...controllerEnv });
-    const closeController = controller.close;
-    controller.close = async () => {
-      await closeController();
-      for (const layer of started.reverse()) await layer.close();
-    };
-    return controller;
+    throw new Error(`${mode} has no controller layer`);
   } catch (error) {
     for (const layer of started.reverse()) await layer.close();
     throw error;

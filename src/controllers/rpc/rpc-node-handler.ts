@@ -94,6 +94,9 @@ class ReplayableBody implements AsyncIterable<Uint8Array> {
   }
 }
 
+/** The abort reason of a call that was answered: nobody waits for it any more. */
+const CALL_COMPLETED = new Error('the call was answered');
+
 const bodyKey = createContextKey<ReplayableBody | undefined>(undefined, { description: 'the raw request body, for the gate' });
 
 /** The request message as the gate decoded it, for the gRPC unary path below. */
@@ -205,7 +208,9 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       const data = serialization.getO(binary).serialize(output);
       const enveloped = await envelopeCompress({ flags: 0, data }, compression.response, grpcOptions.compressMinBytes);
       envelope = encodeEnvelope(enveloped.flags, enveloped.data);
-      context.abort();
+      // Ends the call's signal. With a reason made once: the default, a DOMException with a
+      // stack trace, was built for every call (it showed in a profile of gRPC GetUser).
+      context.abort(CALL_COMPLETED);
     } catch (error) {
       context.abort(error);
       setTrailerStatus(context.responseTrailer, error instanceof ConnectError ? error : new ConnectError('internal error', Code.Internal, undefined, undefined, error));

@@ -11,20 +11,20 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { join } from 'node:path';
 import packageJson from '../package.json' with { type: 'json' };
-import { AuditLayerService } from '../gen/proto/arcana/internal/service/v1/audit_layer_service_pb.js';
-import { AuthLayerService } from '../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
-import { UserLayerService } from '../gen/proto/arcana/internal/service/v1/user_layer_service_pb.js';
 import { AuditRepositoryService } from '../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import { CounterStoreService } from '../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import { IdempotencyRepositoryService } from '../gen/proto/arcana/internal/repository/v1/idempotency_repository_service_pb.js';
 import { TokenRepositoryService } from '../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import { UserRepositoryService } from '../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
+import { AuditService as AuditServiceDescriptor } from '../gen/proto/arcana/audit/v1/audit_service_pb.js';
+import { AuthService as AuthServiceDescriptor } from '../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { UserService as UserServiceDescriptor } from '../gen/proto/arcana/user/v1/user_service_pb.js';
 import { Health } from '../gen/proto/grpc/health/v1/health_pb.js';
 import { HealthCheckResponse_ServingStatus as ServingStatus } from '../gen/proto/grpc/health/v1/health_pb.js';
 import type { Config } from './config.ts';
 import { holdingsOf } from './topology.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
-import { createLayerRoutes, internalAuthInterceptor, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
+import { createLayerRoutes, internalAuthInterceptor, layerCallValues, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
 import { layerServerErrorInterceptor } from './communication/layer-errors.ts';
 import {
   RemoteAuditRepository,
@@ -33,8 +33,11 @@ import {
   RemoteTokenRepository,
   RemoteUserRepository,
 } from './communication/repository/remote-repositories.ts';
-import { RemoteAuditService, RemoteAuthService, RemoteUserService } from './communication/service/remote-services.ts';
 import { createRestApp } from './controllers/rest/rest-app.ts';
+import type { ServiceClients } from './controllers/rest/service-call.ts';
+import { forwardingService } from './controllers/rpc/forwarding.ts';
+import { createInProcessTransport, type InProcessService } from './rpc/in-process-transport.ts';
+import { createServiceApis } from './services/api/service-apis.ts';
 import { createSystemRoutes, type ReadinessCheck } from './controllers/rest/system-routes.ts';
 import { createErrorHandler, notFoundHandler } from './controllers/rest/error-handler.ts';
 import { createConnectRoutes } from './controllers/rpc/connect-routes.ts';
@@ -221,6 +224,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
 
     // ---- service layer: the use cases, where this process holds them.
     let auth: AuthService | undefined;
+    let authenticator: AuthService | undefined;
     let users: UserService | undefined;
     let audit: AuditService | undefined;
     let jobs: JobRunner | undefined;
@@ -261,7 +265,10 @@ export async function createApplication(config: Config, logger: Logger): Promise
               },
             };
       const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: auditLog, idempotency };
-      if (holds.auth) {
+      // Every service process checks the access tokens of the calls it serves (with its cache),
+      // so the auth use cases exist wherever the service layer runs; only the auth service serves
+      // their API.
+      {
         const codec = new TokenCodec({
           secret: config.jwt.secret,
           issuer: config.jwt.issuer,
@@ -269,7 +276,8 @@ export async function createApplication(config: Config, logger: Logger): Promise
           accessTtlSeconds: config.jwt.accessTtlSeconds,
           refreshTtlSeconds: config.jwt.refreshTtlSeconds,
         });
-        auth = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: config.sessionLifetimeSeconds });
+        authenticator = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: config.sessionLifetimeSeconds });
+        if (holds.auth) auth = authenticator;
       }
       if (holds.users) {
         users = new UserUseCases(deps);
@@ -280,15 +288,32 @@ export async function createApplication(config: Config, logger: Logger): Promise
       }
     }
 
-    // ---- controller layer: the public facades, over the use cases or clients of the service processes.
+    // The service layer's API, where this process holds the service layer.
+    const serviceApis = authenticator === undefined ? [] : createServiceApis({ auth, users, audit, authenticator });
+
+    // ---- controller layer: the public facades, over the service layer's API: its implementations
+    // in this process, or the service processes' over the network. The facades cannot tell.
     if (holds.controller) {
-      if (auth === undefined || users === undefined || audit === undefined) {
+      let services: InProcessService[];
+      let clients: ServiceClients;
+      if (serviceApis.length > 0) {
+        services = serviceApis;
+        const local = createInProcessTransport(serviceApis);
+        clients = { auth: createClient(AuthServiceDescriptor, local), users: createClient(UserServiceDescriptor, local), audit: createClient(AuditServiceDescriptor, local) };
+      } else {
         const { mode, serviceUrls, authServiceUrls, userServiceUrls } = config.deployment;
         const authTransport = transportTo(mode === 'layered' ? 'service' : 'auth-service', mode === 'layered' ? serviceUrls : authServiceUrls);
         const userTransport = mode === 'layered' ? authTransport : transportTo('user-service', userServiceUrls);
-        auth = new RemoteAuthService(createClient(AuthLayerService, authTransport));
-        users = new RemoteUserService(createClient(UserLayerService, userTransport));
-        audit = new RemoteAuditService(createClient(AuditLayerService, userTransport));
+        services = [
+          forwardingService(AuthServiceDescriptor, authTransport),
+          forwardingService(UserServiceDescriptor, userTransport),
+          forwardingService(AuditServiceDescriptor, userTransport),
+        ];
+        clients = {
+          auth: createClient(AuthServiceDescriptor, authTransport),
+          users: createClient(UserServiceDescriptor, userTransport),
+          audit: createClient(AuditServiceDescriptor, userTransport),
+        };
         if (mode === 'layered') {
           readiness.service = downstreamReady(authTransport);
         } else {
@@ -296,14 +321,16 @@ export async function createApplication(config: Config, logger: Logger): Promise
           readiness['user-service'] = downstreamReady(userTransport);
         }
       }
-      const facades = await createPublicFacades(config, logger, { auth, users, audit, counters: sharedCounters, readiness, health, metrics, tracing });
+      const facades = await createPublicFacades(config, logger, { services, clients, counters: sharedCounters, readiness, health, metrics, tracing });
       return { ...facades, readiness, database, auth, users, audit, jobs, metrics, drain, close };
     }
 
     // ---- an internal layer process: its API for the layer above, plus /health and /ready.
-    const apis: LayerApis = holds.repository ? { repositories } : { auth, users, audit };
+    const apis: LayerApis = holds.repository ? { repositories } : { services: serviceApis };
     const layerRpc = {
       routes: createLayerRoutes(apis, readiness, health),
+      // The caller of the public request, as the controller layer sent it (see src/rpc/caller.ts).
+      contextValues: layerCallValues,
       interceptors: [
         layerContextInterceptor(logger, tracing),
         ...(config.deployment.internalSecret === undefined ? [] : [internalAuthInterceptor(config.deployment.internalSecret)]),
@@ -332,9 +359,10 @@ async function createPublicFacades(
   config: Config,
   logger: Logger,
   deps: {
-    auth: AuthService;
-    users: UserService;
-    audit: AuditService;
+    /** The service layer's API as the public RPC router serves it. */
+    services: readonly InProcessService[];
+    /** The same, as the REST facade calls it. */
+    clients: ServiceClients;
     counters: CounterStore | undefined;
     readiness: Record<string, ReadinessCheck>;
     health: HealthWatchOptions;
@@ -342,7 +370,7 @@ async function createPublicFacades(
     tracing: Tracing | undefined;
   },
 ): Promise<Pick<Application, 'http' | 'http2' | 'rest'>> {
-  const { auth, users, audit, readiness, metrics } = deps;
+  const { readiness, metrics } = deps;
   // One limiter for both facades: a client's budget is the same whichever protocol it uses. If
   // Redis fails it falls back to counting in this process rather than refusing the API.
   const rateLimiter = config.rateLimit.enabled
@@ -360,9 +388,7 @@ async function createPublicFacades(
     metrics: deps.metrics,
     tracing: deps.tracing,
     apiSpecPath: OPENAPI_PATH,
-    auth,
-    users,
-    audit,
+    services: deps.clients,
     logger,
     rateLimiter,
     trustProxy: config.server.trustProxy,
@@ -376,7 +402,7 @@ async function createPublicFacades(
 
   const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
   const rpcOptions = {
-    routes: createConnectRoutes({ auth, users, audit, readiness, health: deps.health }),
+    routes: createConnectRoutes({ services: deps.services, readiness, health: deps.health }),
     interceptors: [requestContextInterceptor(logger, metrics, deps.tracing), errorInterceptor({ logger, exposeInternals }), validationInterceptor(new RequestValidator(openapi))],
     contextValues: createContextValuesFor(resolveClient),
     readMaxBytes: config.server.bodyLimitBytes,

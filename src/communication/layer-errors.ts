@@ -7,14 +7,16 @@
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError, type Interceptor, type Transport } from '@connectrpc/connect';
 import { ErrorInfoSchema } from '../../gen/proto/google/rpc/error_details_pb.js';
-import { AppError, RateLimitedError, retryAfterOf, UnavailableError, type ErrorCode, type FieldErrors } from '../domain/errors.ts';
+import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf, UnavailableError, type ErrorCode, type FieldErrors } from '../domain/errors.ts';
 import type { Logger } from '../infrastructure/logger.ts';
 import { CONNECT_CODE, isErrorCode } from '../domain/error-codes.ts';
-import { currentCallContext } from './call-context.ts';
+import { currentCallContext } from '../rpc/call-context.ts';
 
 /** ErrorInfo.domain of errors that are Arcana Cloud's own domain errors. */
 export const ERROR_DOMAIN = 'arcana-cloud';
 const RETRY_AFTER = 'retryAfterSeconds';
+/** ErrorInfo metadata marking an AUTHENTICATION_ERROR as a refused access token (InvalidTokenError). */
+const INVALID_TOKEN = 'invalidToken';
 
 /** The message public clients see when a layer below cannot be reached. */
 export const UNAVAILABLE_MESSAGE = 'The service is temporarily unavailable, please try again shortly';
@@ -40,6 +42,7 @@ export function toLayerConnectError(error: AppError): ConnectError {
   const metadata: Record<string, string> = { ...error.details };
   const retryAfter = retryAfterOf(error);
   if (retryAfter !== undefined) metadata[RETRY_AFTER] = String(retryAfter);
+  if (error instanceof InvalidTokenError) metadata[INVALID_TOKEN] = 'true';
   const info = create(ErrorInfoSchema, { reason: error.code, domain: ERROR_DOMAIN, metadata });
   return new ConnectError(error.message, CONNECT_CODE[error.code], undefined, [{ desc: ErrorInfoSchema, value: info }], error);
 }
@@ -77,6 +80,7 @@ function appErrorFrom(code: ErrorCode, message: string, metadata: Record<string,
     const retryAfter = metadata[RETRY_AFTER];
     return new UnavailableError(message, cause, retryAfter === undefined ? undefined : Number(retryAfter));
   }
+  if (code === 'AUTHENTICATION_ERROR' && metadata[INVALID_TOKEN] === 'true') return new InvalidTokenError(message);
   const details: FieldErrors = Object.fromEntries(Object.entries(metadata).filter(([key]) => key !== RETRY_AFTER));
   return new AppError(code, message, { ...(Object.keys(details).length === 0 ? {} : { details }), cause });
 }

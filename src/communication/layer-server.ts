@@ -1,11 +1,10 @@
 // The serving side of the internal APIs: what a layer process registers, and the interceptor that
 // enters each incoming call's context (request id, caller, deadline) for the calls it makes next.
-import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from '@connectrpc/connect';
+import { Code, ConnectError, createContextValues, type ConnectRouter, type ContextValues, type Interceptor, type ServiceImpl } from '@connectrpc/connect';
+import type { IncomingMessage } from 'node:http';
+import type { Http2ServerRequest } from 'node:http2';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { DescFile, DescService } from '@bufbuild/protobuf';
-import { AuditLayerService, file_arcana_internal_service_v1_audit_layer_service } from '../../gen/proto/arcana/internal/service/v1/audit_layer_service_pb.js';
-import { AuthLayerService, file_arcana_internal_service_v1_auth_layer_service } from '../../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
-import { UserLayerService, file_arcana_internal_service_v1_user_layer_service } from '../../gen/proto/arcana/internal/service/v1/user_layer_service_pb.js';
 import { AuditRepositoryService, file_arcana_internal_repository_v1_audit_repository_service } from '../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import { CounterStoreService, file_arcana_internal_repository_v1_counter_store_service } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import {
@@ -28,11 +27,10 @@ import type { AuditRepository } from '../repositories/audit-repository.ts';
 import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
-import type { AuditService } from '../services/audit-use-cases.ts';
-import type { AuthService } from '../services/auth-use-cases.ts';
-import type { UserService } from '../services/user-use-cases.ts';
-import { runWithCallContext, timeoutFromHeaders, type IdempotentCall } from './call-context.ts';
-import { INTERNAL_IDEMPOTENCY_KEY_HEADER, INTERNAL_REPLAYED_HEADER } from './layer-transport.ts';
+import { runWithCallContext, timeoutFromHeaders, type CallContext, type IdempotentCall } from '../rpc/call-context.ts';
+import { callerFromHeaders, callerKey } from '../rpc/caller.ts';
+import type { InProcessService } from '../rpc/in-process-transport.ts';
+import { CALLER_HEADER, INTERNAL_IDEMPOTENCY_KEY_HEADER, INTERNAL_REPLAYED_HEADER } from './layer-transport.ts';
 import {
   createAuditRepositoryHandler,
   createCounterStoreHandler,
@@ -40,13 +38,11 @@ import {
   createTokenRepositoryHandler,
   createUserRepositoryHandler,
 } from './repository/repository-handlers.ts';
-import { createAuditLayerHandler, createAuthLayerHandler, createUserLayerHandler } from './service/service-handlers.ts';
 
 /** What one process serves to the layer above it. */
 export interface LayerApis {
-  auth?: AuthService | undefined;
-  users?: UserService | undefined;
-  audit?: AuditService | undefined;
+  /** The service layer's API: the public services, implemented here. */
+  services?: readonly InProcessService[] | undefined;
   repositories?: { users: UserRepository; tokens: TokenRepository; audit: AuditRepository; counters: CounterStore; idempotency: IdempotencyRepository } | undefined;
 }
 
@@ -56,14 +52,12 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
   const names: string[] = [];
   const registrations: ((router: ConnectRouter) => void)[] = [];
   /** Serves `service`, and lists it for health checking and reflection. */
-  const serve = <S extends DescService>(file: DescFile, service: S, impl: ServiceImpl<S>) => {
+  const serve = <S extends DescService>(file: DescFile, service: S, impl: Partial<ServiceImpl<S>>) => {
     files.push(file);
     names.push(service.typeName);
     registrations.push((router) => router.service(service, impl));
   };
-  if (apis.auth !== undefined) serve(file_arcana_internal_service_v1_auth_layer_service, AuthLayerService, createAuthLayerHandler(apis.auth));
-  if (apis.users !== undefined) serve(file_arcana_internal_service_v1_user_layer_service, UserLayerService, createUserLayerHandler(apis.users));
-  if (apis.audit !== undefined) serve(file_arcana_internal_service_v1_audit_layer_service, AuditLayerService, createAuditLayerHandler(apis.audit));
+  for (const { service, impl } of apis.services ?? []) serve(service.file, service, impl);
   const repositories = apis.repositories;
   if (repositories !== undefined) {
     serve(file_arcana_internal_repository_v1_user_repository_service, UserRepositoryService, createUserRepositoryHandler(repositories.users));
@@ -84,6 +78,20 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
 }
 
 /**
+ * connect-node's `contextValues` hook for a layer process: the caller of the public request, as
+ * the controller layer sent it. Believed only on calls that pass internalAuthInterceptor.
+ */
+export function layerCallValues(req: IncomingMessage | Http2ServerRequest): ContextValues {
+  return createContextValues().set(
+    callerKey,
+    callerFromHeaders((name) => {
+      const value = req.headers[name];
+      return Array.isArray(value) ? value[0] : value;
+    }),
+  );
+}
+
+/**
  * Enters the context of an incoming internal call: the request id and caller the layer above
  * sent, and its deadline, so that this layer's own downstream calls carry them on. One debug
  * line per call: the public edge already logs every request once.
@@ -91,7 +99,7 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
 export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Interceptor {
   return (next) => (req) => {
     const requestId = requestIdFrom(req.header.get('x-request-id'));
-    const caller = req.header.get('x-arcana-caller') ?? undefined;
+    const caller = req.header.get(CALLER_HEADER) ?? undefined;
     const timeoutMs = timeoutFromHeaders(req.header);
     const key = req.header.get(INTERNAL_IDEMPOTENCY_KEY_HEADER);
     const idempotency: IdempotentCall | undefined = key === null ? undefined : { key, replayed: false };
@@ -106,10 +114,14 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
             'rpc.method': procedure,
           })
         : undefined;
-    return runWithCallContext({ requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, idempotency, span }, async () => {
+    const context: CallContext = { requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, idempotency, span };
+    return runWithCallContext(context, async () => {
       try {
         const res = await next(req);
         if (idempotency?.replayed === true) res.header.set(INTERNAL_REPLAYED_HEADER, 'true');
+        // Who the caller turned out to be (the service layer authenticates it), for the layer
+        // above's request log.
+        if (context.caller !== undefined && context.caller !== caller) res.header.set(CALLER_HEADER, context.caller);
         span?.end();
         logger.debug(
           { requestId, procedure, caller, durationMs: Math.round((performance.now() - started) * 100) / 100, traceId: span?.spanContext().traceId },

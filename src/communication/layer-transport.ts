@@ -12,7 +12,8 @@ import type { Logger } from '../infrastructure/logger.ts';
 import type { Metrics } from '../infrastructure/metrics.ts';
 import { endWithError, SpanKind, type Span, type Tracing } from '../infrastructure/tracing.ts';
 import { AppError } from '../domain/errors.ts';
-import { currentCallContext, remainingMs } from './call-context.ts';
+import { currentCallContext, remainingMs } from '../rpc/call-context.ts';
+import { callerKey, writeCallerHeaders } from '../rpc/caller.ts';
 
 /**
  * The client's Idempotency-Key on an internal call, and the answer's mark that it was a stored
@@ -20,6 +21,8 @@ import { currentCallContext, remainingMs } from './call-context.ts';
  */
 export const INTERNAL_IDEMPOTENCY_KEY_HEADER = 'x-arcana-idempotency-key';
 export const INTERNAL_REPLAYED_HEADER = 'x-arcana-idempotent-replayed';
+/** Who the request is for (`user:<id>`): sent down for the logs, and sent back once the service layer knows. */
+export const CALLER_HEADER = 'x-arcana-caller';
 import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
 import { GrpcUnaryClient } from './grpc-unary-client.ts';
 
@@ -72,22 +75,24 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
   };
 
   /** Headers every internal call carries, and the call's deadline (epoch ms). */
-  const prepare = (header: HeadersInit | undefined, timeoutMs: number | undefined, span?: Span) => {
+  const prepare = (header: HeadersInit | undefined, timeoutMs: number | undefined, contextValues: ContextValues | undefined, span?: Span) => {
     // A plain record (lower-case names), which both kinds of endpoint take as it is.
     const headers: Record<string, string> = {};
     if (header !== undefined) new Headers(header).forEach((value, name) => (headers[name] = value));
     if (span !== undefined) options.tracing?.inject(span, headers);
     if (options.secret !== undefined) headers['authorization'] = `Bearer ${options.secret}`;
+    // A call of the service layer's API carries its caller (token and client) in context values.
+    if (contextValues !== undefined) writeCallerHeaders(contextValues.get(callerKey), headers);
     const context = currentCallContext();
     if (context !== undefined) {
       headers['x-request-id'] = context.requestId;
-      if (context.caller !== undefined) headers['x-arcana-caller'] = context.caller;
+      if (context.caller !== undefined) headers[CALLER_HEADER] = context.caller;
       if (context.idempotency !== undefined) headers[INTERNAL_IDEMPOTENCY_KEY_HEADER] = context.idempotency.key;
     }
     // The request being served may have less time left than this call's own budget: the
     // downstream call gets whichever is shorter, so no layer works on for an answer nobody awaits.
     const budget = Math.min(options.timeoutMs, timeoutMs ?? Number.POSITIVE_INFINITY, remainingMs() ?? Number.POSITIVE_INFINITY);
-    return { headers, deadline: Date.now() + budget, idempotency: context?.idempotency };
+    return { headers, deadline: Date.now() + budget, idempotency: context?.idempotency, context };
   };
 
   const expired = () => fromLayerError(new ConnectError('the request deadline passed before the call could be made', Code.DeadlineExceeded));
@@ -101,7 +106,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     contextValues: ContextValues | undefined,
     span?: Span,
   ): Promise<UnaryResponse<I, O>> => {
-    const { headers, deadline, idempotency } = prepare(header, timeoutMs, span);
+    const { headers, deadline, idempotency, context } = prepare(header, timeoutMs, contextValues, span);
     // A request whose client has gone cancels its calls to the layers below, so that they stop
     // (and never start bcrypt) for an answer nobody will receive.
     const signal = callSignal ?? currentCallContext()?.signal;
@@ -111,6 +116,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
       try {
         const response = await pick().unary(method, signal, left, headers, input, contextValues);
         if (idempotency !== undefined && response.header.get(INTERNAL_REPLAYED_HEADER) === 'true') idempotency.replayed = true;
+        if (context !== undefined) context.caller ??= response.header.get(CALLER_HEADER) ?? undefined;
         return response;
       } catch (error) {
         const connectError = ConnectError.from(error);
@@ -162,7 +168,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
       // Streams are not retried: part of one may already have been consumed. Their only use is
       // the health watch, which is not a request: no span, but the current one is carried on.
       const parent = tracing === undefined ? undefined : currentCallContext()?.span;
-      const { headers, deadline } = prepare(header, timeoutMs, parent);
+      const { headers, deadline } = prepare(header, timeoutMs, contextValues, parent);
       const signal = callSignal ?? currentCallContext()?.signal;
       try {
         return await pick().stream(method, signal, Math.max(1, deadline - Date.now()), headers, input, contextValues);

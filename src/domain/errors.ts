@@ -31,6 +31,13 @@ export class AuthenticationError extends AppError {
   }
 }
 
+/**
+ * An access token that was presented and refused (unknown, expired, revoked, or its account no
+ * longer active): the 401's challenge then says `error="invalid_token"` (RFC 6750 §3.1), which
+ * tells a client to drop the token rather than ask the user for a password again.
+ */
+export class InvalidTokenError extends AuthenticationError {}
+
 export class AuthorizationError extends AppError {
   constructor(message = 'Insufficient permissions') {
     super('AUTHORIZATION_ERROR', message);

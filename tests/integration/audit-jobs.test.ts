@@ -1,7 +1,7 @@
 // The audit log and the background jobs against real PostgreSQL and real Redis: events recorded
 // through BullMQ, in process and with Redis down; the session purge and its schedule shared by
 // several processes; and listing the log through the use cases, REST and RPC.
-import { createClient, createRouterTransport, type Client } from '@connectrpc/connect';
+import { createClient, createContextValues, type CallOptions, type Client } from '@connectrpc/connect';
 import express from 'express';
 import * as OpenApiValidator from 'express-openapi-validator';
 import { Redis } from 'ioredis';
@@ -17,7 +17,10 @@ import { createAuditRoutes } from '../../src/controllers/rest/audit-routes.ts';
 import { createErrorHandler } from '../../src/controllers/rest/error-handler.ts';
 import { createClientAddressResolver } from '../../src/infrastructure/client-address.ts';
 import { requestContext } from '../../src/controllers/rest/request-context.ts';
-import { createAuditHandler } from '../../src/controllers/rpc/audit-handler.ts';
+import { createAuditApi } from '../../src/services/api/audit-api.ts';
+import { createInProcessTransport, inProcessService } from '../../src/rpc/in-process-transport.ts';
+import { callerKey } from '../../src/rpc/caller.ts';
+import type { ServiceClients } from '../../src/controllers/rest/service-call.ts';
 import { errorInterceptor } from '../../src/controllers/rpc/interceptors.ts';
 import type { Actor } from '../../src/domain/actor.ts';
 import { AuthorizationError, ValidationError } from '../../src/domain/errors.ts';
@@ -28,6 +31,9 @@ import { PrismaTokenRepository } from '../../src/repositories/token-repository.t
 import { PrismaIdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
 import { AuditUseCases } from '../../src/services/audit-use-cases.ts';
 import { bearer, createTestApp, loginAdmin, register, type TestApp, monolithOf } from '../helpers/test-app.ts';
+
+/** Call options of a call made by the holder of `accessToken`, as an edge would hand it over. */
+const asCaller = (accessToken: string): CallOptions => ({ contextValues: createContextValues().set(callerKey, { accessToken, client: {} }) });
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 /** Nothing listens here: connections are refused at once. */
@@ -428,13 +434,13 @@ describe('listing audit events', () => {
           validateSecurity: false,
         }),
       );
-      app.use('/api/v1/audit-events', createAuditRoutes(useCases, monolithOf(t).auth));
+      // The audit API over these use cases, as the REST facade and the RPC router reach it.
+      const api = inProcessService(AuditService, createAuditApi(useCases, monolithOf(t).auth));
+      const local = createInProcessTransport([api]);
+      app.use('/api/v1/audit-events', createAuditRoutes({ audit: createClient(AuditService, local) } as ServiceClients));
       app.use(createErrorHandler({ logger, exposeInternals: false }));
       rest = supertest(app);
-      const transport = createRouterTransport(({ service }) => service(AuditService, createAuditHandler(useCases, monolithOf(t).auth)), {
-        router: { interceptors: [errorInterceptor({ logger, exposeInternals: false })] },
-      });
-      rpc = createClient(AuditService, transport);
+      rpc = createClient(AuditService, createInProcessTransport([api], { interceptors: [errorInterceptor({ logger, exposeInternals: false })] }));
     });
 
     it('when an admin GETs /api/v1/audit-events with filters, then it answers the paginated envelope', async () => {
@@ -465,10 +471,10 @@ describe('listing audit events', () => {
     });
 
     it('when ListAuditEvents is called, then admins get the page and others permission_denied', async () => {
-      const res = await rpc.listAuditEvents({ userId: subject, perPage: 3 }, { headers: { authorization: `Bearer ${adminToken}` } });
+      const res = await rpc.listAuditEvents({ userId: subject, perPage: 3 }, asCaller(adminToken));
       expect(res.pagination).toMatchObject({ total: 5, totalPages: 2 });
       expect(res.events.map((event) => event.type)).toEqual([AuditEventType.PASSWORD_CHANGED, AuditEventType.LOGIN_SUCCEEDED, AuditEventType.LOGIN_FAILED]);
-      await expect(rpc.listAuditEvents({}, { headers: { authorization: `Bearer ${userToken}` } })).rejects.toMatchObject({
+      await expect(rpc.listAuditEvents({}, asCaller(userToken))).rejects.toMatchObject({
         rawMessage: 'Insufficient permissions',
       });
     });

@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import { Writable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runWithCallContext } from '../../src/communication/call-context.ts';
+import { runWithCallContext } from '../../src/rpc/call-context.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { traceLogFields } from '../../src/infrastructure/tracing.ts';
 import { apiClient } from '../helpers/protocols.ts';

@@ -2,30 +2,30 @@ import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { Router } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
 import { AuditEventType, type AuditEvent } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
-import type { AuditService } from '../../services/audit-use-cases.ts';
-import type { AuthService } from '../../services/auth-use-cases.ts';
-import { requireAuth } from './auth-middleware.ts';
 import { sendPage } from './envelope.ts';
-import { actorOf } from './request-context.ts';
+import { callOptions, present, requireBearer, type ServiceClients } from './service-call.ts';
 import { toRestPagination } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
 type ListQuery = NonNullable<operations['listAuditEvents']['parameters']['query']>;
 
 /** `/api/v1/audit-events`: the ADMIN rule lives in AuditUseCases, shared with RPC. */
-export function createAuditRoutes(audit: AuditService, auth: AuthService): Router {
+export function createAuditRoutes({ audit }: ServiceClients): Router {
   const router = Router();
-  router.use(requireAuth(auth));
+  router.use(requireBearer);
 
   router.get('/', async (req, res) => {
     const query = req.query as unknown as Partial<Record<keyof ListQuery, string>>;
-    const page = await audit.list(actorOf(res), {
-      page: Number(query.page ?? 1),
-      perPage: Number(query.perPage ?? 20),
-      ...(query.userId === undefined ? {} : { userId: Number(query.userId) }),
-      ...(query.type === undefined ? {} : { type: AuditEventType[query.type as Schemas['AuditEventType']] }),
-    });
-    sendPage(res, page.events.map(toRestAuditEvent), toRestPagination(page.pagination));
+    const page = await audit.listAuditEvents(
+      {
+        page: Number(query.page ?? 1),
+        perPage: Number(query.perPage ?? 20),
+        ...(query.userId === undefined ? {} : { userId: Number(query.userId) }),
+        ...(query.type === undefined ? {} : { type: AuditEventType[query.type as Schemas['AuditEventType']] }),
+      },
+      callOptions(req, res),
+    );
+    sendPage(res, page.events.map(toRestAuditEvent), toRestPagination(present(page.pagination, 'pagination')));
   });
 
   return router;

@@ -1,68 +1,52 @@
-import { Router, type Response } from 'express';
+import { Router } from 'express';
 import type { components } from '../../../gen/openapi/schema.d.ts';
-import type { AuthService } from '../../services/auth-use-cases.ts';
-import { requireAuth } from './auth-middleware.ts';
 import { sendSuccess, sendUser } from './envelope.ts';
-import { actorOf, clientOf } from './request-context.ts';
-import { deviceTokenHeaders, IDEMPOTENT_REPLAYED_HEADER, idempotencyKeyOf, NO_STORE_HEADERS } from '../client-edge.ts';
-import { runIdempotent } from '../../communication/call-context.ts';
+import { callOptions, present, requireBearer, type ServiceClients } from './service-call.ts';
 import { toRestSession, toRestTokenPair, toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
 
 /** `/api/v1/auth`: bodies arrive already validated against openapi.yaml. */
-export function createAuthRoutes(auth: AuthService): Router {
+export function createAuthRoutes({ auth }: ServiceClients): Router {
   const router = Router();
-  const authenticated = requireAuth(auth);
 
   router.post('/register', async (req, res) => {
     const body = req.body as Schemas['RegisterRequest'];
-    const key = idempotencyKeyOf((name) => req.get(name));
-    const { result, replayed } = await runIdempotent(key, () => auth.register(body, clientOf(res)));
-    if (replayed) res.setHeader(IDEMPOTENT_REPLAYED_HEADER, 'true');
-    tokenAnswerHeaders(res, result.deviceToken);
-    sendSuccess(res, { user: toRestUser(result.user), tokens: toRestTokenPair(result.tokens) }, 'User registered successfully', 201);
+    const { user, tokens } = await auth.register(body, callOptions(req, res, { idempotent: true }));
+    sendSuccess(res, { user: toRestUser(present(user, 'user')), tokens: toRestTokenPair(present(tokens, 'tokens')) }, 'User registered successfully', 201);
   });
 
   router.post('/login', async (req, res) => {
     const body = req.body as Schemas['LoginRequest'];
-    const result = await auth.login(body, clientOf(res));
-    tokenAnswerHeaders(res, result.deviceToken);
-    sendSuccess(res, { user: toRestUser(result.user), tokens: toRestTokenPair(result.tokens) }, 'Login successful');
+    const { user, tokens } = await auth.login(body, callOptions(req, res));
+    sendSuccess(res, { user: toRestUser(present(user, 'user')), tokens: toRestTokenPair(present(tokens, 'tokens')) }, 'Login successful');
   });
 
-  router.post('/logout', authenticated, async (_req, res) => {
-    await auth.logout(actorOf(res));
+  router.post('/logout', requireBearer, async (req, res) => {
+    await auth.logout({}, callOptions(req, res));
     sendSuccess(res, null, 'Logout successful');
   });
 
   router.post('/refresh', async (req, res) => {
     const body = req.body as Schemas['RefreshTokenRequest'];
-    const tokens = await auth.refresh(body.refreshToken, clientOf(res));
-    tokenAnswerHeaders(res, undefined);
-    sendSuccess(res, toRestTokenPair(tokens), 'Token refreshed successfully');
+    const { tokens } = await auth.refreshToken({ refreshToken: body.refreshToken }, callOptions(req, res));
+    sendSuccess(res, toRestTokenPair(present(tokens, 'tokens')), 'Token refreshed successfully');
   });
 
-  router.get('/me', authenticated, async (_req, res) => {
-    const user = await auth.currentUser(actorOf(res));
-    sendUser(res, user, 'User retrieved successfully');
+  router.get('/me', requireBearer, async (req, res) => {
+    const { user } = await auth.getCurrentUser({}, callOptions(req, res));
+    sendUser(res, present(user, 'user'), 'User retrieved successfully');
   });
 
-  router.get('/tokens', authenticated, async (_req, res) => {
-    const sessions = await auth.listSessions(actorOf(res));
+  router.get('/tokens', requireBearer, async (req, res) => {
+    const { sessions } = await auth.listTokens({}, callOptions(req, res));
     sendSuccess(res, sessions.map(toRestSession), 'Tokens retrieved successfully');
   });
 
-  router.post('/tokens/revoke-all', authenticated, async (_req, res) => {
-    const revokedCount = await auth.revokeAll(actorOf(res));
+  router.post('/tokens/revoke-all', requireBearer, async (req, res) => {
+    const { revokedCount } = await auth.revokeAllTokens({}, callOptions(req, res));
     sendSuccess(res, { revokedCount }, 'All tokens revoked');
   });
 
   return router;
-}
-
-/** Token answers are never cached; a login also hands the client its known-device token. */
-function tokenAnswerHeaders(res: Response, deviceToken: string | undefined): void {
-  for (const [name, value] of NO_STORE_HEADERS) res.setHeader(name, value);
-  if (deviceToken !== undefined) for (const [name, value] of deviceTokenHeaders(deviceToken)) res.append(name, value);
 }

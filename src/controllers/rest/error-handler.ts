@@ -1,9 +1,9 @@
 import type { NextFunction, Request, Response } from 'express';
 import { ERROR_CODES } from '../../domain/error-codes.ts';
-import { AppError, NotFoundError, retryAfterOf } from '../../domain/errors.ts';
+import { AppError, InvalidTokenError, NotFoundError, retryAfterOf } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { errorBody } from './envelope.ts';
-import { bearerChallenge, NO_STORE_HEADERS } from '../client-edge.ts';
+import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
 import { noFieldErrors } from '../edge-input.ts';
 
 /** body-parser's error type for a JSON body that is not UTF-8 (see rest-app.ts). */
@@ -51,7 +51,7 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
     const retryAfter = appError === undefined ? undefined : retryAfterOf(appError);
     if (retryAfter !== undefined) res.setHeader('retry-after', String(retryAfter));
     if (status === 401) {
-      res.setHeader('www-authenticate', bearerChallenge(res.locals.tokenRejected === true, appError?.message));
+      res.setHeader('www-authenticate', bearerChallenge(appError instanceof InvalidTokenError, appError?.message));
       // A failed login or refresh is a token answer too, and just as uncacheable.
       for (const [name, value] of NO_STORE_HEADERS) res.setHeader(name, value);
     }

@@ -1,23 +1,22 @@
 import type { NextFunction, Request, Response } from 'express';
-import type { Actor, ClientInfo } from '../../domain/actor.ts';
+import type { ClientInfo } from '../../domain/actor.ts';
 import type { ClientAddressResolver } from '../../infrastructure/client-address.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import type { Metrics } from '../../infrastructure/metrics.ts';
 import { SpanStatusCode, type Tracing } from '../../infrastructure/tracing.ts';
-import { resolveClientInfo } from '../client-edge.ts';
+import { resolveClientInfo } from '../../rpc/client-edge.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
-import { runWithCallContext } from '../../communication/call-context.ts';
+import { runWithCallContext, type CallContext } from '../../rpc/call-context.ts';
 
 declare global {
   // Express's own extension point for typed `res.locals`.
   namespace Express {
     interface Locals {
       requestId?: string;
-      actor?: Actor;
+      /** The request's bearer token, on routes that need one (see requireBearer); checked by the service layer. */
+      accessToken?: string;
       /** Who is calling, resolved once at the edge (address, user agent, device token). */
       client?: ClientInfo;
-      /** The request presented an access token that was refused: the 401 says invalid_token. */
-      tokenRejected?: boolean;
     }
   }
 }
@@ -37,6 +36,9 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
     const started = process.hrtime.bigint();
     // A client's `traceparent` is continued, as a proxy in front would want.
     const span = tracing?.startServerSpan(req.method, (name) => req.get(name), { 'http.request.method': req.method, 'url.path': req.path });
+    // Everything this request does from here, calls to other layers included, carries its id;
+    // the service layer records in it who the caller turned out to be.
+    const context: CallContext = { requestId, span };
     res.on('finish', () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       // The operation's path template, never the path itself: a label must not take values
@@ -60,7 +62,7 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
           path: req.originalUrl.split('?')[0],
           status: res.statusCode,
           durationMs: Math.round(durationMs * 100) / 100,
-          userId: res.locals.actor?.userId,
+          userId: callerId(context.caller),
           traceId: span?.spanContext().traceId,
         },
         'request completed',
@@ -77,16 +79,14 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
         span.end();
       }
     });
-    // Everything this request does from here, calls to other layers included, carries its id.
-    runWithCallContext({ requestId, signal: abandoned.signal, span }, next);
+    context.signal = abandoned.signal;
+    runWithCallContext(context, next);
   };
 }
 
-/** The caller established by `requireAuth`; only call it on routes behind that middleware. */
-export function actorOf(res: Response): Actor {
-  const actor = res.locals.actor;
-  if (actor === undefined) throw new Error('route is missing requireAuth');
-  return actor;
+/** The user id of a call context's `user:<id>` caller, for the request log. */
+function callerId(caller: string | undefined): number | undefined {
+  return caller?.startsWith('user:') === true ? Number(caller.slice(5)) : undefined;
 }
 
 /** Where the request came from, as requestContext resolved it. */

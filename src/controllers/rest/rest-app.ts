@@ -6,9 +6,7 @@ import type { components } from '../../../gen/openapi/schema.d.ts';
 import { compileTrust, type ClientAddressResolver, type TrustProxySetting } from '../../infrastructure/client-address.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
-import type { AuthService } from '../../services/auth-use-cases.ts';
-import type { UserService } from '../../services/user-use-cases.ts';
-import type { AuditService } from '../../services/audit-use-cases.ts';
+import type { ServiceClients } from './service-call.ts';
 import { createAuditRoutes } from './audit-routes.ts';
 import { createAuthRoutes } from './auth-routes.ts';
 import { createConsoleRoutes } from './console-routes.ts';
@@ -29,9 +27,8 @@ const PROBES = new Set(['/health', '/ready']);
 
 export interface RestAppOptions {
   apiSpecPath: string;
-  auth: AuthService;
-  users: UserService;
-  audit: AuditService;
+  /** The service layer: clients over an in-process or a network transport. */
+  services: ServiceClients;
   logger: Logger;
   rateLimiter: RateLimiter | undefined;
   trustProxy: TrustProxySetting;
@@ -101,9 +98,9 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(refuseUnstorablePathParameters);
 
   app.use(createSystemRoutes({ info: options.info, readiness: options.readiness }));
-  app.use('/api/v1/auth', createAuthRoutes(options.auth));
-  app.use('/api/v1/users', createUserRoutes(options.users, options.auth));
-  app.use('/api/v1/audit-events', createAuditRoutes(options.audit, options.auth));
+  app.use('/api/v1/auth', createAuthRoutes(options.services));
+  app.use('/api/v1/users', createUserRoutes(options.services));
+  app.use('/api/v1/audit-events', createAuditRoutes(options.services));
 
   app.use(notFoundHandler);
   app.use(createErrorHandler({ logger: options.logger, exposeInternals: options.exposeInternals }));

@@ -2,13 +2,8 @@ import { Router, type Request } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
 import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
 import { PreconditionFailedError, ValidationError } from '../../domain/errors.ts';
-import type { AuthService } from '../../services/auth-use-cases.ts';
-import type { UserService } from '../../services/user-use-cases.ts';
-import { requireAuth } from './auth-middleware.ts';
 import { etagOf, sendPage, sendSuccess, sendUser } from './envelope.ts';
-import { actorOf } from './request-context.ts';
-import { IDEMPOTENT_REPLAYED_HEADER, idempotencyKeyOf } from '../client-edge.ts';
-import { runIdempotent } from '../../communication/call-context.ts';
+import { callOptions, present, requireBearer, type ServiceClients } from './service-call.ts';
 import { roleFromRest, statusFromRest, toRestPagination, toRestSession, toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
@@ -55,35 +50,36 @@ function notModified(req: Request, user: User): boolean {
   return tags.some((tag) => tag.opaque === '*' || tag.opaque === String(user.version));
 }
 
-/** `/api/v1/users`: role and ownership rules live in UserUseCases, shared with RPC. */
-export function createUserRoutes(users: UserService, auth: AuthService): Router {
+/** `/api/v1/users`: role and ownership rules live in the service layer, shared with RPC. */
+export function createUserRoutes({ users, auth }: ServiceClients): Router {
   const router = Router();
-  router.use(requireAuth(auth));
+  router.use(requireBearer);
 
   router.get('/', async (req, res) => {
     const query = req.query as unknown as Partial<Record<keyof ListQuery, string>>;
-    const page = await users.list(actorOf(res), {
-      page: Number(query.page ?? 1),
-      perPage: Number(query.perPage ?? 20),
-      ...(query.role === undefined ? {} : { role: roleFromRest(query.role as Schemas['UserRole']) }),
-      ...(query.status === undefined ? {} : { status: statusFromRest(query.status as Schemas['UserStatus']) }),
-      ...(query.q === undefined ? {} : { q: query.q }),
-      ...(query.sort === undefined ? {} : { sort: query.sort }),
-    });
-    sendPage(res, page.users.map(toRestUser), toRestPagination(page.pagination));
+    const page = await users.listUsers(
+      {
+        page: Number(query.page ?? 1),
+        perPage: Number(query.perPage ?? 20),
+        ...(query.role === undefined ? {} : { role: roleFromRest(query.role as Schemas['UserRole']) }),
+        ...(query.status === undefined ? {} : { status: statusFromRest(query.status as Schemas['UserStatus']) }),
+        ...(query.q === undefined ? {} : { q: query.q }),
+        ...(query.sort === undefined ? {} : { sort: query.sort }),
+      },
+      callOptions(req, res),
+    );
+    sendPage(res, page.users.map(toRestUser), toRestPagination(present(page.pagination, 'pagination')));
   });
 
   router.post('/', async (req, res) => {
     const body = req.body as Schemas['CreateUserRequest'];
     const { role, ...rest } = body;
-    const key = idempotencyKeyOf((name) => req.get(name));
-    const { result: user, replayed } = await runIdempotent(key, () => users.create(actorOf(res), { ...rest, ...(role === undefined ? {} : { role: roleFromRest(role) }) }));
-    if (replayed) res.setHeader(IDEMPOTENT_REPLAYED_HEADER, 'true');
-    sendSuccess(res, toRestUser(user), 'User created successfully', 201);
+    const { user } = await users.createUser({ ...rest, ...(role === undefined ? {} : { role: roleFromRest(role) }) }, callOptions(req, res, { idempotent: true }));
+    sendSuccess(res, toRestUser(present(user, 'user')), 'User created successfully', 201);
   });
 
   router.get('/:userId', async (req, res) => {
-    const user = await users.get(actorOf(res), userIdOf(req));
+    const user = present((await users.getUser({ userId: userIdOf(req) }, callOptions(req, res))).user, 'user');
     if (notModified(req, user)) {
       res.setHeader('etag', etagOf(user));
       res.status(304).end();
@@ -94,55 +90,56 @@ export function createUserRoutes(users: UserService, auth: AuthService): Router 
 
   router.put('/:userId', async (req, res) => {
     const body = req.body as Schemas['UpdateUserRequest'];
-    const user = await users.update(actorOf(res), { ...body, userId: userIdOf(req), expectedVersion: expectedVersionOf(req) });
-    sendUser(res, user, 'User updated successfully');
+    const { user } = await users.updateUser({ ...body, userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
+    sendUser(res, present(user, 'user'), 'User updated successfully');
   });
 
   router.delete('/:userId', async (req, res) => {
-    await users.delete(actorOf(res), userIdOf(req), expectedVersionOf(req));
+    await users.deleteUser({ userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
     sendSuccess(res, null, 'User deleted successfully');
   });
 
   router.put('/:userId/password', async (req, res) => {
     const body = req.body as Schemas['ChangePasswordRequest'];
-    await users.changePassword(actorOf(res), { ...body, userId: userIdOf(req) });
+    await users.changePassword({ ...body, userId: userIdOf(req) }, callOptions(req, res));
     sendSuccess(res, null, 'Password changed successfully');
   });
 
   router.post('/:userId/verify', async (req, res) => {
-    const user = await users.verify(actorOf(res), userIdOf(req), expectedVersionOf(req));
-    sendUser(res, user, 'User verified successfully');
+    const { user } = await users.verifyUser({ userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
+    sendUser(res, present(user, 'user'), 'User verified successfully');
   });
 
   router.put('/:userId/status', async (req, res) => {
     const body = req.body as Schemas['UpdateUserStatusRequest'];
-    const user = await users.updateStatus(actorOf(res), userIdOf(req), statusFromRest(body.status), expectedVersionOf(req));
-    sendUser(res, user, 'User status updated successfully');
+    const request = { userId: userIdOf(req), status: statusFromRest(body.status), expectedVersion: expectedVersionOf(req) };
+    const { user } = await users.updateUserStatus(request, callOptions(req, res));
+    sendUser(res, present(user, 'user'), 'User status updated successfully');
   });
 
   router.put('/:userId/role', async (req, res) => {
     const body = req.body as Schemas['UpdateUserRoleRequest'];
-    const user = await users.updateRole(actorOf(res), { userId: userIdOf(req), role: roleFromRest(body.role), expectedVersion: expectedVersionOf(req) });
-    sendUser(res, user, 'User role updated successfully');
+    const { user } = await users.updateUserRole({ userId: userIdOf(req), role: roleFromRest(body.role), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
+    sendUser(res, present(user, 'user'), 'User role updated successfully');
   });
 
   router.get('/:userId/sessions', async (req, res) => {
-    const sessions = await auth.listUserSessions(actorOf(res), userIdOf(req));
+    const { sessions } = await auth.listUserSessions({ userId: userIdOf(req) }, callOptions(req, res));
     sendSuccess(res, sessions.map(toRestSession), 'Sessions retrieved successfully');
   });
 
   router.delete('/:userId/sessions', async (req, res) => {
-    const endedCount = await auth.endUserSessions(actorOf(res), userIdOf(req));
+    const { endedCount } = await auth.endUserSessions({ userId: userIdOf(req) }, callOptions(req, res));
     sendSuccess(res, { endedCount }, 'Sessions ended');
   });
 
   router.delete('/:userId/sessions/:sessionId', async (req, res) => {
-    await auth.endUserSession(actorOf(res), userIdOf(req), Number(req.params.sessionId));
+    await auth.endUserSession({ userId: userIdOf(req), sessionId: Number(req.params.sessionId) }, callOptions(req, res));
     sendSuccess(res, null, 'Session ended');
   });
 
   router.delete('/:userId/login-failures', async (req, res) => {
-    const clearedCount = await users.clearLoginFailures(actorOf(res), userIdOf(req));
+    const { clearedCount } = await users.clearLoginFailures({ userId: userIdOf(req) }, callOptions(req, res));
     sendSuccess(res, { clearedCount }, 'Login failures cleared');
   });
 

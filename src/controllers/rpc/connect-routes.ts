@@ -1,26 +1,21 @@
-// Every Connect service this process serves, registered in one place.
+// Every Connect service this process serves publicly, registered in one place: the service layer's
+// API (its implementations in a monolith, forwarders to the service processes otherwise), gRPC
+// health checking and server reflection.
 import type { ConnectRouter } from '@connectrpc/connect';
-import { AuthService as AuthServiceDescriptor, file_arcana_auth_v1_auth_service } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
-import { UserService as UserServiceDescriptor, file_arcana_user_v1_user_service } from '../../../gen/proto/arcana/user/v1/user_service_pb.js';
+import { file_arcana_auth_v1_auth_service } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { file_arcana_user_v1_user_service } from '../../../gen/proto/arcana/user/v1/user_service_pb.js';
+import { file_arcana_audit_v1_audit_service } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { file_grpc_health_v1_health, Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
 import { file_grpc_reflection_v1_reflection, ServerReflection as ServerReflectionV1 } from '../../../gen/proto/grpc/reflection/v1/reflection_pb.js';
 import { file_grpc_reflection_v1alpha_reflection, ServerReflection as ServerReflectionV1alpha } from '../../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
-import type { AuthService } from '../../services/auth-use-cases.ts';
-import type { UserService } from '../../services/user-use-cases.ts';
-import type { AuditService } from '../../services/audit-use-cases.ts';
-import { AuditService as AuditServiceDescriptor, file_arcana_audit_v1_audit_service } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
-import { createAuditHandler } from './audit-handler.ts';
+import type { InProcessService } from '../../rpc/in-process-transport.ts';
 import type { ReadinessCheck } from '../rest/system-routes.ts';
-import { createAuthHandler } from './auth-handler.ts';
 import { createHealthService, type HealthWatchOptions } from './health-service.ts';
 import { createReflectionServices } from './reflection-service.ts';
-import { createUserHandler } from './user-handler.ts';
 
 /** The public API plus gRPC health checking and server reflection. */
 export function createConnectRoutes(deps: {
-  auth: AuthService;
-  users: UserService;
-  audit: AuditService;
+  services: readonly InProcessService[];
   readiness: Record<string, ReadinessCheck>;
   health: HealthWatchOptions;
 }): (router: ConnectRouter) => void {
@@ -33,11 +28,13 @@ export function createConnectRoutes(deps: {
     file_grpc_reflection_v1alpha_reflection,
   ]);
   // One instance for every router (HTTP/1.1 and HTTP/2): the Watch cap and probe are per process.
-  const health = createHealthService(deps.readiness, [AuthServiceDescriptor.typeName, UserServiceDescriptor.typeName, AuditServiceDescriptor.typeName], deps.health);
+  const health = createHealthService(
+    deps.readiness,
+    deps.services.map(({ service }) => service.typeName),
+    deps.health,
+  );
   return (router) => {
-    router.service(AuthServiceDescriptor, createAuthHandler(deps.auth));
-    router.service(UserServiceDescriptor, createUserHandler(deps.users, deps.auth));
-    router.service(AuditServiceDescriptor, createAuditHandler(deps.audit, deps.auth));
+    for (const { service, impl } of deps.services) router.service(service, impl);
     router.service(Health, health);
     router.service(ServerReflectionV1, reflection.v1);
     router.service(ServerReflectionV1alpha, reflection.v1alpha);

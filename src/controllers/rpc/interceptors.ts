@@ -5,17 +5,18 @@ import { create, type DescMessage } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
 import { CONNECT_CODE } from '../../domain/error-codes.ts';
-import { AppError, RateLimitedError, retryAfterOf } from '../../domain/errors.ts';
+import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { rpcProtocolOf, type Metrics } from '../../infrastructure/metrics.ts';
 import { SpanStatusCode, type Tracing } from '../../infrastructure/tracing.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
-import { clientKey, requestIdKey, tokenRejectedKey } from './rpc-context.ts';
+import { requestIdKey } from './rpc-context.ts';
+import { callerKey } from '../../rpc/caller.ts';
 import { addressKey } from '../../infrastructure/client-address.ts';
-import { bearerChallenge, NO_STORE_HEADERS } from '../client-edge.ts';
-import { runWithCallContext, timeoutFromHeaders } from '../../communication/call-context.ts';
+import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
+import { runWithCallContext, timeoutFromHeaders } from '../../rpc/call-context.ts';
 
 /** Domain error codes as Connect codes: the RPC twin of the REST status table. */
 /** See src/domain/error-codes.ts: one table for every protocol. */
@@ -82,7 +83,7 @@ export function errorInterceptor(options: { logger: Logger; exposeInternals: boo
         const connectError = toConnectError(error, req.method.input);
         // The RPC twin of REST's 401 challenge, for clients that read it (RFC 6750 §3).
         if (connectError.code === Code.Unauthenticated) {
-          connectError.metadata.set('www-authenticate', bearerChallenge(req.contextValues.get(tokenRejectedKey), error.message));
+          connectError.metadata.set('www-authenticate', bearerChallenge(error instanceof InvalidTokenError, error.message));
           for (const [name, value] of NO_STORE_HEADERS) connectError.metadata.set(name, value);
         }
         throw connectError;
@@ -128,7 +129,7 @@ export function toConnectError(error: AppError, input: DescMessage): ConnectErro
  */
 export function rateLimitGate(limiter: RateLimiter): (context: HandlerContext) => Promise<void> {
   return async (context) => {
-    const decision = await limiter.consume(`ip:${addressKey(context.values.get(clientKey).ipAddress)}`);
+    const decision = await limiter.consume(`ip:${addressKey(context.values.get(callerKey).client.ipAddress)}`);
     if (!decision.allowed) throw new RateLimitedError(decision.resetSeconds);
   };
 }

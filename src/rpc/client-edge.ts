@@ -57,6 +57,22 @@ export const NO_STORE_HEADERS: readonly [string, string][] = [
 ];
 
 /**
+ * The headers of a service-layer answer that belong to the client's answer, whichever facade
+ * relays it: no-store, the known-device token (header and cookie) and the replay mark. Anything
+ * else on the answer (content type, protocol headers) is the transport's, not the client's.
+ */
+const ANSWER_HEADERS: readonly string[] = ['cache-control', 'pragma', DEVICE_TOKEN_HEADER, IDEMPOTENT_REPLAYED_HEADER];
+
+/** Relays the client's part of a service-layer answer's headers through `set` (and `append` for cookies). */
+export function relayAnswerHeaders(from: Headers, to: { set(name: string, value: string): void; append(name: string, value: string): void }): void {
+  for (const name of ANSWER_HEADERS) {
+    const value = from.get(name);
+    if (value !== null) to.set(name, value);
+  }
+  for (const value of from.getSetCookie()) to.append('set-cookie', value);
+}
+
+/**
  * The WWW-Authenticate challenge of a 401 (RFC 6750 §3): `error="invalid_token"` when the request
  * presented an access token that was refused, the bare challenge otherwise (no token, or a
  * password that did not match).

@@ -1,12 +1,12 @@
 import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import type { AuthService as AuthServiceDescriptor } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
-import type { AuthService } from '../../services/auth-use-cases.ts';
-import { deviceTokenHeaders, NO_STORE_HEADERS } from '../client-edge.ts';
-import { runIdempotent } from '../../communication/call-context.ts';
-import { actorOf, clientInfoOf, idempotencyKeyFrom, markReplayedAnswer } from './rpc-context.ts';
+import type { AuthService } from '../auth-use-cases.ts';
+import { deviceTokenHeaders, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
+import { runIdempotent } from '../../rpc/call-context.ts';
+import { authenticatedActor, clientInfoOf, idempotencyKeyFrom, markReplayedAnswer } from './call.ts';
 
 /** arcana.auth.v1.AuthService over Connect, gRPC and gRPC-Web: the same use cases as REST. */
-export function createAuthHandler(auth: AuthService): ServiceImpl<typeof AuthServiceDescriptor> {
+export function createAuthApi(auth: AuthService): ServiceImpl<typeof AuthServiceDescriptor> {
   return {
     async register(req, ctx) {
       const { result, replayed } = await runIdempotent(idempotencyKeyFrom(ctx), () => auth.register(req, clientInfoOf(ctx)));
@@ -21,7 +21,7 @@ export function createAuthHandler(auth: AuthService): ServiceImpl<typeof AuthSer
       return { user, tokens };
     },
     async logout(_req, ctx) {
-      await auth.logout(await actorOf(ctx, auth));
+      await auth.logout(await authenticatedActor(ctx, auth));
       return {};
     },
     async refreshToken(req, ctx) {
@@ -30,23 +30,23 @@ export function createAuthHandler(auth: AuthService): ServiceImpl<typeof AuthSer
       return { tokens };
     },
     async getCurrentUser(_req, ctx) {
-      return { user: await auth.currentUser(await actorOf(ctx, auth)) };
+      return { user: await auth.currentUser(await authenticatedActor(ctx, auth)) };
     },
     async listTokens(_req, ctx) {
-      return { sessions: await auth.listSessions(await actorOf(ctx, auth)) };
+      return { sessions: await auth.listSessions(await authenticatedActor(ctx, auth)) };
     },
     async revokeAllTokens(_req, ctx) {
-      return { revokedCount: await auth.revokeAll(await actorOf(ctx, auth)) };
+      return { revokedCount: await auth.revokeAll(await authenticatedActor(ctx, auth)) };
     },
     async listUserSessions(req, ctx) {
-      return { sessions: await auth.listUserSessions(await actorOf(ctx, auth), req.userId) };
+      return { sessions: await auth.listUserSessions(await authenticatedActor(ctx, auth), req.userId) };
     },
     async endUserSession(req, ctx) {
-      await auth.endUserSession(await actorOf(ctx, auth), req.userId, req.sessionId);
+      await auth.endUserSession(await authenticatedActor(ctx, auth), req.userId, req.sessionId);
       return {};
     },
     async endUserSessions(req, ctx) {
-      return { endedCount: await auth.endUserSessions(await actorOf(ctx, auth), req.userId) };
+      return { endedCount: await auth.endUserSessions(await authenticatedActor(ctx, auth), req.userId) };
     },
   };
 }

@@ -1,0 +1,26 @@
+// The public RPC API of a controller process whose service layer runs elsewhere: each method hands
+// its request, as decoded and validated here, to the service process that implements it, with the
+// caller (context values), the deadline, the cancellation and the Idempotency-Key, and relays the
+// answer and its client-facing headers. Written once for every method of every service: nothing
+// here knows what a method does.
+import type { DescMethodUnary, DescService } from '@bufbuild/protobuf';
+import type { HandlerContext, ServiceImpl, Transport } from '@connectrpc/connect';
+import { IDEMPOTENCY_KEY_FIELD } from '../../domain/idempotency-key.ts';
+import { relayAnswerHeaders } from '../../rpc/client-edge.ts';
+import type { InProcessService } from '../../rpc/in-process-transport.ts';
+
+/** `service`, answered by whichever process `transport` reaches. Unary methods only (all of ours are). */
+export function forwardingService(service: DescService, transport: Transport): InProcessService {
+  const impl: Record<string, (request: never, ctx: HandlerContext) => Promise<unknown>> = {};
+  for (const method of service.methods) {
+    if (method.methodKind !== 'unary') continue;
+    const unary = method as DescMethodUnary;
+    impl[method.localName] = async (request, ctx) => {
+      const key = ctx.requestHeader.get(IDEMPOTENCY_KEY_FIELD);
+      const response = await transport.unary(unary, ctx.signal, ctx.timeoutMs(), key === null ? undefined : { [IDEMPOTENCY_KEY_FIELD]: key }, request, ctx.values);
+      relayAnswerHeaders(response.header, ctx.responseHeader);
+      return response.message;
+    };
+  }
+  return { service, impl: impl as unknown as Partial<ServiceImpl<DescService>> };
+}

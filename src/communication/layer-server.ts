@@ -27,10 +27,10 @@ import type { AuditRepository } from '../repositories/audit-repository.ts';
 import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
-import { runWithCallContext, timeoutFromHeaders, type CallContext, type IdempotentCall } from '../rpc/call-context.ts';
+import { runWithCallContext, timeoutFromHeaders, type CallContext } from '../rpc/call-context.ts';
 import { callerFromHeaders, callerKey } from '../rpc/caller.ts';
 import type { InProcessService } from '../rpc/in-process-transport.ts';
-import { CALLER_HEADER, INTERNAL_IDEMPOTENCY_KEY_HEADER, INTERNAL_REPLAYED_HEADER } from './layer-transport.ts';
+import { CALLER_HEADER } from './layer-transport.ts';
 import {
   createAuditRepositoryHandler,
   createCounterStoreHandler,
@@ -101,8 +101,6 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
     const requestId = requestIdFrom(req.header.get('x-request-id'));
     const caller = req.header.get(CALLER_HEADER) ?? undefined;
     const timeoutMs = timeoutFromHeaders(req.header);
-    const key = req.header.get(INTERNAL_IDEMPOTENCY_KEY_HEADER);
-    const idempotency: IdempotentCall | undefined = key === null ? undefined : { key, replayed: false };
     const started = performance.now();
     const procedure = `${req.service.typeName}/${req.method.name}`;
     // The layer above's client span, from its `traceparent`, is this span's parent. Health
@@ -114,11 +112,10 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
             'rpc.method': procedure,
           })
         : undefined;
-    const context: CallContext = { requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, idempotency, span };
+    const context: CallContext = { requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, span };
     return runWithCallContext(context, async () => {
       try {
         const res = await next(req);
-        if (idempotency?.replayed === true) res.header.set(INTERNAL_REPLAYED_HEADER, 'true');
         // Who the caller turned out to be (the service layer authenticates it), for the layer
         // above's request log.
         if (context.caller !== undefined && context.caller !== caller) res.header.set(CALLER_HEADER, context.caller);

@@ -15,12 +15,6 @@ import { AppError } from '../domain/errors.ts';
 import { currentCallContext, remainingMs } from '../rpc/call-context.ts';
 import { callerKey, writeCallerHeaders } from '../rpc/caller.ts';
 
-/**
- * The client's Idempotency-Key on an internal call, and the answer's mark that it was a stored
- * one: how the key and its outcome cross the layers without a field in every message.
- */
-export const INTERNAL_IDEMPOTENCY_KEY_HEADER = 'x-arcana-idempotency-key';
-export const INTERNAL_REPLAYED_HEADER = 'x-arcana-idempotent-replayed';
 /** Who the request is for (`user:<id>`): sent down for the logs, and sent back once the service layer knows. */
 export const CALLER_HEADER = 'x-arcana-caller';
 import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
@@ -87,12 +81,11 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     if (context !== undefined) {
       headers['x-request-id'] = context.requestId;
       if (context.caller !== undefined) headers[CALLER_HEADER] = context.caller;
-      if (context.idempotency !== undefined) headers[INTERNAL_IDEMPOTENCY_KEY_HEADER] = context.idempotency.key;
     }
     // The request being served may have less time left than this call's own budget: the
     // downstream call gets whichever is shorter, so no layer works on for an answer nobody awaits.
     const budget = Math.min(options.timeoutMs, timeoutMs ?? Number.POSITIVE_INFINITY, remainingMs() ?? Number.POSITIVE_INFINITY);
-    return { headers, deadline: Date.now() + budget, idempotency: context?.idempotency, context };
+    return { headers, deadline: Date.now() + budget, context };
   };
 
   const expired = () => fromLayerError(new ConnectError('the request deadline passed before the call could be made', Code.DeadlineExceeded));
@@ -106,7 +99,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     contextValues: ContextValues | undefined,
     span?: Span,
   ): Promise<UnaryResponse<I, O>> => {
-    const { headers, deadline, idempotency, context } = prepare(header, timeoutMs, contextValues, span);
+    const { headers, deadline, context } = prepare(header, timeoutMs, contextValues, span);
     // A request whose client has gone cancels its calls to the layers below, so that they stop
     // (and never start bcrypt) for an answer nobody will receive.
     const signal = callSignal ?? currentCallContext()?.signal;
@@ -115,7 +108,6 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
       if (left <= 0) throw expired();
       try {
         const response = await pick().unary(method, signal, left, headers, input, contextValues);
-        if (idempotency !== undefined && response.header.get(INTERNAL_REPLAYED_HEADER) === 'true') idempotency.replayed = true;
         if (context !== undefined) context.caller ??= response.header.get(CALLER_HEADER) ?? undefined;
         return response;
       } catch (error) {

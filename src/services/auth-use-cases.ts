@@ -3,7 +3,7 @@ import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { randomUUID } from 'node:crypto';
 import type { OAuthToken, User as UserRow } from '../../gen/prisma/client.ts';
 import { RegisterRequestSchema, SessionSchema, TokenPairSchema, type LoginRequestSchema, type Session, type TokenPair } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
-import { RegisterResponseSchema as StoredRegistrationSchema } from '../../gen/proto/arcana/internal/service/v1/auth_layer_service_pb.js';
+import { StoredRegistrationSchema } from '../../gen/proto/arcana/internal/service/v1/stored_answers_pb.js';
 import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
 import { AuthenticationError, NotFoundError } from '../domain/errors.ts';
@@ -45,7 +45,7 @@ export interface AuthService {
   endUserSessions(actor: Actor, userId: number): Promise<number>;
 }
 
-/** A registration's answer as kept for replays: the service layer's own RegisterResponse. */
+/** A registration's answer as kept for replays: arcana.internal.service.v1.StoredRegistration. */
 const REGISTRATION_ANSWER: AnswerCodec<AuthResult> = {
   encode: (result) => toBinary(StoredRegistrationSchema, create(StoredRegistrationSchema, result)),
   decode: (bytes) => {

@@ -91,7 +91,7 @@ describe('API docs', () => {
     expect(proto.headers['content-type']).toMatch(/^text\/plain/);
     expect(proto.text).toBe(await readFile(join(import.meta.dirname, '..', '..', 'proto', 'arcana', 'user', 'v1', 'user_service.proto'), 'utf8'));
     // Internal contracts, paths out of proto/ and unknown files are not served.
-    expect((await t.request.get('/docs/proto/arcana/internal/service/v1/user_layer_service.proto')).status).toBe(404);
+    expect((await t.request.get('/docs/proto/arcana/internal/service/v1/stored_answers.proto')).status).toBe(404);
     expect((await t.request.get('/docs/proto/..%2f..%2fpackage.json.proto')).status).toBe(404);
     expect((await t.request.get('/docs/proto/%2e%2e/%2e%2e/openapi.proto')).status).toBe(404);
   });

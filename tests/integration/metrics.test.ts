@@ -174,9 +174,9 @@ describe('metrics of a split deployment and of BullMQ', () => {
       const admin = await loginAdmin(split);
       expect((await split.request.get('/api/v1/users/987654321').set('authorization', `Bearer ${admin}`)).status).toBe(404);
       const text = await metrics.registry.metrics();
-      expect(sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.internal.service.v1.AuthLayerService/Login', outcome: 'ok' })).toBe(1);
+      expect(sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.auth.v1.AuthService/Login', outcome: 'ok' })).toBe(1);
       expect(
-        sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.internal.service.v1.UserLayerService/GetUser', outcome: 'NOT_FOUND' }),
+        sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.user.v1.UserService/GetUser', outcome: 'NOT_FOUND' }),
       ).toBe(1);
       expect(text).toMatch(/arcana_internal_calls_seconds_bucket\{le="0\.005",target="service"/);
       // The controller holds no database and no jobs: their series are not made up.

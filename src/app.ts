@@ -91,7 +91,7 @@ export interface Application {
   rest?: Express | undefined;
   /** The database, in a process that holds the repository layer. */
   database?: Database | undefined;
-  /** The service layer as the controller calls it: in-process use cases or a remote client. */
+  /** The use cases, in a process that holds the service layer (tests reach behind the API through them). */
   auth?: AuthService | undefined;
   users?: UserService | undefined;
   audit?: AuditService | undefined;

@@ -38,10 +38,11 @@ import type { ServiceClients } from './controllers/rest/service-call.ts';
 import { forwardingService } from './controllers/rpc/forwarding.ts';
 import { createInProcessTransport, type InProcessService } from './rpc/in-process-transport.ts';
 import { createServiceApis } from './services/api/service-apis.ts';
-import { createSystemRoutes, type ReadinessCheck } from './controllers/rest/system-routes.ts';
+import { createSystemRoutes } from './controllers/rest/system-routes.ts';
+import type { ReadinessCheck } from './rpc/readiness.ts';
 import { createErrorHandler, notFoundHandler } from './controllers/rest/error-handler.ts';
 import { createConnectRoutes } from './controllers/rpc/connect-routes.ts';
-import type { HealthWatchOptions } from './controllers/rpc/health-service.ts';
+import type { HealthWatchOptions } from './rpc/health-service.ts';
 import { errorInterceptor, rateLimitGate, requestContextInterceptor, validationInterceptor } from './controllers/rpc/interceptors.ts';
 import { RequestValidator, type OpenApiComponents } from './controllers/rpc/request-validator.ts';
 import { createContextValuesFor } from './controllers/rpc/rpc-context.ts';
@@ -67,10 +68,10 @@ import { PrismaAuditRepository, type AuditRepository } from './repositories/audi
 import { PrismaIdempotencyRepository, type IdempotencyRepository } from './repositories/idempotency-repository.ts';
 import { LoginThrottle } from './services/login-throttle.ts';
 import { IdempotentRequests } from './services/idempotency.ts';
-import { AuthUseCases, type AuthService } from './services/auth-use-cases.ts';
+import { AuthUseCases } from './services/auth-use-cases.ts';
 import { ensureBootstrapAdmin } from './services/bootstrap-admin.ts';
-import { UserUseCases, type UserService } from './services/user-use-cases.ts';
-import { AuditUseCases, type AuditEventInput, type AuditLog, type AuditService } from './services/audit-use-cases.ts';
+import { UserUseCases } from './services/user-use-cases.ts';
+import { AuditUseCases, type AuditEventInput, type AuditLog } from './services/audit-use-cases.ts';
 import { createJobRunner, type JobRunner } from './jobs/job-runner.ts';
 
 const ROOT = join(import.meta.dirname, '..');
@@ -92,9 +93,9 @@ export interface Application {
   /** The database, in a process that holds the repository layer. */
   database?: Database | undefined;
   /** The use cases, in a process that holds the service layer (tests reach behind the API through them). */
-  auth?: AuthService | undefined;
-  users?: UserService | undefined;
-  audit?: AuditService | undefined;
+  auth?: AuthUseCases | undefined;
+  users?: UserUseCases | undefined;
+  audit?: AuditUseCases | undefined;
   /** Background work, in a process that holds the service layer. */
   jobs?: JobRunner | undefined;
   /** Prometheus metrics, when METRICS_PORT is set: serve `metrics.registry` on that port. */
@@ -223,10 +224,10 @@ export async function createApplication(config: Config, logger: Logger): Promise
     }
 
     // ---- service layer: the use cases, where this process holds them.
-    let auth: AuthService | undefined;
-    let authenticator: AuthService | undefined;
-    let users: UserService | undefined;
-    let audit: AuditService | undefined;
+    let auth: AuthUseCases | undefined;
+    let authenticator: AuthUseCases | undefined;
+    let users: UserUseCases | undefined;
+    let audit: AuditUseCases | undefined;
     let jobs: JobRunner | undefined;
     if ((holds.auth || holds.users) && repositories !== undefined) {
       // One bcrypt hash at cost 12 takes about 210 ms of one core on the reference machine; each

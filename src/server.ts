@@ -18,7 +18,7 @@ import { createServer as createHttpServer, type IncomingMessage, type ServerResp
 import { constants as http2Constants, createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { loadConfig } from './config.ts';
-import { addressKey, compileTrust, type TrustProxySetting } from './infrastructure/client-address.ts';
+import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
 import type { Logger } from './infrastructure/logger.ts';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
@@ -298,16 +298,6 @@ function rateLimitedWarning(logger: Logger | undefined, message: string): (field
     logger?.warn(fields, message);
     window = setTimeout(endWindow, REFUSAL_LOG_INTERVAL_MS).unref();
   };
-}
-
-/**
- * The peer address of a request's socket. Kept tolerant of a socket that wraps a stream (the
- * address is then the stream's), as Node's HTTP/2 request socket does for non-native streams.
- */
-export function remoteAddressOf(socket: unknown): string | undefined {
-  const direct = (socket as { remoteAddress?: string } | undefined)?.remoteAddress;
-  if (direct !== undefined) return direct;
-  return (socket as { stream?: { remoteAddress?: string } } | undefined)?.stream?.remoteAddress;
 }
 
 /**

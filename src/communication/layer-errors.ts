@@ -10,7 +10,7 @@ import { ErrorInfoSchema } from '../../gen/proto/google/rpc/error_details_pb.js'
 import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf, UnavailableError, type ErrorCode, type FieldErrors } from '../domain/errors.ts';
 import type { Logger } from '../infrastructure/logger.ts';
 import { CONNECT_CODE, isErrorCode } from '../domain/error-codes.ts';
-import { currentCallContext } from '../rpc/call-context.ts';
+import { currentCallContext } from '../infrastructure/call-context.ts';
 
 /** ErrorInfo.domain of errors that are Arcana Cloud's own domain errors. */
 export const ERROR_DOMAIN = 'arcana-cloud';

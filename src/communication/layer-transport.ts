@@ -12,7 +12,7 @@ import type { Logger } from '../infrastructure/logger.ts';
 import type { Metrics } from '../infrastructure/metrics.ts';
 import { endWithError, SpanKind, type Span, type Tracing } from '../infrastructure/tracing.ts';
 import { AppError } from '../domain/errors.ts';
-import { currentCallContext, remainingMs } from '../rpc/call-context.ts';
+import { currentCallContext, remainingMs } from '../infrastructure/call-context.ts';
 import { callerKey, writeCallerHeaders } from '../rpc/caller.ts';
 
 /** Who the request is for (`user:<id>`): sent down for the logs, and sent back once the service layer knows. */

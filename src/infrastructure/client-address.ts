@@ -61,3 +61,13 @@ export function addressKey(address: string | undefined): string {
   const parts = (parsed as ipaddr.IPv6).parts.slice(0, 4).map((part) => part.toString(16));
   return `${parts.join(':')}::/64`;
 }
+
+/**
+ * The peer address of a request's socket. Kept tolerant of a socket that wraps a stream (the
+ * address is then the stream's), as Node's HTTP/2 request socket does for non-native streams.
+ */
+export function remoteAddressOf(socket: unknown): string | undefined {
+  const direct = (socket as { remoteAddress?: string } | undefined)?.remoteAddress;
+  if (direct !== undefined) return direct;
+  return (socket as { stream?: { remoteAddress?: string } } | undefined)?.stream?.remoteAddress;
+}

@@ -17,7 +17,7 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BasicTracerProvider, BatchSpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
-import { currentCallContext } from '../rpc/call-context.ts';
+import { currentCallContext } from './call-context.ts';
 import type { Cache } from './cache.ts';
 
 export { SpanKind, SpanStatusCode, type Span };

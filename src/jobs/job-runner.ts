@@ -1,7 +1,7 @@
 // Background work: writing audit events off the request path, and purging stale sessions (and
 // expired idempotency records) on a schedule. With Redis, both go through BullMQ so that several processes share one queue and the
 // purge runs once per interval for all of them; without Redis, they run inside this process.
-import { detachedFromRequest } from '../rpc/call-context.ts';
+import { detachedFromRequest } from '../infrastructure/call-context.ts';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Logger } from '../infrastructure/logger.ts';

@@ -1,4 +1,4 @@
-import { forgetRead, readOnce } from '../rpc/call-context.ts';
+import { forgetRead, readOnce } from '../infrastructure/call-context.ts';
 import type { Cache } from '../infrastructure/cache.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository } from './user-repository.ts';
 

@@ -43,13 +43,8 @@ export interface AuditEventPage {
   pagination: Pagination;
 }
 
-/** The audit-log operations the facades call; see AuthService for why an interface. */
-export interface AuditService {
-  list(actor: Actor, query: MessageInitShape<typeof ListAuditEventsRequestSchema>): Promise<AuditEventPage>;
-}
-
 /** Reading the audit log: administrators only. */
-export class AuditUseCases implements AuditService {
+export class AuditUseCases {
   readonly #events: AuditRepository;
 
   constructor(deps: { events: AuditRepository }) {

@@ -27,24 +27,6 @@ export interface AuthResult {
   deviceToken?: string | undefined;
 }
 
-/**
- * The auth operations the facades call. REST and RPC hold this interface, not the class, so a
- * remote implementation can stand in for the in-process one.
- */
-export interface AuthService {
-  register(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult>;
-  login(input: MessageInitShape<typeof LoginRequestSchema>, client: ClientInfo): Promise<AuthResult>;
-  authenticate(accessToken: string): Promise<Actor>;
-  logout(actor: Actor): Promise<void>;
-  refresh(refreshToken: string, client: ClientInfo): Promise<TokenPair>;
-  currentUser(actor: Actor): Promise<User>;
-  listSessions(actor: Actor): Promise<Session[]>;
-  revokeAll(actor: Actor): Promise<number>;
-  listUserSessions(actor: Actor, userId: number): Promise<Session[]>;
-  endUserSession(actor: Actor, userId: number, sessionId: number): Promise<void>;
-  endUserSessions(actor: Actor, userId: number): Promise<number>;
-}
-
 /** A registration's answer as kept for replays: arcana.internal.service.v1.StoredRegistration. */
 const REGISTRATION_ANSWER: AnswerCodec<AuthResult> = {
   encode: (result) => toBinary(StoredRegistrationSchema, create(StoredRegistrationSchema, result)),
@@ -59,7 +41,7 @@ const REGISTRATION_ANSWER: AnswerCodec<AuthResult> = {
 const INVALID_CREDENTIALS = 'Invalid credentials';
 
 /** Registration, login and the lifecycle of sessions (token pairs). */
-export class AuthUseCases implements AuthService {
+export class AuthUseCases {
   readonly #users: UserRepository;
   readonly #tokens: TokenRepository;
   readonly #passwords: PasswordHasher;

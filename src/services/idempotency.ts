@@ -16,7 +16,7 @@
 // All three keys derive from JWT_SECRET, each with its own HKDF label.
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
-import { currentIdempotencyKey, markReplayed } from '../rpc/call-context.ts';
+import { currentIdempotencyKey, markReplayed } from '../infrastructure/call-context.ts';
 import { ConflictError, IdempotencyKeyReusedError } from '../domain/errors.ts';
 import { checkIdempotencyKey } from '../domain/idempotency-key.ts';
 import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';

@@ -31,23 +31,8 @@ export interface UserPage {
   pagination: Pagination;
 }
 
-/** The user-management operations the facades call; see AuthService for why an interface. */
-export interface UserService {
-  list(actor: Actor, query: MessageInitShape<typeof ListUsersRequestSchema>): Promise<UserPage>;
-  get(actor: Actor, userId: number): Promise<User>;
-  create(actor: Actor, input: MessageInitShape<typeof CreateUserRequestSchema>): Promise<User>;
-  update(actor: Actor, input: MessageInitShape<typeof UpdateUserRequestSchema>): Promise<User>;
-  /** `expectedVersion`, when given, must still be the user's version (else PreconditionFailedError). */
-  delete(actor: Actor, userId: number, expectedVersion?: number): Promise<void>;
-  changePassword(actor: Actor, input: MessageInitShape<typeof ChangePasswordRequestSchema>): Promise<void>;
-  verify(actor: Actor, userId: number, expectedVersion?: number): Promise<User>;
-  updateStatus(actor: Actor, userId: number, status: UserStatus, expectedVersion?: number): Promise<User>;
-  updateRole(actor: Actor, input: MessageInitShape<typeof UpdateUserRoleRequestSchema>): Promise<User>;
-  clearLoginFailures(actor: Actor, userId: number): Promise<number>;
-}
-
 /** User management, with the role and ownership rules of spec §5 enforced here, once. */
-export class UserUseCases implements UserService {
+export class UserUseCases {
   readonly #users: UserRepository;
   readonly #tokens: TokenRepository;
   readonly #passwords: PasswordHasher;

@@ -8,7 +8,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
-import { runWithCallContext, timeoutFromHeaders } from '../../src/rpc/call-context.ts';
+import { runWithCallContext, timeoutFromHeaders } from '../../src/infrastructure/call-context.ts';
 import { createLayerTransport } from '../../src/communication/layer-transport.ts';
 import { createRpcNodeHandler } from '../../src/controllers/rpc/rpc-node-handler.ts';
 import { UnavailableError } from '../../src/domain/errors.ts';

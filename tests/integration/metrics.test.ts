@@ -175,9 +175,7 @@ describe('metrics of a split deployment and of BullMQ', () => {
       expect((await split.request.get('/api/v1/users/987654321').set('authorization', `Bearer ${admin}`)).status).toBe(404);
       const text = await metrics.registry.metrics();
       expect(sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.auth.v1.AuthService/Login', outcome: 'ok' })).toBe(1);
-      expect(
-        sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.user.v1.UserService/GetUser', outcome: 'NOT_FOUND' }),
-      ).toBe(1);
+      expect(sample(text, 'arcana_internal_calls_seconds_count', { target: 'service', procedure: 'arcana.user.v1.UserService/GetUser', outcome: 'NOT_FOUND' })).toBe(1);
       expect(text).toMatch(/arcana_internal_calls_seconds_bucket\{le="0\.005",target="service"/);
       // The controller holds no database and no jobs: their series are not made up.
       expect(text).not.toContain('arcana_db_pool_');

@@ -19,8 +19,8 @@ import {
   type ServerReflectionRequestSchema as ServerReflectionRequestV1alphaSchema,
   type ServerReflectionResponse as ServerReflectionResponseV1alpha,
 } from '../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
-import { createHealthService } from '../../src/controllers/rpc/health-service.ts';
-import { createReflectionServices } from '../../src/controllers/rpc/reflection-service.ts';
+import { createHealthService } from '../../src/rpc/health-service.ts';
+import { createReflectionServices } from '../../src/rpc/reflection-service.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const buf = join(root, 'node_modules', '.bin', 'buf');

@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import { Writable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runWithCallContext } from '../../src/rpc/call-context.ts';
+import { runWithCallContext } from '../../src/infrastructure/call-context.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { traceLogFields } from '../../src/infrastructure/tracing.ts';
 import { apiClient } from '../helpers/protocols.ts';
@@ -205,7 +205,7 @@ describe.each(['layered-http', 'layered-grpc'] as const)('traces in %s', (topolo
 });
 
 describe('traces in microservices-grpc on Redis', () => {
-  it('when a request goes through the auth and user services, then both join its trace, and their Redis cache lookups are spans in it', async () => {
+  it('when requests go to the auth and the user service, then each joins its trace with one internal call, and its Redis cache lookups are spans in it', async () => {
     const receiver = new OtlpReceiver();
     const endpoint = await receiver.start();
     const t = await startTestServer(
@@ -215,25 +215,37 @@ describe('traces in microservices-grpc on Redis', () => {
     try {
       const admin = await loginAdmin(t);
       const user = await register(t);
-      const client = clientTraceparent();
-      expect(
-        (
-          await t.request
-            .get(`/api/v1/users/${user.id}`)
-            .set(...bearer(admin))
-            .set('traceparent', client.header)
-        ).status,
-      ).toBe(200);
-      const wanted = ['arcana-cloud-controller', 'arcana-cloud-auth-service', 'arcana-cloud-user-service'];
-      const spans = await receiver.trace(client.traceId, (received) => wanted.every((service) => received.some((s) => s.service === service && s.kind === SERVER)));
-      const edge = spans.find((span) => span.service === 'arcana-cloud-controller' && span.kind === SERVER);
-      for (const span of spans) if (span !== edge) expect(parentOf(spans, span), `${span.service} ${span.name}`).toBeDefined();
-      // With a shared cache, each service process reads Redis before calling the repository layer
-      // (which, on a miss, reads it too).
-      const redisLookups = spans.filter((span) => span.name === 'cache get' && span.attributes['db.system.name'] === 'redis');
-      const readers = new Set(redisLookups.map((span) => span.service));
-      expect(readers.has('arcana-cloud-auth-service') && readers.has('arcana-cloud-user-service')).toBe(true);
-      for (const span of redisLookups) expect(parentOf(spans, span)?.kind).toBe(SERVER);
+      // GET a user goes to the user service only: it checks the token itself, with its cache,
+      // rather than the controller asking the auth service first. GET /auth/me is the auth
+      // service's.
+      for (const [path, serving, notServing] of [
+        [`/api/v1/users/${user.id}`, 'arcana-cloud-user-service', 'arcana-cloud-auth-service'],
+        ['/api/v1/auth/me', 'arcana-cloud-auth-service', 'arcana-cloud-user-service'],
+      ] as const) {
+        const client = clientTraceparent();
+        expect(
+          (
+            await t.request
+              .get(path)
+              .set(...bearer(admin))
+              .set('traceparent', client.header)
+          ).status,
+        ).toBe(200);
+        const wanted = ['arcana-cloud-controller', serving];
+        const spans = await receiver.trace(client.traceId, (received) => wanted.every((service) => received.some((s) => s.service === service && s.kind === SERVER)));
+        // Spans of another process would have been exported by now (no batching delay).
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        const all = receiver.spans.filter((span) => span.traceId === client.traceId);
+        expect(all.filter((span) => span.service === notServing)).toEqual([]);
+        const edge = all.find((span) => span.service === 'arcana-cloud-controller' && span.kind === SERVER);
+        for (const span of all) if (span !== edge) expect(parentOf(all, span), `${span.service} ${span.name}`).toBeDefined();
+        expect(all.filter((span) => span.service === 'arcana-cloud-controller' && span.kind === CLIENT)).toHaveLength(1);
+        // With a shared cache, the service process reads Redis before calling the repository
+        // layer (which, on a miss, reads it too).
+        const redisLookups = spans.filter((span) => span.name === 'cache get' && span.attributes['db.system.name'] === 'redis');
+        expect(redisLookups.some((span) => span.service === serving)).toBe(true);
+        for (const span of redisLookups) expect(parentOf(all, span)?.kind).toBe(SERVER);
+      }
     } finally {
       await t.close();
       await receiver.close();

@@ -6,7 +6,7 @@ import type { Metrics } from '../../infrastructure/metrics.ts';
 import { SpanStatusCode, type Tracing } from '../../infrastructure/tracing.ts';
 import { resolveClientInfo } from '../../rpc/client-edge.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
-import { runWithCallContext, type CallContext } from '../../rpc/call-context.ts';
+import { runWithCallContext, type CallContext } from '../../infrastructure/call-context.ts';
 
 declare global {
   // Express's own extension point for typed `res.locals`.

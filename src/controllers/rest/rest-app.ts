@@ -20,7 +20,8 @@ import { requestContext } from './request-context.ts';
 import type { Metrics } from '../../infrastructure/metrics.ts';
 import type { Tracing } from '../../infrastructure/tracing.ts';
 import { securityHeaders } from './security-headers.ts';
-import { createSystemRoutes, type ReadinessCheck } from './system-routes.ts';
+import { createSystemRoutes } from './system-routes.ts';
+import type { ReadinessCheck } from '../../rpc/readiness.ts';
 import { createUserRoutes } from './user-routes.ts';
 
 const PROBES = new Set(['/health', '/ready']);

@@ -1,11 +1,9 @@
 import { Router } from 'express';
 import type { components } from '../../../gen/openapi/schema.d.ts';
+import type { ReadinessCheck } from '../../rpc/readiness.ts';
 import { sendSuccess } from './envelope.ts';
 
 type Schemas = components['schemas'];
-
-/** A dependency the process needs to serve requests, checked by `/ready`. */
-export type ReadinessCheck = () => Promise<void>;
 
 /** `/health` (the process is alive), `/ready` (its dependencies answer) and `/public/info`. */
 export function createSystemRoutes(options: { info: Schemas['PublicInfo']; readiness: Record<string, ReadinessCheck> }): Router {

@@ -9,9 +9,9 @@ import { file_grpc_health_v1_health, Health } from '../../../gen/proto/grpc/heal
 import { file_grpc_reflection_v1_reflection, ServerReflection as ServerReflectionV1 } from '../../../gen/proto/grpc/reflection/v1/reflection_pb.js';
 import { file_grpc_reflection_v1alpha_reflection, ServerReflection as ServerReflectionV1alpha } from '../../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
 import type { InProcessService } from '../../rpc/in-process-transport.ts';
-import type { ReadinessCheck } from '../rest/system-routes.ts';
-import { createHealthService, type HealthWatchOptions } from './health-service.ts';
-import { createReflectionServices } from './reflection-service.ts';
+import type { ReadinessCheck } from '../../rpc/readiness.ts';
+import { createHealthService, type HealthWatchOptions } from '../../rpc/health-service.ts';
+import { createReflectionServices } from '../../rpc/reflection-service.ts';
 
 /** The public API plus gRPC health checking and server reflection. */
 export function createConnectRoutes(deps: {

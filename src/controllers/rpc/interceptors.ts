@@ -16,7 +16,7 @@ import { requestIdKey } from './rpc-context.ts';
 import { callerKey } from '../../rpc/caller.ts';
 import { addressKey } from '../../infrastructure/client-address.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
-import { runWithCallContext, timeoutFromHeaders } from '../../rpc/call-context.ts';
+import { runWithCallContext, timeoutFromHeaders } from '../../infrastructure/call-context.ts';
 
 /** Domain error codes as Connect codes: the RPC twin of the REST status table. */
 /** See src/domain/error-codes.ts: one table for every protocol. */

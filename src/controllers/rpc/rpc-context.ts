@@ -2,7 +2,7 @@ import { createContextKey, createContextValues, type ContextValues } from '@conn
 import type { IncomingMessage } from 'node:http';
 import type { Http2ServerRequest } from 'node:http2';
 import type { ClientAddressResolver } from '../../infrastructure/client-address.ts';
-import { remoteAddressOf } from '../../server.ts';
+import { remoteAddressOf } from '../../infrastructure/client-address.ts';
 import { bearerToken, callerKey } from '../../rpc/caller.ts';
 import { resolveClientInfo } from '../../rpc/client-edge.ts';
 

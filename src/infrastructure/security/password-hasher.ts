@@ -2,7 +2,7 @@ import bcrypt from 'bcrypt';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { currentCallContext, currentWorkLimits } from '../../rpc/call-context.ts';
+import { currentCallContext, currentWorkLimits } from '../call-context.ts';
 import { ValidationError } from '../../domain/errors.ts';
 import type { WorkGate } from '../work-gate.ts';
 

@@ -1,12 +1,12 @@
 import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import type { AuthService as AuthServiceDescriptor } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
-import type { AuthService } from '../auth-use-cases.ts';
+import type { AuthUseCases } from '../auth-use-cases.ts';
 import { deviceTokenHeaders, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
-import { runIdempotent } from '../../rpc/call-context.ts';
+import { runIdempotent } from '../../infrastructure/call-context.ts';
 import { authenticatedActor, clientInfoOf, idempotencyKeyFrom, markReplayedAnswer } from './call.ts';
 
 /** arcana.auth.v1.AuthService over Connect, gRPC and gRPC-Web: the same use cases as REST. */
-export function createAuthApi(auth: AuthService): ServiceImpl<typeof AuthServiceDescriptor> {
+export function createAuthApi(auth: AuthUseCases): ServiceImpl<typeof AuthServiceDescriptor> {
   return {
     async register(req, ctx) {
       const { result, replayed } = await runIdempotent(idempotencyKeyFrom(ctx), () => auth.register(req, clientInfoOf(ctx)));

@@ -5,13 +5,13 @@
 import type { HandlerContext } from '@connectrpc/connect';
 import type { Actor, ClientInfo } from '../../domain/actor.ts';
 import { AppError, AuthenticationError, InvalidTokenError } from '../../domain/errors.ts';
-import { identifyCaller } from '../../rpc/call-context.ts';
+import { identifyCaller } from '../../infrastructure/call-context.ts';
 import { callerOf } from '../../rpc/caller.ts';
 import { IDEMPOTENT_REPLAYED_HEADER, idempotencyKeyOf } from '../../rpc/client-edge.ts';
-import type { AuthService } from '../auth-use-cases.ts';
+import type { AuthUseCases } from '../auth-use-cases.ts';
 
 /** What checks an access token: the auth use cases, in whichever service process this is. */
-export type Authenticator = Pick<AuthService, 'authenticate'>;
+export type Authenticator = Pick<AuthUseCases, 'authenticate'>;
 
 /** The caller of a call that needs authentication, from the access token it presented. */
 export async function authenticatedActor(ctx: HandlerContext, auth: Authenticator): Promise<Actor> {

@@ -1,11 +1,11 @@
 import type { ServiceImpl } from '@connectrpc/connect';
 import type { UserService as UserServiceDescriptor } from '../../../gen/proto/arcana/user/v1/user_service_pb.js';
-import type { UserService } from '../user-use-cases.ts';
-import { runIdempotent } from '../../rpc/call-context.ts';
+import type { UserUseCases } from '../user-use-cases.ts';
+import { runIdempotent } from '../../infrastructure/call-context.ts';
 import { authenticatedActor, type Authenticator, idempotencyKeyFrom, markReplayedAnswer } from './call.ts';
 
 /** arcana.user.v1.UserService: role and ownership rules are the use cases', shared with REST. */
-export function createUserApi(users: UserService, auth: Authenticator): ServiceImpl<typeof UserServiceDescriptor> {
+export function createUserApi(users: UserUseCases, auth: Authenticator): ServiceImpl<typeof UserServiceDescriptor> {
   return {
     async listUsers(req, ctx) {
       return users.list(await authenticatedActor(ctx, auth), req);

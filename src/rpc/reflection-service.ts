@@ -15,13 +15,13 @@ import {
   ServerReflectionRequestSchema as RequestV1Schema,
   type ServerReflectionResponse,
   ServerReflectionResponseSchema as ResponseV1Schema,
-} from '../../../gen/proto/grpc/reflection/v1/reflection_pb.js';
+} from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
 import {
   file_grpc_reflection_v1alpha_reflection,
   type ServerReflection as ServerReflectionV1alpha,
   ServerReflectionRequestSchema as RequestV1alphaSchema,
   ServerReflectionResponseSchema as ResponseV1alphaSchema,
-} from '../../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
+} from '../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
 
 type Answer = ServerReflectionResponse['messageResponse'];
 

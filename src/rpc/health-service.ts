@@ -1,7 +1,7 @@
 // The standard gRPC health-checking protocol (grpc.health.v1.Health), so that load balancers,
 // Kubernetes gRPC probes, grpc_health_probe and `buf curl` can ask whether the server is serving.
 import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
-import { type Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../../gen/proto/grpc/health/v1/health_pb.js';
+import { type Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
 
 export interface HealthWatchOptions {
   /** How often the readiness checks run while anyone watches. */

@@ -14,6 +14,9 @@ import type { Duplex } from 'node:stream';
 
 /** The length-prefixed message framing of gRPC: a flags byte, then a 32-bit big-endian length. */
 const FRAME_HEADER_BYTES = 5;
+/** Receive windows: per call, and for the whole connection (see #openSession). */
+const STREAM_WINDOW_BYTES = 1 << 20;
+const SESSION_WINDOW_BYTES = 16 << 20;
 
 export interface GrpcUnaryClientOptions {
   /** The base URL of one process, e.g. http://service:3001. */
@@ -135,7 +138,14 @@ export class GrpcUnaryClient {
     const current = this.#session;
     if (current !== undefined && !current.closed && !current.destroyed) return current;
     this.#sessionError = undefined;
-    const session = connectHttp2(this.#url, { createConnection: () => this.#createConnection(this.#url) });
+    // HTTP/2 flow control: with the defaults (64 KiB per stream and per connection) the answers
+    // of many concurrent calls (pages of users) exceed the connection's window, and the peer must
+    // wait for WINDOW_UPDATEs that this busy event loop sends late. A layer's answers are bounded
+    // by the server's message limit, so generous windows cost no more memory than the answers.
+    const session = connectHttp2(this.#url, { createConnection: () => this.#createConnection(this.#url), settings: { initialWindowSize: STREAM_WINDOW_BYTES } });
+    session.once('connect', () => {
+      session.setLocalWindowSize(SESSION_WINDOW_BYTES);
+    });
     const forget = () => {
       if (this.#session === session) this.#session = undefined;
     };

@@ -42,10 +42,11 @@ const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing',
  * tests: a suspension or logout through one process must be seen at once by the other.
  */
 const NOT_IN_CI: readonly TopologyName[] = ['monolithic', 'microservices-http'];
-const SPLIT_TOPOLOGIES: { name: TopologyName; env: Record<string, string> }[] = TOPOLOGY_NAMES.filter((name) => !NOT_IN_CI.includes(name)).map((name) => ({
-  name,
-  env: name === 'microservices-grpc' ? { TEST_REDIS_URL: process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379' } : ({} as Record<string, string>),
-}));
+const SPLIT_TOPOLOGIES = TOPOLOGY_NAMES.filter((name) => !NOT_IN_CI.includes(name)).map((name) => {
+  const env: Record<string, string> = {};
+  if (name === 'microservices-grpc') env.TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+  return { name, env };
+});
 
 /**
  * The same API suites (parallel registrations and refreshes of one token among them), and the

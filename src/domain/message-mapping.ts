@@ -131,12 +131,12 @@ export function enumToRow(desc: DescEnum, value: number, field: string): string 
 
 interface FieldStep {
   local: string;
-  /** Column value (not null) → field value. */
-  in: (value: unknown) => unknown;
+  /** Column value (not null) → field value; undefined when the value is the same. */
+  in: ((value: unknown) => unknown) | undefined;
   /** Whether a caller-built value is a plain value of the field. */
   accepts: (value: unknown) => boolean;
-  /** Field value (present) → column value. */
-  out: (value: unknown) => unknown;
+  /** Field value (present) → column value; undefined when the value is the same. */
+  out: ((value: unknown) => unknown) | undefined;
   /** Absent means NULL (true), or the field must be there (false); fields without presence are always there. */
   nullable: boolean;
   name: string;
@@ -152,7 +152,7 @@ function rowPlan(schema: DescMessage): RowPlan {
       const message = create(schema) as unknown as Row;
       for (const step of steps) {
         const value = row[step.local];
-        if (value !== null && value !== undefined) message[step.local] = step.in(value);
+        if (value !== null && value !== undefined) message[step.local] = step.in === undefined ? value : step.in(value);
       }
       return message as unknown as Message;
     },
@@ -168,7 +168,7 @@ function rowPlan(schema: DescMessage): RowPlan {
       const row: Row = {};
       for (const step of steps) {
         const value = message[step.local];
-        if (value !== undefined) row[step.local] = step.out(value);
+        if (value !== undefined) row[step.local] = step.out === undefined ? value : step.out(value);
         else if (!step.nullable) throw new Error(`${schema.typeName} lacks its required field ${step.name}`);
         else if (!omitAbsent) row[step.local] = null;
       }
@@ -181,11 +181,10 @@ function rowPlan(schema: DescMessage): RowPlan {
 
 function fieldStep(schema: DescMessage, field: DescField): FieldStep {
   const base = { local: field.localName, name: field.name, nullable: hasPresence(field) };
-  const same = (value: unknown) => value;
   switch (field.fieldKind) {
     case 'scalar': {
       const type = typeof scalarZero(field);
-      return { ...base, in: same, out: same, accepts: (value) => typeof value === type };
+      return { ...base, in: undefined, out: undefined, accepts: (value) => typeof value === type };
     }
     case 'enum': {
       const { numbers, toName } = enumPlan(field.enum);
@@ -214,7 +213,7 @@ function fieldStep(schema: DescMessage, field: DescField): FieldStep {
         };
       }
       if (typeName === 'google.protobuf.Struct') {
-        return { ...base, in: (value) => jsonObject(schema, field, value), out: same, accepts: isJsonObject };
+        return { ...base, in: (value) => jsonObject(schema, field, value), out: undefined, accepts: isJsonObject };
       }
       break;
     }
@@ -370,7 +369,8 @@ function toRestPlan(schema: DescMessage): ToRest {
     const out: Record<string, Json> = {};
     for (const step of steps) {
       const value = message[step.local];
-      out[step.key] = value === undefined ? (step.nullable ? null : step.convert(undefined)) : step.convert(value);
+      if (step.convert === undefined) out[step.key] = value === undefined ? null : (value as Json);
+      else out[step.key] = value === undefined && step.nullable ? null : step.convert(value);
     }
     return out;
   };
@@ -378,10 +378,11 @@ function toRestPlan(schema: DescMessage): ToRest {
   return plan;
 }
 
-function valueToRest(field: DescField): (value: unknown) => Json {
+/** undefined: the value is its own JSON (most scalars), which the plan copies without a call. */
+function valueToRest(field: DescField): ((value: unknown) => Json) | undefined {
   switch (field.fieldKind) {
     case 'scalar':
-      return (value) => (typeof value === 'bigint' ? Number(value) : (value as Json));
+      return typeof scalarZero(field) === 'bigint' ? (value) => Number(value) : undefined;
     case 'enum': {
       const { names } = enumPlan(field.enum);
       return (value) => names.get(value as number) ?? null;

@@ -84,7 +84,7 @@ export function profileFromProto(record: UserRecord): UserProfile {
 
 /** A UserRecord as the full row; it must carry the password hash, since only password checks ask for one. */
 export function userFromProto(record: UserRecord): db.User {
-  return { ...users.toRow(record), passwordHash: requireField(record.passwordHash, 'UserRecord.password_hash') };
+  return Object.assign(users.toRow(record), { passwordHash: requireField(record.passwordHash, 'UserRecord.password_hash') });
 }
 
 export function newUserToProto({ role, ...user }: NewUser): NewUserRecord {

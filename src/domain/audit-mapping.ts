@@ -1,13 +1,18 @@
-// Conversions between stored audit event types (Prisma) and the API's enum (protobuf-es). The
-// enum names agree by construction, as they do for roles and statuses (see user-mapping.ts).
-import * as db from '../../gen/prisma/client.ts';
-import { AuditEventType } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
-import { ValidationError } from './errors.ts';
+// Audit events between stored rows (Prisma) and the API's messages (protobuf-es), by the one rule
+// of message-mapping.ts, as for users (see user-mapping.ts).
+import type * as db from '../../gen/prisma/client.ts';
+import { AuditEventSchema, AuditEventTypeSchema, type AuditEvent, type AuditEventType } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
+import { enumToRow, rowMapping } from './message-mapping.ts';
+
+/** Proto maps hold strings, so detail values that are not become their text. */
+const events = rowMapping<typeof AuditEventSchema, db.AuditEvent>(AuditEventSchema);
 
 /** The stored type for a proto type; UNSPECIFIED (or an unknown number) is a validation error. */
-// An enum's reverse mapping is typed string, but an unknown number from the wire has no name.
 export function auditTypeFromProto(type: AuditEventType, field = 'type'): db.AuditEventType {
-  const name = AuditEventType[type] as string | undefined;
-  if (name !== undefined && Object.hasOwn(db.AuditEventType, name)) return name as db.AuditEventType;
-  throw new ValidationError('Validation failed', { [field]: `must be one of ${Object.keys(db.AuditEventType).join(', ')}` });
+  return enumToRow(AuditEventTypeSchema, type, field) as db.AuditEventType;
+}
+
+/** An audit row as the API's message. */
+export function toAuditEventMessage(row: db.AuditEvent): AuditEvent {
+  return events.toMessage(row);
 }

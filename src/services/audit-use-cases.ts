@@ -1,11 +1,10 @@
-import { create, type MessageInitShape } from '@bufbuild/protobuf';
-import { timestampFromDate } from '@bufbuild/protobuf/wkt';
+import type { MessageInitShape } from '@bufbuild/protobuf';
 import type * as db from '../../gen/prisma/client.ts';
-import { AuditEventSchema, AuditEventType, type AuditEvent, type ListAuditEventsRequestSchema } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
+import type { AuditEvent, ListAuditEventsRequestSchema } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import type { Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
 import { requireAdmin } from './access.ts';
-import { auditTypeFromProto } from '../domain/audit-mapping.ts';
+import { auditTypeFromProto, toAuditEventMessage } from '../domain/audit-mapping.ts';
 import type { AuditDetails, AuditRepository } from '../repositories/audit-repository.ts';
 import { pageRequest, paginationOf } from './pagination.ts';
 
@@ -65,29 +64,4 @@ export class AuditUseCases {
       pagination: paginationOf(request, total),
     };
   }
-}
-
-/** An audit row as the API's message. Proto maps hold strings, so other detail values become text. */
-export function toAuditEventMessage(row: db.AuditEvent): AuditEvent {
-  return create(AuditEventSchema, {
-    id: row.id,
-    // The enum names agree by construction, as they do for roles and statuses.
-    type: AuditEventType[row.type],
-    ...(row.userId === null ? {} : { userId: row.userId }),
-    ...(row.actorId === null ? {} : { actorId: row.actorId }),
-    ...(row.ipAddress === null ? {} : { ipAddress: row.ipAddress }),
-    ...(row.userAgent === null ? {} : { userAgent: row.userAgent }),
-    details: detailsAsText(row.details),
-    createdAt: timestampFromDate(row.createdAt),
-  });
-}
-
-function detailsAsText(details: db.Prisma.JsonValue): Record<string, string> {
-  if (details === null || typeof details !== 'object' || Array.isArray(details)) return {};
-  const text: Record<string, string> = {};
-  for (const [key, value] of Object.entries(details)) {
-    // Rows are written flat, but the column is plain JSON: anything nested is passed on as JSON.
-    text[key] = typeof value === 'string' ? value : typeof value === 'number' || typeof value === 'boolean' ? String(value) : JSON.stringify(value);
-  }
-  return text;
 }

@@ -1,5 +1,4 @@
 import { create, fromBinary, toBinary, type MessageInitShape } from '@bufbuild/protobuf';
-import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { randomUUID } from 'node:crypto';
 import type { OAuthToken, User as UserRow } from '../../gen/prisma/client.ts';
 import { RegisterRequestSchema, SessionSchema, TokenPairSchema, type LoginRequestSchema, type Session, type TokenPair } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
@@ -7,6 +6,7 @@ import { StoredRegistrationSchema } from '../../gen/proto/arcana/internal/servic
 import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
 import { AuthenticationError, NotFoundError } from '../domain/errors.ts';
+import { rowMapping } from '../domain/message-mapping.ts';
 import { requireAdmin } from './access.ts';
 import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
@@ -289,17 +289,14 @@ export class AuthUseCases {
   }
 }
 
+/** A session is its current token pair's row, less the hashes, plus whether the caller holds it. */
+const sessions = rowMapping<
+  typeof SessionSchema,
+  Pick<OAuthToken, 'id' | 'tokenType' | 'clientName' | 'ipAddress' | 'userAgent' | 'createdAt' | 'expiresAt'> & { current: boolean }
+>(SessionSchema);
+
 function toSessionMessage(row: OAuthToken, currentId: number): Session {
-  return create(SessionSchema, {
-    id: row.id,
-    tokenType: row.tokenType,
-    ...(row.clientName === null ? {} : { clientName: row.clientName }),
-    ...(row.ipAddress === null ? {} : { ipAddress: row.ipAddress }),
-    ...(row.userAgent === null ? {} : { userAgent: row.userAgent }),
-    createdAt: timestampFromDate(row.createdAt),
-    expiresAt: timestampFromDate(row.expiresAt),
-    current: row.id === currentId,
-  });
+  return sessions.toMessage({ ...row, current: row.id === currentId });
 }
 
 function truncate(value: string | undefined, max: number): string | null {

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { SessionSchema, TokenPairSchema } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { PaginationSchema, UserRole, UserSchema, UserStatus } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import { ListUsersRequestSchema, UpdateUserStatusRequestSchema } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
-import { fromRest, toRest } from '../../src/controllers/rest/rest-json.ts';
+import { fromRestJson as fromRest, toRestJson as toRest } from '../../src/domain/message-mapping.ts';
 
 const at = (iso: string) => timestampFromDate(new Date(iso));
 

@@ -1,13 +1,12 @@
 // Conversions between the repository layer's rows and inputs (Prisma types and the interfaces in
-// src/repositories) and the messages of its internal API (arcana.internal.repository.v1). Both
-// sides of the boundary use these functions, so each pair must be lossless: a row that goes row →
-// message → row comes back deep-equal. Nullable columns travel as proto3 `optional` fields, so
-// NULL is an absent field and an empty string stays an empty string; timestamps carry
-// milliseconds exactly as the database stores them.
-import { create, type JsonObject, type JsonValue } from '@bufbuild/protobuf';
-import { timestampDate, timestampFromDate, type Timestamp } from '@bufbuild/protobuf/wkt';
-import * as db from '../../../gen/prisma/client.ts';
-import { AuditEventType } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
+// src/repositories) and the messages of its internal API (arcana.internal.repository.v1), by the
+// one rule of src/domain/message-mapping.ts. Both sides of the boundary use these functions, so
+// each pair must be lossless: a row that goes row → message → row comes back deep-equal. Each
+// rowMapping below fails to compile if its message and its row type stop agreeing; what is
+// written out here is only what the rule does not say.
+import type { JsonObject } from '@bufbuild/protobuf';
+import { timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
+import type * as db from '../../../gen/prisma/client.ts';
 import {
   AuditEventRecordSchema,
   ListAuditEventsRequestSchema,
@@ -33,11 +32,10 @@ import {
   type UserRecord,
 } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { UserRole } from '../../../gen/proto/arcana/user/v1/user_pb.js';
-import { roleFromProto, roleToProto, statusFromProto, statusToProto } from '../../domain/user-mapping.ts';
+import { rowMapping } from '../../domain/message-mapping.ts';
 import type { AuditDetails, AuditFilter, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { NewTokenRecord, RevocationReason } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile } from '../../repositories/user-repository.ts';
-import { auditTypeFromProto } from '../../domain/audit-mapping.ts';
 import { userSortOf } from '../../services/pagination.ts';
 
 /**
@@ -54,30 +52,25 @@ export function dateFromProto(timestamp: Timestamp | undefined, field: string): 
   return timestampDate(requireField(timestamp, field));
 }
 
+// A UserRecord carries the password hash only when the row has one (profiles do not).
+const users = rowMapping<typeof UserRecordSchema, UserProfile & { passwordHash?: string | null }>(UserRecordSchema);
+// A new user's role may be left out (the column's default applies), which the wire says as UNSPECIFIED.
+const newUsers = rowMapping<typeof NewUserRecordSchema, Omit<NewUser, 'role'> & { role: db.UserRole }>(NewUserRecordSchema);
+const userChanges = rowMapping<typeof UserChangesSchema, UserChanges>(UserChangesSchema);
+const userConditions = rowMapping<typeof UserConditionsSchema, UserExpectation>(UserConditionsSchema);
+// The message's sort is a plain string, '' for the default order; the filter's is checked.
+const userFilters = rowMapping<typeof ListUsersRequestSchema, Omit<UserFilter, 'sort'> & { sort: string }>(ListUsersRequestSchema);
+const tokens = rowMapping<typeof TokenRecordSchema, db.OAuthToken>(TokenRecordSchema);
+const newTokens = rowMapping<typeof NewTokenRecordSchema, NewTokenRecord>(NewTokenRecordSchema);
+const auditEvents = rowMapping<typeof AuditEventRecordSchema, db.AuditEvent>(AuditEventRecordSchema);
+const auditFilters = rowMapping<typeof ListAuditEventsRequestSchema, AuditFilter>(ListAuditEventsRequestSchema);
+
 // ---------------------------------------------------------------------------------------------
 // Users
 
 /** A user row as a UserRecord; the password hash goes along only when the row has one. */
 export function userToProto(row: db.User | UserProfile): UserRecord {
-  return create(UserRecordSchema, {
-    id: row.id,
-    username: row.username,
-    usernameKey: row.usernameKey,
-    email: row.email,
-    passwordHash: 'passwordHash' in row ? row.passwordHash : undefined,
-    firstName: row.firstName ?? undefined,
-    lastName: row.lastName ?? undefined,
-    phone: row.phone ?? undefined,
-    avatarUrl: row.avatarUrl ?? undefined,
-    role: roleToProto(row.role),
-    status: statusToProto(row.status),
-    isVerified: row.isVerified,
-    isActive: row.isActive,
-    createdAt: timestampFromDate(row.createdAt),
-    updatedAt: timestampFromDate(row.updatedAt),
-    lastLoginAt: row.lastLoginAt === null ? undefined : timestampFromDate(row.lastLoginAt),
-    version: row.version,
-  });
+  return users.toMessage(row);
 }
 
 /**
@@ -85,60 +78,29 @@ export function userToProto(row: db.User | UserProfile): UserRecord {
  * profiles are what gets cached, and a hash must never end up there.
  */
 export function profileFromProto(record: UserRecord): UserProfile {
-  return {
-    id: record.id,
-    username: record.username,
-    usernameKey: record.usernameKey,
-    email: record.email,
-    firstName: record.firstName ?? null,
-    lastName: record.lastName ?? null,
-    phone: record.phone ?? null,
-    avatarUrl: record.avatarUrl ?? null,
-    role: roleFromProto(record.role),
-    status: statusFromProto(record.status),
-    isVerified: record.isVerified,
-    isActive: record.isActive,
-    createdAt: dateFromProto(record.createdAt, 'UserRecord.created_at'),
-    updatedAt: dateFromProto(record.updatedAt, 'UserRecord.updated_at'),
-    lastLoginAt: record.lastLoginAt === undefined ? null : timestampDate(record.lastLoginAt),
-    version: record.version,
-  };
+  const { passwordHash: _hash, ...profile } = users.toRow(record);
+  return profile;
 }
 
 /** A UserRecord as the full row; it must carry the password hash, since only password checks ask for one. */
 export function userFromProto(record: UserRecord): db.User {
-  return { ...profileFromProto(record), passwordHash: requireField(record.passwordHash, 'UserRecord.password_hash') };
+  return Object.assign(users.toRow(record), { passwordHash: requireField(record.passwordHash, 'UserRecord.password_hash') });
 }
 
-export function newUserToProto(user: NewUser): NewUserRecord {
-  return create(NewUserRecordSchema, {
-    username: user.username,
-    email: user.email,
-    passwordHash: user.passwordHash,
-    firstName: user.firstName ?? undefined,
-    lastName: user.lastName ?? undefined,
-    phone: user.phone ?? undefined,
-    // UNSPECIFIED stands for "no role given": the column's default (USER) applies, as in-process.
-    role: user.role === undefined ? UserRole.UNSPECIFIED : roleToProto(user.role),
-  });
+export function newUserToProto({ role, ...user }: NewUser): NewUserRecord {
+  const record = newUsers.toMessage({ ...user, role: role ?? 'USER' });
+  // No role given is UNSPECIFIED on the wire, so that the column's default applies, as in-process.
+  if (role === undefined) record.role = UserRole.UNSPECIFIED;
+  return record;
 }
 
 /** Absent names become null, which is what the account-creation path passes and what gets stored. */
 export function newUserFromProto(record: NewUserRecord): NewUser {
-  return {
-    username: record.username,
-    email: record.email,
-    passwordHash: record.passwordHash,
-    firstName: record.firstName ?? null,
-    lastName: record.lastName ?? null,
-    phone: record.phone ?? null,
-    ...(record.role === UserRole.UNSPECIFIED ? {} : { role: roleFromProto(record.role) }),
-  };
+  if (record.role !== UserRole.UNSPECIFIED) return newUsers.toRow(record);
+  // UNSPECIFIED stands for "no role given": the column's default (USER) applies, as in-process.
+  const { role: _default, ...user } = newUsers.toRow({ ...record, role: UserRole.USER });
+  return user;
 }
-
-const STRING_CHANGES = ['email', 'firstName', 'lastName', 'phone', 'avatarUrl', 'passwordHash'] as const;
-const BOOLEAN_CHANGES = ['isVerified', 'isActive'] as const;
-const KNOWN_CHANGES: ReadonlySet<string> = new Set([...STRING_CHANGES, ...BOOLEAN_CHANGES, 'status', 'role']);
 
 /**
  * UserChanges as the message. The message can only say "set this value" (an absent field means
@@ -146,171 +108,48 @@ const KNOWN_CHANGES: ReadonlySet<string> = new Set([...STRING_CHANGES, ...BOOLEA
  * other operation objects, fields outside UserChanges) is refused here rather than silently lost.
  */
 export function userChangesToProto(changes: UserChanges): UserChangesMessage {
-  const message = create(UserChangesSchema);
-  // Typed as UserChanges, but a caller can still pass null, operation objects or other fields.
-  for (const [field, value] of Object.entries(changes) as [string, unknown][]) {
-    if (value !== undefined && !KNOWN_CHANGES.has(field)) throw unsupportedChange(field, value);
-  }
-  for (const field of STRING_CHANGES) {
-    const value = changes[field];
-    if (value === undefined) continue;
-    if (typeof value !== 'string') throw unsupportedChange(field, value);
-    message[field] = value;
-  }
-  for (const field of BOOLEAN_CHANGES) {
-    const value = changes[field];
-    if (value === undefined) continue;
-    if (typeof value !== 'boolean') throw unsupportedChange(field, value);
-    message[field] = value;
-  }
-  const status = changes.status;
-  if (status !== undefined) {
-    if (typeof status !== 'string' || !Object.hasOwn(db.UserStatus, status)) throw unsupportedChange('status', status);
-    message.status = statusToProto(status);
-  }
-  const role = changes.role;
-  if (role !== undefined) {
-    if (typeof role !== 'string' || !Object.hasOwn(db.UserRole, role)) throw unsupportedChange('role', role);
-    message.role = roleToProto(role);
-  }
-  return message;
-}
-
-function unsupportedChange(field: string, value: unknown): Error {
-  const shown = value === null ? 'null' : typeof value === 'object' ? `an operation object ${JSON.stringify(value)}` : JSON.stringify(value);
-  return new Error(`UserChanges.${field} cannot be sent to the repository layer: it carries only plain values of the fields it lists, not ${shown}`);
+  return userChanges.toMessageChecked(changes);
 }
 
 export function userChangesFromProto(message: UserChangesMessage): UserChanges {
-  const changes: UserChanges = {};
-  for (const field of STRING_CHANGES) {
-    const value = message[field];
-    if (value !== undefined) changes[field] = value;
-  }
-  for (const field of BOOLEAN_CHANGES) {
-    const value = message[field];
-    if (value !== undefined) changes[field] = value;
-  }
-  if (message.status !== undefined) changes.status = statusFromProto(message.status);
-  if (message.role !== undefined) changes.role = roleFromProto(message.role);
-  return changes;
+  return userChanges.toPartial(message);
 }
 
 export function userExpectationToProto(expected: UserExpectation): UserConditions {
-  return create(UserConditionsSchema, {
-    version: expected.version,
-    isVerified: expected.isVerified,
-    status: expected.status === undefined ? undefined : statusToProto(expected.status),
-    role: expected.role === undefined ? undefined : roleToProto(expected.role),
-  });
+  return userConditions.toMessage(expected);
 }
 
 /** Absent conditions are no conditions: an unconditional write, as an older caller meant it. */
 export function userExpectationFromProto(message: UserConditions | undefined): UserExpectation {
-  if (message === undefined) return {};
-  return {
-    ...(message.version === undefined ? {} : { version: message.version }),
-    ...(message.isVerified === undefined ? {} : { isVerified: message.isVerified }),
-    ...(message.status === undefined ? {} : { status: statusFromProto(message.status) }),
-    ...(message.role === undefined ? {} : { role: roleFromProto(message.role) }),
-  };
+  return message === undefined ? {} : userConditions.toPartial(message);
 }
 
 export function userFilterToProto(filter: UserFilter): ListUsersRequest {
-  return create(ListUsersRequestSchema, {
-    page: filter.page,
-    perPage: filter.perPage,
-    role: filter.role === undefined ? undefined : roleToProto(filter.role),
-    status: filter.status === undefined ? undefined : statusToProto(filter.status),
-    q: filter.q,
-    sort: filter.sort ?? '',
-  });
+  return userFilters.toMessage({ ...filter, sort: filter.sort ?? '' });
 }
 
 export function userFilterFromProto(request: ListUsersRequest): UserFilter {
-  return {
-    page: request.page,
-    perPage: request.perPage,
-    ...(request.role === undefined ? {} : { role: roleFromProto(request.role) }),
-    ...(request.status === undefined ? {} : { status: statusFromProto(request.status) }),
-    ...(request.q === undefined ? {} : { q: request.q }),
-    ...(request.sort === '' ? {} : { sort: userSortOf(request.sort) }),
-  };
+  const { sort, ...filter } = userFilters.toPartial(request);
+  return sort === '' ? filter : { ...filter, sort: userSortOf(sort) };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Tokens
 
 export function tokenToProto(row: db.OAuthToken): TokenRecord {
-  return create(TokenRecordSchema, {
-    id: row.id,
-    userId: row.userId,
-    familyId: row.familyId,
-    accessTokenHash: row.accessTokenHash,
-    refreshTokenHash: row.refreshTokenHash,
-    tokenType: row.tokenType,
-    accessExpiresAt: timestampFromDate(row.accessExpiresAt),
-    expiresAt: timestampFromDate(row.expiresAt),
-    familyExpiresAt: timestampFromDate(row.familyExpiresAt),
-    clientName: row.clientName ?? undefined,
-    ipAddress: row.ipAddress ?? undefined,
-    userAgent: row.userAgent ?? undefined,
-    isRevoked: row.isRevoked,
-    revokedReason: row.revokedReason ?? undefined,
-    createdAt: timestampFromDate(row.createdAt),
-    updatedAt: timestampFromDate(row.updatedAt),
-  });
+  return tokens.toMessage(row);
 }
 
 export function tokenFromProto(record: TokenRecord): db.OAuthToken {
-  return {
-    id: record.id,
-    userId: record.userId,
-    familyId: record.familyId,
-    accessTokenHash: record.accessTokenHash,
-    refreshTokenHash: record.refreshTokenHash,
-    tokenType: record.tokenType,
-    accessExpiresAt: dateFromProto(record.accessExpiresAt, 'TokenRecord.access_expires_at'),
-    expiresAt: dateFromProto(record.expiresAt, 'TokenRecord.expires_at'),
-    familyExpiresAt: dateFromProto(record.familyExpiresAt, 'TokenRecord.family_expires_at'),
-    clientName: record.clientName ?? null,
-    ipAddress: record.ipAddress ?? null,
-    userAgent: record.userAgent ?? null,
-    isRevoked: record.isRevoked,
-    revokedReason: record.revokedReason ?? null,
-    createdAt: dateFromProto(record.createdAt, 'TokenRecord.created_at'),
-    updatedAt: dateFromProto(record.updatedAt, 'TokenRecord.updated_at'),
-  };
+  return tokens.toRow(record);
 }
 
 export function newTokenToProto(record: NewTokenRecord): NewTokenMessage {
-  return create(NewTokenRecordSchema, {
-    userId: record.userId,
-    familyId: record.familyId,
-    accessTokenHash: record.accessTokenHash,
-    refreshTokenHash: record.refreshTokenHash,
-    accessExpiresAt: timestampFromDate(record.accessExpiresAt),
-    expiresAt: timestampFromDate(record.expiresAt),
-    familyExpiresAt: timestampFromDate(record.familyExpiresAt),
-    ipAddress: record.ipAddress ?? undefined,
-    userAgent: record.userAgent ?? undefined,
-    clientName: record.clientName ?? undefined,
-  });
+  return newTokens.toMessage(record);
 }
 
 export function newTokenFromProto(message: NewTokenMessage): NewTokenRecord {
-  return {
-    userId: message.userId,
-    familyId: message.familyId,
-    accessTokenHash: message.accessTokenHash,
-    refreshTokenHash: message.refreshTokenHash,
-    accessExpiresAt: dateFromProto(message.accessExpiresAt, 'NewTokenRecord.access_expires_at'),
-    expiresAt: dateFromProto(message.expiresAt, 'NewTokenRecord.expires_at'),
-    familyExpiresAt: dateFromProto(message.familyExpiresAt, 'NewTokenRecord.family_expires_at'),
-    ipAddress: message.ipAddress ?? null,
-    userAgent: message.userAgent ?? null,
-    clientName: message.clientName ?? null,
-  };
+  return newTokens.toRow(message);
 }
 
 const REVOCATION_REASONS: readonly RevocationReason[] = ['rotated', 'logout', 'revoked', 'reuse', 'expired_chain'];
@@ -327,99 +166,30 @@ export function revocationReasonFromProto(reason: string): RevocationReason {
 
 /** A stored audit row as a record; `details` must be a JSON object (or NULL), as every writer stores it. */
 export function auditEventToProto(row: db.AuditEvent): AuditEventRecord {
-  return create(AuditEventRecordSchema, {
-    id: row.id,
-    // The enum names agree by construction, as they do for roles and statuses.
-    type: AuditEventType[row.type],
-    userId: row.userId ?? undefined,
-    actorId: row.actorId ?? undefined,
-    ipAddress: row.ipAddress ?? undefined,
-    userAgent: row.userAgent ?? undefined,
-    details: row.details === null ? undefined : detailsObjectToProto(row.details),
-    createdAt: timestampFromDate(row.createdAt),
-  });
+  return auditEvents.toMessage(row);
 }
 
 export function auditEventFromProto(record: AuditEventRecord): db.AuditEvent {
-  return {
-    id: record.id,
-    type: auditTypeFromProto(record.type),
-    userId: record.userId ?? null,
-    actorId: record.actorId ?? null,
-    ipAddress: record.ipAddress ?? null,
-    userAgent: record.userAgent ?? null,
-    details: record.details ?? null,
-    createdAt: dateFromProto(record.createdAt, 'AuditEventRecord.created_at'),
-  };
+  return auditEvents.toRow(record);
 }
 
 /** An event to store, as a record with id 0 (not stored yet). */
 export function newAuditEventToProto(event: NewAuditEvent): AuditEventRecord {
-  return create(AuditEventRecordSchema, {
-    id: 0,
-    type: AuditEventType[event.type],
-    userId: event.userId ?? undefined,
-    actorId: event.actorId ?? undefined,
-    ipAddress: event.ipAddress ?? undefined,
-    userAgent: event.userAgent ?? undefined,
-    details: event.details ?? undefined,
-    createdAt: timestampFromDate(event.createdAt),
-  });
+  return auditEvents.toMessage({ ...event, id: 0 });
 }
 
 /** A record as an event to store; its id is ignored, and its details must be flat, as AuditDetails are. */
 export function newAuditEventFromProto(record: AuditEventRecord): NewAuditEvent {
-  return {
-    type: auditTypeFromProto(record.type),
-    userId: record.userId ?? null,
-    actorId: record.actorId ?? null,
-    ipAddress: record.ipAddress ?? null,
-    userAgent: record.userAgent ?? null,
-    details: record.details === undefined ? null : flatDetails(record.details),
-    createdAt: dateFromProto(record.createdAt, 'AuditEventRecord.created_at'),
-  };
+  const { id: _id, ...event } = auditEvents.toRow(record);
+  return { ...event, details: record.details === undefined ? null : flatDetails(record.details) };
 }
 
 export function auditFilterToProto(filter: AuditFilter): ListAuditEventsRequest {
-  return create(ListAuditEventsRequestSchema, {
-    page: filter.page,
-    perPage: filter.perPage,
-    userId: filter.userId,
-    type: filter.type === undefined ? undefined : AuditEventType[filter.type],
-  });
+  return auditFilters.toMessage(filter);
 }
 
 export function auditFilterFromProto(request: ListAuditEventsRequest): AuditFilter {
-  return {
-    page: request.page,
-    perPage: request.perPage,
-    ...(request.userId === undefined ? {} : { userId: request.userId }),
-    ...(request.type === undefined ? {} : { type: auditTypeFromProto(request.type) }),
-  };
-}
-
-// google.protobuf.Struct holds only a JSON object, so a column holding another JSON value (which
-// no writer produces) cannot cross and is refused rather than altered.
-function detailsObjectToProto(details: db.Prisma.JsonValue): JsonObject {
-  if (details === null || typeof details !== 'object' || Array.isArray(details)) {
-    throw new Error(`audit event details must be a JSON object to cross the repository API, not ${JSON.stringify(details)}`);
-  }
-  return jsonObjectToProto(details);
-}
-
-// Prisma types object members as optional; stored JSON never holds undefined, so none is lost.
-function jsonObjectToProto(object: db.Prisma.JsonObject): JsonObject {
-  const result: JsonObject = {};
-  for (const [key, value] of Object.entries(object)) {
-    if (value !== undefined) result[key] = jsonToProto(value);
-  }
-  return result;
-}
-
-function jsonToProto(value: db.Prisma.JsonValue): JsonValue {
-  if (Array.isArray(value)) return value.map(jsonToProto);
-  if (value !== null && typeof value === 'object') return jsonObjectToProto(value);
-  return value;
+  return auditFilters.toPartial(request);
 }
 
 function flatDetails(details: JsonObject): AuditDetails {

@@ -1,10 +1,9 @@
-import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { Router } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
-import { AuditEventType, type AuditEvent } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
+import { AuditEventType } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { sendPage } from './envelope.ts';
 import { callOptions, present, requireBearer, type ServiceClients } from './service-call.ts';
-import { toRestPagination } from './rest-mapping.ts';
+import { toRestAuditEvent, toRestPagination } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
 type ListQuery = NonNullable<operations['listAuditEvents']['parameters']['query']>;
@@ -29,19 +28,4 @@ export function createAuditRoutes({ audit }: ServiceClients): Router {
   });
 
   return router;
-}
-
-/** The REST spelling of an audit event. Proto details are text, so REST details are too. */
-export function toRestAuditEvent(event: AuditEvent): Schemas['AuditEvent'] {
-  const details = Object.keys(event.details).length === 0 ? null : { ...event.details };
-  return {
-    id: event.id,
-    type: AuditEventType[event.type] as Schemas['AuditEventType'],
-    userId: event.userId ?? null,
-    actorId: event.actorId ?? null,
-    ipAddress: event.ipAddress ?? null,
-    userAgent: event.userAgent ?? null,
-    details,
-    createdAt: (event.createdAt === undefined ? new Date(0) : timestampDate(event.createdAt)).toISOString(),
-  };
 }

@@ -119,7 +119,7 @@ export declare type UserRecord = Message<"arcana.internal.repository.v1.UserReco
   /**
    * When the user last logged in; absent if never.
    *
-   * @generated from field: google.protobuf.Timestamp last_login_at = 15;
+   * @generated from field: optional google.protobuf.Timestamp last_login_at = 15;
    */
   lastLoginAt?: Timestamp | undefined;
 

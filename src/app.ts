@@ -385,10 +385,13 @@ async function createPublicFacades(
   // One client-address rule for every protocol: REST and RPC get the same resolver.
   const resolveClient = createClientAddressResolver(config.server.trustProxy);
 
+  // Parsed once for both facades: the REST validator gets its own copy, which it rewrites in place.
+  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
   const rest = createRestApp({
     metrics: deps.metrics,
     tracing: deps.tracing,
     apiSpecPath: OPENAPI_PATH,
+    apiSpec: structuredClone(openapi),
     services: deps.clients,
     logger,
     rateLimiter,
@@ -401,7 +404,6 @@ async function createPublicFacades(
     readiness,
   });
 
-  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
   const rpcOptions = {
     routes: createConnectRoutes({ services: deps.services, readiness, health: deps.health }),
     interceptors: [requestContextInterceptor(logger, metrics, deps.tracing), errorInterceptor({ logger, exposeInternals }), validationInterceptor(new RequestValidator(openapi))],

@@ -58,7 +58,7 @@ import { DeviceTokens } from './infrastructure/security/device-tokens.ts';
 import { loadCommonPasswords, PasswordHasher } from './infrastructure/security/password-hasher.ts';
 import { WorkGate } from './infrastructure/work-gate.ts';
 import { Metrics } from './infrastructure/metrics.ts';
-import { tracedCache, tracedRepository, Tracing } from './infrastructure/tracing.ts';
+import { createTracing, tracedCache, tracedRepository, type Tracing } from './infrastructure/tracing.ts';
 import { TokenCodec } from './infrastructure/security/token-codec.ts';
 import { CachedTokenRepository } from './repositories/cached-token-repository.ts';
 import { CachedUserRepository } from './repositories/cached-user-repository.ts';
@@ -132,7 +132,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
   };
   const metrics = config.metrics.port === 0 ? undefined : new Metrics();
   // Closed last (closers run in reverse): the spans of the shutdown's own work are exported too.
-  const tracing = config.tracing === undefined ? undefined : new Tracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
+  const tracing = config.tracing === undefined ? undefined : await createTracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
   if (tracing !== undefined) closers.push(() => tracing.close());
   const transportTo = (target: string, urls: readonly string[]): Transport =>
     createLayerTransport({

@@ -161,6 +161,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
     let cache: Cache = new MemoryCache();
     let redis: Redis | undefined;
     let redisCache: RedisCache | undefined;
+    // Redis connects while the database is opened and its migrations are checked; it is waited
+    // for before anything uses the cache (the service layer, below).
+    let redisReady: Promise<void> = Promise.resolve();
     if (config.redis !== undefined) {
       redis = createRedisClient({
         url: config.redis.url,
@@ -173,7 +176,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
       closers.push(() => client.disconnect());
       redisCache = new RedisCache(redis, `${config.redis.keyPrefix}cache:`, logger);
       cache = redisCache;
-      if (!(await waitUntilReady(redis, 3_000))) logger.warn('redis not reachable at start-up; serving from the database');
+      redisReady = waitUntilReady(redis, 3_000).then((ready) => {
+        if (!ready) logger.warn('redis not reachable at start-up; serving from the database');
+      });
     }
     const prefix = config.redis?.keyPrefix ?? '';
     const sharedCounters = redis === undefined ? undefined : new RedisCounterStore(redis, `${prefix}counter:`);
@@ -222,6 +227,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
       };
       readiness.repository = downstreamReady(transport);
     }
+    await redisReady;
 
     // ---- service layer: the use cases, where this process holds them.
     let auth: AuthUseCases | undefined;

@@ -5,7 +5,7 @@
 import { cors as connectCors, createClient, type Transport } from '@connectrpc/connect';
 import cors from 'cors';
 import express, { type Express } from 'express';
-import { load as parseYaml } from 'js-yaml';
+import { JSON_SCHEMA, load as parseYaml } from 'js-yaml';
 import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
@@ -391,8 +391,9 @@ async function createPublicFacades(
   // One client-address rule for every protocol: REST and RPC get the same resolver.
   const resolveClient = createClientAddressResolver(config.server.trustProxy);
 
-  // Parsed once for both facades: the REST validator gets its own copy, which it rewrites in place.
-  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
+  // Parsed once for both facades, as JSON (a date stays a string), which is how the REST validator's
+  // own loader parsed it; the REST validator gets its own copy, which it rewrites in place.
+  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8'), { schema: JSON_SCHEMA }) as OpenApiComponents;
   const rest = createRestApp({
     metrics: deps.metrics,
     tracing: deps.tracing,

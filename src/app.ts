@@ -5,7 +5,7 @@
 import { cors as connectCors, createClient, type Transport } from '@connectrpc/connect';
 import cors from 'cors';
 import express, { type Express } from 'express';
-import { load as parseYaml } from 'js-yaml';
+import { JSON_SCHEMA, load as parseYaml } from 'js-yaml';
 import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
@@ -58,7 +58,7 @@ import { DeviceTokens } from './infrastructure/security/device-tokens.ts';
 import { loadCommonPasswords, PasswordHasher } from './infrastructure/security/password-hasher.ts';
 import { WorkGate } from './infrastructure/work-gate.ts';
 import { Metrics } from './infrastructure/metrics.ts';
-import { tracedCache, tracedRepository, Tracing } from './infrastructure/tracing.ts';
+import { createTracing, tracedCache, tracedRepository, type Tracing } from './infrastructure/tracing.ts';
 import { TokenCodec } from './infrastructure/security/token-codec.ts';
 import { CachedTokenRepository } from './repositories/cached-token-repository.ts';
 import { CachedUserRepository } from './repositories/cached-user-repository.ts';
@@ -132,7 +132,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
   };
   const metrics = config.metrics.port === 0 ? undefined : new Metrics();
   // Closed last (closers run in reverse): the spans of the shutdown's own work are exported too.
-  const tracing = config.tracing === undefined ? undefined : new Tracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
+  const tracing = config.tracing === undefined ? undefined : await createTracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
   if (tracing !== undefined) closers.push(() => tracing.close());
   const transportTo = (target: string, urls: readonly string[]): Transport =>
     createLayerTransport({
@@ -161,6 +161,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
     let cache: Cache = new MemoryCache();
     let redis: Redis | undefined;
     let redisCache: RedisCache | undefined;
+    // Redis connects while the database is opened and its migrations are checked; it is waited
+    // for before anything uses the cache (the service layer, below).
+    let redisReady: Promise<void> = Promise.resolve();
     if (config.redis !== undefined) {
       redis = createRedisClient({
         url: config.redis.url,
@@ -173,7 +176,9 @@ export async function createApplication(config: Config, logger: Logger): Promise
       closers.push(() => client.disconnect());
       redisCache = new RedisCache(redis, `${config.redis.keyPrefix}cache:`, logger);
       cache = redisCache;
-      if (!(await waitUntilReady(redis, 3_000))) logger.warn('redis not reachable at start-up; serving from the database');
+      redisReady = waitUntilReady(redis, 3_000).then((ready) => {
+        if (!ready) logger.warn('redis not reachable at start-up; serving from the database');
+      });
     }
     const prefix = config.redis?.keyPrefix ?? '';
     const sharedCounters = redis === undefined ? undefined : new RedisCounterStore(redis, `${prefix}counter:`);
@@ -222,6 +227,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
       };
       readiness.repository = downstreamReady(transport);
     }
+    await redisReady;
 
     // ---- service layer: the use cases, where this process holds them.
     let auth: AuthUseCases | undefined;
@@ -385,10 +391,14 @@ async function createPublicFacades(
   // One client-address rule for every protocol: REST and RPC get the same resolver.
   const resolveClient = createClientAddressResolver(config.server.trustProxy);
 
+  // Parsed once for both facades, as JSON (a date stays a string), which is how the REST validator's
+  // own loader parsed it; the REST validator gets its own copy, which it rewrites in place.
+  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8'), { schema: JSON_SCHEMA }) as OpenApiComponents;
   const rest = createRestApp({
     metrics: deps.metrics,
     tracing: deps.tracing,
     apiSpecPath: OPENAPI_PATH,
+    apiSpec: structuredClone(openapi),
     services: deps.clients,
     logger,
     rateLimiter,
@@ -401,7 +411,6 @@ async function createPublicFacades(
     readiness,
   });
 
-  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8')) as OpenApiComponents;
   const rpcOptions = {
     routes: createConnectRoutes({ services: deps.services, readiness, health: deps.health }),
     interceptors: [requestContextInterceptor(logger, metrics, deps.tracing), errorInterceptor({ logger, exposeInternals }), validationInterceptor(new RequestValidator(openapi))],

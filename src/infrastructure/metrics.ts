@@ -7,7 +7,16 @@
 // path templates (a path no operation matches is `unmatched`), RPC procedures only the served
 // ones, codes and outcomes the API's own. An attacker cannot grow the registry by inventing paths.
 import { createServer } from 'node:http';
-import { collectDefaultMetrics, Counter, Gauge, Registry, type LabelValues } from 'prom-client';
+import { createRequire } from 'node:module';
+import type * as PromClient from 'prom-client';
+import type { Counter, LabelValues, Registry } from 'prom-client';
+
+let promClient: typeof PromClient | undefined;
+/**
+ * prom-client, loaded by the first Metrics: a process without METRICS_PORT never loads it (about
+ * 40 ms of its start-up). It is CommonJS, so `require` gives the very module an import would.
+ */
+const prom = (): typeof PromClient => (promClient ??= createRequire(import.meta.url)('prom-client') as typeof PromClient);
 
 /** Latency buckets in seconds: from a cached read (~1 ms) to a bcrypt-bound login under load. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -142,7 +151,7 @@ export interface PoolUse {
 export type QueueDepth = { queue: string; state: string; count: number }[];
 
 export class Metrics {
-  readonly registry = new Registry();
+  readonly registry: Registry = new (prom().Registry)();
   readonly #httpRequests: RequestHistogram;
   readonly #rpcRequests: RequestHistogram;
   readonly #internalCalls: RequestHistogram;
@@ -157,6 +166,7 @@ export class Metrics {
   #cacheMisses = 0;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
+    const { Counter, collectDefaultMetrics } = prom();
     const registers = [this.registry];
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
     this.#httpRequests = new RequestHistogram({
@@ -261,6 +271,7 @@ export class Metrics {
 
   /** Job queue depth by queue and state, read (asynchronously: BullMQ asks Redis) when scraped. */
   queueDepth(read: () => Promise<QueueDepth>): void {
+    const { Gauge } = prom();
     new Gauge({
       name: 'arcana_job_queue_depth',
       help: 'Background jobs by queue and state (waiting, active, delayed, failed); in-process runners report their audit backlog as waiting',
@@ -277,6 +288,7 @@ export class Metrics {
 
   /** Database connection pool use, read when scraped (for a database with a pool). */
   databasePool(read: () => PoolUse | undefined): void {
+    const { Gauge } = prom();
     const gauge = (name: string, help: string, pick: (use: PoolUse) => number) =>
       new Gauge({
         name,
@@ -295,6 +307,7 @@ export class Metrics {
 
   /** A gauge read when scraped, e.g. the password-hash gate's queue or the audit backlog. */
   gauge(name: string, help: string, read: () => number): void {
+    const { Gauge } = prom();
     new Gauge({
       name,
       help,
@@ -307,6 +320,7 @@ export class Metrics {
 
   /** A counter kept elsewhere (the database's query count), read when scraped. */
   counterFrom(name: string, help: string, read: () => number): void {
+    const { Counter } = prom();
     let reported = 0;
     new Counter({
       name,

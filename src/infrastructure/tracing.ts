@@ -10,13 +10,12 @@
 //
 // The current span travels in the request's CallContext, which exists anyway, so no context
 // manager is installed. With tracing off nothing here is called: the edges and the transport
-// test one `undefined`, and the repositories and cache are not wrapped at all.
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span, type Tracer } from '@opentelemetry/api';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { resourceFromAttributes } from '@opentelemetry/resources';
-import { BasicTracerProvider, BatchSpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
+// test one `undefined`, and the repositories and cache are not wrapped at all. Nor is the SDK
+// loaded: only the API (span kinds and codes) is imported here; the SDK, the exporter and the
+// propagator come with `createTracing`, which saves a process without tracing about a tenth of a
+// second of start-up.
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span, type TextMapPropagator, type Tracer } from '@opentelemetry/api';
+import type { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
 import { currentCallContext } from './call-context.ts';
 import type { Cache } from './cache.ts';
 
@@ -33,7 +32,6 @@ export interface TracingOptions {
   scheduleDelayMs: number;
 }
 
-const propagator = new W3CTraceContextPropagator();
 const headerSetter = {
   set: (carrier: Record<string, string>, key: string, value: string) => {
     carrier[key] = value;
@@ -46,22 +44,44 @@ const headerGetter = {
   keys: () => ['traceparent', 'tracestate'],
 };
 
+/** Tracing as `options` say, with the OpenTelemetry SDK loaded now (see above). */
+export async function createTracing(options: TracingOptions): Promise<Tracing> {
+  const [
+    { W3CTraceContextPropagator },
+    { OTLPTraceExporter },
+    { resourceFromAttributes },
+    { BasicTracerProvider, BatchSpanProcessor, SimpleSpanProcessor },
+    { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION },
+  ] = await Promise.all([
+    import('@opentelemetry/core'),
+    import('@opentelemetry/exporter-trace-otlp-http'),
+    import('@opentelemetry/resources'),
+    import('@opentelemetry/sdk-trace-base'),
+    import('@opentelemetry/semantic-conventions'),
+  ]);
+  const exporter = new OTLPTraceExporter({ url: options.url });
+  const provider = new BasicTracerProvider({
+    resource: resourceFromAttributes({
+      [ATTR_SERVICE_NAME]: options.serviceName,
+      [ATTR_SERVICE_VERSION]: options.serviceVersion,
+      'arcana.deployment.layer': options.layer,
+      'process.pid': process.pid,
+    }),
+    spanProcessors: [options.scheduleDelayMs === 0 ? new SimpleSpanProcessor(exporter) : new BatchSpanProcessor(exporter, { scheduledDelayMillis: options.scheduleDelayMs })],
+  });
+  return new Tracing(provider, new W3CTraceContextPropagator(), options.serviceVersion);
+}
+
 export class Tracing {
   readonly #provider: BasicTracerProvider;
+  readonly #propagator: TextMapPropagator;
   readonly tracer: Tracer;
 
-  constructor(options: TracingOptions) {
-    const exporter = new OTLPTraceExporter({ url: options.url });
-    this.#provider = new BasicTracerProvider({
-      resource: resourceFromAttributes({
-        [ATTR_SERVICE_NAME]: options.serviceName,
-        [ATTR_SERVICE_VERSION]: options.serviceVersion,
-        'arcana.deployment.layer': options.layer,
-        'process.pid': process.pid,
-      }),
-      spanProcessors: [options.scheduleDelayMs === 0 ? new SimpleSpanProcessor(exporter) : new BatchSpanProcessor(exporter, { scheduledDelayMillis: options.scheduleDelayMs })],
-    });
-    this.tracer = this.#provider.getTracer('arcana-cloud', options.serviceVersion);
+  /** Made by `createTracing`. */
+  constructor(provider: BasicTracerProvider, propagator: TextMapPropagator, serviceVersion: string) {
+    this.#provider = provider;
+    this.#propagator = propagator;
+    this.tracer = provider.getTracer('arcana-cloud', serviceVersion);
   }
 
   /**
@@ -69,7 +89,7 @@ export class Tracing {
    * they carry a valid `traceparent`, a new trace otherwise.
    */
   startServerSpan(name: string, header: HeaderReader, attributes: Attributes): Span {
-    const parent = propagator.extract(ROOT_CONTEXT, header, headerGetter);
+    const parent = this.#propagator.extract(ROOT_CONTEXT, header, headerGetter);
     return this.tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
   }
 
@@ -82,7 +102,7 @@ export class Tracing {
 
   /** Sets `traceparent` (and `tracestate`) on an outgoing call's headers, naming `span` its parent. */
   inject(span: Span, headers: Record<string, string>): void {
-    propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, headerSetter);
+    this.#propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, headerSetter);
   }
 
   /** Exports what is still buffered and stops. */

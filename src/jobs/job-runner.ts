@@ -2,8 +2,10 @@
 // expired idempotency records) on a schedule. With Redis, both go through BullMQ so that several processes share one queue and the
 // purge runs once per interval for all of them; without Redis, they run inside this process.
 import { detachedFromRequest } from '../infrastructure/call-context.ts';
-import { Queue, Worker, type Job } from 'bullmq';
-import { Redis } from 'ioredis';
+import type * as BullMq from 'bullmq';
+import type { Job, Queue, Worker } from 'bullmq';
+import type * as IoRedis from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Logger } from '../infrastructure/logger.ts';
 import type { AuditRepository, NewAuditEvent } from '../repositories/audit-repository.ts';
 import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';
@@ -220,13 +222,18 @@ class BullMqJobRunner implements JobRunner {
   readonly #redis: { url: string; prefix: string };
   readonly #purgeIntervalMs: number;
   readonly #producer: Redis;
+  readonly #bullmq: typeof BullMq;
+  readonly #ioredis: typeof IoRedis;
   readonly #inFlight = new Set<Promise<void>>();
   #parts: BullMqParts | undefined;
   #closed = false;
   #warnedDirect = false;
 
   static async start(context: RunnerContext, redis: { url: string; prefix: string }, purgeIntervalMs: number): Promise<BullMqJobRunner> {
-    const runner = new BullMqJobRunner(context, redis, purgeIntervalMs);
+    // Imported here, not with the module: a process without Redis never loads them (BullMQ alone
+    // is some 190 modules).
+    const [bullmq, ioredis] = await Promise.all([import('bullmq'), import('ioredis')]);
+    const runner = new BullMqJobRunner(context, redis, purgeIntervalMs, bullmq, ioredis);
     if (await waitForReady(runner.#producer, REDIS_STARTUP_TIMEOUT_MS)) {
       await runner.#onReady();
     } else {
@@ -239,7 +246,9 @@ class BullMqJobRunner implements JobRunner {
     return runner;
   }
 
-  private constructor(context: RunnerContext, redis: { url: string; prefix: string }, purgeIntervalMs: number) {
+  private constructor(context: RunnerContext, redis: { url: string; prefix: string }, purgeIntervalMs: number, bullmq: typeof BullMq, ioredis: typeof IoRedis) {
+    this.#bullmq = bullmq;
+    this.#ioredis = ioredis;
     this.#context = context;
     this.#redis = redis;
     this.#purgeIntervalMs = purgeIntervalMs;
@@ -316,6 +325,7 @@ class BullMqJobRunner implements JobRunner {
   #build(): BullMqParts {
     const { logger, audit, purge } = this.#context;
     const prefix = this.#redis.prefix;
+    const { Queue, Worker } = this.#bullmq;
     const auditQueue = new Queue<AuditJobData>(AUDIT_QUEUE, {
       connection: this.#producer,
       prefix,
@@ -410,7 +420,7 @@ class BullMqJobRunner implements JobRunner {
   }
 
   #connect(name: string, options: { enableOfflineQueue?: boolean; maxRetriesPerRequest: number | null; commandTimeout?: number }): Redis {
-    const connection = new Redis(this.#redis.url, { connectionName: name, ...options });
+    const connection = new this.#ioredis.Redis(this.#redis.url, { connectionName: name, ...options });
     // Without a listener ioredis prints every failed reconnection to stderr.
     connection.on('error', this.#throttledErrorLog(`redis ${name}`));
     return connection;

@@ -5,7 +5,8 @@
 // not yet released. Until then this module swaps in a metadata step that does exactly what the
 // library's does, in the same route order and with the same errors, over matchers compiled once.
 // Everything else (spec loading, request and response validation) is the library's, with
-// openapi.yaml as its source. Remove this module when a release contains the upstream fix.
+// openapi.yaml as its source. Remove this module when a release contains the upstream fix, and
+// two start-up patches below (each says what it saves) when the library stops doing that work.
 import { createRequire } from 'node:module';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import type { OpenApiValidatorOpts } from 'express-openapi-validator/dist/framework/types.d.ts';
@@ -25,7 +26,59 @@ const errors = require('express-openapi-validator/dist/framework/types.js') as {
   MethodNotAllowed: new (err: { path: string; message: string; headers: Record<string, string> }) => Error;
   BadRequest: new (err: { path: string; message: string }) => Error;
 };
-const httpMethods = (require('express-openapi-validator/dist/middlewares/parsers/schema.preprocessor.js') as { httpMethods: Set<string> }).httpMethods;
+const preprocessorModule = require('express-openapi-validator/dist/middlewares/parsers/schema.preprocessor.js') as {
+  httpMethods: Set<string>;
+  SchemaPreprocessor: { prototype: SchemaPreprocessorInternals };
+};
+const httpMethods = preprocessorModule.httpMethods;
+
+/** What the patch below touches of the library's SchemaPreprocessor and of its ajv instance. */
+interface SchemaPreprocessorInternals {
+  ajv: { schemas: Record<string, unknown>; refs: Record<string, unknown> };
+  resolvedSchemaCache: Map<string, unknown>;
+  resolveSchema: (this: SchemaPreprocessorInternals, schema: unknown) => unknown;
+}
+
+// The schema preprocessor, run once per spec load, resolves every $ref it meets with
+// `ajv.getSchema(ref).schema`: it compiles a validator for the referenced schema only to read back
+// the schema object it was compiled from. That ajv instance is the preprocessor's own and its
+// validators are never used (requests are validated by other instances, compiled per route at the
+// first request), yet compiling them was the largest part of the start-up after module loading
+// (about 150 ms of one core). A schema that ajv already holds under the ref (each of
+// components/schemas is added under `#/components/schemas/<name>`) is read from ajv's table as it
+// is; any other ref goes the library's way.
+const libraryResolveSchema = preprocessorModule.SchemaPreprocessor.prototype.resolveSchema;
+preprocessorModule.SchemaPreprocessor.prototype.resolveSchema = function (this: SchemaPreprocessorInternals, schema: unknown): unknown {
+  const ref = (schema as { $ref?: unknown } | null | undefined)?.$ref;
+  if (typeof ref === 'string' && !this.resolvedSchemaCache.has(ref)) {
+    const held = this.ajv.schemas[ref] ?? this.ajv.refs[ref];
+    if (typeof held === 'object' && held !== null && 'schema' in held) {
+      this.resolvedSchemaCache.set(ref, held.schema);
+      return held.schema;
+    }
+  }
+  return libraryResolveSchema.call(this, schema);
+};
+
+// The library builds an OpenAPISchemaValidator at every spec load, and with it compiles the whole
+// OpenAPI 3 meta-schema with ajv, even when `validateApiSpec: false` means it is never used: a
+// tenth of the start-up's CPU (about 130 ms of one core on the reference machine). Replaced, in the
+// module object that framework/index.js reads it from, by one that compiles only when asked to
+// validate the spec.
+const schemaValidatorModule = require('express-openapi-validator/dist/framework/openapi.schema.validator.js') as {
+  OpenAPISchemaValidator: new (options: { version: string; validateApiSpec: boolean }) => { validate(document: unknown): { errors: unknown[] } };
+};
+const LibrarySchemaValidator = schemaValidatorModule.OpenAPISchemaValidator;
+schemaValidatorModule.OpenAPISchemaValidator = class {
+  #validator: InstanceType<typeof LibrarySchemaValidator> | undefined;
+  constructor(options: { version: string; validateApiSpec: boolean }) {
+    this.#validator = options.validateApiSpec ? new LibrarySchemaValidator(options) : undefined;
+  }
+  validate(document: unknown): { errors: unknown[] } {
+    this.#validator ??= new LibrarySchemaValidator({ version: (document as { openapi: string }).openapi, validateApiSpec: true });
+    return this.#validator.validate(document);
+  }
+};
 const pathToRegexp = (
   createRequire(require.resolve('express-openapi-validator'))('path-to-regexp') as {
     pathToRegexp: (path: string, options: { sensitive: boolean; strict: boolean }) => { regexp: RegExp; keys: { name: string }[] };

@@ -2,6 +2,7 @@ import compression from 'compression';
 import express, { type Express, type NextFunction, type Request, type Response } from 'express';
 import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage } from 'node:http';
+import type { OpenApiValidatorOpts } from 'express-openapi-validator/dist/framework/types.d.ts';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import { compileTrust, type ClientAddressResolver, type TrustProxySetting } from '../../infrastructure/client-address.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
@@ -28,6 +29,12 @@ const PROBES = new Set(['/health', '/ready']);
 
 export interface RestAppOptions {
   apiSpecPath: string;
+  /**
+   * The document at `apiSpecPath`, already parsed (the validator then skips reading and parsing
+   * it, a tenth of a second at start-up); the validator changes it in place, so it must be a copy
+   * nobody else uses.
+   */
+  apiSpec?: object | undefined;
   /** The service layer: clients over an in-process or a network transport. */
   services: ServiceClients;
   logger: Logger;
@@ -83,7 +90,7 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(refuseUnstorableText);
   app.use(
     createOpenApiValidation({
-      apiSpec: options.apiSpecPath,
+      apiSpec: (options.apiSpec as OpenApiValidatorOpts['apiSpec'] | undefined) ?? options.apiSpecPath,
       validateRequests: { allowUnknownQueryParameters: false, allErrors: true },
       validateResponses: options.validateResponses,
       validateSecurity: false,

@@ -20,15 +20,15 @@
 //   of the connection.
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { PGlite } from '@electric-sql/pglite';
-import { PrismaMariaDb } from '@prisma/adapter-mariadb';
-import { PrismaPg } from '@prisma/adapter-pg';
-import mariadb from 'mariadb';
+//
+// Each kind's driver, adapter and client are imported when a database of that kind is opened:
+// loading the two others cost a PostgreSQL process about a tenth of a second at every start.
+import type { PGlite } from '@electric-sql/pglite';
+import type { PrismaPg } from '@prisma/adapter-pg';
+import type { Connection as MariadbConnection } from 'mariadb';
 import { DriverAdapterError } from '@prisma/driver-adapter-utils';
 import type { SqlDriverAdapter, SqlDriverAdapterFactory, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
-import { PrismaPGlite } from 'pglite-prisma-adapter';
 import { PrismaClient } from '../../../gen/prisma/client.ts';
-import { PrismaClient as MysqlPrismaClient } from '../../../gen/prisma-mysql/client.ts';
 import { mysqlDialect, postgresDialect, type SqlDialect } from './dialect.ts';
 
 export interface DatabaseOptions {
@@ -93,7 +93,7 @@ const SCHEMA_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 export async function createDatabase(options: DatabaseOptions): Promise<Database> {
   if (options.databaseUrl === undefined) return openPGlite(options.dataDir);
   const url = parseDatabaseUrl(options.databaseUrl);
-  return url.protocol === 'mysql:' || url.protocol === 'mariadb:' ? openMysql(url) : openPostgres(url);
+  return url.protocol === 'mysql:' || url.protocol === 'mariadb:' ? await openMysql(url) : await openPostgres(url);
 }
 
 const PROTOCOLS = ['postgresql:', 'postgres:', 'mysql:', 'mariadb:'];
@@ -111,7 +111,7 @@ function parseDatabaseUrl(databaseUrl: string): URL {
   return url;
 }
 
-function openPostgres(url: URL): Database {
+async function openPostgres(url: URL): Promise<Database> {
   const schema = url.searchParams.get('schema') ?? DEFAULT_SCHEMA;
   if (!SCHEMA_NAME.test(schema)) {
     throw new Error(`Invalid schema name "${schema}" in the database URL`);
@@ -128,6 +128,7 @@ function openPostgres(url: URL): Database {
 
   // Each connect() of PrismaPg opens its own pool, so the client and the schema engine never share
   // connections (and never share the engine's session-level advisory lock).
+  const { PrismaPg } = await import('@prisma/adapter-pg');
   const factory = new PrismaPg({ connectionString: url.toString() }, schema === DEFAULT_SCHEMA ? undefined : { schema });
   // The client's pool, as its adapter reports it once connected (the schema engine's are its own).
   let pool: { totalCount: number; idleCount: number; waitingCount: number; options: { max?: number } } | undefined;
@@ -179,7 +180,7 @@ function openPostgres(url: URL): Database {
 // MySQL database names are identifiers too; the same plain ones as PostgreSQL's schema names.
 const MYSQL_DATABASE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 
-function openMysql(url: URL): Database {
+async function openMysql(url: URL): Promise<Database> {
   const database = decodeURIComponent(url.pathname.replace(/^\//, ''));
   if (database === '') {
     throw new Error('The MySQL database URL names no database; expected mysql://user@host:3306/DATABASE');
@@ -193,13 +194,18 @@ function openMysql(url: URL): Database {
   // key, which the driver only asks for when allowed. Times are UTC on the wire either way.
   if (!url.searchParams.has('allowPublicKeyRetrieval')) url.searchParams.set('allowPublicKeyRetrieval', 'true');
   if (!url.searchParams.has('timezone')) url.searchParams.set('timezone', 'Z');
+  const [{ PrismaMariaDb }, { default: mariadb }, { PrismaClient: MysqlPrismaClient }] = await Promise.all([
+    import('@prisma/adapter-mariadb'),
+    import('mariadb'),
+    import('../../../gen/prisma-mysql/client.ts'),
+  ]);
   const factory = new PrismaMariaDb(url.toString());
   const { prisma, queryCount } = createCountingClient(factory, MysqlPrismaClient);
 
   const runScript = async (script: string) => {
     const scriptUrl = new URL(url);
     scriptUrl.searchParams.set('multipleStatements', 'true');
-    let connection: mariadb.Connection | undefined;
+    let connection: MariadbConnection | undefined;
     try {
       connection = await mariadb.createConnection(scriptUrl.toString());
       await connection.query(script);
@@ -254,6 +260,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
     location = resolve(dataDir);
     await mkdir(location, { recursive: true });
   }
+  const [{ PGlite }, { PrismaPGlite }] = await Promise.all([import('@electric-sql/pglite'), import('pglite-prisma-adapter')]);
   const pglite = await PGlite.create(location);
   const { prisma, queryCount } = createCountingClient(new PrismaPGlite(pglite));
   const adapterFactory = pgliteAdapterFactory(pglite, async () => {
@@ -285,6 +292,7 @@ export async function createScratchAdapterFactory(): Promise<ScratchAdapterFacto
   // Starting a PGlite instance takes seconds, so the fresh instance doubles as the first shadow
   // database: diffing only writes to the shadow, and the instance is thrown away afterwards.
   // Should the engine ask for another shadow database, that one must be empty, hence new.
+  const { PGlite } = await import('@electric-sql/pglite');
   const instances: PGlite[] = [];
   const open = async () => {
     const instance = await PGlite.create(MEMORY_PREFIX);
@@ -321,6 +329,7 @@ function pgliteAdapterFactory(pglite: PGlite, openShadow: () => Promise<Shadow>)
     provider: 'postgres',
     adapterName: 'pglite-prisma-adapter',
     connect: async () => {
+      const { PrismaPGlite } = await import('pglite-prisma-adapter');
       const adapter = await new PrismaPGlite(pglite).connect();
       // The instance belongs to whoever created it and is closed there, not by the engine.
       return withScriptRunner(adapter, runOnPGlite(pglite), async () => {
@@ -329,6 +338,7 @@ function pgliteAdapterFactory(pglite: PGlite, openShadow: () => Promise<Shadow>)
     },
     connectToShadowDb: async () => {
       const shadow = await openShadow();
+      const { PrismaPGlite } = await import('pglite-prisma-adapter');
       const adapter = await new PrismaPGlite(shadow.pglite).connect();
       return withScriptRunner(adapter, runOnPGlite(shadow.pglite), () => shadow.release());
     },

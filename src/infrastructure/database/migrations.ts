@@ -6,7 +6,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import * as engineBindings from '@prisma/schema-engine-wasm/schema_engine_bg';
+import type * as EngineModule from '@prisma/schema-engine-wasm/schema_engine_bg';
 import type { MigrationDirectory, MigrationList, SchemaEngine, SchemaFilter } from '@prisma/schema-engine-wasm/schema_engine_bg';
 import { bindMigrationAwareSqlAdapterFactory } from '@prisma/driver-adapter-utils';
 import type { SqlDriverAdapter, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
@@ -313,7 +313,7 @@ async function withMysqlDeployLock<T>(factory: SqlMigrationAwareDriverAdapterFac
  * which also drops the engine's advisory lock.
  */
 async function withEngine<T>(factory: SqlMigrationAwareDriverAdapterFactory, datamodels: [string, string][] | undefined, work: (engine: SchemaEngine) => Promise<T>): Promise<T> {
-  await loadEngine();
+  const engineBindings = await loadEngine();
   const opened: SqlDriverAdapter[] = [];
   const track = async (connect: () => Promise<SqlDriverAdapter>) => {
     const adapter = await connect();
@@ -350,7 +350,9 @@ declare const WebAssembly: {
   instantiate(bytes: Uint8Array, imports: Record<string, Record<string, unknown>>): Promise<{ instance: { exports: Record<string, unknown> } }>;
 };
 
-let engineLoaded: Promise<void> | undefined;
+type EngineBindings = typeof EngineModule;
+
+let engineLoaded: Promise<EngineBindings> | undefined;
 
 // The engine arms a timer for the advisory-lock timeout and never clears it, which kept every
 // deploy process alive for ten seconds after its work was done. Its timers are tracked here and
@@ -383,8 +385,11 @@ function engineFinished(): void {
 
 // The package's entry point imports its .wasm file as an ES module, which Node 24 only does with
 // an experimental warning. Instantiating it by hand also lets the timer import be replaced.
-function loadEngine(): Promise<void> {
+// Loaded at the first use only (its JavaScript glue too): a start-up with nothing pending never
+// needs it.
+function loadEngine(): Promise<EngineBindings> {
   engineLoaded ??= (async () => {
+    const engineBindings = await import('@prisma/schema-engine-wasm/schema_engine_bg');
     const require = createRequire(import.meta.url);
     const glue = require.resolve('@prisma/schema-engine-wasm/schema_engine_bg');
     const bytes = await readFile(join(dirname(glue), 'schema_engine_bg.wasm'));
@@ -400,6 +405,7 @@ function loadEngine(): Promise<void> {
     const start = instance.exports['__wbindgen_start'];
     // wasm-bindgen's start function takes no arguments.
     if (typeof start === 'function') (start as () => void)();
+    return engineBindings;
   })();
   return engineLoaded;
 }

@@ -1,4 +1,6 @@
-import { Redis } from 'ioredis';
+import { createRequire } from 'node:module';
+import type * as IoRedis from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Logger } from '../logger.ts';
 
 export type { Redis };
@@ -9,6 +11,9 @@ export type { Redis };
  * reconnecting in the background and `onReconnect` runs when it is back after an outage.
  */
 export function createRedisClient(options: { url: string; logger: Logger; name: string; onReconnect?: () => void }): Redis {
+  // Loaded by the first client, so that a process without REDIS_URL never loads it. ioredis is
+  // CommonJS: `require` gives the very module an import would.
+  const { Redis } = createRequire(import.meta.url)('ioredis') as typeof IoRedis;
   const redis = new Redis(options.url, {
     connectionName: options.name,
     enableOfflineQueue: false,

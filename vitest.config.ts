@@ -1,4 +1,6 @@
 import { defineConfig } from 'vitest/config';
+import { stat } from 'node:fs/promises';
+import { BaseSequencer, type TestSpecification } from 'vitest/node';
 
 /**
  * The suites that test the product only through its public API (REST and RPC). They run once per
@@ -64,6 +66,66 @@ const MARIADB_SECURITY_SUITES = ['login-lockout', 'sessions', 'admin-sessions', 
  */
 const MARIADB_REPOSITORY_SUITES = ['audit-jobs', 'repository-boundary'].map((name) => `tests/integration/${name}.test.ts`);
 
+/**
+ * About how long each slow file takes in CI (seconds on the 2-core machine with the whole run
+ * going), by project (`*`: every project it runs in). Only for ordering: see LongestFirst.
+ */
+const SLOW_FILES: Record<string, Record<string, number>> = {
+  'security/password-work': { monolithic: 58, '*': 20 },
+  'security/connections': { '*': 45 },
+  'integration/console-browser': { '*': 50 },
+  'integration/rpc-api': { '*': 30 },
+  'integration/migrations': { '*': 29 },
+  'integration/rpc-external-clients': { monolithic: 25, '*': 15 },
+  'integration/server-process': { '*': 22 },
+  'integration/pglite-smoke': { '*': 21 },
+  'integration/generated-code': { '*': 20 },
+  'security/sessions': { '*': 18 },
+  'integration/topology-processes': { '*': 18 },
+  'security/login-lockout': { monolithic: 16, mariadb: 16, '*': 10 },
+  'security/admin-writes': { '*': 14 },
+  'integration/redis-shared-state': { '*': 14 },
+  'integration/typed-clients': { monolithic: 12, '*': 3 },
+  'security/schema-fuzz': { '*': 12 },
+  'integration/tracing': { '*': 11 },
+  'integration/python-client': { '*': 10 },
+  'security/password-guessing': { '*': 8 },
+  'integration/rpc-cross-protocol': { '*': 8 },
+  'integration/api-docs-browser': { '*': 8 },
+  'integration/audit-jobs': { '*': 8 },
+  'security/idempotency-keys': { '*': 7 },
+};
+
+/**
+ * Runs the longest files first, across all projects. Vitest's own order runs the projects one
+ * after another and, without the results of an earlier run (as on CI's fresh clone), each
+ * project's files largest first; a slow file that is short in bytes (password-work, the
+ * process-spawning suites) then starts in the last minute of the run and holds it open while the
+ * other workers are idle. Here each file is weighed by its last run's duration when Vitest's cache
+ * has one, else by SLOW_FILES, else by its size (10 kB as 1 s, at most 5 s); the heaviest start first, ties in Vitest's order.
+ */
+class LongestFirst extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const bySize = await super.sort(files);
+    const weights = new Map<TestSpecification, number>();
+    for (const spec of bySize) weights.set(spec, await this.#weigh(spec));
+    return bySize
+      .map((spec, index) => ({ spec, index }))
+      .sort((a, b) => (weights.get(b.spec) ?? 0) - (weights.get(a.spec) ?? 0) || a.index - b.index)
+      .map(({ spec }) => spec);
+  }
+
+  async #weigh(spec: TestSpecification): Promise<number> {
+    const cached = this.ctx.cache.getTestSpecificationResult(spec)?.duration;
+    if (cached !== undefined) return cached / 1000;
+    const name = /tests\/(.+)\.test\.ts$/.exec(spec.moduleId)?.[1] ?? '';
+    const known = SLOW_FILES[name];
+    if (known !== undefined) return known[spec.project.name] ?? known['*'] ?? 0;
+    const { size } = await stat(spec.moduleId).catch(() => ({ size: 0 }));
+    return Math.min(size / 10_000, 5);
+  }
+}
+
 export default defineConfig({
   test: {
     // Each file gets its own PostgreSQL schema, so files can run in parallel safely.
@@ -74,6 +136,7 @@ export default defineConfig({
     // time, 14 min on a fresh clone); a third keeps both cores busy.
     maxWorkers: 3,
     testTimeout: 30_000,
+    sequence: { sequencer: LongestFirst },
     hookTimeout: 60_000,
     projects: [
       { extends: true, test: { name: 'monolithic', include: ['tests/**/*.test.ts'] } },

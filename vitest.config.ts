@@ -102,13 +102,14 @@ const SLOW_FILES: Record<string, Record<string, number>> = {
  * first; a slow file that is short in bytes (password-work, the process-spawning suites of the
  * monolithic project, the last by name) then starts in the last minute of the run and holds it
  * open while the other workers are idle. Here the monolithic project, which has every slow
- * file of that kind, runs first, then the others; within each project the heaviest file first,
- * by its last run's duration when Vitest's cache has one, else by SLOW_FILES, else by its size
- * (10 kB as 1 s, at most 5 s). Keeping a project's files together also lets a worker go on
+ * file of that kind, runs first, then the others by name; within each project the heaviest file
+ * first, by its last run's duration when Vitest's cache has one, else by SLOW_FILES, else by its
+ * size (10 kB as 1 s, at most 5 s). Keeping a project's files together also lets a worker go on
  * to its project's next file in the same process (isolate: false; Vitest reuses a worker only
  * for a file of the same project).
  */
-const projectRank = (spec: TestSpecification) => (spec.project.name === 'monolithic' ? 0 : 1);
+const projectOrder = (a: TestSpecification, b: TestSpecification) =>
+  Number(b.project.name === 'monolithic') - Number(a.project.name === 'monolithic') || a.project.name.localeCompare(b.project.name);
 
 class LongestFirst extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
@@ -117,7 +118,7 @@ class LongestFirst extends BaseSequencer {
     for (const spec of bySize) weights.set(spec, await this.#weigh(spec));
     return bySize
       .map((spec, index) => ({ spec, index }))
-      .sort((a, b) => projectRank(a.spec) - projectRank(b.spec) || (weights.get(b.spec) ?? 0) - (weights.get(a.spec) ?? 0) || a.index - b.index)
+      .sort((a, b) => projectOrder(a.spec, b.spec) || (weights.get(b.spec) ?? 0) - (weights.get(a.spec) ?? 0) || a.index - b.index)
       .map(({ spec }) => spec);
   }
 

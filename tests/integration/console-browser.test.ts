@@ -106,8 +106,11 @@ async function seeAuditEvent(page: Page, userId: number, type: string, text: str
   }
 }
 
-describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', (deploymentName) => {
-  describe.each(PROTOCOLS)('over $name', (protocol) => {
+// The two deployments are driven side by side (each its own server, browser context and page,
+// and each test's users its own), the protocols on one deployment one after the other: the
+// tests of a protocol build on each other, and so do the protocols (the admin's password).
+describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', { concurrent: true }, (deploymentName) => {
+  describe.each(PROTOCOLS)('over $name', { concurrent: false }, (protocol) => {
     let d: Deployment;
     let page: Page;
     let t: TestServer;

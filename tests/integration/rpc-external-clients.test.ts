@@ -167,7 +167,9 @@ const modes: BufCurlMode[] = [
 const UNAUTHENTICATED_EXIT = grpc.status.UNAUTHENTICATED << 3;
 const PERMISSION_DENIED_EXIT = grpc.status.PERMISSION_DENIED << 3;
 
-describe.each(modes)('buf curl, $name', ({ flags }) => {
+// The modes run side by side (each test's users are its own, and a listing looks only for its
+// own user); a mode's tests one after another. Each call is a buf process that mostly waits.
+describe.each(modes)('buf curl, $name', { concurrent: true }, ({ flags }) => {
   const curl = (procedure: string, data: object, token?: string) =>
     bufCurl([...flags, ...(token === undefined ? [] : ['-H', `Authorization: Bearer ${token}`]), '-d', JSON.stringify(data), `${t.baseUrl}/${procedure}`]);
 
@@ -178,7 +180,7 @@ describe.each(modes)('buf curl, $name', ({ flags }) => {
     return JSON.parse(result.stdout) as T;
   }
 
-  it('when a user registers, logs in, reads itself and an admin lists users, then every call succeeds', async () => {
+  it('when a user registers, logs in, reads itself and an admin lists users, then every call succeeds', { concurrent: false }, async () => {
     const body = newUser('bufcurl');
     const registered = await ok<AuthResultObject>('arcana.auth.v1.AuthService/Register', body);
     expect(registered.user).toMatchObject({ username: body.username, role: 'USER_ROLE_USER' });
@@ -195,14 +197,14 @@ describe.each(modes)('buf curl, $name', ({ flags }) => {
     expect(page.users.every((u) => u.role === 'USER_ROLE_USER')).toBe(true);
   });
 
-  it('when GetCurrentUser has no token, then buf curl fails with unauthenticated (exit code 16 << 3)', async () => {
+  it('when GetCurrentUser has no token, then buf curl fails with unauthenticated (exit code 16 << 3)', { concurrent: false }, async () => {
     const result = await curl('arcana.auth.v1.AuthService/GetCurrentUser', {});
     expect(result.code).toBe(UNAUTHENTICATED_EXIT);
     expect(`${result.stderr}${result.stdout}`).toContain('"code": "unauthenticated"');
     expect(`${result.stderr}${result.stdout}`).toContain('Missing or invalid authorization header');
   });
 
-  it('when a USER lists users, then buf curl fails with permission_denied (exit code 7 << 3)', async () => {
+  it('when a USER lists users, then buf curl fails with permission_denied (exit code 7 << 3)', { concurrent: false }, async () => {
     const body = newUser('bufcurl');
     const registered = await ok<AuthResultObject>('arcana.auth.v1.AuthService/Register', body);
     const result = await curl('arcana.user.v1.UserService/ListUsers', {}, registered.tokens.accessToken);
@@ -210,7 +212,7 @@ describe.each(modes)('buf curl, $name', ({ flags }) => {
     expect(`${result.stderr}${result.stdout}`).toContain('"code": "permission_denied"');
   });
 
-  it('when Health/Check is called, then the server is SERVING', async () => {
+  it('when Health/Check is called, then the server is SERVING', { concurrent: false }, async () => {
     const health = await ok<{ status: string }>('grpc.health.v1.Health/Check', {});
     expect(health).toEqual({ status: 'SERVING' });
   });

@@ -34,7 +34,10 @@ async function auditTypes(server: TestServer, userId: number, settle: (types: st
   }
 }
 
-describe('absolute session lifetime', () => {
+// The lifetime test spends some 8 s waiting out the lifetime on a server of its own
+// (`shortLived`); the suites on `t` run meanwhile, one after another as before (both groups are
+// marked concurrent: Vitest runs consecutive concurrent siblings together).
+describe('absolute session lifetime', { concurrent: true }, () => {
   it('when a session is refreshed again and again, then over every protocol it still ends at its absolute lifetime', async () => {
     const clients = apiClients(shortLived.baseUrl);
     try {
@@ -69,82 +72,84 @@ describe('absolute session lifetime', () => {
   });
 });
 
-describe.each(PROTOCOLS)('sessions over %s', (protocol: ProtocolName) => {
-  let client: ApiClient;
+describe('sessions on a server without the short lifetime', { concurrent: true }, () => {
+  describe.each(PROTOCOLS)('sessions over %s', { concurrent: false }, (protocol: ProtocolName) => {
+    let client: ApiClient;
 
-  beforeAll(() => {
-    client = apiClient(protocol, t.baseUrl);
-  });
+    beforeAll(() => {
+      client = apiClient(protocol, t.baseUrl);
+    });
 
-  afterAll(() => {
-    client.close();
-  });
+    afterAll(() => {
+      client.close();
+    });
 
-  it("when a logged-out session's refresh token is presented, then it is refused without a theft alarm; a replayed rotated token still raises one", async () => {
-    const user = await register(t);
-    const login = await client.login({ usernameOrEmail: user.username, password: user.password });
-    expect((await client.logout(login.data?.tokens.accessToken ?? '')).code).toBe('ok');
-    const afterLogout = await client.refresh(login.data?.tokens.refreshToken ?? '');
-    expect(afterLogout.code).toBe('unauthenticated');
-
-    const second = await client.login({ usernameOrEmail: user.username, password: user.password });
-    const rotated = await client.refresh(second.data?.tokens.refreshToken ?? '');
-    expect(rotated.code).toBe('ok');
-    const replay = await client.refresh(second.data?.tokens.refreshToken ?? '');
-    expect(replay.code).toBe('unauthenticated');
-    // The chain is gone: the successor no longer works either.
-    expect((await client.refresh(rotated.data?.refreshToken ?? '')).code).toBe('unauthenticated');
-
-    const types = await auditTypes(t, user.id, (seen) => seen.includes('TOKEN_REUSE_DETECTED'));
-    expect(types.filter((type) => type === 'TOKEN_REUSE_DETECTED')).toHaveLength(1);
-  });
-
-  it('when a session is refreshed while its owner changes the password, then the refreshed session lives on and the others end', async () => {
-    // The password change ends the caller's other sessions; a refresh of the caller's own session
-    // that commits while the change is under way has moved it to a new pair of the same chain,
-    // which must be spared. The change is sent first so that it usually authenticates before the
-    // refresh retires the access token it presents; when the refresh wins that race the change is
-    // refused (that token is dead) and nothing changes, which is right too but tests nothing, so
-    // rounds go on until three have raced both ways through.
-    let raced = 0;
-    for (let round = 0; round < 10 && raced < 3; round += 1) {
+    it("when a logged-out session's refresh token is presented, then it is refused without a theft alarm; a replayed rotated token still raises one", async () => {
       const user = await register(t);
-      const current = await client.login({ usernameOrEmail: user.username, password: user.password });
-      const other = await client.login({ usernameOrEmail: user.username, password: user.password });
-      const newPassword = `Changed-${round}-Passw0rd!`;
-      const [changed, refreshed] = await Promise.all([
-        client.changePassword(current.data?.tokens.accessToken ?? '', user.id, { oldPassword: user.password, newPassword }),
-        client.refresh(current.data?.tokens.refreshToken ?? ''),
-      ]);
-      expect(refreshed.code).toBe('ok');
-      expect((await client.me(refreshed.data?.accessToken ?? '')).code).toBe('ok');
-      expect((await client.refresh(refreshed.data?.refreshToken ?? '')).code).toBe('ok');
-      if (changed.code === 'unauthenticated') {
-        expect((await client.me(other.data?.tokens.accessToken ?? '')).code).toBe('ok');
-        continue;
+      const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+      expect((await client.logout(login.data?.tokens.accessToken ?? '')).code).toBe('ok');
+      const afterLogout = await client.refresh(login.data?.tokens.refreshToken ?? '');
+      expect(afterLogout.code).toBe('unauthenticated');
+
+      const second = await client.login({ usernameOrEmail: user.username, password: user.password });
+      const rotated = await client.refresh(second.data?.tokens.refreshToken ?? '');
+      expect(rotated.code).toBe('ok');
+      const replay = await client.refresh(second.data?.tokens.refreshToken ?? '');
+      expect(replay.code).toBe('unauthenticated');
+      // The chain is gone: the successor no longer works either.
+      expect((await client.refresh(rotated.data?.refreshToken ?? '')).code).toBe('unauthenticated');
+
+      const types = await auditTypes(t, user.id, (seen) => seen.includes('TOKEN_REUSE_DETECTED'));
+      expect(types.filter((type) => type === 'TOKEN_REUSE_DETECTED')).toHaveLength(1);
+    });
+
+    it('when a session is refreshed while its owner changes the password, then the refreshed session lives on and the others end', async () => {
+      // The password change ends the caller's other sessions; a refresh of the caller's own session
+      // that commits while the change is under way has moved it to a new pair of the same chain,
+      // which must be spared. The change is sent first so that it usually authenticates before the
+      // refresh retires the access token it presents; when the refresh wins that race the change is
+      // refused (that token is dead) and nothing changes, which is right too but tests nothing, so
+      // rounds go on until three have raced both ways through.
+      let raced = 0;
+      for (let round = 0; round < 10 && raced < 3; round += 1) {
+        const user = await register(t);
+        const current = await client.login({ usernameOrEmail: user.username, password: user.password });
+        const other = await client.login({ usernameOrEmail: user.username, password: user.password });
+        const newPassword = `Changed-${round}-Passw0rd!`;
+        const [changed, refreshed] = await Promise.all([
+          client.changePassword(current.data?.tokens.accessToken ?? '', user.id, { oldPassword: user.password, newPassword }),
+          client.refresh(current.data?.tokens.refreshToken ?? ''),
+        ]);
+        expect(refreshed.code).toBe('ok');
+        expect((await client.me(refreshed.data?.accessToken ?? '')).code).toBe('ok');
+        expect((await client.refresh(refreshed.data?.refreshToken ?? '')).code).toBe('ok');
+        if (changed.code === 'unauthenticated') {
+          expect((await client.me(other.data?.tokens.accessToken ?? '')).code).toBe('ok');
+          continue;
+        }
+        expect(changed.code).toBe('ok');
+        expect((await client.me(other.data?.tokens.accessToken ?? '')).code).toBe('unauthenticated');
+        raced += 1;
       }
-      expect(changed.code).toBe('ok');
-      expect((await client.me(other.data?.tokens.accessToken ?? '')).code).toBe('unauthenticated');
-      raced += 1;
-    }
-    expect(raced).toBe(3);
-  });
+      expect(raced).toBe(3);
+    });
 
-  it('when tokens are handed out or refused, then no cache may store the answer', async () => {
-    const user = await register(t);
-    const login = await client.login({ usernameOrEmail: user.username, password: user.password });
-    const refreshed = await client.refresh(login.data?.tokens.refreshToken ?? '');
-    const refused = await client.login({ usernameOrEmail: user.username, password: 'Not-The-Passw0rd!' });
-    for (const answer of [login, refreshed, refused]) expect(answer.headers.get('cache-control')).toBe('no-store');
-  });
+    it('when tokens are handed out or refused, then no cache may store the answer', async () => {
+      const user = await register(t);
+      const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+      const refreshed = await client.refresh(login.data?.tokens.refreshToken ?? '');
+      const refused = await client.login({ usernameOrEmail: user.username, password: 'Not-The-Passw0rd!' });
+      for (const answer of [login, refreshed, refused]) expect(answer.headers.get('cache-control')).toBe('no-store');
+    });
 
-  it('when a 401 is answered, then it carries the bearer challenge, with invalid_token only when a token was refused', async () => {
-    const user = await register(t);
-    const forged = await client.me(`${user.accessToken.slice(0, -4)}AAAA`);
-    expect(forged.code).toBe('unauthenticated');
-    expect(forged.headers.get('www-authenticate')).toMatch(/^Bearer realm="arcana-cloud", error="invalid_token"/);
+    it('when a 401 is answered, then it carries the bearer challenge, with invalid_token only when a token was refused', async () => {
+      const user = await register(t);
+      const forged = await client.me(`${user.accessToken.slice(0, -4)}AAAA`);
+      expect(forged.code).toBe('unauthenticated');
+      expect(forged.headers.get('www-authenticate')).toMatch(/^Bearer realm="arcana-cloud", error="invalid_token"/);
 
-    const login = await client.login({ usernameOrEmail: user.username, password: 'Not-The-Passw0rd!' });
-    expect(login.headers.get('www-authenticate')).toBe('Bearer realm="arcana-cloud"');
+      const login = await client.login({ usernameOrEmail: user.username, password: 'Not-The-Passw0rd!' });
+      expect(login.headers.get('www-authenticate')).toBe('Bearer realm="arcana-cloud"');
+    });
   });
 });

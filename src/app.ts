@@ -22,7 +22,7 @@ import { UserService as UserServiceDescriptor } from '../gen/proto/arcana/user/v
 import { Health } from '../gen/proto/grpc/health/v1/health_pb.js';
 import { HealthCheckResponse_ServingStatus as ServingStatus } from '../gen/proto/grpc/health/v1/health_pb.js';
 import type { Config } from './config.ts';
-import { holdingsOf } from './topology.ts';
+import { holdingsOf, type LayerHoldings } from './topology.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
 import { createLayerRoutes, internalAuthInterceptor, layerCallValues, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
 import { layerServerErrorInterceptor } from './communication/layer-errors.ts';
@@ -126,7 +126,6 @@ export async function createApplication(config: Config, logger: Logger): Promise
   const closers: (() => Promise<void> | void)[] = [];
   const draining = new AbortController();
   const drain = () => draining.abort();
-  const health = { ...config.health, draining: draining.signal };
   const close = async () => {
     for (const closeOne of closers.reverse()) await closeOne();
   };
@@ -134,231 +133,297 @@ export async function createApplication(config: Config, logger: Logger): Promise
   // Closed last (closers run in reverse): the spans of the shutdown's own work are exported too.
   const tracing = config.tracing === undefined ? undefined : await createTracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
   if (tracing !== undefined) closers.push(() => tracing.close());
-  const transportTo = (target: string, urls: readonly string[]): Transport =>
-    createLayerTransport({
-      target,
-      urls,
-      protocol: config.deployment.protocol === 'http' ? 'http' : 'grpc',
-      timeoutMs: config.deployment.internalTimeoutMs,
-      retries: config.deployment.internalRetries,
-      secret: config.deployment.internalSecret,
-      logger,
-      metrics,
-      tracing,
-    });
-  /** A downstream layer is ready when one of its processes says it is serving. */
-  const downstreamReady =
-    (transport: Transport): ReadinessCheck =>
-    async () => {
-      const { status } = await createClient(Health, transport).check({ service: '' }, { timeoutMs: 2_000 });
-      if (status !== ServingStatus.SERVING) throw new Error('downstream layer is not serving');
-    };
+  const parts: ProcessParts = { config, logger, metrics, tracing, closers, readiness: {}, health: { ...config.health, draining: draining.signal } };
 
   try {
-    const readiness: Record<string, ReadinessCheck> = {};
-    // With REDIS_URL, cache, counters and jobs are shared by every process; without it they live
-    // in the process that holds the repository layer (counters reach it over its API).
-    let cache: Cache = new MemoryCache();
-    let redis: Redis | undefined;
-    let redisCache: RedisCache | undefined;
-    // Redis connects while the database is opened and its migrations are checked; it is waited
-    // for before anything uses the cache (the service layer, below).
-    let redisReady: Promise<void> = Promise.resolve();
-    if (config.redis !== undefined) {
-      redis = createRedisClient({
-        url: config.redis.url,
-        logger,
-        name: 'arcana-cache',
-        // Invalidations may have been lost while Redis was unreachable.
-        onReconnect: () => void redisCache?.flush(),
-      });
-      const client = redis;
-      closers.push(() => client.disconnect());
-      redisCache = new RedisCache(redis, `${config.redis.keyPrefix}cache:`, logger);
-      cache = redisCache;
-      redisReady = waitUntilReady(redis, 3_000).then((ready) => {
-        if (!ready) logger.warn('redis not reachable at start-up; serving from the database');
-      });
-    }
-    const prefix = config.redis?.keyPrefix ?? '';
-    const sharedCounters = redis === undefined ? undefined : new RedisCounterStore(redis, `${prefix}counter:`);
-
-    // ---- repository layer: here, or a client of the repository processes.
-    let database: Database | undefined;
-    let repositories: Repositories | undefined;
-    if (metrics !== undefined) cache = countingCache(cache, metrics);
-    if (tracing !== undefined) cache = tracedCache(cache, tracing, redis === undefined ? 'memory' : 'redis');
-    if (holds.repository) {
-      const db = await createDatabase(config.database);
-      database = db;
-      metrics?.counterFrom('arcana_db_queries_total', 'Queries this process sent to the database', () => db.queryCount());
-      const poolUse = db.poolUse;
-      if (poolUse !== undefined) metrics?.databasePool(poolUse);
-      closers.push(() => db.close());
-      const applied = await applyMigrations(db, db.dialect.name === 'mysql' ? MYSQL_MIGRATIONS_PATH : MIGRATIONS_PATH);
-      if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
-      // With tracing, each database operation is a span named after the repository method.
-      const traced = <R extends object>(repository: R, name: string): R => (tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));
-      repositories = {
-        users: new CachedUserRepository(traced(new PrismaUserRepository(db.prisma, db.dialect), 'UserRepository'), cache, config.cacheTtlSeconds),
-        tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma, db.dialect), 'TokenRepository'), cache, config.cacheTtlSeconds),
-        audit: traced(new PrismaAuditRepository(db.prisma), 'AuditRepository'),
-        counters: sharedCounters ?? new MemoryCounterStore(),
-        idempotency: traced(new PrismaIdempotencyRepository(db.prisma), 'IdempotencyRepository'),
-      };
-      readiness.database = async () => {
-        await db.prisma.$queryRaw`SELECT 1`;
-      };
-    } else if (holds.auth || holds.users) {
-      const transport = transportTo('repository', config.deployment.repositoryUrls);
-      const remoteUsers = new RemoteUserRepository(createClient(UserRepositoryService, transport));
-      const remoteTokens = new RemoteTokenRepository(createClient(TokenRepositoryService, transport));
-      // With a shared cache, cache-aside also sits in front of the remote repository, so a warm
-      // session or profile read costs a Redis GET instead of a call to the repository layer; the
-      // keys and invalidations are the ones the repository process uses. Without Redis each
-      // service process would hold its own copy, which a write through another process (a
-      // suspension, a logout) could not invalidate, so then only the repository process caches.
-      repositories = {
-        users: redis === undefined ? remoteUsers : new CachedUserRepository(remoteUsers, cache, config.cacheTtlSeconds),
-        tokens: redis === undefined ? remoteTokens : new CachedTokenRepository(remoteTokens, cache, config.cacheTtlSeconds),
-        audit: new RemoteAuditRepository(createClient(AuditRepositoryService, transport)),
-        counters: sharedCounters ?? new RemoteCounterStore(createClient(CounterStoreService, transport)),
-        idempotency: new RemoteIdempotencyRepository(createClient(IdempotencyRepositoryService, transport)),
-      };
-      readiness.repository = downstreamReady(transport);
-    }
-    await redisReady;
-
-    // ---- service layer: the use cases, where this process holds them.
-    let auth: AuthUseCases | undefined;
-    let authenticator: AuthUseCases | undefined;
-    let users: UserUseCases | undefined;
-    let audit: AuditUseCases | undefined;
-    let jobs: JobRunner | undefined;
-    if ((holds.auth || holds.users) && repositories !== undefined) {
-      // One bcrypt hash at cost 12 takes about 210 ms of one core on the reference machine; each
-      // round doubles it. The gate's estimate adapts to what it measures from the first hash on.
-      const hashGate = new WorkGate({ ...config.passwordHashing, estimateMs: 210 * 2 ** (config.bcryptRounds - 12) });
-      const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords(), hashGate);
-      metrics?.gauge('arcana_password_hashes_running', 'bcrypt hashes and comparisons running now', () => hashGate.running);
-      metrics?.gauge('arcana_password_hashes_waiting', 'bcrypt hashes and comparisons waiting for a slot (PASSWORD_HASH_QUEUE_MAX)', () => hashGate.waiting);
-      // Off the path to listening: a login that comes before the throwaway hash is ready waits
-      // for the same computation rather than starting another.
-      void passwords.warmUp().catch((error: unknown) => logger.warn({ err: String(error) }, 'bcrypt warm-up failed'));
-      const runner = await createJobRunner({
-        redis: config.redis === undefined ? undefined : { url: config.redis.url, prefix: `${prefix}jobs` },
-        logger,
-        auditRepository: repositories.audit,
-        tokenRepository: repositories.tokens,
-        idempotencyRepository: repositories.idempotency,
-        purgeIntervalMs: config.sessionPurge.intervalMs,
-        purgeRetentionMs: config.sessionPurge.retentionMs,
-        onJobFailed: metrics === undefined ? undefined : (queue) => metrics.jobFailed(queue),
-      });
-      metrics?.queueDepth(() => runner.queueDepth());
-      jobs = runner;
-      closers.push(() => runner.close());
-      const throttle = new LoginThrottle({ counters: repositories.counters, ...config.login });
-      const devices = new DeviceTokens({ secret: config.jwt.secret, ttlSeconds: config.login.knownDeviceTtlSeconds });
-      const idempotency = new IdempotentRequests({ records: repositories.idempotency, secret: config.jwt.secret });
-      // Every audited security event is also counted (logins by outcome, lockouts, token reuse).
-      const auditLog: AuditLog =
-        metrics === undefined
-          ? runner.audit
-          : {
-              record: (event: AuditEventInput) => {
-                metrics.securityEvent(event.type, event.details?.reason);
-                runner.audit.record(event);
-              },
-            };
-      const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: auditLog, idempotency };
-      // Every service process checks the access tokens of the calls it serves (with its cache),
-      // so the auth use cases exist wherever the service layer runs; only the auth service serves
-      // their API.
-      {
-        const codec = new TokenCodec({
-          secret: config.jwt.secret,
-          issuer: config.jwt.issuer,
-          audience: config.jwt.audience,
-          accessTtlSeconds: config.jwt.accessTtlSeconds,
-          refreshTtlSeconds: config.jwt.refreshTtlSeconds,
-        });
-        authenticator = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: config.sessionLifetimeSeconds });
-        if (holds.auth) auth = authenticator;
-      }
-      if (holds.users) {
-        users = new UserUseCases(deps);
-        audit = new AuditUseCases({ events: repositories.audit });
-        if (config.bootstrapAdmin !== undefined) {
-          await ensureBootstrapAdmin(config.bootstrapAdmin, { users: repositories.users, tokens: repositories.tokens, passwords, audit: runner.audit, logger });
-        }
-      }
-    }
-
-    // The service layer's API, where this process holds the service layer.
-    const serviceApis = authenticator === undefined ? [] : createServiceApis({ auth, users, audit, authenticator });
-
-    // ---- controller layer: the public facades, over the service layer's API: its implementations
-    // in this process, or the service processes' over the network. The facades cannot tell.
-    if (holds.controller) {
-      let services: InProcessService[];
-      let clients: ServiceClients;
-      if (serviceApis.length > 0) {
-        services = serviceApis;
-        const local = createInProcessTransport(serviceApis);
-        clients = { auth: createClient(AuthServiceDescriptor, local), users: createClient(UserServiceDescriptor, local), audit: createClient(AuditServiceDescriptor, local) };
-      } else {
-        const { mode, serviceUrls, authServiceUrls, userServiceUrls } = config.deployment;
-        const authTransport = transportTo(mode === 'layered' ? 'service' : 'auth-service', mode === 'layered' ? serviceUrls : authServiceUrls);
-        const userTransport = mode === 'layered' ? authTransport : transportTo('user-service', userServiceUrls);
-        services = [
-          forwardingService(AuthServiceDescriptor, authTransport),
-          forwardingService(UserServiceDescriptor, userTransport),
-          forwardingService(AuditServiceDescriptor, userTransport),
-        ];
-        clients = {
-          auth: createClient(AuthServiceDescriptor, authTransport),
-          users: createClient(UserServiceDescriptor, userTransport),
-          audit: createClient(AuditServiceDescriptor, userTransport),
-        };
-        if (mode === 'layered') {
-          readiness.service = downstreamReady(authTransport);
-        } else {
-          readiness['auth-service'] = downstreamReady(authTransport);
-          readiness['user-service'] = downstreamReady(userTransport);
-        }
-      }
-      const facades = await createPublicFacades(config, logger, { services, clients, counters: sharedCounters, readiness, health, metrics, tracing });
-      return { ...facades, readiness, database, auth, users, audit, jobs, metrics, drain, close };
-    }
-
-    // ---- an internal layer process: its API for the layer above, plus /health and /ready.
-    const apis: LayerApis = holds.repository ? { repositories } : { services: serviceApis };
-    const layerRpc = {
-      routes: createLayerRoutes(apis, readiness, health),
-      // The caller of the public request, as the controller layer sent it (see src/rpc/caller.ts).
-      contextValues: layerCallValues,
-      interceptors: [
-        layerContextInterceptor(logger, tracing),
-        ...(config.deployment.internalSecret === undefined ? [] : [internalAuthInterceptor(config.deployment.internalSecret)]),
-        layerServerErrorInterceptor(logger),
-      ],
-      // Pages of rows are larger than public requests; this is a trusted peer, not a client.
-      readMaxBytes: 16 * 1024 * 1024,
-      logger,
-    };
-    const probes = express();
-    probes.disable('x-powered-by');
-    probes.use(createSystemRoutes({ info: { name: 'arcana-cloud', version: packageJson.version, deploymentMode: config.deployment.mode }, readiness }));
-    probes.use(notFoundHandler);
-    probes.use(createErrorHandler({ logger, exposeInternals: false }));
-    const rpcOnly = createRpcNodeHandler(layerRpc);
-    const rpcOrProbes = createRpcNodeHandler({ ...layerRpc, fallback: (req, res) => void probes(req as IncomingMessage, res as ServerResponse) });
-    return { http: rpcOrProbes, http2: rpcOnly, readiness, database, auth, users, audit, jobs, metrics, drain, close };
+    const shared = connectSharedState(parts);
+    const { database, repositories } = await buildRepositoryLayer(parts, shared, holds);
+    await shared.ready;
+    const service = repositories === undefined || !(holds.auth || holds.users) ? undefined : await buildServiceLayer(parts, shared, repositories, holds);
+    const held = { database, auth: service?.auth, users: service?.users, audit: service?.audit, jobs: service?.jobs, metrics, readiness: parts.readiness, drain, close };
+    if (holds.controller) return { ...(await buildControllerLayer(parts, shared, service?.apis ?? [])), ...held };
+    const apis: LayerApis = holds.repository ? { repositories } : { services: service?.apis ?? [] };
+    return { ...buildLayerServer(parts, apis), ...held };
   } catch (error) {
     await close();
     throw error;
   }
+}
+
+/** What every layer builder of one process shares. */
+interface ProcessParts {
+  config: Config;
+  logger: Logger;
+  metrics: Metrics | undefined;
+  tracing: Tracing | undefined;
+  /** Run in reverse order by close(). */
+  closers: (() => Promise<void> | void)[];
+  /** What `/ready` and the gRPC health service check; each builder adds what its layer needs. */
+  readiness: Record<string, ReadinessCheck>;
+  health: HealthWatchOptions;
+}
+
+/** The state every process of a deployment shares through Redis, or this process's own without it. */
+interface SharedState {
+  cache: Cache;
+  redis: Redis | undefined;
+  /** Login and rate-limit counters in Redis; undefined without Redis (then the repository layer keeps them). */
+  counters: CounterStore | undefined;
+  keyPrefix: string;
+  /** Resolves once Redis has answered (or was given up on at start-up); nothing uses the cache before. */
+  ready: Promise<void>;
+}
+
+/** A typed client's transport to a layer below, as the deployment configures internal calls. */
+function transportTo(parts: ProcessParts, target: string, urls: readonly string[]): Transport {
+  const { deployment } = parts.config;
+  return createLayerTransport({
+    target,
+    urls,
+    protocol: deployment.protocol === 'http' ? 'http' : 'grpc',
+    timeoutMs: deployment.internalTimeoutMs,
+    retries: deployment.internalRetries,
+    secret: deployment.internalSecret,
+    logger: parts.logger,
+    metrics: parts.metrics,
+    tracing: parts.tracing,
+  });
+}
+
+/** A downstream layer is ready when one of its processes says it is serving. */
+function downstreamReady(transport: Transport): ReadinessCheck {
+  return async () => {
+    const { status } = await createClient(Health, transport).check({ service: '' }, { timeoutMs: 2_000 });
+    if (status !== ServingStatus.SERVING) throw new Error('downstream layer is not serving');
+  };
+}
+
+/**
+ * With REDIS_URL, cache, counters and jobs are shared by every process; without it they live in
+ * the process that holds the repository layer (counters reach it over its API). Redis connects
+ * while the database is opened and its migrations are checked (see `ready`).
+ */
+function connectSharedState(parts: ProcessParts): SharedState {
+  const { config, logger, metrics, tracing } = parts;
+  let cache: Cache = new MemoryCache();
+  let redis: Redis | undefined;
+  let redisCache: RedisCache | undefined;
+  let ready: Promise<void> = Promise.resolve();
+  if (config.redis !== undefined) {
+    redis = createRedisClient({
+      url: config.redis.url,
+      logger,
+      name: 'arcana-cache',
+      // Invalidations may have been lost while Redis was unreachable.
+      onReconnect: () => void redisCache?.flush(),
+    });
+    const client = redis;
+    parts.closers.push(() => client.disconnect());
+    redisCache = new RedisCache(redis, `${config.redis.keyPrefix}cache:`, logger);
+    cache = redisCache;
+    ready = waitUntilReady(redis, 3_000).then((answered) => {
+      if (!answered) logger.warn('redis not reachable at start-up; serving from the database');
+    });
+  }
+  const keyPrefix = config.redis?.keyPrefix ?? '';
+  if (metrics !== undefined) cache = countingCache(cache, metrics);
+  if (tracing !== undefined) cache = tracedCache(cache, tracing, redis === undefined ? 'memory' : 'redis');
+  return { cache, redis, counters: redis === undefined ? undefined : new RedisCounterStore(redis, `${keyPrefix}counter:`), keyPrefix, ready };
+}
+
+/** The repository layer: the database here, or typed clients of the repository processes. */
+async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, holds: LayerHoldings): Promise<{ database?: Database; repositories?: Repositories }> {
+  const { config, logger, metrics, tracing } = parts;
+  const { cache } = shared;
+  if (holds.repository) {
+    const db = await createDatabase(config.database);
+    metrics?.counterFrom('arcana_db_queries_total', 'Queries this process sent to the database', () => db.queryCount());
+    const poolUse = db.poolUse;
+    if (poolUse !== undefined) metrics?.databasePool(poolUse);
+    parts.closers.push(() => db.close());
+    const applied = await applyMigrations(db, db.dialect.name === 'mysql' ? MYSQL_MIGRATIONS_PATH : MIGRATIONS_PATH);
+    if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
+    // With tracing, each database operation is a span named after the repository method.
+    const traced = <R extends object>(repository: R, name: string): R => (tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));
+    parts.readiness.database = async () => {
+      await db.prisma.$queryRaw`SELECT 1`;
+    };
+    return {
+      database: db,
+      repositories: {
+        users: new CachedUserRepository(traced(new PrismaUserRepository(db.prisma, db.dialect), 'UserRepository'), cache, config.cacheTtlSeconds),
+        tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma, db.dialect), 'TokenRepository'), cache, config.cacheTtlSeconds),
+        audit: traced(new PrismaAuditRepository(db.prisma), 'AuditRepository'),
+        counters: shared.counters ?? new MemoryCounterStore(),
+        idempotency: traced(new PrismaIdempotencyRepository(db.prisma), 'IdempotencyRepository'),
+      },
+    };
+  }
+  if (!(holds.auth || holds.users)) return {};
+  const transport = transportTo(parts, 'repository', config.deployment.repositoryUrls);
+  const remoteUsers = new RemoteUserRepository(createClient(UserRepositoryService, transport));
+  const remoteTokens = new RemoteTokenRepository(createClient(TokenRepositoryService, transport));
+  parts.readiness.repository = downstreamReady(transport);
+  // With a shared cache, cache-aside also sits in front of the remote repository, so a warm
+  // session or profile read costs a Redis GET instead of a call to the repository layer; the
+  // keys and invalidations are the ones the repository process uses. Without Redis each
+  // service process would hold its own copy, which a write through another process (a
+  // suspension, a logout) could not invalidate, so then only the repository process caches.
+  const shareCache = shared.redis !== undefined;
+  return {
+    repositories: {
+      users: shareCache ? new CachedUserRepository(remoteUsers, cache, config.cacheTtlSeconds) : remoteUsers,
+      tokens: shareCache ? new CachedTokenRepository(remoteTokens, cache, config.cacheTtlSeconds) : remoteTokens,
+      audit: new RemoteAuditRepository(createClient(AuditRepositoryService, transport)),
+      counters: shared.counters ?? new RemoteCounterStore(createClient(CounterStoreService, transport)),
+      idempotency: new RemoteIdempotencyRepository(createClient(IdempotencyRepositoryService, transport)),
+    },
+  };
+}
+
+/** The service layer this process holds: its use cases, its API and its background jobs. */
+interface ServiceLayer {
+  auth?: AuthUseCases | undefined;
+  users?: UserUseCases | undefined;
+  audit?: AuditUseCases | undefined;
+  jobs: JobRunner;
+  /** The public services, implemented over these use cases: what every facade calls. */
+  apis: InProcessService[];
+}
+
+/** The use cases over `repositories`, the jobs they start and the service layer's API. */
+async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repositories: Repositories, holds: LayerHoldings): Promise<ServiceLayer> {
+  const { config, logger, metrics } = parts;
+  // One bcrypt hash at cost 12 takes about 210 ms of one core on the reference machine; each
+  // round doubles it. The gate's estimate adapts to what it measures from the first hash on.
+  const hashGate = new WorkGate({ ...config.passwordHashing, estimateMs: 210 * 2 ** (config.bcryptRounds - 12) });
+  const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords(), hashGate);
+  metrics?.gauge('arcana_password_hashes_running', 'bcrypt hashes and comparisons running now', () => hashGate.running);
+  metrics?.gauge('arcana_password_hashes_waiting', 'bcrypt hashes and comparisons waiting for a slot (PASSWORD_HASH_QUEUE_MAX)', () => hashGate.waiting);
+  // Off the path to listening: a login that comes before the throwaway hash is ready waits
+  // for the same computation rather than starting another.
+  void passwords.warmUp().catch((error: unknown) => logger.warn({ err: String(error) }, 'bcrypt warm-up failed'));
+  const jobs = await createJobRunner({
+    redis: config.redis === undefined ? undefined : { url: config.redis.url, prefix: `${shared.keyPrefix}jobs` },
+    logger,
+    auditRepository: repositories.audit,
+    tokenRepository: repositories.tokens,
+    idempotencyRepository: repositories.idempotency,
+    purgeIntervalMs: config.sessionPurge.intervalMs,
+    purgeRetentionMs: config.sessionPurge.retentionMs,
+    onJobFailed: metrics === undefined ? undefined : (queue) => metrics.jobFailed(queue),
+  });
+  metrics?.queueDepth(() => jobs.queueDepth());
+  parts.closers.push(() => jobs.close());
+  const throttle = new LoginThrottle({ counters: repositories.counters, ...config.login });
+  const devices = new DeviceTokens({ secret: config.jwt.secret, ttlSeconds: config.login.knownDeviceTtlSeconds });
+  const idempotency = new IdempotentRequests({ records: repositories.idempotency, secret: config.jwt.secret });
+  // Every audited security event is also counted (logins by outcome, lockouts, token reuse).
+  const auditLog: AuditLog =
+    metrics === undefined
+      ? jobs.audit
+      : {
+          record: (event: AuditEventInput) => {
+            metrics.securityEvent(event.type, event.details?.reason);
+            jobs.audit.record(event);
+          },
+        };
+  const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: auditLog, idempotency };
+  // Every service process checks the access tokens of the calls it serves (with its cache), so
+  // the auth use cases exist wherever the service layer runs; only the auth service serves them.
+  const codec = new TokenCodec({
+    secret: config.jwt.secret,
+    issuer: config.jwt.issuer,
+    audience: config.jwt.audience,
+    accessTtlSeconds: config.jwt.accessTtlSeconds,
+    refreshTtlSeconds: config.jwt.refreshTtlSeconds,
+  });
+  const authenticator = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: config.sessionLifetimeSeconds });
+  const auth = holds.auth ? authenticator : undefined;
+  let users: UserUseCases | undefined;
+  let audit: AuditUseCases | undefined;
+  if (holds.users) {
+    users = new UserUseCases(deps);
+    audit = new AuditUseCases({ events: repositories.audit });
+    if (config.bootstrapAdmin !== undefined) {
+      await ensureBootstrapAdmin(config.bootstrapAdmin, { users: repositories.users, tokens: repositories.tokens, passwords, audit: jobs.audit, logger });
+    }
+  }
+  return { auth, users, audit, jobs, apis: createServiceApis({ auth, users, audit, authenticator }) };
+}
+
+/**
+ * The controller layer: the public facades, over the service layer's API: its implementations in
+ * this process (`local`), or the service processes' over the network. The facades cannot tell.
+ */
+async function buildControllerLayer(parts: ProcessParts, shared: SharedState, local: InProcessService[]): Promise<Pick<Application, 'http' | 'http2' | 'rest'>> {
+  const { config, readiness } = parts;
+  let services: InProcessService[];
+  let clients: ServiceClients;
+  if (local.length > 0) {
+    services = local;
+    const transport = createInProcessTransport(local);
+    clients = {
+      auth: createClient(AuthServiceDescriptor, transport),
+      users: createClient(UserServiceDescriptor, transport),
+      audit: createClient(AuditServiceDescriptor, transport),
+    };
+  } else {
+    const { mode, serviceUrls, authServiceUrls, userServiceUrls } = config.deployment;
+    const authTransport = transportTo(parts, mode === 'layered' ? 'service' : 'auth-service', mode === 'layered' ? serviceUrls : authServiceUrls);
+    const userTransport = mode === 'layered' ? authTransport : transportTo(parts, 'user-service', userServiceUrls);
+    services = [
+      forwardingService(AuthServiceDescriptor, authTransport),
+      forwardingService(UserServiceDescriptor, userTransport),
+      forwardingService(AuditServiceDescriptor, userTransport),
+    ];
+    clients = {
+      auth: createClient(AuthServiceDescriptor, authTransport),
+      users: createClient(UserServiceDescriptor, userTransport),
+      audit: createClient(AuditServiceDescriptor, userTransport),
+    };
+    if (mode === 'layered') {
+      readiness.service = downstreamReady(authTransport);
+    } else {
+      readiness['auth-service'] = downstreamReady(authTransport);
+      readiness['user-service'] = downstreamReady(userTransport);
+    }
+  }
+  return createPublicFacades(config, parts.logger, {
+    services,
+    clients,
+    counters: shared.counters,
+    readiness,
+    health: parts.health,
+    metrics: parts.metrics,
+    tracing: parts.tracing,
+  });
+}
+
+/** An internal layer process: its API for the layer above, plus /health and /ready. */
+function buildLayerServer(parts: ProcessParts, apis: LayerApis): Pick<Application, 'http' | 'http2'> {
+  const { config, logger, readiness } = parts;
+  const layerRpc = {
+    routes: createLayerRoutes(apis, readiness, parts.health),
+    // The caller of the public request, as the controller layer sent it (see src/rpc/caller.ts).
+    contextValues: layerCallValues,
+    interceptors: [
+      layerContextInterceptor(logger, parts.tracing),
+      ...(config.deployment.internalSecret === undefined ? [] : [internalAuthInterceptor(config.deployment.internalSecret)]),
+      layerServerErrorInterceptor(logger),
+    ],
+    // Pages of rows are larger than public requests; this is a trusted peer, not a client.
+    readMaxBytes: 16 * 1024 * 1024,
+    logger,
+  };
+  const probes = express();
+  probes.disable('x-powered-by');
+  probes.use(createSystemRoutes({ info: { name: 'arcana-cloud', version: packageJson.version, deploymentMode: config.deployment.mode }, readiness }));
+  probes.use(notFoundHandler);
+  probes.use(createErrorHandler({ logger, exposeInternals: false }));
+  const rpcOnly = createRpcNodeHandler(layerRpc);
+  const rpcOrProbes = createRpcNodeHandler({ ...layerRpc, fallback: (req, res) => void probes(req as IncomingMessage, res as ServerResponse) });
+  return { http: rpcOrProbes, http2: rpcOnly };
 }
 
 /** The public REST and RPC facades over the service layer, with CORS and rate limits. */

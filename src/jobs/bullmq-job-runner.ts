@@ -1,0 +1,314 @@
+// The job runner on BullMQ: audit events and the session purge go through queues in Redis, so that
+// several processes share them and the purge runs once per interval for all of them.
+import type * as BullMq from 'bullmq';
+import type { Job, Queue, Worker } from 'bullmq';
+import type * as IoRedis from 'ioredis';
+import type { Redis } from 'ioredis';
+import type { NewAuditEvent } from '../repositories/audit-repository.ts';
+import type { AuditEventInput, AuditLog } from '../services/audit-use-cases.ts';
+import { AUDIT_QUEUE, errorText, MAINTENANCE_QUEUE, PURGE_SESSIONS, toNewAuditEvent, type JobRunner, type RunnerContext } from './jobs.ts';
+
+/** How long start-up waits for Redis before going on without it. */
+const REDIS_STARTUP_TIMEOUT_MS = 5_000;
+/** A producer command that takes longer than this is abandoned and the event written directly. */
+const REDIS_COMMAND_TIMEOUT_MS = 5_000;
+/** How long close() lets workers finish their jobs, should Redis go away while they do. */
+const WORKER_CLOSE_TIMEOUT_MS = 10_000;
+/** Repeated Redis errors are logged at most this often, so an outage does not flood the logs. */
+const ERROR_LOG_INTERVAL_MS = 60_000;
+
+/** An audit event as a BullMQ job carries it: JSON, so the time travels as an ISO string. */
+type AuditJobData = Omit<NewAuditEvent, 'createdAt'> & { createdAt: string };
+
+const toJobData = (event: NewAuditEvent): AuditJobData => ({ ...event, createdAt: event.createdAt.toISOString() });
+const fromJobData = (data: AuditJobData): NewAuditEvent => ({ ...data, createdAt: new Date(data.createdAt) });
+
+/** The BullMQ side of a runner, built once Redis has been reachable. */
+interface BullMqParts {
+  auditQueue: Queue<AuditJobData>;
+  maintenanceQueue: Queue;
+  workers: Worker[];
+  workerConnections: Redis[];
+}
+
+/**
+ * BullMQ on Redis. BullMQ wants separate connections for producing and for each worker (workers
+ * block on theirs), and worker connections must retry forever (`maxRetriesPerRequest: null`).
+ * The producer connection instead fails fast while Redis is away, and the event is then written
+ * to the database directly: a late audit row beats a lost one.
+ *
+ * Queues and workers are only created once Redis has answered. BullMQ objects closed before their
+ * connection was ever ready reject an internal promise with nobody listening (an unhandled
+ * rejection), and their close() can wait for a connection that never comes.
+ */
+export class BullMqJobRunner implements JobRunner {
+  readonly audit: AuditLog;
+  readonly #context: RunnerContext;
+  readonly #redis: { url: string; prefix: string };
+  readonly #purgeIntervalMs: number;
+  readonly #producer: Redis;
+  readonly #bullmq: typeof BullMq;
+  readonly #ioredis: typeof IoRedis;
+  readonly #inFlight = new Set<Promise<void>>();
+  #parts: BullMqParts | undefined;
+  #closed = false;
+  #warnedDirect = false;
+
+  static async start(context: RunnerContext, redis: { url: string; prefix: string }, purgeIntervalMs: number): Promise<BullMqJobRunner> {
+    // Imported here, not with the module: a process without Redis never loads them (BullMQ alone
+    // is some 190 modules).
+    const [bullmq, ioredis] = await Promise.all([import('bullmq'), import('ioredis')]);
+    const runner = new BullMqJobRunner(context, redis, purgeIntervalMs, bullmq, ioredis);
+    if (await waitForReady(runner.#producer, REDIS_STARTUP_TIMEOUT_MS)) {
+      await runner.#onReady();
+    } else {
+      context.logger.warn('redis unreachable at start-up; audit events are written directly and sessions are not purged until it is back');
+    }
+    // On every later connection: the first one builds the queues if start-up had to go without
+    // them, and each one declares the purge schedule again, so that it comes back should Redis
+    // have lost its data. Declaring it again is harmless.
+    runner.#producer.on('ready', runner.#onReconnect);
+    return runner;
+  }
+
+  private constructor(context: RunnerContext, redis: { url: string; prefix: string }, purgeIntervalMs: number, bullmq: typeof BullMq, ioredis: typeof IoRedis) {
+    this.#bullmq = bullmq;
+    this.#ioredis = ioredis;
+    this.#context = context;
+    this.#redis = redis;
+    this.#purgeIntervalMs = purgeIntervalMs;
+    this.audit = { record: (event) => this.#record(event) };
+    this.#producer = this.#connect('jobs-producer', {
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      commandTimeout: REDIS_COMMAND_TIMEOUT_MS,
+    });
+  }
+
+  runPurgeNow(): Promise<number> {
+    return this.#context.purge();
+  }
+
+  async queueDepth(): Promise<{ queue: string; state: string; count: number }[]> {
+    const parts = this.#parts;
+    if (parts === undefined || this.#producer.status !== 'ready') return [];
+    const states = ['waiting', 'active', 'delayed', 'failed'] as const;
+    const depths = await Promise.all(
+      [parts.auditQueue, parts.maintenanceQueue].map(async (queue) => {
+        const counts = await queue.getJobCounts(...states);
+        return states.map((state) => ({ queue: queue.name, state, count: counts[state] ?? 0 }));
+      }),
+    );
+    return depths.flat();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#producer.off('ready', this.#onReconnect);
+    await Promise.allSettled(this.#inFlight);
+    const parts = this.#parts;
+    const connections = [this.#producer, ...(parts?.workerConnections ?? [])];
+    const redisDown = connections.some((connection) => connection.status !== 'ready');
+    // Connections that are down are dropped while BullMQ still listens to them, so that what it
+    // was waiting for fails into its error listeners rather than into nothing.
+    await Promise.all(connections.filter((connection) => connection.status !== 'ready').map(disconnected));
+    if (parts !== undefined) {
+      // Workers first. A graceful close() waits for the jobs they are running, but while Redis is
+      // down it never returns (BullMQ issue #4656), so then it is forced: those jobs could not
+      // record their outcome anyway, and Redis hands them to another worker once they stall.
+      // Waiting jobs stay in Redis for the other processes, or for this one after a restart.
+      const closing = Promise.allSettled(parts.workers.map((worker) => worker.close(redisDown)));
+      if (!(await settlesWithin(closing, WORKER_CLOSE_TIMEOUT_MS))) {
+        this.#context.logger.warn('background workers did not stop in time; closing anyway');
+      }
+      await Promise.allSettled([parts.auditQueue.close(), parts.maintenanceQueue.close()]);
+    }
+    // BullMQ leaves connections it was given as instances to their owner to close.
+    await Promise.allSettled(connections.filter((connection) => connection.status === 'ready').map((connection) => connection.quit()));
+  }
+
+  /** The 'ready' listener: ioredis ignores what a listener returns, and #onReady logs its own failures. */
+  readonly #onReconnect = (): void => {
+    void this.#onReady();
+  };
+
+  async #onReady(): Promise<void> {
+    try {
+      this.#parts ??= this.#build();
+      // Every process declares the same scheduler id: BullMQ keeps one schedule and one pending
+      // job per slot for all of them, so the purge runs once per interval, not once per process.
+      await this.#parts.maintenanceQueue.upsertJobScheduler(
+        PURGE_SESSIONS,
+        { every: this.#purgeIntervalMs },
+        { name: PURGE_SESSIONS, opts: { removeOnComplete: true, removeOnFail: 100 } },
+      );
+    } catch (error) {
+      this.#context.logger.error({ err: errorText(error) }, 'could not schedule the session purge');
+    }
+  }
+
+  #build(): BullMqParts {
+    const { logger, audit, purge } = this.#context;
+    const prefix = this.#redis.prefix;
+    const { Queue, Worker } = this.#bullmq;
+    const auditQueue = new Queue<AuditJobData>(AUDIT_QUEUE, {
+      connection: this.#producer,
+      prefix,
+      defaultJobOptions: {
+        attempts: 10,
+        // 1 s, 2 s, 4 s … about 8.5 minutes in all: enough to ride out a database restart.
+        backoff: { type: 'exponential', delay: 1_000 },
+        removeOnComplete: true,
+        // Events that still could not be written stay a week, to be inspected and retried.
+        removeOnFail: { age: 7 * 24 * 3600 },
+      },
+    });
+    const maintenanceQueue = new Queue(MAINTENANCE_QUEUE, { connection: this.#producer, prefix });
+
+    const auditConnection = this.#connect('jobs-audit-worker', { maxRetriesPerRequest: null });
+    const auditWorker = new Worker<AuditJobData>(
+      AUDIT_QUEUE,
+      async (job) => {
+        await audit.createMany([fromJobData(job.data)]);
+      },
+      { connection: auditConnection, prefix, concurrency: 4 },
+    );
+    auditWorker.on('failed', (job, error) => this.#auditFailed(job, error));
+
+    const maintenanceConnection = this.#connect('jobs-maintenance-worker', { maxRetriesPerRequest: null });
+    const maintenanceWorker = new Worker(MAINTENANCE_QUEUE, async (job) => (job.name === PURGE_SESSIONS ? purge() : undefined), {
+      connection: maintenanceConnection,
+      prefix,
+      concurrency: 1,
+    });
+    maintenanceWorker.on('failed', (job, error) => {
+      this.#context.jobFailed(MAINTENANCE_QUEUE);
+      logger.error({ err: error.message, job: job?.name }, 'maintenance job failed');
+    });
+
+    // BullMQ objects are EventEmitters: an 'error' without a listener would crash the process.
+    auditQueue.on('error', this.#throttledErrorLog('audit queue'));
+    maintenanceQueue.on('error', this.#throttledErrorLog('maintenance queue'));
+    auditWorker.on('error', this.#throttledErrorLog('audit worker'));
+    maintenanceWorker.on('error', this.#throttledErrorLog('maintenance worker'));
+    return { auditQueue, maintenanceQueue, workers: [auditWorker, maintenanceWorker], workerConnections: [auditConnection, maintenanceConnection] };
+  }
+
+  #record(input: AuditEventInput): void {
+    let event: NewAuditEvent;
+    try {
+      event = toNewAuditEvent(input, this.#context.now());
+    } catch (error) {
+      this.#context.logger.error({ err: errorText(error), event: input }, 'could not record audit event');
+      return;
+    }
+    const task = this.#enqueue(event).finally(() => this.#inFlight.delete(task));
+    this.#inFlight.add(task);
+  }
+
+  async #enqueue(event: NewAuditEvent): Promise<void> {
+    const queue = this.#parts?.auditQueue;
+    if (!this.#closed && queue !== undefined && this.#producer.status === 'ready') {
+      try {
+        await queue.add('record', toJobData(event));
+        this.#warnedDirect = false;
+        return;
+      } catch (error) {
+        this.#warnDirect(error);
+      }
+    } else {
+      this.#warnDirect(this.#closed ? 'job runner closed' : `redis connection ${this.#producer.status}`);
+    }
+    try {
+      await this.#context.audit.createMany([event]);
+    } catch (error) {
+      this.#context.jobFailed(AUDIT_QUEUE);
+      this.#context.logger.error({ err: errorText(error), event }, 'could not write audit event');
+    }
+  }
+
+  #warnDirect(reason: unknown): void {
+    // One warning per outage: every event of the outage takes the same way.
+    if (this.#warnedDirect) return;
+    this.#warnedDirect = true;
+    this.#context.logger.warn({ err: errorText(reason) }, 'cannot queue audit events; writing them directly');
+  }
+
+  #auditFailed(job: Job<AuditJobData> | undefined, error: Error): void {
+    this.#context.jobFailed(AUDIT_QUEUE);
+    const final = job !== undefined && job.attemptsMade >= (job.opts.attempts ?? 1);
+    if (final) {
+      this.#context.logger.error({ err: error.message, event: job.data, jobId: job.id }, 'audit event not written after all retries; kept in the failed set');
+    } else {
+      this.#context.logger.warn({ err: error.message, jobId: job?.id, attempt: job?.attemptsMade }, 'audit event write failed; will retry');
+    }
+  }
+
+  #connect(name: string, options: { enableOfflineQueue?: boolean; maxRetriesPerRequest: number | null; commandTimeout?: number }): Redis {
+    const connection = new this.#ioredis.Redis(this.#redis.url, { connectionName: name, ...options });
+    // Without a listener ioredis prints every failed reconnection to stderr.
+    connection.on('error', this.#throttledErrorLog(`redis ${name}`));
+    return connection;
+  }
+
+  #throttledErrorLog(source: string): (error: Error) => void {
+    let last = 0;
+    return (error) => {
+      if (Date.now() - last < ERROR_LOG_INTERVAL_MS) return;
+      last = Date.now();
+      this.#context.logger.warn({ err: error.message, source }, 'background job infrastructure error');
+    };
+  }
+}
+
+/** Resolves true once the connection is ready, false on its first error or after `timeoutMs`. */
+function waitForReady(connection: Redis, timeoutMs: number): Promise<boolean> {
+  if (connection.status === 'ready') return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const finish = (ready: boolean) => {
+      clearTimeout(timer);
+      connection.off('ready', onReady);
+      connection.off('error', onError);
+      resolve(ready);
+    };
+    const onReady = () => finish(true);
+    const onError = () => finish(false);
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    connection.once('ready', onReady);
+    connection.once('error', onError);
+  });
+}
+
+/** Drops a connection and resolves once everything waiting on it has been told (or after a second). */
+function disconnected(connection: Redis): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, 1_000);
+    // Listeners of 'end' settle their promises in microtasks; setImmediate runs after those.
+    const settled = () => {
+      clearTimeout(timer);
+      setImmediate(resolve);
+    };
+    if (connection.status === 'end') return settled();
+    if (connection.status === 'reconnecting') {
+      // Between attempts there is no socket: ioredis only cancels the next attempt and never
+      // emits 'end', and nothing waiting on the connection is settled.
+      connection.disconnect();
+      return settled();
+    }
+    connection.once('end', settled);
+    connection.disconnect();
+  });
+}
+
+/** Whether `promise` settles within `timeoutMs`. */
+async function settlesWithin(promise: Promise<unknown>, timeoutMs: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -36,7 +36,11 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
   return (error: unknown, req: Request, res: Response, _next: NextFunction): void => {
     const appError = toAppError(error);
     const status = appError === undefined ? 500 : ERROR_CODES[appError.code].http;
-    if (status === 503) {
+    if (status === 503 && clientGone(req, res)) {
+      // The client left before its answer: the calls made for it were cancelled on purpose
+      // (see requestContext), which is not a dependency failing. Nobody reads this answer.
+      options.logger.debug({ requestId: res.locals.requestId, method: req.method, path: req.path }, 'request abandoned by its client');
+    } else if (status === 503) {
       // A dependency is down (Redis for login, or a layer below): one short line per request,
       // not a stack each, or an outage would bury everything else in the logs.
       const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : undefined;
@@ -61,6 +65,11 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
         : errorBody(res, appError.code, appError.message, appError.details);
     res.status(status).json(body);
   };
+}
+
+/** Whether the client closed the connection before the answer could be sent. */
+function clientGone(req: Request, res: Response): boolean {
+  return req.destroyed || res.destroyed || res.writableEnded;
 }
 
 function toAppError(error: unknown): AppError | undefined {

@@ -107,7 +107,10 @@ const EnvSchema = z.object({
   AUTH_SERVICE_URLS: urls(),
   USER_SERVICE_URLS: urls(),
   REPOSITORY_URLS: urls(),
-  INTERNAL_TIMEOUT_MS: int(5_000, 50, 300_000),
+  // Long enough for a login that waits its turn in a full password-hash queue (64 waiting on two
+  // cores at cost 12: about 7 s), so a split topology queues the logins a monolith would queue
+  // rather than refusing them; a stalled layer below still gets a 503 within it.
+  INTERNAL_TIMEOUT_MS: int(10_000, 50, 300_000),
   INTERNAL_API_SECRET: z.string().optional(),
   INTERNAL_RETRIES: int(2, 0, 10),
 

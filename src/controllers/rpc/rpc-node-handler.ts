@@ -17,7 +17,6 @@ import {
   createConnectRouter,
   createContextKey,
   createContextValues,
-  createHandlerContext,
   createServiceImplSpec,
   type ContextValues,
   type HandlerContext,
@@ -25,7 +24,6 @@ import {
 } from '@connectrpc/connect';
 import {
   compressionNegotiate,
-  createAsyncIterable,
   createMethodSerializationLookup,
   encodeEnvelope,
   envelopeCompress,
@@ -94,9 +92,6 @@ class ReplayableBody implements AsyncIterable<Uint8Array> {
   }
 }
 
-/** The abort reason of a call that was answered: nobody waits for it any more. */
-const CALL_COMPLETED = new Error('the call was answered');
-
 const bodyKey = createContextKey<ReplayableBody | undefined>(undefined, { description: 'the raw request body, for the gate' });
 
 /** The request message as the gate decoded it, for the gRPC unary path below. */
@@ -158,16 +153,18 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
   const handlers = new Map(router.handlers.map((handler) => [handler.requestPath, handler]));
 
   /**
-   * A unary gRPC call, served as connect-es's gRPC handler serves it, without its streaming
-   * pipeline: connect-es runs every gRPC call, unary ones too, through a chain of async
-   * generators (split, decompress, parse, invoke, serialize, compress, join), which profiled at
-   * about 200 µs of CPU per GetUser more than the same call over Connect. The gate has already
-   * read and decoded the one request message; the implementation runs through the same
-   * interceptors; the answer is one envelope and the status in the trailers, as connect-es
-   * writes them. Calls this path does not cover (a compressed request, a malformed
-   * grpc-timeout) go to connect-es, which answers them as before.
+   * A unary gRPC call over HTTP/2, served as connect-es's gRPC handler serves it, without its
+   * streaming pipeline: connect-es runs every gRPC call, unary ones too, through a chain of async
+   * generators (split, decompress, parse, invoke, serialize, compress, join), and its adapter
+   * wraps the Node request and response in async iterables, linked AbortControllers and timers.
+   * Here the gate reads and decodes the one request message from the Node stream, the
+   * implementation runs through the same interceptors with a HandlerContext built for the call,
+   * and the answer is written straight to the Node response: headers, one envelope, the status
+   * in the trailers, as connect-es writes them. Calls this path does not cover (HTTP/1.1, a
+   * compressed request, a malformed grpc-timeout) go to connect-es, which answers them as before.
    */
   const serveGrpcUnary = async (method: GrpcUnaryMethod, req: NodeRequest, res: NodeResponse, contextValues: ContextValues, binary: boolean): Promise<boolean> => {
+    if (req.httpVersionMajor !== 2) return false;
     const header = (name: string) => {
       const value = req.headers[name];
       return typeof value === 'string' ? value : null;
@@ -175,30 +172,34 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     const timeout = parseTimeout(header(headerGrpcTimeout), grpcOptions.maxTimeoutMs);
     const compression = compressionNegotiate(grpcOptions.acceptCompression, header(headerGrpcEncoding), header(headerGrpcAcceptEncoding), headerGrpcAcceptEncoding);
     if (timeout.error !== undefined || compression.error !== undefined || compression.request !== null) return false;
-    let request;
-    try {
-      request = universalRequestFromNodeRequest(req, res, undefined, contextValues);
-    } catch {
-      // A request whose URL cannot be formed: connect-es's path answers it (400).
-      return false;
-    }
     const { spec, serialization } = method;
-    const context = createHandlerContext({
-      ...spec,
+    // The call's signal: aborted when the client goes away (the stream closes unanswered), when
+    // its deadline passes, or when the server shuts down; never on an answered call.
+    const abort = new AbortController();
+    const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
+    const onClose = () => {
+      if (!res.writableEnded) abort.abort(new ConnectError('the client cancelled the call', Code.Canceled));
+    };
+    res.once('close', onClose);
+    const timer =
+      timeout.timeoutMs === undefined ? undefined : setTimeout(() => abort.abort(new ConnectError('the operation timed out', Code.DeadlineExceeded)), timeout.timeoutMs);
+    const onShutdown = () => abort.abort(new ConnectError('the server is shutting down', Code.Unavailable));
+    grpcOptions.shutdownSignal?.addEventListener('abort', onShutdown, { once: true });
+    const context: HandlerContext = {
       service: spec.method.parent,
-      requestMethod: request.method,
+      method: spec.method,
+      signal: abort.signal,
+      timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
+      requestMethod: 'POST',
+      requestHeader: nodeHeaderToWebHeader(req.headers),
+      responseHeader: new Headers({ 'content-type': binary ? contentTypeProto : contentTypeJson }),
+      responseTrailer: new Headers({ [headerGrpcStatus]: grpcStatusOk }),
       protocolName: 'grpc',
-      timeoutMs: timeout.timeoutMs,
-      shutdownSignal: grpcOptions.shutdownSignal,
-      requestSignal: request.signal,
-      requestHeader: request.header,
-      url: request.url,
-      responseHeader: { 'content-type': binary ? contentTypeProto : contentTypeJson },
-      responseTrailer: { [headerGrpcStatus]: grpcStatusOk },
-      contextValues,
-    });
+      values: contextValues,
+      url: `http://${header(':authority') ?? 'localhost'}${req.url}`,
+    };
     if (compression.response !== null) context.responseHeader.set(headerGrpcEncoding, compression.response.name);
-    contextValues.set(bodyKey, new ReplayableBody(request.body as AsyncIterable<Uint8Array>));
+    contextValues.set(bodyKey, new ReplayableBody(bodyOf(req)));
     let envelope: Uint8Array | undefined;
     try {
       await gate(context);
@@ -208,17 +209,19 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       const data = serialization.getO(binary).serialize(output);
       const enveloped = await envelopeCompress({ flags: 0, data }, compression.response, grpcOptions.compressMinBytes);
       envelope = encodeEnvelope(enveloped.flags, enveloped.data);
-      // Ends the call's signal. With a reason made once: the default, a DOMException with a
-      // stack trace, was built for every call (it showed in a profile of gRPC GetUser).
-      context.abort(CALL_COMPLETED);
     } catch (error) {
-      context.abort(error);
       setTrailerStatus(context.responseTrailer, error instanceof ConnectError ? error : new ConnectError('internal error', Code.Internal, undefined, undefined, error));
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
+      grpcOptions.shutdownSignal?.removeEventListener('abort', onShutdown);
     }
-    await universalResponseToNodeResponse(
-      { status: 200, header: context.responseHeader, body: createAsyncIterable(envelope === undefined ? [] : [envelope]), trailer: context.responseTrailer },
-      res,
-    );
+    // HTTP/2 only (see above).
+    const h2 = res as Http2ServerResponse;
+    if (h2.destroyed) return true;
+    h2.writeHead(200, webHeaderToNodeHeaders(context.responseHeader));
+    if (envelope !== undefined) h2.write(envelope);
+    h2.addTrailers(webHeaderToNodeHeaders(context.responseTrailer));
+    h2.end();
     return true;
   };
 
@@ -248,6 +251,40 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     }
     serveWithConnect(handler, req, res, contextValues);
   };
+}
+
+/**
+ * The request body as the gate reads it. A stream the client breaks off fails the read as
+ * connect-node's would: `aborted`, the client's doing, not the server's fault.
+ */
+async function* bodyOf(req: NodeRequest): AsyncIterable<Uint8Array> {
+  try {
+    for await (const chunk of req as AsyncIterable<Uint8Array>) yield chunk;
+  } catch (error) {
+    throw new ConnectError('the request body was cut short', Code.Aborted, undefined, undefined, error);
+  }
+}
+
+/** Fetch-API headers as Node's header object (a repeated name, set-cookie, as a list). */
+function webHeaderToNodeHeaders(header: Headers): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  header.forEach((value, name) => {
+    if (name !== 'set-cookie') out[name] = value;
+  });
+  const cookies = header.getSetCookie();
+  if (cookies.length > 0) out['set-cookie'] = cookies;
+  return out;
+}
+
+/** Node's request headers as Fetch-API headers, without HTTP/2's pseudo-headers. */
+function nodeHeaderToWebHeader(nodeHeaders: NodeRequest['headers']): Headers {
+  const header = new Headers();
+  for (const [name, value] of Object.entries(nodeHeaders)) {
+    if (name.startsWith(':') || value === undefined) continue;
+    if (typeof value === 'string') header.append(name, value);
+    else for (const one of value) header.append(name, one);
+  }
+  return header;
 }
 
 /** A unary method's implementation and its serializers. */

@@ -11,6 +11,7 @@ import { Code, ConnectError, type UnaryResponse } from '@connectrpc/connect';
 import { codeFromHttpStatus, findTrailerError } from '@connectrpc/connect/protocol-grpc';
 import { connect as connectHttp2, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import type { Duplex } from 'node:stream';
+import { webHeadersFromNode } from '../rpc/node-headers.ts';
 
 /** The length-prefixed message framing of gRPC: a flags byte, then a 32-bit big-endian length. */
 const FRAME_HEADER_BYTES = 5;
@@ -102,11 +103,11 @@ export class GrpcUnaryClient {
 
       stream.on('response', (headers) => {
         status = Number(headers[constants.HTTP2_HEADER_STATUS]);
-        responseHeader = toHeaders(headers);
+        responseHeader = webHeadersFromNode(headers);
       });
       stream.on('data', (chunk: Buffer) => chunks.push(chunk));
       stream.on('trailers', (headers: IncomingHttpHeaders) => {
-        trailer = toHeaders(headers);
+        trailer = webHeadersFromNode(headers);
       });
       stream.on('error', (error) => fail(this.#connectionFailure(error)));
       stream.on('close', () => {
@@ -202,14 +203,4 @@ function answer<I extends DescMessage, O extends DescMessage>(
   if (body.length !== FRAME_HEADER_BYTES + length) throw new ConnectError('protocol error: expected exactly one output message', Code.Unimplemented);
   const message = fromBinary(method.output, body.subarray(FRAME_HEADER_BYTES));
   return { stream: false, service: method.parent, method, header, message, trailer: trailer ?? new Headers() };
-}
-
-function toHeaders(fields: IncomingHttpHeaders): Headers {
-  const headers = new Headers();
-  for (const [name, value] of Object.entries(fields)) {
-    if (name.startsWith(':') || value === undefined) continue;
-    if (Array.isArray(value)) for (const item of value) headers.append(name, item);
-    else headers.set(name, value);
-  }
-  return headers;
 }

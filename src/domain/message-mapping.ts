@@ -35,6 +35,16 @@ import {
 import { FeatureSet_FieldPresence, timestampDate, timestampFromDate, TimestampSchema, type Timestamp } from '@bufbuild/protobuf/wkt';
 import { ValidationError } from './errors.ts';
 
+/**
+ * The value of a message field the other side always sets. proto3 cannot mark it required, so a
+ * missing one means that side is broken or of another version, not that the caller erred: a
+ * plain Error (an internal fault), never an error the client could have caused.
+ */
+export function requireField<T>(value: T | undefined, field: string): T {
+  if (value === undefined) throw new Error(`message lacks its required field ${field}`);
+  return value;
+}
+
 type Row = Record<string, unknown>;
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 

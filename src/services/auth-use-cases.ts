@@ -5,7 +5,7 @@ import { RegisterRequestSchema, SessionSchema, TokenPairSchema, type LoginReques
 import { StoredRegistrationSchema } from '../../gen/proto/arcana/internal/service/v1/stored_answers_pb.js';
 import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
-import { AuthenticationError, NotFoundError } from '../domain/errors.ts';
+import { AuthenticationError, InvalidTokenError, NotFoundError } from '../domain/errors.ts';
 import { rowMapping } from '../domain/message-mapping.ts';
 import { requireAdmin } from './access.ts';
 import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
@@ -130,18 +130,24 @@ export class AuthUseCases {
 
   /**
    * Resolves an access token to its caller. Rejects tokens that are forged, expired, of the wrong
-   * type, revoked (logout, rotation, revoke-all) or whose user is no longer active.
+   * type, revoked (logout, rotation, revoke-all) or whose user is no longer active, each as an
+   * InvalidTokenError: the token was presented and refused.
    */
   async authenticate(accessToken: string): Promise<Actor> {
-    const claims = this.#codec.verify(accessToken, 'access');
+    let claims;
+    try {
+      claims = this.#codec.verify(accessToken, 'access');
+    } catch (error) {
+      throw error instanceof AuthenticationError ? new InvalidTokenError(error.message) : error;
+    }
     // The session and the user are read together (one round trip to the cache when both are
     // there): the token's subject names the user its session belongs to.
     const [session, subject] = await Promise.all([this.#tokens.findByAccessHash(hashToken(accessToken)), this.#users.findProfile(claims.userId)]);
-    if (session === null || session.isRevoked) throw new AuthenticationError('Token has been revoked');
-    if (session.accessExpiresAt <= this.#now()) throw new AuthenticationError('Invalid or expired access token');
+    if (session === null || session.isRevoked) throw new InvalidTokenError('Token has been revoked');
+    if (session.accessExpiresAt <= this.#now()) throw new InvalidTokenError('Invalid or expired access token');
     const user = session.userId === claims.userId ? subject : await this.#users.findProfile(session.userId);
-    if (user === null) throw new AuthenticationError('Token has been revoked');
-    if (user.status !== 'ACTIVE') throw new AuthenticationError('Account is not active');
+    if (user === null) throw new InvalidTokenError('Token has been revoked');
+    if (user.status !== 'ACTIVE') throw new InvalidTokenError('Account is not active');
     return { userId: session.userId, role: roleToProto(user.role), sessionId: session.id };
   }
 

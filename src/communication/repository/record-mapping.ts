@@ -32,20 +32,13 @@ import {
   type UserRecord,
 } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { UserRole } from '../../../gen/proto/arcana/user/v1/user_pb.js';
-import { rowMapping } from '../../domain/message-mapping.ts';
+import { requireField, rowMapping } from '../../domain/message-mapping.ts';
 import type { AuditDetails, AuditFilter, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { NewTokenRecord, RevocationReason } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile } from '../../repositories/user-repository.ts';
 import { userSortOf } from '../../services/pagination.ts';
 
-/**
- * The value of a message field the API always sets. A missing one means the other side is broken
- * or of another version, not that the caller erred, so it is a plain Error (an internal fault).
- */
-export function requireField<T>(value: T | undefined, field: string): T {
-  if (value === undefined) throw new Error(`repository API message lacks its required field ${field}`);
-  return value;
-}
+export { requireField };
 
 /** A timestamp the API always sets, as a Date (milliseconds, as the database keeps them). */
 export function dateFromProto(timestamp: Timestamp | undefined, field: string): Date {

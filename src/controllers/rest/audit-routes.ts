@@ -2,7 +2,8 @@ import { Router } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
 import { AuditEventType } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { sendPage } from './envelope.ts';
-import { callOptions, present, requireBearer, type ServiceClients } from './service-call.ts';
+import { requireField } from '../../domain/message-mapping.ts';
+import { callOptions, requireBearer, type ServiceClients } from './service-call.ts';
 import { toRestAuditEvent, toRestPagination } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
@@ -24,7 +25,7 @@ export function createAuditRoutes({ audit }: ServiceClients): Router {
       },
       callOptions(req, res),
     );
-    sendPage(res, page.events.map(toRestAuditEvent), toRestPagination(present(page.pagination, 'pagination')));
+    sendPage(res, page.events.map(toRestAuditEvent), toRestPagination(requireField(page.pagination, 'pagination')));
   });
 
   return router;

@@ -1,7 +1,8 @@
 import { Router } from 'express';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import { sendSuccess, sendUser } from './envelope.ts';
-import { callOptions, present, requireBearer, type ServiceClients } from './service-call.ts';
+import { requireField } from '../../domain/message-mapping.ts';
+import { callOptions, requireBearer, type ServiceClients } from './service-call.ts';
 import { toRestSession, toRestTokenPair, toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
@@ -13,13 +14,13 @@ export function createAuthRoutes({ auth }: ServiceClients): Router {
   router.post('/register', async (req, res) => {
     const body = req.body as Schemas['RegisterRequest'];
     const { user, tokens } = await auth.register(body, callOptions(req, res, { idempotent: true }));
-    sendSuccess(res, { user: toRestUser(present(user, 'user')), tokens: toRestTokenPair(present(tokens, 'tokens')) }, 'User registered successfully', 201);
+    sendSuccess(res, { user: toRestUser(requireField(user, 'user')), tokens: toRestTokenPair(requireField(tokens, 'tokens')) }, 'User registered successfully', 201);
   });
 
   router.post('/login', async (req, res) => {
     const body = req.body as Schemas['LoginRequest'];
     const { user, tokens } = await auth.login(body, callOptions(req, res));
-    sendSuccess(res, { user: toRestUser(present(user, 'user')), tokens: toRestTokenPair(present(tokens, 'tokens')) }, 'Login successful');
+    sendSuccess(res, { user: toRestUser(requireField(user, 'user')), tokens: toRestTokenPair(requireField(tokens, 'tokens')) }, 'Login successful');
   });
 
   router.post('/logout', requireBearer, async (req, res) => {
@@ -30,12 +31,12 @@ export function createAuthRoutes({ auth }: ServiceClients): Router {
   router.post('/refresh', async (req, res) => {
     const body = req.body as Schemas['RefreshTokenRequest'];
     const { tokens } = await auth.refreshToken({ refreshToken: body.refreshToken }, callOptions(req, res));
-    sendSuccess(res, toRestTokenPair(present(tokens, 'tokens')), 'Token refreshed successfully');
+    sendSuccess(res, toRestTokenPair(requireField(tokens, 'tokens')), 'Token refreshed successfully');
   });
 
   router.get('/me', requireBearer, async (req, res) => {
     const { user } = await auth.getCurrentUser({}, callOptions(req, res));
-    sendUser(res, present(user, 'user'), 'User retrieved successfully');
+    sendUser(res, requireField(user, 'user'), 'User retrieved successfully');
   });
 
   router.get('/tokens', requireBearer, async (req, res) => {

@@ -42,12 +42,3 @@ export function callOptions(req: Request, res: Response, options: { idempotent?:
     },
   };
 }
-
-/**
- * A message field the service layer always sets. proto3 cannot mark it required, so an answer
- * without it comes from a broken or mismatched server: a fault (500), not the caller's doing.
- */
-export function present<T>(value: T | undefined, field: string): T {
-  if (value === undefined) throw new Error(`the service layer answered without ${field}`);
-  return value;
-}

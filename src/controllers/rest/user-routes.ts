@@ -3,7 +3,8 @@ import type { components, operations } from '../../../gen/openapi/schema.d.ts';
 import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
 import { PreconditionFailedError, ValidationError } from '../../domain/errors.ts';
 import { etagOf, sendPage, sendSuccess, sendUser } from './envelope.ts';
-import { callOptions, present, requireBearer, type ServiceClients } from './service-call.ts';
+import { requireField } from '../../domain/message-mapping.ts';
+import { callOptions, requireBearer, type ServiceClients } from './service-call.ts';
 import { roleFromRest, statusFromRest, toRestPagination, toRestSession, toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
@@ -68,18 +69,18 @@ export function createUserRoutes({ users, auth }: ServiceClients): Router {
       },
       callOptions(req, res),
     );
-    sendPage(res, page.users.map(toRestUser), toRestPagination(present(page.pagination, 'pagination')));
+    sendPage(res, page.users.map(toRestUser), toRestPagination(requireField(page.pagination, 'pagination')));
   });
 
   router.post('/', async (req, res) => {
     const body = req.body as Schemas['CreateUserRequest'];
     const { role, ...rest } = body;
     const { user } = await users.createUser({ ...rest, ...(role === undefined ? {} : { role: roleFromRest(role) }) }, callOptions(req, res, { idempotent: true }));
-    sendSuccess(res, toRestUser(present(user, 'user')), 'User created successfully', 201);
+    sendSuccess(res, toRestUser(requireField(user, 'user')), 'User created successfully', 201);
   });
 
   router.get('/:userId', async (req, res) => {
-    const user = present((await users.getUser({ userId: userIdOf(req) }, callOptions(req, res))).user, 'user');
+    const user = requireField((await users.getUser({ userId: userIdOf(req) }, callOptions(req, res))).user, 'user');
     if (notModified(req, user)) {
       res.setHeader('etag', etagOf(user));
       res.status(304).end();
@@ -91,7 +92,7 @@ export function createUserRoutes({ users, auth }: ServiceClients): Router {
   router.put('/:userId', async (req, res) => {
     const body = req.body as Schemas['UpdateUserRequest'];
     const { user } = await users.updateUser({ ...body, userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
-    sendUser(res, present(user, 'user'), 'User updated successfully');
+    sendUser(res, requireField(user, 'user'), 'User updated successfully');
   });
 
   router.delete('/:userId', async (req, res) => {
@@ -107,20 +108,20 @@ export function createUserRoutes({ users, auth }: ServiceClients): Router {
 
   router.post('/:userId/verify', async (req, res) => {
     const { user } = await users.verifyUser({ userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
-    sendUser(res, present(user, 'user'), 'User verified successfully');
+    sendUser(res, requireField(user, 'user'), 'User verified successfully');
   });
 
   router.put('/:userId/status', async (req, res) => {
     const body = req.body as Schemas['UpdateUserStatusRequest'];
     const request = { userId: userIdOf(req), status: statusFromRest(body.status), expectedVersion: expectedVersionOf(req) };
     const { user } = await users.updateUserStatus(request, callOptions(req, res));
-    sendUser(res, present(user, 'user'), 'User status updated successfully');
+    sendUser(res, requireField(user, 'user'), 'User status updated successfully');
   });
 
   router.put('/:userId/role', async (req, res) => {
     const body = req.body as Schemas['UpdateUserRoleRequest'];
     const { user } = await users.updateUserRole({ userId: userIdOf(req), role: roleFromRest(body.role), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
-    sendUser(res, present(user, 'user'), 'User role updated successfully');
+    sendUser(res, requireField(user, 'user'), 'User role updated successfully');
   });
 
   router.get('/:userId/sessions', async (req, res) => {

@@ -49,6 +49,7 @@ import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { AppError } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
+import { nodeHeadersFromWeb, webHeadersFromNode } from '../../rpc/node-headers.ts';
 import { toConnectError } from './interceptors.ts';
 import { createRequestDecoder } from './request-decoder.ts';
 
@@ -191,7 +192,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       signal: abort.signal,
       timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
       requestMethod: 'POST',
-      requestHeader: nodeHeaderToWebHeader(req.headers),
+      requestHeader: webHeadersFromNode(req.headers),
       responseHeader: new Headers({ 'content-type': binary ? contentTypeProto : contentTypeJson }),
       responseTrailer: new Headers({ [headerGrpcStatus]: grpcStatusOk }),
       protocolName: 'grpc',
@@ -218,9 +219,9 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     // HTTP/2 only (see above).
     const h2 = res as Http2ServerResponse;
     if (h2.destroyed) return true;
-    h2.writeHead(200, webHeaderToNodeHeaders(context.responseHeader));
+    h2.writeHead(200, nodeHeadersFromWeb(context.responseHeader));
     if (envelope !== undefined) h2.write(envelope);
-    h2.addTrailers(webHeaderToNodeHeaders(context.responseTrailer));
+    h2.addTrailers(nodeHeadersFromWeb(context.responseTrailer));
     h2.end();
     return true;
   };
@@ -263,28 +264,6 @@ async function* bodyOf(req: NodeRequest): AsyncIterable<Uint8Array> {
   } catch (error) {
     throw new ConnectError('the request body was cut short', Code.Aborted, undefined, undefined, error);
   }
-}
-
-/** Fetch-API headers as Node's header object (a repeated name, set-cookie, as a list). */
-function webHeaderToNodeHeaders(header: Headers): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  header.forEach((value, name) => {
-    if (name !== 'set-cookie') out[name] = value;
-  });
-  const cookies = header.getSetCookie();
-  if (cookies.length > 0) out['set-cookie'] = cookies;
-  return out;
-}
-
-/** Node's request headers as Fetch-API headers, without HTTP/2's pseudo-headers. */
-function nodeHeaderToWebHeader(nodeHeaders: NodeRequest['headers']): Headers {
-  const header = new Headers();
-  for (const [name, value] of Object.entries(nodeHeaders)) {
-    if (name.startsWith(':') || value === undefined) continue;
-    if (typeof value === 'string') header.append(name, value);
-    else for (const one of value) header.append(name, one);
-  }
-  return header;
 }
 
 /** A unary method's implementation and its serializers. */

@@ -4,7 +4,7 @@
 // a controller process in front of this one all hand over the caller in the call's context values.
 import type { HandlerContext } from '@connectrpc/connect';
 import type { Actor, ClientInfo } from '../../domain/actor.ts';
-import { AppError, AuthenticationError, InvalidTokenError } from '../../domain/errors.ts';
+import { AuthenticationError } from '../../domain/errors.ts';
 import { identifyCaller } from '../../infrastructure/call-context.ts';
 import { callerOf } from '../../rpc/caller.ts';
 import { IDEMPOTENT_REPLAYED_HEADER, idempotencyKeyOf } from '../../rpc/client-edge.ts';
@@ -17,13 +17,7 @@ export type Authenticator = Pick<AuthUseCases, 'authenticate'>;
 export async function authenticatedActor(ctx: HandlerContext, auth: Authenticator): Promise<Actor> {
   const { accessToken, client } = callerOf(ctx);
   if (accessToken === undefined) throw new AuthenticationError('Missing or invalid authorization header');
-  let actor: Actor;
-  try {
-    actor = await auth.authenticate(accessToken);
-  } catch (error) {
-    if (error instanceof AppError && error.code === 'AUTHENTICATION_ERROR' && !(error instanceof InvalidTokenError)) throw new InvalidTokenError(error.message);
-    throw error;
-  }
+  const actor = await auth.authenticate(accessToken);
   identifyCaller(actor.userId);
   return { ...actor, client };
 }

@@ -16,7 +16,7 @@ import { LoginRequestSchema, RegisterRequestSchema } from '../../gen/proto/arcan
 import { ListUsersRequestSchema, UpdateUserRequestSchema } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { loginAdmin, newUser, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { bearer, loginAdmin, newUser, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
 import { RawClient, RPC_PROTOCOLS, type RawAnswer, type RpcProtocol } from './raw-protocols.ts';
 
 const logLines: string[] = [];
@@ -70,6 +70,22 @@ const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value))
 
 /** The log lines of one request, by the x-request-id it sent. */
 const linesOf = (requestId: string) => logLines.filter((line) => line.includes(`"requestId":"${requestId}"`)).map((line) => JSON.parse(line) as Record<string, unknown>);
+
+describe('query names with brackets: unknown parameters, refused before anything is done', () => {
+  it('when a logout or a list carries a bracketed query name, in parallel, then 400 naming it, and the session is still live', async () => {
+    const victim = await register(t, newUser('brk'));
+    const [logout, injected, nested, list] = await Promise.all([
+      t.request.post('/api/v1/auth/logout?x_%3D%5B=1').set(...bearer(victim.accessToken)),
+      t.request.get('/api/v1/users?role[$ne]=ADMIN').set(...bearer(admin)),
+      t.request.get('/api/v1/users?q[a]=b').set(...bearer(admin)),
+      t.request.get('/api/v1/users?role=ADMIN').set(...bearer(admin)),
+    ]);
+    expect([logout.status, injected.status, nested.status, list.status]).toEqual([400, 400, 400, 200]);
+    expect(Object.keys((logout.body as { error: { details: object } }).error.details)).toEqual(['x_=[']);
+    expect(Object.keys((injected.body as { error: { details: object } }).error.details)).toEqual(['role[$ne]']);
+    expect((await t.request.get('/api/v1/auth/me').set(...bearer(victim.accessToken))).status).toBe(200);
+  });
+});
 
 describe('NUL in a string field: refused at the edge, before authentication and the database', () => {
   describe.each(PROTOCOLS)('over %s', (protocol) => {

@@ -9,17 +9,6 @@ export type DeploymentMode = (typeof DEPLOYMENT_MODES)[number];
 export const DEPLOYMENT_LAYERS = ['monolithic', 'controller', 'service', 'repository', 'auth-service', 'user-service'] as const;
 export type DeploymentLayer = (typeof DEPLOYMENT_LAYERS)[number];
 
-/**
- * The V8 heap settings every server process runs with: `npm start`, the Dockerfile's CMD and
- * scripts/topology.ts pass them on the command line (V8 sizes the young generation when the
- * isolate is created, so they cannot be set from inside the process), and the deployment-files
- * test checks that the three agree. V8's defaults let a busy server's heap grow to ~2.5× what it
- * holds live (a 64 MB semi-space and a 4× growth factor for the old generation: 475 MB RSS after
- * 16 s of GET user and pages, 62 MB live); these hold it at ~260 MB for ~3 points more of the main
- * thread in the garbage collector (README, "Issue 10: memory").
- */
-export const SERVER_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=16', '--heap-growing-percent=50'];
-
 /** The variables that list the base URLs of the processes a layer calls. */
 export const URL_VARIABLES = ['SERVICE_URLS', 'AUTH_SERVICE_URLS', 'USER_SERVICE_URLS', 'REPOSITORY_URLS'] as const;
 export type UrlVariable = (typeof URL_VARIABLES)[number];

@@ -317,6 +317,40 @@ describe('bodies the decoder cannot take: invalid_argument, logged and rate limi
   });
 });
 
+describe('envelopes that lie about their messages: gRPC over HTTP/2 answers as gRPC-Web (connect-es) does', () => {
+  // Unary gRPC over HTTP/2 reads and splits its body in rpc-node-handler.ts and request-decoder.ts;
+  // gRPC-Web (HTTP/1.1) still goes through connect-es. The same lie must get the same code on both.
+  const message = binary(LoginRequestSchema, { usernameOrEmail: 'framing_victim', password: 'Passw0rd!' });
+  const header = (flags: number, length: number) => {
+    const bytes = new Uint8Array(5);
+    bytes[0] = flags;
+    new DataView(bytes.buffer).setUint32(1, length);
+    return bytes;
+  };
+  const join = (...parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
+  const lies: { key: string; frame: (body: Uint8Array) => Uint8Array; code: string }[] = [
+    { key: 'message-shorter-than-its-length', frame: (body) => body.subarray(0, body.length - 3), code: 'invalid_argument' },
+    { key: 'header-cut', frame: (body) => body.subarray(0, 3), code: 'invalid_argument' },
+    { key: 'bytes-after-the-message', frame: (body) => join(body, new Uint8Array([0, 0, 1])), code: 'invalid_argument' },
+    { key: 'two-messages', frame: (body) => join(body, body), code: 'unimplemented' },
+    { key: 'no-message', frame: () => new Uint8Array(0), code: 'unimplemented' },
+    { key: 'length-over-the-limit', frame: () => join(header(0, 200_000), message), code: 'resource_exhausted' },
+    { key: 'length-over-4-GiB-minus-one', frame: () => join(header(0, 0xffffffff), message), code: 'resource_exhausted' },
+  ];
+
+  it('when each lie is sent in parallel over gRPC and gRPC-Web, then both answer it with the same code, never internal, and the next call is answered', async () => {
+    const procedure = 'arcana.auth.v1.AuthService/Login';
+    const answers = await Promise.all(
+      (['grpc', 'grpc-web'] as const).flatMap((protocol) =>
+        lies.map(async ({ key, frame }) => ({ protocol, key, code: (await raw.rpc(protocol, procedure, message, { frame })).code })),
+      ),
+    );
+    expect(answers).toEqual((['grpc', 'grpc-web'] as const).flatMap((protocol) => lies.map(({ key, code }) => ({ protocol, key, code }))));
+    // The same HTTP/2 session still serves a well-framed call: a wrong password, as any client sees it.
+    expect((await raw.rpc('grpc', procedure, message)).code).toBe('unauthenticated');
+  });
+});
+
 describe('Connect JSON: unknown enum names and keys are refused, not dropped (defect 12)', () => {
   it('when ListUsers filters by the REST spelling GUEST or ListAuditEvents by USER_DELETED, then invalid_argument naming the field, not every row', async () => {
     const post = (procedure: string, body: unknown) => raw.rpc('connect-json', procedure, json(body), { token: admin });

@@ -17,10 +17,7 @@ import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
 import {
   compressedFlag,
   compressionNegotiate,
-  createAsyncIterable,
   createMethodSerializationLookup,
-  pipe,
-  transformSplitEnvelope,
   type Compression,
   type MethodSerializationLookup as GenericSerializationLookup,
 } from '@connectrpc/connect/protocol';
@@ -164,7 +161,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
       throw new ConnectError(`message size is larger than configured readMaxBytes ${options.readMaxBytes}`, Code.ResourceExhausted);
     }
     const messages: Uint8Array[] = [];
-    for await (const envelope of pipe(createAsyncIterable([bytes]), transformSplitEnvelope(options.readMaxBytes))) {
+    for (const envelope of splitEnvelopes(bytes, options.readMaxBytes)) {
       // A Connect stream's end-of-stream envelope carries no message; connect-es skips it.
       if (context.protocolName === 'connect' && (envelope.flags & endStreamFlag) === endStreamFlag) continue;
       if ((envelope.flags & compressedFlag) === compressedFlag && compression === null) {
@@ -178,6 +175,27 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
     if (messages.length > 1) throw new ConnectError(`protocol error: received extra input message for ${kind} method`, Code.Unimplemented);
     return parse(method, binary, messages[0] ?? new Uint8Array(0));
   };
+}
+
+/**
+ * The enveloped messages of a body read in full, with connect-es's errors for a message over the
+ * limit and for bytes left over; connect-es splits them with a chain of async generators, which
+ * a body already in memory does not need.
+ */
+export function splitEnvelopes(bytes: Uint8Array, readMaxBytes: number): { flags: number; data: Uint8Array }[] {
+  const envelopes: { flags: number; data: Uint8Array }[] = [];
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let offset = 0;
+  while (bytes.byteLength - offset >= ENVELOPE_HEADER_BYTES) {
+    const length = view.getUint32(offset + 1);
+    if (length > readMaxBytes) throw new ConnectError(`message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted);
+    const start = offset + ENVELOPE_HEADER_BYTES;
+    if (bytes.byteLength - start < length) break;
+    envelopes.push({ flags: view.getUint8(offset), data: bytes.subarray(start, start + length) });
+    offset = start + length;
+  }
+  if (offset < bytes.byteLength) throw new ConnectError('protocol error: incomplete envelope', Code.InvalidArgument);
+  return envelopes;
 }
 
 function parseBinary(serialization: MethodSerializationLookup, bytes: Uint8Array): Message {

@@ -72,8 +72,13 @@ export interface RpcNodeHandlerOptions extends ConnectNodeAdapterOptions {
   strictJson?: boolean;
 }
 
+/** The request body as the gate reads it: in full, within a limit. */
+interface GateBody {
+  read(maxBytes: number, lengthHint: string | null): Promise<Uint8Array>;
+}
+
 /** The request body, buffered when the gate has read it, so that connect-es reads the same bytes. */
-class ReplayableBody implements AsyncIterable<Uint8Array> {
+class ReplayableBody implements GateBody, AsyncIterable<Uint8Array> {
   readonly #source: AsyncIterable<Uint8Array>;
   #bytes: Uint8Array | undefined;
 
@@ -93,7 +98,7 @@ class ReplayableBody implements AsyncIterable<Uint8Array> {
   }
 }
 
-const bodyKey = createContextKey<ReplayableBody | undefined>(undefined, { description: 'the raw request body, for the gate' });
+const bodyKey = createContextKey<GateBody | undefined>(undefined, { description: 'the raw request body, for the gate' });
 
 /** The request message as the gate decoded it, for the gRPC unary path below. */
 const decodedKey = createContextKey<Message | undefined>(undefined, { description: 'the request message the gate decoded' });
@@ -200,7 +205,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       url: `http://${header(':authority') ?? 'localhost'}${req.url}`,
     };
     if (compression.response !== null) context.responseHeader.set(headerGrpcEncoding, compression.response.name);
-    contextValues.set(bodyKey, new ReplayableBody(bodyOf(req)));
+    contextValues.set(bodyKey, { read: (maxBytes, lengthHint) => readNodeBody(req, maxBytes, lengthHint) });
     let envelope: Uint8Array | undefined;
     try {
       await gate(context);
@@ -255,15 +260,53 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
 }
 
 /**
- * The request body as the gate reads it. A stream the client breaks off fails the read as
- * connect-node's would: `aborted`, the client's doing, not the server's fault.
+ * The whole body of a unary call, read from the Node stream's events with the limits and errors
+ * of connect-es's `readAllBytes` (which would read it through two async generators): a body over
+ * `maxBytes` is `resource_exhausted`, one that breaks a valid length hint `invalid_argument`, and
+ * the stream is destroyed when the read gives up early, as the iterator's return would. A stream
+ * the client breaks off fails the read as connect-node's would: `aborted`, the client's doing, not
+ * the server's fault.
  */
-async function* bodyOf(req: NodeRequest): AsyncIterable<Uint8Array> {
-  try {
-    for await (const chunk of req as AsyncIterable<Uint8Array>) yield chunk;
-  } catch (error) {
-    throw new ConnectError('the request body was cut short', Code.Aborted, undefined, undefined, error);
+function readNodeBody(req: NodeRequest, maxBytes: number, lengthHint: string | null): Promise<Uint8Array> {
+  const hint = lengthHint === null ? Number.NaN : Number.parseInt(lengthHint, 10);
+  const promised = Number.isSafeInteger(hint) && hint >= 0 ? hint : undefined;
+  // The client reset the stream while the gate was admitting the call: no event is coming.
+  if (req.destroyed) return Promise.reject(new ConnectError('the request body was cut short', Code.Aborted));
+  if (promised !== undefined && promised > maxBytes) {
+    return Promise.reject(new ConnectError(`message size ${promised} is larger than configured readMaxBytes ${maxBytes}`, Code.ResourceExhausted));
   }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let count = 0;
+    const stop = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+      req.off('close', onClose);
+    };
+    const giveUp = (error: ConnectError) => {
+      stop();
+      req.destroy();
+      reject(error);
+    };
+    const onData = (chunk: Buffer) => {
+      count += chunk.byteLength;
+      if (promised !== undefined && count > promised) giveUp(new ConnectError(`protocol error: promised ${promised} bytes, received ${count}`, Code.InvalidArgument));
+      else if (promised === undefined && count > maxBytes) giveUp(new ConnectError(`message size is larger than configured readMaxBytes ${maxBytes}`, Code.ResourceExhausted));
+      else chunks.push(chunk);
+    };
+    const onEnd = () => {
+      stop();
+      if (promised !== undefined && count < promised) reject(new ConnectError(`protocol error: promised ${promised} bytes, received ${count}`, Code.InvalidArgument));
+      else resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, count));
+    };
+    const onError = (error: Error) => giveUp(new ConnectError('the request body was cut short', Code.Aborted, undefined, undefined, error));
+    const onClose = () => giveUp(new ConnectError('the request body was cut short', Code.Aborted));
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('error', onError);
+    req.once('close', onClose);
+  });
 }
 
 /** A unary method's implementation and its serializers. */

@@ -10,7 +10,7 @@
 import { create, toBinary, type DescMessage, type MessageInitShape } from '@bufbuild/protobuf';
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import net from 'node:net';
-import { gzipSync } from 'node:zlib';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LoginRequestSchema, RegisterRequestSchema } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { ListUsersRequestSchema, UpdateUserRequestSchema } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
@@ -348,6 +348,40 @@ describe('envelopes that lie about their messages: gRPC over HTTP/2 answers as g
     expect(answers).toEqual((['grpc', 'grpc-web'] as const).flatMap((protocol) => lies.map(({ key, code }) => ({ protocol, key, code }))));
     // The same HTTP/2 session still serves a well-framed call: a wrong password, as any client sees it.
     expect((await raw.rpc('grpc', procedure, message)).code).toBe('unauthenticated');
+  });
+});
+
+describe('protocol headers on the unary fast paths: read as connect-es reads them', () => {
+  // Unary gRPC over HTTP/2 and unary Connect POSTs are answered in rpc-node-handler.ts; gRPC-Web
+  // and what those paths decline go through connect-es. Header names arrive lower-cased.
+  const login = binary(LoginRequestSchema, { usernameOrEmail: 'header_victim', password: 'Passw0rd!' });
+  const procedure = 'arcana.auth.v1.AuthService/Login';
+
+  it('when deadlines are malformed, in parallel over every RPC protocol, then each is refused invalid_argument before any password is compared', async () => {
+    const answers = await Promise.all(
+      RPC_PROTOCOLS.map(async (protocol) => {
+        const headers = protocol.startsWith('connect') ? { 'connect-timeout-ms': 'soon' } : { 'grpc-timeout': 'soon' };
+        const payload = protocol === 'connect-json' ? json({ usernameOrEmail: 'header_victim', password: 'Passw0rd!' }) : login;
+        return { protocol, code: (await raw.rpc(protocol, procedure, payload, { headers })).code };
+      }),
+    );
+    expect(answers).toEqual(RPC_PROTOCOLS.map((protocol) => ({ protocol, code: 'invalid_argument' })));
+  });
+
+  it('when a Connect client accepts gzip, then a large answer comes compressed over HTTP/1.1 and HTTP/2 alike, and decodes to the same page', async () => {
+    // More than connect-es's 1 KiB threshold for compressing an answer.
+    for (let i = 0; i < 4; i++) await register(t, newUser('gzip_page'));
+    const headers = { 'content-type': 'application/json', 'accept-encoding': 'gzip', authorization: `Bearer ${admin}` };
+    const body = json({ page: 1, perPage: 20 });
+    const path = '/arcana.user.v1.UserService/ListUsers';
+    const [overHttp1, overHttp2] = await Promise.all([raw.http1('POST', path, headers, body), raw.http2('POST', path, headers, body)]);
+    const pages = [overHttp1, overHttp2].map((answer) => {
+      expect({ status: answer.status, encoding: answer.headers.get('content-encoding') }).toEqual({ status: 200, encoding: 'gzip' });
+      expect(Number(answer.headers.get('content-length'))).toBe(answer.body.byteLength);
+      return JSON.parse(gunzipSync(answer.body).toString('utf8')) as { users: { id: string }[] };
+    });
+    expect(pages[0]?.users.length).toBeGreaterThan(0);
+    expect(pages[1]).toEqual(pages[0]);
   });
 });
 

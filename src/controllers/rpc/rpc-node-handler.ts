@@ -7,7 +7,8 @@
 // 2. the body is read once and decoded as connect-es will decode it (request-decoder.ts), and
 //    what does not decode is answered as the client's error;
 // 3. connect-es is handed the same bytes and decodes them again, now certain to succeed;
-//    except unary gRPC calls, which are served here from the decoded message (serveGrpcUnary).
+//    except unary gRPC calls over HTTP/2 and unary Connect POSTs, which are served here from the
+//    decoded message (serveGrpcUnary, serveConnectUnary).
 // A call the gate refuses never reaches the interceptors, so the gate logs it: one line, like
 // the request-context interceptor's, and no stack unless the server itself failed.
 import type { DescService, Message } from '@bufbuild/protobuf';
@@ -28,9 +29,23 @@ import {
   encodeEnvelope,
   envelopeCompress,
   invokeUnaryImplementation,
+  mergeNonProtocolHeaders,
   readAllBytes,
   validateUniversalHandlerOptions,
 } from '@connectrpc/connect/protocol';
+import {
+  codeToHttpStatus,
+  contentTypeUnaryJson,
+  contentTypeUnaryProto,
+  errorToJsonBytes,
+  headerTimeout as headerConnectTimeout,
+  headerUnaryAcceptEncoding,
+  headerUnaryContentLength,
+  headerUnaryEncoding,
+  parseContentType as parseConnectContentType,
+  parseTimeout as parseConnectTimeout,
+  trailerMux,
+} from '@connectrpc/connect/protocol-connect';
 import {
   contentTypeJson,
   contentTypeProto,
@@ -138,9 +153,9 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
 
   const routerOptions = { ...adapterOptions, acceptCompression, jsonOptions, requestGate: gate };
   const router = createConnectRouter(routerOptions);
-  // The unary methods' implementations, for the gRPC unary path: every service is registered
+  // The unary methods' implementations, for the unary paths below: every service is registered
   // with the router's own options (no per-service options), so one set of options serves all.
-  const unaryGrpc = new Map<string, GrpcUnaryMethod>();
+  const unaryMethods = new Map<string, UnaryMethod>();
   const grpcOptions = validateUniversalHandlerOptions(routerOptions);
   const register = router.service;
   router.service = (service: DescService, implementation: Partial<ServiceImpl<DescService>>, options?: unknown) => {
@@ -149,7 +164,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       for (const method of Object.values(spec.methods)) {
         if (method.kind !== 'unary') continue;
         const serialization = createMethodSerializationLookup(method.method, grpcOptions.binaryOptions, grpcOptions.jsonOptions, grpcOptions);
-        unaryGrpc.set(`/${service.typeName}/${method.method.name}`, { spec: method, serialization });
+        unaryMethods.set(`/${service.typeName}/${method.method.name}`, { spec: method, serialization });
       }
     }
     return (register as (...args: unknown[]) => typeof router)(service, implementation, options);
@@ -157,6 +172,66 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
   adapterOptions.routes(router);
   router.service = register;
   const handlers = new Map(router.handlers.map((handler) => [handler.requestPath, handler]));
+
+  /** A request header; Node lower-cases the names, connect-es's constants are capitalised. */
+  const headerOf = (req: NodeRequest, name: string): string | null => {
+    const value = req.headers[name.toLowerCase()];
+    return typeof value === 'string' ? value : null;
+  };
+
+  /**
+   * The handler context of a unary call served here, and what to release when it is answered.
+   * Its signal aborts when the client goes away (the response closes unanswered), when the
+   * deadline passes, or when the server shuts down; never on an answered call (connect-es aborts
+   * it after every call, which builds a DOMException each time).
+   */
+  const startUnaryCall = (
+    method: UnaryMethod,
+    req: NodeRequest,
+    res: NodeResponse,
+    contextValues: ContextValues,
+    protocolName: 'grpc' | 'connect',
+    timeoutMs: number | undefined,
+    responseHeader: Headers,
+    responseTrailer: Headers,
+  ): { context: HandlerContext; release: () => void } => {
+    const abort = new AbortController();
+    const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
+    const onClose = () => {
+      if (!res.writableEnded) abort.abort(new ConnectError('the client cancelled the call', Code.Canceled));
+    };
+    res.once('close', onClose);
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => abort.abort(new ConnectError('the operation timed out', Code.DeadlineExceeded)), timeoutMs);
+    const onShutdown = () => abort.abort(new ConnectError('the server is shutting down', Code.Unavailable));
+    grpcOptions.shutdownSignal?.addEventListener('abort', onShutdown, { once: true });
+    const context: HandlerContext = {
+      service: method.spec.method.parent,
+      method: method.spec.method,
+      signal: abort.signal,
+      timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
+      requestMethod: req.method ?? 'POST',
+      requestHeader: webHeadersFromNode(req.headers),
+      responseHeader,
+      responseTrailer,
+      protocolName,
+      values: contextValues,
+      url: `http://${headerOf(req, ':authority') ?? headerOf(req, 'host') ?? 'localhost'}${req.url}`,
+    };
+    contextValues.set(bodyKey, { read: (maxBytes, lengthHint) => readNodeBody(req, maxBytes, lengthHint) });
+    const release = () => {
+      if (timer !== undefined) clearTimeout(timer);
+      grpcOptions.shutdownSignal?.removeEventListener('abort', onShutdown);
+    };
+    return { context, release };
+  };
+
+  /** The gate (admission, body read and decode), then the implementation through the interceptors. */
+  const invokeUnary = async (method: UnaryMethod, context: HandlerContext): Promise<Message> => {
+    await gate(context);
+    const input = context.values.get(decodedKey);
+    if (input === undefined) throw new ConnectError('protocol error: missing input message for unary method', Code.Unimplemented);
+    return invokeUnaryImplementation(method.spec, context, input, grpcOptions.interceptors);
+  };
 
   /**
    * A unary gRPC call over HTTP/2, served as connect-es's gRPC handler serves it, without its
@@ -169,57 +244,24 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
    * in the trailers, as connect-es writes them. Calls this path does not cover (HTTP/1.1, a
    * compressed request, a malformed grpc-timeout) go to connect-es, which answers them as before.
    */
-  const serveGrpcUnary = async (method: GrpcUnaryMethod, req: NodeRequest, res: NodeResponse, contextValues: ContextValues, binary: boolean): Promise<boolean> => {
+  const serveGrpcUnary = async (method: UnaryMethod, req: NodeRequest, res: NodeResponse, contextValues: ContextValues, binary: boolean): Promise<boolean> => {
     if (req.httpVersionMajor !== 2) return false;
-    const header = (name: string) => {
-      const value = req.headers[name];
-      return typeof value === 'string' ? value : null;
-    };
-    const timeout = parseTimeout(header(headerGrpcTimeout), grpcOptions.maxTimeoutMs);
-    const compression = compressionNegotiate(grpcOptions.acceptCompression, header(headerGrpcEncoding), header(headerGrpcAcceptEncoding), headerGrpcAcceptEncoding);
+    const timeout = parseTimeout(headerOf(req, headerGrpcTimeout), grpcOptions.maxTimeoutMs);
+    const compression = compressionNegotiate(grpcOptions.acceptCompression, headerOf(req, headerGrpcEncoding), headerOf(req, headerGrpcAcceptEncoding), headerGrpcAcceptEncoding);
     if (timeout.error !== undefined || compression.error !== undefined || compression.request !== null) return false;
-    const { spec, serialization } = method;
-    // The call's signal: aborted when the client goes away (the stream closes unanswered), when
-    // its deadline passes, or when the server shuts down; never on an answered call.
-    const abort = new AbortController();
-    const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
-    const onClose = () => {
-      if (!res.writableEnded) abort.abort(new ConnectError('the client cancelled the call', Code.Canceled));
-    };
-    res.once('close', onClose);
-    const timer =
-      timeout.timeoutMs === undefined ? undefined : setTimeout(() => abort.abort(new ConnectError('the operation timed out', Code.DeadlineExceeded)), timeout.timeoutMs);
-    const onShutdown = () => abort.abort(new ConnectError('the server is shutting down', Code.Unavailable));
-    grpcOptions.shutdownSignal?.addEventListener('abort', onShutdown, { once: true });
-    const context: HandlerContext = {
-      service: spec.method.parent,
-      method: spec.method,
-      signal: abort.signal,
-      timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
-      requestMethod: 'POST',
-      requestHeader: webHeadersFromNode(req.headers),
-      responseHeader: new Headers({ 'content-type': binary ? contentTypeProto : contentTypeJson }),
-      responseTrailer: new Headers({ [headerGrpcStatus]: grpcStatusOk }),
-      protocolName: 'grpc',
-      values: contextValues,
-      url: `http://${header(':authority') ?? 'localhost'}${req.url}`,
-    };
-    if (compression.response !== null) context.responseHeader.set(headerGrpcEncoding, compression.response.name);
-    contextValues.set(bodyKey, { read: (maxBytes, lengthHint) => readNodeBody(req, maxBytes, lengthHint) });
+    const responseHeader = new Headers({ 'content-type': binary ? contentTypeProto : contentTypeJson });
+    if (compression.response !== null) responseHeader.set(headerGrpcEncoding, compression.response.name);
+    const { context, release } = startUnaryCall(method, req, res, contextValues, 'grpc', timeout.timeoutMs, responseHeader, new Headers({ [headerGrpcStatus]: grpcStatusOk }));
     let envelope: Uint8Array | undefined;
     try {
-      await gate(context);
-      const input = contextValues.get(decodedKey);
-      if (input === undefined) throw new ConnectError('protocol error: missing input message for unary method', Code.Unimplemented);
-      const output = await invokeUnaryImplementation(spec, context, input, grpcOptions.interceptors);
-      const data = serialization.getO(binary).serialize(output);
+      const output = await invokeUnary(method, context);
+      const data = method.serialization.getO(binary).serialize(output);
       const enveloped = await envelopeCompress({ flags: 0, data }, compression.response, grpcOptions.compressMinBytes);
       envelope = encodeEnvelope(enveloped.flags, enveloped.data);
     } catch (error) {
       setTrailerStatus(context.responseTrailer, error instanceof ConnectError ? error : new ConnectError('internal error', Code.Internal, undefined, undefined, error));
     } finally {
-      if (timer !== undefined) clearTimeout(timer);
-      grpcOptions.shutdownSignal?.removeEventListener('abort', onShutdown);
+      release();
     }
     // HTTP/2 only (see above).
     const h2 = res as Http2ServerResponse;
@@ -228,6 +270,55 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     if (envelope !== undefined) h2.write(envelope);
     h2.addTrailers(nodeHeadersFromWeb(context.responseTrailer));
     h2.end();
+    return true;
+  };
+
+  /**
+   * A unary Connect POST (HTTP/1.1 or HTTP/2), served as connect-es's Connect handler serves it:
+   * the answer is the message itself, or the error as JSON with the HTTP status of its code;
+   * trailers travel as `trailer-` headers; the answer is compressed as the client accepts, above
+   * the same threshold. Without connect-node's adapter (async iterables, WHATWG request and
+   * response objects, an AbortController aborted after every call). GETs, a malformed
+   * connect-timeout-ms, an encoding this server does not speak and a server that requires the
+   * protocol-version header go to connect-es.
+   */
+  const serveConnectUnary = async (method: UnaryMethod, req: NodeRequest, res: NodeResponse, contextValues: ContextValues, binary: boolean): Promise<boolean> => {
+    if (grpcOptions.requireConnectProtocolHeader) return false;
+    // connect-node cannot form the URL of an HTTP/1.0 request without a Host header: a 400 there.
+    if (req.httpVersionMajor !== 2 && headerOf(req, 'host') === null) return false;
+    const timeout = parseConnectTimeout(headerOf(req, headerConnectTimeout), grpcOptions.maxTimeoutMs);
+    const compression = compressionNegotiate(
+      grpcOptions.acceptCompression,
+      headerOf(req, headerUnaryEncoding),
+      headerOf(req, headerUnaryAcceptEncoding),
+      headerUnaryAcceptEncoding,
+    );
+    if (timeout.error !== undefined || compression.error !== undefined) return false;
+    const responseHeader = new Headers({ 'content-type': binary ? contentTypeUnaryProto : contentTypeUnaryJson });
+    const { context, release } = startUnaryCall(method, req, res, contextValues, 'connect', timeout.timeoutMs, responseHeader, new Headers());
+    let status = 200;
+    let body: Uint8Array;
+    try {
+      const output = await invokeUnary(method, context);
+      body = method.serialization.getO(binary).serialize(output);
+    } catch (error) {
+      const connectError = error instanceof ConnectError ? error : new ConnectError('internal error', Code.Internal, undefined, undefined, error);
+      status = codeToHttpStatus(connectError.code);
+      context.responseHeader.set('content-type', contentTypeUnaryJson);
+      if (!connectError.isWireError) mergeNonProtocolHeaders(context.responseHeader, connectError.metadata);
+      body = errorToJsonBytes(connectError, grpcOptions.jsonOptions);
+    } finally {
+      release();
+    }
+    if (compression.response !== null && body.byteLength >= grpcOptions.compressMinBytes) {
+      body = await compression.response.compress(body);
+      context.responseHeader.set(headerUnaryEncoding, compression.response.name);
+    }
+    const header = trailerMux(context.responseHeader, context.responseTrailer);
+    header.set(headerUnaryContentLength, String(body.byteLength));
+    if (res.destroyed) return true;
+    (res as ServerResponse).writeHead(status, nodeHeadersFromWeb(header));
+    (res as ServerResponse).end(body);
     return true;
   };
 
@@ -243,17 +334,27 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       return;
     }
     const contextValues = adapterOptions.contextValues?.(req) ?? createContextValues();
-    const unary = req.method === 'POST' ? unaryGrpc.get(handler.requestPath) : undefined;
-    const grpcType = unary === undefined ? undefined : parseGrpcContentType(req.headers['content-type'] ?? null);
-    if (unary !== undefined && grpcType !== undefined) {
-      serveGrpcUnary(unary, req, res, contextValues, grpcType.binary)
-        .then((served) => {
-          if (!served) serveWithConnect(handler, req, res, contextValues);
-        })
-        .catch((reason: unknown) => {
-          if (ConnectError.from(reason).code !== Code.Aborted) res.destroy();
-        });
-      return;
+    const unary = req.method === 'POST' ? unaryMethods.get(handler.requestPath) : undefined;
+    if (unary !== undefined) {
+      const contentType = req.headers['content-type'] ?? null;
+      const grpcType = parseGrpcContentType(contentType);
+      const connectType = grpcType === undefined ? parseConnectContentType(contentType) : undefined;
+      const served =
+        grpcType !== undefined
+          ? serveGrpcUnary(unary, req, res, contextValues, grpcType.binary)
+          : connectType !== undefined && !connectType.stream
+            ? serveConnectUnary(unary, req, res, contextValues, connectType.binary)
+            : undefined;
+      if (served !== undefined) {
+        served
+          .then((done) => {
+            if (!done) serveWithConnect(handler, req, res, contextValues);
+          })
+          .catch((reason: unknown) => {
+            if (ConnectError.from(reason).code !== Code.Aborted) res.destroy();
+          });
+        return;
+      }
     }
     serveWithConnect(handler, req, res, contextValues);
   };
@@ -262,8 +363,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
 /**
  * The whole body of a unary call, read from the Node stream's events with the limits and errors
  * of connect-es's `readAllBytes` (which would read it through two async generators): a body over
- * `maxBytes` is `resource_exhausted`, one that breaks a valid length hint `invalid_argument`, and
- * the stream is destroyed when the read gives up early, as the iterator's return would. A stream
+ * `maxBytes` is `resource_exhausted`, one that breaks a valid length hint `invalid_argument`. A stream
  * the client breaks off fails the read as connect-node's would: `aborted`, the client's doing, not
  * the server's fault.
  */
@@ -284,9 +384,11 @@ function readNodeBody(req: NodeRequest, maxBytes: number, lengthHint: string | n
       req.off('error', onError);
       req.off('close', onClose);
     };
+    // A body over its limit is answered at once; the rest of it is read and dropped, so that an
+    // HTTP/1.1 connection stays usable (destroying the request would reset it under the client).
     const giveUp = (error: ConnectError) => {
       stop();
-      req.destroy();
+      req.resume();
       reject(error);
     };
     const onData = (chunk: Buffer) => {
@@ -300,8 +402,14 @@ function readNodeBody(req: NodeRequest, maxBytes: number, lengthHint: string | n
       if (promised !== undefined && count < promised) reject(new ConnectError(`protocol error: promised ${promised} bytes, received ${count}`, Code.InvalidArgument));
       else resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, count));
     };
-    const onError = (error: Error) => giveUp(new ConnectError('the request body was cut short', Code.Aborted, undefined, undefined, error));
-    const onClose = () => giveUp(new ConnectError('the request body was cut short', Code.Aborted));
+    const onError = (error: Error) => {
+      stop();
+      reject(new ConnectError('the request body was cut short', Code.Aborted, undefined, undefined, error));
+    };
+    const onClose = () => {
+      stop();
+      reject(new ConnectError('the request body was cut short', Code.Aborted));
+    };
     req.on('data', onData);
     req.once('end', onEnd);
     req.once('error', onError);
@@ -310,7 +418,7 @@ function readNodeBody(req: NodeRequest, maxBytes: number, lengthHint: string | n
 }
 
 /** A unary method's implementation and its serializers. */
-interface GrpcUnaryMethod {
+interface UnaryMethod {
   spec: Extract<ReturnType<typeof createServiceImplSpec>['methods'][string], { kind: 'unary' }>;
   serialization: ReturnType<typeof createMethodSerializationLookup>;
 }

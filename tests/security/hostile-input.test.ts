@@ -360,7 +360,7 @@ describe('protocol headers on the unary fast paths: read as connect-es reads the
   it('when deadlines are malformed, in parallel over every RPC protocol, then each is refused invalid_argument before any password is compared', async () => {
     const answers = await Promise.all(
       RPC_PROTOCOLS.map(async (protocol) => {
-        const headers = protocol.startsWith('connect') ? { 'connect-timeout-ms': 'soon' } : { 'grpc-timeout': 'soon' };
+        const headers: Record<string, string> = protocol.startsWith('connect') ? { 'connect-timeout-ms': 'soon' } : { 'grpc-timeout': 'soon' };
         const payload = protocol === 'connect-json' ? json({ usernameOrEmail: 'header_victim', password: 'Passw0rd!' }) : login;
         return { protocol, code: (await raw.rpc(protocol, procedure, payload, { headers })).code };
       }),

@@ -1,6 +1,7 @@
 // Configuration: read once from the environment, validated, and passed down explicitly.
 // Nothing else in src/ reads process.env.
 import { z } from 'zod';
+import { compileTrust } from './infrastructure/client-address.ts';
 import { DEPLOYMENT_LAYERS, DEPLOYMENT_MODES, holdingsOf, layerSpec, URL_VARIABLES, type DeploymentLayer, type UrlVariable } from './topology.ts';
 
 const DEV_JWT_SECRET = 'arcana-development-secret-do-not-use-in-production';
@@ -57,7 +58,21 @@ const EnvSchema = z.object({
   OTEL_SERVICE_NAME: z.string().min(1).optional(),
   OTEL_BSP_SCHEDULE_DELAY: int(5_000, 0, 600_000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  TRUST_PROXY: z.string().default('false'),
+  TRUST_PROXY: z
+    .string()
+    .default('false')
+    .superRefine((value, ctx) => {
+      // Addresses and subnets are compiled here, so that a typo stops the start before anything
+      // else runs, named as a setting, rather than as a TypeError after the migrations.
+      try {
+        compileTrust(parseTrustProxy(value));
+      } catch (error) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `must be true, false, a number of hops, or comma-separated proxy addresses, subnets or loopback/linklocal/uniquelocal (${error instanceof Error ? error.message : String(error)})`,
+        });
+      }
+    }),
   BODY_LIMIT: z
     .string()
     .regex(/^\d+(b|kb|mb)?$/i, 'must be a size such as 100kb or 1mb')

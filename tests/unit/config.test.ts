@@ -31,6 +31,15 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ DATABASE_URL: 'sqlserver://db/arcana' })).toThrow(/DATABASE_URL[\s\S]*postgresql:\/\/, mysql:\/\/ or mariadb:\/\//);
   });
 
+  it('when TRUST_PROXY names what is not an address, a subnet or a keyword, then it refuses to start and names it; valid forms are taken', () => {
+    for (const value of ['banana', '10.0.0.0/33', 'loopback,203.0.113.7/abc', '::1/129']) {
+      expect(() => loadConfig({ TRUST_PROXY: value }), value).toThrow(/TRUST_PROXY[\s\S]*must be true, false, a number of hops/);
+    }
+    for (const value of ['true', 'false', '2', 'loopback', 'loopback, 10.0.0.0/8, fd00::/8', '203.0.113.7']) {
+      expect(() => loadConfig({ TRUST_PROXY: value }), value).not.toThrow();
+    }
+  });
+
   it('when only some ADMIN_* variables are set, then it refuses to start', () => {
     expect(() => loadConfig({ ADMIN_USERNAME: 'root' })).toThrow(/must be set together/);
   });

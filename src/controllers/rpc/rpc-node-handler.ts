@@ -115,7 +115,7 @@ class ReplayableBody implements GateBody, AsyncIterable<Uint8Array> {
 
 const bodyKey = createContextKey<GateBody | undefined>(undefined, { description: 'the raw request body, for the gate' });
 
-/** The request message as the gate decoded it, for the gRPC unary path below. */
+/** The request message as the gate decoded it, for the unary paths below. */
 const decodedKey = createContextKey<Message | undefined>(undefined, { description: 'the request message the gate decoded' });
 
 /** Like connectNodeAdapter, with a gate that rate limits and decodes each call before connect-es does. */

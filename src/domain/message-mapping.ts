@@ -360,16 +360,6 @@ export function fromRestJson<Desc extends DescMessage>(schema: Desc, json: Recor
   return fromRestPlan(schema)(json) as MessageInitShape<Desc>;
 }
 
-/** The short (REST and stored) name of an enum value, e.g. 2 of UserRole → `USER`. */
-export function enumName(desc: DescEnum, value: number): string | undefined {
-  return enumPlan(desc).names.get(value);
-}
-
-/** The number of an enum value by its short (REST and stored) name. */
-export function enumNumber(desc: DescEnum, name: string): number | undefined {
-  return enumPlan(desc).numbers.get(name);
-}
-
 function toRestPlan(schema: DescMessage): ToRest {
   let plan = toRestPlans.get(schema);
   if (plan !== undefined) return plan;

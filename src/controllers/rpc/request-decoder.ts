@@ -182,7 +182,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
  * limit and for bytes left over; connect-es splits them with a chain of async generators, which
  * a body already in memory does not need.
  */
-export function splitEnvelopes(bytes: Uint8Array, readMaxBytes: number): { flags: number; data: Uint8Array }[] {
+function splitEnvelopes(bytes: Uint8Array, readMaxBytes: number): { flags: number; data: Uint8Array }[] {
   const envelopes: { flags: number; data: Uint8Array }[] = [];
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let offset = 0;

@@ -87,6 +87,19 @@ export interface RpcNodeHandlerOptions extends ConnectNodeAdapterOptions {
   strictJson?: boolean;
 }
 
+/**
+ * The request headers the unary paths read, by the lower-case names Node gives them (connect-es's
+ * constants are capitalised: `req.headers['Grpc-Timeout']` is always undefined).
+ */
+const REQUEST_HEADERS = {
+  grpcTimeout: headerGrpcTimeout.toLowerCase(),
+  grpcEncoding: headerGrpcEncoding.toLowerCase(),
+  grpcAcceptEncoding: headerGrpcAcceptEncoding.toLowerCase(),
+  connectTimeout: headerConnectTimeout.toLowerCase(),
+  contentEncoding: headerUnaryEncoding.toLowerCase(),
+  acceptEncoding: headerUnaryAcceptEncoding.toLowerCase(),
+} as const;
+
 /** The request body as the gate reads it: in full, within a limit. */
 interface GateBody {
   read(maxBytes: number, lengthHint: string | null): Promise<Uint8Array>;
@@ -173,9 +186,9 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
   router.service = register;
   const handlers = new Map(router.handlers.map((handler) => [handler.requestPath, handler]));
 
-  /** A request header; Node lower-cases the names, connect-es's constants are capitalised. */
+  /** A request header by its lower-case name (Node lower-cases them; see REQUEST_HEADERS). */
   const headerOf = (req: NodeRequest, name: string): string | null => {
-    const value = req.headers[name.toLowerCase()];
+    const value = req.headers[name];
     return typeof value === 'string' ? value : null;
   };
 
@@ -246,8 +259,13 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
    */
   const serveGrpcUnary = async (method: UnaryMethod, req: NodeRequest, res: NodeResponse, contextValues: ContextValues, binary: boolean): Promise<boolean> => {
     if (req.httpVersionMajor !== 2) return false;
-    const timeout = parseTimeout(headerOf(req, headerGrpcTimeout), grpcOptions.maxTimeoutMs);
-    const compression = compressionNegotiate(grpcOptions.acceptCompression, headerOf(req, headerGrpcEncoding), headerOf(req, headerGrpcAcceptEncoding), headerGrpcAcceptEncoding);
+    const timeout = parseTimeout(headerOf(req, REQUEST_HEADERS.grpcTimeout), grpcOptions.maxTimeoutMs);
+    const compression = compressionNegotiate(
+      grpcOptions.acceptCompression,
+      headerOf(req, REQUEST_HEADERS.grpcEncoding),
+      headerOf(req, REQUEST_HEADERS.grpcAcceptEncoding),
+      headerGrpcAcceptEncoding,
+    );
     if (timeout.error !== undefined || compression.error !== undefined || compression.request !== null) return false;
     const responseHeader = new Headers({ 'content-type': binary ? contentTypeProto : contentTypeJson });
     if (compression.response !== null) responseHeader.set(headerGrpcEncoding, compression.response.name);
@@ -286,11 +304,11 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     if (grpcOptions.requireConnectProtocolHeader) return false;
     // connect-node cannot form the URL of an HTTP/1.0 request without a Host header: a 400 there.
     if (req.httpVersionMajor !== 2 && headerOf(req, 'host') === null) return false;
-    const timeout = parseConnectTimeout(headerOf(req, headerConnectTimeout), grpcOptions.maxTimeoutMs);
+    const timeout = parseConnectTimeout(headerOf(req, REQUEST_HEADERS.connectTimeout), grpcOptions.maxTimeoutMs);
     const compression = compressionNegotiate(
       grpcOptions.acceptCompression,
-      headerOf(req, headerUnaryEncoding),
-      headerOf(req, headerUnaryAcceptEncoding),
+      headerOf(req, REQUEST_HEADERS.contentEncoding),
+      headerOf(req, REQUEST_HEADERS.acceptEncoding),
       headerUnaryAcceptEncoding,
     );
     if (timeout.error !== undefined || compression.error !== undefined) return false;

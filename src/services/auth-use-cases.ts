@@ -12,7 +12,7 @@ import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
-import { hashToken, type TokenCodec } from '../infrastructure/security/token-codec.ts';
+import type { TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { createAccount } from './accounts.ts';
@@ -142,7 +142,7 @@ export class AuthUseCases {
     }
     // The session and the user are read together (one round trip to the cache when both are
     // there): the token's subject names the user its session belongs to.
-    const [session, subject] = await Promise.all([this.#tokens.findByAccessHash(hashToken(accessToken)), this.#users.findProfile(claims.userId)]);
+    const [session, subject] = await Promise.all([this.#tokens.findByAccessHash(claims.hash), this.#users.findProfile(claims.userId)]);
     if (session === null || session.isRevoked) throw new InvalidTokenError('Token has been revoked');
     if (session.accessExpiresAt <= this.#now()) throw new InvalidTokenError('Invalid or expired access token');
     const user = session.userId === claims.userId ? subject : await this.#users.findProfile(session.userId);
@@ -165,8 +165,8 @@ export class AuthUseCases {
    * end, set at login (ASVS 7.3.2).
    */
   async refresh(refreshToken: string, client: ClientInfo): Promise<TokenPair> {
-    this.#codec.verify(refreshToken, 'refresh');
-    const previous = await this.#tokens.findByRefreshHash(hashToken(refreshToken));
+    const claims = this.#codec.verify(refreshToken, 'refresh');
+    const previous = await this.#tokens.findByRefreshHash(claims.hash);
     if (previous === null) throw new AuthenticationError('Invalid or expired refresh token');
     if (previous.isRevoked) {
       // Rows revoked before reasons were recorded count as rotated: the cautious reading.

@@ -1,7 +1,7 @@
 import { createHmac, createSecretKey } from 'node:crypto';
 import jwt from 'jsonwebtoken';
-import { describe, expect, it } from 'vitest';
-import { TokenCodec } from '../../src/infrastructure/security/token-codec.ts';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { hashToken, TokenCodec } from '../../src/infrastructure/security/token-codec.ts';
 
 const SECRET = 'a'.repeat(64);
 const options = { secret: SECRET, issuer: 'arcana', audience: 'arcana-api', accessTtlSeconds: 900, refreshTtlSeconds: 3600 };
@@ -55,9 +55,9 @@ function jsonwebtokenAccepts(token: string): boolean {
   }
 }
 
-function codecAccepts(token: string): boolean {
+function codecAccepts(token: string, codec = new TokenCodec(options)): boolean {
   try {
-    new TokenCodec(options).verify(token, 'access');
+    codec.verify(token, 'access');
     return true;
   } catch {
     return false;
@@ -72,8 +72,51 @@ describe('TokenCodec.verify', () => {
 
   it('when a valid token is presented, then its claims come back', () => {
     const claims = new TokenCodec(options).verify(tokens.valid!, 'access');
-    expect(claims).toEqual({ userId: 7, tokenType: 'access', jti: 'j', expiresAt: new Date(base.exp * 1000) });
+    expect(claims).toEqual({ userId: 7, tokenType: 'access', jti: 'j', expiresAt: new Date(base.exp * 1000), hash: hashToken(tokens.valid!) });
     expect(() => new TokenCodec(options).verify(tokens.valid!, 'refresh')).toThrow('Invalid token type');
+  });
+
+  it("when one codec sees every token twice (the second time from what it remembers), then each verdict is still jsonwebtoken's", () => {
+    const codec = new TokenCodec(options);
+    const names = Object.keys(tokens);
+    // The valid token first, so that the forgeries made from it are judged after it is remembered.
+    for (const round of [1, 2]) {
+      for (const name of names) expect([round, name, codecAccepts(tokens[name]!, codec)]).toEqual([round, name, jsonwebtokenAccepts(tokens[name]!)]);
+    }
+  });
+
+  describe('a remembered token and the clock', () => {
+    afterEach(() => vi.useRealTimers());
+
+    it('when a remembered token expires, then it is refused from that second on', () => {
+      vi.useFakeTimers({ toFake: ['Date'] });
+      vi.setSystemTime(now * 1000);
+      const codec = new TokenCodec(options);
+      const token = sign({ ...base, exp: now + 5 });
+      expect(codec.verify(token, 'access').userId).toBe(7);
+      vi.setSystemTime((now + 4) * 1000);
+      expect(codec.verify(token, 'access').userId).toBe(7);
+      vi.setSystemTime((now + 5) * 1000);
+      expect(() => codec.verify(token, 'access')).toThrow('Invalid or expired access token');
+    });
+
+    it('when a token not yet valid is presented early and again later, then it is refused, then accepted', () => {
+      vi.useFakeTimers({ toFake: ['Date'] });
+      vi.setSystemTime(now * 1000);
+      const codec = new TokenCodec(options);
+      const token = sign({ ...base, nbf: now + 30 });
+      expect(() => codec.verify(token, 'access')).toThrow('Invalid or expired access token');
+      vi.setSystemTime((now + 30) * 1000);
+      expect(codec.verify(token, 'access').userId).toBe(7);
+    });
+
+    it('when more valid tokens than it keeps are presented, then the first is verified again and still accepted', () => {
+      const codec = new TokenCodec(options);
+      const first = sign({ ...base, jti: 'first' });
+      expect(codec.verify(first, 'access').jti).toBe('first');
+      for (let i = 0; i < 5000; i++) codec.verify(sign({ ...base, jti: `other-${i}` }), 'access');
+      expect(codec.verify(first, 'access')).toMatchObject({ jti: 'first', hash: hashToken(first) });
+    });
   });
 
   it('when a token the codec issued is verified, then it passes', () => {

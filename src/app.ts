@@ -254,7 +254,7 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
         users: new CachedUserRepository(traced(new PrismaUserRepository(db.prisma, db.dialect), 'UserRepository'), cache, config.cacheTtlSeconds),
         tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma, db.dialect), 'TokenRepository'), cache, config.cacheTtlSeconds),
         audit: traced(new PrismaAuditRepository(db.prisma), 'AuditRepository'),
-        counters: shared.counters ?? new MemoryCounterStore(),
+        counters: shared.counters ?? new MemoryCounterStore(Date.now, { onFull: warnCountersFull(logger, 'login and rate-limit') }),
         idempotency: traced(new PrismaIdempotencyRepository(db.prisma), 'IdempotencyRepository'),
       },
     };
@@ -447,9 +447,9 @@ async function createPublicFacades(
   // Redis fails it falls back to counting in this process rather than refusing the API.
   const rateLimiter = config.rateLimit.enabled
     ? new FixedWindowRateLimiter(
-        deps.counters ?? new MemoryCounterStore(),
+        deps.counters ?? new MemoryCounterStore(Date.now, { onFull: warnCountersFull(logger, 'rate-limit') }),
         { windowMs: config.rateLimit.windowMs, max: config.rateLimit.max, prefix: 'api:', onStoreFailure: 'open' },
-        new MemoryCounterStore(),
+        new MemoryCounterStore(Date.now, { onFull: warnCountersFull(logger, 'rate-limit fallback') }),
       )
     : undefined;
   const { exposeInternals } = config;
@@ -530,4 +530,13 @@ async function createPublicFacades(
     http2: rpcOnly,
     rest,
   };
+}
+
+/** What a full in-process counter store tells the operator (at most once a minute). */
+function warnCountersFull(logger: Logger, what: string): (maxEntries: number) => void {
+  return (maxEntries) =>
+    logger.warn(
+      { maxEntries },
+      `in-process ${what} counters are full: the oldest live windows are being dropped, so limits are weaker than configured; share counters through REDIS_URL`,
+    );
 }

@@ -36,20 +36,48 @@ export interface CounterStore {
   deleteByPrefix(prefix: string): Promise<number>;
 }
 
-/** Counters for a single process (no REDIS_URL). */
+/** How many keys a MemoryCounterStore holds at most (about 150 bytes each). */
+export const MEMORY_COUNTERS_MAX = 100_000;
+
+export interface MemoryCounterStoreOptions {
+  /** Keys held at most; see MemoryCounterStore. */
+  maxEntries?: number;
+  /**
+   * Called when a key still inside its window had to be dropped to make room, at most once a
+   * minute: limits are then weaker than configured, and the deployment needs Redis.
+   */
+  onFull?: (maxEntries: number) => void;
+}
+
+/**
+ * Counters for a single process (no REDIS_URL, or Redis failing), bounded in keys. Every client
+ * address and every account name tried opens a key, so a flood of distinct ones must not grow
+ * the map without end, nor make each new key pay for a scan of all the others. The map is kept
+ * in the order windows started (a key whose window restarts moves to the end), and a new key
+ * that finds it full drops the oldest window: ended windows cost nothing, a live one is lost
+ * (its key starts counting afresh) and `onFull` says so.
+ */
 export class MemoryCounterStore implements CounterStore {
   readonly #entries = new Map<string, { count: number; expiresAt: number }>();
   readonly #now: () => number;
+  readonly #maxEntries: number;
+  readonly #onFull: ((maxEntries: number) => void) | undefined;
+  #lastFullNotice = Number.NEGATIVE_INFINITY;
 
-  constructor(now: () => number = Date.now) {
+  constructor(now: () => number = Date.now, options: MemoryCounterStoreOptions = {}) {
     this.#now = now;
+    this.#maxEntries = options.maxEntries ?? MEMORY_COUNTERS_MAX;
+    if (!Number.isInteger(this.#maxEntries) || this.#maxEntries < 1) throw new RangeError(`maxEntries must be a positive integer, not ${this.#maxEntries}`);
+    this.#onFull = options.onFull;
   }
 
   async increment(key: string, windowMs: number) {
     const now = this.#now();
     let entry = this.#entries.get(key);
     if (entry === undefined || entry.expiresAt <= now) {
-      if (this.#entries.size >= 100_000) this.#sweep(now);
+      // A new window goes to the end of the order, whether the key is new or its window ended.
+      if (entry === undefined) this.#makeRoom(now);
+      else this.#entries.delete(key);
       entry = { count: 0, expiresAt: now + windowMs };
       this.#entries.set(key, entry);
     }
@@ -94,8 +122,18 @@ export class MemoryCounterStore implements CounterStore {
     return deleted;
   }
 
-  #sweep(now: number): void {
-    for (const [key, entry] of this.#entries) if (entry.expiresAt <= now) this.#entries.delete(key);
+  /** Drops the oldest windows until one more key fits: O(1) per key added, however full. */
+  #makeRoom(now: number): void {
+    let droppedLive = false;
+    for (const [key, entry] of this.#entries) {
+      if (this.#entries.size < this.#maxEntries) break;
+      this.#entries.delete(key);
+      if (entry.expiresAt > now) droppedLive = true;
+    }
+    if (droppedLive && this.#onFull !== undefined && now - this.#lastFullNotice >= 60_000) {
+      this.#lastFullNotice = now;
+      this.#onFull(this.#maxEntries);
+    }
   }
 }
 

@@ -101,7 +101,21 @@ export class PrismaTokenRepository implements TokenRepository {
   }
 
   revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {
-    return this.#revokeWhere({ familyId, isRevoked: false }, reason);
+    return withDatabaseErrors(async () => {
+      // The family's live token may be being rotated at this moment (see rotate). An UPDATE
+      // that started first would wait for that row, then skip it as revoked, and never see the
+      // successor the rotation inserted: the new session would outlive the theft alarm. The
+      // user's lock, taken first as rotate takes it, waits for that rotation to commit and holds
+      // back new ones until the family is revoked. A family's user never changes, so it is read
+      // before the transaction: the lock must be the transaction's first read, because MySQL
+      // fixes a transaction's snapshot at its first plain read.
+      const member = await this.#db.oAuthToken.findFirst({ where: { familyId }, select: { userId: true } });
+      if (member === null) return [];
+      return this.#db.$transaction(async (tx) => {
+        await lockUser(tx, member.userId);
+        return this.#dialect.updateTokensReturningHashes(tx, { familyId, isRevoked: false }, { isRevoked: true, revokedReason: reason });
+      });
+    });
   }
 
   revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {

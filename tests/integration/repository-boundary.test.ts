@@ -394,6 +394,38 @@ describe('tokens across the repository boundary', () => {
     expect(await remote.tokens.revokeFamily(first.familyId, 'reuse')).toStrictEqual([]);
   });
 
+  it("when a family is revoked for reuse while its live pair is being rotated, then the rotation's successor is revoked too", async () => {
+    const prisma = t.app.database?.prisma;
+    if (prisma === undefined) throw new Error('this suite needs an app that holds the database');
+    const owner = (await direct.users.create(newUser())).id;
+    const live = await direct.tokens.create(newToken(owner));
+    const successor = newToken(owner, { familyId: live.familyId });
+    // A refresh in flight, as rotate makes it (user lock, the old pair revoked, its successor
+    // inserted), held open until the reuse revocation has been issued and is waiting.
+    let written!: () => void;
+    const rotationWritten = new Promise<void>((resolve) => (written = resolve));
+    let commit!: () => void;
+    const mayCommit = new Promise<void>((resolve) => (commit = resolve));
+    const rotation = prisma.$transaction(
+      async (tx) => {
+        await tx.$queryRaw`SELECT id FROM users WHERE id = ${owner} FOR UPDATE`;
+        await tx.oAuthToken.updateMany({ where: { id: live.id, isRevoked: false }, data: { isRevoked: true, revokedReason: 'rotated' } });
+        await tx.oAuthToken.create({ data: successor });
+        written();
+        await mayCommit;
+      },
+      { timeout: 10_000 },
+    );
+    await rotationWritten;
+    const revocation = direct.tokens.revokeFamily(live.familyId, 'reuse');
+    // Long enough for the revocation to reach the database and wait on a lock.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    commit();
+    await rotation;
+    expect(await revocation).toStrictEqual([successor.accessTokenHash]);
+    expect(await direct.tokens.findByAccessHash(successor.accessTokenHash)).toMatchObject({ isRevoked: true, revokedReason: 'reuse' });
+  });
+
   it("when all of a user's pairs are revoked but one, then the others' hashes come back and the spared one stays live", async () => {
     const owner = (await direct.users.create(newUser())).id;
     const kept = await direct.tokens.create(newToken(owner));

@@ -11,7 +11,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { DEFAULT_PORTS, layersOf, parseTopologyName, TOPOLOGY, TOPOLOGY_NAMES, type TopologyName, type UrlVariable } from '../src/topology.ts';
+import { DEFAULT_PORTS, layersOf, SERVER_NODE_FLAGS, parseTopologyName, TOPOLOGY, TOPOLOGY_NAMES, type TopologyName, type UrlVariable } from '../src/topology.ts';
 
 export type { TopologyName } from '../src/topology.ts';
 export const TOPOLOGIES: readonly TopologyName[] = TOPOLOGY_NAMES;
@@ -133,7 +133,7 @@ function createLayerProcess(
     },
     output: () => lines.join('\n'),
     async start() {
-      const spawned = spawn(process.execPath, [join(ROOT, 'src', 'main.ts')], { cwd: ROOT, env: cleanEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+      const spawned = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'src', 'main.ts')], { cwd: ROOT, env: cleanEnv, stdio: ['ignore', 'pipe', 'pipe'] });
       child = spawned;
       spawned.stdout.on('data', keep);
       spawned.stderr.on('data', keep);

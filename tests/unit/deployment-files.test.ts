@@ -8,7 +8,17 @@ import { isBuiltin } from 'node:module';
 import { basename, join, posix } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ENVIRONMENT_VARIABLES, loadConfig, type Environment } from '../../src/config.ts';
-import { DEFAULT_PORTS, DEPLOYMENT_LAYERS, DEPLOYMENT_MODES, holdingsOf, layersOf, TOPOLOGY, type DeploymentLayer, type DeploymentMode } from '../../src/topology.ts';
+import {
+  DEFAULT_PORTS,
+  DEPLOYMENT_LAYERS,
+  DEPLOYMENT_MODES,
+  holdingsOf,
+  layersOf,
+  SERVER_NODE_FLAGS,
+  TOPOLOGY,
+  type DeploymentLayer,
+  type DeploymentMode,
+} from '../../src/topology.ts';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const DOCKERFILE = 'docker/Dockerfile';
@@ -665,7 +675,7 @@ describe('docker/Dockerfile', () => {
     expect(image.exposed).toEqual([PORTS[target]]);
     expect(image.user).toBeDefined();
     expect(image.user).not.toMatch(/^(root|0)(:|$)/);
-    expect(image.cmd).toEqual(['node', 'src/main.ts']);
+    expect(image.cmd).toEqual(['node', ...SERVER_NODE_FLAGS, 'src/main.ts']);
     expect(image.healthcheck?.[0]).toBe('node');
     expect(image.healthcheck?.join(' ')).toMatch(/fetch\([\s\S]*\/health/);
     expect(image.healthcheck?.join(' ')).toContain('process.env.PORT');
@@ -674,7 +684,7 @@ describe('docker/Dockerfile', () => {
 
   it('when a container starts, then CMD runs src/main.ts, which the image holds with everything the app reads at run time', () => {
     const image = imageOf(dockerfileStages, 'monolithic');
-    const entry = image.cmd?.[1] ?? '';
+    const entry = image.cmd?.at(-1) ?? '';
     expect(existsSync(join(ROOT, entry)), `${entry} exists`).toBe(true);
     // src/app.ts finds these next to src/: the version in package.json, the OpenAPI document
     // that validates requests, the migrations applied at start-up, the console's build, and the
@@ -695,6 +705,12 @@ describe('docker/Dockerfile', () => {
       expect(copiedFrom(image, imagePath), `${imagePath} comes from ${path}`).toBe(path);
       expect(dockerignored(path), `.dockerignore keeps ${path} out of the build context`).toBe(false);
     }
+  });
+
+  it('when the server is started by npm start, then it gets the same V8 heap settings as the image and scripts/topology.ts', () => {
+    const scripts = (JSON.parse(readText('package.json')) as { scripts: Record<string, string> }).scripts;
+    expect(scripts['start']).toBe(['node', ...SERVER_NODE_FLAGS, 'src/main.ts'].join(' '));
+    expect(readText('scripts/topology.ts')).toMatch(/spawn\(process\.execPath, \[\.\.\.SERVER_NODE_FLAGS, join\(ROOT, 'src', 'main\.ts'\)\]/);
   });
 
   it('when the image installs production dependencies only, then every package the sources import is installed', () => {

@@ -17,9 +17,12 @@
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { constants as http2Constants, createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
+import type { ErrorBody } from './controllers/rest/envelope.ts';
 import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
 import type { Logger } from './infrastructure/logger.ts';
+import { requestIdFrom } from './infrastructure/request-id.ts';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
@@ -82,6 +85,7 @@ export function createDualProtocolServer(
     handlers.http1,
   );
   h1.keepAliveTimeout = limits.keepAliveTimeoutMs;
+  h1.on('clientError', answerClientError);
 
   const h2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.http2MaxConcurrentStreams } }, (req, res) => {
     // Refused before the application sees it, so a refused stream costs no handler state.
@@ -161,6 +165,47 @@ export function createDualProtocolServer(
         h2.close(done);
       }),
   };
+}
+
+/** What a request Node's HTTP/1.1 parser refuses is answered with, by the parser's error code. */
+const CLIENT_ERRORS: Record<string, { status: number; reason: string; code: ErrorBody['error']['code']; message: string }> = {
+  HPE_HEADER_OVERFLOW: {
+    status: 431,
+    reason: 'Request Header Fields Too Large',
+    code: 'VALIDATION_ERROR',
+    message: 'The request line and headers are too large (16 KiB at most)',
+  },
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: { status: 413, reason: 'Payload Too Large', code: 'PAYLOAD_TOO_LARGE', message: 'The chunk extensions are too large' },
+  ERR_HTTP_REQUEST_TIMEOUT: { status: 408, reason: 'Request Timeout', code: 'VALIDATION_ERROR', message: 'The request did not arrive in time' },
+};
+const MALFORMED = { status: 400, reason: 'Bad Request', code: 'VALIDATION_ERROR', message: 'Malformed HTTP request' } as const;
+
+/**
+ * A request the HTTP/1.1 parser refused (malformed, headers over the limit, too slow) never
+ * reaches Express. Node's own answer is a bare status line; this one is the same status with the
+ * API's error envelope, so every client sees one error format, and with the same care: nothing is
+ * written over a response already under way on the connection (a pipelined request), and the
+ * connection is closed after it.
+ */
+function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
+  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+  if (error.code !== 'ECONNRESET' && socket.writable && inFlight?.headersSent !== true) {
+    const answer = CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED;
+    const requestId = requestIdFrom(undefined);
+    const body: ErrorBody = { success: false, error: { code: answer.code, message: answer.message }, timestamp: new Date().toISOString(), requestId };
+    const json = JSON.stringify(body);
+    socket.write(
+      `HTTP/1.1 ${answer.status} ${answer.reason}\r\n` +
+        'Content-Type: application/json; charset=utf-8\r\n' +
+        `Content-Length: ${Buffer.byteLength(json)}\r\n` +
+        'Cache-Control: no-store\r\n' +
+        'X-Content-Type-Options: nosniff\r\n' +
+        `X-Request-Id: ${requestId}\r\n` +
+        'Connection: close\r\n\r\n' +
+        json,
+    );
+  }
+  socket.destroy();
 }
 
 /**

@@ -451,6 +451,44 @@ describe('the server keeps serving', () => {
     expect(reply).toMatch(/^HTTP\/1\.[01] 400 /);
     expect((await raw.rest('GET', '/health')).status).toBe(200);
   });
+
+  it('when bytes the HTTP parser refuses arrive on many connections at once, then each gets its status in the error envelope and is closed, and the server answers the next request', async () => {
+    const attacks: { name: string; bytes: string; status: number }[] = [
+      { name: 'request line over 16 KiB', bytes: `GET /api/v1/users?q=${'a'.repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`, status: 431 },
+      { name: 'one header over 16 KiB', bytes: `GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${'b'.repeat(20_000)}\r\n\r\n`, status: 431 },
+      { name: 'not HTTP at all', bytes: '\u0000\u0001\u0002 hello\r\n\r\n', status: 400 },
+      { name: 'a space in a header name', bytes: 'GET /health HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n', status: 400 },
+      { name: 'two content lengths', bytes: 'POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}', status: 400 },
+      { name: 'a bad chunk size', bytes: 'POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n', status: 400 },
+    ];
+    const replies = await Promise.all(
+      attacks.flatMap((attack) =>
+        Array.from(
+          { length: 4 },
+          () =>
+            new Promise<{ name: string; status: number; reply: string }>((resolve, reject) => {
+              const socket = net.connect(t.port, '127.0.0.1', () => socket.write(attack.bytes));
+              let received = '';
+              socket.on('data', (chunk: Buffer) => (received += chunk.toString('utf8')));
+              socket.on('close', () => resolve({ name: attack.name, status: attack.status, reply: received }));
+              socket.on('error', (error: NodeJS.ErrnoException) =>
+                error.code === 'ECONNRESET' ? resolve({ name: attack.name, status: attack.status, reply: received }) : reject(error),
+              );
+            }),
+        ),
+      ),
+    );
+    for (const { name, status, reply } of replies) {
+      const [head = '', body = ''] = reply.split('\r\n\r\n');
+      expect([name, head.split('\r\n')[0]]).toEqual([name, expect.stringMatching(new RegExp(`^HTTP/1\\.1 ${status} `))]);
+      expect(head.toLowerCase()).toContain('content-type: application/json');
+      expect(head.toLowerCase()).toContain('connection: close');
+      const envelope = JSON.parse(body) as { success: boolean; error: { code: string; message: string }; requestId: string; timestamp: string };
+      expect(envelope).toMatchObject({ success: false, error: { code: status === 413 ? 'PAYLOAD_TOO_LARGE' : 'VALIDATION_ERROR', message: expect.any(String) } });
+      expect(head).toContain(`X-Request-Id: ${envelope.requestId}`);
+    }
+    expect((await raw.rest('GET', '/health')).status).toBe(200);
+  });
 });
 
 /** The parts of an answer every refusal is judged by. */

@@ -38,8 +38,6 @@ import type { NewTokenRecord, RevocationReason } from '../../repositories/token-
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile } from '../../repositories/user-repository.ts';
 import { userSortOf } from '../../services/pagination.ts';
 
-export { requireField };
-
 /** A timestamp the API always sets, as a Date (milliseconds, as the database keeps them). */
 export function dateFromProto(timestamp: Timestamp | undefined, field: string): Date {
   return timestampDate(requireField(timestamp, field));

@@ -24,7 +24,6 @@ import {
   newTokenToProto,
   newUserToProto,
   profileFromProto,
-  requireField,
   tokenFromProto,
   tokenToProto,
   userChangesToProto,
@@ -32,6 +31,7 @@ import {
   userFilterToProto,
   userFromProto,
 } from './record-mapping.ts';
+import { requireField } from '../../domain/message-mapping.ts';
 
 /** A UserRepository in another process. */
 export class RemoteUserRepository implements UserRepository {

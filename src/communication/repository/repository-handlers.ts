@@ -21,7 +21,6 @@ import {
   newAuditEventFromProto,
   newTokenFromProto,
   newUserFromProto,
-  requireField,
   revocationReasonFromProto,
   tokenFromProto,
   tokenToProto,
@@ -30,6 +29,7 @@ import {
   userFilterFromProto,
   userToProto,
 } from './record-mapping.ts';
+import { requireField } from '../../domain/message-mapping.ts';
 
 /** arcana.internal.repository.v1.UserRepositoryService over a UserRepository. */
 export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<typeof UserRepositoryService> {

@@ -192,6 +192,10 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     return typeof value === 'string' ? value : null;
   };
 
+  /** Negotiates compression as connect-es does, from the request's encoding and accept-encoding headers. */
+  const negotiateCompression = (req: NodeRequest, encodingHeader: string, acceptHeader: string, advertisedHeader: string) =>
+    compressionNegotiate(grpcOptions.acceptCompression, headerOf(req, encodingHeader), headerOf(req, acceptHeader), advertisedHeader);
+
   /**
    * The handler context of a unary call served here, and what to release when it is answered.
    * Its signal aborts when the client goes away (the response closes unanswered), when the
@@ -260,12 +264,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
   const serveGrpcUnary = async (method: UnaryMethod, req: NodeRequest, res: NodeResponse, contextValues: ContextValues, binary: boolean): Promise<boolean> => {
     if (req.httpVersionMajor !== 2) return false;
     const timeout = parseTimeout(headerOf(req, REQUEST_HEADERS.grpcTimeout), grpcOptions.maxTimeoutMs);
-    const compression = compressionNegotiate(
-      grpcOptions.acceptCompression,
-      headerOf(req, REQUEST_HEADERS.grpcEncoding),
-      headerOf(req, REQUEST_HEADERS.grpcAcceptEncoding),
-      headerGrpcAcceptEncoding,
-    );
+    const compression = negotiateCompression(req, REQUEST_HEADERS.grpcEncoding, REQUEST_HEADERS.grpcAcceptEncoding, headerGrpcAcceptEncoding);
     if (timeout.error !== undefined || compression.error !== undefined || compression.request !== null) return false;
     const responseHeader = new Headers({ 'content-type': binary ? contentTypeProto : contentTypeJson });
     if (compression.response !== null) responseHeader.set(headerGrpcEncoding, compression.response.name);
@@ -305,12 +304,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     // connect-node cannot form the URL of an HTTP/1.0 request without a Host header: a 400 there.
     if (req.httpVersionMajor !== 2 && headerOf(req, 'host') === null) return false;
     const timeout = parseConnectTimeout(headerOf(req, REQUEST_HEADERS.connectTimeout), grpcOptions.maxTimeoutMs);
-    const compression = compressionNegotiate(
-      grpcOptions.acceptCompression,
-      headerOf(req, REQUEST_HEADERS.contentEncoding),
-      headerOf(req, REQUEST_HEADERS.acceptEncoding),
-      headerUnaryAcceptEncoding,
-    );
+    const compression = negotiateCompression(req, REQUEST_HEADERS.contentEncoding, REQUEST_HEADERS.acceptEncoding, headerUnaryAcceptEncoding);
     if (timeout.error !== undefined || compression.error !== undefined) return false;
     const responseHeader = new Headers({ 'content-type': binary ? contentTypeUnaryProto : contentTypeUnaryJson });
     const { context, release } = startUnaryCall(method, req, res, contextValues, 'connect', timeout.timeoutMs, responseHeader, new Headers());

@@ -126,14 +126,14 @@ export class TokenCodec {
   verify(token: string, expected: TokenType): TokenClaims {
     // Refresh tokens are single-use: remembering one would only push an access token out.
     const verified = this.#verifiedToken(token, expected === 'access');
-    const payload = verified?.payload;
-    if (payload === undefined || !inTime(payload, Math.floor(Date.now() / 1000))) {
+    if (verified === undefined || !inTime(verified.payload, Math.floor(Date.now() / 1000))) {
       throw new AuthenticationError(expected === 'access' ? 'Invalid or expired access token' : 'Invalid or expired refresh token');
     }
+    const { payload } = verified;
     if (payload.tokenType !== expected || typeof payload.sub !== 'string' || !/^\d+$/.test(payload.sub) || typeof payload.jti !== 'string' || typeof payload.exp !== 'number') {
       throw new AuthenticationError('Invalid token type');
     }
-    return { userId: Number(payload.sub), tokenType: expected, jti: payload.jti, expiresAt: new Date(payload.exp * 1000), hash: (verified as VerifiedToken).hash };
+    return { userId: Number(payload.sub), tokenType: expected, jti: payload.jti, expiresAt: new Date(payload.exp * 1000), hash: verified.hash };
   }
 
   /** The token as remembered, or verified now (and remembered if `remember`); undefined when it fails a check that does not depend on time. */

@@ -23,6 +23,7 @@ import type { ErrorBody } from './controllers/rest/envelope.ts';
 import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
 import type { Logger } from './infrastructure/logger.ts';
 import { requestIdFrom } from './infrastructure/request-id.ts';
+import { isoTime } from './domain/iso-time.ts';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
@@ -192,7 +193,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
   if (error.code !== 'ECONNRESET' && socket.writable && inFlight?.headersSent !== true) {
     const answer = CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED;
     const requestId = requestIdFrom(undefined);
-    const body: ErrorBody = { success: false, error: { code: answer.code, message: answer.message }, timestamp: new Date().toISOString(), requestId };
+    const body: ErrorBody = { success: false, error: { code: answer.code, message: answer.message }, timestamp: isoTime(Date.now()), requestId };
     const json = JSON.stringify(body);
     socket.write(
       `HTTP/1.1 ${answer.status} ${answer.reason}\r\n` +

@@ -32,7 +32,8 @@ import {
   type MessageInitShape,
   type MessageShape,
 } from '@bufbuild/protobuf';
-import { FeatureSet_FieldPresence, timestampDate, timestampFromDate, TimestampSchema, type Timestamp } from '@bufbuild/protobuf/wkt';
+import { FeatureSet_FieldPresence, timestampDate, timestampFromDate, timestampMs, TimestampSchema, type Timestamp } from '@bufbuild/protobuf/wkt';
+import { isoTime } from './iso-time.ts';
 import { ValidationError } from './errors.ts';
 
 /**
@@ -388,7 +389,7 @@ function valueToRest(field: DescField): ((value: unknown) => Json) | undefined {
       return (value) => names.get(value as number) ?? null;
     }
     case 'message': {
-      if (field.message.typeName === TimestampSchema.typeName) return (value) => (value === undefined ? null : timestampDate(value as Timestamp).toISOString());
+      if (field.message.typeName === TimestampSchema.typeName) return (value) => (value === undefined ? null : isoTime(timestampMs(value as Timestamp)));
       const desc = field.message;
       return (value) => (value === undefined ? null : toRestPlan(desc)(value as Row));
     }

@@ -2,6 +2,7 @@
 import type { Response } from 'express';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
+import { isoTime } from '../../domain/iso-time.ts';
 import { toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
@@ -19,7 +20,7 @@ export function sendSuccess(res: Response, data: unknown, message: string, statu
     success: true as const,
     data,
     message,
-    timestamp: new Date().toISOString(),
+    timestamp: isoTime(Date.now()),
     requestId: requestIdOf(res),
   });
 }
@@ -30,7 +31,7 @@ export function sendPage(res: Response, items: readonly unknown[], pagination: P
     success: true as const,
     items,
     pagination,
-    timestamp: new Date().toISOString(),
+    timestamp: isoTime(Date.now()),
     requestId: requestIdOf(res),
   });
 }
@@ -39,7 +40,7 @@ export function errorBody(res: Response, code: ErrorBody['error']['code'], messa
   return {
     success: false,
     error: { code, message, ...(details === undefined ? {} : { details }) },
-    timestamp: new Date().toISOString(),
+    timestamp: isoTime(Date.now()),
     requestId: requestIdOf(res),
   };
 }

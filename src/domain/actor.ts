@@ -1,3 +1,4 @@
+import type * as db from '../../gen/prisma/client.ts';
 import type { UserRole } from '../../gen/proto/arcana/user/v1/user_pb.js';
 
 /** The authenticated caller of a request, as established from its access token. */
@@ -8,6 +9,12 @@ export interface Actor {
   sessionId: number;
   /** Where the request came from, when the edge knows: for throttling and the audit log. */
   client?: ClientInfo | undefined;
+  /**
+   * The caller's own record as authentication read it (from the cache or the database) to check
+   * that the account is active. A call that reads the caller's profile (`/auth/me`, a user's GET
+   * of itself) answers with it rather than reading the same record a second time.
+   */
+  record?: Omit<db.User, 'passwordHash'> | undefined;
 }
 
 /**

@@ -148,7 +148,7 @@ export class AuthUseCases {
     const user = session.userId === claims.userId ? subject : await this.#users.findProfile(session.userId);
     if (user === null) throw new InvalidTokenError('Token has been revoked');
     if (user.status !== 'ACTIVE') throw new InvalidTokenError('Account is not active');
-    return { userId: session.userId, role: roleToProto(user.role), sessionId: session.id };
+    return { userId: session.userId, role: roleToProto(user.role), sessionId: session.id, record: user };
   }
 
   /** Ends the caller's current session. */
@@ -211,7 +211,7 @@ export class AuthUseCases {
   }
 
   async currentUser(actor: Actor): Promise<User> {
-    const row = await this.#users.findProfile(actor.userId);
+    const row = actor.record ?? (await this.#users.findProfile(actor.userId));
     if (row === null) throw new AuthenticationError('Token has been revoked');
     return toUserMessage(row);
   }

@@ -78,6 +78,8 @@ export class UserUseCases {
 
   async get(actor: Actor, userId: number): Promise<User> {
     requireSelfOrAdmin(actor, userId, 'Not authorized to view this user');
+    // Authentication has just read the caller's own record: a user reading itself gets that.
+    if (actor.record?.id === userId) return toUserMessage(actor.record);
     return toUserMessage(await this.#existing(userId));
   }
 

@@ -108,6 +108,29 @@ describe('who may do what', () => {
     expect(updated).toMatchObject({ firstName: 'Ada', role: UserRole.USER, status: UserStatus.ACTIVE });
   });
 
+  it("when a caller reads its own profile, then it gets the record authentication read; anyone else's is read, and only an admin's read succeeds", async () => {
+    const user = await h.account('USER');
+    const admin = await h.account('ADMIN');
+    await h.userCases.update(user.actor, { userId: user.id, firstName: 'Grace' });
+    const reads: number[] = [];
+    const findProfile = h.users.findProfile.bind(h.users);
+    h.users.findProfile = (id) => {
+      reads.push(id);
+      return findProfile(id);
+    };
+    // Each call authenticates afresh, as every request does: the record is as new as the call.
+    const fresh = await h.auth.authenticate(user.tokens.accessToken);
+    expect(reads).toEqual([user.id]);
+    expect((await h.userCases.get(fresh, user.id)).firstName).toBe('Grace');
+    expect((await h.auth.currentUser(fresh)).firstName).toBe('Grace');
+    expect(reads).toEqual([user.id]);
+    // The record is the caller's own: it never answers for another id.
+    expect(await outcome(h.userCases.get(fresh, admin.id))).toBe('AUTHORIZATION_ERROR');
+    const byAdmin = await h.auth.authenticate(admin.tokens.accessToken);
+    expect((await h.userCases.get(byAdmin, user.id)).username).toBe(user.username);
+    expect(reads).toEqual([user.id, admin.id, user.id]);
+  });
+
   it("when even an administrator changes another user's password through the self-service call, then it is refused", async () => {
     const admin = await h.account('ADMIN');
     const user = await h.account('USER');

@@ -72,7 +72,7 @@ export const USAGE = `Usage: npm run bench -- [options]
   --quick                  short smoke run (2 s per scenario, 30 users, one start-up run)
   --duration <s>           measured seconds per scenario (default 10; --quick: 2)
   --warmup <s>             unmeasured load before each measurement (default 2; --quick: 1)
-  --login-duration <s>     measured seconds of login (default 10; --quick: 2)
+  --login-duration <s>     measured seconds of login (default 30; --quick: 2)
   --connections <n>        concurrent requests: HTTP/1.1 connections, or HTTP/2 streams (default 50)
   --login-connections <n>  concurrent logins (default 50)
   --h2-connections <n>     HTTP/2 connections the streams are spread over (default 1, as a gRPC
@@ -92,7 +92,7 @@ export const USAGE = `Usage: npm run bench -- [options]
   --no-bare                skip the bare node:http + pg ceilings
   --startup-runs <n>       restarts per process timed from spawn to ready (default 2; --quick: 1; 0: none)
   --no-pglite              skip timing a monolith on PGlite
-  --bcrypt-seconds <s>     how long to measure the bcrypt ceiling (default 5; --quick: 2; 0: skip)
+  --bcrypt-seconds <s>     how long to measure the bcrypt ceiling (default 15; --quick: 2; 0: skip)
   --soak                   after the first topology's scenarios, hold a fraction of its maximum REST
                            GET user by id rate and record RSS over time
   --soak-duration <s>      (default 300; --quick: 20)
@@ -164,7 +164,7 @@ export function parseSettings(argv: string[]): BenchSettings | { report: string 
   return {
     durationSeconds: integer('duration', values.duration, quick ? 2 : 10, 1, 3600),
     warmupSeconds: integer('warmup', values.warmup, quick ? 1 : 2, 0, 600),
-    loginDurationSeconds: integer('login-duration', values['login-duration'], quick ? 2 : 10, 2, 3600),
+    loginDurationSeconds: integer('login-duration', values['login-duration'], quick ? 2 : 30, 2, 3600),
     connections,
     loginConnections,
     h2Connections,
@@ -185,7 +185,7 @@ export function parseSettings(argv: string[]): BenchSettings | { report: string 
     users: integer('users', values.users, quick ? 30 : 100, 21, 10_000),
     startupRuns: integer('startup-runs', values['startup-runs'], quick ? 1 : 2, 0, 100),
     pglite: values.pglite,
-    bcryptSeconds: integer('bcrypt-seconds', values['bcrypt-seconds'], quick ? 2 : 5, 0, 600),
+    bcryptSeconds: integer('bcrypt-seconds', values['bcrypt-seconds'], quick ? 2 : 15, 0, 600),
     soak: values.soak,
     soakSeconds: integer('soak-duration', values['soak-duration'], quick ? 20 : 300, 5, 24 * 3600),
     soakLoad: number('soak-load', values['soak-load'], 0.8, 0.01, 1),

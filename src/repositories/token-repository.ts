@@ -166,6 +166,6 @@ export class PrismaTokenRepository implements TokenRepository {
 }
 
 /** Locks the user's row until the transaction ends (FOR UPDATE: PostgreSQL and MySQL alike). */
-async function lockUser(tx: Prisma.TransactionClient, userId: number): Promise<void> {
+export async function lockUser(tx: Prisma.TransactionClient, userId: number): Promise<void> {
   await tx.$queryRaw`SELECT id FROM users WHERE id = ${userId} FOR UPDATE`;
 }

@@ -31,7 +31,7 @@ import { AppError } from '../../src/domain/errors.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
 import { PrismaAuditRepository, type NewAuditEvent } from '../../src/repositories/audit-repository.ts';
-import { PrismaTokenRepository, type NewTokenRecord } from '../../src/repositories/token-repository.ts';
+import { lockUser, PrismaTokenRepository, type NewTokenRecord } from '../../src/repositories/token-repository.ts';
 import { PrismaUserRepository, type NewUser, type UserChanges } from '../../src/repositories/user-repository.ts';
 import { createTestApp, type TestApp } from '../helpers/test-app.ts';
 
@@ -408,7 +408,7 @@ describe('tokens across the repository boundary', () => {
     const mayCommit = new Promise<void>((resolve) => (commit = resolve));
     const rotation = prisma.$transaction(
       async (tx) => {
-        await tx.$queryRaw`SELECT id FROM users WHERE id = ${owner} FOR UPDATE`;
+        await lockUser(tx, owner);
         await tx.oAuthToken.updateMany({ where: { id: live.id, isRevoked: false }, data: { isRevoked: true, revokedReason: 'rotated' } });
         await tx.oAuthToken.create({ data: successor });
         written();

@@ -251,7 +251,7 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     return {
       database: db,
       repositories: {
-        users: new CachedUserRepository(traced(new PrismaUserRepository(db.prisma, db.dialect), 'UserRepository'), cache, config.cacheTtlSeconds),
+        users: new CachedUserRepository(traced(new PrismaUserRepository(db), 'UserRepository'), cache, config.cacheTtlSeconds),
         tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma, db.dialect), 'TokenRepository'), cache, config.cacheTtlSeconds),
         audit: traced(new PrismaAuditRepository(db.prisma), 'AuditRepository'),
         counters: shared.counters ?? new MemoryCounterStore(Date.now, { onFull: warnCountersFull(logger, 'login and rate-limit') }),

@@ -1,3 +1,4 @@
+import { isDriverAdapterError } from '@prisma/driver-adapter-utils';
 import { Prisma } from '../../gen/prisma/client.ts';
 import { AppError, ConflictError, NotFoundError, UnavailableError } from '../domain/errors.ts';
 
@@ -10,6 +11,13 @@ const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EH
  * too many connections, shutdown in progress, gone away or lost, and connection killed.
  */
 const MYSQL_CONNECTION_ERRNOS = new Set([45001, 45009, 45012, 45019, 45026, 45027, 45028, 45061, 1040, 1053, 2002, 2003, 2006, 2013, 1927]);
+
+/** Driver adapter errors that say the server is out of reach, whatever the adapter. */
+const UNREACHABLE_KINDS = new Set(['DatabaseNotReachable', 'ConnectionClosed', 'SocketTimeout', 'TooManyConnections']);
+
+function isMysqlConnectionError(cause: unknown): boolean {
+  return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'mysql' && MYSQL_CONNECTION_ERRNOS.has(Number(Reflect.get(cause, 'code')));
+}
 
 /**
  * Translates what the database layer throws into domain errors, keeping the original as `cause`:
@@ -31,14 +39,12 @@ export function translateDatabaseError(error: unknown): unknown {
     // on PostgreSQL): the transaction was rolled back whole, so trying again is safe.
     if (error.code === 'P2034') return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
     const adapterCause: unknown = (error.meta?.['driverAdapterError'] as { cause?: unknown } | undefined)?.cause;
-    if (
-      typeof adapterCause === 'object' &&
-      adapterCause !== null &&
-      Reflect.get(adapterCause, 'kind') === 'mysql' &&
-      MYSQL_CONNECTION_ERRNOS.has(Number(Reflect.get(adapterCause, 'code')))
-    ) {
-      return new UnavailableError('Database unavailable', error);
-    }
+    if (isMysqlConnectionError(adapterCause)) return new UnavailableError('Database unavailable', error);
+  }
+  // Statements sent to the driver adapter directly (raw-reader.ts) fail with its own errors, which
+  // Prisma would have turned into the P1001/P1017 above.
+  if (error instanceof Error && isDriverAdapterError(error)) {
+    if (UNREACHABLE_KINDS.has(error.cause.kind) || isMysqlConnectionError(error.cause)) return new UnavailableError('Database unavailable', error);
   }
   if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
   const code = findCode(error);

@@ -226,7 +226,7 @@ describe('MySQL/MariaDB migrations', () => {
     // Port 9 (discard) has no MySQL server; short timeouts keep the test quick.
     const database = await createDatabase({ databaseUrl: 'mysql://root@127.0.0.1:9/nowhere?connectTimeout=300&acquireTimeout=600', dataDir: 'memory://' });
     try {
-      await expect(new PrismaUserRepository(database.prisma, database.dialect).findById(1)).rejects.toBeInstanceOf(UnavailableError);
+      await expect(new PrismaUserRepository(database).findById(1)).rejects.toBeInstanceOf(UnavailableError);
     } finally {
       await database.close();
     }

@@ -48,7 +48,7 @@ beforeAll(async () => {
   const database = t.app.database;
   if (database === undefined) throw new Error('this suite needs an app that holds the database');
   direct = {
-    users: new PrismaUserRepository(database.prisma, database.dialect),
+    users: new PrismaUserRepository(database),
     tokens: new PrismaTokenRepository(database.prisma, database.dialect),
     audit: new PrismaAuditRepository(database.prisma),
   };

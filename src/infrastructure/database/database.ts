@@ -30,6 +30,7 @@ import { DriverAdapterError } from '@prisma/driver-adapter-utils';
 import type { SqlDriverAdapter, SqlDriverAdapterFactory, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
 import { PrismaClient } from '../../../gen/prisma/client.ts';
 import { mysqlDialect, postgresDialect, type SqlDialect } from './dialect.ts';
+import { createRawReader, type Placeholders, type RawReader } from './raw-reader.ts';
 
 export interface DatabaseOptions {
   /**
@@ -52,6 +53,12 @@ export interface Database {
   readonly dialect: SqlDialect;
   /** The PostgreSQL schema, or the MySQL database, holding the application's tables. */
   readonly schema: string;
+  /**
+   * Sends one read statement of the repositories' own to the driver adapter the client holds,
+   * past the client's query engine, and decodes its rows as `$queryRaw` would (raw-reader.ts).
+   * It fails with the adapter's errors, which translateDatabaseError knows.
+   */
+  readonly readRows: RawReader;
   /** How many queries this process has sent: shows what the cache saves, in tests and metrics. */
   queryCount(): number;
   /**
@@ -65,20 +72,42 @@ export interface Database {
 const DEFAULT_SCHEMA = 'public';
 
 /**
- * A Prisma client whose queries are counted. Query events are emitted, not printed. Prisma types
- * a client with log events as a different generic instance, which the repositories need not
- * know about, hence the casts.
+ * A Prisma client whose queries are counted, and a reader that sends statements to the same
+ * adapter (so the same pool) the client connects. Query events are emitted, not printed. Prisma
+ * types a client with log events as a different generic instance, which the repositories need
+ * not know about, hence the casts.
  */
 function createCountingClient(
-  adapter: SqlDriverAdapterFactory,
+  factory: SqlDriverAdapterFactory,
+  placeholders: Placeholders,
   Client: new (options: { adapter: SqlDriverAdapterFactory; log: { emit: 'event'; level: 'query' }[] }) => object = PrismaClient,
 ) {
   let count = 0;
-  const client = new Client({ adapter, log: [{ emit: 'event', level: 'query' }] });
+  // The adapter the client connected last: Prisma connects its factory lazily, and again after
+  // a $disconnect.
+  let connected: SqlDriverAdapter | undefined;
+  const capturing: SqlDriverAdapterFactory = {
+    provider: factory.provider,
+    adapterName: factory.adapterName,
+    connect: async () => {
+      connected = await factory.connect();
+      return connected;
+    },
+  };
+  const client = new Client({ adapter: capturing, log: [{ emit: 'event', level: 'query' }] });
   (client as unknown as { $on(event: 'query', listener: () => void): void }).$on('query', () => {
     count += 1;
   });
-  return { prisma: client as unknown as PrismaClient, queryCount: () => count };
+  const prisma = client as unknown as PrismaClient;
+  const adapter = async (): Promise<SqlDriverAdapter> => {
+    if (connected === undefined) await prisma.$connect();
+    if (connected === undefined) throw new Error('The Prisma client connected no driver adapter');
+    return connected;
+  };
+  const readRows = createRawReader(adapter, placeholders, () => {
+    count += 1;
+  });
+  return { prisma, readRows, queryCount: () => count };
 }
 const MEMORY_PREFIX = 'memory://';
 
@@ -132,15 +161,18 @@ async function openPostgres(url: URL): Promise<Database> {
   const factory = new PrismaPg({ connectionString: url.toString() }, schema === DEFAULT_SCHEMA ? undefined : { schema });
   // The client's pool, as its adapter reports it once connected (the schema engine's are its own).
   let pool: { totalCount: number; idleCount: number; waitingCount: number; options: { max?: number } } | undefined;
-  const { prisma, queryCount } = createCountingClient({
-    provider: factory.provider,
-    adapterName: factory.adapterName,
-    connect: async () => {
-      const adapter = await factory.connect();
-      pool = adapter.underlyingDriver();
-      return adapter;
+  const { prisma, readRows, queryCount } = createCountingClient(
+    {
+      provider: factory.provider,
+      adapterName: factory.adapterName,
+      connect: async () => {
+        const adapter = await factory.connect();
+        pool = adapter.underlyingDriver();
+        return adapter;
+      },
     },
-  });
+    'numbered',
+  );
 
   const runOnPool = (adapter: Awaited<ReturnType<PrismaPg['connect']>>) => async (script: string) => {
     try {
@@ -168,6 +200,7 @@ async function openPostgres(url: URL): Promise<Database> {
     kind: 'postgresql',
     dialect: postgresDialect,
     schema,
+    readRows,
     queryCount,
     // node-postgres's default bound is 10 connections.
     poolUse: () => (pool === undefined ? undefined : { total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: pool.options.max ?? 10 }),
@@ -200,7 +233,7 @@ async function openMysql(url: URL): Promise<Database> {
     import('../../../gen/prisma-mysql/client.ts'),
   ]);
   const factory = new PrismaMariaDb(url.toString());
-  const { prisma, queryCount } = createCountingClient(factory, MysqlPrismaClient);
+  const { prisma, readRows, queryCount } = createCountingClient(factory, 'question', MysqlPrismaClient);
 
   const runScript = async (script: string) => {
     const scriptUrl = new URL(url);
@@ -234,6 +267,7 @@ async function openMysql(url: URL): Promise<Database> {
     kind: 'mysql',
     dialect: mysqlDialect,
     schema: database,
+    readRows,
     queryCount,
     close: async () => {
       await prisma.$disconnect();
@@ -262,7 +296,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
   }
   const [{ PGlite }, { PrismaPGlite }] = await Promise.all([import('@electric-sql/pglite'), import('pglite-prisma-adapter')]);
   const pglite = await PGlite.create(location);
-  const { prisma, queryCount } = createCountingClient(new PrismaPGlite(pglite));
+  const { prisma, readRows, queryCount } = createCountingClient(new PrismaPGlite(pglite), 'numbered');
   const adapterFactory = pgliteAdapterFactory(pglite, async () => {
     const shadow = await PGlite.create(MEMORY_PREFIX);
     return { pglite: shadow, release: () => shadow.close() };
@@ -274,6 +308,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
     kind: 'pglite',
     dialect: postgresDialect,
     schema: DEFAULT_SCHEMA,
+    readRows,
     queryCount,
     close: async () => {
       await prisma.$disconnect();

@@ -65,7 +65,8 @@ export interface UserRepository {
    * version and last-administrator conditions as update.
    */
   delete(id: number, expectedVersion?: number): Promise<boolean>;
-  list(filter: UserFilter): Promise<{ users: User[]; total: number }>;
+  /** A page of profiles: a listing never carries password hashes. */
+  list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }>;
   recordLogin(id: number, at: Date): Promise<void>;
 }
 
@@ -73,14 +74,14 @@ export class PrismaUserRepository implements UserRepository {
   readonly #db: PrismaClient;
   readonly #dialect: SqlDialect;
   readonly #readRows: RawReader;
-  readonly #columns: Prisma.Sql;
+  readonly #profileColumns: Prisma.Sql;
   readonly #orders: Record<UserSort, Prisma.Sql>;
 
   constructor({ prisma, dialect, readRows }: Pick<Database, 'prisma' | 'dialect' | 'readRows'>) {
     this.#db = prisma;
     this.#dialect = dialect;
     this.#readRows = readRows;
-    this.#columns = userColumns(dialect);
+    this.#profileColumns = profileColumns(dialect);
     this.#orders = listOrders(dialect);
   }
 
@@ -146,7 +147,7 @@ export class PrismaUserRepository implements UserRepository {
     );
   }
 
-  async list(filter: UserFilter): Promise<{ users: User[]; total: number }> {
+  async list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }> {
     const where = listWhere(filter, this.#dialect);
     const id = (name: string) => Prisma.raw(this.#dialect.identifier(name));
     // One statement: the count of the whole listing, with the page joined to it. The count is
@@ -157,12 +158,12 @@ export class PrismaUserRepository implements UserRepository {
     // page's CPU (raw-reader.ts).
     const rows = await withDatabaseErrors(() =>
       // MySQL's BOOLEAN is the TINYINT it is (0/1) in raw rows; Prisma's models carry booleans.
-      this.#readRows<Omit<User, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint }>(Prisma.sql`
+      this.#readRows<Omit<UserProfile, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint }>(Prisma.sql`
         SELECT ${id('page')}.*, ${id('counted')}.${id('total')}
         FROM ${this.#dialect.joinPageToCount(
           Prisma.sql`(SELECT count(*) AS ${id('total')} FROM ${id('users')} ${where}) AS ${id('counted')}`,
           Prisma.sql`(
-            SELECT ${this.#columns} FROM ${id('users')} ${where}
+            SELECT ${this.#profileColumns} FROM ${id('users')} ${where}
             ORDER BY ${this.#orders[filter.sort ?? 'id']}
             LIMIT ${filter.perPage} OFFSET ${(filter.page - 1) * filter.perPage}
           )`,
@@ -173,7 +174,7 @@ export class PrismaUserRepository implements UserRepository {
     // Typed as User rows above, but the count's row alone has a NULL id.
     const first: { id: number | null } | undefined = rows[0];
     if (rows.length === 1 && first?.id === null) return { users: [], total };
-    const users = rows.map(({ total: _total, ...row }): User => ({ ...row, isVerified: Boolean(row.isVerified), isActive: Boolean(row.isActive) }));
+    const users = rows.map(({ total: _total, ...row }): UserProfile => ({ ...row, isVerified: Boolean(row.isVerified), isActive: Boolean(row.isActive) }));
     return { users, total };
   }
 
@@ -241,10 +242,14 @@ function definedOnly<T extends object>(object: T): { [K in keyof T]?: Exclude<T[
   return Object.fromEntries(Object.entries(object).filter(([, value]) => value !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
 }
 
-/** Every column of `users` under its Prisma field name (columns are the fields in snake_case). */
-function userColumns(dialect: SqlDialect): Prisma.Sql {
+/**
+ * Every column of `users` but the password hash, under its Prisma field name (columns are the
+ * fields in snake_case).
+ */
+function profileColumns(dialect: SqlDialect): Prisma.Sql {
   return Prisma.raw(
     Object.values(Prisma.UserScalarFieldEnum)
+      .filter((field) => field !== Prisma.UserScalarFieldEnum.passwordHash)
       .map((field) => `${dialect.identifier(field.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`))} AS ${dialect.identifier(field)}`)
       .join(', '),
   );

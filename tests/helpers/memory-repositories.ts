@@ -110,7 +110,7 @@ export class MemoryUserRepository implements UserRepository {
     return true;
   }
 
-  async list(filter: UserFilter): Promise<{ users: User[]; total: number }> {
+  async list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }> {
     const q = filter.q?.toLowerCase();
     const matching = [...this.#rows.values()].filter(
       (row) =>
@@ -119,7 +119,7 @@ export class MemoryUserRepository implements UserRepository {
         (q === undefined || [row.usernameKey, row.email, row.firstName, row.lastName].some((field) => field?.toLowerCase().startsWith(q))),
     );
     const start = (filter.page - 1) * filter.perPage;
-    return { users: matching.slice(start, start + filter.perPage).map((row) => ({ ...row })), total: matching.length };
+    return { users: matching.slice(start, start + filter.perPage).map(({ passwordHash: _hash, ...profile }) => profile), total: matching.length };
   }
 
   async recordLogin(id: number, at: Date): Promise<void> {

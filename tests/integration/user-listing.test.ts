@@ -1,9 +1,9 @@
 // The page of users is the one statement sent to the driver adapter past Prisma's query engine
 // (src/infrastructure/database/raw-reader.ts), so its rows are decoded by our code rather than
 // Prisma's. Each row it returns must be exactly the row Prisma's own model read returns, every
-// field's value and type (Dates, booleans, nulls, enums), on every database kind: PostgreSQL and
-// PGlite in the monolithic project, MariaDB in the `mariadb` one. A server out of reach must be
-// a 503, as it is through Prisma.
+// field's value and type (Dates, booleans, nulls, enums), and nothing more (no password hash), on
+// every database kind: PostgreSQL and PGlite in the monolithic project, MariaDB in the `mariadb`
+// one. A server out of reach must be a 503, as it is through Prisma.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Prisma, type User } from '../../gen/prisma/client.ts';
 import { MIGRATIONS_PATH } from '../../src/app.ts';
@@ -68,7 +68,8 @@ const FILTERS: UserFilter[] = [
 async function expectListingAsPrismaReadsIt(database: Database): Promise<void> {
   const repository = new PrismaUserRepository(database);
   await seed(repository);
-  const all = await database.prisma.user.findMany({ orderBy: { id: 'asc' } });
+  // Profiles: a listing never carries password hashes.
+  const all = await database.prisma.user.findMany({ orderBy: { id: 'asc' }, omit: { passwordHash: true } });
   for (const filter of FILTERS) {
     const queriesBefore = database.queryCount();
     const { users, total } = await repository.list(filter);

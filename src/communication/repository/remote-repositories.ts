@@ -77,9 +77,9 @@ export class RemoteUserRepository implements UserRepository {
     return deleted;
   }
 
-  async list(filter: UserFilter): Promise<{ users: User[]; total: number }> {
+  async list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }> {
     const { users, total } = await this.#client.listUsers(userFilterToProto(filter));
-    return { users: users.map(userFromProto), total };
+    return { users: users.map(profileFromProto), total };
   }
 
   async recordLogin(id: number, at: Date): Promise<void> {

@@ -30,7 +30,7 @@ import { DriverAdapterError } from '@prisma/driver-adapter-utils';
 import type { SqlDriverAdapter, SqlDriverAdapterFactory, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
 import { PrismaClient } from '../../../gen/prisma/client.ts';
 import { mysqlDialect, postgresDialect, type SqlDialect } from './dialect.ts';
-import { createRawReader, type Placeholders, type RawReader } from './raw-reader.ts';
+import { createRawReader, StatementNames, type Placeholders, type RawReader } from './raw-reader.ts';
 
 export interface DatabaseOptions {
   /**
@@ -80,6 +80,7 @@ const DEFAULT_SCHEMA = 'public';
 function createCountingClient(
   factory: SqlDriverAdapterFactory,
   placeholders: Placeholders,
+  names: StatementNames | undefined,
   Client: new (options: { adapter: SqlDriverAdapterFactory; log: { emit: 'event'; level: 'query' }[] }) => object = PrismaClient,
 ) {
   let count = 0;
@@ -104,9 +105,14 @@ function createCountingClient(
     if (connected === undefined) throw new Error('The Prisma client connected no driver adapter');
     return connected;
   };
-  const readRows = createRawReader(adapter, placeholders, () => {
-    count += 1;
-  });
+  const readRows = createRawReader(
+    adapter,
+    placeholders,
+    () => {
+      count += 1;
+    },
+    names,
+  );
   return { prisma, readRows, queryCount: () => count };
 }
 const MEMORY_PREFIX = 'memory://';
@@ -158,7 +164,8 @@ async function openPostgres(url: URL): Promise<Database> {
   // Each connect() of PrismaPg opens its own pool, so the client and the schema engine never share
   // connections (and never share the engine's session-level advisory lock).
   const { PrismaPg } = await import('@prisma/adapter-pg');
-  const factory = new PrismaPg({ connectionString: url.toString() }, schema === DEFAULT_SCHEMA ? undefined : { schema });
+  const names = new StatementNames();
+  const factory = new PrismaPg({ connectionString: url.toString() }, { ...(schema === DEFAULT_SCHEMA ? {} : { schema }), statementNameGenerator: names.nameOf });
   // The client's pool, as its adapter reports it once connected (the schema engine's are its own).
   let pool: { totalCount: number; idleCount: number; waitingCount: number; options: { max?: number } } | undefined;
   const { prisma, readRows, queryCount } = createCountingClient(
@@ -172,6 +179,7 @@ async function openPostgres(url: URL): Promise<Database> {
       },
     },
     'numbered',
+    names,
   );
 
   const runOnPool = (adapter: Awaited<ReturnType<PrismaPg['connect']>>) => async (script: string) => {
@@ -233,7 +241,7 @@ async function openMysql(url: URL): Promise<Database> {
     import('../../../gen/prisma-mysql/client.ts'),
   ]);
   const factory = new PrismaMariaDb(url.toString());
-  const { prisma, readRows, queryCount } = createCountingClient(factory, 'question', MysqlPrismaClient);
+  const { prisma, readRows, queryCount } = createCountingClient(factory, 'question', undefined, MysqlPrismaClient);
 
   const runScript = async (script: string) => {
     const scriptUrl = new URL(url);
@@ -296,7 +304,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
   }
   const [{ PGlite }, { PrismaPGlite }] = await Promise.all([import('@electric-sql/pglite'), import('pglite-prisma-adapter')]);
   const pglite = await PGlite.create(location);
-  const { prisma, readRows, queryCount } = createCountingClient(new PrismaPGlite(pglite), 'numbered');
+  const { prisma, readRows, queryCount } = createCountingClient(new PrismaPGlite(pglite), 'numbered', undefined);
   const adapterFactory = pgliteAdapterFactory(pglite, async () => {
     const shadow = await PGlite.create(MEMORY_PREFIX);
     return { pglite: shadow, release: () => shadow.close() };

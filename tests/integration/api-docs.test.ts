@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OPENAPI_PATH } from '../../src/app.ts';
 import { protoServices, publicProtoFiles } from '../../src/controllers/rest/docs-routes.ts';
-import { createTestApp, type TestApp } from '../helpers/test-app.ts';
+import { bearer, createTestApp, loginAdmin, type TestApp } from '../helpers/test-app.ts';
 
 let t: TestApp;
 
@@ -72,6 +72,32 @@ describe('API docs', () => {
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toMatch(/^application\/yaml/);
     expect(res.body).toBe(await readFile(OPENAPI_PATH, 'utf8'));
+  });
+
+  it('when a reader holds the ETag of the docs page, the contract, the RPC index or a console file, then it is answered 304 without a body', async () => {
+    for (const path of ['/docs', '/openapi.yaml', '/docs/proto/', '/console', '/console/console.js', '/console/console.css']) {
+      const first = await t.request.get(path);
+      expect(first.status, path).toBe(200);
+      const tag = first.headers.etag;
+      expect(tag, path).toMatch(/^"[\w-]{27}"$/);
+      // The tag is the body's: the same on the next answer.
+      expect((await t.request.get(path)).headers.etag, path).toBe(tag);
+      const revalidated = await t.request.get(path).set('if-none-match', String(tag));
+      expect(revalidated.status, path).toBe(304);
+      expect(revalidated.text, path).toBe('');
+      expect((await t.request.get(path).set('if-none-match', '"stale"')).status, path).toBe(200);
+    }
+  });
+
+  it('when an API answer carries its own requestId, then it carries no tag of its body; a user read carries its version as tag', async () => {
+    const token = await loginAdmin(t);
+    const page = await t.request.get('/api/v1/users').set(...bearer(token));
+    expect(page.status).toBe(200);
+    expect(page.headers.etag).toBeUndefined();
+    const me = await t.request.get('/api/v1/auth/me').set(...bearer(token));
+    expect(me.headers.etag).toMatch(/^"\d+"$/);
+    const user = await t.request.get(`/api/v1/users/${(me.body as { data: { id: number } }).data.id}`).set(...bearer(token));
+    expect(user.headers.etag).toMatch(/^"\d+"$/);
   });
 
   it("when the RPC reference is opened, then it lists every public .proto file with its services' and RPCs' comments, and serves each file", async () => {

@@ -1,6 +1,7 @@
 import { Router, type Response } from 'express';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { entityTagOf } from './entity-tag.ts';
 
 /** Where the committed console build lives (scripts/build-console.ts writes it). */
 export const CONSOLE_DIST = join(import.meta.dirname, '..', '..', '..', 'console', 'dist');
@@ -34,12 +35,18 @@ const ASSETS = {
  * controller (or monolith) serves it.
  */
 export function createConsoleRoutes(dist = CONSOLE_DIST): Router {
-  const files = Object.fromEntries(Object.keys(ASSETS).map((name) => [name, readFileSync(join(dist, name))])) as Record<keyof typeof ASSETS, Buffer>;
+  const files = Object.fromEntries(
+    Object.keys(ASSETS).map((name) => {
+      const body = readFileSync(join(dist, name));
+      return [name, { body, tag: entityTagOf(body) }];
+    }),
+  ) as Record<keyof typeof ASSETS, { body: Buffer; tag: string }>;
   const send = (res: Response, name: keyof typeof ASSETS) => {
     res.setHeader('content-security-policy', CONSOLE_CSP);
     // Not fingerprinted: revalidate (by ETag) so a new release is picked up at once.
     res.setHeader('cache-control', 'no-cache');
-    res.type(ASSETS[name]).send(files[name]);
+    res.setHeader('etag', files[name].tag);
+    res.type(ASSETS[name]).send(files[name].body);
   };
   const router = Router({ strict: true });
   router.get(['/console', '/console/'], (_req, res) => send(res, 'index.html'));

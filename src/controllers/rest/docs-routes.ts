@@ -10,6 +10,7 @@ import { Router, type Response } from 'express';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, sep } from 'node:path';
+import { entityTagOf } from './entity-tag.ts';
 
 const ROOT = join(import.meta.dirname, '..', '..', '..');
 const PROTO_ROOT = join(ROOT, 'proto');
@@ -110,8 +111,12 @@ export function createDocsRoutes(apiSpecPath: string): Router {
   const protoFiles = publicProtoFiles();
   const protoIndex = renderProtoIndex(protoFiles);
   const protoSet = new Set(protoFiles);
-  const html = (res: Response, csp: string, body: string) => {
+  const pageTag = entityTagOf(page);
+  const specTag = entityTagOf(spec);
+  const protoIndexTag = entityTagOf(protoIndex);
+  const html = (res: Response, csp: string, body: string, tag: string) => {
     res.setHeader('content-security-policy', csp);
+    res.setHeader('etag', tag);
     res.type('html').send(body);
   };
   const asset = (file: string, type: string) => (_req: unknown, res: Response) => {
@@ -120,16 +125,17 @@ export function createDocsRoutes(apiSpecPath: string): Router {
     res.sendFile(file);
   };
 
-  router.get('/docs', (_req, res) => html(res, DOCS_CSP, page));
+  router.get('/docs', (_req, res) => html(res, DOCS_CSP, page, pageTag));
   router.get('/docs/', (_req, res) => res.redirect(301, '/docs'));
   router.get('/docs/assets/redoc.standalone.js', asset(REDOC_BUNDLE, 'text/javascript'));
   router.get('/docs/assets/docs.js', asset(join(ASSETS, 'docs.js'), 'text/javascript'));
   router.get('/docs/assets/proto.css', asset(join(ASSETS, 'proto.css'), 'text/css'));
   router.get('/openapi.yaml', (_req, res) => {
     res.setHeader('cache-control', 'no-cache');
+    res.setHeader('etag', specTag);
     res.type('application/yaml; charset=utf-8').send(spec);
   });
-  router.get('/docs/proto/', (_req, res) => html(res, STATIC_CSP, protoIndex));
+  router.get('/docs/proto/', (_req, res) => html(res, STATIC_CSP, protoIndex, protoIndexTag));
   router.get('/docs/proto', (_req, res) => res.redirect(301, '/docs/proto/'));
   router.get(/^\/docs\/proto\/(.+\.proto)$/, (req, res, next) => {
     const file = (req.params as unknown as Record<string, string>)[0] ?? '';

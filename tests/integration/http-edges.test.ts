@@ -58,6 +58,19 @@ describe('bad input never reaches a 500', () => {
     }
   });
 
+  it('when a page, file or probe is asked for in another case or with a trailing slash, then it answers as Express routes it; near misses are 404', async () => {
+    // Express matches routes without regard to case, and without strict routing a trailing slash
+    // too; the console's router is strict. Each router is only entered for its own paths.
+    for (const path of ['/HEALTH', '/health/', '/Ready', '/public/INFO', '/DOCS', '/docs/Proto/', '/OpenAPI.yaml', '/CONSOLE', '/console/', '/Console/Console.JS']) {
+      expect((await t.request.get(path)).status, path).toBe(200);
+    }
+    for (const path of ['/healthz', '/docsx', '/openapi.yml', '/consoles', '/console/console.js/', '/public/info/x']) {
+      const res = await t.request.get(path);
+      expect(res.status, path).toBe(404);
+      expect(res.body, path).toMatchObject({ success: false, error: { code: 'NOT_FOUND' } });
+    }
+  });
+
   it('when the authorization header is not a bearer token, then 401', async () => {
     const res = await t.request.get('/api/v1/auth/me').set('authorization', 'Basic dXNlcjpwYXNz');
     expect(res.status).toBe(401);

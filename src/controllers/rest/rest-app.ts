@@ -1,5 +1,5 @@
 import compression from 'compression';
-import express, { type Express, type NextFunction, type Request, type Response } from 'express';
+import express, { type Express, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage } from 'node:http';
 import type { OpenApiValidatorOpts } from 'express-openapi-validator/dist/framework/types.d.ts';
@@ -26,6 +26,27 @@ import type { ReadinessCheck } from '../../rpc/readiness.ts';
 import { createUserRoutes } from './user-routes.ts';
 
 const PROBES = new Set(['/health', '/ready']);
+
+/*
+ * The paths of the routers that are not API operations, as Express's routers match them: any
+ * case, with or without a trailing slash. Each router is entered only for its own paths, so an
+ * API request no longer walks the console's, the reference's and the probes' sixteen routes
+ * (a pattern match and the router's bookkeeping each) before reaching its own.
+ */
+const CONSOLE_PATHS = /^\/console(?:\/|$)/i;
+const DOCS_PATHS = /^\/(?:docs|openapi\.yaml)(?:\/|$)/i;
+const SYSTEM_PATHS = /^\/(?:health|ready|public\/info)(?:\/|$)/i;
+
+/** `router` for the paths `paths` matches; every other request goes past it untouched. */
+function onlyFor(paths: RegExp, router: RequestHandler): RequestHandler {
+  return (req, res, next) => {
+    if (paths.test(req.path)) {
+      router(req, res, next);
+      return;
+    }
+    next();
+  };
+}
 
 export interface RestAppOptions {
   apiSpecPath: string;
@@ -74,7 +95,7 @@ export function createRestApp(options: RestAppOptions): Express {
 
   // The admin console's page and assets, with their own strict CSP: static bytes held in memory,
   // outside the API's rate limit (the console's RPCs count against it like any client's).
-  app.use(createConsoleRoutes());
+  app.use(onlyFor(CONSOLE_PATHS, createConsoleRoutes()));
 
   if (options.rateLimiter !== undefined) {
     // Probes are exempt: an orchestrator polling them must never be throttled.
@@ -84,7 +105,7 @@ export function createRestApp(options: RestAppOptions): Express {
 
   // The API reference (/docs, /openapi.yaml, /docs/proto/): pages, not API operations, so ahead
   // of the body parser and the OpenAPI validator.
-  app.use(createDocsRoutes(options.apiSpecPath));
+  app.use(onlyFor(DOCS_PATHS, createDocsRoutes(options.apiSpecPath)));
 
   // A compressed body is inflated by body-parser (bounded by the limit after inflation); one cut
   // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with
@@ -111,7 +132,7 @@ export function createRestApp(options: RestAppOptions): Express {
   );
   app.use(refuseUnstorablePathParameters);
 
-  app.use(createSystemRoutes({ info: options.info, readiness: options.readiness }));
+  app.use(onlyFor(SYSTEM_PATHS, createSystemRoutes({ info: options.info, readiness: options.readiness })));
   app.use('/api/v1/auth', createAuthRoutes(options.services));
   app.use('/api/v1/users', createUserRoutes(options.services));
   app.use('/api/v1/audit-events', createAuditRoutes(options.services));

@@ -26,6 +26,19 @@ describe('StatementNames', () => {
     expect(names.nameOf(statement('SELECT a LIMIT $1 OFFSET $2'))).toBe('');
   });
 
+  it('when a name is retired (its prepared statement went stale), then the text gets a new one; a stale retirement leaves the newer name', () => {
+    const names = new StatementNames();
+    const text = 'SELECT a LIMIT $1 OFFSET $2';
+    const old = names.nameOf(names.mark(statement(text)));
+    names.retire(text, old);
+    const renamed = names.nameOf(names.mark(statement(text)));
+    expect(renamed).toMatch(/^arcana_read_\d+$/);
+    expect(renamed).not.toBe(old);
+    // A second read that failed under the old name, retiring it late.
+    names.retire(text, old);
+    expect(names.nameOf(names.mark(statement(text)))).toBe(renamed);
+  });
+
   it('when more texts than the bound arrive, then the rest go unnamed and the named keep their names', () => {
     const names = new StatementNames();
     const named = Array.from({ length: StatementNames.MAX_NAMED }, (_, i) => names.nameOf(names.mark(statement(`SELECT ${i}`))));

@@ -8,7 +8,7 @@
 //
 // On PostgreSQL the statements are also named (prepared), so that each connection parses and
 // plans each one once, not at every call (StatementNames below).
-import { ColumnTypeEnum, type ArgType, type ColumnType, type SqlDriverAdapter, type SqlQuery } from '@prisma/driver-adapter-utils';
+import { ColumnTypeEnum, isDriverAdapterError, type ArgType, type ColumnType, type SqlDriverAdapter, type SqlQuery } from '@prisma/driver-adapter-utils';
 import type { Prisma } from '../../../gen/prisma/client.ts';
 
 /** One read statement, its rows as objects keyed by column name. */
@@ -24,13 +24,17 @@ export type Placeholders = 'numbered' | 'question';
  * prepared (pgbench, one client, 100 users), more than the whole of Prisma's share on the Node
  * side. Only the reader's own statements are named: their texts are few (one per filter and sort
  * combination) and their result columns are listed, not `*` of a table, so a column added by a
- * later migration does not invalidate them. Prisma's statements stay unnamed, as their texts are
- * not bounded (lists of values are spelled out). Past MAX_NAMED texts, statements go unnamed.
+ * later migration does not invalidate them. A migration that changes a listed column's type
+ * does: PostgreSQL then refuses the prepared statement on every connection that holds it, so the
+ * text is retired and named anew, and the read tried once more (see createRawReader). Prisma's
+ * statements stay unnamed, as their texts are not bounded (lists of values are spelled out).
+ * Past MAX_NAMED names, statements go unnamed.
  */
 export class StatementNames {
   static readonly MAX_NAMED = 256;
   readonly #reads = new WeakSet<SqlQuery>();
   readonly #names = new Map<string, string>();
+  #issued = 0;
 
   /** Marks a statement of the reader's, to be named. */
   mark(query: SqlQuery): SqlQuery {
@@ -43,12 +47,31 @@ export class StatementNames {
     if (!this.#reads.has(query)) return '';
     let name = this.#names.get(query.sql);
     if (name === undefined) {
-      if (this.#names.size >= StatementNames.MAX_NAMED) return '';
-      name = `arcana_read_${this.#names.size + 1}`;
+      if (this.#issued >= StatementNames.MAX_NAMED) return '';
+      this.#issued += 1;
+      name = `arcana_read_${this.#issued}`;
       this.#names.set(query.sql, name);
     }
     return name;
   };
+
+  /**
+   * Forgets `name` for the text, so that its next use is prepared afresh under a new one; a
+   * name that concurrent reads have already replaced stays.
+   */
+  retire(sql: string, name: string): void {
+    if (this.#names.get(sql) === name) this.#names.delete(sql);
+  }
+}
+
+/**
+ * PostgreSQL's refusal of a prepared statement whose result columns a schema change has altered
+ * (SQLSTATE 0A000, "cached plan must not change result type"), as the adapter reports it.
+ */
+function isStalePreparedStatement(error: unknown): boolean {
+  if (!(error instanceof Error) || !isDriverAdapterError(error)) return false;
+  const cause = error.cause as { kind: string; code?: unknown; message?: unknown };
+  return cause.kind === 'postgres' && cause.code === '0A000' && typeof cause.message === 'string' && cause.message.includes('cached plan');
 }
 
 /**
@@ -59,12 +82,27 @@ export function createRawReader(adapter: () => Promise<SqlDriverAdapter>, placeh
   return async <Row extends object>(query: Prisma.Sql): Promise<Row[]> => {
     const connection = await adapter();
     onQuery();
-    const statement: SqlQuery = {
+    const statement = (): SqlQuery => ({
       sql: placeholders === 'numbered' ? query.text : query.sql,
       args: query.values,
       argTypes: query.values.map(argTypeOf),
-    };
-    const result = await connection.queryRaw(names === undefined ? statement : names.mark(statement));
+    });
+    let result;
+    if (names === undefined) {
+      result = await connection.queryRaw(statement());
+    } else {
+      const first = names.mark(statement());
+      // The name the adapter asks for as it sends the statement, which it does before its first await.
+      const name = names.nameOf(first);
+      try {
+        result = await connection.queryRaw(first);
+      } catch (error) {
+        if (!isStalePreparedStatement(error)) throw error;
+        names.retire(first.sql, name);
+        onQuery();
+        result = await connection.queryRaw(names.mark(statement()));
+      }
+    }
     const { columnNames, columnTypes } = result;
     const decoders = columnTypes.map(decoderFor);
     return result.rows.map((values) => {

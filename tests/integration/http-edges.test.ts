@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bearer, createTestApp, newUser, register, type TestApp } from '../helpers/test-app.ts';
+import { bearer, createTestApp, loginAdmin, newUser, register, type TestApp } from '../helpers/test-app.ts';
 
 let t: TestApp;
 
@@ -49,6 +49,24 @@ describe('bad input never reaches a 500', () => {
     const user = await register(t);
     const res = await t.request.get('/api/v1/users/99999999999').set(...bearer(user.accessToken));
     expect(res.status).toBe(400);
+  });
+
+  it('when an id, a page or a filter is a number no int32 holds but JavaScript reads as Infinity, then 400 naming it, not a 500', async () => {
+    const admin = await loginAdmin(t);
+    const cases: [method: 'get' | 'delete', path: string, field: string][] = [
+      ['get', '/api/v1/users/1e400', 'userId'],
+      ['get', '/api/v1/users/Infinity', 'userId'],
+      ['delete', '/api/v1/users/1e400/sessions', 'userId'],
+      ['delete', '/api/v1/users/1/sessions/1e400', 'sessionId'],
+      ['get', '/api/v1/users?page=1e400', 'page'],
+      ['get', '/api/v1/audit-events?userId=1e400', 'userId'],
+      ['get', '/api/v1/audit-events?page=Infinity', 'page'],
+    ];
+    for (const [method, path, field] of cases) {
+      const res = await t.request[method](path).set(...bearer(admin));
+      expect(res.status, path).toBe(400);
+      expect(res.body, path).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR', details: { [field]: expect.any(String) } } });
+    }
   });
 
   it('when the route or method is unknown, then 404 in the envelope', async () => {

@@ -3,7 +3,6 @@ import type { components, operations } from '../../../gen/openapi/schema.d.ts';
 import { AuditEventType } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { sendPage } from './envelope.ts';
 import { requireField } from '../../domain/message-mapping.ts';
-import { int32Parameter } from './int32-parameter.ts';
 import { callOptions, requireBearer, type ServiceClients } from './service-call.ts';
 import { toRestAuditEvent, toRestPagination } from './rest-mapping.ts';
 
@@ -19,9 +18,9 @@ export function createAuditRoutes({ audit }: ServiceClients): Router {
     const query = req.query as unknown as Partial<Record<keyof ListQuery, string>>;
     const page = await audit.listAuditEvents(
       {
-        page: int32Parameter('page', query.page ?? 1),
-        perPage: int32Parameter('perPage', query.perPage ?? 20),
-        ...(query.userId === undefined ? {} : { userId: int32Parameter('userId', query.userId) }),
+        page: Number(query.page ?? 1),
+        perPage: Number(query.perPage ?? 20),
+        ...(query.userId === undefined ? {} : { userId: Number(query.userId) }),
         ...(query.type === undefined ? {} : { type: AuditEventType[query.type as Schemas['AuditEventType']] }),
       },
       callOptions(req, res),

@@ -130,7 +130,7 @@ export function createRestApp(options: RestAppOptions): Express {
       ajvFormats: { mode: 'full' },
     }),
   );
-  app.use(refuseUnstorablePathParameters);
+  app.use(refuseUnusableParameters);
 
   app.use(onlyFor(SYSTEM_PATHS, createSystemRoutes({ info: options.info, readiness: options.readiness })));
   app.use('/api/v1/auth', createAuthRoutes(options.services));
@@ -173,11 +173,17 @@ function refuseBracketedQueryNames(req: Request, _res: Response, next: NextFunct
 
 /**
  * The same for path parameters, once express-openapi-validator has matched the operation and
- * decoded them (and checked their types: an id with a NUL is already not an integer).
+ * decoded them (and checked their types: an id with a NUL is already not an integer). And for
+ * every number the validator coerced a path or query parameter into: it reads the text with
+ * JavaScript's Number and lets what that turns into Infinity (`1e400`, `Infinity`) through its
+ * int32 check (it refuses `99999999999`), which used to reach the database as a 500.
  */
-function refuseUnstorablePathParameters(req: Request, _res: Response, next: NextFunction): void {
-  const pathParams = (req as { openapi?: { pathParams?: Record<string, string> } }).openapi?.pathParams;
-  const details = findUnstorableText(pathParams ?? {});
+function refuseUnusableParameters(req: Request, _res: Response, next: NextFunction): void {
+  const pathParams = (req as { openapi?: { pathParams?: Record<string, unknown> } }).openapi?.pathParams ?? {};
+  const details = findUnstorableText(pathParams);
+  for (const [name, value] of [...Object.entries(pathParams), ...Object.entries(req.query)]) {
+    if (typeof value === 'number' && !Number.isFinite(value)) details[name] ??= 'must be a finite number';
+  }
   if (Object.keys(details).length > 0) throw new ValidationError('Validation failed', details);
   next();
 }

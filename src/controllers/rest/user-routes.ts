@@ -4,15 +4,14 @@ import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
 import { PreconditionFailedError, ValidationError } from '../../domain/errors.ts';
 import { etagOf, sendPage, sendSuccess, sendUser } from './envelope.ts';
 import { requireField } from '../../domain/message-mapping.ts';
-import { int32Parameter } from './int32-parameter.ts';
 import { callOptions, requireBearer, type ServiceClients } from './service-call.ts';
 import { roleFromRest, statusFromRest, toRestPagination, toRestSession, toRestUser } from './rest-mapping.ts';
 
 type Schemas = components['schemas'];
 type ListQuery = NonNullable<operations['listUsers']['parameters']['query']>;
 
-/** The validator has already checked that `userId` is a positive int32 (see int32Parameter). */
-const userIdOf = (req: Request): number => int32Parameter('userId', req.params.userId);
+/** The validator has already checked that `userId` is a positive int32. */
+const userIdOf = (req: Request): number => Number(req.params.userId);
 
 const ENTITY_TAG = /^\s*(?:(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"|(\*))\s*$/;
 
@@ -61,8 +60,8 @@ export function createUserRoutes({ users, auth }: ServiceClients): Router {
     const query = req.query as unknown as Partial<Record<keyof ListQuery, string>>;
     const page = await users.listUsers(
       {
-        page: int32Parameter('page', query.page ?? 1),
-        perPage: int32Parameter('perPage', query.perPage ?? 20),
+        page: Number(query.page ?? 1),
+        perPage: Number(query.perPage ?? 20),
         ...(query.role === undefined ? {} : { role: roleFromRest(query.role as Schemas['UserRole']) }),
         ...(query.status === undefined ? {} : { status: statusFromRest(query.status as Schemas['UserStatus']) }),
         ...(query.q === undefined ? {} : { q: query.q }),
@@ -136,7 +135,7 @@ export function createUserRoutes({ users, auth }: ServiceClients): Router {
   });
 
   router.delete('/:userId/sessions/:sessionId', async (req, res) => {
-    await auth.endUserSession({ userId: userIdOf(req), sessionId: int32Parameter('sessionId', req.params.sessionId) }, callOptions(req, res));
+    await auth.endUserSession({ userId: userIdOf(req), sessionId: Number(req.params.sessionId) }, callOptions(req, res));
     sendSuccess(res, null, 'Session ended');
   });
 

@@ -30,7 +30,7 @@ import type { UserRepository } from '../repositories/user-repository.ts';
 import { runWithCallContext, timeoutFromHeaders, type CallContext } from '../infrastructure/call-context.ts';
 import { callerFromHeaders, callerKey } from '../rpc/caller.ts';
 import type { InProcessService } from '../rpc/in-process-transport.ts';
-import { CALLER_HEADER } from './layer-transport.ts';
+import { CALLER_HEADER, REPEAT_HEADER } from './layer-transport.ts';
 import {
   createAuditRepositoryHandler,
   createCounterStoreHandler,
@@ -112,7 +112,14 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
             'rpc.method': procedure,
           })
         : undefined;
-    const context: CallContext = { requestId, caller, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, span };
+    const context: CallContext = {
+      requestId,
+      caller,
+      deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs,
+      signal: req.signal,
+      span,
+      repeat: req.header.has(REPEAT_HEADER) || undefined,
+    };
     return runWithCallContext(context, async () => {
       try {
         const res = await next(req);

@@ -17,6 +17,13 @@ import { callerKey, writeCallerHeaders } from '../rpc/caller.ts';
 
 /** Who the request is for (`user:<id>`): sent down for the logs, and sent back once the service layer knows. */
 export const CALLER_HEADER = 'x-arcana-caller';
+/**
+ * Present on a call that may repeat one already carried out: a retry after a lost connection
+ * (the first attempt may have done its work and lost only the answer), or any call made while
+ * serving such a call. A layer that finds the write it is asked for already done answers a repeat
+ * as the first attempt would have (see UpdateUser and the revocations of the repository API).
+ */
+export const REPEAT_HEADER = 'x-arcana-repeat';
 import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
 import { GrpcUnaryClient } from './grpc-unary-client.ts';
 
@@ -81,6 +88,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     if (context !== undefined) {
       headers['x-request-id'] = context.requestId;
       if (context.caller !== undefined) headers[CALLER_HEADER] = context.caller;
+      if (context.repeat === true) headers[REPEAT_HEADER] = '1';
     }
     // The request being served may have less time left than this call's own budget: the
     // downstream call gets whichever is shorter, so no layer works on for an answer nobody awaits.
@@ -128,6 +136,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
           'internal call failed; retrying',
         );
         await sleep(delay);
+        headers[REPEAT_HEADER] = '1';
       }
     }
   };

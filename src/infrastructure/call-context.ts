@@ -24,6 +24,11 @@ export interface CallContext {
    * the same record twice (the caller's profile: once to authenticate, once to answer) pays once.
    */
   reads?: Map<string, Promise<unknown>> | undefined;
+  /**
+   * Whether this call may repeat one already carried out (REPEAT_HEADER in
+   * communication/layer-transport.ts): set by the layer server, passed on to every call below.
+   */
+  repeat?: boolean | undefined;
   /** The span of this request in this process, when tracing is on: the parent of its calls' spans. */
   span?: Span | undefined;
 }

@@ -130,6 +130,9 @@ for (const protocol of ['grpc', 'http'] as const) {
       const client = clientOf([dropping.url, healthy.url]);
       await expect(client.peekCounter({ key: 'k' })).resolves.toMatchObject({ count: 0 });
       expect(healthy.calls.map((call) => call.method)).toEqual(['peek']);
+      // The retry says it may repeat a call already carried out; the first attempt did not.
+      expect(dropping.calls[0]?.headers.get('x-arcana-repeat')).toBeNull();
+      expect(healthy.calls[0]?.headers.get('x-arcana-repeat')).toBe('1');
 
       // Two picks so far (dropping, then healthy for the retry): the next call goes to dropping.
       const before = dropping.calls.length;
@@ -162,6 +165,15 @@ for (const protocol of ['grpc', 'http'] as const) {
       const timeout = timeoutFromHeaders(headers);
       expect(timeout).toBeGreaterThan(0);
       expect(timeout).toBeLessThanOrEqual(300);
+      // A first attempt of a first attempt is no repeat.
+      expect(headers.get('x-arcana-repeat')).toBeNull();
+    });
+
+    it('when the request being served may be a repeat, then so may every call it makes, and the call says so', async () => {
+      const layer = await startFakeLayer();
+      const client = clientOf([layer.url], 5_000);
+      await runWithCallContext({ requestId: 'req-repeat', repeat: true }, () => client.incrementCounter({ key: 'k', windowMs: 1000 }));
+      expect(layer.calls.map((call) => [call.method, call.headers.get('x-arcana-repeat')])).toEqual([['increment', '1']]);
     });
   });
 }

@@ -1,6 +1,7 @@
 import type { OAuthToken } from '../../gen/prisma/client.ts';
 import type { Cache } from '../infrastructure/cache.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository } from './token-repository.ts';
+import type { WriteOptions } from './write-options.ts';
 
 export const sessionCacheKey = (accessTokenHash: string): string => `session:${accessTokenHash}`;
 
@@ -51,16 +52,16 @@ export class CachedTokenRepository implements TokenRepository {
     }
   }
 
-  async revoke(id: number, reason: RevocationReason) {
-    return this.#invalidate(await this.#inner.revoke(id, reason));
+  async revoke(id: number, reason: RevocationReason, options?: WriteOptions) {
+    return this.#invalidate(await this.#inner.revoke(id, reason, options));
   }
 
-  async revokeFamily(familyId: string, reason: RevocationReason) {
-    return this.#invalidate(await this.#inner.revokeFamily(familyId, reason));
+  async revokeFamily(familyId: string, reason: RevocationReason, options?: WriteOptions) {
+    return this.#invalidate(await this.#inner.revokeFamily(familyId, reason, options));
   }
 
-  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason) {
-    return this.#invalidate(await this.#inner.revokeAllForUser(userId, exceptId, reason));
+  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options?: WriteOptions) {
+    return this.#invalidate(await this.#inner.revokeAllForUser(userId, exceptId, reason, options));
   }
 
   listActive(userId: number, now: Date) {

@@ -1,6 +1,6 @@
 import { forgetRead, readOnce } from '../infrastructure/call-context.ts';
 import type { Cache } from '../infrastructure/cache.ts';
-import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository } from './user-repository.ts';
+import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, WriteOptions } from './user-repository.ts';
 
 export const userCacheKey = (id: number): string => `user:${id}`;
 
@@ -53,9 +53,9 @@ export class CachedUserRepository implements UserRepository {
     return this.#inner.create(user);
   }
 
-  async update(id: number, changes: UserChanges, expected?: UserExpectation) {
+  async update(id: number, changes: UserChanges, expected?: UserExpectation, options?: WriteOptions) {
     try {
-      return await this.#inner.update(id, changes, expected);
+      return await this.#inner.update(id, changes, expected, options);
     } finally {
       forgetRead(userCacheKey(id));
       await this.#cache.delete(userCacheKey(id));

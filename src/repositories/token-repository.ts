@@ -1,6 +1,13 @@
 import type { OAuthToken, Prisma, PrismaClient } from '../../gen/prisma/client.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
+import { isRepeat, type WriteOptions } from './write-options.ts';
+
+/**
+ * How far back a repeated revocation looks for the pairs its first attempt revoked: far longer
+ * than any call's deadline, retries included.
+ */
+export const REPEAT_LOOKBACK_MS = 10 * 60 * 1000;
 
 /** A token pair to record: hashes only, never the tokens. */
 export interface NewTokenRecord {
@@ -36,17 +43,19 @@ export interface TokenRepository {
   rotate(previous: OAuthToken, next: NewTokenRecord): Promise<OAuthToken | null>;
   /**
    * The revoking methods return the access-token hashes of the pairs they revoked, so that
-   * caches keyed by them can be invalidated.
+   * caches keyed by them can be invalidated. A repeat (WriteOptions) also returns those of the
+   * pairs in its scope revoked for the same reason in the last REPEAT_LOOKBACK_MS: the first
+   * attempt may have revoked them and lost its answer, and the caches must still forget them.
    */
-  revoke(id: number, reason: RevocationReason): Promise<string[]>;
+  revoke(id: number, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
   /** Revokes every still-live pair of a login chain. */
-  revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]>;
+  revokeFamily(familyId: string, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
   /**
    * Revokes the user's live (unexpired) pairs, optionally sparing the login chain of pair
    * `exceptId` (the caller's session): a refresh of that session that commits first has moved
    * it to a new pair of the same chain, which is still the caller's session.
    */
-  revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]>;
+  revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
   /** Live (unrevoked, unexpired) pairs of a user, newest first. */
   listActive(userId: number, now: Date): Promise<OAuthToken[]>;
   /**
@@ -96,11 +105,15 @@ export class PrismaTokenRepository implements TokenRepository {
     );
   }
 
-  revoke(id: number, reason: RevocationReason): Promise<string[]> {
-    return this.#revokeWhere({ id, isRevoked: false }, reason);
+  async revoke(id: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    return this.#withRepeated({ id }, reason, options, await this.#revokeWhere({ id, isRevoked: false }, reason));
   }
 
-  revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {
+  async revokeFamily(familyId: string, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    return this.#withRepeated({ familyId }, reason, options, await this.#revokeFamily(familyId, reason));
+  }
+
+  #revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {
     return withDatabaseErrors(async () => {
       // The family's live token may be being rotated at this moment (see rotate). An UPDATE
       // that started first would wait for that row, then skip it as revoked, and never see the
@@ -118,7 +131,11 @@ export class PrismaTokenRepository implements TokenRepository {
     });
   }
 
-  revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
+  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    return this.#withRepeated({ userId }, reason, options, await this.#revokeAllForUser(userId, exceptId, reason));
+  }
+
+  #revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
         // Waits for the user's refreshes in flight, and holds back new ones until this commits
@@ -138,6 +155,20 @@ export class PrismaTokenRepository implements TokenRepository {
         );
       }),
     );
+  }
+
+  /**
+   * What a revocation returns: the pairs it revoked, and on a repeat also the pairs in `scope`
+   * revoked for `reason` lately. More than the first attempt revoked is harmless (a cache forgets
+   * a pair that is revoked anyway); fewer would leave a revoked session live in a cache.
+   */
+  async #withRepeated(scope: Prisma.OAuthTokenWhereInput, reason: RevocationReason, options: WriteOptions, revoked: string[]): Promise<string[]> {
+    if (!isRepeat(options)) return revoked;
+    const since = new Date(Date.now() - REPEAT_LOOKBACK_MS);
+    const earlier = await withDatabaseErrors(() =>
+      this.#db.oAuthToken.findMany({ where: { ...scope, isRevoked: true, revokedReason: reason, updatedAt: { gte: since } }, select: { accessTokenHash: true } }),
+    );
+    return [...new Set([...revoked, ...earlier.map((row) => row.accessTokenHash)])];
   }
 
   async #revokeWhere(where: Prisma.OAuthTokenWhereInput, reason: RevocationReason): Promise<string[]> {

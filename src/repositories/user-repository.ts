@@ -4,6 +4,9 @@ import type { Database } from '../infrastructure/database/database.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import type { RawReader } from '../infrastructure/database/raw-reader.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
+import { isRepeat, type WriteOptions } from './write-options.ts';
+
+export type { WriteOptions } from './write-options.ts';
 
 export type NewUser = Pick<Prisma.UserCreateInput, 'username' | 'email' | 'passwordHash' | 'firstName' | 'lastName' | 'phone' | 'role'>;
 
@@ -59,7 +62,7 @@ export interface UserRepository {
    * ConflictError when another expected field does, LastAdminError when the change would leave
    * no active administrator.
    */
-  update(id: number, changes: UserChanges, expected?: UserExpectation): Promise<User>;
+  update(id: number, changes: UserChanges, expected?: UserExpectation, options?: WriteOptions): Promise<User>;
   /**
    * Deletes the user and, by cascade, its sessions; false when there was no such user. The same
    * version and last-administrator conditions as update.
@@ -123,12 +126,13 @@ export class PrismaUserRepository implements UserRepository {
     return withDatabaseErrors(() => this.#db.user.create({ data: { ...user, usernameKey: usernameKeyOf(user.username) } }));
   }
 
-  update(id: number, changes: UserChanges, expected: UserExpectation = {}): Promise<User> {
+  update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
+    const repeat = isRepeat(options);
     return withDatabaseErrors(() => {
-      if (!removesActiveAdmin(changes)) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected);
+      if (!removesActiveAdmin(changes)) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected, repeat);
       return this.#db.$transaction(async (tx) => {
         await refuseLastActiveAdmin(tx, id);
-        return conditionalUpdate(tx, this.#dialect, id, changes, expected);
+        return conditionalUpdate(tx, this.#dialect, id, changes, expected, repeat);
       });
     });
   }
@@ -211,10 +215,29 @@ async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): 
  * UPDATE users SET …, version = version + 1 WHERE id = ? AND <expected>: one check-and-write, so
  * there is no window between the check and the write (the dialect makes it so on MySQL too).
  */
-async function conditionalUpdate(db: Tx, dialect: SqlDialect, id: number, changes: UserChanges, expected: UserExpectation): Promise<User> {
+async function conditionalUpdate(db: Tx, dialect: SqlDialect, id: number, changes: UserChanges, expected: UserExpectation, repeat: boolean): Promise<User> {
   const written = await dialect.updateUserIf(db, id, definedOnly(expected), { ...changes, version: { increment: 1 } });
-  if (written === null) throw await whyNotWritten(db, id, expected);
-  return written;
+  if (written !== null) return written;
+  if (repeat) {
+    const row = await db.user.findUnique({ where: { id } });
+    if (row !== null && showsWrite(row, changes, expected)) return row;
+  }
+  throw await whyNotWritten(db, id, expected);
+}
+
+/**
+ * Whether `row` is what the conditional write of `changes` over `expected` left: each change in
+ * place and, when a version was expected, the version one past it. A change that is an
+ * operation rather than a value (an increment) can never be shown to be done.
+ */
+export function showsWrite(row: User, changes: UserChanges, expected: UserExpectation): boolean {
+  if (expected.version !== undefined && row.version !== expected.version + 1) return false;
+  return Object.entries(changes).every(([field, value]: [string, unknown]) => {
+    // An absent change is no change (Prisma skips it); a value, null included, is in place or
+    // not; an operation object cannot be checked.
+    if (value === undefined) return true;
+    return (value === null || typeof value !== 'object') && row[field as keyof User] === value;
+  });
 }
 
 /**

@@ -8,8 +8,17 @@ import type { OAuthToken, User } from '../../gen/prisma/client.ts';
 import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../../src/domain/errors.ts';
 import type { AuditEventInput, AuditLog } from '../../src/services/audit-use-cases.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
-import type { NewTokenRecord, RevocationReason, TokenRepository } from '../../src/repositories/token-repository.ts';
-import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository } from '../../src/repositories/user-repository.ts';
+import { REPEAT_LOOKBACK_MS, type NewTokenRecord, type RevocationReason, type TokenRepository } from '../../src/repositories/token-repository.ts';
+import {
+  showsWrite,
+  type NewUser,
+  type UserChanges,
+  type UserExpectation,
+  type UserFilter,
+  type UserProfile,
+  type UserRepository,
+  type WriteOptions,
+} from '../../src/repositories/user-repository.ts';
 
 /** A wall clock the test moves by hand. */
 export class TestClock {
@@ -88,9 +97,13 @@ export class MemoryUserRepository implements UserRepository {
     return { ...row };
   }
 
-  async update(id: number, changes: UserChanges, expected: UserExpectation = {}): Promise<User> {
+  async update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
     const row = this.#rows.get(id);
     if (row === undefined) throw new NotFoundError('User not found');
+    const matches =
+      (expected.version === undefined || row.version === expected.version) &&
+      (['isVerified', 'status', 'role'] as const).every((field) => expected[field] === undefined || row[field] === expected[field]);
+    if (!matches && options.repeat === true && showsWrite(row, changes, expected)) return { ...row };
     if (expected.version !== undefined && row.version !== expected.version) throw new PreconditionFailedError('User has changed');
     for (const field of ['isVerified', 'status', 'role'] as const) {
       if (expected[field] !== undefined && row[field] !== expected[field]) throw new ConflictError('User has changed');
@@ -167,18 +180,37 @@ export class MemoryTokenRepository implements TokenRepository {
     return this.create(next);
   }
 
-  async revoke(id: number, reason: RevocationReason): Promise<string[]> {
-    return this.#revokeWhere((row) => row.id === id, reason);
+  async revoke(id: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    return this.#withRepeated(
+      (row) => row.id === id,
+      reason,
+      options,
+      this.#revokeWhere((row) => row.id === id, reason),
+    );
   }
 
-  async revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {
-    return this.#revokeWhere((row) => row.familyId === familyId, reason);
+  async revokeFamily(familyId: string, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    return this.#withRepeated(
+      (row) => row.familyId === familyId,
+      reason,
+      options,
+      this.#revokeWhere((row) => row.familyId === familyId, reason),
+    );
   }
 
-  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
+  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     const now = this.#clock.now();
     const sparedFamily = exceptId === undefined ? undefined : this.#rows.get(exceptId)?.familyId;
-    return this.#revokeWhere((row) => row.userId === userId && row.familyId !== sparedFamily && row.expiresAt > now, reason);
+    const revoked = this.#revokeWhere((row) => row.userId === userId && row.familyId !== sparedFamily && row.expiresAt > now, reason);
+    return this.#withRepeated((row) => row.userId === userId, reason, options, revoked);
+  }
+
+  /** As PrismaTokenRepository: a repeat also returns the scope's pairs revoked for `reason` lately. */
+  #withRepeated(scope: (row: OAuthToken) => boolean, reason: RevocationReason, options: WriteOptions, revoked: string[]): string[] {
+    if (options.repeat !== true) return revoked;
+    const since = this.#clock.now().getTime() - REPEAT_LOOKBACK_MS;
+    const earlier = [...this.#rows.values()].filter((row) => scope(row) && row.isRevoked && row.revokedReason === reason && row.updatedAt.getTime() >= since);
+    return [...new Set([...revoked, ...earlier.map((row) => row.accessTokenHash)])];
   }
 
   async listActive(userId: number, now: Date): Promise<OAuthToken[]> {

@@ -117,6 +117,10 @@ describe.each(PROTOCOLS)('conditional admin writes over %s', (protocol: Protocol
       expect(outcome.code).toBe('aborted');
       if (protocol === 'rest') expect(outcome.status).toBe(412);
     }
+    // The layers' own "this may repeat a write already done" header means nothing from outside:
+    // the same write with the stale version is refused, not answered as done.
+    const claimed = await client.updateUser(admin, user.id, { firstName: 'First' }, { ...stale, headers: { 'x-arcana-repeat': '1' } });
+    expect(claimed.code).toBe('aborted');
     expect(await row(t, user.id)).toEqual(stored);
     expect(stored).toMatchObject({ first_name: 'First', is_verified: false, status: 'ACTIVE', role: 'USER' });
     // The user's own session was not ended by a suspension that did not happen.

@@ -15,7 +15,7 @@ import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
 import type { AuditFilter, AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository } from '../../repositories/token-repository.ts';
-import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository } from '../../repositories/user-repository.ts';
+import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, WriteOptions } from '../../repositories/user-repository.ts';
 import {
   auditEventFromProto,
   auditFilterToProto,
@@ -32,6 +32,7 @@ import {
   userFromProto,
 } from './record-mapping.ts';
 import { requireField } from '../../domain/message-mapping.ts';
+import { REPEAT_HEADER } from '../layer-transport.ts';
 
 /** A UserRepository in another process. */
 export class RemoteUserRepository implements UserRepository {
@@ -67,8 +68,8 @@ export class RemoteUserRepository implements UserRepository {
     return userFromProto(requireField(response.user, 'CreateUserResponse.user'));
   }
 
-  async update(id: number, changes: UserChanges, expected: UserExpectation = {}): Promise<User> {
-    const response = await this.#client.updateUser({ id, changes: userChangesToProto(changes), expected: userExpectationToProto(expected) });
+  async update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
+    const response = await this.#client.updateUser({ id, changes: userChangesToProto(changes), expected: userExpectationToProto(expected) }, repeatHeader(options));
     return userFromProto(requireField(response.user, 'UpdateUserResponse.user'));
   }
 
@@ -115,18 +116,18 @@ export class RemoteTokenRepository implements TokenRepository {
     return token === undefined ? null : tokenFromProto(token);
   }
 
-  async revoke(id: number, reason: RevocationReason): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeToken({ id, reason });
+  async revoke(id: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeToken({ id, reason }, repeatHeader(options));
     return accessTokenHashes;
   }
 
-  async revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeTokenFamily({ familyId, reason });
+  async revokeFamily(familyId: string, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeTokenFamily({ familyId, reason }, repeatHeader(options));
     return accessTokenHashes;
   }
 
-  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId, reason });
+  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId, reason }, repeatHeader(options));
     return accessTokenHashes;
   }
 
@@ -238,4 +239,9 @@ export class RemoteIdempotencyRepository implements IdempotencyRepository {
   async purgeExpired(now: Date): Promise<number> {
     return (await this.#client.purgeExpiredIdempotencyKeys({ now: timestampFromDate(now) })).deleted;
   }
+}
+
+/** Call options that mark a call as a repeat, when the caller says it is one. */
+function repeatHeader(options: WriteOptions): { headers: Record<string, string> } | undefined {
+  return options.repeat === true ? { headers: { [REPEAT_HEADER]: '1' } } : undefined;
 }

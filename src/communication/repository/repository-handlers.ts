@@ -3,7 +3,7 @@
 // response's message field unset. Domain errors are left to layerServerErrorInterceptor, which
 // carries them across as they are.
 import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
-import type { ServiceImpl } from '@connectrpc/connect';
+import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import type { AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import type { CounterStoreService } from '../../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import type { IdempotencyRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/idempotency_repository_service_pb.js';
@@ -14,6 +14,7 @@ import type { AuditRepository } from '../../repositories/audit-repository.ts';
 import type { IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
 import type { TokenRepository } from '../../repositories/token-repository.ts';
 import type { UserRepository } from '../../repositories/user-repository.ts';
+import type { WriteOptions } from '../../repositories/write-options.ts';
 import {
   auditEventToProto,
   dateFromProto,
@@ -30,6 +31,12 @@ import {
   userToProto,
 } from './record-mapping.ts';
 import { requireField } from '../../domain/message-mapping.ts';
+import { REPEAT_HEADER } from '../layer-transport.ts';
+
+/** A write called with REPEAT_HEADER may repeat one already carried out (see WriteOptions). */
+function writeOptions(ctx: HandlerContext): WriteOptions {
+  return { repeat: ctx.requestHeader.has(REPEAT_HEADER) };
+}
 
 /** arcana.internal.repository.v1.UserRepositoryService over a UserRepository. */
 export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<typeof UserRepositoryService> {
@@ -52,10 +59,10 @@ export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<t
     async createUser(req) {
       return { user: userToProto(await repo.create(newUserFromProto(requireField(req.user, 'CreateUserRequest.user')))) };
     },
-    async updateUser(req) {
+    async updateUser(req, ctx) {
       // Absent changes are no changes, as an empty UserChanges would be.
       const changes = req.changes === undefined ? {} : userChangesFromProto(req.changes);
-      return { user: userToProto(await repo.update(req.id, changes, userExpectationFromProto(req.expected))) };
+      return { user: userToProto(await repo.update(req.id, changes, userExpectationFromProto(req.expected), writeOptions(ctx))) };
     },
     async deleteUser(req) {
       return { deleted: await repo.delete(req.id, req.expectedVersion) };
@@ -91,14 +98,14 @@ export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl
       const row = await repo.rotate(previous, next);
       return row === null ? {} : { token: tokenToProto(row) };
     },
-    async revokeToken(req) {
-      return { accessTokenHashes: await repo.revoke(req.id, revocationReasonFromProto(req.reason)) };
+    async revokeToken(req, ctx) {
+      return { accessTokenHashes: await repo.revoke(req.id, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
     },
-    async revokeTokenFamily(req) {
-      return { accessTokenHashes: await repo.revokeFamily(req.familyId, revocationReasonFromProto(req.reason)) };
+    async revokeTokenFamily(req, ctx) {
+      return { accessTokenHashes: await repo.revokeFamily(req.familyId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
     },
-    async revokeUserTokens(req) {
-      return { accessTokenHashes: await repo.revokeAllForUser(req.userId, req.exceptId, revocationReasonFromProto(req.reason)) };
+    async revokeUserTokens(req, ctx) {
+      return { accessTokenHashes: await repo.revokeAllForUser(req.userId, req.exceptId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
     },
     async listActiveTokens(req) {
       const rows = await repo.listActive(req.userId, dateFromProto(req.now, 'ListActiveTokensRequest.now'));

@@ -155,6 +155,9 @@ export const PurgeStaleTokensResponseSchema = /*@__PURE__*/
  * The repository layer's issued token pairs (sessions), as the service layer calls them when the
  * layers run as separate processes. Mirrors TokenRepository in src/repositories/token-repository.ts.
  * Only hashes of tokens ever cross this API.
+ * The revocations answer with the access-token hashes of the pairs they revoked; a call with the
+ * x-arcana-repeat header (a retry after a lost answer) also gets those of the pairs in its scope
+ * revoked for the same reason in the last ten minutes, so that caches still forget them.
  *
  * @generated from service arcana.internal.repository.v1.TokenRepositoryService
  */

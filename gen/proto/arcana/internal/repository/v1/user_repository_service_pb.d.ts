@@ -836,6 +836,8 @@ export declare const UserRepositoryService: GenService<{
    * Applies changes to a user, only if it still matches `expected`, and increments its version;
    * NOT_FOUND when there is none, PRECONDITION_FAILED (ABORTED) on another version, CONFLICT when
    * another expected field differs, LAST_ADMIN when it would leave no active administrator.
+   * A call with the x-arcana-repeat header (a retry after a lost answer) that finds its own result
+   * in place (every change, and the version one past the expected one) answers with the row.
    *
    * @generated from rpc arcana.internal.repository.v1.UserRepositoryService.UpdateUser
    */

@@ -228,6 +228,43 @@ describe('ETags on REST', () => {
       .set('if-match', 'not-a-tag')
       .send({ lastName: 'Bad' });
     expect(malformed.status).toBe(400);
+    // A version no user can have (past the int32 Version of the contract) matches nothing: 412 on
+    // every conditional write, never the database's out-of-range error as a 500.
+    const beyond = ['"2147483648"', '"9999999999"', '"2147483648", "4294967297"'];
+    const writes = [
+      (tag: string) =>
+        t.request
+          .put(`/api/v1/users/${user.id}`)
+          .set(...bearer(admin))
+          .set('if-match', tag)
+          .send({ lastName: 'Far' }),
+      (tag: string) =>
+        t.request
+          .delete(`/api/v1/users/${user.id}`)
+          .set(...bearer(admin))
+          .set('if-match', tag),
+      (tag: string) =>
+        t.request
+          .post(`/api/v1/users/${user.id}/verify`)
+          .set(...bearer(admin))
+          .set('if-match', tag),
+      (tag: string) =>
+        t.request
+          .put(`/api/v1/users/${user.id}/status`)
+          .set(...bearer(admin))
+          .set('if-match', tag)
+          .send({ status: 'SUSPENDED' }),
+      (tag: string) =>
+        t.request
+          .put(`/api/v1/users/${user.id}/role`)
+          .set(...bearer(admin))
+          .set('if-match', tag)
+          .send({ role: 'ADMIN' }),
+    ];
+    for (const answer of await Promise.all(beyond.flatMap((tag) => writes.map((write) => write(tag))))) {
+      expect(answer.status).toBe(412);
+      expect(answer.body).toMatchObject({ success: false, error: { code: 'PRECONDITION_FAILED' } });
+    }
     expect((await row(t, user.id))?.version).toBe((first.body.data.version as number) + 1);
 
     // Every answer that returns one user carries its tag, /auth/me included.

@@ -26,6 +26,9 @@ function entityTags(header: string): { weak: boolean; opaque: string }[] | undef
   return tags;
 }
 
+/** The largest version a user can have: Version in openapi.yaml and the protos is an int32. */
+const MAX_VERSION = 2 ** 31 - 1;
+
 /**
  * The version `If-Match` requires (RFC 9110 §13.1.1), to be compared in the write itself:
  * undefined without the header or with `*`. Strong comparison: a weak tag, or one that is not a
@@ -37,7 +40,14 @@ export function expectedVersionOf(req: Request): number | undefined {
   const tags = entityTags(header);
   if (tags === undefined) throw new ValidationError('Validation failed', { 'If-Match': 'must be an entity tag such as "3", or *' });
   if (tags.some((tag) => tag.opaque === '*' && !tag.weak)) return undefined;
-  const versions = new Set(tags.filter((tag) => !tag.weak && /^[1-9][0-9]{0,9}$/.test(tag.opaque)).map((tag) => Number(tag.opaque)));
+  // A tag that names no version a user can have (the contract's Version is an int32) matches
+  // nothing, like any other tag that is not one of ours.
+  const versions = new Set(
+    tags
+      .filter((tag) => !tag.weak && /^[1-9][0-9]{0,9}$/.test(tag.opaque))
+      .map((tag) => Number(tag.opaque))
+      .filter((version) => version <= MAX_VERSION),
+  );
   if (versions.size === 0) throw new PreconditionFailedError();
   if (versions.size > 1) throw new ValidationError('Validation failed', { 'If-Match': 'give one entity tag' });
   return [...versions][0];

@@ -1,5 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bearer, createTestApp, loginAdmin, newUser, register, type TestApp } from '../helpers/test-app.ts';
+import { Code, createClient } from '@connectrpc/connect';
+import { createConnectTransport, createGrpcTransport } from '@connectrpc/connect-node';
+import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { Health, HealthCheckResponse_ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
+import { bearer, createTestApp, loginAdmin, newUser, register, startTestServer, type TestApp } from '../helpers/test-app.ts';
 
 let t: TestApp;
 
@@ -124,7 +128,7 @@ describe('cross-cutting HTTP behaviour', () => {
 
 describe('rate limiting', () => {
   it('when a client exceeds the limit, then 429 RATE_LIMITED with RateLimit headers; probes stay exempt', async () => {
-    const limited = await createTestApp({ RATE_LIMIT_MAX: '3', RATE_LIMIT_WINDOW_MS: '60000' });
+    const limited = await startTestServer({ RATE_LIMIT_MAX: '3', RATE_LIMIT_WINDOW_MS: '60000' });
     try {
       const statuses: number[] = [];
       let last;
@@ -138,6 +142,18 @@ describe('rate limiting', () => {
       expect(last?.headers['ratelimit-remaining']).toBe('0');
       expect(Number(last?.headers['retry-after'])).toBeGreaterThan(0);
       expect((await limited.request.get('/health')).status).toBe(200);
+      // In every form the probes answer to (any case, a trailing slash), and over gRPC health
+      // checking, which Kubernetes and load balancers poll: a probe every 10 s is 360 an hour.
+      for (const path of ['/HEALTH', '/Health/', '/ready', '/READY/']) expect((await limited.request.get(path)).status, path).toBe(200);
+      const baseUrl = `http://127.0.0.1:${limited.port}`;
+      for (const transport of [createGrpcTransport({ baseUrl }), createConnectTransport({ baseUrl, httpVersion: '1.1' })]) {
+        const checks = await Promise.all(Array.from({ length: 5 }, () => createClient(Health, transport).check({})));
+        for (const check of checks) expect(check.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+      }
+      // The API itself stays limited over RPC too.
+      await expect(createClient(AuthService, createGrpcTransport({ baseUrl })).getCurrentUser({}, { headers: { authorization: 'Bearer x' } })).rejects.toMatchObject({
+        code: Code.ResourceExhausted,
+      });
     } finally {
       await limited.close();
     }

@@ -25,7 +25,8 @@ import { createSystemRoutes } from './system-routes.ts';
 import type { ReadinessCheck } from '../../rpc/readiness.ts';
 import { createUserRoutes } from './user-routes.ts';
 
-const PROBES = new Set(['/health', '/ready']);
+/** The probes, as the system router answers them: any case, with or without a trailing slash. */
+const PROBES = /^\/(?:health|ready)\/?$/i;
 
 /*
  * The paths of the routers that are not API operations, as Express's routers match them: any
@@ -100,7 +101,7 @@ export function createRestApp(options: RestAppOptions): Express {
   if (options.rateLimiter !== undefined) {
     // Probes are exempt: an orchestrator polling them must never be throttled.
     const limit = rateLimit(options.rateLimiter);
-    app.use((req, res, next) => (PROBES.has(req.path) ? next() : limit(req, res, next)));
+    app.use((req, res, next) => (PROBES.test(req.path) ? next() : limit(req, res, next)));
   }
 
   // The API reference (/docs, /openapi.yaml, /docs/proto/): pages, not API operations, so ahead

@@ -4,6 +4,7 @@ import { Code, ConnectError, type HandlerContext, type Interceptor } from '@conn
 import { create, type DescMessage } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
+import { Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
 import { CONNECT_CODE } from '../../domain/error-codes.ts';
 import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
@@ -129,6 +130,9 @@ export function toConnectError(error: AppError, input: DescMessage): ConnectErro
  */
 export function rateLimitGate(limiter: RateLimiter): (context: HandlerContext) => Promise<void> {
   return async (context) => {
+    // Health checking is the probes' protocol (Kubernetes gRPC probes, load balancers): exempt,
+    // as /health and /ready are.
+    if (context.service.typeName === Health.typeName) return;
     const decision = await limiter.consume(`ip:${addressKey(context.values.get(callerKey).client.ipAddress)}`);
     if (!decision.allowed) throw new RateLimitedError(decision.resetSeconds);
   };

@@ -122,6 +122,26 @@ describe('API docs', () => {
     expect((await t.request.get('/docs/proto/%2e%2e/%2e%2e/openapi.proto')).status).toBe(404);
   });
 
+  it('when the references are opened without or with a trailing slash, or in another case, then every link on them resolves', async () => {
+    // The index links relatively: opened as /docs/proto, its links would point into /docs/.
+    const bare = await t.request.get('/docs/proto');
+    expect(bare.status).toBe(301);
+    expect(bare.headers.location).toBe('/docs/proto/');
+    const slashed = await t.request.get('/docs/');
+    expect(slashed.status).toBe(301);
+    expect(slashed.headers.location).toBe('/docs');
+    // Opened in capitals, the index's links (relative to where it was opened) still resolve.
+    const shouted = await t.request.get('/DOCS/PROTO/');
+    expect(shouted.status).toBe(200);
+    const links = [...shouted.text.matchAll(/href="([^"]+)"/g)].map((match) => new URL(match[1] ?? '', 'http://host/DOCS/PROTO/').pathname);
+    expect(links.length).toBeGreaterThan(3);
+    for (const link of links) {
+      const answer = await t.request.get(link);
+      expect([200, 301], link).toContain(answer.status);
+      if (answer.status === 301) expect((await t.request.get(String(answer.headers.location))).status, link).toBe(200);
+    }
+  });
+
   it('when a .proto is read for the reference, then services and RPCs get the comment lines just above them', () => {
     const services = protoServices(['// Not attached.', '', '// Does things.', '// Twice.', 'service S {', '  // One.', '  rpc A(AReq) returns (ARes);', '}'].join('\n'));
     expect(services).toEqual([{ name: 'S', comment: 'Does things.\nTwice.', rpcs: [{ name: 'A', signature: '(AReq) returns (ARes)', comment: 'One.' }] }]);

@@ -105,7 +105,9 @@ ${sections.join('\n')}
 
 /** GET /docs, its assets, /openapi.yaml and /docs/proto/. Reads what it serves once, at start-up. */
 export function createDocsRoutes(apiSpecPath: string): Router {
-  const router = Router();
+  // Strict: /docs/proto/ and /docs/proto are different pages to a browser (the index's relative
+  // links resolve against the first), so the second must be the redirect below, not the index.
+  const router = Router({ strict: true });
   const page = readFileSync(join(ASSETS, 'index.html'), 'utf8');
   const spec = readFileSync(apiSpecPath, 'utf8');
   const protoFiles = publicProtoFiles();
@@ -137,7 +139,9 @@ export function createDocsRoutes(apiSpecPath: string): Router {
   });
   router.get('/docs/proto/', (_req, res) => html(res, STATIC_CSP, protoIndex, protoIndexTag));
   router.get('/docs/proto', (_req, res) => res.redirect(301, '/docs/proto/'));
-  router.get(/^\/docs\/proto\/(.+\.proto)$/, (req, res, next) => {
+  // Any case, as Express matches the other routes: the index's links resolve under whatever
+  // case it was opened with.
+  router.get(/^\/docs\/proto\/(.+\.proto)$/i, (req, res, next) => {
     const file = (req.params as unknown as Record<string, string>)[0] ?? '';
     // Only the files listed: the path never reaches the file system as the client wrote it.
     if (!protoSet.has(file)) {

@@ -56,6 +56,23 @@ describe.each(['rest', 'connect-json', 'connect-binary', 'grpc-web', 'grpc'])('l
     expect(usernames(await client().listUsers(admin, { q: `ann_${tag}` }))).toEqual([]);
   });
 
+  it('when names are not ASCII, then q finds them by any prefix, in either case: a final sigma, a dotted capital I', async () => {
+    // JavaScript lower-cases a word-final Σ to ς and İ to i + U+0307; the database folds the
+    // stored names its own way, so the query must be folded by the same hand.
+    const own = `u${randomBytes(4).toString('hex')}`;
+    const registered = await client().register({
+      username: `${own}_greek`,
+      email: `${own}_greek@example.com`,
+      firstName: `${own}ΣΊΣΥΦΟΣ`,
+      lastName: `${own}İstanbul`,
+      password: PASSWORD,
+    });
+    expect(registered.code).toBe('ok');
+    for (const q of [`${own}ΣΊΣ`, `${own}ΣΊΣΥ`, `${own}σίσ`, `${own}ΣΊΣΥΦΟΣ`, `${own}İ`, `${own}İst`]) {
+      expect(usernames(await client().listUsers(admin, { q })), q).toEqual([`${own}_greek`]);
+    }
+  });
+
   it('when q holds SQL wildcards, then they match only themselves', async () => {
     // As a wildcard, `_` would also match the x of `<tag>xbob`.
     expect(usernames(await client().listUsers(admin, { q: `${tag}_` }))).toEqual([`${tag}_ann`]);

@@ -67,7 +67,10 @@ export const postgresDialect: SqlDialect = {
   identifier: (name) => `"${name}"`,
   enumEquals: (column, enumType, value) => Prisma.sql`${Prisma.raw(`"${column}"`)} = ${value}::${Prisma.raw(`"${enumType}"`)}`,
   nullsLowest: (column, direction) => `"${column}" ${direction === 'ASC' ? 'NULLS FIRST' : 'DESC NULLS LAST'}`,
-  startsWithIgnoringCase: (column, prefix) => Prisma.sql`lower(${Prisma.raw(`"${column}"`)}) LIKE ${prefix.toLowerCase()}`,
+  // Both sides folded by the database: JavaScript's toLowerCase folds a word-final Σ to ς and
+  // İ to i + U+0307, where PostgreSQL's lower() gives σ and the locale's i, so a prefix folded in
+  // JavaScript missed names it should find.
+  startsWithIgnoringCase: (column, prefix) => Prisma.sql`lower(${Prisma.raw(`"${column}"`)}) LIKE lower(${prefix})`,
   joinPageToCount: (count, page) => Prisma.sql`${count} LEFT JOIN LATERAL ${page} AS "page" ON true`,
   updateTokensReturningHashes: async (db, where, data) => {
     const rows = await db.oAuthToken.updateManyAndReturn({ where, data, select: { accessTokenHash: true } });

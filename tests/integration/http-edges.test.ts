@@ -73,6 +73,27 @@ describe('bad input never reaches a 500', () => {
     }
   });
 
+  it('when an id, a page or a filter is a number written other than in decimal, then 400 naming it; decimal still reads', async () => {
+    const admin = await loginAdmin(t);
+    // JavaScript's Number reads all of these as 1 (or 16, 10): /users/0x1 used to be user 1.
+    const odd = ['0x1', '0b1', '0o1', '1e0', '+1', '%201', '1%0A', '%091', '1.0', '0x10'];
+    const requests: [path: string, field: string][] = [
+      ...odd.map((value): [string, string] => [`/api/v1/users/${value}`, 'userId']),
+      ...odd.map((value): [string, string] => [`/api/v1/users?page=${value}`, 'page']),
+      ...odd.map((value): [string, string] => [`/api/v1/users?perPage=${value}`, 'perPage']),
+      ...odd.map((value): [string, string] => [`/api/v1/audit-events?userId=${value}`, 'userId']),
+    ];
+    const answers = await Promise.all(requests.map(([path]) => t.request.get(path).set(...bearer(admin))));
+    answers.forEach((res, index) => {
+      const [path, field] = requests[index]!;
+      expect(res.status, path).toBe(400);
+      expect(res.body, path).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR', details: { [field]: expect.any(String) } } });
+    });
+    for (const path of ['/api/v1/users/1', '/api/v1/users/01', '/api/v1/users?page=1&perPage=020', '/api/v1/audit-events?userId=1']) {
+      expect((await t.request.get(path).set(...bearer(admin))).status, path).toBe(200);
+    }
+  });
+
   it('when the route or method is unknown, then 404 in the envelope', async () => {
     for (const res of [await t.request.get('/api/v1/nope'), await t.request.get('/nowhere'), await t.request.patch('/api/v1/auth/login')]) {
       expect(res.status).toBe(404);

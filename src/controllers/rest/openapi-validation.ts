@@ -200,6 +200,9 @@ function precompiledMetadata(context: OpenApiContext, responseApiDoc: ApiDoc | u
         expressRoute: route.expressRoute,
         openApiRoute: route.openApiRoute,
         pathParams,
+        // As written (percent-decoded): the validator coerces pathParams in place, and what
+        // notation a number came in matters after (rest-app.ts, refuseUnusableParameters).
+        rawPathParams: { ...pathParams },
         schema,
         serial: context.serial,
       };

@@ -180,11 +180,28 @@ function refuseBracketedQueryNames(req: Request, _res: Response, next: NextFunct
  * int32 check (it refuses `99999999999`), which used to reach the database as a 500.
  */
 function refuseUnusableParameters(req: Request, _res: Response, next: NextFunction): void {
-  const pathParams = (req as { openapi?: { pathParams?: Record<string, unknown> } }).openapi?.pathParams ?? {};
+  const openapi = (req as { openapi?: { pathParams?: Record<string, unknown>; rawPathParams?: Record<string, string> } }).openapi;
+  const pathParams = openapi?.pathParams ?? {};
   const details = findUnstorableText(pathParams);
   for (const [name, value] of [...Object.entries(pathParams), ...Object.entries(req.query)]) {
     if (typeof value === 'number' && !Number.isFinite(value)) details[name] ??= 'must be a finite number';
   }
+  // Number() also reads `0x10`, `1e1`, `+1`, ` 1` and `1\n`, so /users/0x1 was user 1 and
+  // ?page=1e1 page 10: every number the validator coerced must have been written in decimal.
+  for (const [name, value] of Object.entries(pathParams)) {
+    if (typeof value === 'number' && !DECIMAL.test(openapi?.rawPathParams?.[name] ?? '')) details[name] ??= 'must be a decimal integer';
+  }
+  const query = req.originalUrl.indexOf('?');
+  if (query >= 0) {
+    const written = new URLSearchParams(req.originalUrl.slice(query + 1));
+    for (const [name, value] of Object.entries(req.query)) {
+      const coerced = Array.isArray(value) ? value.some((item) => typeof item === 'number') : typeof value === 'number';
+      if (coerced && !written.getAll(name).every((text) => DECIMAL.test(text))) details[name] ??= 'must be a decimal integer';
+    }
+  }
   if (Object.keys(details).length > 0) throw new ValidationError('Validation failed', details);
   next();
 }
+
+/** How openapi.yaml's integer parameters are written: decimal digits, perhaps a minus. */
+const DECIMAL = /^-?[0-9]+$/;

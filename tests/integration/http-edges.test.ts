@@ -94,6 +94,22 @@ describe('bad input never reaches a 500', () => {
     }
   });
 
+  it('when a GET operation is asked for with HEAD, then it answers as GET would, without the body', async () => {
+    const admin = await loginAdmin(t);
+    for (const path of ['/health', '/ready', '/api/v1/users/1', '/api/v1/users?page=1&perPage=5', '/api/v1/auth/me', '/openapi.yaml']) {
+      const [get, head] = [await t.request.get(path).set(...bearer(admin)), await t.request.head(path).set(...bearer(admin))];
+      expect(head.status, path).toBe(get.status);
+      expect(head.headers['content-type'], path).toBe(get.headers['content-type']);
+      expect(head.headers.etag, path).toBe(get.headers.etag);
+      expect(head.text, path).toBeFalsy();
+    }
+    // Still authenticated and validated as the GET is.
+    expect((await t.request.head('/api/v1/users/1')).status).toBe(401);
+    expect((await t.request.head('/api/v1/users?page=0').set(...bearer(admin))).status).toBe(400);
+    // HEAD of an operation that has no GET is as unknown as any other method there.
+    expect((await t.request.head('/api/v1/auth/login')).status).toBe(404);
+  });
+
   it('when the route or method is unknown, then 404 in the envelope', async () => {
     for (const res of [await t.request.get('/api/v1/nope'), await t.request.get('/nowhere'), await t.request.patch('/api/v1/auth/login')]) {
       expect(res.status).toBe(404);

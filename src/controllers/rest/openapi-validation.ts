@@ -158,7 +158,9 @@ function precompiledMetadata(context: OpenApiContext, responseApiDoc: ApiDoc | u
 
   const lookupRoute = (req: Request) => {
     const path = context.useRequestUrl ? req.url.split('?')[0]! : req.originalUrl.split('?')[0]!;
-    const method = req.method.toLowerCase();
+    // HEAD is GET without the body (RFC 9110 9.3.2): every GET operation answers it, as Express
+    // routes it to the GET handler.
+    const method = req.method === 'HEAD' ? 'get' : req.method.toLowerCase();
     const sensitive = req.app.enabled('case sensitive routing');
     const strict = req.app.enabled('strict routing');
     const flags = `${sensitive}:${strict}`;

@@ -9,7 +9,7 @@
 // A call without the header is judged as before, and so is a repeat that finds anything else.
 // Real PostgreSQL (and MariaDB in that project), real servers on loopback, both protocols.
 import { createClient, type ConnectRouter } from '@connectrpc/connect';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -27,10 +27,11 @@ import { PreconditionFailedError } from '../../src/domain/errors.ts';
 import { MemoryCache } from '../../src/infrastructure/cache.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { CachedTokenRepository } from '../../src/repositories/cached-token-repository.ts';
-import { PrismaTokenRepository, type NewTokenRecord, type RevocationReason } from '../../src/repositories/token-repository.ts';
+import { PrismaTokenRepository, type RevocationReason } from '../../src/repositories/token-repository.ts';
 import { PrismaUserRepository, type UserChanges, type UserExpectation, type WriteOptions } from '../../src/repositories/user-repository.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
 import { createTestApp, type TestApp } from '../helpers/test-app.ts';
+import { newTokenRecord } from '../helpers/token-records.ts';
 
 const logger = createLogger({ level: 'silent' });
 
@@ -122,21 +123,7 @@ async function newUser(): Promise<User> {
   return users.create({ username: name, email: `${name}@example.com`, passwordHash: `$2b$04$${randomBytes(20).toString('hex')}` });
 }
 
-function newToken(userId: number): NewTokenRecord {
-  const now = Date.now();
-  return {
-    userId,
-    familyId: randomUUID(),
-    accessTokenHash: randomBytes(32).toString('hex'),
-    refreshTokenHash: randomBytes(32).toString('hex'),
-    accessExpiresAt: new Date(now + 15 * 60 * 1000),
-    expiresAt: new Date(now + 24 * 3600 * 1000),
-    familyExpiresAt: new Date(now + 7 * 24 * 3600 * 1000),
-    ipAddress: null,
-    userAgent: null,
-    clientName: null,
-  };
-}
+const newToken = newTokenRecord;
 
 for (const protocol of ['grpc', 'http'] as const) {
   describe(`a write whose answer is lost, over ${protocol}`, () => {

@@ -31,9 +31,10 @@ import { AppError } from '../../src/domain/errors.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
 import { PrismaAuditRepository, type NewAuditEvent } from '../../src/repositories/audit-repository.ts';
-import { lockUser, PrismaTokenRepository, type NewTokenRecord } from '../../src/repositories/token-repository.ts';
+import { lockUser, PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
 import { PrismaUserRepository, type NewUser, type UserChanges } from '../../src/repositories/user-repository.ts';
 import { createTestApp, type TestApp } from '../helpers/test-app.ts';
+import { newTokenRecord } from '../helpers/token-records.ts';
 
 const DAY = 24 * 3600 * 1000;
 /** The counter store's clock: fixed, so remaining lifetimes are exact. */
@@ -85,22 +86,7 @@ function newUser(overrides: Partial<NewUser> = {}): NewUser {
   return { username: name, email: `${name}@example.com`, passwordHash: `$2b$04$${randomBytes(20).toString('hex')}`, ...overrides };
 }
 
-function newToken(userId: number, overrides: Partial<NewTokenRecord> = {}): NewTokenRecord {
-  const now = Date.now();
-  return {
-    userId,
-    familyId: randomUUID(),
-    accessTokenHash: randomBytes(32).toString('hex'),
-    refreshTokenHash: randomBytes(32).toString('hex'),
-    accessExpiresAt: new Date(now + 15 * 60 * 1000),
-    expiresAt: new Date(now + 7 * DAY),
-    familyExpiresAt: new Date(now + 30 * DAY),
-    ipAddress: null,
-    userAgent: null,
-    clientName: null,
-    ...overrides,
-  };
-}
+const newToken = newTokenRecord;
 
 /** The error a call fails with; fails the test if it succeeds. */
 async function failureOf(call: Promise<unknown>): Promise<unknown> {

@@ -24,6 +24,7 @@ import { securityHeaders } from './security-headers.ts';
 import { createSystemRoutes } from './system-routes.ts';
 import type { ReadinessCheck } from '../../rpc/readiness.ts';
 import { createUserRoutes } from './user-routes.ts';
+import { weakTagWhenEncoded } from './entity-tag.ts';
 
 /** The probes, as the system router answers them: any case, with or without a trailing slash. */
 const PROBES = /^\/(?:health|ready)\/?$/i;
@@ -37,6 +38,8 @@ const PROBES = /^\/(?:health|ready)\/?$/i;
 const CONSOLE_PATHS = /^\/console(?:\/|$)/i;
 const DOCS_PATHS = /^\/(?:docs|openapi\.yaml)(?:\/|$)/i;
 const SYSTEM_PATHS = /^\/(?:health|ready|public\/info)(?:\/|$)/i;
+/** The pages whose bodies carry strong tags of their own (entity-tag.ts). */
+const STATIC_PATHS = /^\/(?:console|docs|openapi\.yaml)(?:\/|$)/i;
 
 /** `router` for the paths `paths` matches; every other request goes past it untouched. */
 function onlyFor(paths: RegExp, router: RequestHandler): RequestHandler {
@@ -92,6 +95,7 @@ export function createRestApp(options: RestAppOptions): Express {
 
   app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing));
   app.use(securityHeaders());
+  app.use(onlyFor(STATIC_PATHS, weakTagWhenEncoded));
   app.use(compression());
 
   // The admin console's page and assets, with their own strict CSP: static bytes held in memory,

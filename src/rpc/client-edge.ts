@@ -16,11 +16,19 @@ const REALM = 'arcana-cloud';
 /** Reads one request header (lower-case name) as a single string. */
 export type HeaderReader = (name: string) => string | undefined;
 
+/**
+ * The most of a user agent kept: what sessions and audit events store. The rest is dropped at the
+ * edge, before it travels between layers (percent-encoded: up to six bytes per byte), where an
+ * 11 000-byte agent of non-ASCII bytes filled the internal call's header list and the request
+ * failed with 503.
+ */
+export const USER_AGENT_MAX_LENGTH = 500;
+
 /** The client of a request: its address by the TRUST_PROXY rule, user agent and device token. */
 export function resolveClientInfo(resolve: ClientAddressResolver, socketAddress: string | undefined, header: HeaderReader): ClientInfo {
   return {
     ipAddress: resolve(socketAddress, header('x-forwarded-for')),
-    userAgent: header('user-agent'),
+    userAgent: header('user-agent')?.slice(0, USER_AGENT_MAX_LENGTH),
     deviceToken: header(DEVICE_TOKEN_HEADER) ?? cookie(header('cookie'), DEVICE_TOKEN_COOKIE),
   };
 }

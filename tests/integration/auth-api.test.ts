@@ -1,7 +1,8 @@
 import jwt from 'jsonwebtoken';
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bearer, createTestApp, loginAdmin, newUser, register, TEST_ENV, type TestApp } from '../helpers/test-app.ts';
+import { connect } from 'node:net';
+import { bearer, createTestApp, loginAdmin, newUser, register, startTestServer, TEST_ENV, type TestApp } from '../helpers/test-app.ts';
 
 let t: TestApp;
 
@@ -98,6 +99,24 @@ describe('POST /api/v1/auth/login', () => {
     expect(res.body.data.user.lastLoginAt).not.toBeNull();
     const [row] = await t.sql<{ user_agent: string }>('SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1', [sha256(res.body.data.tokens.accessToken as string)]);
     expect(row?.user_agent).toBe('vitest-agent/1.0');
+  });
+
+  it('when the user agent is 11 000 bytes outside ASCII, then the login works and the session keeps its first 500 characters', async () => {
+    // Legal header bytes (obs-text), sent as bytes (supertest would send UTF-8, twice as many);
+    // percent-encoded between layers they used to be 66 000 bytes, past HTTP/2's header list.
+    const server = await startTestServer();
+    try {
+      const user = await register(server);
+      const body = JSON.stringify({ usernameOrEmail: user.username, password: user.password });
+      const head = `POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\nUser-Agent: `;
+      const answer = await rawExchange(server.port, Buffer.concat([Buffer.from(head), Buffer.alloc(11_000, 0xff), Buffer.from(`\r\n\r\n${body}`)]));
+      expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+      const tokens = (JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { data: { tokens: { accessToken: string } } }).data.tokens;
+      const [row] = await server.sql<{ user_agent: string }>('SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1', [sha256(tokens.accessToken)]);
+      expect(row?.user_agent).toBe('\u00ff'.repeat(500));
+    } finally {
+      await server.close();
+    }
   });
 
   it('when the user is unknown, the password wrong or the account inactive, then all three answers are the same 401', async () => {
@@ -251,3 +270,14 @@ describe('what the database holds', () => {
     expect(account?.password_hash).toMatch(/^\$2[aby]\$04\$/);
   });
 });
+
+/** Sends `request` as it is on a new connection and reads the answer until the server closes it. */
+function rawExchange(port: number, request: Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write(request));
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    socket.on('close', () => resolve(answer));
+    socket.on('error', reject);
+  });
+}

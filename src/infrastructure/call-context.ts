@@ -58,6 +58,19 @@ export function detachedFromRequest<T>(work: () => T): T {
   return storage.exit(work);
 }
 
+/**
+ * Runs `work` for the current request but past its cancellation: the calls it makes carry none of
+ * the request's deadline and are not cancelled when its client leaves (each internal call is still
+ * bounded by INTERNAL_TIMEOUT_MS). For the writes after a use case's point of no return, so that a
+ * client leaving, or a deadline passing, halfway cannot leave half of them done: a new password
+ * with the old sessions alive, an account without its session and its idempotency record.
+ */
+export function uninterrupted<T>(work: () => T): T {
+  const context = storage.getStore();
+  if (context === undefined) return work();
+  return storage.run({ ...context, deadline: undefined, signal: undefined }, work);
+}
+
 /** The current request's context, if the code runs on behalf of one. */
 export function currentCallContext(): CallContext | undefined {
   return storage.getStore();

@@ -1,7 +1,7 @@
 import { ConflictError } from '../domain/errors.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
-import type { UserRepository } from '../repositories/user-repository.ts';
-import type { User, UserRole } from '../../gen/prisma/client.ts';
+import type { NewUser, UserRepository } from '../repositories/user-repository.ts';
+import type { UserRole } from '../../gen/prisma/client.ts';
 
 /** What registration and admin creation both know about a new account. */
 export interface NewAccount {
@@ -15,14 +15,15 @@ export interface NewAccount {
 }
 
 /**
- * Creates an account: e-mail stored lower-cased, taken names refused before any hashing work,
- * the password hashed. Shared by self-registration and admin creation.
+ * The row of a new account: e-mail stored lower-cased, taken names refused before any hashing
+ * work, the password hashed. Shared by self-registration and admin creation, which store it past
+ * their point of no return (see `uninterrupted`): all of this may still be abandoned.
  */
-export async function createAccount(deps: { users: UserRepository; passwords: PasswordHasher }, account: NewAccount): Promise<User> {
+export async function newAccountRow(deps: { users: UserRepository; passwords: PasswordHasher }, account: NewAccount): Promise<NewUser> {
   const username = account.username ?? '';
   const email = (account.email ?? '').toLowerCase();
   await assertAvailable(deps.users, username, email);
-  return deps.users.create({
+  return {
     username,
     email,
     passwordHash: await deps.passwords.hash(account.password ?? ''),
@@ -30,7 +31,7 @@ export async function createAccount(deps: { users: UserRepository; passwords: Pa
     lastName: account.lastName ?? null,
     phone: account.phone ?? null,
     role: account.role,
-  });
+  };
 }
 
 /** Fails with a conflict naming every taken field, before any hashing work is spent. */

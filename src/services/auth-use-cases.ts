@@ -15,7 +15,8 @@ import type { PasswordHasher } from '../infrastructure/security/password-hasher.
 import type { TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
-import { createAccount } from './accounts.ts';
+import { newAccountRow } from './accounts.ts';
+import { uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
@@ -85,9 +86,13 @@ export class AuthUseCases {
    */
   async register(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult> {
     return this.#idempotency.run({ scope: 'register', request: canonicalRequest(RegisterRequestSchema, input), answer: REGISTRATION_ANSWER }, async () => {
-      const row = await createAccount({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
-      const tokens = await this.#openSession(row, client);
-      return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id) };
+      const account = await newAccountRow({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
+      // The account and its first session are stored together, whoever leaves meanwhile.
+      return uninterrupted(async () => {
+        const row = await this.#users.create(account);
+        const tokens = await this.#openSession(row, client);
+        return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id) };
+      });
     });
   }
 

@@ -16,7 +16,7 @@
 // All three keys derive from JWT_SECRET, each with its own HKDF label.
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
-import { currentIdempotencyKey, markReplayed } from '../infrastructure/call-context.ts';
+import { currentIdempotencyKey, markReplayed, uninterrupted } from '../infrastructure/call-context.ts';
 import { ConflictError, IdempotencyKeyReusedError } from '../domain/errors.ts';
 import { checkIdempotencyKey } from '../domain/idempotency-key.ts';
 import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';
@@ -105,12 +105,16 @@ export class IdempotentRequests {
       answer = await work();
     } catch (error) {
       // Should the release fail too, the claim lapses with its lease; the work's error is the news.
-      await this.#records.release(claim.id).catch(() => undefined);
+      // Released even when the work failed because the client left: else the key would answer
+      // "in progress" for the whole lease.
+      await uninterrupted(() => this.#records.release(claim.id)).catch(() => undefined);
       throw error;
     }
     // A claim that lapsed meanwhile (its lease is minutes, so only a stalled process) may have
     // been replaced; then nothing is stored, and this client still gets its answer.
-    await this.#records.complete(claim.id, this.#seal(operation.answer.encode(answer), scoped, keyHash), new Date(now.getTime() + IDEMPOTENCY_WINDOW_MS));
+    // Stored whether or not the client is still there: a retry with the key gets this answer.
+    const sealed = this.#seal(operation.answer.encode(answer), scoped, keyHash);
+    await uninterrupted(() => this.#records.complete(claim.id, sealed, new Date(now.getTime() + IDEMPOTENCY_WINDOW_MS)));
     return answer;
   }
 

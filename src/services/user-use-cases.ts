@@ -15,7 +15,8 @@ import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-ma
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserChanges, UserRepository } from '../repositories/user-repository.ts';
-import { assertAvailable, createAccount } from './accounts.ts';
+import { assertAvailable, newAccountRow } from './accounts.ts';
+import { uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
 import { requireAdmin, requireSelfOrAdmin } from './access.ts';
 import { pageRequest, paginationOf, userSortOf } from './pagination.ts';
@@ -93,7 +94,8 @@ export class UserUseCases {
     const operation = { scope: `users:${actor.userId}`, request: canonicalRequest(CreateUserRequestSchema, input), answer: USER_ANSWER };
     return this.#idempotency.run(operation, async () => {
       const role = input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role);
-      const row = await createAccount({ users: this.#users, passwords: this.#passwords }, { ...input, role });
+      const account = await newAccountRow({ users: this.#users, passwords: this.#passwords }, { ...input, role });
+      const row = await uninterrupted(() => this.#users.create(account));
       // A role granted by an administrator is a role change, from none.
       this.#audit.record({ type: 'ROLE_CHANGED', userId: row.id, actorId: actor.userId, details: { to: row.role } });
       return toUserMessage(row);
@@ -160,8 +162,13 @@ export class UserUseCases {
       throw new AuthenticationError('Current password is incorrect');
     }
     await attempt.succeeded();
-    await this.#users.update(userId, { passwordHash: await this.#passwords.hash(input.newPassword ?? '', 'newPassword') });
-    const ended = await this.#tokens.revokeAllForUser(userId, actor.sessionId, 'revoked');
+    const passwordHash = await this.#passwords.hash(input.newPassword ?? '', 'newPassword');
+    // The new password and the end of the other sessions are one change: once it starts, a
+    // client that leaves (or a deadline that passes) cannot stop it halfway.
+    const ended = await uninterrupted(async () => {
+      await this.#users.update(userId, { passwordHash });
+      return this.#tokens.revokeAllForUser(userId, actor.sessionId, 'revoked');
+    });
     this.#audit.record({ type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { otherSessionsEnded: ended.length } });
   }
 
@@ -185,8 +192,12 @@ export class UserUseCases {
     requireAdmin(actor);
     const stored = statusFromProto(status);
     const before = await this.#existing(userId);
-    const row = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' }, { status: before.status, version: expectedVersion });
-    if (status !== UserStatus.ACTIVE) await this.#tokens.revokeAllForUser(userId, undefined, 'revoked');
+    // A suspension and the end of the user's sessions are one change (see changePassword).
+    const row = await uninterrupted(async () => {
+      const written = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' }, { status: before.status, version: expectedVersion });
+      if (status !== UserStatus.ACTIVE) await this.#tokens.revokeAllForUser(userId, undefined, 'revoked');
+      return written;
+    });
     this.#audit.record({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } });
     return toUserMessage(row);
   }

@@ -11,6 +11,7 @@ import { DeviceTokens } from '../../src/infrastructure/security/device-tokens.ts
 import { PasswordHasher } from '../../src/infrastructure/security/password-hasher.ts';
 import { hashToken, TokenCodec } from '../../src/infrastructure/security/token-codec.ts';
 import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
+import { currentCallContext, runWithCallContext } from '../../src/infrastructure/call-context.ts';
 import { AuthUseCases } from '../../src/services/auth-use-cases.ts';
 import { IdempotentRequests } from '../../src/services/idempotency.ts';
 import { LoginThrottle } from '../../src/services/login-throttle.ts';
@@ -298,5 +299,58 @@ describe('sessions', () => {
     expect(await outcome(h.auth.authenticate(user.tokens.accessToken))).toBe('ok');
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: 'Another-Passw0rd!' }, client))).toBe('ok');
+  });
+});
+
+describe('a client that leaves halfway', () => {
+  // Over a network transport, a call made after the client has gone (or its deadline has passed)
+  // is cancelled before it is sent. These repositories do as that transport does, and the client
+  // leaves right after the first write of each change: the rest must still happen.
+  const client: ClientInfo = { ipAddress: '192.0.2.10' };
+  let h: ReturnType<typeof harness>;
+  let leave: AbortController;
+  beforeEach(() => {
+    h = harness();
+    leave = new AbortController();
+    const refuseOnceGone =
+      <A extends unknown[], R>(call: (...args: A) => Promise<R>) =>
+      (...args: A): Promise<R> =>
+        currentCallContext()?.signal?.aborted === true ? Promise.reject(new Error('canceled: the client left')) : call(...args);
+    const leaveAfter =
+      <A extends unknown[], R>(call: (...args: A) => Promise<R>) =>
+      async (...args: A): Promise<R> => {
+        const result = await refuseOnceGone(call)(...args);
+        leave.abort();
+        return result;
+      };
+    h.users.update = leaveAfter(h.users.update.bind(h.users));
+    h.users.create = leaveAfter(h.users.create.bind(h.users));
+    h.tokens.revokeAllForUser = refuseOnceGone(h.tokens.revokeAllForUser.bind(h.tokens));
+    h.tokens.create = refuseOnceGone(h.tokens.create.bind(h.tokens));
+  });
+  const asRequest = <T>(work: () => Promise<T>) => runWithCallContext({ requestId: 'leaving', signal: leave.signal }, work);
+
+  it('when the new password is stored, then the other sessions still end', async () => {
+    const user = await h.account();
+    const elsewhere = await h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client);
+    leave = new AbortController();
+    await asRequest(() => h.userCases.changePassword(user.actor, { userId: user.id, oldPassword: PASSWORD, newPassword: 'Another-Passw0rd!' }));
+    expect(leave.signal.aborted).toBe(true);
+    expect(await outcome(h.auth.authenticate(elsewhere.tokens.accessToken))).toBe('AUTHENTICATION_ERROR');
+  });
+
+  it('when a suspension is stored, then the sessions still end', async () => {
+    const admin = await h.account('ADMIN');
+    const user = await h.account();
+    leave = new AbortController();
+    await asRequest(() => h.userCases.updateStatus(admin.actor, user.id, UserStatus.SUSPENDED));
+    expect(await outcome(h.auth.authenticate(user.tokens.accessToken))).toBe('AUTHENTICATION_ERROR');
+  });
+
+  it('when the account is stored, then its first session is too', async () => {
+    leave = new AbortController();
+    const registered = await asRequest(() => h.auth.register({ username: 'halfway', email: 'halfway@example.com', password: PASSWORD }, client));
+    expect(leave.signal.aborted).toBe(true);
+    expect(await outcome(h.auth.authenticate(registered.tokens.accessToken))).toBe('ok');
   });
 });

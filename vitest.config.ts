@@ -68,7 +68,7 @@ const MARIADB_SECURITY_SUITES = ['login-lockout', 'sessions', 'admin-sessions', 
  * And two that reach behind the API, for the repository code that has a MySQL form of its own:
  * the session purge and the revocations (audit-jobs), and the errors at the repository boundary.
  */
-const MARIADB_REPOSITORY_SUITES = ['audit-jobs', 'repository-boundary', 'repeated-writes', 'user-listing'].map((name) => `tests/integration/${name}.test.ts`);
+const MARIADB_REPOSITORY_SUITES = ['audit-jobs', 'cache-races', 'repository-boundary', 'repeated-writes', 'user-listing'].map((name) => `tests/integration/${name}.test.ts`);
 
 /**
  * About how long each slow file takes in CI (seconds on the 2-core machine with the whole run

@@ -6,10 +6,26 @@ import { deleteByPrefix, type Redis } from './redis/redis-client.ts';
  * failure: reads miss and writes are skipped, and the caller goes to the database.
  */
 export interface Cache {
+  /** The value, or undefined when there is none or the key was forgotten. */
   get<T>(key: string): Promise<T | undefined>;
   set(key: string, value: unknown, ttlSeconds: number): Promise<void>;
+  /**
+   * A cache-aside fill: stores the value only if the key holds nothing, not even a mark left by
+   * `forget`. A reader that read the database before a write, and fills after the write's
+   * `forget`, so cannot put the old row back.
+   */
+  add(key: string, value: unknown, ttlSeconds: number): Promise<void>;
+  /**
+   * Invalidation after a write: each key reads as a miss from now on, and for `ttlSeconds` no
+   * `add` can fill it (the mark outlives any fill racing with the write). With `delete`, a
+   * session read just before a logout could be cached after it and stay usable for the TTL.
+   */
+  forget(keys: readonly string[], ttlSeconds: number): Promise<void>;
   delete(...keys: string[]): Promise<void>;
 }
+
+/** What `forget` leaves: JSON null, which no cached row is. */
+const FORGOTTEN = 'null';
 
 // Dates survive the JSON round trip: ISO strings in fields named like `createdAt` come back as
 // Date objects, as the rows they were cached from had them. Cached values are flat rows, so only
@@ -72,17 +88,35 @@ export class MemoryCache implements Cache {
   }
 
   async get<T>(key: string): Promise<T | undefined> {
+    const entry = this.#live(key);
+    if (entry === undefined || entry.json === FORGOTTEN) return undefined;
+    return parseCached(entry.json) as T;
+  }
+
+  async set(key: string, value: unknown, ttlSeconds: number): Promise<void> {
+    this.#write(key, JSON.stringify(value), ttlSeconds);
+  }
+
+  async add(key: string, value: unknown, ttlSeconds: number): Promise<void> {
+    if (this.#live(key) === undefined) this.#write(key, JSON.stringify(value), ttlSeconds);
+  }
+
+  async forget(keys: readonly string[], ttlSeconds: number): Promise<void> {
+    for (const key of keys) this.#write(key, FORGOTTEN, ttlSeconds);
+  }
+
+  /** The entry of `key` if it has not expired (an expired one is dropped). */
+  #live(key: string): { json: string; expiresAt: number; bytes: number } | undefined {
     const entry = this.#entries.get(key);
     if (entry === undefined) return undefined;
     if (entry.expiresAt <= this.#now()) {
       this.#remove(key);
       return undefined;
     }
-    return parseCached(entry.json) as T;
+    return entry;
   }
 
-  async set(key: string, value: unknown, ttlSeconds: number): Promise<void> {
-    const json = JSON.stringify(value);
+  #write(key: string, json: string, ttlSeconds: number): void {
     const bytes = entryBytes(key, json);
     // Written again, an entry becomes the newest.
     this.#remove(key);
@@ -123,7 +157,7 @@ export class RedisCache implements Cache {
   async get<T>(key: string): Promise<T | undefined> {
     try {
       const json = await this.#redis.get(this.#prefix + key);
-      return json === null ? undefined : (parseCached(json) as T);
+      return json === null || json === FORGOTTEN ? undefined : (parseCached(json) as T);
     } catch {
       return undefined;
     }
@@ -131,9 +165,29 @@ export class RedisCache implements Cache {
 
   async set(key: string, value: unknown, ttlSeconds: number): Promise<void> {
     try {
-      await this.#redis.set(this.#prefix + key, JSON.stringify(value), 'EX', Math.max(1, Math.floor(ttlSeconds)));
+      await this.#redis.set(this.#prefix + key, JSON.stringify(value), 'EX', seconds(ttlSeconds));
     } catch {
       // Not caching is always safe.
+    }
+  }
+
+  async add(key: string, value: unknown, ttlSeconds: number): Promise<void> {
+    try {
+      await this.#redis.set(this.#prefix + key, JSON.stringify(value), 'EX', seconds(ttlSeconds), 'NX');
+    } catch {
+      // Not caching is always safe.
+    }
+  }
+
+  async forget(keys: readonly string[], ttlSeconds: number): Promise<void> {
+    if (keys.length === 0) return;
+    try {
+      const batch = this.#redis.multi();
+      for (const key of keys) batch.set(this.#prefix + key, FORGOTTEN, 'PX', Math.max(1, Math.ceil(ttlSeconds * 1000)));
+      await batch.exec();
+    } catch (error) {
+      // The entry may now outlive the change it should reflect; `flush` on reconnect clears it.
+      this.#logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'cache invalidation failed');
     }
   }
 
@@ -169,6 +223,13 @@ export function countingCache(cache: Cache, metrics: { cacheLookup(hit: boolean)
       return value;
     },
     set: (key, value, ttlSeconds) => cache.set(key, value, ttlSeconds),
+    add: (key, value, ttlSeconds) => cache.add(key, value, ttlSeconds),
+    forget: (keys, ttlSeconds) => cache.forget(keys, ttlSeconds),
     delete: (...keys) => cache.delete(...keys),
   };
+}
+
+/** A TTL as Redis takes it: whole seconds, at least one. */
+function seconds(ttlSeconds: number): number {
+  return Math.max(1, Math.floor(ttlSeconds));
 }

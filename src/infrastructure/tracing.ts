@@ -146,6 +146,8 @@ export function tracedCache(cache: Cache, tracing: Tracing, system: string): Cac
         (span, value) => span.setAttribute('cache.hit', value !== undefined),
       ),
     set: (key, value, ttlSeconds) => inSpan(tracing, 'cache set', SpanKind.CLIENT, attributes, () => cache.set(key, value, ttlSeconds)),
+    add: (key, value, ttlSeconds) => inSpan(tracing, 'cache add', SpanKind.CLIENT, attributes, () => cache.add(key, value, ttlSeconds)),
+    forget: (keys, ttlSeconds) => inSpan(tracing, 'cache forget', SpanKind.CLIENT, attributes, () => cache.forget(keys, ttlSeconds)),
     delete: (...keys) => inSpan(tracing, 'cache delete', SpanKind.CLIENT, attributes, () => cache.delete(...keys)),
   };
 }

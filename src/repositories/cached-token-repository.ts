@@ -6,9 +6,10 @@ import type { WriteOptions } from './write-options.ts';
 export const sessionCacheKey = (accessTokenHash: string): string => `session:${accessTokenHash}`;
 
 /**
- * Cache-aside for the session lookup of every authenticated request. Each revocation drops the
+ * Cache-aside for the session lookup of every authenticated request. Each revocation forgets the
  * entries of the pairs it revoked (the repository returns their hashes), so logout, revoke-all,
- * rotation and replay detection take effect on the next request in every process.
+ * rotation and replay detection take effect on the next request in every process; a lookup that
+ * read the pair before the revocation cannot cache it after (fills never overwrite: Cache.add).
  */
 export class CachedTokenRepository implements TokenRepository {
   readonly #inner: TokenRepository;
@@ -35,7 +36,7 @@ export class CachedTokenRepository implements TokenRepository {
     // Only live pairs are cached, and never beyond their access token's own expiry.
     const lifetime = session === null ? 0 : (session.accessExpiresAt.getTime() - this.#now()) / 1000;
     if (session !== null && !session.isRevoked && lifetime >= 1) {
-      await this.#cache.set(key, session, Math.min(this.#ttlSeconds, lifetime));
+      await this.#cache.add(key, session, Math.min(this.#ttlSeconds, lifetime));
     }
     return session;
   }
@@ -48,7 +49,7 @@ export class CachedTokenRepository implements TokenRepository {
     try {
       return await this.#inner.rotate(previous, next);
     } finally {
-      await this.#cache.delete(sessionCacheKey(previous.accessTokenHash));
+      await this.#cache.forget([sessionCacheKey(previous.accessTokenHash)], this.#ttlSeconds);
     }
   }
 
@@ -74,7 +75,7 @@ export class CachedTokenRepository implements TokenRepository {
   }
 
   async #invalidate(hashes: string[]): Promise<string[]> {
-    await this.#cache.delete(...hashes.map(sessionCacheKey));
+    await this.#cache.forget(hashes.map(sessionCacheKey), this.#ttlSeconds);
     return hashes;
   }
 }

@@ -5,8 +5,17 @@ import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, Us
 export const userCacheKey = (id: number): string => `user:${id}`;
 
 /**
+ * How long a written profile refuses fills: long enough for any read that began before the
+ * write to have filled (milliseconds, or the seconds of a stalled process), short enough that the
+ * profile is cached again soon after (a login writes it too). A session, dead once revoked, is
+ * forgotten for the whole TTL instead (cached-token-repository.ts).
+ */
+const FORGET_SECONDS = 2;
+
+/**
  * Cache-aside for user profiles, the record every authenticated request reads. Every write
- * through this repository drops the cached profile, so a suspension or role change is seen by
+ * through this repository forgets the cached profile (Cache.forget: no fill racing with the write
+ * brings the old one back), so a suspension or role change is seen by
  * the next request in every process sharing the cache. Rows with password hashes are never cached.
  */
 export class CachedUserRepository implements UserRepository {
@@ -37,7 +46,7 @@ export class CachedUserRepository implements UserRepository {
     const cached = await this.#cache.get<UserProfile>(userCacheKey(id));
     if (cached !== undefined) return cached;
     const profile = await this.#inner.findProfile(id);
-    if (profile !== null) await this.#cache.set(userCacheKey(id), profile, this.#ttlSeconds);
+    if (profile !== null) await this.#cache.add(userCacheKey(id), profile, this.#ttlSeconds);
     return profile;
   }
 
@@ -58,7 +67,7 @@ export class CachedUserRepository implements UserRepository {
       return await this.#inner.update(id, changes, expected, options);
     } finally {
       forgetRead(userCacheKey(id));
-      await this.#cache.delete(userCacheKey(id));
+      await this.#cache.forget([userCacheKey(id)], FORGET_SECONDS);
     }
   }
 
@@ -67,7 +76,7 @@ export class CachedUserRepository implements UserRepository {
       return await this.#inner.delete(id, expectedVersion);
     } finally {
       forgetRead(userCacheKey(id));
-      await this.#cache.delete(userCacheKey(id));
+      await this.#cache.forget([userCacheKey(id)], FORGET_SECONDS);
     }
   }
 
@@ -78,6 +87,6 @@ export class CachedUserRepository implements UserRepository {
   async recordLogin(id: number, at: Date) {
     await this.#inner.recordLogin(id, at);
     forgetRead(userCacheKey(id));
-    await this.#cache.delete(userCacheKey(id));
+    await this.#cache.forget([userCacheKey(id)], FORGET_SECONDS);
   }
 }

@@ -196,6 +196,8 @@ describe('when Redis goes away', () => {
         if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 200));
       }
       expect(status).toBe(200);
+      // The login wrote the user's row: its profile refuses cache fills for two seconds.
+      await new Promise((resolve) => setTimeout(resolve, 2_100));
       await get().expect(200);
       const before = monolithOf(t).database.queryCount();
       await get().expect(200);

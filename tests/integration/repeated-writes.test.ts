@@ -31,6 +31,7 @@ import { PrismaTokenRepository, type RevocationReason } from '../../src/reposito
 import { PrismaUserRepository, type UserChanges, type UserExpectation, type WriteOptions } from '../../src/repositories/user-repository.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
 import { createTestApp, type TestApp } from '../helpers/test-app.ts';
+import { intercept } from '../helpers/intercept.ts';
 import { newTokenRecord } from '../helpers/token-records.ts';
 
 const logger = createLogger({ level: 'silent' });
@@ -102,17 +103,6 @@ async function startRepositoryLayer(): Promise<typeof layer> {
       await close();
     },
   };
-}
-
-/** `target` with some methods replaced; the others keep `target` as their `this` (private fields). */
-function intercept<T extends object>(target: T, overrides: Partial<T>): T {
-  return new Proxy(target, {
-    get(object, name) {
-      if (Object.hasOwn(overrides, name)) return overrides[name as keyof T];
-      const value = Reflect.get(object, name, object) as unknown;
-      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(object) : value;
-    },
-  });
 }
 
 let serial = 0;

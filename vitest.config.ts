@@ -31,9 +31,17 @@ const API_SUITES = [
  * conditional writes through the repository layer, idempotency keys carried to the service layer
  * and their records kept behind the repository layer. They attack every split cell too.
  */
-const SECURITY_SUITES = ['login-lockout', 'client-address', 'password-guessing', 'password-work', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys'].map(
-  (name) => `tests/security/${name}.test.ts`,
-);
+const SECURITY_SUITES = [
+  'login-lockout',
+  'client-address',
+  'password-guessing',
+  'password-work',
+  'sessions',
+  'admin-sessions',
+  'admin-writes',
+  'idempotency-keys',
+  'deadlines',
+].map((name) => `tests/security/${name}.test.ts`);
 
 /**
  * The split cells: every split topology of src/topology.ts but microservices over Connect/HTTP,

@@ -11,6 +11,7 @@ import { Code, ConnectError, type UnaryResponse } from '@connectrpc/connect';
 import { codeFromHttpStatus, findTrailerError } from '@connectrpc/connect/protocol-grpc';
 import { connect as connectHttp2, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import type { Duplex } from 'node:stream';
+import { timerTimeout } from '../infrastructure/call-context.ts';
 import { webHeadersFromNode } from '../rpc/node-headers.ts';
 
 /** The length-prefixed message framing of gRPC: a flags byte, then a 32-bit big-endian length. */
@@ -99,7 +100,8 @@ export class GrpcUnaryClient {
       };
       const onAbort = () => fail(ConnectError.from(signal?.reason, Code.Canceled));
       signal?.addEventListener('abort', onAbort, { once: true });
-      if (timeoutMs !== undefined) timer = setTimeout(() => fail(new ConnectError('the operation timed out', Code.DeadlineExceeded)), timeoutMs);
+      const waitMs = timerTimeout(timeoutMs);
+      if (waitMs !== undefined) timer = setTimeout(() => fail(new ConnectError('the operation timed out', Code.DeadlineExceeded)), waitMs);
 
       stream.on('response', (headers) => {
         status = Number(headers[constants.HTTP2_HEADER_STATUS]);

@@ -129,11 +129,22 @@ export function currentWorkLimits(): { deadline?: number | undefined; signal?: A
  */
 export function timeoutFromHeaders(header: Headers): number | undefined {
   const connect = header.get('connect-timeout-ms');
-  if (connect !== null && /^\d{1,10}$/.test(connect)) return Number(connect);
+  if (connect !== null && /^\d{1,10}$/.test(connect)) return timerTimeout(Number(connect));
   const grpc = /^(\d{1,8})([HMSmun])$/.exec(header.get('grpc-timeout') ?? '');
   if (grpc === null) return undefined;
   const unitMs = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 }[grpc[2] as 'H' | 'M' | 'S' | 'm' | 'u' | 'n'];
-  return Number(grpc[1]) * unitMs;
+  return timerTimeout(Number(grpc[1]) * unitMs);
+}
+
+/**
+ * The longest timeout a timer can wait: Node fires a longer `setTimeout` after 1 ms (with a
+ * TimeoutOverflowWarning), which turned a client's 25-day deadline into an instant cancellation.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A timeout as a deadline to keep: one past what a timer can wait is no deadline at all. */
+export function timerTimeout(timeoutMs: number | undefined): number | undefined {
+  return timeoutMs === undefined || timeoutMs > MAX_TIMER_MS ? undefined : timeoutMs;
 }
 
 /**

@@ -17,7 +17,7 @@ import { requestIdKey } from './rpc-context.ts';
 import { callerKey } from '../../rpc/caller.ts';
 import { addressKey } from '../../infrastructure/client-address.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
-import { runWithCallContext, timeoutFromHeaders } from '../../infrastructure/call-context.ts';
+import { remainingMs, runWithCallContext, timeoutFromHeaders } from '../../infrastructure/call-context.ts';
 
 /** Domain error codes as Connect codes: the RPC twin of the REST status table. */
 /** See src/domain/error-codes.ts: one table for every protocol. */
@@ -80,6 +80,11 @@ export function errorInterceptor(options: { logger: Logger; exposeInternals: boo
     try {
       return await next(req);
     } catch (error) {
+      // Whatever failed once the client's own deadline had passed (in a split topology the
+      // cancelled internal call reads as unavailable), the client's answer is that its deadline passed.
+      if ((req.signal.aborted && ConnectError.from(req.signal.reason).code === Code.DeadlineExceeded) || (remainingMs() ?? 1) <= 0) {
+        throw new ConnectError('the deadline passed before the call completed', Code.DeadlineExceeded);
+      }
       if (error instanceof AppError) {
         const connectError = toConnectError(error, req.method.input);
         // The RPC twin of REST's 401 challenge, for clients that read it (RFC 6750 §3).

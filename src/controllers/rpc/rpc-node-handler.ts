@@ -64,6 +64,7 @@ import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { AppError } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
+import { timeoutFromHeaders, timerTimeout } from '../../infrastructure/call-context.ts';
 import { nodeHeadersFromWeb, webHeadersFromNode } from '../../rpc/node-headers.ts';
 import { toConnectError } from './interceptors.ts';
 import { createRequestDecoder } from './request-decoder.ts';
@@ -208,10 +209,11 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     res: NodeResponse,
     contextValues: ContextValues,
     protocolName: 'grpc' | 'connect',
-    timeoutMs: number | undefined,
+    requestedTimeoutMs: number | undefined,
     responseHeader: Headers,
     responseTrailer: Headers,
   ): { context: HandlerContext; release: () => void } => {
+    const timeoutMs = timerTimeout(requestedTimeoutMs);
     const abort = new AbortController();
     const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
     const onClose = () => {
@@ -345,6 +347,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       }
       return;
     }
+    dropOverlongTimeouts(req.headers);
     const contextValues = adapterOptions.contextValues?.(req) ?? createContextValues();
     const unary = req.method === 'POST' ? unaryMethods.get(handler.requestPath) : undefined;
     if (unary !== undefined) {
@@ -461,4 +464,17 @@ function refusalOf(error: unknown, context: HandlerContext): ConnectError {
   if (error instanceof AppError) return toConnectError(error, context.method.input);
   if (error instanceof ConnectError && error.code !== Code.Internal && error.code !== Code.Unknown) return error;
   return new ConnectError('Internal server error', Code.Internal);
+}
+
+/**
+ * Forgets a deadline longer than a timer can wait (MAX_TIMER_MS, about 25 days): valid by the
+ * Connect and gRPC specifications, but a timer set for it fires at once, and connect-es (which
+ * serves what the unary paths above decline) would cancel the call after 1 ms. Such a deadline
+ * is no deadline; a malformed one is left for the parsers to refuse.
+ */
+function dropOverlongTimeouts(headers: NodeRequest['headers']): void {
+  const connect = headers['connect-timeout-ms'];
+  if (typeof connect === 'string' && /^\d{1,10}$/.test(connect) && timerTimeout(Number(connect)) === undefined) delete headers['connect-timeout-ms'];
+  const grpc = headers['grpc-timeout'];
+  if (typeof grpc === 'string' && /^\d{1,8}[HMSmun]$/.test(grpc) && timeoutFromHeaders(new Headers({ 'grpc-timeout': grpc })) === undefined) delete headers['grpc-timeout'];
 }

@@ -1,0 +1,60 @@
+// Deadlines a client sets (connect-timeout-ms, grpc-timeout), over every RPC protocol and in
+// every topology. A deadline longer than a timer can wait (2^31 ms, about 25 days) is valid by
+// both specifications: it used to fire after 1 ms (Node's TimeoutOverflowWarning) and, in the
+// split topologies, cancel the call to the service layer, answering `unavailable` at once (found
+// by an attacking helper).
+import { toBinary, create } from '@bufbuild/protobuf';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GetCurrentUserRequestSchema, LoginRequestSchema } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { RawClient, RPC_PROTOCOLS } from './raw-protocols.ts';
+
+let t: TestServer;
+let raw: RawClient;
+
+beforeAll(async () => {
+  t = await startTestServer();
+  raw = new RawClient(t.baseUrl);
+});
+
+afterAll(async () => {
+  raw.close();
+  await t.close();
+});
+
+describe('client deadlines', () => {
+  it('when a deadline is longer than a timer can wait, then it is no deadline: every call is answered, in parallel over every RPC protocol', async () => {
+    const user = await register(t);
+    const procedure = 'arcana.auth.v1.AuthService/GetCurrentUser';
+    const deadlines = [
+      { connect: '2147483648', grpc: '2147484S' },
+      { connect: '9999999999', grpc: '99999999S' },
+      { connect: '2147483647', grpc: '99999999H' },
+    ];
+    const calls = RPC_PROTOCOLS.flatMap((protocol) =>
+      deadlines.map(async (deadline) => {
+        const headers: Record<string, string> = { authorization: `Bearer ${user.accessToken}` };
+        if (protocol.startsWith('connect')) headers['connect-timeout-ms'] = deadline.connect;
+        else headers['grpc-timeout'] = deadline.grpc;
+        const payload = protocol === 'connect-json' ? new TextEncoder().encode('{}') : toBinary(GetCurrentUserRequestSchema, create(GetCurrentUserRequestSchema));
+        return { protocol, deadline: headers['connect-timeout-ms'] ?? headers['grpc-timeout'], code: (await raw.rpc(protocol, procedure, payload, { headers })).code };
+      }),
+    );
+    for (const answer of await Promise.all(calls)) expect(answer).toEqual({ ...answer, code: 'ok' });
+  });
+
+  it('when a deadline has passed before the work could start, then the answer is deadline_exceeded, over every RPC protocol', async () => {
+    const user = await register(t);
+    const procedure = 'arcana.auth.v1.AuthService/Login';
+    const answers = await Promise.all(
+      RPC_PROTOCOLS.map(async (protocol) => {
+        const headers: Record<string, string> = protocol.startsWith('connect') ? { 'connect-timeout-ms': '0' } : { 'grpc-timeout': '1n' };
+        const login = { usernameOrEmail: user.username, password: user.password };
+        const payload = protocol === 'connect-json' ? new TextEncoder().encode(JSON.stringify(login)) : toBinary(LoginRequestSchema, create(LoginRequestSchema, login));
+        return { protocol, code: (await raw.rpc(protocol, procedure, payload, { headers })).code };
+      }),
+    );
+    // Not `unavailable` (the split topologies' cancelled internal call) nor a login made anyway.
+    expect(answers).toEqual(RPC_PROTOCOLS.map((protocol) => ({ protocol, code: 'deadline_exceeded' })));
+  });
+});

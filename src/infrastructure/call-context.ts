@@ -130,10 +130,15 @@ export function currentWorkLimits(): { deadline?: number | undefined; signal?: A
 export function timeoutFromHeaders(header: Headers): number | undefined {
   const connect = header.get('connect-timeout-ms');
   if (connect !== null && /^\d{1,10}$/.test(connect)) return timerTimeout(Number(connect));
-  const grpc = /^(\d{1,8})([HMSmun])$/.exec(header.get('grpc-timeout') ?? '');
+  return timerTimeout(grpcTimeoutMs(header.get('grpc-timeout')));
+}
+
+/** A well-formed `grpc-timeout` value in milliseconds, or undefined. */
+export function grpcTimeoutMs(value: string | null | undefined): number | undefined {
+  const grpc = /^(\d{1,8})([HMSmun])$/.exec(value ?? '');
   if (grpc === null) return undefined;
   const unitMs = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 }[grpc[2] as 'H' | 'M' | 'S' | 'm' | 'u' | 'n'];
-  return timerTimeout(Number(grpc[1]) * unitMs);
+  return Number(grpc[1]) * unitMs;
 }
 
 /**

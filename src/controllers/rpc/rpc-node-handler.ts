@@ -64,7 +64,7 @@ import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { AppError } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
-import { timeoutFromHeaders, timerTimeout } from '../../infrastructure/call-context.ts';
+import { grpcTimeoutMs, timerTimeout } from '../../infrastructure/call-context.ts';
 import { nodeHeadersFromWeb, webHeadersFromNode } from '../../rpc/node-headers.ts';
 import { toConnectError } from './interceptors.ts';
 import { createRequestDecoder } from './request-decoder.ts';
@@ -476,5 +476,8 @@ function dropOverlongTimeouts(headers: NodeRequest['headers']): void {
   const connect = headers['connect-timeout-ms'];
   if (typeof connect === 'string' && /^\d{1,10}$/.test(connect) && timerTimeout(Number(connect)) === undefined) delete headers['connect-timeout-ms'];
   const grpc = headers['grpc-timeout'];
-  if (typeof grpc === 'string' && /^\d{1,8}[HMSmun]$/.test(grpc) && timeoutFromHeaders(new Headers({ 'grpc-timeout': grpc })) === undefined) delete headers['grpc-timeout'];
+  if (typeof grpc === 'string') {
+    const timeoutMs = grpcTimeoutMs(grpc);
+    if (timeoutMs !== undefined && timerTimeout(timeoutMs) === undefined) delete headers['grpc-timeout'];
+  }
 }

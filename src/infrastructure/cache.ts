@@ -65,6 +65,13 @@ export function entryBytes(key: string, json: string): number {
   return 2 * (key.length + json.length) + 96;
 }
 
+/** A MemoryCache entry: the value's JSON (FORGOTTEN for a forgotten key), and its bounds. */
+interface MemoryEntry {
+  json: string;
+  expiresAt: number;
+  bytes: number;
+}
+
 /**
  * In-process cache for a single process (no REDIS_URL), bounded in entries and in bytes. When a
  * new entry would break a bound, the oldest entries written go first (insertion order, which a
@@ -72,7 +79,7 @@ export function entryBytes(key: string, json: string): number {
  * expire. A cache-aside read of an evicted entry only goes to the database.
  */
 export class MemoryCache implements Cache {
-  readonly #entries = new Map<string, { json: string; expiresAt: number; bytes: number }>();
+  readonly #entries = new Map<string, MemoryEntry>();
   readonly #now: () => number;
   readonly #limits: MemoryCacheLimits;
   #bytes = 0;
@@ -106,7 +113,7 @@ export class MemoryCache implements Cache {
   }
 
   /** The entry of `key` if it has not expired (an expired one is dropped). */
-  #live(key: string): { json: string; expiresAt: number; bytes: number } | undefined {
+  #live(key: string): MemoryEntry | undefined {
     const entry = this.#entries.get(key);
     if (entry === undefined) return undefined;
     if (entry.expiresAt <= this.#now()) {

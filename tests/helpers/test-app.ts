@@ -9,6 +9,9 @@ import { createLogger, type Logger } from '../../src/infrastructure/logger.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
 import { TOPOLOGIES, type TopologyName } from '../../scripts/topology.ts';
 import { layersOf, parseTopologyName, TOPOLOGY, type DeploymentLayer } from '../../src/topology.ts';
+import { PrismaAuditRepository } from '../../src/repositories/audit-repository.ts';
+import { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
+import { PrismaUserRepository } from '../../src/repositories/user-repository.ts';
 import { isMysqlUrl, openTestDatabase } from './test-database.ts';
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
@@ -180,6 +183,13 @@ export function monolithOf(t: TestApp): MonolithApplication {
     throw new Error('this suite needs a monolithic app: it reaches behind the API');
   }
   return { ...app, rest: app.rest, database: app.database, auth: app.auth, users: app.users, audit: app.audit, jobs: app.jobs };
+}
+
+/** The Prisma repositories over the database of a test app that holds one, bypassing every cache. */
+export function prismaRepositoriesOf(t: TestApp): { users: PrismaUserRepository; tokens: PrismaTokenRepository; audit: PrismaAuditRepository } {
+  const database = t.app.database;
+  if (database === undefined) throw new Error('this suite needs an app that holds the database');
+  return { users: new PrismaUserRepository(database), tokens: new PrismaTokenRepository(database.prisma, database.dialect), audit: new PrismaAuditRepository(database.prisma) };
 }
 
 let counter = 0;

@@ -13,9 +13,9 @@ import { createLogger } from '../../src/infrastructure/logger.ts';
 import { deleteByPrefix } from '../../src/infrastructure/redis/redis-client.ts';
 import { CachedTokenRepository } from '../../src/repositories/cached-token-repository.ts';
 import { CachedUserRepository } from '../../src/repositories/cached-user-repository.ts';
-import { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
-import { PrismaUserRepository, type UserProfile } from '../../src/repositories/user-repository.ts';
-import { createTestApp, type TestApp } from '../helpers/test-app.ts';
+import type { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
+import type { PrismaUserRepository, UserProfile } from '../../src/repositories/user-repository.ts';
+import { createTestApp, prismaRepositoriesOf, type TestApp } from '../helpers/test-app.ts';
 import { intercept } from '../helpers/intercept.ts';
 import { newTokenRecord } from '../helpers/token-records.ts';
 
@@ -29,10 +29,7 @@ let tokens: PrismaTokenRepository;
 
 beforeAll(async () => {
   t = await createTestApp();
-  const database = t.app.database;
-  if (database === undefined) throw new Error('this suite needs an app that holds the database');
-  users = new PrismaUserRepository(database);
-  tokens = new PrismaTokenRepository(database.prisma, database.dialect);
+  ({ users, tokens } = prismaRepositoriesOf(t));
 });
 
 afterAll(async () => {

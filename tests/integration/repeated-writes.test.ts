@@ -27,10 +27,10 @@ import { PreconditionFailedError } from '../../src/domain/errors.ts';
 import { MemoryCache } from '../../src/infrastructure/cache.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { CachedTokenRepository } from '../../src/repositories/cached-token-repository.ts';
-import { PrismaTokenRepository, type RevocationReason } from '../../src/repositories/token-repository.ts';
-import { PrismaUserRepository, type UserChanges, type UserExpectation, type WriteOptions } from '../../src/repositories/user-repository.ts';
+import type { PrismaTokenRepository, RevocationReason } from '../../src/repositories/token-repository.ts';
+import type { PrismaUserRepository, UserChanges, UserExpectation, WriteOptions } from '../../src/repositories/user-repository.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
-import { createTestApp, type TestApp } from '../helpers/test-app.ts';
+import { createTestApp, prismaRepositoriesOf, type TestApp } from '../helpers/test-app.ts';
 import { intercept } from '../helpers/intercept.ts';
 import { newTokenRecord } from '../helpers/token-records.ts';
 
@@ -44,10 +44,7 @@ let layer: { url: string; loseNextAnswer: () => void; repeats: boolean[]; close:
 
 beforeAll(async () => {
   t = await createTestApp();
-  const database = t.app.database;
-  if (database === undefined) throw new Error('this suite needs an app that holds the database');
-  users = new PrismaUserRepository(database);
-  tokens = new PrismaTokenRepository(database.prisma, database.dialect);
+  ({ users, tokens } = prismaRepositoriesOf(t));
   layer = await startRepositoryLayer();
 });
 

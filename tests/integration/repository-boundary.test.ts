@@ -30,10 +30,10 @@ import {
 import { AppError } from '../../src/domain/errors.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
-import { PrismaAuditRepository, type NewAuditEvent } from '../../src/repositories/audit-repository.ts';
-import { lockUser, PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
-import { PrismaUserRepository, type NewUser, type UserChanges } from '../../src/repositories/user-repository.ts';
-import { createTestApp, type TestApp } from '../helpers/test-app.ts';
+import type { PrismaAuditRepository, NewAuditEvent } from '../../src/repositories/audit-repository.ts';
+import { lockUser, type PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
+import type { PrismaUserRepository, NewUser, UserChanges } from '../../src/repositories/user-repository.ts';
+import { createTestApp, prismaRepositoriesOf, type TestApp } from '../helpers/test-app.ts';
 import { newTokenRecord } from '../helpers/token-records.ts';
 
 const DAY = 24 * 3600 * 1000;
@@ -46,13 +46,7 @@ let remote: { users: RemoteUserRepository; tokens: RemoteTokenRepository; audit:
 
 beforeAll(async () => {
   t = await createTestApp();
-  const database = t.app.database;
-  if (database === undefined) throw new Error('this suite needs an app that holds the database');
-  direct = {
-    users: new PrismaUserRepository(database),
-    tokens: new PrismaTokenRepository(database.prisma, database.dialect),
-    audit: new PrismaAuditRepository(database.prisma),
-  };
+  direct = prismaRepositoriesOf(t);
   const counters = new MemoryCounterStore(() => COUNTER_NOW);
   const transport = withLayerErrors(
     createRouterTransport(

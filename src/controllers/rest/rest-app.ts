@@ -38,8 +38,8 @@ const PROBES = /^\/(?:health|ready)\/?$/i;
 const CONSOLE_PATHS = /^\/console(?:\/|$)/i;
 const DOCS_PATHS = /^\/(?:docs|openapi\.yaml)(?:\/|$)/i;
 const SYSTEM_PATHS = /^\/(?:health|ready|public\/info)(?:\/|$)/i;
-/** The pages whose bodies carry strong tags of their own (entity-tag.ts). */
-const STATIC_PATHS = /^\/(?:console|docs|openapi\.yaml)(?:\/|$)/i;
+/** The console's and the reference's pages, whose bodies carry strong tags of their own (entity-tag.ts). */
+const STATIC_PATHS = new RegExp(`${CONSOLE_PATHS.source}|${DOCS_PATHS.source}`, 'i');
 
 /** `router` for the paths `paths` matches; every other request goes past it untouched. */
 function onlyFor(paths: RegExp, router: RequestHandler): RequestHandler {

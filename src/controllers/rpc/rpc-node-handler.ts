@@ -209,11 +209,11 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     res: NodeResponse,
     contextValues: ContextValues,
     protocolName: 'grpc' | 'connect',
-    requestedTimeoutMs: number | undefined,
+    // Never past what a timer can wait: dropOverlongTimeouts has dropped such deadlines.
+    timeoutMs: number | undefined,
     responseHeader: Headers,
     responseTrailer: Headers,
   ): { context: HandlerContext; release: () => void } => {
-    const timeoutMs = timerTimeout(requestedTimeoutMs);
     const abort = new AbortController();
     const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
     const onClose = () => {

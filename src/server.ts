@@ -8,6 +8,7 @@
 //   accepted, nothing decided yet   protocol detection deadline, from accept
 //   HTTP/1.1 headers / whole request Node's headersTimeout / requestTimeout, from the first byte
 //   HTTP/1.1 between requests       keepAliveTimeout
+//   HTTP/1.1 pipelining             128 unanswered requests; answers stalled for the request timeout
 //   HTTP/2 session with no stream   idle timeout → GOAWAY; PINGs do not count as activity
 //   HTTP/2 stream, request half     the same request timeout as HTTP/1.1 → RST_STREAM CANCEL
 //   HTTP/2 streams per connection   SETTINGS_MAX_CONCURRENT_STREAMS
@@ -83,7 +84,7 @@ export function createDualProtocolServer(
       // outlive its deadline by that much; a check of the requests still arriving is cheap.
       connectionsCheckingInterval: Math.max(25, Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4))),
     },
-    handlers.http1,
+    boundPipelining(handlers.http1, limits.requestTimeoutMs),
   );
   h1.keepAliveTimeout = limits.keepAliveTimeoutMs;
   h1.on('clientError', answerClientError);
@@ -165,6 +166,70 @@ export function createDualProtocolServer(
         for (const session of sessions) session.close();
         h2.close(done);
       }),
+  };
+}
+
+/**
+ * Unanswered HTTP/1.1 requests one connection may have. Past PIPELINE_MAX_DEPTH the connection is
+ * closed; from PIPELINE_STALL_DEPTH on, its answers must keep going out. Browsers do not pipeline,
+ * and clients that do keep a few requests ahead; a client must be ready to send again what a
+ * closed connection left unanswered (RFC 9112, 9.3.2).
+ */
+const PIPELINE_STALL_DEPTH = 16;
+const PIPELINE_MAX_DEPTH = 128;
+
+/**
+ * Bounds HTTP/1.1 pipelining. Node reads a connection on while the answers to the requests already
+ * read are still being worked out (each waits on Redis or the database), and queues each answer
+ * behind the previous ones; a client that pipelined without reading made the process hold every
+ * request it sent, gigabytes within seconds, until V8 ran out of heap. Here a connection with more
+ * than PIPELINE_MAX_DEPTH unanswered requests is closed, and one with PIPELINE_STALL_DEPTH or more
+ * is closed when no answer has gone out for `stallMs` (its peer reads nothing).
+ */
+function boundPipelining(handle: (req: IncomingMessage, res: ServerResponse) => void, stallMs: number): (req: IncomingMessage, res: ServerResponse) => void {
+  interface Pipeline {
+    /** Requests handled and not yet answered. */
+    open: number;
+    /** Armed while PIPELINE_STALL_DEPTH or more are open; re-armed by each answer. */
+    stall: NodeJS.Timeout | undefined;
+  }
+  const pipelines = new WeakMap<Socket, Pipeline>();
+  const pipelineOf = (socket: Socket): Pipeline => {
+    let pipeline = pipelines.get(socket);
+    if (pipeline === undefined) {
+      const created: Pipeline = { open: 0, stall: undefined };
+      socket.once('close', () => clearTimeout(created.stall));
+      pipelines.set(socket, created);
+      pipeline = created;
+    }
+    return pipeline;
+  };
+  const watch = (socket: Socket, pipeline: Pipeline) => {
+    clearTimeout(pipeline.stall);
+    pipeline.stall = pipeline.open >= PIPELINE_STALL_DEPTH ? setTimeout(() => socket.destroy(), stallMs) : undefined;
+  };
+  return (req, res) => {
+    const socket = req.socket;
+    if (socket.destroyed) return;
+    const pipeline = pipelineOf(socket);
+    if (pipeline.open >= PIPELINE_MAX_DEPTH) {
+      // The requests after this one, read in the same chunk, find the socket destroyed.
+      socket.destroy();
+      return;
+    }
+    pipeline.open += 1;
+    if (pipeline.open === PIPELINE_STALL_DEPTH) watch(socket, pipeline);
+    let answered = false;
+    const onDone = () => {
+      if (answered) return;
+      answered = true;
+      pipeline.open -= 1;
+      // An answer went out: the connection is moving.
+      if (pipeline.stall !== undefined) watch(socket, pipeline);
+    };
+    res.once('finish', onDone);
+    res.once('close', onDone);
+    handle(req, res);
   };
 }
 

@@ -101,6 +101,34 @@ function closedWithin(closed: Promise<number>, limitMs: number): Promise<number>
   return Promise.race([closed, sleep(limitMs).then(() => Number.POSITIVE_INFINITY)]);
 }
 
+/** The status lines in what an HTTP/1.1 server sent; pipelined answers follow each other without a line break. */
+function statusLines(received: Buffer): string[] {
+  return received.toString('latin1').match(/HTTP\/1\.1 \d{3}/g) ?? [];
+}
+
+/**
+ * A client that writes `text` and reads nothing until told to: the answers stay in the kernel's
+ * buffers and in the server. `readToClose` then reads all the server sent and says whether the
+ * connection ended within `limitMs`.
+ */
+function pausedClient(port: number, text: string): { readToClose: (limitMs: number) => Promise<{ closed: boolean; statuses: string[] }> } {
+  const socket = net.connect({ port, host: '127.0.0.1' });
+  cleanups.push(() => socket.destroy());
+  socket.on('error', () => undefined);
+  socket.pause();
+  socket.write(text);
+  return {
+    readToClose: async (limitMs) => {
+      const chunks: Buffer[] = [];
+      const closed = new Promise<boolean>((resolve) => socket.once('close', () => resolve(true)));
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+      socket.resume();
+      const ended = await Promise.race([closed, sleep(limitMs).then(() => false)]);
+      return { closed: ended, statuses: statusLines(Buffer.concat(chunks)) };
+    },
+  };
+}
+
 /** Writes `text` one byte every `everyMs` until the socket closes. */
 function trickle(socket: net.Socket, text: string, everyMs: number): void {
   let index = 0;
@@ -261,6 +289,46 @@ describe('HTTP/1.1', () => {
       expect(ms).toBeLessThan(REQUEST_MS + SLACK_MS);
       expect(clients[index]?.received().toString('latin1')).toMatch(/^HTTP\/1\.1 408 /);
     }
+  });
+
+  it('when clients pipeline thousands of requests without reading the answers, then each connection is closed after at most 128 answers, and others are served meanwhile', async () => {
+    // Each unanswered request used to be held by the process: gigabytes within seconds, then a
+    // crash with V8 out of heap. Requests with a token take the slow path (rate limit,
+    // authentication), which kept them in flight longest.
+    const count = 2_000;
+    const flood = 'GET /api/v1/auth/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abc\r\n\r\n'.repeat(count);
+    const attackers = Array.from({ length: 4 }, () => pausedClient(server.port, flood));
+    await sleep(1_000);
+    const meanwhile = await fetch(`${server.baseUrl}/health`);
+    expect(meanwhile.status).toBe(200);
+    // Now read what the server sent: the connection has been closed, and the answers stop short.
+    const outcomes = await Promise.all(attackers.map((attacker) => attacker.readToClose(SLACK_MS)));
+    for (const { closed, statuses } of outcomes) {
+      expect(closed).toBe(true);
+      expect(statuses.length).toBeLessThanOrEqual(128);
+    }
+  });
+
+  it('when a client pipelines a hundred requests in one write and reads the answers, then every one is answered, in order, on the same connection', async () => {
+    const client = rawClient(server.port);
+    const count = 100;
+    client.socket.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(count));
+    const answers = await until('every answer', () => {
+      const statuses = statusLines(client.received());
+      return statuses.length >= count ? statuses : undefined;
+    });
+    expect(answers).toEqual(Array.from({ length: count }, () => 'HTTP/1.1 200'));
+    expect(client.socket.destroyed).toBe(false);
+  });
+
+  it('when a client pipelines large answers and stops reading, then the connection is closed once no answer has gone out for the request deadline', async () => {
+    // ~6 MB of answers: more than the kernel's socket buffers hold for a peer that reads nothing.
+    const count = 100;
+    const attacker = pausedClient(server.port, 'GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(count));
+    await sleep(REQUEST_MS + SLACK_MS);
+    const { closed, statuses } = await attacker.readToClose(SLACK_MS);
+    expect(closed).toBe(true);
+    expect(statuses.length).toBeLessThan(count);
   });
 
   it('when a keep-alive connection idles after its response, then it is closed at the keep-alive deadline', async () => {

@@ -7,6 +7,8 @@ export interface Actor {
   role: UserRole;
   /** The token pair (session) the request's access token belongs to. */
   sessionId: number;
+  /** Its login chain: the pairs that rotations of the same session have made. */
+  familyId: string;
   /** Where the request came from, when the edge knows: for throttling and the audit log. */
   client?: ClientInfo | undefined;
   /**

@@ -24,8 +24,8 @@ export class CachedTokenRepository implements TokenRepository {
     this.#now = now;
   }
 
-  create(record: NewTokenRecord) {
-    return this.#inner.create(record);
+  create(record: NewTokenRecord, passwordHash: string) {
+    return this.#inner.create(record, passwordHash);
   }
 
   async findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {

@@ -32,7 +32,13 @@ export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'exp
 
 /** Persistence of issued token pairs (sessions). */
 export interface TokenRepository {
-  create(record: NewTokenRecord): Promise<OAuthToken>;
+  /**
+   * Records a login's first pair, only while its user is ACTIVE and still has `passwordHash`, the
+   * hash the login's password was compared with; null, writing nothing, when it is not (a
+   * password change, suspension or deletion committed since). Takes the user's lock as the
+   * revocations do, so one that commits after this finds the pair and revokes it.
+   */
+  create(record: NewTokenRecord, passwordHash: string): Promise<OAuthToken | null>;
   /** The pair with this access-token hash: the hot path of every authenticated request. */
   findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null>;
   findByRefreshHash(refreshTokenHash: string): Promise<OAuthToken | null>;
@@ -75,8 +81,17 @@ export class PrismaTokenRepository implements TokenRepository {
     this.#dialect = dialect;
   }
 
-  create(record: NewTokenRecord): Promise<OAuthToken> {
-    return withDatabaseErrors(() => this.#db.oAuthToken.create({ data: record }));
+  create(record: NewTokenRecord, passwordHash: string): Promise<OAuthToken | null> {
+    return withDatabaseErrors(() =>
+      this.#db.$transaction(async (tx) => {
+        // A login compares the password, then stores its pair. Without the user's lock and this
+        // check, a password change or suspension committing in between revoked the user's pairs
+        // before this one existed, and the session opened with the old password lived on.
+        const held = await tx.$queryRaw<unknown[]>`SELECT id FROM users WHERE id = ${record.userId} AND password_hash = ${passwordHash} AND status = 'ACTIVE' FOR UPDATE`;
+        if (held.length === 0) return null;
+        return tx.oAuthToken.create({ data: record });
+      }),
+    );
   }
 
   findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {

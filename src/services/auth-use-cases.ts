@@ -5,7 +5,7 @@ import { RegisterRequestSchema, SessionSchema, TokenPairSchema, type LoginReques
 import { StoredRegistrationSchema } from '../../gen/proto/arcana/internal/service/v1/stored_answers_pb.js';
 import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../domain/actor.ts';
-import { AuthenticationError, InvalidTokenError, NotFoundError } from '../domain/errors.ts';
+import { AuthenticationError, ConflictError, InvalidTokenError, NotFoundError } from '../domain/errors.ts';
 import { rowMapping } from '../domain/message-mapping.ts';
 import { requireAdmin } from './access.ts';
 import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
@@ -91,6 +91,8 @@ export class AuthUseCases {
       return uninterrupted(async () => {
         const row = await this.#users.create(account);
         const tokens = await this.#openSession(row, client);
+        // Only an administrator's change to the account in the instant since it was created.
+        if (tokens === null) throw new ConflictError('The account changed while it was being created; please log in');
         return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id) };
       });
     });
@@ -125,9 +127,12 @@ export class AuthUseCases {
     if (row === null) throw failed('unknown_user');
     if (!passwordMatches) throw failed('wrong_password');
     if (row.status !== 'ACTIVE') throw failed('inactive');
+    // Stored only if the password just compared is still the account's and the account still
+    // active: a password change or suspension that committed meanwhile has ended every session.
+    const tokens = await this.#openSession(row, client);
+    if (tokens === null) throw failed('changed_meanwhile');
     await attempt.succeeded();
     this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: device !== undefined } });
-    const tokens = await this.#openSession(row, client);
     const now = this.#now();
     await this.#users.recordLogin(row.id, now);
     return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, device) };
@@ -153,12 +158,15 @@ export class AuthUseCases {
     const user = session.userId === claims.userId ? subject : await this.#users.findProfile(session.userId);
     if (user === null) throw new InvalidTokenError('Token has been revoked');
     if (user.status !== 'ACTIVE') throw new InvalidTokenError('Account is not active');
-    return { userId: session.userId, role: roleToProto(user.role), sessionId: session.id, record: user };
+    return { userId: session.userId, role: roleToProto(user.role), sessionId: session.id, familyId: session.familyId, record: user };
   }
 
-  /** Ends the caller's current session. */
+  /**
+   * Ends the caller's current session: its login chain, so that a refresh of the same session
+   * that commits first (and moved it to a new pair) ends with it.
+   */
   async logout(actor: Actor): Promise<void> {
-    await this.#tokens.revoke(actor.sessionId, 'logout');
+    await this.#tokens.revokeFamily(actor.familyId, 'logout');
     this.#audit.record({ type: 'LOGOUT', userId: actor.userId, details: { sessionId: actor.sessionId } });
   }
 
@@ -241,13 +249,16 @@ export class AuthUseCases {
     return rows.map((row) => toSessionMessage(row, actor.sessionId));
   }
 
-  /** Ends one live session of a user; NotFoundError when the user has no such live session. */
+  /**
+   * Ends one live session of a user (its login chain, as logout does: a refresh committing first
+   * has moved it to a new pair); NotFoundError when the user has no such live session.
+   */
   async endUserSession(actor: Actor, userId: number, sessionId: number): Promise<void> {
     await this.#administeredUser(actor, userId);
-    const live = await this.#tokens.listActive(userId, this.#now());
-    if (!live.some((row) => row.id === sessionId)) throw new NotFoundError('Session not found');
+    const live = (await this.#tokens.listActive(userId, this.#now())).find((row) => row.id === sessionId);
+    if (live === undefined) throw new NotFoundError('Session not found');
     // Two administrators ending it at once: the second finds nothing left to revoke.
-    if ((await this.#tokens.revoke(sessionId, 'revoked')).length === 0) throw new NotFoundError('Session not found');
+    if ((await this.#tokens.revokeFamily(live.familyId, 'revoked')).length === 0) throw new NotFoundError('Session not found');
     this.#audit.record({ type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { count: 1, sessionId } });
   }
 
@@ -276,22 +287,27 @@ export class AuthUseCases {
     throw new AuthenticationError('Refresh token has already been used; the session has been revoked');
   }
 
-  async #openSession(user: UserRow, client: ClientInfo): Promise<TokenPair> {
+  /** A login's first pair; null when the account is no longer ACTIVE with the password compared (see TokenRepository.create). */
+  async #openSession(user: UserRow, client: ClientInfo): Promise<TokenPair | null> {
     const now = this.#now();
     const familyExpiresAt = new Date(now.getTime() + this.#sessionLifetimeMs);
     const issued = this.#codec.issuePair(user.id, now, familyExpiresAt);
-    await this.#tokens.create({
-      userId: user.id,
-      familyId: randomUUID(),
-      accessTokenHash: issued.accessTokenHash,
-      refreshTokenHash: issued.refreshTokenHash,
-      accessExpiresAt: issued.accessExpiresAt,
-      expiresAt: issued.refreshExpiresAt,
-      familyExpiresAt,
-      ipAddress: truncate(client.ipAddress, 45),
-      userAgent: truncate(client.userAgent, 500),
-      clientName: null,
-    });
+    const stored = await this.#tokens.create(
+      {
+        userId: user.id,
+        familyId: randomUUID(),
+        accessTokenHash: issued.accessTokenHash,
+        refreshTokenHash: issued.refreshTokenHash,
+        accessExpiresAt: issued.accessExpiresAt,
+        expiresAt: issued.refreshExpiresAt,
+        familyExpiresAt,
+        ipAddress: truncate(client.ipAddress, 45),
+        userAgent: truncate(client.userAgent, 500),
+        clientName: null,
+      },
+      user.passwordHash,
+    );
+    if (stored === null) return null;
     return this.#tokenPair(issued.accessToken, issued.refreshToken, issued.accessTtlSeconds);
   }
 

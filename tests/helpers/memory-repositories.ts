@@ -154,11 +154,20 @@ export class MemoryTokenRepository implements TokenRepository {
   readonly #clock: TestClock;
   #nextId = 1;
 
-  constructor(clock: TestClock) {
+  readonly #users: UserRepository;
+
+  constructor(clock: TestClock, users: UserRepository) {
     this.#clock = clock;
+    this.#users = users;
   }
 
-  async create(record: NewTokenRecord): Promise<OAuthToken> {
+  async create(record: NewTokenRecord, passwordHash: string): Promise<OAuthToken | null> {
+    const user = await this.#users.findById(record.userId);
+    if (user?.status !== 'ACTIVE' || user.passwordHash !== passwordHash) return null;
+    return this.#insert(record);
+  }
+
+  #insert(record: NewTokenRecord): OAuthToken {
     const now = this.#clock.now();
     const row: OAuthToken = { ...record, id: this.#nextId++, tokenType: 'Bearer', isRevoked: false, revokedReason: null, createdAt: now, updatedAt: now };
     this.#rows.set(row.id, row);
@@ -177,7 +186,7 @@ export class MemoryTokenRepository implements TokenRepository {
     const row = this.#rows.get(previous.id);
     if (row === undefined || row.isRevoked) return null;
     this.#retire(row, 'rotated');
-    return this.create(next);
+    return this.#insert(next);
   }
 
   async revoke(id: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {

@@ -43,7 +43,7 @@ const PREFIX = `test-audit-jobs-${process.pid}-${randomBytes(4).toString('hex')}
 const DAY = 24 * 3600 * 1000;
 
 const logger = createLogger({ level: 'silent' });
-const admin: Actor = { userId: 1, role: UserRole.ADMIN, sessionId: 1 };
+const admin: Actor = { userId: 1, role: UserRole.ADMIN, sessionId: 1, familyId: 'family-1' };
 
 let t: TestApp;
 let redis: Redis;
@@ -385,7 +385,7 @@ describe('listing audit events', () => {
 
   it('when a non-admin lists events, then it is refused', async () => {
     for (const role of [UserRole.USER, UserRole.GUEST]) {
-      await expect(useCases.list({ userId: subject, role, sessionId: 1 }, { userId: subject })).rejects.toBeInstanceOf(AuthorizationError);
+      await expect(useCases.list({ userId: subject, role, sessionId: 1, familyId: 'family-1' }, { userId: subject })).rejects.toBeInstanceOf(AuthorizationError);
     }
   });
 

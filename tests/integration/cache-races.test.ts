@@ -17,7 +17,7 @@ import type { PrismaTokenRepository } from '../../src/repositories/token-reposit
 import type { PrismaUserRepository, UserProfile } from '../../src/repositories/user-repository.ts';
 import { createTestApp, prismaRepositoriesOf, type TestApp } from '../helpers/test-app.ts';
 import { intercept } from '../helpers/intercept.ts';
-import { newTokenRecord } from '../helpers/token-records.ts';
+import { newTokenRecord, storePair, TEST_PASSWORD_HASH } from '../helpers/token-records.ts';
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = `arcana-race-${randomBytes(4).toString('hex')}:`;
@@ -42,7 +42,7 @@ let serial = 0;
 async function newUser() {
   serial += 1;
   const name = `race_${process.pid}_${serial}`;
-  return users.create({ username: name, email: `${name}@example.com`, passwordHash: `$2b$04$${randomBytes(20).toString('hex')}` });
+  return users.create({ username: name, email: `${name}@example.com`, passwordHash: TEST_PASSWORD_HASH });
 }
 
 /** A database read that, once done, waits for `release` before it returns. */
@@ -69,7 +69,7 @@ for (const [kind, makeCache] of caches) {
   describe(`the ${kind} cache`, () => {
     it('when a session read before a logout is cached after it, then the cache still says revoked', async () => {
       const cache = makeCache();
-      const pair = await tokens.create(newTokenRecord((await newUser()).id));
+      const pair = await storePair(tokens, newTokenRecord((await newUser()).id));
       const slow = heldRead((hash: string) => tokens.findByAccessHash(hash));
       const reader = new CachedTokenRepository(intercept(tokens, { findByAccessHash: slow.held }), cache, 60);
       const writer = new CachedTokenRepository(tokens, cache, 60);

@@ -9,7 +9,6 @@
 // A call without the header is judged as before, and so is a repeat that finds anything else.
 // Real PostgreSQL (and MariaDB in that project), real servers on loopback, both protocols.
 import { createClient, type ConnectRouter } from '@connectrpc/connect';
-import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -32,7 +31,7 @@ import type { PrismaUserRepository, UserChanges, UserExpectation, WriteOptions }
 import { createDualProtocolServer } from '../../src/server.ts';
 import { createTestApp, prismaRepositoriesOf, type TestApp } from '../helpers/test-app.ts';
 import { intercept } from '../helpers/intercept.ts';
-import { newTokenRecord } from '../helpers/token-records.ts';
+import { newTokenRecord, storePair, TEST_PASSWORD_HASH } from '../helpers/token-records.ts';
 
 const logger = createLogger({ level: 'silent' });
 
@@ -107,7 +106,7 @@ let serial = 0;
 async function newUser(): Promise<User> {
   serial += 1;
   const name = `repeat_${process.pid}_${serial}`;
-  return users.create({ username: name, email: `${name}@example.com`, passwordHash: `$2b$04$${randomBytes(20).toString('hex')}` });
+  return users.create({ username: name, email: `${name}@example.com`, passwordHash: TEST_PASSWORD_HASH });
 }
 
 const newToken = newTokenRecord;
@@ -145,7 +144,7 @@ for (const protocol of ['grpc', 'http'] as const) {
 
     it('when revoke-all committed and its answer was lost, then the retry still names the revoked pairs and the cache forgets them', async () => {
       const user = await newUser();
-      const pairs = await Promise.all([tokens.create(newToken(user.id)), tokens.create(newToken(user.id)), tokens.create(newToken(user.id))]);
+      const pairs = await Promise.all([storePair(tokens, newToken(user.id)), storePair(tokens, newToken(user.id)), storePair(tokens, newToken(user.id))]);
       const cache = new MemoryCache();
       const cached = new CachedTokenRepository(remoteTokens, cache, 300);
       // Each session is looked up once, and so cached as live.
@@ -193,8 +192,8 @@ describe('repeats judged by the repository', () => {
 
   it('when a revocation is repeated, then it returns the pairs revoked for that reason lately, and a first attempt returns only its own', async () => {
     const user = await newUser();
-    const pair = await tokens.create(newToken(user.id));
-    const spared: OAuthToken = await tokens.create(newToken(user.id));
+    const pair = await storePair(tokens, newToken(user.id));
+    const spared: OAuthToken = await storePair(tokens, newToken(user.id));
     expect(await tokens.revoke(pair.id, 'logout')).toEqual([pair.accessTokenHash]);
     expect(await tokens.revoke(pair.id, 'logout')).toEqual([]);
     expect(await tokens.revoke(pair.id, 'logout', { repeat: true })).toEqual([pair.accessTokenHash]);

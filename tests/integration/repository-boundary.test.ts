@@ -3,7 +3,7 @@
 // handlers, which call the Prisma repositories on a real PostgreSQL schema. Whatever the remote
 // repository returns must be exactly what the repository behind it returns in-process.
 import { createClient, createRouterTransport } from '@connectrpc/connect';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { OAuthToken, User } from '../../gen/prisma/client.ts';
 import { AuditRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
@@ -34,7 +34,7 @@ import type { PrismaAuditRepository, NewAuditEvent } from '../../src/repositorie
 import { lockUser, type PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
 import type { PrismaUserRepository, NewUser, UserChanges } from '../../src/repositories/user-repository.ts';
 import { createTestApp, prismaRepositoriesOf, type TestApp } from '../helpers/test-app.ts';
-import { newTokenRecord } from '../helpers/token-records.ts';
+import { newTokenRecord, storePair, TEST_PASSWORD_HASH } from '../helpers/token-records.ts';
 
 const DAY = 24 * 3600 * 1000;
 /** The counter store's clock: fixed, so remaining lifetimes are exact. */
@@ -77,7 +77,7 @@ let serial = 0;
 function newUser(overrides: Partial<NewUser> = {}): NewUser {
   serial += 1;
   const name = `boundary_${process.pid}_${serial}`;
-  return { username: name, email: `${name}@example.com`, passwordHash: `$2b$04$${randomBytes(20).toString('hex')}`, ...overrides };
+  return { username: name, email: `${name}@example.com`, passwordHash: TEST_PASSWORD_HASH, ...overrides };
 }
 
 const newToken = newTokenRecord;
@@ -296,7 +296,7 @@ describe('users across the repository boundary', () => {
 
   it('when a user is deleted through the remote repository, then it answers true once and false after', async () => {
     const { id } = await direct.users.create(newUser());
-    const token = await direct.tokens.create(newToken(id));
+    const token = await storePair(direct.tokens, newToken(id));
     expect(await remote.users.delete(id)).toBe(true);
     expect(await direct.users.findById(id)).toBeNull();
     expect(await direct.tokens.findByAccessHash(token.accessTokenHash)).toBeNull();
@@ -335,17 +335,35 @@ describe('tokens across the repository boundary', () => {
 
   it('when a pair is created through the remote repository, then it returns the row as stored', async () => {
     const record = newToken(userId, { ipAddress: '203.0.113.9', userAgent: 'vitest', clientName: 'cli' });
-    const created = await remote.tokens.create(record);
+    const created = await storePair(remote.tokens, record);
     expect(created).toStrictEqual(await direct.tokens.findByAccessHash(record.accessTokenHash));
     expect(created).toMatchObject({ ...record, tokenType: 'Bearer', isRevoked: false });
 
-    const bare = await remote.tokens.create(newToken(userId));
+    const bare = await storePair(remote.tokens, newToken(userId));
     expect(bare).toMatchObject({ ipAddress: null, userAgent: null, clientName: null });
+  });
+
+  it("when a login's pair is stored for a user whose password or status changed, or who is gone, then nothing is stored, through either repository", async () => {
+    const changed = (await direct.users.create(newUser())).id;
+    const suspended = (await direct.users.create(newUser())).id;
+    const deleted = (await direct.users.create(newUser())).id;
+    await direct.users.update(changed, { passwordHash: `$2b$04$${'b'.repeat(53)}` });
+    await direct.users.update(suspended, { status: 'SUSPENDED' });
+    await direct.users.delete(deleted);
+    for (const repository of [direct.tokens, remote.tokens]) {
+      for (const id of [changed, suspended, deleted]) {
+        const record = newToken(id);
+        expect(await repository.create(record, TEST_PASSWORD_HASH)).toBeNull();
+        expect(await direct.tokens.findByAccessHash(record.accessTokenHash)).toBeNull();
+      }
+      // The hash must be the user's own, not merely some hash.
+      expect(await repository.create(newToken(userId), `$2b$04$${'c'.repeat(53)}`)).toBeNull();
+    }
   });
 
   it('when a pair is found by either hash through the remote repository, then it deep-equals the row read directly', async () => {
     const record = newToken(userId, { userAgent: 'finder' });
-    const stored = await direct.tokens.create(record);
+    const stored = await storePair(direct.tokens, record);
     expect(await remote.tokens.findByAccessHash(record.accessTokenHash)).toStrictEqual(stored);
     expect(await remote.tokens.findByRefreshHash(record.refreshTokenHash)).toStrictEqual(stored);
     expect(await remote.tokens.findByAccessHash('0'.repeat(64))).toBeNull();
@@ -353,7 +371,7 @@ describe('tokens across the repository boundary', () => {
   });
 
   it('when a pair is rotated through the remote repository, then the successor is returned, and null on a replay', async () => {
-    const previous = await direct.tokens.create(newToken(userId));
+    const previous = await storePair(direct.tokens, newToken(userId));
     const next = newToken(userId, { familyId: previous.familyId });
     const successor = await remote.tokens.rotate(previous, next);
     expect(successor).toStrictEqual(await direct.tokens.findByAccessHash(next.accessTokenHash));
@@ -365,12 +383,12 @@ describe('tokens across the repository boundary', () => {
   });
 
   it("when pairs are revoked through the remote repository, then the revoked pairs' access hashes come back", async () => {
-    const single = await direct.tokens.create(newToken(userId));
+    const single = await storePair(direct.tokens, newToken(userId));
     expect(await remote.tokens.revoke(single.id, 'logout')).toStrictEqual([single.accessTokenHash]);
     expect(await remote.tokens.revoke(single.id, 'logout')).toStrictEqual([]);
 
-    const first = await direct.tokens.create(newToken(userId));
-    const second = await direct.tokens.create(newToken(userId, { familyId: first.familyId }));
+    const first = await storePair(direct.tokens, newToken(userId));
+    const second = await storePair(direct.tokens, newToken(userId, { familyId: first.familyId }));
     expect((await remote.tokens.revokeFamily(first.familyId, 'reuse')).sort()).toStrictEqual([first.accessTokenHash, second.accessTokenHash].sort());
     expect(await remote.tokens.revokeFamily(first.familyId, 'reuse')).toStrictEqual([]);
   });
@@ -379,7 +397,7 @@ describe('tokens across the repository boundary', () => {
     const prisma = t.app.database?.prisma;
     if (prisma === undefined) throw new Error('this suite needs an app that holds the database');
     const owner = (await direct.users.create(newUser())).id;
-    const live = await direct.tokens.create(newToken(owner));
+    const live = await storePair(direct.tokens, newToken(owner));
     const successor = newToken(owner, { familyId: live.familyId });
     // A refresh in flight, as rotate makes it (user lock, the old pair revoked, its successor
     // inserted), held open until the reuse revocation has been issued and is waiting.
@@ -409,8 +427,8 @@ describe('tokens across the repository boundary', () => {
 
   it("when all of a user's pairs are revoked but one, then the others' hashes come back and the spared one stays live", async () => {
     const owner = (await direct.users.create(newUser())).id;
-    const kept = await direct.tokens.create(newToken(owner));
-    const dropped = await Promise.all([direct.tokens.create(newToken(owner)), direct.tokens.create(newToken(owner))]);
+    const kept = await storePair(direct.tokens, newToken(owner));
+    const dropped = await Promise.all([storePair(direct.tokens, newToken(owner)), storePair(direct.tokens, newToken(owner))]);
     expect((await remote.tokens.revokeAllForUser(owner, kept.id, 'revoked')).sort()).toStrictEqual(dropped.map((row) => row.accessTokenHash).sort());
     expect((await direct.tokens.findByAccessHash(kept.accessTokenHash))?.isRevoked).toBe(false);
     expect(await remote.tokens.revokeAllForUser(owner, undefined, 'revoked')).toStrictEqual([kept.accessTokenHash]);
@@ -418,9 +436,9 @@ describe('tokens across the repository boundary', () => {
 
   it('when live pairs are listed through the remote repository, then they deep-equal a direct listing', async () => {
     const owner = (await direct.users.create(newUser())).id;
-    await direct.tokens.create(newToken(owner, { clientName: 'one' }));
-    await direct.tokens.create(newToken(owner, { clientName: 'two', ipAddress: '::1' }));
-    const revoked = await direct.tokens.create(newToken(owner));
+    await storePair(direct.tokens, newToken(owner, { clientName: 'one' }));
+    await storePair(direct.tokens, newToken(owner, { clientName: 'two', ipAddress: '::1' }));
+    const revoked = await storePair(direct.tokens, newToken(owner));
     await direct.tokens.revoke(revoked.id, 'logout');
     const now = new Date();
     const listed = await remote.tokens.listActive(owner, now);
@@ -432,8 +450,8 @@ describe('tokens across the repository boundary', () => {
   it('when stale pairs are purged through the remote repository, then it returns how many rows went', async () => {
     const owner = (await direct.users.create(newUser())).id;
     const longAgo = Date.now() - 30 * DAY;
-    const expired = await Promise.all([1, 2].map(() => direct.tokens.create(newToken(owner, { accessExpiresAt: new Date(longAgo), expiresAt: new Date(longAgo + DAY) }))));
-    const live = await direct.tokens.create(newToken(owner));
+    const expired = await Promise.all([1, 2].map(() => storePair(direct.tokens, newToken(owner, { accessExpiresAt: new Date(longAgo), expiresAt: new Date(longAgo + DAY) }))));
+    const live = await storePair(direct.tokens, newToken(owner));
     expect(await remote.tokens.purgeStale(new Date(), 7 * DAY)).toBe(2);
     for (const row of expired) expect(await direct.tokens.findByAccessHash(row.accessTokenHash)).toBeNull();
     expect(await direct.tokens.findByAccessHash(live.accessTokenHash)).toStrictEqual(live);

@@ -432,7 +432,7 @@ async function adminSession(): Promise<string> {
     if (me.status === 200 && me.body.data.role === 'ADMIN') return adminToken;
   }
   const credentials = newUser(`fza${caseNumber}`);
-  const operator = { userId: 1, role: UserRole.ADMIN, sessionId: 0 };
+  const operator = { userId: 1, role: UserRole.ADMIN, sessionId: 0, familyId: 'fuzz-operator' };
   await monolithOf(t).users.create(operator, { ...credentials, role: UserRole.ADMIN });
   const login = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: credentials.username, password: credentials.password });
   if (login.status !== 200) throw new Error(`fuzz admin login failed: ${login.status} ${JSON.stringify(login.body)}`);

@@ -134,6 +134,48 @@ describe('sessions on a server without the short lifetime', { concurrent: true }
       expect(raced).toBe(3);
     });
 
+    it('when logins with the old password race a password change, then none of them holds a live session once the change has answered', async () => {
+      // An attacker who knows the password keeps logging in while the owner changes it. A login
+      // that had compared the old password when the change ended the other sessions used to
+      // store its session afterwards, alive for the whole refresh chain. The window is narrow, so
+      // only some rounds race through it (the attacker saw 3–5 in 12); tests/unit/service-rules
+      // puts the change in the window every time. Here the rule is checked end to end.
+      for (let round = 0; round < 3; round += 1) {
+        const user = await register(t);
+        const owner = await client.login({ usernameOrEmail: user.username, password: user.password });
+        const logins = Array.from({ length: 6 }, () => client.login({ usernameOrEmail: user.username, password: user.password }));
+        // The owner's known device has login slots of its own, which the attacker's guesses do not take.
+        const changed = await client.changePassword(
+          owner.data?.tokens.accessToken ?? '',
+          user.id,
+          { oldPassword: user.password, newPassword: `Changed-${round}-Passw0rd!` },
+          { headers: { 'x-device-token': owner.headers.get('x-device-token') ?? '' } },
+        );
+        expect(changed, JSON.stringify(changed)).toMatchObject({ code: 'ok' });
+        for (const login of await Promise.all(logins)) {
+          if (login.code !== 'ok') continue;
+          expect((await client.me(login.data?.tokens.accessToken ?? '')).code).toBe('unauthenticated');
+          expect((await client.refresh(login.data?.tokens.refreshToken ?? '')).code).toBe('unauthenticated');
+        }
+        expect((await client.me(owner.data?.tokens.accessToken ?? '')).code).toBe('ok');
+      }
+    });
+
+    it('when a logout races a refresh of the same session, then the session has ended whichever committed first', async () => {
+      // As above, some rounds race through (the refresh commits between the logout's authentication
+      // and its revocation); service-rules forces that order.
+      for (let round = 0; round < 4; round += 1) {
+        const user = await register(t);
+        const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+        const [loggedOut, refreshed] = await Promise.all([client.logout(login.data?.tokens.accessToken ?? ''), client.refresh(login.data?.tokens.refreshToken ?? '')]);
+        expect(loggedOut.code).toBe('ok');
+        if (refreshed.code !== 'ok') continue;
+        // The refresh committed first and handed out a new pair of the same session: it is over too.
+        expect((await client.me(refreshed.data?.accessToken ?? '')).code).toBe('unauthenticated');
+        expect((await client.refresh(refreshed.data?.refreshToken ?? '')).code).toBe('unauthenticated');
+      }
+    });
+
     it('when tokens are handed out or refused, then no cache may store the answer', async () => {
       const user = await register(t);
       const login = await client.login({ usernameOrEmail: user.username, password: user.password });

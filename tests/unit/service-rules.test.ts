@@ -29,7 +29,7 @@ const REFRESH_TTL_SECONDS = 1800;
 function harness() {
   const clock = new TestClock();
   const users = new MemoryUserRepository(clock);
-  const tokens = new MemoryTokenRepository(clock);
+  const tokens = new MemoryTokenRepository(clock, users);
   const audit = new RecordedAuditLog();
   // bcrypt at its lowest cost: the rules, not the hash, are under test.
   const passwords = new PasswordHasher(4);
@@ -352,5 +352,80 @@ describe('a client that leaves halfway', () => {
     const registered = await asRequest(() => h.auth.register({ username: 'halfway', email: 'halfway@example.com', password: PASSWORD }, client));
     expect(leave.signal.aborted).toBe(true);
     expect(await outcome(h.auth.authenticate(registered.tokens.accessToken))).toBe('ok');
+  });
+});
+
+describe("a session that races the end of its account's sessions", () => {
+  // The competing change commits at the worst moment: after the login compared the password and
+  // before its session is stored, or after a session was looked up and before it is revoked.
+  // Found by an attacker racing logins, refreshes and logouts over every protocol.
+  const client: ClientInfo = { ipAddress: '192.0.2.20' };
+  let h: ReturnType<typeof harness>;
+  beforeEach(() => {
+    h = harness();
+  });
+
+  /** Runs `change` once, right before the repository's next `method` call. */
+  function before(method: 'create' | 'revokeFamily', change: () => Promise<unknown>): void {
+    const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    const original = tokens[method]?.bind(h.tokens);
+    if (original === undefined) throw new Error(`no ${method}`);
+    tokens[method] = async (...args: unknown[]) => {
+      tokens[method] = original;
+      await change();
+      return original(...args);
+    };
+  }
+
+  /** The ids of a user's live sessions. */
+  const liveIds = async (userId: number) => (await h.tokens.listActive(userId, h.clock.now())).map((row) => row.id);
+
+  it("when the password changes between a login's comparison and its session, then the login fails and opens no session", async () => {
+    const user = await h.account();
+    before('create', () => h.userCases.changePassword(user.actor, { userId: user.id, oldPassword: PASSWORD, newPassword: 'Another-Passw0rd!' }));
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
+    // The caller's own session is the only one the change spares.
+    expect(await liveIds(user.id)).toEqual([user.actor.sessionId]);
+  });
+
+  it('when the account is suspended in that moment, then the login fails, and once reactivated no session of it is live', async () => {
+    const admin = await h.account('ADMIN');
+    const user = await h.account();
+    before('create', () => h.userCases.updateStatus(admin.actor, user.id, UserStatus.SUSPENDED));
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
+    await h.userCases.updateStatus(admin.actor, user.id, UserStatus.ACTIVE);
+    expect(await liveIds(user.id)).toEqual([]);
+  });
+
+  it('when the account is deleted in that moment, then the login fails and opens no session', async () => {
+    const admin = await h.account('ADMIN');
+    const user = await h.account();
+    const earlier = await liveIds(user.id);
+    before('create', () => h.userCases.delete(admin.actor, user.id));
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
+    expect(await liveIds(user.id)).toEqual(earlier);
+  });
+
+  it('when a refresh of the session commits between authentication and logout, then the logout ends the refreshed pair too', async () => {
+    const user = await h.account();
+    const actor = await h.auth.authenticate(user.tokens.accessToken);
+    const refreshed = await h.auth.refresh(user.tokens.refreshToken, client);
+    await h.auth.logout(actor);
+    expect(await outcome(h.auth.authenticate(refreshed.accessToken))).toBe('AUTHENTICATION_ERROR');
+    expect(await outcome(h.auth.refresh(refreshed.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+    expect(await liveIds(user.id)).toEqual([]);
+  });
+
+  it('when a refresh commits after an administrator found the session live, then ending it ends the refreshed pair', async () => {
+    const admin = await h.account('ADMIN');
+    const user = await h.account();
+    let refreshed: Awaited<ReturnType<typeof h.auth.refresh>> | undefined;
+    before('revokeFamily', async () => {
+      refreshed = await h.auth.refresh(user.tokens.refreshToken, client);
+    });
+    await h.auth.endUserSession(admin.actor, user.id, user.actor.sessionId);
+    expect(refreshed).toBeDefined();
+    expect(await outcome(h.auth.authenticate(refreshed?.accessToken ?? ''))).toBe('AUTHENTICATION_ERROR');
+    expect(await liveIds(user.id)).toEqual([]);
   });
 });

@@ -96,9 +96,9 @@ export class RemoteTokenRepository implements TokenRepository {
     this.#client = client;
   }
 
-  async create(record: NewTokenRecord): Promise<OAuthToken> {
-    const response = await this.#client.createToken({ token: newTokenToProto(record) });
-    return tokenFromProto(requireField(response.token, 'CreateTokenResponse.token'));
+  async create(record: NewTokenRecord, passwordHash: string): Promise<OAuthToken | null> {
+    const { token } = await this.#client.createToken({ token: newTokenToProto(record), passwordHash });
+    return token === undefined ? null : tokenFromProto(token);
   }
 
   async findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {

@@ -82,7 +82,8 @@ export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<t
 export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl<typeof TokenRepositoryService> {
   return {
     async createToken(req) {
-      return { token: tokenToProto(await repo.create(newTokenFromProto(requireField(req.token, 'CreateTokenRequest.token')))) };
+      const row = await repo.create(newTokenFromProto(requireField(req.token, 'CreateTokenRequest.token')), req.passwordHash);
+      return row === null ? {} : { token: tokenToProto(row) };
     },
     async findTokenByAccessHash(req) {
       const row = await repo.findByAccessHash(req.accessTokenHash);

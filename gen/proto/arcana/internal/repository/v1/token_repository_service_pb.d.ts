@@ -231,6 +231,13 @@ export declare type CreateTokenRequest = Message<"arcana.internal.repository.v1.
    * @generated from field: arcana.internal.repository.v1.NewTokenRecord token = 1;
    */
   token?: NewTokenRecord | undefined;
+
+  /**
+   * The user's password hash the login compared the password with.
+   *
+   * @generated from field: string password_hash = 2;
+   */
+  passwordHash: string;
 };
 
 /**
@@ -240,13 +247,13 @@ export declare type CreateTokenRequest = Message<"arcana.internal.repository.v1.
 export declare const CreateTokenRequestSchema: GenMessage<CreateTokenRequest>;
 
 /**
- * The stored row.
+ * The stored row, or none.
  *
  * @generated from message arcana.internal.repository.v1.CreateTokenResponse
  */
 export declare type CreateTokenResponse = Message<"arcana.internal.repository.v1.CreateTokenResponse"> & {
   /**
-   * The row.
+   * The row; unset when the user is no longer ACTIVE with that password hash.
    *
    * @generated from field: arcana.internal.repository.v1.TokenRecord token = 1;
    */
@@ -640,7 +647,8 @@ export declare const PurgeStaleTokensResponseSchema: GenMessage<PurgeStaleTokens
  */
 export declare const TokenRepositoryService: GenService<{
   /**
-   * Records a new token pair.
+   * Records a login's first pair, only while its user is ACTIVE with the password hash the login
+   * compared; unset token when it no longer is.
    *
    * @generated from rpc arcana.internal.repository.v1.TokenRepositoryService.CreateToken
    */

@@ -24,7 +24,7 @@ import { HealthCheckResponse_ServingStatus as ServingStatus } from '../gen/proto
 import type { Config } from './config.ts';
 import { holdingsOf, type LayerHoldings } from './topology.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
-import { createLayerRoutes, internalAuthInterceptor, layerCallValues, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
+import { createLayerRoutes, internalAuthGate, layerCallValues, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
 import { layerServerErrorInterceptor } from './communication/layer-errors.ts';
 import {
   RemoteAuditRepository,
@@ -407,11 +407,8 @@ function buildLayerServer(parts: ProcessParts, apis: LayerApis): Pick<Applicatio
     routes: createLayerRoutes(apis, readiness, parts.health),
     // The caller of the public request, as the controller layer sent it (see src/rpc/caller.ts).
     contextValues: layerCallValues,
-    interceptors: [
-      layerContextInterceptor(logger, parts.tracing),
-      ...(config.deployment.internalSecret === undefined ? [] : [internalAuthInterceptor(config.deployment.internalSecret)]),
-      layerServerErrorInterceptor(logger),
-    ],
+    interceptors: [layerContextInterceptor(logger, parts.tracing), layerServerErrorInterceptor(logger)],
+    admit: config.deployment.internalSecret === undefined ? undefined : internalAuthGate(config.deployment.internalSecret),
     // Pages of rows are larger than public requests; this is a trusted peer, not a client.
     readMaxBytes: 16 * 1024 * 1024,
     logger,

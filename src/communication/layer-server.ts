@@ -1,6 +1,6 @@
 // The serving side of the internal APIs: what a layer process registers, and the interceptor that
 // enters each incoming call's context (request id, caller, deadline) for the calls it makes next.
-import { Code, ConnectError, createContextValues, type ConnectRouter, type ContextValues, type Interceptor, type ServiceImpl } from '@connectrpc/connect';
+import { Code, ConnectError, createContextValues, type ConnectRouter, type ContextValues, type HandlerContext, type Interceptor, type ServiceImpl } from '@connectrpc/connect';
 import type { IncomingMessage } from 'node:http';
 import type { Http2ServerRequest } from 'node:http2';
 import { createHash, timingSafeEqual } from 'node:crypto';
@@ -145,19 +145,22 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
 }
 
 /**
- * Refuses internal calls that do not present the deployment's INTERNAL_API_SECRET. The gRPC
- * health service stays open, as orchestrators' probes carry no credentials.
+ * Refuses internal calls that do not present the deployment's INTERNAL_API_SECRET, as the RPC
+ * handler's gate (`admit`): from the headers, before the body is read. As an interceptor it ran
+ * after the gate had read, decompressed and decoded up to 16 MiB per call for anyone, and told
+ * them which fields were wrong. The gRPC health service stays open, as orchestrators' probes
+ * carry no credentials.
  */
-export function internalAuthInterceptor(secret: string): Interceptor {
+export function internalAuthGate(secret: string): (context: HandlerContext) => Promise<void> {
   // Comparing digests keeps the comparison constant-time whatever the length presented.
   const expected = createHash('sha256').update(`Bearer ${secret}`).digest();
-  return (next) => (req) => {
-    if (req.service.typeName !== Health.typeName) {
+  return (context) => {
+    if (context.service.typeName !== Health.typeName) {
       const presented = createHash('sha256')
-        .update(req.header.get('authorization') ?? '')
+        .update(context.requestHeader.get('authorization') ?? '')
         .digest();
-      if (!timingSafeEqual(presented, expected)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
+      if (!timingSafeEqual(presented, expected)) return Promise.reject(new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated));
     }
-    return next(req);
+    return Promise.resolve();
   };
 }

@@ -403,6 +403,25 @@ describe('Connect JSON: unknown enum names and keys are refused, not dropped (de
     expect(guests.code).toBe('ok');
   });
 
+  it('when an integer comes as a string in another spelling than decimal, in parallel over Connect and gRPC-Web JSON, then invalid_argument naming it; decimal strings still work', async () => {
+    // protobuf-es reads such strings with Number(): "0x2" and "+2" were user 2, as `/users/0x2`
+    // was over REST before it was refused there.
+    const { id } = await register(t, newUser('spelling'));
+    const spellings = [`0x${id.toString(16)}`, `0b${id.toString(2)}`, `0o${id.toString(8)}`, `+${id}`, ` ${id}`, `${id}n`];
+    const refused = await Promise.all(
+      spellings.flatMap((userId) => [
+        raw.rpc('connect-json', 'arcana.user.v1.UserService/GetUser', json({ userId }), { token: admin }),
+        raw.rpc('grpc-web', 'arcana.user.v1.UserService/GetUser', json({ userId }), { token: admin, headers: { 'content-type': 'application/grpc-web+json' } }),
+      ]),
+    );
+    for (const answer of refused) expect({ code: answer.code, fields: Object.keys(answer.violations) }).toEqual({ code: 'invalid_argument', fields: ['user_id'] });
+    const page = await raw.rpc('connect-json', 'arcana.user.v1.UserService/ListUsers', json({ page: '0x1', perPage: 5 }), { token: admin });
+    expect({ code: page.code, fields: Object.keys(page.violations) }).toEqual({ code: 'invalid_argument', fields: ['page'] });
+    for (const userId of [String(id), `${id}e0`, id]) {
+      expect((await raw.rpc('connect-json', 'arcana.user.v1.UserService/GetUser', json({ userId }), { token: admin })).code).toBe('ok');
+    }
+  });
+
   it('when a request carries a key or a field number its message does not declare, then invalid_argument naming it and nothing is stored', async () => {
     const user = newUser('unknown');
     const [jsonKey, grpcJson, nested] = await Promise.all([

@@ -10,7 +10,7 @@
 // accepts is one connect-es accepts; its verdicts differ only in the code and message.
 // Only calls with a single request message (unary and server-streaming) are decoded here; the
 // bytes read are handed on to connect-es unchanged.
-import type { BinaryReadOptions, DescEnum, DescMessage, DescMethod, JsonReadOptions, Message } from '@bufbuild/protobuf';
+import { ScalarType, type BinaryReadOptions, type DescEnum, type DescMessage, type DescMethod, type JsonReadOptions, type Message } from '@bufbuild/protobuf';
 import { isFieldError } from '@bufbuild/protobuf/reflect';
 import { base64Decode } from '@bufbuild/protobuf/wire';
 import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
@@ -263,12 +263,17 @@ function findJsonProblems(desc: DescMessage, json: unknown): FieldErrors {
           problems[at] ??= `must be one of ${descEnum.values.map((known) => known.name).join(', ')}`;
         }
       };
+      const integerProblem = (at: string, candidate: unknown, scalar: ScalarType) => {
+        if (typeof candidate === 'string' && INTEGER_SCALARS.has(scalar) && !PROTO_JSON_NUMBER.test(candidate)) problems[at] ??= 'must be a decimal number';
+      };
       if (field.fieldKind === 'enum') enumProblem(path, item, field.enum);
+      else if (field.fieldKind === 'scalar') integerProblem(path, item, field.scalar);
       else if (field.fieldKind === 'message') pending.push([field.message, item, `${path}.`, depth + 1]);
       else if (field.fieldKind === 'list' && Array.isArray(item)) {
         item.forEach((element, index) => {
           if (field.listKind === 'enum') enumProblem(`${path}[${index}]`, element, field.enum);
-          else if (field.listKind === 'message') pending.push([field.message, element, `${path}[${index}].`, depth + 1]);
+          else if (field.listKind === 'scalar') integerProblem(`${path}[${index}]`, element, field.scalar);
+          else pending.push([field.message, element, `${path}[${index}].`, depth + 1]);
         });
       } else if (field.fieldKind === 'map' && isObject(item)) {
         for (const [mapKey, element] of Object.entries(item)) {
@@ -281,6 +286,26 @@ function findJsonProblems(desc: DescMessage, json: unknown): FieldErrors {
   }
   return problems;
 }
+
+/** The integer types, whose ProtoJSON form may be a string, of a number written in decimal. */
+const INTEGER_SCALARS = new Set([
+  ScalarType.INT32,
+  ScalarType.INT64,
+  ScalarType.UINT32,
+  ScalarType.UINT64,
+  ScalarType.SINT32,
+  ScalarType.SINT64,
+  ScalarType.FIXED32,
+  ScalarType.FIXED64,
+  ScalarType.SFIXED32,
+  ScalarType.SFIXED64,
+]);
+/**
+ * A number as ProtoJSON writes one in a string: decimal, with an optional fraction and exponent.
+ * protobuf-es reads such strings with `Number()`, which also takes "0x10", "0b10", "0o2", "+2"
+ * and surrounding spaces: other spellings of the same id, which the REST API refuses too.
+ */
+const PROTO_JSON_NUMBER = /^-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
 
 function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);

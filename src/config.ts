@@ -44,7 +44,8 @@ const EnvSchema = z.object({
   HOST: z.string().default('0.0.0.0'),
   PORT: int(3000, 0, 65535),
   METRICS_PORT: int(0, 0, 65_535),
-  METRICS_HOST: z.string().min(1).default('0.0.0.0'),
+  /** Unset: the API's HOST, so that metrics are never reachable from where the API is not. */
+  METRICS_HOST: z.string().min(1).optional(),
   // OpenTelemetry traces, exported over OTLP/HTTP (JSON); off unless an endpoint is given.
   OTEL_EXPORTER_OTLP_ENDPOINT: z
     .string()
@@ -209,7 +210,7 @@ export function loadConfig(env: Environment) {
     health: { watchIntervalMs: e.HEALTH_WATCH_INTERVAL_MS, maxWatches: e.HEALTH_WATCH_MAX },
     logLevel: e.LOG_LEVEL,
     /** Prometheus metrics on a port of their own; 0 (the default) serves none. */
-    metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST },
+    metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST ?? e.HOST },
     /**
      * OpenTelemetry tracing: on when an OTLP endpoint is set (traces go to `url`), off (undefined)
      * otherwise. Each process names itself after its layer unless OTEL_SERVICE_NAME says otherwise.

@@ -35,6 +35,9 @@ export function translateDatabaseError(error: unknown): unknown {
     }
     if (error.code === 'P2025') return new NotFoundError('User not found');
     if (error.code === 'P1001' || error.code === 'P1017') return new UnavailableError('Database unavailable', error);
+    // No connection came free in time, for a statement (P2024) or a transaction (P2028): the
+    // database is overloaded, not the request wrong.
+    if (error.code === 'P2024' || error.code === 'P2028') return new UnavailableError('The database is busy; try again', error, 1);
     // A deadlock or write conflict (InnoDB's gap locks make them likelier on MySQL/MariaDB than
     // on PostgreSQL): the transaction was rolled back whole, so trying again is safe.
     if (error.code === 'P2034') return new UnavailableError('The request collided with a concurrent one; try again', error, 1);

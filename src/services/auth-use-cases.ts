@@ -129,7 +129,11 @@ export class AuthUseCases {
     if (row.status !== 'ACTIVE') throw failed('inactive');
     // Stored only if the password just compared is still the account's and the account still
     // active: a password change or suspension that committed meanwhile has ended every session.
-    const tokens = await this.#openSession(row, client);
+    const tokens = await this.#openSession(row, client).catch(async (error: unknown) => {
+      // Not a guess that failed: the server could not finish (the database overloaded, say).
+      await attempt.abandoned();
+      throw error;
+    });
     if (tokens === null) throw failed('changed_meanwhile');
     await attempt.succeeded();
     this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: device !== undefined } });

@@ -12,6 +12,12 @@ describe('loadConfig', () => {
     expect(config.deployment.mode).toBe('monolithic');
   });
 
+  it('when METRICS_HOST is unset, then metrics listen where the API does, never wider', () => {
+    expect(loadConfig({ HOST: '127.0.0.1', METRICS_PORT: '9464' }).metrics.host).toBe('127.0.0.1');
+    expect(loadConfig({ METRICS_PORT: '9464' }).metrics.host).toBe('0.0.0.0');
+    expect(loadConfig({ HOST: '127.0.0.1', METRICS_PORT: '9464', METRICS_HOST: '0.0.0.0' }).metrics.host).toBe('0.0.0.0');
+  });
+
   it('when in production without JWT_SECRET or with a short one, then it refuses to start', () => {
     expect(() => loadConfig({ NODE_ENV: 'production' })).toThrow(/JWT_SECRET/);
     expect(() => loadConfig({ NODE_ENV: 'production', JWT_SECRET: 'x'.repeat(40) })).toThrow(ConfigError);

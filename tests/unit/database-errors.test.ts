@@ -26,6 +26,14 @@ describe('translateDatabaseError', () => {
     expect((translated as UnavailableError).retryAfterSeconds).toBe(1);
   });
 
+  it('when no pooled connection comes free in time, for a statement (P2024) or a transaction (P2028), then it is a retryable 503, not a 500', () => {
+    for (const code of ['P2024', 'P2028']) {
+      const translated = translateDatabaseError(known(code));
+      expect(translated).toBeInstanceOf(UnavailableError);
+      expect((translated as UnavailableError).retryAfterSeconds).toBe(1);
+    }
+  });
+
   it('when the MySQL server cannot be reached (P2039 with a connection errno), then it is unavailable; other MySQL errors pass through', () => {
     const unreachable = known('P2039', { driverAdapterError: { cause: { kind: 'mysql', code: 45028 } } });
     expect(translateDatabaseError(unreachable)).toBeInstanceOf(UnavailableError);

@@ -6,7 +6,7 @@ import { create } from '@bufbuild/protobuf';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { UserRole, UserStatus } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor, ClientInfo } from '../../src/domain/actor.ts';
-import { AppError } from '../../src/domain/errors.ts';
+import { AppError, UnavailableError } from '../../src/domain/errors.ts';
 import { DeviceTokens } from '../../src/infrastructure/security/device-tokens.ts';
 import { PasswordHasher } from '../../src/infrastructure/security/password-hasher.ts';
 import { hashToken, TokenCodec } from '../../src/infrastructure/security/token-codec.ts';
@@ -427,5 +427,22 @@ describe("a session that races the end of its account's sessions", () => {
     expect(refreshed).toBeDefined();
     expect(await outcome(h.auth.authenticate(refreshed?.accessToken ?? ''))).toBe('AUTHENTICATION_ERROR');
     expect(await liveIds(user.id)).toEqual([]);
+  });
+});
+
+describe('overload is not guessing', () => {
+  it('when a correct login fails on the server after the comparison, then its throttle slot goes back and the next correct login succeeds', async () => {
+    const h = harness();
+    const user = await h.account();
+    const client: ClientInfo = { ipAddress: '192.0.2.30' };
+    const login = (password: string) => h.auth.login({ usernameOrEmail: user.username, password }, client);
+    for (let guess = 1; guess < MAX_FAILURES; guess += 1) expect(await outcome(login('Wrong-Passw0rd!'))).toBe('AUTHENTICATION_ERROR');
+    // The one slot left is taken by a correct login whose session cannot be stored (the database
+    // has no connection to spare).
+    const store = h.tokens.create.bind(h.tokens);
+    h.tokens.create = () => Promise.reject(new UnavailableError('The database is busy; try again'));
+    expect(await outcome(login(PASSWORD))).toBe('SERVICE_UNAVAILABLE');
+    h.tokens.create = store;
+    expect(await outcome(login(PASSWORD))).toBe('ok');
   });
 });

@@ -138,6 +138,12 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(refuseUnusableParameters);
 
   app.use(onlyFor(SYSTEM_PATHS, createSystemRoutes({ info: options.info, readiness: options.readiness })));
+  // Every API answer is about a caller, or to one: no cache may keep it, and a browser must not
+  // answer a later request from it (after logout, say). ETags and If-None-Match still work.
+  app.use('/api/v1', (_req, res, next) => {
+    res.setHeader('cache-control', 'no-store');
+    next();
+  });
   app.use('/api/v1/auth', createAuthRoutes(options.services));
   app.use('/api/v1/users', createUserRoutes(options.services));
   app.use('/api/v1/audit-events', createAuditRoutes(options.services));

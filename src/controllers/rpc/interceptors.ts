@@ -58,11 +58,16 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
       try {
         const res = await next(req);
         res.header.set('x-request-id', requestId);
+        // A Connect GET is the one RPC a browser or proxy would cache: its answer is about the
+        // caller, as every API answer is (REST sends the same).
+        if (req.requestMethod === 'GET') for (const [name, value] of NO_STORE_HEADERS) res.header.set(name, value);
         log('ok');
         return res;
       } catch (error) {
         const connectError = ConnectError.from(error);
         connectError.metadata.set('x-request-id', requestId);
+        // Error statuses such as 404 are cacheable by default.
+        if (req.requestMethod === 'GET') for (const [name, value] of NO_STORE_HEADERS) connectError.metadata.set(name, value);
         log(Code[connectError.code].toLowerCase());
         throw connectError;
       }

@@ -8,7 +8,7 @@
 //   accepted, nothing decided yet   protocol detection deadline, from accept
 //   HTTP/1.1 headers / whole request Node's headersTimeout / requestTimeout, from the first byte
 //   HTTP/1.1 between requests       keepAliveTimeout
-//   HTTP/1.1 pipelining             128 unanswered requests; answers stalled for the request timeout
+//   HTTP/1.1 pipelining             one answered at a time; 128 waiting; answers stalled for the request timeout
 //   HTTP/2 session with no stream   idle timeout → GOAWAY; PINGs do not count as activity
 //   HTTP/2 stream, request half     the same request timeout as HTTP/1.1 → RST_STREAM CANCEL
 //   HTTP/2 streams per connection   SETTINGS_MAX_CONCURRENT_STREAMS
@@ -84,7 +84,7 @@ export function createDualProtocolServer(
       // outlive its deadline by that much; a check of the requests still arriving is cheap.
       connectionsCheckingInterval: Math.max(25, Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4))),
     },
-    boundPipelining(handlers.http1, limits.requestTimeoutMs),
+    answerInTurn(handlers.http1, limits.requestTimeoutMs),
   );
   h1.keepAliveTimeout = limits.keepAliveTimeoutMs;
   h1.on('clientError', answerClientError);
@@ -170,35 +170,41 @@ export function createDualProtocolServer(
 }
 
 /**
- * Unanswered HTTP/1.1 requests one connection may have. Past PIPELINE_MAX_DEPTH the connection is
- * closed; from PIPELINE_STALL_DEPTH on, its answers must keep going out. Browsers do not pipeline,
- * and clients that do keep a few requests ahead; a client must be ready to send again what a
- * closed connection left unanswered (RFC 9112, 9.3.2).
+ * HTTP/1.1 requests one connection may have waiting behind the one being answered. Past
+ * PIPELINE_MAX_WAITING the connection is closed; from PIPELINE_STALL_WAITING on, its answers must
+ * keep going out. Browsers do not pipeline, and clients that do keep a few requests ahead; a
+ * client must be ready to send again what a closed connection left unanswered (RFC 9112, 9.3.2).
  */
-const PIPELINE_STALL_DEPTH = 16;
-const PIPELINE_MAX_DEPTH = 128;
+const PIPELINE_STALL_WAITING = 16;
+const PIPELINE_MAX_WAITING = 128;
 
 /**
- * Bounds HTTP/1.1 pipelining. Node reads a connection on while the answers to the requests already
- * read are still being worked out (each waits on Redis or the database), and queues each answer
- * behind the previous ones; a client that pipelined without reading made the process hold every
- * request it sent, gigabytes within seconds, until V8 ran out of heap. Here a connection with more
- * than PIPELINE_MAX_DEPTH unanswered requests is closed, and one with PIPELINE_STALL_DEPTH or more
- * is closed when no answer has gone out for `stallMs` (its peer reads nothing).
+ * Answers a connection's pipelined requests one at a time, in order. Node hands the application
+ * every request it reads at once and queues each answer behind the previous ones; an answer still
+ * queued when its connection closed was never released, with the file it was sending or the
+ * compressor it was writing through (an attacker leaked 20,000 descriptors or gigabytes that way),
+ * and a client that pipelined without reading made the process hold every request it sent until
+ * V8 ran out of heap. Here a request waits, unhandled, until the one before it is answered (or
+ * its connection closes, when the waiting ones are dropped); more than PIPELINE_MAX_WAITING
+ * waiting close the connection, and so does PIPELINE_STALL_WAITING or more waiting while no
+ * answer goes out for `stallMs` (its peer reads nothing).
  */
-function boundPipelining(handle: (req: IncomingMessage, res: ServerResponse) => void, stallMs: number): (req: IncomingMessage, res: ServerResponse) => void {
+function answerInTurn(handle: (req: IncomingMessage, res: ServerResponse) => void, stallMs: number): (req: IncomingMessage, res: ServerResponse) => void {
   interface Pipeline {
-    /** Requests handled and not yet answered. */
-    open: number;
-    /** Armed while PIPELINE_STALL_DEPTH or more are open; re-armed by each answer. */
+    busy: boolean;
+    waiting: [IncomingMessage, ServerResponse][];
+    /** Armed while PIPELINE_STALL_WAITING or more wait; re-armed by each answer. */
     stall: NodeJS.Timeout | undefined;
   }
   const pipelines = new WeakMap<Socket, Pipeline>();
   const pipelineOf = (socket: Socket): Pipeline => {
     let pipeline = pipelines.get(socket);
     if (pipeline === undefined) {
-      const created: Pipeline = { open: 0, stall: undefined };
-      socket.once('close', () => clearTimeout(created.stall));
+      const created: Pipeline = { busy: false, waiting: [], stall: undefined };
+      socket.once('close', () => {
+        clearTimeout(created.stall);
+        created.waiting = [];
+      });
       pipelines.set(socket, created);
       pipeline = created;
     }
@@ -206,30 +212,36 @@ function boundPipelining(handle: (req: IncomingMessage, res: ServerResponse) => 
   };
   const watch = (socket: Socket, pipeline: Pipeline) => {
     clearTimeout(pipeline.stall);
-    pipeline.stall = pipeline.open >= PIPELINE_STALL_DEPTH ? setTimeout(() => socket.destroy(), stallMs) : undefined;
+    pipeline.stall = pipeline.waiting.length >= PIPELINE_STALL_WAITING ? setTimeout(() => socket.destroy(), stallMs) : undefined;
+  };
+  const start = (socket: Socket, pipeline: Pipeline, req: IncomingMessage, res: ServerResponse) => {
+    pipeline.busy = true;
+    let answered = false;
+    const onDone = () => {
+      if (answered) return;
+      answered = true;
+      pipeline.busy = false;
+      // An answer went out: the connection is moving.
+      if (pipeline.stall !== undefined) watch(socket, pipeline);
+      const next = pipeline.waiting.shift();
+      if (next !== undefined && !socket.destroyed) start(socket, pipeline, ...next);
+    };
+    res.once('finish', onDone);
+    res.once('close', onDone);
+    handle(req, res);
   };
   return (req, res) => {
     const socket = req.socket;
     if (socket.destroyed) return;
     const pipeline = pipelineOf(socket);
-    if (pipeline.open >= PIPELINE_MAX_DEPTH) {
+    if (!pipeline.busy) return start(socket, pipeline, req, res);
+    if (pipeline.waiting.length >= PIPELINE_MAX_WAITING) {
       // The requests after this one, read in the same chunk, find the socket destroyed.
       socket.destroy();
       return;
     }
-    pipeline.open += 1;
-    if (pipeline.open === PIPELINE_STALL_DEPTH) watch(socket, pipeline);
-    let answered = false;
-    const onDone = () => {
-      if (answered) return;
-      answered = true;
-      pipeline.open -= 1;
-      // An answer went out: the connection is moving.
-      if (pipeline.stall !== undefined) watch(socket, pipeline);
-    };
-    res.once('finish', onDone);
-    res.once('close', onDone);
-    handle(req, res);
+    pipeline.waiting.push([req, res]);
+    if (pipeline.waiting.length === PIPELINE_STALL_WAITING) watch(socket, pipeline);
   };
 }
 

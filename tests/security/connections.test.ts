@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import http2 from 'node:http2';
+import { readdirSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -307,6 +308,36 @@ describe('HTTP/1.1', () => {
       expect(closed).toBe(true);
       expect(statuses.length).toBeLessThanOrEqual(128);
     }
+  });
+
+  it('when clients pipeline file and compressed answers and close their connections, then nothing of the answers queued behind is kept', async () => {
+    // Answers queued behind the one being written were never released when the connection
+    // closed: each kept the file it was to send open (20,000 descriptors from one address
+    // exhausted the process), or the Brotli compressor it was to write through (gigabytes).
+    const fileHandles = () =>
+      readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`).endsWith('redoc.standalone.js');
+        } catch {
+          return false;
+        }
+      }).length;
+    const before = fileHandles();
+    const requests = ['GET /docs/assets/redoc.standalone.js HTTP/1.1\r\nHost: x\r\n\r\n', 'GET /console/console.js HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br\r\n\r\n'];
+    const sockets = requests.flatMap((request) =>
+      Array.from({ length: 5 }, () => {
+        const socket = net.connect({ port: server.port, host: '127.0.0.1' });
+        cleanups.push(() => socket.destroy());
+        socket.on('error', () => undefined);
+        socket.pause();
+        socket.write(request.repeat(20));
+        return socket;
+      }),
+    );
+    await sleep(1_000);
+    for (const socket of sockets) socket.destroy();
+    expect(await until('the files to be closed', () => (fileHandles() <= before ? true : undefined))).toBe(true);
+    expect((await fetch(`${server.baseUrl}/health`)).status).toBe(200);
   });
 
   it('when a client pipelines a hundred requests in one write and reads the answers, then every one is answered, in order, on the same connection', async () => {

@@ -272,9 +272,9 @@ function answerInTurn(handle: (req: IncomingMessage, res: ServerResponse) => voi
       if (answered) return;
       answered = true;
       pipeline.busy = false;
+      const next = pipeline.waiting.shift();
       // An answer went out: the connection is moving.
       if (pipeline.stall !== undefined) watch(socket, pipeline);
-      const next = pipeline.waiting.shift();
       if (next !== undefined && !socket.destroyed) start(socket, pipeline, ...next);
     };
     res.once('finish', onDone);

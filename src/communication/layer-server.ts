@@ -154,13 +154,11 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
 export function internalAuthGate(secret: string): (context: HandlerContext) => Promise<void> {
   // Comparing digests keeps the comparison constant-time whatever the length presented.
   const expected = createHash('sha256').update(`Bearer ${secret}`).digest();
-  return (context) => {
-    if (context.service.typeName !== Health.typeName) {
-      const presented = createHash('sha256')
-        .update(context.requestHeader.get('authorization') ?? '')
-        .digest();
-      if (!timingSafeEqual(presented, expected)) return Promise.reject(new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated));
-    }
-    return Promise.resolve();
+  return async (context) => {
+    if (context.service.typeName === Health.typeName) return;
+    const presented = createHash('sha256')
+      .update(context.requestHeader.get('authorization') ?? '')
+      .digest();
+    if (!timingSafeEqual(presented, expected)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
   };
 }

@@ -23,6 +23,14 @@ export interface Actor {
  * Where a request came from, as the public edge resolved it once for every protocol (see
  * src/infrastructure/client-address.ts); recorded with the sessions it opens.
  */
+/**
+ * The most of a user agent kept: what sessions and audit events store (VARCHAR(500)). The edge
+ * cuts it there, before it travels between layers (percent-encoded: up to six bytes per byte),
+ * where an 11 000-byte agent of non-ASCII bytes filled the internal call's header list and the
+ * request failed with 503.
+ */
+export const USER_AGENT_MAX_LENGTH = 500;
+
 export interface ClientInfo {
   ipAddress?: string | undefined;
   userAgent?: string | undefined;

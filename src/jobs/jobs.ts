@@ -1,5 +1,6 @@
 // What both job runners share (see job-runner.ts): the queues, the runner's interface and the
 // shape of a recorded audit event.
+import { USER_AGENT_MAX_LENGTH } from '../domain/actor.ts';
 import type { Logger } from '../infrastructure/logger.ts';
 import type { AuditRepository, NewAuditEvent } from '../repositories/audit-repository.ts';
 import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';
@@ -64,7 +65,7 @@ export function toNewAuditEvent(input: AuditEventInput, at: Date): NewAuditEvent
     userId: input.userId ?? null,
     actorId: input.actorId ?? null,
     ipAddress: input.ipAddress === undefined ? null : input.ipAddress.slice(0, 45),
-    userAgent: input.userAgent === undefined ? null : input.userAgent.slice(0, 500),
+    userAgent: input.userAgent === undefined ? null : input.userAgent.slice(0, USER_AGENT_MAX_LENGTH),
     // A copy, so that the caller changing its object afterwards cannot change the record.
     details: input.details === undefined ? null : { ...input.details },
     createdAt: at,

@@ -1,7 +1,7 @@
 // What both public facades (REST and RPC) do alike at the edge of a request: who the client is
 // (address, user agent, known-device token), and the response headers of the authentication
 // answers. One module, so that the five protocols cannot drift apart on these rules.
-import type { ClientInfo } from '../domain/actor.ts';
+import { USER_AGENT_MAX_LENGTH, type ClientInfo } from '../domain/actor.ts';
 import { checkIdempotencyKey, IDEMPOTENCY_KEY_FIELD } from '../domain/idempotency-key.ts';
 import type { ClientAddressResolver } from '../infrastructure/client-address.ts';
 import { deviceTokenExpiry } from '../infrastructure/security/device-tokens.ts';
@@ -15,14 +15,6 @@ const REALM = 'arcana-cloud';
 
 /** Reads one request header (lower-case name) as a single string. */
 export type HeaderReader = (name: string) => string | undefined;
-
-/**
- * The most of a user agent kept: what sessions and audit events store. The rest is dropped at the
- * edge, before it travels between layers (percent-encoded: up to six bytes per byte), where an
- * 11 000-byte agent of non-ASCII bytes filled the internal call's header list and the request
- * failed with 503.
- */
-export const USER_AGENT_MAX_LENGTH = 500;
 
 /** The client of a request: its address by the TRUST_PROXY rule, user agent and device token. */
 export function resolveClientInfo(resolve: ClientAddressResolver, socketAddress: string | undefined, header: HeaderReader): ClientInfo {

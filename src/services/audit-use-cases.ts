@@ -2,7 +2,7 @@ import type { MessageInitShape } from '@bufbuild/protobuf';
 import type * as db from '../../gen/prisma/client.ts';
 import type { AuditEvent, ListAuditEventsRequestSchema } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import type { Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
-import type { Actor, ClientInfo } from '../domain/actor.ts';
+import { USER_AGENT_MAX_LENGTH, type Actor, type ClientInfo } from '../domain/actor.ts';
 import { requireAdmin } from './access.ts';
 import { auditTypeFromProto, toAuditEventMessage } from '../domain/audit-mapping.ts';
 import type { AuditDetails, AuditRepository } from '../repositories/audit-repository.ts';
@@ -24,7 +24,7 @@ export interface AuditEventInput {
 export function clientFields(client: ClientInfo): { ipAddress?: string; userAgent?: string } {
   return {
     ...(client.ipAddress === undefined ? {} : { ipAddress: client.ipAddress.slice(0, 45) }),
-    ...(client.userAgent === undefined ? {} : { userAgent: client.userAgent.slice(0, 500) }),
+    ...(client.userAgent === undefined ? {} : { userAgent: client.userAgent.slice(0, USER_AGENT_MAX_LENGTH) }),
   };
 }
 

@@ -4,7 +4,7 @@ import type { OAuthToken, User as UserRow } from '../../gen/prisma/client.ts';
 import { RegisterRequestSchema, SessionSchema, TokenPairSchema, type LoginRequestSchema, type Session, type TokenPair } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { StoredRegistrationSchema } from '../../gen/proto/arcana/internal/service/v1/stored_answers_pb.js';
 import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
-import type { Actor, ClientInfo } from '../domain/actor.ts';
+import { USER_AGENT_MAX_LENGTH, type Actor, type ClientInfo } from '../domain/actor.ts';
 import { AuthenticationError, ConflictError, InvalidTokenError, NotFoundError } from '../domain/errors.ts';
 import { rowMapping } from '../domain/message-mapping.ts';
 import { requireAdmin } from './access.ts';
@@ -212,7 +212,7 @@ export class AuthUseCases {
       expiresAt: issued.refreshExpiresAt,
       familyExpiresAt: previous.familyExpiresAt,
       ipAddress: truncate(client.ipAddress, 45) ?? previous.ipAddress,
-      userAgent: truncate(client.userAgent, 500) ?? previous.userAgent,
+      userAgent: truncate(client.userAgent, USER_AGENT_MAX_LENGTH) ?? previous.userAgent,
       clientName: previous.clientName,
     });
     if (next === null) {
@@ -306,7 +306,7 @@ export class AuthUseCases {
         expiresAt: issued.refreshExpiresAt,
         familyExpiresAt,
         ipAddress: truncate(client.ipAddress, 45),
-        userAgent: truncate(client.userAgent, 500),
+        userAgent: truncate(client.userAgent, USER_AGENT_MAX_LENGTH),
         clientName: null,
       },
       user.passwordHash,

@@ -58,21 +58,27 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
       try {
         const res = await next(req);
         res.header.set('x-request-id', requestId);
-        // A Connect GET is the one RPC a browser or proxy would cache: its answer is about the
-        // caller, as every API answer is (REST sends the same).
-        if (req.requestMethod === 'GET') for (const [name, value] of NO_STORE_HEADERS) res.header.set(name, value);
+        if (req.requestMethod === 'GET') noStore(res.header);
         log('ok');
         return res;
       } catch (error) {
         const connectError = ConnectError.from(error);
         connectError.metadata.set('x-request-id', requestId);
-        // Error statuses such as 404 are cacheable by default.
-        if (req.requestMethod === 'GET') for (const [name, value] of NO_STORE_HEADERS) connectError.metadata.set(name, value);
+        // Error statuses such as 404 are cacheable by default too.
+        if (req.requestMethod === 'GET') noStore(connectError.metadata);
         log(Code[connectError.code].toLowerCase());
         throw connectError;
       }
     });
   };
+}
+
+/**
+ * Marks an answer uncacheable. A Connect GET is the one RPC a browser or proxy would cache, and
+ * its answer is about the caller, as every API answer is (REST sends the same).
+ */
+function noStore(headers: Headers): void {
+  for (const [name, value] of NO_STORE_HEADERS) headers.set(name, value);
 }
 
 /**

@@ -39,7 +39,7 @@ import { forwardingService } from './controllers/rpc/forwarding.ts';
 import { createInProcessTransport, type InProcessService } from './rpc/in-process-transport.ts';
 import { createServiceApis } from './services/api/service-apis.ts';
 import { createSystemRoutes } from './controllers/rest/system-routes.ts';
-import type { ReadinessCheck } from './rpc/readiness.ts';
+import { sharedCheck, type ReadinessCheck } from './rpc/readiness.ts';
 import { createErrorHandler, notFoundHandler } from './controllers/rest/error-handler.ts';
 import { createConnectRoutes } from './controllers/rpc/connect-routes.ts';
 import type { HealthWatchOptions } from './rpc/health-service.ts';
@@ -192,10 +192,10 @@ function transportTo(parts: ProcessParts, target: string, urls: readonly string[
 
 /** A downstream layer is ready when one of its processes says it is serving. */
 function downstreamReady(transport: Transport): ReadinessCheck {
-  return async () => {
+  return sharedCheck(async () => {
     const { status } = await createClient(Health, transport).check({ service: '' }, { timeoutMs: 2_000 });
     if (status !== ServingStatus.SERVING) throw new Error('downstream layer is not serving');
-  };
+  });
 }
 
 /**
@@ -245,9 +245,9 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
     // With tracing, each database operation is a span named after the repository method.
     const traced = <R extends object>(repository: R, name: string): R => (tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));
-    parts.readiness.database = async () => {
+    parts.readiness.database = sharedCheck(async () => {
       await db.prisma.$queryRaw`SELECT 1`;
-    };
+    });
     return {
       database: db,
       repositories: {

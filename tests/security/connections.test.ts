@@ -5,7 +5,7 @@
 // advertised SETTINGS, resource_exhausted. The bounds are set small so the deadlines pass quickly;
 // each expected close is given generous slack, since a loaded two-core machine delays timers.
 import { Code, ConnectError, createClient } from '@connectrpc/connect';
-import { createConnectTransport, createGrpcTransport, Http2SessionManager } from '@connectrpc/connect-node';
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport, Http2SessionManager } from '@connectrpc/connect-node';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -515,6 +515,54 @@ describe('grpc.health.v1.Health/Watch', () => {
     void watch(overConnect());
     await until('the new watchers to get their status', () => (firstStatus.length === WATCH_MAX + 2 ? true : undefined));
     expect(failures).toHaveLength(2);
+  });
+});
+
+describe('readiness probes', () => {
+  it('when /ready and Health/Check are flooded over REST, gRPC, Connect and gRPC-Web at once, then every probe is answered and they share their database queries', async () => {
+    const database = monolithOf(server).database;
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 25 });
+    cleanups.push(() => agent.destroy());
+    // gRPC over ten connections, each carrying its MAX_STREAMS once its SETTINGS have arrived.
+    const grpc = await Promise.all(
+      Array.from({ length: 10 }, async () => {
+        const sessions = new Http2SessionManager(server.baseUrl);
+        cleanups.push(() => sessions.abort());
+        const client = createClient(Health, createGrpcTransport({ baseUrl: server.baseUrl, sessionManager: sessions }));
+        await client.check({ service: '' });
+        return client;
+      }),
+    );
+    const overHttp1 = [
+      createClient(Health, createConnectTransport({ baseUrl: server.baseUrl, httpVersion: '1.1', nodeOptions: { agent } })),
+      createClient(Health, createGrpcWebTransport({ baseUrl: server.baseUrl, httpVersion: '1.1', nodeOptions: { agent } })),
+    ];
+    const rest = () =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        http
+          .get(`${server.baseUrl}/ready`, { agent }, (response) => {
+            let body = '';
+            response.on('data', (chunk: Buffer) => (body += chunk.toString()));
+            response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+          })
+          .on('error', reject);
+      });
+    const perProtocol = 100;
+    const queriesBefore = database.queryCount();
+    const [answers, statuses] = await Promise.all([
+      Promise.all(Array.from({ length: perProtocol }, rest)),
+      Promise.all(
+        [...grpc.flatMap((client) => Array.from({ length: MAX_STREAMS }, () => client)), ...overHttp1.flatMap((client) => Array.from({ length: perProtocol }, () => client))].map(
+          async (client) => (await client.check({ service: '' })).status,
+        ),
+      ),
+    ]);
+    const queries = database.queryCount() - queriesBefore;
+    for (const answer of answers) expect(answer).toEqual({ status: 200, body: JSON.stringify({ status: 'ready', checks: { database: 'ok' } }) });
+    expect(statuses).toEqual(Array(3 * perProtocol).fill(ServingStatus.SERVING));
+    // One query per probe would be 400; a check runs once at a time, and those who ask meanwhile share it.
+    expect(queries).toBeGreaterThanOrEqual(1);
+    expect(queries).toBeLessThanOrEqual(perProtocol);
   });
 });
 

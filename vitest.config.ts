@@ -63,15 +63,17 @@ const SPLIT_TOPOLOGIES = TOPOLOGY_NAMES.filter((name) => !NOT_IN_CI.includes(nam
  * security suites whose outcome hangs on the database's concurrency semantics, on MariaDB/MySQL:
  * InnoDB's REPEATABLE READ, gap locks and no UPDATE … RETURNING are not PostgreSQL's READ
  * COMMITTED. Those are the lockout reservations and their audit trail, session rotation and
- * revocation, the last-admin lock and the conditional admin writes, and idempotency claims. Left
- * out: password-work, password-guessing and client-address, which test the hashing gate, the
- * counters and the client address, none of them in the database (the slowest two minutes of the
- * cell). Monolithic only: the split cells put the same repository code behind a network hop,
+ * revocation, the last-admin lock and the conditional admin writes, and idempotency claims; and
+ * password-guessing, whose logins by look-alike names meet utf8mb4_unicode_ci, which folds
+ * accents, trailing spaces and fullwidth letters. Left out: password-work and client-address,
+ * which test the hashing gate, the counters and the client address, none of them in the database. Monolithic only: the split cells put the same repository code behind a network hop,
  * which the PostgreSQL cells cover, and CI has minutes for one more cell, not four.
  * TEST_MARIADB_URL names the server; every test app gets a database of its own on it.
  */
 const MARIADB_URL = process.env.TEST_MARIADB_URL ?? 'mysql://root@127.0.0.1:3306/mysql';
-const MARIADB_SECURITY_SUITES = ['login-lockout', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys'].map((name) => `tests/security/${name}.test.ts`);
+const MARIADB_SECURITY_SUITES = ['login-lockout', 'password-guessing', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys'].map(
+  (name) => `tests/security/${name}.test.ts`,
+);
 /**
  * And two that reach behind the API, for the repository code that has a MySQL form of its own:
  * the session purge and the revocations (audit-jobs), and the errors at the repository boundary.

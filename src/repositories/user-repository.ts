@@ -96,13 +96,16 @@ export class PrismaUserRepository implements UserRepository {
     return withDatabaseErrors(() => this.#db.user.findUnique({ where: { id }, omit: { passwordHash: true } }));
   }
 
-  findByLogin(usernameOrEmail: string): Promise<User | null> {
+  async findByLogin(usernameOrEmail: string): Promise<User | null> {
     // Usernames cannot contain '@', so the login's shape says which unique column to search.
     // Both are compared without regard to case: e-mails are stored lower-cased, usernames by
     // their lower-case key.
+    // The row must hold exactly that text: MySQL's utf8mb4_unicode_ci collation would also find
+    // `ádmin`, `admin ` (trailing spaces), `admin` with a zero-width space or in fullwidth letters.
     const folded = usernameOrEmail.toLowerCase();
-    const where = folded.includes('@') ? { email: folded } : { usernameKey: folded };
-    return withDatabaseErrors(() => this.#db.user.findUnique({ where }));
+    const byEmail = folded.includes('@');
+    const row = await withDatabaseErrors(() => this.#db.user.findUnique({ where: byEmail ? { email: folded } : { usernameKey: folded } }));
+    return row !== null && (byEmail ? row.email : row.usernameKey) === folded ? row : null;
   }
 
   async findTaken(username: string | undefined, email: string | undefined, exceptId?: number) {

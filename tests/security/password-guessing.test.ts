@@ -5,7 +5,9 @@
 //   like the real one;
 // - new passwords on breached-password lists are refused, in any letter case;
 // - the same password typed composed or decomposed (Unicode NFC) is one password;
-// - usernames that differ only in case cannot coexist, and log in as the account they name.
+// - usernames that differ only in case cannot coexist, and log in as the account they name;
+// - a login that only looks like a name or e-mail (accents, spaces, zero-width or fullwidth
+//   letters) names no account, on MariaDB's accent-insensitive collation as on PostgreSQL.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
 import { newUser, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
@@ -110,5 +112,24 @@ describe.each(PROTOCOLS)('passwords over %s', (protocol: ProtocolName) => {
     // The spelling given at registration is kept.
     expect(login.data?.user.username).toBe(original.username);
     expect(login.data?.user.id).toBe(user.id);
+  });
+
+  it('when a login differs from the name or e-mail by an accent, a trailing space, a zero-width or a fullwidth letter, then it is refused like an unknown account', async () => {
+    const user = await register(t, newUser(`look${protocol.replace('-', '')}`));
+    const email = user.email.toLowerCase();
+    const lookalikes = [
+      `ĺ${user.username.slice(1)}`,
+      `${user.username} `,
+      `${user.username}\u200b`,
+      // Usernames are ASCII: each letter's fullwidth form is 0xFEE0 above it.
+      user.username.replace(/[!-~]/g, (char) => String.fromCharCode(char.charCodeAt(0) + 0xfee0)),
+      `${email} `,
+      `é${email.slice(1)}`,
+      email.replace('@', '\u200b@'),
+    ];
+    const outcomes = await Promise.all(lookalikes.map((usernameOrEmail) => client.login({ usernameOrEmail, password: user.password }, from(ip(8)))));
+    expect(outcomes.map((outcome) => outcome.code)).toEqual(lookalikes.map(() => 'unauthenticated'));
+    // The account itself is not locked by them: they named no account.
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(8)))).code).toBe('ok');
   });
 });

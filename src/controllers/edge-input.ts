@@ -134,3 +134,90 @@ function checkMap(field: DescField & { fieldKind: 'map' }, map: ReflectMap, path
 function undeclaredEnum(desc: DescEnum, value: number): string | undefined {
   return desc.values.some((candidate) => candidate.number === value) ? undefined : `${value} is not a value of ${desc.typeName}`;
 }
+
+export const QUERY_TEXT_REFUSED = 'must be percent-encoded UTF-8';
+export const REPEATED_REFUSED = 'is given more than once';
+
+/**
+ * What is wrong with a query string (the part after `?`, as sent), by parameter name: text that
+ * is not percent-encoded UTF-8 (`%FF`, `%ED%A0%80`, `%ZZ`, raw bytes beyond ASCII), which the
+ * usual parsers would turn into U+FFFD or keep as written, a value other than the one sent; and,
+ * with `refuseRepeats`, a name given twice, of which parsers keep either the first or the last.
+ * A name that is itself undecodable is reported as `query`.
+ */
+export function findQueryProblems(query: string, refuseRepeats: boolean): FieldErrors {
+  const problems = noFieldErrors();
+  const seen = new Set<string>();
+  for (const pair of query.split('&')) {
+    if (pair === '') continue;
+    const equals = pair.indexOf('=');
+    const name = decodeQueryText(equals < 0 ? pair : pair.slice(0, equals));
+    if (name === undefined) {
+      problems['query'] ??= QUERY_TEXT_REFUSED;
+      continue;
+    }
+    if (equals >= 0 && decodeQueryText(pair.slice(equals + 1)) === undefined) problems[name] ??= QUERY_TEXT_REFUSED;
+    else if (refuseRepeats && seen.has(name)) problems[name] ??= REPEATED_REFUSED;
+    seen.add(name);
+  }
+  return problems;
+}
+
+/** Printable ASCII only: anything else in a URL was sent unencoded, and is read as Latin-1. */
+const RAW_QUERY_TEXT = /^[!-~]*$/;
+
+function decodeQueryText(text: string): string | undefined {
+  if (!RAW_QUERY_TEXT.test(text)) return undefined;
+  if (!text.includes('%')) return text.replaceAll('+', ' ');
+  try {
+    // Throws on a malformed escape and on bytes that are not UTF-8 (surrogates included).
+    return decodeURIComponent(text.replaceAll('+', ' '));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The first member name an object in this JSON text gives twice, or undefined. JSON.parse keeps
+ * the last, where a proxy's or a firewall's parser may keep the first: one body, two readings.
+ * protobuf-es refuses such bodies for Connect JSON; REST bodies are checked with this. `json`
+ * must be UTF-8 JSON that parses; the scan works on its bytes, as every structural character is
+ * ASCII and no byte of a multi-byte UTF-8 character is.
+ */
+export function repeatedJsonKey(json: Buffer): string | undefined {
+  // One entry per open container: the names seen (an object) or undefined (an array).
+  const open: (Set<string> | undefined)[] = [];
+  let nameNext = false;
+  for (let at = 0; at < json.length; at += 1) {
+    const byte = json[at];
+    if (byte === 0x22) {
+      const start = at;
+      let escaped = false;
+      for (at += 1; json[at] !== 0x22; at += 1) {
+        if (json[at] === 0x5c) {
+          escaped = true;
+          at += 1;
+        }
+      }
+      const names = open.at(-1);
+      if (nameNext && names !== undefined) {
+        const name = escaped ? (JSON.parse(json.toString('utf8', start, at + 1)) as string) : json.toString('utf8', start + 1, at);
+        if (names.has(name)) return name;
+        names.add(name);
+      }
+      nameNext = false;
+    } else if (byte === 0x7b) {
+      open.push(new Set());
+      nameNext = true;
+    } else if (byte === 0x5b) {
+      open.push(undefined);
+      nameNext = false;
+    } else if (byte === 0x7d || byte === 0x5d) {
+      open.pop();
+      nameNext = false;
+    } else if (byte === 0x2c) {
+      nameNext = open.at(-1) !== undefined;
+    }
+  }
+  return undefined;
+}

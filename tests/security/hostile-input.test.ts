@@ -167,6 +167,50 @@ describe('text that is not Unicode: refused on every protocol, never stored as U
   });
 });
 
+describe('requests that say two things: refused, never read one way here and another elsewhere', () => {
+  it('when a REST search or a Connect GET is not percent-encoded UTF-8, or a Connect GET gives a parameter twice, in parallel, then invalid_argument naming it; the same search written plainly works', async () => {
+    // A name that holds U+FFFD: what `%FF` used to be read as.
+    const tag = `rep${Date.now().toString(36)}`;
+    const holder = await register(t, newUser('fffd'));
+    expect((await clientFor('rest').updateUser(admin, holder.id, { firstName: `\ufffd${tag}` })).code).toBe('ok');
+    const message = (q: string) => encodeURIComponent(JSON.stringify({ q })).replaceAll('%EF%BF%BD', '%FF');
+    const list = 'arcana.user.v1.UserService/ListUsers';
+    const answers = await Promise.all([
+      ...['%FF', '%ED%A0%80', '%C0%AF', '%E0%80%80', '%ZZ'].map((bytes) => raw.rest('GET', `/api/v1/users?q=${bytes}${tag}`, { token: admin })),
+      raw.connectGet(list, `connect=v1&encoding=json&message=${message(`\ufffd${tag}`)}`, { token: admin }),
+      raw.connectGet(list, `connect=v1&encoding=json&message=${message(tag)}&message=${message('zzzz')}`, { token: admin }),
+      raw.connectGet(list, `connect=v1&encoding=json&encoding=proto&message=${message(tag)}`, { token: admin }),
+    ]);
+    expect(answers.map((answer) => answer.code)).toEqual(Array(8).fill('invalid_argument'));
+    expect(answers.slice(0, 5).map((answer) => answer.status)).toEqual(Array(5).fill(400));
+    const named = answers.map((answer) => Object.keys(answer.violations));
+    expect(named).toEqual([['q'], ['q'], ['q'], ['q'], ['q'], ['message'], ['message'], ['encoding']]);
+
+    const found = await Promise.all([
+      raw.rest('GET', `/api/v1/users?q=${encodeURIComponent(`\ufffd${tag}`)}`, { token: admin }),
+      raw.connectGet(list, { connect: 'v1', encoding: 'json', message: JSON.stringify({ q: tag }) }, { token: admin }),
+    ]);
+    expect(found.map((answer) => answer.code)).toEqual(['ok', 'ok']);
+    expect(JSON.stringify(found[0].json)).toContain(`"id":${holder.id}`);
+  });
+
+  it('when a JSON body gives a name twice, in parallel over REST and Connect, then invalid_argument and nothing is stored', async () => {
+    const users = [newUser('twice'), newUser('twice')];
+    const twice = (user: (typeof users)[number]) =>
+      new TextEncoder().encode(`{"username":"${user.username}","username":"${user.username}x","email":"${user.email}","password":"${user.password}"}`);
+    const answers = await Promise.all([
+      raw.rest('POST', '/api/v1/auth/register', { body: twice(users[0]!) }),
+      raw.rpc('connect-json', 'arcana.auth.v1.AuthService/Register', twice(users[1]!)),
+    ]);
+    expect(answers.map((answer) => answer.code)).toEqual(['invalid_argument', 'invalid_argument']);
+    expect(Object.keys(answers[0].violations)).toEqual(['username']);
+    for (const user of users) {
+      expect(await usersNamed(user.username)).toBe('0');
+      expect(await usersNamed(`${user.username}x`)).toBe('0');
+    }
+  });
+});
+
 describe('single-line fields: names, phone and logins take no control, separator or override characters', () => {
   const hostile = ['\n', '\r\n', '\t', '\u0007', '\u007f', '\u0085', '\u2028', '\u2029', '\u202e', '\u2066', '\ufeff'];
 

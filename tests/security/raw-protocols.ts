@@ -164,10 +164,11 @@ export class RawClient {
   }
 
   /** A Connect GET (the idempotent RPCs), with the query as given. */
-  async connectGet(procedure: string, query: Record<string, string>, options: { token?: string; headers?: Record<string, string> } = {}): Promise<RawAnswer> {
+  /** A Connect GET; a string `query` is sent exactly as written. */
+  async connectGet(procedure: string, query: Record<string, string> | string, options: { token?: string; headers?: Record<string, string> } = {}): Promise<RawAnswer> {
     const headers: Record<string, string> = { ...options.headers };
     if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
-    return connectAnswer(await this.http1('GET', `/${procedure}?${new URLSearchParams(query).toString()}`, headers));
+    return connectAnswer(await this.http1('GET', `/${procedure}?${typeof query === 'string' ? query : new URLSearchParams(query).toString()}`, headers));
   }
 }
 

@@ -13,7 +13,7 @@ import { createAuthRoutes } from './auth-routes.ts';
 import { createConsoleRoutes } from './console-routes.ts';
 import { createDocsRoutes } from './docs-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
-import { findUnstorableText, noFieldErrors } from '../edge-input.ts';
+import { findQueryProblems, findUnstorableText, noFieldErrors, repeatedJsonKey, REPEATED_REFUSED } from '../edge-input.ts';
 import { createOpenApiValidation } from './openapi-validation.ts';
 import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
@@ -115,11 +115,11 @@ export function createRestApp(options: RestAppOptions): Express {
   // A compressed body is inflated by body-parser (bounded by the limit after inflation); one cut
   // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with
   // U+FFFD in place of what was sent: refused, as the RPC facade refuses it.
-  app.use(express.json({ limit: options.bodyLimitBytes, strict: true, verify: refuseInvalidUtf8 }));
+  app.use(express.json({ limit: options.bodyLimitBytes, strict: true, verify: refuseUnclearBody }));
   // Before the schemas, so that a NUL is reported as such (as RPC reports it), not as a pattern
   // it also breaks; before authentication and any database work in any case.
   app.use(refuseUnstorableText);
-  app.use(refuseBracketedQueryNames);
+  app.use(refuseUnclearQuery);
   app.use(
     createOpenApiValidation({
       apiSpec: (options.apiSpec as OpenApiValidatorOpts['apiSpec'] | undefined) ?? options.apiSpecPath,
@@ -153,11 +153,16 @@ export function createRestApp(options: RestAppOptions): Express {
   return app;
 }
 
-/** body-parser's `verify` hook: the raw (inflated) body of a UTF-8 request must be UTF-8. */
-function refuseInvalidUtf8(_req: IncomingMessage, _res: unknown, body: Buffer, encoding: string): void {
+/**
+ * body-parser's `verify` hook, on the raw (inflated) body: a UTF-8 request must be UTF-8, and no
+ * object in it may give a name twice (JSON.parse would keep the last; Connect JSON refuses it).
+ */
+function refuseUnclearBody(_req: IncomingMessage, _res: unknown, body: Buffer, encoding: string): void {
   if (/^utf-?8$/i.test(encoding) && !isUtf8(body)) {
     throw Object.assign(new Error('Request body is not valid UTF-8'), { type: INVALID_UTF8 });
   }
+  const repeated = repeatedJsonKey(body);
+  if (repeated !== undefined) throw new ValidationError('Validation failed', Object.assign(noFieldErrors(), { [repeated]: REPEATED_REFUSED }));
 }
 
 /** NUL or an unpaired surrogate in the body or the query: 400 naming the field. */
@@ -168,13 +173,16 @@ function refuseUnstorableText(req: Request, _res: Response, next: NextFunction):
 }
 
 /**
- * Query names with brackets, refused as the unknown parameters they are (openapi.yaml declares
- * none). express-openapi-validator reads such a name as qs bracket notation and deletes it from
- * the query before its unknown-parameter check, so `?x_=[=1` on an operation with no parameters
- * was accepted, and `?a[b]=1` became an object under `a`.
+ * A query string must say one thing: text that is not percent-encoded UTF-8 would reach the
+ * schemas as U+FFFD (a search for `%FF<tag>` found a name holding U+FFFD), so it is refused
+ * (findQueryProblems). And query names with brackets are refused as the unknown parameters they
+ * are (openapi.yaml declares none): express-openapi-validator reads such a name as qs bracket
+ * notation and deletes it from the query before its unknown-parameter check, so `?x_=[=1` on an
+ * operation with no parameters was accepted, and `?a[b]=1` became an object under `a`.
  */
-function refuseBracketedQueryNames(req: Request, _res: Response, next: NextFunction): void {
-  const details = noFieldErrors();
+function refuseUnclearQuery(req: Request, _res: Response, next: NextFunction): void {
+  const query = req.originalUrl.indexOf('?');
+  const details = query < 0 ? noFieldErrors() : findQueryProblems(req.originalUrl.slice(query + 1), false);
   for (const name of Object.keys(req.query)) {
     if (name.includes('[') || name.includes(']')) details[name] = `Unknown query parameter '${name}'`;
   }

@@ -61,7 +61,8 @@ import {
 import { compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse, type ConnectNodeAdapterOptions } from '@connectrpc/connect-node';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
-import { AppError } from '../../domain/errors.ts';
+import { AppError, ValidationError } from '../../domain/errors.ts';
+import { findQueryProblems } from '../edge-input.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { grpcTimeoutMs, timerTimeout } from '../../infrastructure/call-context.ts';
@@ -129,6 +130,9 @@ class ReplayableBody implements GateBody, AsyncIterable<Uint8Array> {
 
 const bodyKey = createContextKey<GateBody | undefined>(undefined, { description: 'the raw request body, for the gate' });
 
+/** A GET's query string as sent (Connect GET carries the message in it), for the gate. */
+const getQueryKey = createContextKey<string | undefined>(undefined, { description: 'the query string of a GET, as sent' });
+
 /** The request message as the gate decoded it, for the unary paths below. */
 const decodedKey = createContextKey<Message | undefined>(undefined, { description: 'the request message the gate decoded' });
 
@@ -144,6 +148,13 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     const started = process.hrtime.bigint();
     try {
       await admit?.(context);
+      // connect-es reads the query with URLSearchParams: `%FF` as U+FFFD, and the first of two
+      // `message` parameters. Refused instead, as the same message in a POST body would be.
+      const query = context.values.get(getQueryKey);
+      if (query !== undefined) {
+        const problems = findQueryProblems(query, true);
+        if (Object.keys(problems).length > 0) throw new ValidationError('Validation failed', problems);
+      }
       const body = context.values.get(bodyKey);
       if (body !== undefined) context.values.set(decodedKey, await decode(context, (maxBytes, lengthHint) => body.read(maxBytes, lengthHint)));
     } catch (error) {
@@ -349,6 +360,11 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     }
     dropOverlongTimeouts(req.headers);
     const contextValues = adapterOptions.contextValues?.(req) ?? createContextValues();
+    if (req.method === 'GET') {
+      const url = req.url ?? '';
+      const query = url.indexOf('?');
+      contextValues.set(getQueryKey, query < 0 ? '' : url.slice(query + 1));
+    }
     const unary = req.method === 'POST' ? unaryMethods.get(handler.requestPath) : undefined;
     if (unary !== undefined) {
       const contentType = req.headers['content-type'] ?? null;

@@ -23,6 +23,8 @@ export interface UserExpectation {
   isVerified?: boolean | undefined;
   status?: UserStatus | undefined;
   role?: UserRole | undefined;
+  /** The hash a password change compared the current password with. */
+  passwordHash?: string | undefined;
 }
 
 /** Orders of the user listing: a field, ascending, or descending with a leading `-`. */
@@ -248,7 +250,7 @@ export function showsWrite(row: User, changes: UserChanges, expected: UserExpect
  * only names the reason): no such user, another version, or another state than expected.
  */
 async function whyNotWritten(db: Tx, id: number, expected: UserExpectation): Promise<Error> {
-  const row = await db.user.findUnique({ where: { id }, select: { version: true, isVerified: true, status: true, role: true } });
+  const row = await db.user.findUnique({ where: { id }, select: { version: true, isVerified: true, status: true, role: true, passwordHash: true } });
   if (row === null) return new NotFoundError('User not found');
   if (expected.version !== undefined && row.version !== expected.version) return new PreconditionFailedError();
   if (expected.isVerified !== undefined && row.isVerified !== expected.isVerified) {
@@ -259,6 +261,9 @@ async function whyNotWritten(db: Tx, id: number, expected: UserExpectation): Pro
   }
   if (expected.role !== undefined && row.role !== expected.role) {
     return new ConflictError(`The user's role changed meanwhile (now ${row.role}); read it again and retry`);
+  }
+  if (expected.passwordHash !== undefined && row.passwordHash !== expected.passwordHash) {
+    return new ConflictError('The password was changed meanwhile; nothing was changed');
   }
   return new ConflictError('The user changed meanwhile; read it again and retry');
 }

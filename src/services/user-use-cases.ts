@@ -8,13 +8,13 @@ import {
 } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { UserRole, UserSchema, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
-import { AuthenticationError, AuthorizationError, NotFoundError, RateLimitedError } from '../domain/errors.ts';
+import { AppError, AuthenticationError, AuthorizationError, NotFoundError, RateLimitedError } from '../domain/errors.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-mapping.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
-import type { UserChanges, UserRepository } from '../repositories/user-repository.ts';
+import type { UserChanges, UserProfile, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, newAccountRow } from './accounts.ts';
 import { uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
@@ -164,9 +164,15 @@ export class UserUseCases {
     await attempt.succeeded();
     const passwordHash = await this.#passwords.hash(input.newPassword ?? '', 'newPassword');
     // The new password and the end of the other sessions are one change: once it starts, a
-    // client that leaves (or a deadline that passes) cannot stop it halfway.
+    // client that leaves (or a deadline that passes) cannot stop it halfway. It is written only
+    // over the hash the current password was compared with: of two changes racing with the same
+    // current password, the second would otherwise answer 200 with the first one's password in
+    // effect (and the first one's caller holding the only live session).
     const ended = await uninterrupted(async () => {
-      await this.#users.update(userId, { passwordHash });
+      await this.#users.update(userId, { passwordHash }, { passwordHash: user.passwordHash }).catch((error: unknown) => {
+        if (isConflict(error)) failed('changed_meanwhile');
+        throw error;
+      });
       return this.#tokens.revokeAllForUser(userId, actor.sessionId, 'revoked');
     });
     this.#audit.record({ type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { otherSessionsEnded: ended.length } });
@@ -193,13 +199,13 @@ export class UserUseCases {
     const stored = statusFromProto(status);
     const before = await this.#existing(userId);
     // A suspension and the end of the user's sessions are one change (see changePassword).
-    const row = await uninterrupted(async () => {
-      const written = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' }, { status: before.status, version: expectedVersion });
+    const written = await uninterrupted(async () => {
+      const row = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' }, { status: before.status, version: expectedVersion });
       if (status !== UserStatus.ACTIVE) await this.#tokens.revokeAllForUser(userId, undefined, 'revoked');
-      return written;
-    });
-    this.#audit.record({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } });
-    return toUserMessage(row);
+      return row;
+    }).then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, expectedVersion, (now) => now.status === stored));
+    if (written.changed && before.status !== stored) this.#audit.record({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } });
+    return toUserMessage(written.row);
   }
 
   /**
@@ -213,11 +219,13 @@ export class UserUseCases {
     const userId = input.userId ?? 0;
     const role = roleFromProto(input.role ?? UserRole.UNSPECIFIED);
     const before = await this.#existing(userId);
-    const row = await this.#users.update(userId, { role }, { role: before.role, version: input.expectedVersion });
-    if (before.role !== role) {
+    const written = await this.#users
+      .update(userId, { role }, { role: before.role, version: input.expectedVersion })
+      .then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, input.expectedVersion, (now) => now.role === role));
+    if (written.changed && before.role !== role) {
       this.#audit.record({ type: 'ROLE_CHANGED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { from: before.role, to: role } });
     }
-    return toUserMessage(row);
+    return toUserMessage(written.row);
   }
 
   /** Lifts the user's login lockouts; returns how many client addresses were locked or counting. */
@@ -229,12 +237,36 @@ export class UserUseCases {
     return cleared;
   }
 
+  /**
+   * A conditional write of a role or status that lost to a concurrent one: when the other write
+   * set the same value (two administrators suspending one user at once), this request's change
+   * is in place too, so it succeeds with the row as it is, audited once, by the write that made
+   * it. Otherwise, or when the caller named a version, the conflict stands.
+   */
+  async #inPlaceAfterConflict(error: unknown, userId: number, expectedVersion: number | undefined, inPlace: (row: UserProfile) => boolean): Promise<Written> {
+    if (!isConflict(error) || expectedVersion !== undefined) throw error;
+    const now = await this.#users.findProfile(userId);
+    if (now === null || !inPlace(now)) throw error;
+    return { row: now, changed: false };
+  }
+
   async #existing(userId: number) {
     const user = await this.#users.findProfile(userId);
     if (user === null) throw new NotFoundError('User not found');
     return user;
   }
 }
+
+/** A conditional write's outcome: the row, and whether this request's write made it. */
+interface Written {
+  row: UserProfile;
+  changed: boolean;
+}
+
+const changed = (row: UserProfile): Written => ({ row, changed: true });
+
+/** A ConflictError, also as it arrives from a repository in another process (an AppError by code). */
+const isConflict = (error: unknown): boolean => error instanceof AppError && error.code === 'CONFLICT';
 
 /** The profile fields an update may change, by name: what USER_UPDATED lists. */
 const PROFILE_FIELDS = ['email', 'firstName', 'lastName', 'phone', 'avatarUrl'] as const;

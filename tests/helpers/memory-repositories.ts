@@ -102,10 +102,10 @@ export class MemoryUserRepository implements UserRepository {
     if (row === undefined) throw new NotFoundError('User not found');
     const matches =
       (expected.version === undefined || row.version === expected.version) &&
-      (['isVerified', 'status', 'role'] as const).every((field) => expected[field] === undefined || row[field] === expected[field]);
+      (['isVerified', 'status', 'role', 'passwordHash'] as const).every((field) => expected[field] === undefined || row[field] === expected[field]);
     if (!matches && options.repeat === true && showsWrite(row, changes, expected)) return { ...row };
     if (expected.version !== undefined && row.version !== expected.version) throw new PreconditionFailedError('User has changed');
-    for (const field of ['isVerified', 'status', 'role'] as const) {
+    for (const field of ['isVerified', 'status', 'role', 'passwordHash'] as const) {
       if (expected[field] !== undefined && row[field] !== expected[field]) throw new ConflictError('User has changed');
     }
     const next = { ...row, ...(changes as Partial<User>), version: row.version + 1, updatedAt: this.#clock.now() };

@@ -230,6 +230,17 @@ describe('users across the repository boundary', () => {
     expect(await remote.users.update(id, {})).toMatchObject(changes);
   });
 
+  it('when a password change expects a hash that another change has replaced, then the remote write is a conflict and the newer hash stays', async () => {
+    const { id, passwordHash } = await direct.users.create(newUser());
+    await direct.users.update(id, { passwordHash: '$2b$04$theirs' }, { passwordHash });
+    await expect(remote.users.update(id, { passwordHash: '$2b$04$mine' }, { passwordHash })).rejects.toMatchObject({
+      code: 'CONFLICT',
+      message: 'The password was changed meanwhile; nothing was changed',
+    });
+    expect((await direct.users.findById(id))?.passwordHash).toBe('$2b$04$theirs');
+    expect((await remote.users.update(id, { passwordHash: '$2b$04$mine' }, { passwordHash: '$2b$04$theirs' })).passwordHash).toBe('$2b$04$mine');
+  });
+
   it('when changes hold a Prisma operation, a null or a field outside UserChanges, then the remote repository refuses them before sending', async () => {
     const { id } = await direct.users.create(newUser({ firstName: 'Kept' }));
     await expect(remote.users.update(id, { firstName: { set: 'Other' } })).rejects.toThrow(/UserChanges\.firstName .*operation object/);

@@ -94,6 +94,22 @@ describe.each(PROTOCOLS)('conditional admin writes over %s', (protocol: Protocol
     expect(await auditEvents(t, user.id, 'USER_VERIFIED', 1)).toHaveLength(1);
   });
 
+  it('when 20 requests set one user to the same role, then 20 to the same status, all at once, then every one succeeds and each change is audited once', async () => {
+    const user = await register(t);
+    const roles = await Promise.all(Array.from({ length: 20 }, () => client.updateRole(admin, user.id, 'GUEST')));
+    expect(roles.find((outcome) => outcome.code !== 'ok')?.error).toBeUndefined();
+    expect(codes(roles)).toEqual({ ok: 20 });
+    const statuses = await Promise.all(Array.from({ length: 20 }, () => client.updateStatus(admin, user.id, 'SUSPENDED')));
+    expect(codes(statuses)).toEqual({ ok: 20 });
+    expect(new Set(roles.map((outcome) => outcome.data?.role))).toEqual(new Set(['GUEST']));
+    expect(new Set(statuses.map((outcome) => outcome.data?.status))).toEqual(new Set(['SUSPENDED']));
+    const after = await row(t, user.id);
+    expect([after?.role, after?.status]).toEqual(['GUEST', 'SUSPENDED']);
+    await sleep(300);
+    expect(await auditEvents(t, user.id, 'ROLE_CHANGED', 1)).toHaveLength(1);
+    expect(await auditEvents(t, user.id, 'STATUS_CHANGED', 1)).toHaveLength(1);
+  });
+
   it('when a write names a stale version, then it is refused (412 / aborted) and nothing changes in the database', async () => {
     const user = await register(t);
     const read = await client.getUser(admin, user.id);

@@ -430,6 +430,55 @@ describe("a session that races the end of its account's sessions", () => {
   });
 });
 
+describe('administrative and password writes that race each other', () => {
+  // Found by an attacker firing the same writes in parallel over every protocol: the second of two
+  // password changes overwrote the first, and identical role changes answered 409 to all but one.
+  const client: ClientInfo = { ipAddress: '192.0.2.40' };
+  let h: ReturnType<typeof harness>;
+  beforeEach(() => {
+    h = harness();
+  });
+
+  /** Runs `change` once, right before the users repository's next update. */
+  function beforeUpdate(change: () => Promise<unknown>): void {
+    const original = h.users.update.bind(h.users);
+    h.users.update = async (...args: Parameters<typeof original>) => {
+      h.users.update = original;
+      await change();
+      return original(...args);
+    };
+  }
+
+  it("when another password change commits between a change's comparison and its write, then that change is a conflict and the password in effect is the other one", async () => {
+    const user = await h.account();
+    const other = await h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client);
+    const otherActor = { ...(await h.auth.authenticate(other.tokens.accessToken)), client };
+    beforeUpdate(() => h.userCases.changePassword(otherActor, { userId: user.id, oldPassword: PASSWORD, newPassword: 'Theirs-Passw0rd!' }));
+    expect(await outcome(h.userCases.changePassword(user.actor, { userId: user.id, oldPassword: PASSWORD, newPassword: 'Mine-Passw0rd!' }))).toBe('CONFLICT');
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: 'Mine-Passw0rd!' }, client))).toBe('AUTHENTICATION_ERROR');
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: 'Theirs-Passw0rd!' }, client))).toBe('ok');
+    expect(h.audit.events.filter((event) => event.type === 'PASSWORD_CHANGE_FAILED').map((event) => event.details)).toEqual([{ reason: 'changed_meanwhile' }]);
+  });
+
+  it('when two administrators set the same role or status at once, then both succeed and it is audited once; a different value still conflicts', async () => {
+    const admin = await h.account('ADMIN');
+    const user = await h.account();
+    beforeUpdate(() => h.userCases.updateRole(admin.actor, { userId: user.id, role: UserRole.GUEST }));
+    const role = await h.userCases.updateRole(admin.actor, { userId: user.id, role: UserRole.GUEST });
+    expect(role.role).toBe(UserRole.GUEST);
+    beforeUpdate(() => h.userCases.updateStatus(admin.actor, user.id, UserStatus.SUSPENDED));
+    const status = await h.userCases.updateStatus(admin.actor, user.id, UserStatus.SUSPENDED);
+    expect(status.status).toBe(UserStatus.SUSPENDED);
+    expect(h.audit.events.filter((event) => event.type === 'ROLE_CHANGED' || event.type === 'STATUS_CHANGED').map((event) => event.type)).toEqual([
+      'ROLE_CHANGED',
+      'STATUS_CHANGED',
+    ]);
+
+    beforeUpdate(() => h.userCases.updateRole(admin.actor, { userId: user.id, role: UserRole.USER }));
+    expect(await outcome(h.userCases.updateRole(admin.actor, { userId: user.id, role: UserRole.ADMIN }))).toBe('CONFLICT');
+  });
+});
+
 describe('overload is not guessing', () => {
   it('when a correct login fails on the server after the comparison, then its throttle slot goes back and the next correct login succeeds', async () => {
     const h = harness();

@@ -57,6 +57,7 @@ export interface UserConditions {
   isVerified?: boolean;
   status?: UserStatus;
   role?: UserRole;
+  passwordHash?: string;
 }
 
 /** A client or an open transaction. */

@@ -672,7 +672,8 @@ export declare const UserService: GenService<{
   /**
    * Sets a user's status. ADMIN only. Any status but ACTIVE ends the user's sessions. Fails with
    * FAILED_PRECONDITION when it would leave no active administrator, and with ALREADY_EXISTS when
-   * the status changed concurrently since it was read.
+   * the status changed concurrently to another value since it was read (to the same value, the
+   * change is already in place and succeeds).
    *
    * @generated from rpc arcana.user.v1.UserService.UpdateUserStatus
    */

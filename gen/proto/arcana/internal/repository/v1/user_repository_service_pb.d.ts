@@ -322,6 +322,14 @@ export declare type UserConditions = Message<"arcana.internal.repository.v1.User
    * @generated from field: optional arcana.user.v1.UserRole role = 4;
    */
   role?: UserRole | undefined;
+
+  /**
+   * The password hash a password change compared the current password with: a change made
+   * meanwhile by someone else who knew it must not be overwritten.
+   *
+   * @generated from field: optional string password_hash = 5;
+   */
+  passwordHash?: string | undefined;
 };
 
 /**

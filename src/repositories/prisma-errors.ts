@@ -15,6 +15,10 @@ const MYSQL_CONNECTION_ERRNOS = new Set([45001, 45009, 45012, 45019, 45026, 4502
 /** Driver adapter errors that say the server is out of reach, whatever the adapter. */
 const UNREACHABLE_KINDS = new Set(['DatabaseNotReachable', 'ConnectionClosed', 'SocketTimeout', 'TooManyConnections']);
 
+function isWriteConflict(cause: unknown): boolean {
+  return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'TransactionWriteConflict';
+}
+
 function isMysqlConnectionError(cause: unknown): boolean {
   return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'mysql' && MYSQL_CONNECTION_ERRNOS.has(Number(Reflect.get(cause, 'code')));
 }
@@ -40,14 +44,17 @@ export function translateDatabaseError(error: unknown): unknown {
     if (error.code === 'P2024' || error.code === 'P2028') return new UnavailableError('The database is busy; try again', error, 1);
     // A deadlock or write conflict (InnoDB's gap locks make them likelier on MySQL/MariaDB than
     // on PostgreSQL): the transaction was rolled back whole, so trying again is safe.
-    if (error.code === 'P2034') return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
     const adapterCause: unknown = (error.meta?.['driverAdapterError'] as { cause?: unknown } | undefined)?.cause;
+    // Prisma's own statements say P2034; a raw statement (a FOR UPDATE) says P2010 with the
+    // adapter's TransactionWriteConflict (PostgreSQL 40P01, MySQL 1213).
+    if (error.code === 'P2034' || isWriteConflict(adapterCause)) return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
     if (isMysqlConnectionError(adapterCause)) return new UnavailableError('Database unavailable', error);
   }
   // Statements sent to the driver adapter directly (raw-reader.ts) fail with its own errors, which
   // Prisma would have turned into the P1001/P1017 above.
   if (error instanceof Error && isDriverAdapterError(error)) {
     if (UNREACHABLE_KINDS.has(error.cause.kind) || isMysqlConnectionError(error.cause)) return new UnavailableError('Database unavailable', error);
+    if (isWriteConflict(error.cause)) return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
   }
   if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
   const code = findCode(error);

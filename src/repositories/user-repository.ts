@@ -209,10 +209,16 @@ function removesActiveAdmin(changes: UserChanges): boolean {
  * of every active admin are locked first (FOR UPDATE), so concurrent changes to admins queue
  * here: two admins suspending each other in parallel cannot both see the other still active.
  * (PostgreSQL re-checks a locked row's WHERE after the lock is granted, so the second sees the
- * first one's change.) Must run inside the transaction that then writes.
+ * first one's change.) The target's row is locked by the same statement, and all of them in id
+ * order: when the target was locked afterwards, by the write, and the admins in scan order, two
+ * guards could each hold a row the other wanted, and PostgreSQL ended one with a deadlock (a 500,
+ * found by an attacker firing mixed admin writes in parallel). Must run inside the transaction
+ * that then writes.
  */
 async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): Promise<void> {
-  const admins = await tx.$queryRaw<{ id: number }[]>`SELECT id FROM users WHERE role = 'ADMIN' AND status = 'ACTIVE' FOR UPDATE`;
+  const rows = await tx.$queryRaw<{ id: number; role: string; status: string }[]>`
+    SELECT id, role, status FROM users WHERE (role = 'ADMIN' AND status = 'ACTIVE') OR id = ${id} ORDER BY id FOR UPDATE`;
+  const admins = rows.filter((row) => row.role === 'ADMIN' && row.status === 'ACTIVE');
   if (admins.length === 1 && admins[0]?.id === id) throw new LastAdminError();
 }
 

@@ -20,10 +20,15 @@ describe('translateDatabaseError', () => {
     expect((email as ConflictError).details).toEqual({ email: 'already exists' });
   });
 
-  it('when a transaction deadlocks or conflicts (P2034), then it is a retryable 503, not an unknown error', () => {
-    const translated = translateDatabaseError(known('P2034'));
-    expect(translated).toBeInstanceOf(UnavailableError);
-    expect((translated as UnavailableError).retryAfterSeconds).toBe(1);
+  it('when a transaction deadlocks or conflicts (P2034, or a raw statement P2010 on PostgreSQL and MySQL), then it is a retryable 503, not an unknown error', () => {
+    // The shapes the pg and mariadb adapters gave a FOR UPDATE that deadlocked.
+    const conflict = (originalCode: string) => known('P2010', { driverAdapterError: { name: 'DriverAdapterError', cause: { originalCode, kind: 'TransactionWriteConflict' } } });
+    for (const error of [known('P2034'), conflict('40P01'), conflict('1213')]) {
+      const translated = translateDatabaseError(error);
+      expect(translated).toBeInstanceOf(UnavailableError);
+      expect((translated as UnavailableError).retryAfterSeconds).toBe(1);
+    }
+    expect(translateDatabaseError(known('P2010', { driverAdapterError: { cause: { originalCode: '42601', kind: 'postgres' } } }))).not.toBeInstanceOf(UnavailableError);
   });
 
   it('when no pooled connection comes free in time, for a statement (P2024) or a transaction (P2028), then it is a retryable 503, not a 500', () => {

@@ -149,11 +149,26 @@ export class MemoryCache implements Cache {
   }
 }
 
-/** Cache shared by every process through Redis; keys live under `prefix`. */
+/** How soon an invalidation that Redis did not confirm is tried again. */
+const INVALIDATION_RETRY_MS = 100;
+
+/**
+ * Cache shared by every process through Redis; keys live under `prefix`.
+ *
+ * An invalidation Redis does not confirm is not given up: the entry may hold a revoked session or
+ * an old role. Until a retry lands (every INVALIDATION_RETRY_MS), this process reads those keys
+ * from the database and fills none of them. An attacker found two ordinary ways to lose one: a
+ * connection Redis closed (CLIENT KILL, its idle `timeout`), whose reconnect raised no error event
+ * and so no flush; and Redis at `maxmemory` under `noeviction` (as BullMQ requires), which refuses
+ * the marks but not a DEL. Either way a logged-out token stayed usable for the cache TTL.
+ */
 export class RedisCache implements Cache {
   readonly #redis: Redis;
   readonly #prefix: string;
   readonly #logger: Logger;
+  /** Keys whose invalidation is not confirmed yet, with the TTL of the mark they were to get. */
+  readonly #unconfirmed = new Map<string, number>();
+  #retry: NodeJS.Timeout | undefined;
 
   constructor(redis: Redis, prefix: string, logger: Logger) {
     this.#redis = redis;
@@ -162,6 +177,7 @@ export class RedisCache implements Cache {
   }
 
   async get<T>(key: string): Promise<T | undefined> {
+    if (this.#unconfirmed.has(key)) return undefined;
     try {
       const json = await this.#redis.get(this.#prefix + key);
       return json === null || json === FORGOTTEN ? undefined : (parseCached(json) as T);
@@ -179,6 +195,7 @@ export class RedisCache implements Cache {
   }
 
   async add(key: string, value: unknown, ttlSeconds: number): Promise<void> {
+    if (this.#unconfirmed.has(key)) return;
     try {
       await this.#redis.set(this.#prefix + key, JSON.stringify(value), 'EX', seconds(ttlSeconds), 'NX');
     } catch {
@@ -188,14 +205,54 @@ export class RedisCache implements Cache {
 
   async forget(keys: readonly string[], ttlSeconds: number): Promise<void> {
     if (keys.length === 0) return;
+    if (await this.#invalidate(keys, ttlSeconds)) return;
+    for (const key of keys) this.#unconfirmed.set(key, Math.max(ttlSeconds, this.#unconfirmed.get(key) ?? 0));
+    this.#retrySoon();
+  }
+
+  /** Marks the keys forgotten, or at least deletes them; false when Redis confirmed neither. */
+  async #invalidate(keys: readonly string[], ttlSeconds: number): Promise<boolean> {
     try {
       const batch = this.#redis.multi();
       for (const key of keys) batch.set(this.#prefix + key, FORGOTTEN, 'PX', Math.max(1, Math.ceil(ttlSeconds * 1000)));
-      await batch.exec();
+      const results = await batch.exec();
+      const failed = results === null ? new Error('transaction discarded') : results.find(([error]) => error !== null)?.[0];
+      if (failed !== undefined && failed !== null) throw failed;
+      return true;
     } catch (error) {
-      // The entry may now outlive the change it should reflect; `flush` on reconnect clears it.
       this.#logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'cache invalidation failed');
     }
+    // A DEL frees memory, so Redis takes it when full; without the marks a fill racing this
+    // write could put the old row back, but a full Redis refuses that fill too.
+    try {
+      await this.#redis.del(...keys.map((key) => this.#prefix + key));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  #retrySoon(): void {
+    if (this.#retry !== undefined) return;
+    this.#retry = setTimeout(() => {
+      this.#retry = undefined;
+      const pending = [...this.#unconfirmed];
+      if (pending.length === 0) return;
+      const ttlSeconds = Math.max(...pending.map(([, ttl]) => ttl));
+      void this.#invalidate(
+        pending.map(([key]) => key),
+        ttlSeconds,
+      ).then((done) => {
+        if (!done) {
+          this.#retrySoon();
+          return;
+        }
+        // Keys forgotten again meanwhile wait for their own retry, with their own TTL.
+        for (const [key, ttl] of pending) if (this.#unconfirmed.get(key) === ttl) this.#unconfirmed.delete(key);
+        if (this.#unconfirmed.size > 0) this.#retrySoon();
+      });
+    }, INVALIDATION_RETRY_MS);
+    this.#retry.unref();
   }
 
   async delete(...keys: string[]): Promise<void> {
@@ -203,8 +260,10 @@ export class RedisCache implements Cache {
     try {
       await this.#redis.del(...keys.map((key) => this.#prefix + key));
     } catch (error) {
-      // The entry may now outlive the change it should reflect; `flush` on reconnect clears it.
+      // The entry may now outlive the change it should reflect: tried again like a `forget`.
       this.#logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'cache invalidation failed');
+      for (const key of keys) this.#unconfirmed.set(key, Math.max(1, this.#unconfirmed.get(key) ?? 0));
+      this.#retrySoon();
     }
   }
 

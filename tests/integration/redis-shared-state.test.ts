@@ -5,7 +5,8 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deleteByPrefix } from '../../src/infrastructure/redis/redis-client.ts';
 import { startRedisServer } from '../helpers/redis-server.ts';
-import { bearer, createTestApp, loginAdmin, register, type TestApp, monolithOf } from '../helpers/test-app.ts';
+import { apiClient, PROTOCOLS } from '../helpers/protocols.ts';
+import { bearer, createTestApp, loginAdmin, register, startTestServer, type TestApp, monolithOf } from '../helpers/test-app.ts';
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = `arcana-test-${randomBytes(4).toString('hex')}:`;
@@ -203,6 +204,74 @@ describe('when Redis goes away', () => {
       await get().expect(200);
       expect(monolithOf(t).database.queryCount() - before).toBe(0);
     } finally {
+      await t.close();
+      await server.stop();
+    }
+  }, 60_000);
+});
+
+describe('when Redis loses an invalidation', () => {
+  // Found by an attacker: an invalidation that Redis did not take was only logged, so a session
+  // logged out or a role taken away stayed in the cache, and in force, for the cache's TTL.
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 1_000));
+
+  it('when Redis closes the connections right before a logout or a demotion, then over every protocol the old token is refused once Redis is back', async () => {
+    const server = await startRedisServer();
+    const t = await startTestServer({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });
+    const control = new Redis(server.url);
+    const admin = await loginAdmin(t);
+    try {
+      for (const protocol of PROTOCOLS) {
+        const client = apiClient(protocol, t.baseUrl);
+        try {
+          const user = await register(t);
+          expect((await client.me(user.accessToken)).code).toBe('ok');
+          await control.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+          expect((await client.logout(user.accessToken)).code).toBe('ok');
+          await settle();
+          expect((await client.me(user.accessToken)).code, `${protocol}: logged out`).toBe('unauthenticated');
+
+          const promoted = await register(t);
+          expect((await client.updateRole(admin, promoted.id, 'ADMIN')).code).toBe('ok');
+          expect((await client.listUsers(promoted.accessToken, {})).code).toBe('ok');
+          await control.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+          expect((await client.updateRole(admin, promoted.id, 'USER')).code).toBe('ok');
+          await settle();
+          expect((await client.listUsers(promoted.accessToken, {})).code, `${protocol}: demoted`).toBe('permission_denied');
+        } finally {
+          client.close();
+        }
+      }
+    } finally {
+      control.disconnect();
+      await t.close();
+      await server.stop();
+    }
+  }, 60_000);
+
+  it('when Redis is full (noeviction) during a logout, then the old token is refused, also after memory is freed', async () => {
+    const server = await startRedisServer();
+    const t = await startTestServer({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });
+    const control = new Redis(server.url);
+    try {
+      const user = await register(t);
+      const me = () => t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken));
+      await me().expect(200);
+      await control.config('SET', 'maxmemory-policy', 'noeviction');
+      await control.config('SET', 'maxmemory', '1');
+      try {
+        await t.request
+          .post('/api/v1/auth/logout')
+          .set(...bearer(user.accessToken))
+          .expect(200);
+        expect((await me()).status).toBe(401);
+      } finally {
+        await control.config('SET', 'maxmemory', '0');
+      }
+      await settle();
+      expect((await me()).status).toBe(401);
+    } finally {
+      control.disconnect();
       await t.close();
       await server.stop();
     }

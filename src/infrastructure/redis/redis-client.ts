@@ -8,7 +8,9 @@ export type { Redis };
 /**
  * A Redis connection for request-path work (cache, counters). Commands fail fast while Redis is
  * unreachable instead of queueing, so callers can fall back at once; the client keeps
- * reconnecting in the background and `onReconnect` runs when it is back after an outage.
+ * reconnecting in the background and `onReconnect` runs each time it is back after its
+ * connection closed, whether or not that raised an error: Redis closing it cleanly (CLIENT KILL,
+ * its idle `timeout`) raises none, and commands sent meanwhile failed all the same.
  */
 export function createRedisClient(options: { url: string; logger: Logger; name: string; onReconnect?: () => void }): Redis {
   // Loaded by the first client, so that a process without REDIS_URL never loads it. ioredis is
@@ -28,15 +30,22 @@ export function createRedisClient(options: { url: string; logger: Logger; name: 
     enableAutoPipelining: true,
   });
   let down = false;
+  let closed = false;
   redis.on('error', (error: Error) => {
     // ioredis reports every failed reconnect; one warning per outage is enough.
     if (!down) options.logger.warn({ err: error.message, redis: options.name }, 'redis unavailable; falling back');
     down = true;
   });
+  redis.on('close', () => {
+    closed = true;
+  });
   redis.on('ready', () => {
     if (down) {
       options.logger.info({ redis: options.name }, 'redis is back');
       down = false;
+    }
+    if (closed) {
+      closed = false;
       options.onReconnect?.();
     }
   });

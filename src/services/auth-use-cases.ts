@@ -85,7 +85,16 @@ export class AuthUseCases {
    * anonymous, so every client's keys share one scope.
    */
   async register(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult> {
-    return this.#idempotency.run({ scope: 'register', request: canonicalRequest(RegisterRequestSchema, input), answer: REGISTRATION_ANSWER }, async () => {
+    // A replay gives out the first answer's session: only while the account is still active with
+    // the password the request sets. Else whoever held the old password and the key (a captured
+    // request) got the owner's current session back, for a day after a password change.
+    const replayable = async (answer: AuthResult) => {
+      const row = await this.#users.findById(answer.user.id);
+      const current = row !== null && row.status === 'ACTIVE' && (await this.#passwords.verify(input.password ?? '', row.passwordHash));
+      if (!current) throw new ConflictError('The account this registration created has changed since; please log in');
+    };
+    const operation = { scope: 'register', request: canonicalRequest(RegisterRequestSchema, input), answer: REGISTRATION_ANSWER, replayable };
+    return this.#idempotency.run(operation, async () => {
       const account = await newAccountRow({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
       // The account and its first session are stored together, whoever leaves meanwhile.
       return uninterrupted(async () => {

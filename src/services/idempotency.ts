@@ -40,6 +40,12 @@ export interface IdempotentOperation<A> {
   request: Uint8Array;
   /** How the answer is stored and read back. */
   answer: AnswerCodec<A>;
+  /**
+   * Throws when the stored answer may no longer be given out: a registration's answer is a live
+   * session, which a replay after the account's password changed would hand to whoever holds the
+   * old password and the key.
+   */
+  replayable?: (answer: A) => Promise<void>;
 }
 
 export interface AnswerCodec<A> {
@@ -97,6 +103,7 @@ export class IdempotentRequests {
       if (!timingSafeEqual(Buffer.from(existing.fingerprint), Buffer.from(fingerprint))) throw new IdempotencyKeyReusedError();
       if (existing.answer === null) throw new ConflictError('A request with this Idempotency-Key is still in progress; retry later');
       const answer = operation.answer.decode(this.#open(existing.answer, scoped, keyHash));
+      await operation.replayable?.(answer);
       markReplayed();
       return answer;
     }

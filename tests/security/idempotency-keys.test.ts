@@ -102,6 +102,35 @@ describe.each(PROTOCOLS)('idempotency keys over %s', (protocol: ProtocolName) =>
     expect(me.data?.id).toBe(original.data?.user.id);
   });
 
+  it('when the account a registration created has changed its password, or was suspended, then a replay of it is refused and gives out no session', async () => {
+    // Found by an attacker: the replay handed back the owner's live session to whoever held the
+    // old password and the key, for a day after the password change.
+    const changed = newUser('replaypw');
+    const changedKey = randomUUID();
+    const first = await client.register(changed, withKey(changedKey));
+    expect(first.code).toBe('ok');
+    const token = first.data?.tokens.accessToken ?? '';
+    const id = first.data?.user.id ?? 0;
+    expect((await client.changePassword(token, id, { oldPassword: changed.password, newPassword: 'Another-Passw0rd!' })).code).toBe('ok');
+
+    const suspended = newUser('replaysus');
+    const suspendedKey = randomUUID();
+    const second = await client.register(suspended, withKey(suspendedKey));
+    expect(second.code).toBe('ok');
+    const admin = (await client.login({ usernameOrEmail: ADMIN.username, password: ADMIN.password })).data?.tokens.accessToken ?? '';
+    expect((await client.updateStatus(admin, second.data?.user.id ?? 0, 'SUSPENDED')).code).toBe('ok');
+
+    const replays = await Promise.all([client.register(changed, withKey(changedKey)), client.register(suspended, withKey(suspendedKey))]);
+    for (const replay of replays) {
+      expect(replay.code).toBe('already_exists');
+      expect(replay.error?.message).toMatch(/changed since; please log in/);
+      expect(replay.data).toBeUndefined();
+      if (protocol === 'rest') expect(replay.status).toBe(409);
+    }
+    // The owner's session from the first answer is still the owner's alone, and still works.
+    expect((await client.me(token)).code).toBe('ok');
+  });
+
   it('when a key is sent again with another body, then the request is refused with IDEMPOTENCY_KEY_REUSED and nothing is created', async () => {
     const key = randomUUID();
     expect((await client.register(newUser('reuse'), withKey(key))).code).toBe('ok');

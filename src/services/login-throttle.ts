@@ -104,7 +104,8 @@ export class LoginThrottle {
     try {
       return await work();
     } catch (error) {
-      throw new UnavailableError('Login is temporarily unavailable, please try again shortly', error);
+      // The counters' store (Redis) is out of reach; its client tries to reconnect every 2 s.
+      throw new UnavailableError('Login is temporarily unavailable, please try again shortly', error, 2);
     }
   }
 }

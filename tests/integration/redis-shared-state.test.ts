@@ -187,6 +187,7 @@ describe('when Redis goes away', () => {
       const login = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password });
       expect(login.status).toBe(503);
       expect(login.body.error.code).toBe('SERVICE_UNAVAILABLE');
+      expect(login.headers['retry-after']).toBe('2');
 
       await server.start();
       // The client reconnects on its own; wait for login to work again.

@@ -55,10 +55,20 @@ export interface MemoryCounterStoreOptions {
  * the map without end, nor make each new key pay for a scan of all the others. The map is kept
  * in the order windows started (a key whose window restarts moves to the end), and a new key
  * that finds it full drops the oldest window: ended windows cost nothing, a live one is lost
- * (its key starts counting afresh) and `onFull` says so.
+ * (its key starts counting afresh) and `onFull` says so. Keys a `reserve` found at its limit (a
+ * lockout, an exhausted budget) go last: an attacker who sprayed 52,000 logins for made-up
+ * names from 520 addresses dropped a live lockout, and the locked account's password could be
+ * guessed again. Spraying held keys instead costs a limit's worth of requests per key.
  */
+interface CounterEntry {
+  count: number;
+  expiresAt: number;
+}
+
 export class MemoryCounterStore implements CounterStore {
-  readonly #entries = new Map<string, { count: number; expiresAt: number }>();
+  readonly #entries = new Map<string, CounterEntry>();
+  /** Keys at their limit, in the order they reached it; dropped only when #entries is empty. */
+  readonly #held = new Map<string, CounterEntry>();
   readonly #now: () => number;
   readonly #maxEntries: number;
   readonly #onFull: ((maxEntries: number) => void) | undefined;
@@ -72,12 +82,15 @@ export class MemoryCounterStore implements CounterStore {
   }
 
   async increment(key: string, windowMs: number) {
-    const now = this.#now();
-    let entry = this.#entries.get(key);
+    return this.#count(key, windowMs, this.#now());
+  }
+
+  #count(key: string, windowMs: number, now: number): { count: number; ttlMs: number } {
+    let entry = this.#get(key);
     if (entry === undefined || entry.expiresAt <= now) {
       // A new window goes to the end of the order, whether the key is new or its window ended.
       if (entry === undefined) this.#makeRoom(now);
-      else this.#entries.delete(key);
+      else this.#remove(key);
       entry = { count: 0, expiresAt: now + windowMs };
       this.#entries.set(key, entry);
     }
@@ -87,48 +100,63 @@ export class MemoryCounterStore implements CounterStore {
 
   async reserve(key: string, limit: number, windowMs: number) {
     const now = this.#now();
-    const entry = this.#entries.get(key);
+    const entry = this.#get(key);
     if (entry !== undefined && entry.expiresAt > now && entry.count >= limit) {
       return { reserved: false, count: entry.count, ttlMs: entry.expiresAt - now };
     }
-    // Single-threaded: nothing runs between the check above and this increment.
-    const counted = await this.increment(key, windowMs);
+    const counted = this.#count(key, windowMs, now);
+    if (counted.count >= limit && this.#entries.has(key)) {
+      this.#held.set(key, this.#entries.get(key) as CounterEntry);
+      this.#entries.delete(key);
+    }
     return { reserved: true, ...counted };
   }
 
   async release(key: string): Promise<void> {
-    const entry = this.#entries.get(key);
+    const entry = this.#get(key);
     if (entry !== undefined && entry.count > 0) entry.count -= 1;
   }
 
   async peek(key: string) {
     const now = this.#now();
-    const entry = this.#entries.get(key);
+    const entry = this.#get(key);
     return entry === undefined || entry.expiresAt <= now ? { count: 0, ttlMs: 0 } : { count: entry.count, ttlMs: entry.expiresAt - now };
   }
 
   async delete(key: string): Promise<void> {
-    this.#entries.delete(key);
+    this.#remove(key);
   }
 
   async deleteByPrefix(prefix: string): Promise<number> {
     let deleted = 0;
-    for (const key of this.#entries.keys()) {
-      if (key.startsWith(prefix)) {
-        this.#entries.delete(key);
-        deleted += 1;
+    for (const map of [this.#entries, this.#held]) {
+      for (const key of map.keys()) {
+        if (key.startsWith(prefix)) {
+          map.delete(key);
+          deleted += 1;
+        }
       }
     }
     return deleted;
   }
 
-  /** Drops the oldest windows until one more key fits: O(1) per key added, however full. */
+  #get(key: string): CounterEntry | undefined {
+    return this.#entries.get(key) ?? this.#held.get(key);
+  }
+
+  #remove(key: string): void {
+    if (!this.#entries.delete(key)) this.#held.delete(key);
+  }
+
+  /** Drops the oldest windows, held keys last, until one more key fits: O(1) per key added. */
   #makeRoom(now: number): void {
     let droppedLive = false;
-    for (const [key, entry] of this.#entries) {
-      if (this.#entries.size < this.#maxEntries) break;
-      this.#entries.delete(key);
-      if (entry.expiresAt > now) droppedLive = true;
+    for (const map of [this.#entries, this.#held]) {
+      for (const [key, entry] of map) {
+        if (this.#entries.size + this.#held.size < this.#maxEntries) break;
+        map.delete(key);
+        if (entry.expiresAt > now) droppedLive = true;
+      }
     }
     if (droppedLive && this.#onFull !== undefined && now - this.#lastFullNotice >= 60_000) {
       this.#lastFullNotice = now;

@@ -34,6 +34,27 @@ describe('MemoryCounterStore bounds', () => {
     expect((await store.peek('c')).count).toBe(1);
   });
 
+  it('when a flood of distinct keys fills it, then a key held at its limit (a lockout) outlives them, and goes only when nothing else is left', async () => {
+    // Found by an attacker: 52,000 logins for made-up names from 520 addresses dropped a live
+    // lockout, and the locked account's password could be guessed again.
+    const time = clock();
+    const store = new MemoryCounterStore(time.now, { maxEntries: 10 });
+    for (let guess = 0; guess < 5; guess += 1) expect((await store.reserve('locked', 5, 60_000)).reserved).toBe(true);
+    for (let key = 0; key < 100; key += 1) await store.reserve(`spray${key}`, 5, 60_000);
+    expect((await store.reserve('locked', 5, 60_000)).reserved).toBe(false);
+    expect((await store.peek('spray0')).count).toBe(0);
+    expect((await store.peek('spray99')).count).toBe(1);
+
+    // Held keys alone: the oldest held goes first, as before.
+    const full = new MemoryCounterStore(time.now, { maxEntries: 2 });
+    for (const key of ['x', 'y', 'z']) await full.reserve(key, 1, 60_000);
+    expect([(await full.peek('x')).count, (await full.peek('y')).count, (await full.peek('z')).count]).toEqual([0, 1, 1]);
+    // A held key's window that ends starts afresh as an ordinary key.
+    time.advance(60_001);
+    expect(await full.reserve('y', 1, 60_000)).toMatchObject({ reserved: true, count: 1 });
+    expect(await full.deleteByPrefix('')).toBe(2);
+  });
+
   it('when only ended windows are dropped, then nobody is told; when a live one is, then onFull hears it at most once a minute', async () => {
     const time = clock();
     const notices: number[] = [];

@@ -180,42 +180,43 @@ function decodeQueryText(text: string): string | undefined {
 /**
  * The first member name an object in this JSON text gives twice, or undefined. JSON.parse keeps
  * the last, where a proxy's or a firewall's parser may keep the first: one body, two readings.
- * protobuf-es refuses such bodies for Connect JSON; REST bodies are checked with this. `json`
- * must be UTF-8 JSON that parses; the scan works on its bytes, as every structural character is
- * ASCII and no byte of a multi-byte UTF-8 character is.
+ * protobuf-es refuses such bodies for Connect JSON; REST bodies are checked with this, once
+ * JSON.parse has accepted them (so every string ends and every escape is valid), on the decoded
+ * text: a scan of the raw bytes before the parse looped for ever on a body that ended inside a
+ * string (`{"a`), threw on a bad escape in a name, and was put out of step by UTF-16.
  */
-export function repeatedJsonKey(json: Buffer): string | undefined {
+export function repeatedJsonKey(json: string): string | undefined {
   // One entry per open container: the names seen (an object) or undefined (an array).
   const open: (Set<string> | undefined)[] = [];
   let nameNext = false;
   for (let at = 0; at < json.length; at += 1) {
-    const byte = json[at];
-    if (byte === 0x22) {
+    const char = json.charCodeAt(at);
+    if (char === 0x22) {
       const start = at;
       let escaped = false;
-      for (at += 1; json[at] !== 0x22; at += 1) {
-        if (json[at] === 0x5c) {
+      for (at += 1; at < json.length && json.charCodeAt(at) !== 0x22; at += 1) {
+        if (json.charCodeAt(at) === 0x5c) {
           escaped = true;
           at += 1;
         }
       }
       const names = open.at(-1);
       if (nameNext && names !== undefined) {
-        const name = escaped ? (JSON.parse(json.toString('utf8', start, at + 1)) as string) : json.toString('utf8', start + 1, at);
+        const name = escaped ? (JSON.parse(json.slice(start, at + 1)) as string) : json.slice(start + 1, at);
         if (names.has(name)) return name;
         names.add(name);
       }
       nameNext = false;
-    } else if (byte === 0x7b) {
+    } else if (char === 0x7b) {
       open.push(new Set());
       nameNext = true;
-    } else if (byte === 0x5b) {
+    } else if (char === 0x5b) {
       open.push(undefined);
       nameNext = false;
-    } else if (byte === 0x7d || byte === 0x5d) {
+    } else if (char === 0x7d || char === 0x5d) {
       open.pop();
       nameNext = false;
-    } else if (byte === 0x2c) {
+    } else if (char === 0x2c) {
       nameNext = open.at(-1) !== undefined;
     }
   }

@@ -208,6 +208,37 @@ describe('requests that say two things: refused, never read one way here and ano
       expect(await usersNamed(user.username)).toBe('0');
       expect(await usersNamed(`${user.username}x`)).toBe('0');
     }
+
+    // The same in UTF-16, where a character's bytes may hold a quote (∀ is 22 00 in UTF-16LE).
+    const utf16 = (text: string) => new Uint8Array(Buffer.from(text, 'utf16le'));
+    const asUtf16 = { 'content-type': 'application/json; charset=utf-16le' };
+    const sly = newUser('twice');
+    const wide = await Promise.all([
+      raw.rest('POST', '/api/v1/auth/register', {
+        body: utf16(`{"firstName":"A∀","email":"${sly.email}","password":"${sly.password}","username":"${sly.username}","username":"${sly.username}x","lastName":"B∀"}`),
+        headers: asUtf16,
+      }),
+      raw.rest('POST', '/api/v1/auth/login', { body: utf16('{"usernameOrEmail":"a","\\u0075sernameOrEmail":"b","password":"c"}'), headers: asUtf16 }),
+    ]);
+    expect(wide.map((answer) => [answer.status, Object.keys(answer.violations)])).toEqual([
+      [400, ['username']],
+      [400, ['usernameOrEmail']],
+    ]);
+    expect(await usersNamed(`${sly.username}x`)).toBe('0');
+    // A well-formed UTF-16 registration whose name holds a quote byte (Ģ is 22 01) is stored as sent.
+    const latvian = newUser('twice');
+    const stored = await raw.rest('POST', '/api/v1/auth/register', { body: utf16(JSON.stringify({ ...latvian, firstName: 'Ģirts' })), headers: asUtf16 });
+    expect(stored.status).toBe(201);
+  });
+
+  it('when a JSON body ends inside a string or a name holds a bad escape, in parallel, then 400 malformed JSON, and the server goes on answering', async () => {
+    // The first duplicate-key check scanned bodies before they were parsed: `{"a` looped for ever
+    // (found by the re-attack on it), and a bad escape in a name was a 500.
+    const answers = await Promise.all(
+      ['{"a', '["\\', '{"x', '{"a\\q":1}', '{"\\u00ZZ":1}'].map((body) => raw.rest('POST', '/api/v1/auth/login', { body: new TextEncoder().encode(body) })),
+    );
+    expect(answers.map((answer) => [answer.status, answer.message])).toEqual(Array(5).fill([400, 'Malformed JSON in request body']));
+    expect((await raw.rest('GET', '/health')).status).toBe(200);
   });
 });
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { findQueryProblems, QUERY_TEXT_REFUSED, REPEATED_REFUSED, repeatedJsonKey } from '../../src/controllers/edge-input.ts';
 
-const repeated = (json: string) => repeatedJsonKey(Buffer.from(json));
+const repeated = (json: string) => repeatedJsonKey(json);
 
 describe('repeatedJsonKey', () => {
   it('when an object gives a name twice, at any depth or spelled with escapes, then that name', () => {
@@ -9,6 +9,11 @@ describe('repeatedJsonKey', () => {
     expect(repeated('{"x":{"b":1,"c":[{"d":1},{"d":2,"d":3}]}}')).toBe('d');
     expect(repeated('{"name":1,"\\u006eame":2}')).toBe('name');
     expect(repeated('{"é":1,"\\u00e9":2}')).toBe('é');
+  });
+
+  it('when the text ends inside a string (it is never given such text, but must not loop), then none', () => {
+    expect(repeated('{"a')).toBeUndefined();
+    expect(repeated('["\\')).toBeUndefined();
   });
 
   it('when names repeat only across objects, or text looks like names, then none', () => {

@@ -26,4 +26,24 @@ describe('sharedCheck', () => {
     });
     await expect(check()).rejects.toThrow('not configured');
   });
+
+  it('when the check hangs, then every probe fails at the deadline, and no second run starts until the first ends', async () => {
+    let runs = 0;
+    let finish: (() => void) | undefined;
+    const check = sharedCheck(async () => {
+      runs += 1;
+      await new Promise<void>((resolve) => (finish = resolve));
+    }, 50);
+    const first = await Promise.allSettled([check(), check()]);
+    expect(first.map((outcome) => outcome.status)).toEqual(['rejected', 'rejected']);
+    await expect(check()).rejects.toThrow(/within 50 ms/);
+    expect(runs).toBe(1);
+    finish?.();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const again = check();
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    finish?.();
+    await expect(again).resolves.toBeUndefined();
+    expect(runs).toBe(2);
+  });
 });

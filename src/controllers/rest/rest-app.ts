@@ -115,7 +115,8 @@ export function createRestApp(options: RestAppOptions): Express {
   // A compressed body is inflated by body-parser (bounded by the limit after inflation); one cut
   // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with
   // U+FFFD in place of what was sent: refused, as the RPC facade refuses it.
-  app.use(express.json({ limit: options.bodyLimitBytes, strict: true, verify: refuseUnclearBody }));
+  app.use(express.json({ limit: options.bodyLimitBytes, strict: true, verify: refuseInvalidUtf8 }));
+  app.use(refuseRepeatedNames);
   // Before the schemas, so that a NUL is reported as such (as RPC reports it), not as a pattern
   // it also breaks; before authentication and any database work in any case.
   app.use(refuseUnstorableText);
@@ -153,16 +154,35 @@ export function createRestApp(options: RestAppOptions): Express {
   return app;
 }
 
-/**
- * body-parser's `verify` hook, on the raw (inflated) body: a UTF-8 request must be UTF-8, and no
- * object in it may give a name twice (JSON.parse would keep the last; Connect JSON refuses it).
- */
-function refuseUnclearBody(_req: IncomingMessage, _res: unknown, body: Buffer, encoding: string): void {
-  if (/^utf-?8$/i.test(encoding) && !isUtf8(body)) {
+/** The raw (inflated) JSON body and its charset, kept by the parser's `verify` hook for the check after it. */
+const RAW_JSON = Symbol('raw JSON body');
+type WithRawJson = IncomingMessage & { [RAW_JSON]?: { body: Buffer; charset: string } };
+
+/** body-parser's `verify` hook, on the raw (inflated) body: a UTF-8 request must be UTF-8. */
+function refuseInvalidUtf8(req: IncomingMessage, _res: unknown, body: Buffer, charset: string): void {
+  if (/^utf-?8$/i.test(charset) && !isUtf8(body)) {
     throw Object.assign(new Error('Request body is not valid UTF-8'), { type: INVALID_UTF8 });
   }
-  const repeated = repeatedJsonKey(body);
-  if (repeated !== undefined) throw new ValidationError('Validation failed', Object.assign(noFieldErrors(), { [repeated]: REPEATED_REFUSED }));
+  (req as WithRawJson)[RAW_JSON] = { body, charset };
+}
+
+/**
+ * No object in a JSON body may give a name twice (JSON.parse keeps the last; Connect JSON refuses
+ * it). Checked once the body has parsed, on its decoded text, whatever its charset.
+ */
+function refuseRepeatedNames(req: Request, _res: Response, next: NextFunction): void {
+  const raw = (req as WithRawJson)[RAW_JSON];
+  if (raw !== undefined) {
+    let text: string;
+    try {
+      text = new TextDecoder(raw.charset).decode(raw.body);
+    } catch {
+      throw Object.assign(new Error('Unsupported charset'), { type: 'charset.unsupported' });
+    }
+    const repeated = repeatedJsonKey(text);
+    if (repeated !== undefined) throw new ValidationError('Validation failed', Object.assign(noFieldErrors(), { [repeated]: REPEATED_REFUSED }));
+  }
+  next();
 }
 
 /** NUL or an unpaired surrogate in the body or the query: 400 naming the field. */

@@ -151,6 +151,8 @@ export class MemoryCache implements Cache {
 
 /** How soon an invalidation that Redis did not confirm is tried again. */
 const INVALIDATION_RETRY_MS = 100;
+/** Unconfirmed keys held one by one; beyond this, the whole cache is bypassed until a flush lands. */
+const UNCONFIRMED_MAX = 10_000;
 
 /**
  * Cache shared by every process through Redis; keys live under `prefix`.
@@ -168,6 +170,8 @@ export class RedisCache implements Cache {
   readonly #logger: Logger;
   /** Keys whose invalidation is not confirmed yet, with the TTL of the mark they were to get. */
   readonly #unconfirmed = new Map<string, number>();
+  /** More were unconfirmed than UNCONFIRMED_MAX (a long outage): every key is, until a flush. */
+  #unconfirmedAll = false;
   #retry: NodeJS.Timeout | undefined;
 
   constructor(redis: Redis, prefix: string, logger: Logger) {
@@ -177,7 +181,7 @@ export class RedisCache implements Cache {
   }
 
   async get<T>(key: string): Promise<T | undefined> {
-    if (this.#unconfirmed.has(key)) return undefined;
+    if (this.#unconfirmedAll || this.#unconfirmed.has(key)) return undefined;
     try {
       const json = await this.#redis.get(this.#prefix + key);
       return json === null || json === FORGOTTEN ? undefined : (parseCached(json) as T);
@@ -195,7 +199,7 @@ export class RedisCache implements Cache {
   }
 
   async add(key: string, value: unknown, ttlSeconds: number): Promise<void> {
-    if (this.#unconfirmed.has(key)) return;
+    if (this.#unconfirmedAll || this.#unconfirmed.has(key)) return;
     try {
       await this.#redis.set(this.#prefix + key, JSON.stringify(value), 'EX', seconds(ttlSeconds), 'NX');
     } catch {
@@ -206,12 +210,26 @@ export class RedisCache implements Cache {
   async forget(keys: readonly string[], ttlSeconds: number): Promise<void> {
     if (keys.length === 0) return;
     if (await this.#invalidate(keys, ttlSeconds)) return;
-    for (const key of keys) this.#unconfirmed.set(key, Math.max(ttlSeconds, this.#unconfirmed.get(key) ?? 0));
+    this.#unconfirm(keys, ttlSeconds);
+  }
+
+  #unconfirm(keys: readonly string[], ttlSeconds: number): void {
+    if (!this.#unconfirmedAll) {
+      for (const key of keys) this.#unconfirmed.set(key, Math.max(ttlSeconds, this.#unconfirmed.get(key) ?? 0));
+      if (this.#unconfirmed.size > UNCONFIRMED_MAX) {
+        this.#unconfirmedAll = true;
+        this.#unconfirmed.clear();
+      }
+    }
     this.#retrySoon();
   }
 
-  /** Marks the keys forgotten, or at least deletes them; false when Redis confirmed neither. */
-  async #invalidate(keys: readonly string[], ttlSeconds: number): Promise<boolean> {
+  /**
+   * Marks the keys forgotten, or at least deletes them; false when Redis confirmed neither. Only
+   * a first attempt logs its failure: retries every INVALIDATION_RETRY_MS through an outage would
+   * fill the log.
+   */
+  async #invalidate(keys: readonly string[], ttlSeconds: number, retry = false): Promise<boolean> {
     try {
       const batch = this.#redis.multi();
       for (const key of keys) batch.set(this.#prefix + key, FORGOTTEN, 'PX', Math.max(1, Math.ceil(ttlSeconds * 1000)));
@@ -220,7 +238,7 @@ export class RedisCache implements Cache {
       if (failed !== undefined && failed !== null) throw failed;
       return true;
     } catch (error) {
-      this.#logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'cache invalidation failed');
+      if (!retry) this.#logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'cache invalidation failed');
     }
     // A DEL frees memory, so Redis takes it when full; without the marks a fill racing this
     // write could put the old row back, but a full Redis refuses that fill too.
@@ -236,12 +254,19 @@ export class RedisCache implements Cache {
     if (this.#retry !== undefined) return;
     this.#retry = setTimeout(() => {
       this.#retry = undefined;
+      if (this.#unconfirmedAll) {
+        void this.#flushed().then((done) => {
+          if (!done) this.#retrySoon();
+        });
+        return;
+      }
       const pending = [...this.#unconfirmed];
       if (pending.length === 0) return;
       const ttlSeconds = Math.max(...pending.map(([, ttl]) => ttl));
       void this.#invalidate(
         pending.map(([key]) => key),
         ttlSeconds,
+        true,
       ).then((done) => {
         if (!done) {
           this.#retrySoon();
@@ -262,8 +287,7 @@ export class RedisCache implements Cache {
     } catch (error) {
       // The entry may now outlive the change it should reflect: tried again like a `forget`.
       this.#logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'cache invalidation failed');
-      for (const key of keys) this.#unconfirmed.set(key, Math.max(1, this.#unconfirmed.get(key) ?? 0));
-      this.#retrySoon();
+      this.#unconfirm(keys, 1);
     }
   }
 
@@ -272,11 +296,20 @@ export class RedisCache implements Cache {
    * invalidations may have been lost.
    */
   async flush(): Promise<void> {
+    if (!(await this.#flushed())) this.#logger.warn('cache flush failed');
+  }
+
+  /** Deletes every entry; once that lands, nothing is left unconfirmed. */
+  async #flushed(): Promise<boolean> {
+    const unconfirmed = [...this.#unconfirmed];
     try {
       await deleteByPrefix(this.#redis, this.#prefix);
-    } catch (error) {
-      this.#logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'cache flush failed');
+    } catch {
+      return false;
     }
+    this.#unconfirmedAll = false;
+    for (const [key, ttl] of unconfirmed) if (this.#unconfirmed.get(key) === ttl) this.#unconfirmed.delete(key);
+    return true;
   }
 }
 

@@ -3,7 +3,9 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deleteByPrefix } from '../../src/infrastructure/redis/redis-client.ts';
+import { RedisCache } from '../../src/infrastructure/cache.ts';
+import { createLogger } from '../../src/infrastructure/logger.ts';
+import { createRedisClient, deleteByPrefix, waitUntilReady } from '../../src/infrastructure/redis/redis-client.ts';
 import { startRedisServer } from '../helpers/redis-server.ts';
 import { apiClient, PROTOCOLS } from '../helpers/protocols.ts';
 import { bearer, createTestApp, loginAdmin, register, startTestServer, type TestApp, monolithOf } from '../helpers/test-app.ts';
@@ -274,6 +276,42 @@ describe('when Redis loses an invalidation', () => {
     } finally {
       control.disconnect();
       await t.close();
+      await server.stop();
+    }
+  }, 60_000);
+
+  it('when more invalidations fail than it tracks one by one (a long outage), then the whole cache is bypassed, and used again once Redis has been flushed', async () => {
+    const server = await startRedisServer();
+    const logLines: string[] = [];
+    const logger = createLogger({ level: 'warn', destination: { write: (line: string) => void logLines.push(line) } });
+    const client = createRedisClient({ url: server.url, logger, name: 'unconfirmed-test' });
+    const cache = new RedisCache(client, 'unconfirmed:', logger);
+    try {
+      expect(await waitUntilReady(client, 5_000)).toBe(true);
+      await cache.set('kept', { id: 1 }, 60);
+      expect(await cache.get('kept')).toEqual({ id: 1 });
+      await server.stop();
+      for (let key = 0; key < 10_001; key += 100)
+        await cache.forget(
+          Array.from({ length: 100 }, (_, index) => `gone${key + index}`),
+          60,
+        );
+      await server.start();
+      // Redis kept nothing across the restart here; a server that kept its data would still hold
+      // `kept`, and the cache must not trust it: the restart below puts it back by hand.
+      const direct = new Redis(server.url);
+      await direct.set('unconfirmed:kept', JSON.stringify({ id: 1 }));
+      expect(await cache.get('kept')).toBeUndefined();
+      const deadline = Date.now() + 10_000;
+      while (Date.now() < deadline && (await direct.exists('unconfirmed:kept')) === 1) await new Promise((resolve) => setTimeout(resolve, 100));
+      direct.disconnect();
+      expect(await cache.get('kept')).toBeUndefined();
+      await cache.set('kept', { id: 2 }, 60);
+      expect(await cache.get('kept')).toEqual({ id: 2 });
+      // One warning per failed invalidation, not one per retry.
+      expect(logLines.filter((line) => line.includes('cache invalidation failed')).length).toBeLessThanOrEqual(101);
+    } finally {
+      client.disconnect();
       await server.stop();
     }
   }, 60_000);

@@ -153,6 +153,13 @@ export class MemoryCache implements Cache {
 const INVALIDATION_RETRY_MS = 100;
 /** Unconfirmed keys held one by one; beyond this, the whole cache is bypassed until a flush lands. */
 const UNCONFIRMED_MAX = 10_000;
+/**
+ * How long fills are refused after a flush: the flush deletes the marks that refuse fills, and a
+ * request that read a session before it was revoked could otherwise cache it after the flush.
+ * Reads take milliseconds; one slower than this (it may take up to INTERNAL_TIMEOUT_MS) could
+ * still fill, for the entry's TTL, as it could before the flush existed.
+ */
+const NO_FILLS_AFTER_FLUSH_MS = 3_000;
 
 /**
  * Cache shared by every process through Redis; keys live under `prefix`.
@@ -172,6 +179,8 @@ export class RedisCache implements Cache {
   readonly #unconfirmed = new Map<string, number>();
   /** More were unconfirmed than UNCONFIRMED_MAX (a long outage): every key is, until a flush. */
   #unconfirmedAll = false;
+  /** Date.now() before which `add` fills nothing (see NO_FILLS_AFTER_FLUSH_MS). */
+  #noFillsUntil = 0;
   #retry: NodeJS.Timeout | undefined;
 
   constructor(redis: Redis, prefix: string, logger: Logger) {
@@ -199,7 +208,7 @@ export class RedisCache implements Cache {
   }
 
   async add(key: string, value: unknown, ttlSeconds: number): Promise<void> {
-    if (this.#unconfirmedAll || this.#unconfirmed.has(key)) return;
+    if (this.#unconfirmedAll || this.#unconfirmed.has(key) || Date.now() < this.#noFillsUntil) return;
     try {
       await this.#redis.set(this.#prefix + key, JSON.stringify(value), 'EX', seconds(ttlSeconds), 'NX');
     } catch {
@@ -302,6 +311,7 @@ export class RedisCache implements Cache {
   /** Deletes every entry; once that lands, nothing is left unconfirmed. */
   async #flushed(): Promise<boolean> {
     const unconfirmed = [...this.#unconfirmed];
+    this.#noFillsUntil = Date.now() + NO_FILLS_AFTER_FLUSH_MS;
     try {
       await deleteByPrefix(this.#redis, this.#prefix);
     } catch {

@@ -200,8 +200,9 @@ describe('when Redis goes away', () => {
         if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 200));
       }
       expect(status).toBe(200);
-      // The login wrote the user's row: its profile refuses cache fills for two seconds.
-      await new Promise((resolve) => setTimeout(resolve, 2_100));
+      // The login wrote the user's row: its profile refuses cache fills for two seconds, and the
+      // flush on reconnect refuses every fill for three.
+      await new Promise((resolve) => setTimeout(resolve, 3_100));
       await get().expect(200);
       const before = monolithOf(t).database.queryCount();
       await get().expect(200);
@@ -315,4 +316,21 @@ describe('when Redis loses an invalidation', () => {
       await server.stop();
     }
   }, 60_000);
+
+  it('when the cache is flushed after a reconnect, then a fill from a read made before a revocation does not bring the entry back', async () => {
+    // Suspected by the re-attack: the flush also deletes the marks that refuse such fills.
+    const logger = createLogger({ level: 'silent' });
+    const client = createRedisClient({ url: REDIS_URL, logger, name: 'flush-test' });
+    const cache = new RedisCache(client, `${prefix}flush:`, logger);
+    try {
+      expect(await waitUntilReady(client, 5_000)).toBe(true);
+      const stale = { id: 7, revoked: false };
+      await cache.forget(['session:7'], 60);
+      await cache.flush();
+      await cache.add('session:7', stale, 60);
+      expect(await cache.get('session:7')).toBeUndefined();
+    } finally {
+      client.disconnect();
+    }
+  });
 });

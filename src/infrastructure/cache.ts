@@ -1,5 +1,5 @@
 import type { Logger } from './logger.ts';
-import { deleteByPrefix, type Redis } from './redis/redis-client.ts';
+import type { Redis } from './redis/redis-client.ts';
 
 /**
  * A best-effort key/value cache for cache-aside reads. A cache failure is never the request's
@@ -148,6 +148,16 @@ export class MemoryCache implements Cache {
     this.#bytes -= entry.bytes;
   }
 }
+
+/**
+ * Turns each key into a mark for ARGV[2] ms, unless it is a mark already (whose own lifetime,
+ * that of a revoked session say, is kept).
+ */
+const MARK_UNLESS_MARKED = `
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) ~= ARGV[1] then redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) end
+end
+return #KEYS`;
 
 /** How soon an invalidation that Redis did not confirm is tried again. */
 const INVALIDATION_RETRY_MS = 100;
@@ -301,19 +311,29 @@ export class RedisCache implements Cache {
   }
 
   /**
-   * Drops every cached entry. Run when Redis comes back after an outage, during which
+   * Forgets every cached entry. Run when Redis comes back after an outage, during which
    * invalidations may have been lost.
    */
   async flush(): Promise<void> {
     if (!(await this.#flushed())) this.#logger.warn('cache flush failed');
   }
 
-  /** Deletes every entry; once that lands, nothing is left unconfirmed. */
+  /**
+   * Turns every entry into a mark that refuses fills for NO_FILLS_AFTER_FLUSH_MS, in every
+   * process (a DEL would also have deleted the marks of revocations, and only this process would
+   * have known to refuse fills: the re-attack saw a service layer fill a session while the
+   * repository's flush was pausing its own); once that lands, nothing is left unconfirmed.
+   */
   async #flushed(): Promise<boolean> {
     const unconfirmed = [...this.#unconfirmed];
     this.#noFillsUntil = Date.now() + NO_FILLS_AFTER_FLUSH_MS;
     try {
-      await deleteByPrefix(this.#redis, this.#prefix);
+      let cursor = '0';
+      do {
+        const [next, keys] = await this.#redis.scan(cursor, 'MATCH', `${this.#prefix}*`, 'COUNT', 500);
+        cursor = next;
+        if (keys.length > 0) await this.#redis.eval(MARK_UNLESS_MARKED, keys.length, ...keys, FORGOTTEN, String(NO_FILLS_AFTER_FLUSH_MS));
+      } while (cursor !== '0');
     } catch {
       return false;
     }

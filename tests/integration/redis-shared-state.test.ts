@@ -329,6 +329,19 @@ describe('when Redis loses an invalidation', () => {
       await cache.flush();
       await cache.add('session:7', stale, 60);
       expect(await cache.get('session:7')).toBeUndefined();
+
+      // Another process sharing the cache (a split topology's service layer) does not know of
+      // this one's flush: the flush leaves marks in Redis, which refuse its fills too, and keeps
+      // the longer life of a revocation's own mark.
+      const other = new RedisCache(client, `${prefix}flush:`, logger);
+      await cache.set('user:8', { id: 8, role: 'ADMIN' }, 60);
+      await cache.flush();
+      await other.add('user:8', { id: 8, role: 'ADMIN' }, 60);
+      await other.add('session:7', stale, 60);
+      expect([await other.get('user:8'), await other.get('session:7')]).toEqual([undefined, undefined]);
+      const direct = new Redis(REDIS_URL);
+      expect(await direct.pttl(`${prefix}flush:session:7`)).toBeGreaterThan(50_000);
+      direct.disconnect();
     } finally {
       client.disconnect();
     }

@@ -1,5 +1,5 @@
 import type { Logger } from './logger.ts';
-import type { Redis } from './redis/redis-client.ts';
+import { forEachKeyBatch, type Redis } from './redis/redis-client.ts';
 
 /**
  * A best-effort key/value cache for cache-aside reads. A cache failure is never the request's
@@ -164,10 +164,10 @@ const INVALIDATION_RETRY_MS = 100;
 /** Unconfirmed keys held one by one; beyond this, the whole cache is bypassed until a flush lands. */
 const UNCONFIRMED_MAX = 10_000;
 /**
- * How long fills are refused after a flush: the flush deletes the marks that refuse fills, and a
- * request that read a session before it was revoked could otherwise cache it after the flush.
- * Reads take milliseconds; one slower than this (it may take up to INTERNAL_TIMEOUT_MS) could
- * still fill, for the entry's TTL, as it could before the flush existed.
+ * How long fills are refused after a flush: the marks it leaves refuse them in every process for
+ * the keys that were cached, and this process refuses every fill, so that a request that read a
+ * session before it was revoked cannot cache it again. Reads take milliseconds; one slower than
+ * this (it may take up to INTERNAL_TIMEOUT_MS) could still fill, as before the flush existed.
  */
 const NO_FILLS_AFTER_FLUSH_MS = 3_000;
 
@@ -328,12 +328,7 @@ export class RedisCache implements Cache {
     const unconfirmed = [...this.#unconfirmed];
     this.#noFillsUntil = Date.now() + NO_FILLS_AFTER_FLUSH_MS;
     try {
-      let cursor = '0';
-      do {
-        const [next, keys] = await this.#redis.scan(cursor, 'MATCH', `${this.#prefix}*`, 'COUNT', 500);
-        cursor = next;
-        if (keys.length > 0) await this.#redis.eval(MARK_UNLESS_MARKED, keys.length, ...keys, FORGOTTEN, String(NO_FILLS_AFTER_FLUSH_MS));
-      } while (cursor !== '0');
+      await forEachKeyBatch(this.#redis, this.#prefix, (keys) => this.#redis.eval(MARK_UNLESS_MARKED, keys.length, ...keys, FORGOTTEN, String(NO_FILLS_AFTER_FLUSH_MS)));
     } catch {
       return false;
     }

@@ -105,9 +105,10 @@ export class MemoryCounterStore implements CounterStore {
       return { reserved: false, count: entry.count, ttlMs: entry.expiresAt - now };
     }
     const counted = this.#count(key, windowMs, now);
-    if (counted.count >= limit && this.#entries.has(key)) {
-      this.#held.set(key, this.#entries.get(key) as CounterEntry);
+    const counting = this.#entries.get(key);
+    if (counting !== undefined && counted.count >= limit) {
       this.#entries.delete(key);
+      this.#held.set(key, counting);
     }
     return { reserved: true, ...counted };
   }

@@ -52,15 +52,20 @@ export function createRedisClient(options: { url: string; logger: Logger; name: 
   return redis;
 }
 
-/** Deletes every key under `prefix` (SCAN, not KEYS, so Redis is never blocked). */
-export async function deleteByPrefix(redis: Redis, prefix: string): Promise<number> {
+/** Runs `each` on every batch of keys under `prefix` (SCAN, not KEYS, so Redis is never blocked). */
+export async function forEachKeyBatch(redis: Redis, prefix: string, each: (keys: string[]) => Promise<unknown>): Promise<void> {
   let cursor = '0';
-  let deleted = 0;
   do {
     const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
     cursor = next;
-    if (keys.length > 0) deleted += await redis.del(...keys);
+    if (keys.length > 0) await each(keys);
   } while (cursor !== '0');
+}
+
+/** Deletes every key under `prefix`; returns how many. */
+export async function deleteByPrefix(redis: Redis, prefix: string): Promise<number> {
+  let deleted = 0;
+  await forEachKeyBatch(redis, prefix, async (keys) => (deleted += await redis.del(...keys)));
   return deleted;
 }
 

@@ -1,12 +1,16 @@
 // A dedicated redis-server for tests that stop and restart Redis, so the shared one on 6379 is
 // never disturbed.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Redis } from 'ioredis';
 
 export interface TestRedisServer {
   url: string;
-  start(): Promise<void>;
+  /** `args` are added to redis-server's command line for this start only. */
+  start(args?: string[]): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -21,14 +25,18 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** Starts redis-server on a free loopback port; stop() and start() keep that port. */
-export async function startRedisServer(): Promise<TestRedisServer> {
+/**
+ * Starts redis-server on a free loopback port; stop() and start() keep that port. With `keepData`,
+ * stop() saves the data first and start() loads it, as a Redis with persistence would come back.
+ */
+export async function startRedisServer(options: { keepData?: boolean } = {}): Promise<TestRedisServer> {
   const port = await freePort();
   let child: ChildProcess | undefined;
   const url = `redis://127.0.0.1:${port}`;
+  const dir = mkdtempSync(join(tmpdir(), 'arcana-redis-'));
 
-  const start = async () => {
-    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const start = async (args: string[] = []) => {
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', ...args], { stdio: 'ignore' });
     const probe = new Redis(url, { lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
     // Refused connections while the server starts are expected; the loop below retries.
     probe.on('error', () => {
@@ -51,6 +59,11 @@ export async function startRedisServer(): Promise<TestRedisServer> {
   const stop = async () => {
     const running = child;
     if (running?.exitCode !== null) return;
+    if (options.keepData === true) {
+      const saver = new Redis(url, { retryStrategy: () => null, maxRetriesPerRequest: 0 });
+      await saver.save();
+      saver.disconnect();
+    }
     await new Promise<void>((resolve) => {
       running.once('exit', () => resolve());
       running.kill('SIGKILL');

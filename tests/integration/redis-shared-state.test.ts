@@ -282,7 +282,9 @@ describe('when Redis loses an invalidation', () => {
   }, 60_000);
 
   it('when more invalidations fail than it tracks one by one (a long outage), then the whole cache is bypassed, and used again once Redis has been flushed', async () => {
-    const server = await startRedisServer();
+    // This server keeps its data across the restart, so `kept` is back in Redis when the client
+    // reconnects; the cache must not trust it, whether or not its flush has landed by the read.
+    const server = await startRedisServer({ keepData: true });
     const logLines: string[] = [];
     const logger = createLogger({ level: 'warn', destination: { write: (line: string) => void logLines.push(line) } });
     const client = createRedisClient({ url: server.url, logger, name: 'unconfirmed-test' });
@@ -297,12 +299,13 @@ describe('when Redis loses an invalidation', () => {
           Array.from({ length: 100 }, (_, index) => `gone${key + index}`),
           60,
         );
-      await server.start();
-      // Redis kept nothing across the restart here; a server that kept its data would still hold
-      // `kept`, and the cache must not trust it: the restart below puts it back by hand.
+      // Redis comes back refusing SCAN, so the client's flush cannot land until it is allowed.
+      await server.start(['--user', 'default', 'on', 'nopass', '~*', '&*', '+@all', '-scan']);
       const direct = new Redis(server.url);
-      await direct.set('unconfirmed:kept', JSON.stringify({ id: 1 }));
+      expect(await direct.exists('unconfirmed:kept')).toBe(1);
+      await new Promise((resolve) => setTimeout(resolve, 500));
       expect(await cache.get('kept')).toBeUndefined();
+      await direct.acl('SETUSER', 'default', '+scan');
       const deadline = Date.now() + 10_000;
       while (Date.now() < deadline && (await direct.exists('unconfirmed:kept')) === 1) await new Promise((resolve) => setTimeout(resolve, 100));
       direct.disconnect();

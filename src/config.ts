@@ -108,8 +108,9 @@ const EnvSchema = z.object({
   SESSION_PURGE_RETENTION_MS: int(86_400_000, 0, 365 * 86_400_000),
 
   JWT_SECRET: z.string().optional(),
-  JWT_ISSUER: z.string().min(1).default('arcana-cloud'),
-  JWT_AUDIENCE: z.string().min(1).default('arcana-cloud-api'),
+  // Bounded so that every token issued stays far below ACCESS_TOKEN_MAX_LENGTH (src/rpc/caller.ts).
+  JWT_ISSUER: z.string().min(1).max(256).default('arcana-cloud'),
+  JWT_AUDIENCE: z.string().min(1).max(256).default('arcana-cloud-api'),
   JWT_ACCESS_EXPIRES_IN_SECONDS: int(3600, 1, 86_400 * 7),
   JWT_REFRESH_EXPIRES_IN_SECONDS: int(2_592_000, 60, 86_400 * 365),
   BCRYPT_ROUNDS: int(12, 4, 15),

@@ -20,11 +20,20 @@ export function callerOf(ctx: HandlerContext): Caller {
   return ctx.values.get(callerKey);
 }
 
-/** Extracts the bearer token of an `authorization` header, or undefined. */
+/**
+ * Longer than any access token this server issues (about 300 characters with the default issuer
+ * and audience; JWT_ISSUER and JWT_AUDIENCE are at most 256 each). A longer one is no token of
+ * ours: the request is treated as carrying none, so it is refused without being carried into an
+ * internal call, whose headers must stay within the layer server's own limit.
+ */
+export const ACCESS_TOKEN_MAX_LENGTH = 4096;
+
+/** Extracts the bearer token of an `authorization` header, or undefined (also for one no token of ours can be). */
 export function bearerToken(header: string | null | undefined): string | undefined {
   if (header === undefined || header === null) return undefined;
   const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
-  return match?.[1];
+  const token = match?.[1];
+  return token !== undefined && token.length <= ACCESS_TOKEN_MAX_LENGTH ? token : undefined;
 }
 
 // The internal headers that carry a Caller between layer processes. Only a process that presented

@@ -4,7 +4,7 @@
 import { USER_AGENT_MAX_LENGTH, type ClientInfo } from '../domain/actor.ts';
 import { checkIdempotencyKey, IDEMPOTENCY_KEY_FIELD } from '../domain/idempotency-key.ts';
 import type { ClientAddressResolver } from '../infrastructure/client-address.ts';
-import { deviceTokenExpiry } from '../infrastructure/security/device-tokens.ts';
+import { DEVICE_TOKEN_MAX_LENGTH, deviceTokenExpiry } from '../infrastructure/security/device-tokens.ts';
 
 /** The header a known-device token travels in, both ways, on every protocol. */
 export const DEVICE_TOKEN_HEADER = 'x-device-token';
@@ -16,12 +16,17 @@ const REALM = 'arcana-cloud';
 /** Reads one request header (lower-case name) as a single string. */
 export type HeaderReader = (name: string) => string | undefined;
 
-/** The client of a request: its address by the TRUST_PROXY rule, user agent and device token. */
+/**
+ * The client of a request: its address by the TRUST_PROXY rule, user agent and device token.
+ * What is kept is bounded (a device token longer than any issued is none), because in a split
+ * topology it travels on to the service layer in the internal call's headers (caller.ts).
+ */
 export function resolveClientInfo(resolve: ClientAddressResolver, socketAddress: string | undefined, header: HeaderReader): ClientInfo {
+  const deviceToken = header(DEVICE_TOKEN_HEADER) ?? cookie(header('cookie'), DEVICE_TOKEN_COOKIE);
   return {
     ipAddress: resolve(socketAddress, header('x-forwarded-for')),
     userAgent: header('user-agent')?.slice(0, USER_AGENT_MAX_LENGTH),
-    deviceToken: header(DEVICE_TOKEN_HEADER) ?? cookie(header('cookie'), DEVICE_TOKEN_COOKIE),
+    deviceToken: deviceToken !== undefined && deviceToken.length <= DEVICE_TOKEN_MAX_LENGTH ? deviceToken : undefined,
   };
 }
 

@@ -4,20 +4,29 @@
 // limit for all), a client forging X-Forwarded-For to escape its limit, and an IPv6 host hopping
 // through the 2^64 addresses of its /64.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { createLogger } from '../../src/infrastructure/logger.ts';
+import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
 
 const LIMIT = 6;
 
 let behindProxy: TestServer;
 let direct: TestServer;
+/** Default limits, and every line logged at warn or above, in every layer. */
+let roomy: TestServer;
+const roomyLog: string[] = [];
 
 beforeAll(async () => {
-  [behindProxy, direct] = await Promise.all([startTestServer({ RATE_LIMIT_MAX: String(LIMIT), TRUST_PROXY: 'true' }), startTestServer({ RATE_LIMIT_MAX: String(LIMIT) })]);
+  const logger = createLogger({ level: 'warn', destination: { write: (line: string) => void roomyLog.push(line) } });
+  [behindProxy, direct, roomy] = await Promise.all([
+    startTestServer({ RATE_LIMIT_MAX: String(LIMIT), TRUST_PROXY: 'true' }),
+    startTestServer({ RATE_LIMIT_MAX: String(LIMIT) }),
+    startTestServer({}, { logger }),
+  ]);
 });
 
 afterAll(async () => {
-  await Promise.all([behindProxy.close(), direct.close()]);
+  await Promise.all([behindProxy.close(), direct.close(), roomy.close()]);
 });
 
 const from = (ip: string) => ({ headers: { 'x-forwarded-for': ip } });
@@ -63,5 +72,40 @@ describe.each(PROTOCOLS)('client addresses over %s', (protocol: ProtocolName) =>
     // Every client of this server is 127.0.0.1; protocols take turns so as not to share a window.
     const forged = await Promise.all(Array.from({ length: LIMIT + 3 }, (_, i) => straight.me('not-a-token', from(`192.0.2.${i + 1}`))));
     expect(forged.filter((outcome) => outcome.code === 'resource_exhausted').length).toBeGreaterThanOrEqual(3);
+  });
+});
+
+describe('the largest headers a client may send, carried to the service layer', () => {
+  // Within the public header limits, but more than an internal call may carry once the agent is
+  // percent-encoded: in split topologies these were 500s (Connect/HTTP between layers) and 503s
+  // (gRPC between layers; retried twice, each logged) where the monolith answered 401 or 200.
+  const agent = '\u00e9'.repeat(500);
+  const device = 'd'.repeat(13_000);
+  // HTTP/1.1 takes 16 KiB of headers; over HTTP/2 (gRPC here) the public edge takes 64 KiB, as
+  // the internal gRPC hop does.
+  const forged = (protocol: ProtocolName) => 'a'.repeat(protocol === 'grpc' ? 64_000 : 13_000);
+
+  it("when every protocol sends a huge token or device token with a non-ASCII agent, at once, then the answers are the monolith's: 401 for the token, logins and reads succeed", async () => {
+    const clients = apiClients(roomy.baseUrl);
+    try {
+      const outcomes = await Promise.all(
+        clients.map(async (client) => {
+          const user = newUser('big');
+          expect((await client.register(user)).code, client.protocol).toBe('ok');
+          const headers = { 'user-agent': agent, 'x-device-token': device };
+          const [stranger, login, wrong] = await Promise.all([
+            client.me(forged(client.protocol), { headers: { 'user-agent': agent } }),
+            client.login({ usernameOrEmail: user.username, password: user.password }, { headers }),
+            client.login({ usernameOrEmail: user.username, password: `${user.password}x` }, { headers }),
+          ]);
+          const me = await client.me(login.data?.tokens.accessToken ?? '', { headers });
+          return [client.protocol, stranger.code, login.code, wrong.code, me.code, me.data?.username === user.username].join(' ');
+        }),
+      );
+      expect(outcomes).toEqual(PROTOCOLS.map((protocol) => `${protocol} unauthenticated ok unauthenticated ok true`));
+      expect(roomyLog.filter((line) => /"level":"(error|fatal)"|internal call failed/.test(line))).toEqual([]);
+    } finally {
+      closeAll(clients);
+    }
   });
 });

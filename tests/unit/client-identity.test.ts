@@ -1,9 +1,13 @@
 // The pieces that decide who a client is for throttling: the address rule shared by every
-// protocol, the key its counters are kept under, known-device tokens and atomic reservations.
+// protocol, the key its counters are kept under, known-device tokens and atomic reservations,
+// and how much of what the client sent travels on into an internal call.
 import { describe, expect, it } from 'vitest';
 import { addressKey, createClientAddressResolver } from '../../src/infrastructure/client-address.ts';
 import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
-import { DeviceTokens } from '../../src/infrastructure/security/device-tokens.ts';
+import { DEVICE_TOKEN_MAX_LENGTH, DeviceTokens } from '../../src/infrastructure/security/device-tokens.ts';
+import { USER_AGENT_MAX_LENGTH } from '../../src/domain/actor.ts';
+import { ACCESS_TOKEN_MAX_LENGTH, bearerToken, writeCallerHeaders } from '../../src/rpc/caller.ts';
+import { resolveClientInfo } from '../../src/rpc/client-edge.ts';
 
 describe('client address', () => {
   it('when no proxy is trusted, then X-Forwarded-For is ignored: a client cannot choose its address', () => {
@@ -67,5 +71,31 @@ describe('counter reservations', () => {
     await store.release('k');
     expect((await store.reserve('k', 5, 60_000)).reserved).toBe(true);
     expect((await store.reserve('k', 5, 60_000)).reserved).toBe(false);
+  });
+});
+
+describe('what a public request carries into an internal call', () => {
+  // Node's HTTP/1.1 parser refuses more than 16 KiB of headers (the layer servers keep that default).
+  const LAYER_HEADER_LIMIT = 16 * 1024;
+  const headerBytes = (headers: Record<string, string>) => Object.entries(headers).reduce((sum, [name, value]) => sum + name.length + value.length + 4, 0);
+
+  it('when every header the edge forwards is as large as it can be, then the internal headers stay well under the layer server limit', () => {
+    // The largest client headers the edge takes: the 16 KiB request limit would allow more of each.
+    const header = (name: string) => ({ authorization: `Bearer ${'a'.repeat(15_000)}`, 'user-agent': '\u00ff'.repeat(15_000), 'x-device-token': 'd'.repeat(15_000) })[name];
+    const client = resolveClientInfo(() => 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255', undefined, header);
+    const oversized: Record<string, string> = {};
+    writeCallerHeaders({ accessToken: bearerToken(header('authorization')), client }, oversized);
+    expect(oversized['x-arcana-access-token']).toBeUndefined();
+    expect(oversized['x-arcana-client-device']).toBeUndefined();
+
+    // And the largest that are kept: a token and device token at their bounds, each agent
+    // character growing sixfold when percent-encoded (a Latin-1 byte is two in UTF-8).
+    const largest: Record<string, string> = {};
+    const token = 'a'.repeat(ACCESS_TOKEN_MAX_LENGTH);
+    expect(bearerToken(`Bearer ${token}`)).toBe(token);
+    writeCallerHeaders({ accessToken: token, client: { ...client, deviceToken: 'd'.repeat(DEVICE_TOKEN_MAX_LENGTH) } }, largest);
+    expect(largest['x-arcana-client-agent']).toHaveLength(6 * USER_AGENT_MAX_LENGTH);
+    // Room is left for the secret, the request id, the trace and deadline headers and the rest.
+    expect(headerBytes(largest)).toBeLessThan(LAYER_HEADER_LIMIT / 2);
   });
 });

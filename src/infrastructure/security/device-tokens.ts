@@ -1,7 +1,7 @@
 import { createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 
-/** Longer than any token this class issues; longer input is not even parsed. */
-const MAX_TOKEN_LENGTH = 200;
+/** Longer than any token this class issues; longer input is not even parsed, nor carried between layers. */
+export const DEVICE_TOKEN_MAX_LENGTH = 200;
 
 /**
  * Known-device tokens (OWASP's "device cookie"): a client that has logged in to an account before
@@ -37,7 +37,7 @@ export class DeviceTokens {
 
   /** The device id of a valid, unexpired token issued for `userId`; undefined for anything else. */
   verify(token: string | undefined, userId: number): string | undefined {
-    if (token === undefined || token.length > MAX_TOKEN_LENGTH) return undefined;
+    if (token === undefined || token.length > DEVICE_TOKEN_MAX_LENGTH) return undefined;
     const parts = token.split('.');
     if (parts.length !== 4) return undefined;
     const [user, deviceId, expiresAt, signature] = parts as [string, string, string, string];

@@ -43,9 +43,7 @@ export function createHealthService(checks: Record<string, () => Promise<void>>,
     async check(request) {
       // The protocol asks for NOT_FOUND on an unknown name, which tells a probe that it is
       // misconfigured rather than that the server is unhealthy.
-      if (!known.has(request.service)) {
-        throw new ConnectError(`unknown service ${JSON.stringify(request.service)}`, Code.NotFound);
-      }
+      if (!known.has(request.service)) throw new ConnectError(`unknown service ${nameShown(request.service)}`, Code.NotFound);
       return { status: await currentStatus() };
     },
 
@@ -158,4 +156,13 @@ function aborted(signal: AbortSignal): Promise<void> {
     if (signal.aborted) resolve();
     else signal.addEventListener('abort', () => resolve(), { once: true });
   });
+}
+
+/**
+ * A requested service name as an error message may repeat it: the name when it could be one, else
+ * a fixed text. The message travels in a header (`grpc-message`), and a client's name of any size
+ * repeated there could outgrow what clients accept, or what the server can send at all.
+ */
+function nameShown(service: string): string {
+  return /^[A-Za-z0-9_.]{0,200}$/.test(service) ? JSON.stringify(service) : '(not a service name)';
 }

@@ -3,7 +3,7 @@
 import { create, fromBinary, toBinary, type DescFile } from '@bufbuild/protobuf';
 import { nestedTypes } from '@bufbuild/protobuf/reflect';
 import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
-import { Code, type ServiceImpl } from '@connectrpc/connect';
+import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
 import {
   ErrorResponseSchema,
   ExtensionNumberResponseSchema,
@@ -125,20 +125,53 @@ export function createReflectionServices(files: DescFile[]): {
   return {
     v1: {
       async *serverReflectionInfo(requests) {
-        for await (const request of requests) yield respond(request);
+        for await (const request of readable(requests)) yield respond(request);
       },
     },
     v1alpha: {
       // The two versions differ only in their package name, so their messages are identical on
       // the wire: v1alpha traffic is transcoded through the binary format and answered by v1.
       async *serverReflectionInfo(requests) {
-        for await (const request of requests) {
+        for await (const request of readable(requests)) {
           const response = respond(fromBinary(RequestV1Schema, toBinary(RequestV1alphaSchema, request)));
           yield fromBinary(ResponseV1alphaSchema, toBinary(ResponseV1Schema, response));
         }
       },
     },
   };
+}
+
+/**
+ * Requests on one reflection stream at most. A client lists the services and asks for their files:
+ * a few dozen requests. The rate limit counts calls, so without this one call could ask for
+ * thousands of file sets (each a few KB) for the price of one.
+ */
+export const REFLECTION_REQUESTS_PER_STREAM = 200;
+
+/**
+ * The requests of a stream as its handler reads them. The one bidirectional stream bypasses the
+ * gate that decodes unary calls (rpc-node-handler.ts), so a message connect-es cannot read (cut
+ * short, compressed without an encoding, not protobuf) surfaces here as an `internal` error with
+ * the parser's words: it is the client's, `invalid_argument`, with a fixed text. Limits the stream
+ * reports itself (the message size: `resource_exhausted`) keep their codes.
+ */
+async function* readable<T>(requests: AsyncIterable<T>): AsyncIterable<T> {
+  const iterator = requests[Symbol.asyncIterator]();
+  for (let count = 0; ; count++) {
+    let next: IteratorResult<T>;
+    try {
+      next = await iterator.next();
+    } catch (error) {
+      const connectError = ConnectError.from(error);
+      if (connectError.code !== Code.Internal && connectError.code !== Code.Unknown) throw connectError;
+      throw new ConnectError('a reflection request could not be read', Code.InvalidArgument);
+    }
+    if (next.done === true) return;
+    if (count === REFLECTION_REQUESTS_PER_STREAM) {
+      throw new ConnectError(`at most ${REFLECTION_REQUESTS_PER_STREAM} requests per reflection stream; open another`, Code.ResourceExhausted);
+    }
+    yield next.value;
+  }
 }
 
 function buildIndex(roots: DescFile[]): Index {

@@ -9,11 +9,15 @@
 // run the API suites listed in vitest.config.ts).
 import { create, toBinary, type DescMessage, type MessageInitShape } from '@bufbuild/protobuf';
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+import { encodeEnvelope } from '@connectrpc/connect/protocol';
 import net from 'node:net';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LoginRequestSchema, RegisterRequestSchema } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { ListUsersRequestSchema, UpdateUserRequestSchema } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
+import { HealthCheckRequestSchema } from '../../gen/proto/grpc/health/v1/health_pb.js';
+import { ServerReflectionRequestSchema } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
+import { REFLECTION_REQUESTS_PER_STREAM } from '../../src/rpc/reflection-service.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
 import { bearer, loginAdmin, newUser, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
@@ -617,3 +621,81 @@ function fixEnvelope(body: Uint8Array): Uint8Array {
   new DataView(fixed.buffer).setUint32(1, fixed.length - 5);
   return fixed;
 }
+
+describe('the discovery services (reflection, health) against hostile clients', () => {
+  const REFLECTION = '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo';
+  /** The gRPC statuses these tests may meet, by Connect's names. */
+  const GRPC_STATUS_NAMES: Record<string, string> = { '0': 'ok', '2': 'unknown', '3': 'invalid_argument', '8': 'resource_exhausted', '13': 'internal' };
+  const listServices = binary(ServerReflectionRequestSchema, { messageRequest: { case: 'listServices', value: '*' } });
+
+  /** The messages of a stream's body: [flags, bytes] per envelope. */
+  const envelopes = (body: Uint8Array): [number, Uint8Array][] => {
+    const found: [number, Uint8Array][] = [];
+    for (let offset = 0; offset + 5 <= body.length;) {
+      const length = new DataView(body.buffer, body.byteOffset + offset + 1, 4).getUint32(0);
+      found.push([body[offset] ?? 0, body.subarray(offset + 5, offset + 5 + length)]);
+      offset += 5 + length;
+    }
+    return found;
+  };
+
+  /** One reflection stream of `body` (envelopes) over gRPC or Connect streaming: its code, message and answers. */
+  const reflect = async (protocol: 'grpc' | 'connect', body: Uint8Array, requestId: string) => {
+    const headers: Record<string, string> = protocol === 'grpc' ? { 'content-type': 'application/grpc', te: 'trailers' } : { 'content-type': 'application/connect+proto' };
+    const result = await raw.http2('POST', REFLECTION, { ...headers, 'x-request-id': requestId }, body);
+    const messages = envelopes(result.body);
+    if (protocol === 'grpc') {
+      const status = result.trailers.get('grpc-status') ?? result.headers.get('grpc-status');
+      return {
+        code: GRPC_STATUS_NAMES[status ?? ''] ?? `grpc-status ${status ?? 'missing'}`,
+        message: decodeURIComponent(result.trailers.get('grpc-message') ?? result.headers.get('grpc-message') ?? ''),
+        answers: messages.length,
+      };
+    }
+    // Connect streaming ends with an end-of-stream message (flag 2) holding the error, if any.
+    const end = messages.find(([flags]) => (flags & 2) === 2);
+    const error = (end === undefined ? {} : (JSON.parse(new TextDecoder().decode(end[1])) as { error?: { code: string; message: string } })).error;
+    return { code: error?.code ?? 'ok', message: error?.message ?? '', answers: messages.length - 1 };
+  };
+
+  it('when reflection streams carry what is no request (cut short, not protobuf, bad UTF-8, compressed without an encoding), at once over gRPC and Connect, then each is invalid_argument with a fixed text, and logged so', async () => {
+    const badUtf8 = rawField(ServerReflectionRequestSchema, 'file_by_filename', new Uint8Array([0x61, 0xc3, 0x28]));
+    const bodies: Record<string, Uint8Array> = {
+      'cut short': encodeEnvelope(0, new Uint8Array([0xff])),
+      'bad UTF-8': encodeEnvelope(0, badUtf8),
+      'compressed, no encoding': encodeEnvelope(1, listServices),
+      'a good request, then garbage': concat(encodeEnvelope(0, listServices), encodeEnvelope(0, new Uint8Array([0x0a, 0x7f]))),
+    };
+    const cases = (['grpc', 'connect'] as const).flatMap((protocol) =>
+      Object.entries(bodies).map(([name, body]) => ({ protocol, name, body, id: `reflect-bad-${protocol}-${name.replace(/\W+/g, '-')}` })),
+    );
+    const outcomes = await Promise.all(cases.map(async ({ protocol, body, id }) => reflect(protocol, body, id)));
+    expect(outcomes.map(({ code, message }) => `${code}: ${message}`)).toEqual(cases.map(() => 'invalid_argument: a reflection request could not be read'));
+    // The good request before the garbage was answered.
+    expect(outcomes.map((outcome) => outcome.answers)).toEqual(cases.map(({ name }) => (name === 'a good request, then garbage' ? 1 : 0)));
+    // The log names codes as the rest of the RPC log does (Code's names, lower-cased).
+    for (const { id } of cases) expect(linesOf(id).map((line) => line.code)).toEqual(['invalidargument']);
+  });
+
+  it('when one reflection stream asks more questions than one call may, then the first are answered and the stream ends resource_exhausted', async () => {
+    const body = concat(...Array.from({ length: REFLECTION_REQUESTS_PER_STREAM + 50 }, () => encodeEnvelope(0, listServices)));
+    const [grpc, connect] = await Promise.all([reflect('grpc', body, 'reflect-many-grpc'), reflect('connect', body, 'reflect-many-connect')]);
+    for (const outcome of [grpc, connect]) expect(outcome).toMatchObject({ code: 'resource_exhausted', answers: REFLECTION_REQUESTS_PER_STREAM });
+    expect(linesOf('reflect-many-grpc').map((line) => line.code)).toEqual(['resourceexhausted']);
+    // A well-behaved client's stream is logged when it ends, as ok.
+    expect(await reflect('grpc', encodeEnvelope(0, listServices), 'reflect-one')).toMatchObject({ code: 'ok', answers: 1 });
+    expect(linesOf('reflect-one').map((line) => line.code)).toEqual(['ok']);
+  });
+
+  it('when Health/Check names a service of 60,000 characters, over every protocol, then not_found without the name repeated in the answer', async () => {
+    const service = 'x'.repeat(60_000);
+    const outcomes = await Promise.all(
+      RPC_PROTOCOLS.map((protocol) =>
+        raw.rpc(protocol, 'grpc.health.v1.Health/Check', protocol === 'connect-json' ? json({ service }) : binary(HealthCheckRequestSchema, { service })),
+      ),
+    );
+    expect(outcomes.map((outcome) => `${outcome.code}: ${outcome.message}`)).toEqual(RPC_PROTOCOLS.map(() => 'not_found: unknown service (not a service name)'));
+    const named = await raw.rpc('grpc', 'grpc.health.v1.Health/Check', binary(HealthCheckRequestSchema, { service: 'no.such.Service' }));
+    expect(named.message).toBe('unknown service "no.such.Service"');
+  });
+});

@@ -59,6 +59,8 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
         const res = await next(req);
         res.header.set('x-request-id', requestId);
         if (req.requestMethod === 'GET') noStore(res.header);
+        // A streaming call has only begun: its outcome is known when its messages end.
+        if (res.stream) return { ...res, message: loggedAtEnd(res.message, log) };
         log('ok');
         return res;
       } catch (error) {
@@ -71,6 +73,20 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
       }
     });
   };
+}
+
+/** The messages of a streaming answer, logging its outcome once they end or fail. */
+async function* loggedAtEnd<T>(messages: AsyncIterable<T>, log: (code: string) => void): AsyncIterable<T> {
+  let code = 'ok';
+  try {
+    yield* messages;
+  } catch (error) {
+    code = Code[ConnectError.from(error).code].toLowerCase();
+    throw error;
+  } finally {
+    // Also when the client goes away mid-stream (the generator is returned early).
+    log(code);
+  }
 }
 
 /**

@@ -93,10 +93,18 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     // The request being served may have less time left than this call's own budget: the
     // downstream call gets whichever is shorter, so no layer works on for an answer nobody awaits.
     const budget = Math.min(options.timeoutMs, timeoutMs ?? Number.POSITIVE_INFINITY, remainingMs() ?? Number.POSITIVE_INFINITY);
-    return { headers, deadline: Date.now() + budget, context };
+    // Whether the request's deadline (its client's, or the budget the layer above gave this
+    // process) bounds the call rather than this transport's own timeout: then running out of time
+    // is that deadline passing, not a layer failing to answer. (The handler's clock and the call
+    // context's each measure it, a queue's wait apart, so the shorter of the two is taken.)
+    const requestBound = budget < options.timeoutMs;
+    return { headers, deadline: Date.now() + budget, context, requestBound };
   };
 
-  const expired = () => fromLayerError(new ConnectError('the request deadline passed before the call could be made', Code.DeadlineExceeded));
+  /** The call ran out of time: the request's deadline passed (`deadline_exceeded`, as the client asked), or a layer did not answer within its budget (`unavailable`). */
+  const outOfTime = (requestBound: boolean, error: ConnectError) =>
+    requestBound ? new ConnectError('the deadline passed before the call completed', Code.DeadlineExceeded) : fromLayerError(error);
+  const expired = (requestBound: boolean) => outOfTime(requestBound, new ConnectError('the request deadline passed before the call could be made', Code.DeadlineExceeded));
 
   const unaryTransport = async <I extends DescMessage, O extends DescMessage>(
     method: DescMethodUnary<I, O>,
@@ -107,13 +115,13 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     contextValues: ContextValues | undefined,
     span?: Span,
   ): Promise<UnaryResponse<I, O>> => {
-    const { headers, deadline, context } = prepare(header, timeoutMs, contextValues, span);
+    const { headers, deadline, context, requestBound } = prepare(header, timeoutMs, contextValues, span);
     // A request whose client has gone cancels its calls to the layers below, so that they stop
     // (and never start bcrypt) for an answer nobody will receive.
     const signal = callSignal ?? currentCallContext()?.signal;
     for (let attempt = 0; ; attempt += 1) {
       const left = deadline - Date.now();
-      if (left <= 0) throw expired();
+      if (left <= 0) throw expired(requestBound);
       try {
         const response = await pick().unary(method, signal, left, headers, input, contextValues);
         if (context !== undefined) context.caller ??= response.header.get(CALLER_HEADER) ?? undefined;
@@ -122,6 +130,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
         const connectError = ConnectError.from(error);
         const delay = Math.min(maxBackoffMs, backoffMs * 2 ** attempt) * random();
         span?.addEvent('attempt failed', { 'rpc.response.status_code': Code[connectError.code], attempt: attempt + 1 });
+        if (connectError.code === Code.DeadlineExceeded) throw outOfTime(requestBound, connectError);
         if (attempt >= options.retries || !isRetryable(method, connectError) || Date.now() + delay >= deadline || signal?.aborted === true) {
           throw fromLayerError(connectError);
         }

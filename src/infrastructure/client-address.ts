@@ -29,6 +29,9 @@ export function compileTrust(setting: TrustProxySetting): TrustFunction {
   );
 }
 
+/** The longest address text kept: 45 characters (IPv6 with an IPv4 tail), plus a short zone id. */
+const MAX_ADDRESS_LENGTH = 64;
+
 /**
  * The client address rule: the socket peer, or, when the peer is a trusted proxy, the nearest
  * X-Forwarded-For entry not itself trusted. Without TRUST_PROXY the header is ignored, so a
@@ -46,8 +49,10 @@ export function createClientAddressResolver(setting: TrustProxySetting): ClientA
     const request = { socket: { remoteAddress: socketAddress }, headers: { 'x-forwarded-for': header } };
     const resolved = proxyaddr(request as unknown as IncomingMessage, trust);
     // A trusted proxy passes on whatever the client wrote first; an entry that is not an
-    // address is recorded as no address rather than as text the client chose.
-    return ipaddr.isValid(resolved) ? resolved : undefined;
+    // address is recorded as no address rather than as text the client chose. So is one longer
+    // than any address is written (ipaddr.js takes zone ids and zero-padded parts of any length):
+    // the address travels on in an internal call's headers in split topologies.
+    return resolved.length <= MAX_ADDRESS_LENGTH && ipaddr.isValid(resolved) ? resolved : undefined;
   };
 }
 

@@ -21,7 +21,7 @@ beforeAll(async () => {
   [behindProxy, direct, roomy] = await Promise.all([
     startTestServer({ RATE_LIMIT_MAX: String(LIMIT), TRUST_PROXY: 'true' }),
     startTestServer({ RATE_LIMIT_MAX: String(LIMIT) }),
-    startTestServer({}, { logger }),
+    startTestServer({ TRUST_PROXY: 'true' }, { logger }),
   ]);
 });
 
@@ -85,7 +85,7 @@ describe('the largest headers a client may send, carried to the service layer', 
   // the internal gRPC hop does.
   const forged = (protocol: ProtocolName) => 'a'.repeat(protocol === 'grpc' ? 64_000 : 13_000);
 
-  it("when every protocol sends a huge token or device token with a non-ASCII agent, at once, then the answers are the monolith's: 401 for the token, logins and reads succeed", async () => {
+  it("when every protocol sends a huge token, device token, forwarded address or Idempotency-Key with a non-ASCII agent, at once, then the answers are the monolith's", async () => {
     const clients = apiClients(roomy.baseUrl);
     try {
       const outcomes = await Promise.all(
@@ -98,11 +98,32 @@ describe('the largest headers a client may send, carried to the service layer', 
             client.login({ usernameOrEmail: user.username, password: user.password }, { headers }),
             client.login({ usernameOrEmail: user.username, password: `${user.password}x` }, { headers }),
           ]);
-          const me = await client.me(login.data?.tokens.accessToken ?? '', { headers });
-          return [client.protocol, stranger.code, login.code, wrong.code, me.code, me.data?.username === user.username].join(' ');
+          const token = login.data?.tokens.accessToken ?? '';
+          // And what else crosses: a forwarded address (a proxy is trusted here) and an
+          // Idempotency-Key, each as long as the limits allow, which the monolith ignores here.
+          const big = forged(client.protocol).length;
+          const [me, forwarded, keyed, registration] = await Promise.all([
+            client.me(token, { headers }),
+            client.me(token, { headers: { 'user-agent': agent, 'x-forwarded-for': `fe80::1%${'a'.repeat(big)}` } }),
+            client.me(token, { headers: { 'user-agent': agent, 'idempotency-key': 'k'.repeat(big) } }),
+            client.register(newUser('bigkey'), { headers: { 'user-agent': agent, 'idempotency-key': 'k'.repeat(big) } }),
+          ]);
+          const refusal = Object.keys(registration.error?.details ?? {}).join(',');
+          return [
+            client.protocol,
+            stranger.code,
+            login.code,
+            wrong.code,
+            me.code,
+            me.data?.username === user.username,
+            forwarded.code,
+            keyed.code,
+            registration.code,
+            refusal,
+          ].join(' ');
         }),
       );
-      expect(outcomes).toEqual(PROTOCOLS.map((protocol) => `${protocol} unauthenticated ok unauthenticated ok true`));
+      expect(outcomes).toEqual(PROTOCOLS.map((protocol) => `${protocol} unauthenticated ok unauthenticated ok true ok ok invalid_argument idempotency-key`));
       expect(roomyLog.filter((line) => /"level":"(error|fatal)"|internal call failed/.test(line))).toEqual([]);
     } finally {
       closeAll(clients);

@@ -31,6 +31,14 @@ describe('client address', () => {
     expect(createClientAddressResolver(true)('10.0.0.2', '<script>')).toBeUndefined();
   });
 
+  it('when a forwarded address is longer than any address is written (a long zone id, zero-padded parts), then there is no address', () => {
+    const resolve = createClientAddressResolver(true);
+    expect(resolve('10.0.0.2', `fe80::1%${'a'.repeat(5_000)}`)).toBeUndefined();
+    expect(resolve('10.0.0.2', `${'0'.repeat(5_000)}1.0.0.1`)).toBeUndefined();
+    expect(resolve('10.0.0.2', 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255')).toBe('ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255');
+    expect(resolve('10.0.0.2', 'fe80::1%eth0')).toBe('fe80::1%eth0');
+  });
+
   it('when addresses are keyed, then IPv6 hosts of one /64 share a key, IPv4-mapped counts as IPv4', () => {
     expect(addressKey('2001:db8:1:2::1')).toBe(addressKey('2001:db8:1:2:ffff:ffff:ffff:ffff'));
     expect(addressKey('2001:db8:1:2::1')).not.toBe(addressKey('2001:db8:1:3::1'));

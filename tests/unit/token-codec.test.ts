@@ -119,6 +119,14 @@ describe('TokenCodec.verify', () => {
     });
   });
 
+  it('when a signed token names a subject no int32 user id holds, then it is refused like a token of the wrong type, before any lookup', () => {
+    const codec = new TokenCodec(options);
+    for (const sub of ['2147483648', '99999999999999999999999', '00000000002147483647']) {
+      expect(() => codec.verify(sign({ ...base, sub }), 'access'), sub).toThrow('Invalid token type');
+    }
+    expect(codec.verify(sign({ ...base, sub: '2147483647' }), 'access').userId).toBe(2_147_483_647);
+  });
+
   it('when a token the codec issued is verified, then it passes', () => {
     const codec = new TokenCodec(options);
     const pair = codec.issuePair(42);

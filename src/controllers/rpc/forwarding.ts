@@ -5,7 +5,7 @@
 // here knows what a method does.
 import type { DescMethodUnary, DescService } from '@bufbuild/protobuf';
 import type { HandlerContext, ServiceImpl, Transport } from '@connectrpc/connect';
-import { IDEMPOTENCY_KEY_FIELD } from '../../domain/idempotency-key.ts';
+import { IDEMPOTENCY_KEY_FIELD, MAX_IDEMPOTENCY_KEY_LENGTH } from '../../domain/idempotency-key.ts';
 import { relayAnswerHeaders } from '../../rpc/client-edge.ts';
 import type { InProcessService } from '../../rpc/in-process-transport.ts';
 
@@ -16,11 +16,22 @@ export function forwardingService(service: DescService, transport: Transport): I
     if (method.methodKind !== 'unary') continue;
     const unary = method as DescMethodUnary;
     impl[method.localName] = async (request, ctx) => {
-      const key = ctx.requestHeader.get(IDEMPOTENCY_KEY_FIELD);
-      const response = await transport.unary(unary, ctx.signal, ctx.timeoutMs(), key === null ? undefined : { [IDEMPOTENCY_KEY_FIELD]: key }, request, ctx.values);
+      const key = carriedKey(ctx.requestHeader.get(IDEMPOTENCY_KEY_FIELD));
+      const response = await transport.unary(unary, ctx.signal, ctx.timeoutMs(), key === undefined ? undefined : { [IDEMPOTENCY_KEY_FIELD]: key }, request, ctx.values);
       relayAnswerHeaders(response.header, ctx.responseHeader);
       return response.message;
     };
   }
   return { service, impl: impl as unknown as Partial<ServiceImpl<DescService>> };
+}
+
+/**
+ * The Idempotency-Key as the service process is to see it: the service layer checks it, as in the
+ * monolith, so a key too long is carried one character past the limit (still refused there, and
+ * for the same reason) rather than whole: a client's 60 KB key made the internal call outgrow the
+ * layer server's header limit, a 500 or 503 where the monolith answered.
+ */
+function carriedKey(key: string | null): string | undefined {
+  if (key === null) return undefined;
+  return key.length > MAX_IDEMPOTENCY_KEY_LENGTH ? key.slice(0, MAX_IDEMPOTENCY_KEY_LENGTH + 1) : key;
 }

@@ -130,7 +130,15 @@ export class TokenCodec {
       throw new AuthenticationError(expected === 'access' ? 'Invalid or expired access token' : 'Invalid or expired refresh token');
     }
     const { payload } = verified;
-    if (payload.tokenType !== expected || typeof payload.sub !== 'string' || !/^\d+$/.test(payload.sub) || typeof payload.jti !== 'string' || typeof payload.exp !== 'number') {
+    // User ids are int32 (the schema's and the protos'): a larger subject names no user, and reading it would fail in the database.
+    if (
+      payload.tokenType !== expected ||
+      typeof payload.sub !== 'string' ||
+      !/^\d{1,10}$/.test(payload.sub) ||
+      Number(payload.sub) > 2_147_483_647 ||
+      typeof payload.jti !== 'string' ||
+      typeof payload.exp !== 'number'
+    ) {
       throw new AuthenticationError('Invalid token type');
     }
     return { userId: Number(payload.sub), tokenType: expected, jti: payload.jti, expiresAt: new Date(payload.exp * 1000), hash: verified.hash };

@@ -16,7 +16,14 @@
 // A stream whose request has fully arrived is the application's business: a gRPC Watch may
 // rightly stay open for hours (src/controllers/rpc/health-service.ts caps those).
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { constants as http2Constants, createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
+import {
+  constants as http2Constants,
+  createServer as createHttp2Server,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+} from 'node:http2';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
@@ -100,8 +107,20 @@ export function createDualProtocolServer(
       return;
     }
     req.stream.once('close', () => peers.releaseStream(peer));
+    open.add(req.stream);
+    req.stream.once('close', () => open.delete(req.stream));
     startInTurn(() => handlers.http2(req, res));
   });
+  /** The HTTP/2 streams not yet closed, for the drain. */
+  const open = new Set<ServerHttp2Stream>();
+  /**
+   * At shutdown, a stream whose answer is complete while its client may still send (a
+   * bidirectional stream that never half-closes) is closed with NO_ERROR (RFC 9113 §8.1): else it
+   * would keep its session, and so the server, open until the shutdown timeout.
+   */
+  const closeAnswered = () => {
+    for (const stream of open) if (stream.writableFinished && !stream.readableEnded) stream.close(http2Constants.NGHTTP2_NO_ERROR);
+  };
   const sessions = new Set<ServerHttp2Session>();
   h2.on('session', (session) => {
     sessions.add(session);
@@ -158,7 +177,18 @@ export function createDualProtocolServer(
           pending -= 1;
           if (pending === 0) resolve();
         };
-        server.close(done);
+        // The listening server closes once every connection has (h1 and h2 never listen: they
+        // close at once). Until then, a keep-alive connection busy now (a health watch the drain
+        // ends, say) is closed when it goes idle, which would otherwise wait for its keep-alive
+        // timeout, and an HTTP/2 stream answered in full whose client may still send is closed.
+        const idle = setInterval(() => {
+          h1.closeIdleConnections();
+          closeAnswered();
+        }, IDLE_CLOSE_INTERVAL_MS);
+        server.close(() => {
+          clearInterval(idle);
+          done();
+        });
         // A connection that has not said what it speaks has no request in flight.
         for (const socket of detecting) socket.destroy();
         h1.close(done);
@@ -169,6 +199,9 @@ export function createDualProtocolServer(
       }),
   };
 }
+
+/** How often a closing server looks for connections that have gone idle. */
+const IDLE_CLOSE_INTERVAL_MS = 50;
 
 /**
  * How many requests start in one turn of the event loop; the rest start in the next turn. See

@@ -66,7 +66,7 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
     serve(file_arcana_internal_repository_v1_counter_store_service, CounterStoreService, createCounterStoreHandler(repositories.counters));
     serve(file_arcana_internal_repository_v1_idempotency_repository_service, IdempotencyRepositoryService, createIdempotencyRepositoryHandler(repositories.idempotency));
   }
-  const reflection = createReflectionServices(files);
+  const reflection = createReflectionServices(files, { draining: health.draining });
   // One instance for every router (HTTP/1.1 and HTTP/2): the Watch cap and probe are per process.
   const healthService = createHealthService(readiness, names, health);
   return (router) => {

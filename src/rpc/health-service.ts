@@ -60,14 +60,17 @@ export function createHealthService(checks: Record<string, () => Promise<void>>,
           // open, not an error: with our fixed list it simply never changes.
           yield { status: ServingStatus.SERVICE_UNKNOWN };
           await aborted(ended);
-          return;
+        } else {
+          let last: ServingStatus | undefined;
+          for await (const status of feed.updates(ended)) {
+            last = status;
+            yield { status };
+          }
+          if (!context.signal.aborted && last !== ServingStatus.NOT_SERVING) yield { status: ServingStatus.NOT_SERVING };
         }
-        let last: ServingStatus | undefined;
-        for await (const status of feed.updates(ended)) {
-          last = status;
-          yield { status };
-        }
-        if (!context.signal.aborted && last !== ServingStatus.NOT_SERVING) yield { status: ServingStatus.NOT_SERVING };
+        // A watch the call ended (its deadline passed, its client went) ends with that outcome,
+        // not as a success; one the drain ended completes normally, after NOT_SERVING.
+        if (context.signal.aborted) throw ConnectError.from(context.signal.reason, Code.Canceled);
       } finally {
         watching -= 1;
       }

@@ -45,7 +45,10 @@ interface Index {
  * Reflection services (v1 and the older v1alpha) describing the services in `files`; the reflection
  * services themselves are always included.
  */
-export function createReflectionServices(files: DescFile[]): {
+export function createReflectionServices(
+  files: DescFile[],
+  options: { /** Aborted when the process starts to drain: open streams end, `unavailable`. */ draining?: AbortSignal | undefined } = {},
+): {
   v1: ServiceImpl<typeof ServerReflectionV1>;
   v1alpha: ServiceImpl<typeof ServerReflectionV1alpha>;
 } {
@@ -75,6 +78,9 @@ export function createReflectionServices(files: DescFile[]): {
     return { case: 'fileDescriptorResponse', value: create(FileDescriptorResponseSchema, { fileDescriptorProto }) };
   }
 
+  /** A name as an answer repeats it: whole when it is of a sane length (each stream answers at most 200). */
+  const named = (name: string) => (name.length <= 200 ? JSON.stringify(name) : '(a name of more than 200 characters)');
+
   function notFound(message: string): Answer {
     return { case: 'errorResponse', value: create(ErrorResponseSchema, { errorCode: Code.NotFound, errorMessage: message }) };
   }
@@ -88,19 +94,19 @@ export function createReflectionServices(files: DescFile[]): {
         };
       case 'fileByFilename': {
         const file = index.files.get(request.value);
-        return file === undefined ? notFound(`file ${JSON.stringify(request.value)} not found`) : withDependencies(file);
+        return file === undefined ? notFound(`file ${named(request.value)} not found`) : withDependencies(file);
       }
       case 'fileContainingSymbol': {
         const file = index.symbols.get(request.value);
-        return file === undefined ? notFound(`symbol ${JSON.stringify(request.value)} not found`) : withDependencies(file);
+        return file === undefined ? notFound(`symbol ${named(request.value)} not found`) : withDependencies(file);
       }
       case 'fileContainingExtension': {
         const { containingType, extensionNumber } = request.value;
         const file = index.extensions.get(`${containingType}#${extensionNumber}`);
-        return file === undefined ? notFound(`extension ${extensionNumber} of ${JSON.stringify(containingType)} not found`) : withDependencies(file);
+        return file === undefined ? notFound(`extension ${extensionNumber} of ${named(containingType)} not found`) : withDependencies(file);
       }
       case 'allExtensionNumbersOfType': {
-        if (!index.messages.has(request.value)) return notFound(`message type ${JSON.stringify(request.value)} not found`);
+        if (!index.messages.has(request.value)) return notFound(`message type ${named(request.value)} not found`);
         return {
           case: 'allExtensionNumbersResponse',
           value: create(ExtensionNumberResponseSchema, {
@@ -124,15 +130,15 @@ export function createReflectionServices(files: DescFile[]): {
 
   return {
     v1: {
-      async *serverReflectionInfo(requests) {
-        for await (const request of readable(requests)) yield respond(request);
+      async *serverReflectionInfo(requests, context) {
+        for await (const request of readable(requests, context.signal, options.draining)) yield respond(request);
       },
     },
     v1alpha: {
       // The two versions differ only in their package name, so their messages are identical on
       // the wire: v1alpha traffic is transcoded through the binary format and answered by v1.
-      async *serverReflectionInfo(requests) {
-        for await (const request of readable(requests)) {
+      async *serverReflectionInfo(requests, context) {
+        for await (const request of readable(requests, context.signal, options.draining)) {
           const response = respond(fromBinary(RequestV1Schema, toBinary(RequestV1alphaSchema, request)));
           yield fromBinary(ResponseV1alphaSchema, toBinary(ResponseV1Schema, response));
         }
@@ -151,26 +157,45 @@ export const REFLECTION_REQUESTS_PER_STREAM = 200;
 /**
  * The requests of a stream as its handler reads them. The one bidirectional stream bypasses the
  * gate that decodes unary calls (rpc-node-handler.ts), so a message connect-es cannot read (cut
- * short, compressed without an encoding, not protobuf) surfaces here as an `internal` error with
- * the parser's words: it is the client's, `invalid_argument`, with a fixed text. Limits the stream
- * reports itself (the message size: `resource_exhausted`) keep their codes.
+ * short, compressed without an encoding, not protobuf or not JSON) surfaces here with the
+ * parser's words, as `internal` or `invalid_argument`: it is `invalid_argument`, with a fixed text.
+ * Limits the stream reports itself (the message size: `resource_exhausted`) keep their codes. A
+ * stream waiting for its client's next request ends when the call does (the client gone, or its
+ * deadline: `canceled`, `deadline_exceeded`) and when the process drains (`unavailable`), so that
+ * an open stream holds neither the process nor its shutdown.
  */
-async function* readable<T>(requests: AsyncIterable<T>): AsyncIterable<T> {
+async function* readable<T>(requests: AsyncIterable<T>, signal: AbortSignal, draining: AbortSignal | undefined): AsyncIterable<T> {
+  const ended = draining === undefined ? signal : AbortSignal.any([signal, draining]);
+  const endOf = () => (signal.aborted ? ConnectError.from(signal.reason, Code.Canceled) : new ConnectError('the server is shutting down; open a new stream', Code.Unavailable));
+  let stop: (() => void) | undefined;
+  const stopped = new Promise<never>((_, reject) => {
+    stop = () => reject(endOf());
+  });
+  // Rejections of `stopped` are read by the race below; this keeps an unread one from being reported.
+  stopped.catch(() => undefined);
+  const onEnd = () => stop?.();
+  if (ended.aborted) onEnd();
+  else ended.addEventListener('abort', onEnd, { once: true });
   const iterator = requests[Symbol.asyncIterator]();
-  for (let count = 0; ; count++) {
-    let next: IteratorResult<T>;
-    try {
-      next = await iterator.next();
-    } catch (error) {
-      const connectError = ConnectError.from(error);
-      if (connectError.code !== Code.Internal && connectError.code !== Code.Unknown) throw connectError;
-      throw new ConnectError('a reflection request could not be read', Code.InvalidArgument);
+  try {
+    for (let count = 0; ; count++) {
+      let next: IteratorResult<T>;
+      try {
+        next = await Promise.race([iterator.next(), stopped]);
+      } catch (error) {
+        if (ended.aborted) throw endOf();
+        const connectError = ConnectError.from(error);
+        if (connectError.code !== Code.Internal && connectError.code !== Code.Unknown && connectError.code !== Code.InvalidArgument) throw connectError;
+        throw new ConnectError('a reflection request could not be read', Code.InvalidArgument);
+      }
+      if (next.done === true) return;
+      if (count === REFLECTION_REQUESTS_PER_STREAM) {
+        throw new ConnectError(`at most ${REFLECTION_REQUESTS_PER_STREAM} requests per reflection stream; open another`, Code.ResourceExhausted);
+      }
+      yield next.value;
     }
-    if (next.done === true) return;
-    if (count === REFLECTION_REQUESTS_PER_STREAM) {
-      throw new ConnectError(`at most ${REFLECTION_REQUESTS_PER_STREAM} requests per reflection stream; open another`, Code.ResourceExhausted);
-    }
-    yield next.value;
+  } finally {
+    ended.removeEventListener('abort', onEnd);
   }
 }
 

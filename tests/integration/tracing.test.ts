@@ -4,6 +4,7 @@
 // server → cache and database, over both internal transports (Connect over HTTP/1.1, and gRPC).
 import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
+import http2 from 'node:http2';
 import { Writable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -187,6 +188,33 @@ describe.each(['layered-http', 'layered-grpc'] as const)('traces in %s', (topolo
     expect(edge).toMatchObject({ name: 'arcana.user.v1.UserService/GetUser', parentSpanId: client.spanId });
     expect(edge?.attributes['rpc.response.status_code']).toBe('ok');
     expect(spans.some((span) => span.service === 'arcana-cloud-service' && span.kind === SERVER && parentOf(spans, span)?.service === 'arcana-cloud-controller')).toBe(true);
+  });
+
+  it("when a call runs out of its client's deadline, then its server span is marked an error", async () => {
+    // A health watch ends only when its call does: with a 200 ms deadline, deadline_exceeded.
+    const client = clientTraceparent();
+    const session = http2.connect(t.baseUrl);
+    try {
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': '/grpc.health.v1.Health/Watch',
+        'content-type': 'application/grpc',
+        te: 'trailers',
+        'grpc-timeout': '200m',
+        traceparent: client.header,
+      });
+      const status = new Promise<string>((resolve) => stream.on('trailers', (trailers) => resolve(String(trailers['grpc-status']))));
+      stream.resume();
+      stream.end(Buffer.from([0, 0, 0, 0, 0]));
+      expect(await status).toBe('4');
+    } finally {
+      session.destroy();
+    }
+    const spans = await receiver.trace(client.traceId, (received) => received.some((s) => s.service === 'arcana-cloud-controller' && s.kind === SERVER));
+    const edge = spans.find((span) => span.service === 'arcana-cloud-controller' && span.kind === SERVER);
+    expect(edge).toMatchObject({ name: 'grpc.health.v1.Health/Watch', attributes: { 'rpc.response.status_code': 'deadlineexceeded' } });
+    // The code's spelling and the check for it once differed, so no such span was an error.
+    expect(edge?.status.code).toBe(2);
   });
 
   it('when a request comes without a traceparent, then a new trace starts at the edge', async () => {

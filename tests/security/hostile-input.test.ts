@@ -10,6 +10,7 @@
 import { create, toBinary, type DescMessage, type MessageInitShape } from '@bufbuild/protobuf';
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { encodeEnvelope } from '@connectrpc/connect/protocol';
+import http2 from 'node:http2';
 import net from 'node:net';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -685,6 +686,62 @@ describe('the discovery services (reflection, health) against hostile clients', 
     // A well-behaved client's stream is logged when it ends, as ok.
     expect(await reflect('grpc', encodeEnvelope(0, listServices), 'reflect-one')).toMatchObject({ code: 'ok', answers: 1 });
     expect(linesOf('reflect-one').map((line) => line.code)).toEqual(['ok']);
+  });
+
+  /** A gRPC stream over h2c that stays open on the client's side: its status, once it ends. */
+  const openStream = (path: string, requestId: string, headers: Record<string, string>, first: Uint8Array) => {
+    const session = http2.connect(t.baseUrl);
+    session.on('error', () => undefined);
+    const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', 'x-request-id': requestId, ...headers });
+    const started = performance.now();
+    const status = new Promise<{ status: string; ms: number }>((resolve) => {
+      stream.on('trailers', (trailers) => resolve({ status: String(trailers['grpc-status']), ms: performance.now() - started }));
+      stream.on('close', () => resolve({ status: 'closed', ms: performance.now() - started }));
+    });
+    stream.on('error', () => undefined);
+    stream.write(encodeEnvelope(0, first));
+    return { session, stream, status };
+  };
+
+  it('when a reflection stream and a health watch carry a 300 ms deadline and their client sends nothing more, then both end deadline_exceeded then, and are logged so', async () => {
+    const reflection = openStream(REFLECTION, 'stream-deadline-reflect', { 'grpc-timeout': '300m' }, listServices);
+    const watch = openStream('/grpc.health.v1.Health/Watch', 'stream-deadline-watch', { 'grpc-timeout': '300m' }, binary(HealthCheckRequestSchema, { service: '' }));
+    watch.stream.end();
+    reflection.stream.resume();
+    watch.stream.resume();
+    try {
+      const [reflected, watched] = await Promise.all([reflection.status, watch.status]);
+      // Reflection kept such a stream open past its deadline; the watch ended it as a success.
+      expect([reflected.status, watched.status]).toEqual([String(4), String(4)]);
+      expect(Math.max(reflected.ms, watched.ms)).toBeLessThan(3_000);
+      expect(linesOf('stream-deadline-reflect').map((line) => line.code)).toEqual(['deadlineexceeded']);
+      expect(linesOf('stream-deadline-watch').map((line) => line.code)).toEqual(['deadlineexceeded']);
+    } finally {
+      reflection.session.destroy();
+      watch.session.destroy();
+    }
+  });
+
+  it('when clients reset reflection streams with answers unread, in parallel, then each is logged canceled at info, never as a server error', async () => {
+    const symbols = Array.from({ length: 150 }, () =>
+      encodeEnvelope(0, binary(ServerReflectionRequestSchema, { messageRequest: { case: 'fileContainingSymbol', value: 'arcana.user.v1.UserService' } })),
+    );
+    const ids = Array.from({ length: 4 }, (_, index) => `stream-reset-${index}`);
+    await Promise.all(
+      ids.map(async (id, index) => {
+        const { session, stream, status } = openStream(REFLECTION, id, {}, listServices);
+        stream.pause();
+        stream.write(concat(...symbols));
+        await new Promise((resolve) => setTimeout(resolve, 150));
+        if (index % 2 === 0) stream.close(http2.constants.NGHTTP2_CANCEL);
+        else session.destroy();
+        await status;
+        session.destroy();
+      }),
+    );
+    const deadline = Date.now() + 5_000;
+    while (Date.now() < deadline && ids.some((id) => linesOf(id).length === 0)) await new Promise((resolve) => setTimeout(resolve, 50));
+    for (const id of ids) expect({ id, lines: linesOf(id).map((line) => [line.level, line.code]) }).toEqual({ id, lines: [['info', 'canceled']] });
   });
 
   it('when Health/Check names a service of 60,000 characters, over every protocol, then not_found without the name repeated in the answer', async () => {

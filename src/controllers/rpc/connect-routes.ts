@@ -19,14 +19,17 @@ export function createConnectRoutes(deps: {
   readiness: Record<string, ReadinessCheck>;
   health: HealthWatchOptions;
 }): (router: ConnectRouter) => void {
-  const reflection = createReflectionServices([
-    file_arcana_auth_v1_auth_service,
-    file_arcana_user_v1_user_service,
-    file_arcana_audit_v1_audit_service,
-    file_grpc_health_v1_health,
-    file_grpc_reflection_v1_reflection,
-    file_grpc_reflection_v1alpha_reflection,
-  ]);
+  const reflection = createReflectionServices(
+    [
+      file_arcana_auth_v1_auth_service,
+      file_arcana_user_v1_user_service,
+      file_arcana_audit_v1_audit_service,
+      file_grpc_health_v1_health,
+      file_grpc_reflection_v1_reflection,
+      file_grpc_reflection_v1alpha_reflection,
+    ],
+    { draining: deps.health.draining },
+  );
   // One instance for every router (HTTP/1.1 and HTTP/2): the Watch cap and probe are per process.
   const health = createHealthService(
     deps.readiness,

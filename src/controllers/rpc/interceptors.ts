@@ -46,7 +46,7 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
       metrics?.rpcRequest(procedure, protocol, code, durationMs / 1000);
       if (span !== undefined) {
         span.setAttribute('rpc.response.status_code', code);
-        if (code === 'internal' || code === 'unknown' || code === 'unavailable' || code === 'deadline_exceeded') span.setStatus({ code: SpanStatusCode.ERROR, message: code });
+        if (code === 'internal' || code === 'unknown' || code === 'unavailable' || code === 'deadlineexceeded') span.setStatus({ code: SpanStatusCode.ERROR, message: code });
         span.end();
       }
       logger[code === 'internal' || code === 'unknown' ? 'error' : 'info'](
@@ -60,7 +60,7 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
         res.header.set('x-request-id', requestId);
         if (req.requestMethod === 'GET') noStore(res.header);
         // A streaming call has only begun: its outcome is known when its messages end.
-        if (res.stream) return { ...res, message: loggedAtEnd(res.message, log) };
+        if (res.stream) return { ...res, message: loggedAtEnd(res.message, req.signal, log) };
         log('ok');
         return res;
       } catch (error) {
@@ -75,17 +75,23 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
   };
 }
 
-/** The messages of a streaming answer, logging its outcome once they end or fail. */
-async function* loggedAtEnd<T>(messages: AsyncIterable<T>, log: (code: string) => void): AsyncIterable<T> {
-  let code = 'ok';
+/**
+ * The messages of a streaming answer, logging its outcome once they end or fail. A stream the call
+ * ended (its client went away or reset it, its deadline passed) is logged as such, `canceled` or
+ * `deadline_exceeded`, whatever error the interrupted write raised.
+ */
+async function* loggedAtEnd<T>(messages: AsyncIterable<T>, signal: AbortSignal, log: (code: string) => void): AsyncIterable<T> {
+  const codeOf = (error: unknown) => Code[ConnectError.from(error).code].toLowerCase();
+  let code: string | undefined;
   try {
     yield* messages;
+    code = 'ok';
   } catch (error) {
-    code = Code[ConnectError.from(error).code].toLowerCase();
+    code = codeOf(signal.aborted ? signal.reason : error);
     throw error;
   } finally {
-    // Also when the client goes away mid-stream (the generator is returned early).
-    log(code);
+    // Returned early (the client stopped reading): no outcome of its own.
+    log(code ?? (signal.aborted ? codeOf(signal.reason) : 'canceled'));
   }
 }
 

@@ -68,6 +68,11 @@ export interface DualProtocolServer {
   server: Server;
   /** Stops accepting, lets in-flight requests finish, then resolves. */
   close: () => Promise<void>;
+  /**
+   * Closes every connection still open, whatever it is doing (a stream whose client stopped
+   * reading, say), so that a `close()` under way resolves; returns how many there were.
+   */
+  closeNow: () => number;
 }
 
 /** Serves `http1` on HTTP/1.1 connections and `http2` on prior-knowledge HTTP/2 ones. */
@@ -129,6 +134,7 @@ export function createDualProtocolServer(
   });
 
   const detecting = new Set<Socket>();
+  const h1Connections = new Set<Socket>();
   // noDelay: RPCs are small writes answered at once; Nagle's algorithm would hold each back
   // for the peer's delayed ACK (tens of milliseconds). Node's HTTP/1.1 server sets it for its own
   // sockets, but the HTTP/2 path below is handed the raw socket.
@@ -157,6 +163,8 @@ export function createDualProtocolServer(
         h2.emit('connection', socket);
       } else {
         socket.unshift(head);
+        h1Connections.add(socket);
+        socket.once('close', () => h1Connections.delete(socket));
         h1.emit('connection', socket);
         socket.resume();
       }
@@ -197,6 +205,13 @@ export function createDualProtocolServer(
         for (const session of sessions) session.close();
         h2.close(done);
       }),
+    closeNow: () => {
+      const open = detecting.size + sessions.size + h1Connections.size;
+      for (const socket of detecting) socket.destroy();
+      for (const session of sessions) session.destroy();
+      h1.closeAllConnections();
+      return open;
+    },
   };
 }
 

@@ -6,6 +6,12 @@ import { serveMetrics } from './infrastructure/metrics.ts';
 import { traceLogFields } from './infrastructure/tracing.ts';
 import { createDualProtocolServer } from './server.ts';
 
+/**
+ * When, as a share of SHUTDOWN_TIMEOUT_MS, the drain stops waiting and closes what is still open;
+ * the rest of the timeout is for closing the database, the queues and the exporters.
+ */
+const CUT_AT_SHARE_OF_TIMEOUT = 0.8;
+
 async function main(): Promise<void> {
   let config;
   try {
@@ -27,7 +33,10 @@ async function main(): Promise<void> {
     logger.warn('INTERNAL_API_SECRET is not set: internal APIs accept calls from anyone who can reach them. Never do this in production.');
   }
   const app = await createApplication(config, logger);
-  const { server, close } = createDualProtocolServer({ http1: app.http, http2: app.http2 }, { limits: config.server.connections, trustProxy: config.server.trustProxy, logger });
+  const { server, close, closeNow } = createDualProtocolServer(
+    { http1: app.http, http2: app.http2 },
+    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger },
+  );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.server.port, config.server.host, resolve);
@@ -59,9 +68,21 @@ async function main(): Promise<void> {
       process.exit(1);
     }, config.server.shutdownTimeoutMs);
     force.unref();
+    // What is still open near the end of the grace period cannot finish in it (a stream whose
+    // client stopped reading, say): it is cut, so that the rest of the shutdown runs and the
+    // process exits 0, rather than being killed mid-way at the timeout.
+    const cut = setTimeout(
+      () => {
+        const open = closeNow();
+        if (open > 0) logger.warn({ connections: open }, 'shutdown: closed connections still open near the shutdown timeout');
+      },
+      Math.floor(config.server.shutdownTimeoutMs * CUT_AT_SHARE_OF_TIMEOUT),
+    );
+    cut.unref();
     // Health watches never end by themselves; the drain would wait for them until forced.
     app.drain();
     void close().then(async () => {
+      clearTimeout(cut);
       await metricsServer?.close();
       await app.close();
       logger.info('shutdown complete');

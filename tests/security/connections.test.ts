@@ -655,6 +655,73 @@ describe('graceful shutdown', () => {
   });
 });
 
+describe('graceful shutdown against a client that stops reading', () => {
+  it('when a reflection client stops reading its answers at SIGTERM, then its stream is cut near the timeout, the shutdown completes and the process exits 0', async () => {
+    const SHUTDOWN_TIMEOUT_MS = 3_000;
+    const schema = `test_cut_${Date.now()}_${randomBytes(3).toString('hex')}`;
+    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await admin.connect();
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    const url = new URL(TEST_DATABASE_URL);
+    url.searchParams.set('schema', schema);
+    const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
+      env: {
+        ...TEST_ENV,
+        PATH: process.env.PATH ?? '',
+        PORT: '0',
+        HOST: '127.0.0.1',
+        LOG_LEVEL: 'info',
+        DATABASE_URL: url.toString(),
+        SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
+      },
+    });
+    cleanups.push(() => child.kill('SIGKILL'));
+    const lines: string[] = [];
+    try {
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+      const baseUrl = await new Promise<string>((resolve, reject) => {
+        createInterface({ input: child.stdout }).on('line', (line) => {
+          lines.push(line);
+          const entry = JSON.parse(line) as { msg?: string; address?: string };
+          if (entry.msg === 'arcana-cloud listening') resolve(`http://${entry.address ?? ''}`);
+        });
+        void exited.then((code) => reject(new Error(`server exited with ${code}`)));
+      });
+      // 150 questions whose answers (about 4.7 KB each) outgrow the stream's flow-control window
+      // while the client reads nothing: the handler waits to write, and never sees the drain.
+      const session = http2.connect(baseUrl);
+      cleanups.push(() => session.destroy());
+      session.on('error', () => undefined);
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo',
+        'content-type': 'application/grpc',
+        te: 'trailers',
+      });
+      stream.on('error', () => undefined);
+      stream.pause();
+      const symbol = Buffer.from('arcana.user.v1.UserService');
+      const request = Buffer.concat([Buffer.from([0, 0, 0, 0, symbol.length + 2, 0x22, symbol.length]), symbol]);
+      stream.write(Buffer.concat(Array.from({ length: 150 }, () => request)));
+      await sleep(500);
+
+      const signalledAt = performance.now();
+      child.kill('SIGTERM');
+      // Before the cut, such a stream held the drain until the timeout: exit 1, "shutdown timed out".
+      expect(await Promise.race([exited, sleep(SHUTDOWN_TIMEOUT_MS * 2).then(() => 'still running')])).toBe(0);
+      expect(performance.now() - signalledAt).toBeLessThan(SHUTDOWN_TIMEOUT_MS);
+      const messages = lines.map((line) => (JSON.parse(line) as { msg?: string }).msg);
+      expect(messages).toContain('shutdown: closed connections still open near the shutdown timeout');
+      expect(messages).toContain('shutdown complete');
+      expect(messages).not.toContain('shutdown timed out; exiting');
+    } finally {
+      child.kill('SIGKILL');
+      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+      await admin.end();
+    }
+  });
+});
+
 describe('legitimate clients under the bounds', () => {
   it('when a Watch stream stays open past the idle and request deadlines, then it is not cut off, while an idle session next to it is', async () => {
     const sessions = new Http2SessionManager(server.baseUrl, { pingIntervalMs: 200 });

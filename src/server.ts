@@ -112,19 +112,19 @@ export function createDualProtocolServer(
       return;
     }
     req.stream.once('close', () => peers.releaseStream(peer));
-    open.add(req.stream);
-    req.stream.once('close', () => open.delete(req.stream));
+    openStreams.add(req.stream);
+    req.stream.once('close', () => openStreams.delete(req.stream));
     startInTurn(() => handlers.http2(req, res));
   });
   /** The HTTP/2 streams not yet closed, for the drain. */
-  const open = new Set<ServerHttp2Stream>();
+  const openStreams = new Set<ServerHttp2Stream>();
   /**
    * At shutdown, a stream whose answer is complete while its client may still send (a
    * bidirectional stream that never half-closes) is closed with NO_ERROR (RFC 9113 §8.1): else it
    * would keep its session, and so the server, open until the shutdown timeout.
    */
   const closeAnswered = () => {
-    for (const stream of open) if (stream.writableFinished && !stream.readableEnded) stream.close(http2Constants.NGHTTP2_NO_ERROR);
+    for (const stream of openStreams) if (stream.writableFinished && !stream.readableEnded) stream.close(http2Constants.NGHTTP2_NO_ERROR);
   };
   const sessions = new Set<ServerHttp2Session>();
   h2.on('session', (session) => {
@@ -206,11 +206,11 @@ export function createDualProtocolServer(
         h2.close(done);
       }),
     closeNow: () => {
-      const open = detecting.size + sessions.size + h1Connections.size;
+      const connections = detecting.size + sessions.size + h1Connections.size;
       for (const socket of detecting) socket.destroy();
       for (const session of sessions) session.destroy();
       h1.closeAllConnections();
-      return open;
+      return connections;
     },
   };
 }

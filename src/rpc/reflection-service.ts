@@ -162,7 +162,8 @@ export const REFLECTION_REQUESTS_PER_STREAM = 200;
  * Limits the stream reports itself (the message size: `resource_exhausted`) keep their codes. A
  * stream waiting for its client's next request ends when the call does (the client gone, or its
  * deadline: `canceled`, `deadline_exceeded`) and when the process drains (`unavailable`), so that
- * an open stream holds neither the process nor its shutdown.
+ * a stream waiting on its client holds neither the process nor its shutdown. (One whose client
+ * stopped reading waits to write instead, and is cut by the shutdown near its timeout: start.ts.)
  */
 async function* readable<T>(requests: AsyncIterable<T>, signal: AbortSignal, draining: AbortSignal | undefined): AsyncIterable<T> {
   const ended = draining === undefined ? signal : AbortSignal.any([signal, draining]);

@@ -77,8 +77,10 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
 
 /**
  * The messages of a streaming answer, logging its outcome once they end or fail. A stream the call
- * ended (its client went away or reset it, its deadline passed) is logged as such, `canceled` or
- * `deadline_exceeded`, whatever error the interrupted write raised.
+ * ended (its client went away, its deadline passed) is logged as such, `canceled` or
+ * `deadline_exceeded`, whatever error the interrupted write raised. A client that resets a stream
+ * can end its requests before the call's signal says it is gone: such a stream may still be logged
+ * by what its handler made of that (`ok`, `invalid_argument`).
  */
 async function* loggedAtEnd<T>(messages: AsyncIterable<T>, signal: AbortSignal, log: (code: string) => void): AsyncIterable<T> {
   const codeOf = (error: unknown) => Code[ConnectError.from(error).code].toLowerCase();

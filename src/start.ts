@@ -5,12 +5,18 @@ import { createLogger } from './infrastructure/logger.ts';
 import { serveMetrics } from './infrastructure/metrics.ts';
 import { traceLogFields } from './infrastructure/tracing.ts';
 import { createDualProtocolServer } from './server.ts';
+import { uninterruptedSettled } from './infrastructure/call-context.ts';
+import { gatedWorkInFlight } from './infrastructure/work-gate.ts';
 
 /**
  * When, as a share of SHUTDOWN_TIMEOUT_MS, the drain stops waiting and closes what is still open;
  * the rest of the timeout is for closing the database, the queues and the exporters.
  */
 const CUT_AT_SHARE_OF_TIMEOUT = 0.8;
+/** Until when (as a share of SHUTDOWN_TIMEOUT_MS) writes under way may finish before the database closes. */
+const KEEP_FOR_CLOSING_SHARE = 0.9;
+/** How long no write may have run before the database is closed: what a cut request starts, it starts within this. */
+const SETTLE_QUIET_MS = 100;
 
 async function main(): Promise<void> {
   let config;
@@ -63,6 +69,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down: draining in-flight requests');
+    const signalledAt = Date.now();
     const force = setTimeout(() => {
       logger.error('shutdown timed out; exiting');
       process.exit(1);
@@ -83,6 +90,14 @@ async function main(): Promise<void> {
     app.drain();
     void close().then(async () => {
       clearTimeout(cut);
+      // Writes past a use case's point of no return finish before the database closes, even for
+      // requests whose connections were cut (their clients are gone, the writes are not), within
+      // what is left of the timeout but the part kept for closing.
+      const left = signalledAt + config.server.shutdownTimeoutMs * KEEP_FOR_CLOSING_SHARE - Date.now();
+      // A password hash under way is followed by the writes it was for (an account, a session).
+      if (!(await uninterruptedSettled({ quietMs: SETTLE_QUIET_MS, withinMs: Math.max(0, left), busy: () => gatedWorkInFlight() > 0 }))) {
+        logger.warn('shutdown: writes still running when the database had to be closed');
+      }
       await metricsServer?.close();
       await app.close();
       logger.info('shutdown complete');

@@ -67,8 +67,44 @@ export function detachedFromRequest<T>(work: () => T): T {
  */
 export function uninterrupted<T>(work: () => T): T {
   const context = storage.getStore();
-  if (context === undefined) return work();
-  return storage.run({ ...context, deadline: undefined, signal: undefined }, work);
+  running += 1;
+  lastActive = Date.now();
+  let result: T;
+  try {
+    result = context === undefined ? work() : storage.run({ ...context, deadline: undefined, signal: undefined }, work);
+  } catch (error) {
+    settle();
+    throw error;
+  }
+  // The caller still gets the work's own promise (and its rejection); this only watches it end.
+  if (result instanceof Promise) result.then(settle, settle);
+  else settle();
+  return result;
+}
+
+/** Sections of `uninterrupted` work running now, and when one last started or ended. */
+let running = 0;
+let lastActive = 0;
+const settle = () => {
+  running -= 1;
+  lastActive = Date.now();
+};
+
+/**
+ * Resolves once no `uninterrupted` work has run for `quietMs`, nor `busy` said other work was
+ * under way (work that starts as a request is cut short, such as releasing its idempotency claim,
+ * starts within that), or at `withinMs`; true when it settled. For a shutdown, so that the database is not closed between the writes of one
+ * use case: a new password saved with the old sessions left alive.
+ */
+export async function uninterruptedSettled(options: { quietMs: number; withinMs: number; busy?: () => boolean }): Promise<boolean> {
+  const giveUpAt = Date.now() + options.withinMs;
+  for (;;) {
+    const now = Date.now();
+    if (options.busy?.() === true) lastActive = now;
+    if (running === 0 && now - lastActive >= options.quietMs) return true;
+    if (now >= giveUpAt) return false;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(options.quietMs, 25)));
+  }
 }
 
 /** The current request's context, if the code runs on behalf of one. */

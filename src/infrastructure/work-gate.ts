@@ -9,6 +9,12 @@ export interface WorkLimits {
   signal?: AbortSignal | undefined;
 }
 
+/** Gated work running now, in every gate of the process: a shutdown lets it finish before the database closes. */
+let gatedWorkRunning = 0;
+export function gatedWorkInFlight(): number {
+  return gatedWorkRunning;
+}
+
 interface Waiting {
   start: () => void;
   refuse: (error: UnavailableError) => void;
@@ -58,14 +64,34 @@ export class WorkGate {
   async run<T>(work: () => Promise<T>, limits: WorkLimits = {}): Promise<T> {
     this.#admit(limits);
     if (this.#running >= this.#concurrency) {
-      await new Promise<void>((start, refuse) => this.#queue.push({ start, refuse, limits }));
+      await new Promise<void>((start, refuse) => {
+        const entry: Waiting = { start, refuse, limits };
+        this.#queue.push(entry);
+        // A caller that leaves gives up its place at once (and its request can clean up, say
+        // release its idempotency claim, now rather than when a slot frees).
+        const signal = limits.signal;
+        if (signal === undefined) return;
+        const leave = () => {
+          const index = this.#queue.indexOf(entry);
+          if (index === -1) return;
+          this.#queue.splice(index, 1);
+          refuse(new UnavailableError('The request was abandoned while it waited'));
+        };
+        signal.addEventListener('abort', leave, { once: true });
+        entry.start = () => {
+          signal.removeEventListener('abort', leave);
+          start();
+        };
+      });
     } else {
       this.#running += 1;
     }
     const started = this.#now();
+    gatedWorkRunning += 1;
     try {
       return await work();
     } finally {
+      gatedWorkRunning -= 1;
       // An exponential moving average: recent load decides, one outlier does not.
       this.#averageMs = 0.8 * this.#averageMs + 0.2 * Math.max(1, this.#now() - started);
       this.#release();

@@ -722,6 +722,64 @@ describe('graceful shutdown against a client that stops reading', () => {
   });
 });
 
+describe('graceful shutdown with writes under way', () => {
+  /** `node src/main.ts` on a free port over `schema`; resolves once it listens. */
+  async function spawnServer(schema: string, extra: Record<string, string>) {
+    const url = new URL(TEST_DATABASE_URL);
+    url.searchParams.set('schema', schema);
+    const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
+      env: { ...TEST_ENV, PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DATABASE_URL: url.toString(), ...extra },
+    });
+    cleanups.push(() => child.kill('SIGKILL'));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    const baseUrl = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: child.stdout }).on('line', (line) => {
+        const entry = JSON.parse(line) as { msg?: string; address?: string };
+        if (entry.msg === 'arcana-cloud listening') resolve(`http://${entry.address ?? ''}`);
+      });
+      void exited.then((code) => reject(new Error(`server exited with ${code}`)));
+    });
+    return { child, exited, baseUrl };
+  }
+
+  it('when SIGTERM cuts registrations queued for bcrypt, then after a restart each Idempotency-Key can be retried at once, none is "in progress"', async () => {
+    const schema = `test_cutw_${Date.now()}_${randomBytes(3).toString('hex')}`;
+    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await admin.connect();
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    try {
+      const env = { SHUTDOWN_TIMEOUT_MS: '6000', BCRYPT_ROUNDS: '12', RATE_LIMIT_ENABLED: 'false' };
+      const first = await spawnServer(schema, env);
+      const users = Array.from({ length: 60 }, (_, index) => ({ ...newUser(`cut${index}`), key: `cut-${schema}-${index}` }));
+      const register = (baseUrl: string, user: (typeof users)[number]) =>
+        fetch(`${baseUrl}/api/v1/auth/register`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'idempotency-key': user.key },
+          body: JSON.stringify({ username: user.username, email: user.email, password: user.password }),
+        }).then(
+          (res) => res.status,
+          () => 0,
+        );
+      // Each on its own connection, queued behind the bcrypt slots; most are still waiting at the cut.
+      const pending = users.map((user) => register(first.baseUrl, user));
+      await sleep(300);
+      first.child.kill('SIGTERM');
+      expect(await first.exited).toBe(0);
+      const cut = (await Promise.all(pending)).filter((status) => status !== 201).length;
+      expect(cut).toBeGreaterThan(0);
+      // Their claims used to stay behind: "still in progress; retry later" for the 5-minute lease.
+      const second = await spawnServer(schema, env);
+      const retried = await Promise.all(users.map((user) => register(second.baseUrl, user)));
+      expect(retried.filter((status) => status !== 201)).toEqual([]);
+      second.child.kill('SIGTERM');
+      await second.exited;
+    } finally {
+      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+      await admin.end();
+    }
+  }, 60_000);
+});
+
 describe('legitimate clients under the bounds', () => {
   it('when a Watch stream stays open past the idle and request deadlines, then it is not cut off, while an idle session next to it is', async () => {
     const sessions = new Http2SessionManager(server.baseUrl, { pingIntervalMs: 200 });

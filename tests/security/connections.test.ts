@@ -748,9 +748,11 @@ describe('graceful shutdown with writes under way', () => {
     await admin.connect();
     await admin.query(`CREATE SCHEMA "${schema}"`);
     try {
-      const env = { SHUTDOWN_TIMEOUT_MS: '6000', BCRYPT_ROUNDS: '12', RATE_LIMIT_ENABLED: 'false' };
+      // Hashes short next to what the shutdown leaves them (cut at 80 %, writes until 90 %: 600 ms),
+      // and enough of them still queued at the cut, also on a machine busy with other suites.
+      const env = { SHUTDOWN_TIMEOUT_MS: '6000', BCRYPT_ROUNDS: '10', RATE_LIMIT_ENABLED: 'false', PASSWORD_HASH_QUEUE_MAX: '1000', CONNECTIONS_PER_ADDRESS_MAX: '0' };
       const first = await spawnServer(schema, env);
-      const users = Array.from({ length: 60 }, (_, index) => ({ ...newUser(`cut${index}`), key: `cut-${schema}-${index}` }));
+      const users = Array.from({ length: 300 }, (_, index) => ({ ...newUser(`cut${index}`), key: `cut-${schema}-${index}` }));
       const register = (baseUrl: string, user: (typeof users)[number]) =>
         fetch(`${baseUrl}/api/v1/auth/register`, {
           method: 'POST',
@@ -760,7 +762,7 @@ describe('graceful shutdown with writes under way', () => {
           (res) => res.status,
           () => 0,
         );
-      // Each on its own connection, queued behind the bcrypt slots; most are still waiting at the cut.
+      // Each on its own connection, queued behind the bcrypt slots; many are still waiting at the cut.
       const pending = users.map((user) => register(first.baseUrl, user));
       await sleep(300);
       first.child.kill('SIGTERM');
@@ -777,7 +779,7 @@ describe('graceful shutdown with writes under way', () => {
       await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
       await admin.end();
     }
-  }, 60_000);
+  }, 90_000);
 });
 
 describe('legitimate clients under the bounds', () => {

@@ -210,6 +210,7 @@ describe('administrators writing over each other', () => {
       return items[seed % items.length] as T;
     };
     const unexpected: string[] = [];
+    const collisions: string[] = [];
     try {
       for (let round = 0; round < 6; round += 1) {
         const admins = await Promise.all(
@@ -238,9 +239,17 @@ describe('administrators writing over each other', () => {
                     : write === 'sessions'
                       ? client.endUserSessions(token, target)
                       : client.updateUser(token, target, { firstName: 'Mixed' });
-          return sent.then((outcome) => `${client.protocol} ${write}: ${outcome.code} ${outcome.error?.message ?? ''}`);
+          return sent.then((outcome) => ({
+            answer: `${client.protocol} ${write}: ${outcome.code} ${outcome.error?.message ?? ''}`,
+            retryAfter: outcome.headers.get('retry-after'),
+          }));
         });
-        for (const answer of await Promise.all(writes)) if (/: (internal|unavailable|unknown) /.test(answer)) unexpected.push(answer);
+        for (const { answer, retryAfter } of await Promise.all(writes)) {
+          // A write that still collided after the server's own retry (InnoDB can pick a deadlock
+          // victim among these under load) is told so, with a Retry-After: an answer, not a fault.
+          if (answer.endsWith(': unavailable The request collided with a concurrent one; try again') && retryAfter !== null) collisions.push(answer);
+          else if (/: (internal|unavailable|unknown) /.test(answer)) unexpected.push(answer);
+        }
         // Whatever happened, the platform kept an active administrator (the bootstrap one is never a target).
         expect(await t.sql("SELECT id FROM users WHERE role = 'ADMIN' AND status = 'ACTIVE'")).not.toHaveLength(0);
       }
@@ -248,6 +257,8 @@ describe('administrators writing over each other', () => {
       for (const client of clients) client.close();
     }
     expect(unexpected).toEqual([]);
+    // Rare: at most 1 % of the 360 writes.
+    expect(collisions.length).toBeLessThanOrEqual(3);
   });
 });
 

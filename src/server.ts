@@ -111,9 +111,11 @@ export function createDualProtocolServer(
       req.stream.close(http2Constants.NGHTTP2_REFUSED_STREAM);
       return;
     }
-    req.stream.once('close', () => peers.releaseStream(peer));
     openStreams.add(req.stream);
-    req.stream.once('close', () => openStreams.delete(req.stream));
+    req.stream.once('close', () => {
+      peers.releaseStream(peer);
+      openStreams.delete(req.stream);
+    });
     startInTurn(() => handlers.http2(req, res));
   });
   /** The HTTP/2 streams not yet closed, for the drain. */

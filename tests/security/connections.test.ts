@@ -6,7 +6,7 @@
 // each expected close is given generous slack, since a loaded two-core machine delays timers.
 import { Code, ConnectError, createClient } from '@connectrpc/connect';
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport, Http2SessionManager } from '@connectrpc/connect-node';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -566,36 +566,58 @@ describe('readiness probes', () => {
   });
 });
 
+/** A schema of its own for a server process; `drop` removes it. */
+async function freshSchema(prefix: string): Promise<{ schema: string; drop: () => Promise<void> }> {
+  const schema = `${prefix}_${Date.now()}_${randomBytes(3).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+  await admin.connect();
+  await admin.query(`CREATE SCHEMA "${schema}"`);
+  return {
+    schema,
+    drop: async () => {
+      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+      await admin.end();
+    },
+  };
+}
+
+interface ServerProcess {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  baseUrl: string;
+  /** Every line it has logged. */
+  lines: string[];
+}
+
+/** `node src/main.ts` on a free port over `schema`, with `extra` environment; resolves once it listens. */
+async function spawnServer(schema: string, extra: Record<string, string>): Promise<ServerProcess> {
+  const url = new URL(TEST_DATABASE_URL);
+  url.searchParams.set('schema', schema);
+  const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
+    env: { ...TEST_ENV, PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DATABASE_URL: url.toString(), ...extra },
+  });
+  cleanups.push(() => child.kill('SIGKILL'));
+  const lines: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  const baseUrl = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      lines.push(line);
+      const entry = JSON.parse(line) as { msg?: string; address?: string };
+      if (entry.msg === 'arcana-cloud listening') resolve(`http://${entry.address ?? ''}`);
+    });
+    void exited.then((code) => reject(new Error(`server exited with ${code}`)));
+  });
+  return { child, exited, baseUrl, lines };
+}
+
 describe('graceful shutdown', () => {
   it('when node src/main.ts gets SIGTERM with health watches (HTTP/2 and HTTP/1.1) and a reflection stream open, then each ends and the process exits 0 at once', async () => {
     const SHUTDOWN_TIMEOUT_MS = 20_000;
-    const schema = `test_conn_${Date.now()}_${randomBytes(3).toString('hex')}`;
-    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
-    await admin.connect();
-    await admin.query(`CREATE SCHEMA "${schema}"`);
-    const url = new URL(TEST_DATABASE_URL);
-    url.searchParams.set('schema', schema);
-    const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
-      env: {
-        ...TEST_ENV,
-        PATH: process.env.PATH ?? '',
-        PORT: '0',
-        HOST: '127.0.0.1',
-        LOG_LEVEL: 'info',
-        DATABASE_URL: url.toString(),
-        SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
-      },
-    });
-    cleanups.push(() => child.kill('SIGKILL'));
+    const { schema, drop } = await freshSchema('test_conn');
+    let server: ServerProcess | undefined;
     try {
-      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-      const baseUrl = await new Promise<string>((resolve, reject) => {
-        createInterface({ input: child.stdout }).on('line', (line) => {
-          const entry = JSON.parse(line) as { msg?: string; address?: string };
-          if (entry.msg === 'arcana-cloud listening') resolve(`http://${entry.address ?? ''}`);
-        });
-        void exited.then((code) => reject(new Error(`server exited with ${code}`)));
-      });
+      server = await spawnServer(schema, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) });
+      const { child, exited, baseUrl } = server;
       const sessions = new Http2SessionManager(baseUrl);
       cleanups.push(() => sessions.abort());
       // The gRPC-Web watch keeps its HTTP/1.1 connection alive after the drain ends it: that
@@ -648,9 +670,8 @@ describe('graceful shutdown', () => {
       // The reflection stream is told the server is going (unavailable: open a new one).
       expect(await reflectionStatus).toBe(String(Code.Unavailable));
     } finally {
-      child.kill('SIGKILL');
-      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
-      await admin.end();
+      server?.child.kill('SIGKILL');
+      await drop();
     }
   });
 });
@@ -658,35 +679,11 @@ describe('graceful shutdown', () => {
 describe('graceful shutdown against a client that stops reading', () => {
   it('when a reflection client stops reading its answers at SIGTERM, then its stream is cut near the timeout, the shutdown completes and the process exits 0', async () => {
     const SHUTDOWN_TIMEOUT_MS = 3_000;
-    const schema = `test_cut_${Date.now()}_${randomBytes(3).toString('hex')}`;
-    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
-    await admin.connect();
-    await admin.query(`CREATE SCHEMA "${schema}"`);
-    const url = new URL(TEST_DATABASE_URL);
-    url.searchParams.set('schema', schema);
-    const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
-      env: {
-        ...TEST_ENV,
-        PATH: process.env.PATH ?? '',
-        PORT: '0',
-        HOST: '127.0.0.1',
-        LOG_LEVEL: 'info',
-        DATABASE_URL: url.toString(),
-        SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
-      },
-    });
-    cleanups.push(() => child.kill('SIGKILL'));
-    const lines: string[] = [];
+    const { schema, drop } = await freshSchema('test_cut');
+    let server: ServerProcess | undefined;
     try {
-      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-      const baseUrl = await new Promise<string>((resolve, reject) => {
-        createInterface({ input: child.stdout }).on('line', (line) => {
-          lines.push(line);
-          const entry = JSON.parse(line) as { msg?: string; address?: string };
-          if (entry.msg === 'arcana-cloud listening') resolve(`http://${entry.address ?? ''}`);
-        });
-        void exited.then((code) => reject(new Error(`server exited with ${code}`)));
-      });
+      server = await spawnServer(schema, { SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) });
+      const { child, exited, baseUrl, lines } = server;
       // 150 questions whose answers (about 4.7 KB each) outgrow the stream's flow-control window
       // while the client reads nothing: the handler waits to write, and never sees the drain.
       const session = http2.connect(baseUrl);
@@ -715,38 +712,15 @@ describe('graceful shutdown against a client that stops reading', () => {
       expect(messages).toContain('shutdown complete');
       expect(messages).not.toContain('shutdown timed out; exiting');
     } finally {
-      child.kill('SIGKILL');
-      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
-      await admin.end();
+      server?.child.kill('SIGKILL');
+      await drop();
     }
   });
 });
 
 describe('graceful shutdown with writes under way', () => {
-  /** `node src/main.ts` on a free port over `schema`; resolves once it listens. */
-  async function spawnServer(schema: string, extra: Record<string, string>) {
-    const url = new URL(TEST_DATABASE_URL);
-    url.searchParams.set('schema', schema);
-    const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
-      env: { ...TEST_ENV, PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DATABASE_URL: url.toString(), ...extra },
-    });
-    cleanups.push(() => child.kill('SIGKILL'));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-    const baseUrl = await new Promise<string>((resolve, reject) => {
-      createInterface({ input: child.stdout }).on('line', (line) => {
-        const entry = JSON.parse(line) as { msg?: string; address?: string };
-        if (entry.msg === 'arcana-cloud listening') resolve(`http://${entry.address ?? ''}`);
-      });
-      void exited.then((code) => reject(new Error(`server exited with ${code}`)));
-    });
-    return { child, exited, baseUrl };
-  }
-
   it('when SIGTERM cuts registrations queued for bcrypt, then after a restart each Idempotency-Key can be retried at once, none is "in progress"', async () => {
-    const schema = `test_cutw_${Date.now()}_${randomBytes(3).toString('hex')}`;
-    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
-    await admin.connect();
-    await admin.query(`CREATE SCHEMA "${schema}"`);
+    const { schema, drop } = await freshSchema('test_cutw');
     try {
       // Hashes short next to what the shutdown leaves them (cut at 80 %, writes until 90 %: 600 ms),
       // and enough of them still queued at the cut, also on a machine busy with other suites.
@@ -776,8 +750,7 @@ describe('graceful shutdown with writes under way', () => {
       second.child.kill('SIGTERM');
       await second.exited;
     } finally {
-      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
-      await admin.end();
+      await drop();
     }
   }, 90_000);
 });

@@ -1,6 +1,7 @@
 import type { OAuthToken } from '../../gen/prisma/client.ts';
 import type { Cache } from '../infrastructure/cache.ts';
-import type { NewTokenRecord, RevocationReason, TokenRepository } from './token-repository.ts';
+import { forgetProfile } from './cached-user-repository.ts';
+import type { NewTokenRecord, PasswordChange, RevocationReason, TokenRepository } from './token-repository.ts';
 import type { WriteOptions } from './write-options.ts';
 
 export const sessionCacheKey = (accessTokenHash: string): string => `session:${accessTokenHash}`;
@@ -63,6 +64,15 @@ export class CachedTokenRepository implements TokenRepository {
 
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options?: WriteOptions) {
     return this.#invalidate(await this.#inner.revokeAllForUser(userId, exceptId, reason, options));
+  }
+
+  /** Forgets the revoked pairs and, as a write to the user's row would, the user's profile. */
+  async revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options?: WriteOptions) {
+    try {
+      return await this.#invalidate(await this.#inner.revokeAllForNewPassword(userId, exceptId, change, options));
+    } finally {
+      await forgetProfile(this.#cache, userId);
+    }
   }
 
   listActive(userId: number, now: Date) {

@@ -12,6 +12,12 @@ export const userCacheKey = (id: number): string => `user:${id}`;
  */
 const FORGET_SECONDS = 2;
 
+/** Forgets the user's cached profile, in this call and in the shared cache, after a write to the user's row. */
+export async function forgetProfile(cache: Cache, id: number): Promise<void> {
+  forgetRead(userCacheKey(id));
+  await cache.forget([userCacheKey(id)], FORGET_SECONDS);
+}
+
 /**
  * Cache-aside for user profiles, the record every authenticated request reads. Every write
  * through this repository forgets the cached profile (Cache.forget: no fill racing with the write
@@ -66,8 +72,7 @@ export class CachedUserRepository implements UserRepository {
     try {
       return await this.#inner.update(id, changes, expected, options);
     } finally {
-      forgetRead(userCacheKey(id));
-      await this.#cache.forget([userCacheKey(id)], FORGET_SECONDS);
+      await forgetProfile(this.#cache, id);
     }
   }
 
@@ -75,8 +80,7 @@ export class CachedUserRepository implements UserRepository {
     try {
       return await this.#inner.delete(id, expectedVersion);
     } finally {
-      forgetRead(userCacheKey(id));
-      await this.#cache.forget([userCacheKey(id)], FORGET_SECONDS);
+      await forgetProfile(this.#cache, id);
     }
   }
 
@@ -86,7 +90,6 @@ export class CachedUserRepository implements UserRepository {
 
   async recordLogin(id: number, at: Date) {
     await this.#inner.recordLogin(id, at);
-    forgetRead(userCacheKey(id));
-    await this.#cache.forget([userCacheKey(id)], FORGET_SECONDS);
+    await forgetProfile(this.#cache, id);
   }
 }

@@ -1,6 +1,7 @@
 import type { OAuthToken, Prisma, PrismaClient } from '../../gen/prisma/client.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
+import { conditionalUpdate } from './user-repository.ts';
 import { isRepeat, type WriteOptions } from './write-options.ts';
 
 /**
@@ -29,6 +30,12 @@ export interface NewTokenRecord {
  * replay (token theft); the others mean the session ended.
  */
 export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'expired_chain';
+
+/** A user's password hash replaced, on the condition that it is still `from`. */
+export interface PasswordChange {
+  from: string;
+  to: string;
+}
 
 /** Persistence of issued token pairs (sessions). */
 export interface TokenRepository {
@@ -62,6 +69,14 @@ export interface TokenRepository {
    * it to a new pair of the same chain, which is still the caller's session.
    */
   revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
+  /**
+   * A password change and the end of the sessions the old password opened, in one transaction:
+   * the user's hash becomes `change.to` only if it is still `change.from` (a ConflictError
+   * otherwise), and the pairs are revoked as revokeAllForUser revokes them for 'revoked'. When
+   * anything fails, neither is done. (Written one after the other, a failure between the two left
+   * the new password in effect and the old password's sessions alive, with an error answered.)
+   */
+  revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options?: WriteOptions): Promise<string[]>;
   /** Live (unrevoked, unexpired) pairs of a user, newest first. */
   listActive(userId: number, now: Date): Promise<OAuthToken[]>;
   /**
@@ -150,13 +165,22 @@ export class PrismaTokenRepository implements TokenRepository {
     return this.#withRepeated({ userId }, reason, options, await this.#revokeAllForUser(userId, exceptId, reason));
   }
 
-  #revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason): Promise<string[]> {
+  async revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options: WriteOptions = {}): Promise<string[]> {
+    const password = { change, repeat: isRepeat(options) };
+    return this.#withRepeated({ userId }, 'revoked', options, await this.#revokeAllForUser(userId, exceptId, 'revoked', password));
+  }
+
+  #revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, password?: { change: PasswordChange; repeat: boolean }): Promise<string[]> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
         // Waits for the user's refreshes in flight, and holds back new ones until this commits
         // (see rotate): without it, a refresh committing while this statement waits on the row it
         // rotates would insert a successor this statement cannot see, and that session would live.
         await lockUser(tx, userId);
+        if (password !== undefined) {
+          const { from, to } = password.change;
+          await conditionalUpdate(tx, this.#dialect, userId, { passwordHash: to }, { passwordHash: from }, password.repeat);
+        }
         const spared = exceptId === undefined ? null : await tx.oAuthToken.findUnique({ where: { id: exceptId }, select: { familyId: true } });
         return this.#dialect.updateTokensReturningHashes(
           tx,

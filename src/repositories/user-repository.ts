@@ -225,8 +225,9 @@ async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): 
 /**
  * UPDATE users SET …, version = version + 1 WHERE id = ? AND <expected>: one check-and-write, so
  * there is no window between the check and the write (the dialect makes it so on MySQL too).
+ * `db` may be a transaction of the caller's (the token repository's password change).
  */
-async function conditionalUpdate(db: Tx, dialect: SqlDialect, id: number, changes: UserChanges, expected: UserExpectation, repeat: boolean): Promise<User> {
+export async function conditionalUpdate(db: Tx, dialect: SqlDialect, id: number, changes: UserChanges, expected: UserExpectation, repeat: boolean): Promise<User> {
   const written = await dialect.updateUserIf(db, id, definedOnly(expected), { ...changes, version: { increment: 1 } });
   if (written !== null) return written;
   if (repeat) {

@@ -163,18 +163,20 @@ export class UserUseCases {
     }
     await attempt.succeeded();
     const passwordHash = await this.#passwords.hash(input.newPassword ?? '', 'newPassword');
-    // The new password and the end of the other sessions are one change: once it starts, a
-    // client that leaves (or a deadline that passes) cannot stop it halfway. It is written only
-    // over the hash the current password was compared with: of two changes racing with the same
-    // current password, the second would otherwise answer 200 with the first one's password in
-    // effect (and the first one's caller holding the only live session).
-    const ended = await uninterrupted(async () => {
-      await this.#users.update(userId, { passwordHash }, { passwordHash: user.passwordHash }).catch((error: unknown) => {
+    // The new password and the end of the other sessions are one change, one transaction in the
+    // repository: a failure between two writes would leave the new password in effect and the
+    // old one's sessions alive. Once it starts, a client that leaves (or a deadline that passes)
+    // cannot stop it. It is written only over the hash the current password was compared with: of
+    // two changes racing with the same current password, the second would otherwise answer 200
+    // with the first one's password in effect (and the first one's caller holding the only live
+    // session).
+    const change = { from: user.passwordHash, to: passwordHash };
+    const ended = await uninterrupted(() =>
+      this.#tokens.revokeAllForNewPassword(userId, actor.sessionId, change).catch((error: unknown) => {
         if (isConflict(error)) failed('changed_meanwhile');
         throw error;
-      });
-      return this.#tokens.revokeAllForUser(userId, actor.sessionId, 'revoked');
-    });
+      }),
+    );
     this.#audit.record({ type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { otherSessionsEnded: ended.length } });
   }
 

@@ -8,7 +8,7 @@ import type { OAuthToken, User } from '../../gen/prisma/client.ts';
 import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../../src/domain/errors.ts';
 import type { AuditEventInput, AuditLog } from '../../src/services/audit-use-cases.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
-import { REPEAT_LOOKBACK_MS, type NewTokenRecord, type RevocationReason, type TokenRepository } from '../../src/repositories/token-repository.ts';
+import { REPEAT_LOOKBACK_MS, type NewTokenRecord, type PasswordChange, type RevocationReason, type TokenRepository } from '../../src/repositories/token-repository.ts';
 import {
   showsWrite,
   type NewUser,
@@ -212,6 +212,12 @@ export class MemoryTokenRepository implements TokenRepository {
     const sparedFamily = exceptId === undefined ? undefined : this.#rows.get(exceptId)?.familyId;
     const revoked = this.#revokeWhere((row) => row.userId === userId && row.familyId !== sparedFamily && row.expiresAt > now, reason);
     return this.#withRepeated((row) => row.userId === userId, reason, options, revoked);
+  }
+
+  /** As PrismaTokenRepository: the password is written first, and a conflict revokes nothing. */
+  async revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options: WriteOptions = {}): Promise<string[]> {
+    await this.#users.update(userId, { passwordHash: change.to }, { passwordHash: change.from }, options);
+    return this.revokeAllForUser(userId, exceptId, 'revoked', options);
   }
 
   /** As PrismaTokenRepository: a repeat also returns the scope's pairs revoked for `reason` lately. */

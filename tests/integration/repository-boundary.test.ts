@@ -230,15 +230,27 @@ describe('users across the repository boundary', () => {
     expect(await remote.users.update(id, {})).toMatchObject(changes);
   });
 
-  it('when a password change expects a hash that another change has replaced, then the remote write is a conflict and the newer hash stays', async () => {
+  it('when a password change expects a hash that another change has replaced, then the remote change is a conflict, revokes nothing and the newer hash stays', async () => {
     const { id, passwordHash } = await direct.users.create(newUser());
+    const kept = await storePair(direct.tokens, newToken(id));
+    const other = await storePair(direct.tokens, newToken(id));
     await direct.users.update(id, { passwordHash: '$2b$04$theirs' }, { passwordHash });
-    await expect(remote.users.update(id, { passwordHash: '$2b$04$mine' }, { passwordHash })).rejects.toMatchObject({
+    await expect(remote.tokens.revokeAllForNewPassword(id, kept.id, { from: passwordHash, to: '$2b$04$mine' })).rejects.toMatchObject({
       code: 'CONFLICT',
       message: 'The password was changed meanwhile; nothing was changed',
     });
     expect((await direct.users.findById(id))?.passwordHash).toBe('$2b$04$theirs');
-    expect((await remote.users.update(id, { passwordHash: '$2b$04$mine' }, { passwordHash: '$2b$04$theirs' })).passwordHash).toBe('$2b$04$mine');
+    expect((await direct.tokens.findByAccessHash(other.accessTokenHash))?.isRevoked).toBe(false);
+
+    // Over the hash in place: the hash and the revocation of every pair but the spared chain.
+    const version = (await direct.users.findById(id))?.version ?? 0;
+    expect(await remote.tokens.revokeAllForNewPassword(id, kept.id, { from: '$2b$04$theirs', to: '$2b$04$mine' })).toEqual([other.accessTokenHash]);
+    expect(await direct.users.findById(id)).toMatchObject({ passwordHash: '$2b$04$mine', version: version + 1 });
+    expect(await direct.tokens.findByAccessHash(other.accessTokenHash)).toMatchObject({ isRevoked: true, revokedReason: 'revoked' });
+    expect((await direct.tokens.findByAccessHash(kept.accessTokenHash))?.isRevoked).toBe(false);
+    // A repeat whose first answer was lost finds its change in place and still names what it revoked.
+    expect(await remote.tokens.revokeAllForNewPassword(id, kept.id, { from: '$2b$04$theirs', to: '$2b$04$mine' }, { repeat: true })).toEqual([other.accessTokenHash]);
+    expect((await direct.users.findById(id))?.version).toBe(version + 1);
   });
 
   it('when changes hold a Prisma operation, a null or a field outside UserChanges, then the remote repository refuses them before sending', async () => {

@@ -4,11 +4,14 @@
 // - a refresh after logout is a session that ended, not token theft; a replayed rotated token
 //   still is theft, and revokes the chain;
 // - token answers are never cacheable (RFC 6749 §5.1), and 401s carry the bearer challenge
-//   (RFC 6750 §3), with error="invalid_token" when a token was refused.
+//   (RFC 6750 §3), with error="invalid_token" when a token was refused;
+// - a password change and the end of the other sessions happen together or not at all, even
+//   when the database fails between them.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { register, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
+import { openTestDatabase } from '../helpers/test-database.ts';
 
 const LIFETIME_SECONDS = 6;
 
@@ -70,6 +73,61 @@ describe('absolute session lifetime', { concurrent: true }, () => {
       closeAll(clients);
     }
   });
+});
+
+describe('a password change the database cannot finish', () => {
+  it('when the sessions cannot be ended in time, then the password is not changed either, over every protocol at once', async () => {
+    // Another transaction holds the users' session rows, so ending the other sessions waits past
+    // the write transaction's timeout and fails. The change used to commit the new password first:
+    // the owner got an error, the new password was in effect, and a thief's session (made with
+    // the old one) lived on; a retry with the old password was then refused as wrong.
+    const clients = apiClients(t.baseUrl);
+    const locker = await openTestDatabase(TEST_DATABASE_URL, '', t.databaseUrl);
+    try {
+      const cases = await Promise.all(
+        clients.map(async (client) => {
+          const user = await register(t);
+          const owner = await client.login({ usernameOrEmail: user.username, password: user.password });
+          const thief = await client.login({ usernameOrEmail: user.username, password: user.password });
+          return { client, user, owner, thief, newPassword: `Changed-${client.protocol}-Passw0rd!` };
+        }),
+      );
+      await locker.sql('BEGIN');
+      await locker.sql(`SELECT id FROM oauth_tokens WHERE user_id IN (${cases.map(({ user }) => user.id).join(', ')}) FOR UPDATE`);
+      const changes = cases.map(({ client, user, owner, newPassword }) =>
+        client.changePassword(owner.data?.tokens.accessToken ?? '', user.id, { oldPassword: user.password, newPassword }),
+      );
+      // Past the write transaction's 5 s timeout (Prisma's default) and any internal call's.
+      await sleep(7_000);
+      await locker.sql('ROLLBACK');
+      const answers = await Promise.all(changes);
+      for (const [index, { client, user, owner, thief, newPassword }] of cases.entries()) {
+        const answer = answers[index];
+        // Whatever the answer, the state is one of the two whole ones: a change in effect has
+        // ended the thief's session; a change not in effect left the old password working.
+        const oldWorks = (await client.login({ usernameOrEmail: user.username, password: user.password })).code === 'ok';
+        const newWorks = (await client.login({ usernameOrEmail: user.username, password: newPassword })).code === 'ok';
+        const thiefAlive = (await client.me(thief.data?.tokens.accessToken ?? '')).code === 'ok';
+        const state = { protocol: client.protocol, answer: answer?.code, oldWorks, newWorks, thiefAlive };
+        expect(state, JSON.stringify(answer)).toEqual(oldWorks ? { ...state, newWorks: false, thiefAlive: true } : { ...state, newWorks: true, thiefAlive: false });
+        // Never an internal error; an ok answer is a change in effect.
+        expect(['ok', 'unavailable', 'deadline_exceeded']).toContain(answer?.code);
+        if (answer?.code === 'ok') expect(newWorks).toBe(true);
+        // A change that did not happen can be asked for again, and then it ends the thief's session.
+        if (oldWorks) {
+          const again = await client.changePassword(owner.data?.tokens.accessToken ?? '', user.id, { oldPassword: user.password, newPassword });
+          expect(again.code).toBe('ok');
+          expect((await client.me(thief.data?.tokens.accessToken ?? '')).code).toBe('unauthenticated');
+        }
+      }
+      // The database failed every one of them: this is what the test is about.
+      expect(answers.map((answer) => answer.code).filter((code) => code === 'ok')).toEqual([]);
+    } finally {
+      await locker.sql('ROLLBACK').catch(() => undefined);
+      await locker.close();
+      closeAll(clients);
+    }
+  }, 60_000);
 });
 
 describe('sessions on a server without the short lifetime', { concurrent: true }, () => {

@@ -14,7 +14,7 @@ import type { UserRepositoryService } from '../../../gen/proto/arcana/internal/r
 import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
 import type { AuditFilter, AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
-import type { NewTokenRecord, RevocationReason, TokenRepository } from '../../repositories/token-repository.ts';
+import type { NewTokenRecord, PasswordChange, RevocationReason, TokenRepository } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, WriteOptions } from '../../repositories/user-repository.ts';
 import {
   auditEventFromProto,
@@ -128,6 +128,12 @@ export class RemoteTokenRepository implements TokenRepository {
 
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId, reason }, repeatHeader(options));
+    return accessTokenHashes;
+  }
+
+  async revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options: WriteOptions = {}): Promise<string[]> {
+    const passwordChange = { fromHash: change.from, toHash: change.to };
+    const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId, reason: 'revoked', passwordChange }, repeatHeader(options));
     return accessTokenHashes;
   }
 

@@ -106,7 +106,12 @@ export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl
       return { accessTokenHashes: await repo.revokeFamily(req.familyId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
     },
     async revokeUserTokens(req, ctx) {
-      return { accessTokenHashes: await repo.revokeAllForUser(req.userId, req.exceptId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
+      const reason = revocationReasonFromProto(req.reason);
+      const change = req.passwordChange;
+      if (change === undefined) return { accessTokenHashes: await repo.revokeAllForUser(req.userId, req.exceptId, reason, writeOptions(ctx)) };
+      // A password change's pairs are revoked for 'revoked', which is what the client sends.
+      const accessTokenHashes = await repo.revokeAllForNewPassword(req.userId, req.exceptId, { from: change.fromHash, to: change.toHash }, writeOptions(ctx));
+      return { accessTokenHashes };
     },
     async listActiveTokens(req) {
       const rows = await repo.listActive(req.userId, dateFromProto(req.now, 'ListActiveTokensRequest.now'));

@@ -513,6 +513,14 @@ export declare type RevokeUserTokensRequest = Message<"arcana.internal.repositor
    * @generated from field: string reason = 3;
    */
   reason: string;
+
+  /**
+   * A password change the revocation belongs to: it is written in the same transaction, and
+   * neither happens without the other.
+   *
+   * @generated from field: optional arcana.internal.repository.v1.PasswordChange password_change = 4;
+   */
+  passwordChange?: PasswordChange | undefined;
 };
 
 /**
@@ -520,6 +528,33 @@ export declare type RevokeUserTokensRequest = Message<"arcana.internal.repositor
  * Use `create(RevokeUserTokensRequestSchema)` to create a new message.
  */
 export declare const RevokeUserTokensRequestSchema: GenMessage<RevokeUserTokensRequest>;
+
+/**
+ * A conditional replacement of a user's password hash.
+ *
+ * @generated from message arcana.internal.repository.v1.PasswordChange
+ */
+export declare type PasswordChange = Message<"arcana.internal.repository.v1.PasswordChange"> & {
+  /**
+   * The hash the user's row must still hold; otherwise nothing is written (a conflict).
+   *
+   * @generated from field: string from_hash = 1;
+   */
+  fromHash: string;
+
+  /**
+   * The new hash.
+   *
+   * @generated from field: string to_hash = 2;
+   */
+  toHash: string;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.PasswordChange.
+ * Use `create(PasswordChangeSchema)` to create a new message.
+ */
+export declare const PasswordChangeSchema: GenMessage<PasswordChange>;
 
 /**
  * The access-token hashes of the pairs revoked.

@@ -25,8 +25,14 @@ export class CachedTokenRepository implements TokenRepository {
     this.#now = now;
   }
 
-  create(record: NewTokenRecord, passwordHash: string) {
-    return this.#inner.create(record, passwordHash);
+  /** A login's pair also writes the user's row: its profile is forgotten, as a write through CachedUserRepository would. */
+  async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date) {
+    if (loginAt === undefined) return this.#inner.create(record, passwordHash);
+    try {
+      return await this.#inner.create(record, passwordHash, loginAt);
+    } finally {
+      await forgetProfile(this.#cache, record.userId);
+    }
   }
 
   async findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {

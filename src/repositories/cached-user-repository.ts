@@ -87,9 +87,4 @@ export class CachedUserRepository implements UserRepository {
   list(filter: UserFilter) {
     return this.#inner.list(filter);
   }
-
-  async recordLogin(id: number, at: Date) {
-    await this.#inner.recordLogin(id, at);
-    await forgetProfile(this.#cache, id);
-  }
 }

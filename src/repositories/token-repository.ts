@@ -43,9 +43,11 @@ export interface TokenRepository {
    * Records a login's first pair, only while its user is ACTIVE and still has `passwordHash`, the
    * hash the login's password was compared with; null, writing nothing, when it is not (a
    * password change, suspension or deletion committed since). Takes the user's lock as the
-   * revocations do, so one that commits after this finds the pair and revokes it.
+   * revocations do, so one that commits after this finds the pair and revokes it. With
+   * `loginAt`, the pair opens a login and the user's last login (and version) is written in the
+   * same transaction: one write where a login used to make two internal calls.
    */
-  create(record: NewTokenRecord, passwordHash: string): Promise<OAuthToken | null>;
+  create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null>;
   /** The pair with this access-token hash: the hot path of every authenticated request. */
   findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null>;
   findByRefreshHash(refreshTokenHash: string): Promise<OAuthToken | null>;
@@ -96,14 +98,21 @@ export class PrismaTokenRepository implements TokenRepository {
     this.#dialect = dialect;
   }
 
-  create(record: NewTokenRecord, passwordHash: string): Promise<OAuthToken | null> {
+  create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
         // A login compares the password, then stores its pair. Without the user's lock and this
         // check, a password change or suspension committing in between revoked the user's pairs
-        // before this one existed, and the session opened with the old password lived on.
-        const held = await tx.$queryRaw<unknown[]>`SELECT id FROM users WHERE id = ${record.userId} AND password_hash = ${passwordHash} AND status = 'ACTIVE' FOR UPDATE`;
-        if (held.length === 0) return null;
+        // before this one existed, and the session opened with the old password lived on. The
+        // login's own write takes the same lock, on the same condition.
+        if (loginAt === undefined) {
+          const held = await tx.$queryRaw<unknown[]>`SELECT id FROM users WHERE id = ${record.userId} AND password_hash = ${passwordHash} AND status = 'ACTIVE' FOR UPDATE`;
+          if (held.length === 0) return null;
+        } else {
+          const where = { id: record.userId, passwordHash, status: 'ACTIVE' } as const;
+          const { count } = await tx.user.updateMany({ where, data: { lastLoginAt: loginAt, version: { increment: 1 } } });
+          if (count === 0) return null;
+        }
         return tx.oAuthToken.create({ data: record });
       }),
     );

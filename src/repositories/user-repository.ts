@@ -72,7 +72,6 @@ export interface UserRepository {
   delete(id: number, expectedVersion?: number): Promise<boolean>;
   /** A page of profiles: a listing never carries password hashes. */
   list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }>;
-  recordLogin(id: number, at: Date): Promise<void>;
 }
 
 export class PrismaUserRepository implements UserRepository {
@@ -185,10 +184,6 @@ export class PrismaUserRepository implements UserRepository {
     if (rows.length === 1 && first?.id === null) return { users: [], total };
     const users = rows.map(({ total: _total, ...row }): UserProfile => ({ ...row, isVerified: Boolean(row.isVerified), isActive: Boolean(row.isActive) }));
     return { users, total };
-  }
-
-  async recordLogin(id: number, at: Date): Promise<void> {
-    await withDatabaseErrors(() => this.#db.user.updateMany({ where: { id }, data: { lastLoginAt: at, version: { increment: 1 } } }));
   }
 }
 

@@ -138,7 +138,8 @@ export class AuthUseCases {
     if (row.status !== 'ACTIVE') throw failed('inactive');
     // Stored only if the password just compared is still the account's and the account still
     // active: a password change or suspension that committed meanwhile has ended every session.
-    const tokens = await this.#openSession(row, client).catch(async (error: unknown) => {
+    const now = this.#now();
+    const tokens = await this.#openSession(row, client, now).catch(async (error: unknown) => {
       // Not a guess that failed: the server could not finish (the database overloaded, say).
       await attempt.abandoned();
       throw error;
@@ -146,8 +147,6 @@ export class AuthUseCases {
     if (tokens === null) throw failed('changed_meanwhile');
     await attempt.succeeded();
     this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: device !== undefined } });
-    const now = this.#now();
-    await this.#users.recordLogin(row.id, now);
     return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, device) };
   }
 
@@ -300,9 +299,13 @@ export class AuthUseCases {
     throw new AuthenticationError('Refresh token has already been used; the session has been revoked');
   }
 
-  /** A login's first pair; null when the account is no longer ACTIVE with the password compared (see TokenRepository.create). */
-  async #openSession(user: UserRow, client: ClientInfo): Promise<TokenPair | null> {
-    const now = this.#now();
+  /**
+   * A session's first pair; null when the account is no longer ACTIVE with the password compared
+   * (see TokenRepository.create). `loginAt` (a login's, not a registration's) is recorded as the
+   * user's last login with it.
+   */
+  async #openSession(user: UserRow, client: ClientInfo, loginAt?: Date): Promise<TokenPair | null> {
+    const now = loginAt ?? this.#now();
     const familyExpiresAt = new Date(now.getTime() + this.#sessionLifetimeMs);
     const issued = this.#codec.issuePair(user.id, now, familyExpiresAt);
     const stored = await this.#tokens.create(
@@ -319,6 +322,7 @@ export class AuthUseCases {
         clientName: null,
       },
       user.passwordHash,
+      loginAt,
     );
     if (stored === null) return null;
     return this.#tokenPair(issued.accessToken, issued.refreshToken, issued.accessTtlSeconds);

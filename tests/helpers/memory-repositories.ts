@@ -135,9 +135,12 @@ export class MemoryUserRepository implements UserRepository {
     return { users: matching.slice(start, start + filter.perPage).map(({ passwordHash: _hash, ...profile }) => profile), total: matching.length };
   }
 
-  async recordLogin(id: number, at: Date): Promise<void> {
+  /** What a login's pair writes of the user (see TokenRepository.create). */
+  recordLogin(id: number, at: Date): void {
     const row = this.#rows.get(id);
-    if (row !== undefined) row.lastLoginAt = at;
+    if (row === undefined) return;
+    row.lastLoginAt = at;
+    row.version += 1;
   }
 
   /** The repository contract: no write may leave the platform without an active administrator. */
@@ -154,16 +157,17 @@ export class MemoryTokenRepository implements TokenRepository {
   readonly #clock: TestClock;
   #nextId = 1;
 
-  readonly #users: UserRepository;
+  readonly #users: MemoryUserRepository;
 
-  constructor(clock: TestClock, users: UserRepository) {
+  constructor(clock: TestClock, users: MemoryUserRepository) {
     this.#clock = clock;
     this.#users = users;
   }
 
-  async create(record: NewTokenRecord, passwordHash: string): Promise<OAuthToken | null> {
+  async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {
     const user = await this.#users.findById(record.userId);
     if (user?.status !== 'ACTIVE' || user.passwordHash !== passwordHash) return null;
+    if (loginAt !== undefined) this.#users.recordLogin(record.userId, loginAt);
     return this.#insert(record);
   }
 

@@ -168,9 +168,9 @@ describe('record mapping', () => {
 
 describe('users across the repository boundary', () => {
   it('when a user is read through the remote repository, then it deep-equals the row read directly', async () => {
-    const { id, username, email } = await direct.users.create(newUser({ firstName: 'Ada', lastName: '', phone: '+15550100' }));
+    const { id, username, email, passwordHash } = await direct.users.create(newUser({ firstName: 'Ada', lastName: '', phone: '+15550100' }));
     await direct.users.update(id, { avatarUrl: 'https://example.com/ada.png' });
-    await direct.users.recordLogin(id, new Date(Date.now() - 1234));
+    await direct.tokens.create(newToken(id), passwordHash, new Date(Date.now() - 1234));
 
     const full = await remote.users.findById(id);
     expect(full).toStrictEqual(await direct.users.findById(id));
@@ -287,13 +287,20 @@ describe('users across the repository boundary', () => {
     expect(guests.users.every((user) => user.role === 'GUEST' && !('passwordHash' in user))).toBe(true);
   });
 
-  it('when a login is recorded through the remote repository, then lastLoginAt is that instant to the millisecond', async () => {
-    const { id } = await direct.users.create(newUser());
+  it("when a login's pair is stored through the remote repository, then the user's last login is that instant to the millisecond; a refused pair records none", async () => {
+    const { id, passwordHash, version } = await direct.users.create(newUser());
     const at = new Date(Date.now() - 98_765);
-    await remote.users.recordLogin(id, at);
-    expect((await direct.users.findById(id))?.lastLoginAt).toStrictEqual(at);
-    // A missing user is no error, as in-process.
-    await expect(remote.users.recordLogin(999_999, at)).resolves.toBeUndefined();
+    const record = newToken(id);
+    expect(await remote.tokens.create(record, passwordHash, at)).toStrictEqual(await direct.tokens.findByAccessHash(record.accessTokenHash));
+    expect(await direct.users.findById(id)).toMatchObject({ lastLoginAt: at, version: version + 1 });
+    // A registration's first pair is no login.
+    expect(await remote.tokens.create(newToken(id), passwordHash)).not.toBeNull();
+    expect(await direct.users.findById(id)).toMatchObject({ lastLoginAt: at, version: version + 1 });
+    // Refused (another password hash): neither the pair nor the login.
+    const refused = newToken(id);
+    expect(await remote.tokens.create(refused, `$2b$04$${'d'.repeat(53)}`, new Date())).toBeNull();
+    expect(await direct.tokens.findByAccessHash(refused.accessTokenHash)).toBeNull();
+    expect(await direct.users.findById(id)).toMatchObject({ lastLoginAt: at, version: version + 1 });
   });
 
   it('when names are checked through the remote repository, then it answers as the direct repository', async () => {

@@ -10,9 +10,11 @@ import { MIGRATIONS_PATH } from '../../src/app.ts';
 import { UnavailableError } from '../../src/domain/errors.ts';
 import { createDatabase, type Database } from '../../src/infrastructure/database/database.ts';
 import { applyMigrations } from '../../src/infrastructure/database/migrations.ts';
+import { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
 import { PrismaUserRepository, type UserFilter } from '../../src/repositories/user-repository.ts';
 import { TEST_DATABASE_URL, createTestApp, monolithOf, type TestApp } from '../helpers/test-app.ts';
 import { isMysqlUrl } from '../helpers/test-database.ts';
+import { newTokenRecord } from '../helpers/token-records.ts';
 
 const onMysql = isMysqlUrl(TEST_DATABASE_URL);
 
@@ -33,7 +35,8 @@ afterAll(async () => {
 });
 
 /** Users whose fields take every shape a row can have: nulls and values, each enum, old and new times. */
-async function seed(repository: PrismaUserRepository): Promise<void> {
+async function seed(database: Database): Promise<void> {
+  const repository = new PrismaUserRepository(database);
   const created: User[] = [];
   for (const [index, name] of ['alice', 'Alfred', 'bob', 'carol', 'dave', 'erin', 'frank'].entries()) {
     created.push(
@@ -49,9 +52,15 @@ async function seed(repository: PrismaUserRepository): Promise<void> {
   }
   await repository.update(created[2]!.id, { status: 'SUSPENDED', isActive: false });
   await repository.update(created[3]!.id, { isVerified: true, avatarUrl: 'https://cdn.example/a.png' });
-  // Milliseconds, and an instant before 1970 (a negative epoch), survive the decoding.
-  await repository.recordLogin(created[0]!.id, new Date('2026-01-02T03:04:05.678Z'));
-  await repository.recordLogin(created[5]!.id, new Date('1969-07-20T20:17:40.123Z'));
+  // Milliseconds, and an instant before 1970 (a negative epoch), survive the decoding. A login's
+  // pair records the login.
+  const tokens = new PrismaTokenRepository(database.prisma, database.dialect);
+  for (const [user, at] of [
+    [created[0]!, '2026-01-02T03:04:05.678Z'],
+    [created[5]!, '1969-07-20T20:17:40.123Z'],
+  ] as const) {
+    expect(await tokens.create(newTokenRecord(user.id), user.passwordHash, new Date(at))).not.toBeNull();
+  }
 }
 
 const FILTERS: UserFilter[] = [
@@ -66,8 +75,8 @@ const FILTERS: UserFilter[] = [
 ];
 
 async function expectListingAsPrismaReadsIt(database: Database): Promise<void> {
+  await seed(database);
   const repository = new PrismaUserRepository(database);
-  await seed(repository);
   // Profiles: a listing never carries password hashes.
   const all = await database.prisma.user.findMany({ orderBy: { id: 'asc' }, omit: { passwordHash: true } });
   for (const filter of FILTERS) {

@@ -82,10 +82,6 @@ export class RemoteUserRepository implements UserRepository {
     const { users, total } = await this.#client.listUsers(userFilterToProto(filter));
     return { users: users.map(profileFromProto), total };
   }
-
-  async recordLogin(id: number, at: Date): Promise<void> {
-    await this.#client.recordLogin({ id, at: timestampFromDate(at) });
-  }
 }
 
 /** A TokenRepository in another process. */
@@ -96,8 +92,9 @@ export class RemoteTokenRepository implements TokenRepository {
     this.#client = client;
   }
 
-  async create(record: NewTokenRecord, passwordHash: string): Promise<OAuthToken | null> {
-    const { token } = await this.#client.createToken({ token: newTokenToProto(record), passwordHash });
+  async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {
+    const request = { token: newTokenToProto(record), passwordHash, loginAt: loginAt === undefined ? undefined : timestampFromDate(loginAt) };
+    const { token } = await this.#client.createToken(request);
     return token === undefined ? null : tokenFromProto(token);
   }
 

@@ -71,10 +71,6 @@ export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<t
       const { users, total } = await repo.list(userFilterFromProto(req));
       return { users: users.map(userToProto), total };
     },
-    async recordLogin(req) {
-      await repo.recordLogin(req.id, dateFromProto(req.at, 'RecordLoginRequest.at'));
-      return {};
-    },
   };
 }
 
@@ -82,7 +78,8 @@ export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<t
 export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl<typeof TokenRepositoryService> {
   return {
     async createToken(req) {
-      const row = await repo.create(newTokenFromProto(requireField(req.token, 'CreateTokenRequest.token')), req.passwordHash);
+      const loginAt = req.loginAt === undefined ? undefined : dateFromProto(req.loginAt, 'CreateTokenRequest.login_at');
+      const row = await repo.create(newTokenFromProto(requireField(req.token, 'CreateTokenRequest.token')), req.passwordHash, loginAt);
       return row === null ? {} : { token: tokenToProto(row) };
     },
     async findTokenByAccessHash(req) {

@@ -238,6 +238,14 @@ export declare type CreateTokenRequest = Message<"arcana.internal.repository.v1.
    * @generated from field: string password_hash = 2;
    */
   passwordHash: string;
+
+  /**
+   * When set, the pair opens a login: the user's last login becomes this time, in the same
+   * transaction (a registration's first pair leaves it unset).
+   *
+   * @generated from field: google.protobuf.Timestamp login_at = 3;
+   */
+  loginAt?: Timestamp | undefined;
 };
 
 /**

@@ -743,47 +743,6 @@ export declare type ListUsersResponse = Message<"arcana.internal.repository.v1.L
 export declare const ListUsersResponseSchema: GenMessage<ListUsersResponse>;
 
 /**
- * A login to record.
- *
- * @generated from message arcana.internal.repository.v1.RecordLoginRequest
- */
-export declare type RecordLoginRequest = Message<"arcana.internal.repository.v1.RecordLoginRequest"> & {
-  /**
-   * The user's id.
-   *
-   * @generated from field: int32 id = 1;
-   */
-  id: number;
-
-  /**
-   * When.
-   *
-   * @generated from field: google.protobuf.Timestamp at = 2;
-   */
-  at?: Timestamp | undefined;
-};
-
-/**
- * Describes the message arcana.internal.repository.v1.RecordLoginRequest.
- * Use `create(RecordLoginRequestSchema)` to create a new message.
- */
-export declare const RecordLoginRequestSchema: GenMessage<RecordLoginRequest>;
-
-/**
- * Nothing.
- *
- * @generated from message arcana.internal.repository.v1.RecordLoginResponse
- */
-export declare type RecordLoginResponse = Message<"arcana.internal.repository.v1.RecordLoginResponse"> & {
-};
-
-/**
- * Describes the message arcana.internal.repository.v1.RecordLoginResponse.
- * Use `create(RecordLoginResponseSchema)` to create a new message.
- */
-export declare const RecordLoginResponseSchema: GenMessage<RecordLoginResponse>;
-
-/**
  * The repository layer's user accounts, as the service layer calls them when the layers run as
  * separate processes. Mirrors UserRepository in src/repositories/user-repository.ts.
  *
@@ -873,16 +832,6 @@ export declare const UserRepositoryService: GenService<{
     methodKind: "unary";
     input: typeof ListUsersRequestSchema;
     output: typeof ListUsersResponseSchema;
-  },
-  /**
-   * Records when the user last logged in.
-   *
-   * @generated from rpc arcana.internal.repository.v1.UserRepositoryService.RecordLogin
-   */
-  recordLogin: {
-    methodKind: "unary";
-    input: typeof RecordLoginRequestSchema;
-    output: typeof RecordLoginResponseSchema;
   },
 }>;
 

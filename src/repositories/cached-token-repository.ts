@@ -1,7 +1,7 @@
 import type { OAuthToken } from '../../gen/prisma/client.ts';
 import type { Cache } from '../infrastructure/cache.ts';
 import { forgetProfile } from './cached-user-repository.ts';
-import type { NewTokenRecord, PasswordChange, RevocationReason, TokenRepository } from './token-repository.ts';
+import type { NewTokenRecord, RevocationReason, TokenRepository, UserWrite } from './token-repository.ts';
 import type { WriteOptions } from './write-options.ts';
 
 export const sessionCacheKey = (accessTokenHash: string): string => `session:${accessTokenHash}`;
@@ -72,10 +72,11 @@ export class CachedTokenRepository implements TokenRepository {
     return this.#invalidate(await this.#inner.revokeAllForUser(userId, exceptId, reason, options));
   }
 
-  /** Forgets the revoked pairs and, as a write to the user's row would, the user's profile. */
-  async revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options?: WriteOptions) {
+  /** Forgets the revoked pairs and, as a write through CachedUserRepository would, the user's profile. */
+  async revokeAllWithUserWrite(userId: number, exceptId: number | undefined, write: UserWrite, options?: WriteOptions) {
     try {
-      return await this.#invalidate(await this.#inner.revokeAllForNewPassword(userId, exceptId, change, options));
+      const { user, revoked } = await this.#inner.revokeAllWithUserWrite(userId, exceptId, write, options);
+      return { user, revoked: await this.#invalidate(revoked) };
     } finally {
       await forgetProfile(this.#cache, userId);
     }

@@ -1,7 +1,7 @@
-import type { OAuthToken, Prisma, PrismaClient } from '../../gen/prisma/client.ts';
+import type { OAuthToken, Prisma, PrismaClient, User } from '../../gen/prisma/client.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
-import { conditionalUpdate } from './user-repository.ts';
+import { conditionalUpdate, refuseLastActiveAdmin, removesActiveAdmin, type UserChanges, type UserExpectation } from './user-repository.ts';
 import { isRepeat, type WriteOptions } from './write-options.ts';
 
 /**
@@ -31,10 +31,10 @@ export interface NewTokenRecord {
  */
 export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'expired_chain';
 
-/** A user's password hash replaced, on the condition that it is still `from`. */
-export interface PasswordChange {
-  from: string;
-  to: string;
+/** A conditional write to a user's row, as UserRepository.update makes it. */
+export interface UserWrite {
+  changes: UserChanges;
+  expected: UserExpectation;
 }
 
 /** Persistence of issued token pairs (sessions). */
@@ -72,13 +72,15 @@ export interface TokenRepository {
    */
   revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
   /**
-   * A password change and the end of the sessions the old password opened, in one transaction:
-   * the user's hash becomes `change.to` only if it is still `change.from` (a ConflictError
-   * otherwise), and the pairs are revoked as revokeAllForUser revokes them for 'revoked'. When
-   * anything fails, neither is done. (Written one after the other, a failure between the two left
-   * the new password in effect and the old password's sessions alive, with an error answered.)
+   * A write to the user's row that ends the user's sessions (a new password, a suspension) and
+   * their end, in one transaction: `write` is made as UserRepository.update makes it (its
+   * conditions, the last-administrator guard, its errors), and the pairs are revoked as
+   * revokeAllForUser revokes them for 'revoked'. When anything fails, neither is done. Written
+   * one after the other, a failure between the two left the write in effect and the sessions
+   * alive with an error answered: a new password with the thief's session still open, a
+   * suspension whose sessions came back with the account's reactivation.
    */
-  revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options?: WriteOptions): Promise<string[]>;
+  revokeAllWithUserWrite(userId: number, exceptId: number | undefined, write: UserWrite, options?: WriteOptions): Promise<{ user: User; revoked: string[] }>;
   /** Live (unrevoked, unexpired) pairs of a user, newest first. */
   listActive(userId: number, now: Date): Promise<OAuthToken[]>;
   /**
@@ -171,27 +173,28 @@ export class PrismaTokenRepository implements TokenRepository {
   }
 
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
-    return this.#withRepeated({ userId }, reason, options, await this.#revokeAllForUser(userId, exceptId, reason));
+    const { revoked } = await this.#endSessions(userId, exceptId, reason);
+    return this.#withRepeated({ userId }, reason, options, revoked);
   }
 
-  async revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options: WriteOptions = {}): Promise<string[]> {
-    const password = { change, repeat: isRepeat(options) };
-    return this.#withRepeated({ userId }, 'revoked', options, await this.#revokeAllForUser(userId, exceptId, 'revoked', password));
+  async revokeAllWithUserWrite(userId: number, exceptId: number | undefined, write: UserWrite, options: WriteOptions = {}): Promise<{ user: User; revoked: string[] }> {
+    const { user, revoked } = await this.#endSessions(userId, exceptId, 'revoked', { ...write, repeat: isRepeat(options) });
+    if (user === null) throw new Error('the user write did not run');
+    return { user, revoked: await this.#withRepeated({ userId }, 'revoked', options, revoked) };
   }
 
-  #revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, password?: { change: PasswordChange; repeat: boolean }): Promise<string[]> {
+  #endSessions(userId: number, exceptId: number | undefined, reason: RevocationReason, write?: UserWrite & { repeat: boolean }): Promise<{ user: User | null; revoked: string[] }> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
+        // The guard locks the active admins' rows and the user's, in id order, as UserRepository.update does.
+        if (write !== undefined && removesActiveAdmin(write.changes)) await refuseLastActiveAdmin(tx, userId);
         // Waits for the user's refreshes in flight, and holds back new ones until this commits
         // (see rotate): without it, a refresh committing while this statement waits on the row it
         // rotates would insert a successor this statement cannot see, and that session would live.
         await lockUser(tx, userId);
-        if (password !== undefined) {
-          const { from, to } = password.change;
-          await conditionalUpdate(tx, this.#dialect, userId, { passwordHash: to }, { passwordHash: from }, password.repeat);
-        }
+        const user = write === undefined ? null : await conditionalUpdate(tx, this.#dialect, userId, write.changes, write.expected, write.repeat);
         const spared = exceptId === undefined ? null : await tx.oAuthToken.findUnique({ where: { id: exceptId }, select: { familyId: true } });
-        return this.#dialect.updateTokensReturningHashes(
+        const revoked = await this.#dialect.updateTokensReturningHashes(
           tx,
           {
             userId,
@@ -201,6 +204,7 @@ export class PrismaTokenRepository implements TokenRepository {
           },
           { isRevoked: true, revokedReason: reason },
         );
+        return { user, revoked };
       }),
     );
   }

@@ -195,7 +195,7 @@ export function usernameKeyOf(username: string): string {
 type Tx = Prisma.TransactionClient | PrismaClient;
 
 /** Whether a change takes a user out of the ACTIVE ADMINs (if it is one). */
-function removesActiveAdmin(changes: UserChanges): boolean {
+export function removesActiveAdmin(changes: UserChanges): boolean {
   return (changes.status !== undefined && changes.status !== 'ACTIVE') || (changes.role !== undefined && changes.role !== 'ADMIN');
 }
 
@@ -210,7 +210,7 @@ function removesActiveAdmin(changes: UserChanges): boolean {
  * found by an attacker firing mixed admin writes in parallel). Must run inside the transaction
  * that then writes.
  */
-async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): Promise<void> {
+export async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): Promise<void> {
   const rows = await tx.$queryRaw<{ id: number; role: string; status: string }[]>`
     SELECT id, role, status FROM users WHERE (role = 'ADMIN' AND status = 'ACTIVE') OR id = ${id} ORDER BY id FOR UPDATE`;
   const admins = rows.filter((row) => row.role === 'ADMIN' && row.status === 'ACTIVE');
@@ -220,7 +220,7 @@ async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): 
 /**
  * UPDATE users SET …, version = version + 1 WHERE id = ? AND <expected>: one check-and-write, so
  * there is no window between the check and the write (the dialect makes it so on MySQL too).
- * `db` may be a transaction of the caller's (the token repository's password change).
+ * `db` may be a transaction of the caller's (the token repository's session-ending writes).
  */
 export async function conditionalUpdate(db: Tx, dialect: SqlDialect, id: number, changes: UserChanges, expected: UserExpectation, repeat: boolean): Promise<User> {
   const written = await dialect.updateUserIf(db, id, definedOnly(expected), { ...changes, version: { increment: 1 } });

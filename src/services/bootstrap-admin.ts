@@ -64,13 +64,11 @@ async function checkAdministratorsLeft(
     );
     return;
   }
-  const updated = await deps.users.update(account.id, {
-    role: 'ADMIN',
-    status: 'ACTIVE',
-    isActive: true,
-    passwordHash: await deps.passwords.hash(admin.password),
-  });
-  const ended = await deps.tokens.revokeAllForUser(account.id, undefined, 'revoked');
+  // The restored account and the end of its sessions are one transaction: restored without it, a
+  // failure in between left the old sessions alive, and the next start, finding an active
+  // administrator, would not come back to end them.
+  const changes = { role: 'ADMIN', status: 'ACTIVE', isActive: true, passwordHash: await deps.passwords.hash(admin.password) } as const;
+  const { user: updated, revoked: ended } = await deps.tokens.revokeAllWithUserWrite(account.id, undefined, { changes, expected: {} });
   const reason = 'bootstrap_recover';
   if (account.role !== updated.role) deps.audit.record({ type: 'ROLE_CHANGED', userId: account.id, details: { from: account.role, to: updated.role, reason } });
   if (account.status !== updated.status) deps.audit.record({ type: 'STATUS_CHANGED', userId: account.id, details: { from: account.status, to: updated.status, reason } });

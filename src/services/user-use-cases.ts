@@ -170,9 +170,9 @@ export class UserUseCases {
     // two changes racing with the same current password, the second would otherwise answer 200
     // with the first one's password in effect (and the first one's caller holding the only live
     // session).
-    const change = { from: user.passwordHash, to: passwordHash };
-    const ended = await uninterrupted(() =>
-      this.#tokens.revokeAllForNewPassword(userId, actor.sessionId, change).catch((error: unknown) => {
+    const write = { changes: { passwordHash }, expected: { passwordHash: user.passwordHash } };
+    const { revoked: ended } = await uninterrupted(() =>
+      this.#tokens.revokeAllWithUserWrite(userId, actor.sessionId, write).catch((error: unknown) => {
         if (isConflict(error)) failed('changed_meanwhile');
         throw error;
       }),
@@ -200,12 +200,13 @@ export class UserUseCases {
     requireAdmin(actor);
     const stored = statusFromProto(status);
     const before = await this.#existing(userId);
-    // A suspension and the end of the user's sessions are one change (see changePassword).
-    const written = await uninterrupted(async () => {
-      const row = await this.#users.update(userId, { status: stored, isActive: stored === 'ACTIVE' }, { status: before.status, version: expectedVersion });
-      if (status !== UserStatus.ACTIVE) await this.#tokens.revokeAllForUser(userId, undefined, 'revoked');
-      return row;
-    }).then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, expectedVersion, (now) => now.status === stored));
+    // A suspension and the end of the user's sessions are one change, one transaction (see
+    // changePassword): a suspension written without it left the sessions to come back with the
+    // account's reactivation.
+    const write = { changes: { status: stored, isActive: stored === 'ACTIVE' }, expected: { status: before.status, version: expectedVersion } };
+    const written = await uninterrupted(async () =>
+      status === UserStatus.ACTIVE ? this.#users.update(userId, write.changes, write.expected) : (await this.#tokens.revokeAllWithUserWrite(userId, undefined, write)).user,
+    ).then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, expectedVersion, (now) => now.status === stored));
     if (written.changed && before.status !== stored) this.#audit.record({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } });
     return toUserMessage(written.row);
   }

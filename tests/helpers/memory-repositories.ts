@@ -8,7 +8,7 @@ import type { OAuthToken, User } from '../../gen/prisma/client.ts';
 import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../../src/domain/errors.ts';
 import type { AuditEventInput, AuditLog } from '../../src/services/audit-use-cases.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
-import { REPEAT_LOOKBACK_MS, type NewTokenRecord, type PasswordChange, type RevocationReason, type TokenRepository } from '../../src/repositories/token-repository.ts';
+import { REPEAT_LOOKBACK_MS, type NewTokenRecord, type RevocationReason, type TokenRepository, type UserWrite } from '../../src/repositories/token-repository.ts';
 import {
   showsWrite,
   type NewUser,
@@ -218,10 +218,10 @@ export class MemoryTokenRepository implements TokenRepository {
     return this.#withRepeated((row) => row.userId === userId, reason, options, revoked);
   }
 
-  /** As PrismaTokenRepository: the password is written first, and a conflict revokes nothing. */
-  async revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options: WriteOptions = {}): Promise<string[]> {
-    await this.#users.update(userId, { passwordHash: change.to }, { passwordHash: change.from }, options);
-    return this.revokeAllForUser(userId, exceptId, 'revoked', options);
+  /** As PrismaTokenRepository: the user is written first, and a refused write revokes nothing. */
+  async revokeAllWithUserWrite(userId: number, exceptId: number | undefined, write: UserWrite, options: WriteOptions = {}): Promise<{ user: User; revoked: string[] }> {
+    const user = await this.#users.update(userId, write.changes, write.expected, options);
+    return { user, revoked: await this.revokeAllForUser(userId, exceptId, 'revoked', options) };
   }
 
   /** As PrismaTokenRepository: a repeat also returns the scope's pairs revoked for `reason` lately. */

@@ -230,27 +230,41 @@ describe('users across the repository boundary', () => {
     expect(await remote.users.update(id, {})).toMatchObject(changes);
   });
 
-  it('when a password change expects a hash that another change has replaced, then the remote change is a conflict, revokes nothing and the newer hash stays', async () => {
+  it('when a session-ending write expects what another write has replaced, then the remote call is a conflict, revokes nothing and the newer row stays', async () => {
     const { id, passwordHash } = await direct.users.create(newUser());
     const kept = await storePair(direct.tokens, newToken(id));
     const other = await storePair(direct.tokens, newToken(id));
     await direct.users.update(id, { passwordHash: '$2b$04$theirs' }, { passwordHash });
-    await expect(remote.tokens.revokeAllForNewPassword(id, kept.id, { from: passwordHash, to: '$2b$04$mine' })).rejects.toMatchObject({
+    const mine = { changes: { passwordHash: '$2b$04$mine' }, expected: { passwordHash } };
+    await expect(remote.tokens.revokeAllWithUserWrite(id, kept.id, mine)).rejects.toMatchObject({
       code: 'CONFLICT',
       message: 'The password was changed meanwhile; nothing was changed',
     });
     expect((await direct.users.findById(id))?.passwordHash).toBe('$2b$04$theirs');
     expect((await direct.tokens.findByAccessHash(other.accessTokenHash))?.isRevoked).toBe(false);
 
-    // Over the hash in place: the hash and the revocation of every pair but the spared chain.
+    // Over the hash in place: the row as written, and every pair but the spared chain revoked.
     const version = (await direct.users.findById(id))?.version ?? 0;
-    expect(await remote.tokens.revokeAllForNewPassword(id, kept.id, { from: '$2b$04$theirs', to: '$2b$04$mine' })).toEqual([other.accessTokenHash]);
-    expect(await direct.users.findById(id)).toMatchObject({ passwordHash: '$2b$04$mine', version: version + 1 });
+    const over = { changes: { passwordHash: '$2b$04$mine' }, expected: { passwordHash: '$2b$04$theirs' } };
+    const { user, revoked } = await remote.tokens.revokeAllWithUserWrite(id, kept.id, over);
+    expect(revoked).toEqual([other.accessTokenHash]);
+    expect(user).toStrictEqual(await direct.users.findById(id));
+    expect(user).toMatchObject({ passwordHash: '$2b$04$mine', version: version + 1 });
     expect(await direct.tokens.findByAccessHash(other.accessTokenHash)).toMatchObject({ isRevoked: true, revokedReason: 'revoked' });
     expect((await direct.tokens.findByAccessHash(kept.accessTokenHash))?.isRevoked).toBe(false);
-    // A repeat whose first answer was lost finds its change in place and still names what it revoked.
-    expect(await remote.tokens.revokeAllForNewPassword(id, kept.id, { from: '$2b$04$theirs', to: '$2b$04$mine' }, { repeat: true })).toEqual([other.accessTokenHash]);
-    expect((await direct.users.findById(id))?.version).toBe(version + 1);
+    // A repeat whose first answer was lost finds its write in place and still names what it revoked.
+    expect(await remote.tokens.revokeAllWithUserWrite(id, kept.id, over, { repeat: true })).toEqual({ user, revoked: [other.accessTokenHash] });
+  });
+
+  it('when a session-ending write would suspend the last active administrator, then it is refused and nothing is revoked', async () => {
+    const { id } = await direct.users.create(newUser({ role: 'ADMIN' }));
+    const admins = await direct.users.list({ page: 1, perPage: 100, role: 'ADMIN', status: 'ACTIVE' });
+    for (const admin of admins.users) if (admin.id !== id) await direct.users.update(admin.id, { role: 'USER' });
+    const pair = await storePair(direct.tokens, newToken(id));
+    const suspend = { changes: { status: 'SUSPENDED', isActive: false }, expected: {} } as const;
+    await expect(remote.tokens.revokeAllWithUserWrite(id, undefined, suspend)).rejects.toMatchObject({ code: 'LAST_ADMIN' });
+    expect(await direct.users.findById(id)).toMatchObject({ status: 'ACTIVE' });
+    expect((await direct.tokens.findByAccessHash(pair.accessTokenHash))?.isRevoked).toBe(false);
   });
 
   it('when changes hold a Prisma operation, a null or a field outside UserChanges, then the remote repository refuses them before sending', async () => {

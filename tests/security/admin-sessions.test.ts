@@ -3,12 +3,17 @@
 // - an ended session's access and refresh tokens are refused at once, and ending it is not taken
 //   for token theft; the user's other sessions go on; a session id of another user is not found;
 // - "end every session" must also end the one a thief is refreshing at that very moment: the
-//   refresh that commits while the revocation waits must not leave a live successor behind.
+//   refresh that commits while the revocation waits must not leave a live successor behind;
+// - a suspension and the end of the user's sessions happen together or not at all, even when the
+//   database fails between them: a suspended account's sessions must not come back with its
+//   reactivation.
 // Over every public protocol; also in the split topologies, where the token cache sits in other
 // processes than the one that revokes.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { apiClient, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { loginAdmin, register, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
+import { openTestDatabase } from '../helpers/test-database.ts';
 
 let t: TestServer;
 let admin: string;
@@ -114,4 +119,54 @@ describe.each(PROTOCOLS)("a user's sessions, administered over %s", (protocol: P
     expect((await client.refresh(refreshToken)).code).toBe('unauthenticated');
     expect((await client.listUserSessions(admin, 2_000_000_000)).code).toBe('not_found');
   });
+});
+
+describe('a suspension the database cannot finish', () => {
+  it('when the sessions cannot be ended in time, then the user is not suspended either, over every protocol at once; a retry suspends and is audited, and reactivation brings no session back', async () => {
+    // Another transaction holds the users' session rows past the write transaction's timeout.
+    // The suspension used to commit first: the admin got 503 with the account suspended and its
+    // sessions alive, which came back the moment the account was reactivated, and the retry the
+    // 503 asked for found the account suspended already and audited nothing.
+    const clients = PROTOCOLS.map((protocol) => apiClient(protocol, t.baseUrl));
+    const locker = await openTestDatabase(TEST_DATABASE_URL, '', t.databaseUrl);
+    try {
+      const cases = await Promise.all(
+        clients.map(async (client) => {
+          const user = await register(t);
+          const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+          return { client, user, login };
+        }),
+      );
+      await locker.sql('BEGIN');
+      await locker.sql(`SELECT id FROM oauth_tokens WHERE user_id IN (${cases.map(({ user }) => user.id).join(', ')}) FOR UPDATE`);
+      const suspensions = cases.map(({ client, user }) => client.updateStatus(admin, user.id, 'SUSPENDED'));
+      // Past the write transaction's 5 s timeout (Prisma's default) and any internal call's.
+      await sleep(7_000);
+      await locker.sql('ROLLBACK');
+      const answers = await Promise.all(suspensions);
+      for (const [index, { client, user, login }] of cases.entries()) {
+        const answer = answers[index];
+        expect(['unavailable', 'deadline_exceeded'], JSON.stringify(answer)).toContain(answer?.code);
+        // Whatever the answer, the state is one of the two whole ones.
+        const [row] = await t.sql<{ status: string }>('SELECT status::text AS status FROM users WHERE id = $1', [user.id]);
+        const live = await t.sql<{ id: number }>('SELECT id FROM oauth_tokens WHERE user_id = $1 AND NOT is_revoked', [user.id]);
+        const state = { protocol: client.protocol, status: row?.status, liveSessions: live.length };
+        expect(state).toEqual(row?.status === 'ACTIVE' ? { ...state, liveSessions: 2 } : { ...state, status: 'SUSPENDED', liveSessions: 0 });
+        // The administrator does what the answer says: tries again, later reactivates.
+        expect((await client.updateStatus(admin, user.id, 'SUSPENDED')).code).toBe('ok');
+        expect((await client.updateStatus(admin, user.id, 'ACTIVE')).code).toBe('ok');
+        for (const token of [user.accessToken, login.data?.tokens.accessToken ?? '']) expect((await client.me(token)).code).toBe('unauthenticated');
+        expect((await client.refresh(login.data?.tokens.refreshToken ?? '')).code).toBe('unauthenticated');
+        const changes = await events(user.id, 'STATUS_CHANGED', 2);
+        expect(changes.map(({ details }) => [details.from, details.to])).toEqual([
+          ['ACTIVE', 'SUSPENDED'],
+          ['SUSPENDED', 'ACTIVE'],
+        ]);
+      }
+    } finally {
+      await locker.sql('ROLLBACK').catch(() => undefined);
+      await locker.close();
+      closeAll(clients);
+    }
+  }, 60_000);
 });

@@ -14,7 +14,7 @@ import type { UserRepositoryService } from '../../../gen/proto/arcana/internal/r
 import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
 import type { AuditFilter, AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
-import type { NewTokenRecord, PasswordChange, RevocationReason, TokenRepository } from '../../repositories/token-repository.ts';
+import type { NewTokenRecord, RevocationReason, TokenRepository, UserWrite } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, WriteOptions } from '../../repositories/user-repository.ts';
 import {
   auditEventFromProto,
@@ -128,10 +128,10 @@ export class RemoteTokenRepository implements TokenRepository {
     return accessTokenHashes;
   }
 
-  async revokeAllForNewPassword(userId: number, exceptId: number | undefined, change: PasswordChange, options: WriteOptions = {}): Promise<string[]> {
-    const passwordChange = { fromHash: change.from, toHash: change.to };
-    const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId, reason: 'revoked', passwordChange }, repeatHeader(options));
-    return accessTokenHashes;
+  async revokeAllWithUserWrite(userId: number, exceptId: number | undefined, write: UserWrite, options: WriteOptions = {}): Promise<{ user: User; revoked: string[] }> {
+    const userWrite = { changes: userChangesToProto(write.changes), expected: userExpectationToProto(write.expected) };
+    const response = await this.#client.revokeUserTokens({ userId, exceptId, reason: 'revoked', userWrite }, repeatHeader(options));
+    return { user: userFromProto(requireField(response.user, 'RevokeUserTokensResponse.user')), revoked: response.accessTokenHashes };
   }
 
   async listActive(userId: number, now: Date): Promise<OAuthToken[]> {

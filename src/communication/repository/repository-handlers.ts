@@ -104,11 +104,12 @@ export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl
     },
     async revokeUserTokens(req, ctx) {
       const reason = revocationReasonFromProto(req.reason);
-      const change = req.passwordChange;
-      if (change === undefined) return { accessTokenHashes: await repo.revokeAllForUser(req.userId, req.exceptId, reason, writeOptions(ctx)) };
-      // A password change's pairs are revoked for 'revoked', which is what the client sends.
-      const accessTokenHashes = await repo.revokeAllForNewPassword(req.userId, req.exceptId, { from: change.fromHash, to: change.toHash }, writeOptions(ctx));
-      return { accessTokenHashes };
+      const write = req.userWrite;
+      if (write === undefined) return { accessTokenHashes: await repo.revokeAllForUser(req.userId, req.exceptId, reason, writeOptions(ctx)) };
+      // Absent changes are no changes, as in updateUser; the pairs go for 'revoked', as the client sends.
+      const changes = write.changes === undefined ? {} : userChangesFromProto(write.changes);
+      const { user, revoked } = await repo.revokeAllWithUserWrite(req.userId, req.exceptId, { changes, expected: userExpectationFromProto(write.expected) }, writeOptions(ctx));
+      return { accessTokenHashes: revoked, user: userToProto(user) };
     },
     async listActiveTokens(req) {
       const rows = await repo.listActive(req.userId, dateFromProto(req.now, 'ListActiveTokensRequest.now'));

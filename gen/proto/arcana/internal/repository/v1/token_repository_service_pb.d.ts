@@ -5,6 +5,7 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import type { UserChanges, UserConditions, UserRecord } from "./user_repository_service_pb.js";
 
 /**
  * Describes the file arcana/internal/repository/v1/token_repository_service.proto.
@@ -523,12 +524,13 @@ export declare type RevokeUserTokensRequest = Message<"arcana.internal.repositor
   reason: string;
 
   /**
-   * A password change the revocation belongs to: it is written in the same transaction, and
-   * neither happens without the other.
+   * A write to the user's row that ends the sessions (a new password, a suspension), made in
+   * the same transaction as UpdateUser makes it: neither happens without the other. Its pairs
+   * are revoked for "revoked".
    *
-   * @generated from field: optional arcana.internal.repository.v1.PasswordChange password_change = 4;
+   * @generated from field: optional arcana.internal.repository.v1.UserWrite user_write = 4;
    */
-  passwordChange?: PasswordChange | undefined;
+  userWrite?: UserWrite | undefined;
 };
 
 /**
@@ -538,31 +540,31 @@ export declare type RevokeUserTokensRequest = Message<"arcana.internal.repositor
 export declare const RevokeUserTokensRequestSchema: GenMessage<RevokeUserTokensRequest>;
 
 /**
- * A conditional replacement of a user's password hash.
+ * A conditional write to a user's row.
  *
- * @generated from message arcana.internal.repository.v1.PasswordChange
+ * @generated from message arcana.internal.repository.v1.UserWrite
  */
-export declare type PasswordChange = Message<"arcana.internal.repository.v1.PasswordChange"> & {
+export declare type UserWrite = Message<"arcana.internal.repository.v1.UserWrite"> & {
   /**
-   * The hash the user's row must still hold; otherwise nothing is written (a conflict).
+   * What to change.
    *
-   * @generated from field: string from_hash = 1;
+   * @generated from field: arcana.internal.repository.v1.UserChanges changes = 1;
    */
-  fromHash: string;
+  changes?: UserChanges | undefined;
 
   /**
-   * The new hash.
+   * What the row must still be like; absent: unconditional.
    *
-   * @generated from field: string to_hash = 2;
+   * @generated from field: arcana.internal.repository.v1.UserConditions expected = 2;
    */
-  toHash: string;
+  expected?: UserConditions | undefined;
 };
 
 /**
- * Describes the message arcana.internal.repository.v1.PasswordChange.
- * Use `create(PasswordChangeSchema)` to create a new message.
+ * Describes the message arcana.internal.repository.v1.UserWrite.
+ * Use `create(UserWriteSchema)` to create a new message.
  */
-export declare const PasswordChangeSchema: GenMessage<PasswordChange>;
+export declare const UserWriteSchema: GenMessage<UserWrite>;
 
 /**
  * The access-token hashes of the pairs revoked.
@@ -576,6 +578,13 @@ export declare type RevokeUserTokensResponse = Message<"arcana.internal.reposito
    * @generated from field: repeated string access_token_hashes = 1;
    */
   accessTokenHashes: string[];
+
+  /**
+   * The user's row after the request's user_write; unset without one.
+   *
+   * @generated from field: arcana.internal.repository.v1.UserRecord user = 2;
+   */
+  user?: UserRecord | undefined;
 };
 
 /**

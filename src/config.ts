@@ -98,6 +98,7 @@ const EnvSchema = z.object({
     .regex(/^(postgres(ql)?|mysql|mariadb):\/\//, 'must be a postgresql://, mysql:// or mariadb:// URL')
     .optional(),
   DATA_DIR: z.string().default('./.data'),
+  DATABASE_LOCK_TIMEOUT_MS: int(5_000, 1_000, 600_000),
   REDIS_URL: z
     .string()
     .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
@@ -224,7 +225,7 @@ export function loadConfig(env: Environment) {
             serviceName: e.OTEL_SERVICE_NAME ?? (deployment.layer === 'monolithic' ? 'arcana-cloud' : `arcana-cloud-${deployment.layer}`),
             scheduleDelayMs: e.OTEL_BSP_SCHEDULE_DELAY,
           },
-    database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR },
+    database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR, lockTimeoutMs: e.DATABASE_LOCK_TIMEOUT_MS },
     redis: e.REDIS_URL === undefined ? undefined : { url: e.REDIS_URL, keyPrefix: e.REDIS_KEY_PREFIX },
     cacheTtlSeconds: e.CACHE_TTL_SECONDS,
     sessionPurge: { intervalMs: e.SESSION_PURGE_INTERVAL_MS, retentionMs: e.SESSION_PURGE_RETENTION_MS },

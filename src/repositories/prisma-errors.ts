@@ -19,6 +19,13 @@ function isWriteConflict(cause: unknown): boolean {
   return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'TransactionWriteConflict';
 }
 
+/** A statement that waited for a lock past the limit (PostgreSQL 55P03 under lock_timeout, MySQL 1205). */
+function isLockTimeout(cause: unknown): boolean {
+  if (typeof cause !== 'object' || cause === null) return false;
+  const [kind, code] = [Reflect.get(cause, 'kind'), String(Reflect.get(cause, 'code'))];
+  return (kind === 'postgres' && code === '55P03') || (kind === 'mysql' && code === '1205');
+}
+
 function isMysqlConnectionError(cause: unknown): boolean {
   return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'mysql' && MYSQL_CONNECTION_ERRNOS.has(Number(Reflect.get(cause, 'code')));
 }
@@ -48,6 +55,7 @@ export function translateDatabaseError(error: unknown): unknown {
     // Prisma's own statements say P2034; a raw statement (a FOR UPDATE) says P2010 with the
     // adapter's TransactionWriteConflict (PostgreSQL 40P01, MySQL 1213).
     if (error.code === 'P2034' || isWriteConflict(adapterCause)) return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
+    if (isLockTimeout(adapterCause)) return new UnavailableError('The database is busy; try again', error, 1);
     if (isMysqlConnectionError(adapterCause)) return new UnavailableError('Database unavailable', error);
   }
   // Statements sent to the driver adapter directly (raw-reader.ts) fail with its own errors, which
@@ -55,6 +63,7 @@ export function translateDatabaseError(error: unknown): unknown {
   if (error instanceof Error && isDriverAdapterError(error)) {
     if (UNREACHABLE_KINDS.has(error.cause.kind) || isMysqlConnectionError(error.cause)) return new UnavailableError('Database unavailable', error);
     if (isWriteConflict(error.cause)) return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
+    if (isLockTimeout(error.cause)) return new UnavailableError('The database is busy; try again', error, 1);
   }
   if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
   const code = findCode(error);

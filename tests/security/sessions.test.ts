@@ -94,13 +94,18 @@ describe('a password change the database cannot finish', () => {
       );
       await locker.sql('BEGIN');
       await locker.sql(`SELECT id FROM oauth_tokens WHERE user_id IN (${cases.map(({ user }) => user.id).join(', ')}) FOR UPDATE`);
+      const sent = performance.now();
       const changes = cases.map(({ client, user, owner, newPassword }) =>
         client.changePassword(owner.data?.tokens.accessToken ?? '', user.id, { oldPassword: user.password, newPassword }),
       );
-      // Past the write transaction's 5 s timeout (Prisma's default) and any internal call's.
-      await sleep(7_000);
+      const answeredWithin = Promise.all(changes.map((change) => change.then(() => performance.now() - sent)));
+      // Past the lock wait's limit (DATABASE_LOCK_TIMEOUT_MS, 5 s) and any internal call's.
+      await sleep(8_000);
       await locker.sql('ROLLBACK');
       const answers = await Promise.all(changes);
+      // Answered while the lock was still held: a lock held elsewhere does not hold requests for
+      // as long as it is held (it did, and each held a pooled connection).
+      for (const elapsed of await answeredWithin) expect(elapsed).toBeLessThan(7_500);
       for (const [index, { client, user, owner, thief, newPassword }] of cases.entries()) {
         const answer = answers[index];
         // Whatever the answer, the state is one of the two whole ones: a change in effect has

@@ -5,7 +5,7 @@ describe('loadConfig', () => {
   it('when nothing is set, then the defaults run a monolith on port 3000 with the embedded database', () => {
     const config = loadConfig({});
     expect(config.server.port).toBe(3000);
-    expect(config.database).toEqual({ databaseUrl: undefined, dataDir: './.data' });
+    expect(config.database).toEqual({ databaseUrl: undefined, dataDir: './.data', lockTimeoutMs: 5000 });
     expect(config.bcryptRounds).toBe(12);
     expect(config.jwt.accessTtlSeconds).toBe(3600);
     expect(config.jwt.refreshTtlSeconds).toBe(30 * 24 * 3600);

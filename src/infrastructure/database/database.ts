@@ -40,6 +40,14 @@ export interface DatabaseOptions {
   databaseUrl?: string;
   /** Where the embedded PGlite database lives when no URL is given; `memory://` keeps it in memory. */
   dataDir: string;
+  /**
+   * How long a statement waits for a row or table lock before it fails as busy (PostgreSQL's
+   * lock_timeout; MySQL's innodb_lock_wait_timeout, in whole seconds). Unbounded, one lock held
+   * elsewhere kept every request that needed it waiting, each holding a pooled connection, for as
+   * long as it was held: an interactive transaction's own timeout does not cancel a statement
+   * that waits. PGlite has one connection and nobody else to wait for.
+   */
+  lockTimeoutMs?: number;
 }
 
 export type DatabaseKind = 'postgresql' | 'pglite' | 'mysql';
@@ -128,10 +136,14 @@ const SCHEMA_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 export async function createDatabase(options: DatabaseOptions): Promise<Database> {
   if (options.databaseUrl === undefined) return openPGlite(options.dataDir);
   const url = parseDatabaseUrl(options.databaseUrl);
-  return url.protocol === 'mysql:' || url.protocol === 'mariadb:' ? await openMysql(url) : await openPostgres(url);
+  const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
+  return url.protocol === 'mysql:' || url.protocol === 'mariadb:' ? await openMysql(url, lockTimeoutMs) : await openPostgres(url, lockTimeoutMs);
 }
 
 const PROTOCOLS = ['postgresql:', 'postgres:', 'mysql:', 'mariadb:'];
+
+/** DATABASE_LOCK_TIMEOUT_MS's default: Prisma's own timeout for an interactive transaction. */
+const DEFAULT_LOCK_TIMEOUT_MS = 5_000;
 
 function parseDatabaseUrl(databaseUrl: string): URL {
   let url: URL;
@@ -146,7 +158,7 @@ function parseDatabaseUrl(databaseUrl: string): URL {
   return url;
 }
 
-async function openPostgres(url: URL): Promise<Database> {
+async function openPostgres(url: URL, lockTimeoutMs: number): Promise<Database> {
   const schema = url.searchParams.get('schema') ?? DEFAULT_SCHEMA;
   if (!SCHEMA_NAME.test(schema)) {
     throw new Error(`Invalid schema name "${schema}" in the database URL`);
@@ -158,8 +170,8 @@ async function openPostgres(url: URL): Promise<Database> {
   // node-postgres, hence the search_path goes into the URL next to any options already there.
   url.searchParams.delete('schema');
   const existing = url.searchParams.get('options');
-  const searchPath = `-c search_path="${schema}"`;
-  url.searchParams.set('options', existing === null ? searchPath : `${existing} ${searchPath}`);
+  const settings = `-c search_path="${schema}" -c lock_timeout=${lockTimeoutMs}`;
+  url.searchParams.set('options', existing === null ? settings : `${existing} ${settings}`);
 
   // Each connect() of PrismaPg opens its own pool, so the client and the schema engine never share
   // connections (and never share the engine's session-level advisory lock).
@@ -221,7 +233,7 @@ async function openPostgres(url: URL): Promise<Database> {
 // MySQL database names are identifiers too; the same plain ones as PostgreSQL's schema names.
 const MYSQL_DATABASE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 
-async function openMysql(url: URL): Promise<Database> {
+async function openMysql(url: URL, lockTimeoutMs: number): Promise<Database> {
   const database = decodeURIComponent(url.pathname.replace(/^\//, ''));
   if (database === '') {
     throw new Error('The MySQL database URL names no database; expected mysql://user@host:3306/DATABASE');
@@ -235,6 +247,10 @@ async function openMysql(url: URL): Promise<Database> {
   // key, which the driver only asks for when allowed. Times are UTC on the wire either way.
   if (!url.searchParams.has('allowPublicKeyRetrieval')) url.searchParams.set('allowPublicKeyRetrieval', 'true');
   if (!url.searchParams.has('timezone')) url.searchParams.set('timezone', 'Z');
+  // Every new pooled connection runs initSql; one given in the URL is the operator's, and stays.
+  // Without spaces: URLSearchParams (ours, then the adapter's) writes them as '+', which the
+  // driver does not decode.
+  if (!url.searchParams.has('initSql')) url.searchParams.set('initSql', `SET@@SESSION.innodb_lock_wait_timeout=${Math.ceil(lockTimeoutMs / 1000)}`);
   const [{ PrismaMariaDb }, { default: mariadb }, { PrismaClient: MysqlPrismaClient }] = await Promise.all([
     import('@prisma/adapter-mariadb'),
     import('mariadb'),

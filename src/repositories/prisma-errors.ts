@@ -22,7 +22,8 @@ function isWriteConflict(cause: unknown): boolean {
 /** A statement that waited for a lock past the limit (PostgreSQL 55P03 under lock_timeout, MySQL 1205). */
 function isLockTimeout(cause: unknown): boolean {
   if (typeof cause !== 'object' || cause === null) return false;
-  const [kind, code] = [Reflect.get(cause, 'kind'), String(Reflect.get(cause, 'code'))];
+  const kind: unknown = Reflect.get(cause, 'kind');
+  const code = String(Reflect.get(cause, 'code'));
   return (kind === 'postgres' && code === '55P03') || (kind === 'mysql' && code === '1205');
 }
 

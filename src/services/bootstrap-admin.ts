@@ -1,4 +1,4 @@
-import { ConflictError } from '../domain/errors.ts';
+import { ConflictError, PreconditionFailedError } from '../domain/errors.ts';
 import type { Logger } from '../infrastructure/logger.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
@@ -67,8 +67,23 @@ async function checkAdministratorsLeft(
   // The restored account and the end of its sessions are one transaction: restored without it, a
   // failure in between left the old sessions alive, and the next start, finding an active
   // administrator, would not come back to end them.
+  // It is written only over the account as read: of several instances starting together with
+  // the variable set, one restores it and the others find it changed (they used to write it
+  // again, and audit changes from a state it was no longer in).
   const changes = { role: 'ADMIN', status: 'ACTIVE', isActive: true, passwordHash: await deps.passwords.hash(admin.password) } as const;
-  const { user: updated, revoked: ended } = await deps.tokens.revokeAllWithUserWrite(account.id, undefined, { changes, expected: {} });
+  const expected = { version: account.version };
+  let written;
+  try {
+    written = await deps.tokens.revokeAllWithUserWrite(account.id, undefined, { changes, expected });
+  } catch (error) {
+    if (!(error instanceof PreconditionFailedError)) throw error;
+    deps.logger.info(
+      { username: account.username, accountId: account.id },
+      'the bootstrap account changed while it was being restored (another instance restored it); left as it is',
+    );
+    return;
+  }
+  const { user: updated, revoked: ended } = written;
   const reason = 'bootstrap_recover';
   if (account.role !== updated.role) deps.audit.record({ type: 'ROLE_CHANGED', userId: account.id, details: { from: account.role, to: updated.role, reason } });
   if (account.status !== updated.status) deps.audit.record({ type: 'STATUS_CHANGED', userId: account.id, details: { from: account.status, to: updated.status, reason } });

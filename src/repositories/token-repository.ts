@@ -72,8 +72,8 @@ export interface TokenRepository {
    */
   revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
   /**
-   * A write to the user's row that ends the user's sessions (a new password, a suspension) and
-   * their end, in one transaction: `write` is made as UserRepository.update makes it (its
+   * A write to the user's row that must end the user's sessions (a new password, a suspension),
+   * made in one transaction with their end: `write` is made as UserRepository.update makes it (its
    * conditions, the last-administrator guard, its errors), and the pairs are revoked as
    * revokeAllForUser revokes them for 'revoked'. When anything fails, neither is done. Written
    * one after the other, a failure between the two left the write in effect and the sessions

@@ -722,10 +722,12 @@ describe('graceful shutdown with writes under way', () => {
   it('when SIGTERM cuts registrations queued for bcrypt, then after a restart each Idempotency-Key can be retried at once, none is "in progress"', async () => {
     const { schema, drop } = await freshSchema('test_cutw');
     try {
-      // Hashes short next to what the shutdown leaves them (cut at 80 %, writes until 90 %: 1 s,
-      // and 1 s to close), and enough of them still queued at the cut, also on a machine busy
-      // with other suites (at 6 s, closing once outlasted its 600 ms there: exit 1).
-      const env = { SHUTDOWN_TIMEOUT_MS: '10000', BCRYPT_ROUNDS: '10', RATE_LIMIT_ENABLED: 'false', PASSWORD_HASH_QUEUE_MAX: '1000', CONNECTIONS_PER_ADDRESS_MAX: '0' };
+      // Hashes short next to what the shutdown leaves them (cut at 80 %, writes until 90 %: 2 s,
+      // and 2 s to close), and enough of them still queued at the cut, also on a machine busy
+      // with other suites: 600 hashes at cost 11 take ~36 s of two cores, past the cut at 16 s.
+      // (At 6 s, closing once outlasted its 600 ms: exit 1; at 10 s with cost 10, a loaded
+      // machine left 3 of 600 keys still in progress.)
+      const env = { SHUTDOWN_TIMEOUT_MS: '20000', BCRYPT_ROUNDS: '11', RATE_LIMIT_ENABLED: 'false', PASSWORD_HASH_QUEUE_MAX: '1000', CONNECTIONS_PER_ADDRESS_MAX: '0' };
       const first = await spawnServer(schema, env);
       const users = Array.from({ length: 600 }, (_, index) => ({ ...newUser(`cut${index}`), key: `cut-${schema}-${index}` }));
       const register = (baseUrl: string, user: (typeof users)[number]) =>
@@ -753,7 +755,7 @@ describe('graceful shutdown with writes under way', () => {
     } finally {
       await drop();
     }
-  }, 120_000);
+  }, 240_000);
 });
 
 describe('legitimate clients under the bounds', () => {

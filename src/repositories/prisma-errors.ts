@@ -19,9 +19,6 @@ function isWriteConflict(cause: unknown): boolean {
   return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'TransactionWriteConflict';
 }
 
-/** node-postgres's pool, when no connection came free within connectionTimeoutMillis (see database.ts). */
-const PG_POOL_TIMEOUT = 'timeout exceeded when trying to connect';
-
 /** A statement that waited for a lock past the limit (PostgreSQL 55P03 under lock_timeout, MySQL 1205). */
 function isLockTimeout(cause: unknown): boolean {
   if (typeof cause !== 'object' || cause === null) return false;
@@ -70,7 +67,6 @@ export function translateDatabaseError(error: unknown): unknown {
     if (isLockTimeout(error.cause)) return new UnavailableError('The database is busy; try again', error, 1);
   }
   if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
-  if (saysPoolTimeout(error)) return new UnavailableError('The database is busy; try again', error, 1);
   const code = findCode(error);
   if (code !== undefined && CONNECTION_CODES.has(code)) return new UnavailableError('Database unavailable', error);
   return error;
@@ -102,15 +98,6 @@ function findCode(error: unknown): string | undefined {
     current = (current as { cause?: unknown }).cause;
   }
   return undefined;
-}
-
-/** Whether the error, or one it was caused by, is node-postgres's pool giving up (Prisma passes it on as text). */
-function saysPoolTimeout(error: unknown): boolean {
-  for (let current: unknown = error, depth = 0; current instanceof Error && depth < 5; depth += 1) {
-    if (current.message.includes(PG_POOL_TIMEOUT)) return true;
-    current = current.cause;
-  }
-  return false;
 }
 
 function capitalize(value: string): string {

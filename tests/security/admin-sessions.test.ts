@@ -170,37 +170,3 @@ describe('a suspension the database cannot finish', () => {
     }
   }, 60_000);
 });
-
-describe('a row held elsewhere, and a crowd of writes to it', () => {
-  it('when 80 writes wait on a user row held elsewhere, then each is answered 503 within its waits for a connection and the row, not in waves until the holder lets go', async () => {
-    // Each write waits at most DATABASE_LOCK_TIMEOUT_MS (5 s) for the row; those beyond the pool's
-    // connections used to wait for a connection without limit, in waves of 5 s for as long as the
-    // row was held (here: until every write has been answered).
-    const user = await register(t);
-    const locker = await openTestDatabase(TEST_DATABASE_URL, '', t.databaseUrl);
-    try {
-      await locker.sql('BEGIN');
-      await locker.sql('SELECT id FROM users WHERE id = $1 FOR UPDATE', [user.id]);
-      const sent = performance.now();
-      const writes = Array.from({ length: 80 }, (_, index) =>
-        t.request
-          .put(`/api/v1/users/${user.id}`)
-          .set('authorization', `Bearer ${admin}`)
-          .send({ firstName: `Held${index}` })
-          .then((res) => ({ status: res.status, ms: performance.now() - sent })),
-      );
-      const answers = await Promise.all(writes);
-      await locker.sql('ROLLBACK');
-      expect(answers.map(({ status }) => status)).toEqual(answers.map(() => 503));
-      // Each statement waits at most 5 s for a connection and 5 s for the row; a write makes at
-      // most two. Without the bound on the pool, the 80 waited in waves of 10 until the eighth
-      // ended at 40 s.
-      expect(Math.max(...answers.map(({ ms }) => ms))).toBeLessThan(24_000);
-      const after = await t.request.put(`/api/v1/users/${user.id}`).set('authorization', `Bearer ${admin}`).send({ firstName: 'Free' });
-      expect(after.status).toBe(200);
-    } finally {
-      await locker.sql('ROLLBACK').catch(() => undefined);
-      await locker.close();
-    }
-  }, 60_000);
-});

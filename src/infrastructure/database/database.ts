@@ -170,21 +170,14 @@ async function openPostgres(url: URL, lockTimeoutMs: number): Promise<Database> 
   // node-postgres, hence the search_path goes into the URL next to any options already there.
   url.searchParams.delete('schema');
   const existing = url.searchParams.get('options');
-  // A later -c wins: the operator's options may set their own lock_timeout, never the search_path.
-  const lockTimeout = `-c lock_timeout=${lockTimeoutMs}`;
-  const searchPath = `-c search_path="${schema}"`;
-  url.searchParams.set('options', existing === null ? `${lockTimeout} ${searchPath}` : `${lockTimeout} ${existing} ${searchPath}`);
+  const settings = `-c search_path="${schema}" -c lock_timeout=${lockTimeoutMs}`;
+  url.searchParams.set('options', existing === null ? settings : `${existing} ${settings}`);
 
   // Each connect() of PrismaPg opens its own pool, so the client and the schema engine never share
   // connections (and never share the engine's session-level advisory lock).
   const { PrismaPg } = await import('@prisma/adapter-pg');
   const names = new StatementNames();
-  // Waiting for a pooled connection is bounded as waiting for a lock is: with every connection
-  // waiting on a lock held elsewhere, further requests (reads too) queued for one without limit.
-  const factory = new PrismaPg(
-    { connectionString: url.toString(), connectionTimeoutMillis: lockTimeoutMs },
-    { ...(schema === DEFAULT_SCHEMA ? {} : { schema }), statementNameGenerator: names.nameOf },
-  );
+  const factory = new PrismaPg({ connectionString: url.toString() }, { ...(schema === DEFAULT_SCHEMA ? {} : { schema }), statementNameGenerator: names.nameOf });
   // The client's pool, as its adapter reports it once connected (the schema engine's are its own).
   let pool: { totalCount: number; idleCount: number; waitingCount: number; options: { max?: number } } | undefined;
   const { prisma, readRows, queryCount } = createCountingClient(
@@ -258,8 +251,6 @@ async function openMysql(url: URL, lockTimeoutMs: number): Promise<Database> {
   // Without spaces: URLSearchParams (ours, then the adapter's) writes them as '+', which the
   // driver does not decode.
   if (!url.searchParams.has('initSql')) url.searchParams.set('initSql', `SET@@SESSION.innodb_lock_wait_timeout=${Math.ceil(lockTimeoutMs / 1000)}`);
-  // Waiting for a pooled connection is bounded the same way (the driver's default is 10 s).
-  if (!url.searchParams.has('acquireTimeout')) url.searchParams.set('acquireTimeout', String(lockTimeoutMs));
   const [{ PrismaMariaDb }, { default: mariadb }, { PrismaClient: MysqlPrismaClient }] = await Promise.all([
     import('@prisma/adapter-mariadb'),
     import('mariadb'),

@@ -170,8 +170,10 @@ async function openPostgres(url: URL, lockTimeoutMs: number): Promise<Database> 
   // node-postgres, hence the search_path goes into the URL next to any options already there.
   url.searchParams.delete('schema');
   const existing = url.searchParams.get('options');
-  const settings = `-c search_path="${schema}" -c lock_timeout=${lockTimeoutMs}`;
-  url.searchParams.set('options', existing === null ? settings : `${existing} ${settings}`);
+  // A later -c wins: the operator's options may set their own lock_timeout, never the search_path.
+  const lockTimeout = `-c lock_timeout=${lockTimeoutMs}`;
+  const searchPath = `-c search_path="${schema}"`;
+  url.searchParams.set('options', existing === null ? `${lockTimeout} ${searchPath}` : `${lockTimeout} ${existing} ${searchPath}`);
 
   // Each connect() of PrismaPg opens its own pool, so the client and the schema engine never share
   // connections (and never share the engine's session-level advisory lock).

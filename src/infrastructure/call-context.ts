@@ -93,8 +93,8 @@ const settle = () => {
 /**
  * Resolves once no `uninterrupted` work has run for `quietMs`, nor `busy` said other work was
  * under way (work that starts as a request is cut short, such as releasing its idempotency claim,
- * starts within that), or at `withinMs`; true when it settled. For a shutdown, so that the database is not closed between the writes of one
- * use case: a new password saved with the old sessions left alive.
+ * starts within that), or at `withinMs`; true when it settled. For a shutdown, so that the
+ * database is not closed between the writes of one use case.
  */
 export async function uninterruptedSettled(options: { quietMs: number; withinMs: number; busy?: () => boolean }): Promise<boolean> {
   const giveUpAt = Date.now() + options.withinMs;

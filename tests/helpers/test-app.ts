@@ -12,7 +12,7 @@ import { layersOf, parseTopologyName, TOPOLOGY, type DeploymentLayer } from '../
 import { PrismaAuditRepository } from '../../src/repositories/audit-repository.ts';
 import { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
 import { PrismaUserRepository } from '../../src/repositories/user-repository.ts';
-import { isMysqlUrl, openTestDatabase } from './test-database.ts';
+import { isMysqlUrl, openTestDatabase, type TestDatabase } from './test-database.ts';
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
 
@@ -211,6 +211,38 @@ export async function register(t: TestApp, body = newUser()) {
     accessToken: res.body.data.tokens.accessToken as string,
     refreshToken: res.body.data.tokens.refreshToken as string,
   };
+}
+
+/** Rows another transaction holds locked; see holdRows. */
+export interface RowsHeld {
+  /** Runs SQL on the holding connection, inside its transaction. */
+  sql: TestDatabase['sql'];
+  /** Rolls the transaction back and closes the connection; again, it does nothing. */
+  release: () => Promise<void>;
+}
+
+/**
+ * Another connection to `t`'s database that runs `lockingRead` (a `… FOR UPDATE`) in a
+ * transaction it keeps open until released: the rows as a concurrent transaction would leave
+ * them, for what a request does when it cannot have them in time.
+ */
+export async function holdRows(t: TestApp, lockingRead: string, values?: unknown[]): Promise<RowsHeld> {
+  const connection = await openTestDatabase(TEST_DATABASE_URL, '', t.databaseUrl);
+  let released = false;
+  const release = async () => {
+    if (released) return;
+    released = true;
+    await connection.sql('ROLLBACK').catch(() => undefined);
+    await connection.close();
+  };
+  try {
+    await connection.sql('BEGIN');
+    await connection.sql(lockingRead, values);
+  } catch (error) {
+    await release();
+    throw error;
+  }
+  return { sql: (text, parameters) => connection.sql(text, parameters), release };
 }
 
 /** Logs the bootstrap administrator in and returns its access token. */

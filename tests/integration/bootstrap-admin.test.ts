@@ -5,8 +5,8 @@
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/infrastructure/logger.ts';
-import { ADMIN, createTestApp, loginAdmin, register, TEST_DATABASE_URL, type TestApp } from '../helpers/test-app.ts';
-import { isMysqlUrl, openTestDatabase } from '../helpers/test-database.ts';
+import { ADMIN, createTestApp, holdRows, loginAdmin, register, TEST_DATABASE_URL, type TestApp } from '../helpers/test-app.ts';
+import { isMysqlUrl } from '../helpers/test-database.ts';
 
 /** A logger whose JSON lines the test can read. */
 function capturingLogger() {
@@ -126,12 +126,10 @@ describe('bootstrap administrator without an active administrator', () => {
       await t.sql("UPDATE users SET role = 'USER' WHERE role = 'ADMIN' AND id <> $1", [id]);
       const [before] = await t.sql<{ version: number }>('SELECT version FROM users WHERE id = $1', [id]);
       const auditedBefore = (await auditTypes(id, 0)).length;
-      const locker = await openTestDatabase(TEST_DATABASE_URL, '', t.databaseUrl);
+      const held = await holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [id]);
       const started: TestApp[] = [];
       try {
-        const [holder] = await locker.sql<{ id: number }>('SELECT pg_backend_pid() AS id');
-        await locker.sql('BEGIN');
-        await locker.sql('SELECT id FROM users WHERE id = $1 FOR UPDATE', [id]);
+        const [holder] = await held.sql<{ id: number }>('SELECT pg_backend_pid() AS id');
         const environment = { ADMIN_BOOTSTRAP_RECOVER: 'true', ADMIN_PASSWORD: 'Twice@97531', DATABASE_LOCK_TIMEOUT_MS: '60000' };
         const starting = [0, 1].map(() => createTestApp(environment, { sameDatabaseAs: t }).then((app) => started.push(app)));
         // Until both wait on the row (or 20 s): the race is then certain. Only waits on this test's
@@ -145,7 +143,7 @@ describe('bootstrap administrator without an active administrator', () => {
           await new Promise((resolve) => setTimeout(resolve, 100));
           blocked = Number((await t.sql<{ n: number | string }>(waiting))[0]?.n ?? 0);
         }
-        await locker.sql('ROLLBACK');
+        await held.release();
         await Promise.all(starting);
         expect(blocked).toBe(2);
         const [after] = await t.sql<{ version: number; status: string; role: string }>('SELECT version, status::text AS status, role::text AS role FROM users WHERE id = $1', [id]);
@@ -155,8 +153,7 @@ describe('bootstrap administrator without an active administrator', () => {
         expect((await auditTypes(id, 0)).slice(auditedBefore).sort()).toEqual([...audited].sort());
         expect([...audited].sort()).toEqual(['PASSWORD_CHANGED', 'STATUS_CHANGED']);
       } finally {
-        await locker.sql('ROLLBACK').catch(() => undefined);
-        await locker.close();
+        await held.release();
         await Promise.all(started.map((app) => app.close()));
       }
     },

@@ -11,9 +11,8 @@
 // processes than the one that revokes.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { apiClient, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { loginAdmin, register, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
-import { openTestDatabase } from '../helpers/test-database.ts';
+import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { holdRows, loginAdmin, register, startTestServer, type RowsHeld, type TestServer } from '../helpers/test-app.ts';
 
 let t: TestServer;
 let admin: string;
@@ -127,8 +126,8 @@ describe('a suspension the database cannot finish', () => {
     // The suspension used to commit first: the admin got 503 with the account suspended and its
     // sessions alive, which came back the moment the account was reactivated, and the retry the
     // 503 asked for found the account suspended already and audited nothing.
-    const clients = PROTOCOLS.map((protocol) => apiClient(protocol, t.baseUrl));
-    const locker = await openTestDatabase(TEST_DATABASE_URL, '', t.databaseUrl);
+    const clients = apiClients(t.baseUrl);
+    let held: RowsHeld | undefined;
     try {
       const cases = await Promise.all(
         clients.map(async (client) => {
@@ -137,12 +136,11 @@ describe('a suspension the database cannot finish', () => {
           return { client, user, login };
         }),
       );
-      await locker.sql('BEGIN');
-      await locker.sql(`SELECT id FROM oauth_tokens WHERE user_id IN (${cases.map(({ user }) => user.id).join(', ')}) FOR UPDATE`);
+      held = await holdRows(t, `SELECT id FROM oauth_tokens WHERE user_id IN (${cases.map(({ user }) => user.id).join(', ')}) FOR UPDATE`);
       const suspensions = cases.map(({ client, user }) => client.updateStatus(admin, user.id, 'SUSPENDED'));
       // Past the write transaction's 5 s timeout (Prisma's default) and any internal call's.
       await sleep(7_000);
-      await locker.sql('ROLLBACK');
+      await held.release();
       const answers = await Promise.all(suspensions);
       for (const [index, { client, user, login }] of cases.entries()) {
         const answer = answers[index];
@@ -164,8 +162,7 @@ describe('a suspension the database cannot finish', () => {
         ]);
       }
     } finally {
-      await locker.sql('ROLLBACK').catch(() => undefined);
-      await locker.close();
+      await held?.release();
       closeAll(clients);
     }
   }, 60_000);

@@ -10,8 +10,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { register, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
-import { openTestDatabase } from '../helpers/test-database.ts';
+import { holdRows, register, startTestServer, type RowsHeld, type TestServer } from '../helpers/test-app.ts';
 
 const LIFETIME_SECONDS = 6;
 
@@ -82,7 +81,7 @@ describe('a password change the database cannot finish', () => {
     // the owner got an error, the new password was in effect, and a thief's session (made with
     // the old one) lived on; a retry with the old password was then refused as wrong.
     const clients = apiClients(t.baseUrl);
-    const locker = await openTestDatabase(TEST_DATABASE_URL, '', t.databaseUrl);
+    let held: RowsHeld | undefined;
     try {
       const cases = await Promise.all(
         clients.map(async (client) => {
@@ -92,8 +91,7 @@ describe('a password change the database cannot finish', () => {
           return { client, user, owner, thief, newPassword: `Changed-${client.protocol}-Passw0rd!` };
         }),
       );
-      await locker.sql('BEGIN');
-      await locker.sql(`SELECT id FROM oauth_tokens WHERE user_id IN (${cases.map(({ user }) => user.id).join(', ')}) FOR UPDATE`);
+      held = await holdRows(t, `SELECT id FROM oauth_tokens WHERE user_id IN (${cases.map(({ user }) => user.id).join(', ')}) FOR UPDATE`);
       const sent = performance.now();
       const changes = cases.map(({ client, user, owner, newPassword }) =>
         client.changePassword(owner.data?.tokens.accessToken ?? '', user.id, { oldPassword: user.password, newPassword }),
@@ -101,7 +99,7 @@ describe('a password change the database cannot finish', () => {
       const answeredWithin = Promise.all(changes.map((change) => change.then(() => performance.now() - sent)));
       // Past the lock wait's limit (DATABASE_LOCK_TIMEOUT_MS, 5 s) and any internal call's.
       await sleep(8_000);
-      await locker.sql('ROLLBACK');
+      await held.release();
       const answers = await Promise.all(changes);
       // Answered while the lock was still held: a lock held elsewhere does not hold requests for
       // as long as it is held (it did, and each held a pooled connection).
@@ -128,8 +126,7 @@ describe('a password change the database cannot finish', () => {
       // The database failed every one of them: this is what the test is about.
       expect(answers.map((answer) => answer.code).filter((code) => code === 'ok')).toEqual([]);
     } finally {
-      await locker.sql('ROLLBACK').catch(() => undefined);
-      await locker.close();
+      await held?.release();
       closeAll(clients);
     }
   }, 60_000);

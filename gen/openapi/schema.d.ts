@@ -358,7 +358,7 @@ export interface paths {
         post?: never;
         /**
          * End one of a user's sessions
-         * @description ADMIN only. Ends one live session of the user (an `id` from `listUserSessions`): its tokens are refused from this moment; the user's other sessions go on. 404 when the user has no such live session. Audited as `TOKENS_REVOKED` with the administrator as actor.
+         * @description ADMIN only. Ends one live session of the user (an `id` from `listUserSessions`, still good after the session has been refreshed since): its tokens are refused from this moment; the user's other sessions go on. 404 when the user has no such live session. Audited as `TOKENS_REVOKED` with the administrator as actor.
          */
         delete: operations["endUserSession"];
         options?: never;

@@ -68,6 +68,10 @@ export class CachedTokenRepository implements TokenRepository {
     return this.#invalidate(await this.#inner.revokeFamily(familyId, reason, options));
   }
 
+  async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options?: WriteOptions) {
+    return this.#invalidate(await this.#inner.revokeChainOf(userId, tokenId, reason, options));
+  }
+
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options?: WriteOptions) {
     return this.#invalidate(await this.#inner.revokeAllForUser(userId, exceptId, reason, options));
   }

@@ -66,6 +66,13 @@ export interface TokenRepository {
   /** Revokes every still-live pair of a login chain. */
   revokeFamily(familyId: string, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
   /**
+   * Revokes the live (unexpired) pairs of the login chain that pair `tokenId` of user `userId`
+   * belongs to; [] when it is another user's, or its chain has no live pair left. The pair itself
+   * may have been rotated: a session listed by one id keeps its id for being ended, however often
+   * its holder refreshes it.
+   */
+  revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
+  /**
    * Revokes the user's live (unexpired) pairs, optionally sparing the login chain of pair
    * `exceptId` (the caller's session): a refresh of that session that commits first has moved
    * it to a new pair of the same chain, which is still the caller's session.
@@ -152,6 +159,20 @@ export class PrismaTokenRepository implements TokenRepository {
 
   async revokeFamily(familyId: string, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     return this.#withRepeated({ familyId }, reason, options, await this.#revokeFamily(familyId, reason));
+  }
+
+  async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    const member = await withDatabaseErrors(() => this.#db.oAuthToken.findFirst({ where: { id: tokenId, userId }, select: { familyId: true } }));
+    if (member === null) return [];
+    const revoked = await withDatabaseErrors(() =>
+      // The user's lock first, as rotate takes it: see #revokeFamily.
+      this.#db.$transaction(async (tx) => {
+        await lockUser(tx, userId);
+        const live = { familyId: member.familyId, isRevoked: false, expiresAt: { gt: new Date() } };
+        return this.#dialect.updateTokensReturningHashes(tx, live, { isRevoked: true, revokedReason: reason });
+      }),
+    );
+    return this.#withRepeated({ familyId: member.familyId }, reason, options, revoked);
   }
 
   #revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {

@@ -262,15 +262,15 @@ export class AuthUseCases {
   }
 
   /**
-   * Ends one live session of a user (its login chain, as logout does: a refresh committing first
-   * has moved it to a new pair); NotFoundError when the user has no such live session.
+   * Ends one live session of a user: the login chain of the listed pair `sessionId`, as logout
+   * ends it. The id stays good after its holder refreshes (a refresh moves the chain to a new
+   * pair); were only the live pair's id accepted, a thief refreshing often would make each end
+   * miss. NotFoundError when the id is not the user's, or its chain has no live pair left.
    */
   async endUserSession(actor: Actor, userId: number, sessionId: number): Promise<void> {
     await this.#administeredUser(actor, userId);
-    const live = (await this.#tokens.listActive(userId, this.#now())).find((row) => row.id === sessionId);
-    if (live === undefined) throw new NotFoundError('Session not found');
     // Two administrators ending it at once: the second finds nothing left to revoke.
-    if ((await this.#tokens.revokeFamily(live.familyId, 'revoked')).length === 0) throw new NotFoundError('Session not found');
+    if ((await this.#tokens.revokeChainOf(userId, sessionId, 'revoked')).length === 0) throw new NotFoundError('Session not found');
     this.#audit.record({ type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { count: 1, sessionId } });
   }
 

@@ -211,6 +211,19 @@ export class MemoryTokenRepository implements TokenRepository {
     );
   }
 
+  async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    const member = this.#rows.get(tokenId);
+    if (member?.userId !== userId) return [];
+    const now = this.#clock.now();
+    const chain = (row: OAuthToken) => row.familyId === member.familyId;
+    return this.#withRepeated(
+      chain,
+      reason,
+      options,
+      this.#revokeWhere((row) => chain(row) && row.expiresAt > now, reason),
+    );
+  }
+
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     const now = this.#clock.now();
     const sparedFamily = exceptId === undefined ? undefined : this.#rows.get(exceptId)?.familyId;

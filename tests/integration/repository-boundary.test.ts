@@ -437,6 +437,20 @@ describe('tokens across the repository boundary', () => {
     expect(await remote.tokens.revokeFamily(first.familyId, 'reuse')).toStrictEqual([]);
   });
 
+  it("when a chain is revoked through the remote repository by a pair rotated since, then its live pair goes, and another user's pair names nothing", async () => {
+    const previous = await storePair(direct.tokens, newToken(userId));
+    const live = await direct.tokens.rotate(previous, newToken(userId, { familyId: previous.familyId }));
+    if (live === null) throw new Error('the rotation was refused');
+    const stranger = (await direct.users.create(newUser())).id;
+    expect(await remote.tokens.revokeChainOf(stranger, previous.id, 'revoked')).toStrictEqual([]);
+    expect((await direct.tokens.findByAccessHash(live.accessTokenHash))?.isRevoked).toBe(false);
+
+    expect(await remote.tokens.revokeChainOf(userId, previous.id, 'revoked')).toStrictEqual([live.accessTokenHash]);
+    expect(await remote.tokens.revokeChainOf(userId, previous.id, 'revoked')).toStrictEqual([]);
+    // A repeat whose first answer was lost still names what it revoked, for the caches.
+    expect(await remote.tokens.revokeChainOf(userId, previous.id, 'revoked', { repeat: true })).toStrictEqual([live.accessTokenHash]);
+  });
+
   it("when a family is revoked for reuse while its live pair is being rotated, then the rotation's successor is revoked too", async () => {
     const prisma = t.app.database?.prisma;
     if (prisma === undefined) throw new Error('this suite needs an app that holds the database');

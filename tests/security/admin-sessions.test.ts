@@ -95,6 +95,46 @@ describe.each(PROTOCOLS)("a user's sessions, administered over %s", (protocol: P
     expect(await t.sql('SELECT 1 FROM audit_events WHERE user_id = $1 AND type = $2', [user.id, 'TOKEN_REUSE_DETECTED'])).toHaveLength(0);
   });
 
+  it('when an admin ends a listed session while a thief keeps refreshing it, then the listed id still ends it, no successor survives, and the other session goes on', async () => {
+    // A refresh moves a session to a new pair; ending it by the pair id listed before used to
+    // answer not_found, so a thief refreshing in a loop dodged 3 to 9 of 12 ends.
+    const user = await register(t);
+    const second = await client.login({ usernameOrEmail: user.username, password: user.password });
+    const stolen = (await client.listUserSessions(admin, user.id)).data?.at(-1)?.id ?? 0;
+    let refreshToken = user.refreshToken;
+    let accessToken = user.accessToken;
+    let refreshes = 0;
+    const thief = (async () => {
+      for (;;) {
+        const next = await client.refresh(refreshToken);
+        if (next.code !== 'ok') return next.code;
+        refreshes += 1;
+        refreshToken = next.data?.refreshToken ?? '';
+        accessToken = next.data?.accessToken ?? '';
+      }
+    })();
+    while (refreshes < 3) await sleep(5);
+
+    // Another user's session, refreshed since it was listed, named under this user: not found.
+    const other = await register(t);
+    const othersListed = (await client.listUserSessions(admin, other.id)).data?.[0]?.id ?? 0;
+    const othersNext = await client.refresh(other.refreshToken);
+    expect(othersNext.code).toBe('ok');
+    expect((await client.endUserSession(admin, user.id, othersListed)).code).toBe('not_found');
+    expect((await client.me(othersNext.data?.accessToken ?? '')).code).toBe('ok');
+
+    expect((await client.endUserSession(admin, user.id, stolen)).code).toBe('ok');
+    expect(await thief).toBe('unauthenticated');
+    expect((await client.me(accessToken)).code).toBe('unauthenticated');
+    expect((await client.refresh(refreshToken)).code).toBe('unauthenticated');
+    expect((await client.me(second.data?.tokens.accessToken ?? '')).code).toBe('ok');
+    expect((await client.listUserSessions(admin, user.id)).data?.map((session) => session.id)).toHaveLength(1);
+    expect((await client.endUserSession(admin, user.id, stolen)).code).toBe('not_found');
+    expect(await t.sql('SELECT 1 FROM oauth_tokens WHERE user_id = $1 AND NOT is_revoked AND expires_at > now()', [user.id])).toHaveLength(1);
+    // Ended by an administrator, not taken for theft.
+    expect(await t.sql('SELECT 1 FROM audit_events WHERE user_id = $1 AND type = $2', [user.id, 'TOKEN_REUSE_DETECTED'])).toHaveLength(0);
+  });
+
   it('when an admin ends every session while a thief keeps refreshing a stolen token in parallel, then no session survives', async () => {
     const user = await register(t);
     let refreshToken = user.refreshToken;

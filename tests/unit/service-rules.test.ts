@@ -366,7 +366,7 @@ describe("a session that races the end of its account's sessions", () => {
   });
 
   /** Runs `change` once, right before the repository's next `method` call. */
-  function before(method: 'create' | 'revokeFamily', change: () => Promise<unknown>): void {
+  function before(method: 'create' | 'revokeChainOf', change: () => Promise<unknown>): void {
     const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
     const original = tokens[method]?.bind(h.tokens);
     if (original === undefined) throw new Error(`no ${method}`);
@@ -416,11 +416,11 @@ describe("a session that races the end of its account's sessions", () => {
     expect(await liveIds(user.id)).toEqual([]);
   });
 
-  it('when a refresh commits after an administrator found the session live, then ending it ends the refreshed pair', async () => {
+  it('when a refresh commits right before an administrator ends the session by its listed id, then the end reaches the refreshed pair', async () => {
     const admin = await h.account('ADMIN');
     const user = await h.account();
     let refreshed: Awaited<ReturnType<typeof h.auth.refresh>> | undefined;
-    before('revokeFamily', async () => {
+    before('revokeChainOf', async () => {
       refreshed = await h.auth.refresh(user.tokens.refreshToken, client);
     });
     await h.auth.endUserSession(admin.actor, user.id, user.actor.sessionId);

@@ -123,6 +123,11 @@ export class RemoteTokenRepository implements TokenRepository {
     return accessTokenHashes;
   }
 
+  async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    const { accessTokenHashes } = await this.#client.revokeTokenChain({ userId, tokenId, reason }, repeatHeader(options));
+    return accessTokenHashes;
+  }
+
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId, reason }, repeatHeader(options));
     return accessTokenHashes;

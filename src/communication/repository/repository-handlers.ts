@@ -102,6 +102,9 @@ export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl
     async revokeTokenFamily(req, ctx) {
       return { accessTokenHashes: await repo.revokeFamily(req.familyId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
     },
+    async revokeTokenChain(req, ctx) {
+      return { accessTokenHashes: await repo.revokeChainOf(req.userId, req.tokenId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
+    },
     async revokeUserTokens(req, ctx) {
       const reason = revocationReasonFromProto(req.reason);
       const write = req.userWrite;

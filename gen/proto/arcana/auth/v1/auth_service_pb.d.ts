@@ -475,7 +475,7 @@ export declare type EndUserSessionRequest = Message<"arcana.auth.v1.EndUserSessi
   userId: number;
 
   /**
-   * The session's id, as ListUserSessions gives it.
+   * The session's id, as ListUserSessions gives it; still good after the session was refreshed.
    *
    * @generated from field: int32 session_id = 2;
    */

@@ -497,6 +497,60 @@ export declare type RevokeTokenFamilyResponse = Message<"arcana.internal.reposit
 export declare const RevokeTokenFamilyResponseSchema: GenMessage<RevokeTokenFamilyResponse>;
 
 /**
+ * Which chain: the one this pair of this user belongs to (the pair may have been rotated since).
+ *
+ * @generated from message arcana.internal.repository.v1.RevokeTokenChainRequest
+ */
+export declare type RevokeTokenChainRequest = Message<"arcana.internal.repository.v1.RevokeTokenChainRequest"> & {
+  /**
+   * The chain's user; a pair of another user's names no chain.
+   *
+   * @generated from field: int32 user_id = 1;
+   */
+  userId: number;
+
+  /**
+   * Any pair of the chain, live or rotated.
+   *
+   * @generated from field: int32 token_id = 2;
+   */
+  tokenId: number;
+
+  /**
+   * Why it is revoked, recorded on the pair.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.RevokeTokenChainRequest.
+ * Use `create(RevokeTokenChainRequestSchema)` to create a new message.
+ */
+export declare const RevokeTokenChainRequestSchema: GenMessage<RevokeTokenChainRequest>;
+
+/**
+ * The access-token hashes of the pairs revoked.
+ *
+ * @generated from message arcana.internal.repository.v1.RevokeTokenChainResponse
+ */
+export declare type RevokeTokenChainResponse = Message<"arcana.internal.repository.v1.RevokeTokenChainResponse"> & {
+  /**
+   * Hashes, hex; empty when the chain has no live pair (or the pair is not the user's).
+   *
+   * @generated from field: repeated string access_token_hashes = 1;
+   */
+  accessTokenHashes: string[];
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.RevokeTokenChainResponse.
+ * Use `create(RevokeTokenChainResponseSchema)` to create a new message.
+ */
+export declare const RevokeTokenChainResponseSchema: GenMessage<RevokeTokenChainResponse>;
+
+/**
  * A user's pairs to revoke.
  *
  * @generated from message arcana.internal.repository.v1.RevokeUserTokensRequest
@@ -758,6 +812,16 @@ export declare const TokenRepositoryService: GenService<{
     methodKind: "unary";
     input: typeof RevokeTokenFamilyRequestSchema;
     output: typeof RevokeTokenFamilyResponseSchema;
+  },
+  /**
+   * Revokes the live pairs of the login chain that one of a user's pairs belongs to.
+   *
+   * @generated from rpc arcana.internal.repository.v1.TokenRepositoryService.RevokeTokenChain
+   */
+  revokeTokenChain: {
+    methodKind: "unary";
+    input: typeof RevokeTokenChainRequestSchema;
+    output: typeof RevokeTokenChainResponseSchema;
   },
   /**
    * Revokes a user's live pairs, optionally sparing one.

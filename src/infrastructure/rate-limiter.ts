@@ -27,7 +27,10 @@ export interface CounterStore {
    * reservation adds nothing.
    */
   reserve(key: string, limit: number, windowMs: number): Promise<{ reserved: boolean; count: number; ttlMs: number }>;
-  /** Gives one reservation back: the count drops by one (never below zero), the expiry stays. */
+  /**
+   * Gives one reservation back: the count drops by one, the expiry stays; a count that reaches
+   * zero is deleted, as it counts nothing (and an administrator has no lockout to clear there).
+   */
   release(key: string): Promise<void>;
   /** The current count and remaining lifetime, or zero counts for an absent key. */
   peek(key: string): Promise<{ count: number; ttlMs: number }>;
@@ -115,7 +118,9 @@ export class MemoryCounterStore implements CounterStore {
 
   async release(key: string): Promise<void> {
     const entry = this.#get(key);
-    if (entry !== undefined && entry.count > 0) entry.count -= 1;
+    if (entry === undefined) return;
+    if (entry.count > 1) entry.count -= 1;
+    else this.#remove(key);
   }
 
   async peek(key: string) {
@@ -185,10 +190,10 @@ count = redis.call('INCR', KEYS[1])
 if count == 1 or ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]); ttl = tonumber(ARGV[2]) end
 return {1, count, ttl}`;
 
-// Decrements a live counter, never below zero, leaving its expiry as it was.
+// Decrements a live counter, leaving its expiry as it was; deletes it instead of keeping a zero.
 const RELEASE = `
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
-if count > 0 then redis.call('DECR', KEYS[1]) end
+if count > 1 then redis.call('DECR', KEYS[1]) else redis.call('DEL', KEYS[1]) end
 return 0`;
 
 /** Counters shared by every process through Redis; keys live under `prefix`. Failures throw. */

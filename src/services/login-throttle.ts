@@ -17,7 +17,11 @@ export interface LoginAttempt {
 /** An attempt that may go on to compare a password; tell the throttle how it ended. */
 export interface AdmittedAttempt {
   admitted: true;
-  /** The password matched: the attempt's failure slot is cleared. */
+  /**
+   * The password matched: the attempt's own slot goes back. The failures before it keep theirs
+   * until the window ends; were they cleared, a guesser sharing the owner's address (a NAT, a
+   * proxy) would get LOGIN_MAX_FAILURES fresh guesses each time the owner logs in.
+   */
   succeeded(): Promise<void>;
   /**
    * No password was compared after all (the server was too busy to, or the caller left): the
@@ -86,7 +90,7 @@ export class LoginThrottle {
       }
       return {
         admitted: true,
-        succeeded: () => this.#closedOnFailure(() => this.#counters.delete(key)),
+        succeeded: () => this.#closedOnFailure(() => this.#counters.release(key)),
         abandoned: () => this.#closedOnFailure(() => this.#counters.release(key)),
       };
     });

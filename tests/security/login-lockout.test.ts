@@ -121,6 +121,24 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect(borrowed.code).toBe('unauthenticated');
   });
 
+  it("when the owner logs in between a guesser's rounds from the same address (one NAT), then the owner's success gives the guesser no fresh guesses", async () => {
+    // A success frees only its own slot: clearing the failures before it handed whoever shares
+    // the owner's address LOGIN_MAX_FAILURES more comparisons at every one of the owner's logins.
+    const user = await register(t);
+    const shared = ip(50);
+    const owner: string[] = [];
+    for (let round = 0; round < 3; round += 1) {
+      await Promise.all(Array.from({ length: MAX_FAILURES - 1 }, () => client.login({ usernameOrEmail: user.username, password: WRONG }, from(shared))));
+      owner.push((await client.login({ usernameOrEmail: user.username, password: user.password }, from(shared))).code);
+    }
+    // Round one: four compared, then the owner in. Round two: one more compared fills the window,
+    // and from then on every attempt from that address is refused, the owner's too.
+    expect(owner).toEqual(['ok', 'unauthenticated', 'unauthenticated']);
+    expect(await failureReasons(user.id, 3 * (MAX_FAILURES - 1) + 2)).toEqual({ wrong_password: MAX_FAILURES, throttled: 2 * (MAX_FAILURES - 1) - 1 + 2 });
+    // The owner's other clients are untouched.
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(51)))).code).toBe('ok');
+  });
+
   it("when a known device guesses wrong too often, then that device is locked out on its own, without touching the owner's other clients", async () => {
     const user = await register(t);
     const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(40)));

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from './logger.ts';
 import { forEachKeyBatch, type Redis } from './redis/redis-client.ts';
 
@@ -19,6 +20,7 @@ export interface Cache {
    * Invalidation after a write: each key reads as a miss from now on, and for `ttlSeconds` no
    * `add` can fill it (the mark outlives any fill racing with the write). With `delete`, a
    * session read just before a logout could be cached after it and stay usable for the TTL.
+   * Resolves once every process will see it, or (a shared cache out of reach) after a bounded wait.
    */
   forget(keys: readonly string[], ttlSeconds: number): Promise<void>;
   delete(...keys: string[]): Promise<void>;
@@ -161,6 +163,15 @@ return #KEYS`;
 
 /** How soon an invalidation that Redis did not confirm is tried again. */
 const INVALIDATION_RETRY_MS = 100;
+/**
+ * How long after Redis stopped confirming invalidations a write still waits for its own before it
+ * answers. The process's own reads skip unconfirmed keys at once, but the other processes read the
+ * old entry from Redis until a retry lands: a logout on an instance whose connection Redis had
+ * just closed was answered while another instance accepted the token for 90-190 ms more. A
+ * reconnect takes 200 ms (see redis-client.ts). Counted from the start of the outage, not per
+ * write: in a longer one, writes answer at once again and the retries go on.
+ */
+const INVALIDATION_WAIT_MS = 1_000;
 /** Unconfirmed keys held one by one; beyond this, the whole cache is bypassed until a flush lands. */
 const UNCONFIRMED_MAX = 10_000;
 /**
@@ -189,6 +200,8 @@ export class RedisCache implements Cache {
   readonly #unconfirmed = new Map<string, number>();
   /** More were unconfirmed than UNCONFIRMED_MAX (a long outage): every key is, until a flush. */
   #unconfirmedAll = false;
+  /** When the keys unconfirmed now began to be (see INVALIDATION_WAIT_MS). */
+  #unconfirmedSince = 0;
   /** Date.now() before which `add` fills nothing (see NO_FILLS_AFTER_FLUSH_MS). */
   #noFillsUntil = 0;
   #retry: NodeJS.Timeout | undefined;
@@ -230,9 +243,14 @@ export class RedisCache implements Cache {
     if (keys.length === 0) return;
     if (await this.#invalidate(keys, ttlSeconds)) return;
     this.#unconfirm(keys, ttlSeconds);
+    while (Date.now() < this.#unconfirmedSince + INVALIDATION_WAIT_MS) {
+      await sleep(INVALIDATION_RETRY_MS);
+      if (!this.#unconfirmedAll && !keys.some((key) => this.#unconfirmed.has(key))) return;
+    }
   }
 
   #unconfirm(keys: readonly string[], ttlSeconds: number): void {
+    if (!this.#unconfirmedAll && this.#unconfirmed.size === 0) this.#unconfirmedSince = Date.now();
     if (!this.#unconfirmedAll) {
       for (const key of keys) this.#unconfirmed.set(key, Math.max(ttlSeconds, this.#unconfirmed.get(key) ?? 0));
       if (this.#unconfirmed.size > UNCONFIRMED_MAX) {

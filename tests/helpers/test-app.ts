@@ -261,7 +261,7 @@ export interface TestServer extends TestApp {
 }
 
 /** Like createTestApp, and also serves it on a real port the way src/main.ts does. */
-export async function startTestServer(overrides: Environment = {}, options: Pick<TestAppOptions, 'logger' | 'topology'> = {}): Promise<TestServer> {
+export async function startTestServer(overrides: Environment = {}, options: Pick<TestAppOptions, 'logger' | 'topology' | 'sameDatabaseAs'> = {}): Promise<TestServer> {
   const t = await createTestApp(overrides, options);
   // The connection settings come from the same variables; the database is the app's business.
   const { port, close } = await listenOnLoopback(t.app, { ...TEST_ENV, ...overrides });

@@ -253,6 +253,59 @@ describe('when Redis loses an invalidation', () => {
     }
   }, 60_000);
 
+  it("when Redis closes one instance's connection right before a logout or a demotion there, then the other instance refuses the old token as soon as the write is answered, over every protocol", async () => {
+    // Found by an attacker: the writing instance answered at once and retried its invalidation
+    // in the background, and the other instance, whose connection was fine, kept reading the old
+    // entry from Redis for 90-190 ms after the logout's 200.
+    const server = await startRedisServer();
+    const env = { REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix };
+    const control = new Redis(server.url);
+    /** The ids of the cache connections open now. */
+    const cacheConnections = async () =>
+      String(await control.call('CLIENT', 'LIST', 'TYPE', 'normal'))
+        .split('\n')
+        .filter((line) => line.includes(' name=arcana-cache '))
+        .map((line) => /\bid=(\d+)/.exec(line)?.[1] ?? '');
+    const a = await startTestServer(env);
+    const ofA = new Set(await cacheConnections());
+    const b = await startTestServer(env, { sameDatabaseAs: a });
+    const ofB = (await cacheConnections()).filter((id) => !ofA.has(id));
+    expect(ofB).toHaveLength(1);
+    /** Closes A's cache connection from the Redis side; B's stays up. */
+    const dropA = async () => {
+      for (const id of await cacheConnections()) if (!ofB.includes(id)) await control.client('KILL', 'ID', id);
+    };
+    const admin = await loginAdmin(a);
+    try {
+      for (const protocol of PROTOCOLS) {
+        const onA = apiClient(protocol, a.baseUrl);
+        const onB = apiClient(protocol, b.baseUrl);
+        try {
+          const user = await register(a);
+          expect((await onB.me(user.accessToken)).code).toBe('ok');
+          await dropA();
+          expect((await onA.logout(user.accessToken)).code).toBe('ok');
+          expect((await onB.me(user.accessToken)).code, `${protocol}: logged out on A, asked B`).toBe('unauthenticated');
+
+          const promoted = await register(a);
+          expect((await onA.updateRole(admin, promoted.id, 'ADMIN')).code).toBe('ok');
+          expect((await onB.listUsers(promoted.accessToken, {})).code).toBe('ok');
+          await dropA();
+          expect((await onA.updateRole(admin, promoted.id, 'USER')).code).toBe('ok');
+          expect((await onB.listUsers(promoted.accessToken, {})).code, `${protocol}: demoted on A, asked B`).toBe('permission_denied');
+        } finally {
+          onA.close();
+          onB.close();
+        }
+      }
+    } finally {
+      control.disconnect();
+      await b.close();
+      await a.close();
+      await server.stop();
+    }
+  }, 60_000);
+
   it('when Redis is full (noeviction) during a logout, then the old token is refused, also after memory is freed', async () => {
     const server = await startRedisServer();
     const t = await startTestServer({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });

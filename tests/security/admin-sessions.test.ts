@@ -39,6 +39,26 @@ async function events(userId: number, type: string, expected: number): Promise<{
   }
 }
 
+/**
+ * A thief refreshing a stolen pair over and over, as fast as answers come; resolves once it has
+ * refreshed three times. `stopped` is the code of the first refresh refused, `tokens` its last pair.
+ */
+async function refreshingInALoop(client: ApiClient, stolen: { accessToken: string; refreshToken: string }) {
+  const tokens = { accessToken: stolen.accessToken, refreshToken: stolen.refreshToken };
+  let refreshes = 0;
+  const stopped = (async () => {
+    for (;;) {
+      const next = await client.refresh(tokens.refreshToken);
+      if (next.code !== 'ok') return next.code;
+      refreshes += 1;
+      tokens.refreshToken = next.data?.refreshToken ?? '';
+      tokens.accessToken = next.data?.accessToken ?? '';
+    }
+  })();
+  while (refreshes < 3) await sleep(5);
+  return { stopped, tokens };
+}
+
 describe.each(PROTOCOLS)("a user's sessions, administered over %s", (protocol: ProtocolName) => {
   let client: ApiClient;
 
@@ -101,19 +121,7 @@ describe.each(PROTOCOLS)("a user's sessions, administered over %s", (protocol: P
     const user = await register(t);
     const second = await client.login({ usernameOrEmail: user.username, password: user.password });
     const stolen = (await client.listUserSessions(admin, user.id)).data?.at(-1)?.id ?? 0;
-    let refreshToken = user.refreshToken;
-    let accessToken = user.accessToken;
-    let refreshes = 0;
-    const thief = (async () => {
-      for (;;) {
-        const next = await client.refresh(refreshToken);
-        if (next.code !== 'ok') return next.code;
-        refreshes += 1;
-        refreshToken = next.data?.refreshToken ?? '';
-        accessToken = next.data?.accessToken ?? '';
-      }
-    })();
-    while (refreshes < 3) await sleep(5);
+    const thief = await refreshingInALoop(client, user);
 
     // Another user's session, refreshed since it was listed, named under this user: not found.
     const other = await register(t);
@@ -124,9 +132,9 @@ describe.each(PROTOCOLS)("a user's sessions, administered over %s", (protocol: P
     expect((await client.me(othersNext.data?.accessToken ?? '')).code).toBe('ok');
 
     expect((await client.endUserSession(admin, user.id, stolen)).code).toBe('ok');
-    expect(await thief).toBe('unauthenticated');
-    expect((await client.me(accessToken)).code).toBe('unauthenticated');
-    expect((await client.refresh(refreshToken)).code).toBe('unauthenticated');
+    expect(await thief.stopped).toBe('unauthenticated');
+    expect((await client.me(thief.tokens.accessToken)).code).toBe('unauthenticated');
+    expect((await client.refresh(thief.tokens.refreshToken)).code).toBe('unauthenticated');
     expect((await client.me(second.data?.tokens.accessToken ?? '')).code).toBe('ok');
     expect((await client.listUserSessions(admin, user.id)).data?.map((session) => session.id)).toHaveLength(1);
     expect((await client.endUserSession(admin, user.id, stolen)).code).toBe('not_found');
@@ -137,25 +145,13 @@ describe.each(PROTOCOLS)("a user's sessions, administered over %s", (protocol: P
 
   it('when an admin ends every session while a thief keeps refreshing a stolen token in parallel, then no session survives', async () => {
     const user = await register(t);
-    let refreshToken = user.refreshToken;
-    let accessToken = user.accessToken;
-    let refreshes = 0;
-    const thief = (async () => {
-      for (;;) {
-        const next = await client.refresh(refreshToken);
-        if (next.code !== 'ok') return next.code;
-        refreshes += 1;
-        refreshToken = next.data?.refreshToken ?? '';
-        accessToken = next.data?.accessToken ?? '';
-      }
-    })();
-    while (refreshes < 3) await new Promise((resolve) => setTimeout(resolve, 5));
+    const thief = await refreshingInALoop(client, user);
     const ended = await client.endUserSessions(admin, user.id);
     expect(ended.code).toBe('ok');
-    expect(await thief).toBe('unauthenticated');
+    expect(await thief.stopped).toBe('unauthenticated');
     expect((await client.listUserSessions(admin, user.id)).data).toEqual([]);
-    expect((await client.me(accessToken)).code).toBe('unauthenticated');
-    expect((await client.refresh(refreshToken)).code).toBe('unauthenticated');
+    expect((await client.me(thief.tokens.accessToken)).code).toBe('unauthenticated');
+    expect((await client.refresh(thief.tokens.refreshToken)).code).toBe('unauthenticated');
     expect((await client.listUserSessions(admin, 2_000_000_000)).code).toBe('not_found');
   });
 });

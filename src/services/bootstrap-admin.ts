@@ -17,10 +17,13 @@ export interface BootstrapAdmin {
 }
 
 /**
- * Creates the configured administrator when no user has its username or e-mail, so that a
- * fresh install has a way in. An existing account is left alone (its password may have
- * changed), unless no active administrator is left: then the platform cannot be managed, which
- * is said loudly, and with `recover` the account is restored as an active admin.
+ * Creates the configured administrator when no user has its username or e-mail and no active
+ * administrator exists, so that a fresh install has a way in. An existing account is left alone
+ * (its password may have changed), unless no active administrator is left: then the platform
+ * cannot be managed, which is said loudly, and with `recover` the account is restored as an
+ * active admin. A missing account while other administrators are active was deleted (or
+ * renamed) on purpose, and is not created again: the deployment files pass the variables on
+ * every start, so it used to come back, with ADMIN_PASSWORD and unaudited, at each restart.
  */
 export async function ensureBootstrapAdmin(
   admin: BootstrapAdmin,
@@ -32,8 +35,17 @@ export async function ensureBootstrapAdmin(
     await checkAdministratorsLeft(admin, deps);
     return;
   }
+  if ((await activeAdministrators(deps.users)) > 0) {
+    deps.logger.warn(
+      { username: admin.username },
+      'no account has the bootstrap username or e-mail, but active administrators exist, so it is not created again ' +
+        '(it was deleted or renamed); unset ADMIN_USERNAME, ADMIN_EMAIL and ADMIN_PASSWORD',
+    );
+    return;
+  }
+  let created;
   try {
-    await deps.users.create({
+    created = await deps.users.create({
       username: admin.username,
       email,
       passwordHash: await deps.passwords.hash(admin.password),
@@ -44,15 +56,20 @@ export async function ensureBootstrapAdmin(
     if (error instanceof ConflictError) return;
     throw error;
   }
+  // A role granted without an actor, as an administrator's creation of a user is audited.
+  deps.audit.record({ type: 'ROLE_CHANGED', userId: created.id, details: { to: created.role, reason: 'bootstrap' } });
   deps.logger.info({ username: admin.username }, 'created bootstrap administrator');
+}
+
+async function activeAdministrators(users: UserRepository): Promise<number> {
+  return (await users.list({ page: 1, perPage: 1, role: 'ADMIN', status: 'ACTIVE' })).total;
 }
 
 async function checkAdministratorsLeft(
   admin: BootstrapAdmin,
   deps: { users: UserRepository; tokens: TokenRepository; passwords: PasswordHasher; audit: AuditLog; logger: Logger },
 ): Promise<void> {
-  const { total } = await deps.users.list({ page: 1, perPage: 1, role: 'ADMIN', status: 'ACTIVE' });
-  if (total > 0) return;
+  if ((await activeAdministrators(deps.users)) > 0) return;
   const account = (await deps.users.findByLogin(admin.username)) ?? (await deps.users.findByLogin(admin.email.toLowerCase()));
   if (account === null) return;
   if (admin.recover !== true) {

@@ -160,3 +160,37 @@ describe('bootstrap administrator without an active administrator', () => {
     60_000,
   );
 });
+
+describe('a bootstrap account that is gone', () => {
+  // Found by an attacker: the deployment files pass ADMIN_* on every start, and a bootstrap
+  // account deleted by another administrator came back at the next restart as an ACTIVE ADMIN
+  // with ADMIN_PASSWORD, with nothing in the audit log.
+  it('when it was deleted while another administrator is active, then a restart does not create it again, and says so', async () => {
+    const other = await register(t);
+    await t.sql("UPDATE users SET role = 'ADMIN', status = 'ACTIVE', is_active = true WHERE id = $1", [other.id]);
+    await t.sql('DELETE FROM users WHERE id = $1', [await bootstrapAdminId()]);
+    const { logger, lines } = capturingLogger();
+    const restarted = await createTestApp({}, { sameDatabaseAs: t, logger });
+    try {
+      expect(await t.sql('SELECT id FROM users WHERE username_key = $1 OR email = $2', [ADMIN.username, ADMIN.email.toLowerCase()])).toEqual([]);
+      expect(lines.find((line) => line.level === 'warn')?.msg).toMatch(/not created again/);
+      expect((await restarted.request.post('/api/v1/auth/login').send({ usernameOrEmail: ADMIN.username, password: ADMIN.password })).status).toBe(401);
+    } finally {
+      await restarted.close();
+    }
+  });
+
+  it('when no administrator is active either, then start-up creates it, audited as a role granted', async () => {
+    await t.sql("UPDATE users SET role = 'USER' WHERE role = 'ADMIN'");
+    const restarted = await createTestApp({}, { sameDatabaseAs: t });
+    try {
+      const id = await bootstrapAdminId();
+      const [row] = await t.sql<{ status: string; role: string }>('SELECT status::text AS status, role::text AS role FROM users WHERE id = $1', [id]);
+      expect(row).toEqual({ status: 'ACTIVE', role: 'ADMIN' });
+      expect(await auditTypes(id, 1)).toEqual(['ROLE_CHANGED']);
+      expect((await restarted.request.post('/api/v1/auth/login').send({ usernameOrEmail: ADMIN.username, password: ADMIN.password })).status).toBe(200);
+    } finally {
+      await restarted.close();
+    }
+  });
+});

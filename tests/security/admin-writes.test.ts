@@ -309,6 +309,16 @@ describe('ETags on REST', () => {
       .set('if-match', 'not-a-tag')
       .send({ lastName: 'Bad' });
     expect(malformed.status).toBe(400);
+    // `*` stands alone: in a list with a stale tag, it used to make the write unconditional.
+    for (const mixed of ['*, "99"', '"99", *', '*, *']) {
+      const answer = await t.request
+        .put(`/api/v1/users/${user.id}`)
+        .set(...bearer(admin))
+        .set('if-match', mixed)
+        .send({ lastName: 'Mixed' });
+      expect(answer.status, mixed).toBe(400);
+      expect(answer.body).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
+    }
     // A version no user can have (past the int32 Version of the contract) matches nothing: 412 on
     // every conditional write, never the database's out-of-range error as a 500.
     const beyond = ['"2147483648"', '"9999999999"', '"2147483648", "4294967297"'];

@@ -15,12 +15,17 @@ const userIdOf = (req: Request): number => Number(req.params.userId);
 
 const ENTITY_TAG = /^\s*(?:(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"|(\*))\s*$/;
 
-/** The entity tags of an If-Match or If-None-Match header; undefined when it is malformed. */
+/**
+ * The entity tags of an If-Match or If-None-Match header; undefined when it is malformed. `*`
+ * stands alone (RFC 9110: `"*" / #entity-tag`): in a list, it made `*, "99"` match any version,
+ * so a write its sender meant to be conditional was made unconditionally.
+ */
 function entityTags(header: string): { weak: boolean; opaque: string }[] | undefined {
   const tags: { weak: boolean; opaque: string }[] = [];
-  for (const part of header.split(',')) {
+  const parts = header.split(',');
+  for (const part of parts) {
     const match = ENTITY_TAG.exec(part);
-    if (match === null) return undefined;
+    if (match === null || (match[3] === '*' && parts.length > 1)) return undefined;
     tags.push(match[3] === '*' ? { weak: false, opaque: '*' } : { weak: match[1] !== undefined, opaque: match[2] ?? '' });
   }
   return tags;

@@ -310,7 +310,7 @@ describe('ETags on REST', () => {
       .send({ lastName: 'Bad' });
     expect(malformed.status).toBe(400);
     // `*` stands alone: in a list with a stale tag, it used to make the write unconditional.
-    for (const mixed of ['*, "99"', '"99", *', '*, *']) {
+    for (const mixed of ['*, "99"', '"99", *', '*, *', '*,']) {
       const answer = await t.request
         .put(`/api/v1/users/${user.id}`)
         .set(...bearer(admin))
@@ -357,6 +357,14 @@ describe('ETags on REST', () => {
       expect(answer.body).toMatchObject({ success: false, error: { code: 'PRECONDITION_FAILED' } });
     }
     expect((await row(t, user.id))?.version).toBe((first.body.data.version as number) + 1);
+    // A quoted "*" is an ordinary tag that names no version: 412 on every conditional write, and
+    // nothing written (it used to count as the wildcard).
+    for (const quoted of ['"*"', '"99", "*"', ' "*" ']) {
+      for (const answer of await Promise.all(writes.map((write) => write(quoted)))) {
+        expect(answer.status, quoted).toBe(412);
+      }
+    }
+    expect((await row(t, user.id))?.version).toBe((first.body.data.version as number) + 1);
 
     // Every answer that returns one user carries its tag, /auth/me included.
     const me = await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken));
@@ -367,6 +375,14 @@ describe('ETags on REST', () => {
       .set('if-match', updatedTag);
     expect(verified.status).toBe(200);
     expect(verified.headers.etag).toBe(`"${verified.body.data.version}"`);
+    // A bare `*`, alone, is the wildcard: any current version.
+    const any = await t.request
+      .put(`/api/v1/users/${user.id}`)
+      .set(...bearer(admin))
+      .set('if-match', ' * ')
+      .send({ lastName: 'Any' });
+    expect(any.status).toBe(200);
+    expect(any.body.data.version).toBe((verified.body.data.version as number) + 1);
   });
 });
 

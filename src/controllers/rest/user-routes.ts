@@ -13,20 +13,21 @@ type ListQuery = NonNullable<operations['listUsers']['parameters']['query']>;
 /** The validator has already checked that `userId` is a positive int32. */
 const userIdOf = (req: Request): number => Number(req.params.userId);
 
-const ENTITY_TAG = /^\s*(?:(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"|(\*))\s*$/;
+const ENTITY_TAG = /^\s*(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*$/;
 
 /**
- * The entity tags of an If-Match or If-None-Match header; undefined when it is malformed. `*`
- * stands alone (RFC 9110: `"*" / #entity-tag`): in a list, it made `*, "99"` match any version,
- * so a write its sender meant to be conditional was made unconditionally.
+ * What an If-Match or If-None-Match header names: `'*'` (any representation), or its entity tags;
+ * undefined when it is malformed. Only a bare `*`, alone, is the wildcard (RFC 9110:
+ * `"*" / #entity-tag`). In a list (`*, "99"`) it used to make a stale write unconditional, and a
+ * quoted `"*"` still did: that is an ordinary tag, naming no version.
  */
-function entityTags(header: string): { weak: boolean; opaque: string }[] | undefined {
+function entityTags(header: string): '*' | { weak: boolean; opaque: string }[] | undefined {
+  if (header.trim() === '*') return '*';
   const tags: { weak: boolean; opaque: string }[] = [];
-  const parts = header.split(',');
-  for (const part of parts) {
+  for (const part of header.split(',')) {
     const match = ENTITY_TAG.exec(part);
-    if (match === null || (match[3] === '*' && parts.length > 1)) return undefined;
-    tags.push(match[3] === '*' ? { weak: false, opaque: '*' } : { weak: match[1] !== undefined, opaque: match[2] ?? '' });
+    if (match === null) return undefined;
+    tags.push({ weak: match[1] !== undefined, opaque: match[2] ?? '' });
   }
   return tags;
 }
@@ -44,7 +45,7 @@ export function expectedVersionOf(req: Request): number | undefined {
   if (header === undefined) return undefined;
   const tags = entityTags(header);
   if (tags === undefined) throw new ValidationError('Validation failed', { 'If-Match': 'must be an entity tag such as "3", or *' });
-  if (tags.some((tag) => tag.opaque === '*' && !tag.weak)) return undefined;
+  if (tags === '*') return undefined;
   // A tag that names no version a user can have (the contract's Version is an int32) matches
   // nothing, like any other tag that is not one of ours.
   const versions = new Set(
@@ -63,7 +64,7 @@ function notModified(req: Request, user: User): boolean {
   const header = req.get('if-none-match');
   if (header === undefined) return false;
   const tags = entityTags(header) ?? [];
-  return tags.some((tag) => tag.opaque === '*' || tag.opaque === String(user.version));
+  return tags === '*' || tags.some((tag) => tag.opaque === String(user.version));
 }
 
 /** `/api/v1/users`: role and ownership rules live in the service layer, shared with RPC. */

@@ -225,9 +225,10 @@ export class AuthUseCases {
     });
     if (next === null) {
       // Between our read and our write, another request rotated this token (a replay), or its
-      // session was ended (logout, revoke-all, an administrator): only the first is theft.
+      // session was ended (logout, revoke-all, an administrator), or its account deleted with its
+      // sessions: only the first is theft. A deletion used to be reported as token reuse.
       const now = await this.#tokens.findByRefreshHash(previous.refreshTokenHash);
-      if (now !== null && now.revokedReason !== 'rotated' && now.revokedReason !== null) {
+      if (now === null || (now.revokedReason !== 'rotated' && now.revokedReason !== null)) {
         throw new AuthenticationError('Session has ended; please log in again');
       }
       return this.#replayed(previous, client);

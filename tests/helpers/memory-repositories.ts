@@ -39,6 +39,8 @@ export class MemoryUserRepository implements UserRepository {
   readonly #rows = new Map<number, User>();
   readonly #clock: TestClock;
   #nextId = 1;
+  /** Called with a deleted user's id: the database deletes the user's sessions with it (ON DELETE CASCADE). */
+  onDelete: (id: number) => void = () => undefined;
 
   constructor(clock: TestClock) {
     this.#clock = clock;
@@ -120,6 +122,7 @@ export class MemoryUserRepository implements UserRepository {
     if (expectedVersion !== undefined && row.version !== expectedVersion) throw new PreconditionFailedError('User has changed');
     this.#refuseLosingLastAdmin(row, undefined);
     this.#rows.delete(id);
+    this.onDelete(id);
     return true;
   }
 
@@ -162,6 +165,9 @@ export class MemoryTokenRepository implements TokenRepository {
   constructor(clock: TestClock, users: MemoryUserRepository) {
     this.#clock = clock;
     this.#users = users;
+    users.onDelete = (userId) => {
+      for (const [id, row] of this.#rows) if (row.userId === userId) this.#rows.delete(id);
+    };
   }
 
   async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {

@@ -366,7 +366,7 @@ describe("a session that races the end of its account's sessions", () => {
   });
 
   /** Runs `change` once, right before the repository's next `method` call. */
-  function before(method: 'create' | 'revokeChainOf', change: () => Promise<unknown>): void {
+  function before(method: 'create' | 'revokeChainOf' | 'rotate', change: () => Promise<unknown>): void {
     const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
     const original = tokens[method]?.bind(h.tokens);
     if (original === undefined) throw new Error(`no ${method}`);
@@ -400,10 +400,21 @@ describe("a session that races the end of its account's sessions", () => {
   it('when the account is deleted in that moment, then the login fails and opens no session', async () => {
     const admin = await h.account('ADMIN');
     const user = await h.account();
-    const earlier = await liveIds(user.id);
     before('create', () => h.userCases.delete(admin.actor, user.id));
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
-    expect(await liveIds(user.id)).toEqual(earlier);
+    // The deletion took the account's sessions with it, as the database's cascade does.
+    expect(await liveIds(user.id)).toEqual([]);
+  });
+
+  it('when the account is deleted while its refresh is in flight, then the refresh is refused as an ended session, not reported as token theft', async () => {
+    // Found by an attacker racing deletions with refreshes: the deletion takes the sessions with
+    // it, the rotation finds nothing to retire, and that was audited as TOKEN_REUSE_DETECTED.
+    const admin = await h.account('ADMIN');
+    const user = await h.account();
+    before('rotate', () => h.userCases.delete(admin.actor, user.id));
+    await expect(h.auth.refresh(user.tokens.refreshToken, client)).rejects.toThrow('Session has ended; please log in again');
+    expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toEqual([]);
+    expect(h.audit.ofType('USER_DELETED')).toHaveLength(1);
   });
 
   it('when a refresh of the session commits between authentication and logout, then the logout ends the refreshed pair too', async () => {

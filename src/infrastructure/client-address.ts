@@ -52,8 +52,37 @@ export function createClientAddressResolver(setting: TrustProxySetting): ClientA
     // address is recorded as no address rather than as text the client chose. So is one longer
     // than any address is written (ipaddr.js takes zone ids and zero-padded parts of any length):
     // the address travels on in an internal call's headers in split topologies.
-    return resolved.length <= MAX_ADDRESS_LENGTH && ipaddr.isValid(resolved) ? resolved : undefined;
+    if (resolved === socketAddress) return resolved;
+    return resolved.length <= MAX_ADDRESS_LENGTH && ipaddr.isValid(resolved) ? canonicalAddress(resolved) : undefined;
   };
+}
+
+/**
+ * One text per address, as sessions and the audit log record it: `001.002.003.004`, `16909060`
+ * and `::ffff:1.2.3.4` are all 1.2.3.4, and an IPv6 address is written as RFC 5952 says, without the
+ * zone id (a client behind a proxy that passes its entry on used to have any of these forms, and
+ * up to 45 characters of a zone id of its choosing, recorded as written).
+ */
+function canonicalAddress(address: string): string {
+  const parsed = ipaddr.parse(address);
+  if (parsed.kind() === 'ipv4') return parsed.toString();
+  const ipv6 = parsed as ipaddr.IPv6;
+  if (ipv6.isIPv4MappedAddress()) return ipv6.toIPv4Address().toString();
+  return rfc5952(ipv6.parts);
+}
+
+/** An IPv6 address's eight parts as RFC 5952 §4 writes them: the longest run of two or more zero parts (the first of equals) as `::`. */
+function rfc5952(parts: readonly number[]): string {
+  let start = -1;
+  let length = 0;
+  for (let i = 0; i < parts.length;) {
+    let end = i;
+    while (end < parts.length && parts[end] === 0) end += 1;
+    if (end - i > length && end - i >= 2) [start, length] = [i, end - i];
+    i = end === i ? i + 1 : end;
+  }
+  const hex = parts.map((part) => part.toString(16));
+  return start < 0 ? hex.join(':') : `${hex.slice(0, start).join(':')}::${hex.slice(start + length).join(':')}`;
 }
 
 /**

@@ -68,6 +68,30 @@ describe.each(PROTOCOLS)('client addresses over %s', (protocol: ProtocolName) =>
     expect(await burst(viaProxy, `2001:db8:${index + 1}:2::1`, 1)).toEqual(['unauthenticated']);
   });
 
+  it('when a trusted proxy passes on an address in another form, then sessions and the audit log record it in one form', async () => {
+    // Found by an attacker: the forwarded text was recorded as written, so 001.002.003.004,
+    // 16909060 and ::ffff:1.2.3.4 were three addresses to an administrator reading sessions, and
+    // a zone id carried 45 characters of the client's choosing.
+    const onRoomy = apiClient(protocol, roomy.baseUrl);
+    try {
+      const forms: [string, string][] = [
+        [`198.51.100.00${index}`, `198.51.100.${index}`],
+        [String(((198 << 24) + (51 << 16) + (100 << 8) + index) >>> 0), `198.51.100.${index}`],
+        [`::ffff:198.51.100.${index}`, `198.51.100.${index}`],
+        [`2001:0DB8:0:${index}::7%chosenbytheclient0123456789`, index === 0 ? '2001:db8::7' : `2001:db8:0:${index}::7`],
+      ];
+      for (const [sent, recorded] of forms) {
+        const registered = await onRoomy.register(newUser(), from(sent));
+        expect(registered.code, sent).toBe('ok');
+        const userId = registered.data?.user.id ?? 0;
+        const [session] = await roomy.sql<{ ip_address: string }>('SELECT ip_address FROM oauth_tokens WHERE user_id = $1', [userId]);
+        expect(session?.ip_address, sent).toBe(recorded);
+      }
+    } finally {
+      onRoomy.close();
+    }
+  });
+
   it('when no proxy is trusted, then a forged X-Forwarded-For buys no fresh budget', async () => {
     // Every client of this server is 127.0.0.1; protocols take turns so as not to share a window.
     const forged = await Promise.all(Array.from({ length: LIMIT + 3 }, (_, i) => straight.me('not-a-token', from(`192.0.2.${i + 1}`))));

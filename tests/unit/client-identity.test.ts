@@ -35,8 +35,21 @@ describe('client address', () => {
     const resolve = createClientAddressResolver(true);
     expect(resolve('10.0.0.2', `fe80::1%${'a'.repeat(5_000)}`)).toBeUndefined();
     expect(resolve('10.0.0.2', `${'0'.repeat(5_000)}1.0.0.1`)).toBeUndefined();
-    expect(resolve('10.0.0.2', 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255')).toBe('ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255');
-    expect(resolve('10.0.0.2', 'fe80::1%eth0')).toBe('fe80::1%eth0');
+    // The longest address text still resolves, and every address is recorded in one form (RFC 5952).
+    expect(resolve('10.0.0.2', 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255')).toBe('ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff');
+    expect(resolve('10.0.0.2', 'fe80::1%eth0')).toBe('fe80::1');
+  });
+
+  it('when a trusted proxy forwards one address in several forms, then it resolves to one text (RFC 5952; IPv4-mapped as IPv4)', () => {
+    const resolve = createClientAddressResolver(true);
+    for (const form of ['192.0.2.4', '192.0.2.004', '3221225988', '0xc0.0x00.0x02.0x04', '::ffff:192.0.2.4', '::FFFF:c000:204'])
+      expect(resolve('10.0.0.2', form), form).toBe('192.0.2.4');
+    for (const form of ['2001:db8:0:1::7', '2001:0DB8:0000:0001:0:0:0:7', '2001:db8:0:1:0::7%zone']) expect(resolve('10.0.0.2', form), form).toBe('2001:db8:0:1::7');
+    // Two runs of zeros of one length: the first is the one written as ::.
+    expect(resolve('10.0.0.2', '0:0:da23:0:0:b871:0:0')).toBe('::da23:0:0:b871:0:0');
+    expect(resolve('10.0.0.2', '2001:db8:0:0:1:0:0:0')).toBe('2001:db8:0:0:1::');
+    // The socket peer is the kernel's text, kept as it is.
+    expect(resolve('::ffff:10.0.0.2', undefined)).toBe('::ffff:10.0.0.2');
   });
 
   it('when addresses are keyed, then IPv6 hosts of one /64 share a key, IPv4-mapped counts as IPv4', () => {

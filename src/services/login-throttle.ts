@@ -61,9 +61,11 @@ export class LoginThrottle {
   readonly #accountLimiter: FixedWindowRateLimiter;
   readonly #maxFailures: number;
   readonly #lockoutMs: number;
+  readonly #now: () => number;
 
-  constructor(options: { counters: CounterStore; maxFailures: number; lockoutMs: number; accountMaxAttempts: number; accountWindowMs: number }) {
+  constructor(options: { counters: CounterStore; maxFailures: number; lockoutMs: number; accountMaxAttempts: number; accountWindowMs: number; now?: () => number }) {
     this.#counters = options.counters;
+    this.#now = options.now ?? Date.now;
     this.#maxFailures = options.maxFailures;
     this.#lockoutMs = options.lockoutMs;
     this.#accountLimiter = new FixedWindowRateLimiter(options.counters, {
@@ -88,11 +90,12 @@ export class LoginThrottle {
           return refused(budget.resetSeconds * 1000);
         }
       }
-      return {
-        admitted: true,
-        succeeded: () => this.#closedOnFailure(() => this.#counters.release(key)),
-        abandoned: () => this.#closedOnFailure(() => this.#counters.release(key)),
-      };
+      // A slot belongs to its window: an attempt that ends after the window has closed (a login
+      // held up that long) gives nothing back, where it would take a slot of the next window,
+      // which may be a guesser's, and hand that guesser one more comparison.
+      const windowEnds = this.#now() + slot.ttlMs;
+      const giveBack = () => this.#closedOnFailure(async () => (this.#now() < windowEnds ? this.#counters.release(key) : undefined));
+      return { admitted: true, succeeded: giveBack, abandoned: giveBack };
     });
   }
 

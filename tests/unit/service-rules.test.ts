@@ -39,6 +39,7 @@ function harness() {
     lockoutMs: LOCKOUT_MS,
     accountMaxAttempts: 20,
     accountWindowMs: LOCKOUT_MS,
+    now: () => clock.now().getTime(),
   });
   const devices = new DeviceTokens({ secret: SECRET, ttlSeconds: 86_400, now: () => clock.now().getTime() });
   const idempotency = new IdempotentRequests({ records: new MemoryIdempotencyRepository(), secret: SECRET, now: clock.now });
@@ -222,6 +223,24 @@ describe('lockouts', () => {
     expect(guesses.filter((code) => code === 'AUTHENTICATION_ERROR')).toHaveLength(MAX_FAILURES);
     expect(guesses.filter((code) => code === 'RATE_LIMITED')).toHaveLength(10 - MAX_FAILURES);
     expect(h.audit.ofType('PASSWORD_CHANGE_FAILED')).toHaveLength(10);
+  });
+
+  it("when the owner's login ends after its lockout window has closed, then it gives back nothing of the next window, where a guesser sharing the address is counting", async () => {
+    const user = await h.account();
+    const shared = from('198.51.100.5');
+    const original = h.tokens.create.bind(h.tokens);
+    h.tokens.create = async (...args: Parameters<typeof original>) => {
+      h.tokens.create = original;
+      // The login is held up past its window, and a guesser fills the next one.
+      h.clock.advance(LOCKOUT_MS + 1);
+      for (let i = 0; i < MAX_FAILURES; i += 1) await outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, shared));
+      return original(...args);
+    };
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, shared))).toBe('ok');
+    // The guesser's window is still full: its next guess is refused without a comparison.
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: 'Wrong-again' }, shared))).toBe('AUTHENTICATION_ERROR');
+    expect(h.audit.ofType('LOGIN_FAILED', 'wrong_password')).toHaveLength(MAX_FAILURES);
+    expect(h.audit.ofType('LOGIN_FAILED', 'throttled')).toHaveLength(1);
   });
 
   it('when an unknown login is guessed at, then the answers match those for a real account', async () => {

@@ -5,6 +5,7 @@
 // address recorded with a session) reads that one value.
 import ipaddr from 'ipaddr.js';
 import type { IncomingMessage } from 'node:http';
+import { isIPv4, isIPv6 } from 'node:net';
 import proxyaddr from 'proxy-addr';
 
 /** TRUST_PROXY as configured: false, true, a hop count, or a comma list of addresses/subnets. */
@@ -53,20 +54,33 @@ export function createClientAddressResolver(setting: TrustProxySetting): ClientA
     // than any address is written (ipaddr.js takes zone ids and zero-padded parts of any length):
     // the address travels on in an internal call's headers in split topologies.
     if (resolved === socketAddress) return resolved;
-    return resolved.length <= MAX_ADDRESS_LENGTH && ipaddr.isValid(resolved) ? canonicalAddress(resolved) : undefined;
+    return resolved.length <= MAX_ADDRESS_LENGTH ? canonicalAddress(resolved) : undefined;
   };
 }
 
+/** A forwarded entry with a port (`1.2.3.4:5678`, `[2001:db8::1]:443`) or in brackets: the address part. */
+const WITH_PORT = /^(?:\[([^\]]+)\](?::\d{1,5})?|(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5})$/;
+/** An IPv6 address whose last 32 bits are written as IPv4 (`64:ff9b::1.2.3.4`). */
+const DOTTED_TAIL = /^(.*:)(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+
 /**
- * One text per address, as sessions and the audit log record it: `001.002.003.004`, `16909060`
- * and `::ffff:1.2.3.4` are all 1.2.3.4, and an IPv6 address is written as RFC 5952 says, without the
- * zone id (a client behind a proxy that passes its entry on used to have any of these forms, and
- * up to 45 characters of a zone id of its choosing, recorded as written).
+ * A forwarded entry as sessions and the audit log record it, and as the counters key it; undefined
+ * when it is not an address. Addresses are read as Node's `net.isIP` reads them, strictly: IPv4 in
+ * four decimal parts (ipaddr.js also took `010.0.0.1` as octal 8.0.0.1 and `1.2.3.09` as 1.2.3.0,
+ * someone else's address), a port or brackets as proxies write them, IPv6 with an IPv4 tail. One
+ * address is one text: IPv4-mapped IPv6 as IPv4, IPv6 as RFC 5952 writes it, without its zone id.
+ * Entries with a port or an IPv4 tail used to be no address, so that every client of a proxy
+ * writing ports shared one counter, which anyone could fill to lock them all out.
  */
-function canonicalAddress(address: string): string {
-  const parsed = ipaddr.parse(address);
-  if (parsed.kind() === 'ipv4') return parsed.toString();
-  const ipv6 = parsed as ipaddr.IPv6;
+function canonicalAddress(entry: string): string | undefined {
+  const bare = WITH_PORT.exec(entry);
+  const address = bare === null ? entry : (bare[1] ?? bare[2] ?? '');
+  if (isIPv4(address)) return address;
+  if (!isIPv6(address)) return undefined;
+  const withoutZone = address.split('%')[0] ?? '';
+  const tail = DOTTED_TAIL.exec(withoutZone);
+  const hex = tail === null ? withoutZone : `${tail[1]}${((Number(tail[2]) << 8) | Number(tail[3])).toString(16)}:${((Number(tail[4]) << 8) | Number(tail[5])).toString(16)}`;
+  const ipv6 = ipaddr.IPv6.parse(hex);
   if (ipv6.isIPv4MappedAddress()) return ipv6.toIPv4Address().toString();
   return rfc5952(ipv6.parts);
 }

@@ -69,14 +69,14 @@ describe.each(PROTOCOLS)('client addresses over %s', (protocol: ProtocolName) =>
   });
 
   it('when a trusted proxy passes on an address in another form, then sessions and the audit log record it in one form', async () => {
-    // Found by an attacker: the forwarded text was recorded as written, so 001.002.003.004,
-    // 16909060 and ::ffff:1.2.3.4 were three addresses to an administrator reading sessions, and
-    // a zone id carried 45 characters of the client's choosing.
+    // Found by an attacker: the forwarded text was recorded as written, so ::ffff:1.2.3.4 and
+    // 1.2.3.4 were two addresses to an administrator reading sessions, a zone id carried 45
+    // characters of the client's choosing, and an entry with a port was no address at all.
     const onRoomy = apiClient(protocol, roomy.baseUrl);
     try {
       const forms: [string, string][] = [
-        [`198.51.100.00${index}`, `198.51.100.${index}`],
-        [String(((198 << 24) + (51 << 16) + (100 << 8) + index) >>> 0), `198.51.100.${index}`],
+        [`198.51.100.${index}:51234`, `198.51.100.${index}`],
+        [`[::ffff:198.51.100.${index}]:443`, `198.51.100.${index}`],
         [`::ffff:198.51.100.${index}`, `198.51.100.${index}`],
         [`2001:0DB8:0:${index}::7%chosenbytheclient0123456789`, index === 0 ? '2001:db8::7' : `2001:db8:0:${index}::7`],
       ];
@@ -86,6 +86,23 @@ describe.each(PROTOCOLS)('client addresses over %s', (protocol: ProtocolName) =>
         const userId = registered.data?.user.id ?? 0;
         const [session] = await roomy.sql<{ ip_address: string }>('SELECT ip_address FROM oauth_tokens WHERE user_id = $1', [userId]);
         expect(session?.ip_address, sent).toBe(recorded);
+      }
+    } finally {
+      onRoomy.close();
+    }
+  });
+
+  it('when guesses from entries that are no address fill their shared counter, then a client whose proxy writes its port still logs in', async () => {
+    // Found by an attacker: `ip:port` (as some proxies write it) and IPv6 with an IPv4 tail were no
+    // address, so every such client shared the one counter of entries that are not addresses,
+    // and six wrong guesses from `junk1`…`junk6` locked them all out.
+    const onRoomy = apiClient(protocol, roomy.baseUrl);
+    try {
+      const user = newUser();
+      expect((await onRoomy.register(user, from(`198.51.110.${index}`))).code).toBe('ok');
+      for (let i = 1; i <= 6; i += 1) expect((await onRoomy.login({ usernameOrEmail: user.username, password: 'Wrong-Guess-1!' }, from(`junk${i}`))).code).toBe('unauthenticated');
+      for (const entry of [`198.51.111.${index}:51234`, `64:ff9b::198.51.112.${index}`]) {
+        expect((await onRoomy.login({ usernameOrEmail: user.username, password: user.password }, from(entry))).code, entry).toBe('ok');
       }
     } finally {
       onRoomy.close();

@@ -42,9 +42,15 @@ describe('client address', () => {
 
   it('when a trusted proxy forwards one address in several forms, then it resolves to one text (RFC 5952; IPv4-mapped as IPv4)', () => {
     const resolve = createClientAddressResolver(true);
-    for (const form of ['192.0.2.4', '192.0.2.004', '3221225988', '0xc0.0x00.0x02.0x04', '::ffff:192.0.2.4', '::FFFF:c000:204'])
+    for (const form of ['192.0.2.4', '::ffff:192.0.2.4', '::FFFF:c000:204', '192.0.2.4:51234', '[192.0.2.4]', '[::ffff:192.0.2.4]:443'])
       expect(resolve('10.0.0.2', form), form).toBe('192.0.2.4');
-    for (const form of ['2001:db8:0:1::7', '2001:0DB8:0000:0001:0:0:0:7', '2001:db8:0:1:0::7%zone']) expect(resolve('10.0.0.2', form), form).toBe('2001:db8:0:1::7');
+    for (const form of ['2001:db8:0:1::7', '2001:0DB8:0000:0001:0:0:0:7', '2001:db8:0:1:0::7%zone', '[2001:db8:0:1::7]:8443'])
+      expect(resolve('10.0.0.2', form), form).toBe('2001:db8:0:1::7');
+    // An IPv4 tail is part of the IPv6 address (NAT64's 64:ff9b::/96, say).
+    expect(resolve('10.0.0.2', '64:ff9b::192.0.2.4')).toBe('64:ff9b::c000:204');
+    // IPv4 is read strictly, as Node reads it: ipaddr.js took leading zeros as octal and 09 as 0,
+    // recording someone else's address.
+    for (const form of ['010.0.0.1', '1.2.3.09', '192.0.2.004', '3221225988', '0xc0.0x00.0x02.0x04', '64:ff9b::01.2.3.4']) expect(resolve('10.0.0.2', form), form).toBeUndefined();
     // Two runs of zeros of one length: the first is the one written as ::.
     expect(resolve('10.0.0.2', '0:0:da23:0:0:b871:0:0')).toBe('::da23:0:0:b871:0:0');
     expect(resolve('10.0.0.2', '2001:db8:0:0:1:0:0:0')).toBe('2001:db8:0:0:1::');

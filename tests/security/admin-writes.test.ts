@@ -357,6 +357,16 @@ describe('ETags on REST', () => {
       expect(answer.body).toMatchObject({ success: false, error: { code: 'PRECONDITION_FAILED' } });
     }
     expect((await row(t, user.id))?.version).toBe((first.body.data.version as number) + 1);
+    // A non-breaking space (the byte 0xA0) is not HTTP whitespace: next to a bare *, it used to be
+    // trimmed away into the wildcard.
+    for (const nbsp of ['*\u00a0', '\u00a0*']) {
+      const answer = await fetch(`${t.baseUrl}/api/v1/users/${user.id}`, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json', 'if-match': nbsp },
+        body: JSON.stringify({ lastName: 'Nbsp' }),
+      });
+      expect(answer.status, JSON.stringify(nbsp)).toBe(400);
+    }
     // A quoted "*" is an ordinary tag that names no version: 412 on every conditional write, and
     // nothing written (it used to count as the wildcard).
     for (const quoted of ['"*"', '"99", "*"', ' "*" ']) {

@@ -13,7 +13,10 @@ type ListQuery = NonNullable<operations['listUsers']['parameters']['query']>;
 /** The validator has already checked that `userId` is a positive int32. */
 const userIdOf = (req: Request): number => Number(req.params.userId);
 
-const ENTITY_TAG = /^\s*(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*$/;
+// Whitespace around list elements is HTTP's OWS: spaces and tabs only (\s would also take a
+// non-breaking space, and a bare `*` next to one was the wildcard).
+const ENTITY_TAG = /^[ \t]*(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*$/;
+const BARE_WILDCARD = /^[ \t]*\*[ \t]*$/;
 
 /**
  * What an If-Match or If-None-Match header names: `'*'` (any representation), or its entity tags;
@@ -22,7 +25,7 @@ const ENTITY_TAG = /^\s*(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*$/;
  * quoted `"*"` still did: that is an ordinary tag, naming no version.
  */
 function entityTags(header: string): '*' | { weak: boolean; opaque: string }[] | undefined {
-  if (header.trim() === '*') return '*';
+  if (BARE_WILDCARD.test(header)) return '*';
   const tags: { weak: boolean; opaque: string }[] = [];
   for (const part of header.split(',')) {
     const match = ENTITY_TAG.exec(part);

@@ -80,6 +80,8 @@ function canonicalAddress(entry: string): string | undefined {
   const withoutZone = address.split('%')[0] ?? '';
   const tail = DOTTED_TAIL.exec(withoutZone);
   const hex = tail === null ? withoutZone : `${tail[1]}${((Number(tail[2]) << 8) | Number(tail[3])).toString(16)}:${((Number(tail[4]) << 8) | Number(tail[5])).toString(16)}`;
+  // Node and ipaddr.js may disagree at the edges: what ipaddr.js cannot read is no address.
+  if (!ipaddr.IPv6.isValid(hex)) return undefined;
   const ipv6 = ipaddr.IPv6.parse(hex);
   if (ipv6.isIPv4MappedAddress()) return ipv6.toIPv4Address().toString();
   return rfc5952(ipv6.parts);

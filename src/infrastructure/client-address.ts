@@ -111,9 +111,24 @@ export function addressKey(address: string | undefined): string {
   let parsed = ipaddr.parse(address);
   if (parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).isIPv4MappedAddress()) parsed = (parsed as ipaddr.IPv6).toIPv4Address();
   if (parsed.kind() === 'ipv4') return parsed.toString();
-  const parts = (parsed as ipaddr.IPv6).parts.slice(0, 4).map((part) => part.toString(16));
-  return `${parts.join(':')}::/64`;
+  const { parts } = parsed as ipaddr.IPv6;
+  // IPv4 hosts written into IPv6 (NAT64's 64:ff9b::/96, SIIT's ::ffff:0:0/96, the old ::/96) are
+  // their IPv4 address: keyed by /64, every IPv4 client behind such a gateway shared one counter.
+  if (EMBEDS_IPV4.some((prefix) => prefix.every((part, index) => parts[index] === part))) {
+    return [(parts[6] ?? 0) >> 8, (parts[6] ?? 0) & 0xff, (parts[7] ?? 0) >> 8, (parts[7] ?? 0) & 0xff].join('.');
+  }
+  return `${parts
+    .slice(0, 4)
+    .map((part) => part.toString(16))
+    .join(':')}::/64`;
 }
+
+/** The first six parts of the /96 prefixes that carry an IPv4 address in their last 32 bits. */
+const EMBEDS_IPV4: readonly (readonly number[])[] = [
+  [0x64, 0xff9b, 0, 0, 0, 0],
+  [0, 0, 0, 0, 0xffff, 0],
+  [0, 0, 0, 0, 0, 0],
+];
 
 /**
  * The peer address of a request's socket. Kept tolerant of a socket that wraps a stream (the

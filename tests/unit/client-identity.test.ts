@@ -64,6 +64,13 @@ describe('client address', () => {
     expect(addressKey('::ffff:192.0.2.4')).toBe('192.0.2.4');
     expect(addressKey('192.0.2.4')).toBe('192.0.2.4');
     expect(addressKey(undefined)).toBe('unknown');
+    // IPv4 hosts written into IPv6 by a gateway (NAT64, SIIT, IPv4-compatible) are their IPv4
+    // address, not one /64 shared by every IPv4 client behind it.
+    expect(addressKey('64:ff9b::102:304')).toBe('1.2.3.4');
+    expect(addressKey('64:ff9b::909:909')).toBe('9.9.9.9');
+    expect(addressKey('::ffff:0:102:304')).toBe('1.2.3.4');
+    expect(addressKey('::102:304')).toBe('1.2.3.4');
+    expect(addressKey('64:ff9b:1::102:304')).toBe('64:ff9b:1:0::/64');
   });
 });
 

@@ -139,6 +139,18 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(51)))).code).toBe('ok');
   });
 
+  it("when the owner's known device mistypes and then gets it right, then its typos are forgiven, unlike an address's", async () => {
+    const user = await register(t);
+    const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(60)));
+    const device = { 'x-device-token': first.headers.get('x-device-token') ?? '' };
+    for (let round = 0; round < 2; round += 1) {
+      for (let i = 0; i < MAX_FAILURES - 1; i += 1) await client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(60), device));
+      expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(60), device))).code).toBe('ok');
+    }
+    // Every typo was compared: the device's success cleared its failures each time.
+    expect((await failureReasons(user.id, 2 * (MAX_FAILURES - 1))).wrong_password).toBe(2 * (MAX_FAILURES - 1));
+  });
+
   it("when a known device guesses wrong too often, then that device is locked out on its own, without touching the owner's other clients", async () => {
     const user = await register(t);
     const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(40)));

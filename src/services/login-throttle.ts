@@ -18,10 +18,10 @@ export interface LoginAttempt {
 export interface AdmittedAttempt {
   admitted: true;
   /**
-   * The password matched. From a known device, the device's failures are cleared. From an
-   * address, only the attempt's own slot goes back: the failures before it keep theirs until the
-   * window ends, since were they cleared, a guesser sharing the owner's address (a NAT, a proxy)
-   * would get LOGIN_MAX_FAILURES fresh guesses each time the owner logs in.
+   * The password matched: the attempt's own slot goes back. The failures before it keep theirs
+   * until the window ends; were they cleared, a guesser sharing the owner's address (a NAT, a
+   * proxy) or holding a copy of the owner's device token would get LOGIN_MAX_FAILURES fresh
+   * guesses each time the owner logs in.
    */
   succeeded(): Promise<void>;
   /**
@@ -51,8 +51,7 @@ export interface RefusedAttempt {
  * - A known device (a valid device token for this account) is limited per device instead, and
  *   does not draw on the strangers' budget: exhausting it from elsewhere does not lock out a
  *   client the account owner has logged in from before.
- * - A success frees the slot it reserved (a known device's success clears the device's failures);
- *   a failure keeps it until the window ends.
+ * - A success frees the slot it reserved; a failure keeps it until the window ends.
  *
  * Callers answer a refused login exactly like a wrong password. If the counters are unreachable
  * (Redis down), attempts fail closed with UnavailableError rather than opening a window for
@@ -97,11 +96,7 @@ export class LoginThrottle {
       // which may be a guesser's, and hand that guesser one more comparison.
       const windowEnds = this.#now() + slot.ttlMs;
       const giveBack = () => this.#closedOnFailure(async () => (this.#now() < windowEnds ? this.#counters.release(key) : undefined));
-      // A known device that gets the password right has shown it is the owner's: its own
-      // earlier typos are forgiven. An address is not a person (a NAT, a proxy): there, a success
-      // gives back only its own slot, or whoever shares the address would get fresh guesses.
-      const forgive = () => this.#closedOnFailure(() => this.#counters.delete(key));
-      return { admitted: true, succeeded: attempt.device === undefined ? giveBack : forgive, abandoned: giveBack };
+      return { admitted: true, succeeded: giveBack, abandoned: giveBack };
     });
   }
 

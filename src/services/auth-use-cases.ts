@@ -102,7 +102,7 @@ export class AuthUseCases {
         const tokens = await this.#openSession(row, client);
         // Only an administrator's change to the account in the instant since it was created.
         if (tokens === null) throw new ConflictError('The account changed while it was being created; please log in');
-        return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id) };
+        return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id, row.passwordHash) };
       });
     });
   }
@@ -116,7 +116,7 @@ export class AuthUseCases {
   async login(input: MessageInitShape<typeof LoginRequestSchema>, client: ClientInfo): Promise<AuthResult> {
     const login = input.usernameOrEmail ?? '';
     const row = await this.#users.findByLogin(login);
-    const device = row === null ? undefined : this.#devices.verify(client.deviceToken, row.id);
+    const device = row === null ? undefined : this.#devices.verify(client.deviceToken, row.id, row.passwordHash);
     const attempt = await this.#throttle.admit({ account: accountKey(row?.id, login), address: addressKey(client.ipAddress), device });
     // The attempted login is not recorded: people type passwords into the username field.
     const failed = (reason: string) => {
@@ -147,7 +147,7 @@ export class AuthUseCases {
     if (tokens === null) throw failed('changed_meanwhile');
     await attempt.succeeded();
     this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: device !== undefined } });
-    return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, device) };
+    return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, row.passwordHash, device) };
   }
 
   /**

@@ -146,7 +146,7 @@ export class UserUseCases {
     const user = await this.#users.findById(userId);
     if (user === null) throw new NotFoundError('User not found');
     const client = actor.client ?? {};
-    const device = this.#devices.verify(client.deviceToken, userId);
+    const device = this.#devices.verify(client.deviceToken, userId, user.passwordHash);
     const attempt = await this.#throttle.admit({ account: accountKey(userId, ''), address: addressKey(client.ipAddress), device });
     const failed = (reason: string) => this.#audit.record({ type: 'PASSWORD_CHANGE_FAILED', userId, actorId: actor.userId, ...clientFields(client), details: { reason } });
     if (!attempt.admitted) {

@@ -153,6 +153,23 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect((await failureReasons(user.id, 3 * (MAX_FAILURES - 1))).wrong_password).toBe(MAX_FAILURES);
   });
 
+  it('when the password has changed since device tokens were issued, then those tokens count as none: one address, one budget', async () => {
+    // Found by an attacker: device tokens outlived a password change, and each kept its own five
+    // guesses per window for 90 days, so someone who once knew the password could collect them.
+    const user = await register(t);
+    const collected: string[] = [];
+    for (const host of [70, 71]) {
+      const login = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(host)));
+      collected.push(login.headers.get('x-device-token') ?? '');
+    }
+    const changed = await client.changePassword(user.accessToken, user.id, { oldPassword: user.password, newPassword: 'Brand-New-Passw0rd!' });
+    expect(changed.code).toBe('ok');
+    for (const token of collected) {
+      for (let i = 0; i < MAX_FAILURES; i += 1) await client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(72), { 'x-device-token': token }));
+    }
+    expect((await failureReasons(user.id, 2 * MAX_FAILURES)).wrong_password).toBe(MAX_FAILURES);
+  });
+
   it("when a known device guesses wrong too often, then that device is locked out on its own, without touching the owner's other clients", async () => {
     const user = await register(t);
     const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(40)));

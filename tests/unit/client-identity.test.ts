@@ -76,24 +76,32 @@ describe('client address', () => {
 
 describe('known-device tokens', () => {
   const secret = 'device-token-test-secret-0123456789-abcdef';
+  const HASH = `$2b$04$${'a'.repeat(53)}`;
 
   it('when a token is verified for the account it was issued for, then its device id comes back; for another account, nothing', () => {
     const devices = new DeviceTokens({ secret, ttlSeconds: 3600 });
-    const token = devices.issue(7, 'device-a');
-    expect(devices.verify(token, 7)).toBe('device-a');
-    expect(devices.verify(token, 8)).toBeUndefined();
+    const token = devices.issue(7, HASH, 'device-a');
+    expect(devices.verify(token, 7, HASH)).toBe('device-a');
+    expect(devices.verify(token, 8, HASH)).toBeUndefined();
+  });
+
+  it("when the account's password has changed since a token was issued, then the token is not a known device", () => {
+    const devices = new DeviceTokens({ secret, ttlSeconds: 3600 });
+    const token = devices.issue(7, HASH, 'device-a');
+    expect(devices.verify(token, 7, `${HASH.slice(0, -1)}X`)).toBeUndefined();
+    expect(devices.verify(devices.issue(7, `${HASH.slice(0, -1)}X`, 'device-a'), 7, `${HASH.slice(0, -1)}X`)).toBe('device-a');
   });
 
   it('when a token is altered, signed with another secret, or expired, then it is not a known device', () => {
     let now = 1_000_000_000_000;
     const devices = new DeviceTokens({ secret, ttlSeconds: 60, now: () => now });
-    const token = devices.issue(7, 'device-a');
+    const token = devices.issue(7, HASH, 'device-a');
     const [user, , expires, mac] = token.split('.');
-    expect(devices.verify(`${user}.device-b.${expires}.${mac}`, 7)).toBeUndefined();
-    expect(new DeviceTokens({ secret: `${secret}-other`, ttlSeconds: 60, now: () => now }).verify(token, 7)).toBeUndefined();
-    expect(devices.verify('garbage', 7)).toBeUndefined();
+    expect(devices.verify(`${user}.device-b.${expires}.${mac}`, 7, HASH)).toBeUndefined();
+    expect(new DeviceTokens({ secret: `${secret}-other`, ttlSeconds: 60, now: () => now }).verify(token, 7, HASH)).toBeUndefined();
+    expect(devices.verify('garbage', 7, HASH)).toBeUndefined();
     now += 61_000;
-    expect(devices.verify(token, 7)).toBeUndefined();
+    expect(devices.verify(token, 7, HASH)).toBeUndefined();
   });
 });
 

@@ -12,6 +12,10 @@ export const DEVICE_TOKEN_MAX_LENGTH = 200;
  * The token is `<userId>.<deviceId>.<expiresAtSeconds>.<HMAC-SHA256>`, signed with a key derived
  * from the JWT secret (HKDF, its own label, so it can never be confused with a JWT signature). It
  * authenticates nothing: it only chooses which lockout counter an attempt is charged to.
+ *
+ * The signature also covers the account's password hash (not in the token), so a password change
+ * retires every token issued before it: each one used to keep its own five guesses per window
+ * for its 90 days, and someone who once knew the password could collect as many as it liked.
  */
 export class DeviceTokens {
   readonly #key: Buffer;
@@ -28,28 +32,34 @@ export class DeviceTokens {
     return this.#ttlSeconds;
   }
 
-  /** A token for `userId`, keeping `deviceId` when the client already had one for this account. */
-  issue(userId: number, deviceId: string = randomBytes(12).toString('base64url')): string {
+  /**
+   * A token for `userId` while its password hash is `passwordHash`, keeping `deviceId` when the
+   * client already had one for this account.
+   */
+  issue(userId: number, passwordHash: string, deviceId: string = randomBytes(12).toString('base64url')): string {
     const expiresAt = Math.floor(this.#now() / 1000) + this.#ttlSeconds;
     const payload = `${userId}.${deviceId}.${expiresAt}`;
-    return `${payload}.${this.#sign(payload)}`;
+    return `${payload}.${this.#sign(payload, passwordHash)}`;
   }
 
-  /** The device id of a valid, unexpired token issued for `userId`; undefined for anything else. */
-  verify(token: string | undefined, userId: number): string | undefined {
+  /**
+   * The device id of a valid, unexpired token issued for `userId` while its password hash was
+   * `passwordHash`; undefined for anything else.
+   */
+  verify(token: string | undefined, userId: number, passwordHash: string): string | undefined {
     if (token === undefined || token.length > DEVICE_TOKEN_MAX_LENGTH) return undefined;
     const parts = token.split('.');
     if (parts.length !== 4) return undefined;
     const [user, deviceId, expiresAt, signature] = parts as [string, string, string, string];
-    const expected = Buffer.from(this.#sign(`${user}.${deviceId}.${expiresAt}`));
+    const expected = Buffer.from(this.#sign(`${user}.${deviceId}.${expiresAt}`, passwordHash));
     const presented = Buffer.from(signature);
     if (presented.length !== expected.length || !timingSafeEqual(presented, expected)) return undefined;
     if (user !== String(userId) || !/^\d+$/.test(expiresAt) || Number(expiresAt) * 1000 <= this.#now()) return undefined;
     return deviceId;
   }
 
-  #sign(payload: string): string {
-    return createHmac('sha256', this.#key).update(payload).digest('base64url');
+  #sign(payload: string, passwordHash: string): string {
+    return createHmac('sha256', this.#key).update(payload).update('\n').update(passwordHash).digest('base64url');
   }
 }
 

@@ -108,12 +108,12 @@ function rfc5952(parts: readonly number[]): string {
  */
 export function addressKey(address: string | undefined): string {
   if (address === undefined || !ipaddr.isValid(address)) return 'unknown';
-  let parsed = ipaddr.parse(address);
-  if (parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).isIPv4MappedAddress()) parsed = (parsed as ipaddr.IPv6).toIPv4Address();
+  const parsed = ipaddr.parse(address);
   if (parsed.kind() === 'ipv4') return parsed.toString();
   const { parts } = parsed as ipaddr.IPv6;
-  // IPv4 hosts written into IPv6 (NAT64's 64:ff9b::/96, SIIT's ::ffff:0:0/96, the old ::/96) are
-  // their IPv4 address: keyed by /64, every IPv4 client behind such a gateway shared one counter.
+  // IPv4 hosts written into IPv6 (IPv4-mapped ::ffff:0:0/96, NAT64's 64:ff9b::/96, SIIT's
+  // ::ffff:0:0:0/96, the old ::/96) are their IPv4 address: keyed by /64, every IPv4 client behind
+  // such a gateway shared one counter.
   if (EMBEDS_IPV4.some((prefix) => prefix.every((part, index) => parts[index] === part))) {
     return [(parts[6] ?? 0) >> 8, (parts[6] ?? 0) & 0xff, (parts[7] ?? 0) >> 8, (parts[7] ?? 0) & 0xff].join('.');
   }
@@ -125,6 +125,7 @@ export function addressKey(address: string | undefined): string {
 
 /** The first six parts of the /96 prefixes that carry an IPv4 address in their last 32 bits. */
 const EMBEDS_IPV4: readonly (readonly number[])[] = [
+  [0, 0, 0, 0, 0, 0xffff],
   [0x64, 0xff9b, 0, 0, 0, 0],
   [0, 0, 0, 0, 0xffff, 0],
   [0, 0, 0, 0, 0, 0],

@@ -164,14 +164,7 @@ export class PrismaTokenRepository implements TokenRepository {
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     const member = await withDatabaseErrors(() => this.#db.oAuthToken.findFirst({ where: { id: tokenId, userId }, select: { familyId: true } }));
     if (member === null) return [];
-    const revoked = await withDatabaseErrors(() =>
-      // The user's lock first, as rotate takes it: see #revokeFamily.
-      this.#db.$transaction(async (tx) => {
-        await lockUser(tx, userId);
-        const live = { familyId: member.familyId, isRevoked: false, expiresAt: { gt: new Date() } };
-        return this.#dialect.updateTokensReturningHashes(tx, live, { isRevoked: true, revokedReason: reason });
-      }),
-    );
+    const revoked = await this.#revokeUnderUserLock(userId, { familyId: member.familyId, expiresAt: { gt: new Date() } }, reason);
     return this.#withRepeated({ familyId: member.familyId }, reason, options, revoked);
   }
 
@@ -186,11 +179,18 @@ export class PrismaTokenRepository implements TokenRepository {
       // fixes a transaction's snapshot at its first plain read.
       const member = await this.#db.oAuthToken.findFirst({ where: { familyId }, select: { userId: true } });
       if (member === null) return [];
-      return this.#db.$transaction(async (tx) => {
-        await lockUser(tx, member.userId);
-        return this.#dialect.updateTokensReturningHashes(tx, { familyId, isRevoked: false }, { isRevoked: true, revokedReason: reason });
-      });
+      return this.#revokeUnderUserLock(member.userId, { familyId }, reason);
     });
+  }
+
+  /** Revokes the user's live pairs matching `where`, holding the user's row lock as rotate does (see #revokeFamily). */
+  #revokeUnderUserLock(userId: number, where: Prisma.OAuthTokenWhereInput, reason: RevocationReason): Promise<string[]> {
+    return withDatabaseErrors(() =>
+      this.#db.$transaction(async (tx) => {
+        await lockUser(tx, userId);
+        return this.#dialect.updateTokensReturningHashes(tx, { ...where, isRevoked: false }, { isRevoked: true, revokedReason: reason });
+      }),
+    );
   }
 
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {

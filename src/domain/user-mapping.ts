@@ -26,3 +26,12 @@ export function statusFromProto(status: UserStatus, field = 'status'): db.UserSt
 export function toUserMessage(row: Omit<db.User, 'passwordHash'>): User {
   return users.toMessage(row);
 }
+
+/**
+ * The case fold of a login, a username or an e-mail: A–Z to a–z and nothing else. Usernames and
+ * e-mails are ASCII, and JavaScript's Unicode lower-casing would turn one non-ASCII letter into an
+ * ASCII one (the Kelvin sign U+212A into `k`), so a login spelled with it found the account.
+ */
+export function foldCase(text: string): string {
+  return text.replace(/[A-Z]/g, (letter) => String.fromCharCode(letter.charCodeAt(0) + 32));
+}

@@ -1,5 +1,6 @@
 import { Prisma, type PrismaClient, type User, type UserRole, type UserStatus } from '../../gen/prisma/client.ts';
 import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../domain/errors.ts';
+import { foldCase } from '../domain/user-mapping.ts';
 import type { Database } from '../infrastructure/database/database.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import type { RawReader } from '../infrastructure/database/raw-reader.ts';
@@ -103,7 +104,7 @@ export class PrismaUserRepository implements UserRepository {
     // their lower-case key.
     // The row must hold exactly that text: MySQL's utf8mb4_unicode_ci collation would also find
     // `ádmin`, `admin ` (trailing spaces), `admin` with a zero-width space or in fullwidth letters.
-    const folded = usernameOrEmail.toLowerCase();
+    const folded = foldCase(usernameOrEmail);
     const byEmail = folded.includes('@');
     const row = await withDatabaseErrors(() => this.#db.user.findUnique({ where: byEmail ? { email: folded } : { usernameKey: folded } }));
     return row !== null && (byEmail ? row.email : row.usernameKey) === folded ? row : null;
@@ -189,7 +190,7 @@ export class PrismaUserRepository implements UserRepository {
 
 /** What makes a username unique: its lower-case fold (usernames are ASCII letters, digits and _). */
 export function usernameKeyOf(username: string): string {
-  return username.toLowerCase();
+  return foldCase(username);
 }
 
 type Tx = Prisma.TransactionClient | PrismaClient;

@@ -1,4 +1,5 @@
 import { UnavailableError } from '../domain/errors.ts';
+import { foldCase } from '../domain/user-mapping.ts';
 import { FixedWindowRateLimiter, type CounterStore } from '../infrastructure/rate-limiter.ts';
 
 const FAILURES = 'login-fail:';
@@ -120,7 +121,7 @@ export class LoginThrottle {
 
 /** The throttle's name for a login: the user's id when known, else the login as typed. */
 export function accountKey(userId: number | undefined, login: string): string {
-  return userId === undefined ? `login:${login.toLowerCase()}` : `user:${userId}`;
+  return userId === undefined ? `login:${foldCase(login)}` : `user:${userId}`;
 }
 
 function failureKey(attempt: LoginAttempt): string {

@@ -6,6 +6,7 @@
 // test, in every topology.
 import type { OAuthToken, User } from '../../gen/prisma/client.ts';
 import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../../src/domain/errors.ts';
+import { foldCase } from '../../src/domain/user-mapping.ts';
 import type { AuditEventInput, AuditLog } from '../../src/services/audit-use-cases.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
 import { REPEAT_LOOKBACK_MS, type NewTokenRecord, type RevocationReason, type TokenRepository, type UserWrite } from '../../src/repositories/token-repository.ts';
@@ -59,7 +60,7 @@ export class MemoryUserRepository implements UserRepository {
   }
 
   async findByLogin(usernameOrEmail: string): Promise<User | null> {
-    const key = usernameOrEmail.toLowerCase();
+    const key = foldCase(usernameOrEmail);
     for (const row of this.#rows.values()) if (row.usernameKey === key || row.email === key) return { ...row };
     return null;
   }

@@ -7,7 +7,8 @@
 // - the same password typed composed or decomposed (Unicode NFC) is one password;
 // - usernames that differ only in case cannot coexist, and log in as the account they name;
 // - a login that only looks like a name or e-mail (accents, spaces, zero-width or fullwidth
-//   letters) names no account, on MariaDB's accent-insensitive collation as on PostgreSQL.
+//   letters, the Kelvin sign that JavaScript lower-cases to `k`) names no account, on MariaDB's
+//   accent-insensitive collation as on PostgreSQL.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
 import { newUser, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
@@ -114,7 +115,7 @@ describe.each(PROTOCOLS)('passwords over %s', (protocol: ProtocolName) => {
     expect(login.data?.user.id).toBe(user.id);
   });
 
-  it('when a login differs from the name or e-mail by an accent, a trailing space, a zero-width or a fullwidth letter, then it is refused like an unknown account', async () => {
+  it('when a login differs from the name or e-mail by an accent, a trailing space, a zero-width, a fullwidth letter or a Kelvin sign, then it is refused like an unknown account', async () => {
     const user = await register(t, newUser(`look${protocol.replace('-', '')}`));
     const email = user.email.toLowerCase();
     const lookalikes = [
@@ -126,6 +127,9 @@ describe.each(PROTOCOLS)('passwords over %s', (protocol: ProtocolName) => {
       `${email} `,
       `é${email.slice(1)}`,
       email.replace('@', '\u200b@'),
+      // U+212A, the one non-ASCII character whose toLowerCase() is ASCII (`k`).
+      user.username.replace('k', '\u212a'),
+      email.replace('k', '\u212a'),
     ];
     const outcomes = await Promise.all(lookalikes.map((usernameOrEmail) => client.login({ usernameOrEmail, password: user.password }, from(ip(8)))));
     expect(outcomes.map((outcome) => outcome.code)).toEqual(lookalikes.map(() => 'unauthenticated'));

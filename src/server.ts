@@ -97,7 +97,15 @@ export function createDualProtocolServer(
       // outlive its deadline by that much; a check of the requests still arriving is cheap.
       connectionsCheckingInterval: Math.max(25, Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4))),
     },
-    answerInTurn((req, res) => startInTurn(() => handlers.http1(req, res)), limits.requestTimeoutMs),
+    // A request whose connection is gone by its turn is not started: no handler, rate-limit
+    // charge or log for a client that left (its address is no longer known either).
+    answerInTurn(
+      (req, res) =>
+        startInTurn(() => {
+          if (!req.socket.destroyed) handlers.http1(req, res);
+        }),
+      limits.requestTimeoutMs,
+    ),
   );
   h1.keepAliveTimeout = limits.keepAliveTimeoutMs;
   h1.on('clientError', answerClientError);
@@ -116,7 +124,12 @@ export function createDualProtocolServer(
       peers.releaseStream(peer);
       openStreams.delete(req.stream);
     });
-    startInTurn(() => handlers.http2(req, res));
+    // A stream reset before its turn (rapid reset: HEADERS then RST_STREAM, hundreds per write)
+    // is not started: before, each ran a handler after its client had left, and once the
+    // connection was gone too its rate-limit charge fell on the shared `unknown` address.
+    startInTurn(() => {
+      if (!req.stream.destroyed) handlers.http2(req, res);
+    });
   });
   /** The HTTP/2 streams not yet closed, for the drain. */
   const openStreams = new Set<ServerHttp2Stream>();
@@ -433,12 +446,26 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
   session.on('stream', (stream) => {
     open += 1;
     clearTimeout(idle);
-    const requestDeadline = setTimeout(() => {
-      // remoteClose: the client has sent END_STREAM, whether or not the handler has read it all.
-      if (!stream.closed && !stream.destroyed && stream.state.remoteClose !== 1) stream.close(http2Constants.NGHTTP2_CANCEL);
-    }, limits.requestTimeoutMs);
+    // At the request deadline, and at each one after: a request not fully arrived is cut (the
+    // client has not sent END_STREAM, whether or not the handler has read it all), and so is an
+    // answer complete on this side that the client has not taken since the last check. A client
+    // advertising a zero window held such streams, and the answers they buffer, for as long as
+    // it liked (HTTP/1.1's slow readers meet the socket's timeout). A stream still answering (a
+    // health watch, a handler at work) is left to its own deadlines.
+    let deadline: NodeJS.Timeout | undefined;
+    let answeredAtLastCheck = false;
+    const check = () => {
+      if (stream.closed || stream.destroyed) return;
+      if (stream.state.remoteClose !== 1 || answeredAtLastCheck) {
+        stream.close(http2Constants.NGHTTP2_CANCEL);
+        return;
+      }
+      answeredAtLastCheck = stream.writableEnded;
+      deadline = setTimeout(check, limits.requestTimeoutMs);
+    };
+    deadline = setTimeout(check, limits.requestTimeoutMs);
     stream.once('close', () => {
-      clearTimeout(requestDeadline);
+      clearTimeout(deadline);
       open -= 1;
       if (open === 0 && !session.closed && !session.destroyed) startIdle();
     });

@@ -5,6 +5,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Http2ServerRequest } from 'node:http2';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { DescFile, DescService } from '@bufbuild/protobuf';
+import { MethodOptions_IdempotencyLevel } from '@bufbuild/protobuf/wkt';
 import { AuditRepositoryService, file_arcana_internal_repository_v1_audit_repository_service } from '../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import { CounterStoreService, file_arcana_internal_repository_v1_counter_store_service } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import {
@@ -122,6 +123,15 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
     };
     return runWithCallContext(context, async () => {
       try {
+        // A write its caller has already given up (deadline passed, or cancelled while this
+        // process could not read: stalled, paused, its socket buffer full) is not carried out:
+        // the caller has answered its own client 503 by then. A repository paused past the
+        // deadlines carried out logouts, registrations and suspensions seconds after their 503
+        // (helper 50). The cancellation may sit unread behind the call in the same socket, so a
+        // write waits one turn of the event loop, in which it is read, before it looks; reads
+        // (declared NO_SIDE_EFFECTS) do not wait.
+        if (req.method.idempotency !== MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS) await pollOnce();
+        if (req.signal.aborted) throw ConnectError.from(req.signal.reason, Code.Canceled);
         const res = await next(req);
         // Who the caller turned out to be (the service layer authenticates it), for the layer
         // above's request log.
@@ -161,4 +171,13 @@ export function internalAuthGate(secret: string): (context: HandlerContext) => P
       .digest();
     if (!timingSafeEqual(presented, expected)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
   };
+}
+
+/**
+ * Resolves after the event loop has polled its sockets once more: in the check phase of the turn
+ * after this one. What had arrived behind the current input by then (an RST_STREAM, a FIN) has
+ * been read and acted on.
+ */
+function pollOnce(): Promise<void> {
+  return new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
 }

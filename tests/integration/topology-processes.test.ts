@@ -2,13 +2,14 @@
 // environment (scripts/topology.ts), talked to over loopback. What a client sees when a lower
 // layer dies, stalls or comes back.
 import { createClient } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
+import { createConnectTransport, createGrpcTransport } from '@connectrpc/connect-node';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { randomBytes } from 'node:crypto';
 import http2 from 'node:http2';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { TokenRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import { UserRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { startTopology, type LayerProcess, type RunningTopology } from '../../scripts/topology.ts';
@@ -230,6 +231,40 @@ describe('layered/grpc as three processes', () => {
       process.kill(repository.pid as number, 'SIGCONT');
     }
     expect((await rest('GET', '/api/v1/auth/me', undefined, user.accessToken)).status).toBe(200);
+  });
+
+  it('when the repository stalls past the deadline of writes sent to it, over gRPC and Connect on HTTP/1.1, then it does not carry them out when it resumes', async () => {
+    const users = [await registerUser(), await registerUser()];
+    const families = await Promise.all(
+      users.map(async (user) => (await admin.query<{ family_id: string }>('SELECT family_id FROM oauth_tokens WHERE user_id = $1', [user.id])).rows[0]?.family_id ?? ''),
+    );
+    const repository = layer('repository');
+    const secret = { authorization: `Bearer ${TEST_ENV.INTERNAL_API_SECRET}` };
+    // As the service layer calls the repository: HTTP/2 (gRPC), and Connect over HTTP/1.1.
+    const transports = [createGrpcTransport({ baseUrl: repository.url }), createConnectTransport({ baseUrl: repository.url, httpVersion: '1.1' })];
+    process.kill(repository.pid as number, 'SIGSTOP');
+    let outcomes;
+    try {
+      // Each call reaches the repository's socket and waits there, unread, past its deadline.
+      outcomes = await Promise.all(
+        transports.map((transport, i) =>
+          createClient(TokenRepositoryService, transport)
+            .revokeTokenFamily({ familyId: families[i], reason: 'logout' }, { headers: secret, timeoutMs: 500 })
+            .then(() => 'ok')
+            .catch((error: unknown) => Code[ConnectError.from(error).code]),
+        ),
+      );
+      // Resumed a while after the callers gave up, as after a long pause of its machine.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+    } finally {
+      process.kill(repository.pid as number, 'SIGCONT');
+    }
+    expect(outcomes).toEqual([Code[Code.DeadlineExceeded], Code[Code.DeadlineExceeded]]);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    // Carried out ~2 s after the caller had given up, before (helper 50).
+    const revoked = await admin.query('SELECT user_id FROM oauth_tokens WHERE user_id = ANY($1) AND is_revoked', [users.map((user) => user.id)]);
+    expect(revoked.rows).toEqual([]);
+    for (const user of users) expect((await rest('GET', '/api/v1/auth/me', undefined, user.accessToken)).status).toBe(200);
   });
 
   it('when the service layer is sent SIGTERM, then it finishes the request in flight, exits 0, and the controller answers 503 until it is back', async () => {

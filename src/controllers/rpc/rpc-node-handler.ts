@@ -231,6 +231,11 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       if (!res.writableEnded) abort.abort(new ConnectError('the client cancelled the call', Code.Canceled));
     };
     res.once('close', onClose);
+    // Over HTTP/1.1 a client that gave up closes its connection; the FIN is read at once, the
+    // answer's 'close' only tens of milliseconds later (after Node's own end of the socket), by
+    // when a write the caller gave up could have gone ahead (see layerContextInterceptor).
+    const socket = req.httpVersionMajor === 2 ? undefined : req.socket;
+    socket?.once('end', onClose);
     const timer = timeoutMs === undefined ? undefined : setTimeout(() => abort.abort(new ConnectError('the operation timed out', Code.DeadlineExceeded)), timeoutMs);
     const onShutdown = () => abort.abort(new ConnectError('the server is shutting down', Code.Unavailable));
     grpcOptions.shutdownSignal?.addEventListener('abort', onShutdown, { once: true });
@@ -250,6 +255,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     contextValues.set(bodyKey, { read: (maxBytes, lengthHint) => readNodeBody(req, maxBytes, lengthHint) });
     const release = () => {
       if (timer !== undefined) clearTimeout(timer);
+      socket?.off('end', onClose);
       grpcOptions.shutdownSignal?.removeEventListener('abort', onShutdown);
     };
     return { context, release };

@@ -128,7 +128,7 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
         // the caller has answered its own client 503 by then. A repository paused past the
         // deadlines carried out logouts, registrations and suspensions seconds after their 503
         // (helper 50). The cancellation may sit unread behind the call in the same socket, so a
-        // write waits one turn of the event loop, in which it is read, before it looks; reads
+        // write first waits until the event loop has polled its sockets once more; reads
         // (declared NO_SIDE_EFFECTS) do not wait.
         if (req.method.idempotency !== MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS) await pollOnce();
         if (req.signal.aborted) throw ConnectError.from(req.signal.reason, Code.Canceled);

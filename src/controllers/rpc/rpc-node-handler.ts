@@ -73,6 +73,12 @@ import { createRequestDecoder } from './request-decoder.ts';
 type NodeRequest = IncomingMessage | Http2ServerRequest;
 type NodeResponse = ServerResponse | Http2ServerResponse;
 
+/**
+ * Whether an answer can no longer be sent: its HTTP/1.1 socket or its HTTP/2 stream is gone.
+ * Http2ServerResponse has no `destroyed` of its own (helper 48: the check never fired there).
+ */
+const answerGone = (res: NodeResponse): boolean => ('stream' in res ? res.stream.destroyed : res.destroyed);
+
 // connect-es's default, stated so the decoder can use the same limit.
 const UNLIMITED_BYTES = 0xffffffff;
 
@@ -301,7 +307,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     }
     // HTTP/2 only (see above).
     const h2 = res as Http2ServerResponse;
-    if (h2.destroyed) return true;
+    if (answerGone(h2)) return true;
     h2.writeHead(200, nodeHeadersFromWeb(context.responseHeader));
     if (envelope !== undefined) h2.write(envelope);
     h2.addTrailers(nodeHeadersFromWeb(context.responseTrailer));
@@ -347,7 +353,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     }
     const header = trailerMux(context.responseHeader, context.responseTrailer);
     header.set(headerUnaryContentLength, String(body.byteLength));
-    if (res.destroyed) return true;
+    if (answerGone(res)) return true;
     (res as ServerResponse).writeHead(status, nodeHeadersFromWeb(header));
     (res as ServerResponse).end(body);
     return true;

@@ -443,34 +443,61 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
     idle = setTimeout(() => session.close(), limits.http2IdleTimeoutMs);
   };
   startIdle();
+  // Answers complete on this side that the client has not taken by their request deadline. At
+  // each sweep after that, if nothing at all has gone out on the connection since the last
+  // sweep, they are cut: a client advertising a zero window held such streams, and the answers
+  // they buffer, for as long as it liked (HTTP/1.1's slow readers meet the socket's timeout).
+  // Node tells no stream's own progress (a write completes when all of it has gone), so a
+  // client taking its answers slowly is known by its connection moving.
+  const untaken = new Set<ServerHttp2Stream>();
+  let sweep: NodeJS.Timeout | undefined;
+  let sentAtLastSweep = -1;
+  const sweepUntaken = () => {
+    const sent = session.destroyed ? sentAtLastSweep : session.socket.bytesWritten;
+    if (sent === sentAtLastSweep) for (const stream of untaken) stream.close(http2Constants.NGHTTP2_CANCEL);
+    sentAtLastSweep = sent;
+    if (untaken.size === 0) {
+      clearInterval(sweep);
+      sweep = undefined;
+      sentAtLastSweep = -1;
+    }
+  };
   session.on('stream', (stream) => {
     open += 1;
     clearTimeout(idle);
-    // At the request deadline, and at each one after: a request not fully arrived is cut (the
-    // client has not sent END_STREAM, whether or not the handler has read it all), and so is an
-    // answer complete on this side that the client has not taken since the last check. A client
-    // advertising a zero window held such streams, and the answers they buffer, for as long as
-    // it liked (HTTP/1.1's slow readers meet the socket's timeout). A stream still answering (a
-    // health watch, a handler at work) is left to its own deadlines.
+    // At the request deadline, a request not fully arrived is cut (the client has not sent
+    // END_STREAM, whether or not the handler has read it all); an answer complete on this side
+    // is handed to the session's sweep (below); a stream still answering (a health watch, a
+    // handler at work) is left to its own deadlines and looked at again at the next one.
     let deadline: NodeJS.Timeout | undefined;
-    let answeredAtLastCheck = false;
     const check = () => {
       if (stream.closed || stream.destroyed) return;
-      if (stream.state.remoteClose !== 1 || answeredAtLastCheck) {
+      if (stream.state.remoteClose !== 1) {
         stream.close(http2Constants.NGHTTP2_CANCEL);
         return;
       }
-      answeredAtLastCheck = stream.writableEnded;
+      if (stream.writableEnded) {
+        untaken.add(stream);
+        if (sweep === undefined) {
+          sentAtLastSweep = session.socket.bytesWritten;
+          sweep = setInterval(sweepUntaken, limits.requestTimeoutMs).unref();
+        }
+        return;
+      }
       deadline = setTimeout(check, limits.requestTimeoutMs);
     };
     deadline = setTimeout(check, limits.requestTimeoutMs);
     stream.once('close', () => {
       clearTimeout(deadline);
+      untaken.delete(stream);
       open -= 1;
       if (open === 0 && !session.closed && !session.destroyed) startIdle();
     });
   });
-  session.once('close', () => clearTimeout(idle));
+  session.once('close', () => {
+    clearTimeout(idle);
+    clearInterval(sweep);
+  });
 }
 
 /** What the peer table answers for a connection or stream over its address's cap. */

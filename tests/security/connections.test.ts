@@ -19,10 +19,11 @@ import pg from 'pg';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { UserService } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { createDualProtocolServer } from '../../src/server.ts';
 import { apiClients, closeAll } from '../helpers/protocols.ts';
-import { monolithOf, newUser, startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
+import { ADMIN, monolithOf, newUser, register, startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
 
 /** Slack for a deadline to be seen by the client on a loaded machine. */
 const SLACK_MS = 5_000;
@@ -159,7 +160,7 @@ function frame(type: number, flags: number, streamId: number, payload: Buffer = 
   return Buffer.concat([head, payload]);
 }
 
-const FRAME = { data: 0, headers: 1, rstStream: 3, settings: 4, goaway: 7 } as const;
+const FRAME = { data: 0, headers: 1, rstStream: 3, settings: 4, goaway: 7, windowUpdate: 8 } as const;
 const FLAG = { endStream: 1, endHeaders: 4, ack: 1 } as const;
 const SETTINGS_INITIAL_WINDOW_SIZE = 4;
 
@@ -173,6 +174,22 @@ function requestHeaders(path: string): Buffer {
     literal(':authority', 'attacker'),
     literal('content-type', 'application/grpc'),
   ]);
+}
+
+/** A HEADERS block of literals without indexing, of any length (HPACK integers, RFC 7541 §5.1). */
+function headerBlock(fields: [string, string][]): Buffer {
+  const length = (n: number): Buffer => {
+    if (n < 127) return Buffer.from([n]);
+    const bytes = [127];
+    let rest = n - 127;
+    while (rest >= 128) {
+      bytes.push((rest % 128) + 128);
+      rest = Math.floor(rest / 128);
+    }
+    bytes.push(rest);
+    return Buffer.from(bytes);
+  };
+  return Buffer.concat(fields.flatMap(([name, value]) => [Buffer.from([0]), length(name.length), Buffer.from(name), length(value.length), Buffer.from(value)]));
 }
 
 /** The frames the server has sent so far on a raw HTTP/2 connection. */
@@ -459,6 +476,54 @@ describe('HTTP/2 (h2c)', () => {
     const reset = await until('every stream reset', () => (rstCodes(framesOf(client)).length >= MAX_STREAMS ? rstCodes(framesOf(client)) : undefined), 2 * REQUEST_MS + SLACK_MS);
     expect(performance.now() - sentAt).toBeGreaterThanOrEqual(REQUEST_MS - EARLY_MS);
     expect(reset).toEqual(Array(MAX_STREAMS).fill(NGHTTP2_CANCEL));
+  });
+
+  it('when a client takes an answer slowly, a little at each request deadline and beyond two of them, then it gets all of it', async () => {
+    await Promise.all(Array.from({ length: 10 }, (_, i) => register(server, newUser(`slow${i}`))));
+    const login = await fetch(`${server.baseUrl}/api/v1/auth/login`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ usernameOrEmail: ADMIN.username, password: ADMIN.password }),
+    });
+    const { data } = (await login.json()) as { data: { tokens: { accessToken: string } } };
+    // A raw client, as Node's own takes in whatever arrives: a 256-byte window, and 256 bytes
+    // more every REQUEST_MS / 3, for a page of users (several KB): many request deadlines.
+    const client = rawClient(server.port);
+    const window = Buffer.alloc(6);
+    window.writeUInt16BE(SETTINGS_INITIAL_WINDOW_SIZE, 0);
+    window.writeUInt32BE(256, 2);
+    client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0, window)]));
+    await until('SETTINGS', () => settingsOf(framesOf(client)));
+    const headers = headerBlock([
+      [':method', 'POST'],
+      [':scheme', 'http'],
+      [':path', `/${UserService.typeName}/ListUsers`],
+      [':authority', 'slow-reader'],
+      ['content-type', 'application/json'],
+      ['authorization', `Bearer ${data.tokens.accessToken}`],
+    ]);
+    const startedAt = performance.now();
+    client.socket.write(
+      Buffer.concat([frame(FRAME.settings, FLAG.ack, 0), frame(FRAME.headers, FLAG.endHeaders, 1, headers), frame(FRAME.data, FLAG.endStream, 1, Buffer.from('{"perPage":100}'))]),
+    );
+    const more = Buffer.alloc(4);
+    more.writeUInt32BE(256);
+    const reader = setInterval(() => client.socket.write(frame(FRAME.windowUpdate, 0, 1, more)), REQUEST_MS / 3);
+    cleanups.push(() => clearInterval(reader));
+    const answer = await until(
+      'the end of the answer or a reset',
+      () => framesOf(client).find((f) => f.streamId === 1 && ((f.type === FRAME.data && (f.flags & FLAG.endStream) !== 0) || f.type === FRAME.rstStream)),
+      20 * REQUEST_MS,
+    );
+    clearInterval(reader);
+    expect(answer.type).toBe(FRAME.data);
+    expect(performance.now() - startedAt).toBeGreaterThan(2 * REQUEST_MS);
+    const body = Buffer.concat(
+      framesOf(client)
+        .filter((f) => f.streamId === 1 && f.type === FRAME.data)
+        .map((f) => f.payload),
+    );
+    expect((JSON.parse(body.toString('utf8')) as { users: unknown[] }).users.length).toBeGreaterThanOrEqual(10);
   });
 
   it('when a client opens hundreds of streams and resets each at once (rapid reset), then the streams reset before their turn start no handler', async () => {

@@ -436,6 +436,9 @@ function peek(socket: Socket, deadlineMs: number, route: (isHttp2: boolean, head
  * again reconnects, as it must after any GOAWAY. A stream whose request has not fully arrived
  * within the request timeout is reset with CANCEL, as HTTP/1.1 answers 408 for the same case.
  */
+/** Sweeps (request deadlines) an answer complete on this side may stay untaken on a moving connection. */
+const UNTAKEN_MAX_SWEEPS = 5;
+
 function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits): void {
   let open = 0;
   let idle: NodeJS.Timeout | undefined;
@@ -448,18 +451,22 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
   // sweep, they are cut: a client advertising a zero window held such streams, and the answers
   // they buffer, for as long as it liked (HTTP/1.1's slow readers meet the socket's timeout).
   // Node tells no stream's own progress (a write completes when all of it has gone), so a
-  // client taking its answers slowly is known by its connection moving.
-  const untaken = new Set<ServerHttp2Stream>();
+  // client taking its answers slowly is known by its connection moving. A connection kept moving
+  // by other means (PINGs, whose acknowledgements are writes too) still loses an answer it has
+  // not taken after UNTAKEN_MAX_SWEEPS sweeps.
+  const untaken = new Map<ServerHttp2Stream, number>();
   let sweep: NodeJS.Timeout | undefined;
   let sentAtLastSweep = -1;
   const sweepUntaken = () => {
     const sent = session.destroyed ? sentAtLastSweep : session.socket.bytesWritten;
-    if (sent === sentAtLastSweep) for (const stream of untaken) stream.close(http2Constants.NGHTTP2_CANCEL);
+    for (const [stream, sweeps] of untaken) {
+      if (sent === sentAtLastSweep || sweeps + 1 >= UNTAKEN_MAX_SWEEPS) stream.close(http2Constants.NGHTTP2_CANCEL);
+      else untaken.set(stream, sweeps + 1);
+    }
     sentAtLastSweep = sent;
     if (untaken.size === 0) {
       clearInterval(sweep);
       sweep = undefined;
-      sentAtLastSweep = -1;
     }
   };
   session.on('stream', (stream) => {
@@ -477,7 +484,7 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
         return;
       }
       if (stream.writableEnded) {
-        untaken.add(stream);
+        untaken.set(stream, 0);
         if (sweep === undefined) {
           sentAtLastSweep = session.socket.bytesWritten;
           sweep = setInterval(sweepUntaken, limits.requestTimeoutMs).unref();

@@ -160,7 +160,7 @@ function frame(type: number, flags: number, streamId: number, payload: Buffer = 
   return Buffer.concat([head, payload]);
 }
 
-const FRAME = { data: 0, headers: 1, rstStream: 3, settings: 4, goaway: 7, windowUpdate: 8 } as const;
+const FRAME = { data: 0, headers: 1, rstStream: 3, settings: 4, ping: 6, goaway: 7, windowUpdate: 8 } as const;
 const FLAG = { endStream: 1, endHeaders: 4, ack: 1 } as const;
 const SETTINGS_INITIAL_WINDOW_SIZE = 4;
 
@@ -476,6 +476,25 @@ describe('HTTP/2 (h2c)', () => {
     const reset = await until('every stream reset', () => (rstCodes(framesOf(client)).length >= MAX_STREAMS ? rstCodes(framesOf(client)) : undefined), 2 * REQUEST_MS + SLACK_MS);
     expect(performance.now() - sentAt).toBeGreaterThanOrEqual(REQUEST_MS - EARLY_MS);
     expect(reset).toEqual(Array(MAX_STREAMS).fill(NGHTTP2_CANCEL));
+  });
+
+  it('when a zero-window client keeps its connection moving with PINGs, then its untaken answers are still reset, after at most five request deadlines', async () => {
+    const client = rawClient(server.port);
+    const zeroWindow = Buffer.alloc(6);
+    zeroWindow.writeUInt16BE(SETTINGS_INITIAL_WINDOW_SIZE, 0);
+    client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0, zeroWindow)]));
+    await until('SETTINGS', () => settingsOf(framesOf(client)));
+    const calls = Array.from({ length: 3 }, (_, i) => [
+      frame(FRAME.headers, FLAG.endHeaders, 1 + 2 * i, requestHeaders(`/${Health.typeName}/Check`)),
+      frame(FRAME.data, FLAG.endStream, 1 + 2 * i, Buffer.from([0, 0, 0, 0, 0])),
+    ]);
+    client.socket.write(Buffer.concat([frame(FRAME.settings, FLAG.ack, 0), ...calls.flat()]));
+    // Each PING is answered with an acknowledgement: the connection moves, no answer does.
+    const pings = setInterval(() => client.socket.write(frame(FRAME.ping, 0, 0, Buffer.alloc(8))), REQUEST_MS / 3);
+    cleanups.push(() => clearInterval(pings));
+    const reset = await until('every stream reset', () => (rstCodes(framesOf(client)).length >= 3 ? rstCodes(framesOf(client)) : undefined), 6 * REQUEST_MS + SLACK_MS);
+    clearInterval(pings);
+    expect(reset).toEqual(Array(3).fill(NGHTTP2_CANCEL));
   });
 
   it('when a client takes an answer slowly, a little at each request deadline and beyond two of them, then it gets all of it', async () => {

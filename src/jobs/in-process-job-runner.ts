@@ -1,5 +1,7 @@
 // The job runner of a process without Redis: audit events are written in batches off the request
 // path and the session purge runs on a timer, all inside this process.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { UnavailableError } from '../domain/errors.ts';
 import { detachedFromRequest } from '../infrastructure/call-context.ts';
 import type { NewAuditEvent } from '../repositories/audit-repository.ts';
 import type { AuditEventInput, AuditLog } from '../services/audit-use-cases.ts';
@@ -8,6 +10,9 @@ import { AUDIT_QUEUE, errorText, MAINTENANCE_QUEUE, toNewAuditEvent, type JobRun
 /** Events waiting in memory beyond this many are dropped (and logged) rather than exhausting memory. */
 const MAX_PENDING_EVENTS = 10_000;
 const WRITE_BATCH_SIZE = 500;
+/** Waits between attempts at a batch the database could not take: 1 s, doubling up to 30 s. */
+const FIRST_RETRY_MS = 1_000;
+const MAX_RETRY_MS = 30_000;
 /** One process, no Redis: audit rows are written in batches after the request moves on. */
 export class InProcessJobRunner implements JobRunner {
   readonly audit: AuditLog;
@@ -16,6 +21,8 @@ export class InProcessJobRunner implements JobRunner {
   #pending: NewAuditEvent[] = [];
   #draining: Promise<void> | undefined;
   #purging: Promise<number> | undefined;
+  /** Aborted by close(): a wait before the next attempt ends, and a batch failing then is not tried again. */
+  readonly #closing = new AbortController();
 
   constructor(context: RunnerContext, purgeIntervalMs: number) {
     this.#context = context;
@@ -33,6 +40,7 @@ export class InProcessJobRunner implements JobRunner {
   }
 
   async close(): Promise<void> {
+    this.#closing.abort();
     clearInterval(this.#timer);
     await Promise.allSettled([this.#draining, this.#purging]);
   }
@@ -55,17 +63,49 @@ export class InProcessJobRunner implements JobRunner {
     // Yield first, so the recording request carries on at once and events recorded in the same
     // turn are written together.
     await Promise.resolve();
+    let retryMs = FIRST_RETRY_MS;
     while (this.#pending.length > 0) {
       const batch = this.#pending.splice(0, WRITE_BATCH_SIZE);
       try {
         await this.#context.audit.createMany(batch);
+        retryMs = FIRST_RETRY_MS;
       } catch (error) {
         this.#context.jobFailed(AUDIT_QUEUE);
-        // The events are logged in full so that they are not lost altogether.
-        this.#context.logger.error({ err: errorText(error), events: batch }, 'could not write audit events');
+        if (!(error instanceof UnavailableError)) {
+          await this.#writeOneByOne(batch);
+        } else if (this.#closing.signal.aborted) {
+          // Shutting down with the database out of reach: logged in full, so that they are not
+          // lost altogether.
+          const events = [...batch, ...this.#pending.splice(0)];
+          this.#context.logger.error({ err: errorText(error), events }, 'could not write audit events before shutting down');
+        } else {
+          // The database is busy or out of reach (a stall past its lock timeout, a restart): the
+          // batch goes back first in line and is tried again, later and later, as the BullMQ
+          // runner retries its jobs. It used to be logged and dropped at the first failure.
+          this.#pending.unshift(...batch);
+          this.#context.logger.warn({ err: errorText(error), pending: this.#pending.length, retryInMs: retryMs }, 'could not write audit events; will retry');
+          // close() cuts the wait short for one last attempt.
+          await sleep(retryMs, undefined, { ref: false, signal: this.#closing.signal }).catch(() => undefined);
+          retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
+        }
       }
     }
     this.#draining = undefined;
+  }
+
+  /**
+   * A batch the database refused for what it holds: each event is written on its own, so that one
+   * it cannot take costs no other its row. Those it still refuses are logged in full, so that
+   * they are not lost altogether.
+   */
+  async #writeOneByOne(batch: NewAuditEvent[]): Promise<void> {
+    for (const event of batch) {
+      try {
+        await this.#context.audit.createMany([event]);
+      } catch (error) {
+        this.#context.logger.error({ err: errorText(error), event }, 'could not write audit event');
+      }
+    }
   }
 
   async #scheduledPurge(): Promise<void> {

@@ -30,7 +30,8 @@ import { PrismaAuditRepository, type NewAuditEvent } from '../../src/repositorie
 import { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
 import { PrismaIdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
 import { AuditUseCases } from '../../src/services/audit-use-cases.ts';
-import { bearer, createTestApp, loginAdmin, register, type TestApp, monolithOf } from '../helpers/test-app.ts';
+import { bearer, createTestApp, holdRows, loginAdmin, register, TEST_DATABASE_URL, type TestApp, monolithOf } from '../helpers/test-app.ts';
+import { isMysqlUrl } from '../helpers/test-database.ts';
 
 /** Call options of a call made by the holder of `accessToken`, as an edge would hand it over. */
 const asCaller = (accessToken: string): CallOptions => ({ contextValues: createContextValues().set(callerKey, { accessToken, client: {} }) });
@@ -256,6 +257,33 @@ describe('recording audit events', () => {
     const rows = await rowsAbout(subject);
     expect(rows.map((row) => (row.details as { i: number }).i)).toEqual([...Array(25).keys()]);
   });
+
+  // MariaDB's table locks wait on lock_wait_timeout (a year by default), not on the row-lock
+  // timeout the app sets: an insert would wait for the lock instead of failing.
+  it.skipIf(isMysqlUrl(TEST_DATABASE_URL))(
+    'when the database stalls past its lock timeout while events are written in process, then they are written once it is back, none lost',
+    async () => {
+      // Its own app, for a lock timeout of one second (the default is five).
+      const stalled = await createTestApp({ DATABASE_LOCK_TIMEOUT_MS: '1000' });
+      try {
+        const runner = await startRunner({ auditRepository: new PrismaAuditRepository(monolithOf(stalled).database.prisma) });
+        const held = await holdRows(stalled, 'LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE');
+        const subject = newSubject();
+        for (let i = 0; i < 3; i += 1) runner.audit.record({ type: 'LOGIN_SUCCEEDED', userId: subject, details: { i } });
+        // Past the lock timeout: the first attempt has failed ("The database is busy").
+        await new Promise((resolve) => setTimeout(resolve, 2_500));
+        await held.release();
+        // Dropped at the first failure, before (helper 52): 0 rows.
+        const rows = await eventually(async () => {
+          const found = await stalled.sql<{ i: number }>(`SELECT (details->>'i')::int AS i FROM audit_events WHERE user_id = $1 ORDER BY id`, [subject]);
+          return found.length === 3 ? found : undefined;
+        }, 15_000);
+        expect(rows.map((row) => row.i)).toEqual([0, 1, 2]);
+      } finally {
+        await stalled.close();
+      }
+    },
+  );
 
   it('when the database rejects an event, then record() still returns normally and later events are written', async () => {
     const runner = await startRunner();

@@ -25,9 +25,22 @@ export function resolveClientInfo(resolve: ClientAddressResolver, socketAddress:
   const deviceToken = header(DEVICE_TOKEN_HEADER) ?? cookie(header('cookie'), DEVICE_TOKEN_COOKIE);
   return {
     ipAddress: resolve(socketAddress, header('x-forwarded-for')),
-    userAgent: header('user-agent')?.slice(0, USER_AGENT_MAX_LENGTH),
+    userAgent: printable(header('user-agent'))?.slice(0, USER_AGENT_MAX_LENGTH),
     deviceToken: deviceToken !== undefined && deviceToken.length <= DEVICE_TOKEN_MAX_LENGTH ? deviceToken : undefined,
   };
+}
+
+/**
+ * Control and direction-changing characters, which a header can carry as obs-text (HTTP/1.1 reads
+ * bytes 0x80-0x9F as Latin-1 C1 controls): NEL is a line break and CSI a terminal escape to
+ * whoever reads the sessions or the audit log in a terminal (helper 52).
+ */
+// eslint-disable-next-line no-control-regex -- control characters are what it finds
+const UNPRINTABLE = /[\u0000-\u0008\u000A-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]/g;
+
+/** A header's text as it is stored and shown: each unprintable character becomes U+FFFD. */
+function printable(text: string | undefined): string | undefined {
+  return text?.replace(UNPRINTABLE, '\uFFFD');
 }
 
 /** Marks an answer that is the stored answer to an earlier request with the same key. */

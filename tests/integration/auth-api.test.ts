@@ -119,6 +119,28 @@ describe('POST /api/v1/auth/login', () => {
     }
   });
 
+  it('when the user agent carries C1 controls (a line break, a terminal escape), then the session and the audit log keep U+FFFD in their place', async () => {
+    const server = await startTestServer();
+    try {
+      const user = await register(server);
+      const body = JSON.stringify({ usernameOrEmail: user.username, password: user.password });
+      const head = `POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\nUser-Agent: `;
+      // Bytes 0x85 (NEL) and 0x9B (CSI) are legal header bytes, read as Latin-1 C1 controls.
+      const agent = Buffer.concat([Buffer.from('Chrome'), Buffer.from([0x85]), Buffer.from('ADMIN NOTE: verified'), Buffer.from([0x9b]), Buffer.from('2J')]);
+      const answer = await rawExchange(server.port, Buffer.concat([Buffer.from(head), agent, Buffer.from(`\r\n\r\n${body}`)]));
+      expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+      const tokens = (JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { data: { tokens: { accessToken: string } } }).data.tokens;
+      const [row] = await server.sql<{ user_agent: string }>('SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1', [sha256(tokens.accessToken)]);
+      expect(row?.user_agent).toBe('Chrome\uFFFDADMIN NOTE: verified\uFFFD2J');
+      const audited = await eventuallyRows(() =>
+        server.sql<{ user_agent: string }>(`SELECT user_agent FROM audit_events WHERE user_id = $1 AND type = 'LOGIN_SUCCEEDED'`, [user.id]),
+      );
+      expect(audited.map((event) => event.user_agent)).toEqual(['Chrome\uFFFDADMIN NOTE: verified\uFFFD2J']);
+    } finally {
+      await server.close();
+    }
+  });
+
   it('when the user is unknown, the password wrong or the account inactive, then all three answers are the same 401', async () => {
     const user = await register(t);
     const suspended = await register(t);
@@ -280,4 +302,14 @@ function rawExchange(port: number, request: Buffer): Promise<string> {
     socket.on('close', () => resolve(answer));
     socket.on('error', reject);
   });
+}
+
+/** The rows `read` finds once there are some (audit events are written off the request path). */
+async function eventuallyRows<T>(read: () => Promise<T[]>): Promise<T[]> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const rows = await read();
+    if (rows.length > 0 || Date.now() > deadline) return rows;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }

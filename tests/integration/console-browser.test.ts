@@ -315,6 +315,9 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', { concu
       await seeAuditEvent(page, other.id, 'LOGIN_FAILURES_CLEARED', 'cleared=');
       await seeAuditEvent(page, other.id, 'TOKENS_REVOKED', '');
       await seeAuditEvent(page, target.id, 'USER_DELETED', '');
+      // A link naming no event type, not even one every object inherits, gets the server's answer.
+      await page.goto(`${page.url().split('#')[0]}#/audit?type=constructor`);
+      await see(page, '[invalid_argument]', '.error');
     });
 
     it("shows field violations beside their fields, and changes the admin's own password", async () => {

@@ -34,7 +34,7 @@ export async function renderAudit(view: View): Promise<void> {
       page,
       perPage: 20,
       userId: asked === null ? undefined : Number.isSafeInteger(Number(asked)) ? Number(asked) : -1,
-      type: query.has('type') ? AuditEventType[query.get('type') as keyof typeof AuditEventType] : undefined,
+      type: typeNamed(query.get('type')),
     });
     const total = response.pagination?.total ?? 0;
     replace(
@@ -74,3 +74,19 @@ function eventRow(event: AuditEvent): HTMLElement {
     h('td', { className: 'details' }, details),
   );
 }
+
+/**
+ * The event type a link names, by its own name only: `AuditEventType[name]` also finds what every
+ * object inherits (`constructor`), which the client could not encode and showed as `[internal]`
+ * (helper 52). A name that is none goes to the server as UNSPECIFIED, whose field violation is
+ * shown beside the field, as a user id that is not a number is.
+ */
+function typeNamed(name: string | null): AuditEventType | undefined {
+  return name === null ? undefined : (TYPES_BY_NAME.get(name) ?? AuditEventType.UNSPECIFIED);
+}
+
+const TYPES_BY_NAME = new Map(
+  Object.values(AuditEventType)
+    .filter((value): value is AuditEventType => typeof value === 'number')
+    .map((value) => [AuditEventType[value], value]),
+);

@@ -428,6 +428,9 @@ function peek(socket: Socket, deadlineMs: number, route: (isHttp2: boolean, head
   socket.resume();
 }
 
+/** Sweeps (request deadlines) an answer complete on this side may stay untaken on a moving connection. */
+const UNTAKEN_MAX_SWEEPS = 5;
+
 /**
  * The HTTP/2 deadlines Node does not keep itself. A session with no open stream is closed with
  * GOAWAY after the idle timeout. PINGs and SETTINGS do not count as activity: gRPC clients send
@@ -436,9 +439,6 @@ function peek(socket: Socket, deadlineMs: number, route: (isHttp2: boolean, head
  * again reconnects, as it must after any GOAWAY. A stream whose request has not fully arrived
  * within the request timeout is reset with CANCEL, as HTTP/1.1 answers 408 for the same case.
  */
-/** Sweeps (request deadlines) an answer complete on this side may stay untaken on a moving connection. */
-const UNTAKEN_MAX_SWEEPS = 5;
-
 function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits): void {
   let open = 0;
   let idle: NodeJS.Timeout | undefined;

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { UserService } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
@@ -244,6 +244,23 @@ function stalledStream(session: http2.ClientHttp2Session): { stream: http2.Clien
   stream.on('error', () => undefined);
   stream.write(Buffer.from([0, 0, 0, 0, 64]));
   return { stream, closed: new Promise((resolve) => stream.once('close', () => resolve({ afterMs: performance.now() - startedAt, rstCode: stream.rstCode }))) };
+}
+
+/** The bare dual-protocol server of src/server.ts with `handler` behind it, on a free loopback port. */
+async function bareServer(
+  handler: (req: unknown, res: { end(): void }) => void,
+  limits: { http2MaxConcurrentStreams: number; connectionsPerAddress: number; http2StreamsPerAddress: number },
+  logger?: Logger,
+): Promise<{ port: number; close: () => Promise<void> }> {
+  const { server: bare, close } = createDualProtocolServer(
+    { http1: handler, http2: handler },
+    {
+      limits: { protocolDetectionTimeoutMs: 10_000, headersTimeoutMs: 10_000, requestTimeoutMs: 10_000, keepAliveTimeoutMs: 10_000, http2IdleTimeoutMs: 10_000, ...limits },
+      logger,
+    },
+  );
+  await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
+  return { port: (bare.address() as net.AddressInfo).port, close };
 }
 
 // ---- the attacks
@@ -552,24 +569,8 @@ describe('HTTP/2 (h2c)', () => {
       res.end();
     };
     const streams = 300;
-    const { server: bare, close } = createDualProtocolServer(
-      { http1: handler, http2: handler },
-      {
-        limits: {
-          protocolDetectionTimeoutMs: 10_000,
-          headersTimeoutMs: 10_000,
-          requestTimeoutMs: 10_000,
-          keepAliveTimeoutMs: 10_000,
-          http2IdleTimeoutMs: 10_000,
-          http2MaxConcurrentStreams: streams,
-          connectionsPerAddress: 10,
-          http2StreamsPerAddress: streams,
-        },
-      },
-    );
-    await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
+    const { port, close } = await bareServer(handler, { http2MaxConcurrentStreams: streams, connectionsPerAddress: 10, http2StreamsPerAddress: streams });
     try {
-      const port = (bare.address() as net.AddressInfo).port;
       const client = rawClient(port);
       client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0)]));
       await until('SETTINGS', () => settingsOf(framesOf(client)));
@@ -1050,25 +1051,8 @@ describe('refusal logging', () => {
     const lines: string[] = [];
     const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
     const handler = (_req: unknown, res: { end(): void }) => res.end();
-    const { server: bare, close } = createDualProtocolServer(
-      { http1: handler, http2: handler },
-      {
-        limits: {
-          protocolDetectionTimeoutMs: 10_000,
-          headersTimeoutMs: 10_000,
-          requestTimeoutMs: 10_000,
-          keepAliveTimeoutMs: 10_000,
-          http2IdleTimeoutMs: 10_000,
-          http2MaxConcurrentStreams: 10,
-          connectionsPerAddress: 1,
-          http2StreamsPerAddress: 10,
-        },
-        logger,
-      },
-    );
-    await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
+    const { port, close } = await bareServer(handler, { http2MaxConcurrentStreams: 10, connectionsPerAddress: 1, http2StreamsPerAddress: 10 }, logger);
     try {
-      const port = (bare.address() as net.AddressInfo).port;
       const clients = Array.from({ length: 40 }, () => rawClient(port));
       await Promise.all(clients.slice(1).map((client) => closedWithin(client.closed, 2_000)));
       expect(lines).toHaveLength(1);

@@ -1,5 +1,7 @@
 // The embedded database path: no DATABASE_URL, a PGlite directory instead.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import supertest from 'supertest';
@@ -12,8 +14,8 @@ import { ADMIN, bearer, newUser, TEST_ENV } from '../helpers/test-app.ts';
 let dataDir: string;
 let app: Application;
 
-async function start(): Promise<Application> {
-  const config = loadConfig({ ...TEST_ENV, DATA_DIR: dataDir });
+async function start(dir = dataDir): Promise<Application> {
+  const config = loadConfig({ ...TEST_ENV, DATA_DIR: dir });
   return createApplication(config, createLogger({ level: 'silent' }));
 }
 
@@ -46,6 +48,31 @@ describe('embedded PGlite database', () => {
     request = supertest(app.http);
     const again = await request.post('/api/v1/auth/login').send({ usernameOrEmail: body.username, password: body.password });
     expect(again.status).toBe(200);
+  });
+
+  it('when a second server opens the same DATA_DIR, then it refuses to start, naming the process that holds it; a lock left by a dead process is taken over', async () => {
+    // Two servers on one directory both ran, handed one id to two users and broke the table's
+    // unique index (helper 53).
+    await expect(start()).rejects.toThrow(new RegExp(`DATA_DIR .* is in use by process ${process.pid}`));
+    expect((await supertest(app.http).get('/health')).status).toBe(200);
+
+    const other = await mkdtemp(join(tmpdir(), 'arcana-pglite-lock-'));
+    const sleeper = spawn('sleep', ['30']);
+    try {
+      // Another process that runs holds it.
+      await writeFile(join(other, 'arcana-server.pid'), `${sleeper.pid}\n`);
+      await expect(start(other)).rejects.toThrow(new RegExp(`is in use by process ${sleeper.pid}`));
+      // One that has died (kill -9 leaves its lock behind) does not.
+      sleeper.kill('SIGKILL');
+      await once(sleeper, 'exit');
+      const second = await start(other);
+      expect(await readFile(join(other, 'arcana-server.pid'), 'utf8')).toBe(`${process.pid}\n`);
+      await second.close();
+      await expect(readFile(join(other, 'arcana-server.pid'), 'utf8')).rejects.toThrow(/ENOENT/);
+    } finally {
+      sleeper.kill('SIGKILL');
+      await rm(other, { recursive: true, force: true });
+    }
   });
 
   it('when admin writes race on PGlite, then the conditional writes and the last-admin transaction hold there too', async () => {

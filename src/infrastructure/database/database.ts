@@ -31,6 +31,7 @@ import type { SqlDriverAdapter, SqlDriverAdapterFactory, SqlMigrationAwareDriver
 import { PrismaClient } from '../../../gen/prisma/client.ts';
 import { mysqlDialect, postgresDialect, type SqlDialect } from './dialect.ts';
 import { createRawReader, StatementNames, type Placeholders, type RawReader } from './raw-reader.ts';
+import { lockDataDir } from './data-dir-lock.ts';
 
 export interface DatabaseOptions {
   /**
@@ -316,12 +317,22 @@ function toMysqlAdapterError(error: unknown): unknown {
 
 async function openPGlite(dataDir: string): Promise<Database> {
   let location = dataDir;
+  let unlock: () => Promise<void> = () => Promise.resolve();
   if (!dataDir.startsWith(MEMORY_PREFIX)) {
     location = resolve(dataDir);
     await mkdir(location, { recursive: true });
+    unlock = await lockDataDir(location);
   }
   const [{ PGlite }, { PrismaPGlite }] = await Promise.all([import('@electric-sql/pglite'), import('pglite-prisma-adapter')]);
-  const pglite = await PGlite.create(location);
+  let pglite: PGlite;
+  try {
+    pglite = await PGlite.create(location);
+  } catch (error) {
+    await unlock();
+    // PGlite throws Emscripten's errors, which are not Errors: start-up said "[object Object]".
+    const detail = error instanceof Error ? error.message : JSON.stringify(error);
+    throw new Error(`cannot open the embedded database in ${location} (is it a writable PGlite data directory?): ${detail}`, { cause: error });
+  }
   const { prisma, readRows, queryCount } = createCountingClient(new PrismaPGlite(pglite), 'numbered', undefined);
   const adapterFactory = pgliteAdapterFactory(pglite, async () => {
     const shadow = await PGlite.create(MEMORY_PREFIX);
@@ -339,6 +350,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
     close: async () => {
       await prisma.$disconnect();
       await pglite.close();
+      await unlock();
     },
   };
 }

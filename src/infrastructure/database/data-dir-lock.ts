@@ -1,0 +1,68 @@
+// The embedded database (PGlite) is one process's: two servers started on one DATA_DIR both ran,
+// handed the same ids to different users and left the table disagreeing with its own unique
+// index (helper 53). Before PGlite opens the directory, this process claims it with a lock file
+// holding its pid, created exclusively; a second process finds it and refuses to start. A lock
+// left by a process that died (kill -9, a crash) names a pid that no longer runs and is taken over.
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+const LOCK_FILE = 'arcana-server.pid';
+/** Lock files this process holds: its own pid in one it does not hold is a previous life's (a container's pid 1). */
+const held = new Set<string>();
+
+/** Claims `dataDir` for this process; resolves to the release, or rejects when another process holds it. */
+export async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
+  const path = join(dataDir, LOCK_FILE);
+  for (let attempt = 0; attempt < 3; attempt += 1) {
+    try {
+      await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+      held.add(path);
+      return () => release(path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    }
+    const holder = Number.parseInt(await readFile(path, 'utf8').catch(() => ''), 10);
+    if (isRunning(holder) && (holder !== process.pid || held.has(path))) {
+      throw new Error(
+        `DATA_DIR ${dataDir} is in use by process ${holder}: the embedded database takes one server at a time ` +
+          `(stop that one, give this one another DATA_DIR, or remove ${path} if no server runs there)`,
+      );
+    }
+    // A dead holder's lock: one process takes it over, by first creating the take-over mark for
+    // that holder exclusively; a process losing that race looks again.
+    const takeover = `${path}.${Number.isSafeInteger(holder) ? holder : 'unreadable'}`;
+    try {
+      await writeFile(takeover, '', { flag: 'wx' });
+    } catch {
+      continue;
+    }
+    await rm(path, { force: true });
+    try {
+      await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+      held.add(path);
+      return () => release(path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    } finally {
+      await rm(takeover, { force: true });
+    }
+  }
+  throw new Error(`DATA_DIR ${dataDir}: could not take its lock file ${path}; another server is starting there`);
+}
+
+async function release(path: string): Promise<void> {
+  if (!held.delete(path)) return;
+  // Only this process's own lock goes.
+  if (Number.parseInt(await readFile(path, 'utf8').catch(() => ''), 10) === process.pid) await rm(path, { force: true });
+}
+
+function isRunning(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it runs, as another user.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

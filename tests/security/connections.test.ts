@@ -176,6 +176,25 @@ function requestHeaders(path: string): Buffer {
   ]);
 }
 
+/** A raw HTTP/2 client whose streams' receive window is `bytes`, once the server's SETTINGS have come. */
+async function windowedClient(port: number, bytes: number): Promise<RawClient> {
+  const client = rawClient(port);
+  const window = Buffer.alloc(6);
+  window.writeUInt16BE(SETTINGS_INITIAL_WINDOW_SIZE, 0);
+  window.writeUInt32BE(bytes, 2);
+  client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0, window)]));
+  await until('SETTINGS', () => settingsOf(framesOf(client)));
+  return client;
+}
+
+/** `count` complete gRPC health checks on streams 1, 3, 5…: HEADERS, then the empty message ending the stream. */
+function healthChecks(count: number): Buffer[] {
+  return Array.from({ length: count }, (_, i) => [
+    frame(FRAME.headers, FLAG.endHeaders, 1 + 2 * i, requestHeaders(`/${Health.typeName}/Check`)),
+    frame(FRAME.data, FLAG.endStream, 1 + 2 * i, Buffer.from([0, 0, 0, 0, 0])),
+  ]).flat();
+}
+
 /** A HEADERS block of literals without indexing, of any length (HPACK integers, RFC 7541 §5.1). */
 function headerBlock(fields: [string, string][]): Buffer {
   const length = (n: number): Buffer => {
@@ -475,19 +494,10 @@ describe('HTTP/2 (h2c)', () => {
   });
 
   it('when a client advertises a zero receive window and never reads, then each answered stream is reset with CANCEL within two request deadlines', async () => {
-    const client = rawClient(server.port);
-    const zeroWindow = Buffer.alloc(6);
-    zeroWindow.writeUInt16BE(SETTINGS_INITIAL_WINDOW_SIZE, 0);
-    client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0, zeroWindow)]));
-    await until('SETTINGS', () => settingsOf(framesOf(client)));
-    // Complete health checks: the answers' HEADERS go out, their DATA never can.
-    const emptyMessage = Buffer.from([0, 0, 0, 0, 0]);
-    const calls = Array.from({ length: MAX_STREAMS }, (_, i) => [
-      frame(FRAME.headers, FLAG.endHeaders, 1 + 2 * i, requestHeaders(`/${Health.typeName}/Check`)),
-      frame(FRAME.data, FLAG.endStream, 1 + 2 * i, emptyMessage),
-    ]);
+    const client = await windowedClient(server.port, 0);
     const sentAt = performance.now();
-    client.socket.write(Buffer.concat([frame(FRAME.settings, FLAG.ack, 0), ...calls.flat()]));
+    // Complete health checks: the answers' HEADERS go out, their DATA never can.
+    client.socket.write(Buffer.concat([frame(FRAME.settings, FLAG.ack, 0), ...healthChecks(MAX_STREAMS)]));
     const answered = await until("the answers' HEADERS", () => (framesOf(client).filter((f) => f.type === FRAME.headers).length >= MAX_STREAMS ? true : undefined));
     expect(answered).toBe(true);
     const reset = await until('every stream reset', () => (rstCodes(framesOf(client)).length >= MAX_STREAMS ? rstCodes(framesOf(client)) : undefined), 2 * REQUEST_MS + SLACK_MS);
@@ -496,16 +506,8 @@ describe('HTTP/2 (h2c)', () => {
   });
 
   it('when a zero-window client keeps its connection moving with PINGs, then its untaken answers are still reset, after at most five request deadlines', async () => {
-    const client = rawClient(server.port);
-    const zeroWindow = Buffer.alloc(6);
-    zeroWindow.writeUInt16BE(SETTINGS_INITIAL_WINDOW_SIZE, 0);
-    client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0, zeroWindow)]));
-    await until('SETTINGS', () => settingsOf(framesOf(client)));
-    const calls = Array.from({ length: 3 }, (_, i) => [
-      frame(FRAME.headers, FLAG.endHeaders, 1 + 2 * i, requestHeaders(`/${Health.typeName}/Check`)),
-      frame(FRAME.data, FLAG.endStream, 1 + 2 * i, Buffer.from([0, 0, 0, 0, 0])),
-    ]);
-    client.socket.write(Buffer.concat([frame(FRAME.settings, FLAG.ack, 0), ...calls.flat()]));
+    const client = await windowedClient(server.port, 0);
+    client.socket.write(Buffer.concat([frame(FRAME.settings, FLAG.ack, 0), ...healthChecks(3)]));
     // Each PING is answered with an acknowledgement: the connection moves, no answer does.
     const pings = setInterval(() => client.socket.write(frame(FRAME.ping, 0, 0, Buffer.alloc(8))), REQUEST_MS / 3);
     cleanups.push(() => clearInterval(pings));
@@ -524,12 +526,7 @@ describe('HTTP/2 (h2c)', () => {
     const { data } = (await login.json()) as { data: { tokens: { accessToken: string } } };
     // A raw client, as Node's own takes in whatever arrives: a 256-byte window, and 256 bytes
     // more every REQUEST_MS / 3, for a page of users (several KB): many request deadlines.
-    const client = rawClient(server.port);
-    const window = Buffer.alloc(6);
-    window.writeUInt16BE(SETTINGS_INITIAL_WINDOW_SIZE, 0);
-    window.writeUInt32BE(256, 2);
-    client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0, window)]));
-    await until('SETTINGS', () => settingsOf(framesOf(client)));
+    const client = await windowedClient(server.port, 256);
     const headers = headerBlock([
       [':method', 'POST'],
       [':scheme', 'http'],

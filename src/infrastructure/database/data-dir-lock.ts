@@ -14,13 +14,7 @@ const held = new Set<string>();
 export async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
   const path = join(dataDir, LOCK_FILE);
   for (let attempt = 0; attempt < 3; attempt += 1) {
-    try {
-      await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
-      held.add(path);
-      return () => release(path);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-    }
+    if (await createExclusively(path, `${process.pid}\n`)) return claimed(path);
     const holder = Number.parseInt(await readFile(path, 'utf8').catch(() => ''), 10);
     if (isRunning(holder) && (holder !== process.pid || held.has(path))) {
       throw new Error(
@@ -31,23 +25,31 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
     // A dead holder's lock: one process takes it over, by first creating the take-over mark for
     // that holder exclusively; a process losing that race looks again.
     const takeover = `${path}.${Number.isSafeInteger(holder) ? holder : 'unreadable'}`;
+    if (!(await createExclusively(takeover, ''))) continue;
     try {
-      await writeFile(takeover, '', { flag: 'wx' });
-    } catch {
-      continue;
-    }
-    await rm(path, { force: true });
-    try {
-      await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
-      held.add(path);
-      return () => release(path);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      await rm(path, { force: true });
+      if (await createExclusively(path, `${process.pid}\n`)) return claimed(path);
     } finally {
       await rm(takeover, { force: true });
     }
   }
   throw new Error(`DATA_DIR ${dataDir}: could not take its lock file ${path}; another server is starting there`);
+}
+
+/** Creates `path` with `text` unless it exists; whether it did. */
+async function createExclusively(path: string, text: string): Promise<boolean> {
+  try {
+    await writeFile(path, text, { flag: 'wx' });
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
+  }
+}
+
+function claimed(path: string): () => Promise<void> {
+  held.add(path);
+  return () => release(path);
 }
 
 async function release(path: string): Promise<void> {

@@ -1,6 +1,7 @@
 // Builds the real application against a fresh PostgreSQL schema (or MySQL database, when
 // TEST_DATABASE_URL is a mysql:// URL), for tests through the API.
 import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
 import type pg from 'pg';
 import supertest from 'supertest';
 import { createApplication, type Application, type MonolithApplication } from '../../src/app.ts';
@@ -57,6 +58,18 @@ export interface TestApp {
   /** Runs SQL against the app's schema, to assert what was persisted. */
   sql<T extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<T[]>;
   close: () => Promise<void>;
+}
+
+/** A logger whose JSON lines the test can read, for TestAppOptions.logger. */
+export function capturingLogger(level = 'info') {
+  const lines: { level: string; msg: string; [key: string]: unknown }[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as (typeof lines)[number]);
+      done();
+    },
+  });
+  return { logger: createLogger({ level, destination }), lines };
 }
 
 /** How to start a test app beyond its environment. */

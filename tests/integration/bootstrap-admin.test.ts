@@ -2,23 +2,9 @@
 // refuses to get there, but a database edited by hand, or restored from before the rule, can be
 // there. The bootstrap variables must then say clearly why they cannot help, and, with
 // ADMIN_BOOTSTRAP_RECOVER=true, restore the account.
-import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../../src/infrastructure/logger.ts';
-import { ADMIN, createTestApp, holdRows, loginAdmin, register, TEST_DATABASE_URL, type TestApp } from '../helpers/test-app.ts';
+import { ADMIN, capturingLogger, createTestApp, holdRows, loginAdmin, register, TEST_DATABASE_URL, type TestApp } from '../helpers/test-app.ts';
 import { isMysqlUrl } from '../helpers/test-database.ts';
-
-/** A logger whose JSON lines the test can read. */
-function capturingLogger() {
-  const lines: { level: string; msg: string; [key: string]: unknown }[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as (typeof lines)[number]);
-      done();
-    },
-  });
-  return { logger: createLogger({ level: 'info', destination }), lines };
-}
 
 let t: TestApp;
 /** The password the recovery sets, from ADMIN_PASSWORD. */

@@ -1,9 +1,11 @@
+import http from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code, createClient } from '@connectrpc/connect';
 import { createConnectTransport, createGrpcTransport } from '@connectrpc/connect-node';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
-import { bearer, createTestApp, loginAdmin, newUser, register, startTestServer, type TestApp } from '../helpers/test-app.ts';
+import { bearer, capturingLogger, createTestApp, holdRows, loginAdmin, newUser, register, startTestServer, type TestApp } from '../helpers/test-app.ts';
 
 let t: TestApp;
 
@@ -193,6 +195,41 @@ describe('rate limiting', () => {
       });
     } finally {
       await limited.close();
+    }
+  });
+});
+
+describe('503 answers in the log', () => {
+  it('when the database is busy for a client still waiting, then the refusal is logged as a warning with its cause; for a client that left, as abandoned', async () => {
+    // On Node 24 a request whose body has been read counts as destroyed, so every 503 to a POST
+    // was logged at debug as "abandoned by its client", unseen at the default level.
+    const { logger, lines } = capturingLogger('debug');
+    const busy = await startTestServer({ DATABASE_LOCK_TIMEOUT_MS: '1000' }, { logger, topology: 'monolithic' });
+    const user = await register(busy);
+    const held = await holdRows(busy, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [user.id]);
+    try {
+      const login = (body: object) => busy.request.post('/api/v1/auth/login').send(body);
+      const waited = await login({ usernameOrEmail: user.username, password: user.password });
+      expect(waited.status).toBe(503);
+      expect(waited.body.error.code).toBe('SERVICE_UNAVAILABLE');
+      expect(lines.filter(({ msg }) => msg === 'request refused: dependency unavailable')).toEqual([
+        expect.objectContaining({ level: 'warn', method: 'POST', path: '/api/v1/auth/login', cause: expect.any(String) }),
+      ]);
+      expect(lines.filter(({ msg }) => msg === 'request abandoned by its client')).toEqual([]);
+
+      // A client that leaves while the lock is held: nobody reads its answer, no warning.
+      const left = http.request(`${busy.baseUrl}/api/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+      left.on('error', () => undefined);
+      left.end(JSON.stringify({ usernameOrEmail: user.username, password: user.password }));
+      await sleep(300);
+      left.destroy();
+      const deadline = Date.now() + 5_000;
+      while (Date.now() < deadline && !lines.some(({ msg }) => msg === 'request abandoned by its client')) await sleep(50);
+      expect(lines.filter(({ msg }) => msg === 'request abandoned by its client')).toEqual([expect.objectContaining({ level: 'debug', path: '/api/v1/auth/login' })]);
+      expect(lines.filter(({ msg }) => msg === 'request refused: dependency unavailable')).toHaveLength(1);
+    } finally {
+      await held.release();
+      await busy.close();
     }
   });
 });

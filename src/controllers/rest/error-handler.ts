@@ -36,7 +36,7 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
   return (error: unknown, req: Request, res: Response, _next: NextFunction): void => {
     const appError = toAppError(error);
     const status = appError === undefined ? 500 : ERROR_CODES[appError.code].http;
-    if (status === 503 && clientGone(req, res)) {
+    if (status === 503 && clientGone(res)) {
       // The client left before its answer: the calls made for it were cancelled on purpose
       // (see requestContext), which is not a dependency failing. Nobody reads this answer.
       options.logger.debug({ requestId: res.locals.requestId, method: req.method, path: req.path }, 'request abandoned by its client');
@@ -67,9 +67,12 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
   };
 }
 
-/** Whether the client closed the connection before the answer could be sent. */
-function clientGone(req: Request, res: Response): boolean {
-  return req.destroyed || res.destroyed || res.writableEnded;
+/**
+ * Whether the client closed the connection before the answer could be sent. Not
+ * `req.destroyed`: Node sets it once the request's body has been read, client or no client.
+ */
+function clientGone(res: Response): boolean {
+  return res.destroyed || res.writableEnded;
 }
 
 function toAppError(error: unknown): AppError | undefined {

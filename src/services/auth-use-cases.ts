@@ -1,11 +1,12 @@
 import { create, fromBinary, toBinary, type MessageInitShape } from '@bufbuild/protobuf';
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { OAuthToken, User as UserRow } from '../../gen/prisma/client.ts';
 import { RegisterRequestSchema, SessionSchema, TokenPairSchema, type LoginRequestSchema, type Session, type TokenPair } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { StoredRegistrationSchema } from '../../gen/proto/arcana/internal/service/v1/stored_answers_pb.js';
 import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import { USER_AGENT_MAX_LENGTH, type Actor, type ClientInfo } from '../domain/actor.ts';
-import { AuthenticationError, ConflictError, InvalidTokenError, NotFoundError } from '../domain/errors.ts';
+import { AuthenticationError, ConflictError, InvalidTokenError, NotFoundError, UnavailableError } from '../domain/errors.ts';
 import { rowMapping } from '../domain/message-mapping.ts';
 import { requireAdmin } from './access.ts';
 import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
@@ -16,7 +17,7 @@ import type { TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { newAccountRow } from './accounts.ts';
-import { uninterrupted } from '../infrastructure/call-context.ts';
+import { currentWorkLimits, uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
@@ -40,6 +41,8 @@ const REGISTRATION_ANSWER: AnswerCodec<AuthResult> = {
 
 /** One message for every login failure, so the answer does not reveal whether the user exists. */
 const INVALID_CREDENTIALS = 'Invalid credentials';
+/** Pauses between attempts to discard a half-registered account while the database is busy. */
+const DISCARD_RETRY_PAUSES_MS = [250, 1_000];
 
 /** Registration, login and the lifecycle of sessions (token pairs). */
 export class AuthUseCases {
@@ -96,10 +99,18 @@ export class AuthUseCases {
     const operation = { scope: 'register', request: canonicalRequest(RegisterRequestSchema, input), answer: REGISTRATION_ANSWER, replayable };
     return this.#idempotency.run(operation, async () => {
       const account = await newAccountRow({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
+      // The first write is the point of no return. A caller gone by then (its connection cut
+      // while bcrypt ran, by a shutdown say) gets no account it would never hear of.
+      if (currentWorkLimits().signal?.aborted === true) throw new UnavailableError('The request was abandoned before its account was created');
       // The account and its first session are stored together, whoever leaves meanwhile.
       return uninterrupted(async () => {
         const row = await this.#users.create(account);
-        const tokens = await this.#openSession(row, client);
+        const tokens = await this.#openSession(row, client).catch(async (error: unknown) => {
+          // The answer will say "try again": the account must not stay behind to refuse the
+          // retry as "already exists".
+          await this.#discardNewAccount(row);
+          throw error;
+        });
         // Only an administrator's change to the account in the instant since it was created.
         if (tokens === null) throw new ConflictError('The account changed while it was being created; please log in');
         return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id, row.passwordHash) };
@@ -305,6 +316,25 @@ export class AuthUseCases {
    * (see TokenRepository.create). `loginAt` (a login's, not a registration's) is recorded as the
    * user's last login with it.
    */
+  /**
+   * Deletes an account registration just created, when its session could not be stored: only if
+   * nothing changed it since (its version), and retried while the database is busy, since that
+   * is usually why the session failed. Should it still fail, the registration's own error is
+   * the news, and the account stays (a login opens it).
+   */
+  async #discardNewAccount(row: UserRow): Promise<void> {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        await this.#users.delete(row.id, row.version);
+        return;
+      } catch (error) {
+        const pauseMs = DISCARD_RETRY_PAUSES_MS[attempt];
+        if (!(error instanceof UnavailableError) || pauseMs === undefined) return;
+        await sleep(pauseMs);
+      }
+    }
+  }
+
   async #openSession(user: UserRow, client: ClientInfo, loginAt?: Date): Promise<TokenPair | null> {
     const now = loginAt ?? this.#now();
     const familyExpiresAt = new Date(now.getTime() + this.#sessionLifetimeMs);

@@ -10,8 +10,9 @@
 // - one administrator's keys are not another's.
 import { createHash, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { apiClient, PROTOCOLS, type ApiClient, type AuthResultData, type Outcome, type ProtocolName } from '../helpers/protocols.ts';
-import { ADMIN, loginAdmin, newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type AuthResultData, type Outcome, type ProtocolName } from '../helpers/protocols.ts';
+import { ADMIN, loginAdmin, newUser, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
+import { isMysqlUrl } from '../helpers/test-database.ts';
 
 const REPLAYED = 'idempotent-replayed';
 
@@ -250,6 +251,60 @@ describe('what the idempotency table holds', () => {
       }
     } finally {
       client.close();
+    }
+  });
+});
+
+describe('a registration the database cannot finish', () => {
+  // The account and its first session are two writes. When the session's could not be stored
+  // (a lock timeout; a pool too busy to start its transaction under a burst), the account stayed
+  // behind while the client was told to retry: every retry, with the key or without, then
+  // answered 409 "Username already exists" (helper 55; the CI failure of the SIGTERM test in
+  // connections.test.ts). The database refuses the session's row here as a lock timeout would,
+  // with the lock timeout's own error, from a trigger: a held lock would also hold the undoing.
+  const refuseSessions = async () => {
+    if (isMysqlUrl(TEST_DATABASE_URL)) {
+      await t.sql(
+        "CREATE TRIGGER refuse_sessions BEFORE INSERT ON oauth_tokens FOR EACH ROW SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1205, MESSAGE_TEXT = 'refused for the test'",
+      );
+      return () => t.sql('DROP TRIGGER refuse_sessions');
+    }
+    await t.sql(
+      "CREATE FUNCTION refuse_sessions() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused for the test' USING ERRCODE = 'lock_not_available'; END $$",
+    );
+    await t.sql('CREATE TRIGGER refuse_sessions BEFORE INSERT ON oauth_tokens FOR EACH ROW EXECUTE FUNCTION refuse_sessions()');
+    return async () => {
+      await t.sql('DROP TRIGGER refuse_sessions ON oauth_tokens');
+      await t.sql('DROP FUNCTION refuse_sessions()');
+    };
+  };
+
+  it('when the session cannot be stored, then no account stays behind, over every protocol at once, and the retry the 503 asks for registers', async () => {
+    const clients = apiClients(t.baseUrl);
+    let allow: (() => Promise<unknown>) | undefined;
+    try {
+      const cases = clients.map((client) => ({ client, body: newUser(`half_${client.protocol.replace('-', '_')}`), key: randomUUID() }));
+      // Without a key as well: a client that sent none retries the same registration.
+      const unkeyed = { client: clients[0] as ApiClient, body: newUser('half_nokey') };
+      const registerAll = () => Promise.all([...cases.map(({ client, body, key }) => client.register(body, withKey(key))), unkeyed.client.register(unkeyed.body)]);
+      const names = [...cases, unkeyed].map(({ body }) => body.username);
+      const accounts = () => t.sql<{ username: string }>('SELECT username FROM users WHERE username IN ($1, $2, $3, $4, $5, $6) ORDER BY username', names);
+
+      allow = await refuseSessions();
+      for (const outcome of await registerAll()) expect(outcome.code, JSON.stringify(outcome.error)).toBe('unavailable');
+      expect(await accounts()).toEqual([]);
+      // No claim is left either: the keys are free for the retries.
+      expect(await t.sql('SELECT key_hash FROM idempotency_records WHERE answer IS NULL')).toEqual([]);
+      await allow();
+      allow = undefined;
+
+      const retried = await registerAll();
+      for (const outcome of retried) expect(outcome.code, JSON.stringify(outcome.error)).toBe('ok');
+      for (const outcome of retried) expect((await unkeyed.client.me(outcome.data?.tokens.accessToken ?? '')).code).toBe('ok');
+      expect(await accounts()).toEqual(names.toSorted().map((username) => ({ username })));
+    } finally {
+      await allow?.();
+      closeAll(clients);
     }
   });
 });

@@ -11,7 +11,7 @@
 // cancellation cross the internal boundary to the process that hashes.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { register, startTestServer, TEST_TOPOLOGY, type TestServer } from '../helpers/test-app.ts';
+import { newUser, register, startTestServer, TEST_TOPOLOGY, type TestServer } from '../helpers/test-app.ts';
 
 // As many as the crowd of 20 below: however many of its guesses reach the gate before the
 // first hash ends (more in the split topologies, and on a busy machine), the address is locked
@@ -95,6 +95,20 @@ describe.each(CROWD_PROTOCOLS)('password hashing under a crowd, over %s', (proto
     expect((await Promise.all(givingUp)).map((attempt) => attempt.code)).toEqual(['canceled', 'canceled']);
     // The two that held the gate were hashed and audited; the two abandoned ones were dropped from the queue.
     expect(await loginEvents(user.id, 2)).toBe(2);
+  });
+
+  it('when a caller gives up while its registration is hashed, then no account is created, and the same registration sent again succeeds', async () => {
+    // The account used to be created once the hash was done, for a client that had left: its
+    // retry, with no Idempotency-Key, was then refused as "Username already exists".
+    const body = newUser('left_hashing');
+    const abandon = new AbortController();
+    // Well inside the cost-12 hash (over 200 ms) that starts a few milliseconds after the request.
+    setTimeout(() => abandon.abort(), 100);
+    expect((await client.register(body, { ...from(ip(5)), signal: abandon.signal })).code).toBe('canceled');
+    // Past the end of the hash the registration was waiting for, and its writes, had they come.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect(await t.sql('SELECT id FROM users WHERE username = $1', [body.username])).toEqual([]);
+    expect((await client.register(body, from(ip(5)))).code).toBe('ok');
   });
 
   it.skipIf(protocol === 'rest')('when a call carries a deadline that would pass before its turn, then it is refused at once, not after the deadline', async () => {

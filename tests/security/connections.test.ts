@@ -886,7 +886,7 @@ describe('graceful shutdown with writes under way', () => {
           headers: { 'content-type': 'application/json', 'idempotency-key': user.key },
           body: JSON.stringify({ username: user.username, email: user.email, password: user.password }),
         }).then(
-          (res) => res.status,
+          async (res) => (res.status === 201 ? 201 : `${res.status} ${await res.text()}`),
           () => 0,
         );
       // Each on its own connection, queued behind the bcrypt slots; many are still waiting at the cut.

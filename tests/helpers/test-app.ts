@@ -22,7 +22,7 @@ export const ADMIN = { username: 'root_admin', email: 'admin@arcana.test', passw
 /** Settings every test app shares: fast bcrypt, no throttling, responses checked against openapi.yaml. */
 export const TEST_ENV: Environment = {
   NODE_ENV: 'test',
-  LOG_LEVEL: 'silent',
+  LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
   BCRYPT_ROUNDS: '4',
   RATE_LIMIT_MAX: '1000000',
   OPENAPI_VALIDATE_RESPONSES: 'true',

@@ -262,15 +262,19 @@ describe('requests that say two things: refused, never read one way here and ano
   });
 });
 
-describe('single-line fields: names, phone and logins take no control, separator or override characters', () => {
+describe('single-line fields: names, phone and logins take no control, separator, override or invisible characters', () => {
   const hostile = ['\n', '\r\n', '\t', '\u0007', '\u007f', '\u0085', '\u2028', '\u2029', '\u202e', '\u2066', '\ufeff'];
+  // Characters that show as nothing, or as a blank, so that a name passes for another
+  // ("ro\u200bot" for "root", helper 60), and a run of combining marks that stacks over the rows
+  // around it.
+  const invisible = ['\u200b', '\u00ad', '\u2060', '\u180e', '\u3164', '\u2800', '\u0301'.repeat(4)];
 
   describe.each(PROTOCOLS)('over %s', (protocol) => {
     it('when a name or phone carries one, then invalid_argument naming it and nothing changes; joiners and marks in real names are stored as given', async () => {
       const api = clientFor(protocol);
       const victim = await register(t, newUser('line'));
       const fields = ['firstName', 'lastName', 'phone'] as const;
-      const attacks = hostile.map((character, index) => {
+      const attacks = [...hostile, ...invisible].map((character, index) => {
         const field = fields[index % fields.length] ?? 'firstName';
         return { field, character, answer: api.updateUser(admin, victim.id, { [field]: `Ada${character}Lovelace` }) };
       });
@@ -294,6 +298,10 @@ describe('single-line fields: names, phone and logins take no control, separator
       const real = { firstName: 'می\u200cخواهم', lastName: 'क्\u200dष', phone: '+98\u200f 21 555' };
       expect((await api.updateUser(admin, victim.id, real)).code).toBe('ok');
       expect(await profileOf(victim.id)).toEqual({ first_name: real.firstName, last_name: real.lastName, phone: real.phone });
+      // Vietnamese written with decomposed marks (two on one letter), an Arabic letter mark.
+      const marked = { firstName: 'Nguye\u0302\u0303n', lastName: '\u061cعلی' };
+      expect((await api.updateUser(admin, victim.id, marked)).code).toBe('ok');
+      expect(await profileOf(victim.id)).toEqual({ first_name: marked.firstName, last_name: marked.lastName, phone: real.phone });
     });
   });
 

@@ -132,7 +132,9 @@ describe.each(PROTOCOLS)('passwords over %s', (protocol: ProtocolName) => {
       email.replace('k', '\u212a'),
     ];
     const outcomes = await Promise.all(lookalikes.map((usernameOrEmail) => client.login({ usernameOrEmail, password: user.password }, from(ip(8)))));
-    expect(outcomes.map((outcome) => outcome.code)).toEqual(lookalikes.map(() => 'unauthenticated'));
+    // A zero-width space is refused before any account is looked up, as no single-line text
+    // may carry one: that says nothing about the account either.
+    expect(outcomes.map((outcome) => outcome.code)).toEqual(lookalikes.map((login) => (login.includes('\u200b') ? 'invalid_argument' : 'unauthenticated')));
     // The account itself is not locked by them: they named no account.
     expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(8)))).code).toBe('ok');
   });

@@ -375,13 +375,17 @@ const MALFORMED = { status: 400, reason: 'Bad Request', code: 'VALIDATION_ERROR'
 /**
  * A request the HTTP/1.1 parser refused (malformed, headers over the limit, too slow) never
  * reaches Express. Node's own answer is a bare status line; this one is the same status with the
- * API's error envelope, so every client sees one error format, and with the same care: nothing is
- * written over a response already under way on the connection (a pipelined request), and the
- * connection is closed after it.
+ * API's error envelope, so every client sees one error format, and the connection is closed after
+ * it. The refusal answers the request the parser was reading: one whose body broke off or came
+ * too slowly, or one after the last answered. Nothing is written over an answer already under
+ * way, nor while an earlier, complete request on the connection (pipelined in the same write)
+ * awaits its answer: the client would read the refusal as that request's answer. It gets a
+ * closed connection instead, on which a client retries what went unanswered.
  */
 function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
-  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
-  if (error.code !== 'ECONNRESET' && socket.writable && inFlight?.headersSent !== true) {
+  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean; req?: { complete?: boolean } } | null })._httpMessage;
+  const refusedOwnRequest = inFlight == null || (inFlight.headersSent !== true && inFlight.req?.complete === false);
+  if (error.code !== 'ECONNRESET' && socket.writable && refusedOwnRequest) {
     const answer = CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED;
     const requestId = requestIdFrom(undefined);
     const body: ErrorBody = { success: false, error: { code: answer.code, message: answer.message }, timestamp: isoTime(Date.now()), requestId };

@@ -17,6 +17,19 @@ const list = (fallback: string) =>
         .filter((item) => item.length > 0),
     );
 
+/**
+ * A comma-separated list of web origins, each as a browser sends it in `Origin` (compared
+ * exactly): `https://app.example.com`, not `https://App.example.com/`, which matched nothing.
+ */
+const origins = (fallback: string) =>
+  list(fallback).pipe(
+    z.array(
+      z.string().refine((origin) => URL.canParse(origin) && new URL(origin).origin === origin, {
+        error: 'must be origins as browsers send them: scheme, lower-case host and a port other than the default, no path (https://app.example.com)',
+      }),
+    ),
+  );
+
 /** A comma-separated list of base URLs of one layer's processes, e.g. `http://service:3001`. */
 const urls = () =>
   list('').pipe(
@@ -141,7 +154,7 @@ const EnvSchema = z.object({
   LOGIN_ACCOUNT_RATE_LIMIT_WINDOW_MS: int(900_000, 1000, 86_400_000),
   LOGIN_KNOWN_DEVICE_TTL_SECONDS: int(7_776_000, 60, 400 * 86_400),
   SESSION_ABSOLUTE_LIFETIME_SECONDS: int(2_592_000, 1, 400 * 86_400),
-  CORS_ORIGINS: list('http://localhost:3000'),
+  CORS_ORIGINS: origins('http://localhost:3000'),
 
   ADMIN_USERNAME: z.string().optional(),
   ADMIN_EMAIL: z.string().optional(),

@@ -37,6 +37,18 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ DATABASE_URL: 'sqlserver://db/arcana' })).toThrow(/DATABASE_URL[\s\S]*postgresql:\/\/, mysql:\/\/ or mariadb:\/\//);
   });
 
+  it('when CORS_ORIGINS holds what a browser never sends as an Origin, then it refuses to start and names it; origins are taken', () => {
+    // Matched exactly, so such an entry allowed nothing, silently (helper 60).
+    for (const value of ['*', 'https://App.example.com', 'https://app.example.com/', 'https://app.example.com:443', 'app.example.com', 'https://app.example.com/path', 'null']) {
+      expect(() => loadConfig({ CORS_ORIGINS: value }), value).toThrow(/CORS_ORIGINS[\s\S]*must be origins as browsers send them/);
+    }
+    expect(loadConfig({ CORS_ORIGINS: 'https://app.example.com, http://localhost:5173,https://[::1]:8443' }).corsOrigins).toEqual([
+      'https://app.example.com',
+      'http://localhost:5173',
+      'https://[::1]:8443',
+    ]);
+  });
+
   it('when TRUST_PROXY names what is not an address, a subnet or a keyword, then it refuses to start and names it; valid forms are taken', () => {
     for (const value of ['banana', '10.0.0.0/33', 'loopback,203.0.113.7/abc', '::1/129']) {
       expect(() => loadConfig({ TRUST_PROXY: value }), value).toThrow(/TRUST_PROXY[\s\S]*must be true, false, a number of hops/);

@@ -18,7 +18,7 @@ import type { TokenRepository } from '../repositories/token-repository.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { newAccountRow } from './accounts.ts';
 import { currentWorkLimits, uninterrupted } from '../infrastructure/call-context.ts';
-import { canonicalRequest, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
+import { canonicalRequest, IDEMPOTENCY_WINDOW_MS, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
 import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
 
@@ -98,7 +98,14 @@ export class AuthUseCases {
     };
     const operation = { scope: 'register', request: canonicalRequest(RegisterRequestSchema, input), answer: REGISTRATION_ANSWER, replayable };
     return this.#idempotency.run(operation, async () => {
-      const account = await newAccountRow({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
+      let account;
+      try {
+        account = await newAccountRow({ users: this.#users, passwords: this.#passwords }, { ...input, role: 'USER' });
+      } catch (error) {
+        const resumed = error instanceof ConflictError ? await this.#resumeRegistration(input, client) : undefined;
+        if (resumed === undefined) throw error;
+        return resumed;
+      }
       // The first write is the point of no return. A caller gone by then (its connection cut
       // while bcrypt ran, by a shutdown say) gets no account it would never hear of.
       if (currentWorkLimits().signal?.aborted === true) throw new UnavailableError('The request was abandoned before its account was created');
@@ -316,6 +323,46 @@ export class AuthUseCases {
    * (see TokenRepository.create). `loginAt` (a login's, not a registration's) is recorded as the
    * user's last login with it.
    */
+  /**
+   * The same registration sent again after one that stored its account but not its first
+   * session: a layer stalled or died between the two writes, or the account's insert committed
+   * after its caller had been told it failed. (They are not one transaction: the tokens name the
+   * account's id, which only the insert gives, and the repository may be another process.) When
+   * the username and the e-mail name one USER account created within the replay window that was
+   * never changed nor signed in to since (version 1, no last login, no live session) and the
+   * password is its own, the registration completes: the account's first session is opened and
+   * the registration's answer given. That grants what a login with the password would, and is
+   * throttled as a login is; anything else stays the conflict it was (undefined).
+   */
+  async #resumeRegistration(input: MessageInitShape<typeof RegisterRequestSchema>, client: ClientInfo): Promise<AuthResult | undefined> {
+    const row = await this.#users.findByLogin(input.username ?? '');
+    const now = this.#now();
+    const unfinished =
+      row !== null &&
+      row.email === (input.email ?? '').toLowerCase() &&
+      row.role === 'USER' &&
+      row.status === 'ACTIVE' &&
+      row.version === 1 &&
+      row.lastLoginAt === null &&
+      now.getTime() - row.createdAt.getTime() < IDEMPOTENCY_WINDOW_MS;
+    if (!unfinished || (await this.#tokens.listActive(row.id, now)).length > 0) return undefined;
+    const attempt = await this.#throttle.admit({ account: accountKey(row.id, row.username), address: addressKey(client.ipAddress), device: undefined });
+    if (!attempt.admitted) return undefined;
+    const matches = await this.#passwords.verify(input.password ?? '', row.passwordHash).catch(async (error: unknown) => {
+      await attempt.abandoned();
+      throw error;
+    });
+    // A wrong password keeps the failure the throttle reserved: guesses cost what a login's do.
+    if (!matches) return undefined;
+    const tokens = await uninterrupted(() => this.#openSession(row, client)).catch(async (error: unknown) => {
+      await attempt.abandoned();
+      throw error;
+    });
+    if (tokens === null) return undefined;
+    await attempt.succeeded();
+    return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id, row.passwordHash) };
+  }
+
   /**
    * Deletes an account registration just created, when its session could not be stored: only if
    * nothing changed it since (its version), and retried while the database is busy, since that

@@ -307,4 +307,40 @@ describe('a registration the database cannot finish', () => {
       closeAll(clients);
     }
   });
+
+  it('when the account was stored but not its session (a layer stalled or died between the two writes), then the same registration sent again completes it, over every protocol at once; another password, or an account signed in to since, stays a conflict', async () => {
+    // What the undoing above cannot reach: a repository paused with the account's insert under
+    // way committed it after the service had answered 503 (helper 59), and a process that dies
+    // between the writes undoes nothing. The registration's own retry then finds the account.
+    const clients = apiClients(t.baseUrl);
+    try {
+      const orphan = async (prefix: string) => {
+        const body = newUser(prefix);
+        const made = await clients[0]?.register(body);
+        const id = made?.data?.user.id ?? 0;
+        await t.sql('DELETE FROM oauth_tokens WHERE user_id = $1', [id]);
+        return { body, id };
+      };
+      const cases = await Promise.all(clients.map(async (client) => ({ client, ...(await orphan(`resume_${client.protocol.replace('-', '_')}`)) })));
+      // An attacker who knows the name and e-mail but not the password, racing the owner.
+      const guesses = cases.map(({ client, body }) => client.register({ ...body, password: 'Wrong-Guess-9x!' }));
+      const resumed = await Promise.all(cases.map(({ client, body }) => client.register(body)));
+      for (const guess of await Promise.all(guesses)) expect(guess.code).toBe('already_exists');
+      for (const [index, outcome] of resumed.entries()) {
+        expect(outcome.code, JSON.stringify(outcome.error)).toBe('ok');
+        expect(outcome.data?.user.id).toBe(cases[index]?.id);
+        expect((await cases[index]?.client.me(outcome.data?.tokens.accessToken ?? ''))?.data?.id).toBe(cases[index]?.id);
+      }
+      // Now it has a session: sent once more, the registration is the conflict it always was.
+      expect((await clients[0]?.register(cases[0]?.body ?? newUser()))?.code).toBe('already_exists');
+
+      // An account whose owner has signed in (a login, not the registration's session) is not resumed.
+      const used = await orphan('resume_used');
+      expect((await clients[0]?.login({ usernameOrEmail: used.body.username, password: used.body.password }))?.code).toBe('ok');
+      await t.sql('DELETE FROM oauth_tokens WHERE user_id = $1', [used.id]);
+      expect((await clients[0]?.register(used.body))?.code).toBe('already_exists');
+    } finally {
+      closeAll(clients);
+    }
+  });
 });

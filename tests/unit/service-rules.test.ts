@@ -525,3 +525,49 @@ describe('overload is not guessing', () => {
     expect(await outcome(login(PASSWORD))).toBe('ok');
   });
 });
+
+describe('a registration whose account was stored without its session', () => {
+  const client: ClientInfo = { ipAddress: '192.0.2.9' };
+  const body = { username: 'unfinished', email: 'unfinished@example.com', password: PASSWORD };
+  let h: ReturnType<typeof harness>;
+  let id: number;
+  /** A new harness holding the account as a repository that committed the insert after its caller had given up leaves it. */
+  async function unfinished(): Promise<void> {
+    h = harness();
+    const passwordHash = await new PasswordHasher(4).hash(PASSWORD);
+    id = (await h.users.create({ username: body.username, email: body.email, passwordHash, firstName: null, lastName: null, phone: null, role: 'USER' })).id;
+  }
+  beforeEach(unfinished);
+  const register = (password = PASSWORD) => h.auth.register({ ...body, password }, client);
+
+  it('when the same registration is sent again, then it opens that account and answers as the registration would', async () => {
+    const resumed = await register();
+    expect(resumed.user.id).toBe(id);
+    expect((await h.auth.authenticate(resumed.tokens.accessToken)).userId).toBe(id);
+    // It has a session now: once more is the conflict it always was.
+    expect(await outcome(register())).toBe('CONFLICT');
+  });
+
+  it("when the password is not the account's, then conflict, and each guess counts as a failed login: after the limit the right one is refused too, by registration and login alike", async () => {
+    for (let guess = 0; guess < MAX_FAILURES; guess += 1) expect(await outcome(register(`Wrong-Guess-${guess}x!`))).toBe('CONFLICT');
+    expect(await outcome(register())).toBe('CONFLICT');
+    expect(await outcome(h.auth.login({ usernameOrEmail: body.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
+    h.clock.advance(LOCKOUT_MS + 1);
+    expect((await register()).user.id).toBe(id);
+  });
+
+  it('when the account was changed, signed in to, given another role or status, or is older than the replay window, then conflict', async () => {
+    const changes: Record<string, () => Promise<unknown>> = {
+      changed: () => h.users.update(id, { firstName: 'Changed' }),
+      'signed in': () => h.auth.login({ usernameOrEmail: body.username, password: PASSWORD }, client),
+      promoted: () => h.users.update(id, { role: 'ADMIN' }),
+      suspended: () => h.users.update(id, { status: 'SUSPENDED' }),
+      old: async () => h.clock.advance(24 * 3600_000 + 1),
+    };
+    for (const [name, change] of Object.entries(changes)) {
+      await unfinished();
+      await change();
+      expect(await outcome(register()), name).toBe('CONFLICT');
+    }
+  });
+});

@@ -319,11 +319,6 @@ export class AuthUseCases {
   }
 
   /**
-   * A session's first pair; null when the account is no longer ACTIVE with the password compared
-   * (see TokenRepository.create). `loginAt` (a login's, not a registration's) is recorded as the
-   * user's last login with it.
-   */
-  /**
    * The same registration sent again after one that stored its account but not its first
    * session: a layer stalled or died between the two writes, or the account's insert committed
    * after its caller had been told it failed. (They are not one transaction: the tokens name the
@@ -382,6 +377,11 @@ export class AuthUseCases {
     }
   }
 
+  /**
+   * A session's first pair; null when the account is no longer ACTIVE with the password compared
+   * (see TokenRepository.create). `loginAt` (a login's, not a registration's) is recorded as the
+   * user's last login with it.
+   */
   async #openSession(user: UserRow, client: ClientInfo, loginAt?: Date): Promise<TokenPair | null> {
     const now = loginAt ?? this.#now();
     const familyExpiresAt = new Date(now.getTime() + this.#sessionLifetimeMs);

@@ -341,21 +341,38 @@ export class AuthUseCases {
       row.lastLoginAt === null &&
       now.getTime() - row.createdAt.getTime() < IDEMPOTENCY_WINDOW_MS;
     if (!unfinished || (await this.#tokens.listActive(row.id, now)).length > 0) return undefined;
+    // Audited as the login it is, so that guesses made this way show where guesses are looked for.
+    const failed = (reason: string) => {
+      this.#audit.record({ type: 'LOGIN_FAILED', userId: row.id, ...clientFields(client), details: { reason, knownDevice: false, resumedRegistration: true } });
+    };
     const attempt = await this.#throttle.admit({ account: accountKey(row.id, row.username), address: addressKey(client.ipAddress), device: undefined });
-    if (!attempt.admitted) return undefined;
+    if (!attempt.admitted) {
+      failed('throttled');
+      return undefined;
+    }
     const matches = await this.#passwords.verify(input.password ?? '', row.passwordHash).catch(async (error: unknown) => {
       await attempt.abandoned();
       throw error;
     });
     // A wrong password keeps the failure the throttle reserved: guesses cost what a login's do.
-    if (!matches) return undefined;
-    const tokens = await uninterrupted(() => this.#openSession(row, client)).catch(async (error: unknown) => {
+    if (!matches) {
+      failed('wrong_password');
+      return undefined;
+    }
+    // Opened as a login's session: the account's last login is set and its version moves on, so
+    // it is not resumed twice, and the undoing of a registration still under way for it (its
+    // session stalled, then failed) no longer finds the version it would delete.
+    const tokens = await uninterrupted(() => this.#openSession(row, client, now)).catch(async (error: unknown) => {
       await attempt.abandoned();
       throw error;
     });
-    if (tokens === null) return undefined;
+    if (tokens === null) {
+      failed('changed_meanwhile');
+      return undefined;
+    }
     await attempt.succeeded();
-    return { user: toUserMessage(row), tokens, deviceToken: this.#devices.issue(row.id, row.passwordHash) };
+    this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: false, resumedRegistration: true } });
+    return { user: toUserMessage({ ...row, lastLoginAt: now, version: row.version + 1 }), tokens, deviceToken: this.#devices.issue(row.id, row.passwordHash) };
   }
 
   /**

@@ -308,6 +308,42 @@ describe('a registration the database cannot finish', () => {
     }
   });
 
+  it.skipIf(isMysqlUrl(TEST_DATABASE_URL))(
+    'when the retry completes the account while the first attempt is still storing its session, then the first attempt failing does not delete it under the retry',
+    async () => {
+      // The first attempt's session stalls, then fails; its undoing deleted the account the retry
+      // had just completed, by the version the retry left unchanged: 201 with tokens that were
+      // dead at once (helper 61). PostgreSQL only: the stall is a plpgsql trigger.
+      const client = apiClient('rest', t.baseUrl);
+      await t.sql(
+        "CREATE FUNCTION stall_sessions() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.user_agent = 'stalls-then-fails' THEN PERFORM pg_sleep(1.5); RAISE EXCEPTION 'refused for the test' USING ERRCODE = 'lock_not_available'; END IF; RETURN NEW; END $$",
+      );
+      await t.sql('CREATE TRIGGER stall_sessions BEFORE INSERT ON oauth_tokens FOR EACH ROW EXECUTE FUNCTION stall_sessions()');
+      try {
+        const body = newUser('resume_race');
+        const first = client.register(body, { headers: { 'user-agent': 'stalls-then-fails' } });
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        const retry = await client.register(body);
+        expect((await first).code).toBe('unavailable');
+        expect(retry.code, JSON.stringify(retry.error)).toBe('ok');
+        expect((await client.me(retry.data?.tokens.accessToken ?? '')).code).toBe('ok');
+        expect(await t.sql('SELECT username FROM users WHERE id = $1', [retry.data?.user.id])).toEqual([{ username: body.username }]);
+        // Audited as the login it was.
+        const deadline = Date.now() + 10_000;
+        let events: { type: string }[] = [];
+        while (events.length === 0 && Date.now() < deadline) {
+          events = await t.sql<{ type: string }>("SELECT type::text AS type FROM audit_events WHERE user_id = $1 AND type = 'LOGIN_SUCCEEDED'", [retry.data?.user.id]);
+          if (events.length === 0) await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        expect(events).toEqual([{ type: 'LOGIN_SUCCEEDED' }]);
+      } finally {
+        await t.sql('DROP TRIGGER stall_sessions ON oauth_tokens');
+        await t.sql('DROP FUNCTION stall_sessions()');
+        client.close();
+      }
+    },
+  );
+
   it('when the account was stored but not its session (a layer stalled or died between the two writes), then the same registration sent again completes it, over every protocol at once; another password, or an account signed in to since, stays a conflict', async () => {
     // What the undoing above cannot reach: a repository paused with the account's insert under
     // way committed it after the service had answered 503 (helper 59), and a process that dies

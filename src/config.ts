@@ -24,8 +24,9 @@ const list = (fallback: string) =>
 const origins = (fallback: string) =>
   list(fallback).pipe(
     z.array(
-      z.string().refine((origin) => URL.canParse(origin) && new URL(origin).origin === origin, {
-        error: 'must be origins as browsers send them: scheme, lower-case host and a port other than the default, no path (https://app.example.com)',
+      // A wildcard is a character like any other to an exact comparison, so it matched nothing.
+      z.string().refine((origin) => /^https?:\/\/[^*]+$/.test(origin) && URL.canParse(origin) && new URL(origin).origin === origin, {
+        error: 'must be origins as browsers send them: http or https, a lower-case host without wildcards and a port other than the default, no path (https://app.example.com)',
       }),
     ),
   );

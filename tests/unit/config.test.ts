@@ -39,7 +39,17 @@ describe('loadConfig', () => {
 
   it('when CORS_ORIGINS holds what a browser never sends as an Origin, then it refuses to start and names it; origins are taken', () => {
     // Matched exactly, so such an entry allowed nothing, silently (helper 60).
-    for (const value of ['*', 'https://App.example.com', 'https://app.example.com/', 'https://app.example.com:443', 'app.example.com', 'https://app.example.com/path', 'null']) {
+    for (const value of [
+      '*',
+      'https://*.example.com',
+      'ftp://app.example.com',
+      'https://App.example.com',
+      'https://app.example.com/',
+      'https://app.example.com:443',
+      'app.example.com',
+      'https://app.example.com/path',
+      'null',
+    ]) {
       expect(() => loadConfig({ CORS_ORIGINS: value }), value).toThrow(/CORS_ORIGINS[\s\S]*must be origins as browsers send them/);
     }
     expect(loadConfig({ CORS_ORIGINS: 'https://app.example.com, http://localhost:5173,https://[::1]:8443' }).corsOrigins).toEqual([

@@ -265,9 +265,9 @@ describe('requests that say two things: refused, never read one way here and ano
 describe('single-line fields: names, phone and logins take no control, separator, override or invisible characters', () => {
   const hostile = ['\n', '\r\n', '\t', '\u0007', '\u007f', '\u0085', '\u2028', '\u2029', '\u202e', '\u2066', '\ufeff'];
   // Characters that show as nothing, or as a blank, so that a name passes for another
-  // ("ro\u200bot" for "root", helper 60), and a run of combining marks that stacks over the rows
-  // around it.
-  const invisible = ['\u200b', '\u00ad', '\u2060', '\u180e', '\u3164', '\u2800', '\u0301'.repeat(4)];
+  // ("ro\u200bot" for "root", helper 60), and runs of combining marks that stack over the rows
+  // around them, in any script's marks and across a joiner (helper 61).
+  const invisible = ['\u200b', '\u00ad', '\u2060', '\u180e', '\u3164', '\u2800', '\u034f', '\ufe0f', '\u0301'.repeat(4), '\u064b'.repeat(4), '\u0301\u0301\u200d\u0301\u0301'];
 
   describe.each(PROTOCOLS)('over %s', (protocol) => {
     it('when a name or phone carries one, then invalid_argument naming it and nothing changes; joiners and marks in real names are stored as given', async () => {

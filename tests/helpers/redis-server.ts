@@ -12,6 +12,9 @@ export interface TestRedisServer {
   /** `args` are added to redis-server's command line for this start only. */
   start(args?: string[]): Promise<void>;
   stop(): Promise<void>;
+  /** Freezes the server (SIGSTOP) with its connections open, as a stalled host would; resume() thaws it. */
+  pause(): void;
+  resume(): void;
 }
 
 async function freePort(): Promise<number> {
@@ -70,5 +73,5 @@ export async function startRedisServer(options: { keepData?: boolean } = {}): Pr
     });
   };
   await start();
-  return { url, start, stop };
+  return { url, start, stop, pause: () => child?.kill('SIGSTOP'), resume: () => child?.kill('SIGCONT') };
 }

@@ -214,6 +214,55 @@ describe('when Redis goes away', () => {
   }, 60_000);
 });
 
+describe('when Redis stops answering with its connections open', () => {
+  it('then one command waits out the timeout, the rest fail at once: reads are served from the database, login fails closed quickly, and all comes back when Redis does', async () => {
+    // A frozen Redis (SIGSTOP here; a stalled host or VM) raises no error and closes nothing:
+    // every command used to wait its whole 1 s timeout in turn, 5.9 s for one /auth/me, and an
+    // RPC with an 800 ms deadline was answered 200 after 5 s (helper 62).
+    const server = await startRedisServer();
+    const t = await createTestApp({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });
+    try {
+      const user = await register(t);
+      const get = () => t.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken));
+      await get().expect(200);
+
+      server.pause();
+      const timed = async <T>(call: () => Promise<T>) => {
+        const started = performance.now();
+        const result = await call();
+        return { result, ms: performance.now() - started };
+      };
+      // The first request meets the timeout once (1 s), not once per command.
+      const first = await timed(() => get());
+      expect(first.result.status).toBe(200);
+      expect(first.ms).toBeLessThan(1_900);
+      const after = await timed(async () => {
+        const reads = [];
+        for (let i = 0; i < 5; i += 1) reads.push((await get()).status, (await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status);
+        return reads;
+      });
+      expect(after.result).toEqual(Array.from({ length: 10 }, () => 200));
+      expect(after.ms).toBeLessThan(1_000);
+      const login = await timed(() => t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password }));
+      expect(login.result.status).toBe(503);
+      expect(login.ms).toBeLessThan(1_000);
+
+      server.resume();
+      const deadline = Date.now() + 15_000;
+      let status = 0;
+      while (Date.now() < deadline && status !== 200) {
+        status = (await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password })).status;
+        if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      expect(status).toBe(200);
+    } finally {
+      server.resume();
+      await t.close();
+      await server.stop();
+    }
+  }, 60_000);
+});
+
 describe('when Redis loses an invalidation', () => {
   // Found by an attacker: an invalidation that Redis did not take was only logged, so a session
   // logged out or a role taken away stayed in the cache, and in force, for the cache's TTL.

@@ -16,7 +16,26 @@ export function createRedisClient(options: { url: string; logger: Logger; name: 
   // Loaded by the first client, so that a process without REDIS_URL never loads it. ioredis is
   // CommonJS: `require` gives the very module an import would.
   const { Redis } = createRequire(import.meta.url)('ioredis') as typeof IoRedis;
-  const redis = new Redis(options.url, {
+  /**
+   * A command that times out means Redis stopped answering with its connection open (a frozen
+   * process or host), which raises no error: every later command waited its own full timeout in
+   * turn, a second each, several per request. The connection is dropped at the first timeout
+   * instead; until Redis answers the reconnect's ready check, commands fail at once and callers
+   * fall back (the database, or a 503 for login), and `onReconnect` runs when it is back.
+   */
+  class FailFastRedis extends Redis {
+    override sendCommand(...[command, stream]: Parameters<IoRedis.Redis['sendCommand']>): unknown {
+      const sent = super.sendCommand(command, stream);
+      command.promise.catch((error: unknown) => {
+        if (error instanceof Error && error.message === 'Command timed out' && this.status === 'ready') {
+          options.logger.warn({ redis: options.name }, 'redis stopped answering; reconnecting, falling back meanwhile');
+          this.disconnect(true);
+        }
+      });
+      return sent;
+    }
+  }
+  const redis = new FailFastRedis(options.url, {
     connectionName: options.name,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,

@@ -96,7 +96,11 @@ export class LoginThrottle {
       // held up that long) gives nothing back, where it would take a slot of the next window,
       // which may be a guesser's, and hand that guesser one more comparison.
       const windowEnds = this.#now() + slot.ttlMs;
-      const giveBack = () => this.#closedOnFailure(async () => (this.#now() < windowEnds ? this.#counters.release(key) : undefined));
+      // Giving back never fails the attempt: it comes after the work it was for (a session stored,
+      // say), and a slot the counters' store could not take back stays counted, the safe side.
+      const giveBack = async () => {
+        if (this.#now() < windowEnds) await this.#counters.release(key).catch(() => undefined);
+      };
       return { admitted: true, succeeded: giveBack, abandoned: giveBack };
     });
   }

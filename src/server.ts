@@ -96,16 +96,21 @@ export function createDualProtocolServer(
       // Node checks those two deadlines on this interval (30 s by default), so a request could
       // outlive its deadline by that much; a check of the requests still arriving is cheap.
       connectionsCheckingInterval: Math.max(25, Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4))),
+      // Checked by hostHeaderProblem, which answers in the API's envelope and refuses two.
+      requireHostHeader: false,
     },
     // A request whose connection is gone by its turn is not started: no handler, rate-limit
     // charge or log for a client that left (its address is no longer known either).
-    answerInTurn(
-      (req, res) =>
-        startInTurn(() => {
-          if (!req.socket.destroyed) handlers.http1(req, res);
-        }),
-      limits.requestTimeoutMs,
-    ),
+    answerInTurn((req, res) => {
+      const hostProblem = hostHeaderProblem(req);
+      if (hostProblem !== undefined) {
+        refuseRequest(res, hostProblem);
+        return;
+      }
+      startInTurn(() => {
+        if (!req.socket.destroyed) handlers.http1(req, res);
+      });
+    }, limits.requestTimeoutMs),
   );
   h1.keepAliveTimeout = limits.keepAliveTimeoutMs;
   h1.on('clientError', answerClientError);
@@ -388,8 +393,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
   if (error.code !== 'ECONNRESET' && socket.writable && refusedOwnRequest) {
     const answer = CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED;
     const requestId = requestIdFrom(undefined);
-    const body: ErrorBody = { success: false, error: { code: answer.code, message: answer.message }, timestamp: isoTime(Date.now()), requestId };
-    const json = JSON.stringify(body);
+    const json = errorJson(answer, requestId);
     socket.write(
       `HTTP/1.1 ${answer.status} ${answer.reason}\r\n` +
         'Content-Type: application/json; charset=utf-8\r\n' +
@@ -402,6 +406,41 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
     );
   }
   socket.destroy();
+}
+
+function errorJson(answer: { code: ErrorBody['error']['code']; message: string }, requestId: string): string {
+  const body: ErrorBody = { success: false, error: { code: answer.code, message: answer.message }, timestamp: isoTime(Date.now()), requestId };
+  return JSON.stringify(body);
+}
+
+/**
+ * Why an HTTP/1.1 request's Host header is refused (RFC 9112 §3.2: exactly one), or undefined.
+ * Node's own check answered a missing one with a bare 400 and took the first of two, where a
+ * proxy in front may have routed by the other. HTTP/1.0 may omit it.
+ */
+function hostHeaderProblem(req: IncomingMessage): string | undefined {
+  if (req.httpVersionMajor !== 1 || req.httpVersionMinor === 0) return undefined;
+  let hosts = 0;
+  const raw = req.rawHeaders;
+  for (let index = 0; index < raw.length; index += 2) if (raw[index]?.length === 4 && raw[index]?.toLowerCase() === 'host') hosts += 1;
+  if (hosts === 1) return undefined;
+  return hosts === 0 ? 'An HTTP/1.1 request must carry a Host header' : 'An HTTP/1.1 request must carry one Host header, not several';
+}
+
+/** A 400 in the API's envelope, through the response (so after any pipelined answer before it), and the connection closed. */
+function refuseRequest(res: ServerResponse, message: string): void {
+  const requestId = requestIdFrom(undefined);
+  const json = errorJson({ code: MALFORMED.code, message }, requestId);
+  res.shouldKeepAlive = false;
+  res.writeHead(400, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(json),
+    'cache-control': 'no-store',
+    'x-content-type-options': 'nosniff',
+    'x-request-id': requestId,
+    connection: 'close',
+  });
+  res.end(json);
 }
 
 /**

@@ -434,6 +434,23 @@ describe('HTTP/1.1', () => {
     expect(again.status).toBe(201);
   });
 
+  it('when an HTTP/1.1 request has no Host or two, then 400 in the error envelope and the connection is closed; HTTP/1.0 may omit it', async () => {
+    // RFC 9112 §3.2. Node answered a missing Host with a bare 400 and took the first of two,
+    // which a proxy in front may route by the other (helper 58).
+    for (const head of ['GET /health HTTP/1.1\r\n\r\n', 'GET /health HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n', 'GET /health HTTP/1.1\r\nhost: x\r\nHOST: x\r\n\r\n']) {
+      const client = rawClient(server.port);
+      client.socket.write(head);
+      expect(await closedWithin(client.closed, 5_000), JSON.stringify(head)).toBeLessThan(Number.POSITIVE_INFINITY);
+      const text = client.received().toString('latin1');
+      expect(text, JSON.stringify(head)).toMatch(/^HTTP\/1\.1 400 /);
+      expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
+    }
+    const old = rawClient(server.port);
+    old.socket.write('GET /health HTTP/1.0\r\n\r\n');
+    await closedWithin(old.closed, 5_000);
+    expect(old.received().toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+  });
+
   it('when a keep-alive connection idles after its response, then it is closed at the keep-alive deadline', async () => {
     const client = rawClient(server.port);
     client.socket.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');

@@ -343,7 +343,7 @@ export class AuthUseCases {
     if (!unfinished || (await this.#tokens.listActive(row.id, now)).length > 0) return undefined;
     // Audited as the login it is, so that guesses made this way show where guesses are looked for.
     const failed = (reason: string) => {
-      this.#audit.record({ type: 'LOGIN_FAILED', userId: row.id, ...clientFields(client), details: { reason, knownDevice: false, resumedRegistration: true } });
+      this.#audit.record({ type: 'LOGIN_FAILED', userId: row.id, ...clientFields(client), details: { reason, knownDevice: false, viaRegistration: true } });
     };
     const attempt = await this.#throttle.admit({ account: accountKey(row.id, row.username), address: addressKey(client.ipAddress), device: undefined });
     if (!attempt.admitted) {
@@ -371,7 +371,7 @@ export class AuthUseCases {
       return undefined;
     }
     await attempt.succeeded();
-    this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: false, resumedRegistration: true } });
+    this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: false, viaRegistration: true } });
     return { user: toUserMessage({ ...row, lastLoginAt: now, version: row.version + 1 }), tokens, deviceToken: this.#devices.issue(row.id, row.passwordHash) };
   }
 

@@ -67,10 +67,16 @@ export async function createTracing(options: TracingOptions): Promise<Tracing> {
       'arcana.deployment.layer': options.layer,
       'process.pid': process.pid,
     }),
+    // A client chooses some attribute values (the path, up to the 16 KiB of headers Node takes):
+    // each is cut at 1 KiB, so a span stays small whatever the request was.
+    spanLimits: { attributeValueLengthLimit: SPAN_ATTRIBUTE_MAX_LENGTH },
     spanProcessors: [options.scheduleDelayMs === 0 ? new SimpleSpanProcessor(exporter) : new BatchSpanProcessor(exporter, { scheduledDelayMillis: options.scheduleDelayMs })],
   });
   return new Tracing(provider, new W3CTraceContextPropagator(), options.serviceVersion);
 }
+
+/** The longest attribute value a span carries (see createTracing). */
+const SPAN_ATTRIBUTE_MAX_LENGTH = 1024;
 
 export class Tracing {
   readonly #provider: BasicTracerProvider;

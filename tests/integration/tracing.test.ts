@@ -217,6 +217,14 @@ describe.each(['layered-http', 'layered-grpc'] as const)('traces in %s', (topolo
     expect(edge?.status.code).toBe(2);
   });
 
+  it('when a request path is as long as the headers allow, then its span carries at most 1 KiB of it', async () => {
+    // A 16 KB path made a 16.5 KB span, 8 MB batches and a 33 MB span queue (helper 63).
+    const { header, traceId } = clientTraceparent();
+    expect((await t.request.get(`/${'a'.repeat(12_000)}`).set('traceparent', header)).status).toBe(404);
+    const [edge] = await receiver.trace(traceId, (spans) => spans.some((span) => span.kind === SERVER));
+    expect(String(edge?.attributes['url.path']).length).toBeLessThanOrEqual(1024);
+  });
+
   it('when a request comes without a traceparent, then a new trace starts at the edge', async () => {
     const before = receiver.spans.length;
     const user = await register(t);

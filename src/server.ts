@@ -414,12 +414,14 @@ function errorJson(answer: { code: ErrorBody['error']['code']; message: string }
 }
 
 /**
- * Why an HTTP/1.1 request's Host header is refused (RFC 9112 §3.2: exactly one), or undefined.
- * Node's own check answered a missing one with a bare 400 and took the first of two, where a
- * proxy in front may have routed by the other. HTTP/1.0 may omit it.
+ * Why a request's Host header is refused (RFC 9112 §3.2: exactly one), or undefined. Node's own
+ * check answered a missing one with a bare 400 and took the first of two, where a proxy in front
+ * may have routed by the other. HTTP/1.0 may omit it.
  */
 function hostHeaderProblem(req: IncomingMessage): string | undefined {
-  if (req.httpVersionMajor !== 1 || req.httpVersionMinor === 0) return undefined;
+  // Only HTTP/1.0 may: Node's parser also takes `HTTP/2.0` and `HTTP/0.9` request lines here
+  // (a real HTTP/2 request never reaches this server), which must not be a way around the rule.
+  if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return undefined;
   let hosts = 0;
   const raw = req.rawHeaders;
   for (let index = 0; index < raw.length; index += 2) if (raw[index]?.length === 4 && raw[index]?.toLowerCase() === 'host') hosts += 1;

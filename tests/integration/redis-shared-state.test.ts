@@ -174,15 +174,31 @@ describe('login brute-force protection', () => {
   });
 });
 
+/** An app on a redis-server of its own, with a user whose session and profile are cached by one GET. */
+async function appOnItsOwnRedis() {
+  const server = await startRedisServer();
+  const t = await createTestApp({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });
+  const user = await register(t);
+  const get = () => t.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken));
+  await get().expect(200);
+  return { server, t, user, get };
+}
+
+/** Logs in until it works again (the client reconnects on its own), for at most 15 s; the last status. */
+async function loginOnceRedisIsBack(t: TestApp, user: { username: string; password: string }): Promise<number> {
+  const deadline = Date.now() + 15_000;
+  let status = 0;
+  while (Date.now() < deadline && status !== 200) {
+    status = (await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password })).status;
+    if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return status;
+}
+
 describe('when Redis goes away', () => {
   it('then the API keeps serving from the database, login fails closed with 503, and the cache is used again once Redis is back', async () => {
-    const server = await startRedisServer();
-    const t = await createTestApp({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });
+    const { server, t, user, get } = await appOnItsOwnRedis();
     try {
-      const user = await register(t);
-      const get = () => t.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken));
-      await get().expect(200);
-
       await server.stop();
       expect((await get()).status).toBe(200);
       expect((await t.request.get('/api/v1/auth/me').set(...bearer(user.accessToken))).status).toBe(200);
@@ -192,14 +208,7 @@ describe('when Redis goes away', () => {
       expect(login.headers['retry-after']).toBe('2');
 
       await server.start();
-      // The client reconnects on its own; wait for login to work again.
-      const deadline = Date.now() + 15_000;
-      let status = 0;
-      while (Date.now() < deadline && status !== 200) {
-        status = (await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password })).status;
-        if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 200));
-      }
-      expect(status).toBe(200);
+      expect(await loginOnceRedisIsBack(t, user)).toBe(200);
       // The login wrote the user's row: its profile refuses cache fills for two seconds, and the
       // flush on reconnect refuses every fill for three.
       await new Promise((resolve) => setTimeout(resolve, 3_100));
@@ -219,13 +228,8 @@ describe('when Redis stops answering with its connections open', () => {
     // A frozen Redis (SIGSTOP here; a stalled host or VM) raises no error and closes nothing:
     // every command used to wait its whole 1 s timeout in turn, 5.9 s for one /auth/me, and an
     // RPC with an 800 ms deadline was answered 200 after 5 s (helper 62).
-    const server = await startRedisServer();
-    const t = await createTestApp({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });
+    const { server, t, user, get } = await appOnItsOwnRedis();
     try {
-      const user = await register(t);
-      const get = () => t.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken));
-      await get().expect(200);
-
       server.pause();
       const timed = async <T>(call: () => Promise<T>) => {
         const started = performance.now();
@@ -248,13 +252,7 @@ describe('when Redis stops answering with its connections open', () => {
       expect(login.ms).toBeLessThan(1_000);
 
       server.resume();
-      const deadline = Date.now() + 15_000;
-      let status = 0;
-      while (Date.now() < deadline && status !== 200) {
-        status = (await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password })).status;
-        if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 200));
-      }
-      expect(status).toBe(200);
+      expect(await loginOnceRedisIsBack(t, user)).toBe(200);
     } finally {
       server.resume();
       await t.close();

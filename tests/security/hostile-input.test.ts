@@ -22,7 +22,7 @@ import { REFLECTION_REQUESTS_PER_STREAM } from '../../src/rpc/reflection-service
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
 import { bearer, loginAdmin, newUser, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
-import { RawClient, RPC_PROTOCOLS, type RawAnswer, type RpcProtocol } from './raw-protocols.ts';
+import { compress, RawClient, RPC_PROTOCOLS, type RawAnswer, type RpcProtocol } from './raw-protocols.ts';
 
 const logLines: string[] = [];
 let t: TestServer;
@@ -451,6 +451,27 @@ describe('envelopes that lie about their messages: gRPC over HTTP/2 answers as g
     expect(answers).toEqual((['grpc', 'grpc-web'] as const).flatMap((protocol) => lies.map(({ key, code }) => ({ protocol, key, code }))));
     // The same HTTP/2 session still serves a well-framed call: a wrong password, as any client sees it.
     expect((await raw.rpc('grpc', procedure, message)).code).toBe('unauthenticated');
+  });
+
+  it('when a unary call carries thousands of compressed messages, then it is refused for having more than one before any is inflated, over gRPC and gRPC-Web, health checks included', async () => {
+    // Each frame held 12 bytes of brotli for 64 KiB of zeros: ~5,000 of them fit the body limit
+    // and were all inflated and kept (340 MB) before the "extra message" refusal; six such calls
+    // at once took a server to 3.4 GB (helper 67). Health checks are exempt from the rate limit.
+    const zeros = compress(new Uint8Array(64 * 1024), 'br');
+    const frame = join(header(1, zeros.length), zeros);
+    const bomb = join(...Array.from({ length: Math.floor(90_000 / frame.length) }, () => frame));
+    // A second message that does not even inflate: refused for being second, not for its bytes.
+    const corrupt = join(frame, header(1, 4), new Uint8Array([1, 2, 3, 4]));
+    const calls = (['grpc', 'grpc-web'] as const).flatMap((protocol) =>
+      ['arcana.auth.v1.AuthService/Login', 'grpc.health.v1.Health/Check'].flatMap((procedure) =>
+        [bomb, corrupt].map(async (body) => {
+          const started = performance.now();
+          const answer = await raw.rpc(protocol, procedure, message, { headers: { 'grpc-encoding': 'br' }, frame: () => body });
+          return { protocol, procedure, code: answer.code, prompt: performance.now() - started < 2_000 };
+        }),
+      ),
+    );
+    for (const answer of await Promise.all(calls)) expect(answer).toEqual({ ...answer, code: 'unimplemented', prompt: true });
   });
 });
 

@@ -58,6 +58,29 @@ describe('client deadlines', () => {
     expect(answers).toEqual(RPC_PROTOCOLS.map((protocol) => ({ protocol, code: 'deadline_exceeded' })));
   });
 
+  it('when a deadline of zero is sent, then the call is deadline_exceeded without being carried out, over every RPC protocol, a read and a logout alike', async () => {
+    // A zero deadline's timer fired after a fast call had been answered: a cached GetCurrentUser
+    // came back OK (helper 67), and a write would have been done.
+    const user = await register(t);
+    const zero = (protocol: string, grpcUnit: string): Record<string, string> =>
+      protocol.startsWith('connect') ? { 'connect-timeout-ms': '0' } : { 'grpc-timeout': `0${grpcUnit}` };
+    const calls = RPC_PROTOCOLS.flatMap((protocol) =>
+      ['n', 'm'].flatMap((unit) =>
+        ['GetCurrentUser', 'Logout'].map(async (name) => {
+          const payload = protocol === 'connect-json' ? new TextEncoder().encode('{}') : toBinary(GetCurrentUserRequestSchema, create(GetCurrentUserRequestSchema));
+          const answer = await raw.rpc(protocol, `arcana.auth.v1.AuthService/${name}`, payload, { token: user.accessToken, headers: zero(protocol, unit) });
+          return { protocol, name, code: answer.code };
+        }),
+      ),
+    );
+    for (const answer of await Promise.all(calls)) expect(answer).toEqual({ ...answer, code: 'deadline_exceeded' });
+    // None of the logouts was carried out: the session is alive.
+    expect(
+      (await raw.rpc('grpc', 'arcana.auth.v1.AuthService/GetCurrentUser', toBinary(GetCurrentUserRequestSchema, create(GetCurrentUserRequestSchema)), { token: user.accessToken }))
+        .code,
+    ).toBe('ok');
+  });
+
   it('when many calls carry deadlines of 1 to 8 ms at once, over every RPC protocol, then each is answered or deadline_exceeded, never unavailable', async () => {
     // In the split topologies the call to the service layer and the request ran out of time
     // together, and whichever timer fired first decided: 1 to 5 of 12 such calls answered 503

@@ -154,6 +154,10 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     const started = process.hrtime.bigint();
     try {
       await admit?.(context);
+      // A deadline of zero has passed on arrival; its timer would fire only after a fast call
+      // had been answered (or a write done).
+      const remainingMs = context.timeoutMs();
+      if (remainingMs !== undefined && remainingMs <= 0) throw new ConnectError('the deadline passed before the call could start', Code.DeadlineExceeded);
       // connect-es reads the query with URLSearchParams: `%FF` as U+FFFD, and the first of two
       // `message` parameters. Refused instead, as the same message in a POST body would be.
       const query = context.values.get(getQueryKey);

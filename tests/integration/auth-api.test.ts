@@ -2,7 +2,7 @@ import jwt from 'jsonwebtoken';
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from 'node:net';
-import { bearer, createTestApp, loginAdmin, newUser, register, startTestServer, TEST_ENV, type TestApp } from '../helpers/test-app.ts';
+import { bearer, createTestApp, loginAdmin, newUser, register, startTestServer, TEST_ENV, type TestApp, type TestServer } from '../helpers/test-app.ts';
 
 let t: TestApp;
 
@@ -107,13 +107,7 @@ describe('POST /api/v1/auth/login', () => {
     const server = await startTestServer();
     try {
       const user = await register(server);
-      const body = JSON.stringify({ usernameOrEmail: user.username, password: user.password });
-      const head = `POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\nUser-Agent: `;
-      const answer = await rawExchange(server.port, Buffer.concat([Buffer.from(head), Buffer.alloc(11_000, 0xff), Buffer.from(`\r\n\r\n${body}`)]));
-      expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
-      const tokens = (JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { data: { tokens: { accessToken: string } } }).data.tokens;
-      const [row] = await server.sql<{ user_agent: string }>('SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1', [sha256(tokens.accessToken)]);
-      expect(row?.user_agent).toBe('\u00ff'.repeat(500));
+      expect(await loginWithAgentBytes(server, user, Buffer.alloc(11_000, 0xff))).toEqual({ statusLine: 'HTTP/1.1 200 OK', sessionAgent: '\u00ff'.repeat(500) });
     } finally {
       await server.close();
     }
@@ -123,15 +117,9 @@ describe('POST /api/v1/auth/login', () => {
     const server = await startTestServer();
     try {
       const user = await register(server);
-      const body = JSON.stringify({ usernameOrEmail: user.username, password: user.password });
-      const head = `POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\nUser-Agent: `;
       // Bytes 0x85 (NEL) and 0x9B (CSI) are legal header bytes, read as Latin-1 C1 controls.
       const agent = Buffer.concat([Buffer.from('Chrome'), Buffer.from([0x85]), Buffer.from('ADMIN NOTE: verified'), Buffer.from([0x9b]), Buffer.from('2J')]);
-      const answer = await rawExchange(server.port, Buffer.concat([Buffer.from(head), agent, Buffer.from(`\r\n\r\n${body}`)]));
-      expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
-      const tokens = (JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { data: { tokens: { accessToken: string } } }).data.tokens;
-      const [row] = await server.sql<{ user_agent: string }>('SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1', [sha256(tokens.accessToken)]);
-      expect(row?.user_agent).toBe('Chrome\uFFFDADMIN NOTE: verified\uFFFD2J');
+      expect(await loginWithAgentBytes(server, user, agent)).toEqual({ statusLine: 'HTTP/1.1 200 OK', sessionAgent: 'Chrome\uFFFDADMIN NOTE: verified\uFFFD2J' });
       const audited = await eventuallyRows(() =>
         server.sql<{ user_agent: string }>(`SELECT user_agent FROM audit_events WHERE user_id = $1 AND type = 'LOGIN_SUCCEEDED'`, [user.id]),
       );
@@ -292,6 +280,21 @@ describe('what the database holds', () => {
     expect(account?.password_hash).toMatch(/^\$2[aby]\$04\$/);
   });
 });
+
+/**
+ * Logs `user` in over a raw HTTP/1.1 connection whose User-Agent is `agent`, sent as bytes
+ * (supertest would send UTF-8): the status line, and the user agent its session stored.
+ */
+async function loginWithAgentBytes(server: TestServer, user: { username: string; password: string }, agent: Buffer) {
+  const body = JSON.stringify({ usernameOrEmail: user.username, password: user.password });
+  const head = `POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\nUser-Agent: `;
+  const answer = await rawExchange(server.port, Buffer.concat([Buffer.from(head), agent, Buffer.from(`\r\n\r\n${body}`)]));
+  const statusLine = answer.split('\r\n')[0];
+  if (statusLine !== 'HTTP/1.1 200 OK') return { statusLine, sessionAgent: undefined };
+  const tokens = (JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { data: { tokens: { accessToken: string } } }).data.tokens;
+  const [row] = await server.sql<{ user_agent: string }>('SELECT user_agent FROM oauth_tokens WHERE access_token_hash = $1', [sha256(tokens.accessToken)]);
+  return { statusLine, sessionAgent: row?.user_agent };
+}
 
 /** Sends `request` as it is on a new connection and reads the answer until the server closes it. */
 function rawExchange(port: number, request: Buffer): Promise<string> {

@@ -16,7 +16,8 @@ import type { PasswordHasher } from '../infrastructure/security/password-hasher.
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserChanges, UserProfile, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, newAccountRow } from './accounts.ts';
-import { uninterrupted } from '../infrastructure/call-context.ts';
+import { forgetRead, uninterrupted } from '../infrastructure/call-context.ts';
+import { userCacheKey } from '../repositories/cached-user-repository.ts';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
 import { requireAdmin, requireSelfOrAdmin } from './access.ts';
 import { pageRequest, paginationOf, userSortOf } from './pagination.ts';
@@ -95,6 +96,7 @@ export class UserUseCases {
     return this.#idempotency.run(operation, async () => {
       const role = input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role);
       const account = await newAccountRow({ users: this.#users, passwords: this.#passwords }, { ...input, role });
+      await this.#stillAdministrator(actor);
       const row = await uninterrupted(() => this.#users.create(account));
       // A role granted by an administrator is a role change, from none.
       this.#audit.record({ type: 'ROLE_CHANGED', userId: row.id, actorId: actor.userId, details: { to: row.role } });
@@ -251,6 +253,23 @@ export class UserUseCases {
     const now = await this.#users.findProfile(userId);
     if (now === null || !inPlace(now)) throw error;
     return { row: now, changed: false };
+  }
+
+  /**
+   * The caller's role was checked when its request came, but a new account's hash may then wait
+   * seconds for a slot (PASSWORD_HASH_QUEUE_MAX): helper 70's administrator, suspended or demoted
+   * by another whose change had been answered, went on creating ADMIN accounts from its queued
+   * requests for up to 2.2 s at bcrypt cost 10. The caller is read again just before the write (the
+   * profile cache is dropped before a role or status change answers); what is left is that read's
+   * round trip, as before any administrator's write.
+   */
+  async #stillAdministrator(actor: Actor): Promise<void> {
+    // Authentication's read of the caller, made as the request came, is remembered for the
+    // request: it is the one read again here.
+    forgetRead(userCacheKey(actor.userId));
+    const caller = await this.#users.findProfile(actor.userId);
+    if (caller?.status !== 'ACTIVE') throw new AuthenticationError('Session has ended; please log in again');
+    if (caller.role !== 'ADMIN') throw new AuthorizationError('Insufficient permissions');
   }
 
   async #existing(userId: number) {

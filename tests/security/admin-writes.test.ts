@@ -471,3 +471,55 @@ describe.each(PROTOCOLS)('the last active administrator over %s', (protocol: Pro
     expect((await client.deleteUser(root.token, other.id)).code).toBe('ok');
   });
 });
+
+describe('an administrator whose account creations wait for bcrypt', () => {
+  // One hash at a time, ~15 ms each: a dozen creations queue for a fifth of a second.
+  let slow: TestServer;
+  let clients: ApiClient[];
+  let root: string;
+
+  beforeAll(async () => {
+    slow = await startTestServer({ BCRYPT_ROUNDS: '8', PASSWORD_HASH_CONCURRENCY: '1' });
+    clients = PROTOCOLS.map((protocol) => apiClient(protocol, slow.baseUrl));
+    root = (await login(clients[0] as ApiClient, ADMIN.username, ADMIN.password)).token;
+  });
+
+  afterAll(async () => {
+    for (const client of clients) client.close();
+    await slow.close();
+  });
+
+  it.each([
+    ['suspended', 'unauthenticated'],
+    ['demoted', 'permission_denied'],
+  ] as const)('when it is %s while they wait, over every protocol, then at most the one in flight is created after that change has answered', async (change, refusal) => {
+    const rest = clients[0] as ApiClient;
+    const second = await register(slow);
+    expect((await rest.updateRole(root, second.id, 'ADMIN')).code).toBe('ok');
+    const other = await login(rest, second.username, second.password);
+    const prefix = `late_${change}_${process.pid}`;
+    const creations = Array.from({ length: 15 }, (_, i) =>
+      (clients[i % clients.length] as ApiClient).createUser(other.token, {
+        username: `${prefix}_${i}`,
+        email: `${prefix}_${i}@example.com`,
+        password: 'Sturdy-Passw0rd!',
+        role: 'ADMIN',
+      }),
+    );
+    await sleep(40);
+    const answer = change === 'suspended' ? await rest.updateStatus(root, other.id, 'SUSPENDED') : await rest.updateRole(root, other.id, 'USER');
+    expect(answer.code).toBe('ok');
+    const created = async () => new Set((await slow.sql<{ username: string }>('SELECT username FROM users WHERE username LIKE $1', [`${prefix}%`])).map((r) => r.username));
+    const before = await created();
+    const outcomes = await Promise.all(creations);
+
+    // One hash runs at a time, so at most one creation can have read the caller just before the
+    // change committed and write a moment after it; before, the queue went on creating
+    // administrators for as long as it was.
+    const late = [...(await created())].filter((username) => !before.has(username));
+    expect(late.length).toBeLessThanOrEqual(1);
+    const counts = codes(outcomes);
+    expect((counts[refusal] ?? 0) + (counts.ok ?? 0)).toBe(outcomes.length);
+    expect(counts[refusal] ?? 0).toBeGreaterThanOrEqual(5);
+  });
+});

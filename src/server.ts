@@ -87,6 +87,7 @@ export function createDualProtocolServer(
   const peers = createPeerTable(limits, trustedPeers(options.trustProxy ?? false));
   const warnConnection = rateLimitedWarning(options.logger, 'refused connections: too many open from one address');
   const warnStream = rateLimitedWarning(options.logger, 'refused HTTP/2 streams: too many open from one address');
+  const warnMalformed = rateLimitedWarning(options.logger, 'refused requests: malformed Host or :authority');
 
   const startInTurn = turnGate(REQUESTS_PER_TURN);
   const h1 = createHttpServer(
@@ -104,6 +105,7 @@ export function createDualProtocolServer(
     answerInTurn((req, res) => {
       const hostProblem = hostHeaderProblem(req);
       if (hostProblem !== undefined) {
+        warnMalformed({ peer: addressKey(req.socket.remoteAddress), reason: hostProblem });
         refuseRequest(res, hostProblem);
         return;
       }
@@ -129,6 +131,12 @@ export function createDualProtocolServer(
       peers.releaseStream(peer);
       openStreams.delete(req.stream);
     });
+    const hostProblem = authorityProblem(req);
+    if (hostProblem !== undefined) {
+      warnMalformed({ peer: addressKey(address), reason: hostProblem });
+      refuseRequest(res, hostProblem);
+      return;
+    }
     // A stream reset before its turn (rapid reset: HEADERS then RST_STREAM, hundreds per write)
     // is not started: before, each ran a handler after its client had left, and once the
     // connection was gone too its rate-limit charge fell on the shared `unknown` address.
@@ -430,23 +438,56 @@ function hostHeaderProblem(req: IncomingMessage): string | undefined {
   let hosts = 0;
   const raw = req.rawHeaders;
   for (let index = 0; index < raw.length; index += 2) if (raw[index]?.length === 4 && raw[index]?.toLowerCase() === 'host') hosts += 1;
-  if (hosts === 1) return undefined;
-  return hosts === 0 ? 'An HTTP/1.1 request must carry a Host header' : 'An HTTP/1.1 request must carry one Host header, not several';
+  if (hosts > 1) return 'An HTTP/1.1 request must carry one Host header, not several';
+  if (hosts === 0) return 'An HTTP/1.1 request must carry a Host header';
+  return malformedAuthority(req.headers.host) ? 'The Host header is not a host name or address, with an optional port' : undefined;
 }
 
-/** A 400 in the API's envelope, through the response (so after any pipelined answer before it), and the connection closed. */
-function refuseRequest(res: ServerResponse, message: string): void {
+/** Why an HTTP/2 request's `:authority` and `host` are refused (RFC 9113 §8.3.1), or undefined. */
+function authorityProblem(req: Http2ServerRequest): string | undefined {
+  const authority = req.headers[':authority'];
+  const host = req.headers.host;
+  if (authority !== undefined && host !== undefined && authority !== host) return 'The host header must be the same as :authority';
+  return malformedAuthority(authority ?? host) ? 'The :authority is not a host name or address, with an optional port' : undefined;
+}
+
+/** What nearly every client sends: a name or an IPv4 address, and maybe a port. */
+const PLAIN_AUTHORITY = /^[A-Za-z0-9.-]+(?::\d{1,5})?$/;
+/** RFC 3986's authority without userinfo (RFC 9110 §4.2.1): an IP literal or a reg-name, and a port. */
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)(?::\d{0,5})?$/;
+
+/**
+ * Whether a Host or `:authority` value is not an authority a URL can be made of. connect-node
+ * builds each request's URL from it, and answered one it could not (`[`, `[::1`) with a bare 400,
+ * unlogged, that gRPC clients read as `internal` (helper 69); a Host Express would have taken
+ * reaches the REST routes only as a well-formed one too.
+ */
+function malformedAuthority(value: string | undefined): boolean {
+  if (value === undefined) return true;
+  if (PLAIN_AUTHORITY.test(value)) return false;
+  return !(AUTHORITY.test(value) && URL.canParse(`http://${value}/`));
+}
+
+/**
+ * A 400 in the API's envelope, through the response (so after any pipelined answer before it);
+ * an HTTP/1.1 connection is closed after it, an HTTP/2 one only loses the stream.
+ */
+function refuseRequest(res: ServerResponse | Http2ServerResponse, message: string): void {
   const requestId = requestIdFrom(undefined);
   const json = errorJson({ code: MALFORMED.code, message }, requestId);
-  res.shouldKeepAlive = false;
-  res.writeHead(400, {
+  const headers: Record<string, string | number> = {
     'content-type': 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(json),
     'cache-control': 'no-store',
     'x-content-type-options': 'nosniff',
     'x-request-id': requestId,
-    connection: 'close',
-  });
+  };
+  if ('stream' in res) {
+    res.writeHead(400, headers);
+  } else {
+    res.shouldKeepAlive = false;
+    res.writeHead(400, { ...headers, connection: 'close' });
+  }
   res.end(json);
 }
 

@@ -460,6 +460,26 @@ describe('HTTP/1.1', () => {
     expect(old.received().toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
   });
 
+  it('when a Host is not a host name or address, then 400 in the error envelope on every path; IPv6 literals and ports are served', async () => {
+    // connect-node builds each call's URL from it: `[` was a bare 400 there, unlogged (helper 69).
+    for (const host of ['[', '[::1', 'a b', 'user@host', 'host:port', 'ho%zzst']) {
+      for (const path of ['/health', `/${Health.typeName}/Check`]) {
+        const client = rawClient(server.port);
+        client.socket.write(`POST ${path} HTTP/1.1\r\nHost: ${host}\r\ncontent-type: application/grpc-web+proto\r\ncontent-length: 5\r\n\r\n\0\0\0\0\0`);
+        expect(await closedWithin(client.closed, 5_000), host).toBeLessThan(Number.POSITIVE_INFINITY);
+        const text = client.received().toString('latin1');
+        expect(text, `${host} ${path}`).toMatch(/^HTTP\/1\.1 400 /);
+        expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
+      }
+    }
+    for (const host of ['[::1]:8080', 'api.example.com', '127.0.0.1:1', 'xn--bcher-kva.example']) {
+      const client = rawClient(server.port);
+      client.socket.write(`GET /health HTTP/1.1\r\nHost: ${host}\r\nconnection: close\r\n\r\n`);
+      await closedWithin(client.closed, 5_000);
+      expect(client.received().toString('latin1'), host).toMatch(/^HTTP\/1\.1 200 /);
+    }
+  });
+
   it('when a keep-alive connection idles after its response, then it is closed at the keep-alive deadline', async () => {
     const client = rawClient(server.port);
     client.socket.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
@@ -687,6 +707,32 @@ describe('HTTP/2 (h2c)', () => {
     } finally {
       for (const cleanup of cleanups.splice(0)) cleanup();
       await close();
+    }
+  });
+
+  it('when an :authority is not a host name or address, or a host header disagrees with it, then 400 in the error envelope over gRPC, gRPC-Web and Connect, and the connection serves on', async () => {
+    // RFC 9113 §8.3.1; connect-node answered `[` with a bare 400 (helper 69), and a disagreeing
+    // host header reached the handlers, where a proxy in front may have routed by the other.
+    const session = h2Session(server.port);
+    const call = (headers: http2.OutgoingHttpHeaders, contentType: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const stream = session.request({ ':method': 'POST', ':path': `/${Health.typeName}/Check`, 'content-type': contentType, te: 'trailers', ...headers });
+        let status = 0;
+        let body = '';
+        stream.on('response', (head) => (status = Number(head[':status'])));
+        stream.on('data', (chunk: Buffer) => (body += chunk.toString('latin1')));
+        stream.on('end', () => resolve({ status, body }));
+        stream.on('error', reject);
+        stream.end(contentType === 'application/json' ? '{}' : Buffer.alloc(5));
+      });
+    for (const contentType of ['application/grpc', 'application/grpc-web+proto', 'application/json']) {
+      for (const headers of [{ ':authority': '[' }, { ':authority': '[::1' }, { ':authority': 'api.example.com', host: 'internal.example.com' }]) {
+        const answer = await call(headers, contentType);
+        expect(answer.status, `${contentType} ${JSON.stringify(headers)}`).toBe(400);
+        expect(JSON.parse(answer.body)).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
+      }
+      const fine = await call({ ':authority': 'api.example.com', host: 'api.example.com' }, contentType);
+      expect(fine.status, contentType).toBe(200);
     }
   });
 

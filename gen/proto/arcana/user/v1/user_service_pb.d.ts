@@ -575,7 +575,8 @@ export declare const ClearLoginFailuresRequestSchema: GenMessage<ClearLoginFailu
  */
 export declare type ClearLoginFailuresResponse = Message<"arcana.user.v1.ClearLoginFailuresResponse"> & {
   /**
-   * Number of client addresses whose failure count was cleared.
+   * Number of failure counts cleared, one per client address (or known device) and per name the
+   * account was tried by (its username, its e-mail).
    *
    * @generated from field: int32 cleared_count = 1;
    */

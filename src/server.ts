@@ -155,14 +155,9 @@ export function createDualProtocolServer(
     for (const stream of openStreams) if (stream.writableFinished && !stream.readableEnded) stream.close(http2Constants.NGHTTP2_NO_ERROR);
   };
   const sessions = new Set<ServerHttp2Session>();
-  const unseen = watchUnseenStreams(options.logger);
   h2.on('session', (session) => {
     sessions.add(session);
-    unseen.add(session);
-    session.once('close', () => {
-      sessions.delete(session);
-      unseen.delete(session);
-    });
+    session.once('close', () => sessions.delete(session));
     superviseSession(session, limits);
   });
 
@@ -517,55 +512,6 @@ function peek(socket: Socket, deadlineMs: number, route: (isHttp2: boolean, head
   socket.on('error', onError);
   socket.on('close', onClose);
   socket.resume();
-}
-
-/**
- * Streams a connection may open that never reach the application before it is closed. Node resets
- * a stream whose header block breaks its limits (more than 128 fields, or 64 KB) with
- * ENHANCE_YOUR_CALM before any 'stream' event, but only after decoding the whole block: helper 69
- * kept a core half busy from one connection sending 16 KB blocks of one-byte header references,
- * 1 200 streams a second, with no log line, no rate-limit charge and no end (the reset-rate limit
- * of nghttp2 counts the client's resets, not the server's). The same number as Node's own bound on
- * streams refused for concurrency (maxSessionRejectedStreams), which counts toward it too.
- */
-const UNSEEN_STREAMS_MAX = 100;
-/** How often every HTTP/2 connection's count of streams opened and streams seen is compared. */
-const UNSEEN_STREAMS_CHECK_MS = 250;
-
-/**
- * Closes (GOAWAY ENHANCE_YOUR_CALM) the HTTP/2 connections on which more than UNSEEN_STREAMS_MAX
- * streams were opened without the application seeing them. Such streams raise no event, so every
- * live session is looked at on one timer: nghttp2's last processed stream id says how many streams
- * the client opened (odd ids, in order; a client skipping ids is counted as opening them).
- */
-function watchUnseenStreams(logger: Logger | undefined): { add(session: ServerHttp2Session): void; delete(session: ServerHttp2Session): void } {
-  const warn = rateLimitedWarning(logger, 'closed HTTP/2 connections: too many streams refused before their headers were complete');
-  const seen = new Map<ServerHttp2Session, number>();
-  let timer: NodeJS.Timeout | undefined;
-  const check = () => {
-    for (const [session, count] of seen) {
-      if (session.destroyed) continue;
-      const opened = ((session.state.lastProcStreamID ?? 0) + 1) / 2;
-      if (opened - count <= UNSEEN_STREAMS_MAX) continue;
-      warn({ peer: addressKey(session.socket.remoteAddress), limit: UNSEEN_STREAMS_MAX });
-      session.goaway(http2Constants.NGHTTP2_ENHANCE_YOUR_CALM);
-      session.destroy();
-    }
-  };
-  return {
-    add(session) {
-      seen.set(session, 0);
-      session.on('stream', () => seen.set(session, (seen.get(session) ?? 0) + 1));
-      timer ??= setInterval(check, UNSEEN_STREAMS_CHECK_MS).unref();
-    },
-    delete(session) {
-      seen.delete(session);
-      if (seen.size === 0) {
-        clearInterval(timer);
-        timer = undefined;
-      }
-    },
-  };
 }
 
 /** Sweeps (request deadlines) an answer complete on this side may stay untaken on a moving connection. */

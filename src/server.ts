@@ -442,12 +442,10 @@ function hostHeaderProblem(req: IncomingMessage): string | undefined {
 function authorityProblem(req: Http2ServerRequest): string | undefined {
   const authority = req.headers[':authority'];
   const host = req.headers.host;
-  if (authority !== undefined && host !== undefined && authority !== host) return 'The host header must be the same as :authority';
+  if (authority !== undefined && host !== undefined && authority.toLowerCase() !== host.toLowerCase()) return 'The host header must be the same as :authority';
   return malformedAuthority(authority ?? host) ? 'The :authority is not a host name or address, with an optional port' : undefined;
 }
 
-/** What nearly every client sends: a name or an IPv4 address, and maybe a port. */
-const PLAIN_AUTHORITY = /^[A-Za-z0-9.-]+(?::\d{1,5})?$/;
 /** RFC 3986's authority without userinfo (RFC 9110 §4.2.1): an IP literal or a reg-name, and a port. */
 const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)(?::\d{0,5})?$/;
 
@@ -458,9 +456,10 @@ const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-
  * reaches the REST routes only as a well-formed one too.
  */
 function malformedAuthority(value: string | undefined): boolean {
-  if (value === undefined) return true;
-  if (PLAIN_AUTHORITY.test(value)) return false;
-  return !(AUTHORITY.test(value) && URL.canParse(`http://${value}/`));
+  // The URL parser decides what the grammar lets through (a port past 65535, `999.1.1.1`): a fast
+  // path of names and addresses skipped it, and those still met connect-node's bare 400 (helper
+  // 71). It costs ~0.2 µs.
+  return value === undefined || !(AUTHORITY.test(value) && URL.canParse(`http://${value}/`));
 }
 
 /**

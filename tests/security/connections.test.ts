@@ -461,7 +461,7 @@ describe('HTTP/1.1', () => {
 
   it('when a Host is not a host name or address, then 400 in the error envelope on every path; IPv6 literals and ports are served', async () => {
     // connect-node builds each call's URL from it: `[` was a bare 400 there, unlogged (helper 69).
-    for (const host of ['[', '[::1', 'a b', 'user@host', 'host:port', 'ho%zzst']) {
+    for (const host of ['[', '[::1', 'a b', 'user@host', 'host:port', 'ho%zzst', 'localhost:99999', '999.1.1.1', '1.2.3.4.5', '4294967296']) {
       for (const path of ['/health', `/${Health.typeName}/Check`]) {
         const client = rawClient(server.port);
         client.socket.write(`POST ${path} HTTP/1.1\r\nHost: ${host}\r\ncontent-type: application/grpc-web+proto\r\ncontent-length: 5\r\n\r\n\0\0\0\0\0`);
@@ -471,7 +471,7 @@ describe('HTTP/1.1', () => {
         expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
       }
     }
-    for (const host of ['[::1]:8080', 'api.example.com', '127.0.0.1:1', 'xn--bcher-kva.example']) {
+    for (const host of ['[::1]:8080', 'api.example.com', '127.0.0.1:1', 'xn--bcher-kva.example', 'my_service:50051', 'Example.COM.', 'localhost:']) {
       const client = rawClient(server.port);
       client.socket.write(`GET /health HTTP/1.1\r\nHost: ${host}\r\nconnection: close\r\n\r\n`);
       await closedWithin(client.closed, 5_000);
@@ -668,12 +668,17 @@ describe('HTTP/2 (h2c)', () => {
         stream.end(contentType === 'application/json' ? '{}' : Buffer.alloc(5));
       });
     for (const contentType of ['application/grpc', 'application/grpc-web+proto', 'application/json']) {
-      for (const headers of [{ ':authority': '[' }, { ':authority': '[::1' }, { ':authority': 'api.example.com', host: 'internal.example.com' }]) {
+      for (const headers of [
+        { ':authority': '[' },
+        { ':authority': '[::1' },
+        { ':authority': 'localhost:99999' },
+        { ':authority': 'api.example.com', host: 'internal.example.com' },
+      ]) {
         const answer = await call(headers, contentType);
         expect(answer.status, `${contentType} ${JSON.stringify(headers)}`).toBe(400);
         expect(JSON.parse(answer.body)).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
       }
-      const fine = await call({ ':authority': 'api.example.com', host: 'api.example.com' }, contentType);
+      const fine = await call({ ':authority': 'api.example.com', host: 'API.example.com' }, contentType);
       expect(fine.status, contentType).toBe(200);
     }
   });

@@ -165,6 +165,9 @@ export class UserUseCases {
     }
     await attempt.succeeded();
     const passwordHash = await this.#passwords.hash(input.newPassword ?? '', 'newPassword');
+    // Two hashes may have waited their turns: the account suspended or the session ended meanwhile
+    // gets no new password.
+    await this.#stillSignedIn(actor);
     // The new password and the end of the other sessions are one change, one transaction in the
     // repository: a failure between two writes would leave the new password in effect and the
     // old one's sessions alive. Once it starts, a client that leaves (or a deadline that passes)
@@ -265,12 +268,25 @@ export class UserUseCases {
    * round trip, as before any administrator's write.
    */
   async #stillAdministrator(actor: Actor): Promise<void> {
+    const caller = await this.#stillSignedIn(actor);
+    if (caller.role !== 'ADMIN') throw new AuthorizationError('Insufficient permissions');
+  }
+
+  /**
+   * The caller as it is now, if its account is still active and the session its request came
+   * with still live (its login chain) (helper 71: creations queued with a stolen administrator's token landed up to
+   * 0.8 s after the owner's logout or revoke-all had answered).
+   */
+  async #stillSignedIn(actor: Actor): Promise<UserProfile> {
     // Authentication's read of the caller, made as the request came, is remembered for the
     // request: it is the one read again here.
     forgetRead(userCacheKey(actor.userId));
-    const caller = await this.#users.findProfile(actor.userId);
-    if (caller?.status !== 'ACTIVE') throw new AuthenticationError('Session has ended; please log in again');
-    if (caller.role !== 'ADMIN') throw new AuthorizationError('Insufficient permissions');
+    const [caller, sessions] = await Promise.all([this.#users.findProfile(actor.userId), this.#tokens.listActive(actor.userId, new Date())]);
+    // A refresh meanwhile moved the session to a new pair of its chain: the chain is what must live.
+    if (caller?.status !== 'ACTIVE' || !sessions.some((session) => session.familyId === actor.familyId)) {
+      throw new AuthenticationError('Session has ended; please log in again');
+    }
+    return caller;
   }
 
   async #existing(userId: number) {

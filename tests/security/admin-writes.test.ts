@@ -472,7 +472,7 @@ describe.each(PROTOCOLS)('the last active administrator over %s', (protocol: Pro
   });
 });
 
-describe('an administrator whose account creations wait for bcrypt', () => {
+describe('writes that wait for bcrypt are authorized again before they land', () => {
   // One hash at a time, ~15 ms each: a dozen creations queue for a fifth of a second.
   let slow: TestServer;
   let clients: ApiClient[];
@@ -492,12 +492,13 @@ describe('an administrator whose account creations wait for bcrypt', () => {
   it.each([
     ['suspended', 'unauthenticated'],
     ['demoted', 'permission_denied'],
+    ['logged out', 'unauthenticated'],
   ] as const)('when it is %s while they wait, over every protocol, then at most the one in flight is created after that change has answered', async (change, refusal) => {
     const rest = clients[0] as ApiClient;
     const second = await register(slow);
     expect((await rest.updateRole(root, second.id, 'ADMIN')).code).toBe('ok');
     const other = await login(rest, second.username, second.password);
-    const prefix = `late_${change}_${process.pid}`;
+    const prefix = `late_${change.replace(' ', '_')}_${process.pid}`;
     const creations = Array.from({ length: 15 }, (_, i) =>
       (clients[i % clients.length] as ApiClient).createUser(other.token, {
         username: `${prefix}_${i}`,
@@ -507,8 +508,13 @@ describe('an administrator whose account creations wait for bcrypt', () => {
       }),
     );
     await sleep(40);
-    const answer = change === 'suspended' ? await rest.updateStatus(root, other.id, 'SUSPENDED') : await rest.updateRole(root, other.id, 'USER');
-    expect(answer.code).toBe('ok');
+    // A stolen token's creations, say, and the owner logging out.
+    const answer = {
+      suspended: () => rest.updateStatus(root, other.id, 'SUSPENDED'),
+      demoted: () => rest.updateRole(root, other.id, 'USER'),
+      'logged out': () => rest.logout(other.token),
+    }[change];
+    expect((await answer()).code).toBe('ok');
     const created = async () => new Set((await slow.sql<{ username: string }>('SELECT username FROM users WHERE username LIKE $1', [`${prefix}%`])).map((r) => r.username));
     const before = await created();
     const outcomes = await Promise.all(creations);
@@ -521,5 +527,24 @@ describe('an administrator whose account creations wait for bcrypt', () => {
     const counts = codes(outcomes);
     expect((counts[refusal] ?? 0) + (counts.ok ?? 0)).toBe(outcomes.length);
     expect(counts[refusal] ?? 0).toBeGreaterThanOrEqual(5);
+  });
+
+  it('when a user is suspended while its password change waits for bcrypt, then the change is refused and the old password is still the one in effect', async () => {
+    const rest = clients[0] as ApiClient;
+    const user = await register(slow);
+    const session = await login(rest, user.username, user.password);
+    // Others' work fills the queue ahead of the change.
+    const ahead = Array.from({ length: 8 }, (_, i) =>
+      rest.createUser(root, { username: `ahead_${process.pid}_${i}`, email: `ahead_${process.pid}_${i}@example.com`, password: 'Sturdy-Passw0rd!' }),
+    );
+    await sleep(20);
+    const change = (clients[4] as ApiClient).changePassword(session.token, user.id, { oldPassword: user.password, newPassword: 'Another-Passw0rd!' });
+    await sleep(20);
+    expect((await rest.updateStatus(root, user.id, 'SUSPENDED')).code).toBe('ok');
+    expect((await change).code).toBe('unauthenticated');
+    await Promise.all(ahead);
+    expect((await rest.updateStatus(root, user.id, 'ACTIVE')).code).toBe('ok');
+    expect((await rest.login({ usernameOrEmail: user.username, password: 'Another-Passw0rd!' })).code).toBe('unauthenticated');
+    expect((await rest.login({ usernameOrEmail: user.username, password: user.password })).code).toBe('ok');
   });
 });

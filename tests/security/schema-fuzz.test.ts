@@ -30,8 +30,7 @@ import { pathToFileURL } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OPENAPI_PATH } from '../../src/app.ts';
-import { UserRole } from '../../gen/proto/arcana/user/v1/user_pb.js';
-import { monolithOf, newUser, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { newUser, prismaRepositoriesOf, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
 import { RawClient, RPC_PROTOCOLS, type RawAnswer, type RpcProtocol } from './raw-protocols.ts';
 
 const addFormats = addFormatsModule as unknown as typeof addFormatsModule.default;
@@ -422,8 +421,8 @@ afterAll(async () => {
 /**
  * An administrator session for the next case. A case may revoke the session it ran in or (an id
  * is a field like any other) suspend or delete any account, its administrator's too; a session
- * that no longer reads its own profile as an ADMIN is replaced by a new administrator, made
- * through the service layer, which needs no surviving one.
+ * that no longer reads its own profile as an ADMIN is replaced by a new administrator, registered
+ * and promoted in the database, which needs no surviving one.
  */
 let adminToken: string | undefined;
 async function adminSession(): Promise<string> {
@@ -432,8 +431,9 @@ async function adminSession(): Promise<string> {
     if (me.status === 200 && me.body.data.role === 'ADMIN') return adminToken;
   }
   const credentials = newUser(`fza${caseNumber}`);
-  const operator = { userId: 1, role: UserRole.ADMIN, sessionId: 0, familyId: 'fuzz-operator' };
-  await monolithOf(t).users.create(operator, { ...credentials, role: UserRole.ADMIN });
+  // Promoted in the database, behind the API and its caches: no administrator may be left to do it.
+  const registered = await register(t, credentials);
+  await prismaRepositoriesOf(t).users.update(registered.id, { role: 'ADMIN' }, {});
   const login = await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: credentials.username, password: credentials.password });
   if (login.status !== 200) throw new Error(`fuzz admin login failed: ${login.status} ${JSON.stringify(login.body)}`);
   adminToken = login.body.data.tokens.accessToken as string;

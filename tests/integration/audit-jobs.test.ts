@@ -13,7 +13,7 @@ import type { AuditEventType as StoredAuditEventType } from '../../gen/prisma/cl
 import { AuditEventType, AuditService } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { UserRole } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import { OPENAPI_PATH } from '../../src/app.ts';
-import { createAuditRoutes } from '../../src/controllers/rest/audit-routes.ts';
+import { addAuditRoutes } from '../../src/controllers/rest/audit-routes.ts';
 import { createErrorHandler } from '../../src/controllers/rest/error-handler.ts';
 import { createClientAddressResolver } from '../../src/infrastructure/client-address.ts';
 import { requestContext } from '../../src/controllers/rest/request-context.ts';
@@ -465,7 +465,7 @@ describe('listing audit events', () => {
       // The audit API over these use cases, as the REST facade and the RPC router reach it.
       const api = inProcessService(AuditService, createAuditApi(useCases, monolithOf(t).auth));
       const local = createInProcessTransport([api]);
-      app.use('/api/v1/audit-events', createAuditRoutes({ audit: createClient(AuditService, local) } as ServiceClients));
+      addAuditRoutes(app, { audit: createClient(AuditService, local) } as ServiceClients);
       app.use(createErrorHandler({ logger, exposeInternals: false }));
       rest = supertest(app);
       rpc = createClient(AuditService, createInProcessTransport([api], { interceptors: [errorInterceptor({ logger, exposeInternals: false })] }));

@@ -1,4 +1,4 @@
-import { Router } from 'express';
+import type { IRouter } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
 import { AuditEventType } from '../../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { sendPage } from './envelope.ts';
@@ -9,12 +9,9 @@ import { toRestAuditEvent, toRestPagination } from './rest-mapping.ts';
 type Schemas = components['schemas'];
 type ListQuery = NonNullable<operations['listAuditEvents']['parameters']['query']>;
 
-/** `/api/v1/audit-events`: the ADMIN rule lives in AuditUseCases, shared with RPC. */
-export function createAuditRoutes({ audit }: ServiceClients): Router {
-  const router = Router();
-  router.use(requireBearer);
-
-  router.get('/', async (req, res) => {
+/** `/api/v1/audit-events`, on the application's own router (see addUserRoutes): the ADMIN rule lives in AuditUseCases, shared with RPC. */
+export function addAuditRoutes(router: IRouter, { audit }: ServiceClients): void {
+  router.get('/api/v1/audit-events', requireBearer, async (req, res) => {
     const query = req.query as unknown as Partial<Record<keyof ListQuery, string>>;
     const page = await audit.listAuditEvents(
       {
@@ -27,6 +24,4 @@ export function createAuditRoutes({ audit }: ServiceClients): Router {
     );
     sendPage(res, page.events.map(toRestAuditEvent), toRestPagination(requireField(page.pagination, 'pagination')));
   });
-
-  return router;
 }

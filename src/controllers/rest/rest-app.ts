@@ -8,8 +8,8 @@ import { compileTrust, type ClientAddressResolver, type TrustProxySetting } from
 import type { Logger } from '../../infrastructure/logger.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { ServiceClients } from './service-call.ts';
-import { createAuditRoutes } from './audit-routes.ts';
-import { createAuthRoutes } from './auth-routes.ts';
+import { addAuditRoutes } from './audit-routes.ts';
+import { addAuthRoutes } from './auth-routes.ts';
 import { createConsoleRoutes } from './console-routes.ts';
 import { createDocsRoutes } from './docs-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
@@ -23,7 +23,7 @@ import type { Tracing } from '../../infrastructure/tracing.ts';
 import { securityHeaders } from './security-headers.ts';
 import { createSystemRoutes } from './system-routes.ts';
 import type { ReadinessCheck } from '../../rpc/readiness.ts';
-import { createUserRoutes } from './user-routes.ts';
+import { addUserRoutes } from './user-routes.ts';
 import { weakTagWhenEncoded } from './entity-tag.ts';
 
 /** The probes, as the system router answers them: any case, with or without a trailing slash. */
@@ -38,6 +38,8 @@ const PROBES = /^\/(?:health|ready)\/?$/i;
 const CONSOLE_PATHS = /^\/console(?:\/|$)/i;
 const DOCS_PATHS = /^\/(?:docs|openapi\.yaml)(?:\/|$)/i;
 const SYSTEM_PATHS = /^\/(?:health|ready|public\/info)(?:\/|$)/i;
+/** The API operations' paths, which no cache may keep (as Express matched the `/api/v1` mount). */
+const API_PATHS = /^\/api\/v1(?:\/|$)/i;
 /** The console's and the reference's pages, whose bodies carry strong tags of their own (entity-tag.ts). */
 const STATIC_PATHS = new RegExp(`${CONSOLE_PATHS.source}|${DOCS_PATHS.source}`, 'i');
 
@@ -141,13 +143,13 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(onlyFor(SYSTEM_PATHS, createSystemRoutes({ info: options.info, readiness: options.readiness })));
   // Every API answer is about a caller, or to one: no cache may keep it, and a browser must not
   // answer a later request from it (after logout, say). ETags and If-None-Match still work.
-  app.use('/api/v1', (_req, res, next) => {
-    res.setHeader('cache-control', 'no-store');
+  app.use((req, res, next) => {
+    if (API_PATHS.test(req.path)) res.setHeader('cache-control', 'no-store');
     next();
   });
-  app.use('/api/v1/auth', createAuthRoutes(options.services));
-  app.use('/api/v1/users', createUserRoutes(options.services));
-  app.use('/api/v1/audit-events', createAuditRoutes(options.services));
+  addUserRoutes(app, options.services);
+  addAuthRoutes(app, options.services);
+  addAuditRoutes(app, options.services);
 
   app.use(notFoundHandler);
   app.use(createErrorHandler({ logger: options.logger, exposeInternals: options.exposeInternals }));

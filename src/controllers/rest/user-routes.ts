@@ -1,4 +1,4 @@
-import { Router, type Request } from 'express';
+import type { IRouter, Request } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
 import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
 import { PreconditionFailedError, ValidationError } from '../../domain/errors.ts';
@@ -70,12 +70,16 @@ function notModified(req: Request, user: User): boolean {
   return tags === '*' || tags.some((tag) => tag.opaque === String(user.version));
 }
 
-/** `/api/v1/users`: role and ownership rules live in the service layer, shared with RPC. */
-export function createUserRoutes({ users, auth }: ServiceClients): Router {
-  const router = Router();
-  router.use(requireBearer);
+/**
+ * `/api/v1/users`, on the application's own router: role and ownership rules live in the service
+ * layer, shared with RPC. Not a router mounted at the prefix: Express strips a mount's prefix from
+ * the URL on the way in and puts it back on the way out, and parses the URL again at every layer
+ * after each change (see "Where the time goes" in the README).
+ */
+export function addUserRoutes(router: IRouter, { users, auth }: ServiceClients): void {
+  const at = (path: string) => `/api/v1/users${path}`;
 
-  router.get('/', async (req, res) => {
+  router.get(at(''), requireBearer, async (req, res) => {
     const query = req.query as unknown as Partial<Record<keyof ListQuery, string>>;
     const page = await users.listUsers(
       {
@@ -91,14 +95,14 @@ export function createUserRoutes({ users, auth }: ServiceClients): Router {
     sendPage(res, page.users.map(toRestUser), toRestPagination(requireField(page.pagination, 'pagination')));
   });
 
-  router.post('/', async (req, res) => {
+  router.post(at(''), requireBearer, async (req, res) => {
     const body = req.body as Schemas['CreateUserRequest'];
     const { role, ...rest } = body;
     const { user } = await users.createUser({ ...rest, ...(role === undefined ? {} : { role: roleFromRest(role) }) }, callOptions(req, res, { idempotent: true }));
     sendSuccess(res, toRestUser(requireField(user, 'user')), 'User created successfully', 201);
   });
 
-  router.get('/:userId', async (req, res) => {
+  router.get(at('/:userId'), requireBearer, async (req, res) => {
     const user = requireField((await users.getUser({ userId: userIdOf(req) }, callOptions(req, res))).user, 'user');
     if (notModified(req, user)) {
       res.setHeader('etag', etagOf(user));
@@ -108,60 +112,58 @@ export function createUserRoutes({ users, auth }: ServiceClients): Router {
     sendUser(res, user, 'User retrieved successfully');
   });
 
-  router.put('/:userId', async (req, res) => {
+  router.put(at('/:userId'), requireBearer, async (req, res) => {
     const body = req.body as Schemas['UpdateUserRequest'];
     const { user } = await users.updateUser({ ...body, userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
     sendUser(res, requireField(user, 'user'), 'User updated successfully');
   });
 
-  router.delete('/:userId', async (req, res) => {
+  router.delete(at('/:userId'), requireBearer, async (req, res) => {
     await users.deleteUser({ userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
     sendSuccess(res, null, 'User deleted successfully');
   });
 
-  router.put('/:userId/password', async (req, res) => {
+  router.put(at('/:userId/password'), requireBearer, async (req, res) => {
     const body = req.body as Schemas['ChangePasswordRequest'];
     await users.changePassword({ ...body, userId: userIdOf(req) }, callOptions(req, res));
     sendSuccess(res, null, 'Password changed successfully');
   });
 
-  router.post('/:userId/verify', async (req, res) => {
+  router.post(at('/:userId/verify'), requireBearer, async (req, res) => {
     const { user } = await users.verifyUser({ userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
     sendUser(res, requireField(user, 'user'), 'User verified successfully');
   });
 
-  router.put('/:userId/status', async (req, res) => {
+  router.put(at('/:userId/status'), requireBearer, async (req, res) => {
     const body = req.body as Schemas['UpdateUserStatusRequest'];
     const request = { userId: userIdOf(req), status: statusFromRest(body.status), expectedVersion: expectedVersionOf(req) };
     const { user } = await users.updateUserStatus(request, callOptions(req, res));
     sendUser(res, requireField(user, 'user'), 'User status updated successfully');
   });
 
-  router.put('/:userId/role', async (req, res) => {
+  router.put(at('/:userId/role'), requireBearer, async (req, res) => {
     const body = req.body as Schemas['UpdateUserRoleRequest'];
     const { user } = await users.updateUserRole({ userId: userIdOf(req), role: roleFromRest(body.role), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
     sendUser(res, requireField(user, 'user'), 'User role updated successfully');
   });
 
-  router.get('/:userId/sessions', async (req, res) => {
+  router.get(at('/:userId/sessions'), requireBearer, async (req, res) => {
     const { sessions } = await auth.listUserSessions({ userId: userIdOf(req) }, callOptions(req, res));
     sendSuccess(res, sessions.map(toRestSession), 'Sessions retrieved successfully');
   });
 
-  router.delete('/:userId/sessions', async (req, res) => {
+  router.delete(at('/:userId/sessions'), requireBearer, async (req, res) => {
     const { endedCount } = await auth.endUserSessions({ userId: userIdOf(req) }, callOptions(req, res));
     sendSuccess(res, { endedCount }, 'Sessions ended');
   });
 
-  router.delete('/:userId/sessions/:sessionId', async (req, res) => {
+  router.delete(at('/:userId/sessions/:sessionId'), requireBearer, async (req, res) => {
     await auth.endUserSession({ userId: userIdOf(req), sessionId: Number(req.params.sessionId) }, callOptions(req, res));
     sendSuccess(res, null, 'Session ended');
   });
 
-  router.delete('/:userId/login-failures', async (req, res) => {
+  router.delete(at('/:userId/login-failures'), requireBearer, async (req, res) => {
     const { clearedCount } = await users.clearLoginFailures({ userId: userIdOf(req) }, callOptions(req, res));
     sendSuccess(res, { clearedCount }, 'Login failures cleared');
   });
-
-  return router;
 }

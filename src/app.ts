@@ -338,7 +338,7 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
     accessTtlSeconds: config.jwt.accessTtlSeconds,
     refreshTtlSeconds: config.jwt.refreshTtlSeconds,
   });
-  const authenticator = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: config.sessionLifetimeSeconds });
+  const authenticator = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: config.sessionLifetimeSeconds, sessionsPerUser: config.sessionsPerUser });
   const auth = holds.auth ? authenticator : undefined;
   let users: UserUseCases | undefined;
   let audit: AuditUseCases | undefined;

@@ -155,6 +155,7 @@ const EnvSchema = z.object({
   LOGIN_ACCOUNT_RATE_LIMIT_WINDOW_MS: int(900_000, 1000, 86_400_000),
   LOGIN_KNOWN_DEVICE_TTL_SECONDS: int(7_776_000, 60, 400 * 86_400),
   SESSION_ABSOLUTE_LIFETIME_SECONDS: int(2_592_000, 1, 400 * 86_400),
+  SESSIONS_PER_USER_MAX: int(100, 1, 100_000),
   CORS_ORIGINS: origins('http://localhost:3000'),
 
   ADMIN_USERNAME: z.string().optional(),
@@ -268,6 +269,8 @@ export function loadConfig(env: Environment) {
     },
     /** A login chain's absolute lifetime; each refresh slides the session, never past it. */
     sessionLifetimeSeconds: e.SESSION_ABSOLUTE_LIFETIME_SECONDS,
+    /** Live sessions (login chains) a user may hold; a login past it ends the oldest. */
+    sessionsPerUser: e.SESSIONS_PER_USER_MAX,
     corsOrigins: e.CORS_ORIGINS,
     bootstrapAdmin:
       e.ADMIN_USERNAME !== undefined && e.ADMIN_EMAIL !== undefined && e.ADMIN_PASSWORD !== undefined

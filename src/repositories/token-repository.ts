@@ -29,7 +29,7 @@ export interface NewTokenRecord {
  * Why a pair was revoked. Only `rotated` makes a later presentation of its refresh token a
  * replay (token theft); the others mean the session ended.
  */
-export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'expired_chain';
+export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'expired_chain' | 'superseded';
 
 /** A conditional write to a user's row, as UserRepository.update makes it. */
 export interface UserWrite {

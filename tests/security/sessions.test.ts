@@ -283,3 +283,49 @@ describe('sessions on a server without the short lifetime', { concurrent: true }
     });
   });
 });
+
+describe('sessions per user', () => {
+  const LIMIT = 5;
+  let bounded: TestServer;
+
+  beforeAll(async () => {
+    bounded = await startTestServer({ SESSIONS_PER_USER_MAX: String(LIMIT) });
+  });
+
+  afterAll(async () => {
+    await bounded.close();
+  });
+
+  it('when one user logs in again and again, in parallel over every protocol, then only the newest SESSIONS_PER_USER_MAX sessions live and the list stays that long', async () => {
+    // Found by an attacker: with no bound, 108 000 logins made one ListTokens answer 74 MB and
+    // took the process to 1.15 GB; eight such lists at once held /health up for seconds.
+    const clients = apiClients(bounded.baseUrl);
+    try {
+      const user = await register(bounded);
+      const first = await Promise.all(clients.map((client) => client.login({ usernameOrEmail: user.username, password: user.password })));
+      const second = await Promise.all(clients.map((client) => client.login({ usernameOrEmail: user.username, password: user.password })));
+      expect([...first, ...second].map((outcome) => outcome.code)).toEqual(Array(2 * clients.length).fill('ok'));
+      const newest = await (clients[0] as ApiClient).login({ usernameOrEmail: user.username, password: user.password });
+      expect(newest.code).toBe('ok');
+      const token = newest.data?.tokens.accessToken ?? '';
+
+      const live = await bounded.sql<{ id: number }>('SELECT id FROM oauth_tokens WHERE user_id = $1 AND is_revoked = false', [user.id]);
+      expect(live).toHaveLength(LIMIT);
+      const listed = await bounded.request.get('/api/v1/auth/tokens').set('authorization', `Bearer ${token}`);
+      expect(listed.status).toBe(200);
+      expect(listed.body.data).toHaveLength(LIMIT);
+      // The oldest (the registration's) has ended, the newest lives, over every protocol.
+      for (const client of clients) {
+        expect((await client.me(user.accessToken)).code).toBe('unauthenticated');
+        expect((await client.me(token)).code).toBe('ok');
+      }
+      const ended = await bounded.sql<{ reason: string }>(
+        "SELECT revoked_reason AS reason FROM oauth_tokens WHERE user_id = $1 AND is_revoked = true AND revoked_reason = 'superseded'",
+        [user.id],
+      );
+      expect(ended).toHaveLength(1 + 2 * clients.length + 1 - LIMIT);
+    } finally {
+      closeAll(clients);
+    }
+  });
+});

@@ -930,7 +930,8 @@ export type $OAuthTokenPayload<ExtArgs extends runtime.Types.Extensions.Internal
     isRevoked: boolean
     /**
      * Why the pair was revoked: `rotated` (refreshed; presenting it again is a replay), `logout`,
-     * `revoked` (revoke-all, password change, suspension…), `reuse` or `expired_chain`.
+     * `revoked` (revoke-all, password change, suspension…), `reuse`, `expired_chain` or `superseded`
+     * (the oldest of a user's sessions beyond SESSIONS_PER_USER_MAX).
      */
     revokedReason: string | null
     createdAt: Date

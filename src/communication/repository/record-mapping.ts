@@ -143,7 +143,7 @@ export function newTokenFromProto(message: NewTokenMessage): NewTokenRecord {
   return newTokens.toRow(message);
 }
 
-const REVOCATION_REASONS: readonly RevocationReason[] = ['rotated', 'logout', 'revoked', 'reuse', 'expired_chain'];
+const REVOCATION_REASONS: readonly RevocationReason[] = ['rotated', 'logout', 'revoked', 'reuse', 'expired_chain', 'superseded'];
 
 /** A revocation reason from the wire; anything else is the other side's bug, not the caller's. */
 export function revocationReasonFromProto(reason: string): RevocationReason {

@@ -124,7 +124,7 @@ export declare type TokenRecord = Message<"arcana.internal.repository.v1.TokenRe
   familyExpiresAt?: Timestamp | undefined;
 
   /**
-   * Why the pair was revoked (`rotated`, `logout`, `revoked`, `reuse`, `expired_chain`).
+   * Why the pair was revoked (`rotated`, `logout`, `revoked`, `reuse`, `expired_chain`, `superseded`).
    *
    * @generated from field: optional string revoked_reason = 16;
    */

@@ -559,7 +559,7 @@ export interface components {
             endedCount: number;
         };
         ClearLoginFailuresResult: {
-            /** @description Number of failure counts cleared, one per client address (or known device) and per name the account was tried by (its username, its e-mail). */
+            /** @description Number of client addresses whose failure count was cleared. */
             clearedCount: number;
         };
         PublicInfo: {

@@ -19,7 +19,7 @@ import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { newAccountRow } from './accounts.ts';
 import { currentWorkLimits, uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, IDEMPOTENCY_WINDOW_MS, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
-import { loginKey, type LoginThrottle } from './login-throttle.ts';
+import { accountKey, type LoginThrottle } from './login-throttle.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
 
 export interface AuthResult {
@@ -142,7 +142,7 @@ export class AuthUseCases {
     const login = input.usernameOrEmail ?? '';
     const row = await this.#users.findByLogin(login);
     const device = row === null ? undefined : this.#devices.verify(client.deviceToken, row.id, row.passwordHash);
-    const attempt = await this.#throttle.admit({ account: loginKey(login), address: addressKey(client.ipAddress), device });
+    const attempt = await this.#throttle.admit({ account: accountKey(row?.id, login), address: addressKey(client.ipAddress), device });
     // The attempted login is not recorded: people type passwords into the username field.
     const failed = (reason: string) => {
       this.#audit.record({
@@ -374,7 +374,7 @@ export class AuthUseCases {
     const failed = (reason: string) => {
       this.#audit.record({ type: 'LOGIN_FAILED', userId: row.id, ...clientFields(client), details: { reason, knownDevice: false, viaRegistration: true } });
     };
-    const attempt = await this.#throttle.admit({ account: loginKey(row.username), address: addressKey(client.ipAddress), device: undefined });
+    const attempt = await this.#throttle.admit({ account: accountKey(row.id, row.username), address: addressKey(client.ipAddress), device: undefined });
     if (!attempt.admitted) {
       failed('throttled');
       return undefined;

@@ -7,7 +7,7 @@ const ATTEMPTS = 'login-account:';
 
 /** Who is guessing: the account, the client's address key, and the known device, if any. */
 export interface LoginAttempt {
-  /** See `loginKey`. */
+  /** See `accountKey`. */
   account: string;
   /** The client address as throttling counts it (IPv4, or an IPv6 /64: see addressKey). */
   address: string;
@@ -123,16 +123,9 @@ export class LoginThrottle {
   }
 }
 
-/**
- * The throttle's name for a login attempt: the login as typed, case-folded, whether an account has
- * it or not. An account is so counted twice, by its username and by its e-mail, each with its
- * own budgets (a password change's guesses at the current password count with the username's). Counted once by its id, the two shared their counters where an unknown username
- * and e-mail did not, and the difference showed (helper 68): five wrong guesses for `jsmith` from
- * one address, then one for `jsmith@corp.com`, refused without a bcrypt comparison (4-9 ms
- * against ~220), proved that account existed and whose e-mail it was, in six requests.
- */
-export function loginKey(login: string): string {
-  return `login:${foldCase(login)}`;
+/** The throttle's name for a login: the user's id when known, else the login as typed. */
+export function accountKey(userId: number | undefined, login: string): string {
+  return userId === undefined ? `login:${foldCase(login)}` : `user:${userId}`;
 }
 
 function failureKey(attempt: LoginAttempt): string {

@@ -575,8 +575,7 @@ export declare const ClearLoginFailuresRequestSchema: GenMessage<ClearLoginFailu
  */
 export declare type ClearLoginFailuresResponse = Message<"arcana.user.v1.ClearLoginFailuresResponse"> & {
   /**
-   * Number of failure counts cleared, one per client address (or known device) and per name the
-   * account was tried by (its username, its e-mail).
+   * Number of client addresses whose failure count was cleared.
    *
    * @generated from field: int32 cleared_count = 1;
    */

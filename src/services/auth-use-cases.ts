@@ -172,7 +172,7 @@ export class AuthUseCases {
     if (tokens === null) throw failed('changed_meanwhile');
     await attempt.succeeded();
     this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: device !== undefined } });
-    await this.#endSessionsBeyondLimit(row.id, now);
+    await this.#endSessionsBeyondLimit(row.id, now, client);
     return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, row.passwordHash, device) };
   }
 
@@ -184,14 +184,15 @@ export class AuthUseCases {
    * from before the bound goes down by PRUNED_PER_LOGIN at each login. A failure here fails
    * nothing: the new session is stored, and the next login tries again.
    */
-  async #endSessionsBeyondLimit(userId: number, now: Date): Promise<void> {
+  async #endSessionsBeyondLimit(userId: number, now: Date, client: ClientInfo): Promise<void> {
     try {
       const live = await this.#tokens.listActive(userId, now);
       if (live.length <= this.#sessionsPerUser) return;
       // Newest first; a chain shows once, under its newest pair.
       const chains = [...new Set(live.map((session) => session.familyId))].slice(this.#sessionsPerUser, this.#sessionsPerUser + PRUNED_PER_LOGIN);
       for (const familyId of chains) await this.#tokens.revokeFamily(familyId, 'superseded');
-      if (chains.length > 0) this.#audit.record({ type: 'TOKENS_REVOKED', userId, details: { count: chains.length, reason: 'superseded' } });
+      // With the address and agent of the login that ended them (helper 73: an eviction named nobody).
+      if (chains.length > 0) this.#audit.record({ type: 'TOKENS_REVOKED', userId, ...clientFields(client), details: { count: chains.length, reason: 'superseded' } });
     } catch {
       // Over the bound until the next login.
     }

@@ -324,6 +324,15 @@ describe('sessions per user', () => {
         [user.id],
       );
       expect(ended).toHaveLength(1 + 2 * clients.length + 1 - LIMIT);
+      // Each eviction is audited with the address of the login that caused it.
+      const deadline = Date.now() + 10_000;
+      let evictions: { ip: string | null }[] = [];
+      while (evictions.length === 0 && Date.now() < deadline) {
+        evictions = await bounded.sql<{ ip: string | null }>("SELECT ip_address AS ip FROM audit_events WHERE user_id = $1 AND type = 'TOKENS_REVOKED'", [user.id]);
+        await sleep(100);
+      }
+      expect(evictions.length).toBeGreaterThan(0);
+      expect(evictions.every((event) => event.ip !== null)).toBe(true);
     } finally {
       closeAll(clients);
     }

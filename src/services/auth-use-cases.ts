@@ -19,7 +19,7 @@ import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { newAccountRow } from './accounts.ts';
 import { currentWorkLimits, uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, IDEMPOTENCY_WINDOW_MS, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
-import { accountKey, type LoginThrottle } from './login-throttle.ts';
+import type { LoginThrottle } from './login-throttle.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
 
 export interface AuthResult {
@@ -142,7 +142,7 @@ export class AuthUseCases {
     const login = input.usernameOrEmail ?? '';
     const row = await this.#users.findByLogin(login);
     const device = row === null ? undefined : this.#devices.verify(client.deviceToken, row.id, row.passwordHash);
-    const attempt = await this.#throttle.admit({ account: accountKey(row?.id, login), address: addressKey(client.ipAddress), device });
+    const attempt = await this.#throttle.admit({ name: login, userId: row?.id, address: addressKey(client.ipAddress), device });
     // The attempted login is not recorded: people type passwords into the username field.
     const failed = (reason: string) => {
       this.#audit.record({
@@ -153,7 +153,12 @@ export class AuthUseCases {
       });
       return new AuthenticationError(INVALID_CREDENTIALS);
     };
-    if (!attempt.admitted) throw failed('throttled');
+    if (!attempt.admitted) {
+      // Refused by the account's counters alone: answered after a comparison, as a wrong password
+      // is, so that the refusal does not tell which other name of the account was guessed at.
+      if (attempt.byAccount) await this.#passwords.verify(input.password ?? '', undefined);
+      throw failed('throttled');
+    }
     const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash).catch(async (error: unknown) => {
       await attempt.abandoned();
       throw error;
@@ -375,7 +380,7 @@ export class AuthUseCases {
     const failed = (reason: string) => {
       this.#audit.record({ type: 'LOGIN_FAILED', userId: row.id, ...clientFields(client), details: { reason, knownDevice: false, viaRegistration: true } });
     };
-    const attempt = await this.#throttle.admit({ account: accountKey(row.id, row.username), address: addressKey(client.ipAddress), device: undefined });
+    const attempt = await this.#throttle.admit({ name: row.username, userId: row.id, address: addressKey(client.ipAddress), device: undefined });
     if (!attempt.admitted) {
       failed('throttled');
       return undefined;

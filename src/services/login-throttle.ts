@@ -5,10 +5,12 @@ import { FixedWindowRateLimiter, type CounterStore } from '../infrastructure/rat
 const FAILURES = 'login-fail:';
 const ATTEMPTS = 'login-account:';
 
-/** Who is guessing: the account, the client's address key, and the known device, if any. */
+/** Who is guessing: the name typed, the account it names, the client's address key, and the known device, if any. */
 export interface LoginAttempt {
-  /** See `accountKey`. */
-  account: string;
+  /** The login as typed (see `loginKey`). */
+  name: string;
+  /** The account the name belongs to, when one does. */
+  userId?: number | undefined;
   /** The client address as throttling counts it (IPv4, or an IPv6 /64: see addressKey). */
   address: string;
   /** The device id of a valid known-device token for this account (see DeviceTokens). */
@@ -37,6 +39,12 @@ export interface RefusedAttempt {
   admitted: false;
   /** Seconds until the counter that refused it expires. */
   retryAfterSeconds: number;
+  /**
+   * Refused by the account's counters, which the name's did not: a login answers it only after a
+   * comparison (a decoy), as it answers a wrong password, so that the refusal does not tell that
+   * the name belongs to an account whose other name was guessed at.
+   */
+  byAccount: boolean;
 }
 
 /**
@@ -45,8 +53,16 @@ export interface RefusedAttempt {
  * before any password is compared, so guesses sent in parallel cannot all pass a check made
  * before any of them counted: at most `maxFailures` comparisons per lockout window.
  *
- * - A stranger (no known-device token for the account) is limited per account and address
- *   (`maxFailures` per `lockoutMs`), and strangers together by a per-account attempt budget.
+ * - Every attempt is counted twice, under the name typed and, when the name belongs to an
+ *   account, under the account: a username and an e-mail of one account share the account's
+ *   counters but not their names'. Counted only by the account, the two shared a counter where an
+ *   unknown pair had two, and a refusal without a comparison linked a username to its e-mail
+ *   (helper 68); counted only by the name, a changed e-mail was a fresh allowance (helper 73).
+ *   A refusal by the name's counters is immediate, for known and unknown names alike; one by the
+ *   account's alone is `byAccount`, for the caller to answer after a decoy comparison.
+ * - A stranger (no known-device token for the account) is limited per name (and account) and
+ *   address (`maxFailures` per `lockoutMs`), and strangers together by an attempt budget per name
+ *   (and account).
  *   An attempt refused because its address is locked is not charged to the account, so one
  *   address cannot spend the budget that every other client shares.
  * - A known device (a valid device token for this account) is limited per device instead, and
@@ -78,31 +94,51 @@ export class LoginThrottle {
     });
   }
 
-  /** Reserves a failure slot for this attempt, or says why it may not proceed. */
+  /** Reserves failure slots for this attempt, or says why it may not proceed. */
   admit(attempt: LoginAttempt): Promise<AdmittedAttempt | RefusedAttempt> {
     return this.#closedOnFailure(async () => {
-      const key = failureKey(attempt);
-      const slot = await this.#counters.reserve(key, this.#maxFailures, this.#lockoutMs);
-      if (!slot.reserved) return refused(slot.ttlMs);
-      if (attempt.device === undefined) {
-        const budget = await this.#accountLimiter.consume(attempt.account);
-        if (!budget.allowed) {
-          // Not compared, so not a failure of this address: the slot goes back.
-          await this.#counters.release(key);
-          return refused(budget.resetSeconds * 1000);
-        }
+      const name = await this.#reserve(loginKey(attempt.name), attempt);
+      if (!name.reserved) return refused(name.retryAfterMs, false);
+      const slots = [name];
+      if (attempt.userId !== undefined) {
+        const account = await this.#reserve(accountKey(attempt.userId), attempt);
+        // The name's slot stays taken: the decoy the caller answers with counts as the failed
+        // guess it looks like.
+        if (!account.reserved) return refused(account.retryAfterMs, true);
+        slots.push(account);
       }
-      // A slot belongs to its window: an attempt that ends after the window has closed (a login
-      // held up that long) gives nothing back, where it would take a slot of the next window,
-      // which may be a guesser's, and hand that guesser one more comparison.
-      const windowEnds = this.#now() + slot.ttlMs;
       // Giving back never fails the attempt: it comes after the work it was for (a session stored,
       // say), and a slot the counters' store could not take back stays counted, the safe side.
       const giveBack = async () => {
-        if (this.#now() < windowEnds) await this.#counters.release(key).catch(() => undefined);
+        for (const slot of slots) await slot.giveBack().catch(() => undefined);
       };
       return { admitted: true, succeeded: giveBack, abandoned: giveBack };
     });
+  }
+
+  /** A failure slot under `key` for this client, and for a stranger one of the key's attempt budget. */
+  async #reserve(key: string, attempt: LoginAttempt): Promise<{ reserved: false; retryAfterMs: number } | { reserved: true; giveBack: () => Promise<void> }> {
+    const failures = failureKey(key, attempt);
+    const slot = await this.#counters.reserve(failures, this.#maxFailures, this.#lockoutMs);
+    if (!slot.reserved) return { reserved: false, retryAfterMs: slot.ttlMs };
+    if (attempt.device === undefined) {
+      const budget = await this.#accountLimiter.consume(key);
+      if (!budget.allowed) {
+        // Not compared, so not a failure of this client: the slot goes back.
+        await this.#counters.release(failures);
+        return { reserved: false, retryAfterMs: budget.resetSeconds * 1000 };
+      }
+    }
+    // A slot belongs to its window: an attempt that ends after the window has closed (a login
+    // held up that long) gives nothing back, where it would take a slot of the next window,
+    // which may be a guesser's, and hand that guesser one more comparison.
+    const windowEnds = this.#now() + slot.ttlMs;
+    return {
+      reserved: true,
+      giveBack: async () => {
+        if (this.#now() < windowEnds) await this.#counters.release(failures);
+      },
+    };
   }
 
   /** Lifts every lockout of the account and resets its attempt budget (an administrator's action). */
@@ -123,16 +159,21 @@ export class LoginThrottle {
   }
 }
 
-/** The throttle's name for a login: the user's id when known, else the login as typed. */
-export function accountKey(userId: number | undefined, login: string): string {
-  return userId === undefined ? `login:${foldCase(login)}` : `user:${userId}`;
+/** The throttle's name for a login as typed, whether an account has it or not. */
+export function loginKey(login: string): string {
+  return `login:${foldCase(login)}`;
 }
 
-function failureKey(attempt: LoginAttempt): string {
+/** The throttle's name for an account, whichever of its names was typed. */
+export function accountKey(userId: number): string {
+  return `user:${userId}`;
+}
+
+function failureKey(key: string, attempt: LoginAttempt): string {
   const client = attempt.device === undefined ? `ip:${attempt.address}` : `device:${attempt.device}`;
-  return `${FAILURES}${attempt.account}|${client}`;
+  return `${FAILURES}${key}|${client}`;
 }
 
-function refused(ttlMs: number): RefusedAttempt {
-  return { admitted: false, retryAfterSeconds: Math.max(1, Math.ceil(ttlMs / 1000)) };
+function refused(ttlMs: number, byAccount: boolean): RefusedAttempt {
+  return { admitted: false, retryAfterSeconds: Math.max(1, Math.ceil(ttlMs / 1000)), byAccount };
 }

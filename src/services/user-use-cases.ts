@@ -22,7 +22,7 @@ import { canonicalRequest, messageCodec, type IdempotentRequests } from './idemp
 import { requireAdmin, requireSelfOrAdmin } from './access.ts';
 import { pageRequest, paginationOf, userSortOf } from './pagination.ts';
 import type { AuditLog } from './audit-use-cases.ts';
-import { accountKey, type LoginThrottle } from './login-throttle.ts';
+import { accountKey, loginKey, type LoginThrottle } from './login-throttle.ts';
 import { clientFields } from './audit-use-cases.ts';
 
 /** A created user as kept for replays. */
@@ -149,7 +149,7 @@ export class UserUseCases {
     if (user === null) throw new NotFoundError('User not found');
     const client = actor.client ?? {};
     const device = this.#devices.verify(client.deviceToken, userId, user.passwordHash);
-    const attempt = await this.#throttle.admit({ account: accountKey(userId, ''), address: addressKey(client.ipAddress), device });
+    const attempt = await this.#throttle.admit({ name: user.username, userId, address: addressKey(client.ipAddress), device });
     const failed = (reason: string) => this.#audit.record({ type: 'PASSWORD_CHANGE_FAILED', userId, actorId: actor.userId, ...clientFields(client), details: { reason } });
     if (!attempt.admitted) {
       failed('throttled');
@@ -239,8 +239,11 @@ export class UserUseCases {
   /** Lifts the user's login lockouts; returns how many client addresses were locked or counting. */
   async clearLoginFailures(actor: Actor, userId: number): Promise<number> {
     requireAdmin(actor);
-    await this.#existing(userId);
-    const cleared = await this.#throttle.clear(accountKey(userId, ''));
+    const user = await this.#existing(userId);
+    // The account's counters (one per client address that tried it), and those of its names.
+    const cleared = await this.#throttle.clear(accountKey(userId));
+    await this.#throttle.clear(loginKey(user.username));
+    await this.#throttle.clear(loginKey(user.email));
     this.#audit.record({ type: 'LOGIN_FAILURES_CLEARED', userId, actorId: actor.userId, details: { cleared } });
     return cleared;
   }

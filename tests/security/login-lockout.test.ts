@@ -80,6 +80,18 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect(sessions[0]?.ip_address).toBe(ip(2));
   });
 
+  it('when a stolen token changes the e-mail between rounds of guesses at it, then no more than LOGIN_MAX_FAILURES passwords are compared from one address', async () => {
+    // Found by an attacker, against counters kept by the name typed alone: e-mail is a
+    // self-service field, and each new e-mail was a fresh allowance (200 compared in 2 s).
+    const user = await register(t);
+    for (let round = 0; round < 3; round += 1) {
+      const email = `churn${round}.${user.email}`;
+      expect((await client.updateUser(user.accessToken, user.id, { email })).code).toBe('ok');
+      await Promise.all(Array.from({ length: MAX_FAILURES + 1 }, () => client.login({ usernameOrEmail: email, password: WRONG }, from(ip(45)))));
+    }
+    expect(await failureReasons(user.id, 3 * (MAX_FAILURES + 1))).toEqual({ wrong_password: MAX_FAILURES, throttled: 3 * (MAX_FAILURES + 1) - MAX_FAILURES });
+  });
+
   it("when a locked-out address keeps guessing, then its refused attempts do not spend the account's budget and the owner still logs in from another address", async () => {
     const user = await register(t);
     for (let i = 0; i < MAX_FAILURES; i += 1) await client.login({ usernameOrEmail: user.username, password: WRONG }, from(ip(3)));

@@ -59,7 +59,7 @@ function harness() {
     const actor: Actor = await auth.authenticate(registered.tokens.accessToken);
     return { id: registered.user.id, username, actor: { ...actor, client }, tokens: registered.tokens, deviceToken: registered.deviceToken };
   }
-  return { clock, users, tokens, audit, auth, userCases, account, counters };
+  return { clock, users, tokens, audit, auth, userCases, account, counters, passwords };
 }
 
 /** The AppError code a call fails with, or 'ok'. */
@@ -242,6 +242,50 @@ describe('lockouts', () => {
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: 'Wrong-again' }, shared))).toBe('AUTHENTICATION_ERROR');
     expect(h.audit.ofType('LOGIN_FAILED', 'wrong_password')).toHaveLength(MAX_FAILURES);
     expect(h.audit.ofType('LOGIN_FAILED', 'throttled')).toHaveLength(1);
+  });
+
+  /** The passwords compared during `work` (each a bcrypt comparison, a decoy's included). */
+  async function comparisons(work: () => Promise<unknown>): Promise<number> {
+    let count = 0;
+    const original = h.passwords.verify.bind(h.passwords);
+    h.passwords.verify = (...args) => ((count += 1), original(...args));
+    try {
+      await work();
+    } finally {
+      h.passwords.verify = original;
+    }
+    return count;
+  }
+
+  it("when an address has spent its guesses on an account's username, then a guess at the account's e-mail costs a comparison, as one at an unknown pair's e-mail does", async () => {
+    // Found by an attacker: the refusal came without a comparison (4-9 ms against ~220) only when
+    // the e-mail belonged to the account of the username, which linked the two.
+    const user = await h.account();
+    const sequence = async (username: string, email: string, address: string) => {
+      const compared: number[] = [];
+      for (let i = 0; i < MAX_FAILURES + 1; i += 1)
+        compared.push(await comparisons(() => outcome(h.auth.login({ usernameOrEmail: username, password: `Wrong-${i}` }, from(address)))));
+      compared.push(await comparisons(() => outcome(h.auth.login({ usernameOrEmail: email, password: 'Wrong-last' }, from(address)))));
+      return compared;
+    };
+    const expected = [...Array<number>(MAX_FAILURES).fill(1), 0, 1];
+    expect(await sequence(user.username, `${user.username}@example.com`, '198.51.100.20')).toEqual(expected);
+    expect(await sequence('nobody-at-all', 'nobody-at-all@example.com', '198.51.100.21')).toEqual(expected);
+    // The account's guess was a decoy: the account's counters refused it, and its right password too.
+    expect(h.audit.ofType('LOGIN_FAILED', 'wrong_password').filter((event) => event.userId === user.id)).toHaveLength(MAX_FAILURES);
+    expect(await outcome(h.auth.login({ usernameOrEmail: `${user.username}@example.com`, password: PASSWORD }, from('198.51.100.20')))).toBe('AUTHENTICATION_ERROR');
+  });
+
+  it('when a signed-in caller changes its e-mail between rounds of guesses, then no more than LOGIN_MAX_FAILURES passwords are compared from one address', async () => {
+    // Found by an attacker, against counters kept by the name typed alone: each new e-mail was a
+    // fresh allowance for whoever held an access token (200 compared in 2 s instead of 5).
+    const user = await h.account();
+    for (let round = 0; round < 4; round += 1) {
+      const email = `churn${round}-${user.username}@example.com`;
+      await h.userCases.update(user.actor, { userId: user.id, email });
+      for (let i = 0; i < MAX_FAILURES + 1; i += 1) await outcome(h.auth.login({ usernameOrEmail: email, password: `Wrong-${round}-${i}` }, from('198.51.100.22')));
+    }
+    expect(h.audit.ofType('LOGIN_FAILED', 'wrong_password').filter((event) => event.userId === user.id)).toHaveLength(MAX_FAILURES);
   });
 
   it('when an unknown login is guessed at, then the answers match those for a real account', async () => {

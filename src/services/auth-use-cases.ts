@@ -156,7 +156,12 @@ export class AuthUseCases {
     if (!attempt.admitted) {
       // Refused by the account's counters alone: answered after a comparison, as a wrong password
       // is, so that the refusal does not tell which other name of the account was guessed at.
-      if (attempt.byAccount) await this.#passwords.verify(input.password ?? '', undefined);
+      if (attempt.byAccount) {
+        await this.#passwords.verify(input.password ?? '', undefined).catch(async (error: unknown) => {
+          await attempt.abandoned();
+          throw error;
+        });
+      }
       throw failed('throttled');
     }
     const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash).catch(async (error: unknown) => {

@@ -45,6 +45,12 @@ export interface RefusedAttempt {
    * the name belongs to an account whose other name was guessed at.
    */
   byAccount: boolean;
+  /**
+   * The decoy could not be compared after all (the hash gate refused it, or the caller left):
+   * the name's slot goes back, as an admitted attempt's does, or the counters would end up
+   * otherwise than for an unknown name after the same 503 (helper 74).
+   */
+  abandoned(): Promise<void>;
 }
 
 /**
@@ -102,9 +108,12 @@ export class LoginThrottle {
       const slots = [name];
       if (attempt.userId !== undefined) {
         const account = await this.#reserve(accountKey(attempt.userId), attempt);
-        // The name's slot stays taken: the decoy the caller answers with counts as the failed
-        // guess it looks like.
-        if (!account.reserved) return refused(account.retryAfterMs, true);
+        // The name's slot stays taken: the decoy the caller answers with counts as the failed guess
+        // it looks like. So a refusal by the account's budget (strangers spent it) charges the
+        // name typed from this client as a failure, the owner's own retries included; giving it
+        // back would let one client try an account's other name without end where an unknown
+        // name allows LOGIN_MAX_FAILURES, which links the two again (helper 74).
+        if (!account.reserved) return { ...refused(account.retryAfterMs, true), abandoned: () => name.giveBack().catch(() => undefined) };
         slots.push(account);
       }
       // Giving back never fails the attempt: it comes after the work it was for (a session stored,
@@ -175,5 +184,5 @@ function failureKey(key: string, attempt: LoginAttempt): string {
 }
 
 function refused(ttlMs: number, byAccount: boolean): RefusedAttempt {
-  return { admitted: false, retryAfterSeconds: Math.max(1, Math.ceil(ttlMs / 1000)), byAccount };
+  return { admitted: false, retryAfterSeconds: Math.max(1, Math.ceil(ttlMs / 1000)), byAccount, abandoned: async () => undefined };
 }

@@ -276,6 +276,26 @@ describe('lockouts', () => {
     expect(await outcome(h.auth.login({ usernameOrEmail: `${user.username}@example.com`, password: PASSWORD }, from('198.51.100.20')))).toBe('AUTHENTICATION_ERROR');
   });
 
+  it("when the decoy for an account's other name is refused by an overloaded hash gate, then the counters end up as an unknown pair's do after the same 503", async () => {
+    // Found by an attacker: the decoy's 503 kept the name's slot where an unknown name's gave it
+    // back, so under load the next guesses at the e-mail were refused at once only for a real pair.
+    const user = await h.account();
+    const sequence = async (username: string, email: string, address: string) => {
+      for (let i = 0; i < MAX_FAILURES; i += 1) await outcome(h.auth.login({ usernameOrEmail: username, password: `Wrong-${i}` }, from(address)));
+      const verify = h.passwords.verify.bind(h.passwords);
+      h.passwords.verify = () => Promise.reject(new UnavailableError('The server is busy, please retry shortly'));
+      const busy = await outcome(h.auth.login({ usernameOrEmail: email, password: 'Wrong-busy' }, from(address)));
+      h.passwords.verify = verify;
+      const compared: number[] = [];
+      for (let i = 0; i < MAX_FAILURES + 1; i += 1)
+        compared.push(await comparisons(() => outcome(h.auth.login({ usernameOrEmail: email, password: `Wrong-after-${i}` }, from(address)))));
+      return { busy, compared };
+    };
+    const expected = { busy: 'SERVICE_UNAVAILABLE', compared: [...Array<number>(MAX_FAILURES).fill(1), 0] };
+    expect(await sequence(user.username, `${user.username}@example.com`, '198.51.100.23')).toEqual(expected);
+    expect(await sequence('nobody-else', 'nobody-else@example.com', '198.51.100.24')).toEqual(expected);
+  });
+
   it('when a signed-in caller changes its e-mail between rounds of guesses, then no more than LOGIN_MAX_FAILURES passwords are compared from one address', async () => {
     // Found by an attacker, against counters kept by the name typed alone: each new e-mail was a
     // fresh allowance for whoever held an access token (200 compared in 2 s instead of 5).

@@ -236,7 +236,7 @@ export class UserUseCases {
     return toUserMessage(written.row);
   }
 
-  /** Lifts the user's login lockouts; returns how many client addresses were locked or counting. */
+  /** Lifts the user's login lockouts; returns how many client addresses had tried the account. */
   async clearLoginFailures(actor: Actor, userId: number): Promise<number> {
     requireAdmin(actor);
     const user = await this.#existing(userId);
@@ -275,9 +275,9 @@ export class UserUseCases {
   }
 
   /**
-   * The caller as it is now, if its account is still active and the session its request came
-   * with still live (its login chain) (helper 71: creations queued with a stolen administrator's token landed up to
-   * 0.8 s after the owner's logout or revoke-all had answered).
+   * The caller as it is now, if its account is still active and the login chain of the session
+   * its request came with still live (helper 71: creations queued with a stolen administrator's
+   * token landed up to 0.8 s after the owner's logout or revoke-all had answered).
    */
   async #stillSignedIn(actor: Actor): Promise<UserProfile> {
     // Authentication's read of the caller, made as the request came, is remembered for the

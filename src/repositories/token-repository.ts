@@ -29,6 +29,9 @@ export interface NewTokenRecord {
  * Why a pair was revoked. Only `rotated` makes a later presentation of its refresh token a
  * replay (token theft); the others mean the session ended.
  */
+/** Rotated pairs a live login chain keeps, newest first, for replay detection (see purgeStale). */
+export const ROTATED_PAIRS_KEPT = 20;
+
 export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'expired_chain' | 'superseded';
 
 /** A conditional write to a user's row, as UserRepository.update makes it. */
@@ -265,7 +268,16 @@ export class PrismaTokenRepository implements TokenRepository {
     // Raw SQL because Prisma cannot express the correlated NOT EXISTS (its form is the
     // dialect's); the unqualified table name resolves through the search_path that every
     // PostgreSQL connection gets (see database.ts).
-    return withDatabaseErrors(() => this.#db.$executeRaw(this.#dialect.purgeStaleTokens(now, cutoff)));
+    return withDatabaseErrors(async () => {
+      const stale = await this.#db.$executeRaw(this.#dialect.purgeStaleTokens(now, cutoff));
+      // A live chain's rotated pairs, but its ROTATED_PAIRS_KEPT newest, go whatever their age:
+      // each refresh left one for the chain's whole life (30 days), and refreshes cost no bcrypt,
+      // so one chain refreshed from address after address grew by ~500 000 rows an hour (helper
+      // 72). An older refresh token still names its chain (TokenCodec's `fam` claim), so
+      // presenting it again ends the chain as a replay (AuthUseCases, unknown refresh tokens).
+      const rotated = await this.#db.$executeRaw(this.#dialect.purgeRotatedTokens(ROTATED_PAIRS_KEPT));
+      return stale + rotated;
+    });
   }
 }
 

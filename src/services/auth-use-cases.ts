@@ -13,7 +13,7 @@ import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
-import type { TokenCodec } from '../infrastructure/security/token-codec.ts';
+import type { TokenClaims, TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { newAccountRow } from './accounts.ts';
@@ -250,7 +250,7 @@ export class AuthUseCases {
   async refresh(refreshToken: string, client: ClientInfo): Promise<TokenPair> {
     const claims = this.#codec.verify(refreshToken, 'refresh');
     const previous = await this.#tokens.findByRefreshHash(claims.hash);
-    if (previous === null) throw new AuthenticationError('Invalid or expired refresh token');
+    if (previous === null) return this.#unknownRefresh(claims, client);
     if (previous.isRevoked) {
       // Rows revoked before reasons were recorded count as rotated: the cautious reading.
       if (previous.revokedReason === 'rotated' || previous.revokedReason === null) return this.#replayed(previous, client);
@@ -268,7 +268,7 @@ export class AuthUseCases {
       await this.#tokens.revoke(previous.id, 'revoked');
       throw new AuthenticationError('Account is not active');
     }
-    const issued = this.#codec.issuePair(user.id, now, previous.familyExpiresAt);
+    const issued = this.#codec.issuePair(user.id, now, previous.familyExpiresAt, previous.familyId);
     const next = await this.#tokens.rotate(previous, {
       userId: user.id,
       familyId: previous.familyId,
@@ -345,6 +345,24 @@ export class AuthUseCases {
   async #administeredUser(actor: Actor, userId: number): Promise<void> {
     requireAdmin(actor);
     if ((await this.#users.findProfile(userId)) === null) throw new NotFoundError('User not found');
+  }
+
+  /**
+   * A refresh token we signed, unexpired, with no row. The purge removes a live chain's rotated
+   * pairs but its newest (see TokenRepository.purgeStale), and nothing else of a live chain: so a
+   * token naming a chain that still has a live pair is an old rotated one, presented again, and
+   * ends the chain as any replay does. Without the claim (helper 73), a thief who refreshed a
+   * stolen token past the kept pairs made the owner's copy merely unknown, and kept the chain.
+   */
+  async #unknownRefresh(claims: TokenClaims, client: ClientInfo): Promise<never> {
+    if (claims.familyId !== undefined) {
+      const revoked = await this.#tokens.revokeFamily(claims.familyId, 'reuse');
+      if (revoked.length > 0) {
+        this.#audit.record({ type: 'TOKEN_REUSE_DETECTED', userId: claims.userId, ...clientFields(client), details: { familyId: claims.familyId, revoked: revoked.length } });
+        throw new AuthenticationError('Refresh token has already been used; the session has been revoked');
+      }
+    }
+    throw new AuthenticationError('Invalid or expired refresh token');
   }
 
   async #replayed(token: OAuthToken, client: ClientInfo): Promise<never> {
@@ -442,11 +460,12 @@ export class AuthUseCases {
   async #openSession(user: UserRow, client: ClientInfo, loginAt?: Date): Promise<TokenPair | null> {
     const now = loginAt ?? this.#now();
     const familyExpiresAt = new Date(now.getTime() + this.#sessionLifetimeMs);
-    const issued = this.#codec.issuePair(user.id, now, familyExpiresAt);
+    const familyId = randomUUID();
+    const issued = this.#codec.issuePair(user.id, now, familyExpiresAt, familyId);
     const stored = await this.#tokens.create(
       {
         userId: user.id,
-        familyId: randomUUID(),
+        familyId,
         accessTokenHash: issued.accessTokenHash,
         refreshTokenHash: issued.refreshTokenHash,
         accessExpiresAt: issued.accessExpiresAt,

@@ -356,6 +356,42 @@ describe('purging stale sessions', () => {
     expect((await t.request.get('/api/v1/auth/me').set(...bearer(rotated.body.data.accessToken as string))).status).toBe(401);
   });
 
+  it("when a thief refreshes a stolen chain past its 20 kept pairs and the purge runs, then the owner's copy is still caught as a replay and ends the chain", async () => {
+    // Found by an attacker: each refresh left a row for the chain's whole life (one chain could
+    // grow by ~500 000 rows an hour), and deleting all but the newest made the owner's copy merely
+    // unknown, so the thief kept the chain. Refresh tokens now name their chain.
+    const user = await register(t);
+    const tokens = [user.refreshToken];
+    for (let i = 0; i < 25; i += 1) {
+      const next = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: tokens.at(-1) });
+      expect(next.status).toBe(200);
+      tokens.push(next.body.data.refreshToken as string);
+    }
+    const rows = async () => t.sql<{ is_revoked: boolean }>('SELECT is_revoked FROM oauth_tokens WHERE user_id = $1', [user.id]);
+    expect(await rows()).toHaveLength(26);
+
+    const runner = await startRunner({ now: () => new Date(), purgeRetentionMs: DAY });
+    await runner.runPurgeNow();
+    const kept = await rows();
+    expect(kept).toHaveLength(21);
+    expect(kept.filter((row) => !row.is_revoked)).toHaveLength(1);
+
+    const owner = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: tokens[0] });
+    expect(owner.status).toBe(401);
+    expect(owner.body.error.message).toBe('Refresh token has already been used; the session has been revoked');
+    const thief = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: tokens.at(-1) });
+    expect(thief.status).toBe(401);
+    expect(thief.body.error.message).toBe('Session has ended; please log in again');
+
+    // Once the ended chain is purged too, its tokens are simply unknown: nothing is left to end.
+    const later = await startRunner({ now: () => new Date(Date.now() + 1000), purgeRetentionMs: 0 });
+    await later.runPurgeNow();
+    expect(await rows()).toHaveLength(0);
+    const gone = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: tokens.at(-1) });
+    expect(gone.status).toBe(401);
+    expect(gone.body.error.message).toBe('Invalid or expired refresh token');
+  });
+
   it('when the in-process runner is started, then the purge runs on its interval', async () => {
     let runs = 0;
     await startRunner({

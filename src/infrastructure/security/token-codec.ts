@@ -11,6 +11,8 @@ export interface TokenClaims {
   expiresAt: Date;
   /** SHA-256 (hex) of the token: what the database stores and looks it up by (see hashToken). */
   hash: string;
+  /** A refresh token's login chain (`fam`), when it was issued with one. */
+  familyId?: string | undefined;
 }
 
 /** A token whose signature, header, issuer and audience passed, with its claims and hash. */
@@ -98,13 +100,17 @@ export class TokenCodec {
    * Signs an access and a refresh token. `notAfter` caps both lifetimes: a session's absolute end,
    * which no refresh may extend.
    */
-  issuePair(userId: number, now = new Date(), notAfter?: Date): IssuedPair {
+  /**
+   * A new pair. The refresh token names its login chain (`familyId`, as the `fam` claim), so that
+   * one whose row the purge has removed still says which chain it was stolen from.
+   */
+  issuePair(userId: number, now = new Date(), notAfter?: Date, familyId?: string): IssuedPair {
     const seconds = Math.floor(now.getTime() / 1000);
     const limit = notAfter === undefined ? Number.POSITIVE_INFINITY : Math.floor(notAfter.getTime() / 1000) - seconds;
     const accessTtl = Math.max(1, Math.min(this.#options.accessTtlSeconds, limit));
     const refreshTtl = Math.max(1, Math.min(this.#options.refreshTtlSeconds, limit));
     const accessToken = this.#sign(userId, 'access', accessTtl);
-    const refreshToken = this.#sign(userId, 'refresh', refreshTtl);
+    const refreshToken = this.#sign(userId, 'refresh', refreshTtl, familyId);
     return {
       accessToken,
       refreshToken,
@@ -141,7 +147,8 @@ export class TokenCodec {
     ) {
       throw new AuthenticationError('Invalid token type');
     }
-    return { userId: Number(payload.sub), tokenType: expected, jti: payload.jti, expiresAt: new Date(payload.exp * 1000), hash: verified.hash };
+    const familyId = typeof payload.fam === 'string' ? payload.fam : undefined;
+    return { userId: Number(payload.sub), tokenType: expected, jti: payload.jti, expiresAt: new Date(payload.exp * 1000), hash: verified.hash, familyId };
   }
 
   /** The token as remembered, or verified now (and remembered if `remember`); undefined when it fails a check that does not depend on time. */
@@ -183,10 +190,10 @@ export class TokenCodec {
     return payload;
   }
 
-  #sign(userId: number, tokenType: TokenType, ttlSeconds: number): string {
+  #sign(userId: number, tokenType: TokenType, ttlSeconds: number, familyId?: string): string {
     // A fresh jti per token makes every token, and so every stored hash, unique even when two
     // pairs are issued to one user within the same second.
-    return jwt.sign({ tokenType }, this.#key, {
+    return jwt.sign(familyId === undefined ? { tokenType } : { tokenType, fam: familyId }, this.#key, {
       algorithm: 'HS256',
       subject: String(userId),
       issuer: this.#options.issuer,

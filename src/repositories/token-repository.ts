@@ -31,6 +31,15 @@ export interface NewTokenRecord {
  */
 /** Rotated pairs a live login chain keeps, newest first, for replay detection (see purgeStale). */
 export const ROTATED_PAIRS_KEPT = 20;
+/**
+ * Refresh tokens name their chain (the `fam` claim) from this release on. A pair created before
+ * it holds a token without one, which could not end its chain once its row was gone (helper 75),
+ * so only pairs created since are purged beyond ROTATED_PAIRS_KEPT; the older ones go with their
+ * chains, within SESSION_ABSOLUTE_LIFETIME_SECONDS (30 days by default).
+ */
+const FAMILY_CLAIM_SINCE = new Date('2026-11-30T00:00:00Z');
+/** Rows one purge DELETE removes at most, by primary key. */
+const PURGE_BATCH = 1_000;
 
 export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'expired_chain' | 'superseded';
 
@@ -275,7 +284,20 @@ export class PrismaTokenRepository implements TokenRepository {
       // so one chain refreshed from address after address grew by ~500 000 rows an hour (helper
       // 72). An older refresh token still names its chain (TokenCodec's `fam` claim), so
       // presenting it again ends the chain as a replay (AuthUseCases, unknown refresh tokens).
-      const rotated = await this.#db.$executeRaw(this.#dialect.purgeRotatedTokens(ROTATED_PAIRS_KEPT));
+      // The ids are read first (a plain read takes no locks) and deleted by primary key in short
+      // statements: one DELETE with the window in a subquery scanned the table under InnoDB's
+      // next-key locks, and held MariaDB's logins and refreshes for up to 1.2 s, some ending in
+      // deadlocks (helper 75).
+      const beyond = await this.#db.$queryRaw<{ id: number | bigint }[]>`
+        SELECT id FROM (
+          SELECT id, ROW_NUMBER() OVER (PARTITION BY family_id ORDER BY id DESC) AS newer
+          FROM oauth_tokens WHERE is_revoked = true AND revoked_reason = 'rotated' AND created_at >= ${FAMILY_CLAIM_SINCE}
+        ) AS ranked WHERE ranked.newer > ${ROTATED_PAIRS_KEPT}`;
+      let rotated = 0;
+      for (let start = 0; start < beyond.length; start += PURGE_BATCH) {
+        const ids = beyond.slice(start, start + PURGE_BATCH).map((row) => Number(row.id));
+        rotated += (await this.#db.oAuthToken.deleteMany({ where: { id: { in: ids }, isRevoked: true, revokedReason: 'rotated' } })).count;
+      }
       return stale + rotated;
     });
   }

@@ -355,10 +355,14 @@ export class AuthUseCases {
    * stolen token past the kept pairs made the owner's copy merely unknown, and kept the chain.
    */
   async #unknownRefresh(claims: TokenClaims, client: ClientInfo): Promise<never> {
-    if (claims.familyId !== undefined) {
-      const revoked = await this.#tokens.revokeFamily(claims.familyId, 'reuse');
+    // Only a chain of the token's own user, still live (helper 75: nothing else signs a `fam`, but
+    // the claim is not trusted to name another user's chain).
+    const familyId = claims.familyId;
+    const live = familyId === undefined ? [] : await this.#tokens.listActive(claims.userId, this.#now());
+    if (familyId !== undefined && live.some((pair) => pair.familyId === familyId)) {
+      const revoked = await this.#tokens.revokeFamily(familyId, 'reuse');
       if (revoked.length > 0) {
-        this.#audit.record({ type: 'TOKEN_REUSE_DETECTED', userId: claims.userId, ...clientFields(client), details: { familyId: claims.familyId, revoked: revoked.length } });
+        this.#audit.record({ type: 'TOKEN_REUSE_DETECTED', userId: claims.userId, ...clientFields(client), details: { familyId, revoked: revoked.length } });
         throw new AuthenticationError('Refresh token has already been used; the session has been revoked');
       }
     }

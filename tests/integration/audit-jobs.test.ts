@@ -302,7 +302,7 @@ describe('purging stale sessions', () => {
   const recently = new Date(now.getTime() - 3600_000);
   const later = new Date(now.getTime() + DAY);
 
-  async function session(familyId: string, fields: { expiresAt: Date; isRevoked: boolean; updatedAt: Date }, userId: number) {
+  async function session(familyId: string, fields: { expiresAt: Date; isRevoked: boolean; updatedAt: Date; createdAt?: Date; revokedReason?: string }, userId: number) {
     const row = await monolithOf(t).database.prisma.oAuthToken.create({
       data: {
         userId,
@@ -390,6 +390,20 @@ describe('purging stale sessions', () => {
     const gone = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: tokens.at(-1) });
     expect(gone.status).toBe(401);
     expect(gone.body.error.message).toBe('Invalid or expired refresh token');
+  });
+
+  it('when a live chain holds rotated pairs from before refresh tokens named their chain, then the purge keeps them all', async () => {
+    // Their tokens carry no `fam` claim: with the rows gone, a replay of one could not end the
+    // chain (helper 75). They go with the chain instead.
+    const { id: userId } = await register(t);
+    await t.sql('DELETE FROM oauth_tokens WHERE user_id = $1', [userId]);
+    const family = randomUUID();
+    for (let i = 0; i < 25; i += 1)
+      await session(family, { expiresAt: later, isRevoked: true, updatedAt: longAgo, createdAt: new Date('2026-11-29T12:00:00Z'), revokedReason: 'rotated' }, userId);
+    await session(family, { expiresAt: later, isRevoked: false, updatedAt: longAgo }, userId);
+    const runner = await startRunner({ now: () => now, purgeRetentionMs: DAY });
+    await runner.runPurgeNow();
+    expect(await t.sql('SELECT id FROM oauth_tokens WHERE user_id = $1', [userId])).toHaveLength(26);
   });
 
   it('when the in-process runner is started, then the purge runs on its interval', async () => {

@@ -49,8 +49,6 @@ export interface SqlDialect {
   updateUserIf(db: TransactionRunner, id: number, conditions: UserConditions, data: Prisma.UserUpdateInput): Promise<User | null>;
   /** DELETE of the stale token pairs (see PrismaTokenRepository.purgeStale). */
   purgeStaleTokens(now: Date, cutoff: Date): Prisma.Sql;
-  /** DELETE of each chain's rotated pairs but its `kept` newest (see PrismaTokenRepository.purgeStale). */
-  purgeRotatedTokens(kept: number): Prisma.Sql;
 }
 
 /** What a conditional user write may require of the row besides its id. */
@@ -95,12 +93,6 @@ export const postgresDialect: SqlDialect = {
            AND NOT EXISTS (
              SELECT 1 FROM oauth_tokens AS live
              WHERE live.family_id = stale.family_id AND NOT live.is_revoked AND live.expires_at > ${now}))`,
-  purgeRotatedTokens: (kept) => Prisma.sql`
-    DELETE FROM oauth_tokens WHERE id IN (
-      SELECT id FROM (
-        SELECT id, row_number() OVER (PARTITION BY family_id ORDER BY id DESC) AS newer
-        FROM oauth_tokens WHERE is_revoked AND revoked_reason = 'rotated'
-      ) AS ranked WHERE ranked.newer > ${kept})`,
 };
 
 /** Runs `work` in a new transaction, or in the one `db` already is. */
@@ -141,12 +133,4 @@ export const mysqlDialect: SqlDialect = {
     ) AS live ON live.family_id = stale.family_id
     WHERE stale.expires_at < ${cutoff}
        OR (stale.is_revoked = true AND stale.updated_at < ${cutoff} AND live.family_id IS NULL)`,
-  // The derived table is materialized before the DELETE, which MySQL requires of a subquery on
-  // the table being deleted from.
-  purgeRotatedTokens: (kept) => Prisma.sql`
-    DELETE FROM oauth_tokens WHERE id IN (
-      SELECT id FROM (
-        SELECT id, ROW_NUMBER() OVER (PARTITION BY family_id ORDER BY id DESC) AS newer
-        FROM oauth_tokens WHERE is_revoked = true AND revoked_reason = 'rotated'
-      ) AS ranked WHERE ranked.newer > ${kept})`,
 };

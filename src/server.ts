@@ -27,11 +27,10 @@ import {
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
-import type { ErrorBody } from './controllers/rest/envelope.ts';
+import { errorEnvelope, type ErrorBody } from './controllers/rest/envelope.ts';
 import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
 import type { Logger } from './infrastructure/logger.ts';
 import { requestIdFrom } from './infrastructure/request-id.ts';
-import { isoTime } from './domain/iso-time.ts';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
@@ -417,8 +416,7 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
 }
 
 function errorJson(answer: { code: ErrorBody['error']['code']; message: string }, requestId: string): string {
-  const body: ErrorBody = { success: false, error: { code: answer.code, message: answer.message }, timestamp: isoTime(Date.now()), requestId };
-  return JSON.stringify(body);
+  return JSON.stringify(errorEnvelope(requestId, answer.code, answer.message));
 }
 
 /**

@@ -29,8 +29,10 @@ export interface NewTokenRecord {
  * Why a pair was revoked. Only `rotated` makes a later presentation of its refresh token a
  * replay (token theft); the others mean the session ended.
  */
+export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'expired_chain' | 'superseded';
+
 /** Rotated pairs a live login chain keeps, newest first, for replay detection (see purgeStale). */
-export const ROTATED_PAIRS_KEPT = 20;
+const ROTATED_PAIRS_KEPT = 20;
 /**
  * Refresh tokens name their chain (the `fam` claim) from this release on. A pair created before
  * it holds a token without one, which could not end its chain once its row was gone (helper 75),
@@ -40,8 +42,6 @@ export const ROTATED_PAIRS_KEPT = 20;
 const FAMILY_CLAIM_SINCE = new Date('2026-11-30T00:00:00Z');
 /** Rows one purge DELETE removes at most, by primary key. */
 const PURGE_BATCH = 1_000;
-
-export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'expired_chain' | 'superseded';
 
 /** A conditional write to a user's row, as UserRepository.update makes it. */
 export interface UserWrite {

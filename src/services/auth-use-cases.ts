@@ -358,8 +358,7 @@ export class AuthUseCases {
     // Only a chain of the token's own user, still live (helper 75: nothing else signs a `fam`, but
     // the claim is not trusted to name another user's chain).
     const familyId = claims.familyId;
-    const live = familyId === undefined ? [] : await this.#tokens.listActive(claims.userId, this.#now());
-    if (familyId !== undefined && live.some((pair) => pair.familyId === familyId)) {
+    if (familyId !== undefined && (await this.#tokens.listActive(claims.userId, this.#now())).some((pair) => pair.familyId === familyId)) {
       const revoked = await this.#tokens.revokeFamily(familyId, 'reuse');
       if (revoked.length > 0) {
         this.#audit.record({ type: 'TOKEN_REUSE_DETECTED', userId: claims.userId, ...clientFields(client), details: { familyId, revoked: revoked.length } });

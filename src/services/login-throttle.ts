@@ -82,7 +82,7 @@ export interface RefusedAttempt {
  */
 export class LoginThrottle {
   readonly #counters: CounterStore;
-  readonly #accountLimiter: FixedWindowRateLimiter;
+  readonly #attemptBudget: FixedWindowRateLimiter;
   readonly #maxFailures: number;
   readonly #lockoutMs: number;
   readonly #now: () => number;
@@ -92,7 +92,7 @@ export class LoginThrottle {
     this.#now = options.now ?? Date.now;
     this.#maxFailures = options.maxFailures;
     this.#lockoutMs = options.lockoutMs;
-    this.#accountLimiter = new FixedWindowRateLimiter(options.counters, {
+    this.#attemptBudget = new FixedWindowRateLimiter(options.counters, {
       windowMs: options.accountWindowMs,
       max: options.accountMaxAttempts,
       prefix: ATTEMPTS,
@@ -131,7 +131,7 @@ export class LoginThrottle {
     const slot = await this.#counters.reserve(failures, this.#maxFailures, this.#lockoutMs);
     if (!slot.reserved) return { reserved: false, retryAfterMs: slot.ttlMs };
     if (attempt.device === undefined) {
-      const budget = await this.#accountLimiter.consume(key);
+      const budget = await this.#attemptBudget.consume(key);
       if (!budget.allowed) {
         // Not compared, so not a failure of this client: the slot goes back.
         await this.#counters.release(failures);

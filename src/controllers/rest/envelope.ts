@@ -37,11 +37,16 @@ export function sendPage(res: Response, items: readonly unknown[], pagination: P
 }
 
 export function errorBody(res: Response, code: ErrorBody['error']['code'], message: string, details?: Record<string, string>): ErrorBody {
+  return errorEnvelope(requestIdOf(res), code, message, details);
+}
+
+/** `{ success: false, error, timestamp, requestId }`, for answers written without Express too (src/server.ts). */
+export function errorEnvelope(requestId: string, code: ErrorBody['error']['code'], message: string, details?: Record<string, string>): ErrorBody {
   return {
     success: false,
     error: { code, message, ...(details === undefined ? {} : { details }) },
     timestamp: isoTime(Date.now()),
-    requestId: requestIdOf(res),
+    requestId,
   };
 }
 

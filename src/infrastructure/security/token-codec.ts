@@ -98,11 +98,8 @@ export class TokenCodec {
 
   /**
    * Signs an access and a refresh token. `notAfter` caps both lifetimes: a session's absolute end,
-   * which no refresh may extend.
-   */
-  /**
-   * A new pair. The refresh token names its login chain (`familyId`, as the `fam` claim), so that
-   * one whose row the purge has removed still says which chain it was stolen from.
+   * which no refresh may extend. The refresh token names its login chain (`familyId`, as the `fam`
+   * claim), so that one whose row the purge has removed still says which chain it was stolen from.
    */
   issuePair(userId: number, now = new Date(), notAfter?: Date, familyId?: string): IssuedPair {
     const seconds = Math.floor(now.getTime() / 1000);

@@ -24,6 +24,8 @@ export const CALLER_HEADER = 'x-arcana-caller';
  * as the first attempt would have (see UpdateUser and the revocations of the repository API).
  */
 export const REPEAT_HEADER = 'x-arcana-repeat';
+/** On a write to the repository layer: whom it is made for (WriteOptions.actingAs, `actingAsToHeader`). */
+export const ACTING_AS_HEADER = 'x-arcana-acting-as';
 import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
 import { GrpcUnaryClient } from './grpc-unary-client.ts';
 

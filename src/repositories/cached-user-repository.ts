@@ -64,8 +64,8 @@ export class CachedUserRepository implements UserRepository {
     return this.#inner.findTaken(username, email, exceptId);
   }
 
-  create(user: NewUser) {
-    return this.#inner.create(user);
+  create(user: NewUser, options?: WriteOptions) {
+    return this.#inner.create(user, options);
   }
 
   async update(id: number, changes: UserChanges, expected?: UserExpectation, options?: WriteOptions) {
@@ -76,9 +76,9 @@ export class CachedUserRepository implements UserRepository {
     }
   }
 
-  async delete(id: number, expectedVersion?: number) {
+  async delete(id: number, expectedVersion?: number, options?: WriteOptions) {
     try {
-      return await this.#inner.delete(id, expectedVersion);
+      return await this.#inner.delete(id, expectedVersion, options);
     } finally {
       await forgetProfile(this.#cache, id);
     }

@@ -1,8 +1,8 @@
 import type { OAuthToken, Prisma, PrismaClient, User } from '../../gen/prisma/client.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
-import { conditionalUpdate, refuseLastActiveAdmin, removesActiveAdmin, type UserChanges, type UserExpectation } from './user-repository.ts';
-import { isRepeat, type WriteOptions } from './write-options.ts';
+import { conditionalUpdate, guardWrite, removesActiveAdmin, type UserChanges, type UserExpectation } from './user-repository.ts';
+import { isRepeat, type ActingAs, type WriteOptions } from './write-options.ts';
 
 /**
  * How far back a repeated revocation looks for the pairs its first attempt revoked: far longer
@@ -176,7 +176,7 @@ export class PrismaTokenRepository implements TokenRepository {
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     const member = await withDatabaseErrors(() => this.#db.oAuthToken.findFirst({ where: { id: tokenId, userId }, select: { familyId: true } }));
     if (member === null) return [];
-    const revoked = await this.#revokeUnderUserLock(userId, { familyId: member.familyId, expiresAt: { gt: new Date() } }, reason);
+    const revoked = await this.#revokeUnderUserLock(userId, { familyId: member.familyId, expiresAt: { gt: new Date() } }, reason, options.actingAs);
     return this.#withRepeated({ familyId: member.familyId }, reason, options, revoked);
   }
 
@@ -195,32 +195,43 @@ export class PrismaTokenRepository implements TokenRepository {
     });
   }
 
-  /** Revokes the user's live pairs matching `where`, holding the user's row lock as rotate does (see #revokeFamily). */
-  #revokeUnderUserLock(userId: number, where: Prisma.OAuthTokenWhereInput, reason: RevocationReason): Promise<string[]> {
+  /**
+   * Revokes the user's live pairs matching `where`, holding the user's row lock as rotate does (see
+   * #revokeFamily), and the caller's with it when the revocation is made for one (ActingAs).
+   */
+  #revokeUnderUserLock(userId: number, where: Prisma.OAuthTokenWhereInput, reason: RevocationReason, actingAs?: ActingAs): Promise<string[]> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
-        await lockUser(tx, userId);
+        if (actingAs === undefined) await lockUser(tx, userId);
+        else await guardWrite(tx, userId, { lastAdmin: false, actingAs });
         return this.#dialect.updateTokensReturningHashes(tx, { ...where, isRevoked: false }, { isRevoked: true, revokedReason: reason });
       }),
     );
   }
 
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
-    const { revoked } = await this.#endSessions(userId, exceptId, reason);
+    const { revoked } = await this.#endSessions(userId, exceptId, reason, options.actingAs);
     return this.#withRepeated({ userId }, reason, options, revoked);
   }
 
   async revokeAllWithUserWrite(userId: number, exceptId: number | undefined, write: UserWrite, options: WriteOptions = {}): Promise<{ user: User; revoked: string[] }> {
-    const { user, revoked } = await this.#endSessions(userId, exceptId, 'revoked', { ...write, repeat: isRepeat(options) });
+    const { user, revoked } = await this.#endSessions(userId, exceptId, 'revoked', options.actingAs, { ...write, repeat: isRepeat(options) });
     if (user === null) throw new Error('the user write did not run');
     return { user, revoked: await this.#withRepeated({ userId }, 'revoked', options, revoked) };
   }
 
-  #endSessions(userId: number, exceptId: number | undefined, reason: RevocationReason, write?: UserWrite & { repeat: boolean }): Promise<{ user: User | null; revoked: string[] }> {
+  #endSessions(
+    userId: number,
+    exceptId: number | undefined,
+    reason: RevocationReason,
+    actingAs: ActingAs | undefined,
+    write?: UserWrite & { repeat: boolean },
+  ): Promise<{ user: User | null; revoked: string[] }> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
-        // The guard locks the active admins' rows and the user's, in id order, as UserRepository.update does.
-        if (write !== undefined && removesActiveAdmin(write.changes)) await refuseLastActiveAdmin(tx, userId);
+        // The guard locks the active admins' rows (when the write could remove one), the caller's
+        // and the user's, in id order, as UserRepository.update does.
+        await guardWrite(tx, userId, { lastAdmin: write !== undefined && removesActiveAdmin(write.changes), actingAs });
         // Waits for the user's refreshes in flight, and holds back new ones until this commits
         // (see rotate): without it, a refresh committing while this statement waits on the row it
         // rotates would insert a successor this statement cannot see, and that session would live.

@@ -1,13 +1,13 @@
 import { Prisma, type PrismaClient, type User, type UserRole, type UserStatus } from '../../gen/prisma/client.ts';
-import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../domain/errors.ts';
+import { AuthenticationError, AuthorizationError, ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../domain/errors.ts';
 import { foldCase } from '../domain/user-mapping.ts';
 import type { Database } from '../infrastructure/database/database.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import type { RawReader } from '../infrastructure/database/raw-reader.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
-import { isRepeat, type WriteOptions } from './write-options.ts';
+import { isRepeat, type ActingAs, type WriteOptions } from './write-options.ts';
 
-export type { WriteOptions } from './write-options.ts';
+export type { ActingAs, WriteOptions } from './write-options.ts';
 
 export type NewUser = Pick<Prisma.UserCreateInput, 'username' | 'email' | 'passwordHash' | 'firstName' | 'lastName' | 'phone' | 'role'>;
 
@@ -58,19 +58,20 @@ export interface UserRepository {
   findByLogin(usernameOrEmail: string): Promise<User | null>;
   /** Which of the given username and e-mail are taken (e-mails are stored lower-cased). */
   findTaken(username: string | undefined, email: string | undefined, exceptId?: number): Promise<{ username: boolean; email: boolean }>;
-  create(user: NewUser): Promise<User>;
+  /** Inserts the user; with `options.actingAs`, only while that caller may still (see ActingAs). */
+  create(user: NewUser, options?: WriteOptions): Promise<User>;
   /**
    * Applies the changes and increments the version, only if the row still matches `expected`:
    * NotFoundError when there is no such user, PreconditionFailedError when its version differs,
    * ConflictError when another expected field does, LastAdminError when the change would leave
-   * no active administrator.
+   * no active administrator, and the errors of ActingAs when `options.actingAs` may no longer.
    */
   update(id: number, changes: UserChanges, expected?: UserExpectation, options?: WriteOptions): Promise<User>;
   /**
    * Deletes the user and, by cascade, its sessions; false when there was no such user. The same
-   * version and last-administrator conditions as update.
+   * version, last-administrator and caller conditions as update.
    */
-  delete(id: number, expectedVersion?: number): Promise<boolean>;
+  delete(id: number, expectedVersion?: number, options?: WriteOptions): Promise<boolean>;
   /** A page of profiles: a listing never carries password hashes. */
   list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }>;
 }
@@ -127,25 +128,34 @@ export class PrismaUserRepository implements UserRepository {
     };
   }
 
-  create(user: NewUser): Promise<User> {
-    return withDatabaseErrors(() => this.#db.user.create({ data: { ...user, usernameKey: usernameKeyOf(user.username) } }));
+  create(user: NewUser, options: WriteOptions = {}): Promise<User> {
+    const data = { ...user, usernameKey: usernameKeyOf(user.username) };
+    const { actingAs } = options;
+    return withDatabaseErrors(() => {
+      if (actingAs === undefined) return this.#db.user.create({ data });
+      return this.#db.$transaction(async (tx) => {
+        await guardWrite(tx, undefined, { lastAdmin: false, actingAs });
+        return tx.user.create({ data });
+      });
+    });
   }
 
   update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
     const repeat = isRepeat(options);
+    const guards = { lastAdmin: removesActiveAdmin(changes), actingAs: options.actingAs };
     return withDatabaseErrors(() => {
-      if (!removesActiveAdmin(changes)) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected, repeat);
+      if (!guards.lastAdmin && guards.actingAs === undefined) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected, repeat);
       return this.#db.$transaction(async (tx) => {
-        await refuseLastActiveAdmin(tx, id);
+        await guardWrite(tx, id, guards);
         return conditionalUpdate(tx, this.#dialect, id, changes, expected, repeat);
       });
     });
   }
 
-  delete(id: number, expectedVersion?: number): Promise<boolean> {
+  delete(id: number, expectedVersion?: number, options: WriteOptions = {}): Promise<boolean> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
-        await refuseLastActiveAdmin(tx, id);
+        await guardWrite(tx, id, { lastAdmin: true, actingAs: options.actingAs });
         const { count } = await tx.user.deleteMany({ where: { id, ...definedOnly({ version: expectedVersion }) } });
         if (count > 0) return true;
         if (expectedVersion === undefined) return false;
@@ -201,21 +211,56 @@ export function removesActiveAdmin(changes: UserChanges): boolean {
 }
 
 /**
- * Refuses to take user `id` out of the active administrators when it is the last one. The rows
- * of every active admin are locked first (FOR UPDATE), so concurrent changes to admins queue
- * here: two admins suspending each other in parallel cannot both see the other still active.
- * (PostgreSQL re-checks a locked row's WHERE after the lock is granted, so the second sees the
- * first one's change.) The target's row is locked by the same statement, and all of them in id
- * order: when the target was locked afterwards, by the write, and the admins in scan order, two
- * guards could each hold a row the other wanted, and PostgreSQL ended one with a deadlock (a 500,
- * found by an attacker firing mixed admin writes in parallel). Must run inside the transaction
- * that then writes.
+ * Locks the rows a write depends on, in one statement, and refuses the write when it may not go
+ * ahead. Must run first inside the transaction that then writes (MySQL fixes a transaction's
+ * snapshot at its first plain read; the caller's sessions are read after the lock).
+ *
+ * `lastAdmin`: refuses to take user `id` out of the active administrators when it is the last
+ * one. The rows of every active admin are locked (FOR UPDATE), so concurrent changes to admins
+ * queue here: two admins suspending each other in parallel cannot both see the other still
+ * active. (PostgreSQL re-checks a locked row's WHERE after the lock is granted, so the second sees
+ * the first one's change.)
+ *
+ * `actingAs`: refuses the write unless the caller may still make it (see ActingAs). Its row is
+ * the lock that every change to an administrator (this same guard), every logout and session end
+ * (TokenRepository's user lock) and every refresh takes, so what it reads next is settled until
+ * this transaction ends.
+ *
+ * The target's row is locked by the same statement, and all of them in id order: when the target
+ * was locked afterwards, by the write, and the admins in scan order, two guards could each hold a
+ * row the other wanted, and PostgreSQL ended one with a deadlock (a 500, found by an attacker
+ * firing mixed admin writes in parallel).
  */
-export async function refuseLastActiveAdmin(tx: Prisma.TransactionClient, id: number): Promise<void> {
-  const rows = await tx.$queryRaw<{ id: number; role: string; status: string }[]>`
-    SELECT id, role, status FROM users WHERE (role = 'ADMIN' AND status = 'ACTIVE') OR id = ${id} ORDER BY id FOR UPDATE`;
-  const admins = rows.filter((row) => row.role === 'ADMIN' && row.status === 'ACTIVE');
-  if (admins.length === 1 && admins[0]?.id === id) throw new LastAdminError();
+export async function guardWrite(tx: Prisma.TransactionClient, id: number | undefined, guards: { lastAdmin: boolean; actingAs: ActingAs | undefined }): Promise<void> {
+  const { lastAdmin, actingAs } = guards;
+  const ids = [id, actingAs?.userId].filter((value): value is number => value !== undefined);
+  if (!lastAdmin && ids.length === 0) return;
+  const named = Prisma.join(ids.length === 0 ? [0] : ids);
+  const rows = lastAdmin
+    ? await tx.$queryRaw<LockedUser[]>`SELECT id, role, status FROM users WHERE (role = 'ADMIN' AND status = 'ACTIVE') OR id IN (${named}) ORDER BY id FOR UPDATE`
+    : await tx.$queryRaw<LockedUser[]>`SELECT id, role, status FROM users WHERE id IN (${named}) ORDER BY id FOR UPDATE`;
+  if (actingAs !== undefined) {
+    const caller = rows.find((row) => row.id === actingAs.userId);
+    const live =
+      caller?.status === 'ACTIVE' &&
+      (await tx.oAuthToken.findFirst({
+        where: { userId: actingAs.userId, familyId: actingAs.familyId, isRevoked: false, expiresAt: { gt: new Date() } },
+        select: { id: true },
+      })) !== null;
+    if (!live) throw new AuthenticationError('Session has ended; please log in again');
+    if (actingAs.administrator && caller.role !== 'ADMIN') throw new AuthorizationError('Insufficient permissions');
+  }
+  if (lastAdmin) {
+    const admins = rows.filter((row) => row.role === 'ADMIN' && row.status === 'ACTIVE');
+    if (admins.length === 1 && admins[0]?.id === id) throw new LastAdminError();
+  }
+}
+
+/** A row as guardWrite locks it. */
+interface LockedUser {
+  id: number;
+  role: string;
+  status: string;
 }
 
 /**

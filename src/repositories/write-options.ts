@@ -10,9 +10,41 @@ export interface WriteOptions {
    * the layer serving the call says.
    */
   repeat?: boolean | undefined;
+  /** Who the write is made for, checked again inside the write's own transaction (see ActingAs). */
+  actingAs?: ActingAs | undefined;
+}
+
+/**
+ * The signed-in caller a write is made for. A request is authorized when it arrives, but its
+ * write may then wait (for a row another transaction holds, for bcrypt): helper 76's
+ * administrator, demoted while its writes waited on a locked row, went on promoting, verifying
+ * and editing users after the demotion had answered. The write's transaction locks the caller's
+ * row with the rows it writes, as every change to an administrator, every logout and every session
+ * end locks it, and goes ahead only if the caller's account is still active, the login chain of
+ * its session still live and, for an administrator's write, its role still ADMIN. Whichever of
+ * the two commits first, the other sees it.
+ */
+export interface ActingAs {
+  userId: number;
+  /** The login chain of the caller's session (a refresh meanwhile keeps it). */
+  familyId: string;
+  /** The write needs the ADMIN role, not only a live session. */
+  administrator: boolean;
 }
 
 /** Whether the write may repeat an earlier attempt of itself (see WriteOptions). */
 export function isRepeat(options: WriteOptions): boolean {
   return options.repeat ?? currentCallContext()?.repeat === true;
+}
+
+/** ActingAs as a header value between layers: `<user id> <admin|self> <family id>`. */
+export function actingAsToHeader(actingAs: ActingAs): string {
+  return `${actingAs.userId} ${actingAs.administrator ? 'admin' : 'self'} ${actingAs.familyId}`;
+}
+
+/** The header's ActingAs; a malformed value is an error between our own layers, never ignored. */
+export function actingAsFromHeader(value: string): ActingAs {
+  const match = /^([1-9]\d{0,9}) (admin|self) (\S{1,100})$/.exec(value);
+  if (match === null) throw new Error('malformed acting-as header');
+  return { userId: Number(match[1]), administrator: match[2] === 'admin', familyId: match[3] ?? '' };
 }

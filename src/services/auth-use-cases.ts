@@ -8,7 +8,7 @@ import type { User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import { USER_AGENT_MAX_LENGTH, type Actor, type ClientInfo } from '../domain/actor.ts';
 import { AuthenticationError, ConflictError, InvalidTokenError, NotFoundError, UnavailableError } from '../domain/errors.ts';
 import { rowMapping } from '../domain/message-mapping.ts';
-import { requireAdmin } from './access.ts';
+import { actingAs, requireAdmin } from './access.ts';
 import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
@@ -329,14 +329,14 @@ export class AuthUseCases {
   async endUserSession(actor: Actor, userId: number, sessionId: number): Promise<void> {
     await this.#administeredUser(actor, userId);
     // Two administrators ending it at once: the second finds nothing left to revoke.
-    if ((await this.#tokens.revokeChainOf(userId, sessionId, 'revoked')).length === 0) throw new NotFoundError('Session not found');
+    if ((await this.#tokens.revokeChainOf(userId, sessionId, 'revoked', actingAs(actor, true))).length === 0) throw new NotFoundError('Session not found');
     this.#audit.record({ type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { count: 1, sessionId } });
   }
 
   /** Ends every live session of a user; returns how many. */
   async endUserSessions(actor: Actor, userId: number): Promise<number> {
     await this.#administeredUser(actor, userId);
-    const count = (await this.#tokens.revokeAllForUser(userId, undefined, 'revoked')).length;
+    const count = (await this.#tokens.revokeAllForUser(userId, undefined, 'revoked', actingAs(actor, true))).length;
     this.#audit.record({ type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { count } });
     return count;
   }

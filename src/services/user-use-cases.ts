@@ -8,7 +8,7 @@ import {
 } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { UserRole, UserSchema, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
-import { AppError, AuthenticationError, AuthorizationError, NotFoundError, RateLimitedError } from '../domain/errors.ts';
+import { AppError, AuthenticationError, AuthorizationError, ConflictError, NotFoundError, RateLimitedError } from '../domain/errors.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-mapping.ts';
@@ -16,10 +16,9 @@ import type { PasswordHasher } from '../infrastructure/security/password-hasher.
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserChanges, UserProfile, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, newAccountRow } from './accounts.ts';
-import { forgetRead, uninterrupted } from '../infrastructure/call-context.ts';
-import { userCacheKey } from '../repositories/cached-user-repository.ts';
+import { uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
-import { requireAdmin, requireSelfOrAdmin } from './access.ts';
+import { actingAs, requireAdmin, requireSelfOrAdmin } from './access.ts';
 import { pageRequest, paginationOf, userSortOf } from './pagination.ts';
 import type { AuditLog } from './audit-use-cases.ts';
 import { accountKey, loginKey, type LoginThrottle } from './login-throttle.ts';
@@ -96,8 +95,10 @@ export class UserUseCases {
     return this.#idempotency.run(operation, async () => {
       const role = input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role);
       const account = await newAccountRow({ users: this.#users, passwords: this.#passwords }, { ...input, role });
-      await this.#stillAdministrator(actor);
-      const row = await uninterrupted(() => this.#users.create(account));
+      // The hash may have waited seconds for a slot (PASSWORD_HASH_QUEUE_MAX): the insert is
+      // authorized again (helper 70's administrator, suspended or demoted meanwhile, went on
+      // creating ADMIN accounts from its queued requests; helper 71's, logged out).
+      const row = await uninterrupted(() => this.#users.create(account, actingAs(actor, true)));
       // A role granted by an administrator is a role change, from none.
       this.#audit.record({ type: 'ROLE_CHANGED', userId: row.id, actorId: actor.userId, details: { to: row.role } });
       return toUserMessage(row);
@@ -122,7 +123,7 @@ export class UserUseCases {
     if (input.lastName !== undefined) changes.lastName = input.lastName;
     if (input.phone !== undefined) changes.phone = input.phone;
     if (input.avatarUrl !== undefined) changes.avatarUrl = input.avatarUrl;
-    const row = await this.#users.update(userId, changes, { version: input.expectedVersion });
+    const row = await this.#users.update(userId, changes, { version: input.expectedVersion }, actingAs(actor, actor.userId !== userId));
     const changed = PROFILE_FIELDS.filter((field) => changes[field] !== undefined && changes[field] !== existing[field]);
     if (changed.length > 0) {
       this.#audit.record({ type: 'USER_UPDATED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { fields: changed.join(',') } });
@@ -133,7 +134,7 @@ export class UserUseCases {
   /** Deletes the user; its sessions go with it (cascade). The last active admin is refused. */
   async delete(actor: Actor, userId: number, expectedVersion?: number): Promise<void> {
     requireAdmin(actor);
-    if (!(await this.#users.delete(userId, expectedVersion))) throw new NotFoundError('User not found');
+    if (!(await this.#users.delete(userId, expectedVersion, actingAs(actor, true)))) throw new NotFoundError('User not found');
     this.#audit.record({ type: 'USER_DELETED', userId, actorId: actor.userId });
   }
 
@@ -165,19 +166,22 @@ export class UserUseCases {
     }
     await attempt.succeeded();
     const passwordHash = await this.#passwords.hash(input.newPassword ?? '', 'newPassword');
-    // Two hashes may have waited their turns: the account suspended or the session ended meanwhile
-    // gets no new password.
-    await this.#stillSignedIn(actor);
     // The new password and the end of the other sessions are one change, one transaction in the
     // repository: a failure between two writes would leave the new password in effect and the
     // old one's sessions alive. Once it starts, a client that leaves (or a deadline that passes)
     // cannot stop it. It is written only over the hash the current password was compared with: of
     // two changes racing with the same current password, the second would otherwise answer 200
     // with the first one's password in effect (and the first one's caller holding the only live
-    // session).
+    // session). Two hashes may have waited their turns: an account suspended or a session ended
+    // meanwhile gets no new password (the write is authorized again, see ActingAs).
     const write = { changes: { passwordHash }, expected: { passwordHash: user.passwordHash } };
     const { revoked: ended } = await uninterrupted(() =>
-      this.#tokens.revokeAllWithUserWrite(userId, actor.sessionId, write).catch((error: unknown) => {
+      this.#tokens.revokeAllWithUserWrite(userId, actor.sessionId, write, actingAs(actor, false)).catch(async (error: unknown) => {
+        // Another password change that committed first ended this session too: it is answered as
+        // the conflict it is.
+        if (error instanceof AppError && error.code === 'AUTHENTICATION_ERROR' && (await this.#users.findById(userId))?.passwordHash !== user.passwordHash) {
+          error = new ConflictError('The password was changed meanwhile; nothing was changed');
+        }
         if (isConflict(error)) failed('changed_meanwhile');
         throw error;
       }),
@@ -191,7 +195,7 @@ export class UserUseCases {
    */
   async verify(actor: Actor, userId: number, expectedVersion?: number): Promise<User> {
     requireAdmin(actor);
-    const row = await this.#users.update(userId, { isVerified: true }, { isVerified: false, version: expectedVersion });
+    const row = await this.#users.update(userId, { isVerified: true }, { isVerified: false, version: expectedVersion }, actingAs(actor, true));
     this.#audit.record({ type: 'USER_VERIFIED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}) });
     return toUserMessage(row);
   }
@@ -210,7 +214,9 @@ export class UserUseCases {
     // account's reactivation.
     const write = { changes: { status: stored, isActive: stored === 'ACTIVE' }, expected: { status: before.status, version: expectedVersion } };
     const written = await uninterrupted(async () =>
-      status === UserStatus.ACTIVE ? this.#users.update(userId, write.changes, write.expected) : (await this.#tokens.revokeAllWithUserWrite(userId, undefined, write)).user,
+      status === UserStatus.ACTIVE
+        ? this.#users.update(userId, write.changes, write.expected, actingAs(actor, true))
+        : (await this.#tokens.revokeAllWithUserWrite(userId, undefined, write, actingAs(actor, true))).user,
     ).then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, expectedVersion, (now) => now.status === stored));
     if (written.changed && before.status !== stored) this.#audit.record({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } });
     return toUserMessage(written.row);
@@ -228,7 +234,7 @@ export class UserUseCases {
     const role = roleFromProto(input.role ?? UserRole.UNSPECIFIED);
     const before = await this.#existing(userId);
     const written = await this.#users
-      .update(userId, { role }, { role: before.role, version: input.expectedVersion })
+      .update(userId, { role }, { role: before.role, version: input.expectedVersion }, actingAs(actor, true))
       .then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, input.expectedVersion, (now) => now.role === role));
     if (written.changed && before.role !== role) {
       this.#audit.record({ type: 'ROLE_CHANGED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { from: before.role, to: role } });
@@ -259,36 +265,6 @@ export class UserUseCases {
     const now = await this.#users.findProfile(userId);
     if (now === null || !inPlace(now)) throw error;
     return { row: now, changed: false };
-  }
-
-  /**
-   * The caller's role was checked when its request came, but a new account's hash may then wait
-   * seconds for a slot (PASSWORD_HASH_QUEUE_MAX): helper 70's administrator, suspended or demoted
-   * by another whose change had been answered, went on creating ADMIN accounts from its queued
-   * requests for up to 2.2 s at bcrypt cost 10. The caller is read again just before the write (the
-   * profile cache is dropped before a role or status change answers); what is left is that read's
-   * round trip, as before any administrator's write.
-   */
-  async #stillAdministrator(actor: Actor): Promise<void> {
-    const caller = await this.#stillSignedIn(actor);
-    if (caller.role !== 'ADMIN') throw new AuthorizationError('Insufficient permissions');
-  }
-
-  /**
-   * The caller as it is now, if its account is still active and the login chain of the session
-   * its request came with still live (helper 71: creations queued with a stolen administrator's
-   * token landed up to 0.8 s after the owner's logout or revoke-all had answered).
-   */
-  async #stillSignedIn(actor: Actor): Promise<UserProfile> {
-    // Authentication's read of the caller, made as the request came, is remembered for the
-    // request: it is the one read again here.
-    forgetRead(userCacheKey(actor.userId));
-    const [caller, sessions] = await Promise.all([this.#users.findProfile(actor.userId), this.#tokens.listActive(actor.userId, new Date())]);
-    // A refresh meanwhile moved the session to a new pair of its chain: the chain is what must live.
-    if (caller?.status !== 'ACTIVE' || !sessions.some((session) => session.familyId === actor.familyId)) {
-      throw new AuthenticationError('Session has ended; please log in again');
-    }
-    return caller;
   }
 
   async #existing(userId: number) {

@@ -5,13 +5,14 @@
 // database-backed repositories keep the same contracts under concurrency is what the API suites
 // test, in every topology.
 import type { OAuthToken, User } from '../../gen/prisma/client.ts';
-import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../../src/domain/errors.ts';
+import { AuthenticationError, AuthorizationError, ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../../src/domain/errors.ts';
 import { foldCase } from '../../src/domain/user-mapping.ts';
 import type { AuditEventInput, AuditLog } from '../../src/services/audit-use-cases.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
 import { REPEAT_LOOKBACK_MS, type NewTokenRecord, type RevocationReason, type TokenRepository, type UserWrite } from '../../src/repositories/token-repository.ts';
 import {
   showsWrite,
+  type ActingAs,
   type NewUser,
   type UserChanges,
   type UserExpectation,
@@ -42,6 +43,8 @@ export class MemoryUserRepository implements UserRepository {
   #nextId = 1;
   /** Called with a deleted user's id: the database deletes the user's sessions with it (ON DELETE CASCADE). */
   onDelete: (id: number) => void = () => undefined;
+  /** Whether a user's login chain has a live pair (the token repository answers). */
+  chainLive: (userId: number, familyId: string) => boolean = () => false;
 
   constructor(clock: TestClock) {
     this.#clock = clock;
@@ -73,7 +76,8 @@ export class MemoryUserRepository implements UserRepository {
     };
   }
 
-  async create(user: NewUser): Promise<User> {
+  async create(user: NewUser, options: WriteOptions = {}): Promise<User> {
+    this.refuseUnlessActing(options.actingAs);
     const taken = await this.findTaken(user.username, user.email);
     if (taken.username || taken.email) throw new ConflictError(taken.username ? 'Username already exists' : 'Email already exists');
     const now = this.#clock.now();
@@ -101,6 +105,7 @@ export class MemoryUserRepository implements UserRepository {
   }
 
   async update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
+    this.refuseUnlessActing(options.actingAs);
     const row = this.#rows.get(id);
     if (row === undefined) throw new NotFoundError('User not found');
     const matches =
@@ -117,7 +122,8 @@ export class MemoryUserRepository implements UserRepository {
     return { ...next };
   }
 
-  async delete(id: number, expectedVersion?: number): Promise<boolean> {
+  async delete(id: number, expectedVersion?: number, options: WriteOptions = {}): Promise<boolean> {
+    this.refuseUnlessActing(options.actingAs);
     const row = this.#rows.get(id);
     if (row === undefined) return false;
     if (expectedVersion !== undefined && row.version !== expectedVersion) throw new PreconditionFailedError('User has changed');
@@ -125,6 +131,14 @@ export class MemoryUserRepository implements UserRepository {
     this.#rows.delete(id);
     this.onDelete(id);
     return true;
+  }
+
+  /** As guardWrite: the caller still active, its chain live, and an administrator when the write needs one. */
+  refuseUnlessActing(actingAs: ActingAs | undefined): void {
+    if (actingAs === undefined) return;
+    const caller = this.#rows.get(actingAs.userId);
+    if (caller?.status !== 'ACTIVE' || !this.chainLive(actingAs.userId, actingAs.familyId)) throw new AuthenticationError('Session has ended; please log in again');
+    if (actingAs.administrator && caller.role !== 'ADMIN') throw new AuthorizationError('Insufficient permissions');
   }
 
   async list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }> {
@@ -168,6 +182,10 @@ export class MemoryTokenRepository implements TokenRepository {
     this.#users = users;
     users.onDelete = (userId) => {
       for (const [id, row] of this.#rows) if (row.userId === userId) this.#rows.delete(id);
+    };
+    users.chainLive = (userId, familyId) => {
+      const now = this.#clock.now();
+      return [...this.#rows.values()].some((row) => row.userId === userId && row.familyId === familyId && !row.isRevoked && row.expiresAt > now);
     };
   }
 
@@ -219,6 +237,7 @@ export class MemoryTokenRepository implements TokenRepository {
   }
 
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    this.#users.refuseUnlessActing(options.actingAs);
     const member = this.#rows.get(tokenId);
     if (member?.userId !== userId) return [];
     const now = this.#clock.now();
@@ -232,6 +251,7 @@ export class MemoryTokenRepository implements TokenRepository {
   }
 
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
+    this.#users.refuseUnlessActing(options.actingAs);
     const now = this.#clock.now();
     const sparedFamily = exceptId === undefined ? undefined : this.#rows.get(exceptId)?.familyId;
     const revoked = this.#revokeWhere((row) => row.userId === userId && row.familyId !== sparedFamily && row.expiresAt > now, reason);

@@ -10,8 +10,9 @@
 // - verifications, profile edits and role changes are audited.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { apiClient, PROTOCOLS, type ApiClient, type Outcome, type ProtocolName } from '../helpers/protocols.ts';
-import { ADMIN, bearer, loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type Outcome, type ProtocolName } from '../helpers/protocols.ts';
+import { ADMIN, bearer, holdRows, loginAdmin, register, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
+import { isMysqlUrl } from '../helpers/test-database.ts';
 
 let t: TestServer;
 /** A deployment whose only administrator is the bootstrap one, for the last-admin rule. */
@@ -547,4 +548,69 @@ describe('writes that wait for bcrypt are authorized again before they land', ()
     expect((await rest.login({ usernameOrEmail: user.username, password: 'Another-Passw0rd!' })).code).toBe('unauthenticated');
     expect((await rest.login({ usernameOrEmail: user.username, password: user.password })).code).toBe('ok');
   });
+});
+
+describe('writes held up in the database are authorized again before they land', () => {
+  // helper 76: an administrator demoted while its writes waited on a row lock (a busy database)
+  // went on promoting, verifying and editing users, and ending their sessions, after the
+  // demotion had answered 200.
+  // On MySQL the demotion and the suspension lock the rows of their scan for the last-admin rule,
+  // the held one among them, so they cannot answer while it is held: the race needs PostgreSQL,
+  // which locks only the active administrators' rows. A logout locks its user's row alone.
+  const changes = [
+    ['demoted', 'permission_denied'],
+    ['suspended', 'unauthenticated'],
+    ['logged out', 'unauthenticated'],
+  ] as const;
+  it.each(changes.filter(([change]) => change === 'logged out' || !isMysqlUrl(TEST_DATABASE_URL)))(
+    'when an administrator is %s while its writes wait for a locked row, over every protocol, then none of them lands',
+    async (change, refusal) => {
+      const clients = apiClients(t.baseUrl);
+      try {
+        const rest = clients[0] as ApiClient;
+        const root = (await login(rest, ADMIN.username, ADMIN.password)).token;
+        // The user written to is older (a lower id) than the administrator writing, so each write
+        // waits for that user's row before it could lock the administrator's.
+        const pawn = await register(t);
+        const second = await register(t);
+        expect((await rest.updateRole(root, second.id, 'ADMIN')).code).toBe('ok');
+        const other = await login(rest, second.username, second.password);
+        const liveSessions = async () =>
+          (await t.sql<{ live: number }>('SELECT count(*)::int AS live FROM oauth_tokens WHERE user_id = $1 AND is_revoked = false', [pawn.id]))[0]?.live;
+        const sessionsBefore = await liveSessions();
+
+        const held = await holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [pawn.id]);
+        let outcomes: Outcome<unknown>[];
+        try {
+          // Eight, every protocol and each kind of write among them: fewer than the database pool's
+          // connections, so that the change below still finds one.
+          const kinds = [
+            (client: ApiClient) => client.updateRole(other.token, pawn.id, 'ADMIN'),
+            (client: ApiClient) => client.verifyUser(other.token, pawn.id),
+            (client: ApiClient) => client.updateUser(other.token, pawn.id, { firstName: 'Pawned' }),
+            (client: ApiClient) => client.endUserSessions(other.token, pawn.id),
+          ];
+          const writes = Array.from({ length: 8 }, (_, i) =>
+            (kinds[i % kinds.length] as (client: ApiClient) => Promise<Outcome<unknown>>)(clients[i % clients.length] as ApiClient),
+          );
+          await sleep(400);
+          const answer = {
+            demoted: () => rest.updateRole(root, other.id, 'USER'),
+            suspended: () => rest.updateStatus(root, other.id, 'SUSPENDED'),
+            'logged out': () => rest.logout(other.token),
+          }[change];
+          expect((await answer()).code).toBe('ok');
+          await held.release();
+          outcomes = await Promise.all(writes);
+        } finally {
+          await held.release();
+        }
+        expect(codes(outcomes)).toEqual({ [refusal]: outcomes.length });
+        expect(await row(t, pawn.id)).toMatchObject({ role: 'USER', is_verified: false, first_name: null });
+        expect(await liveSessions()).toBe(sessionsBefore);
+      } finally {
+        closeAll(clients);
+      }
+    },
+  );
 });

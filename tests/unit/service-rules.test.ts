@@ -150,6 +150,36 @@ describe('who may do what', () => {
     expect(h.audit.ofType('ROLE_CHANGED').at(-1)).toMatchObject({ userId: admin.id, actorId: second.id, details: { from: 'ADMIN', to: 'USER' } });
   });
 
+  it.each([
+    ['demoted', 'AUTHORIZATION_ERROR'],
+    ['suspended', 'AUTHENTICATION_ERROR'],
+    ['logged out', 'AUTHENTICATION_ERROR'],
+  ] as const)('when an administrator is %s after its request was authorized, then none of its writes lands', async (change, refusal) => {
+    const admin = await h.account('ADMIN');
+    const root = await h.account('ADMIN');
+    const user = await h.account('USER');
+    // The caller as authentication established it when the requests came: still an ADMIN.
+    const { actor } = admin;
+    if (change === 'demoted') await h.userCases.updateRole(root.actor, { userId: admin.id, role: UserRole.USER });
+    else if (change === 'suspended') await h.userCases.updateStatus(root.actor, admin.id, UserStatus.SUSPENDED);
+    else await h.auth.logout(actor);
+    // One after another: each must be refused on its own, the creation's hash included.
+    const attempts = {
+      create: () => h.userCases.create(actor, { username: 'made', email: 'made@example.com', password: PASSWORD, role: UserRole.ADMIN }),
+      delete: () => h.userCases.delete(actor, user.id),
+      verify: () => h.userCases.verify(actor, user.id),
+      suspend: () => h.userCases.updateStatus(actor, user.id, UserStatus.SUSPENDED),
+      promote: () => h.userCases.updateRole(actor, { userId: user.id, role: UserRole.ADMIN }),
+      updateOther: () => h.userCases.update(actor, { userId: user.id, firstName: 'Mallory' }),
+      endOtherSessions: () => h.auth.endUserSessions(actor, user.id),
+      endOtherSession: () => h.auth.endUserSession(actor, user.id, user.actor.sessionId),
+    };
+    for (const [name, attempt] of Object.entries(attempts)) expect([name, await outcome(attempt())]).toEqual([name, refusal]);
+    expect(await h.users.findProfile(user.id)).toMatchObject({ firstName: null, role: 'USER', status: 'ACTIVE', isVerified: false, version: 1 });
+    expect(await h.users.findByLogin('made')).toBeNull();
+    expect(await h.tokens.listActive(user.id, h.clock.now())).toHaveLength(1);
+  });
+
   it("when a role changes, then the user's existing session acts with the new role at once", async () => {
     const admin = await h.account('ADMIN');
     const user = await h.account('USER');

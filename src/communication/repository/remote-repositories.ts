@@ -32,7 +32,8 @@ import {
   userFromProto,
 } from './record-mapping.ts';
 import { requireField } from '../../domain/message-mapping.ts';
-import { REPEAT_HEADER } from '../layer-transport.ts';
+import { ACTING_AS_HEADER, REPEAT_HEADER } from '../layer-transport.ts';
+import { actingAsToHeader } from '../../repositories/write-options.ts';
 
 /** A UserRepository in another process. */
 export class RemoteUserRepository implements UserRepository {
@@ -63,18 +64,18 @@ export class RemoteUserRepository implements UserRepository {
     return { username: taken.username, email: taken.email };
   }
 
-  async create(user: NewUser): Promise<User> {
-    const response = await this.#client.createUser({ user: newUserToProto(user) });
+  async create(user: NewUser, options: WriteOptions = {}): Promise<User> {
+    const response = await this.#client.createUser({ user: newUserToProto(user) }, writeHeaders(options));
     return userFromProto(requireField(response.user, 'CreateUserResponse.user'));
   }
 
   async update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
-    const response = await this.#client.updateUser({ id, changes: userChangesToProto(changes), expected: userExpectationToProto(expected) }, repeatHeader(options));
+    const response = await this.#client.updateUser({ id, changes: userChangesToProto(changes), expected: userExpectationToProto(expected) }, writeHeaders(options));
     return userFromProto(requireField(response.user, 'UpdateUserResponse.user'));
   }
 
-  async delete(id: number, expectedVersion?: number): Promise<boolean> {
-    const { deleted } = await this.#client.deleteUser({ id, expectedVersion });
+  async delete(id: number, expectedVersion?: number, options: WriteOptions = {}): Promise<boolean> {
+    const { deleted } = await this.#client.deleteUser({ id, expectedVersion }, writeHeaders(options));
     return deleted;
   }
 
@@ -114,28 +115,28 @@ export class RemoteTokenRepository implements TokenRepository {
   }
 
   async revoke(id: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeToken({ id, reason }, repeatHeader(options));
+    const { accessTokenHashes } = await this.#client.revokeToken({ id, reason }, writeHeaders(options));
     return accessTokenHashes;
   }
 
   async revokeFamily(familyId: string, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeTokenFamily({ familyId, reason }, repeatHeader(options));
+    const { accessTokenHashes } = await this.#client.revokeTokenFamily({ familyId, reason }, writeHeaders(options));
     return accessTokenHashes;
   }
 
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeTokenChain({ userId, tokenId, reason }, repeatHeader(options));
+    const { accessTokenHashes } = await this.#client.revokeTokenChain({ userId, tokenId, reason }, writeHeaders(options));
     return accessTokenHashes;
   }
 
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
-    const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId, reason }, repeatHeader(options));
+    const { accessTokenHashes } = await this.#client.revokeUserTokens({ userId, exceptId, reason }, writeHeaders(options));
     return accessTokenHashes;
   }
 
   async revokeAllWithUserWrite(userId: number, exceptId: number | undefined, write: UserWrite, options: WriteOptions = {}): Promise<{ user: User; revoked: string[] }> {
     const userWrite = { changes: userChangesToProto(write.changes), expected: userExpectationToProto(write.expected) };
-    const response = await this.#client.revokeUserTokens({ userId, exceptId, reason: 'revoked', userWrite }, repeatHeader(options));
+    const response = await this.#client.revokeUserTokens({ userId, exceptId, reason: 'revoked', userWrite }, writeHeaders(options));
     return { user: userFromProto(requireField(response.user, 'RevokeUserTokensResponse.user')), revoked: response.accessTokenHashes };
   }
 
@@ -249,7 +250,10 @@ export class RemoteIdempotencyRepository implements IdempotencyRepository {
   }
 }
 
-/** Call options that mark a call as a repeat, when the caller says it is one. */
-function repeatHeader(options: WriteOptions): { headers: Record<string, string> } | undefined {
-  return options.repeat === true ? { headers: { [REPEAT_HEADER]: '1' } } : undefined;
+/** Call options that carry a write's options: whether it is a repeat, and whom it is made for. */
+function writeHeaders(options: WriteOptions): { headers: Record<string, string> } | undefined {
+  const headers: Record<string, string> = {};
+  if (options.repeat === true) headers[REPEAT_HEADER] = '1';
+  if (options.actingAs !== undefined) headers[ACTING_AS_HEADER] = actingAsToHeader(options.actingAs);
+  return Object.keys(headers).length === 0 ? undefined : { headers };
 }

@@ -14,7 +14,7 @@ import type { AuditRepository } from '../../repositories/audit-repository.ts';
 import type { IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
 import type { TokenRepository } from '../../repositories/token-repository.ts';
 import type { UserRepository } from '../../repositories/user-repository.ts';
-import type { WriteOptions } from '../../repositories/write-options.ts';
+import { actingAsFromHeader, type WriteOptions } from '../../repositories/write-options.ts';
 import {
   auditEventToProto,
   dateFromProto,
@@ -31,11 +31,12 @@ import {
   userToProto,
 } from './record-mapping.ts';
 import { requireField } from '../../domain/message-mapping.ts';
-import { REPEAT_HEADER } from '../layer-transport.ts';
+import { ACTING_AS_HEADER, REPEAT_HEADER } from '../layer-transport.ts';
 
-/** A write called with REPEAT_HEADER may repeat one already carried out (see WriteOptions). */
+/** A write's options as the headers carry them: REPEAT_HEADER, ACTING_AS_HEADER (see WriteOptions). */
 function writeOptions(ctx: HandlerContext): WriteOptions {
-  return { repeat: ctx.requestHeader.has(REPEAT_HEADER) };
+  const actingAs = ctx.requestHeader.get(ACTING_AS_HEADER);
+  return { repeat: ctx.requestHeader.has(REPEAT_HEADER), actingAs: actingAs === null ? undefined : actingAsFromHeader(actingAs) };
 }
 
 /** arcana.internal.repository.v1.UserRepositoryService over a UserRepository. */
@@ -56,16 +57,16 @@ export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<t
     async findTakenNames(req) {
       return repo.findTaken(req.username, req.email, req.exceptId);
     },
-    async createUser(req) {
-      return { user: userToProto(await repo.create(newUserFromProto(requireField(req.user, 'CreateUserRequest.user')))) };
+    async createUser(req, ctx) {
+      return { user: userToProto(await repo.create(newUserFromProto(requireField(req.user, 'CreateUserRequest.user')), writeOptions(ctx))) };
     },
     async updateUser(req, ctx) {
       // Absent changes are no changes, as an empty UserChanges would be.
       const changes = req.changes === undefined ? {} : userChangesFromProto(req.changes);
       return { user: userToProto(await repo.update(req.id, changes, userExpectationFromProto(req.expected), writeOptions(ctx))) };
     },
-    async deleteUser(req) {
-      return { deleted: await repo.delete(req.id, req.expectedVersion) };
+    async deleteUser(req, ctx) {
+      return { deleted: await repo.delete(req.id, req.expectedVersion, writeOptions(ctx)) };
     },
     async listUsers(req) {
       const { users, total } = await repo.list(userFilterFromProto(req));

@@ -261,6 +261,51 @@ describe('when Redis stops answering with its connections open', () => {
   }, 60_000);
 });
 
+describe('when this process is too busy to read what Redis answered', () => {
+  it('then the answer is read and the connection kept, where a frozen Redis would be given up', async () => {
+    // Helper 77: a service process kept busy for more than the command timeout by a flood of
+    // lists took its own late reading for a frozen Redis, dropped a healthy connection (one
+    // warning per pending command) and sent its reads to an already loaded database. The
+    // timeout's timer runs before the event loop reads its sockets; the answer was there.
+    const logLines: string[] = [];
+    const logger = createLogger({ level: 'warn', destination: { write: (line: string) => void logLines.push(line) } });
+    const client = createRedisClient({ url: REDIS_URL, logger, name: 'busy-test' });
+    try {
+      expect(await waitUntilReady(client, 5_000)).toBe(true);
+      // Redis takes 50 ms to answer; the process is busy for 1.5 s from the moment it was sent.
+      const answer = client.eval("local t = redis.call('TIME') repeat local n = redis.call('TIME') until (n[1] - t[1]) * 1000000 + n[2] - t[2] > 50000 return 'answered'", 0);
+      await new Promise((resolve) => setImmediate(resolve));
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1_500);
+      expect(await answer).toBe('answered');
+      expect(client.status).toBe('ready');
+      expect(await client.ping()).toBe('PONG');
+      expect(logLines.filter((line) => line.includes('redis stopped answering'))).toEqual([]);
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it('when Redis itself stops answering with many commands pending, then the connection is given up once, with one warning', async () => {
+    const server = await startRedisServer();
+    const logLines: string[] = [];
+    const logger = createLogger({ level: 'warn', destination: { write: (line: string) => void logLines.push(line) } });
+    const client = createRedisClient({ url: server.url, logger, name: 'frozen-test' });
+    try {
+      expect(await waitUntilReady(client, 5_000)).toBe(true);
+      server.pause();
+      const started = performance.now();
+      const outcomes = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => client.get(`frozen-${i}`)));
+      expect(outcomes.every((outcome) => outcome.status === 'rejected')).toBe(true);
+      expect(performance.now() - started).toBeLessThan(1_900);
+      expect(logLines.filter((line) => line.includes('redis stopped answering'))).toHaveLength(1);
+    } finally {
+      server.resume();
+      client.disconnect();
+      await server.stop();
+    }
+  }, 30_000);
+});
+
 describe('when Redis loses an invalidation', () => {
   // Found by an attacker: an invalidation that Redis did not take was only logged, so a session
   // logged out or a role taken away stayed in the cache, and in force, for the cache's TTL.

@@ -5,6 +5,9 @@ import type { Logger } from '../logger.ts';
 
 export type { Redis };
 
+/** How long a command may go unanswered before Redis is taken to have stopped (see FailFastRedis). */
+const COMMAND_TIMEOUT_MS = 1_000;
+
 /**
  * A Redis connection for request-path work (cache, counters). Commands fail fast while Redis is
  * unreachable instead of queueing, so callers can fall back at once; the client keeps
@@ -17,21 +20,43 @@ export function createRedisClient(options: { url: string; logger: Logger; name: 
   // CommonJS: `require` gives the very module an import would.
   const { Redis } = createRequire(import.meta.url)('ioredis') as typeof IoRedis;
   /**
-   * A command that times out means Redis stopped answering with its connection open (a frozen
-   * process or host), which raises no error: every later command waited its own full timeout in
-   * turn, a second each, several per request. The connection is dropped at the first timeout
-   * instead; until Redis answers the reconnect's ready check, commands fail at once and callers
-   * fall back (the database, or a 503 for login), and `onReconnect` runs when it is back.
+   * A command unanswered for COMMAND_TIMEOUT_MS means Redis stopped answering with its connection
+   * open (a frozen process or host), which raises no error: every later command waited its own
+   * full timeout in turn, a second each, several per request. The connection is dropped at the
+   * first such command instead, with one warning; until Redis answers the reconnect's ready
+   * check, commands fail at once and callers fall back (the database, or a 503 for login), and
+   * `onReconnect` runs when it is back.
+   *
+   * The verdict waits for the event loop to read its sockets once more (setImmediate runs after
+   * the poll phase; timers run before it): a process busier than the timeout (helper 77's service
+   * under a flood of lists) had the answer in its socket all along, and ioredis's own
+   * `commandTimeout` dropped a healthy connection for it and sent its reads to the database.
    */
   class FailFastRedis extends Redis {
+    /** Set when the connection is given up, until it is ready again: one verdict per outage. */
+    givenUp = false;
+
     override sendCommand(...[command, stream]: Parameters<IoRedis.Redis['sendCommand']>): unknown {
       const sent = super.sendCommand(command, stream);
-      command.promise.catch((error: unknown) => {
-        if (error instanceof Error && error.message === 'Command timed out' && this.status === 'ready') {
-          options.logger.warn({ redis: options.name }, 'redis stopped answering; reconnecting, falling back meanwhile');
-          this.disconnect(true);
-        }
-      });
+      if (this.status !== 'ready') return sent;
+      let answered = false;
+      const timer = setTimeout(
+        () =>
+          setImmediate(() => {
+            if (answered || this.givenUp || this.status !== 'ready') return;
+            this.givenUp = true;
+            options.logger.warn({ redis: options.name }, 'redis stopped answering; reconnecting, falling back meanwhile');
+            // Destroyed, not ended: a frozen peer never closes its side, and the commands waiting
+            // on the connection fail only when it is closed (ioredis then reconnects).
+            this.stream.destroy();
+          }),
+        COMMAND_TIMEOUT_MS,
+      );
+      const settle = () => {
+        answered = true;
+        clearTimeout(timer);
+      };
+      command.promise.then(settle, settle);
       return sent;
     }
   }
@@ -40,7 +65,6 @@ export function createRedisClient(options: { url: string; logger: Logger; name: 
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     connectTimeout: 2_000,
-    commandTimeout: 1_000,
     retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
     lazyConnect: false,
     // Commands issued in one turn of the event loop leave in one write. Every authenticated
@@ -59,6 +83,7 @@ export function createRedisClient(options: { url: string; logger: Logger; name: 
     closed = true;
   });
   redis.on('ready', () => {
+    redis.givenUp = false;
     if (down) {
       options.logger.info({ redis: options.name }, 'redis is back');
       down = false;

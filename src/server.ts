@@ -96,16 +96,16 @@ export function createDualProtocolServer(
       // Node checks those two deadlines on this interval (30 s by default), so a request could
       // outlive its deadline by that much; a check of the requests still arriving is cheap.
       connectionsCheckingInterval: Math.max(25, Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4))),
-      // Checked by hostHeaderProblem, which answers in the API's envelope and refuses two.
+      // Checked by headerProblem, which answers in the API's envelope and refuses two.
       requireHostHeader: false,
     },
     // A request whose connection is gone by its turn is not started: no handler, rate-limit
     // charge or log for a client that left (its address is no longer known either).
     answerInTurn((req, res) => {
-      const hostProblem = hostHeaderProblem(req);
-      if (hostProblem !== undefined) {
-        warnMalformed({ peer: addressKey(req.socket.remoteAddress), reason: hostProblem });
-        refuseRequest(res, hostProblem);
+      const headersProblem = headerProblem(req);
+      if (headersProblem !== undefined) {
+        warnMalformed({ peer: addressKey(req.socket.remoteAddress), reason: headersProblem });
+        refuseRequest(res, headersProblem);
         return;
       }
       startInTurn(() => {
@@ -130,10 +130,10 @@ export function createDualProtocolServer(
       peers.releaseStream(peer);
       openStreams.delete(req.stream);
     });
-    const hostProblem = authorityProblem(req);
-    if (hostProblem !== undefined) {
-      warnMalformed({ peer: addressKey(address), reason: hostProblem });
-      refuseRequest(res, hostProblem);
+    const headersProblem = http2HeaderProblem(req);
+    if (headersProblem !== undefined) {
+      warnMalformed({ peer: addressKey(address), reason: headersProblem });
+      refuseRequest(res, headersProblem);
       return;
     }
     // A stream reset before its turn (rapid reset: HEADERS then RST_STREAM, hundreds per write)
@@ -420,24 +420,45 @@ function errorJson(answer: { code: ErrorBody['error']['code']; message: string }
 }
 
 /**
- * Why a request's Host header is refused (RFC 9112 §3.2: exactly one), or undefined. Node's own
- * check answered a missing one with a bare 400 and took the first of two, where a proxy in front
- * may have routed by the other. HTTP/1.0 may omit it.
+ * Why an HTTP/1 request's headers are refused, or undefined: more than one Authorization (see
+ * TWO_AUTHORIZATIONS), or a Host header that is not exactly one (RFC 9112 §3.2). Node's own check
+ * answered a missing Host with a bare 400 and took the first of two, where a proxy in front may
+ * have routed by the other. HTTP/1.0 may omit it.
  */
-function hostHeaderProblem(req: IncomingMessage): string | undefined {
-  // Only HTTP/1.0 may: Node's parser also takes `HTTP/2.0` and `HTTP/0.9` request lines here
-  // (a real HTTP/2 request never reaches this server), which must not be a way around the rule.
-  if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return undefined;
+function headerProblem(req: IncomingMessage): string | undefined {
   let hosts = 0;
+  let authorizations = 0;
   const raw = req.rawHeaders;
-  for (let index = 0; index < raw.length; index += 2) if (raw[index]?.length === 4 && raw[index]?.toLowerCase() === 'host') hosts += 1;
+  for (let index = 0; index < raw.length; index += 2) {
+    const name = raw[index];
+    if (name?.length === 4 && name.toLowerCase() === 'host') hosts += 1;
+    else if (name?.length === 13 && name.toLowerCase() === 'authorization') authorizations += 1;
+  }
+  if (authorizations > 1) return TWO_AUTHORIZATIONS;
+  // Only HTTP/1.0 may omit Host: Node's parser also takes `HTTP/2.0` and `HTTP/0.9` request lines
+  // here (a real HTTP/2 request never reaches this server), which must not be a way around the rule.
+  if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return undefined;
   if (hosts > 1) return 'An HTTP/1.1 request must carry one Host header, not several';
   if (hosts === 0) return 'An HTTP/1.1 request must carry a Host header';
   return malformedAuthority(req.headers.host) ? 'The Host header is not a host name or address, with an optional port' : undefined;
 }
 
-/** Why an HTTP/2 request's `:authority` and `host` are refused (RFC 9113 §8.3.1), or undefined. */
-function authorityProblem(req: Http2ServerRequest): string | undefined {
+/**
+ * The answer to a request with two Authorization headers. Node keeps the first (HTTP/1 and HTTP/2
+ * alike) and drops the other unseen, where a proxy in front may have authorized the request by the
+ * other (helper 76): the same disagreement as two Host headers or two JSON keys of one name.
+ */
+const TWO_AUTHORIZATIONS = 'A request must carry one Authorization header, not several';
+
+/**
+ * Why an HTTP/2 request's headers are refused, or undefined: more than one `authorization` (see
+ * TWO_AUTHORIZATIONS), or an `:authority` and `host` that disagree (RFC 9113 §8.3.1).
+ */
+function http2HeaderProblem(req: Http2ServerRequest): string | undefined {
+  const raw = req.rawHeaders;
+  let authorizations = 0;
+  for (let index = 0; index < raw.length; index += 2) if (raw[index] === 'authorization') authorizations += 1;
+  if (authorizations > 1) return TWO_AUTHORIZATIONS;
   const authority = req.headers[':authority'];
   const host = req.headers.host;
   if (authority !== undefined && host !== undefined && authority.toLowerCase() !== host.toLowerCase()) return 'The host header must be the same as :authority';

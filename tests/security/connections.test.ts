@@ -459,6 +459,32 @@ describe('HTTP/1.1', () => {
     expect(old.received().toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
   });
 
+  it('when a request carries two Authorization headers, whichever comes first, then 400 in the error envelope over REST and Connect; one is served', async () => {
+    // Node kept the first and dropped the other unseen, where a proxy in front may have authorized
+    // the request by the other (helper 76).
+    const user = await register(server);
+    const token = `Bearer ${user.accessToken}`;
+    const requests = [
+      (authorizations: string) => `GET /api/v1/auth/me HTTP/1.1\r\nHost: x\r\n${authorizations}connection: close\r\n\r\n`,
+      (authorizations: string) =>
+        `POST /${AuthService.typeName}/GetCurrentUser HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n${authorizations}connection: close\r\n\r\n{}`,
+    ];
+    for (const request of requests) {
+      for (const [authorizations, status] of [
+        [`Authorization: ${token}\r\nauthorization: Bearer forged\r\n`, 400],
+        [`authorization: Bearer forged\r\nAUTHORIZATION: ${token}\r\n`, 400],
+        [`Authorization: ${token}\r\n`, 200],
+      ] as const) {
+        const client = rawClient(server.port);
+        client.socket.write(request(authorizations));
+        await closedWithin(client.closed, 5_000);
+        const text = client.received().toString('latin1');
+        expect(text, authorizations).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+        if (status === 400) expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
+      }
+    }
+  });
+
   it('when a Host is not a host name or address, then 400 in the error envelope on every path; IPv6 literals and ports are served', async () => {
     // connect-node builds each call's URL from it: `[` was a bare 400 there, unlogged (helper 69).
     for (const host of ['[', '[::1', 'a b', 'user@host', 'host:port', 'ho%zzst', 'localhost:99999', '999.1.1.1', '1.2.3.4.5', '4294967296']) {
@@ -681,6 +707,42 @@ describe('HTTP/2 (h2c)', () => {
       const fine = await call({ ':authority': 'api.example.com', host: 'API.example.com' }, contentType);
       expect(fine.status, contentType).toBe(200);
     }
+  });
+
+  it('when a stream carries two authorization fields, whichever comes first, then it is answered 400 and the connection serves on', async () => {
+    // As over HTTP/1.1 (helper 76): Node's HTTP/2 also keeps the first of a single-value field.
+    const user = await register(server);
+    const client = rawClient(server.port);
+    client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0)]));
+    await until('SETTINGS', () => settingsOf(framesOf(client)));
+    const call = (streamId: number, authorizations: string[]) =>
+      Buffer.concat([
+        frame(
+          FRAME.headers,
+          FLAG.endHeaders,
+          streamId,
+          headerBlock([
+            [':method', 'POST'],
+            [':scheme', 'http'],
+            [':path', `/${AuthService.typeName}/GetCurrentUser`],
+            [':authority', 'x'],
+            ['content-type', 'application/json'],
+            ...authorizations.map((value): [string, string] => ['authorization', value]),
+          ]),
+        ),
+        frame(FRAME.data, FLAG.endStream, streamId, Buffer.from('{}')),
+      ]);
+    const token = `Bearer ${user.accessToken}`;
+    client.socket.write(Buffer.concat([call(1, [token, 'Bearer forged']), call(3, ['Bearer forged', token]), call(5, [token])]));
+    // The first field of each answer's block: HPACK's static table entry 12 is `:status 400`, 8 `:status 200`.
+    const statuses = await until('three answers', () => {
+      const answers = framesOf(client).filter((f) => f.type === FRAME.headers && f.payload.length > 0 && [1, 3, 5].includes(f.streamId));
+      const first = new Map<number, number>();
+      for (const answer of answers) if (!first.has(answer.streamId)) first.set(answer.streamId, answer.payload[0] ?? 0);
+      return first.size === 3 ? [first.get(1), first.get(3), first.get(5)] : undefined;
+    });
+    expect(statuses).toEqual([0x80 | 12, 0x80 | 12, 0x80 | 8]);
+    client.socket.destroy();
   });
 
   it('when a client opens more streams than it may, then SETTINGS advertise the limit and the excess is refused', async () => {

@@ -229,13 +229,12 @@ export class PrismaTokenRepository implements TokenRepository {
   ): Promise<{ user: User | null; revoked: string[] }> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
-        // The guard locks the active admins' rows (when the write could remove one), the caller's
-        // and the user's, in id order, as UserRepository.update does.
+        // The guard locks the user's row, with the active admins' (when the write could remove
+        // one) and the caller's, in id order, as UserRepository.update does. The user's lock waits
+        // for its refreshes in flight, and holds back new ones until this commits (see rotate):
+        // without it, a refresh committing while this statement waits on the row it rotates would
+        // insert a successor this statement cannot see, and that session would live.
         await guardWrite(tx, userId, { lastAdmin: write !== undefined && removesActiveAdmin(write.changes), actingAs });
-        // Waits for the user's refreshes in flight, and holds back new ones until this commits
-        // (see rotate): without it, a refresh committing while this statement waits on the row it
-        // rotates would insert a successor this statement cannot see, and that session would live.
-        await lockUser(tx, userId);
         const user = write === undefined ? null : await conditionalUpdate(tx, this.#dialect, userId, write.changes, write.expected, write.repeat);
         const spared = exceptId === undefined ? null : await tx.oAuthToken.findUnique({ where: { id: exceptId }, select: { familyId: true } });
         const revoked = await this.#dialect.updateTokensReturningHashes(

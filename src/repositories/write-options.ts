@@ -42,9 +42,14 @@ export function actingAsToHeader(actingAs: ActingAs): string {
   return `${actingAs.userId} ${actingAs.administrator ? 'admin' : 'self'} ${actingAs.familyId}`;
 }
 
-/** The header's ActingAs; a malformed value is an error between our own layers, never ignored. */
-export function actingAsFromHeader(value: string): ActingAs {
-  const match = /^([1-9]\d{0,9}) (admin|self) (\S{1,100})$/.exec(value);
-  if (match === null) throw new Error('malformed acting-as header');
-  return { userId: Number(match[1]), administrator: match[2] === 'admin', familyId: match[3] ?? '' };
+/**
+ * The header's ActingAs, or undefined when it is malformed: an id outside the users' INT column,
+ * a family id that is no UUID. Only our own layers, holding the internal secret, send it; a value
+ * the database would refuse is refused before it is asked (helper 79 had it answer `internal`).
+ */
+export function actingAsFromHeader(value: string): ActingAs | undefined {
+  const match = /^([1-9]\d{0,9}) (admin|self) ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/i.exec(value);
+  const userId = Number(match?.[1]);
+  if (match === null || userId > 2_147_483_647) return undefined;
+  return { userId, administrator: match[2] === 'admin', familyId: match[3] ?? '' };
 }

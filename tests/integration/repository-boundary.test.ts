@@ -347,6 +347,21 @@ describe('users across the repository boundary', () => {
     expect(await remote.users.delete(id)).toBe(false);
   });
 
+  it('when a write names its caller with an id past the column or a family that is no UUID, then it is refused as invalid before the database is asked, and nothing changes', async () => {
+    // Helper 79: such values reached PostgreSQL, whose refusal came back as `internal`, logged as an error.
+    const { id } = await direct.users.create(newUser());
+    const callers = [
+      { userId: 2 ** 31, familyId: randomUUID(), administrator: true },
+      { userId: id, familyId: 'nosuchfamily', administrator: true },
+      { userId: 0, familyId: randomUUID(), administrator: false },
+    ];
+    for (const actingAs of callers) {
+      const refusal = await failureOf(remote.users.update(id, { firstName: 'Spoofed' }, {}, { actingAs }));
+      expect(visible(refusal), JSON.stringify(actingAs)).toMatchObject({ code: 'VALIDATION_ERROR', message: 'Malformed x-arcana-acting-as header' });
+    }
+    expect((await direct.users.findById(id))?.firstName).toBeNull();
+  });
+
   it('when an update targets a missing user, then the same NotFoundError code and message arrive', async () => {
     const expected = await failureOf(direct.users.update(999_999, { firstName: 'x' }));
     const received = await failureOf(remote.users.update(999_999, { firstName: 'x' }));

@@ -30,13 +30,16 @@ import {
   userFilterFromProto,
   userToProto,
 } from './record-mapping.ts';
+import { ValidationError } from '../../domain/errors.ts';
 import { requireField } from '../../domain/message-mapping.ts';
 import { ACTING_AS_HEADER, REPEAT_HEADER } from '../layer-transport.ts';
 
 /** A write's options as the headers carry them: REPEAT_HEADER, ACTING_AS_HEADER (see WriteOptions). */
 function writeOptions(ctx: HandlerContext): WriteOptions {
-  const actingAs = ctx.requestHeader.get(ACTING_AS_HEADER);
-  return { repeat: ctx.requestHeader.has(REPEAT_HEADER), actingAs: actingAs === null ? undefined : actingAsFromHeader(actingAs) };
+  const header = ctx.requestHeader.get(ACTING_AS_HEADER);
+  const actingAs = header === null ? undefined : actingAsFromHeader(header);
+  if (header !== null && actingAs === undefined) throw new ValidationError(`Malformed ${ACTING_AS_HEADER} header`);
+  return { repeat: ctx.requestHeader.has(REPEAT_HEADER), actingAs };
 }
 
 /** arcana.internal.repository.v1.UserRepositoryService over a UserRepository. */

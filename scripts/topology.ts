@@ -3,7 +3,7 @@
 // Kubernetes manifests configure them. Used by `npm run start:<topology>`, the process-level
 // fault tests and the benchmark.
 //
-//   node scripts/topology.ts layered-grpc     # controller on PORT (3000), layers on 3001–3004
+//   node scripts/topology.ts layered-grpc     # controller on PORT (3000), layers on the next ports (3001–3004)
 //   METRICS_PORT=9464 node scripts/topology.ts layered-grpc   # metrics: repository 9464, service 9465, controller 9466
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -182,12 +182,15 @@ if (import.meta.main) {
     process.stderr.write(`usage: node scripts/topology.ts <${TOPOLOGIES.join('|')}>\n`);
     process.exit(2);
   }
-  const publicPort = Number(process.env.PORT ?? 3000);
+  // The layers keep their places after the public port: PORT=4790 puts the service on 4791 and
+  // the repository on 4792, where fixed ports had a second topology (or a tester told to keep
+  // to its own range, helpers 76 and 77) collide with the first.
+  const shift = Number(process.env.PORT ?? DEFAULT_PORTS.controller) - DEFAULT_PORTS.controller;
   const topology = await startTopology({
     name,
     env: { ...process.env },
     host: process.env.HOST ?? '127.0.0.1',
-    ports: { ...DEFAULT_PORTS, controller: publicPort, monolithic: publicPort },
+    ports: Object.fromEntries(Object.entries(DEFAULT_PORTS).map(([layer, port]) => [layer, port + shift])),
     onLine: (layer, line) => process.stdout.write(`[${layer}] ${line}\n`),
   });
   process.stdout.write(`${name} is up: public API on ${topology.baseUrl}; Ctrl-C stops every process\n`);

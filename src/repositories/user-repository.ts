@@ -235,10 +235,10 @@ export async function guardWrite(tx: Prisma.TransactionClient, id: number | unde
   const { lastAdmin, actingAs } = guards;
   const ids = [id, actingAs?.userId].filter((value): value is number => value !== undefined);
   if (!lastAdmin && ids.length === 0) return;
-  const named = Prisma.join(ids.length === 0 ? [0] : ids);
+  const named = ids.length === 0 ? Prisma.sql`FALSE` : Prisma.sql`id IN (${Prisma.join(ids)})`;
   const rows = lastAdmin
-    ? await tx.$queryRaw<LockedUser[]>`SELECT id, role, status FROM users WHERE (role = 'ADMIN' AND status = 'ACTIVE') OR id IN (${named}) ORDER BY id FOR UPDATE`
-    : await tx.$queryRaw<LockedUser[]>`SELECT id, role, status FROM users WHERE id IN (${named}) ORDER BY id FOR UPDATE`;
+    ? await tx.$queryRaw<LockedUser[]>`SELECT id, role, status FROM users WHERE (role = 'ADMIN' AND status = 'ACTIVE') OR ${named} ORDER BY id FOR UPDATE`
+    : await tx.$queryRaw<LockedUser[]>`SELECT id, role, status FROM users WHERE ${named} ORDER BY id FOR UPDATE`;
   if (actingAs !== undefined) {
     const caller = rows.find((row) => row.id === actingAs.userId);
     const live =

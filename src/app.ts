@@ -103,8 +103,10 @@ export interface Application {
   /**
    * Ends what would otherwise outlive a graceful shutdown: health watches are told NOT_SERVING
    * and completed, and health checks answer NOT_SERVING from then on. Call before draining.
+   * `finishBy` (epoch milliseconds): when the shutdown will cut what is still open; password
+   * hashes that could not be done by then are refused now (503, Retry-After) instead of cut off.
    */
-  drain(): void;
+  drain(finishBy?: number): void;
   close: () => Promise<void>;
 }
 
@@ -125,7 +127,11 @@ export async function createApplication(config: Config, logger: Logger): Promise
   const holds = holdingsOf(layer);
   const closers: (() => Promise<void> | void)[] = [];
   const draining = new AbortController();
-  const drain = () => draining.abort();
+  const onDrain: ((finishBy: number | undefined) => void)[] = [];
+  const drain = (finishBy?: number) => {
+    draining.abort();
+    for (const hook of onDrain) hook(finishBy);
+  };
   const close = async () => {
     for (const closeOne of closers.reverse()) await closeOne();
   };
@@ -133,7 +139,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
   // Closed last (closers run in reverse): the spans of the shutdown's own work are exported too.
   const tracing = config.tracing === undefined ? undefined : await createTracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
   if (tracing !== undefined) closers.push(() => tracing.close());
-  const parts: ProcessParts = { config, logger, metrics, tracing, closers, readiness: {}, health: { ...config.health, draining: draining.signal } };
+  const parts: ProcessParts = { config, logger, metrics, tracing, closers, readiness: {}, health: { ...config.health, draining: draining.signal }, onDrain };
 
   try {
     const shared = connectSharedState(parts);
@@ -161,6 +167,8 @@ interface ProcessParts {
   /** What `/ready` and the gRPC health service check; each builder adds what its layer needs. */
   readiness: Record<string, ReadinessCheck>;
   health: HealthWatchOptions;
+  /** Told when the process starts to drain, and by when the shutdown will cut what is open. */
+  onDrain: ((finishBy: number | undefined) => void)[];
 }
 
 /** The state every process of a deployment shares through Redis, or this process's own without it. */
@@ -297,6 +305,9 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
   // One bcrypt hash at cost 12 takes about 210 ms of one core on the reference machine; each
   // round doubles it. The gate's estimate adapts to what it measures from the first hash on.
   const hashGate = new WorkGate({ ...config.passwordHashing, estimateMs: 210 * 2 ** (config.bcryptRounds - 12) });
+  parts.onDrain.push((finishBy) => {
+    if (finishBy !== undefined) hashGate.finishBy(finishBy);
+  });
   const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords(), hashGate);
   metrics?.gauge('arcana_password_hashes_running', 'bcrypt hashes and comparisons running now', () => hashGate.running);
   metrics?.gauge('arcana_password_hashes_waiting', 'bcrypt hashes and comparisons waiting for a slot (PASSWORD_HASH_QUEUE_MAX)', () => hashGate.waiting);

@@ -78,16 +78,15 @@ async function main(): Promise<void> {
     // What is still open near the end of the grace period cannot finish in it (a stream whose
     // client stopped reading, say): it is cut, so that the rest of the shutdown runs and the
     // process exits 0, rather than being killed mid-way at the timeout.
-    const cut = setTimeout(
-      () => {
-        const open = closeNow();
-        if (open > 0) logger.warn({ connections: open }, 'shutdown: closed connections still open near the shutdown timeout');
-      },
-      Math.floor(config.server.shutdownTimeoutMs * CUT_AT_SHARE_OF_TIMEOUT),
-    );
+    const cutInMs = Math.floor(config.server.shutdownTimeoutMs * CUT_AT_SHARE_OF_TIMEOUT);
+    const cut = setTimeout(() => {
+      const open = closeNow();
+      if (open > 0) logger.warn({ connections: open }, 'shutdown: closed connections still open near the shutdown timeout');
+    }, cutInMs);
     cut.unref();
-    // Health watches never end by themselves; the drain would wait for them until forced.
-    app.drain();
+    // Health watches never end by themselves; the drain would wait for them until forced. Queued
+    // password hashes that the cut would end are refused now, while there is time to clean up.
+    app.drain(signalledAt + cutInMs);
     void close().then(async () => {
       clearTimeout(cut);
       // Writes past a use case's point of no return finish before the database closes, even for

@@ -37,6 +37,8 @@ export class WorkGate {
   #running = 0;
   /** Moving average of how long one piece of work takes, in milliseconds. */
   #averageMs: number;
+  /** Epoch milliseconds by which all work must be done (a shutdown's cut), once one has begun. */
+  #finishBy: number | undefined;
 
   constructor(options: { concurrency?: number; maxWaiting: number; estimateMs: number; now?: () => number }) {
     this.#concurrency = Math.max(1, options.concurrency ?? availableParallelism());
@@ -58,6 +60,25 @@ export class WorkGate {
   /** How long one piece of work takes, on average, as measured so far. */
   get averageMs(): number {
     return this.#averageMs;
+  }
+
+  /**
+   * From now on, work that could not be done by `epochMs` (a shutdown's cut, when the connections
+   * still open are closed) is refused: what waits now and could not finish in time is refused at
+   * once, with a retry delay, and so is such work arriving later. Its clients learn at once that
+   * they should try again (on another replica) instead of waiting to be cut off, and each of
+   * their requests cleans up (gives back its idempotency claim) while the database is still there
+   * and the shutdown has time to spare, not in the last seconds before it closes.
+   */
+  finishBy(epochMs: number): void {
+    const by = Math.min(epochMs, this.#finishBy ?? Number.POSITIVE_INFINITY);
+    this.#finishBy = by;
+    const now = this.#now();
+    const ahead = Math.max(0, this.#running - this.#concurrency + 1);
+    // The queue runs in order, so what cannot finish in time is its tail.
+    const late = this.#queue.findIndex((_, index) => now + this.#finishMs(ahead + index) > by);
+    if (late === -1) return;
+    for (const entry of this.#queue.splice(late)) entry.refuse(shuttingDown());
   }
 
   /** Runs `work` when a slot is free and it can still be useful; refuses it otherwise. */
@@ -100,9 +121,9 @@ export class WorkGate {
 
   #admit(limits: WorkLimits): void {
     if (limits.signal?.aborted === true) throw new UnavailableError('The request was abandoned before its work began');
-    const ahead = this.#queue.length + Math.max(0, this.#running - this.#concurrency + 1);
-    const finishMs = (Math.ceil(ahead / this.#concurrency) + 1) * this.#averageMs;
+    const finishMs = this.#finishMs(this.#queue.length + Math.max(0, this.#running - this.#concurrency + 1));
     const retryAfterSeconds = Math.max(1, Math.ceil(finishMs / 1000));
+    if (this.#finishBy !== undefined && this.#now() + finishMs > this.#finishBy) throw shuttingDown();
     if (this.#running >= this.#concurrency && this.#queue.length >= this.#maxWaiting) {
       throw new UnavailableError('The server is busy, please retry shortly', undefined, retryAfterSeconds);
     }
@@ -111,6 +132,11 @@ export class WorkGate {
     if (this.#running >= this.#concurrency && limits.deadline !== undefined && this.#now() + finishMs > limits.deadline) {
       throw new UnavailableError('The server is too busy to answer within the deadline, please retry shortly', undefined, retryAfterSeconds);
     }
+  }
+
+  /** How long until work with `ahead` pieces before it is done, at the average so far. */
+  #finishMs(ahead: number): number {
+    return (Math.ceil(ahead / this.#concurrency) + 1) * this.#averageMs;
   }
 
   #release(): void {
@@ -131,4 +157,9 @@ export class WorkGate {
       }
     }
   }
+}
+
+/** The refusal of work that a shutdown would cut off: try again, elsewhere or after the restart. */
+function shuttingDown(): UnavailableError {
+  return new UnavailableError('The server is shutting down, please retry shortly', undefined, 1);
 }

@@ -90,3 +90,33 @@ describe('WorkGate when idle', () => {
     await result;
   });
 });
+
+describe('WorkGate when a shutdown will cut what is open', () => {
+  it('when the process starts to drain, then waiting work that could not be done before the cut is refused at once, and so is such new work', async () => {
+    const now = 0;
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 10, estimateMs: 100, now: () => now });
+    const first = pending();
+    const running = gate.run(first.work);
+    const queued = Array.from({ length: 4 }, () => pending());
+    const outcomes = queued.map((job) =>
+      gate.run(job.work).then(
+        () => 'done',
+        (error: unknown) => error,
+      ),
+    );
+    // One more hash behind the running one takes ~200 ms; a second one behind it, ~300 ms.
+    gate.finishBy(now + 250);
+    await tick();
+    const refusal = { code: 'SERVICE_UNAVAILABLE', retryAfterSeconds: 1, message: expect.stringContaining('shutting down') };
+    const stillWaiting = new Promise((resolve) => setTimeout(resolve, 50, ['still waiting']));
+    expect(await Promise.race([Promise.all(outcomes.slice(1)), stillWaiting])).toMatchObject([refusal, refusal, refusal]);
+    await expect(gate.run(pending().work)).rejects.toMatchObject(refusal);
+    expect(gate.waiting).toBe(1);
+    first.finish();
+    await running;
+    await tick();
+    expect(queued.map((job) => job.started())).toEqual([true, false, false, false]);
+    queued[0]?.finish();
+    expect(await outcomes[0]).toBe('done');
+  });
+});

@@ -71,8 +71,18 @@ export class WorkGate {
    * and the shutdown has time to spare, not in the last seconds before it closes.
    */
   finishBy(epochMs: number): void {
-    const by = Math.min(epochMs, this.#finishBy ?? Number.POSITIVE_INFINITY);
-    this.#finishBy = by;
+    this.#finishBy = Math.min(epochMs, this.#finishBy ?? Number.POSITIVE_INFINITY);
+    this.#shedLate();
+  }
+
+  /**
+   * Refuses the waiting work that could not be done by #finishBy, at the average as it stands:
+   * when the drain begins, and again as each piece of work ends (a machine that slows down after
+   * SIGTERM makes the estimate longer).
+   */
+  #shedLate(): void {
+    const by = this.#finishBy;
+    if (by === undefined) return;
     const now = this.#now();
     const ahead = Math.max(0, this.#running - this.#concurrency + 1);
     // The queue runs in order, so what cannot finish in time is its tail.
@@ -151,8 +161,11 @@ export class WorkGate {
         next.refuse(new UnavailableError('The request was abandoned while it waited'));
       } else if (next.limits.deadline !== undefined && this.#now() + this.#averageMs > next.limits.deadline) {
         next.refuse(new UnavailableError('The request could no longer be answered within its deadline', undefined, 1));
+      } else if (this.#finishBy !== undefined && this.#now() + this.#averageMs > this.#finishBy) {
+        next.refuse(shuttingDown());
       } else {
         next.start();
+        this.#shedLate();
         return;
       }
     }

@@ -120,3 +120,35 @@ describe('WorkGate when a shutdown will cut what is open', () => {
     expect(await outcomes[0]).toBe('done');
   });
 });
+
+describe('WorkGate when work slows down during a shutdown', () => {
+  it('when work takes longer than the gate thought as the drain began, then what could no longer be done before the cut is refused as each piece ends, and none starts too late', async () => {
+    let now = 0;
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 100, estimateMs: 10, now: () => now });
+    const jobs = Array.from({ length: 8 }, () => pending());
+    const outcomes = jobs.map((job) =>
+      gate.run(job.work).then(
+        () => 'done',
+        (error: unknown) => (error instanceof Error ? error.message : String(error)),
+      ),
+    );
+    await tick();
+    // At 10 ms each, all eight would be done by 100 ms.
+    gate.finishBy(100);
+    const startedAt: number[] = [];
+    // Each piece takes 50 ms; after each, the gate knows more.
+    for (const job of jobs) {
+      if (!job.started()) break;
+      startedAt.push(now);
+      now += 50;
+      job.finish();
+      await tick();
+      await tick();
+    }
+    expect(startedAt.every((at) => at < 100)).toBe(true);
+    const settled = await Promise.all(outcomes);
+    expect(settled.slice(0, startedAt.length)).toEqual(startedAt.map(() => 'done'));
+    expect(settled.slice(startedAt.length).every((outcome) => outcome.includes('shutting down'))).toBe(true);
+    expect(startedAt.length).toBeGreaterThan(0);
+  });
+});

@@ -66,7 +66,9 @@ export function fromLayerError(error: unknown): Error {
   if (info !== undefined && isErrorCode(info.reason)) {
     return appErrorFrom(info.reason, connectError.rawMessage, info.metadata, connectError);
   }
-  if (isTransportFailure(connectError)) return new UnavailableError(UNAVAILABLE_MESSAGE, connectError);
+  // A layer that cannot be reached now (restarting, shutting down, overloaded) may be again in a
+  // moment, or another replica may answer: clients are told to come back shortly.
+  if (isTransportFailure(connectError)) return new UnavailableError(UNAVAILABLE_MESSAGE, connectError, 1);
   // A bare `internal` (already logged where it happened) or a code no domain error maps to,
   // such as `unimplemented` from a layer of another version: a fault, not the caller's.
   return new Error(`internal call ${connectError.code === Code.Internal ? 'failed' : `answered ${Code[connectError.code]}`}: ${connectError.rawMessage}`, {

@@ -34,7 +34,11 @@ async function rest(method: string, path: string, body?: unknown, token?: string
     headers: { 'content-type': 'application/json', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
   });
-  return { status: res.status, body: (await res.json()) as { success: boolean; data?: Record<string, unknown>; error?: { code: string; message: string } } };
+  return {
+    status: res.status,
+    retryAfter: res.headers.get('retry-after'),
+    body: (await res.json()) as { success: boolean; data?: Record<string, unknown>; error?: { code: string; message: string } },
+  };
 }
 
 async function registerUser() {
@@ -180,9 +184,12 @@ describe('layered/grpc as three processes', () => {
     const down = await rest('GET', '/api/v1/auth/me', undefined, user.accessToken);
     expect(down.status).toBe(503);
     expect(down.body).toMatchObject({ success: false, error: { code: 'SERVICE_UNAVAILABLE', message: 'The service is temporarily unavailable, please try again shortly' } });
+    // A layer that cannot be reached may be back in a moment: the client is told when to retry.
+    expect(down.retryAfter).toBe('1');
     const rpcDown = await rpc.getCurrentUser({}, { headers: { authorization: `Bearer ${user.accessToken}` } }).catch((error: unknown) => ConnectError.from(error));
     expect(rpcDown).toBeInstanceOf(ConnectError);
     expect((rpcDown as ConnectError).code).toBe(Code.Unavailable);
+    expect((rpcDown as ConnectError).metadata.get('retry-after')).toBe('1');
     expect((await fetch(`${layer('controller').url}/health`)).status).toBe(200);
     expect((await fetch(`${layer('service').url}/ready`)).status).toBe(503);
     const refused = await rest('POST', '/api/v1/auth/register', newUser('crash'));

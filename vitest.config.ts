@@ -29,7 +29,8 @@ const API_SUITES = [
  * The adversarial suites whose outcome depends on the topology: counters that live in Redis or in
  * the repository process, the client address carried from the controller to the service layer,
  * conditional writes through the repository layer, idempotency keys carried to the service layer
- * and their records kept behind the repository layer. They attack every split cell too.
+ * and their records kept behind the repository layer, listings admitted by the process that holds
+ * the database. They attack every split cell too.
  */
 const SECURITY_SUITES = [
   'login-lockout',
@@ -41,6 +42,7 @@ const SECURITY_SUITES = [
   'admin-writes',
   'idempotency-keys',
   'deadlines',
+  'expensive-lists',
 ].map((name) => `tests/security/${name}.test.ts`);
 
 /**

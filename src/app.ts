@@ -256,12 +256,17 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     parts.readiness.database = sharedCheck(async () => {
       await db.prisma.$queryRaw`SELECT 1`;
     });
+    // Listings count every match of their filter: a few at once, so that a crowd of expensive
+    // searches cannot hold every pooled connection (README, Security).
+    const lists = new WorkGate({ ...config.listQueries, estimateMs: 20 });
+    metrics?.gauge('arcana_list_queries_running', 'pages of users or audit events being read from the database now', () => lists.running);
+    metrics?.gauge('arcana_list_queries_waiting', 'pages of users or audit events waiting for a turn (LIST_QUERY_QUEUE_MAX)', () => lists.waiting);
     return {
       database: db,
       repositories: {
-        users: new CachedUserRepository(traced(new PrismaUserRepository(db), 'UserRepository'), cache, config.cacheTtlSeconds),
+        users: new CachedUserRepository(traced(new PrismaUserRepository(db, lists), 'UserRepository'), cache, config.cacheTtlSeconds),
         tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma, db.dialect), 'TokenRepository'), cache, config.cacheTtlSeconds),
-        audit: traced(new PrismaAuditRepository(db.prisma), 'AuditRepository'),
+        audit: traced(new PrismaAuditRepository(db.prisma, lists), 'AuditRepository'),
         counters: shared.counters ?? new MemoryCounterStore(Date.now, { onFull: warnCountersFull(logger, 'login and rate-limit') }),
         idempotency: traced(new PrismaIdempotencyRepository(db.prisma), 'IdempotencyRepository'),
       },

@@ -131,6 +131,8 @@ const EnvSchema = z.object({
   BCRYPT_ROUNDS: int(12, 4, 15),
   PASSWORD_HASH_CONCURRENCY: int(0, 0, 256),
   PASSWORD_HASH_QUEUE_MAX: int(64, 0, 100_000),
+  LIST_QUERY_CONCURRENCY: int(8, 1, 1_000),
+  LIST_QUERY_QUEUE_MAX: int(256, 0, 100_000),
 
   DEPLOYMENT_MODE: z.enum(DEPLOYMENT_MODES).default('monolithic'),
   DEPLOYMENT_LAYER: z.enum(DEPLOYMENT_LAYERS).default('monolithic'),
@@ -258,6 +260,8 @@ export function loadConfig(env: Environment) {
       concurrency: e.PASSWORD_HASH_CONCURRENCY === 0 ? undefined : e.PASSWORD_HASH_CONCURRENCY,
       maxWaiting: e.PASSWORD_HASH_QUEUE_MAX,
     },
+    /** Pages of users and of audit events: each counts every match of its filter. */
+    listQueries: { concurrency: e.LIST_QUERY_CONCURRENCY, maxWaiting: e.LIST_QUERY_QUEUE_MAX },
     deployment,
     rateLimit: { enabled: e.RATE_LIMIT_ENABLED, windowMs: e.RATE_LIMIT_WINDOW_MS, max: e.RATE_LIMIT_MAX },
     login: {

@@ -1,4 +1,6 @@
 import type { AuditEvent, AuditEventType, Prisma, PrismaClient } from '../../gen/prisma/client.ts';
+import type { WorkGate } from '../infrastructure/work-gate.ts';
+import { admitList } from './list-admission.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
 
 /** Event-specific facts: a flat object, so it reads the same in SQL, REST and proto. */
@@ -33,9 +35,12 @@ export interface AuditRepository {
 
 export class PrismaAuditRepository implements AuditRepository {
   readonly #db: PrismaClient;
+  readonly #lists: WorkGate | undefined;
 
-  constructor(db: PrismaClient) {
+  /** `lists`: the admission gate of this process's listings (see admitList). */
+  constructor(db: PrismaClient, lists?: WorkGate) {
     this.#db = db;
+    this.#lists = lists;
   }
 
   async createMany(events: NewAuditEvent[]): Promise<number> {
@@ -65,16 +70,18 @@ export class PrismaAuditRepository implements AuditRepository {
       ...(filter.type === undefined ? {} : { type: filter.type }),
     };
     const [events, total] = await withDatabaseErrors(() =>
-      this.#db.$transaction([
-        this.#db.auditEvent.findMany({
-          where,
-          // The id breaks ties between events of the same millisecond, so pages never overlap.
-          orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
-          skip: (filter.page - 1) * filter.perPage,
-          take: filter.perPage,
-        }),
-        this.#db.auditEvent.count({ where }),
-      ]),
+      admitList(this.#lists, () =>
+        this.#db.$transaction([
+          this.#db.auditEvent.findMany({
+            where,
+            // The id breaks ties between events of the same millisecond, so pages never overlap.
+            orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
+            skip: (filter.page - 1) * filter.perPage,
+            take: filter.perPage,
+          }),
+          this.#db.auditEvent.count({ where }),
+        ]),
+      ),
     );
     return { events, total };
   }

@@ -4,6 +4,8 @@ import { foldCase } from '../domain/user-mapping.ts';
 import type { Database } from '../infrastructure/database/database.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import type { RawReader } from '../infrastructure/database/raw-reader.ts';
+import type { WorkGate } from '../infrastructure/work-gate.ts';
+import { admitList } from './list-admission.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
 import { isRepeat, type ActingAs, type WriteOptions } from './write-options.ts';
 
@@ -82,9 +84,12 @@ export class PrismaUserRepository implements UserRepository {
   readonly #readRows: RawReader;
   readonly #profileColumns: Prisma.Sql;
   readonly #orders: Record<UserSort, Prisma.Sql>;
+  readonly #lists: WorkGate | undefined;
 
-  constructor({ prisma, dialect, readRows }: Pick<Database, 'prisma' | 'dialect' | 'readRows'>) {
+  /** `lists`: the admission gate of this process's listings (see admitList). */
+  constructor({ prisma, dialect, readRows }: Pick<Database, 'prisma' | 'dialect' | 'readRows'>, lists?: WorkGate) {
     this.#db = prisma;
+    this.#lists = lists;
     this.#dialect = dialect;
     this.#readRows = readRows;
     this.#profileColumns = profileColumns(dialect);
@@ -176,8 +181,9 @@ export class PrismaUserRepository implements UserRepository {
     // its user columns NULL. It is sent past Prisma's query engine, which cost a tenth of the
     // page's CPU (raw-reader.ts).
     const rows = await withDatabaseErrors(() =>
-      // MySQL's BOOLEAN is the TINYINT it is (0/1) in raw rows; Prisma's models carry booleans.
-      this.#readRows<Omit<UserProfile, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint }>(Prisma.sql`
+      admitList(this.#lists, () =>
+        // MySQL's BOOLEAN is the TINYINT it is (0/1) in raw rows; Prisma's models carry booleans.
+        this.#readRows<Omit<UserProfile, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint }>(Prisma.sql`
         SELECT ${id('page')}.*, ${id('counted')}.${id('total')}
         FROM ${this.#dialect.joinPageToCount(
           Prisma.sql`(SELECT count(*) AS ${id('total')} FROM ${id('users')} ${where}) AS ${id('counted')}`,
@@ -187,6 +193,7 @@ export class PrismaUserRepository implements UserRepository {
             LIMIT ${filter.perPage} OFFSET ${(filter.page - 1) * filter.perPage}
           )`,
         )}`),
+      ),
     );
     // count(*) is a bigint in both dialects; a listing's size fits a number.
     const total = Number(rows[0]?.total ?? 0);

@@ -69,6 +69,7 @@ describe('metrics', () => {
     expect(sample(text, 'arcana_cache_lookups_total', { result: 'hit' })).toBeGreaterThan(0);
     expect(sample(text, 'arcana_db_queries_total')).toBeGreaterThan(0);
     expect(text).toContain('arcana_password_hashes_waiting');
+    expect(text).toContain('arcana_list_queries_waiting');
     expect(text).toContain('process_resident_memory_bytes');
     // Latency histograms, not only counts.
     expect(text).toMatch(/arcana_http_requests_seconds_bucket\{le="0\.005",route="\/api\/v1\/users\/\{userId\}"/);

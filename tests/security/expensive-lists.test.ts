@@ -1,0 +1,71 @@
+// Listings as a hostile holder of an administrator's token sends them. A page of users (or of
+// audit events) counts every match of its filter, and a search that matches most of a large table
+// costs the database a scan per page: a crowd of them, from as many addresses as it takes to stay
+// under the per-address rate limit, used to hold every pooled connection, and every other read
+// that needed the database waited seconds behind them (README, Security). The process that holds
+// the database admits LIST_QUERY_CONCURRENCY listings at once and lets LIST_QUERY_QUEUE_MAX more
+// wait; the rest are refused at once with unavailable / 503 and Retry-After. Over every public
+// protocol and in every topology: the gate sits in whichever process holds the database, and the
+// refusal crosses the internal boundaries to the client.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { holdRows, loginAdmin, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+const CONCURRENCY = 1;
+const QUEUE = 2;
+
+let t: TestServer;
+let admin: string;
+
+beforeAll(async () => {
+  t = await startTestServer({ LIST_QUERY_CONCURRENCY: String(CONCURRENCY), LIST_QUERY_QUEUE_MAX: String(QUEUE) });
+  admin = await loginAdmin(t);
+  // The login wrote the administrator's last login, and for 2 s after a write the profile is not
+  // cached again (no fill racing with the write may bring the old one back): past that, its
+  // first read caches it, and its calls below need no read of the table the test holds.
+  await sleep(2_500);
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+describe.each(PROTOCOLS)('listings under a crowd, over %s', (protocol: ProtocolName) => {
+  let client: ApiClient;
+
+  beforeAll(() => {
+    client = apiClient(protocol, t.baseUrl);
+  });
+
+  afterAll(() => {
+    client.close();
+  });
+
+  it('when lists arrive while those admitted are stuck in the database, then only LIST_QUERY_CONCURRENCY reach it, LIST_QUERY_QUEUE_MAX wait, and the rest are refused at once with unavailable and Retry-After', async () => {
+    // The administrator's record is cached from here on: only the listings read the table.
+    expect((await client.me(admin)).code).toBe('ok');
+    // Every statement that reads users now waits: the listings admitted stay in the database.
+    const held = await holdRows(t, 'LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
+    try {
+      const holder = (await held.sql<{ pid: number }>('SELECT pg_backend_pid() AS pid'))[0]?.pid;
+      const lists = Array.from({ length: 8 }, (_, index) => client.listUsers(admin, { perPage: 5, q: 'a', page: index + 1 }));
+      // Refusals come while the lock is held, so at once and not when a turn frees up.
+      const early = await Promise.all(lists.map((list) => Promise.race([list, sleep(3_000).then(() => 'waiting' as const)])));
+      const refused = early.filter((outcome) => outcome !== 'waiting');
+      expect(refused.map((outcome) => outcome.code)).toEqual(Array.from({ length: 8 - CONCURRENCY - QUEUE }, () => 'unavailable'));
+      for (const outcome of refused) expect(Number(outcome.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      // Of the five processes' worth of calls, one statement reached the database.
+      const blocked = await t.sql<{ n: string }>('SELECT count(*) AS n FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))', [holder]);
+      expect(Number(blocked[0]?.n)).toBe(CONCURRENCY);
+      await held.release();
+      // Those admitted and queued are answered once the table is free.
+      const answered = await Promise.all(lists);
+      expect(answered.filter((outcome) => outcome.code === 'ok')).toHaveLength(CONCURRENCY + QUEUE);
+    } finally {
+      await held.release();
+    }
+    // And the gate is open again.
+    expect((await client.listUsers(admin, { perPage: 5 })).code).toBe('ok');
+  });
+});

@@ -33,6 +33,7 @@ import {
   RemoteTokenRepository,
   RemoteUserRepository,
 } from './communication/repository/remote-repositories.ts';
+import { securityHeaders } from './controllers/rest/security-headers.ts';
 import { createRestApp } from './controllers/rest/rest-app.ts';
 import type { ServiceClients } from './controllers/rest/service-call.ts';
 import { forwardingService } from './controllers/rpc/forwarding.ts';
@@ -513,7 +514,8 @@ async function createPublicFacades(
     origin: config.corsOrigins,
     credentials: true,
     methods: [...new Set([...connectCors.allowedMethods, 'GET', 'POST', 'PUT', 'DELETE'])],
-    allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id', 'X-Device-Token', 'Idempotency-Key'],
+    // If-Match / If-None-Match and ETag: a browser's REST client guards its writes by version.
+    allowedHeaders: [...connectCors.allowedHeaders, 'Authorization', 'X-Request-Id', 'X-Device-Token', 'Idempotency-Key', 'If-Match', 'If-None-Match'],
     exposedHeaders: [
       ...connectCors.exposedHeaders,
       'X-Request-Id',
@@ -524,12 +526,19 @@ async function createPublicFacades(
       'RateLimit-Reset',
       'Retry-After',
       'Idempotent-Replayed',
+      'ETag',
     ],
     maxAge: 7200,
   });
 
+  // Set first, on every answer over HTTP/1.1, where browsers reach the server: a route that needs
+  // more (the console's and the docs' own CSP) sets its own over them. Not over h2c, which no
+  // browser speaks (HTTP/2 in a browser is TLS, through a proxy that should add them): there they
+  // cost gRPC GetUser 11 % of its rate (7 497 and 7 929 req/s before, 6 713 and 7 003 with them).
+  const secure = securityHeaders();
   return {
     http: (req, res) => {
+      secure(res);
       // A request answered before its body was read (too large, say) would leave the rest of
       // the body on a keep-alive connection, where the next request would stall behind it:
       // such an answer says `connection: close`, so the client opens a fresh connection.

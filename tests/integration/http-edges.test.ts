@@ -5,6 +5,7 @@ import { Code, createClient } from '@connectrpc/connect';
 import { createConnectTransport, createGrpcTransport } from '@connectrpc/connect-node';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
+import { apiClient, closeAll } from '../helpers/protocols.ts';
 import { bearer, capturingLogger, createTestApp, holdRows, loginAdmin, newUser, register, startTestServer, type TestApp } from '../helpers/test-app.ts';
 
 let t: TestApp;
@@ -155,6 +156,49 @@ describe('cross-cutting HTTP behaviour', () => {
     const res = await t.request.get('/health');
     expect(res.headers['x-content-type-options']).toBe('nosniff');
     expect(res.headers['x-powered-by']).toBeUndefined();
+  });
+
+  it('when an RPC is answered over HTTP/1.1, as browsers call it, then it carries the same security headers as REST (not framed, not sniffed, not read cross-origin without CORS)', async () => {
+    const server = await startTestServer();
+    // Over h2c they are left out on purpose (no browser speaks it; src/app.ts).
+    const clients = (['rest', 'connect-json', 'grpc-web'] as const).map((protocol) => apiClient(protocol, server.baseUrl));
+    try {
+      for (const client of clients) {
+        for (const outcome of [await client.me('not-a-token'), await client.login({ usernameOrEmail: 'nobody', password: 'Wrong-Passw0rd!' })]) {
+          expect(outcome.headers.get('x-content-type-options'), client.protocol).toBe('nosniff');
+          expect(outcome.headers.get('x-frame-options'), client.protocol).toBe('SAMEORIGIN');
+          expect(outcome.headers.get('content-security-policy'), client.protocol).toContain("frame-ancestors 'self'");
+          expect(outcome.headers.get('cross-origin-resource-policy'), client.protocol).toBe('same-origin');
+        }
+      }
+    } finally {
+      closeAll(clients);
+      await server.close();
+    }
+  });
+
+  it('when a browser on an allowed origin writes with If-Match or reads with If-None-Match, then CORS lets the headers through and exposes the ETag', async () => {
+    const preflight = await t.request
+      .options('/api/v1/users/1')
+      .set('origin', 'https://app.example.com')
+      .set('access-control-request-method', 'PUT')
+      .set('access-control-request-headers', 'authorization,content-type,if-match,if-none-match');
+    const allowed = String(preflight.headers['access-control-allow-headers'])
+      .toLowerCase()
+      .split(/\s*,\s*/);
+    expect(allowed).toEqual(expect.arrayContaining(['if-match', 'if-none-match']));
+    const admin = await loginAdmin(t);
+    const read = await t.request
+      .get('/api/v1/users/1')
+      .set('origin', 'https://app.example.com')
+      .set(...bearer(admin));
+    expect(read.status).toBe(200);
+    expect(read.headers.etag).toBeDefined();
+    expect(
+      String(read.headers['access-control-expose-headers'])
+        .toLowerCase()
+        .split(/\s*,\s*/),
+    ).toContain('etag');
   });
 
   it('when a whitelisted origin asks, then CORS allows it; another origin, then not', async () => {

@@ -20,7 +20,6 @@ import { rateLimit } from './rate-limit-middleware.ts';
 import { requestContext } from './request-context.ts';
 import type { Metrics } from '../../infrastructure/metrics.ts';
 import type { Tracing } from '../../infrastructure/tracing.ts';
-import { securityHeaders } from './security-headers.ts';
 import { createSystemRoutes } from './system-routes.ts';
 import type { ReadinessCheck } from '../../rpc/readiness.ts';
 import { addUserRoutes } from './user-routes.ts';
@@ -96,7 +95,6 @@ export function createRestApp(options: RestAppOptions): Express {
   app.set('trust proxy', compileTrust(options.trustProxy));
 
   app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing));
-  app.use(securityHeaders());
   app.use(onlyFor(STATIC_PATHS, weakTagWhenEncoded));
   app.use(compression());
 

@@ -95,7 +95,9 @@ function render(): void {
   replace(root, header(), main);
   const view: View = { session, main, query, go, reload: render };
   const [section, id] = path;
-  if (section === 'users' && id !== undefined) void renderUser(view, Number(id));
+  // A user id is a positive int32; anything else in its place (typed or pasted) is no user's page.
+  if (section === 'users' && id !== undefined && /^[1-9]\d{0,9}$/.test(id) && Number(id) <= 2_147_483_647) void renderUser(view, Number(id));
+  else if (section === 'users' && id !== undefined) go('/users');
   else if (section === 'users') void renderUsers(view);
   else if (section === 'audit') void renderAudit(view);
   else if (section === 'account') void renderAccount(view);

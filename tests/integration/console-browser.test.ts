@@ -328,6 +328,14 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', { concu
       // A link naming no event type, not even one every object inherits, gets the server's answer.
       await page.goto(`${page.url().split('#')[0]}#/audit?type=constructor`);
       await see(page, '[invalid_argument]', '.error');
+      // A user's page under something that is no user id leads to the list, not to the client's
+      // encoding error ("[internal] … invalid int32: NaN", helper 81).
+      for (const notAnId of ['constructor', '0', '2147483648', '1e3']) {
+        await page.goto(`${page.url().split('#')[0]}#/users/${notAnId}`);
+        await page.waitForURL(/#\/users$/);
+        await see(page, 'Users', 'h1');
+        expect((await page.locator('.error').allTextContents()).filter((text) => text !== '')).toEqual([]);
+      }
     });
 
     it("shows field violations beside their fields, and changes the admin's own password", async () => {

@@ -22,12 +22,13 @@ interface Waiting {
 }
 
 /**
- * Admission control for expensive CPU work (bcrypt): at most `concurrency` run at once, at most
- * `maxWaiting` wait, and work that could not finish before its caller's deadline is refused at
- * once, with a Retry-After, rather than accepted and abandoned later. Work whose caller has gone,
- * or whose deadline passed while it waited, is dropped before it starts. Under overload the
- * machine therefore spends its cores only on answers someone will receive (goodput), and the
- * rest learn immediately that they should come back.
+ * Admission control for expensive work (bcrypt hashes; listings, which count every match of their
+ * filter in the database): at most `concurrency` run at once, at most `maxWaiting` wait, and work
+ * that could not finish before its caller's deadline is refused at once, with a Retry-After,
+ * rather than accepted and abandoned later. Work whose caller has gone, or whose deadline passed
+ * while it waited, is dropped before it starts. Under overload the machine therefore spends its
+ * cores only on answers someone will receive (goodput), and the rest learn immediately that they
+ * should come back.
  */
 export class WorkGate {
   readonly #concurrency: number;

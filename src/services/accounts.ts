@@ -22,6 +22,9 @@ export interface NewAccount {
 export async function newAccountRow(deps: { users: UserRepository; passwords: PasswordHasher }, account: NewAccount): Promise<NewUser> {
   const username = account.username ?? '';
   const email = (account.email ?? '').toLowerCase();
+  // The password first: were a refused one answered only for free names, a registration that
+  // can never succeed would tell whether a name or e-mail is taken without creating anything.
+  deps.passwords.acceptable(account.password ?? '');
   await assertAvailable(deps.users, username, email);
   return {
     username,

@@ -3,7 +3,9 @@
 //   throttled and audited like logins;
 // - bcrypt reads only 72 bytes, so a login must not accept a longer password that merely starts
 //   like the real one;
-// - new passwords on breached-password lists are refused, in any letter case;
+// - new passwords on breached-password lists are refused, in any letter case, and a registration
+//   with such a password (or one past 72 bytes) is refused the same way whether its names are
+//   taken or not, so it cannot tell who is registered;
 // - the same password typed composed or decomposed (Unicode NFC) is one password;
 // - usernames that differ only in case cannot coexist, and log in as the account they name;
 // - a login that only looks like a name or e-mail (accents, spaces, zero-width or fullwidth
@@ -96,6 +98,21 @@ describe.each(PROTOCOLS)('passwords over %s', (protocol: ProtocolName) => {
     const change = await client.changePassword(user.accessToken, user.id, { oldPassword: user.password, newPassword: 'Password1!' }, from(ip(5)));
     expect(change.code).toBe('invalid_argument');
     expect(Object.keys(change.error?.details ?? {})).toEqual([protocol === 'rest' ? 'newPassword' : 'new_password']);
+  });
+
+  it('when a registration names a taken username or e-mail with a password no account could have, then it is refused for the password, as for free names: it tells nothing about who is registered', async () => {
+    const taken = await register(t);
+    // 44 characters, so the schema takes it; 84 bytes, past what bcrypt reads.
+    const tooLong = `Aa1!${'é'.repeat(40)}`;
+    const answers = [];
+    for (const names of [{ username: taken.username, email: newUser('free').email }, { username: newUser('free').username, email: taken.email.toUpperCase() }, newUser('free')]) {
+      for (const password of [tooLong, 'Password1!']) {
+        const refused = await client.register({ ...names, password });
+        answers.push({ code: refused.code, fields: Object.keys(refused.error?.details ?? {}), message: refused.error?.message });
+      }
+    }
+    const expected = [tooLong, 'Password1!'].map(() => ({ code: 'invalid_argument', fields: ['password'], message: 'Validation failed' }));
+    expect(answers).toEqual([...expected, ...expected, ...expected]);
   });
 
   it('when a password is registered decomposed and typed composed, then it logs in', async () => {

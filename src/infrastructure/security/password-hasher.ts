@@ -48,15 +48,24 @@ export class PasswordHasher {
    * Hashes a new password. bcrypt ignores bytes past the 72nd, so longer ones are refused, and so
    * are passwords on the breached-password list (compared without regard to case).
    */
-  hash(password: string, field = 'password'): Promise<string> {
+  async hash(password: string, field = 'password'): Promise<string> {
+    const normalized = this.acceptable(password, field);
+    return this.#gated(() => bcrypt.hash(normalized, this.#rounds));
+  }
+
+  /**
+   * The password as it would be hashed (NFC), or a ValidationError naming `field` when no hash of
+   * it would be made: for checks that must come before anything else is looked up.
+   */
+  acceptable(password: string, field = 'password'): string {
     const normalized = password.normalize('NFC');
     if (Buffer.byteLength(normalized, 'utf8') > MAX_PASSWORD_BYTES) {
-      return Promise.reject(new ValidationError('Validation failed', { [field]: `must be at most ${MAX_PASSWORD_BYTES} bytes` }));
+      throw new ValidationError('Validation failed', { [field]: `must be at most ${MAX_PASSWORD_BYTES} bytes` });
     }
     if (this.#common.has(normalized.toLowerCase())) {
-      return Promise.reject(new ValidationError('Validation failed', { [field]: 'is too common: it appears in lists of breached passwords' }));
+      throw new ValidationError('Validation failed', { [field]: 'is too common: it appears in lists of breached passwords' });
     }
-    return this.#gated(() => bcrypt.hash(normalized, this.#rounds));
+    return normalized;
   }
 
   /**

@@ -58,8 +58,12 @@ const EnvSchema = z.object({
   HOST: z.string().default('0.0.0.0'),
   PORT: int(3000, 0, 65535),
   METRICS_PORT: int(0, 0, 65_535),
-  /** Unset: the API's HOST, so that metrics are never reachable from where the API is not. */
-  METRICS_HOST: z.string().min(1).optional(),
+  /**
+   * Loopback unless set: the metrics tell login failures apart by reason (unknown user, wrong
+   * password, correct password of a blocked account), which is for operators, not for whoever can
+   * reach the API's host. A scraper elsewhere needs it set (0.0.0.0 in a pod, say).
+   */
+  METRICS_HOST: z.string().min(1).default('127.0.0.1'),
   // OpenTelemetry traces, exported over OTLP/HTTP (JSON); off unless an endpoint is given.
   OTEL_EXPORTER_OTLP_ENDPOINT: z
     .string()
@@ -229,7 +233,7 @@ export function loadConfig(env: Environment) {
     health: { watchIntervalMs: e.HEALTH_WATCH_INTERVAL_MS, maxWatches: e.HEALTH_WATCH_MAX },
     logLevel: e.LOG_LEVEL,
     /** Prometheus metrics on a port of their own; 0 (the default) serves none. */
-    metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST ?? e.HOST },
+    metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST },
     /**
      * OpenTelemetry tracing: on when an OTLP endpoint is set (traces go to `url`), off (undefined)
      * otherwise. Each process names itself after its layer unless OTEL_SERVICE_NAME says otherwise.

@@ -12,9 +12,9 @@ describe('loadConfig', () => {
     expect(config.deployment.mode).toBe('monolithic');
   });
 
-  it('when METRICS_HOST is unset, then metrics listen where the API does, never wider', () => {
+  it('when METRICS_HOST is unset, then metrics listen on loopback only, wherever the API listens: login failures by reason are not for its clients', () => {
     expect(loadConfig({ HOST: '127.0.0.1', METRICS_PORT: '9464' }).metrics.host).toBe('127.0.0.1');
-    expect(loadConfig({ METRICS_PORT: '9464' }).metrics.host).toBe('0.0.0.0');
+    expect(loadConfig({ METRICS_PORT: '9464' }).metrics.host).toBe('127.0.0.1');
     expect(loadConfig({ HOST: '127.0.0.1', METRICS_PORT: '9464', METRICS_HOST: '0.0.0.0' }).metrics.host).toBe('0.0.0.0');
   });
 

@@ -105,7 +105,8 @@ export interface Application {
    * Ends what would otherwise outlive a graceful shutdown: health watches are told NOT_SERVING
    * and completed, and health checks answer NOT_SERVING from then on. Call before draining.
    * `finishBy` (epoch milliseconds): when the shutdown will cut what is still open; password
-   * hashes that could not be done by then are refused now (503, Retry-After) instead of cut off.
+   * hashes and listings that could not be done by then are refused now (503, Retry-After) instead
+   * of cut off.
    */
   drain(finishBy?: number): void;
   close: () => Promise<void>;
@@ -260,6 +261,10 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     // Listings count every match of their filter: a few at once, so that a crowd of expensive
     // searches cannot hold every pooled connection (README, Security).
     const lists = new WorkGate({ ...config.listQueries, estimateMs: 20 });
+    // Lists waiting when the shutdown begins that could not be read before its cut are refused then.
+    parts.onDrain.push((finishBy) => {
+      if (finishBy !== undefined) lists.finishBy(finishBy);
+    });
     metrics?.gauge('arcana_list_queries_running', 'pages of users or audit events being read from the database now', () => lists.running);
     metrics?.gauge('arcana_list_queries_waiting', 'pages of users or audit events waiting for a turn (LIST_QUERY_QUEUE_MAX)', () => lists.waiting);
     return {

@@ -104,7 +104,7 @@ const EnvSchema = z.object({
   HTTP_REQUEST_TIMEOUT_MS: int(60_000, 50, 3_600_000),
   HTTP_KEEP_ALIVE_TIMEOUT_MS: int(65_000, 50, 3_600_000),
   HTTP2_IDLE_TIMEOUT_MS: int(300_000, 50, 86_400_000),
-  HTTP2_MAX_CONCURRENT_STREAMS: int(100, 1, 10_000),
+  HTTP2_MAX_CONCURRENT_STREAMS: z.coerce.number().int().min(1).max(10_000).optional(),
   // Unset: a default that depends on whether the process faces clients (see resolveConnections).
   CONNECTIONS_PER_ADDRESS_MAX: z.coerce.number().int().min(0).max(1_000_000).optional(),
   HTTP2_STREAMS_PER_ADDRESS_MAX: z.coerce.number().int().min(0).max(1_000_000).optional(),
@@ -369,7 +369,10 @@ function resolveConnections(e: Env, layer: DeploymentLayer) {
     requestTimeoutMs: e.HTTP_REQUEST_TIMEOUT_MS,
     keepAliveTimeoutMs: e.HTTP_KEEP_ALIVE_TIMEOUT_MS,
     http2IdleTimeoutMs: e.HTTP2_IDLE_TIMEOUT_MS,
-    http2MaxConcurrentStreams: e.HTTP2_MAX_CONCURRENT_STREAMS,
+    // An internal layer's only peers are the layers above, whose calls all travel over one
+    // connection: with a public port's 100, calls waiting their turn below (lists queued for the
+    // database) held every stream, and every other call of every client queued behind them.
+    http2MaxConcurrentStreams: e.HTTP2_MAX_CONCURRENT_STREAMS ?? (facesClients ? 100 : 10_000),
     /** 0: no cap. */
     connectionsPerAddress: e.CONNECTIONS_PER_ADDRESS_MAX ?? (facesClients ? 128 : 0),
     /** 0: no cap. */

@@ -95,7 +95,7 @@ async function main(): Promise<void> {
       const left = signalledAt + config.server.shutdownTimeoutMs * KEEP_FOR_CLOSING_SHARE - Date.now();
       // A password hash under way is followed by the writes it was for (an account, a session).
       if (!(await uninterruptedSettled({ quietMs: SETTLE_QUIET_MS, withinMs: Math.max(0, left), busy: () => gatedWorkInFlight() > 0 }))) {
-        logger.warn('shutdown: writes still running when the database had to be closed');
+        logger.warn('shutdown: writes, password hashes or listings still running when the database had to be closed');
       }
       await metricsServer?.close();
       await app.close();

@@ -10,7 +10,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { holdRows, loginAdmin, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { holdRows, loginAdmin, startTestServer, TEST_TOPOLOGY, type TestServer } from '../helpers/test-app.ts';
 
 const CONCURRENCY = 1;
 const QUEUE = 2;
@@ -29,6 +29,63 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await t.close();
+});
+
+describe('listings waiting their turn', () => {
+  it('when more lists wait for the database than an HTTP/2 connection carries streams, then other calls still get through at once', async () => {
+    const server = await startTestServer({ LIST_QUERY_CONCURRENCY: '1', LIST_QUERY_QUEUE_MAX: '400' });
+    const client = apiClient('grpc', server.baseUrl);
+    const token = await loginAdmin(server);
+    await sleep(2_500);
+    expect((await client.me(token)).code).toBe('ok');
+    const held = await holdRows(server, 'LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
+    try {
+      // Over several connections, as many clients would send them: between layers they share
+      // one connection, whose streams (100 by default on a public port) they used to fill.
+      const crowd = Array.from({ length: 3 }, () => apiClient('grpc', server.baseUrl));
+      const lists = crowd.flatMap((member) => Array.from({ length: 80 }, (_, index) => member.listUsers(token, { perPage: 5, page: index + 1 })));
+      await sleep(500);
+      // The caller's own record is cached: this call needs nothing the held table has.
+      const me = await Promise.race([client.me(token), sleep(5_000).then(() => 'stuck behind the lists' as const)]);
+      expect(me === 'stuck behind the lists' ? me : me.code).toBe('ok');
+      await held.release();
+      expect((await Promise.all(lists)).filter((outcome) => outcome.code !== 'ok')).toEqual([]);
+      for (const member of crowd) member.close();
+    } finally {
+      await held.release();
+      client.close();
+      await server.close();
+    }
+  });
+
+  // The gate is the repository process's; in a split cell the test holds only the controller's app.
+  it.skipIf(TEST_TOPOLOGY !== 'monolithic')(
+    'when the process starts to drain, then the lists waiting that could not be read before the cut are refused at once, not cut off',
+    async () => {
+      const server = await startTestServer({ LIST_QUERY_CONCURRENCY: '1', LIST_QUERY_QUEUE_MAX: '400' });
+      const client = apiClient('rest', server.baseUrl);
+      const token = await loginAdmin(server);
+      await sleep(2_500);
+      expect((await client.me(token)).code).toBe('ok');
+      const held = await holdRows(server, 'LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
+      try {
+        const lists = Array.from({ length: 5 }, (_, index) => client.listUsers(token, { perPage: 5, page: index + 1 }));
+        await sleep(500);
+        // A cut sooner than one more list could be read.
+        server.app.drain(Date.now() + 10);
+        const early = await Promise.all(lists.map((list) => Promise.race([list, sleep(3_000).then(() => 'waiting' as const)])));
+        expect(early.filter((outcome) => outcome !== 'waiting').map((outcome) => [outcome.code, outcome.error?.message])).toEqual(
+          Array.from({ length: 4 }, () => ['unavailable', 'The server is shutting down, please retry shortly']),
+        );
+        await held.release();
+        expect((await Promise.all(lists)).filter((outcome) => outcome.code === 'ok')).toHaveLength(1);
+      } finally {
+        await held.release();
+        client.close();
+        await server.close();
+      }
+    },
+  );
 });
 
 describe.each(PROTOCOLS)('listings under a crowd, over %s', (protocol: ProtocolName) => {

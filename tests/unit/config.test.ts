@@ -90,6 +90,18 @@ describe('loadConfig', () => {
     expect(repository.deployment.layer).toBe('repository');
   });
 
+  it('when a layer serves no clients, then its HTTP/2 connections carry as many calls as the layers above send: they share one connection', () => {
+    const repository = loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'repository', DATABASE_URL: 'postgresql://db/arcana' });
+    const service = loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://repository:3002' });
+    const controller = loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://service:3001' });
+    expect([repository, service].map((config) => config.server.connections.http2MaxConcurrentStreams)).toEqual([10_000, 10_000]);
+    expect([controller, loadConfig({})].map((config) => config.server.connections.http2MaxConcurrentStreams)).toEqual([100, 100]);
+    expect(
+      loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://r:1', HTTP2_MAX_CONCURRENT_STREAMS: '500' }).server.connections
+        .http2MaxConcurrentStreams,
+    ).toBe(500);
+  });
+
   it('when the layer does not belong to the mode, then it refuses to start and names the layers that do', () => {
     expect(() => loadConfig({ DEPLOYMENT_LAYER: 'controller' })).toThrow('DEPLOYMENT_LAYER=controller is not a layer of DEPLOYMENT_MODE=monolithic; use one of: monolithic.');
     expect(() => loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'auth-service', REPOSITORY_URLS: 'http://r:1' })).toThrow(

@@ -244,6 +244,24 @@ describe('rate limiting', () => {
 });
 
 describe('503 answers in the log', () => {
+  it('when the process sheds load itself (its bcrypt gate is full), then the refusals are not logged as a dependency failing', async () => {
+    const { logger, lines } = capturingLogger('debug');
+    const crowded = await startTestServer({ PASSWORD_HASH_CONCURRENCY: '1', PASSWORD_HASH_QUEUE_MAX: '0', BCRYPT_ROUNDS: '12' }, { logger, topology: 'monolithic' });
+    try {
+      const user = await register(crowded);
+      const logins = await Promise.all(
+        Array.from({ length: 6 }, () => crowded.request.post('/api/v1/auth/login').send({ usernameOrEmail: user.username, password: user.password })),
+      );
+      const refused = logins.filter((res) => res.status === 503);
+      expect(refused.length).toBeGreaterThan(0);
+      expect(lines.filter(({ msg }) => msg === 'request refused: dependency unavailable')).toEqual([]);
+      expect(lines.filter(({ msg }) => msg === 'request refused: over capacity')).toHaveLength(refused.length);
+      expect(lines.filter(({ msg }) => msg === 'request refused: over capacity').every(({ level }) => level === 'debug')).toBe(true);
+    } finally {
+      await crowded.close();
+    }
+  });
+
   it('when the database is busy for a client still waiting, then the refusal is logged as a warning with its cause; for a client that left, as abandoned', async () => {
     // On Node 24 a request whose body has been read counts as destroyed, so every 503 to a POST
     // was logged at debug as "abandoned by its client", unseen at the default level.

@@ -129,10 +129,10 @@ export async function createApplication(config: Config, logger: Logger): Promise
   const holds = holdingsOf(layer);
   const closers: (() => Promise<void> | void)[] = [];
   const draining = new AbortController();
-  const onDrain: ((finishBy: number | undefined) => void)[] = [];
+  const onDrain: ((finishBy: number) => void)[] = [];
   const drain = (finishBy?: number) => {
     draining.abort();
-    for (const hook of onDrain) hook(finishBy);
+    if (finishBy !== undefined) for (const hook of onDrain) hook(finishBy);
   };
   const close = async () => {
     for (const closeOne of closers.reverse()) await closeOne();
@@ -169,8 +169,8 @@ interface ProcessParts {
   /** What `/ready` and the gRPC health service check; each builder adds what its layer needs. */
   readiness: Record<string, ReadinessCheck>;
   health: HealthWatchOptions;
-  /** Told when the process starts to drain, and by when the shutdown will cut what is open. */
-  onDrain: ((finishBy: number | undefined) => void)[];
+  /** Told, when the process starts to drain, by when the shutdown will cut what is open. */
+  onDrain: ((finishBy: number) => void)[];
 }
 
 /** The state every process of a deployment shares through Redis, or this process's own without it. */
@@ -262,9 +262,7 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     // searches cannot hold every pooled connection (README, Security).
     const lists = new WorkGate({ ...config.listQueries, estimateMs: 20 });
     // Lists waiting when the shutdown begins that could not be read before its cut are refused then.
-    parts.onDrain.push((finishBy) => {
-      if (finishBy !== undefined) lists.finishBy(finishBy);
-    });
+    parts.onDrain.push((finishBy) => lists.finishBy(finishBy));
     metrics?.gauge('arcana_list_queries_running', 'pages of users or audit events being read from the database now', () => lists.running);
     metrics?.gauge('arcana_list_queries_waiting', 'pages of users or audit events waiting for a turn (LIST_QUERY_QUEUE_MAX)', () => lists.waiting);
     return {
@@ -316,9 +314,7 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
   // One bcrypt hash at cost 12 takes about 210 ms of one core on the reference machine; each
   // round doubles it. The gate's estimate adapts to what it measures from the first hash on.
   const hashGate = new WorkGate({ ...config.passwordHashing, estimateMs: 210 * 2 ** (config.bcryptRounds - 12) });
-  parts.onDrain.push((finishBy) => {
-    if (finishBy !== undefined) hashGate.finishBy(finishBy);
-  });
+  parts.onDrain.push((finishBy) => hashGate.finishBy(finishBy));
   const passwords = new PasswordHasher(config.bcryptRounds, await loadCommonPasswords(), hashGate);
   metrics?.gauge('arcana_password_hashes_running', 'bcrypt hashes and comparisons running now', () => hashGate.running);
   metrics?.gauge('arcana_password_hashes_waiting', 'bcrypt hashes and comparisons waiting for a slot (PASSWORD_HASH_QUEUE_MAX)', () => hashGate.waiting);

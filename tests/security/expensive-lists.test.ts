@@ -20,10 +20,8 @@ let admin: string;
 
 beforeAll(async () => {
   t = await startTestServer({ LIST_QUERY_CONCURRENCY: String(CONCURRENCY), LIST_QUERY_QUEUE_MAX: String(QUEUE) });
+  // Each protocol's test below caches the record with its own first call (see cachedAdmin).
   admin = await loginAdmin(t);
-  // The login wrote the administrator's last login, and for 2 s after a write the profile is not
-  // cached again (no fill racing with the write may bring the old one back): past that, its
-  // first read caches it, and its calls below need no read of the table the test holds.
   await sleep(2_500);
 });
 
@@ -31,15 +29,29 @@ afterAll(async () => {
   await t.close();
 });
 
+/**
+ * The bootstrap administrator's token, once its record is cached. The login wrote its last login,
+ * and for 2 s after a write the profile is not cached again (no fill racing with the write may
+ * bring the old one back): past that, its first read caches it, and its calls need no read of the
+ * users table, which the tests hold.
+ */
+async function cachedAdmin(server: TestServer, client: ApiClient): Promise<string> {
+  const token = await loginAdmin(server);
+  await sleep(2_500);
+  expect((await client.me(token)).code).toBe('ok');
+  return token;
+}
+
+/** Holds the users table in another transaction: every listing waits in the database. */
+const holdUsers = (server: TestServer) => holdRows(server, 'LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
+
 describe('listings waiting their turn', () => {
   it('when more lists wait for the database than an HTTP/2 connection carries streams, then other calls still get through', async () => {
     // Lists wait as long as the test holds the table, however slow a loaded machine makes it.
     const server = await startTestServer({ LIST_QUERY_CONCURRENCY: '1', LIST_QUERY_QUEUE_MAX: '400', INTERNAL_TIMEOUT_MS: '60000' });
     const client = apiClient('grpc', server.baseUrl);
-    const token = await loginAdmin(server);
-    await sleep(2_500);
-    expect((await client.me(token)).code).toBe('ok');
-    const held = await holdRows(server, 'LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
+    const token = await cachedAdmin(server, client);
+    const held = await holdUsers(server);
     try {
       // 150 over two connections, as many clients would send them: between layers they share one
       // connection, whose streams (100 by default on a public port) they used to fill.
@@ -66,10 +78,8 @@ describe('listings waiting their turn', () => {
     async () => {
       const server = await startTestServer({ LIST_QUERY_CONCURRENCY: '1', LIST_QUERY_QUEUE_MAX: '400' });
       const client = apiClient('rest', server.baseUrl);
-      const token = await loginAdmin(server);
-      await sleep(2_500);
-      expect((await client.me(token)).code).toBe('ok');
-      const held = await holdRows(server, 'LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
+      const token = await cachedAdmin(server, client);
+      const held = await holdUsers(server);
       try {
         const lists = Array.from({ length: 5 }, (_, index) => client.listUsers(token, { perPage: 5, page: index + 1 }));
         await sleep(500);
@@ -105,7 +115,7 @@ describe.each(PROTOCOLS)('listings under a crowd, over %s', (protocol: ProtocolN
     // The administrator's record is cached from here on: only the listings read the table.
     expect((await client.me(admin)).code).toBe('ok');
     // Every statement that reads users now waits: the listings admitted stay in the database.
-    const held = await holdRows(t, 'LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
+    const held = await holdUsers(t);
     try {
       const holder = (await held.sql<{ pid: number }>('SELECT pg_backend_pid() AS pid'))[0]?.pid;
       const lists = Array.from({ length: 8 }, (_, index) => client.listUsers(admin, { perPage: 5, q: 'a', page: index + 1 }));

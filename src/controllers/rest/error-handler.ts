@@ -40,15 +40,17 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
       // The client left before its answer: the calls made for it were cancelled on purpose
       // (see requestContext), which is not a dependency failing. Nobody reads this answer.
       options.logger.debug({ requestId: res.locals.requestId, method: req.method, path: req.path }, 'request abandoned by its client');
-    } else if (status === 503 && !(error instanceof Error && error.cause instanceof Error)) {
-      // This process's own refusal (its bcrypt or list gate is full, or it is shutting down): load
-      // shed on purpose, already counted in the request's own log line and metrics.
-      options.logger.debug({ requestId: res.locals.requestId, method: req.method, path: req.path, reason: appError?.message }, 'request refused: over capacity');
     } else if (status === 503) {
-      // A dependency is down (Redis for login, or a layer below): one short line per request,
-      // not a stack each, or an outage would bury everything else in the logs.
       const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : undefined;
-      options.logger.warn({ requestId: res.locals.requestId, method: req.method, path: req.path, cause }, 'request refused: dependency unavailable');
+      if (cause === undefined) {
+        // This process's own refusal (its bcrypt or list gate is full, or it is shutting down):
+        // load shed on purpose, already counted in the request's own log line and metrics.
+        options.logger.debug({ requestId: res.locals.requestId, method: req.method, path: req.path, reason: appError?.message }, 'request refused: over capacity');
+      } else {
+        // A dependency is down (Redis for login, or a layer below): one short line per request,
+        // not a stack each, or an outage would bury everything else in the logs.
+        options.logger.warn({ requestId: res.locals.requestId, method: req.method, path: req.path, cause }, 'request refused: dependency unavailable');
+      }
     } else if (status >= 500) {
       options.logger.error({ err: error, requestId: res.locals.requestId, method: req.method, path: req.path }, 'request failed');
     }

@@ -36,44 +36,6 @@ async function auditTypes(server: TestServer, userId: number, settle: (types: st
   }
 }
 
-// The lifetime test spends some 8 s waiting out the lifetime on a server of its own
-// (`shortLived`); the suites on `t` run meanwhile, one after another as before (both groups are
-// marked concurrent: Vitest runs consecutive concurrent siblings together).
-describe('absolute session lifetime', { concurrent: true }, () => {
-  it('when a session is refreshed again and again, then over every protocol it still ends at its absolute lifetime', async () => {
-    const clients = apiClients(shortLived.baseUrl);
-    try {
-      await Promise.all(
-        clients.map(async (client) => {
-          const user = await register(shortLived);
-          const login = await client.login({ usernameOrEmail: user.username, password: user.password });
-          expect(login.code).toBe('ok');
-          let refreshToken = login.data?.tokens.refreshToken ?? '';
-          const started = Date.now();
-          // Refresh every half second: each rotation would slide a sliding-only session forever.
-          // (Stop well before the end, so that a slow refresh on a loaded machine is not late.)
-          while (Date.now() - started < (LIFETIME_SECONDS - 3) * 1000) {
-            const refreshed = await client.refresh(refreshToken);
-            expect(refreshed.code).toBe('ok');
-            // No token is handed out that outlives the chain.
-            expect(refreshed.data?.expiresIn).toBeLessThanOrEqual(LIFETIME_SECONDS);
-            refreshToken = refreshed.data?.refreshToken ?? '';
-            await sleep(500);
-          }
-          await sleep(LIFETIME_SECONDS * 1000 - (Date.now() - started) + 1_100);
-          const ended = await client.refresh(refreshToken);
-          expect(ended.code).toBe('unauthenticated');
-          // Its end is not mistaken for theft.
-          const types = await auditTypes(shortLived, user.id, () => true);
-          expect(types).not.toContain('TOKEN_REUSE_DETECTED');
-        }),
-      );
-    } finally {
-      closeAll(clients);
-    }
-  });
-});
-
 describe('a password change the database cannot finish', () => {
   it('when the sessions cannot be ended in time, then the password is not changed either, over every protocol at once', async () => {
     // Another transaction holds the users' session rows, so ending the other sessions waits past
@@ -130,6 +92,45 @@ describe('a password change the database cannot finish', () => {
       closeAll(clients);
     }
   }, 60_000);
+});
+
+// The lifetime test spends some 8 s waiting out the lifetime on a server of its own
+// (`shortLived`); the suites on `t` run meanwhile, one after another as before (both groups are
+// marked concurrent: Vitest runs consecutive concurrent siblings together, so nothing may stand
+// between them).
+describe('absolute session lifetime', { concurrent: true }, () => {
+  it('when a session is refreshed again and again, then over every protocol it still ends at its absolute lifetime', async () => {
+    const clients = apiClients(shortLived.baseUrl);
+    try {
+      await Promise.all(
+        clients.map(async (client) => {
+          const user = await register(shortLived);
+          const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+          expect(login.code).toBe('ok');
+          let refreshToken = login.data?.tokens.refreshToken ?? '';
+          const started = Date.now();
+          // Refresh every half second: each rotation would slide a sliding-only session forever.
+          // (Stop well before the end, so that a slow refresh on a loaded machine is not late.)
+          while (Date.now() - started < (LIFETIME_SECONDS - 3) * 1000) {
+            const refreshed = await client.refresh(refreshToken);
+            expect(refreshed.code).toBe('ok');
+            // No token is handed out that outlives the chain.
+            expect(refreshed.data?.expiresIn).toBeLessThanOrEqual(LIFETIME_SECONDS);
+            refreshToken = refreshed.data?.refreshToken ?? '';
+            await sleep(500);
+          }
+          await sleep(LIFETIME_SECONDS * 1000 - (Date.now() - started) + 1_100);
+          const ended = await client.refresh(refreshToken);
+          expect(ended.code).toBe('unauthenticated');
+          // Its end is not mistaken for theft.
+          const types = await auditTypes(shortLived, user.id, () => true);
+          expect(types).not.toContain('TOKEN_REUSE_DETECTED');
+        }),
+      );
+    } finally {
+      closeAll(clients);
+    }
+  });
 });
 
 describe('sessions on a server without the short lifetime', { concurrent: true }, () => {

@@ -6,10 +6,7 @@
 //
 // node scripts/checks.ts            all of them
 // node scripts/checks.ts lint tsc   only those whose name contains one of the words
-// node scripts/checks.ts --nice     all of them at the lowest CPU priority (as npm test runs them
-//                                   beside the suites: scripts/test.ts)
 import { spawn } from 'node:child_process';
-import { setPriority } from 'node:os';
 import { join } from 'node:path';
 
 const root = join(import.meta.dirname, '..');
@@ -43,10 +40,7 @@ function run(check: (typeof CHECKS)[number]): Promise<boolean> {
   });
 }
 
-const args = process.argv.slice(2);
-// Set before any check starts: each inherits it.
-if (args.includes('--nice')) setPriority(19);
-const only = args.filter((arg) => arg !== '--nice');
+const only = process.argv.slice(2);
 const selected = only.length === 0 ? CHECKS : CHECKS.filter((check) => only.some((word) => check.name.includes(word)));
 const results = await Promise.all(selected.map(run));
 const failed = selected.filter((_, index) => results[index] !== true).map((check) => check.name);

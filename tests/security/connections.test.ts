@@ -825,28 +825,41 @@ describe('grpc.health.v1.Health/Watch', () => {
 });
 
 describe('readiness probes', () => {
+  // A server of its own with the default deadlines: the file's one-second deadlines are what the
+  // other tests attack, and a worker starved for a second on a busy CI machine let them cut a
+  // probe's connection before it was read (ECONNRESET), which is not what this test is about.
+  let probed: TestServer;
+
+  beforeAll(async () => {
+    probed = await startTestServer({ HTTP2_MAX_CONCURRENT_STREAMS: String(MAX_STREAMS) });
+  });
+
+  afterAll(async () => {
+    await probed.close();
+  });
+
   it('when /ready and Health/Check are flooded over REST, gRPC, Connect and gRPC-Web at once, then every probe is answered and they share their database queries', async () => {
-    const database = monolithOf(server).database;
+    const database = monolithOf(probed).database;
     const agent = new http.Agent({ keepAlive: true, maxSockets: 25 });
     cleanups.push(() => agent.destroy());
     // gRPC over ten connections, each carrying its MAX_STREAMS once its SETTINGS have arrived.
     const grpc = await Promise.all(
       Array.from({ length: 10 }, async () => {
-        const sessions = new Http2SessionManager(server.baseUrl);
+        const sessions = new Http2SessionManager(probed.baseUrl);
         cleanups.push(() => sessions.abort());
-        const client = createClient(Health, createGrpcTransport({ baseUrl: server.baseUrl, sessionManager: sessions }));
+        const client = createClient(Health, createGrpcTransport({ baseUrl: probed.baseUrl, sessionManager: sessions }));
         await client.check({ service: '' });
         return client;
       }),
     );
     const overHttp1 = [
-      createClient(Health, createConnectTransport({ baseUrl: server.baseUrl, httpVersion: '1.1', nodeOptions: { agent } })),
-      createClient(Health, createGrpcWebTransport({ baseUrl: server.baseUrl, httpVersion: '1.1', nodeOptions: { agent } })),
+      createClient(Health, createConnectTransport({ baseUrl: probed.baseUrl, httpVersion: '1.1', nodeOptions: { agent } })),
+      createClient(Health, createGrpcWebTransport({ baseUrl: probed.baseUrl, httpVersion: '1.1', nodeOptions: { agent } })),
     ];
     const rest = () =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {
         http
-          .get(`${server.baseUrl}/ready`, { agent }, (response) => {
+          .get(`${probed.baseUrl}/ready`, { agent }, (response) => {
             let body = '';
             response.on('data', (chunk: Buffer) => (body += chunk.toString()));
             response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));

@@ -59,9 +59,9 @@ export interface RefusedAttempt {
  * before any password is compared, so guesses sent in parallel cannot all pass a check made
  * before any of them counted: at most `maxFailures` comparisons per lockout window.
  *
- * - Every attempt is counted twice, under the name typed and, when the name belongs to an
- *   account, under the account: a username and an e-mail of one account share the account's
- *   counters but not their names'. Counted only by the account, the two shared a counter where an
+ * - Every attempt is counted twice, under the name typed and under the account it belongs to
+ *   (for a name no account has, a stand-in of its own): a username and an e-mail of one account
+ *   share the account's counters but not their names'. Counted only by the account, the two shared a counter where an
  *   unknown pair had two, and a refusal without a comparison linked a username to its e-mail
  *   (helper 68); counted only by the name, a changed e-mail was a fresh allowance (helper 73).
  *   A refusal by the name's counters is immediate, for known and unknown names alike; one by the
@@ -105,17 +105,17 @@ export class LoginThrottle {
     return this.#closedOnFailure(async () => {
       const name = await this.#reserve(loginKey(attempt.name), attempt);
       if (!name.reserved) return refused(name.retryAfterMs, false);
-      const slots = [name];
-      if (attempt.userId !== undefined) {
-        const account = await this.#reserve(accountKey(attempt.userId), attempt);
-        // The name's slot stays taken: the decoy the caller answers with counts as the failed guess
-        // it looks like. So a refusal by the account's budget (strangers spent it) charges the
-        // name typed from this client as a failure, the owner's own retries included; giving it
-        // back would let one client try an account's other name without end where an unknown
-        // name allows LOGIN_MAX_FAILURES, which links the two again (helper 74).
-        if (!account.reserved) return { ...refused(account.retryAfterMs, true), abandoned: () => name.giveBack().catch(() => undefined) };
-        slots.push(account);
-      }
+      // A name no account has is counted a second time as well, under a key of its own that moves
+      // in step with the name's: the same counter operations as a known account's, so the time an
+      // answer takes (two more Redis round trips, ~0.3 ms) does not tell whether the name exists.
+      const account = await this.#reserve(attempt.userId === undefined ? unknownAccountKey(attempt.name) : accountKey(attempt.userId), attempt);
+      // The name's slot stays taken: the decoy the caller answers with counts as the failed guess
+      // it looks like. So a refusal by the account's budget (strangers spent it) charges the name
+      // typed from this client as a failure, the owner's own retries included; giving it back
+      // would let one client try an account's other name without end where an unknown name
+      // allows LOGIN_MAX_FAILURES, which links the two again (helper 74).
+      if (!account.reserved) return { ...refused(account.retryAfterMs, true), abandoned: () => name.giveBack().catch(() => undefined) };
+      const slots = [name, account];
       // Giving back never fails the attempt: it comes after the work it was for (a session stored,
       // say), and a slot the counters' store could not take back stays counted, the safe side.
       const giveBack = async () => {
@@ -176,6 +176,11 @@ export function loginKey(login: string): string {
 /** The throttle's name for an account, whichever of its names was typed. */
 export function accountKey(userId: number): string {
   return `user:${userId}`;
+}
+
+/** What stands for the account of a name that has none (see LoginThrottle.admit). */
+function unknownAccountKey(login: string): string {
+  return `nouser:${foldCase(login)}`;
 }
 
 function failureKey(key: string, attempt: LoginAttempt): string {

@@ -439,6 +439,10 @@ describe('envelopes that lie about their messages: gRPC over HTTP/2 answers as g
     { key: 'no-message', frame: () => new Uint8Array(0), code: 'unimplemented' },
     { key: 'length-over-the-limit', frame: () => join(header(0, 200_000), message), code: 'resource_exhausted' },
     { key: 'length-over-4-GiB-minus-one', frame: () => join(header(0, 0xffffffff), message), code: 'resource_exhausted' },
+    // A client's flags say plain or compressed; 0x02 is reserved, 0x80 marks the server's trailers
+    // (helper 86: read as a plain message).
+    { key: 'reserved-flag', frame: () => join(header(0x02, message.length), message), code: 'invalid_argument' },
+    { key: 'trailers-flag', frame: () => join(header(0x80, message.length), message), code: 'invalid_argument' },
   ];
 
   it('when each lie is sent in parallel over gRPC and gRPC-Web, then both answer it with the same code, never internal, and the next call is answered', async () => {
@@ -577,6 +581,33 @@ describe('Connect JSON: unknown enum names and keys are refused, not dropped (de
       });
     }
     expect((await profileOf(victim.id))?.first_name).toBeNull();
+  });
+
+  it('when a binary request sends a declared field with another wire type, in parallel over every binary protocol, then invalid_argument and nothing is read or stored', async () => {
+    // Found by an attacker (helper 86): protobuf-es read a declared field as its declared type
+    // whatever wire type it came with. UpdateUser's first_name (3, a string) sent as a VARINT was
+    // stored as "W"; GetUser's user_id (1, a varint) sent as a FIXED32 read another number. Other
+    // parsers skip such a field, so a proxy in front and this server read different messages.
+    const victim = await register(t, newUser('wiretype'));
+    // first_name with a VARINT tag (0x18), then what protobuf-es took for a length and a string.
+    const update = concat(binary(UpdateUserRequestSchema, { userId: victim.id }), Uint8Array.of(0x18, 0x01, 0x57));
+    // user_id with a group's start tag (0x0b), then a varint; per_page with a FIXED64 tag (0x11).
+    const read = concat(Uint8Array.of(0x0b), new BinaryWriter().uint32(victim.id).finish());
+    const list = concat(binary(ListUsersRequestSchema, { page: 1 }), Uint8Array.of(0x11, 0x05));
+    const protocols = ['connect-binary', 'grpc-web', 'grpc'] as const;
+    const answers = await Promise.all(
+      protocols.flatMap((protocol) => [
+        raw.rpc(protocol, 'arcana.user.v1.UserService/UpdateUser', update, { token: admin }).then((answer) => ({ protocol, call: 'update', code: answer.code })),
+        raw.rpc(protocol, 'arcana.user.v1.UserService/GetUser', read, { token: admin }).then((answer) => ({ protocol, call: 'read', code: answer.code })),
+        raw.rpc(protocol, 'arcana.user.v1.UserService/ListUsers', list, { token: admin }).then((answer) => ({ protocol, call: 'list', code: answer.code })),
+      ]),
+    );
+    expect(answers).toEqual(protocols.flatMap((protocol) => ['update', 'read', 'list'].map((call) => ({ protocol, call, code: 'invalid_argument' }))));
+    expect((await profileOf(victim.id))?.first_name).toBeNull();
+    // The same field with its own wire type is read as before.
+    const fine = concat(binary(UpdateUserRequestSchema, { userId: victim.id }), new BinaryWriter().tag(3, WireType.LengthDelimited).string('Ada').finish());
+    expect((await raw.rpc('grpc', 'arcana.user.v1.UserService/UpdateUser', fine, { token: admin })).code).toBe('ok');
+    expect((await profileOf(victim.id))?.first_name).toBe('Ada');
   });
 });
 

@@ -10,9 +10,9 @@
 // accepts is one connect-es accepts; its verdicts differ only in the code and message.
 // Only calls with a single request message (unary and server-streaming) are decoded here; the
 // bytes read are handed on to connect-es unchanged.
-import { ScalarType, type BinaryReadOptions, type DescEnum, type DescMessage, type DescMethod, type JsonReadOptions, type Message } from '@bufbuild/protobuf';
+import { ScalarType, type BinaryReadOptions, type DescEnum, type DescField, type DescMessage, type DescMethod, type JsonReadOptions, type Message } from '@bufbuild/protobuf';
 import { isFieldError } from '@bufbuild/protobuf/reflect';
-import { base64Decode } from '@bufbuild/protobuf/wire';
+import { base64Decode, BinaryReader, WireType } from '@bufbuild/protobuf/wire';
 import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
 import {
   compressedFlag,
@@ -78,7 +78,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
   };
 
   const parse = (method: DescMethod, binary: boolean, bytes: Uint8Array): Message =>
-    binary ? parseBinary(serializationOf(method), bytes) : parseJson(method.input, serializationOf(method), bytes);
+    binary ? parseBinary(method.input, serializationOf(method), bytes) : parseJson(method.input, serializationOf(method), bytes);
 
   const decompress = async (compression: Compression | null, bytes: Uint8Array): Promise<Uint8Array> => {
     if (compression === null) return bytes;
@@ -168,6 +168,10 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
     if (envelopes.length === 0) throw new ConnectError(`protocol error: missing input message for ${kind} method`, Code.Unimplemented);
     if (envelopes.length > 1) throw new ConnectError(`protocol error: received extra input message for ${kind} method`, Code.Unimplemented);
     const [envelope] = envelopes as [{ flags: number; data: Uint8Array }];
+    // A client's message is plain or compressed; the other bits are the server's (trailers, end of
+    // stream) or reserved, and one set here is not a message anyone meant (helper 86: gRPC-Web's
+    // 0x02 was read as a plain message).
+    if ((envelope.flags & ~compressedFlag) !== 0) throw new ConnectError(`protocol error: invalid envelope flags ${envelope.flags}`, Code.InvalidArgument);
     if ((envelope.flags & compressedFlag) !== compressedFlag) return parse(method, binary, envelope.data);
     if (compression === null) throw new ValidationError('Request message is compressed, but the request names no encoding');
     return parse(method, binary, await decompress(compression, envelope.data));
@@ -195,7 +199,9 @@ function splitEnvelopes(bytes: Uint8Array, readMaxBytes: number): { flags: numbe
   return envelopes;
 }
 
-function parseBinary(serialization: MethodSerializationLookup, bytes: Uint8Array): Message {
+function parseBinary(desc: DescMessage, serialization: MethodSerializationLookup, bytes: Uint8Array): Message {
+  const misread = fieldWithWrongWireType(desc, bytes);
+  if (misread !== undefined) throw new ValidationError(`Malformed protobuf in request body: field ${misread} is not sent with its wire type`);
   try {
     return serialization.getI(true).parse(bytes);
   } catch (error) {
@@ -203,6 +209,78 @@ function parseBinary(serialization: MethodSerializationLookup, bytes: Uint8Array
     // The decoder's reasons ("premature EOF", "invalid wire type 7") name no content.
     const reason = error instanceof ConnectError ? error.rawMessage.replace(/^parse binary: /, '') : 'undecodable';
     throw new ValidationError(`Malformed protobuf in request body: ${reason}`);
+  }
+}
+
+/** How many messages deep the wire-type check follows nested messages (the parser's own limit is deeper). */
+const WIRE_CHECK_DEPTH = 32;
+
+/**
+ * The first declared field of a binary message (nested ones too) that arrives with a wire type
+ * other than its declaration's, by its path (`user.first_name`), or undefined. protobuf-es reads a
+ * declared field as its declared type whatever wire type it came with (a VARINT as a string, a
+ * group's start as a number), where other parsers skip or refuse it: a proxy or an inspector in
+ * front of the server and the server itself would read two different messages (helper 86).
+ * Unknown fields are skipped here (the edge refuses them by name after parsing); bytes that do
+ * not parse are left to the parser, whose error names the problem.
+ */
+function fieldWithWrongWireType(desc: DescMessage, bytes: Uint8Array, depth = 0): string | undefined {
+  const reader = new BinaryReader(bytes);
+  try {
+    while (reader.pos < reader.len) {
+      const [number, wireType] = reader.tag();
+      const field = desc.fields.find((candidate) => candidate.number === number);
+      if (field === undefined) {
+        reader.skip(wireType, number);
+        continue;
+      }
+      if (!wireTypesOf(field).includes(wireType)) return field.name;
+      const nested = field.fieldKind === 'message' || (field.fieldKind === 'list' && field.listKind === 'message') ? field.message : undefined;
+      if (nested !== undefined && wireType === WireType.LengthDelimited && depth < WIRE_CHECK_DEPTH) {
+        const inner = fieldWithWrongWireType(nested, reader.bytes(), depth + 1);
+        if (inner !== undefined) return `${field.name}.${inner}`;
+      } else {
+        reader.skip(wireType, number);
+      }
+    }
+  } catch {
+    return undefined;
+  }
+  return undefined;
+}
+
+/** The wire types a field may arrive with (a repeated number also packed, as length-delimited). */
+function wireTypesOf(field: DescField): WireType[] {
+  switch (field.fieldKind) {
+    case 'scalar':
+      return [wireTypeOfScalar(field.scalar)];
+    case 'enum':
+      return [WireType.Varint];
+    case 'message':
+      return [field.delimitedEncoding ? WireType.StartGroup : WireType.LengthDelimited];
+    case 'map':
+      return [WireType.LengthDelimited];
+    case 'list':
+      if (field.listKind === 'message') return [field.delimitedEncoding ? WireType.StartGroup : WireType.LengthDelimited];
+      return [field.listKind === 'enum' ? WireType.Varint : wireTypeOfScalar(field.scalar), WireType.LengthDelimited];
+  }
+}
+
+function wireTypeOfScalar(scalar: ScalarType): WireType {
+  switch (scalar) {
+    case ScalarType.STRING:
+    case ScalarType.BYTES:
+      return WireType.LengthDelimited;
+    case ScalarType.DOUBLE:
+    case ScalarType.FIXED64:
+    case ScalarType.SFIXED64:
+      return WireType.Bit64;
+    case ScalarType.FLOAT:
+    case ScalarType.FIXED32:
+    case ScalarType.SFIXED32:
+      return WireType.Bit32;
+    default:
+      return WireType.Varint;
   }
 }
 

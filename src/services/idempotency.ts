@@ -97,7 +97,12 @@ export class IdempotentRequests {
     const keyHash = createHmac('sha256', this.#lookupKey).update(scoped).digest('hex');
     const fingerprint = createHmac('sha256', this.#fingerprintKey).update(`${operation.scope}\u0000`).update(operation.request).digest('hex');
     const now = this.#now();
-    const claim = await this.#records.claim({ keyHash, fingerprint, expiresAt: new Date(now.getTime() + CLAIM_LEASE_MS) }, now);
+    // Claimed past the request's deadline and cancellation, as the claim is given back: over a
+    // network a claim whose caller stopped waiting could still be stored, with no one holding its
+    // id to give it back, and a retry answered "in progress" for the whole lease while nothing
+    // ran (helper 85). A caller gone by now is then refused by the work itself, which gives the
+    // claim back below.
+    const claim = await uninterrupted(() => this.#records.claim({ keyHash, fingerprint, expiresAt: new Date(now.getTime() + CLAIM_LEASE_MS) }, now));
     if (!claim.claimed) {
       const { existing } = claim;
       if (!timingSafeEqual(Buffer.from(existing.fingerprint), Buffer.from(fingerprint))) throw new IdempotencyKeyReusedError();

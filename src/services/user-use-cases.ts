@@ -178,9 +178,11 @@ export class UserUseCases {
     const { revoked: ended } = await uninterrupted(() =>
       this.#tokens.revokeAllWithUserWrite(userId, actor.sessionId, write, actingAs(actor, false)).catch(async (error: unknown) => {
         // Another password change that committed first ended this session too: it is answered as
-        // the conflict it is.
-        if (error instanceof AppError && error.code === 'AUTHENTICATION_ERROR' && (await this.#users.findById(userId))?.passwordHash !== user.passwordHash) {
-          error = new ConflictError('The password was changed meanwhile; nothing was changed');
+        // the conflict it is. An account deleted meanwhile is no such change (helper 87: a false
+        // "changed meanwhile" answer and audit event); its session has simply ended.
+        if (error instanceof AppError && error.code === 'AUTHENTICATION_ERROR') {
+          const now = await this.#users.findById(userId);
+          if (now !== null && now.passwordHash !== user.passwordHash) error = new ConflictError('The password was changed meanwhile; nothing was changed');
         }
         if (isConflict(error)) failed('changed_meanwhile');
         throw error;

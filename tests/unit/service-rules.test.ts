@@ -507,7 +507,7 @@ describe("a session that races the end of its account's sessions", () => {
   });
 
   /** Runs `change` once, right before the repository's next `method` call. */
-  function before(method: 'create' | 'revokeChainOf' | 'rotate', change: () => Promise<unknown>): void {
+  function before(method: 'create' | 'revokeChainOf' | 'rotate' | 'revokeAllWithUserWrite', change: () => Promise<unknown>): void {
     const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
     const original = tokens[method]?.bind(h.tokens);
     if (original === undefined) throw new Error(`no ${method}`);
@@ -545,6 +545,16 @@ describe("a session that races the end of its account's sessions", () => {
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
     // The deletion took the account's sessions with it, as the database's cascade does.
     expect(await liveIds(user.id)).toEqual([]);
+  });
+
+  it('when the account is deleted while its owner changes the password, then the change fails as an ended session, not as a change made meanwhile', async () => {
+    // Found by an attacker (helper 87): the account gone read as "another password in effect", so
+    // the owner got 409 "The password was changed meanwhile" and the audit a false event saying so.
+    const admin = await h.account('ADMIN');
+    const user = await h.account();
+    before('revokeAllWithUserWrite', () => h.userCases.delete(admin.actor, user.id));
+    expect(await outcome(h.userCases.changePassword(user.actor, { userId: user.id, oldPassword: PASSWORD, newPassword: 'Another-Passw0rd!' }))).toBe('AUTHENTICATION_ERROR');
+    expect(h.audit.ofType('PASSWORD_CHANGE_FAILED')).toEqual([]);
   });
 
   it('when the account is deleted while its refresh is in flight, then the refresh is refused as an ended session, not reported as token theft', async () => {

@@ -15,6 +15,10 @@
 //   per client address              connections, and HTTP/2 streams across its connections
 // A stream whose request has fully arrived is the application's business: a gRPC Watch may
 // rightly stay open for hours (src/controllers/rpc/health-service.ts caps those).
+import { Code, ConnectError } from '@connectrpc/connect';
+import { encodeEnvelope } from '@connectrpc/connect/protocol';
+import { codeToHttpStatus, endStreamFlag, errorToJson, errorToJsonBytes } from '@connectrpc/connect/protocol-connect';
+import { setTrailerStatus } from '@connectrpc/connect/protocol-grpc';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import {
   constants as http2Constants,
@@ -105,7 +109,7 @@ export function createDualProtocolServer(
       const headersProblem = headerProblem(req);
       if (headersProblem !== undefined) {
         warnMalformed({ peer: addressKey(req.socket.remoteAddress), reason: headersProblem });
-        refuseRequest(res, headersProblem);
+        refuseRequest(req, res, headersProblem);
         return;
       }
       startInTurn(() => {
@@ -133,7 +137,7 @@ export function createDualProtocolServer(
     const headersProblem = http2HeaderProblem(req);
     if (headersProblem !== undefined) {
       warnMalformed({ peer: addressKey(address), reason: headersProblem });
-      refuseRequest(res, headersProblem);
+      refuseRequest(req, res, headersProblem);
       return;
     }
     // A stream reset before its turn (rapid reset: HEADERS then RST_STREAM, hundreds per write)
@@ -482,26 +486,75 @@ function malformedAuthority(value: string | undefined): boolean {
 }
 
 /**
- * A 400 in the API's envelope, through the response (so after any pipelined answer before it);
- * an HTTP/1.1 connection is closed after it, an HTTP/2 one only loses the stream.
+ * A 400 in the API's envelope, or an RPC's `invalid_argument` in its protocol's shape, through the
+ * response (so after any pipelined answer before it); an HTTP/1.1 connection is closed after it,
+ * an HTTP/2 one only loses the stream.
  */
-function refuseRequest(res: ServerResponse | Http2ServerResponse, message: string): void {
+function refuseRequest(req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse, message: string): void {
   const requestId = requestIdFrom(undefined);
-  const json = errorJson({ code: MALFORMED.code, message }, requestId);
+  const refusal = rpcRefusal(req, message) ?? restRefusal(message, requestId);
   const headers: Record<string, string | number> = {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(json),
+    ...refusal.headers,
+    'content-length': refusal.body.byteLength,
     'cache-control': 'no-store',
     'x-content-type-options': 'nosniff',
     'x-request-id': requestId,
   };
   if ('stream' in res) {
-    res.writeHead(400, headers);
+    if (refusal.body.byteLength === 0) {
+      // gRPC's trailers-only answer: one HEADERS frame that ends the stream.
+      res.stream.respond({ ':status': refusal.status, ...headers }, { endStream: true });
+      return;
+    }
+    res.writeHead(refusal.status, headers);
   } else {
     res.shouldKeepAlive = false;
-    res.writeHead(400, { ...headers, connection: 'close' });
+    res.writeHead(refusal.status, { ...headers, connection: 'close' });
   }
-  res.end(json);
+  res.end(refusal.body);
+}
+
+interface Refusal {
+  status: number;
+  headers: Record<string, string>;
+  body: Uint8Array;
+}
+
+function restRefusal(message: string, requestId: string): Refusal {
+  return { status: 400, headers: { 'content-type': 'application/json; charset=utf-8' }, body: Buffer.from(errorJson({ code: MALFORMED.code, message }, requestId)) };
+}
+
+/** `/package.Service/Method`: the path of an RPC, as no REST route is. */
+const RPC_PATH = /^\/[A-Za-z_][\w.]*\.[A-Za-z_]\w*\/[A-Za-z_]\w*(?:\?|$)/;
+
+/**
+ * The refusal of an RPC in its own protocol, or undefined for a request that is no RPC. A REST
+ * envelope with HTTP 400 reads as `internal` to gRPC and Connect clients (helper 86: two
+ * Authorization headers over gRPC, an :authority with a bad port), a server fault where the
+ * client sent the mistake.
+ */
+function rpcRefusal(req: IncomingMessage | Http2ServerRequest, message: string): Refusal | undefined {
+  const path = req.url ?? '';
+  if (!RPC_PATH.test(path)) return undefined;
+  const contentType = (req.headers['content-type'] ?? '').toLowerCase();
+  const error = new ConnectError(message, Code.InvalidArgument);
+  if (contentType.startsWith('application/grpc')) {
+    // gRPC and gRPC-Web: a trailers-only answer, the status in the headers and no message.
+    const status = new Headers();
+    setTrailerStatus(status, error);
+    return {
+      status: 200,
+      headers: { 'content-type': contentType.startsWith('application/grpc-web') ? 'application/grpc-web+proto' : 'application/grpc', ...Object.fromEntries(status) },
+      body: new Uint8Array(0),
+    };
+  }
+  if (contentType.startsWith('application/connect+')) {
+    // A Connect stream ends with its error in the end-of-stream message.
+    const endStream = new TextEncoder().encode(JSON.stringify({ error: errorToJson(error, undefined) }));
+    return { status: 200, headers: { 'content-type': 'application/connect+json' }, body: encodeEnvelope(endStreamFlag, endStream) };
+  }
+  // A Connect unary call (POST with a JSON or binary body, or GET): the error as JSON.
+  return { status: codeToHttpStatus(Code.InvalidArgument), headers: { 'content-type': 'application/json' }, body: errorToJsonBytes(error, undefined) };
 }
 
 /**

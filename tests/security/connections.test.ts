@@ -459,7 +459,7 @@ describe('HTTP/1.1', () => {
     expect(old.received().toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
   });
 
-  it('when a request carries two Authorization headers, whichever comes first, then 400 in the error envelope over REST and Connect; one is served', async () => {
+  it('when a request carries two Authorization headers, whichever comes first, then 400 in the error envelope over REST, invalid_argument over Connect; one is served', async () => {
     // Node kept the first and dropped the other unseen, where a proxy in front may have authorized
     // the request by the other (helper 76).
     const user = await register(server);
@@ -480,12 +480,14 @@ describe('HTTP/1.1', () => {
         await closedWithin(client.closed, 5_000);
         const text = client.received().toString('latin1');
         expect(text, authorizations).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
-        if (status === 400) expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
+        // Each in its own protocol's words: a REST envelope read by a Connect client was `internal` (helper 86).
+        const refusal = request === requests[0] ? { success: false, error: { code: 'VALIDATION_ERROR' } } : { code: 'invalid_argument' };
+        if (status === 400) expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject(refusal);
       }
     }
   });
 
-  it('when a Host is not a host name or address, then 400 in the error envelope on every path; IPv6 literals and ports are served', async () => {
+  it('when a Host is not a host name or address, then 400 in the error envelope on every REST path, invalid_argument on RPC paths; IPv6 literals and ports are served', async () => {
     // connect-node builds each call's URL from it: `[` was a bare 400 there, unlogged (helper 69).
     for (const host of ['[', '[::1', 'a b', 'user@host', 'host:port', 'ho%zzst', 'localhost:99999', '999.1.1.1', '1.2.3.4.5', '4294967296']) {
       for (const path of ['/health', `/${Health.typeName}/Check`]) {
@@ -493,8 +495,15 @@ describe('HTTP/1.1', () => {
         client.socket.write(`POST ${path} HTTP/1.1\r\nHost: ${host}\r\ncontent-type: application/grpc-web+proto\r\ncontent-length: 5\r\n\r\n\0\0\0\0\0`);
         expect(await closedWithin(client.closed, 5_000), host).toBeLessThan(Number.POSITIVE_INFINITY);
         const text = client.received().toString('latin1');
-        expect(text, `${host} ${path}`).toMatch(/^HTTP\/1\.1 400 /);
-        expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
+        if (path === '/health') {
+          expect(text, `${host} ${path}`).toMatch(/^HTTP\/1\.1 400 /);
+          expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
+        } else {
+          // gRPC-Web's trailers-only answer: a REST 400 read as `internal` by its clients (helper 86).
+          expect(text, `${host} ${path}`).toMatch(/^HTTP\/1\.1 200 /);
+          expect(text, `${host} ${path}`).toMatch(/\r\ngrpc-status: 3\r\n/);
+          expect(text, `${host} ${path}`).toMatch(/\r\ngrpc-message: The%20Host%20header%20/);
+        }
       }
     }
     for (const host of ['[::1]:8080', 'api.example.com', '127.0.0.1:1', 'xn--bcher-kva.example', 'my_service:50051', 'Example.COM.', 'localhost:']) {
@@ -678,18 +687,21 @@ describe('HTTP/2 (h2c)', () => {
     }
   });
 
-  it('when an :authority is not a host name or address, or a host header disagrees with it, then 400 in the error envelope over gRPC, gRPC-Web and Connect, and the connection serves on', async () => {
+  it('when an :authority is not a host name or address, or a host header disagrees with it, then invalid_argument over gRPC, gRPC-Web and Connect, each in its own shape, and the connection serves on', async () => {
     // RFC 9113 §8.3.1; connect-node answered `[` with a bare 400 (helper 69), and a disagreeing
-    // host header reached the handlers, where a proxy in front may have routed by the other.
+    // host header reached the handlers, where a proxy in front may have routed by the other. The
+    // refusal was then the REST envelope with HTTP 400, which gRPC and Connect clients read as
+    // `internal` (helper 86).
     const session = h2Session(server.port);
     const call = (headers: http2.OutgoingHttpHeaders, contentType: string) =>
-      new Promise<{ status: number; body: string }>((resolve, reject) => {
+      new Promise<{ status: number; grpcStatus: unknown; body: string }>((resolve, reject) => {
         const stream = session.request({ ':method': 'POST', ':path': `/${Health.typeName}/Check`, 'content-type': contentType, te: 'trailers', ...headers });
         let status = 0;
+        let grpcStatus: unknown;
         let body = '';
-        stream.on('response', (head) => (status = Number(head[':status'])));
+        stream.on('response', (head) => ((status = Number(head[':status'])), (grpcStatus = head['grpc-status'])));
         stream.on('data', (chunk: Buffer) => (body += chunk.toString('latin1')));
-        stream.on('end', () => resolve({ status, body }));
+        stream.on('end', () => resolve({ status, grpcStatus, body }));
         stream.on('error', reject);
         stream.end(contentType === 'application/json' ? '{}' : Buffer.alloc(5));
       });
@@ -701,8 +713,13 @@ describe('HTTP/2 (h2c)', () => {
         { ':authority': 'api.example.com', host: 'internal.example.com' },
       ]) {
         const answer = await call(headers, contentType);
-        expect(answer.status, `${contentType} ${JSON.stringify(headers)}`).toBe(400);
-        expect(JSON.parse(answer.body)).toMatchObject({ success: false, error: { code: 'VALIDATION_ERROR' } });
+        const what = `${contentType} ${JSON.stringify(headers)}`;
+        if (contentType === 'application/json') {
+          expect(answer.status, what).toBe(400);
+          expect(JSON.parse(answer.body)).toMatchObject({ code: 'invalid_argument' });
+        } else {
+          expect({ status: answer.status, grpcStatus: answer.grpcStatus, body: answer.body }, what).toEqual({ status: 200, grpcStatus: '3', body: '' });
+        }
       }
       const fine = await call({ ':authority': 'api.example.com', host: 'API.example.com' }, contentType);
       expect(fine.status, contentType).toBe(200);

@@ -264,6 +264,37 @@ describe('administrators writing over each other', () => {
 });
 
 describe('ETags on REST', () => {
+  it('when an If-Match names no version, then a caller without the right to the write hears why first: 401, 403 or 404 before 412, in parallel', async () => {
+    // Found by an attacker (helper 87): the tag was judged before anything else, so a revoked
+    // token, a USER changing a role and an unknown id all got 412 (RFC 9110 §13.2.1: a server
+    // ignores preconditions when the answer without them would not be 2xx).
+    const admin = await loginAdmin(t);
+    const user = await register(t);
+    const loggedOut = await register(t);
+    expect((await t.request.post('/api/v1/auth/logout').set(...bearer(loggedOut.accessToken))).status).toBe(200);
+    const write = (token: string, method: 'put' | 'delete' | 'post', path: string, body?: object) => {
+      const request = t.request[method](path)
+        .set(...bearer(token))
+        .set('if-match', '"not-a-version"');
+      return (body === undefined ? request : request.send(body)).then((response) => response.status);
+    };
+    const answers = await Promise.all([
+      write(loggedOut.accessToken, 'delete', `/api/v1/users/${user.id}`),
+      write(loggedOut.accessToken, 'put', `/api/v1/users/${user.id}`, { firstName: 'Never' }),
+      write(user.accessToken, 'put', `/api/v1/users/${user.id}/role`, { role: 'ADMIN' }),
+      write(user.accessToken, 'put', `/api/v1/users/${loggedOut.id}/status`, { status: 'SUSPENDED' }),
+      write(admin, 'post', `/api/v1/users/2147483000/verify`),
+      write(admin, 'delete', `/api/v1/users/2147483000`),
+      // Only a write that would otherwise go ahead fails its precondition.
+      write(admin, 'put', `/api/v1/users/${user.id}`, { firstName: 'Never' }),
+      write(admin, 'delete', `/api/v1/users/${user.id}`),
+      write(user.accessToken, 'put', `/api/v1/users/${user.id}`, { firstName: 'Never' }),
+    ]);
+    expect(answers).toEqual([401, 401, 403, 403, 404, 404, 412, 412, 412]);
+    const [row] = await t.sql<{ first_name: string | null; role: string }>('SELECT first_name, role FROM users WHERE id = $1', [user.id]);
+    expect(row).toEqual({ first_name: null, role: 'USER' });
+  });
+
   it('when a client holds the current ETag, then GET answers 304 without a body until the user changes', async () => {
     const admin = await loginAdmin(t);
     const user = await register(t);

@@ -1,7 +1,7 @@
 import type { IRouter, Request } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
 import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
-import { PreconditionFailedError, ValidationError } from '../../domain/errors.ts';
+import { ValidationError } from '../../domain/errors.ts';
 import { etagOf, sendPage, sendSuccess, sendUser } from './envelope.ts';
 import { requireField } from '../../domain/message-mapping.ts';
 import { callOptions, requireBearer, type ServiceClients } from './service-call.ts';
@@ -39,9 +39,18 @@ function entityTags(header: string): '*' | { weak: boolean; opaque: string }[] |
 const MAX_VERSION = 2 ** 31 - 1;
 
 /**
+ * What an `If-Match` naming no version a user can have expects: a version no row has (they start
+ * at 1; and 0, "one past" it for a repeated write's check, is none either). The write then meets
+ * authentication, authorization and the lookup like any other and fails its precondition only
+ * after them: a 401, 403 or 404 wins over 412 (RFC 9110 §13.2.1). Refused at once, a bad tag was
+ * answered 412 to a caller with no valid token, or no right to the write (helper 87).
+ */
+const NO_VERSION = -1;
+
+/**
  * The version `If-Match` requires (RFC 9110 §13.1.1), to be compared in the write itself:
  * undefined without the header or with `*`. Strong comparison: a weak tag, or one that is not a
- * version, matches no user, so the request fails with 412 before anything is written.
+ * version, matches no user (NO_VERSION), so the request fails with 412 before anything is written.
  */
 export function expectedVersionOf(req: Request): number | undefined {
   const header = req.get('if-match');
@@ -57,7 +66,7 @@ export function expectedVersionOf(req: Request): number | undefined {
       .map((tag) => Number(tag.opaque))
       .filter((version) => version <= MAX_VERSION),
   );
-  if (versions.size === 0) throw new PreconditionFailedError();
+  if (versions.size === 0) return NO_VERSION;
   if (versions.size > 1) throw new ValidationError('Validation failed', { 'If-Match': 'give one entity tag' });
   return [...versions][0];
 }

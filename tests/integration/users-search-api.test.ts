@@ -119,3 +119,30 @@ describe.each(['rest', 'connect-json', 'connect-binary', 'grpc-web', 'grpc'])('l
     expect((await client().listUsers(login.data!.tokens.accessToken, { q: tag })).code).toBe('permission_denied');
   });
 });
+
+describe('a REST search as HTML forms and URLSearchParams write it', () => {
+  it('when q writes a space as + (or unencoded reserved characters), then it is read as written: + is a space, %2B a plus', async () => {
+    // Found by an attacker (helper 86): `q=a+b` was refused ("must be url encoded"), so a search of
+    // two words from a form, URLSearchParams or Python's requests never reached the listing.
+    const other = `p${tag}`;
+    const registered = await clients[0]!.register({
+      username: `${other}_plus`,
+      email: `${other}_plus@example.com`,
+      firstName: `${other} Ada`,
+      lastName: 'Plus',
+      password: PASSWORD,
+    });
+    expect(registered.code).toBe('ok');
+    const search = async (query: string) => {
+      const response = await t.request.get(`/api/v1/users?${query}`).set('authorization', `Bearer ${admin}`);
+      return { status: response.status, found: response.status === 200 ? (response.body as { items: { username: string }[] }).items.map((user) => user.username) : response.body };
+    };
+    const found = { status: 200, found: [`${other}_plus`] };
+    expect(await search(new URLSearchParams({ q: `${other} Ada` }).toString())).toEqual(found);
+    expect(await search(`q=${other}+Ada`)).toEqual(found);
+    expect(await search(`q=${other}%20Ada`)).toEqual(found);
+    expect(await search(`q=${other}%2BAda`)).toEqual({ status: 200, found: [] });
+    // A reserved character unencoded is itself, as its encoding is.
+    expect(await search(`q=${other}:`)).toEqual({ status: 200, found: [] });
+  });
+});

@@ -520,7 +520,6 @@ async function createPublicFacades(
     exposedHeaders: [
       ...connectCors.exposedHeaders,
       'X-Request-Id',
-      'X-Device-Token',
       'WWW-Authenticate',
       'RateLimit-Limit',
       'RateLimit-Remaining',

@@ -60,7 +60,8 @@ export function deviceTokenHeaders(token: string, now = Date.now()): [string, st
   const maxAgeSeconds = Math.max(0, (deviceTokenExpiry(token) ?? 0) - Math.floor(now / 1000));
   return [
     [DEVICE_TOKEN_HEADER, token],
-    // HttpOnly: scripts never see it; SameSite=Strict: no other site's page can replay it.
+    // HttpOnly: scripts never see it (a browser's answer has no header: relayAnswerHeaders);
+    // SameSite=Strict: no other site's page can replay it.
     ['set-cookie', `${DEVICE_TOKEN_COOKIE}=${token}; Max-Age=${maxAgeSeconds}; Path=/; HttpOnly; Secure; SameSite=Strict`],
   ];
 }
@@ -81,9 +82,15 @@ export const NO_STORE_HEADERS: readonly [string, string][] = [
  */
 const ANSWER_HEADERS: readonly string[] = ['cache-control', 'pragma', DEVICE_TOKEN_HEADER, IDEMPOTENT_REPLAYED_HEADER];
 
-/** Relays the client's part of a service-layer answer's headers through `set` (and `append` for cookies). */
-export function relayAnswerHeaders(from: Headers, to: { set(name: string, value: string): void; append(name: string, value: string): void }): void {
+/**
+ * Relays the client's part of a service-layer answer's headers through `set` (and `append` for
+ * cookies). A browser's request (one with an Origin, as a browser sends with every POST) gets the
+ * known-device token as its HttpOnly cookie only: in the header too, the console's scripts, and
+ * any allowed origin's, could read what the cookie keeps from them (helper 90).
+ */
+export function relayAnswerHeaders(from: Headers, to: { set(name: string, value: string): void; append(name: string, value: string): void }, fromBrowser: boolean): void {
   for (const name of ANSWER_HEADERS) {
+    if (fromBrowser && name === DEVICE_TOKEN_HEADER) continue;
     const value = from.get(name);
     if (value !== null) to.set(name, value);
   }

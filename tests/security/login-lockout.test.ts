@@ -102,6 +102,20 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(4)))).code).toBe('ok');
   });
 
+  it('when a browser logs in (its request has an Origin), then the known-device token comes as the HttpOnly cookie only, never in a header its scripts can read', async () => {
+    // Found by an attacker (helper 90): the header carried the very token the cookie keeps from
+    // scripts, and CORS exposed it to every allowed origin.
+    const user = await register(t);
+    const browser = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(6), { origin: 'http://localhost:3000' }));
+    expect(browser.code).toBe('ok');
+    expect(browser.headers.get('x-device-token')).toBeNull();
+    expect(browser.headers.get('access-control-expose-headers') ?? '').not.toMatch(/x-device-token/i);
+    const cookie = /^arcana_device=([^;]+);.*HttpOnly;.*SameSite=Strict/.exec(browser.headers.get('set-cookie') ?? '');
+    expect(cookie?.[1]).toMatch(/^\d+\.[\w-]+\.\d+\.[\w-]+$/);
+    // The cookie is the token: sent back, it is a known device's.
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(7), { cookie: `arcana_device=${cookie?.[1] ?? ''}` }))).code).toBe('ok');
+  });
+
   it("when strangers have spent the account's budget, then the owner's known device still logs in from a new address, and a stranger with the right password does not", async () => {
     const user = await register(t);
     const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(5)));

@@ -38,7 +38,7 @@ export function callOptions(req: Request, res: Response, options: { idempotent?:
     contextValues: createContextValues().set(callerKey, { accessToken: res.locals.accessToken, client: clientOf(res) }),
     headers: key === undefined ? undefined : { [IDEMPOTENCY_KEY_FIELD]: key },
     onHeader: (header) => {
-      relayAnswerHeaders(header, { set: (name, value) => res.setHeader(name, value), append: (name, value) => res.append(name, value) });
+      relayAnswerHeaders(header, { set: (name, value) => res.setHeader(name, value), append: (name, value) => res.append(name, value) }, req.get('origin') !== undefined);
     },
   };
 }

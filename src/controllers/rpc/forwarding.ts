@@ -18,7 +18,7 @@ export function forwardingService(service: DescService, transport: Transport): I
     impl[method.localName] = async (request, ctx) => {
       const key = carriedKey(ctx.requestHeader.get(IDEMPOTENCY_KEY_FIELD));
       const response = await transport.unary(unary, ctx.signal, ctx.timeoutMs(), key === undefined ? undefined : { [IDEMPOTENCY_KEY_FIELD]: key }, request, ctx.values);
-      relayAnswerHeaders(response.header, ctx.responseHeader);
+      relayAnswerHeaders(response.header, ctx.responseHeader, ctx.requestHeader.has('origin'));
       return response.message;
     };
   }

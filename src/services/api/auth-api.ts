@@ -1,7 +1,7 @@
 import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import type { AuthService as AuthServiceDescriptor } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import type { AuthUseCases } from '../auth-use-cases.ts';
-import { deviceTokenHeaders, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
+import { DEVICE_TOKEN_HEADER, deviceTokenHeaders, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
 import { runIdempotent } from '../../infrastructure/call-context.ts';
 import { authenticatedActor, clientInfoOf, idempotencyKeyFrom, markReplayedAnswer } from './call.ts';
 
@@ -51,8 +51,13 @@ export function createAuthApi(auth: AuthUseCases): ServiceImpl<typeof AuthServic
   };
 }
 
-/** As on REST: token answers are never cached, and a login hands out the known-device token. */
+/**
+ * As on REST: token answers are never cached, and a login hands out the known-device token (to a
+ * browser, one whose call has an Origin, as its cookie only: see relayAnswerHeaders).
+ */
 function tokenAnswerHeaders(ctx: HandlerContext, deviceToken: string | undefined): void {
   for (const [name, value] of NO_STORE_HEADERS) ctx.responseHeader.set(name, value);
-  if (deviceToken !== undefined) for (const [name, value] of deviceTokenHeaders(deviceToken)) ctx.responseHeader.append(name, value);
+  if (deviceToken === undefined) return;
+  const fromBrowser = ctx.requestHeader.has('origin');
+  for (const [name, value] of deviceTokenHeaders(deviceToken)) if (!(fromBrowser && name === DEVICE_TOKEN_HEADER)) ctx.responseHeader.append(name, value);
 }

@@ -2,6 +2,8 @@ import type { AuditEvent, AuditEventType, Prisma, PrismaClient } from '../../gen
 import type { WorkGate } from '../infrastructure/work-gate.ts';
 import { admitList } from './list-admission.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
+import { recheckLister } from './user-repository.ts';
+import type { ListOptions } from './write-options.ts';
 
 /** Event-specific facts: a flat object, so it reads the same in SQL, REST and proto. */
 export type AuditDetails = Record<string, string | number | boolean>;
@@ -29,8 +31,8 @@ export interface AuditFilter {
 export interface AuditRepository {
   /** Stores the events in one statement; returns how many were stored. */
   createMany(events: NewAuditEvent[]): Promise<number>;
-  /** A page of events, newest first, and how many match in all. */
-  list(filter: AuditFilter): Promise<{ events: AuditEvent[]; total: number }>;
+  /** A page of events, newest first, and how many match in all. With `options.actingAs`, only while that caller may still. */
+  list(filter: AuditFilter, options?: ListOptions): Promise<{ events: AuditEvent[]; total: number }>;
 }
 
 export class PrismaAuditRepository implements AuditRepository {
@@ -64,13 +66,14 @@ export class PrismaAuditRepository implements AuditRepository {
     return count;
   }
 
-  async list(filter: AuditFilter): Promise<{ events: AuditEvent[]; total: number }> {
+  async list(filter: AuditFilter, options: ListOptions = {}): Promise<{ events: AuditEvent[]; total: number }> {
+    const { actingAs } = options;
     const where: Prisma.AuditEventWhereInput = {
       ...(filter.userId === undefined ? {} : { userId: filter.userId }),
       ...(filter.type === undefined ? {} : { type: filter.type }),
     };
     const [events, total] = await withDatabaseErrors(() =>
-      admitList(this.#lists, () =>
+      admitList(this.#lists, actingAs === undefined ? undefined : () => recheckLister(this.#db, actingAs), () =>
         this.#db.$transaction([
           this.#db.auditEvent.findMany({
             where,

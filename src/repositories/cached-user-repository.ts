@@ -1,6 +1,6 @@
 import { forgetRead, readOnce } from '../infrastructure/call-context.ts';
 import type { Cache } from '../infrastructure/cache.ts';
-import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, WriteOptions } from './user-repository.ts';
+import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, ListOptions, WriteOptions } from './user-repository.ts';
 
 export const userCacheKey = (id: number): string => `user:${id}`;
 
@@ -84,7 +84,7 @@ export class CachedUserRepository implements UserRepository {
     }
   }
 
-  list(filter: UserFilter) {
-    return this.#inner.list(filter);
+  list(filter: UserFilter, options?: ListOptions) {
+    return this.#inner.list(filter, options);
   }
 }

@@ -1,5 +1,5 @@
 import { Prisma, type PrismaClient, type User, type UserRole, type UserStatus } from '../../gen/prisma/client.ts';
-import { AuthenticationError, AuthorizationError, ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../domain/errors.ts';
+import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../domain/errors.ts';
 import { foldCase } from '../domain/user-mapping.ts';
 import type { Database } from '../infrastructure/database/database.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
@@ -7,9 +7,9 @@ import type { RawReader } from '../infrastructure/database/raw-reader.ts';
 import type { WorkGate } from '../infrastructure/work-gate.ts';
 import { admitList } from './list-admission.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
-import { isRepeat, type ActingAs, type WriteOptions } from './write-options.ts';
+import { assertStillActing, isRepeat, type ActingAs, type ListOptions, type WriteOptions } from './write-options.ts';
 
-export type { ActingAs, WriteOptions } from './write-options.ts';
+export type { ActingAs, ListOptions, WriteOptions } from './write-options.ts';
 
 export type NewUser = Pick<Prisma.UserCreateInput, 'username' | 'email' | 'passwordHash' | 'firstName' | 'lastName' | 'phone' | 'role'>;
 
@@ -74,8 +74,8 @@ export interface UserRepository {
    * version, last-administrator and caller conditions as update.
    */
   delete(id: number, expectedVersion?: number, options?: WriteOptions): Promise<boolean>;
-  /** A page of profiles: a listing never carries password hashes. */
-  list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }>;
+  /** A page of profiles: a listing never carries password hashes. With `options.actingAs`, only while that caller may still. */
+  list(filter: UserFilter, options?: ListOptions): Promise<{ users: UserProfile[]; total: number }>;
 }
 
 export class PrismaUserRepository implements UserRepository {
@@ -171,7 +171,8 @@ export class PrismaUserRepository implements UserRepository {
     );
   }
 
-  async list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }> {
+  async list(filter: UserFilter, options: ListOptions = {}): Promise<{ users: UserProfile[]; total: number }> {
+    const { actingAs } = options;
     const where = listWhere(filter, this.#dialect);
     const id = (name: string) => Prisma.raw(this.#dialect.identifier(name));
     // One statement: the count of the whole listing, with the page joined to it. The count is
@@ -181,7 +182,7 @@ export class PrismaUserRepository implements UserRepository {
     // its user columns NULL. It is sent past Prisma's query engine, which cost a tenth of the
     // page's CPU (raw-reader.ts).
     const rows = await withDatabaseErrors(() =>
-      admitList(this.#lists, () =>
+      admitList(this.#lists, actingAs === undefined ? undefined : () => recheckLister(this.#db, actingAs), () =>
         // MySQL's BOOLEAN is the TINYINT it is (0/1) in raw rows; Prisma's models carry booleans.
         this.#readRows<Omit<UserProfile, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint }>(Prisma.sql`
         SELECT ${id('page')}.*, ${id('counted')}.${id('total')}
@@ -248,19 +249,28 @@ export async function guardWrite(tx: Prisma.TransactionClient, id: number | unde
     : await tx.$queryRaw<LockedUser[]>`SELECT id, role, status FROM users WHERE ${named} ORDER BY id FOR UPDATE`;
   if (actingAs !== undefined) {
     const caller = rows.find((row) => row.id === actingAs.userId);
-    const live =
-      caller?.status === 'ACTIVE' &&
-      (await tx.oAuthToken.findFirst({
-        where: { userId: actingAs.userId, familyId: actingAs.familyId, isRevoked: false, expiresAt: { gt: new Date() } },
-        select: { id: true },
-      })) !== null;
-    if (!live) throw new AuthenticationError('Session has ended; please log in again');
-    if (actingAs.administrator && caller.role !== 'ADMIN') throw new AuthorizationError('Insufficient permissions');
+    assertStillActing(actingAs, caller, caller?.status === 'ACTIVE' && (await chainIsLive(tx, actingAs)));
   }
   if (lastAdmin) {
     const admins = rows.filter((row) => row.role === 'ADMIN' && row.status === 'ACTIVE');
     if (admins.length === 1 && admins[0]?.id === id) throw new LastAdminError();
   }
+}
+
+/** Whether the caller's login chain still has a live session. */
+function chainIsLive(db: Tx, actingAs: ActingAs): Promise<boolean> {
+  return db.oAuthToken
+    .findFirst({ where: { userId: actingAs.userId, familyId: actingAs.familyId, isRevoked: false, expiresAt: { gt: new Date() } }, select: { id: true } })
+    .then((row) => row !== null);
+}
+
+/**
+ * Authorizes a listing's caller again as it starts, when it waited its turn (see ListOptions):
+ * its row and login chain as they are now.
+ */
+export async function recheckLister(db: Tx, actingAs: ActingAs): Promise<void> {
+  const caller = await db.user.findUnique({ where: { id: actingAs.userId }, select: { role: true, status: true } });
+  assertStillActing(actingAs, caller, caller?.status === 'ACTIVE' && (await chainIsLive(db, actingAs)));
 }
 
 /** A row as guardWrite locks it. */

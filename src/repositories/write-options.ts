@@ -1,3 +1,4 @@
+import { AuthenticationError, AuthorizationError } from '../domain/errors.ts';
 import { currentCallContext } from '../infrastructure/call-context.ts';
 
 /** How a write is asked for. */
@@ -30,6 +31,27 @@ export interface ActingAs {
   familyId: string;
   /** The write needs the ADMIN role, not only a live session. */
   administrator: boolean;
+}
+
+/** How a listing is asked for. */
+export interface ListOptions {
+  /**
+   * Who the listing is made for. A listing is authorized when it arrives, then may wait its turn
+   * (LIST_QUERY_CONCURRENCY): helper 88's administrator, demoted, suspended or deleted while 150
+   * of its lists waited, was answered pages of users up to 1.8 s after the change had answered.
+   * One that waited longer than LIST_RECHECK_AFTER_MS is authorized again as it starts.
+   */
+  actingAs?: ActingAs | undefined;
+}
+
+/**
+ * Refuses the caller of ActingAs unless its account is still active, its login chain still live
+ * and, for an administrator's work, its role still ADMIN: the rule a write's guard applies to the
+ * caller's locked row, and a listing to the caller's row as it starts.
+ */
+export function assertStillActing(actingAs: ActingAs, caller: { role: string; status: string } | null | undefined, chainLive: boolean): void {
+  if (caller?.status !== 'ACTIVE' || !chainLive) throw new AuthenticationError('Session has ended; please log in again');
+  if (actingAs.administrator && caller.role !== 'ADMIN') throw new AuthorizationError('Insufficient permissions');
 }
 
 /** Whether the write may repeat an earlier attempt of itself (see WriteOptions). */

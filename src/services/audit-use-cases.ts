@@ -3,7 +3,7 @@ import type * as db from '../../gen/prisma/client.ts';
 import type { AuditEvent, ListAuditEventsRequestSchema } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import type { Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import { USER_AGENT_MAX_LENGTH, type Actor, type ClientInfo } from '../domain/actor.ts';
-import { requireAdmin } from './access.ts';
+import { actingAs, requireAdmin } from './access.ts';
 import { auditTypeFromProto, toAuditEventMessage } from '../domain/audit-mapping.ts';
 import type { AuditDetails, AuditRepository } from '../repositories/audit-repository.ts';
 import { pageRequest, paginationOf } from './pagination.ts';
@@ -54,11 +54,14 @@ export class AuditUseCases {
   async list(actor: Actor, query: MessageInitShape<typeof ListAuditEventsRequestSchema>): Promise<AuditEventPage> {
     requireAdmin(actor);
     const request = pageRequest(query);
-    const { events, total } = await this.#events.list({
-      ...request,
-      userId: query.userId,
-      type: query.type === undefined ? undefined : auditTypeFromProto(query.type),
-    });
+    const { events, total } = await this.#events.list(
+      {
+        ...request,
+        userId: query.userId,
+        type: query.type === undefined ? undefined : auditTypeFromProto(query.type),
+      },
+      actingAs(actor, true),
+    );
     return {
       events: events.map(toAuditEventMessage),
       pagination: paginationOf(request, total),

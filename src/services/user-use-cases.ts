@@ -64,13 +64,16 @@ export class UserUseCases {
   async list(actor: Actor, query: MessageInitShape<typeof ListUsersRequestSchema>): Promise<UserPage> {
     requireAdmin(actor);
     const request = pageRequest(query);
-    const { users, total } = await this.#users.list({
-      ...request,
-      role: query.role === undefined ? undefined : roleFromProto(query.role),
-      status: query.status === undefined ? undefined : statusFromProto(query.status),
-      q: query.q,
-      sort: userSortOf(query.sort),
-    });
+    const { users, total } = await this.#users.list(
+      {
+        ...request,
+        role: query.role === undefined ? undefined : roleFromProto(query.role),
+        status: query.status === undefined ? undefined : statusFromProto(query.status),
+        q: query.q,
+        sort: userSortOf(query.sort),
+      },
+      actingAs(actor, true),
+    );
     return {
       users: users.map(toUserMessage),
       pagination: paginationOf(request, total),

@@ -10,7 +10,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { holdRows, loginAdmin, startTestServer, TEST_TOPOLOGY, type TestServer } from '../helpers/test-app.ts';
+import { holdRows, loginAdmin, newUser, startTestServer, TEST_TOPOLOGY, type TestServer } from '../helpers/test-app.ts';
 
 const CONCURRENCY = 1;
 const QUEUE = 2;
@@ -68,6 +68,67 @@ describe('listings waiting their turn', () => {
     } finally {
       await held.release();
       client.close();
+      await server.close();
+    }
+  }, 60_000);
+
+  it('when an administrator is demoted, or its session ends, while its lists wait their turn, then those that start afterwards are refused, over every protocol at once', async () => {
+    // Found by an attacker (helper 88): lists authorized on arrival were answered pages of users up
+    // to 1.8 s after their caller's demotion, suspension or deletion had answered.
+    const server = await startTestServer({ LIST_QUERY_CONCURRENCY: '1', LIST_QUERY_QUEUE_MAX: '50', INTERNAL_TIMEOUT_MS: '60000' });
+    const root = apiClient('rest', server.baseUrl);
+    const clients = PROTOCOLS.map((protocol) => apiClient(protocol, server.baseUrl));
+    try {
+      const rootToken = await loginAdmin(server);
+      // One administrator per protocol: the first three are demoted, the fourth's session ends, the fifth keeps its rights.
+      const admins = await Promise.all(
+        clients.map(async (client, index) => {
+          const body = { ...newUser(`lister${index}`), role: 'ADMIN' as const };
+          const created = await root.createUser(rootToken, body);
+          expect(created.code).toBe('ok');
+          const login = await client.login({ usernameOrEmail: body.username, password: body.password });
+          return { client, id: created.data?.id ?? 0, token: login.data?.tokens.accessToken ?? '' };
+        }),
+      );
+      // Their records cached (see cachedAdmin): arriving lists need nothing the held table has.
+      await sleep(2_500);
+      for (const { client, token } of admins) expect((await client.me(token)).code).toBe('ok');
+      const held = await holdUsers(server);
+      try {
+        const lists = admins.flatMap(({ client, token }) => [1, 2].map((page) => client.listUsers(token, { perPage: 5, page })));
+        // Every list has arrived, been authorized and waits: one in the database, the rest for the gate.
+        await sleep(1_000);
+        const [demoted, ended] = [admins.slice(0, 3).map(({ id }) => id), admins[3]?.id ?? 0];
+        await held.sql(`UPDATE users SET role = 'USER' WHERE id IN (${demoted.join(', ')})`);
+        await held.sql('UPDATE oauth_tokens SET is_revoked = true WHERE user_id = $1', [ended]);
+        await held.sql('COMMIT');
+        await held.release();
+        const codes = (await Promise.all(lists)).map((outcome) => outcome.code);
+        const expected = [
+          'permission_denied',
+          'permission_denied',
+          'permission_denied',
+          'permission_denied',
+          'permission_denied',
+          'permission_denied',
+          'unauthenticated',
+          'unauthenticated',
+          'ok',
+          'ok',
+        ];
+        // The one list in the database when the change committed was authorized before it, and answers.
+        const differing = codes.flatMap((code, index) => (code === expected[index] ? [] : [{ index, code }]));
+        expect(differing.length, JSON.stringify(codes)).toBeLessThanOrEqual(1);
+        expect(
+          differing.every(({ code }) => code === 'ok'),
+          JSON.stringify(codes),
+        ).toBe(true);
+      } finally {
+        await held.release();
+      }
+    } finally {
+      root.close();
+      for (const client of clients) client.close();
       await server.close();
     }
   }, 60_000);

@@ -15,7 +15,7 @@ import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
 import type { AuditFilter, AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository, UserWrite } from '../../repositories/token-repository.ts';
-import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, WriteOptions } from '../../repositories/user-repository.ts';
+import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, ListOptions, WriteOptions } from '../../repositories/user-repository.ts';
 import {
   auditEventFromProto,
   auditFilterToProto,
@@ -79,8 +79,8 @@ export class RemoteUserRepository implements UserRepository {
     return deleted;
   }
 
-  async list(filter: UserFilter): Promise<{ users: UserProfile[]; total: number }> {
-    const { users, total } = await this.#client.listUsers(userFilterToProto(filter));
+  async list(filter: UserFilter, options: ListOptions = {}): Promise<{ users: UserProfile[]; total: number }> {
+    const { users, total } = await this.#client.listUsers(userFilterToProto(filter), writeHeaders(options));
     return { users: users.map(profileFromProto), total };
   }
 }
@@ -166,8 +166,8 @@ export class RemoteAuditRepository implements AuditRepository {
     return count;
   }
 
-  async list(filter: AuditFilter): Promise<{ events: AuditEvent[]; total: number }> {
-    const { events, total } = await this.#client.listAuditEvents(auditFilterToProto(filter));
+  async list(filter: AuditFilter, options: ListOptions = {}): Promise<{ events: AuditEvent[]; total: number }> {
+    const { events, total } = await this.#client.listAuditEvents(auditFilterToProto(filter), writeHeaders(options));
     return { events: events.map(auditEventFromProto), total };
   }
 }
@@ -250,10 +250,10 @@ export class RemoteIdempotencyRepository implements IdempotencyRepository {
   }
 }
 
-/** Call options that carry a write's options: whether it is a repeat, and whom it is made for. */
-function writeHeaders(options: WriteOptions): { headers: Record<string, string> } | undefined {
+/** Call options that carry a write's (or a listing's) options: whether it is a repeat, and whom it is made for. */
+function writeHeaders(options: WriteOptions | ListOptions): { headers: Record<string, string> } | undefined {
   const headers: Record<string, string> = {};
-  if (options.repeat === true) headers[REPEAT_HEADER] = '1';
+  if ('repeat' in options && options.repeat === true) headers[REPEAT_HEADER] = '1';
   if (options.actingAs !== undefined) headers[ACTING_AS_HEADER] = actingAsToHeader(options.actingAs);
   return Object.keys(headers).length === 0 ? undefined : { headers };
 }

@@ -71,8 +71,8 @@ export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<t
     async deleteUser(req, ctx) {
       return { deleted: await repo.delete(req.id, req.expectedVersion, writeOptions(ctx)) };
     },
-    async listUsers(req) {
-      const { users, total } = await repo.list(userFilterFromProto(req));
+    async listUsers(req, ctx) {
+      const { users, total } = await repo.list(userFilterFromProto(req), { actingAs: writeOptions(ctx).actingAs });
       return { users: users.map(userToProto), total };
     },
   };
@@ -135,8 +135,8 @@ export function createAuditRepositoryHandler(repo: AuditRepository): ServiceImpl
     async createAuditEvents(req) {
       return { count: await repo.createMany(req.events.map(newAuditEventFromProto)) };
     },
-    async listAuditEvents(req) {
-      const { events, total } = await repo.list(auditFilterFromProto(req));
+    async listAuditEvents(req, ctx) {
+      const { events, total } = await repo.list(auditFilterFromProto(req), { actingAs: writeOptions(ctx).actingAs });
       return { events: events.map(auditEventToProto), total };
     },
   };

@@ -73,8 +73,10 @@ export class PrismaAuditRepository implements AuditRepository {
       ...(filter.type === undefined ? {} : { type: filter.type }),
     };
     const [events, total] = await withDatabaseErrors(() =>
-      admitList(this.#lists, actingAs === undefined ? undefined : () => recheckLister(this.#db, actingAs), () =>
-        this.#db.$transaction([
+      admitList(this.#lists, async () => {
+        // Authorized again as it starts, however long it waited its turn (see ListOptions).
+        if (actingAs !== undefined) await recheckLister(this.#db, actingAs);
+        return this.#db.$transaction([
           this.#db.auditEvent.findMany({
             where,
             // The id breaks ties between events of the same millisecond, so pages never overlap.
@@ -83,8 +85,8 @@ export class PrismaAuditRepository implements AuditRepository {
             take: filter.perPage,
           }),
           this.#db.auditEvent.count({ where }),
-        ]),
-      ),
+        ]);
+      }),
     );
     return { events, total };
   }

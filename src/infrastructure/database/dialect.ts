@@ -30,6 +30,8 @@ export interface SqlDialect {
   identifier(name: string): string;
   /** `column = value` for an enum column. */
   enumEquals(column: string, enumType: string, value: string): Prisma.Sql;
+  /** A UUID as a bound value that compares with a UUID column (PostgreSQL's uuid, MySQL's CHAR(36)). */
+  uuid(value: string): Prisma.Sql;
   /** `column` in ascending order with NULLs first, or descending with NULLs last. */
   nullsLowest(column: string, direction: 'ASC' | 'DESC'): string;
   /** Whether `column` starts with `prefix` (LIKE syntax, its wildcards escaped), ignoring case. */
@@ -67,6 +69,7 @@ export const postgresDialect: SqlDialect = {
   name: 'postgresql',
   identifier: (name) => `"${name}"`,
   enumEquals: (column, enumType, value) => Prisma.sql`${Prisma.raw(`"${column}"`)} = ${value}::${Prisma.raw(`"${enumType}"`)}`,
+  uuid: (value) => Prisma.sql`${value}::uuid`,
   nullsLowest: (column, direction) => `"${column}" ${direction === 'ASC' ? 'NULLS FIRST' : 'DESC NULLS LAST'}`,
   // Both sides folded by the database: JavaScript's toLowerCase folds a word-final Σ to ς and
   // İ to i + U+0307, where PostgreSQL's lower() gives σ and the locale's i, so a prefix folded in
@@ -104,6 +107,7 @@ export const mysqlDialect: SqlDialect = {
   name: 'mysql',
   identifier: (name) => `\`${name}\``,
   enumEquals: (column, _enumType, value) => Prisma.sql`${Prisma.raw(`\`${column}\``)} = ${value}`,
+  uuid: (value) => Prisma.sql`${value}`,
   nullsLowest: (column, direction) => `\`${column}\`${direction === 'ASC' ? '' : ' DESC'}`,
   startsWithIgnoringCase: (column, prefix) => Prisma.sql`${Prisma.raw(`\`${column}\``)} LIKE ${prefix}`,
   joinPageToCount: (count, page) => Prisma.sql`${count} LEFT JOIN ${page} AS \`page\` ON 1 = 1`,

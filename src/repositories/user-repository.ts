@@ -284,8 +284,8 @@ function chainIsLive(db: Tx, actingAs: ActingAs): Promise<boolean> {
 }
 
 /**
- * Authorizes a listing's caller again as it starts, when it waited its turn (see ListOptions):
- * its row and login chain as they are now.
+ * Authorizes a listing's caller again as it starts, however long it waited its turn (see
+ * ListOptions): its row and login chain as they are now.
  */
 export async function recheckLister(db: Tx, actingAs: ActingAs): Promise<void> {
   const caller = await db.user.findUnique({ where: { id: actingAs.userId }, select: { role: true, status: true } });

@@ -39,7 +39,7 @@ export interface ListOptions {
    * Who the listing is made for. A listing is authorized when it arrives, then may wait its turn
    * (LIST_QUERY_CONCURRENCY): helper 88's administrator, demoted, suspended or deleted while 150
    * of its lists waited, was answered pages of users up to 1.8 s after the change had answered.
-   * One that waited longer than LIST_RECHECK_AFTER_MS is authorized again as it starts.
+   * Each is authorized again as it is read: a page of users in its own statement, audit events as they start.
    */
   actingAs?: ActingAs | undefined;
 }

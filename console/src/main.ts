@@ -95,8 +95,12 @@ function render(): void {
   replace(root, header(), main);
   const view: View = { session, main, query, go, reload: render };
   const [section, id] = path;
+  // Users and the audit log are administrators' pages: a user's own is its account. Drawn for a
+  // USER, a user's page offered role, status, verify and delete controls the API then refused
+  // (helper 90).
+  if (session.user.role !== UserRole.ADMIN && section !== 'account') go('/account');
   // A user id is a positive int32; anything else in its place (typed or pasted) is no user's page.
-  if (section === 'users' && id !== undefined && /^[1-9]\d{0,9}$/.test(id) && Number(id) <= 2_147_483_647) void renderUser(view, Number(id));
+  else if (section === 'users' && id !== undefined && /^[1-9]\d{0,9}$/.test(id) && Number(id) <= 2_147_483_647) void renderUser(view, Number(id));
   else if (section === 'users' && id !== undefined) go('/users');
   else if (section === 'users') void renderUsers(view);
   else if (section === 'audit') void renderAudit(view);

@@ -336,6 +336,21 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', { concu
         await see(page, 'Users', 'h1');
         expect((await page.locator('.error').allTextContents()).filter((text) => text !== '')).toEqual([]);
       }
+      // Nor do filters naming what every object inherits, or pages past an int32 (helper 90): the
+      // server's violation beside the field, or the page.
+      for (const [link, answer] of [
+        ['#/users?role=constructor', '[invalid_argument]'],
+        ['#/users?status=__proto__', '[invalid_argument]'],
+        ['#/users?page=1e400', 'Page 2147483647'],
+        ['#/audit?page=99999999999', 'Page 2147483647'],
+      ] as const) {
+        await page.goto(`${page.url().split('#')[0]}${link}`);
+        await see(page, answer);
+        expect(
+          (await page.locator('.error').allTextContents()).filter((text) => text.includes('[internal]')),
+          link,
+        ).toEqual([]);
+      }
     });
 
     it("shows field violations beside their fields, and changes the admin's own password", async () => {
@@ -394,6 +409,14 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', { concu
       await see(page, 'My account', 'h1');
       await see(page, `${other.username} (${other.email}), GUEST`);
       expect(await page.locator('header nav a').allTextContents()).toEqual(['My account']);
+      // The administrators' pages lead a USER to its account: its own user page offered role,
+      // status and delete controls the API then refused (helper 90).
+      for (const link of [`#/users/${other.id}`, '#/users', '#/audit']) {
+        await page.goto(`${page.url().split('#')[0]}${link}`);
+        await page.waitForURL(/#\/account$/);
+        await see(page, 'My account', 'h1');
+        expect(await page.locator('[data-section="access"], [data-section="delete"]').count()).toBe(0);
+      }
       const mine = page.locator('[data-section="my-sessions"] tbody tr');
       await mine.first().waitFor();
       expect(await mine.count()).toBe(2);

@@ -3,14 +3,14 @@ import { AuditEventType, type AuditEvent } from '../../../gen/proto/arcana/audit
 import { field, formatDate, h, option, replace } from '../dom.ts';
 import { errorBanner, showError } from '../errors.ts';
 import type { View } from '../main.ts';
-import { enumOptions, pager } from './common.ts';
+import { enumNamed, enumOptions, pageNamed, pager } from './common.ts';
 
 export async function renderAudit(view: View): Promise<void> {
   const { query } = view;
   const userId = h('input', { type: 'text', inputMode: 'numeric', value: query.get('userId') ?? '' });
   const type = h('select', {}, option('', 'any'), ...enumOptions(AuditEventType, query.get('type')));
   const form = h('form', { className: 'filters' }, field('User id', userId, 'user_id'), field('Type', type, 'type'), h('button', { type: 'submit' }, 'Filter'));
-  const page = Math.max(1, Number(query.get('page') ?? '1') || 1);
+  const page = pageNamed(query.get('page'));
   const routeFor = (toPage: number) => {
     const next = new URLSearchParams();
     if (userId.value.trim() !== '') next.set('userId', userId.value.trim());
@@ -34,7 +34,7 @@ export async function renderAudit(view: View): Promise<void> {
       page,
       perPage: 20,
       userId: asked === null ? undefined : Number.isSafeInteger(Number(asked)) ? Number(asked) : -1,
-      type: typeNamed(query.get('type')),
+      type: enumNamed(AuditEventType, query.get('type')),
     });
     const total = response.pagination?.total ?? 0;
     replace(
@@ -74,19 +74,3 @@ function eventRow(event: AuditEvent): HTMLElement {
     h('td', { className: 'details' }, details),
   );
 }
-
-/**
- * The event type a link names, by its own name only: `AuditEventType[name]` also finds what every
- * object inherits (`constructor`), which the client could not encode and showed as `[internal]`
- * (helper 52). A name that is none goes to the server as UNSPECIFIED, whose field violation is
- * shown beside the field, as a user id that is not a number is.
- */
-function typeNamed(name: string | null): AuditEventType | undefined {
-  return name === null ? undefined : (TYPES_BY_NAME.get(name) ?? AuditEventType.UNSPECIFIED);
-}
-
-const TYPES_BY_NAME = new Map(
-  Object.values(AuditEventType)
-    .filter((value): value is AuditEventType => typeof value === 'number')
-    .map((value) => [AuditEventType[value], value]),
-);

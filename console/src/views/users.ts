@@ -3,7 +3,7 @@ import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { field, formatDate, h, option, replace } from '../dom.ts';
 import { errorBanner, showError } from '../errors.ts';
 import type { View } from '../main.ts';
-import { enumOptions, pager } from './common.ts';
+import { enumNamed, enumOptions, pageNamed, pager } from './common.ts';
 
 const SORTS: [string, string][] = [
   ['id', 'Id'],
@@ -29,7 +29,7 @@ export async function renderUsers(view: View): Promise<void> {
     h('button', { type: 'submit' }, 'Search'),
   );
   const results = h('section', { 'aria-live': 'polite' });
-  const page = Math.max(1, Number(query.get('page') ?? '1') || 1);
+  const page = pageNamed(query.get('page'));
   const routeFor = (toPage: number) => {
     const next = new URLSearchParams();
     if (q.value !== '') next.set('q', q.value);
@@ -51,8 +51,8 @@ export async function renderUsers(view: View): Promise<void> {
       page,
       perPage: 20,
       q: query.get('q') ?? undefined,
-      role: query.has('role') ? UserRole[query.get('role') as keyof typeof UserRole] : undefined,
-      status: query.has('status') ? UserStatus[query.get('status') as keyof typeof UserStatus] : undefined,
+      role: enumNamed(UserRole, query.get('role')),
+      status: enumNamed(UserStatus, query.get('status')),
       sort: query.get('sort') ?? '',
     });
     const rows = response.users.map((user: User) =>

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { UnavailableError } from '../domain/errors.ts';
 import { foldCase } from '../domain/user-mapping.ts';
 import { FixedWindowRateLimiter, type CounterStore } from '../infrastructure/rate-limiter.ts';
@@ -170,7 +171,17 @@ export class LoginThrottle {
 
 /** The throttle's name for a login as typed, whether an account has it or not. */
 export function loginKey(login: string): string {
-  return `login:${foldCase(login)}`;
+  return `login:${nameDigest(login)}`;
+}
+
+/**
+ * A name as a counter key holds it: a digest of its fold (132 bits), not the text. A login names
+ * up to 255 characters of the client's choosing, and each guess made four keys with the name in
+ * full (~1.3 KB each for a long one: helper 89, 5.7 KB of Redis per 1.1 KB request); now each key
+ * is the same short size whatever was typed.
+ */
+function nameDigest(login: string): string {
+  return createHash('sha256').update(foldCase(login)).digest('base64url').slice(0, 22);
 }
 
 /** The throttle's name for an account, whichever of its names was typed. */
@@ -180,7 +191,7 @@ export function accountKey(userId: number): string {
 
 /** What stands for the account of a name that has none (see LoginThrottle.admit). */
 function unknownAccountKey(login: string): string {
-  return `nouser:${foldCase(login)}`;
+  return `nouser:${nameDigest(login)}`;
 }
 
 function failureKey(key: string, attempt: LoginAttempt): string {

@@ -345,6 +345,21 @@ describe('lockouts', () => {
     expect([real, unknown]).toEqual(['AUTHENTICATION_ERROR', 'AUTHENTICATION_ERROR']);
   });
 
+  it('when a login names 255 characters, then every counter key it makes is as short as any other', async () => {
+    // Found by an attacker (helper 89): the keys held the name typed in full, four of them per
+    // guess, so a long name cost the counters' store (Redis) five times the request's size.
+    const keys: string[] = [];
+    const counters = h.counters as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    for (const method of ['increment', 'reserve']) {
+      const original = counters[method]?.bind(h.counters);
+      if (original !== undefined) counters[method] = (key, ...rest) => (keys.push(String(key)), original(key, ...rest));
+    }
+    await outcome(h.auth.login({ usernameOrEmail: '\u{1F600}'.repeat(255), password: 'Wrong-1' }, from('198.51.100.7')));
+    await outcome(h.auth.login({ usernameOrEmail: 'a', password: 'Wrong-1' }, from('198.51.100.7')));
+    expect(keys.length).toBeGreaterThan(0);
+    expect(Math.max(...keys.map((key) => key.length))).toBeLessThanOrEqual(80);
+  });
+
   it('when a wrong password is tried for a real account and for an unknown name, then both cost the counters the same operations', async () => {
     // Found by review: an unknown name was counted once where an account's name was counted twice,
     // two Redis round trips (~0.3 ms) less, which a guesser can time to tell taken names apart.

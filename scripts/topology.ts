@@ -133,6 +133,9 @@ function createLayerProcess(
     },
     output: () => lines.join('\n'),
     async start() {
+      // Another process on the port would answer /health for this one, which then dies of
+      // EADDRINUSE unseen: the topology was reported up with none of its own processes (helper 88).
+      await assertPortFree(url);
       const spawned = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'src', 'main.ts')], { cwd: ROOT, env: cleanEnv, stdio: ['ignore', 'pipe', 'pipe'] });
       child = spawned;
       spawned.stdout.on('data', keep);
@@ -164,6 +167,17 @@ function createLayerProcess(
 }
 
 /** A port nothing listens on right now (the OS picks it). */
+/** Throws unless nothing listens on `url`'s port (its host). */
+async function assertPortFree(url: string): Promise<void> {
+  const { hostname, port } = new URL(url);
+  const server = createServer();
+  server.listen(Number(port), hostname.replace(/^\[|\]$/g, ''));
+  const [outcome] = (await Promise.race([once(server, 'listening').then(() => ['free']), once(server, 'error')])) as [string | Error];
+  if (outcome !== 'free') throw new Error(`port ${port} of ${hostname} is in use: ${outcome instanceof Error ? outcome.message : outcome}`);
+  server.close();
+  await once(server, 'close');
+}
+
 async function freePort(host: string): Promise<number> {
   const server = createServer();
   server.listen(0, host);

@@ -30,7 +30,7 @@ import { PrismaAuditRepository, type NewAuditEvent } from '../../src/repositorie
 import { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
 import { PrismaIdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
 import { AuditUseCases } from '../../src/services/audit-use-cases.ts';
-import { bearer, createTestApp, holdRows, loginAdmin, register, TEST_DATABASE_URL, type TestApp, monolithOf } from '../helpers/test-app.ts';
+import { ADMIN, bearer, createTestApp, holdRows, loginAdmin, register, TEST_DATABASE_URL, type TestApp, monolithOf } from '../helpers/test-app.ts';
 import { isMysqlUrl } from '../helpers/test-database.ts';
 
 /** Call options of a call made by the holder of `accessToken`, as an edge would hand it over. */
@@ -44,7 +44,6 @@ const PREFIX = `test-audit-jobs-${process.pid}-${randomBytes(4).toString('hex')}
 const DAY = 24 * 3600 * 1000;
 
 const logger = createLogger({ level: 'silent' });
-const admin: Actor = { userId: 1, role: UserRole.ADMIN, sessionId: 1, familyId: 'family-1' };
 
 let t: TestApp;
 let redis: Redis;
@@ -439,8 +438,21 @@ describe('listing audit events', () => {
   const other = 900_002;
   let useCases: AuditUseCases;
 
+  /**
+   * The bootstrap administrator as its live session makes it: a listing authorizes its caller again
+   * as it starts, by the caller's row and login chain in the database (helper 88).
+   */
+  let lister: Actor;
+
   beforeAll(async () => {
     useCases = new AuditUseCases({ events: audit });
+    await loginAdmin(t);
+    const [session] = await t.sql<{ user_id: number | string; id: number | string; family_id: string }>(
+      'SELECT s.user_id, s.id, s.family_id FROM oauth_tokens s JOIN users u ON u.id = s.user_id WHERE u.username = $1 AND NOT s.is_revoked ORDER BY s.id DESC LIMIT 1',
+      [ADMIN.username],
+    );
+    if (session === undefined) throw new Error('no session of the bootstrap administrator');
+    lister = { userId: Number(session.user_id), role: UserRole.ADMIN, sessionId: Number(session.id), familyId: session.family_id };
     const at = (minutes: number) => new Date(Date.UTC(2030, 0, 1, 0, minutes));
     const event = (type: StoredAuditEventType, userId: number, minutes: number, details: NewAuditEvent['details'] = null): NewAuditEvent => ({
       type,
@@ -468,28 +480,28 @@ describe('listing audit events', () => {
   });
 
   it('when an admin lists by user, then it gets that user only, newest first, paginated', async () => {
-    const first = await useCases.list(admin, { userId: subject, page: 1, perPage: 2 });
+    const first = await useCases.list(lister, { userId: subject, page: 1, perPage: 2 });
     expect(first.pagination).toMatchObject({ page: 1, perPage: 2, total: 5, totalPages: 3 });
     expect(first.events.map((event) => event.type)).toEqual([AuditEventType.PASSWORD_CHANGED, AuditEventType.LOGIN_SUCCEEDED]);
-    const last = await useCases.list(admin, { userId: subject, page: 3, perPage: 2 });
+    const last = await useCases.list(lister, { userId: subject, page: 3, perPage: 2 });
     expect(last.events).toHaveLength(1);
     expect(last.events[0]?.details).toEqual({ attempt: '1', locked: 'false' });
-    const beyond = await useCases.list(admin, { userId: subject, page: 4, perPage: 2 });
+    const beyond = await useCases.list(lister, { userId: subject, page: 4, perPage: 2 });
     expect(beyond.events).toHaveLength(0);
   });
 
   it('when an admin filters by type, then only that type comes back; UNSPECIFIED is a validation error', async () => {
-    const failed = await useCases.list(admin, { userId: subject, type: AuditEventType.LOGIN_FAILED });
+    const failed = await useCases.list(lister, { userId: subject, type: AuditEventType.LOGIN_FAILED });
     expect(failed.pagination.total).toBe(3);
     expect(failed.events.every((event) => event.type === AuditEventType.LOGIN_FAILED && event.userId === subject)).toBe(true);
-    const logouts = await useCases.list(admin, { type: AuditEventType.LOGOUT, userId: other });
+    const logouts = await useCases.list(lister, { type: AuditEventType.LOGOUT, userId: other });
     expect(logouts.events.map((event) => event.userId)).toEqual([other]);
-    await expect(useCases.list(admin, { type: AuditEventType.UNSPECIFIED })).rejects.toBeInstanceOf(ValidationError);
+    await expect(useCases.list(lister, { type: AuditEventType.UNSPECIFIED })).rejects.toBeInstanceOf(ValidationError);
   });
 
   it('when the page size is 0 or too large, then it is 20 or 100, as for users', async () => {
-    expect((await useCases.list(admin, { perPage: 0 })).pagination.perPage).toBe(20);
-    expect((await useCases.list(admin, { perPage: 1000, page: 0 })).pagination).toMatchObject({ perPage: 100, page: 1 });
+    expect((await useCases.list(lister, { perPage: 0 })).pagination.perPage).toBe(20);
+    expect((await useCases.list(lister, { perPage: 1000, page: 0 })).pagination).toMatchObject({ perPage: 100, page: 1 });
   });
 
   describe('over REST and RPC', () => {

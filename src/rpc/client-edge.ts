@@ -55,11 +55,11 @@ export function idempotencyKeyOf(header: HeaderReader): string | undefined {
   return key === undefined ? undefined : checkIdempotencyKey(key);
 }
 
-/** The response headers that hand a client its known-device token (header and cookie). */
-export function deviceTokenHeaders(token: string, now = Date.now()): [string, string][] {
+/** The response headers that hand a client its known-device token: header and cookie, or the cookie alone for a browser (see relayAnswerHeaders). */
+export function deviceTokenHeaders(token: string, fromBrowser: boolean, now = Date.now()): [string, string][] {
   const maxAgeSeconds = Math.max(0, (deviceTokenExpiry(token) ?? 0) - Math.floor(now / 1000));
   return [
-    [DEVICE_TOKEN_HEADER, token],
+    ...(fromBrowser ? [] : [[DEVICE_TOKEN_HEADER, token] as [string, string]]),
     // HttpOnly: scripts never see it (a browser's answer has no header: relayAnswerHeaders);
     // SameSite=Strict: no other site's page can replay it.
     ['set-cookie', `${DEVICE_TOKEN_COOKIE}=${token}; Max-Age=${maxAgeSeconds}; Path=/; HttpOnly; Secure; SameSite=Strict`],

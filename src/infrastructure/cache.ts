@@ -212,10 +212,19 @@ export class RedisCache implements Cache {
     this.#logger = logger;
   }
 
+  /**
+   * Read with GETEX, not GET: the same answer, but Redis counts it as a write, so it refuses it
+   * whenever it refuses the writes that invalidate (a replica, `min-replicas-to-write` unmet) and
+   * holds it while writes are paused (CLIENT PAUSE WRITE). With GET, no process could invalidate
+   * in those states and every other one kept reading the old entry: an attacking helper saw a
+   * suspended administrator's token accepted for as long as it watched, up to the TTL. A read
+   * refused is a miss, so the database answers. GETEX is not `denyoom`: a full Redis, which
+   * refuses the marks but takes a DEL, still serves reads.
+   */
   async get<T>(key: string): Promise<T | undefined> {
     if (this.#unconfirmedAll || this.#unconfirmed.has(key)) return undefined;
     try {
-      const json = await this.#redis.get(this.#prefix + key);
+      const json = await this.#redis.getex(this.#prefix + key);
       return json === null || json === FORGOTTEN ? undefined : (parseCached(json) as T);
     } catch {
       return undefined;

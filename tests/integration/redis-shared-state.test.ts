@@ -398,6 +398,60 @@ describe('when Redis loses an invalidation', () => {
     }
   }, 60_000);
 
+  it('when Redis answers reads but refuses writes (min-replicas-to-write unmet, or a replica) during a logout or a demotion on one instance, then the other instance refuses the old token, over every protocol', async () => {
+    // Found by an attacker (helper 88): every instance failed to invalidate, and the others kept
+    // reading the old entry from Redis, a suspended administrator's token accepted for the
+    // cache's TTL. Cache reads are now refused by Redis exactly when it refuses writes.
+    const server = await startRedisServer();
+    const env = { REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix };
+    const control = new Redis(server.url);
+    const a = await startTestServer(env);
+    const b = await startTestServer(env, { sameDatabaseAs: a });
+    const admin = await loginAdmin(a);
+    const refusingWrites = [
+      { name: 'min-replicas-to-write unmet', refuse: () => control.config('SET', 'min-replicas-to-write', '1'), allow: () => control.config('SET', 'min-replicas-to-write', '0') },
+      // A replica of a primary that is not there keeps serving its data (replica-serve-stale-data).
+      { name: 'a replica', refuse: () => control.call('REPLICAOF', '127.0.0.1', '1'), allow: () => control.call('REPLICAOF', 'NO', 'ONE') },
+    ];
+    try {
+      for (const state of refusingWrites)
+        for (const protocol of PROTOCOLS) {
+          const onA = apiClient(protocol, a.baseUrl);
+          const onB = apiClient(protocol, b.baseUrl);
+          const label = `${protocol}, ${state.name}`;
+          try {
+            const user = await register(a);
+            const promoted = await register(a);
+            expect((await onA.updateRole(admin, promoted.id, 'ADMIN')).code).toBe('ok');
+            // Both cached on B.
+            expect((await onB.me(user.accessToken)).code).toBe('ok');
+            expect((await onB.listUsers(promoted.accessToken, {})).code).toBe('ok');
+            await state.refuse();
+            try {
+              expect(await control.set(`${prefix}probe`, '1').catch((error: unknown) => String(error))).toMatch(/NOREPLICAS|READONLY/);
+              expect((await onA.logout(user.accessToken)).code).toBe('ok');
+              expect((await onA.updateRole(admin, promoted.id, 'USER')).code).toBe('ok');
+              expect((await onB.me(user.accessToken)).code, `${label}: logged out on A, asked B`).toBe('unauthenticated');
+              expect((await onB.listUsers(promoted.accessToken, {})).code, `${label}: demoted on A, asked B`).toBe('permission_denied');
+            } finally {
+              await state.allow();
+            }
+            await settle();
+            expect((await onB.me(user.accessToken)).code, `${label}: once Redis takes writes again`).toBe('unauthenticated');
+            expect((await onB.listUsers(promoted.accessToken, {})).code, `${label}: once Redis takes writes again`).toBe('permission_denied');
+          } finally {
+            onA.close();
+            onB.close();
+          }
+        }
+    } finally {
+      control.disconnect();
+      await b.close();
+      await a.close();
+      await server.stop();
+    }
+  }, 90_000);
+
   it('when Redis is full (noeviction) during a logout, then the old token is refused, also after memory is freed', async () => {
     const server = await startRedisServer();
     const t = await startTestServer({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });

@@ -109,7 +109,8 @@ export class UserUseCases {
   }
 
   /**
-   * Profile fields only: role, status and verification have their own admin operations. With an
+   * Profile fields only: role, status and verification have their own admin operations (a new
+   * e-mail address does end the verification, which was of the old one). With an
    * expected version the write happens only if the user is still at it. Audited as USER_UPDATED
    * with the names of the fields that changed, never their values.
    */
@@ -121,13 +122,17 @@ export class UserUseCases {
     if (input.email !== undefined && input.email.toLowerCase() !== existing.email) {
       changes.email = input.email.toLowerCase();
       await assertAvailable(this.#users, undefined, changes.email, userId);
+      // What an administrator verified was the old address: a new one is not verified until one
+      // verifies it again (helper 93: a user kept the mark with an address nobody had checked).
+      changes.isVerified = false;
     }
     if (input.firstName !== undefined) changes.firstName = input.firstName;
     if (input.lastName !== undefined) changes.lastName = input.lastName;
     if (input.phone !== undefined) changes.phone = input.phone;
     if (input.avatarUrl !== undefined) changes.avatarUrl = input.avatarUrl;
     const row = await this.#users.update(userId, changes, { version: input.expectedVersion }, actingAs(actor, actor.userId !== userId));
-    const changed = PROFILE_FIELDS.filter((field) => changes[field] !== undefined && changes[field] !== existing[field]);
+    const changed: string[] = PROFILE_FIELDS.filter((field) => changes[field] !== undefined && changes[field] !== existing[field]);
+    if (changes.isVerified === false && existing.isVerified) changed.push('isVerified');
     if (changed.length > 0) {
       this.#audit.record({ type: 'USER_UPDATED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { fields: changed.join(',') } });
     }

@@ -674,6 +674,14 @@ describe.each(transports)('over $name', (tc) => {
       await expectRpcError(users.verifyUser({ userId: 999_999 }, as(admin)), Code.NotFound, 'User not found');
       await expectViolations(users.verifyUser({}, as(admin)), ['user_id']);
     });
+    it('when a verified user changes its email, then is_verified is cleared; a change of name, then it stays', async () => {
+      const user = await signUp();
+      await users.verifyUser({ userId: user.id }, as(admin));
+      expect((await users.updateUser({ userId: user.id, firstName: 'Renamed' }, as(user.accessToken))).user?.isVerified).toBe(true);
+      const res = await users.updateUser({ userId: user.id, email: `other-${user.email}` }, as(user.accessToken));
+      expect(res.user).toMatchObject({ email: `other-${user.email}`, isVerified: false });
+      expect((await userRow(user.id))?.is_verified).toBe(false);
+    });
   });
 
   describe('UserService/UpdateUserStatus', () => {

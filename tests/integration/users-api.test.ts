@@ -241,6 +241,26 @@ describe('POST /api/v1/users/:userId/verify', () => {
     expect((await t.request.post(`/api/v1/users/${user.id}/verify`).set(...bearer(admin))).status).toBe(409);
     expect((await t.request.post('/api/v1/users/999999/verify').set(...bearer(admin))).status).toBe(404);
   });
+  it('when a verified user changes its e-mail address, then it is no longer verified; a change of name or the same address in other case, then it stays verified', async () => {
+    // Found by an attacker (helper 93): what the administrator verified was the old address.
+    const user = await register(t);
+    await t.request
+      .post(`/api/v1/users/${user.id}/verify`)
+      .set(...bearer(admin))
+      .expect(200);
+    const put = (body: object) =>
+      t.request
+        .put(`/api/v1/users/${user.id}`)
+        .set(...bearer(user.accessToken))
+        .send(body);
+    expect((await put({ firstName: 'Renamed', email: user.email.toUpperCase() })).body.data.isVerified).toBe(true);
+    const changed = await put({ email: `other-${user.email}` });
+    expect(changed.status).toBe(200);
+    expect(changed.body.data).toMatchObject({ email: `other-${user.email}`, isVerified: false });
+    const stored = await t.request.get(`/api/v1/users/${user.id}`).set(...bearer(admin));
+    expect(stored.body.data.isVerified).toBe(false);
+    expect((await t.request.post(`/api/v1/users/${user.id}/verify`).set(...bearer(admin))).status).toBe(200);
+  });
 });
 
 describe('PUT /api/v1/users/:userId/status', () => {

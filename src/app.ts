@@ -47,7 +47,7 @@ import type { HealthWatchOptions } from './rpc/health-service.ts';
 import { errorInterceptor, rateLimitGate, requestContextInterceptor, validationInterceptor } from './controllers/rpc/interceptors.ts';
 import { RequestValidator, type OpenApiComponents } from './controllers/rpc/request-validator.ts';
 import { createContextValuesFor } from './controllers/rpc/rpc-context.ts';
-import { createClientAddressResolver } from './infrastructure/client-address.ts';
+import { createClientAddressResolver, createPeerTrust } from './infrastructure/client-address.ts';
 import { createRpcNodeHandler } from './controllers/rpc/rpc-node-handler.ts';
 import { createDatabase, type Database } from './infrastructure/database/database.ts';
 import { applyMigrations } from './infrastructure/database/migrations.ts';
@@ -494,7 +494,7 @@ async function createPublicFacades(
   const rpcOptions = {
     routes: createConnectRoutes({ services: deps.services, readiness, health: deps.health }),
     interceptors: [requestContextInterceptor(logger, metrics, deps.tracing), errorInterceptor({ logger, exposeInternals }), validationInterceptor(new RequestValidator(openapi))],
-    contextValues: createContextValuesFor(resolveClient),
+    contextValues: createContextValuesFor(resolveClient, createPeerTrust(config.server.trustProxy)),
     readMaxBytes: config.server.bodyLimitBytes,
     // Before the body is read or decoded: see rpc-node-handler.ts.
     admit: rateLimiter === undefined ? undefined : rateLimitGate(rateLimiter),

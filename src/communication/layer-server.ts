@@ -108,10 +108,15 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
     // checks are probes, not requests: untraced.
     const span =
       tracing !== undefined && req.service.typeName !== Health.typeName
-        ? tracing.startServerSpan(procedure, (name) => req.header.get(name), {
-            'rpc.system.name': req.header.get('content-type')?.startsWith('application/grpc') === true ? 'grpc' : 'connect_rpc',
-            'rpc.method': procedure,
-          })
+        ? tracing.startServerSpan(
+            procedure,
+            (name) => req.header.get(name),
+            {
+              'rpc.system.name': req.header.get('content-type')?.startsWith('application/grpc') === true ? 'grpc' : 'connect_rpc',
+              'rpc.method': procedure,
+            },
+            true,
+          )
         : undefined;
     const context: CallContext = {
       requestId,

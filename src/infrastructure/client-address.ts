@@ -30,6 +30,16 @@ export function compileTrust(setting: TrustProxySetting): TrustFunction {
   );
 }
 
+/**
+ * Whether the socket peer itself is inside the deployment's trust: a proxy TRUST_PROXY names.
+ * Such a peer's trace context is continued (tracing.ts); any other's starts a trace of ours.
+ */
+export function createPeerTrust(setting: TrustProxySetting): (socketAddress: string | undefined) => boolean {
+  if (setting === false) return () => false;
+  const trust = compileTrust(setting);
+  return (socketAddress) => socketAddress !== undefined && trust(socketAddress, 0);
+}
+
 /** The longest address text kept: 45 characters (IPv6 with an IPv4 tail), plus a short zone id. */
 const MAX_ADDRESS_LENGTH = 64;
 

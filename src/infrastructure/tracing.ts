@@ -14,7 +14,7 @@
 // loaded: only the API (span kinds and codes) is imported here; the SDK, the exporter and the
 // propagator come with `createTracing`, which saves a process without tracing about a tenth of a
 // second of start-up.
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span, type TextMapPropagator, type Tracer } from '@opentelemetry/api';
+import { isSpanContextValid, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span, type TextMapPropagator, type Tracer } from '@opentelemetry/api';
 import type { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
 import { currentCallContext } from './call-context.ts';
 import type { Cache } from './cache.ts';
@@ -91,12 +91,21 @@ export class Tracing {
   }
 
   /**
-   * A server span for a request that arrived with `headers`: the child of the caller's span when
-   * they carry a valid `traceparent`, a new trace otherwise.
+   * A server span for a request that arrived with `headers`. From a caller inside the deployment's
+   * trust (`callerTrusted`: a layer above, or a proxy TRUST_PROXY names), the child of its span
+   * when they carry a valid `traceparent`. From anyone else, a new trace that links to the
+   * caller's span: a public client chose the trace id of its requests' spans and log lines (into
+   * another request's trace, say), switched their tracing off with a sampled flag of 0, and had
+   * its `tracestate` stored and passed on to every layer (helper 92). The link keeps the
+   * caller's trace findable from ours.
    */
-  startServerSpan(name: string, header: HeaderReader, attributes: Attributes): Span {
+  startServerSpan(name: string, header: HeaderReader, attributes: Attributes, callerTrusted: boolean): Span {
     const parent = this.#propagator.extract(ROOT_CONTEXT, header, headerGetter);
-    return this.tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
+    if (callerTrusted) return this.tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
+    const remote = trace.getSpanContext(parent);
+    const links =
+      remote !== undefined && isSpanContextValid(remote) ? [{ context: { traceId: remote.traceId, spanId: remote.spanId, traceFlags: remote.traceFlags, isRemote: true } }] : [];
+    return this.tracer.startSpan(name, { kind: SpanKind.SERVER, attributes, links, root: true }, ROOT_CONTEXT);
   }
 
   /** A child of the current request's span, or undefined outside a traced request. */

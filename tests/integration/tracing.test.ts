@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runWithCallContext } from '../../src/infrastructure/call-context.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { traceLogFields } from '../../src/infrastructure/tracing.ts';
-import { apiClient } from '../helpers/protocols.ts';
+import { apiClient, PROTOCOLS } from '../helpers/protocols.ts';
 import { startTopology } from '../../scripts/topology.ts';
 import pg from 'pg';
 import { ADMIN, bearer, loginAdmin, newUser, register, startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
@@ -28,7 +28,15 @@ interface ReceivedSpan {
   status: { code?: number };
   /** The exporting process's resource attributes. */
   resource: Record<string, unknown>;
+  links?: { traceId: string; spanId: string }[];
+  traceState?: string;
 }
+
+/**
+ * The test client stands for a proxy in front that traces, which TRUST_PROXY names: its
+ * `traceparent` is continued. A client's that is not is only linked to (see the last describe).
+ */
+const TRUSTED_CLIENT = { TRUST_PROXY: 'loopback' };
 
 const SERVER = 2;
 const CLIENT = 3;
@@ -115,7 +123,7 @@ describe.each(['layered-http', 'layered-grpc'] as const)('traces in %s', (topolo
     const endpoint = await receiver.start();
     // Each span is exported as it ends (no batch delay), and cached entries live one second,
     // so that the request below misses the cache and reaches the database.
-    t = await startTestServer({ OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '0', CACHE_TTL_SECONDS: '1' }, { topology });
+    t = await startTestServer({ ...TRUSTED_CLIENT, OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '0', CACHE_TTL_SECONDS: '1' }, { topology });
   });
 
   afterAll(async () => {
@@ -245,7 +253,13 @@ describe('traces in microservices-grpc on Redis', () => {
     const receiver = new OtlpReceiver();
     const endpoint = await receiver.start();
     const t = await startTestServer(
-      { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '0', REDIS_URL: 'redis://127.0.0.1:6379', REDIS_KEY_PREFIX: `trace-test-${process.pid}-${Date.now()}:` },
+      {
+        ...TRUSTED_CLIENT,
+        OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+        OTEL_BSP_SCHEDULE_DELAY: '0',
+        REDIS_URL: 'redis://127.0.0.1:6379',
+        REDIS_KEY_PREFIX: `trace-test-${process.pid}-${Date.now()}:`,
+      },
       { topology: 'microservices-grpc' },
     );
     try {
@@ -301,7 +315,7 @@ describe('trace ids in logs', () => {
       },
     });
     const logger = createLogger({ level: 'info', destination, mixin: traceLogFields });
-    const t = await startTestServer({ OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '0' }, { logger, topology: 'monolithic' });
+    const t = await startTestServer({ ...TRUSTED_CLIENT, OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '0' }, { logger, topology: 'monolithic' });
     try {
       const client = clientTraceparent();
       expect((await t.request.get('/health').set('traceparent', client.header)).status).toBe(200);
@@ -333,7 +347,15 @@ describe('traces of real processes', () => {
     const lines: { layer: string; line: string }[] = [];
     const topology = await startTopology({
       name: 'layered-grpc',
-      env: { PATH: process.env.PATH, ...TEST_ENV, LOG_LEVEL: 'debug', DATABASE_URL: url.toString(), OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '100' },
+      env: {
+        PATH: process.env.PATH,
+        ...TEST_ENV,
+        ...TRUSTED_CLIENT,
+        LOG_LEVEL: 'debug',
+        DATABASE_URL: url.toString(),
+        OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+        OTEL_BSP_SCHEDULE_DELAY: '100',
+      },
       onLine: (layer, line) => lines.push({ layer, line }),
     });
     try {
@@ -367,4 +389,50 @@ describe('traces of real processes', () => {
       await admin.end();
     }
   }, 90_000);
+});
+
+describe('traces of clients outside the trust (no TRUST_PROXY)', () => {
+  it('when a client sends a traceparent (sampled or not) and a tracestate, then over every protocol its request starts a trace of ours, sampled, that links to the client span and carries no tracestate', async () => {
+    // Found by an attacker (helper 92): a public client chose the trace id of its requests'
+    // spans and log lines, turned their tracing off with a sampled flag of 0, and had its
+    // tracestate stored and passed on to every layer.
+    const receiver = new OtlpReceiver();
+    const endpoint = await receiver.start();
+    const t = await startTestServer({ OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_BSP_SCHEDULE_DELAY: '0' }, { topology: 'monolithic' });
+    try {
+      const user = await register(t);
+      for (const protocol of PROTOCOLS) {
+        for (const flags of ['01', '00']) {
+          const client = clientTraceparent();
+          const headers = { traceparent: `00-${client.traceId}-${client.spanId}-${flags}`, tracestate: 'evil=1,congo=t61rcWkgMzE' };
+          const rpc = apiClient(protocol, t.baseUrl);
+          const before = receiver.spans.length;
+          try {
+            expect((await rpc.me(user.accessToken, { headers })).code).toBe('ok');
+          } finally {
+            rpc.close();
+          }
+          const label = `${protocol}, flags ${flags}`;
+          const deadline = Date.now() + 10_000;
+          let edge: ReceivedSpan | undefined;
+          while (edge === undefined && Date.now() < deadline) {
+            edge = receiver.spans.slice(before).find((span) => span.kind === SERVER && span.links?.some((link) => link.spanId === client.spanId));
+            await new Promise((resolve) => setTimeout(resolve, 25));
+          }
+          expect(edge, `${label}: a span linking to the client's`).toBeDefined();
+          expect(edge?.traceId, label).not.toBe(client.traceId);
+          expect(edge?.parentSpanId ?? '', label).toBe('');
+          expect(edge?.links, label).toEqual([expect.objectContaining({ traceId: client.traceId, spanId: client.spanId })]);
+          expect(edge?.traceState ?? '', label).toBe('');
+          expect(
+            receiver.spans.some((span) => span.traceId === client.traceId),
+            `${label}: nothing in the client's trace`,
+          ).toBe(false);
+        }
+      }
+    } finally {
+      await t.close();
+      await receiver.close();
+    }
+  });
 });

@@ -26,7 +26,13 @@ declare global {
  * resolves its client by the same rule as the RPC facade, echoes the id in the response and logs
  * one line per request when it finishes.
  */
-export function requestContext(logger: Logger, resolveClient: ClientAddressResolver, metrics?: Metrics, tracing?: Tracing) {
+export function requestContext(
+  logger: Logger,
+  resolveClient: ClientAddressResolver,
+  metrics?: Metrics,
+  tracing?: Tracing,
+  peerTrusted: (socketAddress: string | undefined) => boolean = () => false,
+) {
   return (req: Request, res: Response, next: NextFunction): void => {
     const incoming = req.get('x-request-id');
     const requestId = requestIdFrom(incoming);
@@ -34,8 +40,8 @@ export function requestContext(logger: Logger, resolveClient: ClientAddressResol
     res.locals.client = resolveClientInfo(resolveClient, req.socket.remoteAddress, (name) => req.get(name));
     res.setHeader('x-request-id', requestId);
     const started = process.hrtime.bigint();
-    // A client's `traceparent` is continued, as a proxy in front would want.
-    const span = tracing?.startServerSpan(req.method, (name) => req.get(name), { 'http.request.method': req.method, 'url.path': req.path });
+    // A `traceparent` is continued when a trusted proxy passed it on; a client's is linked to.
+    const span = tracing?.startServerSpan(req.method, (name) => req.get(name), { 'http.request.method': req.method, 'url.path': req.path }, peerTrusted(req.socket.remoteAddress));
     // Everything this request does from here, calls to other layers included, carries its id;
     // the service layer records in it who the caller turned out to be.
     const context: CallContext = { requestId, span };

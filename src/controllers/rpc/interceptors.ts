@@ -13,7 +13,7 @@ import { SpanStatusCode, type Tracing } from '../../infrastructure/tracing.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
-import { requestIdKey } from './rpc-context.ts';
+import { peerTrustedKey, requestIdKey } from './rpc-context.ts';
 import { callerKey } from '../../rpc/caller.ts';
 import { addressKey } from '../../infrastructure/client-address.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
@@ -36,11 +36,16 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
     const started = process.hrtime.bigint();
     const procedure = `${req.service.typeName}/${req.method.name}`;
     const protocol = rpcProtocolOf(req.header.get('content-type'));
-    const span = tracing?.startServerSpan(procedure, (name) => req.header.get(name), {
-      'rpc.system.name': protocol === 'connect' ? 'connect_rpc' : 'grpc',
-      'rpc.method': procedure,
-      'arcana.rpc.protocol': protocol,
-    });
+    const span = tracing?.startServerSpan(
+      procedure,
+      (name) => req.header.get(name),
+      {
+        'rpc.system.name': protocol === 'connect' ? 'connect_rpc' : 'grpc',
+        'rpc.method': procedure,
+        'arcana.rpc.protocol': protocol,
+      },
+      req.contextValues.get(peerTrustedKey),
+    );
     const log = (code: string) => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       metrics?.rpcRequest(procedure, protocol, code, durationMs / 1000);

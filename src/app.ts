@@ -329,6 +329,7 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
     idempotencyRepository: repositories.idempotency,
     purgeIntervalMs: config.sessionPurge.intervalMs,
     purgeRetentionMs: config.sessionPurge.retentionMs,
+    auditRetentionMs: config.auditRetentionMs,
     onJobFailed: metrics === undefined ? undefined : (queue) => metrics.jobFailed(queue),
   });
   metrics?.queueDepth(() => jobs.queueDepth());

@@ -125,6 +125,7 @@ const EnvSchema = z.object({
   CACHE_TTL_SECONDS: int(60, 1, 86_400),
   SESSION_PURGE_INTERVAL_MS: int(3_600_000, 1000, 7 * 86_400_000),
   SESSION_PURGE_RETENTION_MS: int(86_400_000, 0, 365 * 86_400_000),
+  AUDIT_RETENTION_DAYS: int(365, 0, 36_500),
 
   JWT_SECRET: z.string().optional(),
   // Bounded so that every token issued stays far below ACCESS_TOKEN_MAX_LENGTH (src/rpc/caller.ts).
@@ -250,6 +251,7 @@ export function loadConfig(env: Environment) {
     redis: e.REDIS_URL === undefined ? undefined : { url: e.REDIS_URL, keyPrefix: e.REDIS_KEY_PREFIX },
     cacheTtlSeconds: e.CACHE_TTL_SECONDS,
     sessionPurge: { intervalMs: e.SESSION_PURGE_INTERVAL_MS, retentionMs: e.SESSION_PURGE_RETENTION_MS },
+    auditRetentionMs: e.AUDIT_RETENTION_DAYS * 86_400_000,
     jwt: {
       secret: e.JWT_SECRET ?? DEV_JWT_SECRET,
       usingDevelopmentSecret: e.JWT_SECRET === undefined,

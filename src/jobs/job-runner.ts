@@ -1,5 +1,5 @@
 // Background work: writing audit events off the request path, and purging stale sessions (and
-// expired idempotency records) on a schedule. With Redis, both go through BullMQ so that several
+// expired idempotency records, and audit events past their retention) on a schedule. With Redis, both go through BullMQ so that several
 // processes share one queue and the purge runs once per interval for all of them
 // (bullmq-job-runner.ts); without Redis, they run inside this process (in-process-job-runner.ts).
 import { InProcessJobRunner } from './in-process-job-runner.ts';
@@ -23,7 +23,10 @@ export async function createJobRunner(options: JobRunnerOptions): Promise<JobRun
       // Expired records are already ignored and replaced by new claims; this only reclaims space.
       const idempotencyRecords = await options.idempotencyRepository.purgeExpired(now());
       logger.info({ deleted: idempotencyRecords }, 'purged expired idempotency records');
-      return deleted + idempotencyRecords;
+      if (options.auditRetentionMs === 0) return deleted + idempotencyRecords;
+      const auditEvents = await options.auditRepository.purgeBefore(new Date(now().getTime() - options.auditRetentionMs));
+      logger.info({ deleted: auditEvents }, 'purged audit events past their retention');
+      return deleted + idempotencyRecords + auditEvents;
     },
   };
   if (options.redis === undefined) return new InProcessJobRunner(context, options.purgeIntervalMs);

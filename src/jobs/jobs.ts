@@ -27,6 +27,8 @@ export interface JobRunnerOptions {
   purgeIntervalMs: number;
   /** How long expired or dead revoked sessions are kept before they are purged. */
   purgeRetentionMs: number;
+  /** How long audit events are kept; the purge deletes older ones. 0: kept for ever. */
+  auditRetentionMs: number;
   /** Told of every failed job run (each failed attempt), by queue: `audit` or `maintenance`. */
   onJobFailed?: ((queue: string) => void) | undefined;
   now?: () => Date;
@@ -37,8 +39,8 @@ export interface JobRunner {
   /** Where services record security events; see AuditLog. */
   readonly audit: AuditLog;
   /**
-   * Purges stale sessions and expired idempotency records at once, outside the schedule; returns
-   * how many rows were deleted.
+   * Purges stale sessions, expired idempotency records and audit events past their retention at
+   * once, outside the schedule; returns how many rows were deleted.
    */
   runPurgeNow(): Promise<number>;
   /**

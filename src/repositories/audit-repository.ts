@@ -27,13 +27,25 @@ export interface AuditFilter {
   type?: AuditEventType | undefined;
 }
 
-/** Persistence of the audit log. Rows are only ever added; they outlive the users they name. */
+/**
+ * Persistence of the audit log. Rows are only added, and deleted once older than the retention
+ * period (AUDIT_RETENTION_DAYS, by the purge job); they outlive the users they name.
+ */
 export interface AuditRepository {
   /** Stores the events in one statement; returns how many were stored. */
   createMany(events: NewAuditEvent[]): Promise<number>;
   /** A page of events, newest first, and how many match in all. With `options.actingAs`, only while that caller may still. */
   list(filter: AuditFilter, options?: ListOptions): Promise<{ events: AuditEvent[]; total: number }>;
+  /** Deletes the events recorded before `cutoff`; returns how many went. */
+  purgeBefore(cutoff: Date): Promise<number>;
 }
+
+/**
+ * Events deleted per statement by the purge: a year's backlog on a busy deployment is millions of
+ * rows, and one DELETE of all of them would hold its locks and grow the transaction log until it
+ * ended, while events go on being written.
+ */
+const PURGE_BATCH = 5_000;
 
 export class PrismaAuditRepository implements AuditRepository {
   readonly #db: PrismaClient;
@@ -89,5 +101,18 @@ export class PrismaAuditRepository implements AuditRepository {
       }),
     );
     return { events, total };
+  }
+
+  async purgeBefore(cutoff: Date): Promise<number> {
+    let deleted = 0;
+    for (;;) {
+      // Ids first, then a DELETE by them: the same two statements on PostgreSQL and MySQL, each
+      // short (`created_at` is indexed, and so is the primary key).
+      const batch = await withDatabaseErrors(() => this.#db.auditEvent.findMany({ where: { createdAt: { lt: cutoff } }, select: { id: true }, take: PURGE_BATCH }));
+      if (batch.length === 0) return deleted;
+      const { count } = await withDatabaseErrors(() => this.#db.auditEvent.deleteMany({ where: { id: { in: batch.map((row) => row.id) } } }));
+      deleted += count;
+      if (batch.length < PURGE_BATCH) return deleted;
+    }
   }
 }

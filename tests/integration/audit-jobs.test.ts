@@ -84,6 +84,7 @@ async function startRunner(options: Partial<JobRunnerOptions> & { redisUrl?: str
     idempotencyRepository: new PrismaIdempotencyRepository(monolithOf(t).database.prisma),
     purgeIntervalMs: 60_000,
     purgeRetentionMs: DAY,
+    auditRetentionMs: 0,
     ...(redisUrl === undefined ? {} : { redis: { url: redisUrl, prefix: prefix ?? nextPrefix() } }),
     ...rest,
   });
@@ -338,6 +339,25 @@ describe('purging stale sessions', () => {
     expect(remaining.map((row) => row.id)).toEqual([expiredRecently, rotatedAway, live, revokedRecently, expiredMember]);
     expect(remaining.map((row) => row.id)).not.toContain(expiredLongAgo);
     expect([dead1, dead2, revokedOfExpired].some((id) => remaining.some((row) => row.id === id))).toBe(false);
+  });
+
+  it('when the purge runs with an audit retention, then older events go (in batches past 5,000) and newer ones stay; with none, all stay', async () => {
+    const { id: userId } = await register(t);
+    const at = (date: Date) => ({ type: 'LOGOUT' as const, userId, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: date });
+    const retention = 30 * DAY;
+    const cutoff = now.getTime() - retention;
+    // More than one batch of the purge's (5,000) before the cutoff, three after it.
+    await audit.createMany(Array.from({ length: 5_003 }, (_, index) => at(new Date(cutoff - 1 - index * 1_000))));
+    await audit.createMany([at(new Date(cutoff)), at(new Date(cutoff + DAY)), at(now)]);
+    const count = async () => Number((await t.sql<{ n: string }>('SELECT COUNT(*) AS n FROM audit_events WHERE user_id = $1', [userId]))[0]?.n);
+    expect(await count()).toBe(5_006);
+
+    await (await startRunner({ now: () => now, auditRetentionMs: 0 })).runPurgeNow();
+    expect(await count()).toBe(5_006);
+    await (await startRunner({ now: () => now, auditRetentionMs: retention })).runPurgeNow();
+    expect(await count()).toBe(3);
+    const left = await t.sql<{ created_at: Date }>('SELECT created_at FROM audit_events WHERE user_id = $1 ORDER BY created_at', [userId]);
+    expect(left.map((row) => new Date(row.created_at).getTime())).toEqual([cutoff, cutoff + DAY, now.getTime()]);
   });
 
   it('when a rotated refresh token is replayed after a purge, then the live successor is still revoked', async () => {

@@ -569,6 +569,16 @@ describe('audit events across the repository boundary', () => {
     ];
     for (const filter of filters) expect(await remote.audit.list(filter)).toStrictEqual(await direct.audit.list(filter));
   });
+
+  it('when events are purged through the remote repository, then those before the cutoff go and the rest stay', async () => {
+    const subject = (await direct.users.create(newUser())).id;
+    const at = (iso: string): NewAuditEvent => ({ type: 'LOGOUT', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: new Date(iso) });
+    await remote.audit.createMany([at('2000-01-01T00:00:00.000Z'), at('2000-05-31T23:59:59.999Z'), at('2000-06-01T00:00:00.000Z'), at('2001-01-01T00:00:00.000Z')]);
+    expect(await remote.audit.purgeBefore(new Date('2000-06-01T00:00:00.000Z'))).toBe(2);
+    const left = await direct.audit.list({ page: 1, perPage: 10, userId: subject });
+    expect(left.events.map((event) => event.createdAt.toISOString())).toEqual(['2001-01-01T00:00:00.000Z', '2000-06-01T00:00:00.000Z']);
+    expect(await remote.audit.purgeBefore(new Date('2000-06-01T00:00:00.000Z'))).toBe(0);
+  });
 });
 
 describe('counters across the repository boundary', () => {

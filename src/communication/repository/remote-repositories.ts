@@ -170,6 +170,11 @@ export class RemoteAuditRepository implements AuditRepository {
     const { events, total } = await this.#client.listAuditEvents(auditFilterToProto(filter), writeHeaders(options));
     return { events: events.map(auditEventFromProto), total };
   }
+
+  async purgeBefore(cutoff: Date): Promise<number> {
+    const { deleted } = await this.#client.purgeAuditEvents({ before: timestampFromDate(cutoff) });
+    return deleted;
+  }
 }
 
 /** A CounterStore kept by the repository layer's process. */

@@ -139,6 +139,9 @@ export function createAuditRepositoryHandler(repo: AuditRepository): ServiceImpl
       const { events, total } = await repo.list(auditFilterFromProto(req), { actingAs: writeOptions(ctx).actingAs });
       return { events: events.map(auditEventToProto), total };
     },
+    async purgeAuditEvents(req) {
+      return { deleted: await repo.purgeBefore(dateFromProto(req.before, 'PurgeAuditEventsRequest.before')) };
+    },
   };
 }
 

@@ -190,6 +190,46 @@ export declare type ListAuditEventsResponse = Message<"arcana.internal.repositor
 export declare const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse>;
 
 /**
+ * Events to purge.
+ *
+ * @generated from message arcana.internal.repository.v1.PurgeAuditEventsRequest
+ */
+export declare type PurgeAuditEventsRequest = Message<"arcana.internal.repository.v1.PurgeAuditEventsRequest"> & {
+  /**
+   * Events recorded before this time are deleted.
+   *
+   * @generated from field: google.protobuf.Timestamp before = 1;
+   */
+  before?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.PurgeAuditEventsRequest.
+ * Use `create(PurgeAuditEventsRequestSchema)` to create a new message.
+ */
+export declare const PurgeAuditEventsRequestSchema: GenMessage<PurgeAuditEventsRequest>;
+
+/**
+ * How many went.
+ *
+ * @generated from message arcana.internal.repository.v1.PurgeAuditEventsResponse
+ */
+export declare type PurgeAuditEventsResponse = Message<"arcana.internal.repository.v1.PurgeAuditEventsResponse"> & {
+  /**
+   * Events deleted.
+   *
+   * @generated from field: int32 deleted = 1;
+   */
+  deleted: number;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.PurgeAuditEventsResponse.
+ * Use `create(PurgeAuditEventsResponseSchema)` to create a new message.
+ */
+export declare const PurgeAuditEventsResponseSchema: GenMessage<PurgeAuditEventsResponse>;
+
+/**
  * The repository layer's audit log, as the service layer calls it when the layers run as
  * separate processes. Mirrors AuditRepository in src/repositories/audit-repository.ts.
  *
@@ -215,6 +255,16 @@ export declare const AuditRepositoryService: GenService<{
     methodKind: "unary";
     input: typeof ListAuditEventsRequestSchema;
     output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * Deletes the events recorded before a time (the retention period's start).
+   *
+   * @generated from rpc arcana.internal.repository.v1.AuditRepositoryService.PurgeAuditEvents
+   */
+  purgeAuditEvents: {
+    methodKind: "unary";
+    input: typeof PurgeAuditEventsRequestSchema;
+    output: typeof PurgeAuditEventsResponseSchema;
   },
 }>;
 

@@ -471,6 +471,7 @@ async function createPublicFacades(
   const { exposeInternals } = config;
   // One client-address rule for every protocol: REST and RPC get the same resolver.
   const resolveClient = createClientAddressResolver(config.server.trustProxy);
+  const traceTrusted = createPeerTrust(config.server.traceTrustedProxies);
 
   // Parsed once for both facades, as JSON (a date stays a string), which is how the REST validator's
   // own loader parsed it; the REST validator gets its own copy, which it rewrites in place.
@@ -485,6 +486,7 @@ async function createPublicFacades(
     rateLimiter,
     trustProxy: config.server.trustProxy,
     resolveClient,
+    traceTrusted,
     bodyLimitBytes: config.server.bodyLimitBytes,
     validateResponses: config.openapi.validateResponses,
     exposeInternals,
@@ -495,7 +497,7 @@ async function createPublicFacades(
   const rpcOptions = {
     routes: createConnectRoutes({ services: deps.services, readiness, health: deps.health }),
     interceptors: [requestContextInterceptor(logger, metrics, deps.tracing), errorInterceptor({ logger, exposeInternals }), validationInterceptor(new RequestValidator(openapi))],
-    contextValues: createContextValuesFor(resolveClient, createPeerTrust(config.server.trustProxy)),
+    contextValues: createContextValuesFor(resolveClient, traceTrusted),
     readMaxBytes: config.server.bodyLimitBytes,
     // Before the body is read or decoded: see rpc-node-handler.ts.
     admit: rateLimiter === undefined ? undefined : rateLimitGate(rateLimiter),

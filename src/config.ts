@@ -92,6 +92,27 @@ const EnvSchema = z.object({
         });
       }
     }),
+  // Addresses only: a proxy is trusted with the trace context it passes on only by name, never as
+  // "every peer" (TRUST_PROXY's `true` or hop count, which the shipped manifests set, would make
+  // every client's traceparent ours again).
+  TRACE_TRUSTED_PROXIES: z
+    .string()
+    .default('')
+    .superRefine((value, ctx) => {
+      if (value.trim() === '') return;
+      if (/^\s*(true|false|\d+)\s*$/i.test(value)) {
+        ctx.addIssue({ code: 'custom', message: 'must name proxy addresses or subnets (or loopback/linklocal/uniquelocal), not true, false or a hop count' });
+        return;
+      }
+      try {
+        compileTrust(value);
+      } catch (error) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `must be comma-separated proxy addresses, subnets or loopback/linklocal/uniquelocal (${error instanceof Error ? error.message : String(error)})`,
+        });
+      }
+    }),
   BODY_LIMIT: z
     .string()
     .regex(/^\d+(b|kb|mb)?$/i, 'must be a size such as 100kb or 1mb')
@@ -226,6 +247,8 @@ export function loadConfig(env: Environment) {
       host: e.HOST,
       port: e.PORT,
       trustProxy: parseTrustProxy(e.TRUST_PROXY),
+      /** The proxies whose `traceparent` the public edge continues; none (false) by default. */
+      traceTrustedProxies: e.TRACE_TRUSTED_PROXIES.trim() === '' ? (false as const) : e.TRACE_TRUSTED_PROXIES,
       /** Largest request body in bytes, for REST JSON and RPC messages alike. */
       bodyLimitBytes: e.BODY_LIMIT,
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,

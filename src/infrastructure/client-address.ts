@@ -31,12 +31,13 @@ export function compileTrust(setting: TrustProxySetting): TrustFunction {
 }
 
 /**
- * Whether the socket peer itself is inside the deployment's trust: a proxy TRUST_PROXY names.
- * Such a peer's trace context is continued (tracing.ts); any other's starts a trace of ours.
+ * Whether the socket peer is one of `proxies` (TRACE_TRUSTED_PROXIES: addresses, subnets or
+ * proxy-addr's names, never "every peer"). Such a peer's trace context is continued (tracing.ts);
+ * any other's starts a trace of ours.
  */
-export function createPeerTrust(setting: TrustProxySetting): (socketAddress: string | undefined) => boolean {
-  if (setting === false) return () => false;
-  const trust = compileTrust(setting);
+export function createPeerTrust(proxies: string | false): (socketAddress: string | undefined) => boolean {
+  if (proxies === false) return () => false;
+  const trust = compileTrust(proxies);
   return (socketAddress) => socketAddress !== undefined && trust(socketAddress, 0);
 }
 

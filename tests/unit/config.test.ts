@@ -68,6 +68,17 @@ describe('loadConfig', () => {
     }
   });
 
+  it('when TRACE_TRUSTED_PROXIES says every peer (true, a hop count) or what is not an address, then it refuses to start; addresses, subnets and keywords are taken', () => {
+    for (const value of ['true', 'false', '1', ' 2 ', 'banana', '10.0.0.0/33']) {
+      expect(() => loadConfig({ TRACE_TRUSTED_PROXIES: value }), value).toThrow(/TRACE_TRUSTED_PROXIES[\s\S]*must/);
+    }
+    expect(loadConfig({}).server.traceTrustedProxies).toBe(false);
+    expect(loadConfig({ TRUST_PROXY: '1' }).server.traceTrustedProxies).toBe(false);
+    for (const value of ['loopback', 'loopback, 10.0.0.0/8, fd00::/8', '203.0.113.7']) {
+      expect(loadConfig({ TRACE_TRUSTED_PROXIES: value }).server.traceTrustedProxies, value).toBe(value);
+    }
+  });
+
   it('when only some ADMIN_* variables are set, then it refuses to start', () => {
     expect(() => loadConfig({ ADMIN_USERNAME: 'root' })).toThrow(/must be set together/);
   });

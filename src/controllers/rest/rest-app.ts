@@ -4,7 +4,7 @@ import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage } from 'node:http';
 import type { OpenApiValidatorOpts } from 'express-openapi-validator/dist/framework/types.d.ts';
 import type { components } from '../../../gen/openapi/schema.d.ts';
-import { compileTrust, createPeerTrust, type ClientAddressResolver, type TrustProxySetting } from '../../infrastructure/client-address.ts';
+import { compileTrust, type ClientAddressResolver, type TrustProxySetting } from '../../infrastructure/client-address.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { ServiceClients } from './service-call.ts';
@@ -68,6 +68,8 @@ export interface RestAppOptions {
   trustProxy: TrustProxySetting;
   /** The client-address rule, the same instance the RPC facade uses. */
   resolveClient: ClientAddressResolver;
+  /** Whether a socket peer is a proxy whose trace context is continued (TRACE_TRUSTED_PROXIES). */
+  traceTrusted: (socketAddress: string | undefined) => boolean;
   bodyLimitBytes: number;
   validateResponses: boolean;
   exposeInternals: boolean;
@@ -94,7 +96,7 @@ export function createRestApp(options: RestAppOptions): Express {
   // Express's own view (req.ip, req.secure) follows the same predicate as the edge's resolver.
   app.set('trust proxy', compileTrust(options.trustProxy));
 
-  app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing, createPeerTrust(options.trustProxy)));
+  app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing, options.traceTrusted));
   app.use(onlyFor(STATIC_PATHS, weakTagWhenEncoded));
   app.use(compression());
 

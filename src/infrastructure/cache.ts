@@ -161,6 +161,18 @@ for _, key in ipairs(KEYS) do
 end
 return #KEYS`;
 
+/**
+ * Redis's answers that refuse a write while it may still serve reads: a replica (READONLY), a
+ * primary short of replicas (NOREPLICAS) or cut from its own (MASTERDOWN), one that cannot save
+ * (MISCONF), a script that will not yield (BUSY), a data set still loading (LOADING). Anything
+ * else (an unknown command on a Redis older than 6.2, say) is not taken for one.
+ */
+const WRITES_REFUSED = /^(READONLY|NOREPLICAS|MASTERDOWN|MISCONF|BUSY|LOADING)\b/;
+
+function refusesWrites(error: unknown): error is Error {
+  return error instanceof Error && WRITES_REFUSED.test(error.message);
+}
+
 /** How soon an invalidation that Redis did not confirm is tried again. */
 const INVALIDATION_RETRY_MS = 100;
 /**
@@ -226,7 +238,12 @@ export class RedisCache implements Cache {
     try {
       const json = await this.#redis.getex(this.#prefix + key);
       return json === null || json === FORGOTTEN ? undefined : (parseCached(json) as T);
-    } catch {
+    } catch (error) {
+      // Redis refusing writes refused some process's invalidations too, and that process may be
+      // gone before Redis takes them again (helper 94: a pod stopped mid-incident; the old entry
+      // was served by the others for the TTL once writes came back). Every process that sees the
+      // refusal bypasses the cache until a flush of its own lands, which marks every entry.
+      if (refusesWrites(error)) this.#bypassUntilFlushed(error);
       return undefined;
     }
   }
@@ -256,6 +273,15 @@ export class RedisCache implements Cache {
       await sleep(INVALIDATION_RETRY_MS);
       if (!this.#unconfirmedAll && !keys.some((key) => this.#unconfirmed.has(key))) return;
     }
+  }
+
+  /** Every key is unconfirmed until a flush lands (retried every INVALIDATION_RETRY_MS). */
+  #bypassUntilFlushed(error: Error): void {
+    if (this.#unconfirmedAll) return;
+    this.#logger.warn({ err: error.message }, 'redis refuses writes; cache bypassed until it takes a flush');
+    this.#unconfirmedAll = true;
+    this.#unconfirmed.clear();
+    this.#retrySoon();
   }
 
   #unconfirm(keys: readonly string[], ttlSeconds: number): void {

@@ -452,6 +452,44 @@ describe('when Redis loses an invalidation', () => {
     }
   }, 90_000);
 
+  it('when Redis refuses writes during a logout and the instance that logged out stops before Redis takes writes again, then the other instance still refuses the old token', async () => {
+    // Found by an attacker (helper 94): the invalidation waited in the memory of the instance
+    // that stopped, and the other one served the old entry for the TTL once writes came back.
+    const server = await startRedisServer();
+    const env = { REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix };
+    const control = new Redis(server.url);
+    // B owns the test database, so that A can stop first.
+    const b = await startTestServer(env);
+    const a = await startTestServer(env, { sameDatabaseAs: b });
+    let aClosed = false;
+    try {
+      const user = await register(a);
+      const me = () => b.request.get('/api/v1/auth/me').set(...bearer(user.accessToken));
+      await me().expect(200);
+      await control.config('SET', 'min-replicas-to-write', '1');
+      try {
+        await a.request
+          .post('/api/v1/auth/logout')
+          .set(...bearer(user.accessToken))
+          .expect(200);
+        expect((await me()).status).toBe(401);
+        await a.close();
+        aClosed = true;
+      } finally {
+        await control.config('SET', 'min-replicas-to-write', '0');
+      }
+      for (let check = 0; check < 4; check += 1) {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        expect((await me()).status, `${(check + 1) * 500} ms after Redis takes writes again`).toBe(401);
+      }
+    } finally {
+      control.disconnect();
+      if (!aClosed) await a.close();
+      await b.close();
+      await server.stop();
+    }
+  }, 60_000);
+
   it('when Redis is full (noeviction) during a logout, then the old token is refused, also after memory is freed', async () => {
     const server = await startRedisServer();
     const t = await startTestServer({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });

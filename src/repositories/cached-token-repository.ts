@@ -68,6 +68,11 @@ export class CachedTokenRepository implements TokenRepository {
     return this.#invalidate(await this.#inner.revokeFamily(familyId, reason, options));
   }
 
+  /** A pair already revoked: nothing cached changes. */
+  markReplayed(id: number) {
+    return this.#inner.markReplayed(id);
+  }
+
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options?: WriteOptions) {
     return this.#invalidate(await this.#inner.revokeChainOf(userId, tokenId, reason, options));
   }

@@ -78,6 +78,11 @@ export interface TokenRepository {
   /** Revokes every still-live pair of a login chain. */
   revokeFamily(familyId: string, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
   /**
+   * Marks pair `id`, retired by a rotation, as replayed (its reason becomes `reuse`): true the
+   * first time only, so that one stolen token raises one alarm whoever ended its chain.
+   */
+  markReplayed(id: number): Promise<boolean>;
+  /**
    * Revokes the live (unexpired) pairs of the login chain that pair `tokenId` of user `userId`
    * belongs to; [] when it is another user's, or its chain has no live pair left. The pair itself
    * may have been rotated: a session listed by one id keeps its id for being ended, however often
@@ -178,6 +183,11 @@ export class PrismaTokenRepository implements TokenRepository {
     if (member === null) return [];
     const revoked = await this.#revokeUnderUserLock(userId, { familyId: member.familyId, expiresAt: { gt: new Date() } }, reason, options.actingAs);
     return this.#withRepeated({ familyId: member.familyId }, reason, options, revoked);
+  }
+
+  async markReplayed(id: number): Promise<boolean> {
+    const { count } = await withDatabaseErrors(() => this.#db.oAuthToken.updateMany({ where: { id, revokedReason: 'rotated' }, data: { revokedReason: 'reuse' } }));
+    return count === 1;
   }
 
   #revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {

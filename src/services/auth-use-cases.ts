@@ -369,14 +369,14 @@ export class AuthUseCases {
   }
 
   /**
-   * A rotated token presented again: its chain ends. The alarm is raised by the replay that ended
-   * a live chain, once, as for an unknown token's chain above; a chain already over (ended by an
-   * earlier replay, a logout, an administrator) raises none. Every replay of one old token used to
-   * write another TOKEN_REUSE_DETECTED (helper 91: 200 replays, 200 events, one theft).
+   * A rotated token presented again: its chain ends, and its first replay raises the alarm, even
+   * when the chain was over already (a thief that refreshed, then logged out, before the owner's
+   * copy came back: helper 94). Later replays of it raise none: every replay of one old token used
+   * to write another TOKEN_REUSE_DETECTED (helper 91: 200 replays, 200 events, one theft).
    */
   async #replayed(token: OAuthToken, client: ClientInfo): Promise<never> {
     const revoked = await this.#tokens.revokeFamily(token.familyId, 'reuse');
-    if (revoked.length > 0) {
+    if (await this.#tokens.markReplayed(token.id)) {
       this.#audit.record({
         type: 'TOKEN_REUSE_DETECTED',
         userId: token.userId,

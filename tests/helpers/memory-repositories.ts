@@ -236,6 +236,13 @@ export class MemoryTokenRepository implements TokenRepository {
     );
   }
 
+  async markReplayed(id: number): Promise<boolean> {
+    const row = this.#rows.get(id);
+    if (row?.revokedReason !== 'rotated') return false;
+    this.#rows.set(id, { ...row, revokedReason: 'reuse' });
+    return true;
+  }
+
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     this.#users.refuseUnlessActing(options.actingAs);
     const member = this.#rows.get(tokenId);

@@ -164,6 +164,22 @@ describe('sessions on a server without the short lifetime', { concurrent: true }
       expect(types.filter((type) => type === 'TOKEN_REUSE_DETECTED')).toHaveLength(1);
     });
 
+    it("when a thief refreshes a stolen token and logs out before the owner's copy comes back, then the owner's replay still raises the alarm, once", async () => {
+      // Found by an attacker (helper 94): only a replay that ended a live chain raised the alarm,
+      // so a thief that ended the chain itself first raised none.
+      const user = await register(t);
+      const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+      const stolen = await client.refresh(login.data?.tokens.refreshToken ?? '');
+      expect(stolen.code).toBe('ok');
+      expect((await client.logout(stolen.data?.accessToken ?? '')).code).toBe('ok');
+      for (let replay = 0; replay < 3; replay += 1) expect((await client.refresh(login.data?.tokens.refreshToken ?? '')).code).toBe('unauthenticated');
+      const types = await auditTypes(t, user.id, (seen) => seen.includes('TOKEN_REUSE_DETECTED'));
+      await sleep(300);
+      expect(types.filter((type) => type === 'TOKEN_REUSE_DETECTED')).toHaveLength(1);
+      const settled = await auditTypes(t, user.id, () => true);
+      expect(settled.filter((type) => type === 'TOKEN_REUSE_DETECTED')).toHaveLength(1);
+    });
+
     it('when a session is refreshed while its owner changes the password, then the refreshed session lives on and the others end', async () => {
       // The password change ends the caller's other sessions; a refresh of the caller's own session
       // that commits while the change is under way has moved it to a new pair of the same chain,

@@ -412,6 +412,22 @@ describe('sessions', () => {
     expect(await outcome(h.auth.refresh(rotated.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
   });
 
+  it("when a thief refreshes a stolen token and logs out (or revokes all its sessions) before the owner's copy comes back, then the owner's replay still raises one alarm", async () => {
+    // Found by an attacker (helper 94): an alarm only for a replay that ended a live chain let a
+    // thief end the chain itself first, and no alarm was raised.
+    for (const endChain of ['logout', 'revoke-all'] as const) {
+      const user = await h.account();
+      const stolen = await h.auth.refresh(user.tokens.refreshToken, client);
+      const thief = await h.auth.authenticate(stolen.accessToken);
+      if (endChain === 'logout') await h.auth.logout(thief);
+      else await h.auth.revokeAll(thief);
+      const before = h.audit.ofType('TOKEN_REUSE_DETECTED').length;
+      expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+      expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+      expect(h.audit.ofType('TOKEN_REUSE_DETECTED').length - before, endChain).toBe(1);
+    }
+  });
+
   it("when a session is refreshed again and again, then it still ends at the chain's absolute lifetime", async () => {
     const user = await h.account();
     let pair = user.tokens;

@@ -124,6 +124,11 @@ export class RemoteTokenRepository implements TokenRepository {
     return accessTokenHashes;
   }
 
+  async markReplayed(id: number): Promise<boolean> {
+    const { first } = await this.#client.markTokenReplayed({ id });
+    return first;
+  }
+
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     const { accessTokenHashes } = await this.#client.revokeTokenChain({ userId, tokenId, reason }, writeHeaders(options));
     return accessTokenHashes;

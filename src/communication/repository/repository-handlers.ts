@@ -106,6 +106,9 @@ export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl
     async revokeTokenFamily(req, ctx) {
       return { accessTokenHashes: await repo.revokeFamily(req.familyId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
     },
+    async markTokenReplayed(req) {
+      return { first: await repo.markReplayed(req.id) };
+    },
     async revokeTokenChain(req, ctx) {
       return { accessTokenHashes: await repo.revokeChainOf(req.userId, req.tokenId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
     },

@@ -742,6 +742,46 @@ export declare type PurgeStaleTokensResponse = Message<"arcana.internal.reposito
 export declare const PurgeStaleTokensResponseSchema: GenMessage<PurgeStaleTokensResponse>;
 
 /**
+ * A rotated pair presented again.
+ *
+ * @generated from message arcana.internal.repository.v1.MarkTokenReplayedRequest
+ */
+export declare type MarkTokenReplayedRequest = Message<"arcana.internal.repository.v1.MarkTokenReplayedRequest"> & {
+  /**
+   * The pair's id.
+   *
+   * @generated from field: int32 id = 1;
+   */
+  id: number;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.MarkTokenReplayedRequest.
+ * Use `create(MarkTokenReplayedRequestSchema)` to create a new message.
+ */
+export declare const MarkTokenReplayedRequestSchema: GenMessage<MarkTokenReplayedRequest>;
+
+/**
+ * Whether it had not been replayed before.
+ *
+ * @generated from message arcana.internal.repository.v1.MarkTokenReplayedResponse
+ */
+export declare type MarkTokenReplayedResponse = Message<"arcana.internal.repository.v1.MarkTokenReplayedResponse"> & {
+  /**
+   * True for the first replay only.
+   *
+   * @generated from field: bool first = 1;
+   */
+  first: boolean;
+};
+
+/**
+ * Describes the message arcana.internal.repository.v1.MarkTokenReplayedResponse.
+ * Use `create(MarkTokenReplayedResponseSchema)` to create a new message.
+ */
+export declare const MarkTokenReplayedResponseSchema: GenMessage<MarkTokenReplayedResponse>;
+
+/**
  * The repository layer's issued token pairs (sessions), as the service layer calls them when the
  * layers run as separate processes. Mirrors TokenRepository in src/repositories/token-repository.ts.
  * Only hashes of tokens ever cross this API.
@@ -812,6 +852,17 @@ export declare const TokenRepositoryService: GenService<{
     methodKind: "unary";
     input: typeof RevokeTokenFamilyRequestSchema;
     output: typeof RevokeTokenFamilyResponseSchema;
+  },
+  /**
+   * Marks a rotated pair as replayed; says whether this was its first replay. Not retried: a
+   * second attempt after a first that landed would answer false, and the alarm would be lost.
+   *
+   * @generated from rpc arcana.internal.repository.v1.TokenRepositoryService.MarkTokenReplayed
+   */
+  markTokenReplayed: {
+    methodKind: "unary";
+    input: typeof MarkTokenReplayedRequestSchema;
+    output: typeof MarkTokenReplayedResponseSchema;
   },
   /**
    * Revokes the live pairs of the login chain that one of a user's pairs belongs to.

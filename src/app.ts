@@ -17,11 +17,13 @@ import { IdempotencyRepositoryService } from '../gen/proto/arcana/internal/repos
 import { TokenRepositoryService } from '../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import { UserRepositoryService } from '../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { AuditService as AuditServiceDescriptor } from '../gen/proto/arcana/audit/v1/audit_service_pb.js';
-import { AuthService as AuthServiceDescriptor } from '../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { AuthService as AuthServiceDescriptor, RegisterRequestSchema } from '../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { create } from '@bufbuild/protobuf';
+import { ValidationError } from './domain/errors.ts';
 import { UserService as UserServiceDescriptor } from '../gen/proto/arcana/user/v1/user_service_pb.js';
 import { Health } from '../gen/proto/grpc/health/v1/health_pb.js';
 import { HealthCheckResponse_ServingStatus as ServingStatus } from '../gen/proto/grpc/health/v1/health_pb.js';
-import type { Config } from './config.ts';
+import { ConfigError, type Config } from './config.ts';
 import { holdingsOf, type LayerHoldings } from './topology.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
 import { createLayerRoutes, internalAuthGate, layerCallValues, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
@@ -142,6 +144,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
   const tracing = config.tracing === undefined ? undefined : await createTracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
   if (tracing !== undefined) closers.push(() => tracing.close());
   const parts: ProcessParts = { config, logger, metrics, tracing, closers, readiness: {}, health: { ...config.health, draining: draining.signal }, onDrain };
+  if (config.bootstrapAdmin !== undefined && (holds.auth || holds.users)) await checkBootstrapAdmin(config.bootstrapAdmin);
 
   try {
     const shared = connectSharedState(parts);
@@ -156,6 +159,33 @@ export async function createApplication(config: Config, logger: Logger): Promise
     await close();
     throw error;
   }
+}
+
+/**
+ * The bootstrap administrator, held to what registration would accept (openapi.yaml's
+ * RegisterRequest, as the RPC facade checks it, and the breached-password list) before anything
+ * starts: the account was created with any password at all (helper 95 logged in as `a`), and a
+ * common one stopped the start only after the migrations, with a stack trace naming no variable.
+ */
+async function checkBootstrapAdmin(admin: NonNullable<Config['bootstrapAdmin']>): Promise<void> {
+  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8'), { schema: JSON_SCHEMA }) as OpenApiComponents;
+  const variables: Record<string, string> = { username: 'ADMIN_USERNAME', email: 'ADMIN_EMAIL', password: 'ADMIN_PASSWORD' };
+  const problems: string[] = [];
+  const collect = (check: () => void) => {
+    try {
+      check();
+    } catch (error) {
+      if (!(error instanceof ValidationError)) throw error;
+      for (const [field, message] of Object.entries(error.details ?? {})) problems.push(`${variables[field] ?? field} ${message}`);
+    }
+  };
+  collect(() =>
+    new RequestValidator(openapi).check(RegisterRequestSchema, create(RegisterRequestSchema, { username: admin.username, email: admin.email, password: admin.password })),
+  );
+  const common = await loadCommonPasswords();
+  collect(() => new PasswordHasher(4, common).acceptable(admin.password));
+  if (problems.length > 0)
+    throw new ConfigError(`The bootstrap administrator must be an account registration would accept:\n${problems.map((problem) => `  ${problem}`).join('\n')}`);
 }
 
 /** What every layer builder of one process shares. */

@@ -38,7 +38,16 @@ async function main(): Promise<void> {
   if (config.deployment.mode !== 'monolithic' && config.deployment.internalSecret === undefined) {
     logger.warn('INTERNAL_API_SECRET is not set: internal APIs accept calls from anyone who can reach them. Never do this in production.');
   }
-  const app = await createApplication(config, logger);
+  let app;
+  try {
+    app = await createApplication(config, logger);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      process.exit(1);
+    }
+    throw error;
+  }
   const { server, close, closeNow } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },
     { limits: config.server.connections, trustProxy: config.server.trustProxy, logger },

@@ -33,6 +33,23 @@ async function bootstrapAdminId(): Promise<number> {
   return row.id;
 }
 
+describe('a bootstrap administrator registration would refuse', () => {
+  it('when ADMIN_PASSWORD, ADMIN_EMAIL or ADMIN_USERNAME would be refused at registration, then the start stops at once naming each variable, and no account is made', async () => {
+    // Found by an attacker (helper 95): ADMIN_PASSWORD=a made an ACTIVE ADMIN one could log in as,
+    // and a common password stopped the start only after the migrations, naming no variable.
+    const cases = [
+      [{ ADMIN_USERNAME: 'weak_admin', ADMIN_EMAIL: 'weak@arcana.test', ADMIN_PASSWORD: 'a' }, /ADMIN_PASSWORD/],
+      [{ ADMIN_USERNAME: 'common_admin', ADMIN_EMAIL: 'common@arcana.test', ADMIN_PASSWORD: 'Password1!' }, /ADMIN_PASSWORD is too common/],
+      [{ ADMIN_USERNAME: 'mail_admin', ADMIN_EMAIL: 'not-an-email', ADMIN_PASSWORD: 'Str0ng!Passw0rd' }, /ADMIN_EMAIL/],
+      [{ ADMIN_USERNAME: 'no spaces', ADMIN_EMAIL: 'spaces@arcana.test', ADMIN_PASSWORD: 'Str0ng!Passw0rd' }, /ADMIN_USERNAME/],
+    ] as const;
+    for (const [env, named] of cases) {
+      await expect(createTestApp(env, { sameDatabaseAs: t }), JSON.stringify(env)).rejects.toThrow(named);
+      expect(await t.sql('SELECT 1 FROM users WHERE username_key = $1', [env.ADMIN_USERNAME.toLowerCase()])).toHaveLength(0);
+    }
+  });
+});
+
 describe('bootstrap administrator without an active administrator', () => {
   it('when the bootstrap account exists but is not an active admin, then start-up logs an error saying why and what to do, and changes nothing', async () => {
     const adminToken = await loginAdmin(t);

@@ -5,6 +5,10 @@ import { compileTrust } from './infrastructure/client-address.ts';
 import { DEPLOYMENT_LAYERS, DEPLOYMENT_MODES, holdingsOf, layerSpec, URL_VARIABLES, type DeploymentLayer, type UrlVariable } from './topology.ts';
 
 const DEV_JWT_SECRET = 'arcana-development-secret-do-not-use-in-production';
+/** A random secret of 32 or more characters has far more (hex: 16, base64: ~30 in 64). */
+const MIN_DISTINCT_SECRET_CHARACTERS = 10;
+/** OWASP's floor for bcrypt. */
+const MIN_PRODUCTION_BCRYPT_ROUNDS = 10;
 
 const list = (fallback: string) =>
   z
@@ -31,13 +35,18 @@ const origins = (fallback: string) =>
     ),
   );
 
-/** A comma-separated list of base URLs of one layer's processes, e.g. `http://service:3001`. */
+/**
+ * A comma-separated list of base URLs of one layer's processes, e.g. `http://service:3001`. No
+ * user part: `http://service:3001@evil.example` is a URL of evil.example (helper 95), which the
+ * internal secret and every caller's token would then be sent to.
+ */
 const urls = () =>
   list('').pipe(
     z.array(
       z
         .string()
-        .regex(/^https?:\/\/[^/?#\s]+\/?$/, 'must be comma-separated http:// or https:// base URLs (scheme, host and port only)')
+        .regex(/^https?:\/\/[^/?#\s@]+\/?$/, 'must be comma-separated http:// or https:// base URLs (scheme, host and port only, no user part)')
+        .refine((url) => URL.canParse(url), { error: 'must be URLs with a valid host and a port from 1 to 65535' })
         .transform((url) => url.replace(/\/$/, '')),
     ),
   );
@@ -48,7 +57,16 @@ const bool = (fallback: boolean) =>
     .default(fallback ? 'true' : 'false')
     .transform((value) => value === 'true' || value === '1');
 
-const int = (fallback: number, min: number, max: number) => z.coerce.number().int().min(min).max(max).default(fallback);
+/**
+ * A whole number written in decimal digits (spaces around it allowed). `z.coerce.number` read a
+ * blank value as 0 (a cap of 0 is "no cap") and `0x10`, `1e3` or `0b11` as numbers (helper 95).
+ */
+const decimal = z
+  .string()
+  .regex(/^\s*\d+\s*$/, 'must be a whole number written in decimal digits')
+  .transform((value) => Number(value));
+const int = (fallback: number, min: number, max: number) => decimal.pipe(z.number().int().min(min).max(max)).default(fallback);
+const optionalInt = (min: number, max: number) => decimal.pipe(z.number().int().min(min).max(max)).optional();
 
 /** Each key is the environment variable's name; defaults make a bare `npm start` work. */
 const EnvSchema = z.object({
@@ -80,7 +98,17 @@ const EnvSchema = z.object({
   TRUST_PROXY: z
     .string()
     .default('false')
+    .transform((value) => value.trim())
     .superRefine((value, ctx) => {
+      // proxy-addr reads a bare `1` in a list as the address 0.0.0.1: `1,2` or `1 ` (before the
+      // trim) trusted no proxy, and every client behind one shared one address's limits.
+      if (value.includes(',') && value.split(',').some((part) => /^\s*\d+\s*$/.test(part))) {
+        ctx.addIssue({
+          code: 'custom',
+          message: 'must be true, false, a number of hops, or comma-separated proxy addresses, subnets or loopback/linklocal/uniquelocal; a list holds no hop counts',
+        });
+        return;
+      }
       // Addresses and subnets are compiled here, so that a typo stops the start before anything
       // else runs, named as a setting, rather than as a TypeError after the migrations.
       try {
@@ -117,7 +145,8 @@ const EnvSchema = z.object({
     .string()
     .regex(/^\d+(b|kb|mb)?$/i, 'must be a size such as 100kb or 1mb')
     .default('100kb')
-    .transform(parseSize),
+    .transform(parseSize)
+    .pipe(z.number().max(64 * 1024 * 1024, 'must be at most 64mb')),
   SHUTDOWN_TIMEOUT_MS: int(30_000, 0, 600_000),
   // Connection bounds (see src/server.ts): every client gets a deadline for each thing it owes.
   PROTOCOL_DETECTION_TIMEOUT_MS: int(10_000, 50, 600_000),
@@ -125,10 +154,10 @@ const EnvSchema = z.object({
   HTTP_REQUEST_TIMEOUT_MS: int(60_000, 50, 3_600_000),
   HTTP_KEEP_ALIVE_TIMEOUT_MS: int(65_000, 50, 3_600_000),
   HTTP2_IDLE_TIMEOUT_MS: int(300_000, 50, 86_400_000),
-  HTTP2_MAX_CONCURRENT_STREAMS: z.coerce.number().int().min(1).max(10_000).optional(),
+  HTTP2_MAX_CONCURRENT_STREAMS: optionalInt(1, 10_000),
   // Unset: a default that depends on whether the process faces clients (see resolveConnections).
-  CONNECTIONS_PER_ADDRESS_MAX: z.coerce.number().int().min(0).max(1_000_000).optional(),
-  HTTP2_STREAMS_PER_ADDRESS_MAX: z.coerce.number().int().min(0).max(1_000_000).optional(),
+  CONNECTIONS_PER_ADDRESS_MAX: optionalInt(0, 1_000_000),
+  HTTP2_STREAMS_PER_ADDRESS_MAX: optionalInt(0, 1_000_000),
   HEALTH_WATCH_MAX: int(1_000, 1, 1_000_000),
   HEALTH_WATCH_INTERVAL_MS: int(5_000, 10, 3_600_000),
 
@@ -225,6 +254,25 @@ export function loadConfig(env: Environment) {
   }
   if (e.INTERNAL_API_SECRET !== undefined && e.INTERNAL_API_SECRET.length < 32) {
     throw new ConfigError('INTERNAL_API_SECRET must be at least 32 characters.');
+  }
+  if (production) {
+    // Long is not enough: 64 spaces, "a" 64 times or a placeholder repeated were taken (helper 95).
+    for (const [name, secret] of [
+      ['JWT_SECRET', e.JWT_SECRET],
+      ['INTERNAL_API_SECRET', e.INTERNAL_API_SECRET],
+    ] as const) {
+      if (secret !== undefined && new Set(secret.replace(/\s/g, '')).size < MIN_DISTINCT_SECRET_CHARACTERS) {
+        throw new ConfigError(`${name} must be random in production: it has fewer than ${MIN_DISTINCT_SECRET_CHARACTERS} different characters (e.g. \`openssl rand -base64 64\`).`);
+      }
+    }
+    if (e.JWT_SECRET !== undefined && e.JWT_SECRET === e.INTERNAL_API_SECRET) {
+      throw new ConfigError('JWT_SECRET and INTERNAL_API_SECRET must differ: every process holds the internal secret, only the services need the signing key.');
+    }
+    if (e.BCRYPT_ROUNDS < MIN_PRODUCTION_BCRYPT_ROUNDS) {
+      throw new ConfigError(
+        `BCRYPT_ROUNDS must be at least ${MIN_PRODUCTION_BCRYPT_ROUNDS} in production (${e.BCRYPT_ROUNDS} makes each stolen hash ${2 ** (MIN_PRODUCTION_BCRYPT_ROUNDS - e.BCRYPT_ROUNDS)}× cheaper to crack).`,
+      );
+    }
   }
   if (production && deployment.mode !== 'monolithic' && e.INTERNAL_API_SECRET === undefined) {
     // The internal APIs hand out password hashes and act for any user: in production only the
@@ -342,6 +390,15 @@ function resolveDeployment(e: Env) {
   if (mode !== 'monolithic' && protocol === 'direct') {
     throw new ConfigError(`DEPLOYMENT_MODE=${mode} runs layers as separate processes: COMMUNICATION_PROTOCOL must be http or grpc.`);
   }
+  // Our gRPC client speaks HTTP/2 over plain TCP (h2c): an https:// URL was called in cleartext,
+  // to port 80 when it named none, with the internal secret and the caller's token in its
+  // headers (helper 95). Refused rather than quietly downgraded.
+  const cleartextOnly = protocol === 'grpc' ? URL_VARIABLES.flatMap((name) => e[name]).filter((url) => url.startsWith('https:')) : [];
+  if (cleartextOnly.length > 0) {
+    throw new ConfigError(
+      `COMMUNICATION_PROTOCOL=grpc calls the layers over cleartext HTTP/2 (h2c), so it cannot honour ${cleartextOnly.join(', ')}: give http:// URLs and protect the links in the network (the NetworkPolicies, a mesh's mTLS), or use COMMUNICATION_PROTOCOL=http, whose client speaks TLS to https:// URLs.`,
+    );
+  }
   // The URL lists the layer calls must be set, and nothing else may be.
   const needed = new Set<UrlVariable>(Object.keys(spec.calls) as UrlVariable[]);
   const given = Object.fromEntries(URL_VARIABLES.map((name) => [name, e[name]])) as Record<UrlVariable, string[]>;
@@ -412,7 +469,8 @@ function parseSize(value: string): number {
 }
 
 /** Express's `trust proxy`: false, true, a hop count, or a list of addresses/subnets. */
-function parseTrustProxy(value: string): boolean | number | string {
+function parseTrustProxy(setting: string): boolean | number | string {
+  const value = setting.trim();
   if (value === 'false' || value === '0') return false;
   if (value === 'true') return true;
   return /^\d+$/.test(value) ? Number(value) : value;

@@ -1,6 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config.ts';
 
+/** Secrets as `openssl rand -base64` makes them: production refuses ones that repeat a character. */
+const JWT = 'q8Zr1uV6mWk3Tn0bYc5Hs2Lf7Gd4Xa9Pe1Jo6Ri3Uw8Ez5Ky2Nv0Mt7Bh4Cg9Dj1F';
+const INTERNAL = 'Vb3Nm8Qa1Zx6Wc4Er9Ty2Ui7Op5As0Df3Gh';
+
 describe('loadConfig', () => {
   it('when nothing is set, then the defaults run a monolith on port 3000 with the embedded database', () => {
     const config = loadConfig({});
@@ -21,7 +25,7 @@ describe('loadConfig', () => {
   it('when in production without JWT_SECRET or with a short one, then it refuses to start', () => {
     expect(() => loadConfig({ NODE_ENV: 'production' })).toThrow(/JWT_SECRET/);
     expect(() => loadConfig({ NODE_ENV: 'production', JWT_SECRET: 'x'.repeat(40) })).toThrow(ConfigError);
-    expect(loadConfig({ NODE_ENV: 'production', JWT_SECRET: 'x'.repeat(64) }).isProduction).toBe(true);
+    expect(loadConfig({ NODE_ENV: 'production', JWT_SECRET: JWT }).isProduction).toBe(true);
   });
 
   it('when values are malformed, then the error names each variable', () => {
@@ -144,8 +148,7 @@ describe('loadConfig', () => {
   it('when in production, then only the layers that handle tokens need JWT_SECRET', () => {
     expect(() => loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://r:2' })).toThrow(/JWT_SECRET/);
     expect(
-      loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1', INTERNAL_API_SECRET: 's'.repeat(32) })
-        .isProduction,
+      loadConfig({ NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1', INTERNAL_API_SECRET: INTERNAL }).isProduction,
     ).toBe(true);
   });
 
@@ -153,14 +156,57 @@ describe('loadConfig', () => {
     const controller = { NODE_ENV: 'production', DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1' };
     expect(() => loadConfig(controller)).toThrow(/needs INTERNAL_API_SECRET/);
     expect(() => loadConfig({ ...controller, INTERNAL_API_SECRET: 'short' })).toThrow('INTERNAL_API_SECRET must be at least 32 characters.');
-    expect(loadConfig({ ...controller, INTERNAL_API_SECRET: 's'.repeat(32) }).deployment.internalSecret).toBe('s'.repeat(32));
-    expect(loadConfig({ INTERNAL_API_SECRET: 's'.repeat(32) }).deployment.internalSecret).toBeUndefined();
+    expect(loadConfig({ ...controller, INTERNAL_API_SECRET: INTERNAL }).deployment.internalSecret).toBe(INTERNAL);
+    expect(loadConfig({ INTERNAL_API_SECRET: INTERNAL }).deployment.internalSecret).toBeUndefined();
+  });
+});
+
+describe('production secrets and settings (helper 95)', () => {
+  const production = { NODE_ENV: 'production', JWT_SECRET: JWT };
+  it('when a secret is long but not random (spaces, one letter, a placeholder repeated), then it refuses to start', () => {
+    for (const secret of [' '.repeat(64), 'a'.repeat(64), 'REPLACE-ME'.repeat(7)]) {
+      expect(() => loadConfig({ ...production, JWT_SECRET: secret }), secret).toThrow(/JWT_SECRET must be random/);
+    }
+    const controller = { ...production, DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1' };
+    expect(() => loadConfig({ ...controller, INTERNAL_API_SECRET: 'a'.repeat(32) })).toThrow(/INTERNAL_API_SECRET must be random/);
+    expect(() => loadConfig({ ...controller, INTERNAL_API_SECRET: JWT })).toThrow(/must differ/);
+    // Outside production (tests, a laptop) any long secret does.
+    expect(loadConfig({ JWT_SECRET: 'a'.repeat(64) }).jwt.secret).toBe('a'.repeat(64));
+  });
+
+  it('when BCRYPT_ROUNDS is under 10 in production, then it refuses to start', () => {
+    expect(() => loadConfig({ ...production, BCRYPT_ROUNDS: '4' })).toThrow(/BCRYPT_ROUNDS must be at least 10/);
+    expect(loadConfig({ ...production, BCRYPT_ROUNDS: '10' }).bcryptRounds).toBe(10);
+    expect(loadConfig({ BCRYPT_ROUNDS: '4' }).bcryptRounds).toBe(4);
+  });
+
+  it('when a number is blank, hexadecimal, exponential or binary, then it refuses to start; decimal digits with spaces around are taken', () => {
+    for (const value of [' ', '\t', '0x10', '1e3', '0b11', '-1', '1.5']) {
+      expect(() => loadConfig({ CONNECTIONS_PER_ADDRESS_MAX: value }), JSON.stringify(value)).toThrow(/CONNECTIONS_PER_ADDRESS_MAX[\s\S]*decimal digits/);
+      expect(() => loadConfig({ PORT: value }), JSON.stringify(value)).toThrow(/PORT/);
+    }
+    expect(loadConfig({ PORT: ' 3005 ' }).server.port).toBe(3005);
+    expect(() => loadConfig({ BODY_LIMIT: '99999999999999mb' })).toThrow(/BODY_LIMIT[\s\S]*at most 64mb/);
+  });
+
+  it('when TRUST_PROXY has spaces around a hop count, then it is that hop count; a list with a bare number is refused', () => {
+    expect(loadConfig({ TRUST_PROXY: '1 ' }).server.trustProxy).toBe(1);
+    for (const value of ['1,2', 'loopback, 1']) expect(() => loadConfig({ TRUST_PROXY: value }), value).toThrow(/TRUST_PROXY[\s\S]*no hop counts/);
+  });
+
+  it('when a layer URL has a user part, an impossible port or no host, or gRPC is given https://, then it refuses to start naming it', () => {
+    const controller = { DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller' };
+    for (const url of ['http://service:3001@evil.example', 'http://service:99999', 'http://:3001']) {
+      expect(() => loadConfig({ ...controller, SERVICE_URLS: url }), url).toThrow(/SERVICE_URLS/);
+    }
+    expect(() => loadConfig({ ...controller, SERVICE_URLS: 'https://service:3001' })).toThrow(/cleartext HTTP\/2[\s\S]*https:\/\/service:3001/);
+    expect(loadConfig({ ...controller, COMMUNICATION_PROTOCOL: 'http', SERVICE_URLS: 'https://service:3001' }).deployment.serviceUrls).toEqual(['https://service:3001']);
   });
 });
 
 describe('error details in 500 answers', () => {
   it('when NODE_ENV is unset, test or production, then internals are not exposed; only an explicit development exposes them', () => {
-    const base = { JWT_SECRET: 'x'.repeat(64) };
+    const base = { JWT_SECRET: JWT };
     expect(loadConfig(base).exposeInternals).toBe(false);
     expect(loadConfig({ ...base, NODE_ENV: 'test' }).exposeInternals).toBe(false);
     expect(loadConfig({ ...base, NODE_ENV: 'production' }).exposeInternals).toBe(false);

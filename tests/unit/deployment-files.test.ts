@@ -47,8 +47,8 @@ const HOLDS_DATABASE: readonly Layer[] = DEPLOYMENT_LAYERS.filter((layer) => hol
 const INFRASTRUCTURE_VARIABLES = new Set(['POSTGRES_USER', 'POSTGRES_PASSWORD', 'POSTGRES_DB', 'MYSQL_USER', 'MYSQL_PASSWORD', 'MYSQL_DATABASE', 'MYSQL_ROOT_PASSWORD']);
 /** What the operator supplies where the files demand a value (`${VAR:?…}`, secret placeholders). */
 const TEST_VALUES: Record<string, string> = {
-  JWT_SECRET: 'test-secret-'.padEnd(72, 'x'),
-  INTERNAL_API_SECRET: 'test-internal-secret-'.padEnd(48, 'y'),
+  JWT_SECRET: 'test-secret-q8Zr1uV6mWk3Tn0bYc5Hs2Lf7Gd4Xa9Pe1Jo6Ri3Uw8Ez5Ky2Nv0Mt7',
+  INTERNAL_API_SECRET: 'test-internal-secret-Vb3Nm8Qa1Zx6Wc4Er9Ty2Ui7',
   POSTGRES_PASSWORD: 'test-password',
   MYSQL_PASSWORD: 'test-mysql-password',
   MYSQL_ROOT_PASSWORD: 'test-mysql-root-password',

@@ -561,11 +561,19 @@ function resolvePort(workload: Workload, port: unknown): number | undefined {
   return workload.containerPorts.get(scalar(port, `${workload.source}: port`));
 }
 
+/**
+ * A pod that may connect: its labels, and its namespace's labels (undefined: the namespace the
+ * manifests are applied to, whose labels the manifests do not set).
+ */
 interface NetworkPeer {
-  labels: Record<string, string> | undefined;
+  labels: Record<string, string>;
+  namespace?: Record<string, string> | undefined;
 }
 
-/** Whether `from` (a pod's labels, or undefined for anything outside the namespace's pods) may open `port` on `to`. */
+/** The namespace of the ingress controller the edge policies admit (see the overlays' network-policy.yaml). */
+const INGRESS_NAMESPACE = { 'kubernetes.io/metadata.name': 'ingress-nginx' };
+
+/** Whether `from` may open `port` on `to` (a pod of the manifests' own namespace). */
 function ingressAllowed(policies: K8sObject[], to: Record<string, string>, port: number, from: NetworkPeer): boolean {
   const selector = (value: unknown, where: string): Record<string, string> => {
     const s = mapping(value, where);
@@ -585,10 +593,13 @@ function ingressAllowed(policies: K8sObject[], to: Record<string, string>, port:
         peers.length === 0 ||
         peers.some((rawPeer) => {
           const peer = mapping(rawPeer, policy.name);
-          if (peer['namespaceSelector'] !== undefined || peer['ipBlock'] !== undefined) {
-            throw new Error(`${policy.name}: only podSelector peers are evaluated by this test`);
-          }
-          return from.labels !== undefined && labelsMatch(selector(peer['podSelector'], policy.name), from.labels);
+          if (peer['ipBlock'] !== undefined) throw new Error(`${policy.name}: ipBlock peers are not evaluated by this test`);
+          // A podSelector alone selects pods of the policy's own namespace; a namespaceSelector,
+          // pods of the namespaces it selects (with a podSelector too, those pods only).
+          const namespaceOk =
+            peer['namespaceSelector'] === undefined ? from.namespace === undefined : labelsMatch(selector(peer['namespaceSelector'], policy.name), from.namespace ?? {});
+          const podOk = peer['podSelector'] === undefined || labelsMatch(selector(peer['podSelector'], policy.name), from.labels);
+          return namespaceOk && podOk;
         });
       const ports = sequence(rule['ports'], policy.name).map((p) => mapping(p, policy.name));
       const portAllowed =
@@ -975,7 +986,7 @@ describe.each(Object.entries(OVERLAYS))('%s', (overlay, mode) => {
     }
   });
 
-  it('when network policies apply, then each layer is reachable only from the layer above it', () => {
+  it('when network policies apply, then each layer is reachable only from the layer above it, and the edge only from the ingress controller', () => {
     const { policies } = resolved();
     const all = processes();
     for (const to of all) {
@@ -984,11 +995,16 @@ describe.each(Object.entries(OVERLAYS))('%s', (overlay, mode) => {
         policies.some((policy) => labelsMatch(stringMap(field(policy.spec, 'podSelector.matchLabels', policy.name), policy.name), to.workload.labels)),
         `${to.where}: a NetworkPolicy selects it`,
       ).toBe(true);
-      const outside = ingressAllowed(policies, to.workload.labels, to.listenPort, { labels: undefined });
-      expect(outside, `${to.where}: reachable from outside`).toBe(EDGE.includes(toLayer));
+      const ingress = ingressAllowed(policies, to.workload.labels, to.listenPort, { labels: { 'app.kubernetes.io/name': 'ingress-nginx' }, namespace: INGRESS_NAMESPACE });
+      expect(ingress, `${to.where}: reachable from the ingress controller`).toBe(EDGE.includes(toLayer));
+      // Any other pod, in another namespace or in this one, would choose its own client address:
+      // TRUST_PROXY believes the peer in front (helper 95).
+      for (const stranger of [{ labels: { app: 'other' }, namespace: { 'kubernetes.io/metadata.name': 'other' } }, { labels: { app: 'other' } }]) {
+        expect(ingressAllowed(policies, to.workload.labels, to.listenPort, stranger), `${to.where}: reachable from ${JSON.stringify(stranger)}`).toBe(false);
+      }
       for (const from of all) {
         const fromLayer = from.env['DEPLOYMENT_LAYER'] as Layer;
-        const expected = EDGE.includes(toLayer) ? true : SERVICE_TIER.includes(toLayer) ? fromLayer === 'controller' : SERVICE_TIER.includes(fromLayer);
+        const expected = EDGE.includes(toLayer) ? false : SERVICE_TIER.includes(toLayer) ? fromLayer === 'controller' : SERVICE_TIER.includes(fromLayer);
         expect(ingressAllowed(policies, to.workload.labels, to.listenPort, { labels: from.workload.labels }), `${from.name} → ${to.name}`).toBe(expected);
       }
     }

@@ -1010,6 +1010,20 @@ describe.each(Object.entries(OVERLAYS))('%s', (overlay, mode) => {
     }
   });
 
+  it('when a process hashes passwords, then it runs no more bcrypt threads than its CPU limit', () => {
+    // PASSWORD_HASH_CONCURRENCY's default is availableParallelism(): the node's cores, not the
+    // pod's limit, so a 1-CPU pod ran as many hashes at once as the node has cores (helper 95).
+    for (const { workload, env, where } of processes()) {
+      const holds = holdingsOf(env['DEPLOYMENT_LAYER'] as Layer);
+      if (!holds.auth && !holds.users) continue;
+      const limit = scalar(field(workload.container, 'resources.limits.cpu', where), where);
+      const cores = limit.endsWith('m') ? Number(limit.slice(0, -1)) / 1000 : Number(limit);
+      const threads = Number(env['PASSWORD_HASH_CONCURRENCY'] ?? 0);
+      expect(threads, `${where}: PASSWORD_HASH_CONCURRENCY`).toBeGreaterThanOrEqual(1);
+      expect(threads, `${where}: PASSWORD_HASH_CONCURRENCY against a CPU limit of ${limit}`).toBeLessThanOrEqual(Math.max(1, Math.ceil(cores)));
+    }
+  });
+
   it('when scheduled, then every container has resource requests and limits and runs as a non-root user', () => {
     for (const { workload, where } of processes()) {
       for (const path of ['resources.requests.cpu', 'resources.requests.memory', 'resources.limits.cpu', 'resources.limits.memory']) {

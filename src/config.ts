@@ -325,7 +325,8 @@ export function loadConfig(env: Environment) {
     auditRetentionMs: e.AUDIT_RETENTION_DAYS * 86_400_000,
     jwt: {
       secret: e.JWT_SECRET ?? DEV_JWT_SECRET,
-      usingDevelopmentSecret: e.JWT_SECRET === undefined,
+      /** Only where it is used: the controller and the repository neither sign nor check tokens. */
+      usingDevelopmentSecret: e.JWT_SECRET === undefined && holdsServices,
       issuer: e.JWT_ISSUER,
       audience: e.JWT_AUDIENCE,
       accessTtlSeconds: e.JWT_ACCESS_EXPIRES_IN_SECONDS,

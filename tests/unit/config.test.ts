@@ -174,6 +174,12 @@ describe('production secrets and settings (helper 95)', () => {
     expect(loadConfig({ JWT_SECRET: 'a'.repeat(64) }).jwt.secret).toBe('a'.repeat(64));
   });
 
+  it('when a process neither signs nor checks tokens, then it needs no JWT_SECRET and warns of no development secret', () => {
+    expect(loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1' }).jwt.usingDevelopmentSecret).toBe(false);
+    expect(loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'repository' }).jwt.usingDevelopmentSecret).toBe(false);
+    expect(loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'service', REPOSITORY_URLS: 'http://r:2' }).jwt.usingDevelopmentSecret).toBe(true);
+  });
+
   it('when BCRYPT_ROUNDS is under 10 in production, then it refuses to start', () => {
     expect(() => loadConfig({ ...production, BCRYPT_ROUNDS: '4' })).toThrow(/BCRYPT_ROUNDS must be at least 10/);
     expect(loadConfig({ ...production, BCRYPT_ROUNDS: '10' }).bcryptRounds).toBe(10);

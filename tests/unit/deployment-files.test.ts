@@ -636,7 +636,10 @@ function expectTopology(mode: Mode, processes: AppProcess[]): void {
     expect(app.env['COMMUNICATION_PROTOCOL'], app.where).toBe(mode === 'monolithic' ? 'direct' : 'grpc');
     expect(app.env['PORT'], app.where).toBe(String(PORTS[layer]));
     expect(app.listenPort, `${app.where}: container port`).toBe(PORTS[layer]);
-    expect(app.env['JWT_SECRET'], `${app.where}: JWT_SECRET`).toBeDefined();
+    // The signing key only where tokens are signed and checked: never the internet-facing
+    // controller, nor the repository (helper 95).
+    const signs = holdingsOf(layer).auth || holdingsOf(layer).users;
+    expect(app.env['JWT_SECRET'] !== undefined, `${app.where}: holds JWT_SECRET`).toBe(signs);
     expect(app.env['REDIS_URL'], `${app.where}: REDIS_URL`).toMatch(/^rediss?:\/\//);
     expect(app.env['DATABASE_URL'] !== undefined, `${app.where}: holds DATABASE_URL`).toBe(HOLDS_DATABASE.includes(layer));
     const urlVariables = Object.keys(app.env).filter((name) => name.endsWith('_URLS') && app.env[name] !== '');
@@ -868,7 +871,8 @@ describe.each(Object.entries(COMPOSE_FILES))('%s', (file, mode) => {
       if (name.includes('PASSWORD')) expect(value, `${db?.name}: ${name}`).toMatch(new RegExp(`^\\$\\{${name}:\\?[^}]+\\}$`));
     }
     for (const app of apps) {
-      expect(app.rawEnv['JWT_SECRET'], `${app.name}: JWT_SECRET`).toMatch(/^\$\{JWT_SECRET:\?[^}]+\}$/);
+      const layer = app.env['DEPLOYMENT_LAYER'] as Layer;
+      if (holdingsOf(layer).auth || holdingsOf(layer).users) expect(app.rawEnv['JWT_SECRET'], `${app.name}: JWT_SECRET`).toMatch(/^\$\{JWT_SECRET:\?[^}]+\}$/);
       if (app.env['DEPLOYMENT_MODE'] !== 'monolithic') {
         expect(app.rawEnv['INTERNAL_API_SECRET'], `${app.name}: INTERNAL_API_SECRET`).toMatch(/^\$\{INTERNAL_API_SECRET:\?[^}]+\}$/);
       }
@@ -1045,7 +1049,7 @@ describe.each(Object.entries(OVERLAYS))('%s', (overlay, mode) => {
 
   it('when the secret placeholders are deployed unchanged, then every process refuses to start', () => {
     for (const { env, where } of processes(false)) {
-      expect(() => loadConfig(env), where).toThrow(/JWT_SECRET/);
+      expect(() => loadConfig(env), where).toThrow(/JWT_SECRET|INTERNAL_API_SECRET/);
     }
   });
 });

@@ -893,6 +893,16 @@ describe.each(Object.entries(COMPOSE_FILES))('%s', (file, mode) => {
     }
   });
 
+  it('when an application container runs, then its root file system is read-only (a tmpfs /tmp), it has no capabilities and cannot gain privileges', () => {
+    // As the Kubernetes pods run (helper 95 found the Compose services without any of it).
+    for (const service of composeFile().apps) {
+      expect(service.spec['read_only'], `${service.name}: read_only`).toBe(true);
+      expect(service.spec['tmpfs'], `${service.name}: tmpfs`).toEqual(['/tmp']);
+      expect(service.spec['cap_drop'], `${service.name}: cap_drop`).toEqual(['ALL']);
+      expect(service.spec['security_opt'], `${service.name}: security_opt`).toEqual(['no-new-privileges:true']);
+    }
+  });
+
   it('when the file sets or interpolates a variable, then src/config.ts reads it or it belongs to the database container', () => {
     const { compose, services, apps } = composeFile();
     for (const service of services) {

@@ -168,7 +168,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
  * common one stopped the start only after the migrations, with a stack trace naming no variable.
  */
 async function checkBootstrapAdmin(admin: NonNullable<Config['bootstrapAdmin']>): Promise<void> {
-  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8'), { schema: JSON_SCHEMA }) as OpenApiComponents;
+  const { validator } = await loadContract();
   const variables: Record<string, string> = { username: 'ADMIN_USERNAME', email: 'ADMIN_EMAIL', password: 'ADMIN_PASSWORD' };
   const problems: string[] = [];
   const collect = (check: () => void) => {
@@ -179,13 +179,26 @@ async function checkBootstrapAdmin(admin: NonNullable<Config['bootstrapAdmin']>)
       for (const [field, message] of Object.entries(error.details ?? {})) problems.push(`${variables[field] ?? field} ${message}`);
     }
   };
-  collect(() =>
-    new RequestValidator(openapi).check(RegisterRequestSchema, create(RegisterRequestSchema, { username: admin.username, email: admin.email, password: admin.password })),
-  );
+  collect(() => validator.check(RegisterRequestSchema, create(RegisterRequestSchema, { username: admin.username, email: admin.email, password: admin.password })));
   const common = await loadCommonPasswords();
   collect(() => new PasswordHasher(4, common).acceptable(admin.password));
   if (problems.length > 0)
     throw new ConfigError(`The bootstrap administrator must be an account registration would accept:\n${problems.map((problem) => `  ${problem}`).join('\n')}`);
+}
+
+/**
+ * openapi.yaml, parsed as JSON (a date stays a string, as the REST validator's own loader parsed
+ * it), and the RPC facade's validator over it: read once per process, by the first that needs
+ * them (the bootstrap check, the public facades). The validator compiles each message's rules at
+ * its first use and keeps them; the document is never changed (the REST validator gets a copy).
+ */
+let contract: Promise<{ openapi: OpenApiComponents; validator: RequestValidator }> | undefined;
+function loadContract(): Promise<{ openapi: OpenApiComponents; validator: RequestValidator }> {
+  contract ??= readFile(OPENAPI_PATH, 'utf8').then((text) => {
+    const openapi = parseYaml(text, { schema: JSON_SCHEMA }) as OpenApiComponents;
+    return { openapi, validator: new RequestValidator(openapi) };
+  });
+  return contract;
 }
 
 /** What every layer builder of one process shares. */
@@ -503,9 +516,8 @@ async function createPublicFacades(
   const resolveClient = createClientAddressResolver(config.server.trustProxy);
   const traceTrusted = createPeerTrust(config.server.traceTrustedProxies);
 
-  // Parsed once for both facades, as JSON (a date stays a string), which is how the REST validator's
-  // own loader parsed it; the REST validator gets its own copy, which it rewrites in place.
-  const openapi = parseYaml(await readFile(OPENAPI_PATH, 'utf8'), { schema: JSON_SCHEMA }) as OpenApiComponents;
+  // One document for both facades; the REST validator gets its own copy, which it rewrites in place.
+  const { openapi, validator } = await loadContract();
   const rest = createRestApp({
     metrics: deps.metrics,
     tracing: deps.tracing,
@@ -526,7 +538,7 @@ async function createPublicFacades(
 
   const rpcOptions = {
     routes: createConnectRoutes({ services: deps.services, readiness, health: deps.health }),
-    interceptors: [requestContextInterceptor(logger, metrics, deps.tracing), errorInterceptor({ logger, exposeInternals }), validationInterceptor(new RequestValidator(openapi))],
+    interceptors: [requestContextInterceptor(logger, metrics, deps.tracing), errorInterceptor({ logger, exposeInternals }), validationInterceptor(validator)],
     contextValues: createContextValuesFor(resolveClient, traceTrusted),
     readMaxBytes: config.server.bodyLimitBytes,
     // Before the body is read or decoded: see rpc-node-handler.ts.

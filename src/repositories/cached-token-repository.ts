@@ -68,9 +68,9 @@ export class CachedTokenRepository implements TokenRepository {
     return this.#invalidate(await this.#inner.revokeFamily(familyId, reason, options));
   }
 
-  /** A pair already revoked: nothing cached changes. */
-  markReplayed(id: number) {
-    return this.#inner.markReplayed(id);
+  /** Pairs already revoked: nothing cached changes. */
+  markChainReplayed(familyId: string, userId: number) {
+    return this.#inner.markChainReplayed(familyId, userId);
   }
 
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options?: WriteOptions) {

@@ -78,10 +78,12 @@ export interface TokenRepository {
   /** Revokes every still-live pair of a login chain. */
   revokeFamily(familyId: string, reason: RevocationReason, options?: WriteOptions): Promise<string[]>;
   /**
-   * Marks pair `id`, retired by a rotation, as replayed (its reason becomes `reuse`): true the
-   * first time only, so that one stolen token raises one alarm whoever ended its chain.
+   * Marks the pairs of user `userId`'s login chain `familyId` that rotations retired as replayed
+   * (their reason becomes `reuse`): true when any was not yet, so that a chain raises one theft
+   * alarm, whoever ended it and whichever of its tokens comes back, and even after the purge has
+   * removed the pair of the token replayed (helper 96).
    */
-  markReplayed(id: number): Promise<boolean>;
+  markChainReplayed(familyId: string, userId: number): Promise<boolean>;
   /**
    * Revokes the live (unexpired) pairs of the login chain that pair `tokenId` of user `userId`
    * belongs to; [] when it is another user's, or its chain has no live pair left. The pair itself
@@ -185,9 +187,13 @@ export class PrismaTokenRepository implements TokenRepository {
     return this.#withRepeated({ familyId: member.familyId }, reason, options, revoked);
   }
 
-  async markReplayed(id: number): Promise<boolean> {
-    const { count } = await withDatabaseErrors(() => this.#db.oAuthToken.updateMany({ where: { id, revokedReason: 'rotated' }, data: { revokedReason: 'reuse' } }));
-    return count === 1;
+  async markChainReplayed(familyId: string, userId: number): Promise<boolean> {
+    // One statement: of two replays at once, the second finds every row marked (PostgreSQL and
+    // InnoDB re-check the condition on rows the first has locked) and marks none.
+    const { count } = await withDatabaseErrors(() =>
+      this.#db.oAuthToken.updateMany({ where: { familyId, userId, revokedReason: 'rotated' }, data: { revokedReason: 'reuse' } }),
+    );
+    return count > 0;
   }
 
   #revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {

@@ -358,9 +358,13 @@ export class AuthUseCases {
     // Only a chain of the token's own user, still live (helper 75: nothing else signs a `fam`, but
     // the claim is not trusted to name another user's chain).
     const familyId = claims.familyId;
-    if (familyId !== undefined && (await this.#tokens.listActive(claims.userId, this.#now())).some((pair) => pair.familyId === familyId)) {
-      const revoked = await this.#tokens.revokeFamily(familyId, 'reuse');
-      if (revoked.length > 0) {
+    if (familyId !== undefined) {
+      const live = (await this.#tokens.listActive(claims.userId, this.#now())).some((pair) => pair.familyId === familyId);
+      const revoked = live ? await this.#tokens.revokeFamily(familyId, 'reuse') : [];
+      // A chain already over raises the alarm too, once: a thief that refreshed past the 20 kept
+      // pairs, let the purge remove the owner's, then logged out, left no alarm (helper 96).
+      const first = await this.#tokens.markChainReplayed(familyId, claims.userId);
+      if (revoked.length > 0 || first) {
         this.#audit.record({ type: 'TOKEN_REUSE_DETECTED', userId: claims.userId, ...clientFields(client), details: { familyId, revoked: revoked.length } });
         throw new AuthenticationError('Refresh token has already been used; the session has been revoked');
       }
@@ -369,14 +373,15 @@ export class AuthUseCases {
   }
 
   /**
-   * A rotated token presented again: its chain ends, and its first replay raises the alarm, even
-   * when the chain was over already (a thief that refreshed, then logged out, before the owner's
-   * copy came back: helper 94). Later replays of it raise none: every replay of one old token used
-   * to write another TOKEN_REUSE_DETECTED (helper 91: 200 replays, 200 events, one theft).
+   * A rotated token presented again: its chain ends, and the chain's first replay raises the
+   * alarm, even when the chain was over already (a thief that refreshed, then logged out, before
+   * the owner's copy came back: helper 94). Later replays raise none, of that token or any other
+   * of the chain: every replay of one old token used to write another TOKEN_REUSE_DETECTED
+   * (helper 91: 200 replays, 200 events, one theft).
    */
   async #replayed(token: OAuthToken, client: ClientInfo): Promise<never> {
     const revoked = await this.#tokens.revokeFamily(token.familyId, 'reuse');
-    if (await this.#tokens.markReplayed(token.id)) {
+    if (await this.#tokens.markChainReplayed(token.familyId, token.userId)) {
       this.#audit.record({
         type: 'TOKEN_REUSE_DETECTED',
         userId: token.userId,

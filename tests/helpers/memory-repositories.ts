@@ -236,11 +236,14 @@ export class MemoryTokenRepository implements TokenRepository {
     );
   }
 
-  async markReplayed(id: number): Promise<boolean> {
-    const row = this.#rows.get(id);
-    if (row?.revokedReason !== 'rotated') return false;
-    this.#rows.set(id, { ...row, revokedReason: 'reuse' });
-    return true;
+  async markChainReplayed(familyId: string, userId: number): Promise<boolean> {
+    let marked = false;
+    for (const [id, row] of this.#rows) {
+      if (row.familyId !== familyId || row.userId !== userId || row.revokedReason !== 'rotated') continue;
+      this.#rows.set(id, { ...row, revokedReason: 'reuse' });
+      marked = true;
+    }
+    return marked;
   }
 
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {

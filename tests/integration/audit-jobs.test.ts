@@ -411,6 +411,34 @@ describe('purging stale sessions', () => {
     expect(gone.body.error.message).toBe('Invalid or expired refresh token');
   });
 
+  it("when a thief refreshes past the 20 kept pairs, the purge removes the owner's pair and the thief logs out, then the owner's replay still raises the alarm, once", async () => {
+    // Found by an attacker (helper 96): the alarm for a token whose pair the purge had removed
+    // was raised only while its chain was live, so ending it first left none.
+    const user = await register(t);
+    const tokens = [user.refreshToken];
+    let access = '';
+    for (let i = 0; i < 21; i += 1) {
+      const next = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: tokens.at(-1) });
+      expect(next.status).toBe(200);
+      tokens.push(next.body.data.refreshToken as string);
+      access = next.body.data.accessToken as string;
+    }
+    await (await startRunner({ now: () => new Date(), purgeRetentionMs: DAY })).runPurgeNow();
+    expect(await t.sql('SELECT 1 FROM oauth_tokens WHERE user_id = $1', [user.id])).toHaveLength(21);
+    await t.request
+      .post('/api/v1/auth/logout')
+      .set(...bearer(access))
+      .expect(200);
+    const alarms = async () => (await t.sql('SELECT 1 FROM audit_events WHERE user_id = $1 AND type = $2', [user.id, 'TOKEN_REUSE_DETECTED'])).length;
+
+    // The owner's copy, whose pair the purge removed, twice; then a kept one of the same chain.
+    for (const replayed of [tokens[0], tokens[0]]) expect((await t.request.post('/api/v1/auth/refresh').send({ refreshToken: replayed })).status).toBe(401);
+    await eventually(async () => ((await alarms()) >= 1 ? true : undefined), 3_000);
+    expect((await t.request.post('/api/v1/auth/refresh').send({ refreshToken: tokens[5] })).status).toBe(401);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(await alarms()).toBe(1);
+  });
+
   it('when a live chain holds rotated pairs from before refresh tokens named their chain, then the purge keeps them all', async () => {
     // Their tokens carry no `fam` claim: with the rows gone, a replay of one could not end the
     // chain (helper 75). They go with the chain instead.

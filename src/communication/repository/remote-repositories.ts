@@ -124,8 +124,8 @@ export class RemoteTokenRepository implements TokenRepository {
     return accessTokenHashes;
   }
 
-  async markReplayed(id: number): Promise<boolean> {
-    const { first } = await this.#client.markTokenReplayed({ id });
+  async markChainReplayed(familyId: string, userId: number): Promise<boolean> {
+    const { first } = await this.#client.markTokenReplayed({ familyId, userId });
     return first;
   }
 

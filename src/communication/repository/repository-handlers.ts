@@ -107,7 +107,7 @@ export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl
       return { accessTokenHashes: await repo.revokeFamily(req.familyId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };
     },
     async markTokenReplayed(req) {
-      return { first: await repo.markReplayed(req.id) };
+      return { first: await repo.markChainReplayed(req.familyId, req.userId) };
     },
     async revokeTokenChain(req, ctx) {
       return { accessTokenHashes: await repo.revokeChainOf(req.userId, req.tokenId, revocationReasonFromProto(req.reason), writeOptions(ctx)) };

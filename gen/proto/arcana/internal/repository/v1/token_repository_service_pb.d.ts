@@ -742,17 +742,33 @@ export declare type PurgeStaleTokensResponse = Message<"arcana.internal.reposito
 export declare const PurgeStaleTokensResponseSchema: GenMessage<PurgeStaleTokensResponse>;
 
 /**
- * A rotated pair presented again.
+ * A login chain one of whose rotated tokens was presented again.
  *
  * @generated from message arcana.internal.repository.v1.MarkTokenReplayedRequest
  */
 export declare type MarkTokenReplayedRequest = Message<"arcana.internal.repository.v1.MarkTokenReplayedRequest"> & {
   /**
-   * The pair's id.
+   * Unused: the first form marked one pair, which let a chain raise more than one alarm, or none
+   * once the purge had removed the pair.
    *
-   * @generated from field: int32 id = 1;
+   * @generated from field: int32 id = 1 [deprecated = true];
+   * @deprecated
    */
   id: number;
+
+  /**
+   * The chain's id.
+   *
+   * @generated from field: string family_id = 2;
+   */
+  familyId: string;
+
+  /**
+   * The chain's user: a chain is only marked as its own user's.
+   *
+   * @generated from field: int32 user_id = 3;
+   */
+  userId: number;
 };
 
 /**
@@ -762,13 +778,13 @@ export declare type MarkTokenReplayedRequest = Message<"arcana.internal.reposito
 export declare const MarkTokenReplayedRequestSchema: GenMessage<MarkTokenReplayedRequest>;
 
 /**
- * Whether it had not been replayed before.
+ * Whether the chain had not been marked before.
  *
  * @generated from message arcana.internal.repository.v1.MarkTokenReplayedResponse
  */
 export declare type MarkTokenReplayedResponse = Message<"arcana.internal.repository.v1.MarkTokenReplayedResponse"> & {
   /**
-   * True for the first replay only.
+   * True for the chain's first replay only.
    *
    * @generated from field: bool first = 1;
    */
@@ -854,8 +870,9 @@ export declare const TokenRepositoryService: GenService<{
     output: typeof RevokeTokenFamilyResponseSchema;
   },
   /**
-   * Marks a rotated pair as replayed; says whether this was its first replay. Not retried: a
-   * second attempt after a first that landed would answer false, and the alarm would be lost.
+   * Marks the rotated pairs of a login chain replayed; says whether any was not yet, so that a
+   * chain raises one theft alarm. Not retried: a second attempt after a first that landed would
+   * answer false, and the alarm would be lost.
    *
    * @generated from rpc arcana.internal.repository.v1.TokenRepositoryService.MarkTokenReplayed
    */

@@ -7,6 +7,12 @@ export interface WorkLimits {
   deadline?: number | undefined;
   /** Aborts when the caller has gone (its connection closed, its call cancelled). */
   signal?: AbortSignal | undefined;
+  /**
+   * Work of a caller known not to be one of a crowd (a login from a known device): it waits in a
+   * lane of its own, served first, with room of its own, so that a crowd from any number of
+   * addresses filling the common queue cannot shut it out (helper 98).
+   */
+  priority?: boolean | undefined;
 }
 
 /** Gated work running now, in every gate of the process: a shutdown lets it finish before the database closes. */
@@ -35,6 +41,8 @@ export class WorkGate {
   readonly #maxWaiting: number;
   readonly #now: () => number;
   readonly #queue: Waiting[] = [];
+  /** The priority lane (WorkLimits.priority): served before #queue, bounded by maxWaiting too. */
+  readonly #priority: Waiting[] = [];
   #running = 0;
   /** Moving average of how long one piece of work takes, in milliseconds. */
   #averageMs: number;
@@ -55,7 +63,7 @@ export class WorkGate {
 
   /** Pieces of work waiting for a slot. */
   get waiting(): number {
-    return this.#queue.length;
+    return this.#priority.length + this.#queue.length;
   }
 
   /** How long one piece of work takes, on average, as measured so far. */
@@ -86,27 +94,31 @@ export class WorkGate {
     if (by === undefined) return;
     const now = this.#now();
     const ahead = Math.max(0, this.#running - this.#concurrency + 1);
-    // The queue runs in order, so what cannot finish in time is its tail.
-    const late = this.#queue.findIndex((_, index) => now + this.#finishMs(ahead + index) > by);
-    if (late === -1) return;
-    for (const entry of this.#queue.splice(late)) entry.refuse(shuttingDown());
+    // Each lane runs in order, the priority lane first, so what cannot finish in time is a tail.
+    let offset = ahead;
+    for (const lane of [this.#priority, this.#queue]) {
+      const late = lane.findIndex((_, index) => now + this.#finishMs(offset + index) > by);
+      offset += lane.length;
+      if (late !== -1) for (const entry of lane.splice(late)) entry.refuse(shuttingDown());
+    }
   }
 
   /** Runs `work` when a slot is free and it can still be useful; refuses it otherwise. */
   async run<T>(work: () => Promise<T>, limits: WorkLimits = {}): Promise<T> {
     this.#admit(limits);
     if (this.#running >= this.#concurrency) {
+      const lane = limits.priority === true ? this.#priority : this.#queue;
       await new Promise<void>((start, refuse) => {
         const entry: Waiting = { start, refuse, limits };
-        this.#queue.push(entry);
+        lane.push(entry);
         // A caller that leaves gives up its place at once (and its request can clean up, say
         // release its idempotency claim, now rather than when a slot frees).
         const signal = limits.signal;
         if (signal === undefined) return;
         const leave = () => {
-          const index = this.#queue.indexOf(entry);
+          const index = lane.indexOf(entry);
           if (index === -1) return;
-          this.#queue.splice(index, 1);
+          lane.splice(index, 1);
           refuse(new UnavailableError('The request was abandoned while it waited'));
         };
         signal.addEventListener('abort', leave, { once: true });
@@ -132,10 +144,13 @@ export class WorkGate {
 
   #admit(limits: WorkLimits): void {
     if (limits.signal?.aborted === true) throw new UnavailableError('The request was abandoned before its work began');
-    const finishMs = this.#finishMs(this.#queue.length + Math.max(0, this.#running - this.#concurrency + 1));
+    const lane = limits.priority === true ? this.#priority : this.#queue;
+    // Priority work waits only behind its own lane; the rest behind both.
+    const before = limits.priority === true ? this.#priority.length : this.#priority.length + this.#queue.length;
+    const finishMs = this.#finishMs(before + Math.max(0, this.#running - this.#concurrency + 1));
     const retryAfterSeconds = Math.max(1, Math.ceil(finishMs / 1000));
     if (this.#finishBy !== undefined && this.#now() + finishMs > this.#finishBy) throw shuttingDown();
-    if (this.#running >= this.#concurrency && this.#queue.length >= this.#maxWaiting) {
+    if (this.#running >= this.#concurrency && lane.length >= this.#maxWaiting) {
       throw new UnavailableError('The server is busy, please retry shortly', undefined, retryAfterSeconds);
     }
     // Only work that would have to wait is judged by its deadline: a free slot starts it now, and
@@ -152,7 +167,7 @@ export class WorkGate {
 
   #release(): void {
     for (;;) {
-      const next = this.#queue.shift();
+      const next = this.#priority.shift() ?? this.#queue.shift();
       if (next === undefined) {
         this.#running -= 1;
         return;

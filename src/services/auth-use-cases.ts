@@ -164,7 +164,10 @@ export class AuthUseCases {
       }
       throw failed('throttled');
     }
-    const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash).catch(async (error: unknown) => {
+    // A known device's login waits in the hash gate's priority lane: a crowd of guesses from any
+    // number of addresses filled the common queue and shut the owner out for as long as it lasted
+    // (helper 98). Only the account's own client can present a device token for it.
+    const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash, { priority: device !== undefined }).catch(async (error: unknown) => {
       await attempt.abandoned();
       throw error;
     });

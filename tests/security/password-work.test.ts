@@ -79,6 +79,30 @@ describe.each(CROWD_PROTOCOLS)('password hashing under a crowd, over %s', (proto
     expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(1)))).code).toBe('ok');
   });
 
+  it("when a crowd of guesses from many addresses fills the hash queue, then the owner's login from a known device still gets through", async () => {
+    // Found by an attacker (helper 98): one first-in-first-out queue for every caller, so guesses
+    // from a few hundred addresses (each under its rate limit) kept the owner's logins at 503.
+    // A login that presents the account's device token waits in a lane of its own.
+    const user = await register(t);
+    const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(3)));
+    expect(first.code).toBe('ok');
+    const deviceToken = first.headers.get('x-device-token') ?? '';
+    expect(deviceToken).not.toBe('');
+    // One hash running and three waiting (the gate's room); the rest of the crowd is refused.
+    const crowd = Array.from({ length: 8 }, (_, i) => client.login({ usernameOrEmail: `nobody_${i}_${user.username}`, password: 'Guess-Passw0rd!' }, from(`203.0.113.${i + 1}`)));
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    const owner = await client.login({ usernameOrEmail: user.username, password: user.password }, { headers: { 'x-forwarded-for': ip(3), 'x-device-token': deviceToken } });
+    expect(owner.code, 'the known device').toBe('ok');
+    const outcomes = (await Promise.all(crowd)).map((attempt) => attempt.code);
+    expect(outcomes.filter((code) => code === 'unavailable').length, `the crowd filled the queue: ${outcomes.join(', ')}`).toBeGreaterThan(0);
+    // A login without the token is one of the crowd.
+    const stranger = await Promise.all([
+      ...Array.from({ length: 8 }, (_, i) => client.login({ usernameOrEmail: `nobody2_${i}_${user.username}`, password: 'Guess-Passw0rd!' }, from(`203.0.113.${i + 20}`))),
+      new Promise((resolve) => setTimeout(resolve, 150)).then(() => client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(4)))),
+    ]);
+    expect(stranger.at(-1)?.code, 'the same login without its device token').toBe('unavailable');
+  });
+
   it('when callers give up while their logins wait for a hash, then their passwords are never hashed', async () => {
     const user = await register(t);
     // Two logins hold the gate (one hashing, one waiting: over 400 ms of work) well before the

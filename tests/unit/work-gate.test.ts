@@ -37,6 +37,39 @@ describe('WorkGate', () => {
     expect(await Promise.all(results)).toEqual(['done', 'done', 'done']);
   });
 
+  it('when the common queue is full, then priority work still waits in its own lane, and starts before the common queue', async () => {
+    // A crowd filling the queue shut a known device's login out (helper 98).
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 2, estimateMs: 200 });
+    const crowd = [pending(), pending(), pending()];
+    const crowdResults = crowd.map((job) => gate.run(job.work));
+    await tick();
+    await expect(gate.run(pending().work)).rejects.toMatchObject({ code: 'SERVICE_UNAVAILABLE' });
+    const owner = pending();
+    const ownerResult = gate.run(owner.work, { priority: true });
+    expect(gate.waiting).toBe(3);
+    crowd[0]?.finish();
+    await tick();
+    expect([owner.started(), crowd[1]?.started(), crowd[2]?.started()]).toEqual([true, false, false]);
+    owner.finish();
+    await tick();
+    expect(crowd[1]?.started()).toBe(true);
+    crowd[1]?.finish();
+    await tick();
+    crowd[2]?.finish();
+    expect(await ownerResult).toBe('done');
+    expect(await Promise.all(crowdResults)).toEqual(['done', 'done', 'done']);
+    // Its lane is bounded too.
+    const busy = [pending(), pending(), pending()];
+    const busyResults = busy.map((job, index) => gate.run(job.work, { priority: index > 0 }));
+    await tick();
+    await expect(gate.run(pending().work, { priority: true })).rejects.toMatchObject({ code: 'SERVICE_UNAVAILABLE' });
+    for (const job of busy) {
+      job.finish();
+      await tick();
+    }
+    expect(await Promise.all(busyResults)).toEqual(['done', 'done', 'done']);
+  });
+
   it('when work could not finish before its deadline, then it is refused before it waits', async () => {
     let now = 0;
     const gate = new WorkGate({ concurrency: 1, maxWaiting: 10, estimateMs: 200, now: () => now });

@@ -39,9 +39,9 @@ export class PasswordHasher {
   }
 
   /** bcrypt work, through the gate when it runs for a request. */
-  #gated<T>(work: () => Promise<T>): Promise<T> {
+  #gated<T>(work: () => Promise<T>, priority = false): Promise<T> {
     if (this.#gate === undefined || currentCallContext() === undefined) return work();
-    return this.#gate.run(work, currentWorkLimits());
+    return this.#gate.run(work, { ...currentWorkLimits(), priority });
   }
 
   /**
@@ -82,14 +82,14 @@ export class PasswordHasher {
    * password longer than bcrypt reads can never be one that was set (hash() refuses them), and
    * bcrypt would compare only its first 72 bytes: it is refused, after the same work.
    */
-  async verify(password: string, hash: string | undefined): Promise<boolean> {
+  async verify(password: string, hash: string | undefined, options: { priority?: boolean } = {}): Promise<boolean> {
     const normalized = password.normalize('NFC');
     if (hash === undefined || Buffer.byteLength(normalized, 'utf8') > MAX_PASSWORD_BYTES) {
       const dummy = await this.#dummy();
-      await this.#gated(() => bcrypt.compare(normalized, dummy));
+      await this.#gated(() => bcrypt.compare(normalized, dummy), options.priority);
       return false;
     }
-    return this.#gated(() => bcrypt.compare(normalized, hash));
+    return this.#gated(() => bcrypt.compare(normalized, hash), options.priority);
   }
 
   #dummy(): Promise<string> {

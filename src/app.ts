@@ -144,7 +144,6 @@ export async function createApplication(config: Config, logger: Logger): Promise
   const tracing = config.tracing === undefined ? undefined : await createTracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
   if (tracing !== undefined) closers.push(() => tracing.close());
   const parts: ProcessParts = { config, logger, metrics, tracing, closers, readiness: {}, health: { ...config.health, draining: draining.signal }, onDrain };
-  if (config.bootstrapAdmin !== undefined && (holds.auth || holds.users)) await checkBootstrapAdmin(config.bootstrapAdmin);
 
   try {
     const shared = connectSharedState(parts);
@@ -163,9 +162,10 @@ export async function createApplication(config: Config, logger: Logger): Promise
 
 /**
  * The bootstrap administrator, held to what registration would accept (openapi.yaml's
- * RegisterRequest, as the RPC facade checks it, and the breached-password list) before anything
- * starts: the account was created with any password at all (helper 95 logged in as `a`), and a
- * common one stopped the start only after the migrations, with a stack trace naming no variable.
+ * RegisterRequest, as the RPC facade checks it, and the breached-password list) before it is
+ * created or restored: the account was created with any password at all (helper 95 logged in as
+ * `a`), and a common one stopped the start with a stack trace naming no variable. The start now
+ * stops with a ConfigError naming each variable.
  */
 async function checkBootstrapAdmin(admin: NonNullable<Config['bootstrapAdmin']>): Promise<void> {
   const { validator } = await loadContract();
@@ -408,7 +408,15 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
     users = new UserUseCases(deps);
     audit = new AuditUseCases({ events: repositories.audit });
     if (config.bootstrapAdmin !== undefined) {
-      await ensureBootstrapAdmin(config.bootstrapAdmin, { users: repositories.users, tokens: repositories.tokens, passwords, audit: jobs.audit, logger });
+      const admin = config.bootstrapAdmin;
+      await ensureBootstrapAdmin(admin, {
+        users: repositories.users,
+        tokens: repositories.tokens,
+        passwords,
+        audit: jobs.audit,
+        logger,
+        acceptable: () => checkBootstrapAdmin(admin),
+      });
     }
   }
   return { auth, users, audit, jobs, apis: createServiceApis({ auth, users, audit, authenticator }) };

@@ -5,6 +5,20 @@ import type { TokenRepository } from '../repositories/token-repository.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
 import type { AuditLog } from './audit-use-cases.ts';
 
+interface BootstrapDeps {
+  users: UserRepository;
+  tokens: TokenRepository;
+  passwords: PasswordHasher;
+  audit: AuditLog;
+  logger: Logger;
+  /**
+   * Refuses variables registration would refuse, before they make or restore an account (the
+   * start then stops, naming them). Not asked when they are left alone: a deployment passes them
+   * on every start, and values from before the check must not stop one (helper 96).
+   */
+  acceptable?: (() => Promise<void>) | undefined;
+}
+
 export interface BootstrapAdmin {
   username: string;
   email: string;
@@ -25,10 +39,7 @@ export interface BootstrapAdmin {
  * renamed) on purpose, and is not created again: the deployment files pass the variables on
  * every start, so it used to come back, with ADMIN_PASSWORD and unaudited, at each restart.
  */
-export async function ensureBootstrapAdmin(
-  admin: BootstrapAdmin,
-  deps: { users: UserRepository; tokens: TokenRepository; passwords: PasswordHasher; audit: AuditLog; logger: Logger },
-): Promise<void> {
+export async function ensureBootstrapAdmin(admin: BootstrapAdmin, deps: BootstrapDeps): Promise<void> {
   const email = admin.email.toLowerCase();
   const taken = await deps.users.findTaken(admin.username, email);
   if (taken.username || taken.email) {
@@ -43,6 +54,7 @@ export async function ensureBootstrapAdmin(
     );
     return;
   }
+  await deps.acceptable?.();
   let created;
   try {
     created = await deps.users.create({
@@ -65,10 +77,7 @@ async function activeAdministrators(users: UserRepository): Promise<number> {
   return (await users.list({ page: 1, perPage: 1, role: 'ADMIN', status: 'ACTIVE' })).total;
 }
 
-async function checkAdministratorsLeft(
-  admin: BootstrapAdmin,
-  deps: { users: UserRepository; tokens: TokenRepository; passwords: PasswordHasher; audit: AuditLog; logger: Logger },
-): Promise<void> {
+async function checkAdministratorsLeft(admin: BootstrapAdmin, deps: BootstrapDeps): Promise<void> {
   if ((await activeAdministrators(deps.users)) > 0) return;
   const account = (await deps.users.findByLogin(admin.username)) ?? (await deps.users.findByLogin(admin.email.toLowerCase()));
   if (account === null) return;
@@ -81,6 +90,7 @@ async function checkAdministratorsLeft(
     );
     return;
   }
+  await deps.acceptable?.();
   // The restored account and the end of its sessions are one transaction: restored without it, a
   // failure in between left the old sessions alive, and the next start, finding an active
   // administrator, would not come back to end them.

@@ -36,16 +36,16 @@ export interface AuditRepository {
   createMany(events: NewAuditEvent[]): Promise<number>;
   /** A page of events, newest first, and how many match in all. With `options.actingAs`, only while that caller may still. */
   list(filter: AuditFilter, options?: ListOptions): Promise<{ events: AuditEvent[]; total: number }>;
-  /** Deletes the events recorded before `cutoff`; returns how many went. */
-  purgeBefore(cutoff: Date): Promise<number>;
+  /** Deletes the events recorded before `cutoff`, at most `limit` of them (all without); returns how many went. */
+  purgeBefore(cutoff: Date, limit?: number): Promise<number>;
 }
 
 /**
- * Events deleted per statement by the purge: a year's backlog on a busy deployment is millions of
+ * Events deleted per statement by the purge (and per internal call, across the layers): a year's backlog on a busy deployment is millions of
  * rows, and one DELETE of all of them would hold its locks and grow the transaction log until it
  * ended, while events go on being written.
  */
-const PURGE_BATCH = 5_000;
+export const AUDIT_PURGE_BATCH = 5_000;
 
 export class PrismaAuditRepository implements AuditRepository {
   readonly #db: PrismaClient;
@@ -103,16 +103,18 @@ export class PrismaAuditRepository implements AuditRepository {
     return { events, total };
   }
 
-  async purgeBefore(cutoff: Date): Promise<number> {
+  async purgeBefore(cutoff: Date, limit = Number.POSITIVE_INFINITY): Promise<number> {
     let deleted = 0;
-    for (;;) {
+    while (deleted < limit) {
+      const take = Math.min(AUDIT_PURGE_BATCH, limit - deleted);
       // Ids first, then a DELETE by them: the same two statements on PostgreSQL and MySQL, each
       // short (`created_at` is indexed, and so is the primary key).
-      const batch = await withDatabaseErrors(() => this.#db.auditEvent.findMany({ where: { createdAt: { lt: cutoff } }, select: { id: true }, take: PURGE_BATCH }));
+      const batch = await withDatabaseErrors(() => this.#db.auditEvent.findMany({ where: { createdAt: { lt: cutoff } }, select: { id: true }, take }));
       if (batch.length === 0) return deleted;
       const { count } = await withDatabaseErrors(() => this.#db.auditEvent.deleteMany({ where: { id: { in: batch.map((row) => row.id) } } }));
       deleted += count;
-      if (batch.length < PURGE_BATCH) return deleted;
+      if (batch.length < take) return deleted;
     }
+    return deleted;
   }
 }

@@ -579,6 +579,18 @@ describe('audit events across the repository boundary', () => {
     expect(left.events.map((event) => event.createdAt.toISOString())).toEqual(['2001-01-01T00:00:00.000Z', '2000-06-01T00:00:00.000Z']);
     expect(await remote.audit.purgeBefore(new Date('2000-06-01T00:00:00.000Z'))).toBe(0);
   });
+
+  it('when more events are due than one call deletes, then the remote purge asks batch by batch and deletes them all, or as many as its limit', async () => {
+    // One call for a whole backlog outlived INTERNAL_TIMEOUT_MS (helper 96).
+    const subject = (await direct.users.create(newUser())).id;
+    const at = (ms: number): NewAuditEvent => ({ type: 'LOGOUT', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: new Date(ms) });
+    const base = Date.parse('1999-01-01T00:00:00.000Z');
+    await direct.audit.createMany(Array.from({ length: 5_010 }, (_, index) => at(base + index)));
+    const cutoff = new Date('1999-06-01T00:00:00.000Z');
+    expect(await remote.audit.purgeBefore(cutoff, 7)).toBe(7);
+    expect(await remote.audit.purgeBefore(cutoff)).toBe(5_003);
+    expect((await direct.audit.list({ page: 1, perPage: 1, userId: subject })).total).toBe(0);
+  });
 });
 
 describe('counters across the repository boundary', () => {

@@ -12,7 +12,7 @@ import type { IdempotencyRepositoryService } from '../../../gen/proto/arcana/int
 import type { TokenRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import type { UserRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
-import type { AuditFilter, AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
+import { AUDIT_PURGE_BATCH, type AuditFilter, type AuditRepository, type NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository, UserWrite } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, ListOptions, WriteOptions } from '../../repositories/user-repository.ts';
@@ -176,8 +176,18 @@ export class RemoteAuditRepository implements AuditRepository {
     return { events: events.map(auditEventFromProto), total };
   }
 
-  async purgeBefore(cutoff: Date): Promise<number> {
-    const { deleted } = await this.#client.purgeAuditEvents({ before: timestampFromDate(cutoff) });
+  /**
+   * A batch per call: a backlog of hundreds of thousands of events took one call past
+   * INTERNAL_TIMEOUT_MS, which failed the purge while the repository went on deleting (helper 96).
+   */
+  async purgeBefore(cutoff: Date, limit = Number.POSITIVE_INFINITY): Promise<number> {
+    let deleted = 0;
+    while (deleted < limit) {
+      const batch = Math.min(AUDIT_PURGE_BATCH, limit - deleted);
+      const { deleted: count } = await this.#client.purgeAuditEvents({ before: timestampFromDate(cutoff), limit: batch });
+      deleted += count;
+      if (count < batch) break;
+    }
     return deleted;
   }
 }

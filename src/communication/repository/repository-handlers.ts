@@ -143,7 +143,7 @@ export function createAuditRepositoryHandler(repo: AuditRepository): ServiceImpl
       return { events: events.map(auditEventToProto), total };
     },
     async purgeAuditEvents(req) {
-      return { deleted: await repo.purgeBefore(dateFromProto(req.before, 'PurgeAuditEventsRequest.before')) };
+      return { deleted: await repo.purgeBefore(dateFromProto(req.before, 'PurgeAuditEventsRequest.before'), req.limit > 0 ? req.limit : undefined) };
     },
   };
 }

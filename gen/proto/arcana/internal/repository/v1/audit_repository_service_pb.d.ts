@@ -201,6 +201,14 @@ export declare type PurgeAuditEventsRequest = Message<"arcana.internal.repositor
    * @generated from field: google.protobuf.Timestamp before = 1;
    */
   before?: Timestamp | undefined;
+
+  /**
+   * At most this many (0: all). The caller asks batch by batch, so that no call outlives its
+   * deadline however long the backlog.
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
 };
 
 /**

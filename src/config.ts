@@ -5,8 +5,12 @@ import { compileTrust } from './infrastructure/client-address.ts';
 import { DEPLOYMENT_LAYERS, DEPLOYMENT_MODES, holdingsOf, layerSpec, URL_VARIABLES, type DeploymentLayer, type UrlVariable } from './topology.ts';
 
 const DEV_JWT_SECRET = 'arcana-development-secret-do-not-use-in-production';
-/** A random secret of 32 or more characters has far more (hex: 16, base64: ~30 in 64). */
-const MIN_DISTINCT_SECRET_CHARACTERS = 10;
+/**
+ * A random secret of 32 or more characters has far more: `openssl rand -hex 16` (the shortest,
+ * 16 symbols) has fewer than 9 about 4 times in a million, where 10 refused 1 in 10 000 (helper
+ * 96); a placeholder repeated (`REPLACE-ME`) has 8.
+ */
+const MIN_DISTINCT_SECRET_CHARACTERS = 9;
 /** OWASP's floor for bcrypt. */
 const MIN_PRODUCTION_BCRYPT_ROUNDS = 10;
 
@@ -46,7 +50,7 @@ const urls = () =>
       z
         .string()
         .regex(/^https?:\/\/[^/?#\s@]+\/?$/, 'must be comma-separated http:// or https:// base URLs (scheme, host and port only, no user part)')
-        .refine((url) => URL.canParse(url), { error: 'must be URLs with a valid host and a port from 1 to 65535' })
+        .refine((url) => URL.canParse(url) && new URL(url).port !== '0', { error: 'must be URLs with a valid host and a port from 1 to 65535' })
         .transform((url) => url.replace(/\/$/, '')),
     ),
   );
@@ -128,7 +132,8 @@ const EnvSchema = z.object({
     .default('')
     .superRefine((value, ctx) => {
       if (value.trim() === '') return;
-      if (/^\s*(true|false|\d+)\s*$/i.test(value)) {
+      // Nor a bare number inside a list, which proxy-addr reads as an address (`1` is 0.0.0.1).
+      if (/^\s*(true|false|\d+)\s*$/i.test(value) || value.split(',').some((part) => /^\s*\d+\s*$/.test(part))) {
         ctx.addIssue({ code: 'custom', message: 'must name proxy addresses or subnets (or loopback/linklocal/uniquelocal), not true, false or a hop count' });
         return;
       }

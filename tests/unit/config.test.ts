@@ -73,7 +73,7 @@ describe('loadConfig', () => {
   });
 
   it('when TRACE_TRUSTED_PROXIES says every peer (true, a hop count) or what is not an address, then it refuses to start; addresses, subnets and keywords are taken', () => {
-    for (const value of ['true', 'false', '1', ' 2 ', 'banana', '10.0.0.0/33']) {
+    for (const value of ['true', 'false', '1', ' 2 ', 'banana', '10.0.0.0/33', '1,2', '1,loopback']) {
       expect(() => loadConfig({ TRACE_TRUSTED_PROXIES: value }), value).toThrow(/TRACE_TRUSTED_PROXIES[\s\S]*must/);
     }
     expect(loadConfig({}).server.traceTrustedProxies).toBe(false);
@@ -202,7 +202,7 @@ describe('production secrets and settings (helper 95)', () => {
 
   it('when a layer URL has a user part, an impossible port or no host, or gRPC is given https://, then it refuses to start naming it', () => {
     const controller = { DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller' };
-    for (const url of ['http://service:3001@evil.example', 'http://service:99999', 'http://:3001']) {
+    for (const url of ['http://service:3001@evil.example', 'http://service:99999', 'http://service:0', 'http://:3001']) {
       expect(() => loadConfig({ ...controller, SERVICE_URLS: url }), url).toThrow(/SERVICE_URLS/);
     }
     expect(() => loadConfig({ ...controller, SERVICE_URLS: 'https://service:3001' })).toThrow(/cleartext HTTP\/2[\s\S]*https:\/\/service:3001/);

@@ -65,6 +65,11 @@ export interface DualProtocolServerOptions {
   trustProxy?: TrustProxySetting | undefined;
   /** Where refusals are reported (rate-limited). */
   logger?: Logger | undefined;
+  /**
+   * The largest body the application takes: a request that declares a larger one and asks
+   * `Expect: 100-continue` is not invited to send it (the application refuses it unread).
+   */
+  bodyLimitBytes?: number | undefined;
 }
 
 export interface DualProtocolServer {
@@ -119,6 +124,14 @@ export function createDualProtocolServer(
   );
   h1.keepAliveTimeout = limits.keepAliveTimeoutMs;
   h1.on('clientError', answerClientError);
+  // Node answers `Expect: 100-continue` with 100 Continue before any handler runs: it invited a
+  // 100 MB upload from anyone before the 413 (helper 97). Only a body the application may take is
+  // asked for; the request goes on to the handlers either way, which refuse an oversized one.
+  h1.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    const declared = Number(req.headers['content-length']);
+    if (!(options.bodyLimitBytes !== undefined && declared > options.bodyLimitBytes)) res.writeContinue();
+    h1.emit('request', req, res);
+  });
 
   const h2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.http2MaxConcurrentStreams } }, (req, res) => {
     // Refused before the application sees it, so a refused stream costs no handler state.
@@ -439,6 +452,14 @@ function headerProblem(req: IncomingMessage): string | undefined {
     else if (name?.length === 13 && name.toLowerCase() === 'authorization') authorizations += 1;
   }
   if (authorizations > 1) return TWO_AUTHORIZATIONS;
+  // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing, and only a
+  // final `chunked` frames a request. Node read `identity, chunked`, and a chunked HTTP/1.0 body
+  // on a connection it kept open (helper 97): framing a proxy in front may read otherwise.
+  const transferEncoding = req.headers['transfer-encoding'];
+  if (transferEncoding !== undefined) {
+    if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return 'An HTTP/1.0 request cannot carry Transfer-Encoding';
+    if (transferEncoding.trim().toLowerCase() !== 'chunked') return 'Transfer-Encoding must be chunked, alone';
+  }
   // Only HTTP/1.0 may omit Host: Node's parser also takes `HTTP/2.0` and `HTTP/0.9` request lines
   // here (a real HTTP/2 request never reaches this server), which must not be a way around the rule.
   if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return undefined;

@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   }
   const { server, close, closeNow } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },
-    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger },
+    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger, bodyLimitBytes: config.server.bodyLimitBytes },
   );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

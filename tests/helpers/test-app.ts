@@ -126,7 +126,7 @@ async function listenOnLoopback(app: Pick<Application, 'http' | 'http2'>, env: E
   const config = loadConfig(env);
   const { server, close } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },
-    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger: createLogger({ level: config.logLevel }) },
+    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger: createLogger({ level: config.logLevel }), bodyLimitBytes: config.server.bodyLimitBytes },
   );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();

@@ -31,6 +31,19 @@ describe('bad input never reaches a 500', () => {
     expect(res.body.error.code).toBe('PAYLOAD_TOO_LARGE');
   });
 
+  it('when an API request is refused (400, 404, 413, 415), then the answer carries Cache-Control: no-store too', async () => {
+    // Only answers that reached the routes had it: a shared cache may keep a 404 by heuristics (helper 97).
+    const answers = [
+      await t.request.post('/api/v1/auth/refresh').send({ refreshToken: 'x', extra: 1 }),
+      await t.request.get('/api/v1/whatever'),
+      await t.request.get('/api/v1/users?zzz=1'),
+      await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: 'x'.repeat(20_000), password: 'y' }),
+      await t.request.post('/api/v1/auth/login').set('content-type', 'text/plain').send('hello'),
+    ];
+    expect(answers.map((res) => res.status)).toEqual([400, 404, 400, 413, 415]);
+    for (const res of answers) expect(res.headers['cache-control'], `${res.status}`).toBe('no-store');
+  });
+
   it('when the body is not JSON, then 415', async () => {
     const res = await t.request.post('/api/v1/auth/login').set('content-type', 'text/plain').send('hello');
     expect(res.status).toBe(415);

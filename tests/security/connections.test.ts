@@ -459,6 +459,46 @@ describe('HTTP/1.1', () => {
     expect(old.received().toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
   });
 
+  it('when an HTTP/1.0 request carries Transfer-Encoding, or a coding other than chunked alone is given, then 400 and the connection is closed; nothing after it is read', async () => {
+    // RFC 9112 §6.1. Node read a chunked HTTP/1.0 body on a connection it kept open, and
+    // `identity, chunked` (helper 97): framing a proxy in front may read otherwise (smuggling).
+    const body = '{"usernameOrEmail":"x","password":"y"}';
+    const chunked = `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`;
+    const heads = [
+      `POST /api/v1/auth/login HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${chunked}`,
+      `POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: identity, chunked\r\n\r\n${chunked}`,
+    ];
+    for (const head of heads) {
+      const client = rawClient(server.port);
+      client.socket.write(`${head}GET /public/info HTTP/1.1\r\nHost: x\r\n\r\n`);
+      expect(await closedWithin(client.closed, 5_000), JSON.stringify(head)).toBeLessThan(Number.POSITIVE_INFINITY);
+      expect(statusLines(client.received()), JSON.stringify(head)).toEqual(['HTTP/1.1 400']);
+    }
+  });
+
+  it('when a body larger than the limit is declared, then 413 at once, with no 100 Continue, before a byte of it is sent, and the connection is closed', async () => {
+    // Body-parser read all 99 MB before its 413, and Node invited them with 100 Continue (helper 97).
+    for (const expect100 of ['', 'Expect: 100-continue\r\n']) {
+      const client = rawClient(server.port);
+      const started = performance.now();
+      client.socket.write(`POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n${expect100}\r\n`);
+      const closedAfter = await closedWithin(client.closed, 5_000);
+      expect(closedAfter, JSON.stringify(expect100)).toBeLessThan(Number.POSITIVE_INFINITY);
+      expect(performance.now() - started).toBeLessThan(5_000);
+      const text = client.received().toString('latin1');
+      expect(text, JSON.stringify(expect100)).not.toMatch(/100 Continue/);
+      expect(statusLines(client.received())).toEqual(['HTTP/1.1 413']);
+      expect(text).toMatch(/cache-control: no-store/i);
+    }
+    // A body within the limit is still invited.
+    const small = rawClient(server.port);
+    small.socket.write('POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n');
+    await until('100 Continue', () => (small.received().toString('latin1').includes('100 Continue') ? true : undefined));
+    small.socket.write('{}');
+    await closedWithin(small.closed, 5_000);
+    expect(statusLines(small.received())).toEqual(['HTTP/1.1 100', 'HTTP/1.1 400']);
+  });
+
   it('when a request carries two Authorization headers, whichever comes first, then 400 in the error envelope over REST, invalid_argument over Connect; one is served', async () => {
     // Node kept the first and dropped the other unseen, where a proxy in front may have authorized
     // the request by the other (helper 76).

@@ -97,6 +97,14 @@ export function createRestApp(options: RestAppOptions): Express {
   app.set('trust proxy', compileTrust(options.trustProxy));
 
   app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing, options.traceTrusted));
+  // Every API answer is about a caller, or to one: no cache may keep it, and a browser must not
+  // answer a later request from it (after logout, say). ETags and If-None-Match still work. Set
+  // first, so that every answer has it, refusals included (a 400, 404, 413 or 429 had none: a
+  // shared cache may keep a 404 by heuristics; helper 97).
+  app.use((req, res, next) => {
+    if (API_PATHS.test(req.path)) res.setHeader('cache-control', 'no-store');
+    next();
+  });
   app.use(onlyFor(STATIC_PATHS, weakTagWhenEncoded));
   app.use(compression());
 
@@ -117,6 +125,13 @@ export function createRestApp(options: RestAppOptions): Express {
   // A compressed body is inflated by body-parser (bounded by the limit after inflation); one cut
   // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with
   // U+FFFD in place of what was sent: refused, as the RPC facade refuses it.
+  // A body declared larger than the limit is refused before a byte of it is read: body-parser
+  // reads it all (99 MB) before passing on its 413 (helper 97). The server does not invite it
+  // with 100 Continue either (server.ts).
+  app.use((req, _res, next) => {
+    if (Number(req.headers['content-length']) > options.bodyLimitBytes) throw Object.assign(new Error('request entity too large'), { type: 'entity.too.large', status: 413 });
+    next();
+  });
   app.use(express.json({ limit: options.bodyLimitBytes, strict: true, verify: refuseInvalidUtf8 }));
   app.use(refuseRepeatedNames);
   // Before the schemas, so that a NUL is reported as such (as RPC reports it), not as a pattern
@@ -141,12 +156,6 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(refuseUnusableParameters);
 
   app.use(onlyFor(SYSTEM_PATHS, createSystemRoutes({ info: options.info, readiness: options.readiness })));
-  // Every API answer is about a caller, or to one: no cache may keep it, and a browser must not
-  // answer a later request from it (after logout, say). ETags and If-None-Match still work.
-  app.use((req, res, next) => {
-    if (API_PATHS.test(req.path)) res.setHeader('cache-control', 'no-store');
-    next();
-  });
   addUserRoutes(app, options.services);
   addAuthRoutes(app, options.services);
   addAuditRoutes(app, options.services);

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { UnavailableError } from '../domain/errors.ts';
 import { foldCase } from '../domain/user-mapping.ts';
-import { FixedWindowRateLimiter, type CounterStore } from '../infrastructure/rate-limiter.ts';
+import type { CounterStore } from '../infrastructure/rate-limiter.ts';
 
 const FAILURES = 'login-fail:';
 const ATTEMPTS = 'login-account:';
@@ -75,7 +75,8 @@ export interface RefusedAttempt {
  * - A known device (a valid device token for this account) is limited per device instead, and
  *   does not draw on the strangers' budget: exhausting it from elsewhere does not lock out a
  *   client the account owner has logged in from before.
- * - A success frees the slot it reserved; a failure keeps it until the window ends.
+ * - A success frees the slots it reserved (its failure slot, and a stranger's of the budget); a
+ *   failure keeps them until their windows end.
  *
  * Callers answer a refused login exactly like a wrong password. If the counters are unreachable
  * (Redis down), attempts fail closed with UnavailableError rather than opening a window for
@@ -83,7 +84,8 @@ export interface RefusedAttempt {
  */
 export class LoginThrottle {
   readonly #counters: CounterStore;
-  readonly #attemptBudget: FixedWindowRateLimiter;
+  /** The strangers' attempt budget of a name (and account): its size and window. */
+  readonly #budget: { max: number; windowMs: number };
   readonly #maxFailures: number;
   readonly #lockoutMs: number;
   readonly #now: () => number;
@@ -93,12 +95,7 @@ export class LoginThrottle {
     this.#now = options.now ?? Date.now;
     this.#maxFailures = options.maxFailures;
     this.#lockoutMs = options.lockoutMs;
-    this.#attemptBudget = new FixedWindowRateLimiter(options.counters, {
-      windowMs: options.accountWindowMs,
-      max: options.accountMaxAttempts,
-      prefix: ATTEMPTS,
-      onStoreFailure: 'closed',
-    });
+    this.#budget = { max: options.accountMaxAttempts, windowMs: options.accountWindowMs };
   }
 
   /** Reserves failure slots for this attempt, or says why it may not proceed. */
@@ -131,13 +128,20 @@ export class LoginThrottle {
     const failures = failureKey(key, attempt);
     const slot = await this.#counters.reserve(failures, this.#maxFailures, this.#lockoutMs);
     if (!slot.reserved) return { reserved: false, retryAfterMs: slot.ttlMs };
+    // A stranger's attempt also takes a slot of the budget all strangers share. Like the failure
+    // slot it goes back when the attempt succeeds (or the server could not finish it): only
+    // guesses spend it. Kept by successes too, an owner's script that logged in 30 times in
+    // 15 minutes without keeping its device token was refused with the right password (helper 98).
+    const budgetKey = ATTEMPTS + key;
+    let budgetEnds: number | undefined;
     if (attempt.device === undefined) {
-      const budget = await this.#attemptBudget.consume(key);
-      if (!budget.allowed) {
+      const budget = await this.#counters.reserve(budgetKey, this.#budget.max, this.#budget.windowMs);
+      if (!budget.reserved) {
         // Not compared, so not a failure of this client: the slot goes back.
         await this.#counters.release(failures);
-        return { reserved: false, retryAfterMs: budget.resetSeconds * 1000 };
+        return { reserved: false, retryAfterMs: budget.ttlMs };
       }
+      budgetEnds = this.#now() + budget.ttlMs;
     }
     // A slot belongs to its window: an attempt that ends after the window has closed (a login
     // held up that long) gives nothing back, where it would take a slot of the next window,
@@ -147,6 +151,7 @@ export class LoginThrottle {
       reserved: true,
       giveBack: async () => {
         if (this.#now() < windowEnds) await this.#counters.release(failures);
+        if (budgetEnds !== undefined && this.#now() < budgetEnds) await this.#counters.release(budgetKey);
       },
     };
   }

@@ -237,6 +237,15 @@ describe('lockouts', () => {
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, { ipAddress: '203.0.113.9', deviceToken: user.deviceToken }))).toBe('ok');
   });
 
+  it("when the owner logs in again and again without its device token, then its successes do not spend the strangers' budget; guesses still do", async () => {
+    // Found by an attacker (helper 98): successful logins kept their slot of the budget, so a
+    // script that did not keep its device token was refused with the right password after 30.
+    const user = await h.account();
+    for (let i = 0; i < 50; i += 1) expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, from('192.0.2.60'))), `login ${i + 1}`).toBe('ok');
+    for (let i = 0; i < 30; i += 1) await outcome(h.auth.login({ usernameOrEmail: user.username, password: `Wrong-${i}` }, from(`198.51.100.${150 + Math.floor(i / 4)}`)));
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, from('203.0.113.10')))).toBe('AUTHENTICATION_ERROR');
+  });
+
   it("when an administrator clears a user's lockouts, then the locked address may try again at once", async () => {
     const admin = await h.account('ADMIN');
     const user = await h.account();

@@ -299,6 +299,12 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     // With tracing, each database operation is a span named after the repository method.
     const traced = <R extends object>(repository: R, name: string): R => (tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));
     parts.readiness.database = sharedCheck(async () => {
+      // A pool whose every connection is in use is busy, not down: 40 logins waiting on one locked
+      // row held all ten, the probe's query waited behind them and answered 503 after 2 s, and an
+      // orchestrator would have pulled every replica for one row (helper 98). Asked only when a
+      // connection is free; a database that went away frees them (each fails), and is found then.
+      const use = db.poolUse?.();
+      if (use?.idle === 0 && use.total >= use.max) return;
       await db.prisma.$queryRaw`SELECT 1`;
     });
     // Listings count every match of their filter: a few at once, so that a crowd of expensive

@@ -13,6 +13,13 @@ export interface WorkLimits {
    * addresses filling the common queue cannot shut it out (helper 98).
    */
   priority?: boolean | undefined;
+  /**
+   * Whose work it is (a listing's caller). Waiting work of different keys takes turns, and one key
+   * holds at most half of the queue: one administrator's token sending lists from hundreds of
+   * addresses made every other administrator's page wait seconds, or be refused (helper 98).
+   * Work without a key shares one, first come, first served.
+   */
+  key?: string | undefined;
 }
 
 /** Gated work running now, in every gate of the process: a shutdown lets it finish before the database closes. */
@@ -25,6 +32,8 @@ interface Waiting {
   start: () => void;
   refuse: (error: UnavailableError) => void;
   limits: WorkLimits;
+  /** Its place in the common queue's turns (see #enqueue). */
+  tag: number;
 }
 
 /**
@@ -43,6 +52,10 @@ export class WorkGate {
   readonly #queue: Waiting[] = [];
   /** The priority lane (WorkLimits.priority): served before #queue, bounded by maxWaiting too. */
   readonly #priority: Waiting[] = [];
+  /** The tag of the last work started from #queue: the turns' present. */
+  #turn = 0;
+  /** Per key with work waiting: the tag of its last, and how many wait. */
+  readonly #keys = new Map<string, { lastTag: number; waiting: number }>();
   #running = 0;
   /** Moving average of how long one piece of work takes, in milliseconds. */
   #averageMs: number;
@@ -109,8 +122,20 @@ export class WorkGate {
     if (this.#running >= this.#concurrency) {
       const lane = limits.priority === true ? this.#priority : this.#queue;
       await new Promise<void>((start, refuse) => {
-        const entry: Waiting = { start, refuse, limits };
-        lane.push(entry);
+        const entry: Waiting = {
+          start: () => {
+            this.#left(entry, true);
+            start();
+          },
+          refuse: (error) => {
+            this.#left(entry, false);
+            refuse(error);
+          },
+          limits,
+          tag: 0,
+        };
+        if (lane === this.#priority) lane.push(entry);
+        else this.#enqueue(entry);
         // A caller that leaves gives up its place at once (and its request can clean up, say
         // release its idempotency claim, now rather than when a slot frees).
         const signal = limits.signal;
@@ -119,12 +144,13 @@ export class WorkGate {
           const index = lane.indexOf(entry);
           if (index === -1) return;
           lane.splice(index, 1);
-          refuse(new UnavailableError('The request was abandoned while it waited'));
+          entry.refuse(new UnavailableError('The request was abandoned while it waited'));
         };
         signal.addEventListener('abort', leave, { once: true });
+        const started = entry.start;
         entry.start = () => {
           signal.removeEventListener('abort', leave);
-          start();
+          started();
         };
       });
     } else {
@@ -142,6 +168,33 @@ export class WorkGate {
     }
   }
 
+  /**
+   * Puts common-queue work in its turn. Each key's next piece takes the tag after its last one, or
+   * after the present turn when it has none waiting, and the queue is kept in tag order (start-time
+   * fair queuing): one key alone is first come, first served; a key that arrives behind another's
+   * hundred waits one turn, not a hundred.
+   */
+  #enqueue(entry: Waiting): void {
+    const key = entry.limits.key ?? '';
+    const state = this.#keys.get(key);
+    entry.tag = Math.max(this.#turn, state?.lastTag ?? 0) + 1;
+    this.#keys.set(key, { lastTag: entry.tag, waiting: (state?.waiting ?? 0) + 1 });
+    let index = this.#queue.length;
+    while (index > 0 && (this.#queue[index - 1]?.tag ?? 0) > entry.tag) index -= 1;
+    this.#queue.splice(index, 0, entry);
+  }
+
+  /** Common-queue work that starts or is refused leaves its key's count (priority work has none). */
+  #left(entry: Waiting, started: boolean): void {
+    if (entry.limits.priority === true) return;
+    if (started) this.#turn = Math.max(this.#turn, entry.tag);
+    const key = entry.limits.key ?? '';
+    const state = this.#keys.get(key);
+    if (state === undefined) return;
+    if (state.waiting <= 1) this.#keys.delete(key);
+    else state.waiting -= 1;
+  }
+
   #admit(limits: WorkLimits): void {
     if (limits.signal?.aborted === true) throw new UnavailableError('The request was abandoned before its work began');
     const lane = limits.priority === true ? this.#priority : this.#queue;
@@ -152,6 +205,15 @@ export class WorkGate {
     if (this.#finishBy !== undefined && this.#now() + finishMs > this.#finishBy) throw shuttingDown();
     if (this.#running >= this.#concurrency && lane.length >= this.#maxWaiting) {
       throw new UnavailableError('The server is busy, please retry shortly', undefined, retryAfterSeconds);
+    }
+    // A key of its own holds at most half of the common queue, so that it cannot fill it.
+    if (
+      this.#running >= this.#concurrency &&
+      limits.priority !== true &&
+      limits.key !== undefined &&
+      (this.#keys.get(limits.key)?.waiting ?? 0) >= Math.max(1, Math.ceil(this.#maxWaiting / 2))
+    ) {
+      throw new UnavailableError('Too many of your requests are waiting, please retry shortly', undefined, retryAfterSeconds);
     }
     // Only work that would have to wait is judged by its deadline: a free slot starts it now, and
     // the average alone (which only moves when work completes) must never shut an idle gate.

@@ -85,20 +85,24 @@ export class PrismaAuditRepository implements AuditRepository {
       ...(filter.type === undefined ? {} : { type: filter.type }),
     };
     const [events, total] = await withDatabaseErrors(() =>
-      admitList(this.#lists, async () => {
-        // Authorized again as it starts, however long it waited its turn (see ListOptions).
-        if (actingAs !== undefined) await recheckLister(this.#db, actingAs);
-        return this.#db.$transaction([
-          this.#db.auditEvent.findMany({
-            where,
-            // The id breaks ties between events of the same millisecond, so pages never overlap.
-            orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
-            skip: (filter.page - 1) * filter.perPage,
-            take: filter.perPage,
-          }),
-          this.#db.auditEvent.count({ where }),
-        ]);
-      }),
+      admitList(
+        this.#lists,
+        async () => {
+          // Authorized again as it starts, however long it waited its turn (see ListOptions).
+          if (actingAs !== undefined) await recheckLister(this.#db, actingAs);
+          return this.#db.$transaction([
+            this.#db.auditEvent.findMany({
+              where,
+              // The id breaks ties between events of the same millisecond, so pages never overlap.
+              orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
+              skip: (filter.page - 1) * filter.perPage,
+              take: filter.perPage,
+            }),
+            this.#db.auditEvent.count({ where }),
+          ]);
+        },
+        actingAs?.userId,
+      ),
     );
     return { events, total };
   }

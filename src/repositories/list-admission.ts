@@ -9,8 +9,10 @@ import type { WorkGate } from '../infrastructure/work-gate.ts';
  * limit allows, would hold every pooled connection: point reads and logins would queue behind
  * them for seconds. Past the gate, a few lists run at once, more wait, and the rest are refused
  * at once with 503 / `unavailable` and a Retry-After. Without a gate (repositories built
- * directly, in tests), the listing just runs.
+ * directly, in tests), the listing just runs. Callers take turns (`caller`: the user a listing is
+ * for), and one holds at most half of the queue: one administrator's token, sending lists from
+ * hundreds of addresses, made the other administrators' pages wait seconds (helper 98).
  */
-export function admitList<T>(gate: WorkGate | undefined, list: () => Promise<T>): Promise<T> {
-  return gate === undefined ? list() : gate.run(list, currentWorkLimits());
+export function admitList<T>(gate: WorkGate | undefined, list: () => Promise<T>, caller?: number): Promise<T> {
+  return gate === undefined ? list() : gate.run(list, { ...currentWorkLimits(), key: caller === undefined ? undefined : `user:${caller}` });
 }

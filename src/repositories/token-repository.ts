@@ -190,9 +190,7 @@ export class PrismaTokenRepository implements TokenRepository {
   async markChainReplayed(familyId: string, userId: number): Promise<boolean> {
     // One statement: of two replays at once, the second finds every row marked (PostgreSQL and
     // InnoDB re-check the condition on rows the first has locked) and marks none.
-    const { count } = await withDatabaseErrors(() =>
-      this.#db.oAuthToken.updateMany({ where: { familyId, userId, revokedReason: 'rotated' }, data: { revokedReason: 'reuse' } }),
-    );
+    const { count } = await withDatabaseErrors(() => this.#db.oAuthToken.updateMany({ where: { familyId, userId, revokedReason: 'rotated' }, data: { revokedReason: 'reuse' } }));
     return count > 0;
   }
 

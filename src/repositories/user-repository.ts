@@ -195,11 +195,13 @@ export class PrismaUserRepository implements UserRepository {
             )
           ) AS ${id('callerRole')}`;
     const rows = await withDatabaseErrors(() =>
-      admitList(this.#lists, () =>
-        // MySQL's BOOLEAN is the TINYINT it is (0/1) in raw rows; Prisma's models carry booleans.
-        this.#readRows<
-          Omit<UserProfile, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint; callerRole?: string | null }
-        >(Prisma.sql`
+      admitList(
+        this.#lists,
+        () =>
+          // MySQL's BOOLEAN is the TINYINT it is (0/1) in raw rows; Prisma's models carry booleans.
+          this.#readRows<
+            Omit<UserProfile, 'isVerified' | 'isActive'> & { isVerified: boolean | number; isActive: boolean | number; total: number | bigint; callerRole?: string | null }
+          >(Prisma.sql`
         SELECT ${id('page')}.*, ${id('counted')}.${id('total')}${caller}
         FROM ${this.#dialect.joinPageToCount(
           Prisma.sql`(SELECT count(*) AS ${id('total')} FROM ${id('users')} ${where}) AS ${id('counted')}`,
@@ -209,6 +211,7 @@ export class PrismaUserRepository implements UserRepository {
             LIMIT ${filter.perPage} OFFSET ${(filter.page - 1) * filter.perPage}
           )`,
         )}`),
+        actingAs?.userId,
       ),
     );
     if (actingAs !== undefined) {

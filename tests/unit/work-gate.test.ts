@@ -70,6 +70,44 @@ describe('WorkGate', () => {
     expect(await Promise.all(busyResults)).toEqual(['done', 'done', 'done']);
   });
 
+  it("when one key has many pieces waiting, then another key's piece takes the next turn, and one key holds at most half of the queue", async () => {
+    // One administrator's token sending lists from hundreds of addresses made every other
+    // administrator's page wait seconds, or be refused (helper 98).
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 8, estimateMs: 20 });
+    const order: string[] = [];
+    const job = (name: string) => {
+      const work = pending();
+      return { ...work, work: () => (order.push(name), work.work()) };
+    };
+    const running = job('a0');
+    const runs = [gate.run(running.work, { key: 'a' })];
+    const flood = Array.from({ length: 4 }, (_, i) => job(`a${i + 1}`));
+    runs.push(...flood.map((each) => gate.run(each.work, { key: 'a' })));
+    // Half of the queue (4 of 8) is all one key may hold.
+    await expect(gate.run(job('a5').work, { key: 'a' })).rejects.toMatchObject({ code: 'SERVICE_UNAVAILABLE' });
+    const other = job('b1');
+    runs.push(gate.run(other.work, { key: 'b' }));
+    const byName = new Map([running, ...flood, other].map((each, i) => [i === 0 ? 'a0' : i === 5 ? 'b1' : `a${i}`, each]));
+    // Each in turn finishes as it starts: the order they started in is the gate's.
+    for (let finished = 0; finished < 6; finished += 1) {
+      await tick();
+      byName.get(order[finished] ?? '')?.finish();
+    }
+    expect(order).toEqual(['a0', 'a1', 'b1', 'a2', 'a3', 'a4']);
+    await Promise.all(runs.map((run) => run.catch(() => undefined)));
+    // Without keys (or with one), first come, first served.
+    const fifo = new WorkGate({ concurrency: 1, maxWaiting: 8, estimateMs: 20 });
+    const seen: number[] = [];
+    const jobs = Array.from({ length: 5 }, () => pending());
+    const all = jobs.map((each, i) => fifo.run(() => (seen.push(i), each.work())));
+    for (let finished = 0; finished < 5; finished += 1) {
+      await tick();
+      jobs[seen[finished] ?? 0]?.finish();
+    }
+    await Promise.all(all);
+    expect(seen).toEqual([0, 1, 2, 3, 4]);
+  });
+
   it('when work could not finish before its deadline, then it is refused before it waits', async () => {
     let now = 0;
     const gate = new WorkGate({ concurrency: 1, maxWaiting: 10, estimateMs: 200, now: () => now });

@@ -9,8 +9,9 @@ export interface WorkLimits {
   signal?: AbortSignal | undefined;
   /**
    * Work of a caller known not to be one of a crowd (a login from a known device): it waits in a
-   * lane of its own, served first, with room of its own, so that a crowd from any number of
-   * addresses filling the common queue cannot shut it out (helper 98).
+   * lane of its own, with room of its own, so that a crowd from any number of addresses filling
+   * the common queue cannot shut it out (helper 98). The two lanes take turns when both wait: a
+   * crowd of known devices (an attacker's own registered accounts) cannot starve the common one.
    */
   priority?: boolean | undefined;
   /**
@@ -50,8 +51,10 @@ export class WorkGate {
   readonly #maxWaiting: number;
   readonly #now: () => number;
   readonly #queue: Waiting[] = [];
-  /** The priority lane (WorkLimits.priority): served before #queue, bounded by maxWaiting too. */
+  /** The priority lane (WorkLimits.priority): bounded by maxWaiting too; the lanes take turns. */
   readonly #priority: Waiting[] = [];
+  /** Whether the last work started from a lane came from the priority lane (see #next). */
+  #priorityServedLast = false;
   /** The tag of the last work started from #queue: the turns' present. */
   #turn = 0;
   /** Per key with work waiting: the tag of its last, and how many wait. */
@@ -195,11 +198,22 @@ export class WorkGate {
     else state.waiting -= 1;
   }
 
+  /**
+   * The next waiting work: the lanes take turns while both have some, the priority lane first. A
+   * known device waits behind at most one piece of the crowd per piece of its own lane.
+   */
+  #next(): Waiting | undefined {
+    const fromPriority = this.#priority.length > 0 && (this.#queue.length === 0 || !this.#priorityServedLast);
+    this.#priorityServedLast = fromPriority;
+    return fromPriority ? this.#priority.shift() : this.#queue.shift();
+  }
+
   #admit(limits: WorkLimits): void {
     if (limits.signal?.aborted === true) throw new UnavailableError('The request was abandoned before its work began');
     const lane = limits.priority === true ? this.#priority : this.#queue;
-    // Priority work waits only behind its own lane; the rest behind both.
-    const before = limits.priority === true ? this.#priority.length : this.#priority.length + this.#queue.length;
+    // Priority work waits behind its own lane and, as the lanes take turns, as much of the other;
+    // the rest behind both.
+    const before = limits.priority === true ? this.#priority.length + Math.min(this.#queue.length, this.#priority.length + 1) : this.#priority.length + this.#queue.length;
     const finishMs = this.#finishMs(before + Math.max(0, this.#running - this.#concurrency + 1));
     const retryAfterSeconds = Math.max(1, Math.ceil(finishMs / 1000));
     if (this.#finishBy !== undefined && this.#now() + finishMs > this.#finishBy) throw shuttingDown();
@@ -229,7 +243,7 @@ export class WorkGate {
 
   #release(): void {
     for (;;) {
-      const next = this.#priority.shift() ?? this.#queue.shift();
+      const next = this.#next();
       if (next === undefined) {
         this.#running -= 1;
         return;

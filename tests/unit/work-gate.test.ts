@@ -70,6 +70,24 @@ describe('WorkGate', () => {
     expect(await Promise.all(busyResults)).toEqual(['done', 'done', 'done']);
   });
 
+  it('when both lanes have work waiting, then they take turns: a crowd in the priority lane (an attacker with accounts of its own) cannot starve the common one', async () => {
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 8, estimateMs: 20 });
+    const order: string[] = [];
+    const jobs = new Map<string, ReturnType<typeof pending>>();
+    const run = (name: string, priority: boolean) => {
+      const job = pending();
+      jobs.set(name, job);
+      return gate.run(() => (order.push(name), job.work()), { priority });
+    };
+    const runs = [run('c0', false), run('c1', false), run('c2', false), run('p1', true), run('p2', true), run('p3', true)];
+    for (let finished = 0; finished < 6; finished += 1) {
+      await tick();
+      jobs.get(order[finished] ?? '')?.finish();
+    }
+    await Promise.all(runs);
+    expect(order).toEqual(['c0', 'p1', 'c1', 'p2', 'c2', 'p3']);
+  });
+
   it("when one key has many pieces waiting, then another key's piece takes the next turn, and one key holds at most half of the queue", async () => {
     // One administrator's token sending lists from hundreds of addresses made every other
     // administrator's page wait seconds, or be refused (helper 98).

@@ -33,7 +33,7 @@ interface Waiting {
   start: () => void;
   refuse: (error: UnavailableError) => void;
   limits: WorkLimits;
-  /** Its place in the common queue's turns (see #enqueue). */
+  /** Its place in its lane's turns (see FairLane). */
   tag: number;
 }
 
@@ -50,15 +50,11 @@ export class WorkGate {
   readonly #concurrency: number;
   readonly #maxWaiting: number;
   readonly #now: () => number;
-  readonly #queue: Waiting[] = [];
+  readonly #queue = new FairLane();
   /** The priority lane (WorkLimits.priority): bounded by maxWaiting too; the lanes take turns. */
-  readonly #priority: Waiting[] = [];
+  readonly #priority = new FairLane();
   /** Whether the last work started from a lane came from the priority lane (see #next). */
   #priorityServedLast = false;
-  /** The tag of the last work started from #queue: the turns' present. */
-  #turn = 0;
-  /** Per key with work waiting: the tag of its last, and how many wait. */
-  readonly #keys = new Map<string, { lastTag: number; waiting: number }>();
   #running = 0;
   /** Moving average of how long one piece of work takes, in milliseconds. */
   #averageMs: number;
@@ -113,9 +109,9 @@ export class WorkGate {
     // Each lane runs in order, the priority lane first, so what cannot finish in time is a tail.
     let offset = ahead;
     for (const lane of [this.#priority, this.#queue]) {
-      const late = lane.findIndex((_, index) => now + this.#finishMs(offset + index) > by);
+      const late = lane.entries.findIndex((_, index) => now + this.#finishMs(offset + index) > by);
       offset += lane.length;
-      if (late !== -1) for (const entry of lane.splice(late)) entry.refuse(shuttingDown());
+      if (late !== -1) for (const entry of lane.entries.splice(late)) entry.refuse(shuttingDown());
     }
   }
 
@@ -127,26 +123,23 @@ export class WorkGate {
       await new Promise<void>((start, refuse) => {
         const entry: Waiting = {
           start: () => {
-            this.#left(entry, true);
+            lane.left(entry, true);
             start();
           },
           refuse: (error) => {
-            this.#left(entry, false);
+            lane.left(entry, false);
             refuse(error);
           },
           limits,
           tag: 0,
         };
-        if (lane === this.#priority) lane.push(entry);
-        else this.#enqueue(entry);
+        lane.push(entry);
         // A caller that leaves gives up its place at once (and its request can clean up, say
         // release its idempotency claim, now rather than when a slot frees).
         const signal = limits.signal;
         if (signal === undefined) return;
         const leave = () => {
-          const index = lane.indexOf(entry);
-          if (index === -1) return;
-          lane.splice(index, 1);
+          if (!lane.remove(entry)) return;
           entry.refuse(new UnavailableError('The request was abandoned while it waited'));
         };
         signal.addEventListener('abort', leave, { once: true });
@@ -172,40 +165,13 @@ export class WorkGate {
   }
 
   /**
-   * Puts common-queue work in its turn. Each key's next piece takes the tag after its last one, or
-   * after the present turn when it has none waiting, and the queue is kept in tag order (start-time
-   * fair queuing): one key alone is first come, first served; a key that arrives behind another's
-   * hundred waits one turn, not a hundred.
-   */
-  #enqueue(entry: Waiting): void {
-    const key = entry.limits.key ?? '';
-    const state = this.#keys.get(key);
-    entry.tag = Math.max(this.#turn, state?.lastTag ?? 0) + 1;
-    this.#keys.set(key, { lastTag: entry.tag, waiting: (state?.waiting ?? 0) + 1 });
-    let index = this.#queue.length;
-    while (index > 0 && (this.#queue[index - 1]?.tag ?? 0) > entry.tag) index -= 1;
-    this.#queue.splice(index, 0, entry);
-  }
-
-  /** Common-queue work that starts or is refused leaves its key's count (priority work has none). */
-  #left(entry: Waiting, started: boolean): void {
-    if (entry.limits.priority === true) return;
-    if (started) this.#turn = Math.max(this.#turn, entry.tag);
-    const key = entry.limits.key ?? '';
-    const state = this.#keys.get(key);
-    if (state === undefined) return;
-    if (state.waiting <= 1) this.#keys.delete(key);
-    else state.waiting -= 1;
-  }
-
-  /**
    * The next waiting work: the lanes take turns while both have some, the priority lane first. A
    * known device waits behind at most one piece of the crowd per piece of its own lane.
    */
   #next(): Waiting | undefined {
     const fromPriority = this.#priority.length > 0 && (this.#queue.length === 0 || !this.#priorityServedLast);
     this.#priorityServedLast = fromPriority;
-    return fromPriority ? this.#priority.shift() : this.#queue.shift();
+    return fromPriority ? this.#priority.entries.shift() : this.#queue.entries.shift();
   }
 
   #admit(limits: WorkLimits): void {
@@ -217,18 +183,22 @@ export class WorkGate {
     const finishMs = this.#finishMs(before + Math.max(0, this.#running - this.#concurrency + 1));
     const retryAfterSeconds = Math.max(1, Math.ceil(finishMs / 1000));
     if (this.#finishBy !== undefined && this.#now() + finishMs > this.#finishBy) throw shuttingDown();
-    if (this.#running >= this.#concurrency && lane.length >= this.#maxWaiting) {
-      throw new UnavailableError('The server is busy, please retry shortly', undefined, retryAfterSeconds);
+    const busy = () => new UnavailableError('The server is busy, please retry shortly', undefined, retryAfterSeconds);
+    if (this.#running >= this.#concurrency && limits.key !== undefined) {
+      // A key of its own holds at most half of its lane, so that it cannot fill it alone.
+      if (lane.waitingOf(limits.key) >= Math.max(1, Math.ceil(this.#maxWaiting / 2))) {
+        throw new UnavailableError('Too many of your requests are waiting, please retry shortly', undefined, retryAfterSeconds);
+      }
+      // A full lane makes room for a key that holds less than another by refusing that other's
+      // newest: two keys at half each no longer shut out a third (helper 99), nor an attacker's
+      // accounts a known device's owner.
+      if (lane.length >= this.#maxWaiting) {
+        const evicted = lane.evictForKey(limits.key);
+        if (evicted === undefined) throw busy();
+        evicted.refuse(busy());
+      }
     }
-    // A key of its own holds at most half of the common queue, so that it cannot fill it.
-    if (
-      this.#running >= this.#concurrency &&
-      limits.priority !== true &&
-      limits.key !== undefined &&
-      (this.#keys.get(limits.key)?.waiting ?? 0) >= Math.max(1, Math.ceil(this.#maxWaiting / 2))
-    ) {
-      throw new UnavailableError('Too many of your requests are waiting, please retry shortly', undefined, retryAfterSeconds);
-    }
+    if (this.#running >= this.#concurrency && lane.length >= this.#maxWaiting) throw busy();
     // Only work that would have to wait is judged by its deadline: a free slot starts it now, and
     // the average alone (which only moves when work completes) must never shut an idle gate.
     if (this.#running >= this.#concurrency && limits.deadline !== undefined && this.#now() + finishMs > limits.deadline) {
@@ -261,6 +231,81 @@ export class WorkGate {
         return;
       }
     }
+  }
+}
+
+/**
+ * A queue in which keys take turns (start-time fair queuing). Each key's next piece takes the tag
+ * after its last one, or after the present turn when it has none waiting, and the entries are
+ * kept in tag order: one key alone is first come, first served; a key that arrives behind another's
+ * hundred waits one turn, not a hundred. Work without a key shares one.
+ */
+class FairLane {
+  /** In the order they will start. */
+  readonly entries: Waiting[] = [];
+  /** The tag of the last work started: the turns' present. */
+  #turn = 0;
+  /** Per key with work waiting: the tag of its last, and how many wait. */
+  readonly #keys = new Map<string, { lastTag: number; waiting: number }>();
+
+  get length(): number {
+    return this.entries.length;
+  }
+
+  waitingOf(key: string): number {
+    return this.#keys.get(key)?.waiting ?? 0;
+  }
+
+  push(entry: Waiting): void {
+    const key = entry.limits.key ?? '';
+    const state = this.#keys.get(key);
+    entry.tag = Math.max(this.#turn, state?.lastTag ?? 0) + 1;
+    this.#keys.set(key, { lastTag: entry.tag, waiting: (state?.waiting ?? 0) + 1 });
+    let index = this.entries.length;
+    while (index > 0 && (this.entries[index - 1]?.tag ?? 0) > entry.tag) index -= 1;
+    this.entries.splice(index, 0, entry);
+  }
+
+  /** Takes `entry` out of the order (its key's count goes when it is refused: see `left`). */
+  remove(entry: Waiting): boolean {
+    const index = this.entries.indexOf(entry);
+    if (index === -1) return false;
+    this.entries.splice(index, 1);
+    return true;
+  }
+
+  /** Work that started or was refused leaves its key's count; started, it moves the present. */
+  left(entry: Waiting, started: boolean): void {
+    if (started) this.#turn = Math.max(this.#turn, entry.tag);
+    const key = entry.limits.key ?? '';
+    const state = this.#keys.get(key);
+    if (state === undefined) return;
+    if (state.waiting <= 1) this.#keys.delete(key);
+    else state.waiting -= 1;
+  }
+
+  /**
+   * For a full lane: the newest entry of the key holding the most, taken out, when that is at
+   * least two more than `key` holds; undefined otherwise (the newcomer is the heaviest, or near).
+   */
+  evictForKey(key: string): Waiting | undefined {
+    let heaviest: string | undefined;
+    let most = 0;
+    for (const [candidate, state] of this.#keys) {
+      if (candidate !== key && state.waiting > most) {
+        heaviest = candidate;
+        most = state.waiting;
+      }
+    }
+    if (heaviest === undefined || most < this.waitingOf(key) + 2) return undefined;
+    for (let index = this.entries.length - 1; index >= 0; index -= 1) {
+      const entry = this.entries[index];
+      if (entry !== undefined && (entry.limits.key ?? '') === heaviest) {
+        this.entries.splice(index, 1);
+        return entry;
+      }
+    }
+    return undefined;
   }
 }
 

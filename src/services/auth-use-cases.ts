@@ -166,8 +166,11 @@ export class AuthUseCases {
     }
     // A known device's login waits in the hash gate's priority lane: a crowd of guesses from any
     // number of addresses filled the common queue and shut the owner out for as long as it lasted
-    // (helper 98). Only the account's own client can present a device token for it.
-    const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash, { priority: device !== undefined }).catch(async (error: unknown) => {
+    // (helper 98). Only the account's own client can present a device token for it; accounts take
+    // turns there, so an attacker's own account, its token replayed from many addresses, does not
+    // shut out another's owner (helper 99).
+    const lane = device === undefined || row === null ? {} : { priority: true, key: `user:${row.id}` };
+    const passwordMatches = await this.#passwords.verify(input.password ?? '', row?.passwordHash, lane).catch(async (error: unknown) => {
       await attempt.abandoned();
       throw error;
     });

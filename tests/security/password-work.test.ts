@@ -88,8 +88,22 @@ describe.each(CROWD_PROTOCOLS)('password hashing under a crowd, over %s', (proto
     expect(first.code).toBe('ok');
     const deviceToken = first.headers.get('x-device-token') ?? '';
     expect(deviceToken).not.toBe('');
+    // The attacker's own account and its device token, replayed from many addresses: its
+    // logins are known devices too (helper 99 kept the owner out with them).
+    const attacker = await register(t);
+    const attackerLogin = await client.login({ usernameOrEmail: attacker.username, password: attacker.password }, from(ip(5)));
+    const attackerDevice = attackerLogin.headers.get('x-device-token') ?? '';
+    expect(attackerDevice).not.toBe('');
     // One hash running and three waiting (the gate's room); the rest of the crowd is refused.
-    const crowd = Array.from({ length: 8 }, (_, i) => client.login({ usernameOrEmail: `nobody_${i}_${user.username}`, password: 'Guess-Passw0rd!' }, from(`203.0.113.${i + 1}`)));
+    const crowd = [
+      ...Array.from({ length: 8 }, (_, i) => client.login({ usernameOrEmail: `nobody_${i}_${user.username}`, password: 'Guess-Passw0rd!' }, from(`203.0.113.${i + 1}`))),
+      ...Array.from({ length: 8 }, (_, i) =>
+        client.login(
+          { usernameOrEmail: attacker.username, password: attacker.password },
+          { headers: { 'x-forwarded-for': `203.0.114.${i + 1}`, 'x-device-token': attackerDevice } },
+        ),
+      ),
+    ];
     await new Promise((resolve) => setTimeout(resolve, 150));
     const owner = await client.login({ usernameOrEmail: user.username, password: user.password }, { headers: { 'x-forwarded-for': ip(3), 'x-device-token': deviceToken } });
     expect(owner.code, 'the known device').toBe('ok');

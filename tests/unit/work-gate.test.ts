@@ -70,6 +70,52 @@ describe('WorkGate', () => {
     expect(await Promise.all(busyResults)).toEqual(['done', 'done', 'done']);
   });
 
+  it('when two keys hold half of a full queue each, then a third key still gets in, in place of the newest of the heaviest', async () => {
+    // Two administrators' tokens shut out every other administrator (helper 99).
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 8, estimateMs: 20 });
+    const runs: Promise<unknown>[] = [];
+    const jobs: ReturnType<typeof pending>[] = [];
+    const add = (key: string, priority = false) => {
+      const job = pending();
+      jobs.push(job);
+      runs.push(gate.run(job.work, { key, priority }).catch((error: unknown) => error));
+    };
+    add('a');
+    for (let i = 0; i < 4; i += 1) add('a');
+    for (let i = 0; i < 4; i += 1) add('b');
+    expect(gate.waiting).toBe(8);
+    add('c');
+    expect(gate.waiting).toBe(8);
+    await tick();
+    // One of the heaviest keys' newest was refused to make room.
+    const outcomes = await Promise.all(runs.slice(1, 9).map((run) => Promise.race([run, Promise.resolve('waiting')])));
+    expect(outcomes.filter((outcome) => outcome instanceof Error)).toHaveLength(1);
+    // In the priority lane likewise: one account's logins cannot keep another's owner out.
+    const lane = new WorkGate({ concurrency: 1, maxWaiting: 3, estimateMs: 20 });
+    const holder = pending();
+    const held = lane.run(holder.work);
+    const attackerJobs = [pending(), pending(), pending()];
+    const attacker = attackerJobs.map((job) => lane.run(job.work, { priority: true, key: 'user:1' }).catch((error: unknown) => error));
+    // One account holds at most half of the lane (2 of 3): its third login is refused.
+    expect(await attacker[2]).toMatchObject({ code: 'SERVICE_UNAVAILABLE' });
+    const owner = pending();
+    const ownerRun = lane.run(owner.work, { priority: true, key: 'user:2' });
+    holder.finish();
+    await tick();
+    expect(attackerJobs[0]?.started()).toBe(true);
+    attackerJobs[0]?.finish();
+    await tick();
+    // The owner's turn comes before the account's second login.
+    expect([owner.started(), attackerJobs[1]?.started()]).toEqual([true, false]);
+    owner.finish();
+    expect(await ownerRun).toBe('done');
+    await tick();
+    attackerJobs[1]?.finish();
+    await held;
+    await Promise.all(attacker);
+    for (const job of jobs) job.finish();
+  });
+
   it('when both lanes have work waiting, then they take turns: a crowd in the priority lane (an attacker with accounts of its own) cannot starve the common one', async () => {
     const gate = new WorkGate({ concurrency: 1, maxWaiting: 8, estimateMs: 20 });
     const order: string[] = [];

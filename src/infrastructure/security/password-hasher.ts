@@ -39,9 +39,9 @@ export class PasswordHasher {
   }
 
   /** bcrypt work, through the gate when it runs for a request. */
-  #gated<T>(work: () => Promise<T>, priority = false): Promise<T> {
+  #gated<T>(work: () => Promise<T>, lane: { priority?: boolean | undefined; key?: string | undefined } = {}): Promise<T> {
     if (this.#gate === undefined || currentCallContext() === undefined) return work();
-    return this.#gate.run(work, { ...currentWorkLimits(), priority });
+    return this.#gate.run(work, { ...currentWorkLimits(), ...lane });
   }
 
   /**
@@ -82,14 +82,15 @@ export class PasswordHasher {
    * password longer than bcrypt reads can never be one that was set (hash() refuses them), and
    * bcrypt would compare only its first 72 bytes: it is refused, after the same work.
    */
-  async verify(password: string, hash: string | undefined, options: { priority?: boolean } = {}): Promise<boolean> {
+  /** `lane`: the gate's priority lane, and whose turn it is there (see WorkLimits). */
+  async verify(password: string, hash: string | undefined, lane: { priority?: boolean; key?: string } = {}): Promise<boolean> {
     const normalized = password.normalize('NFC');
     if (hash === undefined || Buffer.byteLength(normalized, 'utf8') > MAX_PASSWORD_BYTES) {
       const dummy = await this.#dummy();
-      await this.#gated(() => bcrypt.compare(normalized, dummy), options.priority);
+      await this.#gated(() => bcrypt.compare(normalized, dummy), lane);
       return false;
     }
-    return this.#gated(() => bcrypt.compare(normalized, hash), options.priority);
+    return this.#gated(() => bcrypt.compare(normalized, hash), lane);
   }
 
   #dummy(): Promise<string> {

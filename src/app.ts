@@ -167,7 +167,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
  * `a`), and a common one stopped the start with a stack trace naming no variable. The start now
  * stops with a ConfigError naming each variable.
  */
-async function checkBootstrapAdmin(admin: NonNullable<Config['bootstrapAdmin']>): Promise<void> {
+async function checkBootstrapAdmin(admin: NonNullable<Config['bootstrapAdmin']>, passwords: PasswordHasher): Promise<void> {
   const { validator } = await loadContract();
   const variables: Record<string, string> = { username: 'ADMIN_USERNAME', email: 'ADMIN_EMAIL', password: 'ADMIN_PASSWORD' };
   const problems: string[] = [];
@@ -180,8 +180,7 @@ async function checkBootstrapAdmin(admin: NonNullable<Config['bootstrapAdmin']>)
     }
   };
   collect(() => validator.check(RegisterRequestSchema, create(RegisterRequestSchema, { username: admin.username, email: admin.email, password: admin.password })));
-  const common = await loadCommonPasswords();
-  collect(() => new PasswordHasher(4, common).acceptable(admin.password));
+  collect(() => passwords.acceptable(admin.password));
   if (problems.length > 0)
     throw new ConfigError(`The bootstrap administrator must be an account registration would accept:\n${problems.map((problem) => `  ${problem}`).join('\n')}`);
 }
@@ -421,7 +420,7 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
         passwords,
         audit: jobs.audit,
         logger,
-        acceptable: () => checkBootstrapAdmin(admin),
+        acceptable: () => checkBootstrapAdmin(admin, passwords),
       });
     }
   }

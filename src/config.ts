@@ -61,16 +61,35 @@ const bool = (fallback: boolean) =>
     .default(fallback ? 'true' : 'false')
     .transform((value) => value === 'true' || value === '1');
 
+/** How a whole number (a hop count among them) is written, and how proxy-addr misreads one inside a list (`1` as 0.0.0.1). */
+const BARE_NUMBER = /^\s*\d+\s*$/;
+
 /**
  * A whole number written in decimal digits (spaces around it allowed). `z.coerce.number` read a
  * blank value as 0 (a cap of 0 is "no cap") and `0x10`, `1e3` or `0b11` as numbers (helper 95).
  */
 const decimal = z
   .string()
-  .regex(/^\s*\d+\s*$/, 'must be a whole number written in decimal digits')
+  .regex(BARE_NUMBER, 'must be a whole number written in decimal digits')
   .transform((value) => Number(value));
 const int = (fallback: number, min: number, max: number) => decimal.pipe(z.number().int().min(min).max(max)).default(fallback);
 const optionalInt = (min: number, max: number) => decimal.pipe(z.number().int().min(min).max(max)).optional();
+
+/**
+ * The problem with a comma list of proxy addresses, subnets or proxy-addr's names, or undefined:
+ * a bare number in it (proxy-addr read `1,2` as addresses 0.0.0.1 and 0.0.0.2, and every client
+ * behind the proxy shared one address's limits), or what proxy-addr cannot compile. Checked here,
+ * so that a typo stops the start before anything else runs, named as a setting.
+ */
+function proxyListProblem(value: string): string | undefined {
+  if (value.split(',').some((part) => BARE_NUMBER.test(part))) return 'a list holds no hop counts';
+  try {
+    compileTrust(value);
+    return undefined;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
+}
 
 /** Each key is the environment variable's name; defaults make a bare `npm start` work. */
 const EnvSchema = z.object({
@@ -104,23 +123,12 @@ const EnvSchema = z.object({
     .default('false')
     .transform((value) => value.trim())
     .superRefine((value, ctx) => {
-      // proxy-addr reads a bare `1` in a list as the address 0.0.0.1: `1,2` or `1 ` (before the
-      // trim) trusted no proxy, and every client behind one shared one address's limits.
-      if (value.includes(',') && value.split(',').some((part) => /^\s*\d+\s*$/.test(part))) {
+      if (/^(true|false|\d+)$/.test(value)) return;
+      const problem = proxyListProblem(value);
+      if (problem !== undefined) {
         ctx.addIssue({
           code: 'custom',
-          message: 'must be true, false, a number of hops, or comma-separated proxy addresses, subnets or loopback/linklocal/uniquelocal; a list holds no hop counts',
-        });
-        return;
-      }
-      // Addresses and subnets are compiled here, so that a typo stops the start before anything
-      // else runs, named as a setting, rather than as a TypeError after the migrations.
-      try {
-        compileTrust(parseTrustProxy(value));
-      } catch (error) {
-        ctx.addIssue({
-          code: 'custom',
-          message: `must be true, false, a number of hops, or comma-separated proxy addresses, subnets or loopback/linklocal/uniquelocal (${error instanceof Error ? error.message : String(error)})`,
+          message: `must be true, false, a number of hops, or comma-separated proxy addresses, subnets or loopback/linklocal/uniquelocal (${problem})`,
         });
       }
     }),
@@ -130,19 +138,14 @@ const EnvSchema = z.object({
   TRACE_TRUSTED_PROXIES: z
     .string()
     .default('')
+    .transform((value) => value.trim())
     .superRefine((value, ctx) => {
-      if (value.trim() === '') return;
-      // Nor a bare number inside a list, which proxy-addr reads as an address (`1` is 0.0.0.1).
-      if (/^\s*(true|false|\d+)\s*$/i.test(value) || value.split(',').some((part) => /^\s*\d+\s*$/.test(part))) {
-        ctx.addIssue({ code: 'custom', message: 'must name proxy addresses or subnets (or loopback/linklocal/uniquelocal), not true, false or a hop count' });
-        return;
-      }
-      try {
-        compileTrust(value);
-      } catch (error) {
+      if (value === '') return;
+      const problem = /^(true|false)$/i.test(value) ? 'every peer is no proxy' : proxyListProblem(value);
+      if (problem !== undefined) {
         ctx.addIssue({
           code: 'custom',
-          message: `must be comma-separated proxy addresses, subnets or loopback/linklocal/uniquelocal (${error instanceof Error ? error.message : String(error)})`,
+          message: `must be comma-separated proxy addresses, subnets or loopback/linklocal/uniquelocal, not true, false or a hop count (${problem})`,
         });
       }
     }),
@@ -301,7 +304,7 @@ export function loadConfig(env: Environment) {
       port: e.PORT,
       trustProxy: parseTrustProxy(e.TRUST_PROXY),
       /** The proxies whose `traceparent` the public edge continues; none (false) by default. */
-      traceTrustedProxies: e.TRACE_TRUSTED_PROXIES.trim() === '' ? (false as const) : e.TRACE_TRUSTED_PROXIES,
+      traceTrustedProxies: e.TRACE_TRUSTED_PROXIES === '' ? (false as const) : e.TRACE_TRUSTED_PROXIES,
       /** Largest request body in bytes, for REST JSON and RPC messages alike. */
       bodyLimitBytes: e.BODY_LIMIT,
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
@@ -475,8 +478,7 @@ function parseSize(value: string): number {
 }
 
 /** Express's `trust proxy`: false, true, a hop count, or a list of addresses/subnets. */
-function parseTrustProxy(setting: string): boolean | number | string {
-  const value = setting.trim();
+function parseTrustProxy(value: string): boolean | number | string {
   if (value === 'false' || value === '0') return false;
   if (value === 'true') return true;
   return /^\d+$/.test(value) ? Number(value) : value;

@@ -18,10 +18,10 @@ const KEEP_FOR_CLOSING_SHARE = 0.9;
 /** How long no write may have run before the database is closed: what a cut request starts, it starts within this. */
 const SETTLE_QUIET_MS = 100;
 
-async function main(): Promise<void> {
-  let config;
+/** `work`'s result; a ConfigError it throws stops the process with its message alone, no stack. */
+async function orExitOnConfigError<T>(work: () => T | Promise<T>): Promise<T> {
   try {
-    config = loadConfig(process.env);
+    return await work();
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`${error.message}\n`);
@@ -29,6 +29,10 @@ async function main(): Promise<void> {
     }
     throw error;
   }
+}
+
+async function main(): Promise<void> {
+  const config = await orExitOnConfigError(() => loadConfig(process.env));
   // With tracing on, every line logged on behalf of a traced request carries its trace id.
   const logger = createLogger({ level: config.logLevel, mixin: config.tracing === undefined ? undefined : traceLogFields });
   if (config.jwt.usingDevelopmentSecret) {
@@ -38,16 +42,8 @@ async function main(): Promise<void> {
   if (config.deployment.mode !== 'monolithic' && config.deployment.internalSecret === undefined) {
     logger.warn('INTERNAL_API_SECRET is not set: internal APIs accept calls from anyone who can reach them. Never do this in production.');
   }
-  let app;
-  try {
-    app = await createApplication(config, logger);
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n`);
-      process.exit(1);
-    }
-    throw error;
-  }
+  // Also during start-up: the bootstrap administrator's variables are checked when it is created.
+  const app = await orExitOnConfigError(() => createApplication(config, logger));
   const { server, close, closeNow } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },
     { limits: config.server.connections, trustProxy: config.server.trustProxy, logger, bodyLimitBytes: config.server.bodyLimitBytes },

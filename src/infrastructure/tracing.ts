@@ -92,7 +92,7 @@ export class Tracing {
 
   /**
    * A server span for a request that arrived with `headers`. From a caller inside the deployment's
-   * trust (`callerTrusted`: a layer above, or a proxy TRUST_PROXY names), the child of its span
+   * trust (`callerTrusted`: a layer above, or a proxy TRACE_TRUSTED_PROXIES names), the child of its span
    * when they carry a valid `traceparent`. From anyone else, a new trace that links to the
    * caller's span: a public client chose the trace id of its requests' spans and log lines (into
    * another request's trace, say), switched their tracing off with a sampled flag of 0, and had
@@ -103,6 +103,7 @@ export class Tracing {
     const parent = this.#propagator.extract(ROOT_CONTEXT, header, headerGetter);
     if (callerTrusted) return this.tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
     const remote = trace.getSpanContext(parent);
+    // The link names the caller's span without its tracestate, which is the client's to choose.
     const links =
       remote !== undefined && isSpanContextValid(remote) ? [{ context: { traceId: remote.traceId, spanId: remote.spanId, traceFlags: remote.traceFlags, isRemote: true } }] : [];
     return this.tracer.startSpan(name, { kind: SpanKind.SERVER, attributes, links, root: true }, ROOT_CONTEXT);

@@ -9,7 +9,7 @@ import { resolveClientInfo } from '../../rpc/client-edge.ts';
 /** The request id chosen by the request-context interceptor. */
 export const requestIdKey = createContextKey<string>('', { description: 'request id' });
 
-/** Whether the socket peer is a proxy TRUST_PROXY names, whose trace context is continued. */
+/** Whether the socket peer is a proxy TRACE_TRUSTED_PROXIES names, whose trace context is continued. */
 export const peerTrustedKey = createContextKey<boolean>(false, { description: 'peer is a trusted proxy' });
 
 /**

@@ -4,7 +4,10 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { currentCallContext, currentWorkLimits } from '../call-context.ts';
 import { ValidationError } from '../../domain/errors.ts';
-import type { WorkGate } from '../work-gate.ts';
+import type { WorkGate, WorkLimits } from '../work-gate.ts';
+
+/** Which of the gate's lanes a comparison waits in, and whose turn it is there. */
+type GateLane = Pick<WorkLimits, 'priority' | 'key'>;
 
 const MAX_PASSWORD_BYTES = 72;
 const COMMON_PASSWORDS_PATH = join(import.meta.dirname, 'common-passwords.txt');
@@ -39,7 +42,7 @@ export class PasswordHasher {
   }
 
   /** bcrypt work, through the gate when it runs for a request. */
-  #gated<T>(work: () => Promise<T>, lane: { priority?: boolean | undefined; key?: string | undefined } = {}): Promise<T> {
+  #gated<T>(work: () => Promise<T>, lane: GateLane = {}): Promise<T> {
     if (this.#gate === undefined || currentCallContext() === undefined) return work();
     return this.#gate.run(work, { ...currentWorkLimits(), ...lane });
   }
@@ -80,10 +83,10 @@ export class PasswordHasher {
    * Compares against the stored hash, or against a throwaway hash of the same cost when there is
    * none, so that a login for an unknown user takes as long as one with a wrong password. A
    * password longer than bcrypt reads can never be one that was set (hash() refuses them), and
-   * bcrypt would compare only its first 72 bytes: it is refused, after the same work.
+   * bcrypt would compare only its first 72 bytes: it is refused, after the same work. `lane`: the
+   * gate's priority lane, and whose turn it is there (see WorkLimits).
    */
-  /** `lane`: the gate's priority lane, and whose turn it is there (see WorkLimits). */
-  async verify(password: string, hash: string | undefined, lane: { priority?: boolean; key?: string } = {}): Promise<boolean> {
+  async verify(password: string, hash: string | undefined, lane: GateLane = {}): Promise<boolean> {
     const normalized = password.normalize('NFC');
     if (hash === undefined || Buffer.byteLength(normalized, 'utf8') > MAX_PASSWORD_BYTES) {
       const dummy = await this.#dummy();

@@ -7,8 +7,8 @@ import { RedisCache } from '../../src/infrastructure/cache.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { createRedisClient, deleteByPrefix, waitUntilReady } from '../../src/infrastructure/redis/redis-client.ts';
 import { startRedisServer } from '../helpers/redis-server.ts';
-import { apiClient, PROTOCOLS } from '../helpers/protocols.ts';
-import { bearer, createTestApp, loginAdmin, register, startTestServer, type TestApp, monolithOf } from '../helpers/test-app.ts';
+import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { bearer, createTestApp, loginAdmin, register, startTestServer, type TestApp, type TestServer, monolithOf } from '../helpers/test-app.ts';
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = `arcana-test-${randomBytes(4).toString('hex')}:`;
@@ -175,6 +175,20 @@ describe('login brute-force protection', () => {
 });
 
 /** An app on a redis-server of its own, with a user whose session and profile are cached by one GET. */
+/** Runs `check` over every protocol with a client on each of two instances, and closes them. */
+async function overEveryProtocol(a: TestServer, b: TestServer, check: (onA: ApiClient, onB: ApiClient, protocol: ProtocolName) => Promise<void>): Promise<void> {
+  for (const protocol of PROTOCOLS) {
+    const onA = apiClient(protocol, a.baseUrl);
+    const onB = apiClient(protocol, b.baseUrl);
+    try {
+      await check(onA, onB, protocol);
+    } finally {
+      onA.close();
+      onB.close();
+    }
+  }
+}
+
 async function appOnItsOwnRedis() {
   const server = await startRedisServer();
   const t = await createTestApp({ REDIS_URL: server.url, REDIS_KEY_PREFIX: prefix });
@@ -369,27 +383,20 @@ describe('when Redis loses an invalidation', () => {
     };
     const admin = await loginAdmin(a);
     try {
-      for (const protocol of PROTOCOLS) {
-        const onA = apiClient(protocol, a.baseUrl);
-        const onB = apiClient(protocol, b.baseUrl);
-        try {
-          const user = await register(a);
-          expect((await onB.me(user.accessToken)).code).toBe('ok');
-          await dropA();
-          expect((await onA.logout(user.accessToken)).code).toBe('ok');
-          expect((await onB.me(user.accessToken)).code, `${protocol}: logged out on A, asked B`).toBe('unauthenticated');
+      await overEveryProtocol(a, b, async (onA, onB, protocol) => {
+        const user = await register(a);
+        expect((await onB.me(user.accessToken)).code).toBe('ok');
+        await dropA();
+        expect((await onA.logout(user.accessToken)).code).toBe('ok');
+        expect((await onB.me(user.accessToken)).code, `${protocol}: logged out on A, asked B`).toBe('unauthenticated');
 
-          const promoted = await register(a);
-          expect((await onA.updateRole(admin, promoted.id, 'ADMIN')).code).toBe('ok');
-          expect((await onB.listUsers(promoted.accessToken, {})).code).toBe('ok');
-          await dropA();
-          expect((await onA.updateRole(admin, promoted.id, 'USER')).code).toBe('ok');
-          expect((await onB.listUsers(promoted.accessToken, {})).code, `${protocol}: demoted on A, asked B`).toBe('permission_denied');
-        } finally {
-          onA.close();
-          onB.close();
-        }
-      }
+        const promoted = await register(a);
+        expect((await onA.updateRole(admin, promoted.id, 'ADMIN')).code).toBe('ok');
+        expect((await onB.listUsers(promoted.accessToken, {})).code).toBe('ok');
+        await dropA();
+        expect((await onA.updateRole(admin, promoted.id, 'USER')).code).toBe('ok');
+        expect((await onB.listUsers(promoted.accessToken, {})).code, `${protocol}: demoted on A, asked B`).toBe('permission_denied');
+      });
     } finally {
       control.disconnect();
       await b.close();
@@ -415,35 +422,28 @@ describe('when Redis loses an invalidation', () => {
     ];
     try {
       for (const state of refusingWrites)
-        for (const protocol of PROTOCOLS) {
-          const onA = apiClient(protocol, a.baseUrl);
-          const onB = apiClient(protocol, b.baseUrl);
+        await overEveryProtocol(a, b, async (onA, onB, protocol) => {
           const label = `${protocol}, ${state.name}`;
+          const user = await register(a);
+          const promoted = await register(a);
+          expect((await onA.updateRole(admin, promoted.id, 'ADMIN')).code).toBe('ok');
+          // Both cached on B.
+          expect((await onB.me(user.accessToken)).code).toBe('ok');
+          expect((await onB.listUsers(promoted.accessToken, {})).code).toBe('ok');
+          await state.refuse();
           try {
-            const user = await register(a);
-            const promoted = await register(a);
-            expect((await onA.updateRole(admin, promoted.id, 'ADMIN')).code).toBe('ok');
-            // Both cached on B.
-            expect((await onB.me(user.accessToken)).code).toBe('ok');
-            expect((await onB.listUsers(promoted.accessToken, {})).code).toBe('ok');
-            await state.refuse();
-            try {
-              expect(await control.set(`${prefix}probe`, '1').catch((error: unknown) => String(error))).toMatch(/NOREPLICAS|READONLY/);
-              expect((await onA.logout(user.accessToken)).code).toBe('ok');
-              expect((await onA.updateRole(admin, promoted.id, 'USER')).code).toBe('ok');
-              expect((await onB.me(user.accessToken)).code, `${label}: logged out on A, asked B`).toBe('unauthenticated');
-              expect((await onB.listUsers(promoted.accessToken, {})).code, `${label}: demoted on A, asked B`).toBe('permission_denied');
-            } finally {
-              await state.allow();
-            }
-            await settle();
-            expect((await onB.me(user.accessToken)).code, `${label}: once Redis takes writes again`).toBe('unauthenticated');
-            expect((await onB.listUsers(promoted.accessToken, {})).code, `${label}: once Redis takes writes again`).toBe('permission_denied');
+            expect(await control.set(`${prefix}probe`, '1').catch((error: unknown) => String(error))).toMatch(/NOREPLICAS|READONLY/);
+            expect((await onA.logout(user.accessToken)).code).toBe('ok');
+            expect((await onA.updateRole(admin, promoted.id, 'USER')).code).toBe('ok');
+            expect((await onB.me(user.accessToken)).code, `${label}: logged out on A, asked B`).toBe('unauthenticated');
+            expect((await onB.listUsers(promoted.accessToken, {})).code, `${label}: demoted on A, asked B`).toBe('permission_denied');
           } finally {
-            onA.close();
-            onB.close();
+            await state.allow();
           }
-        }
+          await settle();
+          expect((await onB.me(user.accessToken)).code, `${label}: once Redis takes writes again`).toBe('unauthenticated');
+          expect((await onB.listUsers(promoted.accessToken, {})).code, `${label}: once Redis takes writes again`).toBe('permission_denied');
+        });
     } finally {
       control.disconnect();
       await b.close();

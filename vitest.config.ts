@@ -43,6 +43,7 @@ const SECURITY_SUITES = [
   'idempotency-keys',
   'deadlines',
   'expensive-lists',
+  'database-stall',
 ].map((name) => `tests/security/${name}.test.ts`);
 
 /**

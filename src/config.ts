@@ -175,6 +175,8 @@ const EnvSchema = z.object({
     .optional(),
   DATA_DIR: z.string().default('./.data'),
   DATABASE_LOCK_TIMEOUT_MS: int(5_000, 1_000, 600_000),
+  // Unset: 5 s, or DATABASE_LOCK_TIMEOUT_MS when that is longer (see the check in loadConfig).
+  DATABASE_QUERY_TIMEOUT_MS: optionalInt(100, 600_000),
   REDIS_URL: z
     .string()
     .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
@@ -239,6 +241,9 @@ export class ConfigError extends Error {
   override readonly name = 'ConfigError';
 }
 
+/** DATABASE_QUERY_TIMEOUT_MS's default, unless DATABASE_LOCK_TIMEOUT_MS is longer. */
+const DEFAULT_QUERY_TIMEOUT_MS = 5_000;
+
 export function loadConfig(env: Environment) {
   // Empty strings mean "unset", as they do in most .env tooling.
   const cleaned = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ''));
@@ -289,6 +294,11 @@ export function loadConfig(env: Environment) {
       `DEPLOYMENT_MODE=${deployment.mode} in production needs INTERNAL_API_SECRET (≥ 32 characters, the same in every process), which the internal APIs require of their callers.`,
     );
   }
+  // A statement's bound counts its lock waits too: a lock wait allowed longer would end earlier.
+  const queryTimeoutMs = e.DATABASE_QUERY_TIMEOUT_MS ?? Math.max(DEFAULT_QUERY_TIMEOUT_MS, e.DATABASE_LOCK_TIMEOUT_MS);
+  if (queryTimeoutMs < e.DATABASE_LOCK_TIMEOUT_MS) {
+    throw new ConfigError("DATABASE_QUERY_TIMEOUT_MS must not be shorter than DATABASE_LOCK_TIMEOUT_MS: a statement's time includes its wait for locks.");
+  }
   const admin = [e.ADMIN_USERNAME, e.ADMIN_EMAIL, e.ADMIN_PASSWORD];
   if (admin.some((v) => v !== undefined) && admin.some((v) => v === undefined)) {
     throw new ConfigError('ADMIN_USERNAME, ADMIN_EMAIL and ADMIN_PASSWORD must be set together.');
@@ -326,7 +336,7 @@ export function loadConfig(env: Environment) {
             serviceName: e.OTEL_SERVICE_NAME ?? (deployment.layer === 'monolithic' ? 'arcana-cloud' : `arcana-cloud-${deployment.layer}`),
             scheduleDelayMs: e.OTEL_BSP_SCHEDULE_DELAY,
           },
-    database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR, lockTimeoutMs: e.DATABASE_LOCK_TIMEOUT_MS },
+    database: { databaseUrl: e.DATABASE_URL, dataDir: e.DATA_DIR, lockTimeoutMs: e.DATABASE_LOCK_TIMEOUT_MS, queryTimeoutMs },
     redis: e.REDIS_URL === undefined ? undefined : { url: e.REDIS_URL, keyPrefix: e.REDIS_KEY_PREFIX },
     cacheTtlSeconds: e.CACHE_TTL_SECONDS,
     sessionPurge: { intervalMs: e.SESSION_PURGE_INTERVAL_MS, retentionMs: e.SESSION_PURGE_RETENTION_MS },

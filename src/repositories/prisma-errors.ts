@@ -19,13 +19,24 @@ function isWriteConflict(cause: unknown): boolean {
   return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'TransactionWriteConflict';
 }
 
-/** A statement that waited for a lock past the limit (PostgreSQL 55P03 under lock_timeout, MySQL 1205). */
+/**
+ * A statement that waited for a lock past the limit (PostgreSQL 55P03 under lock_timeout, MySQL
+ * 1205), or that ran past PostgreSQL's statement_timeout (57014).
+ */
 function isLockTimeout(cause: unknown): boolean {
   if (typeof cause !== 'object' || cause === null) return false;
   const kind: unknown = Reflect.get(cause, 'kind');
   const code = String(Reflect.get(cause, 'code'));
-  return (kind === 'postgres' && code === '55P03') || (kind === 'mysql' && code === '1205');
+  return (kind === 'postgres' && (code === '55P03' || code === '57014')) || (kind === 'mysql' && code === '1205');
 }
+
+/**
+ * node-postgres's pool found no free connection within its connectionTimeoutMillis, and its client
+ * had no answer to its handshake in that time. Both are plain errors without a code, which the
+ * adapter passes on as they are.
+ */
+const POOL_WAIT_TIMEOUT = 'timeout exceeded when trying to connect';
+const CONNECT_TIMEOUT = 'Connection terminated due to connection timeout';
 
 function isMysqlConnectionError(cause: unknown): boolean {
   return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'mysql' && MYSQL_CONNECTION_ERRNOS.has(Number(Reflect.get(cause, 'code')));
@@ -46,7 +57,8 @@ export function translateDatabaseError(error: unknown): unknown {
       });
     }
     if (error.code === 'P2025') return new NotFoundError('User not found');
-    if (error.code === 'P1001' || error.code === 'P1017') return new UnavailableError('Database unavailable', error);
+    // Unreachable, closed, or (P1008) no answer within the bound database.ts sets.
+    if (error.code === 'P1001' || error.code === 'P1017' || error.code === 'P1008') return new UnavailableError('Database unavailable', error);
     // No connection came free in time, for a statement (P2024) or a transaction (P2028): the
     // database is overloaded, not the request wrong.
     if (error.code === 'P2024' || error.code === 'P2028') return new UnavailableError('The database is busy; try again', error, 1);
@@ -67,6 +79,8 @@ export function translateDatabaseError(error: unknown): unknown {
     if (isLockTimeout(error.cause)) return new UnavailableError('The database is busy; try again', error, 1);
   }
   if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
+  if (error instanceof Error && error.message === POOL_WAIT_TIMEOUT) return new UnavailableError('The database is busy; try again', error, 1);
+  if (error instanceof Error && error.message === CONNECT_TIMEOUT) return new UnavailableError('Database unavailable', error);
   const code = findCode(error);
   if (code !== undefined && CONNECTION_CODES.has(code)) return new UnavailableError('Database unavailable', error);
   return error;

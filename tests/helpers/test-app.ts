@@ -80,6 +80,8 @@ export interface TestAppOptions {
   logger?: Logger;
   /** Deploys this app so, whatever TEST_TOPOLOGY says (for a suite that runs in one project). */
   topology?: TopologyName;
+  /** The URL the app is given for its database (a proxy's, say), from the test database's own. */
+  databaseUrlAs?: (url: string) => string;
 }
 
 /**
@@ -95,7 +97,7 @@ export async function createTestApp(overrides: Environment = {}, options: TestAp
 
   // TEST_REDIS_URL runs the whole API suite with the Redis-backed cache and counters.
   const redis = process.env.TEST_REDIS_URL === undefined ? {} : { REDIS_URL: process.env.TEST_REDIS_URL, REDIS_KEY_PREFIX: `${name}:` };
-  const env: Environment = { ...TEST_ENV, ...redis, DATABASE_URL: database.url, ...overrides };
+  const env: Environment = { ...TEST_ENV, ...redis, DATABASE_URL: options.databaseUrlAs?.(database.url) ?? database.url, ...overrides };
   let app: Application;
   try {
     const topology = options.topology ?? TEST_TOPOLOGY;
@@ -274,7 +276,10 @@ export interface TestServer extends TestApp {
 }
 
 /** Like createTestApp, and also serves it on a real port the way src/main.ts does. */
-export async function startTestServer(overrides: Environment = {}, options: Pick<TestAppOptions, 'logger' | 'topology' | 'sameDatabaseAs'> = {}): Promise<TestServer> {
+export async function startTestServer(
+  overrides: Environment = {},
+  options: Pick<TestAppOptions, 'logger' | 'topology' | 'sameDatabaseAs' | 'databaseUrlAs'> = {},
+): Promise<TestServer> {
   const t = await createTestApp(overrides, options);
   // The connection settings come from the same variables; the database is the app's business.
   const { port, close } = await listenOnLoopback(t.app, { ...TEST_ENV, ...overrides });

@@ -9,7 +9,7 @@ describe('loadConfig', () => {
   it('when nothing is set, then the defaults run a monolith on port 3000 with the embedded database', () => {
     const config = loadConfig({});
     expect(config.server.port).toBe(3000);
-    expect(config.database).toEqual({ databaseUrl: undefined, dataDir: './.data', lockTimeoutMs: 5000 });
+    expect(config.database).toEqual({ databaseUrl: undefined, dataDir: './.data', lockTimeoutMs: 5000, queryTimeoutMs: 5000 });
     expect(config.bcryptRounds).toBe(12);
     expect(config.jwt.accessTtlSeconds).toBe(3600);
     expect(config.jwt.refreshTtlSeconds).toBe(30 * 24 * 3600);
@@ -85,6 +85,13 @@ describe('loadConfig', () => {
 
   it('when only some ADMIN_* variables are set, then it refuses to start', () => {
     expect(() => loadConfig({ ADMIN_USERNAME: 'root' })).toThrow(/must be set together/);
+  });
+
+  it('when DATABASE_QUERY_TIMEOUT_MS is unset, then a statement gets 5 s or the lock wait allowed, if longer; set shorter than the lock wait, it refuses to start', () => {
+    expect(loadConfig({}).database.queryTimeoutMs).toBe(5000);
+    expect(loadConfig({ DATABASE_LOCK_TIMEOUT_MS: '60000' }).database.queryTimeoutMs).toBe(60000);
+    expect(loadConfig({ DATABASE_QUERY_TIMEOUT_MS: '2000', DATABASE_LOCK_TIMEOUT_MS: '1000' }).database).toMatchObject({ queryTimeoutMs: 2000, lockTimeoutMs: 1000 });
+    expect(() => loadConfig({ DATABASE_QUERY_TIMEOUT_MS: '2000' })).toThrow(/DATABASE_QUERY_TIMEOUT_MS must not be shorter than DATABASE_LOCK_TIMEOUT_MS/);
   });
 
   it('when lists are given, then they are split on commas', () => {

@@ -25,6 +25,7 @@ import { resolve } from 'node:path';
 // loading the two others cost a PostgreSQL process about a tenth of a second at every start.
 import type { PGlite } from '@electric-sql/pglite';
 import type { PrismaPg } from '@prisma/adapter-pg';
+import type { PoolClient } from 'pg';
 import type { Connection as MariadbConnection } from 'mariadb';
 import { DriverAdapterError } from '@prisma/driver-adapter-utils';
 import type { SqlDriverAdapter, SqlDriverAdapterFactory, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
@@ -49,6 +50,15 @@ export interface DatabaseOptions {
    * that waits. PGlite has one connection and nobody else to wait for.
    */
   lockTimeoutMs?: number;
+  /**
+   * How long a statement may take, lock waits included, before the request fails (PostgreSQL's
+   * statement_timeout on the application's connections; not the migrations'). A server that stops
+   * answering altogether (frozen, partitioned, its disk stalled) is given a second more; the
+   * connection is then closed, not returned to the pool, and a wait for a pooled connection is
+   * bounded by the same time. Unbounded, each request waited for as long as the server did, and
+   * every later one queued behind the pool's connections (found by an attacking helper).
+   */
+  queryTimeoutMs?: number;
 }
 
 export type DatabaseKind = 'postgresql' | 'pglite' | 'mysql';
@@ -138,13 +148,18 @@ export async function createDatabase(options: DatabaseOptions): Promise<Database
   if (options.databaseUrl === undefined) return openPGlite(options.dataDir);
   const url = parseDatabaseUrl(options.databaseUrl);
   const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
-  return url.protocol === 'mysql:' || url.protocol === 'mariadb:' ? await openMysql(url, lockTimeoutMs) : await openPostgres(url, lockTimeoutMs);
+  const queryTimeoutMs = options.queryTimeoutMs ?? Math.max(DEFAULT_QUERY_TIMEOUT_MS, lockTimeoutMs);
+  return url.protocol === 'mysql:' || url.protocol === 'mariadb:' ? await openMysql(url, lockTimeoutMs) : await openPostgres(url, lockTimeoutMs, queryTimeoutMs);
 }
 
 const PROTOCOLS = ['postgresql:', 'postgres:', 'mysql:', 'mariadb:'];
 
 /** DATABASE_LOCK_TIMEOUT_MS's default: Prisma's own timeout for an interactive transaction. */
 const DEFAULT_LOCK_TIMEOUT_MS = 5_000;
+/** DATABASE_QUERY_TIMEOUT_MS's default, unless the lock timeout is longer. */
+const DEFAULT_QUERY_TIMEOUT_MS = 5_000;
+/** How much longer than its statement_timeout a statement is given before its server is taken for gone. */
+const UNANSWERED_MARGIN_MS = 1_000;
 
 function parseDatabaseUrl(databaseUrl: string): URL {
   let url: URL;
@@ -159,7 +174,7 @@ function parseDatabaseUrl(databaseUrl: string): URL {
   return url;
 }
 
-async function openPostgres(url: URL, lockTimeoutMs: number): Promise<Database> {
+async function openPostgres(url: URL, lockTimeoutMs: number, queryTimeoutMs: number): Promise<Database> {
   const schema = url.searchParams.get('schema') ?? DEFAULT_SCHEMA;
   if (!SCHEMA_NAME.test(schema)) {
     throw new Error(`Invalid schema name "${schema}" in the database URL`);
@@ -177,19 +192,28 @@ async function openPostgres(url: URL, lockTimeoutMs: number): Promise<Database> 
   url.searchParams.set('options', existing === null ? `${lockTimeout} ${searchPath}` : `${lockTimeout} ${existing} ${searchPath}`);
 
   // Each connect() of PrismaPg opens its own pool, so the client and the schema engine never share
-  // connections (and never share the engine's session-level advisory lock).
+  // connections (and never share the engine's session-level advisory lock). Only the client's are
+  // bounded: a migration may take as long as it takes.
   const { PrismaPg } = await import('@prisma/adapter-pg');
   const names = new StatementNames();
-  const factory = new PrismaPg({ connectionString: url.toString() }, { ...(schema === DEFAULT_SCHEMA ? {} : { schema }), statementNameGenerator: names.nameOf });
+  const adapterOptions = { ...(schema === DEFAULT_SCHEMA ? {} : { schema }), statementNameGenerator: names.nameOf };
+  const factory = new PrismaPg({ connectionString: url.toString() }, adapterOptions);
+  const clientUrl = new URL(url);
+  clientUrl.searchParams.set('options', `-c statement_timeout=${queryTimeoutMs} ${url.searchParams.get('options') ?? ''}`);
+  const clientFactory = new PrismaPg({ connectionString: clientUrl.toString(), connectionTimeoutMillis: queryTimeoutMs }, adapterOptions);
   // The client's pool, as its adapter reports it once connected (the schema engine's are its own).
   let pool: { totalCount: number; idleCount: number; waitingCount: number; options: { max?: number } } | undefined;
   const { prisma, readRows, queryCount } = createCountingClient(
     {
-      provider: factory.provider,
-      adapterName: factory.adapterName,
+      provider: clientFactory.provider,
+      adapterName: clientFactory.adapterName,
       connect: async () => {
-        const adapter = await factory.connect();
-        pool = adapter.underlyingDriver();
+        const adapter = await clientFactory.connect();
+        const connected = adapter.underlyingDriver();
+        connected.on('connect', (client) => {
+          boundStatements(client, queryTimeoutMs + UNANSWERED_MARGIN_MS);
+        });
+        pool = connected;
         return adapter;
       },
     },
@@ -231,6 +255,38 @@ async function openPostgres(url: URL, lockTimeoutMs: number): Promise<Database> 
       await prisma.$disconnect();
     },
   };
+}
+
+/**
+ * Closes a pooled connection whose statement has had no answer within `ms`, failing the statement
+ * (and any queued behind it) as a socket timeout, which the adapter reports as SocketTimeout. A
+ * closed connection leaves the pool; one that waited for a frozen server would otherwise be
+ * handed to the next request. node-postgres's own query_timeout fails the statement but keeps the
+ * connection, still waiting, in use.
+ */
+function boundStatements(client: PoolClient, ms: number): void {
+  const send = client.query.bind(client) as (...args: unknown[]) => unknown;
+  const giveUp = () => {
+    const error = Object.assign(new Error(`The database did not answer within ${ms} ms`), { code: 'ETIMEDOUT', syscall: 'read', errno: -110 });
+    client.connection.stream.destroy(error);
+  };
+  Reflect.set(client, 'query', (...args: unknown[]) => {
+    const timer = setTimeout(giveUp, ms);
+    const last = args.length - 1;
+    const callback = args[last];
+    // The pool's query() passes a callback; the adapter's transactions await a promise.
+    if (typeof callback === 'function') {
+      args[last] = (...results: unknown[]) => {
+        clearTimeout(timer);
+        return Reflect.apply(callback, undefined, results) as unknown;
+      };
+      return send(...args);
+    }
+    const sent = send(...args);
+    if (sent instanceof Promise) return sent.finally(() => clearTimeout(timer));
+    clearTimeout(timer);
+    return sent;
+  });
 }
 
 // MySQL database names are identifiers too; the same plain ones as PostgreSQL's schema names.

@@ -1,0 +1,182 @@
+// A database server that stops answering, as an attacker (or a frozen server, a full disk, a
+// network partition) presents it: the TCP connections stay open and nothing comes back. Every
+// request that needs the database must still be answered, in bounded time, with 503 /
+// `unavailable`; connections that waited must not come back into the pool to hang the next
+// requests; and the API must work again once the server answers, without a restart. Before,
+// each request waited for as long as the database did: a login sent while PostgreSQL was stalled
+// was still unanswered after 20 s (found by an attacking helper), and so was everyone's after it,
+// queued behind the pool's ten connections.
+//
+// A proxy between the app (the repository layer, in the split topologies) and PostgreSQL holds
+// every byte in both directions while stalled, and delivers them when it resumes.
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClients, closeAll, type ApiClient } from '../helpers/protocols.ts';
+import { holdRows, loginAdmin, register, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
+import { isMysqlUrl } from '../helpers/test-database.ts';
+
+/** Forwards TCP to `target`; while stalled, holds what either side sends. */
+class StallingProxy {
+  readonly #server: Server;
+  readonly #held = new Map<Socket, { to: Socket; chunks: Buffer[] }>();
+  #stalled = false;
+
+  constructor(target: { host: string; port: number }) {
+    this.#server = createServer((client) => {
+      const upstream = connect(target.port, target.host);
+      this.#forward(client, upstream);
+      this.#forward(upstream, client);
+      const close = () => {
+        client.destroy();
+        upstream.destroy();
+        this.#held.delete(client);
+        this.#held.delete(upstream);
+      };
+      client.on('close', close).on('error', close);
+      upstream.on('close', close).on('error', close);
+    });
+  }
+
+  #forward(from: Socket, to: Socket): void {
+    const entry = { to, chunks: [] as Buffer[] };
+    this.#held.set(from, entry);
+    from.on('data', (chunk: Buffer) => {
+      if (this.#stalled) entry.chunks.push(chunk);
+      else to.write(chunk);
+    });
+  }
+
+  async listen(): Promise<number> {
+    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
+    const address = this.#server.address();
+    return typeof address === 'object' && address !== null ? address.port : 0;
+  }
+
+  stall(): void {
+    this.#stalled = true;
+  }
+
+  resume(): void {
+    this.#stalled = false;
+    for (const { to, chunks } of this.#held.values()) {
+      for (const chunk of chunks.splice(0)) to.write(chunk);
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.#held.keys()) socket.destroy();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+}
+
+const QUERY_TIMEOUT_MS = 1_000;
+
+let proxy: StallingProxy;
+let t: TestServer;
+let clients: ApiClient[];
+
+beforeAll(async () => {
+  const target = new URL(TEST_DATABASE_URL);
+  proxy = new StallingProxy({ host: target.hostname, port: Number(target.port || 5432) });
+  const port = await proxy.listen();
+  t = await startTestServer(
+    { DATABASE_QUERY_TIMEOUT_MS: String(QUERY_TIMEOUT_MS), DATABASE_LOCK_TIMEOUT_MS: '1000' },
+    {
+      databaseUrlAs: (url) => {
+        const proxied = new URL(url);
+        proxied.hostname = '127.0.0.1';
+        proxied.port = String(port);
+        // No lock_timeout: only the statement's own bound can end a wait for a lock.
+        proxied.searchParams.set('options', '-c lock_timeout=0');
+        return proxied.toString();
+      },
+    },
+  );
+  clients = apiClients(t.baseUrl);
+});
+
+afterAll(async () => {
+  closeAll(clients);
+  proxy.resume();
+  await t.close();
+  await proxy.close();
+});
+
+describe.skipIf(isMysqlUrl(TEST_DATABASE_URL))('a database server that stops answering', () => {
+  it('when PostgreSQL stalls, then every request that needs it, forty at once over every protocol, is answered 503 / unavailable within seconds, and the API works again once it answers', async () => {
+    const admin = await loginAdmin(t);
+    const users = await Promise.all(clients.map(() => register(t)));
+
+    proxy.stall();
+    try {
+      // More requests than the pool has connections: those that wait for one are bounded too.
+      const started = Date.now();
+      const answers = await Promise.all(
+        clients.flatMap((client, index) => {
+          const user = users[index];
+          if (user === undefined) throw new Error('no user');
+          const login = () => client.login({ usernameOrEmail: user.username, password: user.password });
+          const read = () => client.getUser(admin, user.id);
+          return [login, read, login, read, login, read, login, read].map(async (call) => {
+            const outcome = await call();
+            return { protocol: client.protocol, code: outcome.code, status: outcome.status, ms: Date.now() - started };
+          });
+        }),
+      );
+      for (const answer of answers) {
+        expect(answer).toEqual({ ...answer, code: 'unavailable', status: answer.protocol === 'rest' ? 503 : undefined });
+        // The pool's wait (1 s) and then a statement's bound (1 s and a second's margin), with room
+        // for a loaded CI machine; unbounded, no answer came at all.
+        expect(answer.ms).toBeLessThan(10_000);
+      }
+    } finally {
+      proxy.resume();
+    }
+
+    // The connections that waited are gone, not back in the pool: the next requests work.
+    const deadline = Date.now() + 10_000;
+    for (const [index, client] of clients.entries()) {
+      const user = users[index];
+      if (user === undefined) throw new Error('no user');
+      let outcome = await client.login({ usernameOrEmail: user.username, password: user.password });
+      while (outcome.code !== 'ok' && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        outcome = await client.login({ usernameOrEmail: user.username, password: user.password });
+      }
+      expect({ protocol: client.protocol, code: outcome.code, user: outcome.data?.user.id }).toEqual({ protocol: client.protocol, code: 'ok', user: user.id });
+      expect((await client.getUser(admin, user.id)).data?.username).toBe(user.username);
+    }
+  }, 60_000);
+
+  it('when a statement runs past DATABASE_QUERY_TIMEOUT_MS on a server that answers, here a write waiting for a row another transaction holds, then each of five at once is 503 / unavailable, nothing is written, and the write works once the row is free', async () => {
+    const admin = await loginAdmin(t);
+    const user = await register(t);
+    const held = await holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [user.id]);
+    try {
+      const started = Date.now();
+      const answers = await Promise.all(
+        clients.map(async (client) => {
+          const outcome = await client.updateUser(admin, user.id, { email: `${client.protocol}-${user.email}` });
+          return {
+            protocol: client.protocol,
+            code: outcome.code,
+            status: outcome.status,
+            retryAfter: outcome.status === undefined ? null : outcome.headers.get('retry-after'),
+            ms: Date.now() - started,
+          };
+        }),
+      );
+      for (const answer of answers) {
+        expect(answer).toEqual({ ...answer, code: 'unavailable', ...(answer.protocol === 'rest' ? { status: 503, retryAfter: '1' } : {}) });
+        expect(answer.ms).toBeLessThan(8_000);
+      }
+    } finally {
+      await held.release();
+    }
+    const [row] = await t.sql<{ email: string }>('SELECT email FROM users WHERE id = $1', [user.id]);
+    expect(row?.email).toBe(user.email);
+    const [rest] = clients;
+    const updated = await rest?.updateUser(admin, user.id, { email: `after-${user.email}` });
+    expect(updated?.data?.email).toBe(`after-${user.email}`);
+  }, 30_000);
+});

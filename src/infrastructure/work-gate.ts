@@ -115,6 +115,16 @@ export class WorkGate {
     }
   }
 
+  /**
+   * Throws what run() would throw for work without a key admitted now, without queueing it: a
+   * caller can refuse a request before spending anything else on it (a login's lookups) when its
+   * gated work would be refused anyway. Keyed work is left to run(), whose admission may make
+   * room by refusing another key's work.
+   */
+  precheck(limits: WorkLimits): void {
+    if (limits.key === undefined) this.#admit(limits);
+  }
+
   /** Runs `work` when a slot is free and it can still be useful; refuses it otherwise. */
   async run<T>(work: () => Promise<T>, limits: WorkLimits = {}): Promise<T> {
     this.#admit(limits);

@@ -9,6 +9,7 @@ import type { Actor, ClientInfo } from '../../src/domain/actor.ts';
 import { AppError, UnavailableError } from '../../src/domain/errors.ts';
 import { DeviceTokens } from '../../src/infrastructure/security/device-tokens.ts';
 import { PasswordHasher } from '../../src/infrastructure/security/password-hasher.ts';
+import { WorkGate } from '../../src/infrastructure/work-gate.ts';
 import { hashToken, TokenCodec } from '../../src/infrastructure/security/token-codec.ts';
 import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
 import { currentCallContext, runWithCallContext } from '../../src/infrastructure/call-context.ts';
@@ -26,13 +27,13 @@ const LOCKOUT_MS = 15 * 60_000;
 const SESSION_LIFETIME_SECONDS = 3600;
 const REFRESH_TTL_SECONDS = 1800;
 
-function harness() {
+function harness(options: { gate?: WorkGate } = {}) {
   const clock = new TestClock();
   const users = new MemoryUserRepository(clock);
   const tokens = new MemoryTokenRepository(clock, users);
   const audit = new RecordedAuditLog();
   // bcrypt at its lowest cost: the rules, not the hash, are under test.
-  const passwords = new PasswordHasher(4);
+  const passwords = new PasswordHasher(4, new Set(), options.gate);
   const counters = new MemoryCounterStore(() => clock.now().getTime());
   const throttle = new LoginThrottle({
     counters,
@@ -700,6 +701,28 @@ describe('overload is not guessing', () => {
     expect(await outcome(login(PASSWORD))).toBe('SERVICE_UNAVAILABLE');
     h.tokens.create = store;
     expect(await outcome(login(PASSWORD))).toBe('ok');
+  });
+
+  it('when the hash gate would refuse a login, then it is refused before the account is looked up or counted: a crowd of refusals costs the database nothing', async () => {
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 0, estimateMs: 100 });
+    const h = harness({ gate });
+    const user = await h.account();
+    const lookups: string[] = [];
+    const findByLogin = h.users.findByLogin.bind(h.users);
+    h.users.findByLogin = (login) => {
+      lookups.push(login);
+      return findByLogin(login);
+    };
+    // The one slot is taken, and nothing may wait.
+    const held = Promise.withResolvers<undefined>();
+    const holding = gate.run(() => held.promise);
+    const login = (name: string) => runWithCallContext({ requestId: name }, () => h.auth.login({ usernameOrEmail: name, password: PASSWORD }, { ipAddress: '192.0.2.31' }));
+    expect(await Promise.all([user.username, 'nobody', `${user.username}@example.com`].map((name) => outcome(login(name))))).toEqual(Array(3).fill('SERVICE_UNAVAILABLE'));
+    expect(lookups).toEqual([]);
+    held.resolve(undefined);
+    await holding;
+    expect(await outcome(login(user.username))).toBe('ok');
+    expect(lookups).toEqual([user.username]);
   });
 });
 

@@ -48,6 +48,15 @@ export class PasswordHasher {
   }
 
   /**
+   * Throws, as a comparison in the common lane would, when the gate would refuse one now (full,
+   * or the request's deadline would pass before its turn): checked before anything else is spent
+   * on the request.
+   */
+  precheck(): void {
+    if (this.#gate !== undefined && currentCallContext() !== undefined) this.#gate.precheck(currentWorkLimits());
+  }
+
+  /**
    * Hashes a new password. bcrypt ignores bytes past the 72nd, so longer ones are refused, and so
    * are passwords on the breached-password list (compared without regard to case).
    */

@@ -12,6 +12,7 @@ import { codeFromHttpStatus, findTrailerError } from '@connectrpc/connect/protoc
 import { connect as connectHttp2, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { timerTimeout } from '../infrastructure/call-context.ts';
+import { withoutStack } from '../domain/errors.ts';
 import { webHeadersFromNode } from '../rpc/node-headers.ts';
 
 /** The length-prefixed message framing of gRPC: a flags byte, then a 32-bit big-endian length. */
@@ -193,7 +194,8 @@ function answer<I extends DescMessage, O extends DescMessage>(
   if (status !== 200) throw new ConnectError(`HTTP ${status}`, codeFromHttpStatus(status), header);
   // A "trailers-only" answer (an error before any message) carries its status in the headers.
   const statusFields = trailer ?? header;
-  const error = findTrailerError(statusFields);
+  // The callee's answer, not a fault here: no stack trace (see AppError).
+  const error = withoutStack(() => findTrailerError(statusFields));
   if (error !== undefined) {
     header.forEach((value, key) => error.metadata.append(key, value));
     throw error;

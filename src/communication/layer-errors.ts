@@ -7,7 +7,7 @@
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError, type Interceptor, type Transport } from '@connectrpc/connect';
 import { ErrorInfoSchema } from '../../gen/proto/google/rpc/error_details_pb.js';
-import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf, UnavailableError, type ErrorCode, type FieldErrors } from '../domain/errors.ts';
+import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf, UnavailableError, withoutStack, type ErrorCode, type FieldErrors } from '../domain/errors.ts';
 import type { Logger } from '../infrastructure/logger.ts';
 import { CONNECT_CODE, isErrorCode } from '../domain/error-codes.ts';
 import { currentCallContext } from '../infrastructure/call-context.ts';
@@ -44,7 +44,7 @@ export function toLayerConnectError(error: AppError): ConnectError {
   if (retryAfter !== undefined) metadata[RETRY_AFTER] = String(retryAfter);
   if (error instanceof InvalidTokenError) metadata[INVALID_TOKEN] = 'true';
   const info = create(ErrorInfoSchema, { reason: error.code, domain: ERROR_DOMAIN, metadata });
-  return new ConnectError(error.message, CONNECT_CODE[error.code], undefined, [{ desc: ErrorInfoSchema, value: info }], error);
+  return withoutStack(() => new ConnectError(error.message, CONNECT_CODE[error.code], undefined, [{ desc: ErrorInfoSchema, value: info }], error));
 }
 
 /**

@@ -7,12 +7,34 @@ export type ErrorCode = components['schemas']['ErrorCode'];
 /** Field path → human-readable problem, as sent in `error.details`. */
 export type FieldErrors = Record<string, string>;
 
+/**
+ * Makes an error that stands for an answer, not a fault, without a stack trace: a domain error
+ * as Connect carries it (see AppError).
+ */
+export function withoutStack<T>(make: () => T): T {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return make();
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}
+
+/**
+ * A domain error: an answer the API gives (a 4xx, or 503 under overload), not a fault. It carries
+ * no stack trace: nobody reads one, and under a crowd of refusals capturing it was one of the
+ * larger costs of each (a cause, the fault behind a 503, keeps its own).
+ */
 export class AppError extends Error {
   readonly code: ErrorCode;
   readonly details: FieldErrors | undefined;
 
   constructor(code: ErrorCode, message: string, options?: { details?: FieldErrors; cause?: unknown }) {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    Error.stackTraceLimit = limit;
     this.name = 'AppError';
     this.code = code;
     this.details = options?.details;

@@ -6,7 +6,7 @@ import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
 import { Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
 import { CONNECT_CODE } from '../../domain/error-codes.ts';
-import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf } from '../../domain/errors.ts';
+import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf, withoutStack } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { rpcProtocolOf, type Metrics } from '../../infrastructure/metrics.ts';
 import { SpanStatusCode, type Tracing } from '../../infrastructure/tracing.ts';
@@ -165,7 +165,9 @@ export function toConnectError(error: AppError, input: DescMessage): ConnectErro
       value: create(RetryInfoSchema, { retryDelay: durationFromMs(retryAfter * 1000) }),
     });
   }
-  return new ConnectError(error.message, CONNECT_CODE[error.code], metadata, details, error);
+  const code = CONNECT_CODE[error.code];
+  const outgoing = [...details];
+  return withoutStack(() => new ConnectError(error.message, code, metadata, outgoing, error));
 }
 
 /**

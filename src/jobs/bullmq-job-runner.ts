@@ -4,6 +4,8 @@ import type * as BullMq from 'bullmq';
 import type { Job, Queue, Worker } from 'bullmq';
 import type * as IoRedis from 'ioredis';
 import type { Redis } from 'ioredis';
+import { detachedFromRequest } from '../infrastructure/call-context.ts';
+import { dropUnlessReady } from '../infrastructure/redis/redis-client.ts';
 import type { NewAuditEvent } from '../repositories/audit-repository.ts';
 import type { AuditEventInput, AuditLog } from '../services/audit-use-cases.ts';
 import { AUDIT_QUEUE, errorText, MAINTENANCE_QUEUE, PURGE_SESSIONS, toNewAuditEvent, type JobRunner, type RunnerContext } from './jobs.ts';
@@ -12,6 +14,13 @@ import { AUDIT_QUEUE, errorText, MAINTENANCE_QUEUE, PURGE_SESSIONS, toNewAuditEv
 const REDIS_STARTUP_TIMEOUT_MS = 5_000;
 /** A producer command that takes longer than this is abandoned and the event written directly. */
 const REDIS_COMMAND_TIMEOUT_MS = 5_000;
+/**
+ * A worker connection that receives nothing for this long while a command waits is taken for
+ * dead and replaced: longer than the longest blocking wait BullMQ sends (10 s) and its own
+ * watchdog's second. Without it, a connection that went dead mid-command (a failover, a lost NAT
+ * entry) held that command, and the worker, for as long as the kernel kept the socket.
+ */
+const WORKER_SOCKET_TIMEOUT_MS = 20_000;
 /** How long close() lets workers finish their jobs, should Redis go away while they do. */
 const WORKER_CLOSE_TIMEOUT_MS = 10_000;
 /** Repeated Redis errors are logged at most this often, so an outage does not flood the logs. */
@@ -82,6 +91,8 @@ export class BullMqJobRunner implements JobRunner {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,
       commandTimeout: REDIS_COMMAND_TIMEOUT_MS,
+      // A dead connection is replaced, not kept to time out every later command in turn.
+      socketTimeout: REDIS_COMMAND_TIMEOUT_MS,
     });
   }
 
@@ -165,7 +176,7 @@ export class BullMqJobRunner implements JobRunner {
     });
     const maintenanceQueue = new Queue(MAINTENANCE_QUEUE, { connection: this.#producer, prefix });
 
-    const auditConnection = this.#connect('jobs-audit-worker', { maxRetriesPerRequest: null });
+    const auditConnection = this.#connect('jobs-audit-worker', { maxRetriesPerRequest: null, socketTimeout: WORKER_SOCKET_TIMEOUT_MS });
     const auditWorker = new Worker<AuditJobData>(
       AUDIT_QUEUE,
       async (job) => {
@@ -175,7 +186,7 @@ export class BullMqJobRunner implements JobRunner {
     );
     auditWorker.on('failed', (job, error) => this.#auditFailed(job, error));
 
-    const maintenanceConnection = this.#connect('jobs-maintenance-worker', { maxRetriesPerRequest: null });
+    const maintenanceConnection = this.#connect('jobs-maintenance-worker', { maxRetriesPerRequest: null, socketTimeout: WORKER_SOCKET_TIMEOUT_MS });
     const maintenanceWorker = new Worker(MAINTENANCE_QUEUE, async (job) => (job.name === PURGE_SESSIONS ? purge() : undefined), {
       connection: maintenanceConnection,
       prefix,
@@ -202,7 +213,11 @@ export class BullMqJobRunner implements JobRunner {
       this.#context.logger.error({ err: errorText(error), event: input }, 'could not record audit event');
       return;
     }
-    const task = this.#enqueue(event).finally(() => this.#inFlight.delete(task));
+    // Outside the request, as the in-process runner drains: the request may have answered, and
+    // its deadline passed, before Redis or the database does. Carrying it, a direct write after a
+    // queue that did not answer was cut off at that deadline (written or not) and logged as lost
+    // (helper 100).
+    const task = detachedFromRequest(() => this.#enqueue(event)).finally(() => this.#inFlight.delete(task));
     this.#inFlight.add(task);
   }
 
@@ -244,10 +259,11 @@ export class BullMqJobRunner implements JobRunner {
     }
   }
 
-  #connect(name: string, options: { enableOfflineQueue?: boolean; maxRetriesPerRequest: number | null; commandTimeout?: number }): Redis {
+  #connect(name: string, options: { enableOfflineQueue?: boolean; maxRetriesPerRequest: number | null; commandTimeout?: number; socketTimeout: number }): Redis {
     const connection = new this.#ioredis.Redis(this.#redis.url, { connectionName: name, ...options });
     // Without a listener ioredis prints every failed reconnection to stderr.
     connection.on('error', this.#throttledErrorLog(`redis ${name}`));
+    dropUnlessReady(connection, () => this.#context.logger.warn({ source: `redis ${name}` }, 'redis connection did not get ready; reconnecting'));
     return connection;
   }
 

@@ -9,65 +9,11 @@
 //
 // A proxy between the app (the repository layer, in the split topologies) and PostgreSQL holds
 // every byte in both directions while stalled, and delivers them when it resumes.
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClients, closeAll, type ApiClient } from '../helpers/protocols.ts';
 import { holdRows, loginAdmin, register, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
 import { isMysqlUrl } from '../helpers/test-database.ts';
-
-/** Forwards TCP to `target`; while stalled, holds what either side sends. */
-class StallingProxy {
-  readonly #server: Server;
-  readonly #held = new Map<Socket, { to: Socket; chunks: Buffer[] }>();
-  #stalled = false;
-
-  constructor(target: { host: string; port: number }) {
-    this.#server = createServer((client) => {
-      const upstream = connect(target.port, target.host);
-      this.#forward(client, upstream);
-      this.#forward(upstream, client);
-      const close = () => {
-        client.destroy();
-        upstream.destroy();
-        this.#held.delete(client);
-        this.#held.delete(upstream);
-      };
-      client.on('close', close).on('error', close);
-      upstream.on('close', close).on('error', close);
-    });
-  }
-
-  #forward(from: Socket, to: Socket): void {
-    const entry = { to, chunks: [] as Buffer[] };
-    this.#held.set(from, entry);
-    from.on('data', (chunk: Buffer) => {
-      if (this.#stalled) entry.chunks.push(chunk);
-      else to.write(chunk);
-    });
-  }
-
-  async listen(): Promise<number> {
-    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
-    const address = this.#server.address();
-    return typeof address === 'object' && address !== null ? address.port : 0;
-  }
-
-  stall(): void {
-    this.#stalled = true;
-  }
-
-  resume(): void {
-    this.#stalled = false;
-    for (const { to, chunks } of this.#held.values()) {
-      for (const chunk of chunks.splice(0)) to.write(chunk);
-    }
-  }
-
-  async close(): Promise<void> {
-    for (const socket of this.#held.keys()) socket.destroy();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
-  }
-}
+import { StallingProxy } from '../helpers/stalling-proxy.ts';
 
 const QUERY_TIMEOUT_MS = 1_000;
 

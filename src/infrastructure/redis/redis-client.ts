@@ -72,6 +72,7 @@ export function createRedisClient(options: { url: string; logger: Logger; name: 
     // were a quarter of the CPU of a warm REST read under load.
     enableAutoPipelining: true,
   });
+  dropUnlessReady(redis, () => options.logger.warn({ redis: options.name }, 'redis connection did not get ready; reconnecting'));
   let down = false;
   let closed = false;
   redis.on('error', (error: Error) => {
@@ -94,6 +95,39 @@ export function createRedisClient(options: { url: string; logger: Logger; name: 
     }
   });
   return redis;
+}
+
+/** How long a new connection may take from its TCP connect to ready (its ready check's INFO). */
+const READY_TIMEOUT_MS = 2_000;
+
+/**
+ * Closes a connection that connected but did not get ready within READY_TIMEOUT_MS, so that the
+ * client connects again. ioredis's connectTimeout ends at the TCP connect, and its ready check (an
+ * INFO, and the setup commands before it) has no timeout: a connection made while Redis stalled,
+ * and never answered after (a failover, a lost NAT entry), kept the client waiting on it for as
+ * long as the kernel kept the socket, about fifteen minutes, while new connections worked; every
+ * login was refused meanwhile (found by an attacking helper).
+ */
+export function dropUnlessReady(redis: Redis, onDrop: () => void): void {
+  let timer: NodeJS.Timeout | undefined;
+  const disarm = () => {
+    clearTimeout(timer);
+    timer = undefined;
+  };
+  redis.on('connect', () => {
+    disarm();
+    const stream = redis.stream;
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (redis.status === 'ready' || redis.stream !== stream) return;
+      onDrop();
+      // Destroyed, not ended: a peer that does not answer does not close its side either.
+      stream.destroy();
+    }, READY_TIMEOUT_MS);
+    timer.unref();
+  });
+  redis.on('ready', disarm);
+  redis.on('close', disarm);
 }
 
 /** Runs `each` on every batch of keys under `prefix` (SCAN, not KEYS, so Redis is never blocked). */

@@ -1,0 +1,76 @@
+// A TCP proxy for fault tests: it forwards to a server (PostgreSQL, Redis) until told to stall,
+// then holds every byte either side sends, as a frozen server or a network partition that keeps
+// the connections open would. On resuming it delivers what it held; or, with `dropHeld`, it
+// leaves the connections it held dead for good (their bytes lost, their sockets open), as a
+// failover or a lost NAT entry does, while new connections work.
+import { connect, createServer, type Server, type Socket } from 'node:net';
+
+interface Direction {
+  to: Socket;
+  chunks: Buffer[];
+  dead: boolean;
+}
+
+export class StallingProxy {
+  readonly #server: Server;
+  readonly #directions = new Map<Socket, Direction>();
+  #stalled = false;
+
+  constructor(target: { host: string; port: number }) {
+    this.#server = createServer((client) => {
+      const upstream = connect(target.port, target.host);
+      this.#forward(client, upstream);
+      this.#forward(upstream, client);
+      const close = () => {
+        client.destroy();
+        upstream.destroy();
+        this.#directions.delete(client);
+        this.#directions.delete(upstream);
+      };
+      client.on('close', close).on('error', close);
+      upstream.on('close', close).on('error', close);
+    });
+  }
+
+  #forward(from: Socket, to: Socket): void {
+    const direction: Direction = { to, chunks: [], dead: false };
+    this.#directions.set(from, direction);
+    from.on('data', (chunk: Buffer) => {
+      if (direction.dead) return;
+      if (this.#stalled) direction.chunks.push(chunk);
+      else to.write(chunk);
+    });
+  }
+
+  /** Listens on a free loopback port and returns it. */
+  async listen(): Promise<number> {
+    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
+    const address = this.#server.address();
+    return typeof address === 'object' && address !== null ? address.port : 0;
+  }
+
+  stall(): void {
+    this.#stalled = true;
+  }
+
+  /**
+   * Forwards again: what was held is delivered, or with `dropHeld` every connection that held
+   * something stays dead (nothing more passes either way) while new ones work.
+   */
+  resume(options: { dropHeld?: boolean } = {}): void {
+    this.#stalled = false;
+    for (const direction of this.#directions.values()) {
+      const chunks = direction.chunks.splice(0);
+      if (options.dropHeld === true) {
+        if (chunks.length > 0) direction.dead = true;
+      } else {
+        for (const chunk of chunks) direction.to.write(chunk);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.#directions.keys()) socket.destroy();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+}

@@ -631,6 +631,32 @@ describe('HTTP/2 (h2c)', () => {
     expect(stalled.map(({ stream }) => stream.rstCode)).toEqual(Array(MAX_STREAMS).fill(NGHTTP2_CANCEL));
   });
 
+  it('when a stream is answered before its body has been sent (an unknown path, a path of an unknown method), then the answer arrives and the stream is closed with NO_ERROR at once, not held to the request deadline', async () => {
+    const session = h2Session(server.port);
+    await new Promise((resolve) => session.once('remoteSettings', resolve));
+    // More than the stream's initial window (64 KiB): the rest of it waits for the server to read.
+    const body = Buffer.alloc(200_000, 1);
+    const answers = await Promise.all(
+      ['/nope/x', `/${AuthService.typeName}/NoSuchMethod`, '/'].map(
+        (path) =>
+          new Promise<{ path: string; status: number | undefined; rstCode: number; afterMs: number }>((resolve) => {
+            const startedAt = performance.now();
+            const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc' }, { endStream: false });
+            let status: number | undefined;
+            stream.on('response', (headers) => (status = headers[':status']));
+            stream.on('error', () => undefined);
+            stream.resume();
+            stream.end(body);
+            stream.once('close', () => resolve({ path, status, rstCode: stream.rstCode, afterMs: performance.now() - startedAt }));
+          }),
+      ),
+    );
+    for (const answer of answers) {
+      expect(answer).toEqual({ ...answer, status: 404, rstCode: NGHTTP2_NO_ERROR });
+      expect(answer.afterMs).toBeLessThan(REQUEST_MS / 2);
+    }
+  });
+
   it('when a client advertises a zero receive window and never reads, then each answered stream is reset with CANCEL within two request deadlines', async () => {
     const client = await windowedClient(server.port, 0);
     const sentAt = performance.now();

@@ -60,7 +60,7 @@ import {
 } from '@connectrpc/connect/protocol-grpc';
 import { compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse, type ConnectNodeAdapterOptions } from '@connectrpc/connect-node';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import { constants, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { AppError, ValidationError } from '../../domain/errors.ts';
 import { findQueryProblems } from '../edge-input.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
@@ -371,6 +371,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       } else {
         res.statusCode = 404;
         res.end();
+        endUnreadStream(req);
       }
       return;
     }
@@ -512,4 +513,18 @@ function dropOverlongTimeouts(headers: NodeRequest['headers']): void {
     const timeoutMs = grpcTimeoutMs(grpc);
     if (timeoutMs !== undefined && timerTimeout(timeoutMs) === undefined) delete headers['grpc-timeout'];
   }
+}
+
+/**
+ * Over HTTP/2, closes with NO_ERROR (RFC 9113 §8.1) a stream answered in full before its body was
+ * read: else a client still sending a body nobody reads stalled on its window until the request
+ * deadline reset the stream (an unknown path's 404 held 60 s: helper 101). The stream's own
+ * 'finish' (the compatibility response's waits for the stream to close).
+ */
+function endUnreadStream(req: IncomingMessage | Http2ServerRequest): void {
+  if (!('stream' in req)) return;
+  const stream = req.stream;
+  stream.once('finish', () => {
+    if (!stream.destroyed && !stream.readableEnded) stream.close(constants.NGHTTP2_NO_ERROR);
+  });
 }

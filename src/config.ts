@@ -207,9 +207,13 @@ const EnvSchema = z.object({
   USER_SERVICE_URLS: urls(),
   REPOSITORY_URLS: urls(),
   // Long enough for a login that waits its turn in a full password-hash queue (64 waiting on two
-  // cores at cost 12: about 7 s), so a split topology queues the logins a monolith would queue
-  // rather than refusing them; a stalled layer below still gets a 503 within it.
-  INTERNAL_TIMEOUT_MS: int(10_000, 50, 300_000),
+  // cores at cost 12: about 7 s on a fast machine, 11.4 s at the 5.6 hashes a second this one
+  // managed on a slow day), so a split topology queues the logins a monolith would queue rather
+  // than refusing them: at 10 s, 50 clients that retry at once were refused by the hash gate's
+  // deadline and their retries took the cores from bcrypt (0.51 of the ceiling). Longer too than
+  // the database's own bounds (a pooled connection and a statement, DATABASE_QUERY_TIMEOUT_MS
+  // each), so the repository answers 503 itself; a stalled layer still gets a 503 within it.
+  INTERNAL_TIMEOUT_MS: int(30_000, 50, 300_000),
   INTERNAL_API_SECRET: z.string().optional(),
   INTERNAL_RETRIES: int(2, 0, 10),
 

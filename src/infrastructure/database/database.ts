@@ -280,9 +280,15 @@ function boundStatements(client: PoolClient, ms: number): void {
         clearTimeout(timer);
         return Reflect.apply(callback, undefined, results) as unknown;
       };
-      return send(...args);
     }
-    const sent = send(...args);
+    let sent: unknown;
+    try {
+      sent = send(...args);
+    } catch (error) {
+      clearTimeout(timer);
+      throw error;
+    }
+    if (typeof callback === 'function') return sent;
     if (sent instanceof Promise) return sent.finally(() => clearTimeout(timer));
     clearTimeout(timer);
     return sent;

@@ -37,6 +37,21 @@ function isLockTimeout(cause: unknown): boolean {
  */
 const POOL_WAIT_TIMEOUT = 'timeout exceeded when trying to connect';
 const CONNECT_TIMEOUT = 'Connection terminated due to connection timeout';
+/**
+ * node-postgres's connection closed under a statement without an error of its own (a backend
+ * killed, a failover, a proxy restarting): a plain error the adapter passes on, which was a 500
+ * (helper 102).
+ */
+const CONNECTION_LOST = new Set(['Connection terminated unexpectedly', 'Connection terminated']);
+
+/** Whether `error`, or an error it was caused by, has one of `messages`. */
+function hasMessage(error: unknown, messages: ReadonlySet<string>): boolean {
+  for (let current: unknown = error, depth = 0; current instanceof Error && depth < 5; depth += 1) {
+    if (messages.has(current.message)) return true;
+    current = current.cause;
+  }
+  return false;
+}
 
 function isMysqlConnectionError(cause: unknown): boolean {
   return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'mysql' && MYSQL_CONNECTION_ERRNOS.has(Number(Reflect.get(cause, 'code')));
@@ -70,6 +85,11 @@ export function translateDatabaseError(error: unknown): unknown {
     if (error.code === 'P2034' || isWriteConflict(adapterCause)) return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
     if (isLockTimeout(adapterCause)) return new UnavailableError('The database is busy; try again', error, 1);
     if (isMysqlConnectionError(adapterCause)) return new UnavailableError('Database unavailable', error);
+    // A raw statement (P2010) whose connection was lost or given up on (database.ts), inside a
+    // transaction: the same outage as P1001/P1008 (helper 102 had 500s).
+    if (typeof adapterCause === 'object' && adapterCause !== null && UNREACHABLE_KINDS.has(String(Reflect.get(adapterCause, 'kind')))) {
+      return new UnavailableError('Database unavailable', error);
+    }
   }
   // Statements sent to the driver adapter directly (raw-reader.ts) fail with its own errors, which
   // Prisma would have turned into the P1001/P1017 above.
@@ -81,6 +101,7 @@ export function translateDatabaseError(error: unknown): unknown {
   if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
   if (error instanceof Error && error.message === POOL_WAIT_TIMEOUT) return new UnavailableError('The database is busy; try again', error, 1);
   if (error instanceof Error && error.message === CONNECT_TIMEOUT) return new UnavailableError('Database unavailable', error);
+  if (hasMessage(error, CONNECTION_LOST)) return new UnavailableError('Database unavailable', error);
   const code = findCode(error);
   if (code !== undefined && CONNECTION_CODES.has(code)) return new UnavailableError('Database unavailable', error);
   return error;

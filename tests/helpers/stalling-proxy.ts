@@ -69,6 +69,11 @@ export class StallingProxy {
     }
   }
 
+  /** Closes every connection at once, without a word to either side (a failover, a proxy restart). */
+  cut(): void {
+    for (const socket of this.#directions.keys()) socket.destroy();
+  }
+
   async close(): Promise<void> {
     for (const socket of this.#directions.keys()) socket.destroy();
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));

@@ -45,4 +45,14 @@ describe('translateDatabaseError', () => {
     const syntax = known('P2039', { driverAdapterError: { cause: { kind: 'mysql', code: 1064 } } });
     expect(translateDatabaseError(syntax)).toBe(syntax);
   });
+
+  it('when a connection is lost or given up on under a statement, inside a transaction (P2010) or outside it (a plain node-postgres error), then it is unavailable, not a 500 (helper 102)', () => {
+    const given = known('P2010', { driverAdapterError: { name: 'DriverAdapterError', cause: { kind: 'SocketTimeout' } } });
+    const closed = known('P2010', { driverAdapterError: { name: 'DriverAdapterError', cause: { kind: 'ConnectionClosed' } } });
+    for (const error of [given, closed, new Error('Connection terminated unexpectedly'), new Error('query failed', { cause: new Error('Connection terminated') })]) {
+      expect(translateDatabaseError(error)).toBeInstanceOf(UnavailableError);
+    }
+    const other = new Error('Connection terminated by the client for no reason we know');
+    expect(translateDatabaseError(other)).toBe(other);
+  });
 });

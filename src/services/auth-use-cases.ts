@@ -490,24 +490,51 @@ export class AuthUseCases {
     const familyExpiresAt = new Date(now.getTime() + this.#sessionLifetimeMs);
     const familyId = randomUUID();
     const issued = this.#codec.issuePair(user.id, now, familyExpiresAt, familyId);
-    const stored = await this.#tokens.create(
-      {
-        userId: user.id,
-        familyId,
-        accessTokenHash: issued.accessTokenHash,
-        refreshTokenHash: issued.refreshTokenHash,
-        accessExpiresAt: issued.accessExpiresAt,
-        expiresAt: issued.refreshExpiresAt,
-        familyExpiresAt,
-        ipAddress: truncate(client.ipAddress, 45),
-        userAgent: truncate(client.userAgent, USER_AGENT_MAX_LENGTH),
-        clientName: null,
-      },
-      user.passwordHash,
-      loginAt,
+    const stored = await this.#storeSession(familyId, () =>
+      this.#tokens.create(
+        {
+          userId: user.id,
+          familyId,
+          accessTokenHash: issued.accessTokenHash,
+          refreshTokenHash: issued.refreshTokenHash,
+          accessExpiresAt: issued.accessExpiresAt,
+          expiresAt: issued.refreshExpiresAt,
+          familyExpiresAt,
+          ipAddress: truncate(client.ipAddress, 45),
+          userAgent: truncate(client.userAgent, USER_AGENT_MAX_LENGTH),
+          clientName: null,
+        },
+        user.passwordHash,
+        loginAt,
+      ),
     );
     if (stored === null) return null;
     return this.#tokenPair(issued.accessToken, issued.refreshToken, issued.accessTtlSeconds);
+  }
+
+  /**
+   * Stores a new session; when the database fails to answer, ends it (best effort, as a new
+   * account is discarded) before the failure goes to the client. The write may have committed with
+   * only its answer lost: the client got a 503 and holds no token, yet the session was live,
+   * counted against SESSIONS_PER_USER_MAX and could push out one in use (helper 102).
+   */
+  async #storeSession<T>(familyId: string, store: () => Promise<T>): Promise<T> {
+    try {
+      return await store();
+    } catch (error) {
+      if (error instanceof UnavailableError) {
+        for (const pauseMs of [0, ...DISCARD_RETRY_PAUSES_MS]) {
+          if (pauseMs > 0) await sleep(pauseMs);
+          try {
+            await uninterrupted(() => this.#tokens.revokeFamily(familyId, 'revoked'));
+            break;
+          } catch (revokeError) {
+            if (!(revokeError instanceof UnavailableError)) break;
+          }
+        }
+      }
+      throw error;
+    }
   }
 
   #tokenPair(accessToken: string, refreshToken: string, expiresIn: number): TokenPair {

@@ -703,6 +703,20 @@ describe('overload is not guessing', () => {
     expect(await outcome(login(PASSWORD))).toBe('ok');
   });
 
+  it("when a login's session is stored but the database's answer is lost, then the client's 503 leaves no live session behind", async () => {
+    const h = harness();
+    const user = await h.account();
+    const before = (await h.tokens.listActive(user.id, h.clock.now())).length;
+    const create = h.tokens.create.bind(h.tokens);
+    h.tokens.create = async (...args) => {
+      await create(...args);
+      throw new UnavailableError('Database unavailable');
+    };
+    expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, { ipAddress: '192.0.2.32' }))).toBe('SERVICE_UNAVAILABLE');
+    h.tokens.create = create;
+    expect((await h.tokens.listActive(user.id, h.clock.now())).length).toBe(before);
+  });
+
   it('when the hash gate would refuse a login, then it is refused before the account is looked up or counted: a crowd of refusals costs the database nothing', async () => {
     const gate = new WorkGate({ concurrency: 1, maxWaiting: 0, estimateMs: 100 });
     const h = harness({ gate });

@@ -99,61 +99,95 @@ export class LoginThrottle {
   }
 
   /** Reserves failure slots for this attempt, or says why it may not proceed. */
-  admit(attempt: LoginAttempt): Promise<AdmittedAttempt | RefusedAttempt> {
-    return this.#closedOnFailure(async () => {
-      const name = await this.#reserve(loginKey(attempt.name), attempt);
+  async admit(attempt: LoginAttempt): Promise<AdmittedAttempt | RefusedAttempt> {
+    const taken: Slot[] = [];
+    try {
+      const name = await this.#reserve(loginKey(attempt.name), attempt, taken);
       if (!name.reserved) return refused(name.retryAfterMs, false);
+      const nameSlots = [...taken];
       // A name no account has is counted a second time as well, under a key of its own that moves
       // in step with the name's: the same counter operations as a known account's, so the time an
       // answer takes (two more Redis round trips, ~0.3 ms) does not tell whether the name exists.
-      const account = await this.#reserve(attempt.userId === undefined ? unknownAccountKey(attempt.name) : accountKey(attempt.userId), attempt);
+      const account = await this.#reserve(attempt.userId === undefined ? unknownAccountKey(attempt.name) : accountKey(attempt.userId), attempt, taken);
       // The name's slot stays taken: the decoy the caller answers with counts as the failed guess
       // it looks like. So a refusal by the account's budget (strangers spent it) charges the name
       // typed from this client as a failure, the owner's own retries included; giving it back
       // would let one client try an account's other name without end where an unknown name
       // allows LOGIN_MAX_FAILURES, which links the two again (helper 74).
-      if (!account.reserved) return { ...refused(account.retryAfterMs, true), abandoned: () => name.giveBack().catch(() => undefined) };
-      const slots = [name, account];
+      if (!account.reserved) return { ...refused(account.retryAfterMs, true), abandoned: () => this.#giveBack(nameSlots) };
       // Giving back never fails the attempt: it comes after the work it was for (a session stored,
-      // say), and a slot the counters' store could not take back stays counted, the safe side.
-      const giveBack = async () => {
-        for (const slot of slots) await slot.giveBack().catch(() => undefined);
-      };
+      // say). A slot the counters' store could not take back is taken back later (#giveBack).
+      const giveBack = () => this.#giveBack(taken);
       return { admitted: true, succeeded: giveBack, abandoned: giveBack };
-    });
+    } catch (error) {
+      // The store failed halfway: what this attempt reserved, and the reservation whose answer
+      // was lost, go back, since no password was compared. Kept, they locked owners out with the
+      // right password for a whole window after Redis flapped (helper 103).
+      void this.#giveBack(taken);
+      throw closed(error);
+    }
   }
 
-  /** A failure slot under `key` for this client, and for a stranger one of the key's attempt budget. */
-  async #reserve(key: string, attempt: LoginAttempt): Promise<{ reserved: false; retryAfterMs: number } | { reserved: true; giveBack: () => Promise<void> }> {
-    const failures = failureKey(key, attempt);
-    const slot = await this.#counters.reserve(failures, this.#maxFailures, this.#lockoutMs);
-    if (!slot.reserved) return { reserved: false, retryAfterMs: slot.ttlMs };
-    // A stranger's attempt also takes a slot of the budget all strangers share. Like the failure
-    // slot it goes back when the attempt succeeds (or the server could not finish it): only
-    // guesses spend it. Kept by successes too, an owner's script that logged in 30 times in
-    // 15 minutes without keeping its device token was refused with the right password (helper 98).
-    const budgetKey = ATTEMPTS + key;
-    let budgetEnds: number | undefined;
-    if (attempt.device === undefined) {
-      const budget = await this.#counters.reserve(budgetKey, this.#budget.max, this.#budget.windowMs);
-      if (!budget.reserved) {
-        // Not compared, so not a failure of this client: the slot goes back.
-        await this.#counters.release(failures);
-        return { reserved: false, retryAfterMs: budget.ttlMs };
-      }
-      budgetEnds = this.#now() + budget.ttlMs;
+  /**
+   * A failure slot under `key` for this client, and for a stranger one of the key's attempt
+   * budget; each slot is listed in `taken` before it is asked for (a reservation whose answer is
+   * lost may have been made) and taken off again when it was refused.
+   */
+  async #reserve(key: string, attempt: LoginAttempt, taken: Slot[]): Promise<{ reserved: false; retryAfterMs: number } | { reserved: true }> {
+    const failures: Slot = { key: failureKey(key, attempt), windowEnds: this.#now() + this.#lockoutMs };
+    taken.push(failures);
+    const slot = await this.#counters.reserve(failures.key, this.#maxFailures, this.#lockoutMs);
+    if (!slot.reserved) {
+      taken.pop();
+      return { reserved: false, retryAfterMs: slot.ttlMs };
     }
     // A slot belongs to its window: an attempt that ends after the window has closed (a login
     // held up that long) gives nothing back, where it would take a slot of the next window,
     // which may be a guesser's, and hand that guesser one more comparison.
-    const windowEnds = this.#now() + slot.ttlMs;
-    return {
-      reserved: true,
-      giveBack: async () => {
-        if (this.#now() < windowEnds) await this.#counters.release(failures);
-        if (budgetEnds !== undefined && this.#now() < budgetEnds) await this.#counters.release(budgetKey);
-      },
-    };
+    failures.windowEnds = this.#now() + slot.ttlMs;
+    // A stranger's attempt also takes a slot of the budget all strangers share. Like the failure
+    // slot it goes back when the attempt succeeds (or the server could not finish it): only
+    // guesses spend it. Kept by successes too, an owner's script that logged in 30 times in
+    // 15 minutes without keeping its device token was refused with the right password (helper 98).
+    if (attempt.device === undefined) {
+      const budget: Slot = { key: ATTEMPTS + key, windowEnds: this.#now() + this.#budget.windowMs };
+      taken.push(budget);
+      const reserved = await this.#counters.reserve(budget.key, this.#budget.max, this.#budget.windowMs);
+      if (!reserved.reserved) {
+        taken.pop();
+        // Not compared, so not a failure of this client: the slot goes back.
+        taken.pop();
+        await this.#giveBack([failures]);
+        return { reserved: false, retryAfterMs: reserved.ttlMs };
+      }
+      budget.windowEnds = this.#now() + reserved.ttlMs;
+    }
+    return { reserved: true };
+  }
+
+  /**
+   * Gives slots back while their windows last. One the store cannot take back now (Redis away) is
+   * tried again, a few times, until its window ends: the slot of an attempt the server could not
+   * finish is not a guess.
+   */
+  async #giveBack(slots: readonly Slot[]): Promise<void> {
+    for (const slot of slots) {
+      if (this.#now() >= slot.windowEnds) continue;
+      try {
+        await this.#counters.release(slot.key);
+      } catch {
+        this.#releaseLater(slot, 0);
+      }
+    }
+  }
+
+  #releaseLater(slot: Slot, attempt: number): void {
+    const pauseMs = RELEASE_RETRY_PAUSES_MS[attempt];
+    if (pauseMs === undefined) return;
+    setTimeout(() => {
+      if (this.#now() >= slot.windowEnds) return;
+      this.#counters.release(slot.key).catch(() => this.#releaseLater(slot, attempt + 1));
+    }, pauseMs).unref();
   }
 
   /** Lifts every lockout of the account and resets its attempt budget (an administrator's action). */
@@ -168,8 +202,7 @@ export class LoginThrottle {
     try {
       return await work();
     } catch (error) {
-      // The counters' store (Redis) is out of reach; its client tries to reconnect every 2 s.
-      throw new UnavailableError('Login is temporarily unavailable, please try again shortly', error, 2);
+      throw closed(error);
     }
   }
 }
@@ -202,6 +235,20 @@ function unknownAccountKey(login: string): string {
 function failureKey(key: string, attempt: LoginAttempt): string {
   const client = attempt.device === undefined ? `ip:${attempt.address}` : `device:${attempt.device}`;
   return `${FAILURES}${key}|${client}`;
+}
+
+/** A counter this attempt took, and when its window ends. */
+interface Slot {
+  key: string;
+  windowEnds: number;
+}
+
+/** When a slot the store could not take back is tried again, one after another (about a minute in all). */
+const RELEASE_RETRY_PAUSES_MS = [2_000, 5_000, 15_000, 40_000];
+
+/** The counters' store (Redis) is out of reach; its client tries to reconnect every 2 s. */
+function closed(error: unknown): UnavailableError {
+  return new UnavailableError('Login is temporarily unavailable, please try again shortly', error, 2);
 }
 
 function refused(ttlMs: number, byAccount: boolean): RefusedAttempt {

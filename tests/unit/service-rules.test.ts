@@ -703,6 +703,24 @@ describe('overload is not guessing', () => {
     expect(await outcome(login(PASSWORD))).toBe('ok');
   });
 
+  it("when the counters' store fails halfway through a login's reservations, then what it reserved goes back: the owner is not locked out by the outage (helper 103)", async () => {
+    const h = harness();
+    const user = await h.account();
+    const client: ClientInfo = { ipAddress: '192.0.2.33' };
+    const login = (password: string) => h.auth.login({ usernameOrEmail: user.username, password }, client);
+    for (let guess = 1; guess < MAX_FAILURES; guess += 1) expect(await outcome(login('Wrong-Passw0rd!'))).toBe('AUTHENTICATION_ERROR');
+    // Redis answers the name's reservations and fails on the account's (a reply lost, say).
+    const reserve = h.counters.reserve.bind(h.counters);
+    let calls = 0;
+    h.counters.reserve = (...args) => {
+      calls += 1;
+      return calls > 2 ? Promise.reject(new Error('Command timed out')) : reserve(...args);
+    };
+    expect(await outcome(login(PASSWORD))).toBe('SERVICE_UNAVAILABLE');
+    h.counters.reserve = reserve;
+    expect(await outcome(login(PASSWORD))).toBe('ok');
+  });
+
   it("when a login's session is stored but the database's answer is lost, then the client's 503 leaves no live session behind", async () => {
     const h = harness();
     const user = await h.account();

@@ -110,6 +110,9 @@ const READY_TIMEOUT_MS = 2_000;
  */
 export function dropUnlessReady(redis: Redis, onDrop: () => void): void {
   let timer: NodeJS.Timeout | undefined;
+  // One warning until the connection is ready again, not one per attempt (helper 103 counted 28
+  // in a 30 s outage).
+  let warned = false;
   const disarm = () => {
     clearTimeout(timer);
     timer = undefined;
@@ -120,13 +123,17 @@ export function dropUnlessReady(redis: Redis, onDrop: () => void): void {
     timer = setTimeout(() => {
       timer = undefined;
       if (redis.status === 'ready' || redis.stream !== stream) return;
-      onDrop();
+      if (!warned) onDrop();
+      warned = true;
       // Destroyed, not ended: a peer that does not answer does not close its side either.
       stream.destroy();
     }, READY_TIMEOUT_MS);
     timer.unref();
   });
-  redis.on('ready', disarm);
+  redis.on('ready', () => {
+    disarm();
+    warned = false;
+  });
   redis.on('close', disarm);
 }
 

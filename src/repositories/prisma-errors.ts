@@ -35,8 +35,8 @@ function isLockTimeout(cause: unknown): boolean {
  * had no answer to its handshake in that time. Both are plain errors without a code, which the
  * adapter passes on as they are.
  */
-const POOL_WAIT_TIMEOUT = 'timeout exceeded when trying to connect';
-const CONNECT_TIMEOUT = 'Connection terminated due to connection timeout';
+const POOL_WAIT_TIMEOUT = new Set(['timeout exceeded when trying to connect']);
+const CONNECT_TIMEOUT = new Set(['Connection terminated due to connection timeout']);
 /**
  * node-postgres's connection closed under a statement without an error of its own (a backend
  * killed, a failover, a proxy restarting): a plain error the adapter passes on, which was a 500
@@ -99,9 +99,8 @@ export function translateDatabaseError(error: unknown): unknown {
     if (isLockTimeout(error.cause)) return new UnavailableError('The database is busy; try again', error, 1);
   }
   if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
-  if (error instanceof Error && error.message === POOL_WAIT_TIMEOUT) return new UnavailableError('The database is busy; try again', error, 1);
-  if (error instanceof Error && error.message === CONNECT_TIMEOUT) return new UnavailableError('Database unavailable', error);
-  if (hasMessage(error, CONNECTION_LOST)) return new UnavailableError('Database unavailable', error);
+  if (hasMessage(error, POOL_WAIT_TIMEOUT)) return new UnavailableError('The database is busy; try again', error, 1);
+  if (hasMessage(error, CONNECT_TIMEOUT) || hasMessage(error, CONNECTION_LOST)) return new UnavailableError('Database unavailable', error);
   const code = findCode(error);
   if (code !== undefined && CONNECTION_CODES.has(code)) return new UnavailableError('Database unavailable', error);
   return error;

@@ -15,6 +15,15 @@ export class StallingProxy {
   readonly #server: Server;
   readonly #directions = new Map<Socket, Direction>();
   #stalled = false;
+  #port = 0;
+
+  /** A proxy listening on a loopback port in front of the server `url` names. */
+  static async inFrontOf(url: string | URL, defaultPort: number): Promise<StallingProxy> {
+    const target = new URL(url);
+    const proxy = new StallingProxy({ host: target.hostname, port: Number(target.port || defaultPort) });
+    await proxy.listen();
+    return proxy;
+  }
 
   constructor(target: { host: string; port: number }) {
     this.#server = createServer((client) => {
@@ -46,7 +55,16 @@ export class StallingProxy {
   async listen(): Promise<number> {
     await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
     const address = this.#server.address();
-    return typeof address === 'object' && address !== null ? address.port : 0;
+    this.#port = typeof address === 'object' && address !== null ? address.port : 0;
+    return this.#port;
+  }
+
+  /** `url` with this proxy's host and port: the server's own, reached through it. */
+  via(url: string | URL): URL {
+    const proxied = new URL(url);
+    proxied.hostname = '127.0.0.1';
+    proxied.port = String(this.#port);
+    return proxied;
   }
 
   stall(): void {

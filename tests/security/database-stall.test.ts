@@ -22,16 +22,12 @@ let t: TestServer;
 let clients: ApiClient[];
 
 beforeAll(async () => {
-  const target = new URL(TEST_DATABASE_URL);
-  proxy = new StallingProxy({ host: target.hostname, port: Number(target.port || 5432) });
-  const port = await proxy.listen();
+  proxy = await StallingProxy.inFrontOf(TEST_DATABASE_URL, 5432);
   t = await startTestServer(
     { DATABASE_QUERY_TIMEOUT_MS: String(QUERY_TIMEOUT_MS), DATABASE_LOCK_TIMEOUT_MS: '1000' },
     {
       databaseUrlAs: (url) => {
-        const proxied = new URL(url);
-        proxied.hostname = '127.0.0.1';
-        proxied.port = String(port);
+        const proxied = proxy.via(url);
         // No lock_timeout: only the statement's own bound can end a wait for a lock.
         proxied.searchParams.set('options', '-c lock_timeout=0');
         return proxied.toString();

@@ -19,11 +19,8 @@ let t: TestServer;
 let clients: ApiClient[];
 
 beforeAll(async () => {
-  proxy = new StallingProxy({ host: REDIS_URL.hostname, port: Number(REDIS_URL.port || 6379) });
-  const proxied = new URL(REDIS_URL);
-  proxied.hostname = '127.0.0.1';
-  proxied.port = String(await proxy.listen());
-  t = await startTestServer({ REDIS_URL: proxied.toString(), REDIS_KEY_PREFIX: `redis-stall-${randomBytes(4).toString('hex')}:` });
+  proxy = await StallingProxy.inFrontOf(REDIS_URL, 6379);
+  t = await startTestServer({ REDIS_URL: proxy.via(REDIS_URL).toString(), REDIS_KEY_PREFIX: `redis-stall-${randomBytes(4).toString('hex')}:` });
   clients = apiClients(t.baseUrl);
 });
 
@@ -74,11 +71,11 @@ describe('a Redis whose connections go dead', () => {
   }, 90_000);
 
   it('when Redis stalls under the audit queue, then an event recorded by a call whose deadline is short is still written, after the call has answered (layered over gRPC)', async () => {
-    const layeredProxy = new StallingProxy({ host: REDIS_URL.hostname, port: Number(REDIS_URL.port || 6379) });
-    const proxied = new URL(REDIS_URL);
-    proxied.hostname = '127.0.0.1';
-    proxied.port = String(await layeredProxy.listen());
-    const layered = await startTestServer({ REDIS_URL: proxied.toString(), REDIS_KEY_PREFIX: `redis-stall-${randomBytes(4).toString('hex')}:` }, { topology: 'layered-grpc' });
+    const layeredProxy = await StallingProxy.inFrontOf(REDIS_URL, 6379);
+    const layered = await startTestServer(
+      { REDIS_URL: layeredProxy.via(REDIS_URL).toString(), REDIS_KEY_PREFIX: `redis-stall-${randomBytes(4).toString('hex')}:` },
+      { topology: 'layered-grpc' },
+    );
     const client = apiClient('connect-json', layered.baseUrl);
     try {
       const user = await register(layered);

@@ -688,12 +688,17 @@ describe('administrative and password writes that race each other', () => {
 });
 
 describe('overload is not guessing', () => {
-  it('when a correct login fails on the server after the comparison, then its throttle slot goes back and the next correct login succeeds', async () => {
+  /** An account with one failure slot left for logins from `ipAddress`, and such a login. */
+  async function oneSlotLeft(ipAddress: string) {
     const h = harness();
     const user = await h.account();
-    const client: ClientInfo = { ipAddress: '192.0.2.30' };
-    const login = (password: string) => h.auth.login({ usernameOrEmail: user.username, password }, client);
+    const login = (password: string) => h.auth.login({ usernameOrEmail: user.username, password }, { ipAddress });
     for (let guess = 1; guess < MAX_FAILURES; guess += 1) expect(await outcome(login('Wrong-Passw0rd!'))).toBe('AUTHENTICATION_ERROR');
+    return { h, login };
+  }
+
+  it('when a correct login fails on the server after the comparison, then its throttle slot goes back and the next correct login succeeds', async () => {
+    const { h, login } = await oneSlotLeft('192.0.2.30');
     // The one slot left is taken by a correct login whose session cannot be stored (the database
     // has no connection to spare).
     const store = h.tokens.create.bind(h.tokens);
@@ -704,11 +709,7 @@ describe('overload is not guessing', () => {
   });
 
   it("when the counters' store fails halfway through a login's reservations, then what it reserved goes back: the owner is not locked out by the outage (helper 103)", async () => {
-    const h = harness();
-    const user = await h.account();
-    const client: ClientInfo = { ipAddress: '192.0.2.33' };
-    const login = (password: string) => h.auth.login({ usernameOrEmail: user.username, password }, client);
-    for (let guess = 1; guess < MAX_FAILURES; guess += 1) expect(await outcome(login('Wrong-Passw0rd!'))).toBe('AUTHENTICATION_ERROR');
+    const { h, login } = await oneSlotLeft('192.0.2.33');
     // Redis answers the name's reservations and fails on the account's (a reply lost, say).
     const reserve = h.counters.reserve.bind(h.counters);
     let calls = 0;

@@ -21,13 +21,13 @@ function isWriteConflict(cause: unknown): boolean {
 
 /**
  * A statement that waited for a lock past the limit (PostgreSQL 55P03 under lock_timeout, MySQL
- * 1205), or that ran past PostgreSQL's statement_timeout (57014).
+ * 1205), or that ran past PostgreSQL's statement_timeout (57014) or MariaDB's max_statement_time (1969).
  */
 function isLockTimeout(cause: unknown): boolean {
   if (typeof cause !== 'object' || cause === null) return false;
   const kind: unknown = Reflect.get(cause, 'kind');
   const code = String(Reflect.get(cause, 'code'));
-  return (kind === 'postgres' && (code === '55P03' || code === '57014')) || (kind === 'mysql' && code === '1205');
+  return (kind === 'postgres' && (code === '55P03' || code === '57014')) || (kind === 'mysql' && (code === '1205' || code === '1969'));
 }
 
 /**

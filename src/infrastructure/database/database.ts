@@ -52,7 +52,8 @@ export interface DatabaseOptions {
   lockTimeoutMs?: number;
   /**
    * How long a statement may take, lock waits included, before the request fails (PostgreSQL's
-   * statement_timeout on the application's connections; not the migrations'). A server that stops
+   * statement_timeout, MariaDB's max_statement_time, on the application's connections; not the
+   * migrations'; MySQL has only the client's bound that follows). A server that stops
    * answering altogether (frozen, partitioned, its disk stalled) is given a second more; the
    * connection is then closed, not returned to the pool, and a wait for a pooled connection is
    * bounded by the same time. Unbounded, each request waited for as long as the server did, and
@@ -149,7 +150,7 @@ export async function createDatabase(options: DatabaseOptions): Promise<Database
   const url = parseDatabaseUrl(options.databaseUrl);
   const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
   const queryTimeoutMs = options.queryTimeoutMs ?? Math.max(DEFAULT_QUERY_TIMEOUT_MS, lockTimeoutMs);
-  return url.protocol === 'mysql:' || url.protocol === 'mariadb:' ? await openMysql(url, lockTimeoutMs) : await openPostgres(url, lockTimeoutMs, queryTimeoutMs);
+  return url.protocol === 'mysql:' || url.protocol === 'mariadb:' ? await openMysql(url, lockTimeoutMs, queryTimeoutMs) : await openPostgres(url, lockTimeoutMs, queryTimeoutMs);
 }
 
 const PROTOCOLS = ['postgresql:', 'postgres:', 'mysql:', 'mariadb:'];
@@ -298,7 +299,7 @@ function boundStatements(client: PoolClient, ms: number): void {
 // MySQL database names are identifiers too; the same plain ones as PostgreSQL's schema names.
 const MYSQL_DATABASE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 
-async function openMysql(url: URL, lockTimeoutMs: number): Promise<Database> {
+async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number): Promise<Database> {
   const database = decodeURIComponent(url.pathname.replace(/^\//, ''));
   if (database === '') {
     throw new Error('The MySQL database URL names no database; expected mysql://user@host:3306/DATABASE');
@@ -315,14 +316,41 @@ async function openMysql(url: URL, lockTimeoutMs: number): Promise<Database> {
   // Every new pooled connection runs initSql; one given in the URL is the operator's, and stays.
   // Without spaces: URLSearchParams (ours, then the adapter's) writes them as '+', which the
   // driver does not decode.
-  if (!url.searchParams.has('initSql')) url.searchParams.set('initSql', `SET@@SESSION.innodb_lock_wait_timeout=${Math.ceil(lockTimeoutMs / 1000)}`);
+  // The application's connections (not the migrations') also get MariaDB's statement bound, in
+  // seconds, as PostgreSQL's get statement_timeout: an executable comment that MariaDB runs and
+  // MySQL, which has no such variable for writes, skips.
+  const clientUrl = new URL(url);
+  if (!url.searchParams.has('initSql')) {
+    const lockWait = `SET@@SESSION.innodb_lock_wait_timeout=${Math.ceil(lockTimeoutMs / 1000)}`;
+    url.searchParams.set('initSql', lockWait);
+    clientUrl.searchParams.set('initSql', `${lockWait}/*M!100100,@@SESSION.max_statement_time=${queryTimeoutMs / 1000}*/`);
+  }
+  // A wait for a pooled connection is bounded as PostgreSQL's is (the driver's default is 10 s).
+  if (!clientUrl.searchParams.has('acquireTimeout')) clientUrl.searchParams.set('acquireTimeout', String(queryTimeoutMs));
+  // What the adapter sets on pools of its own; this one is ours (below).
+  if (!clientUrl.searchParams.has('prepareCacheLength')) clientUrl.searchParams.set('prepareCacheLength', '0');
   const [{ PrismaMariaDb }, { default: mariadb }, { PrismaClient: MysqlPrismaClient }] = await Promise.all([
     import('@prisma/adapter-mariadb'),
     import('mariadb'),
     import('../../../gen/prisma-mysql/client.ts'),
   ]);
   const factory = new PrismaMariaDb(url.toString());
-  const { prisma, readRows, queryCount } = createCountingClient(factory, 'question', undefined, MysqlPrismaClient);
+  // The client's pool is made here, so that each connection is bounded from its first statement.
+  const clientFactory: SqlDriverAdapterFactory = {
+    provider: factory.provider,
+    adapterName: factory.adapterName,
+    connect: () => {
+      const pool = mariadb.createPool(clientUrl.toString());
+      pool.on('connection', (connection) => {
+        boundMysqlStatements(connection as unknown as MysqlBaseConnection, queryTimeoutMs + UNANSWERED_MARGIN_MS);
+      });
+      // A failed attempt to grow the pool is retried by the pool and reported to the request
+      // that waited (503); unheard, the pool's 'error' event would end the process.
+      (pool as unknown as NodeJS.EventEmitter).on('error', () => undefined);
+      return new PrismaMariaDb(pool, { disposeExternalPool: true }).connect();
+    },
+  };
+  const { prisma, readRows, queryCount } = createCountingClient(clientFactory, 'question', undefined, MysqlPrismaClient);
 
   const runScript = async (script: string) => {
     const scriptUrl = new URL(url);
@@ -362,6 +390,47 @@ async function openMysql(url: URL, lockTimeoutMs: number): Promise<Database> {
       await prisma.$disconnect();
     },
   };
+}
+
+/** What boundMysqlStatements needs of the mariadb driver's connection (the pool's, not its promise wrapper). */
+interface MysqlBaseConnection {
+  query(command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void): void;
+  prepareExecute(command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void): void;
+  readonly socket?: { destroy(error: Error): void } | undefined;
+}
+
+/** The mariadb driver's own number for a socket that timed out, which prisma-errors answers 503. */
+const MYSQL_SOCKET_TIMEOUT = 45026;
+
+/**
+ * As boundStatements, for the mariadb driver: a statement with no answer within `ms` closes its
+ * connection with a socket error, which fails it (and anything queued behind it) and takes the
+ * connection out of the pool. The driver's own socketTimeout counts idle time too, so it would
+ * close every pooled connection left idle that long; its destroy() first opens a connection to
+ * KILL the statement, which waits for the same frozen server.
+ */
+function boundMysqlStatements(connection: MysqlBaseConnection, ms: number): void {
+  const giveUp = () => {
+    const message = `The database did not answer within ${ms} ms`;
+    connection.socket?.destroy(Object.assign(new Error(message), { errno: MYSQL_SOCKET_TIMEOUT, code: 'ER_SOCKET_TIMEOUT', sqlMessage: message, sqlState: 'HY000' }));
+  };
+  for (const method of ['query', 'prepareExecute'] as const) {
+    const send = connection[method].bind(connection);
+    Reflect.set(connection, method, (command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void) => {
+      const timer = setTimeout(giveUp, ms);
+      send(
+        command,
+        (result) => {
+          clearTimeout(timer);
+          resolve(result);
+        },
+        (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      );
+    });
+  }
 }
 
 /** As toDriverAdapterError, for the mariadb driver's errors (errno, sqlState, sqlMessage). */

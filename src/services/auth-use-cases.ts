@@ -143,8 +143,9 @@ export class AuthUseCases {
     // counters: under overload each refusal cost a database lookup and the throttle's Redis round
     // trips, which slowed the hashing and so refused more (a split topology's goodput fell to half
     // under 50 clients that retry at once). The same for every name, so it says nothing of one.
-    // A known device's login waits in a lane of its own, which only its lookup can tell.
-    if (client.deviceToken === undefined) this.#passwords.precheck();
+    // A known device's login waits in a lane of its own, which only its lookup can tell; a device
+    // token is taken for one only when this server signed it, or any header would skip the check.
+    if (!this.#devices.vouches(client.deviceToken)) this.#passwords.precheck();
     const login = input.usernameOrEmail ?? '';
     const row = await this.#users.findByLogin(login);
     const device = row === null ? undefined : this.#devices.verify(client.deviceToken, row.id, row.passwordHash);

@@ -111,7 +111,7 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect(browser.headers.get('x-device-token')).toBeNull();
     expect(browser.headers.get('access-control-expose-headers') ?? '').not.toMatch(/x-device-token/i);
     const cookie = /^arcana_device=([^;]+);.*HttpOnly;.*SameSite=Strict/.exec(browser.headers.get('set-cookie') ?? '');
-    expect(cookie?.[1]).toMatch(/^\d+\.[\w-]+\.\d+\.[\w-]+$/);
+    expect(cookie?.[1]).toMatch(/^\d+\.[\w-]+\.\d+\.[\w-]+\.[\w-]+$/);
     // The cookie is the token: sent back, it is a known device's.
     expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(7), { cookie: `arcana_device=${cookie?.[1] ?? ''}` }))).code).toBe('ok');
   });
@@ -121,7 +121,7 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(5)));
     expect(first.code).toBe('ok');
     const deviceToken = first.headers.get('x-device-token');
-    expect(deviceToken).toMatch(/^\d+\.[\w-]+\.\d+\.[\w-]+$/);
+    expect(deviceToken).toMatch(/^\d+\.[\w-]+\.\d+\.[\w-]+\.[\w-]+$/);
     expect(first.headers.get('set-cookie')).toMatch(/^arcana_device=[^;]+;.*HttpOnly;.*SameSite=Strict/);
 
     // Several addresses, each staying under its own lockout, together spend the account's budget.

@@ -11,7 +11,7 @@
 // cancellation cross the internal boundary to the process that hashes.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { newUser, register, startTestServer, TEST_TOPOLOGY, type TestServer } from '../helpers/test-app.ts';
+import { monolithOf, newUser, register, startTestServer, TEST_TOPOLOGY, type TestServer } from '../helpers/test-app.ts';
 
 // As many as the crowd of 20 below: however many of its guesses reach the gate before the
 // first hash ends (more in the split topologies, and on a busy machine), the address is locked
@@ -116,6 +116,42 @@ describe.each(CROWD_PROTOCOLS)('password hashing under a crowd, over %s', (proto
     ]);
     expect(stranger.at(-1)?.code, 'the same login without its device token').toBe('unavailable');
   });
+
+  it.runIf(TEST_TOPOLOGY === 'monolithic')(
+    'when the hash queue is full, then logins presenting device tokens this server did not sign are refused at once, before any account is looked up',
+    async () => {
+      // Any x-device-token header used to skip the check that refuses a stranger's login for free
+      // under overload: a crowd with made-up tokens bought a database lookup and the throttle's
+      // round trips each.
+      const user = await register(t);
+      const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(6)));
+      const [userId, deviceId, expiresAt, signature, issued] = (first.headers.get('x-device-token') ?? '').split('.');
+      expect(issued).toBeDefined();
+      // One hash running and three waiting: the gate is full for at least the first hash's 200 ms.
+      const holders = Array.from({ length: 4 }, (_, i) =>
+        client.login({ usernameOrEmail: `nobody3_${i}_${user.username}`, password: 'Guess-Passw0rd!' }, from(`203.0.115.${i + 1}`)),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 80));
+      const database = monolithOf(t).database;
+      const queriesBefore = database.queryCount();
+      const forged = [`${userId}.${deviceId}.${expiresAt}.${signature}`, `${userId}.${deviceId}.${expiresAt}.${signature}.${'A'.repeat(43)}`, 'garbage'];
+      const answers = await Promise.all(
+        forged.flatMap((token, i) =>
+          [0, 1, 2].map((j) =>
+            client.login(
+              { usernameOrEmail: user.username, password: 'Guess-Passw0rd!' },
+              { headers: { 'x-forwarded-for': `203.0.116.${3 * i + j + 1}`, 'x-device-token': token } },
+            ),
+          ),
+        ),
+      );
+      const queries = database.queryCount() - queriesBefore;
+      await Promise.all(holders);
+      expect(answers.map((answer) => answer.code)).toEqual(Array(answers.length).fill('unavailable'));
+      for (const answer of answers) expect(Number(answer.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      expect(queries, 'database queries while the forged logins were answered').toBe(0);
+    },
+  );
 
   it('when callers give up while their logins wait for a hash, then their passwords are never hashed', async () => {
     const user = await register(t);

@@ -103,6 +103,25 @@ describe('known-device tokens', () => {
     now += 61_000;
     expect(devices.verify(token, 7, HASH)).toBeUndefined();
   });
+
+  it('when a token is asked whether this server issued it, before any account is known, then only an unexpired token of its own, all five parts intact, says yes', () => {
+    let now = 1_000_000_000_000;
+    const devices = new DeviceTokens({ secret, ttlSeconds: 60, now: () => now });
+    const token = devices.issue(7, HASH, 'device-a');
+    const [user, device, expires, mac, issued] = token.split('.');
+    expect(devices.vouches(token)).toBe(true);
+    expect(devices.vouches(`8.${device}.${expires}.${mac}.${issued}`)).toBe(false);
+    expect(devices.vouches(`${user}.${device}.${expires}.${mac}`)).toBe(false);
+    expect(devices.vouches(`${user}.${device}.${expires}.${mac}.${issued}x`)).toBe(false);
+    expect(new DeviceTokens({ secret: `${secret}-other`, ttlSeconds: 60, now: () => now }).vouches(token)).toBe(false);
+    expect(devices.vouches(undefined)).toBe(false);
+    // Its issuer signature does not stand in for the account's: the fifth part of another token.
+    expect(devices.verify(`${user}.${device}.${expires}.${mac}.${devices.issue(7, HASH, 'device-b').split('.')[4]}`, 7, HASH)).toBeUndefined();
+    // A token of four parts, issued before the fifth, still names its device once the account is known.
+    expect(devices.verify(`${user}.${device}.${expires}.${mac}`, 7, HASH)).toBe('device-a');
+    now += 61_000;
+    expect(devices.vouches(token)).toBe(false);
+  });
 });
 
 describe('counter reservations', () => {

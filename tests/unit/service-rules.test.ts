@@ -757,6 +757,42 @@ describe('overload is not guessing', () => {
     expect(await outcome(login(user.username))).toBe('ok');
     expect(lookups).toEqual([user.username]);
   });
+
+  it('when the hash gate would refuse a login that presents a device token this server did not sign, then it too is refused before the account is looked up; a token it signed is looked up for its lane', async () => {
+    // Any device-token header skipped the check, so a crowd paid for a lookup each with garbage.
+    const gate = new WorkGate({ concurrency: 1, maxWaiting: 0, estimateMs: 100 });
+    const h = harness({ gate });
+    const user = await h.account();
+    const client = { ipAddress: '192.0.2.32' };
+    const { deviceToken: signed } = await h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client);
+    if (signed === undefined) throw new Error('no device token');
+    const [userId, deviceId, expiresAt, signature] = signed.split('.');
+    const elsewhere = new DeviceTokens({ secret: 'another-servers-secret-of-32-characters!', ttlSeconds: 3600 }).issue(user.id, 'x');
+    const forged = [
+      'garbage',
+      // The four parts of a token issued before the fifth existed: only its account tells.
+      `${userId}.${deviceId}.${expiresAt}.${signature}`,
+      `${userId}.${deviceId}.${expiresAt}.${signature}.${'A'.repeat(43)}`,
+      `${userId}.${deviceId}.${Number(expiresAt) + 1}.${signature}.${signed.split('.')[4]}`,
+      elsewhere,
+    ];
+    const lookups: string[] = [];
+    const findByLogin = h.users.findByLogin.bind(h.users);
+    h.users.findByLogin = (login) => {
+      lookups.push(login);
+      return findByLogin(login);
+    };
+    const held = Promise.withResolvers<undefined>();
+    const holding = gate.run(() => held.promise);
+    const login = (deviceToken: string) =>
+      runWithCallContext({ requestId: deviceToken }, () => h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, { ...client, deviceToken }));
+    expect(await Promise.all(forged.map((token) => outcome(login(token))))).toEqual(Array(forged.length).fill('SERVICE_UNAVAILABLE'));
+    expect(lookups).toEqual([]);
+    await outcome(login(signed));
+    expect(lookups).toEqual([user.username]);
+    held.resolve(undefined);
+    await holding;
+  });
 });
 
 describe('a login whose session is stored when the counters go away', () => {

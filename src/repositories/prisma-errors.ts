@@ -2,7 +2,8 @@ import { isDriverAdapterError } from '@prisma/driver-adapter-utils';
 import { Prisma } from '../../gen/prisma/client.ts';
 import { AppError, ConflictError, NotFoundError, UnavailableError } from '../domain/errors.ts';
 
-const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', '57P01', '57P03']);
+// 25P03: the server ended a session left idle inside a transaction (database.ts).
+const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', '57P01', '57P03', '25P03']);
 
 /**
  * MySQL/MariaDB error numbers that mean the server is out of reach, as the MariaDB adapter passes
@@ -42,7 +43,12 @@ const CONNECT_TIMEOUT = new Set(['Connection terminated due to connection timeou
  * killed, a failover, a proxy restarting): a plain error the adapter passes on, which was a 500
  * (helper 102).
  */
-const CONNECTION_LOST = new Set(['Connection terminated unexpectedly', 'Connection terminated']);
+const CONNECTION_LOST = new Set([
+  'Connection terminated unexpectedly',
+  'Connection terminated',
+  'Client has encountered a connection error and is not queryable',
+  'Client was closed and is not queryable',
+]);
 
 /** Whether `error`, or an error it was caused by, has one of `messages`. */
 function hasMessage(error: unknown, messages: ReadonlySet<string>): boolean {

@@ -2,7 +2,8 @@
 // then holds every byte either side sends, as a frozen server or a network partition that keeps
 // the connections open would. On resuming it delivers what it held; or, with `dropHeld`, it
 // leaves the connections it held dead for good (their bytes lost, their sockets open), as a
-// failover or a lost NAT entry does, while new connections work.
+// failover or a lost NAT entry does, while new connections work. Stalled as a partition, it also
+// keeps a close to itself: the side that closed is gone, the other never hears of it.
 import { connect, createServer, type Server, type Socket } from 'node:net';
 
 interface Direction {
@@ -15,6 +16,7 @@ export class StallingProxy {
   readonly #server: Server;
   readonly #directions = new Map<Socket, Direction>();
   #stalled = false;
+  #partitioned = false;
   #port = 0;
 
   /** A proxy listening on a loopback port in front of the server `url` names. */
@@ -30,14 +32,21 @@ export class StallingProxy {
       const upstream = connect(target.port, target.host);
       this.#forward(client, upstream);
       this.#forward(upstream, client);
-      const close = () => {
-        client.destroy();
-        upstream.destroy();
-        this.#directions.delete(client);
-        this.#directions.delete(upstream);
+      const close = (side: Socket, other: Socket) => () => {
+        side.destroy();
+        this.#directions.delete(side);
+        const towards = this.#directions.get(other);
+        if (this.#stalled && this.#partitioned && towards !== undefined) {
+          // The other side stays open, and nothing it sends arrives anywhere.
+          towards.dead = true;
+          towards.chunks.length = 0;
+          return;
+        }
+        other.destroy();
+        this.#directions.delete(other);
       };
-      client.on('close', close).on('error', close);
-      upstream.on('close', close).on('error', close);
+      client.on('close', close(client, upstream)).on('error', close(client, upstream));
+      upstream.on('close', close(upstream, client)).on('error', close(upstream, client));
     });
   }
 
@@ -67,8 +76,10 @@ export class StallingProxy {
     return proxied;
   }
 
-  stall(): void {
+  /** Holds every byte; with `partition`, also every close (see the top of the file). */
+  stall(options: { partition?: boolean } = {}): void {
     this.#stalled = true;
+    this.#partitioned = options.partition === true;
   }
 
   /**

@@ -130,6 +130,43 @@ describe('a database server that stops answering', () => {
     expect(updated?.data?.email).toBe(`after-${user.email}`);
   }, 30_000);
 
+  it(`when the network parts in the middle of a refresh's transaction, so that ${SERVER} never hears that the app gave up on it, then the locks it held are freed within seconds and the user's session works again`, async () => {
+    // The app's connection is given up after the statement's bound and closed, but the close is
+    // lost on the way: the server kept the transaction open with its row locks for as long as it
+    // keeps idle sessions (MariaDB: 8 hours), and every refresh, logout or login of the user
+    // waited on them and failed (helper 104).
+    const [rest] = clients;
+    if (rest === undefined) throw new Error('no client');
+    const user = await register(t);
+    // The refresh's transaction waits inside for the pair's lock, held outside the app (not
+    // through the proxy), so that it is open on the server when the network parts.
+    const held = await holdRows(t, 'SELECT id FROM oauth_tokens WHERE user_id = $1 FOR UPDATE', [user.id]);
+    const refresh = rest.refresh(user.refreshToken);
+    // Other files' databases share the server: only this one's sessions (PostgreSQL's statements
+    // name the schema; MariaDB's sessions are in the database).
+    const own = MYSQL ? new URL(t.databaseUrl).pathname.slice(1) : `%${new URL(t.databaseUrl).searchParams.get('schema')}%`;
+    const waiting = MYSQL
+      ? "SELECT count(*) AS n FROM information_schema.processlist WHERE db = $1 AND command = 'Execute' AND info LIKE '%oauth_tokens%'"
+      : "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1";
+    const until = Date.now() + 5_000;
+    // Asked outside the holder's transaction, which would see one snapshot of the statistics.
+    while (Number((await t.sql<{ n: number | string }>(waiting, [own]))[0]?.n) === 0 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(Date.now(), 'the refresh waits for the lock inside its transaction').toBeLessThan(until);
+    proxy.stall({ partition: true });
+    await held.release();
+    // Unanswered; the app gives up on the connection and answers.
+    expect((await refresh).code).toBe('unavailable');
+    proxy.resume({ dropHeld: true });
+    const started = Date.now();
+    let outcome = await rest.refresh(user.refreshToken);
+    while (outcome.code !== 'ok' && Date.now() - started < 15_000) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      outcome = await rest.refresh(user.refreshToken);
+    }
+    expect(outcome.code).toBe('ok');
+    expect(Date.now() - started).toBeLessThan(10_000);
+  }, 40_000);
+
   it(`when the connections to ${SERVER} are cut under statements (a failover, a proxy restart), then each request is 503 / unavailable, not a 500, and the next ones work`, async () => {
     const users = await Promise.all(clients.map(() => register(t)));
     proxy.stall();

@@ -26,7 +26,7 @@ import { resolve } from 'node:path';
 import type { PGlite } from '@electric-sql/pglite';
 import type { PrismaPg } from '@prisma/adapter-pg';
 import type { PoolClient } from 'pg';
-import type { Connection as MariadbConnection } from 'mariadb';
+import type { Connection as MariadbConnection, Pool } from 'mariadb';
 import { DriverAdapterError } from '@prisma/driver-adapter-utils';
 import type { SqlDriverAdapter, SqlDriverAdapterFactory, SqlMigrationAwareDriverAdapterFactory } from '@prisma/driver-adapter-utils';
 import { PrismaClient } from '../../../gen/prisma/client.ts';
@@ -161,6 +161,20 @@ const DEFAULT_LOCK_TIMEOUT_MS = 5_000;
 const DEFAULT_QUERY_TIMEOUT_MS = 5_000;
 /** How much longer than its statement_timeout a statement is given before its server is taken for gone. */
 const UNANSWERED_MARGIN_MS = 1_000;
+/** Prisma's own bound on an interactive transaction, which rolls it back while the app can still say so. */
+const PRISMA_TRANSACTION_TIMEOUT_MS = 5_000;
+
+/**
+ * How long the server keeps a session that is inside a transaction and sends nothing: twice a
+ * statement's bound, and never under Prisma's own transaction timeout. A connection the app gave
+ * up on (see boundStatements) whose close never reached the server (a partition, a lost NAT
+ * entry) left its transaction open there, with its row locks, for as long as the server kept idle
+ * sessions: MariaDB's wait_timeout is 8 hours, and every later login of that user waited on the
+ * lock and failed (helper 104).
+ */
+function idleInTransactionMs(queryTimeoutMs: number): number {
+  return Math.max(2 * queryTimeoutMs, PRISMA_TRANSACTION_TIMEOUT_MS);
+}
 
 function parseDatabaseUrl(databaseUrl: string): URL {
   let url: URL;
@@ -200,7 +214,10 @@ async function openPostgres(url: URL, lockTimeoutMs: number, queryTimeoutMs: num
   const adapterOptions = { ...(schema === DEFAULT_SCHEMA ? {} : { schema }), statementNameGenerator: names.nameOf };
   const factory = new PrismaPg({ connectionString: url.toString() }, adapterOptions);
   const clientUrl = new URL(url);
-  clientUrl.searchParams.set('options', `-c statement_timeout=${queryTimeoutMs} ${url.searchParams.get('options') ?? ''}`);
+  clientUrl.searchParams.set(
+    'options',
+    `-c statement_timeout=${queryTimeoutMs} -c idle_in_transaction_session_timeout=${idleInTransactionMs(queryTimeoutMs)} ${url.searchParams.get('options') ?? ''}`,
+  );
   const clientFactory = new PrismaPg({ connectionString: clientUrl.toString(), connectionTimeoutMillis: queryTimeoutMs }, adapterOptions);
   // The client's pool, as its adapter reports it once connected (the schema engine's are its own).
   let pool: { totalCount: number; idleCount: number; waitingCount: number; options: { max?: number } } | undefined;
@@ -316,17 +333,21 @@ async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number
   // Every new pooled connection runs initSql; one given in the URL is the operator's, and stays.
   // Without spaces: URLSearchParams (ours, then the adapter's) writes them as '+', which the
   // driver does not decode.
-  // The application's connections (not the migrations') also get MariaDB's statement bound, in
-  // seconds, as PostgreSQL's get statement_timeout: an executable comment that MariaDB runs and
-  // MySQL, which has no such variable for writes, skips.
+  // The application's connections (not the migrations') also get MariaDB's statement and
+  // idle-in-transaction bounds, in seconds, as PostgreSQL's get statement_timeout and
+  // idle_in_transaction_session_timeout: an executable comment that MariaDB runs and MySQL, which
+  // has neither variable, skips. An operator's own initSql replaces all of it (README).
   const clientUrl = new URL(url);
   if (!url.searchParams.has('initSql')) {
     const lockWait = `SET@@SESSION.innodb_lock_wait_timeout=${Math.ceil(lockTimeoutMs / 1000)}`;
     url.searchParams.set('initSql', lockWait);
-    clientUrl.searchParams.set('initSql', `${lockWait}/*M!100100,@@SESSION.max_statement_time=${queryTimeoutMs / 1000}*/`);
+    const mariadbOnly = `@@SESSION.max_statement_time=${queryTimeoutMs / 1000},@@SESSION.idle_transaction_timeout=${Math.ceil(idleInTransactionMs(queryTimeoutMs) / 1000)}`;
+    clientUrl.searchParams.set('initSql', `${lockWait}/*M!100300,${mariadbOnly}*/`);
   }
   // A wait for a pooled connection is bounded as PostgreSQL's is (the driver's default is 10 s).
   if (!clientUrl.searchParams.has('acquireTimeout')) clientUrl.searchParams.set('acquireTimeout', String(queryTimeoutMs));
+  // The driver's default, unless the URL sets its own.
+  const connectionLimit = Number(clientUrl.searchParams.get('connectionLimit') ?? 10);
   // What the adapter sets on pools of its own; this one is ours (below).
   if (!clientUrl.searchParams.has('prepareCacheLength')) clientUrl.searchParams.set('prepareCacheLength', '0');
   const [{ PrismaMariaDb }, { default: mariadb }, { PrismaClient: MysqlPrismaClient }] = await Promise.all([
@@ -336,11 +357,12 @@ async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number
   ]);
   const factory = new PrismaMariaDb(url.toString());
   // The client's pool is made here, so that each connection is bounded from its first statement.
+  let pool: Pool | undefined;
   const clientFactory: SqlDriverAdapterFactory = {
     provider: factory.provider,
     adapterName: factory.adapterName,
     connect: () => {
-      const pool = mariadb.createPool(clientUrl.toString());
+      pool = mariadb.createPool(clientUrl.toString());
       pool.on('connection', (connection) => {
         boundMysqlStatements(connection as unknown as MysqlBaseConnection, queryTimeoutMs + UNANSWERED_MARGIN_MS);
       });
@@ -386,6 +408,9 @@ async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number
     schema: database,
     readRows,
     queryCount,
+    // For readiness, as PostgreSQL's: a pool busy to the last connection is not a database down
+    // (without it, /ready failed on MariaDB while every connection waited on one row: helper 104).
+    poolUse: () => (pool === undefined ? undefined : { total: pool.totalConnections(), idle: pool.idleConnections(), waiting: pool.taskQueueSize(), max: connectionLimit }),
     close: async () => {
       await prisma.$disconnect();
     },

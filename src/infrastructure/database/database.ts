@@ -421,6 +421,7 @@ async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number
 interface MysqlBaseConnection {
   query(command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void): void;
   prepareExecute(command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void): void;
+  changeTransaction(command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void): void;
   readonly socket?: { destroy(error: Error): void } | undefined;
 }
 
@@ -439,7 +440,9 @@ function boundMysqlStatements(connection: MysqlBaseConnection, ms: number): void
     const message = `The database did not answer within ${ms} ms`;
     connection.socket?.destroy(Object.assign(new Error(message), { errno: MYSQL_SOCKET_TIMEOUT, code: 'ER_SOCKET_TIMEOUT', sqlMessage: message, sqlState: 'HY000' }));
   };
-  for (const method of ['query', 'prepareExecute'] as const) {
+  // changeTransaction: the ROLLBACK the pool sends itself when a connection comes back still
+  // inside a transaction (helper 104, from the driver's source).
+  for (const method of ['query', 'prepareExecute', 'changeTransaction'] as const) {
     const send = connection[method].bind(connection);
     Reflect.set(connection, method, (command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void) => {
       const timer = setTimeout(giveUp, ms);

@@ -145,10 +145,24 @@ export class AuthUseCases {
     // under 50 clients that retry at once). The same for every name, so it says nothing of one.
     // A known device's login waits in a lane of its own, which only its lookup can tell; a device
     // token is taken for one only when this server signed it, or any header would skip the check.
-    if (!this.#devices.vouches(client.deviceToken)) this.#passwords.precheck();
+    const token = client.deviceToken;
+    const claimed = this.#devices.claim(token);
+    if (!claimed) this.#passwords.precheck();
     const login = input.usernameOrEmail ?? '';
-    const row = await this.#users.findByLogin(login);
-    const device = row === null ? undefined : this.#devices.verify(client.deviceToken, row.id, row.passwordHash);
+    let row;
+    try {
+      row = await this.#users.findByLogin(login);
+    } catch (error) {
+      if (claimed) this.#devices.settle(token, true);
+      throw error;
+    }
+    const device = row === null ? undefined : this.#devices.verify(token, row.id, row.passwordHash);
+    // A token of ours that does not hold for this login (one's own account's, sent with logins to
+    // any name: helper 105) is refused as a stranger's from here on, and vouches no more.
+    if (claimed) {
+      this.#devices.settle(token, device !== undefined);
+      if (device === undefined) this.#passwords.precheck();
+    }
     const attempt = await this.#throttle.admit({ name: login, userId: row?.id, address: addressKey(client.ipAddress), device });
     // The attempted login is not recorded: people type passwords into the username field.
     const failed = (reason: string) => {

@@ -118,7 +118,7 @@ describe.each(CROWD_PROTOCOLS)('password hashing under a crowd, over %s', (proto
   });
 
   it.runIf(TEST_TOPOLOGY === 'monolithic')(
-    'when the hash queue is full, then logins presenting device tokens this server did not sign are refused at once, before any account is looked up',
+    'when the hash queue is full, then logins presenting device tokens this server did not sign, or one of its own that proved to be for another account, are refused at once, before any account is looked up',
     async () => {
       // Any x-device-token header used to skip the check that refuses a stranger's login for free
       // under overload: a crowd with made-up tokens bought a database lookup and the throttle's
@@ -127,14 +127,24 @@ describe.each(CROWD_PROTOCOLS)('password hashing under a crowd, over %s', (proto
       const first = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(6)));
       const [userId, deviceId, expiresAt, signature, issued] = (first.headers.get('x-device-token') ?? '').split('.');
       expect(issued).toBeDefined();
+      // And a token this server did sign, for the attacker's own account (helper 105).
+      const attacker = await register(t);
+      const own = (await client.login({ usernameOrEmail: attacker.username, password: attacker.password }, from(ip(7)))).headers.get('x-device-token') ?? '';
+      expect(own).not.toBe('');
       // One hash running and three waiting: the gate is full for at least the first hash's 200 ms.
       const holders = Array.from({ length: 4 }, (_, i) =>
         client.login({ usernameOrEmail: `nobody3_${i}_${user.username}`, password: 'Guess-Passw0rd!' }, from(`203.0.115.${i + 1}`)),
       );
       await new Promise((resolve) => setTimeout(resolve, 80));
       const database = monolithOf(t).database;
+      // The attacker's own token buys one lookup with a login to another name, and no more.
+      const spending = await client.login(
+        { usernameOrEmail: user.username, password: 'Guess-Passw0rd!' },
+        { headers: { 'x-forwarded-for': '203.0.116.100', 'x-device-token': own } },
+      );
+      expect(spending.code).toBe('unavailable');
       const queriesBefore = database.queryCount();
-      const forged = [`${userId}.${deviceId}.${expiresAt}.${signature}`, `${userId}.${deviceId}.${expiresAt}.${signature}.${'A'.repeat(43)}`, 'garbage'];
+      const forged = [`${userId}.${deviceId}.${expiresAt}.${signature}`, `${userId}.${deviceId}.${expiresAt}.${signature}.${'A'.repeat(43)}`, 'garbage', own];
       const answers = await Promise.all(
         forged.flatMap((token, i) =>
           [0, 1, 2].map((j) =>

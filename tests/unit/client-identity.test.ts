@@ -122,6 +122,20 @@ describe('known-device tokens', () => {
     now += 61_000;
     expect(devices.vouches(token)).toBe(false);
   });
+
+  it('when a token is claimed for a login, then it vouches for no other login at the same time, and for none once it proved not to hold for its login', () => {
+    const devices = new DeviceTokens({ secret, ttlSeconds: 60 });
+    const token = devices.issue(7, HASH, 'device-a');
+    expect(devices.claim(token)).toBe(true);
+    expect(devices.claim(token)).toBe(false);
+    devices.settle(token, true);
+    expect(devices.claim(token)).toBe(true);
+    devices.settle(token, false);
+    expect(devices.claim(token)).toBe(false);
+    // Verifying for its own account still works: only the early vouching is spent.
+    expect(devices.verify(token, 7, HASH)).toBe('device-a');
+    expect(devices.claim('garbage')).toBe(false);
+  });
 });
 
 describe('counter reservations', () => {

@@ -790,8 +790,21 @@ describe('overload is not guessing', () => {
     expect(lookups).toEqual([]);
     await outcome(login(signed));
     expect(lookups).toEqual([user.username]);
+    // A token of its own account, sent with another name's logins (helper 105): it buys one
+    // lookup, then vouches no more.
     held.resolve(undefined);
     await holding;
+    const attacker = await h.account();
+    const { deviceToken: own } = await h.auth.login({ usernameOrEmail: attacker.username, password: PASSWORD }, { ipAddress: '192.0.2.33' });
+    lookups.length = 0;
+    const second = Promise.withResolvers<undefined>();
+    const holdingAgain = gate.run(() => second.promise);
+    const loginAs = (name: string) => runWithCallContext({ requestId: name }, () => h.auth.login({ usernameOrEmail: name, password: PASSWORD }, { ...client, deviceToken: own }));
+    expect(own).toBeDefined();
+    expect(await Promise.all([user.username, 'nobody', user.username].map(async (name) => outcome(loginAs(name))))).toEqual(Array(3).fill('SERVICE_UNAVAILABLE'));
+    expect(lookups.length).toBe(1);
+    second.resolve(undefined);
+    await holdingAgain;
   });
 });
 

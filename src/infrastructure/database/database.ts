@@ -341,8 +341,11 @@ async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number
   if (!url.searchParams.has('initSql')) {
     const lockWait = `SET@@SESSION.innodb_lock_wait_timeout=${Math.ceil(lockTimeoutMs / 1000)}`;
     url.searchParams.set('initSql', lockWait);
-    const mariadbOnly = `@@SESSION.max_statement_time=${queryTimeoutMs / 1000},@@SESSION.idle_transaction_timeout=${Math.ceil(idleInTransactionMs(queryTimeoutMs) / 1000)}`;
-    clientUrl.searchParams.set('initSql', `${lockWait}/*M!100300,${mariadbOnly}*/`);
+    // Each variable in the comment of the version that brought it (helper 105: one comment of
+    // 10.3 dropped 10.1's statement bound on 10.1 and 10.2).
+    const statementBound = `/*M!100100,@@SESSION.max_statement_time=${queryTimeoutMs / 1000}*/`;
+    const idleBound = `/*M!100300,@@SESSION.idle_transaction_timeout=${Math.ceil(idleInTransactionMs(queryTimeoutMs) / 1000)}*/`;
+    clientUrl.searchParams.set('initSql', `${lockWait}${statementBound}${idleBound}`);
   }
   // A wait for a pooled connection is bounded as PostgreSQL's is (the driver's default is 10 s).
   if (!clientUrl.searchParams.has('acquireTimeout')) clientUrl.searchParams.set('acquireTimeout', String(queryTimeoutMs));

@@ -3,6 +3,9 @@ import { createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto'
 /** Longer than any token this class issues; longer input is not even parsed, nor carried between layers. */
 export const DEVICE_TOKEN_MAX_LENGTH = 200;
 
+/** How many spent tokens a process remembers (about 2 MB at most). */
+const SPENT_TOKENS_KEPT = 10_000;
+
 /**
  * Known-device tokens (OWASP's "device cookie"): a client that has logged in to an account before
  * holds a signed token naming that account and a random device id. Login attempts that present
@@ -28,6 +31,10 @@ export class DeviceTokens {
   readonly #issuerKey: Buffer;
   readonly #ttlSeconds: number;
   readonly #now: () => number;
+  /** Tokens that vouched for a login they did not hold for (see settle), oldest first. */
+  readonly #spent = new Set<string>();
+  /** Tokens vouching for a login now: one at a time each. */
+  readonly #vouching = new Set<string>();
 
   constructor(options: { secret: string; ttlSeconds: number; now?: () => number }) {
     this.#key = Buffer.from(hkdfSync('sha256', options.secret, 'arcana-cloud', 'known-device-token v1', 32));
@@ -61,6 +68,33 @@ export class DeviceTokens {
     const [user, deviceId, expiresAt, , issued] = parts as [string, string, string, string, string];
     const payload = `${user}.${deviceId}.${expiresAt}`;
     return matches(issued, this.#issued(payload)) && /^\d+$/.test(expiresAt) && Number(expiresAt) * 1000 > this.#now();
+  }
+
+  /**
+   * Whether `token` vouches for the login it came with until that login's account is known: it
+   * must vouch (see vouches), not have been spent, and not vouch for another login at this moment.
+   * Every claim is settled. A token of one's own account, sent with logins to any name, otherwise
+   * bought a lookup for each while strangers were refused for free (helper 105): now a token
+   * buys one lookup, and each token costs a login of its own, hashed.
+   */
+  claim(token: string | undefined): token is string {
+    if (token === undefined || this.#spent.has(token) || this.#vouching.has(token) || !this.vouches(token)) return false;
+    this.#vouching.add(token);
+    return true;
+  }
+
+  /**
+   * Ends `token`'s claim: `held` when it verified for the login's account. One that did not (another
+   * account's, or retired by a password change) vouches no more in this process.
+   */
+  settle(token: string, held: boolean): void {
+    this.#vouching.delete(token);
+    if (held) return;
+    if (this.#spent.size >= SPENT_TOKENS_KEPT) {
+      const oldest = this.#spent.values().next();
+      if (oldest.done !== true) this.#spent.delete(oldest.value);
+    }
+    this.#spent.add(token);
   }
 
   /**

@@ -395,7 +395,7 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
             jobs.audit.record(event);
           },
         };
-  const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: auditLog, idempotency };
+  const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: auditLog, idempotency, counters: repositories.counters };
   // Every service process checks the access tokens of the calls it serves (with its cache), so
   // the auth use cases exist wherever the service layer runs; only the auth service serves them.
   const codec = new TokenCodec({

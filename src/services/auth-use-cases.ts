@@ -20,6 +20,7 @@ import { newAccountRow } from './accounts.ts';
 import { currentWorkLimits, uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, IDEMPOTENCY_WINDOW_MS, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
 import type { LoginThrottle } from './login-throttle.ts';
+import type { CounterStore } from '../infrastructure/rate-limiter.ts';
 import type { UserRepository } from '../repositories/user-repository.ts';
 
 export interface AuthResult {
@@ -47,6 +48,12 @@ const DISCARD_RETRY_PAUSES_MS = [250, 1_000];
 /** Login chains one login ends at most, beyond SESSIONS_PER_USER_MAX. */
 const PRUNED_PER_LOGIN = 100;
 
+/** How long a refresh answered 503 with its rotation's outcome unknown may be retried as such. */
+const REFRESH_IN_DOUBT_MS = 5 * 60_000;
+/** The token a refresh presented, and the pair its rotation made, each noted under its own key. */
+const inDoubtKey = (refreshTokenHash: string) => `refresh-in-doubt:${refreshTokenHash}`;
+const inDoubtPairKey = (refreshTokenHash: string) => `refresh-in-doubt-pair:${refreshTokenHash}`;
+
 /** Registration, login and the lifecycle of sessions (token pairs). */
 export class AuthUseCases {
   readonly #users: UserRepository;
@@ -59,6 +66,7 @@ export class AuthUseCases {
   readonly #idempotency: IdempotentRequests;
   readonly #sessionLifetimeMs: number;
   readonly #sessionsPerUser: number;
+  readonly #counters: CounterStore | undefined;
   readonly #now: () => Date;
 
   constructor(deps: {
@@ -74,6 +82,8 @@ export class AuthUseCases {
     sessionLifetimeSeconds: number;
     /** Live sessions a user may hold; a login past it ends the oldest (100 when not given). */
     sessionsPerUser?: number;
+    /** Where a refresh whose rotation's outcome is unknown is noted, shared by the processes. */
+    counters?: CounterStore;
     now?: () => Date;
   }) {
     this.#audit = deps.audit;
@@ -86,6 +96,7 @@ export class AuthUseCases {
     this.#devices = deps.devices;
     this.#sessionLifetimeMs = deps.sessionLifetimeSeconds * 1000;
     this.#sessionsPerUser = deps.sessionsPerUser ?? 100;
+    this.#counters = deps.counters;
     this.#now = deps.now ?? (() => new Date());
   }
 
@@ -280,9 +291,22 @@ export class AuthUseCases {
     if (previous === null) return this.#unknownRefresh(claims, client);
     if (previous.isRevoked) {
       // Rows revoked before reasons were recorded count as rotated: the cautious reading.
-      if (previous.revokedReason === 'rotated' || previous.revokedReason === null) return this.#replayed(previous, client);
+      if (previous.revokedReason === 'rotated' || previous.revokedReason === null) {
+        const resumed = await this.#resumeInDoubt(previous, client);
+        return resumed ?? this.#replayed(previous, client);
+      }
       throw new AuthenticationError('Session has ended; please log in again');
     }
+    return this.#rotate(previous, client);
+  }
+
+  /**
+   * Moves the chain on from `previous`, its live pair. A rotation whose answer did not come back
+   * (503: the COMMIT may have reached the database with only its reply lost) is noted, so that the
+   * client's retry with the same token is not taken for a replay (helper 104: the retry revoked
+   * the whole session and raised the theft alarm).
+   */
+  async #rotate(previous: OAuthToken, client: ClientInfo): Promise<TokenPair> {
     const now = this.#now();
     if (previous.expiresAt <= now) throw new AuthenticationError('Invalid or expired refresh token');
     if (previous.familyExpiresAt <= now) {
@@ -296,7 +320,7 @@ export class AuthUseCases {
       throw new AuthenticationError('Account is not active');
     }
     const issued = this.#codec.issuePair(user.id, now, previous.familyExpiresAt, previous.familyId);
-    const next = await this.#tokens.rotate(previous, {
+    const rotating = this.#tokens.rotate(previous, {
       userId: user.id,
       familyId: previous.familyId,
       accessTokenHash: issued.accessTokenHash,
@@ -307,6 +331,16 @@ export class AuthUseCases {
       ipAddress: truncate(client.ipAddress, 45) ?? previous.ipAddress,
       userAgent: truncate(client.userAgent, USER_AGENT_MAX_LENGTH) ?? previous.userAgent,
       clientName: previous.clientName,
+    });
+    const next = await rotating.catch(async (error: unknown) => {
+      const counters = this.#counters;
+      if (error instanceof UnavailableError && counters !== undefined) {
+        await Promise.all([
+          counters.increment(inDoubtKey(previous.refreshTokenHash), REFRESH_IN_DOUBT_MS),
+          counters.increment(inDoubtPairKey(issued.refreshTokenHash), REFRESH_IN_DOUBT_MS),
+        ]).catch(() => undefined);
+      }
+      throw error;
     });
     if (next === null) {
       // Between our read and our write, another request rotated this token (a replay), or its
@@ -397,6 +431,38 @@ export class AuthUseCases {
       }
     }
     throw new AuthenticationError('Invalid or expired refresh token');
+  }
+
+  /**
+   * The retry of a refresh that was answered 503 while its rotation committed: the token it
+   * presents was rotated by that very request, to a pair nobody was given. Once per such refresh,
+   * within REFRESH_IN_DOUBT_MS, the chain moves on from that pair instead of ending. A thief who
+   * presents the token first takes that one turn, and the owner's retry then ends the chain as any
+   * replay does; a pair of the chain that was used since (refreshed) ends it too. Undefined when
+   * the token was not noted, or its turn was taken.
+   */
+  async #resumeInDoubt(previous: OAuthToken, client: ClientInfo): Promise<TokenPair | undefined> {
+    const counters = this.#counters;
+    if (counters === undefined) return undefined;
+    const key = inDoubtKey(previous.refreshTokenHash);
+    try {
+      if ((await counters.peek(key)).count !== 1) return undefined;
+      // Of concurrent retries, one takes the turn.
+      const taken = await counters.reserve(key, 2, REFRESH_IN_DOUBT_MS);
+      if (!taken.reserved || taken.count !== 2) return undefined;
+    } catch {
+      return undefined;
+    }
+    const live = (await this.#tokens.listActive(previous.userId, this.#now())).filter((pair) => pair.familyId === previous.familyId);
+    // The chain's only live pair must be the one that rotation made: one refreshed since was used.
+    const [successor] = live;
+    if (live.length !== 1 || successor === undefined) return undefined;
+    try {
+      if ((await counters.peek(inDoubtPairKey(successor.refreshTokenHash))).count !== 1) return undefined;
+    } catch {
+      return undefined;
+    }
+    return this.#rotate(successor, client);
   }
 
   /**

@@ -10,6 +10,8 @@ interface Direction {
   to: Socket;
   chunks: Buffer[];
   dead: boolean;
+  /** Bytes this direction holds on its own, the rest of the proxy forwarding (see loseAnswersAfter). */
+  holding: boolean;
 }
 
 export class StallingProxy {
@@ -17,6 +19,8 @@ export class StallingProxy {
   readonly #directions = new Map<Socket, Direction>();
   #stalled = false;
   #partitioned = false;
+  /** Texts a client's bytes must show, in order, before the answers to it are held; then done. */
+  #answersLostAfter: string[] | undefined;
   #port = 0;
 
   /** A proxy listening on a loopback port in front of the server `url` names. */
@@ -30,8 +34,8 @@ export class StallingProxy {
   constructor(target: { host: string; port: number }) {
     this.#server = createServer((client) => {
       const upstream = connect(target.port, target.host);
-      this.#forward(client, upstream);
-      this.#forward(upstream, client);
+      this.#forward(client, upstream, true);
+      this.#forward(upstream, client, false);
       const close = (side: Socket, other: Socket) => () => {
         side.destroy();
         this.#directions.delete(side);
@@ -50,14 +54,34 @@ export class StallingProxy {
     });
   }
 
-  #forward(from: Socket, to: Socket): void {
-    const direction: Direction = { to, chunks: [], dead: false };
+  #forward(from: Socket, to: Socket, fromClient: boolean): void {
+    const direction: Direction = { to, chunks: [], dead: false, holding: false };
     this.#directions.set(from, direction);
+    let awaited = 0;
     from.on('data', (chunk: Buffer) => {
       if (direction.dead) return;
-      if (this.#stalled) direction.chunks.push(chunk);
+      const texts = this.#answersLostAfter;
+      // A client's bytes that show the texts in order: whatever answers them is held.
+      if (texts !== undefined && fromClient) {
+        while (awaited < texts.length && chunk.includes(texts[awaited] ?? '')) awaited += 1;
+        if (awaited === texts.length) {
+          this.#answersLostAfter = undefined;
+          const answers = this.#directions.get(to);
+          if (answers !== undefined) answers.holding = true;
+        }
+      }
+      if (this.#stalled || direction.holding) direction.chunks.push(chunk);
       else to.write(chunk);
     });
+  }
+
+  /**
+   * The next client connection whose statements show `texts` in order (each within one packet,
+   * say a table's name and then COMMIT) gets no answer from then on: what it sent reaches the
+   * server, what the server says is held, as when a reply is lost on the way. resume() ends it.
+   */
+  loseAnswersAfter(...texts: string[]): void {
+    this.#answersLostAfter = texts;
   }
 
   /** Listens on a free loopback port and returns it. */
@@ -88,7 +112,9 @@ export class StallingProxy {
    */
   resume(options: { dropHeld?: boolean } = {}): void {
     this.#stalled = false;
+    this.#answersLostAfter = undefined;
     for (const direction of this.#directions.values()) {
+      direction.holding = false;
       const chunks = direction.chunks.splice(0);
       if (options.dropHeld === true) {
         if (chunks.length > 0) direction.dead = true;

@@ -167,6 +167,28 @@ describe('a database server that stops answering', () => {
     expect(Date.now() - started).toBeLessThan(10_000);
   }, 40_000);
 
+  it(`when a refresh's COMMIT reaches ${SERVER} but its answer is lost, then it is 503 / unavailable, and its retry with the same token gets a working pair over every protocol, not the end of the session`, async () => {
+    // Found by an attacker (helper 104): the retry was taken for a replay of a stolen token, which
+    // ended the session and raised the theft alarm, for a rotation that the client never saw.
+    for (const client of clients) {
+      const user = await register(t);
+      // The pair's rotation, then the COMMIT that ends its transaction: its answer is lost.
+      proxy.loseAnswersAfter('oauth_tokens', 'COMMIT');
+      const lost = await client.refresh(user.refreshToken);
+      proxy.resume({ dropHeld: true });
+      expect({ protocol: client.protocol, code: lost.code }).toEqual({ protocol: client.protocol, code: 'unavailable' });
+      // It did commit: the token it presented was rotated.
+      const [presented] = await t.sql<{ revoked_reason: string | null }>('SELECT revoked_reason FROM oauth_tokens WHERE user_id = $1 ORDER BY id LIMIT 1', [user.id]);
+      expect(presented?.revoked_reason).toBe('rotated');
+      const retried = await client.refresh(user.refreshToken);
+      expect({ protocol: client.protocol, code: retried.code }).toEqual({ protocol: client.protocol, code: 'ok' });
+      const accessToken = retried.data?.accessToken ?? '';
+      expect((await client.me(accessToken)).data?.username).toBe(user.username);
+      const live = await t.sql<{ n: number | string }>('SELECT count(*) AS n FROM oauth_tokens WHERE user_id = $1 AND is_revoked = false', [user.id]);
+      expect(Number(live[0]?.n)).toBe(1);
+    }
+  }, 60_000);
+
   it(`when the connections to ${SERVER} are cut under statements (a failover, a proxy restart), then each request is 503 / unavailable, not a 500, and the next ones work`, async () => {
     const users = await Promise.all(clients.map(() => register(t)));
     proxy.stall();

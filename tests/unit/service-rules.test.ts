@@ -47,7 +47,7 @@ function harness(options: { gate?: WorkGate } = {}) {
   const idempotency = new IdempotentRequests({ records: new MemoryIdempotencyRepository(), secret: SECRET, now: clock.now });
   const deps = { users, tokens, passwords, throttle, devices, audit, idempotency };
   const codec = new TokenCodec({ secret: SECRET, issuer: 'rules', audience: 'rules', accessTtlSeconds: 900, refreshTtlSeconds: REFRESH_TTL_SECONDS });
-  const auth = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: SESSION_LIFETIME_SECONDS, now: clock.now });
+  const auth = new AuthUseCases({ ...deps, codec, counters, sessionLifetimeSeconds: SESSION_LIFETIME_SECONDS, now: clock.now });
   const userCases = new UserUseCases(deps);
 
   let serial = 0;
@@ -420,6 +420,47 @@ describe('sessions', () => {
     // The thief's copy and the owner's newer pair are both dead.
     expect(await outcome(h.auth.authenticate(rotated.accessToken))).toBe('AUTHENTICATION_ERROR');
     expect(await outcome(h.auth.refresh(rotated.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+  });
+
+  it('when a refresh is answered 503 although its rotation committed (the reply was lost), then its retry with the same token moves the chain on, once; a later replay still ends the chain', async () => {
+    // Found by an attacker (helper 104): the retry was taken for a replay, ended the session and
+    // raised the theft alarm.
+    const user = await h.account();
+    const rotate = h.tokens.rotate.bind(h.tokens);
+    h.tokens.rotate = async (...args) => {
+      await rotate(...args);
+      throw new UnavailableError('Database unavailable');
+    };
+    expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
+    h.tokens.rotate = rotate;
+    const retried = await h.auth.refresh(user.tokens.refreshToken, client);
+    expect(await outcome(h.auth.authenticate(retried.accessToken))).toBe('ok');
+    expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toHaveLength(0);
+    // The chain goes on from the retry's pair.
+    const next = await h.auth.refresh(retried.refreshToken, client);
+    expect(await outcome(h.auth.authenticate(next.accessToken))).toBe('ok');
+    // The old token once more (a thief's copy, or a second retry): a replay, as before.
+    expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+    expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toHaveLength(1);
+    expect(await outcome(h.auth.authenticate(next.accessToken))).toBe('AUTHENTICATION_ERROR');
+  });
+
+  it('when a refresh answered 503 is retried after the pair its rotation made was used, then the retry is a replay and the chain ends', async () => {
+    // The reply was not lost after all, or a thief got it: the pair was refreshed since.
+    const user = await h.account();
+    const rotate = h.tokens.rotate.bind(h.tokens);
+    h.tokens.rotate = async (...args) => {
+      await rotate(...args);
+      throw new UnavailableError('Database unavailable');
+    };
+    expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
+    h.tokens.rotate = rotate;
+    // Without the pair's token in hand, its successor is made the way a holder of it would.
+    const [live] = await h.tokens.listActive(user.id, h.clock.now());
+    if (live === undefined) throw new Error('no live pair');
+    await h.tokens.rotate(live, { ...live, accessTokenHash: 'a'.repeat(64), refreshTokenHash: 'b'.repeat(64) });
+    expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+    expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toHaveLength(1);
   });
 
   it("when a thief refreshes a stolen token and logs out (or revokes all its sessions) before the owner's copy comes back, then the owner's replay still raises one alarm", async () => {

@@ -50,9 +50,11 @@ const PRUNED_PER_LOGIN = 100;
 
 /** How long a refresh answered 503 with its rotation's outcome unknown may be retried as such. */
 const REFRESH_IN_DOUBT_MS = 5 * 60_000;
-/** The token a refresh presented, and the pair its rotation made, each noted under its own key. */
-const inDoubtKey = (refreshTokenHash: string) => `refresh-in-doubt:${refreshTokenHash}`;
-const inDoubtPairKey = (refreshTokenHash: string) => `refresh-in-doubt-pair:${refreshTokenHash}`;
+/**
+ * A refresh in doubt: the token its client presented and the pair its rotation made, together (a
+ * note of either alone let another rotated token of the chain use another refresh's pair: helper 106).
+ */
+const inDoubtKey = (presentedHash: string, madeHash: string) => `refresh-in-doubt:${presentedHash}:${madeHash}`;
 
 /** Registration, login and the lifecycle of sessions (token pairs). */
 export class AuthUseCases {
@@ -302,11 +304,12 @@ export class AuthUseCases {
 
   /**
    * Moves the chain on from `previous`, its live pair. A rotation whose answer did not come back
-   * (503: the COMMIT may have reached the database with only its reply lost) is noted, so that the
-   * client's retry with the same token is not taken for a replay (helper 104: the retry revoked
-   * the whole session and raised the theft alarm).
+   * (503: the COMMIT may have reached the database with only its reply lost) is noted with the
+   * refresh token the client presented (`presentedHash`: previous's own, or for the retry of such a
+   * rotation the token that retry presented), so that the client's retry with that token is not
+   * taken for a replay (helper 104: the retry revoked the whole session and raised the theft alarm).
    */
-  async #rotate(previous: OAuthToken, client: ClientInfo): Promise<TokenPair> {
+  async #rotate(previous: OAuthToken, client: ClientInfo, presentedHash = previous.refreshTokenHash): Promise<TokenPair> {
     const now = this.#now();
     if (previous.expiresAt <= now) throw new AuthenticationError('Invalid or expired refresh token');
     if (previous.familyExpiresAt <= now) {
@@ -320,28 +323,24 @@ export class AuthUseCases {
       throw new AuthenticationError('Account is not active');
     }
     const issued = this.#codec.issuePair(user.id, now, previous.familyExpiresAt, previous.familyId);
-    const rotating = this.#tokens.rotate(previous, {
-      userId: user.id,
-      familyId: previous.familyId,
-      accessTokenHash: issued.accessTokenHash,
-      refreshTokenHash: issued.refreshTokenHash,
-      accessExpiresAt: issued.accessExpiresAt,
-      expiresAt: issued.refreshExpiresAt,
-      familyExpiresAt: previous.familyExpiresAt,
-      ipAddress: truncate(client.ipAddress, 45) ?? previous.ipAddress,
-      userAgent: truncate(client.userAgent, USER_AGENT_MAX_LENGTH) ?? previous.userAgent,
-      clientName: previous.clientName,
-    });
-    const next = await rotating.catch(async (error: unknown) => {
-      const counters = this.#counters;
-      if (error instanceof UnavailableError && counters !== undefined) {
-        await Promise.all([
-          counters.increment(inDoubtKey(previous.refreshTokenHash), REFRESH_IN_DOUBT_MS),
-          counters.increment(inDoubtPairKey(issued.refreshTokenHash), REFRESH_IN_DOUBT_MS),
-        ]).catch(() => undefined);
-      }
+    let next;
+    try {
+      next = await this.#tokens.rotate(previous, {
+        userId: user.id,
+        familyId: previous.familyId,
+        accessTokenHash: issued.accessTokenHash,
+        refreshTokenHash: issued.refreshTokenHash,
+        accessExpiresAt: issued.accessExpiresAt,
+        expiresAt: issued.refreshExpiresAt,
+        familyExpiresAt: previous.familyExpiresAt,
+        ipAddress: truncate(client.ipAddress, 45) ?? previous.ipAddress,
+        userAgent: truncate(client.userAgent, USER_AGENT_MAX_LENGTH) ?? previous.userAgent,
+        clientName: previous.clientName,
+      });
+    } catch (error) {
+      if (error instanceof UnavailableError) await this.#counters?.increment(inDoubtKey(presentedHash, issued.refreshTokenHash), REFRESH_IN_DOUBT_MS).catch(() => undefined);
       throw error;
-    });
+    }
     if (next === null) {
       // Between our read and our write, another request rotated this token (a replay), or its
       // session was ended (logout, revoke-all, an administrator), or its account deleted with its
@@ -435,34 +434,26 @@ export class AuthUseCases {
 
   /**
    * The retry of a refresh that was answered 503 while its rotation committed: the token it
-   * presents was rotated by that very request, to a pair nobody was given. Once per such refresh,
-   * within REFRESH_IN_DOUBT_MS, the chain moves on from that pair instead of ending. A thief who
-   * presents the token first takes that one turn, and the owner's retry then ends the chain as any
-   * replay does; a pair of the chain that was used since (refreshed) ends it too. Undefined when
-   * the token was not noted, or its turn was taken.
+   * presents was rotated by that very request, to a pair nobody was given. While that pair is the
+   * chain's only live one (within REFRESH_IN_DOUBT_MS), the chain moves on from it instead of
+   * ending; the rotation is conditional, so of retries at once one moves it and the others are
+   * replays. Once it has moved (by this retry, or by anyone who holds that pair), the token is a
+   * replay again. A thief who presents the token first takes the turn, and the owner's retry then
+   * ends the chain as any replay does. Nothing is used up by a retry that fails: a database still
+   * flapping leaves the note for the next (helper 106). Undefined when the token is not in doubt.
    */
   async #resumeInDoubt(previous: OAuthToken, client: ClientInfo): Promise<TokenPair | undefined> {
     const counters = this.#counters;
     if (counters === undefined) return undefined;
-    const key = inDoubtKey(previous.refreshTokenHash);
-    try {
-      if ((await counters.peek(key)).count !== 1) return undefined;
-      // Of concurrent retries, one takes the turn.
-      const taken = await counters.reserve(key, 2, REFRESH_IN_DOUBT_MS);
-      if (!taken.reserved || taken.count !== 2) return undefined;
-    } catch {
-      return undefined;
-    }
     const live = (await this.#tokens.listActive(previous.userId, this.#now())).filter((pair) => pair.familyId === previous.familyId);
-    // The chain's only live pair must be the one that rotation made: one refreshed since was used.
     const [successor] = live;
     if (live.length !== 1 || successor === undefined) return undefined;
     try {
-      if ((await counters.peek(inDoubtPairKey(successor.refreshTokenHash))).count !== 1) return undefined;
+      if ((await counters.peek(inDoubtKey(previous.refreshTokenHash, successor.refreshTokenHash))).count === 0) return undefined;
     } catch {
       return undefined;
     }
-    return this.#rotate(successor, client);
+    return this.#rotate(successor, client, previous.refreshTokenHash);
   }
 
   /**

@@ -445,6 +445,46 @@ describe('sessions', () => {
     expect(await outcome(h.auth.authenticate(next.accessToken))).toBe('AUTHENTICATION_ERROR');
   });
 
+  it('when the database flaps and the retry of a refresh in doubt fails too, then the next retry still moves the chain on, whether that retry wrote nothing or committed unseen', async () => {
+    // Found by an attacker (helper 106): the retry used up the one turn before its own work was
+    // done, so the third try was taken for a replay.
+    for (const retryCommits of [false, true]) {
+      const user = await h.account();
+      const rotate = h.tokens.rotate.bind(h.tokens);
+      const commitsUnseen: typeof rotate = async (...args) => {
+        await rotate(...args);
+        throw new UnavailableError('Database unavailable');
+      };
+      h.tokens.rotate = commitsUnseen;
+      expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
+      h.tokens.rotate = retryCommits ? commitsUnseen : () => Promise.reject(new UnavailableError('Database unavailable'));
+      expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
+      h.tokens.rotate = rotate;
+      const third = await h.auth.refresh(user.tokens.refreshToken, client);
+      expect(await outcome(h.auth.authenticate(third.accessToken)), `retry committed: ${retryCommits}`).toBe('ok');
+    }
+    expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toHaveLength(0);
+  });
+
+  it("when an older token of the chain is presented after a later refresh's reply was lost, then it is a replay: the later refresh's turn is its own token's", async () => {
+    // Found by an attacker (helper 106): a note of the old token (its own refresh failed before
+    // writing) and a note of the later pair, each alone, gave a thief holding the old token a pair.
+    const user = await h.account();
+    const rotate = h.tokens.rotate.bind(h.tokens);
+    h.tokens.rotate = () => Promise.reject(new UnavailableError('Database unavailable'));
+    expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
+    h.tokens.rotate = rotate;
+    const owner = await h.auth.refresh(user.tokens.refreshToken, client);
+    h.tokens.rotate = async (...args) => {
+      await rotate(...args);
+      throw new UnavailableError('Database unavailable');
+    };
+    expect(await outcome(h.auth.refresh(owner.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
+    h.tokens.rotate = rotate;
+    expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+    expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toHaveLength(1);
+  });
+
   it('when a refresh answered 503 is retried after the pair its rotation made was used, then the retry is a replay and the chain ends', async () => {
     // The reply was not lost after all, or a thief got it: the pair was refreshed since.
     const user = await h.account();

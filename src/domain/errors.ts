@@ -94,6 +94,12 @@ export class RateLimitedError extends AppError {
   }
 }
 
+/**
+ * What an UnavailableError says when the database could not be reached or did not answer: unlike
+ * "busy" (a lock or pool wait that ran out, a conflict), a write may have been carried out.
+ */
+export const DATABASE_UNAVAILABLE = 'Database unavailable';
+
 export class UnavailableError extends AppError {
   /** When the client may usefully try again (overload), if known. */
   readonly retryAfterSeconds: number | undefined;

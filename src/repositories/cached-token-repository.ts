@@ -3,6 +3,7 @@ import type { Cache } from '../infrastructure/cache.ts';
 import { forgetProfile } from './cached-user-repository.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository, UserWrite } from './token-repository.ts';
 import type { WriteOptions } from './write-options.ts';
+import { DATABASE_UNAVAILABLE, UnavailableError } from '../domain/errors.ts';
 
 export const sessionCacheKey = (accessTokenHash: string): string => `session:${accessTokenHash}`;
 
@@ -60,12 +61,12 @@ export class CachedTokenRepository implements TokenRepository {
     }
   }
 
-  async revoke(id: number, reason: RevocationReason, options?: WriteOptions) {
-    return this.#invalidate(await this.#inner.revoke(id, reason, options));
+  revoke(id: number, reason: RevocationReason, options?: WriteOptions) {
+    return this.#revoking((attempt) => this.#inner.revoke(id, reason, attempt), options);
   }
 
-  async revokeFamily(familyId: string, reason: RevocationReason, options?: WriteOptions) {
-    return this.#invalidate(await this.#inner.revokeFamily(familyId, reason, options));
+  revokeFamily(familyId: string, reason: RevocationReason, options?: WriteOptions) {
+    return this.#revoking((attempt) => this.#inner.revokeFamily(familyId, reason, attempt), options);
   }
 
   /** Pairs already revoked: nothing cached changes. */
@@ -73,18 +74,18 @@ export class CachedTokenRepository implements TokenRepository {
     return this.#inner.markChainReplayed(familyId, userId);
   }
 
-  async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options?: WriteOptions) {
-    return this.#invalidate(await this.#inner.revokeChainOf(userId, tokenId, reason, options));
+  revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options?: WriteOptions) {
+    return this.#revoking((attempt) => this.#inner.revokeChainOf(userId, tokenId, reason, attempt), options);
   }
 
-  async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options?: WriteOptions) {
-    return this.#invalidate(await this.#inner.revokeAllForUser(userId, exceptId, reason, options));
+  revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options?: WriteOptions) {
+    return this.#revoking((attempt) => this.#inner.revokeAllForUser(userId, exceptId, reason, attempt), options);
   }
 
   /** Forgets the revoked pairs and, as a write through CachedUserRepository would, the user's profile. */
   async revokeAllWithUserWrite(userId: number, exceptId: number | undefined, write: UserWrite, options?: WriteOptions) {
     try {
-      const { user, revoked } = await this.#inner.revokeAllWithUserWrite(userId, exceptId, write, options);
+      const { user, revoked } = await repeatedIfInDoubt((attempt) => this.#inner.revokeAllWithUserWrite(userId, exceptId, write, attempt), options);
       return { user, revoked: await this.#invalidate(revoked) };
     } finally {
       await forgetProfile(this.#cache, userId);
@@ -100,8 +101,35 @@ export class CachedTokenRepository implements TokenRepository {
     return this.#inner.purgeStale(now, retentionMs);
   }
 
+  async #revoking(revocation: (options: WriteOptions) => Promise<string[]>, options: WriteOptions = {}): Promise<string[]> {
+    return this.#invalidate(await repeatedIfInDoubt(revocation, options));
+  }
+
   async #invalidate(hashes: string[]): Promise<string[]> {
     await this.#cache.forget(hashes.map(sessionCacheKey), this.#ttlSeconds);
     return hashes;
+  }
+}
+
+/**
+ * Makes a revocation, and once more at once as a repeat (WriteOptions) when the database did not
+ * answer it: its reply may have been lost after it committed. Unrepeated, the pairs it revoked stayed usable from
+ * the cache until their entries expired, and the client's retry, finding nothing live, forgot
+ * nothing and answered that all was done (helper 107: a logout's session kept working for the
+ * cache's minute). A revocation is safe to make again, and a repeat also returns the pairs the
+ * first attempt revoked. When the repeat fails too, the first failure stands.
+ */
+async function repeatedIfInDoubt<T>(write: (options: WriteOptions) => Promise<T>, options: WriteOptions = {}): Promise<T> {
+  try {
+    return await write(options);
+  } catch (error) {
+    // Only a database out of reach leaves the write in doubt; a lock or pool wait that ran out
+    // did nothing, and repeating it would only double the wait.
+    if (!(error instanceof UnavailableError) || error.message !== DATABASE_UNAVAILABLE) throw error;
+    try {
+      return await write({ ...options, repeat: true });
+    } catch {
+      throw error;
+    }
   }
 }

@@ -1,6 +1,6 @@
 import { isDriverAdapterError } from '@prisma/driver-adapter-utils';
 import { Prisma } from '../../gen/prisma/client.ts';
-import { AppError, ConflictError, NotFoundError, UnavailableError } from '../domain/errors.ts';
+import { AppError, ConflictError, DATABASE_UNAVAILABLE, NotFoundError, UnavailableError } from '../domain/errors.ts';
 
 // 25P03: the server ended a session left idle inside a transaction (database.ts).
 const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', '57P01', '57P03', '25P03']);
@@ -79,7 +79,7 @@ export function translateDatabaseError(error: unknown): unknown {
     }
     if (error.code === 'P2025') return new NotFoundError('User not found');
     // Unreachable, closed, or (P1008) no answer within the bound database.ts sets.
-    if (error.code === 'P1001' || error.code === 'P1017' || error.code === 'P1008') return new UnavailableError('Database unavailable', error);
+    if (error.code === 'P1001' || error.code === 'P1017' || error.code === 'P1008') return new UnavailableError(DATABASE_UNAVAILABLE, error);
     // No connection came free in time, for a statement (P2024) or a transaction (P2028): the
     // database is overloaded, not the request wrong.
     if (error.code === 'P2024' || error.code === 'P2028') return new UnavailableError('The database is busy; try again', error, 1);
@@ -90,25 +90,25 @@ export function translateDatabaseError(error: unknown): unknown {
     // adapter's TransactionWriteConflict (PostgreSQL 40P01, MySQL 1213).
     if (error.code === 'P2034' || isWriteConflict(adapterCause)) return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
     if (isLockTimeout(adapterCause)) return new UnavailableError('The database is busy; try again', error, 1);
-    if (isMysqlConnectionError(adapterCause)) return new UnavailableError('Database unavailable', error);
+    if (isMysqlConnectionError(adapterCause)) return new UnavailableError(DATABASE_UNAVAILABLE, error);
     // A raw statement (P2010) whose connection was lost or given up on (database.ts), inside a
     // transaction: the same outage as P1001/P1008 (helper 102 had 500s).
     if (typeof adapterCause === 'object' && adapterCause !== null && UNREACHABLE_KINDS.has(String(Reflect.get(adapterCause, 'kind')))) {
-      return new UnavailableError('Database unavailable', error);
+      return new UnavailableError(DATABASE_UNAVAILABLE, error);
     }
   }
   // Statements sent to the driver adapter directly (raw-reader.ts) fail with its own errors, which
   // Prisma would have turned into the P1001/P1017 above.
   if (error instanceof Error && isDriverAdapterError(error)) {
-    if (UNREACHABLE_KINDS.has(error.cause.kind) || isMysqlConnectionError(error.cause)) return new UnavailableError('Database unavailable', error);
+    if (UNREACHABLE_KINDS.has(error.cause.kind) || isMysqlConnectionError(error.cause)) return new UnavailableError(DATABASE_UNAVAILABLE, error);
     if (isWriteConflict(error.cause)) return new UnavailableError('The request collided with a concurrent one; try again', error, 1);
     if (isLockTimeout(error.cause)) return new UnavailableError('The database is busy; try again', error, 1);
   }
-  if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError('Database unavailable', error);
+  if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError(DATABASE_UNAVAILABLE, error);
   if (hasMessage(error, POOL_WAIT_TIMEOUT)) return new UnavailableError('The database is busy; try again', error, 1);
-  if (hasMessage(error, CONNECT_TIMEOUT) || hasMessage(error, CONNECTION_LOST)) return new UnavailableError('Database unavailable', error);
+  if (hasMessage(error, CONNECT_TIMEOUT) || hasMessage(error, CONNECTION_LOST)) return new UnavailableError(DATABASE_UNAVAILABLE, error);
   const code = findCode(error);
-  if (code !== undefined && CONNECTION_CODES.has(code)) return new UnavailableError('Database unavailable', error);
+  if (code !== undefined && CONNECTION_CODES.has(code)) return new UnavailableError(DATABASE_UNAVAILABLE, error);
   return error;
 }
 

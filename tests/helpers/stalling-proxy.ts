@@ -21,6 +21,8 @@ export class StallingProxy {
   #partitioned = false;
   /** Texts a client's bytes must show, in order, before the answers to it are held; then done. */
   #answersLostAfter: string[] | undefined;
+  /** Which loseAnswersAfter each connection's progress through its texts belongs to. */
+  #lossGeneration = 0;
   #port = 0;
 
   /** A proxy listening on a loopback port in front of the server `url` names. */
@@ -58,11 +60,16 @@ export class StallingProxy {
     const direction: Direction = { to, chunks: [], dead: false, holding: false };
     this.#directions.set(from, direction);
     let awaited = 0;
+    let generation = this.#lossGeneration;
     from.on('data', (chunk: Buffer) => {
       if (direction.dead) return;
       const texts = this.#answersLostAfter;
       // A client's bytes that show the texts in order: whatever answers them is held.
       if (texts !== undefined && fromClient) {
+        if (generation !== this.#lossGeneration) {
+          generation = this.#lossGeneration;
+          awaited = 0;
+        }
         while (awaited < texts.length && chunk.includes(texts[awaited] ?? '')) awaited += 1;
         if (awaited === texts.length) {
           this.#answersLostAfter = undefined;
@@ -82,6 +89,7 @@ export class StallingProxy {
    */
   loseAnswersAfter(...texts: string[]): void {
     this.#answersLostAfter = texts;
+    this.#lossGeneration += 1;
   }
 
   /** Listens on a free loopback port and returns it. */

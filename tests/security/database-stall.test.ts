@@ -189,6 +189,31 @@ describe('a database server that stops answering', () => {
     }
   }, 60_000);
 
+  it(`when the COMMIT of a logout, or of an administrator ending a user's sessions, reaches ${SERVER} but its answer is lost, then the request still answers that it is done, and the sessions it ended are refused at once, from the cache too, over every protocol`, async () => {
+    // Found by an attacker (helper 107): the request answered 503, the revoked sessions kept
+    // working from the cache for its minute, and the client's retry, finding nothing live, forgot
+    // nothing and answered that all was done.
+    const admin = await loginAdmin(t);
+    for (const client of clients) {
+      const user = await register(t);
+      // Each session read once, so that it sits in the cache.
+      expect((await client.me(user.accessToken)).code).toBe('ok');
+      proxy.loseAnswersAfter('oauth_tokens', 'COMMIT');
+      const logout = await client.logout(user.accessToken);
+      proxy.resume({ dropHeld: true });
+      expect({ protocol: client.protocol, code: logout.code }).toEqual({ protocol: client.protocol, code: 'ok' });
+      expect({ protocol: client.protocol, code: (await client.me(user.accessToken)).code }).toEqual({ protocol: client.protocol, code: 'unauthenticated' });
+
+      const other = await register(t);
+      expect((await client.me(other.accessToken)).code).toBe('ok');
+      proxy.loseAnswersAfter('oauth_tokens', 'COMMIT');
+      const ended = await client.endUserSessions(admin, other.id);
+      proxy.resume({ dropHeld: true });
+      expect({ protocol: client.protocol, code: ended.code, count: ended.data?.endedCount }).toEqual({ protocol: client.protocol, code: 'ok', count: 1 });
+      expect({ protocol: client.protocol, code: (await client.me(other.accessToken)).code }).toEqual({ protocol: client.protocol, code: 'unauthenticated' });
+    }
+  }, 90_000);
+
   it(`when the connections to ${SERVER} are cut under statements (a failover, a proxy restart), then each request is 503 / unavailable, not a 500, and the next ones work`, async () => {
     const users = await Promise.all(clients.map(() => register(t)));
     proxy.stall();

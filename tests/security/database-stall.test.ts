@@ -189,7 +189,7 @@ describe('a database server that stops answering', () => {
     }
   }, 60_000);
 
-  it(`when the COMMIT of a logout, or of an administrator ending a user's sessions, reaches ${SERVER} but its answer is lost, then the request still answers that it is done, and the sessions it ended are refused at once, from the cache too, over every protocol`, async () => {
+  it(`when the COMMIT of a logout, of an administrator ending a user's sessions or of a password change reaches ${SERVER} but its answer is lost, then the request still answers that it is done, and the sessions it ended are refused at once, from the cache too, over every protocol`, async () => {
     // Found by an attacker (helper 107): the request answered 503, the revoked sessions kept
     // working from the cache for its minute, and the client's retry, finding nothing live, forgot
     // nothing and answered that all was done.
@@ -211,8 +211,22 @@ describe('a database server that stops answering', () => {
       proxy.resume({ dropHeld: true });
       expect({ protocol: client.protocol, code: ended.code, count: ended.data?.endedCount }).toEqual({ protocol: client.protocol, code: 'ok', count: 1 });
       expect({ protocol: client.protocol, code: (await client.me(other.accessToken)).code }).toEqual({ protocol: client.protocol, code: 'unauthenticated' });
+
+      // A password change ends the user's other sessions in the same transaction: its retry with
+      // the old password was refused as a wrong guess and counted towards a lockout (helper 107).
+      const changing = await register(t);
+      const elsewhere = await client.login({ usernameOrEmail: changing.username, password: changing.password });
+      const elsewhereToken = elsewhere.data?.tokens.accessToken ?? '';
+      expect((await client.me(elsewhereToken)).code).toBe('ok');
+      const newPassword = `New-${changing.password}`;
+      proxy.loseAnswersAfter('password_hash', 'oauth_tokens', 'COMMIT');
+      const changed = await client.changePassword(changing.accessToken, changing.id, { oldPassword: changing.password, newPassword });
+      proxy.resume({ dropHeld: true });
+      expect({ protocol: client.protocol, code: changed.code }).toEqual({ protocol: client.protocol, code: 'ok' });
+      expect({ protocol: client.protocol, code: (await client.me(elsewhereToken)).code }).toEqual({ protocol: client.protocol, code: 'unauthenticated' });
+      expect((await client.login({ usernameOrEmail: changing.username, password: newPassword })).code).toBe('ok');
     }
-  }, 90_000);
+  }, 120_000);
 
   it(`when the connections to ${SERVER} are cut under statements (a failover, a proxy restart), then each request is 503 / unavailable, not a 500, and the next ones work`, async () => {
     const users = await Promise.all(clients.map(() => register(t)));

@@ -17,9 +17,9 @@
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { currentIdempotencyKey, markReplayed, uninterrupted } from '../infrastructure/call-context.ts';
-import { ConflictError, IdempotencyKeyReusedError } from '../domain/errors.ts';
+import { ConflictError, DATABASE_UNAVAILABLE, IdempotencyKeyReusedError, UnavailableError } from '../domain/errors.ts';
 import { checkIdempotencyKey } from '../domain/idempotency-key.ts';
-import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';
+import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../repositories/idempotency-repository.ts';
 
 /** How long a stored answer is replayed: the window in which a client may retry. */
 export const IDEMPOTENCY_WINDOW_MS = 24 * 60 * 60 * 1000;
@@ -102,7 +102,7 @@ export class IdempotentRequests {
     // id to give it back, and a retry answered "in progress" for the whole lease while nothing
     // ran (helper 85). A caller gone by now is then refused by the work itself, which gives the
     // claim back below.
-    const claim = await uninterrupted(() => this.#records.claim({ keyHash, fingerprint, expiresAt: new Date(now.getTime() + CLAIM_LEASE_MS) }, now));
+    const claim = await uninterrupted(() => this.#claim({ keyHash, fingerprint, expiresAt: new Date(now.getTime() + CLAIM_LEASE_MS) }, now));
     if (!claim.claimed) {
       const { existing } = claim;
       if (!timingSafeEqual(Buffer.from(existing.fingerprint), Buffer.from(fingerprint))) throw new IdempotencyKeyReusedError();
@@ -128,6 +128,32 @@ export class IdempotentRequests {
     const sealed = this.#seal(operation.answer.encode(answer), scoped, keyHash);
     await uninterrupted(() => this.#records.complete(claim.id, sealed, new Date(now.getTime() + IDEMPOTENCY_WINDOW_MS)));
     return answer;
+  }
+
+  /**
+   * Claims the key, and once more at once when the database did not answer: the claim may have
+   * been stored with its reply lost, and then the key answered "still in progress" for the whole
+   * lease while nothing ran (helper 107: a client that kept to the key's contract was shut out for
+   * five minutes, one that sent no key was not). A record found on the repeat that is unanswered,
+   * of the same request and lapsing at this claim's own instant, to the millisecond, is this
+   * claim's.
+   */
+  async #claim(claim: IdempotencyClaim, now: Date): Promise<ClaimResult> {
+    try {
+      return await this.#records.claim(claim, now);
+    } catch (error) {
+      if (!(error instanceof UnavailableError) || error.message !== DATABASE_UNAVAILABLE) throw error;
+      let repeated: ClaimResult;
+      try {
+        repeated = await this.#records.claim(claim, now);
+      } catch {
+        throw error;
+      }
+      if (repeated.claimed) return repeated;
+      const { existing } = repeated;
+      const ours = existing.answer === null && existing.fingerprint === claim.fingerprint && existing.expiresAt.getTime() === claim.expiresAt.getTime();
+      return ours ? { claimed: true, id: existing.id } : repeated;
+    }
   }
 
   /** iv ‖ ciphertext ‖ GCM tag, under the key derived for this scope and client key. */

@@ -12,7 +12,7 @@
 // The same on MariaDB (the mariadb project), whose stalls were unbounded until a round later.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClients, closeAll, type ApiClient } from '../helpers/protocols.ts';
-import { holdRows, loginAdmin, register, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
+import { holdRows, loginAdmin, newUser, register, startTestServer, TEST_DATABASE_URL, type TestServer } from '../helpers/test-app.ts';
 import { isMysqlUrl } from '../helpers/test-database.ts';
 import { StallingProxy } from '../helpers/stalling-proxy.ts';
 
@@ -227,6 +227,26 @@ describe('a database server that stops answering', () => {
       expect((await client.login({ usernameOrEmail: changing.username, password: newPassword })).code).toBe('ok');
     }
   }, 120_000);
+
+  it(`when the claim of an Idempotency-Key reaches ${SERVER} but its answer is lost, then the request still runs and answers, and a retry with the key gets the same answer, over every protocol`, async () => {
+    // Found by an attacker (helper 107): the claim was stored with nothing run, and every retry
+    // with the key was "still in progress" for the claim's five-minute lease.
+    for (const client of clients) {
+      const body = newUser(`claim_${client.protocol.replace('-', '_')}`);
+      const key = { headers: { 'idempotency-key': `lost-claim-${client.protocol}-${body.username}` } };
+      proxy.loseAnswersAfter('idempotency_records');
+      const first = await client.register(body, key);
+      proxy.resume({ dropHeld: true });
+      expect({ protocol: client.protocol, code: first.code }).toEqual({ protocol: client.protocol, code: 'ok' });
+      const retried = await client.register(body, key);
+      expect({ protocol: client.protocol, code: retried.code, user: retried.data?.user.id, replayed: retried.headers.get('idempotent-replayed') }).toEqual({
+        protocol: client.protocol,
+        code: 'ok',
+        user: first.data?.user.id,
+        replayed: 'true',
+      });
+    }
+  }, 90_000);
 
   it(`when the connections to ${SERVER} are cut under statements (a failover, a proxy restart), then each request is 503 / unavailable, not a 500, and the next ones work`, async () => {
     const users = await Promise.all(clients.map(() => register(t)));

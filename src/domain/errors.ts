@@ -100,6 +100,11 @@ export class RateLimitedError extends AppError {
  */
 export const DATABASE_UNAVAILABLE = 'Database unavailable';
 
+/** Whether `error` says the database could not be reached or did not answer: a write may be done. */
+export function isDatabaseUnreachable(error: unknown): error is UnavailableError {
+  return error instanceof UnavailableError && error.message === DATABASE_UNAVAILABLE;
+}
+
 export class UnavailableError extends AppError {
   /** When the client may usefully try again (overload), if known. */
   readonly retryAfterSeconds: number | undefined;

@@ -3,7 +3,7 @@ import type { Cache } from '../infrastructure/cache.ts';
 import { forgetProfile } from './cached-user-repository.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository, UserWrite } from './token-repository.ts';
 import type { WriteOptions } from './write-options.ts';
-import { DATABASE_UNAVAILABLE, UnavailableError } from '../domain/errors.ts';
+import { isDatabaseUnreachable } from '../domain/errors.ts';
 
 export const sessionCacheKey = (accessTokenHash: string): string => `session:${accessTokenHash}`;
 
@@ -125,7 +125,7 @@ async function repeatedIfInDoubt<T>(write: (options: WriteOptions) => Promise<T>
   } catch (error) {
     // Only a database out of reach leaves the write in doubt; a lock or pool wait that ran out
     // did nothing, and repeating it would only double the wait.
-    if (!(error instanceof UnavailableError) || error.message !== DATABASE_UNAVAILABLE) throw error;
+    if (!isDatabaseUnreachable(error)) throw error;
     try {
       return await write({ ...options, repeat: true });
     } catch {

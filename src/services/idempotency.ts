@@ -17,7 +17,7 @@
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { currentIdempotencyKey, markReplayed, uninterrupted } from '../infrastructure/call-context.ts';
-import { ConflictError, DATABASE_UNAVAILABLE, IdempotencyKeyReusedError, UnavailableError } from '../domain/errors.ts';
+import { ConflictError, IdempotencyKeyReusedError, isDatabaseUnreachable } from '../domain/errors.ts';
 import { checkIdempotencyKey } from '../domain/idempotency-key.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../repositories/idempotency-repository.ts';
 
@@ -142,7 +142,7 @@ export class IdempotentRequests {
     try {
       return await this.#records.claim(claim, now);
     } catch (error) {
-      if (!(error instanceof UnavailableError) || error.message !== DATABASE_UNAVAILABLE) throw error;
+      if (!isDatabaseUnreachable(error)) throw error;
       let repeated: ClaimResult;
       try {
         repeated = await this.#records.claim(claim, now);

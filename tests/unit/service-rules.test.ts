@@ -19,6 +19,7 @@ import { LoginThrottle } from '../../src/services/login-throttle.ts';
 import { UserUseCases } from '../../src/services/user-use-cases.ts';
 import { ListUsersRequestSchema } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { MemoryIdempotencyRepository, MemoryTokenRepository, MemoryUserRepository, RecordedAuditLog, TestClock } from '../helpers/memory-repositories.ts';
+import type { TokenRepository } from '../../src/repositories/token-repository.ts';
 
 const SECRET = 'service-rules-test-secret-of-at-least-thirty-two-characters';
 const PASSWORD = 'Rules-Passw0rd!';
@@ -61,6 +62,20 @@ function harness(options: { gate?: WorkGate } = {}) {
     return { id: registered.user.id, username, actor: { ...actor, client }, tokens: registered.tokens, deviceToken: registered.deviceToken };
   }
   return { clock, users, tokens, audit, auth, userCases, account, counters, passwords };
+}
+
+/**
+ * The token repository's rotation as it is, as a database that commits it but whose reply is lost,
+ * and as one that does not answer before writing.
+ */
+function rotations(tokens: { rotate: TokenRepository['rotate'] }) {
+  const real = tokens.rotate.bind(tokens);
+  const lostReply: typeof real = async (...args) => {
+    await real(...args);
+    throw new UnavailableError('Database unavailable');
+  };
+  const unanswered: typeof real = () => Promise.reject(new UnavailableError('Database unavailable'));
+  return { real, lostReply, unanswered };
 }
 
 /** The AppError code a call fails with, or 'ok'. */
@@ -426,13 +441,10 @@ describe('sessions', () => {
     // Found by an attacker (helper 104): the retry was taken for a replay, ended the session and
     // raised the theft alarm.
     const user = await h.account();
-    const rotate = h.tokens.rotate.bind(h.tokens);
-    h.tokens.rotate = async (...args) => {
-      await rotate(...args);
-      throw new UnavailableError('Database unavailable');
-    };
+    const rotate = rotations(h.tokens);
+    h.tokens.rotate = rotate.lostReply;
     expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
-    h.tokens.rotate = rotate;
+    h.tokens.rotate = rotate.real;
     const retried = await h.auth.refresh(user.tokens.refreshToken, client);
     expect(await outcome(h.auth.authenticate(retried.accessToken))).toBe('ok');
     expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toHaveLength(0);
@@ -450,16 +462,12 @@ describe('sessions', () => {
     // done, so the third try was taken for a replay.
     for (const retryCommits of [false, true]) {
       const user = await h.account();
-      const rotate = h.tokens.rotate.bind(h.tokens);
-      const commitsUnseen: typeof rotate = async (...args) => {
-        await rotate(...args);
-        throw new UnavailableError('Database unavailable');
-      };
-      h.tokens.rotate = commitsUnseen;
+      const rotate = rotations(h.tokens);
+      h.tokens.rotate = rotate.lostReply;
       expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
-      h.tokens.rotate = retryCommits ? commitsUnseen : () => Promise.reject(new UnavailableError('Database unavailable'));
+      h.tokens.rotate = retryCommits ? rotate.lostReply : rotate.unanswered;
       expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
-      h.tokens.rotate = rotate;
+      h.tokens.rotate = rotate.real;
       const third = await h.auth.refresh(user.tokens.refreshToken, client);
       expect(await outcome(h.auth.authenticate(third.accessToken)), `retry committed: ${retryCommits}`).toBe('ok');
     }
@@ -470,17 +478,14 @@ describe('sessions', () => {
     // Found by an attacker (helper 106): a note of the old token (its own refresh failed before
     // writing) and a note of the later pair, each alone, gave a thief holding the old token a pair.
     const user = await h.account();
-    const rotate = h.tokens.rotate.bind(h.tokens);
-    h.tokens.rotate = () => Promise.reject(new UnavailableError('Database unavailable'));
+    const rotate = rotations(h.tokens);
+    h.tokens.rotate = rotate.unanswered;
     expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
-    h.tokens.rotate = rotate;
+    h.tokens.rotate = rotate.real;
     const owner = await h.auth.refresh(user.tokens.refreshToken, client);
-    h.tokens.rotate = async (...args) => {
-      await rotate(...args);
-      throw new UnavailableError('Database unavailable');
-    };
+    h.tokens.rotate = rotate.lostReply;
     expect(await outcome(h.auth.refresh(owner.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
-    h.tokens.rotate = rotate;
+    h.tokens.rotate = rotate.real;
     expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
     expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toHaveLength(1);
   });
@@ -488,13 +493,10 @@ describe('sessions', () => {
   it('when a refresh answered 503 is retried after the pair its rotation made was used, then the retry is a replay and the chain ends', async () => {
     // The reply was not lost after all, or a thief got it: the pair was refreshed since.
     const user = await h.account();
-    const rotate = h.tokens.rotate.bind(h.tokens);
-    h.tokens.rotate = async (...args) => {
-      await rotate(...args);
-      throw new UnavailableError('Database unavailable');
-    };
+    const rotate = rotations(h.tokens);
+    h.tokens.rotate = rotate.lostReply;
     expect(await outcome(h.auth.refresh(user.tokens.refreshToken, client))).toBe('SERVICE_UNAVAILABLE');
-    h.tokens.rotate = rotate;
+    h.tokens.rotate = rotate.real;
     // Without the pair's token in hand, its successor is made the way a holder of it would.
     const [live] = await h.tokens.listActive(user.id, h.clock.now());
     if (live === undefined) throw new Error('no live pair');

@@ -420,11 +420,14 @@ async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number
   };
 }
 
-/** What boundMysqlStatements needs of the mariadb driver's connection (the pool's, not its promise wrapper). */
+/** How the mariadb driver's connection (the pool's, not its promise wrapper) takes a command. */
+type MysqlCommand = (command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void) => void;
+
+/** What boundMysqlStatements needs of that connection. */
 interface MysqlBaseConnection {
-  query(command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void): void;
-  prepareExecute(command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void): void;
-  changeTransaction(command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void): void;
+  query: MysqlCommand;
+  prepareExecute: MysqlCommand;
+  changeTransaction: MysqlCommand;
   readonly socket?: { destroy(error: Error): void } | undefined;
 }
 
@@ -447,7 +450,7 @@ function boundMysqlStatements(connection: MysqlBaseConnection, ms: number): void
   // inside a transaction (helper 104, from the driver's source).
   for (const method of ['query', 'prepareExecute', 'changeTransaction'] as const) {
     const send = connection[method].bind(connection);
-    Reflect.set(connection, method, (command: unknown, resolve: (result: unknown) => void, reject: (error: unknown) => void) => {
+    const bounded: MysqlCommand = (command, resolve, reject) => {
       const timer = setTimeout(giveUp, ms);
       send(
         command,
@@ -460,7 +463,8 @@ function boundMysqlStatements(connection: MysqlBaseConnection, ms: number): void
           reject(error);
         },
       );
-    });
+    };
+    Reflect.set(connection, method, bounded);
   }
 }
 

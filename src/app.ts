@@ -394,6 +394,11 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
             metrics.securityEvent(event.type, event.details?.reason);
             jobs.audit.record(event);
           },
+          withWrite: async (event, write) => {
+            const written = await jobs.audit.withWrite(event, write);
+            if (event !== undefined) metrics.securityEvent(event.type, event.details?.reason);
+            return written;
+          },
         };
   const deps = { users: repositories.users, tokens: repositories.tokens, passwords, throttle, devices, audit: auditLog, idempotency, counters: repositories.counters };
   // Every service process checks the access tokens of the calls it serves (with its cache), so

@@ -26,6 +26,8 @@ export const CALLER_HEADER = 'x-arcana-caller';
 export const REPEAT_HEADER = 'x-arcana-repeat';
 /** On a write to the repository layer: whom it is made for (WriteOptions.actingAs, `actingAsToHeader`). */
 export const ACTING_AS_HEADER = 'x-arcana-acting-as';
+/** On a write to the repository layer: the audit event it stores with itself (WriteOptions.audit), an AuditEventRecord in binary. */
+export const AUDIT_HEADER = 'x-arcana-audit-bin';
 import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
 import { GrpcUnaryClient } from './grpc-unary-client.ts';
 

@@ -4,8 +4,11 @@ import type * as db from '../../gen/prisma/client.ts';
 import { AuditEventSchema, AuditEventTypeSchema, type AuditEvent, type AuditEventType } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { enumToRow, rowMapping } from './message-mapping.ts';
 
-/** Proto maps hold strings, so detail values that are not become their text. */
-const events = rowMapping<typeof AuditEventSchema, db.AuditEvent>(AuditEventSchema);
+/**
+ * Proto maps hold strings, so detail values that are not become their text. The event's key is
+ * the writers' business (see NewAuditEvent), not the API's.
+ */
+const events = rowMapping<typeof AuditEventSchema, Omit<db.AuditEvent, 'eventKey'>>(AuditEventSchema);
 
 /** The stored type for a proto type; UNSPECIFIED (or an unknown number) is a validation error. */
 export function auditTypeFromProto(type: AuditEventType, field = 'type'): db.AuditEventType {

@@ -7,8 +7,8 @@ import type { Redis } from 'ioredis';
 import { detachedFromRequest } from '../infrastructure/call-context.ts';
 import { dropUnlessReady } from '../infrastructure/redis/redis-client.ts';
 import type { NewAuditEvent } from '../repositories/audit-repository.ts';
-import type { AuditEventInput, AuditLog } from '../services/audit-use-cases.ts';
-import { AUDIT_QUEUE, errorText, MAINTENANCE_QUEUE, PURGE_SESSIONS, toNewAuditEvent, type JobRunner, type RunnerContext } from './jobs.ts';
+import { toNewAuditEvent, type AuditEventInput, type AuditLog } from '../services/audit-use-cases.ts';
+import { AUDIT_QUEUE, errorText, MAINTENANCE_QUEUE, PURGE_SESSIONS, withWriteAt, type JobRunner, type RunnerContext } from './jobs.ts';
 
 /** How long start-up waits for Redis before going on without it. */
 const REDIS_STARTUP_TIMEOUT_MS = 5_000;
@@ -86,7 +86,7 @@ export class BullMqJobRunner implements JobRunner {
     this.#context = context;
     this.#redis = redis;
     this.#purgeIntervalMs = purgeIntervalMs;
-    this.audit = { record: (event) => this.#record(event) };
+    this.audit = { record: (event) => this.#record(event), withWrite: withWriteAt(context.now) };
     this.#producer = this.#connect('jobs-producer', {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,

@@ -4,8 +4,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { UnavailableError } from '../domain/errors.ts';
 import { detachedFromRequest } from '../infrastructure/call-context.ts';
 import type { NewAuditEvent } from '../repositories/audit-repository.ts';
-import type { AuditEventInput, AuditLog } from '../services/audit-use-cases.ts';
-import { AUDIT_QUEUE, errorText, MAINTENANCE_QUEUE, toNewAuditEvent, type JobRunner, type RunnerContext } from './jobs.ts';
+import { toNewAuditEvent, type AuditEventInput, type AuditLog } from '../services/audit-use-cases.ts';
+import { AUDIT_QUEUE, errorText, MAINTENANCE_QUEUE, withWriteAt, type JobRunner, type RunnerContext } from './jobs.ts';
 
 /** Events waiting in memory beyond this many are dropped (and logged) rather than exhausting memory. */
 const MAX_PENDING_EVENTS = 10_000;
@@ -26,7 +26,7 @@ export class InProcessJobRunner implements JobRunner {
 
   constructor(context: RunnerContext, purgeIntervalMs: number) {
     this.#context = context;
-    this.audit = { record: (event) => this.#record(event) };
+    this.audit = { record: (event) => this.#record(event), withWrite: withWriteAt(context.now) };
     // unref: a pending purge must not keep the process alive on its own.
     this.#timer = setInterval(() => void this.#scheduledPurge(), purgeIntervalMs).unref();
   }

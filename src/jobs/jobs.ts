@@ -1,11 +1,10 @@
 // What both job runners share (see job-runner.ts): the queues, the runner's interface and the
 // shape of a recorded audit event.
-import { USER_AGENT_MAX_LENGTH } from '../domain/actor.ts';
 import type { Logger } from '../infrastructure/logger.ts';
-import type { AuditRepository, NewAuditEvent } from '../repositories/audit-repository.ts';
+import type { AuditRepository } from '../repositories/audit-repository.ts';
 import type { IdempotencyRepository } from '../repositories/idempotency-repository.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
-import type { AuditEventInput, AuditLog } from '../services/audit-use-cases.ts';
+import { toNewAuditEvent, type AuditLog } from '../services/audit-use-cases.ts';
 
 /** BullMQ queue of audit events to write; its keys are `<prefix>:audit:…`. */
 export const AUDIT_QUEUE = 'audit';
@@ -60,18 +59,9 @@ export interface RunnerContext {
   purge: () => Promise<number>;
 }
 
-/** What is stored for an input, stamped with the time it was recorded and cut to the column sizes. */
-export function toNewAuditEvent(input: AuditEventInput, at: Date): NewAuditEvent {
-  return {
-    type: input.type,
-    userId: input.userId ?? null,
-    actorId: input.actorId ?? null,
-    ipAddress: input.ipAddress === undefined ? null : input.ipAddress.slice(0, 45),
-    userAgent: input.userAgent === undefined ? null : input.userAgent.slice(0, USER_AGENT_MAX_LENGTH),
-    // A copy, so that the caller changing its object afterwards cannot change the record.
-    details: input.details === undefined ? null : { ...input.details },
-    createdAt: at,
-  };
+/** AuditLog.withWrite for a runner whose clock is `now`: the event is stamped, and the write stores it. */
+export function withWriteAt(now: () => Date): AuditLog['withWrite'] {
+  return (event, write) => write(event === undefined ? undefined : toNewAuditEvent(event, now()));
 }
 
 export const errorText = (error: unknown): string => (error instanceof Error ? error.message : String(error));

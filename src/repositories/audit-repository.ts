@@ -1,7 +1,8 @@
-import type { AuditEvent, AuditEventType, Prisma, PrismaClient } from '../../gen/prisma/client.ts';
+import { Prisma, type AuditEvent, type AuditEventType, type PrismaClient } from '../../gen/prisma/client.ts';
 import type { WorkGate } from '../infrastructure/work-gate.ts';
 import { admitList } from './list-admission.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
+import { auditRow } from './write-options.ts';
 import { recheckLister } from './user-repository.ts';
 import type { ListOptions } from './write-options.ts';
 
@@ -17,6 +18,12 @@ export interface NewAuditEvent {
   userAgent: string | null;
   details: AuditDetails | null;
   createdAt: Date;
+  /**
+   * Chosen when the event is recorded (a UUID): the same event written again, by a retry of a
+   * write whose answer was lost, is not stored twice. Null only for events from elsewhere that
+   * have none.
+   */
+  eventKey: string | null;
 }
 
 /** Which page of the audit log to read, and which events. */
@@ -32,7 +39,7 @@ export interface AuditFilter {
  * period (AUDIT_RETENTION_DAYS, by the purge job); they outlive the users they name.
  */
 export interface AuditRepository {
-  /** Stores the events in one statement; returns how many were stored. */
+  /** Stores the events in one statement, but none whose key is stored already; returns how many were stored. */
   createMany(events: NewAuditEvent[]): Promise<number>;
   /** A page of events, newest first, and how many match in all. With `options.actingAs`, only while that caller may still. */
   list(filter: AuditFilter, options?: ListOptions): Promise<{ events: AuditEvent[]; total: number }>;
@@ -59,22 +66,25 @@ export class PrismaAuditRepository implements AuditRepository {
 
   async createMany(events: NewAuditEvent[]): Promise<number> {
     if (events.length === 0) return 0;
-    // A nullable Json column takes Prisma.DbNull rather than null, so absent details are simply
-    // left out and the column defaults to NULL.
-    const data: Prisma.AuditEventCreateManyInput[] = events.map(({ details, ...event }) => ({
-      ...event,
-      ...(details === null ? {} : { details }),
-    }));
-    // One event (each login, logout and admin write records one through the job queue) is an
-    // insert of one row: Prisma caches the plan of a create by its shape, but compiles a
-    // createMany afresh at every call (0.4 ms of the main thread per login, a tenth of what the
-    // repository process spends beside the hash).
+    const data = events.map(auditRow);
+    // One event (each login and logout records one through the job queue) is an insert of one
+    // row: Prisma caches the plan of a create by its shape, but compiles a createMany afresh at
+    // every call (0.4 ms of the main thread per login, a tenth of what the repository process
+    // spends beside the hash). Its key already stored is the same event, written by an attempt
+    // whose answer was lost (the event key is the table's only unique column besides the id).
     const [single] = data;
     if (data.length === 1 && single !== undefined) {
-      await withDatabaseErrors(() => this.#db.auditEvent.create({ data: single, select: { id: true } }));
-      return 1;
+      return withDatabaseErrors(() =>
+        this.#db.auditEvent.create({ data: single, select: { id: true } }).then(
+          () => 1,
+          (error: unknown) => {
+            if (error instanceof Prisma.PrismaClientKnownRequestError && error.code === 'P2002' && single.eventKey != null) return 0;
+            throw error;
+          },
+        ),
+      );
     }
-    const { count } = await withDatabaseErrors(() => this.#db.auditEvent.createMany({ data }));
+    const { count } = await withDatabaseErrors(() => this.#db.auditEvent.createMany({ data, skipDuplicates: true }));
     return count;
   }
 

@@ -2,7 +2,8 @@ import type { OAuthToken, Prisma, PrismaClient, User } from '../../gen/prisma/cl
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
 import { conditionalUpdate, guardWrite, removesActiveAdmin, type UserChanges, type UserExpectation } from './user-repository.ts';
-import { isRepeat, type ActingAs, type WriteOptions } from './write-options.ts';
+import type { NewAuditEvent } from './audit-repository.ts';
+import { isRepeat, storeAuditEventWith, withSessionsEnded, type ActingAs, type WriteOptions } from './write-options.ts';
 
 /**
  * How far back a repeated revocation looks for the pairs its first attempt revoked: far longer
@@ -229,7 +230,7 @@ export class PrismaTokenRepository implements TokenRepository {
   }
 
   async revokeAllWithUserWrite(userId: number, exceptId: number | undefined, write: UserWrite, options: WriteOptions = {}): Promise<{ user: User; revoked: string[] }> {
-    const { user, revoked } = await this.#endSessions(userId, exceptId, 'revoked', options.actingAs, { ...write, repeat: isRepeat(options) });
+    const { user, revoked } = await this.#endSessions(userId, exceptId, 'revoked', options.actingAs, { ...write, repeat: isRepeat(options) }, options.audit);
     if (user === null) throw new Error('the user write did not run');
     return { user, revoked: await this.#withRepeated({ userId }, 'revoked', options, revoked) };
   }
@@ -240,6 +241,7 @@ export class PrismaTokenRepository implements TokenRepository {
     reason: RevocationReason,
     actingAs: ActingAs | undefined,
     write?: UserWrite & { repeat: boolean },
+    audit?: NewAuditEvent,
   ): Promise<{ user: User | null; revoked: string[] }> {
     return withDatabaseErrors(() =>
       this.#db.$transaction(async (tx) => {
@@ -261,6 +263,7 @@ export class PrismaTokenRepository implements TokenRepository {
           },
           { isRevoked: true, revokedReason: reason },
         );
+        await storeAuditEventWith(tx, audit === undefined ? undefined : withSessionsEnded(audit, revoked.length));
         return { user, revoked };
       }),
     );

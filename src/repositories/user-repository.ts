@@ -7,7 +7,7 @@ import type { RawReader } from '../infrastructure/database/raw-reader.ts';
 import type { WorkGate } from '../infrastructure/work-gate.ts';
 import { admitList } from './list-admission.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
-import { assertStillActing, isRepeat, type ActingAs, type ListOptions, type WriteOptions } from './write-options.ts';
+import { assertStillActing, isRepeat, storeAuditEventWith, type ActingAs, type ListOptions, type WriteOptions } from './write-options.ts';
 
 export type { ActingAs, ListOptions, WriteOptions } from './write-options.ts';
 
@@ -135,12 +135,14 @@ export class PrismaUserRepository implements UserRepository {
 
   create(user: NewUser, options: WriteOptions = {}): Promise<User> {
     const data = { ...user, usernameKey: usernameKeyOf(user.username) };
-    const { actingAs } = options;
+    const { actingAs, audit } = options;
     return withDatabaseErrors(() => {
-      if (actingAs === undefined) return this.#db.user.create({ data });
+      if (actingAs === undefined && audit === undefined) return this.#db.user.create({ data });
       return this.#db.$transaction(async (tx) => {
         await guardWrite(tx, undefined, { lastAdmin: false, actingAs });
-        return tx.user.create({ data });
+        const row = await tx.user.create({ data });
+        await storeAuditEventWith(tx, audit === undefined ? undefined : { ...audit, userId: row.id });
+        return row;
       });
     });
   }
@@ -149,10 +151,12 @@ export class PrismaUserRepository implements UserRepository {
     const repeat = isRepeat(options);
     const guards = { lastAdmin: removesActiveAdmin(changes), actingAs: options.actingAs };
     return withDatabaseErrors(() => {
-      if (!guards.lastAdmin && guards.actingAs === undefined) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected, repeat);
+      if (!guards.lastAdmin && guards.actingAs === undefined && options.audit === undefined) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected, repeat);
       return this.#db.$transaction(async (tx) => {
         await guardWrite(tx, id, guards);
-        return conditionalUpdate(tx, this.#dialect, id, changes, expected, repeat);
+        const row = await conditionalUpdate(tx, this.#dialect, id, changes, expected, repeat);
+        await storeAuditEventWith(tx, options.audit);
+        return row;
       });
     });
   }
@@ -162,7 +166,10 @@ export class PrismaUserRepository implements UserRepository {
       this.#db.$transaction(async (tx) => {
         await guardWrite(tx, id, { lastAdmin: true, actingAs: options.actingAs });
         const { count } = await tx.user.deleteMany({ where: { id, ...definedOnly({ version: expectedVersion }) } });
-        if (count > 0) return true;
+        if (count > 0) {
+          await storeAuditEventWith(tx, options.audit);
+          return true;
+        }
         if (expectedVersion === undefined) return false;
         const error = await whyNotWritten(tx, id, { version: expectedVersion });
         if (error instanceof NotFoundError) return false;

@@ -1,5 +1,7 @@
+import type { Prisma } from '../../gen/prisma/client.ts';
 import { AuthenticationError, AuthorizationError } from '../domain/errors.ts';
 import { currentCallContext } from '../infrastructure/call-context.ts';
+import type { NewAuditEvent } from './audit-repository.ts';
 
 /** How a write is asked for. */
 export interface WriteOptions {
@@ -13,6 +15,24 @@ export interface WriteOptions {
   repeat?: boolean | undefined;
   /** Who the write is made for, checked again inside the write's own transaction (see ActingAs). */
   actingAs?: ActingAs | undefined;
+  /**
+   * The audit event of the write, stored in its transaction when the write changes something:
+   * an administrator's change and its event commit together or not at all. Recorded after the
+   * answer, through the job queue, the event of a change whose answer was lost was never written.
+   */
+  audit?: NewAuditEvent | undefined;
+}
+
+/**
+ * The detail of an audit event that says how many sessions (pairs) its write ended: a write that
+ * ends sessions sets it, when the event has it, to what the write's own transaction revoked.
+ */
+export const SESSIONS_ENDED_DETAIL = 'otherSessionsEnded';
+
+/** `event` with its SESSIONS_ENDED_DETAIL, if it has one, set to `count`. */
+export function withSessionsEnded(event: NewAuditEvent, count: number): NewAuditEvent {
+  if (event.details === null || !(SESSIONS_ENDED_DETAIL in event.details)) return event;
+  return { ...event, details: { ...event.details, [SESSIONS_ENDED_DETAIL]: count } };
 }
 
 /**
@@ -74,4 +94,19 @@ export function actingAsFromHeader(value: string): ActingAs | undefined {
   const userId = Number(match?.[1]);
   if (match === null || userId > 2_147_483_647) return undefined;
   return { userId, administrator: match[2] === 'admin', familyId: match[3] ?? '' };
+}
+
+/** An event as its row. A nullable Json column takes Prisma.DbNull rather than null, so absent details are left out (NULL). */
+export function auditRow({ details, ...event }: NewAuditEvent): Prisma.AuditEventCreateManyInput {
+  return { ...event, ...(details === null ? {} : { details }) };
+}
+
+/**
+ * Stores the event in the transaction `tx` of the write it records, so that it commits with the
+ * write or not at all (an administrator's change whose answer was lost had none), and once
+ * however often the write is repeated (the key's conflict is skipped, not raised: on PostgreSQL a
+ * raised one would end the transaction).
+ */
+export async function storeAuditEventWith(tx: Prisma.TransactionClient, event: NewAuditEvent | undefined): Promise<void> {
+  if (event !== undefined) await tx.auditEvent.createMany({ data: [auditRow(event)], skipDuplicates: true });
 }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type * as db from '../../gen/prisma/client.ts';
 import type { AuditEvent, ListAuditEventsRequestSchema } from '../../gen/proto/arcana/audit/v1/audit_service_pb.js';
@@ -5,7 +6,7 @@ import type { Pagination } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import { USER_AGENT_MAX_LENGTH, type Actor, type ClientInfo } from '../domain/actor.ts';
 import { actingAs, requireAdmin } from './access.ts';
 import { auditTypeFromProto, toAuditEventMessage } from '../domain/audit-mapping.ts';
-import type { AuditDetails, AuditRepository } from '../repositories/audit-repository.ts';
+import type { AuditDetails, AuditRepository, NewAuditEvent } from '../repositories/audit-repository.ts';
 import { pageRequest, paginationOf } from './pagination.ts';
 
 /** A security event as the services report it; the audit log adds the time. */
@@ -34,6 +35,28 @@ export function clientFields(client: ClientInfo): { ipAddress?: string; userAgen
  */
 export interface AuditLog {
   record(event: AuditEventInput): void;
+  /**
+   * Runs `write` with the event as it is to be stored in the write's own transaction
+   * (WriteOptions.audit), so that the change and its event commit together or not at all: an
+   * administrator's change whose answer was lost had no event, since `record` comes after the
+   * answer. Without an event, `write` runs with none.
+   */
+  withWrite<T>(event: AuditEventInput | undefined, write: (event: NewAuditEvent | undefined) => Promise<T>): Promise<T>;
+}
+
+/** What is stored for an input, stamped with the time it was recorded and a key of its own, and cut to the column sizes. */
+export function toNewAuditEvent(input: AuditEventInput, at: Date): NewAuditEvent {
+  return {
+    type: input.type,
+    userId: input.userId ?? null,
+    actorId: input.actorId ?? null,
+    ipAddress: input.ipAddress === undefined ? null : input.ipAddress.slice(0, 45),
+    userAgent: input.userAgent === undefined ? null : input.userAgent.slice(0, USER_AGENT_MAX_LENGTH),
+    // A copy, so that the caller changing its object afterwards cannot change the record.
+    details: input.details === undefined ? null : { ...input.details },
+    createdAt: at,
+    eventKey: randomUUID(),
+  };
 }
 
 /** A page of the audit log, shaped like ListAuditEventsResponse. */

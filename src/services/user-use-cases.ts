@@ -14,6 +14,7 @@ import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-mapping.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
+import { SESSIONS_ENDED_DETAIL } from '../repositories/write-options.ts';
 import type { UserChanges, UserProfile, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, newAccountRow } from './accounts.ts';
 import { uninterrupted } from '../infrastructure/call-context.ts';
@@ -101,9 +102,9 @@ export class UserUseCases {
       // The hash may have waited seconds for a slot (PASSWORD_HASH_QUEUE_MAX): the insert is
       // authorized again (helper 70's administrator, suspended or demoted meanwhile, went on
       // creating ADMIN accounts from its queued requests; helper 71's, logged out).
-      const row = await uninterrupted(() => this.#users.create(account, actingAs(actor, true)));
-      // A role granted by an administrator is a role change, from none.
-      this.#audit.record({ type: 'ROLE_CHANGED', userId: row.id, actorId: actor.userId, details: { to: row.role } });
+      // A role granted by an administrator is a role change, from none; the new row's id is its user.
+      const granted = { type: 'ROLE_CHANGED', actorId: actor.userId, details: { to: role } } as const;
+      const row = await uninterrupted(() => this.#audit.withWrite(granted, (audit) => this.#users.create(account, { ...actingAs(actor, true), audit })));
       return toUserMessage(row);
     });
   }
@@ -130,20 +131,24 @@ export class UserUseCases {
     if (input.lastName !== undefined) changes.lastName = input.lastName;
     if (input.phone !== undefined) changes.phone = input.phone;
     if (input.avatarUrl !== undefined) changes.avatarUrl = input.avatarUrl;
-    const row = await this.#users.update(userId, changes, { version: input.expectedVersion }, actingAs(actor, actor.userId !== userId));
     const changed: string[] = PROFILE_FIELDS.filter((field) => changes[field] !== undefined && changes[field] !== existing[field]);
     if (changes.isVerified === false && existing.isVerified) changed.push('isVerified');
-    if (changed.length > 0) {
-      this.#audit.record({ type: 'USER_UPDATED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { fields: changed.join(',') } });
-    }
+    const event =
+      changed.length === 0
+        ? undefined
+        : ({ type: 'USER_UPDATED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { fields: changed.join(',') } } as const);
+    const row = await this.#audit.withWrite(event, (audit) =>
+      this.#users.update(userId, changes, { version: input.expectedVersion }, { ...actingAs(actor, actor.userId !== userId), audit }),
+    );
     return toUserMessage(row);
   }
 
   /** Deletes the user; its sessions go with it (cascade). The last active admin is refused. */
   async delete(actor: Actor, userId: number, expectedVersion?: number): Promise<void> {
     requireAdmin(actor);
-    if (!(await this.#users.delete(userId, expectedVersion, actingAs(actor, true)))) throw new NotFoundError('User not found');
-    this.#audit.record({ type: 'USER_DELETED', userId, actorId: actor.userId });
+    const deleted = { type: 'USER_DELETED', userId, actorId: actor.userId } as const;
+    if (!(await this.#audit.withWrite(deleted, (audit) => this.#users.delete(userId, expectedVersion, { ...actingAs(actor, true), audit }))))
+      throw new NotFoundError('User not found');
   }
 
   /**
@@ -183,20 +188,23 @@ export class UserUseCases {
     // session). Two hashes may have waited their turns: an account suspended or a session ended
     // meanwhile gets no new password (the write is authorized again, see ActingAs).
     const write = { changes: { passwordHash }, expected: { passwordHash: user.passwordHash } };
-    const { revoked: ended } = await uninterrupted(() =>
-      this.#tokens.revokeAllWithUserWrite(userId, actor.sessionId, write, actingAs(actor, false)).catch(async (error: unknown) => {
-        // Another password change that committed first ended this session too: it is answered as
-        // the conflict it is. An account deleted meanwhile is no such change (helper 87: a false
-        // "changed meanwhile" answer and audit event); its session has simply ended.
-        if (error instanceof AppError && error.code === 'AUTHENTICATION_ERROR') {
-          const now = await this.#users.findById(userId);
-          if (now !== null && now.passwordHash !== user.passwordHash) error = new ConflictError('The password was changed meanwhile; nothing was changed');
-        }
-        if (isConflict(error)) failed('changed_meanwhile');
-        throw error;
-      }),
+    // How many other sessions it ended is the write's to say (SESSIONS_ENDED_DETAIL).
+    const event = { type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { [SESSIONS_ENDED_DETAIL]: 0 } } as const;
+    await uninterrupted(() =>
+      this.#audit
+        .withWrite(event, (audit) => this.#tokens.revokeAllWithUserWrite(userId, actor.sessionId, write, { ...actingAs(actor, false), audit }))
+        .catch(async (error: unknown) => {
+          // Another password change that committed first ended this session too: it is answered as
+          // the conflict it is. An account deleted meanwhile is no such change (helper 87: a false
+          // "changed meanwhile" answer and audit event); its session has simply ended.
+          if (error instanceof AppError && error.code === 'AUTHENTICATION_ERROR') {
+            const now = await this.#users.findById(userId);
+            if (now !== null && now.passwordHash !== user.passwordHash) error = new ConflictError('The password was changed meanwhile; nothing was changed');
+          }
+          if (isConflict(error)) failed('changed_meanwhile');
+          throw error;
+        }),
     );
-    this.#audit.record({ type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { otherSessionsEnded: ended.length } });
   }
 
   /**
@@ -205,8 +213,10 @@ export class UserUseCases {
    */
   async verify(actor: Actor, userId: number, expectedVersion?: number): Promise<User> {
     requireAdmin(actor);
-    const row = await this.#users.update(userId, { isVerified: true }, { isVerified: false, version: expectedVersion }, actingAs(actor, true));
-    this.#audit.record({ type: 'USER_VERIFIED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}) });
+    const verified = { type: 'USER_VERIFIED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}) } as const;
+    const row = await this.#audit.withWrite(verified, (audit) =>
+      this.#users.update(userId, { isVerified: true }, { isVerified: false, version: expectedVersion }, { ...actingAs(actor, true), audit }),
+    );
     return toUserMessage(row);
   }
 
@@ -223,12 +233,14 @@ export class UserUseCases {
     // changePassword): a suspension written without it left the sessions to come back with the
     // account's reactivation.
     const write = { changes: { status: stored, isActive: stored === 'ACTIVE' }, expected: { status: before.status, version: expectedVersion } };
-    const written = await uninterrupted(async () =>
-      status === UserStatus.ACTIVE
-        ? this.#users.update(userId, write.changes, write.expected, actingAs(actor, true))
-        : (await this.#tokens.revokeAllWithUserWrite(userId, undefined, write, actingAs(actor, true))).user,
+    const event = before.status === stored ? undefined : ({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } } as const);
+    const written = await uninterrupted(() =>
+      this.#audit.withWrite(event, async (audit) =>
+        status === UserStatus.ACTIVE
+          ? this.#users.update(userId, write.changes, write.expected, { ...actingAs(actor, true), audit })
+          : (await this.#tokens.revokeAllWithUserWrite(userId, undefined, write, { ...actingAs(actor, true), audit })).user,
+      ),
     ).then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, expectedVersion, (now) => now.status === stored));
-    if (written.changed && before.status !== stored) this.#audit.record({ type: 'STATUS_CHANGED', userId, actorId: actor.userId, details: { from: before.status, to: stored } });
     return toUserMessage(written.row);
   }
 
@@ -243,12 +255,13 @@ export class UserUseCases {
     const userId = input.userId ?? 0;
     const role = roleFromProto(input.role ?? UserRole.UNSPECIFIED);
     const before = await this.#existing(userId);
-    const written = await this.#users
-      .update(userId, { role }, { role: before.role, version: input.expectedVersion }, actingAs(actor, true))
+    const event =
+      before.role === role
+        ? undefined
+        : ({ type: 'ROLE_CHANGED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { from: before.role, to: role } } as const);
+    const written = await this.#audit
+      .withWrite(event, (audit) => this.#users.update(userId, { role }, { role: before.role, version: input.expectedVersion }, { ...actingAs(actor, true), audit }))
       .then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, input.expectedVersion, (now) => now.role === role));
-    if (written.changed && before.role !== role) {
-      this.#audit.record({ type: 'ROLE_CHANGED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { from: before.role, to: role } });
-    }
     return toUserMessage(written.row);
   }
 

@@ -7,7 +7,8 @@
 import type { OAuthToken, User } from '../../gen/prisma/client.ts';
 import { AuthenticationError, AuthorizationError, ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../../src/domain/errors.ts';
 import { foldCase } from '../../src/domain/user-mapping.ts';
-import type { AuditEventInput, AuditLog } from '../../src/services/audit-use-cases.ts';
+import { toNewAuditEvent, type AuditEventInput, type AuditLog } from '../../src/services/audit-use-cases.ts';
+import type { NewAuditEvent } from '../../src/repositories/audit-repository.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
 import { REPEAT_LOOKBACK_MS, type NewTokenRecord, type RevocationReason, type TokenRepository, type UserWrite } from '../../src/repositories/token-repository.ts';
 import {
@@ -351,6 +352,13 @@ export class RecordedAuditLog implements AuditLog {
 
   record(event: AuditEventInput): void {
     this.events.push(event);
+  }
+
+  /** The event is kept once the write has succeeded, as its transaction would have stored it. */
+  async withWrite<T>(event: AuditEventInput | undefined, write: (event: NewAuditEvent | undefined) => Promise<T>): Promise<T> {
+    const written = await write(event === undefined ? undefined : toNewAuditEvent(event, new Date()));
+    if (event !== undefined) this.events.push(event);
+    return written;
   }
 
   /** The recorded events of one type, optionally with a given `details.reason`. */

@@ -343,7 +343,7 @@ describe('purging stale sessions', () => {
 
   it('when the purge runs with an audit retention, then older events go (in batches past 5,000) and newer ones stay; with none, all stay', async () => {
     const { id: userId } = await register(t);
-    const at = (date: Date) => ({ type: 'LOGOUT' as const, userId, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: date });
+    const at = (date: Date) => ({ type: 'LOGOUT' as const, userId, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: date, eventKey: null });
     const retention = 30 * DAY;
     const cutoff = now.getTime() - retention;
     // More than one batch of the purge's (5,000) before the cutoff, three after it.
@@ -510,6 +510,7 @@ describe('listing audit events', () => {
       userAgent: null,
       details,
       createdAt: at(minutes),
+      eventKey: null,
     });
     await audit.createMany([
       event('LOGIN_FAILED', subject, 1, { attempt: 1, locked: false }),

@@ -160,9 +160,11 @@ describe('record mapping', () => {
       userAgent: 'ua',
       details: { from: 'USER', to: 'ADMIN', attempts: 3, ratio: 0.5, forced: false },
       createdAt: new Date(1_700_000_000_123),
+      eventKey: '7d0f5b8e-2a4c-4e1b-9c3d-5f6a7b8c9d0e',
     };
     expect(auditEventFromProto(auditEventToProto(event))).toStrictEqual(event);
     expect(auditEventFromProto(auditEventToProto({ ...event, details: null }))).toStrictEqual({ ...event, details: null });
+    expect(auditEventFromProto(auditEventToProto({ ...event, eventKey: null }))).toStrictEqual({ ...event, eventKey: null });
   });
 });
 
@@ -545,13 +547,30 @@ describe('audit events across the repository boundary', () => {
         userAgent: 'vitest',
         details: { method: 'password', attempts: 2, ratio: 0.25, remembered: false, empty: '' },
         createdAt: new Date(base + 1),
+        eventKey: randomUUID(),
       },
-      { type: 'ROLE_CHANGED', userId: subject, actorId: 1, ipAddress: null, userAgent: null, details: { from: 'USER', to: 'GUEST' }, createdAt: new Date(base + 2) },
-      { type: 'LOGOUT', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: new Date(base + 3) },
-      { type: 'TOKENS_REVOKED', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: {}, createdAt: new Date(base + 3) },
+      {
+        type: 'ROLE_CHANGED',
+        userId: subject,
+        actorId: 1,
+        ipAddress: null,
+        userAgent: null,
+        details: { from: 'USER', to: 'GUEST' },
+        createdAt: new Date(base + 2),
+        eventKey: randomUUID(),
+      },
+      { type: 'LOGOUT', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: new Date(base + 3), eventKey: null },
+      { type: 'TOKENS_REVOKED', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: {}, createdAt: new Date(base + 3), eventKey: randomUUID() },
     ];
     expect(await remote.audit.createMany(events)).toBe(4);
     expect(await remote.audit.createMany([])).toBe(0);
+    // The same events again, as a retry whose first answer was lost would send them: those with a
+    // key are stored once, one by one or together.
+    expect(await remote.audit.createMany(events.slice(0, 2))).toBe(0);
+    expect(await remote.audit.createMany([events[3] as NewAuditEvent])).toBe(0);
+    expect(await remote.audit.createMany(events.slice(2))).toBe(1);
+    await direct.audit.purgeBefore(new Date(base + 4));
+    expect(await remote.audit.createMany(events)).toBe(4);
 
     const mine = await remote.audit.list({ page: 1, perPage: 10, userId: subject });
     expect(mine).toStrictEqual(await direct.audit.list({ page: 1, perPage: 10, userId: subject }));
@@ -572,7 +591,16 @@ describe('audit events across the repository boundary', () => {
 
   it('when events are purged through the remote repository, then those before the cutoff go and the rest stay', async () => {
     const subject = (await direct.users.create(newUser())).id;
-    const at = (iso: string): NewAuditEvent => ({ type: 'LOGOUT', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: new Date(iso) });
+    const at = (iso: string): NewAuditEvent => ({
+      type: 'LOGOUT',
+      userId: subject,
+      actorId: null,
+      ipAddress: null,
+      userAgent: null,
+      details: null,
+      createdAt: new Date(iso),
+      eventKey: null,
+    });
     await remote.audit.createMany([at('2000-01-01T00:00:00.000Z'), at('2000-05-31T23:59:59.999Z'), at('2000-06-01T00:00:00.000Z'), at('2001-01-01T00:00:00.000Z')]);
     expect(await remote.audit.purgeBefore(new Date('2000-06-01T00:00:00.000Z'))).toBe(2);
     const left = await direct.audit.list({ page: 1, perPage: 10, userId: subject });
@@ -583,7 +611,16 @@ describe('audit events across the repository boundary', () => {
   it('when more events are due than one call deletes, then the remote purge asks batch by batch and deletes them all, or as many as its limit', async () => {
     // One call for a whole backlog outlived INTERNAL_TIMEOUT_MS (helper 96).
     const subject = (await direct.users.create(newUser())).id;
-    const at = (ms: number): NewAuditEvent => ({ type: 'LOGOUT', userId: subject, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: new Date(ms) });
+    const at = (ms: number): NewAuditEvent => ({
+      type: 'LOGOUT',
+      userId: subject,
+      actorId: null,
+      ipAddress: null,
+      userAgent: null,
+      details: null,
+      createdAt: new Date(ms),
+      eventKey: null,
+    });
     const base = Date.parse('1999-01-01T00:00:00.000Z');
     await direct.audit.createMany(Array.from({ length: 5_010 }, (_, index) => at(base + index)));
     const cutoff = new Date('1999-06-01T00:00:00.000Z');

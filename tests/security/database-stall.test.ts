@@ -41,6 +41,27 @@ beforeAll(async () => {
   clients = apiClients(t.baseUrl);
 });
 
+/**
+ * The audit events about a user (of one type), once the asynchronous writer has written them:
+ * when no new one has come for half a second.
+ */
+async function auditSettled(userId: number, type?: string): Promise<{ actor_id: number | null; details: Record<string, unknown> | null }[]> {
+  const read = () =>
+    t.sql<{ actor_id: number | null; details: Record<string, unknown> | null }>(
+      `SELECT actor_id, details FROM audit_events WHERE user_id = $1${type === undefined ? '' : ' AND type = $2'} ORDER BY id`,
+      type === undefined ? [userId] : [userId, type],
+    );
+  let rows = await read();
+  for (;;) {
+    await sleep(500);
+    const now = await read();
+    if (now.length === rows.length) return now;
+    rows = now;
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
 afterAll(async () => {
   closeAll(clients);
   proxy.resume();
@@ -247,6 +268,61 @@ describe('a database server that stops answering', () => {
       });
     }
   }, 90_000);
+
+  it(`when the COMMIT of an administrator's change reaches ${SERVER} but its answer is lost, then its audit event was stored with it, once, and the client's retry adds none, over every protocol`, async () => {
+    // Found by an attacker (helper 107): the event was recorded only after the write answered, so
+    // a suspension, role change, verification, profile edit or deletion whose answer was lost
+    // left no trace in the audit log.
+    const admin = await loginAdmin(t);
+    const [{ id: adminId } = { id: 0 }] = await t.sql<{ id: number }>('SELECT id FROM users WHERE role = $1 ORDER BY id LIMIT 1', ['ADMIN']);
+    type Change = [type: string, change: (client: ApiClient, userId: number) => Promise<{ code: string }>, details: Record<string, unknown> | null];
+    const changes: Change[] = [
+      ['STATUS_CHANGED', (client, id) => client.updateStatus(admin, id, 'SUSPENDED'), { from: 'ACTIVE', to: 'SUSPENDED' }],
+      ['ROLE_CHANGED', (client, id) => client.updateRole(admin, id, 'GUEST'), { from: 'USER', to: 'GUEST' }],
+      ['USER_VERIFIED', (client, id) => client.verifyUser(admin, id), null],
+      ['USER_UPDATED', (client, id) => client.updateUser(admin, id, { firstName: 'Renamed' }), { fields: 'firstName' }],
+      ['USER_DELETED', (client, id) => client.deleteUser(admin, id), null],
+    ];
+    // Each protocol makes two of the five changes (the rule is the service layer's, whatever
+    // carried the request), so that each change goes over two protocols.
+    for (const [index, client] of clients.entries()) {
+      const user = await register(t);
+      const two = [index % changes.length, (index + 2) % changes.length].sort((a, b) => a - b);
+      for (const [type, changeOf, details] of two.map((at) => changes[at]) as Change[]) {
+        const change = () => changeOf(client, user.id);
+        await auditSettled(user.id);
+        // Every such change locks rows (FOR UPDATE) and commits: the answer to its COMMIT is lost.
+        proxy.loseAnswersAfter('UPDATE', 'COMMIT');
+        const lost = await change();
+        proxy.resume({ dropHeld: true });
+        expect({ protocol: client.protocol, type, code: lost.code }).toEqual({ protocol: client.protocol, type, code: expect.stringMatching(/^(ok|unavailable)$/) });
+        // The client cannot tell whether it happened, so it asks again; the change is in place, and
+        // a verification or deletion already made is refused as such.
+        const retried = await change();
+        expect(['ok', 'failed_precondition', 'not_found', 'already_exists', 'aborted']).toContain(retried.code);
+        const rows = await auditSettled(user.id, type);
+        expect({ protocol: client.protocol, type, events: rows }).toEqual({ protocol: client.protocol, type, events: [{ actor_id: adminId, details }] });
+      }
+    }
+  }, 180_000);
+
+  it(`when the INSERT of a queued audit event reaches ${SERVER} but its answer is lost, then the writer's retry does not store it twice, over every protocol`, async () => {
+    // Found by an attacker (helper 107): the job runner tried again a batch that had been stored.
+    // The writer is the same whatever carried the request: two protocols.
+    for (const client of [clients[0], clients.at(-1)] as ApiClient[]) {
+      const user = await register(t);
+      await auditSettled(user.id);
+      proxy.loseAnswersAfter('audit_events');
+      expect((await client.logout(user.accessToken)).code).toBe('ok');
+      // The lost answer costs the writer its connection after the statement bound, then it retries.
+      const deadline = Date.now() + 15_000;
+      while ((await t.sql('SELECT 1 FROM audit_events WHERE user_id = $1 AND type = $2', [user.id, 'LOGOUT'])).length === 0 && Date.now() < deadline) await sleep(100);
+      proxy.resume({ dropHeld: true });
+      await sleep(3 * QUERY_TIMEOUT_MS);
+      const rows = await auditSettled(user.id, 'LOGOUT');
+      expect({ protocol: client.protocol, events: rows.length }).toEqual({ protocol: client.protocol, events: 1 });
+    }
+  }, 120_000);
 
   it(`when the connections to ${SERVER} are cut under statements (a failover, a proxy restart), then each request is 503 / unavailable, not a 500, and the next ones work`, async () => {
     const users = await Promise.all(clients.map(() => register(t)));

@@ -776,7 +776,8 @@ export const AuditEventScalarFieldEnum = {
   ipAddress: 'ipAddress',
   userAgent: 'userAgent',
   details: 'details',
-  createdAt: 'createdAt'
+  createdAt: 'createdAt',
+  eventKey: 'eventKey'
 } as const
 
 export type AuditEventScalarFieldEnum = (typeof AuditEventScalarFieldEnum)[keyof typeof AuditEventScalarFieldEnum]
@@ -865,7 +866,8 @@ export type QueryMode = (typeof QueryMode)[keyof typeof QueryMode]
 
 export const AuditEventOrderByRelevanceFieldEnum = {
   ipAddress: 'ipAddress',
-  userAgent: 'userAgent'
+  userAgent: 'userAgent',
+  eventKey: 'eventKey'
 } as const
 
 export type AuditEventOrderByRelevanceFieldEnum = (typeof AuditEventOrderByRelevanceFieldEnum)[keyof typeof AuditEventOrderByRelevanceFieldEnum]

@@ -126,7 +126,8 @@ export const AuditEventScalarFieldEnum = {
   ipAddress: 'ipAddress',
   userAgent: 'userAgent',
   details: 'details',
-  createdAt: 'createdAt'
+  createdAt: 'createdAt',
+  eventKey: 'eventKey'
 } as const
 
 export type AuditEventScalarFieldEnum = (typeof AuditEventScalarFieldEnum)[keyof typeof AuditEventScalarFieldEnum]

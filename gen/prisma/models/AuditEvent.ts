@@ -46,6 +46,7 @@ export type AuditEventMinAggregateOutputType = {
   ipAddress: string | null
   userAgent: string | null
   createdAt: Date | null
+  eventKey: string | null
 }
 
 export type AuditEventMaxAggregateOutputType = {
@@ -56,6 +57,7 @@ export type AuditEventMaxAggregateOutputType = {
   ipAddress: string | null
   userAgent: string | null
   createdAt: Date | null
+  eventKey: string | null
 }
 
 export type AuditEventCountAggregateOutputType = {
@@ -67,6 +69,7 @@ export type AuditEventCountAggregateOutputType = {
   userAgent: number
   details: number
   createdAt: number
+  eventKey: number
   _all: number
 }
 
@@ -91,6 +94,7 @@ export type AuditEventMinAggregateInputType = {
   ipAddress?: true
   userAgent?: true
   createdAt?: true
+  eventKey?: true
 }
 
 export type AuditEventMaxAggregateInputType = {
@@ -101,6 +105,7 @@ export type AuditEventMaxAggregateInputType = {
   ipAddress?: true
   userAgent?: true
   createdAt?: true
+  eventKey?: true
 }
 
 export type AuditEventCountAggregateInputType = {
@@ -112,6 +117,7 @@ export type AuditEventCountAggregateInputType = {
   userAgent?: true
   details?: true
   createdAt?: true
+  eventKey?: true
   _all?: true
 }
 
@@ -210,6 +216,7 @@ export type AuditEventGroupByOutputType = {
   userAgent: string | null
   details: runtime.JsonValue | null
   createdAt: Date
+  eventKey: string | null
   _count: AuditEventCountAggregateOutputType | null
   _avg: AuditEventAvgAggregateOutputType | null
   _sum: AuditEventSumAggregateOutputType | null
@@ -244,6 +251,7 @@ export type AuditEventWhereInput = {
   userAgent?: Prisma.StringNullableFilter<"AuditEvent"> | string | null
   details?: Prisma.JsonNullableFilter<"AuditEvent">
   createdAt?: Prisma.DateTimeFilter<"AuditEvent"> | Date | string
+  eventKey?: Prisma.UuidNullableFilter<"AuditEvent"> | string | null
 }
 
 export type AuditEventOrderByWithRelationInput = {
@@ -255,10 +263,12 @@ export type AuditEventOrderByWithRelationInput = {
   userAgent?: Prisma.SortOrderInput | Prisma.SortOrder
   details?: Prisma.SortOrderInput | Prisma.SortOrder
   createdAt?: Prisma.SortOrder
+  eventKey?: Prisma.SortOrderInput | Prisma.SortOrder
 }
 
 export type AuditEventWhereUniqueInput = Prisma.AtLeast<{
   id?: number
+  eventKey?: string
   AND?: Prisma.AuditEventWhereInput | Prisma.AuditEventWhereInput[]
   OR?: Prisma.AuditEventWhereInput[]
   NOT?: Prisma.AuditEventWhereInput | Prisma.AuditEventWhereInput[]
@@ -269,7 +279,7 @@ export type AuditEventWhereUniqueInput = Prisma.AtLeast<{
   userAgent?: Prisma.StringNullableFilter<"AuditEvent"> | string | null
   details?: Prisma.JsonNullableFilter<"AuditEvent">
   createdAt?: Prisma.DateTimeFilter<"AuditEvent"> | Date | string
-}, "id">
+}, "id" | "eventKey">
 
 export type AuditEventOrderByWithAggregationInput = {
   id?: Prisma.SortOrder
@@ -280,6 +290,7 @@ export type AuditEventOrderByWithAggregationInput = {
   userAgent?: Prisma.SortOrderInput | Prisma.SortOrder
   details?: Prisma.SortOrderInput | Prisma.SortOrder
   createdAt?: Prisma.SortOrder
+  eventKey?: Prisma.SortOrderInput | Prisma.SortOrder
   _count?: Prisma.AuditEventCountOrderByAggregateInput
   _avg?: Prisma.AuditEventAvgOrderByAggregateInput
   _max?: Prisma.AuditEventMaxOrderByAggregateInput
@@ -299,6 +310,7 @@ export type AuditEventScalarWhereWithAggregatesInput = {
   userAgent?: Prisma.StringNullableWithAggregatesFilter<"AuditEvent"> | string | null
   details?: Prisma.JsonNullableWithAggregatesFilter<"AuditEvent">
   createdAt?: Prisma.DateTimeWithAggregatesFilter<"AuditEvent"> | Date | string
+  eventKey?: Prisma.UuidNullableWithAggregatesFilter<"AuditEvent"> | string | null
 }
 
 export type AuditEventCreateInput = {
@@ -309,6 +321,7 @@ export type AuditEventCreateInput = {
   userAgent?: string | null
   details?: Prisma.NullableJsonNullValueInput | runtime.InputJsonValue
   createdAt?: Date | string
+  eventKey?: string | null
 }
 
 export type AuditEventUncheckedCreateInput = {
@@ -320,6 +333,7 @@ export type AuditEventUncheckedCreateInput = {
   userAgent?: string | null
   details?: Prisma.NullableJsonNullValueInput | runtime.InputJsonValue
   createdAt?: Date | string
+  eventKey?: string | null
 }
 
 export type AuditEventUpdateInput = {
@@ -330,6 +344,7 @@ export type AuditEventUpdateInput = {
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   details?: Prisma.NullableJsonNullValueInput | runtime.InputJsonValue
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  eventKey?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
 }
 
 export type AuditEventUncheckedUpdateInput = {
@@ -341,6 +356,7 @@ export type AuditEventUncheckedUpdateInput = {
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   details?: Prisma.NullableJsonNullValueInput | runtime.InputJsonValue
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  eventKey?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
 }
 
 export type AuditEventCreateManyInput = {
@@ -352,6 +368,7 @@ export type AuditEventCreateManyInput = {
   userAgent?: string | null
   details?: Prisma.NullableJsonNullValueInput | runtime.InputJsonValue
   createdAt?: Date | string
+  eventKey?: string | null
 }
 
 export type AuditEventUpdateManyMutationInput = {
@@ -362,6 +379,7 @@ export type AuditEventUpdateManyMutationInput = {
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   details?: Prisma.NullableJsonNullValueInput | runtime.InputJsonValue
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  eventKey?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
 }
 
 export type AuditEventUncheckedUpdateManyInput = {
@@ -373,6 +391,7 @@ export type AuditEventUncheckedUpdateManyInput = {
   userAgent?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
   details?: Prisma.NullableJsonNullValueInput | runtime.InputJsonValue
   createdAt?: Prisma.DateTimeFieldUpdateOperationsInput | Date | string
+  eventKey?: Prisma.NullableStringFieldUpdateOperationsInput | string | null
 }
 
 export type AuditEventCountOrderByAggregateInput = {
@@ -384,6 +403,7 @@ export type AuditEventCountOrderByAggregateInput = {
   userAgent?: Prisma.SortOrder
   details?: Prisma.SortOrder
   createdAt?: Prisma.SortOrder
+  eventKey?: Prisma.SortOrder
 }
 
 export type AuditEventAvgOrderByAggregateInput = {
@@ -400,6 +420,7 @@ export type AuditEventMaxOrderByAggregateInput = {
   ipAddress?: Prisma.SortOrder
   userAgent?: Prisma.SortOrder
   createdAt?: Prisma.SortOrder
+  eventKey?: Prisma.SortOrder
 }
 
 export type AuditEventMinOrderByAggregateInput = {
@@ -410,6 +431,7 @@ export type AuditEventMinOrderByAggregateInput = {
   ipAddress?: Prisma.SortOrder
   userAgent?: Prisma.SortOrder
   createdAt?: Prisma.SortOrder
+  eventKey?: Prisma.SortOrder
 }
 
 export type AuditEventSumOrderByAggregateInput = {
@@ -441,6 +463,7 @@ export type AuditEventSelect<ExtArgs extends runtime.Types.Extensions.InternalAr
   userAgent?: boolean
   details?: boolean
   createdAt?: boolean
+  eventKey?: boolean
 }, ExtArgs["result"]["auditEvent"]>
 
 export type AuditEventSelectCreateManyAndReturn<ExtArgs extends runtime.Types.Extensions.InternalArgs = runtime.Types.Extensions.DefaultArgs> = runtime.Types.Extensions.GetSelect<{
@@ -452,6 +475,7 @@ export type AuditEventSelectCreateManyAndReturn<ExtArgs extends runtime.Types.Ex
   userAgent?: boolean
   details?: boolean
   createdAt?: boolean
+  eventKey?: boolean
 }, ExtArgs["result"]["auditEvent"]>
 
 export type AuditEventSelectUpdateManyAndReturn<ExtArgs extends runtime.Types.Extensions.InternalArgs = runtime.Types.Extensions.DefaultArgs> = runtime.Types.Extensions.GetSelect<{
@@ -463,6 +487,7 @@ export type AuditEventSelectUpdateManyAndReturn<ExtArgs extends runtime.Types.Ex
   userAgent?: boolean
   details?: boolean
   createdAt?: boolean
+  eventKey?: boolean
 }, ExtArgs["result"]["auditEvent"]>
 
 export type AuditEventSelectScalar = {
@@ -474,9 +499,10 @@ export type AuditEventSelectScalar = {
   userAgent?: boolean
   details?: boolean
   createdAt?: boolean
+  eventKey?: boolean
 }
 
-export type AuditEventOmit<ExtArgs extends runtime.Types.Extensions.InternalArgs = runtime.Types.Extensions.DefaultArgs> = runtime.Types.Extensions.GetOmit<"id" | "type" | "userId" | "actorId" | "ipAddress" | "userAgent" | "details" | "createdAt", ExtArgs["result"]["auditEvent"]>
+export type AuditEventOmit<ExtArgs extends runtime.Types.Extensions.InternalArgs = runtime.Types.Extensions.DefaultArgs> = runtime.Types.Extensions.GetOmit<"id" | "type" | "userId" | "actorId" | "ipAddress" | "userAgent" | "details" | "createdAt" | "eventKey", ExtArgs["result"]["auditEvent"]>
 
 export type $AuditEventPayload<ExtArgs extends runtime.Types.Extensions.InternalArgs = runtime.Types.Extensions.DefaultArgs> = {
   name: "AuditEvent"
@@ -499,6 +525,12 @@ export type $AuditEventPayload<ExtArgs extends runtime.Types.Extensions.Internal
      */
     details: runtime.JsonValue | null
     createdAt: Date
+    /**
+     * Chosen by the writer when the event is recorded, so that a write repeated after its answer
+     * was lost (a job retried, a call repeated between layers) stores the event once. NULL in
+     * events from before it existed.
+     */
+    eventKey: string | null
   }, ExtArgs["result"]["auditEvent"]>
   composites: {}
 }
@@ -930,6 +962,7 @@ export interface AuditEventFieldRefs {
   readonly userAgent: Prisma.FieldRef<"AuditEvent", 'String'>
   readonly details: Prisma.FieldRef<"AuditEvent", 'Json'>
   readonly createdAt: Prisma.FieldRef<"AuditEvent", 'DateTime'>
+  readonly eventKey: Prisma.FieldRef<"AuditEvent", 'String'>
 }
     
 

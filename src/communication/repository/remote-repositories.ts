@@ -4,9 +4,9 @@
 // message field is absent. Errors are not handled here: the layer transport
 // (createLayerTransport) turns what the layer below raised back into the same AppError.
 import { durationFromMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
-import type { Client } from '@connectrpc/connect';
+import { encodeBinaryHeader, type Client } from '@connectrpc/connect';
 import type { AuditEvent, OAuthToken, User } from '../../../gen/prisma/client.ts';
-import type { AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
+import { AuditEventRecordSchema, type AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import type { CounterStoreService } from '../../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import type { IdempotencyRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/idempotency_repository_service_pb.js';
 import type { TokenRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
@@ -32,7 +32,7 @@ import {
   userFromProto,
 } from './record-mapping.ts';
 import { requireField } from '../../domain/message-mapping.ts';
-import { ACTING_AS_HEADER, REPEAT_HEADER } from '../layer-transport.ts';
+import { ACTING_AS_HEADER, AUDIT_HEADER, REPEAT_HEADER } from '../layer-transport.ts';
 import { actingAsToHeader } from '../../repositories/write-options.ts';
 
 /** A UserRepository in another process. */
@@ -270,10 +270,11 @@ export class RemoteIdempotencyRepository implements IdempotencyRepository {
   }
 }
 
-/** Call options that carry a write's (or a listing's) options: whether it is a repeat, and whom it is made for. */
+/** Call options that carry a write's (or a listing's) options: whether it is a repeat, whom it is made for, and its audit event. */
 function writeHeaders(options: WriteOptions | ListOptions): { headers: Record<string, string> } | undefined {
   const headers: Record<string, string> = {};
   if ('repeat' in options && options.repeat === true) headers[REPEAT_HEADER] = '1';
   if (options.actingAs !== undefined) headers[ACTING_AS_HEADER] = actingAsToHeader(options.actingAs);
+  if ('audit' in options && options.audit !== undefined) headers[AUDIT_HEADER] = encodeBinaryHeader(newAuditEventToProto(options.audit), AuditEventRecordSchema);
   return Object.keys(headers).length === 0 ? undefined : { headers };
 }

@@ -3,14 +3,14 @@
 // response's message field unset. Domain errors are left to layerServerErrorInterceptor, which
 // carries them across as they are.
 import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
-import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
-import type { AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
+import { decodeBinaryHeader, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
+import { AuditEventRecordSchema, type AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
 import type { CounterStoreService } from '../../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import type { IdempotencyRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/idempotency_repository_service_pb.js';
 import type { TokenRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import type { UserRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import type { CounterStore } from '../../infrastructure/rate-limiter.ts';
-import type { AuditRepository } from '../../repositories/audit-repository.ts';
+import type { AuditRepository, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { IdempotencyRepository } from '../../repositories/idempotency-repository.ts';
 import type { TokenRepository } from '../../repositories/token-repository.ts';
 import type { UserRepository } from '../../repositories/user-repository.ts';
@@ -32,15 +32,33 @@ import {
 } from './record-mapping.ts';
 import { ValidationError } from '../../domain/errors.ts';
 import { requireField } from '../../domain/message-mapping.ts';
-import { ACTING_AS_HEADER, REPEAT_HEADER } from '../layer-transport.ts';
+import { ACTING_AS_HEADER, AUDIT_HEADER, REPEAT_HEADER } from '../layer-transport.ts';
 
-/** A write's options as the headers carry them: REPEAT_HEADER, ACTING_AS_HEADER (see WriteOptions). */
+/** A write's options as the headers carry them: REPEAT_HEADER, ACTING_AS_HEADER, AUDIT_HEADER (see WriteOptions). */
 function writeOptions(ctx: HandlerContext): WriteOptions {
   const header = ctx.requestHeader.get(ACTING_AS_HEADER);
   const actingAs = header === null ? undefined : actingAsFromHeader(header);
   if (header !== null && actingAs === undefined) throw new ValidationError(`Malformed ${ACTING_AS_HEADER} header`);
-  return { repeat: ctx.requestHeader.has(REPEAT_HEADER), actingAs };
+  const audit = ctx.requestHeader.get(AUDIT_HEADER);
+  return { repeat: ctx.requestHeader.has(REPEAT_HEADER), actingAs, ...(audit === null ? {} : { audit: auditFromHeader(audit) }) };
 }
+
+/**
+ * The header's audit event, refused as invalid_argument when it is not one the columns take (only
+ * our own layers, holding the internal secret, send it; a bad one must not reach the database).
+ */
+function auditFromHeader(value: string): NewAuditEvent {
+  let event: NewAuditEvent;
+  try {
+    event = newAuditEventFromProto(decodeBinaryHeader(value, AuditEventRecordSchema));
+  } catch {
+    throw new ValidationError(`Malformed ${AUDIT_HEADER} header`);
+  }
+  if (event.eventKey === null || !UUID.test(event.eventKey)) throw new ValidationError(`Malformed ${AUDIT_HEADER} header: no event key`);
+  return event;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** arcana.internal.repository.v1.UserRepositoryService over a UserRepository. */
 export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<typeof UserRepositoryService> {

@@ -73,6 +73,13 @@ export declare type AuditEventRecord = Message<"arcana.internal.repository.v1.Au
    * @generated from field: google.protobuf.Timestamp created_at = 8;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * The writer's key of the event (a UUID), so that a repeated write stores it once.
+   *
+   * @generated from field: optional string event_key = 9;
+   */
+  eventKey?: string | undefined;
 };
 
 /**

@@ -488,7 +488,7 @@ function buildLayerServer(parts: ProcessParts, apis: LayerApis): Pick<Applicatio
     // The caller of the public request, as the controller layer sent it (see src/rpc/caller.ts).
     contextValues: layerCallValues,
     interceptors: [layerContextInterceptor(logger, parts.tracing), layerServerErrorInterceptor(logger)],
-    admit: config.deployment.internalSecret === undefined ? undefined : internalAuthGate(config.deployment.internalSecret),
+    admit: internalAuthGate(config.deployment.internalSecret),
     // Pages of rows are larger than public requests; this is a trusted peer, not a client.
     readMaxBytes: 16 * 1024 * 1024,
     logger,
@@ -604,10 +604,13 @@ async function createPublicFacades(
       secure(res);
       // A request answered before its body was read (too large, say) would leave the rest of
       // the body on a keep-alive connection, where the next request would stall behind it:
-      // such an answer says `connection: close`, so the client opens a fresh connection.
+      // such an answer says `connection: close`, so the client opens a fresh connection. A
+      // request without a body has nothing left unread, though Node marks it complete only
+      // after handing it over: a CORS preflight answered at once kept closing its connection
+      // (helper 110).
       const writeHead = res.writeHead.bind(res);
       res.writeHead = ((...args: Parameters<typeof writeHead>) => {
-        if (!req.complete && !res.headersSent) res.setHeader('connection', 'close');
+        if (!req.complete && hasBody(req) && !res.headersSent) res.setHeader('connection', 'close');
         return writeHead(...args);
       }) as typeof res.writeHead;
       corsPolicy(req, res, () => rpcOrRest(req, res));
@@ -615,6 +618,12 @@ async function createPublicFacades(
     http2: rpcOnly,
     rest,
   };
+}
+
+/** Whether an HTTP/1.1 request's framing announces a body (RFC 9112, 6.3): chunked, or a length other than 0. */
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 /** What a full in-process counter store tells the operator (at most once a minute). */

@@ -31,6 +31,7 @@ import type { UserRepository } from '../repositories/user-repository.ts';
 import { runWithCallContext, timeoutFromHeaders, type CallContext } from '../infrastructure/call-context.ts';
 import { callerFromHeaders, callerKey } from '../rpc/caller.ts';
 import type { InProcessService } from '../rpc/in-process-transport.ts';
+import { callReadLimitKey } from '../rpc/call-limits.ts';
 import { CALLER_HEADER, REPEAT_HEADER } from './layer-transport.ts';
 import {
   createAuditRepositoryHandler,
@@ -159,18 +160,26 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
   };
 }
 
+/** The largest message a call without the internal secret may send: a health check names a service. */
+export const UNAUTHENTICATED_READ_MAX_BYTES = 4 * 1024;
+
 /**
  * Refuses internal calls that do not present the deployment's INTERNAL_API_SECRET, as the RPC
  * handler's gate (`admit`): from the headers, before the body is read. As an interceptor it ran
  * after the gate had read, decompressed and decoded up to 16 MiB per call for anyone, and told
  * them which fields were wrong. The gRPC health service stays open, as orchestrators' probes
- * carry no credentials.
+ * carry no credentials, but its calls are held to UNAUTHENTICATED_READ_MAX_BYTES. Without a
+ * secret (development), every call is let through.
  */
-export function internalAuthGate(secret: string): (context: HandlerContext) => Promise<void> {
+export function internalAuthGate(secret: string | undefined): (context: HandlerContext) => Promise<void> {
   // Comparing digests keeps the comparison constant-time whatever the length presented.
-  const expected = createHash('sha256').update(`Bearer ${secret}`).digest();
+  const expected = secret === undefined ? undefined : createHash('sha256').update(`Bearer ${secret}`).digest();
   return async (context) => {
-    if (context.service.typeName === Health.typeName) return;
+    if (context.service.typeName === Health.typeName) {
+      context.values.set(callReadLimitKey, UNAUTHENTICATED_READ_MAX_BYTES);
+      return;
+    }
+    if (expected === undefined) return;
     const presented = createHash('sha256')
       .update(context.requestHeader.get('authorization') ?? '')
       .digest();

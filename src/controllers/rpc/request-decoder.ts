@@ -39,6 +39,7 @@ import { parseContentType as parseGrpcWebContentType } from '@connectrpc/connect
 import { isUtf8 } from 'node:buffer';
 import { ValidationError, type FieldErrors } from '../../domain/errors.ts';
 import { noFieldErrors } from '../edge-input.ts';
+import { callReadLimitKey } from '../../rpc/call-limits.ts';
 
 type MethodSerializationLookup = GenericSerializationLookup<DescMessage, DescMessage>;
 
@@ -80,10 +81,10 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
   const parse = (method: DescMethod, binary: boolean, bytes: Uint8Array): Message =>
     binary ? parseBinary(method.input, serializationOf(method), bytes) : parseJson(method.input, serializationOf(method), bytes);
 
-  const decompress = async (compression: Compression | null, bytes: Uint8Array): Promise<Uint8Array> => {
+  const decompress = async (compression: Compression | null, bytes: Uint8Array, maxBytes: number): Promise<Uint8Array> => {
     if (compression === null) return bytes;
     try {
-      return await compression.decompress(bytes, options.readMaxBytes);
+      return await compression.decompress(bytes, maxBytes);
     } catch (error) {
       if (error instanceof ConnectError && error.code === Code.ResourceExhausted) throw error;
       throw new ValidationError(`Request body could not be decompressed (${compression.name})`);
@@ -101,6 +102,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
   return async (context, readBody) => {
     const { method } = context;
     if (method.methodKind !== 'unary' && method.methodKind !== 'server_streaming') return undefined;
+    const readMaxBytes = Math.min(options.readMaxBytes, context.values.get(callReadLimitKey) ?? options.readMaxBytes);
     const read = async (maxBytes: number, lengthHint: string | null) => {
       try {
         return await readBody(maxBytes, lengthHint);
@@ -125,13 +127,13 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
         } else {
           bytes = new TextEncoder().encode(message);
         }
-        return parse(method, query.get('encoding') === 'proto', await decompress(compression, bytes));
+        return parse(method, query.get('encoding') === 'proto', await decompress(compression, bytes, readMaxBytes));
       }
       const type = parseConnectContentType(context.requestHeader.get('content-type'));
       if (type === undefined) return undefined;
       const compression = negotiate(context.requestHeader.get(headerUnaryEncoding), headerUnaryAcceptEncoding);
-      const bytes = await read(options.readMaxBytes, context.requestHeader.get(headerUnaryContentLength));
-      return parse(method, type.binary, await decompress(compression, bytes));
+      const bytes = await read(readMaxBytes, context.requestHeader.get(headerUnaryContentLength));
+      return parse(method, type.binary, await decompress(compression, bytes, readMaxBytes));
     }
     // Every other protocol frames messages in envelopes.
     let binary: boolean;
@@ -155,13 +157,13 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
     let bytes: Uint8Array;
     try {
       // One message and its envelope header; connect-es would limit the message alone.
-      bytes = await read(options.readMaxBytes + ENVELOPE_HEADER_BYTES, null);
+      bytes = await read(readMaxBytes + ENVELOPE_HEADER_BYTES, null);
     } catch (error) {
       if (!(error instanceof ConnectError && error.code === Code.ResourceExhausted)) throw error;
-      throw new ConnectError(`message size is larger than configured readMaxBytes ${options.readMaxBytes}`, Code.ResourceExhausted);
+      throw new ConnectError(`message size is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted);
     }
     // A Connect stream's end-of-stream envelope carries no message; connect-es skips it.
-    const envelopes = splitEnvelopes(bytes, options.readMaxBytes).filter((envelope) => !(context.protocolName === 'connect' && (envelope.flags & endStreamFlag) === endStreamFlag));
+    const envelopes = splitEnvelopes(bytes, readMaxBytes).filter((envelope) => !(context.protocolName === 'connect' && (envelope.flags & endStreamFlag) === endStreamFlag));
     const kind = method.methodKind === 'unary' ? 'unary' : 'server-streaming';
     // The same answers connect-es gives when it finds these, and before anything is inflated:
     // thousands of tiny compressed messages fit the body limit, each inflating to it.
@@ -174,7 +176,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
     if ((envelope.flags & ~compressedFlag) !== 0) throw new ConnectError(`protocol error: invalid envelope flags ${envelope.flags}`, Code.InvalidArgument);
     if ((envelope.flags & compressedFlag) !== compressedFlag) return parse(method, binary, envelope.data);
     if (compression === null) throw new ValidationError('Request message is compressed, but the request names no encoding');
-    return parse(method, binary, await decompress(compression, envelope.data));
+    return parse(method, binary, await decompress(compression, envelope.data, readMaxBytes));
   };
 }
 

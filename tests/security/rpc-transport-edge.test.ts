@@ -1,0 +1,176 @@
+// The RPC transport edge (helper 110): what reaches the handlers' decoders and compressors before
+// any caller is known. Three defects, each asserted as a client sees it:
+// 1. An internal layer's health service is open to callers without INTERNAL_API_SECRET (as it
+//    must be, for probes), but is decoded with the internal readMaxBytes of 16 MiB: a 16 KB gzip
+//    bomb per call, no secret, inflates to 16 MiB and is parsed before `not_found`.
+// 2. RPC answers are compressed with brotli at quality 11 whenever a client accepts only `br`
+//    (connect-node's compressionBrotli), ~30× the CPU of gzip per answer; REST's compression()
+//    uses quality 4. Unauthenticated reflection streams give 200 such answers per call.
+// 3. A CORS preflight (a bodiless OPTIONS, answered synchronously) is marked `connection: close`
+//    by the "answered before its body was read" rule, so every preflight costs the browser its
+//    connection.
+import { createClient } from '@connectrpc/connect';
+import { compressionBrotli, compressionGzip, createGrpcTransport } from '@connectrpc/connect-node';
+import { randomBytes } from 'node:crypto';
+import http2 from 'node:http2';
+import net from 'node:net';
+import { gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ServerReflection } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
+import { createApplication, type Application } from '../../src/app.ts';
+import { loadConfig } from '../../src/config.ts';
+import { createLogger } from '../../src/infrastructure/logger.ts';
+import { createDualProtocolServer } from '../../src/server.ts';
+import { openTestDatabase, type TestDatabase } from '../helpers/test-database.ts';
+import { startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
+
+describe('an internal layer against a caller without INTERNAL_API_SECRET', () => {
+  let database: TestDatabase;
+  let repository: Application;
+  let origin: string;
+  let closeServer: () => Promise<void>;
+
+  beforeAll(async () => {
+    database = await openTestDatabase(TEST_DATABASE_URL, `test_${Date.now()}_${randomBytes(4).toString('hex')}`);
+    const env = { ...TEST_ENV, DATABASE_URL: database.url, DEPLOYMENT_MODE: 'layered', COMMUNICATION_PROTOCOL: 'grpc', DEPLOYMENT_LAYER: 'repository' };
+    const config = loadConfig(env);
+    repository = await createApplication(config, createLogger({ level: 'silent' }));
+    const { server, close } = createDualProtocolServer({ http1: repository.http, http2: repository.http2 }, { limits: config.server.connections });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const address = server.address();
+    origin = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`;
+    closeServer = close;
+  }, 60_000);
+
+  afterAll(async () => {
+    repository.drain();
+    await closeServer();
+    await repository.close();
+    await database.close();
+  });
+
+  /** A grpc.health.v1.HealthCheckRequest whose service name is `size` bytes, gzipped into one envelope. */
+  const healthBomb = (size: number): Buffer => {
+    const head = [0x0a];
+    for (let n = size; ; n >>>= 7) {
+      if (n <= 0x7f) {
+        head.push(n);
+        break;
+      }
+      head.push((n & 0x7f) | 0x80);
+    }
+    const compressed = gzipSync(Buffer.concat([Buffer.from(head), Buffer.alloc(size, 0x61)]), { level: 9 });
+    const envelope = Buffer.alloc(5 + compressed.length);
+    envelope[0] = 1;
+    envelope.writeUInt32BE(compressed.length, 1);
+    compressed.copy(envelope, 5);
+    return envelope;
+  };
+
+  const checkWithoutSecret = (session: http2.ClientHttp2Session, body: Buffer): Promise<{ code: string; message: string }> =>
+    new Promise((resolve) => {
+      const stream = session.request({ ':method': 'POST', ':path': '/grpc.health.v1.Health/Check', 'content-type': 'application/grpc', 'grpc-encoding': 'gzip', te: 'trailers' });
+      let answer = { code: 'none', message: '' };
+      const take = (headers: http2.IncomingHttpHeaders) => {
+        if (headers['grpc-status'] !== undefined) answer = { code: String(headers['grpc-status']), message: decodeURIComponent(String(headers['grpc-message'] ?? '')) };
+      };
+      stream.on('response', take);
+      stream.on('trailers', take);
+      stream.on('data', () => undefined);
+      stream.on('error', () => undefined);
+      stream.on('close', () => resolve(answer));
+      stream.end(body);
+    });
+
+  it('when callers without the secret send Health/Check gzip bombs (16 KB inflating to 16 MiB), then each is refused before it is inflated, and memory stays bounded', async () => {
+    const bomb = healthBomb(16 * 1024 * 1024 - 64);
+    expect(bomb.byteLength).toBeLessThan(20_000);
+    const sessions = Array.from({ length: 4 }, () => {
+      const session = http2.connect(origin);
+      session.on('error', () => undefined);
+      return session;
+    });
+    const baseline = process.memoryUsage().rss;
+    let peak = baseline;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, process.memoryUsage().rss);
+    }, 10);
+    let answers: { code: string; message: string }[];
+    try {
+      // 24 calls, 390 KB on the wire in all.
+      answers = await Promise.all(Array.from({ length: 24 }, (_, i) => checkWithoutSecret(sessions[i % sessions.length] as http2.ClientHttp2Session, bomb)));
+    } finally {
+      clearInterval(sampler);
+      for (const session of sessions) session.close();
+    }
+    peak = Math.max(peak, process.memoryUsage().rss);
+    const grewMiB = Math.round((peak - baseline) / 2 ** 20);
+    // A health request names a service: a few hundred bytes at most. What an unauthenticated
+    // caller may make the layer inflate and parse should be bounded as the public port bounds it.
+    expect(grewMiB, `resident memory grew by ${grewMiB} MiB for 24 unauthenticated health checks`).toBeLessThan(128);
+    expect(answers.map((answer) => answer.code)).toEqual(Array.from({ length: 24 }, () => '8'));
+  }, 120_000);
+});
+
+describe('response compression on the public RPC facade', () => {
+  let t: TestServer;
+
+  beforeAll(async () => {
+    t = await startTestServer();
+  }, 60_000);
+
+  afterAll(async () => {
+    await t.close();
+  });
+
+  /** Server CPU (this process's user + system time, thread pool included) for one reflection stream of 200 questions. */
+  const reflectionCpuMs = async (accept: 'gzip' | 'br'): Promise<number> => {
+    const client = createClient(ServerReflection, createGrpcTransport({ baseUrl: t.baseUrl, acceptCompression: [accept === 'br' ? compressionBrotli : compressionGzip] }));
+    async function* questions() {
+      for (let i = 0; i < 200; i++) yield { messageRequest: { case: 'fileContainingSymbol' as const, value: 'arcana.user.v1.UserService' } };
+    }
+    const before = process.cpuUsage();
+    let answers = 0;
+    for await (const answer of client.serverReflectionInfo(questions())) if (answer.messageResponse.case === 'fileDescriptorResponse') answers++;
+    const used = process.cpuUsage(before);
+    expect(answers).toBe(200);
+    return (used.user + used.system) / 1000;
+  };
+
+  it('when an unauthenticated client accepts only br, then one reflection stream costs the server no more CPU than a gzip client (within 2.5×)', async () => {
+    await reflectionCpuMs('gzip'); // warm-up
+    const gzipMs = await reflectionCpuMs('gzip');
+    const brMs = await reflectionCpuMs('br');
+    // Measured: gzip ~200 ms, br ~1,300 ms (quality 11: ~6 ms of a core per 4.6 KB answer).
+    expect(brMs, `br ${Math.round(brMs)} ms of CPU against gzip ${Math.round(gzipMs)} ms`).toBeLessThan(gzipMs * 2.5);
+  }, 60_000);
+});
+
+describe('CORS preflights for Connect and gRPC-Web', () => {
+  let t: TestServer;
+
+  beforeAll(async () => {
+    t = await startTestServer();
+  }, 60_000);
+
+  afterAll(async () => {
+    await t.close();
+  });
+
+  it('when a browser sends two preflights on one keep-alive connection, then both are answered on it: a bodiless OPTIONS has nothing unread', async () => {
+    const socket = net.connect(t.port, '127.0.0.1');
+    const preflight = (origin: string) =>
+      `OPTIONS /arcana.auth.v1.AuthService/Login HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: ${origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type,connect-protocol-version\r\n\r\n`;
+    let received = '';
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1');
+    });
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.write(preflight('http://localhost:3000') + preflight('http://evil.example'));
+    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1_000))]);
+    socket.destroy();
+    const statusLines = received.split('\r\n').filter((line) => line.startsWith('HTTP/1.1 '));
+    expect(received.toLowerCase()).not.toContain('connection: close');
+    expect(statusLines).toEqual(['HTTP/1.1 204 No Content', 'HTTP/1.1 204 No Content']);
+  });
+});

@@ -303,6 +303,13 @@ export function loadConfig(env: Environment) {
   if (queryTimeoutMs < e.DATABASE_LOCK_TIMEOUT_MS) {
     throw new ConfigError("DATABASE_QUERY_TIMEOUT_MS must not be shorter than DATABASE_LOCK_TIMEOUT_MS: a statement's time includes its wait for locks.");
   }
+  // A session ends when its refresh token does; an access token outliving it would go on working
+  // after the session's end, unseen by the session lists and by revocations, which look for live
+  // sessions (helper 108: revoke-all, a password change and an administrator's end of all
+  // sessions left such tokens working).
+  if (e.JWT_ACCESS_EXPIRES_IN_SECONDS > e.JWT_REFRESH_EXPIRES_IN_SECONDS) {
+    throw new ConfigError('JWT_ACCESS_EXPIRES_IN_SECONDS must not be longer than JWT_REFRESH_EXPIRES_IN_SECONDS: an access token must not outlive its session.');
+  }
   const admin = [e.ADMIN_USERNAME, e.ADMIN_EMAIL, e.ADMIN_PASSWORD];
   if (admin.some((v) => v !== undefined) && admin.some((v) => v === undefined)) {
     throw new ConfigError('ADMIN_USERNAME, ADMIN_EMAIL and ADMIN_PASSWORD must be set together.');

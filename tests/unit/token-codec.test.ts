@@ -70,6 +70,16 @@ describe('TokenCodec.verify', () => {
     expect(codecAccepts(token)).toBe(jsonwebtokenAccepts(token));
   });
 
+  it('when a pair is issued with a shorter refresh than access lifetime, or near its session\'s end, then the access token expires no later than the refresh token', () => {
+    const now = new Date('2030-01-01T00:00:00Z');
+    const short = new TokenCodec({ ...options, accessTtlSeconds: 3600, refreshTtlSeconds: 60 }).issuePair(7, now);
+    expect(short.accessExpiresAt).toEqual(short.refreshExpiresAt);
+    expect(short.accessTtlSeconds).toBe(60);
+    const nearEnd = new TokenCodec(options).issuePair(7, now, new Date(now.getTime() + 120_000));
+    expect(nearEnd.accessExpiresAt.getTime()).toBe(now.getTime() + 120_000);
+    expect(nearEnd.refreshExpiresAt.getTime()).toBe(now.getTime() + 120_000);
+  });
+
   it('when a valid token is presented, then its claims come back', () => {
     const claims = new TokenCodec(options).verify(tokens.valid!, 'access');
     expect(claims).toEqual({ userId: 7, tokenType: 'access', jti: 'j', expiresAt: new Date(base.exp * 1000), hash: hashToken(tokens.valid!) });

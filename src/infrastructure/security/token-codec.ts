@@ -104,8 +104,9 @@ export class TokenCodec {
   issuePair(userId: number, now = new Date(), notAfter?: Date, familyId?: string): IssuedPair {
     const seconds = Math.floor(now.getTime() / 1000);
     const limit = notAfter === undefined ? Number.POSITIVE_INFINITY : Math.floor(notAfter.getTime() / 1000) - seconds;
-    const accessTtl = Math.max(1, Math.min(this.#options.accessTtlSeconds, limit));
     const refreshTtl = Math.max(1, Math.min(this.#options.refreshTtlSeconds, limit));
+    // Never past its session's end (the refresh token's), whatever the options say (see config.ts).
+    const accessTtl = Math.max(1, Math.min(this.#options.accessTtlSeconds, refreshTtl));
     const accessToken = this.#sign(userId, 'access', accessTtl);
     const refreshToken = this.#sign(userId, 'refresh', refreshTtl, familyId);
     return {

@@ -35,6 +35,12 @@ export type RevocationReason = 'rotated' | 'logout' | 'revoked' | 'reuse' | 'exp
 /** Rotated pairs a live login chain keeps, newest first, for replay detection (see purgeStale). */
 const ROTATED_PAIRS_KEPT = 20;
 /**
+ * How long a rotated pair is kept whatever its rank, so that a session id listed before its holder
+ * refreshed still ends the session (see purgeStale): an hour, about what a chain refreshed in a
+ * loop accumulates between two purges anyway (SESSION_PURGE_INTERVAL_MS).
+ */
+const ROTATED_PAIR_GRACE_MS = 3_600_000;
+/**
  * Refresh tokens name their chain (the `fam` claim) from this release on. A pair created before
  * it holds a token without one, which could not end its chain once its row was gone (helper 75),
  * so only pairs created since are purged beyond ROTATED_PAIRS_KEPT; the older ones go with their
@@ -315,11 +321,16 @@ export class PrismaTokenRepository implements TokenRepository {
       // statements: one DELETE with the window in a subquery scanned the table under InnoDB's
       // next-key locks, and held MariaDB's logins and refreshes for up to 1.2 s, some ending in
       // deadlocks (helper 75).
+      // A pair rotated within ROTATED_PAIR_GRACE_MS stays whatever its rank: an administrator's
+      // list of sessions names each by its pair, and ends the chain by that id after its holder
+      // has refreshed (helper 108: a thief refreshing 25 times before the purge came round made
+      // the listed id "not found", and the session lived on).
+      const graceCutoff = new Date(now.getTime() - ROTATED_PAIR_GRACE_MS);
       const beyond = await this.#db.$queryRaw<{ id: number | bigint }[]>`
         SELECT id FROM (
-          SELECT id, ROW_NUMBER() OVER (PARTITION BY family_id ORDER BY id DESC) AS newer
+          SELECT id, updated_at, ROW_NUMBER() OVER (PARTITION BY family_id ORDER BY id DESC) AS newer
           FROM oauth_tokens WHERE is_revoked = true AND revoked_reason = 'rotated' AND created_at >= ${FAMILY_CLAIM_SINCE}
-        ) AS ranked WHERE ranked.newer > ${ROTATED_PAIRS_KEPT}`;
+        ) AS ranked WHERE ranked.newer > ${ROTATED_PAIRS_KEPT} AND ranked.updated_at < ${graceCutoff}`;
       let rotated = 0;
       for (let start = 0; start < beyond.length; start += PURGE_BATCH) {
         const ids = beyond.slice(start, start + PURGE_BATCH).map((row) => Number(row.id));

@@ -42,6 +42,7 @@ const UNREACHABLE_REDIS_URL = 'redis://127.0.0.1:1';
 /** Every BullMQ key of this run starts with this, and is deleted afterwards. */
 const PREFIX = `test-audit-jobs-${process.pid}-${randomBytes(4).toString('hex')}`;
 const DAY = 24 * 3600 * 1000;
+const HOUR = 3600 * 1000;
 
 const logger = createLogger({ level: 'silent' });
 
@@ -389,7 +390,11 @@ describe('purging stale sessions', () => {
     const rows = async () => t.sql<{ is_revoked: boolean }>('SELECT is_revoked FROM oauth_tokens WHERE user_id = $1', [user.id]);
     expect(await rows()).toHaveLength(26);
 
-    const runner = await startRunner({ now: () => new Date(), purgeRetentionMs: DAY });
+    // Pairs rotated within the last hour stay whatever their rank (a listed session id must still
+    // end its chain, helper 108); an hour on, all but the newest 20 go.
+    await (await startRunner({ now: () => new Date(), purgeRetentionMs: DAY })).runPurgeNow();
+    expect(await rows()).toHaveLength(26);
+    const runner = await startRunner({ now: () => new Date(Date.now() + HOUR), purgeRetentionMs: DAY });
     await runner.runPurgeNow();
     const kept = await rows();
     expect(kept).toHaveLength(21);
@@ -423,7 +428,7 @@ describe('purging stale sessions', () => {
       tokens.push(next.body.data.refreshToken as string);
       access = next.body.data.accessToken as string;
     }
-    await (await startRunner({ now: () => new Date(), purgeRetentionMs: DAY })).runPurgeNow();
+    await (await startRunner({ now: () => new Date(Date.now() + HOUR), purgeRetentionMs: DAY })).runPurgeNow();
     expect(await t.sql('SELECT 1 FROM oauth_tokens WHERE user_id = $1', [user.id])).toHaveLength(21);
     await t.request
       .post('/api/v1/auth/logout')

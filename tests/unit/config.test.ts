@@ -29,7 +29,9 @@ describe('loadConfig', () => {
   });
 
   it('when access tokens would outlive refresh tokens, then it refuses to start: such a token would work on after its session ended (helper 108)', () => {
-    expect(() => loadConfig({ JWT_ACCESS_EXPIRES_IN_SECONDS: '3600', JWT_REFRESH_EXPIRES_IN_SECONDS: '60' })).toThrow(/JWT_ACCESS_EXPIRES_IN_SECONDS must not be longer than JWT_REFRESH_EXPIRES_IN_SECONDS/);
+    expect(() => loadConfig({ JWT_ACCESS_EXPIRES_IN_SECONDS: '3600', JWT_REFRESH_EXPIRES_IN_SECONDS: '60' })).toThrow(
+      /JWT_ACCESS_EXPIRES_IN_SECONDS must not be longer than JWT_REFRESH_EXPIRES_IN_SECONDS/,
+    );
     expect(() => loadConfig({ JWT_REFRESH_EXPIRES_IN_SECONDS: '1800' })).toThrow(ConfigError);
     expect(loadConfig({ JWT_ACCESS_EXPIRES_IN_SECONDS: '60', JWT_REFRESH_EXPIRES_IN_SECONDS: '60' }).jwt.accessTtlSeconds).toBe(60);
   });

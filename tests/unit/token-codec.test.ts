@@ -70,7 +70,7 @@ describe('TokenCodec.verify', () => {
     expect(codecAccepts(token)).toBe(jsonwebtokenAccepts(token));
   });
 
-  it('when a pair is issued with a shorter refresh than access lifetime, or near its session\'s end, then the access token expires no later than the refresh token', () => {
+  it("when a pair is issued with a shorter refresh than access lifetime, or near its session's end, then the access token expires no later than the refresh token", () => {
     const now = new Date('2030-01-01T00:00:00Z');
     const short = new TokenCodec({ ...options, accessTtlSeconds: 3600, refreshTtlSeconds: 60 }).issuePair(7, now);
     expect(short.accessExpiresAt).toEqual(short.refreshExpiresAt);

@@ -9,6 +9,8 @@
 // 3. A CORS preflight (a bodiless OPTIONS, answered synchronously) is marked `connection: close`
 //    by the "answered before its body was read" rule, so every preflight costs the browser its
 //    connection.
+// And one left from an earlier round: a method an RPC path does not take was answered 405
+// without the Allow header RFC 9110 requires.
 import { createClient } from '@connectrpc/connect';
 import { compressionBrotli, compressionGzip, createGrpcTransport } from '@connectrpc/connect-node';
 import { randomBytes } from 'node:crypto';
@@ -172,5 +174,41 @@ describe('CORS preflights for Connect and gRPC-Web', () => {
     const statusLines = received.split('\r\n').filter((line) => line.startsWith('HTTP/1.1 '));
     expect(received.toLowerCase()).not.toContain('connection: close');
     expect(statusLines).toEqual(['HTTP/1.1 204 No Content', 'HTTP/1.1 204 No Content']);
+  });
+});
+
+describe('an RPC path asked with a method it does not take', () => {
+  let t: TestServer;
+
+  beforeAll(async () => {
+    t = await startTestServer();
+  }, 60_000);
+
+  afterAll(async () => {
+    await t.close();
+  });
+
+  it('when a client sends PUT, DELETE or PATCH to an RPC path, over HTTP/1.1 or HTTP/2, then the 405 says which methods it takes', async () => {
+    const paths = { '/arcana.user.v1.UserService/GetUser': 'POST, GET', '/arcana.auth.v1.AuthService/Login': 'POST' };
+    const session = http2.connect(t.baseUrl);
+    session.on('error', () => undefined);
+    try {
+      for (const [path, allowed] of Object.entries(paths)) {
+        for (const method of ['PUT', 'DELETE', 'PATCH']) {
+          const http1 = await fetch(`${t.baseUrl}${path}`, { method, headers: { 'content-type': 'application/json' } });
+          expect({ path, method, status: http1.status, allow: http1.headers.get('allow') }).toEqual({ path, method, status: 405, allow: allowed });
+          const http2Answer = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
+            const stream = session.request({ ':method': method, ':path': path, 'content-type': 'application/grpc' });
+            stream.on('response', resolve);
+            stream.on('error', reject);
+            stream.resume();
+            stream.end();
+          });
+          expect({ path, method, status: http2Answer[':status'], allow: http2Answer.allow }).toEqual({ path, method, status: 405, allow: allowed });
+        }
+      }
+    } finally {
+      session.close();
+    }
   });
 });

@@ -393,6 +393,14 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       }
       return;
     }
+    if (!handler.allowedMethods.includes(req.method ?? '')) {
+      // As connect-es answers it, with the Allow header RFC 9110 (15.5.6) requires of a 405.
+      res.statusCode = 405;
+      res.setHeader('allow', handler.allowedMethods.join(', '));
+      res.end();
+      endUnreadStream(req);
+      return;
+    }
     dropOverlongTimeouts(req.headers);
     const contextValues = adapterOptions.contextValues?.(req) ?? createContextValues();
     if (req.method === 'GET') {

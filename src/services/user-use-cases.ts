@@ -240,8 +240,8 @@ export class UserUseCases {
           ? this.#users.update(userId, write.changes, write.expected, { ...actingAs(actor, true), audit })
           : (await this.#tokens.revokeAllWithUserWrite(userId, undefined, write, { ...actingAs(actor, true), audit })).user,
       ),
-    ).then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, expectedVersion, (now) => now.status === stored));
-    return toUserMessage(written.row);
+    ).catch((error: unknown) => this.#inPlaceAfterConflict(error, userId, expectedVersion, (now) => now.status === stored));
+    return toUserMessage(written);
   }
 
   /**
@@ -261,8 +261,8 @@ export class UserUseCases {
         : ({ type: 'ROLE_CHANGED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { from: before.role, to: role } } as const);
     const written = await this.#audit
       .withWrite(event, (audit) => this.#users.update(userId, { role }, { role: before.role, version: input.expectedVersion }, { ...actingAs(actor, true), audit }))
-      .then(changed, (error: unknown) => this.#inPlaceAfterConflict(error, userId, input.expectedVersion, (now) => now.role === role));
-    return toUserMessage(written.row);
+      .catch((error: unknown) => this.#inPlaceAfterConflict(error, userId, input.expectedVersion, (now) => now.role === role));
+    return toUserMessage(written);
   }
 
   /** Lifts the user's login lockouts; returns how many client addresses had tried the account. */
@@ -281,13 +281,14 @@ export class UserUseCases {
    * A conditional write of a role or status that lost to a concurrent one: when the other write
    * set the same value (two administrators suspending one user at once), this request's change
    * is in place too, so it succeeds with the row as it is, audited once, by the write that made
-   * it. Otherwise, or when the caller named a version, the conflict stands.
+   * it (this one's event went with its rolled-back transaction). Otherwise, or when the caller
+   * named a version, the conflict stands.
    */
-  async #inPlaceAfterConflict(error: unknown, userId: number, expectedVersion: number | undefined, inPlace: (row: UserProfile) => boolean): Promise<Written> {
+  async #inPlaceAfterConflict(error: unknown, userId: number, expectedVersion: number | undefined, inPlace: (row: UserProfile) => boolean): Promise<UserProfile> {
     if (!isConflict(error) || expectedVersion !== undefined) throw error;
     const now = await this.#users.findProfile(userId);
     if (now === null || !inPlace(now)) throw error;
-    return { row: now, changed: false };
+    return now;
   }
 
   async #existing(userId: number) {
@@ -296,14 +297,6 @@ export class UserUseCases {
     return user;
   }
 }
-
-/** A conditional write's outcome: the row, and whether this request's write made it. */
-interface Written {
-  row: UserProfile;
-  changed: boolean;
-}
-
-const changed = (row: UserProfile): Written => ({ row, changed: true });
 
 /** A ConflictError, also as it arrives from a repository in another process (an AppError by code). */
 const isConflict = (error: unknown): boolean => error instanceof AppError && error.code === 'CONFLICT';

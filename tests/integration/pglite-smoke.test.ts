@@ -3,13 +3,15 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import supertest from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApplication, type Application } from '../../src/app.ts';
 import { loadConfig } from '../../src/config.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { ADMIN, bearer, newUser, TEST_ENV } from '../helpers/test-app.ts';
+
+const LOCK_MODULE = resolve(import.meta.dirname, '../../src/infrastructure/database/data-dir-lock.ts');
 
 let dataDir: string;
 let app: Application;
@@ -75,6 +77,25 @@ describe('embedded PGlite database', () => {
     }
   });
 
+  it('when several servers start at once on a DATA_DIR whose lock a dead process left (kill -9), then exactly one takes it over', async () => {
+    // Found by an attacker (helper 113): a contender that had read the dead pid found the
+    // take-over mark gone once another had taken the lock over, made it again, removed the new
+    // holder's lock and wrote its own; two or three of six "held" the directory in most rounds.
+    const winners: number[] = [];
+    for (let round = 0; round < 5; round += 1) {
+      const dir = await mkdtemp(join(tmpdir(), 'arcana-lock-race-'));
+      try {
+        await writeFile(join(dir, 'arcana-server.pid'), '999999\n');
+        const startAt = Date.now() + 1_500;
+        const got = await Promise.all(Array.from({ length: 6 }, () => lockInChildProcess(dir, startAt)));
+        winners.push(got.filter(Boolean).length);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    }
+    expect(winners).toEqual([1, 1, 1, 1, 1]);
+  }, 60_000);
+
   it('when admin writes race on PGlite, then the conditional writes and the last-admin transaction hold there too', async () => {
     const request = supertest(app.http);
     const login = await request.post('/api/v1/auth/login').send({ usernameOrEmail: ADMIN.username, password: ADMIN.password });
@@ -100,3 +121,19 @@ describe('embedded PGlite database', () => {
     expect((await request.delete(`/api/v1/users/${userId}`).set(...bearer(admin))).status).toBe(200);
   });
 });
+
+/** A process that waits until `startAt`, tries to lock `dir` as a server would, holds what it got for a second, and says whether it got it. */
+async function lockInChildProcess(dir: string, startAt: number): Promise<boolean> {
+  const script = `
+    const { lockDataDir } = await import(${JSON.stringify(LOCK_MODULE)});
+    while (Date.now() < ${startAt}) {}
+    let got = false;
+    try { await lockDataDir(${JSON.stringify(dir)}); got = true; } catch {}
+    process.stdout.write(got ? 'GOT' : 'NO');
+    await new Promise((resolve) => setTimeout(resolve, 1000));`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  await once(child, 'exit');
+  return out === 'GOT';
+}

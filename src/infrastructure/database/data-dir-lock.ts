@@ -15,7 +15,8 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
   const path = join(dataDir, LOCK_FILE);
   for (let attempt = 0; attempt < 3; attempt += 1) {
     if (await createExclusively(path, `${process.pid}\n`)) return claimed(path);
-    const holder = Number.parseInt(await readFile(path, 'utf8').catch(() => ''), 10);
+    const text = await readLock(path);
+    const holder = Number.parseInt(text, 10);
     if (isRunning(holder) && (holder !== process.pid || held.has(path))) {
       throw new Error(
         `DATA_DIR ${dataDir} is in use by process ${holder}: the embedded database takes one server at a time ` +
@@ -23,10 +24,15 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
       );
     }
     // A dead holder's lock: one process takes it over, by first creating the take-over mark for
-    // that holder exclusively; a process losing that race looks again.
+    // that holder exclusively; a process losing that race looks again. The mark's holder reads
+    // the lock once more before removing it: a process that read the dead pid before another took
+    // the lock over, and found the mark gone with that take-over done, would otherwise remove the
+    // new holder's lock and write its own (helper 113: two or three of six servers started at
+    // once on a dead server's directory each took it).
     const takeover = `${path}.${Number.isSafeInteger(holder) ? holder : 'unreadable'}`;
     if (!(await createExclusively(takeover, ''))) continue;
     try {
+      if ((await readLock(path)) !== text) continue;
       await rm(path, { force: true });
       if (await createExclusively(path, `${process.pid}\n`)) return claimed(path);
     } finally {
@@ -34,6 +40,11 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
     }
   }
   throw new Error(`DATA_DIR ${dataDir}: could not take its lock file ${path}; another server is starting there`);
+}
+
+/** The lock file's text, or '' when there is none (or it cannot be read). */
+function readLock(path: string): Promise<string> {
+  return readFile(path, 'utf8').catch(() => '');
 }
 
 /** Creates `path` with `text` unless it exists; whether it did. */
@@ -55,7 +66,7 @@ function claimed(path: string): () => Promise<void> {
 async function release(path: string): Promise<void> {
   if (!held.delete(path)) return;
   // Only this process's own lock goes.
-  if (Number.parseInt(await readFile(path, 'utf8').catch(() => ''), 10) === process.pid) await rm(path, { force: true });
+  if (Number.parseInt(await readLock(path), 10) === process.pid) await rm(path, { force: true });
 }
 
 function isRunning(pid: number): boolean {

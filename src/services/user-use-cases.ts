@@ -159,6 +159,10 @@ export class UserUseCases {
   async changePassword(actor: Actor, input: MessageInitShape<typeof ChangePasswordRequestSchema>): Promise<void> {
     const userId = input.userId ?? 0;
     if (actor.userId !== userId) throw new AuthorizationError('Not authorized to change this password');
+    // A new password the rules refuse is refused before the current one is compared: after it,
+    // a stolen token could ask "is this the password?" with a request that changed nothing and
+    // left no trace, a right guess answered 400 and a wrong one 401 (helper 111).
+    this.#passwords.acceptable(input.newPassword ?? '', 'newPassword');
     const user = await this.#users.findById(userId);
     if (user === null) throw new NotFoundError('User not found');
     const client = actor.client ?? {};

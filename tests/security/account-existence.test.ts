@@ -1,0 +1,81 @@
+// Whether an account exists, as an attacker measures it at the login (found by helper 111):
+// - a login for an unknown name, a wrong password and an inactive account must cost the same
+//   bcrypt work. The throwaway hash compared for an unknown name is made at the current
+//   BCRYPT_ROUNDS, but a stored hash keeps the cost it was made with: after an operator raises
+//   BCRYPT_ROUNDS (the README's own advice for production), every account made before answers a
+//   wrong password in a fraction of the time an unknown name takes, in one request, on every
+//   protocol.
+// - a password change's current password is a guess (throttled and audited like a login's), so
+//   its answer must not depend on it more than a login's does: a new password the rules refuse
+//   (breached, or past 72 bytes) is found out only after the current one was compared, so a
+//   stolen access token asks "is this the password?" with a request that changes nothing: a
+//   right guess answers 400 and leaves no trace (no audit event, its throttle slot given back),
+//   a wrong one 401.
+import bcrypt from 'bcrypt';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClient, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
+import { newUser, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+/** The cost the server runs at now; the account's hash was made when it was lower. */
+const CURRENT_ROUNDS = 10;
+const EARLIER_ROUNDS = 6;
+const SAMPLES = 6;
+
+let t: TestServer;
+
+beforeAll(async () => {
+  t = await startTestServer({ BCRYPT_ROUNDS: String(CURRENT_ROUNDS), LOGIN_MAX_FAILURES: '1000', LOGIN_ACCOUNT_RATE_LIMIT_MAX: '100000' });
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+const median = (values: number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
+};
+
+describe.each(PROTOCOLS)('account existence over %s', (protocol: ProtocolName) => {
+  let client: ApiClient;
+
+  beforeAll(() => {
+    client = apiClient(protocol, t.baseUrl);
+  });
+
+  afterAll(() => {
+    client.close();
+  });
+
+  it('when an account was made before BCRYPT_ROUNDS was raised, then a wrong password for it takes as long as a login for an unknown name', async () => {
+    const user = await register(t, newUser('early'));
+    // As the account's row would hold it had it registered before the operator raised the cost.
+    await t.sql('UPDATE users SET password_hash = $1 WHERE id = $2', [await bcrypt.hash(user.password, EARLIER_ROUNDS), user.id]);
+    const timed = async (login: string) => {
+      const started = performance.now();
+      const outcome = await client.login({ usernameOrEmail: login, password: 'Wrong-Passw0rd-Guess!' });
+      expect(outcome.code).toBe('unauthenticated');
+      return performance.now() - started;
+    };
+    const known: number[] = [];
+    const unknown: number[] = [];
+    for (let sample = 0; sample < SAMPLES; sample += 1) {
+      known.push(await timed(user.username));
+      unknown.push(await timed(`nobody_${process.pid}_${protocol}_${sample}`));
+    }
+    // The right password still opens the account, whatever the cost its hash was made with.
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password })).code).toBe('ok');
+    // Indistinguishable means within noise; here an existing account answered in a fraction of the time.
+    expect(median(known), `known ${known.map(Math.round).join(',')} ms vs unknown ${unknown.map(Math.round).join(',')} ms`).toBeGreaterThan(median(unknown) * 0.75);
+  });
+
+  it('when a stolen token sends a password change whose new password the rules refuse, then the answer is the same whether the current password it guessed is right or not', async () => {
+    const user = await register(t, newUser('oracle'));
+    const probe = (oldPassword: string) => client.changePassword(user.accessToken, user.id, { oldPassword, newPassword: 'Password1!' });
+    const wrong = await probe('Wrong-Passw0rd-Guess!');
+    const right = await probe(user.password);
+    // Refused for the new password alone either way (as registration refuses it before looking
+    // at names): the current password is then never compared, and nothing tells a right guess.
+    expect({ wrong: wrong.code, right: right.code }).toEqual({ wrong: 'invalid_argument', right: 'invalid_argument' });
+  });
+});

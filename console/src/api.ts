@@ -210,7 +210,9 @@ export class ConsoleSession {
       try {
         return await next(request);
       } catch (error) {
-        if (ConnectError.from(error).code !== Code.Unauthenticated || request.method.name === 'Logout') throw error;
+        // A logout too: refused with an access token that expired while the tab slept, it left the
+        // session live on the server while the console showed "Signed out." (helper 112).
+        if (ConnectError.from(error).code !== Code.Unauthenticated) throw error;
         if (this.#session !== session) throw error;
         // Unless another call rotated the pair meanwhile, rotate it now.
         if (session.accessToken === used && !(await this.refresh())) throw error;

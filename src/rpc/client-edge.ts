@@ -56,14 +56,29 @@ export function idempotencyKeyOf(header: HeaderReader): string | undefined {
 }
 
 /** The response headers that hand a client its known-device token: header and cookie, or the cookie alone for a browser (see relayAnswerHeaders). */
-export function deviceTokenHeaders(token: string, fromBrowser: boolean, now = Date.now()): [string, string][] {
+export function deviceTokenHeaders(token: string, browser: BrowserCall, now = Date.now()): [string, string][] {
   const maxAgeSeconds = Math.max(0, (deviceTokenExpiry(token) ?? 0) - Math.floor(now / 1000));
-  return [
-    ...(fromBrowser ? [] : [[DEVICE_TOKEN_HEADER, token] as [string, string]]),
-    // HttpOnly: scripts never see it (a browser's answer has no header: relayAnswerHeaders);
-    // SameSite=Strict: no other site's page can replay it.
-    ['set-cookie', `${DEVICE_TOKEN_COOKIE}=${token}; Max-Age=${maxAgeSeconds}; Path=/; HttpOnly; Secure; SameSite=Strict`],
-  ];
+  // HttpOnly: scripts never see it (a browser's answer has no header: relayAnswerHeaders);
+  // SameSite=Strict: no other site's page can replay it (but see isAnotherHost).
+  const cookie = `${DEVICE_TOKEN_COOKIE}=${token}; Max-Age=${maxAgeSeconds}; Path=/; HttpOnly; Secure; SameSite=Strict`;
+  return [...(typeof browser.origin === 'string' ? [] : [[DEVICE_TOKEN_HEADER, token] as [string, string]]), ['set-cookie', forBrowser(cookie, browser)]];
+}
+
+/** What tells a browser's call apart: its Origin (absent for other clients), and the host it called. */
+export interface BrowserCall {
+  origin: string | null | undefined;
+  host: string | null | undefined;
+}
+
+/** The host a call was made to, from its URL as the RPC handler builds it. */
+export function hostOf(url: string): string | null {
+  return URL.canParse(url) ? new URL(url).host : null;
+}
+
+/** The known-device cookie as this browser can keep it (see isAnotherHost); other cookies as they are. */
+function forBrowser(cookie: string, browser: BrowserCall): string {
+  if (!cookie.startsWith(`${DEVICE_TOKEN_COOKIE}=`) || !isAnotherHost(browser.origin, browser.host)) return cookie;
+  return cookie.replace('SameSite=Strict', 'SameSite=None; Partitioned');
 }
 
 /**
@@ -88,13 +103,28 @@ const ANSWER_HEADERS: readonly string[] = ['cache-control', 'pragma', DEVICE_TOK
  * known-device token as its HttpOnly cookie only: in the header too, the console's scripts, and
  * any allowed origin's, could read what the cookie keeps from them (helper 90).
  */
-export function relayAnswerHeaders(from: Headers, to: { set(name: string, value: string): void; append(name: string, value: string): void }, fromBrowser: boolean): void {
+export function relayAnswerHeaders(from: Headers, to: { set(name: string, value: string): void; append(name: string, value: string): void }, browser: BrowserCall): void {
   for (const name of ANSWER_HEADERS) {
-    if (fromBrowser && name === DEVICE_TOKEN_HEADER) continue;
+    if (typeof browser.origin === 'string' && name === DEVICE_TOKEN_HEADER) continue;
     const value = from.get(name);
     if (value !== null) to.set(name, value);
   }
-  for (const value of from.getSetCookie()) to.append('set-cookie', value);
+  for (const value of from.getSetCookie()) to.append('set-cookie', forBrowser(value, browser));
+}
+
+/**
+ * Whether a browser's request comes from a page on another host than the API's: an app on an
+ * allowed origin (CORS_ORIGINS) of another site, whose answers a browser stores no SameSite=Strict
+ * cookie from and would send none with. Its known-device cookie is SameSite=None instead (still
+ * HttpOnly and Secure; Partitioned, as browsers that block third-party cookies keep only those, per
+ * top-level site): it authenticates nothing, and a page of an origin not allowed cannot send
+ * a login (JSON, gRPC-Web and Connect bodies need a preflight it fails; form and text bodies are
+ * refused with 415). Before, such an app's users never counted as known devices (helper 112). The
+ * host stands in for the site: a sibling subdomain gets SameSite=None too, which it does not need.
+ */
+function isAnotherHost(origin: string | null | undefined, host: string | null | undefined): boolean {
+  if (typeof origin !== 'string' || typeof host !== 'string' || !URL.canParse(origin)) return false;
+  return new URL(origin).host.toLowerCase() !== host.toLowerCase();
 }
 
 /**

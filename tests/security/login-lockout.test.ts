@@ -106,7 +106,8 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     // Found by an attacker (helper 90): the header carried the very token the cookie keeps from
     // scripts, and CORS exposed it to every allowed origin.
     const user = await register(t);
-    const browser = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(6), { origin: 'http://localhost:3000' }));
+    // A page of the API's own origin (the console): the cookie stays SameSite=Strict.
+    const browser = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(6), { origin: new URL(t.baseUrl).origin }));
     expect(browser.code).toBe('ok');
     expect(browser.headers.get('x-device-token')).toBeNull();
     expect(browser.headers.get('access-control-expose-headers') ?? '').not.toMatch(/x-device-token/i);
@@ -114,6 +115,12 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect(cookie?.[1]).toMatch(/^\d+\.[\w-]+\.\d+\.[\w-]+\.[\w-]+$/);
     // The cookie is the token: sent back, it is a known device's.
     expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(7), { cookie: `arcana_device=${cookie?.[1] ?? ''}` }))).code).toBe('ok');
+    // A page on another host (an allowed origin of another site) gets it as SameSite=None and
+    // Partitioned, which a browser stores from a cross-site answer (helper 112; the browser itself
+    // in console-attacks), never in a header either.
+    const elsewhere = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(8), { origin: 'http://app.example' }));
+    expect(elsewhere.headers.get('x-device-token')).toBeNull();
+    expect(elsewhere.headers.get('set-cookie')).toMatch(/^arcana_device=[^;]+;.*HttpOnly; Secure; SameSite=None; Partitioned$/);
   });
 
   it("when strangers have spent the account's budget, then the owner's known device still logs in from a new address, and a stranger with the right password does not", async () => {

@@ -38,7 +38,11 @@ export function callOptions(req: Request, res: Response, options: { idempotent?:
     contextValues: createContextValues().set(callerKey, { accessToken: res.locals.accessToken, client: clientOf(res) }),
     headers: key === undefined ? undefined : { [IDEMPOTENCY_KEY_FIELD]: key },
     onHeader: (header) => {
-      relayAnswerHeaders(header, { set: (name, value) => res.setHeader(name, value), append: (name, value) => res.append(name, value) }, req.get('origin') !== undefined);
+      relayAnswerHeaders(
+        header,
+        { set: (name, value) => res.setHeader(name, value), append: (name, value) => res.append(name, value) },
+        { origin: req.get('origin'), host: req.get('host') },
+      );
     },
   };
 }

@@ -6,7 +6,7 @@
 import type { DescMethodUnary, DescService } from '@bufbuild/protobuf';
 import type { HandlerContext, ServiceImpl, Transport } from '@connectrpc/connect';
 import { IDEMPOTENCY_KEY_FIELD, MAX_IDEMPOTENCY_KEY_LENGTH } from '../../domain/idempotency-key.ts';
-import { relayAnswerHeaders } from '../../rpc/client-edge.ts';
+import { hostOf, relayAnswerHeaders } from '../../rpc/client-edge.ts';
 import type { InProcessService } from '../../rpc/in-process-transport.ts';
 
 /** `service`, answered by whichever process `transport` reaches. Unary methods only (all of ours are). */
@@ -18,7 +18,7 @@ export function forwardingService(service: DescService, transport: Transport): I
     impl[method.localName] = async (request, ctx) => {
       const key = carriedKey(ctx.requestHeader.get(IDEMPOTENCY_KEY_FIELD));
       const response = await transport.unary(unary, ctx.signal, ctx.timeoutMs(), key === undefined ? undefined : { [IDEMPOTENCY_KEY_FIELD]: key }, request, ctx.values);
-      relayAnswerHeaders(response.header, ctx.responseHeader, ctx.requestHeader.has('origin'));
+      relayAnswerHeaders(response.header, ctx.responseHeader, { origin: ctx.requestHeader.get('origin'), host: hostOf(ctx.url) });
       return response.message;
     };
   }

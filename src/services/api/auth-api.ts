@@ -1,7 +1,7 @@
 import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import type { AuthService as AuthServiceDescriptor } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import type { AuthUseCases } from '../auth-use-cases.ts';
-import { deviceTokenHeaders, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
+import { deviceTokenHeaders, hostOf, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
 import { runIdempotent } from '../../infrastructure/call-context.ts';
 import { authenticatedActor, clientInfoOf, idempotencyKeyFrom, markReplayedAnswer } from './call.ts';
 
@@ -58,5 +58,5 @@ export function createAuthApi(auth: AuthUseCases): ServiceImpl<typeof AuthServic
 function tokenAnswerHeaders(ctx: HandlerContext, deviceToken: string | undefined): void {
   for (const [name, value] of NO_STORE_HEADERS) ctx.responseHeader.set(name, value);
   if (deviceToken === undefined) return;
-  for (const [name, value] of deviceTokenHeaders(deviceToken, ctx.requestHeader.has('origin'))) ctx.responseHeader.append(name, value);
+  for (const [name, value] of deviceTokenHeaders(deviceToken, { origin: ctx.requestHeader.get('origin'), host: hostOf(ctx.url) })) ctx.responseHeader.append(name, value);
 }

@@ -1,4 +1,4 @@
-import type { Redis } from './redis/redis-client.ts';
+import { deleteByPrefix as deleteKeysByPrefix, type Redis } from './redis/redis-client.ts';
 
 /** What one request's check against a rate limit found; enough to set RateLimit headers. */
 export interface RateLimitDecision {
@@ -229,15 +229,8 @@ export class RedisCounterStore implements CounterStore {
     await this.#redis.del(this.#prefix + key);
   }
 
-  async deleteByPrefix(prefix: string): Promise<number> {
-    let cursor = '0';
-    let deleted = 0;
-    do {
-      const [next, keys] = await this.#redis.scan(cursor, 'MATCH', `${this.#prefix}${prefix}*`, 'COUNT', 500);
-      cursor = next;
-      if (keys.length > 0) deleted += await this.#redis.del(...keys);
-    } while (cursor !== '0');
-    return deleted;
+  deleteByPrefix(prefix: string): Promise<number> {
+    return deleteKeysByPrefix(this.#redis, this.#prefix + prefix);
   }
 }
 

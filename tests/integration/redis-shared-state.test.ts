@@ -34,6 +34,21 @@ async function pair(env: Record<string, string> = {}, keySpace = `${prefix}${ran
   };
 }
 
+describe('key prefixes', () => {
+  it('when REDIS_KEY_PREFIX holds glob characters, then a sweep of its keys reaches exactly its own, not those a glob would match', async () => {
+    // Found by an attacker (helper 113): the prefix went into SCAN MATCH as a pattern, so
+    // `eu[12]:` matched `eu1:` and `eu2:` (another deployment's keys) and none of its own.
+    const space = `${prefix}glob:`;
+    const keys = ['eu[12]:a', 'eu[12]:b', 'eu1:a', 'eu2:a', 'e*:a', 'e?:a', 'eu\\:a'].map((key) => `${space}${key}`);
+    await Promise.all(keys.map((key) => redis.set(key, '1', 'EX', 60)));
+    expect(await deleteByPrefix(redis, `${space}eu[12]:`)).toBe(2);
+    expect(await deleteByPrefix(redis, `${space}e*:`)).toBe(1);
+    expect(await deleteByPrefix(redis, `${space}e?:`)).toBe(1);
+    expect(await deleteByPrefix(redis, `${space}eu\\:`)).toBe(1);
+    expect((await redis.keys(`${space}*`)).sort()).toEqual([`${space}eu1:a`, `${space}eu2:a`]);
+  });
+});
+
 describe('shared cache', () => {
   let a: TestApp;
   let b: TestApp;

@@ -137,11 +137,16 @@ export function dropUnlessReady(redis: Redis, onDrop: () => void): void {
   redis.on('close', disarm);
 }
 
-/** Runs `each` on every batch of keys under `prefix` (SCAN, not KEYS, so Redis is never blocked). */
+/**
+ * Runs `each` on every batch of keys under `prefix` (SCAN, not KEYS, so Redis is never blocked).
+ * The prefix is matched as the text it is: a REDIS_KEY_PREFIX with a glob character in it (`*`,
+ * `?`, `[`) matched none of its own keys, or another deployment's on the same Redis (helper 113).
+ */
 export async function forEachKeyBatch(redis: Redis, prefix: string, each: (keys: string[]) => Promise<unknown>): Promise<void> {
+  const pattern = `${prefix.replace(/[*?[\]\\]/g, (char) => `\\${char}`)}*`;
   let cursor = '0';
   do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500);
     cursor = next;
     if (keys.length > 0) await each(keys);
   } while (cursor !== '0');

@@ -116,7 +116,12 @@ export class AuthUseCases {
       const current = row !== null && row.status === 'ACTIVE' && (await this.#passwords.verify(input.password ?? '', row.passwordHash));
       if (!current) throw new ConflictError('The account this registration created has changed since; please log in');
     };
-    const operation = { scope: 'register', request: canonicalRequest(RegisterRequestSchema, input), answer: REGISTRATION_ANSWER, replayable };
+    const operation = {
+      scope: 'register',
+      request: canonicalRequest(RegisterRequestSchema, { ...input, password: (input.password ?? '').normalize('NFC') }),
+      answer: REGISTRATION_ANSWER,
+      replayable,
+    };
     return this.#idempotency.run(operation, async () => {
       let account;
       try {

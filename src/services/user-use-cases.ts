@@ -95,7 +95,11 @@ export class UserUseCases {
    */
   async create(actor: Actor, input: MessageInitShape<typeof CreateUserRequestSchema>): Promise<User> {
     requireAdmin(actor);
-    const operation = { scope: `users:${actor.userId}`, request: canonicalRequest(CreateUserRequestSchema, input), answer: USER_ANSWER };
+    const operation = {
+      scope: `users:${actor.userId}`,
+      request: canonicalRequest(CreateUserRequestSchema, { ...input, password: (input.password ?? '').normalize('NFC') }),
+      answer: USER_ANSWER,
+    };
     return this.#idempotency.run(operation, async () => {
       const role = input.role === undefined || input.role === UserRole.UNSPECIFIED ? 'USER' : roleFromProto(input.role);
       const account = await newAccountRow({ users: this.#users, passwords: this.#passwords }, { ...input, role });

@@ -103,6 +103,20 @@ describe.each(PROTOCOLS)('idempotency keys over %s', (protocol: ProtocolName) =>
     expect(me.data?.id).toBe(original.data?.user.id);
   });
 
+  it('when a registration is sent again with its key and the same password in another Unicode form, then it is the same request and replays', async () => {
+    // Found by an attacker (helper 111): the password is compared and stored in NFC, but the
+    // request's fingerprint took it as sent, so a client that composed "é" differently on its
+    // retry was told the key had been used for another request.
+    const base = newUser('nfc');
+    const body = { ...base, password: `Caf\u00e9-${base.password}` };
+    const key = randomUUID();
+    const original = await client.register(body, withKey(key));
+    expect(original.code).toBe('ok');
+    const again = await client.register({ ...body, password: body.password.normalize('NFD') }, withKey(key));
+    expect({ code: again.code, replayed: again.headers.get(REPLAYED) }).toEqual({ code: 'ok', replayed: 'true' });
+    expect(answerOf(again)).toEqual(answerOf(original));
+  });
+
   it('when the account a registration created has changed its password, or was suspended, then a replay of it is refused and gives out no session', async () => {
     // Found by an attacker: the replay handed back the owner's live session to whoever held the
     // old password and the key, for a day after the password change.

@@ -228,7 +228,27 @@ export class AuthUseCases {
     await attempt.succeeded();
     this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: device !== undefined } });
     await this.#endSessionsBeyondLimit(row.id, now, client);
-    return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, row.passwordHash, device) };
+    const passwordHash = await this.#upgradedHash(row, input.password ?? '');
+    return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, passwordHash, device) };
+  }
+
+  /**
+   * The account's hash after a login whose password matched it: made again at the current cost
+   * when BCRYPT_ROUNDS was raised since it was made, so that a stolen table holds no hash cheaper
+   * to crack than the deployment asks (helper 111: nothing ever brought old hashes up). Written
+   * only over the hash just compared (a password change meanwhile wins); the sessions stay, and
+   * the account's device tokens, which cover the hash, count as none until their next login.
+   * A failure to write it costs the login nothing.
+   */
+  async #upgradedHash(row: { id: number; passwordHash: string }, password: string): Promise<string> {
+    if (!this.#passwords.weakerThanCurrent(row.passwordHash)) return row.passwordHash;
+    try {
+      const passwordHash = await this.#passwords.rehash(password);
+      await uninterrupted(() => this.#users.update(row.id, { passwordHash }, { passwordHash: row.passwordHash }));
+      return passwordHash;
+    } catch {
+      return row.passwordHash;
+    }
   }
 
   /**

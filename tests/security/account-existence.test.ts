@@ -69,6 +69,19 @@ describe.each(PROTOCOLS)('account existence over %s', (protocol: ProtocolName) =
     expect(median(known), `known ${known.map(Math.round).join(',')} ms vs unknown ${unknown.map(Math.round).join(',')} ms`).toBeGreaterThan(median(unknown) * 0.75);
   });
 
+  it('when an account made before BCRYPT_ROUNDS was raised logs in, then its hash is made again at the current cost, and the password and the session still work', async () => {
+    // Also helper 111: nothing brought an old hash up, so a stolen table stayed cheaper to crack.
+    const user = await register(t, newUser('upgrade'));
+    await t.sql('UPDATE users SET password_hash = $1 WHERE id = $2', [await bcrypt.hash(user.password, EARLIER_ROUNDS), user.id]);
+    const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+    expect(login.code).toBe('ok');
+    const [stored] = await t.sql<{ password_hash: string }>('SELECT password_hash FROM users WHERE id = $1', [user.id]);
+    expect(bcrypt.getRounds(stored?.password_hash ?? '')).toBe(CURRENT_ROUNDS);
+    expect(await bcrypt.compare(user.password, stored?.password_hash ?? '')).toBe(true);
+    expect((await client.me(login.data?.tokens.accessToken ?? '')).code).toBe('ok');
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password })).code).toBe('ok');
+  });
+
   it('when a stolen token sends a password change whose new password the rules refuse, then the answer is the same whether the current password it guessed is right or not', async () => {
     const user = await register(t, newUser('oracle'));
     const probe = (oldPassword: string) => client.changePassword(user.accessToken, user.id, { oldPassword, newPassword: 'Password1!' });

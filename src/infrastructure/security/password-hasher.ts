@@ -118,6 +118,20 @@ export class PasswordHasher {
     }, lane);
   }
 
+  /** Whether `hash` was made at a lower cost than the current one (BCRYPT_ROUNDS was raised since). */
+  weakerThanCurrent(hash: string): boolean {
+    const cost = costOf(hash);
+    return cost !== undefined && cost < this.#rounds;
+  }
+
+  /**
+   * A hash at the current cost of a password that has just matched its weaker hash: not held to
+   * the rules for new passwords (the account's password is not being chosen), through the gate.
+   */
+  rehash(password: string): Promise<string> {
+    return this.#gated(() => bcrypt.hash(password.normalize('NFC'), this.#rounds));
+  }
+
   /** A throwaway hash of cost `rounds` (the current cost when not given), made once. */
   #dummy(rounds = this.#rounds): Promise<string> {
     if (rounds === this.#rounds) {

@@ -3,6 +3,7 @@ import { ERROR_CODES } from '../../domain/error-codes.ts';
 import { AppError, InvalidTokenError, NotFoundError, retryAfterOf } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { errorBody } from './envelope.ts';
+import { loggedPath } from './request-context.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
 import { noFieldErrors } from '../edge-input.ts';
 
@@ -38,21 +39,21 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
     const status = appError === undefined ? 500 : ERROR_CODES[appError.code].http;
     if (status === 503 && clientGone(res)) {
       // The client left before its answer: the calls made for it were cancelled on purpose
-      // (see requestContext), which is not a dependency failing. Nobody reads this answer.
-      options.logger.debug({ requestId: res.locals.requestId, method: req.method, path: req.path }, 'request abandoned by its client');
+      // (see requestContext), which is not a dependency failing. Nobody reads this answer, and
+      // requestContext logs the request as abandoned.
     } else if (status === 503) {
       const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : undefined;
       if (cause === undefined) {
         // This process's own refusal (its bcrypt or list gate is full, or it is shutting down):
         // load shed on purpose, already counted in the request's own log line and metrics.
-        options.logger.debug({ requestId: res.locals.requestId, method: req.method, path: req.path, reason: appError?.message }, 'request refused: over capacity');
+        options.logger.debug({ requestId: res.locals.requestId, method: req.method, ...loggedPath(req.path), reason: appError?.message }, 'request refused: over capacity');
       } else {
         // A dependency is down (Redis for login, or a layer below): one short line per request,
         // not a stack each, or an outage would bury everything else in the logs.
-        options.logger.warn({ requestId: res.locals.requestId, method: req.method, path: req.path, cause }, 'request refused: dependency unavailable');
+        options.logger.warn({ requestId: res.locals.requestId, method: req.method, ...loggedPath(req.path), cause }, 'request refused: dependency unavailable');
       }
     } else if (status >= 500) {
-      options.logger.error({ err: error, requestId: res.locals.requestId, method: req.method, path: req.path }, 'request failed');
+      options.logger.error({ err: error, requestId: res.locals.requestId, method: req.method, ...loggedPath(req.path) }, 'request failed');
     }
     if (res.headersSent) {
       res.end();

@@ -45,49 +45,72 @@ export function requestContext(
     // Everything this request does from here, calls to other layers included, carries its id;
     // the service layer records in it who the caller turned out to be.
     const context: CallContext = { requestId, span };
-    res.on('finish', () => {
+    // One line and one sample per request, when its answer has gone out or its client has left
+    // without it (a request whose client hung up used to leave neither, though its work went on
+    // and could commit: helper 114). The latter is logged as nginx does, 499.
+    let recorded = false;
+    const record = (abandonedByClient: boolean) => {
+      if (recorded) return;
+      recorded = true;
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
+      const status = abandonedByClient ? CLIENT_CLOSED_REQUEST : res.statusCode;
       // The operation's path template, never the path itself: a label must not take values
       // that clients choose.
       const route = (req as { openapi?: { openApiRoute?: string } }).openapi?.openApiRoute;
-      metrics?.httpRequest(route ?? 'unmatched', req.method, res.statusCode, durationMs / 1000);
+      metrics?.httpRequest(route ?? 'unmatched', req.method, status, durationMs / 1000);
       if (span !== undefined) {
         if (route !== undefined) {
           span.updateName(`${req.method} ${route}`);
           span.setAttribute('http.route', route);
         }
-        span.setAttribute('http.response.status_code', res.statusCode);
-        if (res.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+        if (abandonedByClient) {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: 'client disconnected' });
+        } else {
+          span.setAttribute('http.response.status_code', status);
+          if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+        }
         span.end();
       }
-      const level = res.statusCode === 503 ? 'warn' : res.statusCode >= 500 ? 'error' : 'info';
+      const level = status === 503 ? 'warn' : status >= 500 && !abandonedByClient ? 'error' : 'info';
       logger[level](
         {
           requestId,
           method: req.method,
-          path: req.originalUrl.split('?')[0],
-          status: res.statusCode,
+          ...loggedPath(req.originalUrl.split('?')[0] ?? ''),
+          status,
           durationMs: Math.round(durationMs * 100) / 100,
           userId: callerId(context.caller),
           traceId: span?.spanContext().traceId,
         },
-        'request completed',
+        abandonedByClient ? 'request abandoned by its client' : 'request completed',
       );
-    });
+    };
+    res.on('finish', () => record(false));
     // A client that disconnects before its answer aborts the work done for it (see WorkGate).
     const abandoned = new AbortController();
     res.once('close', () => {
       if (res.writableFinished) return;
       abandoned.abort();
-      // No 'finish' will come: the span ends here, as the client left it.
-      if (span !== undefined) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: 'client disconnected' });
-        span.end();
-      }
+      record(true);
     });
     context.signal = abandoned.signal;
     runWithCallContext(context, next);
   };
+}
+
+/** The status a request whose client closed the connection before its answer is logged with (nginx's). */
+const CLIENT_CLOSED_REQUEST = 499;
+
+/** Longest path a log line carries, as a span's attributes are cut (tracing.ts). */
+const LOGGED_PATH_MAX = 1024;
+
+/**
+ * The path as a log line carries it: cut, and said to be, past LOGGED_PATH_MAX. A 16 KB path made
+ * a 16 KB line, which Docker's and containerd's log drivers split into partial records that
+ * collectors then read as two broken ones, the second starting with the client's bytes (helper 114).
+ */
+export function loggedPath(path: string): { path: string; pathTruncated?: true } {
+  return path.length <= LOGGED_PATH_MAX ? { path } : { path: path.slice(0, LOGGED_PATH_MAX), pathTruncated: true };
 }
 
 /** The user id of a call context's `user:<id>` caller, for the request log. */

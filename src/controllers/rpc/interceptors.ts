@@ -73,7 +73,10 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
         connectError.metadata.set('x-request-id', requestId);
         // Error statuses such as 404 are cacheable by default too.
         if (req.requestMethod === 'GET') noStore(connectError.metadata);
-        log(Code[connectError.code].toLowerCase());
+        // A call its client left (or whose deadline passed, or the server's shutdown cut) is
+        // logged and counted by why it ended, as a stream is: the work cancelled for it fails as
+        // `unavailable`, and any client hanging up inflated the outage code (helper 114).
+        log(Code[(req.signal.aborted ? ConnectError.from(req.signal.reason) : connectError).code].toLowerCase());
         throw connectError;
       }
     });

@@ -1,0 +1,148 @@
+// Observability as an attack surface (helper 114): what a request leaves in the request log and in
+// the metrics when its client goes away before the answer. A client that disconnects is still a
+// client that asked for something, and the work may well have been done (an administrator's
+// change committed, a password guessed at): the one log line per request and the request metrics
+// are what an operator has to see it.
+//
+// Edge code, the same in every topology: runs in the monolithic project.
+import net from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { serveMetrics } from '../../src/infrastructure/metrics.ts';
+import { bearer, capturingLogger, holdRows, loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+let t: TestServer;
+let admin: string;
+let scrapeUrl: string;
+let stopMetrics: () => Promise<void>;
+const logs = capturingLogger('info');
+
+beforeAll(async () => {
+  t = await startTestServer({ METRICS_PORT: '9464' }, { logger: logs.logger });
+  if (t.app.metrics === undefined) throw new Error('metrics are not on');
+  const served = await serveMetrics(t.app.metrics, 0, '127.0.0.1');
+  scrapeUrl = `http://127.0.0.1:${served.port}/metrics`;
+  stopMetrics = served.close;
+  admin = await loginAdmin(t);
+});
+
+afterAll(async () => {
+  await stopMetrics();
+  await t.close();
+});
+
+/** The value of one sample, by metric name and labels. */
+async function sample(name: string, labels: Record<string, string>): Promise<number> {
+  const text = await (await fetch(scrapeUrl)).text();
+  const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`)) continue;
+    const labelText = line.slice(name.length).split(' ')[0] ?? '';
+    if (wanted.every((pair) => labelText.includes(pair))) total += Number(line.split(' ').at(-1));
+  }
+  return total;
+}
+
+/** Sends one raw HTTP/1.1 request and returns the socket, for the test to drop it unanswered. */
+async function sendAndHold(method: string, path: string, headers: Record<string, string>, body: string): Promise<net.Socket> {
+  const socket = net.connect(t.port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+  socket.on('error', () => undefined);
+  const head = Object.entries({ host: `127.0.0.1:${t.port}`, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers })
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
+  socket.write(`${method} ${path} HTTP/1.1\r\n${head}\r\n${body}`);
+  return socket;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function until(condition: () => Promise<boolean>, ms = 3000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await condition()) return true;
+    await sleep(25);
+  }
+  return condition();
+}
+
+/**
+ * An administrator's change whose client disconnects while it waits for the row: the change is
+ * carried out (and audited) once the row is free, but the request leaves no log line at `info`
+ * and no sample in the request metrics over REST, while the same over Connect is logged and
+ * counted, as `unavailable`: an outage code for a client that merely left.
+ */
+describe('requests whose client disconnects before the answer', () => {
+  it('when a REST PUT /users/{id} is abandoned while it waits, then the request log and arcana_http_requests_seconds still record it', async () => {
+    const user = await register(t);
+    const id = user.id;
+    const requestId = `abandoned-rest-${id}`;
+    const before = await sample('arcana_http_requests_seconds_count', { route: '/api/v1/users/{userId}', method: 'PUT' });
+    const held = await holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [id]);
+    try {
+      const socket = await sendAndHold('PUT', `/api/v1/users/${id}`, { authorization: bearer(admin)[1], 'x-request-id': requestId }, JSON.stringify({ firstName: 'Renamed' }));
+      // The request is in the server, waiting for the row: PUT ... ON users blocked by our lock.
+      await sleep(400);
+      socket.destroy();
+      await sleep(100);
+    } finally {
+      await held.release();
+    }
+    // What the abandoned request did, as the database says.
+    const changed = await until(async () => (await t.sql<{ first_name: string | null }>('SELECT first_name FROM users WHERE id = $1', [id]))[0]?.first_name === 'Renamed');
+    await sleep(300);
+    const lines = logs.lines.filter((line) => line.requestId === requestId);
+    const after = await sample('arcana_http_requests_seconds_count', { route: '/api/v1/users/{userId}', method: 'PUT' });
+    // The change was made (audited as USER_UPDATED) for a request nobody can find in the log.
+    expect({ changed, infoLines: lines.map((line) => `${line.level} ${line.msg}`), counted: after - before }).toEqual({
+      changed: true,
+      infoLines: [expect.stringMatching(/^info /)],
+      counted: 1,
+    });
+  });
+
+  it('when a Connect Login is abandoned while it waits, then it is logged and counted as canceled, not as the outage code unavailable', async () => {
+    const user = await register(t);
+    const requestId = `abandoned-rpc-${user.id}`;
+    const unavailableBefore = await sample('arcana_rpc_requests_seconds_count', { procedure: 'arcana.auth.v1.AuthService/Login', code: 'unavailable' });
+    // Every read of users waits: the login is in the server, waiting for its lookup.
+    const held = await holdRows(t, 'LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
+    try {
+      const socket = await sendAndHold(
+        'POST',
+        '/arcana.auth.v1.AuthService/Login',
+        { 'x-request-id': requestId, 'connect-protocol-version': '1' },
+        JSON.stringify({ usernameOrEmail: user.username, password: 'Wrong-Passw0rd!' }),
+      );
+      await sleep(400);
+      socket.destroy();
+      await sleep(100);
+    } finally {
+      await held.release();
+    }
+    await until(async () => logs.lines.some((line) => line.requestId === requestId));
+    const codes = logs.lines.filter((line) => line.requestId === requestId).map((line) => line.code);
+    const unavailableAfter = await sample('arcana_rpc_requests_seconds_count', { procedure: 'arcana.auth.v1.AuthService/Login', code: 'unavailable' });
+    expect({ codes, unavailableCounted: unavailableAfter - unavailableBefore }).toEqual({ codes: ['canceled'], unavailableCounted: 0 });
+  });
+});
+
+/**
+ * The request log line of a path the client chose: spans cut it at 1 KiB (README, Traces), the
+ * log line takes it whole. A 16 KB path (within Node's 16 KiB of request head) makes a log line
+ * over 16 KiB, the length at which Docker's json-file driver and containerd's CRI logs split a
+ * line into partial records, which collectors without partial-line reassembly read as two broken
+ * JSON records, the second beginning with the client's bytes.
+ */
+describe('the request log line of a long path', () => {
+  it('when a REST request has a 16 KB path, then its log line stays small, as its span does', async () => {
+    const requestId = 'long-path-1';
+    const path = `/x${'A'.repeat(16_200)}`;
+    const res = await fetch(`${t.baseUrl}${path}`, { headers: { 'x-request-id': requestId } });
+    expect(res.status).toBe(404);
+    await until(async () => logs.lines.some((line) => line.requestId === requestId));
+    const line = logs.lines.find((candidate) => candidate.requestId === requestId);
+    expect(line).toBeDefined();
+    expect(JSON.stringify(line).length).toBeLessThan(2048);
+  });
+});

@@ -7,6 +7,31 @@ export type ErrorCode = components['schemas']['ErrorCode'];
 /** Field path → human-readable problem, as sent in `error.details`. */
 export type FieldErrors = Record<string, string>;
 
+/** Problems an answer lists, how long a field path and a problem may be in it. */
+const LISTED_PROBLEMS_MAX = 20;
+const FIELD_PATH_MAX = 64;
+const PROBLEM_TEXT_MAX = 256;
+
+/**
+ * `details` as an answer may carry them: at most LISTED_PROBLEMS_MAX, each path and text cut, and
+ * the number left out under the key `…`. A client chooses the paths (an unknown JSON key, an
+ * undeclared field number): 1 000 unknown fields in a 3 KB request made a gRPC answer whose
+ * grpc-status-details-bin header no gRPC client takes (8 KiB in grpc-core), which reset the stream
+ * and, in Node's and Python's clients, the connection with every call on it; over Connect a
+ * 94 KB request got a 3.9 MB answer (helper 116).
+ */
+export function boundedFieldErrors(details: FieldErrors): FieldErrors {
+  const entries = Object.entries(details);
+  const fits = entries.length <= LISTED_PROBLEMS_MAX && entries.every(([path, text]) => path.length <= FIELD_PATH_MAX && text.length <= PROBLEM_TEXT_MAX);
+  if (fits) return details;
+  const bounded: FieldErrors = {};
+  for (const [path, text] of entries.slice(0, LISTED_PROBLEMS_MAX)) bounded[cut(path, FIELD_PATH_MAX)] ??= cut(text, PROBLEM_TEXT_MAX);
+  if (entries.length > LISTED_PROBLEMS_MAX) bounded['…'] = `${entries.length - LISTED_PROBLEMS_MAX} more problems not listed`;
+  return bounded;
+}
+
+const cut = (text: string, max: number): string => (text.length <= max ? text : `${text.slice(0, max - 1)}…`);
+
 /**
  * Makes an error that stands for an answer, not a fault, without a stack trace: a domain error
  * as Connect carries it (see AppError).
@@ -37,7 +62,7 @@ export class AppError extends Error {
     Error.stackTraceLimit = limit;
     this.name = 'AppError';
     this.code = code;
-    this.details = options?.details;
+    this.details = options?.details === undefined ? undefined : boundedFieldErrors(options.details);
   }
 }
 

@@ -2,6 +2,7 @@
 import type { Response } from 'express';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
+import { boundedFieldErrors } from '../../domain/errors.ts';
 import { isoTime } from '../../domain/iso-time.ts';
 import { toRestUser } from './rest-mapping.ts';
 
@@ -44,7 +45,7 @@ export function errorBody(res: Response, code: ErrorBody['error']['code'], messa
 export function errorEnvelope(requestId: string, code: ErrorBody['error']['code'], message: string, details?: Record<string, string>): ErrorBody {
   return {
     success: false,
-    error: { code, message, ...(details === undefined ? {} : { details }) },
+    error: { code, message, ...(details === undefined ? {} : { details: boundedFieldErrors(details) }) },
     timestamp: isoTime(Date.now()),
     requestId,
   };

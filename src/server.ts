@@ -117,6 +117,12 @@ export function createDualProtocolServer(
         refuseRequest(req, res, headersProblem);
         return;
       }
+      // The connection ends with this answer when the request says `close` among other tokens
+      // (llhttp lets an HTTP/1.0 `keep-alive, close` keep it open, where a proxy in front takes
+      // `close`: RFC 9112 §9.3), or asks for an upgrade this server does not perform (Node then
+      // dropped what the client had pipelined behind it, and the connection sat unanswered until
+      // its keep-alive ran out): helper 115.
+      if (req.headers.upgrade !== undefined || saysClose(req.headers.connection)) res.shouldKeepAlive = false;
       startInTurn(() => {
         if (!req.socket.destroyed) handlers.http1(req, res);
       });
@@ -131,6 +137,13 @@ export function createDualProtocolServer(
     const declared = Number(req.headers['content-length']);
     if (!(options.bodyLimitBytes !== undefined && declared > options.bodyLimitBytes)) res.writeContinue();
     h1.emit('request', req, res);
+  });
+  // Any other expectation: Node answered a bare 417 on a kept-alive connection and then read and
+  // dropped the whole declared body, past BODY_LIMIT and every header check (helper 115). Refused
+  // in the API's envelope, and the connection closed before the body is read.
+  h1.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    warnMalformed({ peer: addressKey(req.socket.remoteAddress), reason: 'unsupported Expect' });
+    refuseRequest(req, res, 'Expect may only be 100-continue');
   });
 
   const h2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.http2MaxConcurrentStreams } }, (req, res) => {
@@ -414,6 +427,13 @@ const MALFORMED = { status: 400, reason: 'Bad Request', code: 'VALIDATION_ERROR'
 function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
   const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean; req?: { complete?: boolean } } | null })._httpMessage;
   const refusedOwnRequest = inFlight == null || (inFlight.headersSent !== true && inFlight.req?.complete === false);
+  // Bytes after a request that said `Connection: close`: that request is answered, and what
+  // follows ignored (RFC 9112 §9.6); its answer, marked close, ends the connection. It used to be
+  // destroyed with the answer unwritten (helper 115).
+  if (error.code === 'HPE_CLOSED_CONNECTION' && !refusedOwnRequest) {
+    socket.pause();
+    return;
+  }
   if (error.code !== 'ECONNRESET' && socket.writable && refusedOwnRequest) {
     const answer = CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED;
     const requestId = requestIdFrom(undefined);
@@ -430,6 +450,11 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
     );
   }
   socket.destroy();
+}
+
+/** Whether a Connection header names `close` among its tokens (RFC 9110 §7.6.1). */
+function saysClose(connection: string | undefined): boolean {
+  return connection?.split(',').some((token) => token.trim().toLowerCase() === 'close') === true;
 }
 
 function errorJson(answer: { code: ErrorBody['error']['code']; message: string }, requestId: string): string {

@@ -1,0 +1,105 @@
+// HTTP/1.1 framing and connection persistence as a proxy in front, or a pipelining client, reads
+// them (helper 115). Raw bytes on a real loopback port; what is asserted is what the client sees:
+// each request answered, or the connection closed so that it can retry (RFC 9112 §9.3.2), never a
+// connection the server keeps open while it has silently dropped requests it was sent, nor one it
+// keeps open after the client said `close`.
+import net from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+let server: TestServer;
+
+beforeAll(async () => {
+  server = await startTestServer({ RATE_LIMIT_ENABLED: 'false' });
+});
+
+afterAll(async () => {
+  await server.close();
+});
+
+/** Writes `bytes` in one write and collects what comes back for `forMs`, or until the server closes. */
+async function exchange(bytes: string, forMs: number): Promise<{ text: string; closed: boolean }> {
+  const socket = net.connect(server.port, '127.0.0.1');
+  const chunks: Buffer[] = [];
+  let closed = false;
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  socket.on('error', () => undefined);
+  await new Promise<void>((resolve) => socket.once('connect', resolve));
+  socket.write(bytes);
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, forMs);
+    socket.once('close', () => {
+      closed = true;
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  socket.destroy();
+  return { text: Buffer.concat(chunks).toString('latin1'), closed };
+}
+
+const statusLines = (text: string) => text.match(/HTTP\/1\.1 \d{3}/g) ?? [];
+
+const SECOND = 'GET /api/v1/auth/me HTTP/1.1\r\nHost: x\r\n\r\n';
+
+describe('HTTP/1.1 framing: what a proxy in front, or a pipelining client, would read', () => {
+  it('when a request asks for an Upgrade (h2c, websocket) the server does not perform and a second request follows in the same write, then both are answered, or the connection is closed', async () => {
+    // Node, with no 'upgrade' listener, answers the request as a plain one but discards every
+    // byte that arrived after it in the same read, and keeps the connection open with
+    // `Connection: keep-alive`: the pipelined request is never answered, and its client waits
+    // for the keep-alive deadline (65 s) before it may retry.
+    for (const upgrade of ['h2c', 'websocket']) {
+      const head = `GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: ${upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`;
+      const { text, closed } = await exchange(head + SECOND, 3_000);
+      const answers = statusLines(text);
+      expect(answers[0], upgrade).toBe('HTTP/1.1 200');
+      // Either the second request is answered, or the server has closed so the client retries.
+      expect({ upgrade, answered: answers.length, closed }, text).toSatisfy((outcome: { answered: number; closed: boolean }) => outcome.answered === 2 || outcome.closed);
+    }
+  });
+
+  it('when an HTTP/1.0 request says `close` as well as `keep-alive`, then the connection is closed after its answer and nothing after it is read', async () => {
+    // RFC 9112 §9.3: a `close` option ends the connection after the current response, whatever
+    // else Connection says. llhttp honours `keep-alive` first on HTTP/1.0, so the server answered
+    // `Connection: keep-alive` and read the bytes after it as a second request, where a proxy in
+    // front that honours `close` thinks the connection ended (framing it may read otherwise).
+    for (const connection of ['Connection: keep-alive, close\r\n', 'Connection: close, keep-alive\r\n', 'Connection: keep-alive\r\nConnection: close\r\n']) {
+      const { text, closed } = await exchange(`GET /health HTTP/1.0\r\n${connection}\r\n${SECOND}`, 3_000);
+      expect(statusLines(text), JSON.stringify(connection)).toEqual(['HTTP/1.1 200']);
+      expect(text, JSON.stringify(connection)).not.toMatch(/\r\nConnection: keep-alive\r\n/i);
+      expect(closed, JSON.stringify(connection)).toBe(true);
+    }
+  });
+
+  it('when a request with `Connection: close` is followed by more bytes in the same write, then it is still answered before the connection is closed', async () => {
+    // RFC 9112 §9.6: the server sends the final response to the request that carried `close`,
+    // then closes, and processes nothing after it. llhttp refuses the bytes after it
+    // (HPE_CLOSED_CONNECTION) while the request still waits for its turn, and answerClientError
+    // then closes the connection without writing anything: the sound request is lost.
+    for (const head of [
+      'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      'POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}',
+    ]) {
+      const { text, closed } = await exchange(head + SECOND, 3_000);
+      expect(closed, JSON.stringify(head)).toBe(true);
+      expect(statusLines(text), JSON.stringify(head)).toHaveLength(1);
+    }
+  });
+
+  it('when a request declares a body larger than the limit with an Expect other than 100-continue, then it is refused in the error envelope and the connection is closed before the body is read', async () => {
+    // Node answers an Expect it does not know with a bare 417 (no envelope, no X-Request-Id)
+    // before any handler runs, keeps the connection alive and reads the whole declared body to
+    // throw it away: the 413-before-a-byte-is-read rule (helper 97) and the header checks
+    // (two Host, two Authorization) are skipped. 50 MB sent after such a 417 were read in 0.07 s
+    // and the next request on the connection was served.
+    const declared = 100 * 1024 * 1024;
+    const { text, closed } = await exchange(
+      `POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Type: application/json\r\nContent-Length: ${declared}\r\n\r\n`,
+      3_000,
+    );
+    expect(closed).toBe(true);
+    const body = text.slice(text.indexOf('\r\n\r\n') + 4);
+    expect(text).toMatch(/^HTTP\/1\.1 4\d\d /);
+    expect(JSON.parse(body)).toMatchObject({ success: false });
+  });
+});

@@ -133,7 +133,9 @@ export async function withDatabaseErrors<T>(operation: () => Promise<T>): Promis
       return await operation();
     } catch (error) {
       const translated = translateDatabaseError(error);
-      if (attempt >= COLLISION_ATTEMPTS || !(translated instanceof UnavailableError && translated.message === COLLIDED)) throw translated;
+      // Only the database's own error is tried again: one already translated comes from a call
+      // nested in this one, which made its own attempts (its retries would multiply).
+      if (error instanceof AppError || attempt >= COLLISION_ATTEMPTS || !(translated instanceof UnavailableError && translated.message === COLLIDED)) throw translated;
       await sleep(2 + Math.random() * 8 * attempt);
     }
   }

@@ -82,6 +82,18 @@ describe('withDatabaseErrors', () => {
     expect(calls).toBe(3);
   });
 
+  it('when a call nested in another has made its attempts, then the outer one does not make them again', async () => {
+    let inner = 0;
+    const nested = withDatabaseErrors(() =>
+      withDatabaseErrors(async () => {
+        inner += 1;
+        throw deadlock();
+      }),
+    );
+    await expect(nested).rejects.toBeInstanceOf(UnavailableError);
+    expect(inner).toBe(3);
+  });
+
   it('when a call fails for anything but a collision, then it is not run again', async () => {
     for (const error of [known('P2002'), known('P1001'), known('P2024'), new Error('boom')]) {
       let calls = 0;

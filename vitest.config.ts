@@ -44,6 +44,7 @@ const SECURITY_SUITES = [
   'deadlines',
   'expensive-lists',
   'database-stall',
+  'audit-integrity',
 ].map((name) => `tests/security/${name}.test.ts`);
 
 /**
@@ -95,7 +96,7 @@ const MARIADB_URL = process.env.TEST_MARIADB_URL ?? 'mysql://root@127.0.0.1:3306
  * PostgreSQL in every topology; on MariaDB they were 45 s of CI's workers.
  */
 const MARIADB_API_SUITES = ['auth-api', 'users-api', 'users-search-api', 'spec-auth', 'audit-events-api', 'system-api'].map((name) => `tests/integration/${name}.test.ts`);
-const MARIADB_SECURITY_SUITES = ['login-lockout', 'password-guessing', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys', 'database-stall'].map(
+const MARIADB_SECURITY_SUITES = ['login-lockout', 'password-guessing', 'sessions', 'admin-sessions', 'admin-writes', 'idempotency-keys', 'database-stall', 'audit-integrity'].map(
   (name) => `tests/security/${name}.test.ts`,
 );
 /**

@@ -122,7 +122,30 @@ export class UserUseCases {
   async update(actor: Actor, input: MessageInitShape<typeof UpdateUserRequestSchema>): Promise<User> {
     const userId = input.userId ?? 0;
     requireSelfOrAdmin(actor, userId, 'Not authorized to update this user');
-    const existing = await this.#existing(userId);
+    // The fields that change, and so the event, are worked out from the row as read; the write is
+    // made only over that row's version, and worked out again from the row as it is now when
+    // another write came between (helper 117: with the write unconditional, setting a name back
+    // to what it had been before another administrator's edit left no event, and an e-mail change
+    // that undid a verification committed meanwhile was audited without it). A caller's own
+    // expected version stands as it is: its change is refused with 412 when the user moved on.
+    for (let attempt = 1; ; attempt += 1) {
+      const existing = attempt === 1 ? await this.#existing(userId) : await this.#current(userId);
+      const { changes, event } = await this.#profileChange(actor, input, existing);
+      const version = input.expectedVersion ?? existing.version;
+      try {
+        const row = await this.#audit.withWrite(event, (audit) => this.#users.update(userId, changes, { version }, { ...actingAs(actor, actor.userId !== userId), audit }));
+        return toUserMessage(row);
+      } catch (error) {
+        const movedOn = error instanceof AppError && error.code === 'PRECONDITION_FAILED' && input.expectedVersion === undefined;
+        if (!movedOn) throw error;
+        if (attempt >= PROFILE_WRITE_ATTEMPTS) throw new ConflictError('The user changed meanwhile; read it again and retry');
+      }
+    }
+  }
+
+  /** What a profile edit changes over `existing`, and its event (none when nothing changes). */
+  async #profileChange(actor: Actor, input: MessageInitShape<typeof UpdateUserRequestSchema>, existing: UserProfile) {
+    const userId = existing.id;
     const changes: UserChanges = {};
     if (input.email !== undefined && input.email.toLowerCase() !== existing.email) {
       changes.email = input.email.toLowerCase();
@@ -141,10 +164,7 @@ export class UserUseCases {
       changed.length === 0
         ? undefined
         : ({ type: 'USER_UPDATED', userId, actorId: actor.userId, ...clientFields(actor.client ?? {}), details: { fields: changed.join(',') } } as const);
-    const row = await this.#audit.withWrite(event, (audit) =>
-      this.#users.update(userId, changes, { version: input.expectedVersion }, { ...actingAs(actor, actor.userId !== userId), audit }),
-    );
-    return toUserMessage(row);
+    return { changes, event };
   }
 
   /** Deletes the user; its sessions go with it (cascade). The last active admin is refused. */
@@ -299,6 +319,14 @@ export class UserUseCases {
     return now;
   }
 
+  /** The user's row as the database holds it now, past this request's and the shared cache's reads. */
+  async #current(userId: number): Promise<UserProfile> {
+    const user = await this.#users.findById(userId);
+    if (user === null) throw new NotFoundError('User not found');
+    const { passwordHash: _hash, ...profile } = user;
+    return profile;
+  }
+
   async #existing(userId: number) {
     const user = await this.#users.findProfile(userId);
     if (user === null) throw new NotFoundError('User not found');
@@ -308,6 +336,9 @@ export class UserUseCases {
 
 /** A ConflictError, also as it arrives from a repository in another process (an AppError by code). */
 const isConflict = (error: unknown): boolean => error instanceof AppError && error.code === 'CONFLICT';
+
+/** Reads and conditional writes a profile edit makes before it gives up to other writes (409). */
+const PROFILE_WRITE_ATTEMPTS = 3;
 
 /** The profile fields an update may change, by name: what USER_UPDATED lists. */
 const PROFILE_FIELDS = ['email', 'firstName', 'lastName', 'phone', 'avatarUrl'] as const;

@@ -1,6 +1,7 @@
 // What both public facades (REST and RPC) do alike at the edge of a request: who the client is
 // (address, user agent, known-device token), and the response headers of the authentication
 // answers. One module, so that the five protocols cannot drift apart on these rules.
+import { isIP } from 'node:net';
 import { USER_AGENT_MAX_LENGTH, type ClientInfo } from '../domain/actor.ts';
 import { checkIdempotencyKey, IDEMPOTENCY_KEY_FIELD } from '../domain/idempotency-key.ts';
 import type { ClientAddressResolver } from '../infrastructure/client-address.ts';
@@ -8,8 +9,14 @@ import { DEVICE_TOKEN_MAX_LENGTH, deviceTokenExpiry } from '../infrastructure/se
 
 /** The header a known-device token travels in, both ways, on every protocol. */
 export const DEVICE_TOKEN_HEADER = 'x-device-token';
-/** The cookie that carries the same token for browsers, which cannot read HttpOnly cookies. */
-export const DEVICE_TOKEN_COOKIE = 'arcana_device';
+/**
+ * The cookie that carries the same token for browsers, which cannot read HttpOnly cookies. The
+ * `__Host-` prefix makes a browser refuse the name from anywhere but this host, with `Path=/`
+ * and no Domain: a sibling host of the site set `arcana_device` for the whole domain with a
+ * longer Path, which the browser sent first, and the server read it instead of the owner's, who
+ * lost its known device to a crowd of strangers (helper 118). Cookies of the old name are ignored.
+ */
+export const DEVICE_TOKEN_COOKIE = '__Host-arcana_device';
 /** The scheme's realm in WWW-Authenticate challenges. */
 const REALM = 'arcana-cloud';
 
@@ -59,7 +66,7 @@ export function idempotencyKeyOf(header: HeaderReader): string | undefined {
 export function deviceTokenHeaders(token: string, browser: BrowserCall, now = Date.now()): [string, string][] {
   const maxAgeSeconds = Math.max(0, (deviceTokenExpiry(token) ?? 0) - Math.floor(now / 1000));
   // HttpOnly: scripts never see it (a browser's answer has no header: relayAnswerHeaders);
-  // SameSite=Strict: no other site's page can replay it (but see isAnotherHost).
+  // SameSite=Strict: no other site's page can replay it (but see isAnotherSite).
   const cookie = `${DEVICE_TOKEN_COOKIE}=${token}; Max-Age=${maxAgeSeconds}; Path=/; HttpOnly; Secure; SameSite=Strict`;
   return [...(typeof browser.origin === 'string' ? [] : [[DEVICE_TOKEN_HEADER, token] as [string, string]]), ['set-cookie', forBrowser(cookie, browser)]];
 }
@@ -75,9 +82,9 @@ export function hostOf(url: string): string | null {
   return URL.canParse(url) ? new URL(url).host : null;
 }
 
-/** The known-device cookie as this browser can keep it (see isAnotherHost); other cookies as they are. */
+/** The known-device cookie as this browser can keep it (see isAnotherSite); other cookies as they are. */
 function forBrowser(cookie: string, browser: BrowserCall): string {
-  if (!cookie.startsWith(`${DEVICE_TOKEN_COOKIE}=`) || !isAnotherHost(browser.origin, browser.host)) return cookie;
+  if (!cookie.startsWith(`${DEVICE_TOKEN_COOKIE}=`) || !isAnotherSite(browser.origin, browser.host)) return cookie;
   return cookie.replace('SameSite=Strict', 'SameSite=None; Partitioned');
 }
 
@@ -113,18 +120,28 @@ export function relayAnswerHeaders(from: Headers, to: { set(name: string, value:
 }
 
 /**
- * Whether a browser's request comes from a page on another host than the API's: an app on an
+ * Whether a browser's request comes from a page of another site than the API's: an app on an
  * allowed origin (CORS_ORIGINS) of another site, whose answers a browser stores no SameSite=Strict
  * cookie from and would send none with. Its known-device cookie is SameSite=None instead (still
  * HttpOnly and Secure; Partitioned, as browsers that block third-party cookies keep only those, per
  * top-level site): it authenticates nothing, and a page of an origin not allowed cannot send
  * a login (JSON, gRPC-Web and Connect bodies need a preflight it fails; form and text bodies are
- * refused with 415). Before, such an app's users never counted as known devices (helper 112). The
- * host stands in for the site: a sibling subdomain gets SameSite=None too, which it does not need.
+ * refused with 415). Before, such an app's users never counted as known devices (helper 112). A
+ * sibling host of the API's own site gets the Strict cookie, the one the console gets: given a
+ * partitioned one beside it, the browser sent both with the sibling's same-site calls, and the
+ * server read the console's (helper 118). The site of a name is taken as its last two labels (an
+ * address, or a name of one label, is its own): without the public-suffix list, two sites under
+ * `co.uk` look like one, and such an app gets the Strict cookie, so no known device, never more.
  */
-function isAnotherHost(origin: string | null | undefined, host: string | null | undefined): boolean {
-  if (typeof origin !== 'string' || typeof host !== 'string' || !URL.canParse(origin)) return false;
-  return new URL(origin).host.toLowerCase() !== host.toLowerCase();
+function isAnotherSite(origin: string | null | undefined, host: string | null | undefined): boolean {
+  if (typeof origin !== 'string' || typeof host !== 'string' || !URL.canParse(origin) || !URL.canParse(`http://${host}`)) return false;
+  return siteOf(new URL(origin).hostname) !== siteOf(new URL(`http://${host}`).hostname);
+}
+
+function siteOf(hostname: string): string {
+  const name = hostname.toLowerCase().replace(/\.$/, '');
+  if (isIP(name.replace(/^\[|\]$/g, '')) !== 0 || !name.includes('.')) return name;
+  return name.split('.').slice(-2).join('.');
 }
 
 /**

@@ -158,7 +158,7 @@ describe('a browser app on an allowed origin of another site (CORS_ORIGINS)', ()
       // SameSite=Strict cookie from a cross-site answer (nor would it send one), so every login of
       // the app's users draws on the strangers' budget an attacker can spend.
       expect({ cookies, secondLoginKnownDevice: events[1]?.details.knownDevice }).toEqual({
-        cookies: [expect.stringMatching(/^arcana_device; SameSite=/)],
+        cookies: [expect.stringMatching(/^__Host-arcana_device; SameSite=None/)],
         secondLoginKnownDevice: true,
       });
     } finally {

@@ -111,16 +111,16 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect(browser.code).toBe('ok');
     expect(browser.headers.get('x-device-token')).toBeNull();
     expect(browser.headers.get('access-control-expose-headers') ?? '').not.toMatch(/x-device-token/i);
-    const cookie = /^arcana_device=([^;]+);.*HttpOnly;.*SameSite=Strict/.exec(browser.headers.get('set-cookie') ?? '');
+    const cookie = /^__Host-arcana_device=([^;]+);.*HttpOnly;.*SameSite=Strict/.exec(browser.headers.get('set-cookie') ?? '');
     expect(cookie?.[1]).toMatch(/^\d+\.[\w-]+\.\d+\.[\w-]+\.[\w-]+$/);
     // The cookie is the token: sent back, it is a known device's.
-    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(7), { cookie: `arcana_device=${cookie?.[1] ?? ''}` }))).code).toBe('ok');
+    expect((await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(7), { cookie: `__Host-arcana_device=${cookie?.[1] ?? ''}` }))).code).toBe('ok');
     // A page on another host (an allowed origin of another site) gets it as SameSite=None and
     // Partitioned, which a browser stores from a cross-site answer (helper 112; the browser itself
     // in console-attacks), never in a header either.
     const elsewhere = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(8), { origin: 'http://app.example' }));
     expect(elsewhere.headers.get('x-device-token')).toBeNull();
-    expect(elsewhere.headers.get('set-cookie')).toMatch(/^arcana_device=[^;]+;.*HttpOnly; Secure; SameSite=None; Partitioned$/);
+    expect(elsewhere.headers.get('set-cookie')).toMatch(/^__Host-arcana_device=[^;]+;.*HttpOnly; Secure; SameSite=None; Partitioned$/);
   });
 
   it("when strangers have spent the account's budget, then the owner's known device still logs in from a new address, and a stranger with the right password does not", async () => {
@@ -129,7 +129,7 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     expect(first.code).toBe('ok');
     const deviceToken = first.headers.get('x-device-token');
     expect(deviceToken).toMatch(/^\d+\.[\w-]+\.\d+\.[\w-]+\.[\w-]+$/);
-    expect(first.headers.get('set-cookie')).toMatch(/^arcana_device=[^;]+;.*HttpOnly;.*SameSite=Strict/);
+    expect(first.headers.get('set-cookie')).toMatch(/^__Host-arcana_device=[^;]+;.*HttpOnly;.*SameSite=Strict/);
 
     // Several addresses, each staying under its own lockout, together spend the account's budget.
     const attackers = Array.from({ length: Math.ceil(ACCOUNT_BUDGET / (MAX_FAILURES - 1)) }, (_, i) => ip(10 + i));
@@ -142,7 +142,7 @@ describe.each(PROTOCOLS)('login guessing over %s', (protocol: ProtocolName) => {
     const known = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(31), { 'x-device-token': deviceToken ?? '' }));
     expect(known.code).toBe('ok');
     // The cookie a browser would send back works the same as the header.
-    const viaCookie = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(32), { cookie: `arcana_device=${deviceToken}` }));
+    const viaCookie = await client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(32), { cookie: `__Host-arcana_device=${deviceToken}` }));
     expect(viaCookie.code).toBe('ok');
 
     // A device token is bound to its account: presented for another account, it is a stranger's.

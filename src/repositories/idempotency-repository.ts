@@ -1,5 +1,6 @@
 import { Prisma, type PrismaClient } from '../../gen/prisma/client.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
+import { UnavailableError } from '../domain/errors.ts';
 
 /** A record that holds an idempotency key: opaque HMACs and a sealed answer (see services/idempotency.ts). */
 export interface IdempotencyRecordView {
@@ -66,7 +67,9 @@ export class PrismaIdempotencyRepository implements IdempotencyRepository {
         if (attempt >= CLAIM_ATTEMPTS) {
           // Unreachable in practice; answered as if another request held the key, which is true.
           if (existing !== null) return { claimed: false, existing };
-          throw new Error('idempotency key kept changing hands while being claimed');
+          // The key's record went as fast as it came, three times (others' failed requests giving
+          // it back): the client is told to try again, never a 500 (helper 119, from the code).
+          throw new UnavailableError('This Idempotency-Key is being claimed by other requests; try again', undefined, 1);
         }
         // Expired: make room, conditionally, so that a record a parallel claim has just put in
         // its place is not deleted; then insert again.

@@ -26,6 +26,17 @@ import { createDualProtocolServer } from '../../src/server.ts';
 import { openTestDatabase, type TestDatabase } from '../helpers/test-database.ts';
 import { startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
 
+/** The public facades the last three groups attack, one server for all of them. */
+let t: TestServer;
+
+beforeAll(async () => {
+  t = await startTestServer();
+}, 60_000);
+
+afterAll(async () => {
+  await t.close();
+});
+
 describe('an internal layer against a caller without INTERNAL_API_SECRET', () => {
   let database: TestDatabase;
   let repository: Application;
@@ -115,16 +126,6 @@ describe('an internal layer against a caller without INTERNAL_API_SECRET', () =>
 });
 
 describe('response compression on the public RPC facade', () => {
-  let t: TestServer;
-
-  beforeAll(async () => {
-    t = await startTestServer();
-  }, 60_000);
-
-  afterAll(async () => {
-    await t.close();
-  });
-
   /** Server CPU (this process's user + system time, thread pool included) for one reflection stream of 200 questions. */
   const reflectionCpuMs = async (accept: 'gzip' | 'br'): Promise<number> => {
     const client = createClient(ServerReflection, createGrpcTransport({ baseUrl: t.baseUrl, acceptCompression: [accept === 'br' ? compressionBrotli : compressionGzip] }));
@@ -149,16 +150,6 @@ describe('response compression on the public RPC facade', () => {
 });
 
 describe('CORS preflights for Connect and gRPC-Web', () => {
-  let t: TestServer;
-
-  beforeAll(async () => {
-    t = await startTestServer();
-  }, 60_000);
-
-  afterAll(async () => {
-    await t.close();
-  });
-
   it('when a browser sends two preflights on one keep-alive connection, then both are answered on it: a bodiless OPTIONS has nothing unread', async () => {
     const socket = net.connect(t.port, '127.0.0.1');
     const preflight = (origin: string) =>
@@ -178,16 +169,6 @@ describe('CORS preflights for Connect and gRPC-Web', () => {
 });
 
 describe('an RPC path asked with a method it does not take', () => {
-  let t: TestServer;
-
-  beforeAll(async () => {
-    t = await startTestServer();
-  }, 60_000);
-
-  afterAll(async () => {
-    await t.close();
-  });
-
   it('when a client sends PUT, DELETE or PATCH to an RPC path, over HTTP/1.1 or HTTP/2, then the 405 says which methods it takes', async () => {
     const paths = { '/arcana.user.v1.UserService/GetUser': 'POST, GET', '/arcana.auth.v1.AuthService/Login': 'POST' };
     const session = http2.connect(t.baseUrl);

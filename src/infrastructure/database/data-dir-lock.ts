@@ -4,6 +4,7 @@
 // holding its pid, created exclusively; a second process finds it and refuses to start. A lock
 // left by a process that died (kill -9, a crash) names a pid that no longer runs and is taken over.
 import { readFile, rm, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 
 const LOCK_FILE = 'arcana-server.pid';
@@ -13,9 +14,11 @@ const held = new Set<string>();
 /** Claims `dataDir` for this process; resolves to the release, or rejects when another process holds it. */
 export async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
   const path = join(dataDir, LOCK_FILE);
-  for (let attempt = 0; attempt < 3; attempt += 1) {
+  for (let attempt = 0; attempt < ATTEMPTS; attempt += 1) {
     if (await createExclusively(path, `${process.pid}\n`)) return claimed(path);
-    const text = await readLock(path);
+    const text = await settledLock(path);
+    // Gone again: its holder let it go, or a take-over is between its two steps.
+    if (text === null) continue;
     const holder = Number.parseInt(text, 10);
     if (isRunning(holder) && (holder !== process.pid || held.has(path))) {
       throw new Error(
@@ -42,9 +45,29 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
   throw new Error(`DATA_DIR ${dataDir}: could not take its lock file ${path}; another server is starting there`);
 }
 
-/** The lock file's text, or '' when there is none (or it cannot be read). */
-function readLock(path: string): Promise<string> {
-  return readFile(path, 'utf8').catch(() => '');
+/** Tries at the lock before giving up to other servers starting on the directory. */
+const ATTEMPTS = 10;
+/** How long an empty lock file is taken for one being written, before it is taken for a writer's crash. */
+const EMPTY_LOCK_PATIENCE_MS = 1_000;
+
+/** The lock file's text, or null when there is none (or it cannot be read). */
+function readLock(path: string): Promise<string | null> {
+  return readFile(path, 'utf8').catch(() => null);
+}
+
+/**
+ * The lock file's text once it has any: a lock is created empty and then written, and a server
+ * that read it in between took the holder for dead (no pid), took the lock over and ran beside
+ * it (helper 113's race, again, one round in five). Still empty after EMPTY_LOCK_PATIENCE_MS, its
+ * writer died between the two steps: the empty text is then the lock's, to take over.
+ */
+async function settledLock(path: string): Promise<string | null> {
+  const started = Date.now();
+  for (;;) {
+    const text = await readLock(path);
+    if (text !== '' || Date.now() - started >= EMPTY_LOCK_PATIENCE_MS) return text;
+    await sleep(10);
+  }
 }
 
 /** Creates `path` with `text` unless it exists; whether it did. */
@@ -66,7 +89,7 @@ function claimed(path: string): () => Promise<void> {
 async function release(path: string): Promise<void> {
   if (!held.delete(path)) return;
   // Only this process's own lock goes.
-  if (Number.parseInt(await readLock(path), 10) === process.pid) await rm(path, { force: true });
+  if (Number.parseInt((await readLock(path)) ?? '', 10) === process.pid) await rm(path, { force: true });
 }
 
 function isRunning(pid: number): boolean {

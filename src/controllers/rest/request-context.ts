@@ -71,7 +71,7 @@ export function requestContext(
         }
         span.end();
       }
-      const level = status === 503 ? 'warn' : status >= 500 && !abandonedByClient ? 'error' : 'info';
+      const level = status === 503 ? 'warn' : status >= 500 ? 'error' : 'info';
       logger[level](
         {
           requestId,

@@ -226,8 +226,16 @@ export class AuthUseCases {
     });
     if (tokens === null) throw failed('changed_meanwhile');
     await attempt.succeeded();
-    this.#audit.record({ type: 'LOGIN_SUCCEEDED', userId: row.id, ...clientFields(client), details: { knownDevice: device !== undefined } });
-    await this.#endSessionsBeyondLimit(row.id, now, client);
+    // One event for the request, the sessions it ended included: a login past the bound used to
+    // record TOKENS_REVOKED beside it, two rows a request where the README promises one, so that
+    // the per-address rate limit bounds how fast a client grows the log (helper 121).
+    const superseded = await this.#endSessionsBeyondLimit(row.id, now);
+    this.#audit.record({
+      type: 'LOGIN_SUCCEEDED',
+      userId: row.id,
+      ...clientFields(client),
+      details: { knownDevice: device !== undefined, ...(superseded > 0 ? { supersededSessions: superseded } : {}) },
+    });
     const passwordHash = await this.#upgradedHash(row, input.password ?? '');
     return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, passwordHash, device) };
   }
@@ -257,20 +265,22 @@ export class AuthUseCases {
    * sessions, 4 s, the process from 385 MB to 1.15 GB; eight at once held /health up for seconds:
    * helper 72), and any client with the password could make them, a login at a time. A pile
    * from before the bound goes down by PRUNED_PER_LOGIN at each login. A failure here fails
-   * nothing: the new session is stored, and the next login tries again.
+   * nothing: the new session is stored, and the next login tries again. Returns how many chains
+   * it ended, for the login's own audit event, which carries the address and agent of the login
+   * that ended them (helper 73: an eviction named nobody).
    */
-  async #endSessionsBeyondLimit(userId: number, now: Date, client: ClientInfo): Promise<void> {
+  async #endSessionsBeyondLimit(userId: number, now: Date): Promise<number> {
+    let ended = 0;
     try {
       const live = await this.#tokens.listActive(userId, now);
-      if (live.length <= this.#sessionsPerUser) return;
+      if (live.length <= this.#sessionsPerUser) return 0;
       // Newest first; a chain shows once, under its newest pair.
       const chains = [...new Set(live.map((session) => session.familyId))].slice(this.#sessionsPerUser, this.#sessionsPerUser + PRUNED_PER_LOGIN);
-      for (const familyId of chains) await this.#tokens.revokeFamily(familyId, 'superseded');
-      // With the address and agent of the login that ended them (helper 73: an eviction named nobody).
-      if (chains.length > 0) this.#audit.record({ type: 'TOKENS_REVOKED', userId, ...clientFields(client), details: { count: chains.length, reason: 'superseded' } });
+      for (const familyId of chains) if ((await this.#tokens.revokeFamily(familyId, 'superseded')).length > 0) ended += 1;
     } catch {
       // Over the bound until the next login.
     }
+    return ended;
   }
 
   /**

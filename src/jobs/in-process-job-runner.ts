@@ -116,7 +116,7 @@ export class InProcessJobRunner implements JobRunner {
       await this.#purging;
     } catch (error) {
       this.#context.jobFailed(MAINTENANCE_QUEUE);
-      this.#context.logger.error({ err: errorText(error) }, 'session purge failed');
+      this.#context.logger.error({ err: errorText(error) }, 'purge failed');
     } finally {
       this.#purging = undefined;
     }

@@ -3,7 +3,7 @@
 // processes share one queue and the purge runs once per interval for all of them
 // (bullmq-job-runner.ts); without Redis, they run inside this process (in-process-job-runner.ts).
 import { InProcessJobRunner } from './in-process-job-runner.ts';
-import type { JobRunner, JobRunnerOptions, RunnerContext } from './jobs.ts';
+import { errorText, type JobRunner, type JobRunnerOptions, type RunnerContext } from './jobs.ts';
 
 export { AUDIT_QUEUE, MAINTENANCE_QUEUE, PURGE_SESSIONS, type JobRunner, type JobRunnerOptions } from './jobs.ts';
 
@@ -16,17 +16,34 @@ export async function createJobRunner(options: JobRunnerOptions): Promise<JobRun
     audit: options.auditRepository,
     now,
     jobFailed: options.onJobFailed ?? (() => undefined),
+    // The three purges are independent: a session purge that fails (a lock wait ran out on a
+    // large table, say) no longer skips the audit log's retention, which is a promise about how
+    // long addresses and agents are kept (helper 121). Each failure is logged and counted; the
+    // run fails, as a whole, once all three have had their turn.
     purge: async () => {
-      const started = Date.now();
-      const deleted = await options.tokenRepository.purgeStale(now(), options.purgeRetentionMs);
-      logger.info({ deleted, durationMs: Date.now() - started }, 'purged stale sessions');
-      // Expired records are already ignored and replaced by new claims; this only reclaims space.
-      const idempotencyRecords = await options.idempotencyRepository.purgeExpired(now());
-      logger.info({ deleted: idempotencyRecords }, 'purged expired idempotency records');
-      if (options.auditRetentionMs === 0) return deleted + idempotencyRecords;
-      const auditEvents = await options.auditRepository.purgeBefore(new Date(now().getTime() - options.auditRetentionMs));
-      logger.info({ deleted: auditEvents }, 'purged audit events past their retention');
-      return deleted + idempotencyRecords + auditEvents;
+      const purges: [string, () => Promise<number>][] = [
+        ['stale sessions', () => options.tokenRepository.purgeStale(now(), options.purgeRetentionMs)],
+        // Expired records are already ignored and replaced by new claims; this only reclaims space.
+        ['expired idempotency records', () => options.idempotencyRepository.purgeExpired(now())],
+      ];
+      if (options.auditRetentionMs > 0) {
+        purges.push(['audit events past their retention', () => options.auditRepository.purgeBefore(new Date(now().getTime() - options.auditRetentionMs))]);
+      }
+      let deleted = 0;
+      const failures: unknown[] = [];
+      for (const [what, purge] of purges) {
+        const started = Date.now();
+        try {
+          const count = await purge();
+          deleted += count;
+          logger.info({ deleted: count, durationMs: Date.now() - started }, `purged ${what}`);
+        } catch (error) {
+          failures.push(error);
+          logger.error({ err: errorText(error) }, `purge of ${what} failed`);
+        }
+      }
+      if (failures.length > 0) throw new AggregateError(failures, `${failures.length} of ${purges.length} purges failed`);
+      return deleted;
     },
   };
   if (options.redis === undefined) return new InProcessJobRunner(context, options.purgeIntervalMs);

@@ -361,6 +361,23 @@ describe('purging stale sessions', () => {
     expect(left.map((row) => new Date(row.created_at).getTime())).toEqual([cutoff, cutoff + DAY, now.getTime()]);
   });
 
+  it("when the session purge fails, then the audit log's retention is kept all the same and the run reports the failure", async () => {
+    // Found by an attacker reading the code: the purges ran one after the other, so a session
+    // purge that failed (a lock wait run out on a large table) skipped the audit retention, and
+    // the log kept addresses and agents past the time promised (helper 121).
+    const { id: userId } = await register(t);
+    const retention = 30 * DAY;
+    const old = new Date(now.getTime() - retention - DAY);
+    await audit.createMany([{ type: 'LOGOUT', userId, actorId: null, ipAddress: '203.0.113.9', userAgent: null, details: null, createdAt: old, eventKey: null }]);
+    const count = async () => Number((await t.sql<{ n: string }>('SELECT COUNT(*) AS n FROM audit_events WHERE user_id = $1 AND created_at < $2', [userId, now]))[0]?.n);
+    expect(await count()).toBe(1);
+
+    const failing = { purgeStale: () => Promise.reject(new Error('canceling statement due to lock timeout')) };
+    const runner = await startRunner({ now: () => now, auditRetentionMs: retention, tokenRepository: failing });
+    await expect(runner.runPurgeNow()).rejects.toThrow('1 of 3 purges failed');
+    expect(await count()).toBe(0);
+  });
+
   it('when a rotated refresh token is replayed after a purge, then the live successor is still revoked', async () => {
     const user = await register(t);
     const rotated = await t.request.post('/api/v1/auth/refresh').send({ refreshToken: user.refreshToken });

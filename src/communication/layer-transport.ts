@@ -124,7 +124,10 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     // (and never start bcrypt) for an answer nobody will receive.
     const signal = callSignal ?? currentCallContext()?.signal;
     for (let attempt = 0; ; attempt += 1) {
-      const left = deadline - Date.now();
+      // In whole milliseconds: a client's deadline may be a fraction of one (grpc-go writes
+      // `4999876u`), and connect-timeout-ms takes digits only; `4999.0009765625` was refused by
+      // the layer below, and every such call failed `internal` (helper 120).
+      const left = Math.ceil(deadline - Date.now());
       if (left <= 0) throw expired(requestBound);
       try {
         const response = await pick().unary(method, signal, left, headers, input, contextValues);
@@ -185,7 +188,7 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
       const { headers, deadline } = prepare(header, timeoutMs, contextValues, parent);
       const signal = callSignal ?? currentCallContext()?.signal;
       try {
-        return await pick().stream(method, signal, Math.max(1, deadline - Date.now()), headers, input, contextValues);
+        return await pick().stream(method, signal, Math.max(1, Math.ceil(deadline - Date.now())), headers, input, contextValues);
       } catch (error) {
         throw fromLayerError(error);
       }

@@ -43,6 +43,31 @@ describe('client deadlines', () => {
     for (const answer of await Promise.all(calls)) expect(answer).toEqual({ ...answer, code: 'ok' });
   });
 
+  it('when a gRPC deadline is given in microseconds or nanoseconds, as grpc-go and grpc-java send every deadline under 100 s, then each call is answered as a whole-millisecond one is', async () => {
+    // Found by an attacking helper (120): a deadline of a fraction of a millisecond was carried
+    // to the service layer over Connect/HTTP as `connect-timeout-ms: 4999.0009765625`, which the
+    // service process refused as a malformed header: in layered-http every such call was `internal`.
+    // What grpc-go writes for deadlines of 5 s, 10 s and 30 s (a deadline in nanoseconds is at
+    // most 100 ms, too short to be sure of a login in a split topology under a parallel test run).
+    const deadlines = ['4999876u', '9999999u', '30000001u'];
+    const protocols = RPC_PROTOCOLS.filter((protocol) => !protocol.startsWith('connect'));
+    const me = toBinary(GetCurrentUserRequestSchema, create(GetCurrentUserRequestSchema));
+    const calls = protocols.flatMap((protocol) =>
+      deadlines.map(async (deadline) => {
+        // A user each: parallel logins of one account are held to its lockout's reservations.
+        const user = await register(t);
+        const login = toBinary(LoginRequestSchema, create(LoginRequestSchema, { usernameOrEmail: user.username, password: user.password }));
+        const headers = { 'grpc-timeout': deadline };
+        const [loggedIn, read] = await Promise.all([
+          raw.rpc(protocol, 'arcana.auth.v1.AuthService/Login', login, { headers }),
+          raw.rpc(protocol, 'arcana.auth.v1.AuthService/GetCurrentUser', me, { headers: { ...headers, authorization: `Bearer ${user.accessToken}` } }),
+        ]);
+        return { protocol, deadline, login: `${loggedIn.code} ${loggedIn.message}`.trim(), read: `${read.code} ${read.message}`.trim() };
+      }),
+    );
+    expect(await Promise.all(calls)).toEqual(protocols.flatMap((protocol) => deadlines.map((deadline) => ({ protocol, deadline, login: 'ok', read: 'ok' }))));
+  });
+
   it('when a deadline has passed before the work could start, then the answer is deadline_exceeded, over every RPC protocol', async () => {
     const user = await register(t);
     const procedure = 'arcana.auth.v1.AuthService/Login';

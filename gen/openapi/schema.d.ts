@@ -212,7 +212,7 @@ export interface paths {
         get?: never;
         /**
          * Change own password
-         * @description Self only: the path id must be the caller's own, even for admins (403 otherwise). Requires the current password; a wrong one is a 401 with `AUTHENTICATION_ERROR`, which here does not mean the session has ended.
+         * @description Self only: the path id must be the caller's own, even for admins (403 otherwise). Requires the current password; a wrong one is a 401 with `AUTHENTICATION_ERROR`, which here does not mean the session has ended. With `If-Match`, only if the user's version is still the one given.
          */
         put: operations["changePassword"];
         post?: never;
@@ -890,7 +890,7 @@ export interface components {
             };
             content?: never;
         };
-        /** @description The user changed since the version given in `If-Match` (`PRECONDITION_FAILED`): nothing was written. Read it again and retry. */
+        /** @description The user changed since the version given in `If-Match`, or is still at a version given in `If-None-Match` (`PRECONDITION_FAILED`): nothing was written. Read it again and retry. */
         PreconditionFailed: {
             headers: {
                 [name: string]: unknown;
@@ -926,7 +926,7 @@ export interface components {
         StatusFilter: components["schemas"]["UserStatus"];
         /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
         IfMatch: string;
-        /** @description The `ETag` of the copy the client holds: answer 304 without a body while the user's version is still this one. */
+        /** @description The `ETag` of the copy the client holds: a read answers 304 without a body while the user's version is still this one (weak comparison). A write is done only if the user's version is none of those given, or answers 412 and changes nothing; `*` refuses any write to an existing user. */
         IfNoneMatch: string;
         /** @description Only users whose username, e-mail, first name or last name starts with this text, ignoring case (a prefix match: `ali` finds `Alice` and `alice@example.com`, not `Natalia`). Every character is literal, `%` and `_` included. Written as HTML forms and `URLSearchParams` write it: `+` stands for a space (`q=Ada+Lovelace`), `%2B` for a plus sign, and other reserved characters may come unencoded. */
         UserSearch: string;
@@ -1223,7 +1223,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description The `ETag` of the copy the client holds: answer 304 without a body while the user's version is still this one. */
+                /** @description The `ETag` of the copy the client holds: a read answers 304 without a body while the user's version is still this one (weak comparison). A write is done only if the user's version is none of those given, or answers 412 and changes nothing; `*` refuses any write to an existing user. */
                 "If-None-Match"?: components["parameters"]["IfNoneMatch"];
             };
             path: {
@@ -1259,6 +1259,8 @@ export interface operations {
             header?: {
                 /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
                 "If-Match"?: components["parameters"]["IfMatch"];
+                /** @description The `ETag` of the copy the client holds: a read answers 304 without a body while the user's version is still this one (weak comparison). A write is done only if the user's version is none of those given, or answers 412 and changes nothing; `*` refuses any write to an existing user. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
             };
             path: {
                 /** @description Id of the user. */
@@ -1300,6 +1302,8 @@ export interface operations {
             header?: {
                 /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
                 "If-Match"?: components["parameters"]["IfMatch"];
+                /** @description The `ETag` of the copy the client holds: a read answers 304 without a body while the user's version is still this one (weak comparison). A write is done only if the user's version is none of those given, or answers 412 and changes nothing; `*` refuses any write to an existing user. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
             };
             path: {
                 /** @description Id of the user. */
@@ -1332,7 +1336,12 @@ export interface operations {
     changePassword: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+                /** @description The `ETag` of the copy the client holds: a read answers 304 without a body while the user's version is still this one (weak comparison). A write is done only if the user's version is none of those given, or answers 412 and changes nothing; `*` refuses any write to an existing user. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
             path: {
                 /** @description Id of the user. */
                 userId: components["parameters"]["UserId"];
@@ -1359,6 +1368,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
             413: components["responses"]["PayloadTooLarge"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
@@ -1370,6 +1380,8 @@ export interface operations {
             header?: {
                 /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
                 "If-Match"?: components["parameters"]["IfMatch"];
+                /** @description The `ETag` of the copy the client holds: a read answers 304 without a body while the user's version is still this one (weak comparison). A write is done only if the user's version is none of those given, or answers 412 and changes nothing; `*` refuses any write to an existing user. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
             };
             path: {
                 /** @description Id of the user. */
@@ -1406,6 +1418,8 @@ export interface operations {
             header?: {
                 /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
                 "If-Match"?: components["parameters"]["IfMatch"];
+                /** @description The `ETag` of the copy the client holds: a read answers 304 without a body while the user's version is still this one (weak comparison). A write is done only if the user's version is none of those given, or answers 412 and changes nothing; `*` refuses any write to an existing user. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
             };
             path: {
                 /** @description Id of the user. */
@@ -1447,6 +1461,8 @@ export interface operations {
             header?: {
                 /** @description The user's `ETag` (its version, e.g. `"3"`): change the user only if its version is still this one, or answer 412 and change nothing. `*` matches any existing user. RPC callers set `expected_version` instead. */
                 "If-Match"?: components["parameters"]["IfMatch"];
+                /** @description The `ETag` of the copy the client holds: a read answers 304 without a body while the user's version is still this one (weak comparison). A write is done only if the user's version is none of those given, or answers 412 and changes nothing; `*` refuses any write to an existing user. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
             };
             path: {
                 /** @description Id of the user. */

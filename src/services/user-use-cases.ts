@@ -8,7 +8,7 @@ import {
 } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { UserRole, UserSchema, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
-import { AppError, AuthenticationError, AuthorizationError, ConflictError, NotFoundError, RateLimitedError } from '../domain/errors.ts';
+import { AppError, AuthenticationError, AuthorizationError, ConflictError, NotFoundError, PreconditionFailedError, RateLimitedError } from '../domain/errors.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-mapping.ts';
@@ -196,6 +196,10 @@ export class UserUseCases {
     this.#passwords.acceptable(input.newPassword ?? '', 'newPassword');
     const user = await this.#users.findById(userId);
     if (user === null) throw new NotFoundError('User not found');
+    // A stale precondition fails before any password is compared, and again in the write (a
+    // change may commit meanwhile). REST's If-Match here used to be ignored (helper 123).
+    const expectedVersion = input.expectedVersion;
+    if (expectedVersion !== undefined && expectedVersion !== user.version) throw new PreconditionFailedError();
     const client = actor.client ?? {};
     const device = this.#devices.verify(client.deviceToken, userId, user.passwordHash);
     const attempt = await this.#throttle.admit({ name: user.username, userId, address: addressKey(client.ipAddress), device });
@@ -222,7 +226,7 @@ export class UserUseCases {
     // with the first one's password in effect (and the first one's caller holding the only live
     // session). Two hashes may have waited their turns: an account suspended or a session ended
     // meanwhile gets no new password (the write is authorized again, see ActingAs).
-    const write = { changes: { passwordHash }, expected: { passwordHash: user.passwordHash } };
+    const write = { changes: { passwordHash }, expected: { passwordHash: user.passwordHash, version: expectedVersion } };
     // How many other sessions it ended is the write's to say (SESSIONS_ENDED_DETAIL).
     const event = { type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { [SESSIONS_ENDED_DETAIL]: 0 } } as const;
     await uninterrupted(() =>

@@ -275,7 +275,7 @@ function rpcClient(protocol: Exclude<ProtocolName, 'rest'>, baseUrl: string): Ap
       call(
         token,
         extras,
-        (options) => users.changePassword({ userId, ...body }, options),
+        (options) => users.changePassword({ userId, ...body, expectedVersion: extras?.expectedVersion }, options),
         () => null,
       ),
     getUser: (token, userId, extras) => call(token, extras, (options) => users.getUser({ userId }, options), user),

@@ -264,6 +264,73 @@ describe('administrators writing over each other', () => {
 });
 
 describe('ETags on REST', () => {
+  it('when a password change names a stale version (REST If-Match, RPC expected_version), then it fails as a stale write before any comparison and the password stays; the current version changes it, over every protocol in parallel', async () => {
+    // Found by an attacker (helper 123): the password route took no precondition, so a client
+    // guarding its write with If-Match got an unguarded one (200, the password changed).
+    const clients = apiClients(t.baseUrl);
+    try {
+      const answers = await Promise.all(
+        clients.map(async (client) => {
+          const user = await register(t);
+          const [before] = await t.sql<{ version: number }>('SELECT version FROM users WHERE id = $1', [user.id]);
+          const stale = before?.version ?? 0;
+          // Another write moves the user on, unseen by the client holding `stale`.
+          expect((await client.updateUser(user.accessToken, user.id, { firstName: 'Moved' })).code).toBe('ok');
+          const newPassword = `Another-Passw0rd!${client.protocol.length}`;
+          const refused = await client.changePassword(user.accessToken, user.id, { oldPassword: user.password, newPassword }, { expectedVersion: stale });
+          const oldStillWorks = (await client.login({ usernameOrEmail: user.username, password: user.password })).code;
+          // The login moved the version on too (its last-login time).
+          const [now] = await t.sql<{ version: number }>('SELECT version FROM users WHERE id = $1', [user.id]);
+          const changed = await client.changePassword(user.accessToken, user.id, { oldPassword: user.password, newPassword }, { expectedVersion: now?.version ?? 0 });
+          const newWorks = (await client.login({ usernameOrEmail: user.username, password: newPassword })).code;
+          return { protocol: client.protocol, refused: refused.code, oldStillWorks, changed: changed.code, newWorks };
+        }),
+      );
+      expect(answers).toEqual(clients.map((client) => ({ protocol: client.protocol, refused: 'aborted', oldStillWorks: 'ok', changed: 'ok', newWorks: 'ok' })));
+      // Nothing was compared for the stale write: no failed change was audited.
+      const failed = await t.sql('SELECT id FROM audit_events WHERE type = $1 AND user_id IN (SELECT id FROM users WHERE first_name = $2)', ['PASSWORD_CHANGE_FAILED', 'Moved']);
+      expect(failed).toEqual([]);
+    } finally {
+      closeAll(clients);
+    }
+  });
+
+  it("when a write carries If-None-Match, then it is done only if the user's version is none of those named: `*` or the current tag is 412 and changes nothing, after 403 and 404", async () => {
+    // Found by an attacker (helper 123): If-None-Match was ignored on writes, and the write done
+    // (RFC 9110 §13.1.2: `*` guards a PUT against changing an existing representation).
+    const admin = await loginAdmin(t);
+    const user = await register(t);
+    const [before] = await t.sql<{ version: number }>('SELECT version FROM users WHERE id = $1', [user.id]);
+    const current = `"${before?.version ?? 0}"`;
+    const send = (token: string, method: 'put' | 'delete' | 'post', path: string, tag: string, body?: object) => {
+      const request = t.request[method](path)
+        .set(...bearer(token))
+        .set('if-none-match', tag);
+      return (body === undefined ? request : request.send(body)).then((response) => response.status);
+    };
+    const id = `/api/v1/users/${user.id}`;
+    const answers = await Promise.all(
+      [current, 'W/' + current, '*', `"1234", ${current}`].flatMap((tag) => [
+        send(admin, 'put', id, tag, { firstName: 'Never' }),
+        send(admin, 'delete', id, tag),
+        send(admin, 'post', `${id}/verify`, tag),
+        send(admin, 'put', `${id}/status`, tag, { status: 'SUSPENDED' }),
+        send(admin, 'put', `${id}/role`, tag, { role: 'GUEST' }),
+        send(user.accessToken, 'put', `${id}/password`, tag, { oldPassword: user.password, newPassword: 'Another-Passw0rd!x9' }),
+        // Who may write, and whether the user exists, answer first.
+        send(user.accessToken, 'put', `${id}/role`, tag, { role: 'ADMIN' }),
+        send(admin, 'delete', '/api/v1/users/2147483000', tag),
+      ]),
+    );
+    expect(answers).toEqual(Array(4).fill([412, 412, 412, 412, 412, 412, 403, 404]).flat());
+    const [after] = await t.sql<UserRow>('SELECT version, is_verified, status::text AS status, role::text AS role, first_name FROM users WHERE id = $1', [user.id]);
+    expect(after).toEqual({ version: before?.version, is_verified: false, status: 'ACTIVE', role: 'USER', first_name: null });
+    // A tag of another version lets the write through.
+    expect(await send(admin, 'put', id, '"1234"', { firstName: 'Changed' })).toBe(200);
+    expect(await send(admin, 'put', id, 'not-a-tag', { firstName: 'Bad' })).toBe(400);
+    expect((await row(t, user.id))?.first_name).toBe('Changed');
+  });
+
   it('when an If-Match names no version, then a caller without the right to the write hears why first: 401, 403 or 404 before 412, in parallel', async () => {
     // Found by an attacker (helper 87): the tag was judged before anything else, so a revoked
     // token, a USER changing a role and an unknown id all got 412 (RFC 9110 §13.2.1: a server

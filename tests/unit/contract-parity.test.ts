@@ -49,7 +49,7 @@ const RPC_NAME_FOR_OPERATION: Record<string, string> = {};
  */
 const FIELD_EXCEPTIONS: Record<string, string> = {
   ...Object.fromEntries(
-    ['UpdateUser', 'DeleteUser', 'VerifyUser', 'UpdateUserStatus', 'UpdateUserRole'].map((rpc) => [
+    ['UpdateUser', 'DeleteUser', 'ChangePassword', 'VerifyUser', 'UpdateUserStatus', 'UpdateUserRole'].map((rpc) => [
       `${rpc} request expectedVersion`,
       "REST sends the expected version as the If-Match header (the user's ETag), not as a body field; the RPC validator checks both against components/schemas/Version",
     ]),

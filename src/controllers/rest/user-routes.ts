@@ -1,4 +1,4 @@
-import type { IRouter, Request } from 'express';
+import type { IRouter, Request, Response } from 'express';
 import type { components, operations } from '../../../gen/openapi/schema.d.ts';
 import type { User } from '../../../gen/proto/arcana/user/v1/user_pb.js';
 import { ValidationError } from '../../domain/errors.ts';
@@ -72,11 +72,34 @@ export function expectedVersionOf(req: Request): number | undefined {
 }
 
 /** Whether If-None-Match names the user's current tag (weak comparison, RFC 9110 §13.1.2). */
-function notModified(req: Request, user: User): boolean {
+function notModified(req: Request, user: Pick<User, 'version'>): boolean {
   const header = req.get('if-none-match');
   if (header === undefined) return false;
   const tags = entityTags(header) ?? [];
   return tags === '*' || tags.some((tag) => tag.opaque === String(user.version));
+}
+
+/**
+ * The version a write to the user requires, from both of its preconditions (RFC 9110 §13.2.2:
+ * If-Match first, then If-None-Match). A write must not be done when If-None-Match names the
+ * user's version, or is `*` and the user exists; those headers used to be ignored on writes, and
+ * the write done (helper 123). Without If-Match, the version If-None-Match is compared with is
+ * the user's as read now, and the write is then made over that version, so that it is not done
+ * over one the header names that came meanwhile. When the condition fails the write still goes
+ * to the service, expecting a version no user has: who may write, and whether the user exists,
+ * answer first (a 403 or 404 wins over 412, RFC 9110 §13.2.1), and nothing is written.
+ */
+async function writeVersionOf(req: Request, res: Response, users: ServiceClients['users'], userId: number): Promise<number | undefined> {
+  const expected = expectedVersionOf(req);
+  const header = req.get('if-none-match');
+  if (header === undefined) return expected;
+  const tags = entityTags(header);
+  if (tags === undefined) throw new ValidationError('Validation failed', { 'If-None-Match': 'must be an entity tag such as "3", or *' });
+  if (tags === '*') return NO_VERSION;
+  if (expected !== undefined) return notModified(req, { version: expected }) ? NO_VERSION : expected;
+  const { user } = await users.getUser({ userId }, callOptions(req, res));
+  const version = requireField(user, 'user').version;
+  return notModified(req, { version }) ? NO_VERSION : version;
 }
 
 /**
@@ -123,36 +146,43 @@ export function addUserRoutes(router: IRouter, { users, auth }: ServiceClients):
 
   router.put(at('/:userId'), requireBearer, async (req, res) => {
     const body = req.body as Schemas['UpdateUserRequest'];
-    const { user } = await users.updateUser({ ...body, userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
+    const userId = userIdOf(req);
+    const { user } = await users.updateUser({ ...body, userId, expectedVersion: await writeVersionOf(req, res, users, userId) }, callOptions(req, res));
     sendUser(res, requireField(user, 'user'), 'User updated successfully');
   });
 
   router.delete(at('/:userId'), requireBearer, async (req, res) => {
-    await users.deleteUser({ userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
+    const userId = userIdOf(req);
+    await users.deleteUser({ userId, expectedVersion: await writeVersionOf(req, res, users, userId) }, callOptions(req, res));
     sendSuccess(res, null, 'User deleted successfully');
   });
 
   router.put(at('/:userId/password'), requireBearer, async (req, res) => {
     const body = req.body as Schemas['ChangePasswordRequest'];
-    await users.changePassword({ ...body, userId: userIdOf(req) }, callOptions(req, res));
+    const userId = userIdOf(req);
+    await users.changePassword({ ...body, userId, expectedVersion: await writeVersionOf(req, res, users, userId) }, callOptions(req, res));
     sendSuccess(res, null, 'Password changed successfully');
   });
 
   router.post(at('/:userId/verify'), requireBearer, async (req, res) => {
-    const { user } = await users.verifyUser({ userId: userIdOf(req), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
+    const userId = userIdOf(req);
+    const { user } = await users.verifyUser({ userId, expectedVersion: await writeVersionOf(req, res, users, userId) }, callOptions(req, res));
     sendUser(res, requireField(user, 'user'), 'User verified successfully');
   });
 
   router.put(at('/:userId/status'), requireBearer, async (req, res) => {
     const body = req.body as Schemas['UpdateUserStatusRequest'];
-    const request = { userId: userIdOf(req), status: statusFromRest(body.status), expectedVersion: expectedVersionOf(req) };
+    const userId = userIdOf(req);
+    const request = { userId, status: statusFromRest(body.status), expectedVersion: await writeVersionOf(req, res, users, userId) };
     const { user } = await users.updateUserStatus(request, callOptions(req, res));
     sendUser(res, requireField(user, 'user'), 'User status updated successfully');
   });
 
   router.put(at('/:userId/role'), requireBearer, async (req, res) => {
     const body = req.body as Schemas['UpdateUserRoleRequest'];
-    const { user } = await users.updateUserRole({ userId: userIdOf(req), role: roleFromRest(body.role), expectedVersion: expectedVersionOf(req) }, callOptions(req, res));
+    const userId = userIdOf(req);
+    const request = { userId, role: roleFromRest(body.role), expectedVersion: await writeVersionOf(req, res, users, userId) };
+    const { user } = await users.updateUserRole(request, callOptions(req, res));
     sendUser(res, requireField(user, 'user'), 'User role updated successfully');
   });
 

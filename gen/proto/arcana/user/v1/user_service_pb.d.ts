@@ -368,6 +368,14 @@ export declare type ChangePasswordRequest = Message<"arcana.user.v1.ChangePasswo
    * @generated from field: string new_password = 3;
    */
   newPassword: string;
+
+  /**
+   * Change the password only if the user's version is still this one (the `version` you read);
+   * otherwise the call fails with ABORTED and nothing changes. Unset: no such check.
+   *
+   * @generated from field: optional int32 expected_version = 4;
+   */
+  expectedVersion?: number | undefined;
 };
 
 /**

@@ -6,12 +6,13 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OPENAPI_PATH } from '../../src/app.ts';
 import { protoServices, publicProtoFiles } from '../../src/controllers/rest/docs-routes.ts';
-import { bearer, createTestApp, loginAdmin, type TestApp } from '../helpers/test-app.ts';
+import { bearer, capturingLogger, createTestApp, loginAdmin, type TestApp } from '../helpers/test-app.ts';
 
 let t: TestApp;
+const log = capturingLogger();
 
 beforeAll(async () => {
-  t = await createTestApp();
+  t = await createTestApp({}, { logger: log.logger });
 });
 
 afterAll(async () => {
@@ -100,6 +101,33 @@ describe('API docs', () => {
     }
     // At least the large ones do go out gzipped, so the weak tags above were seen.
     expect((await t.request.get('/docs/proto/').set('accept-encoding', 'gzip')).headers.etag).toMatch(/^W\//);
+  });
+
+  it("when the docs' files are asked for with a Range, If-Match or If-Unmodified-Since, then Range is ignored and a failed precondition is a 412 that no cache keeps, never a 500", async () => {
+    // Found by an attacker (helper 123): `send`'s 416 and 412 reached the error handler as a 500,
+    // logged with a stack for any anonymous request, and the error kept the asset's
+    // `cache-control: public, max-age=3600`: a shared cache could serve it as Redoc for an hour.
+    const files = ['/docs/assets/redoc.standalone.js', '/docs/assets/docs.js', '/docs/assets/proto.css', '/docs/proto/arcana/user/v1/user.proto'];
+    const before = log.lines.length;
+    const answers = await Promise.all(
+      files.flatMap((path) =>
+        [
+          { range: 'bytes=99999999-' },
+          { range: 'bytes=5-1' },
+          { range: 'bytes=0-0' },
+          { 'if-match': '"not-this-file"' },
+          { 'if-unmodified-since': 'Mon, 01 Jan 2001 00:00:00 GMT' },
+        ].map(async (headers) => {
+          const res = await t.request.get(path).set(headers).set('accept-encoding', 'identity');
+          return { path, headers, status: res.status, cache: res.headers['cache-control'], range: res.headers['content-range'], code: res.body?.error?.code as unknown };
+        }),
+      ),
+    );
+    for (const answer of answers) {
+      if ('range' in answer.headers) expect(answer, 'served whole').toMatchObject({ status: 200, range: undefined });
+      else expect(answer, 'a failed precondition').toMatchObject({ status: 412, cache: 'no-store', range: undefined, code: 'PRECONDITION_FAILED' });
+    }
+    expect(log.lines.slice(before).filter((line) => line.level === 'error' || line.level === 'fatal')).toEqual([]);
   });
 
   it('when an API answer carries its own requestId, then it carries no tag of its body; a user read carries its version as tag', async () => {

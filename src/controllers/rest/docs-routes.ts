@@ -103,6 +103,9 @@ ${sections.join('\n')}
 </body></html>`;
 }
 
+/** How the docs' files are sent: whole, whatever Range asks (RFC 9110 §14.2 lets a server ignore it). */
+const WHOLE_FILES = { acceptRanges: false } as const;
+
 /** GET /docs, its assets, /openapi.yaml and /docs/proto/. Reads what it serves once, at start-up. */
 export function createDocsRoutes(apiSpecPath: string): Router {
   // Strict: /docs/proto/ and /docs/proto are different pages to a browser (the index's relative
@@ -121,10 +124,12 @@ export function createDocsRoutes(apiSpecPath: string): Router {
     res.setHeader('etag', tag);
     res.type('html').send(body);
   };
+  // Served whole: a Range no byte of the file met was `send`'s 416, which reached the error
+  // handler as a 500 (helper 123), and no client of these small files needs part of one.
   const asset = (file: string, type: string) => (_req: unknown, res: Response) => {
     res.type(type);
     res.setHeader('cache-control', 'public, max-age=3600');
-    res.sendFile(file);
+    res.sendFile(file, WHOLE_FILES);
   };
 
   router.get('/docs', (_req, res) => html(res, DOCS_CSP, page, pageTag));
@@ -150,7 +155,7 @@ export function createDocsRoutes(apiSpecPath: string): Router {
     }
     res.setHeader('content-security-policy', STATIC_CSP);
     res.type('text/plain; charset=utf-8');
-    res.sendFile(join(PROTO_ROOT, ...file.split('/')));
+    res.sendFile(join(PROTO_ROOT, ...file.split('/')), WHOLE_FILES);
   });
   return router;
 }

@@ -20,6 +20,9 @@ interface HttpLikeError {
   errors?: { path?: string; message?: string }[];
 }
 
+/** Headers a route may set for its answer that an error answer in its place must not carry. */
+const SUCCESS_ONLY_HEADERS = ['content-type', 'etag', 'last-modified', 'content-range', 'accept-ranges', 'content-disposition'] as const;
+
 /** The error codes zlib gives a compressed body it cannot inflate (gzip, deflate, brotli, zstd). */
 const DECOMPRESSION_FAILURE = /^(Z_|ERR_BROTLI|ERR_ZSTD|ZSTD_|ERR__ERROR_FORMAT|ERR_PADDING)/;
 
@@ -59,6 +62,13 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
       res.end();
       return;
     }
+    // What the route had set for the answer it meant to give describes that answer, not this
+    // one: a docs asset's 412 went out with the asset's `cache-control: public, max-age=3600`, so
+    // a shared cache could keep the error as the file for an hour (helper 123). No error answer
+    // is to be stored (the API's already were not), and its body is the JSON envelope, whatever
+    // type the file would have had.
+    for (const name of SUCCESS_ONLY_HEADERS) res.removeHeader(name);
+    res.setHeader('cache-control', 'no-store');
     const retryAfter = appError === undefined ? undefined : retryAfterOf(appError);
     if (retryAfter !== undefined) res.setHeader('retry-after', String(retryAfter));
     if (status === 401) {
@@ -112,6 +122,9 @@ function toAppError(error: unknown): AppError | undefined {
   }
   // Any other 400 a parser raises is still the request's fault, not the server's.
   if (status === 400) return new AppError('VALIDATION_ERROR', 'Malformed request');
+  // A static file's If-Match or If-Unmodified-Since that the file does not meet (`send`'s 412,
+  // passed on to next()): it was a 500, logged with a stack, for any anonymous client (helper 123).
+  if (status === 412) return new AppError('PRECONDITION_FAILED', 'The file is not at the version the request requires');
   return undefined;
 }
 

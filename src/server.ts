@@ -487,10 +487,35 @@ function headerProblem(req: IncomingMessage): string | undefined {
   }
   // Only HTTP/1.0 may omit Host: Node's parser also takes `HTTP/2.0` and `HTTP/0.9` request lines
   // here (a real HTTP/2 request never reaches this server), which must not be a way around the rule.
-  if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return undefined;
+  if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return toOriginForm(req);
   if (hosts > 1) return 'An HTTP/1.1 request must carry one Host header, not several';
   if (hosts === 0) return 'An HTTP/1.1 request must carry a Host header';
-  return malformedAuthority(req.headers.host) ? 'The Host header is not a host name or address, with an optional port' : undefined;
+  if (malformedAuthority(req.headers.host)) return 'The Host header is not a host name or address, with an optional port';
+  return toOriginForm(req);
+}
+
+/** `http://authority/path?query` (or https): the absolute form of a request target. */
+const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
+
+/**
+ * Serves a request whose target is in absolute form (`GET http://host/api/v1/users/1`) as its
+ * origin form, which RFC 9112 §3.2.2 requires of a server ("MUST accept the absolute-form"): it
+ * was a 404 on every path. The target's authority stands for the Host header, which the server
+ * then ignores (the same section); it must be well formed as Host must. The path is kept as the
+ * client wrote it, not normalized by a URL parser (`..` segments and percent-encodings reach the
+ * routes as they would in origin form). An authority-form target other than CONNECT's, or any
+ * other that is no path, `*` or absolute URL, is left to the routes (a 404).
+ */
+function toOriginForm(req: IncomingMessage): string | undefined {
+  const target = req.url ?? '';
+  if (target.startsWith('/')) return undefined;
+  const absolute = ABSOLUTE_FORM.exec(target);
+  if (absolute === null) return undefined;
+  const [, authority = '', rest = ''] = absolute;
+  if (malformedAuthority(authority)) return 'The request target is not a URL with a host name or address, and an optional port';
+  req.url = rest === '' ? '/' : rest.startsWith('?') ? `/${rest}` : rest;
+  req.headers.host = authority;
+  return undefined;
 }
 
 /**

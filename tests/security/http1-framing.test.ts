@@ -43,6 +43,31 @@ const statusLines = (text: string) => text.match(/HTTP\/1\.1 \d{3}/g) ?? [];
 const SECOND = 'GET /api/v1/auth/me HTTP/1.1\r\nHost: x\r\n\r\n';
 
 describe('HTTP/1.1 framing: what a proxy in front, or a pipelining client, would read', () => {
+  it("when a request target is in absolute form, then it is served as its path (RFC 9112 §3.2.2); a malformed one is refused in the envelope", async () => {
+    // It was a 404 on every path: the routes saw `http://host/…` as the path.
+    const port = server.port;
+    const health = await exchange(`GET http://127.0.0.1:${port}/health HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`, 2_000);
+    expect(health.text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(health.text).toContain('"status":"');
+    // The path as written, query included, whatever the Host header says.
+    const spec = await exchange(`GET HTTPS://localhost:${port}/openapi.yaml?x=1 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n`, 2_000);
+    expect(spec.text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(spec.text).toContain('openapi: 3.1');
+    const me = await exchange(`GET http://localhost/api/v1/auth/me HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`, 2_000);
+    expect(me.text).toMatch(/^HTTP\/1\.1 401 /);
+    expect(me.text).toContain('"code":"AUTHENTICATION_ERROR"');
+    const http10 = await exchange(`GET http://localhost/health HTTP/1.0\r\n\r\n`, 2_000);
+    expect(http10.text).toMatch(/^HTTP\/1\.1 200 /);
+    for (const target of ['http://user:secret@localhost/health', 'http://[::1/health', 'http://local host/health']) {
+      const refused = await exchange(`GET ${target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`, 2_000);
+      if (refused.text === '') expect(refused.closed, target).toBe(true);
+      else {
+        expect(refused.text, target).toMatch(/^HTTP\/1\.1 400 /);
+        expect(refused.text, target).toContain('"code":"VALIDATION_ERROR"');
+      }
+    }
+  });
+
   it('when a request asks for an Upgrade (h2c, websocket) the server does not perform and a second request follows in the same write, then both are answered, or the connection is closed', async () => {
     // Node, with no 'upgrade' listener, answers the request as a plain one but discards every
     // byte that arrived after it in the same read, and keeps the connection open with

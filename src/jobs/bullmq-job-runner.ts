@@ -62,6 +62,7 @@ export class BullMqJobRunner implements JobRunner {
   #parts: BullMqParts | undefined;
   #closed = false;
   #warnedDirect = false;
+  #redeclare: NodeJS.Timeout | undefined;
 
   static async start(context: RunnerContext, redis: { url: string; prefix: string }, purgeIntervalMs: number): Promise<BullMqJobRunner> {
     // Imported here, not with the module: a process without Redis never loads them (BullMQ alone
@@ -75,8 +76,14 @@ export class BullMqJobRunner implements JobRunner {
     }
     // On every later connection: the first one builds the queues if start-up had to go without
     // them, and each one declares the purge schedule again, so that it comes back should Redis
-    // have lost its data. Declaring it again is harmless.
+    // have lost its data. Declaring it again is harmless (BullMQ keeps the pending run's time).
     runner.#producer.on('ready', runner.#onReconnect);
+    // And once an interval while connected: a Redis that lost its data without dropping the
+    // connection (FLUSHALL, a restore, the prefix deleted) took the schedule with it, and nothing
+    // declared it again until every process had reconnected: no purge ran (helper 125).
+    runner.#redeclare = setInterval(() => {
+      if (runner.#producer.status === 'ready') runner.#onReconnect();
+    }, purgeIntervalMs).unref();
     return runner;
   }
 
@@ -115,6 +122,7 @@ export class BullMqJobRunner implements JobRunner {
 
   async close(): Promise<void> {
     this.#closed = true;
+    clearInterval(this.#redeclare);
     this.#producer.off('ready', this.#onReconnect);
     await Promise.allSettled(this.#inFlight);
     const parts = this.#parts;
@@ -146,6 +154,11 @@ export class BullMqJobRunner implements JobRunner {
   async #onReady(): Promise<void> {
     try {
       this.#parts ??= this.#build();
+      // One purge at a time across every process on this Redis: BullMQ puts the schedule's next
+      // run in line as soon as one starts, and another process's free worker took it while the
+      // first still ran, so a purge that outlasted its interval ran up to once per process at
+      // once over the same rows (helper 125). Kept in Redis, so declared again with the schedule.
+      await this.#parts.maintenanceQueue.setGlobalConcurrency(1);
       // Every process declares the same scheduler id: BullMQ keeps one schedule and one pending
       // job per slot for all of them, so the purge runs once per interval, not once per process.
       await this.#parts.maintenanceQueue.upsertJobScheduler(

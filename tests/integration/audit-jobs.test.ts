@@ -501,6 +501,52 @@ describe('purging stale sessions', () => {
     const gaps = runs.slice(1).map((at, i) => at - (runs[i] ?? 0));
     expect(Math.min(...gaps)).toBeGreaterThan(interval / 2);
   });
+
+  it('when Redis loses the schedule while the runner stays connected (a flush, a restore, the prefix deleted), then the purge runs on its interval again', async () => {
+    // Found by an attacker (helper 125): the schedule was declared only when the connection
+    // became ready, and a flush drops no connection: no purge ran again until every process
+    // had reconnected.
+    const prefix = nextPrefix();
+    let runs = 0;
+    await startRunner({
+      redisUrl: REDIS_URL,
+      prefix,
+      purgeIntervalMs: 200,
+      tokenRepository: { purgeStale: async (at, retention) => ((runs += 1), tokens.purgeStale(at, retention)) },
+    });
+    await eventually(async () => (runs >= 2 ? true : undefined), 5_000);
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+      cursor = next;
+      if (keys.length > 0) await redis.del(...keys);
+    } while (cursor !== '0');
+    const before = runs;
+    await eventually(async () => (runs - before >= 3 ? true : undefined), 5_000);
+  });
+
+  it('when a purge outlasts its interval and several processes share Redis, then no two purges run at once', async () => {
+    // Found by an attacker (helper 125): BullMQ lines up the next run as soon as one starts, and
+    // another process's free worker took it: N processes ran up to N purges at once.
+    const prefix = nextPrefix();
+    let running = 0;
+    let mostAtOnce = 0;
+    let started = 0;
+    const slow = {
+      purgeStale: async () => {
+        started += 1;
+        running += 1;
+        mostAtOnce = Math.max(mostAtOnce, running);
+        await new Promise((resolve) => setTimeout(resolve, 600));
+        running -= 1;
+        return 0;
+      },
+    };
+    await Promise.all([0, 1, 2].map(() => startRunner({ redisUrl: REDIS_URL, prefix, purgeIntervalMs: 200, tokenRepository: slow })));
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    expect(started).toBeGreaterThanOrEqual(2);
+    expect(mostAtOnce, `purges running at once, of ${started} started`).toBe(1);
+  });
 });
 
 describe('listing audit events', () => {

@@ -71,19 +71,19 @@ export class InProcessJobRunner implements JobRunner {
         retryMs = FIRST_RETRY_MS;
       } catch (error) {
         this.#context.jobFailed(AUDIT_QUEUE);
-        if (!(error instanceof UnavailableError)) {
-          await this.#writeOneByOne(batch);
-        } else if (this.#closing.signal.aborted) {
+        const unwritten = error instanceof UnavailableError ? { events: batch, error } : await this.#writeOneByOne(batch);
+        if (unwritten === undefined) continue;
+        if (this.#closing.signal.aborted) {
           // Shutting down with the database out of reach: logged in full, so that they are not
           // lost altogether.
-          const events = [...batch, ...this.#pending.splice(0)];
-          this.#context.logger.error({ err: errorText(error), events }, 'could not write audit events before shutting down');
+          const events = [...unwritten.events, ...this.#pending.splice(0)];
+          this.#context.logger.error({ err: errorText(unwritten.error), events }, 'could not write audit events before shutting down');
         } else {
           // The database is busy or out of reach (a stall past its lock timeout, a restart): the
-          // batch goes back first in line and is tried again, later and later, as the BullMQ
-          // runner retries its jobs. It used to be logged and dropped at the first failure.
-          this.#pending.unshift(...batch);
-          this.#context.logger.warn({ err: errorText(error), pending: this.#pending.length, retryInMs: retryMs }, 'could not write audit events; will retry');
+          // events go back first in line and are tried again, later and later, as the BullMQ
+          // runner retries its jobs. They used to be logged and dropped at the first failure.
+          this.#pending.unshift(...unwritten.events);
+          this.#context.logger.warn({ err: errorText(unwritten.error), pending: this.#pending.length, retryInMs: retryMs }, 'could not write audit events; will retry');
           // close() cuts the wait short for one last attempt.
           await sleep(retryMs, undefined, { ref: false, signal: this.#closing.signal }).catch(() => undefined);
           retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
@@ -96,16 +96,19 @@ export class InProcessJobRunner implements JobRunner {
   /**
    * A batch the database refused for what it holds: each event is written on its own, so that one
    * it cannot take costs no other its row. Those it still refuses are logged in full, so that
-   * they are not lost altogether.
+   * they are not lost altogether. Should the database go out of reach meanwhile, the events not
+   * yet written are returned, to go back in line (helper 125: they were logged and dropped).
    */
-  async #writeOneByOne(batch: NewAuditEvent[]): Promise<void> {
-    for (const event of batch) {
+  async #writeOneByOne(batch: NewAuditEvent[]): Promise<{ events: NewAuditEvent[]; error: unknown } | undefined> {
+    for (const [index, event] of batch.entries()) {
       try {
         await this.#context.audit.createMany([event]);
       } catch (error) {
+        if (error instanceof UnavailableError) return { events: batch.slice(index), error };
         this.#context.logger.error({ err: errorText(error), event }, 'could not write audit event');
       }
     }
+    return undefined;
   }
 
   async #scheduledPurge(): Promise<void> {

@@ -23,7 +23,7 @@ import { callerKey } from '../../src/rpc/caller.ts';
 import type { ServiceClients } from '../../src/controllers/rest/service-call.ts';
 import { errorInterceptor } from '../../src/controllers/rpc/interceptors.ts';
 import type { Actor } from '../../src/domain/actor.ts';
-import { AuthorizationError, ValidationError } from '../../src/domain/errors.ts';
+import { AuthorizationError, UnavailableError, ValidationError } from '../../src/domain/errors.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { createJobRunner, type JobRunner, type JobRunnerOptions } from '../../src/jobs/job-runner.ts';
 import { PrismaAuditRepository, type NewAuditEvent } from '../../src/repositories/audit-repository.ts';
@@ -197,6 +197,28 @@ describe('recording audit events', () => {
     // Completed jobs are removed, so the audit queue does not grow in Redis.
     await eventually(async () => ((await redis.zcard(`${prefix}:audit:completed`)) === 0 && (await redis.llen(`${prefix}:audit:wait`)) === 0 ? true : undefined));
     expect(await redis.zcard(`${prefix}:audit:failed`)).toBe(0);
+  });
+
+  it('when the database refuses a batch and then goes out of reach while its events are written one by one, then none is dropped: they are written once it is back', async () => {
+    // Found by an attacker (helper 125): the events not yet written one by one were logged and
+    // dropped when the database became unreachable, where a whole batch is put back in line.
+    let calls = 0;
+    class Flaky extends PrismaAuditRepository {
+      override async createMany(events: NewAuditEvent[]): Promise<number> {
+        calls += 1;
+        if (calls === 1) throw new Error('a value the database refused');
+        if (calls === 2) throw new UnavailableError('the database is out of reach');
+        return super.createMany(events);
+      }
+    }
+    const runner = await startRunner({ auditRepository: new Flaky(monolithOf(t).database.prisma) });
+    const subject = newSubject();
+    for (let i = 0; i < 3; i += 1) runner.audit.record({ type: 'LOGOUT', userId: subject, actorId: subject });
+    const rows = await eventually(async () => {
+      const found = await rowsAbout(subject);
+      return found.length === 3 ? found : undefined;
+    }, 10_000);
+    expect(rows).toHaveLength(3);
   });
 
   it('when Redis is unreachable, then the runner still starts and events are written directly', async () => {

@@ -295,11 +295,42 @@ describe('ETags on REST', () => {
     }
   });
 
+  it('when two password changes race over the same current password, with or without If-Match, then one is made and the other refused in the envelope (409, or 412 with the header) and audited', async () => {
+    // Found by an attacker (helper 124): without the header the loser's 409 was not in the
+    // contract (a 500 where responses are checked); with it, its 412 left no audit event.
+    const race = async (withIfMatch: boolean) => {
+      const user = await register(t);
+      const [row] = await t.sql<{ version: number }>('SELECT version FROM users WHERE id = $1', [user.id]);
+      // Both read the user and compare the current password, then wait for the row's lock.
+      const held = await holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [user.id]);
+      const change = async (newPassword: string) => {
+        const request = t.request.put(`/api/v1/users/${user.id}/password`).set(...bearer(user.accessToken));
+        const res = await (withIfMatch ? request.set('if-match', `"${row?.version ?? 0}"`) : request).send({ oldPassword: user.password, newPassword });
+        return `${res.status} ${(res.body as { error?: { code?: string } }).error?.code ?? ''}`.trim();
+      };
+      const answers = Promise.all([change('First-Passw0rd!a1'), change('Second-Passw0rd!b2')]);
+      await sleep(700);
+      await held.release();
+      const statuses = (await answers).sort();
+      let failed: { details: string | { reason?: string } }[] = [];
+      const until = Date.now() + 5_000;
+      while (failed.length === 0 && Date.now() < until) {
+        await sleep(100);
+        failed = await t.sql("SELECT details FROM audit_events WHERE user_id = $1 AND type = 'PASSWORD_CHANGE_FAILED'", [user.id]);
+      }
+      const reasons = failed.map((event) => (typeof event.details === 'string' ? (JSON.parse(event.details) as { reason?: string }) : event.details).reason);
+      return { statuses, reasons };
+    };
+    const [without, withHeader] = await Promise.all([race(false), race(true)]);
+    expect(without).toEqual({ statuses: ['200', '409 CONFLICT'], reasons: ['changed_meanwhile'] });
+    expect(withHeader).toEqual({ statuses: ['200', '412 PRECONDITION_FAILED'], reasons: ['changed_meanwhile'] });
+  });
+
   it("when a write carries If-None-Match, then it is done only if the user's version is none of those named: `*` or the current tag is 412 and changes nothing, after 403 and 404", async () => {
     // Found by an attacker (helper 123): If-None-Match was ignored on writes, and the write done
     // (RFC 9110 §13.1.2: `*` guards a PUT against changing an existing representation).
     const admin = await loginAdmin(t);
-    const user = await register(t);
+    const [user, other] = await Promise.all([register(t), register(t)]);
     const [before] = await t.sql<{ version: number }>('SELECT version FROM users WHERE id = $1', [user.id]);
     const current = `"${before?.version ?? 0}"`;
     const send = (token: string, method: 'put' | 'delete' | 'post', path: string, tag: string, body?: object) => {
@@ -317,12 +348,24 @@ describe('ETags on REST', () => {
         send(admin, 'put', `${id}/status`, tag, { status: 'SUSPENDED' }),
         send(admin, 'put', `${id}/role`, tag, { role: 'GUEST' }),
         send(user.accessToken, 'put', `${id}/password`, tag, { oldPassword: user.password, newPassword: 'Another-Passw0rd!x9' }),
-        // Who may write, and whether the user exists, answer first.
+        // Who may write, and whether the user exists, answer first, as the write answers them
+        // (helper 124: the read made for the comparison answered instead, with its own rules).
         send(user.accessToken, 'put', `${id}/role`, tag, { role: 'ADMIN' }),
+        send(user.accessToken, 'put', `/api/v1/users/${other.id}/role`, tag, { role: 'ADMIN' }),
         send(admin, 'delete', '/api/v1/users/2147483000', tag),
+        send(admin, 'put', '/api/v1/users/2147483000/password', tag, { oldPassword: user.password, newPassword: 'Another-Passw0rd!x9' }),
       ]),
     );
-    expect(answers).toEqual(Array(4).fill([412, 412, 412, 412, 412, 412, 403, 404]).flat());
+    expect(answers).toEqual(Array(4).fill([412, 412, 412, 412, 412, 412, 403, 403, 404, 403]).flat());
+    // And in the same words as without the header.
+    for (const header of [{}, { 'if-none-match': '"7"' }]) {
+      const refused = await t.request
+        .put(`/api/v1/users/${other.id}/role`)
+        .set(...bearer(user.accessToken))
+        .set(header)
+        .send({ role: 'ADMIN' });
+      expect(refused.body.error, JSON.stringify(header)).toMatchObject({ code: 'AUTHORIZATION_ERROR', message: 'Insufficient permissions' });
+    }
     const [after] = await t.sql<UserRow>('SELECT version, is_verified, status::text AS status, role::text AS role, first_name FROM users WHERE id = $1', [user.id]);
     expect(after).toEqual({ version: before?.version, is_verified: false, status: 'ACTIVE', role: 'USER', first_name: null });
     // A tag of another version lets the write through.

@@ -97,8 +97,14 @@ async function writeVersionOf(req: Request, res: Response, users: ServiceClients
   if (tags === undefined) throw new ValidationError('Validation failed', { 'If-None-Match': 'must be an entity tag such as "3", or *' });
   if (tags === '*') return NO_VERSION;
   if (expected !== undefined) return notModified(req, { version: expected }) ? NO_VERSION : expected;
-  const { user } = await users.getUser({ userId }, callOptions(req, res));
-  const version = requireField(user, 'user').version;
+  let version: number;
+  try {
+    version = requireField((await users.getUser({ userId }, callOptions(req, res))).user, 'user').version;
+  } catch {
+    // A read the caller may not make, or of no such user, is not the write's answer: the write
+    // answers (its own 403 or 404 differ: self-only, admin-only), and is not done (helper 124).
+    return NO_VERSION;
+  }
   return notModified(req, { version }) ? NO_VERSION : version;
 }
 

@@ -4,6 +4,8 @@ import { create, fromBinary, toBinary, type DescFile } from '@bufbuild/protobuf'
 import { nestedTypes } from '@bufbuild/protobuf/reflect';
 import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
 import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
+import { file_google_rpc_error_details } from '../../gen/proto/google/rpc/error_details_pb.js';
+import { file_google_rpc_status } from '../../gen/proto/google/rpc/status_pb.js';
 import {
   ErrorResponseSchema,
   ExtensionNumberResponseSchema,
@@ -52,7 +54,10 @@ export function createReflectionServices(
   v1: ServiceImpl<typeof ServerReflectionV1>;
   v1alpha: ServiceImpl<typeof ServerReflectionV1alpha>;
 } {
-  const index = buildIndex([...files, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection]);
+  // With the types every error's details are made of (google.rpc.Status in
+  // grpc-status-details-bin; BadRequest, ErrorInfo, RetryInfo inside it), which no served file
+  // imports: a client working from reflection alone could not decode any error (helper 126).
+  const index = buildIndex([...files, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection, file_google_rpc_status, file_google_rpc_error_details]);
   const serialized = new Map<DescFile, Uint8Array>();
 
   // Clients resolve the types of a file's fields themselves, so a file always comes with its

@@ -84,6 +84,26 @@ describe.skipIf(missing.length > 0 && !CI)(`Python gRPC client generated from pr
     if ((generated as string | undefined) !== undefined) await rm(generated, { recursive: true, force: true });
   });
 
+  it('when its channel compresses requests with each algorithm grpc-python offers (deflate, gzip), then every call is answered', async () => {
+    // Found by an attacker (helper 126): deflate, gRPC's standard encoding, was `unimplemented`
+    // on every call. Health/Check's empty request as bytes: no generated module needed.
+    const script = [
+      'import sys, json, grpc',
+      'out = {}',
+      "for name in ['NoCompression', 'Deflate', 'Gzip']:",
+      '    with grpc.insecure_channel(sys.argv[1], compression=getattr(grpc.Compression, name)) as channel:',
+      '        try:',
+      "            out[name] = channel.unary_unary('/grpc.health.v1.Health/Check')(b'', timeout=10).hex()",
+      '        except grpc.RpcError as error:',
+      "            out[name] = error.code().name + ': ' + str(error.details())",
+      'print(json.dumps(out))',
+    ].join('\n');
+    const result = await run(PYTHON, ['-c', script, `127.0.0.1:${t.port}`]);
+    expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
+    // 08 01: SERVING.
+    expect(JSON.parse(result.stdout)).toEqual({ NoCompression: '0801', Deflate: '0801', Gzip: '0801' });
+  });
+
   it('when it registers, logs in, reads itself, lists users and sends a bad registration, then each answer is the specified one', async () => {
     const body = newUser('python');
     const result = await run(

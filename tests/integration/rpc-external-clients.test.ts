@@ -3,10 +3,15 @@
 // protocol and both HTTP versions, against the real server on a real port.
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { Code, ConnectError, createClient } from '@connectrpc/connect';
+import { createGrpcTransport } from '@connectrpc/connect-node';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { ServerReflection as ServerReflectionV1 } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
+import { ServerReflection as ServerReflectionV1alpha } from '../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
 import { ADMIN, newUser, startTestServer, TEST_TOPOLOGY, type TestServer } from '../helpers/test-app.ts';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -54,6 +59,35 @@ interface UserPageObject {
   users: UserObject[];
   pagination: { page: number; perPage: number; total: number; totalPages: number };
 }
+
+describe('server reflection, as clients without the .proto files use it', () => {
+  it("when a client resolves the types of an error's details by reflection, v1 and v1alpha, then each is found, google.rpc.Status with them", async () => {
+    // Found by an attacker (helper 126): reflection knew the served files only, and no served
+    // file imports google/rpc, so a client working from reflection alone could decode no error.
+    const transport = createGrpcTransport({ baseUrl: t.baseUrl });
+    const failure = await createClient(AuthService, transport)
+      .register({})
+      .then(() => undefined)
+      .catch((error: unknown) => ConnectError.from(error));
+    expect(failure?.code).toBe(Code.InvalidArgument);
+    const types = [...new Set([...(failure?.details ?? []).map((detail) => ('type' in detail ? detail.type : detail.desc.typeName)), 'google.rpc.Status'])];
+    expect(types).toContain('google.rpc.BadRequest');
+    const ask = async (reflection: {
+      serverReflectionInfo: (
+        requests: AsyncIterable<{ messageRequest: { case: 'fileContainingSymbol'; value: string } }>,
+      ) => AsyncIterable<{ messageResponse: { case: string | undefined } }>;
+    }) => {
+      const answers: string[] = [];
+      async function* requests() {
+        for (const type of types) yield { messageRequest: { case: 'fileContainingSymbol' as const, value: type } };
+      }
+      for await (const answer of reflection.serverReflectionInfo(requests())) answers.push(answer.messageResponse.case ?? '');
+      return answers;
+    };
+    expect(await ask(createClient(ServerReflectionV1, transport))).toEqual(types.map(() => 'fileDescriptorResponse'));
+    expect(await ask(createClient(ServerReflectionV1alpha, transport))).toEqual(types.map(() => 'fileDescriptorResponse'));
+  });
+});
 
 describe('@grpc/grpc-js with @grpc/proto-loader', () => {
   let client: grpc.Client;

@@ -10,7 +10,7 @@ import { findTrailerError } from '@connectrpc/connect/protocol-grpc';
 import { trailerParse } from '@connectrpc/connect/protocol-grpc-web';
 import http from 'node:http';
 import http2 from 'node:http2';
-import { brotliCompressSync, gzipSync } from 'node:zlib';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { BadRequestSchema } from '../../gen/proto/google/rpc/error_details_pb.js';
 import { CONNECT_CODE } from '../../src/controllers/rpc/interceptors.ts';
 
@@ -38,8 +38,8 @@ export function codeName(code: Code): string {
 }
 
 /** Compresses with a codec the server accepts. */
-export function compress(bytes: Uint8Array, encoding: 'gzip' | 'br'): Uint8Array {
-  return new Uint8Array(encoding === 'gzip' ? gzipSync(bytes) : brotliCompressSync(bytes));
+export function compress(bytes: Uint8Array, encoding: 'gzip' | 'br' | 'deflate'): Uint8Array {
+  return new Uint8Array(encoding === 'gzip' ? gzipSync(bytes) : encoding === 'deflate' ? deflateSync(bytes) : brotliCompressSync(bytes));
 }
 
 interface HttpResult {
@@ -175,7 +175,7 @@ export class RawClient {
 export interface RpcOptions {
   token?: string;
   headers?: Record<string, string>;
-  compression?: 'gzip' | 'br';
+  compression?: 'gzip' | 'br' | 'deflate';
   /** The encoding the request names, when it should differ from what was applied. */
   declaredEncoding?: string;
   /** The envelope's flags byte (gRPC, gRPC-Web): 1 claims the message is compressed. */

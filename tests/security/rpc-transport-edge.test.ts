@@ -18,6 +18,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { brotliCompressSync, brotliDecompressSync, constants as zlibConstants, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HealthCheckRequestSchema } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { ServerReflectionRequestSchema } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
 import { createApplication, type Application } from '../../src/app.ts';
 import { loadConfig } from '../../src/config.ts';
@@ -25,6 +26,7 @@ import { createLogger } from '../../src/infrastructure/logger.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
 import { openTestDatabase, type TestDatabase } from '../helpers/test-database.ts';
 import { startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
+import { RawClient, RPC_PROTOCOLS, type RpcProtocol } from './raw-protocols.ts';
 
 /** The public facades the last three groups attack, one server for all of them. */
 let t: TestServer;
@@ -167,6 +169,47 @@ describe('response compression on the public RPC facade', () => {
     const at = (quality: number) => brotliCompressSync(message, { params: { [zlibConstants.BROTLI_PARAM_QUALITY]: quality } });
     expect(payload.equals(at(4))).toBe(true);
     expect(payload.equals(at(11))).toBe(false);
+  });
+});
+
+describe('request compression on the public RPC facade', () => {
+  let raw: RawClient;
+  beforeAll(() => {
+    raw = new RawClient(t.baseUrl);
+  });
+  afterAll(() => {
+    raw.close();
+  });
+
+  it("when requests are compressed with deflate (gRPC's standard encoding, one of the two grpc-python offers) or with one the server does not take, then the first are answered and the others refused naming what it takes, over every RPC protocol", async () => {
+    // Found by an attacker (helper 126): deflate was `unimplemented`, and the refusal named no
+    // encoding (connect-es drops protocol headers from an error's metadata), so a client could
+    // not learn what to send instead.
+    const payload = (protocol: RpcProtocol) =>
+      protocol === 'connect-json' ? new TextEncoder().encode('{}') : toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema));
+    const answers = await Promise.all(
+      RPC_PROTOCOLS.flatMap((protocol) => [
+        raw
+          .rpc(protocol, 'grpc.health.v1.Health/Check', payload(protocol), { compression: 'deflate' })
+          .then((answer) => ({ protocol, sent: 'deflate', code: answer.code, accepted: '' })),
+        raw.rpc(protocol, 'grpc.health.v1.Health/Check', payload(protocol), { declaredEncoding: 'snappy' }).then((answer) => ({
+          protocol,
+          sent: 'snappy',
+          code: answer.code,
+          accepted: (answer.headers.get(protocol.startsWith('connect') ? 'accept-encoding' : 'grpc-accept-encoding') ?? '')
+            .split(',')
+            .map((name) => name.trim())
+            .sort()
+            .join(','),
+        })),
+      ]),
+    );
+    expect(answers).toEqual(
+      RPC_PROTOCOLS.flatMap((protocol) => [
+        { protocol, sent: 'deflate', code: 'ok', accepted: '' },
+        { protocol, sent: 'snappy', code: 'unimplemented', accepted: 'br,deflate,gzip' },
+      ]),
+    );
   });
 });
 

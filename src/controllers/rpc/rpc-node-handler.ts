@@ -97,6 +97,33 @@ const BROTLI_QUALITY_4: Compression = {
   decompress: (bytes, readMaxBytes) => compressionBrotli.decompress(bytes, readMaxBytes),
 };
 
+const deflateCompress = promisify(zlib.deflate);
+const inflate = promisify(zlib.inflate);
+
+/**
+ * gRPC's `deflate` (zlib's format, RFC 1950): one of gRPC's standard encodings, and one of the two
+ * grpc-python offers; every call of a client set to it was `unimplemented` (helper 126). With the
+ * same size limit and error codes as connect-node's gzip.
+ */
+const DEFLATE: Compression = {
+  name: 'deflate',
+  compress: async (bytes) => new Uint8Array(await deflateCompress(bytes)),
+  decompress: async (bytes, readMaxBytes) => {
+    if (bytes.length === 0) return new Uint8Array(0);
+    try {
+      return new Uint8Array(await inflate(bytes, { maxOutputLength: readMaxBytes }));
+    } catch (error) {
+      if ((error as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') {
+        throw new ConnectError(`message is larger than configured readMaxBytes ${readMaxBytes} after decompression`, Code.ResourceExhausted);
+      }
+      throw new ConnectError('decompression failed', Code.InvalidArgument);
+    }
+  },
+};
+
+/** Where each protocol names the encodings a server takes: gRPC, Connect unary, Connect streams. */
+const ACCEPT_ENCODING_HEADERS = ['grpc-accept-encoding', 'accept-encoding', 'connect-accept-encoding'] as const;
+
 // connect-es's default, stated so the decoder can use the same limit.
 const UNLIMITED_BYTES = 0xffffffff;
 
@@ -163,7 +190,7 @@ const decodedKey = createContextKey<Message | undefined>(undefined, { descriptio
 /** Like connectNodeAdapter, with a gate that rate limits and decodes each call before connect-es does. */
 export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: NodeRequest, res: NodeResponse) => void {
   const { logger, admit, strictJson = false, ...adapterOptions } = options;
-  const acceptCompression = adapterOptions.acceptCompression ?? [compressionGzip, BROTLI_QUALITY_4];
+  const acceptCompression = adapterOptions.acceptCompression ?? [compressionGzip, BROTLI_QUALITY_4, DEFLATE];
   const readMaxBytes = adapterOptions.readMaxBytes ?? UNLIMITED_BYTES;
   const jsonOptions = strictJson ? { ...adapterOptions.jsonOptions, ignoreUnknownFields: false } : adapterOptions.jsonOptions;
   const decode = createRequestDecoder({ readMaxBytes, acceptCompression, jsonOptions, binaryOptions: adapterOptions.binaryOptions });
@@ -189,6 +216,13 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       const refusal = refusalOf(error, context);
       const requestId = requestIdFrom(context.requestHeader.get('x-request-id'));
       refusal.metadata.set('x-request-id', requestId);
+      // An encoding this server does not take is refused naming those it does, as the gRPC and
+      // Connect specifications require: connect-es drops protocol headers from an error's
+      // metadata, so no client could learn what to send instead (helper 126).
+      for (const name of ACCEPT_ENCODING_HEADERS) {
+        const accepted = refusal.code === Code.Unimplemented ? refusal.metadata.get(name) : null;
+        if (accepted !== null) context.responseHeader.set(name, accepted);
+      }
       const code = Code[refusal.code].toLowerCase();
       const line = {
         requestId,

@@ -64,13 +64,18 @@ afterEach(async () => {
   await Promise.all(runners.splice(0).map((runner) => runner.close()));
 });
 
-afterAll(async () => {
+/** Deletes every key under `prefix`, as a flush or a restore would lose them. */
+async function deleteKeys(prefix: string): Promise<void> {
   let cursor = '0';
   do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${PREFIX}*`, 'COUNT', 500);
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
     cursor = next;
     if (keys.length > 0) await redis.del(...keys);
   } while (cursor !== '0');
+}
+
+afterAll(async () => {
+  await deleteKeys(PREFIX);
   await redis.quit();
   await t.close();
 });
@@ -537,12 +542,7 @@ describe('purging stale sessions', () => {
       tokenRepository: { purgeStale: async (at, retention) => ((runs += 1), tokens.purgeStale(at, retention)) },
     });
     await eventually(async () => (runs >= 2 ? true : undefined), 5_000);
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-      cursor = next;
-      if (keys.length > 0) await redis.del(...keys);
-    } while (cursor !== '0');
+    await deleteKeys(prefix);
     const before = runs;
     await eventually(async () => (runs - before >= 3 ? true : undefined), 5_000);
   });

@@ -512,8 +512,10 @@ function toOriginForm(req: IncomingMessage): string | undefined {
   const absolute = ABSOLUTE_FORM.exec(target);
   if (absolute === null) return undefined;
   const [, authority = '', rest = ''] = absolute;
-  if (malformedAuthority(authority)) return 'The request target is not a URL with a host name or address, and an optional port';
+  // The path first, so that a refusal of the authority is made in the protocol of the path (an
+  // RPC's own shape, which a gRPC-Web or Connect client reads; helper 127).
   req.url = rest === '' ? '/' : rest.startsWith('?') ? `/${rest}` : rest;
+  if (malformedAuthority(authority)) return 'The request target is not a URL with a host name or address, and an optional port';
   req.headers.host = authority;
   return undefined;
 }

@@ -43,7 +43,7 @@ const statusLines = (text: string) => text.match(/HTTP\/1\.1 \d{3}/g) ?? [];
 const SECOND = 'GET /api/v1/auth/me HTTP/1.1\r\nHost: x\r\n\r\n';
 
 describe('HTTP/1.1 framing: what a proxy in front, or a pipelining client, would read', () => {
-  it("when a request target is in absolute form, then it is served as its path (RFC 9112 §3.2.2); a malformed one is refused in the envelope", async () => {
+  it('when a request target is in absolute form, then it is served as its path (RFC 9112 §3.2.2); a malformed one is refused in the envelope', async () => {
     // It was a 404 on every path: the routes saw `http://host/…` as the path.
     const port = server.port;
     const health = await exchange(`GET http://127.0.0.1:${port}/health HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`, 2_000);
@@ -58,6 +58,19 @@ describe('HTTP/1.1 framing: what a proxy in front, or a pipelining client, would
     expect(me.text).toContain('"code":"AUTHENTICATION_ERROR"');
     const http10 = await exchange(`GET http://localhost/health HTTP/1.0\r\n\r\n`, 2_000);
     expect(http10.text).toMatch(/^HTTP\/1\.1 200 /);
+    // On an RPC path, refused in the RPC's own shape, as a malformed Host is (helper 127: the
+    // REST envelope, which gRPC-Web and Connect clients read as `internal`).
+    for (const target of ['http://user@localhost/grpc.health.v1.Health/Check', 'http://localhost:99999/grpc.health.v1.Health/Check']) {
+      const grpcWeb = await exchange(
+        `POST ${target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/grpc-web+proto\r\nContent-Length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0`,
+        2_000,
+      );
+      expect(grpcWeb.text, target).toMatch(/^HTTP\/1\.1 200 /);
+      expect(grpcWeb.text, target).toMatch(/grpc-status: 3\r\n/i);
+      const connect = await exchange(`POST ${target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`, 2_000);
+      expect(connect.text, target).toMatch(/^HTTP\/1\.1 400 /);
+      expect(connect.text, target).toContain('"code":"invalid_argument"');
+    }
     for (const target of ['http://user:secret@localhost/health', 'http://[::1/health', 'http://local host/health']) {
       const refused = await exchange(`GET ${target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`, 2_000);
       if (refused.text === '') expect(refused.closed, target).toBe(true);

@@ -96,7 +96,10 @@ const EnvSchema = z.object({
   // Unset means "not declared": production's strict checks stay off so a bare `npm start` works,
   // but nothing internal is exposed either (see `exposeInternals`).
   NODE_ENV: z.enum(['development', 'test', 'testing', 'production']).optional(),
-  HOST: z.string().default('0.0.0.0'),
+  // Unset: every address of the host, IPv6 and IPv4 (Node listens on `::`, or on 0.0.0.0 where the
+  // host has no IPv6). The default was 0.0.0.0, IPv4 only: on a cluster whose pods have IPv6
+  // addresses, the kubelet's probes and the Services found nothing listening (helper 128).
+  HOST: z.string().min(1).optional(),
   PORT: int(3000, 0, 65535),
   METRICS_PORT: int(0, 0, 65_535),
   /**

@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(config.server.port, config.server.host, resolve);
+    server.listen({ port: config.server.port, ...(config.server.host === undefined ? {} : { host: config.server.host }) }, resolve);
   });
   const address = server.address();
   logger.info(

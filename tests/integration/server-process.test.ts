@@ -18,7 +18,8 @@ beforeAll(async () => {
   dataDir = await mkdtemp(join(tmpdir(), 'arcana-server-'));
   server = spawn(process.execPath, [join(root, 'src', 'main.ts')], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, BCRYPT_ROUNDS: '4', LOG_LEVEL: 'info' },
+    // No HOST, as `npm start` runs it: every address, IPv6 and IPv4.
+    env: { PATH: process.env.PATH ?? '', PORT: '0', DATA_DIR: dataDir, BCRYPT_ROUNDS: '4', LOG_LEVEL: 'info' },
   });
   baseUrl = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${logLines.join('\n')}`)), 60_000);
@@ -27,7 +28,7 @@ beforeAll(async () => {
       const entry = JSON.parse(line) as { msg?: string; address?: string };
       if (entry.msg === 'arcana-cloud listening') {
         clearTimeout(timer);
-        resolve(`http://${entry.address}`);
+        resolve(`http://127.0.0.1:${(entry.address ?? '').split(':').at(-1) ?? ''}`);
       }
     });
     server.stderr.on('data', (chunk: Buffer) => logLines.push(chunk.toString()));
@@ -50,6 +51,21 @@ async function call(method: string, path: string, body?: unknown, token?: string
 }
 
 describe('node src/main.ts', () => {
+  it("when started without HOST, then it answers on IPv6 as on IPv4, as a probe at a pod's IPv6 address reaches it", async () => {
+    // Found by an attacker (helper 128): the default, and the image's and manifests' HOST, was
+    // 0.0.0.0, IPv4 only; on a cluster whose pods have IPv6 addresses nothing answered the probes.
+    const port = new URL(baseUrl).port;
+    const answers = await Promise.all(
+      [`http://127.0.0.1:${port}/health`, `http://[::1]:${port}/health`].map((url) =>
+        fetch(url).then(
+          (res) => res.status,
+          (error: unknown) => String((error as { cause?: { code?: string } }).cause?.code ?? error),
+        ),
+      ),
+    );
+    expect(answers).toEqual([200, 200]);
+  });
+
   it('when used as the README shows, then register → login → me → refresh → logout all succeed', async () => {
     const user = newUser('readme');
     expect((await call('POST', '/api/v1/auth/register', user)).status).toBe(201);

@@ -1071,4 +1071,19 @@ describe('deployment files', () => {
     const overlays = readdirSync(join(ROOT, 'k8s', 'overlays')).map((name) => `k8s/overlays/${name}`);
     expect(overlays.toSorted()).toEqual(Object.keys(OVERLAYS).toSorted());
   });
+
+  it('when a process is deployed, then nothing binds it to IPv4 alone: HOST is left unset, so it listens on IPv6 as well', () => {
+    // Found by an attacker (helper 128): the image and the base ConfigMap set HOST=0.0.0.0, and on a
+    // cluster whose pods have IPv6 addresses the probes and Services found nothing listening.
+    const files = [
+      'docker/Dockerfile',
+      ...readdirSync(ROOT).filter((name) => /^docker-compose.*\.ya?ml$/.test(name)),
+      ...readdirSync(join(ROOT, 'k8s'), { recursive: true, encoding: 'utf8' })
+        .filter((name) => name.endsWith('.yaml'))
+        .map((name) => `k8s/${name}`),
+    ];
+    const pinned = files.filter((file) => /(^|[\s"'-])HOST\s*[=:]\s*["']?0\.0\.0\.0/m.test(readText(file)));
+    expect(files.length).toBeGreaterThan(5);
+    expect(pinned).toEqual([]);
+  });
 });

@@ -26,12 +26,15 @@ export interface GrpcUnaryClientOptions {
   baseUrl: string;
   /** Opens the session's TCP connection (see connectWithoutDelay in layer-transport.ts). */
   createConnection: (authority: URL) => Duplex;
+  /** Told when a call could not reach the process or lost its connection (see ResolvedEndpoints). */
+  onUnreachable?: (() => void) | undefined;
 }
 
 /** Unary calls over one HTTP/2 session to one process, reopened when it closes or goes away. */
 export class GrpcUnaryClient {
   readonly #url: URL;
   readonly #createConnection: (authority: URL) => Duplex;
+  readonly #onUnreachable: (() => void) | undefined;
   #session: ClientHttp2Session | undefined;
   /** Why the current session failed, for the streams it takes down with it. */
   #sessionError: Error | undefined;
@@ -40,6 +43,7 @@ export class GrpcUnaryClient {
   constructor(options: GrpcUnaryClientOptions) {
     this.#url = new URL(options.baseUrl);
     this.#createConnection = options.createConnection;
+    this.#onUnreachable = options.onUnreachable;
   }
 
   /**
@@ -138,6 +142,12 @@ export class GrpcUnaryClient {
     this.#session = undefined;
   }
 
+  /** Closes the session once the calls on it have finished; a later call opens a new one. */
+  drain(): void {
+    this.#session?.close();
+    this.#session = undefined;
+  }
+
   #openSession(): ClientHttp2Session {
     const current = this.#session;
     if (current !== undefined && !current.closed && !current.destroyed) return current;
@@ -178,6 +188,7 @@ export class GrpcUnaryClient {
 
   /** A failure to reach the process or to keep the connection, as connect-node reports one. */
   #connectionFailure(error: unknown): ConnectError {
+    this.#onUnreachable?.();
     const cause = this.#sessionError ?? error;
     return new ConnectError(cause instanceof Error ? cause.message : String(cause), Code.Unavailable, undefined, undefined, cause);
   }

@@ -30,6 +30,7 @@ export const ACTING_AS_HEADER = 'x-arcana-acting-as';
 export const AUDIT_HEADER = 'x-arcana-audit-bin';
 import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
 import { GrpcUnaryClient } from './grpc-unary-client.ts';
+import { ResolvedEndpoints, type Resolve } from './resolved-endpoints.ts';
 
 export interface LayerTransportOptions {
   /** The layer called, for logs: 'service', 'auth-service', 'repository'… */
@@ -49,6 +50,8 @@ export interface LayerTransportOptions {
   metrics?: Metrics | undefined;
   /** Where client spans go, when tracing is on; each call's `traceparent` names its span. */
   tracing?: Tracing | undefined;
+  /** How a URL's host name is resolved to the addresses of its processes (gRPC only); the system's resolver by default. */
+  resolve?: Resolve | undefined;
   /** First backoff step; each further attempt doubles it, up to `maxBackoffMs`, with full jitter. */
   backoffMs?: number;
   maxBackoffMs?: number;
@@ -62,10 +65,27 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     if (options.protocol === 'http') return createConnectTransport({ baseUrl, httpVersion: '1.1', useBinaryFormat: true });
     // Unary calls, nearly all of them, go straight onto an HTTP/2 session (see
     // grpc-unary-client.ts); streams (health watches) through connect-node.
-    const streams = createGrpcTransport({ baseUrl, nodeOptions: { createConnection: connectWithoutDelay } });
-    const unary = new GrpcUnaryClient({ baseUrl, createConnection: connectWithoutDelay });
+    const streams = createGrpcTransport({ baseUrl, nodeOptions: { createConnection: (authority: URL) => connectWithoutDelay(authority) } });
+    // A connection to every address the URL's name resolves to, each called in turn (see
+    // resolved-endpoints.ts): one connection by name pinned all calls to one replica.
+    const clients = new ResolvedEndpoints<GrpcUnaryClient>(
+      new URL(baseUrl).hostname,
+      (address) => {
+        const client: GrpcUnaryClient = new GrpcUnaryClient({
+          baseUrl,
+          createConnection: (authority) => connectWithoutDelay(authority, address),
+          onUnreachable: () => clients.failed(client),
+        });
+        return client;
+      },
+      options.resolve === undefined ? {} : { resolve: options.resolve },
+    );
     return {
-      unary: (method, signal, timeoutMs, header, input) => unary.unary(method, signal, timeoutMs, header as Record<string, string>, input),
+      unary: (method, signal, timeoutMs, header, input) => {
+        const call = () => clients.pick().unary(method, signal, timeoutMs, header as Record<string, string>, input);
+        const first = clients.initial();
+        return first === undefined ? call() : first.then(call);
+      },
       stream: streams.stream.bind(streams),
     };
   });
@@ -201,8 +221,8 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
  * DATA frames are separate small writes, and Nagle would hold the second back until the peer's
  * delayed ACK, adding tens of milliseconds to every call.
  */
-function connectWithoutDelay(authority: URL): Duplex {
-  const host = authority.hostname.replace(/^\[(.*)\]$/, '$1');
+function connectWithoutDelay(authority: URL, address?: string): Duplex {
+  const host = address ?? authority.hostname.replace(/^\[(.*)\]$/, '$1');
   return connect({ host, port: Number(authority.port === '' ? 80 : authority.port), noDelay: true });
 }
 

@@ -6,7 +6,7 @@ import { createClient, type ConnectRouter, type ServiceImpl } from '@connectrpc/
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import { runWithCallContext, timeoutFromHeaders } from '../../src/infrastructure/call-context.ts';
 import { createLayerTransport } from '../../src/communication/layer-transport.ts';
@@ -32,7 +32,7 @@ afterEach(async () => {
   await Promise.all(opened.splice(0).map((layer) => layer.close()));
 });
 
-async function startFakeLayer(): Promise<FakeLayer> {
+async function startFakeLayer(host = '127.0.0.1', port = 0): Promise<FakeLayer> {
   const layer: FakeLayer = {
     url: '',
     calls: [],
@@ -79,9 +79,9 @@ async function startFakeLayer(): Promise<FakeLayer> {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
-  server.listen(0, '127.0.0.1');
+  server.listen(port, host);
   await once(server, 'listening');
-  layer.url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  layer.url = `http://${host}:${(server.address() as { port: number }).port}`;
   layer.close = async () => {
     for (const socket of sockets) socket.destroy();
     await close();
@@ -100,6 +100,52 @@ async function deadUrl(): Promise<string> {
   await once(probe, 'close');
   return `http://127.0.0.1:${port}`;
 }
+
+describe('layer transport over grpc, a URL whose name stands for several processes', () => {
+  it('when the name resolves to several addresses, then calls go round-robin across them; an address added is used once resolved again, and one that fails is passed over', async () => {
+    // Found by an attacker (helper 128): a connection by name went through the platform's
+    // per-connection balancing once, and every call then went to that one process: behind a
+    // Kubernetes Service of two replicas, the second got nothing.
+    const a = await startFakeLayer('127.0.0.2');
+    const port = Number(new URL(a.url).port);
+    const b = await startFakeLayer('127.0.0.3', port);
+    let addresses = ['127.0.0.2', '127.0.0.3'];
+    const resolved: string[] = [];
+    const client = createClient(
+      CounterStoreService,
+      createLayerTransport({
+        target: 'test',
+        urls: [`http://layer.test:${port}`],
+        protocol: 'grpc',
+        timeoutMs: 2_000,
+        retries: 2,
+        logger,
+        backoffMs: 5,
+        resolve: async (host) => (resolved.push(host), addresses),
+      }),
+    );
+    for (let i = 0; i < 10; i += 1) await client.peekCounter({ key: 'k' });
+    expect([a.calls.length, b.calls.length]).toEqual([5, 5]);
+    expect(resolved[0]).toBe('layer.test');
+    // A process that has gone is passed over: every read is answered by the other (a write in
+    // flight on a connection that drops is not repeated, see below, so reads here).
+    await a.close();
+    const before = b.calls.length;
+    for (let i = 0; i < 6; i += 1) await client.peekCounter({ key: 'k' });
+    expect(b.calls.length - before).toBe(6);
+    expect(a.calls).toHaveLength(5);
+    // A third process, once the name is resolved again, takes its turn.
+    const c = await startFakeLayer('127.0.0.4', port);
+    addresses = ['127.0.0.3', '127.0.0.4'];
+    await vi.waitFor(
+      async () => {
+        await client.peekCounter({ key: 'k' });
+        expect(c.calls.length).toBeGreaterThan(0);
+      },
+      { timeout: 15_000, interval: 200 },
+    );
+  }, 30_000);
+});
 
 for (const protocol of ['grpc', 'http'] as const) {
   describe(`layer transport over ${protocol}`, () => {

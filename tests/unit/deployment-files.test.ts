@@ -1072,6 +1072,28 @@ describe('deployment files', () => {
     expect(overlays.toSorted()).toEqual(Object.keys(OVERLAYS).toSorted());
   });
 
+  it('when a layer calls the one below through a Kubernetes Service, then that Service is headless, so that each of its pods gets calls', () => {
+    // Found by an attacker (helper 128): behind a cluster IP, kube-proxy picks a pod per TCP
+    // connection, and the layer above keeps one HTTP/2 connection: every call went to one replica.
+    // Headless, the name resolves to every ready pod, and the caller calls each in turn.
+    const problems: string[] = [];
+    let called = 0;
+    for (const overlay of Object.keys(OVERLAYS)) {
+      const documents = readdirSync(join(ROOT, overlay))
+        .filter((name) => name.endsWith('.yaml') && name !== 'kustomization.yaml')
+        .flatMap((name) => loadAll(readText(`${overlay}/${name}`)) as { kind?: string; metadata?: { name?: string }; spec?: { clusterIP?: string } }[]);
+      const urls = documents.map((document) => JSON.stringify(document)).join('\n');
+      for (const service of documents.filter((document) => document.kind === 'Service')) {
+        const name = service.metadata?.name ?? '';
+        if (!new RegExp(`http://${name}:\\d+`).test(urls)) continue;
+        called += 1;
+        if (service.spec?.clusterIP !== 'None') problems.push(`${overlay}: Service ${name} is called by a layer above but is not headless`);
+      }
+    }
+    expect(called).toBe(5);
+    expect(problems).toEqual([]);
+  });
+
   it('when a process is deployed, then nothing binds it to IPv4 alone: HOST is left unset, so it listens on IPv6 as well', () => {
     // Found by an attacker (helper 128): the image and the base ConfigMap set HOST=0.0.0.0, and on a
     // cluster whose pods have IPv6 addresses the probes and Services found nothing listening.

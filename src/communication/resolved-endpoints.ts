@@ -11,9 +11,13 @@
 // is an address is that one process, as before.
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** How long a resolution stands before a call has the name resolved again (in the background). */
 export const RESOLVE_INTERVAL_MS = 10_000;
+
+/** How long the first calls wait for the first resolution before they go by name. */
+const FIRST_WAIT_MS = 1_000;
 
 /** The least time between two resolutions that calls failing to connect ask for. */
 const MIN_RESOLVE_GAP_MS = 1_000;
@@ -56,9 +60,16 @@ export class ResolvedEndpoints<E extends Endpoint> {
     const byName = make(undefined);
     this.#endpoints.set(undefined, byName);
     this.#order = [byName];
-    // Resolved at once, so that the first calls already go to every address.
+    // Resolved at once, so that the first calls already go to every address; they wait for it
+    // FIRST_WAIT_MS at most (a resolver that hangs must not hold calls to their deadlines), and
+    // then go by name.
     this.refresh();
-    this.#first = this.#resolving;
+    if (this.#resolving !== undefined) {
+      const first = Promise.race([this.#resolving, sleep(FIRST_WAIT_MS, undefined, { ref: false })]).then(() => {
+        if (this.#first === first) this.#first = undefined;
+      });
+      this.#first = first;
+    }
   }
 
   /**
@@ -104,7 +115,6 @@ export class ResolvedEndpoints<E extends Endpoint> {
       .catch(() => undefined)
       .finally(() => {
         this.#resolving = undefined;
-        this.#first = undefined;
       });
   }
 

@@ -12,7 +12,7 @@ import type { Logger } from '../infrastructure/logger.ts';
 import type { Metrics } from '../infrastructure/metrics.ts';
 import { endWithError, SpanKind, type Span, type Tracing } from '../infrastructure/tracing.ts';
 import { AppError } from '../domain/errors.ts';
-import { currentCallContext, remainingMs } from '../infrastructure/call-context.ts';
+import { currentCallContext, remainingMs, timerTimeout } from '../infrastructure/call-context.ts';
 import { callerKey, writeCallerHeaders } from '../rpc/caller.ts';
 
 /** Who the request is for (`user:<id>`): sent down for the logs, and sent back once the service layer knows. */
@@ -82,9 +82,9 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
     );
     return {
       unary: (method, signal, timeoutMs, header, input) => {
-        const call = () => clients.pick().unary(method, signal, timeoutMs, header as Record<string, string>, input);
         const first = clients.initial();
-        return first === undefined ? call() : first.then(call);
+        if (first === undefined) return clients.pick().unary(method, signal, timeoutMs, header as Record<string, string>, input);
+        return afterFirstResolution(first, signal, timeoutMs, (left) => clients.pick().unary(method, signal, left, header as Record<string, string>, input));
       },
       stream: streams.stream.bind(streams),
     };
@@ -221,6 +221,26 @@ export function createLayerTransport(options: LayerTransportOptions): Transport 
  * DATA frames are separate small writes, and Nagle would hold the second back until the peer's
  * delayed ACK, adding tens of milliseconds to every call.
  */
+/**
+ * Makes a call once the first resolution of its URL's name is done, within the call's own time
+ * and as long as its caller waits (helper 131: calls waited on a slow resolver past their deadline,
+ * and after their caller had gone); past that, the call goes by name with the time it has left.
+ */
+async function afterFirstResolution<T>(
+  first: Promise<void>,
+  signal: AbortSignal | undefined,
+  timeoutMs: number | undefined,
+  call: (left: number | undefined) => Promise<T>,
+): Promise<T> {
+  const started = Date.now();
+  const wait = timerTimeout(timeoutMs);
+  await Promise.race([first, ...(wait === undefined ? [] : [sleep(wait, undefined, { ref: false, signal }).catch(() => undefined)])]);
+  if (signal?.aborted === true) throw ConnectError.from(signal.reason, Code.Canceled);
+  const left = timeoutMs === undefined ? undefined : timeoutMs - (Date.now() - started);
+  if (left !== undefined && left <= 0) throw new ConnectError('the operation timed out', Code.DeadlineExceeded);
+  return call(left);
+}
+
 function connectWithoutDelay(authority: URL, address?: string): Duplex {
   const host = address ?? authority.hostname.replace(/^\[(.*)\]$/, '$1');
   return connect({ host, port: Number(authority.port === '' ? 80 : authority.port), noDelay: true });

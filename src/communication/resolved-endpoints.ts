@@ -16,6 +16,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 /** How long a resolution stands before a call has the name resolved again (in the background). */
 export const RESOLVE_INTERVAL_MS = 10_000;
 
+/** How long a resolution may take before it counts as failed (the last addresses are kept). */
+const RESOLVE_TIMEOUT_MS = 5_000;
+
 /** How long the first calls wait for the first resolution before they go by name. */
 const FIRST_WAIT_MS = 1_000;
 
@@ -109,7 +112,9 @@ export class ResolvedEndpoints<E extends Endpoint> {
   refresh(): void {
     if (this.#resolve === undefined || this.#resolving !== undefined) return;
     this.#resolvedAt = this.#now();
-    this.#resolving = this.#resolve(this.#host)
+    // Bounded: a lookup that never settled left this set, and the name was never resolved again.
+    const timedOut = sleep(RESOLVE_TIMEOUT_MS, undefined, { ref: false }).then(() => Promise.reject(new Error('the name did not resolve in time')));
+    this.#resolving = Promise.race([this.#resolve(this.#host), timedOut])
       .then((addresses) => this.#use([...new Set(addresses)]))
       // A name that does not resolve now keeps the addresses it had.
       .catch(() => undefined)

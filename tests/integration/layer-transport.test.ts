@@ -2,7 +2,7 @@
 // gets each call, which failures are retried, and what travels with a call. CounterStoreService
 // serves as the subject because its contract has a read (PeekCounter, NO_SIDE_EFFECTS) and a
 // write that must never run twice (IncrementCounter, no idempotency).
-import { createClient, type ConnectRouter, type ServiceImpl } from '@connectrpc/connect';
+import { ConnectError, createClient, type ConnectRouter, type ServiceImpl } from '@connectrpc/connect';
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -145,6 +145,41 @@ describe('layer transport over grpc, a URL whose name stands for several process
       { timeout: 15_000, interval: 200 },
     );
   }, 30_000);
+});
+
+describe("layer transport over grpc, while a URL's name is resolved the first time", () => {
+  const hanging = (timeoutMs: number) =>
+    createClient(
+      CounterStoreService,
+      createLayerTransport({
+        target: 'test',
+        urls: ['http://layer.test:3002'],
+        protocol: 'grpc',
+        timeoutMs,
+        retries: 0,
+        logger,
+        // A cluster DNS that does not answer: getaddrinfo waits its timeout × attempts.
+        resolve: () => new Promise<string[]>(() => undefined),
+      }),
+    );
+  const outcome = (call: Promise<unknown>) =>
+    call.then(
+      () => 'answered',
+      (error: unknown) => ConnectError.from(error).code,
+    );
+
+  it('when the resolver does not answer, then a call still ends within its own time, and one whose caller leaves ends at once', async () => {
+    // Found by an attacker (helper 131): calls waited on the first resolution past their deadline,
+    // and after their caller had gone.
+    let started = Date.now();
+    expect(await outcome(hanging(200).peekCounter({ key: 'k' }))).not.toBe('answered');
+    expect(Date.now() - started).toBeLessThan(800);
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 100);
+    started = Date.now();
+    expect(await outcome(hanging(60_000).peekCounter({ key: 'k' }, { signal: controller.signal }))).not.toBe('answered');
+    expect(Date.now() - started).toBeLessThan(800);
+  });
 });
 
 for (const protocol of ['grpc', 'http'] as const) {

@@ -14,6 +14,7 @@ import type { Duplex } from 'node:stream';
 import { timerTimeout } from '../infrastructure/call-context.ts';
 import { withoutStack } from '../domain/errors.ts';
 import { webHeadersFromNode } from '../rpc/node-headers.ts';
+import { NOT_CONNECTED } from './layer-errors.ts';
 
 /** The length-prefixed message framing of gRPC: a flags byte, then a 32-bit big-endian length. */
 const FRAME_HEADER_BYTES = 5;
@@ -39,6 +40,8 @@ export class GrpcUnaryClient {
   /** Why the current session failed, for the streams it takes down with it. */
   #sessionError: Error | undefined;
   #active = 0;
+  /** The sessions whose connection was made. */
+  readonly #connected = new WeakSet<ClientHttp2Session>();
 
   constructor(options: GrpcUnaryClientOptions) {
     this.#url = new URL(options.baseUrl);
@@ -81,7 +84,7 @@ export class GrpcUnaryClient {
       try {
         stream = session.request(requestHeader);
       } catch (error) {
-        reject(this.#connectionFailure(error));
+        reject(this.#connectionFailure(error, session));
         return;
       }
       this.#streamOpened(session);
@@ -116,12 +119,12 @@ export class GrpcUnaryClient {
       stream.on('trailers', (headers: IncomingHttpHeaders) => {
         trailer = webHeadersFromNode(headers);
       });
-      stream.on('error', (error) => fail(this.#connectionFailure(error)));
+      stream.on('error', (error) => fail(this.#connectionFailure(error, session)));
       stream.on('close', () => {
         this.#streamClosed(session);
         if (settled) return;
         if (responseHeader === undefined || stream.rstCode !== constants.NGHTTP2_NO_ERROR) {
-          fail(this.#connectionFailure(new Error(`the stream closed with HTTP/2 code ${stream.rstCode}`)));
+          fail(this.#connectionFailure(new Error(`the stream closed with HTTP/2 code ${stream.rstCode}`), session));
           return;
         }
         settle(() => {
@@ -142,6 +145,18 @@ export class GrpcUnaryClient {
     this.#session = undefined;
   }
 
+  /** `ready`: connected; `connecting`: a connection is being made; `idle`: none is. */
+  state(): 'idle' | 'connecting' | 'ready' {
+    const session = this.#session;
+    if (session === undefined || session.closed || session.destroyed) return 'idle';
+    return this.#connected.has(session) ? 'ready' : 'connecting';
+  }
+
+  /** Starts making the connection, if none is, without a call. */
+  connect(): void {
+    this.#openSession();
+  }
+
   /** Closes the session once the calls on it have finished; a later call opens a new one. */
   drain(): void {
     this.#session?.close();
@@ -158,6 +173,7 @@ export class GrpcUnaryClient {
     // by the server's message limit, so generous windows cost no more memory than the answers.
     const session = connectHttp2(this.#url, { createConnection: () => this.#createConnection(this.#url), settings: { initialWindowSize: STREAM_WINDOW_BYTES } });
     session.once('connect', () => {
+      this.#connected.add(session);
       session.setLocalWindowSize(SESSION_WINDOW_BYTES);
     });
     const forget = () => {
@@ -187,9 +203,13 @@ export class GrpcUnaryClient {
   }
 
   /** A failure to reach the process or to keep the connection, as connect-node reports one. */
-  #connectionFailure(error: unknown): ConnectError {
+  #connectionFailure(error: unknown, session: ClientHttp2Session): ConnectError {
     this.#onUnreachable?.();
-    const cause = this.#sessionError ?? error;
+    let cause = this.#sessionError ?? error;
+    // A session that never connected sent nothing: any call on it may go again, elsewhere (a
+    // refused connection said so; an unreachable address, a connect that timed out did not).
+    if (!this.#connected.has(session))
+      cause = Object.assign(new Error(`could not connect: ${cause instanceof Error ? cause.message : String(cause)}`), { code: NOT_CONNECTED, cause });
     return new ConnectError(cause instanceof Error ? cause.message : String(cause), Code.Unavailable, undefined, undefined, cause);
   }
 }

@@ -88,7 +88,10 @@ function appErrorFrom(code: ErrorCode, message: string, metadata: Record<string,
 }
 
 /** Socket error codes that mean the request never reached a server, or the connection broke. */
-const CONNECTION_FAILURES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+/** The code of a call's failure on a connection that was never made: nothing was sent. */
+export const NOT_CONNECTED = 'ERR_LAYER_NOT_CONNECTED';
+
+const CONNECTION_FAILURES = new Set([NOT_CONNECTED, 'ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL']);
 
 /**
  * Whether the failure lies in reaching the layer below rather than in what it answered: no

@@ -28,7 +28,7 @@ export const REPEAT_HEADER = 'x-arcana-repeat';
 export const ACTING_AS_HEADER = 'x-arcana-acting-as';
 /** On a write to the repository layer: the audit event it stores with itself (WriteOptions.audit), an AuditEventRecord in binary. */
 export const AUDIT_HEADER = 'x-arcana-audit-bin';
-import { fromLayerError, isTransportFailure, socketErrorCode } from './layer-errors.ts';
+import { fromLayerError, isTransportFailure, NOT_CONNECTED, socketErrorCode } from './layer-errors.ts';
 import { GrpcUnaryClient } from './grpc-unary-client.ts';
 import { ResolvedEndpoints, type Resolve } from './resolved-endpoints.ts';
 
@@ -243,8 +243,17 @@ async function afterFirstResolution<T>(
 
 function connectWithoutDelay(authority: URL, address?: string): Duplex {
   const host = address ?? authority.hostname.replace(/^\[(.*)\]$/, '$1');
-  return connect({ host, port: Number(authority.port === '' ? 80 : authority.port), noDelay: true });
+  const socket = connect({ host, port: Number(authority.port === '' ? 80 : authority.port), noDelay: true });
+  // A connection to an address that has gone (a pod lost with its node) may hang until the
+  // system gives up, minutes on: each call sent to it waited out its deadline (helper 130).
+  const timer = setTimeout(() => socket.destroy(Object.assign(new Error(`connect to ${host} timed out`), { code: 'ETIMEDOUT' })), CONNECT_TIMEOUT_MS).unref();
+  socket.once('connect', () => clearTimeout(timer));
+  socket.once('close', () => clearTimeout(timer));
+  return socket;
 }
+
+/** How long an internal connection may take to be made. */
+const CONNECT_TIMEOUT_MS = 2_000;
 
 /**
  * Only failures to reach a process are retried, never an answer one gave (which would also
@@ -254,6 +263,9 @@ function connectWithoutDelay(authority: URL, address?: string): Duplex {
  */
 export function isRetryable(method: DescMethod, error: ConnectError): boolean {
   if (!isTransportFailure(error) || error.code === Code.DeadlineExceeded) return false;
-  if (socketErrorCode(error) === 'ECONNREFUSED') return true;
+  // Nothing was sent: a refused connection, or one never made (helper 130: an unreachable
+  // address among a name's, which the connection by name had let Node's happy eyeballs skip).
+  const code = socketErrorCode(error);
+  if (code === 'ECONNREFUSED' || code === NOT_CONNECTED) return true;
   return method.idempotency !== Idempotency.IDEMPOTENCY_UNKNOWN;
 }

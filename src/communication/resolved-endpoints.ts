@@ -29,6 +29,10 @@ const MIN_RESOLVE_GAP_MS = 1_000;
 export interface Endpoint {
   /** Ends the connection once the calls on it have finished. */
   drain(): void;
+  /** `ready`: connected; `connecting`: a connection is being made; `idle`: none is. */
+  state?(): 'idle' | 'connecting' | 'ready';
+  /** Starts making the connection without a call. */
+  connect?(): void;
 }
 
 /** Every address of `host`, in the resolver's order; rejects when the name does not resolve. */
@@ -87,11 +91,22 @@ export class ResolvedEndpoints<E extends Endpoint> {
   pick(): E {
     if (this.#resolve !== undefined && this.#now() - this.#resolvedAt >= RESOLVE_INTERVAL_MS) this.refresh();
     const count = this.#order.length;
+    const now = this.#now();
+    // The next address that is connected and not down, as gRPC's round_robin picks only connected
+    // subchannels: a call put on a connection that was never made waited out its deadline (helper
+    // 130). The others are connected meanwhile, without a call; when none is connected, the next
+    // that is not down takes the call.
+    let fallback: E | undefined;
     for (let tried = 0; tried < count; tried += 1) {
       const endpoint = this.#order[this.#next % count] as E;
       this.#next = (this.#next + 1) % count;
-      if ((this.#down.get(endpoint) ?? 0) <= this.#now()) return endpoint;
+      if ((this.#down.get(endpoint) ?? 0) > now) continue;
+      const state = endpoint.state?.() ?? 'ready';
+      if (state === 'ready') return endpoint;
+      if (state === 'idle' && count > 1) endpoint.connect?.();
+      fallback ??= endpoint;
     }
+    if (fallback !== undefined) return fallback;
     // Every address failed since the last resolution: try them anyway, in turn.
     const endpoint = this.#order[this.#next % count] as E;
     this.#next = (this.#next + 1) % count;

@@ -124,8 +124,12 @@ describe('layer transport over grpc, a URL whose name stands for several process
         resolve: async (host) => (resolved.push(host), addresses),
       }),
     );
+    // The first calls connect to each address (calls go only to connected ones when there are).
+    for (let i = 0; i < 4; i += 1) await client.peekCounter({ key: 'k' });
+    const [a0, b0] = [a.calls.length, b.calls.length];
+    expect(a0 + b0).toBe(4);
     for (let i = 0; i < 10; i += 1) await client.peekCounter({ key: 'k' });
-    expect([a.calls.length, b.calls.length]).toEqual([5, 5]);
+    expect([a.calls.length - a0, b.calls.length - b0]).toEqual([5, 5]);
     expect(resolved[0]).toBe('layer.test');
     // A process that has gone is passed over: every read is answered by the other (a write in
     // flight on a connection that drops is not repeated, see below, so reads here).
@@ -133,7 +137,7 @@ describe('layer transport over grpc, a URL whose name stands for several process
     const before = b.calls.length;
     for (let i = 0; i < 6; i += 1) await client.peekCounter({ key: 'k' });
     expect(b.calls.length - before).toBe(6);
-    expect(a.calls).toHaveLength(5);
+    expect(a.calls).toHaveLength(a0 + 5);
     // A third process, once the name is resolved again, takes its turn.
     const c = await startFakeLayer('127.0.0.4', port);
     addresses = ['127.0.0.3', '127.0.0.4'];

@@ -55,7 +55,7 @@ async function main(): Promise<void> {
   const address = server.address();
   logger.info(
     {
-      address: typeof address === 'object' && address !== null ? `${address.address}:${address.port}` : address,
+      address: typeof address === 'object' && address !== null ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}` : address,
       database: app.database?.kind,
       deploymentMode: config.deployment.mode,
       deploymentLayer: config.deployment.layer,

@@ -22,12 +22,34 @@ export function compileTrust(setting: TrustProxySetting): TrustFunction {
   if (setting === true) return () => true;
   if (setting === false) return () => false;
   if (typeof setting === 'number') return (_address, index) => index < setting;
-  return proxyaddr.compile(
+  const trusted = proxyaddr.compile(
     setting
       .split(',')
       .map((part) => part.trim())
       .filter((part) => part.length > 0),
   );
+  // A hop is judged by its address, whatever a proxy wrote around it: proxy-addr took
+  // `10.0.0.1:34567` or `[fd00::1]:443` for no address, and so for no proxy of ours, and the walk
+  // stopped there: the proxy became the client, and every client behind it shared its rate limit
+  // and lockout counters (helper 134).
+  return (address, index) => trusted(bareAddress(address), index);
+}
+
+/** An address without the port or brackets a proxy may have written around it. */
+function bareAddress(entry: string): string {
+  const bare = WITH_PORT.exec(entry);
+  return bare === null ? entry : (bare[1] ?? bare[2] ?? entry);
+}
+
+/**
+ * A socket peer in the form sessions and the audit log record: an IPv4 client of a dual-stack
+ * listener (`::`, the default) is `::ffff:1.2.3.4` to Node, recorded as 1.2.3.4 as it is when it
+ * comes through a proxy (helper 134: one client, two forms, and a search by address missed half).
+ */
+function peerAddress(socketAddress: string): string {
+  if (!socketAddress.startsWith('::ffff:')) return socketAddress;
+  const ipv4 = socketAddress.slice(7);
+  return isIPv4(ipv4) ? ipv4 : socketAddress;
 }
 
 /**
@@ -55,7 +77,7 @@ export function createClientAddressResolver(setting: TrustProxySetting): ClientA
     if (socketAddress === undefined) return undefined;
     // Without the header there is nothing to trust: the kernel's peer address needs no check
     // (parsing it on every request was 4% of a controller's CPU under load).
-    if (forwardedFor === undefined) return socketAddress;
+    if (forwardedFor === undefined) return peerAddress(socketAddress);
     const header = typeof forwardedFor === 'string' ? forwardedFor : forwardedFor.join(', ');
     // proxy-addr reads only these two properties of the request.
     const request = { socket: { remoteAddress: socketAddress }, headers: { 'x-forwarded-for': header } };
@@ -64,7 +86,7 @@ export function createClientAddressResolver(setting: TrustProxySetting): ClientA
     // address is recorded as no address rather than as text the client chose. So is one longer
     // than any address is written (ipaddr.js takes zone ids and zero-padded parts of any length):
     // the address travels on in an internal call's headers in split topologies.
-    if (resolved === socketAddress) return resolved;
+    if (resolved === socketAddress) return peerAddress(resolved);
     return resolved.length <= MAX_ADDRESS_LENGTH ? canonicalAddress(resolved) : undefined;
   };
 }

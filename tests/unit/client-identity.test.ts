@@ -54,8 +54,11 @@ describe('client address', () => {
     // Two runs of zeros of one length: the first is the one written as ::.
     expect(resolve('10.0.0.2', '0:0:da23:0:0:b871:0:0')).toBe('::da23:0:0:b871:0:0');
     expect(resolve('10.0.0.2', '2001:db8:0:0:1:0:0:0')).toBe('2001:db8:0:0:1::');
-    // The socket peer is the kernel's text, kept as it is.
-    expect(resolve('::ffff:10.0.0.2', undefined)).toBe('::ffff:10.0.0.2');
+    // The socket peer is the kernel's text, but for an IPv4 client of a dual-stack listener,
+    // which is recorded as IPv4, as it is through a proxy (helper 134).
+    expect(resolve('::ffff:10.0.0.2', undefined)).toBe('10.0.0.2');
+    expect(resolve('::1', undefined)).toBe('::1');
+    expect(resolve('2001:DB8::1', undefined)).toBe('2001:DB8::1');
   });
 
   it('when addresses are keyed, then IPv6 hosts of one /64 share a key, IPv4-mapped counts as IPv4', () => {

@@ -37,8 +37,13 @@ export class GrpcUnaryClient {
   readonly #createConnection: (authority: URL) => Duplex;
   readonly #onUnreachable: (() => void) | undefined;
   #session: ClientHttp2Session | undefined;
-  /** Why the current session failed, for the streams it takes down with it. */
-  #sessionError: Error | undefined;
+  /**
+   * Why each session failed, for the streams it takes down with it: per session, for a refused
+   * new connection must never be taken for the cause of a call on an older one that was made
+   * (helper 132: it was, so a write cut by a layer's shutdown counted as never sent and was
+   * carried out again elsewhere).
+   */
+  readonly #sessionErrors = new WeakMap<ClientHttp2Session, Error>();
   #active = 0;
   /** The sessions whose connection was made. */
   readonly #connected = new WeakSet<ClientHttp2Session>();
@@ -166,7 +171,6 @@ export class GrpcUnaryClient {
   #openSession(): ClientHttp2Session {
     const current = this.#session;
     if (current !== undefined && !current.closed && !current.destroyed) return current;
-    this.#sessionError = undefined;
     // HTTP/2 flow control: with the defaults (64 KiB per stream and per connection) the answers
     // of many concurrent calls (pages of users) exceed the connection's window, and the peer must
     // wait for WINDOW_UPDATEs that this busy event loop sends late. A layer's answers are bounded
@@ -180,8 +184,12 @@ export class GrpcUnaryClient {
       if (this.#session === session) this.#session = undefined;
     };
     session.on('error', (error: Error) => {
-      this.#sessionError = error;
+      this.#sessionErrors.set(session, error);
       forget();
+      // A connection that could not be made, with or without a call on it (calls go only to
+      // connected addresses, others are connected in the background): its address is passed
+      // over for a while, not connected to again at every call (helper 132).
+      if (!this.#connected.has(session)) this.#onUnreachable?.();
     });
     // A server shutting down sends GOAWAY: streams it already took finish; new ones go to a
     // new session.
@@ -205,7 +213,7 @@ export class GrpcUnaryClient {
   /** A failure to reach the process or to keep the connection, as connect-node reports one. */
   #connectionFailure(error: unknown, session: ClientHttp2Session): ConnectError {
     this.#onUnreachable?.();
-    let cause = this.#sessionError ?? error;
+    let cause = this.#sessionErrors.get(session) ?? error;
     // A session that never connected sent nothing: any call on it may go again, elsewhere (a
     // refused connection said so; an unreachable address, a connect that timed out did not).
     if (!this.#connected.has(session))

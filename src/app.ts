@@ -563,6 +563,7 @@ async function createPublicFacades(
     admit: rateLimiter === undefined ? undefined : rateLimitGate(rateLimiter),
     strictJson: true,
     logger,
+    metrics,
   };
   // Over HTTP/1.1 whatever is not an RPC path falls through to the REST app. This adapter only
   // ever sees HTTP/1.1 requests (see `http` below), hence the narrowing casts.

@@ -71,6 +71,7 @@ import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { grpcTimeoutMs, timerTimeout } from '../../infrastructure/call-context.ts';
 import { nodeHeadersFromWeb, webHeadersFromNode } from '../../rpc/node-headers.ts';
 import { toConnectError } from './interceptors.ts';
+import { rpcProtocolOf, type Metrics } from '../../infrastructure/metrics.ts';
 import { createRequestDecoder } from './request-decoder.ts';
 
 type NodeRequest = IncomingMessage | Http2ServerRequest;
@@ -130,6 +131,8 @@ const UNLIMITED_BYTES = 0xffffffff;
 export interface RpcNodeHandlerOptions extends ConnectNodeAdapterOptions {
   /** Logs the calls the gate refuses, which no interceptor sees. */
   logger?: Logger | undefined;
+  /** Where the calls the gate refuses are counted, as the interceptors count the others. */
+  metrics?: Metrics | undefined;
   /** Runs before a call's body is read; throw to refuse the call (the public rate limit). */
   admit?: ((context: HandlerContext) => Promise<void>) | undefined;
   /**
@@ -189,7 +192,7 @@ const decodedKey = createContextKey<Message | undefined>(undefined, { descriptio
 
 /** Like connectNodeAdapter, with a gate that rate limits and decodes each call before connect-es does. */
 export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: NodeRequest, res: NodeResponse) => void {
-  const { logger, admit, strictJson = false, ...adapterOptions } = options;
+  const { logger, metrics, admit, strictJson = false, ...adapterOptions } = options;
   const acceptCompression = adapterOptions.acceptCompression ?? [compressionGzip, BROTLI_QUALITY_4, DEFLATE];
   const readMaxBytes = adapterOptions.readMaxBytes ?? UNLIMITED_BYTES;
   const jsonOptions = strictJson ? { ...adapterOptions.jsonOptions, ignoreUnknownFields: false } : adapterOptions.jsonOptions;
@@ -234,6 +237,9 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       };
       if (refusal.code === Code.Internal) logger?.error({ ...line, err: error }, 'rpc failed');
       else logger?.info(line, 'rpc completed');
+      // Counted too: a flood the rate limit refused over RPC was in the logs alone, where the same
+      // flood over REST showed on the dashboard (helper 133).
+      metrics?.rpcRequest(line.procedure, rpcProtocolOf(context.requestHeader.get('content-type')), code, Number(process.hrtime.bigint() - started) / 1e9);
       throw refusal;
     }
   };

@@ -141,7 +141,7 @@ export async function createApplication(config: Config, logger: Logger): Promise
   };
   const metrics = config.metrics.port === 0 ? undefined : new Metrics();
   // Closed last (closers run in reverse): the spans of the shutdown's own work are exported too.
-  const tracing = config.tracing === undefined ? undefined : await createTracing({ ...config.tracing, serviceVersion: packageJson.version, layer });
+  const tracing = config.tracing === undefined ? undefined : await createTracing({ ...config.tracing, serviceVersion: packageJson.version, layer, logger });
   if (tracing !== undefined) closers.push(() => tracing.close());
   const parts: ProcessParts = { config, logger, metrics, tracing, closers, readiness: {}, health: { ...config.health, draining: draining.signal }, onDrain };
 

@@ -33,7 +33,7 @@ import type { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
 import { errorEnvelope, type ErrorBody } from './controllers/rest/envelope.ts';
 import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
-import type { Logger } from './infrastructure/logger.ts';
+import { rateLimitedWarning, type Logger } from './infrastructure/logger.ts';
 import { requestIdFrom } from './infrastructure/request-id.ts';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
@@ -93,9 +93,9 @@ export function createDualProtocolServer(
 ): DualProtocolServer {
   const limits = options.limits ?? loadConfig({}).server.connections;
   const peers = createPeerTable(limits, trustedPeers(options.trustProxy ?? false));
-  const warnConnection = rateLimitedWarning(options.logger, 'refused connections: too many open from one address');
-  const warnStream = rateLimitedWarning(options.logger, 'refused HTTP/2 streams: too many open from one address');
-  const warnMalformed = rateLimitedWarning(options.logger, 'refused requests: malformed Host or :authority');
+  const warnConnection = rateLimitedWarning(options.logger, 'refused connections: too many open from one address', REFUSAL_LOG_INTERVAL_MS);
+  const warnStream = rateLimitedWarning(options.logger, 'refused HTTP/2 streams: too many open from one address', REFUSAL_LOG_INTERVAL_MS);
+  const warnMalformed = rateLimitedWarning(options.logger, 'refused requests: malformed Host or :authority', REFUSAL_LOG_INTERVAL_MS);
 
   const startInTurn = turnGate(REQUESTS_PER_TURN);
   const h1 = createHttpServer(
@@ -789,30 +789,6 @@ function createPeerTable(limits: ConnectionLimits, isTrusted: (address: string) 
 function trustedPeers(setting: TrustProxySetting): (address: string) => boolean {
   const trust = compileTrust(setting);
   return (address) => trust(address, 0);
-}
-
-/**
- * A warning that is logged at most once per REFUSAL_LOG_INTERVAL_MS, however many refusals an
- * attacker provokes; the refusals in between are counted in the next line.
- */
-function rateLimitedWarning(logger: Logger | undefined, message: string): (fields: Record<string, unknown>) => void {
-  let suppressed = 0;
-  let window: NodeJS.Timeout | undefined;
-  const endWindow = () => {
-    window = undefined;
-    if (suppressed === 0) return;
-    logger?.warn({ refused: suppressed, intervalMs: REFUSAL_LOG_INTERVAL_MS }, `${message} (more in the last interval)`);
-    suppressed = 0;
-    window = setTimeout(endWindow, REFUSAL_LOG_INTERVAL_MS).unref();
-  };
-  return (fields) => {
-    if (window !== undefined) {
-      suppressed += 1;
-      return;
-    }
-    logger?.warn(fields, message);
-    window = setTimeout(endWindow, REFUSAL_LOG_INTERVAL_MS).unref();
-  };
 }
 
 /**

@@ -92,21 +92,27 @@ async function main(): Promise<void> {
     // Health watches never end by themselves; the drain would wait for them until forced. Queued
     // password hashes that the cut would end are refused now, while there is time to clean up.
     app.drain(signalledAt + cutInMs);
-    void close().then(async () => {
-      clearTimeout(cut);
-      // Writes past a use case's point of no return finish before the database closes, even for
-      // requests whose connections were cut (their clients are gone, the writes are not), within
-      // what is left of the timeout but the part kept for closing.
-      const left = signalledAt + config.server.shutdownTimeoutMs * KEEP_FOR_CLOSING_SHARE - Date.now();
-      // A password hash under way is followed by the writes it was for (an account, a session).
-      if (!(await uninterruptedSettled({ quietMs: SETTLE_QUIET_MS, withinMs: Math.max(0, left), busy: () => gatedWorkInFlight() > 0 }))) {
-        logger.warn('shutdown: writes, password hashes or listings still running when the database had to be closed');
-      }
-      await metricsServer?.close();
-      await app.close();
-      logger.info('shutdown complete');
-      process.exit(0);
-    });
+    void close()
+      .then(async () => {
+        clearTimeout(cut);
+        // Writes past a use case's point of no return finish before the database closes, even for
+        // requests whose connections were cut (their clients are gone, the writes are not), within
+        // what is left of the timeout but the part kept for closing.
+        const left = signalledAt + config.server.shutdownTimeoutMs * KEEP_FOR_CLOSING_SHARE - Date.now();
+        // A password hash under way is followed by the writes it was for (an account, a session).
+        if (!(await uninterruptedSettled({ quietMs: SETTLE_QUIET_MS, withinMs: Math.max(0, left), busy: () => gatedWorkInFlight() > 0 }))) {
+          logger.warn('shutdown: writes, password hashes or listings still running when the database had to be closed');
+        }
+        await metricsServer?.close();
+        await app.close();
+        logger.info('shutdown complete');
+        process.exit(0);
+      })
+      .catch((error: unknown) => {
+        // A part that failed to close: said so, not an unhandled rejection's stack on stderr.
+        logger.error({ err: error instanceof Error ? error.message : String(error) }, 'shutdown failed');
+        process.exit(1);
+      });
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));

@@ -22,3 +22,28 @@ export function createLogger(options: { level: string; name?: string; destinatio
   } satisfies pino.LoggerOptions;
   return options.destination === undefined ? pino(settings) : pino(settings, options.destination);
 }
+
+/**
+ * A warning that is logged at most once per `intervalMs`, however often its cause recurs (an
+ * attacker's refusals, a collector refusing every export); the occurrences in between are
+ * counted in the next line.
+ */
+export function rateLimitedWarning(logger: Logger | undefined, message: string, intervalMs: number): (fields: Record<string, unknown>) => void {
+  let suppressed = 0;
+  let window: NodeJS.Timeout | undefined;
+  const endWindow = () => {
+    window = undefined;
+    if (suppressed === 0) return;
+    logger?.warn({ refused: suppressed, intervalMs }, `${message} (more in the last interval)`);
+    suppressed = 0;
+    window = setTimeout(endWindow, intervalMs).unref();
+  };
+  return (fields) => {
+    if (window !== undefined) {
+      suppressed += 1;
+      return;
+    }
+    logger?.warn(fields, message);
+    window = setTimeout(endWindow, intervalMs).unref();
+  };
+}

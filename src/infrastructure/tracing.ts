@@ -14,10 +14,24 @@
 // loaded: only the API (span kinds and codes) is imported here; the SDK, the exporter and the
 // propagator come with `createTracing`, which saves a process without tracing about a tenth of a
 // second of start-up.
-import { isSpanContextValid, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Span, type TextMapPropagator, type Tracer } from '@opentelemetry/api';
+import {
+  diag,
+  DiagLogLevel,
+  isSpanContextValid,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Attributes,
+  type Span,
+  type TextMapPropagator,
+  type Tracer,
+} from '@opentelemetry/api';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
 import { currentCallContext } from './call-context.ts';
 import type { Cache } from './cache.ts';
+import { rateLimitedWarning, type Logger } from './logger.ts';
 
 export { SpanKind, SpanStatusCode, type Span };
 
@@ -30,7 +44,14 @@ export interface TracingOptions {
   layer: string;
   /** Batch delay; 0 exports each span as it ends (tests). */
   scheduleDelayMs: number;
+  /** Where a collector's failures are told (at most once a minute). */
+  logger?: Logger | undefined;
 }
+
+/** How often, at most, spans lost to a failing collector are logged. */
+const EXPORT_WARNING_INTERVAL_MS = 60_000;
+/** How long closing may take to export the last spans. */
+const CLOSE_TIMEOUT_MS = 5_000;
 
 const headerSetter = {
   set: (carrier: Record<string, string>, key: string, value: string) => {
@@ -59,6 +80,16 @@ export async function createTracing(options: TracingOptions): Promise<Tracing> {
     import('@opentelemetry/sdk-trace-base'),
     import('@opentelemetry/semantic-conventions'),
   ]);
+  // The SDK tells export failures and spans dropped from a full queue to its diagnostic logger
+  // only, which nothing set: a collector that refused or dropped every span lost them without a
+  // word (helper 133). Its warnings and errors go to the log, at most once a minute.
+  const warn = rateLimitedWarning(options.logger, 'tracing: spans are not being exported', EXPORT_WARNING_INTERVAL_MS);
+  const tell = (message: string, ...args: unknown[]) =>
+    warn({ reason: [message, ...args.map((arg) => (arg instanceof Error ? arg.message : String(arg)))].join(' ').slice(0, 500) });
+  diag.setLogger(
+    { error: tell, warn: tell, info: () => undefined, debug: () => undefined, verbose: () => undefined },
+    { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true },
+  );
   const exporter = new OTLPTraceExporter({ url: options.url });
   const provider = new BasicTracerProvider({
     resource: resourceFromAttributes({
@@ -72,7 +103,7 @@ export async function createTracing(options: TracingOptions): Promise<Tracing> {
     spanLimits: { attributeValueLengthLimit: SPAN_ATTRIBUTE_MAX_LENGTH },
     spanProcessors: [options.scheduleDelayMs === 0 ? new SimpleSpanProcessor(exporter) : new BatchSpanProcessor(exporter, { scheduledDelayMillis: options.scheduleDelayMs })],
   });
-  return new Tracing(provider, new W3CTraceContextPropagator(), options.serviceVersion);
+  return new Tracing(provider, new W3CTraceContextPropagator(), options.serviceVersion, options.logger);
 }
 
 /** The longest attribute value a span carries (see createTracing). */
@@ -81,12 +112,14 @@ const SPAN_ATTRIBUTE_MAX_LENGTH = 1024;
 export class Tracing {
   readonly #provider: BasicTracerProvider;
   readonly #propagator: TextMapPropagator;
+  readonly #logger: Logger | undefined;
   readonly tracer: Tracer;
 
   /** Made by `createTracing`. */
-  constructor(provider: BasicTracerProvider, propagator: TextMapPropagator, serviceVersion: string) {
+  constructor(provider: BasicTracerProvider, propagator: TextMapPropagator, serviceVersion: string, logger?: Logger) {
     this.#provider = provider;
     this.#propagator = propagator;
+    this.#logger = logger;
     this.tracer = provider.getTracer('arcana-cloud', serviceVersion);
   }
 
@@ -121,9 +154,21 @@ export class Tracing {
     this.#propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, headerSetter);
   }
 
-  /** Exports what is still buffered and stops. */
+  /**
+   * Exports what is still buffered and stops, within CLOSE_TIMEOUT_MS. A collector that is down,
+   * failing or silent costs the last spans, not the shutdown: its failure made the process exit 1
+   * on SIGTERM (helper 133).
+   */
   async close(): Promise<void> {
-    await this.#provider.shutdown();
+    const closed = this.#provider.shutdown().then(
+      () => true,
+      (error: unknown) => {
+        this.#logger?.warn({ err: error instanceof Error ? error.message : String(error) }, 'tracing: the last spans could not be exported');
+        return true;
+      },
+    );
+    const timedOut = sleep(CLOSE_TIMEOUT_MS, false, { ref: false });
+    if (!(await Promise.race([closed, timedOut]))) this.#logger?.warn('tracing: the collector did not take the last spans in time');
   }
 }
 

@@ -32,6 +32,7 @@ export function requestContext(
   metrics?: Metrics,
   tracing?: Tracing,
   peerTrusted: (socketAddress: string | undefined) => boolean = () => false,
+  routeOf: (path: string) => string | undefined = () => undefined,
 ) {
   return (req: Request, res: Response, next: NextFunction): void => {
     const incoming = req.get('x-request-id');
@@ -56,7 +57,10 @@ export function requestContext(
       const status = abandonedByClient ? CLIENT_CLOSED_REQUEST : res.statusCode;
       // The operation's path template, never the path itself: a label must not take values
       // that clients choose.
-      const route = (req as { openapi?: { openApiRoute?: string } }).openapi?.openApiRoute;
+      // A request refused before the validator matched it (the rate limit, a body that does not
+      // parse) is labelled with its operation's template all the same: it was `unmatched`, the
+      // label of paths no operation has, and a login flood showed as noise (helper 133).
+      const route = (req as { openapi?: { openApiRoute?: string } }).openapi?.openApiRoute ?? routeOf(req.path);
       metrics?.httpRequest(route ?? 'unmatched', req.method, status, durationMs / 1000);
       if (span !== undefined) {
         if (route !== undefined) {
@@ -121,4 +125,17 @@ function callerId(caller: string | undefined): number | undefined {
 /** Where the request came from, as requestContext resolved it. */
 export function clientOf(res: Response): ClientInfo {
   return res.locals.client ?? {};
+}
+
+/**
+ * The operation template (`/api/v1/users/{userId}`) a path falls under, by the contract's paths,
+ * as Express routes it: any case, an optional trailing slash. For requests refused before the
+ * validator matched them; undefined for a path no operation has.
+ */
+export function routeMatcher(paths: readonly string[]): (path: string) => string | undefined {
+  const routes = paths.map((template) => ({
+    template,
+    pattern: new RegExp(`^${template.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\\?\{[^}]+\\?\}/g, '[^/]+')}/?$`, 'i'),
+  }));
+  return (path) => routes.find((route) => route.pattern.test(path))?.template;
 }

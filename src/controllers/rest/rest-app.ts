@@ -17,7 +17,7 @@ import { findQueryProblems, findUnstorableText, noFieldErrors, repeatedJsonKey, 
 import { createOpenApiValidation } from './openapi-validation.ts';
 import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
-import { requestContext } from './request-context.ts';
+import { requestContext, routeMatcher } from './request-context.ts';
 import type { Metrics } from '../../infrastructure/metrics.ts';
 import type { Tracing } from '../../infrastructure/tracing.ts';
 import { createSystemRoutes } from './system-routes.ts';
@@ -96,7 +96,8 @@ export function createRestApp(options: RestAppOptions): Express {
   // Express's own view (req.ip, req.secure) follows the same predicate as the edge's resolver.
   app.set('trust proxy', compileTrust(options.trustProxy));
 
-  app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing, options.traceTrusted));
+  const contractPaths = Object.keys((options.apiSpec as { paths?: Record<string, unknown> } | undefined)?.paths ?? {});
+  app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing, options.traceTrusted, routeMatcher(contractPaths)));
   // Every API answer is about a caller, or to one: no cache may keep it, and a browser must not
   // answer a later request from it (after logout, say). ETags and If-None-Match still work. Set
   // first, so that every answer has it, refusals included (a 400, 404, 413 or 429 had none: a

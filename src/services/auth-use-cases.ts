@@ -236,8 +236,11 @@ export class AuthUseCases {
       ...clientFields(client),
       details: { knownDevice: device !== undefined, ...(superseded > 0 ? { supersededSessions: superseded } : {}) },
     });
-    const passwordHash = await this.#upgradedHash(row, input.password ?? '');
-    return { user: toUserMessage({ ...row, lastLoginAt: now }), tokens, deviceToken: this.#devices.issue(row.id, passwordHash, device) };
+    // The login's own write moved the version on (lastLoginAt), and a new hash moves it again: the
+    // answer carries the version stored, which a client names in If-Match / expected_version
+    // (helper 136: it carried the one read before, so a write made with it was always refused).
+    const { passwordHash, version } = await this.#upgradedHash({ ...row, version: row.version + 1 }, input.password ?? '');
+    return { user: toUserMessage({ ...row, lastLoginAt: now, version }), tokens, deviceToken: this.#devices.issue(row.id, passwordHash, device) };
   }
 
   /**
@@ -246,16 +249,17 @@ export class AuthUseCases {
    * to crack than the deployment asks (helper 111: nothing ever brought old hashes up). Written
    * only over the hash just compared (a password change meanwhile wins); the sessions stay, and
    * the account's device tokens, which cover the hash, count as none until their next login.
-   * A failure to write it costs the login nothing.
+   * A failure to write it costs the login nothing. Returns the hash and the version the row has after it.
    */
-  async #upgradedHash(row: { id: number; passwordHash: string }, password: string): Promise<string> {
-    if (!this.#passwords.weakerThanCurrent(row.passwordHash)) return row.passwordHash;
+  async #upgradedHash(row: { id: number; passwordHash: string; version: number }, password: string): Promise<{ passwordHash: string; version: number }> {
+    const kept = { passwordHash: row.passwordHash, version: row.version };
+    if (!this.#passwords.weakerThanCurrent(row.passwordHash)) return kept;
     try {
       const passwordHash = await this.#passwords.rehash(password);
-      await uninterrupted(() => this.#users.update(row.id, { passwordHash }, { passwordHash: row.passwordHash }));
-      return passwordHash;
+      const written = await uninterrupted(() => this.#users.update(row.id, { passwordHash }, { passwordHash: row.passwordHash }));
+      return { passwordHash, version: written.version };
     } catch {
-      return row.passwordHash;
+      return kept;
     }
   }
 

@@ -234,11 +234,14 @@ export class UserUseCases {
         .withWrite(event, (audit) => this.#tokens.revokeAllWithUserWrite(userId, actor.sessionId, write, { ...actingAs(actor, false), audit }))
         .catch(async (error: unknown) => {
           // Another password change that committed first ended this session too: it is answered as
-          // the conflict it is. An account deleted meanwhile is no such change (helper 87: a false
-          // "changed meanwhile" answer and audit event); its session has simply ended.
+          // the conflict it is, or, to a caller that named the version it read, as that version's
+          // failed precondition (412 / aborted, as the write alone answers it; helper 136: a 409,
+          // already_exists over RPC). An account deleted meanwhile is no such change (helper 87: a
+          // false "changed meanwhile" answer and audit event); its session has simply ended.
           if (error instanceof AppError && error.code === 'AUTHENTICATION_ERROR') {
             const now = await this.#users.findById(userId);
-            if (now !== null && now.passwordHash !== user.passwordHash) error = new ConflictError('The password was changed meanwhile; nothing was changed');
+            if (now !== null && now.passwordHash !== user.passwordHash)
+              error = expectedVersion === undefined ? new ConflictError('The password was changed meanwhile; nothing was changed') : new PreconditionFailedError();
           }
           // Lost to a change that committed first, whether the write was held to the password
           // compared or to the version the caller named: audited either way (helper 124: a

@@ -326,6 +326,76 @@ describe('ETags on REST', () => {
     expect(withHeader).toEqual({ statuses: ['200', '412 PRECONDITION_FAILED'], reasons: ['changed_meanwhile'] });
   });
 
+  it('when two sessions of one user change its password at once, naming the same version, then the loser fails as a stale write (412 / aborted), not as a conflict, over every protocol in parallel', async () => {
+    // Found by an attacker (helper 136): the winner ends the loser's session, and that refusal was
+    // turned into 409 CONFLICT (already_exists over RPC) whether or not the caller named a version.
+    const clients = apiClients(t.baseUrl);
+    try {
+      const results = await Promise.all(
+        clients.map(async (client) => {
+          const user = await register(t);
+          const other = await login(client, user.username, user.password);
+          const [before] = await t.sql<{ version: number }>('SELECT version FROM users WHERE id = $1', [user.id]);
+          const held = await holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [user.id]);
+          const change = (token: string, newPassword: string) =>
+            client.changePassword(token, user.id, { oldPassword: user.password, newPassword }, { expectedVersion: before?.version ?? 0 }).then((outcome) => outcome.code);
+          const answers = Promise.all([change(user.accessToken, 'First-Passw0rd!a1'), change(other.token, 'Second-Passw0rd!b2')]);
+          await sleep(900);
+          await held.release();
+          return { protocol: client.protocol, codes: (await answers).sort() };
+        }),
+      );
+      expect(results).toEqual(clients.map((client) => ({ protocol: client.protocol, codes: ['aborted', 'ok'] })));
+    } finally {
+      closeAll(clients);
+    }
+  });
+
+  it("when a user logs in, then the login's answer carries the version the login left, and a write naming it is made, over every protocol in parallel", async () => {
+    // Found by an attacker (helper 136): the login's own write (its last-login time) moves the
+    // version on, and the answer carried the one read before it, so a write made with the
+    // version the client was given was always refused.
+    const clients = apiClients(t.baseUrl);
+    try {
+      const results = await Promise.all(
+        clients.map(async (client) => {
+          const user = await register(t);
+          const outcome = await client.login({ usernameOrEmail: user.username, password: user.password });
+          const answered = outcome.data?.user.version;
+          const [stored] = await t.sql<{ version: number }>('SELECT version FROM users WHERE id = $1', [user.id]);
+          const write = await client.updateUser(outcome.data?.tokens.accessToken ?? '', user.id, { firstName: 'Fresh' }, { expectedVersion: answered ?? 0 });
+          return { protocol: client.protocol, answered, write: write.code, stored: stored?.version };
+        }),
+      );
+      for (const result of results) expect(result).toEqual({ protocol: result.protocol, answered: result.stored, write: 'ok', stored: result.stored });
+    } finally {
+      closeAll(clients);
+    }
+  });
+
+  it('when If-Match lists several tags, then the write is made if any names the current version (RFC 9110 §13.1.1) and is a 412 if none does, also beside If-None-Match', async () => {
+    // Found by an attacker (helper 136): a list of two versions was refused 400 ("give one entity
+    // tag") while a list of a version and another tag was taken.
+    const user = await register(t);
+    const send = async (ifMatch: string, ifNoneMatch?: string) => {
+      const request = t.request
+        .put(`/api/v1/users/${user.id}`)
+        .set(...bearer(user.accessToken))
+        .set('if-match', ifMatch);
+      const res = await (ifNoneMatch === undefined ? request : request.set('if-none-match', ifNoneMatch)).send({ firstName: 'Listed' });
+      return res.status;
+    };
+    const version = async () => (await row(t, user.id))?.version ?? 0;
+    const v = await version();
+    expect(await send(`"${v + 5}", "${v}"`)).toBe(200);
+    const w = await version();
+    expect(w).toBe(v + 1);
+    expect(await send(`"${v}", "${v + 7}"`)).toBe(412);
+    expect(await send(`"${w}", "${v}"`, `"${w}"`)).toBe(412);
+    expect(await send(`"${w}", "${v}"`, `"${v}"`)).toBe(200);
+    expect(await version()).toBe(w + 1);
+  });
+
   it("when a write carries If-None-Match, then it is done only if the user's version is none of those named: `*` or the current tag is 412 and changes nothing, after 403 and 404", async () => {
     // Found by an attacker (helper 123): If-None-Match was ignored on writes, and the write done
     // (RFC 9110 §13.1.2: `*` guards a PUT against changing an existing representation).

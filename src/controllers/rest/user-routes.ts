@@ -48,11 +48,11 @@ const MAX_VERSION = 2 ** 31 - 1;
 const NO_VERSION = -1;
 
 /**
- * The version `If-Match` requires (RFC 9110 §13.1.1), to be compared in the write itself:
- * undefined without the header or with `*`. Strong comparison: a weak tag, or one that is not a
- * version, matches no user (NO_VERSION), so the request fails with 412 before anything is written.
+ * The versions `If-Match` names (RFC 9110 §13.1.1): undefined without the header or with `*`.
+ * Strong comparison: a weak tag, or one that is not a version, names none; a header naming none
+ * matches no user, so the write fails with 412 before anything is written.
  */
-export function expectedVersionOf(req: Request): number | undefined {
+function expectedVersionsOf(req: Request): Set<number> | undefined {
   const header = req.get('if-match');
   if (header === undefined) return undefined;
   const tags = entityTags(header);
@@ -60,15 +60,12 @@ export function expectedVersionOf(req: Request): number | undefined {
   if (tags === '*') return undefined;
   // A tag that names no version a user can have (the contract's Version is an int32) matches
   // nothing, like any other tag that is not one of ours.
-  const versions = new Set(
+  return new Set(
     tags
       .filter((tag) => !tag.weak && /^[1-9][0-9]{0,9}$/.test(tag.opaque))
       .map((tag) => Number(tag.opaque))
       .filter((version) => version <= MAX_VERSION),
   );
-  if (versions.size === 0) return NO_VERSION;
-  if (versions.size > 1) throw new ValidationError('Validation failed', { 'If-Match': 'give one entity tag' });
-  return [...versions][0];
 }
 
 /** Whether If-None-Match names the user's current tag (weak comparison, RFC 9110 §13.1.2). */
@@ -80,23 +77,31 @@ function notModified(req: Request, user: Pick<User, 'version'>): boolean {
 }
 
 /**
- * The version a write to the user requires, from both of its preconditions (RFC 9110 §13.2.2:
- * If-Match first, then If-None-Match). A write must not be done when If-None-Match names the
- * user's version, or is `*` and the user exists; those headers used to be ignored on writes, and
- * the write done (helper 123). Without If-Match, the version If-None-Match is compared with is
- * the user's as read now, and the write is then made over that version, so that it is not done
- * over one the header names that came meanwhile. When the condition fails the write still goes
- * to the service, expecting a version no user has: who may write, and whether the user exists,
- * answer first (a 403 or 404 wins over 412, RFC 9110 §13.2.1), and nothing is written.
+ * The version a write is to be made at, from its `If-Match` and `If-None-Match` (RFC 9110
+ * §13.2.2: If-Match first), or undefined for any. The write compares it itself (`WHERE version =
+ * ?`): a condition is never a read followed by an unconditional write. Where the headers do not
+ * name one version, the user's current version is read first and the write made at it if the
+ * headers hold for it: `If-None-Match` without `If-Match`, and an `If-Match` list of several
+ * versions, which matches if any does (it was refused 400, "give one entity tag": helper 136).
+ * A change between the read and the write is then a 412 to retry, not a write over a version
+ * the headers excluded.
  */
 async function writeVersionOf(req: Request, res: Response, users: ServiceClients['users'], userId: number): Promise<number | undefined> {
-  const expected = expectedVersionOf(req);
+  const expected = expectedVersionsOf(req);
   const header = req.get('if-none-match');
-  if (header === undefined) return expected;
-  const tags = entityTags(header);
-  if (tags === undefined) throw new ValidationError('Validation failed', { 'If-None-Match': 'must be an entity tag such as "3", or *' });
-  if (tags === '*') return NO_VERSION;
-  if (expected !== undefined) return notModified(req, { version: expected }) ? NO_VERSION : expected;
+  let noneMatch: (version: number) => boolean = () => false;
+  if (header !== undefined) {
+    const tags = entityTags(header);
+    if (tags === undefined) throw new ValidationError('Validation failed', { 'If-None-Match': 'must be an entity tag such as "3", or *' });
+    if (tags === '*') return NO_VERSION;
+    noneMatch = (version) => notModified(req, { version });
+  }
+  if (expected?.size === 0) return NO_VERSION;
+  if (expected?.size === 1) {
+    const [version = NO_VERSION] = expected;
+    return noneMatch(version) ? NO_VERSION : version;
+  }
+  if (expected === undefined && header === undefined) return undefined;
   let version: number;
   try {
     version = requireField((await users.getUser({ userId }, callOptions(req, res))).user, 'user').version;
@@ -105,7 +110,7 @@ async function writeVersionOf(req: Request, res: Response, users: ServiceClients
     // answers (its own 403 or 404 differ: self-only, admin-only), and is not done (helper 124).
     return NO_VERSION;
   }
-  return notModified(req, { version }) ? NO_VERSION : version;
+  return (expected === undefined || expected.has(version)) && !noneMatch(version) ? version : NO_VERSION;
 }
 
 /**

@@ -21,6 +21,8 @@ const FRAME_HEADER_BYTES = 5;
 /** Receive windows: per call, and for the whole connection (see #openSession). */
 const STREAM_WINDOW_BYTES = 1 << 20;
 const SESSION_WINDOW_BYTES = 16 << 20;
+/** How long a new connection may take to bring the process's SETTINGS, its TCP connection included. */
+const HANDSHAKE_TIMEOUT_MS = 2_000;
 
 export interface GrpcUnaryClientOptions {
   /** The base URL of one process, e.g. http://service:3001. */
@@ -45,8 +47,10 @@ export class GrpcUnaryClient {
    */
   readonly #sessionErrors = new WeakMap<ClientHttp2Session, Error>();
   #active = 0;
-  /** The sessions whose connection was made. */
+  /** The sessions whose connection was made: the process sent its SETTINGS. */
   readonly #connected = new WeakSet<ClientHttp2Session>();
+  /** Per session, settled when the process has sent its SETTINGS, or the connection failed first. */
+  readonly #handshakes = new WeakMap<ClientHttp2Session, Promise<void>>();
 
   constructor(options: GrpcUnaryClientOptions) {
     this.#url = new URL(options.baseUrl);
@@ -84,15 +88,8 @@ export class GrpcUnaryClient {
     if (timeoutMs !== undefined) requestHeader['grpc-timeout'] = `${Math.max(1, Math.ceil(timeoutMs))}m`;
 
     return new Promise((resolve, reject) => {
-      let stream: ClientHttp2Stream;
       const session = this.#openSession();
-      try {
-        stream = session.request(requestHeader);
-      } catch (error) {
-        reject(this.#connectionFailure(error, session));
-        return;
-      }
-      this.#streamOpened(session);
+      let stream: ClientHttp2Stream | undefined;
       let status = 0;
       let responseHeader: Headers | undefined;
       let trailer: Headers | undefined;
@@ -109,38 +106,59 @@ export class GrpcUnaryClient {
       };
       const fail = (error: ConnectError) => {
         settle(() => reject(error));
-        if (!stream.closed) stream.close(constants.NGHTTP2_CANCEL);
+        if (stream !== undefined && !stream.closed) stream.close(constants.NGHTTP2_CANCEL);
       };
       const onAbort = () => fail(ConnectError.from(signal?.reason, Code.Canceled));
       signal?.addEventListener('abort', onAbort, { once: true });
       const waitMs = timerTimeout(timeoutMs);
       if (waitMs !== undefined) timer = setTimeout(() => fail(new ConnectError('the operation timed out', Code.DeadlineExceeded)), waitMs);
 
-      stream.on('response', (headers) => {
-        status = Number(headers[constants.HTTP2_HEADER_STATUS]);
-        responseHeader = webHeadersFromNode(headers);
-      });
-      stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-      stream.on('trailers', (headers: IncomingHttpHeaders) => {
-        trailer = webHeadersFromNode(headers);
-      });
-      stream.on('error', (error) => fail(this.#connectionFailure(error, session)));
-      stream.on('close', () => {
-        this.#streamClosed(session);
+      const send = () => {
         if (settled) return;
-        if (responseHeader === undefined || stream.rstCode !== constants.NGHTTP2_NO_ERROR) {
-          fail(this.#connectionFailure(new Error(`the stream closed with HTTP/2 code ${stream.rstCode}`), session));
+        let opened: ClientHttp2Stream;
+        try {
+          opened = session.request(requestHeader);
+        } catch (error) {
+          fail(this.#connectionFailure(error, session));
           return;
         }
-        settle(() => {
-          try {
-            resolve(answer(method, status, responseHeader as Headers, trailer, Buffer.concat(chunks)));
-          } catch (error) {
-            reject(ConnectError.from(error));
-          }
+        stream = opened;
+        this.#streamOpened(session);
+        opened.on('response', (headers) => {
+          status = Number(headers[constants.HTTP2_HEADER_STATUS]);
+          responseHeader = webHeadersFromNode(headers);
         });
-      });
-      stream.end(frame);
+        opened.on('data', (chunk: Buffer) => chunks.push(chunk));
+        opened.on('trailers', (headers: IncomingHttpHeaders) => {
+          trailer = webHeadersFromNode(headers);
+        });
+        opened.on('error', (error) => fail(this.#streamFailure(error, session, opened)));
+        opened.on('close', () => {
+          this.#streamClosed(session);
+          if (settled) return;
+          if (responseHeader === undefined || opened.rstCode !== constants.NGHTTP2_NO_ERROR) {
+            fail(this.#streamFailure(new Error(`the stream closed with HTTP/2 code ${opened.rstCode}`), session, opened));
+            return;
+          }
+          settle(() => {
+            try {
+              resolve(answer(method, status, responseHeader as Headers, trailer, Buffer.concat(chunks)));
+            } catch (error) {
+              reject(ConnectError.from(error));
+            }
+          });
+        });
+        opened.end(frame);
+      };
+      // A request goes out only once the process has answered the connection with its SETTINGS:
+      // one that accepts TCP and never speaks HTTP/2 (a wedged event loop; the kernel completes
+      // the handshake) held every call sent to it for its whole deadline, and such a call could not
+      // be sent elsewhere, for the process might read it when it wakes (helper 135).
+      if (this.#connected.has(session)) send();
+      else
+        this.#handshakes.get(session)?.then(send, (error: unknown) => {
+          if (!settled) fail(this.#connectionFailure(error, session));
+        });
     });
   }
 
@@ -176,10 +194,28 @@ export class GrpcUnaryClient {
     // wait for WINDOW_UPDATEs that this busy event loop sends late. A layer's answers are bounded
     // by the server's message limit, so generous windows cost no more memory than the answers.
     const session = connectHttp2(this.#url, { createConnection: () => this.#createConnection(this.#url), settings: { initialWindowSize: STREAM_WINDOW_BYTES } });
-    session.once('connect', () => {
-      this.#connected.add(session);
-      session.setLocalWindowSize(SESSION_WINDOW_BYTES);
+    // Connected once the process's first SETTINGS frame has come, as gRPC counts an address
+    // ready: 'connect' is only the TCP connection, which a wedged process's kernel completes
+    // (helper 135). One that sends none in HANDSHAKE_TIMEOUT_MS is given up as not reached.
+    const handshake = new Promise<void>((resolve, reject) => {
+      const timeout = setTimeout(
+        () => session.destroy(Object.assign(new Error(`no HTTP/2 settings from ${this.#url.host} within ${HANDSHAKE_TIMEOUT_MS} ms`), { code: 'ETIMEDOUT' })),
+        HANDSHAKE_TIMEOUT_MS,
+      ).unref();
+      session.once('remoteSettings', () => {
+        clearTimeout(timeout);
+        this.#connected.add(session);
+        session.setLocalWindowSize(SESSION_WINDOW_BYTES);
+        resolve();
+      });
+      session.once('close', () => {
+        clearTimeout(timeout);
+        reject(this.#sessionErrors.get(session) ?? new Error('the connection closed before the process answered it'));
+      });
     });
+    // Calls waiting on it see the rejection; a session no call waits on must not report it.
+    handshake.catch(() => undefined);
+    this.#handshakes.set(session, handshake);
     const forget = () => {
       if (this.#session === session) this.#session = undefined;
     };
@@ -208,6 +244,20 @@ export class GrpcUnaryClient {
 
   #streamClosed(session: ClientHttp2Session): void {
     if (session === this.#session && --this.#active === 0 && !session.destroyed) session.unref();
+  }
+
+  /**
+   * A call's stream failed. One the process refused without processing it (RST_STREAM
+   * REFUSED_STREAM, or above the last stream a GOAWAY of a closing process took, which nghttp2
+   * closes with the same code) was not carried out and "can be safely retried" (RFC 9113 §8.7):
+   * it may go again, elsewhere, write or not, and says nothing against the process (helper 135:
+   * a write refused so by a layer shutting down failed 503 though another replica was there,
+   * and its healthy address was passed over).
+   */
+  #streamFailure(error: unknown, session: ClientHttp2Session, stream: ClientHttp2Stream): ConnectError {
+    if (stream.rstCode !== constants.NGHTTP2_REFUSED_STREAM) return this.#connectionFailure(error, session);
+    const cause = Object.assign(new Error('the process refused the call unprocessed (REFUSED_STREAM)'), { code: NOT_CONNECTED, cause: error });
+    return new ConnectError(cause.message, Code.Unavailable, undefined, undefined, cause);
   }
 
   /** A failure to reach the process or to keep the connection, as connect-node reports one. */

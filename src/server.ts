@@ -143,6 +143,9 @@ export function createDualProtocolServer(
   // in the API's envelope, and the connection closed before the body is read.
   h1.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
     warnMalformed({ peer: addressKey(req.socket.remoteAddress), reason: 'unsupported Expect' });
+    // The target in origin form first, so that an RPC path in absolute form is refused in its
+    // protocol, not in REST's envelope (helper 137).
+    toOriginForm(req);
     refuseRequest(req, res, 'Expect may only be 100-continue');
   });
 
@@ -487,10 +490,12 @@ function headerProblem(req: IncomingMessage): string | undefined {
   }
   // Only HTTP/1.0 may omit Host: Node's parser also takes `HTTP/2.0` and `HTTP/0.9` request lines
   // here (a real HTTP/2 request never reaches this server), which must not be a way around the rule.
-  if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return toOriginForm(req);
-  if (hosts > 1) return 'An HTTP/1.1 request must carry one Host header, not several';
-  if (hosts === 0) return 'An HTTP/1.1 request must carry a Host header';
-  if (malformedAuthority(req.headers.host)) return 'The Host header is not a host name or address, with an optional port';
+  const http10 = req.httpVersionMajor === 1 && req.httpVersionMinor === 0;
+  if (hosts > 1) return `An HTTP/1.${http10 ? 0 : 1} request must carry one Host header, not several`;
+  if (hosts === 0 && !http10) return 'An HTTP/1.1 request must carry a Host header';
+  // One HTTP/1.0 may omit is held to the same grammar when it is there (helper 137: a malformed
+  // one reached connect-node, which could not form the URL: a bare 400 no RPC client reads).
+  if (hosts === 1 && malformedAuthority(req.headers.host)) return 'The Host header is not a host name or address, with an optional port';
   return toOriginForm(req);
 }
 

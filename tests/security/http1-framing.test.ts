@@ -71,6 +71,16 @@ describe('HTTP/1.1 framing: what a proxy in front, or a pipelining client, would
       expect(connect.text, target).toMatch(/^HTTP\/1\.1 400 /);
       expect(connect.text, target).toContain('"code":"invalid_argument"');
     }
+    // An Expect the server does not take, on an RPC path in absolute form: refused as in origin
+    // form, a Connect error (helper 137: the refusal came before the target was rewritten, so it
+    // saw no RPC path and answered the REST envelope).
+    for (const target of ['/arcana.auth.v1.AuthService/GetCurrentUser', 'http://localhost/arcana.auth.v1.AuthService/GetCurrentUser']) {
+      const expecting = await exchange(
+        `POST ${target} HTTP/1.1\r\nHost: localhost\r\nExpect: something-else\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`,
+        2_000,
+      );
+      expect(JSON.parse(expecting.text.slice(expecting.text.indexOf('\r\n\r\n') + 4)), target).toEqual({ code: 'invalid_argument', message: 'Expect may only be 100-continue' });
+    }
     for (const target of ['http://user:secret@localhost/health', 'http://[::1/health', 'http://local host/health']) {
       const refused = await exchange(`GET ${target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`, 2_000);
       if (refused.text === '') expect(refused.closed, target).toBe(true);

@@ -388,8 +388,6 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
    */
   const serveConnectUnary = async (method: UnaryMethod, req: NodeRequest, res: NodeResponse, contextValues: ContextValues, binary: boolean): Promise<boolean> => {
     if (grpcOptions.requireConnectProtocolHeader) return false;
-    // connect-node cannot form the URL of an HTTP/1.0 request without a Host header: a 400 there.
-    if (req.httpVersionMajor !== 2 && headerOf(req, 'host') === null) return false;
     const timeout = parseConnectTimeout(headerOf(req, REQUEST_HEADERS.connectTimeout), grpcOptions.maxTimeoutMs);
     const compression = negotiateCompression(req, REQUEST_HEADERS.contentEncoding, REQUEST_HEADERS.acceptEncoding, headerUnaryAcceptEncoding);
     if (timeout.error !== undefined || compression.error !== undefined) return false;
@@ -423,6 +421,10 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
 
   return (req, res) => {
     const handler = handlers.get((req.url ?? '').split('?', 1)[0] ?? '');
+    // An HTTP/1.0 request may omit Host (the server stands for its own authority); connect-node
+    // cannot form such a request's URL, and it was a bare 400 that no RPC client reads, where REST
+    // serves the same request (helper 137). It is served as one to the server's default name.
+    if (handler !== undefined && req.httpVersionMajor === 1 && req.headers.host === undefined) req.headers.host = 'localhost';
     if (handler === undefined) {
       if (adapterOptions.fallback !== undefined) {
         adapterOptions.fallback(req, res);
@@ -543,8 +545,8 @@ function serveWithConnect(handler: ReturnType<typeof createConnectRouter>['handl
   try {
     request = universalRequestFromNodeRequest(req, res, undefined, contextValues);
   } catch {
-    // connect-node cannot form the request's URL (an HTTP/1.0 request without a Host header);
-    // thrown from here it would be an uncaught exception and end the process.
+    // connect-node cannot form the request's URL (it could not for an HTTP/1.0 request without a
+    // Host header, now given one); thrown from here it would end the process.
     res.statusCode = 400;
     res.end();
     return;

@@ -23,6 +23,9 @@ interface HttpLikeError {
 /** Headers a route may set for its answer that an error answer in its place must not carry. */
 const SUCCESS_ONLY_HEADERS = ['content-type', 'etag', 'last-modified', 'content-range', 'accept-ranges', 'content-disposition'] as const;
 
+/** The content codings body-parser inflates (its read.js), for a 415's Accept-Encoding. */
+const BODY_CODINGS = 'gzip, deflate, br, zstd';
+
 /** The error codes zlib gives a compressed body it cannot inflate (gzip, deflate, brotli, zstd). */
 const DECOMPRESSION_FAILURE = /^(Z_|ERR_BROTLI|ERR_ZSTD|ZSTD_|ERR__ERROR_FORMAT|ERR_PADDING)/;
 
@@ -71,6 +74,9 @@ export function createErrorHandler(options: { logger: Logger; exposeInternals: b
     res.setHeader('cache-control', 'no-store');
     const retryAfter = appError === undefined ? undefined : retryAfterOf(appError);
     if (retryAfter !== undefined) res.setHeader('retry-after', String(retryAfter));
+    // A body in a coding the server does not take: the 415 names those it does (RFC 9110
+    // §15.5.16), as the RPC refusals do (helper 138).
+    if ((error as HttpLikeError | undefined)?.type === 'encoding.unsupported') res.setHeader('accept-encoding', BODY_CODINGS);
     if (status === 401) {
       res.setHeader('www-authenticate', bearerChallenge(appError instanceof InvalidTokenError, appError?.message));
       // A failed login or refresh is a token answer too, and just as uncacheable.

@@ -96,7 +96,7 @@ export function createRestApp(options: RestAppOptions): Express {
   // Express's own view (req.ip, req.secure) follows the same predicate as the edge's resolver.
   app.set('trust proxy', compileTrust(options.trustProxy));
 
-  const contractPaths = Object.keys((options.apiSpec as { paths?: Record<string, unknown> } | undefined)?.paths ?? {});
+  const contractPaths = (options.apiSpec as { paths?: Record<string, unknown> } | undefined)?.paths ?? {};
   app.use(requestContext(options.logger, options.resolveClient, options.metrics, options.tracing, options.traceTrusted, routeMatcher(contractPaths)));
   // Every API answer is about a caller, or to one: no cache may keep it, and a browser must not
   // answer a later request from it (after logout, say). ETags and If-None-Match still work. Set

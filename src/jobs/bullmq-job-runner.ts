@@ -4,11 +4,19 @@ import type * as BullMq from 'bullmq';
 import type { Job, Queue, Worker } from 'bullmq';
 import type * as IoRedis from 'ioredis';
 import type { Redis } from 'ioredis';
+import { UnavailableError } from '../domain/errors.ts';
 import { detachedFromRequest } from '../infrastructure/call-context.ts';
+import { rateLimitedWarning } from '../infrastructure/logger.ts';
 import { dropUnlessReady } from '../infrastructure/redis/redis-client.ts';
 import type { NewAuditEvent } from '../repositories/audit-repository.ts';
 import { toNewAuditEvent, type AuditEventInput, type AuditLog } from '../services/audit-use-cases.ts';
 import { AUDIT_QUEUE, errorText, MAINTENANCE_QUEUE, PURGE_SESSIONS, withWriteAt, type JobRunner, type RunnerContext } from './jobs.ts';
+
+/** Waits before an audit event is tried again while the database is out of reach: its age, 1 s to 30 s. */
+const UNAVAILABLE_RETRY_MIN_MS = 1_000;
+const UNAVAILABLE_RETRY_MAX_MS = 30_000;
+/** At most one line per this many ms says that audit writes are failing, with how many did. */
+const AUDIT_FAILURE_LOG_INTERVAL_MS = 60_000;
 
 /** How long start-up waits for Redis before going on without it. */
 const REDIS_STARTUP_TIMEOUT_MS = 5_000;
@@ -62,6 +70,9 @@ export class BullMqJobRunner implements JobRunner {
   #parts: BullMqParts | undefined;
   #closed = false;
   #warnedDirect = false;
+  /** Say, at most once a minute each, that audit events wait for the database, or are retried. */
+  readonly #auditWaiting: (fields: Record<string, unknown>) => void;
+  readonly #auditRetrying: (fields: Record<string, unknown>) => void;
   #redeclare: NodeJS.Timeout | undefined;
 
   static async start(context: RunnerContext, redis: { url: string; prefix: string }, purgeIntervalMs: number): Promise<BullMqJobRunner> {
@@ -93,6 +104,8 @@ export class BullMqJobRunner implements JobRunner {
     this.#context = context;
     this.#redis = redis;
     this.#purgeIntervalMs = purgeIntervalMs;
+    this.#auditWaiting = rateLimitedWarning(context.logger, 'audit events wait for the database; will retry', AUDIT_FAILURE_LOG_INTERVAL_MS);
+    this.#auditRetrying = rateLimitedWarning(context.logger, 'audit event write failed; will retry', AUDIT_FAILURE_LOG_INTERVAL_MS);
     this.audit = { record: (event) => this.#record(event), withWrite: withWriteAt(context.now) };
     this.#producer = this.#connect('jobs-producer', {
       enableOfflineQueue: false,
@@ -190,10 +203,25 @@ export class BullMqJobRunner implements JobRunner {
     const maintenanceQueue = new Queue(MAINTENANCE_QUEUE, { connection: this.#producer, prefix });
 
     const auditConnection = this.#connect('jobs-audit-worker', { maxRetriesPerRequest: null, socketTimeout: WORKER_SOCKET_TIMEOUT_MS });
+    const { DelayedError } = this.#bullmq;
     const auditWorker = new Worker<AuditJobData>(
       AUDIT_QUEUE,
-      async (job) => {
-        await audit.createMany([fromJobData(job.data)]);
+      async (job, token) => {
+        try {
+          await audit.createMany([fromJobData(job.data)]);
+        } catch (error) {
+          if (!(error instanceof UnavailableError) || token === undefined) throw error;
+          // The database is out of reach (down, restarting, stalled past its lock timeout): the
+          // event waits and is tried again, later and later, for as long as that lasts, as the
+          // in-process runner's do. Counted against the attempts, an outage of more than the ten
+          // attempts' 8.5 minutes left every event of it in the failed set, never written
+          // (helper 140). The attempts are for a write the database refused.
+          const waitMs = Math.min(Math.max(Date.now() - job.timestamp, UNAVAILABLE_RETRY_MIN_MS), UNAVAILABLE_RETRY_MAX_MS);
+          this.#context.jobFailed(AUDIT_QUEUE);
+          this.#auditWaiting({ err: errorText(error), retryInMs: waitMs });
+          await job.moveToDelayed(Date.now() + waitMs, token);
+          throw new DelayedError();
+        }
       },
       { connection: auditConnection, prefix, concurrency: 4 },
     );
@@ -268,7 +296,9 @@ export class BullMqJobRunner implements JobRunner {
     if (final) {
       this.#context.logger.error({ err: error.message, event: job.data, jobId: job.id }, 'audit event not written after all retries; kept in the failed set');
     } else {
-      this.#context.logger.warn({ err: error.message, jobId: job?.id, attempt: job?.attemptsMade }, 'audit event write failed; will retry');
+      // At most a line a minute: one per attempt of every event made ten lines of each audited
+      // request while the writes failed (helper 140).
+      this.#auditRetrying({ err: error.message, jobId: job?.id, attempt: job?.attemptsMade });
     }
   }
 

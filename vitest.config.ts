@@ -179,8 +179,10 @@ export default defineConfig({
     // Vitest's default is one worker fewer than the cores: one worker on the 2-core CI machine.
     // Most test time is spent waiting on sockets, timers, bcrypt in the thread pool and the
     // database: with two workers the whole run used 1.6 cores on average (CPU time over wall
-    // time, 14 min on a fresh clone); a third keeps both cores busy.
-    maxWorkers: 3,
+    // time, 14 min on a fresh clone); a third kept both cores busy on that machine. On a machine
+    // whose system calls cost more (a gVisor sandbox), three left 0.85 of a core idle and a
+    // fresh clone took 14 min 57 s, against the 15-minute bound; a fourth fills it.
+    maxWorkers: 4,
     testTimeout: 30_000,
     sequence: { sequencer: LongestFirst },
     hookTimeout: 60_000,

@@ -6,9 +6,16 @@
 //   statuses series (3,300 series, a 5.7 MB `/metrics` taking 0.9 s to scrape after 5,000
 //   requests in 15 s). A method no operation of the path takes is `unmatched` again.
 // - A REST body in a content coding the server does not take was a 415 without Accept-Encoding
-//   (RFC 9110 §15.5.16), where the RPC refusals name the encodings taken.
+//   (RFC 9110 §15.5.16), where the RPC refusals name the encodings taken; and so did the refusal
+//   of an unknown encoding on the reflection stream, the one stream the gate does not decode.
+// - RPCs answered before the gate (a procedure no service has, a method or content type the
+//   procedure does not take: 404, 405, 415) were counted nowhere, where REST counts its own.
+import { create, toBinary } from '@bufbuild/protobuf';
+import { encodeEnvelope } from '@connectrpc/connect/protocol';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HealthCheckRequestSchema } from '../../gen/proto/grpc/health/v1/health_pb.js';
+import { ServerReflectionRequestSchema } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
 import { serveMetrics } from '../../src/infrastructure/metrics.ts';
 import { startTestServer, type TestServer } from '../helpers/test-app.ts';
 import { RawClient } from './raw-protocols.ts';
@@ -66,6 +73,27 @@ describe('the REST request metrics against one unauthenticated client', () => {
   }, 120_000);
 });
 
+describe('the RPC request metrics', () => {
+  it('when RPCs are refused before the gate (unknown procedure over h2c, a content type or method the procedure does not take), then each is counted, the unknown procedure as unmatched', async () => {
+    const scrape = async () => (await (await fetch(scrapeUrl)).text()).split('\n').filter((line) => line.startsWith('arcana_rpc_requests_seconds_count{'));
+    const count = (lines: string[], part: string) => lines.filter((line) => line.includes(part)).reduce((sum, line) => sum + Number(line.split(' ').at(-1)), 0);
+    const before = await scrape();
+    const answers = await Promise.all([
+      raw.http2('POST', '/arcana.user.v1.UserService/NoSuchMethod', { 'content-type': 'application/grpc', te: 'trailers' }, encodeEnvelope(0, new Uint8Array(0))),
+      raw.http2('POST', '/arcana.user.v1.UserService/GetUser', { 'content-type': 'application/grpc+foo', te: 'trailers' }, encodeEnvelope(0, new Uint8Array(0))),
+      raw.http1('POST', '/arcana.user.v1.UserService/GetUser', { 'content-type': 'text/plain' }, new TextEncoder().encode('{}')),
+      raw.http1('PUT', '/arcana.user.v1.UserService/GetUser', { 'content-type': 'application/json' }, new TextEncoder().encode('{}')),
+    ]);
+    expect(answers.map((answer) => answer.status)).toEqual([404, 415, 415, 405]);
+    const after = await scrape();
+    expect({
+      unmatched: count(after, 'procedure="unmatched"') - count(before, 'procedure="unmatched"'),
+      getUser: count(after, 'procedure="arcana.user.v1.UserService/GetUser"') - count(before, 'procedure="arcana.user.v1.UserService/GetUser"'),
+      named: after.some((line) => line.includes('NoSuchMethod')),
+    }).toEqual({ unmatched: 1, getUser: 3, named: false });
+  });
+});
+
 describe('a refused content coding', () => {
   it('when a REST body comes in a content coding the server does not take, then the 415 names those it takes in Accept-Encoding', async () => {
     const answer = await raw.rest('POST', '/api/v1/auth/login', { body: { usernameOrEmail: 'nobody', password: 'Wrong-Passw0rd-1!' }, headers: { 'content-encoding': 'snappy' } });
@@ -76,5 +104,47 @@ describe('a refused content coding', () => {
         .map((name) => name.trim())
         .sort(),
     ).toEqual(['br', 'deflate', 'gzip', 'zstd']);
+  });
+
+  it('when a stream over gRPC, gRPC-Web or Connect names an encoding the server does not take, then it is unimplemented naming those taken, the reflection stream as the health watch', async () => {
+    const reflection = '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo';
+    const watch = '/grpc.health.v1.Health/Watch';
+    const listServices = toBinary(ServerReflectionRequestSchema, create(ServerReflectionRequestSchema, { messageRequest: { case: 'listServices', value: '' } }));
+    const healthCheck = toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, { service: '' }));
+    const names = (value: string | null) =>
+      (value ?? '')
+        .split(',')
+        .map((name) => name.trim())
+        .filter((name) => name !== '')
+        .sort()
+        .join(',');
+    const call = async (path: string, protocol: 'grpc' | 'connect', message: Uint8Array) => {
+      const headers: Record<string, string> =
+        protocol === 'grpc'
+          ? { 'content-type': 'application/grpc', te: 'trailers', 'grpc-encoding': 'zstd' }
+          : { 'content-type': 'application/connect+proto', 'connect-content-encoding': 'zstd' };
+      const result = await raw.http2('POST', path, headers, encodeEnvelope(0, message));
+      const accepted =
+        protocol === 'grpc' ? (result.headers.get('grpc-accept-encoding') ?? result.trailers.get('grpc-accept-encoding')) : result.headers.get('connect-accept-encoding');
+      const status =
+        protocol === 'grpc'
+          ? (result.trailers.get('grpc-status') ?? result.headers.get('grpc-status'))
+          : new TextDecoder().decode(result.body).includes('"unimplemented"')
+            ? '12'
+            : 'other';
+      return { path, protocol, status, accepted: names(accepted) };
+    };
+    const outcomes = await Promise.all([
+      call(watch, 'grpc', healthCheck),
+      call(watch, 'connect', healthCheck),
+      call(reflection, 'grpc', listServices),
+      call(reflection, 'connect', listServices),
+    ]);
+    expect(outcomes).toEqual([
+      { path: watch, protocol: 'grpc', status: '12', accepted: 'br,deflate,gzip' },
+      { path: watch, protocol: 'connect', status: '12', accepted: 'br,deflate,gzip' },
+      { path: reflection, protocol: 'grpc', status: '12', accepted: 'br,deflate,gzip' },
+      { path: reflection, protocol: 'connect', status: '12', accepted: 'br,deflate,gzip' },
+    ]);
   });
 });

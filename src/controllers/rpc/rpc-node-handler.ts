@@ -55,6 +55,7 @@ import {
   headerEncoding as headerGrpcEncoding,
   headerGrpcStatus,
   headerTimeout as headerGrpcTimeout,
+  codeFromHttpStatus,
   parseContentType as parseGrpcContentType,
   parseTimeout,
   setTrailerStatus,
@@ -190,6 +191,9 @@ const getQueryKey = createContextKey<string | undefined>(undefined, { descriptio
 /** The request message as the gate decoded it, for the unary paths below. */
 const decodedKey = createContextKey<Message | undefined>(undefined, { description: 'the request message the gate decoded' });
 
+/** Set when the gate saw the call: from there on the gate or the interceptors count it. */
+const gatedKey = createContextKey<boolean>(false, { description: 'whether the gate saw the call' });
+
 /** Like connectNodeAdapter, with a gate that rate limits and decodes each call before connect-es does. */
 export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: NodeRequest, res: NodeResponse) => void {
   const { logger, metrics, admit, strictJson = false, ...adapterOptions } = options;
@@ -200,6 +204,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
 
   const gate = async (context: HandlerContext): Promise<void> => {
     const started = process.hrtime.bigint();
+    context.values.set(gatedKey, true);
     try {
       await admit?.(context);
       // A deadline of zero has passed on arrival; its timer would fire only after a fast call
@@ -265,6 +270,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
   adapterOptions.routes(router);
   router.service = register;
   const handlers = new Map(router.handlers.map((handler) => [handler.requestPath, handler]));
+  const acceptedEncodings = grpcOptions.acceptCompression.map((compression) => compression.name).join(',');
 
   /** A request header by its lower-case name (Node lower-cases them; see REQUEST_HEADERS). */
   const headerOf = (req: NodeRequest, name: string): string | null => {
@@ -419,7 +425,20 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     return true;
   };
 
+  /**
+   * Counts a call answered before the gate saw it (a path no procedure has, a method or content
+   * type the procedure does not take), as the gate and the interceptors count the others and as
+   * REST counts its 404, 405 and 415 (helper 138: these were counted nowhere). A path no
+   * procedure has is `unmatched`: the label takes no value a client chooses.
+   */
+  const countUngated = (req: NodeRequest, res: NodeResponse, procedure: string, started: bigint) => {
+    if (metrics === undefined || res.statusCode < 400) return;
+    const code = Code[codeFromHttpStatus(res.statusCode)].toLowerCase();
+    metrics.rpcRequest(procedure, rpcProtocolOf(headerOf(req, 'content-type')), code, Number(process.hrtime.bigint() - started) / 1e9);
+  };
+
   return (req, res) => {
+    const started = process.hrtime.bigint();
     const handler = handlers.get((req.url ?? '').split('?', 1)[0] ?? '');
     // An HTTP/1.0 request may omit Host (the server stands for its own authority); connect-node
     // cannot form such a request's URL, and it was a bare 400 that no RPC client reads, where REST
@@ -429,6 +448,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       if (adapterOptions.fallback !== undefined) {
         adapterOptions.fallback(req, res);
       } else {
+        res.once('close', () => countUngated(req, res, 'unmatched', started));
         res.statusCode = 404;
         res.end();
         endUnreadStream(req);
@@ -436,6 +456,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       return;
     }
     if (!handler.allowedMethods.includes(req.method ?? '')) {
+      res.once('close', () => countUngated(req, res, handler.requestPath.slice(1), started));
       // As connect-es answers it, with the Allow header RFC 9110 (15.5.6) requires of a 405.
       res.statusCode = 405;
       res.setHeader('allow', handler.allowedMethods.join(', '));
@@ -472,8 +493,24 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
         return;
       }
     }
+    // A stream the gate does not decode (reflection, the one bidirectional stream) is refused an
+    // encoding by connect-es, which drops the header naming those taken from the error: set here,
+    // it stays on every answer, as a gRPC server's does (helper 138: reflection's refusal named
+    // none, where the health watch's did).
+    const streamAcceptHeader = streamAcceptEncodingHeader(headerOf(req, 'content-type'));
+    if (streamAcceptHeader !== undefined) res.setHeader(streamAcceptHeader, acceptedEncodings);
+    res.once('close', () => {
+      if (!contextValues.get(gatedKey)) countUngated(req, res, handler.requestPath.slice(1), started);
+    });
     serveWithConnect(handler, req, res, contextValues);
   };
+}
+
+/** The header in which a streaming protocol's answer names the encodings taken (none for unary Connect). */
+function streamAcceptEncodingHeader(contentType: string | null): string | undefined {
+  if (contentType === null) return undefined;
+  if (parseGrpcContentType(contentType) !== undefined || /^application\/grpc-web/i.test(contentType)) return 'grpc-accept-encoding';
+  return parseConnectContentType(contentType)?.stream === true ? 'connect-accept-encoding' : undefined;
 }
 
 /**

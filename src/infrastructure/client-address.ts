@@ -147,13 +147,22 @@ export function addressKey(address: string | undefined): string {
   // IPv4 hosts written into IPv6 (IPv4-mapped ::ffff:0:0/96, NAT64's 64:ff9b::/96, SIIT's
   // ::ffff:0:0:0/96, the old ::/96) are their IPv4 address: keyed by /64, every IPv4 client behind
   // such a gateway shared one counter.
-  if (EMBEDS_IPV4.some((prefix) => prefix.every((part, index) => parts[index] === part))) {
-    return [(parts[6] ?? 0) >> 8, (parts[6] ?? 0) & 0xff, (parts[7] ?? 0) >> 8, (parts[7] ?? 0) & 0xff].join('.');
-  }
+  if (EMBEDS_IPV4.some((prefix) => prefix.every((part, index) => parts[index] === part))) return ipv4Of(parts[6], parts[7]);
+  // 6to4 (2002:V4ADDR::/48) gives each IPv4 host 65 536 /64s, and a Teredo address (2001:0::/32)
+  // holds its client's public IPv4 address, inverted, in its last 32 bits, beside flags and a port
+  // the client chooses: keyed by /64, one IPv4 host had 65 536 budgets, and every Teredo client of
+  // one server shared one (helper 137). Both are their IPv4 host.
+  if (parts[0] === 0x2002) return ipv4Of(parts[1], parts[2]);
+  if (parts[0] === 0x2001 && parts[1] === 0) return ipv4Of(~(parts[6] ?? 0) & 0xffff, ~(parts[7] ?? 0) & 0xffff);
   return `${parts
     .slice(0, 4)
     .map((part) => part.toString(16))
     .join(':')}::/64`;
+}
+
+/** The IPv4 address of two 16-bit parts. */
+function ipv4Of(high = 0, low = 0): string {
+  return [high >> 8, high & 0xff, low >> 8, low & 0xff].join('.');
 }
 
 /** The first six parts of the /96 prefixes that carry an IPv4 address in their last 32 bits. */

@@ -70,6 +70,14 @@ describe('client address', () => {
     // IPv4 hosts written into IPv6 by a gateway (NAT64, SIIT, IPv4-compatible) are their IPv4
     // address, not one /64 shared by every IPv4 client behind it.
     expect(addressKey('64:ff9b::102:304')).toBe('1.2.3.4');
+    // 6to4 gives an IPv4 host 65 536 /64s; Teredo carries the client's IPv4 address, inverted,
+    // beside a server and flags shared by others (helper 137: keyed by /64, one IPv4 host had
+    // 65 536 budgets, and every Teredo client of one server shared one).
+    expect([addressKey('2002:c000:204:1::1'), addressKey('2002:c000:204:ffff::1')]).toEqual(['192.0.2.4', '192.0.2.4']);
+    // Server 65.54.227.120, clients 192.0.2.45 and 198.51.100.7, with any flags and port.
+    expect(addressKey('2001:0:4136:e378:8000:63bf:3fff:fdd2')).toBe('192.0.2.45');
+    expect(addressKey('2001:0:4136:e378:1234:0:3fff:fdd2')).toBe('192.0.2.45');
+    expect(addressKey('2001:0:4136:e378:8000:63bf:39cc:9bf8')).toBe('198.51.100.7');
     expect(addressKey('64:ff9b::909:909')).toBe('9.9.9.9');
     expect(addressKey('::ffff:0:102:304')).toBe('1.2.3.4');
     expect(addressKey('::102:304')).toBe('1.2.3.4');

@@ -21,8 +21,6 @@ import { AuthService as AuthServiceDescriptor, RegisterRequestSchema } from '../
 import { create } from '@bufbuild/protobuf';
 import { ValidationError } from './domain/errors.ts';
 import { UserService as UserServiceDescriptor } from '../gen/proto/arcana/user/v1/user_service_pb.js';
-import { Health } from '../gen/proto/grpc/health/v1/health_pb.js';
-import { HealthCheckResponse_ServingStatus as ServingStatus } from '../gen/proto/grpc/health/v1/health_pb.js';
 import { ConfigError, type Config } from './config.ts';
 import { holdingsOf, type LayerHoldings } from './topology.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
@@ -42,7 +40,7 @@ import { forwardingService } from './controllers/rpc/forwarding.ts';
 import { createInProcessTransport, type InProcessService } from './rpc/in-process-transport.ts';
 import { createServiceApis } from './services/api/service-apis.ts';
 import { createSystemRoutes } from './controllers/rest/system-routes.ts';
-import { sharedCheck, type ReadinessCheck } from './rpc/readiness.ts';
+import { downstreamReady, sharedCheck, type ReadinessCheck } from './rpc/readiness.ts';
 import { createErrorHandler, notFoundHandler } from './controllers/rest/error-handler.ts';
 import { createConnectRoutes } from './controllers/rpc/connect-routes.ts';
 import type { HealthWatchOptions } from './rpc/health-service.ts';
@@ -239,14 +237,6 @@ function transportTo(parts: ProcessParts, target: string, urls: readonly string[
     logger: parts.logger,
     metrics: parts.metrics,
     tracing: parts.tracing,
-  });
-}
-
-/** A downstream layer is ready when one of its processes says it is serving. */
-function downstreamReady(transport: Transport): ReadinessCheck {
-  return sharedCheck(async () => {
-    const { status } = await createClient(Health, transport).check({ service: '' }, { timeoutMs: 2_000 });
-    if (status !== ServingStatus.SERVING) throw new Error('downstream layer is not serving');
   });
 }
 

@@ -1,3 +1,6 @@
+import { createClient, type Transport } from '@connectrpc/connect';
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
+
 /** A dependency the process needs to serve requests, checked by `/ready` and the gRPC health service. */
 export type ReadinessCheck = () => Promise<void>;
 
@@ -28,3 +31,31 @@ export function sharedCheck(check: ReadinessCheck, timeoutMs = READINESS_TIMEOUT
     });
   };
 }
+
+/**
+ * A downstream layer is ready when one of its processes says it is serving. Calls go to the
+ * processes behind its URLs in turn, so one check asked only the next in line: with one replica
+ * of two unready, `/ready` answered 200 and 503 by turns (helper 142). A check that finds one not
+ * serving asks the next ones, up to DOWNSTREAM_READINESS_TRIES in all, within the same 2 s.
+ */
+export function downstreamReady(transport: Transport): ReadinessCheck {
+  const health = createClient(Health, transport);
+  return sharedCheck(async () => {
+    const deadline = Date.now() + DOWNSTREAM_READINESS_MS;
+    let failure: unknown = new Error('downstream layer is not serving');
+    for (let tries = 0; tries < DOWNSTREAM_READINESS_TRIES && Date.now() < deadline; tries += 1) {
+      try {
+        const { status } = await health.check({ service: '' }, { timeoutMs: deadline - Date.now() });
+        if (status === ServingStatus.SERVING) return;
+        failure = new Error('downstream layer is not serving');
+      } catch (error) {
+        failure = error;
+      }
+    }
+    throw failure;
+  });
+}
+
+/** How long a readiness check of the layer below may take, and how many of its processes it asks. */
+const DOWNSTREAM_READINESS_MS = READINESS_TIMEOUT_MS;
+const DOWNSTREAM_READINESS_TRIES = 3;

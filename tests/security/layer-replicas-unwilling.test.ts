@@ -11,14 +11,18 @@
 //   be safely retried" (RFC 9113 §8.7), and gRPC retries it transparently; a write so refused
 //   failed `unavailable` (503) though another replica was there, and the refusing one, healthy,
 //   was passed over for ten seconds.
-import { createClient } from '@connectrpc/connect';
+import { createClient, type ConnectRouter } from '@connectrpc/connect';
 import { once } from 'node:events';
 import { constants, createServer as createHttp2Server, type ServerHttp2Session } from 'node:http2';
 import { createServer, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { createLayerTransport } from '../../src/communication/layer-transport.ts';
+import { createRpcNodeHandler } from '../../src/controllers/rpc/rpc-node-handler.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
+import { downstreamReady } from '../../src/rpc/readiness.ts';
+import { createDualProtocolServer } from '../../src/server.ts';
 import { counterStore, serveCounterStore } from '../helpers/counter-layer.ts';
 
 const logger = createLogger({ level: 'silent' });
@@ -182,4 +186,46 @@ describe('a call a replica refuses unprocessed', () => {
       });
     }, 30_000);
   }
+});
+
+describe('the readiness of a layer behind replicas', () => {
+  it('when one of two replicas is not serving, then the layer above is ready on every check, and not once none is', async () => {
+    const statuses = new Map<string, ServingStatus>([
+      ['127.0.142.1', ServingStatus.SERVING],
+      ['127.0.142.2', ServingStatus.NOT_SERVING],
+    ]);
+    let port = 0;
+    for (const host of statuses.keys()) {
+      const handler = createRpcNodeHandler({ routes: (router: ConnectRouter) => router.service(Health, { check: async () => ({ status: statuses.get(host) }) }) });
+      const { server, close, closeNow } = createDualProtocolServer({ http1: handler, http2: handler });
+      server.listen(port, host);
+      await once(server, 'listening');
+      port = (server.address() as { port: number }).port;
+      closers.push(async () => {
+        closeNow();
+        await close();
+      });
+    }
+    const transport = createLayerTransport({
+      target: 'test',
+      urls: [`http://layer.test:${port}`],
+      protocol: 'grpc',
+      timeoutMs: 3_000,
+      retries: 0,
+      logger,
+      backoffMs: 5,
+      resolve: async () => [...statuses.keys()],
+    });
+    const ready = downstreamReady(transport);
+    const outcome = () =>
+      ready().then(
+        () => 'ready',
+        () => 'not ready',
+      );
+    await outcome();
+    const checks = [];
+    for (let index = 0; index < 6; index += 1) checks.push(await outcome());
+    statuses.set('127.0.142.1', ServingStatus.NOT_SERVING);
+    expect({ checks, none: await outcome() }).toEqual({ checks: Array(6).fill('ready'), none: 'not ready' });
+  }, 30_000);
 });

@@ -42,3 +42,18 @@ export async function serveCounterStore(store: CounterStore, host: string, port 
   await once(served.server, 'listening');
   return { ...served, port: (served.server.address() as { port: number }).port };
 }
+
+/** A counter store that counts the increments it carried out, as a replica's writes. */
+export function countingStore(): { store: CounterStore; increments: () => number } {
+  let increments = 0;
+  const store = counterStore({
+    async incrementCounter() {
+      increments += 1;
+      return { count: increments, ttlMs: 1000 };
+    },
+    async peekCounter() {
+      return { count: increments, ttlMs: 0 };
+    },
+  });
+  return { store, increments: () => increments };
+}

@@ -17,6 +17,8 @@ interface Direction {
 export class StallingProxy {
   readonly #server: Server;
   readonly #directions = new Map<Socket, Direction>();
+  /** The connections of the proxy's clients (the application's pool). */
+  readonly #clients = new Set<Socket>();
   #stalled = false;
   #partitioned = false;
   /** Texts a client's bytes must show, in order, before the answers to it are held; then done. */
@@ -36,6 +38,8 @@ export class StallingProxy {
   constructor(target: { host: string; port: number }) {
     this.#server = createServer((client) => {
       const upstream = connect(target.port, target.host);
+      this.#clients.add(client);
+      client.once('close', () => this.#clients.delete(client));
       this.#forward(client, upstream, true);
       this.#forward(upstream, client, false);
       const close = (side: Socket, other: Socket) => () => {
@@ -130,6 +134,13 @@ export class StallingProxy {
         for (const chunk of chunks) direction.to.write(chunk);
       }
     }
+  }
+
+  /** How many client connections have statements held by a stall. */
+  heldConnections(): number {
+    let held = 0;
+    for (const client of this.#clients) if ((this.#directions.get(client)?.chunks.length ?? 0) > 0) held += 1;
+    return held;
   }
 
   /** Closes every connection at once, without a word to either side (a failover, a proxy restart). */

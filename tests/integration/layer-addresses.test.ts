@@ -4,15 +4,13 @@
 // http://localhost:3001), or only after a long wait (a pod gone with its node). Found by an
 // attacking helper (130): a write sent to an address never reached was not retried elsewhere,
 // and calls put on a connection that was never made waited out their deadlines.
-import { createClient, type ConnectRouter, type ServiceImpl } from '@connectrpc/connect';
-import { once } from 'node:events';
+import { createClient } from '@connectrpc/connect';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import { createLayerTransport } from '../../src/communication/layer-transport.ts';
-import { createRpcNodeHandler } from '../../src/controllers/rpc/rpc-node-handler.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
-import { createDualProtocolServer } from '../../src/server.ts';
+import { countingStore, serveCounterStore } from '../helpers/counter-layer.ts';
 
 const logger = createLogger({ level: 'silent' });
 const closers: (() => Promise<void>)[] = [];
@@ -22,42 +20,18 @@ afterEach(async () => {
 
 /** A counter-store process on `host`, counting the increments it carried out. */
 async function startLayer(host: string, port = 0): Promise<{ port: number; increments: () => number }> {
-  let increments = 0;
-  const impl: ServiceImpl<typeof CounterStoreService> = {
-    async incrementCounter() {
-      increments += 1;
-      return { count: increments, ttlMs: 1000 };
-    },
-    async peekCounter() {
-      return { count: increments, ttlMs: 0 };
-    },
-    async reserveCounter() {
-      return { reserved: true, count: 1, ttlMs: 1000 };
-    },
-    async releaseCounter() {
-      return {};
-    },
-    async deleteCounter() {
-      return {};
-    },
-    async deleteCountersByPrefix() {
-      return { deleted: 0 };
-    },
-  };
-  const handler = createRpcNodeHandler({ routes: (router: ConnectRouter) => router.service(CounterStoreService, impl) });
-  const { server, close } = createDualProtocolServer({ http1: handler, http2: handler });
+  const { store, increments } = countingStore();
+  const served = await serveCounterStore(store, host, port);
   const sockets = new Set<Socket>();
-  server.on('connection', (socket: Socket) => {
+  served.server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
-  server.listen(port, host);
-  await once(server, 'listening');
   closers.push(async () => {
     for (const socket of sockets) socket.destroy();
-    await close();
+    await served.close();
   });
-  return { port: (server.address() as { port: number }).port, increments: () => increments };
+  return { port: served.port, increments };
 }
 
 describe('a layer URL whose name resolves to an address this host cannot reach as well', () => {

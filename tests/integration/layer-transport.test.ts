@@ -2,7 +2,7 @@
 // gets each call, which failures are retried, and what travels with a call. CounterStoreService
 // serves as the subject because its contract has a read (PeekCounter, NO_SIDE_EFFECTS) and a
 // write that must never run twice (IncrementCounter, no idempotency).
-import { ConnectError, createClient, type ConnectRouter, type ServiceImpl } from '@connectrpc/connect';
+import { ConnectError, createClient } from '@connectrpc/connect';
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,10 +10,9 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import { runWithCallContext, timeoutFromHeaders } from '../../src/infrastructure/call-context.ts';
 import { createLayerTransport } from '../../src/communication/layer-transport.ts';
-import { createRpcNodeHandler } from '../../src/controllers/rpc/rpc-node-handler.ts';
 import { UnavailableError } from '../../src/domain/errors.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
-import { createDualProtocolServer } from '../../src/server.ts';
+import { counterStore, serveCounterStore } from '../helpers/counter-layer.ts';
 
 const logger = createLogger({ level: 'silent' });
 
@@ -41,6 +40,7 @@ async function startFakeLayer(host = '127.0.0.1', port = 0): Promise<FakeLayer> 
       // Replaced once the fake layer is listening.
     },
   };
+  const sockets = new Set<Socket>();
   const behave = async (method: string, headers: Headers) => {
     layer.calls.push({ method, headers });
     if (layer.mode === 'slow') await sleep(1_000);
@@ -50,7 +50,7 @@ async function startFakeLayer(host = '127.0.0.1', port = 0): Promise<FakeLayer> 
       await sleep(1_000);
     }
   };
-  const impl: ServiceImpl<typeof CounterStoreService> = {
+  const store = counterStore({
     async incrementCounter(_req, ctx) {
       await behave('increment', ctx.requestHeader);
       return { count: 1, ttlMs: 1000 };
@@ -59,28 +59,12 @@ async function startFakeLayer(host = '127.0.0.1', port = 0): Promise<FakeLayer> 
       await behave('peek', ctx.requestHeader);
       return { count: 0, ttlMs: 0 };
     },
-    async reserveCounter() {
-      return { reserved: true, count: 1, ttlMs: 1000 };
-    },
-    async releaseCounter() {
-      return {};
-    },
-    async deleteCounter() {
-      return {};
-    },
-    async deleteCountersByPrefix() {
-      return { deleted: 0 };
-    },
-  };
-  const handler = createRpcNodeHandler({ routes: (router: ConnectRouter) => router.service(CounterStoreService, impl) });
-  const { server, close } = createDualProtocolServer({ http1: handler, http2: handler });
-  const sockets = new Set<Socket>();
-  server.on('connection', (socket) => {
+  });
+  const { server, close } = await serveCounterStore(store, host, port);
+  server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
-  server.listen(port, host);
-  await once(server, 'listening');
   layer.url = `http://${host}:${(server.address() as { port: number }).port}`;
   layer.close = async () => {
     for (const socket of sockets) socket.destroy();

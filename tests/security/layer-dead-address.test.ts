@@ -2,8 +2,7 @@
 // resolves) must not get a new connection attempt at every internal call. Found by an attacking
 // helper (132): background connections to idle addresses that failed never marked the address
 // down, so every call opened another until the name was resolved again.
-import { createClient, type ConnectRouter, type ServiceImpl } from '@connectrpc/connect';
-import { once } from 'node:events';
+import { createClient } from '@connectrpc/connect';
 import type * as NodeNet from 'node:net';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
@@ -22,9 +21,8 @@ vi.mock('node:net', async (importOriginal) => {
 
 import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import { createLayerTransport } from '../../src/communication/layer-transport.ts';
-import { createRpcNodeHandler } from '../../src/controllers/rpc/rpc-node-handler.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
-import { createDualProtocolServer } from '../../src/server.ts';
+import { counterStore, serveCounterStore } from '../helpers/counter-layer.ts';
 
 const logger = createLogger({ level: 'silent' });
 const closers: (() => Promise<void>)[] = [];
@@ -33,35 +31,12 @@ afterEach(async () => {
 });
 
 async function startLayer(host: string): Promise<number> {
-  const impl: ServiceImpl<typeof CounterStoreService> = {
-    async incrementCounter() {
-      return { count: 1, ttlMs: 1000 };
-    },
-    async peekCounter() {
-      return { count: 0, ttlMs: 0 };
-    },
-    async reserveCounter() {
-      return { reserved: true, count: 1, ttlMs: 1000 };
-    },
-    async releaseCounter() {
-      return {};
-    },
-    async deleteCounter() {
-      return {};
-    },
-    async deleteCountersByPrefix() {
-      return { deleted: 0 };
-    },
-  };
-  const handler = createRpcNodeHandler({ routes: (router: ConnectRouter) => router.service(CounterStoreService, impl) });
-  const { server, close, closeNow } = createDualProtocolServer({ http1: handler, http2: handler });
-  server.listen(0, host);
-  await once(server, 'listening');
+  const { port, close, closeNow } = await serveCounterStore(counterStore(), host);
   closers.push(async () => {
     closeNow();
     await close();
   });
-  return (server.address() as { port: number }).port;
+  return port;
 }
 
 describe('an address behind a layer URL whose process is gone', () => {

@@ -23,7 +23,7 @@ import { createRpcNodeHandler } from '../../src/controllers/rpc/rpc-node-handler
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { downstreamReady } from '../../src/rpc/readiness.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
-import { counterStore, serveCounterStore } from '../helpers/counter-layer.ts';
+import { countingStore, serveCounterStore } from '../helpers/counter-layer.ts';
 
 const logger = createLogger({ level: 'silent' });
 const closers: (() => Promise<void> | void)[] = [];
@@ -33,22 +33,13 @@ afterEach(async () => {
 
 /** A working replica on host (any port), counting the writes it carried out. */
 async function startLayer(host: string): Promise<{ port: number; increments: () => number }> {
-  let increments = 0;
-  const store = counterStore({
-    async incrementCounter() {
-      increments += 1;
-      return { count: increments, ttlMs: 1000 };
-    },
-    async peekCounter() {
-      return { count: increments, ttlMs: 0 };
-    },
-  });
+  const { store, increments } = countingStore();
   const { port, close, closeNow } = await serveCounterStore(store, host);
   closers.push(async () => {
     closeNow();
     await close();
   });
-  return { port, increments: () => increments };
+  return { port, increments };
 }
 
 /** Accepts connections on host:port and never sends a byte. */

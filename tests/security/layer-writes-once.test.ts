@@ -4,15 +4,13 @@
 // its sessions, and the refused connection of the next one (opened by a later call, or in the
 // background) became the cause of the old session's cut stream; read as "nothing was sent", the
 // write was repeated by the other replica, or by the restarted process.
-import { createClient, type ConnectRouter, type ServiceImpl } from '@connectrpc/connect';
-import { once } from 'node:events';
+import { createClient } from '@connectrpc/connect';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CounterStoreService } from '../../gen/proto/arcana/internal/repository/v1/counter_store_service_pb.js';
 import { createLayerTransport } from '../../src/communication/layer-transport.ts';
-import { createRpcNodeHandler } from '../../src/controllers/rpc/rpc-node-handler.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
-import { createDualProtocolServer } from '../../src/server.ts';
+import { counterStore, serveCounterStore } from '../helpers/counter-layer.ts';
 
 const logger = createLogger({ level: 'silent' });
 const closers: (() => Promise<void> | void)[] = [];
@@ -34,7 +32,7 @@ interface Layer {
 async function startLayer(host: string, port = 0): Promise<Layer> {
   let increments = 0;
   let held = false;
-  const impl: ServiceImpl<typeof CounterStoreService> = {
+  const store = counterStore({
     async incrementCounter() {
       increments += 1;
       // The write is done; its answer is slow to come (the transaction's commit, an audit row…).
@@ -44,23 +42,8 @@ async function startLayer(host: string, port = 0): Promise<Layer> {
     async peekCounter() {
       return { count: increments, ttlMs: 0 };
     },
-    async reserveCounter() {
-      return { reserved: true, count: 1, ttlMs: 1000 };
-    },
-    async releaseCounter() {
-      return {};
-    },
-    async deleteCounter() {
-      return {};
-    },
-    async deleteCountersByPrefix() {
-      return { deleted: 0 };
-    },
-  };
-  const handler = createRpcNodeHandler({ routes: (router: ConnectRouter) => router.service(CounterStoreService, impl) });
-  const { server, close, closeNow } = createDualProtocolServer({ http1: handler, http2: handler });
-  server.listen(port, host);
-  await once(server, 'listening');
+  });
+  const { close, closeNow, port: bound } = await serveCounterStore(store, host, port);
   let closing: Promise<void> | undefined;
   closers.push(async () => {
     held = false;
@@ -68,7 +51,7 @@ async function startLayer(host: string, port = 0): Promise<Layer> {
     await (closing ?? close());
   });
   return {
-    port: (server.address() as { port: number }).port,
+    port: bound,
     increments: () => increments,
     hold: (value) => (held = value),
     shutdown: () => (closing ??= close()),

@@ -215,24 +215,31 @@ describe('a database server that stops answering', () => {
     // working from the cache for its minute, and the client's retry, finding nothing live, forgot
     // nothing and answered that all was done.
     const admin = await loginAdmin(t);
-    for (const client of clients) {
-      const user = await register(t);
-      // Each session read once, so that it sits in the cache.
-      expect((await client.me(user.accessToken)).code).toBe('ok');
-      proxy.loseAnswersAfter('oauth_tokens', 'COMMIT');
-      const logout = await client.logout(user.accessToken);
-      proxy.resume({ dropHeld: true });
-      expect({ protocol: client.protocol, code: logout.code }).toEqual({ protocol: client.protocol, code: 'ok' });
-      expect({ protocol: client.protocol, code: (await client.me(user.accessToken)).code }).toEqual({ protocol: client.protocol, code: 'unauthenticated' });
-
-      const other = await register(t);
-      expect((await client.me(other.accessToken)).code).toBe('ok');
-      proxy.loseAnswersAfter('oauth_tokens', 'COMMIT');
-      const ended = await client.endUserSessions(admin, other.id);
-      proxy.resume({ dropHeld: true });
-      expect({ protocol: client.protocol, code: ended.code, count: ended.data?.endedCount }).toEqual({ protocol: client.protocol, code: 'ok', count: 1 });
-      expect({ protocol: client.protocol, code: (await client.me(other.accessToken)).code }).toEqual({ protocol: client.protocol, code: 'unauthenticated' });
-
+    // Each protocol loses one of the three COMMITs, in turn (the rule is the service layer's,
+    // whatever carried the request; all three over every protocol took 25 s of each cell).
+    for (const [index, client] of clients.entries()) {
+      const kind = index % 3;
+      if (kind === 0) {
+        const user = await register(t);
+        // Each session read once, so that it sits in the cache.
+        expect((await client.me(user.accessToken)).code).toBe('ok');
+        proxy.loseAnswersAfter('oauth_tokens', 'COMMIT');
+        const logout = await client.logout(user.accessToken);
+        proxy.resume({ dropHeld: true });
+        expect({ protocol: client.protocol, code: logout.code }).toEqual({ protocol: client.protocol, code: 'ok' });
+        expect({ protocol: client.protocol, code: (await client.me(user.accessToken)).code }).toEqual({ protocol: client.protocol, code: 'unauthenticated' });
+        continue;
+      }
+      if (kind === 1) {
+        const other = await register(t);
+        expect((await client.me(other.accessToken)).code).toBe('ok');
+        proxy.loseAnswersAfter('oauth_tokens', 'COMMIT');
+        const ended = await client.endUserSessions(admin, other.id);
+        proxy.resume({ dropHeld: true });
+        expect({ protocol: client.protocol, code: ended.code, count: ended.data?.endedCount }).toEqual({ protocol: client.protocol, code: 'ok', count: 1 });
+        expect({ protocol: client.protocol, code: (await client.me(other.accessToken)).code }).toEqual({ protocol: client.protocol, code: 'unauthenticated' });
+        continue;
+      }
       // A password change ends the user's other sessions in the same transaction: its retry with
       // the old password was refused as a wrong guess and counted towards a lockout (helper 107).
       const changing = await register(t);

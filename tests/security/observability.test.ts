@@ -7,41 +7,27 @@
 // Edge code, the same in every topology: runs in the monolithic project.
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serveMetrics } from '../../src/infrastructure/metrics.ts';
+import { serveTestMetrics, type MetricsScrape } from '../helpers/metrics-scrape.ts';
 import { bearer, capturingLogger, holdRows, loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
 
 let t: TestServer;
 let admin: string;
-let scrapeUrl: string;
-let stopMetrics: () => Promise<void>;
+let metrics: MetricsScrape;
 const logs = capturingLogger('info');
 
 beforeAll(async () => {
   t = await startTestServer({ METRICS_PORT: '9464' }, { logger: logs.logger });
-  if (t.app.metrics === undefined) throw new Error('metrics are not on');
-  const served = await serveMetrics(t.app.metrics, 0, '127.0.0.1');
-  scrapeUrl = `http://127.0.0.1:${served.port}/metrics`;
-  stopMetrics = served.close;
+  metrics = await serveTestMetrics(t);
   admin = await loginAdmin(t);
 });
 
 afterAll(async () => {
-  await stopMetrics();
+  await metrics.close();
   await t.close();
 });
 
-/** The value of one sample, by metric name and labels. */
-async function sample(name: string, labels: Record<string, string>): Promise<number> {
-  const text = await (await fetch(scrapeUrl)).text();
-  const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);
-  let total = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`)) continue;
-    const labelText = line.slice(name.length).split(' ')[0] ?? '';
-    if (wanted.every((pair) => labelText.includes(pair))) total += Number(line.split(' ').at(-1));
-  }
-  return total;
-}
+/** The sum of one metric's samples whose labels include `labels`. */
+const sample = (name: string, labels: Record<string, string>) => metrics.sum(name, labels);
 
 /** Sends one raw HTTP/1.1 request and returns the socket, for the test to drop it unanswered. */
 async function sendAndHold(method: string, path: string, headers: Record<string, string>, body: string): Promise<net.Socket> {

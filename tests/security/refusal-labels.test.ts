@@ -16,31 +16,27 @@ import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HealthCheckRequestSchema } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { ServerReflectionRequestSchema } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
-import { serveMetrics } from '../../src/infrastructure/metrics.ts';
+import { serveTestMetrics, type MetricsScrape } from '../helpers/metrics-scrape.ts';
 import { startTestServer, type TestServer } from '../helpers/test-app.ts';
 import { RawClient } from './raw-protocols.ts';
 
 let t: TestServer;
 let raw: RawClient;
-let scrapeUrl: string;
-let stopMetrics: () => Promise<void>;
+let metrics: MetricsScrape;
 
 beforeAll(async () => {
   t = await startTestServer({ METRICS_PORT: '9464' }, { topology: 'monolithic' });
-  if (t.app.metrics === undefined) throw new Error('metrics are not on');
-  const served = await serveMetrics(t.app.metrics, 0, '127.0.0.1');
-  scrapeUrl = `http://127.0.0.1:${served.port}/metrics`;
-  stopMetrics = served.close;
+  metrics = await serveTestMetrics(t);
   raw = new RawClient(t.baseUrl);
 }, 60_000);
 
 afterAll(async () => {
   raw.close();
-  await stopMetrics();
+  await metrics.close();
   await t.close();
 });
 
-const series = async () => (await (await fetch(scrapeUrl)).text()).split('\n').filter((line) => line.startsWith('arcana_http_requests_seconds_count{'));
+const series = async () => (await metrics.scrape()).split('\n').filter((line) => line.startsWith('arcana_http_requests_seconds_count{'));
 
 const PATHS = ['/api/v1/auth/register', '/api/v1/auth/login', '/api/v1/auth/me', '/api/v1/auth/tokens', '/api/v1/users', '/api/v1/users/1', '/api/v1/users/1/role', '/health'];
 
@@ -75,7 +71,7 @@ describe('the REST request metrics against one unauthenticated client', () => {
 
 describe('the RPC request metrics', () => {
   it('when RPCs are refused before the gate (unknown procedure over h2c, a content type or method the procedure does not take), then each is counted, the unknown procedure as unmatched', async () => {
-    const scrape = async () => (await (await fetch(scrapeUrl)).text()).split('\n').filter((line) => line.startsWith('arcana_rpc_requests_seconds_count{'));
+    const scrape = async () => (await metrics.scrape()).split('\n').filter((line) => line.startsWith('arcana_rpc_requests_seconds_count{'));
     const count = (lines: string[], part: string) => lines.filter((line) => line.includes(part)).reduce((sum, line) => sum + Number(line.split(' ').at(-1)), 0);
     const before = await scrape();
     const answers = await Promise.all([

@@ -4,29 +4,25 @@
 // paths no operation has, and a login flood past the limit showed as noise there, not as 429s on
 // /api/v1/auth/login.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serveMetrics } from '../../src/infrastructure/metrics.ts';
+import { serveTestMetrics, type MetricsScrape } from '../helpers/metrics-scrape.ts';
 import { startTestServer, type TestServer } from '../helpers/test-app.ts';
 
 let t: TestServer;
-let scrapeUrl: string;
-let stopMetrics: () => Promise<void>;
+let metrics: MetricsScrape;
 
 beforeAll(async () => {
   t = await startTestServer({ METRICS_PORT: '9464', RATE_LIMIT_MAX: '2', TRUST_PROXY: 'true' }, { topology: 'monolithic' });
-  if (t.app.metrics === undefined) throw new Error('metrics are not on');
-  const served = await serveMetrics(t.app.metrics, 0, '127.0.0.1');
-  scrapeUrl = `http://127.0.0.1:${served.port}/metrics`;
-  stopMetrics = served.close;
+  metrics = await serveTestMetrics(t);
 });
 
 afterAll(async () => {
-  await stopMetrics();
+  await metrics.close();
   await t.close();
 });
 
 /** The statuses counted for POST on `route`, as `status=count` texts. */
 async function countedFor(route: string): Promise<string[]> {
-  const text = await (await fetch(scrapeUrl)).text();
+  const text = await metrics.scrape();
   return text
     .split('\n')
     .filter((line) => line.startsWith('arcana_http_requests_seconds_count{') && line.includes(`route="${route}"`) && line.includes('method="POST"'))

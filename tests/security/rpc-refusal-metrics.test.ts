@@ -4,41 +4,27 @@
 // flood refused over gRPC, gRPC-Web or Connect was invisible on the dashboard where the same flood
 // over REST showed as 429s.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serveMetrics } from '../../src/infrastructure/metrics.ts';
 import { apiClient, PROTOCOLS } from '../helpers/protocols.ts';
+import { serveTestMetrics, type MetricsScrape } from '../helpers/metrics-scrape.ts';
 import { capturingLogger, startTestServer, type TestServer } from '../helpers/test-app.ts';
 
 const LIMIT = 3;
 let t: TestServer;
-let scrapeUrl: string;
-let stopMetrics: () => Promise<void>;
+let metrics: MetricsScrape;
 const logs = capturingLogger('info');
 
 beforeAll(async () => {
   t = await startTestServer({ METRICS_PORT: '9464', RATE_LIMIT_MAX: String(LIMIT), TRUST_PROXY: 'true' }, { logger: logs.logger, topology: 'monolithic' });
-  if (t.app.metrics === undefined) throw new Error('metrics are not on');
-  const served = await serveMetrics(t.app.metrics, 0, '127.0.0.1');
-  scrapeUrl = `http://127.0.0.1:${served.port}/metrics`;
-  stopMetrics = served.close;
+  metrics = await serveTestMetrics(t);
 });
 
 afterAll(async () => {
-  await stopMetrics();
+  await metrics.close();
   await t.close();
 });
 
 /** The sum of one metric's samples whose labels include `labels`. */
-async function sample(name: string, labels: Record<string, string>): Promise<number> {
-  const text = await (await fetch(scrapeUrl)).text();
-  const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);
-  let total = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`)) continue;
-    const labelText = line.slice(name.length).split(' ')[0] ?? '';
-    if (wanted.every((pair) => labelText.includes(pair))) total += Number(line.split(' ').at(-1));
-  }
-  return total;
-}
+const sample = (name: string, labels: Record<string, string>) => metrics.sum(name, labels);
 
 describe('RPCs refused before the interceptors', () => {
   it('when a client over each protocol goes past the rate limit, then its refused requests are counted in the request metrics, over RPC as over REST', async () => {

@@ -160,13 +160,16 @@ export function currentWorkLimits(): { deadline?: number | undefined; signal?: A
 }
 
 /**
- * The deadline an incoming RPC carries: Connect's `connect-timeout-ms` or gRPC's `grpc-timeout`
- * (a number and a unit: H, M, S, m, u, n). Undefined when the caller set none.
+ * The deadline an incoming RPC carries in its own protocol's header: `grpc-timeout` (a number and a
+ * unit: H, M, S, m, u, n) for gRPC and gRPC-Web, `connect-timeout-ms` for Connect, as Connect
+ * itself reads them. The other protocol's header means nothing to the call: a Connect call with
+ * `grpc-timeout: 0n` (or a gRPC call with `connect-timeout-ms: 0`) is served in full by the
+ * monolith, and was cut short between layers (helper 143). Undefined when the caller set none.
  */
 export function timeoutFromHeaders(header: Headers): number | undefined {
+  if (header.get('content-type')?.startsWith('application/grpc') === true) return timerTimeout(grpcTimeoutMs(header.get('grpc-timeout')));
   const connect = header.get('connect-timeout-ms');
-  if (connect !== null && /^\d{1,10}$/.test(connect)) return timerTimeout(Number(connect));
-  return timerTimeout(grpcTimeoutMs(header.get('grpc-timeout')));
+  return connect !== null && /^\d{1,10}$/.test(connect) ? timerTimeout(Number(connect)) : undefined;
 }
 
 /** A well-formed `grpc-timeout` value in milliseconds, or undefined. */

@@ -68,6 +68,22 @@ describe('client deadlines', () => {
     expect(await Promise.all(calls)).toEqual(protocols.flatMap((protocol) => deadlines.map((deadline) => ({ protocol, deadline, login: 'ok', read: 'ok' }))));
   });
 
+  it("when a call carries the other protocol's deadline header, already passed, then it means nothing: every call is answered, over every RPC protocol", async () => {
+    // A Connect call with `grpc-timeout: 0n`, or a gRPC call with `connect-timeout-ms: 0`: the
+    // monolith served them, the split topologies cut them short as deadline_exceeded (helper 143).
+    const user = await register(t);
+    const payload = (protocol: string) =>
+      protocol === 'connect-json' ? new TextEncoder().encode('{}') : toBinary(GetCurrentUserRequestSchema, create(GetCurrentUserRequestSchema));
+    const answers = await Promise.all(
+      RPC_PROTOCOLS.map(async (protocol) => {
+        const foreign: Record<string, string> = protocol.startsWith('connect') ? { 'grpc-timeout': '0n' } : { 'connect-timeout-ms': '0' };
+        const answer = await raw.rpc(protocol, 'arcana.auth.v1.AuthService/GetCurrentUser', payload(protocol), { token: user.accessToken, headers: foreign });
+        return { protocol, answer: `${answer.code} ${answer.message}`.trim() };
+      }),
+    );
+    expect(answers).toEqual(RPC_PROTOCOLS.map((protocol) => ({ protocol, answer: 'ok' })));
+  });
+
   it('when a deadline has passed before the work could start, then the answer is deadline_exceeded, over every RPC protocol', async () => {
     const user = await register(t);
     const procedure = 'arcana.auth.v1.AuthService/Login';

@@ -14,6 +14,11 @@ export interface NewAccount {
   role: UserRole;
 }
 
+/** An e-mail as it is stored and compared: lower-cased. */
+export function storedEmail(email: string | undefined): string {
+  return (email ?? '').toLowerCase();
+}
+
 /**
  * The row of a new account: e-mail stored lower-cased, taken names refused before any hashing
  * work, the password hashed. Shared by self-registration and admin creation, which store it past
@@ -21,7 +26,7 @@ export interface NewAccount {
  */
 export async function newAccountRow(deps: { users: UserRepository; passwords: PasswordHasher }, account: NewAccount): Promise<NewUser> {
   const username = account.username ?? '';
-  const email = (account.email ?? '').toLowerCase();
+  const email = storedEmail(account.email);
   // The password first: were a refused one answered only for free names, a registration that
   // can never succeed would tell whether a name or e-mail is taken without creating anything.
   deps.passwords.acceptable(account.password ?? '');

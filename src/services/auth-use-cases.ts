@@ -16,7 +16,7 @@ import type { PasswordHasher } from '../infrastructure/security/password-hasher.
 import type { TokenClaims, TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
-import { newAccountRow } from './accounts.ts';
+import { newAccountRow, storedEmail } from './accounts.ts';
 import { currentWorkLimits, uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, IDEMPOTENCY_WINDOW_MS, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
 import type { LoginThrottle } from './login-throttle.ts';
@@ -118,7 +118,9 @@ export class AuthUseCases {
     };
     const operation = {
       scope: 'register',
-      request: canonicalRequest(RegisterRequestSchema, { ...input, password: (input.password ?? '').normalize('NFC') }),
+      // As the request is carried out (see UserUseCases.create): the password in NFC, the e-mail
+      // lower-cased, so a retry that spells either differently replays (helper 144).
+      request: canonicalRequest(RegisterRequestSchema, { ...input, email: storedEmail(input.email), password: (input.password ?? '').normalize('NFC') }),
       answer: REGISTRATION_ANSWER,
       replayable,
     };

@@ -16,7 +16,7 @@ import type { PasswordHasher } from '../infrastructure/security/password-hasher.
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import { SESSIONS_ENDED_DETAIL } from '../repositories/write-options.ts';
 import type { UserChanges, UserProfile, UserRepository } from '../repositories/user-repository.ts';
-import { assertAvailable, newAccountRow } from './accounts.ts';
+import { assertAvailable, newAccountRow, storedEmail } from './accounts.ts';
 import { uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
 import { actingAs, requireAdmin, requireSelfOrAdmin } from './access.ts';
@@ -102,7 +102,9 @@ export class UserUseCases {
         // As the request is carried out: the password in NFC, no role as USER (REST's validator
         // fills in openapi.yaml's default, RPC leaves it unset: one request, two fingerprints, and a
         // retry over another protocol was refused as another request; helper 119).
+        // The e-mail as stored, lower-cased (helper 144).
         password: (input.password ?? '').normalize('NFC'),
+        email: storedEmail(input.email),
         role: input.role === undefined || input.role === UserRole.UNSPECIFIED ? UserRole.USER : input.role,
       }),
       answer: USER_ANSWER,

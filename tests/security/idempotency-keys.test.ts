@@ -146,6 +146,22 @@ describe.each(PROTOCOLS)('idempotency keys over %s', (protocol: ProtocolName) =>
     expect((await client.me(token)).code).toBe('ok');
   });
 
+  it('when a registration is sent again with its key between spaces and its e-mail in capitals, then it is the same key and the same request: the first answer comes back', async () => {
+    // HTTP/1.1 drops the spaces around a header's value and HTTP/2 keeps them, and the e-mail is
+    // stored lower-cased: a retry spelled so was refused as another request (helpers 143, 144).
+    const key = randomUUID();
+    const body = newUser('spelled');
+    const first = await client.register(body, withKey(key));
+    expect(first.code).toBe('ok');
+    const again = await client.register({ ...body, email: body.email.toUpperCase() }, withKey(` ${key}\t`));
+    expect({ code: again.code, replayed: again.headers.get(REPLAYED), user: again.data?.user.id }).toEqual({ code: 'ok', replayed: 'true', user: first.data?.user.id });
+    const account = newUser('spelled_admin');
+    const created = await client.createUser(adminA, { ...account, email: `Spelled.${key}@Example.COM` }, withKey(`${key} `));
+    expect(created.code).toBe('ok');
+    const createdAgain = await client.createUser(adminA, { ...account, email: `spelled.${key}@example.com` }, withKey(key));
+    expect({ code: createdAgain.code, replayed: createdAgain.headers.get(REPLAYED), id: createdAgain.data?.id }).toEqual({ code: 'ok', replayed: 'true', id: created.data?.id });
+  });
+
   it('when a key is sent again with another body, then the request is refused with IDEMPOTENCY_KEY_REUSED and nothing is created', async () => {
     const key = randomUUID();
     expect((await client.register(newUser('reuse'), withKey(key))).code).toBe('ok');
@@ -163,6 +179,9 @@ describe.each(PROTOCOLS)('idempotency keys over %s', (protocol: ProtocolName) =>
   it.each([
     ['empty', ''],
     ['longer than 255 characters', 'k'.repeat(256)],
+    // Cut to 256 characters for the internal call, it ended in a space that the hop dropped: a
+    // valid key in the service layer, and the registration went ahead (helper 143).
+    ['longer than 255 characters, the 256th a space', `${'k'.repeat(255)} ${'z'.repeat(44)}`],
     ['not printable ASCII (a tab)', 'tab\there'],
     ['not ASCII', 'cl\u00e9'],
   ])('when the key is %s, then the request is a validation error and nothing is created', async (_what, key) => {

@@ -5,7 +5,7 @@
 // here knows what a method does.
 import type { DescMethodUnary, DescService } from '@bufbuild/protobuf';
 import type { HandlerContext, ServiceImpl, Transport } from '@connectrpc/connect';
-import { IDEMPOTENCY_KEY_FIELD, MAX_IDEMPOTENCY_KEY_LENGTH } from '../../domain/idempotency-key.ts';
+import { headerKey, IDEMPOTENCY_KEY_FIELD, MAX_IDEMPOTENCY_KEY_LENGTH } from '../../domain/idempotency-key.ts';
 import { hostOf, relayAnswerHeaders } from '../../rpc/client-edge.ts';
 import type { InProcessService } from '../../rpc/in-process-transport.ts';
 
@@ -29,9 +29,12 @@ export function forwardingService(service: DescService, transport: Transport): I
  * The Idempotency-Key as the service process is to see it: the service layer checks it, as in the
  * monolith, so a key too long is carried one character past the limit (still refused there, and
  * for the same reason) rather than whole: a client's 60 KB key made the internal call outgrow the
- * layer server's header limit, a 500 or 503 where the monolith answered.
+ * layer server's header limit, a 500 or 503 where the monolith answered. The stand-in ends in a
+ * printable character: a cut that ended in a space lost it on the internal hop, which made it a
+ * valid 255-character key and the registration went ahead (helper 143).
  */
-function carriedKey(key: string | null): string | undefined {
-  if (key === null) return undefined;
-  return key.length > MAX_IDEMPOTENCY_KEY_LENGTH ? key.slice(0, MAX_IDEMPOTENCY_KEY_LENGTH + 1) : key;
+function carriedKey(sent: string | null): string | undefined {
+  if (sent === null) return undefined;
+  const key = headerKey(sent);
+  return key.length > MAX_IDEMPOTENCY_KEY_LENGTH ? `${key.slice(0, MAX_IDEMPOTENCY_KEY_LENGTH)}~` : key;
 }

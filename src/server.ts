@@ -130,6 +130,7 @@ export function createDualProtocolServer(
   );
   h1.keepAliveTimeout = limits.keepAliveTimeoutMs;
   h1.on('clientError', answerClientError);
+  h1.on('connect', (_req: IncomingMessage, socket: Duplex) => void refuseTunnel(socket));
   // Node answers `Expect: 100-continue` with 100 Continue before any handler runs: it invited a
   // 100 MB upload from anyone before the 413 (helper 97). Only a body the application may take is
   // asked for; the request goes on to the handlers either way, which refuse an oversized one.
@@ -455,6 +456,48 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
   socket.destroy();
 }
 
+/** An answer still owed on a connection: the response its socket is writing, as Node keeps it. */
+interface Owed {
+  writableFinished: boolean;
+  once(event: 'finish' | 'close', listener: () => void): unknown;
+}
+
+const NO_TUNNELS = { status: 405, reason: 'Method Not Allowed', code: 'VALIDATION_ERROR', message: 'CONNECT is not supported: this server opens no tunnels' } as const;
+
+/**
+ * A CONNECT request. Node hands its socket to a 'connect' listener, and with none destroyed it at
+ * once: no answer, and none to the requests pipelined ahead of it either, whose handlers then
+ * found their client gone (a registration dropped unanswered; helper 145). The answers owed are
+ * written first, in order (each pipelined response takes the socket when the one ahead of it
+ * finishes), then a 405 in the error envelope, and the connection ends.
+ */
+async function refuseTunnel(socket: Duplex): Promise<void> {
+  for (;;) {
+    const owed = (socket as Duplex & { _httpMessage?: Owed | null })._httpMessage;
+    if (owed == null || owed.writableFinished || socket.destroyed) break;
+    await new Promise<void>((resolve) => {
+      owed.once('finish', resolve);
+      owed.once('close', resolve);
+    });
+    // The next pipelined response is given the socket by the server's own 'finish' listener.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  if (socket.destroyed) return;
+  const requestId = requestIdFrom(undefined);
+  const json = errorJson(NO_TUNNELS, requestId);
+  socket.end(
+    `HTTP/1.1 ${NO_TUNNELS.status} ${NO_TUNNELS.reason}\r\n` +
+      'Content-Type: application/json; charset=utf-8\r\n' +
+      `Content-Length: ${Buffer.byteLength(json)}\r\n` +
+      'Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS\r\n' +
+      'Cache-Control: no-store\r\n' +
+      'X-Content-Type-Options: nosniff\r\n' +
+      `X-Request-Id: ${requestId}\r\n` +
+      'Connection: close\r\n\r\n' +
+      json,
+  );
+}
+
 /** Whether a Connection header names `close` among its tokens (RFC 9110 §7.6.1). */
 function saysClose(connection: string | undefined): boolean {
   return connection?.split(',').some((token) => token.trim().toLowerCase() === 'close') === true;
@@ -473,13 +516,19 @@ function errorJson(answer: { code: ErrorBody['error']['code']; message: string }
 function headerProblem(req: IncomingMessage): string | undefined {
   let hosts = 0;
   let authorizations = 0;
+  let contentTypes = 0;
   const raw = req.rawHeaders;
   for (let index = 0; index < raw.length; index += 2) {
     const name = raw[index];
     if (name?.length === 4 && name.toLowerCase() === 'host') hosts += 1;
     else if (name?.length === 13 && name.toLowerCase() === 'authorization') authorizations += 1;
+    else if (name?.length === 12 && name.toLowerCase() === 'content-type') contentTypes += 1;
   }
   if (authorizations > 1) return TWO_AUTHORIZATIONS;
+  // Node keeps the first and drops the rest, where a proxy or filter in front may keep the last:
+  // `application/json` then `text/plain` was parsed as JSON here and passed on there as text it
+  // had no reason to inspect (helper 145).
+  if (contentTypes > 1) return 'A request must carry one Content-Type header, not several';
   // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing, and only a
   // final `chunked` frames a request. Node read `identity, chunked`, and a chunked HTTP/1.0 body
   // on a connection it kept open (helper 97): framing a proxy in front may read otherwise.

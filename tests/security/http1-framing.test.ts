@@ -150,4 +150,39 @@ describe('HTTP/1.1 framing: what a proxy in front, or a pipelining client, would
     expect(text).toMatch(/^HTTP\/1\.1 4\d\d /);
     expect(JSON.parse(body)).toMatchObject({ success: false });
   });
+  it('when a client sends CONNECT, alone or pipelined behind a registration, then what came before is answered and carried out, and the CONNECT gets a 405 in the envelope', async () => {
+    // With no 'connect' listener Node destroyed the socket: no answer to the CONNECT nor to the
+    // registration ahead of it, which was dropped as its client had gone (helper 145).
+    for (const target of ['127.0.0.1:443', '/api/v1/users', `http://127.0.0.1:${server.port}/api/v1/users`]) {
+      const { text, closed } = await exchange(`CONNECT ${target} HTTP/1.1\r\nHost: 127.0.0.1:${server.port}\r\n\r\n`, 2_000);
+      expect(text, `CONNECT ${target}`).toMatch(/^HTTP\/1\.1 405 /);
+      expect(text).toMatch(/\r\nx-request-id: [\w-]+\r\n/i);
+      expect(text).toContain('"success":false');
+      expect(closed).toBe(true);
+    }
+    const username = `tunnel_${Date.now()}`;
+    const body = JSON.stringify({ username, email: `${username}@example.com`, password: 'Tunnel-Passw0rd!' });
+    const register = `POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+    const { text, closed } = await exchange(`GET /health HTTP/1.1\r\nHost: x\r\n\r\n${register}CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n`, 5_000);
+    expect(statusLines(text)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 201', 'HTTP/1.1 405']);
+    expect(closed).toBe(true);
+    expect(await server.sql('SELECT username FROM users WHERE username = $1', [username])).toEqual([{ username }]);
+  });
+
+  it('when a request carries two Content-Type headers, in either order, then 400 in the envelope and nothing is done', async () => {
+    // Node read the first and dropped the second; a proxy or filter that keeps the last saw text
+    // it had no reason to inspect where the server parsed JSON, and the login went through (helper 145).
+    const body = JSON.stringify({ usernameOrEmail: 'nobody_here', password: 'Whatever-Passw0rd!' });
+    for (const [first, second] of [
+      ['application/json', 'text/plain'],
+      ['text/plain', 'application/json'],
+    ]) {
+      const { text } = await exchange(
+        `POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: ${first}\r\nContent-Type: ${second}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        2_000,
+      );
+      expect(text).toMatch(/^HTTP\/1\.1 400 /);
+      expect(text).toContain('one Content-Type header');
+    }
+  });
 });

@@ -7,19 +7,8 @@ import { ValidationError } from './errors.ts';
 export const IDEMPOTENCY_KEY_FIELD = 'idempotency-key';
 export const MAX_IDEMPOTENCY_KEY_LENGTH = 255;
 
-/**
- * The key as its header means it: without the spaces and tabs around it, which HTTP/1.1 parsers
- * drop and HTTP/2 keeps (RFC 9110 §5.5: they are not part of the value). Every protocol, and every
- * hop between layers, then sees one key: a split controller's internal call used to lose them
- * where the monolith's gRPC kept them.
- */
-export function headerKey(key: string): string {
-  return key.replace(/^[ \t]+|[ \t]+$/g, '');
-}
-
 /** `key` when it is a valid Idempotency-Key; a ValidationError naming the header otherwise. */
-export function checkIdempotencyKey(sent: string): string {
-  const key = headerKey(sent);
+export function checkIdempotencyKey(key: string): string {
   let problem: string | undefined;
   if (key.length === 0) problem = 'must not be empty';
   else if (key.length > MAX_IDEMPOTENCY_KEY_LENGTH) problem = `must be at most ${MAX_IDEMPOTENCY_KEY_LENGTH} characters`;

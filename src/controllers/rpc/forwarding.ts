@@ -5,7 +5,7 @@
 // here knows what a method does.
 import type { DescMethodUnary, DescService } from '@bufbuild/protobuf';
 import type { HandlerContext, ServiceImpl, Transport } from '@connectrpc/connect';
-import { headerKey, IDEMPOTENCY_KEY_FIELD, MAX_IDEMPOTENCY_KEY_LENGTH } from '../../domain/idempotency-key.ts';
+import { IDEMPOTENCY_KEY_FIELD, MAX_IDEMPOTENCY_KEY_LENGTH } from '../../domain/idempotency-key.ts';
 import { hostOf, relayAnswerHeaders } from '../../rpc/client-edge.ts';
 import type { InProcessService } from '../../rpc/in-process-transport.ts';
 
@@ -33,8 +33,7 @@ export function forwardingService(service: DescService, transport: Transport): I
  * printable character: a cut that ended in a space lost it on the internal hop, which made it a
  * valid 255-character key and the registration went ahead (helper 143).
  */
-function carriedKey(sent: string | null): string | undefined {
-  if (sent === null) return undefined;
-  const key = headerKey(sent);
+function carriedKey(key: string | null): string | undefined {
+  if (key === null) return undefined;
   return key.length > MAX_IDEMPOTENCY_KEY_LENGTH ? `${key.slice(0, MAX_IDEMPOTENCY_KEY_LENGTH)}~` : key;
 }

@@ -347,23 +347,34 @@ export function rpcProtocolOf(contentType: string | null): string {
   return 'connect';
 }
 
+/** Connections the metrics port holds at once: scrapers, not clients (see serveMetrics). */
+const METRICS_MAX_CONNECTIONS = 32;
+
 /**
  * Serves `GET /metrics` (Prometheus text format) on its own port; anything else is 404. Returns
- * the bound address (port 0 picks a free one) and a close function.
+ * the bound address (port 0 picks a free one) and a close function, which drops the connections
+ * still open (a scrape lost at shutdown is retried by the next).
+ *
+ * A scrape is one request per connection: the answer says `close`, and Node answers anything
+ * pipelined behind it with a bare 503 without rendering the registry. One connection that
+ * pipelined 2 000 scrapes and read nothing had each rendered and buffered, 250 MB of RSS, and a
+ * request left half-sent held the shutdown until its timeout killed the process (helper 147).
  */
 export async function serveMetrics(metrics: Metrics, port: number, host: string): Promise<{ port: number; close: () => Promise<void> }> {
-  const server = createServer((req, res) => {
+  const server = createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => {
     if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
-      res.writeHead(404).end();
+      res.writeHead(404, { connection: 'close' }).end();
       return;
     }
     metrics.registry.metrics().then(
-      (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType, 'cache-control': 'no-store' }).end(text),
-      () => res.writeHead(500).end(),
+      (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType, 'cache-control': 'no-store', connection: 'close' }).end(text),
+      () => res.writeHead(500, { connection: 'close' }).end(),
     );
   });
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
+  server.maxRequestsPerSocket = 1;
+  server.maxConnections = METRICS_MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, resolve);
@@ -371,6 +382,10 @@ export async function serveMetrics(metrics: Metrics, port: number, host: string)
   const address = server.address();
   return {
     port: typeof address === 'object' && address !== null ? address.port : port,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }

@@ -4,6 +4,8 @@ import { serveMetrics } from '../../src/infrastructure/metrics.ts';
 import type { TestServer } from './test-app.ts';
 
 export interface MetricsScrape {
+  /** The loopback port the metrics are served on. */
+  port: number;
   /** The whole `/metrics` text, as a scraper reads it. */
   scrape(): Promise<string>;
   /** The sum of one metric's samples whose labels include `labels`, read now. */
@@ -16,6 +18,7 @@ export async function serveTestMetrics(t: TestServer): Promise<MetricsScrape> {
   const served = await serveMetrics(t.app.metrics, 0, '127.0.0.1');
   const scrape = async () => (await fetch(`http://127.0.0.1:${served.port}/metrics`)).text();
   return {
+    port: served.port,
     scrape,
     async sum(name, labels = {}) {
       const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);

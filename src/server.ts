@@ -16,9 +16,6 @@
 // A stream whose request has fully arrived is the application's business: a gRPC Watch may
 // rightly stay open for hours (src/controllers/rpc/health-service.ts caps those).
 import { Code, ConnectError } from '@connectrpc/connect';
-import { encodeEnvelope } from '@connectrpc/connect/protocol';
-import { codeToHttpStatus, endStreamFlag, errorToJson, errorToJsonBytes } from '@connectrpc/connect/protocol-connect';
-import { setTrailerStatus } from '@connectrpc/connect/protocol-grpc';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import {
   constants as http2Constants,
@@ -35,6 +32,7 @@ import { errorEnvelope, type ErrorBody } from './controllers/rest/envelope.ts';
 import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
 import { rateLimitedWarning, type Logger } from './infrastructure/logger.ts';
 import { requestIdFrom } from './infrastructure/request-id.ts';
+import { rpcRefusal, type Refusal } from './rpc/refusal.ts';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
@@ -619,7 +617,7 @@ function malformedAuthority(value: string | undefined): boolean {
  */
 function refuseRequest(req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse, message: string): void {
   const requestId = requestIdFrom(undefined);
-  const refusal = rpcRefusal(req, message) ?? restRefusal(message, requestId);
+  const refusal = rpcRefusalOf(req, message) ?? restRefusal(message, requestId);
   const headers: Record<string, string | number> = {
     ...refusal.headers,
     'content-length': refusal.body.byteLength,
@@ -641,12 +639,6 @@ function refuseRequest(req: IncomingMessage | Http2ServerRequest, res: ServerRes
   res.end(refusal.body);
 }
 
-interface Refusal {
-  status: number;
-  headers: Record<string, string>;
-  body: Uint8Array;
-}
-
 function restRefusal(message: string, requestId: string): Refusal {
   return { status: 400, headers: { 'content-type': 'application/json; charset=utf-8' }, body: Buffer.from(errorJson({ code: MALFORMED.code, message }, requestId)) };
 }
@@ -660,28 +652,9 @@ const RPC_PATH = /^\/[A-Za-z_][\w.]*\.[A-Za-z_]\w*\/[A-Za-z_]\w*(?:\?|$)/;
  * Authorization headers over gRPC, an :authority with a bad port), a server fault where the
  * client sent the mistake.
  */
-function rpcRefusal(req: IncomingMessage | Http2ServerRequest, message: string): Refusal | undefined {
-  const path = req.url ?? '';
-  if (!RPC_PATH.test(path)) return undefined;
-  const contentType = (req.headers['content-type'] ?? '').toLowerCase();
-  const error = new ConnectError(message, Code.InvalidArgument);
-  if (contentType.startsWith('application/grpc')) {
-    // gRPC and gRPC-Web: a trailers-only answer, the status in the headers and no message.
-    const status = new Headers();
-    setTrailerStatus(status, error);
-    return {
-      status: 200,
-      headers: { 'content-type': contentType.startsWith('application/grpc-web') ? 'application/grpc-web+proto' : 'application/grpc', ...Object.fromEntries(status) },
-      body: new Uint8Array(0),
-    };
-  }
-  if (contentType.startsWith('application/connect+')) {
-    // A Connect stream ends with its error in the end-of-stream message.
-    const endStream = new TextEncoder().encode(JSON.stringify({ error: errorToJson(error, undefined) }));
-    return { status: 200, headers: { 'content-type': 'application/connect+json' }, body: encodeEnvelope(endStreamFlag, endStream) };
-  }
-  // A Connect unary call (POST with a JSON or binary body, or GET): the error as JSON.
-  return { status: codeToHttpStatus(Code.InvalidArgument), headers: { 'content-type': 'application/json' }, body: errorToJsonBytes(error, undefined) };
+function rpcRefusalOf(req: IncomingMessage | Http2ServerRequest, message: string): Refusal | undefined {
+  if (!RPC_PATH.test(req.url ?? '')) return undefined;
+  return rpcRefusal(req.headers['content-type'] ?? '', new ConnectError(message, Code.InvalidArgument));
 }
 
 /**

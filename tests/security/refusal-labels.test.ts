@@ -88,6 +88,34 @@ describe('the RPC request metrics', () => {
       named: after.some((line) => line.includes('NoSuchMethod')),
     }).toEqual({ unmatched: 1, getUser: 3, named: false });
   });
+
+  it('when reflection, a bidirectional stream, is asked for over HTTP/1.1 by gRPC-Web or Connect, then it is unimplemented in that protocol, with a request id, and counted so', async () => {
+    // connect-es answered a bare 505 with no status any client reads and no request id, counted
+    // as `unknown`, a server fault (helper 147).
+    const reflection = 'grpc.reflection.v1.ServerReflection/ServerReflectionInfo';
+    const listServices = encodeEnvelope(0, toBinary(ServerReflectionRequestSchema, create(ServerReflectionRequestSchema, { messageRequest: { case: 'listServices', value: '' } })));
+    const count = (code: string) => metrics.sum('arcana_rpc_requests_seconds_count', { procedure: reflection, code });
+    const before = { unimplemented: await count('unimplemented'), unknown: await count('unknown') };
+    const [grpcWeb, connect] = await Promise.all([
+      raw.http1('POST', `/${reflection}`, { 'content-type': 'application/grpc-web+proto' }, listServices),
+      raw.http1('POST', `/${reflection}`, { 'content-type': 'application/connect+proto' }, listServices),
+    ]);
+    expect({ status: grpcWeb.status, grpcStatus: grpcWeb.headers.get('grpc-status'), requestId: grpcWeb.headers.get('x-request-id') !== null }).toEqual({
+      status: 200,
+      grpcStatus: '12',
+      requestId: true,
+    });
+    expect({
+      status: connect.status,
+      unimplemented: new TextDecoder().decode(connect.body).includes('"code":"unimplemented"'),
+      requestId: connect.headers.get('x-request-id') !== null,
+    }).toEqual({
+      status: 200,
+      unimplemented: true,
+      requestId: true,
+    });
+    expect({ unimplemented: (await count('unimplemented')) - before.unimplemented, unknown: (await count('unknown')) - before.unknown }).toEqual({ unimplemented: 2, unknown: 0 });
+  });
 });
 
 describe('a refused content coding', () => {

@@ -69,6 +69,7 @@ import { AppError, ValidationError } from '../../domain/errors.ts';
 import { findQueryProblems } from '../edge-input.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
+import { rpcRefusal } from '../../rpc/refusal.ts';
 import { grpcTimeoutMs, timerTimeout } from '../../infrastructure/call-context.ts';
 import { nodeHeadersFromWeb, webHeadersFromNode } from '../../rpc/node-headers.ts';
 import { toConnectError } from './interceptors.ts';
@@ -464,6 +465,14 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       endUnreadStream(req);
       return;
     }
+    // A bidirectional stream (reflection) needs HTTP/2. connect-es refused one over HTTP/1.x with
+    // a bare 505 that no gRPC-Web or Connect client reads, with no request id, counted `unknown`
+    // (helper 147): it is `unimplemented` here, in the call's own protocol.
+    if (handler.method.methodKind === 'bidi_streaming' && req.httpVersionMajor === 1) {
+      refuseInProtocol(req, res, new ConnectError('This procedure is a bidirectional stream, which needs HTTP/2', Code.Unimplemented));
+      metrics?.rpcRequest(handler.requestPath.slice(1), rpcProtocolOf(headerOf(req, 'content-type')), 'unimplemented', Number(process.hrtime.bigint() - started) / 1e9);
+      return;
+    }
     dropOverlongTimeouts(req.headers);
     const contextValues = adapterOptions.contextValues?.(req) ?? createContextValues();
     if (req.method === 'GET') {
@@ -504,6 +513,18 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     });
     serveWithConnect(handler, req, res, contextValues);
   };
+}
+
+/** Answers `error` in the call's own protocol, with a request id, and leaves its body unread. */
+function refuseInProtocol(req: NodeRequest, res: NodeResponse, error: ConnectError): void {
+  const header = (name: string) => (typeof req.headers[name] === 'string' ? req.headers[name] : undefined);
+  const refusal = rpcRefusal(header('content-type') ?? '', error);
+  res.statusCode = refusal.status;
+  for (const [name, value] of Object.entries(refusal.headers)) res.setHeader(name, value);
+  res.setHeader('content-length', refusal.body.byteLength);
+  res.setHeader('x-request-id', requestIdFrom(header('x-request-id')));
+  res.end(refusal.body);
+  endUnreadStream(req);
 }
 
 /** The header in which a streaming protocol's answer names the encodings taken (none for unary Connect). */

@@ -128,7 +128,22 @@ export function createDualProtocolServer(
   );
   h1.keepAliveTimeout = limits.keepAliveTimeoutMs;
   h1.on('clientError', answerClientError);
-  h1.on('connect', (_req: IncomingMessage, socket: Duplex) => void refuseTunnel(socket));
+  // A CONNECT's socket is the listener's: Node has taken it out of its error handling, its
+  // timeouts and closeAllConnections. Errors end it (a reset after a CONNECT was an uncaught
+  // ECONNRESET that stopped the process: helper 146), the answers owed ahead of it get the
+  // request timeout and no more, the client the keep-alive timeout to close its side once the
+  // refusal is out, and closeNow ends it with the rest.
+  const tunnels = new Set<Duplex>();
+  h1.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+    tunnels.add(socket);
+    socket.on('error', () => socket.destroy());
+    const guard = setTimeout(() => socket.destroy(), limits.requestTimeoutMs);
+    socket.once('close', () => {
+      clearTimeout(guard);
+      tunnels.delete(socket);
+    });
+    void refuseTunnel(socket, limits.keepAliveTimeoutMs);
+  });
   // Node answers `Expect: 100-continue` with 100 Continue before any handler runs: it invited a
   // 100 MB upload from anyone before the 413 (helper 97). Only a body the application may take is
   // asked for; the request goes on to the handlers either way, which refuse an oversized one.
@@ -268,6 +283,7 @@ export function createDualProtocolServer(
       const connections = detecting.size + sessions.size + h1Connections.size;
       for (const socket of detecting) socket.destroy();
       for (const session of sessions) session.destroy();
+      for (const tunnel of tunnels) tunnel.destroy();
       h1.closeAllConnections();
       return connections;
     },
@@ -467,9 +483,10 @@ const NO_TUNNELS = { status: 405, reason: 'Method Not Allowed', code: 'VALIDATIO
  * once: no answer, and none to the requests pipelined ahead of it either, whose handlers then
  * found their client gone (a registration dropped unanswered; helper 145). The answers owed are
  * written first, in order (each pipelined response takes the socket when the one ahead of it
- * finishes), then a 405 in the error envelope, and the connection ends.
+ * finishes), then a 405 in the error envelope, and the connection ends, at the latest
+ * `lingerMs` after the refusal is written.
  */
-async function refuseTunnel(socket: Duplex): Promise<void> {
+async function refuseTunnel(socket: Duplex, lingerMs: number): Promise<void> {
   for (;;) {
     const owed = (socket as Duplex & { _httpMessage?: Owed | null })._httpMessage;
     if (owed == null || owed.writableFinished || socket.destroyed) break;
@@ -493,6 +510,9 @@ async function refuseTunnel(socket: Duplex): Promise<void> {
       `X-Request-Id: ${requestId}\r\n` +
       'Connection: close\r\n\r\n' +
       json,
+    // Written out; the client may still be sending (closing at once could reset the connection
+    // before it reads the refusal), but not for longer than a kept-alive connection may idle.
+    () => setTimeout(() => socket.destroy(), lingerMs).unref(),
   );
 }
 

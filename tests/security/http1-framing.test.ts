@@ -5,6 +5,8 @@
 // keeps open after the client said `close`.
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config.ts';
+import { createDualProtocolServer } from '../../src/server.ts';
 import { startTestServer, type TestServer } from '../helpers/test-app.ts';
 
 let server: TestServer;
@@ -184,5 +186,56 @@ describe('HTTP/1.1 framing: what a proxy in front, or a pipelining client, would
       expect(text).toMatch(/^HTTP\/1\.1 400 /);
       expect(text).toContain('one Content-Type header');
     }
+  });
+  it('when a client sends CONNECT and resets the connection, alone or behind a request, then the server goes on serving', async () => {
+    // The CONNECT's socket had no error listener once Node handed it over: the reset was an
+    // uncaught ECONNRESET that stopped the process (helper 146).
+    for (const bytes of [
+      'CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n',
+      `GET /health HTTP/1.1\r\nHost: x\r\n\r\nCONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n`,
+    ]) {
+      const socket = net.connect(server.port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      await new Promise<void>((resolve) => socket.once('connect', resolve));
+      socket.write(bytes);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      socket.resetAndDestroy();
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect((await exchange('GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', 2_000)).text).toMatch(/^HTTP\/1\.1 200 /);
+  });
+
+  it('when a client keeps its side of a refused CONNECT open, then the server ends it after the keep-alive timeout, and closeNow at shutdown ends it at once', async () => {
+    // Node takes a CONNECT's socket out of its timeouts and of closeAllConnections: it held its
+    // place in the per-address cap for good, and the shutdown until it was killed (helper 146).
+    const open = async (keepAliveMs: string) => {
+      const limits = loadConfig({ HTTP_KEEP_ALIVE_TIMEOUT_MS: keepAliveMs }).server.connections;
+      const dual = createDualProtocolServer({ http1: (_req, res) => res.end('ok'), http2: (_req, res) => res.end('ok') }, { limits });
+      await new Promise<void>((resolve) => dual.server.listen(0, '127.0.0.1', resolve));
+      const socket = net.connect({ port: (dual.server.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+      let text = '';
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+      socket.on('error', () => undefined);
+      socket.write('CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      let stopped = false;
+      const stopping = dual.close().then(() => (stopped = true));
+      return { dual, socket, stopping, stopped: () => stopped, text: () => text };
+    };
+    // The server's side ends within the keep-alive timeout, and with it the close.
+    const lingering = await open('300');
+    expect(lingering.text()).toMatch(/^HTTP\/1\.1 405 /);
+    const refusedAt = Date.now();
+    await lingering.stopping;
+    expect(Date.now() - refusedAt).toBeLessThan(1_000);
+    lingering.socket.destroy();
+    // With a long keep-alive the close waits, until closeNow ends it.
+    const held = await open('60000');
+    expect(held.text()).toMatch(/^HTTP\/1\.1 405 /);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(held.stopped()).toBe(false);
+    expect(held.dual.closeNow()).toBe(1);
+    await held.stopping;
+    held.socket.destroy();
   });
 });

@@ -167,7 +167,9 @@ export function currentWorkLimits(): { deadline?: number | undefined; signal?: A
  * monolith, and was cut short between layers (helper 143). Undefined when the caller set none.
  */
 export function timeoutFromHeaders(header: Headers): number | undefined {
-  if (header.get('content-type')?.startsWith('application/grpc') === true) return timerTimeout(grpcTimeoutMs(header.get('grpc-timeout')));
+  // Case-insensitive, as connect-es matches content types (helper 146: `application/GRPC` was
+  // served as gRPC with Connect's deadline header).
+  if (/^application\/grpc/i.test(header.get('content-type') ?? '')) return timerTimeout(grpcTimeoutMs(header.get('grpc-timeout')));
   const connect = header.get('connect-timeout-ms');
   return connect !== null && /^\d{1,10}$/.test(connect) ? timerTimeout(Number(connect)) : undefined;
 }

@@ -82,6 +82,21 @@ describe('client deadlines', () => {
       }),
     );
     expect(answers).toEqual(RPC_PROTOCOLS.map((protocol) => ({ protocol, answer: 'ok' })));
+    // The protocol by its content type in any case, as connect-es reads it: `application/GRPC` was
+    // served as gRPC with Connect's deadline header (helper 146).
+    const capitals = await Promise.all(
+      ['application/GRPC', 'Application/grpc+proto'].map(async (contentType) => {
+        const answer = await raw.rpc('grpc', 'arcana.auth.v1.AuthService/GetCurrentUser', payload('grpc'), {
+          token: user.accessToken,
+          headers: { 'content-type': contentType, 'connect-timeout-ms': '0' },
+        });
+        return { contentType, answer: `${answer.code} ${answer.message}`.trim() };
+      }),
+    );
+    expect(capitals).toEqual([
+      { contentType: 'application/GRPC', answer: 'ok' },
+      { contentType: 'Application/grpc+proto', answer: 'ok' },
+    ]);
   });
 
   it('when a deadline has passed before the work could start, then the answer is deadline_exceeded, over every RPC protocol', async () => {

@@ -24,7 +24,7 @@ import { UserService as UserServiceDescriptor } from '../gen/proto/arcana/user/v
 import { ConfigError, type Config } from './config.ts';
 import { holdingsOf, type LayerHoldings } from './topology.ts';
 import { createLayerTransport } from './communication/layer-transport.ts';
-import { createLayerRoutes, internalAuthGate, layerCallValues, layerContextInterceptor, type LayerApis } from './communication/layer-server.ts';
+import { createLayerRoutes, internalAuthGate, layerCallValues, layerContextInterceptor, presentsSecret, type LayerApis } from './communication/layer-server.ts';
 import { layerServerErrorInterceptor } from './communication/layer-errors.ts';
 import {
   RemoteAuditRepository,
@@ -99,6 +99,11 @@ export interface Application {
   audit?: AuditUseCases | undefined;
   /** Background work, in a process that holds the service layer. */
   jobs?: JobRunner | undefined;
+  /**
+   * In an internal layer with INTERNAL_API_SECRET: whether a request's Authorization presents it.
+   * The server holds the requests that do not to a few at once (DualProtocolServerOptions.vouch).
+   */
+  vouch?: ((authorization: string | undefined) => boolean) | undefined;
   /** Prometheus metrics, when METRICS_PORT is set: serve `metrics.registry` on that port. */
   metrics?: Metrics | undefined;
   /**
@@ -471,7 +476,7 @@ async function buildControllerLayer(parts: ProcessParts, shared: SharedState, lo
 }
 
 /** An internal layer process: its API for the layer above, plus /health and /ready. */
-function buildLayerServer(parts: ProcessParts, apis: LayerApis): Pick<Application, 'http' | 'http2'> {
+function buildLayerServer(parts: ProcessParts, apis: LayerApis): Pick<Application, 'http' | 'http2' | 'vouch'> {
   const { config, logger, readiness } = parts;
   const layerRpc = {
     routes: createLayerRoutes(apis, readiness, parts.health),
@@ -490,7 +495,8 @@ function buildLayerServer(parts: ProcessParts, apis: LayerApis): Pick<Applicatio
   probes.use(createErrorHandler({ logger, exposeInternals: false }));
   const rpcOnly = createRpcNodeHandler(layerRpc);
   const rpcOrProbes = createRpcNodeHandler({ ...layerRpc, fallback: (req, res) => void probes(req as IncomingMessage, res as ServerResponse) });
-  return { http: rpcOrProbes, http2: rpcOnly };
+  const secret = config.deployment.internalSecret;
+  return { http: rpcOrProbes, http2: rpcOnly, vouch: secret === undefined ? undefined : presentsSecret(secret) };
 }
 
 /** The public REST and RPC facades over the service layer, with CORS and rate limits. */

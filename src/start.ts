@@ -46,7 +46,7 @@ async function main(): Promise<void> {
   const app = await orExitOnConfigError(() => createApplication(config, logger));
   const { server, close, closeNow } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },
-    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger, bodyLimitBytes: config.server.bodyLimitBytes },
+    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger, bodyLimitBytes: config.server.bodyLimitBytes, vouch: app.vouch },
   );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -172,19 +172,28 @@ export const UNAUTHENTICATED_READ_MAX_BYTES = 4 * 1024;
  * secret (development), every call is let through.
  */
 export function internalAuthGate(secret: string | undefined): (context: HandlerContext) => Promise<void> {
-  // Comparing digests keeps the comparison constant-time whatever the length presented.
-  const expected = secret === undefined ? undefined : createHash('sha256').update(`Bearer ${secret}`).digest();
+  const vouched = secret === undefined ? undefined : presentsSecret(secret);
   return async (context) => {
     if (context.service.typeName === Health.typeName) {
       context.values.set(callReadLimitKey, UNAUTHENTICATED_READ_MAX_BYTES);
       return;
     }
-    if (expected === undefined) return;
-    const presented = createHash('sha256')
-      .update(context.requestHeader.get('authorization') ?? '')
-      .digest();
-    if (!timingSafeEqual(presented, expected)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
+    if (vouched === undefined) return;
+    if (!vouched(context.requestHeader.get('authorization') ?? undefined)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
   };
+}
+
+/** Whether an Authorization header is `Bearer <secret>`, as the layers above send it. */
+export function presentsSecret(secret: string): (authorization: string | undefined) => boolean {
+  // Comparing digests keeps the comparison constant-time whatever the length presented.
+  const expected = createHash('sha256').update(`Bearer ${secret}`).digest();
+  return (authorization) =>
+    timingSafeEqual(
+      createHash('sha256')
+        .update(authorization ?? '')
+        .digest(),
+      expected,
+    );
 }
 
 /**

@@ -124,11 +124,17 @@ async function startLayer(env: Environment, logger?: Logger): Promise<Applicatio
 }
 
 /** Serves an app's handlers on a free loopback port, the way src/main.ts serves them. */
-async function listenOnLoopback(app: Pick<Application, 'http' | 'http2'>, env: Environment): Promise<{ port: number; close: () => Promise<void> }> {
+async function listenOnLoopback(app: Pick<Application, 'http' | 'http2' | 'vouch'>, env: Environment): Promise<{ port: number; close: () => Promise<void> }> {
   const config = loadConfig(env);
   const { server, close } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },
-    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger: createLogger({ level: config.logLevel }), bodyLimitBytes: config.server.bodyLimitBytes },
+    {
+      limits: config.server.connections,
+      trustProxy: config.server.trustProxy,
+      logger: createLogger({ level: config.logLevel }),
+      bodyLimitBytes: config.server.bodyLimitBytes,
+      vouch: app.vouch,
+    },
   );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();

@@ -149,6 +149,40 @@ describe('layered/grpc as three processes', () => {
     }
   });
 
+  it('when a caller without the secret holds health checks open by the hundred, then no more than a few dozen are admitted at once, and the layer above is still served', async () => {
+    // Health checks need no secret (probes carry none) and had no cap on a layer's port: one
+    // client held 40 000 open without their end, 13 KB each, 744 MB of RSS against a 512 Mi pod,
+    // until the request timeout (helper 150).
+    const { origin } = new URL(layer('repository').url);
+    const session = http2.connect(origin, { settings: { enablePush: false } });
+    session.on('error', () => undefined);
+    try {
+      const outcomes = await Promise.all(
+        Array.from({ length: 200 }, () => {
+          const stream = session.request({ ':method': 'POST', ':path': '/grpc.health.v1.Health/Check', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+          stream.on('error', () => undefined);
+          return new Promise<string>((resolve) => {
+            // Refused streams close at once; admitted ones wait for a body that never comes.
+            const timer = setTimeout(() => resolve('held'), 1_000);
+            stream.once('close', () => {
+              clearTimeout(timer);
+              resolve(stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM ? 'refused' : `closed ${stream.rstCode}`);
+            });
+          });
+        }),
+      );
+      const held = outcomes.filter((outcome) => outcome === 'held').length;
+      expect(held).toBeGreaterThan(0);
+      expect(held).toBeLessThanOrEqual(64);
+      expect(outcomes.filter((outcome) => outcome !== 'held' && outcome !== 'refused')).toEqual([]);
+      // The layer above presents the secret, and is served all the while.
+      const user = await registerUser();
+      expect((await rest('GET', '/api/v1/auth/me', undefined, user.accessToken)).status).toBe(200);
+    } finally {
+      session.destroy();
+    }
+  });
+
   it('when a request fails in the repository layer, then the client gets the same code and message as from a monolith', async () => {
     const user = await registerUser();
     const again = await rest('POST', '/api/v1/auth/register', { ...newUser('topo'), username: user.username });

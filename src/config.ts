@@ -199,7 +199,7 @@ const EnvSchema = z.object({
   BCRYPT_ROUNDS: int(12, 4, 15),
   PASSWORD_HASH_CONCURRENCY: int(0, 0, 256),
   PASSWORD_HASH_QUEUE_MAX: int(64, 0, 100_000),
-  LIST_QUERY_CONCURRENCY: int(8, 1, 1_000),
+  LIST_QUERY_CONCURRENCY: optionalInt(1, 1_000),
   LIST_QUERY_QUEUE_MAX: int(256, 0, 100_000),
 
   DEPLOYMENT_MODE: z.enum(DEPLOYMENT_MODES).default('monolithic'),

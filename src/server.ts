@@ -71,19 +71,21 @@ export interface DualProtocolServerOptions {
   /**
    * Whether a request's Authorization vouches for it (an internal layer's: it presents the
    * deployment's INTERNAL_API_SECRET). Those that do not (probes, or anyone else on the network)
-   * are at most UNVOUCHED_REQUESTS_MAX open at once; the rest are refused at once. Unset: no cap.
+   * are at most UNVOUCHED_PER_ADDRESS_MAX open at once per address; the rest are refused at once.
+   * Unset: no cap.
    */
   vouch?: ((authorization: string | undefined) => boolean) | undefined;
 }
 
 /**
- * Requests open at once, across all connections, that no internal secret vouches for (see
- * DualProtocolServerOptions.vouch). An internal layer takes every call of the layers above on a
- * connection or two, so it has no per-address caps; its probes need a handful. Without this, one
- * client held 40 000 health checks open without their end (13 KB each, 744 MB of RSS against a
- * 512 Mi pod) until the request timeout (helper 150).
+ * Requests open at once from one client address (IPv4, or IPv6 /64) that no internal secret
+ * vouches for (see DualProtocolServerOptions.vouch). An internal layer takes every call of the
+ * layers above on a connection or two, so it has no per-address caps; a probe needs one or two.
+ * Without this, one client held 40 000 health checks open without their end (13 KB each, 744 MB
+ * of RSS against a 512 Mi pod) until the request timeout (helper 150). Per address, so that such
+ * a client cannot take the places of the orchestrator's probes either.
  */
-export const UNVOUCHED_REQUESTS_MAX = 64;
+export const UNVOUCHED_PER_ADDRESS_MAX = 32;
 
 export interface DualProtocolServer {
   server: Server;
@@ -110,13 +112,19 @@ export function createDualProtocolServer(
   const warnStream = rateLimitedWarning(options.logger, 'refused HTTP/2 streams: too many open from one address', REFUSAL_LOG_INTERVAL_MS);
   const warnMalformed = rateLimitedWarning(options.logger, 'refused requests: malformed Host or :authority', REFUSAL_LOG_INTERVAL_MS);
   const warnUnvouched = rateLimitedWarning(options.logger, 'refused requests: too many open without the internal secret', REFUSAL_LOG_INTERVAL_MS);
-  let unvouched = 0;
+  const unvouched = new Map<string, number>();
   /** Whether a request may go on; one no secret vouches for is counted until `onDone` releases it. */
-  const admitUnvouched = (authorization: string | undefined, onDone: (release: () => void) => void): boolean => {
+  const admitUnvouched = (address: string | undefined, authorization: string | undefined, onDone: (release: () => void) => void): boolean => {
     if (options.vouch === undefined || options.vouch(authorization)) return true;
-    if (unvouched >= UNVOUCHED_REQUESTS_MAX) return false;
-    unvouched += 1;
-    onDone(() => (unvouched -= 1));
+    const key = addressKey(address);
+    const open = unvouched.get(key) ?? 0;
+    if (open >= UNVOUCHED_PER_ADDRESS_MAX) return false;
+    unvouched.set(key, open + 1);
+    onDone(() => {
+      const left = (unvouched.get(key) ?? 1) - 1;
+      if (left > 0) unvouched.set(key, left);
+      else unvouched.delete(key);
+    });
     return true;
   };
 
@@ -140,8 +148,8 @@ export function createDualProtocolServer(
         refuseRequest(req, res, headersProblem);
         return;
       }
-      if (!admitUnvouched(req.headers.authorization, (release) => res.once('close', release))) {
-        warnUnvouched({ peer: addressKey(req.socket.remoteAddress), limit: UNVOUCHED_REQUESTS_MAX });
+      if (!admitUnvouched(req.socket.remoteAddress, req.headers.authorization, (release) => res.once('close', release))) {
+        warnUnvouched({ peer: addressKey(req.socket.remoteAddress), limit: UNVOUCHED_PER_ADDRESS_MAX });
         refuseRequest(req, res, BUSY);
         return;
       }
@@ -207,8 +215,8 @@ export function createDualProtocolServer(
       peers.releaseStream(peer);
       openStreams.delete(req.stream);
     });
-    if (!admitUnvouched(req.headers.authorization, (release) => req.stream.once('close', release))) {
-      warnUnvouched({ peer: addressKey(address), limit: UNVOUCHED_REQUESTS_MAX });
+    if (!admitUnvouched(address, req.headers.authorization, (release) => req.stream.once('close', release))) {
+      warnUnvouched({ peer: addressKey(address), limit: UNVOUCHED_PER_ADDRESS_MAX });
       req.stream.close(http2Constants.NGHTTP2_REFUSED_STREAM);
       return;
     }

@@ -303,11 +303,10 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     });
     // Listings count every match of their filter: a few at once, so that a crowd of expensive
     // searches cannot hold every pooled connection (README, Security).
-    // PGlite runs each statement on this thread: one listing at a time (unless set), each handing
-    // over through the event loop, so that nothing waits behind more than one (helper 149: 8 at a
-    // time of 200-300 ms each held /health to 740 ms at p99, logins to 0.9 s at p50).
-    const onThisThread = db.kind === 'pglite';
-    const lists = new WorkGate({ ...config.listQueries, concurrency: config.listQueries.concurrency ?? (onThisThread ? 1 : 8), estimateMs: 20, handOverLater: onThisThread });
+    // PGlite has one connection, whose statements take turns (database.ts, takeTurns): one
+    // listing at a time there (unless set), so that a point read or a login waits behind one 70 ms
+    // page rather than eight (helper 149).
+    const lists = new WorkGate({ ...config.listQueries, concurrency: config.listQueries.concurrency ?? (db.kind === 'pglite' ? 1 : 8), estimateMs: 20 });
     // Lists waiting when the shutdown begins that could not be read before its cut are refused then.
     parts.onDrain.push((finishBy) => lists.finishBy(finishBy));
     metrics?.gauge('arcana_list_queries_running', 'pages of users or audit events being read from the database now', () => lists.running);

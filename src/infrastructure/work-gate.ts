@@ -61,20 +61,11 @@ export class WorkGate {
   /** Epoch milliseconds by which all work must be done (a shutdown's cut), once one has begun. */
   #finishBy: number | undefined;
 
-  /** Whether a freed slot passes to the next piece through the event loop (see the constructor). */
-  readonly #handOverLater: boolean;
-
-  /**
-   * `handOverLater`: work that runs on this thread (an embedded database's statements) passes a
-   * freed slot on in the next turn of the event loop, so that what arrived meanwhile (a health
-   * probe, a point read) is read between two pieces rather than after the whole queue.
-   */
-  constructor(options: { concurrency?: number; maxWaiting: number; estimateMs: number; now?: () => number; handOverLater?: boolean }) {
+  constructor(options: { concurrency?: number; maxWaiting: number; estimateMs: number; now?: () => number }) {
     this.#concurrency = Math.max(1, options.concurrency ?? availableParallelism());
     this.#maxWaiting = options.maxWaiting;
     this.#averageMs = options.estimateMs;
     this.#now = options.now ?? Date.now;
-    this.#handOverLater = options.handOverLater === true;
   }
 
   /** Pieces of work running now. */
@@ -245,8 +236,7 @@ export class WorkGate {
       } else if (this.#finishBy !== undefined && this.#now() + this.#averageMs > this.#finishBy) {
         next.refuse(shuttingDown());
       } else {
-        if (this.#handOverLater) setImmediate(next.start);
-        else next.start();
+        next.start();
         this.#shedLate();
         return;
       }

@@ -214,30 +214,6 @@ describe('WorkGate', () => {
   });
 });
 
-describe('WorkGate for work on this thread', () => {
-  it('when a slot frees and work waits, then what the event loop had queued runs before the next piece starts (PGlite: a probe between two listings)', async () => {
-    // PGlite runs statements on the server's own thread: a slot passed on at once chained the
-    // whole queue of listings, and a health probe read nothing until it was empty (helper 149).
-    const order: string[] = [];
-    const run = async (handOverLater: boolean) => {
-      order.length = 0;
-      const gate = new WorkGate({ concurrency: 1, maxWaiting: 10, estimateMs: 1, handOverLater });
-      const first = gate.run(async () => {
-        order.push('first');
-        setImmediate(() => order.push('probe'));
-      });
-      const second = gate.run(async () => {
-        order.push('second');
-      });
-      await Promise.all([first, second]);
-      await new Promise((resolve) => setImmediate(resolve));
-      return [...order];
-    };
-    expect(await run(false)).toEqual(['first', 'second', 'probe']);
-    expect(await run(true)).toEqual(['first', 'probe', 'second']);
-  });
-});
-
 describe('WorkGate when idle', () => {
   it('when the gate is idle, then work starts even if the average says it would miss the deadline', async () => {
     const gate = new WorkGate({ concurrency: 1, maxWaiting: 10, estimateMs: 60_000 });

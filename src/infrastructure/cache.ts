@@ -46,6 +46,35 @@ function parseCached(json: string): unknown {
   return value;
 }
 
+/** What a field of a cached row holds; with `?`, null too. */
+export type FieldKind = 'number' | 'string' | 'boolean' | 'date' | 'string?' | 'date?';
+
+/** Every field of a row `T` and what it holds (the compiler checks that none is left out). */
+export type RowShape<T> = { readonly [K in keyof T]-?: FieldKind };
+
+/**
+ * Whether a cached value is a `T` as this release reads it. Old and new processes share Redis
+ * during a rolling deploy: an entry another release wrote in another shape (a field missing, or
+ * renamed) was served as it was, a user without its version (REST answered 500 under response
+ * validation, RPC `version: 0`; helper 152). Such an entry is a miss; the database answers.
+ */
+export function hasShape<T>(value: unknown, shape: RowShape<T>): value is T {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const row = value as Record<string, unknown>;
+  for (const key in shape) {
+    const field = row[key];
+    const kind = shape[key];
+    const optional = kind.endsWith('?');
+    if (field === null || field === undefined) {
+      if (optional && field === null) continue;
+      return false;
+    }
+    const base = optional ? kind.slice(0, -1) : kind;
+    if (base === 'date' ? !(field instanceof Date) : typeof field !== base) return false;
+  }
+  return true;
+}
+
 /** The bounds of a MemoryCache; both hold at every moment. */
 export interface MemoryCacheLimits {
   /** Entries at most. */

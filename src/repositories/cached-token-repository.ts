@@ -1,5 +1,5 @@
 import type { OAuthToken } from '../../gen/prisma/client.ts';
-import type { Cache } from '../infrastructure/cache.ts';
+import { hasShape, type Cache, type RowShape } from '../infrastructure/cache.ts';
 import { forgetProfile } from './cached-user-repository.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository, UserWrite } from './token-repository.ts';
 import type { WriteOptions } from './write-options.ts';
@@ -13,6 +13,26 @@ export const sessionCacheKey = (accessTokenHash: string): string => `session:${a
  * rotation and replay detection take effect on the next request in every process; a lookup that
  * read the pair before the revocation cannot cache it after (fills never overwrite: Cache.add).
  */
+/** A cached session's fields, as this release writes them (see hasShape). */
+const SESSION_SHAPE: RowShape<OAuthToken> = {
+  id: 'number',
+  userId: 'number',
+  familyId: 'string',
+  accessTokenHash: 'string',
+  refreshTokenHash: 'string',
+  tokenType: 'string',
+  accessExpiresAt: 'date',
+  expiresAt: 'date',
+  familyExpiresAt: 'date',
+  clientName: 'string?',
+  ipAddress: 'string?',
+  userAgent: 'string?',
+  isRevoked: 'boolean',
+  revokedReason: 'string?',
+  createdAt: 'date',
+  updatedAt: 'date',
+};
+
 export class CachedTokenRepository implements TokenRepository {
   readonly #inner: TokenRepository;
   readonly #cache: Cache;
@@ -38,8 +58,8 @@ export class CachedTokenRepository implements TokenRepository {
 
   async findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {
     const key = sessionCacheKey(accessTokenHash);
-    const cached = await this.#cache.get<OAuthToken>(key);
-    if (cached !== undefined) return cached;
+    const cached = await this.#cache.get<unknown>(key);
+    if (cached !== undefined && hasShape(cached, SESSION_SHAPE)) return cached;
     const session = await this.#inner.findByAccessHash(accessTokenHash);
     // Only live pairs are cached, and never beyond their access token's own expiry.
     const lifetime = session === null ? 0 : (session.accessExpiresAt.getTime() - this.#now()) / 1000;

@@ -1,8 +1,28 @@
 import { forgetRead, readOnce } from '../infrastructure/call-context.ts';
-import type { Cache } from '../infrastructure/cache.ts';
+import { hasShape, type Cache, type RowShape } from '../infrastructure/cache.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, ListOptions, WriteOptions } from './user-repository.ts';
 
 export const userCacheKey = (id: number): string => `user:${id}`;
+
+/** A cached profile's fields, as this release writes them (see hasShape). */
+const PROFILE_SHAPE: RowShape<UserProfile> = {
+  id: 'number',
+  username: 'string',
+  usernameKey: 'string',
+  email: 'string',
+  firstName: 'string?',
+  lastName: 'string?',
+  phone: 'string?',
+  avatarUrl: 'string?',
+  role: 'string',
+  status: 'string',
+  isVerified: 'boolean',
+  isActive: 'boolean',
+  createdAt: 'date',
+  updatedAt: 'date',
+  lastLoginAt: 'date?',
+  version: 'number',
+};
 
 /**
  * How long a written profile refuses fills: long enough for any read that began before the
@@ -49,8 +69,8 @@ export class CachedUserRepository implements UserRepository {
   }
 
   async #readProfile(id: number): Promise<UserProfile | null> {
-    const cached = await this.#cache.get<UserProfile>(userCacheKey(id));
-    if (cached !== undefined) return cached;
+    const cached = await this.#cache.get<unknown>(userCacheKey(id));
+    if (cached !== undefined && hasShape(cached, PROFILE_SHAPE)) return cached;
     const profile = await this.#inner.findProfile(id);
     if (profile !== null) await this.#cache.add(userCacheKey(id), profile, this.#ttlSeconds);
     return profile;

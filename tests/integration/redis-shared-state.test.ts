@@ -137,6 +137,38 @@ describe('shared cache', () => {
   });
 });
 
+describe('cache entries another release wrote', () => {
+  it('when a cached profile or session lacks a field, or is not a row at all, then it is a miss: the stored user is answered, with its version', async () => {
+    // Old and new processes share Redis during a rolling deploy; an entry in another shape was
+    // served as it was: a user without `version` (REST 500 under response validation, RPC
+    // `version: 0`), or a JSON string as a user with id 0 (helper 152).
+    const keySpace = `${prefix}${randomBytes(3).toString('hex')}:`;
+    const { a, close } = await pair({}, keySpace);
+    try {
+      const user = await register(a);
+      const read = () => a.request.get(`/api/v1/users/${user.id}`).set(...bearer(user.accessToken));
+      expect((await read()).status).toBe(200);
+      const profileKey = `${keySpace}cache:user:${user.id}`;
+      const profile = JSON.parse((await redis.get(profileKey)) ?? 'null') as Record<string, unknown>;
+      expect(profile).toMatchObject({ id: user.id, version: 1 });
+      const sessionKeys = await redis.keys(`${keySpace}cache:session:*`);
+      expect(sessionKeys).toHaveLength(1);
+      const session = JSON.parse((await redis.get(sessionKeys[0]!)) ?? 'null') as Record<string, unknown>;
+      delete profile.version;
+      delete session.familyId;
+      await redis.set(profileKey, JSON.stringify(profile), 'EX', 60);
+      await redis.set(sessionKeys[0]!, JSON.stringify(session), 'EX', 60);
+      const answer = await read();
+      expect({ status: answer.status, id: answer.body.data?.id, version: answer.body.data?.version }).toEqual({ status: 200, id: user.id, version: 1 });
+      await redis.set(profileKey, JSON.stringify('not a profile'), 'EX', 60);
+      const again = await read();
+      expect({ status: again.status, id: again.body.data?.id, username: again.body.data?.username }).toEqual({ status: 200, id: user.id, username: user.username });
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe('shared rate limit', () => {
   it('when 50 concurrent requests hit two instances with a shared limit of 20, then exactly 30 get 429', async () => {
     const { a, b, close } = await pair({ RATE_LIMIT_MAX: '20', RATE_LIMIT_WINDOW_MS: '60000' });

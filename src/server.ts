@@ -129,6 +129,15 @@ export function createDualProtocolServer(
   };
 
   const startInTurn = turnGate(REQUESTS_PER_TURN);
+  /**
+   * Once the server is closing, every HTTP/1.1 answer not yet begun says `close`: an answer that
+   * kept the connection alive invited the client's next request onto a connection the drain then
+   * closed as idle, and that request was lost to a reset, a registration or a refresh the client
+   * could not tell done or not (helper 153). Go's Server.Shutdown does the same.
+   */
+  let draining = false;
+  /** HTTP/1.1 answers under way on connections kept alive, to say `close` when the drain begins. */
+  const answering = new Set<ServerResponse>();
   const h1 = createHttpServer(
     {
       headersTimeout: limits.headersTimeoutMs,
@@ -158,7 +167,11 @@ export function createDualProtocolServer(
       // `close`: RFC 9112 §9.3), or asks for an upgrade this server does not perform (Node then
       // dropped what the client had pipelined behind it, and the connection sat unanswered until
       // its keep-alive ran out): helper 115.
-      if (req.headers.upgrade !== undefined || saysClose(req.headers.connection)) res.shouldKeepAlive = false;
+      if (req.headers.upgrade !== undefined || saysClose(req.headers.connection) || draining) res.shouldKeepAlive = false;
+      else {
+        answering.add(res);
+        res.once('close', () => answering.delete(res));
+      }
       startInTurn(() => {
         if (!req.socket.destroyed) handlers.http1(req, res);
       });
@@ -297,6 +310,8 @@ export function createDualProtocolServer(
     server,
     close: () =>
       new Promise<void>((resolve) => {
+        draining = true;
+        for (const res of answering) if (!res.headersSent) res.shouldKeepAlive = false;
         let pending = 3;
         const done = () => {
           pending -= 1;
@@ -306,8 +321,12 @@ export function createDualProtocolServer(
         // close at once). Until then, a keep-alive connection busy now (a health watch the drain
         // ends, say) is closed when it goes idle, which would otherwise wait for its keep-alive
         // timeout, and an HTTP/2 stream answered in full whose client may still send is closed.
+        // A keep-alive connection idle now is left DRAIN_IDLE_GRACE_MS first: a client between
+        // two requests sends its next one then, and it is answered, with `close`. Closed at once,
+        // such a connection met that request with a reset (helper 153).
+        const graceEnds = Date.now() + (h1Connections.size === 0 ? 0 : DRAIN_IDLE_GRACE_MS);
         const idle = setInterval(() => {
-          h1.closeIdleConnections();
+          if (Date.now() >= graceEnds) h1.closeIdleConnections();
           closeAnswered();
         }, IDLE_CLOSE_INTERVAL_MS);
         server.close(() => {
@@ -316,8 +335,9 @@ export function createDualProtocolServer(
         });
         // A connection that has not said what it speaks has no request in flight.
         for (const socket of detecting) socket.destroy();
-        h1.close(done);
-        h1.closeIdleConnections();
+        // Node's close() of an HTTP server closes its idle connections at once (and this one,
+        // which never listens, does nothing else).
+        setTimeout(() => h1.close(done), graceEnds - Date.now());
         // GOAWAY lets streams in flight finish; the h2 server closes when its sessions have.
         for (const session of sessions) session.close();
         h2.close(done);
@@ -335,6 +355,9 @@ export function createDualProtocolServer(
 
 /** How often a closing server looks for connections that have gone idle. */
 const IDLE_CLOSE_INTERVAL_MS = 50;
+
+/** How long a closing server leaves idle keep-alive connections for a last request (see close). */
+const DRAIN_IDLE_GRACE_MS = 300;
 
 /**
  * How many requests start in one turn of the event loop; the rest start in the next turn. See

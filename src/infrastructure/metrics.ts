@@ -6,7 +6,8 @@
 // Every label has a bounded set of values, whatever clients send: REST routes are openapi.yaml's
 // path templates (a path no operation matches is `unmatched`), RPC procedures only the served
 // ones, codes and outcomes the API's own. An attacker cannot grow the registry by inventing paths.
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import { createRequire } from 'node:module';
 import type * as PromClient from 'prom-client';
 import type { Counter, LabelValues, Registry } from 'prom-client';
@@ -356,7 +357,8 @@ const METRICS_MAX_CONNECTIONS = 32;
  * still open (a scrape lost at shutdown is retried by the next).
  *
  * A scrape is one request per connection: the answer says `close`, and Node answers anything
- * pipelined behind it with a bare 503 without rendering the registry. One connection that
+ * pipelined behind it with a bare 503 without rendering the registry. At most
+ * METRICS_MAX_CONNECTIONS are open, the newest taking the place of the oldest that sent nothing. One connection that
  * pipelined 2 000 scrapes and read nothing had each rendered and buffered, 250 MB of RSS, and a
  * request left half-sent held the shutdown until its timeout killed the process (helper 147).
  */
@@ -374,7 +376,32 @@ export async function serveMetrics(metrics: Metrics, port: number, host: string)
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
   server.maxRequestsPerSocket = 1;
-  server.maxConnections = METRICS_MAX_CONNECTIONS;
+  // At the cap, a new connection takes the place of the oldest one that has sent no request:
+  // with Node's maxConnections, one client holding 32 idle connections (and opening them again as
+  // they timed out) kept every scrape out for as long as it liked (helper 151). A scraper sends
+  // its request at once, so its connection is not the one given up.
+  const open = new Set<Socket>();
+  const asking = new WeakSet<Socket>();
+  server.on('connection', (socket: Socket) => {
+    if (open.size >= METRICS_MAX_CONNECTIONS) {
+      let idle: Socket | undefined;
+      for (const held of open) {
+        if (!asking.has(held)) {
+          idle = held;
+          break;
+        }
+      }
+      if (idle === undefined) {
+        socket.destroy();
+        return;
+      }
+      idle.destroy();
+      open.delete(idle);
+    }
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+  });
+  server.on('request', (req: IncomingMessage) => asking.add(req.socket));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, resolve);

@@ -149,6 +149,31 @@ describe('the request log line of a long path', () => {
     expect(statuses.filter((status) => status === 'HTTP/1.1 200')).toHaveLength(1);
   });
 
+  it('when one client holds every place on the metrics port with connections that send nothing, and opens them again as they close, then a scrape is still answered', async () => {
+    // With Node's maxConnections, 32 idle connections kept every scrape out for as long as
+    // their client liked (helper 151).
+    const held = new Set<net.Socket>();
+    let holding = true;
+    const hold = () => {
+      if (!holding) return;
+      const socket = net.connect(metrics.port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      socket.once('close', () => {
+        held.delete(socket);
+        hold();
+      });
+      held.add(socket);
+    };
+    for (let index = 0; index < 40; index += 1) hold();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    try {
+      expect(await metrics.scrape()).toContain('# TYPE arcana_http_requests_seconds histogram');
+    } finally {
+      holding = false;
+      for (const socket of held) socket.destroy();
+    }
+  });
+
   it('when a scrape is left half-sent on the metrics port, then closing the port does not wait for it', async () => {
     // The shutdown waited for it until its timeout, and the process exited 1 with the database
     // and the queues never closed (helper 147).

@@ -136,8 +136,6 @@ export function createDualProtocolServer(
    * could not tell done or not (helper 153). Go's Server.Shutdown does the same.
    */
   let draining = false;
-  /** HTTP/1.1 answers under way on connections kept alive, to say `close` when the drain begins. */
-  const answering = new Set<ServerResponse>();
   const h1 = createHttpServer(
     {
       headersTimeout: limits.headersTimeoutMs,
@@ -168,10 +166,6 @@ export function createDualProtocolServer(
       // dropped what the client had pipelined behind it, and the connection sat unanswered until
       // its keep-alive ran out): helper 115.
       if (req.headers.upgrade !== undefined || saysClose(req.headers.connection) || draining) res.shouldKeepAlive = false;
-      else {
-        answering.add(res);
-        res.once('close', () => answering.delete(res));
-      }
       startInTurn(() => {
         if (!req.socket.destroyed) handlers.http1(req, res);
       });
@@ -311,7 +305,12 @@ export function createDualProtocolServer(
     close: () =>
       new Promise<void>((resolve) => {
         draining = true;
-        for (const res of answering) if (!res.headersSent) res.shouldKeepAlive = false;
+        // The answers under way: each connection's current one, as Node keeps it (a registry of
+        // them, a Set and a listener per request, cost the monolith 8 % more CPU per request).
+        for (const socket of h1Connections) {
+          const answer = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+          if (answer != null && !answer.headersSent) answer.shouldKeepAlive = false;
+        }
         let pending = 3;
         const done = () => {
           pending -= 1;

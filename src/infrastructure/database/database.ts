@@ -542,7 +542,7 @@ function takeTurns(pglite: PGlite): void {
   const exec = pglite.exec.bind(pglite);
   const transaction = pglite.transaction.bind(pglite);
   pglite.query = ((...args: Parameters<typeof query>) => inTurn(() => query(...args))) as typeof pglite.query;
-  pglite.exec = ((...args: Parameters<typeof exec>) => inTurn(() => exec(...args)));
+  pglite.exec = (...args: Parameters<typeof exec>) => inTurn(() => exec(...args));
   pglite.transaction = ((...args: Parameters<typeof transaction>) => inTurn(() => transaction(...args))) as typeof pglite.transaction;
 }
 

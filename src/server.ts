@@ -157,7 +157,7 @@ export function createDualProtocolServer(
       }
       if (!admitUnvouched(req.socket.remoteAddress, req.headers.authorization, (release) => res.once('close', release))) {
         warnUnvouched({ peer: addressKey(req.socket.remoteAddress), limit: UNVOUCHED_PER_ADDRESS_MAX });
-        refuseRequest(req, res, BUSY);
+        refuseRequest(req, res, TOO_MANY_UNVOUCHED, REFUSED_BUSY);
         return;
       }
       // The connection ends with this answer when the request says `close` among other tokens
@@ -518,21 +518,29 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
     return;
   }
   if (error.code !== 'ECONNRESET' && socket.writable && refusedOwnRequest) {
-    const answer = CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED;
-    const requestId = requestIdFrom(undefined);
-    const json = errorJson(answer, requestId);
-    socket.write(
-      `HTTP/1.1 ${answer.status} ${answer.reason}\r\n` +
-        'Content-Type: application/json; charset=utf-8\r\n' +
-        `Content-Length: ${Buffer.byteLength(json)}\r\n` +
-        'Cache-Control: no-store\r\n' +
-        'X-Content-Type-Options: nosniff\r\n' +
-        `X-Request-Id: ${requestId}\r\n` +
-        'Connection: close\r\n\r\n' +
-        json,
-    );
+    socket.write(rawAnswer(CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED));
   }
   socket.destroy();
+}
+
+/**
+ * An error in the API's envelope as raw HTTP/1.1 bytes, for a socket no response object writes to
+ * (Node's parser refused the request, or handed the socket over), ending the connection.
+ */
+function rawAnswer(answer: { status: number; reason: string; code: ErrorBody['error']['code']; message: string }, extraHeaders = ''): string {
+  const requestId = requestIdFrom(undefined);
+  const json = errorJson(answer, requestId);
+  return (
+    `HTTP/1.1 ${answer.status} ${answer.reason}\r\n` +
+    'Content-Type: application/json; charset=utf-8\r\n' +
+    `Content-Length: ${Buffer.byteLength(json)}\r\n` +
+    extraHeaders +
+    'Cache-Control: no-store\r\n' +
+    'X-Content-Type-Options: nosniff\r\n' +
+    `X-Request-Id: ${requestId}\r\n` +
+    'Connection: close\r\n\r\n' +
+    json
+  );
 }
 
 /** An answer still owed on a connection: the response its socket is writing, as Node keeps it. */
@@ -563,18 +571,8 @@ async function refuseTunnel(socket: Duplex, lingerMs: number): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve));
   }
   if (socket.destroyed) return;
-  const requestId = requestIdFrom(undefined);
-  const json = errorJson(NO_TUNNELS, requestId);
   socket.end(
-    `HTTP/1.1 ${NO_TUNNELS.status} ${NO_TUNNELS.reason}\r\n` +
-      'Content-Type: application/json; charset=utf-8\r\n' +
-      `Content-Length: ${Buffer.byteLength(json)}\r\n` +
-      'Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS\r\n' +
-      'Cache-Control: no-store\r\n' +
-      'X-Content-Type-Options: nosniff\r\n' +
-      `X-Request-Id: ${requestId}\r\n` +
-      'Connection: close\r\n\r\n' +
-      json,
+    rawAnswer(NO_TUNNELS, 'Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS\r\n'),
     // Written out; the client may still be sending (closing at once could reset the connection
     // before it reads the refusal), but not for longer than a kept-alive connection may idle.
     () => setTimeout(() => socket.destroy(), lingerMs).unref(),
@@ -695,23 +693,36 @@ function malformedAuthority(value: string | undefined): boolean {
   return value === undefined || !(AUTHORITY.test(value) && URL.canParse(`http://${value}/`));
 }
 
-/**
- * A 400 in the API's envelope, or an RPC's `invalid_argument` in its protocol's shape, through the
- * response (so after any pipelined answer before it); an HTTP/1.1 connection is closed after it,
- * an HTTP/2 one only loses the stream.
- */
-/** A refusal for want of room (503 with Retry-After; RPC `unavailable`), not for what was sent. */
-const BUSY = { status: 503, code: 'SERVICE_UNAVAILABLE', rpcCode: Code.Unavailable, message: 'Too many requests are open without the internal secret; retry shortly' } as const;
+/** Why a request is refused before any handler: its REST status and code, and its RPC code. */
+interface RefusalKind {
+  status: number;
+  code: ErrorBody['error']['code'];
+  rpcCode: Code;
+  retryAfterSeconds?: number;
+}
 
-function refuseRequest(req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse, reason: string | typeof BUSY): void {
+/** A request malformed at the HTTP level: 400, RPC `invalid_argument`. */
+const REFUSED_MALFORMED: RefusalKind = { status: 400, code: MALFORMED.code, rpcCode: Code.InvalidArgument };
+
+/** A refusal for want of room (503 with Retry-After; RPC `unavailable`), not for what was sent. */
+const REFUSED_BUSY: RefusalKind = { status: 503, code: 'SERVICE_UNAVAILABLE', rpcCode: Code.Unavailable, retryAfterSeconds: 1 };
+const TOO_MANY_UNVOUCHED = 'Too many requests are open without the internal secret; retry shortly';
+
+/**
+ * A refusal in the API's envelope (400 unless `kind` says otherwise), or in an RPC's own protocol,
+ * through the response (so after any pipelined answer before it); an HTTP/1.1 connection is
+ * closed after it, an HTTP/2 one only loses the stream.
+ */
+function refuseRequest(req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse, message: string, kind = REFUSED_MALFORMED): void {
   const requestId = requestIdFrom(undefined);
-  const refusal =
-    typeof reason === 'string'
-      ? (rpcRefusalOf(req, reason) ?? restRefusal(reason, requestId))
-      : (rpcRefusalOf(req, reason.message, reason.rpcCode) ?? busyRefusal(reason, requestId));
+  const refusal = rpcRefusalOf(req, message, kind.rpcCode) ?? {
+    status: kind.status,
+    headers: { 'content-type': 'application/json; charset=utf-8' },
+    body: Buffer.from(errorJson({ code: kind.code, message }, requestId)),
+  };
   const headers: Record<string, string | number> = {
     ...refusal.headers,
-    ...(typeof reason === 'string' ? {} : { 'retry-after': 1 }),
+    ...(kind.retryAfterSeconds === undefined ? {} : { 'retry-after': kind.retryAfterSeconds }),
     'content-length': refusal.body.byteLength,
     'cache-control': 'no-store',
     'x-content-type-options': 'nosniff',
@@ -731,14 +742,6 @@ function refuseRequest(req: IncomingMessage | Http2ServerRequest, res: ServerRes
   res.end(refusal.body);
 }
 
-function busyRefusal(busy: typeof BUSY, requestId: string): Refusal {
-  return { status: busy.status, headers: { 'content-type': 'application/json; charset=utf-8' }, body: Buffer.from(errorJson(busy, requestId)) };
-}
-
-function restRefusal(message: string, requestId: string): Refusal {
-  return { status: 400, headers: { 'content-type': 'application/json; charset=utf-8' }, body: Buffer.from(errorJson({ code: MALFORMED.code, message }, requestId)) };
-}
-
 /** `/package.Service/Method`: the path of an RPC, as no REST route is. */
 const RPC_PATH = /^\/[A-Za-z_][\w.]*\.[A-Za-z_]\w*\/[A-Za-z_]\w*(?:\?|$)/;
 
@@ -748,7 +751,7 @@ const RPC_PATH = /^\/[A-Za-z_][\w.]*\.[A-Za-z_]\w*\/[A-Za-z_]\w*(?:\?|$)/;
  * Authorization headers over gRPC, an :authority with a bad port), a server fault where the
  * client sent the mistake.
  */
-function rpcRefusalOf(req: IncomingMessage | Http2ServerRequest, message: string, code = Code.InvalidArgument): Refusal | undefined {
+function rpcRefusalOf(req: IncomingMessage | Http2ServerRequest, message: string, code: Code): Refusal | undefined {
   if (!RPC_PATH.test(req.url ?? '')) return undefined;
   return rpcRefusal(req.headers['content-type'] ?? '', new ConnectError(message, code));
 }

@@ -53,26 +53,24 @@ export type FieldKind = 'number' | 'string' | 'boolean' | 'date' | 'string?' | '
 export type RowShape<T> = { readonly [K in keyof T]-?: FieldKind };
 
 /**
- * Whether a cached value is a `T` as this release reads it. Old and new processes share Redis
- * during a rolling deploy: an entry another release wrote in another shape (a field missing, or
- * renamed) was served as it was, a user without its version (REST answered 500 under response
- * validation, RPC `version: 0`; helper 152). Such an entry is a miss; the database answers.
+ * A check that a cached value is a `T` as this release reads it. Old and new processes share
+ * Redis during a rolling deploy: an entry another release wrote in another shape (a field missing,
+ * or renamed) was served as it was, a user without its version (REST answered 500 under response
+ * validation, RPC `version: 0`; helper 152). Such an entry is a miss; the database answers. The
+ * shape is read once, here: the check runs on every cached read of every request.
  */
-export function hasShape<T>(value: unknown, shape: RowShape<T>): value is T {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
-  const row = value as Record<string, unknown>;
-  for (const key in shape) {
-    const field = row[key];
-    const kind = shape[key];
-    const optional = kind.endsWith('?');
-    if (field === null || field === undefined) {
-      if (optional && field === null) continue;
-      return false;
+export function shapeCheck<T>(shape: RowShape<T>): (value: unknown) => value is T {
+  const fields = Object.entries<FieldKind>(shape).map(([key, kind]) => ({ key, type: kind.replace('?', ''), nullable: kind.endsWith('?') }));
+  return (value: unknown): value is T => {
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+    const row = value as Record<string, unknown>;
+    for (const { key, type, nullable } of fields) {
+      const field = row[key];
+      if (field === null && nullable) continue;
+      if (type === 'date' ? !(field instanceof Date) : typeof field !== type) return false;
     }
-    const base = optional ? kind.slice(0, -1) : kind;
-    if (base === 'date' ? !(field instanceof Date) : typeof field !== base) return false;
-  }
-  return true;
+    return true;
+  };
 }
 
 /** The bounds of a MemoryCache; both hold at every moment. */

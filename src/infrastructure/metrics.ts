@@ -358,9 +358,10 @@ const METRICS_MAX_CONNECTIONS = 32;
  *
  * A scrape is one request per connection: the answer says `close`, and Node answers anything
  * pipelined behind it with a bare 503 without rendering the registry. At most
- * METRICS_MAX_CONNECTIONS are open, the newest taking the place of the oldest that sent nothing. One connection that
- * pipelined 2 000 scrapes and read nothing had each rendered and buffered, 250 MB of RSS, and a
- * request left half-sent held the shutdown until its timeout killed the process (helper 147).
+ * METRICS_MAX_CONNECTIONS are open, the newest taking the place of the oldest that sent nothing.
+ * One connection that pipelined 2 000 scrapes and read nothing had each rendered and buffered,
+ * 250 MB of RSS, and a request left half-sent held the shutdown until its timeout killed the
+ * process (helper 147).
  */
 export async function serveMetrics(metrics: Metrics, port: number, host: string): Promise<{ port: number; close: () => Promise<void> }> {
   const server = createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => {

@@ -1,5 +1,5 @@
 import type { OAuthToken } from '../../gen/prisma/client.ts';
-import { hasShape, type Cache, type RowShape } from '../infrastructure/cache.ts';
+import { shapeCheck, type Cache } from '../infrastructure/cache.ts';
 import { forgetProfile } from './cached-user-repository.ts';
 import type { NewTokenRecord, RevocationReason, TokenRepository, UserWrite } from './token-repository.ts';
 import type { WriteOptions } from './write-options.ts';
@@ -7,14 +7,8 @@ import { isDatabaseUnreachable } from '../domain/errors.ts';
 
 export const sessionCacheKey = (accessTokenHash: string): string => `session:${accessTokenHash}`;
 
-/**
- * Cache-aside for the session lookup of every authenticated request. Each revocation forgets the
- * entries of the pairs it revoked (the repository returns their hashes), so logout, revoke-all,
- * rotation and replay detection take effect on the next request in every process; a lookup that
- * read the pair before the revocation cannot cache it after (fills never overwrite: Cache.add).
- */
-/** A cached session's fields, as this release writes them (see hasShape). */
-const SESSION_SHAPE: RowShape<OAuthToken> = {
+/** Whether a cached value is a session as this release writes it (see shapeCheck). */
+const isSession = shapeCheck<OAuthToken>({
   id: 'number',
   userId: 'number',
   familyId: 'string',
@@ -31,8 +25,14 @@ const SESSION_SHAPE: RowShape<OAuthToken> = {
   revokedReason: 'string?',
   createdAt: 'date',
   updatedAt: 'date',
-};
+});
 
+/**
+ * Cache-aside for the session lookup of every authenticated request. Each revocation forgets the
+ * entries of the pairs it revoked (the repository returns their hashes), so logout, revoke-all,
+ * rotation and replay detection take effect on the next request in every process; a lookup that
+ * read the pair before the revocation cannot cache it after (fills never overwrite: Cache.add).
+ */
 export class CachedTokenRepository implements TokenRepository {
   readonly #inner: TokenRepository;
   readonly #cache: Cache;
@@ -59,7 +59,7 @@ export class CachedTokenRepository implements TokenRepository {
   async findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null> {
     const key = sessionCacheKey(accessTokenHash);
     const cached = await this.#cache.get<unknown>(key);
-    if (cached !== undefined && hasShape(cached, SESSION_SHAPE)) return cached;
+    if (cached !== undefined && isSession(cached)) return cached;
     const session = await this.#inner.findByAccessHash(accessTokenHash);
     // Only live pairs are cached, and never beyond their access token's own expiry.
     const lifetime = session === null ? 0 : (session.accessExpiresAt.getTime() - this.#now()) / 1000;

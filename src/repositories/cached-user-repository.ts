@@ -1,11 +1,11 @@
 import { forgetRead, readOnce } from '../infrastructure/call-context.ts';
-import { hasShape, type Cache, type RowShape } from '../infrastructure/cache.ts';
+import { shapeCheck, type Cache } from '../infrastructure/cache.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile, UserRepository, ListOptions, WriteOptions } from './user-repository.ts';
 
 export const userCacheKey = (id: number): string => `user:${id}`;
 
-/** A cached profile's fields, as this release writes them (see hasShape). */
-const PROFILE_SHAPE: RowShape<UserProfile> = {
+/** Whether a cached value is a profile as this release writes it (see shapeCheck). */
+const isProfile = shapeCheck<UserProfile>({
   id: 'number',
   username: 'string',
   usernameKey: 'string',
@@ -22,7 +22,7 @@ const PROFILE_SHAPE: RowShape<UserProfile> = {
   updatedAt: 'date',
   lastLoginAt: 'date?',
   version: 'number',
-};
+});
 
 /**
  * How long a written profile refuses fills: long enough for any read that began before the
@@ -70,7 +70,7 @@ export class CachedUserRepository implements UserRepository {
 
   async #readProfile(id: number): Promise<UserProfile | null> {
     const cached = await this.#cache.get<unknown>(userCacheKey(id));
-    if (cached !== undefined && hasShape(cached, PROFILE_SHAPE)) return cached;
+    if (cached !== undefined && isProfile(cached)) return cached;
     const profile = await this.#inner.findProfile(id);
     if (profile !== null) await this.#cache.add(userCacheKey(id), profile, this.#ttlSeconds);
     return profile;

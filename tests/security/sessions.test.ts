@@ -5,12 +5,16 @@
 //   still is theft, and revokes the chain;
 // - token answers are never cacheable (RFC 6749 §5.1), and 401s carry the bearer challenge
 //   (RFC 6750 §3), with error="invalid_token" when a token was refused;
+// - a refresh token signed with the key but naming no chain in a chain's shape (`fam` not a
+//   UUID) is an unknown token, not a database error (helper 157);
 // - a password change and the end of the other sessions happen together or not at all, even
 //   when the database fails between them.
+import jwt from 'jsonwebtoken';
+import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { holdRows, register, startTestServer, type RowsHeld, type TestServer } from '../helpers/test-app.ts';
+import { holdRows, register, startTestServer, TEST_ENV, type RowsHeld, type TestServer } from '../helpers/test-app.ts';
 
 const LIFETIME_SECONDS = 6;
 
@@ -364,6 +368,37 @@ describe('sessions per user', () => {
       const evictions = events.filter((_, index) => superseded[index] !== undefined);
       expect(superseded.reduce<number>((sum, count) => sum + (count ?? 0), 0)).toBe(ended.length);
       expect(evictions.every((event) => event.ip !== null)).toBe(true);
+    } finally {
+      closeAll(clients);
+    }
+  });
+});
+
+describe('a signed refresh token whose chain claim is not a UUID', () => {
+  /** A refresh token as another deployment sharing JWT_SECRET (or a stolen key) could sign it. */
+  const signRefresh = (userId: number, fam: string) =>
+    jwt.sign({ tokenType: 'refresh', fam }, TEST_ENV.JWT_SECRET ?? '', {
+      algorithm: 'HS256',
+      subject: String(userId),
+      issuer: 'arcana-cloud',
+      audience: 'arcana-cloud-api',
+      expiresIn: 60,
+      jwtid: randomUUID(),
+    });
+
+  it('when it is presented over every protocol at once, then each is refused as unauthenticated, as a UUID naming no chain is, and the user’s session lives on', async () => {
+    const user = await register(t);
+    const clients = apiClients(t.baseUrl);
+    try {
+      const outcomes = await Promise.all(
+        clients.flatMap((client) =>
+          [randomUUID(), 'not-a-uuid', '', randomUUID().toUpperCase()].map((fam, kind) =>
+            client.refresh(signRefresh(user.id, fam)).then((answer) => `${client.protocol} ${kind}: ${answer.code}`),
+          ),
+        ),
+      );
+      expect(outcomes).toEqual(clients.flatMap((client) => [0, 1, 2, 3].map((kind) => `${client.protocol} ${kind}: unauthenticated`)));
+      expect((await clients[0]?.me(user.accessToken))?.code).toBe('ok');
     } finally {
       closeAll(clients);
     }

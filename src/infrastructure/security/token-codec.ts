@@ -48,6 +48,8 @@ export interface IssuedPair {
 
 /** A compact JWS as jws accepts it: header.payload.signature in base64url, the signature present. */
 const JWS_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+/** A login chain's id as `randomUUID` writes it. */
+const CHAIN_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** A base64url part decoded as a JSON object, or undefined when it is not one. */
 function parseJsonObject(part: string): Record<string, unknown> | undefined {
@@ -141,11 +143,14 @@ export class TokenCodec {
       !/^\d{1,10}$/.test(payload.sub) ||
       Number(payload.sub) > 2_147_483_647 ||
       typeof payload.jti !== 'string' ||
-      typeof payload.exp !== 'number'
+      typeof payload.exp !== 'number' ||
+      // A chain id is a UUID (the column's type on PostgreSQL): any other `fam`, signed with a
+      // shared or leaked key, names no chain, and reached the database as a 500 (helper 157).
+      (payload.fam !== undefined && (typeof payload.fam !== 'string' || !CHAIN_ID.test(payload.fam)))
     ) {
       throw new AuthenticationError('Invalid token type');
     }
-    const familyId = typeof payload.fam === 'string' ? payload.fam : undefined;
+    const familyId = payload.fam;
     return { userId: Number(payload.sub), tokenType: expected, jti: payload.jti, expiresAt: new Date(payload.exp * 1000), hash: verified.hash, familyId };
   }
 

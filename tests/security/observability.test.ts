@@ -2,9 +2,12 @@
 // the metrics when its client goes away before the answer. A client that disconnects is still a
 // client that asked for something, and the work may well have been done (an administrator's
 // change committed, a password guessed at): the one log line per request and the request metrics
-// are what an operator has to see it.
+// are what an operator has to see it. Helper 154: an encoding the server does not take was
+// refused with connect-es's message, which quotes the client's header: any client's bytes (C1
+// controls, 60 KB over HTTP/2) went into the log line and the answer.
 //
 // Edge code, the same in every topology: runs in the monolithic project.
+import http2 from 'node:http2';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serveTestMetrics, type MetricsScrape } from '../helpers/metrics-scrape.ts';
@@ -187,5 +190,67 @@ describe('the request log line of a long path', () => {
     await second.close();
     expect(Date.now() - started).toBeLessThan(1_000);
     expect(socket.destroyed || socket.readableEnded || (await new Promise((resolve) => socket.once('close', () => resolve(true))))).toBe(true);
+  });
+});
+
+describe('client text in an RPC refusal', () => {
+  /** One raw HTTP/1.1 request, header bytes as given (Node reads them as Latin-1), answered in full. */
+  const rawRequest = async (head: Buffer, body: string): Promise<string> => {
+    const socket = net.connect(t.port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.write(Buffer.concat([head, Buffer.from(`content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)]));
+    await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    return Buffer.concat(chunks).toString('latin1');
+  };
+
+  it('when a Connect call names an unknown content-encoding holding C1 controls, then neither its log line nor its answer carries the client’s bytes', async () => {
+    const head = Buffer.concat([
+      Buffer.from(
+        'POST /arcana.auth.v1.AuthService/Login HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\nx-request-id: c1-encoding\r\ncontent-encoding: evilmark',
+      ),
+      // CSI and NEL once read as Latin-1.
+      Buffer.from([0x9b, 0x33, 0x31, 0x6d, 0x85]),
+      Buffer.from('\r\n'),
+    ]);
+    const answer = await rawRequest(head, '{}');
+    expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 501 Not Implemented');
+    expect(answer).toContain('supported encodings are gzip');
+    await until(async () => logs.lines.some((line) => line.requestId === 'c1-encoding'));
+    const text = JSON.stringify(logs.lines.find((line) => line.requestId === 'c1-encoding'));
+    expect({ inLog: text.includes('evilmark') || /[\u0080-\u009f]/.test(text), inAnswer: answer.includes('evilmark') }).toEqual({ inLog: false, inAnswer: false });
+  });
+
+  it('when a gRPC call names a 60 KB grpc-encoding, then it is refused as unimplemented and its log line stays short without the value', async () => {
+    const session = http2.connect(t.baseUrl, { maxSendHeaderBlockLength: 1 << 20 });
+    try {
+      const status = await new Promise<string | undefined>((resolve, reject) => {
+        const stream = session.request({
+          ':method': 'POST',
+          ':path': '/arcana.auth.v1.AuthService/Login',
+          'content-type': 'application/grpc',
+          te: 'trailers',
+          'grpc-encoding': `longmark${'x'.repeat(60_000)}`,
+          'x-request-id': 'long-encoding',
+        });
+        let grpcStatus: string | undefined;
+        stream.on('response', (h) => (grpcStatus ??= h['grpc-status'] as string | undefined));
+        stream.on('trailers', (h) => (grpcStatus ??= h['grpc-status'] as string | undefined));
+        stream.on('error', reject);
+        stream.on('close', () => resolve(grpcStatus));
+        stream.resume();
+        stream.end(Buffer.from([0, 0, 0, 0, 0]));
+      });
+      expect(status).toBe('12');
+    } finally {
+      session.close();
+    }
+    await until(async () => logs.lines.some((line) => line.requestId === 'long-encoding'));
+    const line = JSON.stringify(logs.lines.find((candidate) => candidate.requestId === 'long-encoding'));
+    expect({ carriesValue: logs.lines.some((candidate) => JSON.stringify(candidate).includes('longmark')), longerThan2KB: line.length > 2048 }).toEqual({
+      carriesValue: false,
+      longerThan2KB: false,
+    });
   });
 });

@@ -2,7 +2,10 @@
 // not decode) are counted in arcana_rpc_requests_seconds, as REST's refusals are. Found by an
 // attacking helper (133): they were logged but never reached the interceptor that counts, so a
 // flood refused over gRPC, gRPC-Web or Connect was invisible on the dashboard where the same flood
-// over REST showed as 429s.
+// over REST showed as 429s. Helper 154: a deadline header that does not parse was refused by
+// connect-es after the gate and before the interceptors, so such calls were neither logged nor
+// counted.
+import http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, PROTOCOLS } from '../helpers/protocols.ts';
 import { serveTestMetrics, type MetricsScrape } from '../helpers/metrics-scrape.ts';
@@ -74,5 +77,54 @@ describe('RPCs refused before the interceptors', () => {
     }
     const after = await sample('arcana_rpc_requests_seconds_count', labels);
     expect({ codes, counted: after - before }).toEqual({ codes: ['invalid_argument', 'invalid_argument', 'invalid_argument'], counted: 3 });
+  });
+
+  it('when calls over every protocol carry a deadline header that does not parse, then each is refused as invalid_argument, logged and counted', async () => {
+    const procedure = 'arcana.user.v1.UserService/GetUser';
+    const before = await sample('arcana_rpc_requests_seconds_count', { procedure, code: 'invalidargument' });
+    /** A gRPC or gRPC-Web GetUser over h2c; resolves to its grpc-status (headers, trailers, or gRPC-Web's trailer frame). */
+    const h2Call = async (contentType: string, headers: Record<string, string>): Promise<string | undefined> => {
+      const session = http2.connect(t.baseUrl);
+      try {
+        return await new Promise((resolve, reject) => {
+          const stream = session.request({ ':method': 'POST', ':path': `/${procedure}`, 'content-type': contentType, te: 'trailers', ...headers });
+          let status: string | undefined;
+          const chunks: Buffer[] = [];
+          stream.on('response', (h) => (status ??= h['grpc-status'] as string | undefined));
+          stream.on('trailers', (h) => (status ??= h['grpc-status'] as string | undefined));
+          stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+          stream.on('error', reject);
+          stream.on('close', () => resolve(status ?? /grpc-status:\s*(\d+)/.exec(Buffer.concat(chunks).toString('latin1'))?.[1]));
+          stream.end(Buffer.from([0, 0, 0, 0, 2, 0x08, 0x01]));
+        });
+      } finally {
+        session.close();
+      }
+    };
+    const post = await fetch(`${t.baseUrl}/${procedure}`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'connect-protocol-version': '1',
+        'connect-timeout-ms': 'abc',
+        'x-request-id': 'deadline-connect-post',
+        'x-forwarded-for': '203.0.113.60',
+      },
+      body: JSON.stringify({ userId: 1 }),
+    });
+    const get = await fetch(`${t.baseUrl}/${procedure}?connect=v1&encoding=json&message=${encodeURIComponent('{"userId":1}')}`, {
+      headers: { 'connect-timeout-ms': '-1', 'x-request-id': 'deadline-connect-get', 'x-forwarded-for': '203.0.113.61' },
+    });
+    const answers = {
+      'connect-post': post.status,
+      'connect-get': get.status,
+      grpc: await h2Call('application/grpc', { 'grpc-timeout': '1ZZZ', 'x-request-id': 'deadline-grpc', 'x-forwarded-for': '203.0.113.62' }),
+      'grpc-web': await h2Call('application/grpc-web+proto', { 'grpc-timeout': '123456789S', 'x-request-id': 'deadline-grpc-web', 'x-forwarded-for': '203.0.113.63' }),
+    };
+    expect(answers).toEqual({ 'connect-post': 400, 'connect-get': 400, grpc: '3', 'grpc-web': '3' });
+    const ids = ['deadline-connect-post', 'deadline-connect-get', 'deadline-grpc', 'deadline-grpc-web'];
+    const logged = ids.filter((id) => logs.lines.some((line) => line.requestId === id));
+    const counted = (await sample('arcana_rpc_requests_seconds_count', { procedure, code: 'invalidargument' })) - before;
+    expect({ logged, counted }).toEqual({ logged: ids, counted: 4 });
   });
 });

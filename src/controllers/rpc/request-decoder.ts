@@ -59,6 +59,46 @@ const PASS_THROUGH = new Set([Code.InvalidArgument, Code.ResourceExhausted, Code
 const ENVELOPE_HEADER_BYTES = 5;
 
 /**
+ * An encoding this server does not speak: `unimplemented` naming those it does, as the protocols
+ * require, in a fixed text. connect-es's own message quotes the client's header, which put any
+ * client's bytes (C1 controls, 60 KB of them over HTTP/2) into the request log and the answer
+ * (helper 154). The metadata (the accepted encodings' header) is kept.
+ */
+function unsupportedCompression(error: ConnectError): ConnectError {
+  const accepted = [...error.metadata.values()][0] ?? 'identity';
+  return new ConnectError(`unsupported compression: supported encodings are ${accepted}`, Code.Unimplemented, error.metadata);
+}
+
+/**
+ * What is wrong with a call's protocol headers before anything is read, in a fixed text: a deadline
+ * that does not parse, or an encoding this server does not speak. connect-es raises both only
+ * after the request gate has let the call in and before any interceptor runs, so such calls left
+ * neither a log line nor a metric (helper 154), and its messages quote the client's value.
+ */
+export function protocolHeaderProblem(context: HandlerContext, acceptCompression: Compression[]): ConnectError | undefined {
+  const header = context.requestHeader;
+  const grpc = context.protocolName !== 'connect';
+  const deadline = header.get(grpc ? 'grpc-timeout' : 'connect-timeout-ms');
+  if (deadline !== null && !(grpc ? /^\d{1,8}[HMSmun]$/ : /^\d{1,10}$/).test(deadline)) {
+    return new ConnectError(`protocol error: invalid ${grpc ? 'grpc-timeout' : 'connect-timeout-ms'} value`, Code.InvalidArgument);
+  }
+  let requested: string | null;
+  let acceptHeader: string;
+  if (grpc) {
+    requested = header.get(headerGrpcEncoding);
+    acceptHeader = headerGrpcAcceptEncoding;
+  } else if (context.method.methodKind === 'unary') {
+    requested = context.requestMethod === 'GET' ? new URL(context.url).searchParams.get('compression') : header.get(headerUnaryEncoding);
+    acceptHeader = headerUnaryAcceptEncoding;
+  } else {
+    requested = header.get(headerStreamEncoding);
+    acceptHeader = headerStreamAcceptEncoding;
+  }
+  const { error } = compressionNegotiate(acceptCompression, requested, null, acceptHeader);
+  return error === undefined ? undefined : unsupportedCompression(error);
+}
+
+/**
  * Throws what the client should be told when connect-es would fail to decode this call's request;
  * otherwise resolves to the request message (undefined for the calls it does not decode).
  */
@@ -93,9 +133,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
 
   const negotiate = (requested: string | null, acceptHeader: string) => {
     const negotiated = compressionNegotiate(options.acceptCompression, requested, null, acceptHeader);
-    // An encoding this server does not speak: connect-es answers `unimplemented`, as the
-    // protocols require.
-    if (negotiated.error !== undefined) throw negotiated.error;
+    if (negotiated.error !== undefined) throw unsupportedCompression(negotiated.error);
     return negotiated.request;
   };
 

@@ -74,7 +74,7 @@ import { grpcTimeoutMs, timerTimeout } from '../../infrastructure/call-context.t
 import { nodeHeadersFromWeb, webHeadersFromNode } from '../../rpc/node-headers.ts';
 import { toConnectError } from './interceptors.ts';
 import { rpcProtocolOf, type Metrics } from '../../infrastructure/metrics.ts';
-import { createRequestDecoder } from './request-decoder.ts';
+import { createRequestDecoder, protocolHeaderProblem } from './request-decoder.ts';
 
 type NodeRequest = IncomingMessage | Http2ServerRequest;
 type NodeResponse = ServerResponse | Http2ServerResponse;
@@ -208,6 +208,8 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     context.values.set(gatedKey, true);
     try {
       await admit?.(context);
+      const headerProblem = protocolHeaderProblem(context, acceptCompression);
+      if (headerProblem !== undefined) throw headerProblem;
       // A deadline of zero has passed on arrival; its timer would fire only after a fast call
       // had been answered (or a write done).
       const remainingMs = context.timeoutMs();

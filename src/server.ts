@@ -20,6 +20,7 @@ import { createServer as createHttpServer, type IncomingMessage, type ServerResp
 import {
   constants as http2Constants,
   createServer as createHttp2Server,
+  type Http2Session,
   type Http2ServerRequest,
   type Http2ServerResponse,
   type ServerHttp2Session,
@@ -112,6 +113,7 @@ export function createDualProtocolServer(
   const warnStream = rateLimitedWarning(options.logger, 'refused HTTP/2 streams: too many open from one address', REFUSAL_LOG_INTERVAL_MS);
   const warnMalformed = rateLimitedWarning(options.logger, 'refused requests: malformed Host or :authority', REFUSAL_LOG_INTERVAL_MS);
   const warnUnvouched = rateLimitedWarning(options.logger, 'refused requests: too many open without the internal secret', REFUSAL_LOG_INTERVAL_MS);
+  const warnResets = rateLimitedWarning(options.logger, 'refused connections: their address reset too many HTTP/2 streams before they started', REFUSAL_LOG_INTERVAL_MS);
   const unvouched = new Map<string, number>();
   /** Whether a request may go on; one no secret vouches for is counted until `onDone` releases it. */
   const admitUnvouched = (address: string | undefined, authorization: string | undefined, onDone: (release: () => void) => void): boolean => {
@@ -167,7 +169,9 @@ export function createDualProtocolServer(
       // its keep-alive ran out): helper 115.
       if (req.headers.upgrade !== undefined || saysClose(req.headers.connection) || draining) res.shouldKeepAlive = false;
       startInTurn(() => {
-        if (!req.socket.destroyed) handlers.http1(req, res);
+        if (req.socket.destroyed) return false;
+        handlers.http1(req, res);
+        return true;
       });
     }, limits.requestTimeoutMs),
   );
@@ -209,6 +213,14 @@ export function createDualProtocolServer(
   });
 
   const h2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.http2MaxConcurrentStreams } }, (req, res) => {
+    // A stream that ended its request at once (END_STREAM on its HEADERS) is handed over only
+    // after the whole read has been processed, so one its client reset in the same write arrives
+    // here destroyed, no longer naming its session or address: it is counted on the session's.
+    if (req.stream.destroyed) {
+      const session = sessionOfStream.get(req.stream);
+      earlyReset(peers.resetKey(session === undefined || session.destroyed ? undefined : session.socket.remoteAddress), req.headers.authorization, session);
+      return;
+    }
     // Refused before the application sees it, so a refused stream costs no handler state.
     const address = remoteAddressOf(req.socket);
     const peer = peers.admitStream(address);
@@ -236,10 +248,40 @@ export function createDualProtocolServer(
     // A stream reset before its turn (rapid reset: HEADERS then RST_STREAM, hundreds per write)
     // is not started: before, each ran a handler after its client had left, and once the
     // connection was gone too its rate-limit charge fell on the shared `unknown` address.
+    // A destroyed stream no longer names its session.
+    const session = req.stream.session;
     startInTurn(() => {
-      if (!req.stream.destroyed) handlers.http2(req, res);
+      if (req.stream.destroyed) {
+        earlyReset(peers.resetKey(address), req.headers.authorization, session);
+        return false;
+      }
+      handlers.http2(req, res);
+      return true;
     });
   });
+  /**
+   * A stream its client reset before its turn came. Past the address's budget (RESET_BUDGET), its
+   * connections are closed with ENHANCE_YOUR_CALM and new ones refused until the budget has grown
+   * back. nghttp2 limits resets per connection only: a client rotating connections (900 resets on
+   * each, under nghttp2's 1 000) cost the server ~28 µs of CPU per stream, and its 3 s of attack
+   * kept /health unanswered for 9 s after it had gone (helper 156). Layer ports count only
+   * callers without the internal secret: a controller cancels internal calls whose clients left.
+   */
+  const earlyReset = (peer: string | undefined, authorization: string | undefined, session: Http2Session | undefined) => {
+    if (peer === undefined || options.vouch?.(authorization) === true) return;
+    const budget = peers.spendReset(peer);
+    if (budget === 'left') return;
+    const calm = (spent: Http2Session) => {
+      // destroy(undefined, code) would send NO_ERROR: the error's default replaces undefined.
+      spent.goaway(http2Constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      spent.destroy();
+    };
+    // A connection accepted before the budget ran out, but not yet a session when it did.
+    if (session !== undefined && !session.destroyed) calm(session);
+    if (budget !== 'ran out') return;
+    warnResets({ peer, burst: RESET_BUDGET.burst, perSecond: RESET_BUDGET.perSecond });
+    for (const open of sessions) if (addressKey(remoteAddressOf(open.socket)) === peer) calm(open);
+  };
   /** The HTTP/2 streams not yet closed, for the drain. */
   const openStreams = new Set<ServerHttp2Stream>();
   /**
@@ -251,7 +293,10 @@ export function createDualProtocolServer(
     for (const stream of openStreams) if (stream.writableFinished && !stream.readableEnded) stream.close(http2Constants.NGHTTP2_NO_ERROR);
   };
   const sessions = new Set<ServerHttp2Session>();
+  /** Each stream's session, for a stream destroyed before it reaches the handler (see there). */
+  const sessionOfStream = new WeakMap<ServerHttp2Stream, ServerHttp2Session>();
   h2.on('session', (session) => {
+    session.prependListener('stream', (stream: ServerHttp2Stream) => sessionOfStream.set(stream, session));
     sessions.add(session);
     session.once('close', () => sessions.delete(session));
     superviseSession(session, limits);
@@ -263,9 +308,11 @@ export function createDualProtocolServer(
   // for the peer's delayed ACK (tens of milliseconds). Node's HTTP/1.1 server sets it for its own
   // sockets, but the HTTP/2 path below is handed the raw socket.
   const server = createNetServer({ pauseOnConnect: true, noDelay: true }, (socket) => {
-    const peer = peers.admitConnection(socket.remoteAddress);
+    const resetsSpent = peers.resetsSpent(socket.remoteAddress);
+    const peer = resetsSpent ? REFUSED : peers.admitConnection(socket.remoteAddress);
     if (peer === REFUSED) {
-      warnConnection({ peer: addressKey(socket.remoteAddress), limit: limits.connectionsPerAddress });
+      if (resetsSpent) warnResets({ peer: addressKey(socket.remoteAddress), burst: RESET_BUDGET.burst, perSecond: RESET_BUDGET.perSecond });
+      else warnConnection({ peer: addressKey(socket.remoteAddress), limit: limits.connectionsPerAddress });
       // A reset rather than a FIN: the refused peer gets its answer at once and this side keeps
       // no TIME_WAIT state for it.
       socket.resetAndDestroy();
@@ -374,38 +421,66 @@ const REQUESTS_PER_TURN = 16;
  * two processes took turns instead of overlapping (README, "Issue 11, seventh round"). Started
  * in groups, the first group's calls leave at the end of the first turn, and the layer below
  * works on them while this process handles the next group. Exported for its test.
+ *
+ * A task returns `false` when it started nothing because its client had gone; it does not count
+ * towards the turn's share. The queue is walked once, from its head: rapid reset on connection
+ * after connection (HEADERS then RST_STREAM, 900 per connection, under nghttp2's per-connection
+ * budget) queued hundreds of thousands of dead streams, each of which took one of a turn's 16
+ * places, and every turn copied the whole backlog. One client's few seconds of it kept the
+ * process from answering anyone, /health included, for minutes, at 3 GB of RSS (helper 156).
  */
-export function turnGate(perTurn: number): (task: () => void) => void {
+export function turnGate(perTurn: number): (task: () => unknown) => void {
   let started = 0;
   let scheduled = false;
-  let waiting: (() => void)[] = [];
-  const nextTurn = () => {
-    scheduled = false;
-    started = 0;
-    const due = waiting;
-    waiting = [];
-    for (const task of due) admit(task);
+  let waiting: ((() => unknown) | undefined)[] = [];
+  let head = 0;
+  const schedule = () => {
+    if (scheduled) return;
+    scheduled = true;
+    setImmediate(nextTurn);
   };
-  const admit = (task: () => void) => {
-    if (!scheduled) {
-      scheduled = true;
-      setImmediate(nextTurn);
-    }
-    if (started >= perTurn) {
-      waiting.push(task);
-      return;
-    }
-    started += 1;
+  /** Runs a task; whether it counts as started. */
+  const run = (task: () => unknown): boolean => {
     try {
-      task();
+      return task() !== false;
     } catch (error) {
       // As it would have been thrown from the request event, but after the tasks due with it start.
       queueMicrotask(() => {
         throw error;
       });
+      return true;
     }
   };
-  return admit;
+  const nextTurn = () => {
+    scheduled = false;
+    started = 0;
+    while (head < waiting.length && started < perTurn) {
+      const task = waiting[head];
+      waiting[head] = undefined;
+      head += 1;
+      if (task !== undefined && run(task)) started += 1;
+    }
+    if (head === waiting.length) {
+      waiting = [];
+      head = 0;
+    } else {
+      // The part already started is let go once it is most of the array.
+      if (head >= 1024 && head * 2 >= waiting.length) {
+        waiting = waiting.slice(head);
+        head = 0;
+      }
+      schedule();
+    }
+  };
+  return (task: () => unknown) => {
+    schedule();
+    // Behind any still waiting, so that arrival order holds.
+    if (started >= perTurn || head < waiting.length) {
+      waiting.push(task);
+      return;
+    }
+    if (run(task)) started += 1;
+  };
 }
 
 /**
@@ -863,6 +938,13 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
   });
 }
 
+/**
+ * Streams one address may reset before they start: a burst, refilled at a rate; an address that
+ * spends it is refused for (penalty + 1) ÷ perSecond seconds (10 s). No client means to reset a
+ * stream before the server has even begun it; nghttp2 allows 1 000 per connection, at 33 a second.
+ */
+const RESET_BUDGET = { burst: 1_000, perSecond: 100, penalty: 999, addresses: 10_000 };
+
 /** What the peer table answers for a connection or stream over its address's cap. */
 const REFUSED = Symbol('refused');
 
@@ -897,7 +979,48 @@ function createPeerTable(limits: ConnectionLimits, isTrusted: (address: string) 
     found[field] += 1;
     return key;
   };
+  /** Each address's budget of streams reset before they started: a token bucket (RESET_BUDGET). */
+  const resets = new Map<string, { tokens: number; at: number }>();
+  const resetTokens = (key: string, now: number): { tokens: number; at: number } | undefined => {
+    const found = resets.get(key);
+    if (found === undefined) return undefined;
+    found.tokens = Math.min(RESET_BUDGET.burst, found.tokens + ((now - found.at) / 1000) * RESET_BUDGET.perSecond);
+    found.at = now;
+    if (found.tokens >= RESET_BUDGET.burst) {
+      resets.delete(key);
+      return undefined;
+    }
+    return found;
+  };
   return {
+    /** Takes one from `key`'s budget: whether some is left, it ran out with this one, or it had. */
+    spendReset: (key: string): 'left' | 'ran out' | 'spent' => {
+      const now = Date.now();
+      let found = resetTokens(key, now);
+      if (found === undefined) {
+        // The table holds addresses that reset streams recently, and only so many of them.
+        if (resets.size >= RESET_BUDGET.addresses) resets.delete(resets.keys().next().value as string);
+        found = { tokens: RESET_BUDGET.burst, at: now };
+        resets.set(key, found);
+      }
+      if (found.tokens < 1) return 'spent';
+      found.tokens -= 1;
+      if (found.tokens >= 1) return 'left';
+      // Refused until it has grown back from here.
+      found.tokens = -RESET_BUDGET.penalty;
+      return 'ran out';
+    },
+    /**
+     * The key an address's early resets are counted under, or undefined for a trusted proxy. Not
+     * only where streams are capped: a layer port counts its callers without the internal secret.
+     */
+    resetKey: (address: string | undefined) => keyOf(address, 1),
+    /** Whether the address has spent its budget (its new connections are refused). */
+    resetsSpent: (address: string | undefined): boolean => {
+      if (resets.size === 0) return false;
+      const key = keyOf(address, 1);
+      return key !== undefined && (resetTokens(key, Date.now())?.tokens ?? RESET_BUDGET.burst) < 1;
+    },
     admitConnection: (address: string | undefined) => admit(address, 'connections', limits.connectionsPerAddress),
     releaseConnection: (key: string | undefined) => release(key, 'connections'),
     admitStream: (address: string | undefined) => admit(address, 'streams', limits.http2StreamsPerAddress),

@@ -1,4 +1,5 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
+import { currentCallContext } from './call-context.ts';
 
 export type { Logger };
 
@@ -17,10 +18,22 @@ export function createLogger(options: { level: string; name?: string; destinatio
     },
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label: string) => ({ level: label }) },
-    // Fields every line gets (the current trace id, when tracing is on); a line's own win.
-    ...(options.mixin === undefined ? {} : { mixin: options.mixin }),
+    // Fields every line gets: the id of the request it is logged for, and the current trace id
+    // when tracing is on; a line's own win. Without the request id, a line logged deep in a
+    // request (an internal call's retry, a failed cache invalidation) could not be tied to the
+    // request it served: an outage's hundreds of retry warnings named none (helper 158).
+    mixin: withRequestId(options.mixin),
   } satisfies pino.LoggerOptions;
   return options.destination === undefined ? pino(settings) : pino(settings, options.destination);
+}
+
+/** The mixin's fields, a new object each time: pino merges the line's own fields into it. */
+function withRequestId(mixin: (() => object) | undefined): () => object {
+  return () => {
+    const requestId = currentCallContext()?.requestId;
+    if (requestId === undefined) return mixin?.() ?? {};
+    return mixin === undefined ? { requestId } : { requestId, ...mixin() };
+  };
 }
 
 /**

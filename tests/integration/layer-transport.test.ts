@@ -13,6 +13,7 @@ import { createLayerTransport } from '../../src/communication/layer-transport.ts
 import { UnavailableError } from '../../src/domain/errors.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { counterStore, serveCounterStore } from '../helpers/counter-layer.ts';
+import { capturingLogger } from '../helpers/test-app.ts';
 
 const logger = createLogger({ level: 'silent' });
 
@@ -214,6 +215,20 @@ for (const protocol of ['grpc', 'http'] as const) {
     it('when every process is down, then the caller gets UnavailableError after the retries', async () => {
       const client = clientOf([await deadUrl(), await deadUrl()]);
       await expect(client.peekCounter({ key: 'k' })).rejects.toBeInstanceOf(UnavailableError);
+    });
+
+    it('when calls of a request are retried, then each retry warning names the request', async () => {
+      // An outage's hundreds of retry warnings named no request (helper 158).
+      const logs = capturingLogger('warn');
+      const client = createClient(
+        CounterStoreService,
+        createLayerTransport({ target: 'test', urls: [await deadUrl(), await deadUrl()], protocol, timeoutMs: 2_000, retries: 2, logger: logs.logger, backoffMs: 5 }),
+      );
+      await runWithCallContext({ requestId: 'req-retried' }, async () => {
+        await expect(client.peekCounter({ key: 'k' })).rejects.toBeInstanceOf(UnavailableError);
+      });
+      const retries = logs.lines.filter((line) => line.msg === 'internal call failed; retrying');
+      expect(retries.map((line) => line.requestId)).toEqual(['req-retried', 'req-retried']);
     });
 
     it('when the layer answers too late, then the call ends at its deadline with UnavailableError', async () => {

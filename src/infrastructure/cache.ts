@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { detachedFromRequest } from './call-context.ts';
 import type { Logger } from './logger.ts';
 import { forEachKeyBatch, type Redis } from './redis/redis-client.ts';
 
@@ -351,31 +352,34 @@ export class RedisCache implements Cache {
 
   #retrySoon(): void {
     if (this.#retry !== undefined) return;
-    this.#retry = setTimeout(() => {
-      this.#retry = undefined;
-      if (this.#unconfirmedAll) {
-        void this.#flushed().then((done) => {
-          if (!done) this.#retrySoon();
-        });
-        return;
-      }
-      const pending = [...this.#unconfirmed];
-      if (pending.length === 0) return;
-      const ttlSeconds = Math.max(...pending.map(([, ttl]) => ttl));
-      void this.#invalidate(
-        pending.map(([key]) => key),
-        ttlSeconds,
-        true,
-      ).then((done) => {
-        if (!done) {
-          this.#retrySoon();
+    // The retries serve every key unconfirmed, not the request that first failed to invalidate.
+    this.#retry = detachedFromRequest(() =>
+      setTimeout(() => {
+        this.#retry = undefined;
+        if (this.#unconfirmedAll) {
+          void this.#flushed().then((done) => {
+            if (!done) this.#retrySoon();
+          });
           return;
         }
-        // Keys forgotten again meanwhile wait for their own retry, with their own TTL.
-        for (const [key, ttl] of pending) if (this.#unconfirmed.get(key) === ttl) this.#unconfirmed.delete(key);
-        if (this.#unconfirmed.size > 0) this.#retrySoon();
-      });
-    }, INVALIDATION_RETRY_MS);
+        const pending = [...this.#unconfirmed];
+        if (pending.length === 0) return;
+        const ttlSeconds = Math.max(...pending.map(([, ttl]) => ttl));
+        void this.#invalidate(
+          pending.map(([key]) => key),
+          ttlSeconds,
+          true,
+        ).then((done) => {
+          if (!done) {
+            this.#retrySoon();
+            return;
+          }
+          // Keys forgotten again meanwhile wait for their own retry, with their own TTL.
+          for (const [key, ttl] of pending) if (this.#unconfirmed.get(key) === ttl) this.#unconfirmed.delete(key);
+          if (this.#unconfirmed.size > 0) this.#retrySoon();
+        });
+      }, INVALIDATION_RETRY_MS),
+    );
     this.#retry.unref();
   }
 

@@ -1,5 +1,5 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
-import { currentCallContext } from './call-context.ts';
+import { currentCallContext, detachedFromRequest } from './call-context.ts';
 
 export type { Logger };
 
@@ -39,7 +39,8 @@ function withRequestId(mixin: (() => object) | undefined): () => object {
 /**
  * A warning that is logged at most once per `intervalMs`, however often its cause recurs (an
  * attacker's refusals, a collector refusing every export); the occurrences in between are
- * counted in the next line.
+ * counted in the next line. That line belongs to no request: its timer is armed outside the one
+ * that happened to log first, which timers would otherwise inherit, id and all (helper 160).
  */
 export function rateLimitedWarning(logger: Logger | undefined, message: string, intervalMs: number): (fields: Record<string, unknown>) => void {
   let suppressed = 0;
@@ -49,7 +50,7 @@ export function rateLimitedWarning(logger: Logger | undefined, message: string, 
     if (suppressed === 0) return;
     logger?.warn({ refused: suppressed, intervalMs }, `${message} (more in the last interval)`);
     suppressed = 0;
-    window = setTimeout(endWindow, intervalMs).unref();
+    window = detachedFromRequest(() => setTimeout(endWindow, intervalMs).unref());
   };
   return (fields) => {
     if (window !== undefined) {
@@ -57,6 +58,6 @@ export function rateLimitedWarning(logger: Logger | undefined, message: string, 
       return;
     }
     logger?.warn(fields, message);
-    window = setTimeout(endWindow, intervalMs).unref();
+    window = detachedFromRequest(() => setTimeout(endWindow, intervalMs).unref());
   };
 }

@@ -29,7 +29,7 @@ import {
 } from '@opentelemetry/api';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
-import { currentCallContext } from './call-context.ts';
+import { currentCallContext, detachedFromRequest } from './call-context.ts';
 import type { Cache } from './cache.ts';
 import { rateLimitedWarning, type Logger } from './logger.ts';
 
@@ -84,8 +84,10 @@ export async function createTracing(options: TracingOptions): Promise<Tracing> {
   // only, which nothing set: a collector that refused or dropped every span lost them without a
   // word (helper 133). Its warnings and errors go to the log, at most once a minute.
   const warn = rateLimitedWarning(options.logger, 'tracing: spans are not being exported', EXPORT_WARNING_INTERVAL_MS);
+  // Outside any request: the SDK's export timer is armed when a request's span ends, and a failed
+  // batch holds many requests' spans, so its line named the first of them (helper 160).
   const tell = (message: string, ...args: unknown[]) =>
-    warn({ reason: [message, ...args.map((arg) => (arg instanceof Error ? arg.message : String(arg)))].join(' ').slice(0, 500) });
+    detachedFromRequest(() => warn({ reason: [message, ...args.map((arg) => (arg instanceof Error ? arg.message : String(arg)))].join(' ').slice(0, 500) }));
   diag.setLogger(
     { error: tell, warn: tell, info: () => undefined, debug: () => undefined, verbose: () => undefined },
     { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true },

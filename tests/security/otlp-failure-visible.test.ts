@@ -5,6 +5,8 @@
 import { createServer, type Server } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
+import { runWithCallContext } from '../../src/infrastructure/call-context.ts';
+import { rateLimitedWarning } from '../../src/infrastructure/logger.ts';
 import { capturingLogger, loginAdmin, startTestServer } from '../helpers/test-app.ts';
 
 async function collectorAnswering(status: number): Promise<{ endpoint: string; exports: () => number; close: () => Promise<void> }> {
@@ -42,9 +44,25 @@ describe('an OTLP collector that refuses every export', () => {
       expect(collector.exports()).toBeGreaterThan(5);
       const about = logs.lines.filter((line) => line.level !== 'info' && line.level !== '30' && /span|trace|export|otlp/i.test(JSON.stringify(line)));
       expect({ warned: about.length > 0, bounded: about.length <= 5 }).toEqual({ warned: true, bounded: true });
+      // A failed batch holds many requests' spans: its lines name none of them, though the SDK's
+      // export timer was armed inside one (helper 160).
+      expect(about.map((line) => line.requestId ?? line.traceId)).toEqual(about.map(() => undefined));
     } finally {
       await t.close().catch(() => undefined);
       await collector.close();
     }
   }, 60_000);
+});
+
+describe('a warning logged at most once per interval', () => {
+  it('when one request opens its window and others recur in it, then the summary of theirs names no request', async () => {
+    const logs = capturingLogger('info');
+    const warn = rateLimitedWarning(logs.logger, 'refusals', 100);
+    for (const requestId of ['request-a', 'request-b', 'request-c']) runWithCallContext({ requestId }, () => warn({ limit: 1 }));
+    await sleep(250);
+    const summary = logs.lines.find((line) => line.msg === 'refusals (more in the last interval)');
+    expect({ refused: summary?.refused, requestId: summary?.requestId }).toEqual({ refused: 2, requestId: undefined });
+    // The first line is the first request's own.
+    expect(logs.lines.find((line) => line.msg === 'refusals')?.requestId).toBe('request-a');
+  });
 });

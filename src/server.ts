@@ -116,8 +116,8 @@ export function createDualProtocolServer(
   const warnResets = rateLimitedWarning(options.logger, 'refused connections: their address reset too many HTTP/2 streams before they started', REFUSAL_LOG_INTERVAL_MS);
   const unvouched = new Map<string, number>();
   /** Whether a request may go on; one no secret vouches for is counted until `onDone` releases it. */
-  const admitUnvouched = (address: string | undefined, authorization: string | undefined, onDone: (release: () => void) => void): boolean => {
-    if (options.vouch === undefined || options.vouch(authorization)) return true;
+  const admitUnvouched = (address: string | undefined, vouched: boolean, onDone: (release: () => void) => void): boolean => {
+    if (options.vouch === undefined || vouched) return true;
     const key = addressKey(address);
     const open = unvouched.get(key) ?? 0;
     if (open >= UNVOUCHED_PER_ADDRESS_MAX) return false;
@@ -157,7 +157,7 @@ export function createDualProtocolServer(
         refuseRequest(req, res, headersProblem);
         return;
       }
-      if (!admitUnvouched(req.socket.remoteAddress, req.headers.authorization, (release) => res.once('close', release))) {
+      if (!admitUnvouched(req.socket.remoteAddress, options.vouch?.(req.headers.authorization) === true, (release) => res.once('close', release))) {
         warnUnvouched({ peer: addressKey(req.socket.remoteAddress), limit: UNVOUCHED_PER_ADDRESS_MAX });
         refuseRequest(req, res, TOO_MANY_UNVOUCHED, REFUSED_BUSY);
         return;
@@ -217,8 +217,7 @@ export function createDualProtocolServer(
     // after the whole read has been processed, so one its client reset in the same write arrives
     // here destroyed, no longer naming its session or address: it is counted on the session's.
     if (req.stream.destroyed) {
-      const session = sessionOfStream.get(req.stream);
-      earlyReset(peers.resetKey(session === undefined || session.destroyed ? undefined : session.socket.remoteAddress), req.headers.authorization, session);
+      earlyReset(sessionOfStream.get(req.stream), req.headers.authorization);
       return;
     }
     // Refused before the application sees it, so a refused stream costs no handler state.
@@ -234,7 +233,13 @@ export function createDualProtocolServer(
       peers.releaseStream(peer);
       openStreams.delete(req.stream);
     });
-    if (!admitUnvouched(address, req.headers.authorization, (release) => req.stream.once('close', release))) {
+    const session = req.stream.session;
+    const vouched = options.vouch?.(req.headers.authorization) === true;
+    if (vouched && session !== undefined) {
+      const peer = sessionPeers.get(session);
+      if (peer !== undefined) peer.vouched = true;
+    }
+    if (!admitUnvouched(address, vouched, (release) => req.stream.once('close', release))) {
       warnUnvouched({ peer: addressKey(address), limit: UNVOUCHED_PER_ADDRESS_MAX });
       req.stream.close(http2Constants.NGHTTP2_REFUSED_STREAM);
       return;
@@ -248,11 +253,10 @@ export function createDualProtocolServer(
     // A stream reset before its turn (rapid reset: HEADERS then RST_STREAM, hundreds per write)
     // is not started: before, each ran a handler after its client had left, and once the
     // connection was gone too its rate-limit charge fell on the shared `unknown` address.
-    // A destroyed stream no longer names its session.
-    const session = req.stream.session;
     startInTurn(() => {
       if (req.stream.destroyed) {
-        earlyReset(peers.resetKey(address), req.headers.authorization, session);
+        // A destroyed stream no longer names its session: the one it had on arrival.
+        if (!vouched) earlyReset(session, undefined);
         return false;
       }
       handlers.http2(req, res);
@@ -264,23 +268,31 @@ export function createDualProtocolServer(
    * connections are closed with ENHANCE_YOUR_CALM and new ones refused until the budget has grown
    * back. nghttp2 limits resets per connection only: a client rotating connections (900 resets on
    * each, under nghttp2's 1 000) cost the server ~28 µs of CPU per stream, and its 3 s of attack
-   * kept /health unanswered for 9 s after it had gone (helper 156). Layer ports count only
-   * callers without the internal secret: a controller cancels internal calls whose clients left.
+   * kept /health unanswered for 9 s after it had gone (helper 156). The address is the session's,
+   * taken when it began: a client that resets the TCP connection right after its burst left
+   * streams naming no address (helper 159).
+   *
+   * Layer ports count only callers without the internal secret (a controller cancels internal
+   * calls whose clients left), close only sessions on which no call presented it, and refuse no
+   * connection: the secret is not known before a call, and a stranger sharing the controller's
+   * address (a node's pod /64, a host's loopback) cut the internal link for 10 s (helper 159).
    */
-  const earlyReset = (peer: string | undefined, authorization: string | undefined, session: Http2Session | undefined) => {
-    if (peer === undefined || options.vouch?.(authorization) === true) return;
-    const budget = peers.spendReset(peer);
+  const earlyReset = (session: Http2Session | undefined, authorization: string | undefined) => {
+    const peer = session === undefined ? undefined : sessionPeers.get(session);
+    if (peer?.key === undefined || (authorization !== undefined && options.vouch?.(authorization) === true)) return;
+    const budget = peers.spendReset(peer.key);
     if (budget === 'left') return;
     const calm = (spent: Http2Session) => {
+      if (spent.destroyed || sessionPeers.get(spent)?.vouched !== false) return;
       // destroy(undefined, code) would send NO_ERROR: the error's default replaces undefined.
       spent.goaway(http2Constants.NGHTTP2_ENHANCE_YOUR_CALM);
       spent.destroy();
     };
     // A connection accepted before the budget ran out, but not yet a session when it did.
-    if (session !== undefined && !session.destroyed) calm(session);
+    if (session !== undefined) calm(session);
     if (budget !== 'ran out') return;
-    warnResets({ peer, burst: RESET_BUDGET.burst, perSecond: RESET_BUDGET.perSecond });
-    for (const open of sessions) if (addressKey(remoteAddressOf(open.socket)) === peer) calm(open);
+    warnResets({ peer: peer.key, burst: RESET_BUDGET.burst, perSecond: RESET_BUDGET.perSecond });
+    for (const open of sessions) if (sessionPeers.get(open)?.key === peer.key) calm(open);
   };
   /** The HTTP/2 streams not yet closed, for the drain. */
   const openStreams = new Set<ServerHttp2Stream>();
@@ -295,7 +307,13 @@ export function createDualProtocolServer(
   const sessions = new Set<ServerHttp2Session>();
   /** Each stream's session, for a stream destroyed before it reaches the handler (see there). */
   const sessionOfStream = new WeakMap<ServerHttp2Stream, ServerHttp2Session>();
+  /**
+   * Each session's key for counting early resets (its address's, taken when it began: see
+   * earlyReset), and whether a call on it presented the internal secret.
+   */
+  const sessionPeers = new WeakMap<Http2Session, { key: string | undefined; vouched: boolean }>();
   h2.on('session', (session) => {
+    sessionPeers.set(session, { key: peers.resetKey(remoteAddressOf(session.socket)), vouched: false });
     session.prependListener('stream', (stream: ServerHttp2Stream) => sessionOfStream.set(stream, session));
     sessions.add(session);
     session.once('close', () => sessions.delete(session));
@@ -308,7 +326,8 @@ export function createDualProtocolServer(
   // for the peer's delayed ACK (tens of milliseconds). Node's HTTP/1.1 server sets it for its own
   // sockets, but the HTTP/2 path below is handed the raw socket.
   const server = createNetServer({ pauseOnConnect: true, noDelay: true }, (socket) => {
-    const resetsSpent = peers.resetsSpent(socket.remoteAddress);
+    // Not on a layer port: whether a connection's calls present the secret is not known yet.
+    const resetsSpent = options.vouch === undefined && peers.resetsSpent(socket.remoteAddress);
     const peer = resetsSpent ? REFUSED : peers.admitConnection(socket.remoteAddress);
     if (peer === REFUSED) {
       if (resetsSpent) warnResets({ peer: addressKey(socket.remoteAddress), burst: RESET_BUDGET.burst, perSecond: RESET_BUDGET.perSecond });

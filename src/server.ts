@@ -402,7 +402,7 @@ export function createDualProtocolServer(
         for (const socket of detecting) socket.destroy();
         // Node's close() of an HTTP server closes its idle connections at once (and this one,
         // which never listens, does nothing else).
-        setTimeout(() => h1.close(done), graceEnds - Date.now());
+        setTimeout(() => h1.close(done), Math.max(0, graceEnds - Date.now()));
         // GOAWAY lets streams in flight finish; the h2 server closes when its sessions have.
         for (const session of sessions) session.close();
         h2.close(done);

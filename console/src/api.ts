@@ -110,6 +110,25 @@ export class ConsoleSession {
     this.#forget();
   }
 
+  /**
+   * The page is being left (pagehide): the tokens are forgotten at once, as a closed tab forgets
+   * them, and the pair is ended on the server by a request that outlives the page (best effort).
+   * A page left by navigation is kept whole in the browser's back-forward cache: Back handed the
+   * next person at the browser the signed-in console, tokens and refresh timer included (helper
+   * 162).
+   */
+  leave(): void {
+    const session = this.#session;
+    if (session === undefined) return;
+    this.#forget();
+    void fetch(`${location.origin}/${AuthService.typeName}/${AuthService.method.logout.name}`, {
+      method: 'POST',
+      keepalive: true,
+      headers: { 'content-type': 'application/json', 'connect-protocol-version': '1', authorization: `Bearer ${session.accessToken}` },
+      body: '{}',
+    }).catch(() => undefined);
+  }
+
   /** Forgets the tokens without calling the server, e.g. after the user revoked them all. */
   forget(reason?: string): void {
     this.#forget();

@@ -32,6 +32,14 @@ session.onSignedOut = (reason) => {
 };
 
 window.addEventListener('hashchange', () => render());
+// Leaving the page signs out, as closing the tab does (see ConsoleSession.leave); drawn before the
+// page goes, so that a page brought back by Back shows the sign-in form, not the last screen.
+window.addEventListener('pagehide', () => {
+  if (session.user === undefined) return;
+  session.leave();
+  signedOutReason = 'You left the console. Sign in again.';
+  render();
+});
 
 function go(route: string): void {
   if (location.hash === `#${route}`) render();

@@ -22,7 +22,8 @@ const appSite = { server: createServer((_req, res) => res.writeHead(200, { 'cont
 
 beforeAll(async () => {
   [browser, t, short] = await Promise.all([
-    chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] }),
+    // With the back-forward cache a real browser has (Playwright turns it off by default).
+    chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], ignoreDefaultArgs: ['--disable-back-forward-cache'] }),
     startTestServer(),
     startTestServer({ JWT_ACCESS_EXPIRES_IN_SECONDS: String(SHORT_ACCESS_TTL) }),
   ]);
@@ -55,6 +56,39 @@ async function openUser(page: Page, id: number, username: string): Promise<void>
 }
 
 describe.each(['grpc-web', 'connect'] as const)('the admin console over %s', (protocol) => {
+  it('when the operator leaves it for another page without signing out and Back is pressed, then the sign-in form shows, and the session is ended on the server', async () => {
+    // The page went into the browser's back-forward cache whole, tokens included: Back handed the
+    // next person at the browser the signed-in console (helper 162).
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    try {
+      await signIn(page, t, protocol);
+      const sessionsBefore = await t.sql<{ count: string }>(
+        'SELECT count(*)::text AS count FROM oauth_tokens t JOIN users u ON u.id = t.user_id WHERE u.username = $1 AND NOT t.is_revoked',
+        [ADMIN.username],
+      );
+      await page.goto(`http://127.0.0.1:${appSite.port}/`);
+      await page.goBack({ waitUntil: 'commit' });
+      await page.getByLabel('Username or e-mail').waitFor({ state: 'visible', timeout: 10_000 });
+      expect({ signOutShown: await page.getByRole('button', { name: 'Sign out' }).isVisible() }).toEqual({ signOutShown: false });
+      // The pair it held is revoked (the request leaves as the page goes; it may land a moment later).
+      let live = Number(sessionsBefore[0]?.count);
+      for (let attempt = 0; attempt < 50 && live >= Number(sessionsBefore[0]?.count); attempt += 1) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        live = Number(
+          (
+            await t.sql<{ count: string }>('SELECT count(*)::text AS count FROM oauth_tokens t JOIN users u ON u.id = t.user_id WHERE u.username = $1 AND NOT t.is_revoked', [
+              ADMIN.username,
+            ])
+          )[0]?.count,
+        );
+      }
+      expect(live).toBe(Number(sessionsBefore[0]?.count) - 1);
+    } finally {
+      await context.close();
+    }
+  }, 60_000);
+
   it("lets an administrator save the profile of any user the API registered (an e-mail the browser's own <input type=email> refuses blocks the form)", async () => {
     const context = await browser.newContext();
     const page = await context.newPage();

@@ -43,8 +43,9 @@ export function createConsoleRoutes(dist = CONSOLE_DIST): Router {
   ) as Record<keyof typeof ASSETS, { body: Buffer; tag: string }>;
   const send = (res: Response, name: keyof typeof ASSETS) => {
     res.setHeader('content-security-policy', CONSOLE_CSP);
-    // Not fingerprinted: revalidate (by ETag) so a new release is picked up at once.
-    res.setHeader('cache-control', 'no-cache');
+    // Not fingerprinted: revalidate (by ETag) so a new release is picked up at once. The page
+    // itself is not stored at all: kept, it may be brought back whole by Back (helper 162).
+    res.setHeader('cache-control', name === 'index.html' ? 'no-store' : 'no-cache');
     res.setHeader('etag', files[name].tag);
     res.type(ASSETS[name]).send(files[name].body);
   };

@@ -29,6 +29,7 @@ import {
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
+import { IDEMPOTENCY_KEY_FIELD } from './domain/idempotency-key.ts';
 import { errorEnvelope, type ErrorBody } from './controllers/rest/envelope.ts';
 import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
 import { rateLimitedWarning, type Logger } from './infrastructure/logger.ts';
@@ -692,14 +693,17 @@ function headerProblem(req: IncomingMessage): string | undefined {
   let hosts = 0;
   let authorizations = 0;
   let contentTypes = 0;
+  let idempotencyKeys = 0;
   const raw = req.rawHeaders;
   for (let index = 0; index < raw.length; index += 2) {
     const name = raw[index];
     if (name?.length === 4 && name.toLowerCase() === 'host') hosts += 1;
     else if (name?.length === 13 && name.toLowerCase() === 'authorization') authorizations += 1;
     else if (name?.length === 12 && name.toLowerCase() === 'content-type') contentTypes += 1;
+    else if (name?.length === 15 && name.toLowerCase() === IDEMPOTENCY_KEY_FIELD) idempotencyKeys += 1;
   }
   if (authorizations > 1) return TWO_AUTHORIZATIONS;
+  if (idempotencyKeys > 1) return TWO_IDEMPOTENCY_KEYS;
   // Node keeps the first and drops the rest, where a proxy or filter in front may keep the last:
   // `application/json` then `text/plain` was parsed as JSON here and passed on there as text it
   // had no reason to inspect (helper 145).
@@ -757,14 +761,25 @@ function toOriginForm(req: IncomingMessage): string | undefined {
 const TWO_AUTHORIZATIONS = 'A request must carry one Authorization header, not several';
 
 /**
+ * The answer to a request with two Idempotency-Key headers: Node joined them into one key, `a, b`,
+ * which names neither the key the client meant nor the one a proxy in front may have kept.
+ */
+const TWO_IDEMPOTENCY_KEYS = 'A request must carry one Idempotency-Key header, not several';
+
+/**
  * Why an HTTP/2 request's headers are refused, or undefined: more than one `authorization` (see
  * TWO_AUTHORIZATIONS), or an `:authority` and `host` that disagree (RFC 9113 §8.3.1).
  */
 function http2HeaderProblem(req: Http2ServerRequest): string | undefined {
   const raw = req.rawHeaders;
   let authorizations = 0;
-  for (let index = 0; index < raw.length; index += 2) if (raw[index] === 'authorization') authorizations += 1;
+  let idempotencyKeys = 0;
+  for (let index = 0; index < raw.length; index += 2) {
+    if (raw[index] === 'authorization') authorizations += 1;
+    else if (raw[index] === IDEMPOTENCY_KEY_FIELD) idempotencyKeys += 1;
+  }
   if (authorizations > 1) return TWO_AUTHORIZATIONS;
+  if (idempotencyKeys > 1) return TWO_IDEMPOTENCY_KEYS;
   const authority = req.headers[':authority'];
   const host = req.headers.host;
   if (authority !== undefined && host !== undefined && authority.toLowerCase() !== host.toLowerCase()) return 'The host header must be the same as :authority';

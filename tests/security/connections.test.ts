@@ -531,6 +531,49 @@ describe('HTTP/1.1', () => {
     }
   });
 
+  it('when a registration carries two Idempotency-Key headers, then 400 over REST and invalid_argument over gRPC, and no account is made', async () => {
+    // Node joined them into one key, `a, b`: neither the key the client meant nor the one a proxy
+    // in front may have kept.
+    const rest = newUser('twokeys_rest');
+    const body = JSON.stringify(rest);
+    const client = rawClient(server.port);
+    client.socket.write(
+      `POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nIdempotency-Key: key-a\r\nidempotency-key: key-b\r\nconnection: close\r\n\r\n${body}`,
+    );
+    await closedWithin(client.closed, 5_000);
+    const text = client.received().toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 400 /);
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({
+      success: false,
+      error: { code: 'VALIDATION_ERROR', message: 'A request must carry one Idempotency-Key header, not several' },
+    });
+
+    const grpcUser = newUser('twokeys_grpc');
+    const session = h2Session(server.port);
+    const grpcStatus = await new Promise<unknown>((resolve, reject) => {
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': `/${AuthService.typeName}/Register`,
+        'content-type': 'application/grpc+json',
+        te: 'trailers',
+        'idempotency-key': ['key-a', 'key-b'],
+      });
+      let status: unknown;
+      stream.on('response', (head) => (status ??= head['grpc-status']));
+      stream.on('trailers', (head: http2.IncomingHttpHeaders) => (status ??= head['grpc-status']));
+      stream.on('error', reject);
+      stream.on('close', () => resolve(status));
+      stream.resume();
+      const message = Buffer.from(JSON.stringify(grpcUser));
+      const envelope = Buffer.alloc(5);
+      envelope.writeUInt32BE(message.length, 1);
+      stream.end(Buffer.concat([envelope, message]));
+    });
+    expect(grpcStatus).toBe('3');
+    const made = await server.sql<{ username: string }>('SELECT username FROM users WHERE username IN ($1, $2)', [rest.username, grpcUser.username]);
+    expect(made).toEqual([]);
+  });
+
   it('when a Host is not a host name or address, then 400 in the error envelope on every REST path, invalid_argument on RPC paths; IPv6 literals and ports are served', async () => {
     // connect-node builds each call's URL from it: `[` was a bare 400 there, unlogged (helper 69).
     for (const host of ['[', '[::1', 'a b', 'user@host', 'host:port', 'ho%zzst', 'localhost:99999', '999.1.1.1', '1.2.3.4.5', '4294967296']) {

@@ -281,10 +281,15 @@ export function createDualProtocolServer(
   const earlyReset = (session: Http2Session | undefined, authorization: string | undefined) => {
     const peer = session === undefined ? undefined : sessionPeers.get(session);
     if (peer?.key === undefined || (authorization !== undefined && options.vouch?.(authorization) === true)) return;
+    peer.resets += 1;
     const budget = peers.spendReset(peer.key);
     if (budget === 'left') return;
+    // Only sessions that reset streams themselves: another connection of the same address that
+    // reset none (a second channel of a client whose other one times calls out at 1 ms) serves
+    // on; its new connections are refused, since which they will be is not known (helper 161).
     const calm = (spent: Http2Session) => {
-      if (spent.destroyed || sessionPeers.get(spent)?.vouched !== false) return;
+      const spender = sessionPeers.get(spent);
+      if (spent.destroyed || spender === undefined || spender.vouched || spender.resets === 0) return;
       // destroy(undefined, code) would send NO_ERROR: the error's default replaces undefined.
       spent.goaway(http2Constants.NGHTTP2_ENHANCE_YOUR_CALM);
       spent.destroy();
@@ -310,11 +315,12 @@ export function createDualProtocolServer(
   const sessionOfStream = new WeakMap<ServerHttp2Stream, ServerHttp2Session>();
   /**
    * Each session's key for counting early resets (its address's, taken when it began: see
-   * earlyReset), and whether a call on it presented the internal secret.
+   * earlyReset), whether a call on it presented the internal secret, and how many of its streams
+   * were reset before they started.
    */
-  const sessionPeers = new WeakMap<Http2Session, { key: string | undefined; vouched: boolean }>();
+  const sessionPeers = new WeakMap<Http2Session, { key: string | undefined; vouched: boolean; resets: number }>();
   h2.on('session', (session) => {
-    sessionPeers.set(session, { key: peers.resetKey(remoteAddressOf(session.socket)), vouched: false });
+    sessionPeers.set(session, { key: peers.resetKey(remoteAddressOf(session.socket)), vouched: false, resets: 0 });
     session.prependListener('stream', (stream: ServerHttp2Stream) => sessionOfStream.set(stream, session));
     sessions.add(session);
     session.once('close', () => sessions.delete(session));

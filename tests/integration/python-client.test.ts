@@ -150,4 +150,42 @@ describe.skipIf(missing.length > 0 && !CI)(`Python gRPC client generated from pr
     expect(invalid.badRequest?.fieldViolations.map((violation) => violation.field).sort()).toEqual(restFields);
     for (const violation of invalid.badRequest?.fieldViolations ?? []) expect(violation.description).not.toBe('');
   });
+  // Last: the 1 ms channel's address is refused new connections for 10 s afterwards.
+  it('when one channel times its calls out at 1 ms on an idle server, then another channel of the same process, 5 s deadlines, is answered throughout', async () => {
+    // grpcio cancels a call whose deadline passes in flight (RST_STREAM): the server cannot tell
+    // 50 threads of those from rapid reset, and the address's early-reset budget runs out. Its
+    // sessions that reset nothing serve on (helper 161: every call of the healthy channel got
+    // UNAVAILABLE, its connection closed with the offender's).
+    const script = [
+      'import sys, time, json, threading, grpc',
+      "options = [('grpc.use_local_subchannel_pool', 1)]",
+      'side = grpc.insecure_channel(sys.argv[1], options=options)',
+      "check = side.unary_unary('/grpc.health.v1.Health/Check')",
+      "check(b'', timeout=5)",
+      "short = grpc.insecure_channel(sys.argv[1], options=options).unary_unary('/grpc.health.v1.Health/Check')",
+      'end = time.time() + 5',
+      'def hurry():',
+      '    while time.time() < end:',
+      '        try:',
+      "            short(b'', timeout=0.001)",
+      '        except grpc.RpcError:',
+      '            pass',
+      'threads = [threading.Thread(target=hurry) for _ in range(50)]',
+      'for thread in threads: thread.start()',
+      'answers = {}',
+      'while time.time() < end:',
+      '    try:',
+      "        check(b'', timeout=5)",
+      "        code = 'OK'",
+      '    except grpc.RpcError as error:',
+      '        code = error.code().name',
+      '    answers[code] = answers.get(code, 0) + 1',
+      '    time.sleep(0.2)',
+      'for thread in threads: thread.join()',
+      'print(json.dumps(answers))',
+    ].join('\n');
+    const result = await run(PYTHON, ['-c', script, `127.0.0.1:${t.port}`], { GRPC_VERBOSITY: 'NONE' });
+    expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(JSON.parse(result.stdout)).toEqual({ OK: expect.any(Number) as number });
+  });
 });

@@ -11,6 +11,26 @@ const DEV_JWT_SECRET = 'arcana-development-secret-do-not-use-in-production';
  * 96); a placeholder repeated (`REPLACE-ME`) has 8.
  */
 const MIN_DISTINCT_SECRET_CHARACTERS = 9;
+/**
+ * Values this repository publishes, which production refuses wherever they would be a credential:
+ * its development signing key, the tests' keys, the placeholders of k8s/base and the Compose
+ * files' headers, and the passwords its README and tests print (helper 165: the README's example
+ * admin password made a working production administrator). Compared case-insensitively.
+ */
+const PUBLISHED_SECRETS = new Set(
+  [DEV_JWT_SECRET, 'test-secret-that-is-long-enough-for-hs256-0123456789', 'test-internal-secret-shared-by-every-layer', 'REPLACE-ME', 'change-me', 'change-me-too'].map((value) =>
+    value.toLowerCase(),
+  ),
+);
+const PUBLISHED_PASSWORDS = new Set(['Sturdy-Passw0rd!', 'Admin@12345'].map((value) => value.toLowerCase()));
+
+/** The password in a database URL, or undefined. */
+function databasePassword(url: string | undefined): string | undefined {
+  if (url === undefined || !URL.canParse(url)) return undefined;
+  const password = new URL(url).password;
+  return password === '' ? undefined : decodeURIComponent(password);
+}
+
 /** OWASP's floor for bcrypt. */
 const MIN_PRODUCTION_BCRYPT_ROUNDS = 10;
 
@@ -284,6 +304,21 @@ export function loadConfig(env: Environment) {
       if (secret !== undefined && new Set(secret.replace(/\s/g, '')).size < MIN_DISTINCT_SECRET_CHARACTERS) {
         throw new ConfigError(`${name} must be random in production: it has fewer than ${MIN_DISTINCT_SECRET_CHARACTERS} different characters (e.g. \`openssl rand -base64 64\`).`);
       }
+    }
+    for (const [name, secret] of [
+      ['JWT_SECRET', e.JWT_SECRET],
+      ['INTERNAL_API_SECRET', e.INTERNAL_API_SECRET],
+      ["DATABASE_URL's password", databasePassword(e.DATABASE_URL)],
+      ["REDIS_URL's password", databasePassword(e.REDIS_URL)],
+    ] as const) {
+      if (secret !== undefined && PUBLISHED_SECRETS.has(secret.toLowerCase())) {
+        throw new ConfigError(`${name} is a value this repository publishes (a placeholder, an example or a test key): set your own in production.`);
+      }
+    }
+    if (e.ADMIN_PASSWORD !== undefined && PUBLISHED_PASSWORDS.has(e.ADMIN_PASSWORD.toLowerCase())) {
+      throw new ConfigError(
+        'ADMIN_PASSWORD is a password this repository prints (README, tests): whoever reads them could sign in as the administrator. Set your own in production.',
+      );
     }
     if (e.JWT_SECRET !== undefined && e.JWT_SECRET === e.INTERNAL_API_SECRET) {
       throw new ConfigError('JWT_SECRET and INTERNAL_API_SECRET must differ: every process holds the internal secret, only the services need the signing key.');

@@ -189,6 +189,29 @@ describe('production secrets and settings (helper 95)', () => {
     expect(loadConfig({ JWT_SECRET: 'a'.repeat(64) }).jwt.secret).toBe('a'.repeat(64));
   });
 
+  it('when a secret, a database password or the admin password is one this repository publishes, then production refuses to start naming it (helper 165)', () => {
+    const repository = { ...production, DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'repository', INTERNAL_API_SECRET: INTERNAL };
+    // k8s/base's placeholder, the Compose headers' and README's, any case.
+    for (const url of ['postgresql://arcana:REPLACE-ME@postgres:5432/arcana', 'postgresql://arcana:change-me@postgres:5432/arcana', 'mysql://arcana:Change-Me@mysql:3306/arcana']) {
+      expect(() => loadConfig({ ...repository, DATABASE_URL: url }), url).toThrow(/DATABASE_URL's password is a value this repository publishes/);
+    }
+    expect(() => loadConfig({ ...production, REDIS_URL: 'redis://:change-me@redis:6379' })).toThrow(/REDIS_URL's password/);
+    // The development key, the tests' keys.
+    for (const secret of ['arcana-development-secret-do-not-use-in-production', 'test-internal-secret-shared-by-every-layer']) {
+      expect(() => loadConfig({ ...repository, INTERNAL_API_SECRET: secret }), secret).toThrow(/INTERNAL_API_SECRET is a value this repository publishes/);
+    }
+    expect(() => loadConfig({ ...production, JWT_SECRET: 'test-secret-that-is-long-enough-for-hs256-0123456789'.padEnd(64, 'x') })).not.toThrow(/publishes/);
+    // The README's and the tests' example passwords.
+    const admin = { ...production, ADMIN_USERNAME: 'root', ADMIN_EMAIL: 'root@example.com' };
+    for (const password of ['Sturdy-Passw0rd!', 'Admin@12345', 'admin@12345']) {
+      expect(() => loadConfig({ ...admin, ADMIN_PASSWORD: password }), password).toThrow(/ADMIN_PASSWORD is a password this repository prints/);
+    }
+    expect(loadConfig({ ...admin, ADMIN_PASSWORD: 'An0ther-Own-Passw0rd!' }).bootstrapAdmin?.username).toBe('root');
+    expect(loadConfig({ ...repository, DATABASE_URL: 'postgresql://arcana:s3cr3t-0wn@postgres:5432/arcana' }).database.databaseUrl).toContain('s3cr3t-0wn');
+    // Outside production the examples work, as the README's set-up uses them.
+    expect(loadConfig({ ...admin, NODE_ENV: 'development', ADMIN_PASSWORD: 'Sturdy-Passw0rd!' }).bootstrapAdmin?.username).toBe('root');
+  });
+
   it('when a process neither signs nor checks tokens, then it needs no JWT_SECRET and warns of no development secret', () => {
     expect(loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'controller', SERVICE_URLS: 'http://s:1' }).jwt.usingDevelopmentSecret).toBe(false);
     expect(loadConfig({ DEPLOYMENT_MODE: 'layered', DEPLOYMENT_LAYER: 'repository' }).jwt.usingDevelopmentSecret).toBe(false);

@@ -394,6 +394,19 @@ describe('ETags on REST', () => {
     expect(await send(`"${w}", "${v}"`, `"${w}"`)).toBe(412);
     expect(await send(`"${w}", "${v}"`, `"${v}"`)).toBe(200);
     expect(await version()).toBe(w + 1);
+    // Empty list elements are ignored (RFC 9110 §5.6.1.2): a trailing or doubled comma was a 400,
+    // so such a client could never write (helper 166). A comma inside a tag is the tag's.
+    const x = await version();
+    expect(await send(`"${x}",`)).toBe(200);
+    expect(await send(`, "${x + 1}"`)).toBe(200);
+    expect(await send(`"${x + 2}", , "999"`)).toBe(200);
+    expect(await send(`"${x + 9}",`)).toBe(412);
+    expect(await send(`"9,${x + 3}"`)).toBe(412);
+    expect(await send(`"${x + 9}"`, `"${x + 3}",`)).toBe(412);
+    expect(await send(`"${x + 3}"`, `, "${x + 9}"`)).toBe(200);
+    // Still malformed: no tag at all, a bare wildcard in a list, tags without their comma.
+    for (const bad of [',', ' , ', '*, "1"', `"${x + 4}" "${x + 4}"`]) expect(await send(bad), bad).toBe(400);
+    expect(await version()).toBe(x + 4);
   });
 
   it("when a write carries If-None-Match, then it is done only if the user's version is none of those named: `*` or the current tag is 412 and changes nothing, after 403 and 404", async () => {

@@ -15,8 +15,12 @@ const userIdOf = (req: Request): number => Number(req.params.userId);
 
 // Whitespace around list elements is HTTP's OWS: spaces and tabs only (\s would also take a
 // non-breaking space, and a bare `*` next to one was the wildcard).
-const ENTITY_TAG = /^[ \t]*(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*$/;
 const BARE_WILDCARD = /^[ \t]*\*[ \t]*$/;
+/**
+ * One element of an entity-tag list and what follows it: its own `,` or the end. An opaque tag may
+ * hold a comma (`"a,b"`), so the list is read tag by tag, not split at commas.
+ */
+const LIST_ELEMENT = /[ \t]*(?:(W\/)?"([\x21\x23-\x7e\x80-\xff]*)")?[ \t]*(?:,|$)/y;
 
 /**
  * What an If-Match or If-None-Match header names: `'*'` (any representation), or its entity tags;
@@ -27,12 +31,16 @@ const BARE_WILDCARD = /^[ \t]*\*[ \t]*$/;
 function entityTags(header: string): '*' | { weak: boolean; opaque: string }[] | undefined {
   if (BARE_WILDCARD.test(header)) return '*';
   const tags: { weak: boolean; opaque: string }[] = [];
-  for (const part of header.split(',')) {
-    const match = ENTITY_TAG.exec(part);
-    if (match === null) return undefined;
-    tags.push({ weak: match[1] !== undefined, opaque: match[2] ?? '' });
+  // Empty elements (`"3",`, `, "3"`) are skipped, as RFC 9110 §5.6.1.2 requires of a recipient: a
+  // write carrying one was refused with 400, where a read's If-None-Match took it (helper 166).
+  LIST_ELEMENT.lastIndex = 0;
+  while (LIST_ELEMENT.lastIndex < header.length) {
+    const start = LIST_ELEMENT.lastIndex;
+    const match = LIST_ELEMENT.exec(header);
+    if (match === null || LIST_ELEMENT.lastIndex === start) return undefined;
+    if (match[2] !== undefined) tags.push({ weak: match[1] !== undefined, opaque: match[2] });
   }
-  return tags;
+  return tags.length === 0 ? undefined : tags;
 }
 
 /** The largest version a user can have: Version in openapi.yaml and the protos is an int32. */

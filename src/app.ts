@@ -19,7 +19,7 @@ import { UserRepositoryService } from '../gen/proto/arcana/internal/repository/v
 import { AuditService as AuditServiceDescriptor } from '../gen/proto/arcana/audit/v1/audit_service_pb.js';
 import { AuthService as AuthServiceDescriptor, RegisterRequestSchema } from '../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { create } from '@bufbuild/protobuf';
-import { ValidationError } from './domain/errors.ts';
+import { UnavailableError, ValidationError } from './domain/errors.ts';
 import { UserService as UserServiceDescriptor } from '../gen/proto/arcana/user/v1/user_service_pb.js';
 import { ConfigError, type Config } from './config.ts';
 import { holdingsOf, type LayerHoldings } from './topology.ts';
@@ -186,6 +186,35 @@ async function checkBootstrapAdmin(admin: NonNullable<Config['bootstrapAdmin']>,
   collect(() => passwords.acceptable(admin.password));
   if (problems.length > 0)
     throw new ConfigError(`The bootstrap administrator must be an account registration would accept:\n${problems.map((problem) => `  ${problem}`).join('\n')}`);
+}
+
+/** How often a service layer tries again to reach its repository layer for the bootstrap administrator. */
+const BOOTSTRAP_RETRY_MS = 1_000;
+
+/**
+ * Runs `ensure` every BOOTSTRAP_RETRY_MS until the repository layer answers it; returns what
+ * stops the retries (at shutdown). A value the check refuses (a ConfigError) is logged as an
+ * error and not tried again: the process serves on, as without the variables.
+ */
+function ensureWhenReachable(ensure: () => Promise<void>, logger: Logger): () => void {
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const attempt = () => {
+    timer = undefined;
+    ensure().then(
+      () => logger.info('bootstrap administrator checked, the repository layer answering'),
+      (error: unknown) => {
+        if (stopped) return;
+        if (error instanceof UnavailableError) timer = setTimeout(attempt, BOOTSTRAP_RETRY_MS);
+        else logger.error({ err: error instanceof Error ? error.message : String(error) }, 'bootstrap administrator not checked');
+      },
+    );
+  };
+  timer = setTimeout(attempt, BOOTSTRAP_RETRY_MS);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
 }
 
 /**
@@ -417,14 +446,25 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
     audit = new AuditUseCases({ events: repositories.audit });
     if (config.bootstrapAdmin !== undefined) {
       const admin = config.bootstrapAdmin;
-      await ensureBootstrapAdmin(admin, {
-        users: repositories.users,
-        tokens: repositories.tokens,
-        passwords,
-        audit: jobs.audit,
-        logger,
-        acceptable: () => checkBootstrapAdmin(admin, passwords),
-      });
+      const ensure = () =>
+        ensureBootstrapAdmin(admin, {
+          users: repositories.users,
+          tokens: repositories.tokens,
+          passwords,
+          audit: jobs.audit,
+          logger,
+          acceptable: () => checkBootstrapAdmin(admin, passwords),
+        });
+      try {
+        await ensure();
+      } catch (error) {
+        // A service layer starting before its repository layer (pods start in no order) exited 1
+        // and crash-looped with back-off for the whole rollout (helper 164). It serves, not ready
+        // until the repository answers, and makes the account once it does.
+        if (holds.repository || !(error instanceof UnavailableError)) throw error;
+        logger.warn('the repository layer is not reachable yet; the bootstrap administrator is checked once it is');
+        parts.closers.push(ensureWhenReachable(ensure, logger));
+      }
     }
   }
   return { auth, users, audit, jobs, apis: createServiceApis({ auth, users, audit, authenticator }) };

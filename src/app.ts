@@ -317,7 +317,9 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     const poolUse = db.poolUse;
     if (poolUse !== undefined) metrics?.databasePool(poolUse);
     parts.closers.push(() => db.close());
-    const applied = await applyMigrations(db, db.dialect.name === 'mysql' ? MYSQL_MIGRATIONS_PATH : MIGRATIONS_PATH);
+    const applied = await applyMigrations(db, db.dialect.name === 'mysql' ? MYSQL_MIGRATIONS_PATH : MIGRATIONS_PATH, (abandoned) =>
+      logger.warn({ migrations: abandoned }, 'migrations an earlier start left unfinished were rolled back by the database; applying them again'),
+    );
     if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
     // With tracing, each database operation is a span named after the repository method.
     const traced = <R extends object>(repository: R, name: string): R => (tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));

@@ -204,7 +204,14 @@ async function openPostgres(url: URL, lockTimeoutMs: number, queryTimeoutMs: num
   // A later -c wins: the operator's options may set their own lock_timeout, never the search_path.
   const lockTimeout = `-c lock_timeout=${lockTimeoutMs}`;
   const searchPath = `-c search_path="${schema}"`;
-  url.searchParams.set('options', existing === null ? `${lockTimeout} ${searchPath}` : `${lockTimeout} ${existing} ${searchPath}`);
+  const operators = existing === null ? '' : `${existing} `;
+  // The schema engine's connections: a lock waited for at most lockTimeoutMs (a start that gives
+  // up leaves nothing to resolve by hand: the next one applies the migration, see
+  // abandonAttempts), no statement bound, and a statement whose client has gone is given up
+  // within a second (PostgreSQL 14 or later): a start killed while its migration waited left a
+  // backend that ran the migration once the lock was gone, after its history could no longer
+  // say so (helper 164).
+  url.searchParams.set('options', `-c client_connection_check_interval=1000 ${lockTimeout} ${operators}${searchPath}`);
 
   // Each connect() of PrismaPg opens its own pool, so the client and the schema engine never share
   // connections (and never share the engine's session-level advisory lock). Only the client's are
@@ -216,7 +223,7 @@ async function openPostgres(url: URL, lockTimeoutMs: number, queryTimeoutMs: num
   const clientUrl = new URL(url);
   clientUrl.searchParams.set(
     'options',
-    `-c statement_timeout=${queryTimeoutMs} -c idle_in_transaction_session_timeout=${idleInTransactionMs(queryTimeoutMs)} ${url.searchParams.get('options') ?? ''}`,
+    `-c statement_timeout=${queryTimeoutMs} -c idle_in_transaction_session_timeout=${idleInTransactionMs(queryTimeoutMs)} ${lockTimeout} ${operators}${searchPath}`,
   );
   const clientFactory = new PrismaPg({ connectionString: clientUrl.toString(), connectionTimeoutMillis: queryTimeoutMs }, adapterOptions);
   // The client's pool, as its adapter reports it once connected (the schema engine's are its own).

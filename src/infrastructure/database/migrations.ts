@@ -28,8 +28,12 @@ const NO_FILTERS: SchemaFilter = { externalTables: [], externalEnums: [] };
 const DEPLOY_LOCK_KEY = 72707370;
 const DEPLOY_LOCK_TIMEOUT = '10min';
 
-/** Applies the pending migrations of `migrationsDir`, like `prisma migrate deploy`; returns their names. */
-export async function applyMigrations(database: Database, migrationsDir: string): Promise<string[]> {
+/**
+ * Applies the pending migrations of `migrationsDir`, like `prisma migrate deploy`; returns their
+ * names. `onAbandoned` hears of attempts an earlier start left unfinished, given up (see
+ * abandonAttempts).
+ */
+export async function applyMigrations(database: Database, migrationsDir: string, onAbandoned?: (names: string[]) => void): Promise<string[]> {
   const migrationsList = await readMigrationList(migrationsDir);
   if (database.kind === 'mysql') {
     return allApplied(database, migrationsList).then((done) => (done ? [] : withMysqlDeployLock(database.adapterFactory, () => applyMysqlMigrations(database, migrationsList))));
@@ -40,6 +44,10 @@ export async function applyMigrations(database: Database, migrationsDir: string)
   // under the deploy lock.
   if (await allApplied(database, migrationsList)) return [];
   return serialize(database, async () => {
+    if (database.kind === 'postgresql') {
+      const abandoned = await abandonAttempts(database);
+      if (abandoned.length > 0) onAbandoned?.(abandoned);
+    }
     const output = await withEngine(database.adapterFactory, undefined, (engine) => engine.applyMigrations({ migrationsList, filters: NO_FILTERS }));
     return output.appliedMigrationNames;
   });
@@ -192,6 +200,30 @@ async function applyMysqlMigrations(database: Database, migrationsList: Migratio
     return done;
   } finally {
     await adapter.dispose();
+  }
+}
+
+/**
+ * Marks rolled back every attempt `_prisma_migrations` records as started and never finished; run
+ * under the deploy lock, so no other process is applying one. The engine then applies those
+ * migrations again where before it refused every start ("migrate found failed migrations") until
+ * someone ran `prisma migrate resolve` by hand: a start whose migration met a lock (a report, a
+ * dump) or was killed while it waited (a startup probe, a rollout) stopped every replica of every
+ * release (helper 164). On PostgreSQL the engine sends a migration's script as one query, which
+ * runs as one transaction, and its connections give up a statement whose client has gone
+ * (client_connection_check_interval, database.ts): an unfinished attempt changed nothing. (Were a
+ * start killed between its script's commit and the history's update, the script runs again and
+ * fails on what it already made, and the start stops as it did before.)
+ */
+async function abandonAttempts(database: Database): Promise<string[]> {
+  try {
+    const rows = await database.prisma.$queryRawUnsafe<{ migration_name: string }[]>(
+      'UPDATE _prisma_migrations SET rolled_back_at = now() WHERE finished_at IS NULL AND rolled_back_at IS NULL RETURNING migration_name',
+    );
+    return rows.map((row) => row.migration_name);
+  } catch {
+    // No history yet: nothing was attempted.
+    return [];
   }
 }
 

@@ -24,11 +24,22 @@ const PUBLISHED_SECRETS = new Set(
 );
 const PUBLISHED_PASSWORDS = new Set(['Sturdy-Passw0rd!', 'Admin@12345'].map((value) => value.toLowerCase()));
 
-/** The password in a database URL, or undefined. */
-function databasePassword(url: string | undefined): string | undefined {
-  if (url === undefined || !URL.canParse(url)) return undefined;
-  const password = new URL(url).password;
-  return password === '' ? undefined : decodeURIComponent(password);
+/**
+ * The passwords a database or Redis URL gives: its user part's, and a `password` parameter's,
+ * which node-postgres, the MariaDB client and ioredis all read (node-postgres in preference to the
+ * user part's: helper 167 got `?password=change-me` past a check of the user part alone).
+ */
+function urlPasswords(url: string | undefined): string[] {
+  if (url === undefined || !URL.canParse(url)) return [];
+  const parsed = new URL(url);
+  const passwords = [parsed.password, ...parsed.searchParams.getAll('password')].filter((password) => password !== '');
+  return passwords.map((password) => {
+    try {
+      return decodeURIComponent(password);
+    } catch {
+      return password;
+    }
+  });
 }
 
 /** OWASP's floor for bcrypt. */
@@ -308,9 +319,9 @@ export function loadConfig(env: Environment) {
     for (const [name, secret] of [
       ['JWT_SECRET', e.JWT_SECRET],
       ['INTERNAL_API_SECRET', e.INTERNAL_API_SECRET],
-      ["DATABASE_URL's password", databasePassword(e.DATABASE_URL)],
-      ["REDIS_URL's password", databasePassword(e.REDIS_URL)],
-    ] as const) {
+      ...urlPasswords(e.DATABASE_URL).map((password) => ["DATABASE_URL's password", password] as const),
+      ...urlPasswords(e.REDIS_URL).map((password) => ["REDIS_URL's password", password] as const),
+    ]) {
       if (secret !== undefined && PUBLISHED_SECRETS.has(secret.toLowerCase())) {
         throw new ConfigError(`${name} is a value this repository publishes (a placeholder, an example or a test key): set your own in production.`);
       }

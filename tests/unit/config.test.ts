@@ -196,6 +196,13 @@ describe('production secrets and settings (helper 95)', () => {
       expect(() => loadConfig({ ...repository, DATABASE_URL: url }), url).toThrow(/DATABASE_URL's password is a value this repository publishes/);
     }
     expect(() => loadConfig({ ...production, REDIS_URL: 'redis://:change-me@redis:6379' })).toThrow(/REDIS_URL's password/);
+    // In the query, which the drivers read too, node-postgres in preference to the user part's (helper 167).
+    for (const url of ['postgresql://arcana@postgres:5432/arcana?password=REPLACE-ME', 'postgresql://arcana:s3cr3t-0wn@postgres:5432/arcana?password=change-me']) {
+      expect(() => loadConfig({ ...repository, DATABASE_URL: url }), url).toThrow(/DATABASE_URL's password is a value this repository publishes/);
+    }
+    expect(() => loadConfig({ ...production, REDIS_URL: 'redis://redis:6379?password=change-me' })).toThrow(/REDIS_URL's password/);
+    // A password that is not valid percent-encoding is compared as written, not a crash.
+    expect(loadConfig({ ...repository, DATABASE_URL: 'postgresql://arcana:50%off@postgres:5432/arcana' }).database.databaseUrl).toContain('50%off');
     // The development key, the tests' keys.
     for (const secret of ['arcana-development-secret-do-not-use-in-production', 'test-internal-secret-shared-by-every-layer']) {
       expect(() => loadConfig({ ...repository, INTERNAL_API_SECRET: secret }), secret).toThrow(/INTERNAL_API_SECRET is a value this repository publishes/);

@@ -794,6 +794,18 @@ describe.each(Object.entries(COMPOSE_FILES))('%s', (file, mode) => {
       return { name: service.name, where: `${file}: ${service.name}`, target, env, listenPort: Number(service.env['PORT']) };
     });
 
+  it('when its header says how to start it, then every secret and password there is generated, none a literal production refuses', () => {
+    // The headers said POSTGRES_PASSWORD=change-me, which production now refuses as a value this
+    // repository publishes (helper 167: every documented start failed).
+    const header = readText(file)
+      .split('\n')
+      .filter((line) => line.startsWith('#'))
+      .join('\n');
+    const assignments = [...header.matchAll(/\b([A-Z_]*(?:PASSWORD|SECRET))=(\S+)/g)].map(([, name, value]) => ({ name, value }));
+    expect(assignments.length).toBeGreaterThan(0);
+    expect(assignments.filter(({ value }) => !value?.startsWith('$('))).toEqual([]);
+  });
+
   it(`when started, then it runs the ${mode} topology from docker/Dockerfile's targets, each process accepted by loadConfig`, () => {
     const { apps } = composeFile();
     for (const service of apps) {

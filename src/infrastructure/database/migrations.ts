@@ -26,6 +26,8 @@ const NO_FILTERS: SchemaFilter = { externalTables: [], externalEnums: [] };
 // second, transaction-scoped lock on a dedicated connection makes concurrent deploys queue up for
 // as long as a migration takes instead. It uses a different key so it never waits on the engine.
 const DEPLOY_LOCK_KEY = 72707370;
+/** The engine's own advisory lock (and the Prisma CLI's). */
+const ENGINE_LOCK_KEY = 72707369;
 const DEPLOY_LOCK_TIMEOUT = '10min';
 
 /**
@@ -217,9 +219,15 @@ async function applyMysqlMigrations(database: Database, migrationsList: Migratio
  */
 async function abandonAttempts(database: Database): Promise<string[]> {
   try {
-    const rows = await database.prisma.$queryRawUnsafe<{ migration_name: string }[]>(
-      'UPDATE _prisma_migrations SET rolled_back_at = now() WHERE finished_at IS NULL AND rolled_back_at IS NULL RETURNING migration_name',
-    );
+    // Not while the engine's own lock is held: the Prisma CLI's `migrate deploy`, which takes that
+    // one and not the deploy lock, may be applying the attempt now.
+    const rows = await database.prisma.$transaction(async (transaction) => {
+      const [lock] = await transaction.$queryRawUnsafe<{ free: boolean }[]>(`SELECT pg_try_advisory_xact_lock(${ENGINE_LOCK_KEY}) AS free`);
+      if (lock?.free !== true) return [];
+      return transaction.$queryRawUnsafe<{ migration_name: string }[]>(
+        'UPDATE _prisma_migrations SET rolled_back_at = now() WHERE finished_at IS NULL AND rolled_back_at IS NULL RETURNING migration_name',
+      );
+    });
     return rows.map((row) => row.migration_name);
   } catch {
     // No history yet: nothing was attempted.

@@ -200,7 +200,6 @@ function ensureWhenReachable(ensure: () => Promise<void>, logger: Logger): () =>
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
   const attempt = () => {
-    timer = undefined;
     ensure().then(
       () => logger.info('bootstrap administrator checked, the repository layer answering'),
       (error: unknown) => {

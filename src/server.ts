@@ -218,7 +218,7 @@ export function createDualProtocolServer(
     // after the whole read has been processed, so one its client reset in the same write arrives
     // here destroyed, no longer naming its session or address: it is counted on the session's.
     if (req.stream.destroyed) {
-      earlyReset(sessionOfStream.get(req.stream), req.headers.authorization);
+      earlyReset(sessionOfStream.get(req.stream), options.vouch?.(req.headers.authorization) === true);
       return;
     }
     // Refused before the application sees it, so a refused stream costs no handler state.
@@ -236,10 +236,8 @@ export function createDualProtocolServer(
     });
     const session = req.stream.session;
     const vouched = options.vouch?.(req.headers.authorization) === true;
-    if (vouched && session !== undefined) {
-      const peer = sessionPeers.get(session);
-      if (peer !== undefined) peer.vouched = true;
-    }
+    const sessionPeer = session === undefined ? undefined : sessionPeers.get(session);
+    if (vouched && sessionPeer !== undefined) sessionPeer.vouched = true;
     if (!admitUnvouched(address, vouched, (release) => req.stream.once('close', release))) {
       warnUnvouched({ peer: addressKey(address), limit: UNVOUCHED_PER_ADDRESS_MAX });
       req.stream.close(http2Constants.NGHTTP2_REFUSED_STREAM);
@@ -257,7 +255,7 @@ export function createDualProtocolServer(
     startInTurn(() => {
       if (req.stream.destroyed) {
         // A destroyed stream no longer names its session: the one it had on arrival.
-        if (!vouched) earlyReset(session, undefined);
+        earlyReset(session, vouched);
         return false;
       }
       handlers.http2(req, res);
@@ -278,9 +276,9 @@ export function createDualProtocolServer(
    * connection: the secret is not known before a call, and a stranger sharing the controller's
    * address (a node's pod /64, a host's loopback) cut the internal link for 10 s (helper 159).
    */
-  const earlyReset = (session: Http2Session | undefined, authorization: string | undefined) => {
+  const earlyReset = (session: Http2Session | undefined, vouched: boolean) => {
     const peer = session === undefined ? undefined : sessionPeers.get(session);
-    if (peer?.key === undefined || (authorization !== undefined && options.vouch?.(authorization) === true)) return;
+    if (peer?.key === undefined || vouched) return;
     peer.resets += 1;
     const budget = peers.spendReset(peer.key);
     if (budget === 'left') return;
@@ -1032,6 +1030,11 @@ function createPeerTable(limits: ConnectionLimits, isTrusted: (address: string) 
     }
     return found;
   };
+  /**
+   * The key an address's early resets are counted under, or undefined for a trusted proxy. Not
+   * only where streams are capped: a layer port counts its callers without the internal secret.
+   */
+  const resetKey = (address: string | undefined) => keyOf(address, 1);
   return {
     /** Takes one from `key`'s budget: whether some is left, it ran out with this one, or it had. */
     spendReset: (key: string): 'left' | 'ran out' | 'spent' => {
@@ -1050,15 +1053,11 @@ function createPeerTable(limits: ConnectionLimits, isTrusted: (address: string) 
       found.tokens = -RESET_BUDGET.penalty;
       return 'ran out';
     },
-    /**
-     * The key an address's early resets are counted under, or undefined for a trusted proxy. Not
-     * only where streams are capped: a layer port counts its callers without the internal secret.
-     */
-    resetKey: (address: string | undefined) => keyOf(address, 1),
+    resetKey,
     /** Whether the address has spent its budget (its new connections are refused). */
     resetsSpent: (address: string | undefined): boolean => {
       if (resets.size === 0) return false;
-      const key = keyOf(address, 1);
+      const key = resetKey(address);
       return key !== undefined && (resetTokens(key, Date.now())?.tokens ?? RESET_BUDGET.burst) < 1;
     },
     admitConnection: (address: string | undefined) => admit(address, 'connections', limits.connectionsPerAddress),

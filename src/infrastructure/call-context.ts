@@ -170,8 +170,12 @@ export function timeoutFromHeaders(header: Headers): number | undefined {
   // Case-insensitive, as connect-es matches content types (helper 146: `application/GRPC` was
   // served as gRPC with Connect's deadline header).
   if (/^application\/grpc/i.test(header.get('content-type') ?? '')) return timerTimeout(grpcTimeoutMs(header.get('grpc-timeout')));
-  const connect = header.get('connect-timeout-ms');
-  return connect !== null && /^\d{1,10}$/.test(connect) ? timerTimeout(Number(connect)) : undefined;
+  return timerTimeout(connectTimeoutMs(header.get('connect-timeout-ms')));
+}
+
+/** A well-formed `connect-timeout-ms` value (up to 10 digits, as Connect reads it), or undefined. */
+export function connectTimeoutMs(value: string | null | undefined): number | undefined {
+  return value != null && /^\d{1,10}$/.test(value) ? Number(value) : undefined;
 }
 
 /** A well-formed `grpc-timeout` value in milliseconds, or undefined. */

@@ -20,7 +20,7 @@ const BARE_WILDCARD = /^[ \t]*\*[ \t]*$/;
  * One element of an entity-tag list and what follows it: its own `,` or the end. An opaque tag may
  * hold a comma (`"a,b"`), so the list is read tag by tag, not split at commas.
  */
-const LIST_ELEMENT = /[ \t]*(?:(W\/)?"([\x21\x23-\x7e\x80-\xff]*)")?[ \t]*(?:,|$)/y;
+const LIST_ELEMENT = /[ \t]*(?:(W\/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*)?(?:,|$)/y;
 
 /**
  * What an If-Match or If-None-Match header names: `'*'` (any representation), or its entity tags;

@@ -40,6 +40,7 @@ import { isUtf8 } from 'node:buffer';
 import { ValidationError, type FieldErrors } from '../../domain/errors.ts';
 import { noFieldErrors } from '../edge-input.ts';
 import { callReadLimitKey } from '../../rpc/call-limits.ts';
+import { connectTimeoutMs, grpcTimeoutMs } from '../../infrastructure/call-context.ts';
 
 type MethodSerializationLookup = GenericSerializationLookup<DescMessage, DescMessage>;
 
@@ -79,7 +80,7 @@ export function protocolHeaderProblem(context: HandlerContext, acceptCompression
   const header = context.requestHeader;
   const grpc = context.protocolName !== 'connect';
   const deadline = header.get(grpc ? 'grpc-timeout' : 'connect-timeout-ms');
-  if (deadline !== null && !(grpc ? /^\d{1,8}[HMSmun]$/ : /^\d{1,10}$/).test(deadline)) {
+  if (deadline !== null && (grpc ? grpcTimeoutMs(deadline) : connectTimeoutMs(deadline)) === undefined) {
     return new ConnectError(`protocol error: invalid ${grpc ? 'grpc-timeout' : 'connect-timeout-ms'} value`, Code.InvalidArgument);
   }
   let requested: string | null;

@@ -70,7 +70,7 @@ import { findQueryProblems } from '../edge-input.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { rpcRefusal } from '../../rpc/refusal.ts';
-import { grpcTimeoutMs, timerTimeout } from '../../infrastructure/call-context.ts';
+import { connectTimeoutMs, grpcTimeoutMs, timerTimeout } from '../../infrastructure/call-context.ts';
 import { nodeHeadersFromWeb, webHeadersFromNode } from '../../rpc/node-headers.ts';
 import { toConnectError } from './interceptors.ts';
 import { rpcProtocolOf, type Metrics } from '../../infrastructure/metrics.ts';
@@ -634,8 +634,9 @@ function refusalOf(error: unknown, context: HandlerContext): ConnectError {
  * is no deadline; a malformed one is left for the parsers to refuse.
  */
 function dropOverlongTimeouts(headers: NodeRequest['headers']): void {
-  const connect = headers['connect-timeout-ms'];
-  if (typeof connect === 'string' && /^\d{1,10}$/.test(connect) && timerTimeout(Number(connect)) === undefined) delete headers['connect-timeout-ms'];
+  const header = headers['connect-timeout-ms'];
+  const connect = connectTimeoutMs(typeof header === 'string' ? header : undefined);
+  if (connect !== undefined && timerTimeout(connect) === undefined) delete headers['connect-timeout-ms'];
   const grpc = headers['grpc-timeout'];
   if (typeof grpc === 'string') {
     const timeoutMs = grpcTimeoutMs(grpc);

@@ -248,14 +248,16 @@ export class AuthUseCases {
   /**
    * The account's hash after a login whose password matched it: made again at the current cost
    * when BCRYPT_ROUNDS was raised since it was made, so that a stolen table holds no hash cheaper
-   * to crack than the deployment asks (helper 111: nothing ever brought old hashes up). Written
+   * to crack than the deployment asks (helper 111: nothing ever brought old hashes up), or lowered
+   * (helper 172: every comparison is padded to the costliest hash compared, see
+   * PasswordHasher.verify, so old hashes kept logins as slow as before the change). Written
    * only over the hash just compared (a password change meanwhile wins); the sessions stay, and
    * the account's device tokens, which cover the hash, count as none until their next login.
    * A failure to write it costs the login nothing. Returns the hash and the version the row has after it.
    */
   async #upgradedHash(row: { id: number; passwordHash: string; version: number }, password: string): Promise<{ passwordHash: string; version: number }> {
     const kept = { passwordHash: row.passwordHash, version: row.version };
-    if (!this.#passwords.weakerThanCurrent(row.passwordHash)) return kept;
+    if (!this.#passwords.notAtCurrentCost(row.passwordHash)) return kept;
     try {
       const passwordHash = await this.#passwords.rehash(password);
       const written = await uninterrupted(() => this.#users.update(row.id, { passwordHash }, { passwordHash: row.passwordHash }));

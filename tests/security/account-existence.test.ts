@@ -4,7 +4,8 @@
 //   BCRYPT_ROUNDS, but a stored hash keeps the cost it was made with: after an operator raises
 //   BCRYPT_ROUNDS (the README's own advice for production), every account made before answers a
 //   wrong password in a fraction of the time an unknown name takes, in one request, on every
-//   protocol.
+//   protocol. After an operator lowers BCRYPT_ROUNDS, the other way round: an account made before
+//   answered a wrong password four times slower than an unknown name (helper 172).
 // - a password change's current password is a guess (throttled and audited like a login's), so
 //   its answer must not depend on it more than a login's does: a new password the rules refuse
 //   (breached, or past 72 bytes) is found out only after the current one was compared, so a
@@ -91,5 +92,67 @@ describe.each(PROTOCOLS)('account existence over %s', (protocol: ProtocolName) =
     // Refused for the new password alone either way (as registration refuses it before looking
     // at names): the current password is then never compared, and nothing tells a right guess.
     expect({ wrong: wrong.code, right: right.code }).toEqual({ wrong: 'invalid_argument', right: 'invalid_argument' });
+  });
+});
+
+/** A second server whose cost was lowered: the accounts' hashes were made when it was higher. */
+describe('account existence after BCRYPT_ROUNDS was lowered', () => {
+  const LOWERED_ROUNDS = 6;
+  const COSTLIER_ROUNDS = 10;
+  let lowered: TestServer;
+
+  beforeAll(async () => {
+    lowered = await startTestServer({ BCRYPT_ROUNDS: String(LOWERED_ROUNDS), LOGIN_MAX_FAILURES: '1000', LOGIN_ACCOUNT_RATE_LIMIT_MAX: '100000' });
+  });
+
+  afterAll(async () => {
+    await lowered.close();
+  });
+
+  describe.each(PROTOCOLS)('over %s', (protocol: ProtocolName) => {
+    let client: ApiClient;
+
+    beforeAll(() => {
+      client = apiClient(protocol, lowered.baseUrl);
+    });
+
+    afterAll(() => {
+      client.close();
+    });
+
+    it('when an account was made before BCRYPT_ROUNDS was lowered, then a login for an unknown name takes as long as a wrong password for it', async () => {
+      const user = await register(lowered, newUser('costly'));
+      await lowered.sql('UPDATE users SET password_hash = $1 WHERE id = $2', [await bcrypt.hash(user.password, COSTLIER_ROUNDS), user.id]);
+      const timed = async (login: string) => {
+        const started = performance.now();
+        const outcome = await client.login({ usernameOrEmail: login, password: 'Wrong-Passw0rd-Guess!' });
+        expect(outcome.code).toBe('unauthenticated');
+        return performance.now() - started;
+      };
+      const known: number[] = [];
+      const unknown: number[] = [];
+      for (let sample = 0; sample < SAMPLES; sample += 1) {
+        known.push(await timed(user.username));
+        unknown.push(await timed(`nobody_${process.pid}_${protocol}_${sample}`));
+      }
+      // A newer account, hashed at the lowered cost, is made as slow as the older ones too.
+      const newer = await register(lowered, newUser('newer'));
+      const newerTimes: number[] = [];
+      for (let sample = 0; sample < SAMPLES; sample += 1) newerTimes.push(await timed(newer.username));
+      const spread = `known ${known.map(Math.round).join(',')} ms, unknown ${unknown.map(Math.round).join(',')} ms, newer ${newerTimes.map(Math.round).join(',')} ms`;
+      // Unknown names answered in a quarter of the time (11 against 62 ms at 6 under 10).
+      expect(median(unknown), spread).toBeGreaterThan(median(known) * 0.5);
+      expect(median(newerTimes), spread).toBeGreaterThan(median(known) * 0.5);
+    });
+
+    it('when an account made before BCRYPT_ROUNDS was lowered logs in, then its hash is made again at the lowered cost and the password still works', async () => {
+      const user = await register(lowered, newUser('downgrade'));
+      await lowered.sql('UPDATE users SET password_hash = $1 WHERE id = $2', [await bcrypt.hash(user.password, COSTLIER_ROUNDS), user.id]);
+      const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+      expect(login.code).toBe('ok');
+      const [stored] = await lowered.sql<{ password_hash: string }>('SELECT password_hash FROM users WHERE id = $1', [user.id]);
+      expect(bcrypt.getRounds(stored?.password_hash ?? '')).toBe(LOWERED_ROUNDS);
+      expect((await client.login({ usernameOrEmail: user.username, password: user.password })).code).toBe('ok');
+    });
   });
 });

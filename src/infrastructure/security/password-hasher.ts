@@ -27,9 +27,13 @@ export class PasswordHasher {
   readonly #rounds: number;
   readonly #common: ReadonlySet<string>;
   readonly #gate: WorkGate | undefined;
-  #dummyHash: Promise<string> | undefined;
-  /** Throwaway hashes of the costs below the current one, for verify's padding. */
-  readonly #cheaperDummies = new Map<number, Promise<string>>();
+  /** Throwaway hashes by cost: the unknown name's, and verify's padding. */
+  readonly #dummies = new Map<number, Promise<string>>();
+  /**
+   * The cost every comparison is made up to: BCRYPT_ROUNDS, or the highest cost of a stored hash
+   * this process has compared since, when BCRYPT_ROUNDS was lowered after it was made.
+   */
+  #comparedCost: number;
 
   /**
    * With a gate, every hash and comparison done for a request waits for a slot in it, and is
@@ -39,6 +43,7 @@ export class PasswordHasher {
    */
   constructor(rounds: number, commonPasswords: ReadonlySet<string> = new Set(), gate?: WorkGate) {
     this.#rounds = rounds;
+    this.#comparedCost = rounds;
     this.#common = commonPasswords;
     this.#gate = gate;
   }
@@ -96,37 +101,49 @@ export class PasswordHasher {
    * password longer than bcrypt reads can never be one that was set (hash() refuses them), and
    * bcrypt would compare only its first 72 bytes: it is refused, after the same work. `lane`: the
    * gate's priority lane, and whose turn it is there (see WorkLimits).
+   *
+   * Every comparison costs the same: that of the costliest hash this process has compared. A
+   * hash made before BCRYPT_ROUNDS was raised costs less to compare than the throwaway hash of an
+   * unknown name (helper 111: 59 against 212 ms at cost 12 for an account made at 10), and one
+   * made before it was lowered costs more (helper 172: 432 against 75 ms at cost 10 for an
+   * account made at 12): either way one request told a known account from an unknown one. A
+   * cheaper comparison is made up to that cost, in the same slot, with throwaway hashes of each
+   * cost from its own up (2^c − 2^s is 2^s + … + 2^(c−1)); a costlier stored hash raises it for
+   * every later comparison, until each such account's next login makes its hash again at the
+   * current cost (see rehash) and the process restarts.
    */
   async verify(password: string, hash: string | undefined, lane: GateLane = {}): Promise<boolean> {
     const normalized = password.normalize('NFC');
-    if (hash === undefined || Buffer.byteLength(normalized, 'utf8') > MAX_PASSWORD_BYTES) {
-      const dummy = await this.#dummy();
+    const stored = hash === undefined || Buffer.byteLength(normalized, 'utf8') > MAX_PASSWORD_BYTES ? undefined : hash;
+    const cost = stored === undefined ? undefined : costOf(stored);
+    if (cost !== undefined && cost > this.#comparedCost && cost <= MAX_COST) this.#comparedCost = cost;
+    const target = this.#comparedCost;
+    if (stored === undefined) {
+      const dummy = await this.#dummy(target);
       await this.#gated(() => bcrypt.compare(normalized, dummy), lane);
       return false;
     }
-    const cost = costOf(hash);
-    if (cost === undefined || cost >= this.#rounds) return this.#gated(() => bcrypt.compare(normalized, hash), lane);
-    // A hash made before BCRYPT_ROUNDS was raised costs less to compare than the throwaway hash
-    // of an unknown name: one request told a known account from an unknown one (helper 111: 59
-    // against 212 ms at cost 12 for an account made at 10). The comparison is made up to the
-    // current cost, in the same slot, with throwaway hashes of each cost from the stored one's up:
-    // 2^c − 2^s is 2^s + … + 2^(c−1).
+    if (cost === undefined || cost >= target) return this.#gated(() => bcrypt.compare(normalized, stored), lane);
     return this.#gated(async () => {
-      const matches = await bcrypt.compare(normalized, hash);
-      for (let padding = cost; padding < this.#rounds; padding += 1) await bcrypt.compare(normalized, await this.#dummy(padding));
+      const matches = await bcrypt.compare(normalized, stored);
+      for (let padding = cost; padding < target; padding += 1) await bcrypt.compare(normalized, await this.#dummy(padding));
       return matches;
     }, lane);
   }
 
-  /** Whether `hash` was made at a lower cost than the current one (BCRYPT_ROUNDS was raised since). */
-  weakerThanCurrent(hash: string): boolean {
+  /**
+   * Whether `hash` was made at another cost than the current one: BCRYPT_ROUNDS was raised since
+   * (the hash is cheaper to crack than the deployment asks) or lowered (every comparison costs
+   * what the old hash does until it is gone, see verify).
+   */
+  notAtCurrentCost(hash: string): boolean {
     const cost = costOf(hash);
-    return cost !== undefined && cost < this.#rounds;
+    return cost !== undefined && cost !== this.#rounds;
   }
 
   /**
-   * A hash at the current cost of a password that has just matched its weaker hash: not held to
-   * the rules for new passwords (the account's password is not being chosen), through the gate.
+   * A hash at the current cost of a password that has just matched its hash of another cost: not
+   * held to the rules for new passwords (the account's password is not being chosen), through the gate.
    */
   rehash(password: string): Promise<string> {
     return this.#gated(() => bcrypt.hash(password.normalize('NFC'), this.#rounds));
@@ -134,18 +151,20 @@ export class PasswordHasher {
 
   /** A throwaway hash of cost `rounds` (the current cost when not given), made once. */
   #dummy(rounds = this.#rounds): Promise<string> {
-    if (rounds === this.#rounds) {
-      this.#dummyHash ??= bcrypt.hash(randomBytes(16).toString('hex'), this.#rounds);
-      return this.#dummyHash;
-    }
-    let dummy = this.#cheaperDummies.get(rounds);
+    let dummy = this.#dummies.get(rounds);
     if (dummy === undefined) {
       dummy = bcrypt.hash(randomBytes(16).toString('hex'), rounds);
-      this.#cheaperDummies.set(rounds, dummy);
+      this.#dummies.set(rounds, dummy);
     }
     return dummy;
   }
 }
+
+/**
+ * The highest cost BCRYPT_ROUNDS takes: a stored hash of a higher one (written by hand, or by
+ * another system) is compared as it is, but does not make every other comparison that slow.
+ */
+const MAX_COST = 15;
 
 /** The cost a bcrypt hash was made with, or undefined when it is no bcrypt hash. */
 function costOf(hash: string): number | undefined {

@@ -65,6 +65,7 @@ import { CachedTokenRepository } from './repositories/cached-token-repository.ts
 import { CachedUserRepository } from './repositories/cached-user-repository.ts';
 import { PrismaTokenRepository, type TokenRepository } from './repositories/token-repository.ts';
 import { PrismaUserRepository, type UserRepository } from './repositories/user-repository.ts';
+import { RowTurns } from './repositories/row-turns.ts';
 import { PrismaAuditRepository, type AuditRepository } from './repositories/audit-repository.ts';
 import { PrismaIdempotencyRepository, type IdempotencyRepository } from './repositories/idempotency-repository.ts';
 import { LoginThrottle } from './services/login-throttle.ts';
@@ -341,11 +342,14 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     parts.onDrain.push((finishBy) => lists.finishBy(finishBy));
     metrics?.gauge('arcana_list_queries_running', 'pages of users or audit events being read from the database now', () => lists.running);
     metrics?.gauge('arcana_list_queries_waiting', 'pages of users or audit events waiting for a turn (LIST_QUERY_QUEUE_MAX)', () => lists.waiting);
+    // Writes that lock a user's row take turns per user before they take a pooled connection, so
+    // that writes waiting on one locked row cannot hold the whole pool (helper 173).
+    const rows = new RowTurns(config.database.lockTimeoutMs);
     return {
       database: db,
       repositories: {
-        users: new CachedUserRepository(traced(new PrismaUserRepository(db, lists), 'UserRepository'), cache, config.cacheTtlSeconds),
-        tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma, db.dialect), 'TokenRepository'), cache, config.cacheTtlSeconds),
+        users: new CachedUserRepository(traced(new PrismaUserRepository(db, lists, rows), 'UserRepository'), cache, config.cacheTtlSeconds),
+        tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma, db.dialect, rows), 'TokenRepository'), cache, config.cacheTtlSeconds),
         audit: traced(new PrismaAuditRepository(db.prisma, lists), 'AuditRepository'),
         counters: shared.counters ?? new MemoryCounterStore(Date.now, { onFull: warnCountersFull(logger, 'login and rate-limit') }),
         idempotency: traced(new PrismaIdempotencyRepository(db.prisma), 'IdempotencyRepository'),

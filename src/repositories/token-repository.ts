@@ -1,3 +1,4 @@
+import type { RowTurns } from './row-turns.ts';
 import type { OAuthToken, Prisma, PrismaClient, User } from '../../gen/prisma/client.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
@@ -127,29 +128,39 @@ export interface TokenRepository {
 export class PrismaTokenRepository implements TokenRepository {
   readonly #db: PrismaClient;
   readonly #dialect: SqlDialect;
+  readonly #turns: RowTurns | undefined;
 
-  constructor(db: PrismaClient, dialect: SqlDialect) {
+  /** `turns`: the process's turns at user rows, shared with its user repository (see RowTurns). */
+  constructor(db: PrismaClient, dialect: SqlDialect, turns?: RowTurns) {
     this.#db = db;
     this.#dialect = dialect;
+    this.#turns = turns;
+  }
+
+  /** A write that locks the user's row, in the row's turn in this process (see RowTurns). */
+  #atRow<T>(userId: number, write: () => Promise<T>): Promise<T> {
+    return this.#turns === undefined ? write() : this.#turns.run(userId, write);
   }
 
   create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {
-    return withDatabaseErrors(() =>
-      this.#db.$transaction(async (tx) => {
-        // A login compares the password, then stores its pair. Without the user's lock and this
-        // check, a password change or suspension committing in between revoked the user's pairs
-        // before this one existed, and the session opened with the old password lived on. The
-        // login's own write takes the same lock, on the same condition.
-        if (loginAt === undefined) {
-          const held = await tx.$queryRaw<unknown[]>`SELECT id FROM users WHERE id = ${record.userId} AND password_hash = ${passwordHash} AND status = 'ACTIVE' FOR UPDATE`;
-          if (held.length === 0) return null;
-        } else {
-          const where = { id: record.userId, passwordHash, status: 'ACTIVE' } as const;
-          const { count } = await tx.user.updateMany({ where, data: { lastLoginAt: loginAt, version: { increment: 1 } } });
-          if (count === 0) return null;
-        }
-        return tx.oAuthToken.create({ data: record });
-      }),
+    return this.#atRow(record.userId, () =>
+      withDatabaseErrors(() =>
+        this.#db.$transaction(async (tx) => {
+          // A login compares the password, then stores its pair. Without the user's lock and this
+          // check, a password change or suspension committing in between revoked the user's pairs
+          // before this one existed, and the session opened with the old password lived on. The
+          // login's own write takes the same lock, on the same condition.
+          if (loginAt === undefined) {
+            const held = await tx.$queryRaw<unknown[]>`SELECT id FROM users WHERE id = ${record.userId} AND password_hash = ${passwordHash} AND status = 'ACTIVE' FOR UPDATE`;
+            if (held.length === 0) return null;
+          } else {
+            const where = { id: record.userId, passwordHash, status: 'ACTIVE' } as const;
+            const { count } = await tx.user.updateMany({ where, data: { lastLoginAt: loginAt, version: { increment: 1 } } });
+            if (count === 0) return null;
+          }
+          return tx.oAuthToken.create({ data: record });
+        }),
+      ),
     );
   }
 
@@ -162,20 +173,22 @@ export class PrismaTokenRepository implements TokenRepository {
   }
 
   rotate(previous: OAuthToken, next: NewTokenRecord): Promise<OAuthToken | null> {
-    return withDatabaseErrors(() =>
-      this.#db.$transaction(async (tx) => {
-        // Ending all of a user's sessions and rotating one of them exclude each other (see
-        // revokeAllForUser): the user's row is the lock both take, in the same order.
-        await lockUser(tx, previous.userId);
-        // The conditional update is the lock: of two concurrent refreshes with one token, only
-        // one sees count 1; the other is treated as a replay.
-        const { count } = await tx.oAuthToken.updateMany({
-          where: { id: previous.id, isRevoked: false },
-          data: { isRevoked: true, revokedReason: 'rotated' },
-        });
-        if (count === 0) return null;
-        return tx.oAuthToken.create({ data: next });
-      }),
+    return this.#atRow(previous.userId, () =>
+      withDatabaseErrors(() =>
+        this.#db.$transaction(async (tx) => {
+          // Ending all of a user's sessions and rotating one of them exclude each other (see
+          // revokeAllForUser): the user's row is the lock both take, in the same order.
+          await lockUser(tx, previous.userId);
+          // The conditional update is the lock: of two concurrent refreshes with one token, only
+          // one sees count 1; the other is treated as a replay.
+          const { count } = await tx.oAuthToken.updateMany({
+            where: { id: previous.id, isRevoked: false },
+            data: { isRevoked: true, revokedReason: 'rotated' },
+          });
+          if (count === 0) return null;
+          return tx.oAuthToken.create({ data: next });
+        }),
+      ),
     );
   }
 
@@ -221,12 +234,14 @@ export class PrismaTokenRepository implements TokenRepository {
    * #revokeFamily), and the caller's with it when the revocation is made for one (ActingAs).
    */
   #revokeUnderUserLock(userId: number, where: Prisma.OAuthTokenWhereInput, reason: RevocationReason, actingAs?: ActingAs): Promise<string[]> {
-    return withDatabaseErrors(() =>
-      this.#db.$transaction(async (tx) => {
-        if (actingAs === undefined) await lockUser(tx, userId);
-        else await guardWrite(tx, userId, { lastAdmin: false, actingAs });
-        return this.#dialect.updateTokensReturningHashes(tx, { ...where, isRevoked: false }, { isRevoked: true, revokedReason: reason });
-      }),
+    return this.#atRow(userId, () =>
+      withDatabaseErrors(() =>
+        this.#db.$transaction(async (tx) => {
+          if (actingAs === undefined) await lockUser(tx, userId);
+          else await guardWrite(tx, userId, { lastAdmin: false, actingAs });
+          return this.#dialect.updateTokensReturningHashes(tx, { ...where, isRevoked: false }, { isRevoked: true, revokedReason: reason });
+        }),
+      ),
     );
   }
 
@@ -249,29 +264,31 @@ export class PrismaTokenRepository implements TokenRepository {
     write?: UserWrite & { repeat: boolean },
     audit?: NewAuditEvent,
   ): Promise<{ user: User | null; revoked: string[] }> {
-    return withDatabaseErrors(() =>
-      this.#db.$transaction(async (tx) => {
-        // The guard locks the user's row, with the active admins' (when the write could remove
-        // one) and the caller's, in id order, as UserRepository.update does. The user's lock waits
-        // for its refreshes in flight, and holds back new ones until this commits (see rotate):
-        // without it, a refresh committing while this statement waits on the row it rotates would
-        // insert a successor this statement cannot see, and that session would live.
-        await guardWrite(tx, userId, { lastAdmin: write !== undefined && removesActiveAdmin(write.changes), actingAs });
-        const user = write === undefined ? null : await conditionalUpdate(tx, this.#dialect, userId, write.changes, write.expected, write.repeat);
-        const spared = exceptId === undefined ? null : await tx.oAuthToken.findUnique({ where: { id: exceptId }, select: { familyId: true } });
-        const revoked = await this.#dialect.updateTokensReturningHashes(
-          tx,
-          {
-            userId,
-            isRevoked: false,
-            expiresAt: { gt: new Date() },
-            ...(spared === null ? {} : { NOT: { familyId: spared.familyId } }),
-          },
-          { isRevoked: true, revokedReason: reason },
-        );
-        await storeAuditEventWith(tx, audit === undefined ? undefined : withSessionsEnded(audit, revoked.length));
-        return { user, revoked };
-      }),
+    return this.#atRow(userId, () =>
+      withDatabaseErrors(() =>
+        this.#db.$transaction(async (tx) => {
+          // The guard locks the user's row, with the active admins' (when the write could remove
+          // one) and the caller's, in id order, as UserRepository.update does. The user's lock waits
+          // for its refreshes in flight, and holds back new ones until this commits (see rotate):
+          // without it, a refresh committing while this statement waits on the row it rotates would
+          // insert a successor this statement cannot see, and that session would live.
+          await guardWrite(tx, userId, { lastAdmin: write !== undefined && removesActiveAdmin(write.changes), actingAs });
+          const user = write === undefined ? null : await conditionalUpdate(tx, this.#dialect, userId, write.changes, write.expected, write.repeat);
+          const spared = exceptId === undefined ? null : await tx.oAuthToken.findUnique({ where: { id: exceptId }, select: { familyId: true } });
+          const revoked = await this.#dialect.updateTokensReturningHashes(
+            tx,
+            {
+              userId,
+              isRevoked: false,
+              expiresAt: { gt: new Date() },
+              ...(spared === null ? {} : { NOT: { familyId: spared.familyId } }),
+            },
+            { isRevoked: true, revokedReason: reason },
+          );
+          await storeAuditEventWith(tx, audit === undefined ? undefined : withSessionsEnded(audit, revoked.length));
+          return { user, revoked };
+        }),
+      ),
     );
   }
 

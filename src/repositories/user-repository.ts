@@ -1,3 +1,4 @@
+import type { RowTurns } from './row-turns.ts';
 import { Prisma, type PrismaClient, type User, type UserRole, type UserStatus } from '../../gen/prisma/client.ts';
 import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../domain/errors.ts';
 import { foldCase } from '../domain/user-mapping.ts';
@@ -85,11 +86,16 @@ export class PrismaUserRepository implements UserRepository {
   readonly #profileColumns: Prisma.Sql;
   readonly #orders: Record<UserSort, Prisma.Sql>;
   readonly #lists: WorkGate | undefined;
+  readonly #turns: RowTurns | undefined;
 
-  /** `lists`: the admission gate of this process's listings (see admitList). */
-  constructor({ prisma, dialect, readRows }: Pick<Database, 'prisma' | 'dialect' | 'readRows'>, lists?: WorkGate) {
+  /**
+   * `lists`: the admission gate of this process's listings (see admitList); `turns`: the
+   * process's turns at user rows, shared with its token repository (see RowTurns).
+   */
+  constructor({ prisma, dialect, readRows }: Pick<Database, 'prisma' | 'dialect' | 'readRows'>, lists?: WorkGate, turns?: RowTurns) {
     this.#db = prisma;
     this.#lists = lists;
+    this.#turns = turns;
     this.#dialect = dialect;
     this.#readRows = readRows;
     this.#profileColumns = profileColumns(dialect);
@@ -150,32 +156,41 @@ export class PrismaUserRepository implements UserRepository {
   update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
     const repeat = isRepeat(options);
     const guards = { lastAdmin: removesActiveAdmin(changes), actingAs: options.actingAs };
-    return withDatabaseErrors(() => {
-      if (!guards.lastAdmin && guards.actingAs === undefined && options.audit === undefined) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected, repeat);
-      return this.#db.$transaction(async (tx) => {
-        await guardWrite(tx, id, guards);
-        const row = await conditionalUpdate(tx, this.#dialect, id, changes, expected, repeat);
-        await storeAuditEventWith(tx, options.audit);
-        return row;
-      });
-    });
+    return this.#atRow(id, () =>
+      withDatabaseErrors(() => {
+        if (!guards.lastAdmin && guards.actingAs === undefined && options.audit === undefined) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected, repeat);
+        return this.#db.$transaction(async (tx) => {
+          await guardWrite(tx, id, guards);
+          const row = await conditionalUpdate(tx, this.#dialect, id, changes, expected, repeat);
+          await storeAuditEventWith(tx, options.audit);
+          return row;
+        });
+      }),
+    );
   }
 
   delete(id: number, expectedVersion?: number, options: WriteOptions = {}): Promise<boolean> {
-    return withDatabaseErrors(() =>
-      this.#db.$transaction(async (tx) => {
-        await guardWrite(tx, id, { lastAdmin: true, actingAs: options.actingAs });
-        const { count } = await tx.user.deleteMany({ where: { id, ...definedOnly({ version: expectedVersion }) } });
-        if (count > 0) {
-          await storeAuditEventWith(tx, options.audit);
-          return true;
-        }
-        if (expectedVersion === undefined) return false;
-        const error = await whyNotWritten(tx, id, { version: expectedVersion });
-        if (error instanceof NotFoundError) return false;
-        throw error;
-      }),
+    return this.#atRow(id, () =>
+      withDatabaseErrors(() =>
+        this.#db.$transaction(async (tx) => {
+          await guardWrite(tx, id, { lastAdmin: true, actingAs: options.actingAs });
+          const { count } = await tx.user.deleteMany({ where: { id, ...definedOnly({ version: expectedVersion }) } });
+          if (count > 0) {
+            await storeAuditEventWith(tx, options.audit);
+            return true;
+          }
+          if (expectedVersion === undefined) return false;
+          const error = await whyNotWritten(tx, id, { version: expectedVersion });
+          if (error instanceof NotFoundError) return false;
+          throw error;
+        }),
+      ),
     );
+  }
+
+  /** A write that locks the user's row, in the row's turn in this process (see RowTurns). */
+  #atRow<T>(id: number, write: () => Promise<T>): Promise<T> {
+    return this.#turns === undefined ? write() : this.#turns.run(id, write);
   }
 
   async list(filter: UserFilter, options: ListOptions = {}): Promise<{ users: UserProfile[]; total: number }> {

@@ -1,0 +1,76 @@
+// The turns writes take at one user's row before they take a pooled connection (helper 173):
+// one at a time per row, others in parallel; a wait bounded as the database's lock wait is.
+import { describe, expect, it } from 'vitest';
+import { UnavailableError } from '../../src/domain/errors.ts';
+import { RowTurns } from '../../src/repositories/row-turns.ts';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A write that records when it ran and finishes when told. */
+function gatedWrite(log: string[], name: string) {
+  let finish!: () => void;
+  const finished = new Promise<void>((resolve) => {
+    finish = resolve;
+  });
+  return {
+    finish: () => finish(),
+    write: async () => {
+      log.push(`${name} start`);
+      await finished;
+      log.push(`${name} end`);
+      return name;
+    },
+  };
+}
+
+describe('row turns', () => {
+  it('when two writes are for one row, then the second starts after the first ends; a write for another row does not wait', async () => {
+    const turns = new RowTurns(5_000);
+    const log: string[] = [];
+    const a = gatedWrite(log, 'a');
+    const b = gatedWrite(log, 'b');
+    const other = gatedWrite(log, 'other');
+    const running = [turns.run(1, a.write), turns.run(1, b.write), turns.run(2, other.write)];
+    await sleep(20);
+    expect(log).toEqual(['a start', 'other start']);
+    a.finish();
+    other.finish();
+    await sleep(20);
+    expect(log).toEqual(['a start', 'other start', 'a end', 'other end', 'b start']);
+    b.finish();
+    expect(await Promise.all(running)).toEqual(['a', 'b', 'other']);
+    expect(turns.queued).toBe(0);
+  });
+
+  it('when a write waits longer than the bound, then it is refused as busy, and the write after it still waits for the one running', async () => {
+    const turns = new RowTurns(100);
+    const log: string[] = [];
+    const running = gatedWrite(log, 'running');
+    const first = turns.run(7, running.write);
+    const givesUp = turns.run(7, async () => 'never');
+    await sleep(60);
+    const next = gatedWrite(log, 'next');
+    const after = turns.run(7, next.write);
+    await expect(givesUp).rejects.toBeInstanceOf(UnavailableError);
+    // The one that gave up does not let the next overtake the write still running.
+    expect(log).toEqual(['running start']);
+    running.finish();
+    await first;
+    await sleep(10);
+    expect(log).toEqual(['running start', 'running end', 'next start']);
+    next.finish();
+    expect(await after).toBe('next');
+  });
+
+  it('when more than sixteen writes wait for one row, then the next is refused at once', async () => {
+    const turns = new RowTurns(5_000);
+    const log: string[] = [];
+    const running = gatedWrite(log, 'running');
+    const waiting = [turns.run(3, running.write), ...Array.from({ length: 16 }, () => turns.run(3, async () => 'later'))];
+    const started = performance.now();
+    await expect(turns.run(3, async () => 'refused')).rejects.toBeInstanceOf(UnavailableError);
+    expect(performance.now() - started).toBeLessThan(50);
+    running.finish();
+    expect((await Promise.all(waiting)).length).toBe(17);
+  });
+});

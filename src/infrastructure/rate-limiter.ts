@@ -1,4 +1,4 @@
-import { deleteByPrefix as deleteKeysByPrefix, type Redis } from './redis/redis-client.ts';
+import { forEachKeyBatch, type Redis } from './redis/redis-client.ts';
 
 /** What one request's check against a rate limit found; enough to set RateLimit headers. */
 export interface RateLimitDecision {
@@ -24,14 +24,18 @@ export interface CounterStore {
   /**
    * Adds one unless the count has already reached `limit`, in one atomic step: of any number of
    * concurrent reservations against one key, at most `limit` succeed per window. A refused
-   * reservation adds nothing.
+   * reservation adds nothing. `reservation` names it (unique per attempt), for release.
    */
-  reserve(key: string, limit: number, windowMs: number): Promise<{ reserved: boolean; count: number; ttlMs: number }>;
+  reserve(key: string, limit: number, windowMs: number, reservation: string): Promise<{ reserved: boolean; count: number; ttlMs: number }>;
   /**
-   * Gives one reservation back: the count drops by one, the expiry stays; a count that reaches
-   * zero is deleted, as it counts nothing (and an administrator has no lockout to clear there).
+   * Gives one reservation back, if the counter holds it: the count drops by one, the expiry stays;
+   * a count that reaches zero is deleted, as it counts nothing (and an administrator has no
+   * lockout to clear there). A reservation that was refused, never arrived, or was given back
+   * already gives nothing back: a caller that lost a reservation's answer releases it without
+   * knowing whether it was taken (helper 170: such releases took slots off lockouts they had
+   * never added to, one more password comparison each).
    */
-  release(key: string): Promise<void>;
+  release(key: string, reservation: string): Promise<void>;
   /** The current count and remaining lifetime, or zero counts for an absent key. */
   peek(key: string): Promise<{ count: number; ttlMs: number }>;
   delete(key: string): Promise<void>;
@@ -66,6 +70,8 @@ export interface MemoryCounterStoreOptions {
 interface CounterEntry {
   count: number;
   expiresAt: number;
+  /** The reservations this window holds (see CounterStore.release). */
+  reservations?: Set<string>;
 }
 
 export class MemoryCounterStore implements CounterStore {
@@ -101,7 +107,7 @@ export class MemoryCounterStore implements CounterStore {
     return { count: entry.count, ttlMs: entry.expiresAt - now };
   }
 
-  async reserve(key: string, limit: number, windowMs: number) {
+  async reserve(key: string, limit: number, windowMs: number, reservation: string) {
     const now = this.#now();
     const entry = this.#get(key);
     if (entry !== undefined && entry.expiresAt > now && entry.count >= limit) {
@@ -109,16 +115,19 @@ export class MemoryCounterStore implements CounterStore {
     }
     const counted = this.#count(key, windowMs, now);
     const counting = this.#entries.get(key);
-    if (counting !== undefined && counted.count >= limit) {
-      this.#entries.delete(key);
-      this.#held.set(key, counting);
+    if (counting !== undefined) {
+      (counting.reservations ??= new Set()).add(reservation);
+      if (counted.count >= limit) {
+        this.#entries.delete(key);
+        this.#held.set(key, counting);
+      }
     }
     return { reserved: true, ...counted };
   }
 
-  async release(key: string): Promise<void> {
+  async release(key: string, reservation: string): Promise<void> {
     const entry = this.#get(key);
-    if (entry === undefined) return;
+    if (entry?.reservations?.delete(reservation) !== true) return;
     if (entry.count > 1) entry.count -= 1;
     else this.#remove(key);
   }
@@ -188,13 +197,25 @@ local ttl = redis.call('PTTL', KEYS[1])
 if count >= tonumber(ARGV[1]) and ttl > 0 then return {0, count, ttl} end
 count = redis.call('INCR', KEYS[1])
 if count == 1 or ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]); ttl = tonumber(ARGV[2]) end
+if count == 1 then redis.call('DEL', KEYS[2]) end
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ttl)
 return {1, count, ttl}`;
 
-// Decrements a live counter, leaving its expiry as it was; deletes it instead of keeping a zero.
+// Decrements a live counter if it holds the reservation, leaving its expiry as it was; deletes
+// it (and its reservations) instead of keeping a zero.
 const RELEASE = `
+if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
-if count > 1 then redis.call('DECR', KEYS[1]) else redis.call('DEL', KEYS[1]) end
+if count > 1 then redis.call('DECR', KEYS[1]) else redis.call('DEL', KEYS[1], KEYS[2]) end
 return 0`;
+
+/**
+ * The key of the set of reservations a counter holds (RESERVE, RELEASE): it starts with the
+ * counter's key, so a sweep by prefix (a lockout cleared) takes both, and lives as long.
+ */
+const HELD = '#held';
+const reservationsOf = (key: string) => key + HELD;
 
 /** Counters shared by every process through Redis; keys live under `prefix`. Failures throw. */
 export class RedisCounterStore implements CounterStore {
@@ -211,13 +232,19 @@ export class RedisCounterStore implements CounterStore {
     return { count, ttlMs };
   }
 
-  async reserve(key: string, limit: number, windowMs: number) {
-    const [reserved, count, ttlMs] = (await this.#redis.eval(RESERVE, 1, this.#prefix + key, String(limit), String(windowMs))) as [number, number, number];
+  async reserve(key: string, limit: number, windowMs: number, reservation: string) {
+    const counter = this.#prefix + key;
+    const [reserved, count, ttlMs] = (await this.#redis.eval(RESERVE, 2, counter, reservationsOf(counter), String(limit), String(windowMs), reservation)) as [
+      number,
+      number,
+      number,
+    ];
     return { reserved: reserved === 1, count, ttlMs };
   }
 
-  async release(key: string): Promise<void> {
-    await this.#redis.eval(RELEASE, 1, this.#prefix + key);
+  async release(key: string, reservation: string): Promise<void> {
+    const counter = this.#prefix + key;
+    await this.#redis.eval(RELEASE, 2, counter, reservationsOf(counter), reservation);
   }
 
   async peek(key: string) {
@@ -226,11 +253,17 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async delete(key: string): Promise<void> {
-    await this.#redis.del(this.#prefix + key);
+    await this.#redis.del(this.#prefix + key, reservationsOf(this.#prefix + key));
   }
 
-  deleteByPrefix(prefix: string): Promise<number> {
-    return deleteKeysByPrefix(this.#redis, this.#prefix + prefix);
+  /** Counts the counters deleted, not their sets of reservations. */
+  async deleteByPrefix(prefix: string): Promise<number> {
+    let deleted = 0;
+    await forEachKeyBatch(this.#redis, this.#prefix + prefix, async (keys) => {
+      await this.#redis.del(...keys);
+      deleted += keys.filter((key) => !key.endsWith(HELD)).length;
+    });
+    return deleted;
   }
 }
 

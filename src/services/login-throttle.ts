@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { UnavailableError } from '../domain/errors.ts';
 import { foldCase } from '../domain/user-mapping.ts';
 import type { CounterStore } from '../infrastructure/rate-limiter.ts';
@@ -134,9 +134,9 @@ export class LoginThrottle {
    * lost may have been made) and taken off again when it was refused.
    */
   async #reserve(key: string, attempt: LoginAttempt, taken: Slot[]): Promise<{ reserved: false; retryAfterMs: number } | { reserved: true }> {
-    const failures: Slot = { key: failureKey(key, attempt), windowEnds: this.#now() + this.#lockoutMs };
+    const failures = newSlot(failureKey(key, attempt), this.#now() + this.#lockoutMs);
     taken.push(failures);
-    const slot = await this.#counters.reserve(failures.key, this.#maxFailures, this.#lockoutMs);
+    const slot = await this.#counters.reserve(failures.key, this.#maxFailures, this.#lockoutMs, failures.id);
     if (!slot.reserved) {
       taken.pop();
       return { reserved: false, retryAfterMs: slot.ttlMs };
@@ -150,9 +150,9 @@ export class LoginThrottle {
     // guesses spend it. Kept by successes too, an owner's script that logged in 30 times in
     // 15 minutes without keeping its device token was refused with the right password (helper 98).
     if (attempt.device === undefined) {
-      const budget: Slot = { key: ATTEMPTS + key, windowEnds: this.#now() + this.#budget.windowMs };
+      const budget = newSlot(ATTEMPTS + key, this.#now() + this.#budget.windowMs);
       taken.push(budget);
-      const reserved = await this.#counters.reserve(budget.key, this.#budget.max, this.#budget.windowMs);
+      const reserved = await this.#counters.reserve(budget.key, this.#budget.max, this.#budget.windowMs, budget.id);
       if (!reserved.reserved) {
         taken.pop();
         // Not compared, so not a failure of this client: the slot goes back.
@@ -174,7 +174,7 @@ export class LoginThrottle {
     for (const slot of slots) {
       if (this.#now() >= slot.windowEnds) continue;
       try {
-        await this.#counters.release(slot.key);
+        await this.#counters.release(slot.key, slot.id);
       } catch {
         this.#releaseLater(slot, 0);
       }
@@ -186,7 +186,7 @@ export class LoginThrottle {
     if (pauseMs === undefined) return;
     setTimeout(() => {
       if (this.#now() >= slot.windowEnds) return;
-      this.#counters.release(slot.key).catch(() => this.#releaseLater(slot, attempt + 1));
+      this.#counters.release(slot.key, slot.id).catch(() => this.#releaseLater(slot, attempt + 1));
     }, pauseMs).unref();
   }
 
@@ -237,10 +237,19 @@ function failureKey(key: string, attempt: LoginAttempt): string {
   return `${FAILURES}${key}|${client}`;
 }
 
-/** A counter this attempt took, and when its window ends. */
+/**
+ * A counter this attempt took, or may have (its answer lost), and when its window ends. The
+ * reservation is named: giving back one the counter does not hold (refused, or never sent)
+ * gives nothing back (helper 170).
+ */
 interface Slot {
   key: string;
+  id: string;
   windowEnds: number;
+}
+
+function newSlot(key: string, windowEnds: number): Slot {
+  return { key, id: randomBytes(12).toString('base64url'), windowEnds };
 }
 
 /** When a slot the store could not take back is tried again, one after another (about a minute in all). */

@@ -11,8 +11,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, apiClients, closeAll, type ApiClient } from '../helpers/protocols.ts';
 import { register, startTestServer, type TestServer } from '../helpers/test-app.ts';
 import { StallingProxy } from '../helpers/stalling-proxy.ts';
+import { Redis } from 'ioredis';
+import { loginKey } from '../../src/services/login-throttle.ts';
 
 const REDIS_URL = new URL(process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379');
+const PREFIX = `redis-stall-${randomBytes(4).toString('hex')}:`;
+/** LOGIN_MAX_FAILURES's default. */
+const MAX_FAILURES = 5;
+const WRONG = 'Wrong-Guess-42!';
 
 let proxy: StallingProxy;
 let t: TestServer;
@@ -20,7 +26,7 @@ let clients: ApiClient[];
 
 beforeAll(async () => {
   proxy = await StallingProxy.inFrontOf(REDIS_URL, 6379);
-  t = await startTestServer({ REDIS_URL: proxy.via(REDIS_URL).toString(), REDIS_KEY_PREFIX: `redis-stall-${randomBytes(4).toString('hex')}:` });
+  t = await startTestServer({ REDIS_URL: proxy.via(REDIS_URL).toString(), REDIS_KEY_PREFIX: PREFIX });
   clients = apiClients(t.baseUrl);
 });
 
@@ -102,4 +108,57 @@ describe('a Redis whose connections go dead', () => {
       await layeredProxy.close();
     }
   }, 90_000);
+
+  // Found by an attacker (helper 170): a login whose reservation failed gave its slot back once
+  // Redis answered again, whether Redis had counted it or not. A reservation Redis refused (the
+  // counter full) whose answer was lost, or one never sent (the connection down, ioredis refusing
+  // at once), took a slot off a lockout it had never added to: one more comparison each.
+  it("when the answer to a locked-out client's refused reservation is lost, then once Redis is back the lockout still refuses the right password, over every protocol", async () => {
+    const users = await Promise.all(clients.map(() => register(t)));
+    const each = <T>(work: (client: ApiClient, user: (typeof users)[number]) => Promise<T>) =>
+      Promise.all(clients.map((client, index) => work(client, users[index] ?? (users[0] as (typeof users)[number]))));
+    await each(async (client, user) => {
+      for (let i = 0; i < MAX_FAILURES; i += 1) expect((await client.login({ usernameOrEmail: user.username, password: WRONG })).code).toBe('unauthenticated');
+      // The account's counter refuses the right password under the other name too.
+      expect((await client.login({ usernameOrEmail: user.email, password: user.password })).code).toBe('unauthenticated');
+    });
+    // Redis refuses each account's reservation (full), and its answer is lost.
+    proxy.loseAnswersAfter(...users.map((user) => `login-fail:user:${user.id}|`));
+    const lost = await each((client, user) => client.login({ usernameOrEmail: user.email, password: WRONG }));
+    for (const outcome of lost) expect(outcome.code).toBe('unavailable');
+    proxy.resume({ dropHeld: true });
+    // The client reconnects, and a give-back is tried again 2 s after it failed.
+    await sleep(3_500);
+    const after = await each(async (client, user) => ({ protocol: client.protocol, code: (await client.login({ usernameOrEmail: user.email, password: user.password })).code }));
+    for (const outcome of after) expect(outcome).toEqual({ protocol: outcome.protocol, code: 'unauthenticated' });
+  }, 60_000);
+
+  it('when logins fail at once while Redis is away (their reservations never sent), then a lockout is as full once Redis is back', async () => {
+    const [rest] = clients;
+    if (rest === undefined) throw new Error('no client');
+    const user = await register(t);
+    for (let i = 0; i < MAX_FAILURES; i += 1) expect((await rest.login({ usernameOrEmail: user.username, password: WRONG })).code).toBe('unauthenticated');
+    expect(await failuresCounted(user.username)).toBe(MAX_FAILURES);
+    proxy.stall();
+    const during: string[] = [];
+    const until = Date.now() + 3_000;
+    while (Date.now() < until) for (const client of clients) during.push((await client.login({ usernameOrEmail: user.username, password: WRONG })).code);
+    expect(new Set(during)).toEqual(new Set(['unavailable']));
+    proxy.resume({ dropHeld: true });
+    await sleep(4_000);
+    // The gives-back of every attempt made during the outage have been tried by now: none of them took anything off.
+    expect(await failuresCounted(user.username)).toBe(MAX_FAILURES);
+  }, 60_000);
 });
+
+/** The failures counted under a name typed, over every client address, read through a client of its own. */
+async function failuresCounted(name: string): Promise<number> {
+  const redis = new Redis(REDIS_URL.toString());
+  try {
+    const keys = (await redis.keys(`${PREFIX}counter:login-fail:${loginKey(name)}|*`)).filter((key) => !key.endsWith('#held'));
+    const values = await Promise.all(keys.map(async (key) => Number(await redis.get(key))));
+    return values.reduce((sum, value) => sum + value, 0);
+  } finally {
+    redis.disconnect();
+  }
+}

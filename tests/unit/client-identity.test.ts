@@ -152,11 +152,23 @@ describe('known-device tokens', () => {
 describe('counter reservations', () => {
   it('when many reservations race for one key, then exactly `limit` succeed, and a release frees one', async () => {
     const store = new MemoryCounterStore();
-    const results = await Promise.all(Array.from({ length: 20 }, () => store.reserve('k', 5, 60_000)));
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => store.reserve('k', 5, 60_000, `r${i}`)));
     expect(results.filter((result) => result.reserved)).toHaveLength(5);
-    await store.release('k');
-    expect((await store.reserve('k', 5, 60_000)).reserved).toBe(true);
-    expect((await store.reserve('k', 5, 60_000)).reserved).toBe(false);
+    await store.release('k', 'r0');
+    expect((await store.reserve('k', 5, 60_000, 'again')).reserved).toBe(true);
+    expect((await store.reserve('k', 5, 60_000, 'over')).reserved).toBe(false);
+  });
+
+  it('when a reservation that was refused, never made, or already given back is released, then the count stays (helper 170)', async () => {
+    const store = new MemoryCounterStore();
+    for (let i = 0; i < 5; i += 1) await store.reserve('k', 5, 60_000, `r${i}`);
+    expect((await store.reserve('k', 5, 60_000, 'refused')).reserved).toBe(false);
+    await store.release('k', 'refused');
+    await store.release('k', 'never-sent');
+    expect((await store.peek('k')).count).toBe(5);
+    await store.release('k', 'r1');
+    await store.release('k', 'r1');
+    expect((await store.peek('k')).count).toBe(4);
   });
 });
 

@@ -39,19 +39,19 @@ describe('MemoryCounterStore bounds', () => {
     // lockout, and the locked account's password could be guessed again.
     const time = clock();
     const store = new MemoryCounterStore(time.now, { maxEntries: 10 });
-    for (let guess = 0; guess < 5; guess += 1) expect((await store.reserve('locked', 5, 60_000)).reserved).toBe(true);
-    for (let key = 0; key < 100; key += 1) await store.reserve(`spray${key}`, 5, 60_000);
-    expect((await store.reserve('locked', 5, 60_000)).reserved).toBe(false);
+    for (let guess = 0; guess < 5; guess += 1) expect((await store.reserve('locked', 5, 60_000, `g${guess}`)).reserved).toBe(true);
+    for (let key = 0; key < 100; key += 1) await store.reserve(`spray${key}`, 5, 60_000, 'r');
+    expect((await store.reserve('locked', 5, 60_000, 'g5')).reserved).toBe(false);
     expect((await store.peek('spray0')).count).toBe(0);
     expect((await store.peek('spray99')).count).toBe(1);
 
     // Held keys alone: the oldest held goes first, as before.
     const full = new MemoryCounterStore(time.now, { maxEntries: 2 });
-    for (const key of ['x', 'y', 'z']) await full.reserve(key, 1, 60_000);
+    for (const key of ['x', 'y', 'z']) await full.reserve(key, 1, 60_000, 'r');
     expect([(await full.peek('x')).count, (await full.peek('y')).count, (await full.peek('z')).count]).toEqual([0, 1, 1]);
     // A held key's window that ends starts afresh as an ordinary key.
     time.advance(60_001);
-    expect(await full.reserve('y', 1, 60_000)).toMatchObject({ reserved: true, count: 1 });
+    expect(await full.reserve('y', 1, 60_000, 'r2')).toMatchObject({ reserved: true, count: 1 });
     expect(await full.deleteByPrefix('')).toBe(2);
   });
 

@@ -205,13 +205,13 @@ export class RemoteCounterStore implements CounterStore {
     return { count, ttlMs };
   }
 
-  async reserve(key: string, limit: number, windowMs: number): Promise<{ reserved: boolean; count: number; ttlMs: number }> {
-    const { reserved, count, ttlMs } = await this.#client.reserveCounter({ key, limit, windowMs });
+  async reserve(key: string, limit: number, windowMs: number, reservationId: string): Promise<{ reserved: boolean; count: number; ttlMs: number }> {
+    const { reserved, count, ttlMs } = await this.#client.reserveCounter({ key, limit, windowMs, reservationId });
     return { reserved, count, ttlMs };
   }
 
-  async release(key: string): Promise<void> {
-    await this.#client.releaseCounter({ key });
+  async release(key: string, reservationId: string): Promise<void> {
+    await this.#client.releaseCounter({ key, reservationId });
   }
 
   async peek(key: string): Promise<{ count: number; ttlMs: number }> {

@@ -173,10 +173,10 @@ export function createCounterStoreHandler(store: CounterStore): ServiceImpl<type
       return store.increment(req.key, req.windowMs);
     },
     async reserveCounter(req) {
-      return store.reserve(req.key, req.limit, req.windowMs);
+      return store.reserve(req.key, req.limit, req.windowMs, req.reservationId);
     },
     async releaseCounter(req) {
-      await store.release(req.key);
+      await store.release(req.key, req.reservationId);
       return {};
     },
     async peekCounter(req) {

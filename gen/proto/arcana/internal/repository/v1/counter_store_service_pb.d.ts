@@ -90,6 +90,13 @@ export declare type ReserveCounterRequest = Message<"arcana.internal.repository.
    * @generated from field: int32 window_ms = 3;
    */
   windowMs: number;
+
+  /**
+   * Names this reservation, so that only a reservation that was taken can be given back.
+   *
+   * @generated from field: string reservation_id = 4;
+   */
+  reservationId: string;
 };
 
 /**
@@ -144,6 +151,13 @@ export declare type ReleaseCounterRequest = Message<"arcana.internal.repository.
    * @generated from field: string key = 1;
    */
   key: string;
+
+  /**
+   * The reservation to give back, as it was taken; one the counter does not hold gives nothing back.
+   *
+   * @generated from field: string reservation_id = 2;
+   */
+  reservationId: string;
 };
 
 /**

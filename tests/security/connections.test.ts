@@ -8,6 +8,7 @@ import { Code, ConnectError, createClient } from '@connectrpc/connect';
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport, Http2SessionManager } from '@connectrpc/connect-node';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 import http from 'node:http';
 import http2 from 'node:http2';
 import { readdirSync, readlinkSync } from 'node:fs';
@@ -501,6 +502,37 @@ describe('HTTP/1.1', () => {
     small.socket.write('{}');
     await closedWithin(small.closed, 5_000);
     expect(statusLines(small.received())).toEqual(['HTTP/1.1 100', 'HTTP/1.1 400']);
+  });
+
+  it('when a body of no declared length (chunked) keeps coming past the limit, plain or gzip, then 413 in the envelope as soon as it passes, and the connection is closed', async () => {
+    // body-parser stopped parsing at the limit but read the rest to its end before its 413: a
+    // client that kept sending was read at full line rate until the request timeout, then got
+    // 408 after 60 s (helper 169). An RPC path refused the same at once.
+    const spaces = Buffer.alloc(4 * 1024 * 1024, 0x20);
+    // Random bytes do not compress: under gzip as many are sent as are inflated.
+    const gzipped = gzipSync(randomBytes(4 * 1024 * 1024));
+    for (const coding of ['', 'Content-Encoding: gzip\r\n']) {
+      const body = coding === '' ? spaces : gzipped;
+      const client = rawClient(server.port);
+      await client.connected;
+      const started = performance.now();
+      client.socket.write(`POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n${coding}\r\n`);
+      let sent = 0;
+      const connection = { open: true };
+      void client.closed.then(() => (connection.open = false));
+      // 64 KB chunks until the answer comes, for 5 s at most.
+      while (connection.open && client.received().length === 0 && sent < body.length && performance.now() - started < 5_000) {
+        const piece = body.subarray(sent, sent + 0x10000);
+        if (!client.socket.write(Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n')]))) await sleep(5);
+        sent += piece.length;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      expect(await closedWithin(client.closed, 5_000), JSON.stringify(coding)).toBeLessThan(Number.POSITIVE_INFINITY);
+      expect(statusLines(client.received()), JSON.stringify(coding)).toEqual(['HTTP/1.1 413']);
+      expect(client.received().toString('latin1')).toMatch(/"PAYLOAD_TOO_LARGE"/);
+      expect(performance.now() - started, JSON.stringify(coding)).toBeLessThan(3_000);
+      expect(sent, JSON.stringify(coding)).toBeLessThan(2 * 1024 * 1024);
+    }
   });
 
   it('when a request carries two Authorization headers, whichever comes first, then 400 in the error envelope over REST, invalid_argument over Connect; one is served', async () => {

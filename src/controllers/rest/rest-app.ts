@@ -1,7 +1,7 @@
 import compression from 'compression';
 import express, { type Express, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { isUtf8 } from 'node:buffer';
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { OpenApiValidatorOpts } from 'express-openapi-validator/dist/framework/types.d.ts';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import { compileTrust, type ClientAddressResolver, type TrustProxySetting } from '../../infrastructure/client-address.ts';
@@ -129,11 +129,14 @@ export function createRestApp(options: RestAppOptions): Express {
   // A body declared larger than the limit is refused before a byte of it is read: body-parser
   // reads it all (99 MB) before passing on its 413 (helper 97). The server does not invite it
   // with 100 Continue either (server.ts).
-  app.use((req, _res, next) => {
-    if (Number(req.headers['content-length']) > options.bodyLimitBytes) throw Object.assign(new Error('request entity too large'), { type: 'entity.too.large', status: 413 });
+  app.use((req, res, next) => {
+    if (Number(req.headers['content-length']) > options.bodyLimitBytes) {
+      closeAfterAnswer(req, res);
+      throw tooLarge();
+    }
     next();
   });
-  app.use(express.json({ limit: options.bodyLimitBytes, strict: true, verify: refuseInvalidUtf8 }));
+  app.use(jsonBodies(options.bodyLimitBytes));
   app.use(refuseRepeatedNames);
   // Before the schemas, so that a NUL is reported as such (as RPC reports it), not as a pattern
   // it also breaks; before authentication and any database work in any case.
@@ -165,6 +168,63 @@ export function createRestApp(options: RestAppOptions): Express {
   app.use(createErrorHandler({ logger: options.logger, exposeInternals: options.exposeInternals }));
   return app;
 }
+
+function tooLarge(): Error {
+  return Object.assign(new Error('request entity too large'), { type: 'entity.too.large', status: 413 });
+}
+
+/**
+ * express.json, and a body of no declared length (chunked) refused as soon as it passes the
+ * limit: body-parser stops parsing there but reads the rest of the request to its end before it
+ * passes on its 413, so a client that kept sending held the connection, read at full line rate,
+ * until the request timeout, and got 408 after 60 s (helper 169: 19 MB read; 300 MB read in full
+ * before the answer). The bytes counted are those sent: a compressed body is bounded after
+ * inflation by body-parser, and sent, by the limit plus deflate's worst-case growth. Nothing more
+ * is read; the answer says `Connection: close` and is followed by the end of the connection,
+ * which is destroyed a second later (a lingering close, as HTTP servers do it).
+ */
+function jsonBodies(limitBytes: number): RequestHandler {
+  const parse: RequestHandler = express.json({ limit: limitBytes, strict: true, verify: refuseInvalidUtf8 });
+  return (req, res, next) => {
+    let refused = false;
+    parse(req, res, (error?: unknown) => {
+      if (!refused) next(error);
+    });
+    // body-parser attached its reader to the request synchronously, if it reads the body at all.
+    if (req.headers['content-length'] !== undefined || req.listenerCount('data') === 0) return;
+    const encoded = req.headers['content-encoding'] !== undefined && req.headers['content-encoding'] !== 'identity';
+    const bound = encoded ? limitBytes + Math.ceil(limitBytes / 100) + 1024 : limitBytes;
+    let seen = 0;
+    const count = (chunk: Buffer) => {
+      seen += chunk.length;
+      if (seen <= bound || refused) return;
+      refused = true;
+      req.off('data', count);
+      req.pause();
+      closeAfterAnswer(req, res);
+      next(tooLarge());
+    };
+    req.on('data', count);
+  };
+}
+
+/**
+ * Marks the answer to a request refused before its body was read as the connection's last, and
+ * lets the connection linger, unread, for a second after it. Node ends such a connection at once
+ * (destroySoon): with the client's bytes unread, the kernel answers them with a reset that can
+ * overtake the answer, and the client read none of it (seen with a gzip body sent chunked).
+ */
+function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
+  const { socket } = req;
+  socket.destroySoon = () => {
+    socket.end();
+    setTimeout(() => socket.destroy(), LINGER_MS).unref();
+  };
+  res.setHeader('connection', 'close');
+}
+
+/** How long a connection refused mid-body stays open, unread, after its answer. */
+const LINGER_MS = 1_000;
 
 /** The raw (inflated) JSON body, kept by the parser's `verify` hook for the check after it. */
 const RAW_JSON = Symbol('raw JSON body');

@@ -2,7 +2,7 @@ import type { RowTurns } from './row-turns.ts';
 import type { OAuthToken, Prisma, PrismaClient, User } from '../../gen/prisma/client.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
-import { conditionalUpdate, guardWrite, removesActiveAdmin, type UserChanges, type UserExpectation } from './user-repository.ts';
+import { conditionalUpdate, guardWrite, removesActiveAdmin, rowsGuarded, type UserChanges, type UserExpectation } from './user-repository.ts';
 import type { NewAuditEvent } from './audit-repository.ts';
 import { isRepeat, storeAuditEventWith, withSessionsEnded, type ActingAs, type WriteOptions } from './write-options.ts';
 
@@ -137,13 +137,13 @@ export class PrismaTokenRepository implements TokenRepository {
     this.#turns = turns;
   }
 
-  /** A write that locks the user's row, in the row's turn in this process (see RowTurns). */
-  #atRow<T>(userId: number, write: () => Promise<T>): Promise<T> {
-    return this.#turns === undefined ? write() : this.#turns.run(userId, write);
+  /** A write that locks users' rows, in the rows' turns in this process (see RowTurns). */
+  #atRows<T>(ids: number | readonly number[], write: () => Promise<T>): Promise<T> {
+    return this.#turns === undefined ? write() : this.#turns.run(ids, write);
   }
 
   create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {
-    return this.#atRow(record.userId, () =>
+    return this.#atRows(record.userId, () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           // A login compares the password, then stores its pair. Without the user's lock and this
@@ -173,7 +173,7 @@ export class PrismaTokenRepository implements TokenRepository {
   }
 
   rotate(previous: OAuthToken, next: NewTokenRecord): Promise<OAuthToken | null> {
-    return this.#atRow(previous.userId, () =>
+    return this.#atRows(previous.userId, () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           // Ending all of a user's sessions and rotating one of them exclude each other (see
@@ -234,11 +234,12 @@ export class PrismaTokenRepository implements TokenRepository {
    * #revokeFamily), and the caller's with it when the revocation is made for one (ActingAs).
    */
   #revokeUnderUserLock(userId: number, where: Prisma.OAuthTokenWhereInput, reason: RevocationReason, actingAs?: ActingAs): Promise<string[]> {
-    return this.#atRow(userId, () =>
+    const guards = { lastAdmin: false, actingAs };
+    return this.#atRows(rowsGuarded(userId, guards), () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           if (actingAs === undefined) await lockUser(tx, userId);
-          else await guardWrite(tx, userId, { lastAdmin: false, actingAs });
+          else await guardWrite(tx, userId, guards);
           return this.#dialect.updateTokensReturningHashes(tx, { ...where, isRevoked: false }, { isRevoked: true, revokedReason: reason });
         }),
       ),
@@ -264,7 +265,8 @@ export class PrismaTokenRepository implements TokenRepository {
     write?: UserWrite & { repeat: boolean },
     audit?: NewAuditEvent,
   ): Promise<{ user: User | null; revoked: string[] }> {
-    return this.#atRow(userId, () =>
+    const guards = { lastAdmin: write !== undefined && removesActiveAdmin(write.changes), actingAs };
+    return this.#atRows(rowsGuarded(userId, guards), () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           // The guard locks the user's row, with the active admins' (when the write could remove
@@ -272,7 +274,7 @@ export class PrismaTokenRepository implements TokenRepository {
           // for its refreshes in flight, and holds back new ones until this commits (see rotate):
           // without it, a refresh committing while this statement waits on the row it rotates would
           // insert a successor this statement cannot see, and that session would live.
-          await guardWrite(tx, userId, { lastAdmin: write !== undefined && removesActiveAdmin(write.changes), actingAs });
+          await guardWrite(tx, userId, guards);
           const user = write === undefined ? null : await conditionalUpdate(tx, this.#dialect, userId, write.changes, write.expected, write.repeat);
           const spared = exceptId === undefined ? null : await tx.oAuthToken.findUnique({ where: { id: exceptId }, select: { familyId: true } });
           const revoked = await this.#dialect.updateTokensReturningHashes(

@@ -1,4 +1,4 @@
-import type { RowTurns } from './row-turns.ts';
+import { ALL_ADMINS, type RowTurns } from './row-turns.ts';
 import { Prisma, type PrismaClient, type User, type UserRole, type UserStatus } from '../../gen/prisma/client.ts';
 import { ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../domain/errors.ts';
 import { foldCase } from '../domain/user-mapping.ts';
@@ -144,19 +144,22 @@ export class PrismaUserRepository implements UserRepository {
     const { actingAs, audit } = options;
     return withDatabaseErrors(() => {
       if (actingAs === undefined && audit === undefined) return this.#db.user.create({ data });
-      return this.#db.$transaction(async (tx) => {
-        await guardWrite(tx, undefined, { lastAdmin: false, actingAs });
-        const row = await tx.user.create({ data });
-        await storeAuditEventWith(tx, audit === undefined ? undefined : { ...audit, userId: row.id });
-        return row;
-      });
+      const guards = { lastAdmin: false, actingAs };
+      return this.#atRows(rowsGuarded(undefined, guards), () =>
+        this.#db.$transaction(async (tx) => {
+          await guardWrite(tx, undefined, guards);
+          const row = await tx.user.create({ data });
+          await storeAuditEventWith(tx, audit === undefined ? undefined : { ...audit, userId: row.id });
+          return row;
+        }),
+      );
     });
   }
 
   update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
     const repeat = isRepeat(options);
     const guards = { lastAdmin: removesActiveAdmin(changes), actingAs: options.actingAs };
-    return this.#atRow(id, () =>
+    return this.#atRows(rowsGuarded(id, guards), () =>
       withDatabaseErrors(() => {
         if (!guards.lastAdmin && guards.actingAs === undefined && options.audit === undefined) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected, repeat);
         return this.#db.$transaction(async (tx) => {
@@ -170,10 +173,11 @@ export class PrismaUserRepository implements UserRepository {
   }
 
   delete(id: number, expectedVersion?: number, options: WriteOptions = {}): Promise<boolean> {
-    return this.#atRow(id, () =>
+    const guards = { lastAdmin: true, actingAs: options.actingAs };
+    return this.#atRows(rowsGuarded(id, guards), () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
-          await guardWrite(tx, id, { lastAdmin: true, actingAs: options.actingAs });
+          await guardWrite(tx, id, guards);
           const { count } = await tx.user.deleteMany({ where: { id, ...definedOnly({ version: expectedVersion }) } });
           if (count > 0) {
             await storeAuditEventWith(tx, options.audit);
@@ -188,9 +192,9 @@ export class PrismaUserRepository implements UserRepository {
     );
   }
 
-  /** A write that locks the user's row, in the row's turn in this process (see RowTurns). */
-  #atRow<T>(id: number, write: () => Promise<T>): Promise<T> {
-    return this.#turns === undefined ? write() : this.#turns.run(id, write);
+  /** A write that locks users' rows, in the rows' turns in this process (see RowTurns). */
+  #atRows<T>(ids: readonly number[], write: () => Promise<T>): Promise<T> {
+    return this.#turns === undefined ? write() : this.#turns.run(ids, write);
   }
 
   async list(filter: UserFilter, options: ListOptions = {}): Promise<{ users: UserProfile[]; total: number }> {
@@ -283,7 +287,7 @@ export function removesActiveAdmin(changes: UserChanges): boolean {
  * row the other wanted, and PostgreSQL ended one with a deadlock (a 500, found by an attacker
  * firing mixed admin writes in parallel).
  */
-export async function guardWrite(tx: Prisma.TransactionClient, id: number | undefined, guards: { lastAdmin: boolean; actingAs: ActingAs | undefined }): Promise<void> {
+export async function guardWrite(tx: Prisma.TransactionClient, id: number | undefined, guards: WriteGuards): Promise<void> {
   const { lastAdmin, actingAs } = guards;
   const ids = [id, actingAs?.userId].filter((value): value is number => value !== undefined);
   if (!lastAdmin && ids.length === 0) return;
@@ -299,6 +303,18 @@ export async function guardWrite(tx: Prisma.TransactionClient, id: number | unde
     const admins = rows.filter((row) => row.role === 'ADMIN' && row.status === 'ACTIVE');
     if (admins.length === 1 && admins[0]?.id === id) throw new LastAdminError();
   }
+}
+
+/** What guardWrite checks, and so which rows it locks. */
+export interface WriteGuards {
+  lastAdmin: boolean;
+  actingAs: ActingAs | undefined;
+}
+
+/** The rows guardWrite(id, guards) locks, as RowTurns keys: the target's, the caller's, every administrator's. */
+export function rowsGuarded(id: number | undefined, guards: WriteGuards): number[] {
+  const rows = [id, guards.actingAs?.userId].filter((value): value is number => value !== undefined);
+  return guards.lastAdmin ? [...rows, ALL_ADMINS] : rows;
 }
 
 /** Whether the caller's login chain still has a live session. */

@@ -189,6 +189,41 @@ describe('a database server that stops answering', () => {
     expect(codes.filter((code) => !['ok', 'unavailable', 'already_exists'].includes(code))).toEqual([]);
   }, 60_000);
 
+  it("when the administrator's own row is held by another transaction, then its updates of forty different users hold one pooled connection, not all of them: other users' logins and reads over every protocol are answered at once", async () => {
+    // Found by an attacker (helper 174): each write made for a caller locks the caller's row too,
+    // but took its turn under its target's id alone: forty targets were forty turns, forty
+    // connections waiting on one administrator's row, and other users' logins were refused.
+    const admin = await loginAdmin(t);
+    const [adminRow] = await t.sql<{ id: number }>("SELECT id FROM users WHERE role = 'ADMIN' AND status = 'ACTIVE' ORDER BY id LIMIT 1");
+    const targets = await Promise.all(Array.from({ length: 40 }, () => register(t)));
+    const bystanders = await Promise.all(clients.map(() => register(t)));
+    const held = await holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [adminRow?.id]);
+    const storm = targets.map(async (target, i) => {
+      const client = clients[i % clients.length];
+      return client === undefined ? 'no client' : (await client.updateUser(admin, target.id, { firstName: `Waiting${i}` })).code;
+    });
+    try {
+      await sleep(300);
+      const started = performance.now();
+      const probes = await Promise.all(
+        clients.map(async (client, i) => {
+          const bystander = bystanders[i] ?? targets[0];
+          const login = await client.login({ usernameOrEmail: bystander?.username ?? '', password: bystander?.password ?? '' });
+          const me = await client.me(login.data?.tokens.accessToken ?? '');
+          return { protocol: client.protocol, login: login.code, me: me.code, ms: Math.round(performance.now() - started) };
+        }),
+      );
+      for (const probe of probes) {
+        expect(probe).toEqual({ ...probe, login: 'ok', me: 'ok' });
+        expect(probe.ms, JSON.stringify(probes)).toBeLessThan(1_500);
+      }
+    } finally {
+      await held.release();
+    }
+    const codes = await Promise.all(storm);
+    expect(codes.filter((code) => !['ok', 'unavailable'].includes(code))).toEqual([]);
+  }, 60_000);
+
   it(`when the network parts in the middle of a refresh's transaction, so that ${SERVER} never hears that the app gave up on it, then the locks it held are freed within seconds and the user's session works again`, async () => {
     // The app's connection is given up after the statement's bound and closed, but the close is
     // lost on the way: the server kept the transaction open with its row locks for as long as it

@@ -488,6 +488,23 @@ describe('ETags on REST', () => {
     expect(row).toEqual({ first_name: null, role: 'USER' });
   });
 
+  it("when a client holds another user's copy of /auth/me (same version), then it is answered the caller's own profile, never 304, and the answer varies by Authorization", async () => {
+    // Found by an attacker (helper 171): every user has versions 1, 2, 3…, and /auth/me is one URL
+    // for all of them: Bob sending Alice's ETag got 304, and a client cache keyed by URL kept
+    // showing Alice's profile to Bob.
+    const [alice, bob] = [await register(t), await register(t)];
+    const alicesCopy = await t.request.get('/api/v1/auth/me').set(...bearer(alice.accessToken));
+    const bobsCopy = await t.request.get('/api/v1/auth/me').set(...bearer(bob.accessToken));
+    expect(alicesCopy.headers.etag).toBe(bobsCopy.headers.etag);
+    const revalidated = await t.request
+      .get('/api/v1/auth/me')
+      .set(...bearer(bob.accessToken))
+      .set('if-none-match', String(alicesCopy.headers.etag));
+    expect(revalidated.status).toBe(200);
+    expect(revalidated.body.data.username).toBe(bob.username);
+    expect(String(revalidated.headers.vary)).toMatch(/authorization/i);
+  });
+
   it('when a client holds the current ETag, then GET answers 304 without a body until the user changes', async () => {
     const admin = await loginAdmin(t);
     const user = await register(t);

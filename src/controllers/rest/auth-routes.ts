@@ -36,6 +36,13 @@ export function addAuthRoutes(router: IRouter, { auth }: ServiceClients): void {
 
   router.get(at('/me'), requireBearer, async (req, res) => {
     const { user } = await auth.getCurrentUser({}, callOptions(req, res));
+    // One URL for every caller, and versions that every user has (1, 2, 3…): Express answered 304
+    // to an If-None-Match that named the caller's version, whoever's copy the client held, so a
+    // client cache keyed by URL kept showing Alice's profile to Bob after an account switch
+    // (helper 171). The ETag still names the caller's version, for If-Match on /users/{id}; this
+    // URL takes no If-None-Match (openapi.yaml declares none), and says it varies by caller.
+    delete req.headers['if-none-match'];
+    res.vary('Authorization');
     sendUser(res, requireField(user, 'user'), 'User retrieved successfully');
   });
 

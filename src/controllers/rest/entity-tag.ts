@@ -2,29 +2,27 @@ import type { NextFunction, Request, Response } from 'express';
 import { createHash } from 'node:crypto';
 
 /**
- * A strong entity tag for a body that is the same on every answer (the console's files, the
- * docs page, the contract): computed once where the body is read, sent with each answer, so a
- * client holding it revalidates with a 304. API answers carry no such tag: each envelope has its
- * own requestId and timestamp, so a tag of the body could never match (see rest-app.ts), and a
- * user's tag is its version (envelope.ts).
+ * A weak entity tag for a body that is the same on every answer (the console's files, the docs
+ * page, the contract): computed once where the body is read, sent with each answer, so a client
+ * holding it revalidates with a 304. Weak because the answer goes out gzipped to some and not to
+ * others, and the two representations cannot share a strong tag (RFC 9110 8.8.1): it was strong,
+ * weakened when the compression middleware coded the answer, but a 304 is never coded, so the
+ * revalidation of a gzipped copy answered the strong tag (helper 171), and a cache refreshing
+ * its stored headers from it held gzip bytes under a strong tag. If-None-Match compares weakly,
+ * so either representation revalidates with it. API answers carry no such tag: each envelope has
+ * its own requestId and timestamp, so a tag of the body could never match (see rest-app.ts), and
+ * a user's tag is its version (envelope.ts).
  */
 export function entityTagOf(body: string | Buffer): string {
-  return `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`;
+  return `W/"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`;
 }
 
 /**
- * Weakens a strong tag when the answer goes out content-coded: the gzip of a body is another
- * representation than the body (RFC 9110 8.8.1), so the two cannot share a strong tag, which a
- * cache may use to join ranges or answer If-Match. A weak tag still answers If-None-Match with a
- * 304 (weak comparison). Installed before the compression middleware, so that this runs after it
- * has chosen the coding: each wraps the `writeHead` it finds, and the last installed runs first.
+ * Says that the answer varies by Accept-Encoding, whether or not this one is coded: the
+ * compression middleware says so only on the answers it codes, so a 304 (never coded) dropped
+ * what the 200 to the same request said (RFC 9110 §15.4.5; helper 171).
  */
-export function weakTagWhenEncoded(_req: Request, res: Response, next: NextFunction): void {
-  const writeHead = res.writeHead.bind(res) as (...args: unknown[]) => Response;
-  res.writeHead = ((...args: unknown[]) => {
-    const tag = res.getHeader('etag');
-    if (typeof tag === 'string' && tag.startsWith('"') && res.getHeader('content-encoding') !== undefined) res.setHeader('etag', `W/${tag}`);
-    return writeHead(...args);
-  }) as typeof res.writeHead;
+export function varyByEncoding(_req: Request, res: Response, next: NextFunction): void {
+  res.vary('Accept-Encoding');
   next();
 }

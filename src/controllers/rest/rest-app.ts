@@ -23,7 +23,7 @@ import type { Tracing } from '../../infrastructure/tracing.ts';
 import { createSystemRoutes } from './system-routes.ts';
 import type { ReadinessCheck } from '../../rpc/readiness.ts';
 import { addUserRoutes } from './user-routes.ts';
-import { weakTagWhenEncoded } from './entity-tag.ts';
+import { varyByEncoding } from './entity-tag.ts';
 
 /** The probes, as the system router answers them: any case, with or without a trailing slash. */
 const PROBES = /^\/(?:health|ready)\/?$/i;
@@ -106,7 +106,7 @@ export function createRestApp(options: RestAppOptions): Express {
     if (API_PATHS.test(req.path)) res.setHeader('cache-control', 'no-store');
     next();
   });
-  app.use(onlyFor(STATIC_PATHS, weakTagWhenEncoded));
+  app.use(onlyFor(STATIC_PATHS, varyByEncoding));
   app.use(compression());
 
   // The admin console's page and assets, with their own strict CSP: static bytes held in memory,

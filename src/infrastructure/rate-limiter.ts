@@ -43,7 +43,7 @@ export interface CounterStore {
   deleteByPrefix(prefix: string): Promise<number>;
 }
 
-/** How many keys a MemoryCounterStore holds at most (about 150 bytes each). */
+/** How many keys a MemoryCounterStore holds at most (about 500 bytes each with their reservations: README). */
 export const MEMORY_COUNTERS_MAX = 100_000;
 
 export interface MemoryCounterStoreOptions {
@@ -70,8 +70,8 @@ export interface MemoryCounterStoreOptions {
 interface CounterEntry {
   count: number;
   expiresAt: number;
-  /** The reservations this window holds (see CounterStore.release). */
-  reservations?: Set<string>;
+  /** The reservations this window holds (see CounterStore.release): a few, so an array. */
+  reservations?: string[];
 }
 
 export class MemoryCounterStore implements CounterStore {
@@ -114,20 +114,23 @@ export class MemoryCounterStore implements CounterStore {
       return { reserved: false, count: entry.count, ttlMs: entry.expiresAt - now };
     }
     const counted = this.#count(key, windowMs, now);
-    const counting = this.#entries.get(key);
+    // The entry may be a held one that a release brought back under its limit: its reservations
+    // are recorded all the same (recorded only on counting entries, a success after a counter had
+    // once been full gave nothing back, and its owner was locked out with the right password:
+    // helper 175).
+    const counting = this.#get(key);
     if (counting !== undefined) {
-      (counting.reservations ??= new Set()).add(reservation);
-      if (counted.count >= limit) {
-        this.#entries.delete(key);
-        this.#held.set(key, counting);
-      }
+      (counting.reservations ??= []).push(reservation);
+      if (counted.count >= limit && this.#entries.delete(key)) this.#held.set(key, counting);
     }
     return { reserved: true, ...counted };
   }
 
   async release(key: string, reservation: string): Promise<void> {
     const entry = this.#get(key);
-    if (entry?.reservations?.delete(reservation) !== true) return;
+    const index = entry?.reservations?.indexOf(reservation) ?? -1;
+    if (entry === undefined || index < 0) return;
+    entry.reservations?.splice(index, 1);
     if (entry.count > 1) entry.count -= 1;
     else this.#remove(key);
   }
@@ -256,12 +259,14 @@ export class RedisCounterStore implements CounterStore {
     await this.#redis.del(this.#prefix + key, reservationsOf(this.#prefix + key));
   }
 
-  /** Counts the counters deleted, not their sets of reservations. */
+  /** Counts the counters deleted (as DEL counts them), not their sets of reservations. */
   async deleteByPrefix(prefix: string): Promise<number> {
     let deleted = 0;
     await forEachKeyBatch(this.#redis, this.#prefix + prefix, async (keys) => {
-      await this.#redis.del(...keys);
-      deleted += keys.filter((key) => !key.endsWith(HELD)).length;
+      const counters = keys.filter((key) => !key.endsWith(HELD));
+      // A counter goes with its set, whichever batch the set came in.
+      if (counters.length > 0) deleted += await this.#redis.del(...counters);
+      await this.#redis.del(...keys.filter((key) => key.endsWith(HELD)), ...counters.map(reservationsOf));
     });
     return deleted;
   }

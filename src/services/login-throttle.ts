@@ -249,7 +249,7 @@ interface Slot {
 }
 
 function newSlot(key: string, windowEnds: number): Slot {
-  return { key, id: randomBytes(12).toString('base64url'), windowEnds };
+  return { key, id: randomBytes(9).toString('base64url'), windowEnds };
 }
 
 /** When a slot the store could not take back is tried again, one after another (about a minute in all). */

@@ -9,6 +9,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport, Ht
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
+import { once } from 'node:events';
 import http from 'node:http';
 import http2 from 'node:http2';
 import { readdirSync, readlinkSync } from 'node:fs';
@@ -534,6 +535,37 @@ describe('HTTP/1.1', () => {
       expect(sent, JSON.stringify(coding)).toBeLessThan(2 * 1024 * 1024);
     }
   });
+
+  it('when answers are pipelined ahead of a chunked body over the limit and the client reads them slowly, then every answer arrives, then the 413, then the end of the connection', async () => {
+    // Found by an attacker (helper 176): the refused connection was destroyed a second after its
+    // end was asked for, whether or not the answers ahead of the 413 had left; a slow reader lost
+    // them (and the 413) to the reset.
+    const pipelined = 40;
+    const body = Buffer.alloc(2_000_000, 0x78);
+    const chunks: Buffer[] = [];
+    for (let at = 0; at < body.length; at += 16_384) {
+      const part = body.subarray(at, at + 16_384);
+      chunks.push(Buffer.from(`${part.length.toString(16)}\r\n`), part, Buffer.from('\r\n'));
+    }
+    const client = rawClient(server.port);
+    client.socket.write(
+      Buffer.concat([
+        Buffer.from('GET /openapi.yaml HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n'.repeat(pipelined)),
+        Buffer.from('POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{"a":"\r\n'),
+        ...chunks,
+        Buffer.from('0\r\n\r\n'),
+      ]),
+    );
+    // About 1.3 MB/s: a read, then 50 ms before the next.
+    client.socket.on('data', () => {
+      client.socket.pause();
+      setTimeout(() => client.socket.resume(), 50);
+    });
+    expect(await closedWithin(client.closed, 30_000)).toBeLessThan(Number.POSITIVE_INFINITY);
+    const statuses = statusLines(client.received());
+    expect(statuses.filter((status) => status === 'HTTP/1.1 200')).toHaveLength(pipelined);
+    expect(statuses.at(-1)).toBe('HTTP/1.1 413');
+  }, 60_000);
 
   it('when a request carries two Authorization headers, whichever comes first, then 400 in the error envelope over REST, invalid_argument over Connect; one is served', async () => {
     // Node kept the first and dropped the other unseen, where a proxy in front may have authorized
@@ -1228,6 +1260,37 @@ async function spawnServer(schema: string, extra: Record<string, string>): Promi
   });
   return { child, exited, baseUrl, lines };
 }
+
+describe('a refused upload', () => {
+  it('when a client keeps sending a body declared larger than the limit after its 413, then the server reads no more of it while the connection lingers', async () => {
+    // Found by an attacker (helper 176): Node's dump of the unread body, resumed as the answer
+    // ended, read a declared 1 GB at line rate while the connection lingered (73 MB a second).
+    // A process of its own: in this one the client's writes and the server's reads share a loop.
+    const { schema, drop } = await freshSchema('test_linger');
+    const spawned = await spawnServer(schema, {});
+    cleanups.push(() => void drop());
+    // Half-open, as the attacker's client: it goes on writing after the server's end.
+    const client = rawClient(Number(new URL(spawned.baseUrl).port), { allowHalfOpen: true });
+    await client.connected;
+    client.socket.write('POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n');
+    await until('the 413', () => (statusLines(client.received()).length > 0 ? true : undefined));
+    expect(statusLines(client.received())).toEqual(['HTTP/1.1 413']);
+    // As much as the server takes in 1.5 s: each write waits until the kernel has room for it.
+    const piece = Buffer.alloc(256 * 1024, 0x78);
+    let taken = 0;
+    const stopAt = performance.now() + 1_500;
+    while (performance.now() < stopAt && !client.socket.destroyed) {
+      const written = client.socket.write(piece);
+      if (!written) {
+        const drained = await Promise.race([once(client.socket, 'drain').then(() => true), sleep(200).then(() => false)]);
+        if (!drained) continue;
+      }
+      taken += piece.length;
+    }
+    // Kernel buffers on both sides hold a few MB; read at line rate it was hundreds.
+    expect(taken).toBeLessThan(32 * 1024 * 1024);
+  });
+});
 
 describe('graceful shutdown', () => {
   it('when node src/main.ts gets SIGTERM with health watches (HTTP/2 and HTTP/1.1) and a reflection stream open, then each ends and the process exits 0 at once', async () => {

@@ -159,6 +159,15 @@ describe('counter reservations', () => {
     expect((await store.reserve('k', 5, 60_000, 'over')).reserved).toBe(false);
   });
 
+  it('when a counter once at its limit was brought under it by a release, then a reservation made afterwards is given back by its release (helper 175)', async () => {
+    const store = new MemoryCounterStore();
+    for (const id of ['a', 'b', 'c', 'd', 'e']) expect((await store.reserve('k', 5, 60_000, id)).reserved).toBe(true);
+    await store.release('k', 'e');
+    expect((await store.reserve('k', 5, 60_000, 'f')).reserved).toBe(true);
+    await store.release('k', 'f');
+    expect((await store.peek('k')).count).toBe(4);
+  });
+
   it('when a reservation that was refused, never made, or already given back is released, then the count stays (helper 170)', async () => {
     const store = new MemoryCounterStore();
     for (let i = 0; i < 5; i += 1) await store.reserve('k', 5, 60_000, `r${i}`);

@@ -210,21 +210,42 @@ function jsonBodies(limitBytes: number): RequestHandler {
 
 /**
  * Marks the answer to a request refused before its body was read as the connection's last, and
- * lets the connection linger, unread, for a second after it. Node ends such a connection at once
- * (destroySoon): with the client's bytes unread, the kernel answers them with a reset that can
- * overtake the answer, and the client read none of it (seen with a gzip body sent chunked).
+ * lets the connection linger, unread, for LINGER_MS after everything written on it has left for
+ * the kernel. Node ends such a connection at once (destroySoon): with the client's bytes unread,
+ * the kernel answers them with a reset that can overtake the answer, and the client read none of
+ * it (seen with a gzip body sent chunked). The wait counts from the last write leaving, and is
+ * long enough for a slow reader to take what the kernel still holds: answers pipelined ahead of
+ * the refused request were thrown away by the reset when it came a second after the end was
+ * asked for (helper 176). Nothing is read meanwhile: Node resumes a request whose body nobody
+ * read (its dump) as it ends the answer, which took a declared 1 GB body at line rate, 73 MB in
+ * the second (helper 176); it is paused again here. A connection whose writes never leave (a
+ * client that stops reading) is destroyed after FLUSH_MAX_MS.
  */
 function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
   const { socket } = req;
   socket.destroySoon = () => {
+    // Node's dump of an unread body resumes the request on the next tick, and drops what it reads
+    // without ever pausing the socket: the socket is paused once that has run.
+    req.pause();
+    setImmediate(() => socket.pause());
+    const cap = setTimeout(() => socket.destroy(), FLUSH_MAX_MS).unref();
+    socket.once('finish', () => {
+      clearTimeout(cap);
+      setTimeout(() => socket.destroy(), LINGER_MS).unref();
+    });
     socket.end();
-    setTimeout(() => socket.destroy(), LINGER_MS).unref();
   };
   res.setHeader('connection', 'close');
 }
 
-/** How long a connection refused mid-body stays open, unread, after its answer. */
-const LINGER_MS = 1_000;
+/**
+ * How long a connection refused mid-body stays open, unread, after its answers have left for the
+ * kernel: what the kernel still holds (a few MB on loopback) takes a client reading at 1 MB/s
+ * a few seconds. The connection counts against CONNECTIONS_PER_ADDRESS_MAX meanwhile.
+ */
+const LINGER_MS = 5_000;
+/** How long the answers ahead of such a refusal may take to leave before the connection is destroyed. */
+const FLUSH_MAX_MS = 30_000;
 
 /** The raw (inflated) JSON body, kept by the parser's `verify` hook for the check after it. */
 const RAW_JSON = Symbol('raw JSON body');

@@ -915,22 +915,29 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
     idle = setTimeout(() => session.close(), limits.http2IdleTimeoutMs);
   };
   startIdle();
-  // Answers complete on this side that the client has not taken by their request deadline. At
-  // each sweep after that, if nothing at all has gone out on the connection since the last
-  // sweep, they are cut: a client advertising a zero window held such streams, and the answers
-  // they buffer, for as long as it liked (HTTP/1.1's slow readers meet the socket's timeout).
-  // Node tells no stream's own progress (a write completes when all of it has gone), so a
-  // client taking its answers slowly is known by its connection moving. A connection kept moving
-  // by other means (PINGs, whose acknowledgements are writes too) still loses an answer it has
-  // not taken after UNTAKEN_MAX_SWEEPS sweeps.
-  const untaken = new Map<ServerHttp2Stream, number>();
+  // Answers complete on this side that the client has not taken by their request deadline, and
+  // answers still being written whose last write has not left (a streaming answer, whose
+  // handler waits for its write to drain and so never ends it: helper 179 held 2 000 reflection
+  // streams, 400 MB, for as long as it liked behind a zero window). At each sweep after that, if
+  // nothing at all has gone out on the connection since the last sweep, they are cut: a client
+  // advertising a zero window held such streams, and the answers they buffer, for as long as it
+  // liked (HTTP/1.1's slow readers meet the socket's timeout). Node tells no stream's own progress
+  // (a write completes when all of it has gone), so a client taking its answers slowly is known
+  // by its connection moving. A connection kept moving by other means (PINGs, whose
+  // acknowledgements are writes too) still loses an answer it has not taken after
+  // UNTAKEN_MAX_SWEEPS sweeps. A streaming answer whose write has left by a sweep is moving: it
+  // goes back to its own deadlines.
+  const untaken = new Map<ServerHttp2Stream, { sweeps: number; moving: () => void }>();
   let sweep: NodeJS.Timeout | undefined;
   let sentAtLastSweep = -1;
   const sweepUntaken = () => {
     const sent = session.destroyed ? sentAtLastSweep : session.socket.bytesWritten;
-    for (const [stream, sweeps] of untaken) {
-      if (sent === sentAtLastSweep || sweeps + 1 >= UNTAKEN_MAX_SWEEPS) stream.close(http2Constants.NGHTTP2_CANCEL);
-      else untaken.set(stream, sweeps + 1);
+    for (const [stream, held] of untaken) {
+      if (!stream.writableEnded && stream.writableLength === 0) {
+        untaken.delete(stream);
+        held.moving();
+      } else if (sent === sentAtLastSweep || held.sweeps + 1 >= UNTAKEN_MAX_SWEEPS) stream.close(http2Constants.NGHTTP2_CANCEL);
+      else held.sweeps += 1;
     }
     sentAtLastSweep = sent;
     if (untaken.size === 0) {
@@ -942,9 +949,10 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
     open += 1;
     clearTimeout(idle);
     // At the request deadline, a request not fully arrived is cut (the client has not sent
-    // END_STREAM, whether or not the handler has read it all); an answer complete on this side
-    // is handed to the session's sweep (below); a stream still answering (a health watch, a
-    // handler at work) is left to its own deadlines and looked at again at the next one.
+    // END_STREAM, whether or not the handler has read it all); an answer complete on this side,
+    // or one whose write has not left, is handed to the session's sweep (above); a stream still
+    // answering (a health watch between messages, a handler at work) is left to its own
+    // deadlines and looked at again at the next one.
     let deadline: NodeJS.Timeout | undefined;
     const check = () => {
       if (stream.closed || stream.destroyed) return;
@@ -952,8 +960,8 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
         stream.close(http2Constants.NGHTTP2_CANCEL);
         return;
       }
-      if (stream.writableEnded) {
-        untaken.set(stream, 0);
+      if (stream.writableEnded || stream.writableLength > 0) {
+        untaken.set(stream, { sweeps: 0, moving: () => (deadline = setTimeout(check, limits.requestTimeoutMs)) });
         if (sweep === undefined) {
           sentAtLastSweep = session.socket.bytesWritten;
           sweep = setInterval(sweepUntaken, limits.requestTimeoutMs).unref();

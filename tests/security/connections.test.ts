@@ -681,6 +681,38 @@ describe('HTTP/1.1', () => {
 });
 
 describe('HTTP/2 (h2c)', () => {
+  it('when a client asks a reflection stream many questions, ends its half and never opens its receive window, then the stream is reset with CANCEL within a few request deadlines, as an untaken unary answer is', async () => {
+    // Found by an attacker (helper 179): the streaming handler waits for its first write to
+    // drain, so it never ended its answer, and only ended answers were swept: the stream, and
+    // its session (no idle timer while a stream is open), stayed for ever; 2 000 of them held 400 MB.
+    const session = http2.connect(`http://127.0.0.1:${server.port}`, { settings: { initialWindowSize: 0 } });
+    session.on('error', () => undefined);
+    cleanups.push(() => session.destroy());
+    const name = Buffer.from(UserService.typeName);
+    // file_containing_symbol (field 4), framed as a gRPC message; 200 of them, one request.
+    const question = Buffer.concat([Buffer.from([0x22, name.length]), name]);
+    const framed = Buffer.concat([Buffer.from([0, 0, 0, 0, question.length]), question]);
+    const body = Buffer.concat(Array.from({ length: 200 }, () => framed));
+    const outcomes = Array.from(
+      { length: 3 },
+      () =>
+        new Promise<number>((resolve) => {
+          const stream = session.request({
+            ':method': 'POST',
+            ':path': '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo',
+            'content-type': 'application/grpc',
+            te: 'trailers',
+          });
+          stream.on('error', () => undefined);
+          stream.once('close', () => resolve(stream.rstCode));
+          stream.end(body);
+        }),
+    );
+    const giveUp = sleep(6 * REQUEST_MS + SLACK_MS).then(() => 'still open' as const);
+    const codes = await Promise.all(outcomes.map((outcome) => Promise.race([outcome, giveUp])));
+    expect(codes).toEqual([http2.constants.NGHTTP2_CANCEL, http2.constants.NGHTTP2_CANCEL, http2.constants.NGHTTP2_CANCEL]);
+  }, 30_000);
+
   it('when sessions open no stream and only send PINGs, then each gets GOAWAY NO_ERROR and is closed at the idle deadline', async () => {
     const results = await Promise.all(
       Array.from({ length: 5 }, async () => {

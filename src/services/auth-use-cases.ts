@@ -185,13 +185,15 @@ export class AuthUseCases {
     }
     const attempt = await this.#throttle.admit({ name: login, userId: row?.id, address: addressKey(client.ipAddress), device });
     // The attempted login is not recorded: people type passwords into the username field.
-    const failed = (reason: string) => {
+    const audited = (reason: string) =>
       this.#audit.record({
         type: 'LOGIN_FAILED',
         ...(row === null ? {} : { userId: row.id }),
         ...clientFields(client),
         details: { reason, knownDevice: device !== undefined },
       });
+    const failed = (reason: string) => {
+      audited(reason);
       return new AuthenticationError(INVALID_CREDENTIALS);
     };
     if (!attempt.admitted) {
@@ -222,7 +224,11 @@ export class AuthUseCases {
     // active: a password change or suspension that committed meanwhile has ended every session.
     const now = this.#now();
     const tokens = await this.#openSession(row, client, now).catch(async (error: unknown) => {
-      // Not a guess that failed: the server could not finish (the database overloaded, say).
+      // Not a guess that failed: the server could not finish (the database overloaded, say), and
+      // the slot goes back. The right password was given, though, and the client told so by the
+      // 503 where a wrong one is a 401: recorded, so that checking stolen credentials while the
+      // database struggles leaves a trace (helper 178: nothing was audited).
+      audited('unavailable');
       await attempt.abandoned();
       throw error;
     });

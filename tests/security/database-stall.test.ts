@@ -224,6 +224,24 @@ describe('a database server that stops answering', () => {
     expect(codes.filter((code) => !['ok', 'unavailable'].includes(code))).toEqual([]);
   }, 60_000);
 
+  it("when a login's password matches but its session cannot be stored (the user's row held elsewhere), then it is 503 / unavailable and audited as such, over every protocol", async () => {
+    // Found by an attacker (helper 178): the 503 tells a right password from a wrong one's 401
+    // while the database struggles, and the attempt left no audit event at all.
+    for (const client of clients) {
+      const user = await register(t);
+      const held = await holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [user.id]);
+      let outcome;
+      try {
+        outcome = await client.login({ usernameOrEmail: user.username, password: user.password });
+      } finally {
+        await held.release();
+      }
+      expect({ protocol: client.protocol, code: outcome.code }).toEqual({ protocol: client.protocol, code: 'unavailable' });
+      const events = await auditSettled(user.id, 'LOGIN_FAILED');
+      expect(events.map((event) => event.details?.reason)).toEqual(['unavailable']);
+    }
+  }, 60_000);
+
   it(`when the network parts in the middle of a refresh's transaction, so that ${SERVER} never hears that the app gave up on it, then the locks it held are freed within seconds and the user's session works again`, async () => {
     // The app's connection is given up after the statement's bound and closed, but the close is
     // lost on the way: the server kept the transaction open with its row locks for as long as it

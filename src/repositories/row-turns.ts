@@ -1,8 +1,10 @@
 import { UnavailableError } from '../domain/errors.ts';
 import { currentWorkLimits } from '../infrastructure/call-context.ts';
 
-/** More writes than this waiting for one user's row are refused at once. */
-const MAX_WAITING_PER_ROW = 16;
+/** More writes than this waiting for their target's row are refused at once. */
+const MAX_WAITING_PER_ROW = 64;
+/** Writes that may lock at once a row they do not target (a caller's, ALL_ADMINS). */
+const SHARED_PER_ROW = 4;
 
 interface Row {
   /** Settles when the last write queued for the row is done (or has given up waiting). */
@@ -11,38 +13,57 @@ interface Row {
   queued: number;
 }
 
+interface Shared {
+  /** Writes holding one of the row's SHARED_PER_ROW places. */
+  running: number;
+  /** Writes waiting for a place, first come first served; each is handed its place. */
+  waiting: (() => void)[];
+}
+
 /**
- * Writes that lock a user's row take turns in this process, one at a time per row, before they
- * take a pooled connection. A write waiting on a row lock holds its connection while it waits:
- * with one user's row locked elsewhere (an operator's transaction, a stuck writer), that user's
- * own 40 revoke-alls (or an administrator's 40 updates) held all ten connections for up to 10 s,
- * and every other user's login and point read waited for the pool or was refused 503 (helper
- * 173). Here the rest of a row's writes wait without a connection: one connection per contested
- * row per process. A write takes the turns of every row it locks (the target, the caller it
- * acts for, and for a write that may remove an administrator, every administrator's: ALL_ADMINS),
- * in ascending order so that two writes never each hold a turn the other waits for: keyed by its
- * target alone, an administrator's 40 updates of 40 users while the administrator's own row was
- * held took 40 connections again (helper 174). A write waits for its turns at most `waitMs` in
- * all (the database's lock timeout, DATABASE_LOCK_TIMEOUT_MS, or what its request has left if
- * less) and is then refused as the database would refuse it (503 / `unavailable`, Retry-After:
- * 1); more than 16 waiting for one row are refused at once. Across processes (replicas, split
- * layers) the database's own lock still orders them.
+ * Writes that lock a user's row take turns in this process, before they take a pooled connection.
+ * A write waiting on a row lock holds its connection while it waits: with one user's row locked
+ * elsewhere (an operator's transaction, a stuck writer), that user's own 40 revoke-alls (or an
+ * administrator's 40 updates) held all ten connections for up to 10 s, and every other user's
+ * login and point read waited for the pool or was refused 503 (helper 173).
+ *
+ * - A write's target row: one write at a time per row; the rest wait without a connection, and
+ *   more than 64 waiting for one row are refused at once (with 16, twenty verifications of one
+ *   user sent together, which the database had ordered, lost three to it).
+ * - The rows it locks besides (the caller it acts for; for a write that may remove an
+ *   administrator, every administrator's: ALL_ADMINS): at most SHARED_PER_ROW writes at once
+ *   per row. Not taken at all, an administrator's 40 updates of 40 users while its own row was
+ *   held elsewhere took 40 connections (helper 174); taken as a turn, one at a time and under the
+ *   bound of 16, an administrator's 40 verifications with nothing locked anywhere had 23 refused
+ *   (helper 181), and a write waiting in the database for its target held the caller's turn, so
+ *   a demotion of that caller waited behind it where the database would have let it through.
+ *
+ * The target's turn comes first, then the other places in ascending order, and a write holding
+ * any of them waits only for places (never for a turn), so no two writes wait for each other. A
+ * write waits at most `waitMs` in all (the database's lock timeout, DATABASE_LOCK_TIMEOUT_MS, or
+ * what its request has left if less) and is then refused as the database would refuse it (503 /
+ * `unavailable`, Retry-After: 1). Across processes (replicas, split layers) the database's own
+ * locks still order them.
  */
 export class RowTurns {
   readonly #rows = new Map<number, Row>();
+  readonly #shared = new Map<number, Shared>();
   readonly #waitMs: number;
 
   constructor(waitMs: number) {
     this.#waitMs = waitMs;
   }
 
-  /** Runs `write` holding the turns of the rows `ids` (user ids, or ALL_ADMINS). */
-  async run<T>(ids: number | readonly number[], write: () => Promise<T>): Promise<T> {
-    const keys = [...new Set(typeof ids === 'number' ? [ids] : ids)].sort((a, b) => a - b);
+  /**
+   * Runs `write` holding the turn of its target's row and places at the rows `also` (the
+   * caller's, or ALL_ADMINS), which it locks too.
+   */
+  async run<T>(target: number | undefined, also: readonly number[], write: () => Promise<T>): Promise<T> {
     const giveUpAt = Date.now() + this.#waitBound();
     const held: (() => void)[] = [];
     try {
-      for (const key of keys) held.push(await this.#take(key, giveUpAt));
+      if (target !== undefined) held.push(await this.#take(target, giveUpAt));
+      for (const key of [...new Set(also)].filter((key) => key !== target).sort((a, b) => a - b)) held.push(await this.#place(key, giveUpAt));
       return await write();
     } finally {
       for (const release of held.reverse()) release();
@@ -53,6 +74,7 @@ export class RowTurns {
   get queued(): number {
     let total = 0;
     for (const row of this.#rows.values()) total += row.queued;
+    for (const shared of this.#shared.values()) total += shared.running + shared.waiting.length;
     return total;
   }
 
@@ -88,13 +110,51 @@ export class RowTurns {
     return release;
   }
 
+  /** Waits for one of the row's SHARED_PER_ROW places until `giveUpAt`; returns what gives it back. */
+  async #place(key: number, giveUpAt: number): Promise<() => void> {
+    let shared = this.#shared.get(key);
+    if (shared === undefined) {
+      shared = { running: 0, waiting: [] };
+      this.#shared.set(key, shared);
+    }
+    const entry = shared;
+    const release = () => {
+      const next = entry.waiting.shift();
+      if (next !== undefined) {
+        next();
+        return;
+      }
+      entry.running -= 1;
+      if (entry.running === 0 && this.#shared.get(key) === entry) this.#shared.delete(key);
+    };
+    if (entry.running < SHARED_PER_ROW) {
+      entry.running += 1;
+      return release;
+    }
+    await new Promise<void>((resolve, reject) => {
+      const handed = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(
+        () => {
+          entry.waiting.splice(entry.waiting.indexOf(handed), 1);
+          reject(busy());
+        },
+        Math.max(0, giveUpAt - Date.now()),
+      );
+      entry.waiting.push(handed);
+    });
+    return release;
+  }
+
   #waitBound(): number {
     const { deadline } = currentWorkLimits();
     return deadline === undefined ? this.#waitMs : Math.max(0, Math.min(this.#waitMs, deadline - Date.now()));
   }
 }
 
-/** The turn of every active administrator's row, for writes that may remove one (see guardWrite). */
+/** The places of every active administrator's row, for writes that may remove one (see guardWrite). */
 export const ALL_ADMINS = 0;
 
 function busy(): UnavailableError {

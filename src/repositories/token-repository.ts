@@ -2,7 +2,7 @@ import type { RowTurns } from './row-turns.ts';
 import type { OAuthToken, Prisma, PrismaClient, User } from '../../gen/prisma/client.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
-import { conditionalUpdate, guardWrite, removesActiveAdmin, rowsGuarded, type UserChanges, type UserExpectation } from './user-repository.ts';
+import { conditionalUpdate, guardWrite, alsoGuarded, removesActiveAdmin, type UserChanges, type UserExpectation } from './user-repository.ts';
 import type { NewAuditEvent } from './audit-repository.ts';
 import { isRepeat, storeAuditEventWith, withSessionsEnded, type ActingAs, type WriteOptions } from './write-options.ts';
 
@@ -138,12 +138,12 @@ export class PrismaTokenRepository implements TokenRepository {
   }
 
   /** A write that locks users' rows, in the rows' turns in this process (see RowTurns). */
-  #atRows<T>(ids: number | readonly number[], write: () => Promise<T>): Promise<T> {
-    return this.#turns === undefined ? write() : this.#turns.run(ids, write);
+  #atRows<T>(target: number, also: readonly number[], write: () => Promise<T>): Promise<T> {
+    return this.#turns === undefined ? write() : this.#turns.run(target, also, write);
   }
 
   create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {
-    return this.#atRows(record.userId, () =>
+    return this.#atRows(record.userId, [], () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           // A login compares the password, then stores its pair. Without the user's lock and this
@@ -173,7 +173,7 @@ export class PrismaTokenRepository implements TokenRepository {
   }
 
   rotate(previous: OAuthToken, next: NewTokenRecord): Promise<OAuthToken | null> {
-    return this.#atRows(previous.userId, () =>
+    return this.#atRows(previous.userId, [], () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           // Ending all of a user's sessions and rotating one of them exclude each other (see
@@ -235,7 +235,7 @@ export class PrismaTokenRepository implements TokenRepository {
    */
   #revokeUnderUserLock(userId: number, where: Prisma.OAuthTokenWhereInput, reason: RevocationReason, actingAs?: ActingAs): Promise<string[]> {
     const guards = { lastAdmin: false, actingAs };
-    return this.#atRows(rowsGuarded(userId, guards), () =>
+    return this.#atRows(userId, alsoGuarded(guards), () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           if (actingAs === undefined) await lockUser(tx, userId);
@@ -266,7 +266,7 @@ export class PrismaTokenRepository implements TokenRepository {
     audit?: NewAuditEvent,
   ): Promise<{ user: User | null; revoked: string[] }> {
     const guards = { lastAdmin: write !== undefined && removesActiveAdmin(write.changes), actingAs };
-    return this.#atRows(rowsGuarded(userId, guards), () =>
+    return this.#atRows(userId, alsoGuarded(guards), () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           // The guard locks the user's row, with the active admins' (when the write could remove

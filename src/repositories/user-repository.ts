@@ -145,7 +145,7 @@ export class PrismaUserRepository implements UserRepository {
     return withDatabaseErrors(() => {
       if (actingAs === undefined && audit === undefined) return this.#db.user.create({ data });
       const guards = { lastAdmin: false, actingAs };
-      return this.#atRows(rowsGuarded(undefined, guards), () =>
+      return this.#atRows(undefined, alsoGuarded(guards), () =>
         this.#db.$transaction(async (tx) => {
           await guardWrite(tx, undefined, guards);
           const row = await tx.user.create({ data });
@@ -159,7 +159,7 @@ export class PrismaUserRepository implements UserRepository {
   update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
     const repeat = isRepeat(options);
     const guards = { lastAdmin: removesActiveAdmin(changes), actingAs: options.actingAs };
-    return this.#atRows(rowsGuarded(id, guards), () =>
+    return this.#atRows(id, alsoGuarded(guards), () =>
       withDatabaseErrors(() => {
         if (!guards.lastAdmin && guards.actingAs === undefined && options.audit === undefined) return conditionalUpdate(this.#db, this.#dialect, id, changes, expected, repeat);
         return this.#db.$transaction(async (tx) => {
@@ -174,7 +174,7 @@ export class PrismaUserRepository implements UserRepository {
 
   delete(id: number, expectedVersion?: number, options: WriteOptions = {}): Promise<boolean> {
     const guards = { lastAdmin: true, actingAs: options.actingAs };
-    return this.#atRows(rowsGuarded(id, guards), () =>
+    return this.#atRows(id, alsoGuarded(guards), () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           await guardWrite(tx, id, guards);
@@ -193,8 +193,8 @@ export class PrismaUserRepository implements UserRepository {
   }
 
   /** A write that locks users' rows, in the rows' turns in this process (see RowTurns). */
-  #atRows<T>(ids: readonly number[], write: () => Promise<T>): Promise<T> {
-    return this.#turns === undefined ? write() : this.#turns.run(ids, write);
+  #atRows<T>(target: number | undefined, also: readonly number[], write: () => Promise<T>): Promise<T> {
+    return this.#turns === undefined ? write() : this.#turns.run(target, also, write);
   }
 
   async list(filter: UserFilter, options: ListOptions = {}): Promise<{ users: UserProfile[]; total: number }> {
@@ -311,9 +311,9 @@ export interface WriteGuards {
   actingAs: ActingAs | undefined;
 }
 
-/** The rows guardWrite(id, guards) locks, as RowTurns keys: the target's, the caller's, every administrator's. */
-export function rowsGuarded(id: number | undefined, guards: WriteGuards): number[] {
-  const rows = [id, guards.actingAs?.userId].filter((value): value is number => value !== undefined);
+/** The rows guardWrite locks besides its target, as RowTurns keys: the caller's, every administrator's. */
+export function alsoGuarded(guards: WriteGuards): number[] {
+  const rows = guards.actingAs === undefined ? [] : [guards.actingAs.userId];
   return guards.lastAdmin ? [...rows, ALL_ADMINS] : rows;
 }
 

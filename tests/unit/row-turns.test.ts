@@ -30,7 +30,7 @@ describe('row turns', () => {
     const a = gatedWrite(log, 'a');
     const b = gatedWrite(log, 'b');
     const other = gatedWrite(log, 'other');
-    const running = [turns.run(1, a.write), turns.run(1, b.write), turns.run(2, other.write)];
+    const running = [turns.run(1, [], a.write), turns.run(1, [], b.write), turns.run(2, [], other.write)];
     await sleep(20);
     expect(log).toEqual(['a start', 'other start']);
     a.finish();
@@ -46,11 +46,11 @@ describe('row turns', () => {
     const turns = new RowTurns(100);
     const log: string[] = [];
     const running = gatedWrite(log, 'running');
-    const first = turns.run(7, running.write);
-    const givesUp = turns.run(7, async () => 'never');
+    const first = turns.run(7, [], running.write);
+    const givesUp = turns.run(7, [], async () => 'never');
     await sleep(60);
     const next = gatedWrite(log, 'next');
-    const after = turns.run(7, next.write);
+    const after = turns.run(7, [], next.write);
     await expect(givesUp).rejects.toBeInstanceOf(UnavailableError);
     // The one that gave up does not let the next overtake the write still running.
     expect(log).toEqual(['running start']);
@@ -62,15 +62,30 @@ describe('row turns', () => {
     expect(await after).toBe('next');
   });
 
-  it('when more than sixteen writes wait for one row, then the next is refused at once', async () => {
+  it('when more than sixty-four writes wait for one row, then the next is refused at once', async () => {
     const turns = new RowTurns(5_000);
     const log: string[] = [];
     const running = gatedWrite(log, 'running');
-    const waiting = [turns.run(3, running.write), ...Array.from({ length: 16 }, () => turns.run(3, async () => 'later'))];
+    const waiting = [turns.run(3, [], running.write), ...Array.from({ length: 64 }, () => turns.run(3, [], async () => 'later'))];
     const started = performance.now();
-    await expect(turns.run(3, async () => 'refused')).rejects.toBeInstanceOf(UnavailableError);
+    await expect(turns.run(3, [], async () => 'refused')).rejects.toBeInstanceOf(UnavailableError);
     expect(performance.now() - started).toBeLessThan(50);
     running.finish();
-    expect((await Promise.all(waiting)).length).toBe(17);
+    expect((await Promise.all(waiting)).length).toBe(65);
+  });
+
+  it("when forty writes lock a row they do not target (a caller's, ALL_ADMINS), then none is refused for it, four run at once, and a write targeting that row does not wait for them (helpers 174, 181)", async () => {
+    const turns = new RowTurns(5_000);
+    const log: string[] = [];
+    const gated = Array.from({ length: 40 }, (_, i) => gatedWrite(log, `w${i}`));
+    // Forty writes of one caller (row 9) to forty targets: four at once hold places at row 9.
+    const bulk = gated.map((write, i) => turns.run(100 + i, [9], write.write));
+    await sleep(20);
+    expect(log).toEqual(['w0 start', 'w1 start', 'w2 start', 'w3 start']);
+    // A write targeting row 9 (its demotion, its refresh) takes the row's turn, not a place.
+    expect(await turns.run(9, [], async () => 'own')).toBe('own');
+    for (const write of gated) write.finish();
+    expect((await Promise.all(bulk)).length).toBe(40);
+    expect(turns.queued).toBe(0);
   });
 });

@@ -188,10 +188,26 @@ export function rateLimitGate(limiter: RateLimiter): (context: HandlerContext) =
   };
 }
 
-/** Validates unary requests against openapi.yaml's rules (see RequestValidator). */
+/**
+ * Validates requests against openapi.yaml's rules and the edge's own (see RequestValidator): a
+ * unary request before the handler, each message of a stream as the handler takes it. Streams
+ * were not checked at all: Health/Watch started a watch for a service name with a NUL, or a
+ * message with fields HealthCheckRequest does not have, which Check refuses (helper 169).
+ */
 export function validationInterceptor(validator: RequestValidator): Interceptor {
   return (next) => async (req) => {
-    if (!req.stream) validator.check(req.method.input, req.message);
-    return next(req);
+    if (!req.stream) {
+      validator.check(req.method.input, req.message);
+      return next(req);
+    }
+    const { input } = req.method;
+    const messages = req.message;
+    async function* checked() {
+      for await (const message of messages) {
+        validator.check(input, message);
+        yield message;
+      }
+    }
+    return next({ ...req, message: checked() });
   };
 }

@@ -370,6 +370,20 @@ describe('bodies the decoder cannot take: invalid_argument, logged and rate limi
     expect(answers.map(pick)).toEqual(Array(3).fill({ code: 'invalid_argument', status: 400, wellFormed: true }));
   });
 
+  it('when a Connect GET is refused before it reaches the handler (a message that does not decode, an unknown encoding, a method with side effects), then the refusal says no-store too', async () => {
+    // Found by an attacker (helper 171): only answers past the interceptors said no-store, and a
+    // 405 is cacheable by heuristics.
+    const get = (procedure: string, query: Record<string, string>) =>
+      raw.http1('GET', `/arcana.user.v1.UserService/${procedure}?${new URLSearchParams(query).toString()}`, { authorization: `Bearer ${admin}` });
+    const answers = await Promise.all([
+      get('ListUsers', { encoding: 'json', message: '{"perPage":' }),
+      get('ListUsers', { encoding: 'xml', message: '{}' }),
+      get('UpdateUser', { encoding: 'json', message: '{}' }),
+    ]);
+    expect(answers.map((answer) => answer.status)).toEqual([400, 415, 405]);
+    for (const answer of answers) expect(answer.headers.get('cache-control'), String(answer.status)).toBe('no-store');
+  });
+
   it('when a REST body is cut short or garbled (gzip, brotli, zstd, deflate), then 400 VALIDATION_ERROR in the envelope', async () => {
     const body = json(newUser('gzip'));
     const answers = await Promise.all(

@@ -447,6 +447,11 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     // cannot form such a request's URL, and it was a bare 400 that no RPC client reads, where REST
     // serves the same request (helper 137). It is served as one to the server's default name.
     if (handler !== undefined && req.httpVersionMajor === 1 && req.headers.host === undefined) req.headers.host = 'localhost';
+    // A Connect GET is cacheable by default, its refusals too (a 405 heuristically): every answer
+    // to one says no-store from the start, the refusals made before the interceptors (a message
+    // that does not decode, an encoding not taken, a method with side effects, the rate limit)
+    // included, where only answers past them said it (helper 171).
+    if (handler !== undefined && req.method === 'GET') res.setHeader('cache-control', 'no-store');
     if (handler === undefined) {
       if (adapterOptions.fallback !== undefined) {
         adapterOptions.fallback(req, res);

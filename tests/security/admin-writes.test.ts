@@ -512,6 +512,26 @@ describe('ETags on REST', () => {
     expect(row).toEqual({ first_name: null, role: 'USER' });
   });
 
+  it('when a user answer is large enough to compress and the client takes gzip, then it goes out uncoded under its strong ETag', async () => {
+    // Found by an attacker (helper 171): a user of over 1 kB went out gzipped under the strong
+    // tag of the uncoded answer, two representations sharing one strong tag (RFC 9110 8.8.1).
+    const user = await register(t);
+    const long = 'x'.repeat(50);
+    const updated = await t.request
+      .put(`/api/v1/users/${user.id}`)
+      .set(...bearer(user.accessToken))
+      .send({ firstName: long, lastName: long, avatarUrl: `https://example.com/${'a'.repeat(470)}` });
+    expect(updated.status).toBe(200);
+    const read = await t.request
+      .get(`/api/v1/users/${user.id}`)
+      .set(...bearer(user.accessToken))
+      .set('accept-encoding', 'gzip');
+    expect(read.status).toBe(200);
+    expect(read.headers['content-encoding']).toBeUndefined();
+    expect(read.headers.etag).toBe(`"${read.body.data.version}"`);
+    expect(Number(read.headers['content-length'] ?? read.text.length)).toBeGreaterThan(1024);
+  });
+
   it("when a client holds another user's copy of /auth/me (same version), then it is answered the caller's own profile, never 304, and the answer varies by Authorization", async () => {
     // Found by an attacker (helper 171): every user has versions 1, 2, 3…, and /auth/me is one URL
     // for all of them: Bob sending Alice's ETag got 304, and a client cache keyed by URL kept

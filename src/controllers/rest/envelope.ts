@@ -54,8 +54,14 @@ export function errorEnvelope(requestId: string, code: ErrorBody['error']['code'
 /** A user's strong entity tag: its version, which every write to the user increments. */
 export const etagOf = (user: User): string => `"${user.version}"`;
 
-/** Sends one user with its ETag, the tag a client sends back in If-Match or If-None-Match. */
+/**
+ * Sends one user with its ETag, the tag a client sends back in If-Match or If-None-Match. Never
+ * content-coded (`no-transform`, which the compression middleware and proxies heed): the tag is
+ * strong, for If-Match, and a gzipped answer is another representation that cannot share it
+ * (RFC 9110 8.8.1); a user with a long name and avatar URL went out gzipped under `"2"` (helper 171).
+ */
 export function sendUser(res: Response, user: User, message: string): void {
   res.setHeader('etag', etagOf(user));
+  res.setHeader('cache-control', 'no-store, no-transform');
   sendSuccess(res, toRestUser(user), message);
 }

@@ -31,6 +31,7 @@ import type { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
 import { IDEMPOTENCY_KEY_FIELD } from './domain/idempotency-key.ts';
 import { errorEnvelope, type ErrorBody } from './controllers/rest/envelope.ts';
+import { framingBound } from './controllers/edge-input.ts';
 import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
 import { rateLimitedWarning, type Logger } from './infrastructure/logger.ts';
 import { requestIdFrom } from './infrastructure/request-id.ts';
@@ -169,6 +170,7 @@ export function createDualProtocolServer(
       // dropped what the client had pipelined behind it, and the connection sat unanswered until
       // its keep-alive ran out): helper 115.
       if (req.headers.upgrade !== undefined || saysClose(req.headers.connection) || draining) res.shouldKeepAlive = false;
+      if (options.bodyLimitBytes !== undefined) boundFraming(req, res, options.bodyLimitBytes);
       startInTurn(() => {
         if (req.socket.destroyed) return false;
         handlers.http1(req, res);
@@ -676,6 +678,39 @@ async function refuseTunnel(socket: Duplex, lingerMs: number): Promise<void> {
     // before it reads the refusal), but not for longer than a kept-alive connection may idle.
     () => setTimeout(() => socket.destroy(), lingerMs).unref(),
   );
+}
+
+/** How often a chunked body's bytes on the wire are looked at (see boundFraming). */
+const FRAMING_CHECK_MS = 20;
+
+/**
+ * The bytes a chunked HTTP/1.1 body takes on the wire, its framing included, bounded at twice the
+ * body limit and 64 KiB: the handlers count the body's own bytes, which a client pads without end
+ * in the framing that the parser strips: chunk extensions (16 KiB a chunk, one byte of body
+ * each; 1.6 GB read before a 413) or leading zeros in a chunk's size (no bound at all: 6.7 GB
+ * read in 15 s and never answered; helper 180). Past the bound the connection is destroyed.
+ * Looked at every FRAMING_CHECK_MS while the body arrives, since a size line that never ends
+ * gives the handlers nothing to count; REST's own check (rest-app.ts) refuses such a body with
+ * 413 as each piece arrives, where it can.
+ */
+function boundFraming(req: IncomingMessage, res: ServerResponse, limitBytes: number): void {
+  if (req.headers['transfer-encoding'] === undefined) return;
+  const { socket } = req;
+  const bound = framingBound(limitBytes);
+  const start = socket.bytesRead;
+  const check = setInterval(() => {
+    // An answer under way is the handler's refusal or its answer: its own close follows.
+    if (res.headersSent) clearInterval(check);
+    else if (socket.bytesRead - start > bound) {
+      clearInterval(check);
+      socket.destroy();
+    }
+  }, FRAMING_CHECK_MS);
+  const stop = () => clearInterval(check);
+  req.once('end', stop);
+  req.once('close', stop);
+  res.once('finish', stop);
+  res.once('close', stop);
 }
 
 /** Whether a Connection header names `close` among its tokens (RFC 9110 §7.6.1). */

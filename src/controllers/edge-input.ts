@@ -222,3 +222,12 @@ export function repeatedJsonKey(json: string): string | undefined {
   }
   return undefined;
 }
+
+/**
+ * The most bytes a chunked HTTP/1.1 body of at most `limitBytes` may take on the wire, its
+ * framing included (chunk sizes, extensions): a legitimate client's framing is a few bytes a
+ * chunk, and a padded one's has no end (server.ts, boundFraming).
+ */
+export function framingBound(limitBytes: number): number {
+  return 2 * limitBytes + 64 * 1024;
+}

@@ -66,7 +66,7 @@ import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { constants, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { AppError, ValidationError } from '../../domain/errors.ts';
-import { findQueryProblems } from '../edge-input.ts';
+import { findQueryProblems, framingBound } from '../edge-input.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { rpcRefusal } from '../../rpc/refusal.ts';
@@ -480,6 +480,16 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       metrics?.rpcRequest(handler.requestPath.slice(1), rpcProtocolOf(headerOf(req, 'content-type')), 'unimplemented', Number(process.hrtime.bigint() - started) / 1e9);
       return;
     }
+    // A body declared larger than any message taken (one, with its 5-byte envelope prefix) is
+    // refused before it is read, in the call's protocol, as Connect's unary path refused it:
+    // gRPC-Web waited for the whole declared body and answered 408, in REST's envelope, at the
+    // request deadline (helper 180).
+    const declared = Number(req.headers['content-length']);
+    if (declared > readMaxBytes + 5) {
+      refuseInProtocol(req, res, new ConnectError(`message size ${declared} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted));
+      metrics?.rpcRequest(handler.requestPath.slice(1), rpcProtocolOf(headerOf(req, 'content-type')), 'resource_exhausted', Number(process.hrtime.bigint() - started) / 1e9);
+      return;
+    }
     dropOverlongTimeouts(req.headers);
     const contextValues = adapterOptions.contextValues?.(req) ?? createContextValues();
     if (req.method === 'GET') {
@@ -556,6 +566,10 @@ function readNodeBody(req: NodeRequest, maxBytes: number, lengthHint: string | n
   if (promised !== undefined && promised > maxBytes) {
     return Promise.reject(new ConnectError(`message size ${promised} is larger than configured readMaxBytes ${maxBytes}`, Code.ResourceExhausted));
   }
+  // Over HTTP/1.1, the bytes on the wire too, framing included: chunk extensions and leading zeros
+  // in chunk sizes pad a body without end, which the parser strips (helper 180; server.ts,
+  // boundFraming). Such a body is not read to its end: its connection closes with the answer.
+  const wire = 'stream' in req ? undefined : { socket: req.socket, start: req.socket.bytesRead, bound: framingBound(maxBytes) };
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let count = 0;
@@ -576,7 +590,11 @@ function readNodeBody(req: NodeRequest, maxBytes: number, lengthHint: string | n
       count += chunk.byteLength;
       if (promised !== undefined && count > promised) giveUp(new ConnectError(`protocol error: promised ${promised} bytes, received ${count}`, Code.InvalidArgument));
       else if (promised === undefined && count > maxBytes) giveUp(new ConnectError(`message size is larger than configured readMaxBytes ${maxBytes}`, Code.ResourceExhausted));
-      else chunks.push(chunk);
+      else if (wire !== undefined && wire.socket.bytesRead - wire.start > wire.bound) {
+        stop();
+        req.pause();
+        reject(new ConnectError(`message framing is larger than configured readMaxBytes ${maxBytes} allows`, Code.ResourceExhausted));
+      } else chunks.push(chunk);
     };
     const onEnd = () => {
       stop();

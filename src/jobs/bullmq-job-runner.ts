@@ -152,6 +152,15 @@ export class BullMqJobRunner implements JobRunner {
       const closing = Promise.allSettled(parts.workers.map((worker) => worker.close(redisDown)));
       if (!(await settlesWithin(closing, WORKER_CLOSE_TIMEOUT_MS))) {
         this.#context.logger.warn('background workers did not stop in time; closing anyway');
+        // Their connections are left to them until they stop. Closed under a job that is
+        // recording its outcome, a closing worker retries that record at once, for ever, at a
+        // whole core (BullMQ's retryIfFailed waits between tries only while not closing): a test
+        // process spun so for twenty minutes in CI, and starved every test beside it.
+        const left = new Set<Redis>(parts.workerConnections);
+        void closing.then(() => Promise.allSettled([...left].filter((connection) => connection.status === 'ready').map((connection) => connection.quit())));
+        await Promise.allSettled([parts.auditQueue.close(), parts.maintenanceQueue.close()]);
+        await Promise.allSettled(connections.filter((connection) => connection.status === 'ready' && !left.has(connection)).map((connection) => connection.quit()));
+        return;
       }
       await Promise.allSettled([parts.auditQueue.close(), parts.maintenanceQueue.close()]);
     }

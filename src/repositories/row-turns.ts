@@ -40,8 +40,8 @@ interface Shared {
  *
  * The target's turn comes first, then the other places in ascending order, and a write holding
  * any of them waits only for places (never for a turn), so no two writes wait for each other. A
- * write waits at most `waitMs` in all (the database's lock timeout, DATABASE_LOCK_TIMEOUT_MS, or
- * what its request has left if less) and is then refused as the database would refuse it (503 /
+ * write waits at most half of `waitMs` in all (the database's lock timeout,
+ * DATABASE_LOCK_TIMEOUT_MS, or what its request has left if less; see #waitBound) and is then refused as the database would refuse it (503 /
  * `unavailable`, Retry-After: 1). Across processes (replicas, split layers) the database's own
  * locks still order them.
  */
@@ -148,9 +148,17 @@ export class RowTurns {
     return release;
   }
 
+  /**
+   * Half the lock timeout (or what the request has left, if less): the write ahead, when the row
+   * is locked elsewhere, waits the whole lock timeout and fails, and a write that got its turn
+   * just after would then wait as long again, and succeed once the lock was gone, where the
+   * database alone had refused them all together (five suspensions at once while the sessions'
+   * rows were held: one went through; test `admin-sessions`, layered-http).
+   */
   #waitBound(): number {
+    const bound = this.#waitMs / 2;
     const { deadline } = currentWorkLimits();
-    return deadline === undefined ? this.#waitMs : Math.max(0, Math.min(this.#waitMs, deadline - Date.now()));
+    return deadline === undefined ? bound : Math.max(0, Math.min(bound, deadline - Date.now()));
   }
 }
 

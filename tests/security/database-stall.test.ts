@@ -227,19 +227,17 @@ describe('a database server that stops answering', () => {
   it("when a login's password matches but its session cannot be stored (the user's row held elsewhere), then it is 503 / unavailable and audited as such, over every protocol", async () => {
     // Found by an attacker (helper 178): the 503 tells a right password from a wrong one's 401
     // while the database struggles, and the attempt left no audit event at all.
-    for (const client of clients) {
-      const user = await register(t);
-      const held = await holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [user.id]);
-      let outcome;
-      try {
-        outcome = await client.login({ usernameOrEmail: user.username, password: user.password });
-      } finally {
-        await held.release();
-      }
-      expect({ protocol: client.protocol, code: outcome.code }).toEqual({ protocol: client.protocol, code: 'unavailable' });
-      const events = await auditSettled(user.id, 'LOGIN_FAILED');
-      expect(events.map((event) => event.details?.reason)).toEqual(['unavailable']);
+    const users = await Promise.all(clients.map(() => register(t)));
+    const held = await Promise.all(users.map((user) => holdRows(t, 'SELECT id FROM users WHERE id = $1 FOR UPDATE', [user.id])));
+    let outcomes;
+    try {
+      outcomes = await Promise.all(clients.map((client, i) => client.login({ usernameOrEmail: users[i]?.username ?? '', password: users[i]?.password ?? '' })));
+    } finally {
+      await Promise.all(held.map((rows) => rows.release()));
     }
+    expect(outcomes.map((outcome) => outcome.code)).toEqual(clients.map(() => 'unavailable'));
+    const events = await Promise.all(users.map((user) => auditSettled(user.id, 'LOGIN_FAILED')));
+    expect(events.map((rows) => rows.map((event) => event.details?.reason))).toEqual(users.map(() => ['unavailable']));
   }, 60_000);
 
   it(`when the network parts in the middle of a refresh's transaction, so that ${SERVER} never hears that the app gave up on it, then the locks it held are freed within seconds and the user's session works again`, async () => {

@@ -37,6 +37,25 @@ const median = (values: number[]) => {
   return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
 };
 
+/** How long a login with a wrong password for `login` takes to be refused (ms). */
+async function wrongPasswordTime(client: ApiClient, login: string): Promise<number> {
+  const started = performance.now();
+  const outcome = await client.login({ usernameOrEmail: login, password: 'Wrong-Passw0rd-Guess!' });
+  expect(outcome.code).toBe('unauthenticated');
+  return performance.now() - started;
+}
+
+/** SAMPLES wrong-password logins for `username`, each followed by one for a name no account has. */
+async function wrongPasswordTimes(client: ApiClient, username: string, tag: string): Promise<{ known: number[]; unknown: number[] }> {
+  const known: number[] = [];
+  const unknown: number[] = [];
+  for (let sample = 0; sample < SAMPLES; sample += 1) {
+    known.push(await wrongPasswordTime(client, username));
+    unknown.push(await wrongPasswordTime(client, `nobody_${process.pid}_${tag}_${sample}`));
+  }
+  return { known, unknown };
+}
+
 describe.each(PROTOCOLS)('account existence over %s', (protocol: ProtocolName) => {
   let client: ApiClient;
 
@@ -52,18 +71,7 @@ describe.each(PROTOCOLS)('account existence over %s', (protocol: ProtocolName) =
     const user = await register(t, newUser('early'));
     // As the account's row would hold it had it registered before the operator raised the cost.
     await t.sql('UPDATE users SET password_hash = $1 WHERE id = $2', [await bcrypt.hash(user.password, EARLIER_ROUNDS), user.id]);
-    const timed = async (login: string) => {
-      const started = performance.now();
-      const outcome = await client.login({ usernameOrEmail: login, password: 'Wrong-Passw0rd-Guess!' });
-      expect(outcome.code).toBe('unauthenticated');
-      return performance.now() - started;
-    };
-    const known: number[] = [];
-    const unknown: number[] = [];
-    for (let sample = 0; sample < SAMPLES; sample += 1) {
-      known.push(await timed(user.username));
-      unknown.push(await timed(`nobody_${process.pid}_${protocol}_${sample}`));
-    }
+    const { known, unknown } = await wrongPasswordTimes(client, user.username, protocol);
     // The right password still opens the account, whatever the cost its hash was made with.
     expect((await client.login({ usernameOrEmail: user.username, password: user.password })).code).toBe('ok');
     // Indistinguishable means within noise; here an existing account answered in a fraction of the
@@ -123,22 +131,11 @@ describe('account existence after BCRYPT_ROUNDS was lowered', () => {
     it('when an account was made before BCRYPT_ROUNDS was lowered, then a login for an unknown name takes as long as a wrong password for it', async () => {
       const user = await register(lowered, newUser('costly'));
       await lowered.sql('UPDATE users SET password_hash = $1 WHERE id = $2', [await bcrypt.hash(user.password, COSTLIER_ROUNDS), user.id]);
-      const timed = async (login: string) => {
-        const started = performance.now();
-        const outcome = await client.login({ usernameOrEmail: login, password: 'Wrong-Passw0rd-Guess!' });
-        expect(outcome.code).toBe('unauthenticated');
-        return performance.now() - started;
-      };
-      const known: number[] = [];
-      const unknown: number[] = [];
-      for (let sample = 0; sample < SAMPLES; sample += 1) {
-        known.push(await timed(user.username));
-        unknown.push(await timed(`nobody_${process.pid}_${protocol}_${sample}`));
-      }
+      const { known, unknown } = await wrongPasswordTimes(client, user.username, protocol);
       // A newer account, hashed at the lowered cost, is made as slow as the older ones too.
       const newer = await register(lowered, newUser('newer'));
       const newerTimes: number[] = [];
-      for (let sample = 0; sample < SAMPLES; sample += 1) newerTimes.push(await timed(newer.username));
+      for (let sample = 0; sample < SAMPLES; sample += 1) newerTimes.push(await wrongPasswordTime(client, newer.username));
       const spread = `known ${known.map(Math.round).join(',')} ms, unknown ${unknown.map(Math.round).join(',')} ms, newer ${newerTimes.map(Math.round).join(',')} ms`;
       // Unknown names answered in a quarter of the time (11 against 62 ms at 6 under 10).
       expect(median(unknown), spread).toBeGreaterThan(median(known) * 0.5);

@@ -101,6 +101,16 @@ function rawClient(port: number, options: { localAddress?: string; allowHalfOpen
   };
 }
 
+/** A reflection stream on `session`, and `count` file_containing_symbol questions for UserService as its request body. */
+function reflectionStream(session: http2.ClientHttp2Session, count: number): { stream: http2.ClientHttp2Stream; questions: Buffer } {
+  const stream = session.request({ ':method': 'POST', ':path': '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', 'content-type': 'application/grpc', te: 'trailers' });
+  stream.on('error', () => undefined);
+  const symbol = Buffer.from(UserService.typeName);
+  // file_containing_symbol (field 4), framed as a gRPC message.
+  const question = Buffer.concat([Buffer.from([0, 0, 0, 0, symbol.length + 2, 0x22, symbol.length]), symbol]);
+  return { stream, questions: Buffer.concat(Array.from({ length: count }, () => question)) };
+}
+
 /** When `closed` resolved (ms), or Infinity if it had not after `limitMs`. */
 function closedWithin(closed: Promise<number>, limitMs: number): Promise<number> {
   return Promise.race([closed, sleep(limitMs).then(() => Number.POSITIVE_INFINITY)]);
@@ -741,24 +751,13 @@ describe('HTTP/2 (h2c)', () => {
     const session = http2.connect(`http://127.0.0.1:${server.port}`, { settings: { initialWindowSize: 0 } });
     session.on('error', () => undefined);
     cleanups.push(() => session.destroy());
-    const name = Buffer.from(UserService.typeName);
-    // file_containing_symbol (field 4), framed as a gRPC message; 200 of them, one request.
-    const question = Buffer.concat([Buffer.from([0x22, name.length]), name]);
-    const framed = Buffer.concat([Buffer.from([0, 0, 0, 0, question.length]), question]);
-    const body = Buffer.concat(Array.from({ length: 200 }, () => framed));
     const outcomes = Array.from(
       { length: 3 },
       () =>
         new Promise<number>((resolve) => {
-          const stream = session.request({
-            ':method': 'POST',
-            ':path': '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo',
-            'content-type': 'application/grpc',
-            te: 'trailers',
-          });
-          stream.on('error', () => undefined);
+          const { stream, questions } = reflectionStream(session, 200);
           stream.once('close', () => resolve(stream.rstCode));
-          stream.end(body);
+          stream.end(questions);
         }),
     );
     const giveUp = sleep(6 * REQUEST_MS + SLACK_MS).then(() => 'still open' as const);
@@ -1456,17 +1455,9 @@ describe('graceful shutdown against a client that stops reading', () => {
       const session = http2.connect(baseUrl);
       cleanups.push(() => session.destroy());
       session.on('error', () => undefined);
-      const stream = session.request({
-        ':method': 'POST',
-        ':path': '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo',
-        'content-type': 'application/grpc',
-        te: 'trailers',
-      });
-      stream.on('error', () => undefined);
+      const { stream, questions } = reflectionStream(session, 150);
       stream.pause();
-      const symbol = Buffer.from('arcana.user.v1.UserService');
-      const request = Buffer.concat([Buffer.from([0, 0, 0, 0, symbol.length + 2, 0x22, symbol.length]), symbol]);
-      stream.write(Buffer.concat(Array.from({ length: 150 }, () => request)));
+      stream.write(questions);
       await sleep(500);
 
       const signalledAt = performance.now();

@@ -180,8 +180,7 @@ function tooLarge(): Error {
  * until the request timeout, and got 408 after 60 s (helper 169: 19 MB read; 300 MB read in full
  * before the answer). The bytes counted are those sent: a compressed body is bounded after
  * inflation by body-parser, and sent, by the limit plus deflate's worst-case growth. Nothing more
- * is read; the answer says `Connection: close` and is followed by the end of the connection,
- * which is destroyed a second later (a lingering close, as HTTP servers do it).
+ * is read; the answer says `Connection: close`, and the connection lingers (see closeAfterAnswer).
  */
 function jsonBodies(limitBytes: number): RequestHandler {
   const parse: RequestHandler = express.json({ limit: limitBytes, strict: true, verify: refuseInvalidUtf8 });

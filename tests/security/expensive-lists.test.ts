@@ -21,7 +21,9 @@ let t: TestServer;
 let admin: string;
 
 beforeAll(async () => {
-  t = await startTestServer({ LIST_QUERY_CONCURRENCY: String(CONCURRENCY), LIST_QUERY_QUEUE_MAX: String(QUEUE) });
+  // The lists admitted wait on the held table for the whole of a test, seconds on a loaded CI
+  // machine: the default 5 s lock wait could end them before the test counts them in pg_stat_activity.
+  t = await startTestServer({ LIST_QUERY_CONCURRENCY: String(CONCURRENCY), LIST_QUERY_QUEUE_MAX: String(QUEUE), DATABASE_LOCK_TIMEOUT_MS: '30000' });
   // Each protocol's test below caches the record with its own first call (see cachedAdmin).
   admin = await loginAdmin(t);
   await sleep(2_500);

@@ -6,7 +6,10 @@
 //
 // node scripts/checks.ts            all of them
 // node scripts/checks.ts lint tsc   only those whose name contains one of the words
+// node scripts/checks.ts --nice     at the lowest CPU priority (how `npm test` runs them beside
+//                                   the suites, see scripts/test.ts)
 import { spawn } from 'node:child_process';
+import { setPriority } from 'node:os';
 import { join } from 'node:path';
 
 const root = join(import.meta.dirname, '..');
@@ -40,7 +43,10 @@ function run(check: (typeof CHECKS)[number]): Promise<boolean> {
   });
 }
 
-const only = process.argv.slice(2);
+const args = process.argv.slice(2);
+// Set before any check starts: each inherits it.
+if (args.includes('--nice')) setPriority(19);
+const only = args.filter((arg) => arg !== '--nice');
 const selected = only.length === 0 ? CHECKS : CHECKS.filter((check) => only.some((word) => check.name.includes(word)));
 const results = await Promise.all(selected.map(run));
 const failed = selected.filter((_, index) => results[index] !== true).map((check) => check.name);

@@ -146,10 +146,20 @@ function restClient(baseUrl: string): ApiClient {
       req.end(payload);
     }).catch((error: unknown) => {
       if (extras?.signal?.aborted === true) return { status: 0, responseHeaders: new Headers(), text: '' };
-      throw error;
+      // A connection refused or reset is an outcome, as the RPC clients make it (ConnectError.from:
+      // `unavailable`), not a rejection: a test holding the call across a sleep would leave that
+      // unhandled, reported against no test (helper 182).
+      return { status: -1, responseHeaders: new Headers(), text: error instanceof Error ? error.message : String(error) };
     });
     if (status === 0) return { code: 'canceled', headers: responseHeaders };
-    const json = (text === '' ? {} : JSON.parse(text)) as RestBody;
+    if (status === -1) return { code: 'unavailable', headers: responseHeaders, error: { message: text, details: {} } };
+    let json: RestBody;
+    try {
+      json = (text === '' ? {} : JSON.parse(text)) as RestBody;
+    } catch {
+      // Every answer of the API is JSON: one that is not is a failure the test reports, with the text.
+      return { code: 'internal', status, headers: responseHeaders, error: { message: `not JSON (HTTP ${status}): ${text.slice(0, 200)}`, details: {} } };
+    }
     if (status >= 200 && status < 300) return { code: 'ok', status, headers: responseHeaders, data: pick(json) };
     const error = json.error;
     return {

@@ -325,6 +325,9 @@ export function createDualProtocolServer(
     sessions.add(session);
     session.once('close', () => sessions.delete(session));
     superviseSession(session, limits);
+    // One that spoke up during the drain's grace (see close): GOAWAY at once, its streams not
+    // taken are refused as never processed, which a client may retry elsewhere.
+    if (draining) session.close();
   });
 
   const detecting = new Set<Socket>();
@@ -395,8 +398,10 @@ export function createDualProtocolServer(
         // timeout, and an HTTP/2 stream answered in full whose client may still send is closed.
         // A keep-alive connection idle now is left DRAIN_IDLE_GRACE_MS first: a client between
         // two requests sends its next one then, and it is answered, with `close`. Closed at once,
-        // such a connection met that request with a reset (helper 153).
-        const graceEnds = Date.now() + (h1Connections.size === 0 ? 0 : DRAIN_IDLE_GRACE_MS);
+        // such a connection met that request with a reset (helper 153). So is one accepted that
+        // has not yet said what it speaks: a busy process may not have read the request it
+        // already carries (helper 183).
+        const graceEnds = Date.now() + (h1Connections.size === 0 && detecting.size === 0 ? 0 : DRAIN_IDLE_GRACE_MS);
         const idle = setInterval(() => {
           if (Date.now() >= graceEnds) h1.closeIdleConnections();
           closeAnswered();
@@ -405,11 +410,15 @@ export function createDualProtocolServer(
           clearInterval(idle);
           done();
         });
-        // A connection that has not said what it speaks has no request in flight.
-        for (const socket of detecting) socket.destroy();
         // Node's close() of an HTTP server closes its idle connections at once (and this one,
-        // which never listens, does nothing else).
-        setTimeout(() => h1.close(done), Math.max(0, graceEnds - Date.now()));
+        // which never listens, does nothing else). A connection still silent then is closed too.
+        setTimeout(
+          () => {
+            for (const socket of detecting) socket.destroy();
+            h1.close(done);
+          },
+          Math.max(0, graceEnds - Date.now()),
+        );
         // GOAWAY lets streams in flight finish; the h2 server closes when its sessions have.
         for (const session of sessions) session.close();
         h2.close(done);

@@ -267,6 +267,11 @@ describe('recording audit events', () => {
       }, 20_000);
 
       await proxy.cut();
+      // Once the runner's connections have seen the cut, as above (more time: a loaded CI machine
+      // once took longer). Closed in the instant Redis goes away, before any connection has seen
+      // it, the workers are asked to finish gracefully, which BullMQ never does while Redis is
+      // down: close() then returns after WORKER_CLOSE_TIMEOUT_MS (10 s), a known limit.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
       const closing = Date.now();
       await runners.splice(runners.indexOf(runner), 1)[0]?.close();
       expect(Date.now() - closing).toBeLessThan(5_000);

@@ -56,6 +56,25 @@ async function spawnMonolith(extra: Record<string, string>) {
   return { child, exited, baseUrl };
 }
 
+/**
+ * A process with one connection it has accepted (a connection made after it was answered) on
+ * which nothing has been sent, and a wait for its "shutting down" line, the server's close.
+ */
+async function silentConnectionTo(extra: Record<string, string>) {
+  const { child, exited, baseUrl } = await spawnMonolith(extra);
+  const { hostname, port } = new URL(baseUrl);
+  const socket = net.connect(Number(port), hostname);
+  cleanups.push(() => socket.destroy());
+  await once(socket, 'connect');
+  expect((await fetch(`${baseUrl}/health`)).status).toBe(200);
+  const shuttingDown = new Promise<void>((resolve) => {
+    child.stdout?.on('data', (chunk: Buffer) => {
+      if (chunk.toString().includes('shutting down')) resolve();
+    });
+  });
+  return { child, exited, baseUrl, socket, shuttingDown };
+}
+
 function send(agent: http.Agent, baseUrl: string, method: string, path: string, body?: unknown, token?: string) {
   return new Promise<{ status: number; connection: string | undefined; json: unknown }>((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body);
@@ -148,22 +167,11 @@ describe('HTTP/1.1 keep-alive clients during a graceful shutdown', () => {
     // A busy process may not have read a request its newest connections already carry when the
     // signal comes; such connections, not yet known to speak HTTP/1.1 or HTTP/2, were destroyed
     // at once (helper 183).
-    const { child, exited, baseUrl } = await spawnMonolith({ SHUTDOWN_TIMEOUT_MS: '5000' });
-    const { hostname, port } = new URL(baseUrl);
-    const socket = net.connect(Number(port), hostname);
-    cleanups.push(() => socket.destroy());
-    await once(socket, 'connect');
+    const { child, exited, socket, shuttingDown } = await silentConnectionTo({ SHUTDOWN_TIMEOUT_MS: '5000' });
     const received: Buffer[] = [];
     socket.on('data', (chunk: Buffer) => received.push(chunk));
     const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
     socket.on('error', () => undefined);
-    // Answered on a connection made after it, so the server has accepted the silent one.
-    expect((await fetch(`${baseUrl}/health`)).status).toBe(200);
-    const shuttingDown = new Promise<void>((resolve) => {
-      child.stdout?.on('data', (chunk: Buffer) => {
-        if (chunk.toString().includes('shutting down')) resolve();
-      });
-    });
     child.kill('SIGTERM');
     // Logged just before the server closes; the request follows at once.
     await shuttingDown;
@@ -176,17 +184,7 @@ describe('HTTP/1.1 keep-alive clients during a graceful shutdown', () => {
   });
 
   it('when such a connection speaks HTTP/2 instead, then it is told GOAWAY at once and the process still exits 0 promptly', async () => {
-    const { child, exited, baseUrl } = await spawnMonolith({ SHUTDOWN_TIMEOUT_MS: '10000' });
-    const { hostname, port } = new URL(baseUrl);
-    const socket = net.connect(Number(port), hostname);
-    cleanups.push(() => socket.destroy());
-    await once(socket, 'connect');
-    expect((await fetch(`${baseUrl}/health`)).status).toBe(200);
-    const shuttingDown = new Promise<void>((resolve) => {
-      child.stdout?.on('data', (chunk: Buffer) => {
-        if (chunk.toString().includes('shutting down')) resolve();
-      });
-    });
+    const { child, exited, baseUrl, socket, shuttingDown } = await silentConnectionTo({ SHUTDOWN_TIMEOUT_MS: '10000' });
     const signalledAt = performance.now();
     child.kill('SIGTERM');
     await shuttingDown;

@@ -8,7 +8,7 @@ import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const root = join(import.meta.dirname, '..', '..');
 
@@ -24,9 +24,20 @@ async function failingCollector(status: number): Promise<{ endpoint: string; exp
   return { endpoint: `http://127.0.0.1:${port}`, exports: () => exports, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
 }
 
+/**
+ * The embedded database both processes open in turn: the first start creates and migrates it
+ * (most of that start's 9 s here), the second finds it ready.
+ */
+let dataDir: string;
+beforeAll(async () => {
+  dataDir = await mkdtemp(join(tmpdir(), 'h133-otel-'));
+});
+afterAll(async () => {
+  await rm(dataDir, { recursive: true, force: true });
+});
+
 /** Starts `node src/main.ts` (embedded database) with `env`, makes one request, sends SIGTERM; its exit code and log. */
 async function runAndStop(env: Record<string, string>): Promise<{ code: number | null; messages: string[]; stderr: string }> {
-  const dataDir = await mkdtemp(join(tmpdir(), 'h133-otel-'));
   const child = spawn(process.execPath, [join(root, 'src', 'main.ts')], {
     cwd: root,
     env: { PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, BCRYPT_ROUNDS: '4', LOG_LEVEL: 'info', ...env },
@@ -55,7 +66,7 @@ async function runAndStop(env: Record<string, string>): Promise<{ code: number |
     return { code, messages, stderr };
   } finally {
     if (child.exitCode === null) child.kill('SIGKILL');
-    await rm(dataDir, { recursive: true, force: true });
+    await exited;
   }
 }
 

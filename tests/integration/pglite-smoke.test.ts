@@ -102,8 +102,9 @@ describe('embedded PGlite database', () => {
     // Found by an attacker (helper 113): a contender that had read the dead pid found the
     // take-over mark gone once another had taken the lock over, made it again, removed the new
     // holder's lock and wrote its own; two or three of six "held" the directory in most rounds.
+    // Three rounds (each starts six processes: five rounds were 14 s of CI's workers).
     const winners: number[] = [];
-    for (let round = 0; round < 5; round += 1) {
+    for (let round = 0; round < 3; round += 1) {
       const dir = await mkdtemp(join(tmpdir(), 'arcana-lock-race-'));
       try {
         await writeFile(join(dir, 'arcana-server.pid'), '999999\n');
@@ -114,7 +115,7 @@ describe('embedded PGlite database', () => {
         await rm(dir, { recursive: true, force: true });
       }
     }
-    expect(winners).toEqual([1, 1, 1, 1, 1]);
+    expect(winners).toEqual([1, 1, 1]);
   }, 60_000);
 
   it('when admin writes race on PGlite, then the conditional writes and the last-admin transaction hold there too', async () => {

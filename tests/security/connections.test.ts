@@ -1490,12 +1490,20 @@ describe('graceful shutdown with writes under way', () => {
     try {
       // Hashes short next to what the shutdown leaves them (cut at 80 %, writes until 90 %: 1.2 s,
       // and 1.2 s to close), and enough of them still queued at the cut, also on a machine busy
-      // with other suites: 300 hashes at cost 11 take ~16 s of two cores, past the cut at 9.6 s.
-      // (At 6 s, closing 600 connections once outlasted its 600 ms: exit 1; at 10 s with cost 10,
-      // a loaded machine left 3 of 600 keys still in progress, before the gate re-judged its tail.)
-      const env = { SHUTDOWN_TIMEOUT_MS: '12000', BCRYPT_ROUNDS: '11', RATE_LIMIT_ENABLED: 'false', PASSWORD_HASH_QUEUE_MAX: '1000', CONNECTIONS_PER_ADDRESS_MAX: '0' };
+      // with other suites: 150 hashes at cost 11, one at a time, take ~16 s of one core, past the
+      // cut at 9.6 s. (At 6 s, closing 600 connections once outlasted its 600 ms: exit 1; at 10 s
+      // with cost 10, a loaded machine left 3 of 600 keys still in progress, before the gate
+      // re-judged its tail. 300 hashes two at a time held both of CI's cores for 10 s.)
+      const env = {
+        SHUTDOWN_TIMEOUT_MS: '12000',
+        BCRYPT_ROUNDS: '11',
+        PASSWORD_HASH_CONCURRENCY: '1',
+        RATE_LIMIT_ENABLED: 'false',
+        PASSWORD_HASH_QUEUE_MAX: '1000',
+        CONNECTIONS_PER_ADDRESS_MAX: '0',
+      };
       const first = await spawnServer(schema, env);
-      const users = Array.from({ length: 300 }, (_, index) => ({ ...newUser(`cut${index}`), key: `cut-${schema}-${index}` }));
+      const users = Array.from({ length: 150 }, (_, index) => ({ ...newUser(`cut${index}`), key: `cut-${schema}-${index}` }));
       const register = (baseUrl: string, user: (typeof users)[number]) =>
         fetch(`${baseUrl}/api/v1/auth/register`, {
           method: 'POST',
@@ -1529,12 +1537,12 @@ describe('graceful shutdown with writes under way', () => {
       expect(cut).toBeGreaterThan(0);
       // Hashes queued past the cut are refused as the shutdown begins, with a retry delay: the
       // client may go elsewhere at once, and each claim is given back while there is time.
-      // 300 hashes at cost 11 are ~16 s of two cores here: about half cannot be done by the cut.
+      // 150 hashes at cost 11 are ~16 s of one core here: about a third cannot be done by the cut.
       const refusedAtOnce = answeredEarly.filter((status) => typeof status === 'string' && status.startsWith('503') && status.includes('shutting down'));
       expect(refusedAtOnce.length).toBeGreaterThan(0);
       // Their claims used to stay behind: "still in progress; retry later" for the 5-minute lease.
       // Every key whose request was cut is retried, and twenty of those answered (each a replay
-      // that compares its password with a cost-11 hash: all ~150 were half of this test's minute
+      // that compares its password with a cost-11 hash: all ~150 of 300 were half of this test's minute
       // in CI). The new accounts the retries create are hashed cheaply: the keys are what is tested.
       const second = await spawnServer(schema, { ...env, BCRYPT_ROUNDS: '4' });
       const answered = users.filter((_, index) => firstAnswers[index] === 201);

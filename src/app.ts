@@ -66,6 +66,7 @@ import { CachedUserRepository } from './repositories/cached-user-repository.ts';
 import { PrismaTokenRepository, type TokenRepository } from './repositories/token-repository.ts';
 import { PrismaUserRepository, type UserRepository } from './repositories/user-repository.ts';
 import { RowTurns } from './repositories/row-turns.ts';
+import { withinRequestTime } from './repositories/request-time.ts';
 import { PrismaAuditRepository, type AuditRepository } from './repositories/audit-repository.ts';
 import { PrismaIdempotencyRepository, type IdempotencyRepository } from './repositories/idempotency-repository.ts';
 import { LoginThrottle } from './services/login-throttle.ts';
@@ -321,8 +322,10 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
       logger.warn({ migrations: abandoned }, 'migrations an earlier start left unfinished were rolled back by the database; applying them again'),
     );
     if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
-    // With tracing, each database operation is a span named after the repository method.
-    const traced = <R extends object>(repository: R, name: string): R => (tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));
+    // With tracing, each database operation is a span named after the repository method. And
+    // none starts for a request out of time or abandoned, as across a layer boundary (request-time.ts).
+    const traced = <R extends object>(repository: R, name: string): R =>
+      withinRequestTime(tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));
     parts.readiness.database = sharedCheck(async () => {
       // A pool whose every connection is in use is busy, not down: 40 logins waiting on one locked
       // row held all ten, the probe's query waited behind them and answered 503 after 2 s, and an

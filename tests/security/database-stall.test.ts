@@ -249,6 +249,40 @@ describe('a database server that stops answering', () => {
     expect(events.map((rows) => rows.map((event) => event.details?.reason))).toEqual(users.map(() => ['unavailable']));
   }, 60_000);
 
+  it(`when a call's deadline passes, or its client leaves, while ${SERVER} holds the call's first read, then the write behind that read is not made once ${SERVER} answers again, over every protocol`, async () => {
+    // Each user updates its own profile with its new session, which no cache holds yet: the
+    // session's read goes to the database, which holds it. The RPC clients give the call 300 ms,
+    // the REST client leaves after 300 ms. The write must not be made behind the back of a client
+    // told deadline_exceeded, or gone (the monolith made it, where a split topology's layer
+    // boundary refused the repository call: the same request had two outcomes by topology).
+    const users = await Promise.all(clients.map(() => register(t)));
+    proxy.stall();
+    const answers = Promise.all(
+      clients.map((client, i) =>
+        client.updateUser(
+          users[i]?.accessToken ?? '',
+          users[i]?.id ?? 0,
+          { firstName: 'TooLate' },
+          client.protocol === 'rest' ? { signal: AbortSignal.timeout(300) } : { timeoutMs: 300 },
+        ),
+      ),
+    );
+    await sleep(600);
+    proxy.resume();
+    expect((await answers).map((answer, i) => [clients[i]?.protocol, answer.code])).toEqual(
+      clients.map((client) => [client.protocol, client.protocol === 'rest' ? 'canceled' : 'deadline_exceeded']),
+    );
+    // What the held read was followed by has had time to run (it takes milliseconds).
+    await sleep(1_500);
+    for (const [i, client] of clients.entries()) {
+      const [row] = await t.sql<{ first_name: string | null }>('SELECT first_name FROM users WHERE id = $1', [users[i]?.id]);
+      expect({ protocol: client.protocol, firstName: row?.first_name ?? null }).toEqual({ protocol: client.protocol, firstName: null });
+    }
+    // And the same call, in time, is made.
+    const again = await Promise.all(clients.map((client, i) => client.updateUser(users[i]?.accessToken ?? '', users[i]?.id ?? 0, { firstName: 'InTime' })));
+    expect(again.map((answer) => answer.data?.firstName)).toEqual(clients.map(() => 'InTime'));
+  }, 30_000);
+
   it(`when the network parts in the middle of a refresh's transaction, so that ${SERVER} never hears that the app gave up on it, then the locks it held are freed within seconds and the user's session works again`, async () => {
     // The app's connection is given up after the statement's bound and closed, but the close is
     // lost on the way: the server kept the transaction open with its row locks for as long as it

@@ -570,6 +570,12 @@ function answerInTurn(handle: (req: IncomingMessage, res: ServerResponse) => voi
       if (answered) return;
       answered = true;
       pipeline.busy = false;
+      // An answer that closed the connection (`Connection: close`: the drain's, a refusal's) is
+      // its last: Node ends the socket as that answer finishes, before this runs, and no answer
+      // behind it would be written. The requests read behind it are not started (RFC 9112 §9.6):
+      // started, a refresh rotated its token behind the client's back, and the client's retry of
+      // the token it still held was taken for a replay, which ended the session (helper 184).
+      if (socket.writableEnded) pipeline.waiting = [];
       const next = pipeline.waiting.shift();
       // An answer went out: the connection is moving.
       if (pipeline.stall !== undefined) watch(socket, pipeline);

@@ -450,6 +450,36 @@ describe('HTTP/1.1', () => {
     expect(again.status).toBe(201);
   });
 
+  it('when an answer closes the connection with requests pipelined behind it, then none of those is started (RFC 9112 §9.6)', async () => {
+    // Found by an attacker (helper 184): the request behind an answer the drain had marked
+    // `Connection: close` was started all the same, and its own answer, which no socket would
+    // carry, was lost: a refresh rotated its token, and the client's retry of the token it still
+    // held was taken for a replay, which ended the session (drain-keep-alive has that case).
+    // Node's parser already stops at a client's own `Connection: close`; an answer the server
+    // closes (the drain's, a refusal's) comes after the requests behind it were read.
+    const started: string[] = [];
+    const handler = (req: unknown, res: { end(): void; setHeader?: (name: string, value: string) => void }) => {
+      const { url } = req as { url?: string };
+      started.push(url ?? '');
+      if (url !== '/first') {
+        res.end();
+        return;
+      }
+      res.setHeader?.('connection', 'close');
+      setTimeout(() => res.end(), 50);
+    };
+    const { port, close } = await bareServer(handler, { http2MaxConcurrentStreams: 10, connectionsPerAddress: 10, http2StreamsPerAddress: 10 });
+    try {
+      const client = rawClient(port);
+      client.socket.write(['/first', '/second', '/third'].map((path) => `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`).join(''));
+      expect(await closedWithin(client.closed, 5_000)).toBeLessThan(Number.POSITIVE_INFINITY);
+      await sleep(200);
+      expect({ started, answers: statusLines(client.received()) }).toEqual({ started: ['/first'], answers: ['HTTP/1.1 200'] });
+    } finally {
+      await close();
+    }
+  });
+
   it('when an HTTP/1.1 request has no Host or two, then 400 in the error envelope and the connection is closed; HTTP/1.0 may omit it', async () => {
     // RFC 9112 §3.2. Node answered a missing Host with a bare 400 and took the first of two,
     // which a proxy in front may route by the other (helper 58).

@@ -445,7 +445,13 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
     accessTtlSeconds: config.jwt.accessTtlSeconds,
     refreshTtlSeconds: config.jwt.refreshTtlSeconds,
   });
-  const authenticator = new AuthUseCases({ ...deps, codec, sessionLifetimeSeconds: config.sessionLifetimeSeconds, sessionsPerUser: config.sessionsPerUser });
+  const authenticator = new AuthUseCases({
+    ...deps,
+    codec,
+    auditEvents: repositories.audit,
+    sessionLifetimeSeconds: config.sessionLifetimeSeconds,
+    sessionsPerUser: config.sessionsPerUser,
+  });
   const auth = holds.auth ? authenticator : undefined;
   let users: UserUseCases | undefined;
   let audit: AuditUseCases | undefined;

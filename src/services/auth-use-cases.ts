@@ -14,6 +14,7 @@ import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
 import type { TokenClaims, TokenCodec } from '../infrastructure/security/token-codec.ts';
+import type { AuditRepository } from '../repositories/audit-repository.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { newAccountRow, storedEmail } from './accounts.ts';
@@ -69,6 +70,7 @@ export class AuthUseCases {
   readonly #sessionLifetimeMs: number;
   readonly #sessionsPerUser: number;
   readonly #counters: CounterStore | undefined;
+  readonly #auditEvents: Pick<AuditRepository, 'list'>;
   readonly #now: () => Date;
 
   constructor(deps: {
@@ -86,9 +88,12 @@ export class AuthUseCases {
     sessionsPerUser?: number;
     /** Where a refresh whose rotation's outcome is unknown is noted, shared by the processes. */
     counters?: CounterStore;
+    /** The audit log as stored: whether an account was made by an administrator (see #resumeRegistration). */
+    auditEvents: Pick<AuditRepository, 'list'>;
     now?: () => Date;
   }) {
     this.#audit = deps.audit;
+    this.#auditEvents = deps.auditEvents;
     this.#idempotency = deps.idempotency;
     this.#users = deps.users;
     this.#tokens = deps.tokens;
@@ -548,6 +553,11 @@ export class AuthUseCases {
       row.lastLoginAt === null &&
       now.getTime() - row.createdAt.getTime() < IDEMPOTENCY_WINDOW_MS;
     if (!unfinished || (await this.#tokens.listActive(row.id, now)).length > 0) return undefined;
+    // An account an administrator made is no registration left unfinished, though it looks like
+    // one until its first sign-in: its making granted its role (ROLE_CHANGED, stored with the
+    // account; any later grant would have moved its version). The registration answered 201 with
+    // a session, as if it had made the account (helper 186).
+    if ((await this.#auditEvents.list({ page: 1, perPage: 1, userId: row.id, type: 'ROLE_CHANGED' })).events.length > 0) return undefined;
     // Audited as the login it is, so that guesses made this way show where guesses are looked for.
     const failed = (reason: string) => {
       this.#audit.record({ type: 'LOGIN_FAILED', userId: row.id, ...clientFields(client), details: { reason, knownDevice: false, viaRegistration: true } });

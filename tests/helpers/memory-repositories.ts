@@ -4,11 +4,11 @@
 // that holds over them holds because of the service code, not because of a database. Whether the
 // database-backed repositories keep the same contracts under concurrency is what the API suites
 // test, in every topology.
-import type { OAuthToken, User } from '../../gen/prisma/client.ts';
+import type { AuditEvent, OAuthToken, User } from '../../gen/prisma/client.ts';
 import { AuthenticationError, AuthorizationError, ConflictError, LastAdminError, NotFoundError, PreconditionFailedError } from '../../src/domain/errors.ts';
 import { foldCase } from '../../src/domain/user-mapping.ts';
 import { toNewAuditEvent, type AuditEventInput, type AuditLog } from '../../src/services/audit-use-cases.ts';
-import type { NewAuditEvent } from '../../src/repositories/audit-repository.ts';
+import type { AuditRepository, NewAuditEvent } from '../../src/repositories/audit-repository.ts';
 import type { ClaimResult, IdempotencyClaim, IdempotencyRepository } from '../../src/repositories/idempotency-repository.ts';
 import { REPEAT_LOOKBACK_MS, type NewTokenRecord, type RevocationReason, type TokenRepository, type UserWrite } from '../../src/repositories/token-repository.ts';
 import {
@@ -102,8 +102,24 @@ export class MemoryUserRepository implements UserRepository {
       version: 1,
     };
     this.#rows.set(row.id, row);
+    // Stored with the account, as the write's transaction stores it (an administrator's grant).
+    if (options.audit !== undefined) this.auditStored.push({ ...options.audit, userId: row.id });
     return { ...row };
   }
+
+  /** The audit events writes stored with themselves (WriteOptions.audit). */
+  readonly auditStored: NewAuditEvent[] = [];
+
+  /** Those events as the audit repository lists them, newest first, for a user and a type. */
+  readonly auditEvents: Pick<AuditRepository, 'list'> = {
+    list: (filter) => {
+      const events = this.auditStored
+        .filter((event) => (filter.userId === undefined || event.userId === filter.userId) && (filter.type === undefined || event.type === filter.type))
+        .reverse()
+        .map((event, index): AuditEvent => ({ ...event, id: index + 1 }));
+      return Promise.resolve({ events: events.slice((filter.page - 1) * filter.perPage, filter.page * filter.perPage), total: events.length });
+    },
+  };
 
   async update(id: number, changes: UserChanges, expected: UserExpectation = {}, options: WriteOptions = {}): Promise<User> {
     this.refuseUnlessActing(options.actingAs);

@@ -44,6 +44,22 @@ describe('POST /api/v1/auth/register', () => {
     expect(res.body).toMatchObject({ success: false, error: { code: 'CONFLICT', details: { email: 'already exists' } } });
   });
 
+  it('when an administrator made the account and nobody has signed in to it, then a registration with its name, e-mail and password answers 409 and opens no session', async () => {
+    // Found by an attacker (helper 186): it answered 201 with a session, as if it had made the
+    // account (taken for a registration whose session had not been stored).
+    const admin = await loginAdmin(t);
+    const body = newUser('made_by_admin');
+    const created = await t.request
+      .post('/api/v1/users')
+      .set(...bearer(admin))
+      .send({ ...body, role: 'USER' });
+    expect(created.status).toBe(201);
+    const res = await t.request.post('/api/v1/auth/register').send(body);
+    expect(res.status).toBe(409);
+    expect(res.body.error.code).toBe('CONFLICT');
+    expect(await t.sql('SELECT id FROM oauth_tokens WHERE user_id = $1', [created.body.data.id])).toEqual([]);
+  });
+
   it('when fields break the rules, then it answers 400 VALIDATION_ERROR with one detail per field and stores nothing', async () => {
     const res = await t.request.post('/api/v1/auth/register').send({ username: 'a!', email: 'not-an-email', password: 'short' });
     expect(res.status).toBe(400);

@@ -48,7 +48,7 @@ function harness(options: { gate?: WorkGate } = {}) {
   const idempotency = new IdempotentRequests({ records: new MemoryIdempotencyRepository(), secret: SECRET, now: clock.now });
   const deps = { users, tokens, passwords, throttle, devices, audit, idempotency };
   const codec = new TokenCodec({ secret: SECRET, issuer: 'rules', audience: 'rules', accessTtlSeconds: 900, refreshTtlSeconds: REFRESH_TTL_SECONDS });
-  const auth = new AuthUseCases({ ...deps, codec, counters, sessionLifetimeSeconds: SESSION_LIFETIME_SECONDS, now: clock.now });
+  const auth = new AuthUseCases({ ...deps, codec, counters, auditEvents: users.auditEvents, sessionLifetimeSeconds: SESSION_LIFETIME_SECONDS, now: clock.now });
   const userCases = new UserUseCases(deps);
 
   let serial = 0;
@@ -933,6 +933,19 @@ describe('a registration whose account was stored without its session', () => {
     expect(await outcome(h.auth.login({ usernameOrEmail: body.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
     h.clock.advance(LOCKOUT_MS + 1);
     expect((await register()).user.id).toBe(id);
+  });
+
+  it('when the account was made by an administrator and not yet signed in to, then a registration with its name, e-mail and password is the conflict it is, and opens no session', async () => {
+    // Found by an attacker (helper 186): such an account looks unfinished until its first sign-in
+    // (USER, version 1, no login, no session), and the registration answered 201 with a session,
+    // as if it had made the account.
+    const admin = await h.account('ADMIN');
+    const made = { username: 'madebyadmin', email: 'madebyadmin@example.com', password: PASSWORD };
+    const created = await h.userCases.create(admin.actor, made);
+    expect(await outcome(h.auth.register(made, client))).toBe('CONFLICT');
+    expect(await h.tokens.listActive(created.id, h.clock.now())).toEqual([]);
+    // The account itself works: its owner signs in.
+    expect((await h.auth.login({ usernameOrEmail: made.username, password: PASSWORD }, client)).user.id).toBe(created.id);
   });
 
   it('when the account was changed, signed in to, given another role or status, or is older than the replay window, then conflict', async () => {

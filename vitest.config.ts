@@ -132,7 +132,6 @@ const SLOW_FILES: Record<string, Record<string, number>> = {
   'integration/rpc-external-clients': { monolithic: 25, '*': 15 },
   'integration/server-process': { '*': 22 },
   'integration/pglite-smoke': { '*': 21 },
-  'integration/generated-code': { '*': 20 },
   'security/sessions': { '*': 18 },
   'integration/topology-processes': { '*': 18 },
   'security/login-lockout': { monolithic: 16, mariadb: 16, '*': 10 },

@@ -1,5 +1,5 @@
 // The static checks of `npm test`, run side by side: type-checking, ESLint, Prettier, buf lint,
-// Redocly and the contract check. Each is one single-threaded process and none depends on
+// Redocly, the contract check and the generated code's freshness. Each is one single-threaded process and none depends on
 // another's output, so on CI's 2-core machine running them one after the other left a core idle
 // for the whole of ESLint's minute or more. Each check's output is printed in one block when it
 // ends (not interleaved), and the script fails if any check failed, after all have ended.
@@ -24,6 +24,7 @@ const CHECKS: { name: string; command: string; args: string[] }[] = [
   { name: 'buf lint', command: bin('buf'), args: ['lint'] },
   { name: 'redocly lint', command: bin('redocly'), args: ['lint', 'openapi.yaml'] },
   { name: 'check-contracts', command: process.execPath, args: [join(root, 'scripts', 'check-contracts.ts')] },
+  { name: 'check-generated', command: process.execPath, args: [join(root, 'scripts', 'check-generated.ts')] },
 ];
 
 function run(check: (typeof CHECKS)[number]): Promise<boolean> {

@@ -324,7 +324,7 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     if (applied.length > 0) logger.info({ migrations: applied }, 'applied database migrations');
     // With tracing, each database operation is a span named after the repository method. And
     // none starts for a request out of time or abandoned, as across a layer boundary (request-time.ts).
-    const traced = <R extends object>(repository: R, name: string): R =>
+    const served = <R extends object>(repository: R, name: string): R =>
       withinRequestTime(tracing === undefined ? repository : tracedRepository(repository, name, tracing, db.kind));
     parts.readiness.database = sharedCheck(async () => {
       // A pool whose every connection is in use is busy, not down: 40 logins waiting on one locked
@@ -351,11 +351,11 @@ async function buildRepositoryLayer(parts: ProcessParts, shared: SharedState, ho
     return {
       database: db,
       repositories: {
-        users: new CachedUserRepository(traced(new PrismaUserRepository(db, lists, rows), 'UserRepository'), cache, config.cacheTtlSeconds),
-        tokens: new CachedTokenRepository(traced(new PrismaTokenRepository(db.prisma, db.dialect, rows), 'TokenRepository'), cache, config.cacheTtlSeconds),
-        audit: traced(new PrismaAuditRepository(db.prisma, lists), 'AuditRepository'),
+        users: new CachedUserRepository(served(new PrismaUserRepository(db, lists, rows), 'UserRepository'), cache, config.cacheTtlSeconds),
+        tokens: new CachedTokenRepository(served(new PrismaTokenRepository(db.prisma, db.dialect, rows), 'TokenRepository'), cache, config.cacheTtlSeconds),
+        audit: served(new PrismaAuditRepository(db.prisma, lists), 'AuditRepository'),
         counters: shared.counters ?? new MemoryCounterStore(Date.now, { onFull: warnCountersFull(logger, 'login and rate-limit') }),
-        idempotency: traced(new PrismaIdempotencyRepository(db.prisma), 'IdempotencyRepository'),
+        idempotency: served(new PrismaIdempotencyRepository(db.prisma), 'IdempotencyRepository'),
       },
     };
   }

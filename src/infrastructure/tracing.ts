@@ -32,6 +32,7 @@ import type { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
 import { currentCallContext, detachedFromRequest } from './call-context.ts';
 import type { Cache } from './cache.ts';
 import { rateLimitedWarning, type Logger } from './logger.ts';
+import { wrapMethods } from './method-wrapper.ts';
 
 export { SpanKind, SpanStatusCode, type Span };
 
@@ -221,19 +222,11 @@ export function tracedCache(cache: Cache, tracing: Tracing, system: string): Cac
  * methods are made once, here.
  */
 export function tracedRepository<R extends object>(repository: R, name: string, tracing: Tracing, system: string): R {
-  const wrapped = Object.create(repository) as Record<string, unknown>;
-  let proto: object | null = Object.getPrototypeOf(repository) as object | null;
-  while (proto !== null && proto !== Object.prototype) {
-    for (const method of Object.getOwnPropertyNames(proto)) {
-      const fn = (repository as Record<string, unknown>)[method];
-      if (method === 'constructor' || typeof fn !== 'function' || Object.hasOwn(wrapped, method)) continue;
-      const attributes = { 'db.system.name': system, 'db.operation.name': `${name}.${method}` };
-      const spanName = `db ${name}.${method}`;
-      wrapped[method] = (...args: unknown[]) => inSpan(tracing, spanName, SpanKind.CLIENT, attributes, () => Promise.resolve(fn.apply(repository, args) as unknown));
-    }
-    proto = Object.getPrototypeOf(proto) as object | null;
-  }
-  return wrapped as R;
+  return wrapMethods(repository, (method, call) => {
+    const attributes = { 'db.system.name': system, 'db.operation.name': `${name}.${method}` };
+    const spanName = `db ${name}.${method}`;
+    return (...args) => inSpan(tracing, spanName, SpanKind.CLIENT, attributes, () => Promise.resolve(call(args)));
+  });
 }
 
 /** For log lines: the trace and span of the request being served, when it is traced. */

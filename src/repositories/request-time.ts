@@ -9,6 +9,7 @@
 // (call-context.ts), with neither deadline nor caller, and jobs run detached from any request.
 import { UnavailableError } from '../domain/errors.ts';
 import { currentWorkLimits } from '../infrastructure/call-context.ts';
+import { wrapMethods } from '../infrastructure/method-wrapper.ts';
 
 /** Why the current request may start no more database work, or undefined while it may. */
 function outOfTime(now: number): UnavailableError | undefined {
@@ -23,18 +24,8 @@ function outOfTime(now: number): UnavailableError | undefined {
  * request is out of time or abandoned. Every repository method returns a promise.
  */
 export function withinRequestTime<R extends object>(repository: R): R {
-  const wrapped = Object.create(repository) as Record<string, unknown>;
-  let proto: object | null = Object.getPrototypeOf(repository) as object | null;
-  while (proto !== null && proto !== Object.prototype) {
-    for (const method of Object.getOwnPropertyNames(proto)) {
-      const fn = (repository as Record<string, unknown>)[method];
-      if (method === 'constructor' || typeof fn !== 'function' || Object.hasOwn(wrapped, method)) continue;
-      wrapped[method] = (...args: unknown[]): unknown => {
-        const refusal = outOfTime(Date.now());
-        return refusal === undefined ? (fn.apply(repository, args) as unknown) : Promise.reject(refusal);
-      };
-    }
-    proto = Object.getPrototypeOf(proto) as object | null;
-  }
-  return wrapped as R;
+  return wrapMethods(repository, (_method, call) => (...args) => {
+    const refusal = outOfTime(Date.now());
+    return refusal === undefined ? call(args) : Promise.reject(refusal);
+  });
 }

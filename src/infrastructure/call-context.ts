@@ -160,6 +160,17 @@ export function currentWorkLimits(): { deadline?: number | undefined; signal?: A
 }
 
 /**
+ * Why the current request's answer can reach nobody now: its client has gone (`abandoned`), or its
+ * deadline has passed (`late`); undefined while it may still be answered, or outside any request.
+ */
+export function requestOutOfTime(now = Date.now()): 'abandoned' | 'late' | undefined {
+  const { deadline, signal } = currentWorkLimits();
+  if (signal?.aborted === true) return 'abandoned';
+  if (deadline !== undefined && now >= deadline) return 'late';
+  return undefined;
+}
+
+/**
  * The deadline an incoming RPC carries in its own protocol's header: `grpc-timeout` (a number and a
  * unit: H, M, S, m, u, n) for gRPC and gRPC-Web, `connect-timeout-ms` for Connect, as Connect
  * itself reads them. The other protocol's header means nothing to the call: a Connect call with

@@ -8,14 +8,14 @@
 // statement timeout; the writes a use case makes after its point of no return run `uninterrupted`
 // (call-context.ts), with neither deadline nor caller, and jobs run detached from any request.
 import { UnavailableError } from '../domain/errors.ts';
-import { currentWorkLimits } from '../infrastructure/call-context.ts';
+import { requestOutOfTime } from '../infrastructure/call-context.ts';
 import { wrapMethods } from '../infrastructure/method-wrapper.ts';
 
 /** Why the current request may start no more database work, or undefined while it may. */
 function outOfTime(now: number): UnavailableError | undefined {
-  const { deadline, signal } = currentWorkLimits();
-  if (signal?.aborted === true) return new UnavailableError('The request was abandoned before its database work was done', undefined, 1);
-  if (deadline !== undefined && now >= deadline) return new UnavailableError('The request ran out of time before its database work was done', undefined, 1);
+  const why = requestOutOfTime(now);
+  if (why === 'abandoned') return new UnavailableError('The request was abandoned before its database work was done', undefined, 1);
+  if (why === 'late') return new UnavailableError('The request ran out of time before its database work was done', undefined, 1);
   return undefined;
 }
 

@@ -197,13 +197,13 @@ export class PrismaTokenRepository implements TokenRepository {
   }
 
   async revokeFamily(familyId: string, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
-    return this.#withRepeated({ familyId }, reason, options, await this.#revokeFamily(familyId, reason));
+    return this.#withRepeated({ familyId }, reason, options, await this.#revokeFamily(familyId, reason, options.audit));
   }
 
   async revokeChainOf(userId: number, tokenId: number, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
     const member = await withDatabaseErrors(() => this.#db.oAuthToken.findFirst({ where: { id: tokenId, userId }, select: { familyId: true } }));
     if (member === null) return [];
-    const revoked = await this.#revokeUnderUserLock(userId, { familyId: member.familyId, expiresAt: { gt: new Date() } }, reason, options.actingAs);
+    const revoked = await this.#revokeUnderUserLock(userId, { familyId: member.familyId, expiresAt: { gt: new Date() } }, reason, options.actingAs, options.audit);
     return this.#withRepeated({ familyId: member.familyId }, reason, options, revoked);
   }
 
@@ -214,7 +214,7 @@ export class PrismaTokenRepository implements TokenRepository {
     return count > 0;
   }
 
-  #revokeFamily(familyId: string, reason: RevocationReason): Promise<string[]> {
+  #revokeFamily(familyId: string, reason: RevocationReason, audit: NewAuditEvent | undefined): Promise<string[]> {
     return withDatabaseErrors(async () => {
       // The family's live token may be being rotated at this moment (see rotate). An UPDATE
       // that started first would wait for that row, then skip it as revoked, and never see the
@@ -225,29 +225,32 @@ export class PrismaTokenRepository implements TokenRepository {
       // fixes a transaction's snapshot at its first plain read.
       const member = await this.#db.oAuthToken.findFirst({ where: { familyId }, select: { userId: true } });
       if (member === null) return [];
-      return this.#revokeUnderUserLock(member.userId, { familyId }, reason);
+      return this.#revokeUnderUserLock(member.userId, { familyId }, reason, undefined, audit);
     });
   }
 
   /**
    * Revokes the user's live pairs matching `where`, holding the user's row lock as rotate does (see
-   * #revokeFamily), and the caller's with it when the revocation is made for one (ActingAs).
+   * #revokeFamily), and the caller's with it when the revocation is made for one (ActingAs). The
+   * audit event, if any, is stored with the revocation when it revoked something.
    */
-  #revokeUnderUserLock(userId: number, where: Prisma.OAuthTokenWhereInput, reason: RevocationReason, actingAs?: ActingAs): Promise<string[]> {
+  #revokeUnderUserLock(userId: number, where: Prisma.OAuthTokenWhereInput, reason: RevocationReason, actingAs?: ActingAs, audit?: NewAuditEvent): Promise<string[]> {
     const guards = { lastAdmin: false, actingAs };
     return this.#atRows(userId, alsoGuarded(guards), () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
           if (actingAs === undefined) await lockUser(tx, userId);
           else await guardWrite(tx, userId, guards);
-          return this.#dialect.updateTokensReturningHashes(tx, { ...where, isRevoked: false }, { isRevoked: true, revokedReason: reason });
+          const revoked = await this.#dialect.updateTokensReturningHashes(tx, { ...where, isRevoked: false }, { isRevoked: true, revokedReason: reason });
+          if (revoked.length > 0) await storeAuditEventWith(tx, audit === undefined ? undefined : withSessionsEnded(audit, revoked.length));
+          return revoked;
         }),
       ),
     );
   }
 
   async revokeAllForUser(userId: number, exceptId: number | undefined, reason: RevocationReason, options: WriteOptions = {}): Promise<string[]> {
-    const { revoked } = await this.#endSessions(userId, exceptId, reason, options.actingAs);
+    const { revoked } = await this.#endSessions(userId, exceptId, reason, options.actingAs, undefined, options.audit);
     return this.#withRepeated({ userId }, reason, options, revoked);
   }
 

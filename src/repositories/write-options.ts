@@ -24,15 +24,17 @@ export interface WriteOptions {
 }
 
 /**
- * The detail of an audit event that says how many sessions (pairs) its write ended: a write that
- * ends sessions sets it, when the event has it, to what the write's own transaction revoked.
+ * The details of audit events that say how many sessions (pairs) their write ended: a write that
+ * ends sessions sets the one its event has to what the write's own transaction revoked. A password
+ * change's other sessions; a TOKENS_REVOKED event's `count`.
  */
 export const SESSIONS_ENDED_DETAIL = 'otherSessionsEnded';
+export const SESSIONS_REVOKED_DETAIL = 'count';
 
-/** `event` with its SESSIONS_ENDED_DETAIL, if it has one, set to `count`. */
+/** `event` with its SESSIONS_ENDED_DETAIL or SESSIONS_REVOKED_DETAIL, if it has one, set to `count`. */
 export function withSessionsEnded(event: NewAuditEvent, count: number): NewAuditEvent {
-  if (event.details === null || !(SESSIONS_ENDED_DETAIL in event.details)) return event;
-  return { ...event, details: { ...event.details, [SESSIONS_ENDED_DETAIL]: count } };
+  const key = [SESSIONS_ENDED_DETAIL, SESSIONS_REVOKED_DETAIL].find((name) => event.details !== null && name in event.details);
+  return key === undefined ? event : { ...event, details: { ...event.details, [key]: count } };
 }
 
 /**

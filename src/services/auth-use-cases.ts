@@ -16,9 +16,10 @@ import type { PasswordHasher } from '../infrastructure/security/password-hasher.
 import type { TokenClaims, TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { AuditRepository } from '../repositories/audit-repository.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
+import { SESSIONS_REVOKED_DETAIL } from '../repositories/write-options.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { newAccountRow, storedEmail } from './accounts.ts';
-import { currentWorkLimits, uninterrupted } from '../infrastructure/call-context.ts';
+import { currentWorkLimits, requestOutOfTime, uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, IDEMPOTENCY_WINDOW_MS, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
 import type { LoginThrottle } from './login-throttle.ts';
 import type { CounterStore } from '../infrastructure/rate-limiter.ts';
@@ -227,8 +228,17 @@ export class AuthUseCases {
     if (row.status !== 'ACTIVE') throw failed('inactive');
     // Stored only if the password just compared is still the account's and the account still
     // active: a password change or suspension that committed meanwhile has ended every session.
+    // The login's point of no return: a login out of time opens no session, and one that starts
+    // to store its session goes on to count its success and bound the user's sessions, however
+    // the request ends meanwhile (`uninterrupted`). Between layers a session committed after the
+    // deadline, while the login, told its call had failed, audited "unavailable", gave its
+    // throttle slot back and left the user over the bound (helper 187).
     const now = this.#now();
-    const tokens = await this.#openSession(row, client, now).catch(async (error: unknown) => {
+    const opening = () =>
+      requestOutOfTime() === undefined
+        ? uninterrupted(() => this.#openSession(row, client, now))
+        : Promise.reject(new UnavailableError('The request ran out of time before its session was opened', undefined, 1));
+    const tokens = await opening().catch(async (error: unknown) => {
       // Not a guess that failed: the server could not finish (the database overloaded, say), and
       // the slot goes back. The right password was given, though, and the client told so by the
       // 503 where a wrong one is a 401: recorded, so that checking stolen credentials while the
@@ -238,11 +248,13 @@ export class AuthUseCases {
       throw error;
     });
     if (tokens === null) throw failed('changed_meanwhile');
-    await attempt.succeeded();
     // One event for the request, the sessions it ended included: a login past the bound used to
     // record TOKENS_REVOKED beside it, two rows a request where the README promises one, so that
     // the per-address rate limit bounds how fast a client grows the log (helper 121).
-    const superseded = await this.#endSessionsBeyondLimit(row.id, now);
+    const superseded = await uninterrupted(async () => {
+      await attempt.succeeded();
+      return this.#endSessionsBeyondLimit(row.id, now);
+    });
     this.#audit.record({
       type: 'LOGIN_SUCCEEDED',
       userId: row.id,
@@ -330,8 +342,11 @@ export class AuthUseCases {
    * that commits first (and moved it to a new pair) ends with it.
    */
   async logout(actor: Actor): Promise<void> {
-    await this.#tokens.revokeFamily(actor.familyId, 'logout');
-    this.#audit.record({ type: 'LOGOUT', userId: actor.userId, details: { sessionId: actor.sessionId } });
+    // The event commits with the revocation (WriteOptions.audit), as every session-ending write's
+    // does: recorded after the write's answer, it was lost whenever that answer was (helper 187: a
+    // logout that committed after its caller's deadline ended the session and left no LOGOUT).
+    const event = { type: 'LOGOUT', userId: actor.userId, details: { sessionId: actor.sessionId } } as const;
+    await this.#audit.withWrite(event, (audit) => this.#tokens.revokeFamily(actor.familyId, 'logout', { audit }));
   }
 
   /**
@@ -358,7 +373,8 @@ export class AuthUseCases {
 
   /**
    * Moves the chain on from `previous`, its live pair. A rotation whose answer did not come back
-   * (503: the COMMIT may have reached the database with only its reply lost) is noted with the
+   * (a 503, a deadline that passed, a client that left: the COMMIT may have reached the database
+   * with only its reply lost, or come after the request's end) is noted with the
    * refresh token the client presented (`presentedHash`: previous's own, or for the retry of such a
    * rotation the token that retry presented), so that the client's retry with that token is not
    * taken for a replay (helper 104: the retry revoked the whole session and raised the theft alarm).
@@ -392,7 +408,10 @@ export class AuthUseCases {
         clientName: previous.clientName,
       });
     } catch (error) {
-      if (error instanceof UnavailableError) await this.#counters?.increment(inDoubtKey(presentedHash, issued.refreshTokenHash), REFRESH_IN_DOUBT_MS).catch(() => undefined);
+      // Whatever the failure (a 503, the deadline passing between layers, the client gone), the
+      // rotation may have committed without its answer. A note of one that did not is never
+      // used: it names a pair that exists nowhere.
+      await this.#noteInDoubt(presentedHash, issued.refreshTokenHash);
       throw error;
     }
     if (next === null) {
@@ -405,7 +424,22 @@ export class AuthUseCases {
       }
       return this.#replayed(previous, client);
     }
+    // Committed for a request whose answer can reach nobody now (its deadline passed, or its client
+    // left, while the rotation waited): the client still holds the token it presented, and its
+    // retry is a retry, not a replay (helper 187: the retry ended the session as stolen).
+    if (requestOutOfTime() !== undefined) await this.#noteInDoubt(presentedHash, issued.refreshTokenHash);
     return this.#tokenPair(issued.accessToken, issued.refreshToken, issued.accessTtlSeconds);
+  }
+
+  /**
+   * Notes a rotation whose answer may not have reached its client (see #resumeInDoubt), whatever
+   * has become of the request: a note made after its deadline was refused with it where the
+   * counters live in the repository layer. A note that cannot be made leaves the retry a replay.
+   */
+  async #noteInDoubt(presentedHash: string, madeHash: string): Promise<void> {
+    const counters = this.#counters;
+    if (counters === undefined) return;
+    await uninterrupted(() => counters.increment(inDoubtKey(presentedHash, madeHash), REFRESH_IN_DOUBT_MS)).catch(() => undefined);
   }
 
   async currentUser(actor: Actor): Promise<User> {
@@ -422,9 +456,9 @@ export class AuthUseCases {
 
   /** Ends every live session of the caller, the current one included; returns how many. */
   async revokeAll(actor: Actor): Promise<number> {
-    const count = (await this.#tokens.revokeAllForUser(actor.userId, undefined, 'revoked')).length;
-    this.#audit.record({ type: 'TOKENS_REVOKED', userId: actor.userId, details: { count } });
-    return count;
+    // The write sets the event's count (SESSIONS_REVOKED_DETAIL) to what it revoked.
+    const event = { type: 'TOKENS_REVOKED', userId: actor.userId, details: { [SESSIONS_REVOKED_DETAIL]: 0 } } as const;
+    return (await this.#audit.withWrite(event, (audit) => this.#tokens.revokeAllForUser(actor.userId, undefined, 'revoked', { audit }))).length;
   }
 
   /** An administrator's view of a user's live sessions, newest first. */
@@ -442,17 +476,19 @@ export class AuthUseCases {
    */
   async endUserSession(actor: Actor, userId: number, sessionId: number): Promise<void> {
     await this.#administeredUser(actor, userId);
-    // Two administrators ending it at once: the second finds nothing left to revoke.
-    if ((await this.#tokens.revokeChainOf(userId, sessionId, 'revoked', actingAs(actor, true))).length === 0) throw new NotFoundError('Session not found');
-    this.#audit.record({ type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { count: 1, sessionId } });
+    // Two administrators ending it at once: the second finds nothing left to revoke, and stores
+    // no event (one is stored only with a revocation that revoked something).
+    const event = { type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { [SESSIONS_REVOKED_DETAIL]: 1, sessionId } } as const;
+    await this.#audit.withWrite(event, async (audit) => {
+      if ((await this.#tokens.revokeChainOf(userId, sessionId, 'revoked', { ...actingAs(actor, true), audit })).length === 0) throw new NotFoundError('Session not found');
+    });
   }
 
   /** Ends every live session of a user; returns how many. */
   async endUserSessions(actor: Actor, userId: number): Promise<number> {
     await this.#administeredUser(actor, userId);
-    const count = (await this.#tokens.revokeAllForUser(userId, undefined, 'revoked', actingAs(actor, true))).length;
-    this.#audit.record({ type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { count } });
-    return count;
+    const event = { type: 'TOKENS_REVOKED', userId, actorId: actor.userId, details: { [SESSIONS_REVOKED_DETAIL]: 0 } } as const;
+    return (await this.#audit.withWrite(event, (audit) => this.#tokens.revokeAllForUser(userId, undefined, 'revoked', { ...actingAs(actor, true), audit }))).length;
   }
 
   /** ADMIN only, checked before any lookup; then the user must exist. */
@@ -474,16 +510,29 @@ export class AuthUseCases {
     const familyId = claims.familyId;
     if (familyId !== undefined) {
       const live = (await this.#tokens.listActive(claims.userId, this.#now())).some((pair) => pair.familyId === familyId);
-      const revoked = live ? await this.#tokens.revokeFamily(familyId, 'reuse') : [];
       // A chain already over raises the alarm too, once: a thief that refreshed past the 20 kept
       // pairs, let the purge remove the owner's, then logged out, left no alarm (helper 96).
-      const first = await this.#tokens.markChainReplayed(familyId, claims.userId);
+      const { revoked, first } = await this.#endReplayedChain(familyId, claims.userId, live);
       if (revoked.length > 0 || first) {
         this.#audit.record({ type: 'TOKEN_REUSE_DETECTED', userId: claims.userId, ...clientFields(client), details: { familyId, revoked: revoked.length } });
         throw new AuthenticationError('Refresh token has already been used; the session has been revoked');
       }
     }
     throw new AuthenticationError('Invalid or expired refresh token');
+  }
+
+  /**
+   * Ends a replayed chain (when `live`) and marks its rotated pairs replayed, `first` when none was
+   * yet: the alarm's condition. Both writes, once a replay is found, are made whatever happens to
+   * the request meanwhile (`uninterrupted`): a deadline or a client gone between the two ended the
+   * chain with the owner's live pair and left the replayed pairs unmarked, so no alarm was raised,
+   * then or at the next replay, and a thief ended the owner's session without a trace (helper 187).
+   */
+  #endReplayedChain(familyId: string, userId: number, live: boolean): Promise<{ revoked: string[]; first: boolean }> {
+    return uninterrupted(async () => {
+      const revoked = live ? await this.#tokens.revokeFamily(familyId, 'reuse') : [];
+      return { revoked, first: await this.#tokens.markChainReplayed(familyId, userId) };
+    });
   }
 
   /**
@@ -518,8 +567,8 @@ export class AuthUseCases {
    * (helper 91: 200 replays, 200 events, one theft).
    */
   async #replayed(token: OAuthToken, client: ClientInfo): Promise<never> {
-    const revoked = await this.#tokens.revokeFamily(token.familyId, 'reuse');
-    if (await this.#tokens.markChainReplayed(token.familyId, token.userId)) {
+    const { revoked, first } = await this.#endReplayedChain(token.familyId, token.userId, true);
+    if (first) {
       this.#audit.record({
         type: 'TOKEN_REUSE_DETECTED',
         userId: token.userId,

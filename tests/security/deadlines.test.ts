@@ -4,16 +4,21 @@
 // split topologies, cancel the call to the service layer, answering `unavailable` at once (found
 // by an attacking helper).
 import { toBinary, create } from '@bufbuild/protobuf';
+import { request as httpRequest } from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GetCurrentUserRequestSchema, LoginRequestSchema } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
-import { register, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { EndUserSessionsRequestSchema, GetCurrentUserRequestSchema, LoginRequestSchema, RefreshTokenRequestSchema } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { holdRows, loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
 import { RawClient, RPC_PROTOCOLS } from './raw-protocols.ts';
 
 let t: TestServer;
 let raw: RawClient;
 
+/** The bound on a user's sessions, low so that a login past it has some to end. */
+const SESSIONS_PER_USER_MAX = 2;
+
 beforeAll(async () => {
-  t = await startTestServer();
+  t = await startTestServer({ SESSIONS_PER_USER_MAX: String(SESSIONS_PER_USER_MAX) });
   raw = new RawClient(t.baseUrl);
 });
 
@@ -158,4 +163,116 @@ describe('client deadlines', () => {
     const answers = await Promise.all(calls);
     expect(answers.filter((answer) => !/ (ok|deadline_exceeded)$/.test(answer))).toEqual([]);
   });
+});
+
+describe('when the writes of a request commit after its deadline has passed, or its client has gone', () => {
+  // Found by an attacking helper (187): a request cut while its first write waited (here, on a
+  // user's row another transaction holds) had that write commit, and the writes that belong with
+  // it refused or skipped. A replay ended the owner's session with no theft alarm, then or at the
+  // next replay; a refresh's retry was taken for a replay and ended the session; a logout's, and
+  // an administrator's end of a user's sessions, stored no audit event (split topologies); a
+  // login left its user over the bound on sessions.
+  const DEADLINE_MS = 800;
+  const HOLD_MS = 1_800;
+
+  /** A REST POST whose client leaves (its socket destroyed) after DEADLINE_MS. */
+  const restCut = (path: string, body: unknown, token?: string) =>
+    new Promise<string>((resolve) => {
+      const text = JSON.stringify(body);
+      const headers: Record<string, string> = { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(text)) };
+      if (token !== undefined) headers.authorization = `Bearer ${token}`;
+      const req = httpRequest(`${t.baseUrl}${path}`, { method: 'POST', headers });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(`answered ${res.statusCode}`);
+      });
+      req.on('error', () => resolve('left'));
+      req.end(text);
+      setTimeout(() => req.destroy(), DEADLINE_MS);
+    });
+  const grpcCut = async (procedure: string, payload: Uint8Array, token?: string) =>
+    (await raw.rpc('grpc', `arcana.auth.v1.AuthService/${procedure}`, payload, { ...(token === undefined ? {} : { token }), headers: { 'grpc-timeout': `${DEADLINE_MS}m` } })).code;
+  const refreshOf = (refreshToken: string) => toBinary(RefreshTokenRequestSchema, create(RefreshTokenRequestSchema, { refreshToken }));
+  const refresh = (refreshToken: string) => t.request.post('/api/v1/auth/refresh').send({ refreshToken });
+  const pairs = (userId: number) =>
+    t.sql<{ family_id: string; is_revoked: boolean; revoked_reason: string | null }>(
+      'SELECT family_id, is_revoked, revoked_reason FROM oauth_tokens WHERE user_id = $1 ORDER BY id',
+      [userId],
+    );
+  const events = (userId: number, type: string) =>
+    t.sql<{ actor_id: number | null; details: Record<string, unknown> | null }>('SELECT actor_id, details FROM audit_events WHERE user_id = $1 AND type = $2', [userId, type]);
+
+  for (const via of ['gRPC deadline', 'REST client gone'] as const) {
+    it(`then whatever the first write began is finished with it, and audited (${via})`, async () => {
+      const admin = await loginAdmin(t);
+      const replayed = await register(t);
+      expect((await refresh(replayed.refreshToken)).status).toBe(200);
+      const refreshing = await register(t);
+      const leaving = await register(t);
+      const ended = await register(t);
+      const signingIn = await register(t);
+      expect((await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: signingIn.username, password: signingIn.password })).status).toBe(200);
+      const users = [replayed, refreshing, leaving, ended, signingIn];
+
+      // Each request's first write waits on its user's row until long after the request is cut.
+      const held = await holdRows(
+        t,
+        `SELECT id FROM users WHERE id IN (${users.map((_, i) => `$${i + 1}`).join(', ')}) FOR UPDATE`,
+        users.map((user) => user.id),
+      );
+      let answers: Promise<string>[];
+      try {
+        const login = { usernameOrEmail: signingIn.username, password: signingIn.password };
+        answers =
+          via === 'gRPC deadline'
+            ? [
+                grpcCut('RefreshToken', refreshOf(replayed.refreshToken)),
+                grpcCut('RefreshToken', refreshOf(refreshing.refreshToken)),
+                grpcCut('Logout', new Uint8Array(), leaving.accessToken),
+                grpcCut('EndUserSessions', toBinary(EndUserSessionsRequestSchema, create(EndUserSessionsRequestSchema, { userId: ended.id })), admin),
+                grpcCut('Login', toBinary(LoginRequestSchema, create(LoginRequestSchema, login))),
+              ]
+            : [
+                restCut('/api/v1/auth/refresh', { refreshToken: replayed.refreshToken }),
+                restCut('/api/v1/auth/refresh', { refreshToken: refreshing.refreshToken }),
+                restCut('/api/v1/auth/logout', {}, leaving.accessToken),
+                new Promise<string>((resolve) => {
+                  const req = httpRequest(`${t.baseUrl}/api/v1/users/${ended.id}/sessions`, { method: 'DELETE', headers: { authorization: `Bearer ${admin}` } });
+                  req.on('response', (res) => resolve(`answered ${res.statusCode}`)).on('error', () => resolve('left'));
+                  req.end();
+                  setTimeout(() => req.destroy(), DEADLINE_MS);
+                }),
+                restCut('/api/v1/auth/login', login),
+              ];
+        await sleep(HOLD_MS);
+      } finally {
+        await held.release();
+      }
+      // Nobody was answered: each client had given up.
+      expect(await Promise.all(answers)).toEqual(users.map(() => (via === 'gRPC deadline' ? 'deadline_exceeded' : 'left')));
+
+      // The replay ended the chain, the owner's live pair with it, and raised the alarm.
+      await expect.poll(async () => (await events(replayed.id, 'TOKEN_REUSE_DETECTED')).length, { timeout: 5_000 }).toBe(1);
+      expect((await pairs(replayed.id)).map((pair) => pair.revoked_reason)).toEqual(['reuse', 'reuse']);
+
+      // The refresh committed after its client gave up: the client's retry with the token it
+      // still holds moves the session on, not ends it as stolen.
+      await expect.poll(async () => (await pairs(refreshing.id)).length, { timeout: 5_000 }).toBe(2);
+      const retried = await refresh(refreshing.refreshToken);
+      expect(retried.status, JSON.stringify(retried.body)).toBe(200);
+      expect(await events(refreshing.id, 'TOKEN_REUSE_DETECTED')).toEqual([]);
+
+      // The logout and the administrator's end of the sessions are done, and each has its event.
+      await expect.poll(async () => (await pairs(leaving.id)).map((pair) => pair.revoked_reason), { timeout: 5_000 }).toEqual(['logout']);
+      expect(await events(leaving.id, 'LOGOUT')).toHaveLength(1);
+      await expect.poll(async () => (await pairs(ended.id)).map((pair) => pair.revoked_reason), { timeout: 5_000 }).toEqual(['revoked']);
+      expect(await events(ended.id, 'TOKENS_REVOKED')).toEqual([{ actor_id: expect.any(Number) as number, details: { count: 1 } }]);
+
+      // The login stored its session and ended the oldest beyond the bound.
+      await expect.poll(async () => (await pairs(signingIn.id)).length, { timeout: 5_000 }).toBe(3);
+      await expect
+        .poll(async () => new Set((await pairs(signingIn.id)).filter((pair) => !pair.is_revoked).map((pair) => pair.family_id)).size, { timeout: 5_000 })
+        .toBe(SESSIONS_PER_USER_MAX);
+    });
+  }
 });

@@ -120,14 +120,19 @@ function noStore(headers: Headers): void {
  */
 export function errorInterceptor(options: { logger: Logger; exposeInternals: boolean }): Interceptor {
   return (next) => async (req) => {
+    const deadlinePassed = () => (req.signal.aborted && ConnectError.from(req.signal.reason).code === Code.DeadlineExceeded) || (remainingMs() ?? 1) <= 0;
     try {
-      return await next(req);
+      const res = await next(req);
+      // An answer made after the client's deadline is not sent as one: a client that kept waiting
+      // is told its deadline passed, as grpc-go's server tells it, and as the split topologies,
+      // whose internal call fails at the deadline, told it while the monolith answered `ok`
+      // (helper 187). What the call wrote stays written: DEADLINE_EXCEEDED means "maybe done".
+      if (!res.stream && deadlinePassed()) throw new ConnectError('the deadline passed before the call completed', Code.DeadlineExceeded);
+      return res;
     } catch (error) {
       // Whatever failed once the client's own deadline had passed (in a split topology the
       // cancelled internal call reads as unavailable), the client's answer is that its deadline passed.
-      if ((req.signal.aborted && ConnectError.from(req.signal.reason).code === Code.DeadlineExceeded) || (remainingMs() ?? 1) <= 0) {
-        throw new ConnectError('the deadline passed before the call completed', Code.DeadlineExceeded);
-      }
+      if (deadlinePassed()) throw new ConnectError('the deadline passed before the call completed', Code.DeadlineExceeded);
       if (error instanceof AppError) {
         const connectError = toConnectError(error, req.method.input);
         // The RPC twin of REST's 401 challenge, for clients that read it (RFC 6750 §3).

@@ -17,7 +17,9 @@ import type { TokenRepository } from '../repositories/token-repository.ts';
 import { SESSIONS_ENDED_DETAIL } from '../repositories/write-options.ts';
 import type { UserChanges, UserProfile, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, newAccountRow, storedEmail } from './accounts.ts';
-import { uninterrupted } from '../infrastructure/call-context.ts';
+import { requestOutOfTime, uninterrupted } from '../infrastructure/call-context.ts';
+import type { CounterStore } from '../infrastructure/rate-limiter.ts';
+import { createHash } from 'node:crypto';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
 import { actingAs, requireAdmin, requireSelfOrAdmin } from './access.ts';
 import { pageRequest, paginationOf, userSortOf } from './pagination.ts';
@@ -25,6 +27,11 @@ import type { AuditLog } from './audit-use-cases.ts';
 import { accountKey, loginKey, type LoginThrottle } from './login-throttle.ts';
 import { clientFields } from './audit-use-cases.ts';
 
+/** How long a password change whose answer was lost may be retried as such. */
+const CHANGE_IN_DOUBT_MS = 5 * 60_000;
+/** The note of such a change: the account, the session that made it and the hash it wrote (hashed again: a key, not a secret). */
+const changeInDoubtKey = (userId: number, sessionId: number, passwordHash: string) =>
+  `password-change-in-doubt:${userId}:${sessionId}:${createHash('sha256').update(passwordHash).digest('hex')}`;
 /** A created user as kept for replays. */
 const USER_ANSWER = messageCodec(UserSchema);
 
@@ -43,6 +50,7 @@ export class UserUseCases {
   readonly #devices: DeviceTokens;
   readonly #audit: AuditLog;
   readonly #idempotency: IdempotentRequests;
+  readonly #counters: CounterStore | undefined;
 
   constructor(deps: {
     users: UserRepository;
@@ -52,8 +60,11 @@ export class UserUseCases {
     devices: DeviceTokens;
     audit: AuditLog;
     idempotency: IdempotentRequests;
+    /** Where a password change whose answer was lost is noted (see #changeInDoubt); none, none noted. */
+    counters?: CounterStore | undefined;
   }) {
     this.#idempotency = deps.idempotency;
+    this.#counters = deps.counters;
     this.#devices = deps.devices;
     this.#audit = deps.audit;
     this.#users = deps.users;
@@ -215,6 +226,21 @@ export class UserUseCases {
       throw error;
     });
     if (!matches) {
+      // The retry of a change made without its answer reaching its client: the account's password
+      // is already the new one, set by this session's change. The change asked for is made, and
+      // answered so; it was refused as a wrong current password, audited as a guess and counted
+      // towards a lockout (helper 189). The new password is compared only when such a change is
+      // noted, so a wrong guess costs no second comparison.
+      if (await this.#changeInDoubt(userId, actor.sessionId, user.passwordHash)) {
+        const made = await this.#passwords.verify(input.newPassword ?? '', user.passwordHash).catch(async (error: unknown) => {
+          await attempt.abandoned();
+          throw error;
+        });
+        if (made) {
+          await attempt.succeeded();
+          return;
+        }
+      }
       failed('wrong_password');
       throw new AuthenticationError('Current password is incorrect');
     }
@@ -249,9 +275,27 @@ export class UserUseCases {
           // compared or to the version the caller named: audited either way (helper 124: a
           // version's loss left no trace of a right password compared).
           if (isConflict(error) || (error instanceof AppError && error.code === 'PRECONDITION_FAILED')) failed('changed_meanwhile');
+          // Any other failure may have come after the write committed (a deadline that passed
+          // between layers, a reply lost): noted, as a change that commits for a request out of
+          // time is below. A note of a change that never committed names a hash nobody has.
+          else await this.#noteChangeInDoubt(userId, actor.sessionId, passwordHash);
           throw error;
         }),
     );
+    if (requestOutOfTime() !== undefined) await this.#noteChangeInDoubt(userId, actor.sessionId, passwordHash);
+  }
+
+  /** Notes that session `sessionId`'s change to `passwordHash` may not have been answered (uninterrupted, as the write itself). */
+  async #noteChangeInDoubt(userId: number, sessionId: number, passwordHash: string): Promise<void> {
+    const counters = this.#counters;
+    if (counters === undefined) return;
+    await uninterrupted(() => counters.increment(changeInDoubtKey(userId, sessionId, passwordHash), CHANGE_IN_DOUBT_MS)).catch(() => undefined);
+  }
+
+  /** Whether session `sessionId` made the account's current password, `passwordHash`, by a change whose answer may have been lost. */
+  async #changeInDoubt(userId: number, sessionId: number, passwordHash: string): Promise<boolean> {
+    if (this.#counters === undefined) return false;
+    return (await this.#counters.peek(changeInDoubtKey(userId, sessionId, passwordHash)).catch(() => ({ count: 0 }))).count > 0;
   }
 
   /**

@@ -8,6 +8,7 @@ import { request as httpRequest } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EndUserSessionsRequestSchema, GetCurrentUserRequestSchema, LoginRequestSchema, RefreshTokenRequestSchema } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
+import { ChangePasswordRequestSchema } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { holdRows, loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
 import { RawClient, RPC_PROTOCOLS } from './raw-protocols.ts';
 
@@ -176,12 +177,12 @@ describe('when the writes of a request commit after its deadline has passed, or 
   const HOLD_MS = 1_800;
 
   /** A REST POST whose client leaves (its socket destroyed) after DEADLINE_MS. */
-  const restCut = (path: string, body: unknown, token?: string) =>
+  const restCut = (path: string, body: unknown, token?: string, method = 'POST') =>
     new Promise<string>((resolve) => {
       const text = JSON.stringify(body);
       const headers: Record<string, string> = { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(text)) };
       if (token !== undefined) headers.authorization = `Bearer ${token}`;
-      const req = httpRequest(`${t.baseUrl}${path}`, { method: 'POST', headers });
+      const req = httpRequest(`${t.baseUrl}${path}`, { method, headers });
       req.on('response', (res) => {
         res.resume();
         resolve(`answered ${res.statusCode}`);
@@ -191,7 +192,12 @@ describe('when the writes of a request commit after its deadline has passed, or 
       setTimeout(() => req.destroy(), DEADLINE_MS);
     });
   const grpcCut = async (procedure: string, payload: Uint8Array, token?: string) =>
-    (await raw.rpc('grpc', `arcana.auth.v1.AuthService/${procedure}`, payload, { ...(token === undefined ? {} : { token }), headers: { 'grpc-timeout': `${DEADLINE_MS}m` } })).code;
+    (
+      await raw.rpc('grpc', procedure.includes('/') ? procedure : `arcana.auth.v1.AuthService/${procedure}`, payload, {
+        ...(token === undefined ? {} : { token }),
+        headers: { 'grpc-timeout': `${DEADLINE_MS}m` },
+      })
+    ).code;
   const refreshOf = (refreshToken: string) => toBinary(RefreshTokenRequestSchema, create(RefreshTokenRequestSchema, { refreshToken }));
   const refresh = (refreshToken: string) => t.request.post('/api/v1/auth/refresh').send({ refreshToken });
   const pairs = (userId: number) =>
@@ -212,7 +218,9 @@ describe('when the writes of a request commit after its deadline has passed, or 
       const ended = await register(t);
       const signingIn = await register(t);
       expect((await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: signingIn.username, password: signingIn.password })).status).toBe(200);
-      const users = [replayed, refreshing, leaving, ended, signingIn];
+      const changing = await register(t);
+      const users = [replayed, refreshing, leaving, ended, signingIn, changing];
+      const change = { userId: changing.id, oldPassword: changing.password, newPassword: `${changing.password}-2` };
 
       // Each request's first write waits on its user's row until long after the request is cut.
       const held = await holdRows(
@@ -231,6 +239,7 @@ describe('when the writes of a request commit after its deadline has passed, or 
                 grpcCut('Logout', new Uint8Array(), leaving.accessToken),
                 grpcCut('EndUserSessions', toBinary(EndUserSessionsRequestSchema, create(EndUserSessionsRequestSchema, { userId: ended.id })), admin),
                 grpcCut('Login', toBinary(LoginRequestSchema, create(LoginRequestSchema, login))),
+                grpcCut('arcana.user.v1.UserService/ChangePassword', toBinary(ChangePasswordRequestSchema, create(ChangePasswordRequestSchema, change)), changing.accessToken),
               ]
             : [
                 restCut('/api/v1/auth/refresh', { refreshToken: replayed.refreshToken }),
@@ -243,6 +252,7 @@ describe('when the writes of a request commit after its deadline has passed, or 
                   setTimeout(() => req.destroy(), DEADLINE_MS);
                 }),
                 restCut('/api/v1/auth/login', login),
+                restCut(`/api/v1/users/${changing.id}/password`, { oldPassword: change.oldPassword, newPassword: change.newPassword }, changing.accessToken, 'PUT'),
               ];
         await sleep(HOLD_MS);
       } finally {
@@ -273,6 +283,17 @@ describe('when the writes of a request commit after its deadline has passed, or 
       await expect
         .poll(async () => new Set((await pairs(signingIn.id)).filter((pair) => !pair.is_revoked).map((pair) => pair.family_id)).size, { timeout: 5_000 })
         .toBe(SESSIONS_PER_USER_MAX);
+
+      // The password change is made; its client's retry is answered as made, not refused as a
+      // wrong current password (and counted as a guess).
+      await expect.poll(async () => (await events(changing.id, 'PASSWORD_CHANGED')).length, { timeout: 5_000 }).toBe(1);
+      const again = await t.request
+        .put(`/api/v1/users/${changing.id}/password`)
+        .set('authorization', `Bearer ${changing.accessToken}`)
+        .send({ oldPassword: change.oldPassword, newPassword: change.newPassword });
+      expect(again.status, JSON.stringify(again.body)).toBe(200);
+      expect(await events(changing.id, 'PASSWORD_CHANGE_FAILED')).toEqual([]);
+      expect((await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: changing.username, password: change.newPassword })).status).toBe(200);
     });
   }
 });

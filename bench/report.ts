@@ -112,6 +112,8 @@ export interface BenchRecord {
   startup: StartupRecord;
   results: ResultRow[];
   soak: (SoakResult & { target: string }) | null;
+  /** Target name → its servers' RSS summed, a few seconds after its last load (absent in older records). */
+  idleRss?: Record<string, number | null>;
   targets: TargetCheck[];
 }
 
@@ -332,7 +334,7 @@ export function formatTargets(targets: TargetCheck[]): string {
 }
 
 /** The figures the project's performance targets are stated in, from one run. */
-export function computeTargets(record: Pick<BenchRecord, 'results' | 'startup' | 'bcryptCeiling' | 'soak'>): TargetCheck[] {
+export function computeTargets(record: Pick<BenchRecord, 'results' | 'startup' | 'bcryptCeiling' | 'soak' | 'idleRss'>): TargetCheck[] {
   const rows = record.results;
   const row = (target: string, protocol: Protocol, scenario: ScenarioName): ResultRow | undefined =>
     rows.find((r) => r.target === target && r.protocol === protocol && r.scenario === scenario && r.measurement !== undefined);
@@ -366,6 +368,9 @@ export function computeTargets(record: Pick<BenchRecord, 'results' | 'startup' |
     return sum((last?.processes ?? []).filter((p) => p.role === 'server').map((p) => p.rssBytesAfter)) ?? undefined;
   };
   checks.push(check('monolith RSS at its end ÷ bare server RSS at its end', ratio(lastServerRss('monolithic'), lastServerRss('bare')), '≤ 1.3', (v) => v <= 1.3));
+  // Not the issue's target (that is read as the load ends): what each keeps once its load has stopped.
+  const idle = (target: string): number | undefined => record.idleRss?.[target] ?? undefined;
+  checks.push(check('monolith RSS 3 s after its last load ÷ bare server RSS, the same', ratio(idle('monolithic'), idle('bare')), '', () => true));
 
   const readies = Object.values(record.startup.restarts)
     .flat()

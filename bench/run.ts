@@ -29,6 +29,8 @@ import { runWrk } from './wrk-load.ts';
 
 const root = join(import.meta.dirname, '..');
 const STARTUP_TIMEOUT_MS = 60_000;
+/** How long a target is left idle after its last load before its RSS is read again (see idleRss). */
+const IDLE_SECONDS = 3;
 
 const began = performance.now();
 
@@ -192,6 +194,14 @@ async function main(settings: BenchSettings): Promise<void> {
   const startup: StartupRecord = { restarts: {}, pglite: [], bare: null };
   let bcryptCeiling: BcryptCeiling | null = null;
   let soak: (SoakResult & { target: string }) | null = null;
+  const idleRss: Record<string, number | null> = {};
+  /** The servers' RSS summed, IDLE_SECONDS after the target's last load: what it keeps once the load stops. */
+  const recordIdleRss = async (target: string, processes: NamedProcess[]): Promise<void> => {
+    if (interrupted()) return;
+    await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
+    const each = processes.map((p) => processRssBytes(p.pid) ?? null);
+    idleRss[target] = each.some((value) => value === null) ? null : each.reduce<number>((total, value) => total + (value ?? 0), 0);
+  };
   let fixtures: Fixtures | undefined;
   let seedSeconds: number | undefined;
   // The bare ceilings speak PostgreSQL (node-postgres): on MySQL there is none to compare with.
@@ -394,6 +404,7 @@ async function main(settings: BenchSettings): Promise<void> {
         if (interrupted()) break;
         await measureRow(subject, 'rest', scenario, barePlan(scenario, seeded));
       }
+      await recordIdleRss('bare', subject.processes());
     } finally {
       await server.stop();
       running = undefined;
@@ -497,6 +508,7 @@ async function main(settings: BenchSettings): Promise<void> {
             );
           }
         }
+        await recordIdleRss(target.name, subject.processes());
       } catch (error) {
         const message = error instanceof Error ? error.message : String(error);
         log(`  ${target.name} failed: ${message}`);
@@ -553,6 +565,7 @@ async function main(settings: BenchSettings): Promise<void> {
       startup,
       results: rows,
       soak,
+      idleRss,
       targets: [],
     };
     record.targets = computeTargets(record);

@@ -7,6 +7,7 @@ import { traceLogFields } from './infrastructure/tracing.ts';
 import { createDualProtocolServer } from './server.ts';
 import { uninterruptedSettled } from './infrastructure/call-context.ts';
 import { gatedWorkInFlight } from './infrastructure/work-gate.ts';
+import { releaseMemoryWhenIdle } from './infrastructure/idle-memory.ts';
 
 /**
  * When, as a share of SHUTDOWN_TIMEOUT_MS, the drain stops waiting and closes what is still open;
@@ -69,10 +70,14 @@ async function main(): Promise<void> {
   const metricsServer = app.metrics === undefined ? undefined : await serveMetrics(app.metrics, config.metrics.port, config.metrics.host);
   if (metricsServer !== undefined) logger.info({ port: metricsServer.port }, 'metrics served at /metrics');
 
+  // Memory a burst took is given back once the process is idle (infrastructure/idle-memory.ts).
+  const stopReleasing = config.server.idleHeapReleaseMb === 0 ? undefined : releaseMemoryWhenIdle({ growthBytes: config.server.idleHeapReleaseMb * 2 ** 20 }, logger);
+
   let stopping = false;
   const shutdown = (signal: string): void => {
     if (stopping) return;
     stopping = true;
+    stopReleasing?.();
     logger.info({ signal }, 'shutting down: draining in-flight requests');
     const signalledAt = Date.now();
     const force = setTimeout(() => {

@@ -947,7 +947,7 @@ export interface components {
         IfMatch: string;
         /** @description The `ETag` of the copy the client holds: a read answers 304 without a body while the user's version is still this one (weak comparison). A write is done only if the user's version is none of those given, or answers 412 and changes nothing; `*` refuses any write to an existing user. */
         IfNoneMatch: string;
-        /** @description Only users whose username, e-mail, first name or last name starts with this text, ignoring case (a prefix match: `ali` finds `Alice` and `alice@example.com`, not `Natalia`). Every character is literal, `%` and `_` included. Written as HTML forms and `URLSearchParams` write it: `+` stands for a space (`q=Ada+Lovelace`), `%2B` for a plus sign, and other reserved characters may come unencoded. */
+        /** @description Only users whose username, e-mail, first name or last name starts with this text, ignoring case (a prefix match: `ali` finds `Alice` and `alice@example.com`, not `Natalia`); on MySQL and MariaDB also ignoring accents (`une` finds `Ünë`), as their collation compares. Every character is literal, `%` and `_` included. Written as HTML forms and `URLSearchParams` write it: `+` stands for a space (`q=Ada+Lovelace`), `%2B` for a plus sign, and other reserved characters may come unencoded. */
         UserSearch: string;
         /** @description Order of the listing: `id` (the default: oldest account first), `createdAt` or `-createdAt` (newest first), `lastLoginAt` (users who never logged in first, then the least recent) or `-lastLoginAt` (most recent first, never last). Ties go by id. */
         UserSort: "id" | "createdAt" | "-createdAt" | "lastLoginAt" | "-lastLoginAt";
@@ -1196,7 +1196,7 @@ export interface operations {
                 role?: components["parameters"]["RoleFilter"];
                 /** @description Only users with this status. */
                 status?: components["parameters"]["StatusFilter"];
-                /** @description Only users whose username, e-mail, first name or last name starts with this text, ignoring case (a prefix match: `ali` finds `Alice` and `alice@example.com`, not `Natalia`). Every character is literal, `%` and `_` included. Written as HTML forms and `URLSearchParams` write it: `+` stands for a space (`q=Ada+Lovelace`), `%2B` for a plus sign, and other reserved characters may come unencoded. */
+                /** @description Only users whose username, e-mail, first name or last name starts with this text, ignoring case (a prefix match: `ali` finds `Alice` and `alice@example.com`, not `Natalia`); on MySQL and MariaDB also ignoring accents (`une` finds `Ünë`), as their collation compares. Every character is literal, `%` and `_` included. Written as HTML forms and `URLSearchParams` write it: `+` stands for a space (`q=Ada+Lovelace`), `%2B` for a plus sign, and other reserved characters may come unencoded. */
                 q?: components["parameters"]["UserSearch"];
                 /** @description Order of the listing: `id` (the default: oldest account first), `createdAt` or `-createdAt` (newest first), `lastLoginAt` (users who never logged in first, then the least recent) or `-lastLoginAt` (most recent first, never last). Ties go by id. */
                 sort?: components["parameters"]["UserSort"];

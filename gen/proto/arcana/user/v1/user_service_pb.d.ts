@@ -46,8 +46,9 @@ export declare type ListUsersRequest = Message<"arcana.user.v1.ListUsersRequest"
   status?: UserStatus | undefined;
 
   /**
-   * Only users whose username, e-mail, first or last name starts with this text, ignoring case;
-   * every character is literal. 1–255 characters when set.
+   * Only users whose username, e-mail, first or last name starts with this text, ignoring case
+   * (on MySQL and MariaDB also accents, as their collation compares); every character is
+   * literal. 1–255 characters when set.
    *
    * @generated from field: optional string q = 5;
    */

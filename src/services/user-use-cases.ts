@@ -29,9 +29,12 @@ import { clientFields } from './audit-use-cases.ts';
 
 /** How long a password change whose answer was lost may be retried as such. */
 const CHANGE_IN_DOUBT_MS = 5 * 60_000;
-/** The note of such a change: the account, the session that made it and the hash it wrote (hashed again: a key, not a secret). */
-const changeInDoubtKey = (userId: number, sessionId: number, passwordHash: string) =>
-  `password-change-in-doubt:${userId}:${sessionId}:${createHash('sha256').update(passwordHash).digest('hex')}`;
+/**
+ * The note of such a change: the account, the login chain of the session that made it (kept by a
+ * refresh, where the pair's id is not) and the hash it wrote (hashed again: a key, not a secret).
+ */
+const changeInDoubtKey = (userId: number, familyId: string, passwordHash: string) =>
+  `password-change-in-doubt:${userId}:${familyId}:${createHash('sha256').update(passwordHash).digest('hex')}`;
 /** A created user as kept for replays. */
 const USER_ANSWER = messageCodec(UserSchema);
 
@@ -231,12 +234,16 @@ export class UserUseCases {
       // answered so; it was refused as a wrong current password, audited as a guess and counted
       // towards a lockout (helper 189). The new password is compared only when such a change is
       // noted, so a wrong guess costs no second comparison.
-      if (await this.#changeInDoubt(userId, actor.sessionId, user.passwordHash)) {
+      const noted = changeInDoubtKey(userId, actor.familyId, user.passwordHash);
+      if (await this.#changeInDoubt(noted)) {
         const made = await this.#passwords.verify(input.newPassword ?? '', user.passwordHash).catch(async (error: unknown) => {
           await attempt.abandoned();
           throw error;
         });
         if (made) {
+          // Once: the note answers the retry, not every later question "is this the password?"
+          // from that session, which would be answered without a trace (helper 190).
+          await this.#counters?.delete(noted).catch(() => undefined);
           await attempt.succeeded();
           return;
         }
@@ -278,24 +285,24 @@ export class UserUseCases {
           // Any other failure may have come after the write committed (a deadline that passed
           // between layers, a reply lost): noted, as a change that commits for a request out of
           // time is below. A note of a change that never committed names a hash nobody has.
-          else await this.#noteChangeInDoubt(userId, actor.sessionId, passwordHash);
+          else await this.#noteChangeInDoubt(changeInDoubtKey(userId, actor.familyId, passwordHash));
           throw error;
         }),
     );
-    if (requestOutOfTime() !== undefined) await this.#noteChangeInDoubt(userId, actor.sessionId, passwordHash);
+    if (requestOutOfTime() !== undefined) await this.#noteChangeInDoubt(changeInDoubtKey(userId, actor.familyId, passwordHash));
   }
 
-  /** Notes that session `sessionId`'s change to `passwordHash` may not have been answered (uninterrupted, as the write itself). */
-  async #noteChangeInDoubt(userId: number, sessionId: number, passwordHash: string): Promise<void> {
+  /** Notes a change whose answer may have been lost (changeInDoubtKey; uninterrupted, as the write itself). */
+  async #noteChangeInDoubt(key: string): Promise<void> {
     const counters = this.#counters;
     if (counters === undefined) return;
-    await uninterrupted(() => counters.increment(changeInDoubtKey(userId, sessionId, passwordHash), CHANGE_IN_DOUBT_MS)).catch(() => undefined);
+    await uninterrupted(() => counters.increment(key, CHANGE_IN_DOUBT_MS)).catch(() => undefined);
   }
 
-  /** Whether session `sessionId` made the account's current password, `passwordHash`, by a change whose answer may have been lost. */
-  async #changeInDoubt(userId: number, sessionId: number, passwordHash: string): Promise<boolean> {
+  /** Whether a change is noted under `key` (changeInDoubtKey): the session's login chain made the account's current password. */
+  async #changeInDoubt(key: string): Promise<boolean> {
     if (this.#counters === undefined) return false;
-    return (await this.#counters.peek(changeInDoubtKey(userId, sessionId, passwordHash)).catch(() => ({ count: 0 }))).count > 0;
+    return (await this.#counters.peek(key).catch(() => ({ count: 0 }))).count > 0;
   }
 
   /**

@@ -285,14 +285,20 @@ describe('when the writes of a request commit after its deadline has passed, or 
         .toBe(SESSIONS_PER_USER_MAX);
 
       // The password change is made; its client's retry is answered as made, not refused as a
-      // wrong current password (and counted as a guess).
+      // wrong current password (and counted as a guess), also after the session was refreshed,
+      // and once: asked again, the question is a guess as any other.
       await expect.poll(async () => (await events(changing.id, 'PASSWORD_CHANGED')).length, { timeout: 5_000 }).toBe(1);
-      const again = await t.request
-        .put(`/api/v1/users/${changing.id}/password`)
-        .set('authorization', `Bearer ${changing.accessToken}`)
-        .send({ oldPassword: change.oldPassword, newPassword: change.newPassword });
+      const refreshed = await refresh(changing.refreshToken);
+      expect(refreshed.status).toBe(200);
+      const retryChange = () =>
+        t.request
+          .put(`/api/v1/users/${changing.id}/password`)
+          .set('authorization', `Bearer ${(refreshed.body as { data: { accessToken: string } }).data.accessToken}`)
+          .send({ oldPassword: change.oldPassword, newPassword: change.newPassword });
+      const again = await retryChange();
       expect(again.status, JSON.stringify(again.body)).toBe(200);
       expect(await events(changing.id, 'PASSWORD_CHANGE_FAILED')).toEqual([]);
+      expect((await retryChange()).status).toBe(401);
       expect((await t.request.post('/api/v1/auth/login').send({ usernameOrEmail: changing.username, password: change.newPassword })).status).toBe(200);
     });
   }

@@ -166,7 +166,6 @@ function createLayerProcess(
   };
 }
 
-/** A port nothing listens on right now (the OS picks it). */
 /** Throws unless nothing listens on `url`'s port (its host). */
 async function assertPortFree(url: string): Promise<void> {
   const { hostname, port } = new URL(url);
@@ -178,7 +177,21 @@ async function assertPortFree(url: string): Promise<void> {
   await once(server, 'close');
 }
 
+/**
+ * Ports picked for the layers lie below Linux's ephemeral range (32768–60999), from which the OS
+ * hands out every `listen(0)` and every outgoing connection's local port: a port the OS picked and
+ * this released could be handed to another process (a test server, a client socket) before the
+ * layer bound it, and the topology then talked to whatever held it (a CI run's layered-grpc suite
+ * failed whole so, ECONNREFUSED on a port the readiness check had found answering).
+ */
+const PICKED_PORTS = { from: 20_000, to: 32_000 };
+
+/** A port nothing listens on right now, outside the ephemeral range (the OS picks one if none is found). */
 async function freePort(host: string): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt += 1) {
+    const port = PICKED_PORTS.from + Math.floor(Math.random() * (PICKED_PORTS.to - PICKED_PORTS.from));
+    if (await listensOn(host, port)) return port;
+  }
   const server = createServer();
   server.listen(0, host);
   await once(server, 'listening');
@@ -187,6 +200,17 @@ async function freePort(host: string): Promise<number> {
   server.close();
   await once(server, 'close');
   return port;
+}
+
+/** Whether this process could listen on `port` of `host` (and then stopped). */
+async function listensOn(host: string, port: number): Promise<boolean> {
+  const server = createServer();
+  server.listen(port, host);
+  const [outcome] = (await Promise.race([once(server, 'listening').then(() => ['free']), once(server, 'error')])) as [string | Error];
+  if (outcome !== 'free') return false;
+  server.close();
+  await once(server, 'close');
+  return true;
 }
 
 // Run as a script: one topology in the foreground, every process's output prefixed by its layer.

@@ -32,6 +32,11 @@ export interface IdleMemoryProbes {
 
 export const DEFAULT_CHECK_EVERY_MS = 1_000;
 export const DEFAULT_IDLE_UTILIZATION = 0.02;
+/**
+ * A check at least this busy arms the next idle collection: only a burst of load is given back,
+ * not what start-up left (a start's collection paused a process that was about to be served).
+ */
+export const BUSY_UTILIZATION = 0.25;
 
 /** The decision, apart from timers: call `check()` once a period; it collects when it should. */
 export class IdleMemoryRelease {
@@ -41,6 +46,7 @@ export class IdleMemoryRelease {
   readonly #onCollected: ((before: number, after: number, ms: number) => void) | undefined;
   #floor: number;
   #collecting = false;
+  #armed = false;
 
   constructor(probes: IdleMemoryProbes, options: IdleMemoryOptions, onCollected?: (before: number, after: number, ms: number) => void) {
     this.#probes = probes;
@@ -56,8 +62,10 @@ export class IdleMemoryRelease {
     const before = this.#probes.heapBytes();
     // V8's own collections under load may leave the heap below the floor: that is the new floor.
     if (before < this.#floor) this.#floor = before;
-    if (this.#collecting || utilization >= this.#idleUtilization || before - this.#floor < this.#growthBytes) return false;
+    if (utilization >= BUSY_UTILIZATION) this.#armed = true;
+    if (!this.#armed || this.#collecting || utilization >= this.#idleUtilization || before - this.#floor < this.#growthBytes) return false;
     this.#collecting = true;
+    this.#armed = false;
     const started = performance.now();
     try {
       await this.#probes.collect();

@@ -39,10 +39,24 @@ describe('releasing memory while idle', () => {
     // A little work, a little growth (under the threshold): left to V8.
     state.heap = 80 * MB;
     expect(await release.check()).toBe(false);
-    // A second burst.
+    // A second burst, then idle again.
+    state.utilization = 0.8;
     state.heap = 200 * MB;
+    expect(await release.check()).toBe(false);
+    state.utilization = 0;
     expect(await release.check()).toBe(true);
     expect(state.collections).toBe(2);
+  });
+
+  it('when the heap grew without a busy second (start-up), then it does not collect, however idle', async () => {
+    const { state, probes } = fakeProbes(60 * MB);
+    const release = new IdleMemoryRelease(probes, { growthBytes: 32 * MB });
+    state.heap = 200 * MB;
+    for (const utilization of [0.2, 0.1, 0, 0]) {
+      state.utilization = utilization;
+      expect(await release.check()).toBe(false);
+    }
+    expect(state.collections).toBe(0);
   });
 
   it('when the loop is busier than the idle share, then it does not collect, however large the heap', async () => {
@@ -73,7 +87,9 @@ describe('releasing memory while idle', () => {
       import { getHeapStatistics } from 'node:v8';
       import { IdleMemoryRelease, processProbes } from './src/infrastructure/idle-memory.ts';
       const release = new IdleMemoryRelease(processProbes(), { growthBytes: 32 * 2 ** 20 });
-      // A burst: objects that live a while (promoted to the old generation), then are dropped.
+      // A burst, once the event loop runs (its use is what arms the release): objects that live
+      // a while (promoted to the old generation), then are dropped.
+      await new Promise((resolve) => setTimeout(resolve, 50));
       let held = [];
       for (let round = 0; round < 40; round += 1) {
         held.push(Array.from({ length: 50_000 }, (_, i) => ({ i, text: 'x'.repeat(20) + i })));

@@ -169,12 +169,8 @@ function createLayerProcess(
 /** Throws unless nothing listens on `url`'s port (its host). */
 async function assertPortFree(url: string): Promise<void> {
   const { hostname, port } = new URL(url);
-  const server = createServer();
-  server.listen(Number(port), hostname.replace(/^\[|\]$/g, ''));
-  const [outcome] = (await Promise.race([once(server, 'listening').then(() => ['free']), once(server, 'error')])) as [string | Error];
-  if (outcome !== 'free') throw new Error(`port ${port} of ${hostname} is in use: ${outcome instanceof Error ? outcome.message : outcome}`);
-  server.close();
-  await once(server, 'close');
+  const refusal = await listenRefusal(hostname.replace(/^\[|\]$/g, ''), Number(port));
+  if (refusal !== undefined) throw new Error(`port ${port} of ${hostname} is in use: ${refusal.message}`);
 }
 
 /**
@@ -190,7 +186,7 @@ const PICKED_PORTS = { from: 20_000, to: 32_000 };
 async function freePort(host: string): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt += 1) {
     const port = PICKED_PORTS.from + Math.floor(Math.random() * (PICKED_PORTS.to - PICKED_PORTS.from));
-    if (await listensOn(host, port)) return port;
+    if ((await listenRefusal(host, port)) === undefined) return port;
   }
   const server = createServer();
   server.listen(0, host);
@@ -202,15 +198,15 @@ async function freePort(host: string): Promise<number> {
   return port;
 }
 
-/** Whether this process could listen on `port` of `host` (and then stopped). */
-async function listensOn(host: string, port: number): Promise<boolean> {
+/** Why this process could not listen on `port` of `host`, or undefined when it could (and then stopped). */
+async function listenRefusal(host: string, port: number): Promise<Error | undefined> {
   const server = createServer();
   server.listen(port, host);
   const [outcome] = (await Promise.race([once(server, 'listening').then(() => ['free']), once(server, 'error')])) as [string | Error];
-  if (outcome !== 'free') return false;
+  if (outcome !== 'free') return outcome instanceof Error ? outcome : new Error(outcome);
   server.close();
   await once(server, 'close');
-  return true;
+  return undefined;
 }
 
 // Run as a script: one topology in the foreground, every process's output prefixed by its layer.

@@ -182,8 +182,12 @@ async function assertPortFree(url: string): Promise<void> {
  */
 const PICKED_PORTS = { from: 20_000, to: 32_000 };
 
-/** A port nothing listens on right now, outside the ephemeral range (the OS picks one if none is found). */
-async function freePort(host: string): Promise<number> {
+/**
+ * A port nothing listens on right now, outside the ephemeral range (the OS picks one if none is
+ * found). For any process started on a port picked before it binds: the layers here, and the
+ * tests' own redis-server and layer processes.
+ */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt += 1) {
     const port = PICKED_PORTS.from + Math.floor(Math.random() * (PICKED_PORTS.to - PICKED_PORTS.from));
     if ((await listenRefusal(host, port)) === undefined) return port;

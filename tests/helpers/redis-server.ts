@@ -2,10 +2,10 @@
 // never disturbed.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { freePort } from '../../scripts/topology.ts';
 
 export interface TestRedisServer {
   url: string;
@@ -17,19 +17,9 @@ export interface TestRedisServer {
   resume(): void;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0));
-    });
-  });
-}
-
 /**
- * Starts redis-server on a free loopback port; stop() and start() keep that port. With `keepData`,
+ * Starts redis-server on a free loopback port (below the ephemeral range, so no client socket takes
+ * it between the pick and the bind); stop() and start() keep that port. With `keepData`,
  * stop() saves the data first and start() loads it, as a Redis with persistence would come back.
  */
 export async function startRedisServer(options: { keepData?: boolean } = {}): Promise<TestRedisServer> {

@@ -6,10 +6,10 @@
 // (helper 164). It now serves, not ready, and makes the account once the repository answers.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, expect, it } from 'vitest';
+import { freePort } from '../../scripts/topology.ts';
 import { TEST_DATABASE_URL } from '../helpers/test-app.ts';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -23,15 +23,6 @@ afterAll(async () => {
   await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
   await admin.end();
 });
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
 
 const common = {
   DEPLOYMENT_MODE: 'layered',

@@ -190,6 +190,7 @@ const EnvSchema = z.object({
     .transform(parseSize)
     .pipe(z.number().max(64 * 1024 * 1024, 'must be at most 64mb')),
   SHUTDOWN_TIMEOUT_MS: int(30_000, 0, 600_000),
+  SHUTDOWN_IDLE_GRACE_MS: int(300, 0, 60_000),
   IDLE_HEAP_RELEASE_MB: int(32, 0, 4_096),
   // Connection bounds (see src/server.ts): every client gets a deadline for each thing it owes.
   PROTOCOL_DETECTION_TIMEOUT_MS: int(10_000, 50, 600_000),
@@ -379,6 +380,8 @@ export function loadConfig(env: Environment) {
       /** Largest request body in bytes, for REST JSON and RPC messages alike. */
       bodyLimitBytes: e.BODY_LIMIT,
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+      /** How long a draining server leaves idle keep-alive and silent connections for a last request. */
+      shutdownIdleGraceMs: e.SHUTDOWN_IDLE_GRACE_MS,
       /** How far the heap must grow past what the last collection left before an idle process collects (MiB); 0: never. */
       idleHeapReleaseMb: e.IDLE_HEAP_RELEASE_MB,
       connections: resolveConnections(e, deployment.layer),

@@ -78,6 +78,11 @@ export interface DualProtocolServerOptions {
    * Unset: no cap.
    */
   vouch?: ((authorization: string | undefined) => boolean) | undefined;
+  /**
+   * How long a closing server leaves idle keep-alive connections, and connections that have not
+   * yet said what they speak, for a last request (see close); DRAIN_IDLE_GRACE_MS when unset.
+   */
+  drainIdleGraceMs?: number | undefined;
 }
 
 /**
@@ -396,12 +401,12 @@ export function createDualProtocolServer(
         // close at once). Until then, a keep-alive connection busy now (a health watch the drain
         // ends, say) is closed when it goes idle, which would otherwise wait for its keep-alive
         // timeout, and an HTTP/2 stream answered in full whose client may still send is closed.
-        // A keep-alive connection idle now is left DRAIN_IDLE_GRACE_MS first: a client between
+        // A keep-alive connection idle now is left the grace (SHUTDOWN_IDLE_GRACE_MS) first: a client between
         // two requests sends its next one then, and it is answered, with `close`. Closed at once,
         // such a connection met that request with a reset (helper 153). So is one accepted that
         // has not yet said what it speaks: a busy process may not have read the request it
         // already carries (helper 183).
-        const graceEnds = Date.now() + (h1Connections.size === 0 && detecting.size === 0 ? 0 : DRAIN_IDLE_GRACE_MS);
+        const graceEnds = Date.now() + (h1Connections.size === 0 && detecting.size === 0 ? 0 : (options.drainIdleGraceMs ?? DRAIN_IDLE_GRACE_MS));
         const idle = setInterval(() => {
           if (Date.now() >= graceEnds) h1.closeIdleConnections();
           closeAnswered();

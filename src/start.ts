@@ -47,7 +47,14 @@ async function main(): Promise<void> {
   const app = await orExitOnConfigError(() => createApplication(config, logger));
   const { server, close, closeNow } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },
-    { limits: config.server.connections, trustProxy: config.server.trustProxy, logger, bodyLimitBytes: config.server.bodyLimitBytes, vouch: app.vouch },
+    {
+      limits: config.server.connections,
+      trustProxy: config.server.trustProxy,
+      logger,
+      bodyLimitBytes: config.server.bodyLimitBytes,
+      vouch: app.vouch,
+      drainIdleGraceMs: config.server.shutdownIdleGraceMs,
+    },
   );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -1,5 +1,5 @@
-// The real entry point as a user starts it: `node src/main.ts` with no DATABASE_URL (embedded
-// database), talked to over real HTTP, then stopped with SIGTERM.
+// The real entry point as a user starts it: `npm start` with no DATABASE_URL (embedded database),
+// talked to over real HTTP, then stopped with SIGTERM, as a supervisor or `timeout` stops it.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,8 +16,11 @@ const logLines: string[] = [];
 
 beforeAll(async () => {
   dataDir = await mkdtemp(join(tmpdir(), 'arcana-server-'));
-  server = spawn(process.execPath, [join(root, 'src', 'main.ts')], {
+  // npm runs the script through sh; --silent keeps its banner off the JSON log lines.
+  server = spawn('npm', ['start', '--silent'], {
     cwd: root,
+    // A process group of its own, so that afterAll can end whatever npm started.
+    detached: true,
     // No HOST, as `npm start` runs it: every address, IPv6 and IPv4.
     env: { PATH: process.env.PATH ?? '', PORT: '0', DATA_DIR: dataDir, BCRYPT_ROUNDS: '4', LOG_LEVEL: 'info' },
   });
@@ -25,6 +28,7 @@ beforeAll(async () => {
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${logLines.join('\n')}`)), 60_000);
     createInterface({ input: server.stdout }).on('line', (line) => {
       logLines.push(line);
+      if (!line.startsWith('{')) return;
       const entry = JSON.parse(line) as { msg?: string; address?: string };
       if (entry.msg === 'arcana-cloud listening') {
         clearTimeout(timer);
@@ -37,7 +41,11 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (server.exitCode === null) server.kill('SIGKILL');
+  try {
+    if (server.pid !== undefined) process.kill(-server.pid, 'SIGKILL');
+  } catch {
+    // The group has ended.
+  }
   await rm(dataDir, { recursive: true, force: true });
 });
 
@@ -50,7 +58,7 @@ async function call(method: string, path: string, body?: unknown, token?: string
   return { status: res.status, body: (await res.json()) as { data: Record<string, never> & { tokens: { accessToken: string; refreshToken: string } } } };
 }
 
-describe('node src/main.ts', () => {
+describe('npm start', () => {
   it("when started without HOST, then it answers on IPv6 as on IPv4, as a probe at a pod's IPv6 address reaches it", async () => {
     // Found by an attacker (helper 128): the default, and the image's and manifests' HOST, was
     // 0.0.0.0, IPv4 only; on a cluster whose pods have IPv6 addresses nothing answered the probes.
@@ -86,9 +94,18 @@ describe('node src/main.ts', () => {
     expect(logs).toContain('request completed');
   });
 
-  it('when sent SIGTERM, then it drains and exits with code 0', async () => {
+  it('when npm is sent SIGTERM, then the server drains and exits with code 0, and npm with it', async () => {
+    // npm passes the signal to its script's process, which was sh: node, sh's child, never heard
+    // it and kept serving, orphaned, while npm exited 143 (helper 191). The script execs node.
     const exited = new Promise<number | null>((resolve) => server.once('exit', resolve));
     server.kill('SIGTERM');
     expect(await exited).toBe(0);
+    expect(logLines.join('\n')).toContain('shutdown complete');
+    expect(
+      await fetch(`${baseUrl}/health`).then(
+        (res) => res.status,
+        () => 'refused',
+      ),
+    ).toBe('refused');
   });
 });

@@ -723,7 +723,8 @@ describe('docker/Dockerfile', () => {
 
   it('when the server is started by npm start, then it gets the same V8 heap settings as the image and scripts/topology.ts', () => {
     const scripts = (JSON.parse(readText('package.json')) as { scripts: Record<string, string> }).scripts;
-    expect(scripts['start']).toBe(['node', ...SERVER_NODE_FLAGS, 'src/main.ts'].join(' '));
+    // exec: npm's SIGTERM then reaches node, not the sh between them (see server-process).
+    expect(scripts['start']).toBe(['exec', 'node', ...SERVER_NODE_FLAGS, 'src/main.ts'].join(' '));
     expect(readText('scripts/topology.ts')).toMatch(/spawn\(process\.execPath, \[\.\.\.SERVER_NODE_FLAGS, join\(ROOT, 'src', 'main\.ts'\)\]/);
   });
 

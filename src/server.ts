@@ -118,7 +118,7 @@ export function createDualProtocolServer(
   const peers = createPeerTable(limits, trustedPeers(options.trustProxy ?? false));
   const warnConnection = rateLimitedWarning(options.logger, 'refused connections: too many open from one address', REFUSAL_LOG_INTERVAL_MS);
   const warnStream = rateLimitedWarning(options.logger, 'refused HTTP/2 streams: too many open from one address', REFUSAL_LOG_INTERVAL_MS);
-  const warnMalformed = rateLimitedWarning(options.logger, 'refused requests: malformed Host or :authority', REFUSAL_LOG_INTERVAL_MS);
+  const warnMalformed = rateLimitedWarning(options.logger, 'refused requests: malformed or repeated headers', REFUSAL_LOG_INTERVAL_MS);
   const warnUnvouched = rateLimitedWarning(options.logger, 'refused requests: too many open without the internal secret', REFUSAL_LOG_INTERVAL_MS);
   const warnResets = rateLimitedWarning(options.logger, 'refused connections: their address reset too many HTTP/2 streams before they started', REFUSAL_LOG_INTERVAL_MS);
   const unvouched = new Map<string, number>();

@@ -70,6 +70,14 @@ describe('TokenCodec.verify', () => {
     expect(codecAccepts(token)).toBe(jsonwebtokenAccepts(token));
   });
 
+  it("when a signed token's header names critical extensions (crit), then it is refused, where jsonwebtoken would take it", () => {
+    for (const crit of [['exp'], ['b64'], []]) {
+      const token = rawSign({ alg: 'HS256', typ: 'JWT', crit }, base);
+      expect(jsonwebtokenAccepts(token)).toBe(true);
+      expect(codecAccepts(token), JSON.stringify(crit)).toBe(false);
+    }
+  });
+
   it("when a pair is issued with a shorter refresh than access lifetime, or near its session's end, then the access token expires no later than the refresh token", () => {
     const now = new Date('2030-01-01T00:00:00Z');
     const short = new TokenCodec({ ...options, accessTtlSeconds: 3600, refreshTtlSeconds: 60 }).issuePair(7, now);

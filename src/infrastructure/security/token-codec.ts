@@ -180,6 +180,9 @@ export class TokenCodec {
     const header = parseJsonObject(token.slice(0, firstDot));
     // Only HS256 is accepted: no "none", no other algorithm, whatever the header claims.
     if (header?.alg !== 'HS256') return undefined;
+    // Extensions the header calls critical must be understood (RFC 7515 §4.1.11), and this codec
+    // understands none; jsonwebtoken ignores `crit` (helper 194). The tokens issued here carry none.
+    if (header.crit !== undefined) return undefined;
     const signature = Buffer.from(token.slice(secondDot + 1));
     const expectedSignature = Buffer.from(createHmac('sha256', this.#key).update(token.slice(0, secondDot)).digest('base64url'));
     if (signature.length !== expectedSignature.length || !timingSafeEqual(signature, expectedSignature)) return undefined;

@@ -42,8 +42,20 @@ import { ValidationError } from './errors.ts';
  * plain Error (an internal fault), never an error the client could have caused.
  */
 export function requireField<T>(value: T | undefined, field: string): T {
-  if (value === undefined) throw new Error(`message lacks its required field ${field}`);
+  if (value === undefined) throw new MissingFieldError(field);
   return value;
+}
+
+/**
+ * A required field a message lacks. In an answer it is the answering side's fault (internal); a
+ * server that finds it in a request refuses the request instead (see refusingIncompleteRequests).
+ */
+export class MissingFieldError extends Error {
+  readonly field: string;
+  constructor(field: string) {
+    super(`message lacks its required field ${field}`);
+    this.field = field;
+  }
 }
 
 type Row = Record<string, unknown>;

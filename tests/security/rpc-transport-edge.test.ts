@@ -18,6 +18,9 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { brotliCompressSync, brotliDecompressSync, constants as zlibConstants, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Code, ConnectError, createClient } from '@connectrpc/connect';
+import { createConnectTransport, createGrpcTransport } from '@connectrpc/connect-node';
+import { UserRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { HealthCheckRequestSchema } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { ServerReflectionRequestSchema } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
 import { createApplication, type Application } from '../../src/app.ts';
@@ -125,6 +128,27 @@ describe('an internal layer against a caller without INTERNAL_API_SECRET', () =>
     expect(grewMiB, `resident memory grew by ${grewMiB} MiB for 24 unauthenticated health checks`).toBeLessThan(128);
     expect(answers.map((answer) => answer.code)).toEqual(Array.from({ length: 24 }, () => '8'));
   }, 120_000);
+
+  it('when a caller with the secret sends a repository call that lacks a required message field, then it is invalid_argument, not internal, over gRPC and Connect, and nothing is written', async () => {
+    // Helper 193: an empty CreateUser was answered `internal` and logged as a server error.
+    const secret = { authorization: `Bearer ${TEST_ENV.INTERNAL_API_SECRET ?? ''}` };
+    const users = async () => Number((await database.sql<{ n: string }>('SELECT count(*) AS n FROM users'))[0]?.n);
+    const before = await users();
+    const transports = [createGrpcTransport({ baseUrl: origin }), createConnectTransport({ baseUrl: origin, httpVersion: '1.1' })];
+    const codes = await Promise.all(
+      transports.flatMap((transport) => {
+        const client = createClient(UserRepositoryService, transport);
+        return Array.from({ length: 5 }, () =>
+          client.createUser({}, { headers: secret }).then(
+            () => 'ok',
+            (error: unknown) => Code[ConnectError.from(error).code],
+          ),
+        );
+      }),
+    );
+    expect(codes).toEqual(Array.from({ length: 10 }, () => Code[Code.InvalidArgument]));
+    expect(await users()).toBe(before);
+  });
 });
 
 describe('response compression on the public RPC facade', () => {

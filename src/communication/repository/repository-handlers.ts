@@ -2,6 +2,7 @@
 // its request, calls one repository method and encodes the result; a null result leaves the
 // response's message field unset. Domain errors are left to layerServerErrorInterceptor, which
 // carries them across as they are.
+import type { DescService } from '@bufbuild/protobuf';
 import { durationMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { decodeBinaryHeader, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
 import { AuditEventRecordSchema, type AuditRepositoryService } from '../../../gen/proto/arcana/internal/repository/v1/audit_repository_service_pb.js';
@@ -31,7 +32,7 @@ import {
   userToProto,
 } from './record-mapping.ts';
 import { ValidationError } from '../../domain/errors.ts';
-import { requireField } from '../../domain/message-mapping.ts';
+import { MissingFieldError, requireField } from '../../domain/message-mapping.ts';
 import { ACTING_AS_HEADER, AUDIT_HEADER, REPEAT_HEADER } from '../layer-transport.ts';
 
 /** A write's options as the headers carry them: REPEAT_HEADER, ACTING_AS_HEADER, AUDIT_HEADER (see WriteOptions). */
@@ -59,6 +60,27 @@ function auditFromHeader(value: string): NewAuditEvent {
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * The handlers of a repository service, refusing a request that lacks a required field as
+ * invalid_argument. They read their requests with the mapping that reads answers, where a missing
+ * field is the other side's fault, and such a request was answered `internal` and logged as a
+ * server error (helper 193, with the internal secret: an empty CreateUser).
+ */
+export function refusingIncompleteRequests<S extends DescService>(impl: ServiceImpl<S>): ServiceImpl<S> {
+  const wrapped: Record<string, unknown> = {};
+  for (const [name, method] of Object.entries(impl as Record<string, (req: unknown, ctx: unknown) => Promise<unknown>>)) {
+    wrapped[name] = async (req: unknown, ctx: unknown) => {
+      try {
+        return await method(req, ctx);
+      } catch (error) {
+        if (error instanceof MissingFieldError) throw new ValidationError('Validation failed', { [error.field]: 'is required' });
+        throw error;
+      }
+    };
+  }
+  return wrapped as ServiceImpl<S>;
+}
 
 /** arcana.internal.repository.v1.UserRepositoryService over a UserRepository. */
 export function createUserRepositoryHandler(repo: UserRepository): ServiceImpl<typeof UserRepositoryService> {

@@ -52,6 +52,10 @@ export interface StartTopologyOptions {
   host?: string;
   /** Called with each line a process writes; by default output is only kept for `output()`. */
   onLine?: (layer: string, line: string) => void;
+  /** Called with each layer as its process is about to start (before it is up). */
+  onLayer?: (layer: LayerProcess) => void;
+  /** Called when a layer's process exits once up, without stop() having asked it (a crash, a kill from outside). */
+  onExit?: (layer: string, code: number | null, signal: NodeJS.Signals | null) => void;
   startTimeoutMs?: number;
 }
 
@@ -89,8 +93,9 @@ export async function startTopology(options: StartTopologyOptions): Promise<Runn
         PORT: String(ports[layer]),
         ...(metricsPorts[layer] === undefined ? {} : { METRICS_PORT: metricsPorts[layer] }),
       };
-      const process = createLayerProcess(layer, url(layer), env, options.onLine, options.startTimeoutMs ?? 60_000);
+      const process = createLayerProcess(layer, url(layer), env, options.onLine, options.onExit, options.startTimeoutMs ?? 60_000);
       started.push(process);
+      options.onLayer?.(process);
       await process.start();
     }
   } catch (error) {
@@ -112,9 +117,12 @@ function createLayerProcess(
   url: string,
   env: Record<string, string | undefined>,
   onLine: ((layer: string, line: string) => void) | undefined,
+  onExit: StartTopologyOptions['onExit'],
   startTimeoutMs: number,
 ): LayerProcess {
   let child: ChildProcess | undefined;
+  /** Up (answered /health) and not asked to stop: an exit now is news. */
+  let running = false;
   const lines: string[] = [];
   const keep = (chunk: Buffer) => {
     for (const line of chunk.toString().split('\n')) {
@@ -136,8 +144,20 @@ function createLayerProcess(
       // Another process on the port would answer /health for this one, which then dies of
       // EADDRINUSE unseen: the topology was reported up with none of its own processes (helper 88).
       await assertPortFree(url);
-      const spawned = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'src', 'main.ts')], { cwd: ROOT, env: cleanEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+      // A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground group) reaches the
+      // runner only, which stops the layers top down. In the runner's group every layer got it at
+      // once, the repository was gone first and requests in flight got 503s (helper 193).
+      const spawned = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'src', 'main.ts')], {
+        cwd: ROOT,
+        env: cleanEnv,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      });
       child = spawned;
+      spawned.once('exit', (code, signal) => {
+        if (running) onExit?.(name, code, signal);
+        running = false;
+      });
       spawned.stdout.on('data', keep);
       spawned.stderr.on('data', keep);
       const deadline = Date.now() + startTimeoutMs;
@@ -146,7 +166,10 @@ function createLayerProcess(
           throw new Error(`${name} exited (${spawned.exitCode ?? spawned.signalCode}) while starting:\n${lines.join('\n')}`);
         }
         try {
-          if ((await fetch(`${url}/health`, { signal: AbortSignal.timeout(1_000) })).ok) return;
+          if ((await fetch(`${url}/health`, { signal: AbortSignal.timeout(1_000) })).ok) {
+            running = true;
+            return;
+          }
         } catch {
           // Not listening yet.
         }
@@ -156,10 +179,11 @@ function createLayerProcess(
       throw new Error(`${name} did not answer /health within ${startTimeoutMs} ms:\n${lines.join('\n')}`);
     },
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      const running = child;
-      if (running?.exitCode !== null || running.signalCode !== null) return running?.exitCode ?? null;
-      const exited = once(running, 'exit') as Promise<[number | null]>;
-      running.kill(signal);
+      running = false;
+      const current = child;
+      if (current?.exitCode !== null || current.signalCode !== null) return current?.exitCode ?? null;
+      const exited = once(current, 'exit') as Promise<[number | null]>;
+      current.kill(signal);
       const [code] = await exited;
       return code;
     },
@@ -224,20 +248,38 @@ if (import.meta.main) {
   // the repository on 4792, where fixed ports had a second topology (or a tester told to keep
   // to its own range, helpers 76 and 77) collide with the first.
   const shift = Number(process.env.PORT ?? DEFAULT_PORTS.controller) - DEFAULT_PORTS.controller;
+  // Every layer started so far, bottom first: each has a process group of its own, so a signal
+  // to this one reaches none of them, also while the topology is still starting.
+  const layers: LayerProcess[] = [];
+  let stopping = false;
+  // Controller first, as topology.stop(); the exit code is 0 only if every layer exited 0.
+  const stop = (failed: 0 | 1 = 0) => {
+    if (stopping) return;
+    stopping = true;
+    void (async () => {
+      let code = failed;
+      for (const layer of [...layers].reverse()) if ((await layer.stop()) !== 0) code = 1;
+      process.exit(code);
+    })();
+  };
+  process.on('SIGINT', () => stop());
+  process.on('SIGTERM', () => stop());
   const topology = await startTopology({
     name,
     env: { ...process.env },
     host: process.env.HOST ?? '127.0.0.1',
     ports: Object.fromEntries(Object.entries(DEFAULT_PORTS).map(([layer, port]) => [layer, port + shift])),
     onLine: (layer, line) => process.stdout.write(`[${layer}] ${line}\n`),
+    onLayer: (layer) => layers.push(layer),
+    // A layer that dies leaves the others answering 503 for as long as they run: say so, and stop.
+    onExit: (layer, code, signal) => {
+      process.stderr.write(`[topology] ${layer} exited (${code ?? signal ?? '?'}) while the topology was up; stopping the others\n`);
+      stop(1);
+    },
+  }).catch((error: unknown) => {
+    // Stopped while starting: the layers it started are being stopped, and the process exits then.
+    if (stopping) return new Promise<never>(() => undefined);
+    throw error;
   });
   process.stdout.write(`${name} is up: public API on ${topology.baseUrl}; Ctrl-C stops every process\n`);
-  let stopping = false;
-  const stop = () => {
-    if (stopping) return;
-    stopping = true;
-    void topology.stop().then(() => process.exit(0));
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
 }

@@ -4,15 +4,18 @@
 import { createClient } from '@connectrpc/connect';
 import { createConnectTransport, createGrpcTransport } from '@connectrpc/connect-node';
 import { Code, ConnectError } from '@connectrpc/connect';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import http2 from 'node:http2';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService } from '../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import { TokenRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import { UserRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
-import { startTopology, type LayerProcess, type RunningTopology } from '../../scripts/topology.ts';
+import { freePort, startTopology, type LayerProcess, type RunningTopology } from '../../scripts/topology.ts';
 import { ADMIN, newUser, TEST_DATABASE_URL, TEST_ENV } from '../helpers/test-app.ts';
 
 // Long enough that a request held up on purpose (below) is not also cut off by its deadline on a
@@ -333,4 +336,54 @@ describe('layered/grpc as three processes', () => {
     await layer('service').start();
     expect((await rest('GET', '/api/v1/auth/me', undefined, user.accessToken)).status).toBe(200);
   });
+});
+
+describe('npm run start:layered, stopped from a terminal', () => {
+  it("when Ctrl-C reaches the terminal's process group with registrations in flight, then the layers stop top down: every registration is answered 201 and npm exits 0", async () => {
+    // Helper 193: the layers shared the runner's process group, so a terminal's SIGINT reached
+    // every layer at once; the repository was gone first and requests in flight got 503s.
+    const runSchema = `test_topo_run_${Date.now()}_${randomBytes(3).toString('hex')}`;
+    await admin.query(`CREATE SCHEMA "${runSchema}"`);
+    const url = new URL(TEST_DATABASE_URL);
+    url.searchParams.set('schema', runSchema);
+    // The runner puts the layers on PORT, PORT + 1 and PORT + 2 (and refuses to start if one is taken).
+    const port = await freePort();
+    const npm = spawn('npm', ['run', 'start:layered', '--silent'], {
+      cwd: join(import.meta.dirname, '..', '..'),
+      // Its own process group, as a terminal's foreground job is.
+      detached: true,
+      env: { PATH: process.env.PATH, ...TEST_ENV, LOG_LEVEL: 'warn', DATABASE_URL: url.toString(), PORT: String(port), BCRYPT_ROUNDS: '12', REDIS_URL: '' },
+    });
+    const exited = new Promise<number | null>((resolve) => npm.once('exit', resolve));
+    let output = '';
+    try {
+      await new Promise<void>((resolve, reject) => {
+        npm.stdout.on('data', (chunk: Buffer) => {
+          output += chunk.toString();
+          if (output.includes('is up')) resolve();
+        });
+        npm.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+        void exited.then((code) => reject(new Error(`npm exited ${code}:\n${output}`)));
+      });
+      const baseUrl = `http://127.0.0.1:${port}`;
+      // Each hash at cost 12 takes ~250 ms: these are in flight when the signal comes.
+      const registrations = Array.from({ length: 4 }, () =>
+        fetch(`${baseUrl}/api/v1/auth/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(newUser('ctrl_c')) }).then(
+          (res) => res.status,
+          (error: unknown) => String(error),
+        ),
+      );
+      await sleep(150);
+      process.kill(-(npm.pid ?? 0), 'SIGINT');
+      expect(await Promise.all(registrations)).toEqual([201, 201, 201, 201]);
+      expect(await exited, output).toBe(0);
+    } finally {
+      try {
+        process.kill(-(npm.pid ?? 0), 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+      await admin.query(`DROP SCHEMA IF EXISTS "${runSchema}" CASCADE`);
+    }
+  }, 90_000);
 });

@@ -74,8 +74,23 @@ async function auditSettled(userId: number, type?: string): Promise<{ actor_id: 
  * from the database: the cache has not seen it), all at once; each answer must come at once.
  */
 async function expectBystandersServed(bystanders: { username: string; password: string }[]): Promise<void> {
+  // Twice at most: a loaded CI machine once took 1.7–1.8 s over a single probe with nothing held
+  // (0.1–0.4 s here). Held connections do not let go between two probes (the writes behind them
+  // wait for the lock timeout, 1 s each, in turns); the first probe took 1.9–2.0 s before the fix.
+  for (let attempt = 1; ; attempt += 1) {
+    const probes = await probeBystanders(bystanders);
+    for (const probe of probes) expect(probe).toEqual({ ...probe, login: 'ok', me: 'ok' });
+    if (probes.every((probe) => probe.ms < 1_500)) return;
+    if (attempt === 2) {
+      for (const probe of probes) expect(probe.ms, JSON.stringify(probes)).toBeLessThan(1_500);
+      return;
+    }
+  }
+}
+
+async function probeBystanders(bystanders: { username: string; password: string }[]) {
   const started = performance.now();
-  const probes = await Promise.all(
+  return Promise.all(
     clients.map(async (client, i) => {
       const bystander = bystanders[i];
       const login = await client.login({ usernameOrEmail: bystander?.username ?? '', password: bystander?.password ?? '' });
@@ -83,10 +98,6 @@ async function expectBystandersServed(bystanders: { username: string; password: 
       return { protocol: client.protocol, login: login.code, me: me.code, ms: Math.round(performance.now() - started) };
     }),
   );
-  for (const probe of probes) {
-    expect(probe).toEqual({ ...probe, login: 'ok', me: 'ok' });
-    expect(probe.ms, JSON.stringify(probes)).toBeLessThan(1_500);
-  }
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -792,7 +792,10 @@ describe('the discovery services (reflection, health) against hostile clients', 
         const { session, stream, status } = openStream(REFLECTION, id, {}, listServices);
         stream.pause();
         stream.write(concat(...symbols));
-        await new Promise((resolve) => setTimeout(resolve, 150));
+        // Reset once the server is answering, so that the call is under way: after a fixed 150 ms,
+        // a loaded CI machine had not yet started one, which then was never a call to log.
+        await Promise.race([new Promise((resolve) => stream.once('response', resolve)), new Promise((resolve) => setTimeout(resolve, 3_000))]);
+        await new Promise((resolve) => setTimeout(resolve, 50));
         if (index % 2 === 0) stream.close(http2.constants.NGHTTP2_CANCEL);
         else session.destroy();
         await status;

@@ -181,7 +181,10 @@ describe.each(CROWD_PROTOCOLS)('password hashing under a crowd, over %s', (proto
     // abandoned ones arrive, so those are sure to wait behind them, whatever the topology's hops
     // cost on a busy machine; they give up long before the gate could reach them.
     const busy = Array.from({ length: 2 }, () => client.login({ usernameOrEmail: user.username, password: user.password }, from(ip(2))));
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // Until the first is hashing (over 200 ms at cost 12): a fixed 100 ms was not always enough
+    // on a loaded CI machine, and an abandoned login that found the gate free was hashed.
+    const hashing = Date.now() + 5_000;
+    while (gatedWorkInFlight() === 0 && Date.now() < hashing) await new Promise((resolve) => setTimeout(resolve, 5));
     const givingUp = Array.from({ length: 2 }, () => {
       const abandon = new AbortController();
       setTimeout(() => abandon.abort(), 60);

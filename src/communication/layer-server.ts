@@ -63,15 +63,13 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
   for (const { service, impl } of apis.services ?? []) serve(service.file, service, impl);
   const repositories = apis.repositories;
   if (repositories !== undefined) {
-    serve(file_arcana_internal_repository_v1_user_repository_service, UserRepositoryService, refusingIncompleteRequests(createUserRepositoryHandler(repositories.users)));
-    serve(file_arcana_internal_repository_v1_token_repository_service, TokenRepositoryService, refusingIncompleteRequests(createTokenRepositoryHandler(repositories.tokens)));
-    serve(file_arcana_internal_repository_v1_audit_repository_service, AuditRepositoryService, refusingIncompleteRequests(createAuditRepositoryHandler(repositories.audit)));
-    serve(file_arcana_internal_repository_v1_counter_store_service, CounterStoreService, refusingIncompleteRequests(createCounterStoreHandler(repositories.counters)));
-    serve(
-      file_arcana_internal_repository_v1_idempotency_repository_service,
-      IdempotencyRepositoryService,
-      refusingIncompleteRequests(createIdempotencyRepositoryHandler(repositories.idempotency)),
-    );
+    // Every repository service refuses a request lacking a required field as invalid_argument.
+    const serveRepository = <S extends DescService>(file: DescFile, service: S, impl: ServiceImpl<S>) => serve(file, service, refusingIncompleteRequests(impl));
+    serveRepository(file_arcana_internal_repository_v1_user_repository_service, UserRepositoryService, createUserRepositoryHandler(repositories.users));
+    serveRepository(file_arcana_internal_repository_v1_token_repository_service, TokenRepositoryService, createTokenRepositoryHandler(repositories.tokens));
+    serveRepository(file_arcana_internal_repository_v1_audit_repository_service, AuditRepositoryService, createAuditRepositoryHandler(repositories.audit));
+    serveRepository(file_arcana_internal_repository_v1_counter_store_service, CounterStoreService, createCounterStoreHandler(repositories.counters));
+    serveRepository(file_arcana_internal_repository_v1_idempotency_repository_service, IdempotencyRepositoryService, createIdempotencyRepositoryHandler(repositories.idempotency));
   }
   const reflection = createReflectionServices(files, { draining: health.draining });
   // One instance for every router (HTTP/1.1 and HTTP/2): the Watch cap and probe are per process.

@@ -38,8 +38,9 @@ import { ValidationError } from './errors.ts';
 
 /**
  * The value of a message field the other side always sets. proto3 cannot mark it required, so a
- * missing one means that side is broken or of another version, not that the caller erred: a
- * plain Error (an internal fault), never an error the client could have caused.
+ * missing one means that side is broken or of another version: a MissingFieldError, an internal
+ * fault in an answer, which a repository service turns into invalid_argument when a request
+ * lacks it (refusingIncompleteRequests).
  */
 export function requireField<T>(value: T | undefined, field: string): T {
   if (value === undefined) throw new MissingFieldError(field);

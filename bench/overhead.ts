@@ -58,7 +58,7 @@ const servers: ServerProcess[] = [];
 try {
   // One after the other: the first one migrates the schema and creates the administrator.
   for (const variant of variants) {
-    servers.push(await startServerProcess({ name: variant.name, script: join(root, 'src', 'main.ts'), cwd: root, env: { ...common, ...variant.env } }));
+    servers.push(await startServerProcess({ name: variant.name, script: join(root, 'src', 'main.js'), cwd: root, env: { ...common, ...variant.env } }));
   }
   const login = await fetch(`${servers[0]?.url}/api/v1/auth/login`, {
     method: 'POST',

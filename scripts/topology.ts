@@ -1,4 +1,4 @@
-// Runs a deployment topology as real processes on this machine: `node src/main.ts` once per
+// Runs a deployment topology as real processes on this machine: `node src/main.js` once per
 // layer, each configured only through its environment, exactly as the Docker Compose files and
 // Kubernetes manifests configure them. Used by `npm run start:<topology>`, the process-level
 // fault tests and the benchmark.
@@ -147,7 +147,7 @@ function createLayerProcess(
       // A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground group) reaches the
       // runner only, which stops the layers top down. In the runner's group every layer got it at
       // once, the repository was gone first and requests in flight got 503s (helper 193).
-      const spawned = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'src', 'main.ts')], {
+      const spawned = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'src', 'main.js')], {
         cwd: ROOT,
         env: cleanEnv,
         stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,4 +1,4 @@
-// The process: configuration, logging, the HTTP server and graceful shutdown. Started by src/main.ts.
+// The process: configuration, logging, the HTTP server and graceful shutdown. Started by src/main.js.
 import { createApplication } from './app.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { createLogger } from './infrastructure/logger.ts';

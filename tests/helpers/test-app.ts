@@ -37,7 +37,7 @@ export const TEST_ENV: Environment = {
 /**
  * How the API suites' app is deployed: `monolithic` (the default), or split into layer processes
  * that talk over loopback, `layered-http`, `layered-grpc`, `microservices-http` or
- * `microservices-grpc`. Each layer is built by the same composition root as `node src/main.ts`
+ * `microservices-grpc`. Each layer is built by the same composition root as `node src/main.js`
  * builds it, with its own configuration, database connection and caches, and served on its own
  * port; they share this test process only to start fast (tests/integration/topology-processes
  * runs them as real processes).
@@ -123,7 +123,7 @@ async function startLayer(env: Environment, logger?: Logger): Promise<Applicatio
   return createApplication(config, logger ?? createLogger({ level: config.logLevel }));
 }
 
-/** Serves an app's handlers on a free loopback port, the way src/main.ts serves them. */
+/** Serves an app's handlers on a free loopback port, the way src/main.js serves them. */
 async function listenOnLoopback(app: Pick<Application, 'http' | 'http2' | 'vouch'>, env: Environment): Promise<{ port: number; close: () => Promise<void> }> {
   const config = loadConfig(env);
   const { server, close } = createDualProtocolServer(
@@ -147,7 +147,7 @@ async function serveLayer(env: Environment): Promise<{ url: string; app: Applica
   const listening = await listenOnLoopback(app, env);
   const closeApp = app.close;
   app.close = async () => {
-    // As src/main.ts shuts down: watches would hold the drain open.
+    // As src/main.js shuts down: watches would hold the drain open.
     app.drain();
     await listening.close();
     await closeApp();
@@ -281,7 +281,7 @@ export interface TestServer extends TestApp {
   port: number;
 }
 
-/** Like createTestApp, and also serves it on a real port the way src/main.ts does. */
+/** Like createTestApp, and also serves it on a real port the way src/main.js does. */
 export async function startTestServer(
   overrides: Environment = {},
   options: Pick<TestAppOptions, 'logger' | 'topology' | 'sameDatabaseAs' | 'databaseUrlAs'> = {},
@@ -294,7 +294,7 @@ export async function startTestServer(
     port,
     baseUrl: `http://127.0.0.1:${port}`,
     close: async () => {
-      // As src/main.ts shuts down: watches would hold the drain open.
+      // As src/main.js shuts down: watches would hold the drain open.
       t.app.drain();
       await close();
       await t.close();

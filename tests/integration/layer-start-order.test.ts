@@ -35,7 +35,7 @@ const common = {
 };
 
 function start(env: Record<string, string>): { child: ChildProcess; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, [join(root, 'src', 'main.ts')], { cwd: root, env: { ...process.env, DATABASE_URL: '', ...common, ...env }, stdio: 'ignore' });
+  const child = spawn(process.execPath, [join(root, 'src', 'main.js')], { cwd: root, env: { ...process.env, DATABASE_URL: '', ...common, ...env }, stdio: 'ignore' });
   children.push(child);
   return { child, exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
 }

@@ -45,7 +45,7 @@ async function open(url: URL): Promise<Database> {
 
 /**
  * Brings a new schema to the release before the newest migration, then starts the new release
- * (src/main.ts, as a replica would) while a transaction holds a read lock on audit_events, which
+ * (src/main.js, as a replica would) while a transaction holds a read lock on audit_events, which
  * the newest migration alters; `whileWaiting` decides what happens to that start. Then the lock is
  * released and the next start must apply the migration.
  */
@@ -70,7 +70,7 @@ async function startDuringLock(
   await reader.query('BEGIN');
   await reader.query('SELECT count(*) FROM audit_events');
 
-  const child = spawn(process.execPath, [join(root, 'src', 'main.ts')], {
+  const child = spawn(process.execPath, [join(root, 'src', 'main.js')], {
     cwd: root,
     env: { ...process.env, DATABASE_URL: url.toString(), PORT: '0', REDIS_URL: '', JWT_SECRET: 'migration-recovery-'.padEnd(64, 'x'), LOG_LEVEL: 'fatal', ...env },
     stdio: 'ignore',

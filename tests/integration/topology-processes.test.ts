@@ -1,4 +1,4 @@
-// Split topologies as real processes: `node src/main.ts` per layer, configured only by the
+// Split topologies as real processes: `node src/main.js` per layer, configured only by the
 // environment (scripts/topology.ts), talked to over loopback. What a client sees when a lower
 // layer dies, stalls or comes back.
 import { createClient } from '@connectrpc/connect';

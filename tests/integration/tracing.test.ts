@@ -335,7 +335,7 @@ describe('trace ids in logs', () => {
 });
 
 describe('traces of real processes', () => {
-  it('when layered-grpc runs as three `node src/main.ts` processes, then one request is one trace with spans from three pids, and each process logs the trace id', async () => {
+  it('when layered-grpc runs as three `node src/main.js` processes, then one request is one trace with spans from three pids, and each process logs the trace id', async () => {
     const receiver = new OtlpReceiver();
     const endpoint = await receiver.start();
     const schema = `test_trace_${Date.now()}_${randomBytes(3).toString('hex')}`;

@@ -1362,11 +1362,11 @@ interface ServerProcess {
   lines: string[];
 }
 
-/** `node src/main.ts` on a free port over `schema`, with `extra` environment; resolves once it listens. */
+/** `node src/main.js` on a free port over `schema`, with `extra` environment; resolves once it listens. */
 async function spawnServer(schema: string, extra: Record<string, string>): Promise<ServerProcess> {
   const url = new URL(TEST_DATABASE_URL);
   url.searchParams.set('schema', schema);
-  const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
+  const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.js')], {
     env: { ...TEST_ENV, PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DATABASE_URL: url.toString(), ...extra },
   });
   cleanups.push(() => child.kill('SIGKILL'));
@@ -1415,7 +1415,7 @@ describe('a refused upload', () => {
 });
 
 describe('graceful shutdown', () => {
-  it('when node src/main.ts gets SIGTERM with health watches (HTTP/2 and HTTP/1.1) and a reflection stream open, then each ends and the process exits 0 at once', async () => {
+  it('when node src/main.js gets SIGTERM with health watches (HTTP/2 and HTTP/1.1) and a reflection stream open, then each ends and the process exits 0 at once', async () => {
     const SHUTDOWN_TIMEOUT_MS = 20_000;
     const { schema, drop } = await freshSchema('test_conn');
     let server: ServerProcess | undefined;

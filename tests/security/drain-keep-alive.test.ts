@@ -1,7 +1,7 @@
 // What HTTP/1.1 keep-alive clients (REST, Connect over HTTP/1.1, gRPC-Web) see while a process
 // drains after SIGTERM (found by an attacking helper, 153): answers kept the connection alive, the
 // drain closed it as soon as it went idle, and the client's next request on it met a reset, a
-// registration or a refresh the client could not tell done or not. Real processes (src/main.ts),
+// registration or a refresh the client could not tell done or not. Real processes (src/main.js),
 // as the signal is what is tested; the same edge code in every topology: monolithic project.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -32,7 +32,7 @@ async function spawnMonolith(extra: Record<string, string>) {
   });
   const url = new URL(TEST_DATABASE_URL);
   url.searchParams.set('schema', schema);
-  const child: ChildProcess = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.ts')], {
+  const child: ChildProcess = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'main.js')], {
     env: {
       ...TEST_ENV,
       PATH: process.env.PATH ?? '',

@@ -36,9 +36,9 @@ afterAll(async () => {
   await rm(dataDir, { recursive: true, force: true });
 });
 
-/** Starts `node src/main.ts` (embedded database) with `env`, makes one request, sends SIGTERM; its exit code and log. */
+/** Starts `node src/main.js` (embedded database) with `env`, makes one request, sends SIGTERM; its exit code and log. */
 async function runAndStop(env: Record<string, string>): Promise<{ code: number | null; messages: string[]; stderr: string }> {
-  const child = spawn(process.execPath, [join(root, 'src', 'main.ts')], {
+  const child = spawn(process.execPath, [join(root, 'src', 'main.js')], {
     cwd: root,
     env: { PATH: process.env.PATH ?? '', PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, BCRYPT_ROUNDS: '4', LOG_LEVEL: 'info', ...env },
   });

@@ -689,14 +689,14 @@ describe('docker/Dockerfile', () => {
     expect(image.exposed).toEqual([PORTS[target]]);
     expect(image.user).toBeDefined();
     expect(image.user).not.toMatch(/^(root|0)(:|$)/);
-    expect(image.cmd).toEqual(['node', ...SERVER_NODE_FLAGS, 'src/main.ts']);
+    expect(image.cmd).toEqual(['node', ...SERVER_NODE_FLAGS, 'src/main.js']);
     expect(image.healthcheck?.[0]).toBe('node');
     expect(image.healthcheck?.join(' ')).toMatch(/fetch\([\s\S]*\/health/);
     expect(image.healthcheck?.join(' ')).toContain('process.env.PORT');
     expectKnownVariables(Object.keys(image.env), `${DOCKERFILE} ${target}`);
   });
 
-  it('when a container starts, then CMD runs src/main.ts, which the image holds with everything the app reads at run time', () => {
+  it('when a container starts, then CMD runs src/main.js, which the image holds with everything the app reads at run time', () => {
     const image = imageOf(dockerfileStages, 'monolithic');
     const entry = image.cmd?.at(-1) ?? '';
     expect(existsSync(join(ROOT, entry)), `${entry} exists`).toBe(true);
@@ -724,8 +724,8 @@ describe('docker/Dockerfile', () => {
   it('when the server is started by npm start, then it gets the same V8 heap settings as the image and scripts/topology.ts', () => {
     const scripts = (JSON.parse(readText('package.json')) as { scripts: Record<string, string> }).scripts;
     // exec: npm's SIGTERM then reaches node, not the sh between them (see server-process).
-    expect(scripts['start']).toBe(['exec', 'node', ...SERVER_NODE_FLAGS, 'src/main.ts'].join(' '));
-    expect(readText('scripts/topology.ts')).toMatch(/spawn\(process\.execPath, \[\.\.\.SERVER_NODE_FLAGS, join\(ROOT, 'src', 'main\.ts'\)\]/);
+    expect(scripts['start']).toBe(['exec', 'node', ...SERVER_NODE_FLAGS, 'src/main.js'].join(' '));
+    expect(readText('scripts/topology.ts')).toMatch(/spawn\(process\.execPath, \[\.\.\.SERVER_NODE_FLAGS, join\(ROOT, 'src', 'main\.js'\)\]/);
   });
 
   it('when the image installs production dependencies only, then every package the sources import is installed', () => {

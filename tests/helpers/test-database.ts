@@ -30,9 +30,8 @@ async function openPostgres(serverUrl: string, name: string, existingUrl: string
   const schema = owner ? name : (new URL(existingUrl).searchParams.get('schema') ?? '');
   const admin = new pg.Client({ connectionString: serverUrl });
   await admin.connect();
-  if (owner) await admin.query(`CREATE SCHEMA "${schema}"`);
-  await admin.query(`SET search_path TO "${schema}"`);
-  if (owner) await admin.query(migratedSchemaScript());
+  if (owner) await createMigratedSchema(admin, schema);
+  else await admin.query(`SET search_path TO "${schema}"`);
   const url = new URL(serverUrl);
   url.searchParams.set('schema', schema);
   return {
@@ -43,6 +42,18 @@ async function openPostgres(serverUrl: string, name: string, existingUrl: string
       await admin.end();
     },
   };
+}
+
+/**
+ * Creates the PostgreSQL schema `schema` through `client`, migrated as `prisma migrate deploy`
+ * leaves it (see migratedSchemaScript), and points the client's search_path at it. Also for the
+ * server processes that tests spawn on a schema of their own: they then start as a restart does,
+ * without the schema engine (0.6-1.4 s per start on this machine).
+ */
+export async function createMigratedSchema(client: pg.Client, schema: string): Promise<void> {
+  await client.query(`CREATE SCHEMA "${schema}"`);
+  await client.query(`SET search_path TO "${schema}"`);
+  await client.query(migratedSchemaScript());
 }
 
 const MIGRATIONS_DIR = join(import.meta.dirname, '..', '..', 'prisma', 'migrations');

@@ -17,6 +17,7 @@ import { UserRepositoryService } from '../../gen/proto/arcana/internal/repositor
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { freePort, startTopology, type LayerProcess, type RunningTopology } from '../../scripts/topology.ts';
 import { ADMIN, newUser, TEST_DATABASE_URL, TEST_ENV } from '../helpers/test-app.ts';
+import { createMigratedSchema } from '../helpers/test-database.ts';
 
 // Long enough that a request held up on purpose (below) is not also cut off by its deadline on a
 // busy CI machine.
@@ -56,8 +57,7 @@ beforeAll(async () => {
   schema = `test_topo_${Date.now()}_${randomBytes(3).toString('hex')}`;
   admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
   await admin.connect();
-  await admin.query(`CREATE SCHEMA "${schema}"`);
-  await admin.query(`SET search_path TO "${schema}"`);
+  await createMigratedSchema(admin, schema);
   const url = new URL(TEST_DATABASE_URL);
   url.searchParams.set('schema', schema);
   topology = await startTopology({
@@ -343,7 +343,7 @@ describe('npm run start:layered, stopped from a terminal', () => {
     // Helper 193: the layers shared the runner's process group, so a terminal's SIGINT reached
     // every layer at once; the repository was gone first and requests in flight got 503s.
     const runSchema = `test_topo_run_${Date.now()}_${randomBytes(3).toString('hex')}`;
-    await admin.query(`CREATE SCHEMA "${runSchema}"`);
+    await createMigratedSchema(admin, runSchema);
     const url = new URL(TEST_DATABASE_URL);
     url.searchParams.set('schema', runSchema);
     // The runner puts the layers on PORT, PORT + 1 and PORT + 2 (and refuses to start if one is taken).

@@ -15,6 +15,7 @@ import { apiClient, PROTOCOLS } from '../helpers/protocols.ts';
 import { startTopology } from '../../scripts/topology.ts';
 import pg from 'pg';
 import { ADMIN, bearer, loginAdmin, newUser, register, startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
+import { createMigratedSchema } from '../helpers/test-database.ts';
 
 /** One span as the receiver decoded it, with its process's service.name. */
 interface ReceivedSpan {
@@ -341,7 +342,7 @@ describe('traces of real processes', () => {
     const schema = `test_trace_${Date.now()}_${randomBytes(3).toString('hex')}`;
     const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
     await admin.connect();
-    await admin.query(`CREATE SCHEMA "${schema}"`);
+    await createMigratedSchema(admin, schema);
     const url = new URL(TEST_DATABASE_URL);
     url.searchParams.set('schema', schema);
     const lines: { layer: string; line: string }[] = [];

@@ -27,6 +27,7 @@ import { presentsSecret } from '../../src/communication/layer-server.ts';
 import { createDualProtocolServer } from '../../src/server.ts';
 import { apiClients, closeAll } from '../helpers/protocols.ts';
 import { ADMIN, monolithOf, newUser, register, startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
+import { createMigratedSchema } from '../helpers/test-database.ts';
 
 /** Slack for a deadline to be seen by the client on a loaded machine. */
 const SLACK_MS = 5_000;
@@ -1344,7 +1345,7 @@ async function freshSchema(prefix: string): Promise<{ schema: string; drop: () =
   const schema = `${prefix}_${Date.now()}_${randomBytes(3).toString('hex')}`;
   const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
   await admin.connect();
-  await admin.query(`CREATE SCHEMA "${schema}"`);
+  await createMigratedSchema(admin, schema);
   return {
     schema,
     drop: async () => {

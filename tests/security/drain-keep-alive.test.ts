@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { newUser, TEST_DATABASE_URL, TEST_ENV } from '../helpers/test-app.ts';
+import { createMigratedSchema } from '../helpers/test-database.ts';
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -25,7 +26,7 @@ async function spawnMonolith(extra: Record<string, string>) {
   const schema = `drain_${Date.now()}_${randomBytes(3).toString('hex')}`;
   const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
   await admin.connect();
-  await admin.query(`CREATE SCHEMA "${schema}"`);
+  await createMigratedSchema(admin, schema);
   cleanups.push(async () => {
     await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
     await admin.end();

@@ -1,7 +1,8 @@
 // The real entry point as a user starts it: `npm start` with no DATABASE_URL (embedded database),
 // talked to over real HTTP, then stopped with SIGTERM, as a supervisor or `timeout` stops it.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { once } from 'node:events';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -10,12 +11,17 @@ import { newUser } from '../helpers/test-app.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 let dataDir: string;
+/** The server's TMPDIR: in it, the node-compile-cache another local user made first. */
+let sharedTmp: string;
 let server: ChildProcessWithoutNullStreams;
 let baseUrl: string;
 const logLines: string[] = [];
 
 beforeAll(async () => {
   dataDir = await mkdtemp(join(tmpdir(), 'arcana-server-'));
+  sharedTmp = await mkdtemp(join(tmpdir(), 'arcana-shared-tmp-'));
+  // Node's default compile cache directory, made first (and writable) by someone else.
+  await mkdir(join(sharedTmp, 'node-compile-cache'), { mode: 0o777 });
   // npm runs the script through sh; --silent keeps its banner off the JSON log lines.
   server = spawn('npm', ['start', '--silent'], {
     cwd: root,
@@ -47,6 +53,7 @@ afterAll(async () => {
     // The group has ended.
   }
   await rm(dataDir, { recursive: true, force: true });
+  await rm(sharedTmp, { recursive: true, force: true });
 });
 
 async function call(method: string, path: string, body?: unknown, token?: string) {
@@ -72,6 +79,24 @@ describe('npm start', () => {
       ),
     );
     expect(answers).toEqual([200, 200]);
+  });
+
+  it("when another local user made the temporary directory's node-compile-cache first, then the server neither reads nor writes it: its compiled code is cached with the project's own", async () => {
+    // Helper 195: Node's default cache is $TMPDIR/node-compile-cache, whoever owns it. Its entries
+    // (type-stripped source, checked by CRC32 only) planted there ran in the server at the next
+    // start. The entry point turns the cache on first: a start that then stops at a bad setting
+    // has already chosen its directory. (Not through npm, which caches its own code there.)
+    const child = spawn(process.execPath, [join(root, 'src', 'main.js')], {
+      cwd: root,
+      env: { PATH: process.env.PATH ?? '', TMPDIR: sharedTmp, PORT: 'no port' },
+      stdio: 'ignore',
+    });
+    const [code] = (await once(child, 'exit')) as [number | null];
+    expect(code).toBe(1);
+    expect(await readdir(join(sharedTmp, 'node-compile-cache'))).toEqual([]);
+    // Node makes the directory of its version when the cache is turned on, and writes the
+    // entries as the process exits.
+    expect(await readdir(join(root, 'node_modules', '.cache', 'node-compile-cache'))).toContainEqual(expect.stringMatching(/^v\d+\./));
   });
 
   it('when used as the README shows, then register → login → me → refresh → logout all succeed', async () => {

@@ -142,7 +142,11 @@ function once<T>(compute: () => T): () => T {
 
 // ---------------------------------------------------------------------------------------------
 // What src/config.ts reads: the keys of its EnvSchema.
-const CONFIG_VARIABLES = new Set<string>(ENVIRONMENT_VARIABLES);
+/**
+ * What deployments may set: the configuration's variables, and NODE_COMPILE_CACHE, which the entry
+ * point (src/main.js) reads before the configuration is loaded.
+ */
+const CONFIG_VARIABLES = new Set<string>([...ENVIRONMENT_VARIABLES, 'NODE_COMPILE_CACHE']);
 
 function accepted(env: Environment, where: string): ReturnType<typeof loadConfig> {
   try {
@@ -670,7 +674,7 @@ function internalUrls(app: AppProcess): { variable: string; url: URL; layer: Lay
 
 function expectKnownVariables(names: Iterable<string>, where: string, allowed = new Set<string>()): void {
   const unknown = [...names].filter((name) => !CONFIG_VARIABLES.has(name) && !allowed.has(name));
-  expect(unknown, `${where}: variables src/config.ts does not read`).toEqual([]);
+  expect(unknown, `${where}: variables neither src/config.ts nor src/main.js reads`).toEqual([]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -725,6 +729,8 @@ describe('docker/Dockerfile', () => {
     const scripts = (JSON.parse(readText('package.json')) as { scripts: Record<string, string> }).scripts;
     // exec: npm's SIGTERM then reaches node, not the sh between them (see server-process).
     expect(scripts['start']).toBe(['exec', 'node', ...SERVER_NODE_FLAGS, 'src/main.js'].join(' '));
+    // npm run dev as well: without exec, npm's SIGTERM left node --watch and its server serving (helper 195).
+    expect(scripts['dev']).toBe('exec node --watch src/main.js');
     expect(readText('scripts/topology.ts')).toMatch(/spawn\(process\.execPath, \[\.\.\.SERVER_NODE_FLAGS, join\(ROOT, 'src', 'main\.js'\)\]/);
   });
 

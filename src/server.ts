@@ -145,6 +145,8 @@ export function createDualProtocolServer(
    * could not tell done or not (helper 153). Go's Server.Shutdown does the same.
    */
   let draining = false;
+  /** Ends a drain's idle grace now (see close); set while a grace runs. */
+  let endGrace: (() => void) | undefined;
   const h1 = createHttpServer(
     {
       headersTimeout: limits.headersTimeoutMs,
@@ -337,6 +339,12 @@ export function createDualProtocolServer(
 
   const detecting = new Set<Socket>();
   const h1Connections = new Set<Socket>();
+  /**
+   * The sockets handed to the HTTP/2 server, until they close: a session destroyed at the cut
+   * lets go of its socket, which then lingers (lingerAfterEnd) for a client that never closes its
+   * side, and held the listening server's close past SHUTDOWN_TIMEOUT_MS (helper 196).
+   */
+  const h2Sockets = new Set<Socket>();
   // noDelay: RPCs are small writes answered at once; Nagle's algorithm would hold each back
   // for the peer's delayed ACK (tens of milliseconds). Node's HTTP/1.1 server sets it for its own
   // sockets, but the HTTP/2 path below is handed the raw socket.
@@ -365,6 +373,8 @@ export function createDualProtocolServer(
         // into the void before the session looks.
         socket.unshift(head);
         lingerAfterEnd(socket);
+        h2Sockets.add(socket);
+        socket.once('close', () => h2Sockets.delete(socket));
         h2.emit('connection', socket);
       } else {
         socket.unshift(head);
@@ -417,13 +427,15 @@ export function createDualProtocolServer(
         });
         // Node's close() of an HTTP server closes its idle connections at once (and this one,
         // which never listens, does nothing else). A connection still silent then is closed too.
-        setTimeout(
-          () => {
-            for (const socket of detecting) socket.destroy();
-            h1.close(done);
-          },
-          Math.max(0, graceEnds - Date.now()),
-        );
+        // The grace ends early at the cut (closeNow): a grace longer than the shutdown's own
+        // bound held the close until the process was forced out with exit 1 (helper 196).
+        const graceTimer = setTimeout(() => endGrace?.(), Math.max(0, graceEnds - Date.now()));
+        endGrace = () => {
+          endGrace = undefined;
+          clearTimeout(graceTimer);
+          for (const socket of detecting) socket.destroy();
+          h1.close(done);
+        };
         // GOAWAY lets streams in flight finish; the h2 server closes when its sessions have.
         for (const session of sessions) session.close();
         h2.close(done);
@@ -432,8 +444,10 @@ export function createDualProtocolServer(
       const connections = detecting.size + sessions.size + h1Connections.size;
       for (const socket of detecting) socket.destroy();
       for (const session of sessions) session.destroy();
+      for (const socket of h2Sockets) socket.destroy();
       for (const tunnel of tunnels) tunnel.destroy();
       h1.closeAllConnections();
+      endGrace?.();
       return connections;
     },
   };

@@ -203,3 +203,31 @@ describe('HTTP/1.1 keep-alive clients during a graceful shutdown', () => {
     expect(performance.now() - signalledAt).toBeLessThan(5_000);
   });
 });
+
+describe('a drain bounded by SHUTDOWN_TIMEOUT_MS', () => {
+  it('when the idle grace is longer than the shutdown timeout, and clients hold idle keep-alive connections and HTTP/2 connections they never read, then the drain ends at the cut and the process exits 0', async () => {
+    // Helper 196: the grace held the close past the timeout (the cut closed the connections but
+    // not the grace), and a raw HTTP/2 socket whose session the cut destroyed lingered for its
+    // client, which never closed it: "shutdown timed out", exit 1.
+    const { child, exited, baseUrl } = await spawnMonolith({ SHUTDOWN_TIMEOUT_MS: '2500', SHUTDOWN_IDLE_GRACE_MS: '10000' });
+    const { hostname, port } = new URL(baseUrl);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 3 });
+    cleanups.push(() => agent.destroy());
+    await Promise.all([0, 1, 2].map(async () => expect((await send(agent, baseUrl, 'GET', '/health')).status).toBe(200)));
+    // The client preface and nothing else, and no reading: not even the server's SETTINGS.
+    for (let index = 0; index < 3; index += 1) {
+      const socket = net.connect(Number(port), hostname);
+      cleanups.push(() => socket.destroy());
+      await once(socket, 'connect');
+      socket.pause();
+      socket.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+    }
+    // Past the server's protocol detection, which hands each socket to its HTTP/2 server.
+    await sleep(500);
+    const signalledAt = performance.now();
+    child.kill('SIGTERM');
+    expect(await Promise.race([exited, sleep(10_000).then(() => 'still running')])).toBe(0);
+    // The cut is at 80 % of the timeout (2 s); the process was forced out at 2.5 s.
+    expect(performance.now() - signalledAt).toBeLessThan(2_500);
+  });
+});

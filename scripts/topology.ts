@@ -57,6 +57,12 @@ export interface StartTopologyOptions {
   /** Called when a layer's process exits once up, without stop() having asked it (a crash, a kill from outside). */
   onExit?: (layer: string, code: number | null, signal: NodeJS.Signals | null) => void;
   startTimeoutMs?: number;
+  /**
+   * Aborted when the caller is stopping the layers itself (the runner on a signal): a start that
+   * then fails leaves them to it. Otherwise a failed start kills every layer it started, and a
+   * layer draining gracefully at the caller's request was killed mid-drain (helper 196).
+   */
+  signal?: AbortSignal;
 }
 
 /** Starts the topology's processes bottom up and resolves when the public API answers /health. */
@@ -99,7 +105,7 @@ export async function startTopology(options: StartTopologyOptions): Promise<Runn
       await process.start();
     }
   } catch (error) {
-    await Promise.allSettled(started.map((layer) => layer.stop('SIGKILL')));
+    if (options.signal?.aborted !== true) await Promise.allSettled(started.map((layer) => layer.stop('SIGKILL')));
     throw error;
   }
   return {
@@ -123,6 +129,8 @@ function createLayerProcess(
   let child: ChildProcess | undefined;
   /** Up (answered /health) and not asked to stop: an exit now is news. */
   let running = false;
+  /** How often stop() was called: a start still checking its port then spawns nothing (helper 196). */
+  let stops = 0;
   const lines: string[] = [];
   const keep = (chunk: Buffer) => {
     for (const line of chunk.toString().split('\n')) {
@@ -141,9 +149,12 @@ function createLayerProcess(
     },
     output: () => lines.join('\n'),
     async start() {
+      const stopsBefore = stops;
       // Another process on the port would answer /health for this one, which then dies of
       // EADDRINUSE unseen: the topology was reported up with none of its own processes (helper 88).
       await assertPortFree(url);
+      // A stop while the port was checked: a process spawned now would be nobody's to stop.
+      if (stops !== stopsBefore) throw new Error(`${name} was stopped while starting`);
       // A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground group) reaches the
       // runner only, which stops the layers top down. In the runner's group every layer got it at
       // once, the repository was gone first and requests in flight got 503s (helper 193).
@@ -180,6 +191,7 @@ function createLayerProcess(
     },
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
       running = false;
+      stops += 1;
       const current = child;
       if (current?.exitCode !== null || current.signalCode !== null) return current?.exitCode ?? null;
       const exited = once(current, 'exit') as Promise<[number | null]>;
@@ -251,11 +263,11 @@ if (import.meta.main) {
   // Every layer started so far, bottom first: each has a process group of its own, so a signal
   // to this one reaches none of them, also while the topology is still starting.
   const layers: LayerProcess[] = [];
-  let stopping = false;
+  const stopping = new AbortController();
   // Controller first, as topology.stop(); the exit code is 0 only if every layer exited 0.
   const stop = (failed: 0 | 1 = 0) => {
-    if (stopping) return;
-    stopping = true;
+    if (stopping.signal.aborted) return;
+    stopping.abort();
     void (async () => {
       let code = failed;
       for (const layer of [...layers].reverse()) if ((await layer.stop()) !== 0) code = 1;
@@ -264,6 +276,9 @@ if (import.meta.main) {
   };
   process.on('SIGINT', () => stop());
   process.on('SIGTERM', () => stop());
+  // A closed terminal or a dropped SSH session: the layers have process groups of their own, so
+  // nothing else would stop them (helper 196).
+  process.on('SIGHUP', () => stop());
   const topology = await startTopology({
     name,
     env: { ...process.env },
@@ -271,6 +286,7 @@ if (import.meta.main) {
     ports: Object.fromEntries(Object.entries(DEFAULT_PORTS).map(([layer, port]) => [layer, port + shift])),
     onLine: (layer, line) => process.stdout.write(`[${layer}] ${line}\n`),
     onLayer: (layer) => layers.push(layer),
+    signal: stopping.signal,
     // A layer that dies leaves the others answering 503 for as long as they run: say so, and stop.
     onExit: (layer, code, signal) => {
       process.stderr.write(`[topology] ${layer} exited (${code ?? signal ?? '?'}) while the topology was up; stopping the others\n`);
@@ -278,7 +294,7 @@ if (import.meta.main) {
     },
   }).catch((error: unknown) => {
     // Stopped while starting: the layers it started are being stopped, and the process exits then.
-    if (stopping) return new Promise<never>(() => undefined);
+    if (stopping.signal.aborted) return new Promise<never>(() => undefined);
     throw error;
   });
   process.stdout.write(`${name} is up: public API on ${topology.baseUrl}; Ctrl-C stops every process\n`);

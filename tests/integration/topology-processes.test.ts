@@ -387,3 +387,95 @@ describe('npm run start:layered, stopped from a terminal', () => {
     }
   }, 90_000);
 });
+
+/** `node scripts/topology.ts layered-grpc` on a migrated schema of its own, in a process group of its own. */
+async function runRunner(label: string) {
+  const runSchema = `test_topo_${label}_${Date.now()}_${randomBytes(3).toString('hex')}`;
+  await createMigratedSchema(admin, runSchema);
+  const url = new URL(TEST_DATABASE_URL);
+  url.searchParams.set('schema', runSchema);
+  // The runner puts the layers on PORT, PORT + 1 and PORT + 2.
+  const port = await freePort();
+  const runner = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'scripts', 'topology.ts'), 'layered-grpc'], {
+    detached: true,
+    env: { PATH: process.env.PATH, ...TEST_ENV, LOG_LEVEL: 'info', DATABASE_URL: url.toString(), PORT: String(port), REDIS_URL: '' },
+  });
+  const exited = new Promise<number | null>((resolve) => runner.once('exit', resolve));
+  let output = '';
+  const seen = (text: string) =>
+    new Promise<void>((resolve, reject) => {
+      const look = () => {
+        if (!output.includes(text)) return false;
+        resolve();
+        return true;
+      };
+      if (look()) return;
+      runner.stdout.on('data', look);
+      void exited.then((code) => reject(new Error(`the runner exited ${code} before "${text}":\n${output}`)));
+    });
+  runner.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  runner.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const ports = [port, port + 1, port + 2];
+  const answering = async () => {
+    const answers = await Promise.all(
+      ports.map((layerPort) =>
+        fetch(`http://127.0.0.1:${layerPort}/health`).then(
+          () => layerPort,
+          () => undefined,
+        ),
+      ),
+    );
+    return answers.filter((layerPort) => layerPort !== undefined);
+  };
+  const cleanUp = async () => {
+    try {
+      process.kill(-(runner.pid ?? 0), 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+    await admin.query(`DROP SCHEMA IF EXISTS "${runSchema}" CASCADE`);
+  };
+  return { runner, exited, output: () => output, seen, answering, cleanUp, repositoryUrl: `http://127.0.0.1:${port + 2}` };
+}
+
+describe('the topology runner, stopped from outside', () => {
+  it('when its terminal closes (SIGHUP), then it stops every layer, each draining, and exits 0', async () => {
+    // Helper 196: the runner had no SIGHUP handler; it died and left the three layers (process
+    // groups of their own) serving, orphaned, and their ports taken.
+    const run = await runRunner('hup');
+    try {
+      await run.seen('is up');
+      run.runner.kill('SIGHUP');
+      expect(await run.exited, run.output()).toBe(0);
+      expect(run.output().match(/"shutdown complete"/g)?.length, run.output()).toBe(3);
+      expect(await run.answering()).toEqual([]);
+    } finally {
+      await run.cleanUp();
+    }
+  }, 90_000);
+
+  it('when SIGTERM comes while the layers are starting, then the layers already up drain and stop, none is killed, and none is left running', async () => {
+    // Helper 196: the layer being started died of the signal, and the failed start then killed
+    // every layer it had started, the repository in the middle of its drain.
+    const run = await runRunner('term');
+    try {
+      // The repository answers; the runner then spawns the service, which loads for a second or
+      // more before it listens and handles signals.
+      while (
+        !(await fetch(`${run.repositoryUrl}/health`).then(
+          (res) => res.ok,
+          () => false,
+        ))
+      )
+        await sleep(50);
+      await sleep(300);
+      run.runner.kill('SIGTERM');
+      // 0, or 1 if the service was still too young to drain (killed by the signal).
+      expect([0, 1]).toContain(await run.exited);
+      expect(run.output(), run.output()).toMatch(/\[repository\] \{[^\n]*"shutdown complete"/);
+      expect(await run.answering()).toEqual([]);
+    } finally {
+      await run.cleanUp();
+    }
+  }, 90_000);
+});

@@ -193,7 +193,7 @@ function rowPlan(schema: DescMessage): RowPlan {
       for (const step of steps) {
         const value = message[step.local];
         if (value !== undefined) row[step.local] = step.out === undefined ? value : step.out(value);
-        else if (!step.nullable) throw new Error(`${schema.typeName} lacks its required field ${step.name}`);
+        else if (!step.nullable) throw new MissingFieldError(step.name);
         else if (!omitAbsent) row[step.local] = null;
       }
       return row;

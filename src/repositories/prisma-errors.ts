@@ -1,7 +1,7 @@
 import { isDriverAdapterError } from '@prisma/driver-adapter-utils';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Prisma } from '../../gen/prisma/client.ts';
-import { AppError, ConflictError, DATABASE_UNAVAILABLE, NotFoundError, UnavailableError } from '../domain/errors.ts';
+import { AppError, ConflictError, DATABASE_UNAVAILABLE, NotFoundError, UnavailableError, ValidationError } from '../domain/errors.ts';
 
 /** What a write told that it collided with a concurrent one (a deadlock victim, a serialization failure) hears. */
 const COLLIDED = 'The request collided with a concurrent one; try again';
@@ -19,6 +19,30 @@ const MYSQL_CONNECTION_ERRNOS = new Set([45001, 45009, 45012, 45019, 45026, 4502
 
 /** Driver adapter errors that say the server is out of reach, whatever the adapter. */
 const UNREACHABLE_KINDS = new Set(['DatabaseNotReachable', 'ConnectionClosed', 'SocketTimeout', 'TooManyConnections']);
+
+/**
+ * A value the database refused as data, SQLSTATE class 22: a NUL in a string, a value longer than
+ * its column, text that is no number or UUID, a negative LIMIT. The request's fault, not the
+ * server's; only a caller of the repository's internal API can send one (the public APIs
+ * validate first), and it was answered `internal` and logged as a server error (helper 196).
+ */
+function isDataException(cause: unknown): boolean {
+  if (typeof cause !== 'object' || cause === null) return false;
+  const kind: unknown = Reflect.get(cause, 'kind');
+  if (kind === 'LengthMismatch' || kind === 'ValueOutOfRange' || kind === 'InvalidInputValue') return true;
+  if (kind === 'postgres') return isDataExceptionState(Reflect.get(cause, 'code'));
+  if (kind === 'mysql') return isDataExceptionState(Reflect.get(cause, 'state'));
+  return false;
+}
+
+function isDataExceptionState(state: unknown): boolean {
+  return typeof state === 'string' && /^22[0-9A-Z]{3}$/.test(state);
+}
+
+/** Prisma's own names for data exceptions: too long, not valid, out of range. */
+const DATA_EXCEPTION_CODES = new Set(['P2000', 'P2006', 'P2007', 'P2020']);
+
+const invalidValue = () => new ValidationError('A value is not valid for its field');
 
 function isWriteConflict(cause: unknown): boolean {
   return typeof cause === 'object' && cause !== null && Reflect.get(cause, 'kind') === 'TransactionWriteConflict';
@@ -93,6 +117,7 @@ export function translateDatabaseError(error: unknown): unknown {
     // Prisma's own statements say P2034; a raw statement (a FOR UPDATE) says P2010 with the
     // adapter's TransactionWriteConflict (PostgreSQL 40P01, MySQL 1213).
     if (error.code === 'P2034' || isWriteConflict(adapterCause)) return new UnavailableError(COLLIDED, error, 1);
+    if (DATA_EXCEPTION_CODES.has(error.code) || isDataException(adapterCause)) return invalidValue();
     if (isLockTimeout(adapterCause)) return new UnavailableError('The database is busy; try again', error, 1);
     if (isMysqlConnectionError(adapterCause)) return new UnavailableError(DATABASE_UNAVAILABLE, error);
     // A raw statement (P2010) whose connection was lost or given up on (database.ts), inside a
@@ -107,12 +132,14 @@ export function translateDatabaseError(error: unknown): unknown {
     if (UNREACHABLE_KINDS.has(error.cause.kind) || isMysqlConnectionError(error.cause)) return new UnavailableError(DATABASE_UNAVAILABLE, error);
     if (isWriteConflict(error.cause)) return new UnavailableError(COLLIDED, error, 1);
     if (isLockTimeout(error.cause)) return new UnavailableError('The database is busy; try again', error, 1);
+    if (isDataException(error.cause)) return invalidValue();
   }
   if (error instanceof Prisma.PrismaClientInitializationError) return new UnavailableError(DATABASE_UNAVAILABLE, error);
   if (hasMessage(error, POOL_WAIT_TIMEOUT)) return new UnavailableError('The database is busy; try again', error, 1);
   if (hasMessage(error, CONNECT_TIMEOUT) || hasMessage(error, CONNECTION_LOST)) return new UnavailableError(DATABASE_UNAVAILABLE, error);
   const code = findCode(error);
   if (code !== undefined && CONNECTION_CODES.has(code)) return new UnavailableError(DATABASE_UNAVAILABLE, error);
+  if (isDataExceptionState(code)) return invalidValue();
   return error;
 }
 

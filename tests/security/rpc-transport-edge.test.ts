@@ -20,6 +20,7 @@ import { brotliCompressSync, brotliDecompressSync, constants as zlibConstants, g
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code, ConnectError, createClient } from '@connectrpc/connect';
 import { createConnectTransport, createGrpcTransport } from '@connectrpc/connect-node';
+import { TokenRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/token_repository_service_pb.js';
 import { UserRepositoryService } from '../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { HealthCheckRequestSchema } from '../../gen/proto/grpc/health/v1/health_pb.js';
 import { ServerReflectionRequestSchema } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
@@ -148,6 +149,44 @@ describe('an internal layer against a caller without INTERNAL_API_SECRET', () =>
     );
     expect(codes).toEqual(Array.from({ length: 10 }, () => Code[Code.InvalidArgument]));
     expect(await users()).toBe(before);
+  });
+
+  it('when a caller with the secret sends values the database refuses, a nested message lacking a required field, or no revocation reason, then each is invalid_argument, not internal, over gRPC and Connect', async () => {
+    // Helper 196: 167 of 967 such calls were answered `internal` (HTTP 500) and logged as server
+    // errors: PostgreSQL's data exceptions (a NUL, a value longer than its column, a family id
+    // that is no UUID, a negative LIMIT) passed through as they came, and two checks of the
+    // request threw plain errors.
+    const secret = { authorization: `Bearer ${TEST_ENV.INTERNAL_API_SECRET ?? ''}` };
+    const [user] = await database.sql<{ id: number }>(
+      `INSERT INTO users (username, username_key, email, password_hash, updated_at) VALUES ('edge_values', 'edge_values', 'edge_values@example.com', 'x', now()) RETURNING id`,
+    );
+    const id = user?.id ?? 0;
+    const transports = [createGrpcTransport({ baseUrl: origin }), createConnectTransport({ baseUrl: origin, httpVersion: '1.1' })];
+    const answers = await Promise.all(
+      transports.flatMap((transport) => {
+        const users = createClient(UserRepositoryService, transport);
+        const tokens = createClient(TokenRepositoryService, transport);
+        const calls: [string, () => Promise<unknown>][] = [
+          ['a NUL', () => users.findUserByLogin({ usernameOrEmail: 'edge\u0000' }, { headers: secret })],
+          ['longer than its column', () => users.updateUser({ id, changes: { phone: '9'.repeat(300) } }, { headers: secret })],
+          ['no UUID', () => tokens.revokeTokenFamily({ familyId: 'not-a-uuid', reason: 'revoked' }, { headers: secret })],
+          ['a negative page size', () => users.listUsers({ page: 1, perPage: -1, sort: 'id' }, { headers: secret })],
+          ['a nested required field', () => tokens.createToken({ token: {} }, { headers: secret })],
+          ['no revocation reason', () => tokens.revokeToken({ id: 1 }, { headers: secret })],
+        ];
+        return calls.map(async ([what, call]) => [
+          what,
+          await call().then(
+            () => 'ok',
+            (error: unknown) => Code[ConnectError.from(error).code],
+          ),
+        ]);
+      }),
+    );
+    expect(Object.fromEntries(answers.slice(0, 6))).toEqual(Object.fromEntries(answers.slice(0, 6).map(([what]) => [what, Code[Code.InvalidArgument]])));
+    expect(Object.fromEntries(answers.slice(6))).toEqual(Object.fromEntries(answers.slice(6).map(([what]) => [what, Code[Code.InvalidArgument]])));
+    // Nothing was changed by them.
+    expect(await database.sql('SELECT phone, version FROM users WHERE id = $1', [id])).toEqual([{ phone: null, version: 1 }]);
   });
 });
 

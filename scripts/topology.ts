@@ -84,6 +84,9 @@ export async function startTopology(options: StartTopologyOptions): Promise<Runn
   const started: LayerProcess[] = [];
   try {
     for (const layer of layerNames) {
+      // Stopped by the caller (the runner on a signal) while the last layer started: the caller
+      // stops what it has, and a layer spawned now would be nobody's (helper 197).
+      if (options.signal?.aborted === true) throw new Error(`stopped while starting, before ${layer}`);
       const spec = TOPOLOGY[mode][layer];
       if (spec === undefined) throw new Error(`${mode} has no ${layer} layer`);
       const holdsDatabase = spec.holds.repository;
@@ -176,13 +179,17 @@ function createLayerProcess(
         if (spawned.exitCode !== null || spawned.signalCode !== null) {
           throw new Error(`${name} exited (${spawned.exitCode ?? spawned.signalCode}) while starting:\n${lines.join('\n')}`);
         }
+        let up = false;
         try {
-          if ((await fetch(`${url}/health`, { signal: AbortSignal.timeout(1_000) })).ok) {
-            running = true;
-            return;
-          }
+          up = (await fetch(`${url}/health`, { signal: AbortSignal.timeout(1_000) })).ok;
         } catch {
           // Not listening yet.
+        }
+        if (up) {
+          // Stopped while it came up: its exit then is the stop's, not news.
+          if (stops !== stopsBefore) throw new Error(`${name} was stopped while starting`);
+          running = true;
+          return;
         }
         await sleep(100);
       }

@@ -439,6 +439,32 @@ async function runRunner(label: string) {
 }
 
 describe('the topology runner, stopped from outside', () => {
+  it('when its caller starts stopping while a layer comes up, then no later layer is spawned', async () => {
+    // Helper 197: a signal as the service answered /health let the start go on to spawn the
+    // controller, which the runner's stop (of the layers it knew at the signal) never stopped:
+    // it was left serving after the runner exited 0.
+    const url = new URL(TEST_DATABASE_URL);
+    url.searchParams.set('schema', schema);
+    const stopping = new AbortController();
+    const spawned: LayerProcess[] = [];
+    const starting = startTopology({
+      name: 'layered-grpc',
+      env: { PATH: process.env.PATH, ...TEST_ENV, LOG_LEVEL: 'warn', DATABASE_URL: url.toString() },
+      signal: stopping.signal,
+      onLayer: (layer) => {
+        spawned.push(layer);
+        // The caller starts stopping while the repository comes up; that one is the caller's to stop.
+        if (layer.name === 'repository') stopping.abort();
+      },
+    });
+    try {
+      await expect(starting).rejects.toThrow(/stopped while starting, before service/);
+      expect(spawned.map((layer) => layer.name)).toEqual(['repository']);
+    } finally {
+      await Promise.all(spawned.map((layer) => layer.stop()));
+    }
+  }, 60_000);
+
   it('when its terminal closes (SIGHUP), then it stops every layer, each draining, and exits 0', async () => {
     // Helper 196: the runner had no SIGHUP handler; it died and left the three layers (process
     // groups of their own) serving, orphaned, and their ports taken.

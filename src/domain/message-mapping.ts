@@ -59,6 +59,28 @@ export class MissingFieldError extends Error {
   }
 }
 
+/**
+ * A field whose value the receiving side cannot take (a timestamp outside the dates JavaScript
+ * can hold, say). Like MissingFieldError: a server that finds it in a request refuses the request
+ * as invalid_argument (refusingIncompleteRequests).
+ */
+export class InvalidFieldError extends Error {
+  readonly field: string;
+  readonly why: string;
+  constructor(field: string, why: string) {
+    super(`message field ${field} ${why}`);
+    this.field = field;
+    this.why = why;
+  }
+}
+
+/** A Timestamp as a Date; one beyond the ±8.64e15 ms a Date holds is an InvalidFieldError. */
+export function dateOfTimestamp(timestamp: Timestamp, field: string): Date {
+  const date = timestampDate(timestamp);
+  if (Number.isNaN(date.getTime())) throw new InvalidFieldError(field, 'is out of range');
+  return date;
+}
+
 type Row = Record<string, unknown>;
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -232,7 +254,7 @@ function fieldStep(schema: DescMessage, field: DescField): FieldStep {
           ...base,
           nullable: field.proto.proto3Optional,
           in: (value) => timestampFromDate(value as Date),
-          out: (value) => timestampDate(value as Timestamp),
+          out: (value) => dateOfTimestamp(value as Timestamp, field.name),
           accepts: (value) => value instanceof Date,
         };
       }

@@ -5,7 +5,7 @@
 // rowMapping below fails to compile if its message and its row type stop agreeing; what is
 // written out here is only what the rule does not say.
 import type { JsonObject } from '@bufbuild/protobuf';
-import { timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
+import type { Timestamp } from '@bufbuild/protobuf/wkt';
 import type * as db from '../../../gen/prisma/client.ts';
 import {
   AuditEventRecordSchema,
@@ -33,7 +33,7 @@ import {
 } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { UserRole } from '../../../gen/proto/arcana/user/v1/user_pb.js';
 import { ValidationError } from '../../domain/errors.ts';
-import { requireField, rowMapping } from '../../domain/message-mapping.ts';
+import { dateOfTimestamp, InvalidFieldError, requireField, rowMapping } from '../../domain/message-mapping.ts';
 import type { AuditDetails, AuditFilter, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { NewTokenRecord, RevocationReason } from '../../repositories/token-repository.ts';
 import type { NewUser, UserChanges, UserExpectation, UserFilter, UserProfile } from '../../repositories/user-repository.ts';
@@ -41,7 +41,7 @@ import { userSortOf } from '../../services/pagination.ts';
 
 /** A timestamp the API always sets, as a Date (milliseconds, as the database keeps them). */
 export function dateFromProto(timestamp: Timestamp | undefined, field: string): Date {
-  return timestampDate(requireField(timestamp, field));
+  return dateOfTimestamp(requireField(timestamp, field), field);
 }
 
 // A UserRecord carries the password hash only when the row has one (profiles do not).
@@ -181,7 +181,15 @@ export function auditFilterToProto(filter: AuditFilter): ListAuditEventsRequest 
   return auditFilters.toMessage(filter);
 }
 
+/** The most rows a listing may skip: Prisma's skip is a 32-bit integer. */
+const MAX_SKIP = 2 ** 31 - 1;
+
 export function auditFilterFromProto(request: ListAuditEventsRequest): AuditFilter {
+  // The public APIs bound the page; a caller of the internal API with page 0 was answered
+  // `internal` by Prisma's refusal of a negative skip (helper 197).
+  if (request.page < 1) throw new InvalidFieldError('page', 'must be at least 1');
+  if (request.perPage < 1) throw new InvalidFieldError('per_page', 'must be at least 1');
+  if ((request.page - 1) * request.perPage > MAX_SKIP) throw new InvalidFieldError('page', 'is past the last row a listing can reach');
   return auditFilters.toPartial(request);
 }
 
@@ -189,7 +197,7 @@ function flatDetails(details: JsonObject): AuditDetails {
   const flat: AuditDetails = {};
   for (const [key, value] of Object.entries(details)) {
     if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
-      throw new Error(`audit event details must be flat (strings, numbers, booleans); ${key} is ${JSON.stringify(value)}`);
+      throw new InvalidFieldError('details', `must be flat (strings, numbers, booleans); ${key} is ${JSON.stringify(value)}`);
     }
     flat[key] = value;
   }

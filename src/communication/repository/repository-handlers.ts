@@ -32,7 +32,7 @@ import {
   userToProto,
 } from './record-mapping.ts';
 import { ValidationError } from '../../domain/errors.ts';
-import { MissingFieldError, requireField } from '../../domain/message-mapping.ts';
+import { InvalidFieldError, MissingFieldError, requireField } from '../../domain/message-mapping.ts';
 import { ACTING_AS_HEADER, AUDIT_HEADER, REPEAT_HEADER } from '../layer-transport.ts';
 
 /** A write's options as the headers carry them: REPEAT_HEADER, ACTING_AS_HEADER, AUDIT_HEADER (see WriteOptions). */
@@ -75,6 +75,7 @@ export function refusingIncompleteRequests<S extends DescService>(impl: ServiceI
         return await method(req, ctx);
       } catch (error) {
         if (error instanceof MissingFieldError) throw new ValidationError('Validation failed', { [error.field]: 'is required' });
+        if (error instanceof InvalidFieldError) throw new ValidationError('Validation failed', { [error.field]: error.why });
         throw error;
       }
     };

@@ -32,7 +32,6 @@ import {
   type UserRecord,
 } from '../../../gen/proto/arcana/internal/repository/v1/user_repository_service_pb.js';
 import { UserRole } from '../../../gen/proto/arcana/user/v1/user_pb.js';
-import { ValidationError } from '../../domain/errors.ts';
 import { dateOfTimestamp, InvalidFieldError, requireField, rowMapping } from '../../domain/message-mapping.ts';
 import type { AuditDetails, AuditFilter, NewAuditEvent } from '../../repositories/audit-repository.ts';
 import type { NewTokenRecord, RevocationReason } from '../../repositories/token-repository.ts';
@@ -149,8 +148,7 @@ const REVOCATION_REASONS: readonly RevocationReason[] = ['rotated', 'logout', 'r
 /** A revocation reason from the wire; anything else is the other side's bug, not the caller's. */
 export function revocationReasonFromProto(reason: string): RevocationReason {
   const known = REVOCATION_REASONS.find((candidate) => candidate === reason);
-  // A caller's request (the internal API's): refused as such, not an error of this server.
-  if (known === undefined) throw new ValidationError('Validation failed', { reason: 'is not a revocation reason' });
+  if (known === undefined) throw new InvalidFieldError('reason', 'is not a revocation reason');
   return known;
 }
 

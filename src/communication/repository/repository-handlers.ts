@@ -62,8 +62,8 @@ function auditFromHeader(value: string): NewAuditEvent {
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
- * The handlers of a repository service, refusing a request that lacks a required field as
- * invalid_argument. They read their requests with the mapping that reads answers, where a missing
+ * The handlers of a repository service, refusing a request that lacks a required field, or holds
+ * a value its mapping cannot take (InvalidFieldError), as invalid_argument. They read their requests with the mapping that reads answers, where a missing
  * field is the other side's fault, and such a request was answered `internal` and logged as a
  * server error (helper 193, with the internal secret: an empty CreateUser).
  */

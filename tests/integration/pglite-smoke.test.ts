@@ -109,7 +109,7 @@ describe('embedded PGlite database', () => {
       try {
         await writeFile(join(dir, 'arcana-server.pid'), '999999\n');
         const startAt = Date.now() + 1_500;
-        const got = await Promise.all(Array.from({ length: 6 }, () => lockInChildProcess(dir, startAt)));
+        const got = await lockInChildProcesses(dir, 6, startAt);
         winners.push(got.filter(Boolean).length);
       } finally {
         await rm(dir, { recursive: true, force: true });
@@ -144,18 +144,38 @@ describe('embedded PGlite database', () => {
   });
 });
 
-/** A process that waits until `startAt`, tries to lock `dir` as a server would, holds what it got for a second, and says whether it got it. */
-async function lockInChildProcess(dir: string, startAt: number): Promise<boolean> {
+/**
+ * Processes that each wait until `startAt` and try to lock `dir` as a server would; resolves to
+ * whether each got it. Each holds what it got until all have said, so a process that starts late
+ * (its import slow on a loaded machine) cannot find the winner already gone and rightly take over
+ * a dead process's lock (one CI run saw [1, 2, 1] that way).
+ */
+async function lockInChildProcesses(dir: string, count: number, startAt: number): Promise<boolean[]> {
   const script = `
     const { lockDataDir } = await import(${JSON.stringify(LOCK_MODULE)});
     while (Date.now() < ${startAt}) {}
     let got = false;
     try { await lockDataDir(${JSON.stringify(dir)}); got = true; } catch {}
     process.stdout.write(got ? 'GOT' : 'NO');
-    await new Promise((resolve) => setTimeout(resolve, 1000));`;
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-  await once(child, 'exit');
-  return out === 'GOT';
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.once('end', resolve));`;
+  const children = Array.from({ length: count }, () => spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] }));
+  try {
+    return await Promise.all(
+      children.map(
+        (child) =>
+          new Promise<boolean>((resolve) => {
+            let out = '';
+            child.stdout.on('data', (chunk: Buffer) => {
+              out += chunk.toString();
+              if (out === 'GOT' || out === 'NO') resolve(out === 'GOT');
+            });
+            child.once('exit', () => resolve(out === 'GOT'));
+          }),
+      ),
+    );
+  } finally {
+    for (const child of children) child.stdin.end();
+    await Promise.all(children.filter((child) => child.exitCode === null && child.signalCode === null).map((child) => once(child, 'exit')));
+  }
 }

@@ -3,8 +3,8 @@
 // index (helper 53). Before PGlite opens the directory, this process claims it with a lock file
 // holding its pid, created exclusively; a second process finds it and refuses to start. A lock
 // left by a process that died (kill -9, a crash) names a pid that no longer runs and is taken over.
-import { readFile, rm, writeFile } from 'node:fs/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { randomBytes } from 'node:crypto';
+import { link, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 const LOCK_FILE = 'arcana-server.pid';
@@ -15,8 +15,8 @@ const held = new Set<string>();
 export async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
   const path = join(dataDir, LOCK_FILE);
   for (let attempt = 0; attempt < ATTEMPTS; attempt += 1) {
-    if (await createExclusively(path, `${process.pid}\n`)) return claimed(path);
-    const text = await settledLock(path);
+    if (await createLock(path)) return claimed(path);
+    const text = await readLock(path);
     // Gone again: its holder let it go, or a take-over is between its two steps.
     if (text === null) continue;
     const holder = Number.parseInt(text, 10);
@@ -37,7 +37,7 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
     try {
       if ((await readLock(path)) !== text) continue;
       await rm(path, { force: true });
-      if (await createExclusively(path, `${process.pid}\n`)) return claimed(path);
+      if (await createLock(path)) return claimed(path);
     } finally {
       await rm(takeover, { force: true });
     }
@@ -47,8 +47,6 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
 
 /** Tries at the lock before giving up to other servers starting on the directory. */
 const ATTEMPTS = 10;
-/** How long an empty lock file is taken for one being written, before it is taken for a writer's crash. */
-const EMPTY_LOCK_PATIENCE_MS = 1_000;
 
 /** The lock file's text, or null when there is none (or it cannot be read). */
 function readLock(path: string): Promise<string | null> {
@@ -56,17 +54,25 @@ function readLock(path: string): Promise<string | null> {
 }
 
 /**
- * The lock file's text once it has any: a lock is created empty and then written, and a server
- * that read it in between took the holder for dead (no pid), took the lock over and ran beside
- * it (helper 113's race, again, one round in five). Still empty after EMPTY_LOCK_PATIENCE_MS, its
- * writer died between the two steps: the empty text is then the lock's, to take over.
+ * Creates the lock file holding this process's pid, unless one exists; whether it did. The file
+ * is written under a name of this process's own and then linked into place, so no process ever
+ * reads the lock empty. (It was created empty and then written: a process that read it in between
+ * waited up to a second for the pid, then took its writer for a crashed one, removed the lock and
+ * ran beside it; a writer starved of the CPU for that second lost its lock.)
  */
-async function settledLock(path: string): Promise<string | null> {
-  const started = Date.now();
-  for (;;) {
-    const text = await readLock(path);
-    if (text !== '' || Date.now() - started >= EMPTY_LOCK_PATIENCE_MS) return text;
-    await sleep(10);
+async function createLock(path: string): Promise<boolean> {
+  const draft = `${path}.${process.pid}-${randomBytes(4).toString('hex')}.draft`;
+  await writeFile(draft, `${process.pid}\n`);
+  try {
+    await link(draft, path);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw new Error(`could not create the lock file ${path} (the embedded database needs a DATA_DIR on a file system with hard links): ${(error as Error).message}`, {
+      cause: error,
+    });
+  } finally {
+    await rm(draft, { force: true });
   }
 }
 

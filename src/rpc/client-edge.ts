@@ -1,6 +1,7 @@
 // What both public facades (REST and RPC) do alike at the edge of a request: who the client is
 // (address, user agent, known-device token), and the response headers of the authentication
 // answers. One module, so that the five protocols cannot drift apart on these rules.
+import { Buffer } from 'node:buffer';
 import { isIP } from 'node:net';
 import { USER_AGENT_MAX_LENGTH, type ClientInfo } from '../domain/actor.ts';
 import { checkIdempotencyKey, IDEMPOTENCY_KEY_FIELD } from '../domain/idempotency-key.ts';
@@ -32,7 +33,7 @@ export function resolveClientInfo(resolve: ClientAddressResolver, socketAddress:
   const deviceToken = header(DEVICE_TOKEN_HEADER) ?? cookie(header('cookie'), DEVICE_TOKEN_COOKIE);
   return {
     ipAddress: resolve(socketAddress, header('x-forwarded-for')),
-    userAgent: printable(header('user-agent'))?.slice(0, USER_AGENT_MAX_LENGTH),
+    userAgent: cutAt(printable(headerText(header('user-agent'))), USER_AGENT_MAX_LENGTH),
     deviceToken: deviceToken !== undefined && deviceToken.length <= DEVICE_TOKEN_MAX_LENGTH ? deviceToken : undefined,
   };
 }
@@ -48,6 +49,36 @@ const UNPRINTABLE = /[\u0000-\u0008\u000A-\u001F\u007F-\u009F\u200B-\u200F\u2028
 /** A header's text as it is stored and shown: each unprintable character becomes U+FFFD. */
 function printable(text: string | undefined): string | undefined {
   return text?.replace(UNPRINTABLE, '\uFFFD');
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+const NOT_ASCII = /[\u0080-\uFFFF]/;
+const NOT_LATIN1 = /[\u0100-\uFFFF]/;
+
+/**
+ * A header's bytes as text. Node reads each byte of a header value as one Latin-1 character, on
+ * HTTP/1.1 and HTTP/2 alike, so an agent sent in UTF-8 ("Café", bytes C3 A9) was stored and shown
+ * as "CafÃ©". Bytes that are well-formed UTF-8 are read as UTF-8; any others stay Latin-1, as
+ * they came.
+ */
+function headerText(text: string | undefined): string | undefined {
+  if (text === undefined || !NOT_ASCII.test(text) || NOT_LATIN1.test(text)) return text;
+  try {
+    return UTF8.decode(Buffer.from(text, 'latin1'));
+  } catch {
+    return text;
+  }
+}
+
+/**
+ * The first `max` UTF-16 units of `text`, less one when the cut would split a surrogate pair:
+ * half a pair is no text (PostgreSQL and MariaDB store it as U+FFFD, and encodeURIComponent, which
+ * carries the agent to a service layer, throws on it).
+ */
+function cutAt(text: string | undefined, max: number): string | undefined {
+  if (text === undefined || text.length <= max) return text;
+  const last = text.charCodeAt(max - 1);
+  return text.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max);
 }
 
 /** Marks an answer that is the stored answer to an earlier request with the same key. */

@@ -3,10 +3,12 @@
 // Attacks: RPC clients behind an ingress sharing one budget (anyone could exhaust the RPC rate
 // limit for all), a client forging X-Forwarded-For to escape its limit, and an IPv6 host hopping
 // through the 2^64 addresses of its /64.
+import { Buffer } from 'node:buffer';
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
+import { loginAdmin, newUser, startTestServer, type TestServer } from '../helpers/test-app.ts';
 
 const LIMIT = 6;
 
@@ -166,6 +168,68 @@ describe('the largest headers a client may send, carried to the service layer', 
       );
       expect(outcomes).toEqual(PROTOCOLS.map((protocol) => `${protocol} unauthenticated ok unauthenticated ok true ok ok invalid_argument idempotency-key`));
       expect(roomyLog.filter((line) => /"level":"(error|fatal)"|internal call failed/.test(line))).toEqual([]);
+    } finally {
+      closeAll(clients);
+    }
+  });
+});
+
+describe('user agents in other scripts', () => {
+  /**
+   * A login over `protocol` whose User-Agent is `agent`'s bytes, exactly. Node's HTTP/2 client
+   * writes each character of a header as one byte (Latin-1), so the test clients carry the bytes
+   * as their Latin-1 view; over HTTP/1.1 they write the header block in UTF-8 (and refuse what
+   * is past Latin-1), so REST and Connect JSON go as raw requests. gRPC-Web over HTTP/1.1 meets the
+   * same server code as Connect JSON.
+   */
+  async function loginWithAgent(client: ApiClient, credentials: { usernameOrEmail: string; password: string }, agent: Buffer): Promise<string> {
+    if (client.protocol === 'grpc' || client.protocol === 'connect-binary') return (await client.login(credentials, { headers: { 'user-agent': agent.toString('latin1') } })).code;
+    const path = client.protocol === 'rest' ? '/api/v1/auth/login' : '/arcana.auth.v1.AuthService/Login';
+    const { hostname, port } = new URL(roomy.baseUrl);
+    const payload = Buffer.from(JSON.stringify(credentials));
+    const head = `POST ${path} HTTP/1.1\r\nHost: ${hostname}:${port}\r\nContent-Type: application/json\r\nContent-Length: ${payload.length}\r\nConnection: close\r\nUser-Agent: `;
+    const socket = connect(Number(port), hostname);
+    // Written, not ended: a client's FIN before its answer abandons the request.
+    socket.write(Buffer.concat([Buffer.from(head, 'latin1'), agent, Buffer.from('\r\n\r\n', 'latin1'), payload]));
+    let answer = '';
+    for await (const chunk of socket) answer += (chunk as Buffer).toString('latin1');
+    return answer.startsWith('HTTP/1.1 200 ') ? 'ok' : answer.slice(0, 200);
+  }
+
+  it('when clients send user agents in UTF-8 over every protocol at once, then their sessions and the audit log keep the text, not its bytes read as Latin-1; a Latin-1 agent stays as it came, and an agent cut at the limit keeps no half character', async () => {
+    const utf8 = 'Mozilla/5.0 (Café; 日本語; ☕) Überclient/1.0 \u{1F680}';
+    const latin1 = 'Caf\u00e9-Client/1.0 (\u00e0 la carte)';
+    // 499 characters and a rocket, whose surrogate pair the cut at 500 would split.
+    const long = `${'a'.repeat(499)}\u{1F680}`;
+    const admin = await loginAdmin(roomy);
+    // gRPC-Web is left out: see loginWithAgent.
+    const clients = apiClients(roomy.baseUrl).filter((client) => client.protocol !== 'grpc-web');
+    try {
+      const seen = await Promise.all(
+        clients.map(async (client) => {
+          const user = newUser('agent');
+          const registered = await client.register(user, { headers: { 'user-agent': 'registration' } });
+          const userId = registered.data?.user.id ?? 0;
+          const credentials = { usernameOrEmail: user.username, password: user.password };
+          const logins = await Promise.all([
+            loginWithAgent(client, credentials, Buffer.from(utf8, 'utf8')),
+            loginWithAgent(client, credentials, Buffer.from(long, 'utf8')),
+            // A byte 0xE9 alone, which is no UTF-8.
+            loginWithAgent(client, credentials, Buffer.from(latin1, 'latin1')),
+          ]);
+          const sessions = await client.listUserSessions(admin, userId);
+          let stored: (string | null)[] = [];
+          for (const until = Date.now() + 10_000; Date.now() < until; await new Promise((resolve) => setTimeout(resolve, 100))) {
+            const rows = await roomy.sql<{ user_agent: string | null }>('SELECT user_agent FROM audit_events WHERE user_id = $1 AND type = $2', [userId, 'LOGIN_SUCCEEDED']);
+            stored = rows.map((row) => row.user_agent);
+            if (stored.length >= 3) break;
+          }
+          const logins3 = (agents: (string | null | undefined)[]) => agents.filter((agent) => agent !== 'registration').sort();
+          return { protocol: client.protocol, logins, sessions: logins3((sessions.data ?? []).map((session) => session.userAgent)), stored: logins3(stored) };
+        }),
+      );
+      const expected = [latin1, utf8, 'a'.repeat(499)].sort();
+      expect(seen).toEqual(clients.map(({ protocol }) => ({ protocol, logins: ['ok', 'ok', 'ok'], sessions: expected, stored: expected })));
     } finally {
       closeAll(clients);
     }

@@ -39,19 +39,21 @@ export function resolveClientInfo(resolve: ClientAddressResolver, socketAddress:
 }
 
 /**
- * Control and direction-changing characters, which a header can carry as obs-text (HTTP/1.1 reads
- * bytes 0x80-0x9F as Latin-1 C1 controls): NEL is a line break and CSI a terminal escape to
- * whoever reads the sessions or the audit log in a terminal (helper 52).
+ * Control, format and direction-changing characters, and noncharacters: what a header can carry
+ * as obs-text read as Latin-1 (bytes 0x80-0x9F are C1 controls: NEL is a line break and CSI a
+ * terminal escape to whoever reads the sessions or the audit log in a terminal, helper 52), and,
+ * once its UTF-8 is read as such, every invisible character that reorders or hides text (U+061C,
+ * U+202E, tag characters; helper 199). Tab stays.
  */
-// eslint-disable-next-line no-control-regex -- control characters are what it finds
-const UNPRINTABLE = /[\u0000-\u0008\u000A-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]/g;
+const UNPRINTABLE = /(?!\t)[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Noncharacter_Code_Point}]/gu;
 
 /** A header's text as it is stored and shown: each unprintable character becomes U+FFFD. */
 function printable(text: string | undefined): string | undefined {
   return text?.replace(UNPRINTABLE, '\uFFFD');
 }
 
-const UTF8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a leading byte order mark is kept (and shown as U+FFFD), as one anywhere else is.
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 const NOT_ASCII = /[\u0080-\uFFFF]/;
 const NOT_LATIN1 = /[\u0100-\uFFFF]/;
 

@@ -1,6 +1,7 @@
 // The embedded database path: no DATABASE_URL, a PGlite directory instead.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -89,7 +90,8 @@ describe('embedded PGlite database', () => {
       sleeper.kill('SIGKILL');
       await once(sleeper, 'exit');
       const second = await start(other);
-      expect(await readFile(join(other, 'arcana-server.pid'), 'utf8')).toBe(`${process.pid}\n`);
+      // Its pid, and the pid namespace that pid means something in.
+      expect(await readFile(join(other, 'arcana-server.pid'), 'utf8')).toMatch(new RegExp(`^${process.pid}\n.+/pid:\\[\\d+\\]\n$`));
       await second.close();
       await expect(readFile(join(other, 'arcana-server.pid'), 'utf8')).rejects.toThrow(/ENOENT/);
     } finally {
@@ -117,6 +119,57 @@ describe('embedded PGlite database', () => {
     }
     expect(winners).toEqual([1, 1, 1]);
   }, 60_000);
+
+  it.skipIf(process.getuid?.() !== 0 || !existsSync('/usr/bin/unshare'))(
+    'when servers in two containers (each pid 1 of its own pid namespace) start on one DATA_DIR, then the second refuses while the first lives, and takes the lock once the first is killed',
+    async () => {
+      // Found by an attacker (helper 199): the image runs the server as pid 1, and the second
+      // container read the first one's "1" as its own pid from a previous life, took the lock and
+      // ran beside it. Here, a heartbeat of 100 ms and 800 ms to go stale.
+      const dir = await mkdtemp(join(tmpdir(), 'arcana-lock-ns-'));
+      const script = `
+        const { lockDataDir } = await import(${JSON.stringify(LOCK_MODULE)});
+        let said;
+        try { await lockDataDir(${JSON.stringify(dir)}, { heartbeatMs: 100, staleAfterMs: 800 }); said = 'GOT'; } catch (error) { said = 'NO ' + error.message; }
+        process.stdout.write(said + '\\n');
+        process.stdin.resume();
+        await new Promise((resolve) => process.stdin.once('end', resolve));`;
+      const container = () => {
+        const child = spawn('/usr/bin/unshare', ['--pid', '--fork', '--kill-child', process.execPath, '--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+        const said = new Promise<string>((resolve) => {
+          let out = '';
+          child.stdout.on('data', (chunk: Buffer) => {
+            out += chunk.toString();
+            if (out.endsWith('\n')) resolve(out.trim());
+          });
+          child.once('exit', () => resolve(out.trim()));
+        });
+        return { child, said };
+      };
+      const first = container();
+      const second = container();
+      try {
+        expect(await first.said).toBe('GOT');
+        expect(await second.said).toMatch(/^NO DATA_DIR .* is in use by process 1 of another container or machine/);
+        first.child.kill('SIGKILL');
+        await once(first.child, 'exit');
+        const third = container();
+        try {
+          expect(await third.said).toBe('GOT');
+        } finally {
+          third.child.stdin.end();
+          await once(third.child, 'exit');
+        }
+      } finally {
+        for (const { child } of [first, second]) {
+          child.stdin.end();
+          if (child.exitCode === null && child.signalCode === null) await once(child, 'exit');
+        }
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+    30_000,
+  );
 
   it('when admin writes race on PGlite, then the conditional writes and the last-admin transaction hold there too', async () => {
     const request = supertest(app.http);

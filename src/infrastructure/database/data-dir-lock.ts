@@ -4,25 +4,48 @@
 // holding its pid, created exclusively; a second process finds it and refuses to start. A lock
 // left by a process that died (kill -9, a crash) names a pid that no longer runs and is taken over.
 import { randomBytes } from 'node:crypto';
-import { link, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { link, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const LOCK_FILE = 'arcana-server.pid';
 /** Lock files this process holds: its own pid in one it does not hold is a previous life's (a container's pid 1). */
-const held = new Set<string>();
+const held = new Map<string, NodeJS.Timeout>();
+
+/**
+ * How a holder in another pid namespace (another container on the same volume) is known to be
+ * alive: it touches its lock every `heartbeatMs`, and one whose lock has not been touched for
+ * `staleAfterMs` is taken for dead. Tests shorten them.
+ */
+export interface LockTiming {
+  heartbeatMs: number;
+  staleAfterMs: number;
+}
+// Ten seconds: PGlite runs in the main thread, whose timers a long statement holds up, and a
+// holder whose beat stopped that long would be taken for dead. A container restarted after a
+// crash (its new pid namespace is another's) waits that long for its previous life's lock.
+const DEFAULT_TIMING: LockTiming = { heartbeatMs: 1_000, staleAfterMs: 10_000 };
 
 /** Claims `dataDir` for this process; resolves to the release, or rejects when another process holds it. */
-export async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
+export async function lockDataDir(dataDir: string, timing: LockTiming = DEFAULT_TIMING): Promise<() => Promise<void>> {
   const path = join(dataDir, LOCK_FILE);
+  const self = `${process.pid}\n${processIdentity()}\n`;
   for (let attempt = 0; attempt < ATTEMPTS; attempt += 1) {
-    if (await createLock(path)) return claimed(path);
+    if (await createLock(path, self)) return claimed(path, timing);
     const text = await readLock(path);
     // Gone again: its holder let it go, or a take-over is between its two steps.
     if (text === null) continue;
-    const holder = Number.parseInt(text, 10);
-    if (isRunning(holder) && (holder !== process.pid || held.has(path))) {
+    const [pidText = '', identity = ''] = text.split('\n');
+    const holder = Number.parseInt(pidText, 10);
+    // A holder in another pid namespace (the image runs the server as pid 1: two containers on
+    // one volume both read "1" as their own pid, and the second took the first one's lock and
+    // ran beside it, helper 199) is judged by its heartbeat, as its pid means another process here.
+    const foreign = identity !== '' && identity !== processIdentity();
+    if (foreign ? await keepsBeating(path, text, timing) : isRunning(holder) && (holder !== process.pid || held.has(path))) {
       throw new Error(
-        `DATA_DIR ${dataDir} is in use by process ${holder}: the embedded database takes one server at a time ` +
+        `DATA_DIR ${dataDir} is in use by process ${holder}${foreign ? ' of another container or machine' : ''}: the embedded database takes one server at a time ` +
           `(stop that one, give this one another DATA_DIR, or remove ${path} if no server runs there)`,
       );
     }
@@ -37,12 +60,47 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
     try {
       if ((await readLock(path)) !== text) continue;
       await rm(path, { force: true });
-      if (await createLock(path)) return claimed(path);
+      if (await createLock(path, self)) return claimed(path, timing);
     } finally {
       await rm(takeover, { force: true });
     }
   }
-  throw new Error(`DATA_DIR ${dataDir}: could not take its lock file ${path}; another server is starting there`);
+  throw new Error(
+    `DATA_DIR ${dataDir}: could not take its lock file ${path}: another server is starting there, or one was stopped ` +
+      `while it took over a dead server's lock (if no server runs or starts there, remove ${path} and ${path}.* and start again)`,
+  );
+}
+
+/**
+ * This process's pid namespace on this boot of this machine, which a pid is only meaningful in:
+ * each container has its own. Elsewhere than Linux, the host name.
+ */
+let identity: string | undefined;
+function processIdentity(): string {
+  if (identity !== undefined) return identity;
+  try {
+    identity = `${readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()}/${readlinkSync('/proc/self/ns/pid')}`;
+  } catch {
+    identity = `host ${hostname()}`;
+  }
+  return identity;
+}
+
+/**
+ * Whether the lock (still `text`) is touched within `staleAfterMs`: its holder lives. Changes of
+ * its modification time are watched, not compared with this clock: a volume shared between
+ * machines carries their clocks' differences.
+ */
+async function keepsBeating(path: string, text: string, timing: LockTiming): Promise<boolean> {
+  const modified = async () => (await stat(path).catch(() => undefined))?.mtimeMs;
+  const first = await modified();
+  const until = Date.now() + timing.staleAfterMs;
+  while (Date.now() < until) {
+    await sleep(Math.min(timing.heartbeatMs / 2, 250));
+    if ((await readLock(path)) !== text) return false;
+    if ((await modified()) !== first) return true;
+  }
+  return false;
 }
 
 /** Tries at the lock before giving up to other servers starting on the directory. */
@@ -60,9 +118,9 @@ function readLock(path: string): Promise<string | null> {
  * waited up to a second for the pid, then took its writer for a crashed one, removed the lock and
  * ran beside it; a writer starved of the CPU for that second lost its lock.)
  */
-async function createLock(path: string): Promise<boolean> {
+async function createLock(path: string, text: string): Promise<boolean> {
   const draft = `${path}.${process.pid}-${randomBytes(4).toString('hex')}.draft`;
-  await writeFile(draft, `${process.pid}\n`);
+  await writeFile(draft, text);
   try {
     await link(draft, path);
     return true;
@@ -87,13 +145,22 @@ async function createExclusively(path: string, text: string): Promise<boolean> {
   }
 }
 
-function claimed(path: string): () => Promise<void> {
-  held.add(path);
+function claimed(path: string, timing: LockTiming): () => Promise<void> {
+  // The heartbeat another container's server judges this one by (keepsBeating).
+  const beat = setInterval(() => {
+    const now = new Date();
+    utimes(path, now, now).catch(() => undefined);
+  }, timing.heartbeatMs);
+  beat.unref();
+  held.set(path, beat);
   return () => release(path);
 }
 
 async function release(path: string): Promise<void> {
-  if (!held.delete(path)) return;
+  const beat = held.get(path);
+  if (beat === undefined) return;
+  clearInterval(beat);
+  held.delete(path);
   // Only this process's own lock goes.
   if (Number.parseInt((await readLock(path)) ?? '', 10) === process.pid) await rm(path, { force: true });
 }

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import supertest from 'supertest';
 import { Prisma } from '../../gen/prisma/client.ts';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createApplication, type Application } from '../../src/app.ts';
 import { loadConfig } from '../../src/config.ts';
 import { createLogger } from '../../src/infrastructure/logger.ts';
@@ -165,6 +165,63 @@ describe('embedded PGlite database', () => {
       } finally {
         for (const { child } of [first, ...(second === undefined ? [] : [second])]) {
           child.stdin.end();
+          if (child.exitCode === null && child.signalCode === null) await once(child, 'exit');
+        }
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+    30_000,
+  );
+
+  it.skipIf(process.getuid?.() !== 0 || !existsSync('/usr/bin/unshare'))(
+    'when a holder in another container is stopped past the heartbeat and its lock taken over, then once resumed it learns it lost the lock, and its release leaves the new holder’s',
+    async () => {
+      // Found by an attacker (helper 200): the resumed holder served beside the new one, and its
+      // release removed the new one's lock (every container's pid is 1), so a third started.
+      const dir = await mkdtemp(join(tmpdir(), 'arcana-lock-lost-'));
+      const script = `
+        const { lockDataDir } = await import(${JSON.stringify(LOCK_MODULE)});
+        const release = await lockDataDir(${JSON.stringify(dir)}, { heartbeatMs: 100, staleAfterMs: 800 }, () => process.stdout.write('LOST\\n')).catch(() => undefined);
+        process.stdout.write(release === undefined ? 'NO\\n' : 'GOT\\n');
+        process.stdin.resume();
+        await new Promise((resolve) => process.stdin.once('end', resolve));
+        await release?.();
+        process.stdout.write('RELEASED\\n');`;
+      const holders: ReturnType<typeof spawn>[] = [];
+      const container = () => {
+        // A process group of its own, to stop and continue unshare and the holder together.
+        const child = spawn('/usr/bin/unshare', ['--pid', '--fork', '--kill-child', process.execPath, '--input-type=module', '-e', script], {
+          stdio: ['pipe', 'pipe', 'inherit'],
+          detached: true,
+        });
+        holders.push(child);
+        let out = '';
+        child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+        const says = (line: string) => vi.waitFor(() => expect(out.split('\n')).toContain(line), { timeout: 10_000, interval: 20 });
+        return { child, says, out: () => out };
+      };
+      try {
+        const first = container();
+        await first.says('GOT');
+        const lock = join(dir, 'arcana-server.pid');
+        const firstText = await readFile(lock, 'utf8');
+        // The holder in the container is unshare's child, which the stop reaches with the group.
+        process.kill(-(first.child.pid ?? 0), 'SIGSTOP');
+        const second = container();
+        await second.says('GOT');
+        const secondText = await readFile(lock, 'utf8');
+        expect(secondText).not.toBe(firstText);
+        process.kill(-(first.child.pid ?? 0), 'SIGCONT');
+        await first.says('LOST');
+        first.child.stdin.end();
+        await first.says('RELEASED');
+        expect(await readFile(lock, 'utf8')).toBe(secondText);
+        // A third still finds it held.
+        const third = container();
+        await third.says('NO');
+      } finally {
+        for (const child of holders) {
+          child.stdin?.end();
           if (child.exitCode === null && child.signalCode === null) await once(child, 'exit');
         }
         await rm(dir, { recursive: true, force: true });

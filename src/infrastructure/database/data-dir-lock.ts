@@ -29,11 +29,11 @@ export interface LockTiming {
 const DEFAULT_TIMING: LockTiming = { heartbeatMs: 1_000, staleAfterMs: 10_000 };
 
 /** Claims `dataDir` for this process; resolves to the release, or rejects when another process holds it. */
-export async function lockDataDir(dataDir: string, timing: LockTiming = DEFAULT_TIMING): Promise<() => Promise<void>> {
+export async function lockDataDir(dataDir: string, timing: LockTiming = DEFAULT_TIMING, onLost: () => void = () => undefined): Promise<() => Promise<void>> {
   const path = join(dataDir, LOCK_FILE);
   const self = `${process.pid}\n${processIdentity()}\n`;
   for (let attempt = 0; attempt < ATTEMPTS; attempt += 1) {
-    if (await createLock(path, self)) return claimed(path, timing);
+    if (await createLock(path, self)) return claimed(path, self, timing, onLost);
     const text = await readLock(path);
     // Gone again: its holder let it go, or a take-over is between its two steps.
     if (text === null) continue;
@@ -60,7 +60,7 @@ export async function lockDataDir(dataDir: string, timing: LockTiming = DEFAULT_
     try {
       if ((await readLock(path)) !== text) continue;
       await rm(path, { force: true });
-      if (await createLock(path, self)) return claimed(path, timing);
+      if (await createLock(path, self)) return claimed(path, self, timing, onLost);
     } finally {
       await rm(takeover, { force: true });
     }
@@ -145,24 +145,39 @@ async function createExclusively(path: string, text: string): Promise<boolean> {
   }
 }
 
-function claimed(path: string, timing: LockTiming): () => Promise<void> {
-  // The heartbeat another container's server judges this one by (keepsBeating).
+/**
+ * Holds the lock: touches it every `heartbeatMs` (what another container's server judges this one
+ * by, keepsBeating) while it is still this process's. One stopped or stalled past `staleAfterMs`
+ * finds it taken over by a server of another namespace: it then stops touching it and calls
+ * `onLost`, and its release no longer removes the lock, which is the other's (helper 200: a
+ * resumed holder served beside the new one, and its release let a third start).
+ */
+function claimed(path: string, text: string, timing: LockTiming, onLost: () => void): () => Promise<void> {
   const beat = setInterval(() => {
-    const now = new Date();
-    utimes(path, now, now).catch(() => undefined);
+    void readLock(path).then((now) => {
+      if (!held.has(path)) return;
+      if (now === text) {
+        const at = new Date();
+        utimes(path, at, at).catch(() => undefined);
+        return;
+      }
+      clearInterval(beat);
+      held.delete(path);
+      onLost();
+    });
   }, timing.heartbeatMs);
   beat.unref();
   held.set(path, beat);
-  return () => release(path);
+  return () => release(path, text);
 }
 
-async function release(path: string): Promise<void> {
+async function release(path: string, text: string): Promise<void> {
   const beat = held.get(path);
   if (beat === undefined) return;
   clearInterval(beat);
   held.delete(path);
-  // Only this process's own lock goes.
-  if (Number.parseInt((await readLock(path)) ?? '', 10) === process.pid) await rm(path, { force: true });
+  // Only this process's own lock goes: its pid alone is every container's 1.
+  if ((await readLock(path)) === text) await rm(path, { force: true });
 }
 
 function isRunning(pid: number): boolean {

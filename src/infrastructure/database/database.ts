@@ -494,7 +494,14 @@ async function openPGlite(dataDir: string): Promise<Database> {
   if (!dataDir.startsWith(MEMORY_PREFIX)) {
     location = resolve(dataDir);
     await mkdir(location, { recursive: true });
-    unlock = await lockDataDir(location);
+    // Taken over while this process was stopped or stalled past the lock's heartbeat: another
+    // server now writes there, and this one stops at once rather than write beside it.
+    unlock = await lockDataDir(location, undefined, () => {
+      process.stderr.write(
+        `DATA_DIR ${location}: another server took the embedded database's lock over while this one was stopped or stalled; exiting so that one server writes there\n`,
+      );
+      process.exit(1);
+    });
   }
   const [{ PGlite }, { PrismaPGlite }] = await Promise.all([import('@electric-sql/pglite'), import('pglite-prisma-adapter')]);
   let pglite: PGlite;

@@ -1,9 +1,10 @@
 // The embedded database path: no DATABASE_URL, a PGlite directory instead.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import type { Readable, Writable } from 'node:stream';
 import { join, resolve } from 'node:path';
 import supertest from 'supertest';
 import { Prisma } from '../../gen/prisma/client.ts';
@@ -127,46 +128,20 @@ describe('embedded PGlite database', () => {
       // container read the first one's "1" as its own pid from a previous life, took the lock and
       // ran beside it. Here, a heartbeat of 100 ms and 800 ms to go stale.
       const dir = await mkdtemp(join(tmpdir(), 'arcana-lock-ns-'));
-      const script = `
-        const { lockDataDir } = await import(${JSON.stringify(LOCK_MODULE)});
-        let said;
-        try { await lockDataDir(${JSON.stringify(dir)}, { heartbeatMs: 100, staleAfterMs: 800 }); said = 'GOT'; } catch (error) { said = 'NO ' + error.message; }
-        process.stdout.write(said + '\\n');
-        process.stdin.resume();
-        await new Promise((resolve) => process.stdin.once('end', resolve));`;
-      const container = () => {
-        const child = spawn('/usr/bin/unshare', ['--pid', '--fork', '--kill-child', process.execPath, '--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
-        const said = new Promise<string>((resolve) => {
-          let out = '';
-          child.stdout.on('data', (chunk: Buffer) => {
-            out += chunk.toString();
-            if (out.endsWith('\n')) resolve(out.trim());
-          });
-          child.once('exit', () => resolve(out.trim()));
-        });
-        return { child, said };
-      };
+      const holders = namespacedHolders(dir);
+      const container = holders.start;
       const first = container();
-      let second: ReturnType<typeof container> | undefined;
       try {
         expect(await first.said).toBe('GOT');
         // Once the first holds it (started together, either may win on a loaded machine).
-        second = container();
+        const second = container();
         expect(await second.said).toMatch(/^NO DATA_DIR .* is in use by process 1 of another container or machine/);
         first.child.kill('SIGKILL');
         await once(first.child, 'exit');
         const third = container();
-        try {
-          expect(await third.said).toBe('GOT');
-        } finally {
-          third.child.stdin.end();
-          await once(third.child, 'exit');
-        }
+        expect(await third.said).toBe('GOT');
       } finally {
-        for (const { child } of [first, ...(second === undefined ? [] : [second])]) {
-          child.stdin.end();
-          if (child.exitCode === null && child.signalCode === null) await once(child, 'exit');
-        }
+        await holders.end();
         await rm(dir, { recursive: true, force: true });
       }
     },
@@ -179,27 +154,8 @@ describe('embedded PGlite database', () => {
       // Found by an attacker (helper 200): the resumed holder served beside the new one, and its
       // release removed the new one's lock (every container's pid is 1), so a third started.
       const dir = await mkdtemp(join(tmpdir(), 'arcana-lock-lost-'));
-      const script = `
-        const { lockDataDir } = await import(${JSON.stringify(LOCK_MODULE)});
-        const release = await lockDataDir(${JSON.stringify(dir)}, { heartbeatMs: 100, staleAfterMs: 800 }, () => process.stdout.write('LOST\\n')).catch(() => undefined);
-        process.stdout.write(release === undefined ? 'NO\\n' : 'GOT\\n');
-        process.stdin.resume();
-        await new Promise((resolve) => process.stdin.once('end', resolve));
-        await release?.();
-        process.stdout.write('RELEASED\\n');`;
-      const holders: ReturnType<typeof spawn>[] = [];
-      const container = () => {
-        // A process group of its own, to stop and continue unshare and the holder together.
-        const child = spawn('/usr/bin/unshare', ['--pid', '--fork', '--kill-child', process.execPath, '--input-type=module', '-e', script], {
-          stdio: ['pipe', 'pipe', 'inherit'],
-          detached: true,
-        });
-        holders.push(child);
-        let out = '';
-        child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-        const says = (line: string) => vi.waitFor(() => expect(out.split('\n')).toContain(line), { timeout: 10_000, interval: 20 });
-        return { child, says, out: () => out };
-      };
+      const holders = namespacedHolders(dir);
+      const container = holders.start;
       try {
         const first = container();
         await first.says('GOT');
@@ -218,12 +174,9 @@ describe('embedded PGlite database', () => {
         expect(await readFile(lock, 'utf8')).toBe(secondText);
         // A third still finds it held.
         const third = container();
-        await third.says('NO');
+        expect(await third.said).toMatch(/^NO /);
       } finally {
-        for (const child of holders) {
-          child.stdin?.end();
-          if (child.exitCode === null && child.signalCode === null) await once(child, 'exit');
-        }
+        await holders.end();
         await rm(dir, { recursive: true, force: true });
       }
     },
@@ -290,4 +243,55 @@ async function lockInChildProcesses(dir: string, count: number, startAt: number)
     for (const child of children) child.stdin.end();
     await Promise.all(children.filter((child) => child.exitCode === null && child.signalCode === null).map((child) => once(child, 'exit')));
   }
+}
+
+/**
+ * Lock holders on `dir`, each pid 1 of a pid namespace of its own (a container's view), with a
+ * heartbeat of 100 ms and 800 ms to go stale. Each says `GOT` or `NO <why>`, `LOST` if its lock is
+ * taken over, and, once its stdin ends, releases it and says `RELEASED`. Each runs in a process
+ * group of its own, so that a stop reaches unshare and the holder together.
+ */
+function namespacedHolders(dir: string) {
+  const script = `
+    const { lockDataDir } = await import(${JSON.stringify(LOCK_MODULE)});
+    let release;
+    try { release = await lockDataDir(${JSON.stringify(dir)}, { heartbeatMs: 100, staleAfterMs: 800 }, () => process.stdout.write('LOST\\n')); process.stdout.write('GOT\\n'); }
+    catch (error) { process.stdout.write('NO ' + error.message + '\\n'); }
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.once('end', resolve));
+    await release?.();
+    process.stdout.write('RELEASED\\n');`;
+  const children: ChildProcessByStdio<Writable, Readable, null>[] = [];
+  const start = () => {
+    const child = spawn('/usr/bin/unshare', ['--pid', '--fork', '--kill-child', process.execPath, '--input-type=module', '-e', script], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+      detached: true,
+    });
+    children.push(child);
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    const lines = () => out.split('\n');
+    const says = (line: string) => vi.waitFor(() => expect(lines()).toContain(line), { timeout: 10_000, interval: 20 });
+    return {
+      child,
+      says,
+      /** Its first line, once said: whether it got the lock. */
+      get said() {
+        return vi.waitFor(
+          () => {
+            if (lines().length < 2 && child.exitCode === null) throw new Error('nothing said yet');
+            return lines()[0] ?? '';
+          },
+          { timeout: 10_000, interval: 20 },
+        );
+      },
+    };
+  };
+  const end = async () => {
+    for (const child of children) {
+      child.stdin.end();
+      if (child.exitCode === null && child.signalCode === null) await once(child, 'exit');
+    }
+  };
+  return { start, end };
 }

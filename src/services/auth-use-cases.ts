@@ -13,7 +13,7 @@ import { roleToProto, toUserMessage } from '../domain/user-mapping.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import type { PasswordHasher } from '../infrastructure/security/password-hasher.ts';
-import type { TokenClaims, TokenCodec } from '../infrastructure/security/token-codec.ts';
+import { hashToken, type TokenClaims, type TokenCodec } from '../infrastructure/security/token-codec.ts';
 import type { AuditRepository } from '../repositories/audit-repository.ts';
 import type { TokenRepository } from '../repositories/token-repository.ts';
 import { SESSIONS_REVOKED_DETAIL } from '../repositories/write-options.ts';
@@ -121,6 +121,13 @@ export class AuthUseCases {
       const row = await this.#users.findById(answer.user.id);
       const current = row !== null && row.status === 'ACTIVE' && (await this.#passwords.verify(input.password ?? '', row.passwordHash));
       if (!current) throw new ConflictError('The account this registration created has changed since; please log in');
+      // And only while its session lives: after a logout, a refresh (which rotates the pair) or
+      // the end of the session, the replay handed out the first answer's tokens, both refused at
+      // their first use, as a success (helper 201).
+      const session = await this.#tokens.findByAccessHash(hashToken(answer.tokens.accessToken));
+      if (session === null || session.isRevoked || session.expiresAt <= this.#now()) {
+        throw new ConflictError('The session this registration opened has ended since; please log in');
+      }
     };
     const operation = {
       scope: 'register',

@@ -146,6 +146,41 @@ describe.each(PROTOCOLS)('idempotency keys over %s', (protocol: ProtocolName) =>
     expect((await client.me(token)).code).toBe('ok');
   });
 
+  it('when the session a registration opened has ended (a logout, a refresh, a suspension lifted), then a replay of it is refused and gives out no tokens', async () => {
+    // Found by an attacker (helper 201): the replay answered 201 with the first answer's tokens,
+    // which every endpoint then refused.
+    const admin = (await client.login({ usernameOrEmail: ADMIN.username, password: ADMIN.password })).data?.tokens.accessToken ?? '';
+    const cases = await Promise.all(
+      (['logout', 'refresh', 'reactivated'] as const).map(async (ending) => {
+        const body = newUser(`replay${ending.slice(0, 5)}`);
+        const key = randomUUID();
+        const first = await client.register(body, withKey(key));
+        expect(first.code).toBe('ok');
+        const tokens = first.data?.tokens ?? { accessToken: '', refreshToken: '' };
+        const id = first.data?.user.id ?? 0;
+        if (ending === 'logout') expect((await client.logout(tokens.accessToken)).code).toBe('ok');
+        if (ending === 'refresh') expect((await client.refresh(tokens.refreshToken)).code).toBe('ok');
+        if (ending === 'reactivated') {
+          expect((await client.updateStatus(admin, id, 'SUSPENDED')).code).toBe('ok');
+          expect((await client.updateStatus(admin, id, 'ACTIVE')).code).toBe('ok');
+        }
+        return { body, key };
+      }),
+    );
+    const replays = await Promise.all(cases.map(({ body, key }) => client.register(body, withKey(key))));
+    for (const replay of replays) {
+      expect({ code: replay.code, data: replay.data, message: replay.error?.message }).toEqual({
+        code: 'already_exists',
+        data: undefined,
+        message: expect.stringMatching(/please log in/) as unknown,
+      });
+      if (protocol === 'rest') expect(replay.status).toBe(409);
+    }
+    // Each account is still there, and logs in with its password.
+    const logins = await Promise.all(cases.map(({ body }) => client.login({ usernameOrEmail: body.username, password: body.password })));
+    expect(logins.map((login) => login.code)).toEqual(['ok', 'ok', 'ok']);
+  });
+
   it('when a registration, or a creation, is sent again with its key and the e-mail in other letter case, then it is the same request: the first answer comes back', async () => {
     // The e-mail is stored lower-cased; the fingerprint took it as typed, and a retry spelled so
     // was refused as another request (helper 144).

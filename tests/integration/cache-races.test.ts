@@ -6,6 +6,7 @@
 // PostgreSQL (MariaDB in that project) behind the repositories; the in-process cache and the
 // Redis one.
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryCache, RedisCache, type Cache } from '../../src/infrastructure/cache.ts';
@@ -99,6 +100,35 @@ for (const [kind, makeCache] of caches) {
       slow.release();
       expect(((await read) as UserProfile).role).toBe('ADMIN');
       expect((await writer.findProfile(user.id))?.role).toBe('USER');
+    });
+
+    it("when a profile read before a role change or a deletion is held up past the write's mark, then it is answered but not cached", async () => {
+      // Found by an attacker (helper 201): auth-service stopped for 2.6 s between reading a
+      // profile and filling it, and its fill came after the 2 s mark of user-service's write had
+      // lapsed, so a deleted user's token and a demoted admin's role worked for the cache's TTL.
+      const cache = makeCache();
+      const [demoted, deleted] = [await newUser(), await newUser()];
+      await users.update(demoted.id, { role: 'ADMIN' });
+      const writer = new CachedUserRepository(users, cache, 60);
+      const outcomes = await Promise.all(
+        [demoted, deleted].map(async (user) => {
+          const slow = heldRead((id: number) => users.findProfile(id));
+          const reader = new CachedUserRepository(intercept(users, { findProfile: slow.held }), cache, 60);
+          const read = reader.findProfile(user.id);
+          await slow.done;
+          if (user === demoted) await writer.update(user.id, { role: 'USER' });
+          else await writer.delete(user.id);
+          await sleep(2_300);
+          slow.release();
+          return read;
+        }),
+      );
+      // The readers answer what they read before the writes...
+      expect(outcomes.map((profile) => profile?.role)).toEqual(['ADMIN', 'USER']);
+      // ...and the next reads, through the cache, see the writes.
+      const reader = new CachedUserRepository(users, cache, 60);
+      expect((await reader.findProfile(demoted.id))?.role).toBe('USER');
+      expect(await reader.findProfile(deleted.id)).toBeNull();
     });
 
     it('when an entry is filled twice, then the first fill stays; once forgotten, it reads as a miss and takes no fill', async () => {

@@ -105,6 +105,44 @@ describe('API docs', () => {
     expect((await t.request.get('/docs/proto/').set('accept-encoding', 'gzip')).headers['content-encoding']).toBe('gzip');
   });
 
+  it('when one address asks for the console script and the Redoc bundle at once in every coding, then each answer is the file, and one taking only deflate gets it plain: nothing is coded per request', async () => {
+    // Found by an attacker (helper 202): these paths are outside the rate limit, and every answer
+    // was coded anew (the console script with Brotli: 7.6–12.6 ms of CPU and megabytes of memory
+    // per 120-byte request; the Redoc bundle, 55 ms). Now each coding is made once (StaticBody,
+    // tests/unit/static-body.test.ts); deflate is not one of them, and was coded per request.
+    const files = {
+      '/console/console.js': await readFile(join(import.meta.dirname, '..', '..', 'console', 'dist', 'console.js'), 'utf8'),
+      '/docs/assets/redoc.standalone.js': await readFile(join(import.meta.dirname, '..', '..', 'node_modules', 'redoc', 'bundles', 'redoc.standalone.js'), 'utf8'),
+    };
+    const codings = [
+      ['br', 'br'],
+      ['gzip', 'gzip'],
+      ['gzip, deflate, br', 'br'],
+      ['deflate', undefined],
+      ['identity', undefined],
+    ] as const;
+    const answers = await Promise.all(
+      Object.keys(files).flatMap((path) =>
+        Array.from({ length: 4 }, () =>
+          codings.map(async ([accept, expected]) => {
+            const res = await t.request.get(path).set('accept-encoding', accept);
+            return {
+              path,
+              accept,
+              expected,
+              status: res.status,
+              encoding: res.headers['content-encoding'],
+              same: res.text === files[path as keyof typeof files],
+            };
+          }),
+        ).flat(),
+      ),
+    );
+    for (const { path, accept, expected, status, encoding, same } of answers) {
+      expect({ path, accept, status, encoding, same }).toEqual({ path, accept, status: 200, encoding: expected, same: true });
+    }
+  });
+
   it("when the docs' files are asked for with a Range, If-Match or If-Unmodified-Since, then Range is ignored and a failed precondition is a 412 that no cache keeps, never a 500", async () => {
     // Found by an attacker (helper 123): `send`'s 416 and 412 reached the error handler as a 500,
     // logged with a stack for any anonymous request, and the error kept the asset's

@@ -1,7 +1,7 @@
-import { Router, type Response } from 'express';
+import { Router, type NextFunction, type Request, type Response } from 'express';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { entityTagOf } from './entity-tag.ts';
+import { StaticBody } from './static-body.ts';
 
 /** Where the committed console build lives (scripts/build-console.ts writes it). */
 export const CONSOLE_DIST = join(import.meta.dirname, '..', '..', '..', 'console', 'dist');
@@ -35,23 +35,20 @@ const ASSETS = {
  * controller (or monolith) serves it.
  */
 export function createConsoleRoutes(dist = CONSOLE_DIST): Router {
-  const files = Object.fromEntries(
-    Object.keys(ASSETS).map((name) => {
-      const body = readFileSync(join(dist, name));
-      return [name, { body, tag: entityTagOf(body) }];
-    }),
-  ) as Record<keyof typeof ASSETS, { body: Buffer; tag: string }>;
-  const send = (res: Response, name: keyof typeof ASSETS) => {
+  const files = Object.fromEntries(Object.entries(ASSETS).map(([name, type]) => [name, StaticBody.of(readFileSync(join(dist, name)), type)])) as Record<
+    keyof typeof ASSETS,
+    StaticBody
+  >;
+  const send = (req: Request, res: Response, next: NextFunction, name: keyof typeof ASSETS) => {
     res.setHeader('content-security-policy', CONSOLE_CSP);
     // Not fingerprinted: revalidate (by ETag) so a new release is picked up at once. The page
     // itself is not stored at all: kept, it may be brought back whole by Back (helper 162).
     res.setHeader('cache-control', name === 'index.html' ? 'no-store' : 'no-cache');
-    res.setHeader('etag', files[name].tag);
-    res.type(ASSETS[name]).send(files[name].body);
+    files[name].send(req, res, next);
   };
   const router = Router({ strict: true });
-  router.get(['/console', '/console/'], (_req, res) => send(res, 'index.html'));
-  router.get('/console/console.js', (_req, res) => send(res, 'console.js'));
-  router.get('/console/console.css', (_req, res) => send(res, 'console.css'));
+  router.get(['/console', '/console/'], (req, res, next) => send(req, res, next, 'index.html'));
+  router.get('/console/console.js', (req, res, next) => send(req, res, next, 'console.js'));
+  router.get('/console/console.css', (req, res, next) => send(req, res, next, 'console.css'));
   return router;
 }

@@ -6,11 +6,11 @@
 // starts it from a script file of ours, so the page's policy allows no inline script. These are
 // not API operations: they are served before the OpenAPI validator and are not in openapi.yaml,
 // like a static site next to the API.
-import { Router, type Response } from 'express';
+import { Router, type NextFunction, type Request, type Response } from 'express';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, sep } from 'node:path';
-import { entityTagOf } from './entity-tag.ts';
+import { StaticBody } from './static-body.ts';
 
 const ROOT = join(import.meta.dirname, '..', '..', '..');
 const PROTO_ROOT = join(ROOT, 'proto');
@@ -103,59 +103,51 @@ ${sections.join('\n')}
 </body></html>`;
 }
 
-/** How the docs' files are sent: whole, whatever Range asks (RFC 9110 §14.2 lets a server ignore it). */
-const WHOLE_FILES = { acceptRanges: false } as const;
-
 /** GET /docs, its assets, /openapi.yaml and /docs/proto/. Reads what it serves once, at start-up. */
 export function createDocsRoutes(apiSpecPath: string): Router {
   // Strict: /docs/proto/ and /docs/proto are different pages to a browser (the index's relative
   // links resolve against the first), so the second must be the redirect below, not the index.
   const router = Router({ strict: true });
-  const page = readFileSync(join(ASSETS, 'index.html'), 'utf8');
-  const spec = readFileSync(apiSpecPath, 'utf8');
+  const page = StaticBody.of(readFileSync(join(ASSETS, 'index.html')), 'html');
+  const spec = StaticBody.of(readFileSync(apiSpecPath), 'application/yaml; charset=utf-8');
   const protoFiles = publicProtoFiles();
-  const protoIndex = renderProtoIndex(protoFiles);
-  const protoSet = new Set(protoFiles);
-  const pageTag = entityTagOf(page);
-  const specTag = entityTagOf(spec);
-  const protoIndexTag = entityTagOf(protoIndex);
-  const html = (res: Response, csp: string, body: string, tag: string) => {
+  const protoIndex = StaticBody.of(renderProtoIndex(protoFiles), 'html');
+  // Only the files listed: the path never reaches the file system as the client wrote it.
+  const protos = new Map(protoFiles.map((file) => [file, StaticBody.file(join(PROTO_ROOT, ...file.split('/')), 'text/plain; charset=utf-8')]));
+  const html = (body: StaticBody, csp: string) => (req: Request, res: Response, next: NextFunction) => {
     res.setHeader('content-security-policy', csp);
-    res.setHeader('etag', tag);
-    res.type('html').send(body);
+    body.send(req, res, next);
   };
-  // Served whole: a Range no byte of the file met was `send`'s 416, which reached the error
-  // handler as a 500 (helper 123), and no client of these small files needs part of one.
-  const asset = (file: string, type: string) => (_req: unknown, res: Response) => {
-    res.type(type);
-    res.setHeader('cache-control', 'public, max-age=3600');
-    res.sendFile(file, WHOLE_FILES);
+  // Served whole: a Range is ignored (see StaticBody), and no client of these files needs part of one.
+  const asset = (file: string, type: string) => {
+    const body = StaticBody.file(file, type);
+    return (req: Request, res: Response, next: NextFunction) => {
+      res.setHeader('cache-control', 'public, max-age=3600');
+      body.send(req, res, next);
+    };
   };
 
-  router.get('/docs', (_req, res) => html(res, DOCS_CSP, page, pageTag));
+  router.get('/docs', html(page, DOCS_CSP));
   router.get('/docs/', (_req, res) => res.redirect(301, '/docs'));
   router.get('/docs/assets/redoc.standalone.js', asset(REDOC_BUNDLE, 'text/javascript'));
   router.get('/docs/assets/docs.js', asset(join(ASSETS, 'docs.js'), 'text/javascript'));
   router.get('/docs/assets/proto.css', asset(join(ASSETS, 'proto.css'), 'text/css'));
-  router.get('/openapi.yaml', (_req, res) => {
+  router.get('/openapi.yaml', (req, res, next) => {
     res.setHeader('cache-control', 'no-cache');
-    res.setHeader('etag', specTag);
-    res.type('application/yaml; charset=utf-8').send(spec);
+    spec.send(req, res, next);
   });
-  router.get('/docs/proto/', (_req, res) => html(res, STATIC_CSP, protoIndex, protoIndexTag));
+  router.get('/docs/proto/', html(protoIndex, STATIC_CSP));
   router.get('/docs/proto', (_req, res) => res.redirect(301, '/docs/proto/'));
   // Any case, as Express matches the other routes: the index's links resolve under whatever
   // case it was opened with.
   router.get(/^\/docs\/proto\/(.+\.proto)$/i, (req, res, next) => {
-    const file = (req.params as unknown as Record<string, string>)[0] ?? '';
-    // Only the files listed: the path never reaches the file system as the client wrote it.
-    if (!protoSet.has(file)) {
+    const file = protos.get((req.params as unknown as Record<string, string>)[0] ?? '');
+    if (file === undefined) {
       next();
       return;
     }
     res.setHeader('content-security-policy', STATIC_CSP);
-    res.type('text/plain; charset=utf-8');
-    res.sendFile(join(PROTO_ROOT, ...file.split('/')), WHOLE_FILES);
+    file.send(req, res, next);
   });
   return router;
 }

@@ -24,6 +24,7 @@ import { createSystemRoutes } from './system-routes.ts';
 import type { ReadinessCheck } from '../../rpc/readiness.ts';
 import { addUserRoutes } from './user-routes.ts';
 import { varyByEncoding } from './entity-tag.ts';
+import { isPrecoded } from './static-body.ts';
 
 /** The probes, as the system router answers them: any case, with or without a trailing slash. */
 const PROBES = /^\/(?:health|ready)\/?$/i;
@@ -152,7 +153,8 @@ export function createRestApp(options: RestAppOptions): Express {
     next();
   });
   ahead.push(onlyFor(STATIC_PATHS, varyByEncoding));
-  ahead.push(compression());
+  // The static files come coded already, or must go as they are (see StaticBody).
+  ahead.push(compression({ filter: (req, res) => !isPrecoded(res) && compression.filter(req, res) }));
 
   // The admin console's page and assets, with their own strict CSP: static bytes held in memory,
   // outside the API's rate limit (the console's RPCs count against it like any client's).

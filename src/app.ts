@@ -613,8 +613,8 @@ async function createPublicFacades(
     contextValues: createContextValuesFor(resolveClient, traceTrusted),
     readMaxBytes: config.server.bodyLimitBytes,
     // Before the body is read or decoded: see rpc-node-handler.ts.
-    admit: rateLimiter === undefined ? undefined : rateLimitGate(rateLimiter),
-    strictJson: true,
+    admit: rateLimitGate(rateLimiter),
+    strict: true,
     logger,
     metrics,
   };

@@ -31,7 +31,7 @@ import type { UserRepository } from '../repositories/user-repository.ts';
 import { runWithCallContext, timeoutFromHeaders, type CallContext } from '../infrastructure/call-context.ts';
 import { callerFromHeaders, callerKey } from '../rpc/caller.ts';
 import type { InProcessService } from '../rpc/in-process-transport.ts';
-import { callReadLimitKey } from '../rpc/call-limits.ts';
+import { callReadLimitKey, HEALTH_READ_MAX_BYTES } from '../rpc/call-limits.ts';
 import { CALLER_HEADER, REPEAT_HEADER } from './layer-transport.ts';
 import {
   createAuditRepositoryHandler,
@@ -163,22 +163,19 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
   };
 }
 
-/** The largest message a call without the internal secret may send: a health check names a service. */
-export const UNAUTHENTICATED_READ_MAX_BYTES = 4 * 1024;
-
 /**
  * Refuses internal calls that do not present the deployment's INTERNAL_API_SECRET, as the RPC
  * handler's gate (`admit`): from the headers, before the body is read. As an interceptor it ran
  * after the gate had read, decompressed and decoded up to 16 MiB per call for anyone, and told
  * them which fields were wrong. The gRPC health service stays open, as orchestrators' probes
- * carry no credentials, but its calls are held to UNAUTHENTICATED_READ_MAX_BYTES. Without a
+ * carry no credentials, but its calls are held to HEALTH_READ_MAX_BYTES. Without a
  * secret (development), every call is let through.
  */
 export function internalAuthGate(secret: string | undefined): (context: HandlerContext) => Promise<void> {
   const vouched = secret === undefined ? undefined : presentsSecret(secret);
   return async (context) => {
     if (context.service.typeName === Health.typeName) {
-      context.values.set(callReadLimitKey, UNAUTHENTICATED_READ_MAX_BYTES);
+      context.values.set(callReadLimitKey, HEALTH_READ_MAX_BYTES);
       return;
     }
     if (vouched === undefined) return;

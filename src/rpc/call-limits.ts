@@ -9,3 +9,11 @@ import { createContextKey } from '@connectrpc/connect';
  * 110: 16 KB of gzip per call inflated to 16 MiB; 150 calls took the process to 5 GB).
  */
 export const callReadLimitKey = createContextKey<number | undefined>(undefined, { description: "the largest message this call's admission allows" });
+
+/**
+ * The largest message a health call may send, compressed or not: a health check names a service.
+ * Health calls are open to anyone (probes carry no credentials) and outside the rate limit, so
+ * they are held to this before the body is read, on the public API as on the internal layers
+ * (helper 202: 20 bytes of Brotli that inflated to 99 KB of unknown fields cost ~100 ms each).
+ */
+export const HEALTH_READ_MAX_BYTES = 4 * 1024;

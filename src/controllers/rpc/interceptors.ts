@@ -15,6 +15,7 @@ import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
 import { peerTrustedKey, requestIdKey } from './rpc-context.ts';
 import { callerKey } from '../../rpc/caller.ts';
+import { callReadLimitKey, HEALTH_READ_MAX_BYTES } from '../../rpc/call-limits.ts';
 import { addressKey } from '../../infrastructure/client-address.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
 import { remainingMs, runWithCallContext, timeoutFromHeaders } from '../../infrastructure/call-context.ts';
@@ -179,15 +180,20 @@ export function toConnectError(error: AppError, input: DescMessage): ConnectErro
 }
 
 /**
- * The same per-client budget as REST: one limiter, one key per client address. It runs in the
+ * The same per-client budget as REST: one limiter, one key per client address (none when rate
+ * limiting is off; health calls are still held to HEALTH_READ_MAX_BYTES). It runs in the
  * gate before a call's body is read (see rpc-node-handler.ts), not as an interceptor, so that a
  * request connect-es could not decode is counted too, and a refused client costs no decoding.
  */
-export function rateLimitGate(limiter: RateLimiter): (context: HandlerContext) => Promise<void> {
+export function rateLimitGate(limiter: RateLimiter | undefined): (context: HandlerContext) => Promise<void> {
   return async (context) => {
     // Health checking is the probes' protocol (Kubernetes gRPC probes, load balancers): exempt,
-    // as /health and /ready are.
-    if (context.service.typeName === Health.typeName) return;
+    // as /health and /ready are, and so held to the few bytes a health check needs.
+    if (context.service.typeName === Health.typeName) {
+      context.values.set(callReadLimitKey, HEALTH_READ_MAX_BYTES);
+      return;
+    }
+    if (limiter === undefined) return;
     const decision = await limiter.consume(`ip:${addressKey(context.values.get(callerKey).client.ipAddress)}`);
     if (!decision.allowed) throw new RateLimitedError(decision.resetSeconds);
   };

@@ -139,10 +139,11 @@ export interface RpcNodeHandlerOptions extends ConnectNodeAdapterOptions {
   admit?: ((context: HandlerContext) => Promise<void>) | undefined;
   /**
    * Refuse JSON keys and enum names a request message does not declare, instead of dropping
-   * them as connect-es does by default (a public API: a dropped filter lists everything). Kept
+   * them as connect-es does by default (a public API: a dropped filter lists everything), and
+   * binary fields it does not declare as they are read, before the message is parsed. Kept
    * lenient between the deployment's own layers, which may be upgraded one at a time.
    */
-  strictJson?: boolean;
+  strict?: boolean;
 }
 
 /**
@@ -197,11 +198,11 @@ const gatedKey = createContextKey<boolean>(false, { description: 'whether the ga
 
 /** Like connectNodeAdapter, with a gate that rate limits and decodes each call before connect-es does. */
 export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: NodeRequest, res: NodeResponse) => void {
-  const { logger, metrics, admit, strictJson = false, ...adapterOptions } = options;
+  const { logger, metrics, admit, strict = false, ...adapterOptions } = options;
   const acceptCompression = adapterOptions.acceptCompression ?? [compressionGzip, BROTLI_QUALITY_4, DEFLATE];
   const readMaxBytes = adapterOptions.readMaxBytes ?? UNLIMITED_BYTES;
-  const jsonOptions = strictJson ? { ...adapterOptions.jsonOptions, ignoreUnknownFields: false } : adapterOptions.jsonOptions;
-  const decode = createRequestDecoder({ readMaxBytes, acceptCompression, jsonOptions, binaryOptions: adapterOptions.binaryOptions });
+  const jsonOptions = strict ? { ...adapterOptions.jsonOptions, ignoreUnknownFields: false } : adapterOptions.jsonOptions;
+  const decode = createRequestDecoder({ readMaxBytes, acceptCompression, jsonOptions, binaryOptions: adapterOptions.binaryOptions, refuseUnknownFields: strict });
 
   const gate = async (context: HandlerContext): Promise<void> => {
     const started = process.hrtime.bigint();

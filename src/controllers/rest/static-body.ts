@@ -79,11 +79,6 @@ export class StaticBody {
     return new StaticBody(type, () => Promise.resolve({ bytes }), coder);
   }
 
-  /** Its entity tag (weak: gzipped, Brotli-coded and plain copies share it; see entity-tag.ts). */
-  async tag(): Promise<string> {
-    return (await this.#representation()).tag;
-  }
-
   /** Answers `req` with the body, in the best coding the client takes; errors go to `next`. */
   send(req: Request, res: Response, next: NextFunction): void {
     precoded.add(res);

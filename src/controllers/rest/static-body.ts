@@ -90,6 +90,12 @@ export class StaticBody {
     res.setHeader('etag', body.tag);
     if (body.lastModified !== undefined) res.setHeader('last-modified', body.lastModified.toUTCString());
     if (preconditionFails(req, body)) throw Object.assign(new Error('precondition failed'), { status: 412, expose: true });
+    // A 304 names no coding (RFC 9110 §15.4.5): every coding shares the weak tag, and a cache
+    // refreshing its stored copy's headers from the 304 would relabel it (helper 203).
+    if (req.fresh) {
+      res.status(304).end();
+      return;
+    }
     res.type(this.#type);
     const coding = body.bytes.length < CODING_THRESHOLD_BYTES ? undefined : codingFor(req.headers['accept-encoding']);
     if (coding === undefined) {

@@ -957,6 +957,51 @@ describe('HTTP/2 (h2c)', () => {
     expect((JSON.parse(body.toString('utf8')) as { users: unknown[] }).users.length).toBeGreaterThanOrEqual(10);
   });
 
+  it("when a 4 KB header put once into HPACK's table is referred to 120 times per request, then those streams are reset before any handler starts", async () => {
+    // Found by an attacker (helper 203): Node enforces its 64 KB header-list default only when the
+    // setting is given, so each such stream handed 480 KB of header pairs to the application and
+    // held them until the request deadline (three addresses took the monolith to 1.09 GB).
+    let started = 0;
+    const handler = (_req: unknown, res: { end(): void }) => {
+      started += 1;
+      res.end();
+    };
+    const { port, close } = await bareServer(handler, { http2MaxConcurrentStreams: 100, connectionsPerAddress: 10, http2StreamsPerAddress: 100 });
+    try {
+      const client = rawClient(port);
+      client.socket.write(Buffer.concat([Buffer.from(PREFACE), frame(FRAME.settings, 0, 0)]));
+      await until('SETTINGS', () => settingsOf(framesOf(client)));
+      // HPACK's integer encoding of a string length (7-bit prefix), and a literal that is added
+      // to the dynamic table, where it becomes index 62.
+      const length = (n: number) => (n < 127 ? Buffer.from([n]) : Buffer.from([127, ((n - 127) & 127) | 128, (n - 127) >> 7]));
+      const indexed = Buffer.concat([Buffer.from([0x40, 5]), Buffer.from('x-big'), length(4_000), Buffer.alloc(4_000, 0x62)]);
+      const referred = Buffer.alloc(120, 0x80 | 62);
+      const path = `/${Health.typeName}/Check`;
+      client.socket.write(
+        Buffer.concat([
+          frame(FRAME.settings, FLAG.ack, 0),
+          frame(FRAME.headers, FLAG.endHeaders | FLAG.endStream, 1, Buffer.concat([requestHeaders(path), indexed])),
+          ...Array.from({ length: 10 }, (_, i) => frame(FRAME.headers, FLAG.endHeaders | FLAG.endStream, 3 + 2 * i, Buffer.concat([requestHeaders(path), referred]))),
+        ]),
+      );
+      const reset = await until('the streams over the bound to be reset', () => {
+        const streams = new Set(
+          framesOf(client)
+            .filter((f) => f.type === FRAME.rstStream || f.type === FRAME.goaway)
+            .map((f) => f.streamId),
+        );
+        return streams.size >= 10 || framesOf(client).some((f) => f.type === FRAME.goaway) ? streams : undefined;
+      });
+      expect(reset.size).toBeGreaterThan(0);
+      await sleep(200);
+      // The first stream (one 4 KB header) is within the bound and answered; none of the others starts.
+      expect(started).toBe(1);
+    } finally {
+      for (const cleanup of cleanups.splice(0)) cleanup();
+      await close();
+    }
+  });
+
   it('when a client opens hundreds of streams and resets each at once (rapid reset), then the streams reset before their turn start no handler', async () => {
     let started = 0;
     const handler = (_req: unknown, res: { end(): void }) => {

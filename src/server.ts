@@ -319,7 +319,12 @@ export function createDualProtocolServer(
    * would keep its session, and so the server, open until the shutdown timeout.
    */
   const closeAnswered = () => {
-    for (const stream of openStreams) if (stream.writableFinished && !stream.readableEnded) stream.close(http2Constants.NGHTTP2_NO_ERROR);
+    for (const stream of openStreams) {
+      if (!stream.writableFinished || stream.readableEnded) continue;
+      // Closed with RST_STREAM yet never ended: see superviseSession's deadline check.
+      if (stream.closed) stream.destroy();
+      else stream.close(http2Constants.NGHTTP2_NO_ERROR);
+    }
   };
   const sessions = new Set<ServerHttp2Session>();
   /** Each stream's session, for a stream destroyed before it reaches the handler (see there). */
@@ -441,7 +446,7 @@ export function createDualProtocolServer(
           h1.close(done);
         };
         // GOAWAY lets streams in flight finish; the h2 server closes when its sessions have.
-        for (const session of sessions) session.close();
+        for (const session of sessions) closeSession(session);
         h2.close(done);
       }),
     closeNow: () => {
@@ -973,6 +978,31 @@ function peek(socket: Socket, deadlineMs: number, route: (isHttp2: boolean, head
   socket.resume();
 }
 
+/** Each supervised session's count of open streams (see superviseSession). */
+const openStreamsOf = new WeakMap<ServerHttp2Session, () => number>();
+
+/** How long a session told to close may stay open with no stream left before it is destroyed. */
+const CLOSE_GRACE_MS = 1_000;
+
+/**
+ * Closes a session with GOAWAY, letting its streams finish, and destroys it if it is still there
+ * CLOSE_GRACE_MS after its last stream has. Node closes such a session itself, except in one
+ * state: a stream answered before its request body had arrived, whose client was held by flow
+ * control with more to send, left the session no longer reading its socket (CLOSE-WAIT, the
+ * client's GOAWAY unread), so it never closed: held for good in steady state (its idle close was
+ * a GOAWAY too) and until the shutdown's cut at a shutdown, which a body of 70 KB over a health
+ * check's 4 KiB, or of 200 KB over any call's limit, was enough to cause.
+ */
+function closeSession(session: ServerHttp2Session): void {
+  session.close();
+  const check = () => {
+    if (session.destroyed) return;
+    if ((openStreamsOf.get(session)?.() ?? 0) === 0) session.destroy();
+    else setTimeout(check, CLOSE_GRACE_MS).unref();
+  };
+  setTimeout(check, CLOSE_GRACE_MS).unref();
+}
+
 /** Sweeps (request deadlines) an answer complete on this side may stay untaken on a moving connection. */
 const UNTAKEN_MAX_SWEEPS = 5;
 
@@ -987,8 +1017,9 @@ const UNTAKEN_MAX_SWEEPS = 5;
 function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits): void {
   let open = 0;
   let idle: NodeJS.Timeout | undefined;
+  openStreamsOf.set(session, () => open);
   const startIdle = () => {
-    idle = setTimeout(() => session.close(), limits.http2IdleTimeoutMs);
+    idle = setTimeout(() => closeSession(session), limits.http2IdleTimeoutMs);
   };
   startIdle();
   // Answers complete on this side that the client has not taken by their request deadline, and
@@ -1031,7 +1062,14 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
     // deadlines and looked at again at the next one.
     let deadline: NodeJS.Timeout | undefined;
     const check = () => {
-      if (stream.closed || stream.destroyed) return;
+      if (stream.destroyed) return;
+      // Closed (RST_STREAM sent) but never ended: Node emits no 'close' for a stream answered
+      // before its request body had arrived whose client was held by flow control with more to
+      // send, so its session never closed either (held for good; at a shutdown, until the cut).
+      if (stream.closed) {
+        stream.destroy();
+        return;
+      }
       if (stream.state.remoteClose !== 1) {
         stream.close(http2Constants.NGHTTP2_CANCEL);
         return;

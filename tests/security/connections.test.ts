@@ -28,6 +28,7 @@ import { createDualProtocolServer } from '../../src/server.ts';
 import { apiClients, closeAll } from '../helpers/protocols.ts';
 import { ADMIN, monolithOf, newUser, register, startTestServer, TEST_DATABASE_URL, TEST_ENV, type TestServer } from '../helpers/test-app.ts';
 import { createMigratedSchema } from '../helpers/test-database.ts';
+import { compress, RawClient as ProtocolClient } from './raw-protocols.ts';
 
 /** Slack for a deadline to be seen by the client on a loaded machine. */
 const SLACK_MS = 5_000;
@@ -888,6 +889,35 @@ describe('HTTP/2 (h2c)', () => {
     for (const answer of answers) {
       expect(answer).toEqual({ ...answer, status: 404, rstCode: NGHTTP2_NO_ERROR });
       expect(answer.afterMs).toBeLessThan(REQUEST_MS / 2);
+    }
+  });
+
+  it('when a health check is refused for its size while its client still has most of the body to send, and the client then closes, then the server closes at once, not at the shutdown cut', async () => {
+    // The server answered resource_exhausted and reset the stream, but Node never ended a stream
+    // whose request side had not arrived, so neither it nor its session ever closed: the socket
+    // sat in CLOSE-WAIT, the client's GOAWAY unread, held for good, and a shutdown waited for its
+    // cut (a test server's close outlived its hook's minute). A health check takes 4 KiB; this
+    // one sends 90 KB of Brotli frames.
+    const own = await startTestServer({ SHUTDOWN_TIMEOUT_MS: '30000' });
+    const raw = new ProtocolClient(own.baseUrl);
+    let closed = false;
+    try {
+      const zeros = compress(new Uint8Array(64 * 1024), 'br');
+      const envelope = Buffer.alloc(5 + zeros.length);
+      envelope[0] = 1;
+      envelope.writeUInt32BE(zeros.length, 1);
+      envelope.set(zeros, 5);
+      const body = Buffer.concat(Array.from({ length: Math.floor(90_000 / envelope.length) }, () => envelope));
+      const answer = await raw.rpc('grpc', `${Health.typeName}/Check`, new Uint8Array(), { headers: { 'grpc-encoding': 'br' }, frame: () => body });
+      expect(answer.code).toBe('resource_exhausted');
+      raw.close();
+      const started = performance.now();
+      await own.close();
+      closed = true;
+      expect(performance.now() - started).toBeLessThan(REQUEST_MS + 1_000 + SLACK_MS);
+    } finally {
+      raw.close();
+      if (!closed) await own.close();
     }
   });
 

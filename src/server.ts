@@ -1072,6 +1072,8 @@ function superviseSession(session: ServerHttp2Session, limits: ConnectionLimits)
       }
       if (stream.state.remoteClose !== 1) {
         stream.close(http2Constants.NGHTTP2_CANCEL);
+        // Looked at once more: reset, it may still never end (above).
+        deadline = setTimeout(check, limits.requestTimeoutMs);
         return;
       }
       if (stream.writableEnded || stream.writableLength > 0) {

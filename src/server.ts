@@ -997,7 +997,10 @@ function closeSession(session: ServerHttp2Session): void {
   session.close();
   const check = () => {
     if (session.destroyed) return;
-    if ((openStreamsOf.get(session)?.() ?? 0) === 0) session.destroy();
+    // Not while anything it wrote still waits to go out (a slow reader's last answer): destroyed,
+    // the socket would drop it. The shutdown's cut bounds the wait.
+    const sending = (session.state.outboundQueueSize ?? 0) > 0 || session.socket.writableLength > 0;
+    if ((openStreamsOf.get(session)?.() ?? 0) === 0 && !sending) session.destroy();
     else setTimeout(check, CLOSE_GRACE_MS).unref();
   };
   setTimeout(check, CLOSE_GRACE_MS).unref();

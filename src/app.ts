@@ -35,6 +35,7 @@ import {
 } from './communication/repository/remote-repositories.ts';
 import { securityHeaders } from './controllers/rest/security-headers.ts';
 import { createRestApp } from './controllers/rest/rest-app.ts';
+import { hasBody } from './controllers/edge-input.ts';
 import type { ServiceClients } from './controllers/rest/service-call.ts';
 import { forwardingService } from './controllers/rpc/forwarding.ts';
 import { createInProcessTransport, type InProcessService } from './rpc/in-process-transport.ts';
@@ -672,12 +673,6 @@ async function createPublicFacades(
     http2: rpcOnly,
     rest,
   };
-}
-
-/** Whether an HTTP/1.1 request's framing announces a body (RFC 9112, 6.3): chunked, or a length other than 0. */
-function hasBody(req: IncomingMessage): boolean {
-  const length = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 /** What a full in-process counter store tells the operator (at most once a minute). */

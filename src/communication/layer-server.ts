@@ -31,7 +31,7 @@ import type { UserRepository } from '../repositories/user-repository.ts';
 import { runWithCallContext, timeoutFromHeaders, type CallContext } from '../infrastructure/call-context.ts';
 import { callerFromHeaders, callerKey } from '../rpc/caller.ts';
 import type { InProcessService } from '../rpc/in-process-transport.ts';
-import { callReadLimitKey, HEALTH_READ_MAX_BYTES } from '../rpc/call-limits.ts';
+import { admitsAsHealthCheck } from '../rpc/call-limits.ts';
 import { CALLER_HEADER, REPEAT_HEADER } from './layer-transport.ts';
 import {
   createAuditRepositoryHandler,
@@ -174,10 +174,7 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
 export function internalAuthGate(secret: string | undefined): (context: HandlerContext) => Promise<void> {
   const vouched = secret === undefined ? undefined : presentsSecret(secret);
   return async (context) => {
-    if (context.service.typeName === Health.typeName) {
-      context.values.set(callReadLimitKey, HEALTH_READ_MAX_BYTES);
-      return;
-    }
+    if (admitsAsHealthCheck(context)) return;
     if (vouched === undefined) return;
     if (!vouched(context.requestHeader.get('authorization') ?? undefined)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
   };

@@ -72,7 +72,7 @@ export function findMessageProblems(desc: DescMessage, message: Message): FieldE
   for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
     const [current, prefix] = next;
     for (const unknown of current.getUnknown() ?? []) {
-      problems[`${prefix}${unknown.no}`] ??= `is not a field of ${current.desc.typeName}`;
+      problems[`${prefix}${unknown.no}`] ??= notAFieldOf(current.desc.typeName);
     }
     for (const field of current.fields) {
       if (!current.isSet(field)) continue;
@@ -230,4 +230,15 @@ export function repeatedJsonKey(json: string): string | undefined {
  */
 export function framingBound(limitBytes: number): number {
   return 2 * limitBytes + 64 * 1024;
+}
+
+/** Whether an HTTP/1.1 request's framing announces a body (RFC 9112, 6.3): chunked, or a length other than 0. */
+export function hasBody(req: { headers: Record<string, string | string[] | undefined> }): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+/** The refusal of a field number or key a request's message does not declare. */
+export function notAFieldOf(typeName: string): string {
+  return `is not a field of ${typeName}`;
 }

@@ -1,6 +1,7 @@
 // Limits one RPC call may be held to, below the handler's own, set by its admission before the
 // body is read (see createRpcNodeHandler's `admit` and the request decoder).
-import { createContextKey } from '@connectrpc/connect';
+import { createContextKey, type HandlerContext } from '@connectrpc/connect';
+import { Health } from '../../gen/proto/grpc/health/v1/health_pb.js';
 
 /**
  * A lower limit than readMaxBytes for one call's message, compressed or not, set by the handler's
@@ -17,3 +18,13 @@ export const callReadLimitKey = createContextKey<number | undefined>(undefined, 
  * (helper 202: 20 bytes of Brotli that inflated to 99 KB of unknown fields cost ~100 ms each).
  */
 export const HEALTH_READ_MAX_BYTES = 4 * 1024;
+
+/**
+ * Holds a call of the gRPC health service to HEALTH_READ_MAX_BYTES, and says whether it is one:
+ * such calls are let through by every admission (probes carry no credentials), on these terms.
+ */
+export function admitsAsHealthCheck(context: HandlerContext): boolean {
+  if (context.service.typeName !== Health.typeName) return false;
+  context.values.set(callReadLimitKey, HEALTH_READ_MAX_BYTES);
+  return true;
+}

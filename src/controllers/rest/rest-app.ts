@@ -13,7 +13,7 @@ import { addAuthRoutes } from './auth-routes.ts';
 import { createConsoleRoutes } from './console-routes.ts';
 import { createDocsRoutes } from './docs-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
-import { findQueryProblems, findUnstorableText, framingBound, noFieldErrors, repeatedJsonKey, REPEATED_REFUSED } from '../edge-input.ts';
+import { findQueryProblems, findUnstorableText, framingBound, hasBody, noFieldErrors, repeatedJsonKey, REPEATED_REFUSED } from '../edge-input.ts';
 import { createOpenApiValidation } from './openapi-validation.ts';
 import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
@@ -52,12 +52,6 @@ function onlyFor(paths: RegExp, router: RequestHandler): RequestHandler {
     }
     next();
   };
-}
-
-/** Whether a request says it has a body (RFC 9112 §6.3: a length other than 0, or a transfer coding). */
-function carriesBody(req: Request): boolean {
-  const length = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 /**
@@ -171,7 +165,7 @@ export function createRestApp(options: RestAppOptions): Express {
     // body is no probe, and is charged before its body is parsed: POSTed to /health, 137 bytes of
     // gzip inflating to 102 KB of nested arrays cost 64-78 ms each, unlimited (helper 203).
     const limit = rateLimit(options.rateLimiter);
-    ahead.push((req, res, next) => (PROBES.test(req.path) && !carriesBody(req) ? next() : limit(req, res, next)));
+    ahead.push((req, res, next) => (PROBES.test(req.path) && !hasBody(req) ? next() : limit(req, res, next)));
   }
 
   // The API reference (/docs, /openapi.yaml, /docs/proto/): pages, not API operations, so ahead

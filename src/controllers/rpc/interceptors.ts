@@ -4,7 +4,6 @@ import { Code, ConnectError, type HandlerContext, type Interceptor } from '@conn
 import { create, type DescMessage } from '@bufbuild/protobuf';
 import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
-import { Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
 import { CONNECT_CODE } from '../../domain/error-codes.ts';
 import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf, withoutStack } from '../../domain/errors.ts';
 import type { Logger } from '../../infrastructure/logger.ts';
@@ -15,7 +14,7 @@ import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
 import { peerTrustedKey, requestIdKey } from './rpc-context.ts';
 import { callerKey } from '../../rpc/caller.ts';
-import { callReadLimitKey, HEALTH_READ_MAX_BYTES } from '../../rpc/call-limits.ts';
+import { admitsAsHealthCheck } from '../../rpc/call-limits.ts';
 import { addressKey } from '../../infrastructure/client-address.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
 import { remainingMs, runWithCallContext, timeoutFromHeaders } from '../../infrastructure/call-context.ts';
@@ -189,10 +188,7 @@ export function rateLimitGate(limiter: RateLimiter | undefined): (context: Handl
   return async (context) => {
     // Health checking is the probes' protocol (Kubernetes gRPC probes, load balancers): exempt,
     // as /health and /ready are, and so held to the few bytes a health check needs.
-    if (context.service.typeName === Health.typeName) {
-      context.values.set(callReadLimitKey, HEALTH_READ_MAX_BYTES);
-      return;
-    }
+    if (admitsAsHealthCheck(context)) return;
     if (limiter === undefined) return;
     const decision = await limiter.consume(`ip:${addressKey(context.values.get(callerKey).client.ipAddress)}`);
     if (!decision.allowed) throw new RateLimitedError(decision.resetSeconds);

@@ -38,7 +38,7 @@ import {
 import { parseContentType as parseGrpcWebContentType } from '@connectrpc/connect/protocol-grpc-web';
 import { isUtf8 } from 'node:buffer';
 import { ValidationError, type FieldErrors } from '../../domain/errors.ts';
-import { noFieldErrors } from '../edge-input.ts';
+import { noFieldErrors, notAFieldOf } from '../edge-input.ts';
 import { callReadLimitKey } from '../../rpc/call-limits.ts';
 import { connectTimeoutMs, grpcTimeoutMs } from '../../infrastructure/call-context.ts';
 
@@ -253,7 +253,7 @@ function parseBinary(desc: DescMessage, serialization: MethodSerializationLookup
   // keeps every unknown field as an object, and 20 bytes of Brotli inflating to 49,500 empty
   // unknown fields cost ~100 ms of CPU and ~20 MB of heap per call to parse (helper 202: Health
   // checks, which no rate limit covers, took the monolith to 2.5 GB and admin logins to 10 s).
-  if (problem?.kind === 'unknown') throw new ValidationError('Validation failed', { [problem.path]: `is not a field of ${problem.typeName}` });
+  if (problem?.kind === 'unknown') throw new ValidationError('Validation failed', { [problem.path]: notAFieldOf(problem.typeName) });
   try {
     return serialization.getI(true).parse(bytes);
   } catch (error) {
@@ -386,7 +386,7 @@ function findJsonProblems(desc: DescMessage, json: unknown): FieldErrors {
     for (const [key, item] of Object.entries(value)) {
       const field = message.fields.find((candidate) => candidate.jsonName === key || candidate.name === key);
       if (field === undefined) {
-        problems[`${prefix}${key.isWellFormed() && !key.includes('\u0000') ? key : JSON.stringify(key)}`] ??= `is not a field of ${message.typeName}`;
+        problems[`${prefix}${key.isWellFormed() && !key.includes('\u0000') ? key : JSON.stringify(key)}`] ??= notAFieldOf(message.typeName);
         continue;
       }
       const path = `${prefix}${field.name}`;

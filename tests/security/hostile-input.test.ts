@@ -92,6 +92,33 @@ describe('query names with brackets: unknown parameters, refused before anything
   });
 });
 
+describe('a query is read whole: nothing behind a thousand pairs goes unseen (helper 205)', () => {
+  it('when a filter, an unknown parameter, a bad value or a repeat stands behind 1 000 empty pairs, in parallel, then each is applied or refused as in front of them', async () => {
+    const guest = await register(t, newUser('qry'));
+    await t.sql('UPDATE users SET role = $1 WHERE id = $2', ['GUEST', guest.id]);
+    const padding = '&'.repeat(1000);
+    const [filtered, unknown, zero, repeated, unnamed] = await Promise.all([
+      t.request.get(`/api/v1/users?${padding}role=GUEST&perPage=100`).set(...bearer(admin)),
+      t.request.get(`/api/v1/users?${padding}x=1`).set(...bearer(admin)),
+      t.request.get(`/api/v1/users?${padding}perPage=0`).set(...bearer(admin)),
+      t.request.get(`/api/v1/users?role=GUEST${padding}role=ADMIN`).set(...bearer(admin)),
+      t.request.get('/api/v1/users?=').set(...bearer(admin)),
+    ]);
+    const [guests] = await t.sql<{ count: string }>("SELECT count(*) FROM users WHERE role = 'GUEST'");
+    expect(filtered.status).toBe(200);
+    const page = filtered.body as { items: { role: string }[]; pagination: { total: number } };
+    expect(page.pagination.total).toBe(Number(guests?.count));
+    expect(new Set(page.items.map((user) => user.role))).toEqual(new Set(['GUEST']));
+    const details = (answer: { body: unknown }) => Object.keys((answer.body as { error?: { details?: object } }).error?.details ?? {});
+    expect([unknown.status, zero.status, repeated.status, unnamed.status]).toEqual([400, 400, 400, 400]);
+    expect(details(unknown)).toEqual(['x']);
+    expect(details(zero)).toEqual(['perPage']);
+    expect(details(repeated)).toEqual(['role']);
+    // A pair with no name is the query's, not a body's: the request has none.
+    expect(details(unnamed)).toEqual(['query']);
+  });
+});
+
 describe('NUL in a string field: refused at the edge, before authentication and the database', () => {
   describe.each(PROTOCOLS)('over %s', (protocol) => {
     it('when a registration, a login, a refresh or a profile update carries a NUL, then invalid_argument naming the field and nothing is stored', async () => {

@@ -150,7 +150,8 @@ function fieldErrors(errors: { path?: string; message?: string }[]): Record<stri
     // Body paths nest (`address/lines/0` → `address.lines.0`); a query, path or header
     // parameter's name is given as sent, slashes included.
     const field = location === 'body' ? rest.replaceAll('/', '.') : rest;
-    details[field || 'body'] ??= message;
+    // A query pair with no name (`?=`) is about the query, not a body the request may not have.
+    details[field || location] ??= message;
   }
   return details;
 }

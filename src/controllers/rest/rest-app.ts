@@ -1,6 +1,7 @@
 import compression from 'compression';
 import express, { type Express, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { isUtf8 } from 'node:buffer';
+import { parse as parseQuery } from 'node:querystring';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { OpenApiValidatorOpts } from 'express-openapi-validator/dist/framework/types.d.ts';
 import type { components } from '../../../gen/openapi/schema.d.ts';
@@ -140,6 +141,12 @@ export function createRestApp(options: RestAppOptions): Express {
   app.set('etag', false);
   // Express's own view (req.ip, req.secure) follows the same predicate as the edge's resolver.
   app.set('trust proxy', compileTrust(options.trustProxy));
+  // The query is read whole. Express's parser (node:querystring) stops after 1 000 pairs, empty
+  // ones counted, and the validator sees only what it read: behind 1 000 `&`, a filter was dropped
+  // unseen (a listing by role answered every user), an unknown parameter or a repeat passed, and
+  // `role=GUEST&…&role=ADMIN` was read as GUEST where a proxy reading the last one saw ADMIN
+  // (helper 205). The request line's 16 KiB bounds the pairs.
+  app.set('query parser', (text: string) => parseQuery(text, undefined, undefined, { maxKeys: 0 }));
 
   const contractPaths = (options.apiSpec as { paths?: Record<string, unknown> } | undefined)?.paths ?? {};
   const ahead: RequestHandler[] = [];

@@ -58,7 +58,9 @@ export type RowShape<T> = { readonly [K in keyof T]-?: FieldKind };
  * Redis during a rolling deploy: an entry another release wrote in another shape (a field missing,
  * or renamed) was served as it was, a user without its version (REST answered 500 under response
  * validation, RPC `version: 0`; helper 152). Such an entry is a miss; the database answers. The
- * shape is read once, here: the check runs on every cached read of every request.
+ * shape is read once, here: the check runs on every cached read of every request. A date must be
+ * one: an invalid Date is written to JSON as null, which a nullable field would read back as
+ * "none" (see CachedUserRepository's fill).
  */
 export function shapeCheck<T>(shape: RowShape<T>): (value: unknown) => value is T {
   const fields = Object.entries<FieldKind>(shape).map(([key, kind]) => ({ key, type: kind.replace('?', ''), nullable: kind.endsWith('?') }));
@@ -68,7 +70,7 @@ export function shapeCheck<T>(shape: RowShape<T>): (value: unknown) => value is 
     for (const { key, type, nullable } of fields) {
       const field = row[key];
       if (field === null && nullable) continue;
-      if (type === 'date' ? !(field instanceof Date) : typeof field !== type) return false;
+      if (type === 'date' ? !(field instanceof Date) || Number.isNaN(field.getTime()) : typeof field !== type) return false;
     }
     return true;
   };

@@ -85,7 +85,10 @@ export class CachedUserRepository implements UserRepository {
     if (cached !== undefined && isProfile(cached)) return cached;
     const readAt = performance.now();
     const profile = await this.#inner.findProfile(id);
-    if (profile !== null && performance.now() - readAt < FILL_WITHIN_MS) await this.#cache.add(userCacheKey(id), profile, this.#ttlSeconds);
+    // A row the cache could not give back as read is not cached: a last login the database holds
+    // outside what a Date can (year 10000, `infinity`: only SQL writes them) failed the read with
+    // a 500 and was cached as null, so the next reads answered "never logged in" (helper 205).
+    if (profile !== null && performance.now() - readAt < FILL_WITHIN_MS && isProfile(profile)) await this.#cache.add(userCacheKey(id), profile, this.#ttlSeconds);
     return profile;
   }
 

@@ -13,7 +13,7 @@ import { MemoryCache, RedisCache, type Cache } from '../../src/infrastructure/ca
 import { createLogger } from '../../src/infrastructure/logger.ts';
 import { deleteByPrefix } from '../../src/infrastructure/redis/redis-client.ts';
 import { CachedTokenRepository } from '../../src/repositories/cached-token-repository.ts';
-import { CachedUserRepository } from '../../src/repositories/cached-user-repository.ts';
+import { CachedUserRepository, userCacheKey } from '../../src/repositories/cached-user-repository.ts';
 import type { PrismaTokenRepository } from '../../src/repositories/token-repository.ts';
 import type { PrismaUserRepository, UserProfile } from '../../src/repositories/user-repository.ts';
 import { createTestApp, prismaRepositoriesOf, type TestApp } from '../helpers/test-app.ts';
@@ -129,6 +129,25 @@ for (const [kind, makeCache] of caches) {
       const reader = new CachedUserRepository(users, cache, 60);
       expect((await reader.findProfile(demoted.id))?.role).toBe('USER');
       expect(await reader.findProfile(deleted.id)).toBeNull();
+    });
+
+    it('when a profile read holds a date no Date can (an invalid Date), then it is not cached, so it is never read back as null', async () => {
+      // Helper 205: a last login of year 10000 or `infinity`, written by SQL, reads as an invalid
+      // Date; the request failed, but its fill cached the profile, the date written as null, and
+      // the next reads answered 200 "never logged in".
+      const cache = makeCache();
+      const user = await newUser();
+      const unrenderable = intercept(users, {
+        findProfile: async (id: number) => {
+          const profile = await users.findProfile(id);
+          return profile === null ? null : { ...profile, lastLoginAt: new Date(Number.NaN) };
+        },
+      });
+      const reader = new CachedUserRepository(unrenderable, cache, 60);
+      expect((await reader.findProfile(user.id))?.lastLoginAt?.getTime()).toBeNaN();
+      expect(await cache.get(userCacheKey(user.id))).toBeUndefined();
+      // The next read goes to the database again and gets the same date, not null.
+      expect((await new CachedUserRepository(unrenderable, cache, 60).findProfile(user.id))?.lastLoginAt?.getTime()).toBeNaN();
     });
 
     it('when an entry is filled twice, then the first fill stays; once forgotten, it reads as a miss and takes no fill', async () => {

@@ -18,7 +18,7 @@ import { file_grpc_health_v1_health, Health } from '../../gen/proto/grpc/health/
 import { file_grpc_reflection_v1_reflection, ServerReflection as ServerReflectionV1 } from '../../gen/proto/grpc/reflection/v1/reflection_pb.js';
 import { file_grpc_reflection_v1alpha_reflection, ServerReflection as ServerReflectionV1alpha } from '../../gen/proto/grpc/reflection/v1alpha/reflection_pb.js';
 import { createHealthService, type HealthWatchOptions } from '../rpc/health-service.ts';
-import { createReflectionServices } from '../rpc/reflection-service.ts';
+import { createReflectionServices, REFLECTION_HANDLER_OPTIONS } from '../rpc/reflection-service.ts';
 import type { ReadinessCheck } from '../rpc/readiness.ts';
 import type { Logger } from '../infrastructure/logger.ts';
 import { endWithError, type Tracing } from '../infrastructure/tracing.ts';
@@ -77,8 +77,8 @@ export function createLayerRoutes(apis: LayerApis, readiness: Record<string, Rea
   return (router) => {
     for (const register of registrations) register(router);
     router.service(Health, healthService);
-    router.service(ServerReflectionV1, reflection.v1);
-    router.service(ServerReflectionV1alpha, reflection.v1alpha);
+    router.service(ServerReflectionV1, reflection.v1, REFLECTION_HANDLER_OPTIONS);
+    router.service(ServerReflectionV1alpha, reflection.v1alpha, REFLECTION_HANDLER_OPTIONS);
   };
 }
 

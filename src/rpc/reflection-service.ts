@@ -160,6 +160,19 @@ export function createReflectionServices(
 export const REFLECTION_REQUESTS_PER_STREAM = 200;
 
 /**
+ * The largest reflection request, compressed or not: one names a file or a symbol. Every answer
+ * repeats its request and its `host`, so under the API's 100 KB body limit 36 bytes of Brotli
+ * inflating to a 102 KB `host` came back 200 times a stream: 7 KB in, 41 MB out, and 0.6-0.9 s
+ * of CPU for one rate-limit token (helper 206); and a message of 51 000 undeclared fields, refused
+ * only once connect-es had parsed them all, cost 43 ms. Registered with the reflection services
+ * (REFLECTION_HANDLER_OPTIONS), on the public API and on the internal layers.
+ */
+export const REFLECTION_READ_MAX_BYTES = 4 * 1024;
+
+/** The handler options the reflection services are registered with (ConnectRouter.service). */
+export const REFLECTION_HANDLER_OPTIONS = { readMaxBytes: REFLECTION_READ_MAX_BYTES } as const;
+
+/**
  * The requests of a stream as its handler reads them. The one bidirectional stream bypasses the
  * gate that decodes unary calls (rpc-node-handler.ts), so a message connect-es cannot read (cut
  * short, compressed without an encoding, not protobuf or not JSON) surfaces here with the

@@ -759,8 +759,9 @@ describe('the discovery services (reflection, health) against hostile clients', 
   };
 
   /** One reflection stream of `body` (envelopes) over gRPC or Connect streaming: its code, message and answers. */
-  const reflect = async (protocol: 'grpc' | 'connect', body: Uint8Array, requestId: string) => {
+  const reflect = async (protocol: 'grpc' | 'connect', body: Uint8Array, requestId: string, encoding?: 'gzip') => {
     const headers: Record<string, string> = protocol === 'grpc' ? { 'content-type': 'application/grpc', te: 'trailers' } : { 'content-type': 'application/connect+proto' };
+    if (encoding !== undefined) headers[protocol === 'grpc' ? 'grpc-encoding' : 'connect-content-encoding'] = encoding;
     const result = await raw.http2('POST', REFLECTION, { ...headers, 'x-request-id': requestId }, body);
     const messages = envelopes(result.body);
     if (protocol === 'grpc') {
@@ -794,6 +795,23 @@ describe('the discovery services (reflection, health) against hostile clients', 
     expect(outcomes.map((outcome) => outcome.answers)).toEqual(cases.map(({ name }) => (name === 'a good request, then garbage' ? 1 : 0)));
     // The log names codes as the rest of the RPC log does (Code's names, lower-cased).
     for (const { id } of cases) expect(linesOf(id).map((line) => line.code)).toEqual(['invalidargument']);
+  });
+
+  it('when reflection requests are large once inflated (a 100 KB host, or 20 000 undeclared fields, in a few hundred bytes of gzip), at once over gRPC and Connect, then resource_exhausted before any answer', async () => {
+    // Helper 206: every answer repeats its request and host, so a stream of 200 such requests
+    // sent 7 KB and got 41 MB back; and 51 000 undeclared fields were all parsed before refused.
+    const bigHost = compress(binary(ServerReflectionRequestSchema, { host: 'h'.repeat(100_000), messageRequest: { case: 'listServices', value: '*' } }), 'gzip');
+    const undeclared = compress(concat(listServices, ...Array.from({ length: 20_000 }, () => new Uint8Array([0xf8, 0x3e, 0x00]))), 'gzip');
+    const outcomes = await Promise.all(
+      (['grpc', 'connect'] as const).flatMap((protocol) => [
+        reflect(protocol, encodeEnvelope(1, bigHost), `reflect-big-${protocol}`, 'gzip'),
+        reflect(protocol, encodeEnvelope(1, undeclared), `reflect-undeclared-${protocol}`, 'gzip'),
+      ]),
+    );
+    for (const outcome of outcomes) expect(outcome).toMatchObject({ code: 'resource_exhausted', answers: 0 });
+    // A host of a few hundred bytes is still an ordinary request, answered.
+    const host = binary(ServerReflectionRequestSchema, { host: 'h'.repeat(300), messageRequest: { case: 'listServices', value: '*' } });
+    expect(await reflect('grpc', encodeEnvelope(0, host), 'reflect-host-grpc')).toMatchObject({ code: 'ok', answers: 1 });
   });
 
   it('when one reflection stream asks more questions than one call may, then the first are answered and the stream ends resource_exhausted', async () => {

@@ -11,7 +11,7 @@ import { file_grpc_reflection_v1alpha_reflection, ServerReflection as ServerRefl
 import type { InProcessService } from '../../rpc/in-process-transport.ts';
 import type { ReadinessCheck } from '../../rpc/readiness.ts';
 import { createHealthService, type HealthWatchOptions } from '../../rpc/health-service.ts';
-import { createReflectionServices } from '../../rpc/reflection-service.ts';
+import { createReflectionServices, REFLECTION_HANDLER_OPTIONS } from '../../rpc/reflection-service.ts';
 
 /** The public API plus gRPC health checking and server reflection. */
 export function createConnectRoutes(deps: {
@@ -39,7 +39,7 @@ export function createConnectRoutes(deps: {
   return (router) => {
     for (const { service, impl } of deps.services) router.service(service, impl);
     router.service(Health, health);
-    router.service(ServerReflectionV1, reflection.v1);
-    router.service(ServerReflectionV1alpha, reflection.v1alpha);
+    router.service(ServerReflectionV1, reflection.v1, REFLECTION_HANDLER_OPTIONS);
+    router.service(ServerReflectionV1alpha, reflection.v1alpha, REFLECTION_HANDLER_OPTIONS);
   };
 }

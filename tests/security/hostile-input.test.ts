@@ -741,6 +741,61 @@ function fixEnvelope(body: Uint8Array): Uint8Array {
   return fixed;
 }
 
+describe("a unary call's deadline covers the reading of its body (helper 206)", () => {
+  const LOGIN = '/arcana.auth.v1.AuthService/Login';
+  const message = binary(LoginRequestSchema, { usernameOrEmail: 'nobody', password: 'irrelevant' });
+  /** An envelope that promises more bytes than it carries: the body never ends. */
+  const unfinished = encodeEnvelope(0, message).subarray(0, 8);
+
+  it('when gRPC and Connect calls with a 300 ms deadline send part of their body and stall, over h2c and HTTP/1.1, at once, then each ends deadline_exceeded within a second, not at the request timeout', async () => {
+    const overHttp2 = (protocol: 'grpc' | 'connect') =>
+      new Promise<{ code: string; ms: number }>((resolve) => {
+        const session = http2.connect(t.baseUrl);
+        session.on('error', () => undefined);
+        const headers =
+          protocol === 'grpc'
+            ? { 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': '300m' }
+            : { 'content-type': 'application/proto', 'connect-timeout-ms': '300' };
+        const started = performance.now();
+        const stream = session.request({ ':method': 'POST', ':path': LOGIN, ...headers, ...(protocol === 'connect' ? { 'content-length': '100' } : {}) });
+        const answered = (code: string) => {
+          resolve({ code, ms: performance.now() - started });
+          session.destroy();
+        };
+        // A gRPC status comes in the trailers (or a trailers-only answer); Connect's in the status line.
+        stream.on('response', (answer) => {
+          if (protocol === 'connect' || answer['grpc-status'] !== undefined) answered(String(answer['grpc-status'] ?? answer[':status']));
+        });
+        stream.on('trailers', (trailers) => answered(String(trailers['grpc-status'])));
+        stream.on('error', () => undefined);
+        stream.on('close', () => answered('closed'));
+        stream.resume();
+        stream.write(protocol === 'grpc' ? unfinished : message.subarray(0, 4));
+      });
+    const overHttp1 = () =>
+      new Promise<{ code: string; ms: number }>((resolve) => {
+        const started = performance.now();
+        const socket = net.connect(t.port, '127.0.0.1', () =>
+          socket.write(`POST ${LOGIN} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/proto\r\nConnect-Timeout-Ms: 300\r\nContent-Length: 100\r\n\r\n`),
+        );
+        let answer = '';
+        socket.on('data', (chunk: Buffer) => {
+          answer += chunk.toString('latin1');
+          const status = /^HTTP\/1\.1 (\d+)/.exec(answer)?.[1];
+          if (status !== undefined) {
+            socket.destroy();
+            resolve({ code: status, ms: performance.now() - started });
+          }
+        });
+        socket.on('error', () => undefined);
+      });
+    const [grpc, connect, http1] = await Promise.all([overHttp2('grpc'), overHttp2('connect'), overHttp1()]);
+    // gRPC's deadline_exceeded is status 4; Connect's is HTTP 504.
+    expect([grpc.code, connect.code, http1.code]).toEqual(['4', '504', '504']);
+    for (const { ms } of [grpc, connect, http1]) expect(ms).toBeLessThan(1_500);
+  });
+});
+
 describe('the discovery services (reflection, health) against hostile clients', () => {
   const REFLECTION = '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo';
   /** The gRPC statuses these tests may meet, by Connect's names. */

@@ -223,7 +223,14 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
         if (Object.keys(problems).length > 0) throw new ValidationError('Validation failed', problems);
       }
       const body = context.values.get(bodyKey);
-      if (body !== undefined) context.values.set(decodedKey, await decode(context, (maxBytes, lengthHint) => body.read(maxBytes, lengthHint)));
+      if (body !== undefined)
+        context.values.set(
+          decodedKey,
+          await untilCallEnds(
+            decode(context, (maxBytes, lengthHint) => body.read(maxBytes, lengthHint)),
+            context.signal,
+          ),
+        );
     } catch (error) {
       const refusal = refusalOf(error, context);
       const requestId = requestIdFrom(context.requestHeader.get('x-request-id'));
@@ -621,6 +628,29 @@ function readNodeBody(req: NodeRequest, maxBytes: number, lengthHint: string | n
 interface UnaryMethod {
   spec: Extract<ReturnType<typeof createServiceImplSpec>['methods'][string], { kind: 'unary' }>;
   serialization: ReturnType<typeof createMethodSerializationLookup>;
+}
+
+/**
+ * The body's reading, or the call's end if that comes first: its deadline (`deadline_exceeded`),
+ * its client gone, the server shutting down. A body that never ended was answered only by the
+ * request timeout, 60 s on, whatever deadline the client had set (helper 206). The reading left
+ * behind ends with its stream; its outcome is nobody's.
+ */
+function untilCallEnds<T>(reading: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    reading.catch(() => undefined);
+    return Promise.reject(ConnectError.from(signal.reason));
+  }
+  let onAbort: (() => void) | undefined;
+  const ended = new Promise<never>((_, reject) => {
+    onAbort = () => reject(ConnectError.from(signal.reason));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  reading.catch(() => undefined);
+  return Promise.race([reading, ended]).finally(() => {
+    if (onAbort !== undefined) signal.removeEventListener('abort', onAbort);
+  });
 }
 
 /** Hands a call to connect-es, with the gate's body in its context values. */

@@ -220,7 +220,11 @@ const EnvSchema = z.object({
   REDIS_KEY_PREFIX: z.string().default('arcana:'),
   CACHE_TTL_SECONDS: int(60, 1, 86_400),
   SESSION_PURGE_INTERVAL_MS: int(3_600_000, 1000, 7 * 86_400_000),
-  SESSION_PURGE_RETENTION_MS: int(86_400_000, 0, 365 * 86_400_000),
+  // At least an hour (the rotated pairs' grace, token-repository.ts): a shorter retention let the
+  // purge take a replayed chain's rows between its end and its marking, so that no theft alarm
+  // was raised, and take a listed session's pair within the hour its id is promised to end the
+  // session (helper 208, with 0).
+  SESSION_PURGE_RETENTION_MS: int(86_400_000, 3_600_000, 365 * 86_400_000),
   AUDIT_RETENTION_DAYS: int(365, 0, 36_500),
 
   JWT_SECRET: z.string().optional(),

@@ -95,6 +95,11 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ ADMIN_USERNAME: 'root' })).toThrow(/must be set together/);
   });
 
+  it('when SESSION_PURGE_RETENTION_MS is under an hour, then it refuses to start: the purge must not take what replay detection and listed session ids still need', () => {
+    expect(loadConfig({ SESSION_PURGE_RETENTION_MS: '3600000' }).sessionPurge.retentionMs).toBe(3_600_000);
+    for (const value of ['0', '1000', '3599999']) expect(() => loadConfig({ SESSION_PURGE_RETENTION_MS: value }), value).toThrow(/SESSION_PURGE_RETENTION_MS/);
+  });
+
   it('when DATABASE_QUERY_TIMEOUT_MS is unset, then a statement gets 5 s or the lock wait allowed, if longer; set shorter than the lock wait, it refuses to start', () => {
     expect(loadConfig({}).database.queryTimeoutMs).toBe(5000);
     expect(loadConfig({ DATABASE_LOCK_TIMEOUT_MS: '60000' }).database.queryTimeoutMs).toBe(60000);

@@ -312,9 +312,18 @@ export class AuthUseCases {
     try {
       const live = await this.#tokens.listActive(userId, now);
       if (live.length <= this.#sessionsPerUser) return 0;
-      // Newest first; a chain shows once, under its newest pair.
-      const chains = [...new Set(live.map((session) => session.familyId))].slice(this.#sessionsPerUser, this.#sessionsPerUser + PRUNED_PER_LOGIN);
-      for (const familyId of chains) if ((await this.#tokens.revokeFamily(familyId, 'superseded')).length > 0) ended += 1;
+      // Newest first; a chain ranks by its newest pair.
+      const chains = new Map<string, number[]>();
+      for (const pair of live) chains.set(pair.familyId, [...(chains.get(pair.familyId) ?? []), pair.id]);
+      // Each chain is ended by the pairs this login saw live: one refreshed since has moved on
+      // from them, ranks newest now, and stays. Ended by family, a chain its holder refreshed
+      // while logins pruned from their earlier views was ended too, and a user kept 1 or 2
+      // sessions of 3 (helper 208).
+      for (const pairs of [...chains.values()].slice(this.#sessionsPerUser, this.#sessionsPerUser + PRUNED_PER_LOGIN)) {
+        let revoked = 0;
+        for (const id of pairs) revoked += (await this.#tokens.revoke(id, 'superseded')).length;
+        if (revoked > 0) ended += 1;
+      }
     } catch {
       // Over the bound until the next login.
     }

@@ -28,7 +28,7 @@ const LOCKOUT_MS = 15 * 60_000;
 const SESSION_LIFETIME_SECONDS = 3600;
 const REFRESH_TTL_SECONDS = 1800;
 
-function harness(options: { gate?: WorkGate } = {}) {
+function harness(options: { gate?: WorkGate; sessionsPerUser?: number } = {}) {
   const clock = new TestClock();
   const users = new MemoryUserRepository(clock);
   const tokens = new MemoryTokenRepository(clock, users);
@@ -48,7 +48,15 @@ function harness(options: { gate?: WorkGate } = {}) {
   const idempotency = new IdempotentRequests({ records: new MemoryIdempotencyRepository(), secret: SECRET, now: clock.now });
   const deps = { users, tokens, passwords, throttle, devices, audit, idempotency };
   const codec = new TokenCodec({ secret: SECRET, issuer: 'rules', audience: 'rules', accessTtlSeconds: 900, refreshTtlSeconds: REFRESH_TTL_SECONDS });
-  const auth = new AuthUseCases({ ...deps, codec, counters, auditEvents: users.auditEvents, sessionLifetimeSeconds: SESSION_LIFETIME_SECONDS, now: clock.now });
+  const auth = new AuthUseCases({
+    ...deps,
+    codec,
+    counters,
+    auditEvents: users.auditEvents,
+    sessionLifetimeSeconds: SESSION_LIFETIME_SECONDS,
+    ...(options.sessionsPerUser === undefined ? {} : { sessionsPerUser: options.sessionsPerUser }),
+    now: clock.now,
+  });
   const userCases = new UserUseCases(deps);
 
   let serial = 0;
@@ -569,6 +577,48 @@ describe('sessions', () => {
     expect(await outcome(h.auth.authenticate(user.tokens.accessToken))).toBe('ok');
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client))).toBe('AUTHENTICATION_ERROR');
     expect(await outcome(h.auth.login({ usernameOrEmail: user.username, password: 'Another-Passw0rd!' }, client))).toBe('ok');
+  });
+});
+
+describe('sessions per user', () => {
+  const client: ClientInfo = { ipAddress: '192.0.2.10' };
+
+  it("when a login prunes from its view of the user's sessions and the oldest is refreshed meanwhile, then the refreshed session stays and the next login ends the oldest then", async () => {
+    // Helper 208: logins pruning from views that refreshes had reordered ended chains in use;
+    // a user with SESSIONS_PER_USER_MAX=3 was left with 1 or 2.
+    const h = harness({ sessionsPerUser: 3 });
+    const user = await h.account();
+    const login = () => h.auth.login({ usernameOrEmail: user.username, password: PASSWORD }, client);
+    const [a, b] = [await login(), await login()];
+    // The next login's view is read, then the registration's session (the oldest) is refreshed
+    // before that login prunes.
+    const listActive = h.tokens.listActive.bind(h.tokens);
+    let refreshed: Awaited<ReturnType<typeof h.auth.refresh>> | undefined;
+    h.tokens.listActive = async (...args) => {
+      const view = await listActive(...args);
+      h.tokens.listActive = listActive;
+      refreshed = await h.auth.refresh(user.tokens.refreshToken, client);
+      return view;
+    };
+    const c = await login();
+    const live = async (tokens: { accessToken: string }) => outcome(h.auth.authenticate(tokens.accessToken));
+    expect({ refreshed: await live(refreshed ?? { accessToken: '' }), a: await live(a.tokens), b: await live(b.tokens), c: await live(c.tokens) }).toEqual({
+      refreshed: 'ok',
+      a: 'ok',
+      b: 'ok',
+      c: 'ok',
+    });
+    // One over the bound until the next login, which ends the oldest by then (the first login's).
+    const d = await login();
+    expect({ refreshed: await live(refreshed ?? { accessToken: '' }), a: await live(a.tokens), b: await live(b.tokens), c: await live(c.tokens), d: await live(d.tokens) }).toEqual(
+      {
+        refreshed: 'ok',
+        a: 'AUTHENTICATION_ERROR',
+        b: 'AUTHENTICATION_ERROR',
+        c: 'ok',
+        d: 'ok',
+      },
+    );
   });
 });
 

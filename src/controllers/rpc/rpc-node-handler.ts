@@ -223,14 +223,10 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
         if (Object.keys(problems).length > 0) throw new ValidationError('Validation failed', problems);
       }
       const body = context.values.get(bodyKey);
-      if (body !== undefined)
-        context.values.set(
-          decodedKey,
-          await untilCallEnds(
-            decode(context, (maxBytes, lengthHint) => body.read(maxBytes, lengthHint)),
-            context.signal,
-          ),
-        );
+      if (body !== undefined) {
+        const decoding = decode(context, (maxBytes, lengthHint) => body.read(maxBytes, lengthHint));
+        context.values.set(decodedKey, await untilCallEnds(decoding, context.signal));
+      }
     } catch (error) {
       const refusal = refusalOf(error, context);
       const requestId = requestIdFrom(context.requestHeader.get('x-request-id'));
@@ -637,10 +633,6 @@ interface UnaryMethod {
  * behind ends with its stream; its outcome is nobody's.
  */
 function untilCallEnds<T>(reading: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    reading.catch(() => undefined);
-    return Promise.reject(ConnectError.from(signal.reason));
-  }
   let onAbort: (() => void) | undefined;
   const ended = new Promise<never>((_, reject) => {
     onAbort = () => reject(ConnectError.from(signal.reason));

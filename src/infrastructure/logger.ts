@@ -61,3 +61,48 @@ export function rateLimitedWarning(logger: Logger | undefined, message: string, 
     window = detachedFromRequest(() => setTimeout(endWindow, intervalMs).unref());
   };
 }
+
+/** Lines of unmetered requests logged in full per UNMETERED_INTERVAL_MS, per process (see unmeteredLine). */
+export const UNMETERED_LINES_PER_INTERVAL = 100;
+export const UNMETERED_INTERVAL_MS = 10_000;
+
+/** One budget per logger, so that every edge of a process (REST, RPC) draws on the same. */
+const unmeteredBudgets = new WeakMap<Logger, (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, message: string) => void>();
+
+/**
+ * Logs the line of a request no rate limit charged: a probe, a static file, a call refused because
+ * its client is over its limit. Such requests are as many as a client can send, and one line each
+ * let one address make the server log 2.5-5 MB a second, 9-18 GB an hour (helper 207), where the
+ * limit bounds every charged request's line. At most UNMETERED_LINES_PER_INTERVAL of them are
+ * logged per UNMETERED_INTERVAL_MS in a process; the rest are counted in one line as the interval
+ * ends (the metrics count every request). The summary belongs to no request, as rateLimitedWarning's.
+ */
+export function unmeteredLine(logger: Logger, level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, message: string): void {
+  let budget = unmeteredBudgets.get(logger);
+  if (budget === undefined) {
+    let logged = 0;
+    let suppressed = 0;
+    let window: NodeJS.Timeout | undefined;
+    const endWindow = () => {
+      window = undefined;
+      logged = 0;
+      if (suppressed === 0) return;
+      logger.warn(
+        { suppressed, intervalMs: UNMETERED_INTERVAL_MS },
+        'request lines not logged: more requests outside every rate limit (probes, static files, clients over their limit) than the log takes',
+      );
+      suppressed = 0;
+    };
+    budget = (lineLevel, lineFields, lineMessage) => {
+      window ??= detachedFromRequest(() => setTimeout(endWindow, UNMETERED_INTERVAL_MS).unref());
+      if (logged >= UNMETERED_LINES_PER_INTERVAL) {
+        suppressed += 1;
+        return;
+      }
+      logged += 1;
+      logger[lineLevel](lineFields, lineMessage);
+    };
+    unmeteredBudgets.set(logger, budget);
+  }
+  budget(level, fields, message);
+}

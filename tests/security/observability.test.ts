@@ -10,6 +10,7 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { UNMETERED_LINES_PER_INTERVAL } from '../../src/infrastructure/logger.ts';
 import { serveTestMetrics, type MetricsScrape } from '../helpers/metrics-scrape.ts';
 import { bearer, capturingLogger, holdRows, loginAdmin, register, startTestServer, type TestServer } from '../helpers/test-app.ts';
 
@@ -252,5 +253,37 @@ describe('client text in an RPC refusal', () => {
       carriesValue: false,
       longerThan2KB: false,
     });
+  });
+});
+
+describe('the request log under a flood of requests no rate limit charges (helper 207)', () => {
+  it('when one address floods over its limit (REST and Connect), and probes /health and the console, in parallel, then at most the budget of such lines is logged, while its charged requests each have theirs', async () => {
+    // Each refused or exempt request had a line of its own: one address made the server log
+    // 2.5-5 MB a second, 9-18 GB an hour, whatever its limit.
+    const flood = capturingLogger('info');
+    const limited = await startTestServer({ RATE_LIMIT_ENABLED: 'true', RATE_LIMIT_MAX: '5' }, { logger: flood.logger });
+    try {
+      const charged = await Promise.all(Array.from({ length: 5 }, () => limited.request.get('/api/v1/auth/me')));
+      expect(charged.map((answer) => answer.status)).toEqual(Array(5).fill(401));
+      const login = () =>
+        fetch(`${limited.baseUrl}/arcana.auth.v1.AuthService/Login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' }).then(
+          (answer) => answer.status,
+        );
+      const statuses = await Promise.all([
+        ...Array.from({ length: 150 }, () => limited.request.get('/api/v1/auth/me').then((answer) => answer.status)),
+        ...Array.from({ length: 100 }, login),
+        ...Array.from({ length: 100 }, () => limited.request.get('/health').then((answer) => answer.status)),
+        ...Array.from({ length: 50 }, () => limited.request.get('/console/').then((answer) => answer.status)),
+      ]);
+      expect(new Set(statuses)).toEqual(new Set([429, 200]));
+      await sleep(200);
+      const requestLines = flood.lines.filter((line) => line.msg === 'request completed' || line.msg === 'rpc completed');
+      // The five charged requests, then no more than the budget of the 400 others.
+      expect(requestLines.filter((line) => line.status === 401)).toHaveLength(5);
+      expect(requestLines.length).toBeGreaterThan(5);
+      expect(requestLines.length).toBeLessThanOrEqual(5 + UNMETERED_LINES_PER_INTERVAL);
+    } finally {
+      await limited.close();
+    }
   });
 });

@@ -11,6 +11,8 @@ export function rateLimit(limiter: RateLimiter) {
     res.setHeader('RateLimit-Limit', String(decision.limit));
     res.setHeader('RateLimit-Remaining', String(decision.remaining));
     res.setHeader('RateLimit-Reset', String(decision.resetSeconds));
+    // Charged, the request is logged as any; refused, it is one of as many as the client sends.
+    res.locals.unmetered = !decision.allowed;
     if (!decision.allowed) {
       res.setHeader('Retry-After', String(decision.resetSeconds));
       throw new RateLimitedError(decision.resetSeconds);

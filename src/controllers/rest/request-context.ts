@@ -1,7 +1,7 @@
 import type { NextFunction, Request, Response } from 'express';
 import type { ClientInfo } from '../../domain/actor.ts';
 import type { ClientAddressResolver } from '../../infrastructure/client-address.ts';
-import type { Logger } from '../../infrastructure/logger.ts';
+import { unmeteredLine, type Logger } from '../../infrastructure/logger.ts';
 import type { Metrics } from '../../infrastructure/metrics.ts';
 import { SpanStatusCode, type Tracing } from '../../infrastructure/tracing.ts';
 import { resolveClientInfo } from '../../rpc/client-edge.ts';
@@ -17,6 +17,8 @@ declare global {
       accessToken?: string;
       /** Who is calling, resolved once at the edge (address, user agent, device token). */
       client?: ClientInfo;
+      /** Charged to no rate limit (a probe, a static file, a refusal of a client over its limit): logged within unmeteredLine's budget. */
+      unmetered?: boolean;
     }
   }
 }
@@ -76,18 +78,18 @@ export function requestContext(
         span.end();
       }
       const level = status === 503 ? 'warn' : status >= 500 ? 'error' : 'info';
-      logger[level](
-        {
-          requestId,
-          method: req.method,
-          ...loggedPath(req.originalUrl.split('?')[0] ?? ''),
-          status,
-          durationMs: Math.round(durationMs * 100) / 100,
-          userId: callerId(context.caller),
-          traceId: span?.spanContext().traceId,
-        },
-        abandonedByClient ? 'request abandoned by its client' : 'request completed',
-      );
+      const line = {
+        requestId,
+        method: req.method,
+        ...loggedPath(req.originalUrl.split('?')[0] ?? ''),
+        status,
+        durationMs: Math.round(durationMs * 100) / 100,
+        userId: callerId(context.caller),
+        traceId: span?.spanContext().traceId,
+      };
+      const message = abandonedByClient ? 'request abandoned by its client' : 'request completed';
+      if (res.locals.unmetered === true) unmeteredLine(logger, level, line, message);
+      else logger[level](line, message);
     };
     res.on('finish', () => record(false));
     // A client that disconnects before its answer aborts the work done for it (see WorkGate).

@@ -165,14 +165,24 @@ export function createRestApp(options: RestAppOptions): Express {
 
   // The admin console's page and assets, with their own strict CSP: static bytes held in memory,
   // outside the API's rate limit (the console's RPCs count against it like any client's).
-  ahead.push(onlyFor(CONSOLE_PATHS, createConsoleRoutes()));
+  const consoleRoutes = createConsoleRoutes();
+  ahead.push(
+    onlyFor(CONSOLE_PATHS, (req, res, next) => {
+      res.locals.unmetered = true;
+      consoleRoutes(req, res, next);
+    }),
+  );
 
   if (options.rateLimiter !== undefined) {
     // Probes are exempt: an orchestrator polling them must never be throttled. A request with a
     // body is no probe, and is charged before its body is parsed: POSTed to /health, 137 bytes of
     // gzip inflating to 102 KB of nested arrays cost 64-78 ms each, unlimited (helper 203).
     const limit = rateLimit(options.rateLimiter);
-    ahead.push((req, res, next) => (PROBES.test(req.path) && !hasBody(req) ? next() : limit(req, res, next)));
+    ahead.push((req, res, next) => {
+      if (!PROBES.test(req.path) || hasBody(req)) return limit(req, res, next);
+      res.locals.unmetered = true;
+      next();
+    });
   }
 
   // The API reference (/docs, /openapi.yaml, /docs/proto/): pages, not API operations, so ahead

@@ -6,7 +6,7 @@ import { durationFromMs } from '@bufbuild/protobuf/wkt';
 import { BadRequestSchema, RetryInfoSchema } from '../../../gen/proto/google/rpc/error_details_pb.js';
 import { CONNECT_CODE } from '../../domain/error-codes.ts';
 import { AppError, InvalidTokenError, RateLimitedError, retryAfterOf, withoutStack } from '../../domain/errors.ts';
-import type { Logger } from '../../infrastructure/logger.ts';
+import { unmeteredLine, type Logger } from '../../infrastructure/logger.ts';
 import { rpcProtocolOf, type Metrics } from '../../infrastructure/metrics.ts';
 import { SpanStatusCode, type Tracing } from '../../infrastructure/tracing.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
@@ -15,6 +15,7 @@ import type { RequestValidator } from './request-validator.ts';
 import { peerTrustedKey, requestIdKey } from './rpc-context.ts';
 import { callerKey } from '../../rpc/caller.ts';
 import { admitsAsHealthCheck } from '../../rpc/call-limits.ts';
+import { Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
 import { addressKey } from '../../infrastructure/client-address.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
 import { remainingMs, runWithCallContext, timeoutFromHeaders } from '../../infrastructure/call-context.ts';
@@ -35,6 +36,7 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
     const timeoutMs = timeoutFromHeaders(req.header);
     const started = process.hrtime.bigint();
     const procedure = `${req.service.typeName}/${req.method.name}`;
+    const unmetered = req.service.typeName === Health.typeName;
     const protocol = rpcProtocolOf(req.header.get('content-type'));
     const span = tracing?.startServerSpan(
       procedure,
@@ -54,10 +56,12 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
         if (code === 'internal' || code === 'unknown' || code === 'unavailable' || code === 'deadlineexceeded') span.setStatus({ code: SpanStatusCode.ERROR, message: code });
         span.end();
       }
-      logger[code === 'internal' || code === 'unknown' ? 'error' : 'info'](
-        { requestId, procedure, code, durationMs: Math.round(durationMs * 100) / 100, traceId: span?.spanContext().traceId },
-        'rpc completed',
-      );
+      const line = { requestId, procedure, code, durationMs: Math.round(durationMs * 100) / 100, traceId: span?.spanContext().traceId };
+      const level = code === 'internal' || code === 'unknown' ? 'error' : 'info';
+      // Health checks are charged to no rate limit (probes carry no credentials): as many lines
+      // as a client sends calls, so they draw on the budget of such lines (unmeteredLine).
+      if (unmetered) unmeteredLine(logger, level, line, 'rpc completed');
+      else logger[level](line, 'rpc completed');
     };
     return runWithCallContext({ requestId, deadline: timeoutMs === undefined ? undefined : Date.now() + timeoutMs, signal: req.signal, span }, async () => {
       try {

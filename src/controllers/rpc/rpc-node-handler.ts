@@ -65,9 +65,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { constants, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
-import { AppError, ValidationError } from '../../domain/errors.ts';
+import { AppError, RateLimitedError, ValidationError } from '../../domain/errors.ts';
 import { findQueryProblems, framingBound } from '../edge-input.ts';
-import type { Logger } from '../../infrastructure/logger.ts';
+import { unmeteredLine, type Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { rpcRefusal } from '../../rpc/refusal.ts';
 import { connectTimeoutMs, grpcTimeoutMs, timerTimeout } from '../../infrastructure/call-context.ts';
@@ -248,7 +248,10 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
         durationMs: Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100,
       };
       if (refusal.code === Code.Internal) logger?.error({ ...line, err: error }, 'rpc failed');
-      else logger?.info(line, 'rpc completed');
+      // A refusal of a client over its rate limit is one of as many as it sends (unmeteredLine).
+      else if (error instanceof RateLimitedError) {
+        if (logger !== undefined) unmeteredLine(logger, 'info', line, 'rpc completed');
+      } else logger?.info(line, 'rpc completed');
       // Counted too: a flood the rate limit refused over RPC was in the logs alone, where the same
       // flood over REST showed on the dashboard (helper 133).
       metrics?.rpcRequest(line.procedure, rpcProtocolOf(context.requestHeader.get('content-type')), code, Number(process.hrtime.bigint() - started) / 1e9);

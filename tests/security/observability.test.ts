@@ -276,6 +276,8 @@ describe('the request log under a flood of requests no rate limit charges (helpe
         ...Array.from({ length: 50 }, () => limited.request.get('/console/').then((answer) => answer.status)),
       ]);
       expect(new Set(statuses)).toEqual(new Set([429, 200]));
+      // A probe takes no query: one with a query is charged like any request (helper 209).
+      expect([(await limited.request.get('/health')).status, (await limited.request.get('/health?x=1')).status]).toEqual([200, 429]);
       await sleep(200);
       const requestLines = flood.lines.filter((line) => line.msg === 'request completed' || line.msg === 'rpc completed');
       // The five charged requests, then no more than the budget of the 400 others.

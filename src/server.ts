@@ -31,6 +31,7 @@ import type { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
 import { IDEMPOTENCY_KEY_FIELD } from './domain/idempotency-key.ts';
 import { errorEnvelope, type ErrorBody } from './controllers/rest/envelope.ts';
+import { lingersAnswered } from './controllers/close-after-answer.ts';
 import { framingBound } from './controllers/edge-input.ts';
 import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
 import { rateLimitedWarning, type Logger } from './infrastructure/logger.ts';
@@ -429,6 +430,7 @@ export function createDualProtocolServer(
         const idle = setInterval(() => {
           if (Date.now() >= graceEnds) h1.closeIdleConnections();
           closeAnswered();
+          for (const socket of h1Connections) if (lingersAnswered(socket)) socket.destroy();
         }, IDLE_CLOSE_INTERVAL_MS);
         server.close(() => {
           clearInterval(idle);

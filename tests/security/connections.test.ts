@@ -1488,6 +1488,45 @@ describe('a refused upload', () => {
     // Kernel buffers on both sides hold a few MB; read at line rate it was hundreds.
     expect(taken).toBeLessThan(32 * 1024 * 1024);
   });
+
+  it('when an RPC client keeps sending a body after its call was answered early (a declared length over the limit, a deadline that passed), then the server reads no more of it either', async () => {
+    // Helper 209: REST's refusals linger unread, but RPC's early answers over HTTP/1.1 left the
+    // connection to Node, whose dump read the rest of a declared 1 GB body at line rate.
+    const { schema, drop } = await freshSchema('test_linger_rpc');
+    const spawned = await spawnServer(schema, {});
+    cleanups.push(() => void drop());
+    const port = Number(new URL(spawned.baseUrl).port);
+    const sendAfterAnswer = async (head: string, status: string) => {
+      const client = rawClient(port, { allowHalfOpen: true });
+      await client.connected;
+      client.socket.write(head);
+      await until(status, () => (statusLines(client.received()).length > 0 ? true : undefined));
+      expect(statusLines(client.received())).toEqual([status]);
+      const piece = Buffer.alloc(256 * 1024, 0x78);
+      let taken = 0;
+      const stopAt = performance.now() + 1_500;
+      while (performance.now() < stopAt && !client.socket.destroyed) {
+        const written = client.socket.write(piece);
+        if (!written) {
+          const drained = await Promise.race([once(client.socket, 'drain').then(() => true), sleep(200).then(() => false)]);
+          if (!drained) continue;
+        }
+        taken += piece.length;
+      }
+      client.socket.destroy();
+      return taken;
+    };
+    const login = '/arcana.auth.v1.AuthService/Login';
+    // Connect's resource_exhausted is 429, deadline_exceeded 504.
+    const overLimit = await sendAfterAnswer(`POST ${login} HTTP/1.1\r\nHost: x\r\nContent-Type: application/proto\r\nContent-Length: 1000000000\r\n\r\n`, 'HTTP/1.1 429');
+    const outOfTime = await sendAfterAnswer(
+      `POST ${login} HTTP/1.1\r\nHost: x\r\nContent-Type: application/proto\r\nConnect-Timeout-Ms: 200\r\nContent-Length: 60000\r\n\r\n`,
+      'HTTP/1.1 504',
+    );
+    expect(overLimit).toBeLessThan(32 * 1024 * 1024);
+    // Its declared body is 60 KB: the rest is not read as another request either.
+    expect(outOfTime).toBeLessThan(32 * 1024 * 1024);
+  });
 });
 
 describe('graceful shutdown', () => {

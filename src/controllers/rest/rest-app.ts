@@ -2,7 +2,7 @@ import compression from 'compression';
 import express, { type Express, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { isUtf8 } from 'node:buffer';
 import { parse as parseQuery } from 'node:querystring';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { OpenApiValidatorOpts } from 'express-openapi-validator/dist/framework/types.d.ts';
 import type { components } from '../../../gen/openapi/schema.d.ts';
 import { compileTrust, type ClientAddressResolver, type TrustProxySetting } from '../../infrastructure/client-address.ts';
@@ -16,6 +16,7 @@ import { createDocsRoutes } from './docs-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
 import { findQueryProblems, findUnstorableText, framingBound, hasBody, noFieldErrors, repeatedJsonKey, REPEATED_REFUSED } from '../edge-input.ts';
 import { createOpenApiValidation } from './openapi-validation.ts';
+import { closeAfterAnswer } from '../close-after-answer.ts';
 import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
 import { rateLimit } from './rate-limit-middleware.ts';
 import { requestContext, routeMatcher } from './request-context.ts';
@@ -281,60 +282,6 @@ function jsonBodies(limitBytes: number): RequestHandler {
     req.on('data', count);
   };
 }
-
-/**
- * Marks the answer to a request refused before its body was read as the connection's last, and
- * lets the connection linger, unread, for LINGER_MS after everything written on it has left for
- * the kernel. Node ends such a connection at once (destroySoon): with the client's bytes unread,
- * the kernel answers them with a reset that can overtake the answer, and the client read none of
- * it (seen with a gzip body sent chunked). The wait counts from the last write leaving, and is
- * long enough for a slow reader to take what the kernel still holds: answers pipelined ahead of
- * the refused request were thrown away by the reset when it came a second after the end was
- * asked for (helper 176). Nothing is read meanwhile: Node resumes a request whose body nobody
- * read (its dump) as it ends the answer, which took a declared 1 GB body at line rate, 73 MB in
- * the second (helper 176); it is paused again here. A connection whose writes never leave (a
- * client that stops reading) is destroyed after FLUSH_MAX_MS.
- */
-function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
-  const { socket } = req;
-  socket.destroySoon = () => {
-    // Node's dump of an unread body resumes the request on the next tick, and drops what it reads
-    // without ever pausing the socket: the socket is paused once that has run.
-    req.pause();
-    setImmediate(() => socket.pause());
-    // At most LINGERING_MAX at once, process-wide: each counts against its address's
-    // CONNECTIONS_PER_ADDRESS_MAX while it lingers, and a client refused 264 times in a few seconds
-    // (a test of the metrics' labels) found its address's 128 taken. Past the bound the answer is
-    // left to the race a plain close makes.
-    if (lingering >= LINGERING_MAX) {
-      socket.end();
-      socket.once('finish', () => socket.destroy());
-      return;
-    }
-    lingering += 1;
-    socket.once('close', () => (lingering -= 1));
-    const cap = setTimeout(() => socket.destroy(), FLUSH_MAX_MS).unref();
-    socket.once('finish', () => {
-      clearTimeout(cap);
-      setTimeout(() => socket.destroy(), LINGER_MS).unref();
-    });
-    socket.end();
-  };
-  res.setHeader('connection', 'close');
-}
-
-/** Connections lingering after a refusal now (see closeAfterAnswer), and the most at once. */
-let lingering = 0;
-const LINGERING_MAX = 64;
-
-/**
- * How long a connection refused mid-body stays open, unread, after its answers have left for the
- * kernel: what the kernel still holds (a few MB on loopback) takes a client reading at 1 MB/s
- * a few seconds. The connection counts against CONNECTIONS_PER_ADDRESS_MAX meanwhile.
- */
-const LINGER_MS = 5_000;
-/** How long the answers ahead of such a refusal may take to leave before the connection is destroyed. */
-const FLUSH_MAX_MS = 30_000;
 
 /** The raw (inflated) JSON body, kept by the parser's `verify` hook for the check after it. */
 const RAW_JSON = Symbol('raw JSON body');

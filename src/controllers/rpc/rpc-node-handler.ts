@@ -66,7 +66,8 @@ import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { constants, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { AppError, RateLimitedError, ValidationError } from '../../domain/errors.ts';
-import { findQueryProblems, framingBound } from '../edge-input.ts';
+import { findQueryProblems, framingBound, hasBody } from '../edge-input.ts';
+import { closeAfterAnswer } from '../close-after-answer.ts';
 import { unmeteredLine, type Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { rpcRefusal } from '../../rpc/refusal.ts';
@@ -433,6 +434,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     const header = trailerMux(context.responseHeader, context.responseTrailer);
     header.set(headerUnaryContentLength, String(body.byteLength));
     if (answerGone(res)) return true;
+    lingerIfUnread(req, res);
     (res as ServerResponse).writeHead(status, nodeHeadersFromWeb(header));
     (res as ServerResponse).end(body);
     return true;
@@ -560,8 +562,20 @@ function refuseInProtocol(req: NodeRequest, res: NodeResponse, error: ConnectErr
   for (const [name, value] of Object.entries(refusal.headers)) res.setHeader(name, value);
   res.setHeader('content-length', refusal.body.byteLength);
   res.setHeader('x-request-id', requestIdFrom(header('x-request-id')));
+  lingerIfUnread(req, res);
   res.end(refusal.body);
   endUnreadStream(req);
+}
+
+/**
+ * Over HTTP/1.1, an answer made before the request's body ended (its deadline passed while it was
+ * read, a declared length over the limit) is the connection's last, and the connection lingers
+ * unread (closeAfterAnswer): Node closed it at once, and the reset the client's unread bytes
+ * drew could overtake the answer, as it did for REST (helper 209).
+ */
+function lingerIfUnread(req: NodeRequest, res: NodeResponse): void {
+  if ('stream' in req || !hasBody(req) || req.readableEnded) return;
+  closeAfterAnswer(req, res as ServerResponse);
 }
 
 /** The header in which a streaming protocol's answer names the encodings taken (none for unary Connect). */

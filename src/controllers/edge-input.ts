@@ -242,3 +242,13 @@ export function hasBody(req: { headers: Record<string, string | string[] | undef
 export function notAFieldOf(typeName: string): string {
   return `is not a field of ${typeName}`;
 }
+
+/**
+ * Whether the query of `url` has more than `max` `&`-separated pairs, empty ones counted: read
+ * without decoding anything, and no further than the pair past `max`.
+ */
+export function queryPairsOver(url: string, max: number): boolean {
+  let pairs = 0;
+  for (let at = url.indexOf('?'); at >= 0 && pairs <= max; at = url.indexOf('&', at + 1)) pairs += 1;
+  return pairs > max;
+}

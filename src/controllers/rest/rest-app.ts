@@ -14,7 +14,7 @@ import { addAuthRoutes } from './auth-routes.ts';
 import { createConsoleRoutes } from './console-routes.ts';
 import { createDocsRoutes } from './docs-routes.ts';
 import { ValidationError } from '../../domain/errors.ts';
-import { findQueryProblems, findUnstorableText, framingBound, hasBody, noFieldErrors, repeatedJsonKey, REPEATED_REFUSED } from '../edge-input.ts';
+import { findQueryProblems, findUnstorableText, framingBound, hasBody, noFieldErrors, queryPairsOver, repeatedJsonKey, REPEATED_REFUSED } from '../edge-input.ts';
 import { createOpenApiValidation } from './openapi-validation.ts';
 import { closeAfterAnswer } from '../close-after-answer.ts';
 import { createErrorHandler, INVALID_UTF8, notFoundHandler } from './error-handler.ts';
@@ -329,10 +329,7 @@ export const QUERY_PAIRS_MAX = 64;
  * `%FF&` 80 ms (helper 209): the parser, the validator and the checks below each read every pair.
  */
 function refuseLongQuery(req: Request, _res: Response, next: NextFunction): void {
-  const url = req.originalUrl;
-  let pairs = 0;
-  for (let at = url.indexOf('?'); at >= 0 && pairs <= QUERY_PAIRS_MAX; at = url.indexOf('&', at + 1)) pairs += 1;
-  if (pairs > QUERY_PAIRS_MAX) throw new ValidationError('Validation failed', { query: `at most ${QUERY_PAIRS_MAX} parameters` });
+  if (queryPairsOver(req.originalUrl, QUERY_PAIRS_MAX)) throw new ValidationError('Validation failed', { query: `at most ${QUERY_PAIRS_MAX} parameters` });
   next();
 }
 

@@ -66,7 +66,7 @@ import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { constants, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { AppError, RateLimitedError, ValidationError } from '../../domain/errors.ts';
-import { findQueryProblems, framingBound, hasBody } from '../edge-input.ts';
+import { findQueryProblems, framingBound, hasBody, queryPairsOver } from '../edge-input.ts';
 import { closeAfterAnswer } from '../close-after-answer.ts';
 import { unmeteredLine, type Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
@@ -510,9 +510,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       // connect-es reads a GET's query (URLSearchParams) before the gate and its rate limit: 16
       // KiB of `%FF&` cost 39 ms of CPU for a call answered 429 (helper 209). A Connect GET names
       // at most five parameters; one with many more is refused before anything reads it.
-      let pairs = 0;
-      for (let at = query; at >= 0 && pairs <= CONNECT_GET_PAIRS_MAX; at = url.indexOf('&', at + 1)) pairs += 1;
-      if (pairs > CONNECT_GET_PAIRS_MAX) {
+      if (queryPairsOver(url, CONNECT_GET_PAIRS_MAX)) {
         refuseInProtocol(req, res, new ConnectError(`a Connect GET takes at most ${CONNECT_GET_PAIRS_MAX} query parameters`, Code.InvalidArgument));
         metrics?.rpcRequest(handler.requestPath.slice(1), rpcProtocolOf(headerOf(req, 'content-type')), 'invalid_argument', Number(process.hrtime.bigint() - started) / 1e9);
         return;

@@ -66,43 +66,52 @@ export function rateLimitedWarning(logger: Logger | undefined, message: string, 
 export const UNMETERED_LINES_PER_INTERVAL = 100;
 export const UNMETERED_INTERVAL_MS = 10_000;
 
-/** One budget per logger, so that every edge of a process (REST, RPC) draws on the same. */
-const unmeteredBudgets = new WeakMap<Logger, (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, message: string) => void>();
+/** A budget of lines per interval, with its own count of the lines past it. */
+type LineBudget = (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, message: string) => void;
+
+/** Two budgets per logger (info lines, and warnings and errors), so that every edge of a process (REST, RPC) draws on the same. */
+const unmeteredBudgets = new WeakMap<Logger, { info: LineBudget; problems: LineBudget }>();
+
+function lineBudget(logger: Logger, kind: 'info' | 'warn/error'): LineBudget {
+  let logged = 0;
+  let suppressed = 0;
+  let window: NodeJS.Timeout | undefined;
+  const endWindow = () => {
+    window = undefined;
+    logged = 0;
+    if (suppressed === 0) return;
+    logger.warn(
+      { suppressed, levels: kind, intervalMs: UNMETERED_INTERVAL_MS },
+      'request lines not logged: more requests outside every rate limit (probes, static files, clients over their limit) than the log takes',
+    );
+    suppressed = 0;
+  };
+  return (level, fields, message) => {
+    window ??= detachedFromRequest(() => setTimeout(endWindow, UNMETERED_INTERVAL_MS).unref());
+    if (logged >= UNMETERED_LINES_PER_INTERVAL) {
+      suppressed += 1;
+      return;
+    }
+    logged += 1;
+    logger[level](fields, message);
+  };
+}
 
 /**
  * Logs the line of a request no rate limit charged: a probe, a static file, a call refused because
  * its client is over its limit. Such requests are as many as a client can send, and one line each
  * let one address make the server log 2.5-5 MB a second, 9-18 GB an hour (helper 207), where the
  * limit bounds every charged request's line. At most UNMETERED_LINES_PER_INTERVAL of them are
- * logged per UNMETERED_INTERVAL_MS in a process; the rest are counted in one line as the interval
- * ends (the metrics count every request). The summary belongs to no request, as rateLimitedWarning's.
+ * logged per UNMETERED_INTERVAL_MS in a process, and as many warnings and errors besides: a flood
+ * of free `/health` requests hid another client's `/ready` 503s when both shared one budget
+ * (helper 211). The rest are counted in one line per kind as the interval ends (the metrics count
+ * every request). The summary belongs to no request, as rateLimitedWarning's.
  */
 export function unmeteredLine(logger: Logger, level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, message: string): void {
-  let budget = unmeteredBudgets.get(logger);
-  if (budget === undefined) {
-    let logged = 0;
-    let suppressed = 0;
-    let window: NodeJS.Timeout | undefined;
-    const endWindow = () => {
-      window = undefined;
-      logged = 0;
-      if (suppressed === 0) return;
-      logger.warn(
-        { suppressed, intervalMs: UNMETERED_INTERVAL_MS },
-        'request lines not logged: more requests outside every rate limit (probes, static files, clients over their limit) than the log takes',
-      );
-      suppressed = 0;
-    };
-    budget = (lineLevel, lineFields, lineMessage) => {
-      window ??= detachedFromRequest(() => setTimeout(endWindow, UNMETERED_INTERVAL_MS).unref());
-      if (logged >= UNMETERED_LINES_PER_INTERVAL) {
-        suppressed += 1;
-        return;
-      }
-      logged += 1;
-      logger[lineLevel](lineFields, lineMessage);
-    };
-    unmeteredBudgets.set(logger, budget);
+  let budgets = unmeteredBudgets.get(logger);
+  if (budgets === undefined) {
+    budgets = { info: lineBudget(logger, 'info'), problems: lineBudget(logger, 'warn/error') };
+    unmeteredBudgets.set(logger, budgets);
   }
-  budget(level, fields, message);
+  (level === 'info' ? budgets.info : budgets.problems)(level, fields, message);
 }

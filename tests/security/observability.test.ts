@@ -257,7 +257,7 @@ describe('client text in an RPC refusal', () => {
 });
 
 describe('the request log under a flood of requests no rate limit charges (helper 207)', () => {
-  it('when one address floods over its limit (REST and Connect), and probes /health and the console, in parallel, then at most the budget of such lines is logged, while its charged requests each have theirs', async () => {
+  it('when one address floods over its limit (REST and Connect), and probes /health, the console and gRPC health, in parallel, then at most the budget of such lines is logged, while its charged requests each have theirs; malformed health checks too', async () => {
     // Each refused or exempt request had a line of its own: one address made the server log
     // 2.5-5 MB a second, 9-18 GB an hour, whatever its limit.
     const flood = capturingLogger('info');
@@ -276,6 +276,11 @@ describe('the request log under a flood of requests no rate limit charges (helpe
         ...Array.from({ length: 50 }, () => limited.request.get('/console/').then((answer) => answer.status)),
       ]);
       expect(new Set(statuses)).toEqual(new Set([429, 200]));
+      // Health checks are never charged, malformed ones neither (helper 211: a line each).
+      for (let i = 0; i < 50; i += 1) {
+        const answer = await fetch(`${limited.baseUrl}/grpc.health.v1.Health/Check`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{' });
+        expect(answer.status).toBe(400);
+      }
       // A probe takes no query: one with a query is charged like any request (helper 209).
       expect([(await limited.request.get('/health')).status, (await limited.request.get('/health?x=1')).status]).toEqual([200, 429]);
       await sleep(200);

@@ -23,7 +23,22 @@ describe('unmeteredLine', () => {
     expect(logged).toEqual([...Array.from({ length: UNMETERED_LINES_PER_INTERVAL }, (_, i) => i), flood]);
     const summaries = lines.filter((line) => line.msg.startsWith('request lines not logged'));
     // One summary, for the interval that had more; none for the quiet one after.
-    expect(summaries.map((line) => [line.level, line.suppressed])).toEqual([['warn', 150]]);
+    expect(summaries.map((line) => [line.level, line.levels, line.suppressed])).toEqual([['warn', 'info', 150]]);
+  });
+
+  it('when info lines pass their budget, then warnings and errors are still logged, from a budget of their own (helper 211: a /health flood hid /ready 503s)', async () => {
+    const { logger, lines } = capturingLogger('info');
+    for (let i = 0; i < UNMETERED_LINES_PER_INTERVAL + 50; i += 1) unmeteredLine(logger, 'info', {}, 'request completed');
+    unmeteredLine(logger, 'warn', { status: 503 }, 'request completed');
+    unmeteredLine(logger, 'error', { status: 500 }, 'request completed');
+    expect(lines.filter((line) => line.msg === 'request completed' && line.level !== 'info').map((line) => line.status)).toEqual([503, 500]);
+    for (let i = 0; i < UNMETERED_LINES_PER_INTERVAL; i += 1) unmeteredLine(logger, 'warn', { status: 503 }, 'request completed');
+    await vi.advanceTimersByTimeAsync(UNMETERED_INTERVAL_MS);
+    const summaries = lines.filter((line) => line.msg.startsWith('request lines not logged'));
+    expect(summaries.map((line) => [line.levels, line.suppressed])).toEqual([
+      ['info', 50],
+      ['warn/error', 2],
+    ]);
   });
 
   it('when two loggers log, then each has its budget', () => {

@@ -68,6 +68,7 @@ import { constants, type Http2ServerRequest, type Http2ServerResponse } from 'no
 import { AppError, RateLimitedError, ValidationError } from '../../domain/errors.ts';
 import { findQueryProblems, framingBound, hasBody, queryPairsOver } from '../edge-input.ts';
 import { closeAfterAnswer } from '../close-after-answer.ts';
+import { Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
 import { unmeteredLine, type Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { rpcRefusal } from '../../rpc/refusal.ts';
@@ -252,8 +253,10 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
         durationMs: Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100,
       };
       if (refusal.code === Code.Internal) logger?.error({ ...line, err: error }, 'rpc failed');
-      // A refusal of a client over its rate limit is one of as many as it sends (unmeteredLine).
-      else if (error instanceof RateLimitedError) {
+      // A refusal of a client over its rate limit, or of a health call (never charged), is one of
+      // as many as its client sends (unmeteredLine): malformed health checks wrote a line each,
+      // 2-2.6 MB of log a second from one address (helper 211).
+      else if (error instanceof RateLimitedError || context.service.typeName === Health.typeName) {
         if (logger !== undefined) unmeteredLine(logger, 'info', line, 'rpc completed');
       } else logger?.info(line, 'rpc completed');
       // Counted too: a flood the rate limit refused over RPC was in the logs alone, where the same

@@ -31,7 +31,7 @@ import type { UserRepository } from '../repositories/user-repository.ts';
 import { runWithCallContext, timeoutFromHeaders, type CallContext } from '../infrastructure/call-context.ts';
 import { callerFromHeaders, callerKey } from '../rpc/caller.ts';
 import type { InProcessService } from '../rpc/in-process-transport.ts';
-import { admitsAsHealthCheck } from '../rpc/call-limits.ts';
+import { admitsAsHealthCheck, isHealthService } from '../rpc/call-limits.ts';
 import { CALLER_HEADER, REPEAT_HEADER } from './layer-transport.ts';
 import {
   createAuditRepositoryHandler,
@@ -111,7 +111,7 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
     // The layer above's client span, from its `traceparent`, is this span's parent. Health
     // checks are probes, not requests: untraced.
     const span =
-      tracing !== undefined && req.service.typeName !== Health.typeName
+      tracing !== undefined && !isHealthService(req.service)
         ? tracing.startServerSpan(
             procedure,
             (name) => req.header.get(name),

@@ -24,7 +24,12 @@ export const HEALTH_READ_MAX_BYTES = 4 * 1024;
  * such calls are let through by every admission (probes carry no credentials), on these terms.
  */
 export function admitsAsHealthCheck(context: HandlerContext): boolean {
-  if (context.service.typeName !== Health.typeName) return false;
+  if (!isHealthService(context.service)) return false;
   context.values.set(callReadLimitKey, HEALTH_READ_MAX_BYTES);
   return true;
+}
+
+/** Whether calls of `service` are health checks: open to anyone, charged to no rate limit. */
+export function isHealthService(service: { typeName: string }): boolean {
+  return service.typeName === Health.typeName;
 }

@@ -14,8 +14,7 @@ import type { RateLimiter } from '../../infrastructure/rate-limiter.ts';
 import type { RequestValidator } from './request-validator.ts';
 import { peerTrustedKey, requestIdKey } from './rpc-context.ts';
 import { callerKey } from '../../rpc/caller.ts';
-import { admitsAsHealthCheck } from '../../rpc/call-limits.ts';
-import { Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
+import { admitsAsHealthCheck, isHealthService } from '../../rpc/call-limits.ts';
 import { addressKey } from '../../infrastructure/client-address.ts';
 import { bearerChallenge, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
 import { remainingMs, runWithCallContext, timeoutFromHeaders } from '../../infrastructure/call-context.ts';
@@ -36,7 +35,7 @@ export function requestContextInterceptor(logger: Logger, metrics?: Metrics, tra
     const timeoutMs = timeoutFromHeaders(req.header);
     const started = process.hrtime.bigint();
     const procedure = `${req.service.typeName}/${req.method.name}`;
-    const unmetered = req.service.typeName === Health.typeName;
+    const unmetered = isHealthService(req.service);
     const protocol = rpcProtocolOf(req.header.get('content-type'));
     const span = tracing?.startServerSpan(
       procedure,

@@ -68,7 +68,7 @@ import { constants, type Http2ServerRequest, type Http2ServerResponse } from 'no
 import { AppError, RateLimitedError, ValidationError } from '../../domain/errors.ts';
 import { findQueryProblems, framingBound, hasBody, queryPairsOver } from '../edge-input.ts';
 import { closeAfterAnswer } from '../close-after-answer.ts';
-import { Health } from '../../../gen/proto/grpc/health/v1/health_pb.js';
+import { isHealthService } from '../../rpc/call-limits.ts';
 import { unmeteredLine, type Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { rpcRefusal } from '../../rpc/refusal.ts';
@@ -256,7 +256,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
       // A refusal of a client over its rate limit, or of a health call (never charged), is one of
       // as many as its client sends (unmeteredLine): malformed health checks wrote a line each,
       // 2-2.6 MB of log a second from one address (helper 211).
-      else if (error instanceof RateLimitedError || context.service.typeName === Health.typeName) {
+      else if (error instanceof RateLimitedError || isHealthService(context.service)) {
         if (logger !== undefined) unmeteredLine(logger, 'info', line, 'rpc completed');
       } else logger?.info(line, 'rpc completed');
       // Counted too: a flood the rate limit refused over RPC was in the logs alone, where the same

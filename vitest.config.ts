@@ -21,6 +21,7 @@ const API_SUITES = [
   'rpc-cross-protocol',
   'rpc-health-reflection',
   'rpc-external-clients',
+  'grpc-web-text',
   'typed-clients',
   'api-docs',
 ].map((name) => `tests/integration/${name}.test.ts`);

@@ -7,6 +7,7 @@ import type { ConnectError } from '@connectrpc/connect';
 import { encodeEnvelope } from '@connectrpc/connect/protocol';
 import { codeToHttpStatus, endStreamFlag, errorToJson, errorToJsonBytes } from '@connectrpc/connect/protocol-connect';
 import { setTrailerStatus } from '@connectrpc/connect/protocol-grpc';
+import { GRPC_WEB_TEXT_CONTENT_TYPE } from './grpc-web-text.ts';
 
 /** An answer written before any handler runs. */
 export interface Refusal {
@@ -24,7 +25,7 @@ export function rpcRefusal(contentType: string, error: ConnectError): Refusal {
     setTrailerStatus(status, error);
     return {
       status: 200,
-      headers: { 'content-type': type.startsWith('application/grpc-web') ? 'application/grpc-web+proto' : 'application/grpc', ...Object.fromEntries(status) },
+      headers: { 'content-type': grpcContentType(type), ...Object.fromEntries(status) },
       body: new Uint8Array(0),
     };
   }
@@ -35,4 +36,10 @@ export function rpcRefusal(contentType: string, error: ConnectError): Refusal {
   }
   // A Connect unary call (POST with a JSON or binary body, or GET): the error as JSON.
   return { status: codeToHttpStatus(error.code), headers: { 'content-type': 'application/json' }, body: errorToJsonBytes(error, undefined) };
+}
+
+/** The Content-Type of a gRPC or gRPC-Web answer to a call sent as `type` (lower-cased). */
+function grpcContentType(type: string): string {
+  if (type.startsWith('application/grpc-web-text')) return GRPC_WEB_TEXT_CONTENT_TYPE;
+  return type.startsWith('application/grpc-web') ? 'application/grpc-web+proto' : 'application/grpc';
 }

@@ -72,6 +72,7 @@ import { isHealthService } from '../../rpc/call-limits.ts';
 import { unmeteredLine, type Logger } from '../../infrastructure/logger.ts';
 import { requestIdFrom } from '../../infrastructure/request-id.ts';
 import { rpcRefusal } from '../../rpc/refusal.ts';
+import { base64Length, binaryRequestOf, isGrpcWebText, textResponseOf } from '../../rpc/grpc-web-text.ts';
 import { connectTimeoutMs, grpcTimeoutMs, timerTimeout } from '../../infrastructure/call-context.ts';
 import { nodeHeadersFromWeb, webHeadersFromNode } from '../../rpc/node-headers.ts';
 import { toConnectError } from './interceptors.ts';
@@ -499,8 +500,9 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     // refused before it is read, in the call's protocol, as Connect's unary path refused it:
     // gRPC-Web waited for the whole declared body and answered 408, in REST's envelope, at the
     // request deadline (helper 180).
+    const text = isGrpcWebText(headerOf(req, 'content-type'));
     const declared = Number(req.headers['content-length']);
-    if (declared > readMaxBytes + 5) {
+    if (declared > (text ? base64Length(readMaxBytes + 5) : readMaxBytes + 5)) {
       refuseInProtocol(req, res, new ConnectError(`message size ${declared} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted));
       metrics?.rpcRequest(handler.requestPath.slice(1), rpcProtocolOf(headerOf(req, 'content-type')), 'resource_exhausted', Number(process.hrtime.bigint() - started) / 1e9);
       return;
@@ -551,7 +553,7 @@ export function createRpcNodeHandler(options: RpcNodeHandlerOptions): (req: Node
     res.once('close', () => {
       if (!contextValues.get(gatedKey)) countUngated(req, res, handler.requestPath.slice(1), started);
     });
-    serveWithConnect(handler, req, res, contextValues);
+    serveWithConnect(handler, req, res, contextValues, text);
   };
 }
 
@@ -677,7 +679,14 @@ function untilCallEnds<T>(reading: Promise<T>, signal: AbortSignal): Promise<T> 
 }
 
 /** Hands a call to connect-es, with the gate's body in its context values. */
-function serveWithConnect(handler: ReturnType<typeof createConnectRouter>['handlers'][number], req: NodeRequest, res: NodeResponse, contextValues: ContextValues): void {
+function serveWithConnect(
+  handler: ReturnType<typeof createConnectRouter>['handlers'][number],
+  req: NodeRequest,
+  res: NodeResponse,
+  contextValues: ContextValues,
+  // gRPC-Web's text mode, served as the binary call it encodes (grpc-web-text.ts).
+  text = false,
+): void {
   let request;
   try {
     request = universalRequestFromNodeRequest(req, res, undefined, contextValues);
@@ -688,10 +697,11 @@ function serveWithConnect(handler: ReturnType<typeof createConnectRouter>['handl
     res.end();
     return;
   }
+  if (text) request = binaryRequestOf(request);
   const body = new ReplayableBody(request.body as AsyncIterable<Uint8Array>);
   contextValues.set(bodyKey, body);
   handler({ ...request, body })
-    .then((response) => universalResponseToNodeResponse(response, res))
+    .then((response) => universalResponseToNodeResponse(text ? textResponseOf(response) : response, res))
     .catch((reason: unknown) => {
       if (ConnectError.from(reason).code !== Code.Aborted) res.destroy();
     });

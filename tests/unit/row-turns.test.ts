@@ -68,6 +68,29 @@ describe('row turns', () => {
     expect(await after).toBe('next');
   });
 
+  it("when a user's own writes fill its row's queue, then an administrator's write on that row goes next, not after them", async () => {
+    // Helper 213: a user flooding its own row held an administrator's suspension of it behind its
+    // writes past the wait bound (503), while the user's writes went on.
+    const turns = new RowTurns(400);
+    const log: string[] = [];
+    const running = gatedWrite(log, 'running');
+    const first = turns.run(5, [5], running.write);
+    const own = Array.from({ length: 10 }, (_, index) => turns.run(5, [5], async () => log.push(`own ${index}`)).catch((error: unknown) => error));
+    const admin = gatedWrite(log, 'admin');
+    // The administrator (user 1) acts on user 5, holding a place at its own row and at every administrator's.
+    const suspension = turns.run(5, [1, 0], admin.write);
+    await sleep(10);
+    running.finish();
+    await first;
+    await sleep(10);
+    expect(log).toEqual(['running start', 'running end', 'admin start']);
+    admin.finish();
+    expect(await suspension).toBe('admin');
+    await Promise.all(own);
+    expect(log.slice(4)).toEqual(Array.from({ length: 10 }, (_, index) => `own ${index}`));
+    expect(turns.queued).toBe(0);
+  });
+
   it('when more than sixty-four writes wait for one row, then the next is refused at once', async () => {
     const turns = new RowTurns(5_000);
     const log: string[] = [];

@@ -107,6 +107,12 @@ export interface Application {
    * The server holds the requests that do not to a few at once (DualProtocolServerOptions.vouch).
    */
   vouch?: ((authorization: string | undefined) => boolean) | undefined;
+  /**
+   * In a process that holds the public APIs: the origins whose pages may call them from a browser
+   * (CORS_ORIGINS); the server refuses browsers' requests for other sites' pages before they are
+   * charged (DualProtocolServerOptions.browserOrigins).
+   */
+  browserOrigins?: readonly string[] | undefined;
   /** Prometheus metrics, when METRICS_PORT is set: serve `metrics.registry` on that port. */
   metrics?: Metrics | undefined;
   /**
@@ -489,7 +495,7 @@ async function buildServiceLayer(parts: ProcessParts, shared: SharedState, repos
  * The controller layer: the public facades, over the service layer's API: its implementations in
  * this process (`local`), or the service processes' over the network. The facades cannot tell.
  */
-async function buildControllerLayer(parts: ProcessParts, shared: SharedState, local: InProcessService[]): Promise<Pick<Application, 'http' | 'http2' | 'rest'>> {
+async function buildControllerLayer(parts: ProcessParts, shared: SharedState, local: InProcessService[]): Promise<Pick<Application, 'http' | 'http2' | 'rest' | 'browserOrigins'>> {
   const { config, readiness } = parts;
   let services: InProcessService[];
   let clients: ServiceClients;
@@ -572,7 +578,7 @@ async function createPublicFacades(
     metrics: Metrics | undefined;
     tracing: Tracing | undefined;
   },
-): Promise<Pick<Application, 'http' | 'http2' | 'rest'>> {
+): Promise<Pick<Application, 'http' | 'http2' | 'rest' | 'browserOrigins'>> {
   const { readiness, metrics } = deps;
   // One limiter for both facades: a client's budget is the same whichever protocol it uses. If
   // Redis fails it falls back to counting in this process rather than refusing the API.
@@ -672,6 +678,7 @@ async function createPublicFacades(
     },
     http2: rpcOnly,
     rest,
+    browserOrigins: config.corsOrigins,
   };
 }
 

@@ -31,6 +31,7 @@ import type { Duplex } from 'node:stream';
 import { loadConfig } from './config.ts';
 import { IDEMPOTENCY_KEY_FIELD } from './domain/idempotency-key.ts';
 import { errorEnvelope, type ErrorBody } from './controllers/rest/envelope.ts';
+import { crossSiteProblem } from './controllers/cross-site.ts';
 import { lingersAnswered } from './controllers/close-after-answer.ts';
 import { framingBound } from './controllers/edge-input.ts';
 import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
@@ -80,6 +81,12 @@ export interface DualProtocolServerOptions {
    */
   vouch?: ((authorization: string | undefined) => boolean) | undefined;
   /**
+   * The origins whose pages may call the API from a browser (CORS_ORIGINS): a browser's request
+   * made for a page of another site is refused before it is charged (see cross-site.ts). Unset:
+   * no such check (an internal layer, which browsers do not reach).
+   */
+  browserOrigins?: readonly string[] | undefined;
+  /**
    * How long a closing server leaves idle keep-alive connections, and connections that have not
    * yet said what they speak, for a last request (see close); DRAIN_IDLE_GRACE_MS when unset.
    */
@@ -121,6 +128,16 @@ export function createDualProtocolServer(
   const warnStream = rateLimitedWarning(options.logger, 'refused HTTP/2 streams: too many open from one address', REFUSAL_LOG_INTERVAL_MS);
   const warnMalformed = rateLimitedWarning(options.logger, 'refused requests: malformed or repeated headers', REFUSAL_LOG_INTERVAL_MS);
   const warnUnvouched = rateLimitedWarning(options.logger, 'refused requests: too many open without the internal secret', REFUSAL_LOG_INTERVAL_MS);
+  const warnCrossSite = rateLimitedWarning(options.logger, 'refused requests: made by browsers for pages of sites CORS_ORIGINS does not name', REFUSAL_LOG_INTERVAL_MS);
+  const browserOrigins = options.browserOrigins === undefined ? undefined : new Set(options.browserOrigins);
+  /** Refuses a browser's cross-site request (see cross-site.ts); true when it did. */
+  const refusedCrossSite = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse, address: string | undefined): boolean => {
+    const problem = browserOrigins === undefined ? undefined : crossSiteProblem(req.method, req.headers, browserOrigins);
+    if (problem === undefined) return false;
+    warnCrossSite({ peer: addressKey(address) });
+    refuseRequest(req, res, problem, REFUSED_CROSS_SITE);
+    return true;
+  };
   const warnResets = rateLimitedWarning(options.logger, 'refused connections: their address reset too many HTTP/2 streams before they started', REFUSAL_LOG_INTERVAL_MS);
   const unvouched = new Map<string, number>();
   /** Whether a request may go on; one no secret vouches for is counted until `onDone` releases it. */
@@ -167,6 +184,7 @@ export function createDualProtocolServer(
         refuseRequest(req, res, headersProblem);
         return;
       }
+      if (refusedCrossSite(req, res, req.socket.remoteAddress)) return;
       if (!admitUnvouched(req.socket.remoteAddress, options.vouch?.(req.headers.authorization) === true, (release) => res.once('close', release))) {
         warnUnvouched({ peer: addressKey(req.socket.remoteAddress), limit: UNVOUCHED_PER_ADDRESS_MAX });
         refuseRequest(req, res, TOO_MANY_UNVOUCHED, REFUSED_BUSY);
@@ -263,6 +281,7 @@ export function createDualProtocolServer(
       refuseRequest(req, res, headersProblem);
       return;
     }
+    if (refusedCrossSite(req, res, address)) return;
     // A stream reset before its turn (rapid reset: HEADERS then RST_STREAM, hundreds per write)
     // is not started: before, each ran a handler after its client had left, and once the
     // connection was gone too its rate-limit charge fell on the shared `unknown` address.
@@ -899,6 +918,9 @@ interface RefusalKind {
 
 /** A request malformed at the HTTP level: 400, RPC `invalid_argument`. */
 const REFUSED_MALFORMED: RefusalKind = { status: 400, code: MALFORMED.code, rpcCode: Code.InvalidArgument };
+
+/** A browser's request for a page of another site (see cross-site.ts): 403, RPC `permission_denied`. */
+const REFUSED_CROSS_SITE: RefusalKind = { status: 403, code: 'AUTHORIZATION_ERROR', rpcCode: Code.PermissionDenied };
 
 /** A refusal for want of room (503 with Retry-After; RPC `unavailable`), not for what was sent. */
 const REFUSED_BUSY: RefusalKind = { status: 503, code: 'SERVICE_UNAVAILABLE', rpcCode: Code.Unavailable, retryAfterSeconds: 1 };

@@ -53,6 +53,7 @@ async function main(): Promise<void> {
       logger,
       bodyLimitBytes: config.server.bodyLimitBytes,
       vouch: app.vouch,
+      browserOrigins: app.browserOrigins,
       drainIdleGraceMs: config.server.shutdownIdleGraceMs,
     },
   );

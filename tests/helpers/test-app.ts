@@ -124,7 +124,7 @@ async function startLayer(env: Environment, logger?: Logger): Promise<Applicatio
 }
 
 /** Serves an app's handlers on a free loopback port, the way src/main.js serves them. */
-async function listenOnLoopback(app: Pick<Application, 'http' | 'http2' | 'vouch'>, env: Environment): Promise<{ port: number; close: () => Promise<void> }> {
+async function listenOnLoopback(app: Pick<Application, 'http' | 'http2' | 'vouch' | 'browserOrigins'>, env: Environment): Promise<{ port: number; close: () => Promise<void> }> {
   const config = loadConfig(env);
   const { server, close } = createDualProtocolServer(
     { http1: app.http, http2: app.http2 },
@@ -134,6 +134,7 @@ async function listenOnLoopback(app: Pick<Application, 'http' | 'http2' | 'vouch
       logger: createLogger({ level: config.logLevel }),
       bodyLimitBytes: config.server.bodyLimitBytes,
       vouch: app.vouch,
+      browserOrigins: app.browserOrigins,
     },
   );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));

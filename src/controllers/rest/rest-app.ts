@@ -174,6 +174,23 @@ export function createRestApp(options: RestAppOptions): Express {
     }),
   );
 
+  // The API reference (/docs, /openapi.yaml, /docs/proto/): pages, not API operations, so ahead
+  // of the body parser and the OpenAPI validator; static bytes held in memory, outside the rate
+  // limit as the console's are. Charged, one look at /docs cost its reader five requests (the
+  // page, two scripts, the contract, the icon), so about twenty looks an hour locked an address
+  // out of the API and the console's sign-in (helper 212). A path under them that names no page
+  // goes on, charged, to the API's 404.
+  const docsRoutes = createDocsRoutes(options.apiSpecPath);
+  ahead.push(
+    onlyFor(DOCS_PATHS, (req, res, next) => {
+      res.locals.unmetered = true;
+      docsRoutes(req, res, (error?: unknown) => {
+        res.locals.unmetered = false;
+        next(error);
+      });
+    }),
+  );
+
   if (options.rateLimiter !== undefined) {
     // Probes are exempt: an orchestrator polling them must never be throttled. A request with a
     // body is no probe, and is charged before its body is parsed: POSTed to /health, 137 bytes of
@@ -188,10 +205,6 @@ export function createRestApp(options: RestAppOptions): Express {
     });
   }
   ahead.push(refuseLongQuery);
-
-  // The API reference (/docs, /openapi.yaml, /docs/proto/): pages, not API operations, so ahead
-  // of the body parser and the OpenAPI validator.
-  ahead.push(onlyFor(DOCS_PATHS, createDocsRoutes(options.apiSpecPath)));
 
   // A compressed body is inflated by body-parser (bounded by the limit after inflation); one cut
   // short or garbled is a 400 (error-handler.ts). A body that is not UTF-8 would be decoded with

@@ -1,0 +1,28 @@
+// Requests a browser makes for a page of another site that may not call this API: refused
+// before anything is charged for them. Browsers send them whenever a page asks (an `<img>`, a
+// form, a `fetch` in `no-cors` mode or to a simple request the CORS policy will not let it read),
+// the answers never reach the page, but each cost its client a request of its rate-limit budget,
+// so any page an administrator visited could spend the budget of the administrator's address (and
+// of everyone behind the same NAT) in a second, locking the console out for the window's hour
+// (helper 212: 110 `<img>` tags). Fetch Metadata (`Sec-Fetch-*`, sent by every current browser)
+// tells them apart from requests the API serves:
+// - no `Sec-Fetch-Site` (not a browser, or one too old to send it), `same-origin` (the console,
+//   the docs) or `none` (typed into the address bar): served;
+// - from another origin in CORS mode (`fetch` and its preflight): served when the origin is one
+//   CORS_ORIGINS allows, refused otherwise (a simple request would be served, then hidden from
+//   its page);
+// - a top-level GET navigation (a link to /docs): served;
+// - anything else from another origin (no-cors subresources, forms, frames, objects): refused.
+import type { IncomingHttpHeaders } from 'node:http';
+
+export const CROSS_SITE_REFUSAL = 'This API does not serve requests made for pages of other sites';
+
+/** Why a request is refused as cross-site, or undefined when it is served. */
+export function crossSiteProblem(method: string | undefined, headers: IncomingHttpHeaders, allowedOrigins: ReadonlySet<string>): string | undefined {
+  const site = headers['sec-fetch-site'];
+  if (site === undefined || site === 'same-origin' || site === 'none') return undefined;
+  const mode = headers['sec-fetch-mode'];
+  if (mode === 'cors') return allowedOrigins.has(headers.origin ?? '') ? undefined : CROSS_SITE_REFUSAL;
+  if (mode === 'navigate' && (method === 'GET' || method === 'HEAD') && headers['sec-fetch-dest'] === 'document') return undefined;
+  return CROSS_SITE_REFUSAL;
+}

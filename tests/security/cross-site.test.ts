@@ -1,0 +1,171 @@
+// A page of another site spending its visitor's rate-limit budget (helper 212): 110 `<img>` tags
+// pointed at the API, opened by an administrator, locked the administrator's address (and its
+// NAT) out of the API and the console for the window's hour. Browsers' requests made for pages
+// of sites CORS_ORIGINS does not name are refused before they are charged; the API's own pages,
+// allowed origins, top-level links and non-browser clients are served as before.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import http2 from 'node:http2';
+import { chromium, type Browser } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../helpers/test-app.ts';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const ALLOWED = 'https://app.example.test';
+const BUDGET = 30;
+
+let server: TestServer;
+let browser: Browser;
+
+beforeAll(async () => {
+  [server, browser] = await Promise.all([
+    startTestServer({ RATE_LIMIT_MAX: String(BUDGET), CORS_ORIGINS: ALLOWED }),
+    chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] }),
+  ]);
+}, 60_000);
+
+afterAll(async () => {
+  await browser.close();
+  await server.close();
+});
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+/** One request over HTTP/1.1 with exactly these headers. */
+function h1(method: string, path: string, headers: Record<string, string>, body?: string | Buffer): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${server.baseUrl}${path}`, { method, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('latin1') }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** One gRPC call over h2c: the HTTP status and grpc-status of its answer. */
+function grpc(path: string, headers: Record<string, string>): Promise<{ status: number; grpcStatus: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(server.baseUrl);
+    session.on('error', reject);
+    const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...headers });
+    let status = 0;
+    let grpcStatus: string | undefined;
+    stream.on('response', (head) => {
+      status = Number(head[':status']);
+      grpcStatus = head['grpc-status'] as string | undefined;
+    });
+    stream.on('trailers', (trailers) => (grpcStatus ??= trailers['grpc-status'] as string | undefined));
+    stream.on('data', () => undefined);
+    stream.on('end', () => {
+      session.close();
+      resolve({ status, grpcStatus });
+    });
+    stream.end(Buffer.from([0, 0, 0, 0, 0]));
+  });
+}
+
+/** What is left of this address's budget, read by a client that is no browser. */
+async function budgetLeft(): Promise<number> {
+  const answer = await h1('GET', '/public/info', {});
+  expect(answer.status).toBe(200);
+  return Number(answer.headers['ratelimit-remaining']);
+}
+
+const crossSite = (mode: string, dest: string, origin = 'https://evil.example.test') => ({ 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': mode, 'sec-fetch-dest': dest, origin });
+
+describe('requests browsers make for pages of other sites', () => {
+  it('when a hostile page fires subresources, forms, frames and CORS calls at every protocol at once, then each is refused 403 and none is charged', async () => {
+    const before = await budgetLeft();
+    const connectLogin = JSON.stringify({ usernameOrEmail: 'root_admin', password: 'wrong-password-1' });
+    const answers = await Promise.all([
+      ...Array.from({ length: 12 }, () => h1('GET', '/public/info', crossSite('no-cors', 'image'))),
+      h1('GET', '/api/v1/auth/me', crossSite('no-cors', 'script')),
+      // A form posted across sites, in each shape a form can take.
+      h1('POST', '/api/v1/auth/login', { ...crossSite('navigate', 'document'), 'content-type': 'application/x-www-form-urlencoded' }, 'usernameOrEmail=a&password=b'),
+      h1('GET', '/api/v1/users', crossSite('navigate', 'iframe')),
+      // fetch() from an origin CORS_ORIGINS does not name: a simple request, and a preflight.
+      h1('POST', '/arcana.auth.v1.AuthService/Login', { ...crossSite('cors', 'empty'), 'content-type': 'text/plain' }, connectLogin),
+      h1('OPTIONS', '/arcana.auth.v1.AuthService/Login', { ...crossSite('cors', 'empty'), 'access-control-request-method': 'POST' }),
+      // The same from a site that shares ours (another port, a sibling subdomain) but is no allowed origin.
+      h1('GET', '/public/info', { ...crossSite('no-cors', 'image'), 'sec-fetch-site': 'same-site' }),
+    ]);
+    expect(answers.length).toBe(18);
+    for (const answer of answers) {
+      expect(answer.status).toBe(403);
+      expect(answer.headers['access-control-allow-origin']).toBeUndefined();
+    }
+    expect(JSON.parse(answers[0].body)).toMatchObject({ success: false, error: { code: 'AUTHORIZATION_ERROR' } });
+    // A gRPC-Web call is refused in its own protocol: 7, PERMISSION_DENIED, in a trailers-only answer.
+    const grpcWeb = await h1('POST', '/arcana.auth.v1.AuthService/Login', { ...crossSite('cors', 'empty'), 'content-type': 'application/grpc-web+proto' }, Buffer.from([0, 0, 0, 0, 0]));
+    expect({ status: grpcWeb.status, grpcStatus: grpcWeb.headers['grpc-status'] }).toEqual({ status: 200, grpcStatus: '7' });
+    // gRPC over h2c, as a proxy in front that speaks HTTP/2 would forward a browser's request.
+    expect(await grpc('/arcana.auth.v1.AuthService/Login', crossSite('no-cors', 'empty'))).toEqual({ status: 200, grpcStatus: '7' });
+    // Only the two reads of the budget itself were charged.
+    expect(await budgetLeft()).toBe(before - 1);
+  });
+
+  it('when the requests come from an allowed origin, the API own pages, a top-level link or no browser, then they are served and charged', async () => {
+    const before = await budgetLeft();
+    const served = await Promise.all([
+      h1('GET', '/public/info', { ...crossSite('cors', 'empty', ALLOWED) }),
+      h1('OPTIONS', '/api/v1/auth/login', { ...crossSite('cors', 'empty', ALLOWED), 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type' }),
+      h1('GET', '/public/info', { 'sec-fetch-site': 'same-origin', 'sec-fetch-mode': 'cors', 'sec-fetch-dest': 'empty' }),
+      h1('GET', '/public/info', { 'sec-fetch-site': 'none', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document' }),
+      h1('GET', '/docs', crossSite('navigate', 'document')),
+      h1('GET', '/public/info', {}),
+    ]);
+    expect(served.map((answer) => answer.status)).toEqual([200, 204, 200, 200, 200, 200]);
+    expect(served[0].headers['access-control-allow-origin']).toBe(ALLOWED);
+    expect(await budgetLeft()).toBeLessThan(before - 4);
+  });
+
+  it('when a reader opens the API reference and its files, then its budget is untouched; a path under it that names nothing is charged', async () => {
+    // Helper 212: one look at /docs cost five requests of the budget, so about twenty looks an hour
+    // locked the reader's address out of the API and the console's sign-in.
+    const before = await budgetLeft();
+    const pages = await Promise.all(['/docs', '/docs/assets/docs.js', '/docs/assets/redoc.standalone.js', '/openapi.yaml', '/docs/proto/'].map((path) => h1('GET', path, {})));
+    expect(pages.map((page) => page.status)).toEqual([200, 200, 200, 200, 200]);
+    expect(pages.every((page) => page.headers['ratelimit-remaining'] === undefined)).toBe(true);
+    expect(await budgetLeft()).toBe(before - 1);
+    expect((await h1('GET', '/docs/nothing-here', {})).status).toBe(404);
+    expect(await budgetLeft()).toBe(before - 3);
+  });
+
+  it("when an administrator's browser opens a hostile page with a hundred images and no-cors fetches, then the administrator's budget is untouched", async () => {
+    const before = await budgetLeft();
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    // Chromium hands a no-cors image or fetch a 403 JSON answer as a failure (opaque response
+    // blocking), so the requests are counted as they leave, and the answers it does report.
+    let sent = 0;
+    const statuses: number[] = [];
+    page.on('request', (request) => {
+      if (request.url().startsWith(server.baseUrl)) sent += 1;
+    });
+    page.on('response', (response) => {
+      if (response.url().startsWith(server.baseUrl)) statuses.push(response.status());
+    });
+    const images = Array.from({ length: 100 }, (_, index) => `<img src="${server.baseUrl}/public/info?n=${index}">`).join('');
+    const script = `Promise.all(Array.from({ length: 20 }, (_, i) => fetch('${server.baseUrl}/api/v1/auth/me?n=' + i, { mode: 'no-cors' }).catch(() => null))).then(() => { document.title = 'done'; });`;
+    // Another site on this machine (`localhost` is not `127.0.0.1`'s site), served for real: a
+    // page from a public address, or one the browser made up, may not reach a loopback server at
+    // all (Chromium's Private Network Access).
+    const hostile = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html' }).end(`<!doctype html><body>${images}<script>${script}</script></body>`));
+    await new Promise<void>((resolve) => hostile.listen(0, '127.0.0.1', resolve));
+    const { port } = hostile.address() as AddressInfo;
+    await page.goto(`http://localhost:${port}/`);
+    await page.waitForFunction('document.title === "done"', undefined, { timeout: 15_000 });
+    await page.waitForLoadState('load');
+    await context.close();
+    hostile.close();
+    expect(sent).toBeGreaterThanOrEqual(120);
+    for (const status of statuses) expect(status).toBe(403);
+    expect(await budgetLeft()).toBe(before - 1);
+  });
+});

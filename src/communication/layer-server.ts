@@ -174,9 +174,14 @@ export function layerContextInterceptor(logger: Logger, tracing?: Tracing): Inte
 export function internalAuthGate(secret: string | undefined): (context: HandlerContext) => Promise<void> {
   const vouched = secret === undefined ? undefined : presentsSecret(secret);
   return async (context) => {
-    if (admitsAsHealthCheck(context)) return;
+    const authorization = context.requestHeader.get('authorization') ?? undefined;
+    // A health call that presents credentials is held to them: the layer above's readiness check
+    // presents its secret, and a process whose secret this layer refuses was reported ready
+    // (`/ready` 200, SERVING) while every call it made was refused, so a rollout with a wrong or
+    // rotated secret passed its probes and answered every request 500 (helper 214).
+    if (admitsAsHealthCheck(context) && authorization === undefined) return;
     if (vouched === undefined) return;
-    if (!vouched(context.requestHeader.get('authorization') ?? undefined)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
+    if (!vouched(authorization)) throw new ConnectError('internal call without a valid INTERNAL_API_SECRET', Code.Unauthenticated);
   };
 }
 

@@ -86,3 +86,38 @@ it.skipIf(TEST_DATABASE_URL.startsWith('mysql'))(
   },
   60_000,
 );
+
+it.skipIf(TEST_DATABASE_URL.startsWith('mysql'))(
+  "when a layer's INTERNAL_API_SECRET is not the one the layer below takes, then it is not ready, while probes without credentials are still answered",
+  async () => {
+    // Helper 214: a controller (or service) with a wrong or rotated secret answered /ready 200 and
+    // SERVING, because its readiness asked the layer below's health service, which takes calls
+    // without the secret; every request it then served failed 500.
+    const [repositoryPort, rightPort, wrongPort] = [await freePort(), await freePort(), await freePort()];
+    const url = new URL(TEST_DATABASE_URL);
+    url.searchParams.set('schema', schema);
+    const below = `http://127.0.0.1:${repositoryPort}`;
+    start({ DEPLOYMENT_LAYER: 'repository', PORT: String(repositoryPort), DATABASE_URL: url.toString() });
+    start({ DEPLOYMENT_LAYER: 'service', PORT: String(rightPort), REPOSITORY_URLS: below });
+    start({ DEPLOYMENT_LAYER: 'service', PORT: String(wrongPort), REPOSITORY_URLS: below, INTERNAL_API_SECRET: 'a-rotated-internal-secret-'.padEnd(48, 'q') });
+    const deadline = Date.now() + 40_000;
+    while ((await status(rightPort, '/ready')) !== 200) {
+      if (Date.now() > deadline) throw new Error('the service layer with the right secret never became ready');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    // Both have been up as long; the one with the wrong secret answers, and says it is not ready.
+    while ((await status(wrongPort, '/health')) !== 200) await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(await status(wrongPort, '/ready')).toBe(503);
+    const check = (authorization?: string) =>
+      fetch(`${below}/grpc.health.v1.Health/Check`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...(authorization === undefined ? {} : { authorization }) },
+        body: '{}',
+      }).then(async (response) => ({ status: response.status, body: await response.json() }));
+    // An orchestrator's probe carries no credentials: answered. One that presents a wrong secret is refused.
+    expect(await check()).toEqual({ status: 200, body: { status: 'SERVING' } });
+    expect(await check(`Bearer ${'a-rotated-internal-secret-'.padEnd(48, 'q')}`)).toMatchObject({ status: 401, body: { code: 'unauthenticated' } });
+    expect(await check(`Bearer ${common.INTERNAL_API_SECRET}`)).toEqual({ status: 200, body: { status: 'SERVING' } });
+  },
+  60_000,
+);

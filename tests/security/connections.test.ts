@@ -1523,6 +1523,35 @@ describe('a refused upload', () => {
   });
 });
 
+describe('lingering refusals shared out', () => {
+  it("when one address holds more refused uploads open than the server lingers for, then another address's refusal still lingers: its client, still sending, is not reset", async () => {
+    // Helper 215: a declared length over the limit is refused before any rate limit and lingers
+    // 5 s; 64 such connections from one address (13 new ones a second) held every place, and other
+    // clients' refusals went back to the plain close, whose reset could overtake their 413.
+    const { schema, drop } = await freshSchema('test_linger_share');
+    const spawned = await spawnServer(schema, {});
+    cleanups.push(() => void drop());
+    const port = Number(new URL(spawned.baseUrl).port);
+    const refused = async (localAddress: string, head: string, status: string) => {
+      const client = rawClient(port, { localAddress, allowHalfOpen: true });
+      await client.connected;
+      client.socket.write(head);
+      await until(status, () => (statusLines(client.received()).length > 0 ? true : undefined));
+      expect(statusLines(client.received())).toEqual([status]);
+      return client;
+    };
+    const overLimit = (path: string, type: string) => `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: ${type}\r\nContent-Length: 1000000000\r\n\r\n`;
+    // 70 at once from 127.0.0.1, each kept open: more than the 64 places there are.
+    await Promise.all(Array.from({ length: 70 }, () => refused('127.0.0.1', overLimit('/arcana.auth.v1.AuthService/Login', 'application/proto'), 'HTTP/1.1 429')));
+    const victim = await refused('127.0.0.2', overLimit('/api/v1/auth/login', 'application/json'), 'HTTP/1.1 413');
+    let reset: unknown;
+    victim.socket.on('error', (error) => (reset = error));
+    await bytesTakenIn1500ms(victim.socket);
+    expect(reset).toBeUndefined();
+    expect(victim.socket.destroyed).toBe(false);
+  });
+});
+
 describe('graceful shutdown', () => {
   it('when node src/main.js gets SIGTERM with health watches (HTTP/2 and HTTP/1.1) and a reflection stream open, then each ends and the process exits 0 at once', async () => {
     const SHUTDOWN_TIMEOUT_MS = 20_000;

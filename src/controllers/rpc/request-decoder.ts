@@ -39,7 +39,7 @@ import { parseContentType as parseGrpcWebContentType } from '@connectrpc/connect
 import { isUtf8 } from 'node:buffer';
 import { ValidationError, type FieldErrors } from '../../domain/errors.ts';
 import { noFieldErrors, notAFieldOf } from '../edge-input.ts';
-import { callReadLimitKey } from '../../rpc/call-limits.ts';
+import { callEncodingsKey, callReadLimitKey } from '../../rpc/call-limits.ts';
 import { connectTimeoutMs, grpcTimeoutMs } from '../../infrastructure/call-context.ts';
 
 type MethodSerializationLookup = GenericSerializationLookup<DescMessage, DescMessage>;
@@ -138,8 +138,10 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
     }
   };
 
-  const negotiate = (requested: string | null, acceptHeader: string) => {
-    const negotiated = compressionNegotiate(options.acceptCompression, requested, null, acceptHeader);
+  const negotiate = (context: HandlerContext, requested: string | null, acceptHeader: string) => {
+    const encodings = context.values.get(callEncodingsKey);
+    const accepted = encodings === undefined ? options.acceptCompression : options.acceptCompression.filter((compression) => encodings.includes(compression.name));
+    const negotiated = compressionNegotiate(accepted, requested, null, acceptHeader);
     if (negotiated.error !== undefined) throw unsupportedCompression(negotiated.error);
     return negotiated.request;
   };
@@ -161,7 +163,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
       if (context.requestMethod === 'GET') {
         const query = new URL(context.url).searchParams;
         const message = query.get('message') ?? '';
-        const compression = negotiate(query.get('compression'), headerUnaryAcceptEncoding);
+        const compression = negotiate(context, query.get('compression'), headerUnaryAcceptEncoding);
         let bytes: Uint8Array;
         if (query.get('base64') === '1') {
           try {
@@ -176,7 +178,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
       }
       const type = parseConnectContentType(context.requestHeader.get('content-type'));
       if (type === undefined) return undefined;
-      const compression = negotiate(context.requestHeader.get(headerUnaryEncoding), headerUnaryAcceptEncoding);
+      const compression = negotiate(context, context.requestHeader.get(headerUnaryEncoding), headerUnaryAcceptEncoding);
       const bytes = await read(readMaxBytes, context.requestHeader.get(headerUnaryContentLength));
       return parse(method, type.binary, await decompress(compression, bytes, readMaxBytes));
     }
@@ -198,7 +200,7 @@ export function createRequestDecoder(options: RequestDecoderOptions): RequestDec
       requested = context.requestHeader.get(headerGrpcEncoding);
       acceptHeader = headerGrpcAcceptEncoding;
     }
-    const compression = negotiate(requested, acceptHeader);
+    const compression = negotiate(context, requested, acceptHeader);
     let bytes: Uint8Array;
     try {
       // One message and its envelope header; connect-es would limit the message alone.

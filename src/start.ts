@@ -1,7 +1,7 @@
 // The process: configuration, logging, the HTTP server and graceful shutdown. Started by src/main.js.
 import { createApplication } from './app.ts';
 import { ConfigError, loadConfig } from './config.ts';
-import { createLogger } from './infrastructure/logger.ts';
+import { createLogger, flushUnmeteredLines } from './infrastructure/logger.ts';
 import { serveMetrics } from './infrastructure/metrics.ts';
 import { traceLogFields } from './infrastructure/tracing.ts';
 import { createDualProtocolServer } from './server.ts';
@@ -118,6 +118,7 @@ async function main(): Promise<void> {
         }
         await metricsServer?.close();
         await app.close();
+        flushUnmeteredLines();
         logger.info('shutdown complete');
         process.exit(0);
       })

@@ -66,8 +66,11 @@ export function rateLimitedWarning(logger: Logger | undefined, message: string, 
 export const UNMETERED_LINES_PER_INTERVAL = 100;
 export const UNMETERED_INTERVAL_MS = 10_000;
 
-/** A budget of lines per interval, with its own count of the lines past it. */
-type LineBudget = (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, message: string) => void;
+/** A budget of lines per interval, with its own count of the lines past it, and what writes that count now. */
+interface LineBudget {
+  line: (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, message: string) => void;
+  flush: () => void;
+}
 
 /** Two budgets per logger (info lines, and warnings and errors), so that every edge of a process (REST, RPC) draws on the same. */
 const unmeteredBudgets = new WeakMap<Logger, { info: LineBudget; problems: LineBudget }>();
@@ -79,6 +82,7 @@ function lineBudget(logger: Logger, kind: 'info' | 'warn/error'): LineBudget {
   const endWindow = () => {
     window = undefined;
     logged = 0;
+    openBudgets.delete(budget);
     if (suppressed === 0) return;
     logger.warn(
       { suppressed, levels: kind, intervalMs: UNMETERED_INTERVAL_MS },
@@ -86,15 +90,25 @@ function lineBudget(logger: Logger, kind: 'info' | 'warn/error'): LineBudget {
     );
     suppressed = 0;
   };
-  return (level, fields, message) => {
-    window ??= detachedFromRequest(() => setTimeout(endWindow, UNMETERED_INTERVAL_MS).unref());
-    if (logged >= UNMETERED_LINES_PER_INTERVAL) {
-      suppressed += 1;
-      return;
-    }
-    logged += 1;
-    logger[level](fields, message);
+  const budget: LineBudget = {
+    line: (level, fields, message) => {
+      if (window === undefined) {
+        window = detachedFromRequest(() => setTimeout(endWindow, UNMETERED_INTERVAL_MS).unref());
+        openBudgets.add(budget);
+      }
+      if (logged >= UNMETERED_LINES_PER_INTERVAL) {
+        suppressed += 1;
+        return;
+      }
+      logged += 1;
+      logger[level](fields, message);
+    },
+    flush: () => {
+      if (window !== undefined) clearTimeout(window);
+      endWindow();
+    },
   };
+  return budget;
 }
 
 /**
@@ -113,5 +127,16 @@ export function unmeteredLine(logger: Logger, level: 'info' | 'warn' | 'error', 
     budgets = { info: lineBudget(logger, 'info'), problems: lineBudget(logger, 'warn/error') };
     unmeteredBudgets.set(logger, budgets);
   }
-  (level === 'info' ? budgets.info : budgets.problems)(level, fields, message);
+  (level === 'info' ? budgets.info : budgets.problems).line(level, fields, message);
 }
+
+/**
+ * Writes now the counts of the request lines not logged in the current interval: a shutdown
+ * within the interval lost them, the timer that would write them being unref'd (helper 215).
+ */
+export function flushUnmeteredLines(): void {
+  for (const budget of openBudgets) budget.flush();
+}
+
+/** The budgets with an interval under way (see flushUnmeteredLines). */
+const openBudgets = new Set<LineBudget>();

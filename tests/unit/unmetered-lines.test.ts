@@ -1,7 +1,7 @@
 // The budget of request lines charged to no rate limit (logger.ts, unmeteredLine): the lines past
 // it are counted in one line as its interval ends, and the next interval logs in full again.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { UNMETERED_INTERVAL_MS, UNMETERED_LINES_PER_INTERVAL, unmeteredLine } from '../../src/infrastructure/logger.ts';
+import { flushUnmeteredLines, UNMETERED_INTERVAL_MS, UNMETERED_LINES_PER_INTERVAL, unmeteredLine } from '../../src/infrastructure/logger.ts';
 import { capturingLogger } from '../helpers/test-app.ts';
 
 describe('unmeteredLine', () => {
@@ -39,6 +39,18 @@ describe('unmeteredLine', () => {
       ['info', 50],
       ['warn/error', 2],
     ]);
+  });
+
+  it('when the process shuts down within an interval, then the count of the lines not logged is written then, once (helper 215: it was lost)', async () => {
+    const { logger, lines } = capturingLogger('info');
+    for (let i = 0; i < UNMETERED_LINES_PER_INTERVAL + 30; i += 1) unmeteredLine(logger, 'info', {}, 'request completed');
+    await vi.advanceTimersByTimeAsync(UNMETERED_INTERVAL_MS / 2);
+    flushUnmeteredLines();
+    const summaries = () => lines.filter((line) => line.msg.startsWith('request lines not logged')).map((line) => line.suppressed);
+    expect(summaries()).toEqual([30]);
+    flushUnmeteredLines();
+    await vi.advanceTimersByTimeAsync(UNMETERED_INTERVAL_MS);
+    expect(summaries()).toEqual([30]);
   });
 
   it('when two loggers log, then each has its budget', () => {

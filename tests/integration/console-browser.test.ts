@@ -178,6 +178,13 @@ describe.each(['monolithic', 'layered-grpc'])('the admin console on %s', { concu
       expect(await page.evaluate('document.documentElement.scrollWidth')).toBeLessThanOrEqual(viewport);
       const status = await rows.first().locator('td').nth(5).boundingBox();
       expect((status?.x ?? Infinity) + (status?.width ?? 0)).toBeLessThanOrEqual(viewport);
+      // Only the e-mail and the name wrap: the other columns were squeezed into pieces of one to
+      // four characters ("A/D/MI/N") on every row (helper 212). Lines a cell's text takes:
+      const lines = await page.evaluate<number[]>(
+        `[...document.querySelectorAll('table.users tbody tr:first-child td')].map((cell) => { const range = document.createRange(); range.selectNodeContents(cell); return new Set([...range.getClientRects()].map((rect) => Math.round(rect.top))).size; })`,
+      );
+      expect([0, 1, 4, 5, 6, 7].map((column) => lines[column])).toEqual([1, 1, 1, 1, 1, 1]);
+      expect(lines[2]).toBeGreaterThan(1);
       await rows.first().getByRole('link', { name: target.username }).click();
       await see(page, target.username, 'h1');
       expect(await fact(page, 'Status')).toBe('ACTIVE');

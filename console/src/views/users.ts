@@ -59,14 +59,15 @@ export async function renderUsers(view: View): Promise<void> {
       h(
         'tr',
         { 'data-user-id': user.id },
-        h('td', {}, user.id),
-        h('td', {}, h('a', { href: `#/users/${user.id}` }, user.username)),
+        // Only the e-mail and the name wrap (see console.css, td.nowrap).
+        h('td', { className: 'nowrap' }, user.id),
+        h('td', { className: 'nowrap' }, h('a', { href: `#/users/${user.id}` }, user.username)),
         h('td', {}, user.email),
         h('td', {}, [user.firstName, user.lastName].filter((part) => part !== undefined).join(' ')),
-        h('td', {}, UserRole[user.role]),
-        h('td', {}, UserStatus[user.status]),
-        h('td', {}, user.isVerified ? 'yes' : 'no'),
-        h('td', {}, formatDate(user.lastLoginAt === undefined ? undefined : timestampDate(user.lastLoginAt))),
+        h('td', { className: 'nowrap' }, UserRole[user.role]),
+        h('td', { className: 'nowrap' }, UserStatus[user.status]),
+        h('td', { className: 'nowrap' }, user.isVerified ? 'yes' : 'no'),
+        h('td', { className: 'nowrap' }, formatDate(user.lastLoginAt === undefined ? undefined : timestampDate(user.lastLoginAt))),
       ),
     );
     const total = response.pagination?.total ?? 0;

@@ -47,9 +47,28 @@ export function resolveClientInfo(resolve: ClientAddressResolver, socketAddress:
  */
 const UNPRINTABLE = /(?!\t)[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Noncharacter_Code_Point}]/gu;
 
-/** A header's text as it is stored and shown: each unprintable character becomes U+FFFD. */
+/**
+ * What names refuse as showing as nothing or as a blank (openapi.yaml, SingleLineText) and the
+ * classes above do not hold: the combining grapheme joiner, Hangul fillers, Khmer inherent vowels,
+ * Mongolian and other variation selectors, the blank Braille pattern (helper 212 found it kept in
+ * agents) and the interlinear annotation characters.
+ */
+const BLANK = /[\u115F\u1160\u2800\u3164\uFFA0\uFFF0-\uFFFB]|\u034F|\u17B4|\u17B5|[\u180B-\u180F]|[\uFE00-\uFE0F]|[\u{E0100}-\u{E01EF}]/gu;
+
+/**
+ * A run of more than three combining marks (nonspacing or enclosing, counted across joiners and
+ * direction marks): its marks past the third. Names refuse such runs; an agent is stored as it
+ * was sent, and 488 acute accents on one letter drew a line from its row in the console's
+ * sessions table up through the page's header (helper 212).
+ */
+const MARK_RUN = /((?:[\p{Mn}\p{Me}][\u061C\u200C-\u200F]*){3})(?:[\p{Mn}\p{Me}][\u061C\u200C-\u200F]*)+/gu;
+
+/**
+ * A header's text as it is stored and shown: each unprintable or blank character becomes U+FFFD,
+ * and the marks of a run past its third are one U+FFFD.
+ */
 function printable(text: string | undefined): string | undefined {
-  return text?.replace(UNPRINTABLE, '\uFFFD');
+  return text?.replace(UNPRINTABLE, '\uFFFD').replace(BLANK, '\uFFFD').replace(MARK_RUN, '$1\uFFFD');
 }
 
 // ignoreBOM: a leading byte order mark is kept (and shown as U+FFFD), as one anywhere else is.

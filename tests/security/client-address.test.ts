@@ -199,8 +199,10 @@ describe('user agents in other scripts', () => {
   it('when clients send user agents in UTF-8 over every protocol at once, then their sessions and the audit log keep the text, not its bytes read as Latin-1, with invisible characters shown as U+FFFD; a Latin-1 agent stays as it came, and an agent cut at the limit keeps no half character', async () => {
     // And characters that reorder or hide text, which show as U+FFFD (helper 199): an Arabic
     // letter mark and a tag character.
-    const utf8 = 'Mozilla/5.0 (Café; 日本語; ☕) Überclient/1.0 \u{1F680} \u061C\u{E0001}';
-    const shown = 'Mozilla/5.0 (Café; 日本語; ☕) Überclient/1.0 \u{1F680} \uFFFD\uFFFD';
+    // And (helper 212) forty acute accents on one letter, which drew over the console's page,
+    // kept to three, and the blank Braille pattern, which names refuse too.
+    const utf8 = `Mozilla/5.0 (Café; 日本語; ☕) Überclient/1.0 \u{1F680} \u061C\u{E0001} X${'\u0301'.repeat(40)}\u2800 प्रिया`;
+    const shown = 'Mozilla/5.0 (Café; 日本語; ☕) Überclient/1.0 \u{1F680} \uFFFD\uFFFD X\u0301\u0301\u0301\uFFFD\uFFFD प्रिया';
     const latin1 = 'Caf\u00e9-Client/1.0 (\u00e0 la carte)';
     // 499 characters and a rocket, whose surrogate pair the cut at 500 would split.
     const long = `${'a'.repeat(499)}\u{1F680}`;

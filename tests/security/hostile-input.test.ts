@@ -302,7 +302,14 @@ describe('single-line fields: names, phone and logins take no control, separator
   // Characters that show as nothing, or as a blank, so that a name passes for another
   // ("ro\u200bot" for "root", helper 60), and runs of combining marks that stack over the rows
   // around them, in any script's marks and across a joiner (helper 61).
-  const invisible = ['\u200b', '\u00ad', '\u2060', '\u180e', '\u3164', '\u2800', '\u034f', '\ufe0f', '\u0301'.repeat(4), '\u064b'.repeat(4), '\u0301\u0301\u200d\u0301\u0301'];
+  // Every script's nonspacing marks count, and marks of two scripts in one run (helper 212: Arabic
+  // Extended-A, Cyrillic, Tibetan, Devanagari and CJK tone marks passed, and so did three acute
+  // accents and a Lao tone mark, repeated).
+  const invisible = [
+    ...['\u200b', '\u00ad', '\u2060', '\u180e', '\u3164', '\u2800', '\u034f', '\ufe0f', '\u0301'.repeat(4), '\u064b'.repeat(4), '\u0301\u0301\u200d\u0301\u0301'],
+    ...['\u08e4', '\u2de0', '\ua674', '\u0f7a', '\u0951', '\u302a'].map((mark) => mark.repeat(4)),
+    '\u0301\u0301\u0301\u0ec8'.repeat(2),
+  ];
 
   describe.each(PROTOCOLS)('over %s', (protocol) => {
     it('when a name or phone carries one, then invalid_argument naming it and nothing changes; joiners and marks in real names are stored as given', async () => {
@@ -333,8 +340,9 @@ describe('single-line fields: names, phone and logins take no control, separator
       const real = { firstName: 'می\u200cخواهم', lastName: 'क्\u200dष', phone: '+98\u200f 21 555' };
       expect((await api.updateUser(admin, victim.id, real)).code).toBe('ok');
       expect(await profileOf(victim.id)).toEqual({ first_name: real.firstName, last_name: real.lastName, phone: real.phone });
-      // Vietnamese written with decomposed marks (two on one letter), an Arabic letter mark.
-      const marked = { firstName: 'Nguye\u0302\u0303n', lastName: '\u061cعلی' };
+      // Vietnamese written with decomposed marks (two on one letter), an Arabic letter mark, a
+      // Tibetan stack of three marks on one letter, Hindi.
+      const marked = { firstName: 'Nguye\u0302\u0303n བསྒྲུབས', lastName: '\u061cعلی प्रिया' };
       expect((await api.updateUser(admin, victim.id, marked)).code).toBe('ok');
       expect(await profileOf(victim.id)).toEqual({ first_name: marked.firstName, last_name: marked.lastName, phone: real.phone });
     });

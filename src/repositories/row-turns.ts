@@ -121,23 +121,9 @@ export class RowTurns {
       entry.busy = true;
       return release;
     }
-    const queue = byOther ? entry.others : entry.own;
-    await new Promise<void>((resolve, reject) => {
-      const handed = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      const timer = setTimeout(
-        () => {
-          const at = queue.indexOf(handed);
-          if (at >= 0) queue.splice(at, 1);
-          entry.queued -= 1;
-          if (entry.queued === 0 && this.#rows.get(key) === entry) this.#rows.delete(key);
-          reject(busy());
-        },
-        Math.max(0, giveUpAt - Date.now()),
-      );
-      queue.push(handed);
+    await waitInQueue(byOther ? entry.others : entry.own, giveUpAt, () => {
+      entry.queued -= 1;
+      if (entry.queued === 0 && this.#rows.get(key) === entry) this.#rows.delete(key);
     });
     return release;
   }
@@ -163,20 +149,7 @@ export class RowTurns {
       entry.running += 1;
       return release;
     }
-    await new Promise<void>((resolve, reject) => {
-      const handed = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      const timer = setTimeout(
-        () => {
-          entry.waiting.splice(entry.waiting.indexOf(handed), 1);
-          reject(busy());
-        },
-        Math.max(0, giveUpAt - Date.now()),
-      );
-      entry.waiting.push(handed);
-    });
+    await waitInQueue(entry.waiting, giveUpAt);
     return release;
   }
 
@@ -199,4 +172,27 @@ export const ALL_ADMINS = 0;
 
 function busy(): UnavailableError {
   return new UnavailableError('The database is busy; try again', undefined, 1);
+}
+
+/**
+ * Waits in `queue` until handed its turn (the function it queued is called), or until `giveUpAt`:
+ * then it leaves the queue, `onGiveUp` runs, and it is refused as busy.
+ */
+function waitInQueue(queue: (() => void)[], giveUpAt: number, onGiveUp?: () => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const handed = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(
+      () => {
+        const at = queue.indexOf(handed);
+        if (at >= 0) queue.splice(at, 1);
+        onGiveUp?.();
+        reject(busy());
+      },
+      Math.max(0, giveUpAt - Date.now()),
+    );
+    queue.push(handed);
+  });
 }

@@ -132,7 +132,7 @@ export function createDualProtocolServer(
   const browserOrigins = options.browserOrigins === undefined ? undefined : new Set(options.browserOrigins);
   /** Refuses a browser's cross-site request (see cross-site.ts); true when it did. */
   const refusedCrossSite = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse, address: string | undefined): boolean => {
-    const problem = browserOrigins === undefined ? undefined : crossSiteProblem(req.method, req.headers, browserOrigins);
+    const problem = browserOrigins === undefined ? undefined : crossSiteProblem(req.method, req.url, req.headers, browserOrigins);
     if (problem === undefined) return false;
     warnCrossSite({ peer: addressKey(address) });
     refuseRequest(req, res, problem, REFUSED_CROSS_SITE);

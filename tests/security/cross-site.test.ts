@@ -77,7 +77,14 @@ async function budgetLeft(): Promise<number> {
   return Number(answer.headers['ratelimit-remaining']);
 }
 
-const crossSite = (mode: string, dest: string, origin = 'https://evil.example.test') => ({ 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': mode, 'sec-fetch-dest': dest, origin });
+const WEBSOCKET = { 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' };
+
+const crossSite = (mode: string, dest: string, origin = 'https://evil.example.test') => ({
+  'sec-fetch-site': 'cross-site',
+  'sec-fetch-mode': mode,
+  'sec-fetch-dest': dest,
+  origin,
+});
 
 describe('requests browsers make for pages of other sites', () => {
   it('when a hostile page fires subresources, forms, frames and CORS calls at every protocol at once, then each is refused 403 and none is charged', async () => {
@@ -94,15 +101,25 @@ describe('requests browsers make for pages of other sites', () => {
       h1('OPTIONS', '/arcana.auth.v1.AuthService/Login', { ...crossSite('cors', 'empty'), 'access-control-request-method': 'POST' }),
       // The same from a site that shares ours (another port, a sibling subdomain) but is no allowed origin.
       h1('GET', '/public/info', { ...crossSite('no-cors', 'image'), 'sec-fetch-site': 'same-site' }),
+      // Helper 216: a WebSocket handshake, which browsers send without Fetch Metadata; a
+      // speculation rule's prefetch, sent as if typed; an API path opened in a window the page holds.
+      h1('GET', '/api/v1/auth/me', { origin: 'https://evil.example.test', connection: 'Upgrade', upgrade: 'websocket', ...WEBSOCKET }),
+      h1('GET', '/public/info', { 'sec-fetch-site': 'none', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document', 'sec-purpose': 'prefetch' }),
+      h1('GET', '/api/v1/users?page=1', crossSite('navigate', 'document')),
     ]);
-    expect(answers.length).toBe(18);
+    expect(answers.length).toBe(21);
     for (const answer of answers) {
       expect(answer.status).toBe(403);
       expect(answer.headers['access-control-allow-origin']).toBeUndefined();
     }
     expect(JSON.parse(answers[0].body)).toMatchObject({ success: false, error: { code: 'AUTHORIZATION_ERROR' } });
     // A gRPC-Web call is refused in its own protocol: 7, PERMISSION_DENIED, in a trailers-only answer.
-    const grpcWeb = await h1('POST', '/arcana.auth.v1.AuthService/Login', { ...crossSite('cors', 'empty'), 'content-type': 'application/grpc-web+proto' }, Buffer.from([0, 0, 0, 0, 0]));
+    const grpcWeb = await h1(
+      'POST',
+      '/arcana.auth.v1.AuthService/Login',
+      { ...crossSite('cors', 'empty'), 'content-type': 'application/grpc-web+proto' },
+      Buffer.from([0, 0, 0, 0, 0]),
+    );
     expect({ status: grpcWeb.status, grpcStatus: grpcWeb.headers['grpc-status'] }).toEqual({ status: 200, grpcStatus: '7' });
     // gRPC over h2c, as a proxy in front that speaks HTTP/2 would forward a browser's request.
     expect(await grpc('/arcana.auth.v1.AuthService/Login', crossSite('no-cors', 'empty'))).toEqual({ status: 200, grpcStatus: '7' });
@@ -119,8 +136,11 @@ describe('requests browsers make for pages of other sites', () => {
       h1('GET', '/public/info', { 'sec-fetch-site': 'none', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document' }),
       h1('GET', '/docs', crossSite('navigate', 'document')),
       h1('GET', '/public/info', {}),
+      // A WebSocket client of an allowed origin, or none at all, reaches the API (which upgrades nothing).
+      h1('GET', '/public/info', { origin: ALLOWED, connection: 'Upgrade', upgrade: 'websocket', ...WEBSOCKET }),
+      h1('GET', '/public/info', { connection: 'Upgrade', upgrade: 'websocket', ...WEBSOCKET }),
     ]);
-    expect(served.map((answer) => answer.status)).toEqual([200, 204, 200, 200, 200, 200]);
+    expect(served.map((answer) => answer.status)).toEqual([200, 204, 200, 200, 200, 200, 200, 200]);
     expect(served[0].headers['access-control-allow-origin']).toBe(ALLOWED);
     expect(await budgetLeft()).toBeLessThan(before - 4);
   });
@@ -152,7 +172,9 @@ describe('requests browsers make for pages of other sites', () => {
       if (response.url().startsWith(server.baseUrl)) statuses.push(response.status());
     });
     const images = Array.from({ length: 100 }, (_, index) => `<img src="${server.baseUrl}/public/info?n=${index}">`).join('');
-    const script = `Promise.all(Array.from({ length: 20 }, (_, i) => fetch('${server.baseUrl}/api/v1/auth/me?n=' + i, { mode: 'no-cors' }).catch(() => null))).then(() => { document.title = 'done'; });`;
+    // And twenty WebSockets (helper 216), whose handshakes carry no Fetch Metadata.
+    const sockets = `Promise.all(Array.from({ length: 20 }, (_, i) => new Promise((done) => { const socket = new WebSocket('${server.baseUrl.replace('http', 'ws')}/api/v1/auth/me?w=' + i); socket.onerror = done; socket.onclose = done; })))`;
+    const script = `Promise.all([...Array.from({ length: 20 }, (_, i) => fetch('${server.baseUrl}/api/v1/auth/me?n=' + i, { mode: 'no-cors' }).catch(() => null)), ${sockets}]).then(() => { document.title = 'done'; });`;
     // Another site on this machine (`localhost` is not `127.0.0.1`'s site), served for real: a
     // page from a public address, or one the browser made up, may not reach a loopback server at
     // all (Chromium's Private Network Access).

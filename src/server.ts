@@ -34,7 +34,7 @@ import { errorEnvelope, type ErrorBody } from './controllers/rest/envelope.ts';
 import { crossSiteProblem } from './controllers/cross-site.ts';
 import { lingersAnswered } from './controllers/close-after-answer.ts';
 import { framingBound } from './controllers/edge-input.ts';
-import { addressKey, compileTrust, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
+import { addressKey, compileTrust, placesPerAddress, remoteAddressOf, type TrustProxySetting } from './infrastructure/client-address.ts';
 import { rateLimitedWarning, type Logger } from './infrastructure/logger.ts';
 import { requestIdFrom } from './infrastructure/request-id.ts';
 import { rpcRefusal, type Refusal } from './rpc/refusal.ts';
@@ -139,20 +139,13 @@ export function createDualProtocolServer(
     return true;
   };
   const warnResets = rateLimitedWarning(options.logger, 'refused connections: their address reset too many HTTP/2 streams before they started', REFUSAL_LOG_INTERVAL_MS);
-  const unvouched = new Map<string, number>();
-  /** Whether a request may go on; one no secret vouches for is counted until `onDone` releases it. */
+  const unvouched = placesPerAddress(UNVOUCHED_PER_ADDRESS_MAX);
+  /** Whether a request may go on; one no secret vouches for holds a place until `onDone` releases it. */
   const admitUnvouched = (address: string | undefined, vouched: boolean, onDone: (release: () => void) => void): boolean => {
     if (options.vouch === undefined || vouched) return true;
-    const key = addressKey(address);
-    const open = unvouched.get(key) ?? 0;
-    if (open >= UNVOUCHED_PER_ADDRESS_MAX) return false;
-    unvouched.set(key, open + 1);
-    onDone(() => {
-      const left = (unvouched.get(key) ?? 1) - 1;
-      if (left > 0) unvouched.set(key, left);
-      else unvouched.delete(key);
-    });
-    return true;
+    const release = unvouched.take(address);
+    if (release !== undefined) onDone(release);
+    return release !== undefined;
   };
 
   const startInTurn = turnGate(REQUESTS_PER_TURN);

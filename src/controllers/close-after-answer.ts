@@ -3,7 +3,7 @@
 // over the limit).
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { addressKey } from '../infrastructure/client-address.ts';
+import { placesPerAddress } from '../infrastructure/client-address.ts';
 
 /**
  * Marks the answer to a request refused before its body was read as the connection's last, and
@@ -28,26 +28,22 @@ export function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): voi
     // At most LINGERING_MAX at once, process-wide: each counts against its address's
     // CONNECTIONS_PER_ADDRESS_MAX while it lingers, and a client refused 264 times in a few seconds
     // (a test of the metrics' labels) found its address's 128 taken. And at most
-    // LINGERING_PER_ADDRESS of them from one address (IPv6: one /64): a refusal of a declared
+    // 8 of them from one address (IPv6: one /64): a refusal of a declared
     // length over the limit costs nothing and is charged to no rate limit, so one address opening
     // 13 such connections a second held all 64 places, and other clients' refusals went back to
     // the reset race (helper 215: 3-7 of 30 lost their 413). Past either bound the answer is left
     // to the race a plain close makes.
-    const key = addressKey(socket.remoteAddress);
-    const fromAddress = lingeringFrom.get(key) ?? 0;
-    if (lingering >= LINGERING_MAX || fromAddress >= LINGERING_PER_ADDRESS) {
+    const release = lingering < LINGERING_MAX ? lingeringFrom.take(socket.remoteAddress) : undefined;
+    if (release === undefined) {
       socket.end();
       socket.once('finish', () => socket.destroy());
       return;
     }
     lingering += 1;
-    lingeringFrom.set(key, fromAddress + 1);
     (socket as Socket & { [LINGERING]?: boolean })[LINGERING] = true;
     socket.once('close', () => {
       lingering -= 1;
-      const left = (lingeringFrom.get(key) ?? 1) - 1;
-      if (left > 0) lingeringFrom.set(key, left);
-      else lingeringFrom.delete(key);
+      release();
     });
     const cap = setTimeout(() => socket.destroy(), FLUSH_MAX_MS).unref();
     socket.once('finish', () => {
@@ -62,9 +58,8 @@ export function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): voi
 /** Connections lingering after a refusal now (see closeAfterAnswer), and the most at once. */
 let lingering = 0;
 const LINGERING_MAX = 64;
-/** Connections lingering now, by client address (addressKey), and the most from one at once. */
-const lingeringFrom = new Map<string, number>();
-const LINGERING_PER_ADDRESS = 8;
+/** Connections lingering now by client address, at most 8 from one at once. */
+const lingeringFrom = placesPerAddress(8);
 
 /**
  * How long a connection refused mid-body stays open, unread, after its answers have left for the

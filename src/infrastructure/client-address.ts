@@ -160,6 +160,27 @@ export function addressKey(address: string | undefined): string {
     .join(':')}::/64`;
 }
 
+/**
+ * Places held at once per client (addressKey), at most `max` each: `take` gives a release for a
+ * place (call it once), or undefined when the client's are all held.
+ */
+export function placesPerAddress(max: number): { take(address: string | undefined): (() => void) | undefined } {
+  const held = new Map<string, number>();
+  return {
+    take(address) {
+      const key = addressKey(address);
+      const open = held.get(key) ?? 0;
+      if (open >= max) return undefined;
+      held.set(key, open + 1);
+      return () => {
+        const left = (held.get(key) ?? 1) - 1;
+        if (left > 0) held.set(key, left);
+        else held.delete(key);
+      };
+    },
+  };
+}
+
 /** The IPv4 address of two 16-bit parts. */
 function ipv4Of(high = 0, low = 0): string {
   return [high >> 8, high & 0xff, low >> 8, low & 0xff].join('.');

@@ -2,7 +2,7 @@
 // protocol, the key its counters are kept under, known-device tokens and atomic reservations,
 // and how much of what the client sent travels on into an internal call.
 import { describe, expect, it } from 'vitest';
-import { addressKey, createClientAddressResolver } from '../../src/infrastructure/client-address.ts';
+import { addressKey, createClientAddressResolver, placesPerAddress } from '../../src/infrastructure/client-address.ts';
 import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
 import { DEVICE_TOKEN_MAX_LENGTH, DeviceTokens } from '../../src/infrastructure/security/device-tokens.ts';
 import { USER_AGENT_MAX_LENGTH } from '../../src/domain/actor.ts';
@@ -10,6 +10,19 @@ import { ACCESS_TOKEN_MAX_LENGTH, bearerToken, writeCallerHeaders } from '../../
 import { resolveClientInfo } from '../../src/rpc/client-edge.ts';
 
 describe('client address', () => {
+  it('when a client holds all its places, then it gets no more until one is released, and one /64 is one client', () => {
+    const places = placesPerAddress(2);
+    const first = places.take('2001:db8:1:2::a');
+    expect(first).toBeTypeOf('function');
+    expect(places.take('2001:db8:1:2::b')).toBeTypeOf('function');
+    // A third host of the same /64, and the same client in IPv4-mapped form as another key's.
+    expect(places.take('2001:db8:1:2:ffff::c')).toBeUndefined();
+    expect(places.take('::ffff:198.51.100.7')).toBeTypeOf('function');
+    first?.();
+    expect(places.take('2001:db8:1:2::d')).toBeTypeOf('function');
+    expect(places.take('2001:db8:1:2::e')).toBeUndefined();
+  });
+
   it('when no proxy is trusted, then X-Forwarded-For is ignored: a client cannot choose its address', () => {
     const resolve = createClientAddressResolver(false);
     expect(resolve('198.51.100.7', '203.0.113.1')).toBe('198.51.100.7');

@@ -58,6 +58,8 @@ interface Subject {
   processes: () => NamedProcess[];
   /** Lines the servers write (they log at warn), collected while a row runs. */
   log: { lines: number; sample: string[] };
+  /** Which of --rounds (1 to rounds); absent for the bare server and with one round. */
+  round?: number;
 }
 
 function describe(row: ResultRow): string {
@@ -227,6 +229,7 @@ async function main(settings: BenchSettings): Promise<void> {
       target: subject.target,
       topology: subject.topology,
       variant: subject.variant,
+      ...(subject.round === undefined ? {} : { round: subject.round }),
       protocol,
       scenario,
       load: {
@@ -425,7 +428,11 @@ async function main(settings: BenchSettings): Promise<void> {
       log(`  ${bcryptCeiling.hashesPerSecond.toFixed(2)} checks/s`);
     }
 
-    for (const target of targets) {
+    // With --rounds, each round starts every target afresh, in the same order: a split row is
+    // compared with the monolith's row of its own round, a few minutes apart, not the first's.
+    const rounds = Array.from({ length: settings.rounds }, (_, index) => index + 1);
+    for (const [round, target] of rounds.flatMap((round) => targets.map((target) => [round, target] as const))) {
+      const first = round === 1;
       if (interrupted()) break;
       // Reads over every protocol first, then logins: a login changes the user's lastLoginAt, and
       // reads must see the same record throughout (gRPC answers are checked by their size).
@@ -440,7 +447,7 @@ async function main(settings: BenchSettings): Promise<void> {
       const subjectLog = { lines: 0, sample: [] as string[] };
       let deployment: RunningTopology | undefined;
       try {
-        log(`starting ${target.name}`);
+        log(`starting ${target.name}${settings.rounds > 1 ? ` (round ${round} of ${settings.rounds})` : ''}`);
         deployment = await startTopology({
           name: target.topology,
           env: serverEnv(target.name, target.env),
@@ -462,15 +469,16 @@ async function main(settings: BenchSettings): Promise<void> {
           log(`  seeded in ${seedSeconds.toFixed(1)} s`);
         }
         const timings = [];
-        for (let run = 0; run < settings.startupRuns && !interrupted(); run += 1) {
+        for (let run = 0; first && run < settings.startupRuns && !interrupted(); run += 1) {
           for (const layer of layers) timings.push(await timeRestart(layer, STARTUP_TIMEOUT_MS));
         }
-        startup.restarts[target.name] = timings;
+        if (first) startup.restarts[target.name] = timings;
         if (timings.length > 0) log(`  restarts to /ready: ${timings.map((t) => `${t.process} ${t.readyMs === null ? 'never' : `${t.readyMs.toFixed(0)} ms`}`).join(', ')}`);
         const subject: Subject = {
           target: target.name,
           topology: target.topology,
           variant: target.variant,
+          ...(settings.rounds > 1 ? { round } : {}),
           baseUrl: deployment.baseUrl,
           processes: () => layers.map((layer) => ({ name: layer.name, pid: layer.pid })),
           log: subjectLog,
@@ -512,11 +520,12 @@ async function main(settings: BenchSettings): Promise<void> {
       } catch (error) {
         const message = error instanceof Error ? error.message : String(error);
         log(`  ${target.name} failed: ${message}`);
-        const measured = new Set(rows.filter((row) => row.target === target.name).map((row) => `${row.protocol} ${row.scenario}`));
+        const ofRound = settings.rounds > 1 ? { round } : {};
+        const measured = new Set(rows.filter((row) => row.target === target.name && row.round === ofRound.round).map((row) => `${row.protocol} ${row.scenario}`));
         rows.push(
           ...pending
             .filter((row) => !measured.has(`${row.protocol} ${row.scenario}`))
-            .map((row) => ({ target: target.name, topology: target.topology, variant: target.variant, ...row, error: message })),
+            .map((row) => ({ target: target.name, topology: target.topology, variant: target.variant, ...ofRound, ...row, error: message })),
         );
       } finally {
         await deployment?.stop();

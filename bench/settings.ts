@@ -51,6 +51,8 @@ export interface BenchSettings {
   bare: boolean;
   users: number;
   /** Restarts of every process of a topology, timed from spawn to ready; 0 skips them. */
+  /** How many times the topologies' rows are measured, alternating topologies (each round in full). */
+  rounds: number;
   startupRuns: number;
   /** Time a monolith on the embedded PGlite database too (first and second start). */
   pglite: boolean;
@@ -90,6 +92,10 @@ export const USAGE = `Usage: npm run bench -- [options]
   --scenarios <a,b>        ${SCENARIOS.join(', ')} (default: all; health is REST only)
   --users <n>              users to register before measuring (default 100; --quick: 30; at least 21)
   --no-bare                skip the bare node:http + pg ceilings
+  --rounds <n>             measure the topologies' rows this many times, alternating them (monolithic,
+                           layered-grpc, monolithic, layered-grpc, …), and compare each round's
+                           rows with the same round's: the host's speed drifts between minutes
+                           (default 1)
   --startup-runs <n>       restarts per process timed from spawn to ready (default 2; --quick: 1; 0: none)
   --no-pglite              skip timing a monolith on PGlite
   --bcrypt-seconds <s>     how long to measure the bcrypt ceiling (default 15; --quick: 2; 0: skip)
@@ -139,6 +145,7 @@ export function parseSettings(argv: string[]): BenchSettings | { report: string 
       users: { type: 'string' },
       bare: { type: 'boolean', default: true },
       'startup-runs': { type: 'string' },
+      rounds: { type: 'string' },
       pglite: { type: 'boolean', default: true },
       'bcrypt-seconds': { type: 'string' },
       soak: { type: 'boolean', default: false },
@@ -183,6 +190,7 @@ export function parseSettings(argv: string[]): BenchSettings | { report: string 
     scenarios: list('scenarios', values.scenarios, SCENARIOS),
     bare: values.bare,
     users: integer('users', values.users, quick ? 30 : 100, 21, 10_000),
+    rounds: integer('rounds', values.rounds, 1, 1, 20),
     startupRuns: integer('startup-runs', values['startup-runs'], quick ? 1 : 2, 0, 100),
     pglite: values.pglite,
     bcryptSeconds: integer('bcrypt-seconds', values['bcrypt-seconds'], quick ? 2 : 15, 0, 600),

@@ -17,7 +17,7 @@ import type { TokenRepository } from '../repositories/token-repository.ts';
 import { SESSIONS_ENDED_DETAIL } from '../repositories/write-options.ts';
 import type { UserChanges, UserProfile, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, newAccountRow, storedEmail } from './accounts.ts';
-import { requestOutOfTime, uninterrupted } from '../infrastructure/call-context.ts';
+import { answerMayBeLost, uninterrupted } from '../infrastructure/call-context.ts';
 import type { CounterStore } from '../infrastructure/rate-limiter.ts';
 import { createHash } from 'node:crypto';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
@@ -234,19 +234,13 @@ export class UserUseCases {
       // answered so; it was refused as a wrong current password, audited as a guess and counted
       // towards a lockout (helper 189). The new password is compared only when such a change is
       // noted, so a wrong guess costs no second comparison.
-      const noted = changeInDoubtKey(userId, actor.familyId, user.passwordHash);
-      if (await this.#changeInDoubt(noted)) {
-        const made = await this.#passwords.verify(input.newPassword ?? '', user.passwordHash).catch(async (error: unknown) => {
-          await attempt.abandoned();
-          throw error;
-        });
-        if (made) {
-          // Once: the note answers the retry, not every later question "is this the password?"
-          // from that session, which would be answered without a trace (helper 190).
-          await this.#counters?.delete(noted).catch(() => undefined);
-          await attempt.succeeded();
-          return;
-        }
+      const made = await this.#madeByNotedChange(userId, actor.familyId, user.passwordHash, input.newPassword).catch(async (error: unknown) => {
+        await attempt.abandoned();
+        throw error;
+      });
+      if (made) {
+        await attempt.succeeded();
+        return;
       }
       failed('wrong_password');
       throw new AuthenticationError('Current password is incorrect');
@@ -264,18 +258,30 @@ export class UserUseCases {
     const write = { changes: { passwordHash }, expected: { passwordHash: user.passwordHash, version: expectedVersion } };
     // How many other sessions it ended is the write's to say (SESSIONS_ENDED_DETAIL).
     const event = { type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { [SESSIONS_ENDED_DETAIL]: 0 } } as const;
-    await uninterrupted(() =>
+    // Noted before it commits when already too close to the deadline: the client's retry may come
+    // while this write is still committing, and find the note (see the conflict below).
+    const doubtful = answerMayBeLost();
+    if (doubtful) await this.#noteChangeInDoubt(changeInDoubtKey(userId, actor.familyId, passwordHash));
+    const madeMeanwhile = await uninterrupted(() =>
       this.#audit
         .withWrite(event, (audit) => this.#tokens.revokeAllWithUserWrite(userId, actor.sessionId, write, { ...actingAs(actor, false), audit }))
+        .then(() => false)
         .catch(async (error: unknown) => {
           // Another password change that committed first ended this session too: it is answered as
           // the conflict it is, or, to a caller that named the version it read, as that version's
           // failed precondition (412 / aborted, as the write alone answers it; helper 136: a 409,
           // already_exists over RPC). An account deleted meanwhile is no such change (helper 87: a
           // false "changed meanwhile" answer and audit event); its session has simply ended.
-          if (error instanceof AppError && error.code === 'AUTHENTICATION_ERROR') {
+          const ended = error instanceof AppError && error.code === 'AUTHENTICATION_ERROR';
+          if (ended || isConflict(error) || (error instanceof AppError && error.code === 'PRECONDITION_FAILED')) {
             const now = await this.#users.findById(userId);
-            if (now !== null && now.passwordHash !== user.passwordHash)
+            const changed = now !== null && now.passwordHash !== user.passwordHash;
+            // Unless that change was this one, made by the request this one retries: it was still
+            // running, past its caller's deadline, when the retry read the old password, and
+            // noted itself on committing. The retry is answered as made (helper 218: "nothing
+            // was changed", while the new password asked for was in force).
+            if (changed && (await this.#madeByNotedChange(userId, actor.familyId, now.passwordHash, input.newPassword))) return true;
+            if (ended && changed)
               error = expectedVersion === undefined ? new ConflictError('The password was changed meanwhile; nothing was changed') : new PreconditionFailedError();
           }
           // Lost to a change that committed first, whether the write was held to the password
@@ -289,7 +295,22 @@ export class UserUseCases {
           throw error;
         }),
     );
-    if (requestOutOfTime() !== undefined) await this.#noteChangeInDoubt(changeInDoubtKey(userId, actor.familyId, passwordHash));
+    if (!madeMeanwhile && !doubtful && answerMayBeLost()) await this.#noteChangeInDoubt(changeInDoubtKey(userId, actor.familyId, passwordHash));
+  }
+
+  /**
+   * Whether the account's password, `hash`, was set by a change this session's login chain made
+   * without its answer surely reaching it (noted, see #noteChangeInDoubt) to `newPassword`: the
+   * retry of that change. Once: the note answers the retry, not every later question "is this the
+   * password?" from that session, which would be answered without a trace (helper 190). The new
+   * password is compared only when such a change is noted, so a wrong guess costs no second
+   * comparison.
+   */
+  async #madeByNotedChange(userId: number, familyId: string, hash: string, newPassword: string | undefined): Promise<boolean> {
+    const noted = changeInDoubtKey(userId, familyId, hash);
+    if (!(await this.#changeInDoubt(noted)) || !(await this.#passwords.verify(newPassword ?? '', hash))) return false;
+    await this.#counters?.delete(noted).catch(() => undefined);
+    return true;
   }
 
   /** Notes a change whose answer may have been lost (changeInDoubtKey; uninterrupted, as the write itself). */

@@ -12,7 +12,7 @@ import { PasswordHasher } from '../../src/infrastructure/security/password-hashe
 import { WorkGate } from '../../src/infrastructure/work-gate.ts';
 import { hashToken, TokenCodec } from '../../src/infrastructure/security/token-codec.ts';
 import { MemoryCounterStore } from '../../src/infrastructure/rate-limiter.ts';
-import { currentCallContext, runWithCallContext } from '../../src/infrastructure/call-context.ts';
+import { ANSWER_TRIP_MS, currentCallContext, runWithCallContext } from '../../src/infrastructure/call-context.ts';
 import { AuthUseCases } from '../../src/services/auth-use-cases.ts';
 import { IdempotentRequests } from '../../src/services/idempotency.ts';
 import { LoginThrottle } from '../../src/services/login-throttle.ts';
@@ -57,7 +57,7 @@ function harness(options: { gate?: WorkGate; sessionsPerUser?: number } = {}) {
     ...(options.sessionsPerUser === undefined ? {} : { sessionsPerUser: options.sessionsPerUser }),
     now: clock.now,
   });
-  const userCases = new UserUseCases(deps);
+  const userCases = new UserUseCases({ ...deps, counters });
 
   let serial = 0;
   /** Registers a user (and promotes it, through the repository, when asked) and signs it in. */
@@ -672,6 +672,76 @@ describe('a client that leaves halfway', () => {
     const registered = await asRequest(() => h.auth.register({ username: 'halfway', email: 'halfway@example.com', password: PASSWORD }, client));
     expect(leave.signal.aborted).toBe(true);
     expect(await outcome(h.auth.authenticate(registered.tokens.accessToken))).toBe('ok');
+  });
+});
+
+describe('a change that commits too close to its deadline for the answer to travel back', () => {
+  // Between layers a deadline travels as the time left and counts again from when the layer below
+  // read the call, so the service layer's deadline falls later than the controller's: a change
+  // committed there "in time" was answered deadline_exceeded by the controller, with no note, and
+  // the client's retry was refused (helper 218). These requests commit with half the answer's trip
+  // left before their deadline: not out of time yet, but not surely answered either.
+  const client: ClientInfo = { ipAddress: '192.0.2.40' };
+  let h: ReturnType<typeof harness>;
+  beforeEach(() => {
+    h = harness();
+  });
+  const nearDeadline = <T>(work: () => Promise<T>) => runWithCallContext({ requestId: 'near', deadline: Date.now() + ANSWER_TRIP_MS / 2 }, work);
+
+  it('when a refresh commits so, then its retry with the same token continues the session instead of ending it as stolen', async () => {
+    const user = await h.account();
+    const lost = await nearDeadline(() => h.auth.refresh(user.tokens.refreshToken, client));
+    const retried = await h.auth.refresh(user.tokens.refreshToken, client);
+    expect(await outcome(h.auth.authenticate(retried.accessToken))).toBe('ok');
+    expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toEqual([]);
+    // The pair the lost answer carried is the one the retry moved on from.
+    expect(await outcome(h.auth.refresh(lost.refreshToken, client))).toBe('AUTHENTICATION_ERROR');
+  });
+
+  it('when the retry read the token while the refresh it retries was still committing, then it continues the session too', async () => {
+    const user = await h.account();
+    const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    const original = tokens.rotate?.bind(h.tokens);
+    if (original === undefined) throw new Error('no rotate');
+    let lost: Promise<unknown> | undefined;
+    tokens.rotate = async (...args: unknown[]) => {
+      tokens.rotate = original;
+      lost = nearDeadline(() => h.auth.refresh(user.tokens.refreshToken, client));
+      await lost;
+      return original(...args);
+    };
+    const retried = await h.auth.refresh(user.tokens.refreshToken, client);
+    await lost;
+    expect(await outcome(h.auth.authenticate(retried.accessToken))).toBe('ok');
+    expect(h.audit.ofType('TOKEN_REUSE_DETECTED')).toEqual([]);
+  });
+
+  it('when a password change commits so, then its retry is answered as made, not as a wrong current password', async () => {
+    const user = await h.account();
+    const change = { userId: user.id, oldPassword: PASSWORD, newPassword: 'Another-Passw0rd!' };
+    await nearDeadline(() => h.userCases.changePassword(user.actor, change));
+    expect(await outcome(h.userCases.changePassword(user.actor, change))).toBe('ok');
+    expect(h.audit.ofType('PASSWORD_CHANGE_FAILED')).toEqual([]);
+  });
+
+  it('when the retry read the old password while the change it retries was still committing, then it is answered as made, not as a change made meanwhile', async () => {
+    const user = await h.account();
+    const change = { userId: user.id, oldPassword: PASSWORD, newPassword: 'Another-Passw0rd!' };
+    // The first request commits right before the retry's own write, after the retry compared
+    // the old password with the old hash.
+    const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    const original = tokens.revokeAllWithUserWrite?.bind(h.tokens);
+    if (original === undefined) throw new Error('no revokeAllWithUserWrite');
+    tokens.revokeAllWithUserWrite = async (...args: unknown[]) => {
+      tokens.revokeAllWithUserWrite = original;
+      await nearDeadline(() => h.userCases.changePassword(user.actor, change));
+      return original(...args);
+    };
+    expect(await outcome(h.userCases.changePassword(user.actor, change))).toBe('ok');
+    expect(h.audit.ofType('PASSWORD_CHANGE_FAILED')).toEqual([]);
+    expect(h.audit.ofType('PASSWORD_CHANGED')).toHaveLength(1);
+    // Made once: the note is used up, and a third try with the old password is a wrong one.
+    expect(await outcome(h.userCases.changePassword(user.actor, change))).toBe('AUTHENTICATION_ERROR');
   });
 });
 

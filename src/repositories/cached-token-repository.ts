@@ -47,10 +47,10 @@ export class CachedTokenRepository implements TokenRepository {
   }
 
   /** A login's pair also writes the user's row: its profile is forgotten, as a write through CachedUserRepository would. */
-  async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date) {
+  async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date, firstLogin?: boolean) {
     if (loginAt === undefined) return this.#inner.create(record, passwordHash);
     try {
-      return await this.#inner.create(record, passwordHash, loginAt);
+      return await this.#inner.create(record, passwordHash, loginAt, firstLogin);
     } finally {
       await forgetProfile(this.#cache, record.userId);
     }

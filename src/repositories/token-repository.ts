@@ -65,9 +65,11 @@ export interface TokenRepository {
    * password change, suspension or deletion committed since). Takes the user's lock as the
    * revocations do, so one that commits after this finds the pair and revokes it. With
    * `loginAt`, the pair opens a login and the user's last login (and version) is written in the
-   * same transaction: one write where a login used to make two internal calls.
+   * same transaction: one write where a login used to make two internal calls; with `firstLogin`
+   * too, only while the user has never logged in and has no live session (null otherwise): the
+   * session a registration's retry opens when its first attempt stored none.
    */
-  create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null>;
+  create(record: NewTokenRecord, passwordHash: string, loginAt?: Date, firstLogin?: boolean): Promise<OAuthToken | null>;
   /** The pair with this access-token hash: the hot path of every authenticated request. */
   findByAccessHash(accessTokenHash: string): Promise<OAuthToken | null>;
   findByRefreshHash(refreshTokenHash: string): Promise<OAuthToken | null>;
@@ -142,7 +144,7 @@ export class PrismaTokenRepository implements TokenRepository {
     return this.#turns === undefined ? write() : this.#turns.run(target, also, write);
   }
 
-  create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {
+  create(record: NewTokenRecord, passwordHash: string, loginAt?: Date, firstLogin = false): Promise<OAuthToken | null> {
     return this.#atRows(record.userId, [], () =>
       withDatabaseErrors(() =>
         this.#db.$transaction(async (tx) => {
@@ -154,7 +156,12 @@ export class PrismaTokenRepository implements TokenRepository {
             const held = await tx.$queryRaw<unknown[]>`SELECT id FROM users WHERE id = ${record.userId} AND password_hash = ${passwordHash} AND status = 'ACTIVE' FOR UPDATE`;
             if (held.length === 0) return null;
           } else {
-            const where = { id: record.userId, passwordHash, status: 'ACTIVE' } as const;
+            if (firstLogin) {
+              // Under the user's lock, which the registration's own session takes too.
+              await lockUser(tx, record.userId);
+              if ((await tx.oAuthToken.count({ where: { userId: record.userId, isRevoked: false, expiresAt: { gt: loginAt } } })) > 0) return null;
+            }
+            const where = { id: record.userId, passwordHash, status: 'ACTIVE', ...(firstLogin ? { lastLoginAt: null } : {}) } as const;
             const { count } = await tx.user.updateMany({ where, data: { lastLoginAt: loginAt, version: { increment: 1 } } });
             if (count === 0) return null;
           }

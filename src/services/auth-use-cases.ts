@@ -653,8 +653,10 @@ export class AuthUseCases {
     }
     // Opened as a login's session: the account's last login is set and its version moves on, so
     // it is not resumed twice, and the undoing of a registration still under way for it (its
-    // session stalled, then failed) no longer finds the version it would delete.
-    const tokens = await uninterrupted(() => this.#openSession(row, client, now)).catch(async (error: unknown) => {
+    // session stalled, then failed) no longer finds the version it would delete. Only while the
+    // account has never logged in, in the same write: of identical registrations resumed at once,
+    // one opens it (helper 218: four did, each told it had made the account).
+    const tokens = await uninterrupted(() => this.#openSession(row, client, now, true)).catch(async (error: unknown) => {
       await attempt.abandoned();
       throw error;
     });
@@ -691,7 +693,7 @@ export class AuthUseCases {
    * (see TokenRepository.create). `loginAt` (a login's, not a registration's) is recorded as the
    * user's last login with it.
    */
-  async #openSession(user: UserRow, client: ClientInfo, loginAt?: Date): Promise<TokenPair | null> {
+  async #openSession(user: UserRow, client: ClientInfo, loginAt?: Date, firstLogin = false): Promise<TokenPair | null> {
     const now = loginAt ?? this.#now();
     const familyExpiresAt = new Date(now.getTime() + this.#sessionLifetimeMs);
     const familyId = randomUUID();
@@ -712,6 +714,7 @@ export class AuthUseCases {
         },
         user.passwordHash,
         loginAt,
+        firstLogin,
       ),
     );
     if (stored === null) return null;

@@ -171,11 +171,13 @@ export class MemoryUserRepository implements UserRepository {
   }
 
   /** What a login's pair writes of the user (see TokenRepository.create). */
-  recordLogin(id: number, at: Date): void {
+  /** Sets the last login (and moves the version on); with `firstLogin`, only if there was none: false when not written. */
+  recordLogin(id: number, at: Date, firstLogin = false): boolean {
     const row = this.#rows.get(id);
-    if (row === undefined) return;
+    if (row === undefined || (firstLogin && row.lastLoginAt !== null)) return false;
     row.lastLoginAt = at;
     row.version += 1;
+    return true;
   }
 
   /** The repository contract: no write may leave the platform without an active administrator. */
@@ -206,10 +208,11 @@ export class MemoryTokenRepository implements TokenRepository {
     };
   }
 
-  async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {
+  async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date, firstLogin = false): Promise<OAuthToken | null> {
     const user = await this.#users.findById(record.userId);
     if (user?.status !== 'ACTIVE' || user.passwordHash !== passwordHash) return null;
-    if (loginAt !== undefined) this.#users.recordLogin(record.userId, loginAt);
+    if (firstLogin && loginAt !== undefined && [...this.#rows.values()].some((row) => row.userId === record.userId && !row.isRevoked && row.expiresAt > loginAt)) return null;
+    if (loginAt !== undefined && !this.#users.recordLogin(record.userId, loginAt, firstLogin)) return null;
     return this.#insert(record);
   }
 

@@ -14,7 +14,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiClient, apiClients, closeAll, PROTOCOLS, type ApiClient, type ProtocolName } from '../helpers/protocols.ts';
-import { holdRows, register, startTestServer, TEST_ENV, type RowsHeld, type TestServer } from '../helpers/test-app.ts';
+import { holdRows, newUser, register, startTestServer, TEST_ENV, type RowsHeld, type TestServer } from '../helpers/test-app.ts';
 
 const LIFETIME_SECONDS = 6;
 
@@ -303,6 +303,28 @@ describe('sessions on a server without the short lifetime', { concurrent: true }
       const login = await client.login({ usernameOrEmail: user.username, password: 'Not-The-Passw0rd!' });
       expect(login.headers.get('www-authenticate')).toBe('Bearer realm="arcana-cloud"');
     });
+  });
+});
+
+describe('the same registration sent many times at once', () => {
+  it('when twenty identical registrations arrive at once over every protocol, then one is answered as having made the account and opened one session; the rest are conflicts', async () => {
+    // Found by an attacker (helper 218): registrations that lost the insert each took the account
+    // for one their first attempt left without a session and opened one, so up to four were
+    // answered 201, each with a session and told it had made the account.
+    const clients = apiClients(t.baseUrl);
+    try {
+      for (let round = 0; round < 3; round += 1) {
+        const body = newUser('same');
+        const outcomes = await Promise.all(Array.from({ length: 20 }, (_, index) => (clients[index % clients.length] as ApiClient).register(body)));
+        const codes = outcomes.map((outcome) => outcome.code);
+        expect(codes.filter((code) => code === 'ok')).toHaveLength(1);
+        expect(codes.filter((code) => !['ok', 'CONFLICT', 'already_exists'].includes(code))).toEqual([]);
+        const sessions = await t.sql('SELECT t.id FROM oauth_tokens t JOIN users u ON u.id = t.user_id WHERE u.username = $1', [body.username]);
+        expect(sessions).toHaveLength(1);
+      }
+    } finally {
+      closeAll(clients);
+    }
   });
 });
 

@@ -1047,6 +1047,14 @@ describe('a registration whose account was stored without its session', () => {
     expect(await outcome(register())).toBe('CONFLICT');
   });
 
+  it('when the same registration is sent several times at once, then one opens the account and the others are the conflict', async () => {
+    // Found by an attacker (helper 218): each checked "never signed in, no session" and then
+    // opened one, so four were answered 201, each told it had made the account.
+    const outcomes = await Promise.all(Array.from({ length: 5 }, () => outcome(register())));
+    expect(outcomes.toSorted()).toEqual(['CONFLICT', 'CONFLICT', 'CONFLICT', 'CONFLICT', 'ok']);
+    expect(await h.tokens.listActive(id, h.clock.now())).toHaveLength(1);
+  });
+
   it("when the password is not the account's, then conflict, and each guess counts as a failed login: after the limit the right one is refused too, by registration and login alike", async () => {
     for (let guess = 0; guess < MAX_FAILURES; guess += 1) expect(await outcome(register(`Wrong-Guess-${guess}x!`))).toBe('CONFLICT');
     expect(await outcome(register())).toBe('CONFLICT');

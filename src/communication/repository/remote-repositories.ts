@@ -93,8 +93,8 @@ export class RemoteTokenRepository implements TokenRepository {
     this.#client = client;
   }
 
-  async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date): Promise<OAuthToken | null> {
-    const request = { token: newTokenToProto(record), passwordHash, loginAt: loginAt === undefined ? undefined : timestampFromDate(loginAt) };
+  async create(record: NewTokenRecord, passwordHash: string, loginAt?: Date, firstLogin = false): Promise<OAuthToken | null> {
+    const request = { token: newTokenToProto(record), passwordHash, loginAt: loginAt === undefined ? undefined : timestampFromDate(loginAt), firstLogin };
     const { token } = await this.#client.createToken(request);
     return token === undefined ? null : tokenFromProto(token);
   }

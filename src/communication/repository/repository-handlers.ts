@@ -124,7 +124,7 @@ export function createTokenRepositoryHandler(repo: TokenRepository): ServiceImpl
   return {
     async createToken(req) {
       const loginAt = req.loginAt === undefined ? undefined : dateFromProto(req.loginAt, 'CreateTokenRequest.login_at');
-      const row = await repo.create(newTokenFromProto(requireField(req.token, 'CreateTokenRequest.token')), req.passwordHash, loginAt);
+      const row = await repo.create(newTokenFromProto(requireField(req.token, 'CreateTokenRequest.token')), req.passwordHash, loginAt, req.firstLogin);
       return row === null ? {} : { token: tokenToProto(row) };
     },
     async findTokenByAccessHash(req) {

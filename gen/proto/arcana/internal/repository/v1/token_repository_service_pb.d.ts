@@ -247,6 +247,15 @@ export declare type CreateTokenRequest = Message<"arcana.internal.repository.v1.
    * @generated from field: google.protobuf.Timestamp login_at = 3;
    */
   loginAt?: Timestamp | undefined;
+
+  /**
+   * With login_at: only if the user has never logged in (its last login unset) and has no live
+   * session, as when a registration's retry opens the session its first attempt did not; of such
+   * retries at once one opens it, and none once the first attempt's own session is stored.
+   *
+   * @generated from field: bool first_login = 4;
+   */
+  firstLogin: boolean;
 };
 
 /**

@@ -4,7 +4,8 @@
 // of sites CORS_ORIGINS does not name are refused before they are charged; the API's own pages,
 // allowed origins, top-level links and non-browser clients are served as before.
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import http2 from 'node:http2';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -145,6 +146,58 @@ describe('requests browsers make for pages of other sites', () => {
     expect(await budgetLeft()).toBeLessThan(before - 4);
   });
 
+  it('when a hostile page reaches the API over plain HTTP, where browsers send no Fetch Metadata, then what names its origin is refused uncharged, over every protocol', async () => {
+    // Helper 217: Chromium sends Sec-Fetch-* only to HTTPS or loopback origins; to
+    // http://<address>:3000 a page's forms, no-cors POSTs, beacons, CORS calls and event streams
+    // arrive with only `Origin`, and each was served and charged until the budget ran out.
+    const before = await budgetLeft();
+    const evil = { origin: 'http://evil.example.test' };
+    const connectLogin = JSON.stringify({ usernameOrEmail: 'root_admin', password: 'wrong-password-1' });
+    const answers = await Promise.all([
+      ...Array.from({ length: 8 }, () => h1('POST', '/api/v1/auth/login', { ...evil, 'content-type': 'application/x-www-form-urlencoded' }, 'usernameOrEmail=a&password=b')),
+      h1('POST', '/arcana.auth.v1.AuthService/Login', { ...evil, 'content-type': 'text/plain' }, connectLogin),
+      h1('POST', '/arcana.auth.v1.AuthService/Login', { ...evil, 'content-type': 'application/json' }, connectLogin),
+      h1('OPTIONS', '/arcana.auth.v1.AuthService/Login', { ...evil, 'access-control-request-method': 'POST' }),
+      h1('GET', '/api/v1/auth/me', { ...evil, accept: 'text/event-stream' }),
+      // A sandboxed frame's or a file's opaque origin; a sibling port of our own host.
+      h1('POST', '/api/v1/auth/logout', { origin: 'null', 'content-type': 'text/plain' }, '{}'),
+      h1('POST', '/api/v1/auth/logout', { origin: `http://127.0.0.1:${new URL(server.baseUrl).port === '1' ? '2' : '1'}`, 'content-type': 'text/plain' }, '{}'),
+    ]);
+    expect(answers.map((answer) => answer.status)).toEqual(Array(14).fill(403));
+    const grpcWeb = await h1('POST', '/arcana.auth.v1.AuthService/Login', { ...evil, 'content-type': 'application/grpc-web+proto' }, Buffer.from([0, 0, 0, 0, 0]));
+    expect({ status: grpcWeb.status, grpcStatus: grpcWeb.headers['grpc-status'] }).toEqual({ status: 200, grpcStatus: '7' });
+    expect(await grpc('/arcana.auth.v1.AuthService/Login', evil)).toEqual({ status: 200, grpcStatus: '7' });
+    expect(await budgetLeft()).toBe(before - 1);
+
+    // The API's own pages calling it (the console's sign-in), by the Host they were served from or
+    // the one a proxy in front forwards, and allowed origins, are served and charged.
+    const own = new URL(server.baseUrl).host;
+    const served = await Promise.all([
+      h1('POST', '/api/v1/auth/login', { origin: `http://${own}`, 'content-type': 'application/json' }, connectLogin),
+      h1('POST', '/api/v1/auth/login', { origin: `https://${own}`, 'content-type': 'application/json' }, connectLogin),
+      h1('POST', '/api/v1/auth/login', { origin: 'https://api.example.test', 'x-forwarded-host': 'api.example.test', 'content-type': 'application/json' }, connectLogin),
+      h1('POST', '/api/v1/auth/login', { origin: ALLOWED, 'content-type': 'application/json' }, connectLogin),
+    ]);
+    expect(served.map((answer) => answer.status)).toEqual([401, 401, 401, 401]);
+  });
+
+  it('when a page of another site opens windows on paths under the API pages that name no page, or the icon the browser then asks for, then nothing is charged', async () => {
+    // Helper 217: /docs/x1…x10 were admitted as pages and answered by the API's charged 404, and
+    // each refused navigation left a document whose /favicon.ico was a charged 404 too.
+    const before = await budgetLeft();
+    const navigations = await Promise.all(
+      ['/docs/x1', '/console/x2', '/openapi.yaml/x3', '/DOCS/x4', '/docs/assets/nothing'].map((path) => h1('GET', path, crossSite('navigate', 'document'))),
+    );
+    expect(navigations.map((answer) => answer.status)).toEqual([403, 403, 403, 403, 403]);
+    const pages = await Promise.all(['/docs/proto/', '/console/', '/openapi.yaml?x=1'].map((path) => h1('GET', path, crossSite('navigate', 'document'))));
+    expect(pages.map((answer) => answer.status)).toEqual([200, 200, 200]);
+    const icons = await Promise.all(
+      Array.from({ length: 5 }, () => h1('GET', '/favicon.ico', { 'sec-fetch-site': 'same-origin', 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'image' })),
+    );
+    expect(icons.map((answer) => answer.status)).toEqual([204, 204, 204, 204, 204]);
+    expect(await budgetLeft()).toBe(before - 1);
+  });
+
   it('when a reader opens the API reference and its files, then its budget is untouched; a path under it that names nothing is charged', async () => {
     // Helper 212: one look at /docs cost five requests of the budget, so about twenty looks an hour
     // locked the reader's address out of the API and the console's sign-in.
@@ -190,4 +243,56 @@ describe('requests browsers make for pages of other sites', () => {
     for (const status of statuses) expect(status).toBe(403);
     expect(await budgetLeft()).toBe(before - 1);
   });
+
+  // Over plain HTTP to an address that is not loopback, Chromium sends no Fetch Metadata (helper
+  // 217). The API is reached here through a forwarder on this machine's first non-loopback IPv4
+  // address, so the server still sees loopback, the budget read above.
+  const lanAddress = Object.values(networkInterfaces())
+    .flat()
+    .find((entry) => entry?.family === 'IPv4' && !entry.internal)?.address;
+  it.skipIf(lanAddress === undefined)(
+    "when a hostile page posts forms, beacons and event streams at the API over plain HTTP, then the administrator's budget is untouched",
+    async () => {
+      const forwarder = net.createServer((inbound) => {
+        const outbound = net.connect(Number(new URL(server.baseUrl).port), '127.0.0.1');
+        inbound.pipe(outbound).pipe(inbound);
+        inbound.on('error', () => outbound.destroy());
+        outbound.on('error', () => inbound.destroy());
+      });
+      await new Promise<void>((resolve) => forwarder.listen(0, lanAddress, resolve));
+      const api = `http://${lanAddress}:${(forwarder.address() as AddressInfo).port}`;
+      const before = await budgetLeft();
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      let sent = 0;
+      const fetchMetadata: string[] = [];
+      page.on('request', (request) => {
+        if (!request.url().startsWith(api)) return;
+        sent += 1;
+        const site = request.headers()['sec-fetch-site'];
+        if (site !== undefined) fetchMetadata.push(site);
+      });
+      const login = JSON.stringify({ usernameOrEmail: 'root_admin', password: 'wrong-password-1' });
+      const script = `Promise.all([
+        ...Array.from({ length: 20 }, (_, i) => fetch('${api}/api/v1/auth/login?n=' + i, { method: 'POST', mode: 'no-cors', headers: { 'content-type': 'text/plain' }, body: '${login}' }).catch(() => null)),
+        ...Array.from({ length: 10 }, (_, i) => fetch('${api}/arcana.auth.v1.AuthService/Login?n=' + i, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '${login}' }).catch(() => null)),
+        ...Array.from({ length: 5 }, (_, i) => new Promise((done) => { const source = new EventSource('${api}/api/v1/auth/me?e=' + i); source.onerror = () => { source.close(); done(); }; })),
+        Promise.resolve(Array.from({ length: 10 }, (_, i) => navigator.sendBeacon('${api}/api/v1/auth/logout?b=' + i, '{}'))),
+      ]).then(() => new Promise((done) => setTimeout(done, 500))).then(() => { document.title = 'done'; });`;
+      const hostile = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html' }).end(`<!doctype html><body><script>${script}</script></body>`));
+      await new Promise<void>((resolve) => hostile.listen(0, '127.0.0.1', resolve));
+      try {
+        await page.goto(`http://localhost:${(hostile.address() as AddressInfo).port}/`);
+        await page.waitForFunction('document.title === "done"', undefined, { timeout: 15_000 });
+      } finally {
+        await context.close();
+        hostile.close();
+        forwarder.close();
+      }
+      // The attack as the issue meets it: requests that left without Fetch Metadata.
+      expect(sent).toBeGreaterThanOrEqual(40);
+      expect(fetchMetadata).toEqual([]);
+      expect(await budgetLeft()).toBe(before - 1);
+    },
+  );
 });

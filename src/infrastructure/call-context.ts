@@ -171,27 +171,6 @@ export function requestOutOfTime(now = Date.now()): 'abandoned' | 'late' | undef
 }
 
 /**
- * How close to its deadline a request may be when a change commits for it and its answer still be
- * taken as sure to arrive. Between layers a deadline travels as the time left when the call was
- * sent, and a layer counts it again from when it read the call, so its deadline falls later than
- * its caller's by the call's trip; the answer's trip back through each layer comes on top, and a
- * client's own timer started before the server's. Under load a trip is a few turns of each event
- * loop on its way: a rotation or password change that committed with 2 to 26 ms left in the
- * service layer was answered `deadline_exceeded` by the controller with no note, and the client's
- * retry was taken for a replay (helper 218).
- */
-export const ANSWER_TRIP_MS = 1_000;
-
-/**
- * Whether the answer to a change that has just committed may not reach its client: the request is
- * out of time (requestOutOfTime), or will be within ANSWER_TRIP_MS. Such a change is noted, so that
- * the client's retry is answered as made.
- */
-export function answerMayBeLost(now = Date.now()): boolean {
-  return requestOutOfTime(now + ANSWER_TRIP_MS) !== undefined;
-}
-
-/**
  * The deadline an incoming RPC carries in its own protocol's header: `grpc-timeout` (a number and a
  * unit: H, M, S, m, u, n) for gRPC and gRPC-Web, `connect-timeout-ms` for Connect, as Connect
  * itself reads them. The other protocol's header means nothing to the call: a Connect call with

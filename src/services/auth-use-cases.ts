@@ -19,7 +19,7 @@ import type { TokenRepository } from '../repositories/token-repository.ts';
 import { SESSIONS_REVOKED_DETAIL } from '../repositories/write-options.ts';
 import { clientFields, type AuditLog } from './audit-use-cases.ts';
 import { newAccountRow, storedEmail } from './accounts.ts';
-import { answerMayBeLost, currentWorkLimits, requestOutOfTime, uninterrupted } from '../infrastructure/call-context.ts';
+import { currentWorkLimits, requestOutOfTime, uninterrupted } from '../infrastructure/call-context.ts';
 import { canonicalRequest, IDEMPOTENCY_WINDOW_MS, type AnswerCodec, type IdempotentRequests } from './idempotency.ts';
 import type { LoginThrottle } from './login-throttle.ts';
 import type { CounterStore } from '../infrastructure/rate-limiter.ts';
@@ -409,12 +409,6 @@ export class AuthUseCases {
       throw new AuthenticationError('Account is not active');
     }
     const issued = this.#codec.issuePair(user.id, now, previous.familyExpiresAt, previous.familyId);
-    // A request already too close to its deadline for its answer to travel back is noted before
-    // its rotation commits: its client may retry at once, while the rotation is still committing,
-    // and that retry must find the note (helper 218: 1 in 100 such retries, in the split
-    // topologies, came between the commit and a note made after it).
-    const doubtful = answerMayBeLost();
-    if (doubtful) await this.#noteInDoubt(presentedHash, issued.refreshTokenHash);
     let next;
     try {
       next = await this.#tokens.rotate(previous, {
@@ -444,16 +438,18 @@ export class AuthUseCases {
       if (now === null || (now.revokedReason !== 'rotated' && now.revokedReason !== null)) {
         throw new AuthenticationError('Session has ended; please log in again');
       }
-      // The rotation that won may be this token's own, made by the request this one retries,
-      // still committing when this one read the token (noted in doubt, above).
+      // The rotation that won may be this token's own, made by the request this one retries after
+      // its deadline, still committing when this one read the token (noted in doubt, below).
       const resumed = presentedHash === previous.refreshTokenHash ? await this.#resumeInDoubt(previous, client) : undefined;
       return resumed ?? this.#replayed(previous, client);
     }
-    // Committed for a request whose answer may reach nobody (its deadline passed, or is too close
-    // for the answer's trip back, or its client left, while the rotation waited): the client still
-    // holds the token it presented, and its retry is a retry, not a replay (helpers 187, 218: the
-    // retry ended the session as stolen).
-    if (!doubtful && answerMayBeLost()) await this.#noteInDoubt(presentedHash, issued.refreshTokenHash);
+    // Committed for a request whose answer can reach nobody now (its deadline passed, or its client
+    // left, while the rotation waited): the client still holds the token it presented, and its
+    // retry is a retry, not a replay (helper 187: the retry ended the session as stolen). Only
+    // then: a note made for an answer that is delivered (helper 220: any refresh sent with a
+    // deadline under a second, when notes were made that close to it) let a thief's own refresh
+    // silence the alarm the owner's copy would raise, or a stale copy take over an owner's chain.
+    if (requestOutOfTime() !== undefined) await this.#noteInDoubt(presentedHash, issued.refreshTokenHash);
     return this.#tokenPair(issued.accessToken, issued.refreshToken, issued.accessTtlSeconds);
   }
 
@@ -661,6 +657,10 @@ export class AuthUseCases {
       throw error;
     });
     if (tokens === null) {
+      // The right password, for an account another retry opened first (or changed meanwhile): no
+      // guess, so the throttle's slot goes back (helper 220: each retry that lost counted as a
+      // failure, and one typo after eight at once locked the new account out).
+      await attempt.abandoned();
       failed('changed_meanwhile');
       return undefined;
     }

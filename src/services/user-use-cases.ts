@@ -17,7 +17,7 @@ import type { TokenRepository } from '../repositories/token-repository.ts';
 import { SESSIONS_ENDED_DETAIL } from '../repositories/write-options.ts';
 import type { UserChanges, UserProfile, UserRepository } from '../repositories/user-repository.ts';
 import { assertAvailable, newAccountRow, storedEmail } from './accounts.ts';
-import { answerMayBeLost, uninterrupted } from '../infrastructure/call-context.ts';
+import { requestOutOfTime, uninterrupted } from '../infrastructure/call-context.ts';
 import type { CounterStore } from '../infrastructure/rate-limiter.ts';
 import { createHash } from 'node:crypto';
 import { canonicalRequest, messageCodec, type IdempotentRequests } from './idempotency.ts';
@@ -258,10 +258,6 @@ export class UserUseCases {
     const write = { changes: { passwordHash }, expected: { passwordHash: user.passwordHash, version: expectedVersion } };
     // How many other sessions it ended is the write's to say (SESSIONS_ENDED_DETAIL).
     const event = { type: 'PASSWORD_CHANGED', userId, actorId: actor.userId, ...clientFields(client), details: { [SESSIONS_ENDED_DETAIL]: 0 } } as const;
-    // Noted before it commits when already too close to the deadline: the client's retry may come
-    // while this write is still committing, and find the note (see the conflict below).
-    const doubtful = answerMayBeLost();
-    if (doubtful) await this.#noteChangeInDoubt(changeInDoubtKey(userId, actor.familyId, passwordHash));
     const madeMeanwhile = await uninterrupted(() =>
       this.#audit
         .withWrite(event, (audit) => this.#tokens.revokeAllWithUserWrite(userId, actor.sessionId, write, { ...actingAs(actor, false), audit }))
@@ -295,7 +291,7 @@ export class UserUseCases {
           throw error;
         }),
     );
-    if (!madeMeanwhile && !doubtful && answerMayBeLost()) await this.#noteChangeInDoubt(changeInDoubtKey(userId, actor.familyId, passwordHash));
+    if (!madeMeanwhile && requestOutOfTime() !== undefined) await this.#noteChangeInDoubt(changeInDoubtKey(userId, actor.familyId, passwordHash));
   }
 
   /**

@@ -186,9 +186,9 @@ describe('requests browsers make for pages of other sites', () => {
     // each refused navigation left a document whose /favicon.ico was a charged 404 too.
     const before = await budgetLeft();
     const navigations = await Promise.all(
-      ['/docs/x1', '/console/x2', '/openapi.yaml/x3', '/DOCS/x4', '/docs/assets/nothing'].map((path) => h1('GET', path, crossSite('navigate', 'document'))),
+      ['/docs/x1', '/console/x2', '/openapi.yaml/x3', '/DOCS/x4', '/docs/assets/nothing', '/docs/proto/x5.proto'].map((path) => h1('GET', path, crossSite('navigate', 'document'))),
     );
-    expect(navigations.map((answer) => answer.status)).toEqual([403, 403, 403, 403, 403]);
+    expect(navigations.map((answer) => answer.status)).toEqual([403, 403, 403, 403, 403, 403]);
     const pages = await Promise.all(['/docs/proto/', '/console/', '/openapi.yaml?x=1'].map((path) => h1('GET', path, crossSite('navigate', 'document'))));
     expect(pages.map((answer) => answer.status)).toEqual([200, 200, 200]);
     const icons = await Promise.all(

@@ -59,7 +59,7 @@ export function crossSiteProblem(method: string | undefined, url: string | undef
 /**
  * Whether `Origin` names a page this API does not serve browsers for: an opaque origin (`null`), or
  * one that is neither allowed nor the API's own (the Host the request was sent to, or the first
- * X-Forwarded-Host, which a browser's page cannot set: a proxy that rewrites Host keeps the
+ * X-Forwarded-Host or `Forwarded: host=`, which a browser's page cannot set: a proxy that rewrites Host keeps the
  * console's own requests served). Scheme and default port aside, as a proxy ending TLS sees
  * `https://` pages on `http://`.
  */
@@ -74,8 +74,18 @@ function foreignOrigin(headers: IncomingHttpHeaders, allowedOrigins: ReadonlySet
   }
   if (host === '') return true;
   const forwarded = headers['x-forwarded-host'];
-  const own = [headers.host, headers[':authority'], (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0]];
+  const own = [headers.host, headers[':authority'], (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0], forwardedHost(headers.forwarded)];
   return !own.some((candidate) => typeof candidate === 'string' && withoutDefaultPort(candidate.trim().toLowerCase()) === host);
+}
+
+/** The `host` of the first element of RFC 7239's `Forwarded` header (the proxy nearest the client), quotes taken off. */
+function forwardedHost(forwarded: string | undefined): string | undefined {
+  const pair = forwarded
+    ?.split(',')[0]
+    ?.split(';')
+    .map((part) => part.trim())
+    .find((part) => part.toLowerCase().startsWith('host='));
+  return pair?.slice('host='.length).replace(/^"(.*)"$/, '$1');
 }
 
 function withoutDefaultPort(host: string): string {

@@ -176,9 +176,15 @@ describe('requests browsers make for pages of other sites', () => {
       h1('POST', '/api/v1/auth/login', { origin: `http://${own}`, 'content-type': 'application/json' }, connectLogin),
       h1('POST', '/api/v1/auth/login', { origin: `https://${own}`, 'content-type': 'application/json' }, connectLogin),
       h1('POST', '/api/v1/auth/login', { origin: 'https://api.example.test', 'x-forwarded-host': 'api.example.test', 'content-type': 'application/json' }, connectLogin),
+      h1(
+        'POST',
+        '/api/v1/auth/login',
+        { origin: 'https://api.example.test', forwarded: 'for=192.0.2.60;host="api.example.test";proto=https', 'content-type': 'application/json' },
+        connectLogin,
+      ),
       h1('POST', '/api/v1/auth/login', { origin: ALLOWED, 'content-type': 'application/json' }, connectLogin),
     ]);
-    expect(served.map((answer) => answer.status)).toEqual([401, 401, 401, 401]);
+    expect(served.map((answer) => answer.status)).toEqual([401, 401, 401, 401, 401]);
   });
 
   it('when a page of another site opens windows on paths under the API pages that name no page, or the icon the browser then asks for, then nothing is charged', async () => {

@@ -675,6 +675,18 @@ describe('a client that leaves halfway', () => {
   });
 });
 
+/** Runs `change` once, right before the next call of `method` on `h`'s token repository. */
+function beforeNextTokenWrite(h: ReturnType<typeof harness>, method: 'create' | 'revokeChainOf' | 'rotate' | 'revokeAllWithUserWrite', change: () => Promise<unknown>): void {
+  const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+  const original = tokens[method]?.bind(h.tokens);
+  if (original === undefined) throw new Error(`no ${method}`);
+  tokens[method] = async (...args: unknown[]) => {
+    tokens[method] = original;
+    await change();
+    return original(...args);
+  };
+}
+
 describe('a retry that races the change it retries, committing past its deadline', () => {
   // The first request's write commits after its deadline (its answer reaches nobody, and it is
   // noted), while the client's retry, sent at the deadline, has already read the old state: the
@@ -686,28 +698,12 @@ describe('a retry that races the change it retries, committing past its deadline
     h = harness();
   });
   /** Runs `work` as a request whose deadline passes while `method` of the token repository writes. */
-  const pastItsDeadline = async <T>(method: 'rotate' | 'revokeAllWithUserWrite', work: () => Promise<T>): Promise<T> => {
-    const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
-    const original = tokens[method]?.bind(h.tokens);
-    if (original === undefined) throw new Error(`no ${method}`);
-    tokens[method] = async (...args: unknown[]) => {
-      tokens[method] = original;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-      return original(...args);
-    };
+  const pastItsDeadline = <T>(method: 'rotate' | 'revokeAllWithUserWrite', work: () => Promise<T>): Promise<T> => {
+    beforeNextTokenWrite(h, method, () => new Promise((resolve) => setTimeout(resolve, 20)));
     return runWithCallContext({ requestId: 'late', deadline: Date.now() + 5 }, work);
   };
   /** Runs `first` right before the token repository's next `method` call, which is the retry's. */
-  const beforeRetryWrites = (method: 'rotate' | 'revokeAllWithUserWrite', first: () => Promise<unknown>): void => {
-    const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
-    const original = tokens[method]?.bind(h.tokens);
-    if (original === undefined) throw new Error(`no ${method}`);
-    tokens[method] = async (...args: unknown[]) => {
-      tokens[method] = original;
-      await first();
-      return original(...args);
-    };
-  };
+  const beforeRetryWrites = (method: 'rotate' | 'revokeAllWithUserWrite', first: () => Promise<unknown>): void => beforeNextTokenWrite(h, method, first);
 
   it('when a refresh does so, then its retry continues the session instead of ending it as stolen', async () => {
     const user = await h.account();
@@ -752,16 +748,7 @@ describe("a session that races the end of its account's sessions", () => {
   });
 
   /** Runs `change` once, right before the repository's next `method` call. */
-  function before(method: 'create' | 'revokeChainOf' | 'rotate' | 'revokeAllWithUserWrite', change: () => Promise<unknown>): void {
-    const tokens = h.tokens as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
-    const original = tokens[method]?.bind(h.tokens);
-    if (original === undefined) throw new Error(`no ${method}`);
-    tokens[method] = async (...args: unknown[]) => {
-      tokens[method] = original;
-      await change();
-      return original(...args);
-    };
-  }
+  const before = (method: 'create' | 'revokeChainOf' | 'rotate' | 'revokeAllWithUserWrite', change: () => Promise<unknown>): void => beforeNextTokenWrite(h, method, change);
 
   /** The ids of a user's live sessions. */
   const liveIds = async (userId: number) => (await h.tokens.listActive(userId, h.clock.now())).map((row) => row.id);

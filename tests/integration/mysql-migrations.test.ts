@@ -7,10 +7,12 @@
 // column by column (type, length, nullability, enum values) and index by index (name, columns,
 // uniqueness), the way Prisma names and types them on MySQL. A model change without a matching
 // MySQL migration fails here.
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import mariadb from 'mariadb';
 import { describe, expect, it } from 'vitest';
 import { createDatabase, type Database } from '../../src/infrastructure/database/database.ts';
 import { applyMigrations } from '../../src/infrastructure/database/migrations.ts';
@@ -40,6 +42,31 @@ async function withDatabase<T>(work: (database: Database) => Promise<T>): Promis
     await database.close();
     await admin.prisma.$executeRawUnsafe(`DROP DATABASE IF EXISTS \`${name}\``);
     await admin.close();
+  }
+}
+
+function databaseUrl(database: Database): string {
+  const url = new URL(serverUrl);
+  url.pathname = `/${database.schema}`;
+  return url.toString();
+}
+
+/** A connection whose open transaction has read `table`: DDL on it waits for the transaction. */
+async function holdTable(database: Database, table: string): Promise<mariadb.Connection> {
+  const connection = await mariadb.createConnection(databaseUrl(database).replace(/^mysql:/, 'mariadb:'));
+  await connection.query('START TRANSACTION');
+  await connection.query(`SELECT COUNT(*) FROM \`${table}\``);
+  return connection;
+}
+
+/** Waits until the server's process list has a statement of this database matching `where` (or, with `present` false, none). */
+async function waitFor(database: Database, what: string, where: string, present = true): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const rows = await database.prisma.$queryRawUnsafe<unknown[]>(`SELECT 1 FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID() AND ${where}`);
+    if (rows.length > 0 === present) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
 
@@ -221,6 +248,89 @@ describe('MySQL/MariaDB migrations', () => {
       await rm(dir, { recursive: true });
     }
   }, 60_000);
+
+  it('when a statement waits for a lock longer than DATABASE_LOCK_TIMEOUT_MS, then the deploy gives up in that time, and the next one carries on after the statements it did', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'arcana-mysql-migrations-'));
+    try {
+      await mkdir(join(dir, '20250101000000_held'));
+      await writeFile(join(dir, '20250101000000_held', 'migration.sql'), 'CREATE TABLE held (id INT);\n');
+      await withDatabase(async (database) => {
+        expect(await applyMigrations(database, dir)).toEqual(['20250101000000_held']);
+        await mkdir(join(dir, '20250101000100_more'));
+        await writeFile(join(dir, '20250101000100_more', 'migration.sql'), '-- made, then a wait\nCREATE TABLE made_first (id INT);\nALTER TABLE held ADD COLUMN later INT;\n');
+        const bounded = await createDatabase({ databaseUrl: databaseUrl(database), dataDir: 'memory://', lockTimeoutMs: 1_000 });
+        // A report's transaction has read the table: the ALTER waits for its metadata lock.
+        const report = await holdTable(database, 'held');
+        try {
+          const started = Date.now();
+          await expect(applyMigrations(bounded, dir)).rejects.toThrow(/20250101000100_more failed: .*Lock wait timeout/);
+          expect(Date.now() - started).toBeLessThan(10_000);
+          const [attempt] = await database.prisma.$queryRawUnsafe<{ rolled_back: number | bigint; steps: number | bigint }[]>(
+            "SELECT rolled_back_at IS NOT NULL AS rolled_back, applied_steps_count AS steps FROM _prisma_migrations WHERE migration_name = '20250101000100_more'",
+          );
+          expect([Number(attempt?.rolled_back), Number(attempt?.steps)]).toEqual([1, 1]);
+          await report.query('COMMIT');
+          // Not "failed before; resolve it", and not CREATE TABLE made_first again ("already exists").
+          expect(await applyMigrations(bounded, dir)).toEqual(['20250101000100_more']);
+          const columns = await database.prisma.$queryRawUnsafe<{ name: string }[]>(
+            "SELECT COLUMN_NAME AS name FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'held' ORDER BY ORDINAL_POSITION",
+          );
+          expect(columns.map((column) => column.name)).toEqual(['id', 'later']);
+          expect(await applyMigrations(bounded, dir)).toEqual([]);
+        } finally {
+          await report.end();
+          await bounded.close();
+        }
+      });
+    } finally {
+      await rm(dir, { recursive: true });
+    }
+  }, 60_000);
+
+  it('when a start is killed while its migration waits for a lock (a startup probe, a rollout), then the next start applies the migration instead of refusing for ever', async () => {
+    const names = (await readdir(migrationsDir)).filter((name) => /^\d+_/.test(name)).sort();
+    const newest = names.at(-1) ?? '';
+    const previous = await mkdtemp(join(tmpdir(), 'arcana-mysql-migrations-'));
+    try {
+      await cp(migrationsDir, previous, { recursive: true, filter: (source) => !source.includes(newest) });
+      await withDatabase(async (database) => {
+        expect(await applyMigrations(database, previous)).toHaveLength(names.length - 1);
+        // The newest migration alters audit_events, which a report's transaction has read.
+        const report = await holdTable(database, 'audit_events');
+        const child = spawn(process.execPath, [join(root, 'src', 'main.js')], {
+          cwd: root,
+          env: {
+            ...process.env,
+            DATABASE_URL: databaseUrl(database),
+            DATABASE_LOCK_TIMEOUT_MS: '60000',
+            PORT: '0',
+            REDIS_URL: '',
+            JWT_SECRET: 'mysql-migration-recovery-'.padEnd(64, 'x'),
+            LOG_LEVEL: 'fatal',
+          },
+          stdio: 'ignore',
+        });
+        const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+        try {
+          await waitFor(database, 'the migration to wait for the lock', "STATE LIKE '%metadata lock%' AND INFO LIKE '%ALTER TABLE%audit_events%'");
+        } finally {
+          child.kill('SIGKILL');
+          await exited;
+          await report.query('COMMIT');
+          await report.end();
+        }
+        // Whatever the server does with the dead start's ALTER (MariaDB gives it up), it is over
+        // before the next start looks.
+        await waitFor(database, 'the dead start to leave', "INFO LIKE '%ALTER TABLE%audit_events%'", false);
+        const abandoned: string[][] = [];
+        expect(await applyMigrations(database, migrationsDir, (each) => abandoned.push(each))).toEqual([newest]);
+        expect(abandoned).toEqual([[newest]]);
+        expect(await applyMigrations(database, migrationsDir)).toEqual([]);
+      });
+    } finally {
+      await rm(previous, { recursive: true });
+    }
+  }, 90_000);
 
   it('when the server is out of reach, then a repository call fails as unavailable (503), not as an unknown error', async () => {
     // Port 9 (discard) has no MySQL server; short timeouts keep the test quick.

@@ -44,7 +44,7 @@ export interface DatabaseOptions {
   dataDir: string;
   /**
    * How long a statement waits for a row or table lock before it fails as busy (PostgreSQL's
-   * lock_timeout; MySQL's innodb_lock_wait_timeout, in whole seconds). Unbounded, one lock held
+   * lock_timeout; MySQL's innodb_lock_wait_timeout and lock_wait_timeout, in whole seconds). Unbounded, one lock held
    * elsewhere kept every request that needed it waiting, each holding a pooled connection, for as
    * long as it was held: an interactive transaction's own timeout does not cancel a statement
    * that waits. PGlite has one connection and nobody else to wait for.
@@ -346,7 +346,11 @@ async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number
   // has neither variable, skips. An operator's own initSql replaces all of it (README).
   const clientUrl = new URL(url);
   if (!url.searchParams.has('initSql')) {
-    const lockWait = `SET@@SESSION.innodb_lock_wait_timeout=${Math.ceil(lockTimeoutMs / 1000)}`;
+    // Row locks (InnoDB's) and metadata locks, which DDL takes and DML queues behind: unbounded
+    // (MariaDB's default is a day), a migration's ALTER behind a long report waited for ever, and
+    // every replica's logins queued behind the ALTER (helper 219).
+    const seconds = Math.ceil(lockTimeoutMs / 1000);
+    const lockWait = `SET@@SESSION.innodb_lock_wait_timeout=${seconds},@@SESSION.lock_wait_timeout=${seconds}`;
     url.searchParams.set('initSql', lockWait);
     // Each variable in the comment of the version that brought it (helper 105: one comment of
     // 10.3 dropped 10.1's statement bound on 10.1 and 10.2).

@@ -38,7 +38,8 @@ const DEPLOY_LOCK_TIMEOUT = '10min';
 export async function applyMigrations(database: Database, migrationsDir: string, onAbandoned?: (names: string[]) => void): Promise<string[]> {
   const migrationsList = await readMigrationList(migrationsDir);
   if (database.kind === 'mysql') {
-    return allApplied(database, migrationsList).then((done) => (done ? [] : withMysqlDeployLock(database.adapterFactory, () => applyMysqlMigrations(database, migrationsList))));
+    if (await allApplied(database, migrationsList)) return [];
+    return withMysqlDeployLock(database.adapterFactory, () => applyMysqlMigrations(database, migrationsList, onAbandoned));
   }
   // The engine is WebAssembly: loading it took seconds of start-up and stayed in memory. When the
   // history already holds every migration, applied and unchanged, it would do nothing; anything
@@ -150,6 +151,21 @@ async function allApplied(database: Database, migrationsList: MigrationList): Pr
 // connector"), so MySQL migrations are applied here, the way `prisma migrate deploy` applies them
 // there: the same _prisma_migrations table and checksums, a failed migration recorded with its
 // error and blocking later deploys until it is resolved, one migration after the other.
+//
+// Except where nothing is left to resolve. MySQL's DDL is not transactional: each statement
+// commits by itself, so a script is run one statement at a time and the attempt's
+// applied_steps_count counts the statements done (1 once finished, as Prisma records it). An
+// attempt that stopped without an error of its own, because its start was killed while a
+// statement waited for a lock (a startup probe, a rollout) or because the wait outlasted
+// DATABASE_LOCK_TIMEOUT_MS, is marked rolled back with RESUMABLE in its logs, and the next deploy
+// of the same script carries on after its last statement done. Before, such an attempt was
+// "failed" and every later start of every replica refused until someone edited the row by hand
+// (helper 219).
+//
+// A killed start's statement may still run: the server does not notice that a client waiting for
+// a lock has gone, and runs its ALTER once the lock is free (seen on MariaDB 10.11). So when the
+// statement a killed attempt was at fails on the next deploy because what it makes already exists
+// (or what it drops is already gone), the dead start's copy did it, and it counts as done.
 const MYSQL_HISTORY_TABLE = `CREATE TABLE IF NOT EXISTS _prisma_migrations (
     id                      VARCHAR(36) PRIMARY KEY NOT NULL,
     checksum                VARCHAR(64) NOT NULL,
@@ -161,19 +177,52 @@ const MYSQL_HISTORY_TABLE = `CREATE TABLE IF NOT EXISTS _prisma_migrations (
     applied_steps_count     INTEGER UNSIGNED NOT NULL DEFAULT 0
 ) DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci`;
 
-async function applyMysqlMigrations(database: Database, migrationsList: MigrationList): Promise<string[]> {
+/** How the logs of an attempt this code rolled back begin; only such an attempt is resumed. */
+const RESUMABLE = 'arcana: rolled back, resumable: ';
+/** The rest of the logs of an attempt whose start ended while it ran (see above). */
+const CUT_OFF = 'the start that ran it ended before it finished';
+/**
+ * What a DDL statement that already took effect fails with when run again: table exists (1050),
+ * unknown table (1051), duplicate column (1060) or key name (1061), cannot drop (1091), duplicate
+ * foreign key (1826).
+ */
+const ALREADY_DONE = new Set([1050, 1051, 1060, 1061, 1091, 1826]);
+/** MySQL's ER_LOCK_WAIT_TIMEOUT, for row and metadata locks alike. */
+const LOCK_WAIT_TIMEOUT = 1205;
+/** The named lock the Prisma CLI's `migrate deploy` holds on MySQL while it applies migrations. */
+const PRISMA_CLI_LOCK = 'prisma_migrate';
+
+async function applyMysqlMigrations(database: Database, migrationsList: MigrationList, onAbandoned?: (names: string[]) => void): Promise<string[]> {
   const adapter = await database.adapterFactory.connect();
   try {
-    const run = (sql: string, args: unknown[] = []) => adapter.executeRaw({ sql, args, argTypes: args.map(() => ({ scalarType: 'string', arity: 'scalar' }) as const) });
+    const run = (sql: string, args: (string | number)[] = []) =>
+      adapter.executeRaw({ sql, args, argTypes: args.map((arg) => ({ scalarType: typeof arg === 'number' ? 'int' : 'string', arity: 'scalar' }) as const) });
+    const query = async (sql: string) => (await adapter.queryRaw({ sql, args: [], argTypes: [] })).rows;
     await run(MYSQL_HISTORY_TABLE);
-    const history = await adapter.queryRaw({
-      sql: 'SELECT migration_name, finished_at IS NOT NULL, rolled_back_at IS NOT NULL FROM _prisma_migrations',
-      args: [],
-      argTypes: [],
-    });
+    // Under the deploy lock no other start is applying anything, so an attempt that is neither
+    // finished, rolled back nor failed (no logs) belongs to a start that is gone; unless the
+    // Prisma CLI, which does not take the deploy lock, is at work.
+    const abandoned = await query(
+      `SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NULL AND rolled_back_at IS NULL AND logs IS NULL AND IS_FREE_LOCK('${PRISMA_CLI_LOCK}') = 1`,
+    );
+    if (abandoned.length > 0) {
+      await run(
+        `UPDATE _prisma_migrations SET rolled_back_at = CURRENT_TIMESTAMP(3), logs = ? WHERE finished_at IS NULL AND rolled_back_at IS NULL AND logs IS NULL AND IS_FREE_LOCK('${PRISMA_CLI_LOCK}') = 1`,
+        [`${RESUMABLE}${CUT_OFF}`],
+      );
+      onAbandoned?.(abandoned.map(([name]) => String(name)));
+    }
+    const history = await query(
+      'SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL, logs, applied_steps_count FROM _prisma_migrations ORDER BY started_at',
+    );
     const applied = new Set<string>();
-    for (const [name, finished, rolledBack] of history.rows as [string, unknown, unknown][]) {
-      if (Number(rolledBack) === 1) continue;
+    const resumeAt = new Map<string, { checksum: string; steps: number; cutOff: boolean }>();
+    for (const [name, checksum, finished, rolledBack, logs, steps] of history as [string, string, unknown, unknown, string | null, unknown][]) {
+      if (Number(rolledBack) === 1) {
+        if (logs?.startsWith(RESUMABLE) === true) resumeAt.set(name, { checksum, steps: Number(steps), cutOff: logs === `${RESUMABLE}${CUT_OFF}` });
+        else resumeAt.delete(name);
+        continue;
+      }
       if (Number(finished) !== 1) {
         throw new Error(
           `Migration ${name} failed on this database before; resolve it (fix the database, then mark it rolled back or applied with \`prisma migrate resolve\`) and deploy again`,
@@ -188,13 +237,37 @@ async function applyMysqlMigrations(database: Database, migrationsList: Migratio
       if (script.tag === 'error') throw new Error(script.value);
       const id = randomUUID();
       const checksum = createHash('sha256').update(script.value).digest('hex');
-      await run('INSERT INTO _prisma_migrations (id, checksum, migration_name, started_at) VALUES (?, ?, ?, CURRENT_TIMESTAMP(3))', [id, checksum, directory.path]);
-      try {
-        await adapter.executeScript(script.value);
-      } catch (error) {
-        const message = error instanceof Error ? error.message : String(error);
-        await run('UPDATE _prisma_migrations SET logs = ? WHERE id = ?', [message, id]);
-        throw new Error(`Migration ${directory.path} failed: ${message}`, { cause: error });
+      const statements = splitStatements(script.value);
+      const resumed = resumeAt.get(directory.path);
+      // Only the same script carries on where its attempt stopped; an edited one starts over.
+      const resuming = resumed?.checksum === checksum ? resumed : undefined;
+      let steps = Math.min(resuming?.steps ?? 0, statements.length);
+      // The statement a killed start was at, which its orphan may have done since.
+      const inDoubt = resuming?.cutOff === true ? steps : -1;
+      await run('INSERT INTO _prisma_migrations (id, checksum, migration_name, started_at, applied_steps_count) VALUES (?, ?, ?, CURRENT_TIMESTAMP(3), ?)', [
+        id,
+        checksum,
+        directory.path,
+        steps,
+      ]);
+      for (; steps < statements.length; steps += 1) {
+        try {
+          await adapter.executeScript(statements[steps] ?? '');
+        } catch (error) {
+          if (steps === inDoubt && ALREADY_DONE.has(errorCode(error) ?? 0)) {
+            await run('UPDATE _prisma_migrations SET applied_steps_count = ? WHERE id = ?', [steps + 1, id]);
+            continue;
+          }
+          const message = error instanceof Error ? error.message : String(error);
+          // A statement that gave up waiting for a lock did nothing: the attempt can be resumed.
+          if (isLockWaitTimeout(error)) {
+            await run('UPDATE _prisma_migrations SET logs = ?, rolled_back_at = CURRENT_TIMESTAMP(3) WHERE id = ?', [`${RESUMABLE}${message}`, id]);
+          } else {
+            await run('UPDATE _prisma_migrations SET logs = ? WHERE id = ?', [message, id]);
+          }
+          throw new Error(`Migration ${directory.path} failed: ${message}`, { cause: error });
+        }
+        await run('UPDATE _prisma_migrations SET applied_steps_count = ? WHERE id = ?', [steps + 1, id]);
       }
       await run('UPDATE _prisma_migrations SET finished_at = CURRENT_TIMESTAMP(3), applied_steps_count = 1 WHERE id = ?', [id]);
       done.push(directory.path);
@@ -203,6 +276,79 @@ async function applyMysqlMigrations(database: Database, migrationsList: Migratio
   } finally {
     await adapter.dispose();
   }
+}
+
+function isLockWaitTimeout(error: unknown): boolean {
+  return errorCode(error) === LOCK_WAIT_TIMEOUT;
+}
+
+/** MySQL's error number for `error`, from the driver's error or the adapter's (in its cause). */
+function errorCode(error: unknown): number | undefined {
+  for (let cause: unknown = error; cause instanceof Object; cause = Reflect.get(cause, 'cause')) {
+    for (const key of ['code', 'errno']) {
+      const value: unknown = Reflect.get(cause, key);
+      if (typeof value === 'number') return value;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Splits a MySQL script into its statements at the semicolons outside quotes, backticks and
+ * comments; a piece with nothing but comments and blanks is no statement. (No DELIMITER: that is
+ * the mysql client's, not the server's.)
+ */
+export function splitStatements(script: string): string[] {
+  const statements: string[] = [];
+  let start = 0;
+  let code = false;
+  let i = 0;
+  const end = (at: number) => {
+    if (code) statements.push(script.slice(start, at).trim());
+    start = at + 1;
+    code = false;
+  };
+  while (i < script.length) {
+    const char = script[i];
+    const next = script[i + 1];
+    if (char === '-' && next === '-' && /[\s]|^$/.test(script[i + 2] ?? '')) {
+      i = lineEnd(script, i);
+    } else if (char === '#') {
+      i = lineEnd(script, i);
+    } else if (char === '/' && next === '*') {
+      // `/*! … */` and MariaDB's `/*M! … */` are executable comments: code.
+      if (/^\/\*M?!/.test(script.slice(i, i + 4))) code = true;
+      const close = script.indexOf('*/', i + 2);
+      i = close === -1 ? script.length : close + 2;
+    } else if (char === "'" || char === '"' || char === '`') {
+      code = true;
+      i = quoteEnd(script, i, char);
+    } else {
+      if (char === ';') end(i);
+      else if (char !== undefined && !/\s/.test(char)) code = true;
+      i += 1;
+    }
+  }
+  end(script.length);
+  return statements;
+}
+
+function lineEnd(script: string, from: number): number {
+  const newline = script.indexOf('\n', from);
+  return newline === -1 ? script.length : newline + 1;
+}
+
+/** The index after the quote that closes the one at `from`; doubled quotes and, but in backticks, backslashes escape. */
+function quoteEnd(script: string, from: number, quote: string): number {
+  let i = from + 1;
+  while (i < script.length) {
+    const char = script[i];
+    if (char === '\\' && quote !== '`') i += 2;
+    else if (char === quote && script[i + 1] === quote) i += 2;
+    else if (char === quote) return i + 1;
+    else i += 1;
+  }
+  return script.length;
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { RowTurns } from './row-turns.ts';
-import type { OAuthToken, Prisma, PrismaClient, User } from '../../gen/prisma/client.ts';
+import { Prisma, type OAuthToken, type PrismaClient, type User } from '../../gen/prisma/client.ts';
 import type { SqlDialect } from '../infrastructure/database/dialect.ts';
 import { withDatabaseErrors } from './prisma-errors.ts';
 import { conditionalUpdate, guardWrite, alsoGuarded, removesActiveAdmin, type UserChanges, type UserExpectation } from './user-repository.ts';
@@ -336,11 +336,35 @@ export class PrismaTokenRepository implements TokenRepository {
     // Revoked pairs of a chain that still has a live pair must stay: replay detection finds a
     // reused refresh token by its revoked row, and only then revokes the live successor. A chain
     // cannot come back to life (rotation needs a live pair), so once none is left the rest can go.
-    // Raw SQL because Prisma cannot express the correlated NOT EXISTS (its form is the
-    // dialect's); the unqualified table name resolves through the search_path that every
-    // PostgreSQL connection gets (see database.ts).
+    // Raw SQL because Prisma cannot express the correlated NOT EXISTS; the unqualified table name
+    // resolves through the search_path that every PostgreSQL connection gets (see database.ts).
+    // The ids are read a page at a time in id order (a plain read takes no locks) and deleted by
+    // primary key: MySQL's one DELETE … LEFT JOIN (MySQL cannot name the table it deletes from in
+    // a subquery) took next-key locks on every row it scanned, and at 1.2 M sessions held
+    // refreshes and logouts about a second per purge (helper 219). The delete checks again what
+    // the read found: the pair may have moved on meanwhile. A chain with no live pair stays so.
     return withDatabaseErrors(async () => {
-      const stale = await this.#db.$executeRaw(this.#dialect.purgeStaleTokens(now, cutoff));
+      let stale = 0;
+      for (let after = 0; ;) {
+        const page = await this.#db.$queryRaw<{ id: number | bigint }[]>`
+          SELECT stale.id FROM oauth_tokens AS stale
+          WHERE stale.id > ${after}
+            AND (stale.expires_at < ${cutoff}
+                 OR (stale.is_revoked = true
+                     AND stale.updated_at < ${cutoff}
+                     AND NOT EXISTS (
+                       SELECT 1 FROM oauth_tokens AS live
+                       WHERE live.family_id = stale.family_id AND live.is_revoked = false AND live.expires_at > ${now})))
+          ORDER BY stale.id LIMIT ${PURGE_BATCH}`;
+        const ids = page.map((row) => Number(row.id));
+        if (ids.length > 0) {
+          stale += await this.#db.$executeRaw(
+            this.#dialect.deleteByIds('oauth_tokens', ids, Prisma.sql`t.expires_at < ${cutoff} OR (t.is_revoked = true AND t.updated_at < ${cutoff})`),
+          );
+        }
+        if (ids.length < PURGE_BATCH) break;
+        after = ids[ids.length - 1] ?? after;
+      }
       // A live chain's rotated pairs, but its ROTATED_PAIRS_KEPT newest, go whatever their age:
       // each refresh left one for the chain's whole life (30 days), and refreshes cost no bcrypt,
       // so one chain refreshed from address after address grew by ~500 000 rows an hour (helper
@@ -363,7 +387,7 @@ export class PrismaTokenRepository implements TokenRepository {
       let rotated = 0;
       for (let start = 0; start < beyond.length; start += PURGE_BATCH) {
         const ids = beyond.slice(start, start + PURGE_BATCH).map((row) => Number(row.id));
-        rotated += (await this.#db.oAuthToken.deleteMany({ where: { id: { in: ids }, isRevoked: true, revokedReason: 'rotated' } })).count;
+        rotated += await this.#db.$executeRaw(this.#dialect.deleteByIds('oauth_tokens', ids, Prisma.sql`t.is_revoked = true AND t.revoked_reason = 'rotated'`));
       }
       return stale + rotated;
     });

@@ -377,6 +377,27 @@ describe('purging stale sessions', () => {
     expect([dead1, dead2, revokedOfExpired].some((id) => remaining.some((row) => row.id === id))).toBe(false);
   });
 
+  it("when a refresh holds a live session's row while the purge runs, then the purge neither waits for it nor touches it", async () => {
+    const { id: userId } = await register(t);
+    await t.sql('DELETE FROM oauth_tokens WHERE user_id = $1', [userId]);
+    const expired = () => session(randomUUID(), { expiresAt: longAgo, isRevoked: false, updatedAt: longAgo }, userId);
+    // Stale rows on both sides of the held one: a scan of the table passes it.
+    const before = [await expired(), await expired()];
+    const live = await session(randomUUID(), { expiresAt: later, isRevoked: false, updatedAt: recently }, userId);
+    const after = [await expired(), await expired()];
+    // A refresh of that session, between its locking read and its commit.
+    const refresh = await holdRows(t, 'SELECT id FROM oauth_tokens WHERE id = $1 FOR UPDATE', [live]);
+    try {
+      // MariaDB's single DELETE … LEFT JOIN locked every row it scanned, this one too, and failed
+      // after DATABASE_LOCK_TIMEOUT_MS (helper 219).
+      expect(await tokens.purgeStale(now, DAY)).toBeGreaterThanOrEqual(before.length + after.length);
+    } finally {
+      await refresh.release();
+    }
+    const remaining = await t.sql<{ id: number }>('SELECT id FROM oauth_tokens WHERE user_id = $1 ORDER BY id', [userId]);
+    expect(remaining.map((row) => row.id)).toEqual([live]);
+  });
+
   it('when the purge runs with an audit retention, then older events go (in batches past 5,000) and newer ones stay; with none, all stay', async () => {
     const { id: userId } = await register(t);
     const at = (date: Date) => ({ type: 'LOGOUT' as const, userId, actorId: null, ipAddress: null, userAgent: null, details: null, createdAt: date, eventKey: null });

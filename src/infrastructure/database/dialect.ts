@@ -18,8 +18,10 @@
 //   RETURNING on PostgreSQL, but on MySQL a SELECT of the id, an UPDATE, and a read-back that
 //   does not notice the UPDATE matching nothing once a concurrent writer has changed the row: of
 //   20 parallel verifications, several "succeeded". The MySQL form counts the UPDATE's rows.
-// - DELETE with a subquery on its own table: MySQL refuses it (error 1093), so the live families
-//   are materialised in a derived table first.
+// - DELETE by primary key: MySQL's optimizer scans a small table whole rather than look a list of
+//   ids up, and a scanning DELETE takes next-key locks on every row it reads, so it waited for
+//   (and held up) a refresh of a live session it was never going to delete (helper 219). The
+//   MySQL form forces the primary key; PostgreSQL locks only the rows it deletes anyway.
 import { Prisma, type PrismaClient, type User, type UserRole, type UserStatus } from '../../../gen/prisma/client.ts';
 
 export type DialectName = 'postgresql' | 'mysql';
@@ -49,8 +51,11 @@ export interface SqlDialect {
    * and write; returns the row as written, or null when it did not match (or does not exist).
    */
   updateUserIf(db: TransactionRunner, id: number, conditions: UserConditions, data: Prisma.UserUpdateInput): Promise<User | null>;
-  /** DELETE of the stale token pairs (see PrismaTokenRepository.purgeStale). */
-  purgeStaleTokens(now: Date, cutoff: Date): Prisma.Sql;
+  /**
+   * DELETE of the rows of `table` (aliased `t` for `condition`) with these ids that still meet
+   * `condition`, which looks up and locks those rows only.
+   */
+  deleteByIds(table: string, ids: readonly number[], condition: Prisma.Sql): Prisma.Sql;
 }
 
 /** What a conditional user write may require of the row besides its id. */
@@ -70,6 +75,7 @@ export const postgresDialect: SqlDialect = {
   identifier: (name) => `"${name}"`,
   enumEquals: (column, enumType, value) => Prisma.sql`${Prisma.raw(`"${column}"`)} = ${value}::${Prisma.raw(`"${enumType}"`)}`,
   uuid: (value) => Prisma.sql`${value}::uuid`,
+  deleteByIds: (table, ids, condition) => Prisma.sql`DELETE FROM ${Prisma.raw(`"${table}"`)} AS t WHERE t.id IN (${Prisma.join(ids)}) AND (${condition})`,
   nullsLowest: (column, direction) => `"${column}" ${direction === 'ASC' ? 'NULLS FIRST' : 'DESC NULLS LAST'}`,
   // Both sides folded by the database: JavaScript's toLowerCase folds a word-final Σ to ς and
   // İ to i + U+0307, where PostgreSQL's lower() gives σ and the locale's i, so a prefix folded in
@@ -88,14 +94,6 @@ export const postgresDialect: SqlDialect = {
       throw error;
     }
   },
-  purgeStaleTokens: (now, cutoff) => Prisma.sql`
-    DELETE FROM oauth_tokens AS stale
-    WHERE stale.expires_at < ${cutoff}
-       OR (stale.is_revoked
-           AND stale.updated_at < ${cutoff}
-           AND NOT EXISTS (
-             SELECT 1 FROM oauth_tokens AS live
-             WHERE live.family_id = stale.family_id AND NOT live.is_revoked AND live.expires_at > ${now}))`,
 };
 
 /** Runs `work` in a new transaction, or in the one `db` already is. */
@@ -108,6 +106,7 @@ export const mysqlDialect: SqlDialect = {
   identifier: (name) => `\`${name}\``,
   enumEquals: (column, _enumType, value) => Prisma.sql`${Prisma.raw(`\`${column}\``)} = ${value}`,
   uuid: (value) => Prisma.sql`${value}`,
+  deleteByIds: (table, ids, condition) => Prisma.sql`DELETE t FROM ${Prisma.raw(`\`${table}\``)} AS t FORCE INDEX (PRIMARY) WHERE t.id IN (${Prisma.join(ids)}) AND (${condition})`,
   nullsLowest: (column, direction) => `\`${column}\`${direction === 'ASC' ? '' : ' DESC'}`,
   startsWithIgnoringCase: (column, prefix) => Prisma.sql`${Prisma.raw(`\`${column}\``)} LIKE ${prefix}`,
   joinPageToCount: (count, page) => Prisma.sql`${count} LEFT JOIN ${page} AS \`page\` ON 1 = 1`,
@@ -130,11 +129,4 @@ export const mysqlDialect: SqlDialect = {
       const { count } = await tx.user.updateMany({ where: { ...conditions, id }, data });
       return count === 0 ? null : tx.user.findUnique({ where: { id } });
     }),
-  purgeStaleTokens: (now, cutoff) => Prisma.sql`
-    DELETE stale FROM oauth_tokens AS stale
-    LEFT JOIN (
-      SELECT DISTINCT family_id FROM oauth_tokens WHERE is_revoked = false AND expires_at > ${now}
-    ) AS live ON live.family_id = stale.family_id
-    WHERE stale.expires_at < ${cutoff}
-       OR (stale.is_revoked = true AND stale.updated_at < ${cutoff} AND live.family_id IS NULL)`,
 };

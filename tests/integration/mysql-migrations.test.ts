@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import mariadb from 'mariadb';
 import { describe, expect, it } from 'vitest';
 import { createDatabase, type Database } from '../../src/infrastructure/database/database.ts';
-import { applyMigrations } from '../../src/infrastructure/database/migrations.ts';
+import { applyMigrations, MYSQL_DEPLOY_LOCK_NAME } from '../../src/infrastructure/database/migrations.ts';
 import { UnavailableError } from '../../src/domain/errors.ts';
 import { PrismaUserRepository } from '../../src/repositories/user-repository.ts';
 
@@ -331,6 +331,30 @@ describe('MySQL/MariaDB migrations', () => {
       await rm(previous, { recursive: true });
     }
   }, 90_000);
+
+  it("when the database's name is long, then the deploy lock's name still fits MySQL's 64 characters and names that database alone", async () => {
+    const admin = await createDatabase({ databaseUrl: serverUrl, dataDir: 'memory://' });
+    try {
+      const lockName = async (database: string) => {
+        const [row] = await admin.prisma.$queryRawUnsafe<{ name: string }[]>(
+          `SELECT ${MYSQL_DEPLOY_LOCK_NAME.replaceAll('DATABASE()', '?')} AS name`,
+          database,
+          database,
+          database,
+        );
+        return row?.name ?? '';
+      };
+      expect(await lockName('shop')).toBe('shop.arcana_migrate_deploy');
+      const longest = ['a', 'b'].map((last) => `${'x'.repeat(63)}${last}`);
+      const names = await Promise.all(longest.map(lockName));
+      for (const name of names) expect(name.length).toBeLessThanOrEqual(64);
+      expect(names[0]).not.toBe(names[1]);
+      expect((await lockName('y'.repeat(41))).length).toBe(63);
+      expect((await lockName('y'.repeat(42))).length).toBeLessThanOrEqual(64);
+    } finally {
+      await admin.close();
+    }
+  });
 
   it('when the server is out of reach, then a repository call fails as unavailable (503), not as an unknown error', async () => {
     // Port 9 (discard) has no MySQL server; short timeouts keep the test quick.

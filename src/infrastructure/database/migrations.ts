@@ -468,6 +468,12 @@ async function withDeployLock<T>(factory: SqlMigrationAwareDriverAdapterFactory,
 // server do not wait, and concurrent deploys to this one queue for as long as a migration takes.
 const MYSQL_DEPLOY_LOCK = 'arcana_migrate_deploy';
 const MYSQL_DEPLOY_LOCK_SECONDS = 600;
+/**
+ * The lock's name: `<database>.arcana_migrate_deploy`, or, where that passes MySQL's 64
+ * characters (a database name may have 64 itself; MySQL 8 refuses a longer lock name, MariaDB
+ * does not), the suffix and the name's SHA-1.
+ */
+export const MYSQL_DEPLOY_LOCK_NAME = `IF(CHAR_LENGTH(DATABASE()) <= ${63 - MYSQL_DEPLOY_LOCK.length}, CONCAT(DATABASE(), '.${MYSQL_DEPLOY_LOCK}'), CONCAT('${MYSQL_DEPLOY_LOCK}.', SHA1(DATABASE())))`;
 
 async function withMysqlDeployLock<T>(factory: SqlMigrationAwareDriverAdapterFactory, task: () => Promise<T>): Promise<T> {
   const adapter = await factory.connect();
@@ -477,14 +483,14 @@ async function withMysqlDeployLock<T>(factory: SqlMigrationAwareDriverAdapterFac
     const query = (sql: string) => transaction.queryRaw({ sql, args: [], argTypes: [] });
     try {
       // GET_LOCK lives in the name space of the server, so the database is part of the name.
-      const result = await query(`SELECT GET_LOCK(CONCAT(DATABASE(), '.${MYSQL_DEPLOY_LOCK}'), ${MYSQL_DEPLOY_LOCK_SECONDS}) AS acquired`);
+      const result = await query(`SELECT GET_LOCK(${MYSQL_DEPLOY_LOCK_NAME}, ${MYSQL_DEPLOY_LOCK_SECONDS}) AS acquired`);
       if (Number(result.rows[0]?.[0]) !== 1) {
         throw new Error(`Timed out after ${MYSQL_DEPLOY_LOCK_SECONDS} s waiting for another deploy's migration lock`);
       }
       try {
         return await task();
       } finally {
-        await query(`SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.${MYSQL_DEPLOY_LOCK}'))`);
+        await query(`SELECT RELEASE_LOCK(${MYSQL_DEPLOY_LOCK_NAME})`);
       }
     } finally {
       await transaction.rollback();

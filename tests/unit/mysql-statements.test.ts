@@ -46,6 +46,13 @@ describe('splitStatements', () => {
     ]);
   });
 
+  it('keeps a script with a compound statement (a trigger, a routine) whole, its inner semicolons uncut', () => {
+    const script = 'CREATE TABLE t (a INT, b INT);\nCREATE TRIGGER t_b BEFORE INSERT ON t FOR EACH ROW\nBEGIN\n  SET NEW.b = 1;\n  SET NEW.a = 2;\nEND;\n';
+    expect(splitStatements(script)).toEqual([script.trim()]);
+    // A word that only contains it is not the keyword, nor is text in quotes or comments.
+    expect(splitStatements("CREATE TABLE beginning (a INT); -- BEGIN\nINSERT INTO beginning VALUES ('BEGIN');")).toHaveLength(2);
+  });
+
   it("splits each of the project's MySQL migrations into the statements it has", async () => {
     const dir = join(import.meta.dirname, '..', '..', 'prisma', 'mysql', 'migrations');
     const names = (await readdir(dir)).filter((name) => /^\d+_/.test(name));

@@ -296,7 +296,7 @@ function errorCode(error: unknown): number | undefined {
 /**
  * Splits a MySQL script into its statements at the semicolons outside quotes, backticks and
  * comments; a piece with nothing but comments and blanks is no statement. (No DELIMITER: that is
- * the mysql client's, not the server's.)
+ * the mysql client's, not the server's.) A script with a compound statement is one piece.
  */
 export function splitStatements(script: string): string[] {
   const statements: string[] = [];
@@ -323,6 +323,13 @@ export function splitStatements(script: string): string[] {
     } else if (char === "'" || char === '"' || char === '`') {
       code = true;
       i = quoteEnd(script, i, char);
+    } else if (/[A-Za-z_]/.test(char ?? '')) {
+      // A compound statement (a trigger's or a routine's BEGIN … END) has semicolons of its own,
+      // which the server parses and a split would cut: such a script runs whole, as one step.
+      const word = /^[A-Za-z0-9_$]+/.exec(script.slice(i, i + 64))?.[0] ?? '';
+      if (word.toUpperCase() === 'BEGIN') return [script.trim()];
+      code = true;
+      i += word.length;
     } else {
       if (char === ';') end(i);
       else if (char !== undefined && !/\s/.test(char)) code = true;

@@ -39,9 +39,21 @@ export interface CounterStore {
   /** The current count and remaining lifetime, or zero counts for an absent key. */
   peek(key: string): Promise<{ count: number; ttlMs: number }>;
   delete(key: string): Promise<void>;
-  /** Deletes every key starting with `prefix`; returns how many. */
+  /**
+   * Deletes every key starting with `prefix`; returns how many. A prefix that is a group (see
+   * GROUP_END) finds the group's keys at once; any other is a sweep of the whole store.
+   */
   deleteByPrefix(prefix: string): Promise<number>;
 }
+
+/**
+ * Where a counter's key names its group, at its first `|`: `login-fail:user:7|<client>` is one of the group
+ * `login-fail:user:7|`, all of them cleared at once when an administrator lifts the account's
+ * lockouts. Redis keeps an index of each group's keys, so that clearing one does not walk every
+ * key Redis holds: a SCAN did, 1.1–1.5 s a pass with 300 000 keys, three passes per lifting, and
+ * an administrator demoted meanwhile still lifted the lockout seconds after the change (helper 213).
+ */
+export const GROUP_END = '|';
 
 /** How many keys a MemoryCounterStore holds at most (about 500 bytes each with their reservations: README). */
 export const MEMORY_COUNTERS_MAX = 100_000;
@@ -203,6 +215,10 @@ if count == 1 or ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]); ttl = ton
 if count == 1 then redis.call('DEL', KEYS[2]) end
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ttl)
+if KEYS[3] then
+  redis.call('SADD', KEYS[3], KEYS[1])
+  if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
+end
 return {1, count, ttl}`;
 
 // Decrements a live counter if it holds the reservation, leaving its expiry as it was; deletes
@@ -213,12 +229,36 @@ local count = tonumber(redis.call('GET', KEYS[1]) or '0')
 if count > 1 then redis.call('DECR', KEYS[1]) else redis.call('DEL', KEYS[1], KEYS[2]) end
 return 0`;
 
+// A group's counters (those its index names), their reservations and the index, in one step: a
+// reservation made meanwhile would otherwise be indexed, then lose its index unread, and no later
+// clearing would find it.
+const DELETE_GROUP = `
+local deleted = 0
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if string.sub(key, 1, #ARGV[1]) == ARGV[1] then
+    deleted = deleted + redis.call('DEL', key)
+    redis.call('DEL', key .. ARGV[2])
+  end
+end
+redis.call('DEL', KEYS[1])
+return deleted`;
+
 /**
  * The key of the set of reservations a counter holds (RESERVE, RELEASE): it starts with the
  * counter's key, so a sweep by prefix (a lockout cleared) takes both, and lives as long.
  */
 const HELD = '#held';
 const reservationsOf = (key: string) => key + HELD;
+/**
+ * The key of the set of a group's counters (see GROUP_END), kept by RESERVE as long as the
+ * longest of them; for `a|b`, `a|#keys`, so a sweep by the group's prefix takes it too.
+ */
+const groupOf = (key: string): string | undefined => {
+  const end = key.indexOf(GROUP_END);
+  return end === -1 ? undefined : key.slice(0, end + 1);
+};
+const INDEX = '#keys';
+const indexOf = (group: string) => group + INDEX;
 
 /** Counters shared by every process through Redis; keys live under `prefix`. Failures throw. */
 export class RedisCounterStore implements CounterStore {
@@ -237,11 +277,9 @@ export class RedisCounterStore implements CounterStore {
 
   async reserve(key: string, limit: number, windowMs: number, reservation: string) {
     const counter = this.#prefix + key;
-    const [reserved, count, ttlMs] = (await this.#redis.eval(RESERVE, 2, counter, reservationsOf(counter), String(limit), String(windowMs), reservation)) as [
-      number,
-      number,
-      number,
-    ];
+    const group = groupOf(key);
+    const keys = group === undefined ? [counter, reservationsOf(counter)] : [counter, reservationsOf(counter), indexOf(this.#prefix + group)];
+    const [reserved, count, ttlMs] = (await this.#redis.eval(RESERVE, keys.length, ...keys, String(limit), String(windowMs), reservation)) as [number, number, number];
     return { reserved: reserved === 1, count, ttlMs };
   }
 
@@ -261,14 +299,21 @@ export class RedisCounterStore implements CounterStore {
 
   /** Counts the counters deleted (as DEL counts them), not their sets of reservations. */
   async deleteByPrefix(prefix: string): Promise<number> {
+    if (groupOf(prefix) === prefix) return this.#deleteGroup(this.#prefix + prefix);
     let deleted = 0;
     await forEachKeyBatch(this.#redis, this.#prefix + prefix, async (keys) => {
-      const counters = keys.filter((key) => !key.endsWith(HELD));
+      const sets = keys.filter((key) => key.endsWith(HELD) || key.endsWith(INDEX));
+      const counters = keys.filter((key) => !key.endsWith(HELD) && !key.endsWith(INDEX));
       // A counter goes with its set, whichever batch the set came in.
       if (counters.length > 0) deleted += await this.#redis.del(...counters);
-      await this.#redis.del(...keys.filter((key) => key.endsWith(HELD)), ...counters.map(reservationsOf));
+      await this.#redis.del(...sets, ...counters.map(reservationsOf));
     });
     return deleted;
+  }
+
+  /** Deletes a group's counters, found in its index, with their reservations and the index. */
+  async #deleteGroup(group: string): Promise<number> {
+    return (await this.#redis.eval(DELETE_GROUP, 1, indexOf(group), group, HELD)) as number;
   }
 }
 

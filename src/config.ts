@@ -203,6 +203,7 @@ const EnvSchema = z.object({
   CONNECTIONS_PER_ADDRESS_MAX: optionalInt(0, 1_000_000),
   HTTP2_STREAMS_PER_ADDRESS_MAX: optionalInt(0, 1_000_000),
   HEALTH_WATCH_MAX: int(1_000, 1, 1_000_000),
+  HEALTH_WATCH_PER_ADDRESS_MAX: int(100, 0, 1_000_000),
   HEALTH_WATCH_INTERVAL_MS: int(5_000, 10, 3_600_000),
 
   DATABASE_URL: z
@@ -390,7 +391,7 @@ export function loadConfig(env: Environment) {
       idleHeapReleaseMb: e.IDLE_HEAP_RELEASE_MB,
       connections: resolveConnections(e, deployment.layer),
     },
-    health: { watchIntervalMs: e.HEALTH_WATCH_INTERVAL_MS, maxWatches: e.HEALTH_WATCH_MAX },
+    health: { watchIntervalMs: e.HEALTH_WATCH_INTERVAL_MS, maxWatches: e.HEALTH_WATCH_MAX, maxWatchesPerAddress: e.HEALTH_WATCH_PER_ADDRESS_MAX },
     logLevel: e.LOG_LEVEL,
     /** Prometheus metrics on a port of their own; 0 (the default) serves none. */
     metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST },

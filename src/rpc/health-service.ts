@@ -2,12 +2,19 @@
 // Kubernetes gRPC probes, grpc_health_probe and `buf curl` can ask whether the server is serving.
 import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
 import { type Health, HealthCheckResponse_ServingStatus as ServingStatus } from '../../gen/proto/grpc/health/v1/health_pb.js';
+import { placesPerAddress } from '../infrastructure/client-address.ts';
+import { callerKey } from './caller.ts';
 
 export interface HealthWatchOptions {
   /** How often the readiness checks run while anyone watches. */
   watchIntervalMs: number;
   /** Watch streams open at once in this process; beyond it Watch answers resource_exhausted. */
   maxWatches: number;
+  /**
+   * Of those, open at once per client address (addressKey, as the caller's context gives it;
+   * calls without one share the process's cap only); 0: no share.
+   */
+  maxWatchesPerAddress?: number | undefined;
   /**
    * Aborted when the process starts shutting down: from then on the server is NOT_SERVING, and
    * each open watch is told so and completed, since a graceful drain would otherwise wait for
@@ -38,6 +45,9 @@ export function createHealthService(checks: Record<string, () => Promise<void>>,
   // are, and beyond the cap a new one is refused rather than queued.
   const feed = createStatusFeed(currentStatus, options.watchIntervalMs);
   let watching = 0;
+  // Without a share per address, three addresses at the per-address stream cap held every place
+  // while they took their messages, and no probe could watch (helper 179).
+  const perAddress = options.maxWatchesPerAddress === undefined || options.maxWatchesPerAddress === 0 ? undefined : placesPerAddress(options.maxWatchesPerAddress);
 
   return {
     async check(request) {
@@ -50,6 +60,11 @@ export function createHealthService(checks: Record<string, () => Promise<void>>,
     async *watch(request, context) {
       if (watching >= options.maxWatches) {
         throw new ConnectError(`too many open health watches (at most ${options.maxWatches}); use Check, or watch again later`, Code.ResourceExhausted);
+      }
+      const address = context.values.get(callerKey).client.ipAddress;
+      const place = address === undefined || perAddress === undefined ? () => undefined : perAddress.take(address);
+      if (place === undefined) {
+        throw new ConnectError(`too many open health watches from this address (at most ${options.maxWatchesPerAddress}); use Check, or watch again later`, Code.ResourceExhausted);
       }
       watching += 1;
       // The client's signal aborts when it cancels or the deadline passes: the watch is over.
@@ -73,6 +88,7 @@ export function createHealthService(checks: Record<string, () => Promise<void>>,
         if (context.signal.aborted) throw ConnectError.from(context.signal.reason, Code.Canceled);
       } finally {
         watching -= 1;
+        place();
       }
     },
   };

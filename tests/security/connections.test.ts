@@ -1354,6 +1354,71 @@ describe('grpc.health.v1.Health/Watch', () => {
   });
 });
 
+describe('grpc.health.v1.Health/Watch, per address', () => {
+  it('when one address opens more watches than its share, over gRPC, Connect and gRPC-Web, then its excess fails resource_exhausted while another address still watches', async () => {
+    const PER_ADDRESS = 4;
+    const own = await startTestServer({
+      HEALTH_WATCH_MAX: String(WATCH_MAX),
+      HEALTH_WATCH_PER_ADDRESS_MAX: String(PER_ADDRESS),
+      HEALTH_WATCH_INTERVAL_MS: String(WATCH_INTERVAL_MS),
+    });
+    try {
+      // Two clients on loopback addresses of their own (all of 127/8 reaches this host).
+      const clientsFrom = (localAddress: string) => {
+        const agent = new http.Agent({ keepAlive: true, localAddress });
+        cleanups.push(() => agent.destroy());
+        const overGrpc = () => {
+          const { port } = new URL(own.baseUrl);
+          const sessions = new Http2SessionManager(own.baseUrl, undefined, { createConnection: () => net.connect({ host: '127.0.0.1', port: Number(port), localAddress }) });
+          cleanups.push(() => sessions.abort());
+          return createClient(Health, createGrpcTransport({ baseUrl: own.baseUrl, sessionManager: sessions }));
+        };
+        return [
+          overGrpc,
+          () => createClient(Health, createConnectTransport({ baseUrl: own.baseUrl, httpVersion: '1.1', nodeOptions: { agent } })),
+          () => createClient(Health, createGrpcWebTransport({ baseUrl: own.baseUrl, httpVersion: '1.1', nodeOptions: { agent } })),
+        ];
+      };
+      const seen = new Map<string, ServingStatus[]>();
+      const failed = new Map<string, Code>();
+      const watch = (name: string, client: ReturnType<ReturnType<typeof clientsFrom>[number]>) => {
+        const controller = new AbortController();
+        cleanups.push(() => controller.abort());
+        seen.set(name, []);
+        void (async () => {
+          try {
+            for await (const response of client.watch({ service: '' }, { signal: controller.signal })) seen.get(name)?.push(response.status);
+          } catch (error) {
+            if (!controller.signal.aborted) failed.set(name, ConnectError.from(error).code);
+          }
+        })();
+        return controller;
+      };
+      const hog = clientsFrom('127.0.0.2');
+      const hogs = Array.from({ length: PER_ADDRESS }, (_, i) => watch(`hog ${i}`, (hog[i % hog.length] as (typeof hog)[number])()));
+      await until('the first watches to be told SERVING', () => ([...seen.values()].filter((statuses) => statuses.length > 0).length === PER_ADDRESS ? true : undefined));
+      // The same address over each protocol: refused, where its share is used up.
+      hog.forEach((client, i) => watch(`excess ${i}`, client()));
+      await until('the excess to be refused', () => (failed.size === hog.length ? true : undefined));
+      expect([...failed.values()]).toEqual(hog.map(() => Code.ResourceExhausted));
+      // Another address, over each protocol, still watches: the process's places are not all taken.
+      const other = clientsFrom('127.0.0.3');
+      other.forEach((client, i) => watch(`other ${i}`, client()));
+      await until('the other address to be told SERVING', () => (other.every((_, i) => (seen.get(`other ${i}`)?.length ?? 0) > 0) ? true : undefined));
+      expect(other.map((_, i) => seen.get(`other ${i}`)?.[0])).toEqual(other.map(() => ServingStatus.SERVING));
+      // A watch that ends gives its address's place back.
+      hogs[0]?.abort();
+      await sleep(500);
+      watch('hog again', (hog[0] as (typeof hog)[number])());
+      await until('the new watch to be told SERVING', () => ((seen.get('hog again')?.length ?? 0) > 0 ? true : undefined));
+      expect(failed.has('hog again')).toBe(false);
+    } finally {
+      for (const cleanup of cleanups.splice(0)) cleanup();
+      await own.close();
+    }
+  });
+});
+
 describe('readiness probes', () => {
   // A server of its own with the default deadlines: the file's one-second deadlines are what the
   // other tests attack, and a worker starved for a second on a busy CI machine let them cut a

@@ -47,9 +47,9 @@ export interface CounterStore {
 }
 
 /**
- * Where a counter's key names its group, at its first `|`: `login-fail:user:7|<client>` is one of the group
- * `login-fail:user:7|`, all of them cleared at once when an administrator lifts the account's
- * lockouts. Redis keeps an index of each group's keys, so that clearing one does not walk every
+ * Where a counter's key names its group, at its first `|`: `login-fail:user:7|<client>` is one of
+ * the group `login-fail:user:7|`, all of them cleared at once when an administrator lifts the
+ * account's lockouts. Redis keeps an index of each group's keys, so that clearing one does not walk every
  * key Redis holds: a SCAN did, 1.1–1.5 s a pass with 300 000 keys, three passes per lifting, and
  * an administrator demoted meanwhile still lifted the lockout seconds after the change (helper 213).
  */

@@ -619,6 +619,8 @@ export interface components {
              */
             createdAt: string;
         };
+        /** @description A first or last name: one line (SingleLineText), 1 to 50 characters, not only blanks (a name of spaces was stored and shown as no name at all). */
+        PersonName: string & components["schemas"]["SingleLineText"];
         /** @description Text shown on one line (a name, a phone number): no control characters (C0, DEL, C1, so no tab, CR or LF), no line or paragraph separator (U+2028, U+2029), no bidirectional embedding, override or isolate (U+202A–U+202E, U+2066–U+2069), which can make text display in another order than it is stored, and no byte-order mark (U+FEFF). No character that shows as nothing or as a blank while being a letter, so that a name can pass for another ("ro\u200Bot" for "root"): soft hyphen (U+00AD), combining grapheme joiner (U+034F), zero-width space (U+200B), word joiner and invisible operators (U+2060–U+2064, and the deprecated format characters U+206A–U+206F), Khmer inherent vowels (U+17B4, U+17B5), Mongolian free variation selectors and vowel separator (U+180B–U+180F), variation selectors (U+FE00–U+FE0F), Hangul fillers (U+115F, U+1160, U+3164, U+FFA0), the blank Braille pattern (U+2800) and the interlinear annotation characters (U+FFF0–U+FFFB). No more than three combining marks in a row, counting across joiners and direction marks (every nonspacing and enclosing mark of the Basic Multilingual Plane, Unicode 17: general categories Mn and Me), which would otherwise stack over the lines around the text. Joiners (U+200C, U+200D) and direction marks (U+200E, U+200F, U+061C), which real names need, are allowed. Written with \u escapes only, so the rule reads the same to a regex engine with or without the unicode flag, which is also why invisible characters outside the Basic Multilingual Plane (tags, U+E0000–U+E0FFF) are not refused. */
         SingleLineText: string;
         /** @description New password: 8–72 characters with at least one uppercase letter, one lowercase letter, one digit and one other character. */
@@ -629,8 +631,8 @@ export interface components {
             /** Format: email */
             email: string;
             password: components["schemas"]["Password"];
-            firstName?: string & components["schemas"]["SingleLineText"];
-            lastName?: string & components["schemas"]["SingleLineText"];
+            firstName?: components["schemas"]["PersonName"];
+            lastName?: components["schemas"]["PersonName"];
         };
         LoginRequest: {
             usernameOrEmail: string & components["schemas"]["SingleLineText"];
@@ -645,8 +647,8 @@ export interface components {
             /** Format: email */
             email: string;
             password: components["schemas"]["Password"];
-            firstName?: string & components["schemas"]["SingleLineText"];
-            lastName?: string & components["schemas"]["SingleLineText"];
+            firstName?: components["schemas"]["PersonName"];
+            lastName?: components["schemas"]["PersonName"];
             phone?: string & components["schemas"]["SingleLineText"];
             /** @default USER */
             role?: components["schemas"]["UserRole"];
@@ -655,12 +657,12 @@ export interface components {
         UpdateUserRequest: {
             /** Format: email */
             email?: string;
-            firstName?: string & components["schemas"]["SingleLineText"];
-            lastName?: string & components["schemas"]["SingleLineText"];
+            firstName?: components["schemas"]["PersonName"];
+            lastName?: components["schemas"]["PersonName"];
             phone?: string & components["schemas"]["SingleLineText"];
             /**
              * Format: uri
-             * @description An http(s) URL; other schemes (javascript:, data:) are refused.
+             * @description An http(s) URL naming a host (a name or an address, and a port if any; no user or password before it); other schemes (javascript:, data:) are refused, and so is a URL without a host (`https://`, `http:///etc/passwd`), which was stored as a broken link.
              */
             avatarUrl?: string & components["schemas"]["SingleLineText"];
         };

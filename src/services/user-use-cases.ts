@@ -8,7 +8,7 @@ import {
 } from '../../gen/proto/arcana/user/v1/user_service_pb.js';
 import { UserRole, UserSchema, UserStatus, type Pagination, type User } from '../../gen/proto/arcana/user/v1/user_pb.js';
 import type { Actor } from '../domain/actor.ts';
-import { AppError, AuthenticationError, AuthorizationError, ConflictError, NotFoundError, PreconditionFailedError, RateLimitedError } from '../domain/errors.ts';
+import { AppError, AuthenticationError, AuthorizationError, ConflictError, NotFoundError, PreconditionFailedError, RateLimitedError, ValidationError } from '../domain/errors.ts';
 import { addressKey } from '../infrastructure/client-address.ts';
 import type { DeviceTokens } from '../infrastructure/security/device-tokens.ts';
 import { roleFromProto, statusFromProto, toUserMessage } from '../domain/user-mapping.ts';
@@ -210,6 +210,11 @@ export class UserUseCases {
     // a stolen token could ask "is this the password?" with a request that changed nothing and
     // left no trace, a right guess answered 400 and a wrong one 401 (helper 111).
     this.#passwords.acceptable(input.newPassword ?? '', 'newPassword');
+    // A "change" to the same password ended every other session and was audited as a change:
+    // a log-out-everywhere a stolen token could make while the owner saw nothing change (helper
+    // 223). Refused on the two texts as sent, before anything is compared, so it tells nothing of
+    // whether they are the password.
+    if (input.newPassword === input.oldPassword) throw new ValidationError('Validation failed', { newPassword: 'must differ from the current password' });
     const user = await this.#users.findById(userId);
     if (user === null) throw new NotFoundError('User not found');
     // A stale precondition fails before any password is compared, and again in the write (a

@@ -349,6 +349,45 @@ describe('single-line fields: names, phone and logins take no control, separator
   });
 
   it.each(PROTOCOLS)(
+    'over %s: when a name is only blanks, an avatar URL names no host, or a new password is the current one, in parallel, then invalid_argument naming the field and nothing changes',
+    async (protocol) => {
+      const api = clientFor(protocol);
+      const victim = await register(t, newUser('blank'));
+      const hostless = [
+        'https://',
+        'http:///etc/passwd',
+        'https://?x',
+        'https://#x',
+        'https://@',
+        'https://:80',
+        'https://user:pw@cdn.example/a.png',
+        'https:// cdn.example/a.png',
+      ];
+      const user = newUser('blank');
+      const [names, avatars, registration, sameAgain] = await Promise.all([
+        Promise.all([' ', '   ', '\u3000', '\u00a0'].map((blank, index) => api.updateUser(victim.accessToken, victim.id, { [index % 2 === 0 ? 'firstName' : 'lastName']: blank }))),
+        Promise.all(hostless.map((avatarUrl) => api.updateUser(victim.accessToken, victim.id, { avatarUrl }))),
+        api.register({ ...user, firstName: '  ' }),
+        api.changePassword(victim.accessToken, victim.id, { oldPassword: victim.password, newPassword: victim.password }),
+      ]);
+      expect(names.map(verdict)).toEqual(['firstName', 'lastName', 'firstName', 'lastName'].map((field) => ({ code: 'invalid_argument', fields: [fieldName(protocol, field)] })));
+      expect(avatars.map(verdict)).toEqual(hostless.map(() => ({ code: 'invalid_argument', fields: [fieldName(protocol, 'avatarUrl')] })));
+      expect(verdict(registration)).toEqual({ code: 'invalid_argument', fields: [fieldName(protocol, 'firstName')] });
+      // It would have ended every other session and been audited as a change.
+      expect(verdict(sameAgain)).toEqual({ code: 'invalid_argument', fields: [fieldName(protocol, 'newPassword')] });
+      expect(await usersNamed(user.username)).toBe('0');
+      expect(await profileOf(victim.id)).toEqual({ first_name: null, last_name: null, phone: null });
+      expect((await t.sql<{ avatar_url: string | null }>('SELECT avatar_url FROM users WHERE id = $1', [victim.id]))[0]?.avatar_url).toBeNull();
+      // The session lives on; names with blanks inside and URLs with a host, a port or an address are taken.
+      const taken = { firstName: ' Mary Ann ', lastName: 'van der Berg' };
+      expect((await api.updateUser(victim.accessToken, victim.id, taken)).code).toBe('ok');
+      for (const avatarUrl of ['https://cdn.example.com:8443/a.png?size=2#top', 'http://192.0.2.7/a.png', 'https://[2001:db8::1]/a.png', 'https://cdn.example.com']) {
+        expect((await api.updateUser(victim.accessToken, victim.id, { avatarUrl })).code, avatarUrl).toBe('ok');
+      }
+    },
+  );
+
+  it.each(PROTOCOLS)(
     'over %s: when a new password carries a control character, then invalid_argument; a login with one is checked as a password (existing passwords may have them)',
     async (protocol) => {
       const api = clientFor(protocol);

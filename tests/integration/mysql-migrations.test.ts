@@ -319,9 +319,8 @@ describe('MySQL/MariaDB migrations', () => {
           await report.query('COMMIT');
           await report.end();
         }
-        // Whatever the server does with the dead start's ALTER (MariaDB gives it up), it is over
-        // before the next start looks.
-        await waitFor(database, 'the dead start to leave', "INFO LIKE '%ALTER TABLE%audit_events%'", false);
+        // The server runs the dead start's ALTER now that the report is over: the next start,
+        // right away, waits for it rather than run it a second time ("Duplicate column name").
         const abandoned: string[][] = [];
         expect(await applyMigrations(database, migrationsDir, (each) => abandoned.push(each))).toEqual([newest]);
         expect(abandoned).toEqual([[newest]]);
@@ -331,6 +330,75 @@ describe('MySQL/MariaDB migrations', () => {
       await rm(previous, { recursive: true });
     }
   }, 90_000);
+
+  it('when a start is killed while a statement of its migration runs, then the next start waits for that statement and does not make its change twice', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'arcana-mysql-migrations-'));
+    try {
+      await mkdir(join(dir, '20250101000000_backfill'));
+      // A backfill that takes two seconds: an INSERT run twice would leave two rows.
+      await writeFile(
+        join(dir, '20250101000000_backfill', 'migration.sql'),
+        'CREATE TABLE made (n INT);\nINSERT INTO made SELECT SLEEP(2) + 1;\nCREATE INDEX made_n ON made(n);\n',
+      );
+      await withDatabase(async (database) => {
+        const starter = join(dir, 'start.ts');
+        await writeFile(
+          starter,
+          `import { createDatabase } from ${JSON.stringify(join(root, 'src', 'infrastructure', 'database', 'database.ts'))};\n` +
+            `import { applyMigrations } from ${JSON.stringify(join(root, 'src', 'infrastructure', 'database', 'migrations.ts'))};\n` +
+            `await applyMigrations(await createDatabase({ databaseUrl: process.argv[2], dataDir: 'memory://' }), process.argv[3]);\n`,
+        );
+        const child = spawn(process.execPath, [starter, databaseUrl(database), dir], { stdio: 'ignore' });
+        const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+        try {
+          await waitFor(database, 'the backfill to run', "STATE = 'User sleep'");
+        } finally {
+          child.kill('SIGKILL');
+          await exited;
+        }
+        const abandoned: string[][] = [];
+        expect(await applyMigrations(database, dir, (each) => abandoned.push(each))).toEqual(['20250101000000_backfill']);
+        expect(abandoned).toEqual([['20250101000000_backfill']]);
+        const [made] = await database.prisma.$queryRawUnsafe<{ rows: number | bigint }[]>('SELECT COUNT(*) AS `rows` FROM made');
+        expect(Number(made?.rows)).toBe(1);
+        expect(await applyMigrations(database, dir)).toEqual([]);
+      });
+    } finally {
+      await rm(dir, { recursive: true });
+    }
+  }, 60_000);
+
+  it('when an operator kills a migration statement that waits for a lock, then that start fails, and the next one applies the migration instead of refusing for ever', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'arcana-mysql-migrations-'));
+    try {
+      await mkdir(join(dir, '20250101000000_held'));
+      await writeFile(join(dir, '20250101000000_held', 'migration.sql'), 'CREATE TABLE held (id INT);\n');
+      await withDatabase(async (database) => {
+        expect(await applyMigrations(database, dir)).toEqual(['20250101000000_held']);
+        await mkdir(join(dir, '20250101000100_alter'));
+        await writeFile(join(dir, '20250101000100_alter', 'migration.sql'), 'ALTER TABLE held ADD COLUMN later INT;\n');
+        const report = await holdTable(database, 'held');
+        const patient = await createDatabase({ databaseUrl: databaseUrl(database), dataDir: 'memory://', lockTimeoutMs: 30_000 });
+        try {
+          const deploy = applyMigrations(patient, dir);
+          await waitFor(database, 'the ALTER to wait for the lock', "STATE LIKE '%metadata lock%' AND INFO LIKE '%ALTER TABLE held%'");
+          // What an operator does when the ALTER holds everyone's logins up behind it.
+          const [waiting] = await database.prisma.$queryRawUnsafe<{ id: number | bigint }[]>(
+            "SELECT ID AS id FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND STATE LIKE '%metadata lock%' AND INFO LIKE '%ALTER TABLE held%'",
+          );
+          await database.prisma.$executeRawUnsafe(`KILL QUERY ${Number(waiting?.id)}`);
+          await expect(deploy).rejects.toThrow(/20250101000100_alter failed: .*interrupted/i);
+          await report.query('COMMIT');
+          expect(await applyMigrations(patient, dir)).toEqual(['20250101000100_alter']);
+        } finally {
+          await report.end();
+          await patient.close();
+        }
+      });
+    } finally {
+      await rm(dir, { recursive: true });
+    }
+  }, 60_000);
 
   it("when the database's name is long, then the deploy lock's name still fits MySQL's 64 characters and names that database alone", async () => {
     const admin = await createDatabase({ databaseUrl: serverUrl, dataDir: 'memory://' });

@@ -8,12 +8,12 @@ import { splitStatements } from '../../src/infrastructure/database/migrations.ts
 
 describe('splitStatements', () => {
   it('cuts at the semicolons between statements and drops pieces that are only comments', () => {
-    expect(splitStatements('-- a table\nCREATE TABLE a (id INT);\n\n-- an index\nCREATE INDEX a_id ON a(id);\n-- the end\n')).toEqual([
+    expect(splitStatements('-- a table\nCREATE TABLE a (id INT);\n\n-- an index\nCREATE INDEX a_id ON a(id);\n-- the end\n').statements).toEqual([
       '-- a table\nCREATE TABLE a (id INT)',
       '-- an index\nCREATE INDEX a_id ON a(id)',
     ]);
-    expect(splitStatements('SELECT 1')).toEqual(['SELECT 1']);
-    expect(splitStatements(' ;; -- nothing\n/* at all */ ;\n# here\n')).toEqual([]);
+    expect(splitStatements('SELECT 1').statements).toEqual(['SELECT 1']);
+    expect(splitStatements(' ;; -- nothing\n/* at all */ ;\n# here\n').statements).toEqual([]);
   });
 
   it('keeps semicolons in strings, quoted names and comments inside their statement', () => {
@@ -26,7 +26,7 @@ describe('splitStatements', () => {
       'SELECT 3 # or; here\n;',
       'SELECT 4--5; SELECT 6',
     ].join('\n');
-    expect(splitStatements(script)).toEqual([
+    expect(splitStatements(script).statements).toEqual([
       "INSERT INTO t (a, b) VALUES ('x;y', 'it''s; fine')",
       'INSERT INTO t (a) VALUES ("a \\" ; b")',
       "INSERT INTO t (a) VALUES ('back\\\\')",
@@ -40,7 +40,7 @@ describe('splitStatements', () => {
   });
 
   it("counts MySQL's and MariaDB's executable comments as statements", () => {
-    expect(splitStatements('/*!40101 SET NAMES utf8mb4 */;\n/*M!100100 SET @@max_statement_time=1 */;\n/* only a comment */;')).toEqual([
+    expect(splitStatements('/*!40101 SET NAMES utf8mb4 */;\n/*M!100100 SET @@max_statement_time=1 */;\n/* only a comment */;').statements).toEqual([
       '/*!40101 SET NAMES utf8mb4 */',
       '/*M!100100 SET @@max_statement_time=1 */',
     ]);
@@ -48,9 +48,9 @@ describe('splitStatements', () => {
 
   it('keeps a script with a compound statement (a trigger, a routine) whole, its inner semicolons uncut', () => {
     const script = 'CREATE TABLE t (a INT, b INT);\nCREATE TRIGGER t_b BEFORE INSERT ON t FOR EACH ROW\nBEGIN\n  SET NEW.b = 1;\n  SET NEW.a = 2;\nEND;\n';
-    expect(splitStatements(script)).toEqual([script.trim()]);
+    expect(splitStatements(script)).toEqual({ statements: [script.trim()], whole: true });
     // A word that only contains it is not the keyword, nor is text in quotes or comments.
-    expect(splitStatements("CREATE TABLE beginning (a INT); -- BEGIN\nINSERT INTO beginning VALUES ('BEGIN');")).toHaveLength(2);
+    expect(splitStatements("CREATE TABLE beginning (a INT); -- BEGIN\nINSERT INTO beginning VALUES ('BEGIN');").statements).toHaveLength(2);
   });
 
   it("splits each of the project's MySQL migrations into the statements it has", async () => {
@@ -58,7 +58,7 @@ describe('splitStatements', () => {
     const names = (await readdir(dir)).filter((name) => /^\d+_/.test(name));
     expect(names.length).toBeGreaterThan(0);
     for (const name of names) {
-      const statements = splitStatements(await readFile(join(dir, name, 'migration.sql'), 'utf8'));
+      const { statements } = splitStatements(await readFile(join(dir, name, 'migration.sql'), 'utf8'));
       expect(statements.length, name).toBeGreaterThan(0);
       for (const statement of statements) expect(statement, name).toMatch(/^(--[^\n]*\n|\s)*(CREATE|ALTER|DROP|INSERT|UPDATE)\b/);
     }

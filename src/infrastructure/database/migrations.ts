@@ -153,19 +153,22 @@ async function allApplied(database: Database, migrationsList: MigrationList): Pr
 // error and blocking later deploys until it is resolved, one migration after the other.
 //
 // Except where nothing is left to resolve. MySQL's DDL is not transactional: each statement
-// commits by itself, so a script is run one statement at a time and the attempt's
-// applied_steps_count counts the statements done (1 once finished, as Prisma records it). An
-// attempt that stopped without an error of its own, because its start was killed while a
-// statement waited for a lock (a startup probe, a rollout) or because the wait outlasted
-// DATABASE_LOCK_TIMEOUT_MS, is marked rolled back with RESUMABLE in its logs, and the next deploy
-// of the same script carries on after its last statement done. Before, such an attempt was
-// "failed" and every later start of every replica refused until someone edited the row by hand
-// (helper 219).
+// commits by itself. So a script runs one statement at a time, each sent together with the
+// update of its attempt's applied_steps_count (the statements done; 1 once finished, as Prisma
+// records it), in one transaction where the statement is not DDL: the count says what was done.
+// An attempt that stopped on a lock (DATABASE_LOCK_TIMEOUT_MS), on a KILL, on a lost connection,
+// or because its start was killed (a startup probe, a rollout), is marked rolled back with
+// RESUMABLE in its logs, and the next deploy of the same script carries on after the statements
+// its count names. Before, such an attempt was "failed" and every later start of every replica
+// refused until someone edited the row by hand (helper 219).
 //
-// A killed start's statement may still run: the server does not notice that a client waiting for
-// a lock has gone, and runs its ALTER once the lock is free (seen on MariaDB 10.11). So when the
-// statement a killed attempt was at fails on the next deploy because what it makes already exists
-// (or what it drops is already gone), the dead start's copy did it, and it counts as done.
+// A killed start's statement runs on: the server does not notice that its client has gone (it
+// runs a waiting ALTER once the lock is free, and the rest of what was sent with it; seen on
+// MariaDB 10.11). Each statement's session holds a named lock (STEP_LOCK) for as long as it
+// lives, and a deploy first waits for it: the dead start's statement and its count are then done
+// or undone, never half (helper 221: a next start ran the same CREATE INDEX again, and an INSERT
+// of a killed start was made twice). (A KILL that lands between a DDL statement and its count
+// leaves the statement to run again and fail on what it made: a failure to resolve, as before.)
 const MYSQL_HISTORY_TABLE = `CREATE TABLE IF NOT EXISTS _prisma_migrations (
     id                      VARCHAR(36) PRIMARY KEY NOT NULL,
     checksum                VARCHAR(64) NOT NULL,
@@ -179,16 +182,13 @@ const MYSQL_HISTORY_TABLE = `CREATE TABLE IF NOT EXISTS _prisma_migrations (
 
 /** How the logs of an attempt this code rolled back begin; only such an attempt is resumed. */
 const RESUMABLE = 'arcana: rolled back, resumable: ';
-/** The rest of the logs of an attempt whose start ended while it ran (see above). */
-const CUT_OFF = 'the start that ran it ended before it finished';
 /**
- * What a DDL statement that already took effect fails with when run again: table exists (1050),
- * unknown table (1051), duplicate column (1060) or key name (1061), cannot drop (1091), duplicate
- * foreign key (1826).
+ * Why a statement stopped without an error of its own, so that the attempt can carry on later:
+ * a lock waited for too long (1205), a KILL QUERY (1317) or KILL CONNECTION (1927), a server
+ * shutting down (1053), or the connection lost (the driver's own errors, 45000 and up).
  */
-const ALREADY_DONE = new Set([1050, 1051, 1060, 1061, 1091, 1826]);
-/** MySQL's ER_LOCK_WAIT_TIMEOUT, for row and metadata locks alike. */
-const LOCK_WAIT_TIMEOUT = 1205;
+const RESUMABLE_ERRORS = new Set([1205, 1317, 1927, 1053]);
+const DRIVER_ERRORS_FROM = 45_000;
 /** The named lock the Prisma CLI's `migrate deploy` holds on MySQL while it applies migrations. */
 const PRISMA_CLI_LOCK = 'prisma_migrate';
 
@@ -199,27 +199,30 @@ async function applyMysqlMigrations(database: Database, migrationsList: Migratio
       adapter.executeRaw({ sql, args, argTypes: args.map((arg) => ({ scalarType: typeof arg === 'number' ? 'int' : 'string', arity: 'scalar' }) as const) });
     const query = async (sql: string) => (await adapter.queryRaw({ sql, args: [], argTypes: [] })).rows;
     await run(MYSQL_HISTORY_TABLE);
+    // A statement a dead start sent may still be running (or waiting for a lock); its session
+    // holds the step lock until it is over, done or undone, with its count.
+    const [[free]] = (await query(`SELECT GET_LOCK(${mysqlLockName(STEP_LOCK)}, ${MYSQL_DEPLOY_LOCK_SECONDS})`)) as [[unknown]];
+    await query(`DO RELEASE_LOCK(${mysqlLockName(STEP_LOCK)})`);
+    if (Number(free) !== 1) throw new Error(`Timed out after ${MYSQL_DEPLOY_LOCK_SECONDS} s waiting for a migration statement an earlier start left running`);
     // Under the deploy lock no other start is applying anything, so an attempt that is neither
     // finished, rolled back nor failed (no logs) belongs to a start that is gone; unless the
     // Prisma CLI, which does not take the deploy lock, is at work.
-    const abandoned = await query(
-      `SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NULL AND rolled_back_at IS NULL AND logs IS NULL AND IS_FREE_LOCK('${PRISMA_CLI_LOCK}') = 1`,
-    );
+    const unfinished = `finished_at IS NULL AND rolled_back_at IS NULL AND logs IS NULL AND IS_FREE_LOCK('${PRISMA_CLI_LOCK}') = 1`;
+    const abandoned = await query(`SELECT migration_name FROM _prisma_migrations WHERE ${unfinished}`);
     if (abandoned.length > 0) {
-      await run(
-        `UPDATE _prisma_migrations SET rolled_back_at = CURRENT_TIMESTAMP(3), logs = ? WHERE finished_at IS NULL AND rolled_back_at IS NULL AND logs IS NULL AND IS_FREE_LOCK('${PRISMA_CLI_LOCK}') = 1`,
-        [`${RESUMABLE}${CUT_OFF}`],
-      );
+      await run(`UPDATE _prisma_migrations SET rolled_back_at = CURRENT_TIMESTAMP(3), logs = ? WHERE ${unfinished}`, [
+        `${RESUMABLE}the start that ran it ended before it finished`,
+      ]);
       onAbandoned?.(abandoned.map(([name]) => String(name)));
     }
     const history = await query(
       'SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL, logs, applied_steps_count FROM _prisma_migrations ORDER BY started_at',
     );
     const applied = new Set<string>();
-    const resumeAt = new Map<string, { checksum: string; steps: number; cutOff: boolean }>();
+    const resumeAt = new Map<string, { checksum: string; steps: number }>();
     for (const [name, checksum, finished, rolledBack, logs, steps] of history as [string, string, unknown, unknown, string | null, unknown][]) {
       if (Number(rolledBack) === 1) {
-        if (logs?.startsWith(RESUMABLE) === true) resumeAt.set(name, { checksum, steps: Number(steps), cutOff: logs === `${RESUMABLE}${CUT_OFF}` });
+        if (logs?.startsWith(RESUMABLE) === true) resumeAt.set(name, { checksum, steps: Number(steps) });
         else resumeAt.delete(name);
         continue;
       }
@@ -237,13 +240,10 @@ async function applyMysqlMigrations(database: Database, migrationsList: Migratio
       if (script.tag === 'error') throw new Error(script.value);
       const id = randomUUID();
       const checksum = createHash('sha256').update(script.value).digest('hex');
-      const statements = splitStatements(script.value);
+      const { statements, whole } = splitStatements(script.value);
       const resumed = resumeAt.get(directory.path);
       // Only the same script carries on where its attempt stopped; an edited one starts over.
-      const resuming = resumed?.checksum === checksum ? resumed : undefined;
-      let steps = Math.min(resuming?.steps ?? 0, statements.length);
-      // The statement a killed start was at, which its orphan may have done since.
-      const inDoubt = resuming?.cutOff === true ? steps : -1;
+      let steps = resumed?.checksum === checksum ? Math.min(resumed.steps, statements.length) : 0;
       await run('INSERT INTO _prisma_migrations (id, checksum, migration_name, started_at, applied_steps_count) VALUES (?, ?, ?, CURRENT_TIMESTAMP(3), ?)', [
         id,
         checksum,
@@ -251,23 +251,27 @@ async function applyMysqlMigrations(database: Database, migrationsList: Migratio
         steps,
       ]);
       for (; steps < statements.length; steps += 1) {
+        const counted = `UPDATE _prisma_migrations SET applied_steps_count = ${steps + 1} WHERE id = '${id}'`;
+        const statement = statements[steps] ?? '';
         try {
-          await adapter.executeScript(statements[steps] ?? '');
+          // The statement and its count in one send (on a line of their own: a statement may end
+          // in a comment), the step lock held meanwhile. A compound statement cannot be sent
+          // between others; its count follows it.
+          await adapter.executeScript(
+            whole
+              ? `DO GET_LOCK(${mysqlLockName(STEP_LOCK)}, 0);\n${statement}`
+              : `DO GET_LOCK(${mysqlLockName(STEP_LOCK)}, 0);\nSTART TRANSACTION;\n${statement}\n;\n${counted};\nCOMMIT`,
+          );
+          if (whole) await run(counted);
         } catch (error) {
-          if (steps === inDoubt && ALREADY_DONE.has(errorCode(error) ?? 0)) {
-            await run('UPDATE _prisma_migrations SET applied_steps_count = ? WHERE id = ?', [steps + 1, id]);
-            continue;
-          }
           const message = error instanceof Error ? error.message : String(error);
-          // A statement that gave up waiting for a lock did nothing: the attempt can be resumed.
-          if (isLockWaitTimeout(error)) {
+          if (isResumable(error)) {
             await run('UPDATE _prisma_migrations SET logs = ?, rolled_back_at = CURRENT_TIMESTAMP(3) WHERE id = ?', [`${RESUMABLE}${message}`, id]);
           } else {
             await run('UPDATE _prisma_migrations SET logs = ? WHERE id = ?', [message, id]);
           }
           throw new Error(`Migration ${directory.path} failed: ${message}`, { cause: error });
         }
-        await run('UPDATE _prisma_migrations SET applied_steps_count = ? WHERE id = ?', [steps + 1, id]);
       }
       await run('UPDATE _prisma_migrations SET finished_at = CURRENT_TIMESTAMP(3), applied_steps_count = 1 WHERE id = ?', [id]);
       done.push(directory.path);
@@ -278,8 +282,10 @@ async function applyMysqlMigrations(database: Database, migrationsList: Migratio
   }
 }
 
-function isLockWaitTimeout(error: unknown): boolean {
-  return errorCode(error) === LOCK_WAIT_TIMEOUT;
+/** Whether a statement stopped without an error of its own (RESUMABLE_ERRORS). */
+function isResumable(error: unknown): boolean {
+  const code = errorCode(error);
+  return code === undefined || RESUMABLE_ERRORS.has(code) || code >= DRIVER_ERRORS_FROM;
 }
 
 /** MySQL's error number for `error`, from the driver's error or the adapter's (in its cause). */
@@ -298,7 +304,7 @@ function errorCode(error: unknown): number | undefined {
  * comments; a piece with nothing but comments and blanks is no statement. (No DELIMITER: that is
  * the mysql client's, not the server's.) A script with a compound statement is one piece.
  */
-export function splitStatements(script: string): string[] {
+export function splitStatements(script: string): { statements: string[]; whole: boolean } {
   const statements: string[] = [];
   let start = 0;
   let code = false;
@@ -327,7 +333,7 @@ export function splitStatements(script: string): string[] {
       // A compound statement (a trigger's or a routine's BEGIN … END) has semicolons of its own,
       // which the server parses and a split would cut: such a script runs whole, as one step.
       const word = /^[A-Za-z0-9_$]+/.exec(script.slice(i, i + 64))?.[0] ?? '';
-      if (word.toUpperCase() === 'BEGIN') return [script.trim()];
+      if (word.toUpperCase() === 'BEGIN') return { statements: [script.trim()], whole: true };
       code = true;
       i += word.length;
     } else {
@@ -337,7 +343,7 @@ export function splitStatements(script: string): string[] {
     }
   }
   end(script.length);
-  return statements;
+  return { statements, whole: false };
 }
 
 function lineEnd(script: string, from: number): number {
@@ -478,9 +484,16 @@ const MYSQL_DEPLOY_LOCK_SECONDS = 600;
 /**
  * The lock's name: `<database>.arcana_migrate_deploy`, or, where that passes MySQL's 64
  * characters (a database name may have 64 itself; MySQL 8 refuses a longer lock name, MariaDB
- * does not), the suffix and the name's SHA-1.
+ * does not), the suffix and the name's SHA-1 (mysqlLockName).
  */
-export const MYSQL_DEPLOY_LOCK_NAME = `IF(CHAR_LENGTH(DATABASE()) <= ${63 - MYSQL_DEPLOY_LOCK.length}, CONCAT(DATABASE(), '.${MYSQL_DEPLOY_LOCK}'), CONCAT('${MYSQL_DEPLOY_LOCK}.', SHA1(DATABASE())))`;
+export const MYSQL_DEPLOY_LOCK_NAME = mysqlLockName(MYSQL_DEPLOY_LOCK);
+/** Held by the session of each migration statement while it lives (see applyMysqlMigrations). */
+const STEP_LOCK = 'arcana_migrate_step';
+
+/** SQL naming the lock `<database>.<suffix>`, or `<suffix>.<SHA-1 of the database's name>` where that would pass 64 characters. */
+function mysqlLockName(suffix: string): string {
+  return `IF(CHAR_LENGTH(DATABASE()) <= ${63 - suffix.length}, CONCAT(DATABASE(), '.${suffix}'), CONCAT('${suffix}.', SHA1(DATABASE())))`;
+}
 
 async function withMysqlDeployLock<T>(factory: SqlMigrationAwareDriverAdapterFactory, task: () => Promise<T>): Promise<T> {
   const adapter = await factory.connect();

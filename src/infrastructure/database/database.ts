@@ -369,6 +369,10 @@ async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number
     import('mariadb'),
     import('../../../gen/prisma-mysql/client.ts'),
   ]);
+  // The migrations' connections: each connect() is a pool of its own (the deploy lock's, the
+  // history's), used one statement at a time, where the driver's default pool opened ten apiece;
+  // test files starting side by side then ran MariaDB out of connections.
+  if (!url.searchParams.has('connectionLimit')) url.searchParams.set('connectionLimit', '1');
   const factory = new PrismaMariaDb(url.toString());
   // The client's pool is made here, so that each connection is bounded from its first statement.
   let pool: Pool | undefined;
@@ -388,25 +392,36 @@ async function openMysql(url: URL, lockTimeoutMs: number, queryTimeoutMs: number
   };
   const { prisma, readRows, queryCount } = createCountingClient(clientFactory, 'question', undefined, MysqlPrismaClient);
 
-  const runScript = async (script: string) => {
-    const scriptUrl = new URL(url);
-    scriptUrl.searchParams.set('multipleStatements', 'true');
-    let connection: MariadbConnection | undefined;
-    try {
-      connection = await mariadb.createConnection(scriptUrl.toString());
-      await connection.query(script);
-    } catch (error) {
-      throw toMysqlAdapterError(error);
-    } finally {
-      await connection?.end();
-    }
-  };
+  const scriptUrl = new URL(url);
+  scriptUrl.searchParams.set('multipleStatements', 'true');
   const adapterFactory: SqlMigrationAwareDriverAdapterFactory = {
     provider: factory.provider,
     adapterName: factory.adapterName,
     connect: async () => {
       const adapter = await factory.connect();
-      return withScriptRunner(adapter, runScript, () => adapter.dispose());
+      // Scripts (a migration's statements, one after the other) share one session until one fails
+      // or the adapter is disposed: a connection per statement opened a dozen per start, and
+      // test files starting side by side ran MariaDB out of connections.
+      let session: Promise<MariadbConnection> | undefined;
+      const endSession = async () => {
+        const ending = session;
+        session = undefined;
+        await ending?.then((connection) => connection.end()).catch(() => undefined);
+      };
+      const runScript = async (script: string) => {
+        try {
+          session ??= mariadb.createConnection(scriptUrl.toString());
+          await (await session).query(script);
+        } catch (error) {
+          // A transaction the script left open ends with its session.
+          await endSession();
+          throw toMysqlAdapterError(error);
+        }
+      };
+      return withScriptRunner(adapter, runScript, async () => {
+        await endSession();
+        await adapter.dispose();
+      });
     },
     connectToShadowDb: () => {
       // Only the schema engine asks for one, and it never runs on MySQL (see migrations.ts).

@@ -201,8 +201,9 @@ async function applyMysqlMigrations(database: Database, migrationsList: Migratio
     await run(MYSQL_HISTORY_TABLE);
     // A statement a dead start sent may still be running (or waiting for a lock); its session
     // holds the step lock until it is over, done or undone, with its count.
-    const [[free]] = (await query(`SELECT GET_LOCK(${mysqlLockName(STEP_LOCK)}, ${MYSQL_DEPLOY_LOCK_SECONDS})`)) as [[unknown]];
-    await query(`DO RELEASE_LOCK(${mysqlLockName(STEP_LOCK)})`);
+    // Taken and given back in one statement: two would run on whichever pooled connections were
+    // free, and the one that took it kept it, while this process's statements then ran without it.
+    const [[free]] = (await query(`SELECT GET_LOCK(${mysqlLockName(STEP_LOCK)}, ${MYSQL_DEPLOY_LOCK_SECONDS}), RELEASE_LOCK(${mysqlLockName(STEP_LOCK)})`)) as [[unknown]];
     if (Number(free) !== 1) throw new Error(`Timed out after ${MYSQL_DEPLOY_LOCK_SECONDS} s waiting for a migration statement an earlier start left running`);
     // Under the deploy lock no other start is applying anything, so an attempt that is neither
     // finished, rolled back nor failed (no logs) belongs to a start that is gone; unless the

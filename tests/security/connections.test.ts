@@ -1588,6 +1588,66 @@ describe('a refused upload', () => {
   });
 });
 
+describe('a refused upload over HTTP/2', () => {
+  it('when a client keeps sending after its call was refused for its size, over gRPC and Connect, health checks included, then the stream is closed, not read on until the deadline', async () => {
+    // Helper 222: answered resource_exhausted at once, each stream was then read window after
+    // window until the request deadline reset it: 5 GB in 30 s from 20 streams.
+    const session = http2.connect(server.baseUrl);
+    cleanups.push(() => session.destroy());
+    session.on('error', () => undefined);
+    const envelope = Buffer.alloc(5);
+    envelope.writeUInt32BE(0xffff_fff0, 1);
+    const chunk = Buffer.alloc(64 * 1024);
+    const calls = [
+      { path: '/arcana.auth.v1.AuthService/Login', contentType: 'application/grpc', prefix: envelope },
+      { path: '/grpc.health.v1.Health/Check', contentType: 'application/grpc', prefix: envelope },
+      { path: '/arcana.auth.v1.AuthService/Login', contentType: 'application/proto', prefix: chunk },
+    ];
+    const outcomes = await Promise.all(
+      calls.map(
+        ({ path, contentType, prefix }) =>
+          new Promise<{ status: string; sent: number; openAfterAnswerMs: number }>((resolve) => {
+            const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': contentType, te: 'trailers' });
+            stream.on('error', () => undefined);
+            let status = '';
+            let answeredAt = 0;
+            let sent = 0;
+            const answered = (value: string) => {
+              status ||= value;
+              answeredAt ||= performance.now();
+            };
+            stream.on('response', (headers) => {
+              if (headers['grpc-status'] !== undefined) answered(`grpc ${String(headers['grpc-status'])}`);
+              else if (headers[':status'] !== 200) answered(`http ${String(headers[':status'])}`);
+            });
+            stream.on('trailers', (trailers) => answered(`grpc ${String(trailers['grpc-status'])}`));
+            stream.resume();
+            const startedAt = performance.now();
+            const write = () => {
+              // Sent for as long as the stream takes it, 3 s at most.
+              while (!stream.destroyed && !stream.closed && performance.now() - startedAt < 3_000) {
+                sent += chunk.length;
+                if (!stream.write(chunk)) return void stream.once('drain', write);
+              }
+            };
+            stream.write(prefix);
+            write();
+            stream.once('close', () => resolve({ status, sent, openAfterAnswerMs: answeredAt === 0 ? -1 : performance.now() - answeredAt }));
+            setTimeout(() => stream.close(), 10_000).unref();
+          }),
+      ),
+    );
+    expect(outcomes.map((outcome) => outcome.status)).toEqual(['grpc 8', 'grpc 8', 'http 429']);
+    for (const outcome of outcomes) {
+      // Closed right after the answer, where it stayed open until the 1.5 s request deadline of
+      // this file's server (60 s by default), taking all that was sent.
+      expect(outcome.openAfterAnswerMs).toBeGreaterThanOrEqual(0);
+      expect(outcome.openAfterAnswerMs).toBeLessThan(REQUEST_MS / 2);
+      expect(outcome.sent).toBeLessThan(32 * 1024 * 1024);
+    }
+  });
+});
+
 describe('lingering refusals shared out', () => {
   it("when one address holds more refused uploads open than the server lingers for, then another address's refusal still lingers: its client, still sending, is not reset", async () => {
     // Helper 215: a declared length over the limit is refused before any rate limit and lingers

@@ -336,6 +336,15 @@ export class AuthUseCases {
    * InvalidTokenError: the token was presented and refused.
    */
   async authenticate(accessToken: string): Promise<Actor> {
+    return (await this.#resolve(accessToken, false)).actor;
+  }
+
+  /**
+   * The caller of `accessToken` as authenticate finds it, or, with `replaced`, also the caller of a
+   * token whose pair a refresh has since replaced (revoked as rotated, still unexpired): its
+   * session lives on in the new pair.
+   */
+  async #resolve(accessToken: string, replaced: boolean): Promise<{ actor: Actor; rotatedAway: boolean }> {
     let claims;
     try {
       claims = this.#codec.verify(accessToken, 'access');
@@ -345,12 +354,34 @@ export class AuthUseCases {
     // The session and the user are read together (one round trip to the cache when both are
     // there): the token's subject names the user its session belongs to.
     const [session, subject] = await Promise.all([this.#tokens.findByAccessHash(claims.hash), this.#users.findProfile(claims.userId)]);
-    if (session === null || session.isRevoked) throw new InvalidTokenError('Token has been revoked');
+    if (session === null) throw new InvalidTokenError('Token has been revoked');
+    const rotatedAway = replaced && session.isRevoked && session.revokedReason === 'rotated';
+    if (session.isRevoked && !rotatedAway) throw new InvalidTokenError('Token has been revoked');
     if (session.accessExpiresAt <= this.#now()) throw new InvalidTokenError('Invalid or expired access token');
     const user = session.userId === claims.userId ? subject : await this.#users.findProfile(session.userId);
     if (user === null) throw new InvalidTokenError('Token has been revoked');
     if (user.status !== 'ACTIVE') throw new InvalidTokenError('Account is not active');
-    return { userId: session.userId, role: roleToProto(user.role), sessionId: session.id, familyId: session.familyId, record: user };
+    return { actor: { userId: session.userId, role: roleToProto(user.role), sessionId: session.id, familyId: session.familyId, record: user }, rotatedAway };
+  }
+
+  /**
+   * Ends the session of `accessToken`: its login chain, so that a refresh of the same session that
+   * commits first (and moved it to a new pair) ends with it. The token of a pair a refresh has
+   * replaced ends it too, while it is unexpired: the holder of the new pair (another tab, or a
+   * thief who refreshed a stolen token) kept the session alive through a logout answered 401,
+   * which left no trace (helper 224).
+   */
+  async logoutWith(accessToken: string): Promise<Actor> {
+    const { actor, rotatedAway } = await this.#resolve(accessToken, true);
+    if (!rotatedAway) {
+      await this.logout(actor);
+      return actor;
+    }
+    // Only a chain that still has a live pair: one that has ended was logged out of already.
+    await this.#audit.withWrite(this.#logoutEvent(actor), async (audit) => {
+      if ((await this.#tokens.revokeChainOf(actor.userId, actor.sessionId, 'logout', { audit })).length === 0) throw new InvalidTokenError('Token has been revoked');
+    });
+    return actor;
   }
 
   /**
@@ -361,8 +392,11 @@ export class AuthUseCases {
     // The event commits with the revocation (WriteOptions.audit), as every session-ending write's
     // does: recorded after the write's answer, it was lost whenever that answer was (helper 187: a
     // logout that committed after its caller's deadline ended the session and left no LOGOUT).
-    const event = { type: 'LOGOUT', userId: actor.userId, details: { sessionId: actor.sessionId } } as const;
-    await this.#audit.withWrite(event, (audit) => this.#tokens.revokeFamily(actor.familyId, 'logout', { audit }));
+    await this.#audit.withWrite(this.#logoutEvent(actor), (audit) => this.#tokens.revokeFamily(actor.familyId, 'logout', { audit }));
+  }
+
+  #logoutEvent(actor: Actor) {
+    return { type: 'LOGOUT', userId: actor.userId, details: { sessionId: actor.sessionId } } as const;
   }
 
   /**

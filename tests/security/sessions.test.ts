@@ -249,14 +249,38 @@ describe('sessions on a server without the short lifetime', { concurrent: true }
         const user = await register(t);
         const login = await client.login({ usernameOrEmail: user.username, password: user.password });
         const [loggedOut, refreshed] = await Promise.all([client.logout(login.data?.tokens.accessToken ?? ''), client.refresh(login.data?.tokens.refreshToken ?? '')]);
-        // A refresh that committed before the logout authenticated retired the token it presents:
-        // that logout is refused, and ended nothing. Every logout that answered ok ended it all.
-        expect(['ok', 'unauthenticated']).toContain(loggedOut.code);
-        if (loggedOut.code !== 'ok' || refreshed.code !== 'ok') continue;
+        // A refresh that committed before the logout authenticated retired the token it presents,
+        // but not the session: that logout ends it too (helper 224: it was refused, and the
+        // refreshed pair lived on).
+        expect(loggedOut.code).toBe('ok');
+        if (refreshed.code !== 'ok') continue;
         // The refresh committed first and handed out a new pair of the same session: it is over too.
         expect((await client.me(refreshed.data?.accessToken ?? '')).code).toBe('unauthenticated');
         expect((await client.refresh(refreshed.data?.refreshToken ?? '')).code).toBe('unauthenticated');
       }
+    });
+
+    it("when a session's pair has been replaced by a refresh (another tab, or a thief holding the refresh token), then a logout with the replaced access token ends the session, audited", async () => {
+      const user = await register(t);
+      const login = await client.login({ usernameOrEmail: user.username, password: user.password });
+      const old = login.data?.tokens.accessToken ?? '';
+      // Someone else refreshes, twice: the session now lives in a pair the owner has never seen.
+      const first = await client.refresh(login.data?.tokens.refreshToken ?? '');
+      const replaced = await client.refresh(first.data?.refreshToken ?? '');
+      expect([first.code, replaced.code]).toEqual(['ok', 'ok']);
+      expect((await client.me(old)).code).toBe('unauthenticated');
+      // The owner signs out with what it holds, from two tabs at once.
+      const loggedOut = await Promise.all([client.logout(old), client.logout(old)]);
+      // One of them ends it; the other finds it ended (or ends it alongside).
+      expect(loggedOut.map((answer) => answer.code)).toContain('ok');
+      for (const answer of loggedOut) expect(['ok', 'unauthenticated']).toContain(answer.code);
+      expect((await client.me(replaced.data?.accessToken ?? '')).code).toBe('unauthenticated');
+      expect((await client.refresh(replaced.data?.refreshToken ?? '')).code).toBe('unauthenticated');
+      // Once over, the old token ends nothing more, and says so.
+      expect((await client.logout(old)).code).toBe('unauthenticated');
+      const events = await t.sql<{ type: string }>("SELECT type FROM audit_events WHERE user_id = $1 AND type IN ('LOGOUT', 'TOKEN_REUSE_DETECTED') ORDER BY id", [user.id]);
+      expect(events.map((event) => event.type)).toContain('LOGOUT');
+      expect(events.map((event) => event.type)).not.toContain('TOKEN_REUSE_DETECTED');
     });
 
     it('when tokens are handed out or refused, then no cache may store the answer', async () => {

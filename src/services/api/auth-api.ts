@@ -2,8 +2,8 @@ import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import type { AuthService as AuthServiceDescriptor } from '../../../gen/proto/arcana/auth/v1/auth_service_pb.js';
 import type { AuthUseCases } from '../auth-use-cases.ts';
 import { deviceTokenHeaders, hostOf, NO_STORE_HEADERS } from '../../rpc/client-edge.ts';
-import { runIdempotent } from '../../infrastructure/call-context.ts';
-import { authenticatedActor, clientInfoOf, idempotencyKeyFrom, markReplayedAnswer } from './call.ts';
+import { accessTokenOf, authenticatedActor, clientInfoOf, idempotencyKeyFrom, markReplayedAnswer } from './call.ts';
+import { identifyCaller, runIdempotent } from '../../infrastructure/call-context.ts';
 
 /** arcana.auth.v1.AuthService over Connect, gRPC and gRPC-Web: the same use cases as REST. */
 export function createAuthApi(auth: AuthUseCases): ServiceImpl<typeof AuthServiceDescriptor> {
@@ -21,7 +21,7 @@ export function createAuthApi(auth: AuthUseCases): ServiceImpl<typeof AuthServic
       return { user, tokens };
     },
     async logout(_req, ctx) {
-      await auth.logout(await authenticatedActor(ctx, auth));
+      identifyCaller((await auth.logoutWith(accessTokenOf(ctx))).userId);
       return {};
     },
     async refreshToken(req, ctx) {

@@ -15,11 +15,16 @@ export type Authenticator = Pick<AuthUseCases, 'authenticate'>;
 
 /** The caller of a call that needs authentication, from the access token it presented. */
 export async function authenticatedActor(ctx: HandlerContext, auth: Authenticator): Promise<Actor> {
-  const { accessToken, client } = callerOf(ctx);
-  if (accessToken === undefined) throw new AuthenticationError('Missing or invalid authorization header');
-  const actor = await auth.authenticate(accessToken);
+  const actor = await auth.authenticate(accessTokenOf(ctx));
   identifyCaller(actor.userId);
-  return { ...actor, client };
+  return { ...actor, client: clientInfoOf(ctx) };
+}
+
+/** The call's access token; refused as unauthenticated when it has none. */
+export function accessTokenOf(ctx: HandlerContext): string {
+  const { accessToken } = callerOf(ctx);
+  if (accessToken === undefined) throw new AuthenticationError('Missing or invalid authorization header');
+  return accessToken;
 }
 
 /** Where the call came from (address, user agent, known-device token). */
